@@ -1,0 +1,133 @@
+// Launch plans and the sequence of launches of one forward (the algorithm of SPEC.md):
+//   training, u-first, per iteration:  t = M v   (norm fused)   s = Mᵀ u  (norm and σ fused)
+//   training, v-first, per iteration:  s = Mᵀ u  (norm fused)   t = M v   (norm and σ fused)
+//   eval:                              t = M v, σ = uᵀ t fused
+//   then one commit-and-divide launch.
+// A training forward with one iteration is 3 launches; an eval forward 2. Vectors between the
+// products stay unnormalized in scratch, with their norm in a device scalar the next kernel
+// applies, so normalization costs no launch of its own.
+#include <climits>
+
+#include "kernels.h"
+
+namespace {
+
+int pow2_at_least(int64_t n, int cap) {
+  int p = 1;
+  while (p < cap && p < n) p <<= 1;
+  return p;
+}
+
+int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+// Round a float count up to 64 floats (256 bytes), keeping every scratch buffer 16-byte aligned.
+size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
+
+}  // namespace
+
+extern "C" void sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, float eps, int sm_count,
+                                  size_t *workspace_bytes) {
+  *plan = sn_cuda_plan_t{};
+  plan->view = view;
+  plan->eps = eps;
+  plan->sm_count = sm_count > 0 ? sm_count : 1;
+  const int64_t h = view.h, w = view.A * view.B;
+  const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over
+
+  // t = M x: TB threads per row, R rows per block, A split until the grid fills the chip.
+  plan->p1_tb = pow2_at_least(view.B, 256);
+  const int64_t R = 256 / plan->p1_tb;
+  const int64_t p1_blocks = (h + R - 1) / R;
+  plan->p1_asplit = (int)clamp64((target + p1_blocks - 1) / p1_blocks, 1, view.A < 64 ? view.A : 64);
+
+  // s = Mᵀ y: tiles of TB columns, rows split until the grid fills the chip.
+  plan->p2_tb = pow2_at_least(view.B, 32);
+  plan->p2_tiles = view.A * ((view.B + plan->p2_tb - 1) / plan->p2_tb);
+  const int64_t il = 256 / plan->p2_tb;
+  const int64_t max_split = (h + 4 * il - 1) / (4 * il);  // keep >= 4 rows per thread
+  plan->p2_isplit = (int)clamp64((target + plan->p2_tiles - 1) / plan->p2_tiles, 1,
+                                 clamp64(max_split, 1, 64));
+
+  const int64_t numel = w * h;
+  plan->div_blocks = (int)clamp64((numel / 4 + 255) / 256, 1, 16LL * plan->sm_count);
+
+  *workspace_bytes = 0;
+  if (p1_blocks * plan->p1_asplit > INT_MAX || plan->p2_tiles * plan->p2_isplit > INT_MAX) return;
+  const size_t floats = pad(h) + pad(w) + pad((int64_t)plan->p1_asplit * h) +
+                        pad((int64_t)plan->p2_isplit * w) + pad(plan->p2_tiles) + pad(SN_SCAL_COUNT);
+  const size_t counters = pad(plan->p2_tiles + 2);
+  *workspace_bytes = (floats + counters) * 4;
+}
+
+extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
+  const int64_t h = plan->view.h, w = plan->view.A * plan->view.B;
+  float *p = static_cast<float *>(workspace);
+  plan->t = p;
+  p += pad(h);
+  plan->s = p;
+  p += pad(w);
+  plan->part1 = p;
+  p += pad((int64_t)plan->p1_asplit * h);
+  plan->part2 = p;
+  p += pad((int64_t)plan->p2_isplit * w);
+  plan->tile_sq = p;
+  p += pad(plan->p2_tiles);
+  plan->scal = p;
+  p += pad(SN_SCAL_COUNT);
+  plan->counters = reinterpret_cast<unsigned *>(p);
+}
+
+extern "C" int sn_cuda_forward_launches(const sn_cuda_forward_args_t *a) {
+  if (a->is_1d) return 2;
+  const int iters = a->warmup_iters + (a->training ? a->n_iters : 0);
+  if (a->training && iters == 0) return 0;
+  return 2 * iters + (a->training ? 0 : 1) + 1;
+}
+
+#define SN_TRY(call)                          \
+  do {                                        \
+    cudaError_t sn_e_ = (call);               \
+    if (sn_e_ != cudaSuccess) return (int)sn_e_; \
+  } while (0)
+
+extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *a,
+                               sn_stream_t stream_handle) {
+  using sn::TMode;
+  const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  const sn_cuda_plan_t &P = *plan;
+  float *scal = P.scal;
+
+  if (a->is_1d) {
+    SN_TRY(sn::launch_matvec(P, a->W, nullptr, nullptr, TMode::kNorm1D, nullptr, nullptr, stream));
+    SN_TRY(sn::launch_commit_divide(P, *a, SN_SCAL_SIG_1D, false, stream));
+    return 0;
+  }
+
+  const int iters = a->warmup_iters + (a->training ? a->n_iters : 0);
+  if (a->training && iters == 0) return 0;
+  // The current u and v: the state at first, then the scratch products with their norms.
+  const float *u = a->u, *u_div = nullptr, *v = a->v, *v_div = nullptr;
+  int slot = SN_SCAL_SIG_S;
+  for (int k = 0; k < iters; ++k) {
+    if (a->order == SN_ORDER_U_FIRST) {
+      SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kNormalize, nullptr, nullptr, stream));
+      SN_TRY(sn::launch_matvec_t(P, a->W, P.t, scal + SN_SCAL_M_T, stream));
+      slot = SN_SCAL_SIG_S;
+    } else {
+      SN_TRY(sn::launch_matvec_t(P, a->W, u, u_div, stream));
+      SN_TRY(sn::launch_matvec(P, a->W, P.s, scal + SN_SCAL_M_S, TMode::kNormalize, nullptr,
+                               nullptr, stream));
+      slot = SN_SCAL_SIG_T;
+    }
+    u = P.t;
+    u_div = scal + SN_SCAL_M_T;
+    v = P.s;
+    v_div = scal + SN_SCAL_M_S;
+  }
+  if (!a->training) {
+    SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kDot, u, u_div, stream));
+    slot = SN_SCAL_SIG_DOT;
+  }
+  SN_TRY(sn::launch_commit_divide(P, *a, slot, iters > 0, stream));
+  return 0;
+}

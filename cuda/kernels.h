@@ -1,0 +1,31 @@
+// Launchers of specnorm's kernels, one family per .cu file; sequenced by cuda/forward.cu.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "sn_cuda.h"
+
+namespace sn {
+
+// What the last block of the t = M x kernel does with t.
+enum class TMode {
+  kNormalize,  // write t (unnormalized), scal[M_T] = max(‖t‖, eps), scal[SIG_T] = ‖t‖²/max(‖t‖, eps)
+  kDot,        // scal[SIG_DOT] = Σ u_i t_i (the eval σ); t is not written
+  kNorm1D,     // scal[SIG_1D] = max(‖t‖, eps) with x = ones (a 1-D weight's norm)
+};
+
+// t = M x · (1 / *x_div), x NULL meaning ones; u and u_div are used by TMode::kDot.
+cudaError_t launch_matvec(const sn_cuda_plan_t &plan, const float *W, const float *x,
+                          const float *x_div, TMode mode, const float *u, const float *u_div,
+                          cudaStream_t stream);
+
+// s = Mᵀ y · (1 / *y_div); the last block writes scal[M_S] and scal[SIG_S].
+cudaError_t launch_matvec_t(const sn_cuda_plan_t &plan, const float *W, const float *y,
+                            const float *y_div, cudaStream_t stream);
+
+// Commit the new state if σ = scal[sigma_slot] is finite and > 0 (u = t / scal[M_T] and
+// v = s / scal[M_S] when commit_uv), then W_sn = W / σ_effective (W_sn may be NULL).
+cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forward_args_t &args,
+                                 int sigma_slot, bool commit_uv, cudaStream_t stream);
+
+}  // namespace sn

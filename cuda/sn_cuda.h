@@ -1,0 +1,84 @@
+/* Launch plans and launchers of specnorm's CUDA kernels (C linkage), called from host/.
+ * Internal (not installed). */
+#ifndef SN_CUDA_H
+#define SN_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "specnorm.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The matrix view of a contiguous weight: W as [A][h][B], M[i, a·B + b] = W[(a·h + i)·B + b]. */
+typedef struct {
+  int64_t A, h, B;
+} sn_view_t;
+
+/* Scalar slots in the plan's scratch `scal` array. */
+enum {
+  SN_SCAL_M_T = 0,    /* max(‖t‖, eps) of the latest t = M x */
+  SN_SCAL_SIG_T = 1,  /* ‖t‖² / max(‖t‖, eps): σ when t is the last product (v-first order) */
+  SN_SCAL_M_S = 2,    /* max(‖s‖, eps) of the latest s = Mᵀ y */
+  SN_SCAL_SIG_S = 3,  /* ‖s‖² / max(‖s‖, eps): σ of the u-first order */
+  SN_SCAL_SIG_DOT = 4,/* uᵀ M v: σ of the eval forward */
+  SN_SCAL_SIG_1D = 5, /* max(‖W‖, eps): σ of a 1-D weight */
+  SN_SCAL_COUNT = 8
+};
+
+/* How the kernels of one layer are launched, fixed at creation, and where its scratch lives. */
+typedef struct {
+  sn_view_t view;
+  float eps;
+  int sm_count;
+  int p1_tb;          /* t = M x: threads per row, a power of two <= 256 */
+  int p1_asplit;      /* t = M x: blocks along A, each writing a partial t */
+  int p2_tb;          /* s = Mᵀ y: threads along columns, a power of two <= 32 */
+  int p2_isplit;      /* s = Mᵀ y: blocks along h, each writing a partial s */
+  int64_t p2_tiles;   /* s = Mᵀ y: column tiles */
+  int div_blocks;     /* blocks of the commit-and-divide kernel */
+  /* Scratch, inside the layer's one device workspace. */
+  float *t;           /* h: t = M x, unnormalized */
+  float *s;           /* w: s = Mᵀ y, unnormalized */
+  float *part1;       /* p1_asplit × h */
+  float *part2;       /* p2_isplit × w */
+  float *tile_sq;     /* p2_tiles: Σ s² per column tile */
+  float *scal;        /* SN_SCAL_COUNT */
+  unsigned *counters; /* 1 (t) + p2_tiles + 1 (s): arrival counters, zero between launches */
+} sn_cuda_plan_t;
+
+/* Fill `plan` for a view on a device with `sm_count` multiprocessors; *workspace_bytes receives the
+ * size of the one device allocation it needs (0 on overflow: the caller reports it). */
+void sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, float eps, int sm_count,
+                       size_t *workspace_bytes);
+/* Point the plan's scratch into `workspace` (device memory of the size above, zero-filled). */
+void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace);
+
+typedef struct {
+  const float *W;   /* device, numel */
+  float *W_sn;      /* device, numel, may equal W; NULL: no division (warm-up only) */
+  int64_t numel;
+  float *u, *v;     /* state, h and w */
+  float *sigma;     /* state, {σ, 1/σ} */
+  int training;     /* run n_iters updates; else the eval σ = uᵀ M v */
+  int warmup_iters; /* updates run first (0 once warmed up) */
+  int n_iters;
+  sn_order_t order;
+  int is_1d;        /* 1-D weight: σ = max(‖W‖, eps), no iteration */
+} sn_cuda_forward_args_t;
+
+/* Enqueue one forward on `stream`. Returns a cudaError_t (0 on success). Allocates nothing and
+ * does not synchronize. */
+int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *args,
+                    sn_stream_t stream);
+
+/* Kernel launches sn_cuda_forward makes for these arguments (for documentation and tests). */
+int sn_cuda_forward_launches(const sn_cuda_forward_args_t *args);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,61 @@
+// Device helpers shared by specnorm's kernels: fixed-order (deterministic) reductions and the
+// "last block to arrive" pattern that lets one launch both produce partial results and combine
+// them, without floating-point atomics.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "sn_cuda.h"
+
+namespace sn {
+
+constexpr int kBlock = 256;  // threads per block of every kernel
+constexpr int kWarps = kBlock / 32;
+
+// Sum over the 32 lanes of a warp; the result is valid in lane 0. Fixed tree.
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// Sum over a block of kBlock threads; every thread gets the result. Fixed tree.
+__device__ __forceinline__ float block_sum(float x) {
+  __shared__ float warp_part[kWarps];
+  __shared__ float total;
+  x = warp_sum(x);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // warp_part may still be read by a previous call
+  if (lane == 0) warp_part[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    float y = lane < kWarps ? warp_part[lane] : 0.0f;
+    y = warp_sum(y);
+    if (lane == 0) total = y;
+  }
+  __syncthreads();
+  return total;
+}
+
+// Every block calls this after writing its partial results; it returns true in exactly one block,
+// the last to arrive, once all partials are visible to it. The counter is reset for the next
+// launch, so it stays zero between launches (and across CUDA graph replays).
+__device__ __forceinline__ bool last_block_to_arrive(unsigned *counter, unsigned expected) {
+  __shared__ bool is_last;
+  __threadfence();  // publish this thread's partial results device-wide
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned arrived = atomicAdd(counter, 1u);
+    is_last = arrived == expected - 1;
+    if (is_last) *counter = 0u;
+  }
+  __syncthreads();
+  if (is_last) __threadfence();
+  return is_last;
+}
+
+// Reciprocal of an optional device divisor (NULL means 1).
+__device__ __forceinline__ float reciprocal_of(const float *div) {
+  return div ? 1.0f / *div : 1.0f;
+}
+
+}  // namespace sn

@@ -1,0 +1,488 @@
+/* The layer API: argument validation, lifetime, state transfer, and dispatch of the forward to
+ * the CUDA or CPU backend. Every check happens before anything is changed, so a failed call
+ * leaves the layer as it was. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "sn_internal.h"
+#include "sn_reference.h"
+
+#define SN_MAX_ITERATIONS 1000000
+
+/* ---- small helpers -------------------------------------------------------------------------- */
+
+#define CUDA_TRY(call, what)                               \
+  do {                                                     \
+    cudaError_t sn_e_ = (call);                            \
+    if (sn_e_ != cudaSuccess) {                            \
+      (void)cudaGetLastError();                            \
+      return sn__cuda_fail((int)sn_e_, what);              \
+    }                                                      \
+  } while (0)
+
+static int64_t width_of(const sn_layer_t *l) { return l->view.A * l->view.B; }
+
+/* Make the layer's device current; *prev receives the caller's device to restore. */
+static sn_status_t enter_device(int device, int *prev) {
+  CUDA_TRY(cudaGetDevice(prev), "cudaGetDevice");
+  if (*prev != device) CUDA_TRY(cudaSetDevice(device), "cudaSetDevice");
+  return SN_SUCCESS;
+}
+
+static void leave_device(int device, int prev) {
+  if (prev != device) (void)cudaSetDevice(prev);
+}
+
+/* A CUDA layer's W and W_sn must be device (or managed) memory of the layer's device. */
+static sn_status_t check_device_pointer(int device, const void *p, const char *name) {
+  struct cudaPointerAttributes attr;
+  /* Allowed while the stream is being captured in any capture mode: the query enqueues nothing. */
+  enum cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  (void)cudaThreadExchangeStreamCaptureMode(&mode);
+  cudaError_t e = cudaPointerGetAttributes(&attr, p);
+  (void)cudaThreadExchangeStreamCaptureMode(&mode);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return sn__fail(SN_ERROR_INVALID_POINTER, "%s (%p) is not memory known to CUDA (%s)", name, p,
+                    cudaGetErrorString(e));
+  }
+  if (attr.type == cudaMemoryTypeManaged) return SN_SUCCESS;
+  if (attr.type != cudaMemoryTypeDevice)
+    return sn__fail(SN_ERROR_INVALID_POINTER,
+                    "%s (%p) is host memory; a CUDA layer needs device memory of device %d", name,
+                    p, device);
+  if (attr.device != device)
+    return sn__fail(SN_ERROR_INVALID_POINTER, "%s (%p) is memory of device %d; the layer is on device %d",
+                    name, p, attr.device, device);
+  return SN_SUCCESS;
+}
+
+/* A CPU layer's W and W_sn must not be device memory (that would crash on dereference). Only asked
+ * when a CUDA device exists; without one every pointer is host memory. */
+static sn_status_t check_host_pointer(const sn_layer_t *l, const void *p, const char *name) {
+  (void)l;
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    (void)cudaGetLastError();
+    return SN_SUCCESS;
+  }
+  struct cudaPointerAttributes attr;
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return SN_SUCCESS;
+  }
+  if (attr.type == cudaMemoryTypeDevice)
+    return sn__fail(SN_ERROR_INVALID_POINTER,
+                    "%s (%p) is device memory of device %d; a CPU layer needs host memory", name, p,
+                    attr.device);
+  return SN_SUCCESS;
+}
+
+/* ---- description ---------------------------------------------------------------------------- */
+
+SN_API sn_status_t sn_layer_desc_init(sn_layer_desc_t *desc, int ndim, const int64_t *shape) {
+  if (!desc) return sn__fail(SN_ERROR_NULL_POINTER, "desc is NULL");
+  if (!shape) return sn__fail(SN_ERROR_NULL_POINTER, "shape is NULL");
+  if (ndim < 1 || ndim > SN_MAX_DIMS)
+    return sn__fail(SN_ERROR_INVALID_SHAPE, "ndim = %d must be in 1..%d", ndim, SN_MAX_DIMS);
+  memset(desc, 0, sizeof *desc);
+  desc->ndim = ndim;
+  for (int k = 0; k < ndim; ++k) desc->shape[k] = shape[k];
+  desc->dim = 0;
+  desc->dtype = SN_DTYPE_FLOAT32;
+  desc->n_power_iterations = 1;
+  desc->eps = 1e-12f;
+  desc->warmup_iterations = 15;
+  desc->order = SN_ORDER_U_FIRST;
+  desc->seed = 0;
+  desc->backend = SN_BACKEND_CUDA;
+  desc->device = 0;
+  desc->algo = SN_ALGO_DEFAULT;
+  return SN_SUCCESS;
+}
+
+/* Check everything in `desc`; on success fill the view, element count and normalized dim. */
+static sn_status_t validate_desc(const sn_layer_desc_t *d, sn_view_t *view, int64_t *numel,
+                                 int *dim) {
+  if (d->ndim < 1 || d->ndim > SN_MAX_DIMS)
+    return sn__fail(SN_ERROR_INVALID_SHAPE, "desc->ndim = %d must be in 1..%d", d->ndim, SN_MAX_DIMS);
+  int64_t n = 1;
+  for (int k = 0; k < d->ndim; ++k) {
+    if (d->shape[k] <= 0)
+      return sn__fail(SN_ERROR_INVALID_SHAPE, "desc->shape[%d] = %lld must be > 0", k,
+                      (long long)d->shape[k]);
+    /* Bytes must fit too: numel * sizeof(float) <= INT64_MAX. */
+    if (n > (INT64_MAX / 4) / d->shape[k])
+      return sn__fail(SN_ERROR_SIZE_OVERFLOW,
+                      "desc->shape: the element count overflows 64-bit byte sizes at shape[%d] = %lld",
+                      k, (long long)d->shape[k]);
+    n *= d->shape[k];
+  }
+  if (d->dim < -d->ndim || d->dim >= d->ndim)
+    return sn__fail(SN_ERROR_INVALID_DIM, "desc->dim = %d must be in [%d, %d) for a %d-D weight",
+                    d->dim, -d->ndim, d->ndim, d->ndim);
+  if (d->dtype == SN_DTYPE_FLOAT16 || d->dtype == SN_DTYPE_BFLOAT16)
+    return sn__fail(SN_ERROR_NOT_SUPPORTED,
+                    "desc->dtype = %s is not supported yet; only SN_DTYPE_FLOAT32 is",
+                    d->dtype == SN_DTYPE_FLOAT16 ? "SN_DTYPE_FLOAT16" : "SN_DTYPE_BFLOAT16");
+  if (d->dtype != SN_DTYPE_FLOAT32)
+    return sn__fail(SN_ERROR_INVALID_VALUE, "desc->dtype = %d is not a sn_dtype_t", (int)d->dtype);
+  if (d->n_power_iterations < 1 || d->n_power_iterations > SN_MAX_ITERATIONS)
+    return sn__fail(SN_ERROR_INVALID_VALUE, "desc->n_power_iterations = %d must be in 1..%d",
+                    d->n_power_iterations, SN_MAX_ITERATIONS);
+  if (d->warmup_iterations < 0 || d->warmup_iterations > SN_MAX_ITERATIONS)
+    return sn__fail(SN_ERROR_INVALID_VALUE, "desc->warmup_iterations = %d must be in 0..%d",
+                    d->warmup_iterations, SN_MAX_ITERATIONS);
+  if (!(d->eps > 0.0f) || !isfinite(d->eps))
+    return sn__fail(SN_ERROR_INVALID_VALUE, "desc->eps = %g must be finite and > 0", (double)d->eps);
+  if (d->order != SN_ORDER_U_FIRST && d->order != SN_ORDER_V_FIRST)
+    return sn__fail(SN_ERROR_INVALID_VALUE, "desc->order = %d is not a sn_order_t", (int)d->order);
+  if ((int)d->algo < 0 || d->algo >= SN_ALGO_COUNT)
+    return sn__fail(SN_ERROR_INVALID_VALUE, "desc->algo = %d is not a sn_algo_t", (int)d->algo);
+  if (d->backend != SN_BACKEND_CUDA && d->backend != SN_BACKEND_CPU)
+    return sn__fail(SN_ERROR_INVALID_BACKEND, "desc->backend = %d is not a sn_backend_t",
+                    (int)d->backend);
+  if (d->backend == SN_BACKEND_CUDA) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+      (void)cudaGetLastError();
+      return sn__fail(SN_ERROR_NO_DEVICE,
+                      "desc->backend = SN_BACKEND_CUDA but no usable GPU is present "
+                      "(cudaGetDeviceCount: error %d, %s)",
+                      (int)e, e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
+    }
+    if (d->device < 0 || d->device >= count)
+      return sn__fail(SN_ERROR_INVALID_DEVICE, "desc->device = %d but %d CUDA device(s) exist",
+                      d->device, count);
+  }
+  *dim = d->dim < 0 ? d->dim + d->ndim : d->dim;
+  *view = sn_ref_view(d->ndim, d->shape, *dim);
+  *numel = n;
+  return SN_SUCCESS;
+}
+
+/* ---- lifetime ------------------------------------------------------------------------------- */
+
+static void free_layer(sn_layer_t *l) {
+  if (l->desc.backend == SN_BACKEND_CUDA) {
+    int prev = 0;
+    if (cudaGetDevice(&prev) == cudaSuccess) {
+      if (prev != l->desc.device) (void)cudaSetDevice(l->desc.device);
+      (void)cudaFree(l->u); /* u, v and sigma share one allocation */
+      (void)cudaFree(l->workspace);
+      leave_device(l->desc.device, prev);
+    }
+    (void)cudaGetLastError();
+  } else {
+    free(l->u);
+    free(l->ref_u);
+  }
+  free(l);
+}
+
+/* Draw u and v from `seed` into the state; σ = 1/σ = 0. */
+static sn_status_t init_state(sn_layer_t *l, uint64_t seed, sn_stream_t stream) {
+  const int64_t h = l->view.h, w = width_of(l);
+  const size_t bytes = (size_t)(h + w + 2) * sizeof(float);
+  float *host = l->desc.backend == SN_BACKEND_CPU ? l->u : malloc(bytes);
+  if (!host) return sn__fail(SN_ERROR_ALLOCATION, "host staging buffer of %zu bytes", bytes);
+  sn__init_vector(host, h, seed, 0);
+  sn__init_vector(host + h, w, seed, 1);
+  host[h + w] = 0.0f;
+  host[h + w + 1] = 0.0f;
+  if (l->desc.backend == SN_BACKEND_CPU) return SN_SUCCESS;
+  cudaError_t e = cudaMemcpyAsync(l->u, host, bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize((cudaStream_t)stream);
+  free(host);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return sn__cuda_fail((int)e, "copying the initial u and v to the device");
+  }
+  return SN_SUCCESS;
+}
+
+static sn_status_t create_cuda(sn_layer_t *l) {
+  const int64_t h = l->view.h, w = width_of(l);
+  int sm_count = 0;
+  CUDA_TRY(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, l->desc.device),
+           "cudaDeviceGetAttribute(multiprocessor count)");
+  size_t ws_bytes = 0;
+  sn_cuda_plan_init(&l->plan, l->view, l->desc.eps, sm_count, &ws_bytes);
+  if (ws_bytes == 0)
+    return sn__fail(SN_ERROR_SIZE_OVERFLOW, "the scratch space for this shape does not fit in size_t");
+  const size_t state_bytes = (size_t)(h + w + 2) * sizeof(float);
+  void *state = NULL;
+  cudaError_t e = cudaMalloc(&state, state_bytes);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return sn__fail(SN_ERROR_ALLOCATION, "cudaMalloc of %zu bytes for u, v and sigma on device %d: %s",
+                    state_bytes, l->desc.device, cudaGetErrorString(e));
+  }
+  l->u = state;
+  l->v = l->u + h;
+  l->sigma = l->v + w;
+  e = cudaMalloc(&l->workspace, ws_bytes);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return sn__fail(SN_ERROR_ALLOCATION, "cudaMalloc of %zu bytes of scratch space on device %d: %s",
+                    ws_bytes, l->desc.device, cudaGetErrorString(e));
+  }
+  CUDA_TRY(cudaMemset(l->workspace, 0, ws_bytes), "cudaMemset of the scratch space");
+  sn_cuda_plan_bind(&l->plan, l->workspace);
+  return init_state(l, l->desc.seed, NULL);
+}
+
+static sn_status_t create_cpu(sn_layer_t *l) {
+  const int64_t h = l->view.h, w = width_of(l);
+  l->u = malloc((size_t)(h + w + 2) * sizeof(float));
+  l->ref_u = malloc((size_t)(2 * h + w) * sizeof(double));
+  if (!l->u || !l->ref_u)
+    return sn__fail(SN_ERROR_ALLOCATION, "host memory for a %lld x %lld layer", (long long)h,
+                    (long long)w);
+  l->v = l->u + h;
+  l->sigma = l->v + w;
+  l->ref_v = l->ref_u + h;
+  l->ref_t = l->ref_v + w;
+  return init_state(l, l->desc.seed, NULL);
+}
+
+SN_API sn_status_t sn_layer_create(sn_layer_t **layer, const sn_layer_desc_t *desc) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer (the output pointer) is NULL");
+  *layer = NULL;
+  if (!desc) return sn__fail(SN_ERROR_NULL_POINTER, "desc is NULL");
+  sn_view_t view = {1, 1, 1};
+  int64_t numel = 0;
+  int dim = 0;
+  sn_status_t st = validate_desc(desc, &view, &numel, &dim);
+  if (st != SN_SUCCESS) return st;
+
+  sn_layer_t *l = calloc(1, sizeof *l);
+  if (!l) return sn__fail(SN_ERROR_ALLOCATION, "host memory for the layer object");
+  l->desc = *desc;
+  l->desc.dim = dim;
+  l->view = view;
+  l->numel = numel;
+  l->is_1d = desc->ndim == 1;
+
+  if (desc->backend == SN_BACKEND_CUDA) {
+    int prev = 0;
+    st = enter_device(desc->device, &prev);
+    if (st == SN_SUCCESS) {
+      st = create_cuda(l);
+      leave_device(desc->device, prev);
+    }
+  } else {
+    st = create_cpu(l);
+  }
+  if (st != SN_SUCCESS) {
+    free_layer(l);
+    return st;
+  }
+  *layer = l;
+  return SN_SUCCESS;
+}
+
+SN_API void sn_layer_destroy(sn_layer_t *layer) {
+  if (layer) free_layer(layer);
+}
+
+SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_t *w) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  if (h) *h = layer->view.h;
+  if (w) *w = width_of(layer);
+  return SN_SUCCESS;
+}
+
+/* ---- forward -------------------------------------------------------------------------------- */
+
+static sn_status_t run_forward(sn_layer_t *l, const void *W, void *W_sn, int training,
+                               int warmup_only, sn_stream_t stream) {
+  sn_cuda_forward_args_t a;
+  memset(&a, 0, sizeof a);
+  a.W = W;
+  a.W_sn = W_sn;
+  a.numel = l->numel;
+  a.u = l->u;
+  a.v = l->v;
+  a.sigma = l->sigma;
+  a.training = warmup_only ? 1 : (training != 0);
+  a.warmup_iters = (l->warmed_up || l->is_1d) ? 0 : l->desc.warmup_iterations;
+  a.n_iters = warmup_only ? 0 : l->desc.n_power_iterations;
+  a.order = l->desc.order;
+  a.is_1d = l->is_1d;
+  if (warmup_only && a.warmup_iters == 0) {
+    l->warmed_up = 1;
+    return SN_SUCCESS;
+  }
+
+  if (l->desc.backend == SN_BACKEND_CPU) {
+    sn_status_t st = check_host_pointer(l, W, "W");
+    if (st == SN_SUCCESS && W_sn) st = check_host_pointer(l, W_sn, "W_sn");
+    if (st != SN_SUCCESS) return st;
+    sn__cpu_forward(l, &a);
+    l->warmed_up = 1;
+    return SN_SUCCESS;
+  }
+
+  const int dev = l->desc.device;
+  sn_status_t st = check_device_pointer(dev, W, "W");
+  if (st == SN_SUCCESS && W_sn) st = check_device_pointer(dev, W_sn, "W_sn");
+  if (st != SN_SUCCESS) return st;
+  if (a.warmup_iters > 0) {
+    enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    CUDA_TRY(cudaStreamIsCapturing((cudaStream_t)stream, &cap), "cudaStreamIsCapturing");
+    if (cap != cudaStreamCaptureStatusNone)
+      return sn__fail(SN_ERROR_INVALID_STATE,
+                      "the layer has not warmed up: its first forward runs %d warm-up iterations "
+                      "once and must not be captured in a CUDA graph; call sn_layer_warmup (or one "
+                      "forward) before the capture",
+                      a.warmup_iters);
+  }
+  int prev = 0;
+  st = enter_device(dev, &prev);
+  if (st != SN_SUCCESS) return st;
+  int e = sn_cuda_forward(&l->plan, &a, stream);
+  leave_device(dev, prev);
+  if (e != 0) {
+    (void)cudaGetLastError();
+    return sn__cuda_fail(e, "launching the forward kernels");
+  }
+  l->warmed_up = 1;
+  return SN_SUCCESS;
+}
+
+SN_API sn_status_t sn_forward(sn_layer_t *layer, const void *W, void *W_sn, int training,
+                              sn_stream_t stream) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  if (!W) return sn__fail(SN_ERROR_NULL_POINTER, "W is NULL");
+  if (!W_sn) return sn__fail(SN_ERROR_NULL_POINTER, "W_sn is NULL");
+  const char *w0 = W, *o0 = W_sn;
+  const size_t bytes = (size_t)layer->numel * sizeof(float);
+  if (w0 != o0 && w0 < o0 + bytes && o0 < w0 + bytes)
+    return sn__fail(SN_ERROR_INVALID_VALUE,
+                    "W (%p) and W_sn (%p) overlap without being the same buffer", W, W_sn);
+  return run_forward(layer, W, W_sn, training, 0, stream);
+}
+
+SN_API sn_status_t sn_layer_warmup(sn_layer_t *layer, const void *W, sn_stream_t stream) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  if (!W) return sn__fail(SN_ERROR_NULL_POINTER, "W is NULL");
+  return run_forward(layer, W, NULL, 1, 1, stream);
+}
+
+/* ---- σ and state ---------------------------------------------------------------------------- */
+
+SN_API sn_status_t sn_layer_sigma_ptr(const sn_layer_t *layer, const float **sigma,
+                                      const float **inv_sigma) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  if (sigma) *sigma = layer->sigma;
+  if (inv_sigma) *inv_sigma = layer->sigma + 1;
+  return SN_SUCCESS;
+}
+
+/* Copy `count` floats from the layer's memory at `src` to the host, in order after `stream`. */
+static sn_status_t copy_out(const sn_layer_t *l, float *dst, const float *src, int64_t count,
+                            sn_stream_t stream) {
+  if (l->desc.backend == SN_BACKEND_CPU) {
+    memcpy(dst, src, (size_t)count * sizeof(float));
+    return SN_SUCCESS;
+  }
+  int prev = 0;
+  sn_status_t st = enter_device(l->desc.device, &prev);
+  if (st != SN_SUCCESS) return st;
+  cudaError_t e = cudaMemcpyAsync(dst, src, (size_t)count * sizeof(float), cudaMemcpyDeviceToHost,
+                                  (cudaStream_t)stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize((cudaStream_t)stream);
+  leave_device(l->desc.device, prev);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return sn__cuda_fail((int)e, "copying the layer state to the host");
+  }
+  return SN_SUCCESS;
+}
+
+SN_API sn_status_t sn_layer_get_sigma(const sn_layer_t *layer, float *sigma, float *inv_sigma,
+                                      sn_stream_t stream) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  float both[2];
+  sn_status_t st = copy_out(layer, both, layer->sigma, 2, stream);
+  if (st != SN_SUCCESS) return st;
+  if (sigma) *sigma = both[0];
+  if (inv_sigma) *inv_sigma = both[1];
+  return SN_SUCCESS;
+}
+
+SN_API sn_status_t sn_layer_get_state(const sn_layer_t *layer, float *u, float *v, float *sigma,
+                                      int *warmed_up, sn_stream_t stream) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  sn_status_t st = SN_SUCCESS;
+  if (u) st = copy_out(layer, u, layer->u, layer->view.h, stream);
+  if (st == SN_SUCCESS && v) st = copy_out(layer, v, layer->v, width_of(layer), stream);
+  if (st == SN_SUCCESS && sigma) st = copy_out(layer, sigma, layer->sigma, 1, stream);
+  if (st != SN_SUCCESS) return st;
+  if (warmed_up) *warmed_up = layer->warmed_up;
+  return SN_SUCCESS;
+}
+
+static sn_status_t check_finite(const float *x, int64_t n, const char *name) {
+  for (int64_t k = 0; k < n; ++k)
+    if (!isfinite(x[k]))
+      return sn__fail(SN_ERROR_INVALID_VALUE, "%s[%lld] = %g is not finite", name, (long long)k,
+                      (double)x[k]);
+  return SN_SUCCESS;
+}
+
+SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const float *v,
+                                      float sigma, int warmed_up, sn_stream_t stream) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  if (!u) return sn__fail(SN_ERROR_NULL_POINTER, "u is NULL");
+  if (!v) return sn__fail(SN_ERROR_NULL_POINTER, "v is NULL");
+  const int64_t h = layer->view.h, w = width_of(layer);
+  sn_status_t st = check_finite(u, h, "u");
+  if (st == SN_SUCCESS) st = check_finite(v, w, "v");
+  if (st != SN_SUCCESS) return st;
+  if (!isfinite(sigma) || sigma < 0.0f)
+    return sn__fail(SN_ERROR_INVALID_VALUE, "sigma = %g must be finite and >= 0", (double)sigma);
+  const float sig[2] = {sigma, sigma > 0.0f ? 1.0f / sigma : 0.0f};
+
+  if (layer->desc.backend == SN_BACKEND_CPU) {
+    memcpy(layer->u, u, (size_t)h * sizeof(float));
+    memcpy(layer->v, v, (size_t)w * sizeof(float));
+    memcpy(layer->sigma, sig, sizeof sig);
+  } else {
+    int prev = 0;
+    st = enter_device(layer->desc.device, &prev);
+    if (st != SN_SUCCESS) return st;
+    cudaStream_t s = (cudaStream_t)stream;
+    cudaError_t e = cudaMemcpyAsync(layer->u, u, (size_t)h * sizeof(float), cudaMemcpyHostToDevice, s);
+    if (e == cudaSuccess)
+      e = cudaMemcpyAsync(layer->v, v, (size_t)w * sizeof(float), cudaMemcpyHostToDevice, s);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(layer->sigma, sig, sizeof sig, cudaMemcpyHostToDevice, s);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+    leave_device(layer->desc.device, prev);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      return sn__cuda_fail((int)e, "copying the new state to the device");
+    }
+  }
+  layer->warmed_up = warmed_up != 0;
+  return SN_SUCCESS;
+}
+
+SN_API sn_status_t sn_layer_reset(sn_layer_t *layer, uint64_t seed, sn_stream_t stream) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  int prev = 0;
+  sn_status_t st = SN_SUCCESS;
+  if (layer->desc.backend == SN_BACKEND_CUDA) st = enter_device(layer->desc.device, &prev);
+  if (st != SN_SUCCESS) return st;
+  st = init_state(layer, seed, stream);
+  if (layer->desc.backend == SN_BACKEND_CUDA) leave_device(layer->desc.device, prev);
+  if (st != SN_SUCCESS) return st;
+  layer->desc.seed = seed;
+  layer->warmed_up = 0;
+  return SN_SUCCESS;
+}

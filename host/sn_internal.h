@@ -1,0 +1,58 @@
+/* Internal interfaces of specnorm: where host/ (API, validation, CPU reference) meets cuda/
+ * (kernels and their launchers). Not installed. */
+#ifndef SN_INTERNAL_H
+#define SN_INTERNAL_H
+
+#include "specnorm.h"
+#include "sn_cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Record a detailed message for this thread and return `status`. */
+sn_status_t sn__fail(sn_status_t status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Map a CUDA error to SN_ERROR_CUDA (or SN_ERROR_ALLOCATION / SN_ERROR_NO_DEVICE) with a message
+ * naming `what`. */
+sn_status_t sn__cuda_fail(int cuda_error, const char *what);
+
+struct sn_layer {
+  sn_layer_desc_t desc;
+  sn_view_t view;      /* [A][h][B] view of W */
+  int64_t numel;
+  int is_1d;
+  int warmed_up;       /* host-side: the warm-up has been enqueued / run */
+
+  /* State, in the backend's memory: u[h], v[w], sigma[2] = {σ, 1/σ}. */
+  float *u;
+  float *v;
+  float *sigma;
+
+  /* CUDA backend only. */
+  sn_cuda_plan_t plan;
+  void *workspace;     /* one device allocation holding every scratch buffer */
+
+  /* CPU backend only: double-precision working vectors. */
+  double *ref_u;       /* h */
+  double *ref_v;       /* w */
+  double *ref_t;       /* h */
+};
+
+/* Portable generator for the initial u and v: N(randn(n)) from (seed, stream_id), in double,
+ * rounded to float. Identical on every backend. */
+void sn__init_vector(float *out, int64_t n, uint64_t seed, uint64_t stream_id);
+
+/* CPU backend forward (host/cpu_backend.c): the same arguments and semantics as
+ * sn_cuda_forward, computed with the double-precision reference. Blocks. */
+void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

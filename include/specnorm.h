@@ -1,0 +1,205 @@
+/*
+ * specnorm: spectral normalization for GPU training loops.
+ *
+ * Spectral normalization divides a weight W by an estimate of its largest singular value σ,
+ * obtained by power iteration with vectors u and v that persist across training steps
+ * (Miyato et al., 2018). specnorm matches torch.nn.utils.parametrizations.spectral_norm.
+ *
+ * The API in one paragraph
+ *   - Describe a weight with sn_layer_desc_t (sn_layer_desc_init fills the defaults), create a
+ *     layer with sn_layer_create. The layer owns u, v, σ and 1/σ in its backend's memory (a CUDA
+ *     device or the CPU); everything it needs is allocated at creation.
+ *   - Every training step: sn_forward(layer, W, W_sn, training, stream). On a CUDA layer it only
+ *     enqueues work on `stream` and returns: no allocation, no host synchronization, so a step can
+ *     be captured in a CUDA graph (after the first forward, which runs the warm-up).
+ *   - σ and 1/σ stay on the device (sn_layer_sigma_ptr) so a consumer GEMM can take 1/σ as its
+ *     alpha in device pointer mode; sn_layer_get_sigma copies them to the host and blocks.
+ *   - sn_layer_get_state / sn_layer_set_state move u, v, σ and the warm-up flag through host arrays
+ *     (checkpoints, or PyTorch's `_u` / `_v` buffers loaded as they are).
+ *
+ * Errors: every function returns an sn_status_t. On failure, sn_last_error_message() gives a
+ * readable message naming the offending argument, and the layer is left exactly as it was.
+ * The library never exits, aborts or prints.
+ *
+ * Thread safety: distinct layers may be used concurrently from different threads and streams.
+ * One layer must not be used by two calls at the same time (its state and scratch space are
+ * shared by its calls), and two forwards of one layer must be ordered (same stream, or events).
+ * sn_last_error_message() is per thread.
+ *
+ * Determinism: all reductions have a fixed order; the same W and state give bitwise-identical
+ * u, v, σ and W_sn on every run, on the same device and with the same algorithm.
+ */
+#ifndef SPECNORM_H
+#define SPECNORM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "specnorm_version.h"
+
+#if defined(_WIN32) && defined(SPECNORM_SHARED_BUILD)
+#define SN_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define SN_API __attribute__((visibility("default")))
+#else
+#define SN_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Same type as cudaStream_t, so a cudaStream_t (or 0 for the legacy default stream) can be
+ * passed directly, without this header needing the CUDA headers. Ignored by the CPU backend. */
+typedef struct CUstream_st *sn_stream_t;
+
+/* ---- Versions ------------------------------------------------------------------------------ */
+
+/* SN_VERSION_NUMBER of the library actually loaded (major*10000 + minor*100 + patch). */
+SN_API int sn_version_number(void);
+/* "major.minor.patch" of the library actually loaded. */
+SN_API const char *sn_version_string(void);
+
+/* ---- Status -------------------------------------------------------------------------------- */
+
+/* Fixed numbers: never renumbered, only appended. */
+typedef enum {
+  SN_SUCCESS = 0,
+  SN_ERROR_NULL_POINTER = 1,     /* a required pointer argument is NULL */
+  SN_ERROR_INVALID_SHAPE = 2,    /* ndim outside 1..8, or a dimension <= 0 */
+  SN_ERROR_SIZE_OVERFLOW = 3,    /* the element count or byte size does not fit in 64 bits */
+  SN_ERROR_INVALID_DIM = 4,      /* dim outside [-ndim, ndim) */
+  SN_ERROR_INVALID_VALUE = 5,    /* a numeric or enum argument is out of range */
+  SN_ERROR_NOT_SUPPORTED = 6,    /* a valid request this build does not implement (fp16/bf16) */
+  SN_ERROR_INVALID_BACKEND = 7,  /* unknown backend */
+  SN_ERROR_INVALID_DEVICE = 8,   /* device ordinal does not exist */
+  SN_ERROR_INVALID_POINTER = 9,  /* wrong kind of memory (host memory to a CUDA layer, etc.) */
+  SN_ERROR_ALLOCATION = 10,      /* host or device memory allocation failed */
+  SN_ERROR_CUDA = 11,            /* a CUDA runtime call failed; the message has its text */
+  SN_ERROR_NO_DEVICE = 12,       /* a CUDA backend was asked for but no usable GPU is present */
+  SN_ERROR_INVALID_STATE = 13,   /* the call is not valid in the layer's current state */
+  SN_STATUS_COUNT = 14
+} sn_status_t;
+
+/* "SN_SUCCESS", "SN_ERROR_NULL_POINTER", ...; "SN_STATUS_UNKNOWN" for other values. */
+SN_API const char *sn_status_name(sn_status_t status);
+/* A one-line description of the status. */
+SN_API const char *sn_status_description(sn_status_t status);
+/* Detailed message of the last failed call on this thread ("" if none). Not cleared by
+ * successful calls. Valid until the next failing call on this thread. */
+SN_API const char *sn_last_error_message(void);
+
+/* ---- Layer description --------------------------------------------------------------------- */
+
+#define SN_MAX_DIMS 8
+
+typedef enum { SN_DTYPE_FLOAT32 = 0, SN_DTYPE_FLOAT16 = 1, SN_DTYPE_BFLOAT16 = 2 } sn_dtype_t;
+
+typedef enum {
+  SN_ORDER_U_FIRST = 0, /* torch.nn.utils.parametrizations.spectral_norm: u = N(Mv), v = N(Mᵀu) */
+  SN_ORDER_V_FIRST = 1  /* legacy torch.nn.utils.spectral_norm:           v = N(Mᵀu), u = N(Mv) */
+} sn_order_t;
+
+typedef enum { SN_BACKEND_CUDA = 0, SN_BACKEND_CPU = 1 } sn_backend_t;
+
+/* Kernel algorithm of a CUDA layer. DEFAULT picks by shape. The CPU backend ignores it. */
+typedef enum {
+  SN_ALGO_DEFAULT = 0,
+  SN_ALGO_TWO_PASS = 1, /* one read of W per matrix-vector product; every layout and order */
+  SN_ALGO_COUNT = 2
+} sn_algo_t;
+
+typedef struct {
+  int ndim;                      /* 1..SN_MAX_DIMS */
+  int64_t shape[SN_MAX_DIMS];    /* W's shape, row-major contiguous, each > 0 */
+  int dim;                       /* output axis, PyTorch semantics: 0 default, 1 for ConvTranspose,
+                                    negative counts from the end */
+  sn_dtype_t dtype;              /* SN_DTYPE_FLOAT32 (fp16/bf16: SN_ERROR_NOT_SUPPORTED for now) */
+  int n_power_iterations;        /* >= 1, default 1 */
+  float eps;                     /* > 0 and finite, default 1e-12 */
+  int warmup_iterations;         /* >= 0, default 15; run once, on the first forward */
+  sn_order_t order;              /* default SN_ORDER_U_FIRST */
+  uint64_t seed;                 /* seed of the initial u and v, default 0 */
+  sn_backend_t backend;          /* default SN_BACKEND_CUDA */
+  int device;                    /* CUDA device ordinal, default 0 */
+  sn_algo_t algo;                /* default SN_ALGO_DEFAULT */
+} sn_layer_desc_t;
+
+/* Fill `desc` with the defaults above for a weight of `ndim` dimensions `shape`.
+ * Only checks the pointers and ndim; sn_layer_create checks everything. */
+SN_API sn_status_t sn_layer_desc_init(sn_layer_desc_t *desc, int ndim, const int64_t *shape);
+
+/* ---- Layer lifetime ------------------------------------------------------------------------ */
+
+typedef struct sn_layer sn_layer_t;
+
+/* Create a layer: validates `desc`, allocates u, v, σ, 1/σ and all scratch space on the backend,
+ * draws u = N(randn(h)) and v = N(randn(w)) from desc->seed. Blocks. σ and 1/σ start at 0
+ * (no estimate yet). On failure *layer is set to NULL and nothing is leaked. */
+SN_API sn_status_t sn_layer_create(sn_layer_t **layer, const sn_layer_desc_t *desc);
+
+/* Free everything the layer owns. Accepts NULL. Synchronizes the layer's device first, so any
+ * work still queued that uses the layer completes. */
+SN_API void sn_layer_destroy(sn_layer_t *layer);
+
+/* The matrix view of the weight: h = shape[dim] rows, w = numel / h columns (u has h elements,
+ * v has w). Either output pointer may be NULL. */
+SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_t *w);
+
+/* ---- The per-step call --------------------------------------------------------------------- */
+
+/* W_sn = W / σ.
+ *   training != 0: run n_power_iterations updates of u and v in place, then set σ.
+ *   training == 0: keep u and v, recompute σ = uᵀ M v from them (W may have changed).
+ * The first forward of a layer (either mode) first runs warmup_iterations updates, as PyTorch
+ * does at construction. A 1-D weight gets W_sn = W / max(‖W‖, eps) exactly, σ = max(‖W‖, eps).
+ * W and W_sn: W's shape and dtype, contiguous, in the backend's memory (device memory for a
+ * CUDA layer). They may be the same buffer (in place) but must not otherwise overlap.
+ * CUDA layer: enqueues on `stream` and returns; allocates nothing and does not synchronize.
+ * Capture in a CUDA graph is allowed once the layer has warmed up (see sn_layer_warmup); a
+ * capture of the first forward returns SN_ERROR_INVALID_STATE.
+ * Degenerate steps: if the new σ is zero or not finite (all-zero W, NaN in W), u, v and σ keep
+ * their previous values and W_sn = W / (previous σ); with no previous σ, W_sn = W · 0.
+ * CPU layer: computes in double precision, stores float32, blocks; `stream` is ignored. */
+SN_API sn_status_t sn_forward(sn_layer_t *layer, const void *W, void *W_sn, int training,
+                              sn_stream_t stream);
+
+/* Run the warm-up iterations now with weight W (no W_sn written), if they have not run yet;
+ * a no-op otherwise. Call it before capturing forwards in a CUDA graph. Stream-ordered. */
+SN_API sn_status_t sn_layer_warmup(sn_layer_t *layer, const void *W, sn_stream_t stream);
+
+/* ---- σ ------------------------------------------------------------------------------------- */
+
+/* Pointers to the layer's σ and 1/σ (one float each) in the backend's memory: device pointers for
+ * a CUDA layer, usable as a cuBLAS alpha in CUBLAS_POINTER_MODE_DEVICE. Valid until destroy; the
+ * values change with each forward, in stream order. Either output may be NULL. */
+SN_API sn_status_t sn_layer_sigma_ptr(const sn_layer_t *layer, const float **sigma,
+                                      const float **inv_sigma);
+
+/* Copy σ and 1/σ to the host after the work queued on `stream` completes. Blocks.
+ * Either output may be NULL. */
+SN_API sn_status_t sn_layer_get_sigma(const sn_layer_t *layer, float *sigma, float *inv_sigma,
+                                      sn_stream_t stream);
+
+/* ---- State --------------------------------------------------------------------------------- */
+
+/* Copy the state to host arrays after the work queued on `stream` completes. Blocks.
+ * u: h floats, v: w floats (sn_layer_get_dims); any output may be NULL to skip it. */
+SN_API sn_status_t sn_layer_get_state(const sn_layer_t *layer, float *u, float *v, float *sigma,
+                                      int *warmed_up, sn_stream_t stream);
+
+/* Replace the state from host arrays, in order after the work queued on `stream`. Blocks.
+ * u: h floats, v: w floats, all finite; sigma finite and >= 0 (1/σ becomes 1/sigma, or 0 for
+ * sigma == 0). warmed_up != 0 means the warm-up is not run again (set it when loading PyTorch's
+ * `_u` and `_v`, which are already warm). The values are stored bitwise as given. */
+SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const float *v,
+                                      float sigma, int warmed_up, sn_stream_t stream);
+
+/* Draw u and v afresh from `seed`, set σ = 1/σ = 0 and clear the warm-up flag. Blocks. */
+SN_API sn_status_t sn_layer_reset(sn_layer_t *layer, uint64_t seed, sn_stream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPECNORM_H */

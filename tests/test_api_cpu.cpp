@@ -1,0 +1,456 @@
+// The layer API on the CPU backend: every behaviour of the API, tested where CI runs (no GPU).
+#include <cuda_runtime_api.h>
+
+#include <numeric>
+
+#include "test_util.h"
+
+using namespace sntest;
+
+namespace {
+
+// The state after `iters` reference iterations from `start` (what the CPU backend must store).
+State reference_after(const std::vector<float> &W, sn_view_t vw, const State &start, int iters,
+                      sn_order_t order, float eps = 1e-12f) {
+  std::vector<double> u = to_double(start.u), v = to_double(start.v);
+  double sigma = 0;
+  for (int k = 0; k < iters; ++k) sigma = sn_ref_iterate(W.data(), vw, u.data(), v.data(), eps, order);
+  State s;
+  s.u.assign(u.begin(), u.end());
+  s.v.assign(v.begin(), v.end());
+  s.sigma = float(sigma);
+  return s;
+}
+
+std::vector<float> divided(const std::vector<float> &W, float sigma) {
+  std::vector<float> out(W.size());
+  sn_ref_divide(W.data(), out.data(), int64_t(W.size()), sigma);
+  return out;
+}
+
+class CpuApi : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    seed = fresh_seed();
+    rng.gen.seed(seed);
+  }
+  uint64_t seed = 0;
+  Rng rng{0};
+};
+
+}  // namespace
+
+TEST(Status, NamesDescriptionsAndVersion) {
+  for (int s = 0; s < SN_STATUS_COUNT; ++s) {
+    EXPECT_STRNE(sn_status_name(sn_status_t(s)), "SN_STATUS_UNKNOWN") << s;
+    EXPECT_GT(std::strlen(sn_status_description(sn_status_t(s))), 5u) << s;
+  }
+  EXPECT_STREQ(sn_status_name(SN_ERROR_INVALID_DIM), "SN_ERROR_INVALID_DIM");
+  EXPECT_STREQ(sn_status_name(sn_status_t(999)), "SN_STATUS_UNKNOWN");
+  EXPECT_STREQ(sn_status_name(sn_status_t(-1)), "SN_STATUS_UNKNOWN");
+  EXPECT_EQ(sn_version_number(), SN_VERSION_NUMBER);
+  EXPECT_STREQ(sn_version_string(), SN_VERSION_STRING);
+}
+
+TEST(Desc, DefaultsFollowPyTorch) {
+  const int64_t shape[2] = {8, 3};
+  sn_layer_desc_t d;
+  ASSERT_EQ(sn_layer_desc_init(&d, 2, shape), SN_SUCCESS);
+  EXPECT_EQ(d.n_power_iterations, 1);
+  EXPECT_EQ(d.eps, 1e-12f);
+  EXPECT_EQ(d.warmup_iterations, 15);
+  EXPECT_EQ(d.order, SN_ORDER_U_FIRST);
+  EXPECT_EQ(d.dim, 0);
+  EXPECT_EQ(d.dtype, SN_DTYPE_FLOAT32);
+  EXPECT_EQ(d.backend, SN_BACKEND_CUDA);
+  EXPECT_EQ(sn_layer_desc_init(nullptr, 2, shape), SN_ERROR_NULL_POINTER);
+  EXPECT_EQ(sn_layer_desc_init(&d, 2, nullptr), SN_ERROR_NULL_POINTER);
+  EXPECT_EQ(sn_layer_desc_init(&d, 0, shape), SN_ERROR_INVALID_SHAPE);
+  EXPECT_EQ(sn_layer_desc_init(&d, 9, shape), SN_ERROR_INVALID_SHAPE);
+}
+
+TEST_F(CpuApi, LifecycleAndDims) {
+  sn_layer_destroy(nullptr);  // accepted
+  LayerPtr l(make_desc({6, 2, 3, 3}, SN_BACKEND_CPU, 1));
+  ASSERT_TRUE(l.p);
+  int64_t h = 0, w = 0;
+  ASSERT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
+  EXPECT_EQ(h, 2);
+  EXPECT_EQ(w, 54);
+  State s = get_state(l);
+  EXPECT_EQ(s.sigma, 0.f) << "no estimate before the first forward";
+  EXPECT_EQ(s.warmed, 0);
+  double nu = 0, nv = 0;
+  for (float x : s.u) nu += double(x) * x;
+  for (float x : s.v) nv += double(x) * x;
+  EXPECT_NEAR(nu, 1.0, 1e-6);
+  EXPECT_NEAR(nv, 1.0, 1e-6);
+  const float *sp = nullptr, *ip = nullptr;
+  ASSERT_EQ(sn_layer_sigma_ptr(l, &sp, &ip), SN_SUCCESS);
+  EXPECT_NE(sp, nullptr);
+  EXPECT_EQ(ip, sp + 1);
+}
+
+TEST_F(CpuApi, WarmupRunsOnceThenOneIterationPerStep) {
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  const int64_t h = 12, w = 7;
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+  LayerPtr l(d);
+  const sn_view_t vw{1, h, w};
+  std::vector<float> W = gapped_matrix(rng, h, w), out(W.size());
+  State s0 = get_state(l);
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  State ref1 = reference_after(W, vw, s0, 16, SN_ORDER_U_FIRST);  // 15 warm-up + 1
+  State s1 = get_state(l);
+  EXPECT_TRUE(bitwise_equal(s1.u, ref1.u));
+  EXPECT_TRUE(bitwise_equal(s1.v, ref1.v));
+  EXPECT_EQ(s1.sigma, ref1.sigma);
+  EXPECT_EQ(s1.warmed, 1);
+  EXPECT_TRUE(bitwise_equal(out, divided(W, ref1.sigma)));
+  float sig = 0, inv = 0;
+  ASSERT_EQ(sn_layer_get_sigma(l, &sig, &inv, nullptr), SN_SUCCESS);
+  EXPECT_EQ(sig, ref1.sigma);
+  EXPECT_EQ(inv, 1.0f / ref1.sigma);
+
+  // Second step, with a changed W: exactly one iteration.
+  for (auto &x : W) x += 0.01f * rng.normal();
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  State ref2 = reference_after(W, vw, s1, 1, SN_ORDER_U_FIRST);
+  State s2 = get_state(l);
+  EXPECT_TRUE(bitwise_equal(s2.u, ref2.u));
+  EXPECT_TRUE(bitwise_equal(s2.v, ref2.v));
+  EXPECT_EQ(s2.sigma, ref2.sigma);
+}
+
+TEST_F(CpuApi, EvalFirstWarmsUpThenKeepsVectors) {
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  const int64_t h = 9, w = 14;
+  LayerPtr l(make_desc({h, w}, SN_BACKEND_CPU));
+  const sn_view_t vw{1, h, w};
+  std::vector<float> W = gapped_matrix(rng, h, w), out(W.size());
+  State s0 = get_state(l);
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 0, nullptr), SN_SUCCESS);
+  State warm = reference_after(W, vw, s0, 15, SN_ORDER_U_FIRST);
+  State s1 = get_state(l);
+  EXPECT_TRUE(bitwise_equal(s1.u, warm.u)) << "eval-first runs the warm-up (pytorch #51800)";
+  EXPECT_TRUE(bitwise_equal(s1.v, warm.v));
+  std::vector<double> t(static_cast<size_t>(h));
+  std::vector<double> uw(warm.u.begin(), warm.u.end()), vwv(warm.v.begin(), warm.v.end());
+  // σ is computed from the double vectors before rounding; compare at float precision.
+  EXPECT_NEAR(s1.sigma, sn_ref_sigma(W.data(), vw, uw.data(), vwv.data(), t.data()), 1e-6 * s1.sigma);
+
+  // A later eval with a new W: u, v unchanged bitwise, σ = uᵀ M v recomputed.
+  std::vector<float> W2 = gapped_matrix(rng, h, w);
+  ASSERT_EQ(sn_forward(l, W2.data(), out.data(), 0, nullptr), SN_SUCCESS);
+  State s2 = get_state(l);
+  EXPECT_TRUE(bitwise_equal(s2.u, s1.u));
+  EXPECT_TRUE(bitwise_equal(s2.v, s1.v));
+  std::vector<double> u1 = to_double(s1.u), v1 = to_double(s1.v);
+  const float expect = float(sn_ref_sigma(W2.data(), vw, u1.data(), v1.data(), t.data()));
+  EXPECT_EQ(s2.sigma, expect);
+  EXPECT_TRUE(bitwise_equal(out, divided(W2, expect)));
+}
+
+TEST_F(CpuApi, BothUpdateOrders) {
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  const int64_t h = 5, w = 31;
+  for (sn_order_t order : {SN_ORDER_U_FIRST, SN_ORDER_V_FIRST}) {
+    sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+    d.order = order;
+    d.warmup_iterations = 3;
+    d.n_power_iterations = 2;
+    LayerPtr l(d);
+    std::vector<float> W = rng.normals(h * w), out(W.size());
+    State s0 = get_state(l);
+    ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+    State ref = reference_after(W, sn_view_t{1, h, w}, s0, 5, order);
+    State s1 = get_state(l);
+    EXPECT_TRUE(bitwise_equal(s1.u, ref.u)) << order;
+    EXPECT_TRUE(bitwise_equal(s1.v, ref.v)) << order;
+    EXPECT_EQ(s1.sigma, ref.sigma) << order;
+  }
+}
+
+TEST_F(CpuApi, DimOneEqualsExplicitPermutation) {
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  // A ConvTranspose2d weight (in=4, out=6, 3, 3) normalized along dim 1, against the same weight
+  // permuted to (6, 4, 3, 3) and normalized along dim 0.
+  const int64_t I = 4, O = 6, K = 9;
+  std::vector<float> W = rng.normals(I * O * K), P(W.size());
+  for (int64_t a = 0; a < I; ++a)
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t k = 0; k < K; ++k) P[static_cast<size_t>((o * I + a) * K + k)] = W[static_cast<size_t>((a * O + o) * K + k)];
+  LayerPtr l1(make_desc({I, O, 3, 3}, SN_BACKEND_CPU, 1));
+  LayerPtr l0(make_desc({O, I, 3, 3}, SN_BACKEND_CPU, 0));
+  LayerPtr ln(make_desc({I, O, 3, 3}, SN_BACKEND_CPU, -3));  // negative dim, same axis
+  std::vector<float> o1(W.size()), o0(W.size()), on(W.size());
+  for (int step = 0; step < 3; ++step) {
+    ASSERT_EQ(sn_forward(l1, W.data(), o1.data(), 1, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_forward(l0, P.data(), o0.data(), 1, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_forward(ln, W.data(), on.data(), 1, nullptr), SN_SUCCESS);
+    State s1 = get_state(l1), s0 = get_state(l0), sn = get_state(ln);
+    EXPECT_NEAR(s1.sigma, s0.sigma, 1e-6 * s0.sigma);
+    EXPECT_LT(max_abs_diff(s1.u, s0.u), 1e-6);
+    EXPECT_LT(max_abs_diff(s1.v, s0.v), 1e-6);
+    EXPECT_TRUE(same_state(s1, sn));
+    for (int64_t a = 0; a < I; ++a)
+      for (int64_t o = 0; o < O; ++o)
+        for (int64_t k = 0; k < K; ++k)
+          ASSERT_NEAR(o1[static_cast<size_t>((a * O + o) * K + k)], o0[static_cast<size_t>((o * I + a) * K + k)], 1e-6);
+  }
+}
+
+TEST_F(CpuApi, StateRoundTripIsBitwise) {
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  const int64_t h = 16, w = 10;
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+  LayerPtr a(d);
+  std::vector<float> W = rng.normals(h * w), oa(W.size()), ob(W.size());
+  ASSERT_EQ(sn_forward(a, W.data(), oa.data(), 1, nullptr), SN_SUCCESS);
+  State saved = get_state(a);
+
+  d.seed = 12345;  // a different start, overwritten by the checkpoint
+  LayerPtr b(d);
+  ASSERT_EQ(sn_layer_set_state(b, saved.u.data(), saved.v.data(), saved.sigma, saved.warmed, nullptr),
+            SN_SUCCESS);
+  EXPECT_TRUE(same_state(get_state(b), saved));
+  float inv = 0;
+  ASSERT_EQ(sn_layer_get_sigma(b, nullptr, &inv, nullptr), SN_SUCCESS);
+  EXPECT_EQ(inv, 1.0f / saved.sigma);
+  for (int step = 0; step < 3; ++step) {
+    for (auto &x : W) x += 0.05f * rng.normal();
+    ASSERT_EQ(sn_forward(a, W.data(), oa.data(), step % 2, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_forward(b, W.data(), ob.data(), step % 2, nullptr), SN_SUCCESS);
+    EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+    EXPECT_TRUE(bitwise_equal(oa, ob));
+  }
+}
+
+TEST_F(CpuApi, LoadsPyTorchBuffersAsTheyAre) {
+  // PyTorch's parametrization keeps `_u` (h) and `_v` (w), already warmed up at construction.
+  // Loaded with warmed_up = 1, the next training step runs exactly one iteration from them.
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  const int64_t h = 8, w = 6;
+  LayerPtr l(make_desc({h, w}, SN_BACKEND_CPU));
+  std::vector<float> W = rng.normals(h * w), out(W.size());
+  State torch_state;
+  torch_state.u = rng.normals(h, 0.3f);
+  torch_state.v = rng.normals(w, 0.3f);
+  ASSERT_EQ(sn_layer_set_state(l, torch_state.u.data(), torch_state.v.data(), 0.f, 1, nullptr),
+            SN_SUCCESS);
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  State ref = reference_after(W, sn_view_t{1, h, w}, torch_state, 1, SN_ORDER_U_FIRST);
+  State s = get_state(l);
+  EXPECT_TRUE(bitwise_equal(s.u, ref.u));
+  EXPECT_TRUE(bitwise_equal(s.v, ref.v));
+}
+
+TEST_F(CpuApi, SameSeedSameResultAndReset) {
+  const int64_t h = 11, w = 13;
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+  d.seed = 77;
+  LayerPtr a(d), b(d);
+  EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+  d.seed = 78;
+  LayerPtr c(d);
+  EXPECT_FALSE(bitwise_equal(get_state(a).u, get_state(c).u));
+
+  std::vector<float> W = rng.normals(h * w), out(W.size());
+  ASSERT_EQ(sn_forward(a, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_reset(a, 78, nullptr), SN_SUCCESS);
+  EXPECT_TRUE(same_state(get_state(a), get_state(c))) << "reset = a fresh layer with that seed";
+}
+
+TEST_F(CpuApi, InPlaceForward) {
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  const int64_t h = 7, w = 9;
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+  LayerPtr a(d), b(d);
+  std::vector<float> W = rng.normals(h * w), out(W.size()), inplace = W;
+  ASSERT_EQ(sn_forward(a, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_forward(b, inplace.data(), inplace.data(), 1, nullptr), SN_SUCCESS);
+  EXPECT_TRUE(bitwise_equal(out, inplace));
+}
+
+TEST_F(CpuApi, OneDimensionalWeightIsNormalizedExactly) {
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  const int64_t n = 37;
+  LayerPtr l(make_desc({n}, SN_BACKEND_CPU));
+  std::vector<float> W = rng.normals(n), out(W.size());
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  double norm = 0;
+  for (float x : W) norm += double(x) * x;
+  const float sigma = float(std::sqrt(norm));
+  EXPECT_TRUE(bitwise_equal(out, divided(W, sigma))) << "W_sn = W / max(‖W‖, eps)";
+  EXPECT_EQ(get_state(l).sigma, sigma);
+  // All zeros: σ = eps, W_sn = 0.
+  std::vector<float> Z(static_cast<size_t>(n), 0.f);
+  ASSERT_EQ(sn_forward(l, Z.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  for (float x : out) EXPECT_EQ(x, 0.f);
+  EXPECT_EQ(get_state(l).sigma, 1e-12f);
+}
+
+TEST_F(CpuApi, AllZeroWeightGivesZeroAndKeepsState) {
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  const int64_t h = 6, w = 4;
+  LayerPtr l(make_desc({h, w}, SN_BACKEND_CPU));
+  std::vector<float> Z(static_cast<size_t>(h * w), 0.f), out(Z.size(), 7.f);
+  State s0 = get_state(l);
+  // First forward ever: no σ yet, so W_sn = W · 0 = 0 and u, v stay as drawn.
+  ASSERT_EQ(sn_forward(l, Z.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  for (float x : out) EXPECT_EQ(x, 0.f);
+  State s1 = get_state(l);
+  EXPECT_TRUE(bitwise_equal(s1.u, s0.u));
+  EXPECT_TRUE(bitwise_equal(s1.v, s0.v));
+  EXPECT_EQ(s1.sigma, 0.f);
+  // After a good step, a zero W keeps the last good state and divides by its σ.
+  std::vector<float> W = gapped_matrix(rng, h, w);
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  State good = get_state(l);
+  ASSERT_GT(good.sigma, 0.f);
+  for (int training : {1, 0}) {
+    ASSERT_EQ(sn_forward(l, Z.data(), out.data(), training, nullptr), SN_SUCCESS);
+    for (float x : out) EXPECT_EQ(x, 0.f);
+    EXPECT_TRUE(same_state(get_state(l), good));
+  }
+}
+
+TEST_F(CpuApi, KnownCasesThroughTheApi) {
+  // 1×1: σ = |w|, W_sn = sign(w).
+  LayerPtr one(make_desc({1, 1}, SN_BACKEND_CPU));
+  float w1 = -3.5f, o1 = 0;
+  ASSERT_EQ(sn_forward(one, &w1, &o1, 1, nullptr), SN_SUCCESS);
+  EXPECT_EQ(get_state(one).sigma, 3.5f);
+  EXPECT_EQ(o1, -1.f);
+  // Diagonal with a dominant entry.
+  const int64_t n = 6;
+  std::vector<float> D(static_cast<size_t>(n * n), 0.f), out(D.size());
+  for (int64_t k = 0; k < n; ++k) D[static_cast<size_t>(k * n + k)] = 0.5f;
+  D[static_cast<size_t>(2 * n + 2)] = -4.f;
+  LayerPtr dl(make_desc({n, n}, SN_BACKEND_CPU));
+  ASSERT_EQ(sn_forward(dl, D.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  EXPECT_NEAR(get_state(dl).sigma, 4.f, 1e-5f);
+}
+
+// ---- bad input: a specific status, a message naming the argument, and an untouched layer ----
+
+#define EXPECT_FAILS(call, status, needle)                                          \
+  do {                                                                              \
+    sn_status_t st_ = (call);                                                       \
+    EXPECT_EQ(st_, status) << sn_status_name(st_) << ": " << sn_last_error_message(); \
+    EXPECT_NE(std::string(sn_last_error_message()).find(needle), std::string::npos) \
+        << "message: " << sn_last_error_message();                                  \
+  } while (0)
+
+TEST(BadInput, DescriptorIsRejectedWithTheArgumentNamed) {
+  sn_layer_t *l = reinterpret_cast<sn_layer_t *>(0x1);
+  auto create = [&](sn_layer_desc_t d) {
+    l = reinterpret_cast<sn_layer_t *>(0x1);
+    return sn_layer_create(&l, &d);
+  };
+  sn_layer_desc_t good = make_desc({4, 5}, SN_BACKEND_CPU);
+  EXPECT_FAILS(sn_layer_create(nullptr, &good), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_layer_create(&l, nullptr), SN_ERROR_NULL_POINTER, "desc");
+  EXPECT_EQ(l, nullptr) << "*layer is NULL after a failure";
+
+  sn_layer_desc_t d = good;
+  d.ndim = 0;
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_SHAPE, "ndim");
+  d.ndim = 9;
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_SHAPE, "ndim");
+  d = good;
+  d.shape[1] = 0;
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_SHAPE, "shape[1]");
+  d.shape[1] = -3;
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_SHAPE, "shape[1]");
+  d = good;
+  d.ndim = 3;
+  d.shape[0] = int64_t(1) << 30;
+  d.shape[1] = int64_t(1) << 30;
+  d.shape[2] = 8;
+  EXPECT_FAILS(create(d), SN_ERROR_SIZE_OVERFLOW, "shape");
+  d = good;
+  d.dim = 2;
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_DIM, "dim");
+  d.dim = -3;
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_DIM, "dim");
+  d = good;
+  d.n_power_iterations = 0;
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "n_power_iterations");
+  d = good;
+  d.warmup_iterations = -1;
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "warmup_iterations");
+  for (float eps : {0.f, -1e-12f, NAN, INFINITY}) {
+    d = good;
+    d.eps = eps;
+    EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "eps");
+  }
+  d = good;
+  d.dtype = SN_DTYPE_BFLOAT16;
+  EXPECT_FAILS(create(d), SN_ERROR_NOT_SUPPORTED, "dtype");
+  d.dtype = SN_DTYPE_FLOAT16;
+  EXPECT_FAILS(create(d), SN_ERROR_NOT_SUPPORTED, "dtype");
+  d.dtype = sn_dtype_t(7);
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "dtype");
+  d = good;
+  d.order = sn_order_t(2);
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "order");
+  d = good;
+  d.algo = sn_algo_t(SN_ALGO_COUNT);
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "algo");
+  d = good;
+  d.backend = sn_backend_t(5);
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_BACKEND, "backend");
+  EXPECT_EQ(l, nullptr);
+}
+
+TEST(BadInput, CudaBackendWithoutGpuOrWithABadDevice) {
+  int count = 0;
+  const bool gpu = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+  sn_layer_desc_t d = make_desc({4, 5}, SN_BACKEND_CUDA);
+  sn_layer_t *l = nullptr;
+  if (!gpu) {
+    EXPECT_FAILS(sn_layer_create(&l, &d), SN_ERROR_NO_DEVICE, "no usable GPU");
+  } else {
+    d.device = count;
+    EXPECT_FAILS(sn_layer_create(&l, &d), SN_ERROR_INVALID_DEVICE, "desc->device");
+    d.device = -1;
+    EXPECT_FAILS(sn_layer_create(&l, &d), SN_ERROR_INVALID_DEVICE, "desc->device");
+  }
+  EXPECT_EQ(l, nullptr);
+}
+
+TEST_F(CpuApi, BadCallsLeaveTheLayerAsItWas) {
+  const int64_t h = 5, w = 6;
+  LayerPtr l(make_desc({h, w}, SN_BACKEND_CPU));
+  std::vector<float> W = rng.normals(h * w), out(W.size());
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  const State before = get_state(l);
+
+  EXPECT_FAILS(sn_forward(nullptr, W.data(), out.data(), 1, nullptr), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_forward(l, nullptr, out.data(), 1, nullptr), SN_ERROR_NULL_POINTER, "W");
+  EXPECT_FAILS(sn_forward(l, W.data(), nullptr, 1, nullptr), SN_ERROR_NULL_POINTER, "W_sn");
+  EXPECT_FAILS(sn_forward(l, W.data(), W.data() + 1, 1, nullptr), SN_ERROR_INVALID_VALUE, "overlap");
+  EXPECT_FAILS(sn_layer_warmup(l, nullptr, nullptr), SN_ERROR_NULL_POINTER, "W");
+
+  std::vector<float> u = before.u, v = before.v;
+  EXPECT_FAILS(sn_layer_set_state(l, nullptr, v.data(), 1.f, 1, nullptr), SN_ERROR_NULL_POINTER, "u");
+  EXPECT_FAILS(sn_layer_set_state(l, u.data(), nullptr, 1.f, 1, nullptr), SN_ERROR_NULL_POINTER, "v");
+  u[2] = NAN;
+  EXPECT_FAILS(sn_layer_set_state(l, u.data(), v.data(), 1.f, 1, nullptr), SN_ERROR_INVALID_VALUE, "u[2]");
+  u = before.u;
+  v[5] = INFINITY;
+  EXPECT_FAILS(sn_layer_set_state(l, u.data(), v.data(), 1.f, 1, nullptr), SN_ERROR_INVALID_VALUE, "v[5]");
+  v = before.v;
+  EXPECT_FAILS(sn_layer_set_state(l, u.data(), v.data(), -1.f, 1, nullptr), SN_ERROR_INVALID_VALUE, "sigma");
+  EXPECT_FAILS(sn_layer_set_state(l, u.data(), v.data(), NAN, 1, nullptr), SN_ERROR_INVALID_VALUE, "sigma");
+
+  EXPECT_FAILS(sn_layer_get_state(nullptr, u.data(), v.data(), nullptr, nullptr, nullptr),
+               SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_layer_get_sigma(nullptr, nullptr, nullptr, nullptr), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_layer_sigma_ptr(nullptr, nullptr, nullptr), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_layer_get_dims(nullptr, nullptr, nullptr), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_layer_reset(nullptr, 1, nullptr), SN_ERROR_NULL_POINTER, "layer");
+
+  EXPECT_TRUE(same_state(get_state(l), before));
+}

@@ -1,0 +1,341 @@
+// CUDA layers against the CPU backend (the double-precision reference), step by step, on every
+// kind of shape and layout; determinism; CUDA graph capture; GPU-side bad input.
+// Every test skips with a message when no CUDA device is present.
+#include <cuda_runtime.h>
+
+#include "test_util.h"
+
+using namespace sntest;
+
+namespace {
+
+std::string gpu_missing_reason() {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "no CUDA device (cudaGetDeviceCount: error " + std::to_string(int(e)) + ", " +
+           cudaGetErrorString(e) + ")";
+  }
+  if (count == 0) return "no CUDA device (cudaGetDeviceCount returned 0)";
+  return "";
+}
+
+#define REQUIRE_GPU()                                          \
+  do {                                                         \
+    const std::string why_ = gpu_missing_reason();             \
+    if (!why_.empty()) GTEST_SKIP() << why_ << ": GPU test skipped"; \
+  } while (0)
+
+#define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
+
+// A device buffer of floats.
+struct DevBuf {
+  float *p = nullptr;
+  size_t n = 0;
+  explicit DevBuf(size_t count) : n(count) {
+    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(float)), cudaSuccess);
+  }
+  ~DevBuf() { cudaFree(p); }
+  DevBuf(const DevBuf &) = delete;
+  DevBuf &operator=(const DevBuf &) = delete;
+  void upload(const std::vector<float> &h) {
+    EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  std::vector<float> download() const {
+    std::vector<float> h(n);
+    EXPECT_EQ(cudaMemcpy(h.data(), p, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    return h;
+  }
+  void poison() { EXPECT_EQ(cudaMemset(p, 0xFF, n * 4), cudaSuccess); }  // NaN pattern
+};
+
+struct Case {
+  std::vector<int64_t> shape;
+  int dim;
+  sn_order_t order;
+  int iters;
+};
+
+std::string case_name(const Case &c) {
+  return shape_str(c.shape) + " dim=" + std::to_string(c.dim) +
+         (c.order == SN_ORDER_U_FIRST ? " u-first" : " v-first") + " iters=" + std::to_string(c.iters);
+}
+
+// gtest prints parameters with this (instead of raw bytes).
+void PrintTo(const Case &c, std::ostream *os) { *os << case_name(c); }
+
+int64_t numel_of(const std::vector<int64_t> &s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+// A weight of `shape` whose matrix view along `dim` has a clear spectral gap.
+std::vector<float> gapped_weight(Rng &rng, const std::vector<int64_t> &shape, int dim) {
+  const int nd = int(shape.size());
+  const int d = dim < 0 ? dim + nd : dim;
+  const sn_view_t vw = sn_ref_view(nd, shape.data(), d);
+  const int64_t w = vw.A * vw.B;
+  const std::vector<float> M = gapped_matrix(rng, vw.h, w);
+  std::vector<float> W(M.size());
+  for (int64_t a = 0; a < vw.A; ++a)
+    for (int64_t i = 0; i < vw.h; ++i)
+      for (int64_t b = 0; b < vw.B; ++b)
+        W[static_cast<size_t>((a * vw.h + i) * vw.B + b)] = M[static_cast<size_t>(i * w + a * vw.B + b)];
+  return W;
+}
+
+// Run `steps` forwards on a CUDA layer and a CPU layer created alike, W changing between steps,
+// and compare state and output after each step.
+void compare_backends(const Case &c, Rng &rng, int steps, int warmup = 15) {
+  SCOPED_TRACE(case_name(c));
+  sn_layer_desc_t dg = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
+  dg.order = c.order;
+  dg.n_power_iterations = c.iters;
+  dg.warmup_iterations = warmup;
+  dg.seed = rng.gen();
+  sn_layer_desc_t dc = dg;
+  dc.backend = SN_BACKEND_CPU;
+  LayerPtr g(dg), cpu(dc);
+  ASSERT_TRUE(g.p && cpu.p);
+  const int64_t n = numel_of(c.shape);
+  std::vector<float> W = gapped_weight(rng, c.shape, c.dim), out_cpu(static_cast<size_t>(n));
+  DevBuf dW(static_cast<size_t>(n)), dOut(static_cast<size_t>(n));
+  for (int step = 0; step < steps; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    const int training = step + 1 < steps ? 1 : 0;  // the last step is an eval step
+    if (step > 0)
+      for (auto &x : W) x += 0.01f * rng.normal() / std::sqrt(float(n));
+    dW.upload(W);
+    dOut.poison();
+    ASSERT_EQ(sn_forward(g, dW.p, dOut.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_forward(cpu, W.data(), out_cpu.data(), training, nullptr), SN_SUCCESS);
+    const State sg = get_state(g), sc = get_state(cpu);
+    EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5) << "sigma gpu " << sg.sigma << " cpu " << sc.sigma;
+    EXPECT_LT(max_abs_diff(sg.u, sc.u), 2e-5);
+    EXPECT_LT(max_abs_diff(sg.v, sc.v), 2e-5);
+    EXPECT_EQ(sg.warmed, 1);
+    const std::vector<float> out = dOut.download();
+    EXPECT_LT(max_abs_diff(out, out_cpu), 1e-5 * std::max(1.0, max_abs(out_cpu)));
+  }
+}
+
+class GpuShapes : public ::testing::TestWithParam<Case> {};
+
+}  // namespace
+
+TEST_P(GpuShapes, MatchesCpuBackendStepByStep) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  compare_backends(GetParam(), rng, 5);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, GpuShapes,
+    ::testing::Values(
+        Case{{1, 1}, 0, SN_ORDER_U_FIRST, 1}, Case{{1, 1000}, 0, SN_ORDER_U_FIRST, 1},
+        Case{{1000, 1}, 0, SN_ORDER_U_FIRST, 1}, Case{{7, 13}, 0, SN_ORDER_U_FIRST, 1},
+        Case{{33, 65}, 0, SN_ORDER_V_FIRST, 1}, Case{{257, 1023}, 0, SN_ORDER_U_FIRST, 2},
+        Case{{1000, 4099}, 0, SN_ORDER_U_FIRST, 1}, Case{{4099, 1000}, 0, SN_ORDER_V_FIRST, 1},
+        Case{{128, 128, 3, 3}, 0, SN_ORDER_U_FIRST, 1}, Case{{64, 3, 3, 3}, 0, SN_ORDER_U_FIRST, 1},
+        Case{{1, 128}, 0, SN_ORDER_U_FIRST, 1},     // SN-GAN's final linear layer
+        Case{{4, 6, 3, 3}, 1, SN_ORDER_U_FIRST, 1}, // ConvTranspose2d weight, dim = 1
+        Case{{96, 48, 4, 4}, 1, SN_ORDER_V_FIRST, 1},
+        Case{{5, 7, 2}, -1, SN_ORDER_U_FIRST, 1},   // last axis: B = 1
+        Case{{300, 517}, 1, SN_ORDER_U_FIRST, 1},   // a transposed view
+        Case{{3, 1000, 5}, 1, SN_ORDER_V_FIRST, 3}, Case{{2, 3, 4, 5, 6}, 2, SN_ORDER_U_FIRST, 1},
+        Case{{4096, 4096}, 0, SN_ORDER_U_FIRST, 1}),
+    [](const ::testing::TestParamInfo<Case> &info) {
+      std::string s = shape_str(info.param.shape) + "_dim" + std::to_string(info.param.dim + 8) +
+                      (info.param.order == SN_ORDER_U_FIRST ? "_u" : "_v") + std::to_string(info.param.iters);
+      return s;
+    });
+
+// 16384 × 16384: 64-bit byte offsets, one training step and one eval step (no warm-up, to keep the
+// CPU reference's time reasonable).
+TEST(GpuLarge, Large16384Square) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  compare_backends(Case{{16384, 16384}, 0, SN_ORDER_U_FIRST, 1}, rng, 2, 0);
+}
+
+TEST(Gpu, OneDimensionalWeight) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  for (int64_t n : {1, 37, 100000}) {
+    Case c{{n}, 0, SN_ORDER_U_FIRST, 1};
+    compare_backends(c, rng, 2);
+  }
+}
+
+TEST(Gpu, RunsAreBitwiseIdentical) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  for (const Case &c : {Case{{1000, 4099}, 0, SN_ORDER_U_FIRST, 1}, Case{{3, 1000, 5}, 1, SN_ORDER_V_FIRST, 2},
+                        Case{{513, 300}, 1, SN_ORDER_U_FIRST, 1}}) {
+    SCOPED_TRACE(case_name(c));
+    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
+    d.order = c.order;
+    d.n_power_iterations = c.iters;
+    const int64_t n = numel_of(c.shape);
+    std::vector<float> W = rng.normals(n);
+    DevBuf dW(static_cast<size_t>(n)), o1(static_cast<size_t>(n)), o2(static_cast<size_t>(n));
+    dW.upload(W);
+    LayerPtr a(d), b(d);
+    for (int step = 0; step < 3; ++step) {
+      ASSERT_EQ(sn_forward(a, dW.p, o1.p, step < 2, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_forward(b, dW.p, o2.p, step < 2, nullptr), SN_SUCCESS);
+      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+      EXPECT_TRUE(bitwise_equal(o1.download(), o2.download()));
+    }
+  }
+}
+
+TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const int64_t h = 512, w = 1152;
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
+  LayerPtr plain(d), graphed(d);
+  std::vector<float> W = gapped_matrix(rng, h, w);
+  DevBuf dW(static_cast<size_t>(h * w)), o1(static_cast<size_t>(h * w)), o2(static_cast<size_t>(h * w));
+  dW.upload(W);
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  ASSERT_EQ(sn_layer_warmup(graphed, dW.p, s), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_warmup(plain, dW.p, s), SN_SUCCESS);
+  for (int training : {1, 0}) {
+    SCOPED_TRACE(training ? "training" : "eval");
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    ASSERT_EQ(sn_forward(graphed, dW.p, o2.p, training, s), SN_SUCCESS) << sn_last_error_message();
+    CUDA_OK(cudaStreamEndCapture(s, &graph));
+    size_t nodes = 0;
+    CUDA_OK(cudaGraphGetNodes(graph, nullptr, &nodes));
+    EXPECT_EQ(nodes, training ? 3u : 2u) << "kernel launches per forward";
+    CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int k = 0; k < 3; ++k) {
+      CUDA_OK(cudaGraphLaunch(exec, s));
+      ASSERT_EQ(sn_forward(plain, dW.p, o1.p, training, s), SN_SUCCESS);
+      CUDA_OK(cudaStreamSynchronize(s));
+      EXPECT_TRUE(same_state(get_state(plain, s), get_state(graphed, s)));
+      EXPECT_TRUE(bitwise_equal(o1.download(), o2.download()));
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+  cudaStreamDestroy(s);
+}
+
+TEST(Gpu, CapturingTheFirstForwardIsRefused) {
+  REQUIRE_GPU();
+  const int64_t h = 16, w = 8;
+  LayerPtr l(make_desc({h, w}, SN_BACKEND_CUDA));
+  DevBuf dW(static_cast<size_t>(h * w)), o(static_cast<size_t>(h * w));
+  Rng rng(fresh_seed());
+  dW.upload(rng.normals(h * w));
+  const State before = get_state(l);
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  EXPECT_EQ(sn_forward(l, dW.p, o.p, 1, s), SN_ERROR_INVALID_STATE);
+  EXPECT_NE(std::string(sn_last_error_message()).find("sn_layer_warmup"), std::string::npos);
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  if (graph) cudaGraphDestroy(graph);
+  EXPECT_TRUE(same_state(get_state(l, s), before));
+  cudaStreamDestroy(s);
+}
+
+TEST(Gpu, WrongKindOfMemoryIsRejected) {
+  REQUIRE_GPU();
+  const int64_t h = 6, w = 5;
+  LayerPtr g(make_desc({h, w}, SN_BACKEND_CUDA)), c(make_desc({h, w}, SN_BACKEND_CPU));
+  std::vector<float> host(static_cast<size_t>(h * w), 1.f), host_out(static_cast<size_t>(h * w));
+  DevBuf dW(static_cast<size_t>(h * w)), o(static_cast<size_t>(h * w));
+  dW.upload(host);
+  const State before = get_state(g);
+  EXPECT_EQ(sn_forward(g, host.data(), o.p, 1, nullptr), SN_ERROR_INVALID_POINTER);
+  EXPECT_NE(std::string(sn_last_error_message()).find("W "), std::string::npos) << sn_last_error_message();
+  EXPECT_EQ(sn_forward(g, dW.p, host_out.data(), 1, nullptr), SN_ERROR_INVALID_POINTER);
+  EXPECT_NE(std::string(sn_last_error_message()).find("W_sn"), std::string::npos);
+  EXPECT_EQ(sn_forward(c, dW.p, host_out.data(), 1, nullptr), SN_ERROR_INVALID_POINTER);
+  EXPECT_TRUE(same_state(get_state(g), before));
+}
+
+TEST(Gpu, InPlaceAndZeroWeight) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const int64_t h = 37, w = 129;
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
+  LayerPtr a(d), b(d);
+  std::vector<float> W = gapped_matrix(rng, h, w);
+  DevBuf dW(static_cast<size_t>(h * w)), inplace(static_cast<size_t>(h * w)), o(static_cast<size_t>(h * w));
+  dW.upload(W);
+  inplace.upload(W);
+  ASSERT_EQ(sn_forward(a, dW.p, o.p, 1, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_forward(b, inplace.p, inplace.p, 1, nullptr), SN_SUCCESS);
+  EXPECT_TRUE(bitwise_equal(o.download(), inplace.download()));
+
+  // A zero W after a good step: W_sn = 0, state kept.
+  const State good = get_state(a);
+  DevBuf Z(static_cast<size_t>(h * w));
+  CUDA_OK(cudaMemset(Z.p, 0, static_cast<size_t>(h * w) * 4));
+  for (int training : {1, 0}) {
+    o.poison();
+    ASSERT_EQ(sn_forward(a, Z.p, o.p, training, nullptr), SN_SUCCESS);
+    for (float x : o.download()) ASSERT_EQ(x, 0.f);
+    EXPECT_TRUE(same_state(get_state(a), good));
+  }
+  // A zero W on a fresh layer: W_sn = 0, σ = 0, u and v as drawn.
+  LayerPtr f(d);
+  const State drawn = get_state(f);
+  o.poison();
+  ASSERT_EQ(sn_forward(f, Z.p, o.p, 1, nullptr), SN_SUCCESS);
+  for (float x : o.download()) ASSERT_EQ(x, 0.f);
+  State after = get_state(f);
+  EXPECT_TRUE(bitwise_equal(after.u, drawn.u));
+  EXPECT_TRUE(bitwise_equal(after.v, drawn.v));
+  EXPECT_EQ(after.sigma, 0.f);
+}
+
+TEST(Gpu, SigmaPointersAndStateTransfer) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const int64_t h = 64, w = 48;
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
+  LayerPtr a(d);
+  DevBuf dW(static_cast<size_t>(h * w)), o(static_cast<size_t>(h * w));
+  dW.upload(gapped_matrix(rng, h, w));
+  ASSERT_EQ(sn_forward(a, dW.p, o.p, 1, nullptr), SN_SUCCESS);
+  const float *sp = nullptr, *ip = nullptr;
+  ASSERT_EQ(sn_layer_sigma_ptr(a, &sp, &ip), SN_SUCCESS);
+  cudaPointerAttributes attr;
+  CUDA_OK(cudaPointerGetAttributes(&attr, sp));
+  EXPECT_EQ(attr.type, cudaMemoryTypeDevice);
+  float dev[2], sig = 0, inv = 0;
+  CUDA_OK(cudaMemcpy(dev, sp, 8, cudaMemcpyDeviceToHost));
+  ASSERT_EQ(sn_layer_get_sigma(a, &sig, &inv, nullptr), SN_SUCCESS);
+  EXPECT_EQ(dev[0], sig);
+  EXPECT_EQ(dev[1], inv);
+  EXPECT_EQ(inv, 1.0f / sig);
+  // A CPU checkpoint loaded into a CUDA layer (and back) is bitwise the same state.
+  const State s = get_state(a);
+  sn_layer_desc_t dc = d;
+  dc.backend = SN_BACKEND_CPU;
+  LayerPtr c(dc), b(d);
+  ASSERT_EQ(sn_layer_set_state(c, s.u.data(), s.v.data(), s.sigma, 1, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_set_state(b, s.u.data(), s.v.data(), s.sigma, 1, nullptr), SN_SUCCESS);
+  EXPECT_TRUE(same_state(get_state(b), s));
+  EXPECT_TRUE(same_state(get_state(c), s));
+  ASSERT_EQ(sn_layer_reset(b, 99, nullptr), SN_SUCCESS);
+  dc.seed = 99;
+  LayerPtr c99(dc);
+  EXPECT_TRUE(same_state(get_state(b), get_state(c99))) << "both backends draw the same vectors";
+}

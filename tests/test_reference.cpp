@@ -1,0 +1,153 @@
+// The CPU reference (host/reference.c) against LAPACK's SVD, and on cases with known answers.
+#include <lapacke.h>
+
+#include "test_util.h"
+
+using namespace sntest;
+
+namespace {
+
+// Singular values of a row-major h×w matrix (double), largest first.
+std::vector<double> singular_values(std::vector<double> a, int64_t h, int64_t w) {
+  std::vector<double> s(static_cast<size_t>(std::min(h, w))), superb(static_cast<size_t>(std::min(h, w)));
+  lapack_int info = LAPACKE_dgesvd(LAPACK_ROW_MAJOR, 'N', 'N', lapack_int(h), lapack_int(w),
+                                   a.data(), lapack_int(w), s.data(), nullptr, 1, nullptr, 1,
+                                   superb.data());
+  EXPECT_EQ(info, 0) << "dgesvd failed";
+  return s;
+}
+
+std::vector<double> singular_values(const std::vector<float> &W, int64_t h, int64_t w) {
+  return singular_values(to_double(W), h, w);
+}
+
+// Run `iters` power iterations from fresh random vectors; return σ.
+double power_sigma(const std::vector<float> &W, int64_t h, int64_t w, int iters, Rng &rng,
+                   sn_order_t order = SN_ORDER_U_FIRST) {
+  std::vector<double> u = to_double(rng.normals(h)), v = to_double(rng.normals(w));
+  const sn_view_t vw{1, h, w};
+  double sigma = 0;
+  for (int k = 0; k < iters; ++k) sigma = sn_ref_iterate(W.data(), vw, u.data(), v.data(), 1e-12, order);
+  return sigma;
+}
+
+struct Shape {
+  int64_t h, w;
+};
+
+}  // namespace
+
+TEST(Reference, ConvergesToLapackLargestSingularValue) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  for (Shape s : {Shape{1, 1}, Shape{1, 17}, Shape{23, 1}, Shape{7, 5}, Shape{33, 64},
+                  Shape{100, 37}, Shape{129, 255}}) {
+    SCOPED_TRACE(std::to_string(s.h) + "x" + std::to_string(s.w));
+    const std::vector<float> W = gapped_matrix(rng, s.h, s.w);
+    const double smax = singular_values(W, s.h, s.w)[0];
+    for (sn_order_t order : {SN_ORDER_U_FIRST, SN_ORDER_V_FIRST}) {
+      const double sigma = power_sigma(W, s.h, s.w, 200, rng, order);
+      EXPECT_NEAR(sigma / smax, 1.0, 1e-9);
+      // ‖W_sn‖₂ of W_sn = W / σ (in double, to test the reference and not float rounding).
+      std::vector<double> Wsn = to_double(W);
+      for (double &x : Wsn) x /= sigma;
+      EXPECT_NEAR(singular_values(Wsn, s.h, s.w)[0], 1.0, 1e-9);
+    }
+  }
+}
+
+// The "1.3898, not 1" puzzle of the seed article: right after nn.Linear(20, 40) gets spectral
+// norm, ‖W_sn‖₂ is not 1, because one power iteration from random vectors only approaches the
+// largest singular value from below (at a rate of (σ₂/σ₁)² per iteration); σ is underestimated
+// and W / σ has a norm above 1. It becomes 1 only as iterations accumulate across steps.
+TEST(Reference, OneIterationFromRandomVectorsIsNotConverged) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const int64_t h = 40, w = 20;  // nn.Linear(20, 40): weight 40×20, kaiming-uniform init
+  const float bound = 1.f / std::sqrt(float(w));
+  std::vector<float> W(static_cast<size_t>(h * w));
+  for (auto &x : W) x = rng.uniform(-bound, bound);
+  const double smax = singular_values(W, h, w)[0];
+  const double sigma1 = power_sigma(W, h, w, 1, rng);
+  EXPECT_LT(sigma1, smax) << "power iteration approaches σ_max from below";
+  EXPECT_GT(smax / sigma1, 1.0 + 1e-3)
+      << "after one iteration ‖W/σ‖₂ = σ_max/σ should visibly exceed 1 (the article saw 1.3898)";
+  const double sigma_many = power_sigma(W, h, w, 2000, rng);
+  EXPECT_NEAR(smax / sigma_many, 1.0, 1e-6) << "many iterations converge (gap of a random matrix)";
+}
+
+TEST(Reference, KnownCases) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  // Diagonal: σ = max |d_k|.
+  {
+    const int64_t n = 9;
+    std::vector<float> W(static_cast<size_t>(n * n), 0.f);
+    float dmax = 0;
+    for (int64_t k = 0; k < n; ++k) {
+      W[static_cast<size_t>(k * n + k)] = (k == 4 ? 5.f : 1.f) * rng.uniform(-1.f, 1.f);
+      dmax = std::max(dmax, std::fabs(W[static_cast<size_t>(k * n + k)]));
+    }
+    W[static_cast<size_t>(4 * n + 4)] = -3.f;  // clear gap to the rest (|d| <= 1)
+    EXPECT_NEAR(power_sigma(W, n, n, 100, rng), 3.0, 1e-12);
+  }
+  // Rank 1: W = a bᵀ converges in one iteration to ‖a‖‖b‖.
+  {
+    const int64_t h = 6, w = 11;
+    std::vector<float> a = rng.normals(h), b = rng.normals(w), W(static_cast<size_t>(h * w));
+    double na = 0, nb = 0, wn = 0;
+    for (int64_t i = 0; i < h; ++i)
+      for (int64_t j = 0; j < w; ++j) W[static_cast<size_t>(i * w + j)] = a[static_cast<size_t>(i)] * b[static_cast<size_t>(j)];
+    for (float x : a) na += double(x) * x;
+    for (float x : b) nb += double(x) * x;
+    for (float x : W) wn += double(x) * x;
+    // ‖W‖_F = ‖a‖‖b‖ in exact arithmetic; W's float rounding makes it the exact σ of the stored W
+    // only to about 1e-7.
+    EXPECT_NEAR(power_sigma(W, h, w, 1, rng) / std::sqrt(na * nb), 1.0, 1e-6);
+    EXPECT_NEAR(power_sigma(W, h, w, 1, rng) / std::sqrt(wn), 1.0, 1e-6);
+  }
+  // 1×1: σ = |w|.
+  {
+    std::vector<float> W{-2.5f};
+    EXPECT_DOUBLE_EQ(power_sigma(W, 1, 1, 1, rng), 2.5);
+  }
+  // Zero: σ = 0, and the vectors stay finite (N(0) = 0 / eps = 0).
+  {
+    const int64_t h = 4, w = 3;
+    std::vector<float> W(static_cast<size_t>(h * w), 0.f);
+    std::vector<double> u = to_double(rng.normals(h)), v = to_double(rng.normals(w));
+    const double sigma = sn_ref_iterate(W.data(), sn_view_t{1, h, w}, u.data(), v.data(), 1e-12,
+                                        SN_ORDER_U_FIRST);
+    EXPECT_EQ(sigma, 0.0);
+    for (double x : u) EXPECT_EQ(x, 0.0);
+    for (double x : v) EXPECT_EQ(x, 0.0);
+  }
+}
+
+// The strided view [A][h][B] equals an explicit permutation of the axis to the front.
+TEST(Reference, ViewEqualsExplicitPermutation) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const int64_t shape[4] = {3, 5, 2, 7};
+  const int dim = 1;
+  const sn_view_t vw = sn_ref_view(4, shape, dim);
+  ASSERT_EQ(vw.A, 3);
+  ASSERT_EQ(vw.h, 5);
+  ASSERT_EQ(vw.B, 14);
+  std::vector<float> W = rng.normals(3 * 5 * 14), P(W.size());
+  for (int64_t a = 0; a < 3; ++a)
+    for (int64_t i = 0; i < 5; ++i)
+      for (int64_t b = 0; b < 14; ++b) P[static_cast<size_t>(i * 42 + a * 14 + b)] = W[static_cast<size_t>((a * 5 + i) * 14 + b)];
+  std::vector<double> x = to_double(rng.normals(42)), y = to_double(rng.normals(5));
+  std::vector<double> t1(5), t2(5), s1(42), s2(42);
+  sn_ref_matvec(W.data(), vw, x.data(), t1.data());
+  sn_ref_matvec(P.data(), sn_view_t{1, 5, 42}, x.data(), t2.data());
+  sn_ref_matvec_t(W.data(), vw, y.data(), s1.data());
+  sn_ref_matvec_t(P.data(), sn_view_t{1, 5, 42}, y.data(), s2.data());
+  for (int k = 0; k < 5; ++k) EXPECT_NEAR(t1[static_cast<size_t>(k)], t2[static_cast<size_t>(k)], 1e-12);
+  for (int k = 0; k < 42; ++k) EXPECT_NEAR(s1[static_cast<size_t>(k)], s2[static_cast<size_t>(k)], 1e-12);
+}

@@ -1,0 +1,124 @@
+// Shared helpers of the specnorm tests: fresh random inputs (the seed is printed on failure),
+// weights with a known spectral gap, and small wrappers over the C API.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <algorithm>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "sn_reference.h"
+#include "specnorm.h"
+
+namespace sntest {
+
+// A fresh seed per test run; SCOPED_TRACE it so a failure can be reproduced with SN_TEST_SEED.
+inline uint64_t fresh_seed() {
+  if (const char *s = std::getenv("SN_TEST_SEED")) return std::strtoull(s, nullptr, 10);
+  std::random_device rd;
+  return (uint64_t(rd()) << 32) ^ rd();
+}
+
+struct Rng {
+  std::mt19937_64 gen;
+  explicit Rng(uint64_t seed) : gen(seed) {}
+  float normal() { return std::normal_distribution<float>(0.f, 1.f)(gen); }
+  float uniform(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(gen); }
+  std::vector<float> normals(int64_t n, float scale = 1.f) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (auto &e : x) e = scale * normal();
+    return x;
+  }
+};
+
+// An h×w matrix (row-major) with a clear gap between its two largest singular values:
+// Gaussian noise of norm about 1 plus a rank-1 term of norm `boost`. Power iteration then
+// converges fast and its vectors are well defined, so backends can be compared step by step.
+inline std::vector<float> gapped_matrix(Rng &rng, int64_t h, int64_t w, float boost = 4.f) {
+  std::vector<float> W = rng.normals(h * w, 1.f / std::sqrt(float(std::max(h, w))));
+  std::vector<float> a = rng.normals(h), b = rng.normals(w);
+  double na = 0, nb = 0;
+  for (float x : a) na += double(x) * x;
+  for (float x : b) nb += double(x) * x;
+  const float s = float(boost / std::sqrt(na * nb));
+  for (int64_t i = 0; i < h; ++i)
+    for (int64_t j = 0; j < w; ++j) W[static_cast<size_t>(i * w + j)] += s * a[static_cast<size_t>(i)] * b[static_cast<size_t>(j)];
+  return W;
+}
+
+inline sn_layer_desc_t make_desc(std::vector<int64_t> shape, sn_backend_t backend, int dim = 0) {
+  sn_layer_desc_t d;
+  EXPECT_EQ(sn_layer_desc_init(&d, int(shape.size()), shape.data()), SN_SUCCESS);
+  d.backend = backend;
+  d.dim = dim;
+  return d;
+}
+
+struct LayerPtr {
+  sn_layer_t *p = nullptr;
+  LayerPtr() = default;
+  explicit LayerPtr(const sn_layer_desc_t &d) {
+    sn_status_t st = sn_layer_create(&p, &d);
+    EXPECT_EQ(st, SN_SUCCESS) << sn_last_error_message();
+  }
+  ~LayerPtr() { sn_layer_destroy(p); }
+  LayerPtr(const LayerPtr &) = delete;
+  LayerPtr &operator=(const LayerPtr &) = delete;
+  operator sn_layer_t *() const { return p; }
+};
+
+struct State {
+  std::vector<float> u, v;
+  float sigma = 0.f;
+  int warmed = 0;
+};
+
+inline State get_state(sn_layer_t *l, sn_stream_t stream = nullptr) {
+  int64_t h = 0, w = 0;
+  EXPECT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
+  State s;
+  s.u.resize(static_cast<size_t>(h));
+  s.v.resize(static_cast<size_t>(w));
+  EXPECT_EQ(sn_layer_get_state(l, s.u.data(), s.v.data(), &s.sigma, &s.warmed, stream), SN_SUCCESS)
+      << sn_last_error_message();
+  return s;
+}
+
+inline bool bitwise_equal(const std::vector<float> &a, const std::vector<float> &b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
+}
+
+inline bool same_state(const State &a, const State &b) {
+  return bitwise_equal(a.u, b.u) && bitwise_equal(a.v, b.v) &&
+         std::memcmp(&a.sigma, &b.sigma, 4) == 0 && a.warmed == b.warmed;
+}
+
+inline double max_abs_diff(const std::vector<float> &a, const std::vector<float> &b) {
+  double m = 0;
+  for (size_t k = 0; k < a.size(); ++k) m = std::max(m, std::fabs(double(a[k]) - double(b[k])));
+  return m;
+}
+
+inline double max_abs(const std::vector<float> &a) {
+  double m = 0;
+  for (float x : a) m = std::max(m, std::fabs(double(x)));
+  return m;
+}
+
+inline std::vector<double> to_double(const std::vector<float> &x) {
+  return std::vector<double>(x.begin(), x.end());
+}
+
+inline std::string shape_str(const std::vector<int64_t> &s) {
+  std::string r;
+  for (size_t k = 0; k < s.size(); ++k) r += (k ? "x" : "") + std::to_string(s[k]);
+  return r;
+}
+
+}  // namespace sntest

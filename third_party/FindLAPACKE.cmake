@@ -1,0 +1,17 @@
+# Finds LAPACKE (Debian: liblapacke-dev), used only by the tests to check the CPU reference
+# against LAPACK's SVD. Defines LAPACKE_FOUND and the imported target LAPACKE::LAPACKE.
+find_path(LAPACKE_INCLUDE_DIR NAMES lapacke.h PATH_SUFFIXES lapacke)
+find_library(LAPACKE_LIBRARY NAMES lapacke)
+find_library(LAPACKE_LAPACK_LIBRARY NAMES lapack)
+include(FindPackageHandleStandardArgs)
+find_package_handle_standard_args(LAPACKE REQUIRED_VARS LAPACKE_LIBRARY LAPACKE_INCLUDE_DIR)
+if(LAPACKE_FOUND AND NOT TARGET LAPACKE::LAPACKE)
+  add_library(LAPACKE::LAPACKE UNKNOWN IMPORTED)
+  set_target_properties(LAPACKE::LAPACKE PROPERTIES
+    IMPORTED_LOCATION "${LAPACKE_LIBRARY}"
+    INTERFACE_INCLUDE_DIRECTORIES "${LAPACKE_INCLUDE_DIR}")
+  if(LAPACKE_LAPACK_LIBRARY)
+    set_property(TARGET LAPACKE::LAPACKE APPEND PROPERTY INTERFACE_LINK_LIBRARIES "${LAPACKE_LAPACK_LIBRARY}")
+  endif()
+endif()
+mark_as_advanced(LAPACKE_INCLUDE_DIR LAPACKE_LIBRARY LAPACKE_LAPACK_LIBRARY)
