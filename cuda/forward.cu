@@ -1,6 +1,8 @@
 // Launch plans and the sequence of launches of one forward (the algorithm of SPEC.md):
 //   training, u-first, per iteration:  t = M v   (norm fused)   s = Mᵀ u  (norm and σ fused)
 //   training, v-first, per iteration:  s = Mᵀ u  (norm fused)   t = M v   (norm and σ fused)
+//   training, one pass (u-first, contiguous rows): t = M v and s = Mᵀ t in one read of W, then
+//                                      a small reduction of the blocks' partial s (norms fused)
 //   eval:                              t = M v, σ = uᵀ t fused
 //   then one commit-and-divide launch.
 // A training forward with one iteration is 3 launches; an eval forward 2. Vectors between the
@@ -25,8 +27,12 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 
 }  // namespace
 
-extern "C" void sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, float eps, int sm_count,
-                                  size_t *workspace_bytes) {
+extern "C" int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order) {
+  return order == SN_ORDER_U_FIRST && view.A == 1 && view.B % 4 == 0 && view.B <= 16384;
+}
+
+extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, float eps, int sm_count,
+                                 int one_pass, size_t *workspace_bytes) {
   *plan = sn_cuda_plan_t{};
   plan->view = view;
   plan->eps = eps;
@@ -51,12 +57,26 @@ extern "C" void sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, float ep
   const int64_t numel = w * h;
   plan->div_blocks = (int)clamp64((numel / 4 + 255) / 256, 1, 16LL * plan->sm_count);
 
+  // One pass: a persistent grid of as many row blocks as fit at once, but at least 4 rows each.
+  int64_t op_sq = 0;
+  if (one_pass) {
+    plan->one_pass = 1;
+    sn::one_pass_shape((int)(view.B / 4), &plan->op_threads, &plan->op_vpt);
+    int per_sm = 0;
+    cudaError_t e = sn::one_pass_prepare(*plan, &per_sm);
+    if (e != cudaSuccess) return (int)e;
+    plan->op_blocks = (int)clamp64((int64_t)plan->sm_count * (per_sm > 0 ? per_sm : 1), 1, h);
+    op_sq = (view.B / 4 + 15) / 16;
+  }
+
   *workspace_bytes = 0;
-  if (p1_blocks * plan->p1_asplit > INT_MAX || plan->p2_tiles * plan->p2_isplit > INT_MAX) return;
+  if (p1_blocks * plan->p1_asplit > INT_MAX || plan->p2_tiles * plan->p2_isplit > INT_MAX) return 0;
   const size_t floats = pad(h) + pad(w) + pad((int64_t)plan->p1_asplit * h) +
-                        pad((int64_t)plan->p2_isplit * w) + pad(plan->p2_tiles) + pad(SN_SCAL_COUNT);
-  const size_t counters = pad(plan->p2_tiles + 2);
+                        pad((int64_t)plan->p2_isplit * w) + pad(plan->p2_tiles) + pad(SN_SCAL_COUNT) +
+                        pad((int64_t)plan->op_blocks * w) + pad(plan->op_blocks) + pad(op_sq);
+  const size_t counters = pad(plan->p2_tiles + 3);
   *workspace_bytes = (floats + counters) * 4;
+  return 0;
 }
 
 extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
@@ -74,6 +94,12 @@ extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
   p += pad(plan->p2_tiles);
   plan->scal = p;
   p += pad(SN_SCAL_COUNT);
+  plan->op_part = p;
+  p += pad((int64_t)plan->op_blocks * w);
+  plan->op_tsq = p;
+  p += pad(plan->op_blocks);
+  plan->op_sq = p;
+  p += pad(plan->one_pass ? (plan->view.B / 4 + 15) / 16 : 0);
   plan->counters = reinterpret_cast<unsigned *>(p);
 }
 
@@ -81,7 +107,7 @@ extern "C" int sn_cuda_forward_launches(const sn_cuda_forward_args_t *a) {
   if (a->is_1d) return 2;
   const int iters = a->warmup_iters + (a->training ? a->n_iters : 0);
   if (a->training && iters == 0) return 0;
-  return 2 * iters + (a->training ? 0 : 1) + 1;
+  return 2 * iters + (a->training ? 0 : 1) + 1;  // one pass is 2 launches per iteration too
 }
 
 #define SN_TRY(call)                          \
@@ -105,11 +131,15 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
 
   const int iters = a->warmup_iters + (a->training ? a->n_iters : 0);
   if (a->training && iters == 0) return 0;
+  const bool one_pass = P.one_pass && (reinterpret_cast<uintptr_t>(a->W) & 15u) == 0;
   // The current u and v: the state at first, then the scratch products with their norms.
   const float *u = a->u, *u_div = nullptr, *v = a->v, *v_div = nullptr;
   int slot = SN_SCAL_SIG_S;
   for (int k = 0; k < iters; ++k) {
-    if (a->order == SN_ORDER_U_FIRST) {
+    if (one_pass) {
+      SN_TRY(sn::launch_one_pass(P, a->W, v, v_div, stream));
+      slot = SN_SCAL_SIG_S;
+    } else if (a->order == SN_ORDER_U_FIRST) {
       SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kNormalize, nullptr, nullptr, stream));
       SN_TRY(sn::launch_matvec_t(P, a->W, P.t, scal + SN_SCAL_M_T, stream));
       slot = SN_SCAL_SIG_S;

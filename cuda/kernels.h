@@ -28,4 +28,13 @@ cudaError_t launch_matvec_t(const sn_cuda_plan_t &plan, const float *W, const fl
 cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forward_args_t &args,
                                  int sigma_slot, bool commit_uv, cudaStream_t stream);
 
+// One-pass iteration (cuda/one_pass.cu): t = M (x / *x_div) and s = Mᵀ t / max(‖t‖, eps) with one
+// read of W, writing the same scratch and scalars as launch_matvec + launch_matvec_t. 2 launches.
+cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const float *W, const float *x,
+                            const float *x_div, cudaStream_t stream);
+// Threads per block and float4 per thread for rows of w4 float4.
+void one_pass_shape(int w4, int *threads, int *vpt);
+// Raise the kernel's shared-memory limit and report its blocks per multiprocessor.
+cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int *blocks_per_sm);
+
 }  // namespace sn

@@ -39,6 +39,10 @@ typedef struct {
   int p2_isplit;      /* s = Mᵀ y: blocks along h, each writing a partial s */
   int64_t p2_tiles;   /* s = Mᵀ y: column tiles */
   int div_blocks;     /* blocks of the commit-and-divide kernel */
+  int one_pass;       /* 1: training iterations use the one-pass kernels (cuda/one_pass.cu) */
+  int op_threads;     /* one-pass: threads per block (256 or 512) */
+  int op_vpt;         /* one-pass: float4 of a row per thread (1, 2, 4 or 8) */
+  int op_blocks;      /* one-pass: persistent blocks, each writing a partial Mᵀ t */
   /* Scratch, inside the layer's one device workspace. */
   float *t;           /* h: t = M x, unnormalized */
   float *s;           /* w: s = Mᵀ y, unnormalized */
@@ -46,13 +50,22 @@ typedef struct {
   float *part2;       /* p2_isplit × w */
   float *tile_sq;     /* p2_tiles: Σ s² per column tile */
   float *scal;        /* SN_SCAL_COUNT */
-  unsigned *counters; /* 1 (t) + p2_tiles + 1 (s): arrival counters, zero between launches */
+  unsigned *counters; /* 1 (t) + p2_tiles + 1 (s) + 1 (one-pass): arrival counters, zero
+                         between launches */
+  float *op_part;     /* one-pass: op_blocks × w partial Mᵀ t */
+  float *op_tsq;      /* one-pass: op_blocks partial Σ t² */
+  float *op_sq;       /* one-pass: Σ s² per reduction block */
 } sn_cuda_plan_t;
 
-/* Fill `plan` for a view on a device with `sm_count` multiprocessors; *workspace_bytes receives the
- * size of the one device allocation it needs (0 on overflow: the caller reports it). */
-void sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, float eps, int sm_count,
-                       size_t *workspace_bytes);
+/* Whether the one-pass kernels can run this view and order (see SN_ALGO_ONE_PASS). */
+int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order);
+
+/* Fill `plan` for a view on the current device, which has `sm_count` multiprocessors; with
+ * one_pass, also prepare the one-pass kernels (shared-memory limit, occupancy). *workspace_bytes
+ * receives the size of the one device allocation it needs (0 on overflow: the caller reports it).
+ * Returns a cudaError_t. */
+int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, float eps, int sm_count, int one_pass,
+                      size_t *workspace_bytes);
 /* Point the plan's scratch into `workspace` (device memory of the size above, zero-filled). */
 void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace);
 

@@ -142,6 +142,14 @@ static sn_status_t validate_desc(const sn_layer_desc_t *d, sn_view_t *view, int6
     return sn__fail(SN_ERROR_INVALID_VALUE, "desc->order = %d is not a sn_order_t", (int)d->order);
   if ((int)d->algo < 0 || d->algo >= SN_ALGO_COUNT)
     return sn__fail(SN_ERROR_INVALID_VALUE, "desc->algo = %d is not a sn_algo_t", (int)d->algo);
+  *dim = d->dim < 0 ? d->dim + d->ndim : d->dim;
+  *view = sn_ref_view(d->ndim, d->shape, *dim);
+  if (d->algo == SN_ALGO_ONE_PASS && !sn_cuda_one_pass_supported(*view, d->order))
+    return sn__fail(SN_ERROR_NOT_SUPPORTED,
+                    "desc->algo = SN_ALGO_ONE_PASS needs the u-first order, contiguous rows (every "
+                    "axis before dim of size 1) and w <= 16384 a multiple of 4; this weight has "
+                    "A = %lld, w = %lld",
+                    (long long)view->A, (long long)(view->A * view->B));
   if (d->backend != SN_BACKEND_CUDA && d->backend != SN_BACKEND_CPU)
     return sn__fail(SN_ERROR_INVALID_BACKEND, "desc->backend = %d is not a sn_backend_t",
                     (int)d->backend);
@@ -159,8 +167,6 @@ static sn_status_t validate_desc(const sn_layer_desc_t *d, sn_view_t *view, int6
       return sn__fail(SN_ERROR_INVALID_DEVICE, "desc->device = %d but %d CUDA device(s) exist",
                       d->device, count);
   }
-  *dim = d->dim < 0 ? d->dim + d->ndim : d->dim;
-  *view = sn_ref_view(d->ndim, d->shape, *dim);
   *numel = n;
   return SN_SUCCESS;
 }
@@ -211,7 +217,11 @@ static sn_status_t create_cuda(sn_layer_t *l) {
   CUDA_TRY(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, l->desc.device),
            "cudaDeviceGetAttribute(multiprocessor count)");
   size_t ws_bytes = 0;
-  sn_cuda_plan_init(&l->plan, l->view, l->desc.eps, sm_count, &ws_bytes);
+  const int one_pass = sn_cuda_one_pass_supported(l->view, l->desc.order) &&
+                       (l->desc.algo == SN_ALGO_ONE_PASS ||
+                        (l->desc.algo == SN_ALGO_DEFAULT && l->view.h >= 4LL * sm_count));
+  CUDA_TRY(sn_cuda_plan_init(&l->plan, l->view, l->desc.eps, sm_count, one_pass, &ws_bytes),
+           "preparing the one-pass kernels");
   if (ws_bytes == 0)
     return sn__fail(SN_ERROR_SIZE_OVERFLOW, "the scratch space for this shape does not fit in size_t");
   const size_t state_bytes = (size_t)(h + w + 2) * sizeof(float);

@@ -104,9 +104,13 @@ typedef enum { SN_BACKEND_CUDA = 0, SN_BACKEND_CPU = 1 } sn_backend_t;
 
 /* Kernel algorithm of a CUDA layer. DEFAULT picks by shape. The CPU backend ignores it. */
 typedef enum {
-  SN_ALGO_DEFAULT = 0,
+  SN_ALGO_DEFAULT = 0,  /* ONE_PASS where it applies and pays (enough rows), else TWO_PASS */
   SN_ALGO_TWO_PASS = 1, /* one read of W per matrix-vector product; every layout and order */
-  SN_ALGO_COUNT = 2
+  SN_ALGO_ONE_PASS = 2, /* one read of W per iteration (SPEC.md, "One pass per iteration"):
+                           u-first order, dim such that rows are contiguous (all axes before dim
+                           of size 1), w <= 16384 and a multiple of 4; otherwise create returns
+                           SN_ERROR_NOT_SUPPORTED. A W not 16-byte aligned runs TWO_PASS. */
+  SN_ALGO_COUNT = 3
 } sn_algo_t;
 
 typedef struct {
@@ -158,8 +162,9 @@ SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_
  * CUDA layer: enqueues on `stream` and returns; allocates nothing and does not synchronize.
  * Capture in a CUDA graph is allowed once the layer has warmed up (see sn_layer_warmup); a
  * capture of the first forward returns SN_ERROR_INVALID_STATE.
- * Degenerate steps: if the new σ is zero or not finite (all-zero W, NaN in W), u, v and σ keep
- * their previous values and W_sn = W / (previous σ); with no previous σ, W_sn = W · 0.
+ * Degenerate steps: if the new σ is not finite or not > 0 (all-zero W, NaN in W, or an eval σ
+ * = uᵀ M v <= 0 after W moved far from u and v), u, v and σ keep their previous values and
+ * W_sn = W / (previous σ); with no previous σ, W_sn = W · 0.
  * CPU layer: computes in double precision, stores float32, blocks; `stream` is ignored. */
 SN_API sn_status_t sn_forward(sn_layer_t *layer, const void *W, void *W_sn, int training,
                               sn_stream_t stream);

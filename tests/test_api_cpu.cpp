@@ -139,8 +139,10 @@ TEST_F(CpuApi, EvalFirstWarmsUpThenKeepsVectors) {
   // σ is computed from the double vectors before rounding; compare at float precision.
   EXPECT_NEAR(s1.sigma, sn_ref_sigma(W.data(), vw, uw.data(), vwv.data(), t.data()), 1e-6 * s1.sigma);
 
-  // A later eval with a new W: u, v unchanged bitwise, σ = uᵀ M v recomputed.
-  std::vector<float> W2 = gapped_matrix(rng, h, w);
+  // A later eval with a changed W (a training step's update): u, v unchanged bitwise,
+  // σ = uᵀ M v recomputed.
+  std::vector<float> W2 = W;
+  for (auto &x : W2) x += 0.05f * rng.normal();
   ASSERT_EQ(sn_forward(l, W2.data(), out.data(), 0, nullptr), SN_SUCCESS);
   State s2 = get_state(l);
   EXPECT_TRUE(bitwise_equal(s2.u, s1.u));
@@ -398,6 +400,16 @@ TEST(BadInput, DescriptorIsRejectedWithTheArgumentNamed) {
   d = good;
   d.algo = sn_algo_t(SN_ALGO_COUNT);
   EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "algo");
+  d = good;
+  d.algo = SN_ALGO_ONE_PASS;
+  d.order = SN_ORDER_V_FIRST;
+  EXPECT_FAILS(create(d), SN_ERROR_NOT_SUPPORTED, "SN_ALGO_ONE_PASS");
+  d = make_desc({3, 4, 8}, SN_BACKEND_CPU, 1);  // rows not contiguous (A = 3)
+  d.algo = SN_ALGO_ONE_PASS;
+  EXPECT_FAILS(create(d), SN_ERROR_NOT_SUPPORTED, "A = 3");
+  d = make_desc({8, 6}, SN_BACKEND_CPU);  // w not a multiple of 4
+  d.algo = SN_ALGO_ONE_PASS;
+  EXPECT_FAILS(create(d), SN_ERROR_NOT_SUPPORTED, "w = 6");
   d = good;
   d.backend = sn_backend_t(5);
   EXPECT_FAILS(create(d), SN_ERROR_INVALID_BACKEND, "backend");

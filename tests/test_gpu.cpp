@@ -55,11 +55,14 @@ struct Case {
   int dim;
   sn_order_t order;
   int iters;
+  sn_algo_t algo = SN_ALGO_DEFAULT;
 };
 
 std::string case_name(const Case &c) {
+  static const char *algo[] = {"default", "two-pass", "one-pass"};
   return shape_str(c.shape) + " dim=" + std::to_string(c.dim) +
-         (c.order == SN_ORDER_U_FIRST ? " u-first" : " v-first") + " iters=" + std::to_string(c.iters);
+         (c.order == SN_ORDER_U_FIRST ? " u-first" : " v-first") + " iters=" + std::to_string(c.iters) +
+         " algo=" + algo[c.algo];
 }
 
 // gtest prints parameters with this (instead of raw bytes).
@@ -88,9 +91,11 @@ std::vector<float> gapped_weight(Rng &rng, const std::vector<int64_t> &shape, in
 
 // Run `steps` forwards on a CUDA layer and a CPU layer created alike, W changing between steps,
 // and compare state and output after each step.
-void compare_backends(const Case &c, Rng &rng, int steps, int warmup = 15) {
+// W_offset shifts W and W_sn by that many floats inside their buffers (alignment tests).
+void compare_backends(const Case &c, Rng &rng, int steps, int warmup = 15, int W_offset = 0) {
   SCOPED_TRACE(case_name(c));
   sn_layer_desc_t dg = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
+  dg.algo = c.algo;
   dg.order = c.order;
   dg.n_power_iterations = c.iters;
   dg.warmup_iterations = warmup;
@@ -101,7 +106,20 @@ void compare_backends(const Case &c, Rng &rng, int steps, int warmup = 15) {
   ASSERT_TRUE(g.p && cpu.p);
   const int64_t n = numel_of(c.shape);
   std::vector<float> W = gapped_weight(rng, c.shape, c.dim), out_cpu(static_cast<size_t>(n));
-  DevBuf dW(static_cast<size_t>(n)), dOut(static_cast<size_t>(n));
+  DevBuf dWbuf(static_cast<size_t>(n + W_offset)), dOutbuf(static_cast<size_t>(n + W_offset));
+  struct View {
+    float *p;
+    size_t n;
+    void upload(const std::vector<float> &h) {
+      EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    }
+    std::vector<float> download() const {
+      std::vector<float> h(n);
+      EXPECT_EQ(cudaMemcpy(h.data(), p, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+      return h;
+    }
+    void poison() { EXPECT_EQ(cudaMemset(p, 0xFF, n * 4), cudaSuccess); }
+  } dW{dWbuf.p + W_offset, static_cast<size_t>(n)}, dOut{dOutbuf.p + W_offset, static_cast<size_t>(n)};
   for (int step = 0; step < steps; ++step) {
     SCOPED_TRACE("step " + std::to_string(step));
     const int training = step + 1 < steps ? 1 : 0;  // the last step is an eval step
@@ -147,10 +165,22 @@ INSTANTIATE_TEST_SUITE_P(
         Case{{5, 7, 2}, -1, SN_ORDER_U_FIRST, 1},   // last axis: B = 1
         Case{{300, 517}, 1, SN_ORDER_U_FIRST, 1},   // a transposed view
         Case{{3, 1000, 5}, 1, SN_ORDER_V_FIRST, 3}, Case{{2, 3, 4, 5, 6}, 2, SN_ORDER_U_FIRST, 1},
-        Case{{4096, 4096}, 0, SN_ORDER_U_FIRST, 1}),
+        Case{{4096, 4096}, 0, SN_ORDER_U_FIRST, 1},
+        // The one-pass kernels, forced, on every row width they have a variant for.
+        Case{{4096, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_TWO_PASS},
+        Case{{1, 4}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
+        Case{{2000, 12}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
+        Case{{600, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS},
+        Case{{128, 128, 3, 3}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
+        Case{{1000, 4100}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
+        Case{{777, 8192}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
+        Case{{8, 16384}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
+        Case{{3000, 16384}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
+        Case{{1, 5, 64}, 1, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}),  // A = 1 with dim = 1
     [](const ::testing::TestParamInfo<Case> &info) {
       std::string s = shape_str(info.param.shape) + "_dim" + std::to_string(info.param.dim + 8) +
-                      (info.param.order == SN_ORDER_U_FIRST ? "_u" : "_v") + std::to_string(info.param.iters);
+                      (info.param.order == SN_ORDER_U_FIRST ? "_u" : "_v") + std::to_string(info.param.iters) +
+                      "_algo" + std::to_string(int(info.param.algo));
       return s;
     });
 
@@ -162,6 +192,15 @@ TEST(GpuLarge, Large16384Square) {
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
   compare_backends(Case{{16384, 16384}, 0, SN_ORDER_U_FIRST, 1}, rng, 2, 0);
+}
+
+// A W that is not 16-byte aligned runs the scalar paths (and the two-pass kernels instead of the
+// one-pass ones): still the same results.
+TEST(Gpu, UnalignedWeight) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  compare_backends(Case{{513, 1024}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 15, 1);
+  compare_backends(Case{{64, 40}, 0, SN_ORDER_V_FIRST, 1}, rng, 3, 15, 3);
 }
 
 TEST(Gpu, OneDimensionalWeight) {

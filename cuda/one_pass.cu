@@ -1,0 +1,256 @@
+// One power iteration (u-first order) with a single read of W, for views whose rows are
+// contiguous (A = 1): row i, once on chip, gives t_i = M_i · v and then adds t_i M_iᵀ to a
+// running s, so one pass yields t = M v and s = Mᵀ M v (SPEC.md, "One pass per iteration").
+//
+// Kernel 1, rows: a persistent grid of op_blocks blocks; block g takes rows g, g + G, ...
+//   v (scaled by 1 / *x_div) sits in shared memory; each thread holds op_vpt float4 of the current
+//   row and loads the next row's before reducing the current one, so a row's load overlaps the
+//   previous row's block reduction. Each block writes its partial s (w floats) and Σ t².
+//   Bytes: numel·4 of W once, + op_blocks·w·4 of partials written.
+// Kernel 2, reduce: 64 columns per block, 16 lanes along the partials; combines the partials in
+//   block order, scales by 1 / max(‖t‖, eps) (so s = Mᵀ u), writes s and Σ s² per block; the last
+//   block writes max(‖t‖, eps), max(‖s‖, eps) and σ = ‖s‖² / max(‖s‖, eps).
+//   Bytes: op_blocks·w·4 read + w·4 written.
+// Both reductions have a fixed order: results are bitwise reproducible.
+#include "kernels.h"
+#include "sn_device.cuh"
+
+namespace sn {
+namespace {
+
+struct OnePassParams {
+  const float4 *W;  // h rows of w4 float4
+  int64_t h;
+  int w4;
+  const float4 *x;
+  const float *x_div;
+  float *t;         // h
+  float4 *part;     // op_blocks × w4
+  float *tsq;       // op_blocks
+};
+
+template <int NT>
+__device__ __forceinline__ float block_sum_nt(float x) {
+  __shared__ float warp_part[NT / 32];
+  __shared__ float total;
+  x = warp_sum(x);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) warp_part[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    float y = lane < NT / 32 ? warp_part[lane] : 0.f;
+    y = warp_sum(y);
+    if (lane == 0) total = y;
+  }
+  __syncthreads();
+  return total;
+}
+
+template <int NT, int VPT>
+__global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
+  extern __shared__ float4 v_sm[];
+  const float rx = reciprocal_of(p.x_div);
+  for (int k = threadIdx.x; k < p.w4; k += NT) {
+    float4 x = p.x[k];
+    v_sm[k] = make_float4(x.x * rx, x.y * rx, x.z * rx, x.w * rx);
+  }
+  __syncthreads();
+
+  float4 acc[VPT], cur[VPT], nxt[VPT];
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+    cur[k] = acc[k];
+    nxt[k] = acc[k];
+  }
+  const int64_t G = gridDim.x;
+  int64_t i = blockIdx.x;
+  if (i < p.h) {
+    const float4 *row = p.W + i * p.w4;
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const int j = threadIdx.x + k * NT;
+      if (j < p.w4) cur[k] = row[j];
+    }
+  }
+  float tsq = 0.f;
+  for (; i < p.h; i += G) {
+    if (i + G < p.h) {
+      const float4 *row = p.W + (i + G) * p.w4;
+#pragma unroll
+      for (int k = 0; k < VPT; ++k) {
+        const int j = threadIdx.x + k * NT;
+        if (j < p.w4) nxt[k] = row[j];
+      }
+    }
+    float d = 0.f;
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const int j = threadIdx.x + k * NT;
+      if (j < p.w4) {
+        const float4 v = v_sm[j];
+        d = fmaf(cur[k].x, v.x, d);
+        d = fmaf(cur[k].y, v.y, d);
+        d = fmaf(cur[k].z, v.z, d);
+        d = fmaf(cur[k].w, v.w, d);
+      }
+    }
+    const float t = block_sum_nt<NT>(d);
+    if (threadIdx.x == 0) p.t[i] = t;
+    tsq = fmaf(t, t, tsq);
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      acc[k].x = fmaf(t, cur[k].x, acc[k].x);
+      acc[k].y = fmaf(t, cur[k].y, acc[k].y);
+      acc[k].z = fmaf(t, cur[k].z, acc[k].z);
+      acc[k].w = fmaf(t, cur[k].w, acc[k].w);
+      cur[k] = nxt[k];
+    }
+  }
+  float4 *out = p.part + (int64_t)blockIdx.x * p.w4;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int j = threadIdx.x + k * NT;
+    if (j < p.w4) out[j] = acc[k];
+  }
+  if (threadIdx.x == 0) p.tsq[blockIdx.x] = tsq;
+}
+
+struct ReduceParams {
+  const float4 *part;
+  const float *tsq;
+  int parts;
+  int w4;
+  float4 *s;
+  float *sq;  // per reduce block
+  float *scal;
+  unsigned *counter;
+  float eps;
+};
+
+constexpr int kColLanes = 16, kPartLanes = kBlock / kColLanes;
+
+__global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p) {
+  // max(‖t‖, eps) from the row blocks' partial Σ t², in block order (every block alike).
+  float tsq = 0.f;
+  for (int g = threadIdx.x; g < p.parts; g += kBlock) tsq += p.tsq[g];
+  tsq = block_sum(tsq);
+  const float m_t = fmaxf(sqrtf(tsq), p.eps);
+
+  const int cl = threadIdx.x % kColLanes, pl = threadIdx.x / kColLanes;
+  const int j = blockIdx.x * kColLanes + cl;
+  float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (j < p.w4) {
+    for (int g = pl; g < p.parts; g += kPartLanes) {
+      const float4 x = p.part[(int64_t)g * p.w4 + j];
+      s.x += x.x;
+      s.y += x.y;
+      s.z += x.z;
+      s.w += x.w;
+    }
+  }
+  __shared__ float4 red[kBlock];
+  red[threadIdx.x] = s;
+  for (int st = kPartLanes / 2; st > 0; st >>= 1) {
+    __syncthreads();
+    if (pl < st) {
+      float4 &a = red[pl * kColLanes + cl];
+      const float4 b = red[(pl + st) * kColLanes + cl];
+      a.x += b.x;
+      a.y += b.y;
+      a.z += b.z;
+      a.w += b.w;
+    }
+  }
+  __syncthreads();
+  float sq = 0.f;
+  if (pl == 0 && j < p.w4) {
+    const float r = 1.0f / m_t;
+    float4 x = red[cl];
+    x = make_float4(x.x * r, x.y * r, x.z * r, x.w * r);
+    p.s[j] = x;
+    sq = ((x.x * x.x + x.y * x.y) + (x.z * x.z + x.w * x.w));
+  }
+  sq = block_sum(sq);
+  if (threadIdx.x == 0) p.sq[blockIdx.x] = sq;
+
+  if (!last_block_to_arrive(p.counter, gridDim.x)) return;
+  float tot = 0.f;
+  for (int k = threadIdx.x; k < (int)gridDim.x; k += kBlock) tot += __ldcg(&p.sq[k]);
+  tot = block_sum(tot);
+  if (threadIdx.x == 0) {
+    const float m_s = fmaxf(sqrtf(tot), p.eps);
+    p.scal[SN_SCAL_M_T] = m_t;
+    p.scal[SN_SCAL_M_S] = m_s;
+    p.scal[SN_SCAL_SIG_S] = tot / m_s;
+  }
+}
+
+template <int NT, int VPT>
+cudaError_t rows(const OnePassParams &p, int blocks, cudaStream_t stream) {
+  const size_t smem = (size_t)p.w4 * sizeof(float4);
+  one_pass_rows_kernel<NT, VPT><<<blocks, NT, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <int NT, int VPT>
+cudaError_t prepare(int w4, int *blocks_per_sm) {
+  const size_t smem = (size_t)w4 * sizeof(float4);
+  cudaError_t e = cudaFuncSetAttribute(one_pass_rows_kernel<NT, VPT>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (e != cudaSuccess) return e;
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, one_pass_rows_kernel<NT, VPT>,
+                                                       NT, smem);
+}
+
+}  // namespace
+
+// Threads and float4 per thread for a row of w4 float4 (w4 <= 4096).
+void one_pass_shape(int w4, int *threads, int *vpt) {
+  *threads = w4 > 1024 ? 512 : 256;
+  int v = 1;
+  while (v * *threads < w4) v <<= 1;
+  *vpt = v;
+}
+
+cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int *blocks_per_sm) {
+  const int w4 = (int)(plan.view.B / 4);
+  switch (plan.op_threads * 16 + plan.op_vpt) {
+    case 256 * 16 + 1: return prepare<256, 1>(w4, blocks_per_sm);
+    case 256 * 16 + 2: return prepare<256, 2>(w4, blocks_per_sm);
+    case 256 * 16 + 4: return prepare<256, 4>(w4, blocks_per_sm);
+    case 512 * 16 + 1: return prepare<512, 1>(w4, blocks_per_sm);
+    case 512 * 16 + 2: return prepare<512, 2>(w4, blocks_per_sm);
+    case 512 * 16 + 4: return prepare<512, 4>(w4, blocks_per_sm);
+    case 512 * 16 + 8: return prepare<512, 8>(w4, blocks_per_sm);
+    default: return cudaErrorInvalidConfiguration;
+  }
+}
+
+cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const float *W, const float *x,
+                            const float *x_div, cudaStream_t stream) {
+  const int w4 = (int)(plan.view.B / 4);
+  OnePassParams p{reinterpret_cast<const float4 *>(W), plan.view.h, w4,
+                  reinterpret_cast<const float4 *>(x), x_div, plan.t,
+                  reinterpret_cast<float4 *>(plan.op_part), plan.op_tsq};
+  cudaError_t e;
+  switch (plan.op_threads * 16 + plan.op_vpt) {
+    case 256 * 16 + 1: e = rows<256, 1>(p, plan.op_blocks, stream); break;
+    case 256 * 16 + 2: e = rows<256, 2>(p, plan.op_blocks, stream); break;
+    case 256 * 16 + 4: e = rows<256, 4>(p, plan.op_blocks, stream); break;
+    case 512 * 16 + 1: e = rows<512, 1>(p, plan.op_blocks, stream); break;
+    case 512 * 16 + 2: e = rows<512, 2>(p, plan.op_blocks, stream); break;
+    case 512 * 16 + 4: e = rows<512, 4>(p, plan.op_blocks, stream); break;
+    case 512 * 16 + 8: e = rows<512, 8>(p, plan.op_blocks, stream); break;
+    default: return cudaErrorInvalidConfiguration;
+  }
+  if (e != cudaSuccess) return e;
+  ReduceParams r{reinterpret_cast<const float4 *>(plan.op_part), plan.op_tsq, plan.op_blocks, w4,
+                 reinterpret_cast<float4 *>(plan.s), plan.op_sq, plan.scal,
+                 plan.counters + 1 + plan.p2_tiles + 1, plan.eps};
+  one_pass_reduce_kernel<<<(w4 + kColLanes - 1) / kColLanes, kBlock, 0, stream>>>(r);
+  return cudaGetLastError();
+}
+
+}  // namespace sn

@@ -1,0 +1,293 @@
+#!/usr/bin/env bash
+# One-call GPU validation, run on the GPU machine from the repository root:
+#
+#   bash scripts/gpu_check.sh            # $OUT: folder for the results (default ./build-gpu-out)
+#
+# The GPU machine has no apt and no internet: GoogleTest and LAPACKE come from .deps/root, which
+# scripts/fetch_gpu_deps.sh fills on the Debian machine (.deps/ is git-ignored; carry it).
+#
+# Steps (each with a timeout; a failed step never stops the script):
+#   env        nvidia-smi, nvcc, cmake, ninja, compute-sanitizer, python/torch versions
+#   configure  fresh build dir ($BUILD_DIR, default build-gpu), Ninja, GTest/LAPACKE from .deps
+#   build      ninja -j<all cores> -k 0
+#   ctest      every test, GPU ones included
+#   memcheck / racecheck / initcheck / synccheck
+#              compute-sanitizer --error-exitcode 1 over $BUILD_DIR/tests/specnorm_gpu_tests
+#   sn_bench   $BUILD_DIR/bench/sn_bench --preset all --json $OUT/bench.json --csv $OUT/bench.csv
+#   torch      python3 bench/torch_baseline.py --preset all --json $OUT/torch.json
+#   plot       python3 bench/plot.py $OUT/bench.json $OUT/torch.json -o $OUT/speedup.png
+# A step whose program is missing is SKIPPED. The whole script keeps to $SN_CHECK_BUDGET_S
+# seconds (default 470): each step's timeout is cut to what is left, keeping a reserve for the
+# benchmark steps, and a step with no time left is SKIPPED.
+#
+# $OUT receives at most 8 files: build.log (env, configure, build), tests.log (ctest and the
+# sanitizers), bench.log (sn_bench, torch, plot), summary.txt, and bench.json, bench.csv,
+# torch.json, speedup.png. A summary table (step, status, seconds) is printed last; the exit
+# status is 1 if any step FAILed, else 0.
+#
+# Knobs (environment): BUILD_DIR, SN_CHECK_BUDGET_S, SN_CTEST_J (ctest -j, default 1: GPU tests
+# may measure memory or time), SN_SANITIZER_FILTER (a --gtest_filter for the sanitizer runs),
+# SN_SANITIZER_API_ERRORS (compute-sanitizer --report-api-errors, default "no": the tests provoke
+# CUDA API errors on purpose), SN_CMAKE_ARGS (extra configure arguments), SN_DEPS_FORCE_ALL=1
+# (load every LAPACK-side library from .deps even where the system has one).
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO" || exit 2
+OUT="${OUT:-$REPO/build-gpu-out}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+BUILD="${BUILD_DIR:-build-gpu}"
+case "$BUILD" in /*) ;; *) BUILD="$REPO/$BUILD" ;; esac
+BUDGET="${SN_CHECK_BUDGET_S:-470}"
+T0=$(date +%s)
+DEADLINE=$((T0 + BUDGET))
+NPROC="$(nproc 2>/dev/null || echo 4)"
+GPU_TESTS="$BUILD/tests/specnorm_gpu_tests"
+SN_BENCH="$BUILD/bench/sn_bench"
+
+# Step logs are written here in full, then appended (capped) to the files in $OUT.
+LOGS="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
+: > "$OUT/build.log"; : > "$OUT/tests.log"; : > "$OUT/bench.log"
+rm -f "$OUT/summary.txt" "$OUT/bench.json" "$OUT/bench.csv" "$OUT/torch.json" "$OUT/speedup.png"
+
+STEPS=(); STATUS=(); SECS=(); NOTES=()
+ANY_FAIL=0
+
+# record NAME STATUS SECONDS NOTE
+record() {
+  STEPS+=("$1"); STATUS+=("$2"); SECS+=("$3"); NOTES+=("$4")
+  [[ "$2" == FAIL ]] && ANY_FAIL=1
+  printf '== [%s] %s (%ss)%s\n' "$1" "$2" "$3" "${4:+ - $4}"
+}
+
+# append_log STEPLOG OUTFILE HEADER: copy a step's log into an $OUT file, capped at ~4 MB/step.
+append_log() {
+  local src="$1" dst="$2" header="$3" size
+  {
+    printf '\n===== %s =====\n' "$header"
+    size=$(stat -c %s "$src" 2>/dev/null || echo 0)
+    if [[ "$size" -gt 4000000 ]]; then
+      head -n 2000 "$src"
+      printf '\n..... [%s bytes; middle cut, full log was %s] .....\n\n' "$size" "$src"
+      tail -n 4000 "$src"
+    else
+      cat "$src"
+    fi
+  } >> "$dst"
+}
+
+# run_step NAME OUTFILE CAP RESERVE CMD...: run CMD with timeout min(CAP, time left - RESERVE).
+run_step() {
+  local name="$1" dst="$2" cap="$3" reserve="$4"; shift 4
+  local now left t rc start log="$LOGS/$name.log"
+  now=$(date +%s)
+  # The reserve (time kept for later steps) never takes more than half of what is left.
+  [[ $reserve -gt $(( (DEADLINE - now) / 2 )) ]] && reserve=$(( (DEADLINE - now) / 2 ))
+  left=$((DEADLINE - now - reserve)); t=$cap
+  [[ $left -lt $t ]] && t=$left
+  if [[ $t -lt 15 ]]; then
+    printf 'SKIPPED: no time left in the %ss budget\n' "$BUDGET" > "$log"
+    append_log "$log" "$dst" "$name: SKIPPED (no time left)"
+    record "$name" SKIPPED 0 "no time left"
+    return 0
+  fi
+  printf '== [%s] start, timeout %ss: %s\n' "$name" "$t" "$*"
+  start=$(date +%s)
+  {
+    printf '$ %s\n# timeout %ss, started %s\n' "$*" "$t" "$(date -u +%FT%TZ)"
+    timeout -k 10 "$t" "$@"
+  } > "$log" 2>&1 < /dev/null
+  rc=$?
+  local dur=$(( $(date +%s) - start ))
+  printf '# exit status %s after %ss\n' "$rc" "$dur" >> "$log"
+  if [[ $rc -eq 0 ]]; then
+    append_log "$log" "$dst" "$name: PASS (${dur}s)"
+    record "$name" PASS "$dur" ""
+  else
+    local note="exit $rc"
+    [[ $rc -eq 124 || $rc -eq 137 ]] && note="timed out after ${t}s"
+    append_log "$log" "$dst" "$name: FAIL ($note, ${dur}s)"
+    record "$name" FAIL "$dur" "$note"
+    # A short tail on stdout, so the caller sees why without opening the logs.
+    tail -n 15 "$log" | sed "s/^/   [$name] /"
+  fi
+  return 0
+}
+
+skip_step() {  # skip_step NAME OUTFILE REASON
+  printf 'SKIPPED: %s\n' "$3" > "$LOGS/$1.log"
+  append_log "$LOGS/$1.log" "$2" "$1: SKIPPED ($3)"
+  record "$1" SKIPPED 0 "$3"
+}
+
+# ---- tools on PATH ----------------------------------------------------------------------------
+for d in /usr/local/cuda/bin /usr/local/cuda-*/bin; do
+  if [[ -x "$d/nvcc" ]]; then
+    command -v nvcc > /dev/null || export PATH="$PATH:$d"
+    break
+  fi
+done
+SANITIZER="$(command -v compute-sanitizer || true)"
+if [[ -z "$SANITIZER" ]]; then
+  for f in "$(dirname "$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)")/compute-sanitizer" \
+           /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
+    if [[ -x "$f" ]]; then SANITIZER="$f"; break; fi
+  done
+fi
+
+# ---- dependencies from .deps (GoogleTest, LAPACKE) --------------------------------------------
+DEPS="$REPO/.deps/root/usr"
+MA="x86_64-linux-gnu"
+DEPS_LIB="$DEPS/lib/$MA"
+CMAKE_DEPS_ARGS=()
+RUN_LD_PATH="${LD_LIBRARY_PATH:-}"
+DEPS_NOTE=""
+if [[ -f "$DEPS_LIB/cmake/GTest/GTestConfig.cmake" && -f "$DEPS/include/lapacke.h" ]]; then
+  CMAKE_DEPS_ARGS=(
+    "-DCMAKE_PREFIX_PATH=$DEPS"
+    "-DGTest_DIR=$DEPS_LIB/cmake/GTest"
+    "-DLAPACKE_INCLUDE_DIR=$DEPS/include"
+    "-DLAPACKE_LIBRARY=$DEPS_LIB/liblapacke.so"
+    "-DLAPACKE_LAPACK_LIBRARY=$DEPS_LIB/lapack/liblapack.so.3")
+  # Shared libraries liblapacke needs at run time: take .deps' copy only of those the system
+  # lacks, so that .deps never shadows a newer system library (libgfortran, libquadmath, ...).
+  FALLBACK="$LOGS/deps-lib"
+  mkdir -p "$FALLBACK"
+  have_sys="$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null || true)"
+  [[ "${SN_DEPS_FORCE_ALL:-0}" == 1 ]] && have_sys=""   # debug: take every library from .deps
+  used=()
+  for so in liblapacke.so.3 liblapack.so.3 libblas.so.3 libtmglib.so.3 libgfortran.so.5 libquadmath.so.0; do
+    if ! grep -q "^[[:space:]]*$so (.*x86-64" <<< "$have_sys"; then
+      ln -sf "$(readlink -f "$DEPS_LIB/$so")" "$FALLBACK/$so"
+      used+=("$so")
+    fi
+  done
+  RUN_LD_PATH="$FALLBACK${RUN_LD_PATH:+:$RUN_LD_PATH}"
+  DEPS_NOTE="from .deps: ${used[*]:-none (system has all)}"
+else
+  DEPS_NOTE=".deps/root missing: run scripts/fetch_gpu_deps.sh on the Debian machine (trying the system)"
+fi
+echo "== deps: $DEPS_NOTE"
+
+# ---- (a) environment ------------------------------------------------------------------------
+env_report() {
+  local rc=0
+  echo "date: $(date -u +%FT%TZ)   host: $(hostname)   cores: $NPROC"
+  echo "repo: $REPO   commit: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none)"
+  echo "build dir: $BUILD   out: $OUT   budget: ${BUDGET}s"
+  echo "deps: $DEPS_NOTE"
+  echo "LD_LIBRARY_PATH for build/tests: $RUN_LD_PATH"
+  echo; echo "--- nvidia-smi"; nvidia-smi || rc=1
+  echo; echo "--- nvcc"; nvcc --version || rc=1
+  echo; echo "--- cmake / ninja / gcc"
+  cmake --version | head -n1; ninja --version; gcc --version | head -n1
+  echo; echo "--- compute-sanitizer"; if [[ -n "$SANITIZER" ]]; then "$SANITIZER" --version | tail -n2; else echo "not found"; fi
+  echo; echo "--- python"
+  python3 -c 'import sys; print(sys.version.split()[0])' 2>&1 || true
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available())' 2>&1 || true
+  python3 -c 'import matplotlib; print("matplotlib", matplotlib.__version__)' 2>&1 || true
+  return $rc
+}
+export -f env_report
+export REPO BUILD OUT BUDGET NPROC DEPS_NOTE RUN_LD_PATH SANITIZER
+run_step env "$OUT/build.log" 60 0 bash -c env_report
+
+# ---- (b) configure + build -----------------------------------------------------------------
+CONFIGURED=0
+rm -rf "$BUILD"
+# shellcheck disable=SC2086
+run_step configure "$OUT/build.log" 120 0 \
+  env LD_LIBRARY_PATH="$RUN_LD_PATH" \
+  cmake -S "$REPO" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release "${CMAKE_DEPS_ARGS[@]}" ${SN_CMAKE_ARGS:-}
+[[ "${STATUS[-1]}" == PASS ]] && CONFIGURED=1
+
+if [[ $CONFIGURED -eq 1 ]]; then
+  run_step build "$OUT/build.log" 300 60 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" cmake --build "$BUILD" -j "$NPROC" -- -k 0
+else
+  skip_step build "$OUT/build.log" "configure failed"
+fi
+
+# ---- (c) ctest ------------------------------------------------------------------------------
+if [[ $CONFIGURED -eq 1 ]]; then
+  run_step ctest "$OUT/tests.log" 180 150 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" \
+    ctest --test-dir "$BUILD" --output-on-failure -j "${SN_CTEST_J:-1}" --timeout 150
+else
+  skip_step ctest "$OUT/tests.log" "configure failed"
+fi
+
+# ---- (d) compute-sanitizer ------------------------------------------------------------------
+GTEST_ARGS=(--gtest_brief=1)
+API_ERR_ARGS=()
+if [[ -n "$SANITIZER" && "$("$SANITIZER" --help 2>&1)" == *--report-api-errors* ]]; then
+  API_ERR_ARGS=(--report-api-errors "${SN_SANITIZER_API_ERRORS:-no}")
+fi
+SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*}"  # the 16384x16384 case is too slow under the sanitizers
+[[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
+for tool in memcheck racecheck initcheck synccheck; do
+  if [[ -z "$SANITIZER" ]]; then
+    skip_step "$tool" "$OUT/tests.log" "compute-sanitizer not found"
+  elif [[ ! -x "$GPU_TESTS" ]]; then
+    skip_step "$tool" "$OUT/tests.log" "no $GPU_TESTS"
+  else
+    extra=()
+    [[ $tool == memcheck ]] && extra=(--leak-check full)
+    case $tool in memcheck|racecheck) cap=120 ;; *) cap=75 ;; esac
+    run_step "$tool" "$OUT/tests.log" "$cap" 130 \
+      env LD_LIBRARY_PATH="$RUN_LD_PATH" \
+      "$SANITIZER" --tool "$tool" --error-exitcode 1 "${extra[@]}" \
+      "${API_ERR_ARGS[@]}" \
+      "$GPU_TESTS" "${GTEST_ARGS[@]}"
+  fi
+done
+
+# ---- (e) benchmarks -------------------------------------------------------------------------
+if [[ -x "$SN_BENCH" ]]; then
+  run_step sn_bench "$OUT/bench.log" 120 70 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" \
+    "$SN_BENCH" --preset all --json "$OUT/bench.json" --csv "$OUT/bench.csv"
+else
+  skip_step sn_bench "$OUT/bench.log" "no $SN_BENCH"
+fi
+if ! command -v python3 > /dev/null; then
+  skip_step torch "$OUT/bench.log" "no python3"
+elif [[ ! -f "$REPO/bench/torch_baseline.py" ]]; then
+  skip_step torch "$OUT/bench.log" "no bench/torch_baseline.py"
+else
+  run_step torch "$OUT/bench.log" 120 25 \
+    python3 "$REPO/bench/torch_baseline.py" --preset all --json "$OUT/torch.json"
+fi
+if ! command -v python3 > /dev/null; then
+  skip_step plot "$OUT/bench.log" "no python3"
+elif [[ ! -f "$REPO/bench/plot.py" ]]; then
+  skip_step plot "$OUT/bench.log" "no bench/plot.py"
+elif [[ ! -s "$OUT/bench.json" || ! -s "$OUT/torch.json" ]]; then
+  skip_step plot "$OUT/bench.log" "bench.json or torch.json missing"
+else
+  run_step plot "$OUT/bench.log" 45 0 \
+    python3 "$REPO/bench/plot.py" "$OUT/bench.json" "$OUT/torch.json" -o "$OUT/speedup.png"
+fi
+
+# ---- (g) summary ----------------------------------------------------------------------------
+# Keep $OUT to the 8 files the caller fetches: drop anything a step wrote besides them.
+for f in "$OUT"/* "$OUT"/.[!.]*; do
+  [[ -e "$f" ]] || continue
+  case "$(basename "$f")" in
+    build.log|tests.log|bench.log|summary.txt|bench.json|bench.csv|torch.json|speedup.png) ;;
+    *) echo "== removing unexpected output $(basename "$f")"; rm -rf "$f" ;;
+  esac
+done
+rm -rf "$LOGS"
+TOTAL=$(( $(date +%s) - T0 ))
+{
+  printf '\nspecnorm gpu_check: %s\n' "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n1 || echo 'no GPU')"
+  printf '%-10s %-8s %7s  %s\n' STEP STATUS SECONDS NOTE
+  for i in "${!STEPS[@]}"; do
+    printf '%-10s %-8s %7s  %s\n' "${STEPS[$i]}" "${STATUS[$i]}" "${SECS[$i]}" "${NOTES[$i]}"
+  done
+  printf '%-10s %-8s %7s\n' total "$([[ $ANY_FAIL -eq 0 ]] && echo PASS || echo FAIL)" "$TOTAL"
+} > "$OUT/summary.txt"
+cat "$OUT/summary.txt"
+exit $ANY_FAIL
