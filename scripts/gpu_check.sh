@@ -13,8 +13,9 @@
 #   ctest      every test, GPU ones included
 #   memcheck / racecheck / initcheck / synccheck
 #              compute-sanitizer --error-exitcode 1 over $BUILD_DIR/tests/specnorm_gpu_tests
-#   sn_bench   $BUILD_DIR/bench/sn_bench --preset all --json $OUT/bench.json --csv $OUT/bench.csv
-#   torch      python3 bench/torch_baseline.py --preset all --json $OUT/torch.json
+#   torch      python3 bench/torch_baseline.py $WORKLOADS --json $OUT/torch.json
+#   sn_bench   $BUILD_DIR/bench/sn_bench $WORKLOADS --torch $OUT/torch.json --json $OUT/bench.json
+#              (WORKLOADS: $SN_BENCH_WORKLOADS, default a few single layers and every preset)
 #   plot       python3 bench/plot.py $OUT/bench.json $OUT/torch.json -o $OUT/speedup.png
 # A step whose program is missing is SKIPPED. The whole script keeps to $SN_CHECK_BUDGET_S
 # seconds (default 470): each step's timeout is cut to what is left, keeping a reserve for the
@@ -245,21 +246,25 @@ for tool in memcheck racecheck initcheck synccheck; do
   fi
 done
 
-# ---- (e) benchmarks -------------------------------------------------------------------------
-if [[ -x "$SN_BENCH" ]]; then
-  run_step sn_bench "$OUT/bench.log" 120 70 \
-    env LD_LIBRARY_PATH="$RUN_LD_PATH" \
-    "$SN_BENCH" --preset all --json "$OUT/bench.json" --csv "$OUT/bench.csv"
-else
-  skip_step sn_bench "$OUT/bench.log" "no $SN_BENCH"
-fi
+# ---- (e) benchmarks: PyTorch first, so sn_bench can join its rows ---------------------------
+# shellcheck disable=SC2206
+WORKLOADS=(${SN_BENCH_WORKLOADS:---shape 1024x1024 --shape 4096x4096 --shape 4096x16384 --preset all})
 if ! command -v python3 > /dev/null; then
   skip_step torch "$OUT/bench.log" "no python3"
 elif [[ ! -f "$REPO/bench/torch_baseline.py" ]]; then
   skip_step torch "$OUT/bench.log" "no bench/torch_baseline.py"
 else
-  run_step torch "$OUT/bench.log" 120 25 \
-    python3 "$REPO/bench/torch_baseline.py" --preset all --json "$OUT/torch.json"
+  run_step torch "$OUT/bench.log" 120 70 \
+    python3 "$REPO/bench/torch_baseline.py" "${WORKLOADS[@]}" --json "$OUT/torch.json"
+fi
+TORCH_ARGS=()
+[[ -s "$OUT/torch.json" ]] && TORCH_ARGS=(--torch "$OUT/torch.json")
+if [[ -x "$SN_BENCH" ]]; then
+  run_step sn_bench "$OUT/bench.log" 150 20 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" \
+    "$SN_BENCH" "${WORKLOADS[@]}" "${TORCH_ARGS[@]}" --json "$OUT/bench.json" --csv "$OUT/bench.csv"
+else
+  skip_step sn_bench "$OUT/bench.log" "no $SN_BENCH"
 fi
 if ! command -v python3 > /dev/null; then
   skip_step plot "$OUT/bench.log" "no python3"

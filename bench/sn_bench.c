@@ -1,0 +1,1763 @@
+/*
+ * sn_bench: throughput benchmark of specnorm's forward (training and eval) on single weights and on
+ * whole-model presets, against a plain cuBLAS implementation of PyTorch's sequence measured in the
+ * same run, and (joined from bench/torch_baseline.py's result file) against PyTorch itself.
+ *
+ * Every workload is first checked against specnorm's CPU backend (double precision reference).
+ * Without a CUDA device the CPU backend is timed instead and the run still succeeds.
+ *
+ * Uses the public API only (specnorm.h). `sn_bench --help` documents every option and number.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "sn_bench_json.h"
+#include "sn_bench_kernels.h"
+#include "specnorm.h"
+
+#ifndef SN_BENCH_COMMIT
+#define SN_BENCH_COMMIT "unknown"
+#endif
+
+/* ---- Presets: generated from bench/presets.json by bench/CMakeLists.txt ----------------------- */
+
+typedef struct {
+  const char *name;
+  int ndim;
+  int64_t shape[SN_MAX_DIMS];
+  int dim;
+} snb_preset_layer_t;
+
+typedef struct {
+  const char *name;
+  const char *source;
+  const snb_preset_layer_t *layers;
+  int n_layers;
+} snb_preset_t;
+
+#include "sn_bench_presets.h"
+
+/* ---- Constants ------------------------------------------------------------------------------ */
+
+#define CHECK_TOL 1e-5           /* σ relative error and W_sn error / max|W_sn| vs the CPU reference */
+#define CHECK_BIG_NUMEL (1 << 22) /* layers above this use CHECK_BIG_WARMUP warm-up iterations */
+#define CHECK_BIG_WARMUP 2
+#define MAX_COPIES 1024          /* cap on rotation copies (and graphs per timed graph row) */
+#define ALIGN_FLOATS 64          /* 256-byte alignment of every weight in the rotation buffers */
+#define BATCH_TARGET_US 50.0     /* auto batch: calls per sample so that one sample is >= this */
+#define BATCH_SMALL_US 20.0      /* auto batch only kicks in below this per-call time */
+#define BATCH_MAX 64
+
+/* ---- Small helpers -------------------------------------------------------------------------- */
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...) {
+  va_list ap;
+  fflush(stdout);
+  fprintf(stderr, "sn_bench: error: ");
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "\n");
+  exit(1);
+}
+
+static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void usage_error(const char *fmt, ...) {
+  va_list ap;
+  fprintf(stderr, "sn_bench: ");
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "\n(see sn_bench --help)\n");
+  exit(2);
+}
+
+#define CK_CUDA(call)                                                                       \
+  do {                                                                                      \
+    cudaError_t e_ = (call);                                                                \
+    if (e_ != cudaSuccess)                                                                  \
+      die("%s:%d: %s failed: %s (%s)", __FILE__, __LINE__, #call, cudaGetErrorName(e_),     \
+          cudaGetErrorString(e_));                                                          \
+  } while (0)
+
+#define CK_BLAS(call)                                                                     \
+  do {                                                                                    \
+    cublasStatus_t s_ = (call);                                                           \
+    if (s_ != CUBLAS_STATUS_SUCCESS)                                                      \
+      die("%s:%d: %s failed: cuBLAS status %d", __FILE__, __LINE__, #call, (int)s_);     \
+  } while (0)
+
+#define CK_SN(call)                                                                           \
+  do {                                                                                        \
+    sn_status_t st_ = (call);                                                                 \
+    if (st_ != SN_SUCCESS)                                                                    \
+      die("%s:%d: %s failed: %s: %s", __FILE__, __LINE__, #call, sn_status_name(st_),        \
+          sn_last_error_message());                                                           \
+  } while (0)
+
+static void *xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p) die("out of host memory (%zu bytes)", n);
+  return p;
+}
+
+static void *xcalloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size ? size : 1);
+  if (!p) die("out of host memory (%zu x %zu bytes)", n, size);
+  return p;
+}
+
+static char *xstrdup(const char *s) {
+  char *d = xmalloc(strlen(s) + 1);
+  strcpy(d, s);
+  return d;
+}
+
+static double now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* Linear-interpolated quantile of a sorted array. */
+static double quantile(const double *sorted, int n, double q) {
+  if (n <= 0) return NAN;
+  double pos = q * (double)(n - 1);
+  int i = (int)floor(pos);
+  if (i >= n - 1) return sorted[n - 1];
+  double f = pos - (double)i;
+  return sorted[i] * (1.0 - f) + sorted[i + 1] * f;
+}
+
+static uint64_t splitmix64(uint64_t *state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/* Uniform in [-1, 1). Any scale works: W_sn = W / σ does not depend on it. */
+static void fill_random(float *x, int64_t n, uint64_t seed) {
+  uint64_t st = seed * 0x2545F4914F6CDD1Dull + 1;
+  for (int64_t i = 0; i < n; i++)
+    x[i] = (float)((double)(splitmix64(&st) >> 11) * (2.0 / 9007199254740992.0) - 1.0);
+}
+
+static int64_t numel_of(const snb_preset_layer_t *l) {
+  int64_t n = 1;
+  for (int i = 0; i < l->ndim; i++) n *= l->shape[i];
+  return n;
+}
+
+static void shape_str(const snb_preset_layer_t *l, char *buf, size_t size) {
+  size_t len = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < l->ndim && len < size; i++)
+    len += (size_t)snprintf(buf + len, size - len, "%s%lld", i ? "x" : "", (long long)l->shape[i]);
+}
+
+static void human_count(double n, char *buf, size_t size) {
+  if (n >= 1e9) snprintf(buf, size, "%.2fG", n / 1e9);
+  else if (n >= 1e6) snprintf(buf, size, "%.2fM", n / 1e6);
+  else if (n >= 1e3) snprintf(buf, size, "%.1fk", n / 1e3);
+  else snprintf(buf, size, "%.0f", n);
+}
+
+/* ---- Workloads and options ------------------------------------------------------------------ */
+
+typedef struct {
+  char name[160];       /* join key with torch_baseline.py: "4096x4096", "64x3x3x3@dim1", preset */
+  char shape[160];      /* human description */
+  const char *kind;     /* "shape" or "preset" */
+  int n_layers;
+  snb_preset_layer_t *layers; /* owned array; names point to static strings or to `name` */
+  int64_t params;       /* Σ numel */
+  int all_dim0;         /* every layer has dim 0 and >= 2 dims (the cuBLAS baseline applies) */
+} workload_t;
+
+typedef struct {
+  char **shape_args;
+  int n_shape_args;
+  const char **preset_args;
+  int n_preset_args;
+  int default_dim;
+  int mode_train, mode_eval;
+  sn_algo_t algos[SN_ALGO_COUNT];
+  int n_algos;
+  int power_iters;
+  int reps, warmup, batch; /* -1: default */
+  int rotate, baseline, graph, check;
+  int force_cpu;
+  int device;
+  uint64_t seed;
+  const char *torch_file, *json_file, *csv_file;
+  int list_presets;
+} options_t;
+
+static const char *algo_name(sn_algo_t a) {
+  switch (a) {
+    case SN_ALGO_DEFAULT: return "default";
+    case SN_ALGO_TWO_PASS: return "two-pass";
+    default: return "?";
+  }
+}
+
+static void print_help(void) {
+  printf(
+      "sn_bench: throughput of specnorm's spectral-normalization forward, checked against the CPU\n"
+      "reference and compared with a plain cuBLAS implementation (and PyTorch, via --torch).\n"
+      "\n"
+      "Usage: sn_bench [options]\n"
+      "\n"
+      "Workloads (default: --shape 1024x1024 --shape 4096x4096 --shape 4096x16384\n"
+      "           --preset sngan-cifar10; without a GPU: 256x256, 1024x1024, sngan-cifar10):\n"
+      "  --shape SHAPE       a weight of shape d0xd1x...(1 to 8 dims), e.g. 4096x4096 or 64x3x3x3;\n"
+      "                      an optional ':D' suffix gives its spectral_norm dim (64x3x3x3:1).\n"
+      "                      Repeatable. Named \"d0xd1...\" (+\"@dimD\" when D != 0) in the output.\n"
+      "  --dim D             dim of every --shape without a ':D' suffix (default 0; negative counts\n"
+      "                      from the end, as in PyTorch)\n"
+      "  --preset NAME       every spectrally normalized weight of a model, timed as one call\n"
+      "                      (the forward of each layer in turn). Repeatable. NAME: all (every\n"
+      "                      preset)");
+  for (int p = 0; p < SNB_N_PRESETS; p++) printf(", %s", snb_presets[p].name);
+  printf(
+      "\n"
+      "  --list-presets      print every preset's layers (name, shape, dim) and exit\n"
+      "\n"
+      "What is timed:\n"
+      "  --mode M            train | eval | all (default all). train: sn_forward(training=1): the\n"
+      "                      power iteration updates u, v, then W_sn = W / sigma. eval:\n"
+      "                      sn_forward(training=0): sigma = u^T M v with the stored u, v, then W / sigma.\n"
+      "  --algo A            default | two-pass | all (default: default): sn_layer_desc_t.algo\n"
+      "  --power-iters N     n_power_iterations of every layer and of the baselines (default 1)\n"
+      "  --no-baseline       skip the cuBLAS baseline\n"
+      "  --no-graph          skip the CUDA-graph replay rows (specnorm-graph, cublas-graph)\n"
+      "  --no-check          skip the check against the CPU reference (rows say check=skipped)\n"
+      "  --cpu               time the CPU backend even when a GPU is present\n"
+      "  --device N          CUDA device ordinal (default 0)\n"
+      "  --seed S            seed of the weights and of u, v (default 0)\n"
+      "\n"
+      "Timing:\n"
+      "  --reps N            timed samples per row (default 200; CPU backend: 10)\n"
+      "  --warmup N          untimed calls before the samples (default 20; CPU backend: 2)\n"
+      "  --batch R           calls per sample; a sample is (CUDA event after R calls - event before)/R.\n"
+      "                      Default auto: 1, or for calls under %.0f us as many as make a sample\n"
+      "                      >= %.0f us (at most %d). The row's 'batch' column says which.\n"
+      "  --no-rotate         always use the same W and W_sn buffers. By default every call uses the\n"
+      "                      next of C copies of all W and W_sn buffers, C = ceil(4 x L2 size /\n"
+      "                      bytes of one copy) (at most %d), so W is not served from L2.\n"
+      "  Each row reports the median and the p10-p90 range of the samples in microseconds.\n"
+      "  CPU backend: host clock around each call, no rotation.\n"
+      "\n"
+      "Numbers:\n"
+      "  bytes    the bytes a forward must move, for train and eval alike: 3 x bytes(W), i.e. one\n"
+      "           read of W for the (one-pass) power iteration or the eval sigma, plus one read of W\n"
+      "           and one write of W_sn for the division (bench convention; SPEC.md's one-pass\n"
+      "           iteration). A preset sums this over its layers.\n"
+      "  GB/s     bytes / median time (1 GB = 1e9 bytes)\n"
+      "  %%copy    GB/s as a percentage of the device-to-device copy bandwidth measured in the same\n"
+      "           run (cudaMemcpyAsync of a 1 GiB buffer or as much as memory allows, counting\n"
+      "           read + write bytes; CPU backend: memcpy)\n"
+      "  floor    bytes / copy bandwidth: the memory floor of the call, in us\n"
+      "  launches nodes of one call captured in a CUDA graph (kernels + memsets + memcpys) after the\n"
+      "           warm-up forward; 'fail' if the call could not be captured\n"
+      "  xcuBLAS  median of the faster cuBLAS baseline row (eager or graph) / this row's median.\n"
+      "           The baseline follows PyTorch's u-first sequence: gemv, nrm2, 1/max(norm,eps),\n"
+      "           scal, gemv^T, nrm2, 1/max, scal, gemv, dot, W/sigma (eval: gemv, dot, W/sigma);\n"
+      "           only for weights with dim 0 (skipped otherwise, and for presets containing one)\n"
+      "  xtorch   median of the faster PyTorch row (torch-eager or torch-graph) of --torch FILE for\n"
+      "           the same workload, mode and --power-iters / this row's median\n"
+      "\n"
+      "Output:\n"
+      "  --torch FILE        join with torch_baseline.py's --json output (adds xtorch, lists the\n"
+      "                      PyTorch rows in the table)\n"
+      "  --json FILE         write device, versions, commit, date, copy bandwidth, settings, all rows\n"
+      "  --csv FILE          write the rows as CSV\n"
+      "  --version           print versions and exit\n"
+      "  -h, --help          this text\n"
+      "\n"
+      "Exit status: 0 success (also when no GPU is present: the CPU backend is timed), 1 a check\n"
+      "against the CPU reference failed or a CUDA/specnorm call failed, 2 bad command line.\n",
+      BATCH_SMALL_US, BATCH_TARGET_US, BATCH_MAX, MAX_COPIES);
+}
+
+static long long parse_int(const char *opt, const char *s, long long lo, long long hi) {
+  char *end = NULL;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (errno || end == s || *end != '\0') usage_error("%s: '%s' is not an integer", opt, s);
+  if (v < lo || v > hi) usage_error("%s: %lld is outside [%lld, %lld]", opt, v, lo, hi);
+  return v;
+}
+
+static void parse_options(int argc, char **argv, options_t *o) {
+  memset(o, 0, sizeof *o);
+  o->mode_train = o->mode_eval = 1;
+  o->algos[0] = SN_ALGO_DEFAULT;
+  o->n_algos = 1;
+  o->power_iters = 1;
+  o->reps = o->warmup = o->batch = -1;
+  o->rotate = o->baseline = o->graph = o->check = 1;
+  o->shape_args = xcalloc((size_t)argc, sizeof(char *));
+  o->preset_args = xcalloc((size_t)argc, sizeof(char *));
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    /* Accept --opt=value too. */
+    char optbuf[64];
+    const char *val = NULL;
+    const char *eq = strchr(a, '=');
+    if (a[0] == '-' && a[1] == '-' && eq && (size_t)(eq - a) < sizeof optbuf) {
+      memcpy(optbuf, a, (size_t)(eq - a));
+      optbuf[eq - a] = '\0';
+      val = eq + 1;
+      a = optbuf;
+    }
+#define TAKES_VALUE()                                                   \
+  do {                                                                  \
+    if (!val) {                                                         \
+      if (i + 1 >= argc) usage_error("option %s needs a value", a);     \
+      val = argv[++i];                                                  \
+    }                                                                   \
+  } while (0)
+#define NO_VALUE() \
+  do {             \
+    if (val) usage_error("option %s takes no value", a); \
+  } while (0)
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+      print_help();
+      exit(0);
+    } else if (!strcmp(a, "--version")) {
+      NO_VALUE();
+      int rt = 0, drv = 0;
+      cudaRuntimeGetVersion(&rt);
+      cudaDriverGetVersion(&drv);
+      printf("sn_bench (commit %s), specnorm %s (header %s), CUDA runtime %d, driver %d\n",
+             SN_BENCH_COMMIT, sn_version_string(), SN_VERSION_STRING, rt, drv);
+      exit(0);
+    } else if (!strcmp(a, "--shape")) {
+      TAKES_VALUE();
+      o->shape_args[o->n_shape_args++] = xstrdup(val);
+    } else if (!strcmp(a, "--dim")) {
+      TAKES_VALUE();
+      o->default_dim = (int)parse_int(a, val, -SN_MAX_DIMS, SN_MAX_DIMS - 1);
+    } else if (!strcmp(a, "--preset")) {
+      TAKES_VALUE();
+      int ok = !strcmp(val, "all");
+      for (int p = 0; p < SNB_N_PRESETS && !ok; p++) ok = !strcmp(val, snb_presets[p].name);
+      if (!ok) {
+        fprintf(stderr, "sn_bench: --preset: unknown preset '%s'; known: all", val);
+        for (int p = 0; p < SNB_N_PRESETS; p++) fprintf(stderr, ", %s", snb_presets[p].name);
+        fprintf(stderr, "\n");
+        exit(2);
+      }
+      o->preset_args[o->n_preset_args++] = val;
+    } else if (!strcmp(a, "--list-presets")) {
+      NO_VALUE();
+      o->list_presets = 1;
+    } else if (!strcmp(a, "--mode")) {
+      TAKES_VALUE();
+      if (!strcmp(val, "train")) o->mode_train = 1, o->mode_eval = 0;
+      else if (!strcmp(val, "eval")) o->mode_train = 0, o->mode_eval = 1;
+      else if (!strcmp(val, "all")) o->mode_train = 1, o->mode_eval = 1;
+      else usage_error("--mode: '%s' is not train, eval or all", val);
+    } else if (!strcmp(a, "--algo")) {
+      TAKES_VALUE();
+      if (!strcmp(val, "default")) o->algos[0] = SN_ALGO_DEFAULT, o->n_algos = 1;
+      else if (!strcmp(val, "two-pass")) o->algos[0] = SN_ALGO_TWO_PASS, o->n_algos = 1;
+      else if (!strcmp(val, "all")) {
+        for (int k = 0; k < SN_ALGO_COUNT; k++) o->algos[k] = (sn_algo_t)k;
+        o->n_algos = SN_ALGO_COUNT;
+      } else usage_error("--algo: '%s' is not default, two-pass or all", val);
+    } else if (!strcmp(a, "--power-iters")) {
+      TAKES_VALUE();
+      o->power_iters = (int)parse_int(a, val, 1, 1000);
+    } else if (!strcmp(a, "--reps")) {
+      TAKES_VALUE();
+      o->reps = (int)parse_int(a, val, 1, 1000000);
+    } else if (!strcmp(a, "--warmup")) {
+      TAKES_VALUE();
+      o->warmup = (int)parse_int(a, val, 0, 1000000);
+    } else if (!strcmp(a, "--batch")) {
+      TAKES_VALUE();
+      o->batch = (int)parse_int(a, val, 1, 100000);
+    } else if (!strcmp(a, "--no-rotate")) {
+      NO_VALUE();
+      o->rotate = 0;
+    } else if (!strcmp(a, "--no-baseline")) {
+      NO_VALUE();
+      o->baseline = 0;
+    } else if (!strcmp(a, "--no-graph")) {
+      NO_VALUE();
+      o->graph = 0;
+    } else if (!strcmp(a, "--no-check")) {
+      NO_VALUE();
+      o->check = 0;
+    } else if (!strcmp(a, "--cpu")) {
+      NO_VALUE();
+      o->force_cpu = 1;
+    } else if (!strcmp(a, "--device")) {
+      TAKES_VALUE();
+      o->device = (int)parse_int(a, val, 0, 1023);
+    } else if (!strcmp(a, "--seed")) {
+      TAKES_VALUE();
+      o->seed = (uint64_t)parse_int(a, val, 0, LLONG_MAX);
+    } else if (!strcmp(a, "--torch")) {
+      TAKES_VALUE();
+      o->torch_file = val;
+    } else if (!strcmp(a, "--json")) {
+      TAKES_VALUE();
+      o->json_file = val;
+    } else if (!strcmp(a, "--csv")) {
+      TAKES_VALUE();
+      o->csv_file = val;
+    } else {
+      usage_error("unknown option '%s'", argv[i]);
+    }
+#undef TAKES_VALUE
+#undef NO_VALUE
+  }
+}
+
+/* "4096x4096", "64x3x3x3:1" -> one-layer workload. */
+static void parse_shape(const char *arg, int default_dim, workload_t *w) {
+  snb_preset_layer_t *l = xcalloc(1, sizeof *l);
+  const char *s = arg;
+  int dim = default_dim;
+  int nd = 0;
+  for (;;) {
+    if (*s < '0' || *s > '9')
+      usage_error("--shape '%s': expected dimensions like 4096x4096 or 64x3x3x3:1", arg);
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || v <= 0 || v > (1ll << 40))
+      usage_error("--shape '%s': dimension must be in 1..2^40", arg);
+    if (nd == SN_MAX_DIMS) usage_error("--shape '%s': at most %d dimensions", arg, SN_MAX_DIMS);
+    l->shape[nd++] = v;
+    s = end;
+    if (*s == 'x' || *s == 'X') {
+      s++;
+      continue;
+    }
+    if (*s == ':') {
+      char *e2 = NULL;
+      errno = 0;
+      long d = strtol(s + 1, &e2, 10);
+      if (errno || e2 == s + 1 || *e2 != '\0')
+        usage_error("--shape '%s': the ':D' suffix must be an integer dim", arg);
+      dim = (int)d;
+      break;
+    }
+    if (*s != '\0') usage_error("--shape '%s': unexpected '%c'", arg, *s);
+    break;
+  }
+  l->ndim = nd;
+  if (dim < -nd || dim >= nd)
+    usage_error("--shape '%s': dim %d is outside [%d, %d) for a %d-d weight", arg, dim, -nd, nd, nd);
+  if (dim < 0) dim += nd;
+  l->dim = dim;
+  double total = 1;
+  for (int i = 0; i < nd; i++) total *= (double)l->shape[i];
+  if (total > 4e9) usage_error("--shape '%s': more than 4e9 elements", arg);
+  memset(w, 0, sizeof *w);
+  shape_str(l, w->name, sizeof w->name);
+  if (dim != 0) {
+    size_t len = strlen(w->name);
+    snprintf(w->name + len, sizeof w->name - len, "@dim%d", dim);
+  }
+  l->name = w->name;
+  snprintf(w->shape, sizeof w->shape, "%s%s", w->name, nd == 1 ? " (1-d)" : "");
+  w->kind = "shape";
+  w->n_layers = 1;
+  w->layers = l;
+}
+
+static void preset_workload(const snb_preset_t *p, workload_t *w) {
+  memset(w, 0, sizeof *w);
+  snprintf(w->name, sizeof w->name, "%s", p->name);
+  w->kind = "preset";
+  w->n_layers = p->n_layers;
+  w->layers = xcalloc((size_t)p->n_layers, sizeof *w->layers);
+  memcpy(w->layers, p->layers, (size_t)p->n_layers * sizeof *w->layers);
+  for (int i = 0; i < w->n_layers; i++)
+    if (w->layers[i].dim < 0) w->layers[i].dim += w->layers[i].ndim;
+}
+
+static void finish_workload(workload_t *w) {
+  w->params = 0;
+  w->all_dim0 = 1;
+  for (int i = 0; i < w->n_layers; i++) {
+    w->params += numel_of(&w->layers[i]);
+    if (w->layers[i].dim != 0 || w->layers[i].ndim < 2) w->all_dim0 = 0;
+  }
+  if (!strcmp(w->kind, "preset")) {
+    char c[32];
+    human_count((double)w->params, c, sizeof c);
+    snprintf(w->shape, sizeof w->shape, "%d layers, %s params", w->n_layers, c);
+  }
+}
+
+static workload_t *build_workloads(const options_t *o, int cpu_mode, int *n_out) {
+  int cap = o->n_shape_args + (o->n_preset_args + 1) * SNB_N_PRESETS + 4;
+  workload_t *ws = xcalloc((size_t)cap, sizeof *ws);
+  int n = 0;
+  if (o->n_shape_args == 0 && o->n_preset_args == 0) {
+    static const char *gpu_defaults[] = {"1024x1024", "4096x4096", "4096x16384"};
+    static const char *cpu_defaults[] = {"256x256", "1024x1024"};
+    const char **d = cpu_mode ? cpu_defaults : gpu_defaults;
+    int nd = cpu_mode ? 2 : 3;
+    for (int i = 0; i < nd; i++) parse_shape(d[i], 0, &ws[n++]);
+    for (int p = 0; p < SNB_N_PRESETS; p++)
+      if (!strcmp(snb_presets[p].name, "sngan-cifar10")) preset_workload(&snb_presets[p], &ws[n++]);
+  } else {
+    for (int i = 0; i < o->n_shape_args; i++) parse_shape(o->shape_args[i], o->default_dim, &ws[n++]);
+    for (int i = 0; i < o->n_preset_args; i++) {
+      for (int p = 0; p < SNB_N_PRESETS; p++) {
+        if (strcmp(o->preset_args[i], "all") && strcmp(o->preset_args[i], snb_presets[p].name))
+          continue;
+        int dup = 0;
+        for (int k = 0; k < n; k++) dup |= !strcmp(ws[k].name, snb_presets[p].name);
+        if (!dup) preset_workload(&snb_presets[p], &ws[n++]);
+      }
+    }
+  }
+  for (int i = 0; i < n; i++) finish_workload(&ws[i]);
+  *n_out = n;
+  return ws;
+}
+
+/* ---- Result rows ---------------------------------------------------------------------------- */
+
+typedef struct {
+  const workload_t *wl;
+  char workload[160];
+  char mode[8];
+  char impl[24];
+  char algo[16];
+  char device[8]; /* "cuda" or "cpu" */
+  double median_us, p10_us, p90_us;
+  int reps, batch, copies;
+  double bytes, gbps, copy_frac, floor_us;
+  int launches, kernel_nodes; /* -1: not measured, -2: capture failed */
+  double speedup_cublas, speedup_torch;
+  char check[12];
+  double sigma_err, wsn_err;
+  char note[200];
+} row_t;
+
+static row_t *g_rows;
+static int g_n_rows, g_cap_rows;
+static double g_copy_gbps = NAN;
+static double g_copy_bytes = 0;
+
+static row_t *new_row(const workload_t *wl, const char *mode, const char *impl, const char *algo,
+                      const char *device) {
+  if (g_n_rows == g_cap_rows) {
+    g_cap_rows = g_cap_rows ? 2 * g_cap_rows : 64;
+    g_rows = realloc(g_rows, (size_t)g_cap_rows * sizeof *g_rows);
+    if (!g_rows) die("out of host memory");
+  }
+  row_t *r = &g_rows[g_n_rows++];
+  memset(r, 0, sizeof *r);
+  r->wl = wl;
+  snprintf(r->workload, sizeof r->workload, "%s", wl->name);
+  snprintf(r->mode, sizeof r->mode, "%s", mode);
+  snprintf(r->impl, sizeof r->impl, "%s", impl);
+  snprintf(r->algo, sizeof r->algo, "%s", algo);
+  snprintf(r->device, sizeof r->device, "%s", device);
+  r->median_us = r->p10_us = r->p90_us = NAN;
+  r->launches = r->kernel_nodes = -1;
+  r->speedup_cublas = r->speedup_torch = NAN;
+  r->sigma_err = r->wsn_err = NAN;
+  snprintf(r->check, sizeof r->check, "skipped");
+  r->bytes = 3.0 * 4.0 * (double)wl->params;
+  return r;
+}
+
+static void finish_row(row_t *r, double *samples, int n) {
+  qsort(samples, (size_t)n, sizeof *samples, cmp_double);
+  r->reps = n;
+  r->median_us = quantile(samples, n, 0.5);
+  r->p10_us = quantile(samples, n, 0.1);
+  r->p90_us = quantile(samples, n, 0.9);
+  r->gbps = r->bytes / (r->median_us * 1e-6) / 1e9;
+  r->copy_frac = isfinite(g_copy_gbps) ? r->gbps / g_copy_gbps : NAN;
+  r->floor_us = isfinite(g_copy_gbps) ? r->bytes / (g_copy_gbps * 1e9) * 1e6 : NAN;
+}
+
+/* ---- Torch results (--torch) ---------------------------------------------------------------- */
+
+typedef struct {
+  char workload[160], mode[8], impl[24];
+  int power_iters, batch, launches;
+  double median_us, p10_us, p90_us;
+} torch_row_t;
+
+static torch_row_t *g_torch;
+static int g_n_torch;
+static char g_torch_device[256];
+
+static void load_torch(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) die("--torch %s: cannot open: %s", path, strerror(errno));
+  fseek(f, 0, SEEK_END);
+  long size = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  if (size < 0) die("--torch %s: cannot read", path);
+  char *text = xmalloc((size_t)size + 1);
+  size_t got = fread(text, 1, (size_t)size, f);
+  fclose(f);
+  text[got] = '\0';
+  char err[160];
+  snj_value_t *doc = snj_parse(text, err, sizeof err);
+  free(text);
+  if (!doc) die("--torch %s: not valid JSON: %s", path, err);
+  const snj_value_t *rows = snj_get(doc, "rows");
+  if (!rows || rows->kind != SNJ_ARRAY) die("--torch %s: no \"rows\" array (not a torch_baseline.py --json file?)", path);
+  const snj_value_t *dev = snj_get(doc, "device");
+  const char *dn = snj_get_string(dev, "name");
+  snprintf(g_torch_device, sizeof g_torch_device, "%s", dn ? dn : "");
+  g_torch = xcalloc(rows->count, sizeof *g_torch);
+  for (size_t i = 0; i < rows->count; i++) {
+    const snj_value_t *r = rows->items[i];
+    const char *wl = snj_get_string(r, "workload"), *mode = snj_get_string(r, "mode"),
+               *impl = snj_get_string(r, "impl");
+    double med = snj_get_number(r, "median_us", NAN);
+    if (!wl || !mode || !impl || !isfinite(med)) continue;
+    torch_row_t *t = &g_torch[g_n_torch++];
+    snprintf(t->workload, sizeof t->workload, "%s", wl);
+    snprintf(t->mode, sizeof t->mode, "%s", mode);
+    snprintf(t->impl, sizeof t->impl, "%s", impl);
+    t->power_iters = (int)snj_get_number(r, "power_iters", 1);
+    t->batch = (int)snj_get_number(r, "batch", 0);
+    t->launches = (int)snj_get_number(r, "launches", -1);
+    t->median_us = med;
+    t->p10_us = snj_get_number(r, "p10_us", NAN);
+    t->p90_us = snj_get_number(r, "p90_us", NAN);
+  }
+  snj_free(doc);
+}
+
+/* ---- Device-side buffers of a workload ------------------------------------------------------ */
+
+typedef struct {
+  const workload_t *wl;
+  int64_t *off;      /* float offset of each layer inside one copy */
+  int64_t stride;    /* floats per copy (aligned) */
+  int copies;
+  float *dW, *dWsn;  /* copies x stride floats each */
+  float *hW;         /* one copy, host */
+} buffers_t;
+
+static float *W_at(const buffers_t *b, int copy, int layer) {
+  return b->dW + (int64_t)copy * b->stride + b->off[layer];
+}
+static float *Wsn_at(const buffers_t *b, int copy, int layer) {
+  return b->dWsn + (int64_t)copy * b->stride + b->off[layer];
+}
+
+static void layout_buffers(buffers_t *b, const workload_t *wl) {
+  memset(b, 0, sizeof *b);
+  b->wl = wl;
+  b->off = xcalloc((size_t)wl->n_layers, sizeof *b->off);
+  int64_t pos = 0;
+  for (int l = 0; l < wl->n_layers; l++) {
+    b->off[l] = pos;
+    pos += (numel_of(&wl->layers[l]) + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
+  }
+  b->stride = pos;
+}
+
+static void fill_host_weights(buffers_t *b, uint64_t seed) {
+  b->hW = xcalloc((size_t)b->stride, sizeof(float));
+  for (int l = 0; l < b->wl->n_layers; l++)
+    fill_random(b->hW + b->off[l], numel_of(&b->wl->layers[l]), seed * 1000003ull + (uint64_t)l);
+}
+
+/* ---- The cuBLAS baseline -------------------------------------------------------------------- */
+
+typedef struct {
+  cublasHandle_t handle;
+  void *workspace;
+  const buffers_t *buf;
+  int n_layers;
+  int *h, *w;            /* per layer, as int for cuBLAS */
+  float **u, **v, **t;   /* device vectors per layer: u (h), v (w), t (h) */
+  float **scal;          /* device scalars per layer: [0] norm, [1] 1/max(norm,eps), [2] sigma */
+  float *d_one, *d_zero;
+  float *block;          /* one allocation for everything above */
+  float eps;
+  int power_iters;
+} baseline_t;
+
+static void baseline_init(baseline_t *bl, const buffers_t *buf, int power_iters, float eps,
+                          cudaStream_t stream) {
+  memset(bl, 0, sizeof *bl);
+  const workload_t *wl = buf->wl;
+  bl->buf = buf;
+  bl->n_layers = wl->n_layers;
+  bl->eps = eps;
+  bl->power_iters = power_iters;
+  int n = wl->n_layers;
+  bl->h = xcalloc((size_t)n, sizeof(int));
+  bl->w = xcalloc((size_t)n, sizeof(int));
+  bl->u = xcalloc((size_t)n, sizeof(float *));
+  bl->v = xcalloc((size_t)n, sizeof(float *));
+  bl->t = xcalloc((size_t)n, sizeof(float *));
+  bl->scal = xcalloc((size_t)n, sizeof(float *));
+  int64_t total = 2 * ALIGN_FLOATS;
+  for (int l = 0; l < n; l++) {
+    int64_t h = wl->layers[l].shape[0], w = numel_of(&wl->layers[l]) / h;
+    if (h > INT_MAX || w > INT_MAX) die("cuBLAS baseline: %s is too large for 32-bit cuBLAS", wl->name);
+    bl->h[l] = (int)h;
+    bl->w[l] = (int)w;
+    total += 3 * ((2 * h + w + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS + ALIGN_FLOATS);
+  }
+  CK_CUDA(cudaMalloc((void **)&bl->block, (size_t)total * sizeof(float)));
+  CK_CUDA(cudaMemset(bl->block, 0, (size_t)total * sizeof(float)));
+  float *p = bl->block;
+  bl->d_one = p;
+  bl->d_zero = p + 1;
+  p += ALIGN_FLOATS;
+  for (int l = 0; l < n; l++) {
+    bl->scal[l] = p;
+    p += ALIGN_FLOATS;
+    bl->u[l] = p;
+    p += (bl->h[l] + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
+    bl->t[l] = p;
+    p += (bl->h[l] + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
+    bl->v[l] = p;
+    p += (bl->w[l] + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
+  }
+  const float one = 1.0f;
+  CK_CUDA(cudaMemcpy(bl->d_one, &one, sizeof one, cudaMemcpyHostToDevice));
+  CK_BLAS(cublasCreate(&bl->handle));
+  CK_BLAS(cublasSetStream(bl->handle, stream));
+  CK_BLAS(cublasSetPointerMode(bl->handle, CUBLAS_POINTER_MODE_DEVICE));
+  /* A user workspace keeps cuBLAS from allocating inside a graph capture. */
+  const size_t ws = 4u << 20;
+  CK_CUDA(cudaMalloc(&bl->workspace, ws));
+  CK_BLAS(cublasSetWorkspace(bl->handle, bl->workspace, ws));
+}
+
+static void baseline_destroy(baseline_t *bl) {
+  if (bl->handle) cublasDestroy(bl->handle);
+  cudaFree(bl->workspace);
+  cudaFree(bl->block);
+  free(bl->h);
+  free(bl->w);
+  free(bl->u);
+  free(bl->v);
+  free(bl->t);
+  free(bl->scal);
+  memset(bl, 0, sizeof *bl);
+}
+
+static char g_enqueue_err[512];
+
+#define EQ_BLAS(call)                                                                         \
+  do {                                                                                        \
+    cublasStatus_t s_ = (call);                                                               \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                        \
+      snprintf(g_enqueue_err, sizeof g_enqueue_err, "%s: cuBLAS status %d", #call, (int)s_); \
+      return 1;                                                                               \
+    }                                                                                         \
+  } while (0)
+#define EQ_CUDA(call)                                                                          \
+  do {                                                                                         \
+    cudaError_t e_ = (call);                                                                   \
+    if (e_ != cudaSuccess) {                                                                   \
+      snprintf(g_enqueue_err, sizeof g_enqueue_err, "%s: %s", #call, cudaGetErrorString(e_)); \
+      return 1;                                                                                \
+    }                                                                                          \
+  } while (0)
+
+/* x <- x / max(||x||, eps), all on the device (no host synchronization). */
+static int bl_normalize(baseline_t *bl, int l, float *x, int n, cudaStream_t s) {
+  EQ_BLAS(cublasSnrm2(bl->handle, n, x, 1, &bl->scal[l][0]));
+  EQ_CUDA(snb_launch_inv_clamp(&bl->scal[l][0], &bl->scal[l][1], bl->eps, s));
+  EQ_BLAS(cublasSscal(bl->handle, n, &bl->scal[l][1], x, 1));
+  return 0;
+}
+
+/* One call of the baseline: every layer of the workload, copy `copy` of the weights.
+ * Row-major h x w W is a column-major w x h matrix A (lda = w): M v = A^T v, M^T u = A u. */
+static int baseline_enqueue(void *ctx, int copy, int training, cudaStream_t s) {
+  baseline_t *bl = ctx;
+  for (int l = 0; l < bl->n_layers; l++) {
+    const float *W = W_at(bl->buf, copy, l);
+    float *Wsn = Wsn_at(bl->buf, copy, l);
+    const int h = bl->h[l], w = bl->w[l];
+    if (training) {
+      for (int it = 0; it < bl->power_iters; it++) {
+        EQ_BLAS(cublasSgemv(bl->handle, CUBLAS_OP_T, w, h, bl->d_one, W, w, bl->v[l], 1,
+                            bl->d_zero, bl->u[l], 1)); /* u = M v */
+        if (bl_normalize(bl, l, bl->u[l], h, s)) return 1;
+        EQ_BLAS(cublasSgemv(bl->handle, CUBLAS_OP_N, w, h, bl->d_one, W, w, bl->u[l], 1,
+                            bl->d_zero, bl->v[l], 1)); /* v = M^T u */
+        if (bl_normalize(bl, l, bl->v[l], w, s)) return 1;
+      }
+    }
+    EQ_BLAS(cublasSgemv(bl->handle, CUBLAS_OP_T, w, h, bl->d_one, W, w, bl->v[l], 1, bl->d_zero,
+                        bl->t[l], 1)); /* t = M v */
+    EQ_BLAS(cublasSdot(bl->handle, h, bl->u[l], 1, bl->t[l], 1, &bl->scal[l][2])); /* σ = u·t */
+    EQ_CUDA(snb_launch_div(W, Wsn, &bl->scal[l][2], (size_t)h * (size_t)w, s));
+  }
+  return 0;
+}
+
+/* ---- specnorm runner ------------------------------------------------------------------------ */
+
+typedef struct {
+  const buffers_t *buf;
+  sn_layer_t **layers;
+  int n_layers;
+} sn_runner_t;
+
+static int specnorm_enqueue(void *ctx, int copy, int training, cudaStream_t s) {
+  sn_runner_t *r = ctx;
+  for (int l = 0; l < r->n_layers; l++) {
+    sn_status_t st = sn_forward(r->layers[l], W_at(r->buf, copy, l), Wsn_at(r->buf, copy, l),
+                                training, (sn_stream_t)s);
+    if (st != SN_SUCCESS) {
+      snprintf(g_enqueue_err, sizeof g_enqueue_err, "sn_forward (layer %d): %s: %s", l,
+               sn_status_name(st), sn_last_error_message());
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* ---- Graphs --------------------------------------------------------------------------------- */
+
+typedef int (*enqueue_fn)(void *ctx, int copy, int training, cudaStream_t s);
+
+typedef struct {
+  cudaGraphExec_t *execs;
+  int n;
+} graph_set_t;
+
+static int graph_enqueue(void *ctx, int copy, int training, cudaStream_t s) {
+  (void)training;
+  graph_set_t *g = ctx;
+  EQ_CUDA(cudaGraphLaunch(g->execs[copy % g->n], s));
+  return 0;
+}
+
+/* Capture one call of `fn` (copy `copy`); on success returns the graph, and its node counts. */
+static int capture_call(enqueue_fn fn, void *ctx, int copy, int training, cudaStream_t s,
+                        cudaGraph_t *graph_out, int *nodes, int *kernels, char *why, size_t why_size) {
+  cudaGraph_t graph = NULL;
+  cudaError_t e = cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
+  if (e != cudaSuccess) {
+    snprintf(why, why_size, "cudaStreamBeginCapture: %s", cudaGetErrorString(e));
+    return 1;
+  }
+  int rc = fn(ctx, copy, training, s);
+  e = cudaStreamEndCapture(s, &graph);
+  if (rc) {
+    snprintf(why, why_size, "%.250s", g_enqueue_err);
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    return 1;
+  }
+  if (e != cudaSuccess || !graph) {
+    snprintf(why, why_size, "cudaStreamEndCapture: %s", cudaGetErrorString(e));
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    return 1;
+  }
+  size_t n = 0;
+  CK_CUDA(cudaGraphGetNodes(graph, NULL, &n));
+  cudaGraphNode_t *list = xcalloc(n, sizeof *list);
+  CK_CUDA(cudaGraphGetNodes(graph, list, &n));
+  int k = 0;
+  for (size_t i = 0; i < n; i++) {
+    enum cudaGraphNodeType t;
+    CK_CUDA(cudaGraphNodeGetType(list[i], &t));
+    k += t == cudaGraphNodeTypeKernel;
+  }
+  free(list);
+  *nodes = (int)n;
+  *kernels = k;
+  *graph_out = graph;
+  return 0;
+}
+
+/* A graph per rotation copy. Returns 0 and fills `set`, or 1 with `why`. */
+static int build_graph_set(enqueue_fn fn, void *ctx, int copies, int training, cudaStream_t s,
+                           graph_set_t *set, char *why, size_t why_size) {
+  set->execs = xcalloc((size_t)copies, sizeof *set->execs);
+  set->n = 0;
+  for (int c = 0; c < copies; c++) {
+    cudaGraph_t g = NULL;
+    int nodes = 0, kernels = 0;
+    if (capture_call(fn, ctx, c, training, s, &g, &nodes, &kernels, why, why_size)) return 1;
+    cudaError_t e = cudaGraphInstantiate(&set->execs[c], g, 0);
+    cudaGraphDestroy(g);
+    if (e != cudaSuccess) {
+      snprintf(why, why_size, "cudaGraphInstantiate: %s", cudaGetErrorString(e));
+      return 1;
+    }
+    set->n++;
+  }
+  return 0;
+}
+
+static void destroy_graph_set(graph_set_t *set) {
+  for (int i = 0; i < set->n; i++) cudaGraphExecDestroy(set->execs[i]);
+  free(set->execs);
+  memset(set, 0, sizeof *set);
+}
+
+/* ---- GPU timing ----------------------------------------------------------------------------- */
+
+static void run_or_die(enqueue_fn fn, void *ctx, int copy, int training, cudaStream_t s) {
+  if (fn(ctx, copy, training, s)) die("%s", g_enqueue_err);
+}
+
+/* Fills r's timing from `reps` samples of `batch` calls each, rotating over `copies`. */
+static void time_gpu(row_t *r, enqueue_fn fn, void *ctx, int copies, int training, cudaStream_t s,
+                     const options_t *o) {
+  int reps = o->reps > 0 ? o->reps : 200;
+  int warmup = o->warmup >= 0 ? o->warmup : 20;
+  int k = 0;
+  for (int i = 0; i < warmup; i++) run_or_die(fn, ctx, k++ % copies, training, s);
+  int batch = o->batch;
+  cudaEvent_t e0, e1;
+  CK_CUDA(cudaEventCreate(&e0));
+  CK_CUDA(cudaEventCreate(&e1));
+  if (batch <= 0) {
+    const int probe = 10;
+    CK_CUDA(cudaEventRecord(e0, s));
+    for (int i = 0; i < probe; i++) run_or_die(fn, ctx, k++ % copies, training, s);
+    CK_CUDA(cudaEventRecord(e1, s));
+    CK_CUDA(cudaEventSynchronize(e1));
+    float ms = 0;
+    CK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    double est = (double)ms * 1000.0 / probe;
+    batch = 1;
+    if (est < BATCH_SMALL_US) {
+      batch = (int)ceil(BATCH_TARGET_US / (est > 0.1 ? est : 0.1));
+      if (batch > BATCH_MAX) batch = BATCH_MAX;
+    }
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaEvent_t *ev = xcalloc((size_t)reps + 1, sizeof *ev);
+  for (int i = 0; i <= reps; i++) CK_CUDA(cudaEventCreate(&ev[i]));
+  CK_CUDA(cudaEventRecord(ev[0], s));
+  for (int i = 0; i < reps; i++) {
+    for (int b = 0; b < batch; b++) run_or_die(fn, ctx, k++ % copies, training, s);
+    CK_CUDA(cudaEventRecord(ev[i + 1], s));
+  }
+  CK_CUDA(cudaEventSynchronize(ev[reps]));
+  double *samples = xcalloc((size_t)reps, sizeof *samples);
+  for (int i = 0; i < reps; i++) {
+    float ms = 0;
+    CK_CUDA(cudaEventElapsedTime(&ms, ev[i], ev[i + 1]));
+    samples[i] = (double)ms * 1000.0 / batch;
+  }
+  for (int i = 0; i <= reps; i++) cudaEventDestroy(ev[i]);
+  free(ev);
+  r->batch = batch;
+  r->copies = copies;
+  finish_row(r, samples, reps);
+  free(samples);
+}
+
+static void measure_copy_bandwidth_gpu(cudaStream_t s) {
+  size_t free_b = 0, total_b = 0;
+  CK_CUDA(cudaMemGetInfo(&free_b, &total_b));
+  size_t bytes = (size_t)1 << 30;
+  while (bytes > ((size_t)16 << 20) && 2 * bytes > free_b / 2) bytes /= 2;
+  void *a = NULL, *b = NULL;
+  CK_CUDA(cudaMalloc(&a, bytes));
+  CK_CUDA(cudaMalloc(&b, bytes));
+  CK_CUDA(cudaMemsetAsync(a, 1, bytes, s));
+  for (int i = 0; i < 3; i++) CK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s));
+  const int reps = 20;
+  cudaEvent_t ev[21];
+  for (int i = 0; i <= reps; i++) CK_CUDA(cudaEventCreate(&ev[i]));
+  CK_CUDA(cudaEventRecord(ev[0], s));
+  for (int i = 0; i < reps; i++) {
+    CK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s));
+    CK_CUDA(cudaEventRecord(ev[i + 1], s));
+  }
+  CK_CUDA(cudaEventSynchronize(ev[reps]));
+  double t[20];
+  for (int i = 0; i < reps; i++) {
+    float ms = 0;
+    CK_CUDA(cudaEventElapsedTime(&ms, ev[i], ev[i + 1]));
+    t[i] = (double)ms * 1e-3;
+  }
+  for (int i = 0; i <= reps; i++) cudaEventDestroy(ev[i]);
+  qsort(t, reps, sizeof t[0], cmp_double);
+  g_copy_bytes = (double)bytes;
+  g_copy_gbps = 2.0 * (double)bytes / quantile(t, reps, 0.5) / 1e9;
+  CK_CUDA(cudaFree(a));
+  CK_CUDA(cudaFree(b));
+}
+
+/* ---- Check against the CPU reference -------------------------------------------------------- */
+
+static double max_abs(const float *x, int64_t n) {
+  double m = 0;
+  for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)x[i]));
+  return m;
+}
+
+/* max|a - ref| / max|ref| (absolute when ref is all zero); NaN anywhere gives +inf. */
+static double rel_err_array(const float *a, const float *ref, int64_t n) {
+  double d = 0, m = max_abs(ref, n);
+  for (int64_t i = 0; i < n; i++) {
+    double e = fabs((double)a[i] - (double)ref[i]);
+    if (!(e == e)) return INFINITY;
+    d = fmax(d, e);
+  }
+  return m > 0 ? d / m : d;
+}
+
+static double rel_err_scalar(double a, double ref) {
+  if (!isfinite(a) || !isfinite(ref)) return INFINITY;
+  return ref != 0 ? fabs(a - ref) / fabs(ref) : fabs(a);
+}
+
+typedef struct {
+  double sigma_err[2], wsn_err[2];    /* [0] train, [1] eval: specnorm vs CPU */
+  double bl_sigma_err[2], bl_wsn_err[2];
+} check_result_t;
+
+static void check_fail(const workload_t *wl, int l, const char *impl, const char *mode,
+                       const char *what, double got, double ref, double err) {
+  char shp[128];
+  shape_str(&wl->layers[l], shp, sizeof shp);
+  fflush(stdout);
+  fprintf(stderr,
+          "\nsn_bench: CHECK FAILED: %s, layer %d '%s' (shape %s, dim %d), %s, %s forward:\n"
+          "  %s: got %.9g, CPU reference %.9g, relative error %.3g > %.0e\n"
+          "  (W_sn error is max|W_sn - W_sn_ref| / max|W_sn_ref|.) Benchmark stopped.\n",
+          wl->name, l, wl->layers[l].name, shp, wl->layers[l].dim, impl, mode, what, got, ref, err,
+          CHECK_TOL);
+  exit(1);
+}
+
+static sn_layer_desc_t make_desc(const snb_preset_layer_t *L, const options_t *o, uint64_t seed,
+                                 sn_backend_t backend, sn_algo_t algo, int warmup_iters) {
+  sn_layer_desc_t d;
+  CK_SN(sn_layer_desc_init(&d, L->ndim, L->shape));
+  d.dim = L->dim;
+  d.n_power_iterations = o->power_iters;
+  d.seed = seed;
+  d.backend = backend;
+  d.device = o->device;
+  d.algo = algo;
+  if (warmup_iters >= 0) d.warmup_iterations = warmup_iters;
+  return d;
+}
+
+/* Check layer l of the workload: specnorm's CUDA layer `gl` (fresh, not yet forwarded) and, when
+ * bl != NULL, the baseline (whose u, v are set here to the CPU layer's warmed-up state), against a
+ * CPU layer with the same desc, on copy 0 of the weights: one training forward, then one eval. */
+static void check_layer(const workload_t *wl, int l, const buffers_t *buf, sn_layer_t *gl,
+                        const sn_layer_desc_t *desc, baseline_t *bl, cudaStream_t s,
+                        check_result_t *res) {
+  const int64_t n = numel_of(&wl->layers[l]);
+  sn_layer_desc_t cd = *desc;
+  cd.backend = SN_BACKEND_CPU;
+  sn_layer_t *cl = NULL;
+  CK_SN(sn_layer_create(&cl, &cd));
+  const float *hW = buf->hW + buf->off[l];
+  float *ref = xmalloc((size_t)n * sizeof(float));
+  float *got = xmalloc((size_t)n * sizeof(float));
+  if (bl) {
+    /* Run the CPU layer's warm-up first and start the baseline from that state. */
+    int64_t h = 0, w = 0;
+    CK_SN(sn_layer_get_dims(cl, &h, &w));
+    CK_SN(sn_layer_warmup(cl, hW, NULL));
+    float *u = xmalloc((size_t)h * sizeof(float)), *v = xmalloc((size_t)w * sizeof(float));
+    CK_SN(sn_layer_get_state(cl, u, v, NULL, NULL, NULL));
+    CK_CUDA(cudaMemcpy(bl->u[l], u, (size_t)h * sizeof(float), cudaMemcpyHostToDevice));
+    CK_CUDA(cudaMemcpy(bl->v[l], v, (size_t)w * sizeof(float), cudaMemcpyHostToDevice));
+    free(u);
+    free(v);
+  }
+  for (int m = 0; m < 2; m++) {
+    const int training = m == 0;
+    const char *mode = training ? "train" : "eval";
+    float s_cpu = 0, s_gpu = 0;
+    CK_SN(sn_forward(cl, hW, ref, training, NULL));
+    CK_SN(sn_layer_get_sigma(cl, &s_cpu, NULL, NULL));
+    /* specnorm */
+    CK_SN(sn_forward(gl, W_at(buf, 0, l), Wsn_at(buf, 0, l), training, (sn_stream_t)s));
+    CK_SN(sn_layer_get_sigma(gl, &s_gpu, NULL, (sn_stream_t)s));
+    CK_CUDA(cudaMemcpy(got, Wsn_at(buf, 0, l), (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
+    double es = rel_err_scalar(s_gpu, s_cpu), ew = rel_err_array(got, ref, n);
+    if (!(es <= CHECK_TOL)) check_fail(wl, l, "specnorm", mode, "sigma", s_gpu, s_cpu, es);
+    if (!(ew <= CHECK_TOL)) check_fail(wl, l, "specnorm", mode, "W_sn", max_abs(got, n), max_abs(ref, n), ew);
+    res->sigma_err[m] = fmax(res->sigma_err[m], es);
+    res->wsn_err[m] = fmax(res->wsn_err[m], ew);
+    if (bl) {
+      /* One layer of the baseline: a temporary single-layer view of it. */
+      baseline_t one = *bl;
+      one.n_layers = 1;
+      one.h += l, one.w += l, one.u += l, one.v += l, one.t += l, one.scal += l;
+      buffers_t b1 = *buf;
+      b1.off = buf->off + l;
+      one.buf = &b1;
+      if (baseline_enqueue(&one, 0, training, s)) die("cuBLAS baseline: %s", g_enqueue_err);
+      float s_bl = 0;
+      CK_CUDA(cudaMemcpyAsync(&s_bl, &bl->scal[l][2], sizeof s_bl, cudaMemcpyDeviceToHost, s));
+      CK_CUDA(cudaStreamSynchronize(s));
+      CK_CUDA(cudaMemcpy(got, Wsn_at(buf, 0, l), (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
+      es = rel_err_scalar(s_bl, s_cpu);
+      ew = rel_err_array(got, ref, n);
+      if (!(es <= CHECK_TOL)) check_fail(wl, l, "cuBLAS baseline", mode, "sigma", s_bl, s_cpu, es);
+      if (!(ew <= CHECK_TOL)) check_fail(wl, l, "cuBLAS baseline", mode, "W_sn", max_abs(got, n), max_abs(ref, n), ew);
+      res->bl_sigma_err[m] = fmax(res->bl_sigma_err[m], es);
+      res->bl_wsn_err[m] = fmax(res->bl_wsn_err[m], ew);
+    }
+  }
+  free(ref);
+  free(got);
+  sn_layer_destroy(cl);
+}
+
+/* ---- GPU run of one workload ---------------------------------------------------------------- */
+
+typedef struct {
+  struct cudaDeviceProp prop;
+  int driver, runtime;
+  cudaStream_t stream;
+} gpu_t;
+
+static void set_check(row_t *r, int checked, double es, double ew) {
+  if (!checked) return;
+  snprintf(r->check, sizeof r->check, "pass");
+  r->sigma_err = es;
+  r->wsn_err = ew;
+}
+
+static void run_gpu_workload(const workload_t *wl, const options_t *o, gpu_t *g) {
+  cudaStream_t s = g->stream;
+  buffers_t buf;
+  layout_buffers(&buf, wl);
+  const double bytes_per_copy = 2.0 * 4.0 * (double)buf.stride;
+  int copies = 1;
+  char note[200] = "";
+  if (o->rotate) {
+    double want = ceil(4.0 * (double)g->prop.l2CacheSize / bytes_per_copy);
+    copies = want < 1 ? 1 : want > MAX_COPIES ? MAX_COPIES : (int)want;
+    if (want > MAX_COPIES)
+      snprintf(note, sizeof note, "rotation capped at %d copies (< 4x L2)", MAX_COPIES);
+  }
+  size_t free_b = 0, total_b = 0;
+  CK_CUDA(cudaMemGetInfo(&free_b, &total_b));
+  while (copies > 1 && bytes_per_copy * copies > 0.7 * (double)free_b) copies--;
+  if (bytes_per_copy * copies > 0.85 * (double)free_b)
+    die("%s: needs %.2f GB of device memory for W and W_sn, %.2f GB free", wl->name,
+        bytes_per_copy * copies / 1e9, (double)free_b / 1e9);
+  if (o->rotate && copies > 1 && bytes_per_copy * copies < 4.0 * g->prop.l2CacheSize && !note[0])
+    snprintf(note, sizeof note, "rotation limited by memory to %d copies", copies);
+  buf.copies = copies;
+  CK_CUDA(cudaMalloc((void **)&buf.dW, (size_t)buf.stride * (size_t)copies * sizeof(float)));
+  CK_CUDA(cudaMalloc((void **)&buf.dWsn, (size_t)buf.stride * (size_t)copies * sizeof(float)));
+  fill_host_weights(&buf, o->seed);
+  CK_CUDA(cudaMemcpy(buf.dW, buf.hW, (size_t)buf.stride * sizeof(float), cudaMemcpyHostToDevice));
+  for (int c = 1; c < copies; c++)
+    CK_CUDA(cudaMemcpy(buf.dW + (int64_t)c * buf.stride, buf.dW, (size_t)buf.stride * sizeof(float),
+                       cudaMemcpyDeviceToDevice));
+  CK_CUDA(cudaMemset(buf.dWsn, 0, (size_t)buf.stride * (size_t)copies * sizeof(float)));
+
+  const int use_baseline = o->baseline && wl->all_dim0;
+  baseline_t bl;
+  memset(&bl, 0, sizeof bl);
+  check_result_t bl_check;
+  memset(&bl_check, 0, sizeof bl_check);
+  int bl_checked = 0;
+  if (use_baseline) {
+    sn_layer_desc_t d0;
+    CK_SN(sn_layer_desc_init(&d0, wl->layers[0].ndim, wl->layers[0].shape));
+    baseline_init(&bl, &buf, o->power_iters, d0.eps, s);
+  }
+
+  fprintf(stderr, "  %s: %d layer(s), %.1f MB of weights, %d rotation copies\n", wl->name,
+          wl->n_layers, 4.0 * (double)wl->params / 1e6, copies);
+
+  for (int a = 0; a < o->n_algos; a++) {
+    sn_algo_t algo = o->algos[a];
+    sn_layer_t **layers = xcalloc((size_t)wl->n_layers, sizeof *layers);
+    check_result_t chk;
+    memset(&chk, 0, sizeof chk);
+    for (int l = 0; l < wl->n_layers; l++) {
+      const int64_t n = numel_of(&wl->layers[l]);
+      int wu = o->check && n > CHECK_BIG_NUMEL ? CHECK_BIG_WARMUP : -1;
+      sn_layer_desc_t d = make_desc(&wl->layers[l], o, o->seed + (uint64_t)l, SN_BACKEND_CUDA, algo, wu);
+      CK_SN(sn_layer_create(&layers[l], &d));
+      if (o->check) {
+        const int with_bl = use_baseline && !bl_checked;
+        if (l == 0) fprintf(stderr, "    checking against the CPU reference (%s)...\n", algo_name(algo));
+        check_layer(wl, l, &buf, layers[l], &d, with_bl ? &bl : NULL, s, with_bl ? &bl_check : &chk);
+        if (with_bl) {
+          /* check_layer filled bl_check's specnorm fields too: move them to chk */
+          chk.sigma_err[0] = fmax(chk.sigma_err[0], bl_check.sigma_err[0]);
+          chk.sigma_err[1] = fmax(chk.sigma_err[1], bl_check.sigma_err[1]);
+          chk.wsn_err[0] = fmax(chk.wsn_err[0], bl_check.wsn_err[0]);
+          chk.wsn_err[1] = fmax(chk.wsn_err[1], bl_check.wsn_err[1]);
+        }
+      } else {
+        CK_SN(sn_layer_warmup(layers[l], W_at(&buf, 0, l), (sn_stream_t)s));
+      }
+    }
+    if (use_baseline && o->check) bl_checked = 1;
+    CK_CUDA(cudaStreamSynchronize(s));
+    sn_runner_t runner = {&buf, layers, wl->n_layers};
+    for (int m = 0; m < 2; m++) {
+      const int training = m == 0;
+      if (training ? !o->mode_train : !o->mode_eval) continue;
+      const char *mode = training ? "train" : "eval";
+      row_t *r = new_row(wl, mode, "specnorm", algo_name(algo), "cuda");
+      snprintf(r->note, sizeof r->note, "%s", note);
+      set_check(r, o->check, chk.sigma_err[m], chk.wsn_err[m]);
+      /* Launches per call: capture one call. */
+      cudaGraph_t cg = NULL;
+      char why[256] = "";
+      int nodes = -1, kernels = -1;
+      int capturable = !capture_call(specnorm_enqueue, &runner, 0, training, s, &cg, &nodes,
+                                     &kernels, why, sizeof why);
+      if (capturable) {
+        cudaGraphDestroy(cg);
+        r->launches = nodes;
+        r->kernel_nodes = kernels;
+      } else {
+        r->launches = r->kernel_nodes = -2;
+        snprintf(r->note, sizeof r->note, "not capturable: %.180s", why);
+        fprintf(stderr, "    warning: %s %s: one call could not be captured in a CUDA graph: %s\n",
+                wl->name, mode, why);
+      }
+      time_gpu(r, specnorm_enqueue, &runner, copies, training, s, o);
+      if (o->graph && capturable) {
+        graph_set_t gs;
+        if (build_graph_set(specnorm_enqueue, &runner, copies, training, s, &gs, why, sizeof why)) {
+          fprintf(stderr, "    warning: %s %s: graph build failed: %s\n", wl->name, mode, why);
+        } else {
+          row_t *rg = new_row(wl, mode, "specnorm-graph", algo_name(algo), "cuda");
+          snprintf(rg->note, sizeof rg->note, "%s", note);
+          set_check(rg, o->check, chk.sigma_err[m], chk.wsn_err[m]);
+          rg->launches = nodes;
+          rg->kernel_nodes = kernels;
+          time_gpu(rg, graph_enqueue, &gs, copies, training, s, o);
+        }
+        destroy_graph_set(&gs);
+      }
+    }
+    CK_CUDA(cudaStreamSynchronize(s));
+    for (int l = 0; l < wl->n_layers; l++) sn_layer_destroy(layers[l]);
+    free(layers);
+  }
+
+  if (use_baseline) {
+    if (!o->check) {
+      /* Unchecked: start from random unit-ish vectors (contents do not change the timing). */
+      for (int l = 0; l < wl->n_layers; l++) {
+        float *x = xmalloc((size_t)(bl.h[l] > bl.w[l] ? bl.h[l] : bl.w[l]) * sizeof(float));
+        fill_random(x, bl.h[l], o->seed + 7 + (uint64_t)l);
+        CK_CUDA(cudaMemcpy(bl.u[l], x, (size_t)bl.h[l] * sizeof(float), cudaMemcpyHostToDevice));
+        fill_random(x, bl.w[l], o->seed + 11 + (uint64_t)l);
+        CK_CUDA(cudaMemcpy(bl.v[l], x, (size_t)bl.w[l] * sizeof(float), cudaMemcpyHostToDevice));
+        free(x);
+      }
+    }
+    for (int m = 0; m < 2; m++) {
+      const int training = m == 0;
+      if (training ? !o->mode_train : !o->mode_eval) continue;
+      const char *mode = training ? "train" : "eval";
+      row_t *r = new_row(wl, mode, "cublas", "-", "cuda");
+      snprintf(r->note, sizeof r->note, "%s", note);
+      set_check(r, bl_checked, bl_check.bl_sigma_err[m], bl_check.bl_wsn_err[m]);
+      cudaGraph_t cg = NULL;
+      char why[256] = "";
+      int nodes = -1, kernels = -1;
+      int capturable = !capture_call(baseline_enqueue, &bl, 0, training, s, &cg, &nodes, &kernels,
+                                     why, sizeof why);
+      if (capturable) {
+        cudaGraphDestroy(cg);
+        r->launches = nodes;
+        r->kernel_nodes = kernels;
+      } else {
+        r->launches = r->kernel_nodes = -2;
+        snprintf(r->note, sizeof r->note, "not capturable: %.180s", why);
+      }
+      time_gpu(r, baseline_enqueue, &bl, copies, training, s, o);
+      if (o->graph && capturable) {
+        graph_set_t gs;
+        if (build_graph_set(baseline_enqueue, &bl, copies, training, s, &gs, why, sizeof why)) {
+          fprintf(stderr, "    warning: %s %s: cuBLAS graph build failed: %s\n", wl->name, mode, why);
+        } else {
+          row_t *rg = new_row(wl, mode, "cublas-graph", "-", "cuda");
+          snprintf(rg->note, sizeof rg->note, "%s", note);
+          set_check(rg, bl_checked, bl_check.bl_sigma_err[m], bl_check.bl_wsn_err[m]);
+          rg->launches = nodes;
+          rg->kernel_nodes = kernels;
+          time_gpu(rg, graph_enqueue, &gs, copies, training, s, o);
+        }
+        destroy_graph_set(&gs);
+      }
+    }
+    CK_CUDA(cudaStreamSynchronize(s));
+    baseline_destroy(&bl);
+  } else if (o->baseline) {
+    fprintf(stderr, "    (no cuBLAS baseline for %s: it has a weight with dim != 0 or 1-d)\n", wl->name);
+  }
+  CK_CUDA(cudaFree(buf.dW));
+  CK_CUDA(cudaFree(buf.dWsn));
+  free(buf.hW);
+  free(buf.off);
+}
+
+/* ---- CPU backend run ------------------------------------------------------------------------ */
+
+static void measure_copy_bandwidth_cpu(void) {
+  size_t bytes = (size_t)64 << 20;
+  char *a = xmalloc(bytes), *b = xmalloc(bytes);
+  memset(a, 1, bytes);
+  memset(b, 2, bytes);
+  double t[7];
+  for (int i = 0; i < 7; i++) {
+    double t0 = now_us();
+    memcpy(b, a, bytes);
+    t[i] = (now_us() - t0) * 1e-6;
+    a[i] = b[bytes - 1 - (size_t)i]; /* keep the copies observable */
+  }
+  qsort(t, 7, sizeof t[0], cmp_double);
+  g_copy_bytes = (double)bytes;
+  g_copy_gbps = 2.0 * (double)bytes / t[3] / 1e9;
+  free(a);
+  free(b);
+}
+
+static void run_cpu_workload(const workload_t *wl, const options_t *o) {
+  buffers_t buf;
+  layout_buffers(&buf, wl);
+  fill_host_weights(&buf, o->seed);
+  float *hWsn = xcalloc((size_t)buf.stride, sizeof(float));
+  sn_layer_t **layers = xcalloc((size_t)wl->n_layers, sizeof *layers);
+  for (int l = 0; l < wl->n_layers; l++) {
+    sn_layer_desc_t d = make_desc(&wl->layers[l], o, o->seed + (uint64_t)l, SN_BACKEND_CPU,
+                                  SN_ALGO_DEFAULT, -1);
+    CK_SN(sn_layer_create(&layers[l], &d));
+    CK_SN(sn_layer_warmup(layers[l], buf.hW + buf.off[l], NULL));
+  }
+  const int reps = o->reps > 0 ? o->reps : 10;
+  const int warmup = o->warmup >= 0 ? o->warmup : 2;
+  double *samples = xcalloc((size_t)reps, sizeof *samples);
+  for (int m = 0; m < 2; m++) {
+    const int training = m == 0;
+    if (training ? !o->mode_train : !o->mode_eval) continue;
+    row_t *r = new_row(wl, training ? "train" : "eval", "cpu", "-", "cpu");
+    snprintf(r->check, sizeof r->check, "reference");
+    snprintf(r->note, sizeof r->note, "CPU backend (the reference), host clock");
+    for (int i = 0; i < warmup + reps; i++) {
+      double t0 = now_us();
+      for (int l = 0; l < wl->n_layers; l++)
+        CK_SN(sn_forward(layers[l], buf.hW + buf.off[l], hWsn + buf.off[l], training, NULL));
+      double t = now_us() - t0;
+      if (i >= warmup) samples[i - warmup] = t;
+    }
+    r->batch = 1;
+    r->copies = 1;
+    finish_row(r, samples, reps);
+  }
+  free(samples);
+  for (int l = 0; l < wl->n_layers; l++) sn_layer_destroy(layers[l]);
+  free(layers);
+  free(hWsn);
+  free(buf.hW);
+  free(buf.off);
+}
+
+/* ---- Speed-ups and output ------------------------------------------------------------------- */
+
+static double best_median(const char *workload, const char *mode, const char *prefix) {
+  double best = NAN;
+  for (int i = 0; i < g_n_rows; i++) {
+    const row_t *r = &g_rows[i];
+    if (strcmp(r->workload, workload) || strcmp(r->mode, mode) || strncmp(r->impl, prefix, strlen(prefix)))
+      continue;
+    if (!isnan(r->median_us) && !(r->median_us >= best)) best = r->median_us;
+  }
+  return best;
+}
+
+static double best_torch(const char *workload, const char *mode, int power_iters) {
+  double best = NAN;
+  for (int i = 0; i < g_n_torch; i++) {
+    const torch_row_t *t = &g_torch[i];
+    if (strcmp(t->workload, workload) || strcmp(t->mode, mode) || t->power_iters != power_iters) continue;
+    if (!(t->median_us >= best)) best = t->median_us;
+  }
+  return best;
+}
+
+static void compute_speedups(const options_t *o) {
+  for (int i = 0; i < g_n_rows; i++) {
+    row_t *r = &g_rows[i];
+    if (strncmp(r->impl, "cublas", 6) != 0) {
+      double b = best_median(r->workload, r->mode, "cublas");
+      if (isfinite(b)) r->speedup_cublas = b / r->median_us;
+    }
+    double t = best_torch(r->workload, r->mode, o->power_iters);
+    if (isfinite(t)) r->speedup_torch = t / r->median_us;
+  }
+}
+
+static void fmt_num(char *buf, size_t size, double v, const char *f) {
+  if (isfinite(v)) snprintf(buf, size, f, v);
+  else snprintf(buf, size, "-");
+}
+
+static void fmt_launches(char *buf, size_t size, int n) {
+  if (n == -2) snprintf(buf, size, "fail");
+  else if (n < 0) snprintf(buf, size, "-");
+  else snprintf(buf, size, "%d", n);
+}
+
+static void print_table_row(const char *wl, const char *shape, const char *mode, const char *impl,
+                            const char *algo, double med, double p10, double p90, double gbps,
+                            double frac, double floor_us, const char *launch, double x_bl,
+                            double x_torch, int batch, const char *check) {
+  char t[64], g[16], f[16], fl[16], xb[16], xt[16];
+  if (isfinite(med)) snprintf(t, sizeof t, "%.2f [%.2f-%.2f]", med, p10, p90);
+  else snprintf(t, sizeof t, "-");
+  fmt_num(g, sizeof g, gbps, "%.1f");
+  fmt_num(f, sizeof f, frac * 100.0, "%.1f");
+  fmt_num(fl, sizeof fl, floor_us, "%.2f");
+  fmt_num(xb, sizeof xb, x_bl, "%.2fx");
+  fmt_num(xt, sizeof xt, x_torch, "%.2fx");
+  printf("%-16s %-24s %-5s %-15s %-8s %30s %8s %6s %9s %5s %8s %7s %5d %-9s\n", wl, shape, mode, impl,
+         algo, t, g, f, fl, launch, xb, xt, batch, check);
+}
+
+static void print_table(void) {
+  printf("\n%-16s %-24s %-5s %-15s %-8s %30s %8s %6s %9s %5s %8s %7s %5s %-9s\n", "workload",
+         "shape", "mode", "impl", "algo", "us median [p10-p90]", "GB/s", "%copy", "floor us",
+         "lnch", "xcuBLAS", "xtorch", "batch", "check");
+  const workload_t *last = NULL;
+  for (int i = 0; i < g_n_rows; i++) {
+    const row_t *r = &g_rows[i];
+    if (last && last != r->wl) printf("\n");
+    last = r->wl;
+    char l[16];
+    fmt_launches(l, sizeof l, r->launches);
+    print_table_row(r->workload, r->wl->shape, r->mode, r->impl, r->algo, r->median_us, r->p10_us,
+                    r->p90_us, r->gbps, r->copy_frac, r->floor_us, l, r->speedup_cublas,
+                    r->speedup_torch, r->batch, r->check);
+    /* After the last row of this workload+mode... list the joined torch rows once per mode. */
+    int last_of_mode = 1;
+    for (int j = i + 1; j < g_n_rows; j++)
+      if (g_rows[j].wl == r->wl && !strcmp(g_rows[j].mode, r->mode)) last_of_mode = 0;
+    if (last_of_mode) {
+      for (int k = 0; k < g_n_torch; k++) {
+        const torch_row_t *t = &g_torch[k];
+        if (strcmp(t->workload, r->workload) || strcmp(t->mode, r->mode)) continue;
+        double gb = r->bytes / (t->median_us * 1e-6) / 1e9;
+        char tl[16];
+        fmt_launches(tl, sizeof tl, t->launches);
+        print_table_row(t->workload, r->wl->shape, t->mode, t->impl, "(joined)", t->median_us,
+                        t->p10_us, t->p90_us, gb, gb / g_copy_gbps, r->floor_us, tl, NAN, NAN,
+                        t->batch, "-");
+      }
+    }
+  }
+  int notes = 0;
+  for (int i = 0; i < g_n_rows; i++)
+    if (g_rows[i].note[0] && strcmp(g_rows[i].impl, "cpu")) {
+      if (!notes++) printf("\nNotes:\n");
+      printf("  %s %s %s: %s\n", g_rows[i].workload, g_rows[i].mode, g_rows[i].impl, g_rows[i].note);
+    }
+}
+
+static void json_string(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+    else if (c == '\n') fputs("\\n", f);
+    else if (c < 0x20) fprintf(f, "\\u%04x", c);
+    else fputc(c, f);
+  }
+  fputc('"', f);
+}
+
+static void json_number(FILE *f, double v, const char *fmt) {
+  if (isfinite(v)) fprintf(f, fmt, v);
+  else fputs("null", f);
+}
+
+static void json_int_or_null(FILE *f, int v) {
+  if (v < 0) fputs("null", f);
+  else fprintf(f, "%d", v);
+}
+
+static void iso_date(char *buf, size_t size) {
+  time_t t = time(NULL);
+  struct tm tmv;
+  gmtime_r(&t, &tmv);
+  strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tmv);
+}
+
+static void write_json(const char *path, const options_t *o, const gpu_t *g, int cpu_mode,
+                       const char *why_cpu) {
+  FILE *f = fopen(path, "w");
+  if (!f) die("--json %s: cannot open for writing: %s", path, strerror(errno));
+  char date[64];
+  iso_date(date, sizeof date);
+  int rt = 0, drv = 0;
+  cudaRuntimeGetVersion(&rt);
+  cudaDriverGetVersion(&drv);
+  fprintf(f, "{\n  \"tool\": \"sn_bench\",\n  \"schema\": 1,\n  \"commit\": ");
+  json_string(f, SN_BENCH_COMMIT);
+  fprintf(f, ",\n  \"date\": \"%s\",\n  \"specnorm_version\": ", date);
+  json_string(f, sn_version_string());
+  fprintf(f, ",\n  \"device\": {");
+  if (cpu_mode) {
+    fprintf(f, "\"kind\": \"cpu\", \"name\": \"CPU backend\", \"why\": ");
+    json_string(f, why_cpu);
+  } else {
+    fprintf(f, "\"kind\": \"cuda\", \"name\": ");
+    json_string(f, g->prop.name);
+    fprintf(f, ", \"cc\": \"%d.%d\", \"sm_count\": %d, \"l2_bytes\": %d, \"memory_bytes\": %.0f",
+            g->prop.major, g->prop.minor, g->prop.multiProcessorCount, g->prop.l2CacheSize,
+            (double)g->prop.totalGlobalMem);
+  }
+  fprintf(f, ", \"driver_version\": %d, \"runtime_version\": %d},\n", drv, rt);
+  fprintf(f, "  \"copy_bandwidth_gbps\": ");
+  json_number(f, g_copy_gbps, "%.3f");
+  fprintf(f, ",\n  \"copy_bytes\": %.0f,\n", g_copy_bytes);
+  fprintf(f,
+          "  \"settings\": {\"reps\": %d, \"warmup\": %d, \"batch\": %d, \"rotate\": %s, "
+          "\"power_iters\": %d, \"seed\": %llu, \"check_tol\": %g, \"torch_file\": ",
+          o->reps, o->warmup, o->batch, o->rotate ? "true" : "false", o->power_iters,
+          (unsigned long long)o->seed, CHECK_TOL);
+  if (o->torch_file) json_string(f, o->torch_file);
+  else fputs("null", f);
+  fprintf(f, "},\n  \"bytes_definition\": \"3 x bytes(W) per layer for train and eval: one read of W "
+             "for the one-pass iteration (or the eval sigma) + one read of W and one write of W_sn "
+             "for the division\",\n");
+  fprintf(f, "  \"rows\": [");
+  for (int i = 0; i < g_n_rows; i++) {
+    const row_t *r = &g_rows[i];
+    fprintf(f, "%s\n    {\"workload\": ", i ? "," : "");
+    json_string(f, r->workload);
+    fprintf(f, ", \"kind\": \"%s\", \"shape\": ", r->wl->kind);
+    json_string(f, r->wl->shape);
+    fprintf(f, ", \"layers\": %d, \"params\": %lld, \"mode\": \"%s\", \"impl\": ", r->wl->n_layers,
+            (long long)r->wl->params, r->mode);
+    json_string(f, r->impl);
+    fprintf(f, ", \"algo\": \"%s\", \"device\": \"%s\", \"power_iters\": %d", r->algo, r->device,
+            o->power_iters);
+    fprintf(f, ", \"median_us\": ");
+    json_number(f, r->median_us, "%.4f");
+    fprintf(f, ", \"p10_us\": ");
+    json_number(f, r->p10_us, "%.4f");
+    fprintf(f, ", \"p90_us\": ");
+    json_number(f, r->p90_us, "%.4f");
+    fprintf(f, ", \"reps\": %d, \"batch\": %d, \"copies\": %d, \"bytes\": %.0f, \"gbps\": ", r->reps,
+            r->batch, r->copies, r->bytes);
+    json_number(f, r->gbps, "%.3f");
+    fprintf(f, ", \"copy_fraction\": ");
+    json_number(f, r->copy_frac, "%.5f");
+    fprintf(f, ", \"floor_us\": ");
+    json_number(f, r->floor_us, "%.4f");
+    fprintf(f, ", \"launches\": ");
+    json_int_or_null(f, r->launches);
+    fprintf(f, ", \"kernel_nodes\": ");
+    json_int_or_null(f, r->kernel_nodes);
+    fprintf(f, ", \"capturable\": %s", r->launches == -2 ? "false" : r->launches >= 0 ? "true" : "null");
+    fprintf(f, ", \"speedup_vs_cublas\": ");
+    json_number(f, r->speedup_cublas, "%.4f");
+    fprintf(f, ", \"speedup_vs_torch\": ");
+    json_number(f, r->speedup_torch, "%.4f");
+    fprintf(f, ", \"check\": \"%s\", \"sigma_rel_err\": ", r->check);
+    json_number(f, r->sigma_err, "%.3e");
+    fprintf(f, ", \"wsn_rel_err\": ");
+    json_number(f, r->wsn_err, "%.3e");
+    fprintf(f, ", \"note\": ");
+    json_string(f, r->note);
+    fprintf(f, "}");
+  }
+  fprintf(f, "\n  ]\n}\n");
+  if (fclose(f) != 0) die("--json %s: write failed", path);
+}
+
+static void csv_field_num(FILE *f, double v, const char *fmt) {
+  if (isfinite(v)) fprintf(f, fmt, v);
+}
+
+static void csv_quoted(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; *s; s++) {
+    if (*s == '"') fputc('"', f);
+    fputc(*s, f);
+  }
+  fputc('"', f);
+}
+
+/* Same columns as the JSON rows, same order. */
+static const char *CSV_HEADER =
+    "workload,kind,shape,layers,params,mode,impl,algo,device,power_iters,median_us,p10_us,p90_us,"
+    "reps,batch,copies,bytes,gbps,copy_fraction,floor_us,launches,kernel_nodes,capturable,"
+    "speedup_vs_cublas,speedup_vs_torch,check,sigma_rel_err,wsn_rel_err,note\n";
+
+static void write_csv(const char *path, const options_t *o) {
+  FILE *f = fopen(path, "w");
+  if (!f) die("--csv %s: cannot open for writing: %s", path, strerror(errno));
+  fputs(CSV_HEADER, f);
+  for (int i = 0; i < g_n_rows; i++) {
+    const row_t *r = &g_rows[i];
+    csv_quoted(f, r->workload);
+    fprintf(f, ",%s,", r->wl->kind);
+    csv_quoted(f, r->wl->shape);
+    fprintf(f, ",%d,%lld,%s,%s,%s,%s,%d,", r->wl->n_layers, (long long)r->wl->params, r->mode,
+            r->impl, r->algo, r->device, o->power_iters);
+    csv_field_num(f, r->median_us, "%.4f");
+    fputc(',', f);
+    csv_field_num(f, r->p10_us, "%.4f");
+    fputc(',', f);
+    csv_field_num(f, r->p90_us, "%.4f");
+    fprintf(f, ",%d,%d,%d,%.0f,", r->reps, r->batch, r->copies, r->bytes);
+    csv_field_num(f, r->gbps, "%.3f");
+    fputc(',', f);
+    csv_field_num(f, r->copy_frac, "%.5f");
+    fputc(',', f);
+    csv_field_num(f, r->floor_us, "%.4f");
+    fputc(',', f);
+    if (r->launches >= 0) fprintf(f, "%d", r->launches);
+    fputc(',', f);
+    if (r->kernel_nodes >= 0) fprintf(f, "%d", r->kernel_nodes);
+    fprintf(f, ",%s,", r->launches == -2 ? "false" : r->launches >= 0 ? "true" : "");
+    csv_field_num(f, r->speedup_cublas, "%.4f");
+    fputc(',', f);
+    csv_field_num(f, r->speedup_torch, "%.4f");
+    fprintf(f, ",%s,", r->check);
+    csv_field_num(f, r->sigma_err, "%.3e");
+    fputc(',', f);
+    csv_field_num(f, r->wsn_err, "%.3e");
+    fputc(',', f);
+    csv_quoted(f, r->note);
+    fputc('\n', f);
+  }
+  if (fclose(f) != 0) die("--csv %s: write failed", path);
+}
+
+static void list_presets(void) {
+  for (int p = 0; p < SNB_N_PRESETS; p++) {
+    const snb_preset_t *ps = &snb_presets[p];
+    for (int l = 0; l < ps->n_layers; l++) {
+      char shp[128];
+      shape_str(&ps->layers[l], shp, sizeof shp);
+      printf("%s\t%s\t%s\t%d\n", ps->name, ps->layers[l].name, shp, ps->layers[l].dim);
+    }
+  }
+}
+
+/* ---- main ----------------------------------------------------------------------------------- */
+
+int main(int argc, char **argv) {
+  options_t o;
+  parse_options(argc, argv, &o);
+  if (o.list_presets) {
+    list_presets();
+    return 0;
+  }
+
+  /* Find out whether there is a GPU before building the default workload list. */
+  int n_dev = 0;
+  char why_cpu[256] = "";
+  cudaError_t de = cudaGetDeviceCount(&n_dev);
+  int cpu_mode = 0;
+  if (o.force_cpu) {
+    cpu_mode = 1;
+    snprintf(why_cpu, sizeof why_cpu, "--cpu given");
+  } else if (de != cudaSuccess) {
+    cpu_mode = 1;
+    snprintf(why_cpu, sizeof why_cpu, "no CUDA device (error %d: %s)", (int)de, cudaGetErrorString(de));
+    cudaGetLastError();
+  } else if (n_dev == 0) {
+    cpu_mode = 1;
+    snprintf(why_cpu, sizeof why_cpu, "no CUDA device (cudaGetDeviceCount returned 0)");
+  } else if (o.device >= n_dev) {
+    usage_error("--device %d: only %d CUDA device(s) present", o.device, n_dev);
+  }
+
+  if (o.reps < 0) o.reps = cpu_mode ? 10 : 200;
+  if (o.warmup < 0) o.warmup = cpu_mode ? 2 : 20;
+
+  int n_wl = 0;
+  workload_t *wls = build_workloads(&o, cpu_mode, &n_wl);
+  if (o.torch_file) load_torch(o.torch_file);
+
+  gpu_t g;
+  memset(&g, 0, sizeof g);
+  cudaRuntimeGetVersion(&g.runtime);
+  cudaDriverGetVersion(&g.driver);
+  printf("sn_bench commit %s, specnorm %s, CUDA runtime %d, driver %d\n", SN_BENCH_COMMIT,
+         sn_version_string(), g.runtime, g.driver);
+
+  if (cpu_mode) {
+    printf("%s: running the CPU backend (host clock, no rotation, no baselines)\n", why_cpu);
+    measure_copy_bandwidth_cpu();
+    printf("host memcpy bandwidth: %.1f GB/s (read + write of %.0f MiB)\n", g_copy_gbps,
+           g_copy_bytes / 1048576.0);
+    if (g_n_torch)
+      printf("warning: --torch results are from '%s' (a GPU); this run times the CPU backend\n",
+             g_torch_device);
+    if (o.n_algos > 1 || o.algos[0] != SN_ALGO_DEFAULT)
+      printf("note: --algo is ignored by the CPU backend\n");
+  } else {
+    CK_CUDA(cudaSetDevice(o.device));
+    CK_CUDA(cudaGetDeviceProperties(&g.prop, o.device));
+    CK_CUDA(cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking));
+    printf("device %d: %s, cc %d.%d, %d SMs, L2 %.1f MiB, %.1f GiB\n", o.device, g.prop.name,
+           g.prop.major, g.prop.minor, g.prop.multiProcessorCount, g.prop.l2CacheSize / 1048576.0,
+           (double)g.prop.totalGlobalMem / 1073741824.0);
+    measure_copy_bandwidth_gpu(g.stream);
+    printf("device-to-device copy bandwidth: %.1f GB/s (read + write, %.0f MiB buffer)\n",
+           g_copy_gbps, g_copy_bytes / 1048576.0);
+    if (g_n_torch && g_torch_device[0] && strcmp(g_torch_device, g.prop.name))
+      printf("warning: --torch results are from '%s', this device is '%s'\n", g_torch_device,
+             g.prop.name);
+  }
+  printf("bytes per call = 3 x bytes(W) (train and eval); timings in us per call (median [p10-p90])\n");
+  fflush(stdout);
+
+  for (int i = 0; i < n_wl; i++) {
+    fprintf(stderr, "[%d/%d] %s\n", i + 1, n_wl, wls[i].name);
+    if (cpu_mode) run_cpu_workload(&wls[i], &o);
+    else run_gpu_workload(&wls[i], &o, &g);
+  }
+  compute_speedups(&o);
+  print_table();
+  if (o.torch_file && g_n_torch == 0) printf("\nwarning: --torch %s has no usable rows\n", o.torch_file);
+  if (o.json_file) write_json(o.json_file, &o, &g, cpu_mode, why_cpu);
+  if (o.csv_file) write_csv(o.csv_file, &o);
+  if (!cpu_mode) CK_CUDA(cudaStreamDestroy(g.stream));
+  return 0;
+}
