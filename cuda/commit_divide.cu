@@ -1,65 +1,70 @@
-// The last launch of every forward: commit the new u, v and σ when σ is usable, then
-// W_sn = W / σ. Work mapping: a grid-stride loop over W in 16-byte vectors when W and W_sn are
-// 16-byte aligned (scalars otherwise), 64-bit indices. Bytes: numel·4 read + numel·4 written,
-// plus (h + w)·8 when u and v are committed.
+// The last launch of every forward: commit the new u, v and σ when σ is usable, then write
+// W_sn = (W / d) · γ with d = σ, or max(1, σ / c) under a norm bound c, and γ = 1 unless bound.
+// Work mapping: a grid-stride loop over W, 4 elements per access (16 bytes of float, 8 of the
+// 2-byte types) when W and W_sn are aligned for it, single elements otherwise; 64-bit indices.
+// Bytes: numel·sizeof(T) read + numel·sizeof(T) written, plus (h + w)·8 when u and v are committed.
 #include "kernels.h"
 #include "sn_device.cuh"
+#include "sn_types.cuh"
 
 namespace sn {
 namespace {
 
 struct CommitParams {
-  const float *W;
-  float *W_sn;
+  const void *W;
+  void *W_sn;
   int64_t n;
   float *u, *v, *sigma;
   const float *t, *s, *scal;
   int64_t h, w;
   int slot;
   bool commit_uv;
+  float norm_bound;
+  const float *gamma;
 };
 
-__device__ __forceinline__ float divide(float x, float sigma) {
-  return sigma > 0.f ? x / sigma : x * 0.f;
-}
-
-template <bool V4>
+template <bool V4, class T>
 __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   const float sig_new = p.scal[p.slot];
   const bool good = isfinite(sig_new) && sig_new > 0.f;
-  // When σ is not usable nothing below writes p.sigma, so every block reads the same old value.
+  // When σ is not usable nothing below writes p.sigma[0], so every block reads the same old value.
   const float sig = good ? sig_new : p.sigma[0];
+  const float d = p.norm_bound > 0.f ? fmaxf(1.f, sig / p.norm_bound) : sig;
+  const float g = p.gamma ? *p.gamma : 1.f;
   const int64_t tid = (int64_t)blockIdx.x * kBlock + threadIdx.x;
   const int64_t stride = (int64_t)gridDim.x * kBlock;
 
-  if (good) {
-    if (p.commit_uv) {
-      const float m_t = p.scal[SN_SCAL_M_T], m_s = p.scal[SN_SCAL_M_S];
-      for (int64_t i = tid; i < p.h; i += stride) p.u[i] = p.t[i] / m_t;
-      for (int64_t j = tid; j < p.w; j += stride) p.v[j] = p.s[j] / m_s;
-    }
-    if (tid == 0) {
+  if (good && p.commit_uv) {
+    const float m_t = p.scal[SN_SCAL_M_T], m_s = p.scal[SN_SCAL_M_S];
+    for (int64_t i = tid; i < p.h; i += stride) p.u[i] = p.t[i] / m_t;
+    for (int64_t j = tid; j < p.w; j += stride) p.v[j] = p.s[j] / m_s;
+  }
+  if (tid == 0) {
+    if (good) {
       p.sigma[0] = sig_new;
       p.sigma[1] = 1.0f / sig_new;
     }
+    p.sigma[2] = sig > 0.f ? g / d : 0.f;
   }
   if (!p.W_sn) return;
+  // x / d first (W / σ exactly as PyTorch divides), then γ; no σ yet: x · 0.
+  auto scale = [&](float x) { return sig > 0.f ? (x / d) * g : x * 0.f; };
+  const T *in = static_cast<const T *>(p.W);
+  T *out = static_cast<T *>(p.W_sn);
   int64_t k0 = 0;
   if (V4) {
-    const float4 *in = reinterpret_cast<const float4 *>(p.W);
-    float4 *out = reinterpret_cast<float4 *>(p.W_sn);
     const int64_t n4 = p.n / 4;
     for (int64_t k = tid; k < n4; k += stride) {
-      float4 x = in[k];
-      x.x = divide(x.x, sig);
-      x.y = divide(x.y, sig);
-      x.z = divide(x.z, sig);
-      x.w = divide(x.w, sig);
-      out[k] = x;
+      float4 x = Vec4<T>::load(in + 4 * k);
+      x.x = scale(x.x);
+      x.y = scale(x.y);
+      x.z = scale(x.z);
+      x.w = scale(x.w);
+      Vec4<T>::store(out + 4 * k, x);
     }
     k0 = n4 * 4;
   }
-  for (int64_t k = k0 + tid; k < p.n; k += stride) p.W_sn[k] = divide(p.W[k], sig);
+  for (int64_t k = k0 + tid; k < p.n; k += stride) out[k] = from_f<T>(scale(to_f(in[k])));
 }
 
 }  // namespace
@@ -67,13 +72,17 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
 cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forward_args_t &a,
                                  int sigma_slot, bool commit_uv, cudaStream_t stream) {
   CommitParams p{a.W, a.W_sn, a.numel, a.u, a.v, a.sigma, plan.t, plan.s, plan.scal,
-                 plan.view.h, plan.view.A * plan.view.B, sigma_slot, commit_uv};
-  const bool v4 = a.W_sn && ((reinterpret_cast<uintptr_t>(a.W) | reinterpret_cast<uintptr_t>(a.W_sn)) & 15u) == 0;
-  if (v4)
-    commit_divide_kernel<true><<<plan.div_blocks, kBlock, 0, stream>>>(p);
-  else
-    commit_divide_kernel<false><<<plan.div_blocks, kBlock, 0, stream>>>(p);
-  return cudaGetLastError();
+                 plan.view.h, plan.view.A * plan.view.B, sigma_slot, commit_uv,
+                 plan.norm_bound, plan.gamma};
+  auto run = [&](auto zero) -> cudaError_t {
+    using T = decltype(zero);
+    if (a.W_sn && vec4_aligned<T>(a.W) && vec4_aligned<T>(a.W_sn))
+      commit_divide_kernel<true, T><<<plan.div_blocks, kBlock, 0, stream>>>(p);
+    else
+      commit_divide_kernel<false, T><<<plan.div_blocks, kBlock, 0, stream>>>(p);
+    return cudaGetLastError();
+  };
+  return SN_DISPATCH_DTYPE(plan.dtype, run);
 }
 
 }  // namespace sn

@@ -31,10 +31,11 @@ extern "C" int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order) {
   return order == SN_ORDER_U_FIRST && view.A == 1 && view.B % 4 == 0 && view.B <= 16384;
 }
 
-extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, float eps, int sm_count,
-                                 int one_pass, size_t *workspace_bytes) {
+extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_t dtype, float eps,
+                                 int sm_count, int one_pass, size_t *workspace_bytes) {
   *plan = sn_cuda_plan_t{};
   plan->view = view;
+  plan->dtype = dtype;
   plan->eps = eps;
   plan->sm_count = sm_count > 0 ? sm_count : 1;
   const int64_t h = view.h, w = view.A * view.B;
@@ -73,8 +74,9 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, float eps
   if (p1_blocks * plan->p1_asplit > INT_MAX || plan->p2_tiles * plan->p2_isplit > INT_MAX) return 0;
   const size_t floats = pad(h) + pad(w) + pad((int64_t)plan->p1_asplit * h) +
                         pad((int64_t)plan->p2_isplit * w) + pad(plan->p2_tiles) + pad(SN_SCAL_COUNT) +
-                        pad((int64_t)plan->op_blocks * w) + pad(plan->op_blocks) + pad(op_sq);
-  const size_t counters = pad(plan->p2_tiles + 3);
+                        pad((int64_t)plan->op_blocks * w) + pad(plan->op_blocks) + pad(op_sq) +
+                        pad(plan->div_blocks);
+  const size_t counters = pad(plan->p2_tiles + 4);
   *workspace_bytes = (floats + counters) * 4;
   return 0;
 }
@@ -100,6 +102,8 @@ extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
   p += pad(plan->op_blocks);
   plan->op_sq = p;
   p += pad(plan->one_pass ? (plan->view.B / 4 + 15) / 16 : 0);
+  plan->bw_part = p;
+  p += pad(plan->div_blocks);
   plan->counters = reinterpret_cast<unsigned *>(p);
 }
 

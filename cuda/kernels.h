@@ -14,13 +14,14 @@ enum class TMode {
   kNorm1D,     // scal[SIG_1D] = max(‖t‖, eps) with x = ones (a 1-D weight's norm)
 };
 
+// W's element type is plan.dtype.
 // t = M x · (1 / *x_div), x NULL meaning ones; u and u_div are used by TMode::kDot.
-cudaError_t launch_matvec(const sn_cuda_plan_t &plan, const float *W, const float *x,
+cudaError_t launch_matvec(const sn_cuda_plan_t &plan, const void *W, const float *x,
                           const float *x_div, TMode mode, const float *u, const float *u_div,
                           cudaStream_t stream);
 
 // s = Mᵀ y · (1 / *y_div); the last block writes scal[M_S] and scal[SIG_S].
-cudaError_t launch_matvec_t(const sn_cuda_plan_t &plan, const float *W, const float *y,
+cudaError_t launch_matvec_t(const sn_cuda_plan_t &plan, const void *W, const float *y,
                             const float *y_div, cudaStream_t stream);
 
 // Commit the new state if σ = scal[sigma_slot] is finite and > 0 (u = t / scal[M_T] and
@@ -30,7 +31,7 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
 
 // One-pass iteration (cuda/one_pass.cu): t = M (x / *x_div) and s = Mᵀ t / max(‖t‖, eps) with one
 // read of W, writing the same scratch and scalars as launch_matvec + launch_matvec_t. 2 launches.
-cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const float *W, const float *x,
+cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
                             const float *x_div, cudaStream_t stream);
 // Threads per block and float4 per thread for rows of w4 float4.
 void one_pass_shape(int w4, int *threads, int *vpt);

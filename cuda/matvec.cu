@@ -4,6 +4,7 @@
 // (and σ) to the plan's scalar slots. Every byte of W is read once per product.
 #include "kernels.h"
 #include "sn_device.cuh"
+#include "sn_types.cuh"
 
 namespace sn {
 namespace {
@@ -16,7 +17,7 @@ namespace {
 // Bytes: numel·4 of W, plus w·4 of x per row-block (L2-resident).
 // ---------------------------------------------------------------------------------------------
 struct MatvecParams {
-  const float *W;
+  const void *W;  // element type T of the kernel
   int64_t A, h, B;
   const float *x, *x_div;  // x NULL: ones
   float *part;
@@ -28,15 +29,14 @@ struct MatvecParams {
   float eps;
 };
 
-template <int TB, bool V4>
-__device__ __forceinline__ float row_dot(const float *row, const float *x, int64_t B, int lane) {
+template <int TB, bool V4, class T>
+__device__ __forceinline__ float row_dot(const T *row, const float *x, int64_t B, int lane) {
   float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
   if (V4) {
-    const float4 *r4 = reinterpret_cast<const float4 *>(row);
     const float4 *x4 = reinterpret_cast<const float4 *>(x);
     const int64_t n4 = B / 4;
     for (int64_t b = lane; b < n4; b += TB) {
-      const float4 w = r4[b];
+      const float4 w = Vec4<T>::load(row + 4 * b);
       const float4 v = x ? x4[b] : make_float4(1.f, 1.f, 1.f, 1.f);
       a0 = fmaf(w.x, v.x, a0);
       a1 = fmaf(w.y, v.y, a1);
@@ -46,13 +46,14 @@ __device__ __forceinline__ float row_dot(const float *row, const float *x, int64
   } else {
     int64_t b = lane;
     for (; b + 3 * TB < B; b += 4 * TB) {
-      const float w0 = row[b], w1 = row[b + TB], w2 = row[b + 2 * TB], w3 = row[b + 3 * TB];
+      const float w0 = to_f(row[b]), w1 = to_f(row[b + TB]), w2 = to_f(row[b + 2 * TB]),
+                  w3 = to_f(row[b + 3 * TB]);
       a0 = fmaf(w0, x ? x[b] : 1.f, a0);
       a1 = fmaf(w1, x ? x[b + TB] : 1.f, a1);
       a2 = fmaf(w2, x ? x[b + 2 * TB] : 1.f, a2);
       a3 = fmaf(w3, x ? x[b + 3 * TB] : 1.f, a3);
     }
-    for (; b < B; b += TB) a0 = fmaf(row[b], x ? x[b] : 1.f, a0);
+    for (; b < B; b += TB) a0 = fmaf(to_f(row[b]), x ? x[b] : 1.f, a0);
   }
   return (a0 + a1) + (a2 + a3);
 }
@@ -104,8 +105,9 @@ __device__ void finish_matvec(const MatvecParams &p, int slices) {
   }
 }
 
-template <int TB, bool V4>
+template <int TB, bool V4, class T>
 __global__ void __launch_bounds__(kBlock) matvec_kernel(MatvecParams p) {
+  const T *W = static_cast<const T *>(p.W);
   constexpr int R = kBlock / TB;
   const int lane = threadIdx.x % TB;
   const int64_t i = (int64_t)blockIdx.x * R + threadIdx.x / TB;
@@ -114,7 +116,7 @@ __global__ void __launch_bounds__(kBlock) matvec_kernel(MatvecParams p) {
   float acc = 0.f;
   if (i < p.h) {
     for (int64_t a = a0; a < a1; ++a)
-      acc += row_dot<TB, V4>(p.W + (a * p.h + i) * p.B, p.x ? p.x + a * p.B : nullptr, p.B, lane);
+      acc += row_dot<TB, V4>(W + (a * p.h + i) * p.B, p.x ? p.x + a * p.B : nullptr, p.B, lane);
   }
   acc = group_sum<TB>(acc);
   if (lane == 0 && i < p.h) p.part[(int64_t)blockIdx.y * p.h + i] = acc;
@@ -131,7 +133,7 @@ __global__ void __launch_bounds__(kBlock) matvec_kernel(MatvecParams p) {
 // Bytes: numel·4 of W, plus h·4 of y per tile (L2-resident).
 // ---------------------------------------------------------------------------------------------
 struct MatvecTParams {
-  const float *W;
+  const void *W;  // element type T of the kernel
   int64_t A, h, B;
   const float *y, *y_div;
   float *part, *s, *tile_sq, *scal;
@@ -140,8 +142,9 @@ struct MatvecTParams {
   float eps;
 };
 
-template <int TB>
+template <int TB, class T>
 __global__ void __launch_bounds__(kBlock) matvec_t_kernel(MatvecTParams p) {
+  const T *W = static_cast<const T *>(p.W);
   constexpr int IL = kBlock / TB;
   const int c = threadIdx.x % TB, il = threadIdx.x / TB;
   const int64_t tiles_per_a = (p.B + TB - 1) / TB;
@@ -153,18 +156,18 @@ __global__ void __launch_bounds__(kBlock) matvec_t_kernel(MatvecTParams p) {
 
   float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
   if (b < p.B) {
-    const float *col = p.W + a * p.h * p.B + b;
+    const T *col = W + a * p.h * p.B + b;
     const int64_t B = p.B;
     int64_t i = i0 + il;
     for (; i + 3 * IL < i1; i += 4 * IL) {
-      const float w0 = col[i * B], w1 = col[(i + IL) * B], w2 = col[(i + 2 * IL) * B],
-                  w3 = col[(i + 3 * IL) * B];
+      const float w0 = to_f(col[i * B]), w1 = to_f(col[(i + IL) * B]),
+                  w2 = to_f(col[(i + 2 * IL) * B]), w3 = to_f(col[(i + 3 * IL) * B]);
       a0 = fmaf(w0, p.y[i], a0);
       a1 = fmaf(w1, p.y[i + IL], a1);
       a2 = fmaf(w2, p.y[i + 2 * IL], a2);
       a3 = fmaf(w3, p.y[i + 3 * IL], a3);
     }
-    for (; i < i1; i += IL) a0 = fmaf(col[i * B], p.y[i], a0);
+    for (; i < i1; i += IL) a0 = fmaf(to_f(col[i * B]), p.y[i], a0);
   }
   __shared__ float red[kBlock];
   red[threadIdx.x] = (a0 + a1) + (a2 + a3);
@@ -201,18 +204,34 @@ __global__ void __launch_bounds__(kBlock) matvec_t_kernel(MatvecTParams p) {
 
 bool aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-template <int TB>
+template <int TB, class T>
 cudaError_t launch_matvec_tb(const MatvecParams &p, dim3 grid, bool v4, cudaStream_t stream) {
-  if (v4)
-    matvec_kernel<TB, true><<<grid, kBlock, 0, stream>>>(p);
-  else
-    matvec_kernel<TB, false><<<grid, kBlock, 0, stream>>>(p);
+  if constexpr (TB >= 4) {
+    if (v4) {
+      matvec_kernel<TB, true, T><<<grid, kBlock, 0, stream>>>(p);
+      return cudaGetLastError();
+    }
+  }
+  matvec_kernel<TB, false, T><<<grid, kBlock, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t launch_matvec_t_tb(int tb, const MatvecTParams &p, dim3 grid, cudaStream_t stream) {
+  switch (tb) {
+    case 1: matvec_t_kernel<1, T><<<grid, kBlock, 0, stream>>>(p); break;
+    case 2: matvec_t_kernel<2, T><<<grid, kBlock, 0, stream>>>(p); break;
+    case 4: matvec_t_kernel<4, T><<<grid, kBlock, 0, stream>>>(p); break;
+    case 8: matvec_t_kernel<8, T><<<grid, kBlock, 0, stream>>>(p); break;
+    case 16: matvec_t_kernel<16, T><<<grid, kBlock, 0, stream>>>(p); break;
+    default: matvec_t_kernel<32, T><<<grid, kBlock, 0, stream>>>(p); break;
+  }
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t launch_matvec(const sn_cuda_plan_t &plan, const float *W, const float *x,
+cudaError_t launch_matvec(const sn_cuda_plan_t &plan, const void *W, const float *x,
                           const float *x_div, TMode mode, const float *u, const float *u_div,
                           cudaStream_t stream) {
   const sn_view_t &vw = plan.view;
@@ -220,35 +239,34 @@ cudaError_t launch_matvec(const sn_cuda_plan_t &plan, const float *W, const floa
                  u, u_div, plan.scal, plan.eps};
   const int R = kBlock / plan.p1_tb;
   const dim3 grid((unsigned)((vw.h + R - 1) / R), (unsigned)plan.p1_asplit);
-  const bool v4 = plan.p1_tb >= 4 && vw.B % 4 == 0 && aligned16(W) && (!x || aligned16(x));
-  switch (plan.p1_tb) {
-    case 1: return launch_matvec_tb<1>(p, grid, false, stream);
-    case 2: return launch_matvec_tb<2>(p, grid, false, stream);
-    case 4: return launch_matvec_tb<4>(p, grid, v4, stream);
-    case 8: return launch_matvec_tb<8>(p, grid, v4, stream);
-    case 16: return launch_matvec_tb<16>(p, grid, v4, stream);
-    case 32: return launch_matvec_tb<32>(p, grid, v4, stream);
-    case 64: return launch_matvec_tb<64>(p, grid, v4, stream);
-    case 128: return launch_matvec_tb<128>(p, grid, v4, stream);
-    default: return launch_matvec_tb<256>(p, grid, v4, stream);
-  }
+  auto run = [&](auto zero) -> cudaError_t {
+    using T = decltype(zero);
+    const bool v4 = vw.B % 4 == 0 && vec4_aligned<T>(W) && (!x || aligned16(x));
+    switch (plan.p1_tb) {
+      case 1: return launch_matvec_tb<1, T>(p, grid, false, stream);
+      case 2: return launch_matvec_tb<2, T>(p, grid, false, stream);
+      case 4: return launch_matvec_tb<4, T>(p, grid, v4, stream);
+      case 8: return launch_matvec_tb<8, T>(p, grid, v4, stream);
+      case 16: return launch_matvec_tb<16, T>(p, grid, v4, stream);
+      case 32: return launch_matvec_tb<32, T>(p, grid, v4, stream);
+      case 64: return launch_matvec_tb<64, T>(p, grid, v4, stream);
+      case 128: return launch_matvec_tb<128, T>(p, grid, v4, stream);
+      default: return launch_matvec_tb<256, T>(p, grid, v4, stream);
+    }
+  };
+  return SN_DISPATCH_DTYPE(plan.dtype, run);
 }
 
-cudaError_t launch_matvec_t(const sn_cuda_plan_t &plan, const float *W, const float *y,
+cudaError_t launch_matvec_t(const sn_cuda_plan_t &plan, const void *W, const float *y,
                             const float *y_div, cudaStream_t stream) {
   const sn_view_t &vw = plan.view;
   MatvecTParams p{W, vw.A, vw.h, vw.B, y, y_div, plan.part2, plan.s, plan.tile_sq, plan.scal,
                   plan.counters + 1, plan.p2_tiles, plan.eps};
   const dim3 grid((unsigned)plan.p2_tiles, (unsigned)plan.p2_isplit);
-  switch (plan.p2_tb) {
-    case 1: matvec_t_kernel<1><<<grid, kBlock, 0, stream>>>(p); break;
-    case 2: matvec_t_kernel<2><<<grid, kBlock, 0, stream>>>(p); break;
-    case 4: matvec_t_kernel<4><<<grid, kBlock, 0, stream>>>(p); break;
-    case 8: matvec_t_kernel<8><<<grid, kBlock, 0, stream>>>(p); break;
-    case 16: matvec_t_kernel<16><<<grid, kBlock, 0, stream>>>(p); break;
-    default: matvec_t_kernel<32><<<grid, kBlock, 0, stream>>>(p); break;
-  }
-  return cudaGetLastError();
+  auto run = [&](auto zero) -> cudaError_t {
+    return launch_matvec_t_tb<decltype(zero)>(plan.p2_tb, p, grid, stream);
+  };
+  return SN_DISPATCH_DTYPE(plan.dtype, run);
 }
 
 }  // namespace sn

@@ -14,15 +14,16 @@
 // Both reductions have a fixed order: results are bitwise reproducible.
 #include "kernels.h"
 #include "sn_device.cuh"
+#include "sn_types.cuh"
 
 namespace sn {
 namespace {
 
 struct OnePassParams {
-  const float4 *W;  // h rows of w4 float4
+  const void *W;    // h rows of w4 groups of 4 elements of type T
   int64_t h;
   int w4;
-  const float4 *x;
+  const float *x;
   const float *x_div;
   float *t;         // h
   float4 *part;     // op_blocks × w4
@@ -47,53 +48,57 @@ __device__ __forceinline__ float block_sum_nt(float x) {
   return total;
 }
 
-template <int NT, int VPT>
+template <int NT, int VPT, class T>
 __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
+  using V = Vec4<T>;
+  const T *W = static_cast<const T *>(p.W);
   extern __shared__ float4 v_sm[];
+  // v may start at any float boundary (the state's v follows u): load it by floats.
+  float *v_smf = reinterpret_cast<float *>(v_sm);
   const float rx = reciprocal_of(p.x_div);
-  for (int k = threadIdx.x; k < p.w4; k += NT) {
-    float4 x = p.x[k];
-    v_sm[k] = make_float4(x.x * rx, x.y * rx, x.z * rx, x.w * rx);
-  }
+  for (int k = threadIdx.x; k < 4 * p.w4; k += NT) v_smf[k] = p.x[k] * rx;
   __syncthreads();
 
-  float4 acc[VPT], cur[VPT], nxt[VPT];
+  float4 acc[VPT];
+  typename V::raw cur[VPT], nxt[VPT];
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
     acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-    cur[k] = acc[k];
-    nxt[k] = acc[k];
+    cur[k] = {};
+    nxt[k] = {};
   }
   const int64_t G = gridDim.x;
   int64_t i = blockIdx.x;
   if (i < p.h) {
-    const float4 *row = p.W + i * p.w4;
+    const T *row = W + i * p.w4 * 4;
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
       const int j = threadIdx.x + k * NT;
-      if (j < p.w4) cur[k] = row[j];
+      if (j < p.w4) cur[k] = V::load_raw(row + 4 * j);
     }
   }
   float tsq = 0.f;
   for (; i < p.h; i += G) {
     if (i + G < p.h) {
-      const float4 *row = p.W + (i + G) * p.w4;
+      const T *row = W + (i + G) * p.w4 * 4;
 #pragma unroll
       for (int k = 0; k < VPT; ++k) {
         const int j = threadIdx.x + k * NT;
-        if (j < p.w4) nxt[k] = row[j];
+        if (j < p.w4) nxt[k] = V::load_raw(row + 4 * j);
       }
     }
+    float4 x[VPT];
     float d = 0.f;
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
+      x[k] = V::cvt(cur[k]);
       const int j = threadIdx.x + k * NT;
       if (j < p.w4) {
         const float4 v = v_sm[j];
-        d = fmaf(cur[k].x, v.x, d);
-        d = fmaf(cur[k].y, v.y, d);
-        d = fmaf(cur[k].z, v.z, d);
-        d = fmaf(cur[k].w, v.w, d);
+        d = fmaf(x[k].x, v.x, d);
+        d = fmaf(x[k].y, v.y, d);
+        d = fmaf(x[k].z, v.z, d);
+        d = fmaf(x[k].w, v.w, d);
       }
     }
     const float t = block_sum_nt<NT>(d);
@@ -101,10 +106,10 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
     tsq = fmaf(t, t, tsq);
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
-      acc[k].x = fmaf(t, cur[k].x, acc[k].x);
-      acc[k].y = fmaf(t, cur[k].y, acc[k].y);
-      acc[k].z = fmaf(t, cur[k].z, acc[k].z);
-      acc[k].w = fmaf(t, cur[k].w, acc[k].w);
+      acc[k].x = fmaf(t, x[k].x, acc[k].x);
+      acc[k].y = fmaf(t, x[k].y, acc[k].y);
+      acc[k].z = fmaf(t, x[k].z, acc[k].z);
+      acc[k].w = fmaf(t, x[k].w, acc[k].w);
       cur[k] = nxt[k];
     }
   }
@@ -187,21 +192,39 @@ __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p)
   }
 }
 
-template <int NT, int VPT>
-cudaError_t rows(const OnePassParams &p, int blocks, cudaStream_t stream) {
-  const size_t smem = (size_t)p.w4 * sizeof(float4);
-  one_pass_rows_kernel<NT, VPT><<<blocks, NT, smem, stream>>>(p);
+// One instance per (threads, float4 per thread, element type): launch it, or prepare it.
+template <int NT, int VPT, class T>
+cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, int *blocks_per_sm) {
+  const size_t smem = (size_t)p->w4 * sizeof(float4);
+  if (blocks_per_sm) {
+    cudaError_t e = cudaFuncSetAttribute(one_pass_rows_kernel<NT, VPT, T>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return e;
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        blocks_per_sm, one_pass_rows_kernel<NT, VPT, T>, NT, smem);
+  }
+  one_pass_rows_kernel<NT, VPT, T><<<blocks, NT, smem, stream>>>(*p);
   return cudaGetLastError();
 }
 
-template <int NT, int VPT>
-cudaError_t prepare(int w4, int *blocks_per_sm) {
-  const size_t smem = (size_t)w4 * sizeof(float4);
-  cudaError_t e = cudaFuncSetAttribute(one_pass_rows_kernel<NT, VPT>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-  if (e != cudaSuccess) return e;
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, one_pass_rows_kernel<NT, VPT>,
-                                                       NT, smem);
+// Launch (blocks_per_sm NULL) or prepare the rows kernel the plan uses.
+cudaError_t rows_dispatch(const sn_cuda_plan_t &plan, const OnePassParams *p, cudaStream_t stream,
+                          int *blocks_per_sm) {
+  auto run = [&](auto zero) -> cudaError_t {
+    using T = decltype(zero);
+    const int b = plan.op_blocks;
+    switch (plan.op_threads * 16 + plan.op_vpt) {
+      case 256 * 16 + 1: return rows<256, 1, T>(p, b, stream, blocks_per_sm);
+      case 256 * 16 + 2: return rows<256, 2, T>(p, b, stream, blocks_per_sm);
+      case 256 * 16 + 4: return rows<256, 4, T>(p, b, stream, blocks_per_sm);
+      case 512 * 16 + 1: return rows<512, 1, T>(p, b, stream, blocks_per_sm);
+      case 512 * 16 + 2: return rows<512, 2, T>(p, b, stream, blocks_per_sm);
+      case 512 * 16 + 4: return rows<512, 4, T>(p, b, stream, blocks_per_sm);
+      case 512 * 16 + 8: return rows<512, 8, T>(p, b, stream, blocks_per_sm);
+      default: return cudaErrorInvalidConfiguration;
+    }
+  };
+  return SN_DISPATCH_DTYPE(plan.dtype, run);
 }
 
 }  // namespace
@@ -215,36 +238,17 @@ void one_pass_shape(int w4, int *threads, int *vpt) {
 }
 
 cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int *blocks_per_sm) {
-  const int w4 = (int)(plan.view.B / 4);
-  switch (plan.op_threads * 16 + plan.op_vpt) {
-    case 256 * 16 + 1: return prepare<256, 1>(w4, blocks_per_sm);
-    case 256 * 16 + 2: return prepare<256, 2>(w4, blocks_per_sm);
-    case 256 * 16 + 4: return prepare<256, 4>(w4, blocks_per_sm);
-    case 512 * 16 + 1: return prepare<512, 1>(w4, blocks_per_sm);
-    case 512 * 16 + 2: return prepare<512, 2>(w4, blocks_per_sm);
-    case 512 * 16 + 4: return prepare<512, 4>(w4, blocks_per_sm);
-    case 512 * 16 + 8: return prepare<512, 8>(w4, blocks_per_sm);
-    default: return cudaErrorInvalidConfiguration;
-  }
+  OnePassParams p{};
+  p.w4 = (int)(plan.view.B / 4);
+  return rows_dispatch(plan, &p, nullptr, blocks_per_sm);
 }
 
-cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const float *W, const float *x,
+cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
                             const float *x_div, cudaStream_t stream) {
   const int w4 = (int)(plan.view.B / 4);
-  OnePassParams p{reinterpret_cast<const float4 *>(W), plan.view.h, w4,
-                  reinterpret_cast<const float4 *>(x), x_div, plan.t,
+  OnePassParams p{W, plan.view.h, w4, x, x_div, plan.t,
                   reinterpret_cast<float4 *>(plan.op_part), plan.op_tsq};
-  cudaError_t e;
-  switch (plan.op_threads * 16 + plan.op_vpt) {
-    case 256 * 16 + 1: e = rows<256, 1>(p, plan.op_blocks, stream); break;
-    case 256 * 16 + 2: e = rows<256, 2>(p, plan.op_blocks, stream); break;
-    case 256 * 16 + 4: e = rows<256, 4>(p, plan.op_blocks, stream); break;
-    case 512 * 16 + 1: e = rows<512, 1>(p, plan.op_blocks, stream); break;
-    case 512 * 16 + 2: e = rows<512, 2>(p, plan.op_blocks, stream); break;
-    case 512 * 16 + 4: e = rows<512, 4>(p, plan.op_blocks, stream); break;
-    case 512 * 16 + 8: e = rows<512, 8>(p, plan.op_blocks, stream); break;
-    default: return cudaErrorInvalidConfiguration;
-  }
+  cudaError_t e = rows_dispatch(plan, &p, stream, nullptr);
   if (e != cudaSuccess) return e;
   ReduceParams r{reinterpret_cast<const float4 *>(plan.op_part), plan.op_tsq, plan.op_blocks, w4,
                  reinterpret_cast<float4 *>(plan.s), plan.op_sq, plan.scal,

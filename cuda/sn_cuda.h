@@ -25,13 +25,17 @@ enum {
   SN_SCAL_SIG_S = 3,  /* ‖s‖² / max(‖s‖, eps): σ of the u-first order */
   SN_SCAL_SIG_DOT = 4,/* uᵀ M v: σ of the eval forward */
   SN_SCAL_SIG_1D = 5, /* max(‖W‖, eps): σ of a 1-D weight */
+  SN_SCAL_GW = 6,     /* ⟨G, W⟩ of the backward */
   SN_SCAL_COUNT = 8
 };
 
 /* How the kernels of one layer are launched, fixed at creation, and where its scratch lives. */
 typedef struct {
   sn_view_t view;
+  sn_dtype_t dtype;   /* element type of W, W_sn, G, dW */
   float eps;
+  float norm_bound;   /* c > 0: W_sn = W / max(1, σ / c); 0: W / σ */
+  const float *gamma; /* σReparam: W_sn = γ · W / σ with γ read from here each forward; NULL: 1 */
   int sm_count;
   int p1_tb;          /* t = M x: threads per row, a power of two <= 256 */
   int p1_asplit;      /* t = M x: blocks along A, each writing a partial t */
@@ -50,11 +54,12 @@ typedef struct {
   float *part2;       /* p2_isplit × w */
   float *tile_sq;     /* p2_tiles: Σ s² per column tile */
   float *scal;        /* SN_SCAL_COUNT */
-  unsigned *counters; /* 1 (t) + p2_tiles + 1 (s) + 1 (one-pass): arrival counters, zero
-                         between launches */
+  unsigned *counters; /* 1 (t) + p2_tiles + 1 (s) + 1 (one-pass) + 1 (backward): arrival
+                         counters, zero between launches */
   float *op_part;     /* one-pass: op_blocks × w partial Mᵀ t */
   float *op_tsq;      /* one-pass: op_blocks partial Σ t² */
   float *op_sq;       /* one-pass: Σ s² per reduction block */
+  float *bw_part;     /* backward: div_blocks partial ⟨G, W⟩ */
 } sn_cuda_plan_t;
 
 /* Whether the one-pass kernels can run this view and order (see SN_ALGO_ONE_PASS). */
@@ -64,17 +69,17 @@ int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order);
  * one_pass, also prepare the one-pass kernels (shared-memory limit, occupancy). *workspace_bytes
  * receives the size of the one device allocation it needs (0 on overflow: the caller reports it).
  * Returns a cudaError_t. */
-int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, float eps, int sm_count, int one_pass,
-                      size_t *workspace_bytes);
+int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_t dtype, float eps,
+                      int sm_count, int one_pass, size_t *workspace_bytes);
 /* Point the plan's scratch into `workspace` (device memory of the size above, zero-filled). */
 void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace);
 
 typedef struct {
-  const float *W;   /* device, numel */
-  float *W_sn;      /* device, numel, may equal W; NULL: no division (warm-up only) */
+  const void *W;    /* numel elements of the layer's dtype */
+  void *W_sn;       /* numel, may equal W; NULL: no W_sn written (warm-up, scale-only forward) */
   int64_t numel;
   float *u, *v;     /* state, h and w */
-  float *sigma;     /* state, {σ, 1/σ} */
+  float *sigma;     /* state, {σ, 1/σ, scale}: W_sn = scale · W (up to rounding) */
   int training;     /* run n_iters updates; else the eval σ = uᵀ M v */
   int warmup_iters; /* updates run first (0 once warmed up) */
   int n_iters;
@@ -86,6 +91,20 @@ typedef struct {
  * does not synchronize. */
 int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *args,
                     sn_stream_t stream);
+
+typedef struct {
+  const void *W, *G;
+  void *dW;
+  int64_t numel;
+  const float *u, *v, *sigma; /* state of the last forward: u, v, {σ, 1/σ, scale} */
+  int accumulate;
+  int detach_sigma;
+  float *dgamma;              /* NULL: not wanted */
+} sn_cuda_backward_args_t;
+
+/* Enqueue the backward (cuda/backward.cu) on `stream`. Returns a cudaError_t. */
+int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *args,
+                     sn_stream_t stream);
 
 /* Kernel launches sn_cuda_forward makes for these arguments (for documentation and tests). */
 int sn_cuda_forward_launches(const sn_cuda_forward_args_t *args);

@@ -1,6 +1,6 @@
-/* The CPU backend: the layer API's forward computed with the double-precision reference.
- * It follows sn_cuda_forward step for step (cuda/forward.cu), so both backends share one
- * definition of warm-up, the eval σ and the commit rule. */
+/* The CPU backend: the layer API's forward and backward computed with the double-precision
+ * reference. It follows sn_cuda_forward step for step (cuda/forward.cu), so both backends share
+ * one definition of warm-up, the eval σ, the commit rule and the scaled variants. */
 #include <math.h>
 
 #include "sn_internal.h"
@@ -8,6 +8,7 @@
 
 void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
   const sn_view_t vw = layer->view;
+  const sn_dtype_t dt = layer->desc.dtype;
   const int64_t h = vw.h, w = vw.A * vw.B;
   const double eps = (double)layer->desc.eps;
   double *u = layer->ref_u, *v = layer->ref_v;
@@ -16,7 +17,10 @@ void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
 
   if (args->is_1d) {
     double norm = 0.0;
-    for (int64_t k = 0; k < args->numel; ++k) norm += (double)args->W[k] * (double)args->W[k];
+    for (int64_t k = 0; k < args->numel; ++k) {
+      const double x = sn_load(args->W, dt, k);
+      norm += x * x;
+    }
     norm = sqrt(norm);
     sigma = norm > eps ? norm : eps;
   } else {
@@ -24,21 +28,35 @@ void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
     for (int64_t j = 0; j < w; ++j) v[j] = (double)args->v[j];
     iters = args->warmup_iters + (args->training ? args->n_iters : 0);
     sigma = NAN;
-    for (int k = 0; k < iters; ++k) sigma = sn_ref_iterate(args->W, vw, u, v, eps, layer->desc.order);
-    if (!args->training) sigma = sn_ref_sigma(args->W, vw, u, v, layer->ref_t);
+    for (int k = 0; k < iters; ++k) sigma = sn_ref_iterate(args->W, dt, vw, u, v, eps, layer->desc.order);
+    if (!args->training) sigma = sn_ref_sigma(args->W, dt, vw, u, v, layer->ref_t);
     if (iters == 0 && args->training) return; /* nothing was asked for */
   }
 
-  /* Commit rule (README, "Degenerate steps"): a zero or non-finite σ changes nothing. */
-  const float sig = (float)sigma;
-  const int good = isfinite(sig) && sig > 0.0f;
+  /* Commit rule (README, "Degenerate steps"): a σ that is not finite and > 0 changes nothing. */
+  const float sig_new = (float)sigma;
+  const int good = isfinite(sig_new) && sig_new > 0.0f;
   if (good) {
     if (iters > 0) {
       for (int64_t i = 0; i < h; ++i) args->u[i] = (float)u[i];
       for (int64_t j = 0; j < w; ++j) args->v[j] = (float)v[j];
     }
-    args->sigma[0] = sig;
-    args->sigma[1] = 1.0f / sig;
+    args->sigma[0] = sig_new;
+    args->sigma[1] = 1.0f / sig_new;
   }
-  if (args->W_sn) sn_ref_divide(args->W, args->W_sn, args->numel, good ? sig : args->sigma[0]);
+  const float sig = args->sigma[0];
+  const float g = layer->plan.gamma ? *layer->plan.gamma : 1.0f;
+  const float bound = layer->desc.norm_bound;
+  args->sigma[2] = sig > 0.0f ? g / sn_ref_divisor(sig, bound) : 0.0f;
+  if (args->W_sn) sn_ref_divide(args->W, args->W_sn, dt, args->numel, sig, bound, g);
+}
+
+void sn__cpu_backward(sn_layer_t *layer, const void *W, const void *G, void *dW, unsigned flags,
+                      float *dgamma) {
+  const float g = layer->plan.gamma ? *layer->plan.gamma : 1.0f;
+  const double dg = sn_ref_backward(W, G, dW, layer->desc.dtype, layer->view, layer->u, layer->v,
+                                    layer->sigma[0], layer->desc.norm_bound, g,
+                                    (flags & SN_BACKWARD_DETACH_SIGMA) != 0,
+                                    (flags & SN_BACKWARD_ACCUMULATE) != 0);
+  if (dgamma) *dgamma = (float)dg;
 }

@@ -25,6 +25,16 @@
 
 static int64_t width_of(const sn_layer_t *l) { return l->view.A * l->view.B; }
 
+/* The state is one array: u (h floats, padded to a multiple of 4 so v is 16-byte aligned), v (w),
+ * then σ, 1/σ and the scale. */
+static int64_t state_floats(const sn_layer_t *l) { return (l->view.h + 3) / 4 * 4 + width_of(l) + 4; }
+
+static void bind_state(sn_layer_t *l, float *state) {
+  l->u = state;
+  l->v = state + (l->view.h + 3) / 4 * 4;
+  l->sigma = l->v + width_of(l);
+}
+
 /* Make the layer's device current; *prev receives the caller's device to restore. */
 static sn_status_t enter_device(int device, int *prev) {
   CUDA_TRY(cudaGetDevice(prev), "cudaGetDevice");
@@ -114,7 +124,7 @@ static sn_status_t validate_desc(const sn_layer_desc_t *d, sn_view_t *view, int6
     if (d->shape[k] <= 0)
       return sn__fail(SN_ERROR_INVALID_SHAPE, "desc->shape[%d] = %lld must be > 0", k,
                       (long long)d->shape[k]);
-    /* Bytes must fit too: numel * sizeof(float) <= INT64_MAX. */
+    /* Bytes must fit too: numel * sizeof(float) <= INT64_MAX (u, v and scratch are float). */
     if (n > (INT64_MAX / 4) / d->shape[k])
       return sn__fail(SN_ERROR_SIZE_OVERFLOW,
                       "desc->shape: the element count overflows 64-bit byte sizes at shape[%d] = %lld",
@@ -124,11 +134,7 @@ static sn_status_t validate_desc(const sn_layer_desc_t *d, sn_view_t *view, int6
   if (d->dim < -d->ndim || d->dim >= d->ndim)
     return sn__fail(SN_ERROR_INVALID_DIM, "desc->dim = %d must be in [%d, %d) for a %d-D weight",
                     d->dim, -d->ndim, d->ndim, d->ndim);
-  if (d->dtype == SN_DTYPE_FLOAT16 || d->dtype == SN_DTYPE_BFLOAT16)
-    return sn__fail(SN_ERROR_NOT_SUPPORTED,
-                    "desc->dtype = %s is not supported yet; only SN_DTYPE_FLOAT32 is",
-                    d->dtype == SN_DTYPE_FLOAT16 ? "SN_DTYPE_FLOAT16" : "SN_DTYPE_BFLOAT16");
-  if (d->dtype != SN_DTYPE_FLOAT32)
+  if (d->dtype != SN_DTYPE_FLOAT32 && d->dtype != SN_DTYPE_FLOAT16 && d->dtype != SN_DTYPE_BFLOAT16)
     return sn__fail(SN_ERROR_INVALID_VALUE, "desc->dtype = %d is not a sn_dtype_t", (int)d->dtype);
   if (d->n_power_iterations < 1 || d->n_power_iterations > SN_MAX_ITERATIONS)
     return sn__fail(SN_ERROR_INVALID_VALUE, "desc->n_power_iterations = %d must be in 1..%d",
@@ -138,6 +144,10 @@ static sn_status_t validate_desc(const sn_layer_desc_t *d, sn_view_t *view, int6
                     d->warmup_iterations, SN_MAX_ITERATIONS);
   if (!(d->eps > 0.0f) || !isfinite(d->eps))
     return sn__fail(SN_ERROR_INVALID_VALUE, "desc->eps = %g must be finite and > 0", (double)d->eps);
+  if (!(d->norm_bound >= 0.0f) || !isfinite(d->norm_bound))
+    return sn__fail(SN_ERROR_INVALID_VALUE,
+                    "desc->norm_bound = %g must be finite and >= 0 (0: no bound)",
+                    (double)d->norm_bound);
   if (d->order != SN_ORDER_U_FIRST && d->order != SN_ORDER_V_FIRST)
     return sn__fail(SN_ERROR_INVALID_VALUE, "desc->order = %d is not a sn_order_t", (int)d->order);
   if ((int)d->algo < 0 || d->algo >= SN_ALGO_COUNT)
@@ -190,16 +200,16 @@ static void free_layer(sn_layer_t *l) {
   free(l);
 }
 
-/* Draw u and v from `seed` into the state; σ = 1/σ = 0. */
+/* Draw u and v from `seed` into the state; σ = 1/σ = scale = 0. */
 static sn_status_t init_state(sn_layer_t *l, uint64_t seed, sn_stream_t stream) {
   const int64_t h = l->view.h, w = width_of(l);
-  const size_t bytes = (size_t)(h + w + 2) * sizeof(float);
-  float *host = l->desc.backend == SN_BACKEND_CPU ? l->u : malloc(bytes);
+  const size_t bytes = (size_t)state_floats(l) * sizeof(float);
+  float *host = l->desc.backend == SN_BACKEND_CPU ? l->u : calloc(1, bytes);
   if (!host) return sn__fail(SN_ERROR_ALLOCATION, "host staging buffer of %zu bytes", bytes);
+  const int64_t v_at = l->v - l->u;
   sn__init_vector(host, h, seed, 0);
-  sn__init_vector(host + h, w, seed, 1);
-  host[h + w] = 0.0f;
-  host[h + w + 1] = 0.0f;
+  sn__init_vector(host + v_at, w, seed, 1);
+  for (int k = 0; k < 3; ++k) host[v_at + w + k] = 0.0f;
   if (l->desc.backend == SN_BACKEND_CPU) return SN_SUCCESS;
   cudaError_t e = cudaMemcpyAsync(l->u, host, bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream);
   if (e == cudaSuccess) e = cudaStreamSynchronize((cudaStream_t)stream);
@@ -212,19 +222,21 @@ static sn_status_t init_state(sn_layer_t *l, uint64_t seed, sn_stream_t stream) 
 }
 
 static sn_status_t create_cuda(sn_layer_t *l) {
-  const int64_t h = l->view.h, w = width_of(l);
   int sm_count = 0;
   CUDA_TRY(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, l->desc.device),
            "cudaDeviceGetAttribute(multiprocessor count)");
   size_t ws_bytes = 0;
+  l->plan.norm_bound = l->desc.norm_bound;
   const int one_pass = sn_cuda_one_pass_supported(l->view, l->desc.order) &&
                        (l->desc.algo == SN_ALGO_ONE_PASS ||
                         (l->desc.algo == SN_ALGO_DEFAULT && l->view.h >= 4LL * sm_count));
-  CUDA_TRY(sn_cuda_plan_init(&l->plan, l->view, l->desc.eps, sm_count, one_pass, &ws_bytes),
+  CUDA_TRY(sn_cuda_plan_init(&l->plan, l->view, l->desc.dtype, l->desc.eps, sm_count, one_pass,
+                             &ws_bytes),
            "preparing the one-pass kernels");
+  l->plan.norm_bound = l->desc.norm_bound;
   if (ws_bytes == 0)
     return sn__fail(SN_ERROR_SIZE_OVERFLOW, "the scratch space for this shape does not fit in size_t");
-  const size_t state_bytes = (size_t)(h + w + 2) * sizeof(float);
+  const size_t state_bytes = (size_t)state_floats(l) * sizeof(float);
   void *state = NULL;
   cudaError_t e = cudaMalloc(&state, state_bytes);
   if (e != cudaSuccess) {
@@ -232,9 +244,7 @@ static sn_status_t create_cuda(sn_layer_t *l) {
     return sn__fail(SN_ERROR_ALLOCATION, "cudaMalloc of %zu bytes for u, v and sigma on device %d: %s",
                     state_bytes, l->desc.device, cudaGetErrorString(e));
   }
-  l->u = state;
-  l->v = l->u + h;
-  l->sigma = l->v + w;
+  bind_state(l, state);
   e = cudaMalloc(&l->workspace, ws_bytes);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
@@ -248,13 +258,15 @@ static sn_status_t create_cuda(sn_layer_t *l) {
 
 static sn_status_t create_cpu(sn_layer_t *l) {
   const int64_t h = l->view.h, w = width_of(l);
-  l->u = malloc((size_t)(h + w + 2) * sizeof(float));
+  float *state = malloc((size_t)state_floats(l) * sizeof(float));
   l->ref_u = malloc((size_t)(2 * h + w) * sizeof(double));
-  if (!l->u || !l->ref_u)
+  if (!state || !l->ref_u) {
+    free(state);
     return sn__fail(SN_ERROR_ALLOCATION, "host memory for a %lld x %lld layer", (long long)h,
                     (long long)w);
-  l->v = l->u + h;
-  l->sigma = l->v + w;
+  }
+  bind_state(l, state);
+  l->plan.norm_bound = l->desc.norm_bound;
   l->ref_v = l->ref_u + h;
   l->ref_t = l->ref_v + w;
   return init_state(l, l->desc.seed, NULL);
@@ -365,17 +377,32 @@ static sn_status_t run_forward(sn_layer_t *l, const void *W, void *W_sn, int tra
   return SN_SUCCESS;
 }
 
+/* Two buffers of the layer's weight size either coincide or are disjoint. */
+static sn_status_t check_overlap(const sn_layer_t *l, const void *a, const char *an, const void *b,
+                                 const char *bn) {
+  const char *x = a, *y = b;
+  const size_t bytes = (size_t)l->numel * sn_dtype_size(l->desc.dtype);
+  if (x != y && x < y + bytes && y < x + bytes)
+    return sn__fail(SN_ERROR_INVALID_VALUE, "%s (%p) and %s (%p) overlap without being the same buffer",
+                    an, a, bn, b);
+  return SN_SUCCESS;
+}
+
 SN_API sn_status_t sn_forward(sn_layer_t *layer, const void *W, void *W_sn, int training,
                               sn_stream_t stream) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   if (!W) return sn__fail(SN_ERROR_NULL_POINTER, "W is NULL");
-  if (!W_sn) return sn__fail(SN_ERROR_NULL_POINTER, "W_sn is NULL");
-  const char *w0 = W, *o0 = W_sn;
-  const size_t bytes = (size_t)layer->numel * sizeof(float);
-  if (w0 != o0 && w0 < o0 + bytes && o0 < w0 + bytes)
-    return sn__fail(SN_ERROR_INVALID_VALUE,
-                    "W (%p) and W_sn (%p) overlap without being the same buffer", W, W_sn);
+  if (!W_sn) return sn__fail(SN_ERROR_NULL_POINTER, "W_sn is NULL (use sn_forward_scale_only)");
+  sn_status_t st = check_overlap(layer, W, "W", W_sn, "W_sn");
+  if (st != SN_SUCCESS) return st;
   return run_forward(layer, W, W_sn, training, 0, stream);
+}
+
+SN_API sn_status_t sn_forward_scale_only(sn_layer_t *layer, const void *W, int training,
+                                         sn_stream_t stream) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  if (!W) return sn__fail(SN_ERROR_NULL_POINTER, "W is NULL");
+  return run_forward(layer, W, NULL, training, 0, stream);
 }
 
 SN_API sn_status_t sn_layer_warmup(sn_layer_t *layer, const void *W, sn_stream_t stream) {
@@ -384,7 +411,73 @@ SN_API sn_status_t sn_layer_warmup(sn_layer_t *layer, const void *W, sn_stream_t
   return run_forward(layer, W, NULL, 1, 1, stream);
 }
 
+/* ---- backward ------------------------------------------------------------------------------ */
+
+SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, void *dW,
+                               unsigned flags, float *dgamma, sn_stream_t stream) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  if (!W) return sn__fail(SN_ERROR_NULL_POINTER, "W is NULL");
+  if (!G) return sn__fail(SN_ERROR_NULL_POINTER, "G is NULL");
+  if (!dW) return sn__fail(SN_ERROR_NULL_POINTER, "dW is NULL");
+  if (flags & ~(unsigned)(SN_BACKWARD_ACCUMULATE | SN_BACKWARD_DETACH_SIGMA))
+    return sn__fail(SN_ERROR_INVALID_VALUE, "flags = 0x%x has bits that are not sn_backward_flag_t",
+                    flags);
+  sn_status_t st = check_overlap(layer, dW, "dW", G, "G");
+  if (st == SN_SUCCESS) st = check_overlap(layer, dW, "dW", W, "W");
+  if (st != SN_SUCCESS) return st;
+  if (!layer->warmed_up)
+    return sn__fail(SN_ERROR_INVALID_STATE,
+                    "the layer has had no forward yet: the backward needs its u, v and sigma");
+  if (layer->desc.backend == SN_BACKEND_CPU) {
+    st = check_host_pointer(layer, W, "W");
+    if (st == SN_SUCCESS) st = check_host_pointer(layer, G, "G");
+    if (st == SN_SUCCESS) st = check_host_pointer(layer, dW, "dW");
+    if (st == SN_SUCCESS && dgamma) st = check_host_pointer(layer, dgamma, "dgamma");
+    if (st != SN_SUCCESS) return st;
+    sn__cpu_backward(layer, W, G, dW, flags, dgamma);
+    return SN_SUCCESS;
+  }
+  const int dev = layer->desc.device;
+  st = check_device_pointer(dev, W, "W");
+  if (st == SN_SUCCESS) st = check_device_pointer(dev, G, "G");
+  if (st == SN_SUCCESS) st = check_device_pointer(dev, dW, "dW");
+  if (st == SN_SUCCESS && dgamma) st = check_device_pointer(dev, dgamma, "dgamma");
+  if (st != SN_SUCCESS) return st;
+  int prev = 0;
+  st = enter_device(dev, &prev);
+  if (st != SN_SUCCESS) return st;
+  sn_cuda_backward_args_t a = {W, G, dW, layer->numel, layer->u, layer->v, layer->sigma,
+                               (flags & SN_BACKWARD_ACCUMULATE) != 0,
+                               (flags & SN_BACKWARD_DETACH_SIGMA) != 0, dgamma};
+  int e = sn_cuda_backward(&layer->plan, &a, stream);
+  leave_device(dev, prev);
+  if (e != 0) {
+    (void)cudaGetLastError();
+    return sn__cuda_fail(e, "launching the backward kernels");
+  }
+  return SN_SUCCESS;
+}
+
 /* ---- σ and state ---------------------------------------------------------------------------- */
+
+SN_API sn_status_t sn_layer_scale_ptr(const sn_layer_t *layer, const float **scale) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  if (!scale) return sn__fail(SN_ERROR_NULL_POINTER, "scale (the output pointer) is NULL");
+  *scale = layer->sigma + 2;
+  return SN_SUCCESS;
+}
+
+SN_API sn_status_t sn_layer_set_gamma(sn_layer_t *layer, const float *gamma) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  if (gamma) {
+    sn_status_t st = layer->desc.backend == SN_BACKEND_CUDA
+                         ? check_device_pointer(layer->desc.device, gamma, "gamma")
+                         : check_host_pointer(layer, gamma, "gamma");
+    if (st != SN_SUCCESS) return st;
+  }
+  layer->plan.gamma = gamma;
+  return SN_SUCCESS;
+}
 
 SN_API sn_status_t sn_layer_sigma_ptr(const sn_layer_t *layer, const float **sigma,
                                       const float **inv_sigma) {
@@ -426,6 +519,12 @@ SN_API sn_status_t sn_layer_get_sigma(const sn_layer_t *layer, float *sigma, flo
   return SN_SUCCESS;
 }
 
+SN_API sn_status_t sn_layer_get_scale(const sn_layer_t *layer, float *scale, sn_stream_t stream) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  if (!scale) return sn__fail(SN_ERROR_NULL_POINTER, "scale is NULL");
+  return copy_out(layer, scale, layer->sigma + 2, 1, stream);
+}
+
 SN_API sn_status_t sn_layer_get_state(const sn_layer_t *layer, float *u, float *v, float *sigma,
                                       int *warmed_up, sn_stream_t stream) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
@@ -457,7 +556,8 @@ SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const f
   if (st != SN_SUCCESS) return st;
   if (!isfinite(sigma) || sigma < 0.0f)
     return sn__fail(SN_ERROR_INVALID_VALUE, "sigma = %g must be finite and >= 0", (double)sigma);
-  const float sig[2] = {sigma, sigma > 0.0f ? 1.0f / sigma : 0.0f};
+  const float d = sn_ref_divisor(sigma, layer->desc.norm_bound);
+  const float sig[3] = {sigma, sigma > 0.0f ? 1.0f / sigma : 0.0f, sigma > 0.0f ? 1.0f / d : 0.0f};
 
   if (layer->desc.backend == SN_BACKEND_CPU) {
     memcpy(layer->u, u, (size_t)h * sizeof(float));

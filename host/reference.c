@@ -11,26 +11,36 @@ sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim) {
   return v;
 }
 
-void sn_ref_matvec(const float *W, sn_view_t vw, const double *x, double *t) {
+void sn_ref_matvec(const void *W, sn_dtype_t dt, sn_view_t vw, const double *x, double *t) {
   for (int64_t i = 0; i < vw.h; ++i) t[i] = 0.0;
   for (int64_t a = 0; a < vw.A; ++a) {
     for (int64_t i = 0; i < vw.h; ++i) {
-      const float *row = W + (a * vw.h + i) * vw.B;
+      const int64_t row = (a * vw.h + i) * vw.B;
       const double *xa = x + a * vw.B;
       double acc = 0.0;
-      for (int64_t b = 0; b < vw.B; ++b) acc += (double)row[b] * xa[b];
+      if (dt == SN_DTYPE_FLOAT32) {
+        const float *r = (const float *)W + row;
+        for (int64_t b = 0; b < vw.B; ++b) acc += (double)r[b] * xa[b];
+      } else {
+        for (int64_t b = 0; b < vw.B; ++b) acc += (double)sn_load(W, dt, row + b) * xa[b];
+      }
       t[i] += acc;
     }
   }
 }
 
-void sn_ref_matvec_t(const float *W, sn_view_t vw, const double *y, double *s) {
+void sn_ref_matvec_t(const void *W, sn_dtype_t dt, sn_view_t vw, const double *y, double *s) {
   for (int64_t j = 0; j < vw.A * vw.B; ++j) s[j] = 0.0;
   for (int64_t a = 0; a < vw.A; ++a) {
     double *sa = s + a * vw.B;
     for (int64_t i = 0; i < vw.h; ++i) {
-      const float *row = W + (a * vw.h + i) * vw.B;
-      for (int64_t b = 0; b < vw.B; ++b) sa[b] += (double)row[b] * y[i];
+      const int64_t row = (a * vw.h + i) * vw.B;
+      if (dt == SN_DTYPE_FLOAT32) {
+        const float *r = (const float *)W + row;
+        for (int64_t b = 0; b < vw.B; ++b) sa[b] += (double)r[b] * y[i];
+      } else {
+        for (int64_t b = 0; b < vw.B; ++b) sa[b] += (double)sn_load(W, dt, row + b) * y[i];
+      }
     }
   }
 }
@@ -51,35 +61,74 @@ static double normalize(double *x, int64_t n, double eps) {
   return norm;
 }
 
-double sn_ref_iterate(const float *W, sn_view_t vw, double *u, double *v, double eps,
+double sn_ref_iterate(const void *W, sn_dtype_t dt, sn_view_t vw, double *u, double *v, double eps,
                       sn_order_t order) {
   int64_t h = vw.h, w = vw.A * vw.B;
   double last;
   if (order == SN_ORDER_U_FIRST) {
-    sn_ref_matvec(W, vw, v, u);     /* u = M v */
-    normalize(u, h, eps);           /* u = N(M v) */
-    sn_ref_matvec_t(W, vw, u, v);   /* v = Mᵀ u */
-    last = normalize(v, w, eps);    /* v = N(Mᵀ u) */
+    sn_ref_matvec(W, dt, vw, v, u);   /* u = M v */
+    normalize(u, h, eps);             /* u = N(M v) */
+    sn_ref_matvec_t(W, dt, vw, u, v); /* v = Mᵀ u */
+    last = normalize(v, w, eps);      /* v = N(Mᵀ u) */
   } else {
-    sn_ref_matvec_t(W, vw, u, v);
+    sn_ref_matvec_t(W, dt, vw, u, v);
     normalize(v, w, eps);
-    sn_ref_matvec(W, vw, v, u);
+    sn_ref_matvec(W, dt, vw, v, u);
     last = normalize(u, h, eps);
   }
   /* σ = uᵀ M v = ‖p‖² / max(‖p‖, eps) with p the last product (SPEC.md). */
   return last * last / (last > eps ? last : eps);
 }
 
-double sn_ref_sigma(const float *W, sn_view_t vw, const double *u, const double *v,
+double sn_ref_sigma(const void *W, sn_dtype_t dt, sn_view_t vw, const double *u, const double *v,
                     double *scratch) {
-  sn_ref_matvec(W, vw, v, scratch);
+  sn_ref_matvec(W, dt, vw, v, scratch);
   return sn_ref_dot(u, scratch, vw.h);
 }
 
-void sn_ref_divide(const float *W, float *W_sn, int64_t n, float sigma) {
-  if (sigma > 0.0f) {
-    for (int64_t k = 0; k < n; ++k) W_sn[k] = W[k] / sigma;
-  } else {
-    for (int64_t k = 0; k < n; ++k) W_sn[k] = W[k] * 0.0f;
+float sn_ref_divisor(float sigma, float norm_bound) {
+  if (norm_bound > 0.0f) {
+    const float r = sigma / norm_bound;
+    return r > 1.0f ? r : 1.0f;
   }
+  return sigma;
+}
+
+void sn_ref_divide(const void *W, void *W_sn, sn_dtype_t dt, int64_t n, float sigma,
+                   float norm_bound, float g) {
+  const float d = sn_ref_divisor(sigma, norm_bound);
+  for (int64_t k = 0; k < n; ++k) {
+    const float x = sn_load(W, dt, k);
+    sn_store(W_sn, dt, k, sigma > 0.0f ? (x / d) * g : x * 0.0f);
+  }
+}
+
+double sn_ref_inner(const void *G, const void *W, sn_dtype_t dt, int64_t n) {
+  double acc = 0.0;
+  for (int64_t k = 0; k < n; ++k) acc += (double)sn_load(G, dt, k) * (double)sn_load(W, dt, k);
+  return acc;
+}
+
+double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn_view_t vw,
+                       const float *u, const float *v, float sigma, float norm_bound, float g,
+                       int detach_sigma, int accumulate) {
+  const int64_t n = vw.A * vw.h * vw.B;
+  if (!(sigma > 0.0f)) {
+    for (int64_t k = 0; k < n; ++k) sn_store(dW, dt, k, accumulate ? sn_load(dW, dt, k) : 0.0f);
+    return 0.0;
+  }
+  const double d = sn_ref_divisor(sigma, norm_bound);
+  const double gw = sn_ref_inner(G, W, dt, n);
+  const double a = (double)g / d;
+  const int depends = !detach_sigma && !(norm_bound > 0.0f && sigma <= norm_bound);
+  const double b = depends ? a * gw / (double)sigma : 0.0;
+  for (int64_t A = 0; A < vw.A; ++A)
+    for (int64_t i = 0; i < vw.h; ++i)
+      for (int64_t bb = 0; bb < vw.B; ++bb) {
+        const int64_t k = (A * vw.h + i) * vw.B + bb;
+        double x = a * sn_load(G, dt, k) - b * (double)u[i] * (double)v[A * vw.B + bb];
+        if (accumulate) x += sn_load(dW, dt, k);
+        sn_store(dW, dt, k, (float)x);
+      }
+  return gw / d;
 }

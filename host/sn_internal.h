@@ -28,12 +28,12 @@ struct sn_layer {
   int is_1d;
   int warmed_up;       /* host-side: the warm-up has been enqueued / run */
 
-  /* State, in the backend's memory: u[h], v[w], sigma[2] = {σ, 1/σ}. */
+  /* State, in the backend's memory: u[h], v[w] (16-byte aligned), sigma[3] = {σ, 1/σ, scale}. */
   float *u;
   float *v;
   float *sigma;
 
-  /* CUDA backend only. */
+  /* Launch plan (CUDA); its gamma pointer and norm bound serve the CPU backend too. */
   sn_cuda_plan_t plan;
   void *workspace;     /* one device allocation holding every scratch buffer */
 
@@ -50,6 +50,8 @@ void sn__init_vector(float *out, int64_t n, uint64_t seed, uint64_t stream_id);
 /* CPU backend forward (host/cpu_backend.c): the same arguments and semantics as
  * sn_cuda_forward, computed with the double-precision reference. Blocks. */
 void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args);
+void sn__cpu_backward(sn_layer_t *layer, const void *W, const void *G, void *dW, unsigned flags,
+                      float *dgamma);
 
 #ifdef __cplusplus
 }

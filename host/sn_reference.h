@@ -1,11 +1,12 @@
 /* The CPU reference of specnorm: plain C in double precision, the oracle of every test and the
  * arithmetic of the CPU backend. Internal (not installed); the tests include it directly.
  *
- * The weight is float32, contiguous, seen as the matrix M (h × w) of SPEC.md through the view
- * [A][h][B]: M[i, a·B + b] = W[(a·h + i)·B + b], w = A·B. */
+ * The weight is contiguous, of element type `dt`, seen as the matrix M (h × w) of SPEC.md through
+ * the view [A][h][B]: M[i, a·B + b] = W[(a·h + i)·B + b], w = A·B. */
 #ifndef SN_REFERENCE_H
 #define SN_REFERENCE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "specnorm.h"
@@ -15,13 +16,24 @@
 extern "C" {
 #endif
 
+/* ---- element types (host/dtype.c) ---- */
+float sn_half_to_float(uint16_t h);
+uint16_t sn_float_to_half(float f);     /* round to nearest even, like __float2half_rn */
+float sn_bf16_to_float(uint16_t h);
+uint16_t sn_float_to_bf16(float f);     /* round to nearest even, like __float2bfloat16_rn */
+size_t sn_dtype_size(sn_dtype_t t);
+float sn_load(const void *p, sn_dtype_t t, int64_t k);
+void sn_store(void *p, sn_dtype_t t, int64_t k, float x);
+
+/* ---- the math (host/reference.c) ---- */
+
 /* The view of a weight of `ndim` dimensions `shape` for output axis `dim` (already in [0, ndim)). */
 sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim);
 
 /* t = M x  (t: h, x: w). */
-void sn_ref_matvec(const float *W, sn_view_t vw, const double *x, double *t);
+void sn_ref_matvec(const void *W, sn_dtype_t dt, sn_view_t vw, const double *x, double *t);
 /* s = Mᵀ y (s: w, y: h). */
-void sn_ref_matvec_t(const float *W, sn_view_t vw, const double *y, double *s);
+void sn_ref_matvec_t(const void *W, sn_dtype_t dt, sn_view_t vw, const double *y, double *s);
 /* ‖x‖₂ and xᵀy. */
 double sn_ref_norm(const double *x, int64_t n);
 double sn_ref_dot(const double *x, const double *y, int64_t n);
@@ -29,14 +41,31 @@ double sn_ref_dot(const double *x, const double *y, int64_t n);
 /* One power iteration in `order` with eps clamping (SPEC.md), updating u (h) and v (w) in place.
  * Returns σ of this iteration without an extra product:
  * u-first: ‖Mᵀu‖² / max(‖Mᵀu‖, eps); v-first: ‖Mv‖² / max(‖Mv‖, eps). */
-double sn_ref_iterate(const float *W, sn_view_t vw, double *u, double *v, double eps,
+double sn_ref_iterate(const void *W, sn_dtype_t dt, sn_view_t vw, double *u, double *v, double eps,
                       sn_order_t order);
 
 /* σ = uᵀ M v with the given vectors (the eval forward). `scratch` holds h doubles. */
-double sn_ref_sigma(const float *W, sn_view_t vw, const double *u, const double *v, double *scratch);
+double sn_ref_sigma(const void *W, sn_dtype_t dt, sn_view_t vw, const double *u, const double *v,
+                    double *scratch);
 
-/* W_sn = W / sigma in float32 arithmetic, as every backend writes it; sigma <= 0 gives W · 0. */
-void sn_ref_divide(const float *W, float *W_sn, int64_t n, float sigma);
+/* The divisor of W: σ, or max(1, σ / c) under a norm bound c > 0. */
+float sn_ref_divisor(float sigma, float norm_bound);
+
+/* W_sn = (W / d) · g in float32 arithmetic, rounded to dt, as every backend writes it, with
+ * d = sn_ref_divisor(sigma, norm_bound); sigma <= 0 gives W · 0. */
+void sn_ref_divide(const void *W, void *W_sn, sn_dtype_t dt, int64_t n, float sigma,
+                   float norm_bound, float g);
+
+/* ⟨G, W⟩ = Σ G ∘ W in double. */
+double sn_ref_inner(const void *G, const void *W, sn_dtype_t dt, int64_t n);
+
+/* The backward of W_sn = (W / d) · g (SPEC.md, "Backward" and "Scaled variants"), with u, v, σ of
+ * the forward: dW = a·G − b·P⁻¹(u vᵀ), a = g / d, b = a·⟨G, W⟩ / σ when σ is not detached and d
+ * depends on σ, else 0. accumulate: dW += instead of dW =. σ <= 0 gives a = b = 0.
+ * Returns ∂L/∂g = ⟨G, W⟩ / d (0 when σ <= 0). dW is rounded to dt once, from double. */
+double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn_view_t vw,
+                       const float *u, const float *v, float sigma, float norm_bound, float g,
+                       int detach_sigma, int accumulate);
 
 #ifdef __cplusplus
 }

@@ -70,7 +70,7 @@ typedef enum {
   SN_ERROR_SIZE_OVERFLOW = 3,    /* the element count or byte size does not fit in 64 bits */
   SN_ERROR_INVALID_DIM = 4,      /* dim outside [-ndim, ndim) */
   SN_ERROR_INVALID_VALUE = 5,    /* a numeric or enum argument is out of range */
-  SN_ERROR_NOT_SUPPORTED = 6,    /* a valid request this build does not implement (fp16/bf16) */
+  SN_ERROR_NOT_SUPPORTED = 6,    /* a valid request this build does not implement */
   SN_ERROR_INVALID_BACKEND = 7,  /* unknown backend */
   SN_ERROR_INVALID_DEVICE = 8,   /* device ordinal does not exist */
   SN_ERROR_INVALID_POINTER = 9,  /* wrong kind of memory (host memory to a CUDA layer, etc.) */
@@ -118,7 +118,8 @@ typedef struct {
   int64_t shape[SN_MAX_DIMS];    /* W's shape, row-major contiguous, each > 0 */
   int dim;                       /* output axis, PyTorch semantics: 0 default, 1 for ConvTranspose,
                                     negative counts from the end */
-  sn_dtype_t dtype;              /* SN_DTYPE_FLOAT32 (fp16/bf16: SN_ERROR_NOT_SUPPORTED for now) */
+  sn_dtype_t dtype;              /* element type of W, W_sn, G and dW; default SN_DTYPE_FLOAT32.
+                                    u, v, σ stay float32; GPU arithmetic is float32 */
   int n_power_iterations;        /* >= 1, default 1 */
   float eps;                     /* > 0 and finite, default 1e-12 */
   int warmup_iterations;         /* >= 0, default 15; run once, on the first forward */
@@ -127,6 +128,7 @@ typedef struct {
   sn_backend_t backend;          /* default SN_BACKEND_CUDA */
   int device;                    /* CUDA device ordinal, default 0 */
   sn_algo_t algo;                /* default SN_ALGO_DEFAULT */
+  float norm_bound;              /* c > 0: W_sn = W / max(1, σ / c) (SNGP); 0 (default): W / σ */
 } sn_layer_desc_t;
 
 /* Fill `desc` with the defaults above for a weight of `ndim` dimensions `shape`.
@@ -159,6 +161,9 @@ SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_
  * does at construction. A 1-D weight gets W_sn = W / max(‖W‖, eps) exactly, σ = max(‖W‖, eps).
  * W and W_sn: W's shape and dtype, contiguous, in the backend's memory (device memory for a
  * CUDA layer). They may be the same buffer (in place) but must not otherwise overlap.
+ * Scaled variants: with a norm bound c (desc.norm_bound), W_sn = W / max(1, σ / c); with γ bound
+ * (sn_layer_set_gamma), W_sn = (W / σ) · γ. Every forward also sets the layer's scale, the factor
+ * with W_sn = scale · W (γ / σ, 1 / max(1, σ / c), 1 / σ; 0 before any σ).
  * CUDA layer: enqueues on `stream` and returns; allocates nothing and does not synchronize.
  * Capture in a CUDA graph is allowed once the layer has warmed up (see sn_layer_warmup); a
  * capture of the first forward returns SN_ERROR_INVALID_STATE.
@@ -168,6 +173,13 @@ SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_
  * CPU layer: computes in double precision, stores float32, blocks; `stream` is ignored. */
 SN_API sn_status_t sn_forward(sn_layer_t *layer, const void *W, void *W_sn, int training,
                               sn_stream_t stream);
+
+/* The forward without W_sn: updates u, v, σ, 1/σ and the scale exactly as sn_forward does, and
+ * writes nothing else, so the consumer applies the scale itself: for example a cuBLAS GEMM with
+ * alpha = sn_layer_scale_ptr's pointer in CUBLAS_POINTER_MODE_DEVICE. Moves W once per iteration
+ * instead of also reading W and writing W_sn. Same rules as sn_forward otherwise. */
+SN_API sn_status_t sn_forward_scale_only(sn_layer_t *layer, const void *W, int training,
+                                         sn_stream_t stream);
 
 /* Run the warm-up iterations now with weight W (no W_sn written), if they have not run yet;
  * a no-op otherwise. Call it before capturing forwards in a CUDA graph. Stream-ordered. */
@@ -186,6 +198,41 @@ SN_API sn_status_t sn_layer_sigma_ptr(const sn_layer_t *layer, const float **sig
 SN_API sn_status_t sn_layer_get_sigma(const sn_layer_t *layer, float *sigma, float *inv_sigma,
                                       sn_stream_t stream);
 
+/* Pointer to the layer's scale (one float in the backend's memory): W_sn = scale · W. Equal to
+ * 1/σ unless a norm bound or γ is set. Valid until destroy; updated by each forward. */
+SN_API sn_status_t sn_layer_scale_ptr(const sn_layer_t *layer, const float **scale);
+
+/* Copy the scale to the host after the work queued on `stream` completes. Blocks. */
+SN_API sn_status_t sn_layer_get_scale(const sn_layer_t *layer, float *scale, sn_stream_t stream);
+
+/* ---- σReparam ------------------------------------------------------------------------------ */
+
+/* Bind a learnable scale γ for σReparam (W_sn = (W / σ) · γ): `gamma` points to one float in the
+ * backend's memory (a device pointer for a CUDA layer), owned by the caller's optimizer, and is
+ * read by every forward and backward, in stream order, so it may change between steps. NULL
+ * unbinds (γ = 1). A captured CUDA graph keeps the pointer it was captured with. */
+SN_API sn_status_t sn_layer_set_gamma(sn_layer_t *layer, const float *gamma);
+
+/* ---- Backward ------------------------------------------------------------------------------ */
+
+typedef enum {
+  SN_BACKWARD_ACCUMULATE = 1u,   /* dW += ∂L/∂W (gradient accumulation) instead of dW = ∂L/∂W */
+  SN_BACKWARD_DETACH_SIGMA = 2u  /* treat σ as a constant: ∂L/∂W = scale · G */
+} sn_backward_flag_t;
+
+/* ∂L/∂W from G = ∂L/∂W_sn, with the u, v and σ of the layer's last forward (SPEC.md, "Backward"):
+ *   ∂L/∂W = scale · (G − (⟨G, W⟩ / σ) · u vᵀ),  u vᵀ mapped back to W's layout,
+ * where the second term is dropped when σ is detached or a norm bound is not active (σ <= c).
+ * W: the weight given to that forward. W, G, dW: W's shape and dtype, in the backend's memory;
+ * dW may be the same buffer as G or W (in place) but must not otherwise overlap them.
+ * flags: a combination of sn_backward_flag_t. dgamma: if not NULL, receives ∂L/∂γ = ⟨G, W⟩ / d
+ * (d = σ, or max(1, σ / c)), one float in the backend's memory (device pointer for a CUDA layer),
+ * written, not accumulated. Stream-ordered, no allocation, no synchronization: 2 launches (1 when
+ * neither the σ term nor dgamma is needed). SN_ERROR_INVALID_STATE before the layer's first
+ * forward. */
+SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, void *dW,
+                               unsigned flags, float *dgamma, sn_stream_t stream);
+
 /* ---- State --------------------------------------------------------------------------------- */
 
 /* Copy the state to host arrays after the work queued on `stream` completes. Blocks.
@@ -195,12 +242,12 @@ SN_API sn_status_t sn_layer_get_state(const sn_layer_t *layer, float *u, float *
 
 /* Replace the state from host arrays, in order after the work queued on `stream`. Blocks.
  * u: h floats, v: w floats, all finite; sigma finite and >= 0 (1/σ becomes 1/sigma, or 0 for
- * sigma == 0). warmed_up != 0 means the warm-up is not run again (set it when loading PyTorch's
+ * sigma == 0; the scale becomes 1/d without γ, and is refreshed by the next forward). warmed_up != 0 means the warm-up is not run again (set it when loading PyTorch's
  * `_u` and `_v`, which are already warm). The values are stored bitwise as given. */
 SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const float *v,
                                       float sigma, int warmed_up, sn_stream_t stream);
 
-/* Draw u and v afresh from `seed`, set σ = 1/σ = 0 and clear the warm-up flag. Blocks. */
+/* Draw u and v afresh from `seed`, set σ = 1/σ = scale = 0 and clear the warm-up flag. Blocks. */
 SN_API sn_status_t sn_layer_reset(sn_layer_t *layer, uint64_t seed, sn_stream_t stream);
 
 #ifdef __cplusplus

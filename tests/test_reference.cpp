@@ -27,7 +27,7 @@ double power_sigma(const std::vector<float> &W, int64_t h, int64_t w, int iters,
   std::vector<double> u = to_double(rng.normals(h)), v = to_double(rng.normals(w));
   const sn_view_t vw{1, h, w};
   double sigma = 0;
-  for (int k = 0; k < iters; ++k) sigma = sn_ref_iterate(W.data(), vw, u.data(), v.data(), 1e-12, order);
+  for (int k = 0; k < iters; ++k) sigma = sn_ref_iterate(W.data(), SN_DTYPE_FLOAT32, vw, u.data(), v.data(), 1e-12, order);
   return sigma;
 }
 
@@ -119,7 +119,7 @@ TEST(Reference, KnownCases) {
     const int64_t h = 4, w = 3;
     std::vector<float> W(static_cast<size_t>(h * w), 0.f);
     std::vector<double> u = to_double(rng.normals(h)), v = to_double(rng.normals(w));
-    const double sigma = sn_ref_iterate(W.data(), sn_view_t{1, h, w}, u.data(), v.data(), 1e-12,
+    const double sigma = sn_ref_iterate(W.data(), SN_DTYPE_FLOAT32, sn_view_t{1, h, w}, u.data(), v.data(), 1e-12,
                                         SN_ORDER_U_FIRST);
     EXPECT_EQ(sigma, 0.0);
     for (double x : u) EXPECT_EQ(x, 0.0);
@@ -144,10 +144,10 @@ TEST(Reference, ViewEqualsExplicitPermutation) {
       for (int64_t b = 0; b < 14; ++b) P[static_cast<size_t>(i * 42 + a * 14 + b)] = W[static_cast<size_t>((a * 5 + i) * 14 + b)];
   std::vector<double> x = to_double(rng.normals(42)), y = to_double(rng.normals(5));
   std::vector<double> t1(5), t2(5), s1(42), s2(42);
-  sn_ref_matvec(W.data(), vw, x.data(), t1.data());
-  sn_ref_matvec(P.data(), sn_view_t{1, 5, 42}, x.data(), t2.data());
-  sn_ref_matvec_t(W.data(), vw, y.data(), s1.data());
-  sn_ref_matvec_t(P.data(), sn_view_t{1, 5, 42}, y.data(), s2.data());
+  sn_ref_matvec(W.data(), SN_DTYPE_FLOAT32, vw, x.data(), t1.data());
+  sn_ref_matvec(P.data(), SN_DTYPE_FLOAT32, sn_view_t{1, 5, 42}, x.data(), t2.data());
+  sn_ref_matvec_t(W.data(), SN_DTYPE_FLOAT32, vw, y.data(), s1.data());
+  sn_ref_matvec_t(P.data(), SN_DTYPE_FLOAT32, sn_view_t{1, 5, 42}, y.data(), s2.data());
   for (int k = 0; k < 5; ++k) EXPECT_NEAR(t1[static_cast<size_t>(k)], t2[static_cast<size_t>(k)], 1e-12);
   for (int k = 0; k < 42; ++k) EXPECT_NEAR(s1[static_cast<size_t>(k)], s2[static_cast<size_t>(k)], 1e-12);
 }

@@ -1,0 +1,181 @@
+// The backward of W_sn = (W / d) · γ (SPEC.md, "Backward"), with the u, v, σ and scale of the last
+// forward: ∂L/∂W = a·G − b·P⁻¹(u vᵀ), a = scale, b = a·⟨G, W⟩ / σ when σ is not detached and d
+// depends on σ (no norm bound, or σ above it), else 0; ∂L/∂γ = ⟨G, W⟩ / d.
+//
+// Kernel 1, inner: ⟨G, W⟩ with a grid-stride loop and one partial per block; the last block to
+//   finish adds the partials in block order. Bytes: 2·numel·sizeof(T).
+// Kernel 2, apply: dW = a·G − b·u_i·v_col (+ dW when accumulating). Rows of W's view layout
+//   ([A][h][B], row r = a·h + i, B contiguous elements) are spread over the blocks when B >= 32, so
+//   u_i is one load per row and v is read contiguously; narrower rows use an element loop with
+//   integer division. Bytes: numel·sizeof(T) read of G, written of dW (+ read when accumulating).
+// Launches: 2, or 1 when σ is detached and ∂L/∂γ is not asked for.
+#include "kernels.h"
+#include "sn_device.cuh"
+#include "sn_types.cuh"
+
+namespace sn {
+namespace {
+
+struct InnerParams {
+  const void *G, *W;
+  int64_t n;
+  float *part;
+  unsigned *counter;
+  float *scal;
+};
+
+template <bool V4, class T>
+__global__ void __launch_bounds__(kBlock) inner_kernel(InnerParams p) {
+  const T *G = static_cast<const T *>(p.G), *W = static_cast<const T *>(p.W);
+  const int64_t tid = (int64_t)blockIdx.x * kBlock + threadIdx.x;
+  const int64_t stride = (int64_t)gridDim.x * kBlock;
+  float acc = 0.f;
+  int64_t k0 = 0;
+  if (V4) {
+    const int64_t n4 = p.n / 4;
+    for (int64_t k = tid; k < n4; k += stride) {
+      const float4 g = Vec4<T>::load(G + 4 * k), w = Vec4<T>::load(W + 4 * k);
+      acc = fmaf(g.x, w.x, acc);
+      acc = fmaf(g.y, w.y, acc);
+      acc = fmaf(g.z, w.z, acc);
+      acc = fmaf(g.w, w.w, acc);
+    }
+    k0 = n4 * 4;
+  }
+  for (int64_t k = k0 + tid; k < p.n; k += stride) acc = fmaf(to_f(G[k]), to_f(W[k]), acc);
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) p.part[blockIdx.x] = acc;
+  if (!last_block_to_arrive(p.counter, gridDim.x)) return;
+  float tot = 0.f;
+  for (int k = threadIdx.x; k < (int)gridDim.x; k += kBlock) tot += __ldcg(&p.part[k]);
+  tot = block_sum(tot);
+  if (threadIdx.x == 0) p.scal[SN_SCAL_GW] = tot;
+}
+
+struct ApplyParams {
+  const void *G;
+  void *dW;
+  int64_t A, h, B;
+  const float *u, *v, *sigma, *scal, *gamma;
+  float norm_bound;
+  bool accumulate, detach, have_gw;
+  float *dgamma;
+};
+
+// a and b of the formula above, from the state and ⟨G, W⟩.
+struct Coefs {
+  float a, b;
+};
+
+__device__ __forceinline__ Coefs coefs(const ApplyParams &p) {
+  const float sig = p.sigma[0];
+  if (!(sig > 0.f)) return {0.f, 0.f};
+  const float a = p.sigma[2];
+  const bool depends = !p.detach && !(p.norm_bound > 0.f && sig <= p.norm_bound);
+  return {a, depends ? a * p.scal[SN_SCAL_GW] / sig : 0.f};
+}
+
+template <class T>
+__device__ __forceinline__ float apply1(const ApplyParams &p, const T *G, T *dW, int64_t k, Coefs c,
+                                        float uv) {
+  float x = c.a * to_f(G[k]) - c.b * uv;
+  if (p.accumulate) x += to_f(dW[k]);
+  return x;
+}
+
+template <bool V4, class T>
+__global__ void __launch_bounds__(kBlock) apply_rows_kernel(ApplyParams p) {
+  const T *G = static_cast<const T *>(p.G);
+  T *dW = static_cast<T *>(p.dW);
+  const Coefs c = coefs(p);
+  if (blockIdx.x == 0 && threadIdx.x == 0 && p.dgamma) {
+    const float sig = p.sigma[0];
+    const float d = p.norm_bound > 0.f ? fmaxf(1.f, sig / p.norm_bound) : sig;
+    *p.dgamma = sig > 0.f && p.have_gw ? p.scal[SN_SCAL_GW] / d : 0.f;
+  }
+  const int64_t rows = p.A * p.h;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int64_t a = r / p.h, i = r - a * p.h;
+    const float ui = p.u[i];
+    const float *v = p.v + a * p.B;
+    T *drow = dW + r * p.B;
+    const T *grow = G + r * p.B;
+    int64_t b0 = 0;
+    if (V4) {
+      const int64_t n4 = p.B / 4;
+      for (int64_t q = threadIdx.x; q < n4; q += kBlock) {
+        const float4 g = Vec4<T>::load(grow + 4 * q);
+        const float4 vv = *reinterpret_cast<const float4 *>(v + 4 * q);
+        float4 x = make_float4(c.a * g.x - c.b * (ui * vv.x), c.a * g.y - c.b * (ui * vv.y),
+                               c.a * g.z - c.b * (ui * vv.z), c.a * g.w - c.b * (ui * vv.w));
+        if (p.accumulate) {
+          const float4 o = Vec4<T>::load(drow + 4 * q);
+          x.x += o.x;
+          x.y += o.y;
+          x.z += o.z;
+          x.w += o.w;
+        }
+        Vec4<T>::store(drow + 4 * q, x);
+      }
+      b0 = n4 * 4;
+    }
+    for (int64_t b = b0 + threadIdx.x; b < p.B; b += kBlock)
+      drow[b] = from_f<T>(apply1(p, grow, drow, b, c, ui * v[b]));
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kBlock) apply_elements_kernel(ApplyParams p) {
+  const T *G = static_cast<const T *>(p.G);
+  T *dW = static_cast<T *>(p.dW);
+  const Coefs c = coefs(p);
+  if (blockIdx.x == 0 && threadIdx.x == 0 && p.dgamma) {
+    const float sig = p.sigma[0];
+    const float d = p.norm_bound > 0.f ? fmaxf(1.f, sig / p.norm_bound) : sig;
+    *p.dgamma = sig > 0.f && p.have_gw ? p.scal[SN_SCAL_GW] / d : 0.f;
+  }
+  const int64_t n = p.A * p.h * p.B;
+  for (int64_t k = (int64_t)blockIdx.x * kBlock + threadIdx.x; k < n; k += (int64_t)gridDim.x * kBlock) {
+    const int64_t r = k / p.B, b = k - r * p.B;
+    const int64_t a = r / p.h, i = r - a * p.h;
+    dW[k] = from_f<T>(apply1(p, G, dW, k, c, p.u[i] * p.v[a * p.B + b]));
+  }
+}
+
+}  // namespace
+}  // namespace sn
+
+extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *a,
+                                sn_stream_t stream_handle) {
+  using namespace sn;
+  const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  const sn_cuda_plan_t &P = *plan;
+  const bool need_gw = !a->detach_sigma || a->dgamma;
+  auto run = [&](auto zero) -> cudaError_t {
+    using T = decltype(zero);
+    if (need_gw) {
+      InnerParams ip{a->G, a->W, a->numel, P.bw_part, P.counters + P.p2_tiles + 3, P.scal};
+      if (vec4_aligned<T>(a->G) && vec4_aligned<T>(a->W))
+        inner_kernel<true, T><<<P.div_blocks, kBlock, 0, stream>>>(ip);
+      else
+        inner_kernel<false, T><<<P.div_blocks, kBlock, 0, stream>>>(ip);
+      cudaError_t e = cudaGetLastError();
+      if (e != cudaSuccess) return e;
+    }
+    ApplyParams ap{a->G, a->dW, P.view.A, P.view.h, P.view.B, a->u, a->v, a->sigma, P.scal,
+                   P.gamma, P.norm_bound, a->accumulate != 0, a->detach_sigma != 0, need_gw,
+                   a->dgamma};
+    const int64_t rows = P.view.A * P.view.h;
+    if (P.view.B >= 32) {
+      const unsigned blocks = (unsigned)(rows < 16LL * P.sm_count * 8 ? rows : 16LL * P.sm_count * 8);
+      if (P.view.B % 4 == 0 && vec4_aligned<T>(a->G) && vec4_aligned<T>(a->dW))
+        apply_rows_kernel<true, T><<<blocks, kBlock, 0, stream>>>(ap);
+      else
+        apply_rows_kernel<false, T><<<blocks, kBlock, 0, stream>>>(ap);
+    } else {
+      apply_elements_kernel<T><<<P.div_blocks, kBlock, 0, stream>>>(ap);
+    }
+    return cudaGetLastError();
+  };
+  return (int)SN_DISPATCH_DTYPE(P.dtype, run);
+}

@@ -1,0 +1,76 @@
+/* float16 and bfloat16 on the host: exact widening to float and round-to-nearest-even narrowing,
+ * the same results as CUDA's __half2float / __float2half_rn and their bfloat16 twins. */
+#include <string.h>
+
+#include "sn_reference.h"
+
+static uint32_t bits_of(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+
+static float float_of(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+float sn_bf16_to_float(uint16_t h) { return float_of((uint32_t)h << 16); }
+
+uint16_t sn_float_to_bf16(float f) {
+  uint32_t u = bits_of(f);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN */
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+float sn_half_to_float(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
+  if (exp == 0x1Fu) return float_of(sign | 0x7F800000u | (man << 13)); /* inf, NaN */
+  if (exp != 0) return float_of(sign | ((exp + 112u) << 23) | (man << 13));
+  if (man == 0) return float_of(sign);
+  /* subnormal: man · 2^-24, exact in float */
+  const float mag = (float)man * 5.9604644775390625e-8f;
+  return sign ? -mag : mag;
+}
+
+uint16_t sn_float_to_half(float f) {
+  const uint32_t u = bits_of(f);
+  const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7FFFFFFFu;
+  if (a > 0x7F800000u) return (uint16_t)(sign | 0x7E00u | ((a >> 13) & 0x3FFu)); /* NaN */
+  if (a >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u); /* rounds to >= 65520: inf */
+  if (a >= 0x38800000u) {                                  /* normal half */
+    uint32_t r = a - 0x38000000u;                          /* rebias exponent 127 -> 15 */
+    r += 0xFFFu + ((r >> 13) & 1u);
+    return (uint16_t)(sign | (r >> 13));
+  }
+  if (a < 0x33000000u) return sign; /* below half the smallest subnormal (2^-25): ±0 */
+  /* subnormal half: value / 2^-24 rounded to nearest even */
+  const uint32_t e = a >> 23, m = (a & 0x7FFFFFu) | 0x800000u;
+  const uint32_t shift = 126u - e; /* m · 2^(e-150) / 2^-24 = m >> (126 - e) */
+  uint32_t q = m >> shift;
+  const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+  if (rem > half || (rem == half && (q & 1u))) ++q;
+  return (uint16_t)(sign | q);
+}
+
+size_t sn_dtype_size(sn_dtype_t t) { return t == SN_DTYPE_FLOAT32 ? 4 : 2; }
+
+float sn_load(const void *p, sn_dtype_t t, int64_t k) {
+  switch (t) {
+    case SN_DTYPE_FLOAT16: return sn_half_to_float(((const uint16_t *)p)[k]);
+    case SN_DTYPE_BFLOAT16: return sn_bf16_to_float(((const uint16_t *)p)[k]);
+    default: return ((const float *)p)[k];
+  }
+}
+
+void sn_store(void *p, sn_dtype_t t, int64_t k, float x) {
+  switch (t) {
+    case SN_DTYPE_FLOAT16: ((uint16_t *)p)[k] = sn_float_to_half(x); break;
+    case SN_DTYPE_BFLOAT16: ((uint16_t *)p)[k] = sn_float_to_bf16(x); break;
+    default: ((float *)p)[k] = x; break;
+  }
+}
