@@ -18,7 +18,7 @@ struct CommitParams {
   const float *t, *s, *scal;
   int64_t h, w;
   int slot;
-  bool commit_uv;
+  Commit what;
   float norm_bound;
   const float *gamma;
 };
@@ -34,10 +34,13 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   const int64_t tid = (int64_t)blockIdx.x * kBlock + threadIdx.x;
   const int64_t stride = (int64_t)gridDim.x * kBlock;
 
-  if (good && p.commit_uv) {
+  if (good && p.what == Commit::kVectors) {
     const float m_t = p.scal[SN_SCAL_M_T], m_s = p.scal[SN_SCAL_M_S];
     for (int64_t i = tid; i < p.h; i += stride) p.u[i] = p.t[i] / m_t;
     for (int64_t j = tid; j < p.w; j += stride) p.v[j] = p.s[j] / m_s;
+  } else if (good && p.what == Commit::kOneD) {
+    for (int64_t i = tid; i < p.h; i += stride) p.u[i] = p.t[i] / sig_new;
+    if (tid == 0) p.v[0] = 1.f;
   }
   if (tid == 0) {
     if (good) {
@@ -70,9 +73,9 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
 }  // namespace
 
 cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forward_args_t &a,
-                                 int sigma_slot, bool commit_uv, cudaStream_t stream) {
+                                 int sigma_slot, Commit what, cudaStream_t stream) {
   CommitParams p{a.W, a.W_sn, a.numel, a.u, a.v, a.sigma, plan.t, plan.s, plan.scal,
-                 plan.view.h, plan.view.A * plan.view.B, sigma_slot, commit_uv,
+                 plan.view.h, plan.view.A * plan.view.B, sigma_slot, what,
                  plan.norm_bound, plan.gamma};
   auto run = [&](auto zero) -> cudaError_t {
     using T = decltype(zero);

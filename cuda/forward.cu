@@ -129,7 +129,7 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
 
   if (a->is_1d) {
     SN_TRY(sn::launch_matvec(P, a->W, nullptr, nullptr, TMode::kNorm1D, nullptr, nullptr, stream));
-    SN_TRY(sn::launch_commit_divide(P, *a, SN_SCAL_SIG_1D, false, stream));
+    SN_TRY(sn::launch_commit_divide(P, *a, SN_SCAL_SIG_1D, sn::Commit::kOneD, stream));
     return 0;
   }
 
@@ -162,6 +162,7 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
     SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kDot, u, u_div, stream));
     slot = SN_SCAL_SIG_DOT;
   }
-  SN_TRY(sn::launch_commit_divide(P, *a, slot, iters > 0, stream));
+  SN_TRY(sn::launch_commit_divide(P, *a, slot, iters > 0 ? sn::Commit::kVectors : sn::Commit::kSigma,
+                                  stream));
   return 0;
 }

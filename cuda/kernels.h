@@ -11,7 +11,7 @@ namespace sn {
 enum class TMode {
   kNormalize,  // write t (unnormalized), scal[M_T] = max(‖t‖, eps), scal[SIG_T] = ‖t‖²/max(‖t‖, eps)
   kDot,        // scal[SIG_DOT] = Σ u_i t_i (the eval σ); t is not written
-  kNorm1D,     // scal[SIG_1D] = max(‖t‖, eps) with x = ones (a 1-D weight's norm)
+  kNorm1D,     // write t, scal[SIG_1D] = max(‖t‖, eps) with x = ones (a 1-D weight's norm)
 };
 
 // W's element type is plan.dtype.
@@ -24,10 +24,16 @@ cudaError_t launch_matvec(const sn_cuda_plan_t &plan, const void *W, const float
 cudaError_t launch_matvec_t(const sn_cuda_plan_t &plan, const void *W, const float *y,
                             const float *y_div, cudaStream_t stream);
 
-// Commit the new state if σ = scal[sigma_slot] is finite and > 0 (u = t / scal[M_T] and
-// v = s / scal[M_S] when commit_uv), then W_sn = W / σ_effective (W_sn may be NULL).
+// What the commit-and-divide launch stores when σ is usable.
+enum class Commit {
+  kSigma,     // σ only (eval)
+  kVectors,   // σ, u = t / scal[M_T], v = s / scal[M_S]
+  kOneD,      // σ, u = t / σ (= W / max(‖W‖, eps)), v = 1: what a 1-D weight's backward uses
+};
+
+// Commit the new state if σ = scal[sigma_slot] is finite and > 0, then write W_sn (may be NULL).
 cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forward_args_t &args,
-                                 int sigma_slot, bool commit_uv, cudaStream_t stream);
+                                 int sigma_slot, Commit what, cudaStream_t stream);
 
 // One-pass iteration (cuda/one_pass.cu): t = M (x / *x_div) and s = Mᵀ t / max(‖t‖, eps) with one
 // read of W, writing the same scratch and scalars as launch_matvec + launch_matvec_t. 2 launches.

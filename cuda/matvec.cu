@@ -86,7 +86,7 @@ __device__ void finish_matvec(const MatvecParams &p, int slices) {
     float t = 0.f;
     for (int y = 0; y < slices; ++y) t += __ldcg(&p.part[(int64_t)y * p.h + i]);
     t *= rx;
-    if (p.mode == TMode::kNormalize) p.t[i] = t;
+    if (p.mode != TMode::kDot) p.t[i] = t;
     if (p.mode == TMode::kDot) dot = fmaf(p.u[i] * ru, t, dot);
     sq = fmaf(t, t, sq);
   }

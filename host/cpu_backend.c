@@ -37,7 +37,10 @@ void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
   const float sig_new = (float)sigma;
   const int good = isfinite(sig_new) && sig_new > 0.0f;
   if (good) {
-    if (iters > 0) {
+    if (args->is_1d) { /* u = W / max(‖W‖, eps) and v = 1: what the backward of N(W) needs */
+      for (int64_t i = 0; i < h; ++i) args->u[i] = (float)((double)sn_load(args->W, dt, i) / (double)sig_new);
+      args->v[0] = 1.0f;
+    } else if (iters > 0) {
       for (int64_t i = 0; i < h; ++i) args->u[i] = (float)u[i];
       for (int64_t j = 0; j < w; ++j) args->v[j] = (float)v[j];
     }

@@ -158,7 +158,8 @@ SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_
  *   training != 0: run n_power_iterations updates of u and v in place, then set σ.
  *   training == 0: keep u and v, recompute σ = uᵀ M v from them (W may have changed).
  * The first forward of a layer (either mode) first runs warmup_iterations updates, as PyTorch
- * does at construction. A 1-D weight gets W_sn = W / max(‖W‖, eps) exactly, σ = max(‖W‖, eps).
+ * does at construction. A 1-D weight gets W_sn = W / max(‖W‖, eps) exactly, σ = max(‖W‖, eps),
+ * and, in either mode, u = W / σ and v = 1 (so the backward is that of PyTorch's F.normalize).
  * W and W_sn: W's shape and dtype, contiguous, in the backend's memory (device memory for a
  * CUDA layer). They may be the same buffer (in place) but must not otherwise overlap.
  * Scaled variants: with a norm bound c (desc.norm_bound), W_sn = W / max(1, σ / c); with γ bound

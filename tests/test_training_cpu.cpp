@@ -329,3 +329,34 @@ TEST(Backward, TrainingStepsFollowTheReference) {
   }
   EXPECT_LT(last, first);
 }
+
+// A 1-D weight: W_sn = W / ‖W‖, and the backward is the full gradient of that normalization
+// (what autograd gives for PyTorch's F.normalize), checked by central differences.
+TEST(Backward, OneDimensionalWeightMatchesFiniteDifferences) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const int64_t n = 17;
+  std::vector<float> W = rng.normals(n), C = rng.normals(n), out(W.size()), dW(W.size());
+  LayerPtr l(make_desc({n}, SN_BACKEND_CPU));
+  for (int training : {1, 0}) {
+    ASSERT_EQ(sn_forward(l, W.data(), out.data(), training, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_backward(l, W.data(), C.data(), dW.data(), 0, nullptr, nullptr), SN_SUCCESS);
+    auto f = [&](const std::vector<double> &w) {
+      double nn = 0, dot = 0;
+      for (size_t k = 0; k < w.size(); ++k) {
+        nn += w[k] * w[k];
+        dot += C[k] * w[k];
+      }
+      return dot / std::sqrt(nn);
+    };
+    const std::vector<double> Wd = to_double(W);
+    for (size_t k = 0; k < Wd.size(); ++k) {
+      std::vector<double> wp = Wd, wm = Wd;
+      wp[k] += 1e-6;
+      wm[k] -= 1e-6;
+      EXPECT_NEAR(dW[k], (f(wp) - f(wm)) / 2e-6, 2e-6) << k;
+    }
+    for (auto &x : W) x += 0.1f * rng.normal();
+  }
+}

@@ -1,0 +1,323 @@
+// Training-loop entry points on CUDA layers against the CPU backend: fp16 / bf16 weights, the
+// backward in every layout and with every flag, the scale-only forward, γ and the norm bound,
+// and a whole step captured in a CUDA graph. Every test skips with a message without a GPU.
+#include <cuda_runtime.h>
+
+#include "test_util.h"
+
+using namespace sntest;
+
+namespace {
+
+std::string gpu_missing_reason() {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "no CUDA device (cudaGetDeviceCount: error " + std::to_string(int(e)) + ", " +
+           cudaGetErrorString(e) + ")";
+  }
+  return count == 0 ? "no CUDA device (cudaGetDeviceCount returned 0)" : "";
+}
+
+#define REQUIRE_GPU()                                                \
+  do {                                                               \
+    const std::string why_ = gpu_missing_reason();                   \
+    if (!why_.empty()) GTEST_SKIP() << why_ << ": GPU test skipped"; \
+  } while (0)
+
+const char *dtype_name(sn_dtype_t t) {
+  return t == SN_DTYPE_FLOAT16 ? "fp16" : t == SN_DTYPE_BFLOAT16 ? "bf16" : "fp32";
+}
+
+// Relative size of one unit in the last place of the type (for tolerances on rounded outputs).
+double ulp(sn_dtype_t t) { return t == SN_DTYPE_FLOAT16 ? 1.0 / 1024 : t == SN_DTYPE_BFLOAT16 ? 1.0 / 128 : 1.2e-7; }
+
+// Host and device copies of a tensor of `dt`, offset by `offset` elements inside the device buffer.
+struct Tensor {
+  sn_dtype_t dt;
+  int64_t n;
+  std::vector<uint8_t> host;
+  uint8_t *base = nullptr;
+  void *dev = nullptr;
+  Tensor(sn_dtype_t t, int64_t count, int offset = 0) : dt(t), n(count), host(static_cast<size_t>(count) * sn_dtype_size(t)) {
+    EXPECT_EQ(cudaMalloc(&base, (static_cast<size_t>(count) + static_cast<size_t>(offset) + 1) * sn_dtype_size(t)), cudaSuccess);
+    dev = base + static_cast<size_t>(offset) * sn_dtype_size(t);
+  }
+  ~Tensor() { cudaFree(base); }
+  Tensor(const Tensor &) = delete;
+  Tensor &operator=(const Tensor &) = delete;
+  void set(const std::vector<float> &x) {
+    for (size_t k = 0; k < x.size(); ++k) sn_store(host.data(), dt, int64_t(k), x[k]);
+    upload();
+  }
+  void upload() { EXPECT_EQ(cudaMemcpy(dev, host.data(), host.size(), cudaMemcpyHostToDevice), cudaSuccess); }
+  std::vector<float> download_floats() const {
+    std::vector<uint8_t> h(host.size());
+    EXPECT_EQ(cudaMemcpy(h.data(), dev, h.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    std::vector<float> out(static_cast<size_t>(n));
+    for (int64_t k = 0; k < n; ++k) out[static_cast<size_t>(k)] = sn_load(h.data(), dt, k);
+    return out;
+  }
+  std::vector<float> host_floats() const {
+    std::vector<float> out(static_cast<size_t>(n));
+    for (int64_t k = 0; k < n; ++k) out[static_cast<size_t>(k)] = sn_load(host.data(), dt, k);
+    return out;
+  }
+  void poison() { EXPECT_EQ(cudaMemset(dev, 0xFF, host.size()), cudaSuccess); }
+};
+
+// max |a - b| over max(|b|): a relative error of the whole tensor.
+double rel_err(const std::vector<float> &a, const std::vector<float> &b) {
+  return max_abs_diff(a, b) / std::max(1e-30, max_abs(b));
+}
+
+struct DtCase {
+  std::vector<int64_t> shape;
+  int dim;
+  sn_dtype_t dt;
+  sn_algo_t algo;
+};
+
+int64_t numel_of(const std::vector<int64_t> &s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+}  // namespace
+
+TEST(GpuTraining, HalfWeightsMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  for (const DtCase &c : {DtCase{{4096, 4096}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_DEFAULT},
+                          DtCase{{1000, 4100}, 0, SN_DTYPE_FLOAT16, SN_ALGO_ONE_PASS},
+                          DtCase{{700, 16384}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_ONE_PASS},
+                          DtCase{{300, 517}, 1, SN_DTYPE_BFLOAT16, SN_ALGO_DEFAULT},
+                          DtCase{{5, 7, 2}, -1, SN_DTYPE_FLOAT16, SN_ALGO_DEFAULT},
+                          DtCase{{1, 1000}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_DEFAULT},
+                          DtCase{{100000}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_DEFAULT},
+                          DtCase{{128, 128, 3, 3}, 0, SN_DTYPE_FLOAT16, SN_ALGO_TWO_PASS}}) {
+    SCOPED_TRACE(shape_str(c.shape) + " dim " + std::to_string(c.dim) + " " + dtype_name(c.dt));
+    sn_layer_desc_t dg = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
+    dg.dtype = c.dt;
+    dg.algo = c.algo;
+    dg.seed = rng.gen();
+    sn_layer_desc_t dc = dg;
+    dc.backend = SN_BACKEND_CPU;
+    LayerPtr g(dg), cpu(dc);
+    ASSERT_TRUE(g.p && cpu.p);
+    const int64_t n = numel_of(c.shape);
+    Tensor W(c.dt, n), out(c.dt, n);
+    std::vector<float> w32 = rng.normals(n, 1.f / std::sqrt(float(n)));
+    std::vector<uint8_t> out_cpu(W.host.size());
+    for (int step = 0; step < 3; ++step) {
+      for (auto &x : w32) x += 0.01f * rng.normal() / std::sqrt(float(n));
+      W.set(w32);
+      out.poison();
+      const int training = step < 2;
+      ASSERT_EQ(sn_forward(g, W.dev, out.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(cpu, W.host.data(), out_cpu.data(), training, nullptr), SN_SUCCESS);
+      const State sg = get_state(g), sc = get_state(cpu);
+      EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5);
+      EXPECT_LT(max_abs_diff(sg.u, sc.u), 2e-5);
+      EXPECT_LT(max_abs_diff(sg.v, sc.v), 2e-5);
+      // W_sn: both round W / σ once to the type; σ differs by ~1e-6, so at most one unit apart.
+      const std::vector<float> og = out.download_floats();
+      std::vector<float> oc(og.size());
+      for (size_t k = 0; k < oc.size(); ++k) oc[k] = sn_load(out_cpu.data(), c.dt, int64_t(k));
+      for (size_t k = 0; k < oc.size(); ++k)
+        ASSERT_LE(std::fabs(og[k] - oc[k]), ulp(c.dt) * std::fabs(oc[k]) * 1.01 + 1e-30) << k;
+    }
+  }
+}
+
+struct BwCase {
+  std::vector<int64_t> shape;
+  int dim;
+  sn_dtype_t dt;
+  unsigned flags;
+  bool gamma;
+  float bound_rel;  // norm bound as a multiple of σ, 0: none
+  int offset;       // elements by which G and dW are misaligned
+};
+
+TEST(GpuTraining, BackwardMatchesTheCpuBackend) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const BwCase cases[] = {
+      {{4096, 4096}, 0, SN_DTYPE_FLOAT32, 0, false, 0.f, 0},
+      {{1000, 4099}, 0, SN_DTYPE_FLOAT32, SN_BACKWARD_ACCUMULATE, false, 0.f, 0},
+      {{257, 1024}, 0, SN_DTYPE_FLOAT32, 0, false, 0.f, 1},
+      {{300, 517}, 1, SN_DTYPE_FLOAT32, 0, false, 0.f, 0},
+      {{4, 6, 3, 3}, 1, SN_DTYPE_FLOAT32, SN_BACKWARD_ACCUMULATE, false, 0.f, 0},
+      {{5, 7, 2}, -1, SN_DTYPE_FLOAT32, 0, false, 0.f, 0},
+      {{64, 48}, 0, SN_DTYPE_FLOAT32, SN_BACKWARD_DETACH_SIGMA, false, 0.f, 0},
+      {{64, 48}, 0, SN_DTYPE_FLOAT32, 0, true, 0.f, 0},
+      {{64, 48}, 0, SN_DTYPE_FLOAT32, 0, false, 0.5f, 0},
+      {{64, 48}, 0, SN_DTYPE_FLOAT32, 0, false, 2.f, 0},
+      {{2048, 2048}, 0, SN_DTYPE_BFLOAT16, 0, true, 0.f, 0},
+      {{512, 1152}, 0, SN_DTYPE_FLOAT16, SN_BACKWARD_ACCUMULATE, false, 0.f, 0},
+      {{96, 48, 4, 4}, 1, SN_DTYPE_BFLOAT16, 0, false, 0.f, 0},
+      {{1000}, 0, SN_DTYPE_FLOAT32, 0, false, 0.f, 0},
+  };
+  for (const BwCase &c : cases) {
+    SCOPED_TRACE(shape_str(c.shape) + " dim " + std::to_string(c.dim) + " " + dtype_name(c.dt) +
+                 " flags " + std::to_string(c.flags) + (c.gamma ? " gamma" : "") + " bound " +
+                 std::to_string(c.bound_rel) + " offset " + std::to_string(c.offset));
+    const int64_t n = numel_of(c.shape);
+    sn_layer_desc_t dg = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
+    dg.dtype = c.dt;
+    LayerPtr probe(dg);  // for σ, to place the norm bound
+    Tensor W(c.dt, n), G(c.dt, n, c.offset), dW(c.dt, n, c.offset), Wsn(c.dt, n);
+    W.set(rng.normals(n, 1.f / std::sqrt(float(n))));
+    ASSERT_EQ(sn_forward(probe, W.dev, Wsn.dev, 1, nullptr), SN_SUCCESS);
+    dg.norm_bound = c.bound_rel * get_state(probe).sigma;
+    sn_layer_desc_t dc = dg;
+    dc.backend = SN_BACKEND_CPU;
+    LayerPtr g(dg), cpu(dc);
+    float *d_gamma = nullptr, *d_dgamma = nullptr, h_gamma = 1.75f, h_dgamma = 0.f;
+    if (c.gamma) {
+      ASSERT_EQ(cudaMalloc(&d_gamma, 8), cudaSuccess);
+      d_dgamma = d_gamma + 1;
+      ASSERT_EQ(cudaMemcpy(d_gamma, &h_gamma, 4, cudaMemcpyHostToDevice), cudaSuccess);
+      ASSERT_EQ(sn_layer_set_gamma(g, d_gamma), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_set_gamma(cpu, &h_gamma), SN_SUCCESS);
+    }
+    ASSERT_EQ(sn_forward(g, W.dev, Wsn.dev, 1, nullptr), SN_SUCCESS);
+    // The CPU layer gets the GPU's state, so only the backward is compared.
+    const State s = get_state(g);
+    ASSERT_EQ(sn_layer_set_state(cpu, s.u.data(), s.v.data(), s.sigma, 1, nullptr), SN_SUCCESS);
+    std::vector<uint8_t> wsn_cpu(W.host.size());
+    ASSERT_EQ(sn_forward(cpu, W.host.data(), wsn_cpu.data(), 0, nullptr), SN_SUCCESS);  // sets its scale
+    ASSERT_EQ(sn_layer_set_state(cpu, s.u.data(), s.v.data(), s.sigma, 1, nullptr), SN_SUCCESS);
+    float scale_g = 0, scale_c = 0;
+    ASSERT_EQ(sn_layer_get_scale(g, &scale_g, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_layer_get_scale(cpu, &scale_c, nullptr), SN_SUCCESS);
+    G.set(rng.normals(n));
+    dW.set(rng.normals(n));  // the accumulation target
+    std::vector<uint8_t> dw_cpu = dW.host;
+    ASSERT_EQ(sn_backward(g, W.dev, G.dev, dW.dev, c.flags, d_dgamma, nullptr), SN_SUCCESS)
+        << sn_last_error_message();
+    ASSERT_EQ(sn_backward(cpu, W.host.data(), G.host.data(), dw_cpu.data(), c.flags,
+                          c.gamma ? &h_dgamma : nullptr, nullptr),
+              SN_SUCCESS);
+    const std::vector<float> got = dW.download_floats();
+    std::vector<float> want(got.size());
+    for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(dw_cpu.data(), c.dt, int64_t(k));
+    EXPECT_LT(rel_err(got, want), c.dt == SN_DTYPE_FLOAT32 ? 1e-5 : 2 * ulp(c.dt));
+    if (c.gamma) {
+      float dgamma = 0;
+      ASSERT_EQ(cudaMemcpy(&dgamma, d_dgamma, 4, cudaMemcpyDeviceToHost), cudaSuccess);
+      EXPECT_NEAR(dgamma / h_dgamma, 1.0, c.dt == SN_DTYPE_FLOAT32 ? 1e-4 : 1e-3);
+      cudaFree(d_gamma);
+    }
+  }
+}
+
+TEST(GpuTraining, ScaleOnlyForwardEqualsForward) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  for (const auto &shape : {std::vector<int64_t>{2048, 1024}, std::vector<int64_t>{64, 3, 3, 3}}) {
+    sn_layer_desc_t d = make_desc(shape, SN_BACKEND_CUDA);
+    LayerPtr full(d), only(d);
+    const int64_t n = numel_of(shape);
+    Tensor W(SN_DTYPE_FLOAT32, n), out(SN_DTYPE_FLOAT32, n);
+    for (int step = 0; step < 3; ++step) {
+      W.set(rng.normals(n));
+      ASSERT_EQ(sn_forward(full, W.dev, out.dev, step < 2, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_forward_scale_only(only, W.dev, step < 2, nullptr), SN_SUCCESS);
+      EXPECT_TRUE(same_state(get_state(full), get_state(only)));
+      float scale = 0, inv = 0;
+      ASSERT_EQ(sn_layer_get_scale(only, &scale, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_get_sigma(only, nullptr, &inv, nullptr), SN_SUCCESS);
+      EXPECT_EQ(scale, inv);
+    }
+  }
+}
+
+TEST(GpuTraining, GammaAndNormBoundMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const int64_t h = 1536, w = 1024;
+  std::vector<float> w32 = gapped_matrix(rng, h, w);
+  for (int variant = 0; variant < 3; ++variant) {
+    SCOPED_TRACE(variant == 0 ? "gamma" : variant == 1 ? "bound below sigma" : "bound above sigma");
+    sn_layer_desc_t dg = make_desc({h, w}, SN_BACKEND_CUDA);
+    if (variant == 1) dg.norm_bound = 1.5f;  // gapped_matrix has σ ≈ 4
+    if (variant == 2) dg.norm_bound = 100.f;
+    sn_layer_desc_t dc = dg;
+    dc.backend = SN_BACKEND_CPU;
+    LayerPtr g(dg), cpu(dc);
+    float *d_gamma = nullptr, h_gamma = 0.6f;
+    if (variant == 0) {
+      ASSERT_EQ(cudaMalloc(&d_gamma, 4), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(d_gamma, &h_gamma, 4, cudaMemcpyHostToDevice), cudaSuccess);
+      ASSERT_EQ(sn_layer_set_gamma(g, d_gamma), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_set_gamma(cpu, &h_gamma), SN_SUCCESS);
+    }
+    Tensor W(SN_DTYPE_FLOAT32, h * w), out(SN_DTYPE_FLOAT32, h * w);
+    W.set(w32);
+    std::vector<float> oc(static_cast<size_t>(h * w));
+    ASSERT_EQ(sn_forward(g, W.dev, out.dev, 1, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_forward(cpu, W.host.data(), oc.data(), 1, nullptr), SN_SUCCESS);
+    EXPECT_LT(rel_err(out.download_floats(), oc), 2e-6);
+    float sg = 0, sc = 0;
+    ASSERT_EQ(sn_layer_get_scale(g, &sg, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_layer_get_scale(cpu, &sc, nullptr), SN_SUCCESS);
+    EXPECT_NEAR(sg / sc, 1.0, 2e-6);
+    if (d_gamma) cudaFree(d_gamma);
+  }
+}
+
+TEST(GpuTraining, WholeStepInACudaGraph) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const int64_t h = 1024, w = 2048;
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
+  d.dtype = SN_DTYPE_BFLOAT16;
+  LayerPtr plain(d), graphed(d);
+  Tensor W(d.dtype, h * w), G(d.dtype, h * w), o1(d.dtype, h * w), o2(d.dtype, h * w),
+      d1(d.dtype, h * w), d2(d.dtype, h * w);
+  W.set(gapped_matrix(rng, h, w));
+  G.set(rng.normals(h * w));
+  cudaStream_t s;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(sn_layer_warmup(plain, W.dev, s), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_warmup(graphed, W.dev, s), SN_SUCCESS);
+  for (unsigned flags : {0u, unsigned(SN_BACKWARD_DETACH_SIGMA)}) {
+    cudaGraph_t graph;
+    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+    ASSERT_EQ(sn_backward(graphed, W.dev, G.dev, d2.dev, flags, nullptr, s), SN_SUCCESS);
+    ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+    size_t nodes = 0;
+    ASSERT_EQ(cudaGraphGetNodes(graph, nullptr, &nodes), cudaSuccess);
+    EXPECT_EQ(nodes, flags ? 1u : 2u) << "backward launches";
+    cudaGraphDestroy(graph);
+  }
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+  ASSERT_EQ(sn_forward(graphed, W.dev, o2.dev, 1, s), SN_SUCCESS);
+  ASSERT_EQ(sn_backward(graphed, W.dev, G.dev, d2.dev, SN_BACKWARD_ACCUMULATE, nullptr, s), SN_SUCCESS);
+  ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaMemsetAsync(d1.dev, 0, d1.host.size(), s), cudaSuccess);
+  ASSERT_EQ(cudaMemsetAsync(d2.dev, 0, d2.host.size(), s), cudaSuccess);
+  for (int k = 0; k < 3; ++k) {
+    ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+    ASSERT_EQ(sn_forward(plain, W.dev, o1.dev, 1, s), SN_SUCCESS);
+    ASSERT_EQ(sn_backward(plain, W.dev, G.dev, d1.dev, SN_BACKWARD_ACCUMULATE, nullptr, s), SN_SUCCESS);
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    EXPECT_TRUE(same_state(get_state(plain, s), get_state(graphed, s)));
+    EXPECT_TRUE(bitwise_equal(o1.download_floats(), o2.download_floats()));
+    EXPECT_TRUE(bitwise_equal(d1.download_floats(), d2.download_floats()));
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
+}
