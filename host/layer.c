@@ -347,6 +347,7 @@ static sn_status_t run_forward(sn_layer_t *l, const void *W, void *W_sn, int tra
     if (st != SN_SUCCESS) return st;
     sn__cpu_forward(l, &a);
     l->warmed_up = 1;
+    l->forwards += !warmup_only;
     return SN_SUCCESS;
   }
 
@@ -374,6 +375,7 @@ static sn_status_t run_forward(sn_layer_t *l, const void *W, void *W_sn, int tra
     return sn__cuda_fail(e, "launching the forward kernels");
   }
   l->warmed_up = 1;
+  l->forwards += !warmup_only;
   return SN_SUCCESS;
 }
 

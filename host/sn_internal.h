@@ -27,6 +27,7 @@ struct sn_layer {
   int64_t numel;
   int is_1d;
   int warmed_up;       /* host-side: the warm-up has been enqueued / run */
+  uint64_t forwards;   /* successful forwards enqueued (training and eval), for checkpoints */
 
   /* State, in the backend's memory: u[h], v[w] (16-byte aligned), sigma[3] = {σ, 1/σ, scale}. */
   float *u;

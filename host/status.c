@@ -27,6 +27,9 @@ static const struct {
     {"SN_ERROR_CUDA", "a CUDA runtime call failed"},
     {"SN_ERROR_NO_DEVICE", "a CUDA backend was requested but no usable GPU is present"},
     {"SN_ERROR_INVALID_STATE", "the call is not valid in the layer's current state"},
+    {"SN_ERROR_BAD_CHECKPOINT", "the checkpoint is truncated, corrupted or not a specnorm checkpoint"},
+    {"SN_ERROR_CHECKPOINT_MISMATCH", "the checkpoint belongs to a layer of another shape, dim or dtype"},
+    {"SN_ERROR_CHECKPOINT_VERSION", "the checkpoint was written by a newer format version"},
 };
 
 SN_API const char *sn_status_name(sn_status_t status) {

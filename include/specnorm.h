@@ -78,7 +78,10 @@ typedef enum {
   SN_ERROR_CUDA = 11,            /* a CUDA runtime call failed; the message has its text */
   SN_ERROR_NO_DEVICE = 12,       /* a CUDA backend was asked for but no usable GPU is present */
   SN_ERROR_INVALID_STATE = 13,   /* the call is not valid in the layer's current state */
-  SN_STATUS_COUNT = 14
+  SN_ERROR_BAD_CHECKPOINT = 14,  /* a checkpoint blob is truncated, corrupted or not one */
+  SN_ERROR_CHECKPOINT_MISMATCH = 15, /* a valid checkpoint of another shape, dim or dtype */
+  SN_ERROR_CHECKPOINT_VERSION = 16,  /* a checkpoint written by a newer format version */
+  SN_STATUS_COUNT = 17
 } sn_status_t;
 
 /* "SN_SUCCESS", "SN_ERROR_NULL_POINTER", ...; "SN_STATUS_UNKNOWN" for other values. */
@@ -247,6 +250,25 @@ SN_API sn_status_t sn_layer_get_state(const sn_layer_t *layer, float *u, float *
  * `_u` and `_v`, which are already warm). The values are stored bitwise as given. */
 SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const float *v,
                                       float sigma, int warmed_up, sn_stream_t stream);
+
+/* ---- Checkpoints --------------------------------------------------------------------------- */
+
+/* Bytes of a checkpoint of this layer (its full state: shape, dim, dtype, eps, iteration settings,
+ * norm bound, counters, u, v, σ), a versioned little-endian format with a magic number and a
+ * checksum. */
+SN_API sn_status_t sn_layer_checkpoint_size(const sn_layer_t *layer, size_t *bytes);
+
+/* Write the checkpoint into `buf` (`size` bytes, at least sn_layer_checkpoint_size) after the work
+ * queued on `stream` completes. Blocks. *written (may be NULL) receives the bytes written. */
+SN_API sn_status_t sn_layer_save(const sn_layer_t *layer, void *buf, size_t size, size_t *written,
+                                 sn_stream_t stream);
+
+/* Restore a checkpoint written by sn_layer_save into a layer of the same shape, dim and dtype,
+ * bitwise, in order after `stream`. Blocks. A blob that is truncated or corrupted
+ * (SN_ERROR_BAD_CHECKPOINT), of another shape, dim or dtype (SN_ERROR_CHECKPOINT_MISMATCH) or of a
+ * newer format (SN_ERROR_CHECKPOINT_VERSION) leaves the layer untouched. */
+SN_API sn_status_t sn_layer_load(sn_layer_t *layer, const void *buf, size_t size,
+                                 sn_stream_t stream);
 
 /* Draw u and v afresh from `seed`, set σ = 1/σ = scale = 0 and clear the warm-up flag. Blocks. */
 SN_API sn_status_t sn_layer_reset(sn_layer_t *layer, uint64_t seed, sn_stream_t stream);
