@@ -106,6 +106,39 @@ typedef struct {
 int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *args,
                      sn_stream_t stream);
 
+/* One layer of a group (cuda/group.cu), as the grouped kernels see it. */
+typedef struct {
+  const void *W;
+  void *W_sn;                 /* NULL: scale only */
+  int dtype;                  /* sn_dtype_t */
+  int n_iters;
+  int64_t A, h, B, w, numel;
+  float *u, *v, *sigma;       /* the layer's state */
+  float *t, *s, *part, *tsq, *sq, *scal; /* the group's scratch for this layer */
+  unsigned *counter;
+  float eps, norm_bound;
+  const float *gamma;
+  int row_block0, row_blocks; /* rows kernel: this layer's blocks */
+  int red_block0, red_blocks; /* reduce kernel */
+  int div_block0, div_blocks; /* commit-and-divide kernel */
+} sn_group_entry_t;
+
+typedef struct {
+  int count;
+  int max_iters;
+  int64_t max_w;
+  int row_total, red_total, div_total;
+  const sn_group_entry_t *entries; /* device */
+  const int *row_starts, *red_starts, *div_starts; /* device, count each: first block per layer */
+} sn_cuda_group_t;
+
+/* Blocks of the rows kernel for a layer of h rows on `sm_count` multiprocessors. */
+int sn_cuda_group_row_blocks(int64_t h, int sm_count);
+/* Raise the rows kernel's shared-memory limit for rows of up to max_w columns. cudaError_t. */
+int sn_cuda_group_prepare(int64_t max_w);
+/* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
+int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
+
 /* Kernel launches sn_cuda_forward makes for these arguments (for documentation and tests). */
 int sn_cuda_forward_launches(const sn_cuda_forward_args_t *args);
 

@@ -65,7 +65,7 @@ struct Vec4<__nv_bfloat16> : Vec4Half<__nv_bfloat16, __nv_bfloat162> {};
 
 // Whether p can be accessed as Vec4<T>.
 template <class T>
-inline bool vec4_aligned(const void *p) {
+__host__ __device__ inline bool vec4_aligned(const void *p) {
   return (reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T))) == 0;
 }
 

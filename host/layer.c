@@ -36,18 +36,18 @@ static void bind_state(sn_layer_t *l, float *state) {
 }
 
 /* Make the layer's device current; *prev receives the caller's device to restore. */
-static sn_status_t enter_device(int device, int *prev) {
+sn_status_t sn__enter_device(int device, int *prev) {
   CUDA_TRY(cudaGetDevice(prev), "cudaGetDevice");
   if (*prev != device) CUDA_TRY(cudaSetDevice(device), "cudaSetDevice");
   return SN_SUCCESS;
 }
 
-static void leave_device(int device, int prev) {
+void sn__leave_device(int device, int prev) {
   if (prev != device) (void)cudaSetDevice(prev);
 }
 
 /* A CUDA layer's W and W_sn must be device (or managed) memory of the layer's device. */
-static sn_status_t check_device_pointer(int device, const void *p, const char *name) {
+sn_status_t sn__check_device_pointer(int device, const void *p, const char *name) {
   struct cudaPointerAttributes attr;
   /* Allowed while the stream is being captured in any capture mode: the query enqueues nothing. */
   enum cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
@@ -72,7 +72,7 @@ static sn_status_t check_device_pointer(int device, const void *p, const char *n
 
 /* A CPU layer's W and W_sn must not be device memory (that would crash on dereference). Only asked
  * when a CUDA device exists; without one every pointer is host memory. */
-static sn_status_t check_host_pointer(const sn_layer_t *l, const void *p, const char *name) {
+sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const char *name) {
   (void)l;
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
@@ -190,7 +190,7 @@ static void free_layer(sn_layer_t *l) {
       if (prev != l->desc.device) (void)cudaSetDevice(l->desc.device);
       (void)cudaFree(l->u); /* u, v and sigma share one allocation */
       (void)cudaFree(l->workspace);
-      leave_device(l->desc.device, prev);
+      sn__leave_device(l->desc.device, prev);
     }
     (void)cudaGetLastError();
   } else {
@@ -292,10 +292,10 @@ SN_API sn_status_t sn_layer_create(sn_layer_t **layer, const sn_layer_desc_t *de
 
   if (desc->backend == SN_BACKEND_CUDA) {
     int prev = 0;
-    st = enter_device(desc->device, &prev);
+    st = sn__enter_device(desc->device, &prev);
     if (st == SN_SUCCESS) {
       st = create_cuda(l);
-      leave_device(desc->device, prev);
+      sn__leave_device(desc->device, prev);
     }
   } else {
     st = create_cpu(l);
@@ -321,7 +321,7 @@ SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_
 
 /* ---- forward -------------------------------------------------------------------------------- */
 
-static sn_status_t run_forward(sn_layer_t *l, const void *W, void *W_sn, int training,
+sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int training,
                                int warmup_only, sn_stream_t stream) {
   sn_cuda_forward_args_t a;
   memset(&a, 0, sizeof a);
@@ -342,8 +342,8 @@ static sn_status_t run_forward(sn_layer_t *l, const void *W, void *W_sn, int tra
   }
 
   if (l->desc.backend == SN_BACKEND_CPU) {
-    sn_status_t st = check_host_pointer(l, W, "W");
-    if (st == SN_SUCCESS && W_sn) st = check_host_pointer(l, W_sn, "W_sn");
+    sn_status_t st = sn__check_host_pointer(l, W, "W");
+    if (st == SN_SUCCESS && W_sn) st = sn__check_host_pointer(l, W_sn, "W_sn");
     if (st != SN_SUCCESS) return st;
     sn__cpu_forward(l, &a);
     l->warmed_up = 1;
@@ -352,8 +352,8 @@ static sn_status_t run_forward(sn_layer_t *l, const void *W, void *W_sn, int tra
   }
 
   const int dev = l->desc.device;
-  sn_status_t st = check_device_pointer(dev, W, "W");
-  if (st == SN_SUCCESS && W_sn) st = check_device_pointer(dev, W_sn, "W_sn");
+  sn_status_t st = sn__check_device_pointer(dev, W, "W");
+  if (st == SN_SUCCESS && W_sn) st = sn__check_device_pointer(dev, W_sn, "W_sn");
   if (st != SN_SUCCESS) return st;
   if (a.warmup_iters > 0) {
     enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
@@ -366,10 +366,10 @@ static sn_status_t run_forward(sn_layer_t *l, const void *W, void *W_sn, int tra
                       a.warmup_iters);
   }
   int prev = 0;
-  st = enter_device(dev, &prev);
+  st = sn__enter_device(dev, &prev);
   if (st != SN_SUCCESS) return st;
   int e = sn_cuda_forward(&l->plan, &a, stream);
-  leave_device(dev, prev);
+  sn__leave_device(dev, prev);
   if (e != 0) {
     (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the forward kernels");
@@ -397,20 +397,20 @@ SN_API sn_status_t sn_forward(sn_layer_t *layer, const void *W, void *W_sn, int 
   if (!W_sn) return sn__fail(SN_ERROR_NULL_POINTER, "W_sn is NULL (use sn_forward_scale_only)");
   sn_status_t st = check_overlap(layer, W, "W", W_sn, "W_sn");
   if (st != SN_SUCCESS) return st;
-  return run_forward(layer, W, W_sn, training, 0, stream);
+  return sn__run_forward(layer, W, W_sn, training, 0, stream);
 }
 
 SN_API sn_status_t sn_forward_scale_only(sn_layer_t *layer, const void *W, int training,
                                          sn_stream_t stream) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   if (!W) return sn__fail(SN_ERROR_NULL_POINTER, "W is NULL");
-  return run_forward(layer, W, NULL, training, 0, stream);
+  return sn__run_forward(layer, W, NULL, training, 0, stream);
 }
 
 SN_API sn_status_t sn_layer_warmup(sn_layer_t *layer, const void *W, sn_stream_t stream) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   if (!W) return sn__fail(SN_ERROR_NULL_POINTER, "W is NULL");
-  return run_forward(layer, W, NULL, 1, 1, stream);
+  return sn__run_forward(layer, W, NULL, 1, 1, stream);
 }
 
 /* ---- backward ------------------------------------------------------------------------------ */
@@ -431,28 +431,28 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
     return sn__fail(SN_ERROR_INVALID_STATE,
                     "the layer has had no forward yet: the backward needs its u, v and sigma");
   if (layer->desc.backend == SN_BACKEND_CPU) {
-    st = check_host_pointer(layer, W, "W");
-    if (st == SN_SUCCESS) st = check_host_pointer(layer, G, "G");
-    if (st == SN_SUCCESS) st = check_host_pointer(layer, dW, "dW");
-    if (st == SN_SUCCESS && dgamma) st = check_host_pointer(layer, dgamma, "dgamma");
+    st = sn__check_host_pointer(layer, W, "W");
+    if (st == SN_SUCCESS) st = sn__check_host_pointer(layer, G, "G");
+    if (st == SN_SUCCESS) st = sn__check_host_pointer(layer, dW, "dW");
+    if (st == SN_SUCCESS && dgamma) st = sn__check_host_pointer(layer, dgamma, "dgamma");
     if (st != SN_SUCCESS) return st;
     sn__cpu_backward(layer, W, G, dW, flags, dgamma);
     return SN_SUCCESS;
   }
   const int dev = layer->desc.device;
-  st = check_device_pointer(dev, W, "W");
-  if (st == SN_SUCCESS) st = check_device_pointer(dev, G, "G");
-  if (st == SN_SUCCESS) st = check_device_pointer(dev, dW, "dW");
-  if (st == SN_SUCCESS && dgamma) st = check_device_pointer(dev, dgamma, "dgamma");
+  st = sn__check_device_pointer(dev, W, "W");
+  if (st == SN_SUCCESS) st = sn__check_device_pointer(dev, G, "G");
+  if (st == SN_SUCCESS) st = sn__check_device_pointer(dev, dW, "dW");
+  if (st == SN_SUCCESS && dgamma) st = sn__check_device_pointer(dev, dgamma, "dgamma");
   if (st != SN_SUCCESS) return st;
   int prev = 0;
-  st = enter_device(dev, &prev);
+  st = sn__enter_device(dev, &prev);
   if (st != SN_SUCCESS) return st;
   sn_cuda_backward_args_t a = {W, G, dW, layer->numel, layer->u, layer->v, layer->sigma,
                                (flags & SN_BACKWARD_ACCUMULATE) != 0,
                                (flags & SN_BACKWARD_DETACH_SIGMA) != 0, dgamma};
   int e = sn_cuda_backward(&layer->plan, &a, stream);
-  leave_device(dev, prev);
+  sn__leave_device(dev, prev);
   if (e != 0) {
     (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the backward kernels");
@@ -473,8 +473,8 @@ SN_API sn_status_t sn_layer_set_gamma(sn_layer_t *layer, const float *gamma) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   if (gamma) {
     sn_status_t st = layer->desc.backend == SN_BACKEND_CUDA
-                         ? check_device_pointer(layer->desc.device, gamma, "gamma")
-                         : check_host_pointer(layer, gamma, "gamma");
+                         ? sn__check_device_pointer(layer->desc.device, gamma, "gamma")
+                         : sn__check_host_pointer(layer, gamma, "gamma");
     if (st != SN_SUCCESS) return st;
   }
   layer->plan.gamma = gamma;
@@ -497,12 +497,12 @@ static sn_status_t copy_out(const sn_layer_t *l, float *dst, const float *src, i
     return SN_SUCCESS;
   }
   int prev = 0;
-  sn_status_t st = enter_device(l->desc.device, &prev);
+  sn_status_t st = sn__enter_device(l->desc.device, &prev);
   if (st != SN_SUCCESS) return st;
   cudaError_t e = cudaMemcpyAsync(dst, src, (size_t)count * sizeof(float), cudaMemcpyDeviceToHost,
                                   (cudaStream_t)stream);
   if (e == cudaSuccess) e = cudaStreamSynchronize((cudaStream_t)stream);
-  leave_device(l->desc.device, prev);
+  sn__leave_device(l->desc.device, prev);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
     return sn__cuda_fail((int)e, "copying the layer state to the host");
@@ -567,7 +567,7 @@ SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const f
     memcpy(layer->sigma, sig, sizeof sig);
   } else {
     int prev = 0;
-    st = enter_device(layer->desc.device, &prev);
+    st = sn__enter_device(layer->desc.device, &prev);
     if (st != SN_SUCCESS) return st;
     cudaStream_t s = (cudaStream_t)stream;
     cudaError_t e = cudaMemcpyAsync(layer->u, u, (size_t)h * sizeof(float), cudaMemcpyHostToDevice, s);
@@ -575,7 +575,7 @@ SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const f
       e = cudaMemcpyAsync(layer->v, v, (size_t)w * sizeof(float), cudaMemcpyHostToDevice, s);
     if (e == cudaSuccess) e = cudaMemcpyAsync(layer->sigma, sig, sizeof sig, cudaMemcpyHostToDevice, s);
     if (e == cudaSuccess) e = cudaStreamSynchronize(s);
-    leave_device(layer->desc.device, prev);
+    sn__leave_device(layer->desc.device, prev);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
       return sn__cuda_fail((int)e, "copying the new state to the device");
@@ -589,10 +589,10 @@ SN_API sn_status_t sn_layer_reset(sn_layer_t *layer, uint64_t seed, sn_stream_t 
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   int prev = 0;
   sn_status_t st = SN_SUCCESS;
-  if (layer->desc.backend == SN_BACKEND_CUDA) st = enter_device(layer->desc.device, &prev);
+  if (layer->desc.backend == SN_BACKEND_CUDA) st = sn__enter_device(layer->desc.device, &prev);
   if (st != SN_SUCCESS) return st;
   st = init_state(layer, seed, stream);
-  if (layer->desc.backend == SN_BACKEND_CUDA) leave_device(layer->desc.device, prev);
+  if (layer->desc.backend == SN_BACKEND_CUDA) sn__leave_device(layer->desc.device, prev);
   if (st != SN_SUCCESS) return st;
   layer->desc.seed = seed;
   layer->warmed_up = 0;

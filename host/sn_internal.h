@@ -48,6 +48,17 @@ struct sn_layer {
  * rounded to float. Identical on every backend. */
 void sn__init_vector(float *out, int64_t n, uint64_t seed, uint64_t stream_id);
 
+/* host/layer.c, shared with host/group.c. */
+/* One forward of a layer through its backend (warmup_only: only the warm-up, if not yet run). */
+sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int training, int warmup_only,
+                            sn_stream_t stream);
+/* Pointer checks of the forward: device memory of `device`, or host memory for a CPU layer. */
+sn_status_t sn__check_device_pointer(int device, const void *p, const char *name);
+sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const char *name);
+/* Make `device` current; sn__leave_device restores the caller's. */
+sn_status_t sn__enter_device(int device, int *prev);
+void sn__leave_device(int device, int prev);
+
 /* CPU backend forward (host/cpu_backend.c): the same arguments and semantics as
  * sn_cuda_forward, computed with the double-precision reference. Blocks. */
 void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args);

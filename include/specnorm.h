@@ -251,6 +251,33 @@ SN_API sn_status_t sn_layer_get_state(const sn_layer_t *layer, float *u, float *
 SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const float *v,
                                       float sigma, int warmed_up, sn_stream_t stream);
 
+/* ---- Groups: many layers, one call ----------------------------------------------------------- */
+
+typedef struct sn_group sn_group_t;
+
+/* A fixed list of layers with their weight buffers, normalized together by sn_group_forward in a
+ * number of kernel launches that does not depend on the number of layers (3 for one power
+ * iteration, 2 more per further iteration), e.g. every spectrally normalized weight of a model.
+ * layers[k] uses weight W[k] and writes W_sn[k] (W_sn may be NULL, or any W_sn[k] NULL: that
+ * layer gets the scale-only forward). The layers keep their own state and may still be used on
+ * their own; the group only holds pointers (it does not own the layers or the buffers, which must
+ * outlive it). Requirements: all layers of one backend (and one device); u-first order; weights
+ * of at least 2 dimensions with w <= 16384 (SN_ERROR_NOT_SUPPORTED otherwise: call those layers on
+ * their own). Allocates the group's scratch space; blocks. On failure *group is NULL. */
+SN_API sn_status_t sn_group_create(sn_group_t **group, sn_layer_t *const *layers,
+                                   const void *const *W, void *const *W_sn, int count);
+
+/* Free the group (not its layers). Accepts NULL. */
+SN_API void sn_group_destroy(sn_group_t *group);
+
+/* sn_forward (or sn_forward_scale_only) on every layer of the group: the same computation as those
+ * calls made one by one (same warm-up rule, training and eval, commit rule, scaled variants), with
+ * other reduction trees, so equal to them within float rounding, not bitwise. Stream-ordered, no
+ * allocation, no synchronization, deterministic (bitwise run to run), capturable in a CUDA graph
+ * once every layer has warmed up (layers not yet warmed up first run their warm-up on their own).
+ * γ bindings (sn_layer_set_gamma) are read when the group is created. */
+SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t stream);
+
 /* ---- Checkpoints --------------------------------------------------------------------------- */
 
 /* Bytes of a checkpoint of this layer (its full state: shape, dim, dtype, eps, iteration settings,

@@ -14,6 +14,7 @@
 #   memcheck / racecheck / initcheck / synccheck
 #              compute-sanitizer --error-exitcode 1 over $BUILD_DIR/tests/specnorm_gpu_tests
 #   torch      python3 bench/torch_baseline.py $WORKLOADS --json $OUT/torch.json
+#   example    $BUILD_DIR/examples/train_lipschitz (the training-loop example)
 #   sn_bench   $BUILD_DIR/bench/sn_bench $WORKLOADS --torch $OUT/torch.json --json $OUT/bench.json
 #              (WORKLOADS: $SN_BENCH_WORKLOADS, default a few single layers and every preset)
 #   plot       python3 bench/plot.py $OUT/bench.json $OUT/torch.json -o $OUT/speedup.png
@@ -245,6 +246,14 @@ for tool in memcheck racecheck initcheck synccheck; do
       "$GPU_TESTS" "${GTEST_ARGS[@]}"
   fi
 done
+
+# ---- example: the training loop of examples/ on the GPU -----------------------------------------
+EXAMPLE="$BUILD/examples/train_lipschitz"
+if [[ -x "$EXAMPLE" ]]; then
+  run_step example "$OUT/tests.log" 60 150 env LD_LIBRARY_PATH="$RUN_LD_PATH" "$EXAMPLE"
+else
+  skip_step example "$OUT/tests.log" "no $EXAMPLE"
+fi
 
 # ---- (e) benchmarks: PyTorch first, so sn_bench can join its rows ---------------------------
 # shellcheck disable=SC2206

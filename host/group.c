@@ -1,0 +1,252 @@
+/* Groups: a fixed list of layers normalized by one call (cuda/group.cu on the GPU; on the CPU
+ * backend, the layers' own forwards one after the other, which is the grouped call's reference). */
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "sn_internal.h"
+
+struct sn_group {
+  int count;
+  sn_layer_t **layers;
+  const void **W;
+  void **W_sn;
+  sn_backend_t backend;
+  int device;
+  sn_cuda_group_t cuda;  /* CUDA: the kernels' view, pointing into `workspace` */
+  void *workspace;
+};
+
+static void free_group(sn_group_t *g) {
+  if (g->workspace) {
+    int prev = 0;
+    if (sn__enter_device(g->device, &prev) == SN_SUCCESS) {
+      (void)cudaFree(g->workspace);
+      sn__leave_device(g->device, prev);
+    }
+    (void)cudaGetLastError();
+  }
+  free(g->layers);
+  free(g->W);
+  free(g->W_sn);
+  free(g);
+}
+
+SN_API void sn_group_destroy(sn_group_t *group) {
+  if (group) free_group(group);
+}
+
+/* Check that every layer can join a CUDA group. */
+static sn_status_t check_members(sn_layer_t *const *layers, const void *const *W,
+                                 void *const *W_sn, int count) {
+  for (int k = 0; k < count; ++k) {
+    const sn_layer_t *l = layers[k];
+    if (!l) return sn__fail(SN_ERROR_NULL_POINTER, "layers[%d] is NULL", k);
+    if (!W[k]) return sn__fail(SN_ERROR_NULL_POINTER, "W[%d] is NULL", k);
+    if (l->desc.backend != layers[0]->desc.backend)
+      return sn__fail(SN_ERROR_INVALID_BACKEND, "layers[%d] has another backend than layers[0]", k);
+    if (l->desc.backend == SN_BACKEND_CUDA && l->desc.device != layers[0]->desc.device)
+      return sn__fail(SN_ERROR_INVALID_DEVICE, "layers[%d] is on device %d, layers[0] on device %d", k,
+                      l->desc.device, layers[0]->desc.device);
+    for (int j = 0; j < k; ++j)
+      if (layers[j] == l)
+        return sn__fail(SN_ERROR_INVALID_VALUE, "layers[%d] and layers[%d] are the same layer", j, k);
+    if (l->desc.backend != SN_BACKEND_CUDA) continue;
+    if (l->is_1d)
+      return sn__fail(SN_ERROR_NOT_SUPPORTED,
+                      "layers[%d] is a 1-D weight (normalized exactly): call sn_forward on it", k);
+    if (l->desc.order != SN_ORDER_U_FIRST)
+      return sn__fail(SN_ERROR_NOT_SUPPORTED,
+                      "layers[%d] uses SN_ORDER_V_FIRST; groups run the u-first order only", k);
+    if (l->view.A * l->view.B > 16384)
+      return sn__fail(SN_ERROR_NOT_SUPPORTED,
+                      "layers[%d] has w = %lld > 16384 columns; call sn_forward on it", k,
+                      (long long)(l->view.A * l->view.B));
+    sn_status_t st = sn__check_device_pointer(l->desc.device, W[k], "W[k]");
+    if (st == SN_SUCCESS && W_sn && W_sn[k])
+      st = sn__check_device_pointer(l->desc.device, W_sn[k], "W_sn[k]");
+    if (st != SN_SUCCESS) return st;
+  }
+  return SN_SUCCESS;
+}
+
+static size_t pad64(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
+
+/* Lay out the CUDA group's scratch and tables, allocate and upload them. */
+static sn_status_t create_cuda_group(sn_group_t *g) {
+  int sm = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&sm, cudaDevAttrMultiProcessorCount, g->device);
+  if (e != cudaSuccess) return sn__cuda_fail((int)e, "cudaDeviceGetAttribute(multiprocessor count)");
+  sn_group_entry_t *ent = calloc((size_t)g->count, sizeof *ent);
+  int *starts = calloc((size_t)g->count * 3, sizeof *starts);
+  if (!ent || !starts) {
+    free(ent);
+    free(starts);
+    return sn__fail(SN_ERROR_ALLOCATION, "host memory for a group of %d layers", g->count);
+  }
+  /* Sizes first (offsets in floats from the start of the scratch area). */
+  size_t floats = 0;
+  int rows = 0, red = 0, div = 0, max_iters = 1;
+  int64_t max_w = 1;
+  for (int k = 0; k < g->count; ++k) {
+    const sn_layer_t *l = g->layers[k];
+    sn_group_entry_t *x = &ent[k];
+    const int64_t h = l->view.h, w = l->view.A * l->view.B;
+    x->W = g->W[k];
+    x->W_sn = g->W_sn[k];
+    x->dtype = (int)l->desc.dtype;
+    x->n_iters = l->desc.n_power_iterations;
+    x->A = l->view.A;
+    x->h = h;
+    x->B = l->view.B;
+    x->w = w;
+    x->numel = l->numel;
+    x->u = l->u;
+    x->v = l->v;
+    x->sigma = l->sigma;
+    x->eps = l->desc.eps;
+    x->norm_bound = l->desc.norm_bound;
+    x->gamma = l->plan.gamma;
+    x->row_block0 = rows;
+    x->row_blocks = sn_cuda_group_row_blocks(h, sm);
+    x->red_block0 = red;
+    x->red_blocks = (int)((w + 255) / 256);
+    x->div_block0 = div;
+    const int64_t nb = (l->numel + 4095) / 4096;
+    x->div_blocks = (int)(nb < 1 ? 1 : (nb > 16LL * sm ? 16LL * sm : nb));
+    rows += x->row_blocks;
+    red += x->red_blocks;
+    div += x->div_blocks;
+    starts[k] = x->row_block0;
+    starts[g->count + k] = x->red_block0;
+    starts[2 * g->count + k] = x->div_block0;
+    if (x->n_iters > max_iters) max_iters = x->n_iters;
+    if (w > max_w) max_w = w;
+    /* t, s, part, tsq, sq, scal, counter (as floats) */
+    floats += pad64(h) + pad64(w) + pad64((int64_t)x->row_blocks * w) + pad64(x->row_blocks) +
+              pad64(x->red_blocks) + pad64(SN_SCAL_COUNT) + pad64(1);
+  }
+  const size_t table = (size_t)g->count * sizeof *ent, starts_bytes = (size_t)g->count * 3 * sizeof(int);
+  const size_t bytes = floats * 4 + table + starts_bytes + 256;
+  sn_status_t st = SN_SUCCESS;
+  e = cudaMalloc(&g->workspace, bytes);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    g->workspace = NULL;
+    st = sn__fail(SN_ERROR_ALLOCATION, "cudaMalloc of %zu bytes for the group's scratch: %s", bytes,
+                  cudaGetErrorString(e));
+  }
+  if (st == SN_SUCCESS) {
+    float *p = g->workspace;
+    for (int k = 0; k < g->count; ++k) {
+      sn_group_entry_t *x = &ent[k];
+      x->t = p, p += pad64(x->h);
+      x->s = p, p += pad64(x->w);
+      x->part = p, p += pad64((int64_t)x->row_blocks * x->w);
+      x->tsq = p, p += pad64(x->row_blocks);
+      x->sq = p, p += pad64(x->red_blocks);
+      x->scal = p, p += pad64(SN_SCAL_COUNT);
+      x->counter = (unsigned *)p, p += pad64(1);
+    }
+    char *tab = (char *)g->workspace + floats * 4;
+    e = cudaMemset(g->workspace, 0, floats * 4);
+    if (e == cudaSuccess) e = cudaMemcpy(tab, ent, table, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) e = cudaMemcpy(tab + table, starts, starts_bytes, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) e = (cudaError_t)sn_cuda_group_prepare(max_w);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      st = sn__cuda_fail((int)e, "setting up the group's tables");
+    } else {
+      sn_cuda_group_t *c = &g->cuda;
+      c->count = g->count;
+      c->max_iters = max_iters;
+      c->max_w = max_w;
+      c->row_total = rows;
+      c->red_total = red;
+      c->div_total = div;
+      c->entries = (const sn_group_entry_t *)tab;
+      c->row_starts = (const int *)(tab + table);
+      c->red_starts = c->row_starts + g->count;
+      c->div_starts = c->row_starts + 2 * g->count;
+    }
+  }
+  free(ent);
+  free(starts);
+  return st;
+}
+
+SN_API sn_status_t sn_group_create(sn_group_t **group, sn_layer_t *const *layers,
+                                   const void *const *W, void *const *W_sn, int count) {
+  if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group (the output pointer) is NULL");
+  *group = NULL;
+  if (!layers) return sn__fail(SN_ERROR_NULL_POINTER, "layers is NULL");
+  if (!W) return sn__fail(SN_ERROR_NULL_POINTER, "W is NULL");
+  if (count < 1) return sn__fail(SN_ERROR_INVALID_VALUE, "count = %d must be >= 1", count);
+  sn_status_t st = check_members(layers, W, W_sn, count);
+  if (st != SN_SUCCESS) return st;
+
+  sn_group_t *g = calloc(1, sizeof *g);
+  if (!g) return sn__fail(SN_ERROR_ALLOCATION, "host memory for the group");
+  g->count = count;
+  g->backend = layers[0]->desc.backend;
+  g->device = layers[0]->desc.device;
+  g->layers = malloc((size_t)count * sizeof *g->layers);
+  g->W = malloc((size_t)count * sizeof *g->W);
+  g->W_sn = calloc((size_t)count, sizeof *g->W_sn);
+  if (!g->layers || !g->W || !g->W_sn) {
+    free_group(g);
+    return sn__fail(SN_ERROR_ALLOCATION, "host memory for a group of %d layers", count);
+  }
+  for (int k = 0; k < count; ++k) {
+    g->layers[k] = layers[k];
+    g->W[k] = W[k];
+    g->W_sn[k] = W_sn ? W_sn[k] : NULL;
+  }
+  if (g->backend == SN_BACKEND_CUDA) {
+    int prev = 0;
+    st = sn__enter_device(g->device, &prev);
+    if (st == SN_SUCCESS) {
+      st = create_cuda_group(g);
+      sn__leave_device(g->device, prev);
+    }
+    if (st != SN_SUCCESS) {
+      free_group(g);
+      return st;
+    }
+  }
+  *group = g;
+  return SN_SUCCESS;
+}
+
+SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t stream) {
+  if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
+  if (group->backend == SN_BACKEND_CPU) {
+    for (int k = 0; k < group->count; ++k) {
+      sn_status_t st = sn__run_forward(group->layers[k], group->W[k], group->W_sn[k], training, 0, stream);
+      if (st != SN_SUCCESS) return st;
+    }
+    return SN_SUCCESS;
+  }
+  /* Layers not yet warmed up run their warm-up on their own first (refused during a capture). */
+  for (int k = 0; k < group->count; ++k) {
+    sn_layer_t *l = group->layers[k];
+    if (l->warmed_up || l->desc.warmup_iterations == 0) continue;
+    sn_status_t st = sn__run_forward(l, group->W[k], NULL, 1, 1, stream);
+    if (st != SN_SUCCESS) return st;
+  }
+  int prev = 0;
+  sn_status_t st = sn__enter_device(group->device, &prev);
+  if (st != SN_SUCCESS) return st;
+  int e = sn_cuda_group_forward(&group->cuda, training, stream);
+  sn__leave_device(group->device, prev);
+  if (e != 0) {
+    (void)cudaGetLastError();
+    return sn__cuda_fail(e, "launching the grouped kernels");
+  }
+  for (int k = 0; k < group->count; ++k) {
+    group->layers[k]->warmed_up = 1;
+    group->layers[k]->forwards += 1;
+  }
+  return SN_SUCCESS;
+}

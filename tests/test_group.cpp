@@ -1,0 +1,316 @@
+// Groups: many layers normalized by one call. On the CPU backend the group is the layers' own
+// forwards in order (the grouped call's reference); on the GPU it is 3 launches per iteration for
+// any number of layers, compared with CPU layers step by step.
+#include <cuda_runtime.h>
+
+#include <memory>
+
+#include "test_util.h"
+
+using namespace sntest;
+
+namespace {
+
+std::string gpu_missing_reason() {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "no CUDA device (cudaGetDeviceCount: error " + std::to_string(int(e)) + ", " +
+           cudaGetErrorString(e) + ")";
+  }
+  return count == 0 ? "no CUDA device (cudaGetDeviceCount returned 0)" : "";
+}
+
+#define REQUIRE_GPU()                                                \
+  do {                                                               \
+    const std::string why_ = gpu_missing_reason();                   \
+    if (!why_.empty()) GTEST_SKIP() << why_ << ": GPU test skipped"; \
+  } while (0)
+
+struct GroupPtr {
+  sn_group_t *p = nullptr;
+  ~GroupPtr() { sn_group_destroy(p); }
+};
+
+int64_t numel_of(const std::vector<int64_t> &s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+// One member of a test group: its description and host weights.
+struct Member {
+  std::vector<int64_t> shape;
+  int dim = 0;
+  sn_dtype_t dt = SN_DTYPE_FLOAT32;
+  int iters = 1;
+  bool scale_only = false;
+  float bound = 0.f;
+  bool gamma = false;
+};
+
+sn_layer_desc_t member_desc(const Member &m, sn_backend_t backend, uint64_t seed) {
+  sn_layer_desc_t d = make_desc(m.shape, backend, m.dim);
+  d.dtype = m.dt;
+  d.n_power_iterations = m.iters;
+  d.norm_bound = m.bound;
+  d.seed = seed;
+  return d;
+}
+
+// W_sn tolerance per type: one unit in the last place of the 2-byte types; for fp32, σ's own
+// float-vs-double difference (about 1e-6) dominates.
+double ulp(sn_dtype_t t) { return t == SN_DTYPE_FLOAT16 ? 1.0 / 1024 : t == SN_DTYPE_BFLOAT16 ? 1.0 / 128 : 1e-6; }
+
+}  // namespace
+
+TEST(GroupCpu, EqualsTheLayersOneByOne) {
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const std::vector<std::vector<int64_t>> shapes = {{16, 3, 3, 3}, {8, 16, 3, 3}, {1, 8}};
+  std::vector<std::unique_ptr<LayerPtr>> grouped, alone;
+  std::vector<std::vector<float>> W, out_g, out_a;
+  std::vector<sn_layer_t *> layers;
+  std::vector<const void *> wp;
+  std::vector<void *> op;
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    sn_layer_desc_t d = make_desc(shapes[k], SN_BACKEND_CPU);
+    d.seed = k;
+    grouped.push_back(std::make_unique<LayerPtr>(d));
+    alone.push_back(std::make_unique<LayerPtr>(d));
+    W.push_back(rng.normals(numel_of(shapes[k])));
+    out_g.emplace_back(W.back().size());
+    out_a.emplace_back(W.back().size());
+  }
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    layers.push_back(grouped[k]->p);
+    wp.push_back(W[k].data());
+    op.push_back(out_g[k].data());
+  }
+  GroupPtr g;
+  ASSERT_EQ(sn_group_create(&g.p, layers.data(), wp.data(), op.data(), int(layers.size())), SN_SUCCESS)
+      << sn_last_error_message();
+  for (int step = 0; step < 3; ++step) {
+    ASSERT_EQ(sn_group_forward(g.p, step < 2, nullptr), SN_SUCCESS);
+    for (size_t k = 0; k < shapes.size(); ++k) {
+      ASSERT_EQ(sn_forward(alone[k]->p, W[k].data(), out_a[k].data(), step < 2, nullptr), SN_SUCCESS);
+      EXPECT_TRUE(same_state(get_state(grouped[k]->p), get_state(alone[k]->p)));
+      EXPECT_TRUE(bitwise_equal(out_g[k], out_a[k]));
+    }
+  }
+}
+
+TEST(GroupCpu, BadArguments) {
+  LayerPtr a(make_desc({4, 5}, SN_BACKEND_CPU)), b(make_desc({3, 3}, SN_BACKEND_CPU));
+  std::vector<float> wa(20), wb(9);
+  sn_layer_t *layers[2] = {a.p, b.p};
+  const void *W[2] = {wa.data(), wb.data()};
+  sn_group_t *g = reinterpret_cast<sn_group_t *>(0x1);
+  EXPECT_EQ(sn_group_create(nullptr, layers, W, nullptr, 2), SN_ERROR_NULL_POINTER);
+  EXPECT_EQ(sn_group_create(&g, nullptr, W, nullptr, 2), SN_ERROR_NULL_POINTER);
+  EXPECT_EQ(g, nullptr);
+  EXPECT_EQ(sn_group_create(&g, layers, nullptr, nullptr, 2), SN_ERROR_NULL_POINTER);
+  EXPECT_EQ(sn_group_create(&g, layers, W, nullptr, 0), SN_ERROR_INVALID_VALUE);
+  sn_layer_t *twice[2] = {a.p, a.p};
+  EXPECT_EQ(sn_group_create(&g, twice, W, nullptr, 2), SN_ERROR_INVALID_VALUE);
+  EXPECT_NE(std::string(sn_last_error_message()).find("same layer"), std::string::npos);
+  sn_layer_t *with_null[2] = {a.p, nullptr};
+  EXPECT_EQ(sn_group_create(&g, with_null, W, nullptr, 2), SN_ERROR_NULL_POINTER);
+  const void *W_null[2] = {wa.data(), nullptr};
+  EXPECT_EQ(sn_group_create(&g, layers, W_null, nullptr, 2), SN_ERROR_NULL_POINTER);
+  EXPECT_NE(std::string(sn_last_error_message()).find("W[1]"), std::string::npos);
+  EXPECT_EQ(sn_group_forward(nullptr, 1, nullptr), SN_ERROR_NULL_POINTER);
+  sn_group_destroy(nullptr);
+}
+
+TEST(GroupGpu, MatchesCpuLayersStepByStep) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  // The SN-GAN CIFAR-10 discriminator's shapes, plus every kind of member a group takes.
+  std::vector<Member> ms = {
+      {{128, 3, 3, 3}},          {{128, 128, 3, 3}},         {{128, 3, 1, 1}},
+      {{128, 128, 3, 3}},        {{128, 128, 1, 1}},         {{1, 128}},
+      {{96, 48, 4, 4}, 1},       {{300, 517}, 1},            {{256, 2048}, 0, SN_DTYPE_BFLOAT16},
+      {{130, 1000}, 0, SN_DTYPE_FLOAT16, 2},                 {{64, 100}, 0, SN_DTYPE_FLOAT32, 1, true},
+      {{200, 64}, 0, SN_DTYPE_FLOAT32, 1, false, 1.5f},      {{77, 99}, 0, SN_DTYPE_FLOAT32, 1, false, 0.f, true},
+      {{2048, 16384}, 0, SN_DTYPE_BFLOAT16},
+  };
+  const size_t n_members = ms.size();
+  std::vector<std::unique_ptr<LayerPtr>> gl, cl;
+  std::vector<std::vector<uint8_t>> Wh, outc;
+  std::vector<void *> Wd, Od;
+  std::vector<sn_layer_t *> layers;
+  float *d_gamma = nullptr, h_gamma = 0.8f;
+  ASSERT_EQ(cudaMalloc(&d_gamma, 4), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(d_gamma, &h_gamma, 4, cudaMemcpyHostToDevice), cudaSuccess);
+  for (size_t k = 0; k < n_members; ++k) {
+    const Member &m = ms[k];
+    const uint64_t s = rng.gen();
+    gl.push_back(std::make_unique<LayerPtr>(member_desc(m, SN_BACKEND_CUDA, s)));
+    cl.push_back(std::make_unique<LayerPtr>(member_desc(m, SN_BACKEND_CPU, s)));
+    ASSERT_TRUE(gl.back()->p && cl.back()->p) << k;
+    if (m.gamma) {
+      ASSERT_EQ(sn_layer_set_gamma(gl.back()->p, d_gamma), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_set_gamma(cl.back()->p, &h_gamma), SN_SUCCESS);
+    }
+    const int64_t n = numel_of(m.shape);
+    Wh.emplace_back(size_t(n) * sn_dtype_size(m.dt));
+    outc.emplace_back(Wh.back().size());
+    void *w = nullptr, *o = nullptr;
+    ASSERT_EQ(cudaMalloc(&w, Wh.back().size()), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&o, Wh.back().size()), cudaSuccess);
+    Wd.push_back(w);
+    Od.push_back(m.scale_only ? nullptr : o);
+    if (m.scale_only) cudaFree(o);
+    layers.push_back(gl.back()->p);
+  }
+  GroupPtr g;
+  ASSERT_EQ(sn_group_create(&g.p, layers.data(), const_cast<const void *const *>(Wd.data()), Od.data(),
+                            int(n_members)),
+            SN_SUCCESS)
+      << sn_last_error_message();
+  std::vector<std::vector<float>> w32(n_members);
+  for (int step = 0; step < 4; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    const int training = step < 3;
+    for (size_t k = 0; k < n_members; ++k) {
+      // A fresh weight, then small steps, as training moves it.
+      const int64_t n = numel_of(ms[k].shape);
+      if (step == 0) w32[k] = rng.normals(n, 1.f / std::sqrt(float(ms[k].shape[0])));
+      for (auto &x : w32[k]) x += 0.01f * rng.normal() / std::sqrt(float(ms[k].shape[0]));
+      for (int64_t q = 0; q < n; ++q) sn_store(Wh[k].data(), ms[k].dt, q, w32[k][static_cast<size_t>(q)]);
+      ASSERT_EQ(cudaMemcpy(Wd[k], Wh[k].data(), Wh[k].size(), cudaMemcpyHostToDevice), cudaSuccess);
+      if (Od[k]) {
+        ASSERT_EQ(cudaMemset(Od[k], 0xFF, Wh[k].size()), cudaSuccess);
+      }
+    }
+    ASSERT_EQ(sn_group_forward(g.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    for (size_t k = 0; k < n_members; ++k) {
+      SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(ms[k].shape));
+      if (ms[k].scale_only) {
+        ASSERT_EQ(sn_forward_scale_only(cl[k]->p, Wh[k].data(), training, nullptr), SN_SUCCESS);
+      } else {
+        ASSERT_EQ(sn_forward(cl[k]->p, Wh[k].data(), outc[k].data(), training, nullptr), SN_SUCCESS);
+      }
+      const State sg = get_state(gl[k]->p), sc = get_state(cl[k]->p);
+      EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5);
+      // Random (ungapped) weights: vectors agree to the conditioning of the top singular pair.
+      EXPECT_LT(max_abs_diff(sg.u, sc.u), 1e-3);
+      EXPECT_LT(max_abs_diff(sg.v, sc.v), 1e-3);
+      float scg = 0, scc = 0;
+      ASSERT_EQ(sn_layer_get_scale(gl[k]->p, &scg, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_get_scale(cl[k]->p, &scc, nullptr), SN_SUCCESS);
+      EXPECT_NEAR(scg / scc, 1.0, 1e-5);
+      if (!Od[k]) continue;
+      std::vector<uint8_t> og(Wh[k].size());
+      ASSERT_EQ(cudaMemcpy(og.data(), Od[k], og.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+      for (int64_t q = 0; q < numel_of(ms[k].shape); ++q) {
+        const float a = sn_load(og.data(), ms[k].dt, q), b = sn_load(outc[k].data(), ms[k].dt, q);
+        ASSERT_LE(std::fabs(a - b), 2 * ulp(ms[k].dt) * std::fabs(b) + 1e-30) << q;
+      }
+    }
+  }
+  // Launches per grouped call, whatever the number of layers.
+  cudaStream_t s;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  for (int training : {1, 0}) {
+    cudaGraph_t graph;
+    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+    ASSERT_EQ(sn_group_forward(g.p, training, s), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+    size_t nodes = 0;
+    ASSERT_EQ(cudaGraphGetNodes(graph, nullptr, &nodes), cudaSuccess);
+    // One member runs 2 iterations: 2 more launches in training.
+    EXPECT_EQ(nodes, training ? 5u : 3u);
+    cudaGraphDestroy(graph);
+  }
+  cudaStreamDestroy(s);
+  for (size_t k = 0; k < n_members; ++k) {
+    cudaFree(Wd[k]);
+    if (Od[k]) cudaFree(Od[k]);
+  }
+  cudaFree(d_gamma);
+}
+
+TEST(GroupGpu, DeterministicAndThreeLaunches) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const std::vector<std::vector<int64_t>> shapes = {{64, 3, 3, 3}, {128, 64, 3, 3}, {256, 128, 3, 3},
+                                                    {512, 256, 3, 3}, {1, 512}};
+  std::vector<std::unique_ptr<LayerPtr>> a, b;
+  std::vector<void *> W, Oa, Ob;
+  std::vector<sn_layer_t *> la, lb;
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    sn_layer_desc_t d = make_desc(shapes[k], SN_BACKEND_CUDA);
+    d.seed = k;
+    a.push_back(std::make_unique<LayerPtr>(d));
+    b.push_back(std::make_unique<LayerPtr>(d));
+    la.push_back(a.back()->p);
+    lb.push_back(b.back()->p);
+    const int64_t n = numel_of(shapes[k]);
+    void *w, *x, *y;
+    ASSERT_EQ(cudaMalloc(&w, n * 4), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&x, n * 4), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&y, n * 4), cudaSuccess);
+    const std::vector<float> h = rng.normals(n);
+    ASSERT_EQ(cudaMemcpy(w, h.data(), n * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    W.push_back(w);
+    Oa.push_back(x);
+    Ob.push_back(y);
+  }
+  GroupPtr ga, gb;
+  ASSERT_EQ(sn_group_create(&ga.p, la.data(), const_cast<const void *const *>(W.data()), Oa.data(), 5), SN_SUCCESS);
+  ASSERT_EQ(sn_group_create(&gb.p, lb.data(), const_cast<const void *const *>(W.data()), Ob.data(), 5), SN_SUCCESS);
+  for (int step = 0; step < 3; ++step) {
+    ASSERT_EQ(sn_group_forward(ga.p, 1, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_group_forward(gb.p, 1, nullptr), SN_SUCCESS);
+    for (size_t k = 0; k < shapes.size(); ++k) {
+      EXPECT_TRUE(same_state(get_state(a[k]->p), get_state(b[k]->p)));
+      const int64_t n = numel_of(shapes[k]);
+      std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
+      ASSERT_EQ(cudaMemcpy(x.data(), Oa[k], n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(y.data(), Ob[k], n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+      EXPECT_TRUE(bitwise_equal(x, y));
+    }
+  }
+  cudaStream_t s;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+  ASSERT_EQ(sn_group_forward(ga.p, 1, s), SN_SUCCESS);
+  ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  size_t nodes = 0;
+  ASSERT_EQ(cudaGraphGetNodes(graph, nullptr, &nodes), cudaSuccess);
+  EXPECT_EQ(nodes, 3u);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    cudaFree(W[k]);
+    cudaFree(Oa[k]);
+    cudaFree(Ob[k]);
+  }
+}
+
+TEST(GroupGpu, UnsupportedMembersAreRefused) {
+  REQUIRE_GPU();
+  sn_layer_desc_t dv = make_desc({8, 8}, SN_BACKEND_CUDA);
+  dv.order = SN_ORDER_V_FIRST;
+  LayerPtr vfirst(dv), oned(make_desc({8}, SN_BACKEND_CUDA)), wide(make_desc({2, 20000}, SN_BACKEND_CUDA)),
+      cpu(make_desc({8, 8}, SN_BACKEND_CPU)), ok(make_desc({8, 8}, SN_BACKEND_CUDA));
+  void *w = nullptr;
+  ASSERT_EQ(cudaMalloc(&w, 40000 * 4), cudaSuccess);
+  const void *W[2] = {w, w};
+  sn_group_t *g = nullptr;
+  for (sn_layer_t *bad : {vfirst.p, oned.p, wide.p}) {
+    sn_layer_t *layers[2] = {ok.p, bad};
+    EXPECT_EQ(sn_group_create(&g, layers, W, nullptr, 2), SN_ERROR_NOT_SUPPORTED);
+    EXPECT_EQ(g, nullptr);
+  }
+  sn_layer_t *mixed[2] = {ok.p, cpu.p};
+  EXPECT_EQ(sn_group_create(&g, mixed, W, nullptr, 2), SN_ERROR_INVALID_BACKEND);
+  cudaFree(w);
+}
