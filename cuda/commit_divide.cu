@@ -48,6 +48,8 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
       p.sigma[1] = 1.0f / sig_new;
     }
     p.sigma[2] = sig > 0.f ? g / d : 0.f;
+    unsigned *health = reinterpret_cast<unsigned *>(p.sigma + 3);
+    *health = health_after(*health, sig_new, p.what != Commit::kSigma);  // 1-D: kOneD
   }
   if (!p.W_sn) return;
   // x / d first (W / σ exactly as PyTorch divides), then γ; no σ yet: x · 0.

@@ -128,7 +128,8 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
   float *scal = P.scal;
 
   if (a->is_1d) {
-    SN_TRY(sn::launch_matvec(P, a->W, nullptr, nullptr, TMode::kNorm1D, nullptr, nullptr, stream));
+    SN_TRY(sn::launch_matvec(P, a->W, nullptr, nullptr, TMode::kNorm1D, nullptr, nullptr, nullptr,
+                             stream));
     SN_TRY(sn::launch_commit_divide(P, *a, SN_SCAL_SIG_1D, sn::Commit::kOneD, stream));
     return 0;
   }
@@ -139,18 +140,22 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
   // The current u and v: the state at first, then the scratch products with their norms.
   const float *u = a->u, *u_div = nullptr, *v = a->v, *v_div = nullptr;
   int slot = SN_SCAL_SIG_S;
+  // The first product of a training forward restarts from ones if the health word asks for it.
+  const unsigned *health = reinterpret_cast<const unsigned *>(a->sigma + 3);
   for (int k = 0; k < iters; ++k) {
+    const unsigned *restart = k == 0 ? health : nullptr;
     if (one_pass) {
-      SN_TRY(sn::launch_one_pass(P, a->W, v, v_div, stream));
+      SN_TRY(sn::launch_one_pass(P, a->W, v, v_div, restart, stream));
       slot = SN_SCAL_SIG_S;
     } else if (a->order == SN_ORDER_U_FIRST) {
-      SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kNormalize, nullptr, nullptr, stream));
-      SN_TRY(sn::launch_matvec_t(P, a->W, P.t, scal + SN_SCAL_M_T, stream));
+      SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kNormalize, nullptr, nullptr, restart,
+                               stream));
+      SN_TRY(sn::launch_matvec_t(P, a->W, P.t, scal + SN_SCAL_M_T, nullptr, stream));
       slot = SN_SCAL_SIG_S;
     } else {
-      SN_TRY(sn::launch_matvec_t(P, a->W, u, u_div, stream));
+      SN_TRY(sn::launch_matvec_t(P, a->W, u, u_div, restart, stream));
       SN_TRY(sn::launch_matvec(P, a->W, P.s, scal + SN_SCAL_M_S, TMode::kNormalize, nullptr,
-                               nullptr, stream));
+                               nullptr, nullptr, stream));
       slot = SN_SCAL_SIG_T;
     }
     u = P.t;
@@ -159,7 +164,7 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
     v_div = scal + SN_SCAL_M_S;
   }
   if (!a->training) {
-    SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kDot, u, u_div, stream));
+    SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kDot, u, u_div, nullptr, stream));
     slot = SN_SCAL_SIG_DOT;
   }
   SN_TRY(sn::launch_commit_divide(P, *a, slot, iters > 0 ? sn::Commit::kVectors : sn::Commit::kSigma,

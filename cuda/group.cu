@@ -79,8 +79,9 @@ __device__ void rows_body(const sn_group_entry_t &e, int g, int iter, bool train
                           float *s_sm) {
   const float *x = iter == 0 ? e.v : e.s;
   const float rx = iter == 0 ? 1.f : 1.f / e.scal[SN_SCAL_M_S];
+  const bool ones = training && iter == 0 && (reinterpret_cast<const unsigned *>(e.sigma)[3] & SN_HEALTH_RESTART);
   for (int64_t j = threadIdx.x; j < e.w; j += kBlock) {
-    v_sm[j] = x[j] * rx;
+    v_sm[j] = ones ? 1.f : x[j] * rx;
     s_sm[j] = 0.f;
   }
   __syncthreads();
@@ -195,6 +196,8 @@ __global__ void __launch_bounds__(kBlock) group_commit_kernel(sn_cuda_group_t G,
         e.sigma[1] = 1.f / sig_new;
       }
       e.sigma[2] = sig > 0.f ? g / d : 0.f;
+      unsigned *health = reinterpret_cast<unsigned *>(e.sigma + 3);
+      *health = health_after(*health, sig_new, training);
     }
   }
   if (!e.W_sn) return;

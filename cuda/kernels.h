@@ -15,19 +15,21 @@ enum class TMode {
 };
 
 // W's element type is plan.dtype.
+// `health`, when not NULL, is the layer's health word: if its SN_HEALTH_RESTART bit is set, the
+// input vector is replaced by ones (the deterministic restart after a zero σ).
 // t = M x · (1 / *x_div), x NULL meaning ones; u and u_div are used by TMode::kDot.
 cudaError_t launch_matvec(const sn_cuda_plan_t &plan, const void *W, const float *x,
                           const float *x_div, TMode mode, const float *u, const float *u_div,
-                          cudaStream_t stream);
+                          const unsigned *health, cudaStream_t stream);
 
 // s = Mᵀ y · (1 / *y_div); the last block writes scal[M_S] and scal[SIG_S].
 cudaError_t launch_matvec_t(const sn_cuda_plan_t &plan, const void *W, const float *y,
-                            const float *y_div, cudaStream_t stream);
+                            const float *y_div, const unsigned *health, cudaStream_t stream);
 
 // What the commit-and-divide launch stores when σ is usable.
 enum class Commit {
   kSigma,     // σ only (eval)
-  kVectors,   // σ, u = t / scal[M_T], v = s / scal[M_S]
+  kVectors,   // σ, u = t / scal[M_T], v = s / scal[M_S] (a training forward)
   kOneD,      // σ, u = t / σ (= W / max(‖W‖, eps)), v = 1: what a 1-D weight's backward uses
 };
 
@@ -38,7 +40,7 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
 // One-pass iteration (cuda/one_pass.cu): t = M (x / *x_div) and s = Mᵀ t / max(‖t‖, eps) with one
 // read of W, writing the same scratch and scalars as launch_matvec + launch_matvec_t. 2 launches.
 cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
-                            const float *x_div, cudaStream_t stream);
+                            const float *x_div, const unsigned *health, cudaStream_t stream);
 // Threads per block and float4 per thread for rows of w4 float4.
 void one_pass_shape(int w4, int *threads, int *vpt);
 // Raise the kernel's shared-memory limit and report its blocks per multiprocessor.

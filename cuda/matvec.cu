@@ -20,6 +20,7 @@ struct MatvecParams {
   const void *W;  // element type T of the kernel
   int64_t A, h, B;
   const float *x, *x_div;  // x NULL: ones
+  const unsigned *health;  // restart bit set: x = ones
   float *part;
   unsigned *counter;
   TMode mode;
@@ -109,6 +110,7 @@ template <int TB, bool V4, class T>
 __global__ void __launch_bounds__(kBlock) matvec_kernel(MatvecParams p) {
   const T *W = static_cast<const T *>(p.W);
   constexpr int R = kBlock / TB;
+  const float *x = p.health && (*p.health & SN_HEALTH_RESTART) ? nullptr : p.x;
   const int lane = threadIdx.x % TB;
   const int64_t i = (int64_t)blockIdx.x * R + threadIdx.x / TB;
   const int64_t per = (p.A + gridDim.y - 1) / gridDim.y;
@@ -116,7 +118,7 @@ __global__ void __launch_bounds__(kBlock) matvec_kernel(MatvecParams p) {
   float acc = 0.f;
   if (i < p.h) {
     for (int64_t a = a0; a < a1; ++a)
-      acc += row_dot<TB, V4>(W + (a * p.h + i) * p.B, p.x ? p.x + a * p.B : nullptr, p.B, lane);
+      acc += row_dot<TB, V4>(W + (a * p.h + i) * p.B, x ? x + a * p.B : nullptr, p.B, lane);
   }
   acc = group_sum<TB>(acc);
   if (lane == 0 && i < p.h) p.part[(int64_t)blockIdx.y * p.h + i] = acc;
@@ -136,6 +138,7 @@ struct MatvecTParams {
   const void *W;  // element type T of the kernel
   int64_t A, h, B;
   const float *y, *y_div;
+  const unsigned *health;  // restart bit set: y = ones
   float *part, *s, *tile_sq, *scal;
   unsigned *counters;  // [tiles] per tile, then one for all tiles
   int64_t tiles;
@@ -153,9 +156,12 @@ __global__ void __launch_bounds__(kBlock) matvec_t_kernel(MatvecTParams p) {
   const int64_t w = p.A * p.B;
   const int64_t per = (p.h + gridDim.y - 1) / gridDim.y;
   const int64_t i0 = (int64_t)blockIdx.y * per, i1 = min(p.h, i0 + per);
+  const bool ones = p.health && (*p.health & SN_HEALTH_RESTART);
 
   float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-  if (b < p.B) {
+  if (b < p.B && ones) {
+    for (int64_t i = i0 + il; i < i1; i += IL) a0 += to_f(W[a * p.h * p.B + i * p.B + b]);
+  } else if (b < p.B) {
     const T *col = W + a * p.h * p.B + b;
     const int64_t B = p.B;
     int64_t i = i0 + il;
@@ -233,9 +239,9 @@ cudaError_t launch_matvec_t_tb(int tb, const MatvecTParams &p, dim3 grid, cudaSt
 
 cudaError_t launch_matvec(const sn_cuda_plan_t &plan, const void *W, const float *x,
                           const float *x_div, TMode mode, const float *u, const float *u_div,
-                          cudaStream_t stream) {
+                          const unsigned *health, cudaStream_t stream) {
   const sn_view_t &vw = plan.view;
-  MatvecParams p{W, vw.A, vw.h, vw.B, x, x_div, plan.part1, &plan.counters[0], mode, plan.t,
+  MatvecParams p{W, vw.A, vw.h, vw.B, x, x_div, health, plan.part1, &plan.counters[0], mode, plan.t,
                  u, u_div, plan.scal, plan.eps};
   const int R = kBlock / plan.p1_tb;
   const dim3 grid((unsigned)((vw.h + R - 1) / R), (unsigned)plan.p1_asplit);
@@ -258,9 +264,9 @@ cudaError_t launch_matvec(const sn_cuda_plan_t &plan, const void *W, const float
 }
 
 cudaError_t launch_matvec_t(const sn_cuda_plan_t &plan, const void *W, const float *y,
-                            const float *y_div, cudaStream_t stream) {
+                            const float *y_div, const unsigned *health, cudaStream_t stream) {
   const sn_view_t &vw = plan.view;
-  MatvecTParams p{W, vw.A, vw.h, vw.B, y, y_div, plan.part2, plan.s, plan.tile_sq, plan.scal,
+  MatvecTParams p{W, vw.A, vw.h, vw.B, y, y_div, health, plan.part2, plan.s, plan.tile_sq, plan.scal,
                   plan.counters + 1, plan.p2_tiles, plan.eps};
   const dim3 grid((unsigned)plan.p2_tiles, (unsigned)plan.p2_isplit);
   auto run = [&](auto zero) -> cudaError_t {

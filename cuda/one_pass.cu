@@ -25,6 +25,7 @@ struct OnePassParams {
   int w4;
   const float *x;
   const float *x_div;
+  const unsigned *health;  // restart bit set: v = ones
   float *t;         // h
   float4 *part;     // op_blocks × w4
   float *tsq;       // op_blocks
@@ -56,7 +57,8 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   // v may start at any float boundary (the state's v follows u): load it by floats.
   float *v_smf = reinterpret_cast<float *>(v_sm);
   const float rx = reciprocal_of(p.x_div);
-  for (int k = threadIdx.x; k < 4 * p.w4; k += NT) v_smf[k] = p.x[k] * rx;
+  const bool ones = p.health && (*p.health & SN_HEALTH_RESTART);
+  for (int k = threadIdx.x; k < 4 * p.w4; k += NT) v_smf[k] = ones ? 1.f : p.x[k] * rx;
   __syncthreads();
 
   float4 acc[VPT];
@@ -244,9 +246,9 @@ cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int *blocks_per_sm) {
 }
 
 cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
-                            const float *x_div, cudaStream_t stream) {
+                            const float *x_div, const unsigned *health, cudaStream_t stream) {
   const int w4 = (int)(plan.view.B / 4);
-  OnePassParams p{W, plan.view.h, w4, x, x_div, plan.t,
+  OnePassParams p{W, plan.view.h, w4, x, x_div, health, plan.t,
                   reinterpret_cast<float4 *>(plan.op_part), plan.op_tsq};
   cudaError_t e = rows_dispatch(plan, &p, stream, nullptr);
   if (e != cudaSuccess) return e;

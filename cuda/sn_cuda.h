@@ -17,6 +17,28 @@ typedef struct {
   int64_t A, h, B;
 } sn_view_t;
 
+/* Internal health bit: the next training forward starts from the all-ones vector. */
+#define SN_HEALTH_RESTART 0x80000000u
+#define SN_HEALTH_PUBLIC 0x0000000Fu
+
+#ifdef __CUDACC__
+#define SN_HD __host__ __device__
+#else
+#define SN_HD
+#endif
+
+/* The health word after a forward whose new σ is `sig` (shared by both backends). A zero σ in a
+ * training forward asks the next one to restart from ones; a usable σ clears that request, and
+ * marks the recovery if this forward was such a restart. */
+static inline SN_HD unsigned sn_health_after(unsigned h, float sig, int training) {
+  const int finite = sig - sig == 0.0f; /* false for NaN and ±inf */
+  const int restarted = training && (h & SN_HEALTH_RESTART);
+  if (finite && sig > 0.0f) return (h & ~SN_HEALTH_RESTART) | (restarted ? (unsigned)SN_HEALTH_RECOVERED : 0u);
+  if (!finite) return h | (unsigned)SN_HEALTH_NONFINITE;
+  if (sig == 0.0f) return h | (unsigned)SN_HEALTH_ZERO | (training ? SN_HEALTH_RESTART : 0u);
+  return h | (unsigned)SN_HEALTH_NEGATIVE;
+}
+
 /* Scalar slots in the plan's scratch `scal` array. */
 enum {
   SN_SCAL_M_T = 0,    /* max(‖t‖, eps) of the latest t = M x */
@@ -79,7 +101,7 @@ typedef struct {
   void *W_sn;       /* numel, may equal W; NULL: no W_sn written (warm-up, scale-only forward) */
   int64_t numel;
   float *u, *v;     /* state, h and w */
-  float *sigma;     /* state, {σ, 1/σ, scale}: W_sn = scale · W (up to rounding) */
+  float *sigma;     /* state, {σ, 1/σ, scale, health bits}: W_sn = scale · W (up to rounding) */
   int training;     /* run n_iters updates; else the eval σ = uᵀ M v */
   int warmup_iters; /* updates run first (0 once warmed up) */
   int n_iters;
@@ -113,7 +135,7 @@ typedef struct {
   int dtype;                  /* sn_dtype_t */
   int n_iters;
   int64_t A, h, B, w, numel;
-  float *u, *v, *sigma;       /* the layer's state */
+  float *u, *v, *sigma;       /* the layer's state ({σ, 1/σ, scale, health}) */
   float *t, *s, *part, *tsq, *sq, *scal; /* the group's scratch for this layer */
   unsigned *counter;
   float eps, norm_bound;

@@ -53,6 +53,10 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned *counter, unsigned
   return is_last;
 }
 
+__device__ __forceinline__ unsigned health_after(unsigned h, float sig, bool training) {
+  return sn_health_after(h, sig, training ? 1 : 0);
+}
+
 // Reciprocal of an optional device divisor (NULL means 1).
 __device__ __forceinline__ float reciprocal_of(const float *div) {
   return div ? 1.0f / *div : 1.0f;

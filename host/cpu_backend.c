@@ -2,9 +2,16 @@
  * reference. It follows sn_cuda_forward step for step (cuda/forward.cu), so both backends share
  * one definition of warm-up, the eval σ, the commit rule and the scaled variants. */
 #include <math.h>
+#include <string.h>
 
 #include "sn_internal.h"
 #include "sn_reference.h"
+
+static unsigned health_of(const sn_cuda_forward_args_t *args) {
+  unsigned h;
+  memcpy(&h, args->sigma + 3, sizeof h);
+  return h;
+}
 
 void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
   const sn_view_t vw = layer->view;
@@ -24,9 +31,12 @@ void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
     norm = sqrt(norm);
     sigma = norm > eps ? norm : eps;
   } else {
-    for (int64_t i = 0; i < h; ++i) u[i] = (double)args->u[i];
-    for (int64_t j = 0; j < w; ++j) v[j] = (double)args->v[j];
     iters = args->warmup_iters + (args->training ? args->n_iters : 0);
+    /* The deterministic restart after a zero σ: the first product starts from ones. */
+    const int ones = iters > 0 && (health_of(args) & SN_HEALTH_RESTART);
+    const int ones_u = ones && layer->desc.order == SN_ORDER_V_FIRST, ones_v = ones && !ones_u;
+    for (int64_t i = 0; i < h; ++i) u[i] = ones_u ? 1.0 : (double)args->u[i];
+    for (int64_t j = 0; j < w; ++j) v[j] = ones_v ? 1.0 : (double)args->v[j];
     sigma = NAN;
     for (int k = 0; k < iters; ++k) sigma = sn_ref_iterate(args->W, dt, vw, u, v, eps, layer->desc.order);
     if (!args->training) sigma = sn_ref_sigma(args->W, dt, vw, u, v, layer->ref_t);
@@ -47,6 +57,8 @@ void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
     args->sigma[0] = sig_new;
     args->sigma[1] = 1.0f / sig_new;
   }
+  const unsigned health = sn_health_after(health_of(args), sig_new, args->is_1d ? 1 : iters > 0);
+  memcpy(args->sigma + 3, &health, sizeof health);
   const float sig = args->sigma[0];
   const float g = layer->plan.gamma ? *layer->plan.gamma : 1.0f;
   const float bound = layer->desc.norm_bound;

@@ -209,7 +209,7 @@ static sn_status_t init_state(sn_layer_t *l, uint64_t seed, sn_stream_t stream) 
   const int64_t v_at = l->v - l->u;
   sn__init_vector(host, h, seed, 0);
   sn__init_vector(host + v_at, w, seed, 1);
-  for (int k = 0; k < 3; ++k) host[v_at + w + k] = 0.0f;
+  for (int k = 0; k < 4; ++k) host[v_at + w + k] = 0.0f; /* σ, 1/σ, scale, health */
   if (l->desc.backend == SN_BACKEND_CPU) return SN_SUCCESS;
   cudaError_t e = cudaMemcpyAsync(l->u, host, bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream);
   if (e == cudaSuccess) e = cudaStreamSynchronize((cudaStream_t)stream);
@@ -521,6 +521,43 @@ SN_API sn_status_t sn_layer_get_sigma(const sn_layer_t *layer, float *sigma, flo
   return SN_SUCCESS;
 }
 
+SN_API sn_status_t sn_layer_health_ptr(const sn_layer_t *layer, const uint32_t **health) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  if (!health) return sn__fail(SN_ERROR_NULL_POINTER, "health (the output pointer) is NULL");
+  *health = (const uint32_t *)(layer->sigma + 3);
+  return SN_SUCCESS;
+}
+
+SN_API sn_status_t sn_layer_get_health(sn_layer_t *layer, uint32_t *health, int clear,
+                                       sn_stream_t stream) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  if (!health) return sn__fail(SN_ERROR_NULL_POINTER, "health is NULL");
+  float word;
+  sn_status_t st = copy_out(layer, &word, layer->sigma + 3, 1, stream);
+  if (st != SN_SUCCESS) return st;
+  uint32_t bits;
+  memcpy(&bits, &word, sizeof bits);
+  *health = bits & SN_HEALTH_PUBLIC;
+  if (!clear) return SN_SUCCESS;
+  const uint32_t kept = bits & ~(uint32_t)SN_HEALTH_PUBLIC; /* the internal restart request stays */
+  if (layer->desc.backend == SN_BACKEND_CPU) {
+    memcpy(layer->sigma + 3, &kept, sizeof kept);
+    return SN_SUCCESS;
+  }
+  int prev = 0;
+  st = sn__enter_device(layer->desc.device, &prev);
+  if (st != SN_SUCCESS) return st;
+  cudaError_t e = cudaMemcpyAsync(layer->sigma + 3, &kept, sizeof kept, cudaMemcpyHostToDevice,
+                                  (cudaStream_t)stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize((cudaStream_t)stream);
+  sn__leave_device(layer->desc.device, prev);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return sn__cuda_fail((int)e, "clearing the health word");
+  }
+  return SN_SUCCESS;
+}
+
 SN_API sn_status_t sn_layer_get_scale(const sn_layer_t *layer, float *scale, sn_stream_t stream) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   if (!scale) return sn__fail(SN_ERROR_NULL_POINTER, "scale is NULL");
@@ -559,7 +596,13 @@ SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const f
   if (!isfinite(sigma) || sigma < 0.0f)
     return sn__fail(SN_ERROR_INVALID_VALUE, "sigma = %g must be finite and >= 0", (double)sigma);
   const float d = sn_ref_divisor(sigma, layer->desc.norm_bound);
-  const float sig[3] = {sigma, sigma > 0.0f ? 1.0f / sigma : 0.0f, sigma > 0.0f ? 1.0f / d : 0.0f};
+  float sig[4] = {sigma, sigma > 0.0f ? 1.0f / sigma : 0.0f, sigma > 0.0f ? 1.0f / d : 0.0f, 0.0f};
+  /* Health cleared; a zero-norm u or v asks the next training forward to restart from ones. */
+  int zero_u = 1, zero_v = 1;
+  for (int64_t i = 0; i < h && zero_u; ++i) zero_u = u[i] == 0.0f;
+  for (int64_t j = 0; j < w && zero_v; ++j) zero_v = v[j] == 0.0f;
+  const unsigned health = (zero_u || zero_v) ? SN_HEALTH_RESTART : 0u;
+  memcpy(&sig[3], &health, sizeof health);
 
   if (layer->desc.backend == SN_BACKEND_CPU) {
     memcpy(layer->u, u, (size_t)h * sizeof(float));

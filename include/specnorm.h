@@ -237,6 +237,29 @@ typedef enum {
 SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, void *dW,
                                unsigned flags, float *dgamma, sn_stream_t stream);
 
+/* ---- Health -------------------------------------------------------------------------------- */
+
+/* Sticky bits recorded on the device by forwards whose new σ was not usable (README, "Degenerate
+ * steps"). The state is never changed by such a step; these bits say that it happened. */
+typedef enum {
+  SN_HEALTH_NONFINITE = 1u, /* a σ was NaN or infinite: W held non-finite values */
+  SN_HEALTH_ZERO = 2u,      /* a σ was 0: all-zero W, or v (or u) zero or in W's null space */
+  SN_HEALTH_NEGATIVE = 4u,  /* an eval σ = uᵀ M v was < 0: W moved far from u and v */
+  SN_HEALTH_RECOVERED = 8u  /* after a zero σ (or a zero u or v given to set_state), a training
+                               forward restarted the iteration from the all-ones vector and
+                               produced a usable σ: recovery without a host round trip */
+} sn_health_flag_t;
+
+/* Pointer to the layer's health word (one uint32 of sn_health_flag_t bits, in the backend's
+ * memory), readable at any time without synchronizing the step; bits outside SN_HEALTH_* are
+ * internal. Valid until destroy. */
+SN_API sn_status_t sn_layer_health_ptr(const sn_layer_t *layer, const uint32_t **health);
+
+/* Copy the health bits to the host after the work queued on `stream` completes; with clear != 0,
+ * also reset them (stream-ordered). Blocks. */
+SN_API sn_status_t sn_layer_get_health(sn_layer_t *layer, uint32_t *health, int clear,
+                                       sn_stream_t stream);
+
 /* ---- State --------------------------------------------------------------------------------- */
 
 /* Copy the state to host arrays after the work queued on `stream` completes. Blocks.
@@ -247,7 +270,9 @@ SN_API sn_status_t sn_layer_get_state(const sn_layer_t *layer, float *u, float *
 /* Replace the state from host arrays, in order after the work queued on `stream`. Blocks.
  * u: h floats, v: w floats, all finite; sigma finite and >= 0 (1/σ becomes 1/sigma, or 0 for
  * sigma == 0; the scale becomes 1/d without γ, and is refreshed by the next forward). warmed_up != 0 means the warm-up is not run again (set it when loading PyTorch's
- * `_u` and `_v`, which are already warm). The values are stored bitwise as given. */
+ * `_u` and `_v`, which are already warm). The values are stored bitwise as given. The health bits
+ * are cleared; a u or v of zero norm makes the next training forward restart from the all-ones
+ * vector (SN_HEALTH_RECOVERED). */
 SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const float *v,
                                       float sigma, int warmed_up, sn_stream_t stream);
 
