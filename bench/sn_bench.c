@@ -1,10 +1,12 @@
 /*
- * sn_bench: throughput benchmark of specnorm's forward (training and eval) on single weights and on
- * whole-model presets, against a plain cuBLAS implementation of PyTorch's sequence measured in the
- * same run, and (joined from bench/torch_baseline.py's result file) against PyTorch itself.
+ * sn_bench: throughput benchmark of specnorm's forward (training, eval, scale-only) and backward
+ * (plain and accumulating), in float32, bfloat16 and float16, on single weights and on whole-model
+ * presets, against a plain cuBLAS implementation of PyTorch's sequence measured in the same run,
+ * and (joined from bench/torch_baseline.py's result file) against PyTorch itself.
  *
- * Every workload is first checked against specnorm's CPU backend (double precision reference).
- * Without a CUDA device the CPU backend is timed instead and the run still succeeds.
+ * Every workload is first checked against specnorm's CPU backend (double precision reference) in
+ * the same dtype. Without a CUDA device the CPU backend is timed instead and the run still
+ * succeeds (the check then compares a second CPU layer and an independent host formula).
  *
  * Uses the public API only (specnorm.h). `sn_bench --help` documents every option and number.
  */
@@ -50,14 +52,19 @@ typedef struct {
 
 /* ---- Constants ------------------------------------------------------------------------------ */
 
-#define CHECK_TOL 1e-5           /* σ relative error and W_sn error / max|W_sn| vs the CPU reference */
-#define CHECK_BIG_NUMEL (1 << 22) /* layers above this use CHECK_BIG_WARMUP warm-up iterations */
+#define CHECK_TOL 1e-5           /* σ, scale: relative error; float32 W_sn and dW: error / max|ref| */
+#define CHECK_TOL_DW_BF16 1e-2   /* bfloat16 dW: error / max|dW_ref| (~1 ulp of bfloat16) */
+#define CHECK_TOL_DW_F16 2e-3    /* float16 dW: error / max|dW_ref| (~1 ulp of float16) */
+#define CHECK_BIG_NUMEL (1 << 20) /* checked layers above this use CHECK_BIG_WARMUP warm-up iterations */
 #define CHECK_BIG_WARMUP 2
 #define MAX_COPIES 1024          /* cap on rotation copies (and graphs per timed graph row) */
-#define ALIGN_FLOATS 64          /* 256-byte alignment of every weight in the rotation buffers */
+#define ALIGN_FLOATS 64          /* 256-byte alignment of the baseline's device vectors */
+#define ALIGN_ELEMS 128          /* every weight in the rotation buffers starts 256-byte aligned */
 #define BATCH_TARGET_US 50.0     /* auto batch: calls per sample so that one sample is >= this */
 #define BATCH_SMALL_US 20.0      /* auto batch only kicks in below this per-call time */
 #define BATCH_MAX 64
+#define ROW_BUDGET_US 300000.0   /* default --reps: at most this much timed work per row (>= 20) */
+#define REPS_MIN_AUTO 20
 
 /* ---- Small helpers -------------------------------------------------------------------------- */
 
@@ -180,6 +187,104 @@ static void human_count(double n, char *buf, size_t size) {
   else snprintf(buf, size, "%.0f", n);
 }
 
+/* ---- Element types and modes ---------------------------------------------------------------- */
+
+/* Host float16 / bfloat16: round-to-nearest-even narrowing and exact widening (the same results
+ * as CUDA's __float2half_rn / __half2float and their bfloat16 twins). */
+static uint32_t f32_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+static float f32_of(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+static float bf16_to_f32(uint16_t h) { return f32_of((uint32_t)h << 16); }
+static uint16_t f32_to_bf16(float f) {
+  uint32_t u = f32_bits(f);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40u);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+static float f16_to_f32(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+  if (e == 0x1Fu) return f32_of(sign | 0x7F800000u | (m << 13));
+  if (e != 0) return f32_of(sign | ((e + 112u) << 23) | (m << 13));
+  const float mag = (float)m * 5.9604644775390625e-8f; /* subnormal: m * 2^-24 */
+  return sign ? -mag : mag;
+}
+static uint16_t f32_to_f16(float f) {
+  const uint32_t u = f32_bits(f);
+  const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7FFFFFFFu;
+  if (a > 0x7F800000u) return (uint16_t)(sign | 0x7E00u | ((a >> 13) & 0x3FFu));
+  if (a >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);
+  if (a >= 0x38800000u) {
+    uint32_t r = a - 0x38000000u;
+    r += 0xFFFu + ((r >> 13) & 1u);
+    return (uint16_t)(sign | (r >> 13));
+  }
+  if (a < 0x33000000u) return sign;
+  const uint32_t e = a >> 23, m = (a & 0x7FFFFFu) | 0x800000u, shift = 126u - e;
+  uint32_t q = m >> shift;
+  const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+  if (rem > half || (rem == half && (q & 1u))) ++q;
+  return (uint16_t)(sign | q);
+}
+
+#define N_DTYPES 3
+static const sn_dtype_t DTYPES[N_DTYPES] = {SN_DTYPE_FLOAT32, SN_DTYPE_BFLOAT16, SN_DTYPE_FLOAT16};
+
+static const char *dtype_name(sn_dtype_t t) {
+  switch (t) {
+    case SN_DTYPE_FLOAT32: return "f32";
+    case SN_DTYPE_BFLOAT16: return "bf16";
+    case SN_DTYPE_FLOAT16: return "f16";
+    default: return "?";
+  }
+}
+static size_t dtype_size(sn_dtype_t t) { return t == SN_DTYPE_FLOAT32 ? 4 : 2; }
+static int dtype_mant_bits(sn_dtype_t t) {
+  return t == SN_DTYPE_FLOAT32 ? 23 : t == SN_DTYPE_BFLOAT16 ? 7 : 10;
+}
+
+static float load_elem(const void *p, sn_dtype_t t, int64_t k) {
+  switch (t) {
+    case SN_DTYPE_FLOAT16: return f16_to_f32(((const uint16_t *)p)[k]);
+    case SN_DTYPE_BFLOAT16: return bf16_to_f32(((const uint16_t *)p)[k]);
+    default: return ((const float *)p)[k];
+  }
+}
+static void store_elem(void *p, sn_dtype_t t, int64_t k, float x) {
+  switch (t) {
+    case SN_DTYPE_FLOAT16: ((uint16_t *)p)[k] = f32_to_f16(x); break;
+    case SN_DTYPE_BFLOAT16: ((uint16_t *)p)[k] = f32_to_bf16(x); break;
+    default: ((float *)p)[k] = x; break;
+  }
+}
+/* One unit in the last place of the type at magnitude |x| (normal range; float16 subnormals have
+ * the fixed ulp 2^-24). */
+static double ulp_of(double x, sn_dtype_t t) {
+  int e = 0;
+  x = fabs(x);
+  if (!(x > 0)) x = 1e-30;
+  frexp(x, &e); /* x = m * 2^e, m in [0.5, 1): the leading bit is 2^(e-1) */
+  int p = e - 1 - dtype_mant_bits(t);
+  if (t == SN_DTYPE_FLOAT16 && p < -24) p = -24;
+  if (t == SN_DTYPE_FLOAT32 && p < -149) p = -149;
+  if (t == SN_DTYPE_BFLOAT16 && p < -133) p = -133;
+  return ldexp(1.0, p);
+}
+
+typedef enum { M_TRAIN = 0, M_EVAL, M_SCALE, M_BACKWARD, M_BACKWARD_ACC, N_MODES } snb_mode_t;
+static const char *const MODE_NAMES[N_MODES] = {"train", "eval", "scale", "backward", "backward-acc"};
+/* bytes(W) multiples each mode must move (see --help). */
+static const double MODE_BYTES[N_MODES] = {3, 3, 1, 4, 5};
+static int is_backward(int m) { return m == M_BACKWARD || m == M_BACKWARD_ACC; }
+
 /* ---- Workloads and options ------------------------------------------------------------------ */
 
 typedef struct {
@@ -198,11 +303,13 @@ typedef struct {
   const char **preset_args;
   int n_preset_args;
   int default_dim;
-  int mode_train, mode_eval;
+  int modes[N_MODES];     /* selected modes */
+  int dtypes[N_DTYPES];   /* selected dtypes, indexed like DTYPES */
   sn_algo_t algos[SN_ALGO_COUNT];
   int n_algos;
   int power_iters;
   int reps, warmup, batch; /* -1: default */
+  int reps_given;
   int rotate, baseline, graph, check;
   int force_cpu;
   int device;
@@ -215,14 +322,16 @@ static const char *algo_name(sn_algo_t a) {
   switch (a) {
     case SN_ALGO_DEFAULT: return "default";
     case SN_ALGO_TWO_PASS: return "two-pass";
+    case SN_ALGO_ONE_PASS: return "one-pass";
     default: return "?";
   }
 }
 
 static void print_help(void) {
   printf(
-      "sn_bench: throughput of specnorm's spectral-normalization forward, checked against the CPU\n"
-      "reference and compared with a plain cuBLAS implementation (and PyTorch, via --torch).\n"
+      "sn_bench: throughput of specnorm's spectral-normalization forward and backward, checked\n"
+      "against the CPU reference and compared with a plain cuBLAS implementation (and PyTorch,\n"
+      "via --torch).\n"
       "\n"
       "Usage: sn_bench [options]\n"
       "\n"
@@ -242,10 +351,23 @@ static void print_help(void) {
       "  --list-presets      print every preset's layers (name, shape, dim) and exit\n"
       "\n"
       "What is timed:\n"
-      "  --mode M            train | eval | all (default all). train: sn_forward(training=1): the\n"
-      "                      power iteration updates u, v, then W_sn = W / sigma. eval:\n"
-      "                      sn_forward(training=0): sigma = u^T M v with the stored u, v, then W / sigma.\n"
-      "  --algo A            default | two-pass | all (default: default): sn_layer_desc_t.algo\n"
+      "  --mode M[,M...]     train | eval | scale | backward | backward-acc | all (default all):\n"
+      "                      train     sn_forward(training=1): the power iteration updates u, v,\n"
+      "                                then W_sn = W / sigma                  bytes = 3 x bytes(W)\n"
+      "                      eval      sn_forward(training=0): sigma = u^T M v with the stored u, v,\n"
+      "                                then W / sigma                         bytes = 3 x bytes(W)\n"
+      "                      scale     sn_forward_scale_only(training=1): the training forward with\n"
+      "                                1/sigma left to the consumer, no W_sn  bytes = 1 x bytes(W)\n"
+      "                      backward  sn_backward(flags 0) alone, after an untimed training\n"
+      "                                forward: dW from G = dL/dW_sn          bytes = 4 x bytes(W)\n"
+      "                      backward-acc  the same with SN_BACKWARD_ACCUMULATE (dW += ...)\n"
+      "                                                                       bytes = 5 x bytes(W)\n"
+      "  --dtype T[,T...]    f32 | bf16 | f16 | all (default f32): sn_layer_desc_t.dtype of every\n"
+      "                      layer (W, W_sn, G, dW in that type). The weights are drawn in float32\n"
+      "                      and rounded to the type, for specnorm, the baselines and the check.\n"
+      "  --algo A            default | two-pass | one-pass | all (default: default):\n"
+      "                      sn_layer_desc_t.algo; a workload with a layer one-pass does not\n"
+      "                      support skips that algo with a message\n"
       "  --power-iters N     n_power_iterations of every layer and of the baselines (default 1)\n"
       "  --no-baseline       skip the cuBLAS baseline\n"
       "  --no-graph          skip the CUDA-graph replay rows (specnorm-graph, cublas-graph)\n"
@@ -255,22 +377,28 @@ static void print_help(void) {
       "  --seed S            seed of the weights and of u, v (default 0)\n"
       "\n"
       "Timing:\n"
-      "  --reps N            timed samples per row (default 200; CPU backend: 10)\n"
+      "  --reps N            timed samples per row (default 200, fewer for rows whose 200 samples\n"
+      "                      would take more than %.1f s, at least %d; CPU backend: 10)\n"
       "  --warmup N          untimed calls before the samples (default 20; CPU backend: 2)\n"
       "  --batch R           calls per sample; a sample is (CUDA event after R calls - event before)/R.\n"
       "                      Default auto: 1, or for calls under %.0f us as many as make a sample\n"
       "                      >= %.0f us (at most %d). The row's 'batch' column says which.\n"
-      "  --no-rotate         always use the same W and W_sn buffers. By default every call uses the\n"
-      "                      next of C copies of all W and W_sn buffers, C = ceil(4 x L2 size /\n"
+      "  --no-rotate         always use the same W, W_sn/dW and G buffers. By default every call\n"
+      "                      uses the next of C copies of all of them, C = ceil(4 x L2 size /\n"
       "                      bytes of one copy) (at most %d), so W is not served from L2.\n"
       "  Each row reports the median and the p10-p90 range of the samples in microseconds.\n"
       "  CPU backend: host clock around each call, no rotation.\n"
-      "\n"
+      "\n",
+      ROW_BUDGET_US / 1e6, REPS_MIN_AUTO, BATCH_SMALL_US, BATCH_TARGET_US, BATCH_MAX, MAX_COPIES);
+  printf(
       "Numbers:\n"
-      "  bytes    the bytes a forward must move, for train and eval alike: 3 x bytes(W), i.e. one\n"
-      "           read of W for the (one-pass) power iteration or the eval sigma, plus one read of W\n"
-      "           and one write of W_sn for the division (bench convention; SPEC.md's one-pass\n"
-      "           iteration). A preset sums this over its layers.\n"
+      "  bytes    the bytes a call must move (bench convention), bytes(W) = numel x size of dtype:\n"
+      "             train, eval     3 x bytes(W): one read of W for the (one-pass) power iteration\n"
+      "                             or the eval sigma, plus one read of W and one write of W_sn\n"
+      "             scale           1 x bytes(W): the one read of W of the iteration\n"
+      "             backward        4 x bytes(W): read G and W for <G, W>, read G and write dW\n"
+      "             backward-acc    5 x bytes(W): backward plus the read of the old dW\n"
+      "           A preset sums this over its layers.\n"
       "  GB/s     bytes / median time (1 GB = 1e9 bytes)\n"
       "  %%copy    GB/s as a percentage of the device-to-device copy bandwidth measured in the same\n"
       "           run (cudaMemcpyAsync of a 1 GiB buffer or as much as memory allows, counting\n"
@@ -280,11 +408,23 @@ static void print_help(void) {
       "           warm-up forward; 'fail' if the call could not be captured\n"
       "  xcuBLAS  median of the faster cuBLAS baseline row (eager or graph) / this row's median.\n"
       "           The baseline follows PyTorch's u-first sequence: gemv, nrm2, 1/max(norm,eps),\n"
-      "           scal, gemv^T, nrm2, 1/max, scal, gemv, dot, W/sigma (eval: gemv, dot, W/sigma);\n"
-      "           only for weights with dim 0 (skipped otherwise, and for presets containing one)\n"
+      "           scal, gemv^T, nrm2, 1/max, scal, gemv, dot, W/sigma (eval: gemv, dot, W/sigma;\n"
+      "           scale: the train sequence with 1/sigma in place of W/sigma). backward: <G, W> by\n"
+      "           cublasSdot (device pointer mode; bf16/f16: a small dot kernel), then one\n"
+      "           elementwise kernel dW (+)= (G - (<G,W>/sigma) u v^T) / sigma. cuBLAS has no gemv\n"
+      "           with a bf16/f16 matrix and float vectors, so for bf16/f16 only the backward modes\n"
+      "           have a baseline. Only for weights with dim 0 (skipped otherwise, and for presets\n"
+      "           containing one).\n"
       "  xtorch   median of the faster PyTorch row (torch-eager or torch-graph) of --torch FILE for\n"
-      "           the same workload, mode and --power-iters / this row's median\n"
-      "\n"
+      "           the same workload, mode, dtype and --power-iters / this row's median\n"
+      "  check    pass: sigma within %.0e relative of the CPU backend layer of the same dtype, and\n"
+      "           W_sn (f32: within %.0e x max|W_sn|; bf16/f16: each element within 1 ulp of the\n"
+      "           type), the scale (scale mode, %.0e relative) or dW (f32 %.0e, bf16 %.0e, f16\n"
+      "           %.0e x max|dW|). sigma_rel_err / wsn_rel_err give the largest errors (wsn_rel_err\n"
+      "           holds the scale's error in scale rows and dW's in backward rows).\n"
+      "\n",
+      CHECK_TOL, CHECK_TOL, CHECK_TOL, CHECK_TOL, CHECK_TOL_DW_BF16, CHECK_TOL_DW_F16);
+  printf(
       "Output:\n"
       "  --torch FILE        join with torch_baseline.py's --json output (adds xtorch, lists the\n"
       "                      PyTorch rows in the table)\n"
@@ -293,9 +433,13 @@ static void print_help(void) {
       "  --version           print versions and exit\n"
       "  -h, --help          this text\n"
       "\n"
+      "Full matrix (every mode, dtype and preset; about 2 minutes on an H100):\n"
+      "  sn_bench --mode all --dtype all --preset all --json sn.json\n"
+      "  (and torch_baseline.py --mode all --dtype all --preset all --json torch.json first, to\n"
+      "  add --torch torch.json)\n"
+      "\n"
       "Exit status: 0 success (also when no GPU is present: the CPU backend is timed), 1 a check\n"
-      "against the CPU reference failed or a CUDA/specnorm call failed, 2 bad command line.\n",
-      BATCH_SMALL_US, BATCH_TARGET_US, BATCH_MAX, MAX_COPIES);
+      "against the CPU reference failed or a CUDA/specnorm call failed, 2 bad command line.\n");
 }
 
 static long long parse_int(const char *opt, const char *s, long long lo, long long hi) {
@@ -307,9 +451,31 @@ static long long parse_int(const char *opt, const char *s, long long lo, long lo
   return v;
 }
 
+/* "a,b,c" of `names` (or "all") -> sel[i] = 1. */
+static void parse_list(const char *opt, const char *val, const char *const *names, int n, int *sel,
+                       const char *expected) {
+  const char *p = val;
+  if (!*p) usage_error("%s: empty value; expected %s", opt, expected);
+  for (;;) {
+    const char *end = strchr(p, ',');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    int found = 0;
+    if (len == 3 && !strncmp(p, "all", 3)) {
+      for (int i = 0; i < n; i++) sel[i] = 1;
+      found = 1;
+    }
+    for (int i = 0; i < n && !found; i++)
+      if (strlen(names[i]) == len && !strncmp(p, names[i], len)) sel[i] = found = 1;
+    if (!found) usage_error("%s: '%.*s' is not %s", opt, (int)len, p, expected);
+    if (!end) break;
+    p = end + 1;
+  }
+}
+
 static void parse_options(int argc, char **argv, options_t *o) {
   memset(o, 0, sizeof *o);
-  o->mode_train = o->mode_eval = 1;
+  for (int m = 0; m < N_MODES; m++) o->modes[m] = 1;
+  o->dtypes[0] = 1;
   o->algos[0] = SN_ALGO_DEFAULT;
   o->n_algos = 1;
   o->power_iters = 1;
@@ -373,24 +539,30 @@ static void parse_options(int argc, char **argv, options_t *o) {
       o->list_presets = 1;
     } else if (!strcmp(a, "--mode")) {
       TAKES_VALUE();
-      if (!strcmp(val, "train")) o->mode_train = 1, o->mode_eval = 0;
-      else if (!strcmp(val, "eval")) o->mode_train = 0, o->mode_eval = 1;
-      else if (!strcmp(val, "all")) o->mode_train = 1, o->mode_eval = 1;
-      else usage_error("--mode: '%s' is not train, eval or all", val);
+      memset(o->modes, 0, sizeof o->modes);
+      parse_list(a, val, MODE_NAMES, N_MODES, o->modes,
+                 "train, eval, scale, backward, backward-acc or all");
+    } else if (!strcmp(a, "--dtype")) {
+      TAKES_VALUE();
+      static const char *const names[N_DTYPES] = {"f32", "bf16", "f16"};
+      memset(o->dtypes, 0, sizeof o->dtypes);
+      parse_list(a, val, names, N_DTYPES, o->dtypes, "f32, bf16, f16 or all");
     } else if (!strcmp(a, "--algo")) {
       TAKES_VALUE();
       if (!strcmp(val, "default")) o->algos[0] = SN_ALGO_DEFAULT, o->n_algos = 1;
       else if (!strcmp(val, "two-pass")) o->algos[0] = SN_ALGO_TWO_PASS, o->n_algos = 1;
+      else if (!strcmp(val, "one-pass")) o->algos[0] = SN_ALGO_ONE_PASS, o->n_algos = 1;
       else if (!strcmp(val, "all")) {
         for (int k = 0; k < SN_ALGO_COUNT; k++) o->algos[k] = (sn_algo_t)k;
         o->n_algos = SN_ALGO_COUNT;
-      } else usage_error("--algo: '%s' is not default, two-pass or all", val);
+      } else usage_error("--algo: '%s' is not default, two-pass, one-pass or all", val);
     } else if (!strcmp(a, "--power-iters")) {
       TAKES_VALUE();
       o->power_iters = (int)parse_int(a, val, 1, 1000);
     } else if (!strcmp(a, "--reps")) {
       TAKES_VALUE();
       o->reps = (int)parse_int(a, val, 1, 1000000);
+      o->reps_given = 1;
     } else if (!strcmp(a, "--warmup")) {
       TAKES_VALUE();
       o->warmup = (int)parse_int(a, val, 0, 1000000);
@@ -548,7 +720,8 @@ static workload_t *build_workloads(const options_t *o, int cpu_mode, int *n_out)
 typedef struct {
   const workload_t *wl;
   char workload[160];
-  char mode[8];
+  char mode[16];
+  char dtype[8];
   char impl[24];
   char algo[16];
   char device[8]; /* "cuda" or "cpu" */
@@ -567,8 +740,8 @@ static int g_n_rows, g_cap_rows;
 static double g_copy_gbps = NAN;
 static double g_copy_bytes = 0;
 
-static row_t *new_row(const workload_t *wl, const char *mode, const char *impl, const char *algo,
-                      const char *device) {
+static row_t *new_row(const workload_t *wl, int mode, sn_dtype_t dtype, const char *impl,
+                      const char *algo, const char *device) {
   if (g_n_rows == g_cap_rows) {
     g_cap_rows = g_cap_rows ? 2 * g_cap_rows : 64;
     g_rows = realloc(g_rows, (size_t)g_cap_rows * sizeof *g_rows);
@@ -578,7 +751,8 @@ static row_t *new_row(const workload_t *wl, const char *mode, const char *impl, 
   memset(r, 0, sizeof *r);
   r->wl = wl;
   snprintf(r->workload, sizeof r->workload, "%s", wl->name);
-  snprintf(r->mode, sizeof r->mode, "%s", mode);
+  snprintf(r->mode, sizeof r->mode, "%s", MODE_NAMES[mode]);
+  snprintf(r->dtype, sizeof r->dtype, "%s", dtype_name(dtype));
   snprintf(r->impl, sizeof r->impl, "%s", impl);
   snprintf(r->algo, sizeof r->algo, "%s", algo);
   snprintf(r->device, sizeof r->device, "%s", device);
@@ -587,7 +761,7 @@ static row_t *new_row(const workload_t *wl, const char *mode, const char *impl, 
   r->speedup_cublas = r->speedup_torch = NAN;
   r->sigma_err = r->wsn_err = NAN;
   snprintf(r->check, sizeof r->check, "skipped");
-  r->bytes = 3.0 * 4.0 * (double)wl->params;
+  r->bytes = MODE_BYTES[mode] * (double)dtype_size(dtype) * (double)wl->params;
   return r;
 }
 
@@ -605,7 +779,7 @@ static void finish_row(row_t *r, double *samples, int n) {
 /* ---- Torch results (--torch) ---------------------------------------------------------------- */
 
 typedef struct {
-  char workload[160], mode[8], impl[24];
+  char workload[160], mode[16], dtype[8], impl[24];
   int power_iters, batch, launches;
   double median_us, p10_us, p90_us;
 } torch_row_t;
@@ -644,6 +818,8 @@ static void load_torch(const char *path) {
     torch_row_t *t = &g_torch[g_n_torch++];
     snprintf(t->workload, sizeof t->workload, "%s", wl);
     snprintf(t->mode, sizeof t->mode, "%s", mode);
+    const char *dt = snj_get_string(r, "dtype"); /* schema 1 files: float32 only */
+    snprintf(t->dtype, sizeof t->dtype, "%s", dt ? dt : "f32");
     snprintf(t->impl, sizeof t->impl, "%s", impl);
     t->power_iters = (int)snj_get_number(r, "power_iters", 1);
     t->batch = (int)snj_get_number(r, "batch", 0);
@@ -655,40 +831,104 @@ static void load_torch(const char *path) {
   snj_free(doc);
 }
 
-/* ---- Device-side buffers of a workload ------------------------------------------------------ */
+/* ---- Buffers of a workload (device memory; host memory for the CPU backend) ------------------ */
+
+static int g_cpu_mode; /* the buffers are host memory and the layers CPU layers */
 
 typedef struct {
   const workload_t *wl;
-  int64_t *off;      /* float offset of each layer inside one copy */
-  int64_t stride;    /* floats per copy (aligned) */
+  sn_dtype_t dtype;
+  size_t es;         /* bytes per element */
+  int64_t *off;      /* element offset of each layer inside one copy */
+  int64_t stride;    /* elements per copy (each layer 256-byte aligned) */
   int copies;
-  float *dW, *dWsn;  /* copies x stride floats each */
-  float *hW;         /* one copy, host */
+  char *dW, *dOut, *dG; /* copies x stride elements each: W, W_sn or dW, G (NULL without backward) */
+  void *hW, *hG;     /* one copy, host, in dtype */
 } buffers_t;
 
-static float *W_at(const buffers_t *b, int copy, int layer) {
-  return b->dW + (int64_t)copy * b->stride + b->off[layer];
+static void *W_at(const buffers_t *b, int copy, int layer) {
+  return b->dW + ((int64_t)copy * b->stride + b->off[layer]) * (int64_t)b->es;
 }
-static float *Wsn_at(const buffers_t *b, int copy, int layer) {
-  return b->dWsn + (int64_t)copy * b->stride + b->off[layer];
+static void *Out_at(const buffers_t *b, int copy, int layer) {
+  return b->dOut + ((int64_t)copy * b->stride + b->off[layer]) * (int64_t)b->es;
+}
+static void *G_at(const buffers_t *b, int copy, int layer) {
+  return b->dG + ((int64_t)copy * b->stride + b->off[layer]) * (int64_t)b->es;
+}
+static const void *hW_at(const buffers_t *b, int layer) {
+  return (const char *)b->hW + b->off[layer] * (int64_t)b->es;
+}
+static const void *hG_at(const buffers_t *b, int layer) {
+  return (const char *)b->hG + b->off[layer] * (int64_t)b->es;
 }
 
-static void layout_buffers(buffers_t *b, const workload_t *wl) {
+/* Copy between the buffers and the host (cudaMemcpy, or memcpy for the CPU backend). Callers
+ * synchronize the benchmark's (non-blocking) stream before reading device results; the device
+ * synchronization here makes a host-to-device copy complete before later work on that stream. */
+static void mem_copy(void *dst, const void *src, size_t n) {
+  if (g_cpu_mode) {
+    memcpy(dst, src, n);
+  } else {
+    CK_CUDA(cudaMemcpy(dst, src, n, cudaMemcpyDefault));
+    CK_CUDA(cudaDeviceSynchronize());
+  }
+}
+
+static void layout_buffers(buffers_t *b, const workload_t *wl, sn_dtype_t dtype) {
   memset(b, 0, sizeof *b);
   b->wl = wl;
+  b->dtype = dtype;
+  b->es = dtype_size(dtype);
   b->off = xcalloc((size_t)wl->n_layers, sizeof *b->off);
   int64_t pos = 0;
   for (int l = 0; l < wl->n_layers; l++) {
     b->off[l] = pos;
-    pos += (numel_of(&wl->layers[l]) + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
+    pos += (numel_of(&wl->layers[l]) + ALIGN_ELEMS - 1) / ALIGN_ELEMS * ALIGN_ELEMS;
   }
   b->stride = pos;
 }
 
-static void fill_host_weights(buffers_t *b, uint64_t seed) {
-  b->hW = xcalloc((size_t)b->stride, sizeof(float));
+/* n values uniform in [-1, 1), drawn in float32 and rounded to the dtype. */
+static void fill_random_typed(void *dst, int64_t n, sn_dtype_t t, uint64_t seed) {
+  if (t == SN_DTYPE_FLOAT32) {
+    fill_random(dst, n, seed);
+    return;
+  }
+  float *tmp = xmalloc((size_t)n * sizeof(float));
+  fill_random(tmp, n, seed);
+  for (int64_t k = 0; k < n; k++) store_elem(dst, t, k, tmp[k]);
+  free(tmp);
+}
+
+/* One copy of all layers, each drawn from its own seed (the weights do not depend on the dtype
+ * other than by the rounding). */
+static void *random_weights(const buffers_t *b, uint64_t seed) {
+  void *x = xcalloc((size_t)b->stride, b->es);
   for (int l = 0; l < b->wl->n_layers; l++)
-    fill_random(b->hW + b->off[l], numel_of(&b->wl->layers[l]), seed * 1000003ull + (uint64_t)l);
+    fill_random_typed((char *)x + b->off[l] * (int64_t)b->es, numel_of(&b->wl->layers[l]), b->dtype,
+                      seed * 1000003ull + (uint64_t)l);
+  return x;
+}
+
+static void fill_host_weights(buffers_t *b, uint64_t seed, int with_g) {
+  b->hW = random_weights(b, seed);
+  if (with_g) b->hG = random_weights(b, seed + 0x5EED5EEDull);
+}
+
+static void free_buffers(buffers_t *b) {
+  if (g_cpu_mode) {
+    free(b->dW);
+    free(b->dOut);
+    free(b->dG);
+  } else {
+    CK_CUDA(cudaFree(b->dW));
+    CK_CUDA(cudaFree(b->dOut));
+    if (b->dG) CK_CUDA(cudaFree(b->dG));
+  }
+  free(b->hW);
+  free(b->hG);
+  free(b->off);
+  memset(b, 0, sizeof *b);
 }
 
 /* ---- The cuBLAS baseline -------------------------------------------------------------------- */
@@ -700,12 +940,19 @@ typedef struct {
   int n_layers;
   int *h, *w;            /* per layer, as int for cuBLAS */
   float **u, **v, **t;   /* device vectors per layer: u (h), v (w), t (h) */
-  float **scal;          /* device scalars per layer: [0] norm, [1] 1/max(norm,eps), [2] sigma */
+  float **scal;          /* device scalars per layer: [0] norm, [1] 1/max(norm,eps), [2] sigma,
+                            [3] 1/sigma (scale mode), [4] <G, W> (backward) */
   float *d_one, *d_zero;
   float *block;          /* one allocation for everything above */
   float eps;
   int power_iters;
+  sn_dtype_t dtype;      /* forward modes: float32 only (no cuBLAS gemv for a 2-byte matrix) */
 } baseline_t;
+
+/* Whether the baseline implements `mode` for `dtype`. */
+static int baseline_has(int mode, sn_dtype_t dtype) {
+  return is_backward(mode) || dtype == SN_DTYPE_FLOAT32;
+}
 
 static void baseline_init(baseline_t *bl, const buffers_t *buf, int power_iters, float eps,
                           cudaStream_t stream) {
@@ -715,6 +962,7 @@ static void baseline_init(baseline_t *bl, const buffers_t *buf, int power_iters,
   bl->n_layers = wl->n_layers;
   bl->eps = eps;
   bl->power_iters = power_iters;
+  bl->dtype = buf->dtype;
   int n = wl->n_layers;
   bl->h = xcalloc((size_t)n, sizeof(int));
   bl->w = xcalloc((size_t)n, sizeof(int));
@@ -799,13 +1047,24 @@ static int bl_normalize(baseline_t *bl, int l, float *x, int n, cudaStream_t s) 
 
 /* One call of the baseline: every layer of the workload, copy `copy` of the weights.
  * Row-major h x w W is a column-major w x h matrix A (lda = w): M v = A^T v, M^T u = A u. */
-static int baseline_enqueue(void *ctx, int copy, int training, cudaStream_t s) {
+static int baseline_enqueue(void *ctx, int copy, int mode, cudaStream_t s) {
   baseline_t *bl = ctx;
   for (int l = 0; l < bl->n_layers; l++) {
-    const float *W = W_at(bl->buf, copy, l);
-    float *Wsn = Wsn_at(bl->buf, copy, l);
+    const void *W = W_at(bl->buf, copy, l);
+    void *Out = Out_at(bl->buf, copy, l);
     const int h = bl->h[l], w = bl->w[l];
-    if (training) {
+    const size_t n = (size_t)h * (size_t)w;
+    if (is_backward(mode)) {
+      const void *G = G_at(bl->buf, copy, l);
+      if (bl->dtype == SN_DTYPE_FLOAT32 && n <= (size_t)INT_MAX)
+        EQ_BLAS(cublasSdot(bl->handle, (int)n, G, 1, W, 1, &bl->scal[l][4])); /* <G, W> */
+      else
+        EQ_CUDA(snb_launch_dot(G, W, (int)bl->dtype, n, &bl->scal[l][4], s));
+      EQ_CUDA(snb_launch_sn_backward(G, Out, (int)bl->dtype, h, w, bl->u[l], bl->v[l],
+                                     &bl->scal[l][2], &bl->scal[l][4], mode == M_BACKWARD_ACC, s));
+      continue;
+    }
+    if (mode != M_EVAL) {
       for (int it = 0; it < bl->power_iters; it++) {
         EQ_BLAS(cublasSgemv(bl->handle, CUBLAS_OP_T, w, h, bl->d_one, W, w, bl->v[l], 1,
                             bl->d_zero, bl->u[l], 1)); /* u = M v */
@@ -818,7 +1077,8 @@ static int baseline_enqueue(void *ctx, int copy, int training, cudaStream_t s) {
     EQ_BLAS(cublasSgemv(bl->handle, CUBLAS_OP_T, w, h, bl->d_one, W, w, bl->v[l], 1, bl->d_zero,
                         bl->t[l], 1)); /* t = M v */
     EQ_BLAS(cublasSdot(bl->handle, h, bl->u[l], 1, bl->t[l], 1, &bl->scal[l][2])); /* σ = u·t */
-    EQ_CUDA(snb_launch_div(W, Wsn, &bl->scal[l][2], (size_t)h * (size_t)w, s));
+    if (mode == M_SCALE) EQ_CUDA(snb_launch_inv_clamp(&bl->scal[l][2], &bl->scal[l][3], 0.0f, s));
+    else EQ_CUDA(snb_launch_div(W, Out, &bl->scal[l][2], n, s));
   }
   return 0;
 }
@@ -831,13 +1091,31 @@ typedef struct {
   int n_layers;
 } sn_runner_t;
 
-static int specnorm_enqueue(void *ctx, int copy, int training, cudaStream_t s) {
+/* One call of specnorm in `mode`: every layer of the workload, copy `copy` of the buffers. */
+static int specnorm_enqueue(void *ctx, int copy, int mode, cudaStream_t s) {
   sn_runner_t *r = ctx;
   for (int l = 0; l < r->n_layers; l++) {
-    sn_status_t st = sn_forward(r->layers[l], W_at(r->buf, copy, l), Wsn_at(r->buf, copy, l),
-                                training, (sn_stream_t)s);
+    const void *W = W_at(r->buf, copy, l);
+    sn_status_t st;
+    const char *what;
+    switch (mode) {
+      case M_TRAIN:
+      case M_EVAL:
+        what = "sn_forward";
+        st = sn_forward(r->layers[l], W, Out_at(r->buf, copy, l), mode == M_TRAIN, (sn_stream_t)s);
+        break;
+      case M_SCALE:
+        what = "sn_forward_scale_only";
+        st = sn_forward_scale_only(r->layers[l], W, 1, (sn_stream_t)s);
+        break;
+      default:
+        what = "sn_backward";
+        st = sn_backward(r->layers[l], W, G_at(r->buf, copy, l), Out_at(r->buf, copy, l),
+                         mode == M_BACKWARD_ACC ? SN_BACKWARD_ACCUMULATE : 0u, NULL, (sn_stream_t)s);
+        break;
+    }
     if (st != SN_SUCCESS) {
-      snprintf(g_enqueue_err, sizeof g_enqueue_err, "sn_forward (layer %d): %s: %s", l,
+      snprintf(g_enqueue_err, sizeof g_enqueue_err, "%s (layer %d): %s: %s", what, l,
                sn_status_name(st), sn_last_error_message());
       return 1;
     }
@@ -847,22 +1125,22 @@ static int specnorm_enqueue(void *ctx, int copy, int training, cudaStream_t s) {
 
 /* ---- Graphs --------------------------------------------------------------------------------- */
 
-typedef int (*enqueue_fn)(void *ctx, int copy, int training, cudaStream_t s);
+typedef int (*enqueue_fn)(void *ctx, int copy, int mode, cudaStream_t s);
 
 typedef struct {
   cudaGraphExec_t *execs;
   int n;
 } graph_set_t;
 
-static int graph_enqueue(void *ctx, int copy, int training, cudaStream_t s) {
-  (void)training;
+static int graph_enqueue(void *ctx, int copy, int mode, cudaStream_t s) {
+  (void)mode;
   graph_set_t *g = ctx;
   EQ_CUDA(cudaGraphLaunch(g->execs[copy % g->n], s));
   return 0;
 }
 
 /* Capture one call of `fn` (copy `copy`); on success returns the graph, and its node counts. */
-static int capture_call(enqueue_fn fn, void *ctx, int copy, int training, cudaStream_t s,
+static int capture_call(enqueue_fn fn, void *ctx, int copy, int mode, cudaStream_t s,
                         cudaGraph_t *graph_out, int *nodes, int *kernels, char *why, size_t why_size) {
   cudaGraph_t graph = NULL;
   cudaError_t e = cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
@@ -870,7 +1148,7 @@ static int capture_call(enqueue_fn fn, void *ctx, int copy, int training, cudaSt
     snprintf(why, why_size, "cudaStreamBeginCapture: %s", cudaGetErrorString(e));
     return 1;
   }
-  int rc = fn(ctx, copy, training, s);
+  int rc = fn(ctx, copy, mode, s);
   e = cudaStreamEndCapture(s, &graph);
   if (rc) {
     snprintf(why, why_size, "%.250s", g_enqueue_err);
@@ -902,14 +1180,14 @@ static int capture_call(enqueue_fn fn, void *ctx, int copy, int training, cudaSt
 }
 
 /* A graph per rotation copy. Returns 0 and fills `set`, or 1 with `why`. */
-static int build_graph_set(enqueue_fn fn, void *ctx, int copies, int training, cudaStream_t s,
+static int build_graph_set(enqueue_fn fn, void *ctx, int copies, int mode, cudaStream_t s,
                            graph_set_t *set, char *why, size_t why_size) {
   set->execs = xcalloc((size_t)copies, sizeof *set->execs);
   set->n = 0;
   for (int c = 0; c < copies; c++) {
     cudaGraph_t g = NULL;
     int nodes = 0, kernels = 0;
-    if (capture_call(fn, ctx, c, training, s, &g, &nodes, &kernels, why, why_size)) return 1;
+    if (capture_call(fn, ctx, c, mode, s, &g, &nodes, &kernels, why, why_size)) return 1;
     cudaError_t e = cudaGraphInstantiate(&set->execs[c], g, 0);
     cudaGraphDestroy(g);
     if (e != cudaSuccess) {
@@ -929,35 +1207,40 @@ static void destroy_graph_set(graph_set_t *set) {
 
 /* ---- GPU timing ----------------------------------------------------------------------------- */
 
-static void run_or_die(enqueue_fn fn, void *ctx, int copy, int training, cudaStream_t s) {
-  if (fn(ctx, copy, training, s)) die("%s", g_enqueue_err);
+static void run_or_die(enqueue_fn fn, void *ctx, int copy, int mode, cudaStream_t s) {
+  if (fn(ctx, copy, mode, s)) die("%s", g_enqueue_err);
 }
 
-/* Fills r's timing from `reps` samples of `batch` calls each, rotating over `copies`. */
-static void time_gpu(row_t *r, enqueue_fn fn, void *ctx, int copies, int training, cudaStream_t s,
+/* Fills r's timing from `reps` samples of `batch` calls each, rotating over `copies`. Without
+ * --reps, a row whose 200 samples would take more than ROW_BUDGET_US gets fewer (>= REPS_MIN_AUTO). */
+static void time_gpu(row_t *r, enqueue_fn fn, void *ctx, int copies, int mode, cudaStream_t s,
                      const options_t *o) {
   int reps = o->reps > 0 ? o->reps : 200;
   int warmup = o->warmup >= 0 ? o->warmup : 20;
   int k = 0;
-  for (int i = 0; i < warmup; i++) run_or_die(fn, ctx, k++ % copies, training, s);
+  for (int i = 0; i < warmup; i++) run_or_die(fn, ctx, k++ % copies, mode, s);
   int batch = o->batch;
   cudaEvent_t e0, e1;
   CK_CUDA(cudaEventCreate(&e0));
   CK_CUDA(cudaEventCreate(&e1));
+  const int probe = 10;
+  CK_CUDA(cudaEventRecord(e0, s));
+  for (int i = 0; i < probe; i++) run_or_die(fn, ctx, k++ % copies, mode, s);
+  CK_CUDA(cudaEventRecord(e1, s));
+  CK_CUDA(cudaEventSynchronize(e1));
+  float ms = 0;
+  CK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+  const double est = (double)ms * 1000.0 / probe;
   if (batch <= 0) {
-    const int probe = 10;
-    CK_CUDA(cudaEventRecord(e0, s));
-    for (int i = 0; i < probe; i++) run_or_die(fn, ctx, k++ % copies, training, s);
-    CK_CUDA(cudaEventRecord(e1, s));
-    CK_CUDA(cudaEventSynchronize(e1));
-    float ms = 0;
-    CK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
-    double est = (double)ms * 1000.0 / probe;
     batch = 1;
     if (est < BATCH_SMALL_US) {
       batch = (int)ceil(BATCH_TARGET_US / (est > 0.1 ? est : 0.1));
       if (batch > BATCH_MAX) batch = BATCH_MAX;
     }
+  }
+  if (!o->reps_given && est > 0 && (double)reps * batch * est > ROW_BUDGET_US) {
+    reps = (int)(ROW_BUDGET_US / ((double)batch * est));
+    if (reps < REPS_MIN_AUTO) reps = REPS_MIN_AUTO;
   }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
@@ -965,13 +1248,13 @@ static void time_gpu(row_t *r, enqueue_fn fn, void *ctx, int copies, int trainin
   for (int i = 0; i <= reps; i++) CK_CUDA(cudaEventCreate(&ev[i]));
   CK_CUDA(cudaEventRecord(ev[0], s));
   for (int i = 0; i < reps; i++) {
-    for (int b = 0; b < batch; b++) run_or_die(fn, ctx, k++ % copies, training, s);
+    for (int b = 0; b < batch; b++) run_or_die(fn, ctx, k++ % copies, mode, s);
     CK_CUDA(cudaEventRecord(ev[i + 1], s));
   }
   CK_CUDA(cudaEventSynchronize(ev[reps]));
   double *samples = xcalloc((size_t)reps, sizeof *samples);
   for (int i = 0; i < reps; i++) {
-    float ms = 0;
+    ms = 0;
     CK_CUDA(cudaEventElapsedTime(&ms, ev[i], ev[i + 1]));
     samples[i] = (double)ms * 1000.0 / batch;
   }
@@ -1018,21 +1301,10 @@ static void measure_copy_bandwidth_gpu(cudaStream_t s) {
 
 /* ---- Check against the CPU reference -------------------------------------------------------- */
 
-static double max_abs(const float *x, int64_t n) {
+static double max_abs_t(const void *x, sn_dtype_t t, int64_t n) {
   double m = 0;
-  for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)x[i]));
+  for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)load_elem(x, t, i)));
   return m;
-}
-
-/* max|a - ref| / max|ref| (absolute when ref is all zero); NaN anywhere gives +inf. */
-static double rel_err_array(const float *a, const float *ref, int64_t n) {
-  double d = 0, m = max_abs(ref, n);
-  for (int64_t i = 0; i < n; i++) {
-    double e = fabs((double)a[i] - (double)ref[i]);
-    if (!(e == e)) return INFINITY;
-    d = fmax(d, e);
-  }
-  return m > 0 ? d / m : d;
 }
 
 static double rel_err_scalar(double a, double ref) {
@@ -1040,27 +1312,100 @@ static double rel_err_scalar(double a, double ref) {
   return ref != 0 ? fabs(a - ref) / fabs(ref) : fabs(a);
 }
 
-typedef struct {
-  double sigma_err[2], wsn_err[2];    /* [0] train, [1] eval: specnorm vs CPU */
-  double bl_sigma_err[2], bl_wsn_err[2];
-} check_result_t;
+typedef enum { CMP_WSN, CMP_DW } cmp_kind_t;
 
-static void check_fail(const workload_t *wl, int l, const char *impl, const char *mode,
-                       const char *what, double got, double ref, double err) {
+typedef struct {
+  double err;      /* max|got - ref| / max|ref| (absolute when ref is all zero; inf on NaN) */
+  int64_t worst;   /* element of the largest failure (or of the largest error) */
+  double got, ref; /* its values */
+  int pass;
+  char rule[64];
+} cmp_result_t;
+
+/* W_sn: float32 within CHECK_TOL x max|ref|; bf16/f16 every element within 1 ulp of the type.
+ * dW: within CHECK_TOL (f32), CHECK_TOL_DW_BF16, CHECK_TOL_DW_F16 x max|ref|. */
+static cmp_result_t compare_out(cmp_kind_t kind, const void *got, const void *ref, sn_dtype_t t,
+                                int64_t n) {
+  cmp_result_t c;
+  memset(&c, 0, sizeof c);
+  const double m = max_abs_t(ref, t, n);
+  const int ulp_rule = kind == CMP_WSN && t != SN_DTYPE_FLOAT32;
+  const double tol = kind == CMP_DW && t == SN_DTYPE_BFLOAT16 ? CHECK_TOL_DW_BF16
+                     : kind == CMP_DW && t == SN_DTYPE_FLOAT16 ? CHECK_TOL_DW_F16
+                                                               : CHECK_TOL;
+  if (ulp_rule) snprintf(c.rule, sizeof c.rule, "1 ulp of %s per element", dtype_name(t));
+  else snprintf(c.rule, sizeof c.rule, "%.0e x max|ref|", tol);
+  double d = 0, worst_excess = 0;
+  int ulp_ok = 1, nan = 0;
+  for (int64_t i = 0; i < n; i++) {
+    const double g = load_elem(got, t, i), r = load_elem(ref, t, i);
+    const double e = fabs(g - r);
+    if (!(e == e) || isinf(e)) {
+      nan = 1;
+      c.worst = i, c.got = g, c.ref = r;
+      break;
+    }
+    if (e > d) {
+      d = e;
+      if (ulp_ok) c.worst = i, c.got = g, c.ref = r;
+    }
+    if (ulp_rule) {
+      const double u = ulp_of(fmax(fabs(g), fabs(r)), t);
+      if (e > u && e / u > worst_excess) {
+        worst_excess = e / u;
+        ulp_ok = 0;
+        c.worst = i, c.got = g, c.ref = r;
+      }
+    }
+  }
+  c.err = nan ? INFINITY : m > 0 ? d / m : d;
+  c.pass = !nan && (ulp_rule ? ulp_ok : c.err <= tol);
+  return c;
+}
+
+static void check_fail(const workload_t *wl, int l, sn_dtype_t t, const char *impl, int mode,
+                       const char *what, double got, double ref, double err, const char *rule) {
   char shp[128];
   shape_str(&wl->layers[l], shp, sizeof shp);
   fflush(stdout);
   fprintf(stderr,
-          "\nsn_bench: CHECK FAILED: %s, layer %d '%s' (shape %s, dim %d), %s, %s forward:\n"
-          "  %s: got %.9g, CPU reference %.9g, relative error %.3g > %.0e\n"
-          "  (W_sn error is max|W_sn - W_sn_ref| / max|W_sn_ref|.) Benchmark stopped.\n",
-          wl->name, l, wl->layers[l].name, shp, wl->layers[l].dim, impl, mode, what, got, ref, err,
-          CHECK_TOL);
+          "\nsn_bench: CHECK FAILED: %s, layer %d '%s' (shape %s, dim %d, %s), %s, %s:\n"
+          "  %s: got %.9g, CPU reference %.9g, relative error %.3g (rule: %s)\n"
+          "  (Array errors are max|got - ref| / max|ref|.) Benchmark stopped.\n",
+          wl->name, l, wl->layers[l].name, shp, wl->layers[l].dim, dtype_name(t), impl,
+          MODE_NAMES[mode], what, got, ref, err, rule);
   exit(1);
 }
 
+static void expect_scalar(const workload_t *wl, int l, sn_dtype_t t, const char *impl, int mode,
+                          const char *what, double got, double ref, double *err_max) {
+  const double e = rel_err_scalar(got, ref);
+  if (!(e <= CHECK_TOL)) check_fail(wl, l, t, impl, mode, what, got, ref, e, "1e-05 relative");
+  *err_max = fmax(*err_max, e);
+}
+
+static void expect_array(const workload_t *wl, int l, sn_dtype_t t, const char *impl, int mode,
+                         cmp_kind_t kind, const void *got, const void *ref, int64_t n,
+                         double *err_max) {
+  cmp_result_t c = compare_out(kind, got, ref, t, n);
+  if (!c.pass) {
+    char what[96];
+    snprintf(what, sizeof what, "%s[%lld]", kind == CMP_WSN ? "W_sn" : "dW", (long long)c.worst);
+    check_fail(wl, l, t, impl, mode, what, c.got, c.ref, c.err, c.rule);
+  }
+  *err_max = fmax(*err_max, c.err);
+}
+
+typedef struct {
+  /* specnorm vs CPU, per mode: sigma (train, eval, scale) and W_sn / scale / dW */
+  double sigma_err[N_MODES], out_err[N_MODES];
+  double bl_sigma_err[N_MODES], bl_out_err[N_MODES]; /* the cuBLAS baseline vs CPU */
+  double formula_err[N_MODES]; /* CPU backend only: backward vs the baseline's formula on host */
+} check_result_t;
+
 static sn_layer_desc_t make_desc(const snb_preset_layer_t *L, const options_t *o, uint64_t seed,
-                                 sn_backend_t backend, sn_algo_t algo, int warmup_iters) {
+                                 sn_backend_t backend, sn_algo_t algo, int warmup_iters,
+                                 sn_dtype_t dtype) {
   sn_layer_desc_t d;
   CK_SN(sn_layer_desc_init(&d, L->ndim, L->shape));
   d.dim = L->dim;
@@ -1069,72 +1414,144 @@ static sn_layer_desc_t make_desc(const snb_preset_layer_t *L, const options_t *o
   d.backend = backend;
   d.device = o->device;
   d.algo = algo;
+  d.dtype = dtype;
   if (warmup_iters >= 0) d.warmup_iterations = warmup_iters;
   return d;
 }
 
-/* Check layer l of the workload: specnorm's CUDA layer `gl` (fresh, not yet forwarded) and, when
- * bl != NULL, the baseline (whose u, v are set here to the CPU layer's warmed-up state), against a
- * CPU layer with the same desc, on copy 0 of the weights: one training forward, then one eval. */
+/* The cuBLAS baseline kernel's backward on the host (float arithmetic as on the device, <G, W>
+ * in double): dW (+)= (G - (<G,W>/σ) u vᵀ) / σ for a row-major h x w weight. Validates the
+ * baseline's formula and layout against the CPU backend where no GPU is present. */
+static void host_backward_formula(const void *W, const void *G, void *dW, sn_dtype_t t, int64_t h,
+                                  int64_t w, const float *u, const float *v, float sigma, int acc) {
+  double gw = 0;
+  for (int64_t k = 0; k < h * w; k++) gw += (double)load_elem(G, t, k) * load_elem(W, t, k);
+  const float c = (float)gw / sigma;
+  for (int64_t i = 0; i < h; i++)
+    for (int64_t j = 0; j < w; j++) {
+      const int64_t k = i * w + j;
+      float x = (load_elem(G, t, k) - c * u[i] * v[j]) / sigma;
+      if (acc) x += load_elem(dW, t, k);
+      store_elem(dW, t, k, x);
+    }
+}
+
+/* Check layer l of the workload: specnorm's layer `gl` (fresh, not yet forwarded; a CUDA layer,
+ * or a second CPU layer for the CPU backend) and, when bl != NULL, the cuBLAS baseline (whose u, v
+ * start from the CPU layer's warmed-up state), against a CPU layer with the same desc, on copy 0
+ * of the buffers. The sequence, identical for all: training forward, eval forward, scale-only
+ * training forward, backward (flags 0), backward with SN_BACKWARD_ACCUMULATE onto a random dW. */
 static void check_layer(const workload_t *wl, int l, const buffers_t *buf, sn_layer_t *gl,
                         const sn_layer_desc_t *desc, baseline_t *bl, cudaStream_t s,
                         check_result_t *res) {
   const int64_t n = numel_of(&wl->layers[l]);
+  const sn_dtype_t t = buf->dtype;
+  const size_t bytes = (size_t)n * buf->es;
   sn_layer_desc_t cd = *desc;
   cd.backend = SN_BACKEND_CPU;
   sn_layer_t *cl = NULL;
   CK_SN(sn_layer_create(&cl, &cd));
-  const float *hW = buf->hW + buf->off[l];
-  float *ref = xmalloc((size_t)n * sizeof(float));
-  float *got = xmalloc((size_t)n * sizeof(float));
+  int64_t h = 0, w = 0;
+  CK_SN(sn_layer_get_dims(cl, &h, &w));
+  const void *hW = hW_at(buf, l), *hG = hG_at(buf, l);
+  void *ref = xmalloc(bytes), *got = xmalloc(bytes), *d0 = NULL;
+  float *u = xmalloc((size_t)h * sizeof(float)), *v = xmalloc((size_t)w * sizeof(float));
+  void *W0 = W_at(buf, 0, l), *Out0 = Out_at(buf, 0, l);
+  const sn_stream_t ss = (sn_stream_t)s;
+  const char *impl = g_cpu_mode ? "specnorm CPU layer" : "specnorm";
+  baseline_t one;
+  buffers_t b1;
   if (bl) {
     /* Run the CPU layer's warm-up first and start the baseline from that state. */
-    int64_t h = 0, w = 0;
-    CK_SN(sn_layer_get_dims(cl, &h, &w));
     CK_SN(sn_layer_warmup(cl, hW, NULL));
-    float *u = xmalloc((size_t)h * sizeof(float)), *v = xmalloc((size_t)w * sizeof(float));
     CK_SN(sn_layer_get_state(cl, u, v, NULL, NULL, NULL));
     CK_CUDA(cudaMemcpy(bl->u[l], u, (size_t)h * sizeof(float), cudaMemcpyHostToDevice));
     CK_CUDA(cudaMemcpy(bl->v[l], v, (size_t)w * sizeof(float), cudaMemcpyHostToDevice));
-    free(u);
-    free(v);
+    CK_CUDA(cudaDeviceSynchronize()); /* the copies complete before work on the stream */
+    /* One layer of the baseline: a temporary single-layer view of it. */
+    one = *bl;
+    one.n_layers = 1;
+    one.h += l, one.w += l, one.u += l, one.v += l, one.t += l, one.scal += l;
+    b1 = *buf;
+    b1.off = buf->off + l;
+    one.buf = &b1;
   }
-  for (int m = 0; m < 2; m++) {
-    const int training = m == 0;
-    const char *mode = training ? "train" : "eval";
-    float s_cpu = 0, s_gpu = 0;
-    CK_SN(sn_forward(cl, hW, ref, training, NULL));
-    CK_SN(sn_layer_get_sigma(cl, &s_cpu, NULL, NULL));
-    /* specnorm */
-    CK_SN(sn_forward(gl, W_at(buf, 0, l), Wsn_at(buf, 0, l), training, (sn_stream_t)s));
-    CK_SN(sn_layer_get_sigma(gl, &s_gpu, NULL, (sn_stream_t)s));
-    CK_CUDA(cudaMemcpy(got, Wsn_at(buf, 0, l), (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
-    double es = rel_err_scalar(s_gpu, s_cpu), ew = rel_err_array(got, ref, n);
-    if (!(es <= CHECK_TOL)) check_fail(wl, l, "specnorm", mode, "sigma", s_gpu, s_cpu, es);
-    if (!(ew <= CHECK_TOL)) check_fail(wl, l, "specnorm", mode, "W_sn", max_abs(got, n), max_abs(ref, n), ew);
-    res->sigma_err[m] = fmax(res->sigma_err[m], es);
-    res->wsn_err[m] = fmax(res->wsn_err[m], ew);
-    if (bl) {
-      /* One layer of the baseline: a temporary single-layer view of it. */
-      baseline_t one = *bl;
-      one.n_layers = 1;
-      one.h += l, one.w += l, one.u += l, one.v += l, one.t += l, one.scal += l;
-      buffers_t b1 = *buf;
-      b1.off = buf->off + l;
-      one.buf = &b1;
-      if (baseline_enqueue(&one, 0, training, s)) die("cuBLAS baseline: %s", g_enqueue_err);
-      float s_bl = 0;
-      CK_CUDA(cudaMemcpyAsync(&s_bl, &bl->scal[l][2], sizeof s_bl, cudaMemcpyDeviceToHost, s));
+  for (int m = 0; m < N_MODES; m++) {
+    float s_cpu = 0, s_gpu = 0, sc_cpu = 0, sc_gpu = 0;
+    const int acc = m == M_BACKWARD_ACC;
+    if (acc) {
+      /* The dW that both accumulate onto: random, in the dtype. */
+      d0 = xmalloc(bytes);
+      fill_random_typed(d0, n, t, 0xACC0ull + (uint64_t)l);
+      memcpy(ref, d0, bytes);
+      mem_copy(Out0, ref, bytes);
+    }
+    switch (m) {
+      case M_TRAIN:
+      case M_EVAL:
+        CK_SN(sn_forward(cl, hW, ref, m == M_TRAIN, NULL));
+        CK_SN(sn_forward(gl, W0, Out0, m == M_TRAIN, ss));
+        break;
+      case M_SCALE:
+        CK_SN(sn_forward_scale_only(cl, hW, 1, NULL));
+        CK_SN(sn_forward_scale_only(gl, W0, 1, ss));
+        break;
+      default:
+        CK_SN(sn_backward(cl, hW, hG, ref, acc ? SN_BACKWARD_ACCUMULATE : 0u, NULL, NULL));
+        CK_SN(sn_backward(gl, W0, G_at(buf, 0, l), Out0, acc ? SN_BACKWARD_ACCUMULATE : 0u, NULL, ss));
+        break;
+    }
+    if (!is_backward(m)) {
+      CK_SN(sn_layer_get_sigma(cl, &s_cpu, NULL, NULL));
+      CK_SN(sn_layer_get_sigma(gl, &s_gpu, NULL, ss));
+      expect_scalar(wl, l, t, impl, m, "sigma", s_gpu, s_cpu, &res->sigma_err[m]);
+    }
+    if (m == M_SCALE) {
+      CK_SN(sn_layer_get_scale(cl, &sc_cpu, NULL));
+      CK_SN(sn_layer_get_scale(gl, &sc_gpu, ss));
+      expect_scalar(wl, l, t, impl, m, "scale", sc_gpu, sc_cpu, &res->out_err[m]);
+    } else {
+      if (!g_cpu_mode) CK_CUDA(cudaStreamSynchronize(s));
+      mem_copy(got, Out0, bytes);
+      expect_array(wl, l, t, impl, m, is_backward(m) ? CMP_DW : CMP_WSN, got, ref, n, &res->out_err[m]);
+    }
+    if (g_cpu_mode && is_backward(m) && wl->layers[l].dim == 0 && wl->layers[l].ndim >= 2) {
+      /* The baseline's formula on the host, from the CPU layer's state. */
+      float sg = 0;
+      CK_SN(sn_layer_get_state(cl, u, v, &sg, NULL, NULL));
+      if (acc) memcpy(got, d0, bytes);
+      host_backward_formula(hW, hG, got, t, h, w, u, v, sg, acc);
+      expect_array(wl, l, t, "backward formula of the cuBLAS baseline (host)", m, CMP_DW, got, ref,
+                   n, &res->formula_err[m]);
+    }
+    if (bl && baseline_has(m, t)) {
+      if (is_backward(m)) {
+        /* The state of the last forward, as specnorm's backward uses it: the CPU layer's. */
+        float sg = 0;
+        CK_SN(sn_layer_get_state(cl, u, v, &sg, NULL, NULL));
+        CK_CUDA(cudaMemcpy(bl->u[l], u, (size_t)h * sizeof(float), cudaMemcpyHostToDevice));
+        CK_CUDA(cudaMemcpy(bl->v[l], v, (size_t)w * sizeof(float), cudaMemcpyHostToDevice));
+        CK_CUDA(cudaMemcpy(&bl->scal[l][2], &sg, sizeof sg, cudaMemcpyHostToDevice));
+        CK_CUDA(cudaDeviceSynchronize());
+        if (acc) mem_copy(Out0, d0, bytes);
+      }
+      if (baseline_enqueue(&one, 0, m, s)) die("cuBLAS baseline: %s", g_enqueue_err);
+      float sb[4] = {0, 0, 0, 0};
+      CK_CUDA(cudaMemcpyAsync(sb, bl->scal[l], sizeof sb, cudaMemcpyDeviceToHost, s));
       CK_CUDA(cudaStreamSynchronize(s));
-      CK_CUDA(cudaMemcpy(got, Wsn_at(buf, 0, l), (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
-      es = rel_err_scalar(s_bl, s_cpu);
-      ew = rel_err_array(got, ref, n);
-      if (!(es <= CHECK_TOL)) check_fail(wl, l, "cuBLAS baseline", mode, "sigma", s_bl, s_cpu, es);
-      if (!(ew <= CHECK_TOL)) check_fail(wl, l, "cuBLAS baseline", mode, "W_sn", max_abs(got, n), max_abs(ref, n), ew);
-      res->bl_sigma_err[m] = fmax(res->bl_sigma_err[m], es);
-      res->bl_wsn_err[m] = fmax(res->bl_wsn_err[m], ew);
+      if (!is_backward(m)) expect_scalar(wl, l, t, "cuBLAS baseline", m, "sigma", sb[2], s_cpu, &res->bl_sigma_err[m]);
+      if (m == M_SCALE) {
+        expect_scalar(wl, l, t, "cuBLAS baseline", m, "1/sigma", sb[3], sc_cpu, &res->bl_out_err[m]);
+      } else {
+        mem_copy(got, Out0, bytes);
+        expect_array(wl, l, t, "cuBLAS baseline", m, is_backward(m) ? CMP_DW : CMP_WSN, got, ref, n,
+                     &res->bl_out_err[m]);
+      }
     }
   }
+  free(d0);
+  free(u);
+  free(v);
   free(ref);
   free(got);
   sn_layer_destroy(cl);
@@ -1148,18 +1565,72 @@ typedef struct {
   cudaStream_t stream;
 } gpu_t;
 
-static void set_check(row_t *r, int checked, double es, double ew) {
+static void set_check(row_t *r, int checked, int mode, double es, double ew) {
   if (!checked) return;
   snprintf(r->check, sizeof r->check, "pass");
-  r->sigma_err = es;
+  r->sigma_err = is_backward(mode) ? NAN : es;
   r->wsn_err = ew;
 }
 
-static void run_gpu_workload(const workload_t *wl, const options_t *o, gpu_t *g) {
+static int any_backward(const options_t *o) { return o->modes[M_BACKWARD] || o->modes[M_BACKWARD_ACC]; }
+
+/* Time `fn` in every selected mode: an eager row and (when capturable and not --no-graph) a graph
+ * row per mode. The backward modes first run one untimed training forward of copy 0. */
+static void time_modes(const workload_t *wl, sn_dtype_t dt, const options_t *o, cudaStream_t s,
+                       enqueue_fn fn, void *ctx, const char *impl, const char *impl_graph,
+                       const char *algo, int copies, const char *note, int checked,
+                       const double *sig_err, const double *out_err, int (*has)(int, sn_dtype_t)) {
+  int forwarded = 0;
+  for (int m = 0; m < N_MODES; m++) {
+    if (!o->modes[m] || (has && !has(m, dt))) continue;
+    if (is_backward(m) && !forwarded) {
+      /* (The bf16/f16 baseline has no forward: it keeps the u, v, σ the check or init gave it.) */
+      if (!has || has(M_TRAIN, dt)) run_or_die(fn, ctx, 0, M_TRAIN, s);
+      forwarded = 1;
+    }
+    row_t *r = new_row(wl, m, dt, impl, algo, "cuda");
+    snprintf(r->note, sizeof r->note, "%s", note);
+    set_check(r, checked, m, sig_err[m], out_err[m]);
+    /* Launches per call: capture one call. */
+    cudaGraph_t cg = NULL;
+    char why[256] = "";
+    int nodes = -1, kernels = -1;
+    int capturable = !capture_call(fn, ctx, 0, m, s, &cg, &nodes, &kernels, why, sizeof why);
+    if (capturable) {
+      cudaGraphDestroy(cg);
+      r->launches = nodes;
+      r->kernel_nodes = kernels;
+    } else {
+      r->launches = r->kernel_nodes = -2;
+      snprintf(r->note, sizeof r->note, "not capturable: %.180s", why);
+      fprintf(stderr, "    warning: %s %s %s %s: one call could not be captured in a CUDA graph: %s\n",
+              wl->name, MODE_NAMES[m], dtype_name(dt), impl, why);
+    }
+    time_gpu(r, fn, ctx, copies, m, s, o);
+    if (o->graph && capturable) {
+      graph_set_t gs;
+      if (build_graph_set(fn, ctx, copies, m, s, &gs, why, sizeof why)) {
+        fprintf(stderr, "    warning: %s %s %s %s: graph build failed: %s\n", wl->name,
+                MODE_NAMES[m], dtype_name(dt), impl, why);
+      } else {
+        row_t *rg = new_row(wl, m, dt, impl_graph, algo, "cuda");
+        snprintf(rg->note, sizeof rg->note, "%s", note);
+        set_check(rg, checked, m, sig_err[m], out_err[m]);
+        rg->launches = nodes;
+        rg->kernel_nodes = kernels;
+        time_gpu(rg, graph_enqueue, &gs, copies, m, s, o);
+      }
+      destroy_graph_set(&gs);
+    }
+  }
+}
+
+static void run_gpu_workload(const workload_t *wl, sn_dtype_t dt, const options_t *o, gpu_t *g) {
   cudaStream_t s = g->stream;
   buffers_t buf;
-  layout_buffers(&buf, wl);
-  const double bytes_per_copy = 2.0 * 4.0 * (double)buf.stride;
+  layout_buffers(&buf, wl, dt);
+  const int with_g = any_backward(o);
+  const double bytes_per_copy = (with_g ? 3.0 : 2.0) * (double)buf.es * (double)buf.stride;
   int copies = 1;
   char note[200] = "";
   if (o->rotate) {
@@ -1172,21 +1643,30 @@ static void run_gpu_workload(const workload_t *wl, const options_t *o, gpu_t *g)
   CK_CUDA(cudaMemGetInfo(&free_b, &total_b));
   while (copies > 1 && bytes_per_copy * copies > 0.7 * (double)free_b) copies--;
   if (bytes_per_copy * copies > 0.85 * (double)free_b)
-    die("%s: needs %.2f GB of device memory for W and W_sn, %.2f GB free", wl->name,
-        bytes_per_copy * copies / 1e9, (double)free_b / 1e9);
+    die("%s (%s): needs %.2f GB of device memory for W, W_sn/dW%s, %.2f GB free", wl->name,
+        dtype_name(dt), bytes_per_copy * copies / 1e9, with_g ? " and G" : "", (double)free_b / 1e9);
   if (o->rotate && copies > 1 && bytes_per_copy * copies < 4.0 * g->prop.l2CacheSize && !note[0])
     snprintf(note, sizeof note, "rotation limited by memory to %d copies", copies);
   buf.copies = copies;
-  CK_CUDA(cudaMalloc((void **)&buf.dW, (size_t)buf.stride * (size_t)copies * sizeof(float)));
-  CK_CUDA(cudaMalloc((void **)&buf.dWsn, (size_t)buf.stride * (size_t)copies * sizeof(float)));
-  fill_host_weights(&buf, o->seed);
-  CK_CUDA(cudaMemcpy(buf.dW, buf.hW, (size_t)buf.stride * sizeof(float), cudaMemcpyHostToDevice));
-  for (int c = 1; c < copies; c++)
-    CK_CUDA(cudaMemcpy(buf.dW + (int64_t)c * buf.stride, buf.dW, (size_t)buf.stride * sizeof(float),
-                       cudaMemcpyDeviceToDevice));
-  CK_CUDA(cudaMemset(buf.dWsn, 0, (size_t)buf.stride * (size_t)copies * sizeof(float)));
+  const size_t copy_bytes = (size_t)buf.stride * buf.es;
+  CK_CUDA(cudaMalloc((void **)&buf.dW, copy_bytes * (size_t)copies));
+  CK_CUDA(cudaMalloc((void **)&buf.dOut, copy_bytes * (size_t)copies));
+  /* G is needed by the check even when no backward mode is timed: one copy then. */
+  CK_CUDA(cudaMalloc((void **)&buf.dG, copy_bytes * (size_t)(with_g ? copies : 1)));
+  fill_host_weights(&buf, o->seed, 1);
+  CK_CUDA(cudaMemcpy(buf.dW, buf.hW, copy_bytes, cudaMemcpyHostToDevice));
+  CK_CUDA(cudaMemcpy(buf.dG, buf.hG, copy_bytes, cudaMemcpyHostToDevice));
+  for (int c = 1; c < copies; c++) {
+    CK_CUDA(cudaMemcpy(buf.dW + (size_t)c * copy_bytes, buf.dW, copy_bytes, cudaMemcpyDeviceToDevice));
+    if (with_g)
+      CK_CUDA(cudaMemcpy(buf.dG + (size_t)c * copy_bytes, buf.dG, copy_bytes, cudaMemcpyDeviceToDevice));
+  }
+  /* dW starts at 0: backward-acc adds to it (its growth over the run does not change the timing). */
+  CK_CUDA(cudaMemset(buf.dOut, 0, copy_bytes * (size_t)copies));
 
-  const int use_baseline = o->baseline && wl->all_dim0;
+  int bl_modes = 0;
+  for (int m = 0; m < N_MODES; m++) bl_modes += o->modes[m] && baseline_has(m, dt);
+  const int use_baseline = o->baseline && wl->all_dim0 && bl_modes > 0;
   baseline_t bl;
   memset(&bl, 0, sizeof bl);
   check_result_t bl_check;
@@ -1198,8 +1678,8 @@ static void run_gpu_workload(const workload_t *wl, const options_t *o, gpu_t *g)
     baseline_init(&bl, &buf, o->power_iters, d0.eps, s);
   }
 
-  fprintf(stderr, "  %s: %d layer(s), %.1f MB of weights, %d rotation copies\n", wl->name,
-          wl->n_layers, 4.0 * (double)wl->params / 1e6, copies);
+  fprintf(stderr, "  %s (%s): %d layer(s), %.1f MB of weights, %d rotation copies\n", wl->name,
+          dtype_name(dt), wl->n_layers, (double)buf.es * (double)wl->params / 1e6, copies);
 
   for (int a = 0; a < o->n_algos; a++) {
     sn_algo_t algo = o->algos[a];
@@ -1209,65 +1689,39 @@ static void run_gpu_workload(const workload_t *wl, const options_t *o, gpu_t *g)
     for (int l = 0; l < wl->n_layers; l++) {
       const int64_t n = numel_of(&wl->layers[l]);
       int wu = o->check && n > CHECK_BIG_NUMEL ? CHECK_BIG_WARMUP : -1;
-      sn_layer_desc_t d = make_desc(&wl->layers[l], o, o->seed + (uint64_t)l, SN_BACKEND_CUDA, algo, wu);
-      CK_SN(sn_layer_create(&layers[l], &d));
+      sn_layer_desc_t d = make_desc(&wl->layers[l], o, o->seed + (uint64_t)l, SN_BACKEND_CUDA, algo,
+                                    wu, dt);
+      sn_status_t cst = sn_layer_create(&layers[l], &d);
+      if (cst == SN_ERROR_NOT_SUPPORTED && algo != SN_ALGO_DEFAULT) {
+        fprintf(stderr, "    (algo %s skipped for %s %s: layer %d: %s)\n", algo_name(algo),
+                wl->name, dtype_name(dt), l, sn_last_error_message());
+        for (int k = 0; k < l; k++) sn_layer_destroy(layers[k]);
+        free(layers);
+        layers = NULL;
+        break;
+      }
+      CK_SN(cst);
       if (o->check) {
         const int with_bl = use_baseline && !bl_checked;
         if (l == 0) fprintf(stderr, "    checking against the CPU reference (%s)...\n", algo_name(algo));
         check_layer(wl, l, &buf, layers[l], &d, with_bl ? &bl : NULL, s, with_bl ? &bl_check : &chk);
         if (with_bl) {
           /* check_layer filled bl_check's specnorm fields too: move them to chk */
-          chk.sigma_err[0] = fmax(chk.sigma_err[0], bl_check.sigma_err[0]);
-          chk.sigma_err[1] = fmax(chk.sigma_err[1], bl_check.sigma_err[1]);
-          chk.wsn_err[0] = fmax(chk.wsn_err[0], bl_check.wsn_err[0]);
-          chk.wsn_err[1] = fmax(chk.wsn_err[1], bl_check.wsn_err[1]);
+          for (int m = 0; m < N_MODES; m++) {
+            chk.sigma_err[m] = fmax(chk.sigma_err[m], bl_check.sigma_err[m]);
+            chk.out_err[m] = fmax(chk.out_err[m], bl_check.out_err[m]);
+          }
         }
       } else {
         CK_SN(sn_layer_warmup(layers[l], W_at(&buf, 0, l), (sn_stream_t)s));
       }
     }
+    if (!layers) continue;
     if (use_baseline && o->check) bl_checked = 1;
     CK_CUDA(cudaStreamSynchronize(s));
     sn_runner_t runner = {&buf, layers, wl->n_layers};
-    for (int m = 0; m < 2; m++) {
-      const int training = m == 0;
-      if (training ? !o->mode_train : !o->mode_eval) continue;
-      const char *mode = training ? "train" : "eval";
-      row_t *r = new_row(wl, mode, "specnorm", algo_name(algo), "cuda");
-      snprintf(r->note, sizeof r->note, "%s", note);
-      set_check(r, o->check, chk.sigma_err[m], chk.wsn_err[m]);
-      /* Launches per call: capture one call. */
-      cudaGraph_t cg = NULL;
-      char why[256] = "";
-      int nodes = -1, kernels = -1;
-      int capturable = !capture_call(specnorm_enqueue, &runner, 0, training, s, &cg, &nodes,
-                                     &kernels, why, sizeof why);
-      if (capturable) {
-        cudaGraphDestroy(cg);
-        r->launches = nodes;
-        r->kernel_nodes = kernels;
-      } else {
-        r->launches = r->kernel_nodes = -2;
-        snprintf(r->note, sizeof r->note, "not capturable: %.180s", why);
-        fprintf(stderr, "    warning: %s %s: one call could not be captured in a CUDA graph: %s\n",
-                wl->name, mode, why);
-      }
-      time_gpu(r, specnorm_enqueue, &runner, copies, training, s, o);
-      if (o->graph && capturable) {
-        graph_set_t gs;
-        if (build_graph_set(specnorm_enqueue, &runner, copies, training, s, &gs, why, sizeof why)) {
-          fprintf(stderr, "    warning: %s %s: graph build failed: %s\n", wl->name, mode, why);
-        } else {
-          row_t *rg = new_row(wl, mode, "specnorm-graph", algo_name(algo), "cuda");
-          snprintf(rg->note, sizeof rg->note, "%s", note);
-          set_check(rg, o->check, chk.sigma_err[m], chk.wsn_err[m]);
-          rg->launches = nodes;
-          rg->kernel_nodes = kernels;
-          time_gpu(rg, graph_enqueue, &gs, copies, training, s, o);
-        }
-        destroy_graph_set(&gs);
-      }
-    }
+    time_modes(wl, dt, o, s, specnorm_enqueue, &runner, "specnorm", "specnorm-graph",
+               algo_name(algo), copies, note, o->check, chk.sigma_err, chk.out_err, NULL);
     CK_CUDA(cudaStreamSynchronize(s));
     for (int l = 0; l < wl->n_layers; l++) sn_layer_destroy(layers[l]);
     free(layers);
@@ -1275,61 +1729,34 @@ static void run_gpu_workload(const workload_t *wl, const options_t *o, gpu_t *g)
 
   if (use_baseline) {
     if (!o->check) {
-      /* Unchecked: start from random unit-ish vectors (contents do not change the timing). */
+      /* Unchecked: start from random unit-ish vectors and σ = 1 (contents do not change the
+       * timing; the backward modes run one baseline training forward first anyway). */
+      const float one = 1.0f;
       for (int l = 0; l < wl->n_layers; l++) {
         float *x = xmalloc((size_t)(bl.h[l] > bl.w[l] ? bl.h[l] : bl.w[l]) * sizeof(float));
         fill_random(x, bl.h[l], o->seed + 7 + (uint64_t)l);
         CK_CUDA(cudaMemcpy(bl.u[l], x, (size_t)bl.h[l] * sizeof(float), cudaMemcpyHostToDevice));
         fill_random(x, bl.w[l], o->seed + 11 + (uint64_t)l);
         CK_CUDA(cudaMemcpy(bl.v[l], x, (size_t)bl.w[l] * sizeof(float), cudaMemcpyHostToDevice));
+        CK_CUDA(cudaMemcpy(&bl.scal[l][2], &one, sizeof one, cudaMemcpyHostToDevice));
         free(x);
       }
     }
-    for (int m = 0; m < 2; m++) {
-      const int training = m == 0;
-      if (training ? !o->mode_train : !o->mode_eval) continue;
-      const char *mode = training ? "train" : "eval";
-      row_t *r = new_row(wl, mode, "cublas", "-", "cuda");
-      snprintf(r->note, sizeof r->note, "%s", note);
-      set_check(r, bl_checked, bl_check.bl_sigma_err[m], bl_check.bl_wsn_err[m]);
-      cudaGraph_t cg = NULL;
-      char why[256] = "";
-      int nodes = -1, kernels = -1;
-      int capturable = !capture_call(baseline_enqueue, &bl, 0, training, s, &cg, &nodes, &kernels,
-                                     why, sizeof why);
-      if (capturable) {
-        cudaGraphDestroy(cg);
-        r->launches = nodes;
-        r->kernel_nodes = kernels;
-      } else {
-        r->launches = r->kernel_nodes = -2;
-        snprintf(r->note, sizeof r->note, "not capturable: %.180s", why);
-      }
-      time_gpu(r, baseline_enqueue, &bl, copies, training, s, o);
-      if (o->graph && capturable) {
-        graph_set_t gs;
-        if (build_graph_set(baseline_enqueue, &bl, copies, training, s, &gs, why, sizeof why)) {
-          fprintf(stderr, "    warning: %s %s: cuBLAS graph build failed: %s\n", wl->name, mode, why);
-        } else {
-          row_t *rg = new_row(wl, mode, "cublas-graph", "-", "cuda");
-          snprintf(rg->note, sizeof rg->note, "%s", note);
-          set_check(rg, bl_checked, bl_check.bl_sigma_err[m], bl_check.bl_wsn_err[m]);
-          rg->launches = nodes;
-          rg->kernel_nodes = kernels;
-          time_gpu(rg, graph_enqueue, &gs, copies, training, s, o);
-        }
-        destroy_graph_set(&gs);
-      }
-    }
+    time_modes(wl, dt, o, s, baseline_enqueue, &bl, "cublas", "cublas-graph", "-", copies, note,
+               bl_checked, bl_check.bl_sigma_err, bl_check.bl_out_err, baseline_has);
     CK_CUDA(cudaStreamSynchronize(s));
     baseline_destroy(&bl);
-  } else if (o->baseline) {
+  } else if (o->baseline && !wl->all_dim0) {
     fprintf(stderr, "    (no cuBLAS baseline for %s: it has a weight with dim != 0 or 1-d)\n", wl->name);
   }
-  CK_CUDA(cudaFree(buf.dW));
-  CK_CUDA(cudaFree(buf.dWsn));
-  free(buf.hW);
-  free(buf.off);
+  if (o->baseline && wl->all_dim0 && dt != SN_DTYPE_FLOAT32) {
+    int fwd = 0;
+    for (int m = 0; m < N_MODES; m++) fwd += o->modes[m] && !is_backward(m);
+    if (fwd)
+      fprintf(stderr, "    (no cuBLAS baseline for the %s forward modes: cuBLAS has no gemv with a "
+                      "%s matrix and float vectors)\n", dtype_name(dt), dtype_name(dt));
+  }
+  free_buffers(&buf);
 }
 
 /* ---- CPU backend run ------------------------------------------------------------------------ */
@@ -1353,32 +1780,61 @@ static void measure_copy_bandwidth_cpu(void) {
   free(b);
 }
 
-static void run_cpu_workload(const workload_t *wl, const options_t *o) {
+/* The CPU backend: the same check (against a second CPU layer, plus the cuBLAS baseline's
+ * backward formula on the host), then host-clock timing of every selected mode. */
+static void run_cpu_workload(const workload_t *wl, sn_dtype_t dt, const options_t *o) {
   buffers_t buf;
-  layout_buffers(&buf, wl);
-  fill_host_weights(&buf, o->seed);
-  float *hWsn = xcalloc((size_t)buf.stride, sizeof(float));
+  layout_buffers(&buf, wl, dt);
+  fill_host_weights(&buf, o->seed, 1);
+  const size_t copy_bytes = (size_t)buf.stride * buf.es;
+  buf.copies = 1;
+  buf.dW = xmalloc(copy_bytes);
+  memcpy(buf.dW, buf.hW, copy_bytes);
+  buf.dG = xmalloc(copy_bytes);
+  memcpy(buf.dG, buf.hG, copy_bytes);
+  buf.dOut = xcalloc(1, copy_bytes);
   sn_layer_t **layers = xcalloc((size_t)wl->n_layers, sizeof *layers);
+  check_result_t chk;
+  memset(&chk, 0, sizeof chk);
+  const double t0 = now_us();
   for (int l = 0; l < wl->n_layers; l++) {
+    const int64_t n = numel_of(&wl->layers[l]);
+    int wu = o->check && n > CHECK_BIG_NUMEL ? CHECK_BIG_WARMUP : -1;
     sn_layer_desc_t d = make_desc(&wl->layers[l], o, o->seed + (uint64_t)l, SN_BACKEND_CPU,
-                                  SN_ALGO_DEFAULT, -1);
+                                  SN_ALGO_DEFAULT, wu, dt);
     CK_SN(sn_layer_create(&layers[l], &d));
-    CK_SN(sn_layer_warmup(layers[l], buf.hW + buf.off[l], NULL));
+    if (o->check) check_layer(wl, l, &buf, layers[l], &d, NULL, NULL, &chk);
+    else CK_SN(sn_layer_warmup(layers[l], W_at(&buf, 0, l), NULL));
+  }
+  if (o->check) {
+    double f = 0;
+    for (int m = 0; m < N_MODES; m++) f = fmax(f, chk.formula_err[m]);
+    char fs[96];
+    if (wl->all_dim0) snprintf(fs, sizeof fs, "max dW error %.2e of max|dW|", f);
+    else snprintf(fs, sizeof fs, "only on its dim-0 layers: max dW error %.2e of max|dW|", f);
+    fprintf(stderr,
+            "  %s (%s): check passed in %.1f s (a second CPU layer in all modes; the cuBLAS "
+            "baseline's backward formula on the host, %s)\n",
+            wl->name, dtype_name(dt), (now_us() - t0) * 1e-6, fs);
   }
   const int reps = o->reps > 0 ? o->reps : 10;
   const int warmup = o->warmup >= 0 ? o->warmup : 2;
   double *samples = xcalloc((size_t)reps, sizeof *samples);
-  for (int m = 0; m < 2; m++) {
-    const int training = m == 0;
-    if (training ? !o->mode_train : !o->mode_eval) continue;
-    row_t *r = new_row(wl, training ? "train" : "eval", "cpu", "-", "cpu");
+  sn_runner_t runner = {&buf, layers, wl->n_layers};
+  int forwarded = o->check;
+  for (int m = 0; m < N_MODES; m++) {
+    if (!o->modes[m]) continue;
+    if (is_backward(m) && !forwarded) {
+      run_or_die(specnorm_enqueue, &runner, 0, M_TRAIN, NULL);
+      forwarded = 1;
+    }
+    row_t *r = new_row(wl, m, dt, "cpu", "-", "cpu");
     snprintf(r->check, sizeof r->check, "reference");
     snprintf(r->note, sizeof r->note, "CPU backend (the reference), host clock");
     for (int i = 0; i < warmup + reps; i++) {
-      double t0 = now_us();
-      for (int l = 0; l < wl->n_layers; l++)
-        CK_SN(sn_forward(layers[l], buf.hW + buf.off[l], hWsn + buf.off[l], training, NULL));
-      double t = now_us() - t0;
+      double ts = now_us();
+      run_or_die(specnorm_enqueue, &runner, 0, m, NULL);
+      double t = now_us() - ts;
       if (i >= warmup) samples[i - warmup] = t;
     }
     r->batch = 1;
@@ -1388,29 +1844,32 @@ static void run_cpu_workload(const workload_t *wl, const options_t *o) {
   free(samples);
   for (int l = 0; l < wl->n_layers; l++) sn_layer_destroy(layers[l]);
   free(layers);
-  free(hWsn);
-  free(buf.hW);
-  free(buf.off);
+  free_buffers(&buf);
 }
 
 /* ---- Speed-ups and output ------------------------------------------------------------------- */
 
-static double best_median(const char *workload, const char *mode, const char *prefix) {
+static double best_median(const char *workload, const char *mode, const char *dtype,
+                          const char *prefix) {
   double best = NAN;
   for (int i = 0; i < g_n_rows; i++) {
     const row_t *r = &g_rows[i];
-    if (strcmp(r->workload, workload) || strcmp(r->mode, mode) || strncmp(r->impl, prefix, strlen(prefix)))
+    if (strcmp(r->workload, workload) || strcmp(r->mode, mode) || strcmp(r->dtype, dtype) ||
+        strncmp(r->impl, prefix, strlen(prefix)))
       continue;
     if (!isnan(r->median_us) && !(r->median_us >= best)) best = r->median_us;
   }
   return best;
 }
 
-static double best_torch(const char *workload, const char *mode, int power_iters) {
+/* Join key with torch_baseline.py: workload, mode, dtype, power_iters. */
+static double best_torch(const char *workload, const char *mode, const char *dtype, int power_iters) {
   double best = NAN;
   for (int i = 0; i < g_n_torch; i++) {
     const torch_row_t *t = &g_torch[i];
-    if (strcmp(t->workload, workload) || strcmp(t->mode, mode) || t->power_iters != power_iters) continue;
+    if (strcmp(t->workload, workload) || strcmp(t->mode, mode) || strcmp(t->dtype, dtype) ||
+        t->power_iters != power_iters)
+      continue;
     if (!(t->median_us >= best)) best = t->median_us;
   }
   return best;
@@ -1420,10 +1879,10 @@ static void compute_speedups(const options_t *o) {
   for (int i = 0; i < g_n_rows; i++) {
     row_t *r = &g_rows[i];
     if (strncmp(r->impl, "cublas", 6) != 0) {
-      double b = best_median(r->workload, r->mode, "cublas");
+      double b = best_median(r->workload, r->mode, r->dtype, "cublas");
       if (isfinite(b)) r->speedup_cublas = b / r->median_us;
     }
-    double t = best_torch(r->workload, r->mode, o->power_iters);
+    double t = best_torch(r->workload, r->mode, r->dtype, o->power_iters);
     if (isfinite(t)) r->speedup_torch = t / r->median_us;
   }
 }
@@ -1439,7 +1898,8 @@ static void fmt_launches(char *buf, size_t size, int n) {
   else snprintf(buf, size, "%d", n);
 }
 
-static void print_table_row(const char *wl, const char *shape, const char *mode, const char *impl,
+static void print_table_row(const char *wl, const char *shape, const char *mode, const char *dtype,
+                            const char *impl,
                             const char *algo, double med, double p10, double p90, double gbps,
                             double frac, double floor_us, const char *launch, double x_bl,
                             double x_torch, int batch, const char *check) {
@@ -1451,13 +1911,13 @@ static void print_table_row(const char *wl, const char *shape, const char *mode,
   fmt_num(fl, sizeof fl, floor_us, "%.2f");
   fmt_num(xb, sizeof xb, x_bl, "%.2fx");
   fmt_num(xt, sizeof xt, x_torch, "%.2fx");
-  printf("%-16s %-24s %-5s %-15s %-8s %30s %8s %6s %9s %5s %8s %7s %5d %-9s\n", wl, shape, mode, impl,
-         algo, t, g, f, fl, launch, xb, xt, batch, check);
+  printf("%-16s %-24s %-12s %-5s %-15s %-8s %30s %8s %6s %9s %5s %8s %7s %5d %-9s\n", wl, shape,
+         mode, dtype, impl, algo, t, g, f, fl, launch, xb, xt, batch, check);
 }
 
 static void print_table(void) {
-  printf("\n%-16s %-24s %-5s %-15s %-8s %30s %8s %6s %9s %5s %8s %7s %5s %-9s\n", "workload",
-         "shape", "mode", "impl", "algo", "us median [p10-p90]", "GB/s", "%copy", "floor us",
+  printf("\n%-16s %-24s %-12s %-5s %-15s %-8s %30s %8s %6s %9s %5s %8s %7s %5s %-9s\n", "workload",
+         "shape", "mode", "dtype", "impl", "algo", "us median [p10-p90]", "GB/s", "%copy", "floor us",
          "lnch", "xcuBLAS", "xtorch", "batch", "check");
   const workload_t *last = NULL;
   for (int i = 0; i < g_n_rows; i++) {
@@ -1466,21 +1926,25 @@ static void print_table(void) {
     last = r->wl;
     char l[16];
     fmt_launches(l, sizeof l, r->launches);
-    print_table_row(r->workload, r->wl->shape, r->mode, r->impl, r->algo, r->median_us, r->p10_us,
+    print_table_row(r->workload, r->wl->shape, r->mode, r->dtype, r->impl, r->algo, r->median_us, r->p10_us,
                     r->p90_us, r->gbps, r->copy_frac, r->floor_us, l, r->speedup_cublas,
                     r->speedup_torch, r->batch, r->check);
-    /* After the last row of this workload+mode... list the joined torch rows once per mode. */
+    /* After the last row of this workload+mode+dtype, list the joined torch rows once. */
     int last_of_mode = 1;
     for (int j = i + 1; j < g_n_rows; j++)
-      if (g_rows[j].wl == r->wl && !strcmp(g_rows[j].mode, r->mode)) last_of_mode = 0;
+      if (g_rows[j].wl == r->wl && !strcmp(g_rows[j].mode, r->mode) &&
+          !strcmp(g_rows[j].dtype, r->dtype))
+        last_of_mode = 0;
     if (last_of_mode) {
       for (int k = 0; k < g_n_torch; k++) {
         const torch_row_t *t = &g_torch[k];
-        if (strcmp(t->workload, r->workload) || strcmp(t->mode, r->mode)) continue;
+        if (strcmp(t->workload, r->workload) || strcmp(t->mode, r->mode) ||
+            strcmp(t->dtype, r->dtype))
+          continue;
         double gb = r->bytes / (t->median_us * 1e-6) / 1e9;
         char tl[16];
         fmt_launches(tl, sizeof tl, t->launches);
-        print_table_row(t->workload, r->wl->shape, t->mode, t->impl, "(joined)", t->median_us,
+        print_table_row(t->workload, r->wl->shape, t->mode, t->dtype, t->impl, "(joined)", t->median_us,
                         t->p10_us, t->p90_us, gb, gb / g_copy_gbps, r->floor_us, tl, NAN, NAN,
                         t->batch, "-");
       }
@@ -1490,9 +1954,16 @@ static void print_table(void) {
   for (int i = 0; i < g_n_rows; i++)
     if (g_rows[i].note[0] && strcmp(g_rows[i].impl, "cpu")) {
       if (!notes++) printf("\nNotes:\n");
-      printf("  %s %s %s: %s\n", g_rows[i].workload, g_rows[i].mode, g_rows[i].impl, g_rows[i].note);
+      printf("  %s %s %s %s: %s\n", g_rows[i].workload, g_rows[i].mode, g_rows[i].dtype,
+             g_rows[i].impl, g_rows[i].note);
     }
 }
+
+#define BYTES_DEFINITION                                                                         \
+  "per layer, bytes(W) = numel x size of dtype: train and eval 3 x bytes(W) (one read of W for the " \
+  "one-pass iteration or the eval sigma + one read of W and one write of W_sn for the division); "  \
+  "scale 1 x bytes(W) (the one read of the iteration); backward 4 x bytes(W) (read G and W for "    \
+  "<G, W>, read G and write dW); backward-acc 5 x bytes(W) (backward + read of the old dW)"
 
 static void json_string(FILE *f, const char *s) {
   fputc('"', f);
@@ -1532,7 +2003,7 @@ static void write_json(const char *path, const options_t *o, const gpu_t *g, int
   int rt = 0, drv = 0;
   cudaRuntimeGetVersion(&rt);
   cudaDriverGetVersion(&drv);
-  fprintf(f, "{\n  \"tool\": \"sn_bench\",\n  \"schema\": 1,\n  \"commit\": ");
+  fprintf(f, "{\n  \"tool\": \"sn_bench\",\n  \"schema\": 2,\n  \"commit\": ");
   json_string(f, SN_BENCH_COMMIT);
   fprintf(f, ",\n  \"date\": \"%s\",\n  \"specnorm_version\": ", date);
   json_string(f, sn_version_string());
@@ -1552,15 +2023,20 @@ static void write_json(const char *path, const options_t *o, const gpu_t *g, int
   json_number(f, g_copy_gbps, "%.3f");
   fprintf(f, ",\n  \"copy_bytes\": %.0f,\n", g_copy_bytes);
   fprintf(f,
-          "  \"settings\": {\"reps\": %d, \"warmup\": %d, \"batch\": %d, \"rotate\": %s, "
-          "\"power_iters\": %d, \"seed\": %llu, \"check_tol\": %g, \"torch_file\": ",
-          o->reps, o->warmup, o->batch, o->rotate ? "true" : "false", o->power_iters,
-          (unsigned long long)o->seed, CHECK_TOL);
+          "  \"settings\": {\"reps\": %d, \"reps_auto_capped\": %s, \"warmup\": %d, \"batch\": %d, \"rotate\": %s, "
+          "\"power_iters\": %d, \"seed\": %llu, \"check_tol\": %g, \"check_tol_dw_bf16\": %g, "
+          "\"check_tol_dw_f16\": %g, \"modes\": [",
+          o->reps, o->reps_given || g_cpu_mode ? "false" : "true", o->warmup, o->batch, o->rotate ? "true" : "false",
+          o->power_iters, (unsigned long long)o->seed, CHECK_TOL, CHECK_TOL_DW_BF16, CHECK_TOL_DW_F16);
+  for (int m = 0, k = 0; m < N_MODES; m++)
+    if (o->modes[m]) fprintf(f, "%s\"%s\"", k++ ? ", " : "", MODE_NAMES[m]);
+  fprintf(f, "], \"dtypes\": [");
+  for (int d = 0, k = 0; d < N_DTYPES; d++)
+    if (o->dtypes[d]) fprintf(f, "%s\"%s\"", k++ ? ", " : "", dtype_name(DTYPES[d]));
+  fprintf(f, "], \"torch_file\": ");
   if (o->torch_file) json_string(f, o->torch_file);
   else fputs("null", f);
-  fprintf(f, "},\n  \"bytes_definition\": \"3 x bytes(W) per layer for train and eval: one read of W "
-             "for the one-pass iteration (or the eval sigma) + one read of W and one write of W_sn "
-             "for the division\",\n");
+  fprintf(f, "},\n  \"bytes_definition\": \"%s\",\n", BYTES_DEFINITION);
   fprintf(f, "  \"rows\": [");
   for (int i = 0; i < g_n_rows; i++) {
     const row_t *r = &g_rows[i];
@@ -1568,8 +2044,8 @@ static void write_json(const char *path, const options_t *o, const gpu_t *g, int
     json_string(f, r->workload);
     fprintf(f, ", \"kind\": \"%s\", \"shape\": ", r->wl->kind);
     json_string(f, r->wl->shape);
-    fprintf(f, ", \"layers\": %d, \"params\": %lld, \"mode\": \"%s\", \"impl\": ", r->wl->n_layers,
-            (long long)r->wl->params, r->mode);
+    fprintf(f, ", \"layers\": %d, \"params\": %lld, \"mode\": \"%s\", \"dtype\": \"%s\", \"impl\": ",
+            r->wl->n_layers, (long long)r->wl->params, r->mode, r->dtype);
     json_string(f, r->impl);
     fprintf(f, ", \"algo\": \"%s\", \"device\": \"%s\", \"power_iters\": %d", r->algo, r->device,
             o->power_iters);
@@ -1622,7 +2098,7 @@ static void csv_quoted(FILE *f, const char *s) {
 
 /* Same columns as the JSON rows, same order. */
 static const char *CSV_HEADER =
-    "workload,kind,shape,layers,params,mode,impl,algo,device,power_iters,median_us,p10_us,p90_us,"
+    "workload,kind,shape,layers,params,mode,dtype,impl,algo,device,power_iters,median_us,p10_us,p90_us,"
     "reps,batch,copies,bytes,gbps,copy_fraction,floor_us,launches,kernel_nodes,capturable,"
     "speedup_vs_cublas,speedup_vs_torch,check,sigma_rel_err,wsn_rel_err,note\n";
 
@@ -1635,8 +2111,8 @@ static void write_csv(const char *path, const options_t *o) {
     csv_quoted(f, r->workload);
     fprintf(f, ",%s,", r->wl->kind);
     csv_quoted(f, r->wl->shape);
-    fprintf(f, ",%d,%lld,%s,%s,%s,%s,%d,", r->wl->n_layers, (long long)r->wl->params, r->mode,
-            r->impl, r->algo, r->device, o->power_iters);
+    fprintf(f, ",%d,%lld,%s,%s,%s,%s,%s,%d,", r->wl->n_layers, (long long)r->wl->params, r->mode,
+            r->dtype, r->impl, r->algo, r->device, o->power_iters);
     csv_field_num(f, r->median_us, "%.4f");
     fputc(',', f);
     csv_field_num(f, r->p10_us, "%.4f");
@@ -1707,6 +2183,7 @@ int main(int argc, char **argv) {
     usage_error("--device %d: only %d CUDA device(s) present", o.device, n_dev);
   }
 
+  g_cpu_mode = cpu_mode;
   if (o.reps < 0) o.reps = cpu_mode ? 10 : 200;
   if (o.warmup < 0) o.warmup = cpu_mode ? 2 : 20;
 
@@ -1745,13 +2222,17 @@ int main(int argc, char **argv) {
       printf("warning: --torch results are from '%s', this device is '%s'\n", g_torch_device,
              g.prop.name);
   }
-  printf("bytes per call = 3 x bytes(W) (train and eval); timings in us per call (median [p10-p90])\n");
+  printf("bytes per call: train, eval 3 x bytes(W); scale 1 x; backward 4 x; backward-acc 5 x "
+         "(bytes(W) = numel x size of dtype); timings in us per call (median [p10-p90])\n");
   fflush(stdout);
 
   for (int i = 0; i < n_wl; i++) {
     fprintf(stderr, "[%d/%d] %s\n", i + 1, n_wl, wls[i].name);
-    if (cpu_mode) run_cpu_workload(&wls[i], &o);
-    else run_gpu_workload(&wls[i], &o, &g);
+    for (int d = 0; d < N_DTYPES; d++) {
+      if (!o.dtypes[d]) continue;
+      if (cpu_mode) run_cpu_workload(&wls[i], DTYPES[d], &o);
+      else run_gpu_workload(&wls[i], DTYPES[d], &o, &g);
+    }
   }
   compute_speedups(&o);
   print_table();

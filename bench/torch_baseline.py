@@ -3,15 +3,29 @@
 workloads, the same way, and writes rows in sn_bench's JSON/CSV row format (impl = "torch-eager" or
 "torch-graph") so that `sn_bench --torch FILE` and plot.py can join them.
 
-What is timed per call: what PyTorch does per forward for every spectrally normalized weight of the
-workload: reading `module.weight` runs the parametrization (training mode: power iteration updating
-_u and _v, then sigma = vdot(u, W v) and W / sigma, with autograd recording as in a training step;
-eval mode: sigma and W / sigma under torch.no_grad()).
+What is timed per call, for every spectrally normalized weight of the workload (modes as sn_bench's
+--mode; the modules are in --dtype: float32, bfloat16 or float16 weights, PyTorch's u, v in the same
+type):
+  train         reading `module.weight` runs the parametrization: power iteration updating _u and
+                _v, then sigma = vdot(u, W v) and W / sigma, autograd recording as in training;
+  eval          the same in eval mode under torch.no_grad(): sigma and W / sigma;
+  scale         PyTorch has no scale-only forward: the parametrization's own pieces without the
+                division, i.e. _SpectralNorm._power_method(W_mat, n) then
+                sigma = vdot(u.clone(), mv(W_mat, v.clone())) with autograd recording (1-d
+                weights: the norm clamped to eps), as the training forward does before W / sigma;
+  backward      the autograd backward alone of the training forward, with G = dL/dW_sn of the same
+                shape and dtype: torch.autograd.backward([m.weight ...], [G ...]) into
+                `original.grad` set to None first (a fresh gradient, like sn_backward's flags 0).
+                The forwards of a sample's calls are enqueued first, untimed (outside the CUDA
+                events); the events enclose only the backward calls;
+  backward-acc  the same with `original.grad` kept, so autograd accumulates into it (grad += ...),
+                like SN_BACKWARD_ACCUMULATE.
 
 Timing as sn_bench: CUDA events around each sample of `batch` calls, warm-up calls first, median and
 p10/p90, rotation among enough copies of the model (weights, u, v and outputs) to exceed 4 x the L2
 size. "torch-graph": the same call captured in a torch.cuda.CUDAGraph (one graph per copy) and
-replayed.
+replayed; not for the backward modes (their rows say so in `note`), where the backward alone cannot
+be replayed apart from its forward.
 
 The presets come from bench/presets.json (the single source of truth, also read by sn_bench's
 build). torch is imported lazily: --help and --list-presets work without it.
@@ -31,16 +45,28 @@ PRESETS_JSON = os.path.join(HERE, "presets.json")
 
 # Keep these equal to sn_bench.c.
 MAX_COPIES = 1024
+ROW_BUDGET_US = 300000.0
+REPS_MIN_AUTO = 20
 BATCH_TARGET_US = 50.0
 BATCH_SMALL_US = 20.0
 BATCH_MAX = 64
 MAX_DIMS = 8
 DEFAULT_SHAPES = ["1024x1024", "4096x4096", "4096x16384"]
 DEFAULT_PRESETS = ["sngan-cifar10"]
+MODES = ["train", "eval", "scale", "backward", "backward-acc"]
+MODE_BYTES = {"train": 3, "eval": 3, "scale": 1, "backward": 4, "backward-acc": 5}
+DTYPES = ["f32", "bf16", "f16"]
+DTYPE_SIZE = {"f32": 4, "bf16": 2, "f16": 2}
+BYTES_DEFINITION = (
+    "per layer, bytes(W) = numel x size of dtype: train and eval 3 x bytes(W) (one read of W for "
+    "the one-pass iteration or the eval sigma + one read of W and one write of W_sn for the "
+    "division); scale 1 x bytes(W) (the one read of the iteration); backward 4 x bytes(W) (read G "
+    "and W for <G, W>, read G and write dW); backward-acc 5 x bytes(W) (backward + read of the "
+    "old dW)")
 
 # Same columns, same order as sn_bench's CSV and JSON rows.
 ROW_FIELDS = [
-    "workload", "kind", "shape", "layers", "params", "mode", "impl", "algo", "device",
+    "workload", "kind", "shape", "layers", "params", "mode", "dtype", "impl", "algo", "device",
     "power_iters", "median_us", "p10_us", "p90_us", "reps", "batch", "copies", "bytes", "gbps",
     "copy_fraction", "floor_us", "launches", "kernel_nodes", "capturable", "speedup_vs_cublas",
     "speedup_vs_torch", "check", "sigma_rel_err", "wsn_rel_err", "note",
@@ -147,7 +173,8 @@ def make_parser(preset_names):
         prog="torch_baseline.py",
         description="Time torch.nn.utils.parametrizations.spectral_norm on sn_bench's workloads "
                     "(eager and CUDA-graph replay) and write sn_bench-format rows.",
-        epilog="Rows: impl torch-eager / torch-graph; bytes = 3 x bytes(W) as in sn_bench; "
+        epilog="Rows: impl torch-eager / torch-graph; bytes as in sn_bench (train/eval 3, scale 1, "
+               "backward 4, backward-acc 5 x bytes(W)); "
                "gbps, copy_fraction and floor_us use the device-to-device copy bandwidth measured "
                "in the same run (tensor.copy_ of a 1 GiB buffer, read + write bytes). "
                "Default workloads: " + ", ".join(DEFAULT_SHAPES + DEFAULT_PRESETS) + ".")
@@ -164,10 +191,16 @@ def make_parser(preset_names):
     w.add_argument("--presets-file", default=PRESETS_JSON, metavar="FILE",
                    help="preset definitions (default: presets.json beside this script)")
     t = ap.add_argument_group("what and how to time")
-    t.add_argument("--mode", choices=["train", "eval", "all"], default="all")
+    t.add_argument("--mode", default="all", metavar="M[,M...]",
+                   help="train, eval, scale, backward, backward-acc or all (default all); "
+                        "comma-separated list allowed")
+    t.add_argument("--dtype", default="f32", metavar="T[,T...]",
+                   help="f32, bf16, f16 or all (default f32): dtype of the modules' weights")
     t.add_argument("--power-iters", type=int, default=1, metavar="N",
                    help="n_power_iterations (default 1)")
-    t.add_argument("--reps", type=int, default=200, metavar="N", help="samples per row (default 200)")
+    t.add_argument("--reps", type=int, default=None, metavar="N",
+                   help="samples per row (default 200, fewer for rows whose 200 samples would take "
+                        f"more than {ROW_BUDGET_US / 1e6:.1f} s, at least {REPS_MIN_AUTO})")
     t.add_argument("--warmup", type=int, default=20, metavar="N",
                    help="untimed calls before the samples (default 20)")
     t.add_argument("--batch", type=int, default=0, metavar="R",
@@ -184,9 +217,27 @@ def make_parser(preset_names):
     return ap
 
 
+def parse_list(opt, value, names):
+    out = []
+    for item in value.split(","):
+        if item == "all":
+            out += [n for n in names if n not in out]
+        elif item in names:
+            if item not in out:
+                out.append(item)
+        else:
+            raise UsageError(f"{opt}: '{item}' is not " + ", ".join(names) + " or all")
+    return [n for n in names if n in out]  # canonical order
+
+
 def check_args(args):
+    args.modes = parse_list("--mode", args.mode, MODES)
+    args.dtypes = parse_list("--dtype", args.dtype, DTYPES)
     if args.power_iters < 1:
         raise UsageError("--power-iters must be >= 1")
+    args.reps_given = args.reps is not None
+    if args.reps is None:
+        args.reps = 200
     if args.reps < 1:
         raise UsageError("--reps must be >= 1")
     if args.warmup < 0:
@@ -277,8 +328,13 @@ class Bench:
         torch.cuda.empty_cache()
         return 2.0 * nbytes / quantile(t, 0.5) / 1e9, nbytes
 
-    def make_model(self, layers, seed):
-        """One 'model': a module per layer, each with a spectral_norm-parametrized weight."""
+    def torch_dtype(self, dtype):
+        torch = self.torch
+        return {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype]
+
+    def make_model(self, layers, seed, dtype="f32"):
+        """One 'model': a module per layer, each with a spectral_norm-parametrized weight of
+        `dtype` (drawn in float32 and rounded, as sn_bench does)."""
         torch = self.torch
         from torch.nn.utils.parametrizations import spectral_norm
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -286,7 +342,8 @@ class Bench:
         for i, l in enumerate(layers):
             m = torch.nn.Module()
             w = torch.rand(l["shape"], generator=gen) * 2 - 1  # uniform [-1, 1) as sn_bench
-            m.register_parameter("weight", torch.nn.Parameter(w.to(self.dev)))
+            w = w.to(self.dev, self.torch_dtype(dtype))
+            m.register_parameter("weight", torch.nn.Parameter(w))
             torch.manual_seed(seed * 1000003 + i)  # spectral_norm draws u, v from the global RNG
             spectral_norm(m, name="weight", n_power_iterations=self.args.power_iters, eps=1e-12,
                           dim=l["dim"])
@@ -297,10 +354,29 @@ class Bench:
     def call(mods):
         return [m.weight for m in mods]
 
-    def copies_for(self, wl):
+    def call_scale(self, mods):
+        """The training forward of each parametrization without `weight / sigma` (see the module
+        docstring): power iteration and sigma, autograd recording."""
+        torch = self.torch
+        out = []
+        for m in mods:
+            p = m.parametrizations.weight
+            sn, w = p[0], p.original
+            if w.ndim == 1:
+                out.append(torch.linalg.vector_norm(w).clamp_min(sn.eps))
+                continue
+            wm = sn._reshape_weight_to_matrix(w)
+            sn._power_method(wm, sn.n_power_iterations)
+            u = sn._u.clone(memory_format=torch.contiguous_format)
+            v = sn._v.clone(memory_format=torch.contiguous_format)
+            out.append(torch.vdot(u, torch.mv(wm, v)))
+        return out
+
+    def copies_for(self, wl, dtype="f32", backward=False):
         if self.args.no_rotate:
             return 1, ""
-        per_copy = 8.0 * wl["params"]  # W + W_sn, fp32
+        # W + W_sn (+ G and the gradient for the backward modes), in the dtype.
+        per_copy = (4.0 if backward else 2.0) * DTYPE_SIZE[dtype] * wl["params"]
         want = math.ceil(4.0 * self.l2 / per_copy)
         note = ""
         copies = max(1, min(MAX_COPIES, want))
@@ -314,37 +390,73 @@ class Bench:
             note = f"rotation limited by memory to {copies} copies"
         return copies, note
 
-    def time_calls(self, fn, copies):
-        """fn(c) runs one call on copy c. Returns (sorted samples in us, batch)."""
+    def time_calls(self, fn, copies, prepare=None):
+        """fn(c) runs one call on copy c. With `prepare`, each call is fn(c, prepare(c)) and the
+        prepare calls of a sample are all enqueued before the sample's first CUDA event (untimed).
+        Returns (sorted samples in us, batch). Without --reps, rows whose 200 samples would take
+        more than ROW_BUDGET_US get fewer (at least REPS_MIN_AUTO), as sn_bench does."""
         torch = self.torch
         a = self.args
         k = 0
+
+        def run_many(n, start_event=None):
+            nonlocal k
+            cs = [(k + i) % copies for i in range(n)]
+            k += n
+            states = [prepare(c) for c in cs] if prepare else None
+            if start_event is not None:
+                start_event.record()
+            for i, c in enumerate(cs):
+                if prepare:
+                    fn(c, states[i])
+                else:
+                    fn(c)
+
         for _ in range(a.warmup):
-            fn(k % copies)
-            k += 1
-        batch = a.batch
-        if batch <= 0:
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            for _ in range(10):
-                fn(k % copies)
-                k += 1
+            run_many(1)
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        probe = 10
+        if prepare:
+            est = 0.0
+            for _ in range(probe):
+                run_many(1, e0)
+                e1.record()
+                e1.synchronize()
+                est += e0.elapsed_time(e1) * 1000.0 / probe
+        else:
+            run_many(probe, e0)
             e1.record()
             e1.synchronize()
-            est = e0.elapsed_time(e1) * 1000.0 / 10
+            est = e0.elapsed_time(e1) * 1000.0 / probe
+        batch = a.batch
+        if batch <= 0:
             batch = 1
             if est < BATCH_SMALL_US:
                 batch = min(BATCH_MAX, math.ceil(BATCH_TARGET_US / max(est, 0.1)))
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(a.reps + 1)]
-        ev[0].record()
-        for i in range(a.reps):
-            for _ in range(batch):
-                fn(k % copies)
-                k += 1
-            ev[i + 1].record()
-        ev[-1].synchronize()
-        samples = sorted(ev[i].elapsed_time(ev[i + 1]) * 1000.0 / batch for i in range(a.reps))
-        return samples, batch
+        if prepare:
+            # one prepared forward per call of a sample: no copy twice in one sample (a second
+            # backward of the same copy would accumulate into the first one's fresh gradient)
+            batch = min(batch, copies)
+        reps = a.reps
+        if not a.reps_given and est > 0 and reps * batch * est > ROW_BUDGET_US:
+            reps = max(REPS_MIN_AUTO, int(ROW_BUDGET_US / (batch * est)))
+        if prepare:
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+            for i in range(reps):
+                run_many(batch, starts[i])
+                ends[i].record()
+            ends[-1].synchronize()
+            samples = [starts[i].elapsed_time(ends[i]) * 1000.0 / batch for i in range(reps)]
+        else:
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
+            ev[0].record()
+            for i in range(reps):
+                run_many(batch)
+                ev[i + 1].record()
+            ev[-1].synchronize()
+            samples = [ev[i].elapsed_time(ev[i + 1]) * 1000.0 / batch for i in range(reps)]
+        return sorted(samples), batch
 
     def count_launches(self, fn):
         """CUDA activities (kernels, memcpys, memsets) of one eager call, via torch.profiler."""
@@ -374,13 +486,15 @@ class Bench:
             print(f"  (launch count unavailable: {exc})", file=sys.stderr)
             return None, None
 
-    def row(self, wl, mode, impl, samples, batch, copies, launches, kernels, capturable, note):
+    def row(self, wl, mode, dtype, impl, samples, batch, copies, launches, kernels, capturable,
+            note):
         med = quantile(samples, 0.5)
-        nbytes = 3.0 * 4.0 * wl["params"]
+        nbytes = float(MODE_BYTES[mode] * DTYPE_SIZE[dtype] * wl["params"])
         gbps = nbytes / (med * 1e-6) / 1e9
         return {
             "workload": wl["name"], "kind": wl["kind"], "shape": wl["shape"],
-            "layers": len(wl["layers"]), "params": wl["params"], "mode": mode, "impl": impl,
+            "layers": len(wl["layers"]), "params": wl["params"], "mode": mode, "dtype": dtype,
+            "impl": impl,
             "algo": "-", "device": "cuda", "power_iters": self.args.power_iters,
             "median_us": med, "p10_us": quantile(samples, 0.1), "p90_us": quantile(samples, 0.9),
             "reps": len(samples), "batch": batch, "copies": copies, "bytes": nbytes, "gbps": gbps,
@@ -391,32 +505,80 @@ class Bench:
             "sigma_rel_err": None, "wsn_rel_err": None, "note": note,
         }
 
+    def count_launches_split(self, prepare, fn):
+        """Like count_launches, for the backward modes: only fn(0, prepare(0)) is profiled."""
+        if self.args.no_launch_count:
+            return None, None
+        state = prepare(0)
+        return self.count_launches(lambda c: fn(c, state))
+
     def run_workload(self, wl):
+        rows = []
+        for dtype in self.args.dtypes:
+            rows += self.run_workload_dtype(wl, dtype)
+        return rows
+
+    def run_workload_dtype(self, wl, dtype):
         torch = self.torch
         a = self.args
-        copies, note = self.copies_for(wl)
-        print(f"  {wl['name']}: {len(wl['layers'])} layer(s), {4.0 * wl['params'] / 1e6:.1f} MB of "
-              f"weights, {copies} rotation copies", file=sys.stderr)
-        models = [self.make_model(wl["layers"], a.seed) for _ in range(copies)]
+        backward_modes = [m for m in a.modes if m.startswith("backward")]
+        copies, note = self.copies_for(wl, dtype, bool(backward_modes))
+        print(f"  {wl['name']} ({dtype}): {len(wl['layers'])} layer(s), "
+              f"{DTYPE_SIZE[dtype] * wl['params'] / 1e6:.1f} MB of weights, {copies} rotation copies",
+              file=sys.stderr)
+        models = [self.make_model(wl["layers"], a.seed, dtype) for _ in range(copies)]
+        grads = None
+        if backward_modes:
+            gen = torch.Generator(device="cpu").manual_seed(a.seed + 0x5EED)
+            g0 = [(torch.rand(l["shape"], generator=gen) * 2 - 1).to(self.dev, self.torch_dtype(dtype))
+                  for l in wl["layers"]]
+            grads = [[g.clone() for g in g0] for _ in range(copies)]
         rows = []
-        modes = ["train", "eval"] if a.mode == "all" else [a.mode]
-        for mode in modes:
-            training = mode == "train"
+        for mode in a.modes:
+            training = mode != "eval"
             for mods in models:
                 for m in mods:
                     m.train(training)
-            if training:
+            prepare = None
+            row_note = note
+            if mode == "train":
                 def fn(c):
                     return self.call(models[c])
-            else:
+            elif mode == "eval":
                 def fn(c):
                     with torch.no_grad():
                         return self.call(models[c])
-            launches, kernels = self.count_launches(fn)
-            samples, batch = self.time_calls(fn, copies)
-            rows.append(self.row(wl, mode, "torch-eager", samples, batch, copies, launches, kernels,
-                                 None, note))
+            elif mode == "scale":
+                def fn(c):
+                    return self.call_scale(models[c])
+                row_note = "; ".join(x for x in [note, "power iteration + sigma of the "
+                                                 "parametrization, without W / sigma"] if x)
+            else:
+                keep = mode == "backward-acc"
+
+                def prepare(c, keep=keep):
+                    mods = models[c]
+                    if not keep:
+                        for m in mods:
+                            m.parametrizations.weight.original.grad = None
+                    return self.call(mods)  # the training forward, untimed
+
+                def fn(c, outs):
+                    torch.autograd.backward(outs, grads[c])
+                row_note = "; ".join(x for x in [note, "autograd backward alone (forward untimed)"
+                                                 + ("; grad accumulated" if keep else
+                                                    "; grad set to None first")] if x)
+            if prepare is None:
+                launches, kernels = self.count_launches(fn)
+            else:
+                launches, kernels = self.count_launches_split(prepare, fn)
+            samples, batch = self.time_calls(fn, copies, prepare)
+            rows.append(self.row(wl, mode, dtype, "torch-eager", samples, batch, copies, launches,
+                                 kernels, None, row_note))
             if a.no_graph:
+                continue
+            if prepare is not None:
+                rows[-1]["note"] = row_note + "; no torch-graph row for the backward modes"
                 continue
             try:
                 graphs, outs = [], []
@@ -436,16 +598,17 @@ class Bench:
                         pool = g.pool()
                     graphs.append(g)
                 gs, gbatch = self.time_calls(lambda c: graphs[c].replay(), copies)
-                rows.append(self.row(wl, mode, "torch-graph", gs, gbatch, copies, launches, kernels,
-                                     True, note))
+                rows.append(self.row(wl, mode, dtype, "torch-graph", gs, gbatch, copies, launches,
+                                     kernels, True, row_note))
                 del graphs, outs
             except Exception as exc:  # capture may fail for some torch versions / modes
                 msg = f"not capturable: {type(exc).__name__}: {exc}"[:180]
-                print(f"  warning: {wl['name']} {mode}: torch-graph failed: {msg}", file=sys.stderr)
+                print(f"  warning: {wl['name']} {mode} {dtype}: torch-graph failed: {msg}",
+                      file=sys.stderr)
                 rows[-1]["capturable"] = False
-                rows[-1]["note"] = (note + "; " if note else "") + msg
+                rows[-1]["note"] = (row_note + "; " if row_note else "") + msg
                 torch.cuda.synchronize()
-        del models
+        del models, grads
         torch.cuda.empty_cache()
         return rows
 
@@ -454,7 +617,7 @@ class Bench:
         p = self.props
         return {
             "tool": "torch_baseline",
-            "schema": 1,
+            "schema": 2,
             "commit": git_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "torch_version": torch.__version__,
@@ -466,8 +629,10 @@ class Bench:
             "copy_bytes": self.copy_bytes,
             "settings": {"reps": self.args.reps, "warmup": self.args.warmup,
                          "batch": self.args.batch or -1, "rotate": not self.args.no_rotate,
-                         "power_iters": self.args.power_iters, "seed": self.args.seed},
-            "bytes_definition": "3 x bytes(W) per layer for train and eval (sn_bench's convention)",
+                         "power_iters": self.args.power_iters, "seed": self.args.seed,
+                         "reps_auto_capped": not self.args.reps_given,
+                         "modes": self.args.modes, "dtypes": self.args.dtypes},
+            "bytes_definition": BYTES_DEFINITION,
         }
 
 
@@ -476,11 +641,12 @@ def fmt(v, f):
 
 
 def print_table(rows):
-    print(f"\n{'workload':16} {'shape':24} {'mode':5} {'impl':12} {'us median [p10-p90]':>30} "
+    print(f"\n{'workload':16} {'shape':24} {'mode':12} {'dtype':5} {'impl':12} "
+          f"{'us median [p10-p90]':>30} "
           f"{'GB/s':>8} {'%copy':>6} {'floor us':>9} {'lnch':>5} {'batch':>5}")
     for r in rows:
         t = f"{r['median_us']:.2f} [{r['p10_us']:.2f}-{r['p90_us']:.2f}]"
-        print(f"{r['workload']:16} {r['shape']:24} {r['mode']:5} {r['impl']:12} {t:>30} "
+        print(f"{r['workload']:16} {r['shape']:24} {r['mode']:12} {r['dtype']:5} {r['impl']:12} {t:>30} "
               f"{fmt(r['gbps'], '{:.1f}'):>8} {fmt(r['copy_fraction'] * 100, '{:.1f}'):>6} "
               f"{fmt(r['floor_us'], '{:.2f}'):>9} {fmt(r['launches'], '{:d}'):>5} {r['batch']:>5}")
 
