@@ -310,7 +310,7 @@ typedef struct {
   int power_iters;
   int reps, warmup, batch; /* -1: default */
   int reps_given;
-  int rotate, baseline, graph, check;
+  int rotate, baseline, graph, check, group;
   int force_cpu;
   int device;
   uint64_t seed;
@@ -371,6 +371,8 @@ static void print_help(void) {
       "  --power-iters N     n_power_iterations of every layer and of the baselines (default 1)\n"
       "  --no-baseline       skip the cuBLAS baseline\n"
       "  --no-graph          skip the CUDA-graph replay rows (specnorm-graph, cublas-graph)\n"
+      "  --no-group          skip the grouped call (specnorm-group rows: every layer of a\n"
+      "                      multi-layer workload in one sn_group_forward; train, eval, scale)\n"
       "  --no-check          skip the check against the CPU reference (rows say check=skipped)\n"
       "  --cpu               time the CPU backend even when a GPU is present\n"
       "  --device N          CUDA device ordinal (default 0)\n"
@@ -480,7 +482,7 @@ static void parse_options(int argc, char **argv, options_t *o) {
   o->n_algos = 1;
   o->power_iters = 1;
   o->reps = o->warmup = o->batch = -1;
-  o->rotate = o->baseline = o->graph = o->check = 1;
+  o->rotate = o->baseline = o->graph = o->check = o->group = 1;
   o->shape_args = xcalloc((size_t)argc, sizeof(char *));
   o->preset_args = xcalloc((size_t)argc, sizeof(char *));
   for (int i = 1; i < argc; i++) {
@@ -575,6 +577,8 @@ static void parse_options(int argc, char **argv, options_t *o) {
     } else if (!strcmp(a, "--no-baseline")) {
       NO_VALUE();
       o->baseline = 0;
+    } else if (!strcmp(a, "--no-group")) {
+      o->group = 0;
     } else if (!strcmp(a, "--no-graph")) {
       NO_VALUE();
       o->graph = 0;
@@ -1123,6 +1127,35 @@ static int specnorm_enqueue(void *ctx, int copy, int mode, cudaStream_t s) {
   return 0;
 }
 
+/* ---- specnorm grouped runner: every layer of the workload in one sn_group_forward ----------- */
+
+typedef struct {
+  sn_group_t **fwd;   /* per copy: W -> W_sn */
+  sn_group_t **scale; /* per copy: W only (scale-only forward) */
+  int copies;
+} sn_group_runner_t;
+
+static int group_enqueue(void *ctx, int copy, int mode, cudaStream_t s) {
+  sn_group_runner_t *r = ctx;
+  if (mode != M_TRAIN && mode != M_EVAL && mode != M_SCALE) {
+    snprintf(g_enqueue_err, sizeof g_enqueue_err, "groups have no %s mode", MODE_NAMES[mode]);
+    return 1;
+  }
+  sn_group_t *g = mode == M_SCALE ? r->scale[copy % r->copies] : r->fwd[copy % r->copies];
+  sn_status_t st = sn_group_forward(g, mode != M_EVAL, (sn_stream_t)s);
+  if (st != SN_SUCCESS) {
+    snprintf(g_enqueue_err, sizeof g_enqueue_err, "sn_group_forward: %s: %s", sn_status_name(st),
+             sn_last_error_message());
+    return 1;
+  }
+  return 0;
+}
+
+static int group_has(int mode, sn_dtype_t dt) {
+  (void)dt;
+  return mode == M_TRAIN || mode == M_EVAL || mode == M_SCALE;
+}
+
 /* ---- Graphs --------------------------------------------------------------------------------- */
 
 typedef int (*enqueue_fn)(void *ctx, int copy, int mode, cudaStream_t s);
@@ -1625,6 +1658,87 @@ static void time_modes(const workload_t *wl, sn_dtype_t dt, const options_t *o, 
   }
 }
 
+/* The grouped call (sn_group_forward) on a multi-layer workload: checked layer by layer against
+ * CPU layers after one training and one eval call, then timed like the other implementations.
+ * Modes: train, eval, scale (the group has no backward). */
+static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *o, cudaStream_t s,
+                          const buffers_t *buf, int copies, const char *note) {
+  const int L = wl->n_layers;
+  sn_layer_t **layers = xcalloc((size_t)L, sizeof *layers);
+  const void **W = xcalloc((size_t)L, sizeof *W);
+  void **Out = xcalloc((size_t)L, sizeof *Out);
+  sn_group_runner_t r = {xcalloc((size_t)copies, sizeof(sn_group_t *)),
+                         xcalloc((size_t)copies, sizeof(sn_group_t *)), copies};
+  for (int l = 0; l < L; l++) {
+    sn_layer_desc_t d = make_desc(&wl->layers[l], o, o->seed + (uint64_t)l, SN_BACKEND_CUDA,
+                                  SN_ALGO_DEFAULT, -1, dt);
+    CK_SN(sn_layer_create(&layers[l], &d));
+  }
+  int ok = 1;
+  for (int c = 0; c < copies && ok; c++) {
+    for (int l = 0; l < L; l++) {
+      W[l] = W_at(buf, c, l);
+      Out[l] = Out_at(buf, c, l);
+    }
+    sn_status_t st = sn_group_create(&r.fwd[c], layers, W, Out, L);
+    if (st == SN_SUCCESS) st = sn_group_create(&r.scale[c], layers, W, NULL, L);
+    if (st != SN_SUCCESS) {
+      fprintf(stderr, "    (grouped call skipped for %s: %s)\n", wl->name, sn_last_error_message());
+      ok = 0;
+    }
+  }
+  double sig_err[N_MODES] = {0}, out_err[N_MODES] = {0};
+  if (ok && o->check) {
+    /* One training call (with the warm-up) and one eval call, each against CPU layers. */
+    fprintf(stderr, "    checking the grouped call against the CPU reference...\n");
+    sn_layer_t **cpu = xcalloc((size_t)L, sizeof *cpu);
+    for (int l = 0; l < L; l++) {
+      sn_layer_desc_t d = make_desc(&wl->layers[l], o, o->seed + (uint64_t)l, SN_BACKEND_CPU,
+                                    SN_ALGO_DEFAULT, -1, dt);
+      CK_SN(sn_layer_create(&cpu[l], &d));
+    }
+    for (int m = M_TRAIN; m <= M_EVAL; m++) {
+      CK_SN(sn_group_forward(r.fwd[0], m == M_TRAIN, (sn_stream_t)s));
+      CK_CUDA(cudaStreamSynchronize(s));
+      for (int l = 0; l < L; l++) {
+        const size_t bytes = (size_t)numel_of(&wl->layers[l]) * buf->es;
+        void *ref = xmalloc(bytes), *got = xmalloc(bytes);
+        CK_SN(sn_forward(cpu[l], hW_at(buf, l), ref, m == M_TRAIN, NULL));
+        CK_CUDA(cudaMemcpy(got, Out_at(buf, 0, l), bytes, cudaMemcpyDeviceToHost));
+        float sg = 0, sc = 0;
+        CK_SN(sn_layer_get_sigma(layers[l], &sg, NULL, (sn_stream_t)s));
+        CK_SN(sn_layer_get_sigma(cpu[l], &sc, NULL, NULL));
+        expect_scalar(wl, l, dt, "specnorm-group", m, "sigma", sg, sc, &sig_err[m]);
+        expect_array(wl, l, dt, "specnorm-group", m, CMP_WSN, got, ref, numel_of(&wl->layers[l]),
+                     &out_err[m]);
+        free(ref);
+        free(got);
+      }
+    }
+    for (int l = 0; l < L; l++) sn_layer_destroy(cpu[l]);
+    free(cpu);
+    sig_err[M_SCALE] = sig_err[M_TRAIN]; /* the scale-only call runs the same kernels, minus W_sn */
+  } else if (ok) {
+    CK_SN(sn_group_forward(r.fwd[0], 1, (sn_stream_t)s)); /* the warm-up, before any capture */
+  }
+  if (ok) {
+    CK_CUDA(cudaStreamSynchronize(s));
+    time_modes(wl, dt, o, s, group_enqueue, &r, "specnorm-group", "specnorm-group-graph", "group",
+               copies, note, o->check, sig_err, out_err, group_has);
+    CK_CUDA(cudaStreamSynchronize(s));
+  }
+  for (int c = 0; c < copies; c++) {
+    sn_group_destroy(r.fwd[c]);
+    sn_group_destroy(r.scale[c]);
+  }
+  for (int l = 0; l < L; l++) sn_layer_destroy(layers[l]);
+  free(r.fwd);
+  free(r.scale);
+  free(layers);
+  free(W);
+  free(Out);
+}
+
 static void run_gpu_workload(const workload_t *wl, sn_dtype_t dt, const options_t *o, gpu_t *g) {
   cudaStream_t s = g->stream;
   buffers_t buf;
@@ -1726,6 +1840,8 @@ static void run_gpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
     for (int l = 0; l < wl->n_layers; l++) sn_layer_destroy(layers[l]);
     free(layers);
   }
+
+  if (wl->n_layers > 1 && o->group) run_gpu_group(wl, dt, o, s, &buf, copies, note);
 
   if (use_baseline) {
     if (!o->check) {

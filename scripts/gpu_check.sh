@@ -220,7 +220,46 @@ else
   skip_step ctest "$OUT/tests.log" "configure failed"
 fi
 
-# ---- (d) compute-sanitizer ------------------------------------------------------------------
+# ---- example: the training loop of examples/ on the GPU -----------------------------------------
+EXAMPLE="$BUILD/examples/train_lipschitz"
+if [[ -x "$EXAMPLE" ]]; then
+  run_step example "$OUT/tests.log" 60 150 env LD_LIBRARY_PATH="$RUN_LD_PATH" "$EXAMPLE"
+else
+  skip_step example "$OUT/tests.log" "no $EXAMPLE"
+fi
+
+# ---- (e) benchmarks: PyTorch first, so sn_bench can join its rows ---------------------------
+# shellcheck disable=SC2206
+WORKLOADS=(${SN_BENCH_WORKLOADS:---shape 1024x1024 --shape 4096x4096 --shape 4096x16384 --preset all})
+if ! command -v python3 > /dev/null; then
+  skip_step torch "$OUT/bench.log" "no python3"
+elif [[ ! -f "$REPO/bench/torch_baseline.py" ]]; then
+  skip_step torch "$OUT/bench.log" "no bench/torch_baseline.py"
+else
+  run_step torch "$OUT/bench.log" 100 150 \
+    python3 "$REPO/bench/torch_baseline.py" "${WORKLOADS[@]}" --json "$OUT/torch.json"
+fi
+TORCH_ARGS=()
+[[ -s "$OUT/torch.json" ]] && TORCH_ARGS=(--torch "$OUT/torch.json")
+if [[ -x "$SN_BENCH" ]]; then
+  run_step sn_bench "$OUT/bench.log" 150 60 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" \
+    "$SN_BENCH" "${WORKLOADS[@]}" "${TORCH_ARGS[@]}" --json "$OUT/bench.json" --csv "$OUT/bench.csv"
+else
+  skip_step sn_bench "$OUT/bench.log" "no $SN_BENCH"
+fi
+if ! command -v python3 > /dev/null; then
+  skip_step plot "$OUT/bench.log" "no python3"
+elif [[ ! -f "$REPO/bench/plot.py" ]]; then
+  skip_step plot "$OUT/bench.log" "no bench/plot.py"
+elif [[ ! -s "$OUT/bench.json" || ! -s "$OUT/torch.json" ]]; then
+  skip_step plot "$OUT/bench.log" "bench.json or torch.json missing"
+else
+  run_step plot "$OUT/bench.log" 45 0 \
+    python3 "$REPO/bench/plot.py" "$OUT/bench.json" "$OUT/torch.json" -o "$OUT/speedup.png"
+fi
+
+# ---- (f) compute-sanitizer, last: the benchmark numbers come first if time runs short -------
 GTEST_ARGS=(--gtest_brief=1)
 API_ERR_ARGS=()
 if [[ -n "$SANITIZER" && "$("$SANITIZER" --help 2>&1)" == *--report-api-errors* ]]; then
@@ -238,53 +277,14 @@ for tool in memcheck racecheck initcheck synccheck; do
   else
     extra=()
     [[ $tool == memcheck ]] && extra=(--leak-check full)
-    case $tool in memcheck|racecheck) cap=120 ;; *) cap=75 ;; esac
-    run_step "$tool" "$OUT/tests.log" "$cap" 130 \
+    case $tool in memcheck|racecheck) cap=120 ;; *) cap=60 ;; esac
+    run_step "$tool" "$OUT/tests.log" "$cap" 0 \
       env LD_LIBRARY_PATH="$RUN_LD_PATH" \
       "$SANITIZER" --tool "$tool" --error-exitcode 1 "${extra[@]}" \
       "${API_ERR_ARGS[@]}" \
       "$GPU_TESTS" "${GTEST_ARGS[@]}"
   fi
 done
-
-# ---- example: the training loop of examples/ on the GPU -----------------------------------------
-EXAMPLE="$BUILD/examples/train_lipschitz"
-if [[ -x "$EXAMPLE" ]]; then
-  run_step example "$OUT/tests.log" 60 150 env LD_LIBRARY_PATH="$RUN_LD_PATH" "$EXAMPLE"
-else
-  skip_step example "$OUT/tests.log" "no $EXAMPLE"
-fi
-
-# ---- (e) benchmarks: PyTorch first, so sn_bench can join its rows ---------------------------
-# shellcheck disable=SC2206
-WORKLOADS=(${SN_BENCH_WORKLOADS:---shape 1024x1024 --shape 4096x4096 --shape 4096x16384 --preset all})
-if ! command -v python3 > /dev/null; then
-  skip_step torch "$OUT/bench.log" "no python3"
-elif [[ ! -f "$REPO/bench/torch_baseline.py" ]]; then
-  skip_step torch "$OUT/bench.log" "no bench/torch_baseline.py"
-else
-  run_step torch "$OUT/bench.log" 120 70 \
-    python3 "$REPO/bench/torch_baseline.py" "${WORKLOADS[@]}" --json "$OUT/torch.json"
-fi
-TORCH_ARGS=()
-[[ -s "$OUT/torch.json" ]] && TORCH_ARGS=(--torch "$OUT/torch.json")
-if [[ -x "$SN_BENCH" ]]; then
-  run_step sn_bench "$OUT/bench.log" 150 20 \
-    env LD_LIBRARY_PATH="$RUN_LD_PATH" \
-    "$SN_BENCH" "${WORKLOADS[@]}" "${TORCH_ARGS[@]}" --json "$OUT/bench.json" --csv "$OUT/bench.csv"
-else
-  skip_step sn_bench "$OUT/bench.log" "no $SN_BENCH"
-fi
-if ! command -v python3 > /dev/null; then
-  skip_step plot "$OUT/bench.log" "no python3"
-elif [[ ! -f "$REPO/bench/plot.py" ]]; then
-  skip_step plot "$OUT/bench.log" "no bench/plot.py"
-elif [[ ! -s "$OUT/bench.json" || ! -s "$OUT/torch.json" ]]; then
-  skip_step plot "$OUT/bench.log" "bench.json or torch.json missing"
-else
-  run_step plot "$OUT/bench.log" 45 0 \
-    python3 "$REPO/bench/plot.py" "$OUT/bench.json" "$OUT/torch.json" -o "$OUT/speedup.png"
-fi
 
 # ---- (g) summary ----------------------------------------------------------------------------
 # Keep $OUT to the 8 files the caller fetches: drop anything a step wrote besides them.
