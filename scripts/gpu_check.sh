@@ -267,7 +267,7 @@ if [[ -n "$SANITIZER" && "$("$SANITIZER" --help 2>&1)" == *--report-api-errors* 
 fi
 # The largest shapes run in ctest; under the sanitizers they would take minutes. Every kernel
 # variant still runs (8x16384 keeps the widest one-pass variant).
-SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*}"
+SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*}"
 [[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
 for tool in memcheck racecheck initcheck synccheck; do
   if [[ -z "$SANITIZER" ]]; then

@@ -1,0 +1,114 @@
+// Long-run and resource tests of CUDA layers: a soak of 100,000 training steps (u and v stay unit
+// norm, σ stays stable, no device memory growth), and device-memory exhaustion at creation
+// (a specific status, nothing leaked). Skip with a message without a GPU.
+#include <cuda_runtime.h>
+
+#include "test_util.h"
+
+using namespace sntest;
+
+namespace {
+
+std::string gpu_missing_reason() {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "no CUDA device (cudaGetDeviceCount: error " + std::to_string(int(e)) + ", " +
+           cudaGetErrorString(e) + ")";
+  }
+  return count == 0 ? "no CUDA device (cudaGetDeviceCount returned 0)" : "";
+}
+
+#define REQUIRE_GPU()                                                \
+  do {                                                               \
+    const std::string why_ = gpu_missing_reason();                   \
+    if (!why_.empty()) GTEST_SKIP() << why_ << ": GPU test skipped"; \
+  } while (0)
+
+size_t free_device_bytes() {
+  size_t f = 0, t = 0;
+  EXPECT_EQ(cudaMemGetInfo(&f, &t), cudaSuccess);
+  return f;
+}
+
+double norm(const std::vector<float> &x) {
+  double s = 0;
+  for (float e : x) s += double(e) * e;
+  return std::sqrt(s);
+}
+
+}  // namespace
+
+TEST(GpuSoak, HundredThousandStepsStayUnitNormAndStable) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const int64_t h = 48, w = 40;
+  const int steps = 100000;
+  std::vector<float> W = gapped_matrix(rng, h, w);
+  float *dW = nullptr, *dOut = nullptr;
+  ASSERT_EQ(cudaMalloc(&dW, h * w * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dOut, h * w * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dW, W.data(), h * w * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  cudaStream_t s;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  const size_t free_before = free_device_bytes();
+  {
+    LayerPtr l(make_desc({h, w}, SN_BACKEND_CUDA));
+    ASSERT_EQ(sn_forward(l, dW, dOut, 1, s), SN_SUCCESS);
+    // One graph of 100 steps, replayed: the training loop as a user would capture it.
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+    for (int k = 0; k < 100; ++k) ASSERT_EQ(sn_forward(l, dW, dOut, 1, s), SN_SUCCESS);
+    ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    const float sigma0 = get_state(l, s).sigma;
+    for (int done = 0; done < steps; done += 100) {
+      ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+      if ((done / 100) % 100 == 99) {  // every 10,000 steps
+        const State st = get_state(l, s);
+        ASSERT_NEAR(norm(st.u), 1.0, 1e-6) << done;
+        ASSERT_NEAR(norm(st.v), 1.0, 1e-6) << done;
+        ASSERT_NEAR(st.sigma / sigma0, 1.0, 1e-5) << "a fixed W: σ stays put";
+        uint32_t health = 0;
+        ASSERT_EQ(sn_layer_get_health(l, &health, 0, s), SN_SUCCESS);
+        ASSERT_EQ(health, 0u);
+      }
+    }
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+  EXPECT_EQ(free_device_bytes(), free_before) << "device memory returned after destroy";
+  cudaStreamDestroy(s);
+  cudaFree(dW);
+  cudaFree(dOut);
+}
+
+TEST(GpuSoak, CreateDestroyLeaksNothing) {
+  REQUIRE_GPU();
+  const size_t before = free_device_bytes();
+  for (int k = 0; k < 2000; ++k) {
+    LayerPtr l(make_desc({int64_t(1 + k % 97), int64_t(3 + k % 61)}, SN_BACKEND_CUDA));
+    ASSERT_TRUE(l.p);
+  }
+  EXPECT_EQ(free_device_bytes(), before);
+}
+
+TEST(GpuSoak, DeviceMemoryExhaustionIsAnAllocationStatus) {
+  REQUIRE_GPU();
+  size_t f = 0, t = 0;
+  ASSERT_EQ(cudaMemGetInfo(&f, &t), cudaSuccess);
+  // A layer whose u, v and scratch alone need more than the whole card (4 floats per row at least).
+  const int64_t rows = int64_t(t / 4) + (int64_t(1) << 28);
+  const size_t before = free_device_bytes();
+  sn_layer_t *l = reinterpret_cast<sn_layer_t *>(0x1);
+  sn_layer_desc_t d = make_desc({rows, 1}, SN_BACKEND_CUDA);
+  EXPECT_EQ(sn_layer_create(&l, &d), SN_ERROR_ALLOCATION) << sn_last_error_message();
+  EXPECT_EQ(l, nullptr);
+  EXPECT_EQ(free_device_bytes(), before) << "nothing leaked by the failed creation";
+  // The device is still usable.
+  LayerPtr ok(make_desc({8, 8}, SN_BACKEND_CUDA));
+  EXPECT_TRUE(ok.p);
+}
