@@ -75,6 +75,14 @@ __device__ __forceinline__ Coefs coefs(const ApplyParams &p) {
   return {a, depends ? a * p.scal[SN_SCAL_GW] / sig : 0.f};
 }
 
+// ∂L/∂γ = ⟨G, W⟩ / d, written once (block 0, thread 0) when asked for.
+__device__ __forceinline__ void write_dgamma(const ApplyParams &p) {
+  if (blockIdx.x != 0 || threadIdx.x != 0 || !p.dgamma) return;
+  const float sig = p.sigma[0];
+  const float d = p.norm_bound > 0.f ? fmaxf(1.f, sig / p.norm_bound) : sig;
+  *p.dgamma = sig > 0.f && p.have_gw ? p.scal[SN_SCAL_GW] / d : 0.f;
+}
+
 template <class T>
 __device__ __forceinline__ float apply1(const ApplyParams &p, const T *G, T *dW, int64_t k, Coefs c,
                                         float uv) {
@@ -88,11 +96,7 @@ __global__ void __launch_bounds__(kBlock) apply_rows_kernel(ApplyParams p) {
   const T *G = static_cast<const T *>(p.G);
   T *dW = static_cast<T *>(p.dW);
   const Coefs c = coefs(p);
-  if (blockIdx.x == 0 && threadIdx.x == 0 && p.dgamma) {
-    const float sig = p.sigma[0];
-    const float d = p.norm_bound > 0.f ? fmaxf(1.f, sig / p.norm_bound) : sig;
-    *p.dgamma = sig > 0.f && p.have_gw ? p.scal[SN_SCAL_GW] / d : 0.f;
-  }
+  write_dgamma(p);
   const int64_t rows = p.A * p.h;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const int64_t a = r / p.h, i = r - a * p.h;
@@ -129,11 +133,7 @@ __global__ void __launch_bounds__(kBlock) apply_elements_kernel(ApplyParams p) {
   const T *G = static_cast<const T *>(p.G);
   T *dW = static_cast<T *>(p.dW);
   const Coefs c = coefs(p);
-  if (blockIdx.x == 0 && threadIdx.x == 0 && p.dgamma) {
-    const float sig = p.sigma[0];
-    const float d = p.norm_bound > 0.f ? fmaxf(1.f, sig / p.norm_bound) : sig;
-    *p.dgamma = sig > 0.f && p.have_gw ? p.scal[SN_SCAL_GW] / d : 0.f;
-  }
+  write_dgamma(p);
   const int64_t n = p.A * p.h * p.B;
   for (int64_t k = (int64_t)blockIdx.x * kBlock + threadIdx.x; k < n; k += (int64_t)gridDim.x * kBlock) {
     const int64_t r = k / p.B, b = k - r * p.B;

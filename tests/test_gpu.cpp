@@ -9,23 +9,6 @@ using namespace sntest;
 
 namespace {
 
-std::string gpu_missing_reason() {
-  int count = 0;
-  cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return "no CUDA device (cudaGetDeviceCount: error " + std::to_string(int(e)) + ", " +
-           cudaGetErrorString(e) + ")";
-  }
-  if (count == 0) return "no CUDA device (cudaGetDeviceCount returned 0)";
-  return "";
-}
-
-#define REQUIRE_GPU()                                          \
-  do {                                                         \
-    const std::string why_ = gpu_missing_reason();             \
-    if (!why_.empty()) GTEST_SKIP() << why_ << ": GPU test skipped"; \
-  } while (0)
 
 #define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
 

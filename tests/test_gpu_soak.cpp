@@ -9,22 +9,6 @@ using namespace sntest;
 
 namespace {
 
-std::string gpu_missing_reason() {
-  int count = 0;
-  cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return "no CUDA device (cudaGetDeviceCount: error " + std::to_string(int(e)) + ", " +
-           cudaGetErrorString(e) + ")";
-  }
-  return count == 0 ? "no CUDA device (cudaGetDeviceCount returned 0)" : "";
-}
-
-#define REQUIRE_GPU()                                                \
-  do {                                                               \
-    const std::string why_ = gpu_missing_reason();                   \
-    if (!why_.empty()) GTEST_SKIP() << why_ << ": GPU test skipped"; \
-  } while (0)
 
 size_t free_device_bytes() {
   size_t f = 0, t = 0;

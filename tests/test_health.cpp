@@ -9,18 +9,6 @@ using namespace sntest;
 
 namespace {
 
-bool have_gpu(std::string *why) {
-  int count = 0;
-  cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess || count == 0) {
-    (void)cudaGetLastError();
-    *why = "no CUDA device (cudaGetDeviceCount: error " + std::to_string(int(e)) + ", " +
-           cudaGetErrorString(e) + ")";
-    return false;
-  }
-  return true;
-}
-
 // A weight buffer in the backend's memory, set from the host.
 struct Buf {
   sn_backend_t backend;
@@ -56,8 +44,7 @@ uint32_t health(sn_layer_t *l, int clear = 0) {
 class Health : public ::testing::TestWithParam<std::tuple<sn_backend_t, sn_algo_t>> {
  protected:
   void SetUp() override {
-    std::string why;
-    if (std::get<0>(GetParam()) == SN_BACKEND_CUDA && !have_gpu(&why)) GTEST_SKIP() << why << ": GPU test skipped";
+    if (std::get<0>(GetParam()) == SN_BACKEND_CUDA) REQUIRE_GPU();
   }
   sn_layer_desc_t desc(int64_t h, int64_t w) {
     sn_layer_desc_t d = make_desc({h, w}, std::get<0>(GetParam()));

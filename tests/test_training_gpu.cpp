@@ -9,22 +9,6 @@ using namespace sntest;
 
 namespace {
 
-std::string gpu_missing_reason() {
-  int count = 0;
-  cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return "no CUDA device (cudaGetDeviceCount: error " + std::to_string(int(e)) + ", " +
-           cudaGetErrorString(e) + ")";
-  }
-  return count == 0 ? "no CUDA device (cudaGetDeviceCount returned 0)" : "";
-}
-
-#define REQUIRE_GPU()                                                \
-  do {                                                               \
-    const std::string why_ = gpu_missing_reason();                   \
-    if (!why_.empty()) GTEST_SKIP() << why_ << ": GPU test skipped"; \
-  } while (0)
 
 const char *dtype_name(sn_dtype_t t) {
   return t == SN_DTYPE_FLOAT16 ? "fp16" : t == SN_DTYPE_BFLOAT16 ? "bf16" : "fp32";

@@ -2,6 +2,7 @@
 // weights with a known spectral gap, and small wrappers over the C API.
 #pragma once
 
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -17,6 +18,26 @@
 #include "specnorm.h"
 
 namespace sntest {
+
+// Why there is no usable GPU ("" when there is one). Without a GPU, cudaGetDeviceCount fails
+// (e.g. error 35, "driver version is insufficient"): that means "no GPU", not a failure.
+inline std::string gpu_missing_reason() {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "no CUDA device (cudaGetDeviceCount: error " + std::to_string(int(e)) + ", " +
+           cudaGetErrorString(e) + ")";
+  }
+  return count == 0 ? "no CUDA device (cudaGetDeviceCount returned 0)" : "";
+}
+
+// Skip the current test, with the reason, when there is no GPU.
+#define REQUIRE_GPU()                                                               \
+  do {                                                                              \
+    const std::string why_ = ::sntest::gpu_missing_reason();                        \
+    if (!why_.empty()) GTEST_SKIP() << why_ << ": GPU test skipped";                \
+  } while (0)
 
 // A fresh seed per test run; SCOPED_TRACE it so a failure can be reproduced with SN_TEST_SEED.
 inline uint64_t fresh_seed() {
