@@ -26,7 +26,7 @@ struct CommitParams {
 template <bool V4, class T>
 __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   const float sig_new = p.scal[p.slot];
-  const bool good = isfinite(sig_new) && sig_new > 0.f;
+  const bool good = sn_sigma_usable(sig_new);
   // When σ is not usable nothing below writes p.sigma[0], so every block reads the same old value.
   const float sig = good ? sig_new : p.sigma[0];
   const float d = p.norm_bound > 0.f ? fmaxf(1.f, sig / p.norm_bound) : sig;

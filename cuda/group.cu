@@ -180,7 +180,7 @@ __global__ void __launch_bounds__(kBlock) group_commit_kernel(sn_cuda_group_t G,
   const sn_group_entry_t &e = G.entries[L];
   const int c = blockIdx.x - e.div_block0;
   const float sig_new = e.scal[training ? SN_SCAL_SIG_S : SN_SCAL_SIG_DOT];
-  const bool good = isfinite(sig_new) && sig_new > 0.f;
+  const bool good = sn_sigma_usable(sig_new);
   const float sig = good ? sig_new : e.sigma[0];  // see commit_divide.cu: no write when !good
   const float d = e.norm_bound > 0.f ? fmaxf(1.f, sig / e.norm_bound) : sig;
   const float g = e.gamma ? *e.gamma : 1.f;

@@ -101,7 +101,7 @@ __device__ void finish_matvec(const MatvecParams &p, int slices) {
     } else if (p.mode == TMode::kDot) {
       p.scal[SN_SCAL_SIG_DOT] = dot;
     } else {
-      p.scal[SN_SCAL_SIG_1D] = m;
+      p.scal[SN_SCAL_SIG_1D] = isnan(norm) ? norm : m;  // a NaN in W must not become σ = eps
     }
   }
 }

@@ -27,15 +27,20 @@ typedef struct {
 #define SN_HD
 #endif
 
-/* The health word after a forward whose new σ is `sig` (shared by both backends). A zero σ in a
- * training forward asks the next one to restart from ones; a usable σ clears that request, and
- * marks the recovery if this forward was such a restart. */
+/* Whether a new σ may be committed (both backends): finite and at least the smallest normal
+ * float, so that 1/σ and the scale are finite too. */
+static inline SN_HD int sn_sigma_usable(float sig) {
+  return sig - sig == 0.0f /* false for NaN and ±inf */ && sig >= 1.17549435e-38f /* FLT_MIN */;
+}
+
+/* The health word after a forward whose new σ is `sig` (shared by both backends). A zero (or
+ * subnormal) σ in a training forward asks the next one to restart from ones; a usable σ clears
+ * that request, and marks the recovery if this forward was such a restart. */
 static inline SN_HD unsigned sn_health_after(unsigned h, float sig, int training) {
-  const int finite = sig - sig == 0.0f; /* false for NaN and ±inf */
   const int restarted = training && (h & SN_HEALTH_RESTART);
-  if (finite && sig > 0.0f) return (h & ~SN_HEALTH_RESTART) | (restarted ? (unsigned)SN_HEALTH_RECOVERED : 0u);
-  if (!finite) return h | (unsigned)SN_HEALTH_NONFINITE;
-  if (sig == 0.0f) return h | (unsigned)SN_HEALTH_ZERO | (training ? SN_HEALTH_RESTART : 0u);
+  if (sn_sigma_usable(sig)) return (h & ~SN_HEALTH_RESTART) | (restarted ? (unsigned)SN_HEALTH_RECOVERED : 0u);
+  if (!(sig - sig == 0.0f)) return h | (unsigned)SN_HEALTH_NONFINITE;
+  if (sig >= 0.0f) return h | (unsigned)SN_HEALTH_ZERO | (training ? SN_HEALTH_RESTART : 0u);
   return h | (unsigned)SN_HEALTH_NEGATIVE;
 }
 

@@ -29,7 +29,7 @@ void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
       norm += x * x;
     }
     norm = sqrt(norm);
-    sigma = norm > eps ? norm : eps;
+    sigma = isnan(norm) ? norm : (norm > eps ? norm : eps); /* a NaN must not become σ = eps */
   } else {
     iters = args->warmup_iters + (args->training ? args->n_iters : 0);
     /* The deterministic restart after a zero σ: the first product starts from ones. */
@@ -43,9 +43,9 @@ void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
     if (iters == 0 && args->training) return; /* nothing was asked for */
   }
 
-  /* Commit rule (README, "Degenerate steps"): a σ that is not finite and > 0 changes nothing. */
+  /* Commit rule (README, "Degenerate steps"): a σ that is not usable changes nothing. */
   const float sig_new = (float)sigma;
-  const int good = isfinite(sig_new) && sig_new > 0.0f;
+  const int good = sn_sigma_usable(sig_new);
   if (good) {
     if (args->is_1d) { /* u = W / max(‖W‖, eps) and v = 1: what the backward of N(W) needs */
       for (int64_t i = 0; i < h; ++i) args->u[i] = (float)((double)sn_load(args->W, dt, i) / (double)sig_new);

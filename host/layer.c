@@ -593,8 +593,10 @@ SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const f
   sn_status_t st = check_finite(u, h, "u");
   if (st == SN_SUCCESS) st = check_finite(v, w, "v");
   if (st != SN_SUCCESS) return st;
-  if (!isfinite(sigma) || sigma < 0.0f)
-    return sn__fail(SN_ERROR_INVALID_VALUE, "sigma = %g must be finite and >= 0", (double)sigma);
+  if (sigma != 0.0f && !sn_sigma_usable(sigma))
+    return sn__fail(SN_ERROR_INVALID_VALUE,
+                    "sigma = %g must be 0 (no estimate) or finite and >= FLT_MIN (1/sigma finite)",
+                    (double)sigma);
   const float d = sn_ref_divisor(sigma, layer->desc.norm_bound);
   float sig[4] = {sigma, sigma > 0.0f ? 1.0f / sigma : 0.0f, sigma > 0.0f ? 1.0f / d : 0.0f, 0.0f};
   /* Health cleared; a zero-norm u or v asks the next training forward to restart from ones. */

@@ -171,8 +171,8 @@ SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_
  * CUDA layer: enqueues on `stream` and returns; allocates nothing and does not synchronize.
  * Capture in a CUDA graph is allowed once the layer has warmed up (see sn_layer_warmup); a
  * capture of the first forward returns SN_ERROR_INVALID_STATE.
- * Degenerate steps: if the new σ is not finite or not > 0 (all-zero W, NaN in W, or an eval σ
- * = uᵀ M v <= 0 after W moved far from u and v), u, v and σ keep their previous values and
+ * Degenerate steps: if the new σ is not finite or below FLT_MIN (all-zero W, NaN in W, or an
+ * eval σ = uᵀ M v <= 0 after W moved far from u and v), u, v and σ keep their previous values and
  * W_sn = W / (previous σ); with no previous σ, W_sn = W · 0.
  * CPU layer: computes in double precision, stores float32, blocks; `stream` is ignored. */
 SN_API sn_status_t sn_forward(sn_layer_t *layer, const void *W, void *W_sn, int training,
@@ -243,7 +243,8 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
  * steps"). The state is never changed by such a step; these bits say that it happened. */
 typedef enum {
   SN_HEALTH_NONFINITE = 1u, /* a σ was NaN or infinite: W held non-finite values */
-  SN_HEALTH_ZERO = 2u,      /* a σ was 0: all-zero W, or v (or u) zero or in W's null space */
+  SN_HEALTH_ZERO = 2u,      /* a σ was 0 (or below FLT_MIN): all-zero or subnormal W, or v (or u)
+                               zero or in W's null space */
   SN_HEALTH_NEGATIVE = 4u,  /* an eval σ = uᵀ M v was < 0: W moved far from u and v */
   SN_HEALTH_RECOVERED = 8u  /* after a zero σ (or a zero u or v given to set_state), a training
                                forward restarted the iteration from the all-ones vector and
@@ -268,7 +269,7 @@ SN_API sn_status_t sn_layer_get_state(const sn_layer_t *layer, float *u, float *
                                       int *warmed_up, sn_stream_t stream);
 
 /* Replace the state from host arrays, in order after the work queued on `stream`. Blocks.
- * u: h floats, v: w floats, all finite; sigma finite and >= 0 (1/σ becomes 1/sigma, or 0 for
+ * u: h floats, v: w floats, all finite; sigma 0, or finite and >= FLT_MIN (1/σ becomes 1/sigma, or 0 for
  * sigma == 0; the scale becomes 1/d without γ, and is refreshed by the next forward). warmed_up != 0 means the warm-up is not run again (set it when loading PyTorch's
  * `_u` and `_v`, which are already warm). The values are stored bitwise as given. The health bits
  * are cleared; a u or v of zero norm makes the next training forward restart from the all-ones

@@ -182,3 +182,48 @@ INSTANTIATE_TEST_SUITE_P(Backends, Health,
                            return std::string(std::get<0>(info.param) == SN_BACKEND_CPU ? "cpu" : "cuda") +
                                   (std::get<1>(info.param) == SN_ALGO_ONE_PASS ? "_one_pass" : "_two_pass");
                          });
+
+// Found by fuzzing: a NaN in a 1-D weight must not become σ = max(NaN, eps) = eps.
+TEST_P(Health, NanInOneDimensionalWeightKeepsTheState) {
+  const sn_backend_t be = std::get<0>(GetParam());
+  if (std::get<1>(GetParam()) == SN_ALGO_ONE_PASS) GTEST_SKIP() << "1-D weights run no iteration";
+  Rng rng(fresh_seed());
+  const int64_t n = 300;
+  LayerPtr l(make_desc({n}, be));
+  Buf W(be, static_cast<size_t>(n)), out(be, static_cast<size_t>(n));
+  std::vector<float> x = rng.normals(n);
+  W.set(x);
+  ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
+  const State good = get_state(l);
+  x[123] = NAN;
+  W.set(x);
+  ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
+  EXPECT_TRUE(same_state(get_state(l), good));
+  EXPECT_EQ(health(l), uint32_t(SN_HEALTH_NONFINITE));
+}
+
+// Found by fuzzing: a subnormal σ must not be committed (its 1/σ overflows to +inf).
+TEST_P(Health, SubnormalSigmaIsAZeroStep) {
+  const sn_backend_t be = std::get<0>(GetParam());
+  Rng rng(fresh_seed());
+  const int64_t h = 16, w = 12;
+  LayerPtr l(desc(h, w));
+  Buf W(be, static_cast<size_t>(h * w)), out(be, static_cast<size_t>(h * w));
+  std::vector<float> x = gapped_matrix(rng, h, w);
+  W.set(x);
+  ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
+  const State good = get_state(l);
+  for (auto &e : x) e *= 1e-40f;  // subnormal weights: σ about 4e-40 < FLT_MIN
+  W.set(x);
+  for (int training : {0, 1}) {
+    ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), training, nullptr), SN_SUCCESS);
+    EXPECT_TRUE(same_state(get_state(l), good)) << training;
+    float inv = 0, scale = 0;
+    ASSERT_EQ(sn_layer_get_sigma(l, nullptr, &inv, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_layer_get_scale(l, &scale, nullptr), SN_SUCCESS);
+    EXPECT_TRUE(std::isfinite(inv) && std::isfinite(scale));
+    EXPECT_EQ(health(l, 1), uint32_t(SN_HEALTH_ZERO));
+  }
+  // set_state refuses such a σ too.
+  EXPECT_EQ(sn_layer_set_state(l, good.u.data(), good.v.data(), 1e-40f, 1, nullptr), SN_ERROR_INVALID_VALUE);
+}
