@@ -1,0 +1,119 @@
+// libFuzzer harness: bytes -> sn_layer_load into fixed CPU layers (fuzz_common.h, kFixedLayers).
+// Input byte 0 selects the layer(s) and whether to reseal the blob's CRC-32C; the rest is the blob.
+// Invariants: no read outside the blob (AddressSanitizer: the blob is copied into an allocation
+// of exactly its size), a failure is BAD_CHECKPOINT / CHECKPOINT_MISMATCH / CHECKPOINT_VERSION
+// and leaves the layer bitwise untouched, a success stores exactly the blob's u, v, σ, 1/σ, flag
+// and counter, and a forward after it keeps the state finite.
+#include <vector>
+
+#include "fuzz_common.h"
+
+using namespace snfuzz;
+
+namespace {
+
+struct Target {
+  sn_layer_t *layer = nullptr;
+  std::vector<uint8_t> pristine;  // its checkpoint, restored after every successful load
+  std::vector<float> W;
+};
+
+std::vector<uint8_t> save(sn_layer_t *l) {
+  size_t n = 0;
+  SN_FUZZ_CHECK(sn_layer_checkpoint_size(l, &n) == SN_SUCCESS);
+  std::vector<uint8_t> b(n);
+  SN_FUZZ_CHECK(sn_layer_save(l, b.data(), n, nullptr, nullptr) == SN_SUCCESS);
+  return b;
+}
+
+Target *targets() {
+  static Target t[4];
+  static bool ready = false;
+  if (ready) return t;
+  for (int k = 0; k < 4; ++k) {
+    const sn_layer_desc_t d = fixed_desc(kFixedLayers[k], 1000 + uint64_t(k));
+    SN_FUZZ_CHECK(sn_layer_create(&t[k].layer, &d) == SN_SUCCESS);
+    int64_t h = 0, w = 0;
+    sn_layer_get_dims(t[k].layer, &h, &w);
+    // A warmed-up state with one forward, stored as the pristine checkpoint. W: float bits read
+    // by dtype below; fill with a fixed pattern of small values.
+    t[k].W.resize(size_t(h * w));
+    for (size_t i = 0; i < t[k].W.size(); ++i) t[k].W[i] = float((i * 7919) % 23) / 23.0f - 0.4f;
+    std::vector<uint16_t> half(t[k].W.size());
+    std::vector<uint8_t> out(t[k].W.size() * 4);
+    const void *Wp = t[k].W.data();
+    if (d.dtype != SN_DTYPE_FLOAT32) {
+      for (size_t i = 0; i < half.size(); ++i) half[i] = uint16_t(0x3C00 + (i % 7) * 0x40);  // ~1..1.4
+      Wp = half.data();
+    }
+    SN_FUZZ_CHECK(sn_forward(t[k].layer, Wp, out.data(), 1, nullptr) == SN_SUCCESS);
+    t[k].pristine = save(t[k].layer);
+  }
+  ready = true;
+  return t;
+}
+
+uint32_t le32(const uint8_t *p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24; }
+
+void check_finite_state(sn_layer_t *l) {
+  int64_t h = 0, w = 0;
+  sn_layer_get_dims(l, &h, &w);
+  std::vector<float> u(static_cast<size_t>(h)), v(static_cast<size_t>(w));
+  float s = 0, inv = 0;
+  SN_FUZZ_CHECK(sn_layer_get_state(l, u.data(), v.data(), &s, nullptr, nullptr) == SN_SUCCESS);
+  SN_FUZZ_CHECK(sn_layer_get_sigma(l, nullptr, &inv, nullptr) == SN_SUCCESS);
+  for (float x : u) SN_FUZZ_CHECK(std::isfinite(x));
+  for (float x : v) SN_FUZZ_CHECK(std::isfinite(x));
+  SN_FUZZ_CHECK(std::isfinite(s) && s >= 0);
+  SN_FUZZ_CHECK(std::isfinite(inv) && inv >= 0);
+}
+
+void load_into(Target &t, const std::vector<uint8_t> &blob) {
+  static const uint8_t none = 0;  // an empty blob still has an address (NULL is NULL_POINTER)
+  const sn_status_t st = sn_layer_load(t.layer, blob.empty() ? &none : blob.data(), blob.size(), nullptr);
+  if (st != SN_SUCCESS) {
+    SN_FUZZ_CHECK(st == SN_ERROR_BAD_CHECKPOINT || st == SN_ERROR_CHECKPOINT_MISMATCH ||
+                  st == SN_ERROR_CHECKPOINT_VERSION);
+    check_failure(st);
+    SN_FUZZ_CHECK(save(t.layer) == t.pristine);  // untouched
+    return;
+  }
+  // Accepted: exactly a checkpoint of this layer's size, and the state is the blob's.
+  const std::vector<uint8_t> now = save(t.layer);
+  SN_FUZZ_CHECK(now.size() == blob.size());
+  const size_t header = le32(blob.data() + 12);
+  const size_t payload_end = blob.size() - 4 - 4;  // u, v, σ, 1/σ (the scale may be recomputed)
+  SN_FUZZ_CHECK(std::memcmp(now.data(), blob.data(), 16) == 0);
+  SN_FUZZ_CHECK(std::memcmp(now.data() + header, blob.data() + header, payload_end - header) == 0);
+  const size_t warmed_at = header - 8 - 8 - 8 - 4;  // warmed_up, forwards precede h and w
+  SN_FUZZ_CHECK(std::memcmp(now.data() + warmed_at, blob.data() + warmed_at, 12) == 0);
+  check_finite_state(t.layer);
+  // Training from any accepted state keeps it finite.
+  std::vector<uint8_t> W(t.W.size() * 4, 0), out(W.size());
+  std::memcpy(W.data(), t.W.data(), W.size());  // float bits; for 16-bit dtypes half of it
+  SN_FUZZ_CHECK(sn_forward(t.layer, W.data(), out.data(), 1, nullptr) == SN_SUCCESS);
+  SN_FUZZ_CHECK(sn_forward(t.layer, W.data(), out.data(), 0, nullptr) == SN_SUCCESS);
+  check_finite_state(t.layer);
+  // Back to the pristine state for the next input.
+  SN_FUZZ_CHECK(sn_layer_load(t.layer, t.pristine.data(), t.pristine.size(), nullptr) == SN_SUCCESS);
+  SN_FUZZ_CHECK(save(t.layer) == t.pristine);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  if (size == 0) return 0;
+  Target *t = targets();
+  const uint8_t sel = data[0];
+  std::vector<uint8_t> blob(data + 1, data + size);  // exact size: ASan sees any over-read
+  if ((sel & 0x80) && blob.size() >= 4) {
+    const uint32_t c = crc32c(blob.data(), blob.size() - 4);
+    for (int k = 0; k < 4; ++k) blob[blob.size() - 4 + k] = uint8_t(c >> (8 * k));
+  }
+  if (sel & 4) {
+    for (int k = 0; k < 4; ++k) load_into(t[k], blob);
+  } else {
+    load_into(t[sel & 3], blob);
+  }
+  return 0;
+}
