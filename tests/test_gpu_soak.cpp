@@ -3,6 +3,8 @@
 // (a specific status, nothing leaked). Skip with a message without a GPU.
 #include <cuda_runtime.h>
 
+#include <thread>
+
 #include "test_util.h"
 
 using namespace sntest;
@@ -95,4 +97,41 @@ TEST(GpuSoak, DeviceMemoryExhaustionIsAnAllocationStatus) {
   // The device is still usable.
   LayerPtr ok(make_desc({8, 8}, SN_BACKEND_CUDA));
   EXPECT_TRUE(ok.p);
+}
+
+// Distinct layers used at the same time from several host threads, each on its own stream, give
+// bitwise the results of serial use.
+TEST(GpuSoak, ConcurrentLayersOnThreadsAndStreamsEqualSerial) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const int threads = 4, per_thread = 3, steps = 50;
+  const int64_t h = 256, w = 384;
+  const std::vector<float> W = gapped_matrix(rng, h, w);
+  float *dW = nullptr;
+  ASSERT_EQ(cudaMalloc(&dW, h * w * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dW, W.data(), h * w * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  auto run = [&](int t, int k, cudaStream_t s, float *out, State *result) {
+    sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
+    d.seed = uint64_t(t * 100 + k);
+    LayerPtr l(d);
+    for (int step = 0; step < steps; ++step) ASSERT_EQ(sn_forward(l, dW, out, step % 5 != 4, s), SN_SUCCESS);
+    *result = get_state(l, s);
+  };
+  std::vector<State> serial(threads * per_thread), parallel(threads * per_thread);
+  std::vector<float *> outs(threads);
+  for (auto &o : outs) ASSERT_EQ(cudaMalloc(&o, h * w * 4), cudaSuccess);
+  for (int t = 0; t < threads; ++t)
+    for (int k = 0; k < per_thread; ++k) run(t, k, nullptr, outs[t], &serial[t * per_thread + k]);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      cudaStream_t s;
+      ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+      for (int k = 0; k < per_thread; ++k) run(t, k, s, outs[t], &parallel[t * per_thread + k]);
+      cudaStreamDestroy(s);
+    });
+  for (auto &th : pool) th.join();
+  for (size_t k = 0; k < serial.size(); ++k) EXPECT_TRUE(same_state(serial[k], parallel[k])) << k;
+  for (auto &o : outs) cudaFree(o);
+  cudaFree(dW);
 }

@@ -305,3 +305,44 @@ TEST(GpuTraining, WholeStepInACudaGraph) {
   cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
 }
+
+// Forward and backward over several steps, W moved by SGD with the GPU's own gradient each step,
+// against a CPU layer driven the same way (with the GPU's W): state, W_sn and dW step by step.
+TEST(GpuTraining, ForwardBackwardStepsMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  for (const auto &shape : {std::vector<int64_t>{600, 1152}, std::vector<int64_t>{8, 6, 3, 3}}) {
+    SCOPED_TRACE(shape_str(shape));
+    const int64_t n = numel_of(shape);
+    sn_layer_desc_t dg = make_desc(shape, SN_BACKEND_CUDA, shape.size() == 4 ? 1 : 0);
+    sn_layer_desc_t dc = dg;
+    dc.backend = SN_BACKEND_CPU;
+    LayerPtr g(dg), cpu(dc);
+    Tensor W(SN_DTYPE_FLOAT32, n), Wsn(SN_DTYPE_FLOAT32, n), G(SN_DTYPE_FLOAT32, n), dW(SN_DTYPE_FLOAT32, n);
+    std::vector<float> w = rng.normals(n, 1.f / std::sqrt(float(shape[0])));
+    const std::vector<float> target = rng.normals(n, 0.01f);
+    std::vector<float> wsn_c(static_cast<size_t>(n)), dw_c(static_cast<size_t>(n)), grad(static_cast<size_t>(n));
+    for (int step = 0; step < 6; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      W.set(w);
+      ASSERT_EQ(sn_forward(g, W.dev, Wsn.dev, 1, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_forward(cpu, w.data(), wsn_c.data(), 1, nullptr), SN_SUCCESS);
+      const State sg = get_state(g), sc = get_state(cpu);
+      EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5);
+      EXPECT_LT(max_abs_diff(sg.u, sc.u), 1e-4);
+      EXPECT_LT(max_abs_diff(sg.v, sc.v), 1e-4);
+      const std::vector<float> wsn_g = Wsn.download_floats();
+      EXPECT_LT(rel_err(wsn_g, wsn_c), 2e-5);
+      // L = ½‖W_sn − T‖²: G = W_sn − T, from the CPU's W_sn for both.
+      for (size_t k = 0; k < grad.size(); ++k) grad[k] = wsn_c[k] - target[k];
+      G.set(grad);
+      ASSERT_EQ(sn_backward(g, W.dev, G.dev, dW.dev, 0, nullptr, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_backward(cpu, w.data(), grad.data(), dw_c.data(), 0, nullptr, nullptr), SN_SUCCESS);
+      const std::vector<float> dw_g = dW.download_floats();
+      EXPECT_LT(rel_err(dw_g, dw_c), 1e-4);
+      for (size_t k = 0; k < w.size(); ++k) w[k] -= 0.1f * dw_g[k];
+    }
+  }
+}
