@@ -28,15 +28,7 @@ std::vector<float> divided(const std::vector<float> &W, float sigma) {
   return out;
 }
 
-class CpuApi : public ::testing::Test {
- protected:
-  void SetUp() override {
-    seed = fresh_seed();
-    rng.gen.seed(seed);
-  }
-  uint64_t seed = 0;
-  Rng rng{0};
-};
+class CpuApi : public SeededTest {};
 
 }  // namespace
 

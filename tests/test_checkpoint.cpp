@@ -114,15 +114,7 @@ sn_layer_desc_t cpu_desc(std::vector<int64_t> shape, int dim = 0, sn_dtype_t dt 
   return d;
 }
 
-class Checkpoint : public ::testing::Test {
- protected:
-  void SetUp() override {
-    seed = fresh_seed();
-    rng.gen.seed(seed);
-  }
-  uint64_t seed = 0;
-  Rng rng{0};
-};
+class Checkpoint : public SeededTest {};
 
 // Loading `blob` into `l` must fail with `want`, leave `l` exactly as it was, and say why.
 void expect_rejected(sn_layer_t *l, const Blob &blob, sn_status_t want, const std::string &why,

@@ -51,11 +51,6 @@ std::string case_name(const Case &c) {
 // gtest prints parameters with this (instead of raw bytes).
 void PrintTo(const Case &c, std::ostream *os) { *os << case_name(c); }
 
-int64_t numel_of(const std::vector<int64_t> &s) {
-  int64_t n = 1;
-  for (int64_t d : s) n *= d;
-  return n;
-}
 
 // A weight of `shape` whose matrix view along `dim` has a clear spectral gap.
 std::vector<float> gapped_weight(Rng &rng, const std::vector<int64_t> &shape, int dim) {

@@ -17,11 +17,6 @@ struct GroupPtr {
   ~GroupPtr() { sn_group_destroy(p); }
 };
 
-int64_t numel_of(const std::vector<int64_t> &s) {
-  int64_t n = 1;
-  for (int64_t d : s) n *= d;
-  return n;
-}
 
 // One member of a test group: its description and host weights.
 struct Member {

@@ -63,11 +63,6 @@ struct DtCase {
   sn_algo_t algo;
 };
 
-int64_t numel_of(const std::vector<int64_t> &s) {
-  int64_t n = 1;
-  for (int64_t d : s) n *= d;
-  return n;
-}
 
 }  // namespace
 

@@ -73,6 +73,23 @@ inline std::vector<float> gapped_matrix(Rng &rng, int64_t h, int64_t w, float bo
   return W;
 }
 
+inline int64_t numel_of(const std::vector<int64_t> &shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// A test fixture with a fresh seed (SN_TEST_SEED reproduces it) and a generator seeded with it.
+class SeededTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    seed = fresh_seed();
+    rng.gen.seed(seed);
+  }
+  uint64_t seed = 0;
+  Rng rng{0};
+};
+
 inline sn_layer_desc_t make_desc(std::vector<int64_t> shape, sn_backend_t backend, int dim = 0) {
   sn_layer_desc_t d;
   EXPECT_EQ(sn_layer_desc_init(&d, int(shape.size()), shape.data()), SN_SUCCESS);
