@@ -144,15 +144,8 @@ __global__ void __launch_bounds__(kBlock) group_reduce_kernel(sn_cuda_group_t G,
   sq = block_sum(sq);
   if (threadIdx.x == 0) e.sq[c] = sq;
   if (!last_block_to_arrive(e.counter, e.red_blocks)) return;
-  float tot = 0.f;
-  for (int k = threadIdx.x; k < e.red_blocks; k += kBlock) tot += __ldcg(&e.sq[k]);
-  tot = block_sum(tot);
-  if (threadIdx.x == 0) {
-    const float m_s = fmaxf(sqrtf(tot), e.eps);
-    e.scal[SN_SCAL_M_T] = m_t;
-    e.scal[SN_SCAL_M_S] = m_s;
-    e.scal[SN_SCAL_SIG_S] = tot / m_s;
-  }
+  finish_s_norm(e.sq, e.red_blocks, e.eps, e.scal);
+  if (threadIdx.x == 0) e.scal[SN_SCAL_M_T] = m_t;
 }
 
 template <class T>

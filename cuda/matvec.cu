@@ -198,14 +198,7 @@ __global__ void __launch_bounds__(kBlock) matvec_t_kernel(MatvecTParams p) {
   if (threadIdx.x == 0) p.tile_sq[tile] = sq;
 
   if (!last_block_to_arrive(&p.counters[p.tiles], (unsigned)p.tiles)) return;
-  float tot = 0.f;
-  for (int64_t k = threadIdx.x; k < p.tiles; k += kBlock) tot += __ldcg(&p.tile_sq[k]);
-  tot = block_sum(tot);
-  if (threadIdx.x == 0) {
-    const float m = fmaxf(sqrtf(tot), p.eps);
-    p.scal[SN_SCAL_M_S] = m;
-    p.scal[SN_SCAL_SIG_S] = tot / m;
-  }
+  finish_s_norm(p.tile_sq, p.tiles, p.eps, p.scal);
 }
 
 bool aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }

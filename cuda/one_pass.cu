@@ -183,15 +183,8 @@ __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p)
   if (threadIdx.x == 0) p.sq[blockIdx.x] = sq;
 
   if (!last_block_to_arrive(p.counter, gridDim.x)) return;
-  float tot = 0.f;
-  for (int k = threadIdx.x; k < (int)gridDim.x; k += kBlock) tot += __ldcg(&p.sq[k]);
-  tot = block_sum(tot);
-  if (threadIdx.x == 0) {
-    const float m_s = fmaxf(sqrtf(tot), p.eps);
-    p.scal[SN_SCAL_M_T] = m_t;
-    p.scal[SN_SCAL_M_S] = m_s;
-    p.scal[SN_SCAL_SIG_S] = tot / m_s;
-  }
+  finish_s_norm(p.sq, gridDim.x, p.eps, p.scal);
+  if (threadIdx.x == 0) p.scal[SN_SCAL_M_T] = m_t;
 }
 
 // One instance per (threads, float4 per thread, element type): launch it, or prepare it.

@@ -57,6 +57,21 @@ __device__ __forceinline__ unsigned health_after(unsigned h, float sig, bool tra
   return sn_health_after(h, sig, training ? 1 : 0);
 }
 
+// The last step of every s = Mᵀ y kernel, in its last block (all threads call it): Σ s² from n
+// partials in order, then scal[M_S] = max(‖s‖, eps) and scal[SIG_S] = ‖s‖² / max(‖s‖, eps), the
+// u-first σ (SPEC.md). The partials were written by other blocks of the launch: read past L1.
+__device__ __forceinline__ void finish_s_norm(const float *sq_parts, int64_t n, float eps,
+                                              float *scal) {
+  float tot = 0.f;
+  for (int64_t k = threadIdx.x; k < n; k += kBlock) tot += __ldcg(&sq_parts[k]);
+  tot = block_sum(tot);
+  if (threadIdx.x == 0) {
+    const float m = fmaxf(sqrtf(tot), eps);
+    scal[SN_SCAL_M_S] = m;
+    scal[SN_SCAL_SIG_S] = tot / m;
+  }
+}
+
 // Reciprocal of an optional device divisor (NULL means 1).
 __device__ __forceinline__ float reciprocal_of(const float *div) {
   return div ? 1.0f / *div : 1.0f;
