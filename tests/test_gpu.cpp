@@ -12,14 +12,16 @@ namespace {
 
 #define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
 
-// A device buffer of floats.
+// A device buffer of `count` floats, starting `offset` floats into its allocation (so that an
+// offset of 1..3 gives a pointer that is not 16-byte aligned).
 struct DevBuf {
-  float *p = nullptr;
+  float *base = nullptr, *p = nullptr;
   size_t n = 0;
-  explicit DevBuf(size_t count) : n(count) {
-    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(float)), cudaSuccess);
+  explicit DevBuf(size_t count, size_t offset = 0) : n(count) {
+    EXPECT_EQ(cudaMalloc(&base, std::max<size_t>(count + offset, 1) * sizeof(float)), cudaSuccess);
+    p = base + offset;
   }
-  ~DevBuf() { cudaFree(p); }
+  ~DevBuf() { cudaFree(base); }
   DevBuf(const DevBuf &) = delete;
   DevBuf &operator=(const DevBuf &) = delete;
   void upload(const std::vector<float> &h) {
@@ -84,20 +86,8 @@ void compare_backends(const Case &c, Rng &rng, int steps, int warmup = 15, int W
   ASSERT_TRUE(g.p && cpu.p);
   const int64_t n = numel_of(c.shape);
   std::vector<float> W = gapped_weight(rng, c.shape, c.dim), out_cpu(static_cast<size_t>(n));
-  DevBuf dWbuf(static_cast<size_t>(n + W_offset)), dOutbuf(static_cast<size_t>(n + W_offset));
-  struct View {
-    float *p;
-    size_t n;
-    void upload(const std::vector<float> &h) {
-      EXPECT_EQ(cudaMemcpy(p, h.data(), h.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
-    }
-    std::vector<float> download() const {
-      std::vector<float> h(n);
-      EXPECT_EQ(cudaMemcpy(h.data(), p, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-      return h;
-    }
-    void poison() { EXPECT_EQ(cudaMemset(p, 0xFF, n * 4), cudaSuccess); }
-  } dW{dWbuf.p + W_offset, static_cast<size_t>(n)}, dOut{dOutbuf.p + W_offset, static_cast<size_t>(n)};
+  DevBuf dW(static_cast<size_t>(n), static_cast<size_t>(W_offset)),
+      dOut(static_cast<size_t>(n), static_cast<size_t>(W_offset));
   for (int step = 0; step < steps; ++step) {
     SCOPED_TRACE("step " + std::to_string(step));
     const int training = step + 1 < steps ? 1 : 0;  // the last step is an eval step
