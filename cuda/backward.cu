@@ -7,7 +7,9 @@
 // Kernel 2, apply: dW = a·G − b·u_i·v_col (+ dW when accumulating). Rows of W's view layout
 //   ([A][h][B], row r = a·h + i, B contiguous elements) are spread over the blocks when B >= 32, so
 //   u_i is one load per row and v is read contiguously; narrower rows use an element loop with
-//   integer division. Bytes: numel·sizeof(T) read of G, written of dW (+ read when accumulating).
+//   integer division. Rows go last first, so the end of G, just read by kernel 1, comes from L2.
+//   Bytes: numel·sizeof(T) read of G, written of dW (+ read when accumulating).
+// Both kernels access 16 bytes at a time (4 floats, 8 of the 2-byte types) when aligned for it.
 // Launches: 2, or 1 when σ is detached and ∂L/∂γ is not asked for.
 #include "kernels.h"
 #include "sn_device.cuh"
@@ -24,23 +26,25 @@ struct InnerParams {
   float *scal;
 };
 
-template <bool V4, class T>
+template <bool WIDE, class T>
 __global__ void __launch_bounds__(kBlock) inner_kernel(InnerParams p) {
   const T *G = static_cast<const T *>(p.G), *W = static_cast<const T *>(p.W);
   const int64_t tid = (int64_t)blockIdx.x * kBlock + threadIdx.x;
   const int64_t stride = (int64_t)gridDim.x * kBlock;
+  constexpr int E = kWide<T>;
+  using V = VecN<T, E>;
   float acc = 0.f;
   int64_t k0 = 0;
-  if (V4) {
-    const int64_t n4 = p.n / 4;
-    for (int64_t k = tid; k < n4; k += stride) {
-      const float4 g = Vec4<T>::load(G + 4 * k), w = Vec4<T>::load(W + 4 * k);
-      acc = fmaf(g.x, w.x, acc);
-      acc = fmaf(g.y, w.y, acc);
-      acc = fmaf(g.z, w.z, acc);
-      acc = fmaf(g.w, w.w, acc);
+  if (WIDE) {
+    const int64_t nq = p.n / E;
+    for (int64_t k = tid; k < nq; k += stride) {
+      float g[E], w[E];
+      V::cvt(V::load_raw(G + E * k), g);
+      V::cvt(V::load_raw(W + E * k), w);
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc = fmaf(g[e], w[e], acc);
     }
-    k0 = n4 * 4;
+    k0 = nq * E;
   }
   for (int64_t k = k0 + tid; k < p.n; k += stride) acc = fmaf(to_f(G[k]), to_f(W[k]), acc);
   acc = block_sum(acc);
@@ -91,37 +95,47 @@ __device__ __forceinline__ float apply1(const ApplyParams &p, const T *G, T *dW,
   return x;
 }
 
-template <bool V4, class T>
+// Rows are taken last first: the inner kernel just read G front to back, so G's last rows are
+// the ones still in L2 (as in cuda/commit_divide.cu).
+template <bool WIDE, class T>
 __global__ void __launch_bounds__(kBlock) apply_rows_kernel(ApplyParams p) {
   const T *G = static_cast<const T *>(p.G);
   T *dW = static_cast<T *>(p.dW);
   const Coefs c = coefs(p);
   write_dgamma(p);
+  constexpr int E = kWide<T>;
+  using V = VecN<T, E>;
   const int64_t rows = p.A * p.h;
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  for (int64_t rr = blockIdx.x; rr < rows; rr += gridDim.x) {
+    const int64_t r = rows - 1 - rr;
     const int64_t a = r / p.h, i = r - a * p.h;
     const float ui = p.u[i];
     const float *v = p.v + a * p.B;
     T *drow = dW + r * p.B;
     const T *grow = G + r * p.B;
     int64_t b0 = 0;
-    if (V4) {
-      const int64_t n4 = p.B / 4;
-      for (int64_t q = threadIdx.x; q < n4; q += kBlock) {
-        const float4 g = Vec4<T>::load(grow + 4 * q);
-        const float4 vv = *reinterpret_cast<const float4 *>(v + 4 * q);
-        float4 x = make_float4(c.a * g.x - c.b * (ui * vv.x), c.a * g.y - c.b * (ui * vv.y),
-                               c.a * g.z - c.b * (ui * vv.z), c.a * g.w - c.b * (ui * vv.w));
-        if (p.accumulate) {
-          const float4 o = Vec4<T>::load(drow + 4 * q);
-          x.x += o.x;
-          x.y += o.y;
-          x.z += o.z;
-          x.w += o.w;
+    if (WIDE) {
+      const int64_t nq = p.B / E;
+      for (int64_t q = threadIdx.x; q < nq; q += kBlock) {
+        float x[E];
+        V::cvt(V::load_raw(grow + E * q), x);
+#pragma unroll
+        for (int f = 0; f < E / 4; ++f) {
+          const float4 vv = *reinterpret_cast<const float4 *>(v + E * q + 4 * f);
+          x[4 * f + 0] = c.a * x[4 * f + 0] - c.b * (ui * vv.x);
+          x[4 * f + 1] = c.a * x[4 * f + 1] - c.b * (ui * vv.y);
+          x[4 * f + 2] = c.a * x[4 * f + 2] - c.b * (ui * vv.z);
+          x[4 * f + 3] = c.a * x[4 * f + 3] - c.b * (ui * vv.w);
         }
-        Vec4<T>::store(drow + 4 * q, x);
+        if (p.accumulate) {
+          float o[E];
+          V::cvt(V::load_raw(drow + E * q), o);
+#pragma unroll
+          for (int e = 0; e < E; ++e) x[e] += o[e];
+        }
+        V::store(drow + E * q, x);
       }
-      b0 = n4 * 4;
+      b0 = nq * E;
     }
     for (int64_t b = b0 + threadIdx.x; b < p.B; b += kBlock)
       drow[b] = from_f<T>(apply1(p, grow, drow, b, c, ui * v[b]));
@@ -155,7 +169,7 @@ extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backwa
     using T = decltype(zero);
     if (need_gw) {
       InnerParams ip{a->G, a->W, a->numel, P.bw_part, P.counters + P.p2_tiles + 3, P.scal};
-      if (vec4_aligned<T>(a->G) && vec4_aligned<T>(a->W))
+      if (aligned16(a->G) && aligned16(a->W))
         inner_kernel<true, T><<<P.div_blocks, kBlock, 0, stream>>>(ip);
       else
         inner_kernel<false, T><<<P.div_blocks, kBlock, 0, stream>>>(ip);
@@ -168,7 +182,7 @@ extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backwa
     const int64_t rows = P.view.A * P.view.h;
     if (P.view.B >= 32) {
       const unsigned blocks = (unsigned)(rows < 16LL * P.sm_count * 8 ? rows : 16LL * P.sm_count * 8);
-      if (P.view.B % 4 == 0 && vec4_aligned<T>(a->G) && vec4_aligned<T>(a->dW))
+      if (P.view.B % kWide<T> == 0 && aligned16(a->G) && aligned16(a->dW))
         apply_rows_kernel<true, T><<<blocks, kBlock, 0, stream>>>(ap);
       else
         apply_rows_kernel<false, T><<<blocks, kBlock, 0, stream>>>(ap);

@@ -1,8 +1,13 @@
 // The last launch of every forward: commit the new u, v and σ when σ is usable, then write
 // W_sn = (W / d) · γ with d = σ, or max(1, σ / c) under a norm bound c, and γ = 1 unless bound.
-// Work mapping: a grid-stride loop over W, 4 elements per access (16 bytes of float, 8 of the
-// 2-byte types) when W and W_sn are aligned for it, single elements otherwise; 64-bit indices.
-// Bytes: numel·sizeof(T) read + numel·sizeof(T) written, plus (h + w)·8 when u and v are committed.
+// Work mapping: a grid-stride loop over W, 16 bytes per access (4 floats, 8 of the 2-byte types)
+// when W and W_sn are 16-byte aligned, single elements otherwise; 64-bit indices.
+// Order: from the END of W backwards. The iteration kernels before this one read W front to back
+// (the one-pass kernel takes rows in order), so W's last tens of MB are still in L2 (50 MB on
+// H100/H200) when this kernel starts: reading them first turns those reads into L2 hits before
+// the writes of W_sn evict them. A layer that fits in L2 is read from DRAM once per forward.
+// Bytes: numel·sizeof(T) read + numel·sizeof(T) written (DRAM: less the L2 hits above), plus
+// (h + w)·8 when u and v are committed.
 #include "kernels.h"
 #include "sn_device.cuh"
 #include "sn_types.cuh"
@@ -23,7 +28,7 @@ struct CommitParams {
   const float *gamma;
 };
 
-template <bool V4, class T>
+template <bool WIDE, class T>
 __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   const float sig_new = p.scal[p.slot];
   const bool good = sn_sigma_usable(sig_new);
@@ -56,20 +61,20 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   auto scale = [&](float x) { return sig > 0.f ? (x / d) * g : x * 0.f; };
   const T *in = static_cast<const T *>(p.W);
   T *out = static_cast<T *>(p.W_sn);
-  int64_t k0 = 0;
-  if (V4) {
-    const int64_t n4 = p.n / 4;
-    for (int64_t k = tid; k < n4; k += stride) {
-      float4 x = Vec4<T>::load(in + 4 * k);
-      x.x = scale(x.x);
-      x.y = scale(x.y);
-      x.z = scale(x.z);
-      x.w = scale(x.w);
-      Vec4<T>::store(out + 4 * k, x);
-    }
-    k0 = n4 * 4;
+  constexpr int E = kWide<T>;
+  using V = VecN<T, E>;
+  const int64_t nq = WIDE ? p.n / E : 0;  // whole 16-byte packs
+  // Elements after the last whole pack first (all of them without WIDE), then the packs, last
+  // first (see the top of the file).
+  for (int64_t k = nq * E + tid; k < p.n; k += stride) out[k] = from_f<T>(scale(to_f(in[k])));
+  for (int64_t k = tid; k < nq; k += stride) {
+    const int64_t q = nq - 1 - k;
+    float x[E];
+    V::cvt(V::load_raw(in + E * q), x);
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] = scale(x[e]);
+    V::store(out + E * q, x);
   }
-  for (int64_t k = k0 + tid; k < p.n; k += stride) out[k] = from_f<T>(scale(to_f(in[k])));
 }
 
 }  // namespace
@@ -81,7 +86,7 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
                  plan.norm_bound, plan.gamma};
   auto run = [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
-    if (a.W_sn && vec4_aligned<T>(a.W) && vec4_aligned<T>(a.W_sn))
+    if (a.W_sn && aligned16(a.W) && aligned16(a.W_sn))
       commit_divide_kernel<true, T><<<plan.div_blocks, kBlock, 0, stream>>>(p);
     else
       commit_divide_kernel<false, T><<<plan.div_blocks, kBlock, 0, stream>>>(p);

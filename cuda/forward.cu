@@ -3,7 +3,8 @@
 //   training, v-first, per iteration:  s = Mᵀ u  (norm fused)   t = M v   (norm and σ fused)
 //   training, one pass (u-first, contiguous rows): t = M v and s = Mᵀ t in one read of W, then
 //                                      a small reduction of the blocks' partial s (norms fused)
-//   eval:                              t = M v, σ = uᵀ t fused
+//   eval:                              t = M v, σ = uᵀ t fused (the one-pass rows kernel when the
+//                                      layer uses one pass, else the two-pass t = M v kernel)
 //   then one commit-and-divide launch.
 // A training forward with one iteration is 3 launches; an eval forward 2. Vectors between the
 // products stay unnormalized in scratch, with their norm in a device scalar the next kernel
@@ -62,7 +63,8 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   int64_t op_sq = 0;
   if (one_pass) {
     plan->one_pass = 1;
-    sn::one_pass_shape((int)(view.B / 4), &plan->op_threads, &plan->op_vpt);
+    plan->op_elems = sn::one_pass_elems(dtype, view.B);
+    sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
     int per_sm = 0;
     cudaError_t e = sn::one_pass_prepare(*plan, &per_sm);
     if (e != cudaSuccess) return (int)e;
@@ -164,7 +166,10 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
     v_div = scal + SN_SCAL_M_S;
   }
   if (!a->training) {
-    SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kDot, u, u_div, nullptr, stream));
+    if (one_pass)
+      SN_TRY(sn::launch_one_pass_eval(P, a->W, v, v_div, u, u_div, stream));
+    else
+      SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kDot, u, u_div, nullptr, stream));
     slot = SN_SCAL_SIG_DOT;
   }
   SN_TRY(sn::launch_commit_divide(P, *a, slot, iters > 0 ? sn::Commit::kVectors : sn::Commit::kSigma,

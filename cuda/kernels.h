@@ -41,8 +41,16 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
 // read of W, writing the same scratch and scalars as launch_matvec + launch_matvec_t. 2 launches.
 cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
                             const float *x_div, const unsigned *health, cudaStream_t stream);
-// Threads per block and float4 per thread for rows of w4 float4.
-void one_pass_shape(int w4, int *threads, int *vpt);
+// The eval σ = uᵀ M v (u / *u_div, v = x / *x_div) with the one-pass rows kernel: 1 launch,
+// writes scal[SIG_DOT].
+cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, const float *x,
+                                 const float *x_div, const float *u, const float *u_div,
+                                 cudaStream_t stream);
+// Elements per access of the one-pass kernels for rows of w elements of `dtype`: 8 (16 bytes)
+// for the 2-byte types when w % 8 = 0, else 4.
+int one_pass_elems(sn_dtype_t dtype, int64_t w);
+// Threads per block and packs per thread for rows of wp packs.
+void one_pass_shape(int wp, int *threads, int *vpt);
 // Raise the kernel's shared-memory limit and report its blocks per multiprocessor.
 cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int *blocks_per_sm);
 

@@ -201,7 +201,6 @@ __global__ void __launch_bounds__(kBlock) matvec_t_kernel(MatvecTParams p) {
   finish_s_norm(p.tile_sq, p.tiles, p.eps, p.scal);
 }
 
-bool aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 template <int TB, class T>
 cudaError_t launch_matvec_tb(const MatvecParams &p, dim3 grid, bool v4, cudaStream_t stream) {

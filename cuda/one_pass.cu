@@ -3,10 +3,13 @@
 // running s, so one pass yields t = M v and s = Mᵀ M v (SPEC.md, "One pass per iteration").
 //
 // Kernel 1, rows: a persistent grid of op_blocks blocks; block g takes rows g, g + G, ...
-//   v (scaled by 1 / *x_div) sits in shared memory; each thread holds op_vpt float4 of the current
+//   v (scaled by 1 / *x_div) sits in shared memory; each thread holds op_vpt packs of the current
 //   row and loads the next row's before reducing the current one, so a row's load overlaps the
-//   previous row's block reduction. Each block writes its partial s (w floats) and Σ t².
-//   Bytes: numel·4 of W once, + op_blocks·w·4 of partials written.
+//   previous row's block reduction. A pack is one 16-byte access (4 floats, or 8 of a 2-byte
+//   type when w % 8 = 0; else 4 of them, 8 bytes). Each block writes its partial s (w floats)
+//   and Σ t². Bytes: numel·sizeof(T) of W once, + op_blocks·w·4 of partials written.
+//   The same kernel computes the eval σ = uᵀ M v (u != NULL): no partial s, the blocks' partial
+//   dots are added in block order by the last block. Bytes: numel·sizeof(T).
 // Kernel 2, reduce: 64 columns per block, 16 lanes along the partials; combines the partials in
 //   block order, scales by 1 / max(‖t‖, eps) (so s = Mᵀ u), writes s and Σ s² per block; the last
 //   block writes max(‖t‖, eps), max(‖s‖, eps) and σ = ‖s‖² / max(‖s‖, eps).
@@ -20,15 +23,20 @@ namespace sn {
 namespace {
 
 struct OnePassParams {
-  const void *W;    // h rows of w4 groups of 4 elements of type T
+  const void *W;    // h rows of wp packs of E elements of type T
   int64_t h;
-  int w4;
+  int wp;
   const float *x;
   const float *x_div;
   const unsigned *health;  // restart bit set: v = ones
   float *t;         // h
-  float4 *part;     // op_blocks × w4
+  float *part;      // op_blocks × w
   float *tsq;       // op_blocks
+  // Eval (u != NULL): no t, no partial s; tsq gets the block's Σ (u_i / *u_div) t_i and the last
+  // block writes their sum in block order to scal[SIG_DOT] (counter: the one-pass arrivals).
+  const float *u, *u_div;
+  float *scal;
+  unsigned *counter;
 };
 
 template <int NT>
@@ -49,79 +57,100 @@ __device__ __forceinline__ float block_sum_nt(float x) {
   return total;
 }
 
-template <int NT, int VPT, class T>
+// NT threads, VPT packs of E elements per thread and row: thread k holds packs k, k + NT, ...
+template <int NT, int VPT, class T, int E, bool EVAL>
 __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
-  using V = Vec4<T>;
+  using V = VecN<T, E>;
+  constexpr int F4 = E / 4;  // float4 of v per pack
   const T *W = static_cast<const T *>(p.W);
+  const int64_t w = (int64_t)E * p.wp;
   extern __shared__ float4 v_sm[];
   // v may start at any float boundary (the state's v follows u): load it by floats.
   float *v_smf = reinterpret_cast<float *>(v_sm);
   const float rx = reciprocal_of(p.x_div);
   const bool ones = p.health && (*p.health & SN_HEALTH_RESTART);
-  for (int k = threadIdx.x; k < 4 * p.w4; k += NT) v_smf[k] = ones ? 1.f : p.x[k] * rx;
+  for (int k = threadIdx.x; k < w; k += NT) v_smf[k] = ones ? 1.f : p.x[k] * rx;
   __syncthreads();
+  const float ru = EVAL ? reciprocal_of(p.u_div) : 0.f;
 
-  float4 acc[VPT];
+  float acc[VPT][E];
   typename V::raw cur[VPT], nxt[VPT];
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
-    acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[k][e] = 0.f;
     cur[k] = {};
     nxt[k] = {};
   }
   const int64_t G = gridDim.x;
   int64_t i = blockIdx.x;
   if (i < p.h) {
-    const T *row = W + i * p.w4 * 4;
+    const T *row = W + i * w;
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
       const int j = threadIdx.x + k * NT;
-      if (j < p.w4) cur[k] = V::load_raw(row + 4 * j);
+      if (j < p.wp) cur[k] = V::load_raw(row + E * j);
     }
   }
   float tsq = 0.f;
   for (; i < p.h; i += G) {
     if (i + G < p.h) {
-      const T *row = W + (i + G) * p.w4 * 4;
+      const T *row = W + (i + G) * w;
 #pragma unroll
       for (int k = 0; k < VPT; ++k) {
         const int j = threadIdx.x + k * NT;
-        if (j < p.w4) nxt[k] = V::load_raw(row + 4 * j);
+        if (j < p.wp) nxt[k] = V::load_raw(row + E * j);
       }
     }
-    float4 x[VPT];
+    float x[VPT][E];
     float d = 0.f;
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
-      x[k] = V::cvt(cur[k]);
+      V::cvt(cur[k], x[k]);
       const int j = threadIdx.x + k * NT;
-      if (j < p.w4) {
-        const float4 v = v_sm[j];
-        d = fmaf(x[k].x, v.x, d);
-        d = fmaf(x[k].y, v.y, d);
-        d = fmaf(x[k].z, v.z, d);
-        d = fmaf(x[k].w, v.w, d);
+      if (j < p.wp) {
+#pragma unroll
+        for (int q = 0; q < F4; ++q) {
+          const float4 v = v_sm[F4 * j + q];
+          d = fmaf(x[k][4 * q + 0], v.x, d);
+          d = fmaf(x[k][4 * q + 1], v.y, d);
+          d = fmaf(x[k][4 * q + 2], v.z, d);
+          d = fmaf(x[k][4 * q + 3], v.w, d);
+        }
       }
     }
     const float t = block_sum_nt<NT>(d);
-    if (threadIdx.x == 0) p.t[i] = t;
-    tsq = fmaf(t, t, tsq);
+    if (EVAL) {
+      if (threadIdx.x == 0) tsq = fmaf(p.u[i] * ru, t, tsq);
+    } else {
+      if (threadIdx.x == 0) p.t[i] = t;
+      tsq = fmaf(t, t, tsq);
+#pragma unroll
+      for (int k = 0; k < VPT; ++k)
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[k][e] = fmaf(t, x[k][e], acc[k][e]);
+    }
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) cur[k] = nxt[k];
+  }
+  if (!EVAL) {
+    float4 *out = reinterpret_cast<float4 *>(p.part + (int64_t)blockIdx.x * w);
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
-      acc[k].x = fmaf(t, x[k].x, acc[k].x);
-      acc[k].y = fmaf(t, x[k].y, acc[k].y);
-      acc[k].z = fmaf(t, x[k].z, acc[k].z);
-      acc[k].w = fmaf(t, x[k].w, acc[k].w);
-      cur[k] = nxt[k];
+      const int j = threadIdx.x + k * NT;
+      if (j < p.wp)
+#pragma unroll
+        for (int q = 0; q < F4; ++q)
+          out[F4 * j + q] = make_float4(acc[k][4 * q], acc[k][4 * q + 1], acc[k][4 * q + 2],
+                                        acc[k][4 * q + 3]);
     }
   }
-  float4 *out = p.part + (int64_t)blockIdx.x * p.w4;
-#pragma unroll
-  for (int k = 0; k < VPT; ++k) {
-    const int j = threadIdx.x + k * NT;
-    if (j < p.w4) out[j] = acc[k];
-  }
   if (threadIdx.x == 0) p.tsq[blockIdx.x] = tsq;
+  if (!EVAL || !last_block_to_arrive(p.counter, gridDim.x)) return;
+  float dot = 0.f;
+  for (int g = threadIdx.x; g < (int)gridDim.x; g += NT) dot += __ldcg(&p.tsq[g]);
+  dot = block_sum_nt<NT>(dot);
+  if (threadIdx.x == 0) p.scal[SN_SCAL_SIG_DOT] = dot;
 }
 
 struct ReduceParams {
@@ -187,19 +216,46 @@ __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p)
   if (threadIdx.x == 0) p.scal[SN_SCAL_M_T] = m_t;
 }
 
-// One instance per (threads, float4 per thread, element type): launch it, or prepare it.
-template <int NT, int VPT, class T>
+// One instance per (threads, packs per thread, element type, elements per pack): launch it, or
+// prepare it.
+// The eval instance is prepared alongside the training one; the plan's block count comes from the
+// training instance (the eval one keeps no partial s, so it needs fewer registers).
+template <int NT, int VPT, class T, int E>
 cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, int *blocks_per_sm) {
-  const size_t smem = (size_t)p->w4 * sizeof(float4);
+  const size_t smem = (size_t)p->wp * E * sizeof(float);
   if (blocks_per_sm) {
-    cudaError_t e = cudaFuncSetAttribute(one_pass_rows_kernel<NT, VPT, T>,
+    cudaError_t e = cudaFuncSetAttribute(one_pass_rows_kernel<NT, VPT, T, E, true>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e == cudaSuccess)
+      e = cudaFuncSetAttribute(one_pass_rows_kernel<NT, VPT, T, E, false>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return e;
     return cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        blocks_per_sm, one_pass_rows_kernel<NT, VPT, T>, NT, smem);
+        blocks_per_sm, one_pass_rows_kernel<NT, VPT, T, E, false>, NT, smem);
   }
-  one_pass_rows_kernel<NT, VPT, T><<<blocks, NT, smem, stream>>>(*p);
+  if (p->u)
+    one_pass_rows_kernel<NT, VPT, T, E, true><<<blocks, NT, smem, stream>>>(*p);
+  else
+    one_pass_rows_kernel<NT, VPT, T, E, false><<<blocks, NT, smem, stream>>>(*p);
   return cudaGetLastError();
+}
+
+template <class T, int E>
+cudaError_t rows_shape(const sn_cuda_plan_t &plan, const OnePassParams *p, cudaStream_t stream,
+                       int *blocks_per_sm) {
+  const int b = plan.op_blocks;
+  switch (plan.op_threads * 16 + plan.op_vpt) {
+    case 256 * 16 + 1: return rows<256, 1, T, E>(p, b, stream, blocks_per_sm);
+    case 256 * 16 + 2: return rows<256, 2, T, E>(p, b, stream, blocks_per_sm);
+    case 256 * 16 + 4: return rows<256, 4, T, E>(p, b, stream, blocks_per_sm);
+    case 512 * 16 + 1: return rows<512, 1, T, E>(p, b, stream, blocks_per_sm);
+    case 512 * 16 + 2: return rows<512, 2, T, E>(p, b, stream, blocks_per_sm);
+    case 512 * 16 + 4: return rows<512, 4, T, E>(p, b, stream, blocks_per_sm);
+    case 512 * 16 + 8:  // 4096 packs: only 4-element packs (w <= 16384)
+      if constexpr (E == 4) return rows<512, 8, T, E>(p, b, stream, blocks_per_sm);
+      return cudaErrorInvalidConfiguration;
+    default: return cudaErrorInvalidConfiguration;
+  }
 }
 
 // Launch (blocks_per_sm NULL) or prepare the rows kernel the plan uses.
@@ -207,49 +263,59 @@ cudaError_t rows_dispatch(const sn_cuda_plan_t &plan, const OnePassParams *p, cu
                           int *blocks_per_sm) {
   auto run = [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
-    const int b = plan.op_blocks;
-    switch (plan.op_threads * 16 + plan.op_vpt) {
-      case 256 * 16 + 1: return rows<256, 1, T>(p, b, stream, blocks_per_sm);
-      case 256 * 16 + 2: return rows<256, 2, T>(p, b, stream, blocks_per_sm);
-      case 256 * 16 + 4: return rows<256, 4, T>(p, b, stream, blocks_per_sm);
-      case 512 * 16 + 1: return rows<512, 1, T>(p, b, stream, blocks_per_sm);
-      case 512 * 16 + 2: return rows<512, 2, T>(p, b, stream, blocks_per_sm);
-      case 512 * 16 + 4: return rows<512, 4, T>(p, b, stream, blocks_per_sm);
-      case 512 * 16 + 8: return rows<512, 8, T>(p, b, stream, blocks_per_sm);
-      default: return cudaErrorInvalidConfiguration;
+    if (plan.op_elems == 8) {
+      if constexpr (sizeof(T) == 2) return rows_shape<T, 8>(plan, p, stream, blocks_per_sm);
+      return cudaErrorInvalidConfiguration;
     }
+    return rows_shape<T, 4>(plan, p, stream, blocks_per_sm);
   };
   return SN_DISPATCH_DTYPE(plan.dtype, run);
 }
 
+unsigned *one_pass_counter(const sn_cuda_plan_t &plan) {
+  return plan.counters + 1 + plan.p2_tiles + 1;
+}
+
 }  // namespace
 
-// Threads and float4 per thread for a row of w4 float4 (w4 <= 4096).
-void one_pass_shape(int w4, int *threads, int *vpt) {
-  *threads = w4 > 1024 ? 512 : 256;
+int one_pass_elems(sn_dtype_t dtype, int64_t w) {
+  return dtype != SN_DTYPE_FLOAT32 && w % 8 == 0 ? 8 : 4;
+}
+
+// Threads and packs per thread for a row of wp packs (wp <= 4096).
+void one_pass_shape(int wp, int *threads, int *vpt) {
+  *threads = wp > 1024 ? 512 : 256;
   int v = 1;
-  while (v * *threads < w4) v <<= 1;
+  while (v * *threads < wp) v <<= 1;
   *vpt = v;
 }
 
 cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int *blocks_per_sm) {
   OnePassParams p{};
-  p.w4 = (int)(plan.view.B / 4);
+  p.wp = (int)(plan.view.B / plan.op_elems);
   return rows_dispatch(plan, &p, nullptr, blocks_per_sm);
 }
 
 cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
                             const float *x_div, const unsigned *health, cudaStream_t stream) {
   const int w4 = (int)(plan.view.B / 4);
-  OnePassParams p{W, plan.view.h, w4, x, x_div, health, plan.t,
-                  reinterpret_cast<float4 *>(plan.op_part), plan.op_tsq};
+  OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, health, plan.t,
+                  plan.op_part, plan.op_tsq, nullptr, nullptr, nullptr, nullptr};
   cudaError_t e = rows_dispatch(plan, &p, stream, nullptr);
   if (e != cudaSuccess) return e;
   ReduceParams r{reinterpret_cast<const float4 *>(plan.op_part), plan.op_tsq, plan.op_blocks, w4,
                  reinterpret_cast<float4 *>(plan.s), plan.op_sq, plan.scal,
-                 plan.counters + 1 + plan.p2_tiles + 1, plan.eps};
+                 one_pass_counter(plan), plan.eps};
   one_pass_reduce_kernel<<<(w4 + kColLanes - 1) / kColLanes, kBlock, 0, stream>>>(r);
   return cudaGetLastError();
+}
+
+cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, const float *x,
+                                 const float *x_div, const float *u, const float *u_div,
+                                 cudaStream_t stream) {
+  OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, nullptr, nullptr,
+                  nullptr, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan)};
+  return rows_dispatch(plan, &p, stream, nullptr);
 }
 
 }  // namespace sn

@@ -72,7 +72,8 @@ typedef struct {
   int div_blocks;     /* blocks of the commit-and-divide kernel */
   int one_pass;       /* 1: training iterations use the one-pass kernels (cuda/one_pass.cu) */
   int op_threads;     /* one-pass: threads per block (256 or 512) */
-  int op_vpt;         /* one-pass: float4 of a row per thread (1, 2, 4 or 8) */
+  int op_elems;       /* one-pass: elements per access (4, or 8 for 2-byte types) */
+  int op_vpt;         /* one-pass: accesses of a row per thread (1, 2, 4 or 8) */
   int op_blocks;      /* one-pass: persistent blocks, each writing a partial Mᵀ t */
   /* Scratch, inside the layer's one device workspace. */
   float *t;           /* h: t = M x, unnormalized */

@@ -63,6 +63,89 @@ struct Vec4<__half> : Vec4Half<__half, __half2> {};
 template <>
 struct Vec4<__nv_bfloat16> : Vec4Half<__nv_bfloat16, __nv_bfloat162> {};
 
+// E consecutive elements as one access, converted to and from E floats: VecN<float, 4> and
+// VecN<half type, 8> are 16-byte accesses (LDG.E.128 / STG.E.128), VecN<half type, 4> 8-byte.
+template <class T, int E>
+struct VecN;
+template <>
+struct VecN<float, 4> {
+  using raw = float4;
+  __device__ static raw load_raw(const float *p) { return *reinterpret_cast<const float4 *>(p); }
+  __device__ static void cvt(raw r, float *x) {
+    x[0] = r.x;
+    x[1] = r.y;
+    x[2] = r.z;
+    x[3] = r.w;
+  }
+  __device__ static void store(float *p, const float *x) {
+    *reinterpret_cast<float4 *>(p) = make_float4(x[0], x[1], x[2], x[3]);
+  }
+};
+// The 2-byte types: pairs convert with the paired intrinsics, which round to nearest even as
+// from_f does.
+__device__ __forceinline__ float2 pair_to_f(unsigned r, __half) {
+  return __half22float2(*reinterpret_cast<const __half2 *>(&r));
+}
+__device__ __forceinline__ float2 pair_to_f(unsigned r, __nv_bfloat16) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&r));
+}
+__device__ __forceinline__ unsigned pair_from_f(float a, float b, __half) {
+  const __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<const unsigned *>(&h);
+}
+__device__ __forceinline__ unsigned pair_from_f(float a, float b, __nv_bfloat16) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<const unsigned *>(&h);
+}
+template <class H, int E>
+struct VecHalfN {
+  static_assert(E == 4 || E == 8, "4 or 8 elements");
+  struct raw {
+    unsigned r[E / 2];
+  };
+  __device__ static raw load_raw(const H *p) {
+    raw x;
+    if (E == 8) {
+      const uint4 q = *reinterpret_cast<const uint4 *>(p);
+      x.r[0] = q.x, x.r[1] = q.y, x.r[E == 8 ? 2 : 0] = q.z, x.r[E == 8 ? 3 : 1] = q.w;
+    } else {
+      const uint2 q = *reinterpret_cast<const uint2 *>(p);
+      x.r[0] = q.x, x.r[1] = q.y;
+    }
+    return x;
+  }
+  __device__ static void cvt(raw r, float *x) {
+#pragma unroll
+    for (int k = 0; k < E / 2; ++k) {
+      const float2 f = pair_to_f(r.r[k], H{});
+      x[2 * k] = f.x;
+      x[2 * k + 1] = f.y;
+    }
+  }
+  __device__ static void store(H *p, const float *x) {
+    unsigned r[E / 2];
+#pragma unroll
+    for (int k = 0; k < E / 2; ++k) r[k] = pair_from_f(x[2 * k], x[2 * k + 1], H{});
+    if (E == 8)
+      *reinterpret_cast<uint4 *>(p) = make_uint4(r[0], r[1], r[E == 8 ? 2 : 0], r[E == 8 ? 3 : 1]);
+    else
+      *reinterpret_cast<uint2 *>(p) = make_uint2(r[0], r[1]);
+  }
+};
+template <int E>
+struct VecN<__half, E> : VecHalfN<__half, E> {};
+template <int E>
+struct VecN<__nv_bfloat16, E> : VecHalfN<__nv_bfloat16, E> {};
+
+// Elements of T in one 16-byte access.
+template <class T>
+constexpr int kWide = 16 / (int)sizeof(T);
+
+// Whether p can be accessed 16 bytes at a time.
+__host__ __device__ inline bool aligned16(const void *p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
+
 // Whether p can be accessed as Vec4<T>.
 template <class T>
 __host__ __device__ inline bool vec4_aligned(const void *p) {
