@@ -78,7 +78,10 @@ TEST(GpuTraining, HalfWeightsMatchTheCpuBackend) {
                           DtCase{{5, 7, 2}, -1, SN_DTYPE_FLOAT16, SN_ALGO_DEFAULT},
                           DtCase{{1, 1000}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_DEFAULT},
                           DtCase{{100000}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_DEFAULT},
-                          DtCase{{128, 128, 3, 3}, 0, SN_DTYPE_FLOAT16, SN_ALGO_TWO_PASS}}) {
+                          DtCase{{128, 128, 3, 3}, 0, SN_DTYPE_FLOAT16, SN_ALGO_TWO_PASS},
+                          // one-pass with 8-element (16-byte) packs: 144 and 1024 packs per row
+                          DtCase{{600, 1152}, 0, SN_DTYPE_FLOAT16, SN_ALGO_ONE_PASS},
+                          DtCase{{2000, 8192}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_ONE_PASS}}) {
     SCOPED_TRACE(shape_str(c.shape) + " dim " + std::to_string(c.dim) + " " + dtype_name(c.dt));
     sn_layer_desc_t dg = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
     dg.dtype = c.dt;
@@ -142,6 +145,10 @@ TEST(GpuTraining, BackwardMatchesTheCpuBackend) {
       {{2048, 2048}, 0, SN_DTYPE_BFLOAT16, 0, true, 0.f, 0},
       {{512, 1152}, 0, SN_DTYPE_FLOAT16, SN_BACKWARD_ACCUMULATE, false, 0.f, 0},
       {{96, 48, 4, 4}, 1, SN_DTYPE_BFLOAT16, 0, false, 0.f, 0},
+      // 16-byte accesses of 8 elements: rows of 1004 (not a multiple of 8), and G, dW moved by 4
+      // elements (8-byte aligned, not 16) so that only the element loops run.
+      {{300, 1004}, 0, SN_DTYPE_BFLOAT16, SN_BACKWARD_ACCUMULATE, false, 0.f, 0},
+      {{256, 1024}, 0, SN_DTYPE_FLOAT16, 0, false, 0.f, 4},
       {{1000}, 0, SN_DTYPE_FLOAT32, 0, false, 0.f, 0},
   };
   for (const BwCase &c : cases) {
