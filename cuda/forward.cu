@@ -10,6 +10,8 @@
 // products stay unnormalized in scratch, with their norm in a device scalar the next kernel
 // applies, so normalization costs no launch of its own.
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels.h"
 
@@ -23,8 +25,56 @@ int pow2_at_least(int64_t n, int cap) {
 
 int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
+// Partial s of the one-pass rows kernel: one per block, or per cluster.
+int64_t op_parts(const sn_cuda_plan_t &p) {
+  return p.one_pass ? p.op_blocks / (p.op_cluster > 1 ? p.op_cluster : 1) : 0;
+}
+
 // Round a float count up to 64 floats (256 bytes), keeping every scratch buffer 16-byte aligned.
 size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
+
+// Development knobs, read at plan time from the environment, so that sn_bench can time the
+// one-pass kernel's variants on a card (bench/NOTES.md); not part of the API, and the defaults
+// need none: SPECNORM_TUNE="op_bps=N,op_cluster=C" caps the one-pass grid at N blocks per
+// multiprocessor and groups its blocks in thread-block clusters of C (1, 2, 4 or 8; sm_90 and up)
+// that add their partial s on chip. Unknown keys and bad values are ignored.
+struct Tune {
+  int op_bps = 0;      // 0: as many as fit
+  int op_cluster = 0;  // 0: the default below
+};
+
+Tune read_tune() {
+  Tune t;
+  const char *s = std::getenv("SPECNORM_TUNE");
+  while (s && *s) {
+    const char *end = std::strchr(s, ',');
+    const size_t len = end ? (size_t)(end - s) : std::strlen(s);
+    char *stop = nullptr;
+    if (len > 7 && !std::strncmp(s, "op_bps=", 7)) {
+      const long v = std::strtol(s + 7, &stop, 10);
+      if (stop == s + len && v > 0 && v <= 64) t.op_bps = (int)v;
+    } else if (len > 11 && !std::strncmp(s, "op_cluster=", 11)) {
+      const long v = std::strtol(s + 11, &stop, 10);
+      if (stop == s + len && (v == 1 || v == 2 || v == 4 || v == 8)) t.op_cluster = (int)v;
+    }
+    s = end ? end + 1 : nullptr;
+  }
+  return t;
+}
+
+// Blocks per cluster of the one-pass rows kernel when SPECNORM_TUNE does not say.
+constexpr int kDefaultCluster = 1;
+
+// Whether the current device runs thread-block clusters (compute capability 9.0 and up).
+bool device_has_clusters() {
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return major >= 9;
+}
 
 }  // namespace
 
@@ -65,10 +115,28 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->one_pass = 1;
     plan->op_elems = sn::one_pass_elems(dtype, view.B);
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
-    int per_sm = 0;
-    cudaError_t e = sn::one_pass_prepare(*plan, &per_sm);
+    const Tune tune = read_tune();
+    int cluster = tune.op_cluster > 0 ? tune.op_cluster : kDefaultCluster;
+    if (cluster > 1 && (cluster > h || !device_has_clusters())) cluster = 1;
+    int per_sm = 0, max_clusters = 0;
+    cudaError_t e = sn::one_pass_prepare(*plan, cluster, &per_sm, &max_clusters);
+    if (e != cudaSuccess && cluster > 1) {  // no clusters after all: the plain grid
+      (void)cudaGetLastError();
+      cluster = 1;
+      e = sn::one_pass_prepare(*plan, cluster, &per_sm, &max_clusters);
+    }
     if (e != cudaSuccess) return (int)e;
-    plan->op_blocks = (int)clamp64((int64_t)plan->sm_count * (per_sm > 0 ? per_sm : 1), 1, h);
+    if (per_sm < 1) per_sm = 1;
+    if (tune.op_bps > 0 && tune.op_bps < per_sm) per_sm = tune.op_bps;
+    int64_t blocks = (int64_t)plan->sm_count * per_sm;
+    if (cluster > 1) {
+      // Only as many clusters as fit at once: the grid is persistent.
+      blocks = clamp64((int64_t)max_clusters * cluster, 0, blocks) / cluster * cluster;
+      if (blocks > h) blocks = h / cluster * cluster;
+      if (blocks < cluster) cluster = 1, blocks = (int64_t)plan->sm_count * per_sm;
+    }
+    plan->op_cluster = cluster;
+    plan->op_blocks = (int)clamp64(blocks, 1, h);
     op_sq = (view.B / 4 + 15) / 16;
   }
 
@@ -76,7 +144,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   if (p1_blocks * plan->p1_asplit > INT_MAX || plan->p2_tiles * plan->p2_isplit > INT_MAX) return 0;
   const size_t floats = pad(h) + pad(w) + pad((int64_t)plan->p1_asplit * h) +
                         pad((int64_t)plan->p2_isplit * w) + pad(plan->p2_tiles) + pad(SN_SCAL_COUNT) +
-                        pad((int64_t)plan->op_blocks * w) + pad(plan->op_blocks) + pad(op_sq) +
+                        pad(op_parts(*plan) * w) + pad(plan->op_blocks) + pad(op_sq) +
                         pad(plan->div_blocks);
   const size_t counters = pad(plan->p2_tiles + 4);
   *workspace_bytes = (floats + counters) * 4;
@@ -99,7 +167,7 @@ extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
   plan->scal = p;
   p += pad(SN_SCAL_COUNT);
   plan->op_part = p;
-  p += pad((int64_t)plan->op_blocks * w);
+  p += pad(op_parts(*plan) * w);
   plan->op_tsq = p;
   p += pad(plan->op_blocks);
   plan->op_sq = p;

@@ -51,7 +51,9 @@ cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, cons
 int one_pass_elems(sn_dtype_t dtype, int64_t w);
 // Threads per block and packs per thread for rows of wp packs.
 void one_pass_shape(int wp, int *threads, int *vpt);
-// Raise the kernel's shared-memory limit and report its blocks per multiprocessor.
-cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int *blocks_per_sm);
+// Raise the kernel's shared-memory limit and report its blocks per multiprocessor and, for
+// cluster > 1, how many clusters of that many blocks fit on the device at once.
+cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *blocks_per_sm,
+                             int *max_clusters);
 
 }  // namespace sn

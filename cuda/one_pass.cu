@@ -15,6 +15,8 @@
 //   block writes max(‖t‖, eps), max(‖s‖, eps) and σ = ‖s‖² / max(‖s‖, eps).
 //   Bytes: op_blocks·w·4 read + w·4 written.
 // Both reductions have a fixed order: results are bitwise reproducible.
+#include <cooperative_groups.h>
+
 #include "kernels.h"
 #include "sn_device.cuh"
 #include "sn_types.cuh"
@@ -30,7 +32,8 @@ struct OnePassParams {
   const float *x_div;
   const unsigned *health;  // restart bit set: v = ones
   float *t;         // h
-  float *part;      // op_blocks × w
+  float *part;      // (op_blocks / cluster) × w
+  int cluster;      // blocks per thread-block cluster that add their partial s on chip (sm_90)
   float *tsq;       // op_blocks
   // Eval (u != NULL): no t, no partial s; tsq gets the block's Σ (u_i / *u_div) t_i and the last
   // block writes their sum in block order to scal[SIG_DOT] (counter: the one-pass arrivals).
@@ -55,6 +58,41 @@ __device__ __forceinline__ float block_sum_nt(float x) {
   }
   __syncthreads();
   return total;
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr bool kHaveClusters = false;  // the host never asks for clusters below sm_90
+#else
+constexpr bool kHaveClusters = true;
+#endif
+
+// Thread-block clusters (sm_90): the cluster's blocks have each put their partial s (w4 float4) in
+// their shared memory `mine`; block r of the cluster adds slice r of the columns over the cluster's
+// blocks in rank order (distributed shared memory) and writes it to the cluster's partial. Cuts the
+// partial-s traffic (written here, read by the reduce kernel) by the cluster size.
+template <int NT>
+__device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, float4 *mine,
+                                                     int64_t w4) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  cg::cluster_group cl = cg::this_cluster();
+  cl.sync();  // every block's partial is in its shared memory
+  const int C = (int)cl.num_blocks(), r = (int)cl.block_rank();
+  const int64_t per = (w4 + C - 1) / C, c0 = r * per, c1 = min(w4, c0 + per);
+  float4 *out = reinterpret_cast<float4 *>(p.part + (int64_t)(blockIdx.x / C) * 4 * w4);
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += NT) {
+    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int q = 0; q < C; ++q) {
+      const float4 x = cl.map_shared_rank(mine, q)[c];
+      s.x += x.x;
+      s.y += x.y;
+      s.z += x.z;
+      s.w += x.w;
+    }
+    out[c] = s;
+  }
+  cl.sync();  // no block leaves while another may still read its shared memory
+#endif
 }
 
 // NT threads, VPT packs of E elements per thread and row: thread k holds packs k, k + NT, ...
@@ -134,7 +172,11 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
     for (int k = 0; k < VPT; ++k) cur[k] = nxt[k];
   }
   if (!EVAL) {
-    float4 *out = reinterpret_cast<float4 *>(p.part + (int64_t)blockIdx.x * w);
+    // The block's partial s goes to global memory, or (cluster > 1) to its own shared memory,
+    // where the cluster's blocks add it up below.
+    const bool on_chip = kHaveClusters && p.cluster > 1;
+    if (on_chip) __syncthreads();  // every thread is done reading v_sm
+    float4 *out = on_chip ? v_sm : reinterpret_cast<float4 *>(p.part + (int64_t)blockIdx.x * w);
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
       const int j = threadIdx.x + k * NT;
@@ -144,6 +186,7 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
           out[F4 * j + q] = make_float4(acc[k][4 * q], acc[k][4 * q + 1], acc[k][4 * q + 2],
                                         acc[k][4 * q + 3]);
     }
+    if (on_chip) cluster_sum_partials<NT>(p, v_sm, w / 4);
   }
   if (threadIdx.x == 0) p.tsq[blockIdx.x] = tsq;
   if (!EVAL || !last_block_to_arrive(p.counter, gridDim.x)) return;
@@ -156,7 +199,8 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
 struct ReduceParams {
   const float4 *part;
   const float *tsq;
-  int parts;
+  int parts;        // partial s (one per cluster)
+  int tsq_parts;    // partial Σ t² (one per block)
   int w4;
   float4 *s;
   float *sq;  // per reduce block
@@ -170,7 +214,7 @@ constexpr int kColLanes = 16, kPartLanes = kBlock / kColLanes;
 __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p) {
   // max(‖t‖, eps) from the row blocks' partial Σ t², in block order (every block alike).
   float tsq = 0.f;
-  for (int g = threadIdx.x; g < p.parts; g += kBlock) tsq += p.tsq[g];
+  for (int g = threadIdx.x; g < p.tsq_parts; g += kBlock) tsq += p.tsq[g];
   tsq = block_sum(tsq);
   const float m_t = fmaxf(sqrtf(tsq), p.eps);
 
@@ -218,31 +262,66 @@ __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p)
 
 // One instance per (threads, packs per thread, element type, elements per pack): launch it, or
 // prepare it.
-// The eval instance is prepared alongside the training one; the plan's block count comes from the
-// training instance (the eval one keeps no partial s, so it needs fewer registers).
-template <int NT, int VPT, class T, int E>
-cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, int *blocks_per_sm) {
-  const size_t smem = (size_t)p->wp * E * sizeof(float);
-  if (blocks_per_sm) {
-    cudaError_t e = cudaFuncSetAttribute(one_pass_rows_kernel<NT, VPT, T, E, true>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e == cudaSuccess)
-      e = cudaFuncSetAttribute(one_pass_rows_kernel<NT, VPT, T, E, false>,
-                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return e;
-    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        blocks_per_sm, one_pass_rows_kernel<NT, VPT, T, E, false>, NT, smem);
+// What one_pass_prepare asks and learns.
+struct Prep {
+  int cluster;         // in: blocks per cluster (1: none)
+  int blocks_per_sm;   // out: training instance, without clusters
+  int max_clusters;    // out: clusters of `cluster` blocks that fit at once (cluster > 1)
+};
+
+// The launch configuration of a training instance with clusters of p.cluster blocks.
+struct ClusterLaunch {
+  cudaLaunchConfig_t cfg{};
+  cudaLaunchAttribute attr{};
+  ClusterLaunch(int blocks, int threads, size_t smem, int cluster, cudaStream_t stream) {
+    cfg.gridDim = dim3((unsigned)blocks);
+    cfg.blockDim = dim3((unsigned)threads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = (unsigned)cluster;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
   }
-  if (p->u)
-    one_pass_rows_kernel<NT, VPT, T, E, true><<<blocks, NT, smem, stream>>>(*p);
-  else
-    one_pass_rows_kernel<NT, VPT, T, E, false><<<blocks, NT, smem, stream>>>(*p);
+};
+
+// One instance per (threads, packs per thread, element type, elements per pack): launch it
+// (prep NULL), or prepare it: raise the shared-memory limit of its training and eval kernels and
+// report the training kernel's occupancy. The plan's block count comes from the training
+// instance (the eval one keeps no partial s and needs fewer registers).
+template <int NT, int VPT, class T, int E>
+cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *prep) {
+  const size_t smem = (size_t)p->wp * E * sizeof(float);
+  auto *train = one_pass_rows_kernel<NT, VPT, T, E, false>;
+  auto *eval = one_pass_rows_kernel<NT, VPT, T, E, true>;
+  if (prep) {
+    cudaError_t e = cudaFuncSetAttribute(eval, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e == cudaSuccess)
+      e = cudaFuncSetAttribute(train, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e == cudaSuccess)
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&prep->blocks_per_sm, train, NT, smem);
+    if (e == cudaSuccess && prep->cluster > 1) {
+      ClusterLaunch L(prep->cluster, NT, smem, prep->cluster, nullptr);
+      e = cudaOccupancyMaxActiveClusters(&prep->max_clusters, train, &L.cfg);
+    }
+    return e;
+  }
+  if (p->u) {
+    eval<<<blocks, NT, smem, stream>>>(*p);
+  } else if (p->cluster > 1) {
+    ClusterLaunch L(blocks, NT, smem, p->cluster, stream);
+    return cudaLaunchKernelEx(&L.cfg, train, *p);
+  } else {
+    train<<<blocks, NT, smem, stream>>>(*p);
+  }
   return cudaGetLastError();
 }
 
 template <class T, int E>
 cudaError_t rows_shape(const sn_cuda_plan_t &plan, const OnePassParams *p, cudaStream_t stream,
-                       int *blocks_per_sm) {
+                       Prep *blocks_per_sm) {
   const int b = plan.op_blocks;
   switch (plan.op_threads * 16 + plan.op_vpt) {
     case 256 * 16 + 1: return rows<256, 1, T, E>(p, b, stream, blocks_per_sm);
@@ -260,7 +339,7 @@ cudaError_t rows_shape(const sn_cuda_plan_t &plan, const OnePassParams *p, cudaS
 
 // Launch (blocks_per_sm NULL) or prepare the rows kernel the plan uses.
 cudaError_t rows_dispatch(const sn_cuda_plan_t &plan, const OnePassParams *p, cudaStream_t stream,
-                          int *blocks_per_sm) {
+                          Prep *blocks_per_sm) {
   auto run = [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
     if (plan.op_elems == 8) {
@@ -290,20 +369,26 @@ void one_pass_shape(int wp, int *threads, int *vpt) {
   *vpt = v;
 }
 
-cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int *blocks_per_sm) {
+cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *blocks_per_sm,
+                             int *max_clusters) {
   OnePassParams p{};
   p.wp = (int)(plan.view.B / plan.op_elems);
-  return rows_dispatch(plan, &p, nullptr, blocks_per_sm);
+  Prep prep{cluster, 0, 0};
+  const cudaError_t e = rows_dispatch(plan, &p, nullptr, &prep);
+  *blocks_per_sm = prep.blocks_per_sm;
+  *max_clusters = prep.max_clusters;
+  return e;
 }
 
 cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
                             const float *x_div, const unsigned *health, cudaStream_t stream) {
   const int w4 = (int)(plan.view.B / 4);
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, health, plan.t,
-                  plan.op_part, plan.op_tsq, nullptr, nullptr, nullptr, nullptr};
+                  plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr};
   cudaError_t e = rows_dispatch(plan, &p, stream, nullptr);
   if (e != cudaSuccess) return e;
-  ReduceParams r{reinterpret_cast<const float4 *>(plan.op_part), plan.op_tsq, plan.op_blocks, w4,
+  ReduceParams r{reinterpret_cast<const float4 *>(plan.op_part), plan.op_tsq,
+                 plan.op_blocks / plan.op_cluster, plan.op_blocks, w4,
                  reinterpret_cast<float4 *>(plan.s), plan.op_sq, plan.scal,
                  one_pass_counter(plan), plan.eps};
   one_pass_reduce_kernel<<<(w4 + kColLanes - 1) / kColLanes, kBlock, 0, stream>>>(r);
@@ -314,7 +399,7 @@ cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, cons
                                  const float *x_div, const float *u, const float *u_div,
                                  cudaStream_t stream) {
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, nullptr, nullptr,
-                  nullptr, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan)};
+                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan)};
   return rows_dispatch(plan, &p, stream, nullptr);
 }
 

@@ -75,6 +75,8 @@ typedef struct {
   int op_elems;       /* one-pass: elements per access (4, or 8 for 2-byte types) */
   int op_vpt;         /* one-pass: accesses of a row per thread (1, 2, 4 or 8) */
   int op_blocks;      /* one-pass: persistent blocks, each writing a partial Mᵀ t */
+  int op_cluster;     /* one-pass: blocks per thread-block cluster adding their partials on chip
+                         (1: none); op_blocks is a multiple of it */
   /* Scratch, inside the layer's one device workspace. */
   float *t;           /* h: t = M x, unnormalized */
   float *s;           /* w: s = Mᵀ y, unnormalized */
@@ -84,7 +86,7 @@ typedef struct {
   float *scal;        /* SN_SCAL_COUNT */
   unsigned *counters; /* 1 (t) + p2_tiles + 1 (s) + 1 (one-pass) + 1 (backward): arrival
                          counters, zero between launches */
-  float *op_part;     /* one-pass: op_blocks × w partial Mᵀ t */
+  float *op_part;     /* one-pass: (op_blocks / op_cluster) × w partial Mᵀ t */
   float *op_tsq;      /* one-pass: op_blocks partial Σ t² */
   float *op_sq;       /* one-pass: Σ s² per reduction block */
   float *bw_part;     /* backward: div_blocks partial ⟨G, W⟩ */

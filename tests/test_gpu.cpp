@@ -203,6 +203,41 @@ TEST(Gpu, RunsAreBitwiseIdentical) {
   }
 }
 
+// The one-pass kernel's variants that SPECNORM_TUNE selects (cuda/forward.cu; sn_bench times
+// them): thread-block clusters adding their partial s on chip (sm_90; elsewhere the plain grid),
+// and fewer blocks per multiprocessor. Each must match the CPU backend and repeat bitwise.
+TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  struct Unset {
+    ~Unset() { unsetenv("SPECNORM_TUNE"); }  // also when an ASSERT leaves early
+  } unset;
+  for (const char *tune : {"op_cluster=2", "op_cluster=4", "op_cluster=8", "op_bps=1",
+                           "op_bps=1,op_cluster=4", "op_bps=2,op_cluster=2"}) {
+    SCOPED_TRACE(std::string("SPECNORM_TUNE=") + tune);
+    ASSERT_EQ(setenv("SPECNORM_TUNE", tune, 1), 0);
+    for (const Case &c : {Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS},
+                          Case{{777, 8192}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
+                          Case{{600, 16384}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
+                          Case{{9, 64}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}}) {
+      compare_backends(c, rng, 3, 2);
+      sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
+      d.algo = c.algo;
+      const int64_t n = numel_of(c.shape);
+      DevBuf dW(static_cast<size_t>(n)), o1(static_cast<size_t>(n)), o2(static_cast<size_t>(n));
+      dW.upload(rng.normals(n));
+      LayerPtr a(d), b(d);
+      ASSERT_TRUE(a.p && b.p);
+      for (int step = 0; step < 2; ++step) {
+        ASSERT_EQ(sn_forward(a, dW.p, o1.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward(b, dW.p, o2.p, 1, nullptr), SN_SUCCESS);
+        EXPECT_TRUE(same_state(get_state(a), get_state(b))) << case_name(c);
+        EXPECT_TRUE(bitwise_equal(o1.download(), o2.download())) << case_name(c);
+      }
+    }
+  }
+}
+
 TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
