@@ -18,6 +18,10 @@
 #   sn_bench   $BUILD_DIR/bench/sn_bench $WORKLOADS --torch $OUT/torch.json --json $OUT/bench.json
 #              (WORKLOADS: $SN_BENCH_WORKLOADS, default a few single layers and every preset)
 #   plot       python3 bench/plot.py $OUT/bench.json $OUT/torch.json -o $OUT/speedup.png
+#   variants   sn_bench once per SPECNORM_TUNE setting of the one-pass kernel ($SN_TUNE_VARIANTS)
+#              on $SN_VARIANT_WORKLOADS (train/scale/eval of the large single layers), table only
+#   ncu        Nsight Compute (--clock-control none --cache-control none): DRAM bytes read and
+#              written and duration of each specnorm kernel of one call per mode ($SN_NCU_WORKLOADS)
 # A step whose program is missing is SKIPPED. The whole script keeps to $SN_CHECK_BUDGET_S
 # seconds (default 470): each step's timeout is cut to what is left, keeping a reserve for the
 # benchmark steps, and a step with no time left is SKIPPED.
@@ -259,6 +263,46 @@ else
     python3 "$REPO/bench/plot.py" "$OUT/bench.json" "$OUT/torch.json" -o "$OUT/speedup.png"
 fi
 
+# ---- variants of the one-pass kernel (cuda/forward.cu, SPECNORM_TUNE), timed side by side ----
+# shellcheck disable=SC2206
+VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 --mode train,scale,eval})
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_bps=1 op_bps=2 op_cluster=2 op_cluster=4 op_cluster=8 op_bps=1,op_cluster=4}"
+variants() {
+  local t rc=0
+  for t in "${TUNES[@]}"; do
+    echo "################ SPECNORM_TUNE=$t"
+    if [[ $t == default ]]; then
+      env -u SPECNORM_TUNE "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-check --reps 100 || rc=1
+    else
+      SPECNORM_TUNE="$t" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-check --reps 100 || rc=1
+    fi
+  done
+  return $rc
+}
+if [[ -x "$SN_BENCH" ]]; then
+  run_step variants "$OUT/bench.log" 120 150 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" bash -c "$(declare -p VARIANT_WL TUNES SN_BENCH); $(declare -f variants); variants"
+else
+  skip_step variants "$OUT/bench.log" "no $SN_BENCH"
+fi
+
+# ---- Nsight Compute: DRAM bytes of each kernel against the bytes the benchmark counts ---------
+NCU="$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1 || true)"
+# shellcheck disable=SC2206
+NCU_WL=(${SN_NCU_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --preset sngan-cifar10 --dtype f32 --mode train,scale,eval,backward})
+if [[ -z "$NCU" ]]; then
+  skip_step ncu "$OUT/bench.log" "ncu not found"
+elif [[ ! -x "$SN_BENCH" ]]; then
+  skip_step ncu "$OUT/bench.log" "no $SN_BENCH"
+else
+  run_step ncu "$OUT/bench.log" 90 120 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" \
+    "$NCU" --clock-control none --cache-control none --csv --print-units base \
+    --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
+    -k "regex:one_pass|commit_divide|matvec|group_|inner_kernel|apply_" \
+    "$SN_BENCH" "${NCU_WL[@]}" --no-baseline --no-graph --no-check --reps 2 --warmup 1 --batch 1 --no-rotate
+fi
+
 # ---- (f) compute-sanitizer, last: the benchmark numbers come first if time runs short -------
 GTEST_ARGS=(--gtest_brief=1)
 API_ERR_ARGS=()
@@ -278,11 +322,15 @@ for tool in memcheck racecheck initcheck synccheck; do
     extra=()
     [[ $tool == memcheck ]] && extra=(--leak-check full)
     case $tool in memcheck|racecheck) cap=120 ;; *) cap=60 ;; esac
+    args=("${GTEST_ARGS[@]}")
+    # racecheck is the slowest tool: it takes the tests that run each kernel family once
+    # (shapes, one-pass variants, groups, backward, health), unless SN_RACECHECK_FILTER says.
+    [[ $tool == racecheck ]] && args=(--gtest_brief=1 "--gtest_filter=${SN_RACECHECK_FILTER-Shapes/*:Gpu.OnePass*:GroupGpu.*:GpuTraining.Backward*:Backends/Health.*-*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*}")
     run_step "$tool" "$OUT/tests.log" "$cap" 0 \
       env LD_LIBRARY_PATH="$RUN_LD_PATH" \
       "$SANITIZER" --tool "$tool" --error-exitcode 1 "${extra[@]}" \
       "${API_ERR_ARGS[@]}" \
-      "$GPU_TESTS" "${GTEST_ARGS[@]}"
+      "$GPU_TESTS" "${args[@]}"
   fi
 done
 
