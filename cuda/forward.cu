@@ -3,6 +3,8 @@
 //   training, v-first, per iteration:  s = Mᵀ u  (norm fused)   t = M v   (norm and σ fused)
 //   training, one pass (u-first, contiguous rows): t = M v and s = Mᵀ t in one read of W, then
 //                                      a small reduction of the blocks' partial s (norms fused)
+//   training, one pass (v-first, h small enough): s = Mᵀ u and t = M s in one read of W by
+//                                      column panels, then a reduction of the panels' partial t
 //   eval:                              t = M v, σ = uᵀ t fused (the one-pass rows kernel when the
 //                                      layer uses one pass, else the two-pass t = M v kernel)
 //   then one commit-and-divide launch.
@@ -25,9 +27,17 @@ int pow2_at_least(int64_t n, int cap) {
 
 int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
-// Partial s of the one-pass rows kernel: one per block, or per cluster.
-int64_t op_parts(const sn_cuda_plan_t &p) {
-  return p.one_pass ? p.op_blocks / (p.op_cluster > 1 ? p.op_cluster : 1) : 0;
+// Partial products of the one-pass kernels: by rows, a partial s (w) per block or per cluster;
+// by columns, a partial t (h) per panel.
+int64_t op_part_floats(const sn_cuda_plan_t &p) {
+  const int64_t w = p.view.A * p.view.B;
+  if (p.one_pass_cols) return sn::one_pass_cols_panels(w) * p.view.h;
+  return p.one_pass ? p.op_blocks / (p.op_cluster > 1 ? p.op_cluster : 1) * w : 0;
+}
+
+// Σ t² partials: one per row block, or per reduction block of the column kernels.
+int64_t op_tsq_floats(const sn_cuda_plan_t &p) {
+  return p.one_pass_cols ? sn::one_pass_cols_reduce_blocks(p.view.h) : p.op_blocks;
 }
 
 // Round a float count up to 64 floats (256 bytes), keeping every scratch buffer 16-byte aligned.
@@ -78,12 +88,14 @@ bool device_has_clusters() {
 
 }  // namespace
 
-extern "C" int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order) {
+extern "C" int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype) {
+  if (order == SN_ORDER_V_FIRST) return sn::one_pass_cols_fits(view.h, dtype);
   return order == SN_ORDER_U_FIRST && view.A == 1 && view.B % 4 == 0 && view.B <= 16384;
 }
 
-extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_t dtype, float eps,
-                                 int sm_count, int one_pass, size_t *workspace_bytes) {
+extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_t dtype,
+                                 sn_order_t order, float eps, int sm_count, int one_pass,
+                                 size_t *workspace_bytes) {
   *plan = sn_cuda_plan_t{};
   plan->view = view;
   plan->dtype = dtype;
@@ -110,8 +122,13 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   plan->div_blocks = (int)clamp64((numel / 4 + 255) / 256, 1, 16LL * plan->sm_count);
 
   // One pass: a persistent grid of as many row blocks as fit at once, but at least 4 rows each.
-  int64_t op_sq = 0;
-  if (one_pass) {
+  int64_t op_sq = 0, oc_ssq = 0;
+  if (one_pass && order == SN_ORDER_V_FIRST) {
+    plan->one_pass = plan->one_pass_cols = 1;
+    cudaError_t e = sn::one_pass_cols_prepare(*plan);
+    if (e != cudaSuccess) return (int)e;
+    oc_ssq = sn::one_pass_cols_panels(w);
+  } else if (one_pass) {
     plan->one_pass = 1;
     plan->op_elems = sn::one_pass_elems(dtype, view.B);
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
@@ -144,8 +161,8 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   if (p1_blocks * plan->p1_asplit > INT_MAX || plan->p2_tiles * plan->p2_isplit > INT_MAX) return 0;
   const size_t floats = pad(h) + pad(w) + pad((int64_t)plan->p1_asplit * h) +
                         pad((int64_t)plan->p2_isplit * w) + pad(plan->p2_tiles) + pad(SN_SCAL_COUNT) +
-                        pad(op_parts(*plan) * w) + pad(plan->op_blocks) + pad(op_sq) +
-                        pad(plan->div_blocks);
+                        pad(op_part_floats(*plan)) + pad(op_tsq_floats(*plan)) + pad(op_sq) +
+                        pad(oc_ssq) + pad(plan->div_blocks);
   const size_t counters = pad(plan->p2_tiles + 4);
   *workspace_bytes = (floats + counters) * 4;
   return 0;
@@ -167,11 +184,13 @@ extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
   plan->scal = p;
   p += pad(SN_SCAL_COUNT);
   plan->op_part = p;
-  p += pad(op_parts(*plan) * w);
+  p += pad(op_part_floats(*plan));
   plan->op_tsq = p;
-  p += pad(plan->op_blocks);
+  p += pad(op_tsq_floats(*plan));
   plan->op_sq = p;
-  p += pad(plan->one_pass ? (plan->view.B / 4 + 15) / 16 : 0);
+  p += pad(plan->one_pass && !plan->one_pass_cols ? (plan->view.B / 4 + 15) / 16 : 0);
+  plan->oc_ssq = p;
+  p += pad(plan->one_pass_cols ? sn::one_pass_cols_panels(w) : 0);
   plan->bw_part = p;
   p += pad(plan->div_blocks);
   plan->counters = reinterpret_cast<unsigned *>(p);
@@ -206,7 +225,8 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
 
   const int iters = a->warmup_iters + (a->training ? a->n_iters : 0);
   if (a->training && iters == 0) return 0;
-  const bool one_pass = P.one_pass && (reinterpret_cast<uintptr_t>(a->W) & 15u) == 0;
+  // The row kernels need 16-byte aligned rows; the column kernels take any W.
+  const bool one_pass = P.one_pass && !P.one_pass_cols && (reinterpret_cast<uintptr_t>(a->W) & 15u) == 0;
   // The current u and v: the state at first, then the scratch products with their norms.
   const float *u = a->u, *u_div = nullptr, *v = a->v, *v_div = nullptr;
   int slot = SN_SCAL_SIG_S;
@@ -222,6 +242,9 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
                                stream));
       SN_TRY(sn::launch_matvec_t(P, a->W, P.t, scal + SN_SCAL_M_T, nullptr, stream));
       slot = SN_SCAL_SIG_S;
+    } else if (P.one_pass_cols) {
+      SN_TRY(sn::launch_one_pass_cols(P, a->W, u, u_div, restart, stream));
+      slot = SN_SCAL_SIG_T;
     } else {
       SN_TRY(sn::launch_matvec_t(P, a->W, u, u_div, restart, stream));
       SN_TRY(sn::launch_matvec(P, a->W, P.s, scal + SN_SCAL_M_S, TMode::kNormalize, nullptr,

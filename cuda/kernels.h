@@ -56,4 +56,17 @@ void one_pass_shape(int wp, int *threads, int *vpt);
 cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *blocks_per_sm,
                              int *max_clusters);
 
+// One-pass iteration of the v-first order, by column panels (cuda/one_pass_cols.cu):
+// s = Mᵀ (x / *x_div) and t = M s / max(‖s‖, eps) with one read of W, writing plan.s, plan.t and
+// scal[M_S], scal[M_T], scal[SIG_T] as launch_matvec_t + launch_matvec would. 2 launches.
+cudaError_t launch_one_pass_cols(const sn_cuda_plan_t &plan, const void *W, const float *x,
+                                 const float *x_div, const unsigned *health, cudaStream_t stream);
+// Whether h rows of `dtype` fit the column kernel's shared-memory panel.
+int one_pass_cols_fits(int64_t h, sn_dtype_t dtype);
+// Panels (blocks of the first kernel) for w columns, and blocks of the reduction for h rows.
+int64_t one_pass_cols_panels(int64_t w);
+int64_t one_pass_cols_reduce_blocks(int64_t h);
+// Raise the panel kernel's shared-memory limit for the plan's h and dtype.
+cudaError_t one_pass_cols_prepare(const sn_cuda_plan_t &plan);
+
 }  // namespace sn

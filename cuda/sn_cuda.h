@@ -70,7 +70,9 @@ typedef struct {
   int p2_isplit;      /* s = Mᵀ y: blocks along h, each writing a partial s */
   int64_t p2_tiles;   /* s = Mᵀ y: column tiles */
   int div_blocks;     /* blocks of the commit-and-divide kernel */
-  int one_pass;       /* 1: training iterations use the one-pass kernels (cuda/one_pass.cu) */
+  int one_pass;       /* 1: training iterations use the one-pass kernels: by rows for the u-first
+                         order (cuda/one_pass.cu), by columns for v-first (cuda/one_pass_cols.cu) */
+  int one_pass_cols;  /* 1: the v-first one-pass kernels (then no op_* launch shape is used) */
   int op_threads;     /* one-pass: threads per block (256 or 512) */
   int op_elems;       /* one-pass: elements per access (4, or 8 for 2-byte types) */
   int op_vpt;         /* one-pass: accesses of a row per thread (1, 2, 4 or 8) */
@@ -89,18 +91,20 @@ typedef struct {
   float *op_part;     /* one-pass: (op_blocks / op_cluster) × w partial Mᵀ t */
   float *op_tsq;      /* one-pass: op_blocks partial Σ t² */
   float *op_sq;       /* one-pass: Σ s² per reduction block */
+  float *oc_ssq;      /* one-pass by columns: Σ s² per panel (op_part holds panels × h partial t,
+                         op_tsq Σ t² per reduction block) */
   float *bw_part;     /* backward: div_blocks partial ⟨G, W⟩ */
 } sn_cuda_plan_t;
 
-/* Whether the one-pass kernels can run this view and order (see SN_ALGO_ONE_PASS). */
-int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order);
+/* Whether the one-pass kernels can run this view, order and dtype (see SN_ALGO_ONE_PASS). */
+int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype);
 
 /* Fill `plan` for a view on the current device, which has `sm_count` multiprocessors; with
  * one_pass, also prepare the one-pass kernels (shared-memory limit, occupancy). *workspace_bytes
  * receives the size of the one device allocation it needs (0 on overflow: the caller reports it).
  * Returns a cudaError_t. */
-int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_t dtype, float eps,
-                      int sm_count, int one_pass, size_t *workspace_bytes);
+int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_t dtype, sn_order_t order,
+                      float eps, int sm_count, int one_pass, size_t *workspace_bytes);
 /* Point the plan's scratch into `workspace` (device memory of the size above, zero-filled). */
 void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace);
 

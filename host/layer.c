@@ -154,12 +154,13 @@ static sn_status_t validate_desc(const sn_layer_desc_t *d, sn_view_t *view, int6
     return sn__fail(SN_ERROR_INVALID_VALUE, "desc->algo = %d is not a sn_algo_t", (int)d->algo);
   *dim = d->dim < 0 ? d->dim + d->ndim : d->dim;
   *view = sn_ref_view(d->ndim, d->shape, *dim);
-  if (d->algo == SN_ALGO_ONE_PASS && !sn_cuda_one_pass_supported(*view, d->order))
+  if (d->algo == SN_ALGO_ONE_PASS && !sn_cuda_one_pass_supported(*view, d->order, d->dtype))
     return sn__fail(SN_ERROR_NOT_SUPPORTED,
-                    "desc->algo = SN_ALGO_ONE_PASS needs the u-first order, contiguous rows (every "
-                    "axis before dim of size 1) and w <= 16384 a multiple of 4; this weight has "
-                    "A = %lld, w = %lld",
-                    (long long)view->A, (long long)(view->A * view->B));
+                    "desc->algo = SN_ALGO_ONE_PASS needs, in the u-first order, contiguous rows "
+                    "(every axis before dim of size 1) and w <= 16384 a multiple of 4, and in the "
+                    "v-first order h <= 768 (fp32) or 1536 (fp16, bf16); this weight has "
+                    "A = %lld, h = %lld, w = %lld",
+                    (long long)view->A, (long long)view->h, (long long)(view->A * view->B));
   if (d->backend != SN_BACKEND_CUDA && d->backend != SN_BACKEND_CPU)
     return sn__fail(SN_ERROR_INVALID_BACKEND, "desc->backend = %d is not a sn_backend_t",
                     (int)d->backend);
@@ -227,11 +228,14 @@ static sn_status_t create_cuda(sn_layer_t *l) {
            "cudaDeviceGetAttribute(multiprocessor count)");
   size_t ws_bytes = 0;
   l->plan.norm_bound = l->desc.norm_bound;
-  const int one_pass = sn_cuda_one_pass_supported(l->view, l->desc.order) &&
+  /* DEFAULT: by rows (u-first) when there are enough rows to fill the chip; by columns
+   * (v-first) whenever the panel fits: it replaces two reads of W by one. */
+  const int enough = l->desc.order == SN_ORDER_V_FIRST || l->view.h >= 4LL * sm_count;
+  const int one_pass = sn_cuda_one_pass_supported(l->view, l->desc.order, l->desc.dtype) &&
                        (l->desc.algo == SN_ALGO_ONE_PASS ||
-                        (l->desc.algo == SN_ALGO_DEFAULT && l->view.h >= 4LL * sm_count));
-  CUDA_TRY(sn_cuda_plan_init(&l->plan, l->view, l->desc.dtype, l->desc.eps, sm_count, one_pass,
-                             &ws_bytes),
+                        (l->desc.algo == SN_ALGO_DEFAULT && enough));
+  CUDA_TRY(sn_cuda_plan_init(&l->plan, l->view, l->desc.dtype, l->desc.order, l->desc.eps,
+                             sm_count, one_pass, &ws_bytes),
            "preparing the one-pass kernels");
   l->plan.norm_bound = l->desc.norm_bound;
   if (ws_bytes == 0)

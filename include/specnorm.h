@@ -110,9 +110,11 @@ typedef enum {
   SN_ALGO_DEFAULT = 0,  /* ONE_PASS where it applies and pays (enough rows), else TWO_PASS */
   SN_ALGO_TWO_PASS = 1, /* one read of W per matrix-vector product; every layout and order */
   SN_ALGO_ONE_PASS = 2, /* one read of W per iteration (SPEC.md, "One pass per iteration"):
-                           u-first order, dim such that rows are contiguous (all axes before dim
-                           of size 1), w <= 16384 and a multiple of 4; otherwise create returns
-                           SN_ERROR_NOT_SUPPORTED. A W not 16-byte aligned runs TWO_PASS. */
+                           u-first order by rows: dim such that rows are contiguous (all axes
+                           before dim of size 1), w <= 16384 and a multiple of 4 (a W not 16-byte
+                           aligned runs TWO_PASS); v-first (legacy) order by columns: any dim,
+                           h <= 768 for fp32, 1536 for fp16/bf16. Otherwise create returns
+                           SN_ERROR_NOT_SUPPORTED. */
   SN_ALGO_COUNT = 3
 } sn_algo_t;
 

@@ -393,10 +393,21 @@ TEST(BadInput, DescriptorIsRejectedWithTheArgumentNamed) {
   d = good;
   d.algo = sn_algo_t(SN_ALGO_COUNT);
   EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "algo");
-  d = good;
+  d = make_desc({769, 10}, SN_BACKEND_CPU);  // v-first: h > 768 rows of fp32 do not fit a panel
   d.algo = SN_ALGO_ONE_PASS;
   d.order = SN_ORDER_V_FIRST;
-  EXPECT_FAILS(create(d), SN_ERROR_NOT_SUPPORTED, "SN_ALGO_ONE_PASS");
+  EXPECT_FAILS(create(d), SN_ERROR_NOT_SUPPORTED, "h = 769");
+  d.dtype = SN_DTYPE_BFLOAT16;  // 1536 rows of a 2-byte type do
+  {
+    LayerPtr ok(d);
+    EXPECT_NE(ok.p, nullptr) << sn_last_error_message();
+  }
+  d.dtype = SN_DTYPE_FLOAT32;
+  d.shape[0] = 768;
+  {
+    LayerPtr ok(d);
+    EXPECT_NE(ok.p, nullptr) << sn_last_error_message();
+  }
   d = make_desc({3, 4, 8}, SN_BACKEND_CPU, 1);  // rows not contiguous (A = 3)
   d.algo = SN_ALGO_ONE_PASS;
   EXPECT_FAILS(create(d), SN_ERROR_NOT_SUPPORTED, "A = 3");

@@ -144,7 +144,17 @@ INSTANTIATE_TEST_SUITE_P(
         Case{{777, 8192}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
         Case{{8, 16384}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
         Case{{3000, 16384}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
-        Case{{1, 5, 64}, 1, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}),  // A = 1 with dim = 1
+        Case{{1, 5, 64}, 1, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},  // A = 1 with dim = 1
+        // The v-first (legacy) one-pass kernels by column panels: widths not a multiple of 32,
+        // A > 1 views, the largest h that fits (768 in fp32), several iterations.
+        Case{{1, 1}, 0, SN_ORDER_V_FIRST, 1, SN_ALGO_ONE_PASS},
+        Case{{1, 5000}, 0, SN_ORDER_V_FIRST, 1, SN_ALGO_ONE_PASS},
+        Case{{768, 1}, 0, SN_ORDER_V_FIRST, 1, SN_ALGO_ONE_PASS},
+        Case{{128, 128, 3, 3}, 0, SN_ORDER_V_FIRST, 1, SN_ALGO_ONE_PASS},
+        Case{{96, 48, 4, 4}, 1, SN_ORDER_V_FIRST, 2, SN_ALGO_ONE_PASS},
+        Case{{3, 700, 5}, 1, SN_ORDER_V_FIRST, 3, SN_ALGO_ONE_PASS},
+        Case{{768, 4099}, 0, SN_ORDER_V_FIRST, 1, SN_ALGO_ONE_PASS},
+        Case{{500, 16384}, 0, SN_ORDER_V_FIRST, 1, SN_ALGO_DEFAULT}),
     [](const ::testing::TestParamInfo<Case> &info) {
       std::string s = shape_str(info.param.shape) + "_dim" + std::to_string(info.param.dim + 8) +
                       (info.param.order == SN_ORDER_U_FIRST ? "_u" : "_v") + std::to_string(info.param.iters) +

@@ -61,6 +61,7 @@ struct DtCase {
   int dim;
   sn_dtype_t dt;
   sn_algo_t algo;
+  sn_order_t order = SN_ORDER_U_FIRST;
 };
 
 
@@ -81,11 +82,15 @@ TEST(GpuTraining, HalfWeightsMatchTheCpuBackend) {
                           DtCase{{128, 128, 3, 3}, 0, SN_DTYPE_FLOAT16, SN_ALGO_TWO_PASS},
                           // one-pass with 8-element (16-byte) packs: 144 and 1024 packs per row
                           DtCase{{600, 1152}, 0, SN_DTYPE_FLOAT16, SN_ALGO_ONE_PASS},
-                          DtCase{{2000, 8192}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_ONE_PASS}}) {
+                          DtCase{{2000, 8192}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_ONE_PASS},
+                          // v-first by column panels: 2-byte panels of up to 1536 rows
+                          DtCase{{1536, 1000}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_ONE_PASS, SN_ORDER_V_FIRST},
+                          DtCase{{300, 517}, 1, SN_DTYPE_FLOAT16, SN_ALGO_ONE_PASS, SN_ORDER_V_FIRST}}) {
     SCOPED_TRACE(shape_str(c.shape) + " dim " + std::to_string(c.dim) + " " + dtype_name(c.dt));
     sn_layer_desc_t dg = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
     dg.dtype = c.dt;
     dg.algo = c.algo;
+    dg.order = c.order;
     dg.seed = rng.gen();
     sn_layer_desc_t dc = dg;
     dc.backend = SN_BACKEND_CPU;
