@@ -308,6 +308,7 @@ typedef struct {
   sn_algo_t algos[SN_ALGO_COUNT];
   int n_algos;
   int power_iters;
+  sn_order_t order;
   int reps, warmup, batch; /* -1: default */
   int reps_given;
   int rotate, baseline, graph, check, group;
@@ -318,11 +319,15 @@ typedef struct {
   int list_presets;
 } options_t;
 
+static sn_order_t g_order = SN_ORDER_U_FIRST; /* --order, for the rows' algo column */
+
+/* The rows' algo column: the algorithm, with "/v" under --order v-first. */
 static const char *algo_name(sn_algo_t a) {
+  const int v = g_order == SN_ORDER_V_FIRST;
   switch (a) {
-    case SN_ALGO_DEFAULT: return "default";
-    case SN_ALGO_TWO_PASS: return "two-pass";
-    case SN_ALGO_ONE_PASS: return "one-pass";
+    case SN_ALGO_DEFAULT: return v ? "default/v" : "default";
+    case SN_ALGO_TWO_PASS: return v ? "two-pass/v" : "two-pass";
+    case SN_ALGO_ONE_PASS: return v ? "one-pass/v" : "one-pass";
     default: return "?";
   }
 }
@@ -368,6 +373,9 @@ static void print_help(void) {
       "  --algo A            default | two-pass | one-pass | all (default: default):\n"
       "                      sn_layer_desc_t.algo; a workload with a layer one-pass does not\n"
       "                      support skips that algo with a message\n"
+      "  --order O           u-first | v-first (default u-first): sn_layer_desc_t.order of specnorm's\n"
+      "                      layers (v-first: the legacy torch.nn.utils.spectral_norm order; rows'\n"
+      "                      algo gets \"/v\"). The baselines keep the u-first sequence.\n"
       "  --power-iters N     n_power_iterations of every layer and of the baselines (default 1)\n"
       "  --no-baseline       skip the cuBLAS baseline\n"
       "  --no-graph          skip the CUDA-graph replay rows (specnorm-graph, cublas-graph)\n"
@@ -558,6 +566,12 @@ static void parse_options(int argc, char **argv, options_t *o) {
         for (int k = 0; k < SN_ALGO_COUNT; k++) o->algos[k] = (sn_algo_t)k;
         o->n_algos = SN_ALGO_COUNT;
       } else usage_error("--algo: '%s' is not default, two-pass, one-pass or all", val);
+    } else if (!strcmp(a, "--order")) {
+      TAKES_VALUE();
+      if (!strcmp(val, "u-first")) o->order = SN_ORDER_U_FIRST;
+      else if (!strcmp(val, "v-first")) o->order = SN_ORDER_V_FIRST;
+      else usage_error("--order: '%s' is not u-first or v-first", val);
+      g_order = o->order;
     } else if (!strcmp(a, "--power-iters")) {
       TAKES_VALUE();
       o->power_iters = (int)parse_int(a, val, 1, 1000);
@@ -1443,6 +1457,7 @@ static sn_layer_desc_t make_desc(const snb_preset_layer_t *L, const options_t *o
   CK_SN(sn_layer_desc_init(&d, L->ndim, L->shape));
   d.dim = L->dim;
   d.n_power_iterations = o->power_iters;
+  d.order = o->order;
   d.seed = seed;
   d.backend = backend;
   d.device = o->device;
