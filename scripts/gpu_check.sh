@@ -19,7 +19,8 @@
 #              (WORKLOADS: $SN_BENCH_WORKLOADS, default a few single layers and every preset)
 #   plot       python3 bench/plot.py $OUT/bench.json $OUT/torch.json -o $OUT/speedup.png
 #   variants   sn_bench once per SPECNORM_TUNE setting of the one-pass kernel ($SN_TUNE_VARIANTS)
-#              on $SN_VARIANT_WORKLOADS (train/scale/eval of the large single layers), table only
+#              on $SN_VARIANT_WORKLOADS (train/scale/eval of the large single layers), then the
+#              legacy (v-first) order with every algorithm; tables only
 #   ncu        Nsight Compute (--clock-control none --cache-control none): DRAM bytes read and
 #              written and duration of each specnorm kernel of one call per mode ($SN_NCU_WORKLOADS)
 # A step whose program is missing is SKIPPED. The whole script keeps to $SN_CHECK_BUDGET_S
@@ -277,6 +278,10 @@ variants() {
       SPECNORM_TUNE="$t" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-check --reps 100 || rc=1
     fi
   done
+  echo "################ legacy order: one pass by columns against two passes"
+  env -u SPECNORM_TUNE "$SN_BENCH" --shape 768x4096 --shape 512x16384 --shape 1536x4608 \
+    --preset sngan-cifar10 --order v-first --algo all --dtype f32,bf16 --mode train,scale \
+    --no-baseline --no-group --reps 100 || rc=1
   return $rc
 }
 if [[ -x "$SN_BENCH" ]]; then
