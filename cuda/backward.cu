@@ -28,6 +28,7 @@ struct InnerParams {
 
 template <bool WIDE, class T>
 __global__ void __launch_bounds__(kBlock) inner_kernel(InnerParams p) {
+  pdl_enter();
   const T *G = static_cast<const T *>(p.G), *W = static_cast<const T *>(p.W);
   const int64_t tid = (int64_t)blockIdx.x * kBlock + threadIdx.x;
   const int64_t stride = (int64_t)gridDim.x * kBlock;
@@ -99,6 +100,7 @@ __device__ __forceinline__ float apply1(const ApplyParams &p, const T *G, T *dW,
 // the ones still in L2 (as in cuda/commit_divide.cu).
 template <bool WIDE, class T>
 __global__ void __launch_bounds__(kBlock) apply_rows_kernel(ApplyParams p) {
+  pdl_enter();
   const T *G = static_cast<const T *>(p.G);
   T *dW = static_cast<T *>(p.dW);
   const Coefs c = coefs(p);
@@ -144,6 +146,7 @@ __global__ void __launch_bounds__(kBlock) apply_rows_kernel(ApplyParams p) {
 
 template <class T>
 __global__ void __launch_bounds__(kBlock) apply_elements_kernel(ApplyParams p) {
+  pdl_enter();
   const T *G = static_cast<const T *>(p.G);
   T *dW = static_cast<T *>(p.dW);
   const Coefs c = coefs(p);
@@ -169,11 +172,9 @@ extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backwa
     using T = decltype(zero);
     if (need_gw) {
       InnerParams ip{a->G, a->W, a->numel, P.bw_part, P.counters + P.p2_tiles + 3, P.scal};
-      if (aligned16(a->G) && aligned16(a->W))
-        inner_kernel<true, T><<<P.div_blocks, kBlock, 0, stream>>>(ip);
-      else
-        inner_kernel<false, T><<<P.div_blocks, kBlock, 0, stream>>>(ip);
-      cudaError_t e = cudaGetLastError();
+      const bool wide = aligned16(a->G) && aligned16(a->W);
+      cudaError_t e = launch(P.pdl, wide ? inner_kernel<true, T> : inner_kernel<false, T>,
+                             P.div_blocks, kBlock, 0, stream, ip);
       if (e != cudaSuccess) return e;
     }
     ApplyParams ap{a->G, a->dW, P.view.A, P.view.h, P.view.B, a->u, a->v, a->sigma, P.scal,
@@ -182,14 +183,11 @@ extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backwa
     const int64_t rows = P.view.A * P.view.h;
     if (P.view.B >= 32) {
       const unsigned blocks = (unsigned)(rows < 16LL * P.sm_count * 8 ? rows : 16LL * P.sm_count * 8);
-      if (P.view.B % kWide<T> == 0 && aligned16(a->G) && aligned16(a->dW))
-        apply_rows_kernel<true, T><<<blocks, kBlock, 0, stream>>>(ap);
-      else
-        apply_rows_kernel<false, T><<<blocks, kBlock, 0, stream>>>(ap);
-    } else {
-      apply_elements_kernel<T><<<P.div_blocks, kBlock, 0, stream>>>(ap);
+      const bool wide = P.view.B % kWide<T> == 0 && aligned16(a->G) && aligned16(a->dW);
+      return launch(P.pdl, wide ? apply_rows_kernel<true, T> : apply_rows_kernel<false, T>, blocks,
+                    kBlock, 0, stream, ap);
     }
-    return cudaGetLastError();
+    return launch(P.pdl, apply_elements_kernel<T>, P.div_blocks, kBlock, 0, stream, ap);
   };
   return (int)SN_DISPATCH_DTYPE(P.dtype, run);
 }

@@ -30,6 +30,7 @@ struct CommitParams {
 
 template <bool WIDE, class T>
 __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
+  pdl_enter();
   const float sig_new = p.scal[p.slot];
   const bool good = sn_sigma_usable(sig_new);
   // When σ is not usable nothing below writes p.sigma[0], so every block reads the same old value.
@@ -86,11 +87,9 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
                  plan.norm_bound, plan.gamma};
   auto run = [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
-    if (a.W_sn && aligned16(a.W) && aligned16(a.W_sn))
-      commit_divide_kernel<true, T><<<plan.div_blocks, kBlock, 0, stream>>>(p);
-    else
-      commit_divide_kernel<false, T><<<plan.div_blocks, kBlock, 0, stream>>>(p);
-    return cudaGetLastError();
+    const bool wide = a.W_sn && aligned16(a.W) && aligned16(a.W_sn);
+    return launch(plan.pdl, wide ? commit_divide_kernel<true, T> : commit_divide_kernel<false, T>,
+                  plan.div_blocks, kBlock, 0, stream, p);
   };
   return SN_DISPATCH_DTYPE(plan.dtype, run);
 }

@@ -44,13 +44,15 @@ int64_t op_tsq_floats(const sn_cuda_plan_t &p) {
 size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 
 // Development knobs, read at plan time from the environment, so that sn_bench can time the
-// one-pass kernel's variants on a card (bench/NOTES.md); not part of the API, and the defaults
-// need none: SPECNORM_TUNE="op_bps=N,op_cluster=C" caps the one-pass grid at N blocks per
-// multiprocessor and groups its blocks in thread-block clusters of C (1, 2, 4 or 8; sm_90 and up)
-// that add their partial s on chip. Unknown keys and bad values are ignored.
+// kernels' variants on a card (bench/NOTES.md); not part of the API, and the defaults need none:
+// SPECNORM_TUNE="op_bps=N,op_cluster=C,pdl=P" caps the one-pass grid at N blocks per
+// multiprocessor, groups its blocks in thread-block clusters of C (1, 2, 4 or 8; sm_90 and up)
+// that add their partial s on chip, and with P = 1 launches every kernel as a programmatic
+// dependent launch (sm_90 and up). Unknown keys and bad values are ignored.
 struct Tune {
   int op_bps = 0;      // 0: as many as fit
   int op_cluster = 0;  // 0: the default below
+  int pdl = -1;        // -1: the default below
 };
 
 Tune read_tune() {
@@ -63,6 +65,9 @@ Tune read_tune() {
     if (len > 7 && !std::strncmp(s, "op_bps=", 7)) {
       const long v = std::strtol(s + 7, &stop, 10);
       if (stop == s + len && v > 0 && v <= 64) t.op_bps = (int)v;
+    } else if (len > 4 && !std::strncmp(s, "pdl=", 4)) {
+      const long v = std::strtol(s + 4, &stop, 10);
+      if (stop == s + len && (v == 0 || v == 1)) t.pdl = (int)v;
     } else if (len > 11 && !std::strncmp(s, "op_cluster=", 11)) {
       const long v = std::strtol(s + 11, &stop, 10);
       if (stop == s + len && (v == 1 || v == 2 || v == 4 || v == 8)) t.op_cluster = (int)v;
@@ -72,11 +77,14 @@ Tune read_tune() {
   return t;
 }
 
-// Blocks per cluster of the one-pass rows kernel when SPECNORM_TUNE does not say.
+// Blocks per cluster of the one-pass rows kernel, and whether launches use programmatic
+// dependent launch, when SPECNORM_TUNE does not say.
 constexpr int kDefaultCluster = 1;
+constexpr int kDefaultPdl = 0;
 
-// Whether the current device runs thread-block clusters (compute capability 9.0 and up).
-bool device_has_clusters() {
+// Whether the current device has thread-block clusters and programmatic dependent launch
+// (compute capability 9.0 and up).
+bool device_is_sm90_or_later() {
   int dev = 0, major = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
@@ -101,6 +109,8 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   plan->dtype = dtype;
   plan->eps = eps;
   plan->sm_count = sm_count > 0 ? sm_count : 1;
+  const Tune tune = read_tune();
+  plan->pdl = (tune.pdl >= 0 ? tune.pdl : kDefaultPdl) && device_is_sm90_or_later();
   const int64_t h = view.h, w = view.A * view.B;
   const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over
 
@@ -132,9 +142,8 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->one_pass = 1;
     plan->op_elems = sn::one_pass_elems(dtype, view.B);
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
-    const Tune tune = read_tune();
     int cluster = tune.op_cluster > 0 ? tune.op_cluster : kDefaultCluster;
-    if (cluster > 1 && (cluster > h || !device_has_clusters())) cluster = 1;
+    if (cluster > 1 && (cluster > h || !device_is_sm90_or_later())) cluster = 1;
     int per_sm = 0, max_clusters = 0;
     cudaError_t e = sn::one_pass_prepare(*plan, cluster, &per_sm, &max_clusters);
     if (e != cudaSuccess && cluster > 1) {  // no clusters after all: the plain grid

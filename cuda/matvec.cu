@@ -108,6 +108,7 @@ __device__ void finish_matvec(const MatvecParams &p, int slices) {
 
 template <int TB, bool V4, class T>
 __global__ void __launch_bounds__(kBlock) matvec_kernel(MatvecParams p) {
+  pdl_enter();
   const T *W = static_cast<const T *>(p.W);
   constexpr int R = kBlock / TB;
   const float *x = p.health && (*p.health & SN_HEALTH_RESTART) ? nullptr : p.x;
@@ -147,6 +148,7 @@ struct MatvecTParams {
 
 template <int TB, class T>
 __global__ void __launch_bounds__(kBlock) matvec_t_kernel(MatvecTParams p) {
+  pdl_enter();
   const T *W = static_cast<const T *>(p.W);
   constexpr int IL = kBlock / TB;
   const int c = threadIdx.x % TB, il = threadIdx.x / TB;
@@ -203,28 +205,25 @@ __global__ void __launch_bounds__(kBlock) matvec_t_kernel(MatvecTParams p) {
 
 
 template <int TB, class T>
-cudaError_t launch_matvec_tb(const MatvecParams &p, dim3 grid, bool v4, cudaStream_t stream) {
+cudaError_t launch_matvec_tb(bool pdl, const MatvecParams &p, dim3 grid, bool v4,
+                             cudaStream_t stream) {
   if constexpr (TB >= 4) {
-    if (v4) {
-      matvec_kernel<TB, true, T><<<grid, kBlock, 0, stream>>>(p);
-      return cudaGetLastError();
-    }
+    if (v4) return launch(pdl, matvec_kernel<TB, true, T>, grid, kBlock, 0, stream, p);
   }
-  matvec_kernel<TB, false, T><<<grid, kBlock, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch(pdl, matvec_kernel<TB, false, T>, grid, kBlock, 0, stream, p);
 }
 
 template <class T>
-cudaError_t launch_matvec_t_tb(int tb, const MatvecTParams &p, dim3 grid, cudaStream_t stream) {
+cudaError_t launch_matvec_t_tb(bool pdl, int tb, const MatvecTParams &p, dim3 grid,
+                               cudaStream_t stream) {
   switch (tb) {
-    case 1: matvec_t_kernel<1, T><<<grid, kBlock, 0, stream>>>(p); break;
-    case 2: matvec_t_kernel<2, T><<<grid, kBlock, 0, stream>>>(p); break;
-    case 4: matvec_t_kernel<4, T><<<grid, kBlock, 0, stream>>>(p); break;
-    case 8: matvec_t_kernel<8, T><<<grid, kBlock, 0, stream>>>(p); break;
-    case 16: matvec_t_kernel<16, T><<<grid, kBlock, 0, stream>>>(p); break;
-    default: matvec_t_kernel<32, T><<<grid, kBlock, 0, stream>>>(p); break;
+    case 1: return launch(pdl, matvec_t_kernel<1, T>, grid, kBlock, 0, stream, p);
+    case 2: return launch(pdl, matvec_t_kernel<2, T>, grid, kBlock, 0, stream, p);
+    case 4: return launch(pdl, matvec_t_kernel<4, T>, grid, kBlock, 0, stream, p);
+    case 8: return launch(pdl, matvec_t_kernel<8, T>, grid, kBlock, 0, stream, p);
+    case 16: return launch(pdl, matvec_t_kernel<16, T>, grid, kBlock, 0, stream, p);
+    default: return launch(pdl, matvec_t_kernel<32, T>, grid, kBlock, 0, stream, p);
   }
-  return cudaGetLastError();
 }
 
 }  // namespace
@@ -241,15 +240,15 @@ cudaError_t launch_matvec(const sn_cuda_plan_t &plan, const void *W, const float
     using T = decltype(zero);
     const bool v4 = vw.B % 4 == 0 && vec4_aligned<T>(W) && (!x || aligned16(x));
     switch (plan.p1_tb) {
-      case 1: return launch_matvec_tb<1, T>(p, grid, false, stream);
-      case 2: return launch_matvec_tb<2, T>(p, grid, false, stream);
-      case 4: return launch_matvec_tb<4, T>(p, grid, v4, stream);
-      case 8: return launch_matvec_tb<8, T>(p, grid, v4, stream);
-      case 16: return launch_matvec_tb<16, T>(p, grid, v4, stream);
-      case 32: return launch_matvec_tb<32, T>(p, grid, v4, stream);
-      case 64: return launch_matvec_tb<64, T>(p, grid, v4, stream);
-      case 128: return launch_matvec_tb<128, T>(p, grid, v4, stream);
-      default: return launch_matvec_tb<256, T>(p, grid, v4, stream);
+      case 1: return launch_matvec_tb<1, T>(plan.pdl, p, grid, false, stream);
+      case 2: return launch_matvec_tb<2, T>(plan.pdl, p, grid, false, stream);
+      case 4: return launch_matvec_tb<4, T>(plan.pdl, p, grid, v4, stream);
+      case 8: return launch_matvec_tb<8, T>(plan.pdl, p, grid, v4, stream);
+      case 16: return launch_matvec_tb<16, T>(plan.pdl, p, grid, v4, stream);
+      case 32: return launch_matvec_tb<32, T>(plan.pdl, p, grid, v4, stream);
+      case 64: return launch_matvec_tb<64, T>(plan.pdl, p, grid, v4, stream);
+      case 128: return launch_matvec_tb<128, T>(plan.pdl, p, grid, v4, stream);
+      default: return launch_matvec_tb<256, T>(plan.pdl, p, grid, v4, stream);
     }
   };
   return SN_DISPATCH_DTYPE(plan.dtype, run);
@@ -262,7 +261,7 @@ cudaError_t launch_matvec_t(const sn_cuda_plan_t &plan, const void *W, const flo
                   plan.counters + 1, plan.p2_tiles, plan.eps};
   const dim3 grid((unsigned)plan.p2_tiles, (unsigned)plan.p2_isplit);
   auto run = [&](auto zero) -> cudaError_t {
-    return launch_matvec_t_tb<decltype(zero)>(plan.p2_tb, p, grid, stream);
+    return launch_matvec_t_tb<decltype(zero)>(plan.pdl, plan.p2_tb, p, grid, stream);
   };
   return SN_DISPATCH_DTYPE(plan.dtype, run);
 }

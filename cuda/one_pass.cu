@@ -98,6 +98,7 @@ __device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, flo
 // NT threads, VPT packs of E elements per thread and row: thread k holds packs k, k + NT, ...
 template <int NT, int VPT, class T, int E, bool EVAL>
 __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
+  pdl_enter();
   using V = VecN<T, E>;
   constexpr int F4 = E / 4;  // float4 of v per pack
   const T *W = static_cast<const T *>(p.W);
@@ -212,6 +213,7 @@ struct ReduceParams {
 constexpr int kColLanes = 16, kPartLanes = kBlock / kColLanes;
 
 __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p) {
+  pdl_enter();
   // max(‖t‖, eps) from the row blocks' partial Σ t², in block order (every block alike).
   float tsq = 0.f;
   for (int g = threadIdx.x; g < p.tsq_parts; g += kBlock) tsq += p.tsq[g];
@@ -391,8 +393,8 @@ cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const flo
                  plan.op_blocks / plan.op_cluster, plan.op_blocks, w4,
                  reinterpret_cast<float4 *>(plan.s), plan.op_sq, plan.scal,
                  one_pass_counter(plan), plan.eps};
-  one_pass_reduce_kernel<<<(w4 + kColLanes - 1) / kColLanes, kBlock, 0, stream>>>(r);
-  return cudaGetLastError();
+  return launch(plan.pdl, one_pass_reduce_kernel, (w4 + kColLanes - 1) / kColLanes, kBlock, 0,
+                stream, r);
 }
 
 cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, const float *x,

@@ -37,6 +37,7 @@ struct PanelParams {
 
 template <class T>
 __global__ void __launch_bounds__(kPanelThreads) panel_kernel(PanelParams p) {
+  pdl_enter();
   extern __shared__ float4 panel_sm4[];
   T *panel = reinterpret_cast<T *>(panel_sm4);  // h × kPanelCols
   __shared__ float warp_s[kPanelWarps][kPanelCols];
@@ -111,6 +112,7 @@ struct ColsReduceParams {
 };
 
 __global__ void __launch_bounds__(kBlock) cols_reduce_kernel(ColsReduceParams p) {
+  pdl_enter();
   // max(‖s‖, eps) from the panels' Σ s², in panel order (every block alike).
   float ssq = 0.f;
   for (int k = threadIdx.x; k < p.panels; k += kBlock) ssq += p.ssq[k];
@@ -172,16 +174,14 @@ cudaError_t launch_one_pass_cols(const sn_cuda_plan_t &plan, const void *W, cons
   const size_t smem = panel_smem(h, plan.dtype);
   auto run = [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
-    panel_kernel<T><<<panels, kPanelThreads, smem, stream>>>(p);
-    return cudaGetLastError();
+    return launch(plan.pdl, panel_kernel<T>, panels, kPanelThreads, smem, stream, p);
   };
   cudaError_t e = SN_DISPATCH_DTYPE(plan.dtype, run);
   if (e != cudaSuccess) return e;
   const int rb = (int)one_pass_cols_reduce_blocks(h);
   ColsReduceParams r{plan.op_part, plan.oc_ssq, panels, h, plan.t, plan.op_tsq, plan.scal,
                      plan.counters + 1 + plan.p2_tiles + 1, plan.eps};
-  cols_reduce_kernel<<<rb, kBlock, 0, stream>>>(r);
-  return cudaGetLastError();
+  return launch(plan.pdl, cols_reduce_kernel, rb, kBlock, 0, stream, r);
 }
 
 }  // namespace sn

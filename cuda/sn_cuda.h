@@ -77,6 +77,8 @@ typedef struct {
   int op_elems;       /* one-pass: elements per access (4, or 8 for 2-byte types) */
   int op_vpt;         /* one-pass: accesses of a row per thread (1, 2, 4 or 8) */
   int op_blocks;      /* one-pass: persistent blocks, each writing a partial Mᵀ t */
+  int pdl;            /* 1: launches overlap the kernel boundaries (programmatic dependent launch,
+                         sm_90; SPECNORM_TUNE=pdl=1) */
   int op_cluster;     /* one-pass: blocks per thread-block cluster adding their partials on chip
                          (1: none); op_blocks is a multiple of it */
   /* Scratch, inside the layer's one device workspace. */

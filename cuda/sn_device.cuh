@@ -5,6 +5,8 @@
 
 #include <cuda_runtime.h>
 
+#include <utility>
+
 #include "sn_cuda.h"
 
 namespace sn {
@@ -75,6 +77,40 @@ __device__ __forceinline__ void finish_s_norm(const float *sq_parts, int64_t n, 
 // Reciprocal of an optional device divisor (NULL means 1).
 __device__ __forceinline__ float reciprocal_of(const float *div) {
   return div ? 1.0f / *div : 1.0f;
+}
+
+// Programmatic dependent launch (sm_90): every kernel starts with this. It waits until the
+// kernel before it in the stream has completed and its writes are visible (a no-op when the
+// launch did not ask for the overlap), then lets the next kernel's blocks be scheduled early, so
+// that a kernel boundary costs less than a full drain and launch. Nothing is read or written
+// before the wait, so the results are those of plain stream order.
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when pdl
+// (only set on devices of compute capability 9.0 and up). Returns the launch's error.
+template <class... P, class... A>
+cudaError_t launch(bool pdl, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t stream, A &&...args) {
+  if (!pdl) {
+    kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
+    return cudaGetLastError();
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
 }
 
 }  // namespace sn

@@ -11,6 +11,7 @@
 #   configure  fresh build dir ($BUILD_DIR, default build-gpu), Ninja, GTest/LAPACKE from .deps
 #   build      ninja -j<all cores> -k 0
 #   ctest      every test, GPU ones included
+#   tune_tests the GPU tests again with SPECNORM_TUNE=pdl=1,op_cluster=4 ($SN_TUNE_TESTS)
 #   memcheck / racecheck / initcheck / synccheck
 #              compute-sanitizer --error-exitcode 1 over $BUILD_DIR/tests/specnorm_gpu_tests
 #   torch      python3 bench/torch_baseline.py $WORKLOADS --json $OUT/torch.json
@@ -223,6 +224,16 @@ if [[ $CONFIGURED -eq 1 ]]; then
     ctest --test-dir "$BUILD" --output-on-failure -j "${SN_CTEST_J:-1}" --timeout 150
 else
   skip_step ctest "$OUT/tests.log" "configure failed"
+fi
+
+# ---- the GPU tests again under the launch variants of SPECNORM_TUNE (cuda/forward.cu) ---------
+# Programmatic dependent launch and 4-block clusters on every layer the tests create.
+if [[ -x "$GPU_TESTS" ]]; then
+  run_step tune_tests "$OUT/tests.log" 90 150 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_TUNE_TESTS:-pdl=1,op_cluster=4}" \
+    "$GPU_TESTS" --gtest_brief=1 "--gtest_filter=${SN_TUNE_TESTS_FILTER:-Shapes/*:GpuTraining.*:Gpu.*:Backends/*-GpuLarge.*}"
+else
+  skip_step tune_tests "$OUT/tests.log" "no $GPU_TESTS"
 fi
 
 # ---- example: the training loop of examples/ on the GPU -----------------------------------------

@@ -3,6 +3,8 @@
 // Every test skips with a message when no CUDA device is present.
 #include <cuda_runtime.h>
 
+#include <utility>
+
 #include "test_util.h"
 
 using namespace sntest;
@@ -213,9 +215,10 @@ TEST(Gpu, RunsAreBitwiseIdentical) {
   }
 }
 
-// The one-pass kernel's variants that SPECNORM_TUNE selects (cuda/forward.cu; sn_bench times
-// them): thread-block clusters adding their partial s on chip (sm_90; elsewhere the plain grid),
-// and fewer blocks per multiprocessor. Each must match the CPU backend and repeat bitwise.
+// The variants that SPECNORM_TUNE selects (cuda/forward.cu; sn_bench times them): thread-block
+// clusters adding the one-pass partial s on chip and programmatic dependent launch (sm_90;
+// elsewhere plain launches), fewer one-pass blocks per multiprocessor. Each must match the CPU
+// backend and repeat bitwise.
 TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
@@ -223,7 +226,8 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
     ~Unset() { unsetenv("SPECNORM_TUNE"); }  // also when an ASSERT leaves early
   } unset;
   for (const char *tune : {"op_cluster=2", "op_cluster=4", "op_cluster=8", "op_bps=1",
-                           "op_bps=1,op_cluster=4", "op_bps=2,op_cluster=2"}) {
+                           "op_bps=1,op_cluster=4", "op_bps=2,op_cluster=2", "pdl=1",
+                           "pdl=1,op_cluster=4"}) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + tune);
     ASSERT_EQ(setenv("SPECNORM_TUNE", tune, 1), 0);
     for (const Case &c : {Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS},
@@ -248,39 +252,54 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   }
 }
 
+// Also under the SPECNORM_TUNE variants that change how kernels are launched: programmatic
+// dependent launch and thread-block clusters are captured into the graph too.
 TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
+  struct Unset {
+    ~Unset() { unsetenv("SPECNORM_TUNE"); }
+  } unset;
   const int64_t h = 512, w = 1152;
-  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
-  LayerPtr plain(d), graphed(d);
   std::vector<float> W = gapped_matrix(rng, h, w);
   DevBuf dW(static_cast<size_t>(h * w)), o1(static_cast<size_t>(h * w)), o2(static_cast<size_t>(h * w));
   dW.upload(W);
   cudaStream_t s;
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  ASSERT_EQ(sn_layer_warmup(graphed, dW.p, s), SN_SUCCESS);
-  ASSERT_EQ(sn_layer_warmup(plain, dW.p, s), SN_SUCCESS);
-  for (int training : {1, 0}) {
-    SCOPED_TRACE(training ? "training" : "eval");
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    ASSERT_EQ(sn_forward(graphed, dW.p, o2.p, training, s), SN_SUCCESS) << sn_last_error_message();
-    CUDA_OK(cudaStreamEndCapture(s, &graph));
-    size_t nodes = 0;
-    CUDA_OK(cudaGraphGetNodes(graph, nullptr, &nodes));
-    EXPECT_EQ(nodes, training ? 3u : 2u) << "kernel launches per forward";
-    CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-    for (int k = 0; k < 3; ++k) {
-      CUDA_OK(cudaGraphLaunch(exec, s));
-      ASSERT_EQ(sn_forward(plain, dW.p, o1.p, training, s), SN_SUCCESS);
-      CUDA_OK(cudaStreamSynchronize(s));
-      EXPECT_TRUE(same_state(get_state(plain, s), get_state(graphed, s)));
-      EXPECT_TRUE(bitwise_equal(o1.download(), o2.download()));
+  const std::pair<const char *, sn_algo_t> variants[] = {
+      {nullptr, SN_ALGO_DEFAULT}, {nullptr, SN_ALGO_ONE_PASS}, {"pdl=1", SN_ALGO_DEFAULT},
+      {"pdl=1", SN_ALGO_ONE_PASS}, {"pdl=1,op_cluster=4", SN_ALGO_ONE_PASS}};
+  for (const auto &[tune, algo] : variants) {
+    SCOPED_TRACE(std::string("SPECNORM_TUNE=") + (tune ? tune : "") + " algo " + std::to_string(int(algo)));
+    if (tune) ASSERT_EQ(setenv("SPECNORM_TUNE", tune, 1), 0);
+    else ASSERT_EQ(unsetenv("SPECNORM_TUNE"), 0);
+    sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
+    d.algo = algo;
+    LayerPtr plain(d), graphed(d);
+    ASSERT_TRUE(plain.p && graphed.p);
+    ASSERT_EQ(sn_layer_warmup(graphed, dW.p, s), SN_SUCCESS);
+    ASSERT_EQ(sn_layer_warmup(plain, dW.p, s), SN_SUCCESS);
+    for (int training : {1, 0}) {
+      SCOPED_TRACE(training ? "training" : "eval");
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+      ASSERT_EQ(sn_forward(graphed, dW.p, o2.p, training, s), SN_SUCCESS) << sn_last_error_message();
+      CUDA_OK(cudaStreamEndCapture(s, &graph));
+      size_t nodes = 0;
+      CUDA_OK(cudaGraphGetNodes(graph, nullptr, &nodes));
+      EXPECT_EQ(nodes, training ? 3u : 2u) << "kernel launches per forward";
+      CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+      for (int k = 0; k < 3; ++k) {
+        CUDA_OK(cudaGraphLaunch(exec, s));
+        ASSERT_EQ(sn_forward(plain, dW.p, o1.p, training, s), SN_SUCCESS);
+        CUDA_OK(cudaStreamSynchronize(s));
+        EXPECT_TRUE(same_state(get_state(plain, s), get_state(graphed, s)));
+        EXPECT_TRUE(bitwise_equal(o1.download(), o2.download()));
+      }
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
     }
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
   }
   cudaStreamDestroy(s);
 }
