@@ -222,14 +222,12 @@ TEST(Gpu, RunsAreBitwiseIdentical) {
 TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
-  struct Unset {
-    ~Unset() { unsetenv("SPECNORM_TUNE"); }  // also when an ASSERT leaves early
-  } unset;
+  ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const char *tune : {"op_cluster=2", "op_cluster=4", "op_cluster=8", "op_bps=1",
                            "op_bps=1,op_cluster=4", "op_bps=2,op_cluster=2", "pdl=1",
                            "pdl=1,op_cluster=4"}) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + tune);
-    ASSERT_EQ(setenv("SPECNORM_TUNE", tune, 1), 0);
+    env.set(tune);
     for (const Case &c : {Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS},
                           Case{{777, 8192}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
                           Case{{600, 16384}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
@@ -257,9 +255,7 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
 TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
-  struct Unset {
-    ~Unset() { unsetenv("SPECNORM_TUNE"); }
-  } unset;
+  ScopedEnv env("SPECNORM_TUNE", nullptr);
   const int64_t h = 512, w = 1152;
   std::vector<float> W = gapped_matrix(rng, h, w);
   DevBuf dW(static_cast<size_t>(h * w)), o1(static_cast<size_t>(h * w)), o2(static_cast<size_t>(h * w));
@@ -271,8 +267,7 @@ TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
       {"pdl=1", SN_ALGO_ONE_PASS}, {"pdl=1,op_cluster=4", SN_ALGO_ONE_PASS}};
   for (const auto &[tune, algo] : variants) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + (tune ? tune : "") + " algo " + std::to_string(int(algo)));
-    if (tune) ASSERT_EQ(setenv("SPECNORM_TUNE", tune, 1), 0);
-    else ASSERT_EQ(unsetenv("SPECNORM_TUNE"), 0);
+    env.set(tune);
     sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
     d.algo = algo;
     LayerPtr plain(d), graphed(d);

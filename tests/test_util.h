@@ -98,6 +98,26 @@ inline sn_layer_desc_t make_desc(std::vector<int64_t> shape, sn_backend_t backen
   return d;
 }
 
+// Sets an environment variable (or unsets it: value NULL) for a scope, then restores what was
+// there before, also when an ASSERT leaves the scope early.
+struct ScopedEnv {
+  std::string name, old;
+  bool had;
+  ScopedEnv(const char *n, const char *value) : name(n) {
+    const char *o = getenv(n);
+    had = o != nullptr;
+    if (had) old = o;
+    set(value);
+  }
+  void set(const char *value) const {
+    if (value) setenv(name.c_str(), value, 1);
+    else unsetenv(name.c_str());
+  }
+  ~ScopedEnv() { set(had ? old.c_str() : nullptr); }
+  ScopedEnv(const ScopedEnv &) = delete;
+  ScopedEnv &operator=(const ScopedEnv &) = delete;
+};
+
 struct LayerPtr {
   sn_layer_t *p = nullptr;
   LayerPtr() = default;
