@@ -2,9 +2,20 @@
 // of layers. Each kernel's grid is the concatenation of the layers' grids; a block finds its layer
 // by binary search over the layers' first blocks, then works like the per-layer kernels:
 //   rows    one pass over each row (SPEC.md, "One pass per iteration"): t_i = M_i · v, then
-//           s += t_i M_iᵀ with the row re-read from L1/L2; v and the block's partial s live in shared
-//           memory (2·w floats). Eval: t_i and Σ u_i t_i only. Bytes: numel·sizeof(T) from DRAM,
-//           plus row_blocks·w·4 of partials.
+//           s += t_i M_iᵀ with the row taken again from registers or L1/L2. Eval: t_i and Σ u_i t_i
+//           only. Bytes: numel·sizeof(T) from DRAM, plus row_blocks·w·4 of partials. Two bodies,
+//           chosen per layer by the host (sn_group_entry_t.warp_k):
+//           - w > 1280: a block per row, about 16 rows per block (row_blocks <= 2·SMs); v and the
+//             block's partial s in shared memory (2·w floats). A row is > 1280 elements, several
+//             loads per thread, so the block reduction (3 barriers) per row is amortized.
+//           - w <= 1280: a warp per row, 8 rows per block at a time (row_blocks = ⌈h/8⌉ <= 2·SMs);
+//             each lane loads its <= 40 elements of the row at once, a shuffle butterfly sums them,
+//             and no barrier separates rows. v and the 8 warps' partial s in shared memory (9·w
+//             floats). With a block per row such a layer is latency-bound: SN-GAN's 128 × 1152
+//             layers were 8 blocks of 16 rows in series, each row's loads waiting for the previous
+//             row's block reduction (the grouped call took 50 µs on an H200); with a warp per row
+//             they are 16 blocks of one row per warp, about one load latency, for twice the
+//             partials (74 KB against W's 590 KB).
 //   reduce  the partials of 256 columns per block, in block order, scaled by 1 / max(‖t‖, eps);
 //           the layer's last block writes max(‖t‖, eps), max(‖s‖, eps), σ (eval: σ = Σ u_i t_i).
 //   commit  as cuda/commit_divide.cu, over each layer's element range.
@@ -16,7 +27,8 @@
 namespace sn {
 namespace {
 
-constexpr int kRowsPerBlock = 16;  // rows kernel: about this many rows per block
+constexpr int kRowsPerBlock = 16;  // rows kernel, a block per row: about this many rows per block
+constexpr int kWarpMaxK = 40;      // rows kernel, a warp per row: up to 32·40 = 1280 columns
 constexpr int kRedCols = kBlock;   // reduce kernel: columns per block
 
 __device__ int find_layer(const int *starts, int count, int block) {
@@ -48,7 +60,7 @@ __device__ __forceinline__ float row_pass(const sn_group_entry_t &e, int64_t i, 
   const bool vec = e.A == 1 && e.w % 4 == 0 && vec4_aligned<T>(e.W);
   if (vec) {
     const T *row = static_cast<const T *>(e.W) + i * e.w;
-    for (int64_t q = threadIdx.x; q < e.w / 4; q += kBlock) {
+    for (int q = threadIdx.x; q < (int)e.w / 4; q += kBlock) {  // w <= 16384 (host/group.c)
       const float4 x = Vec4<T>::load(row + 4 * q);
       if (first) {
         const float4 v = reinterpret_cast<const float4 *>(v_sm)[q];
@@ -104,14 +116,122 @@ __device__ void rows_body(const sn_group_entry_t &e, int g, int iter, bool train
   if (threadIdx.x == 0) e.tsq[g] = acc;
 }
 
-__global__ void __launch_bounds__(kBlock) group_rows_kernel(sn_cuda_group_t G, int iter, bool training) {
+// A warp per row, for layers of w <= 32·K columns: lane l owns columns j = l + 32k (k < K). The
+// block's 8 warps take rows g·8 + warp, then + row_blocks·8, ...; a warp issues a row's K loads
+// before it needs any of them, sums the row with a butterfly of shuffles (every lane gets the same
+// bits), and moves on: no block barrier between rows. v (w floats, shared by the 8 warps) and each
+// warp's partial s (8·w floats, a row of them per warp) live in shared memory, so that only the K
+// loaded elements are held in registers. At the end the 8 partials and the 8 Σ t² (or Σ u_i t_i)
+// are added in warp order.
+template <class T, int K>
+__device__ void warp_rows_body(const sn_group_entry_t &e, int g, int iter, bool training, float *w_sm,
+                               float *acc_sm) {
+  const int warp = threadIdx.x >> 5;
+  const int w = (int)e.w;
+  float *v_sm = w_sm + kWarps * w, *s_sm = w_sm + warp * w;
+  const float *x = iter == 0 ? e.v : e.s;
+  const float rx = iter == 0 ? 1.f : 1.f / e.scal[SN_SCAL_M_S];
+  const bool ones = training && iter == 0 && (reinterpret_cast<const unsigned *>(e.sigma)[3] & SN_HEALTH_RESTART);
+  for (int j = threadIdx.x; j < w; j += kBlock) v_sm[j] = ones ? 1.f : x[j] * rx;
+  if (training)
+    for (int j = threadIdx.x & 31; j < w; j += 32) s_sm[j] = 0.f;
+  __syncthreads();
+  float acc = 0.f;  // Σ t_i² (training) or Σ u_i t_i (eval) of the warp's rows, in lane 0
+  const int64_t step = (int64_t)e.row_blocks * kWarps;
+#pragma unroll 1
+  for (int64_t i = (int64_t)g * kWarps + warp; i < e.h; i += step) {
+    // The lane index, read again for each row: otherwise the compiler hoists what it computes from
+    // the columns (addresses, view offsets, bounds) out of the loop and holds K of each in
+    // registers, which spills.
+    unsigned lane_id;
+    asm volatile("mov.u32 %0, %%laneid;" : "=r"(lane_id));
+    const int lane = (int)lane_id;
+    float xr[K];
+    if (e.A == 1) {
+      const T *row = static_cast<const T *>(e.W) + i * e.w;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int j = lane + 32 * k;
+        xr[k] = j < w ? to_f(row[j]) : 0.f;
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int j = lane + 32 * k;
+        xr[k] = j < w ? load1<T>(e.W, index_of(e, i, j)) : 0.f;
+      }
+    }
+    float t = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int j = lane + 32 * k;
+      if (j < w) t = fmaf(xr[k], v_sm[j], t);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+    if (training) {
+      if (lane == 0) {
+        e.t[i] = t;
+        acc = fmaf(t, t, acc);
+      }
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int j = lane + 32 * k;
+        if (j < w) s_sm[j] = fmaf(t, xr[k], s_sm[j]);
+      }
+    } else if (lane == 0) {
+      acc = fmaf(e.u[i], t, acc);
+    }
+  }
+  if ((threadIdx.x & 31) == 0) acc_sm[warp] = acc;
+  __syncthreads();
+  if (training) {
+    for (int j = threadIdx.x; j < w; j += kBlock) {
+      float p = w_sm[j];
+#pragma unroll
+      for (int q = 1; q < kWarps; ++q) p += w_sm[q * w + j];
+      e.part[(int64_t)g * w + j] = p;
+    }
+  }
+  if (threadIdx.x == 0) {
+    float a = acc_sm[0];
+#pragma unroll
+    for (int q = 1; q < kWarps; ++q) a += acc_sm[q];
+    e.tsq[g] = a;
+  }
+}
+
+template <class T>
+__device__ void warp_rows(const sn_group_entry_t &e, int g, int iter, bool training, float *w_sm,
+                          float *acc_sm) {
+  switch (e.warp_k) {
+    case 2: warp_rows_body<T, 2>(e, g, iter, training, w_sm, acc_sm); break;
+    case 8: warp_rows_body<T, 8>(e, g, iter, training, w_sm, acc_sm); break;
+    case 24: warp_rows_body<T, 24>(e, g, iter, training, w_sm, acc_sm); break;
+    default: warp_rows_body<T, kWarpMaxK>(e, g, iter, training, w_sm, acc_sm); break;
+  }
+}
+
+// At most 80 registers, so that 3 blocks of 256 fit on a multiprocessor: enough for the warp path's
+// 40 loads in flight without spilling (v and s are in shared memory for that reason), while the
+// block path (46 registers on its own) keeps 3 blocks per multiprocessor instead of 5.
+__global__ void __launch_bounds__(kBlock, 3) group_rows_kernel(sn_cuda_group_t G, int iter, bool training) {
   extern __shared__ float4 group_sm[];
+  __shared__ float acc_sm[kWarps];
   const int L = find_layer(G.row_starts, G.count, blockIdx.x);
   const sn_group_entry_t &e = G.entries[L];
   if (iter >= (training ? e.n_iters : 1)) return;
   float *v_sm = reinterpret_cast<float *>(group_sm);
-  float *s_sm = v_sm + (G.max_w + 3) / 4 * 4;
   const int g = blockIdx.x - e.row_block0;
+  if (e.warp_k) {
+    switch (e.dtype) {
+      case SN_DTYPE_FLOAT16: warp_rows<__half>(e, g, iter, training, v_sm, acc_sm); break;
+      case SN_DTYPE_BFLOAT16: warp_rows<__nv_bfloat16>(e, g, iter, training, v_sm, acc_sm); break;
+      default: warp_rows<float>(e, g, iter, training, v_sm, acc_sm); break;
+    }
+    return;
+  }
+  float *s_sm = v_sm + (G.max_w + 3) / 4 * 4;
   switch (e.dtype) {
     case SN_DTYPE_FLOAT16: rows_body<__half>(e, g, iter, training, v_sm, s_sm); break;
     case SN_DTYPE_BFLOAT16: rows_body<__nv_bfloat16>(e, g, iter, training, v_sm, s_sm); break;
@@ -204,27 +324,39 @@ __global__ void __launch_bounds__(kBlock) group_commit_kernel(sn_cuda_group_t G,
   }
 }
 
-size_t rows_smem(int64_t max_w) { return (size_t)(2 * ((max_w + 3) / 4 * 4)) * sizeof(float); }
+// Dynamic shared memory of the rows kernel: v and s (2·w floats, each rounded up to a float4) for
+// a block per row; the 8 warps' partial s and v (9·w floats) for a warp per row.
+size_t rows_smem(int64_t max_w, int64_t max_warp_w) {
+  const int64_t block = 2 * ((max_w + 3) / 4 * 4), warp = (kWarps + 1) * max_warp_w;
+  return (size_t)(block > warp ? block : warp) * sizeof(float);
+}
 
 }  // namespace
 }  // namespace sn
 
-extern "C" int sn_cuda_group_row_blocks(int64_t h, int sm_count) {
-  const int64_t b = (h + sn::kRowsPerBlock - 1) / sn::kRowsPerBlock;
+extern "C" int sn_cuda_group_warp_k(int64_t w) {
+  for (int k : {2, 8, 24, sn::kWarpMaxK})
+    if (w <= 32LL * k) return k;
+  return 0;
+}
+
+extern "C" int sn_cuda_group_row_blocks(int64_t h, int warp_k, int sm_count) {
+  const int64_t per = warp_k > 0 ? sn::kWarps : sn::kRowsPerBlock;
+  const int64_t b = (h + per - 1) / per;
   const int64_t cap = 2LL * (sm_count > 0 ? sm_count : 1);
   return (int)(b < 1 ? 1 : (b > cap ? cap : b));
 }
 
-extern "C" int sn_cuda_group_prepare(int64_t max_w) {
+extern "C" int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w) {
   return (int)cudaFuncSetAttribute(sn::group_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   (int)sn::rows_smem(max_w));
+                                   (int)sn::rows_smem(max_w, max_warp_w));
 }
 
 extern "C" int sn_cuda_group_forward(const sn_cuda_group_t *G, int training, sn_stream_t stream_handle) {
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   const int iters = training ? G->max_iters : 1;
   for (int k = 0; k < iters; ++k) {
-    sn::group_rows_kernel<<<G->row_total, sn::kBlock, sn::rows_smem(G->max_w), stream>>>(*G, k, training != 0);
+    sn::group_rows_kernel<<<G->row_total, sn::kBlock, sn::rows_smem(G->max_w, G->max_warp_w), stream>>>(*G, k, training != 0);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return (int)e;
     sn::group_reduce_kernel<<<G->red_total, sn::kBlock, 0, stream>>>(*G, k, training != 0);

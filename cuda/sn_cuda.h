@@ -155,6 +155,8 @@ typedef struct {
   float eps, norm_bound;
   const float *gamma;
   int row_block0, row_blocks; /* rows kernel: this layer's blocks */
+  int warp_k;                 /* rows kernel: 0, a block per row; K > 0, a warp per row, K columns
+                                 per lane (w <= 32·K) */
   int red_block0, red_blocks; /* reduce kernel */
   int div_block0, div_blocks; /* commit-and-divide kernel */
 } sn_group_entry_t;
@@ -162,16 +164,22 @@ typedef struct {
 typedef struct {
   int count;
   int max_iters;
-  int64_t max_w;
+  int64_t max_w;      /* the widest layer's w */
+  int64_t max_warp_w; /* the widest w of the layers with warp_k > 0 (0: none) */
   int row_total, red_total, div_total;
   const sn_group_entry_t *entries; /* device */
   const int *row_starts, *red_starts, *div_starts; /* device, count each: first block per layer */
 } sn_cuda_group_t;
 
-/* Blocks of the rows kernel for a layer of h rows on `sm_count` multiprocessors. */
-int sn_cuda_group_row_blocks(int64_t h, int sm_count);
-/* Raise the rows kernel's shared-memory limit for rows of up to max_w columns. cudaError_t. */
-int sn_cuda_group_prepare(int64_t max_w);
+/* The rows kernel's warp_k for a layer of w columns: 0 (a block per row) when w is too wide for a
+ * warp per row. */
+int sn_cuda_group_warp_k(int64_t w);
+/* Blocks of the rows kernel for a layer of h rows on `sm_count` multiprocessors, with a block
+ * (warp_k == 0) or a warp (warp_k > 0) per row. */
+int sn_cuda_group_row_blocks(int64_t h, int warp_k, int sm_count);
+/* Raise the rows kernel's shared-memory limit for a group whose widest layer has max_w columns
+ * and whose widest warp-per-row layer has max_warp_w (0: none). cudaError_t. */
+int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
 

@@ -88,7 +88,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
   /* Sizes first (offsets in floats from the start of the scratch area). */
   size_t floats = 0;
   int rows = 0, red = 0, div = 0, max_iters = 1;
-  int64_t max_w = 1;
+  int64_t max_w = 1, max_warp_w = 0;
   for (int k = 0; k < g->count; ++k) {
     const sn_layer_t *l = g->layers[k];
     sn_group_entry_t *x = &ent[k];
@@ -109,7 +109,8 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     x->norm_bound = l->desc.norm_bound;
     x->gamma = l->plan.gamma;
     x->row_block0 = rows;
-    x->row_blocks = sn_cuda_group_row_blocks(h, sm);
+    x->warp_k = sn_cuda_group_warp_k(w);
+    x->row_blocks = sn_cuda_group_row_blocks(h, x->warp_k, sm);
     x->red_block0 = red;
     x->red_blocks = (int)((w + 255) / 256);
     x->div_block0 = div;
@@ -123,6 +124,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     starts[2 * g->count + k] = x->div_block0;
     if (x->n_iters > max_iters) max_iters = x->n_iters;
     if (w > max_w) max_w = w;
+    if (x->warp_k > 0 && w > max_warp_w) max_warp_w = w;
     /* t, s, part, tsq, sq, scal, counter (as floats) */
     floats += pad64(h) + pad64(w) + pad64((int64_t)x->row_blocks * w) + pad64(x->row_blocks) +
               pad64(x->red_blocks) + pad64(SN_SCAL_COUNT) + pad64(1);
@@ -153,7 +155,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     e = cudaMemset(g->workspace, 0, floats * 4);
     if (e == cudaSuccess) e = cudaMemcpy(tab, ent, table, cudaMemcpyHostToDevice);
     if (e == cudaSuccess) e = cudaMemcpy(tab + table, starts, starts_bytes, cudaMemcpyHostToDevice);
-    if (e == cudaSuccess) e = (cudaError_t)sn_cuda_group_prepare(max_w);
+    if (e == cudaSuccess) e = (cudaError_t)sn_cuda_group_prepare(max_w, max_warp_w);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
       st = sn__cuda_fail((int)e, "setting up the group's tables");
@@ -162,6 +164,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
       c->count = g->count;
       c->max_iters = max_iters;
       c->max_w = max_w;
+      c->max_warp_w = max_warp_w;
       c->row_total = rows;
       c->red_total = red;
       c->div_total = div;

@@ -109,14 +109,18 @@ TEST(GroupGpu, MatchesCpuLayersStepByStep) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
-  // The SN-GAN CIFAR-10 discriminator's shapes, plus every kind of member a group takes.
+  // The SN-GAN CIFAR-10 discriminator's shapes, plus every kind of member a group takes. Both
+  // bodies of the rows kernel: a block per row (w > 1280: {96, 48, 4, 4} dim 1, {256, 2048},
+  // {2048, 16384}) and a warp per row (the rest), with each of its K (w <= 64, 256, 768, 1280),
+  // views with B = 1 and B > 1, and several rows per warp ({3000, 600}: 3000 > 2·SMs·8).
   std::vector<Member> ms = {
       {{128, 3, 3, 3}},          {{128, 128, 3, 3}},         {{128, 3, 1, 1}},
       {{128, 128, 3, 3}},        {{128, 128, 1, 1}},         {{1, 128}},
       {{96, 48, 4, 4}, 1},       {{300, 517}, 1},            {{256, 2048}, 0, SN_DTYPE_BFLOAT16},
       {{130, 1000}, 0, SN_DTYPE_FLOAT16, 2},                 {{64, 100}, 0, SN_DTYPE_FLOAT32, 1, true},
       {{200, 64}, 0, SN_DTYPE_FLOAT32, 1, false, 1.5f},      {{77, 99}, 0, SN_DTYPE_FLOAT32, 1, false, 0.f, true},
-      {{2048, 16384}, 0, SN_DTYPE_BFLOAT16},
+      {{2048, 16384}, 0, SN_DTYPE_BFLOAT16},                 {{3000, 600}},
+      {{40, 24, 5}, 1, SN_DTYPE_BFLOAT16},
   };
   const size_t n_members = ms.size();
   std::vector<std::unique_ptr<LayerPtr>> gl, cl;
@@ -271,6 +275,72 @@ TEST(GroupGpu, DeterministicAndThreeLaunches) {
     cudaFree(W[k]);
     cudaFree(Oa[k]);
     cudaFree(Ob[k]);
+  }
+}
+
+// The restart from ones after a zero step (test_health.cpp, ZeroStepRecoversFromOnes), in both
+// bodies of the rows kernel: a warp per row (w = 24) and a block per row (w = 1300).
+TEST(GroupGpu, ZeroStepRestartsFromOnes) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const int64_t h = 40;
+  const std::vector<int64_t> widths = {24, 1300};
+  std::vector<std::unique_ptr<LayerPtr>> ls;
+  std::vector<sn_layer_t *> layers;
+  std::vector<void *> W, O;
+  std::vector<double> sigma;
+  for (int64_t w : widths) {
+    ls.push_back(std::make_unique<LayerPtr>(make_desc({h, w}, SN_BACKEND_CUDA)));
+    layers.push_back(ls.back()->p);
+    // M = a bᵀ with b_0 = 0 and v = e_0: M v = 0, so σ = 0 (exactly, no rounding).
+    std::vector<float> a = rng.normals(h), b = rng.normals(w);
+    b[0] = 0.f;
+    std::vector<float> M(static_cast<size_t>(h * w));
+    for (int64_t i = 0; i < h; ++i)
+      for (int64_t j = 0; j < w; ++j) M[static_cast<size_t>(i * w + j)] = a[static_cast<size_t>(i)] * b[static_cast<size_t>(j)];
+    std::vector<float> v(static_cast<size_t>(w), 0.f);
+    v[0] = 1.f;
+    ASSERT_EQ(sn_layer_set_state(layers.back(), rng.normals(h).data(), v.data(), 0.f, 1, nullptr), SN_SUCCESS);
+    void *wd = nullptr, *od = nullptr;
+    ASSERT_EQ(cudaMalloc(&wd, M.size() * 4), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&od, M.size() * 4), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(wd, M.data(), M.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    W.push_back(wd);
+    O.push_back(od);
+    double na = 0, nb = 0;
+    for (float x : a) na += double(x) * x;
+    for (float x : b) nb += double(x) * x;
+    sigma.push_back(std::sqrt(na * nb));
+  }
+  GroupPtr g;
+  ASSERT_EQ(sn_group_create(&g.p, layers.data(), const_cast<const void *const *>(W.data()), O.data(), 2),
+            SN_SUCCESS)
+      << sn_last_error_message();
+  ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  for (size_t k = 0; k < layers.size(); ++k) {
+    SCOPED_TRACE("w = " + std::to_string(widths[k]));
+    EXPECT_EQ(get_state(layers[k]).sigma, 0.f);
+    uint32_t health = 0;
+    ASSERT_EQ(sn_layer_get_health(layers[k], &health, 0, nullptr), SN_SUCCESS);
+    EXPECT_EQ(health, uint32_t(SN_HEALTH_ZERO));
+    std::vector<float> out(static_cast<size_t>(h * widths[k]));
+    ASSERT_EQ(cudaMemcpy(out.data(), O[k], out.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (float x : out) ASSERT_EQ(x, 0.f) << "no σ yet: W · 0";
+  }
+  // The next training forward starts from ones: σ of the rank-1 M in one iteration.
+  ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  for (size_t k = 0; k < layers.size(); ++k) {
+    SCOPED_TRACE("w = " + std::to_string(widths[k]));
+    EXPECT_NEAR(get_state(layers[k]).sigma / sigma[k], 1.0, 1e-5);
+    uint32_t health = 0;
+    ASSERT_EQ(sn_layer_get_health(layers[k], &health, 0, nullptr), SN_SUCCESS);
+    EXPECT_EQ(health, uint32_t(SN_HEALTH_ZERO | SN_HEALTH_RECOVERED));
+  }
+  for (size_t k = 0; k < W.size(); ++k) {
+    cudaFree(W[k]);
+    cudaFree(O[k]);
   }
 }
 
