@@ -274,14 +274,18 @@ __device__ void divide_range(const sn_group_entry_t &e, int64_t k0, int64_t k1, 
   auto scale = [&](float x) { return sig > 0.f ? (x / d) * g : x * 0.f; };
   const T *in = static_cast<const T *>(e.W);
   T *out = static_cast<T *>(e.W_sn);
-  int64_t k = k0 + 4 * threadIdx.x;
-  if (vec4_aligned<T>(e.W) && vec4_aligned<T>(e.W_sn)) {  // k0 is a multiple of 4
-    for (; k + 3 < k1; k += 4 * kBlock) {
-      float4 x = Vec4<T>::load(in + k);
-      x = make_float4(scale(x.x), scale(x.y), scale(x.z), scale(x.w));
-      Vec4<T>::store(out + k, x);
+  constexpr int E = kWide<T>;  // 16 bytes
+  using V = VecN<T, E>;
+  int64_t k = k0 + E * threadIdx.x;
+  if (aligned16(e.W) && aligned16(e.W_sn)) {  // k0 is a multiple of 8, so of E
+    for (; k + E - 1 < k1; k += E * kBlock) {
+      float x[E];
+      V::cvt(V::load_raw(in + k), x);
+#pragma unroll
+      for (int q = 0; q < E; ++q) x[q] = scale(x[q]);
+      V::store(out + k, x);
     }
-    // The tail (< 4 elements at the end of the layer) goes to the thread the loop stopped at.
+    // The tail (< E elements at the end of the layer) goes to the thread the loop stopped at.
     for (; k < k1; ++k) out[k] = from_f<T>(scale(to_f(in[k])));
   } else {
     for (k = k0 + threadIdx.x; k < k1; k += kBlock) out[k] = from_f<T>(scale(to_f(in[k])));
@@ -314,7 +318,7 @@ __global__ void __launch_bounds__(kBlock) group_commit_kernel(sn_cuda_group_t G,
     }
   }
   if (!e.W_sn) return;
-  const int64_t chunk = ((e.numel + e.div_blocks - 1) / e.div_blocks + 3) / 4 * 4;
+  const int64_t chunk = ((e.numel + e.div_blocks - 1) / e.div_blocks + 7) / 8 * 8;
   const int64_t k0 = (int64_t)c * chunk, k1 = min(e.numel, k0 + chunk);
   if (k0 >= k1) return;
   switch (e.dtype) {
@@ -348,8 +352,7 @@ extern "C" int sn_cuda_group_row_blocks(int64_t h, int warp_k, int sm_count) {
 }
 
 extern "C" int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w) {
-  return (int)cudaFuncSetAttribute(sn::group_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   (int)sn::rows_smem(max_w, max_warp_w));
+  return (int)sn::allow_shared_memory(sn::group_rows_kernel, sn::rows_smem(max_w, max_warp_w));
 }
 
 extern "C" int sn_cuda_group_forward(const sn_cuda_group_t *G, int training, sn_stream_t stream_handle) {

@@ -299,9 +299,8 @@ cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *
   auto *train = one_pass_rows_kernel<NT, VPT, T, E, false>;
   auto *eval = one_pass_rows_kernel<NT, VPT, T, E, true>;
   if (prep) {
-    cudaError_t e = cudaFuncSetAttribute(eval, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e == cudaSuccess)
-      e = cudaFuncSetAttribute(train, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    cudaError_t e = allow_shared_memory(eval, smem);
+    if (e == cudaSuccess) e = allow_shared_memory(train, smem);
     if (e == cudaSuccess)
       e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&prep->blocks_per_sm, train, NT, smem);
     if (e == cudaSuccess && prep->cluster > 1) {

@@ -158,10 +158,10 @@ int64_t one_pass_cols_panels(int64_t w) { return (w + kPanelCols - 1) / kPanelCo
 int64_t one_pass_cols_reduce_blocks(int64_t h) { return (h + kBlock - 1) / kBlock; }
 
 cudaError_t one_pass_cols_prepare(const sn_cuda_plan_t &plan) {
-  const int smem = (int)panel_smem(plan.view.h, plan.dtype);
+  const size_t smem = panel_smem(plan.view.h, plan.dtype);
   auto run = [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
-    return cudaFuncSetAttribute(panel_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    return allow_shared_memory(panel_kernel<T>, smem);
   };
   return SN_DISPATCH_DTYPE(plan.dtype, run);
 }

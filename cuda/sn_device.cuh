@@ -91,6 +91,23 @@ __device__ __forceinline__ void pdl_enter() {
 #endif
 }
 
+// Let `kernel` use as much dynamic shared memory as the current device gives a block, and check
+// that `need` bytes fit. The limit is a property of the kernel for the whole process: setting it
+// to each layer's own need would let a later, smaller layer lower it under an earlier layer's
+// launches, so it is only ever set to the device's maximum.
+template <class K>
+cudaError_t allow_shared_memory(K *kernel, size_t need) {
+  int dev = 0, optin = 0;
+  cudaFuncAttributes fa{};
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (e == cudaSuccess) e = cudaFuncGetAttributes(&fa, kernel);
+  if (e != cudaSuccess) return e;
+  const size_t avail = (size_t)optin > fa.sharedSizeBytes ? (size_t)optin - fa.sharedSizeBytes : 0;
+  if (need > avail) return cudaErrorInvalidValue;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)avail);
+}
+
 // kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when pdl
 // (only set on devices of compute capability 9.0 and up). Returns the launch's error.
 template <class... P, class... A>

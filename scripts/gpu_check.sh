@@ -219,27 +219,17 @@ fi
 
 # ---- (c) ctest ------------------------------------------------------------------------------
 if [[ $CONFIGURED -eq 1 ]]; then
-  run_step ctest "$OUT/tests.log" 180 150 \
+  run_step ctest "$OUT/tests.log" 200 300 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" \
     ctest --test-dir "$BUILD" --output-on-failure -j "${SN_CTEST_J:-1}" --timeout 150
 else
   skip_step ctest "$OUT/tests.log" "configure failed"
 fi
 
-# ---- the GPU tests again under the launch variants of SPECNORM_TUNE (cuda/forward.cu) ---------
-# Programmatic dependent launch and 4-block clusters on every layer the tests create.
-if [[ -x "$GPU_TESTS" ]]; then
-  run_step tune_tests "$OUT/tests.log" 90 150 \
-    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_TUNE_TESTS:-pdl=1,op_cluster=4}" \
-    "$GPU_TESTS" --gtest_brief=1 "--gtest_filter=${SN_TUNE_TESTS_FILTER:-Shapes/*:GpuTraining.*:Gpu.*:Backends/*-GpuLarge.*}"
-else
-  skip_step tune_tests "$OUT/tests.log" "no $GPU_TESTS"
-fi
-
 # ---- example: the training loop of examples/ on the GPU -----------------------------------------
 EXAMPLE="$BUILD/examples/train_lipschitz"
 if [[ -x "$EXAMPLE" ]]; then
-  run_step example "$OUT/tests.log" 60 150 env LD_LIBRARY_PATH="$RUN_LD_PATH" "$EXAMPLE"
+  run_step example "$OUT/tests.log" 60 300 env LD_LIBRARY_PATH="$RUN_LD_PATH" "$EXAMPLE"
 else
   skip_step example "$OUT/tests.log" "no $EXAMPLE"
 fi
@@ -252,13 +242,13 @@ if ! command -v python3 > /dev/null; then
 elif [[ ! -f "$REPO/bench/torch_baseline.py" ]]; then
   skip_step torch "$OUT/bench.log" "no bench/torch_baseline.py"
 else
-  run_step torch "$OUT/bench.log" 100 150 \
+  run_step torch "$OUT/bench.log" 100 280 \
     python3 "$REPO/bench/torch_baseline.py" "${WORKLOADS[@]}" --json "$OUT/torch.json"
 fi
 TORCH_ARGS=()
 [[ -s "$OUT/torch.json" ]] && TORCH_ARGS=(--torch "$OUT/torch.json")
 if [[ -x "$SN_BENCH" ]]; then
-  run_step sn_bench "$OUT/bench.log" 150 60 \
+  run_step sn_bench "$OUT/bench.log" 150 250 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" \
     "$SN_BENCH" "${WORKLOADS[@]}" "${TORCH_ARGS[@]}" --json "$OUT/bench.json" --csv "$OUT/bench.csv"
 else
@@ -275,28 +265,75 @@ else
     python3 "$REPO/bench/plot.py" "$OUT/bench.json" "$OUT/torch.json" -o "$OUT/speedup.png"
 fi
 
+# ---- (f) compute-sanitizer: memcheck and racecheck right after the benchmark, initcheck and
+# synccheck last (the variants and ncu steps between them) ------------------------------------
+GTEST_ARGS=(--gtest_brief=1)
+API_ERR_ARGS=()
+if [[ -n "$SANITIZER" && "$("$SANITIZER" --help 2>&1)" == *--report-api-errors* ]]; then
+  API_ERR_ARGS=(--report-api-errors "${SN_SANITIZER_API_ERRORS:-no}")
+fi
+# The largest shapes run in ctest; under the sanitizers they would take minutes. Every kernel
+# variant still runs (8x16384 keeps the widest one-pass variant).
+SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*}"
+[[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
+sanitize() {  # sanitize TOOL...
+ local tool cap reserve
+ for tool in "$@"; do
+  if [[ -z "$SANITIZER" ]]; then
+    skip_step "$tool" "$OUT/tests.log" "compute-sanitizer not found"
+  elif [[ ! -x "$GPU_TESTS" ]]; then
+    skip_step "$tool" "$OUT/tests.log" "no $GPU_TESTS"
+  else
+    extra=()
+    [[ $tool == memcheck ]] && extra=(--leak-check full)
+    case $tool in memcheck|racecheck) cap=100; reserve=180 ;; *) cap=60; reserve=0 ;; esac
+    args=("${GTEST_ARGS[@]}")
+    # racecheck is the slowest tool: it takes the tests that run each kernel family once
+    # (shapes, one-pass variants, groups, backward, health), unless SN_RACECHECK_FILTER says.
+    [[ $tool == racecheck ]] && args=(--gtest_brief=1 "--gtest_filter=${SN_RACECHECK_FILTER-Shapes/*:Gpu.OnePass*:GroupGpu.*:GpuTraining.Backward*:Backends/Health.*-*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*}")
+    run_step "$tool" "$OUT/tests.log" "$cap" "$reserve" \
+      env LD_LIBRARY_PATH="$RUN_LD_PATH" \
+      "$SANITIZER" --tool "$tool" --error-exitcode 1 "${extra[@]}" \
+      "${API_ERR_ARGS[@]}" \
+      "$GPU_TESTS" "${args[@]}"
+  fi
+ done
+}
+
+sanitize memcheck racecheck
+
+# ---- the GPU tests again under the launch variants of SPECNORM_TUNE (cuda/forward.cu) ---------
+# Programmatic dependent launch and 4-block clusters on every layer the tests create.
+if [[ -x "$GPU_TESTS" ]]; then
+  run_step tune_tests "$OUT/tests.log" 90 180 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_TUNE_TESTS:-pdl=1,op_cluster=4}" \
+    "$GPU_TESTS" --gtest_brief=1 "--gtest_filter=${SN_TUNE_TESTS_FILTER:-Shapes/*:GpuTraining.*:Gpu.*:Backends/*-GpuLarge.*}"
+else
+  skip_step tune_tests "$OUT/tests.log" "no $GPU_TESTS"
+fi
+
 # ---- variants of the one-pass kernel (cuda/forward.cu, SPECNORM_TUNE), timed side by side ----
 # shellcheck disable=SC2206
 VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 --mode train,scale,eval})
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_bps=1 op_bps=2 op_cluster=2 op_cluster=4 op_cluster=8 op_bps=1,op_cluster=4}"
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_bps=1 op_cluster=2 op_cluster=4 pdl=1 pdl=1,op_cluster=4}"
 variants() {
   local t rc=0
   for t in "${TUNES[@]}"; do
     echo "################ SPECNORM_TUNE=$t"
     if [[ $t == default ]]; then
-      env -u SPECNORM_TUNE "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-check --reps 100 || rc=1
+      env -u SPECNORM_TUNE "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-check --reps 50 || rc=1
     else
-      SPECNORM_TUNE="$t" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-check --reps 100 || rc=1
+      SPECNORM_TUNE="$t" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-check --reps 50 || rc=1
     fi
   done
   echo "################ legacy order: one pass by columns against two passes"
   env -u SPECNORM_TUNE "$SN_BENCH" --shape 768x4096 --shape 512x16384 --shape 1536x4608 \
     --preset sngan-cifar10 --order v-first --algo all --dtype f32,bf16 --mode train,scale \
-    --no-baseline --no-group --reps 100 || rc=1
+    --no-baseline --no-group --reps 50 || rc=1
   return $rc
 }
 if [[ -x "$SN_BENCH" ]]; then
-  run_step variants "$OUT/bench.log" 120 150 \
+  run_step variants "$OUT/bench.log" 90 130 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" bash -c "$(declare -p VARIANT_WL TUNES SN_BENCH); $(declare -f variants); variants"
 else
   skip_step variants "$OUT/bench.log" "no $SN_BENCH"
@@ -311,7 +348,7 @@ if [[ -z "$NCU" ]]; then
 elif [[ ! -x "$SN_BENCH" ]]; then
   skip_step ncu "$OUT/bench.log" "no $SN_BENCH"
 else
-  run_step ncu "$OUT/bench.log" 90 120 \
+  run_step ncu "$OUT/bench.log" 60 70 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" \
     "$NCU" --clock-control none --cache-control none --csv --print-units base \
     --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
@@ -319,36 +356,7 @@ else
     "$SN_BENCH" "${NCU_WL[@]}" --no-baseline --no-graph --no-check --reps 2 --warmup 1 --batch 1 --no-rotate
 fi
 
-# ---- (f) compute-sanitizer, last: the benchmark numbers come first if time runs short -------
-GTEST_ARGS=(--gtest_brief=1)
-API_ERR_ARGS=()
-if [[ -n "$SANITIZER" && "$("$SANITIZER" --help 2>&1)" == *--report-api-errors* ]]; then
-  API_ERR_ARGS=(--report-api-errors "${SN_SANITIZER_API_ERRORS:-no}")
-fi
-# The largest shapes run in ctest; under the sanitizers they would take minutes. Every kernel
-# variant still runs (8x16384 keeps the widest one-pass variant).
-SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*}"
-[[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
-for tool in memcheck racecheck initcheck synccheck; do
-  if [[ -z "$SANITIZER" ]]; then
-    skip_step "$tool" "$OUT/tests.log" "compute-sanitizer not found"
-  elif [[ ! -x "$GPU_TESTS" ]]; then
-    skip_step "$tool" "$OUT/tests.log" "no $GPU_TESTS"
-  else
-    extra=()
-    [[ $tool == memcheck ]] && extra=(--leak-check full)
-    case $tool in memcheck|racecheck) cap=120 ;; *) cap=60 ;; esac
-    args=("${GTEST_ARGS[@]}")
-    # racecheck is the slowest tool: it takes the tests that run each kernel family once
-    # (shapes, one-pass variants, groups, backward, health), unless SN_RACECHECK_FILTER says.
-    [[ $tool == racecheck ]] && args=(--gtest_brief=1 "--gtest_filter=${SN_RACECHECK_FILTER-Shapes/*:Gpu.OnePass*:GroupGpu.*:GpuTraining.Backward*:Backends/Health.*-*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*}")
-    run_step "$tool" "$OUT/tests.log" "$cap" 0 \
-      env LD_LIBRARY_PATH="$RUN_LD_PATH" \
-      "$SANITIZER" --tool "$tool" --error-exitcode 1 "${extra[@]}" \
-      "${API_ERR_ARGS[@]}" \
-      "$GPU_TESTS" "${args[@]}"
-  fi
-done
+sanitize initcheck synccheck
 
 # ---- (g) summary ----------------------------------------------------------------------------
 # Keep $OUT to the 8 files the caller fetches: drop anything a step wrote besides them.

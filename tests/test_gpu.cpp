@@ -183,6 +183,27 @@ TEST(Gpu, UnalignedWeight) {
   compare_backends(Case{{64, 40}, 0, SN_ORDER_V_FIRST, 1}, rng, 3, 15, 3);
 }
 
+// A kernel's shared-memory limit is process-wide: a layer created later with a smaller need (the
+// same one-pass instance, 512 threads × 8 packs, for w = 16384 and w = 9000) must not break an
+// earlier layer's launches.
+TEST(Gpu, LaterSmallerLayerKeepsEarlierLaunchesWorking) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  sn_layer_desc_t big = make_desc({64, 16384}, SN_BACKEND_CUDA), small = make_desc({64, 9000}, SN_BACKEND_CUDA);
+  big.algo = small.algo = SN_ALGO_ONE_PASS;
+  big.order = small.order = SN_ORDER_U_FIRST;
+  LayerPtr a(big);
+  ASSERT_TRUE(a.p);
+  LayerPtr b(small);
+  ASSERT_TRUE(b.p);
+  DevBuf W(64 * 16384), out(64 * 16384);
+  W.upload(rng.normals(64 * 16384));
+  ASSERT_EQ(sn_forward(a, W.p, out.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_forward(b, W.p, out.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_forward(a, W.p, out.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  CUDA_OK(cudaDeviceSynchronize());
+}
+
 TEST(Gpu, OneDimensionalWeight) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
