@@ -96,6 +96,11 @@ bool device_is_sm90_or_later() {
 
 }  // namespace
 
+extern "C" int sn_cuda_tune_pdl(void) {
+  const Tune tune = read_tune();
+  return (tune.pdl >= 0 ? tune.pdl : kDefaultPdl) && device_is_sm90_or_later();
+}
+
 extern "C" int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype) {
   if (order == SN_ORDER_V_FIRST) return sn::one_pass_cols_fits(view.h, dtype);
   return order == SN_ORDER_U_FIRST && view.A == 1 && view.B % 4 == 0 && view.B <= 16384;
@@ -110,7 +115,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   plan->eps = eps;
   plan->sm_count = sm_count > 0 ? sm_count : 1;
   const Tune tune = read_tune();
-  plan->pdl = (tune.pdl >= 0 ? tune.pdl : kDefaultPdl) && device_is_sm90_or_later();
+  plan->pdl = sn_cuda_tune_pdl();
   const int64_t h = view.h, w = view.A * view.B;
   const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over
 

@@ -216,6 +216,7 @@ __device__ void warp_rows(const sn_group_entry_t &e, int g, int iter, bool train
 // 40 loads in flight without spilling (v and s are in shared memory for that reason), while the
 // block path (46 registers on its own) keeps 3 blocks per multiprocessor instead of 5.
 __global__ void __launch_bounds__(kBlock, 3) group_rows_kernel(sn_cuda_group_t G, int iter, bool training) {
+  pdl_enter();
   extern __shared__ float4 group_sm[];
   __shared__ float acc_sm[kWarps];
   const int L = find_layer(G.row_starts, G.count, blockIdx.x);
@@ -240,6 +241,7 @@ __global__ void __launch_bounds__(kBlock, 3) group_rows_kernel(sn_cuda_group_t G
 }
 
 __global__ void __launch_bounds__(kBlock) group_reduce_kernel(sn_cuda_group_t G, int iter, bool training) {
+  pdl_enter();
   const int L = find_layer(G.red_starts, G.count, blockIdx.x);
   const sn_group_entry_t &e = G.entries[L];
   if (iter >= (training ? e.n_iters : 1)) return;
@@ -293,6 +295,7 @@ __device__ void divide_range(const sn_group_entry_t &e, int64_t k0, int64_t k1, 
 }
 
 __global__ void __launch_bounds__(kBlock) group_commit_kernel(sn_cuda_group_t G, bool training) {
+  pdl_enter();
   const int L = find_layer(G.div_starts, G.count, blockIdx.x);
   const sn_group_entry_t &e = G.entries[L];
   const int c = blockIdx.x - e.div_block0;
@@ -359,12 +362,13 @@ extern "C" int sn_cuda_group_forward(const sn_cuda_group_t *G, int training, sn_
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   const int iters = training ? G->max_iters : 1;
   for (int k = 0; k < iters; ++k) {
-    sn::group_rows_kernel<<<G->row_total, sn::kBlock, sn::rows_smem(G->max_w, G->max_warp_w), stream>>>(*G, k, training != 0);
-    cudaError_t e = cudaGetLastError();
+    const bool tr = training != 0;
+    cudaError_t e = sn::launch(G->pdl, sn::group_rows_kernel, G->row_total, sn::kBlock,
+                               sn::rows_smem(G->max_w, G->max_warp_w), stream, *G, k, tr);
     if (e != cudaSuccess) return (int)e;
-    sn::group_reduce_kernel<<<G->red_total, sn::kBlock, 0, stream>>>(*G, k, training != 0);
-    if ((e = cudaGetLastError()) != cudaSuccess) return (int)e;
+    e = sn::launch(G->pdl, sn::group_reduce_kernel, G->red_total, sn::kBlock, 0, stream, *G, k, tr);
+    if (e != cudaSuccess) return (int)e;
   }
-  sn::group_commit_kernel<<<G->div_total, sn::kBlock, 0, stream>>>(*G, training != 0);
-  return (int)cudaGetLastError();
+  return (int)sn::launch(G->pdl, sn::group_commit_kernel, G->div_total, sn::kBlock, 0, stream, *G,
+                         training != 0);
 }

@@ -164,7 +164,8 @@ typedef struct {
 typedef struct {
   int count;
   int max_iters;
-  int64_t max_w;      /* the widest layer's w */
+  int64_t max_w;
+  int pdl;          /* launches overlap the kernel boundaries (see sn_cuda_plan_t.pdl) */      /* the widest layer's w */
   int64_t max_warp_w; /* the widest w of the layers with warp_k > 0 (0: none) */
   int row_total, red_total, div_total;
   const sn_group_entry_t *entries; /* device */
@@ -174,6 +175,10 @@ typedef struct {
 /* The rows kernel's warp_k for a layer of w columns: 0 (a block per row) when w is too wide for a
  * warp per row. */
 int sn_cuda_group_warp_k(int64_t w);
+/* Whether launches on the current device use programmatic dependent launch (SPECNORM_TUNE,
+ * cuda/forward.cu). */
+int sn_cuda_tune_pdl(void);
+
 /* Blocks of the rows kernel for a layer of h rows on `sm_count` multiprocessors, with a block
  * (warp_k == 0) or a warp (warp_k > 0) per row. */
 int sn_cuda_group_row_blocks(int64_t h, int warp_k, int sm_count);

@@ -164,6 +164,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
       c->count = g->count;
       c->max_iters = max_iters;
       c->max_w = max_w;
+      c->pdl = sn_cuda_tune_pdl();
       c->max_warp_w = max_warp_w;
       c->row_total = rows;
       c->red_total = red;

@@ -307,7 +307,7 @@ sanitize memcheck racecheck
 if [[ -x "$GPU_TESTS" ]]; then
   run_step tune_tests "$OUT/tests.log" 90 180 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_TUNE_TESTS:-pdl=1,op_cluster=4}" \
-    "$GPU_TESTS" --gtest_brief=1 "--gtest_filter=${SN_TUNE_TESTS_FILTER:-Shapes/*:GpuTraining.*:Gpu.*:Backends/*-GpuLarge.*}"
+    "$GPU_TESTS" --gtest_brief=1 "--gtest_filter=${SN_TUNE_TESTS_FILTER:-Shapes/*:GpuTraining.*:Gpu.*:GroupGpu.*:Backends/*-GpuLarge.*}"
 else
   skip_step tune_tests "$OUT/tests.log" "no $GPU_TESTS"
 fi
