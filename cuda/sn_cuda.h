@@ -164,9 +164,9 @@ typedef struct {
 typedef struct {
   int count;
   int max_iters;
-  int64_t max_w;
-  int pdl;          /* launches overlap the kernel boundaries (see sn_cuda_plan_t.pdl) */      /* the widest layer's w */
+  int64_t max_w;      /* the widest layer's w */
   int64_t max_warp_w; /* the widest w of the layers with warp_k > 0 (0: none) */
+  int pdl;            /* launches overlap the kernel boundaries (see sn_cuda_plan_t.pdl) */
   int row_total, red_total, div_total;
   const sn_group_entry_t *entries; /* device */
   const int *row_starts, *red_starts, *div_starts; /* device, count each: first block per layer */
