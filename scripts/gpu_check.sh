@@ -326,6 +326,9 @@ variants() {
       SPECNORM_TUNE="$t" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-check --reps 50 || rc=1
     fi
   done
+  echo "################ SPECNORM_TUNE=pdl=1: presets, per layer and grouped"
+  SPECNORM_TUNE=pdl=1 "$SN_BENCH" --preset sngan-cifar10 --preset vit-b16 --mode train,scale \
+    --no-baseline --no-check --reps 50 || rc=1
   echo "################ legacy order: one pass by columns against two passes"
   env -u SPECNORM_TUNE "$SN_BENCH" --shape 768x4096 --shape 512x16384 --shape 1536x4608 \
     --preset sngan-cifar10 --order v-first --algo all --dtype f32,bf16 --mode train,scale \
