@@ -251,7 +251,7 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
     env.set(tune);
     for (const Case &c : {Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS},
                           Case{{777, 8192}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
-                          Case{{600, 16384}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
+                          Case{{300, 16384}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
                           Case{{9, 64}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}}) {
       compare_backends(c, rng, 3, 2);
       sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
