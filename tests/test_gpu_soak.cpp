@@ -38,6 +38,22 @@ TEST(GpuSoak, HundredThousandStepsStayUnitNormAndStable) {
   ASSERT_EQ(cudaMemcpy(dW, W.data(), h * w * 4, cudaMemcpyHostToDevice), cudaSuccess);
   cudaStream_t s;
   ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  // The driver keeps memory of its own after the first graph is instantiated (2 MiB on an H100,
+  // whoever made the graph): take the baseline after one short round of the same work.
+  {
+    LayerPtr l(make_desc({h, w}, SN_BACKEND_CUDA));
+    ASSERT_EQ(sn_forward(l, dW, dOut, 1, s), SN_SUCCESS);
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+    ASSERT_EQ(sn_forward(l, dW, dOut, 1, s), SN_SUCCESS);
+    ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
   const size_t free_before = free_device_bytes();
   {
     LayerPtr l(make_desc({h, w}, SN_BACKEND_CUDA));
@@ -66,7 +82,9 @@ TEST(GpuSoak, HundredThousandStepsStayUnitNormAndStable) {
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
   }
-  EXPECT_EQ(free_device_bytes(), free_before) << "device memory returned after destroy";
+  // Free memory may grow (the driver returns reservations of its own in 2 MiB steps) but must
+  // not shrink: that would be a leak.
+  EXPECT_GE(free_device_bytes(), free_before) << "device memory returned after destroy";
   cudaStreamDestroy(s);
   cudaFree(dW);
   cudaFree(dOut);
@@ -79,7 +97,7 @@ TEST(GpuSoak, CreateDestroyLeaksNothing) {
     LayerPtr l(make_desc({int64_t(1 + k % 97), int64_t(3 + k % 61)}, SN_BACKEND_CUDA));
     ASSERT_TRUE(l.p);
   }
-  EXPECT_EQ(free_device_bytes(), before);
+  EXPECT_GE(free_device_bytes(), before) << "free memory must not shrink";
 }
 
 TEST(GpuSoak, DeviceMemoryExhaustionIsAnAllocationStatus) {
@@ -93,7 +111,7 @@ TEST(GpuSoak, DeviceMemoryExhaustionIsAnAllocationStatus) {
   sn_layer_desc_t d = make_desc({rows, 1}, SN_BACKEND_CUDA);
   EXPECT_EQ(sn_layer_create(&l, &d), SN_ERROR_ALLOCATION) << sn_last_error_message();
   EXPECT_EQ(l, nullptr);
-  EXPECT_EQ(free_device_bytes(), before) << "nothing leaked by the failed creation";
+  EXPECT_GE(free_device_bytes(), before) << "nothing leaked by the failed creation";
   // The device is still usable.
   LayerPtr ok(make_desc({8, 8}, SN_BACKEND_CUDA));
   EXPECT_TRUE(ok.p);
