@@ -88,8 +88,12 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
   auto run = [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
     const bool wide = a.W_sn && aligned16(a.W) && aligned16(a.W_sn);
+    // Without W_sn there is only u, v and σ to commit: blocks for max(h, w) threads.
+    const int64_t hw = plan.view.h > p.w ? plan.view.h : p.w;
+    const int64_t small = (hw + kBlock - 1) / kBlock;
+    const int blocks = a.W_sn || small >= plan.div_blocks ? plan.div_blocks : (int)small;
     return launch(plan.pdl, wide ? commit_divide_kernel<true, T> : commit_divide_kernel<false, T>,
-                  plan.div_blocks, kBlock, 0, stream, p);
+                  blocks, kBlock, 0, stream, p);
   };
   return SN_DISPATCH_DTYPE(plan.dtype, run);
 }

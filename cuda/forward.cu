@@ -168,7 +168,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     }
     plan->op_cluster = cluster;
     plan->op_blocks = (int)clamp64(blocks, 1, h);
-    op_sq = (view.B / 4 + 15) / 16;
+    op_sq = sn::one_pass_reduce_blocks(view.B / 4);
   }
 
   *workspace_bytes = 0;
@@ -202,7 +202,7 @@ extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
   plan->op_tsq = p;
   p += pad(op_tsq_floats(*plan));
   plan->op_sq = p;
-  p += pad(plan->one_pass && !plan->one_pass_cols ? (plan->view.B / 4 + 15) / 16 : 0);
+  p += pad(plan->one_pass && !plan->one_pass_cols ? sn::one_pass_reduce_blocks(plan->view.B / 4) : 0);
   plan->oc_ssq = p;
   p += pad(plan->one_pass_cols ? sn::one_pass_cols_panels(w) : 0);
   plan->bw_part = p;

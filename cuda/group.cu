@@ -1,6 +1,6 @@
 // Grouped forward: every layer of a model in 3 launches per power iteration, whatever the number
 // of layers. Each kernel's grid is the concatenation of the layers' grids; a block finds its layer
-// by binary search over the layers' first blocks, then works like the per-layer kernels:
+// in a block -> layer table (one load), then works like the per-layer kernels:
 //   rows    one pass over each row (SPEC.md, "One pass per iteration"): t_i = M_i · v, then
 //           s += t_i M_iᵀ with the row taken again from registers or L1/L2. Eval: t_i and Σ u_i t_i
 //           only. Bytes: numel·sizeof(T) from DRAM, plus row_blocks·w·4 of partials. Two bodies,
@@ -31,14 +31,6 @@ constexpr int kRowsPerBlock = 16;  // rows kernel, a block per row: about this m
 constexpr int kWarpMaxK = 40;      // rows kernel, a warp per row: up to 32·40 = 1280 columns
 constexpr int kRedCols = kBlock;   // reduce kernel: columns per block
 
-__device__ int find_layer(const int *starts, int count, int block) {
-  int lo = 0, hi = count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (starts[mid] <= block) lo = mid; else hi = mid - 1;
-  }
-  return lo;
-}
 
 template <class T>
 __device__ __forceinline__ float load1(const void *W, int64_t k) {
@@ -219,8 +211,8 @@ __global__ void __launch_bounds__(kBlock, 3) group_rows_kernel(sn_cuda_group_t G
   pdl_enter();
   extern __shared__ float4 group_sm[];
   __shared__ float acc_sm[kWarps];
-  const int L = find_layer(G.row_starts, G.count, blockIdx.x);
-  const sn_group_entry_t &e = G.entries[L];
+  const int L = G.row_layer[blockIdx.x];
+  const sn_group_entry_t e = G.entries[L];  // a copy: its fields stay in registers across stores
   if (iter >= (training ? e.n_iters : 1)) return;
   float *v_sm = reinterpret_cast<float *>(group_sm);
   const int g = blockIdx.x - e.row_block0;
@@ -242,8 +234,8 @@ __global__ void __launch_bounds__(kBlock, 3) group_rows_kernel(sn_cuda_group_t G
 
 __global__ void __launch_bounds__(kBlock) group_reduce_kernel(sn_cuda_group_t G, int iter, bool training) {
   pdl_enter();
-  const int L = find_layer(G.red_starts, G.count, blockIdx.x);
-  const sn_group_entry_t &e = G.entries[L];
+  const int L = G.red_layer[blockIdx.x];
+  const sn_group_entry_t e = G.entries[L];  // a copy: its fields stay in registers across stores
   if (iter >= (training ? e.n_iters : 1)) return;
   const int c = blockIdx.x - e.red_block0;
   float acc = 0.f;
@@ -296,8 +288,8 @@ __device__ void divide_range(const sn_group_entry_t &e, int64_t k0, int64_t k1, 
 
 __global__ void __launch_bounds__(kBlock) group_commit_kernel(sn_cuda_group_t G, bool training) {
   pdl_enter();
-  const int L = find_layer(G.div_starts, G.count, blockIdx.x);
-  const sn_group_entry_t &e = G.entries[L];
+  const int L = G.div_layer[blockIdx.x];
+  const sn_group_entry_t e = G.entries[L];  // a copy: its fields stay in registers across stores
   const int c = blockIdx.x - e.div_block0;
   const float sig_new = e.scal[training ? SN_SCAL_SIG_S : SN_SCAL_SIG_DOT];
   const bool good = sn_sigma_usable(sig_new);

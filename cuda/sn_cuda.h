@@ -169,7 +169,8 @@ typedef struct {
   int pdl;            /* launches overlap the kernel boundaries (see sn_cuda_plan_t.pdl) */
   int row_total, red_total, div_total;
   const sn_group_entry_t *entries; /* device */
-  const int *row_starts, *red_starts, *div_starts; /* device, count each: first block per layer */
+  const int *row_layer, *red_layer, *div_layer; /* device: the layer of each block of the rows,
+                                                   reduce and commit kernels */
 } sn_cuda_group_t;
 
 /* The rows kernel's warp_k for a layer of w columns: 0 (a block per row) when w is too wide for a

@@ -79,12 +79,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
   cudaError_t e = cudaDeviceGetAttribute(&sm, cudaDevAttrMultiProcessorCount, g->device);
   if (e != cudaSuccess) return sn__cuda_fail((int)e, "cudaDeviceGetAttribute(multiprocessor count)");
   sn_group_entry_t *ent = calloc((size_t)g->count, sizeof *ent);
-  int *starts = calloc((size_t)g->count * 3, sizeof *starts);
-  if (!ent || !starts) {
-    free(ent);
-    free(starts);
-    return sn__fail(SN_ERROR_ALLOCATION, "host memory for a group of %d layers", g->count);
-  }
+  if (!ent) return sn__fail(SN_ERROR_ALLOCATION, "host memory for a group of %d layers", g->count);
   /* Sizes first (offsets in floats from the start of the scratch area). */
   size_t floats = 0;
   int rows = 0, red = 0, div = 0, max_iters = 1;
@@ -115,13 +110,11 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     x->red_blocks = (int)((w + 255) / 256);
     x->div_block0 = div;
     const int64_t nb = (l->numel + 4095) / 4096;
-    x->div_blocks = (int)(nb < 1 ? 1 : (nb > 16LL * sm ? 16LL * sm : nb));
+    /* Without W_sn only block 0 works (it commits u, v and σ): one block. */
+    x->div_blocks = !x->W_sn ? 1 : (int)(nb < 1 ? 1 : (nb > 16LL * sm ? 16LL * sm : nb));
     rows += x->row_blocks;
     red += x->red_blocks;
     div += x->div_blocks;
-    starts[k] = x->row_block0;
-    starts[g->count + k] = x->red_block0;
-    starts[2 * g->count + k] = x->div_block0;
     if (x->n_iters > max_iters) max_iters = x->n_iters;
     if (w > max_w) max_w = w;
     if (x->warp_k > 0 && w > max_warp_w) max_warp_w = w;
@@ -129,8 +122,20 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     floats += pad64(h) + pad64(w) + pad64((int64_t)x->row_blocks * w) + pad64(x->row_blocks) +
               pad64(x->red_blocks) + pad64(SN_SCAL_COUNT) + pad64(1);
   }
-  const size_t table = (size_t)g->count * sizeof *ent, starts_bytes = (size_t)g->count * 3 * sizeof(int);
-  const size_t bytes = floats * 4 + table + starts_bytes + 256;
+  /* Each kernel's block -> layer table: a block finds its layer with one load. */
+  const size_t blocks = (size_t)rows + (size_t)red + (size_t)div;
+  int *layer_of = malloc(blocks * sizeof *layer_of);
+  if (!layer_of) {
+    free(ent);
+    return sn__fail(SN_ERROR_ALLOCATION, "host memory for a group of %d layers", g->count);
+  }
+  for (int k = 0; k < g->count; ++k) {
+    for (int b = 0; b < ent[k].row_blocks; ++b) layer_of[ent[k].row_block0 + b] = k;
+    for (int b = 0; b < ent[k].red_blocks; ++b) layer_of[rows + ent[k].red_block0 + b] = k;
+    for (int b = 0; b < ent[k].div_blocks; ++b) layer_of[rows + red + ent[k].div_block0 + b] = k;
+  }
+  const size_t table = (size_t)g->count * sizeof *ent, lut_bytes = blocks * sizeof(int);
+  const size_t bytes = floats * 4 + table + lut_bytes + 256;
   sn_status_t st = SN_SUCCESS;
   e = cudaMalloc(&g->workspace, bytes);
   if (e != cudaSuccess) {
@@ -154,7 +159,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     char *tab = (char *)g->workspace + floats * 4;
     e = cudaMemset(g->workspace, 0, floats * 4);
     if (e == cudaSuccess) e = cudaMemcpy(tab, ent, table, cudaMemcpyHostToDevice);
-    if (e == cudaSuccess) e = cudaMemcpy(tab + table, starts, starts_bytes, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) e = cudaMemcpy(tab + table, layer_of, lut_bytes, cudaMemcpyHostToDevice);
     if (e == cudaSuccess) e = (cudaError_t)sn_cuda_group_prepare(max_w, max_warp_w);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
@@ -170,13 +175,13 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
       c->red_total = red;
       c->div_total = div;
       c->entries = (const sn_group_entry_t *)tab;
-      c->row_starts = (const int *)(tab + table);
-      c->red_starts = c->row_starts + g->count;
-      c->div_starts = c->row_starts + 2 * g->count;
+      c->row_layer = (const int *)(tab + table);
+      c->red_layer = c->row_layer + rows;
+      c->div_layer = c->red_layer + red;
     }
   }
   free(ent);
-  free(starts);
+  free(layer_of);
   return st;
 }
 
