@@ -77,10 +77,21 @@ Tune read_tune() {
   return t;
 }
 
-// Blocks per cluster of the one-pass rows kernel, and whether launches use programmatic
-// dependent launch, when SPECNORM_TUNE does not say.
-constexpr int kDefaultCluster = 1;
-constexpr int kDefaultPdl = 0;
+// Whether launches use programmatic dependent launch when SPECNORM_TUNE does not say (sm_90 and
+// up only). Measured on an H100 (bench/results/2026-11-26-h100, variants): 1-3% off the single
+// layers' forwards, 28 -> 26 µs for the SN-GAN grouped call, 1365 -> 1227 µs for ViT-B/16 layer
+// by layer; every GPU test passed under it.
+constexpr int kDefaultPdl = 1;
+
+// Blocks per cluster of the one-pass rows kernel when SPECNORM_TUNE does not say: 4 when the
+// blocks' partial s (blocks · w floats, written and read again) would be more than 5% of W's
+// bytes, else none. Measured on an H100: 4096² fp32 train 97.9 -> 95.1 µs, scale 48.9 -> 45.6;
+// bf16 65.3 -> 60.5 and 41.0 -> 36.9; 4096 × 16384 fp32 (3% of partials) unchanged.
+int default_cluster(int64_t blocks, sn_view_t view, sn_dtype_t dtype) {
+  const double partials = (double)blocks * (double)view.B * 4.0;
+  const double w_bytes = (double)view.h * (double)view.B * (dtype == SN_DTYPE_FLOAT32 ? 4.0 : 2.0);
+  return partials > 0.05 * w_bytes ? 4 : 1;
+}
 
 // Whether the current device has thread-block clusters and programmatic dependent launch
 // (compute capability 9.0 and up).
@@ -147,19 +158,22 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->one_pass = 1;
     plan->op_elems = sn::one_pass_elems(dtype, view.B);
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
-    int cluster = tune.op_cluster > 0 ? tune.op_cluster : kDefaultCluster;
-    if (cluster > 1 && (cluster > h || !device_is_sm90_or_later())) cluster = 1;
     int per_sm = 0, max_clusters = 0;
-    cudaError_t e = sn::one_pass_prepare(*plan, cluster, &per_sm, &max_clusters);
-    if (e != cudaSuccess && cluster > 1) {  // no clusters after all: the plain grid
-      (void)cudaGetLastError();
-      cluster = 1;
-      e = sn::one_pass_prepare(*plan, cluster, &per_sm, &max_clusters);
-    }
+    cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
     if (e != cudaSuccess) return (int)e;
     if (per_sm < 1) per_sm = 1;
     if (tune.op_bps > 0 && tune.op_bps < per_sm) per_sm = tune.op_bps;
     int64_t blocks = (int64_t)plan->sm_count * per_sm;
+    int cluster = tune.op_cluster > 0 ? tune.op_cluster : default_cluster(blocks, view, dtype);
+    if (cluster > 1 && (cluster > h || !device_is_sm90_or_later())) cluster = 1;
+    if (cluster > 1) {
+      int unused = 0;
+      if (sn::one_pass_prepare(*plan, cluster, &unused, &max_clusters) != cudaSuccess ||
+          max_clusters < 1) {  // no clusters after all: the plain grid
+        (void)cudaGetLastError();
+        cluster = 1;
+      }
+    }
     if (cluster > 1) {
       // Only as many clusters as fit at once: the grid is persistent.
       blocks = clamp64((int64_t)max_clusters * cluster, 0, blocks) / cluster * cluster;

@@ -11,7 +11,8 @@
 #   configure  fresh build dir ($BUILD_DIR, default build-gpu), Ninja, GTest/LAPACKE from .deps
 #   build      ninja -j<all cores> -k 0
 #   ctest      every test, GPU ones included
-#   tune_tests the GPU tests again with SPECNORM_TUNE=pdl=1,op_cluster=4 ($SN_TUNE_TESTS)
+#   tune_tests the GPU tests again with the launches the defaults do not use: SPECNORM_TUNE=pdl=0,
+#              op_cluster=1 ($SN_TUNE_TESTS)
 #   memcheck / racecheck / initcheck / synccheck
 #              compute-sanitizer --error-exitcode 1 over $BUILD_DIR/tests/specnorm_gpu_tests
 #   torch      python3 bench/torch_baseline.py $WORKLOADS --json $OUT/torch.json
@@ -303,10 +304,10 @@ sanitize() {  # sanitize TOOL...
 sanitize memcheck racecheck
 
 # ---- the GPU tests again under the launch variants of SPECNORM_TUNE (cuda/forward.cu) ---------
-# Programmatic dependent launch and 4-block clusters on every layer the tests create.
+# Plain launches and no clusters (the defaults on sm_90 are pdl=1 and clusters where they pay).
 if [[ -x "$GPU_TESTS" ]]; then
   run_step tune_tests "$OUT/tests.log" 90 180 \
-    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_TUNE_TESTS:-pdl=1,op_cluster=4}" \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_TUNE_TESTS:-pdl=0,op_cluster=1}" \
     "$GPU_TESTS" --gtest_brief=1 "--gtest_filter=${SN_TUNE_TESTS_FILTER:-Shapes/*:GpuTraining.*:Gpu.*:GroupGpu.*:Backends/*-GpuLarge.*}"
 else
   skip_step tune_tests "$OUT/tests.log" "no $GPU_TESTS"
