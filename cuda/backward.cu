@@ -51,9 +51,7 @@ __global__ void __launch_bounds__(kBlock) inner_kernel(InnerParams p) {
   acc = block_sum(acc);
   if (threadIdx.x == 0) p.part[blockIdx.x] = acc;
   if (!last_block_to_arrive(p.counter, gridDim.x)) return;
-  float tot = 0.f;
-  for (int k = threadIdx.x; k < (int)gridDim.x; k += kBlock) tot += __ldcg(&p.part[k]);
-  tot = block_sum(tot);
+  const float tot = block_sum_of(p.part, gridDim.x);
   if (threadIdx.x == 0) p.scal[SN_SCAL_GW] = tot;
 }
 

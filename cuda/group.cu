@@ -238,23 +238,14 @@ __global__ void __launch_bounds__(kBlock) group_reduce_kernel(sn_cuda_group_t G,
   const sn_group_entry_t e = G.entries[L];  // a copy: its fields stay in registers across stores
   if (iter >= (training ? e.n_iters : 1)) return;
   const int c = blockIdx.x - e.red_block0;
-  float acc = 0.f;
-  for (int g = threadIdx.x; g < e.row_blocks; g += kBlock) acc += e.tsq[g];
-  acc = block_sum(acc);
+  const float acc = block_sum_of(e.tsq, e.row_blocks);
   if (!training) {
     if (c == 0 && threadIdx.x == 0) e.scal[SN_SCAL_SIG_DOT] = acc;
     return;
   }
   const float m_t = fmaxf(sqrtf(acc), e.eps);
   const int64_t j = (int64_t)c * kRedCols + threadIdx.x;
-  float sq = 0.f;
-  if (j < e.w) {
-    float s = 0.f;
-    for (int g = 0; g < e.row_blocks; ++g) s += e.part[(int64_t)g * e.w + j];
-    s *= 1.f / m_t;
-    e.s[j] = s;
-    sq = s * s;
-  }
+  float sq = j < e.w ? combine_partials(e.part, e.row_blocks, e.w, j, m_t, e.s) : 0.f;
   sq = block_sum(sq);
   if (threadIdx.x == 0) e.sq[c] = sq;
   if (!last_block_to_arrive(e.counter, e.red_blocks)) return;

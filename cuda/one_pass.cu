@@ -219,10 +219,7 @@ constexpr int kColLanes = 4, kPartLanes = kBlock / kColLanes;
 __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p) {
   pdl_enter();
   // max(‖t‖, eps) from the row blocks' partial Σ t², in block order (every block alike).
-  float tsq = 0.f;
-  for (int g = threadIdx.x; g < p.tsq_parts; g += kBlock) tsq += p.tsq[g];
-  tsq = block_sum(tsq);
-  const float m_t = fmaxf(sqrtf(tsq), p.eps);
+  const float m_t = fmaxf(sqrtf(block_sum_of(p.tsq, p.tsq_parts)), p.eps);
 
   const int cl = threadIdx.x % kColLanes, pl = threadIdx.x / kColLanes;
   const int j = blockIdx.x * kColLanes + cl;

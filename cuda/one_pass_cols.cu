@@ -114,25 +114,13 @@ struct ColsReduceParams {
 __global__ void __launch_bounds__(kBlock) cols_reduce_kernel(ColsReduceParams p) {
   pdl_enter();
   // max(‖s‖, eps) from the panels' Σ s², in panel order (every block alike).
-  float ssq = 0.f;
-  for (int k = threadIdx.x; k < p.panels; k += kBlock) ssq += p.ssq[k];
-  ssq = block_sum(ssq);
-  const float m_s = fmaxf(sqrtf(ssq), p.eps);
+  const float m_s = fmaxf(sqrtf(block_sum_of(p.ssq, p.panels)), p.eps);
   const int64_t i = (int64_t)blockIdx.x * kBlock + threadIdx.x;
-  float sq = 0.f;
-  if (i < p.h) {
-    float t = 0.f;
-    for (int k = 0; k < p.panels; ++k) t += p.part[(int64_t)k * p.h + i];
-    t *= 1.f / m_s;
-    p.t[i] = t;
-    sq = t * t;
-  }
+  float sq = i < p.h ? combine_partials(p.part, p.panels, p.h, i, m_s, p.t) : 0.f;
   sq = block_sum(sq);
   if (threadIdx.x == 0) p.tsq[blockIdx.x] = sq;
   if (!last_block_to_arrive(p.counter, gridDim.x)) return;
-  float tot = 0.f;
-  for (int k = threadIdx.x; k < (int)gridDim.x; k += kBlock) tot += __ldcg(&p.tsq[k]);
-  tot = block_sum(tot);
+  const float tot = block_sum_of(p.tsq, gridDim.x);
   if (threadIdx.x == 0) {
     const float m = fmaxf(sqrtf(tot), p.eps);
     p.scal[SN_SCAL_M_T] = m;

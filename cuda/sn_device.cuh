@@ -59,14 +59,32 @@ __device__ __forceinline__ unsigned health_after(unsigned h, float sig, bool tra
   return sn_health_after(h, sig, training ? 1 : 0);
 }
 
+// Σ parts[0..n) over a block of kBlock threads, in a fixed order (thread k adds parts k, k + kBlock,
+// ..., then block_sum's tree); every thread gets it. The parts may have been written by other
+// blocks of this launch: they are read past L1.
+__device__ __forceinline__ float block_sum_of(const float *parts, int64_t n) {
+  float tot = 0.f;
+  for (int64_t k = threadIdx.x; k < n; k += kBlock) tot += __ldcg(&parts[k]);
+  return block_sum(tot);
+}
+
+// out[idx] = (Σ_{k < n} part[k·stride + idx], in k order) / m, for the partial products of n blocks;
+// returns its square (for the norm).
+__device__ __forceinline__ float combine_partials(const float *part, int n, int64_t stride,
+                                                  int64_t idx, float m, float *out) {
+  float x = 0.f;
+  for (int k = 0; k < n; ++k) x += part[(int64_t)k * stride + idx];
+  x *= 1.f / m;
+  out[idx] = x;
+  return x * x;
+}
+
 // The last step of every s = Mᵀ y kernel, in its last block (all threads call it): Σ s² from n
 // partials in order, then scal[M_S] = max(‖s‖, eps) and scal[SIG_S] = ‖s‖² / max(‖s‖, eps), the
 // u-first σ (SPEC.md). The partials were written by other blocks of the launch: read past L1.
 __device__ __forceinline__ void finish_s_norm(const float *sq_parts, int64_t n, float eps,
                                               float *scal) {
-  float tot = 0.f;
-  for (int64_t k = threadIdx.x; k < n; k += kBlock) tot += __ldcg(&sq_parts[k]);
-  tot = block_sum(tot);
+  const float tot = block_sum_of(sq_parts, n);
   if (threadIdx.x == 0) {
     const float m = fmaxf(sqrtf(tot), eps);
     scal[SN_SCAL_M_S] = m;

@@ -294,14 +294,9 @@ TEST(GroupGpu, ZeroStepRestartsFromOnes) {
   for (int64_t w : widths) {
     ls.push_back(std::make_unique<LayerPtr>(make_desc({h, w}, SN_BACKEND_CUDA)));
     layers.push_back(ls.back()->p);
-    // M = a bᵀ with b_0 = 0 and v = e_0: M v = 0, so σ = 0 (exactly, no rounding).
-    std::vector<float> a = rng.normals(h), b = rng.normals(w);
-    b[0] = 0.f;
-    std::vector<float> M(static_cast<size_t>(h * w));
-    for (int64_t i = 0; i < h; ++i)
-      for (int64_t j = 0; j < w; ++j) M[static_cast<size_t>(i * w + j)] = a[static_cast<size_t>(i)] * b[static_cast<size_t>(j)];
-    std::vector<float> v(static_cast<size_t>(w), 0.f);
-    v[0] = 1.f;
+    std::vector<float> v;
+    double sig = 0;
+    const std::vector<float> M = rank1_nulling_e0(rng, h, w, &v, &sig);  // M v = 0: σ = 0
     ASSERT_EQ(sn_layer_set_state(layers.back(), rng.normals(h).data(), v.data(), 0.f, 1, nullptr), SN_SUCCESS);
     void *wd = nullptr, *od = nullptr;
     ASSERT_EQ(cudaMalloc(&wd, M.size() * 4), cudaSuccess);
@@ -309,10 +304,7 @@ TEST(GroupGpu, ZeroStepRestartsFromOnes) {
     ASSERT_EQ(cudaMemcpy(wd, M.data(), M.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
     W.push_back(wd);
     O.push_back(od);
-    double na = 0, nb = 0;
-    for (float x : a) na += double(x) * x;
-    for (float x : b) nb += double(x) * x;
-    sigma.push_back(std::sqrt(na * nb));
+    sigma.push_back(sig);
   }
   GroupPtr g;
   ASSERT_EQ(sn_group_create(&g.p, layers.data(), const_cast<const void *const *>(W.data()), O.data(), 2),

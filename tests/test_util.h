@@ -73,6 +73,25 @@ inline std::vector<float> gapped_matrix(Rng &rng, int64_t h, int64_t w, float bo
   return W;
 }
 
+// A rank-1 h×w matrix M = a bᵀ (row-major) with b_0 = 0, and v = e_0 (returned in *v): M v = 0
+// exactly, with no rounding, so a forward from that v sees σ = 0 (v in the null space of W).
+// *sigma receives M's only singular value, ‖a‖ ‖b‖.
+inline std::vector<float> rank1_nulling_e0(Rng &rng, int64_t h, int64_t w, std::vector<float> *v,
+                                           double *sigma) {
+  std::vector<float> a = rng.normals(h), b = rng.normals(w);
+  b[0] = 0.f;
+  double na = 0, nb = 0;
+  for (float x : a) na += double(x) * x;
+  for (float x : b) nb += double(x) * x;
+  *sigma = std::sqrt(na * nb);
+  std::vector<float> M(static_cast<size_t>(h * w));
+  for (int64_t i = 0; i < h; ++i)
+    for (int64_t j = 0; j < w; ++j) M[static_cast<size_t>(i * w + j)] = a[static_cast<size_t>(i)] * b[static_cast<size_t>(j)];
+  v->assign(static_cast<size_t>(w), 0.f);
+  (*v)[0] = 1.f;
+  return M;
+}
+
 inline int64_t numel_of(const std::vector<int64_t> &shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
