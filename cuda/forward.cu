@@ -93,16 +93,23 @@ int default_cluster(int64_t blocks, sn_view_t view, sn_dtype_t dtype) {
   return partials > 0.05 * w_bytes ? 4 : 1;
 }
 
-// Whether the current device has thread-block clusters and programmatic dependent launch
-// (compute capability 9.0 and up).
+// Compiled like every kernel of the library; only its attributes are read.
+__global__ void arch_probe_kernel() {}
+
+// Whether thread-block clusters and programmatic dependent launch may be used: the current device
+// has them (compute capability 9.0 and up) AND the kernels that run on it were compiled for them.
+// A build for sm_80 only runs on an H100 from compute_80 PTX, whose code has no cluster or
+// griddepcontrol path (__CUDA_ARCH__ = 800): the PTX version of the loaded code says so.
 bool device_is_sm90_or_later() {
   int dev = 0, major = 0;
+  cudaFuncAttributes fa{};
   if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaFuncGetAttributes(&fa, arch_probe_kernel) != cudaSuccess) {
     (void)cudaGetLastError();
     return false;
   }
-  return major >= 9;
+  return major >= 9 && fa.ptxVersion >= 90;
 }
 
 }  // namespace

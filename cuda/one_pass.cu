@@ -176,7 +176,8 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   if (!EVAL) {
     // The block's partial s goes to global memory, or (cluster > 1) to its own shared memory,
     // where the cluster's blocks add it up below.
-    const bool on_chip = kHaveClusters && p.cluster > 1;
+    if (!kHaveClusters && p.cluster > 1) __trap();  // the host checks the code's PTX version
+    const bool on_chip = p.cluster > 1;
     if (on_chip) __syncthreads();  // every thread is done reading v_sm
     float4 *out = on_chip ? v_sm : reinterpret_cast<float4 *>(p.part + (int64_t)blockIdx.x * w);
 #pragma unroll
