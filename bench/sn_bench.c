@@ -26,6 +26,7 @@
 
 #include "sn_bench_json.h"
 #include "sn_bench_kernels.h"
+#include "sn_reference.h" /* sn_load, sn_store: the library's fp16/bf16 conversions */
 #include "specnorm.h"
 
 #ifndef SN_BENCH_COMMIT
@@ -189,52 +190,6 @@ static void human_count(double n, char *buf, size_t size) {
 
 /* ---- Element types and modes ---------------------------------------------------------------- */
 
-/* Host float16 / bfloat16: round-to-nearest-even narrowing and exact widening (the same results
- * as CUDA's __float2half_rn / __half2float and their bfloat16 twins). */
-static uint32_t f32_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return u;
-}
-static float f32_of(uint32_t u) {
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-static float bf16_to_f32(uint16_t h) { return f32_of((uint32_t)h << 16); }
-static uint16_t f32_to_bf16(float f) {
-  uint32_t u = f32_bits(f);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40u);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-static float f16_to_f32(uint16_t h) {
-  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-  const uint32_t e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
-  if (e == 0x1Fu) return f32_of(sign | 0x7F800000u | (m << 13));
-  if (e != 0) return f32_of(sign | ((e + 112u) << 23) | (m << 13));
-  const float mag = (float)m * 5.9604644775390625e-8f; /* subnormal: m * 2^-24 */
-  return sign ? -mag : mag;
-}
-static uint16_t f32_to_f16(float f) {
-  const uint32_t u = f32_bits(f);
-  const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-  const uint32_t a = u & 0x7FFFFFFFu;
-  if (a > 0x7F800000u) return (uint16_t)(sign | 0x7E00u | ((a >> 13) & 0x3FFu));
-  if (a >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);
-  if (a >= 0x38800000u) {
-    uint32_t r = a - 0x38000000u;
-    r += 0xFFFu + ((r >> 13) & 1u);
-    return (uint16_t)(sign | (r >> 13));
-  }
-  if (a < 0x33000000u) return sign;
-  const uint32_t e = a >> 23, m = (a & 0x7FFFFFu) | 0x800000u, shift = 126u - e;
-  uint32_t q = m >> shift;
-  const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
-  if (rem > half || (rem == half && (q & 1u))) ++q;
-  return (uint16_t)(sign | q);
-}
-
 #define N_DTYPES 3
 static const sn_dtype_t DTYPES[N_DTYPES] = {SN_DTYPE_FLOAT32, SN_DTYPE_BFLOAT16, SN_DTYPE_FLOAT16};
 
@@ -246,25 +201,10 @@ static const char *dtype_name(sn_dtype_t t) {
     default: return "?";
   }
 }
-static size_t dtype_size(sn_dtype_t t) { return t == SN_DTYPE_FLOAT32 ? 4 : 2; }
 static int dtype_mant_bits(sn_dtype_t t) {
   return t == SN_DTYPE_FLOAT32 ? 23 : t == SN_DTYPE_BFLOAT16 ? 7 : 10;
 }
 
-static float load_elem(const void *p, sn_dtype_t t, int64_t k) {
-  switch (t) {
-    case SN_DTYPE_FLOAT16: return f16_to_f32(((const uint16_t *)p)[k]);
-    case SN_DTYPE_BFLOAT16: return bf16_to_f32(((const uint16_t *)p)[k]);
-    default: return ((const float *)p)[k];
-  }
-}
-static void store_elem(void *p, sn_dtype_t t, int64_t k, float x) {
-  switch (t) {
-    case SN_DTYPE_FLOAT16: ((uint16_t *)p)[k] = f32_to_f16(x); break;
-    case SN_DTYPE_BFLOAT16: ((uint16_t *)p)[k] = f32_to_bf16(x); break;
-    default: ((float *)p)[k] = x; break;
-  }
-}
 /* One unit in the last place of the type at magnitude |x| (normal range; float16 subnormals have
  * the fixed ulp 2^-24). */
 static double ulp_of(double x, sn_dtype_t t) {
@@ -779,7 +719,7 @@ static row_t *new_row(const workload_t *wl, int mode, sn_dtype_t dtype, const ch
   r->speedup_cublas = r->speedup_torch = NAN;
   r->sigma_err = r->wsn_err = NAN;
   snprintf(r->check, sizeof r->check, "skipped");
-  r->bytes = MODE_BYTES[mode] * (double)dtype_size(dtype) * (double)wl->params;
+  r->bytes = MODE_BYTES[mode] * (double)sn_dtype_size(dtype) * (double)wl->params;
   return r;
 }
 
@@ -896,7 +836,7 @@ static void layout_buffers(buffers_t *b, const workload_t *wl, sn_dtype_t dtype)
   memset(b, 0, sizeof *b);
   b->wl = wl;
   b->dtype = dtype;
-  b->es = dtype_size(dtype);
+  b->es = sn_dtype_size(dtype);
   b->off = xcalloc((size_t)wl->n_layers, sizeof *b->off);
   int64_t pos = 0;
   for (int l = 0; l < wl->n_layers; l++) {
@@ -914,7 +854,7 @@ static void fill_random_typed(void *dst, int64_t n, sn_dtype_t t, uint64_t seed)
   }
   float *tmp = xmalloc((size_t)n * sizeof(float));
   fill_random(tmp, n, seed);
-  for (int64_t k = 0; k < n; k++) store_elem(dst, t, k, tmp[k]);
+  for (int64_t k = 0; k < n; k++) sn_store(dst, t, k, tmp[k]);
   free(tmp);
 }
 
@@ -1350,7 +1290,7 @@ static void measure_copy_bandwidth_gpu(cudaStream_t s) {
 
 static double max_abs_t(const void *x, sn_dtype_t t, int64_t n) {
   double m = 0;
-  for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)load_elem(x, t, i)));
+  for (int64_t i = 0; i < n; i++) m = fmax(m, fabs((double)sn_load(x, t, i)));
   return m;
 }
 
@@ -1385,7 +1325,7 @@ static cmp_result_t compare_out(cmp_kind_t kind, const void *got, const void *re
   double d = 0, worst_excess = 0;
   int ulp_ok = 1, nan = 0;
   for (int64_t i = 0; i < n; i++) {
-    const double g = load_elem(got, t, i), r = load_elem(ref, t, i);
+    const double g = sn_load(got, t, i), r = sn_load(ref, t, i);
     const double e = fabs(g - r);
     if (!(e == e) || isinf(e)) {
       nan = 1;
@@ -1473,14 +1413,14 @@ static sn_layer_desc_t make_desc(const snb_preset_layer_t *L, const options_t *o
 static void host_backward_formula(const void *W, const void *G, void *dW, sn_dtype_t t, int64_t h,
                                   int64_t w, const float *u, const float *v, float sigma, int acc) {
   double gw = 0;
-  for (int64_t k = 0; k < h * w; k++) gw += (double)load_elem(G, t, k) * load_elem(W, t, k);
+  for (int64_t k = 0; k < h * w; k++) gw += (double)sn_load(G, t, k) * sn_load(W, t, k);
   const float c = (float)gw / sigma;
   for (int64_t i = 0; i < h; i++)
     for (int64_t j = 0; j < w; j++) {
       const int64_t k = i * w + j;
-      float x = (load_elem(G, t, k) - c * u[i] * v[j]) / sigma;
-      if (acc) x += load_elem(dW, t, k);
-      store_elem(dW, t, k, x);
+      float x = (sn_load(G, t, k) - c * u[i] * v[j]) / sigma;
+      if (acc) x += sn_load(dW, t, k);
+      sn_store(dW, t, k, x);
     }
 }
 
