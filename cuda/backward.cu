@@ -82,7 +82,7 @@ __device__ __forceinline__ Coefs coefs(const ApplyParams &p) {
 __device__ __forceinline__ void write_dgamma(const ApplyParams &p) {
   if (blockIdx.x != 0 || threadIdx.x != 0 || !p.dgamma) return;
   const float sig = p.sigma[0];
-  const float d = p.norm_bound > 0.f ? fmaxf(1.f, sig / p.norm_bound) : sig;
+  const float d = sn_divisor(sig, p.norm_bound);
   *p.dgamma = sig > 0.f && p.have_gw ? p.scal[SN_SCAL_GW] / d : 0.f;
 }
 

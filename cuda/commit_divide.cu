@@ -31,35 +31,21 @@ struct CommitParams {
 template <bool WIDE, class T>
 __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   pdl_enter();
-  const float sig_new = p.scal[p.slot];
-  const bool good = sn_sigma_usable(sig_new);
-  // When σ is not usable nothing below writes p.sigma[0], so every block reads the same old value.
-  const float sig = good ? sig_new : p.sigma[0];
-  const float d = p.norm_bound > 0.f ? fmaxf(1.f, sig / p.norm_bound) : sig;
-  const float g = p.gamma ? *p.gamma : 1.f;
+  const CommitScale cs = commit_scale(p.scal[p.slot], p.sigma, p.norm_bound, p.gamma);
   const int64_t tid = (int64_t)blockIdx.x * kBlock + threadIdx.x;
   const int64_t stride = (int64_t)gridDim.x * kBlock;
 
-  if (good && p.what == Commit::kVectors) {
+  if (cs.good && p.what == Commit::kVectors) {
     const float m_t = p.scal[SN_SCAL_M_T], m_s = p.scal[SN_SCAL_M_S];
     for (int64_t i = tid; i < p.h; i += stride) p.u[i] = p.t[i] / m_t;
     for (int64_t j = tid; j < p.w; j += stride) p.v[j] = p.s[j] / m_s;
-  } else if (good && p.what == Commit::kOneD) {
-    for (int64_t i = tid; i < p.h; i += stride) p.u[i] = p.t[i] / sig_new;
+  } else if (cs.good && p.what == Commit::kOneD) {
+    for (int64_t i = tid; i < p.h; i += stride) p.u[i] = p.t[i] / cs.sig_new;
     if (tid == 0) p.v[0] = 1.f;
   }
-  if (tid == 0) {
-    if (good) {
-      p.sigma[0] = sig_new;
-      p.sigma[1] = 1.0f / sig_new;
-    }
-    p.sigma[2] = sig > 0.f ? g / d : 0.f;
-    unsigned *health = reinterpret_cast<unsigned *>(p.sigma + 3);
-    *health = health_after(*health, sig_new, p.what != Commit::kSigma);  // 1-D: kOneD
-  }
+  if (tid == 0) commit_state_word(p.sigma, cs, p.what != Commit::kSigma);  // 1-D: kOneD
   if (!p.W_sn) return;
-  // x / d first (W / σ exactly as PyTorch divides), then γ; no σ yet: x · 0.
-  auto scale = [&](float x) { return sig > 0.f ? (x / d) * g : x * 0.f; };
+  auto scale = [&](float x) { return cs.apply(x); };
   const T *in = static_cast<const T *>(p.W);
   T *out = static_cast<T *>(p.W_sn);
   constexpr int E = kWide<T>;

@@ -254,9 +254,8 @@ __global__ void __launch_bounds__(kBlock) group_reduce_kernel(sn_cuda_group_t G,
 }
 
 template <class T>
-__device__ void divide_range(const sn_group_entry_t &e, int64_t k0, int64_t k1, float sig, float d,
-                             float g) {
-  auto scale = [&](float x) { return sig > 0.f ? (x / d) * g : x * 0.f; };
+__device__ void divide_range(const sn_group_entry_t &e, int64_t k0, int64_t k1, const CommitScale &cs) {
+  auto scale = [&](float x) { return cs.apply(x); };
   const T *in = static_cast<const T *>(e.W);
   T *out = static_cast<T *>(e.W_sn);
   constexpr int E = kWide<T>;  // 16 bytes
@@ -282,35 +281,24 @@ __global__ void __launch_bounds__(kBlock) group_commit_kernel(sn_cuda_group_t G,
   const int L = G.div_layer[blockIdx.x];
   const sn_group_entry_t e = G.entries[L];  // a copy: its fields stay in registers across stores
   const int c = blockIdx.x - e.div_block0;
-  const float sig_new = e.scal[training ? SN_SCAL_SIG_S : SN_SCAL_SIG_DOT];
-  const bool good = sn_sigma_usable(sig_new);
-  const float sig = good ? sig_new : e.sigma[0];  // see commit_divide.cu: no write when !good
-  const float d = e.norm_bound > 0.f ? fmaxf(1.f, sig / e.norm_bound) : sig;
-  const float g = e.gamma ? *e.gamma : 1.f;
+  const CommitScale cs =
+      commit_scale(e.scal[training ? SN_SCAL_SIG_S : SN_SCAL_SIG_DOT], e.sigma, e.norm_bound, e.gamma);
   if (c == 0) {
-    if (good && training) {
+    if (cs.good && training) {
       const float m_t = e.scal[SN_SCAL_M_T], m_s = e.scal[SN_SCAL_M_S];
       for (int64_t i = threadIdx.x; i < e.h; i += kBlock) e.u[i] = e.t[i] / m_t;
       for (int64_t j = threadIdx.x; j < e.w; j += kBlock) e.v[j] = e.s[j] / m_s;
     }
-    if (threadIdx.x == 0) {
-      if (good) {
-        e.sigma[0] = sig_new;
-        e.sigma[1] = 1.f / sig_new;
-      }
-      e.sigma[2] = sig > 0.f ? g / d : 0.f;
-      unsigned *health = reinterpret_cast<unsigned *>(e.sigma + 3);
-      *health = health_after(*health, sig_new, training);
-    }
+    if (threadIdx.x == 0) commit_state_word(e.sigma, cs, training);
   }
   if (!e.W_sn) return;
   const int64_t chunk = ((e.numel + e.div_blocks - 1) / e.div_blocks + 7) / 8 * 8;
   const int64_t k0 = (int64_t)c * chunk, k1 = min(e.numel, k0 + chunk);
   if (k0 >= k1) return;
   switch (e.dtype) {
-    case SN_DTYPE_FLOAT16: divide_range<__half>(e, k0, k1, sig, d, g); break;
-    case SN_DTYPE_BFLOAT16: divide_range<__nv_bfloat16>(e, k0, k1, sig, d, g); break;
-    default: divide_range<float>(e, k0, k1, sig, d, g); break;
+    case SN_DTYPE_FLOAT16: divide_range<__half>(e, k0, k1, cs); break;
+    case SN_DTYPE_BFLOAT16: divide_range<__nv_bfloat16>(e, k0, k1, cs); break;
+    default: divide_range<float>(e, k0, k1, cs); break;
   }
 }
 

@@ -55,10 +55,6 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned *counter, unsigned
   return is_last;
 }
 
-__device__ __forceinline__ unsigned health_after(unsigned h, float sig, bool training) {
-  return sn_health_after(h, sig, training ? 1 : 0);
-}
-
 // Σ parts[0..n) over a block of kBlock threads, in a fixed order (thread k adds parts k, k + kBlock,
 // ..., then block_sum's tree); every thread gets it. The parts may have been written by other
 // blocks of this launch: they are read past L1.
@@ -90,6 +86,44 @@ __device__ __forceinline__ void finish_s_norm(const float *sq_parts, int64_t n, 
     scal[SN_SCAL_M_S] = m;
     scal[SN_SCAL_SIG_S] = tot / m;
   }
+}
+
+// The divisor of W_sn = (W / d) · γ for a σ: d = σ, or max(1, σ / c) under a norm bound c > 0.
+__device__ __forceinline__ float sn_divisor(float sig, float norm_bound) {
+  return norm_bound > 0.f ? fmaxf(1.f, sig / norm_bound) : sig;
+}
+
+// What a commit (the last kernel of a forward) decides from the new σ: whether it is usable, the
+// σ W_sn uses (the new one, or the layer's last good one: then nothing writes sigma[0], so every
+// block reads the same old value), d and γ.
+struct CommitScale {
+  float sig_new, sig, d, g;
+  bool good;
+  // x / d first (W / σ exactly as PyTorch divides), then γ; no σ yet: x · 0.
+  __device__ float apply(float x) const { return sig > 0.f ? (x / d) * g : x * 0.f; }
+};
+
+__device__ __forceinline__ CommitScale commit_scale(float sig_new, const float *sigma,
+                                                    float norm_bound, const float *gamma) {
+  CommitScale c;
+  c.sig_new = sig_new;
+  c.good = sn_sigma_usable(sig_new);
+  c.sig = c.good ? sig_new : sigma[0];
+  c.d = sn_divisor(c.sig, norm_bound);
+  c.g = gamma ? *gamma : 1.f;
+  return c;
+}
+
+// The layer's state word {σ, 1/σ, scale, health} after a commit (one thread): σ and 1/σ only when
+// the new σ is usable; the scale W_sn = scale · W (up to rounding); the health bits.
+__device__ __forceinline__ void commit_state_word(float *sigma, const CommitScale &c, bool training) {
+  if (c.good) {
+    sigma[0] = c.sig_new;
+    sigma[1] = 1.0f / c.sig_new;
+  }
+  sigma[2] = c.sig > 0.f ? c.g / c.d : 0.f;
+  unsigned *health = reinterpret_cast<unsigned *>(sigma + 3);
+  *health = sn_health_after(*health, c.sig_new, training ? 1 : 0);
 }
 
 // Reciprocal of an optional device divisor (NULL means 1).
