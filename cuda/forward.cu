@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "kernels.h"
+#include "sn_reference.h" /* sn_dtype_size */
 
 namespace {
 
@@ -89,7 +90,7 @@ constexpr int kDefaultPdl = 1;
 // bf16 65.3 -> 60.5 and 41.0 -> 36.9; 4096 × 16384 fp32 (3% of partials) unchanged.
 int default_cluster(int64_t blocks, sn_view_t view, sn_dtype_t dtype) {
   const double partials = (double)blocks * (double)view.B * 4.0;
-  const double w_bytes = (double)view.h * (double)view.B * (dtype == SN_DTYPE_FLOAT32 ? 4.0 : 2.0);
+  const double w_bytes = (double)view.h * (double)view.B * (double)sn_dtype_size(dtype);
   return partials > 0.05 * w_bytes ? 4 : 1;
 }
 
@@ -112,12 +113,14 @@ bool device_is_sm90_or_later() {
   return major >= 9 && fa.ptxVersion >= 90;
 }
 
-}  // namespace
-
-extern "C" int sn_cuda_tune_pdl(void) {
-  const Tune tune = read_tune();
+// Whether launches use programmatic dependent launch under these knobs.
+int pdl_enabled(const Tune &tune) {
   return (tune.pdl >= 0 ? tune.pdl : kDefaultPdl) && device_is_sm90_or_later();
 }
+
+}  // namespace
+
+extern "C" int sn_cuda_tune_pdl(void) { return pdl_enabled(read_tune()); }
 
 extern "C" int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype) {
   if (order == SN_ORDER_V_FIRST) return sn::one_pass_cols_fits(view.h, dtype);
@@ -133,7 +136,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   plan->eps = eps;
   plan->sm_count = sm_count > 0 ? sm_count : 1;
   const Tune tune = read_tune();
-  plan->pdl = sn_cuda_tune_pdl();
+  plan->pdl = pdl_enabled(tune);
   const int64_t h = view.h, w = view.A * view.B;
   const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over
 

@@ -14,6 +14,7 @@
 //   block; the last block writes max(‖t‖, eps), σ = ‖t‖² / max(‖t‖, eps) and max(‖s‖, eps).
 // All sums have a fixed order: results are bitwise reproducible.
 #include "kernels.h"
+#include "sn_reference.h" /* sn_dtype_size */
 #include "sn_device.cuh"
 #include "sn_types.cuh"
 
@@ -129,16 +130,14 @@ __global__ void __launch_bounds__(kBlock) cols_reduce_kernel(ColsReduceParams p)
   }
 }
 
-size_t elem_size(sn_dtype_t dtype) { return dtype == SN_DTYPE_FLOAT32 ? 4 : 2; }
-
 size_t panel_smem(int64_t h, sn_dtype_t dtype) {
-  return (size_t)h * kPanelCols * elem_size(dtype);
+  return (size_t)h * kPanelCols * sn_dtype_size(dtype);
 }
 
 }  // namespace
 
 int one_pass_cols_fits(int64_t h, sn_dtype_t dtype) {
-  return h >= 1 && h <= (int64_t)(kPanelBytes / (kPanelCols * elem_size(dtype)));
+  return h >= 1 && h <= (int64_t)(kPanelBytes / (kPanelCols * sn_dtype_size(dtype)));
 }
 
 int64_t one_pass_cols_panels(int64_t w) { return (w + kPanelCols - 1) / kPanelCols; }
