@@ -42,24 +42,6 @@ struct OnePassParams {
   unsigned *counter;
 };
 
-template <int NT>
-__device__ __forceinline__ float block_sum_nt(float x) {
-  __shared__ float warp_part[NT / 32];
-  __shared__ float total;
-  x = warp_sum(x);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();
-  if (lane == 0) warp_part[warp] = x;
-  __syncthreads();
-  if (warp == 0) {
-    float y = lane < NT / 32 ? warp_part[lane] : 0.f;
-    y = warp_sum(y);
-    if (lane == 0) total = y;
-  }
-  __syncthreads();
-  return total;
-}
-
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
 constexpr bool kHaveClusters = false;  // the host never asks for clusters below sm_90
 #else
@@ -159,7 +141,7 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
         }
       }
     }
-    const float t = block_sum_nt<NT>(d);
+    const float t = block_sum<NT>(d);
     if (EVAL) {
       if (threadIdx.x == 0) tsq = fmaf(p.u[i] * ru, t, tsq);
     } else {
@@ -195,7 +177,7 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   if (!EVAL || !last_block_to_arrive(p.counter, gridDim.x)) return;
   float dot = 0.f;
   for (int g = threadIdx.x; g < (int)gridDim.x; g += NT) dot += __ldcg(&p.tsq[g]);
-  dot = block_sum_nt<NT>(dot);
+  dot = block_sum<NT>(dot);
   if (threadIdx.x == 0) p.scal[SN_SCAL_SIG_DOT] = dot;
 }
 

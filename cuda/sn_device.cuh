@@ -20,9 +20,11 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-// Sum over a block of kBlock threads; every thread gets the result. Fixed tree.
+// Sum over a block of NT threads (kBlock unless said); every thread gets the result. Fixed tree.
+template <int NT = kBlock>
 __device__ __forceinline__ float block_sum(float x) {
-  __shared__ float warp_part[kWarps];
+  static_assert(NT % 32 == 0 && NT / 32 <= 32, "whole warps, at most 32 of them");
+  __shared__ float warp_part[NT / 32];
   __shared__ float total;
   x = warp_sum(x);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -30,7 +32,7 @@ __device__ __forceinline__ float block_sum(float x) {
   if (lane == 0) warp_part[warp] = x;
   __syncthreads();
   if (warp == 0) {
-    float y = lane < kWarps ? warp_part[lane] : 0.0f;
+    float y = lane < NT / 32 ? warp_part[lane] : 0.0f;
     y = warp_sum(y);
     if (lane == 0) total = y;
   }
