@@ -78,16 +78,21 @@ __device__ __forceinline__ float row_pass(const sn_group_entry_t &e, int64_t i, 
   return d;
 }
 
-template <class T>
-__device__ void rows_body(const sn_group_entry_t &e, int g, int iter, bool training, float *v_sm,
-                          float *s_sm) {
+// Iteration `iter`'s input vector v into shared memory (v_sm[0..w)): the state's v first, then the
+// previous iteration's s / max(‖s‖, eps); ones when a training forward restarts after a zero σ.
+__device__ __forceinline__ void stage_v(const sn_group_entry_t &e, int iter, bool training,
+                                        float *v_sm) {
   const float *x = iter == 0 ? e.v : e.s;
   const float rx = iter == 0 ? 1.f : 1.f / e.scal[SN_SCAL_M_S];
   const bool ones = training && iter == 0 && (reinterpret_cast<const unsigned *>(e.sigma)[3] & SN_HEALTH_RESTART);
-  for (int64_t j = threadIdx.x; j < e.w; j += kBlock) {
-    v_sm[j] = ones ? 1.f : x[j] * rx;
-    s_sm[j] = 0.f;
-  }
+  for (int64_t j = threadIdx.x; j < e.w; j += kBlock) v_sm[j] = ones ? 1.f : x[j] * rx;
+}
+
+template <class T>
+__device__ void rows_body(const sn_group_entry_t &e, int g, int iter, bool training, float *v_sm,
+                          float *s_sm) {
+  stage_v(e, iter, training, v_sm);
+  for (int64_t j = threadIdx.x; j < e.w; j += kBlock) s_sm[j] = 0.f;
   __syncthreads();
   float acc = 0.f;  // Σ t_i² (training) or Σ u_i t_i (eval), in thread 0
   for (int64_t i = g; i < e.h; i += e.row_blocks) {
@@ -121,10 +126,7 @@ __device__ void warp_rows_body(const sn_group_entry_t &e, int g, int iter, bool 
   const int warp = threadIdx.x >> 5;
   const int w = (int)e.w;
   float *v_sm = w_sm + kWarps * w, *s_sm = w_sm + warp * w;
-  const float *x = iter == 0 ? e.v : e.s;
-  const float rx = iter == 0 ? 1.f : 1.f / e.scal[SN_SCAL_M_S];
-  const bool ones = training && iter == 0 && (reinterpret_cast<const unsigned *>(e.sigma)[3] & SN_HEALTH_RESTART);
-  for (int j = threadIdx.x; j < w; j += kBlock) v_sm[j] = ones ? 1.f : x[j] * rx;
+  stage_v(e, iter, training, v_sm);
   if (training)
     for (int j = threadIdx.x & 31; j < w; j += 32) s_sm[j] = 0.f;
   __syncthreads();

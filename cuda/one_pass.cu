@@ -43,7 +43,7 @@ struct OnePassParams {
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-constexpr bool kHaveClusters = false;  // the host never asks for clusters below sm_90
+constexpr bool kHaveClusters = false;  // the host asks for clusters only for code built for sm_90
 #else
 constexpr bool kHaveClusters = true;
 #endif
