@@ -248,6 +248,7 @@ typedef struct {
   sn_algo_t algos[SN_ALGO_COUNT];
   int n_algos;
   int power_iters;
+  int layer_warmup; /* -1: the library's default warmup_iterations */
   sn_order_t order;
   int reps, warmup, batch; /* -1: default */
   int reps_given;
@@ -317,6 +318,8 @@ static void print_help(void) {
       "                      layers (v-first: the legacy torch.nn.utils.spectral_norm order; rows'\n"
       "                      algo gets \"/v\"). The baselines keep the u-first sequence.\n"
       "  --power-iters N     n_power_iterations of every layer and of the baselines (default 1)\n"
+      "  --layer-warmup N    warmup_iterations of every layer (default: the library's, 15), e.g.\n"
+      "                      0 to keep a profiler's kernel list to the timed calls\n"
       "  --no-baseline       skip the cuBLAS baseline\n"
       "  --no-graph          skip the CUDA-graph replay rows (specnorm-graph, cublas-graph)\n"
       "  --no-group          skip the grouped call (specnorm-group rows: every layer of a\n"
@@ -429,6 +432,7 @@ static void parse_options(int argc, char **argv, options_t *o) {
   o->algos[0] = SN_ALGO_DEFAULT;
   o->n_algos = 1;
   o->power_iters = 1;
+  o->layer_warmup = -1;
   o->reps = o->warmup = o->batch = -1;
   o->rotate = o->baseline = o->graph = o->check = o->group = 1;
   o->shape_args = xcalloc((size_t)argc, sizeof(char *));
@@ -515,6 +519,9 @@ static void parse_options(int argc, char **argv, options_t *o) {
     } else if (!strcmp(a, "--power-iters")) {
       TAKES_VALUE();
       o->power_iters = (int)parse_int(a, val, 1, 1000);
+    } else if (!strcmp(a, "--layer-warmup")) {
+      TAKES_VALUE();
+      o->layer_warmup = (int)parse_int(a, val, 0, 1000000);
     } else if (!strcmp(a, "--reps")) {
       TAKES_VALUE();
       o->reps = (int)parse_int(a, val, 1, 1000000);
@@ -1403,6 +1410,7 @@ static sn_layer_desc_t make_desc(const snb_preset_layer_t *L, const options_t *o
   d.device = o->device;
   d.algo = algo;
   d.dtype = dtype;
+  if (warmup_iters < 0) warmup_iters = o->layer_warmup;
   if (warmup_iters >= 0) d.warmup_iterations = warmup_iters;
   return d;
 }
