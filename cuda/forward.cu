@@ -46,14 +46,16 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 
 // Development knobs, read at plan time from the environment, so that sn_bench can time the
 // kernels' variants on a card (bench/NOTES.md); not part of the API, and the defaults need none:
-// SPECNORM_TUNE="op_bps=N,op_cluster=C,pdl=P" caps the one-pass grid at N blocks per
-// multiprocessor, groups its blocks in thread-block clusters of C (1, 2, 4 or 8; sm_90 and up)
-// that add their partial s on chip, and with P = 1 launches every kernel as a programmatic
-// dependent launch (sm_90 and up). Unknown keys and bad values are ignored.
+// SPECNORM_TUNE="op_bps=N,op_cluster=C,pdl=P,group_coop=Q" caps the one-pass grid at N blocks
+// per multiprocessor, groups its blocks in thread-block clusters of C (1, 2, 4 or 8; sm_90 and
+// up) that add their partial s on chip, with P = 1 launches every kernel as a programmatic
+// dependent launch (sm_90 and up), and with Q = 1 runs a grouped forward as one cooperative
+// launch (cuda/group.cu). Unknown keys and bad values are ignored.
 struct Tune {
   int op_bps = 0;      // 0: as many as fit
   int op_cluster = 0;  // 0: the default below
   int pdl = -1;        // -1: the default below
+  int group_coop = 0;  // 1: grouped forwards in one cooperative launch (cuda/group.cu)
 };
 
 Tune read_tune() {
@@ -69,6 +71,9 @@ Tune read_tune() {
     } else if (len > 4 && !std::strncmp(s, "pdl=", 4)) {
       const long v = std::strtol(s + 4, &stop, 10);
       if (stop == s + len && (v == 0 || v == 1)) t.pdl = (int)v;
+    } else if (len > 11 && !std::strncmp(s, "group_coop=", 11)) {
+      const long v = std::strtol(s + 11, &stop, 10);
+      if (stop == s + len && (v == 0 || v == 1)) t.group_coop = (int)v;
     } else if (len > 11 && !std::strncmp(s, "op_cluster=", 11)) {
       const long v = std::strtol(s + 11, &stop, 10);
       if (stop == s + len && (v == 1 || v == 2 || v == 4 || v == 8)) t.op_cluster = (int)v;
@@ -121,6 +126,8 @@ int pdl_enabled(const Tune &tune) {
 }  // namespace
 
 extern "C" int sn_cuda_tune_pdl(void) { return pdl_enabled(read_tune()); }
+
+extern "C" int sn_cuda_tune_group_coop(void) { return read_tune().group_coop; }
 
 extern "C" int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype) {
   if (order == SN_ORDER_V_FIRST) return sn::one_pass_cols_fits(view.h, dtype);

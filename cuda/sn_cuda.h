@@ -168,6 +168,8 @@ typedef struct {
   int64_t max_warp_w; /* the widest w of the layers with warp_k > 0 (0: none) */
   int pdl;            /* launches overlap the kernel boundaries (see sn_cuda_plan_t.pdl) */
   int row_total, red_total, div_total;
+  int coop_blocks;    /* > 0: the forward is one cooperative launch of this many blocks
+                         (SPECNORM_TUNE=group_coop=1, cuda/group.cu); 0: three kernels */
   const sn_group_entry_t *entries; /* device */
   const int *row_layer, *red_layer, *div_layer; /* device: the layer of each block of the rows,
                                                    reduce and commit kernels */
@@ -184,8 +186,13 @@ int sn_cuda_tune_pdl(void);
  * (warp_k == 0) or a warp (warp_k > 0) per row. */
 int sn_cuda_group_row_blocks(int64_t h, int warp_k, int sm_count);
 /* Raise the rows kernel's shared-memory limit for a group whose widest layer has max_w columns
- * and whose widest warp-per-row layer has max_warp_w (0: none). cudaError_t. */
-int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w);
+ * and whose widest warp-per-row layer has max_warp_w (0: none). With coop_max > 0 (the most
+ * blocks of the three steps), also prepare the cooperative kernel: *coop_blocks receives its grid
+ * (at most coop_max, as many as can be resident), or 0 where the device has no cooperative
+ * launch. cudaError_t. */
+int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w, int coop_max, int *coop_blocks);
+/* Whether SPECNORM_TUNE asks for the cooperative grouped forward (group_coop=1). */
+int sn_cuda_tune_group_coop(void);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
 

@@ -160,7 +160,11 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     e = cudaMemset(g->workspace, 0, floats * 4);
     if (e == cudaSuccess) e = cudaMemcpy(tab, ent, table, cudaMemcpyHostToDevice);
     if (e == cudaSuccess) e = cudaMemcpy(tab + table, layer_of, lut_bytes, cudaMemcpyHostToDevice);
-    if (e == cudaSuccess) e = (cudaError_t)sn_cuda_group_prepare(max_w, max_warp_w);
+    int coop_blocks = 0;
+    const int most = rows > red ? (rows > div ? rows : div) : (red > div ? red : div);
+    if (e == cudaSuccess)
+      e = (cudaError_t)sn_cuda_group_prepare(max_w, max_warp_w, sn_cuda_tune_group_coop() ? most : 0,
+                                             &coop_blocks);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
       st = sn__cuda_fail((int)e, "setting up the group's tables");
@@ -174,6 +178,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
       c->row_total = rows;
       c->red_total = red;
       c->div_total = div;
+      c->coop_blocks = coop_blocks;
       c->entries = (const sn_group_entry_t *)tab;
       c->row_layer = (const int *)(tab + table);
       c->red_layer = c->row_layer + rows;

@@ -3,6 +3,8 @@
 // any number of layers, compared with CPU layers step by step.
 #include <cuda_runtime.h>
 
+#include <cstring>
+
 #include <memory>
 
 #include "test_util.h"
@@ -41,6 +43,24 @@ sn_layer_desc_t member_desc(const Member &m, sn_backend_t backend, uint64_t seed
 // W_sn tolerance per type: one unit in the last place of the 2-byte types; for fp32, σ's own
 // float-vs-double difference (about 1e-6) dominates.
 double ulp(sn_dtype_t t) { return t == SN_DTYPE_FLOAT16 ? 1.0 / 1024 : t == SN_DTYPE_BFLOAT16 ? 1.0 / 128 : 1e-6; }
+
+// The SN-GAN CIFAR-10 discriminator's shapes, plus every kind of member a group takes. Both bodies
+// of the rows kernel: a block per row (w > 1280: {96, 48, 4, 4} dim 1, {256, 2048}, {2048, 16384})
+// and a warp per row (the rest), with each of its K (w <= 64, 256, 768, 1280), views with B = 1
+// and B > 1, and several rows per warp ({3000, 600}: 3000 > 2·SMs·8); fp16 and bf16, 2 power
+// iterations, scale only, a norm bound, γ.
+std::vector<Member> every_kind_of_member() {
+  return {
+      {{128, 3, 3, 3}},          {{128, 128, 3, 3}},         {{128, 3, 1, 1}},
+      {{128, 128, 3, 3}},        {{128, 128, 1, 1}},         {{1, 128}},
+      {{96, 48, 4, 4}, 1},       {{300, 517}, 1},            {{256, 2048}, 0, SN_DTYPE_BFLOAT16},
+      {{130, 1000}, 0, SN_DTYPE_FLOAT16, 2},                 {{64, 100}, 0, SN_DTYPE_FLOAT32, 1, true},
+      {{200, 64}, 0, SN_DTYPE_FLOAT32, 1, false, 1.5f},      {{77, 99}, 0, SN_DTYPE_FLOAT32, 1, false, 0.f, true},
+      {{2048, 16384}, 0, SN_DTYPE_BFLOAT16},                 {{3000, 600}},
+      {{40, 24, 5}, 1, SN_DTYPE_BFLOAT16},
+  };
+}
+
 
 }  // namespace
 
@@ -109,19 +129,7 @@ TEST(GroupGpu, MatchesCpuLayersStepByStep) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
-  // The SN-GAN CIFAR-10 discriminator's shapes, plus every kind of member a group takes. Both
-  // bodies of the rows kernel: a block per row (w > 1280: {96, 48, 4, 4} dim 1, {256, 2048},
-  // {2048, 16384}) and a warp per row (the rest), with each of its K (w <= 64, 256, 768, 1280),
-  // views with B = 1 and B > 1, and several rows per warp ({3000, 600}: 3000 > 2·SMs·8).
-  std::vector<Member> ms = {
-      {{128, 3, 3, 3}},          {{128, 128, 3, 3}},         {{128, 3, 1, 1}},
-      {{128, 128, 3, 3}},        {{128, 128, 1, 1}},         {{1, 128}},
-      {{96, 48, 4, 4}, 1},       {{300, 517}, 1},            {{256, 2048}, 0, SN_DTYPE_BFLOAT16},
-      {{130, 1000}, 0, SN_DTYPE_FLOAT16, 2},                 {{64, 100}, 0, SN_DTYPE_FLOAT32, 1, true},
-      {{200, 64}, 0, SN_DTYPE_FLOAT32, 1, false, 1.5f},      {{77, 99}, 0, SN_DTYPE_FLOAT32, 1, false, 0.f, true},
-      {{2048, 16384}, 0, SN_DTYPE_BFLOAT16},                 {{3000, 600}},
-      {{40, 24, 5}, 1, SN_DTYPE_BFLOAT16},
-  };
+  const std::vector<Member> ms = every_kind_of_member();
   const size_t n_members = ms.size();
   std::vector<std::unique_ptr<LayerPtr>> gl, cl;
   std::vector<std::vector<uint8_t>> Wh, outc;
@@ -215,6 +223,123 @@ TEST(GroupGpu, MatchesCpuLayersStepByStep) {
   for (size_t k = 0; k < n_members; ++k) {
     cudaFree(Wd[k]);
     if (Od[k]) cudaFree(Od[k]);
+  }
+  cudaFree(d_gamma);
+}
+
+// The cooperative grouped forward (SPECNORM_TUNE=group_coop=1: one launch, grid-wide barriers
+// between the steps) runs the very blocks of the three kernels: the same states, scales and W_sn,
+// bit for bit, eager and replayed from a CUDA graph.
+TEST(GroupGpu, CooperativeLaunchIsBitwiseTheThreeKernels) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const std::vector<Member> ms = every_kind_of_member();
+  const size_t n_members = ms.size();
+  float *d_gamma = nullptr, h_gamma = 0.8f;
+  ASSERT_EQ(cudaMalloc(&d_gamma, 4), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(d_gamma, &h_gamma, 4, cudaMemcpyHostToDevice), cudaSuccess);
+  std::vector<std::unique_ptr<LayerPtr>> la, lb;
+  std::vector<sn_layer_t *> pa, pb;
+  std::vector<void *> Wd, Oa, Ob;
+  std::vector<size_t> bytes;
+  for (size_t k = 0; k < n_members; ++k) {
+    const Member &m = ms[k];
+    const uint64_t s = rng.gen();
+    la.push_back(std::make_unique<LayerPtr>(member_desc(m, SN_BACKEND_CUDA, s)));
+    lb.push_back(std::make_unique<LayerPtr>(member_desc(m, SN_BACKEND_CUDA, s)));
+    ASSERT_TRUE(la.back()->p && lb.back()->p) << k;
+    if (m.gamma) {
+      ASSERT_EQ(sn_layer_set_gamma(la.back()->p, d_gamma), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_set_gamma(lb.back()->p, d_gamma), SN_SUCCESS);
+    }
+    pa.push_back(la.back()->p);
+    pb.push_back(lb.back()->p);
+    const int64_t n = numel_of(m.shape);
+    std::vector<uint8_t> h(size_t(n) * sn_dtype_size(m.dt));
+    const std::vector<float> x = rng.normals(n, 1.f / std::sqrt(float(m.shape[0])));
+    for (int64_t q = 0; q < n; ++q) sn_store(h.data(), m.dt, q, x[static_cast<size_t>(q)]);
+    bytes.push_back(h.size());
+    void *w = nullptr, *oa = nullptr, *ob = nullptr;
+    ASSERT_EQ(cudaMalloc(&w, h.size()), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(w, h.data(), h.size(), cudaMemcpyHostToDevice), cudaSuccess);
+    if (!m.scale_only) {
+      ASSERT_EQ(cudaMalloc(&oa, h.size()), cudaSuccess);
+      ASSERT_EQ(cudaMalloc(&ob, h.size()), cudaSuccess);
+    }
+    Wd.push_back(w);
+    Oa.push_back(oa);
+    Ob.push_back(ob);
+  }
+  GroupPtr ga, gb;
+  {
+    ScopedEnv env("SPECNORM_TUNE", "group_coop=0");
+    ASSERT_EQ(sn_group_create(&ga.p, pa.data(), const_cast<const void *const *>(Wd.data()), Oa.data(),
+                              int(n_members)),
+              SN_SUCCESS)
+        << sn_last_error_message();
+  }
+  {
+    ScopedEnv env("SPECNORM_TUNE", "group_coop=1");
+    ASSERT_EQ(sn_group_create(&gb.p, pb.data(), const_cast<const void *const *>(Wd.data()), Ob.data(),
+                              int(n_members)),
+              SN_SUCCESS)
+        << sn_last_error_message();
+  }
+  auto expect_same = [&](const std::string &when) {
+    SCOPED_TRACE(when);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    for (size_t k = 0; k < n_members; ++k) {
+      SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(ms[k].shape));
+      EXPECT_TRUE(same_state(get_state(pa[k]), get_state(pb[k])));
+      float sa = 0, sb = 0;
+      ASSERT_EQ(sn_layer_get_scale(pa[k], &sa, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_get_scale(pb[k], &sb, nullptr), SN_SUCCESS);
+      EXPECT_EQ(std::memcmp(&sa, &sb, 4), 0);
+      if (!Oa[k]) continue;
+      std::vector<uint8_t> a(bytes[k]), b(bytes[k]);
+      ASSERT_EQ(cudaMemcpy(a.data(), Oa[k], a.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(b.data(), Ob[k], b.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+      EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size()), 0);
+    }
+  };
+  for (int step = 0; step < 4; ++step) {
+    const int training = step < 3;
+    ASSERT_EQ(sn_group_forward(ga.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_group_forward(gb.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    expect_same("eager step " + std::to_string(step));
+  }
+  cudaStream_t s;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  for (int training : {1, 0}) {
+    cudaGraph_t graph[2];
+    cudaGraphExec_t exec[2];
+    sn_group_t *gs[2] = {ga.p, gb.p};
+    for (int q = 0; q < 2; ++q) {
+      ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+      ASSERT_EQ(sn_group_forward(gs[q], training, s), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(cudaStreamEndCapture(s, &graph[q]), cudaSuccess);
+      size_t nodes = 0;
+      ASSERT_EQ(cudaGraphGetNodes(graph[q], nullptr, &nodes), cudaSuccess);
+      // The three kernels: 3 launches, 2 more in training for the member of 2 iterations.
+      EXPECT_EQ(nodes, q == 1 ? 1u : training ? 5u : 3u);
+      ASSERT_EQ(cudaGraphInstantiate(&exec[q], graph[q], 0), cudaSuccess);
+    }
+    for (int rep = 0; rep < 2; ++rep)
+      for (int q = 0; q < 2; ++q) ASSERT_EQ(cudaGraphLaunch(exec[q], s), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    expect_same(training ? "graph replays, training" : "graph replays, eval");
+    for (int q = 0; q < 2; ++q) {
+      cudaGraphExecDestroy(exec[q]);
+      cudaGraphDestroy(graph[q]);
+    }
+  }
+  cudaStreamDestroy(s);
+  for (size_t k = 0; k < n_members; ++k) {
+    cudaFree(Wd[k]);
+    cudaFree(Oa[k]);
+    cudaFree(Ob[k]);
   }
   cudaFree(d_gamma);
 }
