@@ -241,14 +241,18 @@ __device__ __forceinline__ void reduce_step(const sn_cuda_group_t &G, int b, int
   const sn_group_entry_t e = G.entries[L];
   if (iter >= (training ? e.n_iters : 1)) return;
   const int c = b - e.red_block0;
-  const float acc = block_sum_of(e.tsq, e.row_blocks);
+  // Both reads first, so that their loads are in flight together: this thread's share of the row
+  // blocks' Σ t² (or Σ u_i t_i), and its column of the partial s.
+  const float tq = thread_sum_of(e.tsq, e.row_blocks);
+  const int64_t j = (int64_t)c * kRedCols + threadIdx.x;
+  const float x = training && j < e.w ? sum_partials(e.part, e.row_blocks, e.w, j) : 0.f;
+  const float acc = block_sum(tq);
   if (!training) {
     if (c == 0 && threadIdx.x == 0) e.scal[SN_SCAL_SIG_DOT] = acc;
     return;
   }
   const float m_t = fmaxf(sqrtf(acc), e.eps);
-  const int64_t j = (int64_t)c * kRedCols + threadIdx.x;
-  float sq = j < e.w ? combine_partials(e.part, e.row_blocks, e.w, j, m_t, e.s) : 0.f;
+  float sq = j < e.w ? store_scaled(x, m_t, e.s, j) : 0.f;
   sq = block_sum(sq);
   if (threadIdx.x == 0) e.sq[c] = sq;
   if (!last_block_to_arrive(e.counter, e.red_blocks)) return;

@@ -114,10 +114,14 @@ struct ColsReduceParams {
 
 __global__ void __launch_bounds__(kBlock) cols_reduce_kernel(ColsReduceParams p) {
   pdl_enter();
-  // max(‖s‖, eps) from the panels' Σ s², in panel order (every block alike).
-  const float m_s = fmaxf(sqrtf(block_sum_of(p.ssq, p.panels)), p.eps);
+  // Both reads first, so that their loads are in flight together: this thread's share of the
+  // panels' Σ s², and its row of the partial t.
+  const float sq_share = thread_sum_of(p.ssq, p.panels);
   const int64_t i = (int64_t)blockIdx.x * kBlock + threadIdx.x;
-  float sq = i < p.h ? combine_partials(p.part, p.panels, p.h, i, m_s, p.t) : 0.f;
+  const float x = i < p.h ? sum_partials(p.part, p.panels, p.h, i) : 0.f;
+  // max(‖s‖, eps) from the panels' Σ s², in panel order (every block alike).
+  const float m_s = fmaxf(sqrtf(block_sum(sq_share)), p.eps);
+  float sq = i < p.h ? store_scaled(x, m_s, p.t, i) : 0.f;
   sq = block_sum(sq);
   if (threadIdx.x == 0) p.tsq[blockIdx.x] = sq;
   if (!last_block_to_arrive(p.counter, gridDim.x)) return;

@@ -57,21 +57,31 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned *counter, unsigned
   return is_last;
 }
 
-// Σ parts[0..n) over a block of kBlock threads, in a fixed order (thread k adds parts k, k + kBlock,
-// ..., then block_sum's tree); every thread gets it. The parts may have been written by other
-// blocks of this launch: they are read past L1.
-__device__ __forceinline__ float block_sum_of(const float *parts, int64_t n) {
+// This thread's share of Σ parts[0..n) over a block of kBlock threads: parts k, k + kBlock, ...
+// in order. The parts may have been written by other blocks of this launch: read past L1.
+__device__ __forceinline__ float thread_sum_of(const float *parts, int64_t n) {
   float tot = 0.f;
   for (int64_t k = threadIdx.x; k < n; k += kBlock) tot += __ldcg(&parts[k]);
-  return block_sum(tot);
+  return tot;
 }
 
-// out[idx] = (Σ_{k < n} part[k·stride + idx], in k order) / m, for the partial products of n blocks;
-// returns its square (for the norm).
-__device__ __forceinline__ float combine_partials(const float *part, int n, int64_t stride,
-                                                  int64_t idx, float m, float *out) {
+// Σ parts[0..n) over a block of kBlock threads, in a fixed order (thread_sum_of, then block_sum's
+// tree); every thread gets it.
+__device__ __forceinline__ float block_sum_of(const float *parts, int64_t n) {
+  return block_sum(thread_sum_of(parts, n));
+}
+
+// Σ_{k < n} part[k·stride + idx], in k order: one column of the partial products of n blocks.
+__device__ __forceinline__ float sum_partials(const float *part, int n, int64_t stride, int64_t idx) {
   float x = 0.f;
   for (int k = 0; k < n; ++k) x += part[(int64_t)k * stride + idx];
+  return x;
+}
+
+// out[idx] = x / m; returns its square (for the norm). A reduce kernel loads its column with
+// sum_partials and its share of the norm's partials with thread_sum_of before it waits on either,
+// so that the two reads are in flight together, then scales the column with this.
+__device__ __forceinline__ float store_scaled(float x, float m, float *out, int64_t idx) {
   x *= 1.f / m;
   out[idx] = x;
   return x * x;
