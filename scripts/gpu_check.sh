@@ -25,6 +25,8 @@
 #              legacy (v-first) order with every algorithm; tables only
 #   ncu        Nsight Compute (--clock-control none --cache-control none): DRAM bytes read and
 #              written and duration of each specnorm kernel of one call per mode ($SN_NCU_WORKLOADS)
+#   ncu_detail Nsight Compute sections (speed of light, occupancy, warp stalls, memory) of the
+#              one-pass rows and reduce kernels and of the cooperative grouped kernel
 # A step whose program is missing is SKIPPED. The whole script keeps to $SN_CHECK_BUDGET_S
 # seconds (default 470): each step's timeout is cut to what is left, keeping a reserve for the
 # benchmark steps, and a step with no time left is SKIPPED.
@@ -361,13 +363,33 @@ if [[ -z "$NCU" ]]; then
 elif [[ ! -x "$SN_BENCH" ]]; then
   skip_step ncu "$OUT/bench.log" "no $SN_BENCH"
 else
-  run_step ncu "$OUT/bench.log" 60 70 \
+  run_step ncu "$OUT/bench.log" 60 90 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" \
     "$NCU" --clock-control none --cache-control none --csv --print-units base \
     --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
     -k "regex:one_pass|commit_divide|matvec|group_|inner_kernel|apply_" \
     "$SN_BENCH" "${NCU_WL[@]}" --no-baseline --no-graph --no-check --reps 1 --warmup 0 --batch 1 --no-rotate \
     --layer-warmup 0
+fi
+
+# ---- Nsight Compute, where the time goes: the sections of the kernels still far from their floor
+# (bench/NOTES.md): the one-pass rows and reduce kernels of 4096² fp32 (scale, train) and the
+# grouped SN-GAN forward as one cooperative kernel (SPECNORM_TUNE=group_coop=1).
+detail() {
+  local sec=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
+             --section MemoryWorkloadAnalysis --section SchedulerStats)
+  "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows|one_pass_reduce" -c 4 \
+    "$SN_BENCH" --shape 4096x4096 --mode scale,train --no-baseline --no-graph --no-group --no-check \
+    --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
+  SPECNORM_TUNE=group_coop=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:group_" -c 4 \
+    "$SN_BENCH" --preset sngan-cifar10 --mode train,scale --no-baseline --no-graph --no-check \
+    --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0
+}
+if [[ -n "$NCU" && -x "$SN_BENCH" ]]; then
+  run_step ncu_detail "$OUT/bench.log" 60 30 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" bash -c "$(declare -p NCU SN_BENCH); $(declare -f detail); detail"
+else
+  skip_step ncu_detail "$OUT/bench.log" "no ncu or no $SN_BENCH"
 fi
 
 sanitize initcheck synccheck
