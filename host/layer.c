@@ -229,10 +229,13 @@ static sn_status_t create_cuda(sn_layer_t *l) {
   size_t ws_bytes = 0;
   l->plan.norm_bound = l->desc.norm_bound;
   /* DEFAULT: by rows (u-first) when there are enough rows to fill the chip; by columns
-   * (v-first) from 1M elements: measured on an H100, 768 × 4096 10-21% faster than two passes,
-   * 512 × 16384 within 4%, SN-GAN's 128 × 1152 layers 24% slower (36 panels: too few blocks). */
-  const int enough = l->desc.order == SN_ORDER_V_FIRST ? l->numel >= (1LL << 20)
-                                                       : l->view.h >= 4LL * sm_count;
+   * (v-first) from 1M elements and up to 8192 columns. Measured against two passes: 768 × 4096
+   * 10-21% faster (H100) and 9-13% (H200), 1536 × 4608 bf16 10% faster (both); 512 × 16384 within
+   * 4% (H100) but 8% (train) and 17% (scale) slower on an H200; SN-GAN's 128 × 1152 layers 24%
+   * slower on an H100 (36 panels: too few blocks). */
+  const int enough = l->desc.order == SN_ORDER_V_FIRST
+                         ? l->numel >= (1LL << 20) && l->view.A * l->view.B <= 8192
+                         : l->view.h >= 4LL * sm_count;
   const int one_pass = sn_cuda_one_pass_supported(l->view, l->desc.order, l->desc.dtype) &&
                        (l->desc.algo == SN_ALGO_ONE_PASS ||
                         (l->desc.algo == SN_ALGO_DEFAULT && enough));
