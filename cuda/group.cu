@@ -406,17 +406,11 @@ extern "C" int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w, int coop
 extern "C" int sn_cuda_group_forward(const sn_cuda_group_t *G, int training, sn_stream_t stream_handle) {
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   if (G->coop_blocks > 0) {
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3((unsigned)G->coop_blocks);
-    cfg.blockDim = dim3(sn::kBlock);
-    cfg.dynamicSmemBytes = sn::rows_smem(G->max_w, G->max_warp_w);
-    cfg.stream = stream;
     cudaLaunchAttribute attr{};
     attr.id = cudaLaunchAttributeCooperative;
     attr.val.cooperative = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    return (int)cudaLaunchKernelEx(&cfg, sn::group_coop_kernel, *G, training != 0);
+    return (int)sn::launch_with(attr, sn::group_coop_kernel, G->coop_blocks, sn::kBlock,
+                                sn::rows_smem(G->max_w, G->max_warp_w), stream, *G, training != 0);
   }
   const int iters = training ? G->max_iters : 1;
   for (int k = 0; k < iters; ++k) {

@@ -172,6 +172,21 @@ cudaError_t allow_shared_memory(K *kernel, size_t need) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)avail);
 }
 
+// kernel<<<grid, block, smem, stream>>>(args...) with one launch attribute (cudaLaunchKernelEx).
+template <class... P, class... A>
+cudaError_t launch_with(const cudaLaunchAttribute &attr, void (*kernel)(P...), dim3 grid, dim3 block,
+                        size_t smem, cudaStream_t stream, A &&...args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute a = attr;
+  cfg.attrs = &a;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
+}
+
 // kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when pdl
 // (only set on devices of compute capability 9.0 and up). Returns the launch's error.
 template <class... P, class... A>
@@ -181,17 +196,10 @@ cudaError_t launch(bool pdl, void (*kernel)(P...), dim3 grid, dim3 block, size_t
     kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
     return cudaGetLastError();
   }
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
+  return launch_with(attr, kernel, grid, block, smem, stream, std::forward<A>(args)...);
 }
 
 }  // namespace sn

@@ -40,6 +40,29 @@ sn_layer_desc_t member_desc(const Member &m, sn_backend_t backend, uint64_t seed
   return d;
 }
 
+// Member m's layer on `backend` (seed s), reading γ from `gamma` (device memory for CUDA, host for
+// the CPU backend) when m.gamma.
+std::unique_ptr<LayerPtr> member_layer(const Member &m, sn_backend_t backend, uint64_t seed,
+                                       const float *gamma) {
+  auto l = std::make_unique<LayerPtr>(member_desc(m, backend, seed));
+  if (l->p && m.gamma) {
+    EXPECT_EQ(sn_layer_set_gamma(l->p, gamma), SN_SUCCESS);
+  }
+  return l;
+}
+
+// γ = 0.8 in device memory (for member_layer), and on the host.
+struct Gamma {
+  float host = 0.8f, *dev = nullptr;
+  Gamma() {
+    EXPECT_EQ(cudaMalloc(&dev, 4), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(dev, &host, 4, cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  ~Gamma() { cudaFree(dev); }
+  Gamma(const Gamma &) = delete;
+  Gamma &operator=(const Gamma &) = delete;
+};
+
 // W_sn tolerance per type: one unit in the last place of the 2-byte types; for fp32, σ's own
 // float-vs-double difference (about 1e-6) dominates.
 double ulp(sn_dtype_t t) { return t == SN_DTYPE_FLOAT16 ? 1.0 / 1024 : t == SN_DTYPE_BFLOAT16 ? 1.0 / 128 : 1e-6; }
@@ -135,19 +158,13 @@ TEST(GroupGpu, MatchesCpuLayersStepByStep) {
   std::vector<std::vector<uint8_t>> Wh, outc;
   std::vector<void *> Wd, Od;
   std::vector<sn_layer_t *> layers;
-  float *d_gamma = nullptr, h_gamma = 0.8f;
-  ASSERT_EQ(cudaMalloc(&d_gamma, 4), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(d_gamma, &h_gamma, 4, cudaMemcpyHostToDevice), cudaSuccess);
+  const Gamma gamma;
   for (size_t k = 0; k < n_members; ++k) {
     const Member &m = ms[k];
     const uint64_t s = rng.gen();
-    gl.push_back(std::make_unique<LayerPtr>(member_desc(m, SN_BACKEND_CUDA, s)));
-    cl.push_back(std::make_unique<LayerPtr>(member_desc(m, SN_BACKEND_CPU, s)));
+    gl.push_back(member_layer(m, SN_BACKEND_CUDA, s, gamma.dev));
+    cl.push_back(member_layer(m, SN_BACKEND_CPU, s, &gamma.host));
     ASSERT_TRUE(gl.back()->p && cl.back()->p) << k;
-    if (m.gamma) {
-      ASSERT_EQ(sn_layer_set_gamma(gl.back()->p, d_gamma), SN_SUCCESS);
-      ASSERT_EQ(sn_layer_set_gamma(cl.back()->p, &h_gamma), SN_SUCCESS);
-    }
     const int64_t n = numel_of(m.shape);
     Wh.emplace_back(size_t(n) * sn_dtype_size(m.dt));
     outc.emplace_back(Wh.back().size());
@@ -224,7 +241,6 @@ TEST(GroupGpu, MatchesCpuLayersStepByStep) {
     cudaFree(Wd[k]);
     if (Od[k]) cudaFree(Od[k]);
   }
-  cudaFree(d_gamma);
 }
 
 // The cooperative grouped forward (SPECNORM_TUNE=group_coop=1: one launch, grid-wide barriers
@@ -237,9 +253,7 @@ TEST(GroupGpu, CooperativeLaunchIsBitwiseTheThreeKernels) {
   Rng rng(seed);
   const std::vector<Member> ms = every_kind_of_member();
   const size_t n_members = ms.size();
-  float *d_gamma = nullptr, h_gamma = 0.8f;
-  ASSERT_EQ(cudaMalloc(&d_gamma, 4), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(d_gamma, &h_gamma, 4, cudaMemcpyHostToDevice), cudaSuccess);
+  const Gamma gamma;
   std::vector<std::unique_ptr<LayerPtr>> la, lb;
   std::vector<sn_layer_t *> pa, pb;
   std::vector<void *> Wd, Oa, Ob;
@@ -247,13 +261,9 @@ TEST(GroupGpu, CooperativeLaunchIsBitwiseTheThreeKernels) {
   for (size_t k = 0; k < n_members; ++k) {
     const Member &m = ms[k];
     const uint64_t s = rng.gen();
-    la.push_back(std::make_unique<LayerPtr>(member_desc(m, SN_BACKEND_CUDA, s)));
-    lb.push_back(std::make_unique<LayerPtr>(member_desc(m, SN_BACKEND_CUDA, s)));
+    la.push_back(member_layer(m, SN_BACKEND_CUDA, s, gamma.dev));
+    lb.push_back(member_layer(m, SN_BACKEND_CUDA, s, gamma.dev));
     ASSERT_TRUE(la.back()->p && lb.back()->p) << k;
-    if (m.gamma) {
-      ASSERT_EQ(sn_layer_set_gamma(la.back()->p, d_gamma), SN_SUCCESS);
-      ASSERT_EQ(sn_layer_set_gamma(lb.back()->p, d_gamma), SN_SUCCESS);
-    }
     pa.push_back(la.back()->p);
     pb.push_back(lb.back()->p);
     const int64_t n = numel_of(m.shape);
@@ -341,7 +351,6 @@ TEST(GroupGpu, CooperativeLaunchIsBitwiseTheThreeKernels) {
     cudaFree(Oa[k]);
     cudaFree(Ob[k]);
   }
-  cudaFree(d_gamma);
 }
 
 TEST(GroupGpu, DeterministicAndThreeLaunches) {
