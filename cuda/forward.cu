@@ -50,12 +50,15 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 // per multiprocessor, groups its blocks in thread-block clusters of C (1, 2, 4 or 8; sm_90 and
 // up) that add their partial s on chip, with P = 1 launches every kernel as a programmatic
 // dependent launch (sm_90 and up), and with Q = 1 runs a grouped forward as one cooperative
-// launch (cuda/group.cu). Unknown keys and bad values are ignored.
+// launch (cuda/group.cu) of at most group_grid=N blocks (default: as many as fit). Unknown keys
+// and bad values are ignored.
 struct Tune {
   int op_bps = 0;      // 0: as many as fit
   int op_cluster = 0;  // 0: the default below
   int pdl = -1;        // -1: the default below
   int group_coop = 0;  // 1: grouped forwards in one cooperative launch (cuda/group.cu)
+  int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
+                       // blocks of every step)
 };
 
 Tune read_tune() {
@@ -71,6 +74,9 @@ Tune read_tune() {
     } else if (len > 4 && !std::strncmp(s, "pdl=", 4)) {
       const long v = std::strtol(s + 4, &stop, 10);
       if (stop == s + len && (v == 0 || v == 1)) t.pdl = (int)v;
+    } else if (len > 11 && !std::strncmp(s, "group_grid=", 11)) {
+      const long v = std::strtol(s + 11, &stop, 10);
+      if (stop == s + len && v > 0 && v <= 1000000) t.group_grid = (int)v;
     } else if (len > 11 && !std::strncmp(s, "group_coop=", 11)) {
       const long v = std::strtol(s + 11, &stop, 10);
       if (stop == s + len && (v == 0 || v == 1)) t.group_coop = (int)v;
@@ -127,7 +133,10 @@ int pdl_enabled(const Tune &tune) {
 
 extern "C" int sn_cuda_tune_pdl(void) { return pdl_enabled(read_tune()); }
 
-extern "C" int sn_cuda_tune_group_coop(void) { return read_tune().group_coop; }
+extern "C" int sn_cuda_tune_group_coop(void) {
+  const Tune t = read_tune();
+  return t.group_coop ? (t.group_grid > 0 ? t.group_grid : INT_MAX) : 0;
+}
 
 extern "C" int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype) {
   if (order == SN_ORDER_V_FIRST) return sn::one_pass_cols_fits(view.h, dtype);

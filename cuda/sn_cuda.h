@@ -191,7 +191,8 @@ int sn_cuda_group_row_blocks(int64_t h, int warp_k, int sm_count);
  * (at most coop_max, as many as can be resident), or 0 where the device has no cooperative
  * launch. cudaError_t. */
 int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w, int coop_max, int *coop_blocks);
-/* Whether SPECNORM_TUNE asks for the cooperative grouped forward (group_coop=1). */
+/* Whether SPECNORM_TUNE asks for the cooperative grouped forward (group_coop=1): 0 if not, else
+ * the most blocks it may have (group_grid=N, or INT_MAX). */
 int sn_cuda_tune_group_coop(void);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);

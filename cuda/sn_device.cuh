@@ -84,7 +84,8 @@ __device__ __forceinline__ float sum_partials(const float *part, int n, int64_t 
 __device__ __forceinline__ float store_scaled(float x, float m, float *out, int64_t idx) {
   x *= 1.f / m;
   out[idx] = x;
-  return x * x;
+  return __fmul_rn(x, x);  // rounded here: never fused into the add that takes it (same bits in
+                           // every kernel that inlines this, whatever ptxas decides there)
 }
 
 // The last step of every s = Mᵀ y kernel, in its last block (all threads call it): Σ s² from n

@@ -162,8 +162,9 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     if (e == cudaSuccess) e = cudaMemcpy(tab + table, layer_of, lut_bytes, cudaMemcpyHostToDevice);
     int coop_blocks = 0;
     const int most = rows > red ? (rows > div ? rows : div) : (red > div ? red : div);
+    const int coop_cap = sn_cuda_tune_group_coop(); /* 0: three kernels */
     if (e == cudaSuccess)
-      e = (cudaError_t)sn_cuda_group_prepare(max_w, max_warp_w, sn_cuda_tune_group_coop() ? most : 0,
+      e = (cudaError_t)sn_cuda_group_prepare(max_w, max_warp_w, most < coop_cap ? most : coop_cap,
                                              &coop_blocks);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();

@@ -3,6 +3,7 @@
 // any number of layers, compared with CPU layers step by step.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <memory>
@@ -243,15 +244,11 @@ TEST(GroupGpu, MatchesCpuLayersStepByStep) {
   }
 }
 
-// The cooperative grouped forward (SPECNORM_TUNE=group_coop=1: one launch, grid-wide barriers
-// between the steps) runs the very blocks of the three kernels: the same states, scales and W_sn,
-// bit for bit, eager and replayed from a CUDA graph.
-TEST(GroupGpu, CooperativeLaunchIsBitwiseTheThreeKernels) {
-  REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
-  const std::vector<Member> ms = every_kind_of_member();
+// A group of `ms` in one cooperative launch of at most `grid` blocks (nullptr: as many as fit)
+// against the same group in three kernels: the same states, scales and W_sn, bit for bit, eager
+// and replayed from a CUDA graph. The knobs go after whatever SPECNORM_TUNE already says.
+static void expect_coop_equals_three_kernels(const std::vector<Member> &ms, const char *grid, Rng &rng) {
+  SCOPED_TRACE(std::string("group_grid=") + (grid ? grid : "(as many as fit)"));
   const size_t n_members = ms.size();
   const Gamma gamma;
   std::vector<std::unique_ptr<LayerPtr>> la, lb;
@@ -283,15 +280,18 @@ TEST(GroupGpu, CooperativeLaunchIsBitwiseTheThreeKernels) {
     Ob.push_back(ob);
   }
   GroupPtr ga, gb;
+  const char *tune = getenv("SPECNORM_TUNE");
+  const std::string base = tune && *tune ? std::string(tune) + "," : std::string();
   {
-    ScopedEnv env("SPECNORM_TUNE", "group_coop=0");
+    ScopedEnv env("SPECNORM_TUNE", (base + "group_coop=0").c_str());
     ASSERT_EQ(sn_group_create(&ga.p, pa.data(), const_cast<const void *const *>(Wd.data()), Oa.data(),
                               int(n_members)),
               SN_SUCCESS)
         << sn_last_error_message();
   }
   {
-    ScopedEnv env("SPECNORM_TUNE", "group_coop=1");
+    ScopedEnv env("SPECNORM_TUNE",
+                  (base + "group_coop=1" + (grid ? std::string(",group_grid=") + grid : "")).c_str());
     ASSERT_EQ(sn_group_create(&gb.p, pb.data(), const_cast<const void *const *>(Wd.data()), Ob.data(),
                               int(n_members)),
               SN_SUCCESS)
@@ -351,6 +351,23 @@ TEST(GroupGpu, CooperativeLaunchIsBitwiseTheThreeKernels) {
     cudaFree(Oa[k]);
     cudaFree(Ob[k]);
   }
+}
+
+// The cooperative grouped forward (SPECNORM_TUNE=group_coop=1: one launch, grid-wide barriers
+// between the steps) runs the very blocks of the three kernels. With as many blocks as fit, a
+// block takes several rows blocks but at most one reduce block (the 2048 × 16384 member's shared
+// memory allows one block per multiprocessor); with 1 and 7 blocks, every block takes several
+// blocks of every step (reduce, counters and shared memory reused).
+TEST(GroupGpu, CooperativeLaunchIsBitwiseTheThreeKernels) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  std::vector<Member> ms = every_kind_of_member();
+  expect_coop_equals_three_kernels(ms, nullptr, rng);
+  ms.erase(std::remove_if(ms.begin(), ms.end(), [](const Member &m) { return numel_of(m.shape) > (1 << 24); }),
+           ms.end());
+  for (const char *grid : {"1", "7"}) expect_coop_equals_three_kernels(ms, grid, rng);
 }
 
 TEST(GroupGpu, DeterministicAndThreeLaunches) {
