@@ -46,16 +46,18 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 
 // Development knobs, read at plan time from the environment, so that sn_bench can time the
 // kernels' variants on a card (bench/NOTES.md); not part of the API, and the defaults need none:
-// SPECNORM_TUNE="op_bps=N,op_cluster=C,pdl=P,group_coop=Q" caps the one-pass grid at N blocks
-// per multiprocessor, groups its blocks in thread-block clusters of C (1, 2, 4 or 8; sm_90 and
-// up) that add their partial s on chip, with P = 1 launches every kernel as a programmatic
-// dependent launch (sm_90 and up), and with Q = 1 runs a grouped forward as one cooperative
-// launch (cuda/group.cu) of at most group_grid=N blocks (default: as many as fit). Unknown keys
-// and bad values are ignored.
+// SPECNORM_TUNE="op_bps=N,op_cluster=C,op_async=A,pdl=P,group_coop=Q" caps the one-pass grid at
+// N blocks per multiprocessor, groups its blocks in thread-block clusters of C (1, 2, 4 or 8;
+// sm_90 and up) that add their partial s on chip, with A = 1 loads the one-pass training rows by
+// cp.async several rows ahead (cuda/one_pass.cu; where its stages fit in shared memory), with
+// P = 1 launches every kernel as a programmatic dependent launch (sm_90 and up), and with Q = 1
+// runs a grouped forward as one cooperative launch (cuda/group.cu) of at most group_grid=N blocks
+// (default: as many as fit). Unknown keys and bad values are ignored.
 struct Tune {
   int op_bps = 0;      // 0: as many as fit
   int op_cluster = 0;  // 0: the default below
   int pdl = -1;        // -1: the default below
+  int op_async = 0;    // 1: the one-pass training rows kernel's cp.async variant
   int group_coop = 0;  // 1: grouped forwards in one cooperative launch (cuda/group.cu)
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
                        // blocks of every step)
@@ -74,6 +76,9 @@ Tune read_tune() {
     } else if (len > 4 && !std::strncmp(s, "pdl=", 4)) {
       const long v = std::strtol(s + 4, &stop, 10);
       if (stop == s + len && (v == 0 || v == 1)) t.pdl = (int)v;
+    } else if (len > 9 && !std::strncmp(s, "op_async=", 9)) {
+      const long v = std::strtol(s + 9, &stop, 10);
+      if (stop == s + len && (v == 0 || v == 1)) t.op_async = (int)v;
     } else if (len > 11 && !std::strncmp(s, "group_grid=", 11)) {
       const long v = std::strtol(s + 11, &stop, 10);
       if (stop == s + len && v > 0 && v <= 1000000) t.group_grid = (int)v;
@@ -184,8 +189,14 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->one_pass = 1;
     plan->op_elems = sn::one_pass_elems(dtype, view.B);
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
+    plan->op_async = tune.op_async;
     int per_sm = 0, max_clusters = 0;
     cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
+    if (e != cudaSuccess && plan->op_async) {  // its stages do not fit: the register variant
+      (void)cudaGetLastError();
+      plan->op_async = 0;
+      e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
+    }
     if (e != cudaSuccess) return (int)e;
     if (per_sm < 1) per_sm = 1;
     if (tune.op_bps > 0 && tune.op_bps < per_sm) per_sm = tune.op_bps;

@@ -16,6 +16,7 @@
 //   Bytes: op_blocks·w·4 read + w·4 written.
 // Both reductions have a fixed order: results are bitwise reproducible.
 #include <cooperative_groups.h>
+#include <cuda_pipeline.h>
 
 #include "kernels.h"
 #include "sn_device.cuh"
@@ -40,6 +41,7 @@ struct OnePassParams {
   const float *u, *u_div;
   float *scal;
   unsigned *counter;
+  bool async;       // host: the training kernel is the cp.async one (plan.op_async)
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -77,19 +79,36 @@ __device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, flo
 #endif
 }
 
+// Stages of the cp.async variant (SPECNORM_TUNE=op_async=1) for rows of at most `row_bytes`: rows
+// in flight per block = stages - 1, with v (w floats) and the stages in shared memory.
+constexpr int async_stages(int row_bytes) {
+  return row_bytes <= 12288 ? 4 : row_bytes <= 16384 ? 3 : 2;
+}
+
 // NT threads, VPT packs of E elements per thread and row: thread k holds packs k, k + NT, ...
-template <int NT, int VPT, class T, int E, bool EVAL>
+// S = 0: the next row's packs are loaded into registers (nxt) while the current one is reduced:
+//   one row in flight per block beyond the one being reduced, in registers.
+// S >= 2 (training only; SPECNORM_TUNE=op_async=1, not yet measured): the rows go to shared
+//   memory by cp.async, S - 1 rows ahead, in S stages after v. Each thread copies exactly the packs
+//   it later reads, so a stage needs no barrier: the thread's own wait (cp.async.wait_group) makes
+//   its copies visible to it. The point is more bytes in flight per multiprocessor than the
+//   registers can hold (bench/NOTES.md: the rows kernel ran at 62% of the copy bandwidth at 4096²
+//   on an H200, with one 16 KB row ahead per block). Results are bitwise those of S = 0.
+template <int NT, int VPT, class T, int E, bool EVAL, int S = 0>
 __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
+  static_assert(S == 0 || (S >= 2 && !EVAL), "cp.async stages: 2 or more, training only");
   pdl_enter();
   using V = VecN<T, E>;
+  using R = typename V::raw;
   constexpr int F4 = E / 4;  // float4 of v per pack
   const T *W = static_cast<const T *>(p.W);
   const int64_t w = (int64_t)E * p.wp;
   extern __shared__ float4 v_sm[];
+  R *stage = reinterpret_cast<R *>(v_sm + w / 4);  // S > 0: S stages of wp packs after v
   const float ru = EVAL ? reciprocal_of(p.u_div) : 0.f;
 
   float acc[VPT][E];
-  typename V::raw cur[VPT], nxt[VPT];
+  R cur[VPT], nxt[VPT];
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
 #pragma unroll
@@ -99,7 +118,23 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   }
   const int64_t G = gridDim.x;
   int64_t i = blockIdx.x;
-  if (i < p.h) {
+  // S > 0: row r's packs of this thread into stage `slot`, as one commit group (empty past the end,
+  // so that every thread commits one group per row and the waits count alike).
+  auto issue = [&](int64_t r, int slot) {
+    if (r < p.h) {
+      const T *row = W + r * w;
+#pragma unroll
+      for (int k = 0; k < VPT; ++k) {
+        const int j = threadIdx.x + k * NT;
+        if (j < p.wp) __pipeline_memcpy_async(&stage[slot * p.wp + j], row + E * j, sizeof(R));
+      }
+    }
+    __pipeline_commit();
+  };
+  if constexpr (S > 0) {
+#pragma unroll
+    for (int q = 0; q < S - 1; ++q) issue(i + q * G, q);
+  } else if (i < p.h) {
     const T *row = W + i * w;
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
@@ -115,8 +150,18 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   for (int k = threadIdx.x; k < w; k += NT) v_smf[k] = ones ? 1.f : p.x[k] * rx;
   __syncthreads();
   float tsq = 0.f;
+  int slot = 0;  // S > 0: the stage of row i
   for (; i < p.h; i += G) {
-    if (i + G < p.h) {
+    if constexpr (S > 0) {
+      issue(i + (S - 1) * G, slot == 0 ? S - 1 : slot - 1);  // the stage read last iteration
+      __pipeline_wait_prior(S - 1);                          // row i's group is complete
+#pragma unroll
+      for (int k = 0; k < VPT; ++k) {
+        const int j = threadIdx.x + k * NT;
+        if (j < p.wp) cur[k] = stage[slot * p.wp + j];
+      }
+      slot = slot == S - 1 ? 0 : slot + 1;
+    } else if (i + G < p.h) {
       const T *row = W + (i + G) * w;
 #pragma unroll
       for (int k = 0; k < VPT; ++k) {
@@ -152,9 +197,12 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
 #pragma unroll
         for (int e = 0; e < E; ++e) acc[k][e] = fmaf(t, x[k][e], acc[k][e]);
     }
+    if constexpr (S == 0) {
 #pragma unroll
-    for (int k = 0; k < VPT; ++k) cur[k] = nxt[k];
+      for (int k = 0; k < VPT; ++k) cur[k] = nxt[k];
+    }
   }
+  if constexpr (S > 0) __pipeline_wait_prior(0);  // no copy outstanding (those past the end are empty)
   if (!EVAL) {
     // The block's partial s goes to global memory, or (cluster > 1) to its own shared memory,
     // where the cluster's blocks add it up below.
@@ -283,15 +331,20 @@ struct ClusterLaunch {
 template <int NT, int VPT, class T, int E>
 cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *prep) {
   const size_t smem = (size_t)p->wp * E * sizeof(float);
-  auto *train = one_pass_rows_kernel<NT, VPT, T, E, false>;
+  constexpr size_t kPack = sizeof(typename VecN<T, E>::raw);
+  constexpr int S = async_stages(NT * VPT * (int)kPack);
+  // The cp.async training kernel: v, then S stages of a row.
+  const size_t train_smem = p->async ? smem + (size_t)S * p->wp * kPack : smem;
+  auto *train = p->async ? one_pass_rows_kernel<NT, VPT, T, E, false, S>
+                         : one_pass_rows_kernel<NT, VPT, T, E, false>;
   auto *eval = one_pass_rows_kernel<NT, VPT, T, E, true>;
   if (prep) {
     cudaError_t e = allow_shared_memory(eval, smem);
-    if (e == cudaSuccess) e = allow_shared_memory(train, smem);
+    if (e == cudaSuccess) e = allow_shared_memory(train, train_smem);
     if (e == cudaSuccess)
-      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&prep->blocks_per_sm, train, NT, smem);
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&prep->blocks_per_sm, train, NT, train_smem);
     if (e == cudaSuccess && prep->cluster > 1) {
-      ClusterLaunch L(prep->cluster, NT, smem, prep->cluster, nullptr);
+      ClusterLaunch L(prep->cluster, NT, train_smem, prep->cluster, nullptr);
       e = cudaOccupancyMaxActiveClusters(&prep->max_clusters, train, &L.cfg);
     }
     return e;
@@ -299,10 +352,10 @@ cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *
   if (p->u) {
     eval<<<blocks, NT, smem, stream>>>(*p);
   } else if (p->cluster > 1) {
-    ClusterLaunch L(blocks, NT, smem, p->cluster, stream);
+    ClusterLaunch L(blocks, NT, train_smem, p->cluster, stream);
     return cudaLaunchKernelEx(&L.cfg, train, *p);
   } else {
-    train<<<blocks, NT, smem, stream>>>(*p);
+    train<<<blocks, NT, train_smem, stream>>>(*p);
   }
   return cudaGetLastError();
 }
@@ -363,6 +416,7 @@ cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *block
                              int *max_clusters) {
   OnePassParams p{};
   p.wp = (int)(plan.view.B / plan.op_elems);
+  p.async = plan.op_async != 0;
   Prep prep{cluster, 0, 0};
   const cudaError_t e = rows_dispatch(plan, &p, nullptr, &prep);
   *blocks_per_sm = prep.blocks_per_sm;
@@ -374,7 +428,8 @@ cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const flo
                             const float *x_div, const unsigned *health, cudaStream_t stream) {
   const int w4 = (int)(plan.view.B / 4);
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, health, plan.t,
-                  plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr};
+                  plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr,
+                  plan.op_async != 0};
   cudaError_t e = rows_dispatch(plan, &p, stream, nullptr);
   if (e != cudaSuccess) return e;
   ReduceParams r{reinterpret_cast<const float4 *>(plan.op_part), plan.op_tsq,
@@ -389,7 +444,7 @@ cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, cons
                                  const float *x_div, const float *u, const float *u_div,
                                  cudaStream_t stream) {
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, nullptr, nullptr,
-                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan)};
+                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan), false};
   return rows_dispatch(plan, &p, stream, nullptr);
 }
 

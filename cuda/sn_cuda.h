@@ -81,6 +81,8 @@ typedef struct {
                          sm_90; SPECNORM_TUNE=pdl=1) */
   int op_cluster;     /* one-pass: blocks per thread-block cluster adding their partials on chip
                          (1: none); op_blocks is a multiple of it */
+  int op_async;       /* one-pass: the training rows kernel loads rows by cp.async into shared
+                         memory, several rows ahead (SPECNORM_TUNE=op_async=1) */
   /* Scratch, inside the layer's one device workspace. */
   float *t;           /* h: t = M x, unnormalized */
   float *s;           /* w: s = Mᵀ y, unnormalized */

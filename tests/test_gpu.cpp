@@ -3,6 +3,8 @@
 // Every test skips with a message when no CUDA device is present.
 #include <cuda_runtime.h>
 
+#include <cstring>
+
 #include <utility>
 
 #include "test_util.h"
@@ -246,7 +248,7 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const char *tune : {"op_cluster=2", "op_cluster=4", "op_cluster=8", "op_bps=1",
                            "op_bps=1,op_cluster=4", "op_bps=2,op_cluster=2", "pdl=1",
-                           "pdl=1,op_cluster=4"}) {
+                           "pdl=1,op_cluster=4", "op_async=1", "op_async=1,op_cluster=4"}) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + tune);
     env.set(tune);
     for (const Case &c : {Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS},
@@ -271,6 +273,53 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   }
 }
 
+// The cp.async rows kernel (SPECNORM_TUNE=op_async=1) does the register one's arithmetic in the
+// same order: the same states and W_sn, bit for bit, for 4, 3 and 2 stages, 16- and 8-byte packs,
+// with and without clusters. The knobs go after whatever SPECNORM_TUNE already says.
+TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const char *t = getenv("SPECNORM_TUNE");
+  const std::string base = t && *t ? std::string(t) + "," : std::string();
+  ScopedEnv env("SPECNORM_TUNE", nullptr);
+  struct C {
+    std::vector<int64_t> shape;
+    sn_dtype_t dt;
+  };
+  for (const C &c : {C{{2000, 1152}, SN_DTYPE_FLOAT32}, C{{777, 8192}, SN_DTYPE_FLOAT32},
+                     C{{300, 16384}, SN_DTYPE_FLOAT32}, C{{1000, 4096}, SN_DTYPE_BFLOAT16},
+                     C{{600, 8192}, SN_DTYPE_BFLOAT16}, C{{513, 1028}, SN_DTYPE_FLOAT16},
+                     C{{9, 64}, SN_DTYPE_FLOAT32}}) {
+    for (const char *extra : {"", ",op_cluster=1", ",op_cluster=4"}) {
+      SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + extra);
+      sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
+      d.algo = SN_ALGO_ONE_PASS;
+      d.dtype = c.dt;
+      env.set((base + "op_async=0" + extra).c_str());
+      LayerPtr a(d);
+      env.set((base + "op_async=1" + extra).c_str());
+      LayerPtr b(d);
+      ASSERT_TRUE(a.p && b.p);
+      const int64_t n = numel_of(c.shape);
+      const size_t bytes = size_t(n) * sn_dtype_size(c.dt);
+      std::vector<uint8_t> h(bytes), r1(bytes), r2(bytes);
+      const std::vector<float> x = rng.normals(n);
+      for (int64_t q = 0; q < n; ++q) sn_store(h.data(), c.dt, q, x[size_t(q)]);
+      DevBuf dW((bytes + 3) / 4), o1((bytes + 3) / 4), o2((bytes + 3) / 4);
+      ASSERT_EQ(cudaMemcpy(dW.p, h.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
+      for (int step = 0; step < 4; ++step) {
+        const int training = step < 3;
+        ASSERT_EQ(sn_forward(a, dW.p, o1.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward(b, dW.p, o2.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        EXPECT_TRUE(same_state(get_state(a), get_state(b))) << "step " << step;
+        ASSERT_EQ(cudaMemcpy(r1.data(), o1.p, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(r2.data(), o2.p, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+        EXPECT_EQ(std::memcmp(r1.data(), r2.data(), bytes), 0) << "step " << step;
+      }
+    }
+  }
+}
+
 // Also under the SPECNORM_TUNE variants that change how kernels are launched: programmatic
 // dependent launch and thread-block clusters are captured into the graph too.
 TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
@@ -285,7 +334,8 @@ TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   const std::pair<const char *, sn_algo_t> variants[] = {
       {nullptr, SN_ALGO_DEFAULT}, {nullptr, SN_ALGO_ONE_PASS}, {"pdl=1", SN_ALGO_DEFAULT},
-      {"pdl=1", SN_ALGO_ONE_PASS}, {"pdl=1,op_cluster=4", SN_ALGO_ONE_PASS}};
+      {"pdl=1", SN_ALGO_ONE_PASS}, {"pdl=1,op_cluster=4", SN_ALGO_ONE_PASS},
+      {"op_async=1", SN_ALGO_ONE_PASS}};
   for (const auto &[tune, algo] : variants) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + (tune ? tune : "") + " algo " + std::to_string(int(algo)));
     env.set(tune);
