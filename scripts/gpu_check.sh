@@ -375,13 +375,17 @@ else
 fi
 
 # ---- Nsight Compute, where the time goes: the sections of the kernels still far from their floor
-# (bench/NOTES.md): the one-pass rows and reduce kernels of 4096² fp32 (scale, train) and the
-# grouped SN-GAN forward as one cooperative kernel (SPECNORM_TUNE=group_coop=1).
+# (bench/NOTES.md): the one-pass rows and reduce kernels of 4096² fp32 (scale, train), the rows
+# kernel's cp.async variant (op_async=1) and the grouped SN-GAN forward as one cooperative kernel
+# (SPECNORM_TUNE=group_coop=1).
 detail() {
   local sec=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
              --section MemoryWorkloadAnalysis --section SchedulerStats)
   "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows|one_pass_reduce" -c 4 \
     "$SN_BENCH" --shape 4096x4096 --mode scale,train --no-baseline --no-graph --no-group --no-check \
+    --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
+  SPECNORM_TUNE=op_async=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \
+    "$SN_BENCH" --shape 4096x4096 --mode scale --no-baseline --no-graph --no-group --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
   SPECNORM_TUNE=group_coop=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:group_" -c 4 \
     "$SN_BENCH" --preset sngan-cifar10 --mode train,scale --no-baseline --no-graph --no-check \
