@@ -192,7 +192,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->op_async = tune.op_async;
     int per_sm = 0, max_clusters = 0;
     cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
-    if (e != cudaSuccess && plan->op_async) {  // its stages do not fit: the register variant
+    if (e != cudaSuccess && plan->op_async) {  // e.g. its stages do not fit: the register kernel
       (void)cudaGetLastError();
       plan->op_async = 0;
       e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);

@@ -93,7 +93,8 @@ constexpr int async_stages(int row_bytes) {
 //   it later reads, so a stage needs no barrier: the thread's own wait (cp.async.wait_group) makes
 //   its copies visible to it. The point is more bytes in flight per multiprocessor than the
 //   registers can hold (bench/NOTES.md: the rows kernel ran at 62% of the copy bandwidth at 4096²
-//   on an H200, with one 16 KB row ahead per block). Results are bitwise those of S = 0.
+//   on an H200, with one 16 KB row ahead per block). On the same grid the results are bitwise
+//   those of S = 0; the default grid follows each kernel's occupancy, so it may differ.
 template <int NT, int VPT, class T, int E, bool EVAL, int S = 0>
 __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   static_assert(S == 0 || (S >= 2 && !EVAL), "cp.async stages: 2 or more, training only");

@@ -7,6 +7,7 @@
 
 #include <utility>
 
+#include "sn_internal.h"
 #include "test_util.h"
 
 using namespace sntest;
@@ -274,14 +275,20 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
 }
 
 // The cp.async rows kernel (SPECNORM_TUNE=op_async=1) does the register one's arithmetic in the
-// same order: the same states and W_sn, bit for bit, for 4, 3 and 2 stages, 16- and 8-byte packs,
-// with and without clusters. The knobs go after whatever SPECNORM_TUNE already says.
+// same order: on the same grid (a block's rows, so the order of the partial sums, follow from the
+// grid, which is sized by each kernel's occupancy: op_bps pins it), the same states and W_sn, bit
+// for bit, for 4, 3 and 2 stages, 16- and 8-byte packs, with and without clusters. The knobs go
+// after whatever SPECNORM_TUNE already says.
 TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
   const char *t = getenv("SPECNORM_TUNE");
   const std::string base = t && *t ? std::string(t) + "," : std::string();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
+  int dev = 0, optin = 0;
+  CUDA_OK(cudaGetDevice(&dev));
+  CUDA_OK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  int async_used = 0;
   struct C {
     std::vector<int64_t> shape;
     sn_dtype_t dt;
@@ -290,7 +297,7 @@ TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
                      C{{300, 16384}, SN_DTYPE_FLOAT32}, C{{1000, 4096}, SN_DTYPE_BFLOAT16},
                      C{{600, 8192}, SN_DTYPE_BFLOAT16}, C{{513, 1028}, SN_DTYPE_FLOAT16},
                      C{{9, 64}, SN_DTYPE_FLOAT32}}) {
-    for (const char *extra : {"", ",op_cluster=1", ",op_cluster=4"}) {
+    for (const char *extra : {",op_bps=1,op_cluster=1", ",op_bps=2,op_cluster=1", ",op_bps=2,op_cluster=4"}) {
       SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + extra);
       sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
       d.algo = SN_ALGO_ONE_PASS;
@@ -300,6 +307,15 @@ TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
       env.set((base + "op_async=1" + extra).c_str());
       LayerPtr b(d);
       ASSERT_TRUE(a.p && b.p);
+      ASSERT_EQ(a.p->plan.op_async, 0);
+      // The widest case's stages take 192 KB of shared memory: every case fits on an H100 or H200
+      // (227 KB per block); elsewhere a case may fall back to the register kernel.
+      if (optin >= 200 * 1024) {
+        EXPECT_EQ(b.p->plan.op_async, 1);
+      }
+      async_used += b.p->plan.op_async;
+      ASSERT_EQ(a.p->plan.op_blocks, b.p->plan.op_blocks) << "the test needs the same grid";
+      ASSERT_EQ(a.p->plan.op_cluster, b.p->plan.op_cluster);
       const int64_t n = numel_of(c.shape);
       const size_t bytes = size_t(n) * sn_dtype_size(c.dt);
       std::vector<uint8_t> h(bytes), r1(bytes), r2(bytes);
@@ -318,6 +334,7 @@ TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
       }
     }
   }
+  EXPECT_GT(async_used, 0) << "the cp.async kernel never ran";
 }
 
 // Also under the SPECNORM_TUNE variants that change how kernels are launched: programmatic
