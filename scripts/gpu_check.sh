@@ -327,20 +327,28 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # kernel, not yet measured)
 read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_bps=1 op_cluster=1 op_cluster=2 op_async=1 op_async=1,op_cluster=1 op_async=1,op_bps=2}"
 variants() {
-  local t rc=0
+  local t rc=0 table=() ptable=()
   for t in "${TUNES[@]}"; do
     echo "################ SPECNORM_TUNE=$t"
+    local js="$VDIR/${t//[=,]/_}.json"
+    table+=("$t=$js")
     if [[ $t == default ]]; then
-      env -u SPECNORM_TUNE "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-check --reps 50 || rc=1
+      env -u SPECNORM_TUNE "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-graph --no-check --reps 50 --json "$js" || rc=1
     else
-      SPECNORM_TUNE="$t" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-check --reps 50 || rc=1
+      SPECNORM_TUNE="$t" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-graph --no-check --reps 50 --json "$js" || rc=1
     fi
   done
   for t in default group_coop=1; do
     echo "################ SPECNORM_TUNE=$t: presets, per layer and grouped"
+    local js="$VDIR/presets_${t//[=,]/_}.json"
+    ptable+=("$t=$js")
     SPECNORM_TUNE="${t#default}" "$SN_BENCH" --preset sngan-cifar10 --preset vit-b16 \
-      --mode train,scale --no-baseline --no-check --reps 50 || rc=1
+      --mode train,scale --no-baseline --no-check --reps 50 --json "$js" || rc=1
   done
+  echo "################ the variants side by side (bench/variants_table.py)"
+  python3 "$REPO/bench/variants_table.py" "${table[@]}" || rc=1
+  echo
+  python3 "$REPO/bench/variants_table.py" "${ptable[@]}" || rc=1
   echo "################ legacy order: one pass by columns against two passes"
   env -u SPECNORM_TUNE "$SN_BENCH" --shape 768x4096 --shape 512x16384 --shape 1536x4608 \
     --preset sngan-cifar10 --order v-first --algo all --dtype f32,bf16 --mode train,scale \
@@ -349,7 +357,8 @@ variants() {
 }
 if [[ -x "$SN_BENCH" ]]; then
   run_step variants "$OUT/bench.log" 90 130 \
-    env LD_LIBRARY_PATH="$RUN_LD_PATH" bash -c "$(declare -p VARIANT_WL TUNES SN_BENCH); $(declare -f variants); variants"
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" VDIR="$LOGS" REPO="$REPO" \
+    bash -c "$(declare -p VARIANT_WL TUNES SN_BENCH); $(declare -f variants); variants"
 else
   skip_step variants "$OUT/bench.log" "no $SN_BENCH"
 fi
