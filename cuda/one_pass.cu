@@ -80,18 +80,18 @@ __device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, flo
 }
 
 // Stages of the cp.async variant (SPECNORM_TUNE=op_async=1) for rows of at most `row_bytes`: rows
-// in flight per block = stages - 1, with v (w floats) and the stages in shared memory.
-constexpr int async_stages(int row_bytes) {
-  return row_bytes <= 12288 ? 4 : row_bytes <= 16384 ? 3 : 2;
-}
+// in flight per block = stages - 1. At most 3 × 64 KB = 192 KB of shared memory (sm_90 gives a
+// block 227 KB; an A100 164 KB: there the widest rows keep the register kernel).
+constexpr int async_stages(int row_bytes) { return row_bytes <= 16384 ? 4 : 3; }
 
 // NT threads, VPT packs of E elements per thread and row: thread k holds packs k, k + NT, ...
 // S = 0: the next row's packs are loaded into registers (nxt) while the current one is reduced:
 //   one row in flight per block beyond the one being reduced, in registers.
 // S >= 2 (training only; SPECNORM_TUNE=op_async=1, not yet measured): the rows go to shared
-//   memory by cp.async, S - 1 rows ahead, in S stages after v. Each thread copies exactly the packs
-//   it later reads, so a stage needs no barrier: the thread's own wait (cp.async.wait_group) makes
-//   its copies visible to it. The point is more bytes in flight per multiprocessor than the
+//   memory by cp.async, S - 1 rows ahead, in S stages; v is in registers (the thread's VPT·E
+//   values), so the stages have the shared memory to themselves. Each thread copies exactly the
+//   packs it later reads, so a stage needs no barrier: the thread's own wait (cp.async.wait_group)
+//   makes its copies visible to it. The point is more bytes in flight per multiprocessor than the
 //   registers can hold (bench/NOTES.md: the rows kernel ran at 62% of the copy bandwidth at 4096²
 //   on an H200, with one 16 KB row ahead per block). On the same grid the results are bitwise
 //   those of S = 0; the default grid follows each kernel's occupancy, so it may differ.
@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   const T *W = static_cast<const T *>(p.W);
   const int64_t w = (int64_t)E * p.wp;
   extern __shared__ float4 v_sm[];
-  R *stage = reinterpret_cast<R *>(v_sm + w / 4);  // S > 0: S stages of wp packs after v
+  R *stage = reinterpret_cast<R *>(v_sm);  // S > 0: S stages of wp packs (v is in registers)
   const float ru = EVAL ? reciprocal_of(p.u_div) : 0.f;
 
   float acc[VPT][E];
@@ -143,13 +143,24 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
       if (j < p.wp) cur[k] = V::load_raw(row + E * j);
     }
   }
-  // v into shared memory while the first row's loads are in flight. v may start at any float
-  // boundary (the state's v follows u): load it by floats.
-  float *v_smf = reinterpret_cast<float *>(v_sm);
+  // v into shared memory (S > 0: the thread's own values into registers) while the first rows'
+  // loads are in flight. v may start at any float boundary (the state's v follows u): load it by
+  // floats.
   const float rx = reciprocal_of(p.x_div);
   const bool ones = p.health && (*p.health & SN_HEALTH_RESTART);
-  for (int k = threadIdx.x; k < w; k += NT) v_smf[k] = ones ? 1.f : p.x[k] * rx;
-  __syncthreads();
+  float vr[VPT][E];
+  if constexpr (S > 0) {
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const int j = threadIdx.x + k * NT;
+#pragma unroll
+      for (int e = 0; e < E; ++e) vr[k][e] = j < p.wp ? (ones ? 1.f : p.x[E * j + e] * rx) : 0.f;
+    }
+  } else {
+    float *v_smf = reinterpret_cast<float *>(v_sm);
+    for (int k = threadIdx.x; k < w; k += NT) v_smf[k] = ones ? 1.f : p.x[k] * rx;
+    __syncthreads();
+  }
   float tsq = 0.f;
   int slot = 0;  // S > 0: the stage of row i
   for (; i < p.h; i += G) {
@@ -179,7 +190,11 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
       if (j < p.wp) {
 #pragma unroll
         for (int q = 0; q < F4; ++q) {
-          const float4 v = v_sm[F4 * j + q];
+          float4 v;
+          if constexpr (S > 0)
+            v = make_float4(vr[k][4 * q], vr[k][4 * q + 1], vr[k][4 * q + 2], vr[k][4 * q + 3]);
+          else
+            v = v_sm[F4 * j + q];
           d = fmaf(x[k][4 * q + 0], v.x, d);
           d = fmaf(x[k][4 * q + 1], v.y, d);
           d = fmaf(x[k][4 * q + 2], v.z, d);
@@ -209,7 +224,7 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
     // where the cluster's blocks add it up below.
     if (!kHaveClusters && p.cluster > 1) __trap();  // the host checks the code's PTX version
     const bool on_chip = p.cluster > 1;
-    if (on_chip) __syncthreads();  // every thread is done reading v_sm
+    if (on_chip) __syncthreads();  // every thread is done reading v_sm (S > 0: the stages)
     float4 *out = on_chip ? v_sm : reinterpret_cast<float4 *>(p.part + (int64_t)blockIdx.x * w);
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
@@ -334,8 +349,9 @@ cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *
   const size_t smem = (size_t)p->wp * E * sizeof(float);
   constexpr size_t kPack = sizeof(typename VecN<T, E>::raw);
   constexpr int S = async_stages(NT * VPT * (int)kPack);
-  // The cp.async training kernel: v, then S stages of a row.
-  const size_t train_smem = p->async ? smem + (size_t)S * p->wp * kPack : smem;
+  // The cp.async training kernel: S stages of a row (at least w floats: the cluster's partial s
+  // lands there too).
+  const size_t train_smem = p->async ? (size_t)S * p->wp * kPack : smem;
   auto *train = p->async ? one_pass_rows_kernel<NT, VPT, T, E, false, S>
                          : one_pass_rows_kernel<NT, VPT, T, E, false>;
   auto *eval = one_pass_rows_kernel<NT, VPT, T, E, true>;
