@@ -47,7 +47,7 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 // Development knobs, read at plan time from the environment, so that sn_bench can time the
 // kernels' variants on a card (bench/NOTES.md); not part of the API, and the defaults need none:
 // SPECNORM_TUNE="op_bps=N,op_cluster=C,op_async=A,pdl=P,group_coop=Q" caps the one-pass grid at
-// N blocks per multiprocessor, groups its blocks in thread-block clusters of C (1, 2, 4 or 8;
+// N blocks per multiprocessor (op_grid=M: at M blocks), groups its blocks in thread-block clusters of C (1, 2, 4 or 8;
 // sm_90 and up) that add their partial s on chip, with A = 1 loads the one-pass training rows by
 // cp.async several rows ahead (cuda/one_pass.cu; where its stages fit in shared memory), with
 // P = 1 launches every kernel as a programmatic dependent launch (sm_90 and up), and with Q = 1
@@ -55,6 +55,8 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 // (default: as many as fit). Unknown keys and bad values are ignored.
 struct Tune {
   int op_bps = 0;      // 0: as many as fit
+  int op_grid = 0;     // > 0: at most this many one-pass blocks (tests: the same grid for two
+                       // kernels of different occupancy)
   int op_cluster = 0;  // 0: the default below
   int pdl = -1;        // -1: the default below
   int op_async = 0;    // 1: the one-pass training rows kernel's cp.async variant
@@ -76,6 +78,9 @@ Tune read_tune() {
     } else if (len > 4 && !std::strncmp(s, "pdl=", 4)) {
       const long v = std::strtol(s + 4, &stop, 10);
       if (stop == s + len && (v == 0 || v == 1)) t.pdl = (int)v;
+    } else if (len > 8 && !std::strncmp(s, "op_grid=", 8)) {
+      const long v = std::strtol(s + 8, &stop, 10);
+      if (stop == s + len && v > 0 && v <= 1000000) t.op_grid = (int)v;
     } else if (len > 9 && !std::strncmp(s, "op_async=", 9)) {
       const long v = std::strtol(s + 9, &stop, 10);
       if (stop == s + len && (v == 0 || v == 1)) t.op_async = (int)v;
@@ -201,6 +206,8 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     if (per_sm < 1) per_sm = 1;
     if (tune.op_bps > 0 && tune.op_bps < per_sm) per_sm = tune.op_bps;
     int64_t blocks = (int64_t)plan->sm_count * per_sm;
+    if (tune.op_grid > 0 && tune.op_grid < blocks) blocks = tune.op_grid;
+    const int64_t plain = blocks;  // the grid without clusters
     int cluster = tune.op_cluster > 0 ? tune.op_cluster : default_cluster(blocks, view, dtype);
     if (cluster > 1 && (cluster > h || !device_is_sm90_or_later())) cluster = 1;
     if (cluster > 1) {
@@ -215,7 +222,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
       // Only as many clusters as fit at once: the grid is persistent.
       blocks = clamp64((int64_t)max_clusters * cluster, 0, blocks) / cluster * cluster;
       if (blocks > h) blocks = h / cluster * cluster;
-      if (blocks < cluster) cluster = 1, blocks = (int64_t)plan->sm_count * per_sm;
+      if (blocks < cluster) cluster = 1, blocks = plain;
     }
     plan->op_cluster = cluster;
     plan->op_blocks = (int)clamp64(blocks, 1, h);

@@ -276,8 +276,8 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
 
 // The cp.async rows kernel (SPECNORM_TUNE=op_async=1) does the register one's arithmetic in the
 // same order: on the same grid (a block's rows, so the order of the partial sums, follow from the
-// grid, which is sized by each kernel's occupancy: op_bps pins it), the same states and W_sn, bit
-// for bit, for 4, 3 and 2 stages, 16- and 8-byte packs, with and without clusters. The knobs go
+// grid, which is sized by each kernel's occupancy: op_grid pins it), the same states and W_sn, bit
+// for bit, for 4 and 3 stages, 16- and 8-byte packs, with and without clusters. The knobs go
 // after whatever SPECNORM_TUNE already says.
 TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
   REQUIRE_GPU();
@@ -297,7 +297,7 @@ TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
                      C{{300, 16384}, SN_DTYPE_FLOAT32}, C{{1000, 4096}, SN_DTYPE_BFLOAT16},
                      C{{600, 8192}, SN_DTYPE_BFLOAT16}, C{{513, 1028}, SN_DTYPE_FLOAT16},
                      C{{9, 64}, SN_DTYPE_FLOAT32}}) {
-    for (const char *extra : {",op_bps=1,op_cluster=1", ",op_bps=2,op_cluster=1", ",op_bps=2,op_cluster=4"}) {
+    for (const char *extra : {",op_grid=64,op_cluster=1", ",op_grid=7,op_cluster=1", ",op_grid=64,op_cluster=4"}) {
       SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + extra);
       sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
       d.algo = SN_ALGO_ONE_PASS;
