@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "kernels.h"
+#include "sn_types.cuh"
 #include "sn_reference.h" /* sn_dtype_size */
 
 namespace {
@@ -45,14 +46,20 @@ int64_t op_tsq_floats(const sn_cuda_plan_t &p) {
 size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 
 // Development knobs, read at plan time from the environment, so that sn_bench can time the
-// kernels' variants on a card (bench/NOTES.md); not part of the API, and the defaults need none:
-// SPECNORM_TUNE="op_bps=N,op_cluster=C,op_async=A,pdl=P,group_coop=Q" caps the one-pass grid at
-// N blocks per multiprocessor (op_grid=M: at M blocks), groups its blocks in thread-block clusters of C (1, 2, 4 or 8;
-// sm_90 and up) that add their partial s on chip, with A = 1 loads the one-pass training rows by
-// cp.async several rows ahead (cuda/one_pass.cu; where its stages fit in shared memory), with
-// P = 1 launches every kernel as a programmatic dependent launch (sm_90 and up), and with Q = 1
-// runs a grouped forward as one cooperative launch (cuda/group.cu) of at most group_grid=N blocks
-// (default: as many as fit). Unknown keys and bad values are ignored.
+// kernels' variants on a card (bench/NOTES.md); not part of the API, and the defaults need none.
+// SPECNORM_TUNE is a comma-separated list of:
+//   op_bps=N      at most N one-pass blocks per multiprocessor
+//   op_grid=M     at most M one-pass blocks
+//   op_cluster=C  one-pass blocks in thread-block clusters of C (1, 2, 4 or 8; sm_90 and up) that
+//                 add their partial s on chip
+//   op_async=1    the one-pass training rows by cp.async, several rows ahead (cuda/one_pass.cu;
+//                 where its stages fit in shared memory)
+//   op_fuse=1     a training forward without W_sn commits in its last one-pass reduction (no
+//                 commit launch)
+//   pdl=0|1       every kernel as a programmatic dependent launch (sm_90 and up)
+//   group_coop=1  a grouped forward as one cooperative launch (cuda/group.cu), of at most
+//   group_grid=N  blocks (default: as many as fit)
+// Unknown keys and bad values are ignored.
 struct Tune {
   int op_bps = 0;      // 0: as many as fit
   int op_grid = 0;     // > 0: at most this many one-pass blocks (tests: the same grid for two
@@ -60,6 +67,7 @@ struct Tune {
   int op_cluster = 0;  // 0: the default below
   int pdl = -1;        // -1: the default below
   int op_async = 0;    // 1: the one-pass training rows kernel's cp.async variant
+  int op_fuse = 0;     // 1: a forward without W_sn commits in its last one-pass reduction
   int group_coop = 0;  // 1: grouped forwards in one cooperative launch (cuda/group.cu)
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
                        // blocks of every step)
@@ -81,6 +89,9 @@ Tune read_tune() {
     } else if (len > 8 && !std::strncmp(s, "op_grid=", 8)) {
       const long v = std::strtol(s + 8, &stop, 10);
       if (stop == s + len && v > 0 && v <= 1000000) t.op_grid = (int)v;
+    } else if (len > 8 && !std::strncmp(s, "op_fuse=", 8)) {
+      const long v = std::strtol(s + 8, &stop, 10);
+      if (stop == s + len && (v == 0 || v == 1)) t.op_fuse = (int)v;
     } else if (len > 9 && !std::strncmp(s, "op_async=", 9)) {
       const long v = std::strtol(s + 9, &stop, 10);
       if (stop == s + len && (v == 0 || v == 1)) t.op_async = (int)v;
@@ -195,6 +206,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->op_elems = sn::one_pass_elems(dtype, view.B);
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
     plan->op_async = tune.op_async;
+    plan->op_fuse = tune.op_fuse;
     int per_sm = 0, max_clusters = 0;
     cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
     if (e != cudaSuccess && plan->op_async) {  // e.g. its stages do not fit: the register kernel
@@ -268,10 +280,12 @@ extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
   plan->counters = reinterpret_cast<unsigned *>(p);
 }
 
-extern "C" int sn_cuda_forward_launches(const sn_cuda_forward_args_t *a) {
+extern "C" int sn_cuda_forward_launches(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *a) {
   if (a->is_1d) return 2;
   const int iters = a->warmup_iters + (a->training ? a->n_iters : 0);
   if (a->training && iters == 0) return 0;
+  const bool one_pass = plan->one_pass && !plan->one_pass_cols && sn::aligned16(a->W);
+  if (one_pass && plan->op_fuse && a->training && !a->W_sn) return 2 * iters;  // no commit launch
   return 2 * iters + (a->training ? 0 : 1) + 1;  // one pass is 2 launches per iteration too
 }
 
@@ -298,16 +312,20 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
   const int iters = a->warmup_iters + (a->training ? a->n_iters : 0);
   if (a->training && iters == 0) return 0;
   // The row kernels need 16-byte aligned rows; the column kernels take any W.
-  const bool one_pass = P.one_pass && !P.one_pass_cols && (reinterpret_cast<uintptr_t>(a->W) & 15u) == 0;
+  const bool one_pass = P.one_pass && !P.one_pass_cols && sn::aligned16(a->W);
   // The current u and v: the state at first, then the scratch products with their norms.
   const float *u = a->u, *u_div = nullptr, *v = a->v, *v_div = nullptr;
   int slot = SN_SCAL_SIG_S;
   // The first product of a training forward restarts from ones if the health word asks for it.
   const unsigned *health = reinterpret_cast<const unsigned *>(a->sigma + 3);
+  // A training forward without W_sn may end with the one-pass reduction committing the state
+  // itself (SPECNORM_TUNE=op_fuse=1): one launch fewer.
+  const bool fuse = one_pass && P.op_fuse && a->training && !a->W_sn;
   for (int k = 0; k < iters; ++k) {
     const unsigned *restart = k == 0 ? health : nullptr;
     if (one_pass) {
-      SN_TRY(sn::launch_one_pass(P, a->W, v, v_div, restart, stream));
+      SN_TRY(sn::launch_one_pass(P, a->W, v, v_div, restart, fuse && k == iters - 1 ? a : nullptr,
+                                 stream));
       slot = SN_SCAL_SIG_S;
     } else if (a->order == SN_ORDER_U_FIRST) {
       SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kNormalize, nullptr, nullptr, restart,
@@ -328,6 +346,7 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
     v = P.s;
     v_div = scal + SN_SCAL_M_S;
   }
+  if (fuse) return 0;  // committed by the last reduction
   if (!a->training) {
     if (one_pass)
       SN_TRY(sn::launch_one_pass_eval(P, a->W, v, v_div, u, u_div, stream));

@@ -256,7 +256,28 @@ struct ReduceParams {
   float *scal;
   unsigned *counter;
   float eps;
+  // commit (u != NULL): the last block commits u = t / max(‖t‖, eps), v = s / max(‖s‖, eps) and the
+  // state word, exactly as commit_divide_kernel with Commit::kVectors and no W_sn.
+  float *u, *v, *sigma;
+  const float *t;
+  int64_t h;
+  float norm_bound;
+  const float *gamma;
 };
+
+// The commit of a forward without W_sn, by one block (every thread calls it) after the norms are
+// in scal: the arithmetic of commit_divide_kernel's kVectors branch and state word.
+__device__ __forceinline__ void commit_in_block(const ReduceParams &p, float m_t) {
+  __syncthreads();  // scal[M_S] and scal[SIG_S], written by thread 0
+  const CommitScale cs = commit_scale(p.scal[SN_SCAL_SIG_S], p.sigma, p.norm_bound, p.gamma);
+  if (cs.good) {
+    const float m_s = p.scal[SN_SCAL_M_S];
+    const float *s = reinterpret_cast<const float *>(p.s);
+    for (int64_t i = threadIdx.x; i < p.h; i += kBlock) p.u[i] = p.t[i] / m_t;
+    for (int64_t j = threadIdx.x; j < 4LL * p.w4; j += kBlock) p.v[j] = __ldcg(&s[j]) / m_s;
+  }
+  if (threadIdx.x == 0) commit_state_word(p.sigma, cs, true);
+}
 
 // 4 float4 columns per block and 64 lanes along the partials: w / 16 blocks, so that the partials
 // (hundreds of rows of them at 4096 columns) are read by many blocks at once; 16 columns per block
@@ -311,6 +332,7 @@ __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p)
   if (!last_block_to_arrive(p.counter, gridDim.x)) return;
   finish_s_norm(p.sq, gridDim.x, p.eps, p.scal);
   if (threadIdx.x == 0) p.scal[SN_SCAL_M_T] = m_t;
+  if (p.u) commit_in_block(p, m_t);
 }
 
 // One instance per (threads, packs per thread, element type, elements per pack): launch it, or
@@ -442,7 +464,8 @@ cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *block
 }
 
 cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
-                            const float *x_div, const unsigned *health, cudaStream_t stream) {
+                            const float *x_div, const unsigned *health,
+                            const sn_cuda_forward_args_t *commit, cudaStream_t stream) {
   const int w4 = (int)(plan.view.B / 4);
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, health, plan.t,
                   plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr,
@@ -452,7 +475,9 @@ cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const flo
   ReduceParams r{reinterpret_cast<const float4 *>(plan.op_part), plan.op_tsq,
                  plan.op_blocks / plan.op_cluster, plan.op_blocks, w4,
                  reinterpret_cast<float4 *>(plan.s), plan.op_sq, plan.scal,
-                 one_pass_counter(plan), plan.eps};
+                 one_pass_counter(plan), plan.eps,
+                 commit ? commit->u : nullptr, commit ? commit->v : nullptr,
+                 commit ? commit->sigma : nullptr, plan.t, plan.view.h, plan.norm_bound, plan.gamma};
   return launch(plan.pdl, one_pass_reduce_kernel, (int)one_pass_reduce_blocks(w4), kBlock, 0,
                 stream, r);
 }

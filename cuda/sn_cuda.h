@@ -83,6 +83,8 @@ typedef struct {
                          (1: none); op_blocks is a multiple of it */
   int op_async;       /* one-pass: the training rows kernel loads rows by cp.async into shared
                          memory, several rows ahead (SPECNORM_TUNE=op_async=1) */
+  int op_fuse;        /* one-pass: a training forward without W_sn commits u, v, σ in its last
+                         reduction instead of a commit launch (SPECNORM_TUNE=op_fuse=1) */
   /* Scratch, inside the layer's one device workspace. */
   float *t;           /* h: t = M x, unnormalized */
   float *s;           /* w: s = Mᵀ y, unnormalized */
@@ -200,7 +202,7 @@ int sn_cuda_tune_group_coop(void);
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
 
 /* Kernel launches sn_cuda_forward makes for these arguments (for documentation and tests). */
-int sn_cuda_forward_launches(const sn_cuda_forward_args_t *args);
+int sn_cuda_forward_launches(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *args);
 
 #ifdef __cplusplus
 }

@@ -337,6 +337,84 @@ TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
   EXPECT_GT(async_used, 0) << "the cp.async kernel never ran";
 }
 
+// A training forward without W_sn committing in its last one-pass reduction (SPECNORM_TUNE=
+// op_fuse=1) does what the commit kernel does: the same state, scale and health word, bit for bit,
+// through ordinary steps, a zero weight (σ = 0: the restart request), the recovery from ones and a
+// non-finite weight (the state kept); with 2 power iterations, only the last one commits. And it
+// saves the commit launch: a captured scale-only forward has one node fewer.
+TEST(Gpu, FusedScaleOnlyCommitIsBitwiseTheCommitKernel) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const char *t = getenv("SPECNORM_TUNE");
+  const std::string base = t && *t ? std::string(t) + "," : std::string();
+  ScopedEnv env("SPECNORM_TUNE", nullptr);
+  struct C {
+    std::vector<int64_t> shape;
+    sn_dtype_t dt;
+    int iters;
+  };
+  for (const C &c : {C{{2000, 1152}, SN_DTYPE_FLOAT32, 1}, C{{777, 8192}, SN_DTYPE_FLOAT32, 2},
+                     C{{300, 16384}, SN_DTYPE_FLOAT32, 1}, C{{1000, 4096}, SN_DTYPE_BFLOAT16, 1},
+                     C{{9, 64}, SN_DTYPE_FLOAT32, 1}}) {
+    SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " iters " +
+                 std::to_string(c.iters));
+    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
+    d.algo = SN_ALGO_ONE_PASS;
+    d.dtype = c.dt;
+    d.n_power_iterations = c.iters;
+    env.set((base + "op_fuse=0").c_str());
+    LayerPtr a(d);
+    env.set((base + "op_fuse=1").c_str());
+    LayerPtr b(d);
+    ASSERT_TRUE(a.p && b.p);
+    ASSERT_EQ(b.p->plan.op_fuse, 1);
+    const int64_t n = numel_of(c.shape);
+    const size_t bytes = size_t(n) * sn_dtype_size(c.dt);
+    DevBuf dW((bytes + 3) / 4);
+    std::vector<uint8_t> h(bytes);
+    // Steps: random weights (3), zeros, random (the restart from ones), NaN, random.
+    for (int step = 0; step < 7; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      const std::vector<float> x = rng.normals(n);
+      for (int64_t q = 0; q < n; ++q)
+        sn_store(h.data(), c.dt, q, step == 3 ? 0.f : step == 5 && q == n / 2 ? NAN : x[size_t(q)]);
+      ASSERT_EQ(cudaMemcpy(dW.p, h.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
+      ASSERT_EQ(sn_forward_scale_only(a, dW.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward_scale_only(b, dW.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+      float sa = 0, sb = 0;
+      uint32_t ha = 0, hb = 0;
+      ASSERT_EQ(sn_layer_get_scale(a, &sa, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_get_scale(b, &sb, nullptr), SN_SUCCESS);
+      EXPECT_EQ(std::memcmp(&sa, &sb, 4), 0);
+      ASSERT_EQ(sn_layer_get_health(a, &ha, 0, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_get_health(b, &hb, 0, nullptr), SN_SUCCESS);
+      EXPECT_EQ(ha, hb);
+      if (step == 3) {
+        EXPECT_NE(hb & SN_HEALTH_ZERO, 0u) << "the zero step must be seen";
+      }
+      if (step == 5) {
+        EXPECT_NE(hb & SN_HEALTH_NONFINITE, 0u) << "the NaN step must be seen";
+      }
+    }
+    cudaStream_t s;
+    CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    size_t nodes[2] = {0, 0};
+    LayerPtr *ls[2] = {&a, &b};
+    for (int q = 0; q < 2; ++q) {
+      cudaGraph_t graph;
+      CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+      ASSERT_EQ(sn_forward_scale_only(*ls[q], dW.p, 1, s), SN_SUCCESS);
+      CUDA_OK(cudaStreamEndCapture(s, &graph));
+      CUDA_OK(cudaGraphGetNodes(graph, nullptr, &nodes[q]));
+      cudaGraphDestroy(graph);
+    }
+    EXPECT_EQ(nodes[0], 2u * c.iters + 1);
+    EXPECT_EQ(nodes[1], 2u * c.iters);
+    cudaStreamDestroy(s);
+  }
+}
+
 // Also under the SPECNORM_TUNE variants that change how kernels are launched: programmatic
 // dependent launch and thread-block clusters are captured into the graph too.
 TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
