@@ -265,16 +265,41 @@ struct ReduceParams {
   const float *gamma;
 };
 
+// out[k] = in[k] / m for k < n, by one block. Each thread loads K float4 before it stores any
+// result, so that K loads are in flight at once: with loads and stores interleaved, the compiler
+// (which cannot tell out from in) would wait on each load in turn, one L2 round trip per 256
+// values. `in` is 16-byte aligned and readable up to n rounded up to 4 (the plan's scratch).
+template <int K>
+__device__ __forceinline__ void divide_into(float *out, const float *in, int64_t n, float m) {
+  const float4 *in4 = reinterpret_cast<const float4 *>(in);
+  const int64_t n4 = (n + 3) / 4;
+  for (int64_t b = threadIdx.x; b < n4; b += (int64_t)K * kBlock) {
+    float4 x[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t q = b + (int64_t)k * kBlock;
+      x[k] = q < n4 ? __ldcg(&in4[q]) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t q = 4 * (b + (int64_t)k * kBlock);
+      if (q < n) out[q] = x[k].x / m;
+      if (q + 1 < n) out[q + 1] = x[k].y / m;
+      if (q + 2 < n) out[q + 2] = x[k].z / m;
+      if (q + 3 < n) out[q + 3] = x[k].w / m;
+    }
+  }
+}
+
 // The commit of a forward without W_sn, by one block (every thread calls it) after the norms are
-// in scal: the arithmetic of commit_divide_kernel's kVectors branch and state word.
+// in scal: the arithmetic of commit_divide_kernel's kVectors branch and state word. t and s are
+// the plan's scratch (16-byte aligned, padded); s was written by other blocks of this launch.
 __device__ __forceinline__ void commit_in_block(const ReduceParams &p, float m_t) {
   __syncthreads();  // scal[M_S] and scal[SIG_S], written by thread 0
   const CommitScale cs = commit_scale(p.scal[SN_SCAL_SIG_S], p.sigma, p.norm_bound, p.gamma);
   if (cs.good) {
-    const float m_s = p.scal[SN_SCAL_M_S];
-    const float *s = reinterpret_cast<const float *>(p.s);
-    for (int64_t i = threadIdx.x; i < p.h; i += kBlock) p.u[i] = p.t[i] / m_t;
-    for (int64_t j = threadIdx.x; j < 4LL * p.w4; j += kBlock) p.v[j] = __ldcg(&s[j]) / m_s;
+    divide_into<8>(p.u, p.t, p.h, m_t);
+    divide_into<8>(p.v, reinterpret_cast<const float *>(p.s), 4LL * p.w4, p.scal[SN_SCAL_M_S]);
   }
   if (threadIdx.x == 0) commit_state_word(p.sigma, cs, true);
 }

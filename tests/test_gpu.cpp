@@ -340,8 +340,9 @@ TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
 // A training forward without W_sn committing in its last one-pass reduction (SPECNORM_TUNE=
 // op_fuse=1) does what the commit kernel does: the same state, scale and health word, bit for bit,
 // through ordinary steps, a zero weight (σ = 0: the restart request), the recovery from ones and a
-// non-finite weight (the state kept); with 2 power iterations, only the last one commits. And it
-// saves the commit launch: a captured scale-only forward has one node fewer.
+// non-finite weight (the state kept); with 2 power iterations, only the last one commits; with γ
+// and with a norm bound (the scale). And it saves the commit launch: a captured scale-only forward
+// has one node fewer.
 TEST(Gpu, FusedScaleOnlyCommitIsBitwiseTheCommitKernel) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
@@ -352,22 +353,33 @@ TEST(Gpu, FusedScaleOnlyCommitIsBitwiseTheCommitKernel) {
     std::vector<int64_t> shape;
     sn_dtype_t dt;
     int iters;
+    float bound;
+    bool gamma;
   };
-  for (const C &c : {C{{2000, 1152}, SN_DTYPE_FLOAT32, 1}, C{{777, 8192}, SN_DTYPE_FLOAT32, 2},
-                     C{{300, 16384}, SN_DTYPE_FLOAT32, 1}, C{{1000, 4096}, SN_DTYPE_BFLOAT16, 1},
-                     C{{9, 64}, SN_DTYPE_FLOAT32, 1}}) {
+  DevBuf gamma(1);
+  gamma.upload({0.8f});
+  for (const C &c : {C{{2000, 1152}, SN_DTYPE_FLOAT32, 1, 0.f, true},
+                     C{{777, 8192}, SN_DTYPE_FLOAT32, 2, 0.f, false},
+                     C{{300, 16384}, SN_DTYPE_FLOAT32, 1, 0.f, false},
+                     C{{1000, 4096}, SN_DTYPE_BFLOAT16, 1, 0.f, false},
+                     C{{9, 64}, SN_DTYPE_FLOAT32, 1, 1.5f, false}}) {
     SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " iters " +
                  std::to_string(c.iters));
     sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
     d.algo = SN_ALGO_ONE_PASS;
     d.dtype = c.dt;
     d.n_power_iterations = c.iters;
+    d.norm_bound = c.bound;
     env.set((base + "op_fuse=0").c_str());
     LayerPtr a(d);
     env.set((base + "op_fuse=1").c_str());
     LayerPtr b(d);
     ASSERT_TRUE(a.p && b.p);
     ASSERT_EQ(b.p->plan.op_fuse, 1);
+    if (c.gamma) {
+      ASSERT_EQ(sn_layer_set_gamma(a, gamma.p), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_set_gamma(b, gamma.p), SN_SUCCESS);
+    }
     const int64_t n = numel_of(c.shape);
     const size_t bytes = size_t(n) * sn_dtype_size(c.dt);
     DevBuf dW((bytes + 3) / 4);
