@@ -290,10 +290,10 @@ __device__ __forceinline__ void commit_step(const sn_cuda_group_t &G, int b, boo
   const CommitScale cs =
       commit_scale(e.scal[training ? SN_SCAL_SIG_S : SN_SCAL_SIG_DOT], e.sigma, e.norm_bound, e.gamma);
   if (c == 0) {
-    if (cs.good && training) {
-      const float m_t = e.scal[SN_SCAL_M_T], m_s = e.scal[SN_SCAL_M_S];
-      for (int64_t i = threadIdx.x; i < e.h; i += kBlock) e.u[i] = e.t[i] / m_t;
-      for (int64_t j = threadIdx.x; j < e.w; j += kBlock) e.v[j] = e.s[j] / m_s;
+    if (cs.good && training) {  // u = t / max(‖t‖, eps), v = s / max(‖s‖, eps), 4 float4 in flight
+      // per thread (8 made ptxas spill around the division's slow path)
+      divide_into<4>(e.u, e.t, e.h, e.scal[SN_SCAL_M_T]);
+      divide_into<4>(e.v, e.s, e.w, e.scal[SN_SCAL_M_S]);
     }
     if (threadIdx.x == 0) commit_state_word(e.sigma, cs, training);
   }

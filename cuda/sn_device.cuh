@@ -101,6 +101,32 @@ __device__ __forceinline__ void finish_s_norm(const float *sq_parts, int64_t n, 
   }
 }
 
+// out[k] = in[k] / m for k < n, by one block. Each thread loads K float4 before it stores any
+// result, so that K loads are in flight at once: with loads and stores interleaved, the compiler
+// (which cannot tell out from in) would wait on each load in turn, one L2 round trip per 256
+// values. `in` is 16-byte aligned and readable up to n rounded up to 4 (the plan's scratch).
+template <int K>
+__device__ __forceinline__ void divide_into(float *out, const float *in, int64_t n, float m) {
+  const float4 *in4 = reinterpret_cast<const float4 *>(in);
+  const int64_t n4 = (n + 3) / 4;
+  for (int64_t b = threadIdx.x; b < n4; b += (int64_t)K * kBlock) {
+    float4 x[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t q = b + (int64_t)k * kBlock;
+      x[k] = q < n4 ? __ldcg(&in4[q]) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t q = 4 * (b + (int64_t)k * kBlock);
+      if (q < n) out[q] = x[k].x / m;
+      if (q + 1 < n) out[q + 1] = x[k].y / m;
+      if (q + 2 < n) out[q + 2] = x[k].z / m;
+      if (q + 3 < n) out[q + 3] = x[k].w / m;
+    }
+  }
+}
+
 // The divisor of W_sn = (W / d) · γ for a σ: d = σ, or max(1, σ / c) under a norm bound c > 0.
 __device__ __forceinline__ float sn_divisor(float sig, float norm_bound) {
   return norm_bound > 0.f ? fmaxf(1.f, sig / norm_bound) : sig;
