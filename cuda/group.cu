@@ -90,7 +90,7 @@ __device__ __forceinline__ void stage_v(const sn_group_entry_t &e, int iter, boo
   const float *x = iter == 0 ? e.v : e.s;
   const float rx = iter == 0 ? 1.f : 1.f / e.scal[SN_SCAL_M_S];
   const bool ones = training && iter == 0 && (reinterpret_cast<const unsigned *>(e.sigma)[3] & SN_HEALTH_RESTART);
-  for (int64_t j = threadIdx.x; j < e.w; j += kBlock) v_sm[j] = ones ? 1.f : x[j] * rx;
+  stage_scaled<kBlock>(v_sm, x, e.w, rx, ones);
 }
 
 template <class T>

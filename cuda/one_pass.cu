@@ -157,8 +157,7 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
       for (int e = 0; e < E; ++e) vr[k][e] = j < p.wp ? (ones ? 1.f : p.x[E * j + e] * rx) : 0.f;
     }
   } else {
-    float *v_smf = reinterpret_cast<float *>(v_sm);
-    for (int k = threadIdx.x; k < w; k += NT) v_smf[k] = ones ? 1.f : p.x[k] * rx;
+    stage_scaled<NT>(reinterpret_cast<float *>(v_sm), p.x, w, rx, ones);
     __syncthreads();
   }
   float tsq = 0.f;

@@ -101,6 +101,30 @@ __device__ __forceinline__ void finish_s_norm(const float *sq_parts, int64_t n, 
   }
 }
 
+// dst[k] = ones ? 1 : src[k] · r for k < n (dst in shared memory), by a block of NT threads. Each
+// thread issues K loads before it stores any of them, so that they are in flight together: the
+// plain loop (load, multiply, store, next) was compiled with one load in flight per thread, 16
+// L2 round trips in series to stage a v of 4096 floats on 256 threads (read in the sm_90 SASS of
+// the one-pass rows kernel, whose every block does this before its first row). src may start at
+// any float boundary.
+template <int NT, int K = 8>
+__device__ __forceinline__ void stage_scaled(float *dst, const float *src, int64_t n, float r,
+                                             bool ones) {
+  for (int64_t b = threadIdx.x; b < n; b += (int64_t)K * NT) {
+    float x[K];
+#pragma unroll
+    for (int q = 0; q < K; ++q) {
+      const int64_t k = b + (int64_t)q * NT;
+      x[q] = !ones && k < n ? src[k] : 0.f;
+    }
+#pragma unroll
+    for (int q = 0; q < K; ++q) {
+      const int64_t k = b + (int64_t)q * NT;
+      if (k < n) dst[k] = ones ? 1.f : x[q] * r;
+    }
+  }
+}
+
 // out[k] = in[k] / m for k < n, by one block. Each thread loads K float4 before it stores any
 // result, so that K loads are in flight at once: with loads and stores interleaved, the compiler
 // (which cannot tell out from in) would wait on each load in turn, one L2 round trip per 256
