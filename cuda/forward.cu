@@ -75,35 +75,30 @@ struct Tune {
 
 Tune read_tune() {
   Tune t;
+  struct Key {
+    const char *name;  // with its '='
+    int *field;
+    long lo, hi;
+    bool pow2;  // only powers of two
+  };
+  const Key keys[] = {
+      {"op_bps=", &t.op_bps, 1, 64, false},        {"op_grid=", &t.op_grid, 1, 1000000, false},
+      {"op_cluster=", &t.op_cluster, 1, 8, true},  {"op_async=", &t.op_async, 0, 1, false},
+      {"op_fuse=", &t.op_fuse, 0, 1, false},       {"pdl=", &t.pdl, 0, 1, false},
+      {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
+  };
   const char *s = std::getenv("SPECNORM_TUNE");
   while (s && *s) {
     const char *end = std::strchr(s, ',');
     const size_t len = end ? (size_t)(end - s) : std::strlen(s);
-    char *stop = nullptr;
-    if (len > 7 && !std::strncmp(s, "op_bps=", 7)) {
-      const long v = std::strtol(s + 7, &stop, 10);
-      if (stop == s + len && v > 0 && v <= 64) t.op_bps = (int)v;
-    } else if (len > 4 && !std::strncmp(s, "pdl=", 4)) {
-      const long v = std::strtol(s + 4, &stop, 10);
-      if (stop == s + len && (v == 0 || v == 1)) t.pdl = (int)v;
-    } else if (len > 8 && !std::strncmp(s, "op_grid=", 8)) {
-      const long v = std::strtol(s + 8, &stop, 10);
-      if (stop == s + len && v > 0 && v <= 1000000) t.op_grid = (int)v;
-    } else if (len > 8 && !std::strncmp(s, "op_fuse=", 8)) {
-      const long v = std::strtol(s + 8, &stop, 10);
-      if (stop == s + len && (v == 0 || v == 1)) t.op_fuse = (int)v;
-    } else if (len > 9 && !std::strncmp(s, "op_async=", 9)) {
-      const long v = std::strtol(s + 9, &stop, 10);
-      if (stop == s + len && (v == 0 || v == 1)) t.op_async = (int)v;
-    } else if (len > 11 && !std::strncmp(s, "group_grid=", 11)) {
-      const long v = std::strtol(s + 11, &stop, 10);
-      if (stop == s + len && v > 0 && v <= 1000000) t.group_grid = (int)v;
-    } else if (len > 11 && !std::strncmp(s, "group_coop=", 11)) {
-      const long v = std::strtol(s + 11, &stop, 10);
-      if (stop == s + len && (v == 0 || v == 1)) t.group_coop = (int)v;
-    } else if (len > 11 && !std::strncmp(s, "op_cluster=", 11)) {
-      const long v = std::strtol(s + 11, &stop, 10);
-      if (stop == s + len && (v == 1 || v == 2 || v == 4 || v == 8)) t.op_cluster = (int)v;
+    for (const Key &k : keys) {
+      const size_t n = std::strlen(k.name);
+      if (len <= n || std::strncmp(s, k.name, n) != 0) continue;
+      char *stop = nullptr;
+      const long v = std::strtol(s + n, &stop, 10);
+      if (stop == s + len && v >= k.lo && v <= k.hi && (!k.pow2 || (v & (v - 1)) == 0))
+        *k.field = (int)v;
+      break;
     }
     s = end ? end + 1 : nullptr;
   }

@@ -4,10 +4,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 
 #include <memory>
 
+#include "sn_cuda.h"
 #include "test_util.h"
 
 using namespace sntest;
@@ -122,6 +124,29 @@ TEST(GroupCpu, EqualsTheLayersOneByOne) {
       EXPECT_TRUE(same_state(get_state(grouped[k]->p), get_state(alone[k]->p)));
       EXPECT_TRUE(bitwise_equal(out_g[k], out_a[k]));
     }
+  }
+}
+
+// SPECNORM_TUNE's parser (cuda/forward.cu), through the one knob that needs no device: good
+// values, bad values and unknown keys (ignored), the last of a key winning.
+TEST(GroupCpu, TuneKnobsParse) {
+  ScopedEnv env("SPECNORM_TUNE", nullptr);
+  const std::pair<const char *, int> cases[] = {
+      {nullptr, 0},
+      {"group_coop=1", INT_MAX},
+      {"group_coop=1,group_grid=7", 7},
+      {"group_grid=7,group_coop=1", 7},
+      {"group_coop=0,group_grid=7", 0},
+      {"group_coop=2", 0},
+      {"group_coop=1x", 0},
+      {"group_coop=", 0},
+      {"op_cluster=3,group_coop=1,bogus=5", INT_MAX},
+      {"group_coop=1,group_grid=0", INT_MAX},
+      {"group_coop=1,group_grid=9,group_coop=0", 0},
+  };
+  for (const auto &[tune, want] : cases) {
+    env.set(tune);
+    EXPECT_EQ(sn_cuda_tune_group_coop(), want) << (tune ? tune : "(unset)");
   }
 }
 
