@@ -36,8 +36,8 @@
 # torch.json, speedup.png. A summary table (step, status, seconds) is printed last; the exit
 # status is 1 if any step FAILed, else 0.
 #
-# Knobs (environment): BUILD_DIR, SN_CHECK_BUDGET_S, SN_CTEST_J (ctest -j, default 1: GPU tests
-# may measure memory or time), SN_SANITIZER_FILTER (a --gtest_filter for the sanitizer runs),
+# Knobs (environment): BUILD_DIR, SN_CHECK_BUDGET_S, SN_CTEST_J (ctest -j, default 4; the tests
+# that measure device memory are RUN_SERIAL), SN_SANITIZER_FILTER (a --gtest_filter for the sanitizer runs),
 # SN_SANITIZER_API_ERRORS (compute-sanitizer --report-api-errors, default "no": the tests provoke
 # CUDA API errors on purpose), SN_CMAKE_ARGS (extra configure arguments), SN_DEPS_FORCE_ALL=1
 # (load every LAPACK-side library from .deps even where the system has one).
@@ -224,7 +224,7 @@ fi
 if [[ $CONFIGURED -eq 1 ]]; then
   run_step ctest "$OUT/tests.log" 200 300 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" \
-    ctest --test-dir "$BUILD" --output-on-failure -j "${SN_CTEST_J:-1}" --timeout 150
+    ctest --test-dir "$BUILD" --output-on-failure -j "${SN_CTEST_J:-4}" --timeout 150
 else
   skip_step ctest "$OUT/tests.log" "configure failed"
 fi
