@@ -20,6 +20,7 @@
 #   sn_bench   $BUILD_DIR/bench/sn_bench $WORKLOADS --torch $OUT/torch.json --json $OUT/bench.json
 #              (WORKLOADS: $SN_BENCH_WORKLOADS, default a few single layers and every preset)
 #   plot       python3 bench/plot.py $OUT/bench.json $OUT/torch.json -o $OUT/speedup.png
+#   goals      python3 bench/goals.py $OUT/bench.json $OUT/torch.json: issue 5's goals, met or not
 #   variants   sn_bench once per SPECNORM_TUNE setting of the one-pass kernel ($SN_TUNE_VARIANTS)
 #              on $SN_VARIANT_WORKLOADS (train/scale/eval of the large single layers), then the
 #              legacy (v-first) order with every algorithm; tables only
@@ -266,6 +267,14 @@ elif [[ ! -s "$OUT/bench.json" || ! -s "$OUT/torch.json" ]]; then
 else
   run_step plot "$OUT/bench.log" 45 0 \
     python3 "$REPO/bench/plot.py" "$OUT/bench.json" "$OUT/torch.json" -o "$OUT/speedup.png"
+fi
+# Issue 5's goals from this run's numbers (bench/goals.py), into bench.log.
+if command -v python3 > /dev/null && [[ -s "$OUT/bench.json" ]]; then
+  TORCH_JSON=()
+  [[ -s "$OUT/torch.json" ]] && TORCH_JSON=("$OUT/torch.json")
+  run_step goals "$OUT/bench.log" 20 0 python3 "$REPO/bench/goals.py" "$OUT/bench.json" "${TORCH_JSON[@]}"
+else
+  skip_step goals "$OUT/bench.log" "no python3 or no bench.json"
 fi
 
 # ---- (f) compute-sanitizer: memcheck and racecheck right after the benchmark, initcheck and

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Issue 5's goals from one gpu_check run: sn_bench's JSON and PyTorch's.
+
+    python3 bench/goals.py BENCH.json [TORCH.json]
+
+Prints a Markdown table, one line per goal and workload: the number, the goal, met or not.
+Goals (bench/NOTES.md): 1. training forward >= 85% of the copy bandwidth (3 x bytes(W));
+2. scale-only <= 1.2 x one read of W at the copy bandwidth; 3. >= 3x PyTorch eager on the single
+layers (training forward), >= 20x on the SN-GAN preset, >= 2.5x the faster cuBLAS baseline on the
+large layers; 4. SN-GAN preset in <= 3 launches and <= 15 us (an H100); 5. backward >= 80% of the
+copy bandwidth. Goal 6 needs Nsight Compute (ncu_kernels.csv), not read here.
+Standard library only, so that it runs on the GPU machine as it is.
+"""
+import json
+import sys
+
+LAYERS = ("4096x4096", "4096x16384")
+DTYPES = ("f32", "bf16")
+
+
+def rows_of(path):
+    with open(path) as f:
+        doc = json.load(f)
+    out = {}
+    for r in doc.get("rows", []):
+        out[(r["workload"], r["dtype"], r["mode"], r["impl"])] = r
+    return doc, out
+
+
+def main(argv):
+    if len(argv) not in (2, 3):
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    doc, b = rows_of(argv[1])
+    t = rows_of(argv[2])[1] if len(argv) == 3 else {}
+    dev = doc.get("device", {})
+    name = dev.get("name", "?") if isinstance(dev, dict) else dev
+    print(f"goals of issue 5 on {name}, commit {doc.get('commit', '?')}, "
+          f"copy bandwidth {doc.get('copy_bandwidth_gbps', 0):.0f} GB/s")
+    print()
+    print("| goal | workload | dtype | number | target | met |")
+    print("|---|---|---|---|---|---|")
+
+    def line(goal, wl, dt, number, target, met):
+        print(f"| {goal} | {wl} | {dt} | {number} | {target} | {'yes' if met else 'no'} |")
+
+    def get(wl, dt, mode, impl="specnorm"):
+        return b.get((wl, dt, mode, impl))
+
+    for wl in LAYERS:
+        for dt in DTYPES:
+            r = get(wl, dt, "train")
+            if r:
+                f = r["copy_fraction"]
+                line("1 train", wl, dt, f"{100 * f:.1f}% ({r['median_us']:.1f} us)", ">= 85%", f >= 0.85)
+    for wl in LAYERS:
+        for dt in DTYPES:
+            r = get(wl, dt, "scale")
+            if r and r.get("floor_us"):
+                x = r["median_us"] / r["floor_us"]
+                line("2 scale", wl, dt, f"{x:.2f} x one read ({r['median_us']:.1f} us)", "<= 1.2 x", x <= 1.2)
+    for wl in LAYERS:
+        for dt in DTYPES:
+            r, e = get(wl, dt, "train"), t.get((wl, dt, "train", "torch-eager"))
+            if r and e:
+                x = e["median_us"] / r["median_us"]
+                line("3 x torch eager", wl, dt, f"{x:.2f} x", ">= 3 x", x >= 3)
+    r = get("sngan-cifar10", "f32", "train", "specnorm-group")
+    e = t.get(("sngan-cifar10", "f32", "train", "torch-eager"))
+    if r and e:
+        x = e["median_us"] / r["median_us"]
+        line("3 x torch eager", "sngan-cifar10 (grouped)", "f32", f"{x:.0f} x", ">= 20 x", x >= 20)
+    for wl in LAYERS:
+        r = get(wl, "f32", "train")
+        cb = [c for c in (get(wl, "f32", "train", "cublas"), get(wl, "f32", "train", "cublas-graph")) if c]
+        if r and cb:
+            x = min(c["median_us"] for c in cb) / r["median_us"]
+            line("3 x cuBLAS", wl, "f32", f"{x:.2f} x", ">= 2.5 x", x >= 2.5)
+    for dt in DTYPES:
+        r = get("sngan-cifar10", dt, "train", "specnorm-group")
+        if r:
+            ok = r["launches"] is not None and r["launches"] <= 3 and r["median_us"] <= 15
+            line("4 SN-GAN grouped", "sngan-cifar10", dt,
+                 f"{r['median_us']:.1f} us, {r['launches']} launches", "<= 15 us, <= 3 (H100)", ok)
+    for wl in LAYERS:
+        for dt in DTYPES:
+            r = get(wl, dt, "backward")
+            if r:
+                f = r["copy_fraction"]
+                line("5 backward", wl, dt, f"{100 * f:.1f}% ({r['median_us']:.1f} us)", ">= 80%", f >= 0.80)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
