@@ -282,8 +282,7 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
 TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
-  const char *t = getenv("SPECNORM_TUNE");
-  const std::string base = t && *t ? std::string(t) + "," : std::string();
+  const std::string base = tune_prefix();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   int dev = 0, optin = 0;
   CUDA_OK(cudaGetDevice(&dev));
@@ -317,20 +316,14 @@ TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
       ASSERT_EQ(a.p->plan.op_blocks, b.p->plan.op_blocks) << "the test needs the same grid";
       ASSERT_EQ(a.p->plan.op_cluster, b.p->plan.op_cluster);
       const int64_t n = numel_of(c.shape);
-      const size_t bytes = size_t(n) * sn_dtype_size(c.dt);
-      std::vector<uint8_t> h(bytes), r1(bytes), r2(bytes);
-      const std::vector<float> x = rng.normals(n);
-      for (int64_t q = 0; q < n; ++q) sn_store(h.data(), c.dt, q, x[size_t(q)]);
-      DevBuf dW((bytes + 3) / 4), o1((bytes + 3) / 4), o2((bytes + 3) / 4);
-      ASSERT_EQ(cudaMemcpy(dW.p, h.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
+      Tensor W(c.dt, n), o1(c.dt, n), o2(c.dt, n);
+      W.set(rng.normals(n));
       for (int step = 0; step < 4; ++step) {
         const int training = step < 3;
-        ASSERT_EQ(sn_forward(a, dW.p, o1.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-        ASSERT_EQ(sn_forward(b, dW.p, o2.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
         EXPECT_TRUE(same_state(get_state(a), get_state(b))) << "step " << step;
-        ASSERT_EQ(cudaMemcpy(r1.data(), o1.p, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
-        ASSERT_EQ(cudaMemcpy(r2.data(), o2.p, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
-        EXPECT_EQ(std::memcmp(r1.data(), r2.data(), bytes), 0) << "step " << step;
+        EXPECT_TRUE(o1.download_bytes() == o2.download_bytes()) << "step " << step;
       }
     }
   }
@@ -346,8 +339,7 @@ TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
 TEST(Gpu, FusedScaleOnlyCommitIsBitwiseTheCommitKernel) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
-  const char *t = getenv("SPECNORM_TUNE");
-  const std::string base = t && *t ? std::string(t) + "," : std::string();
+  const std::string base = tune_prefix();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   struct C {
     std::vector<int64_t> shape;
@@ -381,18 +373,16 @@ TEST(Gpu, FusedScaleOnlyCommitIsBitwiseTheCommitKernel) {
       ASSERT_EQ(sn_layer_set_gamma(b, gamma.p), SN_SUCCESS);
     }
     const int64_t n = numel_of(c.shape);
-    const size_t bytes = size_t(n) * sn_dtype_size(c.dt);
-    DevBuf dW((bytes + 3) / 4);
-    std::vector<uint8_t> h(bytes);
+    Tensor W(c.dt, n);
     // Steps: random weights (3), zeros, random (the restart from ones), NaN, random.
     for (int step = 0; step < 7; ++step) {
       SCOPED_TRACE("step " + std::to_string(step));
-      const std::vector<float> x = rng.normals(n);
-      for (int64_t q = 0; q < n; ++q)
-        sn_store(h.data(), c.dt, q, step == 3 ? 0.f : step == 5 && q == n / 2 ? NAN : x[size_t(q)]);
-      ASSERT_EQ(cudaMemcpy(dW.p, h.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
-      ASSERT_EQ(sn_forward_scale_only(a, dW.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-      ASSERT_EQ(sn_forward_scale_only(b, dW.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+      std::vector<float> x = rng.normals(n);
+      if (step == 3) std::fill(x.begin(), x.end(), 0.f);
+      if (step == 5) x[size_t(n / 2)] = NAN;
+      W.set(x);
+      ASSERT_EQ(sn_forward_scale_only(a, W.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward_scale_only(b, W.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
       EXPECT_TRUE(same_state(get_state(a), get_state(b)));
       float sa = 0, sb = 0;
       uint32_t ha = 0, hb = 0;
@@ -416,7 +406,7 @@ TEST(Gpu, FusedScaleOnlyCommitIsBitwiseTheCommitKernel) {
     for (int q = 0; q < 2; ++q) {
       cudaGraph_t graph;
       CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-      ASSERT_EQ(sn_forward_scale_only(*ls[q], dW.p, 1, s), SN_SUCCESS);
+      ASSERT_EQ(sn_forward_scale_only(*ls[q], W.dev, 1, s), SN_SUCCESS);
       CUDA_OK(cudaStreamEndCapture(s, &graph));
       CUDA_OK(cudaGraphGetNodes(graph, nullptr, &nodes[q]));
       cudaGraphDestroy(graph);

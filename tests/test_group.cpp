@@ -278,8 +278,13 @@ static void expect_coop_equals_three_kernels(const std::vector<Member> &ms, cons
   const Gamma gamma;
   std::vector<std::unique_ptr<LayerPtr>> la, lb;
   std::vector<sn_layer_t *> pa, pb;
-  std::vector<void *> Wd, Oa, Ob;
-  std::vector<size_t> bytes;
+  std::vector<std::unique_ptr<Tensor>> tensors;  // every W and W_sn
+  std::vector<void *> Wd, Oa, Ob;                 // their device pointers (NULL: scale only)
+  auto tensor = [&](sn_dtype_t dt, int64_t n) {
+    tensors.push_back(std::make_unique<Tensor>(dt, n));
+    return tensors.back().get();
+  };
+  std::vector<Tensor *> ta, tb;
   for (size_t k = 0; k < n_members; ++k) {
     const Member &m = ms[k];
     const uint64_t s = rng.gen();
@@ -289,24 +294,16 @@ static void expect_coop_equals_three_kernels(const std::vector<Member> &ms, cons
     pa.push_back(la.back()->p);
     pb.push_back(lb.back()->p);
     const int64_t n = numel_of(m.shape);
-    std::vector<uint8_t> h(size_t(n) * sn_dtype_size(m.dt));
-    const std::vector<float> x = rng.normals(n, 1.f / std::sqrt(float(m.shape[0])));
-    for (int64_t q = 0; q < n; ++q) sn_store(h.data(), m.dt, q, x[static_cast<size_t>(q)]);
-    bytes.push_back(h.size());
-    void *w = nullptr, *oa = nullptr, *ob = nullptr;
-    ASSERT_EQ(cudaMalloc(&w, h.size()), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(w, h.data(), h.size(), cudaMemcpyHostToDevice), cudaSuccess);
-    if (!m.scale_only) {
-      ASSERT_EQ(cudaMalloc(&oa, h.size()), cudaSuccess);
-      ASSERT_EQ(cudaMalloc(&ob, h.size()), cudaSuccess);
-    }
-    Wd.push_back(w);
-    Oa.push_back(oa);
-    Ob.push_back(ob);
+    Tensor *w = tensor(m.dt, n);
+    w->set(rng.normals(n, 1.f / std::sqrt(float(m.shape[0]))));
+    Wd.push_back(w->dev);
+    ta.push_back(m.scale_only ? nullptr : tensor(m.dt, n));
+    tb.push_back(m.scale_only ? nullptr : tensor(m.dt, n));
+    Oa.push_back(ta.back() ? ta.back()->dev : nullptr);
+    Ob.push_back(tb.back() ? tb.back()->dev : nullptr);
   }
   GroupPtr ga, gb;
-  const char *tune = getenv("SPECNORM_TUNE");
-  const std::string base = tune && *tune ? std::string(tune) + "," : std::string();
+  const std::string base = tune_prefix();
   {
     ScopedEnv env("SPECNORM_TUNE", (base + "group_coop=0").c_str());
     ASSERT_EQ(sn_group_create(&ga.p, pa.data(), const_cast<const void *const *>(Wd.data()), Oa.data(),
@@ -332,11 +329,9 @@ static void expect_coop_equals_three_kernels(const std::vector<Member> &ms, cons
       ASSERT_EQ(sn_layer_get_scale(pa[k], &sa, nullptr), SN_SUCCESS);
       ASSERT_EQ(sn_layer_get_scale(pb[k], &sb, nullptr), SN_SUCCESS);
       EXPECT_EQ(std::memcmp(&sa, &sb, 4), 0);
-      if (!Oa[k]) continue;
-      std::vector<uint8_t> a(bytes[k]), b(bytes[k]);
-      ASSERT_EQ(cudaMemcpy(a.data(), Oa[k], a.size(), cudaMemcpyDeviceToHost), cudaSuccess);
-      ASSERT_EQ(cudaMemcpy(b.data(), Ob[k], b.size(), cudaMemcpyDeviceToHost), cudaSuccess);
-      EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size()), 0);
+      if (ta[k]) {
+        EXPECT_TRUE(ta[k]->download_bytes() == tb[k]->download_bytes());
+      }
     }
   };
   for (int step = 0; step < 4; ++step) {
@@ -371,11 +366,6 @@ static void expect_coop_equals_three_kernels(const std::vector<Member> &ms, cons
     }
   }
   cudaStreamDestroy(s);
-  for (size_t k = 0; k < n_members; ++k) {
-    cudaFree(Wd[k]);
-    cudaFree(Oa[k]);
-    cudaFree(Ob[k]);
-  }
 }
 
 // The cooperative grouped forward (SPECNORM_TUNE=group_coop=1: one launch, grid-wide barriers

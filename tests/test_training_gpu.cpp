@@ -17,40 +17,6 @@ const char *dtype_name(sn_dtype_t t) {
 // Relative size of one unit in the last place of the type (for tolerances on rounded outputs).
 double ulp(sn_dtype_t t) { return t == SN_DTYPE_FLOAT16 ? 1.0 / 1024 : t == SN_DTYPE_BFLOAT16 ? 1.0 / 128 : 1.2e-7; }
 
-// Host and device copies of a tensor of `dt`, offset by `offset` elements inside the device buffer.
-struct Tensor {
-  sn_dtype_t dt;
-  int64_t n;
-  std::vector<uint8_t> host;
-  uint8_t *base = nullptr;
-  void *dev = nullptr;
-  Tensor(sn_dtype_t t, int64_t count, int offset = 0) : dt(t), n(count), host(static_cast<size_t>(count) * sn_dtype_size(t)) {
-    EXPECT_EQ(cudaMalloc(&base, (static_cast<size_t>(count) + static_cast<size_t>(offset) + 1) * sn_dtype_size(t)), cudaSuccess);
-    dev = base + static_cast<size_t>(offset) * sn_dtype_size(t);
-  }
-  ~Tensor() { cudaFree(base); }
-  Tensor(const Tensor &) = delete;
-  Tensor &operator=(const Tensor &) = delete;
-  void set(const std::vector<float> &x) {
-    for (size_t k = 0; k < x.size(); ++k) sn_store(host.data(), dt, int64_t(k), x[k]);
-    upload();
-  }
-  void upload() { EXPECT_EQ(cudaMemcpy(dev, host.data(), host.size(), cudaMemcpyHostToDevice), cudaSuccess); }
-  std::vector<float> download_floats() const {
-    std::vector<uint8_t> h(host.size());
-    EXPECT_EQ(cudaMemcpy(h.data(), dev, h.size(), cudaMemcpyDeviceToHost), cudaSuccess);
-    std::vector<float> out(static_cast<size_t>(n));
-    for (int64_t k = 0; k < n; ++k) out[static_cast<size_t>(k)] = sn_load(h.data(), dt, k);
-    return out;
-  }
-  std::vector<float> host_floats() const {
-    std::vector<float> out(static_cast<size_t>(n));
-    for (int64_t k = 0; k < n; ++k) out[static_cast<size_t>(k)] = sn_load(host.data(), dt, k);
-    return out;
-  }
-  void poison() { EXPECT_EQ(cudaMemset(dev, 0xFF, host.size()), cudaSuccess); }
-};
-
 // max |a - b| over max(|b|): a relative error of the whole tensor.
 double rel_err(const std::vector<float> &a, const std::vector<float> &b) {
   return max_abs_diff(a, b) / std::max(1e-30, max_abs(b));

@@ -137,6 +137,52 @@ struct ScopedEnv {
   ScopedEnv &operator=(const ScopedEnv &) = delete;
 };
 
+// SPECNORM_TUNE as the test runs under it, followed by a comma (empty when unset), for knobs to
+// be appended: the parser takes the last value of a key, so a test's own knobs win while the
+// others (gpu_check's tune_tests, say) still apply.
+inline std::string tune_prefix() {
+  const char *t = getenv("SPECNORM_TUNE");
+  return t && *t ? std::string(t) + "," : std::string();
+}
+
+// Host and device copies of a tensor of `dt`, offset by `offset` elements inside the device buffer.
+struct Tensor {
+  sn_dtype_t dt;
+  int64_t n;
+  std::vector<uint8_t> host;
+  uint8_t *base = nullptr;
+  void *dev = nullptr;
+  Tensor(sn_dtype_t t, int64_t count, int offset = 0) : dt(t), n(count), host(static_cast<size_t>(count) * sn_dtype_size(t)) {
+    EXPECT_EQ(cudaMalloc(reinterpret_cast<void **>(&base), (static_cast<size_t>(count) + static_cast<size_t>(offset) + 1) * sn_dtype_size(t)), cudaSuccess);
+    dev = base + static_cast<size_t>(offset) * sn_dtype_size(t);
+  }
+  ~Tensor() { cudaFree(base); }
+  Tensor(const Tensor &) = delete;
+  Tensor &operator=(const Tensor &) = delete;
+  void set(const std::vector<float> &x) {
+    for (size_t k = 0; k < x.size(); ++k) sn_store(host.data(), dt, int64_t(k), x[k]);
+    upload();
+  }
+  void upload() { EXPECT_EQ(cudaMemcpy(dev, host.data(), host.size(), cudaMemcpyHostToDevice), cudaSuccess); }
+  std::vector<float> download_floats() const {
+    const std::vector<uint8_t> h = download_bytes();
+    std::vector<float> out(static_cast<size_t>(n));
+    for (int64_t k = 0; k < n; ++k) out[static_cast<size_t>(k)] = sn_load(h.data(), dt, k);
+    return out;
+  }
+  std::vector<uint8_t> download_bytes() const {
+    std::vector<uint8_t> h(host.size());
+    EXPECT_EQ(cudaMemcpy(h.data(), dev, h.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    return h;
+  }
+  std::vector<float> host_floats() const {
+    std::vector<float> out(static_cast<size_t>(n));
+    for (int64_t k = 0; k < n; ++k) out[static_cast<size_t>(k)] = sn_load(host.data(), dt, k);
+    return out;
+  }
+  void poison() { EXPECT_EQ(cudaMemset(dev, 0xFF, host.size()), cudaSuccess); }
+};
+
 struct LayerPtr {
   sn_layer_t *p = nullptr;
   LayerPtr() = default;
