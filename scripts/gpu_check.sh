@@ -12,7 +12,7 @@
 #   build      ninja -j<all cores> -k 0
 #   ctest      every test, GPU ones included
 #   tune_tests the GPU tests again with the launches the defaults do not use: SPECNORM_TUNE=pdl=0,
-#              op_cluster=1 ($SN_TUNE_TESTS)
+#              op_cluster=1,group_coop=0 ($SN_TUNE_TESTS)
 #   memcheck / racecheck / initcheck / synccheck
 #              compute-sanitizer --error-exitcode 1 over $BUILD_DIR/tests/specnorm_gpu_tests
 #   torch      python3 bench/torch_baseline.py $WORKLOADS --json $OUT/torch.json
@@ -24,6 +24,8 @@
 #   variants   sn_bench once per SPECNORM_TUNE setting of the one-pass kernel ($SN_TUNE_VARIANTS)
 #              on $SN_VARIANT_WORKLOADS (train/scale/eval of the large single layers), then the
 #              legacy (v-first) order with every algorithm; tables only
+#   ab         sn_bench of earlier commits ($SN_AB_REFS, built here) and of this tree, in turn, on
+#              the SN-GAN preset: a regression bisected on the same card
 #   ncu        Nsight Compute (--clock-control none --cache-control none): DRAM bytes read and
 #              written and duration of each specnorm kernel of one call per mode ($SN_NCU_WORKLOADS)
 #   ncu_detail Nsight Compute sections (speed of light, occupancy, warp stalls, memory) of the
@@ -289,7 +291,7 @@ fi
 SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
 [[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
 # One-pass by rows (several widths) and by columns, two-pass, a view, groups, the backward.
-SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.Cooperative*:Gpu.LaterSmaller*:Gpu.OnePassAsync*}"
+SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassAsyncRows*}"
 sanitize() {  # sanitize TOOL...
  local tool cap reserve
  for tool in "$@"; do
@@ -304,8 +306,11 @@ sanitize() {  # sanitize TOOL...
     args=("${GTEST_ARGS[@]}")
     # racecheck, initcheck and synccheck are slow: they take a few tests that run each kernel
     # family once (SN_SMALL_FILTER; 41 s, 13 s and 14 s on an H100 at e6c00d0; racecheck took
-    # 86 s on an H200 at 1a8f84c). memcheck takes every test but the largest shapes (56 s).
-    [[ $tool != memcheck ]] && args=(--gtest_brief=1 "--gtest_filter=$SN_SMALL_FILTER")
+    # 86 s on an H200 at 1a8f84c, and over 150 s at e56c4b8 with the cooperative and cp.async
+    # tests at full size, which now have sanitizer-sized versions). memcheck takes every test but
+    # the largest shapes (56 s). Without --gtest_brief each test's time is in the log, so a
+    # timeout shows which test ran long.
+    [[ $tool != memcheck ]] && args=("--gtest_filter=$SN_SMALL_FILTER")
     run_step "$tool" "$OUT/tests.log" "$cap" "$reserve" \
       env LD_LIBRARY_PATH="$RUN_LD_PATH" \
       "$SANITIZER" --tool "$tool" --error-exitcode 1 "${extra[@]}" \
@@ -318,12 +323,13 @@ sanitize() {  # sanitize TOOL...
 sanitize memcheck racecheck
 
 # ---- the GPU tests again under the launch variants of SPECNORM_TUNE (cuda/forward.cu) ---------
-# Plain launches and no clusters (the defaults on sm_90 are pdl=1 and clusters where they pay).
+# Plain launches, no clusters and groups as three kernels (the defaults on sm_90 are pdl=1,
+# clusters where they pay, and small groups as one cooperative launch).
 if [[ -x "$GPU_TESTS" ]]; then
   # Without the largest shapes, which ctest ran with the defaults (24 s on an H200; the wide
   # filter needed over 84 s).
   run_step tune_tests "$OUT/tests.log" 90 180 \
-    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_TUNE_TESTS:-pdl=0,op_cluster=1}" \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_TUNE_TESTS:-pdl=0,op_cluster=1,group_coop=0}" \
     "$GPU_TESTS" --gtest_brief=1 "--gtest_filter=${SN_TUNE_TESTS_FILTER:-Shapes/*:GpuTraining.*:Gpu.*:GroupGpu.*:Backends/*-GpuLarge.*:*4096x4096*:*3000x16384*:Gpu.OnePassVariants*:GpuTraining.Half*}"
 else
   skip_step tune_tests "$OUT/tests.log" "no $GPU_TESTS"
@@ -333,8 +339,9 @@ fi
 # shellcheck disable=SC2206
 VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 --mode train,scale,eval})
 # (pdl=1 and op_cluster=4 are the defaults on sm_90 since 1a8f84c; op_async=1, the cp.async rows
-# kernel, and op_fuse=1, the scale-only commit in the reduction, are not yet measured)
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_cluster=1 op_async=1 op_async=1,op_cluster=1 op_fuse=1 op_async=1,op_fuse=1}"
+# kernel, and op_fuse=1, the scale-only commit in the reduction, were 0-27% slower on the H200 at
+# e56c4b8, except op_async at 4096 x 16384 bf16 train, 2% faster)
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_cluster=1 op_async=1 op_fuse=1}"
 variants() {
   local t rc=0 table=() ptable=()
   for t in "${TUNES[@]}"; do
@@ -347,7 +354,7 @@ variants() {
       SPECNORM_TUNE="$t" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-graph --no-check --reps 50 --json "$js" || rc=1
     fi
   done
-  for t in default group_coop=1; do
+  for t in default group_coop=0 group_coop=1; do
     echo "################ SPECNORM_TUNE=$t: presets, per layer and grouped"
     local js="$VDIR/presets_${t//[=,]/_}.json"
     ptable+=("$t=$js")
@@ -372,6 +379,52 @@ else
   skip_step variants "$OUT/bench.log" "no $SN_BENCH"
 fi
 
+# ---- A/B against earlier commits on the same card in the same run (SN_AB_REFS) ----------------
+# Each ref's sn_bench is built from `git archive` of that commit (this GPU's architecture only, no
+# tests), then the refs and this tree time the SN-GAN preset in turn, twice. Default: the three commits
+# that bracket the grouped kernels' changes after 1a8f84c (SN-GAN grouped train went from 20.3 µs
+# at 1a8f84c to 23.9 µs at e56c4b8 on an H200): 1a8f84c; 8a4aaf8 (the kernels as step functions
+# for the cooperative kernel, the reduce loads reordered); c58d24a (the commit's u and v loads
+# batched); this tree adds the batched staging of v (6523559). SN_AB_REFS="" skips the step.
+AB_REFS="${SN_AB_REFS-1a8f84c 8a4aaf8 c58d24a}"
+ab() {
+  local ref rc=0 bins=() labels=() table=() cc
+  cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' .')"
+  for ref in $AB_REFS; do
+    local src="$LOGS/ab-$ref"
+    mkdir -p "$src"
+    if git -C "$REPO" archive "$ref" | tar -x -C "$src" &&
+       cmake -S "$src" -B "$src/b" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${cc:-90}-real" \
+         -DSPECNORM_BUILD_TESTS=OFF -DSPECNORM_BUILD_EXAMPLES=OFF > "$src/configure.log" 2>&1 &&
+       cmake --build "$src/b" --target sn_bench -j "$NPROC" > "$src/build.log" 2>&1; then
+      bins+=("$src/b/bench/sn_bench"); labels+=("$ref")
+    else
+      echo "ref $ref: archive, configure or build failed"; tail -n 20 "$src/build.log" 2>/dev/null; rc=1
+    fi
+  done
+  bins+=("$SN_BENCH" "$SN_BENCH"); labels+=("HEAD,group_coop=0" "HEAD")
+  local round i
+  for round in 1 2; do
+    for i in "${!bins[@]}"; do
+      local tune="" js="$LOGS/ab-${round}-${i}.json"
+      [[ ${labels[$i]} == *group_coop=0 ]] && tune=group_coop=0
+      echo "################ round $round: ${labels[$i]}"
+      SPECNORM_TUNE="$tune" "${bins[$i]}" --preset sngan-cifar10 --dtype f32 --mode train,scale,eval \
+        --no-baseline --no-check --reps 100 --json "$js" | grep -E "group|commit" || rc=1
+      table+=("r${round}:${labels[$i]}=$js")
+    done
+  done
+  python3 "$REPO/bench/variants_table.py" "${table[@]}" || rc=1
+  return $rc
+}
+if [[ -x "$SN_BENCH" && -n "$AB_REFS" ]]; then
+  run_step ab "$OUT/bench.log" 120 90 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" LOGS="$LOGS" REPO="$REPO" NPROC="$NPROC" \
+    bash -c "$(declare -p AB_REFS SN_BENCH); $(declare -f ab); ab"
+else
+  skip_step ab "$OUT/bench.log" "no $SN_BENCH or SN_AB_REFS empty"
+fi
+
 # ---- Nsight Compute: DRAM bytes of each kernel against the bytes the benchmark counts ---------
 NCU="$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1 || true)"
 # shellcheck disable=SC2206
@@ -383,7 +436,7 @@ if [[ -z "$NCU" ]]; then
 elif [[ ! -x "$SN_BENCH" ]]; then
   skip_step ncu "$OUT/bench.log" "no $SN_BENCH"
 else
-  run_step ncu "$OUT/bench.log" 60 90 \
+  run_step ncu "$OUT/bench.log" 90 60 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" \
     "$NCU" --clock-control none --cache-control none --csv --print-units base \
     --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \

@@ -277,10 +277,13 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
 // The cp.async rows kernel (SPECNORM_TUNE=op_async=1) does the register one's arithmetic in the
 // same order: on the same grid (a block's rows, so the order of the partial sums, follow from the
 // grid, which is sized by each kernel's occupancy: op_grid pins it), the same states and W_sn, bit
-// for bit, for 4 and 3 stages, 16- and 8-byte packs, with and without clusters. The knobs go
-// after whatever SPECNORM_TUNE already says.
-TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
-  REQUIRE_GPU();
+// for bit, with and without clusters. The knobs go after whatever SPECNORM_TUNE already says.
+struct AsyncCase {
+  std::vector<int64_t> shape;
+  sn_dtype_t dt;
+};
+
+static void expect_async_equals_register_rows(const std::vector<AsyncCase> &cases) {
   Rng rng(fresh_seed());
   const std::string base = tune_prefix();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
@@ -288,14 +291,7 @@ TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
   CUDA_OK(cudaGetDevice(&dev));
   CUDA_OK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   int async_used = 0;
-  struct C {
-    std::vector<int64_t> shape;
-    sn_dtype_t dt;
-  };
-  for (const C &c : {C{{2000, 1152}, SN_DTYPE_FLOAT32}, C{{777, 8192}, SN_DTYPE_FLOAT32},
-                     C{{300, 16384}, SN_DTYPE_FLOAT32}, C{{1000, 4096}, SN_DTYPE_BFLOAT16},
-                     C{{600, 8192}, SN_DTYPE_BFLOAT16}, C{{513, 1028}, SN_DTYPE_FLOAT16},
-                     C{{9, 64}, SN_DTYPE_FLOAT32}}) {
+  for (const AsyncCase &c : cases) {
     for (const char *extra : {",op_grid=64,op_cluster=1", ",op_grid=7,op_cluster=1", ",op_grid=64,op_cluster=4"}) {
       SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + extra);
       sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
@@ -328,6 +324,23 @@ TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
     }
   }
   EXPECT_GT(async_used, 0) << "the cp.async kernel never ran";
+}
+
+// Rows up to 8 KB (4 stages, 16- and 8-byte packs), small enough for racecheck (gpu_check.sh).
+TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
+  REQUIRE_GPU();
+  expect_async_equals_register_rows({{{2000, 1152}, SN_DTYPE_FLOAT32},
+                                     {{1000, 4096}, SN_DTYPE_BFLOAT16},
+                                     {{513, 1028}, SN_DTYPE_FLOAT16},
+                                     {{9, 64}, SN_DTYPE_FLOAT32}});
+}
+
+// Rows of 16 to 64 KB: 4 and 3 stages.
+TEST(Gpu, OnePassAsyncWideRowsAreBitwiseTheRegisterRows) {
+  REQUIRE_GPU();
+  expect_async_equals_register_rows({{{777, 8192}, SN_DTYPE_FLOAT32},
+                                     {{300, 16384}, SN_DTYPE_FLOAT32},
+                                     {{600, 8192}, SN_DTYPE_BFLOAT16}});
 }
 
 // A training forward without W_sn committing in its last one-pass reduction (SPECNORM_TUNE=
