@@ -57,8 +57,9 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   op_fuse=1     a training forward without W_sn commits in its last one-pass reduction (no
 //                 commit launch)
 //   pdl=0|1       every kernel as a programmatic dependent launch (sm_90 and up)
-//   group_coop=1  a grouped forward as one cooperative launch (cuda/group.cu), of at most
-//   group_grid=N  blocks (default: as many as fit)
+//   group_coop=0|1  a grouped forward as three kernels (0) or one cooperative launch (1;
+//   group_grid=N    cuda/group.cu) of at most N blocks (default: as many as fit); unset: by
+//                   the group's bytes (default_group_coop below)
 // Unknown keys and bad values are ignored.
 struct Tune {
   int op_bps = 0;      // 0: as many as fit
@@ -68,7 +69,7 @@ struct Tune {
   int pdl = -1;        // -1: the default below
   int op_async = 0;    // 1: the one-pass training rows kernel's cp.async variant
   int op_fuse = 0;     // 1: a forward without W_sn commits in its last one-pass reduction
-  int group_coop = 0;  // 1: grouped forwards in one cooperative launch (cuda/group.cu)
+  int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
                        // blocks of every step)
 };
@@ -121,6 +122,16 @@ int default_cluster(int64_t blocks, sn_view_t view, sn_dtype_t dtype) {
   return partials > 0.05 * w_bytes ? 4 : 1;
 }
 
+// The grouped forward is one cooperative launch when SPECNORM_TUNE does not say and the group's
+// weights are at most this many bytes. Measured on an H200 (bench/results/2026-11-26-h200-e56c4b8,
+// variants): SN-GAN CIFAR-10 (4.2 MB fp32) train 23.9 -> 19.9 µs, scale 17.8 -> 16.9; ViT-B/16
+// (343 MB) train 439 -> 560 µs, scale 215 -> 251. The cooperative grid is what can be resident
+// (2 blocks of 256 per SM), so its loads in flight are fewer than the three kernels' and a
+// group that streams from DRAM loses ~25% of its streaming time; what it saves is ~1-4 µs of
+// kernel boundaries. At 8 MiB the streaming takes ~2 µs (scale) to ~6 µs (train), below that
+// break-even; the cross-over itself is not measured.
+constexpr double kGroupCoopMaxBytes = 8.0 * 1024 * 1024;
+
 // Compiled like every kernel of the library; only its attributes are read.
 __global__ void arch_probe_kernel() {}
 
@@ -149,9 +160,10 @@ int pdl_enabled(const Tune &tune) {
 
 extern "C" int sn_cuda_tune_pdl(void) { return pdl_enabled(read_tune()); }
 
-extern "C" int sn_cuda_tune_group_coop(void) {
+extern "C" int sn_cuda_tune_group_coop(double w_bytes) {
   const Tune t = read_tune();
-  return t.group_coop ? (t.group_grid > 0 ? t.group_grid : INT_MAX) : 0;
+  const bool coop = t.group_coop >= 0 ? t.group_coop == 1 : w_bytes <= kGroupCoopMaxBytes;
+  return coop ? (t.group_grid > 0 ? t.group_grid : INT_MAX) : 0;
 }
 
 extern "C" int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype) {

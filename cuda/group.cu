@@ -19,9 +19,10 @@
 //   reduce  the partials of 256 columns per block, in block order, scaled by 1 / max(‖t‖, eps);
 //           the layer's last block writes max(‖t‖, eps), max(‖s‖, eps), σ (eval: σ = Σ u_i t_i).
 //   commit  as cuda/commit_divide.cu, over each layer's element range.
-// Or, with SPECNORM_TUNE=group_coop=1 (not yet measured on a GPU; off by default), one cooperative
-// launch that runs the three steps in one grid with grid-wide barriers between them
-// (group_coop_kernel): 1 launch per forward whatever the number of iterations.
+// Or one cooperative launch that runs the three steps in one grid with grid-wide barriers between
+// them (group_coop_kernel): 1 launch per forward whatever the number of iterations. Groups of up
+// to 8 MiB of weights take it by default (sn_cuda_tune_group_coop in cuda/forward.cu says why);
+// SPECNORM_TUNE=group_coop=0|1 forces either.
 // All reductions have a fixed order, so results are bitwise reproducible.
 #include <cooperative_groups.h>
 
@@ -328,7 +329,7 @@ __global__ void __launch_bounds__(kBlock) group_commit_kernel(sn_cuda_group_t G,
   commit_step(G, blockIdx.x, training);
 }
 
-// The whole grouped forward in one cooperative launch (SPECNORM_TUNE=group_coop=1): G.coop_blocks
+// The whole grouped forward in one cooperative launch (small groups, or group_coop=1): G.coop_blocks
 // blocks, all resident at once, take the blocks of each step in turn (block b of a step runs in
 // block b mod gridDim.x), with a grid-wide barrier where the separate kernels have a kernel
 // boundary. Each step's blocks do exactly what they do as kernels, so the results are bitwise

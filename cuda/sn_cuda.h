@@ -173,7 +173,7 @@ typedef struct {
   int pdl;            /* launches overlap the kernel boundaries (see sn_cuda_plan_t.pdl) */
   int row_total, red_total, div_total;
   int coop_blocks;    /* > 0: the forward is one cooperative launch of this many blocks
-                         (SPECNORM_TUNE=group_coop=1, cuda/group.cu); 0: three kernels */
+                         (sn_cuda_tune_group_coop, cuda/group.cu); 0: three kernels */
   const sn_group_entry_t *entries; /* device */
   const int *row_layer, *red_layer, *div_layer; /* device: the layer of each block of the rows,
                                                    reduce and commit kernels */
@@ -195,9 +195,11 @@ int sn_cuda_group_row_blocks(int64_t h, int warp_k, int sm_count);
  * (at most coop_max, as many as can be resident), or 0 where the device has no cooperative
  * launch. cudaError_t. */
 int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w, int coop_max, int *coop_blocks);
-/* Whether SPECNORM_TUNE asks for the cooperative grouped forward (group_coop=1): 0 if not, else
- * the most blocks it may have (group_grid=N, or INT_MAX). */
-int sn_cuda_tune_group_coop(void);
+/* Whether a group whose weights take w_bytes runs its forward as one cooperative launch: 0 if not
+ * (three kernels), else the most blocks it may have (group_grid=N, or INT_MAX). SPECNORM_TUNE's
+ * group_coop=0|1 decides where set; otherwise groups of at most 8 MiB of weights (cuda/forward.cu
+ * says why). */
+int sn_cuda_tune_group_coop(double w_bytes);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
 

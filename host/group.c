@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include "sn_internal.h"
+#include "sn_reference.h"
 
 struct sn_group {
   int count;
@@ -84,6 +85,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
   size_t floats = 0;
   int rows = 0, red = 0, div = 0, max_iters = 1;
   int64_t max_w = 1, max_warp_w = 0;
+  double w_bytes = 0; /* the weights' bytes: whether the forward is one cooperative launch */
   for (int k = 0; k < g->count; ++k) {
     const sn_layer_t *l = g->layers[k];
     sn_group_entry_t *x = &ent[k];
@@ -116,6 +118,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     red += x->red_blocks;
     div += x->div_blocks;
     if (x->n_iters > max_iters) max_iters = x->n_iters;
+    w_bytes += (double)l->numel * (double)sn_dtype_size(l->desc.dtype);
     if (w > max_w) max_w = w;
     if (x->warp_k > 0 && w > max_warp_w) max_warp_w = w;
     /* t, s, part, tsq, sq, scal, counter (as floats) */
@@ -162,7 +165,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     if (e == cudaSuccess) e = cudaMemcpy(tab + table, layer_of, lut_bytes, cudaMemcpyHostToDevice);
     int coop_blocks = 0;
     const int most = rows > red ? (rows > div ? rows : div) : (red > div ? red : div);
-    const int coop_cap = sn_cuda_tune_group_coop(); /* 0: three kernels */
+    const int coop_cap = sn_cuda_tune_group_coop(w_bytes); /* 0: three kernels */
     if (e == cudaSuccess)
       e = (cudaError_t)sn_cuda_group_prepare(max_w, max_warp_w, most < coop_cap ? most : coop_cap,
                                              &coop_blocks);
@@ -254,6 +257,13 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
   sn_status_t st = sn__enter_device(group->device, &prev);
   if (st != SN_SUCCESS) return st;
   int e = sn_cuda_group_forward(&group->cuda, training, stream);
+  if (e == (int)cudaErrorCooperativeLaunchTooLarge && group->cuda.coop_blocks > 0) {
+    /* Fewer multiprocessors than at creation (an MPS limit on active threads): the three kernels
+     * need no co-residency; the group keeps them from now on. Nothing ran. */
+    (void)cudaGetLastError();
+    group->cuda.coop_blocks = 0;
+    e = sn_cuda_group_forward(&group->cuda, training, stream);
+  }
   sn__leave_device(group->device, prev);
   if (e != 0) {
     (void)cudaGetLastError();

@@ -88,6 +88,16 @@ std::vector<Member> every_kind_of_member() {
 }
 
 
+// Whether a group whose weights take w_bytes runs as one cooperative launch on this device (the
+// policy of sn_cuda_tune_group_coop, where the device has cooperative launches).
+bool group_is_cooperative(double w_bytes) {
+  int dev = 0, coop = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess)
+    return false;
+  return coop && sn_cuda_tune_group_coop(w_bytes) > 0;
+}
+
 }  // namespace
 
 TEST(GroupCpu, EqualsTheLayersOneByOne) {
@@ -128,25 +138,39 @@ TEST(GroupCpu, EqualsTheLayersOneByOne) {
 }
 
 // SPECNORM_TUNE's parser (cuda/forward.cu), through the one knob that needs no device: good
-// values, bad values and unknown keys (ignored), the last of a key winning.
+// values, bad values and unknown keys (ignored), the last of a key winning; and the default
+// without the knob, by the group's bytes (cooperative up to 8 MiB of weights).
 TEST(GroupCpu, TuneKnobsParse) {
   ScopedEnv env("SPECNORM_TUNE", nullptr);
-  const std::pair<const char *, int> cases[] = {
-      {nullptr, 0},
-      {"group_coop=1", INT_MAX},
-      {"group_coop=1,group_grid=7", 7},
-      {"group_grid=7,group_coop=1", 7},
-      {"group_coop=0,group_grid=7", 0},
-      {"group_coop=2", 0},
-      {"group_coop=1x", 0},
-      {"group_coop=", 0},
-      {"op_cluster=3,group_coop=1,bogus=5", INT_MAX},
-      {"group_coop=1,group_grid=0", INT_MAX},
-      {"group_coop=1,group_grid=9,group_coop=0", 0},
+  const double small = 4.2e6, limit = 8.0 * 1024 * 1024, big = 343e6;
+  const struct {
+    const char *tune;
+    double bytes;
+    int want;
+  } cases[] = {
+      {nullptr, small, INT_MAX},
+      {nullptr, limit, INT_MAX},
+      {nullptr, limit + 1, 0},
+      {nullptr, big, 0},
+      {"group_grid=7", small, 7},
+      {"group_grid=7", big, 0},
+      {"group_coop=1", big, INT_MAX},
+      {"group_coop=0", small, 0},
+      {"group_coop=1,group_grid=7", big, 7},
+      {"group_grid=7,group_coop=1", big, 7},
+      {"group_coop=0,group_grid=7", small, 0},
+      {"group_coop=2", small, INT_MAX},
+      {"group_coop=2", big, 0},
+      {"group_coop=1x", big, 0},
+      {"group_coop=", big, 0},
+      {"op_cluster=3,group_coop=1,bogus=5", big, INT_MAX},
+      {"group_coop=1,group_grid=0", big, INT_MAX},
+      {"group_coop=1,group_grid=9,group_coop=0", small, 0},
   };
-  for (const auto &[tune, want] : cases) {
-    env.set(tune);
-    EXPECT_EQ(sn_cuda_tune_group_coop(), want) << (tune ? tune : "(unset)");
+  for (const auto &c : cases) {
+    env.set(c.tune);
+    EXPECT_EQ(sn_cuda_tune_group_coop(c.bytes), c.want)
+        << (c.tune ? c.tune : "(unset)") << ", " << c.bytes << " bytes";
   }
 }
 
@@ -249,6 +273,8 @@ TEST(GroupGpu, MatchesCpuLayersStepByStep) {
     }
   }
   // Launches per grouped call, whatever the number of layers.
+  double w_bytes = 0;
+  for (const auto &w : Wh) w_bytes += double(w.size());
   cudaStream_t s;
   ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
   for (int training : {1, 0}) {
@@ -258,8 +284,9 @@ TEST(GroupGpu, MatchesCpuLayersStepByStep) {
     ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
     size_t nodes = 0;
     ASSERT_EQ(cudaGraphGetNodes(graph, nullptr, &nodes), cudaSuccess);
-    // One member runs 2 iterations: 2 more launches in training.
-    EXPECT_EQ(nodes, training ? 5u : 3u);
+    // One cooperative launch, or the three kernels: one member runs 2 iterations, 2 more launches
+    // in training.
+    EXPECT_EQ(nodes, group_is_cooperative(w_bytes) ? 1u : training ? 5u : 3u);
     cudaGraphDestroy(graph);
   }
   cudaStreamDestroy(s);
@@ -442,7 +469,9 @@ TEST(GroupGpu, DeterministicAndThreeLaunches) {
   ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
   size_t nodes = 0;
   ASSERT_EQ(cudaGraphGetNodes(graph, nullptr, &nodes), cudaSuccess);
-  EXPECT_EQ(nodes, 3u);
+  double w_bytes = 0;
+  for (const auto &sh : shapes) w_bytes += 4.0 * double(numel_of(sh));
+  EXPECT_EQ(nodes, group_is_cooperative(w_bytes) ? 1u : 3u);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
   for (size_t k = 0; k < shapes.size(); ++k) {
