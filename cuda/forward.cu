@@ -125,7 +125,7 @@ int default_cluster(int64_t blocks, sn_view_t view, sn_dtype_t dtype) {
 // The grouped forward is one cooperative launch when SPECNORM_TUNE does not say and the group's
 // weights are at most this many bytes. Measured on an H200 (bench/results/2026-11-26-h200-e56c4b8,
 // variants): SN-GAN CIFAR-10 (4.2 MB fp32) train 23.9 -> 19.9 µs, scale 17.8 -> 16.9; ViT-B/16
-// (343 MB) train 439 -> 560 µs, scale 215 -> 251. The cooperative grid is what can be resident
+// (345 MB) train 439 -> 560 µs, scale 215 -> 251. The cooperative grid is what can be resident
 // (2 blocks of 256 per SM), so its loads in flight are fewer than the three kernels' and a
 // group that streams from DRAM loses ~25% of its streaming time; what it saves is ~1-4 µs of
 // kernel boundaries. At 8 MiB the streaming takes ~2 µs (scale) to ~6 µs (train), below that

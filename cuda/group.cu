@@ -389,7 +389,9 @@ extern "C" int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w, int coop
   cudaError_t e = sn::allow_shared_memory(sn::group_rows_kernel, smem);
   if (e != cudaSuccess || coop_max < 1) return (int)e;
   // One cooperative launch: as many blocks as the steps have (the most of the three), at most as
-  // many as can be resident at once, and only where the device runs cooperative launches.
+  // many as can be resident at once, and only where the device runs cooperative launches. Where
+  // any of this fails (the cooperative kernel's shared memory does not fit, ...) the group runs
+  // as three kernels, which need none of it.
   int dev = 0, coop = 0, sms = 0, per_sm = 0;
   e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
@@ -401,7 +403,8 @@ extern "C" int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w, int coop
     const int64_t fit = (int64_t)per_sm * sms;
     *coop_blocks = (int)(coop_max < fit ? coop_max : fit);
   }
-  return (int)e;
+  if (e != cudaSuccess) (void)cudaGetLastError();
+  return (int)cudaSuccess;
 }
 
 extern "C" int sn_cuda_group_forward(const sn_cuda_group_t *G, int training, sn_stream_t stream_handle) {

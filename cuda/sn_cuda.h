@@ -193,7 +193,8 @@ int sn_cuda_group_row_blocks(int64_t h, int warp_k, int sm_count);
  * and whose widest warp-per-row layer has max_warp_w (0: none). With coop_max > 0 (the most
  * blocks of the three steps), also prepare the cooperative kernel: *coop_blocks receives its grid
  * (at most coop_max, as many as can be resident), or 0 where the device has no cooperative
- * launch. cudaError_t. */
+ * launch or its setup fails (not an error: the three kernels run). cudaError_t of the rows
+ * kernel's setup. */
 int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w, int coop_max, int *coop_blocks);
 /* Whether a group whose weights take w_bytes runs its forward as one cooperative launch: 0 if not
  * (three kernels), else the most blocks it may have (group_grid=N, or INT_MAX). SPECNORM_TUNE's

@@ -257,14 +257,27 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
   sn_status_t st = sn__enter_device(group->device, &prev);
   if (st != SN_SUCCESS) return st;
   int e = sn_cuda_group_forward(&group->cuda, training, stream);
+  int refused_in_capture = 0;
   if (e == (int)cudaErrorCooperativeLaunchTooLarge && group->cuda.coop_blocks > 0) {
-    /* Fewer multiprocessors than at creation (an MPS limit on active threads): the three kernels
-     * need no co-residency; the group keeps them from now on. Nothing ran. */
+    /* Fewer blocks can be resident than the occupancy query said at creation (the GPU shared
+     * with other processes under MPS, an SM limit): nothing ran. The three kernels need no
+     * co-residency; the group keeps them from now on. Eagerly they run at once; a capture may
+     * have been invalidated by the refused launch, so the caller captures again. */
     (void)cudaGetLastError();
     group->cuda.coop_blocks = 0;
-    e = sn_cuda_group_forward(&group->cuda, training, stream);
+    enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing((cudaStream_t)stream, &cs) == cudaSuccess && cs == cudaStreamCaptureStatusNone)
+      e = sn_cuda_group_forward(&group->cuda, training, stream);
+    else
+      refused_in_capture = 1;
+    (void)cudaGetLastError();
   }
   sn__leave_device(group->device, prev);
+  if (refused_in_capture)
+    return sn__fail(SN_ERROR_CUDA,
+                    "the group's cooperative launch was refused during a stream capture (fewer "
+                    "blocks can be resident than at sn_group_create); the group runs as three "
+                    "kernels from now on: end this capture and capture the forward again");
   if (e != 0) {
     (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the grouped kernels");

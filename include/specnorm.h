@@ -24,7 +24,7 @@
  * Thread safety: distinct layers may be used concurrently from different threads and streams.
  * One layer must not be used by two calls at the same time (its state and scratch space are
  * shared by its calls), and two forwards of one layer must be ordered (same stream, or events).
- * sn_last_error_message() is per thread.
+ * The same holds for a group and the layers in it. sn_last_error_message() is per thread.
  *
  * Determinism: all reductions have a fixed order; the same W and state give bitwise-identical
  * u, v, σ and W_sn on every run, on the same device and with the same algorithm.

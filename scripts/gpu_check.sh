@@ -28,8 +28,9 @@
 #              the SN-GAN preset: a regression bisected on the same card
 #   ncu        Nsight Compute (--clock-control none --cache-control none): DRAM bytes read and
 #              written and duration of each specnorm kernel of one call per mode ($SN_NCU_WORKLOADS)
-#   ncu_detail Nsight Compute sections (speed of light, occupancy, warp stalls, memory) of the
-#              one-pass rows and reduce kernels and of the cooperative grouped kernel
+#   ncu_detail (SN_NCU_DETAIL=1 only) Nsight Compute sections (speed of light, occupancy, warp
+#              stalls, memory) of the one-pass rows and reduce kernels and of the cooperative
+#              grouped kernel
 # A step whose program is missing is SKIPPED. The whole script keeps to $SN_CHECK_BUDGET_S
 # seconds (default 470): each step's timeout is cut to what is left, keeping a reserve for the
 # benchmark steps, and a step with no time left is SKIPPED.
@@ -462,7 +463,9 @@ detail() {
     "$SN_BENCH" --preset sngan-cifar10 --mode train,scale --no-baseline --no-graph --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0
 }
-if [[ -n "$NCU" && -x "$SN_BENCH" ]]; then
+if [[ "${SN_NCU_DETAIL:-0}" != 1 ]]; then
+  skip_step ncu_detail "$OUT/bench.log" "off (SN_NCU_DETAIL=1 runs it; results of e56c4b8 in bench/NOTES.md)"
+elif [[ -n "$NCU" && -x "$SN_BENCH" ]]; then
   run_step ncu_detail "$OUT/bench.log" 60 30 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" bash -c "$(declare -p NCU SN_BENCH); $(declare -f detail); detail"
 else

@@ -15,8 +15,6 @@ using namespace sntest;
 namespace {
 
 
-#define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
-
 // A device buffer of `count` floats, starting `offset` floats into its allocation (so that an
 // offset of 1..3 gives a pointer that is not 16-byte aligned).
 struct DevBuf {

@@ -420,7 +420,72 @@ TEST(GroupGpu, CooperativeLaunchOnFewBlocksIsBitwiseTheThreeKernels) {
   for (const char *grid : {"1", "7"}) expect_coop_equals_three_kernels(ms, grid, rng);
 }
 
-TEST(GroupGpu, DeterministicAndThreeLaunches) {
+// Without SPECNORM_TUNE's group_coop, a group runs as one cooperative launch when its weights
+// take at most 8 MiB, counted in bytes of each member's dtype: at the limit and one row above it,
+// in bf16 (elements would count twice as many) and fp32 with a small bf16 member.
+TEST(GroupGpu, DefaultLaunchFollowsTheWeightsBytes) {
+  REQUIRE_GPU();
+  const char *tune = std::getenv("SPECNORM_TUNE");
+  if (tune && std::strstr(tune, "group_coop=")) GTEST_SKIP() << "SPECNORM_TUNE sets group_coop: " << tune;
+  int dev = 0, coop = 0;
+  CUDA_OK(cudaGetDevice(&dev));
+  CUDA_OK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  struct M {
+    std::vector<int64_t> shape;
+    sn_dtype_t dt;
+  };
+  const struct {
+    std::vector<M> ms;
+    bool cooperative;
+  } cases[] = {
+      {{{{1024, 4096}, SN_DTYPE_BFLOAT16}}, true},                                  // 8 MiB
+      {{{{1025, 4096}, SN_DTYPE_BFLOAT16}}, false},                                 // + 8 KiB
+      {{{{512, 4096}, SN_DTYPE_FLOAT32}}, true},                                    // 8 MiB
+      {{{{512, 4096}, SN_DTYPE_FLOAT32}, {{4, 4}, SN_DTYPE_BFLOAT16}}, false},      // + 32 bytes
+  };
+  Rng rng(fresh_seed());
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  for (const auto &c : cases) {
+    std::vector<std::unique_ptr<LayerPtr>> ls;
+    std::vector<std::unique_ptr<Tensor>> ts;
+    std::vector<sn_layer_t *> lp;
+    std::vector<void *> W, O;
+    for (const M &m : c.ms) {
+      sn_layer_desc_t d = make_desc(m.shape, SN_BACKEND_CUDA);
+      d.dtype = m.dt;
+      ls.push_back(std::make_unique<LayerPtr>(d));
+      ASSERT_TRUE(ls.back()->p) << sn_last_error_message();
+      lp.push_back(ls.back()->p);
+      const int64_t n = numel_of(m.shape);
+      ts.push_back(std::make_unique<Tensor>(m.dt, n));
+      ts.back()->set(rng.normals(n));
+      W.push_back(ts.back()->dev);
+      ts.push_back(std::make_unique<Tensor>(m.dt, n));
+      O.push_back(ts.back()->dev);
+    }
+    SCOPED_TRACE(shape_str(c.ms[0].shape) + " dtype " + std::to_string(int(c.ms[0].dt)) + ", " +
+                 std::to_string(c.ms.size()) + " member(s)");
+    GroupPtr g;
+    ASSERT_EQ(sn_group_create(&g.p, lp.data(), const_cast<const void *const *>(W.data()), O.data(),
+                              int(lp.size())),
+              SN_SUCCESS)
+        << sn_last_error_message();
+    ASSERT_EQ(sn_group_forward(g.p, 1, s), SN_SUCCESS) << sn_last_error_message();  // the warm-up
+    cudaGraph_t graph;
+    CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    ASSERT_EQ(sn_group_forward(g.p, 1, s), SN_SUCCESS) << sn_last_error_message();
+    CUDA_OK(cudaStreamEndCapture(s, &graph));
+    size_t nodes = 0;
+    CUDA_OK(cudaGraphGetNodes(graph, nullptr, &nodes));
+    EXPECT_EQ(nodes, c.cooperative && coop ? 1u : 3u);
+    cudaGraphDestroy(graph);
+    CUDA_OK(cudaStreamSynchronize(s));
+  }
+  cudaStreamDestroy(s);
+}
+
+TEST(GroupGpu, DeterministicInOneOrThreeLaunches) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
   const std::vector<std::vector<int64_t>> shapes = {{64, 3, 3, 3}, {128, 64, 3, 3}, {256, 128, 3, 3},

@@ -39,6 +39,9 @@ inline std::string gpu_missing_reason() {
     if (!why_.empty()) GTEST_SKIP() << why_ << ": GPU test skipped";                \
   } while (0)
 
+// Assert that a CUDA runtime call succeeds, naming the call.
+#define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
+
 // A fresh seed per test run; SCOPED_TRACE it so a failure can be reproduced with SN_TEST_SEED.
 inline uint64_t fresh_seed() {
   if (const char *s = std::getenv("SN_TEST_SEED")) return std::strtoull(s, nullptr, 10);
