@@ -287,15 +287,6 @@ extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
   plan->counters = reinterpret_cast<unsigned *>(p);
 }
 
-extern "C" int sn_cuda_forward_launches(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *a) {
-  if (a->is_1d) return 2;
-  const int iters = a->warmup_iters + (a->training ? a->n_iters : 0);
-  if (a->training && iters == 0) return 0;
-  const bool one_pass = plan->one_pass && !plan->one_pass_cols && sn::aligned16(a->W);
-  if (one_pass && plan->op_fuse && a->training && !a->W_sn) return 2 * iters;  // no commit launch
-  return 2 * iters + (a->training ? 0 : 1) + 1;  // one pass is 2 launches per iteration too
-}
-
 #define SN_TRY(call)                          \
   do {                                        \
     cudaError_t sn_e_ = (call);               \

@@ -204,9 +204,6 @@ int sn_cuda_tune_group_coop(double w_bytes);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
 
-/* Kernel launches sn_cuda_forward makes for these arguments (for documentation and tests). */
-int sn_cuda_forward_launches(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *args);
-
 #ifdef __cplusplus
 }
 #endif
