@@ -382,12 +382,13 @@ fi
 
 # ---- A/B against earlier commits on the same card in the same run (SN_AB_REFS) ----------------
 # Each ref's sn_bench is built from `git archive` of that commit (this GPU's architecture only, no
-# tests), then the refs and this tree time the SN-GAN preset in turn, twice. Default: the three commits
+# tests), then the refs and this tree time the SN-GAN preset in turn, twice. Default: the commits
 # that bracket the grouped kernels' changes after 1a8f84c (SN-GAN grouped train went from 20.3 µs
 # at 1a8f84c to 23.9 µs at e56c4b8 on an H200): 1a8f84c; 8a4aaf8 (the kernels as step functions
 # for the cooperative kernel, the reduce loads reordered); c58d24a (the commit's u and v loads
-# batched); this tree adds the batched staging of v (6523559). SN_AB_REFS="" skips the step.
-AB_REFS="${SN_AB_REFS-1a8f84c 8a4aaf8 c58d24a}"
+# batched); e56c4b8 (adds the batched staging of v, 6523559); this tree adds the batched loads of
+# the grouped division and the cooperative default. SN_AB_REFS="" skips the step.
+AB_REFS="${SN_AB_REFS-1a8f84c 8a4aaf8 c58d24a e56c4b8}"
 ab() {
   local ref rc=0 bins=() labels=() table=() cc
   cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' .')"
