@@ -59,7 +59,9 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   pdl=0|1       every kernel as a programmatic dependent launch (sm_90 and up)
 //   group_coop=0|1  a grouped forward as three kernels (0) or one cooperative launch (1;
 //   group_grid=N    cuda/group.cu) of at most N blocks (default: as many as fit); unset: by
-//                   the group's bytes (default_group_coop below)
+//                   the group's bytes (kGroupCoopMaxBytes below)
+//   group_grid_force=N  that launch with exactly N blocks, even more than can be resident (tests:
+//                   the refused launch and its fallback, host/group.c)
 // Unknown keys and bad values are ignored.
 struct Tune {
   int op_bps = 0;      // 0: as many as fit
@@ -70,6 +72,7 @@ struct Tune {
   int op_async = 0;    // 1: the one-pass training rows kernel's cp.async variant
   int op_fuse = 0;     // 1: a forward without W_sn commits in its last one-pass reduction
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
+  int group_grid_force = 0;  // > 0: exactly this many blocks in that launch
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
                        // blocks of every step)
 };
@@ -87,6 +90,7 @@ Tune read_tune() {
       {"op_cluster=", &t.op_cluster, 1, 8, true},  {"op_async=", &t.op_async, 0, 1, false},
       {"op_fuse=", &t.op_fuse, 0, 1, false},       {"pdl=", &t.pdl, 0, 1, false},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
+      {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
   };
   const char *s = std::getenv("SPECNORM_TUNE");
   while (s && *s) {
@@ -165,6 +169,8 @@ extern "C" int sn_cuda_tune_group_coop(double w_bytes) {
   const bool coop = t.group_coop >= 0 ? t.group_coop == 1 : w_bytes <= kGroupCoopMaxBytes;
   return coop ? (t.group_grid > 0 ? t.group_grid : INT_MAX) : 0;
 }
+
+extern "C" int sn_cuda_tune_group_grid_force(void) { return read_tune().group_grid_force; }
 
 extern "C" int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype) {
   if (order == SN_ORDER_V_FIRST) return sn::one_pass_cols_fits(view.h, dtype);

@@ -201,6 +201,9 @@ int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w, int coop_max, int *
  * group_coop=0|1 decides where set; otherwise groups of at most 8 MiB of weights (cuda/forward.cu
  * says why). */
 int sn_cuda_tune_group_coop(double w_bytes);
+/* SPECNORM_TUNE's group_grid_force=N (0 if unset): a cooperative grouped forward of exactly N
+ * blocks, even more than can be resident, so that tests can have the launch refused. */
+int sn_cuda_tune_group_grid_force(void);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
 

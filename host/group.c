@@ -183,6 +183,8 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
       c->red_total = red;
       c->div_total = div;
       c->coop_blocks = coop_blocks;
+      const int force = sn_cuda_tune_group_grid_force(); /* tests: a launch that is refused */
+      if (coop_blocks > 0 && force > 0) c->coop_blocks = force;
       c->entries = (const sn_group_entry_t *)tab;
       c->row_layer = (const int *)(tab + table);
       c->red_layer = c->row_layer + rows;

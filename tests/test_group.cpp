@@ -420,6 +420,76 @@ TEST(GroupGpu, CooperativeLaunchOnFewBlocksIsBitwiseTheThreeKernels) {
   for (const char *grid : {"1", "7"}) expect_coop_equals_three_kernels(ms, grid, rng);
 }
 
+// A cooperative launch that the device refuses (group_grid_force: more blocks than can be
+// resident) runs as the three kernels instead, bit for bit, and the group keeps them: a later
+// capture has the three kernels' nodes. (A refusal during a capture is not exercised.)
+TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
+  REQUIRE_GPU();
+  int dev = 0, coop = 0;
+  CUDA_OK(cudaGetDevice(&dev));
+  CUDA_OK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  if (!coop) GTEST_SKIP() << "no cooperative launch on this device";
+  Rng rng(fresh_seed());
+  const std::vector<std::vector<int64_t>> shapes = {{64, 3, 3, 3}, {128, 64, 3, 3}, {300, 517}, {1, 128}};
+  const std::string base = tune_prefix();
+  std::vector<std::unique_ptr<LayerPtr>> la, lb;
+  std::vector<std::unique_ptr<Tensor>> ts;
+  std::vector<sn_layer_t *> pa, pb;
+  std::vector<void *> W, Oa, Ob;
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    sn_layer_desc_t d = make_desc(shapes[k], SN_BACKEND_CUDA);
+    d.seed = k;
+    la.push_back(std::make_unique<LayerPtr>(d));
+    lb.push_back(std::make_unique<LayerPtr>(d));
+    ASSERT_TRUE(la.back()->p && lb.back()->p);
+    pa.push_back(la.back()->p);
+    pb.push_back(lb.back()->p);
+    const int64_t n = numel_of(shapes[k]);
+    for (int q = 0; q < 3; ++q) ts.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, n));
+    ts[ts.size() - 3]->set(rng.normals(n));
+    W.push_back(ts[ts.size() - 3]->dev);
+    Oa.push_back(ts[ts.size() - 2]->dev);
+    Ob.push_back(ts[ts.size() - 1]->dev);
+  }
+  GroupPtr ga, gb;
+  {
+    ScopedEnv env("SPECNORM_TUNE", (base + "group_coop=0").c_str());
+    ASSERT_EQ(sn_group_create(&ga.p, pa.data(), const_cast<const void *const *>(W.data()), Oa.data(),
+                              int(pa.size())),
+              SN_SUCCESS)
+        << sn_last_error_message();
+  }
+  {
+    ScopedEnv env("SPECNORM_TUNE", (base + "group_coop=1,group_grid_force=1000000").c_str());
+    ASSERT_EQ(sn_group_create(&gb.p, pb.data(), const_cast<const void *const *>(W.data()), Ob.data(),
+                              int(pb.size())),
+              SN_SUCCESS)
+        << sn_last_error_message();
+  }
+  for (int step = 0; step < 3; ++step) {
+    const int training = step < 2;
+    ASSERT_EQ(sn_group_forward(ga.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_group_forward(gb.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    CUDA_OK(cudaDeviceSynchronize());
+    for (size_t k = 0; k < shapes.size(); ++k) {
+      SCOPED_TRACE("step " + std::to_string(step) + ", layer " + shape_str(shapes[k]));
+      EXPECT_TRUE(same_state(get_state(pa[k]), get_state(pb[k])));
+      EXPECT_TRUE(ts[3 * k + 1]->download_bytes() == ts[3 * k + 2]->download_bytes());
+    }
+  }
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaGraph_t graph;
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  ASSERT_EQ(sn_group_forward(gb.p, 1, s), SN_SUCCESS) << sn_last_error_message();
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  size_t nodes = 0;
+  CUDA_OK(cudaGraphGetNodes(graph, nullptr, &nodes));
+  EXPECT_EQ(nodes, 3u);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
+}
+
 // Without SPECNORM_TUNE's group_coop, a group runs as one cooperative launch when its weights
 // take at most 8 MiB, counted in bytes of each member's dtype: at the limit and one row above it,
 // in bf16 (elements would count twice as many) and fp32 with a small bf16 member.
