@@ -172,6 +172,18 @@ TEST(GroupCpu, TuneKnobsParse) {
     EXPECT_EQ(sn_cuda_tune_group_coop(c.bytes), c.want)
         << (c.tune ? c.tune : "(unset)") << ", " << c.bytes << " bytes";
   }
+  // group_grid_force is its own key, not group_grid's.
+  const std::pair<const char *, int> force[] = {{nullptr, 0},
+                                                {"group_grid_force=300", 300},
+                                                {"group_grid=7", 0},
+                                                {"group_grid_force=0", 0},
+                                                {"group_grid_force=300,group_grid=7", 300}};
+  for (const auto &[t, want] : force) {
+    env.set(t);
+    EXPECT_EQ(sn_cuda_tune_group_grid_force(), want) << (t ? t : "(unset)");
+  }
+  env.set("group_grid_force=300");
+  EXPECT_EQ(sn_cuda_tune_group_coop(4.2e6), INT_MAX) << "group_grid_force does not cap like group_grid";
 }
 
 TEST(GroupCpu, BadArguments) {
