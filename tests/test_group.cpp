@@ -88,6 +88,24 @@ std::vector<Member> every_kind_of_member() {
 }
 
 
+// Nodes of one grouped forward captured on a new stream (its layers warmed up already); 0 when
+// the capture fails, which the failed expectations report.
+size_t captured_nodes(sn_group_t *g, int training) {
+  cudaStream_t s = nullptr;
+  EXPECT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  EXPECT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+  EXPECT_EQ(sn_group_forward(g, training, s), SN_SUCCESS) << sn_last_error_message();
+  cudaGraph_t graph = nullptr;
+  EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  size_t nodes = 0;
+  if (graph) {
+    EXPECT_EQ(cudaGraphGetNodes(graph, nullptr, &nodes), cudaSuccess);
+    cudaGraphDestroy(graph);
+  }
+  cudaStreamDestroy(s);
+  return nodes;
+}
+
 // Whether a group whose weights take w_bytes runs as one cooperative launch on this device (the
 // policy of sn_cuda_tune_group_coop, where the device has cooperative launches).
 bool group_is_cooperative(double w_bytes) {
@@ -287,21 +305,11 @@ TEST(GroupGpu, MatchesCpuLayersStepByStep) {
   // Launches per grouped call, whatever the number of layers.
   double w_bytes = 0;
   for (const auto &w : Wh) w_bytes += double(w.size());
-  cudaStream_t s;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
   for (int training : {1, 0}) {
-    cudaGraph_t graph;
-    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
-    ASSERT_EQ(sn_group_forward(g.p, training, s), SN_SUCCESS) << sn_last_error_message();
-    ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
-    size_t nodes = 0;
-    ASSERT_EQ(cudaGraphGetNodes(graph, nullptr, &nodes), cudaSuccess);
     // One cooperative launch, or the three kernels: one member runs 2 iterations, 2 more launches
     // in training.
-    EXPECT_EQ(nodes, group_is_cooperative(w_bytes) ? 1u : training ? 5u : 3u);
-    cudaGraphDestroy(graph);
+    EXPECT_EQ(captured_nodes(g.p, training), group_is_cooperative(w_bytes) ? 1u : training ? 5u : 3u);
   }
-  cudaStreamDestroy(s);
   for (size_t k = 0; k < n_members; ++k) {
     cudaFree(Wd[k]);
     if (Od[k]) cudaFree(Od[k]);
@@ -489,17 +497,7 @@ TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
       EXPECT_TRUE(ts[3 * k + 1]->download_bytes() == ts[3 * k + 2]->download_bytes());
     }
   }
-  cudaStream_t s;
-  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  cudaGraph_t graph;
-  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-  ASSERT_EQ(sn_group_forward(gb.p, 1, s), SN_SUCCESS) << sn_last_error_message();
-  CUDA_OK(cudaStreamEndCapture(s, &graph));
-  size_t nodes = 0;
-  CUDA_OK(cudaGraphGetNodes(graph, nullptr, &nodes));
-  EXPECT_EQ(nodes, 3u);
-  cudaGraphDestroy(graph);
-  cudaStreamDestroy(s);
+  EXPECT_EQ(captured_nodes(gb.p, 1), 3u);
 }
 
 // Without SPECNORM_TUNE's group_coop, a group runs as one cooperative launch when its weights
@@ -526,8 +524,6 @@ TEST(GroupGpu, DefaultLaunchFollowsTheWeightsBytes) {
       {{{{512, 4096}, SN_DTYPE_FLOAT32}, {{4, 4}, SN_DTYPE_BFLOAT16}}, false},      // + 32 bytes
   };
   Rng rng(fresh_seed());
-  cudaStream_t s;
-  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   for (const auto &c : cases) {
     std::vector<std::unique_ptr<LayerPtr>> ls;
     std::vector<std::unique_ptr<Tensor>> ts;
@@ -553,18 +549,10 @@ TEST(GroupGpu, DefaultLaunchFollowsTheWeightsBytes) {
                               int(lp.size())),
               SN_SUCCESS)
         << sn_last_error_message();
-    ASSERT_EQ(sn_group_forward(g.p, 1, s), SN_SUCCESS) << sn_last_error_message();  // the warm-up
-    cudaGraph_t graph;
-    CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    ASSERT_EQ(sn_group_forward(g.p, 1, s), SN_SUCCESS) << sn_last_error_message();
-    CUDA_OK(cudaStreamEndCapture(s, &graph));
-    size_t nodes = 0;
-    CUDA_OK(cudaGraphGetNodes(graph, nullptr, &nodes));
-    EXPECT_EQ(nodes, c.cooperative && coop ? 1u : 3u);
-    cudaGraphDestroy(graph);
-    CUDA_OK(cudaStreamSynchronize(s));
+    ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();  // the warm-up
+    EXPECT_EQ(captured_nodes(g.p, 1), c.cooperative && coop ? 1u : 3u);
+    CUDA_OK(cudaDeviceSynchronize());
   }
-  cudaStreamDestroy(s);
 }
 
 TEST(GroupGpu, DeterministicInOneOrThreeLaunches) {
@@ -608,19 +596,9 @@ TEST(GroupGpu, DeterministicInOneOrThreeLaunches) {
       EXPECT_TRUE(bitwise_equal(x, y));
     }
   }
-  cudaStream_t s;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
-  cudaGraph_t graph;
-  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
-  ASSERT_EQ(sn_group_forward(ga.p, 1, s), SN_SUCCESS);
-  ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
-  size_t nodes = 0;
-  ASSERT_EQ(cudaGraphGetNodes(graph, nullptr, &nodes), cudaSuccess);
   double w_bytes = 0;
   for (const auto &sh : shapes) w_bytes += 4.0 * double(numel_of(sh));
-  EXPECT_EQ(nodes, group_is_cooperative(w_bytes) ? 1u : 3u);
-  cudaGraphDestroy(graph);
-  cudaStreamDestroy(s);
+  EXPECT_EQ(captured_nodes(ga.p, 1), group_is_cooperative(w_bytes) ? 1u : 3u);
   for (size_t k = 0; k < shapes.size(); ++k) {
     cudaFree(W[k]);
     cudaFree(Oa[k]);
