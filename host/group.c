@@ -267,6 +267,8 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
      * have been invalidated by the refused launch, so the caller captures again. */
     (void)cudaGetLastError();
     group->cuda.coop_blocks = 0;
+    /* (When the status cannot be read, e.g. the legacy stream while another thread captures,
+     * a retry on it would fail too: the call reports the refusal.) */
     enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing((cudaStream_t)stream, &cs) == cudaSuccess && cs == cudaStreamCaptureStatusNone)
       e = sn_cuda_group_forward(&group->cuda, training, stream);
@@ -277,8 +279,8 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
   sn__leave_device(group->device, prev);
   if (refused_in_capture)
     return sn__fail(SN_ERROR_CUDA,
-                    "the group's cooperative launch was refused during a stream capture (fewer "
-                    "blocks can be resident than at sn_group_create); the group runs as three "
+                    "the group's cooperative launch was refused (fewer blocks can be resident than "
+                    "at sn_group_create) while a stream capture is active; the group runs as three "
                     "kernels from now on: end this capture and capture the forward again");
   if (e != 0) {
     (void)cudaGetLastError();

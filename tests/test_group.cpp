@@ -428,21 +428,23 @@ TEST(GroupGpu, CooperativeLaunchIsBitwiseTheThreeKernels) {
 }
 
 // The same on 1 and 7 blocks: every block takes several blocks of every step (reduce, counters and
-// shared memory reused). Members up to 1M elements, so that racecheck (gpu_check.sh) can run it.
+// shared memory reused). Members up to 2M elements (3000 × 600 stays: several rows per warp), so
+// that racecheck (gpu_check.sh) can run it.
 TEST(GroupGpu, CooperativeLaunchOnFewBlocksIsBitwiseTheThreeKernels) {
   REQUIRE_GPU();
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
   std::vector<Member> ms = every_kind_of_member();
-  ms.erase(std::remove_if(ms.begin(), ms.end(), [](const Member &m) { return numel_of(m.shape) > (1 << 20); }),
+  ms.erase(std::remove_if(ms.begin(), ms.end(), [](const Member &m) { return numel_of(m.shape) > (1 << 21); }),
            ms.end());
   for (const char *grid : {"1", "7"}) expect_coop_equals_three_kernels(ms, grid, rng);
 }
 
 // A cooperative launch that the device refuses (group_grid_force: more blocks than can be
 // resident) runs as the three kernels instead, bit for bit, and the group keeps them: a later
-// capture has the three kernels' nodes. (A refusal during a capture is not exercised.)
+// capture has the three kernels' nodes. Refused during a capture, the forward fails with
+// SN_ERROR_CUDA ("capture again") and the next capture has the three kernels.
 TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
   REQUIRE_GPU();
   int dev = 0, coop = 0;
@@ -498,6 +500,38 @@ TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
     }
   }
   EXPECT_EQ(captured_nodes(gb.p, 1), 3u);
+
+  // The same group state, refused during a capture: its layers are warmed up on their own, so the
+  // group's first forward is the captured one.
+  std::vector<std::unique_ptr<LayerPtr>> lc;
+  std::vector<sn_layer_t *> pc;
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    lc.push_back(std::make_unique<LayerPtr>(make_desc(shapes[k], SN_BACKEND_CUDA)));
+    ASSERT_TRUE(lc.back()->p);
+    pc.push_back(lc.back()->p);
+    ASSERT_EQ(sn_forward(pc.back(), W[k], Oa[k], 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  }
+  GroupPtr gc;
+  {
+    ScopedEnv env("SPECNORM_TUNE", (base + "group_coop=1,group_grid_force=1000000").c_str());
+    ASSERT_EQ(sn_group_create(&gc.p, pc.data(), const_cast<const void *const *>(W.data()), Oa.data(),
+                              int(pc.size())),
+              SN_SUCCESS)
+        << sn_last_error_message();
+  }
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  const sn_status_t st = sn_group_forward(gc.p, 1, s);
+  const std::string msg = sn_last_error_message();
+  cudaGraph_t graph = nullptr;
+  (void)cudaStreamEndCapture(s, &graph);  // may report the capture invalidated by the refusal
+  if (graph) cudaGraphDestroy(graph);
+  (void)cudaGetLastError();
+  cudaStreamDestroy(s);
+  EXPECT_EQ(st, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
+  EXPECT_NE(msg.find("capture"), std::string::npos) << msg;
+  EXPECT_EQ(captured_nodes(gc.p, 1), 3u);
 }
 
 // Without SPECNORM_TUNE's group_coop, a group runs as one cooperative launch when its weights
