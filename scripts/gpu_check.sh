@@ -24,6 +24,7 @@
 #   variants   sn_bench once per SPECNORM_TUNE setting of the one-pass kernel ($SN_TUNE_VARIANTS)
 #              on $SN_VARIANT_WORKLOADS (train/scale/eval of the large single layers), then the
 #              legacy (v-first) order with every algorithm; tables only
+#   ab_build   waits for the ab step's builds (started in the background after the build step)
 #   ab         sn_bench of earlier commits ($SN_AB_REFS, built here) and of this tree, in turn, on
 #              the SN-GAN preset: a regression bisected on the same card
 #   ncu        Nsight Compute (--clock-control none --cache-control none): DRAM bytes read and
@@ -208,6 +209,33 @@ export -f env_report
 export REPO BUILD OUT BUDGET NPROC DEPS_NOTE RUN_LD_PATH SANITIZER
 run_step env "$OUT/build.log" 60 0 bash -c env_report
 
+# ---- A/B against earlier commits on the same card in the same run (SN_AB_REFS) ----------------
+# Each ref's sn_bench is built from `git archive` of that commit (this GPU's architecture only, no
+# tests), then the refs and this tree time the SN-GAN preset in turn, twice. Default: the commits
+# that bracket the grouped kernels' changes after 1a8f84c (SN-GAN grouped train went from 20.3 µs
+# at 1a8f84c to 23.9 µs at e56c4b8 on an H200): 1a8f84c; 8a4aaf8 (the kernels as step functions
+# for the cooperative kernel, the reduce loads reordered); c58d24a (the commit's u and v loads
+# batched); e56c4b8 (adds the batched staging of v, 6523559); this tree adds the batched loads of
+# the grouped division and the cooperative default. SN_AB_REFS="" skips the step.
+AB_REFS="${SN_AB_REFS-1a8f84c 8a4aaf8 c58d24a e56c4b8}"
+ab_build_refs() {  # each ref's sn_bench into $LOGS/ab-REF/b; its status in $LOGS/ab-REF/status
+  local ref cc
+  cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' .')"
+  for ref in $AB_REFS; do
+    local src="$LOGS/ab-$ref"
+    mkdir -p "$src"
+    if git -C "$REPO" archive "$ref" | tar -x -C "$src" &&
+       cmake -S "$src" -B "$src/b" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${cc:-90}-real" \
+         -DSPECNORM_BUILD_TESTS=OFF -DSPECNORM_BUILD_EXAMPLES=OFF > "$src/configure.log" 2>&1 &&
+       cmake --build "$src/b" --target sn_bench -j "$NPROC" > "$src/build.log" 2>&1; then
+      echo ok > "$src/status"
+    else
+      echo failed > "$src/status"
+    fi
+    echo "ref $ref: $(cat "$src/status")"
+  done
+}
+
 # ---- (b) configure + build -----------------------------------------------------------------
 CONFIGURED=0
 rm -rf "$BUILD"
@@ -222,6 +250,15 @@ if [[ $CONFIGURED -eq 1 ]]; then
     env LD_LIBRARY_PATH="$RUN_LD_PATH" cmake --build "$BUILD" -j "$NPROC" -- -k 0
 else
   skip_step build "$OUT/build.log" "configure failed"
+fi
+# The ab step's refs build in the background while ctest runs (in their own process group, so
+# that a cut can stop them); the benchmark steps wait for them first, so that no build competes
+# with a timing.
+AB_PID=""
+if [[ -n "$AB_REFS" && $CONFIGURED -eq 1 ]]; then
+  setsid bash -c "$(declare -p AB_REFS LOGS REPO NPROC); $(declare -f ab_build_refs); ab_build_refs" \
+    > "$LOGS/ab-build.log" 2>&1 &
+  AB_PID=$!
 fi
 
 # ---- (c) ctest ------------------------------------------------------------------------------
@@ -242,6 +279,12 @@ else
 fi
 
 # ---- (e) benchmarks: PyTorch first, so sn_bench can join its rows ---------------------------
+if [[ -n "$AB_PID" ]]; then
+  run_step ab_build "$OUT/bench.log" 150 280 \
+    bash -c "while kill -0 $AB_PID 2> /dev/null; do sleep 1; done; cat '$LOGS/ab-build.log'"
+  kill -- -"$AB_PID" 2> /dev/null  # still building when the step was cut: stop it
+  wait "$AB_PID" 2> /dev/null
+fi
 # shellcheck disable=SC2206
 WORKLOADS=(${SN_BENCH_WORKLOADS:---shape 1024x1024 --shape 4096x4096 --shape 4096x16384 --preset all})
 if ! command -v python3 > /dev/null; then
@@ -382,28 +425,15 @@ else
   skip_step variants "$OUT/bench.log" "no $SN_BENCH"
 fi
 
-# ---- A/B against earlier commits on the same card in the same run (SN_AB_REFS) ----------------
-# Each ref's sn_bench is built from `git archive` of that commit (this GPU's architecture only, no
-# tests), then the refs and this tree time the SN-GAN preset in turn, twice. Default: the commits
-# that bracket the grouped kernels' changes after 1a8f84c (SN-GAN grouped train went from 20.3 µs
-# at 1a8f84c to 23.9 µs at e56c4b8 on an H200): 1a8f84c; 8a4aaf8 (the kernels as step functions
-# for the cooperative kernel, the reduce loads reordered); c58d24a (the commit's u and v loads
-# batched); e56c4b8 (adds the batched staging of v, 6523559); this tree adds the batched loads of
-# the grouped division and the cooperative default. SN_AB_REFS="" skips the step.
-AB_REFS="${SN_AB_REFS-1a8f84c 8a4aaf8 c58d24a e56c4b8}"
 ab() {
-  local ref rc=0 bins=() labels=() table=() cc
-  cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' .')"
+  set -o pipefail
+  local ref rc=0 bins=() labels=() table=()
   for ref in $AB_REFS; do
     local src="$LOGS/ab-$ref"
-    mkdir -p "$src"
-    if git -C "$REPO" archive "$ref" | tar -x -C "$src" &&
-       cmake -S "$src" -B "$src/b" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${cc:-90}-real" \
-         -DSPECNORM_BUILD_TESTS=OFF -DSPECNORM_BUILD_EXAMPLES=OFF > "$src/configure.log" 2>&1 &&
-       cmake --build "$src/b" --target sn_bench -j "$NPROC" > "$src/build.log" 2>&1; then
+    if [[ "$(cat "$src/status" 2> /dev/null)" == ok && -x "$src/b/bench/sn_bench" ]]; then
       bins+=("$src/b/bench/sn_bench"); labels+=("$ref")
     else
-      echo "ref $ref: archive, configure or build failed"; tail -n 20 "$src/build.log" 2>/dev/null; rc=1
+      echo "ref $ref: not built"; tail -n 20 "$src/configure.log" "$src/build.log" 2> /dev/null; rc=1
     fi
   done
   bins+=("$SN_BENCH" "$SN_BENCH"); labels+=("HEAD,group_coop=0" "HEAD")
@@ -414,7 +444,7 @@ ab() {
       [[ ${labels[$i]} == *group_coop=0 ]] && tune=group_coop=0
       echo "################ round $round: ${labels[$i]}"
       SPECNORM_TUNE="$tune" "${bins[$i]}" --preset sngan-cifar10 --dtype f32 --mode train,scale,eval \
-        --no-baseline --no-check --reps 100 --json "$js" | grep -E "group|commit" || rc=1
+        --no-baseline --no-check --reps 100 --json "$js" | grep -E "group|commit" || rc=1  # the group rows
       table+=("r${round}:${labels[$i]}=$js")
     done
   done
