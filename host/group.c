@@ -274,7 +274,7 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
       e = sn_cuda_group_forward(&group->cuda, training, stream);
     else
       refused_in_capture = 1;
-    (void)cudaGetLastError();
+    (void)cudaGetLastError(); /* cudaStreamIsCapturing's own error, if any */
   }
   sn__leave_device(group->device, prev);
   if (refused_in_capture)

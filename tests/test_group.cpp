@@ -88,6 +88,16 @@ std::vector<Member> every_kind_of_member() {
 }
 
 
+// sn_group_create over these layers and buffers with SPECNORM_TUNE set to `tune` while the group
+// is created (a group reads its knobs then).
+sn_status_t create_group_tuned(GroupPtr &g, const std::vector<sn_layer_t *> &layers,
+                               const std::vector<void *> &W, const std::vector<void *> &W_sn,
+                               const std::string &tune) {
+  ScopedEnv env("SPECNORM_TUNE", tune.c_str());
+  return sn_group_create(&g.p, layers.data(), const_cast<const void *const *>(W.data()), W_sn.data(),
+                         int(layers.size()));
+}
+
 // Nodes of one grouped forward captured on a new stream (its layers warmed up already); 0 when
 // the capture fails, which the failed expectations report.
 size_t captured_nodes(sn_group_t *g, int training) {
@@ -351,21 +361,11 @@ static void expect_coop_equals_three_kernels(const std::vector<Member> &ms, cons
   }
   GroupPtr ga, gb;
   const std::string base = tune_prefix();
-  {
-    ScopedEnv env("SPECNORM_TUNE", (base + "group_coop=0").c_str());
-    ASSERT_EQ(sn_group_create(&ga.p, pa.data(), const_cast<const void *const *>(Wd.data()), Oa.data(),
-                              int(n_members)),
-              SN_SUCCESS)
-        << sn_last_error_message();
-  }
-  {
-    ScopedEnv env("SPECNORM_TUNE",
-                  (base + "group_coop=1" + (grid ? std::string(",group_grid=") + grid : "")).c_str());
-    ASSERT_EQ(sn_group_create(&gb.p, pb.data(), const_cast<const void *const *>(Wd.data()), Ob.data(),
-                              int(n_members)),
-              SN_SUCCESS)
-        << sn_last_error_message();
-  }
+  ASSERT_EQ(create_group_tuned(ga, pa, Wd, Oa, base + "group_coop=0"), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(create_group_tuned(gb, pb, Wd, Ob,
+                               base + "group_coop=1" + (grid ? std::string(",group_grid=") + grid : "")),
+            SN_SUCCESS)
+      << sn_last_error_message();
   auto expect_same = [&](const std::string &when) {
     SCOPED_TRACE(when);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -474,20 +474,9 @@ TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
     Ob.push_back(ts[ts.size() - 1]->dev);
   }
   GroupPtr ga, gb;
-  {
-    ScopedEnv env("SPECNORM_TUNE", (base + "group_coop=0").c_str());
-    ASSERT_EQ(sn_group_create(&ga.p, pa.data(), const_cast<const void *const *>(W.data()), Oa.data(),
-                              int(pa.size())),
-              SN_SUCCESS)
-        << sn_last_error_message();
-  }
-  {
-    ScopedEnv env("SPECNORM_TUNE", (base + "group_coop=1,group_grid_force=1000000").c_str());
-    ASSERT_EQ(sn_group_create(&gb.p, pb.data(), const_cast<const void *const *>(W.data()), Ob.data(),
-                              int(pb.size())),
-              SN_SUCCESS)
-        << sn_last_error_message();
-  }
+  const std::string refused = base + "group_coop=1,group_grid_force=1000000";
+  ASSERT_EQ(create_group_tuned(ga, pa, W, Oa, base + "group_coop=0"), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(create_group_tuned(gb, pb, W, Ob, refused), SN_SUCCESS) << sn_last_error_message();
   for (int step = 0; step < 3; ++step) {
     const int training = step < 2;
     ASSERT_EQ(sn_group_forward(ga.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
@@ -512,13 +501,7 @@ TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
     ASSERT_EQ(sn_forward(pc.back(), W[k], Oa[k], 1, nullptr), SN_SUCCESS) << sn_last_error_message();
   }
   GroupPtr gc;
-  {
-    ScopedEnv env("SPECNORM_TUNE", (base + "group_coop=1,group_grid_force=1000000").c_str());
-    ASSERT_EQ(sn_group_create(&gc.p, pc.data(), const_cast<const void *const *>(W.data()), Oa.data(),
-                              int(pc.size())),
-              SN_SUCCESS)
-        << sn_last_error_message();
-  }
+  ASSERT_EQ(create_group_tuned(gc, pc, W, Oa, refused), SN_SUCCESS) << sn_last_error_message();
   cudaStream_t s;
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
