@@ -6,6 +6,12 @@
 // (the one-pass kernel takes rows in order), so W's last tens of MB are still in L2 (50 MB on
 // H100/H200) when this kernel starts: reading them first turns those reads into L2 hits before
 // the writes of W_sn evict them. A layer that fits in L2 is read from DRAM once per forward.
+// Measured (H100, e6c00d0, 4096² fp32): only 9 of W's 67 MB came from L2. Each line of W_sn
+// written, and each line of W loaded past the end of what L2 still holds, takes the place of the
+// least recently used line, which is one of W's lines this kernel has yet to read. With
+// SPECNORM_TUNE=div_stream=1 (not yet measured) the wide loop loads W and stores W_sn as
+// streaming data (ld/st.global.cs, evict-first lines), so that they displace each other rather
+// than W's remaining lines: up to what L2 keeps of W after the iteration, less its partials.
 // Bytes: numel·sizeof(T) read + numel·sizeof(T) written (DRAM: less the L2 hits above), plus
 // (h + w)·8 when u and v are committed.
 #include "kernels.h"
@@ -28,8 +34,9 @@ struct CommitParams {
   const float *gamma;
 };
 
-template <bool WIDE, class T>
+template <bool WIDE, class T, bool STREAM = false>
 __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
+  static_assert(WIDE || !STREAM, "streaming accesses: the 16-byte packs only");
   pdl_enter();
   const CommitScale cs = commit_scale(p.scal[p.slot], p.sigma, p.norm_bound, p.gamma);
   const int64_t tid = (int64_t)blockIdx.x * kBlock + threadIdx.x;
@@ -57,10 +64,16 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   for (int64_t k = tid; k < nq; k += stride) {
     const int64_t q = nq - 1 - k;
     float x[E];
-    V::cvt(V::load_raw(in + E * q), x);
+    if constexpr (STREAM)
+      V::cvt(load_streaming<typename V::raw>(in + E * q), x);
+    else
+      V::cvt(V::load_raw(in + E * q), x);
 #pragma unroll
     for (int e = 0; e < E; ++e) x[e] = scale(x[e]);
-    V::store(out + E * q, x);
+    if constexpr (STREAM)
+      store_streaming(out + E * q, V::pack(x));
+    else
+      V::store(out + E * q, x);
   }
 }
 
@@ -78,8 +91,9 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
     const int64_t hw = plan.view.h > p.w ? plan.view.h : p.w;
     const int64_t small = (hw + kBlock - 1) / kBlock;
     const int blocks = a.W_sn || small >= plan.div_blocks ? plan.div_blocks : (int)small;
-    return launch(plan.pdl, wide ? commit_divide_kernel<true, T> : commit_divide_kernel<false, T>,
-                  blocks, kBlock, 0, stream, p);
+    void (*kernel)(CommitParams) = commit_divide_kernel<false, T>;
+    if (wide) kernel = plan.div_stream ? commit_divide_kernel<true, T, true> : commit_divide_kernel<true, T>;
+    return launch(plan.pdl, kernel, blocks, kBlock, 0, stream, p);
   };
   return SN_DISPATCH_DTYPE(plan.dtype, run);
 }

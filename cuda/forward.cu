@@ -56,6 +56,10 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 where its stages fit in shared memory)
 //   op_fuse=1     a training forward without W_sn commits in its last one-pass reduction (no
 //                 commit launch)
+//   op_depth=2    the one-pass training rows kernel holds two rows ahead in registers, not one
+//                 (cuda/one_pass.cu; up to 4 packs per thread)
+//   div_stream=1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
+//                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu)
 //   pdl=0|1       every kernel as a programmatic dependent launch (sm_90 and up)
 //   group_coop=0|1  a grouped forward as three kernels (0) or one cooperative launch (1;
 //   group_grid=N    cuda/group.cu) of at most N blocks (default: as many as fit); unset: by
@@ -71,6 +75,8 @@ struct Tune {
   int pdl = -1;        // -1: the default below
   int op_async = 0;    // 1: the one-pass training rows kernel's cp.async variant
   int op_fuse = 0;     // 1: a forward without W_sn commits in its last one-pass reduction
+  int op_depth = 1;    // 2: the one-pass training rows kernel two rows ahead
+  int div_stream = 0;  // 1: the division's accesses are streaming (evict-first)
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
   int group_grid_force = 0;  // > 0: exactly this many blocks in that launch
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
@@ -89,6 +95,7 @@ Tune read_tune() {
       {"op_bps=", &t.op_bps, 1, 64, false},        {"op_grid=", &t.op_grid, 1, 1000000, false},
       {"op_cluster=", &t.op_cluster, 1, 8, true},  {"op_async=", &t.op_async, 0, 1, false},
       {"op_fuse=", &t.op_fuse, 0, 1, false},       {"pdl=", &t.pdl, 0, 1, false},
+      {"op_depth=", &t.op_depth, 1, 2, false},     {"div_stream=", &t.div_stream, 0, 1, false},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
   };
@@ -187,6 +194,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   plan->sm_count = sm_count > 0 ? sm_count : 1;
   const Tune tune = read_tune();
   plan->pdl = pdl_enabled(tune);
+  plan->div_stream = tune.div_stream;
   const int64_t h = view.h, w = view.A * view.B;
   const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over
 
@@ -220,11 +228,14 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
     plan->op_async = tune.op_async;
     plan->op_fuse = tune.op_fuse;
+    plan->op_depth = tune.op_async ? 1 : tune.op_depth;
     int per_sm = 0, max_clusters = 0;
     cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
-    if (e != cudaSuccess && plan->op_async) {  // e.g. its stages do not fit: the register kernel
+    if (e != cudaSuccess && (plan->op_async || plan->op_depth > 1)) {
+      // e.g. the stages do not fit, or no two-rows instance: the register kernel, one row ahead
       (void)cudaGetLastError();
       plan->op_async = 0;
+      plan->op_depth = 1;
       e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
     }
     if (e != cudaSuccess) return (int)e;

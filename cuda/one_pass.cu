@@ -42,6 +42,7 @@ struct OnePassParams {
   float *scal;
   unsigned *counter;
   bool async;       // host: the training kernel is the cp.async one (plan.op_async)
+  int depth;        // host: rows ahead in registers of the register training kernel (plan.op_depth)
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -85,8 +86,12 @@ __device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, flo
 constexpr int async_stages(int row_bytes) { return row_bytes <= 16384 ? 4 : 3; }
 
 // NT threads, VPT packs of E elements per thread and row: thread k holds packs k, k + NT, ...
-// S = 0: the next row's packs are loaded into registers (nxt) while the current one is reduced:
-//   one row in flight per block beyond the one being reduced, in registers.
+// S = 0: the next D rows' packs are loaded into registers (q[1..D]) while the current one (q[0])
+//   is reduced: D rows in flight per block beyond the one being reduced, in registers. D = 1 is
+//   the default; D = 2 (SPECNORM_TUNE=op_depth=2, not yet measured) doubles the bytes in flight
+//   of a block for 4·VPT more registers: the bf16 rows of 4096 × 16384 (1 block of 512 threads
+//   per SM, 109 registers) had 32 KB ahead per SM where fp32 has 64 KB, and ran at 53% of the
+//   copy bandwidth against fp32's ~80% (H200, e56c4b8; bench/NOTES.md).
 // S >= 2 (training only; SPECNORM_TUNE=op_async=1, not yet measured): the rows go to shared
 //   memory by cp.async, S - 1 rows ahead, in S stages; v is in registers (the thread's VPT·E
 //   values), so the stages have the shared memory to themselves. Each thread copies exactly the
@@ -95,9 +100,10 @@ constexpr int async_stages(int row_bytes) { return row_bytes <= 16384 ? 4 : 3; }
 //   registers can hold (bench/NOTES.md: the rows kernel ran at 62% of the copy bandwidth at 4096²
 //   on an H200, with one 16 KB row ahead per block). On the same grid the results are bitwise
 //   those of S = 0; the default grid follows each kernel's occupancy, so it may differ.
-template <int NT, int VPT, class T, int E, bool EVAL, int S = 0>
+template <int NT, int VPT, class T, int E, bool EVAL, int S = 0, int D = 1>
 __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   static_assert(S == 0 || (S >= 2 && !EVAL), "cp.async stages: 2 or more, training only");
+  static_assert(D >= 1 && (D == 1 || S == 0), "rows ahead in registers: the register kernel only");
   pdl_enter();
   using V = VecN<T, E>;
   using R = typename V::raw;
@@ -109,13 +115,13 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   const float ru = EVAL ? reciprocal_of(p.u_div) : 0.f;
 
   float acc[VPT][E];
-  R cur[VPT], nxt[VPT];
+  R q[D + 1][VPT];  // q[0]: the row being reduced; S = 0: q[1..D], the block's next D rows
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[k][e] = 0.f;
-    cur[k] = {};
-    nxt[k] = {};
+#pragma unroll
+    for (int d = 0; d <= D; ++d) q[d][k] = {};
   }
   const int64_t G = gridDim.x;
   int64_t i = blockIdx.x;
@@ -135,12 +141,16 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   if constexpr (S > 0) {
 #pragma unroll
     for (int q = 0; q < S - 1; ++q) issue(i + q * G, q);
-  } else if (i < p.h) {
-    const T *row = W + i * w;
+  } else {
 #pragma unroll
-    for (int k = 0; k < VPT; ++k) {
-      const int j = threadIdx.x + k * NT;
-      if (j < p.wp) cur[k] = V::load_raw(row + E * j);
+    for (int d = 0; d < D; ++d) {
+      if (i + d * G >= p.h) break;
+      const T *row = W + (i + d * G) * w;
+#pragma unroll
+      for (int k = 0; k < VPT; ++k) {
+        const int j = threadIdx.x + k * NT;
+        if (j < p.wp) q[d][k] = V::load_raw(row + E * j);
+      }
     }
   }
   // v into shared memory (S > 0: the thread's own values into registers) while the first rows'
@@ -169,22 +179,22 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
 #pragma unroll
       for (int k = 0; k < VPT; ++k) {
         const int j = threadIdx.x + k * NT;
-        if (j < p.wp) cur[k] = stage[slot * p.wp + j];
+        if (j < p.wp) q[0][k] = stage[slot * p.wp + j];
       }
       slot = slot == S - 1 ? 0 : slot + 1;
-    } else if (i + G < p.h) {
-      const T *row = W + (i + G) * w;
+    } else if (i + D * G < p.h) {
+      const T *row = W + (i + D * G) * w;
 #pragma unroll
       for (int k = 0; k < VPT; ++k) {
         const int j = threadIdx.x + k * NT;
-        if (j < p.wp) nxt[k] = V::load_raw(row + E * j);
+        if (j < p.wp) q[D][k] = V::load_raw(row + E * j);
       }
     }
     float x[VPT][E];
     float d = 0.f;
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
-      V::cvt(cur[k], x[k]);
+      V::cvt(q[0][k], x[k]);
       const int j = threadIdx.x + k * NT;
       if (j < p.wp) {
 #pragma unroll
@@ -214,7 +224,9 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
     }
     if constexpr (S == 0) {
 #pragma unroll
-      for (int k = 0; k < VPT; ++k) cur[k] = nxt[k];
+      for (int d = 0; d < D; ++d)
+#pragma unroll
+        for (int k = 0; k < VPT; ++k) q[d][k] = q[d + 1][k];
     }
   }
   if constexpr (S > 0) __pipeline_wait_prior(0);  // no copy outstanding (those past the end are empty)
@@ -372,8 +384,14 @@ cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *
   // The cp.async training kernel: S stages of a row (at least w floats: the cluster's partial s
   // lands there too).
   const size_t train_smem = p->async ? (size_t)S * p->wp * kPack : smem;
-  auto *train = p->async ? one_pass_rows_kernel<NT, VPT, T, E, false, S>
-                         : one_pass_rows_kernel<NT, VPT, T, E, false>;
+  // Two rows ahead in registers (op_depth=2): instances up to 4 packs per thread (the 512 × 8 fp32
+  // one is at 122 registers of its 128 with one row ahead).
+  constexpr bool kDeep = VPT <= 4;
+  if (p->depth == 2 && (!kDeep || p->async)) return cudaErrorNotSupported;
+  void (*train)(OnePassParams) = one_pass_rows_kernel<NT, VPT, T, E, false>;
+  if (p->async) train = one_pass_rows_kernel<NT, VPT, T, E, false, S>;
+  if constexpr (kDeep)
+    if (p->depth == 2) train = one_pass_rows_kernel<NT, VPT, T, E, false, 0, 2>;
   auto *eval = one_pass_rows_kernel<NT, VPT, T, E, true>;
   if (prep) {
     cudaError_t e = allow_shared_memory(eval, smem);
@@ -454,6 +472,7 @@ cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *block
   OnePassParams p{};
   p.wp = (int)(plan.view.B / plan.op_elems);
   p.async = plan.op_async != 0;
+  p.depth = plan.op_depth;
   Prep prep{cluster, 0, 0};
   const cudaError_t e = rows_dispatch(plan, &p, nullptr, &prep);
   *blocks_per_sm = prep.blocks_per_sm;
@@ -467,7 +486,7 @@ cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const flo
   const int w4 = (int)(plan.view.B / 4);
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, health, plan.t,
                   plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr,
-                  plan.op_async != 0};
+                  plan.op_async != 0, plan.op_depth};
   cudaError_t e = rows_dispatch(plan, &p, stream, nullptr);
   if (e != cudaSuccess) return e;
   ReduceParams r{reinterpret_cast<const float4 *>(plan.op_part), plan.op_tsq,
@@ -484,7 +503,7 @@ cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, cons
                                  const float *x_div, const float *u, const float *u_div,
                                  cudaStream_t stream) {
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, nullptr, nullptr,
-                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan), false};
+                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan), false, 1};
   return rows_dispatch(plan, &p, stream, nullptr);
 }
 

@@ -85,6 +85,10 @@ typedef struct {
                          memory, several rows ahead (SPECNORM_TUNE=op_async=1) */
   int op_fuse;        /* one-pass: a training forward without W_sn commits u, v, σ in its last
                          reduction instead of a commit launch (SPECNORM_TUNE=op_fuse=1) */
+  int op_depth;       /* one-pass: rows ahead in registers of the register training rows kernel
+                         (1; 2 with SPECNORM_TUNE=op_depth=2, where instantiated) */
+  int div_stream;     /* 1: the division loads W and stores W_sn as streaming (evict-first) data
+                         (SPECNORM_TUNE=div_stream=1) */
   /* Scratch, inside the layer's one device workspace. */
   float *t;           /* h: t = M x, unnormalized */
   float *s;           /* w: s = Mᵀ y, unnormalized */

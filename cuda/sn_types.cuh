@@ -77,9 +77,8 @@ struct VecN<float, 4> {
     x[2] = r.z;
     x[3] = r.w;
   }
-  __device__ static void store(float *p, const float *x) {
-    *reinterpret_cast<float4 *>(p) = make_float4(x[0], x[1], x[2], x[3]);
-  }
+  __device__ static raw pack(const float *x) { return make_float4(x[0], x[1], x[2], x[3]); }
+  __device__ static void store(float *p, const float *x) { *reinterpret_cast<float4 *>(p) = pack(x); }
 };
 // The 2-byte types: pairs convert with the paired intrinsics, which round to nearest even as
 // from_f does.
@@ -122,20 +121,42 @@ struct VecHalfN {
       x[2 * k + 1] = f.y;
     }
   }
-  __device__ static void store(H *p, const float *x) {
-    unsigned r[E / 2];
+  __device__ static raw pack(const float *x) {
+    raw r;
 #pragma unroll
-    for (int k = 0; k < E / 2; ++k) r[k] = pair_from_f(x[2 * k], x[2 * k + 1], H{});
+    for (int k = 0; k < E / 2; ++k) r.r[k] = pair_from_f(x[2 * k], x[2 * k + 1], H{});
+    return r;
+  }
+  __device__ static void store(H *p, const float *x) {
+    const raw r = pack(x);
     if (E == 8)
-      *reinterpret_cast<uint4 *>(p) = make_uint4(r[0], r[1], r[E == 8 ? 2 : 0], r[E == 8 ? 3 : 1]);
+      *reinterpret_cast<uint4 *>(p) = make_uint4(r.r[0], r.r[1], r.r[E == 8 ? 2 : 0], r.r[E == 8 ? 3 : 1]);
     else
-      *reinterpret_cast<uint2 *>(p) = make_uint2(r[0], r[1]);
+      *reinterpret_cast<uint2 *>(p) = make_uint2(r.r[0], r.r[1]);
   }
 };
 template <int E>
 struct VecN<__half, E> : VecHalfN<__half, E> {};
 template <int E>
 struct VecN<__nv_bfloat16, E> : VecHalfN<__nv_bfloat16, E> {};
+
+// A 16-byte pack (VecN's raw) loaded and stored as streaming data: ld.global.cs / st.global.cs,
+// whose lines L1 and L2 allocate with the evict-first policy (PTX ISA, cache operators).
+template <class R>
+__device__ __forceinline__ R load_streaming(const void *p) {
+  static_assert(sizeof(R) == 16, "16-byte packs");
+  const uint4 q = __ldcs(static_cast<const uint4 *>(p));
+  R r;
+  memcpy(&r, &q, 16);
+  return r;
+}
+template <class R>
+__device__ __forceinline__ void store_streaming(void *p, const R &r) {
+  static_assert(sizeof(R) == 16, "16-byte packs");
+  uint4 q;
+  memcpy(&q, &r, 16);
+  __stcs(static_cast<uint4 *>(p), q);
+}
 
 // Elements of T in one 16-byte access.
 template <class T>

@@ -29,9 +29,10 @@
 #              the SN-GAN preset: a regression bisected on the same card
 #   ncu        Nsight Compute (--clock-control none --cache-control none): DRAM bytes read and
 #              written and duration of each specnorm kernel of one call per mode ($SN_NCU_WORKLOADS)
+#   ncu_l2     the same for the division with evict-first accesses (SPECNORM_TUNE=div_stream=1)
 #   ncu_detail (SN_NCU_DETAIL=1 only) Nsight Compute sections (speed of light, occupancy, warp
-#              stalls, memory) of the one-pass rows and reduce kernels and of the cooperative
-#              grouped kernel
+#              stalls, memory) of the one-pass rows and reduce kernels (4096² fp32; 4096 × 16384
+#              bf16 with one and two rows ahead) and of the cooperative grouped kernel
 # A step whose program is missing is SKIPPED. The whole script keeps to $SN_CHECK_BUDGET_S
 # seconds (default 470): each step's timeout is cut to what is left, keeping a reserve for the
 # benchmark steps, and a step with no time left is SKIPPED.
@@ -335,7 +336,7 @@ fi
 SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
 [[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
 # One-pass by rows (several widths) and by columns, two-pass, a view, groups, the backward.
-SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassAsyncRows*}"
+SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassAsyncRows*:Gpu.OnePassTwoRows*}"
 sanitize() {  # sanitize TOOL...
  local tool cap reserve
  for tool in "$@"; do
@@ -384,8 +385,9 @@ fi
 VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 --mode train,scale,eval})
 # (pdl=1 and op_cluster=4 are the defaults on sm_90 since 1a8f84c; op_async=1, the cp.async rows
 # kernel, and op_fuse=1, the scale-only commit in the reduction, were 0-27% slower on the H200 at
-# e56c4b8, except op_async at 4096 x 16384 bf16 train, 2% faster)
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_cluster=1 op_async=1 op_fuse=1}"
+# e56c4b8, except op_async at 4096 x 16384 bf16 train, 2% faster. Not yet measured: op_depth=2,
+# two rows ahead in registers, and div_stream=1, the division's evict-first accesses.)
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_depth=2 div_stream=1 op_depth=2,div_stream=1}"
 variants() {
   local t rc=0 table=() ptable=()
   for t in "${TUNES[@]}"; do
@@ -477,21 +479,32 @@ else
     -k "regex:one_pass|commit_divide|matvec|group_|inner_kernel|apply_" \
     "$SN_BENCH" "${NCU_WL[@]}" --no-baseline --no-graph --no-check --reps 1 --warmup 0 --batch 1 --no-rotate \
     --layer-warmup 0
+  # The division's DRAM reads with evict-first accesses (div_stream=1) against the default above:
+  # how much of W it finds in L2 after the iteration (9 of 67 MB at 4096² fp32 on an H100).
+  run_step ncu_l2 "$OUT/bench.log" 40 30 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE=div_stream=1 \
+    "$NCU" --clock-control none --cache-control none --csv --print-units base \
+    --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum -k "regex:commit_divide" \
+    "$SN_BENCH" --shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 --mode train --no-baseline --no-graph \
+    --no-group --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0
 fi
 
 # ---- Nsight Compute, where the time goes: the sections of the kernels still far from their floor
-# (bench/NOTES.md): the one-pass rows and reduce kernels of 4096² fp32 (scale, train), the rows
-# kernel's cp.async variant (op_async=1) and the grouped SN-GAN forward as one cooperative kernel
-# (SPECNORM_TUNE=group_coop=1).
+# (bench/NOTES.md): the one-pass rows and reduce kernels of 4096² fp32 (scale, train), the bf16
+# rows kernel of 4096 × 16384 with one and two rows ahead (op_depth=2) and the grouped SN-GAN
+# forward as one cooperative kernel (SPECNORM_TUNE=group_coop=1).
 detail() {
   local sec=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
              --section MemoryWorkloadAnalysis --section SchedulerStats)
   "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows|one_pass_reduce" -c 4 \
     "$SN_BENCH" --shape 4096x4096 --mode scale,train --no-baseline --no-graph --no-group --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
-  SPECNORM_TUNE=op_async=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \
-    "$SN_BENCH" --shape 4096x4096 --mode scale --no-baseline --no-graph --no-group --no-check \
-    --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
+  local d
+  for d in 1 2; do
+    SPECNORM_TUNE=op_depth=$d "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \
+      "$SN_BENCH" --shape 4096x16384 --dtype bf16 --mode scale --no-baseline --no-graph --no-group \
+      --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
+  done
   SPECNORM_TUNE=group_coop=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:group_" -c 4 \
     "$SN_BENCH" --preset sngan-cifar10 --mode train,scale --no-baseline --no-graph --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0

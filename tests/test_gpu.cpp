@@ -239,15 +239,16 @@ TEST(Gpu, RunsAreBitwiseIdentical) {
 
 // The variants that SPECNORM_TUNE selects (cuda/forward.cu; sn_bench times them): thread-block
 // clusters adding the one-pass partial s on chip and programmatic dependent launch (sm_90;
-// elsewhere plain launches), fewer one-pass blocks per multiprocessor. Each must match the CPU
-// backend and repeat bitwise.
+// elsewhere plain launches), fewer one-pass blocks per multiprocessor, the cp.async rows and two
+// rows ahead in registers. Each must match the CPU backend and repeat bitwise.
 TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const char *tune : {"op_cluster=2", "op_cluster=4", "op_cluster=8", "op_bps=1",
                            "op_bps=1,op_cluster=4", "op_bps=2,op_cluster=2", "pdl=1",
-                           "pdl=1,op_cluster=4", "op_async=1", "op_async=1,op_cluster=4"}) {
+                           "pdl=1,op_cluster=4", "op_async=1", "op_async=1,op_cluster=4",
+                           "op_depth=2", "op_depth=2,op_cluster=4"}) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + tune);
     env.set(tune);
     for (const Case &c : {Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS},
@@ -272,41 +273,47 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   }
 }
 
-// The cp.async rows kernel (SPECNORM_TUNE=op_async=1) does the register one's arithmetic in the
-// same order: on the same grid (a block's rows, so the order of the partial sums, follow from the
-// grid, which is sized by each kernel's occupancy: op_grid pins it), the same states and W_sn, bit
-// for bit, with and without clusters. The knobs go after whatever SPECNORM_TUNE already says.
+// The cp.async rows kernel (SPECNORM_TUNE=op_async=1) and the register kernel with two rows ahead
+// (op_depth=2) do the register one's arithmetic in the same order: on the same grid (a block's
+// rows, so the order of the partial sums, follow from the grid, which is sized by each kernel's
+// occupancy: op_grid pins it), the same states and W_sn, bit for bit, with and without clusters.
+// The knobs go after whatever SPECNORM_TUNE already says.
 struct AsyncCase {
   std::vector<int64_t> shape;
   sn_dtype_t dt;
 };
 
-static void expect_async_equals_register_rows(const std::vector<AsyncCase> &cases) {
+// A variant of the one-pass training rows kernel: the knob that selects it and whether a plan
+// took it (a plan falls back to the register kernel where the variant has no instance or does
+// not fit).
+struct RowsVariant {
+  const char *off, *on;  // SPECNORM_TUNE settings
+  int (*taken)(const sn_cuda_plan_t &);
+  bool must_take;        // every case of the test has the variant on this device
+};
+
+static void expect_variant_equals_register_rows(const RowsVariant &var,
+                                                const std::vector<AsyncCase> &cases) {
   Rng rng(fresh_seed());
   const std::string base = tune_prefix();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
-  int dev = 0, optin = 0;
-  CUDA_OK(cudaGetDevice(&dev));
-  CUDA_OK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  int async_used = 0;
+  int used = 0;
   for (const AsyncCase &c : cases) {
     for (const char *extra : {",op_grid=64,op_cluster=1", ",op_grid=7,op_cluster=1", ",op_grid=64,op_cluster=4"}) {
-      SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + extra);
+      SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " " + var.on + extra);
       sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
       d.algo = SN_ALGO_ONE_PASS;
       d.dtype = c.dt;
-      env.set((base + "op_async=0" + extra).c_str());
+      env.set((base + var.off + extra).c_str());
       LayerPtr a(d);
-      env.set((base + "op_async=1" + extra).c_str());
+      env.set((base + var.on + extra).c_str());
       LayerPtr b(d);
       ASSERT_TRUE(a.p && b.p);
-      ASSERT_EQ(a.p->plan.op_async, 0);
-      // The widest case's stages take 192 KB of shared memory: every case fits on an H100 or H200
-      // (227 KB per block); elsewhere a case may fall back to the register kernel.
-      if (optin >= 200 * 1024) {
-        EXPECT_EQ(b.p->plan.op_async, 1);
+      ASSERT_EQ(var.taken(a.p->plan), 0);
+      if (var.must_take) {
+        EXPECT_EQ(var.taken(b.p->plan), 1);
       }
-      async_used += b.p->plan.op_async;
+      used += var.taken(b.p->plan);
       ASSERT_EQ(a.p->plan.op_blocks, b.p->plan.op_blocks) << "the test needs the same grid";
       ASSERT_EQ(a.p->plan.op_cluster, b.p->plan.op_cluster);
       const int64_t n = numel_of(c.shape);
@@ -321,7 +328,27 @@ static void expect_async_equals_register_rows(const std::vector<AsyncCase> &case
       }
     }
   }
-  EXPECT_GT(async_used, 0) << "the cp.async kernel never ran";
+  EXPECT_GT(used, 0) << "the variant " << var.on << " never ran";
+}
+
+// Shared memory a block may opt in to on the current device (0 when CUDA cannot say).
+static int optin_shared_memory() {
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return 0;
+  return optin;
+}
+
+// The widest case's stages take 192 KB of shared memory: every case fits on an H100 or H200 (227
+// KB per block); elsewhere a case may fall back to the register kernel.
+static RowsVariant async_rows() {
+  return {"op_async=0", "op_async=1", [](const sn_cuda_plan_t &p) { return p.op_async; },
+          optin_shared_memory() >= 200 * 1024};
+}
+
+static void expect_async_equals_register_rows(const std::vector<AsyncCase> &cases) {
+  expect_variant_equals_register_rows(async_rows(), cases);
 }
 
 // Rows up to 8 KB (4 stages, 16- and 8-byte packs), small enough for racecheck (gpu_check.sh):
@@ -337,13 +364,78 @@ TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
 // Rows of 16 to 64 KB: 4 and 3 stages (up to 192 KB of shared memory per block).
 TEST(Gpu, OnePassAsyncWideRowsAreBitwiseTheRegisterRows) {
   REQUIRE_GPU();
-  int dev = 0, optin = 0;
-  CUDA_OK(cudaGetDevice(&dev));
-  CUDA_OK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  if (optin < 200 * 1024) GTEST_SKIP() << "the wide rows' stages need 192 KB of shared memory per block";
+  if (optin_shared_memory() < 200 * 1024) GTEST_SKIP() << "the wide rows' stages need 192 KB of shared memory per block";
   expect_async_equals_register_rows({{{777, 8192}, SN_DTYPE_FLOAT32},
                                      {{300, 16384}, SN_DTYPE_FLOAT32},
                                      {{600, 8192}, SN_DTYPE_BFLOAT16}});
+}
+
+// Two rows ahead in registers (op_depth=2; instances up to 4 packs per thread, so every case
+// here has one): 16- and 8-byte packs, 1, 2 and 4 packs per thread, rows of 256 bytes to 32 KB;
+// on 7 blocks the 9-row case has blocks with one row and with two (no row two ahead).
+TEST(Gpu, OnePassTwoRowsAheadAreBitwiseOneRowAhead) {
+  REQUIRE_GPU();
+  expect_variant_equals_register_rows(
+      {"op_depth=1", "op_depth=2", [](const sn_cuda_plan_t &p) { return p.op_depth - 1; }, true},
+      {{{700, 1152}, SN_DTYPE_FLOAT32},
+       {{300, 4096}, SN_DTYPE_BFLOAT16},
+       {{513, 1028}, SN_DTYPE_FLOAT16},
+       {{9, 64}, SN_DTYPE_FLOAT32},
+       {{777, 8192}, SN_DTYPE_FLOAT32},
+       {{300, 16384}, SN_DTYPE_BFLOAT16}});
+}
+
+// The division with streaming accesses (SPECNORM_TUNE=div_stream=1: evict-first loads of W and
+// stores of W_sn) writes what the plain one writes: the same W_sn and state, bit for bit, out of
+// place and in place (W_sn = W), training and eval, for each type, with a tail after the last
+// whole 16-byte pack (999 × 4099 elements) and without one, and on a misaligned W (the element
+// loop only).
+TEST(Gpu, StreamingDivisionIsBitwiseThePlainOne) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const std::string base = tune_prefix();
+  ScopedEnv env("SPECNORM_TUNE", nullptr);
+  struct C {
+    std::vector<int64_t> shape;
+    sn_dtype_t dt;
+    int offset;  // elements W starts after a 256-byte boundary
+  };
+  for (const C &c : {C{{999, 4099}, SN_DTYPE_FLOAT32, 0}, C{{1024, 1024}, SN_DTYPE_BFLOAT16, 0},
+                     C{{999, 4099}, SN_DTYPE_FLOAT16, 0}, C{{64, 3, 3, 3}, SN_DTYPE_FLOAT32, 0},
+                     C{{300, 700}, SN_DTYPE_BFLOAT16, 1}, C{{1, 1}, SN_DTYPE_FLOAT32, 0}}) {
+    SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " offset " +
+                 std::to_string(c.offset));
+    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
+    d.dtype = c.dt;
+    env.set((base + "div_stream=0").c_str());
+    LayerPtr a(d);
+    env.set((base + "div_stream=1").c_str());
+    LayerPtr b(d);
+    ASSERT_TRUE(a.p && b.p);
+    ASSERT_EQ(a.p->plan.div_stream, 0);
+    ASSERT_EQ(b.p->plan.div_stream, 1);
+    const int64_t n = numel_of(c.shape);
+    Tensor W(c.dt, n, c.offset), o1(c.dt, n, c.offset), o2(c.dt, n, c.offset);
+    Tensor i1(c.dt, n, c.offset), i2(c.dt, n, c.offset);
+    for (int step = 0; step < 4; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      const int training = step != 2;
+      const std::vector<float> x = rng.normals(n);
+      W.set(x);
+      ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+      EXPECT_TRUE(o1.download_bytes() == o2.download_bytes());
+      i1.set(x);
+      i2.set(x);
+      ASSERT_EQ(sn_forward(a, i1.dev, i1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(b, i2.dev, i2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+      const std::vector<uint8_t> r1 = i1.download_bytes();
+      EXPECT_TRUE(r1 == i2.download_bytes());
+      EXPECT_TRUE(r1 != W.download_bytes() || n == 1) << "the in-place forward changed nothing";
+    }
+  }
 }
 
 // A training forward without W_sn committing in its last one-pass reduction (SPECNORM_TUNE=
