@@ -12,6 +12,11 @@
 // SPECNORM_TUNE=div_stream=1 (not yet measured) the wide loop loads W and stores W_sn as
 // streaming data (ld/st.global.cs, evict-first lines), so that they displace each other rather
 // than W's remaining lines: up to what L2 keeps of W after the iteration, less its partials.
+// In flight: one 16-byte load per thread (W_sn may be W: each load waits for the store before
+// it), 8 blocks of 256 threads per SM at 32 registers (fp32): 32 KB per SM; the 2-byte types
+// at 40 registers, 6 blocks: 24 KB, and they ran at 82% of the copy bandwidth where fp32 ran at
+// 90% (H200, e56c4b8, 4096 × 16384: train less scale). SPECNORM_TUNE=div_unroll=2|4 (not yet
+// measured) loads 2 or 4 packs per thread before storing them.
 // Bytes: numel·sizeof(T) read + numel·sizeof(T) written (DRAM: less the L2 hits above), plus
 // (h + w)·8 when u and v are committed.
 #include "kernels.h"
@@ -34,9 +39,9 @@ struct CommitParams {
   const float *gamma;
 };
 
-template <bool WIDE, class T, bool STREAM = false>
+template <bool WIDE, class T, bool STREAM = false, int U = 1>
 __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
-  static_assert(WIDE || !STREAM, "streaming accesses: the 16-byte packs only");
+  static_assert(WIDE || (!STREAM && U == 1), "streaming, unrolled accesses: the 16-byte packs only");
   pdl_enter();
   const CommitScale cs = commit_scale(p.scal[p.slot], p.sigma, p.norm_bound, p.gamma);
   const int64_t tid = (int64_t)blockIdx.x * kBlock + threadIdx.x;
@@ -57,23 +62,46 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   T *out = static_cast<T *>(p.W_sn);
   constexpr int E = kWide<T>;
   using V = VecN<T, E>;
+  using R = typename V::raw;
   const int64_t nq = WIDE ? p.n / E : 0;  // whole 16-byte packs
   // Elements after the last whole pack first (all of them without WIDE), then the packs, last
   // first (see the top of the file).
   for (int64_t k = nq * E + tid; k < p.n; k += stride) out[k] = from_f<T>(scale(to_f(in[k])));
-  for (int64_t k = tid; k < nq; k += stride) {
-    const int64_t q = nq - 1 - k;
+  auto load = [&](int64_t q) -> R {
+    if constexpr (STREAM) return load_streaming<R>(in + E * q);
+    else return V::load_raw(in + E * q);
+  };
+  auto divide_store = [&](int64_t q, R r) {
     float x[E];
-    if constexpr (STREAM)
-      V::cvt(load_streaming<typename V::raw>(in + E * q), x);
-    else
-      V::cvt(V::load_raw(in + E * q), x);
+    V::cvt(r, x);
 #pragma unroll
     for (int e = 0; e < E; ++e) x[e] = scale(x[e]);
-    if constexpr (STREAM)
-      store_streaming(out + E * q, V::pack(x));
-    else
-      V::store(out + E * q, x);
+    if constexpr (STREAM) store_streaming(out + E * q, V::pack(x));
+    else V::store(out + E * q, x);
+  };
+  // U > 1 (SPECNORM_TUNE=div_unroll=U): the thread's next U packs are all loaded before any is
+  // stored, U loads in flight per thread. W_sn may be W itself, so the compiler keeps each load
+  // after the previous store: with U = 1 a thread has one load in flight.
+  int64_t k = tid;
+  if constexpr (U > 1) {
+    for (; k + (U - 1) * stride < nq; k += U * stride) {
+      R r[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) r[u] = load(nq - 1 - (k + u * stride));
+#pragma unroll
+      for (int u = 0; u < U; ++u) divide_store(nq - 1 - (k + u * stride), r[u]);
+    }
+  }
+  for (; k < nq; k += stride) divide_store(nq - 1 - k, load(nq - 1 - k));
+}
+
+// The wide instance for the plan's accesses: streaming or not, U packs per thread in flight.
+template <class T, bool STREAM>
+auto wide_divide(int unroll) -> void (*)(CommitParams) {
+  switch (unroll) {
+    case 2: return commit_divide_kernel<true, T, STREAM, 2>;
+    case 4: return commit_divide_kernel<true, T, STREAM, 4>;
+    default: return commit_divide_kernel<true, T, STREAM, 1>;
   }
 }
 
@@ -90,9 +118,14 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
     // Without W_sn there is only u, v and σ to commit: blocks for max(h, w) threads.
     const int64_t hw = plan.view.h > p.w ? plan.view.h : p.w;
     const int64_t small = (hw + kBlock - 1) / kBlock;
-    const int blocks = a.W_sn || small >= plan.div_blocks ? plan.div_blocks : (int)small;
+    int blocks = a.W_sn || small >= plan.div_blocks ? plan.div_blocks : (int)small;
     void (*kernel)(CommitParams) = commit_divide_kernel<false, T>;
-    if (wide) kernel = plan.div_stream ? commit_divide_kernel<true, T, true> : commit_divide_kernel<true, T>;
+    if (wide) {
+      kernel = plan.div_stream ? wide_divide<T, true>(plan.div_unroll) : wide_divide<T, false>(plan.div_unroll);
+      // U packs per thread and round: 1/U of the grid, so that a thread still has U packs to load
+      // (div_blocks is sized for about one pack of 4 elements per thread, 16 blocks per SM at most).
+      if (plan.div_unroll > 1) blocks = blocks / plan.div_unroll > 0 ? blocks / plan.div_unroll : 1;
+    }
     return launch(plan.pdl, kernel, blocks, kBlock, 0, stream, p);
   };
   return SN_DISPATCH_DTYPE(plan.dtype, run);

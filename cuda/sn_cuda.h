@@ -89,6 +89,8 @@ typedef struct {
                          (1; 2 with SPECNORM_TUNE=op_depth=2, where instantiated) */
   int div_stream;     /* 1: the division loads W and stores W_sn as streaming (evict-first) data
                          (SPECNORM_TUNE=div_stream=1) */
+  int div_unroll;     /* 16-byte packs of W each thread of the division loads before it stores
+                         them (1; 2 or 4 with SPECNORM_TUNE=div_unroll=U) */
   /* Scratch, inside the layer's one device workspace. */
   float *t;           /* h: t = M x, unnormalized */
   float *s;           /* w: s = Mᵀ y, unnormalized */

@@ -386,8 +386,9 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # (pdl=1 and op_cluster=4 are the defaults on sm_90 since 1a8f84c; op_async=1, the cp.async rows
 # kernel, and op_fuse=1, the scale-only commit in the reduction, were 0-27% slower on the H200 at
 # e56c4b8, except op_async at 4096 x 16384 bf16 train, 2% faster. Not yet measured: op_depth=2,
-# two rows ahead in registers, and div_stream=1, the division's evict-first accesses.)
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_depth=2 div_stream=1 op_depth=2,div_stream=1}"
+# two rows ahead in registers; div_unroll=2|4, the division's loads per thread before its stores;
+# div_stream=1, its evict-first accesses.)
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_depth=2 div_unroll=2 div_unroll=4 div_stream=1 div_stream=1,div_unroll=4 op_depth=2,div_stream=1,div_unroll=4}"
 variants() {
   local t rc=0 table=() ptable=()
   for t in "${TUNES[@]}"; do

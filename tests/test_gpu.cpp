@@ -385,12 +385,13 @@ TEST(Gpu, OnePassTwoRowsAheadAreBitwiseOneRowAhead) {
        {{300, 16384}, SN_DTYPE_BFLOAT16}});
 }
 
-// The division with streaming accesses (SPECNORM_TUNE=div_stream=1: evict-first loads of W and
-// stores of W_sn) writes what the plain one writes: the same W_sn and state, bit for bit, out of
-// place and in place (W_sn = W), training and eval, for each type, with a tail after the last
-// whole 16-byte pack (999 × 4099 elements) and without one, and on a misaligned W (the element
-// loop only).
-TEST(Gpu, StreamingDivisionIsBitwiseThePlainOne) {
+// The division's variants (SPECNORM_TUNE: div_stream=1, evict-first loads of W and stores of
+// W_sn; div_unroll=2|4, packs loaded per thread before any is stored) write what the plain one
+// writes: the same W_sn and state, bit for bit, out of place and in place (W_sn = W), training and
+// eval, for each type, with a tail after the last whole 16-byte pack (999 × 4099 elements) and
+// without one, layers where a thread has fewer packs than it unrolls (64 × 3 × 3 × 3, 1 × 1) and
+// a misaligned W (the element loop only).
+TEST(Gpu, DivisionVariantsAreBitwiseThePlainOne) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
   const std::string base = tune_prefix();
@@ -400,40 +401,49 @@ TEST(Gpu, StreamingDivisionIsBitwiseThePlainOne) {
     sn_dtype_t dt;
     int offset;  // elements W starts after a 256-byte boundary
   };
-  for (const C &c : {C{{999, 4099}, SN_DTYPE_FLOAT32, 0}, C{{1024, 1024}, SN_DTYPE_BFLOAT16, 0},
-                     C{{999, 4099}, SN_DTYPE_FLOAT16, 0}, C{{64, 3, 3, 3}, SN_DTYPE_FLOAT32, 0},
-                     C{{300, 700}, SN_DTYPE_BFLOAT16, 1}, C{{1, 1}, SN_DTYPE_FLOAT32, 0}}) {
-    SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " offset " +
-                 std::to_string(c.offset));
-    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
-    d.dtype = c.dt;
-    env.set((base + "div_stream=0").c_str());
-    LayerPtr a(d);
-    env.set((base + "div_stream=1").c_str());
-    LayerPtr b(d);
-    ASSERT_TRUE(a.p && b.p);
-    ASSERT_EQ(a.p->plan.div_stream, 0);
-    ASSERT_EQ(b.p->plan.div_stream, 1);
-    const int64_t n = numel_of(c.shape);
-    Tensor W(c.dt, n, c.offset), o1(c.dt, n, c.offset), o2(c.dt, n, c.offset);
-    Tensor i1(c.dt, n, c.offset), i2(c.dt, n, c.offset);
-    for (int step = 0; step < 4; ++step) {
-      SCOPED_TRACE("step " + std::to_string(step));
-      const int training = step != 2;
-      const std::vector<float> x = rng.normals(n);
-      W.set(x);
-      ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
-      EXPECT_TRUE(o1.download_bytes() == o2.download_bytes());
-      i1.set(x);
-      i2.set(x);
-      ASSERT_EQ(sn_forward(a, i1.dev, i1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      ASSERT_EQ(sn_forward(b, i2.dev, i2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
-      const std::vector<uint8_t> r1 = i1.download_bytes();
-      EXPECT_TRUE(r1 == i2.download_bytes());
-      EXPECT_TRUE(r1 != W.download_bytes() || n == 1) << "the in-place forward changed nothing";
+  struct V {
+    const char *tune;
+    int stream, unroll;
+  };
+  for (const V &v : {V{"div_stream=1", 1, 1}, V{"div_unroll=2", 0, 2}, V{"div_unroll=4", 0, 4},
+                     V{"div_stream=1,div_unroll=4", 1, 4}}) {
+    for (const C &c : {C{{999, 4099}, SN_DTYPE_FLOAT32, 0}, C{{1024, 1024}, SN_DTYPE_BFLOAT16, 0},
+                       C{{999, 4099}, SN_DTYPE_FLOAT16, 0}, C{{64, 3, 3, 3}, SN_DTYPE_FLOAT32, 0},
+                       C{{300, 700}, SN_DTYPE_BFLOAT16, 1}, C{{1, 1}, SN_DTYPE_FLOAT32, 0}}) {
+      SCOPED_TRACE(std::string(v.tune) + " " + shape_str(c.shape) + " dtype " +
+                   std::to_string(int(c.dt)) + " offset " + std::to_string(c.offset));
+      sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
+      d.dtype = c.dt;
+      env.set((base + "div_stream=0,div_unroll=1").c_str());
+      LayerPtr a(d);
+      env.set((base + v.tune).c_str());
+      LayerPtr b(d);
+      ASSERT_TRUE(a.p && b.p);
+      ASSERT_EQ(a.p->plan.div_stream, 0);
+      ASSERT_EQ(a.p->plan.div_unroll, 1);
+      ASSERT_EQ(b.p->plan.div_stream, v.stream);
+      ASSERT_EQ(b.p->plan.div_unroll, v.unroll);
+      const int64_t n = numel_of(c.shape);
+      Tensor W(c.dt, n, c.offset), o1(c.dt, n, c.offset), o2(c.dt, n, c.offset);
+      Tensor i1(c.dt, n, c.offset), i2(c.dt, n, c.offset);
+      for (int step = 0; step < 4; ++step) {
+        SCOPED_TRACE("step " + std::to_string(step));
+        const int training = step != 2;
+        const std::vector<float> x = rng.normals(n);
+        W.set(x);
+        ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+        EXPECT_TRUE(o1.download_bytes() == o2.download_bytes());
+        i1.set(x);
+        i2.set(x);
+        ASSERT_EQ(sn_forward(a, i1.dev, i1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward(b, i2.dev, i2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+        const std::vector<uint8_t> r1 = i1.download_bytes();
+        EXPECT_TRUE(r1 == i2.download_bytes());
+        EXPECT_TRUE(r1 != W.download_bytes()) << "the in-place forward changed nothing";
+      }
     }
   }
 }
