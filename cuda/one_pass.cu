@@ -86,13 +86,13 @@ __device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, flo
 constexpr int async_stages(int row_bytes) { return row_bytes <= 16384 ? 4 : 3; }
 
 // NT threads, VPT packs of E elements per thread and row: thread k holds packs k, k + NT, ...
-// S = 0: the next D rows' packs are loaded into registers (q[1..D]) while the current one (q[0])
-//   is reduced: D rows in flight per block beyond the one being reduced, in registers. D = 1 is
+// S = 0: the next D rows' packs are loaded into registers (buf[1..D]) while the current one
+//   (buf[0]) is reduced: D rows in flight per block beyond the one being reduced. D = 1 is
 //   the default; D = 2 (SPECNORM_TUNE=op_depth=2, not yet measured) doubles the bytes in flight
 //   of a block for 4·VPT more registers: the bf16 rows of 4096 × 16384 (1 block of 512 threads
 //   per SM, 109 registers) had 32 KB ahead per SM where fp32 has 64 KB, and ran at 53% of the
 //   copy bandwidth against fp32's ~80% (H200, e56c4b8; bench/NOTES.md).
-// S >= 2 (training only; SPECNORM_TUNE=op_async=1, not yet measured): the rows go to shared
+// S >= 2 (training only; SPECNORM_TUNE=op_async=1; slower where measured): the rows go to shared
 //   memory by cp.async, S - 1 rows ahead, in S stages; v is in registers (the thread's VPT·E
 //   values), so the stages have the shared memory to themselves. Each thread copies exactly the
 //   packs it later reads, so a stage needs no barrier: the thread's own wait (cp.async.wait_group)
@@ -115,13 +115,13 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   const float ru = EVAL ? reciprocal_of(p.u_div) : 0.f;
 
   float acc[VPT][E];
-  R q[D + 1][VPT];  // q[0]: the row being reduced; S = 0: q[1..D], the block's next D rows
+  R buf[D + 1][VPT];  // buf[0]: the row being reduced; S = 0: buf[1..D], the block's next D rows
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[k][e] = 0.f;
 #pragma unroll
-    for (int d = 0; d <= D; ++d) q[d][k] = {};
+    for (int d = 0; d <= D; ++d) buf[d][k] = {};
   }
   const int64_t G = gridDim.x;
   int64_t i = blockIdx.x;
@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
 #pragma unroll
       for (int k = 0; k < VPT; ++k) {
         const int j = threadIdx.x + k * NT;
-        if (j < p.wp) q[d][k] = V::load_raw(row + E * j);
+        if (j < p.wp) buf[d][k] = V::load_raw(row + E * j);
       }
     }
   }
@@ -179,7 +179,7 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
 #pragma unroll
       for (int k = 0; k < VPT; ++k) {
         const int j = threadIdx.x + k * NT;
-        if (j < p.wp) q[0][k] = stage[slot * p.wp + j];
+        if (j < p.wp) buf[0][k] = stage[slot * p.wp + j];
       }
       slot = slot == S - 1 ? 0 : slot + 1;
     } else if (i + D * G < p.h) {
@@ -187,14 +187,17 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
 #pragma unroll
       for (int k = 0; k < VPT; ++k) {
         const int j = threadIdx.x + k * NT;
-        if (j < p.wp) q[D][k] = V::load_raw(row + E * j);
+        if (j < p.wp) buf[D][k] = V::load_raw(row + E * j);
       }
     }
+    // Eval: thread 0's u_i is loaded before the row's dot, not after its block sum, where the
+    // load's round trip would hold up the block at the next barrier on every row.
+    const float ui = EVAL && threadIdx.x == 0 ? p.u[i] : 0.f;
     float x[VPT][E];
     float d = 0.f;
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
-      V::cvt(q[0][k], x[k]);
+      V::cvt(buf[0][k], x[k]);
       const int j = threadIdx.x + k * NT;
       if (j < p.wp) {
 #pragma unroll
@@ -213,7 +216,7 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
     }
     const float t = block_sum<NT>(d);
     if (EVAL) {
-      if (threadIdx.x == 0) tsq = fmaf(p.u[i] * ru, t, tsq);
+      if (threadIdx.x == 0) tsq = fmaf(ui * ru, t, tsq);
     } else {
       if (threadIdx.x == 0) p.t[i] = t;
       tsq = fmaf(t, t, tsq);
@@ -226,7 +229,7 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
 #pragma unroll
       for (int d = 0; d < D; ++d)
 #pragma unroll
-        for (int k = 0; k < VPT; ++k) q[d][k] = q[d + 1][k];
+        for (int k = 0; k < VPT; ++k) buf[d][k] = buf[d + 1][k];
     }
   }
   if constexpr (S > 0) __pipeline_wait_prior(0);  // no copy outstanding (those past the end are empty)
