@@ -21,6 +21,7 @@
 // (h + w)·8 when u and v are committed.
 #include "kernels.h"
 #include "sn_device.cuh"
+#include "sn_reference.h" /* sn_dtype_size */
 #include "sn_types.cuh"
 
 namespace sn {
@@ -95,6 +96,10 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   for (; k < nq; k += stride) divide_store(nq - 1 - k, load(nq - 1 - k));
 }
 
+// The unrolled division (div_unroll = U > 1) runs 4 blocks of 256 per SM (5 fit at its 42-48
+// registers), a single wave, so that every thread has several rounds of U packs.
+constexpr int kUnrollBlocksPerSm = 4;
+
 // The wide instance for the plan's accesses: streaming or not, U packs per thread in flight.
 template <class T, bool STREAM>
 auto wide_divide(int unroll) -> void (*)(CommitParams) {
@@ -121,10 +126,9 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
     int blocks = a.W_sn || small >= plan.div_blocks ? plan.div_blocks : (int)small;
     void (*kernel)(CommitParams) = commit_divide_kernel<false, T>;
     if (wide) {
-      kernel = plan.div_stream ? wide_divide<T, true>(plan.div_unroll) : wide_divide<T, false>(plan.div_unroll);
-      // U packs per thread and round: 1/U of the grid, so that a thread still has U packs to load
-      // (div_blocks is sized for about one pack of 4 elements per thread, 16 blocks per SM at most).
-      if (plan.div_unroll > 1) blocks = blocks / plan.div_unroll > 0 ? blocks / plan.div_unroll : 1;
+      const int unroll = sn_cuda_divide_unroll(&plan, a.numel);
+      kernel = plan.div_stream ? wide_divide<T, true>(unroll) : wide_divide<T, false>(unroll);
+      if (unroll > 1) blocks = kUnrollBlocksPerSm * plan.sm_count;
     }
     return launch(plan.pdl, kernel, blocks, kBlock, 0, stream, p);
   };
@@ -132,3 +136,13 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
 }
 
 }  // namespace sn
+
+// U > 1 only where every thread of that grid has U packs or more: layers of at least
+// U · 4 · SMs · 256 packs of 16 bytes (8.6 MB at U = 4 on 132 SMs); smaller ones keep one pack per
+// thread in flight on their wider grid, which has more threads per SM.
+extern "C" int sn_cuda_divide_unroll(const sn_cuda_plan_t *plan, int64_t numel) {
+  const int u = plan->div_unroll;
+  if (u <= 1) return 1;
+  const int64_t packs = numel * sn_dtype_size(plan->dtype) / 16;
+  return packs >= (int64_t)u * sn::kUnrollBlocksPerSm * plan->sm_count * sn::kBlock ? u : 1;
+}

@@ -227,9 +227,9 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
     }
     if constexpr (S == 0) {
 #pragma unroll
-      for (int d = 0; d < D; ++d)
+      for (int r = 0; r < D; ++r)
 #pragma unroll
-        for (int k = 0; k < VPT; ++k) buf[d][k] = buf[d + 1][k];
+        for (int k = 0; k < VPT; ++k) buf[r][k] = buf[r + 1][k];
     }
   }
   if constexpr (S > 0) __pipeline_wait_prior(0);  // no copy outstanding (those past the end are empty)

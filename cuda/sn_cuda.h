@@ -111,6 +111,10 @@ typedef struct {
 /* Whether the one-pass kernels can run this view, order and dtype (see SN_ALGO_ONE_PASS). */
 int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype);
 
+/* Packs of 16 bytes each thread of the division has in flight for a layer of numel elements:
+ * plan->div_unroll where the layer is large enough, else 1 (cuda/commit_divide.cu). */
+int sn_cuda_divide_unroll(const sn_cuda_plan_t *plan, int64_t numel);
+
 /* Fill `plan` for a view on the current device, which has `sm_count` multiprocessors; with
  * one_pass, also prepare the one-pass kernels (shared-memory limit, occupancy). *workspace_bytes
  * receives the size of the one device allocation it needs (0 on overflow: the caller reports it).

@@ -336,7 +336,7 @@ fi
 SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
 [[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
 # One-pass by rows (several widths) and by columns, two-pass, a view, groups, the backward.
-SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassAsyncRows*:Gpu.OnePassTwoRows*}"
+SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassAsyncRows*:Gpu.OnePassTwoRowsAheadAre*}"
 sanitize() {  # sanitize TOOL...
  local tool cap reserve
  for tool in "$@"; do
@@ -468,10 +468,22 @@ NCU="$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*
 # --layer-warmup 0: only the timed calls are profiled (the 15 warm-up iterations of each of the
 # 11 SN-GAN layers were 330 of the 430 kernels, and the step ran out of time).
 NCU_WL=(${SN_NCU_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --preset sngan-cifar10 --dtype f32,bf16 --mode train,scale,eval,backward})
+ncu_l2() {
+  local t
+  for t in div_stream=0 div_stream=1; do
+    echo "################ SPECNORM_TUNE=$t"
+    SPECNORM_TUNE=$t "$NCU" --clock-control none --cache-control none --csv --print-units base \
+      --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum -k "regex:commit_divide" \
+      "$SN_BENCH" --shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 --mode train --no-baseline --no-graph \
+      --no-group --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
+  done
+}
 if [[ -z "$NCU" ]]; then
   skip_step ncu "$OUT/bench.log" "ncu not found"
+  skip_step ncu_l2 "$OUT/bench.log" "ncu not found"
 elif [[ ! -x "$SN_BENCH" ]]; then
   skip_step ncu "$OUT/bench.log" "no $SN_BENCH"
+  skip_step ncu_l2 "$OUT/bench.log" "no $SN_BENCH"
 else
   run_step ncu "$OUT/bench.log" 90 60 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" \
@@ -480,14 +492,10 @@ else
     -k "regex:one_pass|commit_divide|matvec|group_|inner_kernel|apply_" \
     "$SN_BENCH" "${NCU_WL[@]}" --no-baseline --no-graph --no-check --reps 1 --warmup 0 --batch 1 --no-rotate \
     --layer-warmup 0
-  # The division's DRAM reads with evict-first accesses (div_stream=1) against the default above:
-  # how much of W it finds in L2 after the iteration (9 of 67 MB at 4096² fp32 on an H100).
-  run_step ncu_l2 "$OUT/bench.log" 40 30 \
-    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE=div_stream=1 \
-    "$NCU" --clock-control none --cache-control none --csv --print-units base \
-    --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum -k "regex:commit_divide" \
-    "$SN_BENCH" --shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 --mode train --no-baseline --no-graph \
-    --no-group --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0
+  # The division's DRAM reads with plain and evict-first accesses (div_stream=0, 1): how much of W
+  # it finds in L2 after the iteration (9 of 67 MB at 4096² fp32 on an H100, plain).
+  run_step ncu_l2 "$OUT/bench.log" 45 30 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" bash -c "$(declare -p NCU SN_BENCH); $(declare -f ncu_l2); ncu_l2"
 fi
 
 # ---- Nsight Compute, where the time goes: the sections of the kernels still far from their floor

@@ -290,7 +290,11 @@ struct RowsVariant {
   const char *off, *on;  // SPECNORM_TUNE settings
   int (*taken)(const sn_cuda_plan_t &);
   bool must_take;        // every case of the test has the variant on this device
+  const char *kernel;    // regular expression: the variant's training rows instance
 };
+
+// The register training rows kernel, one row ahead (S = 0, D = 1).
+static const char kRegisterRows[] = "one_pass_rows_kernel<[^>]*, false, 0, 1>";
 
 static void expect_variant_equals_register_rows(const RowsVariant &var,
                                                 const std::vector<AsyncCase> &cases) {
@@ -319,6 +323,14 @@ static void expect_variant_equals_register_rows(const RowsVariant &var,
       const int64_t n = numel_of(c.shape);
       Tensor W(c.dt, n), o1(c.dt, n), o2(c.dt, n);
       W.set(rng.normals(n));
+      // The kernels each layer's training forward launches (captured, not run).
+      const std::vector<std::string> ka = captured_kernels(
+          [&](cudaStream_t s) { return sn_forward(a, W.dev, o1.dev, 1, (sn_stream_t)s); });
+      const std::vector<std::string> kb = captured_kernels(
+          [&](cudaStream_t s) { return sn_forward(b, W.dev, o2.dev, 1, (sn_stream_t)s); });
+      EXPECT_TRUE(any_matches(ka, kRegisterRows)) << ::testing::PrintToString(ka);
+      EXPECT_TRUE(any_matches(kb, var.taken(b.p->plan) ? var.kernel : kRegisterRows))
+          << ::testing::PrintToString(kb);
       for (int step = 0; step < 4; ++step) {
         const int training = step < 3;
         ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
@@ -344,7 +356,7 @@ static int optin_shared_memory() {
 // KB per block); elsewhere a case may fall back to the register kernel.
 static RowsVariant async_rows() {
   return {"op_async=0", "op_async=1", [](const sn_cuda_plan_t &p) { return p.op_async; },
-          optin_shared_memory() >= 200 * 1024};
+          optin_shared_memory() >= 200 * 1024, "one_pass_rows_kernel<[^>]*, false, [2-9], 1>"};
 }
 
 static void expect_async_equals_register_rows(const std::vector<AsyncCase> &cases) {
@@ -371,45 +383,57 @@ TEST(Gpu, OnePassAsyncWideRowsAreBitwiseTheRegisterRows) {
 }
 
 // Two rows ahead in registers (op_depth=2; instances up to 4 packs per thread, so every case
-// here has one): 16- and 8-byte packs, 1, 2 and 4 packs per thread, rows of 256 bytes to 32 KB;
-// on 7 blocks the 9-row case has blocks with one row and with two (no row two ahead).
+// here has one): the register kernel with one row ahead's results, bit for bit, and the D = 2
+// instance launched.
+static void expect_two_rows_equal_one_row(const std::vector<AsyncCase> &cases) {
+  expect_variant_equals_register_rows(
+      {"op_depth=1", "op_depth=2", [](const sn_cuda_plan_t &p) { return p.op_depth - 1; }, true,
+       "one_pass_rows_kernel<[^>]*, false, 0, 2>"},
+      cases);
+}
+
+// Rows up to 8 KB, small enough for the sanitizers (gpu_check.sh): 16- and 8-byte packs, 1 and
+// 2 packs per thread; on 7 blocks the 9-row case has blocks with one row and with two (no row two
+// ahead).
 TEST(Gpu, OnePassTwoRowsAheadAreBitwiseOneRowAhead) {
   REQUIRE_GPU();
-  expect_variant_equals_register_rows(
-      {"op_depth=1", "op_depth=2", [](const sn_cuda_plan_t &p) { return p.op_depth - 1; }, true},
-      {{{700, 1152}, SN_DTYPE_FLOAT32},
-       {{300, 4096}, SN_DTYPE_BFLOAT16},
-       {{513, 1028}, SN_DTYPE_FLOAT16},
-       {{9, 64}, SN_DTYPE_FLOAT32},
-       {{777, 8192}, SN_DTYPE_FLOAT32},
-       {{300, 16384}, SN_DTYPE_BFLOAT16}});
+  expect_two_rows_equal_one_row({{{700, 1152}, SN_DTYPE_FLOAT32},
+                                 {{300, 4096}, SN_DTYPE_BFLOAT16},
+                                 {{513, 1028}, SN_DTYPE_FLOAT16},
+                                 {{9, 64}, SN_DTYPE_FLOAT32}});
+}
+
+// Rows of 32 KB, 4 packs per thread.
+TEST(Gpu, OnePassTwoRowsAheadWideRowsAreBitwiseOneRowAhead) {
+  REQUIRE_GPU();
+  expect_two_rows_equal_one_row({{{777, 8192}, SN_DTYPE_FLOAT32}, {{300, 16384}, SN_DTYPE_BFLOAT16}});
 }
 
 // The division's variants (SPECNORM_TUNE: div_stream=1, evict-first loads of W and stores of
-// W_sn; div_unroll=2|4, packs loaded per thread before any is stored) write what the plain one
-// writes: the same W_sn and state, bit for bit, out of place and in place (W_sn = W), training and
-// eval, for each type, with a tail after the last whole 16-byte pack (999 × 4099 elements) and
-// without one, layers where a thread has fewer packs than it unrolls (64 × 3 × 3 × 3, 1 × 1) and
-// a misaligned W (the element loop only).
-TEST(Gpu, DivisionVariantsAreBitwiseThePlainOne) {
-  REQUIRE_GPU();
+// W_sn; div_unroll=2|4, packs loaded per thread before any is stored, on layers large enough,
+// sn_cuda_divide_unroll) write what the plain one writes: the same W_sn and state, bit for bit,
+// out of place and in place (W_sn = W), training and eval; and the instance they select is the
+// one launched (captured kernel names).
+struct DivCase {
+  std::vector<int64_t> shape;
+  sn_dtype_t dt;
+  int offset;  // elements W starts after a 256-byte boundary (not 0: no 16-byte packs)
+};
+
+// Each case's weights are drawn once; step k of a variant uses them rotated by k · 1009 elements
+// (8 M normals per variant and step made the large test slow on the host).
+static void expect_division_variants_bitwise(const std::vector<DivCase> &cases, bool unrolls) {
   Rng rng(fresh_seed());
   const std::string base = tune_prefix();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
-  struct C {
-    std::vector<int64_t> shape;
-    sn_dtype_t dt;
-    int offset;  // elements W starts after a 256-byte boundary
-  };
   struct V {
     const char *tune;
     int stream, unroll;
   };
-  for (const V &v : {V{"div_stream=1", 1, 1}, V{"div_unroll=2", 0, 2}, V{"div_unroll=4", 0, 4},
-                     V{"div_stream=1,div_unroll=4", 1, 4}}) {
-    for (const C &c : {C{{999, 4099}, SN_DTYPE_FLOAT32, 0}, C{{1024, 1024}, SN_DTYPE_BFLOAT16, 0},
-                       C{{999, 4099}, SN_DTYPE_FLOAT16, 0}, C{{64, 3, 3, 3}, SN_DTYPE_FLOAT32, 0},
-                       C{{300, 700}, SN_DTYPE_BFLOAT16, 1}, C{{1, 1}, SN_DTYPE_FLOAT32, 0}}) {
+  for (const DivCase &c : cases) {
+    const std::vector<float> drawn = rng.normals(numel_of(c.shape));
+    for (const V &v : {V{"div_stream=1", 1, 1}, V{"div_unroll=2", 0, 2}, V{"div_unroll=4", 0, 4},
+                       V{"div_stream=1,div_unroll=2", 1, 2}, V{"div_stream=1,div_unroll=4", 1, 4}}) {
       SCOPED_TRACE(std::string(v.tune) + " " + shape_str(c.shape) + " dtype " +
                    std::to_string(int(c.dt)) + " offset " + std::to_string(c.offset));
       sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
@@ -420,16 +444,32 @@ TEST(Gpu, DivisionVariantsAreBitwiseThePlainOne) {
       LayerPtr b(d);
       ASSERT_TRUE(a.p && b.p);
       ASSERT_EQ(a.p->plan.div_stream, 0);
-      ASSERT_EQ(a.p->plan.div_unroll, 1);
       ASSERT_EQ(b.p->plan.div_stream, v.stream);
       ASSERT_EQ(b.p->plan.div_unroll, v.unroll);
       const int64_t n = numel_of(c.shape);
+      const int unroll = sn_cuda_divide_unroll(&b.p->plan, n);
+      EXPECT_EQ(unroll, unrolls ? v.unroll : 1) << "the case's size does not give the unroll the test is for";
       Tensor W(c.dt, n, c.offset), o1(c.dt, n, c.offset), o2(c.dt, n, c.offset);
       Tensor i1(c.dt, n, c.offset), i2(c.dt, n, c.offset);
+      // The division each layer launches: the element loop without 16-byte packs, else the
+      // plain instance (a) and the variant's (b).
+      const std::vector<std::string> ka = captured_kernels(
+          [&](cudaStream_t s) { return sn_forward(a, W.dev, o1.dev, 1, (sn_stream_t)s); });
+      const std::vector<std::string> kb = captured_kernels(
+          [&](cudaStream_t s) { return sn_forward(b, W.dev, o2.dev, 1, (sn_stream_t)s); });
+      const std::string want_a = c.offset ? "commit_divide_kernel<false, [^>]*>"
+                                          : "commit_divide_kernel<true, [^,]*, false, 1>";
+      const std::string want_b = c.offset ? want_a
+                                          : "commit_divide_kernel<true, [^,]*, " +
+                                                std::string(v.stream ? "true" : "false") + ", " +
+                                                std::to_string(unroll) + ">";
+      EXPECT_TRUE(any_matches(ka, want_a)) << want_a << " in " << ::testing::PrintToString(ka);
+      EXPECT_TRUE(any_matches(kb, want_b)) << want_b << " in " << ::testing::PrintToString(kb);
       for (int step = 0; step < 4; ++step) {
         SCOPED_TRACE("step " + std::to_string(step));
         const int training = step != 2;
-        const std::vector<float> x = rng.normals(n);
+        std::vector<float> x = drawn;
+        std::rotate(x.begin(), x.begin() + (step * 1009) % n, x.end());
         W.set(x);
         ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
         ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
@@ -446,6 +486,30 @@ TEST(Gpu, DivisionVariantsAreBitwiseThePlainOne) {
       }
     }
   }
+}
+
+// Layers too small to unroll (one pack per thread in flight, the variant's streaming or not),
+// small enough for the sanitizers: a tail after the last whole 16-byte pack (333 × 1027), none,
+// 1 × 1, and a misaligned W (the element loop only).
+TEST(Gpu, DivisionVariantsAreBitwiseThePlainOne) {
+  REQUIRE_GPU();
+  expect_division_variants_bitwise({{{333, 1027}, SN_DTYPE_FLOAT32, 0},
+                                    {{512, 1024}, SN_DTYPE_BFLOAT16, 0},
+                                    {{333, 1027}, SN_DTYPE_FLOAT16, 0},
+                                    {{64, 3, 3, 3}, SN_DTYPE_FLOAT32, 0},
+                                    {{300, 700}, SN_DTYPE_BFLOAT16, 1},
+                                    {{1, 1}, SN_DTYPE_FLOAT32, 0}},
+                                   false);
+}
+
+// Layers large enough to unroll on any GPU of up to 250 SMs (over 2 million 16-byte packs in
+// fp32, 1 million in the 2-byte types), with and without a tail.
+TEST(GpuLarge, DivisionVariantsUnrollOnLargeLayers) {
+  REQUIRE_GPU();
+  expect_division_variants_bitwise({{{2001, 4099}, SN_DTYPE_FLOAT32, 0},
+                                    {{2001, 4099}, SN_DTYPE_FLOAT16, 0},
+                                    {{2000, 4104}, SN_DTYPE_BFLOAT16, 0}},
+                                   true);
 }
 
 // A training forward without W_sn committing in its last one-pass reduction (SPECNORM_TUNE=

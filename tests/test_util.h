@@ -5,12 +5,16 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <cxxabi.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
+#include <functional>
 #include <random>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -245,6 +249,48 @@ inline std::string shape_str(const std::vector<int64_t> &s) {
   std::string r;
   for (size_t k = 0; k < s.size(); ++k) r += (k ? "x" : "") + std::to_string(s[k]);
   return r;
+}
+
+// The kernels that enqueue(stream) launches, demangled (e.g. "sn::(anonymous namespace)::
+// commit_divide_kernel<true, float, false, 4>(...)"), from a graph capture on a fresh stream:
+// nothing runs. Tells which instance of a kernel a setting selected.
+inline std::vector<std::string> captured_kernels(const std::function<sn_status_t(cudaStream_t)> &enqueue) {
+  std::vector<std::string> names;
+  cudaStream_t s = nullptr;
+  if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess) {
+    ADD_FAILURE() << "cudaStreamCreateWithFlags failed";
+    return names;
+  }
+  EXPECT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  EXPECT_EQ(enqueue(s), SN_SUCCESS) << sn_last_error_message();
+  cudaGraph_t graph = nullptr;
+  EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  size_t n = 0;
+  if (graph && cudaGraphGetNodes(graph, nullptr, &n) == cudaSuccess) {
+    std::vector<cudaGraphNode_t> nodes(n);
+    EXPECT_EQ(cudaGraphGetNodes(graph, nodes.data(), &n), cudaSuccess);
+    for (cudaGraphNode_t node : nodes) {
+      cudaGraphNodeType type;
+      if (cudaGraphNodeGetType(node, &type) != cudaSuccess || type != cudaGraphNodeTypeKernel) continue;
+      cudaKernelNodeParams kp{};
+      const char *name = nullptr;
+      EXPECT_EQ(cudaGraphKernelNodeGetParams(node, &kp), cudaSuccess);
+      EXPECT_EQ(cudaFuncGetName(&name, kp.func), cudaSuccess);
+      int status = 0;
+      char *plain = name ? abi::__cxa_demangle(name, nullptr, nullptr, &status) : nullptr;
+      names.push_back(plain ? plain : name ? name : "?");
+      std::free(plain);
+    }
+  }
+  if (graph) cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
+  return names;
+}
+
+// Whether one of the names matches the regular expression.
+inline bool any_matches(const std::vector<std::string> &names, const std::string &re) {
+  const std::regex r(re);
+  return std::any_of(names.begin(), names.end(), [&](const std::string &n) { return std::regex_search(n, r); });
 }
 
 }  // namespace sntest
