@@ -323,7 +323,11 @@ static void expect_variant_equals_register_rows(const RowsVariant &var,
       const int64_t n = numel_of(c.shape);
       Tensor W(c.dt, n), o1(c.dt, n), o2(c.dt, n);
       W.set(rng.normals(n));
-      // The kernels each layer's training forward launches (captured, not run).
+      // The kernels each layer's training forward launches (captured, not run; a capture needs
+      // the warm-up done, the same for both layers).
+      ASSERT_EQ(sn_layer_warmup(a, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_layer_warmup(b, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
       const std::vector<std::string> ka = captured_kernels(
           [&](cudaStream_t s) { return sn_forward(a, W.dev, o1.dev, 1, (sn_stream_t)s); });
       const std::vector<std::string> kb = captured_kernels(
@@ -452,7 +456,10 @@ static void expect_division_variants_bitwise(const std::vector<DivCase> &cases, 
       Tensor W(c.dt, n, c.offset), o1(c.dt, n, c.offset), o2(c.dt, n, c.offset);
       Tensor i1(c.dt, n, c.offset), i2(c.dt, n, c.offset);
       // The division each layer launches: the element loop without 16-byte packs, else the
-      // plain instance (a) and the variant's (b).
+      // plain instance (a) and the variant's (b). A capture needs the warm-up done.
+      W.set(drawn);
+      ASSERT_EQ(sn_layer_warmup(a, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_layer_warmup(b, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
       const std::vector<std::string> ka = captured_kernels(
           [&](cudaStream_t s) { return sn_forward(a, W.dev, o1.dev, 1, (sn_stream_t)s); });
       const std::vector<std::string> kb = captured_kernels(
