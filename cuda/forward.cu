@@ -65,6 +65,8 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   group_coop=0|1  a grouped forward as three kernels (0) or one cooperative launch (1;
 //   group_grid=N    cuda/group.cu) of at most N blocks (default: as many as fit); unset: by
 //                   the group's bytes (kGroupCoopMaxBytes below)
+//   group_fuse=1    a grouped layer with few partials (cuda/group.cu, sn_cuda_group_fused) adds
+//                   them up in its last rows block instead of in the reduce step
 //   group_grid_force=N  that launch with exactly N blocks, even more than can be resident (tests:
 //                   the refused launch and its fallback, host/group.c)
 // Unknown keys and bad values are ignored.
@@ -81,6 +83,7 @@ struct Tune {
   int div_unroll = 1;  // packs of W loaded per thread of the division before it stores
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
   int group_grid_force = 0;  // > 0: exactly this many blocks in that launch
+  int group_fuse = 0;  // 1: small grouped layers reduce in their last rows block
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
                        // blocks of every step)
 };
@@ -101,6 +104,7 @@ Tune read_tune() {
       {"div_unroll=", &t.div_unroll, 1, 4, true},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
+      {"group_fuse=", &t.group_fuse, 0, 1, false},
   };
   const char *s = std::getenv("SPECNORM_TUNE");
   while (s && *s) {
@@ -181,6 +185,8 @@ extern "C" int sn_cuda_tune_group_coop(double w_bytes) {
 }
 
 extern "C" int sn_cuda_tune_group_grid_force(void) { return read_tune().group_grid_force; }
+
+extern "C" int sn_cuda_tune_group_fuse(void) { return read_tune().group_fuse; }
 
 extern "C" int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype) {
   if (order == SN_ORDER_V_FIRST) return sn::one_pass_cols_fits(view.h, dtype);

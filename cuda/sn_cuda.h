@@ -171,7 +171,10 @@ typedef struct {
   int row_block0, row_blocks; /* rows kernel: this layer's blocks */
   int warp_k;                 /* rows kernel: 0, a block per row; K > 0, a warp per row, K columns
                                  per lane (w <= 32·K) */
-  int red_block0, red_blocks; /* reduce kernel */
+  int red_block0, red_blocks; /* reduce kernel (fused: the column blocks the last rows block
+                                 goes through; none in the reduce kernel's grid) */
+  int fused;                  /* 1: the layer's reduction runs in its last rows block
+                                 (sn_cuda_group_fused) */
   int div_block0, div_blocks; /* commit-and-divide kernel */
 } sn_group_entry_t;
 
@@ -214,6 +217,12 @@ int sn_cuda_tune_group_coop(double w_bytes);
 /* SPECNORM_TUNE's group_grid_force=N (0 if unset): a cooperative grouped forward of exactly N
  * blocks, even more than can be resident, so that tests can have the launch refused. */
 int sn_cuda_tune_group_grid_force(void);
+/* SPECNORM_TUNE's group_fuse (0 if unset). */
+int sn_cuda_tune_group_fuse(void);
+/* Whether a grouped layer with row_blocks rows blocks and w columns adds its partials up in its
+ * last rows block (group_fuse=1 and few partials: cuda/group.cu says which) instead of in the
+ * reduce step. */
+int sn_cuda_group_fused(int fuse, int row_blocks, int64_t w);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
 

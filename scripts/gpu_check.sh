@@ -401,7 +401,9 @@ variants() {
       SPECNORM_TUNE="$t" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-graph --no-check --reps 50 --json "$js" || rc=1
     fi
   done
-  for t in default group_coop=0 group_coop=1; do
+  # group_fuse=1 (not yet measured): small layers reduce in their last rows block, one grid barrier
+  # (cooperative) or one launch (three kernels) fewer where every layer does.
+  for t in default group_coop=0 group_coop=1 group_fuse=1 group_coop=0,group_fuse=1; do
     echo "################ SPECNORM_TUNE=$t: presets, per layer and grouped"
     local js="$VDIR/presets_${t//[=,]/_}.json"
     ptable+=("$t=$js")

@@ -212,6 +212,20 @@ TEST(GroupCpu, TuneKnobsParse) {
   }
   env.set("group_grid_force=300");
   EXPECT_EQ(sn_cuda_tune_group_coop(4.2e6), INT_MAX) << "group_grid_force does not cap like group_grid";
+  // group_fuse, and which layers fuse: at most 8 reduce blocks (w <= 2048) and 32768 floats of
+  // partials (rows blocks × w).
+  for (const auto &[t, want] : std::vector<std::pair<const char *, int>>{
+           {nullptr, 0}, {"group_fuse=1", 1}, {"group_fuse=0", 0}, {"group_fuse=2", 0}, {"group_coop=1,group_fuse=1", 1}}) {
+    env.set(t);
+    EXPECT_EQ(sn_cuda_tune_group_fuse(), want) << (t ? t : "(unset)");
+  }
+  EXPECT_EQ(sn_cuda_group_fused(1, 16, 1152), 1);  // SN-GAN's 128 × 128 × 3 × 3
+  EXPECT_EQ(sn_cuda_group_fused(0, 16, 1152), 0);
+  EXPECT_EQ(sn_cuda_group_fused(1, 1, 128), 1);
+  EXPECT_EQ(sn_cuda_group_fused(1, 16, 2048), 1);  // 8 reduce blocks, 32768 floats
+  EXPECT_EQ(sn_cuda_group_fused(1, 17, 2048), 0);  // 34816 floats
+  EXPECT_EQ(sn_cuda_group_fused(1, 1, 2049), 0);   // 9 reduce blocks
+  EXPECT_EQ(sn_cuda_group_fused(1, 264, 600), 0);  // 3000 × 600 on 132 SMs
 }
 
 TEST(GroupCpu, BadArguments) {
@@ -326,11 +340,17 @@ TEST(GroupGpu, MatchesCpuLayersStepByStep) {
   }
 }
 
-// A group of `ms` in one cooperative launch of at most `grid` blocks (nullptr: as many as fit)
-// against the same group in three kernels: the same states, scales and W_sn, bit for bit, eager
-// and replayed from a CUDA graph. The knobs go after whatever SPECNORM_TUNE already says.
-static void expect_coop_equals_three_kernels(const std::vector<Member> &ms, const char *grid, Rng &rng) {
-  SCOPED_TRACE(std::string("group_grid=") + (grid ? grid : "(as many as fit)"));
+// Launches (graph nodes) of a grouped forward, training or eval.
+struct Nodes {
+  size_t training, eval;
+};
+
+// A group of `ms` created under SPECNORM_TUNE tune_a and the same group under tune_b (each after
+// whatever SPECNORM_TUNE already says): the same states, scales and W_sn, bit for bit, eager and
+// replayed from a CUDA graph, whose node counts are checked.
+static void expect_groups_bitwise(const std::vector<Member> &ms, const std::string &tune_a, Nodes nodes_a,
+                                  const std::string &tune_b, Nodes nodes_b, Rng &rng) {
+  SCOPED_TRACE(tune_a + " against " + tune_b);
   const size_t n_members = ms.size();
   const Gamma gamma;
   std::vector<std::unique_ptr<LayerPtr>> la, lb;
@@ -361,11 +381,8 @@ static void expect_coop_equals_three_kernels(const std::vector<Member> &ms, cons
   }
   GroupPtr ga, gb;
   const std::string base = tune_prefix();
-  ASSERT_EQ(create_group_tuned(ga, pa, Wd, Oa, base + "group_coop=0"), SN_SUCCESS) << sn_last_error_message();
-  ASSERT_EQ(create_group_tuned(gb, pb, Wd, Ob,
-                               base + "group_coop=1" + (grid ? std::string(",group_grid=") + grid : "")),
-            SN_SUCCESS)
-      << sn_last_error_message();
+  ASSERT_EQ(create_group_tuned(ga, pa, Wd, Oa, base + tune_a), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(create_group_tuned(gb, pb, Wd, Ob, base + tune_b), SN_SUCCESS) << sn_last_error_message();
   auto expect_same = [&](const std::string &when) {
     SCOPED_TRACE(when);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -399,8 +416,8 @@ static void expect_coop_equals_three_kernels(const std::vector<Member> &ms, cons
       ASSERT_EQ(cudaStreamEndCapture(s, &graph[q]), cudaSuccess);
       size_t nodes = 0;
       ASSERT_EQ(cudaGraphGetNodes(graph[q], nullptr, &nodes), cudaSuccess);
-      // The three kernels: 3 launches, 2 more in training for the member of 2 iterations.
-      EXPECT_EQ(nodes, q == 1 ? 1u : training ? 5u : 3u);
+      const Nodes &want = q == 0 ? nodes_a : nodes_b;
+      EXPECT_EQ(nodes, training ? want.training : want.eval) << (q == 0 ? tune_a : tune_b);
       ASSERT_EQ(cudaGraphInstantiate(&exec[q], graph[q], 0), cudaSuccess);
     }
     for (int rep = 0; rep < 2; ++rep)
@@ -413,6 +430,23 @@ static void expect_coop_equals_three_kernels(const std::vector<Member> &ms, cons
     }
   }
   cudaStreamDestroy(s);
+}
+
+// The members of every_kind_of_member up to 2M elements (3000 × 600 stays: several rows per warp).
+static std::vector<Member> members_up_to_2m() {
+  std::vector<Member> ms = every_kind_of_member();
+  ms.erase(std::remove_if(ms.begin(), ms.end(), [](const Member &m) { return numel_of(m.shape) > (1 << 21); }),
+           ms.end());
+  return ms;
+}
+
+// A group of `ms` in one cooperative launch of at most `grid` blocks (nullptr: as many as fit)
+// against the same group in three kernels (3 launches, 2 more in training for the members of 2
+// iterations).
+static void expect_coop_equals_three_kernels(const std::vector<Member> &ms, const char *grid, Rng &rng) {
+  expect_groups_bitwise(ms, "group_coop=0", {5, 3},
+                        std::string("group_coop=1") + (grid ? std::string(",group_grid=") + grid : ""),
+                        {1, 1}, rng);
 }
 
 // The cooperative grouped forward (one launch, grid-wide barriers between the steps) runs the
@@ -435,10 +469,38 @@ TEST(GroupGpu, CooperativeLaunchOnFewBlocksIsBitwiseTheThreeKernels) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
-  std::vector<Member> ms = every_kind_of_member();
-  ms.erase(std::remove_if(ms.begin(), ms.end(), [](const Member &m) { return numel_of(m.shape) > (1 << 21); }),
-           ms.end());
+  const std::vector<Member> ms = members_up_to_2m();
   for (const char *grid : {"1", "7"}) expect_coop_equals_three_kernels(ms, grid, rng);
+}
+
+// group_fuse=1: the layers with few partials add them up in their last rows block
+// (sn_cuda_group_fused), with the reduce step's arithmetic: bit for bit the group without it, in
+// three kernels and in one cooperative launch (on as many blocks as fit, and on 1 and 7, where a
+// block runs several rows blocks of a layer, one of them its last). Mixed groups keep the reduce
+// step for their other layers (3000 × 600, 2 reduce blocks of 264 rows blocks of partials); a group
+// whose layers all fuse has none: rows and commit, 2 launches, 1 more per further iteration.
+TEST(GroupGpu, FusedReductionIsBitwiseTheReduceStep) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const std::vector<Member> mixed = members_up_to_2m();
+  expect_groups_bitwise(mixed, "group_coop=0,group_fuse=0", {5, 3}, "group_coop=0,group_fuse=1", {5, 3}, rng);
+  expect_groups_bitwise(mixed, "group_coop=0,group_fuse=0", {5, 3}, "group_coop=1,group_fuse=1", {1, 1}, rng);
+  // SN-GAN's layers and one of 2 iterations (fp16, 130 × 1000): every one fuses.
+  std::vector<Member> all;
+  for (const Member &m : every_kind_of_member())
+    if (m.shape[0] == 128 || m.shape[0] == 1 || m.iters == 2) all.push_back(m);
+  ASSERT_EQ(all.size(), 7u);
+  for (const Member &m : all) {
+    const int64_t w = numel_of(m.shape) / m.shape[0];
+    ASSERT_EQ(sn_cuda_group_fused(1, sn_cuda_group_row_blocks(m.shape[0], sn_cuda_group_warp_k(w), 132), w), 1)
+        << shape_str(m.shape);
+  }
+  expect_groups_bitwise(all, "group_coop=0,group_fuse=0", {5, 3}, "group_coop=0,group_fuse=1", {3, 2}, rng);
+  for (const char *grid : {"", ",group_grid=1", ",group_grid=7"})
+    expect_groups_bitwise(all, "group_coop=0,group_fuse=1", {3, 2}, std::string("group_coop=1,group_fuse=1") + grid,
+                          {1, 1}, rng);
 }
 
 // A cooperative launch that the device refuses (group_grid_force: more blocks than can be
