@@ -473,34 +473,55 @@ TEST(GroupGpu, CooperativeLaunchOnFewBlocksIsBitwiseTheThreeKernels) {
   for (const char *grid : {"1", "7"}) expect_coop_equals_three_kernels(ms, grid, rng);
 }
 
+// Whether every member of `ms` reduces in its rows blocks under group_fuse=1 on the current
+// device (sn_cuda_group_fused with the device's multiprocessors: more of them, more rows blocks).
+static bool all_members_fuse(const std::vector<Member> &ms) {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return false;
+  for (const Member &m : ms) {
+    const int64_t h = m.shape[size_t(m.dim)], w = numel_of(m.shape) / h;
+    if (!sn_cuda_group_fused(1, sn_cuda_group_row_blocks(h, sn_cuda_group_warp_k(w), sms), w)) return false;
+  }
+  return true;
+}
+
+// The three kernels' launches for `ms` (2 iterations in training: one member has them), with or
+// without the reduce step.
+static Nodes three_kernel_nodes(bool reduce_step) { return reduce_step ? Nodes{5, 3} : Nodes{3, 2}; }
+
 // group_fuse=1: the layers with few partials add them up in their last rows block
 // (sn_cuda_group_fused), with the reduce step's arithmetic: bit for bit the group without it, in
 // three kernels and in one cooperative launch (on as many blocks as fit, and on 1 and 7, where a
-// block runs several rows blocks of a layer, one of them its last). Mixed groups keep the reduce
-// step for their other layers (3000 × 600, 2 reduce blocks of 264 rows blocks of partials); a group
-// whose layers all fuse has none: rows and commit, 2 launches, 1 more per further iteration.
+// block runs several rows blocks of a layer, one of them its last). A mixed group keeps the
+// reduce step for its other layers (3000 × 600: 3 reduce blocks over 2 · SMs rows blocks of
+// partials, on a device of 28 SMs or more); a group whose layers all fuse has none: rows and
+// commit, 2 launches, 1 more per further iteration.
 TEST(GroupGpu, FusedReductionIsBitwiseTheReduceStep) {
   REQUIRE_GPU();
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
   const std::vector<Member> mixed = members_up_to_2m();
-  expect_groups_bitwise(mixed, "group_coop=0,group_fuse=0", {5, 3}, "group_coop=0,group_fuse=1", {5, 3}, rng);
-  expect_groups_bitwise(mixed, "group_coop=0,group_fuse=0", {5, 3}, "group_coop=1,group_fuse=1", {1, 1}, rng);
+  const Nodes mixed_fused = three_kernel_nodes(!all_members_fuse(mixed));
+  for (const char *grid : {"", ",group_grid=7"}) {
+    expect_groups_bitwise(mixed, "group_coop=0,group_fuse=0", three_kernel_nodes(true),
+                          "group_coop=0,group_fuse=1", mixed_fused, rng);
+    expect_groups_bitwise(mixed, "group_coop=0,group_fuse=0", three_kernel_nodes(true),
+                          std::string("group_coop=1,group_fuse=1") + grid, {1, 1}, rng);
+  }
   // SN-GAN's layers and one of 2 iterations (fp16, 130 × 1000): every one fuses.
   std::vector<Member> all;
   for (const Member &m : every_kind_of_member())
     if (m.shape[0] == 128 || m.shape[0] == 1 || m.iters == 2) all.push_back(m);
   ASSERT_EQ(all.size(), 7u);
-  for (const Member &m : all) {
-    const int64_t w = numel_of(m.shape) / m.shape[0];
-    ASSERT_EQ(sn_cuda_group_fused(1, sn_cuda_group_row_blocks(m.shape[0], sn_cuda_group_warp_k(w), 132), w), 1)
-        << shape_str(m.shape);
-  }
-  expect_groups_bitwise(all, "group_coop=0,group_fuse=0", {5, 3}, "group_coop=0,group_fuse=1", {3, 2}, rng);
+  ASSERT_TRUE(all_members_fuse(all));
+  expect_groups_bitwise(all, "group_coop=0,group_fuse=0", three_kernel_nodes(true), "group_coop=0,group_fuse=1",
+                        three_kernel_nodes(false), rng);
   for (const char *grid : {"", ",group_grid=1", ",group_grid=7"})
-    expect_groups_bitwise(all, "group_coop=0,group_fuse=1", {3, 2}, std::string("group_coop=1,group_fuse=1") + grid,
-                          {1, 1}, rng);
+    expect_groups_bitwise(all, "group_coop=0,group_fuse=1", three_kernel_nodes(false),
+                          std::string("group_coop=1,group_fuse=1") + grid, {1, 1}, rng);
 }
 
 // A cooperative launch that the device refuses (group_grid_force: more blocks than can be
@@ -536,8 +557,10 @@ TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
     Ob.push_back(ts[ts.size() - 1]->dev);
   }
   GroupPtr ga, gb;
-  const std::string refused = base + "group_coop=1,group_grid_force=1000000";
-  ASSERT_EQ(create_group_tuned(ga, pa, W, Oa, base + "group_coop=0"), SN_SUCCESS) << sn_last_error_message();
+  // (group_fuse=0: the reduce step stays, 3 launches, whatever SPECNORM_TUNE says)
+  const std::string refused = base + "group_coop=1,group_grid_force=1000000,group_fuse=0";
+  ASSERT_EQ(create_group_tuned(ga, pa, W, Oa, base + "group_coop=0,group_fuse=0"), SN_SUCCESS)
+      << sn_last_error_message();
   ASSERT_EQ(create_group_tuned(gb, pb, W, Ob, refused), SN_SUCCESS) << sn_last_error_message();
   for (int step = 0; step < 3; ++step) {
     const int training = step < 2;
