@@ -222,6 +222,24 @@ __device__ void warp_rows(const sn_group_entry_t &e, int g, int iter, bool train
   }
 }
 
+// What a layer's reduction does per column block and at its end, shared by reduce_step and
+// fused_reduce so that both do the same arithmetic. Column block c, once this thread's column sum
+// x (0 past the last column) and max(‖t‖, eps) are known: s_j = x / m_t, the block's Σ s_j² into
+// e.sq[c].
+__device__ __forceinline__ void reduce_columns(const sn_group_entry_t &e, int c, float x, float m_t) {
+  const int64_t j = (int64_t)c * kRedCols + threadIdx.x;
+  float sq = j < e.w ? store_scaled(x, m_t, e.s, j) : 0.f;
+  sq = block_sum(sq);
+  if (threadIdx.x == 0) e.sq[c] = sq;
+}
+
+// The end, in the block that finishes the layer's reduction: max(‖s‖, eps), σ and max(‖t‖, eps)
+// into scal.
+__device__ __forceinline__ void finish_reduction(const sn_group_entry_t &e, float m_t) {
+  finish_s_norm(e.sq, e.red_blocks, e.eps, e.scal);
+  if (threadIdx.x == 0) e.scal[SN_SCAL_M_T] = m_t;
+}
+
 // A fused layer's reduction (e.fused), by the last of its rows blocks to finish: what reduce_step
 // does in the layer's red_blocks blocks, one column block after the other, with the same
 // arithmetic in the same order, so the same bits. Other blocks of this launch wrote the partials:
@@ -254,14 +272,10 @@ __device__ void fused_reduce(const sn_group_entry_t &ge, bool training) {
 #pragma unroll
   for (int c = 0; c < kFuseMaxRed; ++c) {
     if (c >= e.red_blocks) break;  // uniform over the block
-    const int64_t j = (int64_t)c * kRedCols + threadIdx.x;
-    float sq = j < e.w ? store_scaled(x[c], m_t, e.s, j) : 0.f;
-    sq = block_sum(sq);
-    if (threadIdx.x == 0) e.sq[c] = sq;
+    reduce_columns(e, c, x[c], m_t);
   }
   __syncthreads();  // e.sq, written by thread 0, for finish_s_norm's reads
-  finish_s_norm(e.sq, e.red_blocks, e.eps, e.scal);
-  if (threadIdx.x == 0) e.scal[SN_SCAL_M_T] = m_t;
+  finish_reduction(e, m_t);
 }
 
 // Each kernel's work for its block b, as a function, so that the cooperative kernel below can run
@@ -308,12 +322,9 @@ __device__ __forceinline__ void reduce_step(const sn_cuda_group_t &G, int b, int
     return;
   }
   const float m_t = fmaxf(sqrtf(acc), e.eps);
-  float sq = j < e.w ? store_scaled(x, m_t, e.s, j) : 0.f;
-  sq = block_sum(sq);
-  if (threadIdx.x == 0) e.sq[c] = sq;
+  reduce_columns(e, c, x, m_t);
   if (!last_block_to_arrive(e.counter, e.red_blocks)) return;
-  finish_s_norm(e.sq, e.red_blocks, e.eps, e.scal);
-  if (threadIdx.x == 0) e.scal[SN_SCAL_M_T] = m_t;
+  finish_reduction(e, m_t);
 }
 
 template <class T>

@@ -389,8 +389,9 @@ cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *
   const size_t train_smem = p->async ? (size_t)S * p->wp * kPack : smem;
   // Two rows ahead in registers (op_depth=2): instances up to 4 packs per thread (the 512 × 8 fp32
   // one is at 122 registers of its 128 with one row ahead).
+  // (The plan never asks for both op_async and op_depth=2.)
   constexpr bool kDeep = VPT <= 4;
-  if (p->depth == 2 && (!kDeep || p->async)) return cudaErrorNotSupported;
+  if (p->depth == 2 && !kDeep) return cudaErrorNotSupported;
   void (*train)(OnePassParams) = one_pass_rows_kernel<NT, VPT, T, E, false>;
   if (p->async) train = one_pass_rows_kernel<NT, VPT, T, E, false, S>;
   if constexpr (kDeep)
