@@ -278,7 +278,7 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
 // rows, so the order of the partial sums, follow from the grid, which is sized by each kernel's
 // occupancy: op_grid pins it), the same states and W_sn, bit for bit, with and without clusters.
 // The knobs go after whatever SPECNORM_TUNE already says.
-struct AsyncCase {
+struct RowsCase {
   std::vector<int64_t> shape;
   sn_dtype_t dt;
 };
@@ -297,12 +297,12 @@ struct RowsVariant {
 static const char kRegisterRows[] = "one_pass_rows_kernel<[^>]*, false, 0, 1>";
 
 static void expect_variant_equals_register_rows(const RowsVariant &var,
-                                                const std::vector<AsyncCase> &cases) {
+                                                const std::vector<RowsCase> &cases) {
   Rng rng(fresh_seed());
   const std::string base = tune_prefix();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   int used = 0;
-  for (const AsyncCase &c : cases) {
+  for (const RowsCase &c : cases) {
     for (const char *extra : {",op_grid=64,op_cluster=1", ",op_grid=7,op_cluster=1", ",op_grid=64,op_cluster=4"}) {
       SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " " + var.on + extra);
       sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
@@ -363,18 +363,23 @@ static RowsVariant async_rows() {
           optin_shared_memory() >= 200 * 1024, "one_pass_rows_kernel<[^>]*, false, [2-9], 1>"};
 }
 
-static void expect_async_equals_register_rows(const std::vector<AsyncCase> &cases) {
+static void expect_async_equals_register_rows(const std::vector<RowsCase> &cases) {
   expect_variant_equals_register_rows(async_rows(), cases);
 }
 
-// Rows up to 8 KB (4 stages, 16- and 8-byte packs), small enough for racecheck (gpu_check.sh):
-// on 7 blocks, a block still cycles through its stages 100 times.
+// Rows up to 8 KB, small enough for the sanitizers (gpu_check.sh): 16- and 8-byte packs, 1 and 2
+// packs per thread, and 9 rows (on 7 blocks: blocks with one row and with two).
+static std::vector<RowsCase> rows_up_to_8kb() {
+  return {{{700, 1152}, SN_DTYPE_FLOAT32},
+          {{300, 4096}, SN_DTYPE_BFLOAT16},
+          {{513, 1028}, SN_DTYPE_FLOAT16},
+          {{9, 64}, SN_DTYPE_FLOAT32}};
+}
+
+// Rows up to 8 KB (4 stages): on 7 blocks, a block still cycles through its stages 100 times.
 TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
   REQUIRE_GPU();
-  expect_async_equals_register_rows({{{700, 1152}, SN_DTYPE_FLOAT32},
-                                     {{300, 4096}, SN_DTYPE_BFLOAT16},
-                                     {{513, 1028}, SN_DTYPE_FLOAT16},
-                                     {{9, 64}, SN_DTYPE_FLOAT32}});
+  expect_async_equals_register_rows(rows_up_to_8kb());
 }
 
 // Rows of 16 to 64 KB: 4 and 3 stages (up to 192 KB of shared memory per block).
@@ -389,22 +394,17 @@ TEST(Gpu, OnePassAsyncWideRowsAreBitwiseTheRegisterRows) {
 // Two rows ahead in registers (op_depth=2; instances up to 4 packs per thread, so every case
 // here has one): the register kernel with one row ahead's results, bit for bit, and the D = 2
 // instance launched.
-static void expect_two_rows_equal_one_row(const std::vector<AsyncCase> &cases) {
+static void expect_two_rows_equal_one_row(const std::vector<RowsCase> &cases) {
   expect_variant_equals_register_rows(
       {"op_depth=1", "op_depth=2", [](const sn_cuda_plan_t &p) { return p.op_depth - 1; }, true,
        "one_pass_rows_kernel<[^>]*, false, 0, 2>"},
       cases);
 }
 
-// Rows up to 8 KB, small enough for the sanitizers (gpu_check.sh): 16- and 8-byte packs, 1 and
-// 2 packs per thread; on 7 blocks the 9-row case has blocks with one row and with two (no row two
-// ahead).
+// Rows up to 8 KB; the 9-row case on 7 blocks has no row two ahead.
 TEST(Gpu, OnePassTwoRowsAheadAreBitwiseOneRowAhead) {
   REQUIRE_GPU();
-  expect_two_rows_equal_one_row({{{700, 1152}, SN_DTYPE_FLOAT32},
-                                 {{300, 4096}, SN_DTYPE_BFLOAT16},
-                                 {{513, 1028}, SN_DTYPE_FLOAT16},
-                                 {{9, 64}, SN_DTYPE_FLOAT32}});
+  expect_two_rows_equal_one_row(rows_up_to_8kb());
 }
 
 // Rows of 32 KB, 4 packs per thread.
