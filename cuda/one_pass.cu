@@ -357,24 +357,6 @@ struct Prep {
   int max_clusters;    // out: clusters of `cluster` blocks that fit at once (cluster > 1)
 };
 
-// The launch configuration of a training instance with clusters of p.cluster blocks.
-struct ClusterLaunch {
-  cudaLaunchConfig_t cfg{};
-  cudaLaunchAttribute attr{};
-  ClusterLaunch(int blocks, int threads, size_t smem, int cluster, cudaStream_t stream) {
-    cfg.gridDim = dim3((unsigned)blocks);
-    cfg.blockDim = dim3((unsigned)threads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = (unsigned)cluster;
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-  }
-};
-
 // One instance per (threads, packs per thread, element type, elements per pack): launch it
 // (prep NULL), or prepare it: raise the shared-memory limit of its training and eval kernels and
 // report the training kernel's occupancy. The plan's block count comes from the training

@@ -166,27 +166,39 @@ struct CommitScale {
   __device__ float apply(float x) const { return sig > 0.f ? (x / d) * g : x * 0.f; }
 };
 
-__device__ __forceinline__ CommitScale commit_scale(float sig_new, const float *sigma,
-                                                    float norm_bound, const float *gamma) {
+// From values already loaded: sig_old, the layer's last good σ (sigma[0]), and γ.
+__device__ __forceinline__ CommitScale commit_scale_of(float sig_new, float sig_old, float norm_bound,
+                                                       float gamma) {
   CommitScale c;
   c.sig_new = sig_new;
   c.good = sn_sigma_usable(sig_new);
-  c.sig = c.good ? sig_new : sigma[0];
+  c.sig = c.good ? sig_new : sig_old;
   c.d = sn_divisor(c.sig, norm_bound);
-  c.g = gamma ? *gamma : 1.f;
+  c.g = gamma;
   return c;
+}
+
+__device__ __forceinline__ CommitScale commit_scale(float sig_new, const float *sigma,
+                                                    float norm_bound, const float *gamma) {
+  const bool good = sn_sigma_usable(sig_new);
+  return commit_scale_of(sig_new, good ? sig_new : sigma[0], norm_bound, gamma ? *gamma : 1.f);
 }
 
 // The layer's state word {σ, 1/σ, scale, health} after a commit (one thread): σ and 1/σ only when
 // the new σ is usable; the scale W_sn = scale · W (up to rounding); the health bits.
-__device__ __forceinline__ void commit_state_word(float *sigma, const CommitScale &c, bool training) {
+// health_before: the health word as the forward found it.
+__device__ __forceinline__ void commit_state_word_of(float *sigma, const CommitScale &c, bool training,
+                                                     unsigned health_before) {
   if (c.good) {
     sigma[0] = c.sig_new;
     sigma[1] = 1.0f / c.sig_new;
   }
   sigma[2] = c.sig > 0.f ? c.g / c.d : 0.f;
-  unsigned *health = reinterpret_cast<unsigned *>(sigma + 3);
-  *health = sn_health_after(*health, c.sig_new, training ? 1 : 0);
+  reinterpret_cast<unsigned *>(sigma)[3] = sn_health_after(health_before, c.sig_new, training ? 1 : 0);
+}
+
+__device__ __forceinline__ void commit_state_word(float *sigma, const CommitScale &c, bool training) {
+  commit_state_word_of(sigma, c, training, reinterpret_cast<const unsigned *>(sigma)[3]);
 }
 
 // Reciprocal of an optional device divisor (NULL means 1).
@@ -222,6 +234,31 @@ cudaError_t allow_shared_memory(K *kernel, size_t need) {
   if (need > avail) return cudaErrorInvalidValue;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)avail);
 }
+
+// The launch configuration of `blocks` blocks in thread-block clusters of `cluster` blocks
+// (cudaLaunchKernelEx(&cfg, ...), or an occupancy query on cfg), as a programmatic dependent
+// launch when pdl. Not copyable: cfg points into it.
+struct ClusterLaunch {
+  cudaLaunchConfig_t cfg{};
+  cudaLaunchAttribute attr[2]{};
+  ClusterLaunch(int blocks, int threads, size_t smem, int cluster, cudaStream_t stream,
+                bool pdl = false) {
+    cfg.gridDim = dim3((unsigned)blocks);
+    cfg.blockDim = dim3((unsigned)threads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)cluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[1].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 2 : 1;
+  }
+  ClusterLaunch(const ClusterLaunch &) = delete;
+  ClusterLaunch &operator=(const ClusterLaunch &) = delete;
+};
 
 // kernel<<<grid, block, smem, stream>>>(args...) with one launch attribute (cudaLaunchKernelEx).
 template <class... P, class... A>
