@@ -55,15 +55,19 @@ TEST(Backward, ReferenceMatchesCentralFiniteDifferences) {
     const int64_t n = vw.A * vw.h * vw.B;
     std::vector<float> W = rng.normals(n), C = rng.normals(n), u = rng.normals(vw.h),
                        v = rng.normals(vw.A * vw.B);
-    // σ = uᵀ M v must be positive for a meaningful forward; flip u if needed.
+    // u and v as a forward leaves them (one power iteration from random vectors: unit, σ = uᵀ M v
+    // = ‖Mᵀu‖ > 0). With u and v random instead, σ could come arbitrarily close to 0, where the
+    // loss (∝ 1/σ) bends so fast that the central differences' step of 1e-6 no longer resolves it:
+    // about 1 run in 500 failed so.
     std::vector<double> ud = to_double(u), vd = to_double(v), Wd = to_double(W), Cd = to_double(C);
+    (void)sn_ref_iterate(W.data(), SN_DTYPE_FLOAT32, vw, ud.data(), vd.data(), 1e-12, SN_ORDER_U_FIRST);
+    for (size_t i = 0; i < u.size(); ++i) u[i] = float(ud[i]);
+    for (size_t j = 0; j < v.size(); ++j) v[j] = float(vd[j]);
+    ud = to_double(u);
+    vd = to_double(v);
     std::vector<double> t(static_cast<size_t>(vw.h));
-    double sigma = sn_ref_sigma(W.data(), SN_DTYPE_FLOAT32, vw, ud.data(), vd.data(), t.data());
-    if (sigma < 0) {
-      for (auto &x : u) x = -x;
-      for (auto &x : ud) x = -x;
-      sigma = -sigma;
-    }
+    const double sigma = sn_ref_sigma(W.data(), SN_DTYPE_FLOAT32, vw, ud.data(), vd.data(), t.data());
+    ASSERT_GT(sigma, 0.0);
     const float sigma_f = float(sigma);
     const double bound = c.bound_rel * sigma_f;
     std::vector<float> dW(static_cast<size_t>(n));
