@@ -69,6 +69,13 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                   them up in its last rows block instead of in the reduce step
 //   group_grid_force=N  that launch with exactly N blocks, even more than can be resident (tests:
 //                   the refused launch and its fallback, host/group.c)
+//   op_onchip=1   a layer that fits on chip (u-first) runs each warmed-up forward as one launch
+//                 that holds it in the shared memory of a thread-block cluster (cuda/on_chip.cu)
+//   group_onchip=1  a group whose every layer fits on chip runs as one launch that holds each layer
+//                   in the shared memory of a thread-block cluster (cuda/on_chip.cu)
+//   group_onchip_cluster=C  with clusters of C blocks (1, 2, 4 or 8) only
+//   group_onchip_refuse=1   that launch with clusters of 16 blocks, which the device refuses
+//                   (tests: the fallback, host/group.c)
 // Unknown keys and bad values are ignored.
 struct Tune {
   int op_bps = 0;      // 0: as many as fit
@@ -84,6 +91,10 @@ struct Tune {
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
   int group_grid_force = 0;  // > 0: exactly this many blocks in that launch
   int group_fuse = 0;  // 1: small grouped layers reduce in their last rows block
+  int op_onchip = 0;             // 1: layers that fit on chip run as one launch, on chip
+  int group_onchip = 0;          // 1: groups that fit on chip run as one launch, layers on chip
+  int group_onchip_cluster = 0;  // > 0: that launch's cluster size
+  int group_onchip_refuse = 0;   // 1: that launch with clusters of 16 blocks, refused (tests)
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
                        // blocks of every step)
 };
@@ -105,6 +116,9 @@ Tune read_tune() {
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
       {"group_fuse=", &t.group_fuse, 0, 1, false},
+      {"group_onchip=", &t.group_onchip, 0, 1, false},  {"op_onchip=", &t.op_onchip, 0, 1, false},
+      {"group_onchip_cluster=", &t.group_onchip_cluster, 1, 8, true},
+      {"group_onchip_refuse=", &t.group_onchip_refuse, 0, 1, false},
   };
   const char *s = std::getenv("SPECNORM_TUNE");
   while (s && *s) {
@@ -188,6 +202,17 @@ extern "C" int sn_cuda_tune_group_grid_force(void) { return read_tune().group_gr
 
 extern "C" int sn_cuda_tune_group_fuse(void) { return read_tune().group_fuse; }
 
+extern "C" int sn_cuda_tune_group_onchip(int *cluster, int *refuse) {
+  const Tune t = read_tune();
+  *cluster = t.group_onchip_cluster;
+  *refuse = t.group_onchip_refuse;
+  return t.group_onchip;
+}
+
+bool sn::clusters_usable() { return device_is_sm90_or_later(); }
+
+extern "C" int sn_cuda_clusters_usable(void) { return sn::clusters_usable() ? 1 : 0; }
+
 extern "C" int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype) {
   if (order == SN_ORDER_V_FIRST) return sn::one_pass_cols_fits(view.h, dtype);
   return order == SN_ORDER_U_FIRST && view.A == 1 && view.B % 4 == 0 && view.B <= 16384;
@@ -205,6 +230,15 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   plan->pdl = pdl_enabled(tune);
   plan->div_stream = tune.div_stream;
   plan->div_unroll = tune.div_unroll;
+  if (tune.op_onchip && order == SN_ORDER_U_FIRST) {  // the layer on chip, where it fits
+    sn_group_entry_t e{};
+    e.A = view.A;
+    e.h = view.h;
+    e.B = view.B;
+    e.w = view.A * view.B;
+    e.dtype = (int)dtype;
+    sn_cuda_on_chip_prepare(&e, 1, 0, 1, &plan->onchip);
+  }
   const int64_t h = view.h, w = view.A * view.B;
   const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over
 
@@ -334,6 +368,27 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
     return 0;
   }
 
+  // A warmed-up layer on chip (SPECNORM_TUNE=op_onchip=1): the whole forward in one launch.
+  if (P.onchip.cluster > 0 && a->order == SN_ORDER_U_FIRST && a->warmup_iters == 0) {
+    sn_group_entry_t e{};
+    e.W = a->W;
+    e.W_sn = a->W_sn;
+    e.dtype = (int)P.dtype;
+    e.n_iters = a->n_iters;
+    e.A = P.view.A;
+    e.h = P.view.h;
+    e.B = P.view.B;
+    e.w = P.view.A * P.view.B;
+    e.numel = a->numel;
+    e.u = a->u;
+    e.v = a->v;
+    e.sigma = a->sigma;
+    e.eps = P.eps;
+    e.norm_bound = P.norm_bound;
+    e.gamma = P.gamma;
+    SN_TRY(sn::launch_on_chip(P.onchip, nullptr, &e, 1, P.pdl != 0, a->training != 0, stream));
+    return 0;
+  }
   const int iters = a->warmup_iters + (a->training ? a->n_iters : 0);
   if (a->training && iters == 0) return 0;
   // The row kernels need 16-byte aligned rows; the column kernels take any W.

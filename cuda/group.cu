@@ -495,6 +495,8 @@ extern "C" int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w, int coop
 
 extern "C" int sn_cuda_group_forward(const sn_cuda_group_t *G, int training, sn_stream_t stream_handle) {
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  if (G->onchip.cluster > 0)
+    return (int)sn::launch_on_chip(G->onchip, G->entries, nullptr, G->count, G->pdl != 0, training != 0, stream);
   if (G->coop_blocks > 0) {
     cudaLaunchAttribute attr{};
     attr.id = cudaLaunchAttributeCooperative;

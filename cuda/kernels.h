@@ -62,6 +62,15 @@ void one_pass_shape(int wp, int *threads, int *vpt);
 cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *blocks_per_sm,
                              int *max_clusters);
 
+// A forward with every layer on chip, one launch (cuda/on_chip.cu; oc.cluster > 0): the `count`
+// layers of the device table `entries`, or (entries NULL, count 1) the layer `one`, passed by value.
+cudaError_t launch_on_chip(const sn_on_chip_t &oc, const sn_group_entry_t *entries,
+                           const sn_group_entry_t *one, int count, bool pdl, bool training,
+                           cudaStream_t stream);
+// Whether thread-block clusters may be used: the device has them and the loaded code was built for
+// sm_90 or later (cuda/forward.cu).
+bool clusters_usable();
+
 // One-pass iteration of the v-first order, by column panels (cuda/one_pass_cols.cu):
 // s = Mᵀ (x / *x_div) and t = M s / max(‖s‖, eps) with one read of W, writing plan.s, plan.t and
 // scal[M_S], scal[M_T], scal[SIG_T] as launch_matvec_t + launch_matvec would. 2 launches.

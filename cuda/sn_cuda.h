@@ -44,6 +44,16 @@ static inline SN_HD unsigned sn_health_after(unsigned h, float sig, int training
   return h | (unsigned)SN_HEALTH_NEGATIVE;
 }
 
+/* A forward that holds every layer on chip in one launch (cuda/on_chip.cu): each layer in the
+ * shared memory of one cluster of `cluster` blocks. */
+typedef struct {
+  int cluster;            /* > 0: blocks per cluster (1, 2, 4, 8); 0: not on chip */
+  int clusters;           /* 1: launched as thread-block clusters (sm_90); 0: plain blocks (cluster 1) */
+  int w_bytes, w4, rows4; /* the shared-memory layout of every block */
+  int refuse;             /* tests: launch clusters of 16 blocks, which the device refuses
+                             (SPECNORM_TUNE=group_onchip_refuse=1; sn_group_forward falls back) */
+} sn_on_chip_t;
+
 /* Scalar slots in the plan's scratch `scal` array. */
 enum {
   SN_SCAL_M_T = 0,    /* max(‖t‖, eps) of the latest t = M x */
@@ -91,6 +101,8 @@ typedef struct {
                          (SPECNORM_TUNE=div_stream=1) */
   int div_unroll;     /* 16-byte packs of W each thread of the division loads before it stores
                          them (1; 2 or 4 with SPECNORM_TUNE=div_unroll=U) */
+  sn_on_chip_t onchip;/* cluster > 0: a warmed-up forward is one launch with the layer on chip
+                         (SPECNORM_TUNE=op_onchip=1, cuda/on_chip.cu) */
   /* Scratch, inside the layer's one device workspace. */
   float *t;           /* h: t = M x, unnormalized */
   float *s;           /* w: s = Mᵀ y, unnormalized */
@@ -187,6 +199,8 @@ typedef struct {
   int row_total, red_total, div_total;
   int coop_blocks;    /* > 0: the forward is one cooperative launch of this many blocks
                          (sn_cuda_tune_group_coop, cuda/group.cu); 0: three kernels */
+  sn_on_chip_t onchip;/* cluster > 0: the forward is one launch with every layer on chip
+                         (cuda/on_chip.cu); it takes precedence over coop_blocks */
   const sn_group_entry_t *entries; /* device */
   const int *row_layer, *red_layer, *div_layer; /* device: the layer of each block of the rows,
                                                    reduce and commit kernels */
@@ -223,6 +237,20 @@ int sn_cuda_tune_group_fuse(void);
  * last rows block (group_fuse=1 and few partials: cuda/group.cu says which) instead of in the
  * reduce step. */
 int sn_cuda_group_fused(int fuse, int row_blocks, int64_t w);
+/* Whether the current device runs this build's code with thread-block clusters (compute
+ * capability 9.0 and up, and code built for it). */
+int sn_cuda_clusters_usable(void);
+/* SPECNORM_TUNE's group_onchip (0 if unset), group_onchip_cluster (*cluster, 0 if unset) and
+ * group_onchip_refuse (*refuse). */
+int sn_cuda_tune_group_onchip(int *cluster, int *refuse);
+/* Whether the `count` layers that ent describes (host memory; A, h, w and dtype are read) can all
+ * be held on chip in one launch on the current device, and how (cuda/on_chip.cu says which):
+ * fills *oc, oc->cluster = 0 when not (also when a device query fails: the other paths need
+ * none of this). force_cluster > 0: only that cluster size. prefer_large: the largest cluster
+ * that fits (a single layer, whose launch is its cluster alone); else the smallest that brings
+ * every block's share of W under 64 KB (a group, whose clusters share the device). */
+void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, int force_cluster, int prefer_large,
+                             sn_on_chip_t *oc);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
 

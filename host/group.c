@@ -191,6 +191,12 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
       c->row_layer = (const int *)(tab + table);
       c->red_layer = c->row_layer + rows;
       c->div_layer = c->red_layer + red;
+      /* Every layer on chip in one launch, where they all fit (SPECNORM_TUNE=group_onchip=1). */
+      int onchip_cluster = 0, refuse = 0;
+      if (sn_cuda_tune_group_onchip(&onchip_cluster, &refuse)) {
+        sn_cuda_on_chip_prepare(ent, g->count, onchip_cluster, 0, &c->onchip);
+        c->onchip.refuse = refuse && c->onchip.clusters; /* tests: the refused launch */
+      }
     }
   }
   free(ent);
@@ -241,6 +247,14 @@ SN_API sn_status_t sn_group_create(sn_group_t **group, sn_layer_t *const *layers
   return SN_SUCCESS;
 }
 
+/* Whether launch error e is the refusal of the group's single launch: the on-chip one (its
+ * clusters cannot be scheduled) or the cooperative one (too many blocks to be resident). */
+static int refused_single_launch(const sn_cuda_group_t *c, int e) {
+  if (c->onchip.cluster > 0)
+    return e == (int)cudaErrorInvalidClusterSize || e == (int)cudaErrorLaunchOutOfResources;
+  return c->coop_blocks > 0 && e == (int)cudaErrorCooperativeLaunchTooLarge;
+}
+
 SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t stream) {
   if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
   if (group->backend == SN_BACKEND_CPU) {
@@ -261,29 +275,36 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
   sn_status_t st = sn__enter_device(group->device, &prev);
   if (st != SN_SUCCESS) return st;
   int e = sn_cuda_group_forward(&group->cuda, training, stream);
-  int refused_in_capture = 0;
-  if (e == (int)cudaErrorCooperativeLaunchTooLarge && group->cuda.coop_blocks > 0) {
-    /* Fewer blocks can be resident than the occupancy query said at creation (the GPU shared
-     * with other processes under MPS, an SM limit): nothing ran. The three kernels need no
-     * co-residency; the group keeps them from now on. Eagerly they run at once; a capture may
-     * have been invalidated by the refused launch, so the caller captures again. */
+  const char *refused = NULL; /* the single launch refused during a capture */
+  while (!refused && refused_single_launch(&group->cuda, e)) {
+    /* Fewer blocks or clusters can be resident than the occupancy queries said at creation (the
+     * GPU shared with other processes under MPS, an SM limit): nothing ran. The group drops
+     * that launch for good (refused_single_launch): the on-chip launch for the cooperative one
+     * or the three kernels, the cooperative launch for the three kernels, which need no
+     * co-residency. Eagerly the next runs at once; a capture may have been invalidated by the
+     * refused launch, so the caller captures again. */
+    const char *what = group->cuda.onchip.cluster > 0 ? "on-chip" : "cooperative";
     (void)cudaGetLastError();
-    group->cuda.coop_blocks = 0;
+    if (group->cuda.onchip.cluster > 0)
+      group->cuda.onchip.cluster = 0;
+    else
+      group->cuda.coop_blocks = 0;
     /* (When the status cannot be read, e.g. the legacy stream while another thread captures,
      * a retry on it would fail too: the call reports the refusal.) */
     enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing((cudaStream_t)stream, &cs) == cudaSuccess && cs == cudaStreamCaptureStatusNone)
       e = sn_cuda_group_forward(&group->cuda, training, stream);
     else
-      refused_in_capture = 1;
+      refused = what;
     (void)cudaGetLastError(); /* cudaStreamIsCapturing's own error, if any */
   }
   sn__leave_device(group->device, prev);
-  if (refused_in_capture)
+  if (refused)
     return sn__fail(SN_ERROR_CUDA,
-                    "the group's cooperative launch was refused (fewer blocks can be resident than "
-                    "at sn_group_create) while a stream capture is active; the group runs as three "
-                    "kernels from now on: end this capture and capture the forward again");
+                    "the group's %s launch was refused (fewer blocks can be resident than at "
+                    "sn_group_create) while a stream capture is active; the group does without it "
+                    "from now on: end this capture and capture the forward again",
+                    refused);
   if (e != 0) {
     (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the grouped kernels");

@@ -217,7 +217,8 @@ run_step env "$OUT/build.log" 60 0 bash -c env_report
 # at 1a8f84c to 23.9 µs at e56c4b8 on an H200): 1a8f84c; 8a4aaf8 (the kernels as step functions
 # for the cooperative kernel, the reduce loads reordered); c58d24a (the commit's u and v loads
 # batched); e56c4b8 (adds the batched staging of v, 6523559); this tree adds the batched loads of
-# the grouped division and the cooperative default. SN_AB_REFS="" skips the step.
+# the grouped division and the cooperative default, and is timed as three kernels, as the default
+# and with every layer on chip (group_onchip=1). SN_AB_REFS="" skips the step.
 AB_REFS="${SN_AB_REFS-1a8f84c 8a4aaf8 c58d24a e56c4b8}"
 ab_build_refs() {  # each ref's sn_bench into $LOGS/ab-REF/b; its status in $LOGS/ab-REF/status
   local ref cc
@@ -336,7 +337,7 @@ fi
 SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:GroupGpu.FusedReductionInMixed*:Gpu.OnePassTwoRowsAheadWide*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
 [[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
 # One-pass by rows (several widths) and by columns, two-pass, a view, groups, the backward.
-SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassAsyncRows*:Gpu.OnePassTwoRowsAheadAre*}"
+SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassAsyncRows*:Gpu.OnePassTwoRowsAheadAre*:GroupGpu.OnChip*:Gpu.OnChipLayer*}"
 sanitize() {  # sanitize TOOL...
  local tool cap reserve
  for tool in "$@"; do
@@ -402,8 +403,12 @@ variants() {
     fi
   done
   # group_fuse=1 (not yet measured): small layers reduce in their last rows block, one grid barrier
-  # (cooperative) or one launch (three kernels) fewer where every layer does.
-  for t in default group_coop=0 group_coop=1 group_fuse=1 group_coop=0,group_fuse=1; do
+  # (cooperative) or one launch (three kernels) fewer where every layer does. group_onchip=1 (not
+  # yet measured): a group whose layers all fit (SN-GAN; not sndcgan nor ViT-B/16, which keep the
+  # default) as one launch with each layer in a cluster's shared memory (cuda/on_chip.cu), clusters
+  # of 8 for SN-GAN, or of 4; with op_onchip=1 the per-layer rows run each layer that fits so.
+  for t in default group_coop=0 group_coop=1 group_fuse=1 group_coop=0,group_fuse=1 \
+      group_onchip=1,op_onchip=1 group_onchip=1,group_onchip_cluster=4; do
     echo "################ SPECNORM_TUNE=$t: presets, per layer and grouped"
     local js="$VDIR/presets_${t//[=,]/_}.json"
     ptable+=("$t=$js")
@@ -441,12 +446,12 @@ ab() {
       echo "ref $ref: not built"; tail -n 20 "$src/configure.log" "$src/build.log" 2> /dev/null; rc=1
     fi
   done
-  bins+=("$SN_BENCH" "$SN_BENCH"); labels+=("HEAD,group_coop=0" "HEAD")
+  bins+=("$SN_BENCH" "$SN_BENCH" "$SN_BENCH"); labels+=("HEAD,group_coop=0" "HEAD" "HEAD,group_onchip=1")
   local round i
   for round in 1 2; do
     for i in "${!bins[@]}"; do
       local tune="" js="$LOGS/ab-${round}-${i}.json"
-      [[ ${labels[$i]} == *group_coop=0 ]] && tune=group_coop=0
+      [[ ${labels[$i]} == HEAD,* ]] && tune=${labels[$i]#HEAD,}
       echo "################ round $round: ${labels[$i]}"
       SPECNORM_TUNE="$tune" "${bins[$i]}" --preset sngan-cifar10 --dtype f32 --mode train,scale,eval \
         --no-baseline --no-check --reps 100 --json "$js" | grep -E "group|commit" || rc=1  # the group rows

@@ -656,6 +656,68 @@ TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
   cudaStreamDestroy(s);
 }
 
+// A warmed-up layer on chip (SPECNORM_TUNE=op_onchip=1, cuda/on_chip.cu): each forward after the
+// warm-up is one launch of the on-chip kernel. Against the CPU backend step by step, with W and
+// W_sn aligned and 4 bytes past 16; bitwise reproducible; the launch read from a graph capture.
+// Where a layer does not fit this device it keeps the other paths (not tested here).
+TEST(Gpu, OnChipLayerMatchesTheCpuBackend) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=1").c_str());
+  const Case cases[] = {Case{{1, 1}, 0, SN_ORDER_U_FIRST, 1},      Case{{1, 1000}, 0, SN_ORDER_U_FIRST, 1},
+                        Case{{1000, 1}, 0, SN_ORDER_U_FIRST, 1},   Case{{7, 13}, 0, SN_ORDER_U_FIRST, 1},
+                        Case{{257, 1023}, 0, SN_ORDER_U_FIRST, 2}, Case{{128, 128, 3, 3}, 0, SN_ORDER_U_FIRST, 1},
+                        Case{{64, 3, 3, 3}, 0, SN_ORDER_U_FIRST, 1}, Case{{1, 128}, 0, SN_ORDER_U_FIRST, 1},
+                        Case{{300, 517}, 0, SN_ORDER_U_FIRST, 3},  Case{{1, 4096}, 0, SN_ORDER_U_FIRST, 1},
+                        Case{{1, 5, 64}, 1, SN_ORDER_U_FIRST, 1}};
+  int ran = 0;
+  for (const Case &c : cases) {
+    SCOPED_TRACE(case_name(c));
+    const int nd = int(c.shape.size());
+    const sn_view_t vw = sn_ref_view(nd, c.shape.data(), c.dim < 0 ? c.dim + nd : c.dim);
+    sn_group_entry_t e{};
+    e.A = vw.A;
+    e.h = vw.h;
+    e.B = vw.B;
+    e.w = vw.A * vw.B;
+    e.dtype = SN_DTYPE_FLOAT32;
+    sn_on_chip_t oc{};
+    sn_cuda_on_chip_prepare(&e, 1, 0, 1, &oc);
+    const int64_t n = numel_of(c.shape);
+    if (n * 4 <= 32768) {
+      EXPECT_GT(oc.cluster, 0) << "32 KB and 4096 columns fit any device's shared memory";
+    }
+    if (oc.cluster == 0) continue;
+    ran += 1;
+    compare_backends(c, rng, 4, 2);
+    compare_backends(c, rng, 4, 2, 1);
+    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
+    d.n_power_iterations = c.iters;
+    LayerPtr a(d), b(d);
+    ASSERT_TRUE(a.p && b.p);
+    DevBuf dW(static_cast<size_t>(n)), o1(static_cast<size_t>(n)), o2(static_cast<size_t>(n));
+    dW.upload(gapped_weight(rng, c.shape, c.dim));
+    ASSERT_EQ(sn_layer_warmup(a, dW.p, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_layer_warmup(b, dW.p, nullptr), SN_SUCCESS) << sn_last_error_message();
+    for (int training : {1, 0}) {
+      const std::vector<std::string> names =
+          captured_kernels([&](cudaStream_t s) { return sn_forward(a, dW.p, o1.p, training, s); });
+      EXPECT_EQ(names.size(), 1u) << (training ? "training" : "eval");
+      EXPECT_TRUE(any_matches(names, "group_on_chip_kernel")) << (names.empty() ? "?" : names[0]);
+    }
+    for (int step = 0; step < 3; ++step) {
+      const int training = step < 2;
+      ASSERT_EQ(sn_forward(a, dW.p, o1.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(b, dW.p, o2.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+      EXPECT_TRUE(bitwise_equal(o1.download(), o2.download()));
+    }
+  }
+  EXPECT_GT(ran, 0);
+}
+
 TEST(Gpu, CapturingTheFirstForwardIsRefused) {
   REQUIRE_GPU();
   const int64_t h = 16, w = 8;

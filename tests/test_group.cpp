@@ -32,6 +32,8 @@ struct Member {
   bool scale_only = false;
   float bound = 0.f;
   bool gamma = false;
+  bool in_place = false;  // W_sn is W
+  int w_off = 0, o_off = 0;  // W and W_sn this many elements into their buffers (alignment)
 };
 
 sn_layer_desc_t member_desc(const Member &m, sn_backend_t backend, uint64_t seed) {
@@ -226,6 +228,33 @@ TEST(GroupCpu, TuneKnobsParse) {
   EXPECT_EQ(sn_cuda_group_fused(1, 17, 2048), 0);  // 34816 floats
   EXPECT_EQ(sn_cuda_group_fused(1, 1, 2049), 0);   // 9 reduce blocks
   EXPECT_EQ(sn_cuda_group_fused(1, 264, 600), 0);  // 3000 × 600 on 132 SMs
+  // group_onchip and its cluster size (1, 2, 4, 8), each its own key.
+  const struct {
+    const char *tune;
+    int onchip, cluster;
+  } onchip[] = {{nullptr, 0, 0},
+                {"group_onchip=1", 1, 0},
+                {"group_onchip=0", 0, 0},
+                {"group_onchip=2", 0, 0},
+                {"group_onchip=1,group_onchip_cluster=8", 1, 8},
+                {"group_onchip_cluster=2,group_onchip=1", 1, 2},
+                {"group_onchip=1,group_onchip_cluster=3", 1, 0},
+                {"group_onchip=1,group_onchip_cluster=16", 1, 0},
+                {"group_onchip_cluster=4", 0, 4}};
+  for (const auto &c : onchip) {
+    env.set(c.tune);
+    int cluster = -1, refuse = -1;
+    EXPECT_EQ(sn_cuda_tune_group_onchip(&cluster, &refuse), c.onchip) << (c.tune ? c.tune : "(unset)");
+    EXPECT_EQ(cluster, c.cluster) << (c.tune ? c.tune : "(unset)");
+    EXPECT_EQ(refuse, 0) << (c.tune ? c.tune : "(unset)");
+  }
+  for (const auto &[t, want] : std::vector<std::pair<const char *, int>>{
+           {"group_onchip=1,group_onchip_refuse=1", 1}, {"group_onchip_refuse=1", 1}, {"group_onchip_refuse=2", 0}}) {
+    env.set(t);
+    int cluster = -1, refuse = -1;
+    (void)sn_cuda_tune_group_onchip(&cluster, &refuse);
+    EXPECT_EQ(refuse, want) << t;
+  }
 }
 
 TEST(GroupCpu, BadArguments) {
@@ -251,93 +280,117 @@ TEST(GroupCpu, BadArguments) {
   sn_group_destroy(nullptr);
 }
 
-TEST(GroupGpu, MatchesCpuLayersStepByStep) {
-  REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
-  const std::vector<Member> ms = every_kind_of_member();
+// A group of `ms` created under SPECNORM_TUNE `tune` (after whatever it already says) against
+// CPU layers fed the same weights, step by step: 3 training steps and an eval step, each with a
+// fresh or moved weight. Returns the kernels of a captured training and eval forward (after the
+// steps).
+struct Captured {
+  std::vector<std::string> training, eval;
+};
+static Captured expect_group_matches_cpu(const std::vector<Member> &ms, const std::string &tune,
+                                                         Rng &rng) {
+  SCOPED_TRACE("SPECNORM_TUNE " + tune);
   const size_t n_members = ms.size();
   std::vector<std::unique_ptr<LayerPtr>> gl, cl;
   std::vector<std::vector<uint8_t>> Wh, outc;
+  std::vector<std::unique_ptr<Tensor>> tensors;  // every W and W_sn
   std::vector<void *> Wd, Od;
   std::vector<sn_layer_t *> layers;
   const Gamma gamma;
+  Captured kernels;
   for (size_t k = 0; k < n_members; ++k) {
     const Member &m = ms[k];
     const uint64_t s = rng.gen();
     gl.push_back(member_layer(m, SN_BACKEND_CUDA, s, gamma.dev));
     cl.push_back(member_layer(m, SN_BACKEND_CPU, s, &gamma.host));
-    ASSERT_TRUE(gl.back()->p && cl.back()->p) << k;
+    if (!gl.back()->p || !cl.back()->p) {
+      ADD_FAILURE() << "member " << k;
+      return kernels;
+    }
     const int64_t n = numel_of(m.shape);
     Wh.emplace_back(size_t(n) * sn_dtype_size(m.dt));
     outc.emplace_back(Wh.back().size());
-    void *w = nullptr, *o = nullptr;
-    ASSERT_EQ(cudaMalloc(&w, Wh.back().size()), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&o, Wh.back().size()), cudaSuccess);
-    Wd.push_back(w);
-    Od.push_back(m.scale_only ? nullptr : o);
-    if (m.scale_only) cudaFree(o);
+    tensors.push_back(std::make_unique<Tensor>(m.dt, n, m.w_off));
+    Wd.push_back(tensors.back()->dev);
+    if (m.scale_only) {
+      Od.push_back(nullptr);
+    } else if (m.in_place) {
+      Od.push_back(Wd.back());
+    } else {
+      tensors.push_back(std::make_unique<Tensor>(m.dt, n, m.o_off));
+      Od.push_back(tensors.back()->dev);
+    }
     layers.push_back(gl.back()->p);
   }
   GroupPtr g;
-  ASSERT_EQ(sn_group_create(&g.p, layers.data(), const_cast<const void *const *>(Wd.data()), Od.data(),
-                            int(n_members)),
-            SN_SUCCESS)
-      << sn_last_error_message();
+  const sn_status_t created = create_group_tuned(g, layers, Wd, Od, tune_prefix() + tune);
+  EXPECT_EQ(created, SN_SUCCESS) << sn_last_error_message();
   std::vector<std::vector<float>> w32(n_members);
-  for (int step = 0; step < 4; ++step) {
+  for (int step = 0; created == SN_SUCCESS && step < 4; ++step) {
     SCOPED_TRACE("step " + std::to_string(step));
     const int training = step < 3;
+    bool ok = true;
     for (size_t k = 0; k < n_members; ++k) {
       // A fresh weight, then small steps, as training moves it.
       const int64_t n = numel_of(ms[k].shape);
       if (step == 0) w32[k] = rng.normals(n, 1.f / std::sqrt(float(ms[k].shape[0])));
       for (auto &x : w32[k]) x += 0.01f * rng.normal() / std::sqrt(float(ms[k].shape[0]));
       for (int64_t q = 0; q < n; ++q) sn_store(Wh[k].data(), ms[k].dt, q, w32[k][static_cast<size_t>(q)]);
-      ASSERT_EQ(cudaMemcpy(Wd[k], Wh[k].data(), Wh[k].size(), cudaMemcpyHostToDevice), cudaSuccess);
-      if (Od[k]) {
-        ASSERT_EQ(cudaMemset(Od[k], 0xFF, Wh[k].size()), cudaSuccess);
-      }
+      ok = ok && cudaMemcpy(Wd[k], Wh[k].data(), Wh[k].size(), cudaMemcpyHostToDevice) == cudaSuccess;
+      if (Od[k] && Od[k] != Wd[k]) ok = ok && cudaMemset(Od[k], 0xFF, Wh[k].size()) == cudaSuccess;
     }
-    ASSERT_EQ(sn_group_forward(g.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_TRUE(ok) << "uploading the weights";
+    const sn_status_t st = sn_group_forward(g.p, training, nullptr);
+    EXPECT_EQ(st, SN_SUCCESS) << sn_last_error_message();
+    if (!ok || st != SN_SUCCESS) break;
     for (size_t k = 0; k < n_members; ++k) {
-      SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(ms[k].shape));
-      if (ms[k].scale_only) {
-        ASSERT_EQ(sn_forward_scale_only(cl[k]->p, Wh[k].data(), training, nullptr), SN_SUCCESS);
-      } else {
-        ASSERT_EQ(sn_forward(cl[k]->p, Wh[k].data(), outc[k].data(), training, nullptr), SN_SUCCESS);
-      }
+      SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(ms[k].shape) +
+                   (ms[k].in_place ? ", in place" : ""));
+      const sn_status_t cs = ms[k].scale_only
+                                 ? sn_forward_scale_only(cl[k]->p, Wh[k].data(), training, nullptr)
+                                 : sn_forward(cl[k]->p, Wh[k].data(), outc[k].data(), training, nullptr);
+      EXPECT_EQ(cs, SN_SUCCESS);
       const State sg = get_state(gl[k]->p), sc = get_state(cl[k]->p);
       EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5);
       // Random (ungapped) weights: vectors agree to the conditioning of the top singular pair.
       EXPECT_LT(max_abs_diff(sg.u, sc.u), 1e-3);
       EXPECT_LT(max_abs_diff(sg.v, sc.v), 1e-3);
       float scg = 0, scc = 0;
-      ASSERT_EQ(sn_layer_get_scale(gl[k]->p, &scg, nullptr), SN_SUCCESS);
-      ASSERT_EQ(sn_layer_get_scale(cl[k]->p, &scc, nullptr), SN_SUCCESS);
+      EXPECT_EQ(sn_layer_get_scale(gl[k]->p, &scg, nullptr), SN_SUCCESS);
+      EXPECT_EQ(sn_layer_get_scale(cl[k]->p, &scc, nullptr), SN_SUCCESS);
       EXPECT_NEAR(scg / scc, 1.0, 1e-5);
       if (!Od[k]) continue;
       std::vector<uint8_t> og(Wh[k].size());
-      ASSERT_EQ(cudaMemcpy(og.data(), Od[k], og.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+      EXPECT_EQ(cudaMemcpy(og.data(), Od[k], og.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+      int64_t bad = 0, first = -1;
       for (int64_t q = 0; q < numel_of(ms[k].shape); ++q) {
         const float a = sn_load(og.data(), ms[k].dt, q), b = sn_load(outc[k].data(), ms[k].dt, q);
-        ASSERT_LE(std::fabs(a - b), 2 * ulp(ms[k].dt) * std::fabs(b) + 1e-30) << q;
+        if (!(std::fabs(a - b) <= 2 * ulp(ms[k].dt) * std::fabs(b) + 1e-30)) bad += 1, first = first < 0 ? q : first;
       }
+      EXPECT_EQ(bad, 0) << "elements of W_sn off the CPU's, the first at " << first;
     }
   }
-  // Launches per grouped call, whatever the number of layers.
+  if (created == SN_SUCCESS) {
+    kernels.training = captured_kernels([&](cudaStream_t s) { return sn_group_forward(g.p, 1, s); });
+    kernels.eval = captured_kernels([&](cudaStream_t s) { return sn_group_forward(g.p, 0, s); });
+  }
+  return kernels;
+}
+
+TEST(GroupGpu, MatchesCpuLayersStepByStep) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const std::vector<Member> ms = every_kind_of_member();
+  const Captured kernels = expect_group_matches_cpu(ms, "", rng);
+  // Launches per grouped call, whatever the number of layers: one cooperative launch, or the
+  // three kernels, with 2 more in training for the member of 2 iterations.
   double w_bytes = 0;
-  for (const auto &w : Wh) w_bytes += double(w.size());
-  for (int training : {1, 0}) {
-    // One cooperative launch, or the three kernels: one member runs 2 iterations, 2 more launches
-    // in training.
-    EXPECT_EQ(captured_nodes(g.p, training), group_is_cooperative(w_bytes) ? 1u : training ? 5u : 3u);
-  }
-  for (size_t k = 0; k < n_members; ++k) {
-    cudaFree(Wd[k]);
-    if (Od[k]) cudaFree(Od[k]);
-  }
+  for (const Member &m : ms) w_bytes += double(numel_of(m.shape)) * double(sn_dtype_size(m.dt));
+  const bool coop = group_is_cooperative(w_bytes);
+  EXPECT_EQ(kernels.training.size(), coop ? 1u : 5u);
+  EXPECT_EQ(kernels.eval.size(), coop ? 1u : 3u);
 }
 
 // Launches (graph nodes) of a grouped forward, training or eval.
@@ -715,48 +768,47 @@ TEST(GroupGpu, DeterministicInOneOrThreeLaunches) {
   }
 }
 
-// The restart from ones after a zero step (test_health.cpp, ZeroStepRecoversFromOnes), in both
-// bodies of the rows kernel: a warp per row (w = 24) and a block per row (w = 1300).
-TEST(GroupGpu, ZeroStepRestartsFromOnes) {
-  REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+// The restart from ones after a zero step (test_health.cpp, ZeroStepRecoversFromOnes), for a
+// group created under SPECNORM_TUNE `tune`; *kernels: those of its captured training forward.
+static void expect_zero_step_restarts(const std::string &tune, Rng &rng, std::vector<std::string> *kernels) {
+  SCOPED_TRACE("SPECNORM_TUNE " + tune);
   const int64_t h = 40;
   const std::vector<int64_t> widths = {24, 1300};
   std::vector<std::unique_ptr<LayerPtr>> ls;
+  std::vector<std::unique_ptr<Tensor>> W, O;
   std::vector<sn_layer_t *> layers;
-  std::vector<void *> W, O;
+  std::vector<void *> Wd, Od;
   std::vector<double> sigma;
   for (int64_t w : widths) {
     ls.push_back(std::make_unique<LayerPtr>(make_desc({h, w}, SN_BACKEND_CUDA)));
+    ASSERT_TRUE(ls.back()->p);
     layers.push_back(ls.back()->p);
     std::vector<float> v;
     double sig = 0;
     const std::vector<float> M = rank1_nulling_e0(rng, h, w, &v, &sig);  // M v = 0: σ = 0
     ASSERT_EQ(sn_layer_set_state(layers.back(), rng.normals(h).data(), v.data(), 0.f, 1, nullptr), SN_SUCCESS);
-    void *wd = nullptr, *od = nullptr;
-    ASSERT_EQ(cudaMalloc(&wd, M.size() * 4), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&od, M.size() * 4), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(wd, M.data(), M.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
-    W.push_back(wd);
-    O.push_back(od);
+    W.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, h * w));
+    O.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, h * w));
+    W.back()->set(M);
+    Wd.push_back(W.back()->dev);
+    Od.push_back(O.back()->dev);
     sigma.push_back(sig);
   }
   GroupPtr g;
-  ASSERT_EQ(sn_group_create(&g.p, layers.data(), const_cast<const void *const *>(W.data()), O.data(), 2),
-            SN_SUCCESS)
-      << sn_last_error_message();
+  ASSERT_EQ(create_group_tuned(g, layers, Wd, Od, tune_prefix() + tune), SN_SUCCESS) << sn_last_error_message();
+  std::vector<State> before;
+  for (sn_layer_t *l : layers) before.push_back(get_state(l));
   ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
   for (size_t k = 0; k < layers.size(); ++k) {
     SCOPED_TRACE("w = " + std::to_string(widths[k]));
-    EXPECT_EQ(get_state(layers[k]).sigma, 0.f);
+    const State after = get_state(layers[k]);
+    EXPECT_EQ(after.sigma, 0.f);
+    EXPECT_TRUE(bitwise_equal(after.u, before[k].u) && bitwise_equal(after.v, before[k].v))
+        << "u and v are committed only with a usable σ";
     uint32_t health = 0;
     ASSERT_EQ(sn_layer_get_health(layers[k], &health, 0, nullptr), SN_SUCCESS);
     EXPECT_EQ(health, uint32_t(SN_HEALTH_ZERO));
-    std::vector<float> out(static_cast<size_t>(h * widths[k]));
-    ASSERT_EQ(cudaMemcpy(out.data(), O[k], out.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-    for (float x : out) ASSERT_EQ(x, 0.f) << "no σ yet: W · 0";
+    for (float x : O[k]->download_floats()) ASSERT_EQ(x, 0.f) << "no σ yet: W · 0";
   }
   // The next training forward starts from ones: σ of the rank-1 M in one iteration.
   ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
@@ -767,10 +819,81 @@ TEST(GroupGpu, ZeroStepRestartsFromOnes) {
     ASSERT_EQ(sn_layer_get_health(layers[k], &health, 0, nullptr), SN_SUCCESS);
     EXPECT_EQ(health, uint32_t(SN_HEALTH_ZERO | SN_HEALTH_RECOVERED));
   }
-  for (size_t k = 0; k < W.size(); ++k) {
-    cudaFree(W[k]);
-    cudaFree(O[k]);
+  *kernels = captured_kernels([&](cudaStream_t s) { return sn_group_forward(g.p, 1, s); });
+}
+
+// A non-finite weight after a good step (test_health.cpp's rule): the state is kept bit for bit,
+// the health word says SN_HEALTH_NONFINITE, W_sn = W / the last good σ (NaN where W is); the other
+// layer of the group goes on. Training, then eval. For a group created under SPECNORM_TUNE `tune`;
+// *kernels: those of its captured training forward.
+static void expect_nonfinite_step_keeps_state(const std::string &tune, Rng &rng, std::vector<std::string> *kernels) {
+  SCOPED_TRACE("SPECNORM_TUNE " + tune);
+  const int64_t h = 40;
+  const std::vector<int64_t> widths = {24, 1300};
+  std::vector<std::unique_ptr<LayerPtr>> ls;
+  std::vector<std::unique_ptr<Tensor>> W, O;
+  std::vector<sn_layer_t *> layers;
+  std::vector<void *> Wd, Od;
+  for (int64_t w : widths) {
+    ls.push_back(std::make_unique<LayerPtr>(make_desc({h, w}, SN_BACKEND_CUDA)));
+    ASSERT_TRUE(ls.back()->p);
+    layers.push_back(ls.back()->p);
+    W.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, h * w));
+    O.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, h * w));
+    W.back()->set(rng.normals(h * w, 1.f / std::sqrt(float(h))));
+    Wd.push_back(W.back()->dev);
+    Od.push_back(O.back()->dev);
   }
+  GroupPtr g;
+  ASSERT_EQ(create_group_tuned(g, layers, Wd, Od, tune_prefix() + tune), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  const State good = get_state(layers[0]);
+  ASSERT_TRUE(good.sigma > 0.f && std::isfinite(good.sigma));
+  std::vector<float> w0 = W[0]->host_floats();
+  w0[5] = std::nanf("");
+  W[0]->set(w0);
+  for (int training : {1, 0}) {
+    SCOPED_TRACE(training ? "training" : "eval");
+    O[0]->poison();
+    ASSERT_EQ(sn_group_forward(g.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_TRUE(same_state(get_state(layers[0]), good));
+    uint32_t health = 0;
+    ASSERT_EQ(sn_layer_get_health(layers[0], &health, 0, nullptr), SN_SUCCESS);
+    EXPECT_TRUE(health & SN_HEALTH_NONFINITE) << health;
+    const std::vector<float> out = O[0]->download_floats();
+    for (size_t q = 0; q < out.size(); ++q) {
+      if (q == 5) {
+        EXPECT_TRUE(std::isnan(out[q]));
+      } else {
+        const float want = w0[q] / good.sigma;
+        ASSERT_EQ(std::memcmp(&out[q], &want, 4), 0) << q << ": " << out[q] << " against " << want;
+      }
+    }
+    const State other = get_state(layers[1]);
+    EXPECT_TRUE(other.sigma > 0.f && std::isfinite(other.sigma));
+    ASSERT_EQ(sn_layer_get_health(layers[1], &health, 0, nullptr), SN_SUCCESS);
+    EXPECT_EQ(health, 0u);
+  }
+  *kernels = captured_kernels([&](cudaStream_t s) { return sn_group_forward(g.p, 1, s); });
+}
+
+TEST(GroupGpu, NonFiniteStepKeepsTheState) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  std::vector<std::string> kernels;
+  expect_nonfinite_step_keeps_state("", rng, &kernels);
+}
+
+// In both bodies of the rows kernel: a warp per row (w = 24) and a block per row (w = 1300).
+TEST(GroupGpu, ZeroStepRestartsFromOnes) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  std::vector<std::string> kernels;
+  expect_zero_step_restarts("", rng, &kernels);
 }
 
 TEST(GroupGpu, UnsupportedMembersAreRefused) {
@@ -791,4 +914,261 @@ TEST(GroupGpu, UnsupportedMembersAreRefused) {
   sn_layer_t *mixed[2] = {ok.p, cpu.p};
   EXPECT_EQ(sn_group_create(&g, mixed, W, nullptr, 2), SN_ERROR_INVALID_BACKEND);
   cudaFree(w);
+}
+
+// ---- every layer on chip, one launch (cuda/on_chip.cu; SPECNORM_TUNE=group_onchip=1) ----
+
+static const char *const kOnChipKernel = "group_on_chip_kernel";
+
+// Members of a group held on chip (rows contiguous, w <= 4096): SN-GAN's shapes and odd ones
+// (1 × 1, 1 × 4096, N × 1, w not a multiple of 4 or 32, so that the 2-byte types' rows start off
+// 16 bytes), every dtype, 1 to 3 iterations, scale only, in place, a norm bound, γ, W off 16 bytes
+// (with W_sn at another alignment: the division by elements; at the same: 16 bytes between the
+// ends). The largest (128 × 1152 fp32, 590 KB) needs clusters.
+static std::vector<Member> on_chip_members() {
+  std::vector<Member> ms = {
+      {{128, 3, 3, 3}},
+      {{128, 128, 3, 3}},
+      {{128, 3, 1, 1}},
+      {{128, 128, 1, 1}},
+      {{1, 128}},
+      {{1, 1}},
+      {{1, 4096}},
+      {{97, 1}},
+      {{3, 5}, 0, SN_DTYPE_FLOAT16},
+      {{33, 65}, 0, SN_DTYPE_BFLOAT16, 3},
+      {{37, 61}, 0, SN_DTYPE_FLOAT16, 2, false, 0.f, false, true},
+      {{130, 1000}, 0, SN_DTYPE_BFLOAT16, 2},
+      {{64, 100}, 0, SN_DTYPE_FLOAT32, 1, true},
+      {{200, 64}, 0, SN_DTYPE_FLOAT32, 1, false, 1.5f},
+      {{77, 99}, 0, SN_DTYPE_FLOAT32, 1, false, 0.f, true},
+      {{1000, 3}},
+      {{100, 300}, 0, SN_DTYPE_FLOAT32, 1, false, 0.f, false, true},
+  };
+  Member off32{{50, 77}}, off16{{45, 70}, 0, SN_DTYPE_BFLOAT16, 2};
+  off32.w_off = 1;  // W at 4 bytes past 16, W_sn aligned: W_sn by elements
+  off16.w_off = 3;  // W and W_sn both at 6 bytes past 16: 16-byte accesses between the ends
+  off16.o_off = 3;
+  ms.push_back(off32);
+  ms.push_back(off16);
+  return ms;
+}
+
+// The members of at most 64 KB each (on chip with any cluster size on an H100 or A100).
+static std::vector<Member> small_on_chip_members() {
+  std::vector<Member> ms = on_chip_members();
+  ms.erase(std::remove_if(ms.begin(), ms.end(),
+                          [](const Member &m) { return numel_of(m.shape) * sn_dtype_size(m.dt) > 65536; }),
+           ms.end());
+  return ms;
+}
+
+// How a group of `ms` is put on chip on this device (cluster 0: it is not), clusters of
+// `cluster` blocks only if > 0: what sn_group_create decides under group_onchip=1.
+static sn_on_chip_t on_chip_plan(const std::vector<Member> &ms, int cluster) {
+  std::vector<sn_group_entry_t> ent(ms.size());
+  for (size_t k = 0; k < ms.size(); ++k) {
+    const sn_view_t v = sn_ref_view(int(ms[k].shape.size()), ms[k].shape.data(), ms[k].dim);
+    ent[k].A = v.A;
+    ent[k].h = v.h;
+    ent[k].B = v.B;
+    ent[k].w = v.A * v.B;
+    ent[k].dtype = int(ms[k].dt);
+  }
+  sn_on_chip_t oc{};
+  sn_cuda_on_chip_prepare(ent.data(), int(ent.size()), cluster, 0, &oc);
+  return oc;
+}
+
+// The forward is one launch of the on-chip kernel, in training and eval.
+static void expect_on_chip(const Captured &k) {
+  EXPECT_EQ(k.training.size(), 1u);
+  EXPECT_EQ(k.eval.size(), 1u);
+  EXPECT_TRUE(any_matches(k.training, kOnChipKernel)) << (k.training.empty() ? "?" : k.training[0]);
+  EXPECT_TRUE(any_matches(k.eval, kOnChipKernel)) << (k.eval.empty() ? "?" : k.eval[0]);
+}
+
+// On a device with clusters and 227 KB of shared memory per block (an H100 or H200), SN-GAN's
+// layers fit clusters of 8: the path must not be declined there.
+static bool expect_sngan_on_chip_here() {
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return false;
+  return sn_cuda_clusters_usable() && optin >= 227 * 1024;
+}
+
+TEST(GroupGpu, OnChipMatchesCpuLayersStepByStep) {
+  REQUIRE_GPU();
+  const std::vector<Member> ms = on_chip_members();
+  const sn_on_chip_t oc = on_chip_plan(ms, 0);
+  if (expect_sngan_on_chip_here()) {
+    EXPECT_EQ(oc.cluster, 8) << "SN-GAN's 590 KB layer takes clusters of 8 (74 KB of rows per block)";
+  }
+  if (oc.cluster == 0) GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  expect_on_chip(expect_group_matches_cpu(ms, "group_onchip=1", rng));
+}
+
+// Every cluster size the device runs, on layers that fit one block: the same results as the CPU,
+// one launch each.
+TEST(GroupGpu, OnChipAnyClusterSizeMatchesCpu) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const std::vector<Member> ms = small_on_chip_members();
+  int ran = 0;
+  for (int c : {1, 2, 4, 8}) {
+    SCOPED_TRACE("clusters of " + std::to_string(c));
+    const sn_on_chip_t oc = on_chip_plan(ms, c);
+    if (expect_sngan_on_chip_here()) {
+      EXPECT_EQ(oc.cluster, c);
+    }
+    if (oc.cluster != c) continue;  // no clusters (c > 1), or too little shared memory
+    expect_on_chip(expect_group_matches_cpu(ms, "group_onchip=1,group_onchip_cluster=" + std::to_string(c), rng));
+    ran += 1;
+  }
+  if (ran == 0) GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
+}
+
+// Bitwise reproducible: two groups of the same layers and weights, eager and replayed from graphs
+// (group_coop=0: had the on-chip launch been declined, the three kernels' launches would show).
+TEST(GroupGpu, OnChipIsDeterministic) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  std::vector<Member> ms = on_chip_members();
+  if (on_chip_plan(ms, 0).cluster == 0) ms = small_on_chip_members();
+  if (on_chip_plan(ms, 0).cluster == 0) GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
+  const std::string tune = "group_onchip=1,group_coop=0";
+  expect_groups_bitwise(ms, tune, {1, 1}, tune, {1, 1}, rng);
+}
+
+// The zero step and the restart from ones, on chip (the 40 × 1300 layer takes 230 KB on one block:
+// clusters only).
+TEST(GroupGpu, OnChipZeroStepRestartsFromOnes) {
+  REQUIRE_GPU();
+  if (on_chip_plan({{{40, 24}}, {{40, 1300}}}, 0).cluster == 0)
+    GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  std::vector<std::string> kernels;
+  expect_zero_step_restarts("group_onchip=1", rng, &kernels);
+  EXPECT_TRUE(any_matches(kernels, kOnChipKernel)) << (kernels.empty() ? "?" : kernels[0]);
+}
+
+TEST(GroupGpu, OnChipNonFiniteStepKeepsTheState) {
+  REQUIRE_GPU();
+  if (on_chip_plan({{{40, 24}}, {{40, 1300}}}, 0).cluster == 0)
+    GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  std::vector<std::string> kernels;
+  expect_nonfinite_step_keeps_state("group_onchip=1", rng, &kernels);
+  EXPECT_TRUE(any_matches(kernels, kOnChipKernel)) << (kernels.empty() ? "?" : kernels[0]);
+}
+
+// Groups with a layer that cannot be on chip keep the other paths, whole: a view with A > 1
+// (dim 1), w > 4096, a layer larger than a cluster's shared memory (16 MB).
+TEST(GroupGpu, OnChipLeavesGroupsThatDoNotFit) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  for (const Member &odd : {Member{{40, 24, 5}, 1}, Member{{8, 5000}}, Member{{2048, 2048}}}) {
+    SCOPED_TRACE("with " + shape_str(odd.shape));
+    std::vector<Member> ms = {{{128, 3, 3, 3}}, {{1, 128}}};
+    ms.push_back(odd);
+    EXPECT_EQ(on_chip_plan(ms, 0).cluster, 0);
+    const Captured k = expect_group_matches_cpu(ms, "group_onchip=1", rng);
+    EXPECT_FALSE(k.training.empty());
+    EXPECT_FALSE(any_matches(k.training, kOnChipKernel)) << k.training[0];
+    EXPECT_FALSE(any_matches(k.eval, kOnChipKernel));
+  }
+}
+
+// A refused on-chip launch (group_onchip_refuse=1: clusters of 16, not allowed) drops to the
+// default path for good: eagerly at once, the results bit for bit those of a group created
+// without the on-chip launch; during a capture with SN_ERROR_CUDA, saying to capture again. (The
+// refusal is assumed to be cudaErrorInvalidClusterSize, as the CUDA documentation says of an
+// invalid cluster size: if it is not, the eager forward fails with the error CUDA returned.)
+TEST(GroupGpu, RefusedOnChipLaunchFallsBack) {
+  REQUIRE_GPU();
+  if (!sn_cuda_clusters_usable()) GTEST_SKIP() << "no thread-block clusters here: nothing to refuse";
+  const std::vector<Member> ms = {{{128, 3, 3, 3}}, {{128, 128, 3, 3}}, {{300, 517}}, {{1, 128}}};
+  if (on_chip_plan(ms, 0).cluster == 0) GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
+  Rng rng(fresh_seed());
+  const std::string base = tune_prefix();
+  std::vector<std::unique_ptr<LayerPtr>> la, lb;
+  std::vector<std::unique_ptr<Tensor>> ts;
+  std::vector<sn_layer_t *> pa, pb;
+  std::vector<void *> W, Oa, Ob;
+  for (size_t k = 0; k < ms.size(); ++k) {
+    sn_layer_desc_t d = make_desc(ms[k].shape, SN_BACKEND_CUDA);
+    d.seed = k;
+    la.push_back(std::make_unique<LayerPtr>(d));
+    lb.push_back(std::make_unique<LayerPtr>(d));
+    ASSERT_TRUE(la.back()->p && lb.back()->p);
+    pa.push_back(la.back()->p);
+    pb.push_back(lb.back()->p);
+    const int64_t n = numel_of(ms[k].shape);
+    for (int q = 0; q < 3; ++q) ts.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, n));
+    ts[ts.size() - 3]->set(rng.normals(n));
+    W.push_back(ts[ts.size() - 3]->dev);
+    Oa.push_back(ts[ts.size() - 2]->dev);
+    Ob.push_back(ts[ts.size() - 1]->dev);
+  }
+  const std::string refused = base + "group_onchip=1,group_onchip_refuse=1";
+  GroupPtr ga, gb;
+  ASSERT_EQ(create_group_tuned(ga, pa, W, Oa, base + "group_onchip=0"), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(create_group_tuned(gb, pb, W, Ob, refused), SN_SUCCESS) << sn_last_error_message();
+  for (int step = 0; step < 3; ++step) {
+    const int training = step < 2;
+    ASSERT_EQ(sn_group_forward(ga.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_group_forward(gb.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    CUDA_OK(cudaDeviceSynchronize());
+    for (size_t k = 0; k < ms.size(); ++k) {
+      SCOPED_TRACE("step " + std::to_string(step) + ", layer " + shape_str(ms[k].shape));
+      EXPECT_TRUE(same_state(get_state(pa[k]), get_state(pb[k])));
+      EXPECT_TRUE(ts[3 * k + 1]->download_bytes() == ts[3 * k + 2]->download_bytes());
+    }
+  }
+  const std::vector<std::string> after = captured_kernels([&](cudaStream_t s) { return sn_group_forward(gb.p, 1, s); });
+  EXPECT_FALSE(after.empty());
+  EXPECT_FALSE(any_matches(after, kOnChipKernel));
+
+  // Refused during a capture: the layers warmed up on their own, so the captured forward is the
+  // group's first.
+  std::vector<std::unique_ptr<LayerPtr>> lc;
+  std::vector<sn_layer_t *> pc;
+  for (size_t k = 0; k < ms.size(); ++k) {
+    lc.push_back(std::make_unique<LayerPtr>(make_desc(ms[k].shape, SN_BACKEND_CUDA)));
+    ASSERT_TRUE(lc.back()->p);
+    pc.push_back(lc.back()->p);
+    ASSERT_EQ(sn_forward(pc.back(), W[k], Oa[k], 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  }
+  GroupPtr gc;
+  ASSERT_EQ(create_group_tuned(gc, pc, W, Oa, refused), SN_SUCCESS) << sn_last_error_message();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  const sn_status_t st = sn_group_forward(gc.p, 1, s);
+  const std::string msg = sn_last_error_message();
+  cudaGraph_t graph = nullptr;
+  (void)cudaStreamEndCapture(s, &graph);
+  if (graph) cudaGraphDestroy(graph);
+  (void)cudaGetLastError();
+  cudaStreamDestroy(s);
+  EXPECT_EQ(st, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
+  EXPECT_NE(msg.find("on-chip"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("capture"), std::string::npos) << msg;
+  const std::vector<std::string> later = captured_kernels([&](cudaStream_t q) { return sn_group_forward(gc.p, 1, q); });
+  EXPECT_FALSE(later.empty());
+  EXPECT_FALSE(any_matches(later, kOnChipKernel));
 }

@@ -3,6 +3,8 @@
 // next training forward from the all-ones vector, without a host round trip.
 #include <cuda_runtime.h>
 
+#include <memory>
+
 #include "test_util.h"
 
 using namespace sntest;
@@ -41,11 +43,15 @@ uint32_t health(sn_layer_t *l, int clear = 0) {
   return h;
 }
 
-class Health : public ::testing::TestWithParam<std::tuple<sn_backend_t, sn_algo_t>> {
+// (backend, algorithm, SPECNORM_TUNE knobs the test's layers are created under: "" for none)
+class Health : public ::testing::TestWithParam<std::tuple<sn_backend_t, sn_algo_t, const char *>> {
  protected:
   void SetUp() override {
     if (std::get<0>(GetParam()) == SN_BACKEND_CUDA) REQUIRE_GPU();
+    if (*std::get<2>(GetParam()))
+      tune_ = std::make_unique<ScopedEnv>("SPECNORM_TUNE", (tune_prefix() + std::get<2>(GetParam())).c_str());
   }
+  std::unique_ptr<ScopedEnv> tune_;
   sn_layer_desc_t desc(int64_t h, int64_t w) {
     sn_layer_desc_t d = make_desc({h, w}, std::get<0>(GetParam()));
     d.algo = std::get<1>(GetParam());
@@ -160,10 +166,13 @@ TEST_P(Health, AllZeroWeightThenRecovery) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, Health,
-                         ::testing::Values(std::make_tuple(SN_BACKEND_CPU, SN_ALGO_DEFAULT),
-                                           std::make_tuple(SN_BACKEND_CUDA, SN_ALGO_TWO_PASS),
-                                           std::make_tuple(SN_BACKEND_CUDA, SN_ALGO_ONE_PASS)),
+                         ::testing::Values(std::make_tuple(SN_BACKEND_CPU, SN_ALGO_DEFAULT, ""),
+                                           std::make_tuple(SN_BACKEND_CUDA, SN_ALGO_TWO_PASS, ""),
+                                           std::make_tuple(SN_BACKEND_CUDA, SN_ALGO_ONE_PASS, ""),
+                                           // every warmed-up forward one launch, the layer on chip
+                                           std::make_tuple(SN_BACKEND_CUDA, SN_ALGO_DEFAULT, "op_onchip=1")),
                          [](const auto &info) {
+                           if (*std::get<2>(info.param)) return std::string("cuda_on_chip");
                            return std::string(std::get<0>(info.param) == SN_BACKEND_CPU ? "cpu" : "cuda") +
                                   (std::get<1>(info.param) == SN_ALGO_ONE_PASS ? "_one_pass" : "_two_pass");
                          });

@@ -1,0 +1,397 @@
+// Forward with every layer held on chip, for a group (SPECNORM_TUNE=group_onchip=1) or a single
+// warmed-up layer (op_onchip=1; both built without a GPU, not yet run on one): a layer's rows are
+// split over the blocks of one thread-block cluster,
+// each block copies its rows of W into its shared memory once, runs every power iteration and the
+// division from there, and the cluster's blocks add up their partial products through distributed
+// shared memory (sm_90). One launch per forward whatever the number of layers and iterations, and
+// no grid-wide dependency: each cluster is one layer, so clusters need not be resident together
+// (a plain launch, not a cooperative one). W is read from global memory once and W_sn written
+// once: 2 · bytes(W) where the three kernels move 3 (the issue's "keep W on chip where it fits").
+//
+// Per block (rank r of C, layer L = blockIdx.x / C), rows i0 = h·r/C to i1 = h·(r+1)/C:
+//   load   the rows (cp.async, 16 bytes where W's addresses allow, placed in shared memory at W's
+//          alignment mod 16) and v (iteration 0; ones when the health word asks for a restart),
+//          eval: the rows' u_i; the state scalars the commit needs (last good σ, health, γ).
+//   t      a warp per row: t_i = M_i · v (lane-strided columns, a shuffle butterfly); a thread per
+//          row when w <= 32.
+//   s      a thread per column: the block's partial s_j = Σ_i t_i M_ij over its rows in order
+//          (w < 128: over groups of rows, then the groups in order), and its Σ t_i² (eval:
+//          Σ u_i t_i), into its shared memory.
+//   reduce after a cluster barrier, every block adds the C partials in rank order (the same bits
+//          in every block): m_t = max(‖t‖, eps), s = Σ partials / m_t, m_s = max(‖s‖, eps),
+//          σ = ‖s‖² / m_s (eval: σ = Σ u_i t_i); the next iteration's v = s / m_s stays in shared
+//          memory. Partials are double-buffered, so one cluster barrier per iteration suffices.
+//   commit u_i = t_i / m_t for its rows, v_j = s_j / m_s for its slice of columns, the state
+//          word (rank 0), then W_sn = (W / d) · γ from shared memory (in place is safe: a block
+//          writes only the rows it alone read).
+// The arithmetic is that of the three kernels (cuda/group.cu) in another order, so the results
+// match them to rounding, not bit for bit; every reduction has a fixed order, so they are
+// bitwise reproducible.
+// Which layers: rows contiguous (A = 1) and w <= kOnChipMaxW, with a cluster size C (1, 2, 4, 8;
+// 1 only without clusters: sm_80, or code not built for sm_90) whose blocks' shared memory holds
+// the largest layer's share (sn_cuda_on_chip_prepare): for a group, the smallest C that brings
+// every block's rows under kOnChipTargetBytes, else the largest that fits; for a single layer,
+// whose launch is its one cluster, the largest that fits. SN-GAN CIFAR-10 (128 × 1152 fp32 at
+// most, 590 KB) takes clusters of 8 either way: 74 KB of rows per block, 88 blocks as a group.
+// A single layer passes its entry by value (the kernel's parameter), a group its device table.
+#include <cooperative_groups.h>
+#include <cuda_pipeline.h>
+
+#include "kernels.h"
+#include "sn_device.cuh"
+#include "sn_reference.h" /* sn_dtype_size */
+#include "sn_types.cuh"
+
+namespace sn {
+namespace {
+
+// Widest layer: every block adds all C partials of every column (C·w loads of distributed shared
+// memory per block), which stays small up to here.
+constexpr int64_t kOnChipMaxW = 4096;
+constexpr int kOnChipMaxCluster = 8;  // the portable cluster size
+// Rows per block the cluster size aims at: a block's load, products and division scale with it.
+constexpr size_t kOnChipTargetBytes = 64 * 1024;
+
+// Narrow layers (w < kBlock / 2): the block's partial s of a column is split over up to this many
+// groups of rows, added up in group order (a thread per column would go through all the block's
+// rows alone: 1000 × 3 on one block, 1000 dependent steps).
+constexpr int kMaxRowGroups = 16;
+
+// Shared memory of every block of the launch, at the same offsets in all of them (a block finds
+// its peers' buffers at its own offsets): the rows of W (placed at W's address mod 16, so 16 +
+// the largest share, rounded up to 16 bytes), then floats: v, two partial s, s (w4 each), t and
+// u (rows4 each), 4 for the partial Σ t² (one per parity of the iteration), kBlock for the row
+// groups' partial s.
+struct OnChipParams {
+  const sn_group_entry_t *entries;  // the group's table (device), or NULL: the one layer below
+  sn_group_entry_t one;
+  int cluster;
+  int w_bytes, w4, rows4;
+  bool training;
+};
+
+size_t on_chip_smem(int w_bytes, int w4, int rows4) {
+  return (size_t)w_bytes + sizeof(float) * (4 * (size_t)w4 + 2 * (size_t)rows4 + 4 + kBlock);
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ unsigned cluster_rank() { return cooperative_groups::this_cluster().block_rank(); }
+__device__ __forceinline__ void cluster_sync() { cooperative_groups::this_cluster().sync(); }
+__device__ __forceinline__ void cluster_arrive() { cooperative_groups::this_cluster().barrier_arrive(); }
+__device__ __forceinline__ void cluster_wait() { cooperative_groups::this_cluster().barrier_wait(); }
+template <class P>
+__device__ __forceinline__ P *peer(P *p, unsigned rank) {
+  return cooperative_groups::this_cluster().map_shared_rank(p, (int)rank);
+}
+#else
+// Without clusters (code for sm_80) the host launches C = 1: the block is its own cluster.
+__device__ __forceinline__ unsigned cluster_rank() { return 0; }
+__device__ __forceinline__ void cluster_sync() { __syncthreads(); }
+__device__ __forceinline__ void cluster_arrive() {}
+__device__ __forceinline__ void cluster_wait() {}
+template <class P>
+__device__ __forceinline__ P *peer(P *p, unsigned) { return p; }
+#endif
+
+// The 16-byte-aligned middle [lo, hi) of the bytes [b, b + n) (lo = hi when there is none).
+struct Middle {
+  uintptr_t lo, hi;
+};
+__device__ __forceinline__ Middle middle_of(const void *p, int64_t n_bytes) {
+  const uintptr_t b = reinterpret_cast<uintptr_t>(p), e = b + (uintptr_t)n_bytes;
+  const uintptr_t lo = min((b + 15) & ~(uintptr_t)15, e);
+  return {lo, max(lo, e & ~(uintptr_t)15)};
+}
+
+// dst[0..n) = src[0..n) (dst in shared memory at src's address mod 16), by the block: the aligned
+// middle as 16-byte cp.async (in flight together, no registers), the < 16 bytes at either end by
+// plain loads. The caller commits and waits.
+template <class T>
+__device__ __forceinline__ void copy_in(T *dst, const T *src, int64_t n) {
+  const Middle m = middle_of(src, n * (int64_t)sizeof(T));
+  const uintptr_t b = reinterpret_cast<uintptr_t>(src);
+  char *d = reinterpret_cast<char *>(dst) + (m.lo - b);
+  const char *s = reinterpret_cast<const char *>(m.lo);
+  const int64_t packs = (int64_t)(m.hi - m.lo) / 16;
+  for (int64_t q = threadIdx.x; q < packs; q += kBlock) __pipeline_memcpy_async(d + 16 * q, s + 16 * q, 16);
+  const int64_t head = (int64_t)(m.lo - b) / (int64_t)sizeof(T), tail = (int64_t)(m.hi - b) / (int64_t)sizeof(T);
+  for (int64_t k = threadIdx.x; k < head; k += kBlock) dst[k] = src[k];
+  for (int64_t k = tail + threadIdx.x; k < n; k += kBlock) dst[k] = src[k];
+}
+
+// out[k] = cs.apply(src[k]) for k < n, src in shared memory as copy_in placed it: 16 bytes at a
+// time where out has src's global address mod 16 (then src's aligned middle is out's), else by
+// elements.
+template <class T>
+__device__ __forceinline__ void divide_out(T *out, const T *src_sm, const T *src_global, int64_t n,
+                                           const CommitScale &cs) {
+  const uintptr_t b = reinterpret_cast<uintptr_t>(src_global);
+  int64_t head = n, tail = n;  // without a common alignment: all by elements, as the "head"
+  if (((reinterpret_cast<uintptr_t>(out) - b) & 15) == 0) {
+    const Middle m = middle_of(src_global, n * (int64_t)sizeof(T));
+    head = (int64_t)(m.lo - b) / (int64_t)sizeof(T);
+    tail = (int64_t)(m.hi - b) / (int64_t)sizeof(T);
+    constexpr int E = kWide<T>;
+    using V = VecN<T, E>;
+    const int64_t packs = (tail - head) / E;
+    for (int64_t q = threadIdx.x; q < packs; q += kBlock) {
+      const int64_t k = head + E * q;
+      const uint4 raw4 = *reinterpret_cast<const uint4 *>(src_sm + k);
+      typename V::raw r;
+      memcpy(&r, &raw4, 16);
+      float x[E];
+      V::cvt(r, x);
+#pragma unroll
+      for (int e = 0; e < E; ++e) x[e] = cs.apply(x[e]);
+      V::store(out + k, x);
+    }
+  }
+  for (int64_t k = threadIdx.x; k < head; k += kBlock) out[k] = from_f<T>(cs.apply(to_f(src_sm[k])));
+  for (int64_t k = tail + threadIdx.x; k < n; k += kBlock) out[k] = from_f<T>(cs.apply(to_f(src_sm[k])));
+}
+
+template <class T>
+__device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, unsigned r, char *sm) {
+  const unsigned C = (unsigned)p.cluster;
+  const bool training = p.training;
+  const int w = (int)e.w;
+  const int64_t i0 = e.h * r / C, i1 = e.h * (r + 1) / C;
+  const int rows = (int)(i1 - i0);
+  const int64_t n = (int64_t)rows * w;
+  const T *Wg = static_cast<const T *>(e.W) + i0 * w;
+  T *Ws = reinterpret_cast<T *>(sm + (reinterpret_cast<uintptr_t>(Wg) & 15));
+  float *v_sm = reinterpret_cast<float *>(sm + p.w_bytes);
+  float *s_sm = v_sm + 3 * p.w4;  // s of the current iteration (partials at v_sm + w4, + 2·w4)
+  float *t_sm = v_sm + 4 * p.w4, *u_sm = t_sm + p.rows4, *tsq_sm = u_sm + p.rows4, *grp_sm = tsq_sm + 4;
+
+  // Load: W's rows, v (iteration 0) and, eval, u_i: all in flight together.
+  copy_in(Ws, Wg, n);
+  for (int j = threadIdx.x; j < w; j += kBlock) __pipeline_memcpy_async(&v_sm[j], &e.v[j], 4);
+  if (!training)
+    for (int k = threadIdx.x; k < rows; k += kBlock) __pipeline_memcpy_async(&u_sm[k], &e.u[i0 + k], 4);
+  __pipeline_commit();
+  // The state as this forward found it: nothing writes it before this cluster's own commit.
+  const unsigned health = reinterpret_cast<const unsigned *>(e.sigma)[3];
+  const float sig_old = e.sigma[0], gamma = e.gamma ? *e.gamma : 1.f;
+  __pipeline_wait_prior(0);
+  if (training && (health & SN_HEALTH_RESTART))  // restart from ones (the thread's own copies)
+    for (int j = threadIdx.x; j < w; j += kBlock) v_sm[j] = 1.f;
+  __syncthreads();
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int iters = training ? e.n_iters : 1;
+  const int groups = w < kBlock / 2 ? min(kMaxRowGroups, kBlock / w) : 1;  // of rows, for s
+  float m_t = 1.f, m_s = 1.f, sig = 0.f;
+  for (int it = 0; it < iters; ++it) {
+    const int par = it & 1;
+    float *part = v_sm + (1 + par) * p.w4;
+    // t_i = M_i · v (eval: u_i t_i): a thread per row of up to 32 elements, else a warp per row.
+    if (w <= 32) {
+      for (int k = threadIdx.x; k < rows; k += kBlock) {
+        const T *row = Ws + (int64_t)k * w;
+        float d = 0.f;
+        for (int j = 0; j < w; ++j) d = fmaf(to_f(row[j]), v_sm[j], d);
+        t_sm[k] = training ? d : u_sm[k] * d;
+      }
+    } else {
+      for (int k = warp; k < rows; k += kWarps) {
+        const T *row = Ws + (int64_t)k * w;
+        float d = 0.f;
+        // (Unrolled, so that the shared-memory loads of 8 steps are in flight together: the sum's
+        // order is that of j either way.)
+#pragma unroll 8
+        for (int j = lane; j < w; j += 32) d = fmaf(to_f(row[j]), v_sm[j], d);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        if (lane == 0) t_sm[k] = training ? d : u_sm[k] * d;
+      }
+    }
+    __syncthreads();
+    // The block's partial s (training): a thread per column over the rows in order, or, narrow,
+    // over rows g, g + groups, ... and then the groups in order.
+    if (training && groups == 1) {
+      for (int j = threadIdx.x; j < w; j += kBlock) {
+        float x = 0.f;
+#pragma unroll 4
+        for (int k = 0; k < rows; ++k) x = fmaf(t_sm[k], to_f(Ws[(int64_t)k * w + j]), x);
+        part[j] = x;
+      }
+    } else if (training) {
+      const int j = threadIdx.x % w, g = threadIdx.x / w;
+      if (g < groups) {
+        float x = 0.f;
+#pragma unroll 4
+        for (int k = g; k < rows; k += groups) x = fmaf(t_sm[k], to_f(Ws[(int64_t)k * w + j]), x);
+        grp_sm[g * w + j] = x;
+      }
+      __syncthreads();
+      if (threadIdx.x < w) {
+        float x = 0.f;
+        for (int q = 0; q < groups; ++q) x += grp_sm[q * w + threadIdx.x];
+        part[threadIdx.x] = x;
+      }
+    }
+    // And its Σ t² (eval: Σ u_i t_i).
+    float q = 0.f;
+    for (int k = threadIdx.x; k < rows; k += kBlock) q = training ? fmaf(t_sm[k], t_sm[k], q) : q + t_sm[k];
+    q = block_sum(q);
+    if (threadIdx.x == 0) tsq_sm[par] = q;
+    cluster_sync();  // every block's partials are in its shared memory
+    // The cluster's sums, in rank order: the same bits in every block.
+    float tot = 0.f;
+#pragma unroll
+    for (unsigned c = 0; c < (unsigned)kOnChipMaxCluster; ++c)
+      if (c < C) tot += *peer(&tsq_sm[par], c);
+    if (!training) {
+      sig = tot;
+      break;
+    }
+    m_t = fmaxf(sqrtf(tot), e.eps);
+    const float rt = 1.f / m_t;
+    float sq = 0.f;
+#pragma unroll 2
+    for (int j = threadIdx.x; j < w; j += kBlock) {
+      float x = 0.f;
+#pragma unroll
+      for (unsigned c = 0; c < (unsigned)kOnChipMaxCluster; ++c)
+        if (c < C) x += peer(part, c)[j];
+      x *= rt;
+      s_sm[j] = x;
+      sq += __fmul_rn(x, x);
+    }
+    const float ssq = block_sum(sq);
+    m_s = fmaxf(sqrtf(ssq), e.eps);
+    sig = ssq / m_s;
+    if (it + 1 < iters) {
+      const float rs = 1.f / m_s;
+      for (int j = threadIdx.x; j < w; j += kBlock) v_sm[j] = s_sm[j] * rs;  // the thread's own s_j
+      __syncthreads();
+    }
+  }
+  // No block leaves while a peer may still read its shared memory: the arrival here (this block
+  // reads no peer from now on), the wait at the end.
+  cluster_arrive();
+
+  const CommitScale cs = commit_scale_of(sig, sig_old, e.norm_bound, gamma);
+  if (training && cs.good) {
+    for (int k = threadIdx.x; k < rows; k += kBlock) e.u[i0 + k] = t_sm[k] / m_t;
+    const int j0 = (int)((int64_t)w * r / C), j1 = (int)((int64_t)w * (r + 1) / C);
+    for (int j = j0 + threadIdx.x; j < j1; j += kBlock) e.v[j] = s_sm[j] / m_s;
+  }
+  if (r == 0 && threadIdx.x == 0) commit_state_word_of(e.sigma, cs, training, health);
+  if (e.W_sn) divide_out(static_cast<T *>(e.W_sn) + i0 * w, Ws, Wg, n, cs);
+  cluster_wait();
+}
+
+// (2 blocks per SM, said explicitly: unbounded, ptxas took sm_90 code to 133 registers, 1 block
+// per SM, and held sm_80 code to 64 with 104 bytes of spills; bounded, 127 and 114, no spill.
+// SN-GAN's clusters of 8 take ~92 KB of shared memory per block: 2 per SM.)
+__global__ void __launch_bounds__(kBlock, 2) group_on_chip_kernel(OnChipParams p) {
+  extern __shared__ float4 on_chip_sm[];
+  // A group's table is written once, at its creation: read before waiting on the previous kernel.
+  const sn_group_entry_t e = p.entries ? p.entries[blockIdx.x / (unsigned)p.cluster] : p.one;
+  pdl_enter();
+  const unsigned r = cluster_rank();
+  char *sm = reinterpret_cast<char *>(on_chip_sm);
+  switch (e.dtype) {
+    case SN_DTYPE_FLOAT16: layer_on_chip<__half>(p, e, r, sm); break;
+    case SN_DTYPE_BFLOAT16: layer_on_chip<__nv_bfloat16>(p, e, r, sm); break;
+    default: layer_on_chip<float>(p, e, r, sm); break;
+  }
+}
+
+// The layout for clusters of C: 0 bytes when a layer cannot be on chip at all.
+struct Layout {
+  int w_bytes = 0, w4 = 0, rows4 = 0;
+  size_t bytes = 0;     // dynamic shared memory per block
+  size_t share = 0;     // the largest share of W's bytes a block holds
+};
+
+Layout layout_for(const sn_group_entry_t *ent, int count, int C) {
+  Layout L;
+  int64_t w = 1, rows = 1;
+  for (int k = 0; k < count; ++k) {
+    if (ent[k].A != 1 || ent[k].w > kOnChipMaxW) return Layout{};
+    const int64_t share = (ent[k].h + C - 1) / C;
+    const size_t bytes = (size_t)share * (size_t)ent[k].w * sn_dtype_size((sn_dtype_t)ent[k].dtype);
+    if (bytes > L.share) L.share = bytes;
+    if (ent[k].w > w) w = ent[k].w;
+    if (share > rows) rows = share;
+  }
+  if (L.share > ((size_t)1 << 30) || rows > (1 << 28)) return Layout{};  // nothing fits that
+  L.w_bytes = (int)((16 + L.share + 15) / 16 * 16);
+  L.w4 = (int)((w + 3) / 4 * 4);
+  L.rows4 = (int)((rows + 3) / 4 * 4);
+  L.bytes = on_chip_smem(L.w_bytes, L.w4, L.rows4);
+  return L;
+}
+
+}  // namespace
+
+cudaError_t launch_on_chip(const sn_on_chip_t &oc, const sn_group_entry_t *entries,
+                           const sn_group_entry_t *one, int count, bool pdl, bool training,
+                           cudaStream_t stream) {
+  OnChipParams p{};
+  p.entries = entries;
+  if (!entries) p.one = *one;
+  p.cluster = oc.cluster;
+  p.w_bytes = oc.w_bytes;
+  p.w4 = oc.w4;
+  p.rows4 = oc.rows4;
+  p.training = training;
+  const size_t smem = on_chip_smem(p.w_bytes, p.w4, p.rows4);
+  const int blocks = count * oc.cluster;
+  if (!oc.clusters) return launch(pdl, group_on_chip_kernel, blocks, kBlock, smem, stream, p);
+  // (oc.refuse, tests only: clusters of 16, which need cudaFuncAttributeNonPortableClusterSizeAllowed,
+  // not set: the launch is refused, cudaErrorInvalidClusterSize by the CUDA documentation.)
+  ClusterLaunch L(blocks, kBlock, smem, oc.refuse ? 16 : oc.cluster, stream, pdl);
+  return cudaLaunchKernelEx(&L.cfg, group_on_chip_kernel, p);
+}
+
+}  // namespace sn
+
+extern "C" void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, int force_cluster,
+                                        int prefer_large, sn_on_chip_t *oc) {
+  *oc = sn_on_chip_t{};
+  const bool clusters = sn::clusters_usable();
+  int dev = 0, optin = 0;
+  cudaFuncAttributes fa{};
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
+      cudaFuncGetAttributes(&fa, sn::group_on_chip_kernel) != cudaSuccess) {
+    (void)cudaGetLastError();  // not on chip: the other paths need none of this
+    return;
+  }
+  const size_t avail = (size_t)optin > fa.sharedSizeBytes ? (size_t)optin - fa.sharedSizeBytes : 0;
+  // Groups: the smallest cluster that brings every block's share under the target, else the
+  // largest that fits. A single layer (prefer_large): the largest that fits. Only the forced size
+  // with group_onchip_cluster.
+  int best = 0;
+  sn::Layout chosen;
+  for (int C = 1; C <= (clusters ? sn::kOnChipMaxCluster : 1); C *= 2) {
+    if (force_cluster > 0 && C != force_cluster) continue;
+    const sn::Layout L = sn::layout_for(ent, count, C);
+    if (L.bytes == 0) return;  // a layer that cannot be on chip: not this path
+    if (L.bytes > avail) continue;
+    best = C;
+    chosen = L;
+    if (!prefer_large && L.share <= sn::kOnChipTargetBytes) break;
+  }
+  if (best == 0) return;
+  cudaError_t e = sn::allow_shared_memory(sn::group_on_chip_kernel, chosen.bytes);
+  if (e == cudaSuccess && clusters) {
+    int fit = 0;
+    sn::ClusterLaunch L(best, sn::kBlock, chosen.bytes, best, nullptr);
+    e = cudaOccupancyMaxActiveClusters(&fit, sn::group_on_chip_kernel, &L.cfg);
+    if (e == cudaSuccess && fit < 1) return;  // no such cluster can be scheduled
+  }
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return;
+  }
+  oc->cluster = best;
+  oc->clusters = clusters ? 1 : 0;
+  oc->w_bytes = chosen.w_bytes;
+  oc->w4 = chosen.w4;
+  oc->rows4 = chosen.rows4;
+}
