@@ -74,8 +74,8 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   group_onchip=1  a group whose every layer fits on chip runs as one launch that holds each layer
 //                   in the shared memory of a thread-block cluster (cuda/on_chip.cu)
 //   group_onchip_cluster=C  with clusters of C blocks (1, 2, 4 or 8) only
-//   group_onchip_refuse=1   that launch with clusters of 16 blocks, which the device refuses
-//                   (tests: the fallback, host/group.c)
+//   onchip_refuse=1 the on-chip launches (op_onchip, group_onchip) with clusters of 16 blocks,
+//                   which the device refuses (tests: the fallbacks, host/layer.c and group.c)
 // Unknown keys and bad values are ignored.
 struct Tune {
   int op_bps = 0;      // 0: as many as fit
@@ -94,7 +94,7 @@ struct Tune {
   int op_onchip = 0;             // 1: layers that fit on chip run as one launch, on chip
   int group_onchip = 0;          // 1: groups that fit on chip run as one launch, layers on chip
   int group_onchip_cluster = 0;  // > 0: that launch's cluster size
-  int group_onchip_refuse = 0;   // 1: that launch with clusters of 16 blocks, refused (tests)
+  int onchip_refuse = 0;         // 1: the on-chip launches with clusters of 16 blocks, refused (tests)
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
                        // blocks of every step)
 };
@@ -118,7 +118,7 @@ Tune read_tune() {
       {"group_fuse=", &t.group_fuse, 0, 1, false},
       {"group_onchip=", &t.group_onchip, 0, 1, false},  {"op_onchip=", &t.op_onchip, 0, 1, false},
       {"group_onchip_cluster=", &t.group_onchip_cluster, 1, 8, true},
-      {"group_onchip_refuse=", &t.group_onchip_refuse, 0, 1, false},
+      {"onchip_refuse=", &t.onchip_refuse, 0, 1, false},
   };
   const char *s = std::getenv("SPECNORM_TUNE");
   while (s && *s) {
@@ -205,7 +205,7 @@ extern "C" int sn_cuda_tune_group_fuse(void) { return read_tune().group_fuse; }
 extern "C" int sn_cuda_tune_group_onchip(int *cluster, int *refuse) {
   const Tune t = read_tune();
   *cluster = t.group_onchip_cluster;
-  *refuse = t.group_onchip_refuse;
+  *refuse = t.onchip_refuse;
   return t.group_onchip;
 }
 
@@ -238,6 +238,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     e.w = view.A * view.B;
     e.dtype = (int)dtype;
     sn_cuda_on_chip_prepare(&e, 1, 0, 1, &plan->onchip);
+    plan->onchip.refuse = tune.onchip_refuse && plan->onchip.clusters;  // tests: the refused launch
   }
   const int64_t h = view.h, w = view.A * view.B;
   const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over
@@ -369,7 +370,8 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
   }
 
   // A warmed-up layer on chip (SPECNORM_TUNE=op_onchip=1): the whole forward in one launch.
-  if (P.onchip.cluster > 0 && a->order == SN_ORDER_U_FIRST && a->warmup_iters == 0) {
+  if (P.onchip.cluster > 0 && a->order == SN_ORDER_U_FIRST && a->warmup_iters == 0 &&
+      (a->n_iters > 0 || !a->training)) {
     sn_group_entry_t e{};
     e.W = a->W;
     e.W_sn = a->W_sn;

@@ -326,6 +326,25 @@ Layout layout_for(const sn_group_entry_t *ent, int count, int C) {
   return L;
 }
 
+// Whether clusters of C blocks with `bytes` of shared memory each can run on the current device
+// (C = 1 without clusters: a block), once the kernel may use that much.
+bool schedulable(int C, size_t bytes, bool clusters) {
+  if (allow_shared_memory(group_on_chip_kernel, bytes) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  int fit = 0;
+  cudaError_t e;
+  if (clusters) {
+    ClusterLaunch L(C, kBlock, bytes, C, nullptr);
+    e = cudaOccupancyMaxActiveClusters(&fit, group_on_chip_kernel, &L.cfg);
+  } else {
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, group_on_chip_kernel, kBlock, bytes);
+  }
+  if (e != cudaSuccess) (void)cudaGetLastError();
+  return e == cudaSuccess && fit >= 1;
+}
+
 }  // namespace
 
 cudaError_t launch_on_chip(const sn_on_chip_t &oc, const sn_group_entry_t *entries,
@@ -343,7 +362,8 @@ cudaError_t launch_on_chip(const sn_on_chip_t &oc, const sn_group_entry_t *entri
   const int blocks = count * oc.cluster;
   if (!oc.clusters) return launch(pdl, group_on_chip_kernel, blocks, kBlock, smem, stream, p);
   // (oc.refuse, tests only: clusters of 16, which need cudaFuncAttributeNonPortableClusterSizeAllowed,
-  // not set: the launch is refused, cudaErrorInvalidClusterSize by the CUDA documentation.)
+  // not set: the launch is refused, cudaErrorInvalidClusterSize by the CUDA documentation.
+  // SPECNORM_TUNE=onchip_refuse=1.)
   ClusterLaunch L(blocks, kBlock, smem, oc.refuse ? 16 : oc.cluster, stream, pdl);
   return cudaLaunchKernelEx(&L.cfg, group_on_chip_kernel, p);
 }
@@ -366,32 +386,26 @@ extern "C" void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, 
   // Groups: the smallest cluster that brings every block's share under the target, else the
   // largest that fits. A single layer (prefer_large): the largest that fits. Only the forced size
   // with group_onchip_cluster.
+  // (A size whose clusters cannot be scheduled, e.g. under an SM limit, is passed over.)
   int best = 0;
   sn::Layout chosen;
   for (int C = 1; C <= (clusters ? sn::kOnChipMaxCluster : 1); C *= 2) {
     if (force_cluster > 0 && C != force_cluster) continue;
     const sn::Layout L = sn::layout_for(ent, count, C);
     if (L.bytes == 0) return;  // a layer that cannot be on chip: not this path
-    if (L.bytes > avail) continue;
+    if (L.bytes > avail || !sn::schedulable(C, L.bytes, clusters)) continue;
     best = C;
     chosen = L;
     if (!prefer_large && L.share <= sn::kOnChipTargetBytes) break;
   }
   if (best == 0) return;
-  cudaError_t e = sn::allow_shared_memory(sn::group_on_chip_kernel, chosen.bytes);
-  if (e == cudaSuccess && clusters) {
-    int fit = 0;
-    sn::ClusterLaunch L(best, sn::kBlock, chosen.bytes, best, nullptr);
-    e = cudaOccupancyMaxActiveClusters(&fit, sn::group_on_chip_kernel, &L.cfg);
-    if (e == cudaSuccess && fit < 1) return;  // no such cluster can be scheduled
-  }
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return;
-  }
   oc->cluster = best;
   oc->clusters = clusters ? 1 : 0;
   oc->w_bytes = chosen.w_bytes;
   oc->w4 = chosen.w4;
   oc->rows4 = chosen.rows4;
+}
+
+extern "C" int sn_cuda_on_chip_refused(int e) {
+  return e == (int)cudaErrorInvalidClusterSize || e == (int)cudaErrorLaunchOutOfResources;
 }

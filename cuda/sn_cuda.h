@@ -51,7 +51,7 @@ typedef struct {
   int clusters;           /* 1: launched as thread-block clusters (sm_90); 0: plain blocks (cluster 1) */
   int w_bytes, w4, rows4; /* the shared-memory layout of every block */
   int refuse;             /* tests: launch clusters of 16 blocks, which the device refuses
-                             (SPECNORM_TUNE=group_onchip_refuse=1; sn_group_forward falls back) */
+                             (SPECNORM_TUNE=onchip_refuse=1; sn_forward, sn_group_forward fall back) */
 } sn_on_chip_t;
 
 /* Scalar slots in the plan's scratch `scal` array. */
@@ -241,7 +241,7 @@ int sn_cuda_group_fused(int fuse, int row_blocks, int64_t w);
  * capability 9.0 and up, and code built for it). */
 int sn_cuda_clusters_usable(void);
 /* SPECNORM_TUNE's group_onchip (0 if unset), group_onchip_cluster (*cluster, 0 if unset) and
- * group_onchip_refuse (*refuse). */
+ * onchip_refuse (*refuse). */
 int sn_cuda_tune_group_onchip(int *cluster, int *refuse);
 /* Whether the `count` layers that ent describes (host memory; A, h, w and dtype are read) can all
  * be held on chip in one launch on the current device, and how (cuda/on_chip.cu says which):
@@ -251,6 +251,10 @@ int sn_cuda_tune_group_onchip(int *cluster, int *refuse);
  * every block's share of W under 64 KB (a group, whose clusters share the device). */
 void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, int force_cluster, int prefer_large,
                              sn_on_chip_t *oc);
+/* Whether launch error e is the refusal of an on-chip launch (its clusters cannot be scheduled
+ * now: fewer SMs than at its preparation, the GPU shared under MPS): nothing ran, and the usual
+ * kernels can run instead. */
+int sn_cuda_on_chip_refused(int e);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
 

@@ -193,7 +193,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
       c->div_layer = c->red_layer + red;
       /* Every layer on chip in one launch, where they all fit (SPECNORM_TUNE=group_onchip=1). */
       int onchip_cluster = 0, refuse = 0;
-      if (sn_cuda_tune_group_onchip(&onchip_cluster, &refuse)) {
+      if (sn_cuda_tune_group_onchip(&onchip_cluster, &refuse)) { /* refuse: onchip_refuse (tests) */
         sn_cuda_on_chip_prepare(ent, g->count, onchip_cluster, 0, &c->onchip);
         c->onchip.refuse = refuse && c->onchip.clusters; /* tests: the refused launch */
       }
@@ -250,8 +250,7 @@ SN_API sn_status_t sn_group_create(sn_group_t **group, sn_layer_t *const *layers
 /* Whether launch error e is the refusal of the group's single launch: the on-chip one (its
  * clusters cannot be scheduled) or the cooperative one (too many blocks to be resident). */
 static int refused_single_launch(const sn_cuda_group_t *c, int e) {
-  if (c->onchip.cluster > 0)
-    return e == (int)cudaErrorInvalidClusterSize || e == (int)cudaErrorLaunchOutOfResources;
+  if (c->onchip.cluster > 0) return sn_cuda_on_chip_refused(e);
   return c->coop_blocks > 0 && e == (int)cudaErrorCooperativeLaunchTooLarge;
 }
 
@@ -289,14 +288,10 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
       group->cuda.onchip.cluster = 0;
     else
       group->cuda.coop_blocks = 0;
-    /* (When the status cannot be read, e.g. the legacy stream while another thread captures,
-     * a retry on it would fail too: the call reports the refusal.) */
-    enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing((cudaStream_t)stream, &cs) == cudaSuccess && cs == cudaStreamCaptureStatusNone)
+    if (sn__may_retry_on(stream))
       e = sn_cuda_group_forward(&group->cuda, training, stream);
     else
       refused = what;
-    (void)cudaGetLastError(); /* cudaStreamIsCapturing's own error, if any */
   }
   sn__leave_device(group->device, prev);
   if (refused)

@@ -46,6 +46,14 @@ void sn__leave_device(int device, int prev) {
   if (prev != device) (void)cudaSetDevice(prev);
 }
 
+int sn__may_retry_on(sn_stream_t stream) {
+  enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  const int ok = cudaStreamIsCapturing((cudaStream_t)stream, &cs) == cudaSuccess &&
+                 cs == cudaStreamCaptureStatusNone;
+  (void)cudaGetLastError(); /* cudaStreamIsCapturing's own error, if any */
+  return ok;
+}
+
 /* A CUDA layer's W and W_sn must be device (or managed) memory of the layer's device. */
 sn_status_t sn__check_device_pointer(int device, const void *p, const char *name) {
   struct cudaPointerAttributes attr;
@@ -378,7 +386,24 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
   st = sn__enter_device(dev, &prev);
   if (st != SN_SUCCESS) return st;
   int e = sn_cuda_forward(&l->plan, &a, stream);
+  int refused_in_capture = 0;
+  if (e != 0 && l->plan.onchip.cluster > 0 && sn_cuda_on_chip_refused(e)) {
+    /* The on-chip launch was refused (its cluster cannot be scheduled now: the GPU shared under
+     * MPS, an SM limit): nothing ran. The layer runs the usual kernels from now on: eagerly at
+     * once; a capture may have been invalidated by the refusal, so the caller captures again. */
+    (void)cudaGetLastError();
+    l->plan.onchip.cluster = 0;
+    if (sn__may_retry_on(stream))
+      e = sn_cuda_forward(&l->plan, &a, stream);
+    else
+      refused_in_capture = 1;
+  }
   sn__leave_device(dev, prev);
+  if (refused_in_capture)
+    return sn__fail(SN_ERROR_CUDA,
+                    "the layer's on-chip launch was refused (its cluster cannot be scheduled now) "
+                    "while a stream capture is active; the layer runs the usual kernels from now "
+                    "on: end this capture and capture the forward again");
   if (e != 0) {
     (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the forward kernels");

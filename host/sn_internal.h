@@ -58,6 +58,10 @@ sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const cha
 /* Make `device` current; sn__leave_device restores the caller's. */
 sn_status_t sn__enter_device(int device, int *prev);
 void sn__leave_device(int device, int prev);
+/* Whether work may be issued again on `stream` after a refused launch: it is not being captured
+ * (a capture may have been invalidated by the refusal; when the status cannot be read, e.g. the
+ * legacy stream while another thread captures, a retry would fail too: no). */
+int sn__may_retry_on(sn_stream_t stream);
 
 /* CPU backend forward (host/cpu_backend.c): the same arguments and semantics as
  * sn_cuda_forward, computed with the double-precision reference. Blocks. */

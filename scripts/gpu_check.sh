@@ -21,6 +21,7 @@
 #              (WORKLOADS: $SN_BENCH_WORKLOADS, default a few single layers and every preset)
 #   plot       python3 bench/plot.py $OUT/bench.json $OUT/torch.json -o $OUT/speedup.png
 #   goals      python3 bench/goals.py $OUT/bench.json $OUT/torch.json: issue 5's goals, met or not
+#   onchip     sn_bench on SN-GAN (per layer and grouped) with and without group_onchip=1,op_onchip=1
 #   variants   sn_bench once per SPECNORM_TUNE setting of the one-pass kernel ($SN_TUNE_VARIANTS)
 #              on $SN_VARIANT_WORKLOADS (train/scale/eval of the large single layers), then the
 #              legacy (v-first) order with every algorithm; tables only
@@ -325,6 +326,29 @@ else
   skip_step goals "$OUT/bench.log" "no python3 or no bench.json"
 fi
 
+# ---- the on-chip forward (cuda/on_chip.cu; session 6, never yet run), early, so that a cut budget
+# still times it: SN-GAN layer by layer and grouped, the defaults against group_onchip=1 and
+# op_onchip=1, with sn_bench's check against the CPU reference on (its "check" column).
+onchip() {
+  local t rc=0 table=()
+  for t in default group_onchip=1,op_onchip=1; do
+    local js="$LOGS/onchip_${t//[=,]/_}.json"
+    echo "################ SPECNORM_TUNE=$t"
+    SPECNORM_TUNE="${t#default}" "$SN_BENCH" --preset sngan-cifar10 --dtype f32,bf16 \
+      --mode train,scale,eval --no-baseline --reps 100 --json "$js" || rc=1
+    table+=("$t=$js")
+  done
+  python3 "$REPO/bench/variants_table.py" "${table[@]}" || rc=1
+  return $rc
+}
+if [[ -x "$SN_BENCH" ]] && command -v python3 > /dev/null; then
+  run_step onchip "$OUT/bench.log" 60 200 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" LOGS="$LOGS" REPO="$REPO" \
+    bash -c "$(declare -p SN_BENCH); $(declare -f onchip); onchip"
+else
+  skip_step onchip "$OUT/bench.log" "no $SN_BENCH or no python3"
+fi
+
 # ---- (f) compute-sanitizer: memcheck and racecheck right after the benchmark, initcheck and
 # synccheck last (the variants and ncu steps between them) ------------------------------------
 GTEST_ARGS=(--gtest_brief=1)
@@ -334,10 +358,10 @@ if [[ -n "$SANITIZER" && "$("$SANITIZER" --help 2>&1)" == *--report-api-errors* 
 fi
 # The largest shapes run in ctest; under the sanitizers they would take minutes. Every kernel
 # variant still runs (8x16384 keeps the widest one-pass variant).
-SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:GroupGpu.FusedReductionInMixed*:Gpu.OnePassTwoRowsAheadWide*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
+SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:GroupGpu.FusedReductionInMixed*:GroupGpu.OnChipLeavesGroups*:Gpu.OnePassTwoRowsAheadWide*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
 [[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
 # One-pass by rows (several widths) and by columns, two-pass, a view, groups, the backward.
-SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassAsyncRows*:Gpu.OnePassTwoRowsAheadAre*:GroupGpu.OnChip*:Gpu.OnChipLayer*}"
+SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassAsyncRows*:Gpu.OnePassTwoRowsAheadAre*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipZeroStep*:GroupGpu.OnChipNonFinite*:Gpu.OnChipLayer*}"
 sanitize() {  # sanitize TOOL...
  local tool cap reserve
  for tool in "$@"; do

@@ -718,6 +718,75 @@ TEST(Gpu, OnChipLayerMatchesTheCpuBackend) {
   EXPECT_GT(ran, 0);
 }
 
+// Under op_onchip=1, layers it does not take keep their kernels: the v-first order, a view with
+// A > 1 (dim 1), w > 4096. And a refused on-chip launch (onchip_refuse=1: clusters of 16, not
+// allowed; assumed refused with cudaErrorInvalidClusterSize) drops the layer to its usual kernels
+// for good: eagerly at once, bit for bit what a layer created without the knob computes; during
+// a capture with SN_ERROR_CUDA, saying to capture again.
+TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const std::string base = tune_prefix();
+  {
+    ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=1").c_str());
+    sn_layer_desc_t vfirst = make_desc({64, 100}, SN_BACKEND_CUDA);
+    vfirst.order = SN_ORDER_V_FIRST;
+    for (const sn_layer_desc_t &d : {vfirst, make_desc({40, 24, 5}, SN_BACKEND_CUDA, 1),
+                                     make_desc({8, 5000}, SN_BACKEND_CUDA)}) {
+      LayerPtr l(d);
+      ASSERT_TRUE(l.p);
+      int64_t h = 0, w = 0;
+      ASSERT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
+      SCOPED_TRACE(std::to_string(h) + " x " + std::to_string(w));
+      DevBuf dW(static_cast<size_t>(h * w)), o(static_cast<size_t>(h * w));
+      dW.upload(rng.normals(h * w));
+      ASSERT_EQ(sn_layer_warmup(l, dW.p, nullptr), SN_SUCCESS) << sn_last_error_message();
+      const std::vector<std::string> names =
+          captured_kernels([&](cudaStream_t s) { return sn_forward(l, dW.p, o.p, 1, s); });
+      EXPECT_FALSE(names.empty());
+      EXPECT_FALSE(any_matches(names, "group_on_chip_kernel"));
+    }
+  }
+  if (!sn_cuda_clusters_usable()) GTEST_SKIP() << "no thread-block clusters here: no launch to refuse";
+  const int64_t h = 128, w = 1152;
+  const std::vector<float> M = gapped_matrix(rng, h, w);
+  DevBuf dW(static_cast<size_t>(h * w)), o1(static_cast<size_t>(h * w)), o2(static_cast<size_t>(h * w));
+  dW.upload(M);
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
+  d.seed = 7;
+  ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=0").c_str());
+  LayerPtr plain(d);
+  env.set((base + "op_onchip=1,onchip_refuse=1").c_str());
+  LayerPtr refused(d), captured(d);
+  ASSERT_TRUE(plain.p && refused.p && captured.p);
+  for (int step = 0; step < 3; ++step) {
+    const int training = step < 2;
+    ASSERT_EQ(sn_forward(plain, dW.p, o1.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_forward(refused, dW.p, o2.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_TRUE(same_state(get_state(plain), get_state(refused))) << "step " << step;
+    EXPECT_TRUE(bitwise_equal(o1.download(), o2.download())) << "step " << step;
+  }
+  std::vector<std::string> names = captured_kernels([&](cudaStream_t s) { return sn_forward(refused, dW.p, o2.p, 1, s); });
+  EXPECT_FALSE(any_matches(names, "group_on_chip_kernel"));
+  // Refused during a capture (the layer warmed up first, so that its forward is the on-chip one).
+  ASSERT_EQ(sn_layer_warmup(captured, dW.p, nullptr), SN_SUCCESS);
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  const sn_status_t st = sn_forward(captured, dW.p, o2.p, 1, s);
+  const std::string msg = sn_last_error_message();
+  cudaGraph_t graph = nullptr;
+  (void)cudaStreamEndCapture(s, &graph);
+  if (graph) cudaGraphDestroy(graph);
+  (void)cudaGetLastError();
+  cudaStreamDestroy(s);
+  EXPECT_EQ(st, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
+  EXPECT_NE(msg.find("capture"), std::string::npos) << msg;
+  names = captured_kernels([&](cudaStream_t q) { return sn_forward(captured, dW.p, o2.p, 1, q); });
+  EXPECT_FALSE(names.empty());
+  EXPECT_FALSE(any_matches(names, "group_on_chip_kernel"));
+}
+
 TEST(Gpu, CapturingTheFirstForwardIsRefused) {
   REQUIRE_GPU();
   const int64_t h = 16, w = 8;

@@ -249,7 +249,7 @@ TEST(GroupCpu, TuneKnobsParse) {
     EXPECT_EQ(refuse, 0) << (c.tune ? c.tune : "(unset)");
   }
   for (const auto &[t, want] : std::vector<std::pair<const char *, int>>{
-           {"group_onchip=1,group_onchip_refuse=1", 1}, {"group_onchip_refuse=1", 1}, {"group_onchip_refuse=2", 0}}) {
+           {"group_onchip=1,onchip_refuse=1", 1}, {"onchip_refuse=1", 1}, {"onchip_refuse=2", 0}, {"group_onchip_refuse=1", 0}}) {
     env.set(t);
     int cluster = -1, refuse = -1;
     (void)sn_cuda_tune_group_onchip(&cluster, &refuse);
@@ -968,7 +968,8 @@ static std::vector<Member> small_on_chip_members() {
 static sn_on_chip_t on_chip_plan(const std::vector<Member> &ms, int cluster) {
   std::vector<sn_group_entry_t> ent(ms.size());
   for (size_t k = 0; k < ms.size(); ++k) {
-    const sn_view_t v = sn_ref_view(int(ms[k].shape.size()), ms[k].shape.data(), ms[k].dim);
+    const int nd = int(ms[k].shape.size());
+    const sn_view_t v = sn_ref_view(nd, ms[k].shape.data(), ms[k].dim < 0 ? ms[k].dim + nd : ms[k].dim);
     ent[k].A = v.A;
     ent[k].h = v.h;
     ent[k].B = v.B;
@@ -1093,7 +1094,7 @@ TEST(GroupGpu, OnChipLeavesGroupsThatDoNotFit) {
   }
 }
 
-// A refused on-chip launch (group_onchip_refuse=1: clusters of 16, not allowed) drops to the
+// A refused on-chip launch (onchip_refuse=1: clusters of 16, not allowed) drops to the
 // default path for good: eagerly at once, the results bit for bit those of a group created
 // without the on-chip launch; during a capture with SN_ERROR_CUDA, saying to capture again. (The
 // refusal is assumed to be cudaErrorInvalidClusterSize, as the CUDA documentation says of an
@@ -1124,7 +1125,7 @@ TEST(GroupGpu, RefusedOnChipLaunchFallsBack) {
     Oa.push_back(ts[ts.size() - 2]->dev);
     Ob.push_back(ts[ts.size() - 1]->dev);
   }
-  const std::string refused = base + "group_onchip=1,group_onchip_refuse=1";
+  const std::string refused = base + "group_onchip=1,onchip_refuse=1";
   GroupPtr ga, gb;
   ASSERT_EQ(create_group_tuned(ga, pa, W, Oa, base + "group_onchip=0"), SN_SUCCESS) << sn_last_error_message();
   ASSERT_EQ(create_group_tuned(gb, pb, W, Ob, refused), SN_SUCCESS) << sn_last_error_message();

@@ -52,6 +52,15 @@ class Health : public ::testing::TestWithParam<std::tuple<sn_backend_t, sn_algo_
       tune_ = std::make_unique<ScopedEnv>("SPECNORM_TUNE", (tune_prefix() + std::get<2>(GetParam())).c_str());
   }
   std::unique_ptr<ScopedEnv> tune_;
+  // Under op_onchip=1, that a warmed-up forward of l is the on-chip kernel (a layer this small fits
+  // any device), so that these cases test it and not a copy of the default.
+  void expect_on_chip_if_tuned(sn_layer_t *l, const void *W, void *out) {
+    if (!*std::get<2>(GetParam())) return;
+    const std::vector<std::string> names =
+        captured_kernels([&](cudaStream_t s) { return sn_forward(l, W, out, 1, s); });
+    EXPECT_EQ(names.size(), 1u);
+    EXPECT_TRUE(any_matches(names, "group_on_chip_kernel")) << (names.empty() ? "?" : names[0]);
+  }
   sn_layer_desc_t desc(int64_t h, int64_t w) {
     sn_layer_desc_t d = make_desc({h, w}, std::get<0>(GetParam()));
     d.algo = std::get<1>(GetParam());
@@ -91,6 +100,7 @@ TEST_P(Health, NonFiniteWeightKeepsTheState) {
     }
   }
   EXPECT_EQ(health(l), 0u) << "cleared";
+  expect_on_chip_if_tuned(l.p, W.ptr(), out.ptr());
 }
 
 TEST_P(Health, ZeroStepRecoversFromOnes) {

@@ -3,6 +3,7 @@
 // and a whole step captured in a CUDA graph. Every test skips with a message without a GPU.
 #include <cuda_runtime.h>
 
+#include "sn_cuda.h"
 #include "test_util.h"
 
 using namespace sntest;
@@ -318,4 +319,127 @@ TEST(GpuTraining, ForwardBackwardStepsMatchTheCpuBackend) {
       for (size_t k = 0; k < w.size(); ++k) w[k] -= 0.1f * dw_g[k];
     }
   }
+}
+
+// Whether a layer of `shape` (dim 0) and `dt` is held on chip on this device under op_onchip=1.
+static bool layer_on_chip_here(const std::vector<int64_t> &shape, sn_dtype_t dt) {
+  sn_group_entry_t e{};
+  e.A = 1;
+  e.h = shape[0];
+  e.B = numel_of(shape) / shape[0];
+  e.w = e.B;
+  e.dtype = int(dt);
+  sn_on_chip_t oc{};
+  sn_cuda_on_chip_prepare(&e, 1, 0, 1, &oc);
+  return oc.cluster > 0;
+}
+
+// A layer on chip (SPECNORM_TUNE=op_onchip=1, cuda/on_chip.cu) with the forward's options: an
+// active and an inactive norm bound, γ, scale only, in place, bf16 and fp16, several iterations,
+// no warm-up (then its first forward runs on chip too). Forward and backward steps against the
+// CPU backend on weights with a spectral gap (so that u and v are well defined), and one launch of
+// the on-chip kernel per forward where the layer fits this device.
+TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=1").c_str());
+  struct Opt {
+    std::vector<int64_t> shape;
+    sn_dtype_t dt;
+    float bound_rel;  // norm bound as a multiple of σ (0: none)
+    bool gamma, scale_only, in_place;
+    int warmup, iters;
+  };
+  const Opt opts[] = {
+      {{128, 128, 3, 3}, SN_DTYPE_FLOAT32, 0.5f, false, false, false, 15, 1},
+      {{77, 99}, SN_DTYPE_FLOAT32, 2.f, true, false, false, 15, 1},
+      {{64, 100}, SN_DTYPE_FLOAT32, 0.f, false, true, false, 15, 1},
+      {{100, 300}, SN_DTYPE_FLOAT32, 0.f, false, false, true, 15, 2},
+      {{33, 65}, SN_DTYPE_BFLOAT16, 0.f, true, false, false, 15, 3},
+      {{37, 61}, SN_DTYPE_FLOAT16, 0.f, false, false, false, 0, 1},
+  };
+  float *d_gamma = nullptr;
+  const float h_gamma = 0.8f;
+  CUDA_OK(cudaMalloc(&d_gamma, 4));
+  CUDA_OK(cudaMemcpy(d_gamma, &h_gamma, 4, cudaMemcpyHostToDevice));
+  for (const Opt &o : opts) {
+    SCOPED_TRACE(shape_str(o.shape) + " " + dtype_name(o.dt) + " bound " + std::to_string(o.bound_rel) +
+                 (o.gamma ? " gamma" : "") + (o.scale_only ? " scale-only" : "") + (o.in_place ? " in place" : "") +
+                 " warmup " + std::to_string(o.warmup) + " iters " + std::to_string(o.iters));
+    const int64_t n = numel_of(o.shape), h = o.shape[0];
+    std::vector<float> w = gapped_matrix(rng, h, n / h);
+    Tensor W(o.dt, n), Wsn(o.dt, n), G(o.dt, n), dW(o.dt, n);
+    W.set(w);
+    sn_layer_desc_t dg = make_desc(o.shape, SN_BACKEND_CUDA);
+    dg.dtype = o.dt;
+    dg.warmup_iterations = o.warmup;
+    dg.n_power_iterations = o.iters;
+    dg.seed = rng.gen();
+    if (o.bound_rel > 0) {  // placed from the converged σ of a CPU layer
+      sn_layer_desc_t dp = dg;
+      dp.backend = SN_BACKEND_CPU;
+      dp.warmup_iterations = 50;
+      LayerPtr probe(dp);
+      ASSERT_EQ(sn_forward_scale_only(probe, W.host.data(), 1, nullptr), SN_SUCCESS);
+      dg.norm_bound = o.bound_rel * get_state(probe).sigma;
+    }
+    sn_layer_desc_t dc = dg;
+    dc.backend = SN_BACKEND_CPU;
+    LayerPtr g(dg), cpu(dc);
+    ASSERT_TRUE(g.p && cpu.p);
+    if (o.gamma) {
+      ASSERT_EQ(sn_layer_set_gamma(g, d_gamma), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_set_gamma(cpu, &h_gamma), SN_SUCCESS);
+    }
+    std::vector<uint8_t> wsn_c(W.host.size()), dw_c(W.host.size());
+    for (int step = 0; step < 4; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      const int training = step < 3;
+      if (step > 0)
+        for (auto &x : w) x += 0.01f * rng.normal() / std::sqrt(float(n));
+      W.set(w);
+      void *out = o.scale_only ? nullptr : o.in_place ? W.dev : Wsn.dev;
+      ASSERT_EQ(o.scale_only ? sn_forward_scale_only(g, W.dev, training, nullptr)
+                             : sn_forward(g, W.dev, out, training, nullptr),
+                SN_SUCCESS)
+          << sn_last_error_message();
+      ASSERT_EQ(o.scale_only ? sn_forward_scale_only(cpu, W.host.data(), training, nullptr)
+                             : sn_forward(cpu, W.host.data(), wsn_c.data(), training, nullptr),
+                SN_SUCCESS);
+      const State sg = get_state(g), sc = get_state(cpu);
+      EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5);
+      EXPECT_LT(max_abs_diff(sg.u, sc.u), 1e-4);
+      EXPECT_LT(max_abs_diff(sg.v, sc.v), 1e-4);
+      float scale_g = 0, scale_c = 0;
+      ASSERT_EQ(sn_layer_get_scale(g, &scale_g, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_get_scale(cpu, &scale_c, nullptr), SN_SUCCESS);
+      EXPECT_NEAR(scale_g / scale_c, 1.0, 1e-5);
+      if (out) {
+        const std::vector<float> got = o.in_place ? W.download_floats() : Wsn.download_floats();
+        std::vector<float> want(got.size());
+        for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(wsn_c.data(), o.dt, int64_t(k));
+        EXPECT_LT(rel_err(got, want), o.dt == SN_DTYPE_FLOAT32 ? 2e-5 : 2 * ulp(o.dt));
+      }
+      if (!training) continue;
+      // The backward after it (W as the forward was given it: in place, W.dev now holds W_sn).
+      W.set(w);
+      std::vector<float> grad = rng.normals(n);
+      G.set(grad);
+      ASSERT_EQ(sn_backward(g, W.dev, G.dev, dW.dev, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_backward(cpu, W.host.data(), G.host.data(), dw_c.data(), 0, nullptr, nullptr), SN_SUCCESS);
+      const std::vector<float> got = dW.download_floats();
+      std::vector<float> want(got.size());
+      for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(dw_c.data(), o.dt, int64_t(k));
+      EXPECT_LT(rel_err(got, want), o.dt == SN_DTYPE_FLOAT32 ? 1e-4 : 2 * ulp(o.dt));
+    }
+    if (!layer_on_chip_here(o.shape, o.dt)) continue;  // (an A100: 590 KB needs clusters)
+    const std::vector<std::string> names = captured_kernels([&](cudaStream_t s) {
+      return o.scale_only ? sn_forward_scale_only(g, W.dev, 1, s) : sn_forward(g, W.dev, Wsn.dev, 1, s);
+    });
+    EXPECT_EQ(names.size(), 1u);
+    EXPECT_TRUE(any_matches(names, "group_on_chip_kernel")) << (names.empty() ? "?" : names[0]);
+  }
+  cudaFree(d_gamma);
 }
