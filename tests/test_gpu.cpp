@@ -770,18 +770,9 @@ TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
   EXPECT_FALSE(any_matches(names, "group_on_chip_kernel"));
   // Refused during a capture (the layer warmed up first, so that its forward is the on-chip one).
   ASSERT_EQ(sn_layer_warmup(captured, dW.p, nullptr), SN_SUCCESS);
-  cudaStream_t s;
-  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-  const sn_status_t st = sn_forward(captured, dW.p, o2.p, 1, s);
-  const std::string msg = sn_last_error_message();
-  cudaGraph_t graph = nullptr;
-  (void)cudaStreamEndCapture(s, &graph);
-  if (graph) cudaGraphDestroy(graph);
-  (void)cudaGetLastError();
-  cudaStreamDestroy(s);
-  EXPECT_EQ(st, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
-  EXPECT_NE(msg.find("capture"), std::string::npos) << msg;
+  const CaptureOutcome c = capture_outcome([&](cudaStream_t s) { return sn_forward(captured, dW.p, o2.p, 1, s); });
+  EXPECT_EQ(c.status, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
+  EXPECT_NE(c.message.find("capture"), std::string::npos) << c.message;
   names = captured_kernels([&](cudaStream_t q) { return sn_forward(captured, dW.p, o2.p, 1, q); });
   EXPECT_FALSE(names.empty());
   EXPECT_FALSE(any_matches(names, "group_on_chip_kernel"));

@@ -584,18 +584,17 @@ TEST(GroupGpu, FusedReductionInMixedGroupsIsBitwiseTheReduceStep) {
   }
 }
 
-// A cooperative launch that the device refuses (group_grid_force: more blocks than can be
-// resident) runs as the three kernels instead, bit for bit, and the group keeps them: a later
-// capture has the three kernels' nodes. Refused during a capture, the forward fails with
-// SN_ERROR_CUDA ("capture again") and the next capture has the three kernels.
-TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
-  REQUIRE_GPU();
-  int dev = 0, coop = 0;
-  CUDA_OK(cudaGetDevice(&dev));
-  CUDA_OK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
-  if (!coop) GTEST_SKIP() << "no cooperative launch on this device";
+// A group of `shapes` (fp32) created under SPECNORM_TUNE `refused`, whose single launch the device
+// refuses, against the same layers grouped under `plain`: eagerly the fallback runs at once, bit
+// for bit, and stays; refused during a capture (a group whose layers warmed up on their own, so
+// that the captured forward is its first), the forward fails with SN_ERROR_CUDA, naming `what`
+// and saying to capture again. *eager, *captured: the kernels of a captured training forward of
+// either group afterwards.
+static void expect_refusal_falls_back(const std::vector<std::vector<int64_t>> &shapes, const std::string &plain,
+                                      const std::string &refused, const char *what,
+                                      std::vector<std::string> *eager, std::vector<std::string> *captured) {
+  SCOPED_TRACE(refused + " against " + plain);
   Rng rng(fresh_seed());
-  const std::vector<std::vector<int64_t>> shapes = {{64, 3, 3, 3}, {128, 64, 3, 3}, {300, 517}, {1, 128}};
   const std::string base = tune_prefix();
   std::vector<std::unique_ptr<LayerPtr>> la, lb;
   std::vector<std::unique_ptr<Tensor>> ts;
@@ -617,11 +616,8 @@ TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
     Ob.push_back(ts[ts.size() - 1]->dev);
   }
   GroupPtr ga, gb;
-  // (group_fuse=0: the reduce step stays, 3 launches, whatever SPECNORM_TUNE says)
-  const std::string refused = base + "group_coop=1,group_grid_force=1000000,group_fuse=0";
-  ASSERT_EQ(create_group_tuned(ga, pa, W, Oa, base + "group_coop=0,group_fuse=0"), SN_SUCCESS)
-      << sn_last_error_message();
-  ASSERT_EQ(create_group_tuned(gb, pb, W, Ob, refused), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(create_group_tuned(ga, pa, W, Oa, base + plain), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(create_group_tuned(gb, pb, W, Ob, base + refused), SN_SUCCESS) << sn_last_error_message();
   for (int step = 0; step < 3; ++step) {
     const int training = step < 2;
     ASSERT_EQ(sn_group_forward(ga.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
@@ -633,10 +629,8 @@ TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
       EXPECT_TRUE(ts[3 * k + 1]->download_bytes() == ts[3 * k + 2]->download_bytes());
     }
   }
-  EXPECT_EQ(captured_nodes(gb.p, 1), 3u);
+  *eager = captured_kernels([&](cudaStream_t s) { return sn_group_forward(gb.p, 1, s); });
 
-  // The same group state, refused during a capture: its layers are warmed up on their own, so the
-  // group's first forward is the captured one.
   std::vector<std::unique_ptr<LayerPtr>> lc;
   std::vector<sn_layer_t *> pc;
   for (size_t k = 0; k < shapes.size(); ++k) {
@@ -646,20 +640,29 @@ TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
     ASSERT_EQ(sn_forward(pc.back(), W[k], Oa[k], 1, nullptr), SN_SUCCESS) << sn_last_error_message();
   }
   GroupPtr gc;
-  ASSERT_EQ(create_group_tuned(gc, pc, W, Oa, refused), SN_SUCCESS) << sn_last_error_message();
-  cudaStream_t s;
-  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-  const sn_status_t st = sn_group_forward(gc.p, 1, s);
-  const std::string msg = sn_last_error_message();
-  cudaGraph_t graph = nullptr;
-  (void)cudaStreamEndCapture(s, &graph);  // may report the capture invalidated by the refusal
-  if (graph) cudaGraphDestroy(graph);
-  (void)cudaGetLastError();
-  cudaStreamDestroy(s);
-  EXPECT_EQ(st, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
-  EXPECT_NE(msg.find("capture"), std::string::npos) << msg;
-  EXPECT_EQ(captured_nodes(gc.p, 1), 3u);
+  ASSERT_EQ(create_group_tuned(gc, pc, W, Oa, base + refused), SN_SUCCESS) << sn_last_error_message();
+  const CaptureOutcome c = capture_outcome([&](cudaStream_t s) { return sn_group_forward(gc.p, 1, s); });
+  EXPECT_EQ(c.status, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
+  EXPECT_NE(c.message.find(what), std::string::npos) << c.message;
+  EXPECT_NE(c.message.find("capture"), std::string::npos) << c.message;
+  *captured = captured_kernels([&](cudaStream_t s) { return sn_group_forward(gc.p, 1, s); });
+}
+
+// A cooperative launch that the device refuses (group_grid_force: more blocks than can be
+// resident) runs as the three kernels instead (group_fuse=0: with the reduce step, whatever
+// SPECNORM_TUNE says). The refusal is assumed to be cudaErrorCooperativeLaunchTooLarge: if it is
+// not, the eager forward fails with the error CUDA returned.
+TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
+  REQUIRE_GPU();
+  int dev = 0, coop = 0;
+  CUDA_OK(cudaGetDevice(&dev));
+  CUDA_OK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  if (!coop) GTEST_SKIP() << "no cooperative launch on this device";
+  std::vector<std::string> eager, captured;
+  expect_refusal_falls_back({{64, 3, 3, 3}, {128, 64, 3, 3}, {300, 517}, {1, 128}}, "group_coop=0,group_fuse=0",
+                            "group_coop=1,group_grid_force=1000000,group_fuse=0", "cooperative", &eager, &captured);
+  EXPECT_EQ(eager.size(), 3u);
+  EXPECT_EQ(captured.size(), 3u);
 }
 
 // Without SPECNORM_TUNE's group_coop, a group runs as one cooperative launch when its weights
@@ -770,32 +773,46 @@ TEST(GroupGpu, DeterministicInOneOrThreeLaunches) {
 
 // The restart from ones after a zero step (test_health.cpp, ZeroStepRecoversFromOnes), for a
 // group created under SPECNORM_TUNE `tune`; *kernels: those of its captured training forward.
-static void expect_zero_step_restarts(const std::string &tune, Rng &rng, std::vector<std::string> *kernels) {
-  SCOPED_TRACE("SPECNORM_TUNE " + tune);
+// The layers of the degenerate-step checks: 40 × w for w = 24 and 1300 (both bodies of the rows
+// kernel: a warp per row and a block per row), fp32, with device W and W_sn.
+struct StepLayers {
   const int64_t h = 40;
   const std::vector<int64_t> widths = {24, 1300};
   std::vector<std::unique_ptr<LayerPtr>> ls;
   std::vector<std::unique_ptr<Tensor>> W, O;
   std::vector<sn_layer_t *> layers;
   std::vector<void *> Wd, Od;
-  std::vector<double> sigma;
-  for (int64_t w : widths) {
+  // Layer k's weight M (its W is uploaded from it).
+  void add(const std::vector<float> &M, int64_t w) {
     ls.push_back(std::make_unique<LayerPtr>(make_desc({h, w}, SN_BACKEND_CUDA)));
-    ASSERT_TRUE(ls.back()->p);
     layers.push_back(ls.back()->p);
-    std::vector<float> v;
-    double sig = 0;
-    const std::vector<float> M = rank1_nulling_e0(rng, h, w, &v, &sig);  // M v = 0: σ = 0
-    ASSERT_EQ(sn_layer_set_state(layers.back(), rng.normals(h).data(), v.data(), 0.f, 1, nullptr), SN_SUCCESS);
     W.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, h * w));
     O.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, h * w));
     W.back()->set(M);
     Wd.push_back(W.back()->dev);
     Od.push_back(O.back()->dev);
+  }
+};
+
+static void expect_zero_step_restarts(const std::string &tune, Rng &rng, std::vector<std::string> *kernels) {
+  SCOPED_TRACE("SPECNORM_TUNE " + tune);
+  StepLayers set;
+  const int64_t h = set.h;
+  const std::vector<int64_t> &widths = set.widths;
+  const std::vector<sn_layer_t *> &layers = set.layers;
+  std::vector<double> sigma;
+  for (int64_t w : widths) {
+    std::vector<float> v;
+    double sig = 0;
+    const std::vector<float> M = rank1_nulling_e0(rng, h, w, &v, &sig);  // M v = 0: σ = 0
+    set.add(M, w);
+    ASSERT_TRUE(layers.back());
+    ASSERT_EQ(sn_layer_set_state(layers.back(), rng.normals(h).data(), v.data(), 0.f, 1, nullptr), SN_SUCCESS);
     sigma.push_back(sig);
   }
+  const std::vector<std::unique_ptr<Tensor>> &O = set.O;
   GroupPtr g;
-  ASSERT_EQ(create_group_tuned(g, layers, Wd, Od, tune_prefix() + tune), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(create_group_tuned(g, layers, set.Wd, set.Od, tune_prefix() + tune), SN_SUCCESS) << sn_last_error_message();
   std::vector<State> before;
   for (sn_layer_t *l : layers) before.push_back(get_state(l));
   ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
@@ -828,24 +845,15 @@ static void expect_zero_step_restarts(const std::string &tune, Rng &rng, std::ve
 // *kernels: those of its captured training forward.
 static void expect_nonfinite_step_keeps_state(const std::string &tune, Rng &rng, std::vector<std::string> *kernels) {
   SCOPED_TRACE("SPECNORM_TUNE " + tune);
-  const int64_t h = 40;
-  const std::vector<int64_t> widths = {24, 1300};
-  std::vector<std::unique_ptr<LayerPtr>> ls;
-  std::vector<std::unique_ptr<Tensor>> W, O;
-  std::vector<sn_layer_t *> layers;
-  std::vector<void *> Wd, Od;
-  for (int64_t w : widths) {
-    ls.push_back(std::make_unique<LayerPtr>(make_desc({h, w}, SN_BACKEND_CUDA)));
-    ASSERT_TRUE(ls.back()->p);
-    layers.push_back(ls.back()->p);
-    W.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, h * w));
-    O.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, h * w));
-    W.back()->set(rng.normals(h * w, 1.f / std::sqrt(float(h))));
-    Wd.push_back(W.back()->dev);
-    Od.push_back(O.back()->dev);
+  StepLayers set;
+  for (int64_t w : set.widths) {
+    set.add(rng.normals(set.h * w, 1.f / std::sqrt(float(set.h))), w);
+    ASSERT_TRUE(set.layers.back());
   }
+  const std::vector<sn_layer_t *> &layers = set.layers;
+  const std::vector<std::unique_ptr<Tensor>> &W = set.W, &O = set.O;
   GroupPtr g;
-  ASSERT_EQ(create_group_tuned(g, layers, Wd, Od, tune_prefix() + tune), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(create_group_tuned(g, layers, set.Wd, set.Od, tune_prefix() + tune), SN_SUCCESS) << sn_last_error_message();
   ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
   const State good = get_state(layers[0]);
   ASSERT_TRUE(good.sigma > 0.f && std::isfinite(good.sigma));
@@ -877,23 +885,16 @@ static void expect_nonfinite_step_keeps_state(const std::string &tune, Rng &rng,
   *kernels = captured_kernels([&](cudaStream_t s) { return sn_group_forward(g.p, 1, s); });
 }
 
-TEST(GroupGpu, NonFiniteStepKeepsTheState) {
-  REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
-  std::vector<std::string> kernels;
-  expect_nonfinite_step_keeps_state("", rng, &kernels);
-}
-
 // In both bodies of the rows kernel: a warp per row (w = 24) and a block per row (w = 1300).
-TEST(GroupGpu, ZeroStepRestartsFromOnes) {
+TEST(GroupGpu, DegenerateStepsKeepTheRules) {
   REQUIRE_GPU();
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
-  std::vector<std::string> kernels;
-  expect_zero_step_restarts("", rng, &kernels);
+  for (auto *check : {expect_zero_step_restarts, expect_nonfinite_step_keeps_state}) {
+    std::vector<std::string> kernels;
+    check("", rng, &kernels);
+  }
 }
 
 TEST(GroupGpu, UnsupportedMembersAreRefused) {
@@ -1049,30 +1050,20 @@ TEST(GroupGpu, OnChipIsDeterministic) {
   expect_groups_bitwise(ms, tune, {1, 1}, tune, {1, 1}, rng);
 }
 
-// The zero step and the restart from ones, on chip (the 40 × 1300 layer takes 230 KB on one block:
-// clusters only).
-TEST(GroupGpu, OnChipZeroStepRestartsFromOnes) {
+// The degenerate steps on chip: the zero step and the restart from ones, a non-finite weight (the
+// 40 × 1300 layer takes 230 KB on one block: clusters only).
+TEST(GroupGpu, OnChipDegenerateStepsKeepTheRules) {
   REQUIRE_GPU();
   if (on_chip_plan({{{40, 24}}, {{40, 1300}}}, 0).cluster == 0)
     GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
-  std::vector<std::string> kernels;
-  expect_zero_step_restarts("group_onchip=1", rng, &kernels);
-  EXPECT_TRUE(any_matches(kernels, kOnChipKernel)) << (kernels.empty() ? "?" : kernels[0]);
-}
-
-TEST(GroupGpu, OnChipNonFiniteStepKeepsTheState) {
-  REQUIRE_GPU();
-  if (on_chip_plan({{{40, 24}}, {{40, 1300}}}, 0).cluster == 0)
-    GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
-  std::vector<std::string> kernels;
-  expect_nonfinite_step_keeps_state("group_onchip=1", rng, &kernels);
-  EXPECT_TRUE(any_matches(kernels, kOnChipKernel)) << (kernels.empty() ? "?" : kernels[0]);
+  for (auto *check : {expect_zero_step_restarts, expect_nonfinite_step_keeps_state}) {
+    std::vector<std::string> kernels;
+    check("group_onchip=1", rng, &kernels);
+    EXPECT_TRUE(any_matches(kernels, kOnChipKernel)) << (kernels.empty() ? "?" : kernels[0]);
+  }
 }
 
 // Groups with a layer that cannot be on chip keep the other paths, whole: a view with A > 1
@@ -1094,82 +1085,20 @@ TEST(GroupGpu, OnChipLeavesGroupsThatDoNotFit) {
   }
 }
 
-// A refused on-chip launch (onchip_refuse=1: clusters of 16, not allowed) drops to the
-// default path for good: eagerly at once, the results bit for bit those of a group created
-// without the on-chip launch; during a capture with SN_ERROR_CUDA, saying to capture again. (The
-// refusal is assumed to be cudaErrorInvalidClusterSize, as the CUDA documentation says of an
-// invalid cluster size: if it is not, the eager forward fails with the error CUDA returned.)
+// A refused on-chip launch (onchip_refuse=1: clusters of 16, not allowed; assumed refused with
+// cudaErrorInvalidClusterSize, as the CUDA documentation says of an invalid cluster size) drops
+// to the default path for good: bit for bit a group created without the on-chip launch.
 TEST(GroupGpu, RefusedOnChipLaunchFallsBack) {
   REQUIRE_GPU();
   if (!sn_cuda_clusters_usable()) GTEST_SKIP() << "no thread-block clusters here: nothing to refuse";
   const std::vector<Member> ms = {{{128, 3, 3, 3}}, {{128, 128, 3, 3}}, {{300, 517}}, {{1, 128}}};
   if (on_chip_plan(ms, 0).cluster == 0) GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
-  Rng rng(fresh_seed());
-  const std::string base = tune_prefix();
-  std::vector<std::unique_ptr<LayerPtr>> la, lb;
-  std::vector<std::unique_ptr<Tensor>> ts;
-  std::vector<sn_layer_t *> pa, pb;
-  std::vector<void *> W, Oa, Ob;
-  for (size_t k = 0; k < ms.size(); ++k) {
-    sn_layer_desc_t d = make_desc(ms[k].shape, SN_BACKEND_CUDA);
-    d.seed = k;
-    la.push_back(std::make_unique<LayerPtr>(d));
-    lb.push_back(std::make_unique<LayerPtr>(d));
-    ASSERT_TRUE(la.back()->p && lb.back()->p);
-    pa.push_back(la.back()->p);
-    pb.push_back(lb.back()->p);
-    const int64_t n = numel_of(ms[k].shape);
-    for (int q = 0; q < 3; ++q) ts.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, n));
-    ts[ts.size() - 3]->set(rng.normals(n));
-    W.push_back(ts[ts.size() - 3]->dev);
-    Oa.push_back(ts[ts.size() - 2]->dev);
-    Ob.push_back(ts[ts.size() - 1]->dev);
+  std::vector<std::vector<int64_t>> shapes;
+  for (const Member &m : ms) shapes.push_back(m.shape);
+  std::vector<std::string> eager, captured;
+  expect_refusal_falls_back(shapes, "group_onchip=0", "group_onchip=1,onchip_refuse=1", "on-chip", &eager, &captured);
+  for (const auto *k : {&eager, &captured}) {
+    EXPECT_FALSE(k->empty());
+    EXPECT_FALSE(any_matches(*k, kOnChipKernel)) << (*k)[0];
   }
-  const std::string refused = base + "group_onchip=1,onchip_refuse=1";
-  GroupPtr ga, gb;
-  ASSERT_EQ(create_group_tuned(ga, pa, W, Oa, base + "group_onchip=0"), SN_SUCCESS) << sn_last_error_message();
-  ASSERT_EQ(create_group_tuned(gb, pb, W, Ob, refused), SN_SUCCESS) << sn_last_error_message();
-  for (int step = 0; step < 3; ++step) {
-    const int training = step < 2;
-    ASSERT_EQ(sn_group_forward(ga.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-    ASSERT_EQ(sn_group_forward(gb.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-    CUDA_OK(cudaDeviceSynchronize());
-    for (size_t k = 0; k < ms.size(); ++k) {
-      SCOPED_TRACE("step " + std::to_string(step) + ", layer " + shape_str(ms[k].shape));
-      EXPECT_TRUE(same_state(get_state(pa[k]), get_state(pb[k])));
-      EXPECT_TRUE(ts[3 * k + 1]->download_bytes() == ts[3 * k + 2]->download_bytes());
-    }
-  }
-  const std::vector<std::string> after = captured_kernels([&](cudaStream_t s) { return sn_group_forward(gb.p, 1, s); });
-  EXPECT_FALSE(after.empty());
-  EXPECT_FALSE(any_matches(after, kOnChipKernel));
-
-  // Refused during a capture: the layers warmed up on their own, so the captured forward is the
-  // group's first.
-  std::vector<std::unique_ptr<LayerPtr>> lc;
-  std::vector<sn_layer_t *> pc;
-  for (size_t k = 0; k < ms.size(); ++k) {
-    lc.push_back(std::make_unique<LayerPtr>(make_desc(ms[k].shape, SN_BACKEND_CUDA)));
-    ASSERT_TRUE(lc.back()->p);
-    pc.push_back(lc.back()->p);
-    ASSERT_EQ(sn_forward(pc.back(), W[k], Oa[k], 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-  }
-  GroupPtr gc;
-  ASSERT_EQ(create_group_tuned(gc, pc, W, Oa, refused), SN_SUCCESS) << sn_last_error_message();
-  cudaStream_t s;
-  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-  const sn_status_t st = sn_group_forward(gc.p, 1, s);
-  const std::string msg = sn_last_error_message();
-  cudaGraph_t graph = nullptr;
-  (void)cudaStreamEndCapture(s, &graph);
-  if (graph) cudaGraphDestroy(graph);
-  (void)cudaGetLastError();
-  cudaStreamDestroy(s);
-  EXPECT_EQ(st, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
-  EXPECT_NE(msg.find("on-chip"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("capture"), std::string::npos) << msg;
-  const std::vector<std::string> later = captured_kernels([&](cudaStream_t q) { return sn_group_forward(gc.p, 1, q); });
-  EXPECT_FALSE(later.empty());
-  EXPECT_FALSE(any_matches(later, kOnChipKernel));
 }

@@ -287,6 +287,30 @@ inline std::vector<std::string> captured_kernels(const std::function<sn_status_t
   return names;
 }
 
+// What `enqueue` returns when it runs inside a capture on a fresh stream that it may invalidate
+// (a refused launch), with sn_last_error_message(); the capture is ended and dropped.
+struct CaptureOutcome {
+  sn_status_t status;
+  std::string message;
+};
+inline CaptureOutcome capture_outcome(const std::function<sn_status_t(cudaStream_t)> &enqueue) {
+  cudaStream_t s = nullptr;
+  if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) != cudaSuccess) {
+    ADD_FAILURE() << "could not start a capture";
+    if (s) cudaStreamDestroy(s);
+    return {SN_ERROR_CUDA, "no capture"};
+  }
+  CaptureOutcome out{enqueue(s), ""};
+  out.message = sn_last_error_message();
+  cudaGraph_t graph = nullptr;
+  (void)cudaStreamEndCapture(s, &graph);  // may report the capture invalidated
+  if (graph) cudaGraphDestroy(graph);
+  (void)cudaGetLastError();
+  cudaStreamDestroy(s);
+  return out;
+}
+
 // Whether one of the names matches the regular expression.
 inline bool any_matches(const std::vector<std::string> &names, const std::string &re) {
   const std::regex r(re);
