@@ -532,7 +532,7 @@ fi
 # ---- Nsight Compute, where the time goes: the sections of the kernels still far from their floor
 # (bench/NOTES.md): the one-pass rows and reduce kernels of 4096² fp32 (scale, train), the bf16
 # rows kernel of 4096 × 16384 with one and two rows ahead (op_depth=2) and the grouped SN-GAN
-# forward as one cooperative kernel (SPECNORM_TUNE=group_coop=1).
+# forward as one cooperative kernel (SPECNORM_TUNE=group_coop=1) and on chip (group_onchip=1).
 detail() {
   local sec=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
              --section MemoryWorkloadAnalysis --section SchedulerStats)
@@ -546,6 +546,11 @@ detail() {
       --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
   done
   SPECNORM_TUNE=group_coop=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:group_" -c 4 \
+    "$SN_BENCH" --preset sngan-cifar10 --mode train,scale --no-baseline --no-graph --no-check \
+    --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
+  # The grouped forward with every layer on chip (cuda/on_chip.cu): where its ~8-10 µs go
+  # (predicted; the copy's LDGSTS, the cluster barrier UCGABAR_WAIT, the distributed loads LD.E).
+  SPECNORM_TUNE=group_onchip=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:on_chip" -c 2 \
     "$SN_BENCH" --preset sngan-cifar10 --mode train,scale --no-baseline --no-graph --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0
 }
