@@ -718,8 +718,8 @@ TEST(Gpu, OnChipLayerMatchesTheCpuBackend) {
   EXPECT_GT(ran, 0);
 }
 
-// Under op_onchip=1, layers it does not take keep their kernels: the v-first order, a view with
-// A > 1 (dim 1), w > 4096. And a refused on-chip launch (onchip_refuse=1: clusters of 16, not
+// Under op_onchip=1, layers it does not take keep their kernels: the v-first order, a layer that
+// asks for two passes, a view with A > 1 (dim 1), w > 4096. And a refused on-chip launch (onchip_refuse=1: clusters of 16, not
 // allowed; assumed refused with cudaErrorInvalidClusterSize) drops the layer to its usual kernels
 // for good: eagerly at once, bit for bit what a layer created without the knob computes; during
 // a capture with SN_ERROR_CUDA, saying to capture again.
@@ -731,7 +731,9 @@ TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
     ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=1").c_str());
     sn_layer_desc_t vfirst = make_desc({64, 100}, SN_BACKEND_CUDA);
     vfirst.order = SN_ORDER_V_FIRST;
-    for (const sn_layer_desc_t &d : {vfirst, make_desc({40, 24, 5}, SN_BACKEND_CUDA, 1),
+    sn_layer_desc_t two_pass = make_desc({64, 100}, SN_BACKEND_CUDA);
+    two_pass.algo = SN_ALGO_TWO_PASS;
+    for (const sn_layer_desc_t &d : {vfirst, two_pass, make_desc({40, 24, 5}, SN_BACKEND_CUDA, 1),
                                      make_desc({8, 5000}, SN_BACKEND_CUDA)}) {
       LayerPtr l(d);
       ASSERT_TRUE(l.p);
