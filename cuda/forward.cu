@@ -61,6 +61,8 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   div_stream=1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
 //                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu)
 //   div_unroll=U  each thread of the division loads U (2 or 4) packs of W before storing them
+//   bw_unroll=U   each thread of the backward's apply kernel loads U (2 or 4) packs of its row of
+//                 G (and v, dW) before storing them (cuda/backward.cu)
 //   pdl=0|1       every kernel as a programmatic dependent launch (sm_90 and up)
 //   group_coop=0|1  a grouped forward as three kernels (0) or one cooperative launch (1;
 //   group_grid=N    cuda/group.cu) of at most N blocks (default: as many as fit); unset: by
@@ -88,6 +90,7 @@ struct Tune {
   int op_depth = 1;    // 2: the one-pass training rows kernel two rows ahead
   int div_stream = 0;  // 1: the division's accesses are streaming (evict-first)
   int div_unroll = 1;  // packs of W loaded per thread of the division before it stores
+  int bw_unroll = 1;   // packs of G loaded per thread of the backward's apply before it stores
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
   int group_grid_force = 0;  // > 0: exactly this many blocks in that launch
   int group_fuse = 0;  // 1: small grouped layers reduce in their last rows block
@@ -112,7 +115,7 @@ Tune read_tune() {
       {"op_cluster=", &t.op_cluster, 1, 8, true},  {"op_async=", &t.op_async, 0, 1, false},
       {"op_fuse=", &t.op_fuse, 0, 1, false},       {"pdl=", &t.pdl, 0, 1, false},
       {"op_depth=", &t.op_depth, 1, 2, false},     {"div_stream=", &t.div_stream, 0, 1, false},
-      {"div_unroll=", &t.div_unroll, 1, 4, true},
+      {"div_unroll=", &t.div_unroll, 1, 4, true},  {"bw_unroll=", &t.bw_unroll, 1, 4, true},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
       {"group_fuse=", &t.group_fuse, 0, 1, false},
@@ -230,6 +233,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   plan->pdl = pdl_enabled(tune);
   plan->div_stream = tune.div_stream;
   plan->div_unroll = tune.div_unroll;
+  plan->bw_unroll = tune.bw_unroll;
   if (tune.op_onchip && order == SN_ORDER_U_FIRST) {  // the layer on chip, where it fits
     sn_group_entry_t e{};
     e.A = view.A;

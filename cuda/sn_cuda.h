@@ -101,6 +101,8 @@ typedef struct {
                          (SPECNORM_TUNE=div_stream=1) */
   int div_unroll;     /* 16-byte packs of W each thread of the division loads before it stores
                          them (1; 2 or 4 with SPECNORM_TUNE=div_unroll=U) */
+  int bw_unroll;      /* 16-byte packs of G each thread of the backward's apply kernel loads before
+                         it stores them (1; 2 or 4 with SPECNORM_TUNE=bw_unroll=U) */
   sn_on_chip_t onchip;/* cluster > 0: a warmed-up forward is one launch with the layer on chip
                          (SPECNORM_TUNE=op_onchip=1, cuda/on_chip.cu) */
   /* Scratch, inside the layer's one device workspace. */

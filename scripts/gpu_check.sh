@@ -415,7 +415,7 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # div_stream=1, its evict-first accesses.)
 read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_depth=2 div_unroll=2 div_unroll=4 div_stream=1 div_stream=1,div_unroll=4 op_depth=2,div_stream=1,div_unroll=4}"
 variants() {
-  local t rc=0 table=() ptable=()
+  local t rc=0 table=() ptable=() btable=()
   for t in "${TUNES[@]}"; do
     echo "################ SPECNORM_TUNE=$t"
     local js="$VDIR/${t//[=,]/_}.json"
@@ -441,10 +441,21 @@ variants() {
     SPECNORM_TUNE="${t#default}" "$SN_BENCH" --preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16 \
       --dtype f32,bf16 --mode train,scale --no-baseline --no-check --reps 50 --json "$js" || rc=1
   done
+  # bw_unroll=2|4 (not yet measured): the backward's apply kernel with 2 or 4 packs of its row in
+  # flight per thread (4096² backward: 79.7% of copy in fp32, 68.8% in bf16 on the H200 at e56c4b8).
+  for t in default bw_unroll=2 bw_unroll=4; do
+    echo "################ SPECNORM_TUNE=$t: backward"
+    local js="$VDIR/bw_${t//[=,]/_}.json"
+    btable+=("$t=$js")
+    SPECNORM_TUNE="${t#default}" "$SN_BENCH" --shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 \
+      --mode backward,backward-acc --no-baseline --no-group --no-graph --no-check --reps 50 --json "$js" || rc=1
+  done
   echo "################ the variants side by side (bench/variants_table.py)"
   python3 "$REPO/bench/variants_table.py" "${table[@]}" || rc=1
   echo
   python3 "$REPO/bench/variants_table.py" "${ptable[@]}" || rc=1
+  echo
+  python3 "$REPO/bench/variants_table.py" "${btable[@]}" || rc=1
   echo "################ legacy order: one pass by columns against two passes"
   env -u SPECNORM_TUNE "$SN_BENCH" --shape 768x4096 --shape 512x16384 --shape 1536x4608 \
     --preset sngan-cifar10 --order v-first --algo all --dtype f32,bf16 --mode train,scale \

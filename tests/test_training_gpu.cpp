@@ -443,3 +443,69 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
   }
   cudaFree(d_gamma);
 }
+
+// The backward's apply kernel with U packs loaded per thread before any is stored
+// (SPECNORM_TUNE=bw_unroll=U) writes what the plain one writes: dW (and ∂L/∂γ) bit for bit, with
+// every flag and in place (dW = G), on rows of 1 to 4 packs per thread and ragged ones; the
+// launched instance read from a graph capture.
+TEST(GpuTraining, BackwardUnrollIsBitwiseThePlainOne) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const std::string base = tune_prefix();
+  struct Shape {
+    std::vector<int64_t> shape;
+    sn_dtype_t dt;
+  };
+  const Shape shapes[] = {{{64, 4096}, SN_DTYPE_FLOAT32}, {{33, 4096}, SN_DTYPE_BFLOAT16},
+                          {{17, 1000}, SN_DTYPE_FLOAT32}, {{9, 2056}, SN_DTYPE_FLOAT16},
+                          {{5, 3000}, SN_DTYPE_BFLOAT16}, {{40, 128, 3, 3}, SN_DTYPE_FLOAT32}};
+  for (const Shape &sh : shapes) {
+    for (int U : {2, 4}) {
+      SCOPED_TRACE(shape_str(sh.shape) + " " + dtype_name(sh.dt) + " bw_unroll=" + std::to_string(U));
+      const int64_t n = numel_of(sh.shape);
+      sn_layer_desc_t d = make_desc(sh.shape, SN_BACKEND_CUDA);
+      d.dtype = sh.dt;
+      d.seed = rng.gen();
+      ScopedEnv env("SPECNORM_TUNE", (base + "bw_unroll=1").c_str());
+      LayerPtr a(d);
+      env.set((base + "bw_unroll=" + std::to_string(U)).c_str());
+      LayerPtr b(d);
+      ASSERT_TRUE(a.p && b.p);
+      Tensor W(sh.dt, n), Wsn(sh.dt, n), G(sh.dt, n), da(sh.dt, n), db(sh.dt, n);
+      W.set(rng.normals(n, 1.f / std::sqrt(float(sh.shape[0]))));
+      ASSERT_EQ(sn_forward(a, W.dev, Wsn.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(b, W.dev, Wsn.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_TRUE(same_state(get_state(a), get_state(b)));
+      float *dg = nullptr;
+      CUDA_OK(cudaMalloc(&dg, 8));
+      for (unsigned flags : {0u, unsigned(SN_BACKWARD_ACCUMULATE), unsigned(SN_BACKWARD_DETACH_SIGMA)}) {
+        for (bool in_place : {false, true}) {
+          SCOPED_TRACE("flags " + std::to_string(flags) + (in_place ? ", in place" : ""));
+          const std::vector<float> g = rng.normals(n), acc = rng.normals(n);
+          G.set(g);
+          da.set(in_place ? g : acc);
+          db.set(in_place ? g : acc);
+          ASSERT_EQ(sn_backward(a, W.dev, in_place ? da.dev : G.dev, da.dev, flags, dg, nullptr), SN_SUCCESS)
+              << sn_last_error_message();
+          ASSERT_EQ(sn_backward(b, W.dev, in_place ? db.dev : G.dev, db.dev, flags, dg + 1, nullptr), SN_SUCCESS)
+              << sn_last_error_message();
+          EXPECT_TRUE(da.download_bytes() == db.download_bytes());
+          float dgs[2] = {0, 0};
+          CUDA_OK(cudaMemcpy(dgs, dg, 8, cudaMemcpyDeviceToHost));
+          EXPECT_EQ(std::memcmp(&dgs[0], &dgs[1], 4), 0) << dgs[0] << " against " << dgs[1];
+        }
+      }
+      const std::vector<std::string> names =
+          captured_kernels([&](cudaStream_t s) { return sn_backward(b, W.dev, G.dev, db.dev, 0, nullptr, s); });
+      const std::string want = std::string("apply_rows_kernel<true, ") +
+                               (sh.dt == SN_DTYPE_FLOAT32 ? "float" : sh.dt == SN_DTYPE_BFLOAT16 ? "__nv_bfloat16" : "__half") +
+                               ", " + std::to_string(U) + ">";
+      EXPECT_TRUE(std::any_of(names.begin(), names.end(),
+                              [&](const std::string &k) { return k.find(want) != std::string::npos; }))
+          << "no " << want << " among " << names.size() << " kernels, the first " << (names.empty() ? "?" : names[0]);
+      cudaFree(dg);
+    }
+  }
+}
