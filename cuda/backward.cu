@@ -97,7 +97,7 @@ __device__ __forceinline__ float apply1(const ApplyParams &p, const T *G, T *dW,
 // Rows are taken last first: the inner kernel just read G front to back, so G's last rows are
 // the ones still in L2 (as in cuda/commit_divide.cu).
 // U (16-byte rows only; SPECNORM_TUNE=bw_unroll=U, not yet measured): a thread loads U of its
-// packs of the row (G, v, and dW when accumulating) before it stores any, the same arithmetic in
+// packs of the row of G (and of dW when accumulating; v where it is used) before it stores any, the same arithmetic in
 // the same order. dW may be G: with U = 1 each load waits for the previous pack's store, so a
 // thread has one pack in flight; a 4096-column row is 2 packs per thread in bf16 (4 in fp32),
 // loaded and stored in turn. (H200, e56c4b8: the 4096² backward at 79.7% of the copy bandwidth

@@ -62,7 +62,7 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu)
 //   div_unroll=U  each thread of the division loads U (2 or 4) packs of W before storing them
 //   bw_unroll=U   each thread of the backward's apply kernel loads U (2 or 4) packs of its row of
-//                 G (and v, dW) before storing them (cuda/backward.cu)
+//                 G (and dW when accumulating) before storing them (cuda/backward.cu)
 //   pdl=0|1       every kernel as a programmatic dependent launch (sm_90 and up)
 //   group_coop=0|1  a grouped forward as three kernels (0) or one cooperative launch (1;
 //   group_grid=N    cuda/group.cu) of at most N blocks (default: as many as fit); unset: by

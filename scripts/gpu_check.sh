@@ -450,12 +450,12 @@ variants() {
     SPECNORM_TUNE="${t#default}" "$SN_BENCH" --shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 \
       --mode backward,backward-acc --no-baseline --no-group --no-graph --no-check --reps 50 --json "$js" || rc=1
   done
+  python3 "$REPO/bench/variants_table.py" "${btable[@]}" || rc=1  # now, in case the step is cut
   echo "################ the variants side by side (bench/variants_table.py)"
   python3 "$REPO/bench/variants_table.py" "${table[@]}" || rc=1
   echo
   python3 "$REPO/bench/variants_table.py" "${ptable[@]}" || rc=1
-  echo
-  python3 "$REPO/bench/variants_table.py" "${btable[@]}" || rc=1
+
   echo "################ legacy order: one pass by columns against two passes"
   env -u SPECNORM_TUNE "$SN_BENCH" --shape 768x4096 --shape 512x16384 --shape 1536x4608 \
     --preset sngan-cifar10 --order v-first --algo all --dtype f32,bf16 --mode train,scale \
@@ -463,7 +463,7 @@ variants() {
   return $rc
 }
 if [[ -x "$SN_BENCH" ]]; then
-  run_step variants "$OUT/bench.log" 90 130 \
+  run_step variants "$OUT/bench.log" 120 130 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" VDIR="$LOGS" REPO="$REPO" \
     bash -c "$(declare -p VARIANT_WL TUNES SN_BENCH); $(declare -f variants); variants"
 else

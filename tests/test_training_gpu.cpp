@@ -446,8 +446,9 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
 
 // The backward's apply kernel with U packs loaded per thread before any is stored
 // (SPECNORM_TUNE=bw_unroll=U) writes what the plain one writes: dW (and ∂L/∂γ) bit for bit, with
-// every flag and in place (dW = G), on rows of 1 to 4 packs per thread and ragged ones; the
-// launched instance read from a graph capture.
+// every combination of flags, dW apart, dW = G and dW = W, on rows of 0 to 4 packs per thread,
+// ragged ones and a second round at U = 4, views with A = 1 and A = 4; the launched instance read
+// from a graph capture.
 TEST(GpuTraining, BackwardUnrollIsBitwiseThePlainOne) {
   REQUIRE_GPU();
   const uint64_t seed = fresh_seed();
@@ -457,15 +458,22 @@ TEST(GpuTraining, BackwardUnrollIsBitwiseThePlainOne) {
   struct Shape {
     std::vector<int64_t> shape;
     sn_dtype_t dt;
+    int dim = 0;
   };
-  const Shape shapes[] = {{{64, 4096}, SN_DTYPE_FLOAT32}, {{33, 4096}, SN_DTYPE_BFLOAT16},
-                          {{17, 1000}, SN_DTYPE_FLOAT32}, {{9, 2056}, SN_DTYPE_FLOAT16},
-                          {{5, 3000}, SN_DTYPE_BFLOAT16}, {{40, 128, 3, 3}, SN_DTYPE_FLOAT32}};
+  // Packs of 16 bytes per row: 1024 (4 per thread), 512 (2), 250 (0-1), 257 (1-2), 375 (1-2),
+  // 288, 750 (3 for most threads), 1250 (a second, ragged round at U = 4); A = 4 rows of 4096
+  // bf16 (dim 1).
+  const Shape shapes[] = {{{64, 4096}, SN_DTYPE_FLOAT32},     {{33, 4096}, SN_DTYPE_BFLOAT16},
+                          {{17, 1000}, SN_DTYPE_FLOAT32},     {{9, 2056}, SN_DTYPE_FLOAT16},
+                          {{5, 3000}, SN_DTYPE_BFLOAT16},     {{40, 128, 3, 3}, SN_DTYPE_FLOAT32},
+                          {{6, 3000}, SN_DTYPE_FLOAT32},      {{8, 5000}, SN_DTYPE_FLOAT32},
+                          {{4, 16, 4096}, SN_DTYPE_BFLOAT16, 1}};
   for (const Shape &sh : shapes) {
     for (int U : {2, 4}) {
-      SCOPED_TRACE(shape_str(sh.shape) + " " + dtype_name(sh.dt) + " bw_unroll=" + std::to_string(U));
+      SCOPED_TRACE(shape_str(sh.shape) + " dim " + std::to_string(sh.dim) + " " + dtype_name(sh.dt) +
+                   " bw_unroll=" + std::to_string(U));
       const int64_t n = numel_of(sh.shape);
-      sn_layer_desc_t d = make_desc(sh.shape, SN_BACKEND_CUDA);
+      sn_layer_desc_t d = make_desc(sh.shape, SN_BACKEND_CUDA, sh.dim);
       d.dtype = sh.dt;
       d.seed = rng.gen();
       ScopedEnv env("SPECNORM_TUNE", (base + "bw_unroll=1").c_str());
@@ -478,22 +486,26 @@ TEST(GpuTraining, BackwardUnrollIsBitwiseThePlainOne) {
       ASSERT_EQ(sn_forward(a, W.dev, Wsn.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
       ASSERT_EQ(sn_forward(b, W.dev, Wsn.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
       ASSERT_TRUE(same_state(get_state(a), get_state(b)));
-      float *dg = nullptr;
-      CUDA_OK(cudaMalloc(&dg, 8));
-      for (unsigned flags : {0u, unsigned(SN_BACKWARD_ACCUMULATE), unsigned(SN_BACKWARD_DETACH_SIGMA)}) {
-        for (bool in_place : {false, true}) {
-          SCOPED_TRACE("flags " + std::to_string(flags) + (in_place ? ", in place" : ""));
+      Tensor dgam(SN_DTYPE_FLOAT32, 2);
+      float *dg = static_cast<float *>(dgam.dev);
+      const std::vector<float> w_host = W.host_floats();
+      const unsigned every[] = {0u, unsigned(SN_BACKWARD_ACCUMULATE), unsigned(SN_BACKWARD_DETACH_SIGMA),
+                                unsigned(SN_BACKWARD_ACCUMULATE | SN_BACKWARD_DETACH_SIGMA)};
+      for (unsigned flags : every) {
+        // dW apart, dW = G, dW = W (each variant with its own copy of W there)
+        for (int alias : {0, 1, 2}) {
+          SCOPED_TRACE("flags " + std::to_string(flags) + (alias == 1 ? ", dW = G" : alias == 2 ? ", dW = W" : ""));
           const std::vector<float> g = rng.normals(n), acc = rng.normals(n);
           G.set(g);
-          da.set(in_place ? g : acc);
-          db.set(in_place ? g : acc);
-          ASSERT_EQ(sn_backward(a, W.dev, in_place ? da.dev : G.dev, da.dev, flags, dg, nullptr), SN_SUCCESS)
-              << sn_last_error_message();
-          ASSERT_EQ(sn_backward(b, W.dev, in_place ? db.dev : G.dev, db.dev, flags, dg + 1, nullptr), SN_SUCCESS)
-              << sn_last_error_message();
+          const std::vector<float> &init = alias == 1 ? g : alias == 2 ? w_host : acc;
+          da.set(init);
+          db.set(init);
+          const void *ga = alias == 1 ? da.dev : G.dev, *gb = alias == 1 ? db.dev : G.dev;
+          const void *wa = alias == 2 ? da.dev : W.dev, *wb = alias == 2 ? db.dev : W.dev;
+          ASSERT_EQ(sn_backward(a, wa, ga, da.dev, flags, dg, nullptr), SN_SUCCESS) << sn_last_error_message();
+          ASSERT_EQ(sn_backward(b, wb, gb, db.dev, flags, dg + 1, nullptr), SN_SUCCESS) << sn_last_error_message();
           EXPECT_TRUE(da.download_bytes() == db.download_bytes());
-          float dgs[2] = {0, 0};
-          CUDA_OK(cudaMemcpy(dgs, dg, 8, cudaMemcpyDeviceToHost));
+          const std::vector<float> dgs = dgam.download_floats();
           EXPECT_EQ(std::memcmp(&dgs[0], &dgs[1], 4), 0) << dgs[0] << " against " << dgs[1];
         }
       }
@@ -505,7 +517,6 @@ TEST(GpuTraining, BackwardUnrollIsBitwiseThePlainOne) {
       EXPECT_TRUE(std::any_of(names.begin(), names.end(),
                               [&](const std::string &k) { return k.find(want) != std::string::npos; }))
           << "no " << want << " among " << names.size() << " kernels, the first " << (names.empty() ? "?" : names[0]);
-      cudaFree(dg);
     }
   }
 }
