@@ -188,6 +188,8 @@ extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backwa
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   const sn_cuda_plan_t &P = *plan;
   const bool need_gw = !a->detach_sigma || a->dgamma;
+  // On chip (op_onchip=1, where the layer fits): one launch instead of two.
+  if (need_gw && P.onchip.cluster > 0 && P.onchip.backward) return (int)launch_on_chip_backward(P, *a, stream);
   auto run = [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
     if (need_gw) {

@@ -67,6 +67,9 @@ cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *block
 cudaError_t launch_on_chip(const sn_on_chip_t &oc, const sn_group_entry_t *entries,
                            const sn_group_entry_t *one, int count, bool pdl, bool training,
                            cudaStream_t stream);
+// A single layer's backward with the layer on chip, one launch (plan.onchip.backward).
+cudaError_t launch_on_chip_backward(const sn_cuda_plan_t &plan, const sn_cuda_backward_args_t &a,
+                                    cudaStream_t stream);
 // Whether thread-block clusters may be used: the device has them and the loaded code was built for
 // sm_90 or later (cuda/forward.cu).
 bool clusters_usable();

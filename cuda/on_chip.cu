@@ -1,6 +1,7 @@
 // Forward with every layer held on chip, for a group (SPECNORM_TUNE=group_onchip=1) or a single
-// warmed-up layer (op_onchip=1; both built without a GPU, not yet run on one): a layer's rows are
-// split over the blocks of one thread-block cluster,
+// warmed-up layer (op_onchip=1, which also runs the layer's backward on chip: below; both built
+// without a GPU, not yet run on one): a layer's rows are split over the blocks of one
+// thread-block cluster,
 // each block copies its rows of W into its shared memory once, runs every power iteration and the
 // division from there, and the cluster's blocks add up their partial products through distributed
 // shared memory (sm_90). One launch per forward whatever the number of layers and iterations, and
@@ -300,6 +301,90 @@ __global__ void __launch_bounds__(kBlock, 2) group_on_chip_kernel(OnChipParams p
   }
 }
 
+// ---- the backward of a layer on chip (op_onchip=1; cuda/backward.cu has the formula) ----------
+// ∂L/∂W = a·G − b·u vᵀ with b = a·⟨G, W⟩ / σ, in one launch where the two kernels of
+// cuda/backward.cu need a grid-wide sum between them: each block of the layer's cluster copies its
+// rows of G into shared memory (the forward's layout: G has W's shape and type), adds up its share
+// of ⟨G, W⟩ (W read once from global memory), the cluster adds the shares in rank order, and each
+// block writes its rows of dW from the G it holds. Bytes: G and W read once, dW written (and read
+// when accumulating): 3 · bytes(W) where the two kernels move 4. Only with ⟨G, W⟩ to compute (σ
+// not detached, or ∂L/∂γ asked for): otherwise the apply kernel alone is one launch already.
+struct OnChipBwParams {
+  const void *W, *G;
+  void *dW;
+  int64_t h, w;
+  int dtype;
+  const float *u, *v, *sigma;
+  float norm_bound;
+  bool accumulate, detach;
+  float *dgamma;
+  int cluster, w_bytes;
+};
+
+template <class T>
+__device__ void backward_on_chip(const OnChipBwParams &p, unsigned r, char *sm) {
+  const unsigned C = (unsigned)p.cluster;
+  const int w = (int)p.w;
+  const int64_t i0 = p.h * r / C, i1 = p.h * (r + 1) / C;
+  const int rows = (int)(i1 - i0);
+  const int64_t n = (int64_t)rows * w;
+  const T *Gg = static_cast<const T *>(p.G) + i0 * w;
+  const T *Wg = static_cast<const T *>(p.W) + i0 * w;
+  T *dWg = static_cast<T *>(p.dW) + i0 * w;
+  T *Gs = reinterpret_cast<T *>(sm + (reinterpret_cast<uintptr_t>(Gg) & 15));
+  float *gw_sm = reinterpret_cast<float *>(sm + p.w_bytes);
+  copy_in(Gs, Gg, n);
+  __pipeline_commit();
+  const float sig = p.sigma[0], a = p.sigma[2];  // the last forward's σ and scale
+  __pipeline_wait_prior(0);
+  __syncthreads();
+  // The block's share of ⟨G, W⟩ (dW may be W: every block reads its rows of W before the cluster
+  // barrier and writes them after it).
+  float acc = 0.f;
+#pragma unroll 4
+  for (int64_t k = threadIdx.x; k < n; k += kBlock) acc = fmaf(to_f(Gs[k]), to_f(Wg[k]), acc);
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) gw_sm[0] = acc;
+  cluster_sync();
+  float gw = 0.f;
+#pragma unroll
+  for (unsigned c = 0; c < (unsigned)kOnChipMaxCluster; ++c)
+    if (c < C) gw += *peer(gw_sm, c);
+  cluster_arrive();
+  // a and b as cuda/backward.cu's coefs(), ∂L/∂γ as its write_dgamma().
+  const bool depends = !p.detach && !(p.norm_bound > 0.f && sig <= p.norm_bound);
+  const float ca = sig > 0.f ? a : 0.f, cb = sig > 0.f && depends ? a * gw / sig : 0.f;
+  if (r == 0 && threadIdx.x == 0 && p.dgamma) *p.dgamma = sig > 0.f ? gw / sn_divisor(sig, p.norm_bound) : 0.f;
+  auto one = [&](int64_t k, int il, int j) {
+    float x = ca * to_f(Gs[k]) - cb * (p.u[i0 + il] * p.v[j]);
+    if (p.accumulate) x += to_f(dWg[k]);
+    dWg[k] = from_f<T>(x);
+  };
+  if (w >= 64) {  // by rows: u_i once per row
+    for (int il = 0; il < rows; ++il)
+      for (int j = threadIdx.x; j < w; j += kBlock) one((int64_t)il * w + j, il, j);
+  } else {  // narrow rows: by elements (n < 2^31: a share fits in shared memory)
+    for (int k = threadIdx.x; k < (int)n; k += kBlock) one(k, k / w, k % w);
+  }
+  cluster_wait();
+}
+
+__global__ void __launch_bounds__(kBlock, 2) on_chip_backward_kernel(OnChipBwParams p) {
+  extern __shared__ float4 on_chip_bw_sm[];
+  pdl_enter();
+  const unsigned r = cluster_rank();
+  char *sm = reinterpret_cast<char *>(on_chip_bw_sm);
+  switch (p.dtype) {
+    case SN_DTYPE_FLOAT16: backward_on_chip<__half>(p, r, sm); break;
+    case SN_DTYPE_BFLOAT16: backward_on_chip<__nv_bfloat16>(p, r, sm); break;
+    default: backward_on_chip<float>(p, r, sm); break;
+  }
+}
+
+// Shared memory of the backward: the forward's W region (G has W's shape and type), then ⟨G, W⟩'s
+// share, rounded up to 16 bytes.
+size_t on_chip_bw_smem(int w_bytes) { return (size_t)w_bytes + 16; }
+
 // The layout for clusters of C: 0 bytes when a layer cannot be on chip at all.
 struct Layout {
   int w_bytes = 0, w4 = 0, rows4 = 0;
@@ -346,6 +431,18 @@ bool schedulable(int C, size_t bytes, bool clusters) {
 }
 
 }  // namespace
+
+cudaError_t launch_on_chip_backward(const sn_cuda_plan_t &plan, const sn_cuda_backward_args_t &a,
+                                    cudaStream_t stream) {
+  const sn_on_chip_t &oc = plan.onchip;
+  const OnChipBwParams p{a.W, a.G, a.dW, plan.view.h, plan.view.A * plan.view.B, (int)plan.dtype,
+                         a.u, a.v, a.sigma, plan.norm_bound, a.accumulate != 0, a.detach_sigma != 0,
+                         a.dgamma, oc.cluster, oc.w_bytes};
+  const size_t smem = on_chip_bw_smem(oc.w_bytes);
+  if (!oc.clusters) return launch(plan.pdl != 0, on_chip_backward_kernel, oc.cluster, kBlock, smem, stream, p);
+  ClusterLaunch L(oc.cluster, kBlock, smem, oc.refuse ? 16 : oc.cluster, stream, plan.pdl != 0);
+  return cudaLaunchKernelEx(&L.cfg, on_chip_backward_kernel, p);
+}
 
 cudaError_t launch_on_chip(const sn_on_chip_t &oc, const sn_group_entry_t *entries,
                            const sn_group_entry_t *one, int count, bool pdl, bool training,
@@ -399,6 +496,13 @@ extern "C" void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, 
     if (!prefer_large && L.share <= sn::kOnChipTargetBytes) break;
   }
   if (best == 0) return;
+  // A single layer's backward runs on chip too where its kernel can have the shared memory.
+  if (prefer_large) {
+    if (sn::allow_shared_memory(sn::on_chip_backward_kernel, sn::on_chip_bw_smem(chosen.w_bytes)) == cudaSuccess)
+      oc->backward = 1;
+    else
+      (void)cudaGetLastError();
+  }
   oc->cluster = best;
   oc->clusters = clusters ? 1 : 0;
   oc->w_bytes = chosen.w_bytes;

@@ -50,6 +50,7 @@ typedef struct {
   int cluster;            /* > 0: blocks per cluster (1, 2, 4, 8); 0: not on chip */
   int clusters;           /* 1: launched as thread-block clusters (sm_90); 0: plain blocks (cluster 1) */
   int w_bytes, w4, rows4; /* the shared-memory layout of every block */
+  int backward;           /* a single layer: its backward runs on chip too (cuda/on_chip.cu) */
   int refuse;             /* tests: launch clusters of 16 blocks, which the device refuses
                              (SPECNORM_TUNE=onchip_refuse=1; sn_forward, sn_group_forward fall back) */
 } sn_on_chip_t;

@@ -54,6 +54,28 @@ int sn__may_retry_on(sn_stream_t stream) {
   return ok;
 }
 
+/* After launch error e of a CUDA layer's forward or backward: if it is the refusal of the layer's
+ * on-chip launch (its cluster cannot be scheduled now: the GPU shared under MPS, an SM limit),
+ * nothing ran; the layer runs the usual kernels from now on. Returns 1 when the caller runs them
+ * at once; 0 otherwise, with *in_capture set when the refusal came during a capture (which it may
+ * have invalidated: the caller reports it, and the user captures again). */
+static int drop_refused_on_chip(sn_layer_t *l, int e, sn_stream_t stream, int *in_capture) {
+  if (e == 0 || l->plan.onchip.cluster == 0 || !sn_cuda_on_chip_refused(e)) return 0;
+  (void)cudaGetLastError();
+  l->plan.onchip.cluster = 0;
+  if (sn__may_retry_on(stream)) return 1;
+  *in_capture = 1;
+  return 0;
+}
+
+static sn_status_t refused_in_capture(const char *what) {
+  return sn__fail(SN_ERROR_CUDA,
+                  "the layer's on-chip %s launch was refused (its cluster cannot be scheduled now) "
+                  "while a stream capture is active; the layer runs the usual kernels from now on: "
+                  "end this capture and capture it again",
+                  what);
+}
+
 /* A CUDA layer's W and W_sn must be device (or managed) memory of the layer's device. */
 sn_status_t sn__check_device_pointer(int device, const void *p, const char *name) {
   struct cudaPointerAttributes attr;
@@ -389,24 +411,10 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
   st = sn__enter_device(dev, &prev);
   if (st != SN_SUCCESS) return st;
   int e = sn_cuda_forward(&l->plan, &a, stream);
-  int refused_in_capture = 0;
-  if (e != 0 && l->plan.onchip.cluster > 0 && sn_cuda_on_chip_refused(e)) {
-    /* The on-chip launch was refused (its cluster cannot be scheduled now: the GPU shared under
-     * MPS, an SM limit): nothing ran. The layer runs the usual kernels from now on: eagerly at
-     * once; a capture may have been invalidated by the refusal, so the caller captures again. */
-    (void)cudaGetLastError();
-    l->plan.onchip.cluster = 0;
-    if (sn__may_retry_on(stream))
-      e = sn_cuda_forward(&l->plan, &a, stream);
-    else
-      refused_in_capture = 1;
-  }
+  int in_capture = 0;
+  if (drop_refused_on_chip(l, e, stream, &in_capture)) e = sn_cuda_forward(&l->plan, &a, stream);
   sn__leave_device(dev, prev);
-  if (refused_in_capture)
-    return sn__fail(SN_ERROR_CUDA,
-                    "the layer's on-chip launch was refused (its cluster cannot be scheduled now) "
-                    "while a stream capture is active; the layer runs the usual kernels from now "
-                    "on: end this capture and capture the forward again");
+  if (in_capture) return refused_in_capture("forward");
   if (e != 0) {
     (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the forward kernels");
@@ -489,7 +497,10 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
                                (flags & SN_BACKWARD_ACCUMULATE) != 0,
                                (flags & SN_BACKWARD_DETACH_SIGMA) != 0, dgamma};
   int e = sn_cuda_backward(&layer->plan, &a, stream);
+  int in_capture = 0;
+  if (drop_refused_on_chip(layer, e, stream, &in_capture)) e = sn_cuda_backward(&layer->plan, &a, stream);
   sn__leave_device(dev, prev);
+  if (in_capture) return refused_in_capture("backward");
   if (e != 0) {
     (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the backward kernels");

@@ -719,10 +719,11 @@ TEST(Gpu, OnChipLayerMatchesTheCpuBackend) {
 }
 
 // Under op_onchip=1, layers it does not take keep their kernels: the v-first order, a layer that
-// asks for two passes, a view with A > 1 (dim 1), w > 4096. And a refused on-chip launch (onchip_refuse=1: clusters of 16, not
-// allowed; assumed refused with cudaErrorInvalidClusterSize) drops the layer to its usual kernels
-// for good: eagerly at once, bit for bit what a layer created without the knob computes; during
-// a capture with SN_ERROR_CUDA, saying to capture again.
+// asks for two passes, a view with A > 1 (dim 1), w > 4096. And a refused on-chip launch
+// (onchip_refuse=1: clusters of 16, not allowed; assumed refused with cudaErrorInvalidClusterSize)
+// drops the layer to its usual kernels for good: eagerly at once, bit for bit what a layer created
+// without the knob computes (a forward refused, and a backward refused first); during a capture
+// with SN_ERROR_CUDA, saying to capture again.
 TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
@@ -759,8 +760,25 @@ TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
   ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=0").c_str());
   LayerPtr plain(d);
   env.set((base + "op_onchip=1,onchip_refuse=1").c_str());
-  LayerPtr refused(d), captured(d);
-  ASSERT_TRUE(plain.p && refused.p && captured.p);
+  LayerPtr refused(d), captured(d), bw_first(d);
+  ASSERT_TRUE(plain.p && refused.p && captured.p && bw_first.p);
+  // A backward refused first (the first forward is the warm-up, which runs the usual kernels):
+  // bit for bit the plain layer's backward.
+  {
+    env.set((base + "op_onchip=0").c_str());
+    LayerPtr reference(d);
+    DevBuf G(static_cast<size_t>(h * w)), g1(static_cast<size_t>(h * w)), g2(static_cast<size_t>(h * w));
+    G.upload(rng.normals(h * w));
+    ASSERT_EQ(sn_forward(reference, dW.p, o1.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_forward(bw_first, dW.p, o2.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_backward(reference, dW.p, G.p, g1.p, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_backward(bw_first, dW.p, G.p, g2.p, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_TRUE(bitwise_equal(g1.download(), g2.download())) << "the refused backward's fallback";
+    const std::vector<std::string> bw =
+        captured_kernels([&](cudaStream_t s) { return sn_backward(bw_first, dW.p, G.p, g2.p, 0, nullptr, s); });
+    EXPECT_FALSE(bw.empty());
+    EXPECT_FALSE(any_matches(bw, "on_chip"));
+  }
   for (int step = 0; step < 3; ++step) {
     const int training = step < 2;
     ASSERT_EQ(sn_forward(plain, dW.p, o1.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();

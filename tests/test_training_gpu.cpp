@@ -360,10 +360,10 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
       {{33, 65}, SN_DTYPE_BFLOAT16, 0.f, true, false, false, 15, 3},
       {{37, 61}, SN_DTYPE_FLOAT16, 0.f, false, false, false, 0, 1},
   };
-  float *d_gamma = nullptr;
+  Tensor gam(SN_DTYPE_FLOAT32, 2);
+  gam.set({0.8f, 0.f});
+  float *d_gamma = static_cast<float *>(gam.dev), *d_dgamma = d_gamma + 1;
   const float h_gamma = 0.8f;
-  CUDA_OK(cudaMalloc(&d_gamma, 4));
-  CUDA_OK(cudaMemcpy(d_gamma, &h_gamma, 4, cudaMemcpyHostToDevice));
   for (const Opt &o : opts) {
     SCOPED_TRACE(shape_str(o.shape) + " " + dtype_name(o.dt) + " bound " + std::to_string(o.bound_rel) +
                  (o.gamma ? " gamma" : "") + (o.scale_only ? " scale-only" : "") + (o.in_place ? " in place" : "") +
@@ -423,16 +423,35 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
         EXPECT_LT(rel_err(got, want), o.dt == SN_DTYPE_FLOAT32 ? 2e-5 : 2 * ulp(o.dt));
       }
       if (!training) continue;
-      // The backward after it (W as the forward was given it: in place, W.dev now holds W_sn).
+      // The backward after it (W as the forward was given it: in place, W.dev now holds W_sn),
+      // with a flag per step and ∂L/∂γ asked for; on chip too where ⟨G, W⟩ is needed.
       W.set(w);
-      std::vector<float> grad = rng.normals(n);
-      G.set(grad);
-      ASSERT_EQ(sn_backward(g, W.dev, G.dev, dW.dev, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
-      ASSERT_EQ(sn_backward(cpu, W.host.data(), G.host.data(), dw_c.data(), 0, nullptr, nullptr), SN_SUCCESS);
+      const unsigned flags = step == 0 ? 0u : step == 1 ? unsigned(SN_BACKWARD_ACCUMULATE) : unsigned(SN_BACKWARD_DETACH_SIGMA);
+      G.set(rng.normals(n));
+      dW.set(rng.normals(n));  // the accumulation target
+      std::vector<uint8_t> dw_c_in = dW.host;
+      float dgamma_c = 0.f;
+      ASSERT_EQ(sn_backward(g, W.dev, G.dev, dW.dev, flags, d_dgamma, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_backward(cpu, W.host.data(), G.host.data(), dw_c_in.data(), flags, &dgamma_c, nullptr), SN_SUCCESS);
       const std::vector<float> got = dW.download_floats();
       std::vector<float> want(got.size());
-      for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(dw_c.data(), o.dt, int64_t(k));
-      EXPECT_LT(rel_err(got, want), o.dt == SN_DTYPE_FLOAT32 ? 1e-4 : 2 * ulp(o.dt));
+      for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(dw_c_in.data(), o.dt, int64_t(k));
+      EXPECT_LT(rel_err(got, want), o.dt == SN_DTYPE_FLOAT32 ? 1e-4 : 2 * ulp(o.dt)) << "flags " << flags;
+      // ∂L/∂γ = ⟨G, W⟩ / d, to rounding of the sum: relative to Σ |G W| / d (⟨G, W⟩ itself may
+      // cancel to near 0).
+      float dgamma_g = 0.f;
+      CUDA_OK(cudaMemcpy(&dgamma_g, d_dgamma, 4, cudaMemcpyDeviceToHost));
+      const std::vector<float> gh = G.host_floats(), wh = W.host_floats();
+      double mag = 0;
+      for (size_t k = 0; k < gh.size(); ++k) mag += std::fabs(double(gh[k]) * double(wh[k]));
+      const double sig = get_state(cpu).sigma;
+      const double dd = dc.norm_bound > 0 ? std::max(1.0, sig / dc.norm_bound) : sig;
+      EXPECT_NEAR(dgamma_g, dgamma_c, 1e-5 * mag / dd);
+      // Bitwise reproducible: the same backward again.
+      Tensor again(o.dt, n);
+      again.set(dW.host_floats());  // the accumulation target as it was
+      ASSERT_EQ(sn_backward(g, W.dev, G.dev, again.dev, flags, nullptr, nullptr), SN_SUCCESS);
+      EXPECT_TRUE(again.download_bytes() == dW.download_bytes()) << "flags " << flags;
     }
     if (!layer_on_chip_here(o.shape, o.dt)) continue;  // (an A100: 590 KB needs clusters)
     const std::vector<std::string> names = captured_kernels([&](cudaStream_t s) {
@@ -440,8 +459,11 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
     });
     EXPECT_EQ(names.size(), 1u);
     EXPECT_TRUE(any_matches(names, "group_on_chip_kernel")) << (names.empty() ? "?" : names[0]);
+    const std::vector<std::string> bw =
+        captured_kernels([&](cudaStream_t s) { return sn_backward(g, W.dev, G.dev, dW.dev, 0, nullptr, s); });
+    EXPECT_EQ(bw.size(), 1u);
+    EXPECT_TRUE(any_matches(bw, "on_chip_backward_kernel")) << (bw.empty() ? "?" : bw[0]);
   }
-  cudaFree(d_gamma);
 }
 
 // The backward's apply kernel with U packs loaded per thread before any is stored
