@@ -10,7 +10,8 @@
 //   integer division. Rows go last first, so the end of G, just read by kernel 1, comes from L2.
 //   Bytes: numel·sizeof(T) read of G, written of dW (+ read when accumulating).
 // Both kernels access 16 bytes at a time (4 floats, 8 of the 2-byte types) when aligned for it.
-// Launches: 2, or 1 when σ is detached and ∂L/∂γ is not asked for.
+// Launches: 2, or 1 when σ is detached and ∂L/∂γ is not asked for; 1 with SPECNORM_TUNE=op_onchip=1
+// for a layer held on chip (cuda/on_chip.cu, on_chip_backward_kernel).
 #include "kernels.h"
 #include "sn_device.cuh"
 #include "sn_types.cuh"
@@ -189,7 +190,8 @@ extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backwa
   const sn_cuda_plan_t &P = *plan;
   const bool need_gw = !a->detach_sigma || a->dgamma;
   // On chip (op_onchip=1, where the layer fits): one launch instead of two.
-  if (need_gw && P.onchip.cluster > 0 && P.onchip.backward) return (int)launch_on_chip_backward(P, *a, stream);
+  if (need_gw && P.onchip.cluster > 0 && P.onchip.backward && P.view.A == 1)
+    return (int)launch_on_chip_backward(P, *a, stream);
   auto run = [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
     if (need_gw) {

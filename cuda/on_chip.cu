@@ -301,7 +301,8 @@ __global__ void __launch_bounds__(kBlock, 2) group_on_chip_kernel(OnChipParams p
   }
 }
 
-// ---- the backward of a layer on chip (op_onchip=1; cuda/backward.cu has the formula) ----------
+// ---- the backward of a layer on chip (op_onchip=1; cuda/backward.cu has the formula; not yet
+// run on a GPU) -------------------------------------------------------------------------------
 // ∂L/∂W = a·G − b·u vᵀ with b = a·⟨G, W⟩ / σ, in one launch where the two kernels of
 // cuda/backward.cu need a grid-wide sum between them: each block of the layer's cluster copies its
 // rows of G into shared memory (the forward's layout: G has W's shape and type), adds up its share
@@ -341,7 +342,7 @@ __device__ void backward_on_chip(const OnChipBwParams &p, unsigned r, char *sm) 
   // The block's share of ⟨G, W⟩ (dW may be W: every block reads its rows of W before the cluster
   // barrier and writes them after it).
   float acc = 0.f;
-#pragma unroll 4
+#pragma unroll 8
   for (int64_t k = threadIdx.x; k < n; k += kBlock) acc = fmaf(to_f(Gs[k]), to_f(Wg[k]), acc);
   acc = block_sum(acc);
   if (threadIdx.x == 0) gw_sm[0] = acc;
@@ -355,16 +356,29 @@ __device__ void backward_on_chip(const OnChipBwParams &p, unsigned r, char *sm) 
   const bool depends = !p.detach && !(p.norm_bound > 0.f && sig <= p.norm_bound);
   const float ca = sig > 0.f ? a : 0.f, cb = sig > 0.f && depends ? a * gw / sig : 0.f;
   if (r == 0 && threadIdx.x == 0 && p.dgamma) *p.dgamma = sig > 0.f ? gw / sn_divisor(sig, p.norm_bound) : 0.f;
-  auto one = [&](int64_t k, int il, int j) {
-    float x = ca * to_f(Gs[k]) - cb * (p.u[i0 + il] * p.v[j]);
-    if (p.accumulate) x += to_f(dWg[k]);
-    dWg[k] = from_f<T>(x);
-  };
-  if (w >= 64) {  // by rows: u_i once per row
-    for (int il = 0; il < rows; ++il)
-      for (int j = threadIdx.x; j < w; j += kBlock) one((int64_t)il * w + j, il, j);
-  } else {  // narrow rows: by elements (n < 2^31: a share fits in shared memory)
-    for (int k = threadIdx.x; k < (int)n; k += kBlock) one(k, k / w, k % w);
+  // dW as cuda/backward.cu's apply: x = a·G − b·(u_i v_j) (+ dW). u and v are the layer's state,
+  // which dW never is: read through the read-only path, so that the stores to dW do not make the
+  // compiler load them again after each one. A thread's K elements of dW (accumulating) are loaded
+  // before any of them is stored (dW may be G or W, each element read before its own store).
+  const float *__restrict__ u = p.u + i0;
+  const float *__restrict__ v = p.v;
+  constexpr int K = 4;
+  for (int k0 = threadIdx.x; k0 < (int)n; k0 += K * kBlock) {  // n < 2^31: a share fits on chip
+    float o[K];
+#pragma unroll
+    for (int q = 0; q < K; ++q) {
+      const int k = k0 + q * kBlock;
+      o[q] = p.accumulate && k < (int)n ? to_f(dWg[k]) : 0.f;
+    }
+#pragma unroll
+    for (int q = 0; q < K; ++q) {
+      const int k = k0 + q * kBlock;
+      if (k >= (int)n) break;
+      const int il = k / w, j = k - il * w;
+      float x = ca * to_f(Gs[k]) - cb * (__ldg(&u[il]) * __ldg(&v[j]));
+      if (p.accumulate) x += o[q];
+      dWg[k] = from_f<T>(x);
+    }
   }
   cluster_wait();
 }

@@ -52,7 +52,8 @@ typedef struct {
   int w_bytes, w4, rows4; /* the shared-memory layout of every block */
   int backward;           /* a single layer: its backward runs on chip too (cuda/on_chip.cu) */
   int refuse;             /* tests: launch clusters of 16 blocks, which the device refuses
-                             (SPECNORM_TUNE=onchip_refuse=1; sn_forward, sn_group_forward fall back) */
+                             (SPECNORM_TUNE=onchip_refuse=1; sn_forward, sn_backward and
+                             sn_group_forward fall back) */
 } sn_on_chip_t;
 
 /* Scalar slots in the plan's scratch `scal` array. */

@@ -276,6 +276,9 @@ static sn_status_t create_cuda(sn_layer_t *l) {
   /* The on-chip forward (SPECNORM_TUNE=op_onchip=1) reads W once: a one-pass algorithm, not for a
    * layer that asks for two passes. */
   if (l->desc.algo == SN_ALGO_TWO_PASS) l->plan.onchip.cluster = 0;
+  /* Nor for a 1-D weight (normalized exactly, no iteration): its backward keeps the two kernels,
+   * spread over the device, rather than one cluster. */
+  if (l->is_1d) l->plan.onchip.cluster = 0;
   if (ws_bytes == 0)
     return sn__fail(SN_ERROR_SIZE_OVERFLOW, "the scratch space for this shape does not fit in size_t");
   const size_t state_bytes = (size_t)state_floats(l) * sizeof(float);

@@ -326,16 +326,17 @@ else
   skip_step goals "$OUT/bench.log" "no python3 or no bench.json"
 fi
 
-# ---- the on-chip forward (cuda/on_chip.cu; session 6, never yet run), early, so that a cut budget
-# still times it: SN-GAN layer by layer and grouped, the defaults against group_onchip=1 and
-# op_onchip=1, with sn_bench's check against the CPU reference on (its "check" column).
+# ---- the on-chip forward and backward (cuda/on_chip.cu; session 6, never yet run), early, so that
+# a cut budget still times them: SN-GAN layer by layer and grouped, the defaults against
+# group_onchip=1 and op_onchip=1, with sn_bench's check against the CPU reference on (its "check"
+# column).
 onchip() {
   local t rc=0 table=()
   for t in default group_onchip=1,op_onchip=1; do
     local js="$LOGS/onchip_${t//[=,]/_}.json"
     echo "################ SPECNORM_TUNE=$t"
     SPECNORM_TUNE="${t#default}" "$SN_BENCH" --preset sngan-cifar10 --dtype f32,bf16 \
-      --mode train,scale,eval --no-baseline --reps 100 --json "$js" || rc=1
+      --mode train,scale,eval,backward --no-baseline --reps 100 --json "$js" || rc=1
     table+=("$t=$js")
   done
   python3 "$REPO/bench/variants_table.py" "${table[@]}" || rc=1

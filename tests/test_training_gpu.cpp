@@ -337,8 +337,9 @@ static bool layer_on_chip_here(const std::vector<int64_t> &shape, sn_dtype_t dt)
 // A layer on chip (SPECNORM_TUNE=op_onchip=1, cuda/on_chip.cu) with the forward's options: an
 // active and an inactive norm bound, γ, scale only, in place, bf16 and fp16, several iterations,
 // no warm-up (then its first forward runs on chip too). Forward and backward steps against the
-// CPU backend on weights with a spectral gap (so that u and v are well defined), and one launch of
-// the on-chip kernel per forward where the layer fits this device.
+// CPU backend on weights with a spectral gap (so that u and v are well defined): the backward with
+// a flag per step and ∂L/∂γ, bitwise against itself, then with dW = G and dW = W; one launch of
+// each on-chip kernel where the layer fits this device; the backward with no usable σ yet.
 TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
   REQUIRE_GPU();
   const uint64_t seed = fresh_seed();
@@ -447,11 +448,38 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
       const double sig = get_state(cpu).sigma;
       const double dd = dc.norm_bound > 0 ? std::max(1.0, sig / dc.norm_bound) : sig;
       EXPECT_NEAR(dgamma_g, dgamma_c, 1e-5 * mag / dd);
-      // Bitwise reproducible: the same backward again.
+      // Bitwise reproducible: the same backward again (the same flags, ∂L/∂γ asked for too).
       Tensor again(o.dt, n);
       again.set(dW.host_floats());  // the accumulation target as it was
-      ASSERT_EQ(sn_backward(g, W.dev, G.dev, again.dev, flags, nullptr, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_backward(g, W.dev, G.dev, again.dev, flags, d_dgamma + 1, nullptr), SN_SUCCESS);
       EXPECT_TRUE(again.download_bytes() == dW.download_bytes()) << "flags " << flags;
+      const std::vector<float> dgs = gam.download_floats();
+      EXPECT_EQ(std::memcmp(&dgs[1], &dgamma_g, 4), 0) << dgs[1] << " against " << dgamma_g;
+    }
+    // The backward with dW = G and dW = W, with and without accumulation (and with both flags),
+    // against the CPU backend given the same aliasing.
+    W.set(w);
+    const unsigned alias_flags[] = {0u, unsigned(SN_BACKWARD_ACCUMULATE),
+                                    unsigned(SN_BACKWARD_ACCUMULATE | SN_BACKWARD_DETACH_SIGMA)};
+    for (unsigned flags : alias_flags) {
+      for (int alias : {1, 2}) {
+        SCOPED_TRACE(std::string(alias == 1 ? "dW = G" : "dW = W") + ", flags " + std::to_string(flags));
+        G.set(rng.normals(n));
+        Tensor buf(o.dt, n);
+        buf.set(alias == 1 ? G.host_floats() : w);
+        std::vector<uint8_t> bc = buf.host;
+        ASSERT_EQ(sn_backward(g, alias == 2 ? buf.dev : W.dev, alias == 1 ? buf.dev : G.dev, buf.dev, flags,
+                              nullptr, nullptr),
+                  SN_SUCCESS)
+            << sn_last_error_message();
+        ASSERT_EQ(sn_backward(cpu, alias == 2 ? bc.data() : W.host.data(), alias == 1 ? bc.data() : G.host.data(),
+                              bc.data(), flags, nullptr, nullptr),
+                  SN_SUCCESS);
+        const std::vector<float> got = buf.download_floats();
+        std::vector<float> want(got.size());
+        for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(bc.data(), o.dt, int64_t(k));
+        EXPECT_LT(rel_err(got, want), o.dt == SN_DTYPE_FLOAT32 ? 1e-4 : 2 * ulp(o.dt));
+      }
     }
     if (!layer_on_chip_here(o.shape, o.dt)) continue;  // (an A100: 590 KB needs clusters)
     const std::vector<std::string> names = captured_kernels([&](cudaStream_t s) {
@@ -463,6 +491,25 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
         captured_kernels([&](cudaStream_t s) { return sn_backward(g, W.dev, G.dev, dW.dev, 0, nullptr, s); });
     EXPECT_EQ(bw.size(), 1u);
     EXPECT_TRUE(any_matches(bw, "on_chip_backward_kernel")) << (bw.empty() ? "?" : bw[0]);
+  }
+  // No usable σ yet (a zero W's forward commits none; the state's σ is 0): a = b = 0, so
+  // dW = 0 (or dW unchanged when accumulating) and ∂L/∂γ = 0, as the two kernels write.
+  const int64_t n = 64 * 100;
+  LayerPtr z(make_desc({64, 100}, SN_BACKEND_CUDA));
+  ASSERT_TRUE(z.p);
+  Tensor W0(SN_DTYPE_FLOAT32, n), Wsn0(SN_DTYPE_FLOAT32, n), G0(SN_DTYPE_FLOAT32, n), dW0(SN_DTYPE_FLOAT32, n);
+  W0.set(std::vector<float>(static_cast<size_t>(n), 0.f));
+  G0.set(rng.normals(n));
+  ASSERT_EQ(sn_forward(z, W0.dev, Wsn0.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(get_state(z).sigma, 0.f);
+  const std::vector<float> target = rng.normals(n);
+  for (unsigned flags : {0u, unsigned(SN_BACKWARD_ACCUMULATE)}) {
+    dW0.set(target);
+    ASSERT_EQ(sn_backward(z, W0.dev, G0.dev, dW0.dev, flags, d_dgamma, nullptr), SN_SUCCESS) << sn_last_error_message();
+    const std::vector<float> got = dW0.download_floats();
+    // (a·G with a = 0 is −0 where G < 0: compared by value)
+    EXPECT_EQ(max_abs_diff(got, flags ? dW0.host_floats() : std::vector<float>(got.size(), 0.f)), 0.0) << "flags " << flags;
+    EXPECT_EQ(gam.download_floats()[1], 0.f);
   }
 }
 
