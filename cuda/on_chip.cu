@@ -285,7 +285,7 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
 }
 
 // (2 blocks per SM, said explicitly: unbounded, ptxas took sm_90 code to 133 registers, 1 block
-// per SM, and held sm_80 code to 64 with 104 bytes of spills; bounded, 127 and 114, no spill.
+// per SM, and held sm_80 code to 64 with 104 bytes of spills; bounded, 128 and 99, no spill.
 // SN-GAN's clusters of 8 take ~92 KB of shared memory per block: 2 per SM.)
 __global__ void __launch_bounds__(kBlock, 2) group_on_chip_kernel(OnChipParams p) {
   extern __shared__ float4 on_chip_sm[];
