@@ -137,11 +137,8 @@ __device__ __forceinline__ void divide_out(T *out, const T *src_sm, const T *src
     const int64_t packs = (tail - head) / E;
     for (int64_t q = threadIdx.x; q < packs; q += kBlock) {
       const int64_t k = head + E * q;
-      const uint4 raw4 = *reinterpret_cast<const uint4 *>(src_sm + k);
-      typename V::raw r;
-      memcpy(&r, &raw4, 16);
       float x[E];
-      V::cvt(r, x);
+      V::cvt(V::load_raw(src_sm + k), x);
 #pragma unroll
       for (int e = 0; e < E; ++e) x[e] = cs.apply(x[e]);
       V::store(out + k, x);
@@ -426,7 +423,8 @@ Layout layout_for(const sn_group_entry_t *ent, int count, int C) {
 }
 
 // Whether clusters of C blocks with `bytes` of shared memory each can run on the current device
-// (C = 1 without clusters: a block), once the kernel may use that much.
+// (C = 1 without clusters: a block): the kernel may use that much (allow_shared_memory checks it
+// against the device, less the static shared memory), and the occupancy query finds room.
 bool schedulable(int C, size_t bytes, bool clusters) {
   if (allow_shared_memory(group_on_chip_kernel, bytes) != cudaSuccess) {
     (void)cudaGetLastError();
@@ -446,16 +444,26 @@ bool schedulable(int C, size_t bytes, bool clusters) {
 
 }  // namespace
 
+// kernel<<<blocks, kBlock, smem, stream>>>(p) in clusters of oc.cluster blocks (plain blocks
+// without clusters), as a programmatic dependent launch when pdl. (oc.refuse, tests only:
+// clusters of 16, which need cudaFuncAttributeNonPortableClusterSizeAllowed, not set: the launch
+// is refused, cudaErrorInvalidClusterSize by the CUDA documentation. SPECNORM_TUNE=onchip_refuse=1.)
+template <class P>
+cudaError_t launch_clusters(const sn_on_chip_t &oc, void (*kernel)(P), int blocks, size_t smem,
+                            bool pdl, cudaStream_t stream, const P &p) {
+  if (!oc.clusters) return launch(pdl, kernel, blocks, kBlock, smem, stream, p);
+  ClusterLaunch L(blocks, kBlock, smem, oc.refuse ? 16 : oc.cluster, stream, pdl);
+  return cudaLaunchKernelEx(&L.cfg, kernel, p);
+}
+
 cudaError_t launch_on_chip_backward(const sn_cuda_plan_t &plan, const sn_cuda_backward_args_t &a,
                                     cudaStream_t stream) {
   const sn_on_chip_t &oc = plan.onchip;
   const OnChipBwParams p{a.W, a.G, a.dW, plan.view.h, plan.view.A * plan.view.B, (int)plan.dtype,
                          a.u, a.v, a.sigma, plan.norm_bound, a.accumulate != 0, a.detach_sigma != 0,
                          a.dgamma, oc.cluster, oc.w_bytes};
-  const size_t smem = on_chip_bw_smem(oc.w_bytes);
-  if (!oc.clusters) return launch(plan.pdl != 0, on_chip_backward_kernel, oc.cluster, kBlock, smem, stream, p);
-  ClusterLaunch L(oc.cluster, kBlock, smem, oc.refuse ? 16 : oc.cluster, stream, plan.pdl != 0);
-  return cudaLaunchKernelEx(&L.cfg, on_chip_backward_kernel, p);
+  return launch_clusters(oc, on_chip_backward_kernel, oc.cluster, on_chip_bw_smem(oc.w_bytes),
+                         plan.pdl != 0, stream, p);
 }
 
 cudaError_t launch_on_chip(const sn_on_chip_t &oc, const sn_group_entry_t *entries,
@@ -469,14 +477,8 @@ cudaError_t launch_on_chip(const sn_on_chip_t &oc, const sn_group_entry_t *entri
   p.w4 = oc.w4;
   p.rows4 = oc.rows4;
   p.training = training;
-  const size_t smem = on_chip_smem(p.w_bytes, p.w4, p.rows4);
-  const int blocks = count * oc.cluster;
-  if (!oc.clusters) return launch(pdl, group_on_chip_kernel, blocks, kBlock, smem, stream, p);
-  // (oc.refuse, tests only: clusters of 16, which need cudaFuncAttributeNonPortableClusterSizeAllowed,
-  // not set: the launch is refused, cudaErrorInvalidClusterSize by the CUDA documentation.
-  // SPECNORM_TUNE=onchip_refuse=1.)
-  ClusterLaunch L(blocks, kBlock, smem, oc.refuse ? 16 : oc.cluster, stream, pdl);
-  return cudaLaunchKernelEx(&L.cfg, group_on_chip_kernel, p);
+  return launch_clusters(oc, group_on_chip_kernel, count * oc.cluster,
+                         on_chip_smem(p.w_bytes, p.w4, p.rows4), pdl, stream, p);
 }
 
 }  // namespace sn
@@ -485,26 +487,18 @@ extern "C" void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, 
                                         int prefer_large, sn_on_chip_t *oc) {
   *oc = sn_on_chip_t{};
   const bool clusters = sn::clusters_usable();
-  int dev = 0, optin = 0;
-  cudaFuncAttributes fa{};
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
-      cudaFuncGetAttributes(&fa, sn::group_on_chip_kernel) != cudaSuccess) {
-    (void)cudaGetLastError();  // not on chip: the other paths need none of this
-    return;
-  }
-  const size_t avail = (size_t)optin > fa.sharedSizeBytes ? (size_t)optin - fa.sharedSizeBytes : 0;
   // Groups: the smallest cluster that brings every block's share under the target, else the
   // largest that fits. A single layer (prefer_large): the largest that fits. Only the forced size
   // with group_onchip_cluster.
-  // (A size whose clusters cannot be scheduled, e.g. under an SM limit, is passed over.)
+  // (A size whose blocks' shared memory does not fit the device, or whose clusters cannot be
+  // scheduled, e.g. under an SM limit, is passed over: schedulable.)
   int best = 0;
   sn::Layout chosen;
   for (int C = 1; C <= (clusters ? sn::kOnChipMaxCluster : 1); C *= 2) {
     if (force_cluster > 0 && C != force_cluster) continue;
     const sn::Layout L = sn::layout_for(ent, count, C);
     if (L.bytes == 0) return;  // a layer that cannot be on chip: not this path
-    if (L.bytes > avail || !sn::schedulable(C, L.bytes, clusters)) continue;
+    if (!sn::schedulable(C, L.bytes, clusters)) continue;
     best = C;
     chosen = L;
     if (!prefer_large && L.share <= sn::kOnChipTargetBytes) break;
