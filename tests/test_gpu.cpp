@@ -675,16 +675,7 @@ TEST(Gpu, OnChipLayerMatchesTheCpuBackend) {
   int ran = 0;
   for (const Case &c : cases) {
     SCOPED_TRACE(case_name(c));
-    const int nd = int(c.shape.size());
-    const sn_view_t vw = sn_ref_view(nd, c.shape.data(), c.dim < 0 ? c.dim + nd : c.dim);
-    sn_group_entry_t e{};
-    e.A = vw.A;
-    e.h = vw.h;
-    e.B = vw.B;
-    e.w = vw.A * vw.B;
-    e.dtype = SN_DTYPE_FLOAT32;
-    sn_on_chip_t oc{};
-    sn_cuda_on_chip_prepare(&e, 1, 0, 1, &oc);
+    const sn_on_chip_t oc = on_chip_plan_of({{c.shape, c.dim, SN_DTYPE_FLOAT32}}, 0, 1);
     const int64_t n = numel_of(c.shape);
     if (n * 4 <= 32768) {
       EXPECT_GT(oc.cluster, 0) << "32 KB and 4096 columns fit any device's shared memory";

@@ -967,19 +967,9 @@ static std::vector<Member> small_on_chip_members() {
 // How a group of `ms` is put on chip on this device (cluster 0: it is not), clusters of
 // `cluster` blocks only if > 0: what sn_group_create decides under group_onchip=1.
 static sn_on_chip_t on_chip_plan(const std::vector<Member> &ms, int cluster) {
-  std::vector<sn_group_entry_t> ent(ms.size());
-  for (size_t k = 0; k < ms.size(); ++k) {
-    const int nd = int(ms[k].shape.size());
-    const sn_view_t v = sn_ref_view(nd, ms[k].shape.data(), ms[k].dim < 0 ? ms[k].dim + nd : ms[k].dim);
-    ent[k].A = v.A;
-    ent[k].h = v.h;
-    ent[k].B = v.B;
-    ent[k].w = v.A * v.B;
-    ent[k].dtype = int(ms[k].dt);
-  }
-  sn_on_chip_t oc{};
-  sn_cuda_on_chip_prepare(ent.data(), int(ent.size()), cluster, 0, &oc);
-  return oc;
+  std::vector<OnChipLayer> ls;
+  for (const Member &m : ms) ls.push_back({m.shape, m.dim, m.dt});
+  return on_chip_plan_of(ls, cluster, 0);
 }
 
 // The forward is one launch of the on-chip kernel, in training and eval.

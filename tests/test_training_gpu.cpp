@@ -3,7 +3,6 @@
 // and a whole step captured in a CUDA graph. Every test skips with a message without a GPU.
 #include <cuda_runtime.h>
 
-#include "sn_cuda.h"
 #include "test_util.h"
 
 using namespace sntest;
@@ -323,15 +322,7 @@ TEST(GpuTraining, ForwardBackwardStepsMatchTheCpuBackend) {
 
 // Whether a layer of `shape` (dim 0) and `dt` is held on chip on this device under op_onchip=1.
 static bool layer_on_chip_here(const std::vector<int64_t> &shape, sn_dtype_t dt) {
-  sn_group_entry_t e{};
-  e.A = 1;
-  e.h = shape[0];
-  e.B = numel_of(shape) / shape[0];
-  e.w = e.B;
-  e.dtype = int(dt);
-  sn_on_chip_t oc{};
-  sn_cuda_on_chip_prepare(&e, 1, 0, 1, &oc);
-  return oc.cluster > 0;
+  return on_chip_plan_of({{shape, 0, dt}}, 0, 1).cluster > 0;
 }
 
 // A layer on chip (SPECNORM_TUNE=op_onchip=1, cuda/on_chip.cu) with the forward's options: an

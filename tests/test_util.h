@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "sn_cuda.h"
 #include "sn_reference.h"
 #include "specnorm.h"
 
@@ -309,6 +310,34 @@ inline CaptureOutcome capture_outcome(const std::function<sn_status_t(cudaStream
   (void)cudaGetLastError();
   cudaStreamDestroy(s);
   return out;
+}
+
+// A layer as the on-chip plan sees it: its shape, the dim of its matrix view (negative from the
+// end) and its dtype.
+struct OnChipLayer {
+  std::vector<int64_t> shape;
+  int dim;
+  sn_dtype_t dt;
+};
+
+// How sn_cuda_on_chip_prepare holds these layers on chip on the current device (cluster 0: not
+// at all): as a group (prefer_large 0), or as a single layer's plan does (1); force_cluster > 0:
+// clusters of that size only.
+inline sn_on_chip_t on_chip_plan_of(const std::vector<OnChipLayer> &layers, int force_cluster, int prefer_large) {
+  std::vector<sn_group_entry_t> ent(layers.size());
+  for (size_t k = 0; k < layers.size(); ++k) {
+    const int nd = int(layers[k].shape.size());
+    const int dim = layers[k].dim < 0 ? layers[k].dim + nd : layers[k].dim;
+    const sn_view_t v = sn_ref_view(nd, layers[k].shape.data(), dim);
+    ent[k].A = v.A;
+    ent[k].h = v.h;
+    ent[k].B = v.B;
+    ent[k].w = v.A * v.B;
+    ent[k].dtype = int(layers[k].dt);
+  }
+  sn_on_chip_t oc{};
+  sn_cuda_on_chip_prepare(ent.data(), int(ent.size()), force_cluster, prefer_large, &oc);
+  return oc;
 }
 
 // Whether one of the names matches the regular expression.
