@@ -52,10 +52,6 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   op_grid=M     at most M one-pass blocks
 //   op_cluster=C  one-pass blocks in thread-block clusters of C (1, 2, 4 or 8; sm_90 and up) that
 //                 add their partial s on chip
-//   op_async=1    the one-pass training rows by cp.async, several rows ahead (cuda/one_pass.cu;
-//                 where its stages fit in shared memory)
-//   op_fuse=1     a training forward without W_sn commits in its last one-pass reduction (no
-//                 commit launch)
 //   op_depth=2    the one-pass training rows kernel holds two rows ahead in registers, not one
 //                 (cuda/one_pass.cu; up to 4 packs per thread)
 //   div_stream=1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
@@ -85,8 +81,6 @@ struct Tune {
                        // kernels of different occupancy)
   int op_cluster = 0;  // 0: the default below
   int pdl = -1;        // -1: the default below
-  int op_async = 0;    // 1: the one-pass training rows kernel's cp.async variant
-  int op_fuse = 0;     // 1: a forward without W_sn commits in its last one-pass reduction
   int op_depth = 1;    // 2: the one-pass training rows kernel two rows ahead
   int div_stream = 0;  // 1: the division's accesses are streaming (evict-first)
   int div_unroll = 1;  // packs of W loaded per thread of the division before it stores
@@ -112,8 +106,7 @@ Tune read_tune() {
   };
   const Key keys[] = {
       {"op_bps=", &t.op_bps, 1, 64, false},        {"op_grid=", &t.op_grid, 1, 1000000, false},
-      {"op_cluster=", &t.op_cluster, 1, 8, true},  {"op_async=", &t.op_async, 0, 1, false},
-      {"op_fuse=", &t.op_fuse, 0, 1, false},       {"pdl=", &t.pdl, 0, 1, false},
+      {"op_cluster=", &t.op_cluster, 1, 8, true},  {"pdl=", &t.pdl, 0, 1, false},
       {"op_depth=", &t.op_depth, 1, 2, false},     {"div_stream=", &t.div_stream, 0, 1, false},
       {"div_unroll=", &t.div_unroll, 1, 4, true},  {"bw_unroll=", &t.bw_unroll, 1, 4, true},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
@@ -275,15 +268,12 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->one_pass = 1;
     plan->op_elems = sn::one_pass_elems(dtype, view.B);
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
-    plan->op_async = tune.op_async;
-    plan->op_fuse = tune.op_fuse;
-    plan->op_depth = tune.op_async ? 1 : tune.op_depth;
+    plan->op_depth = tune.op_depth;
     int per_sm = 0, max_clusters = 0;
     cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
-    if (e != cudaSuccess && (plan->op_async || plan->op_depth > 1)) {
-      // e.g. the stages do not fit, or no two-rows instance: the register kernel, one row ahead
+    if (e != cudaSuccess && plan->op_depth > 1) {
+      // no two-rows instance (over 4 packs per thread): one row ahead
       (void)cudaGetLastError();
-      plan->op_async = 0;
       plan->op_depth = 1;
       e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
     }
@@ -404,14 +394,10 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
   int slot = SN_SCAL_SIG_S;
   // The first product of a training forward restarts from ones if the health word asks for it.
   const unsigned *health = reinterpret_cast<const unsigned *>(a->sigma + 3);
-  // A training forward without W_sn may end with the one-pass reduction committing the state
-  // itself (SPECNORM_TUNE=op_fuse=1): one launch fewer.
-  const bool fuse = one_pass && P.op_fuse && a->training && !a->W_sn;
   for (int k = 0; k < iters; ++k) {
     const unsigned *restart = k == 0 ? health : nullptr;
     if (one_pass) {
-      SN_TRY(sn::launch_one_pass(P, a->W, v, v_div, restart, fuse && k == iters - 1 ? a : nullptr,
-                                 stream));
+      SN_TRY(sn::launch_one_pass(P, a->W, v, v_div, restart, stream));
       slot = SN_SCAL_SIG_S;
     } else if (a->order == SN_ORDER_U_FIRST) {
       SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kNormalize, nullptr, nullptr, restart,
@@ -432,7 +418,6 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
     v = P.s;
     v_div = scal + SN_SCAL_M_S;
   }
-  if (fuse) return 0;  // committed by the last reduction
   if (!a->training) {
     if (one_pass)
       SN_TRY(sn::launch_one_pass_eval(P, a->W, v, v_div, u, u_div, stream));

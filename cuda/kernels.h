@@ -39,12 +39,8 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
 
 // One-pass iteration (cuda/one_pass.cu): t = M (x / *x_div) and s = Mᵀ t / max(‖t‖, eps) with one
 // read of W, writing the same scratch and scalars as launch_matvec + launch_matvec_t. 2 launches.
-// commit != NULL (the last iteration of a forward without W_sn, plan.op_fuse): the reduction's
-// last block also commits u, v and the state word as launch_commit_divide(kVectors) would, and
-// the caller launches no commit.
 cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
-                            const float *x_div, const unsigned *health,
-                            const sn_cuda_forward_args_t *commit, cudaStream_t stream);
+                            const float *x_div, const unsigned *health, cudaStream_t stream);
 // The eval σ = uᵀ M v (u / *u_div, v = x / *x_div) with the one-pass rows kernel: 1 launch,
 // writes scal[SIG_DOT].
 cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, const float *x,

@@ -16,7 +16,6 @@
 //   Bytes: op_blocks·w·4 read + w·4 written.
 // Both reductions have a fixed order: results are bitwise reproducible.
 #include <cooperative_groups.h>
-#include <cuda_pipeline.h>
 
 #include "kernels.h"
 #include "sn_device.cuh"
@@ -41,7 +40,6 @@ struct OnePassParams {
   const float *u, *u_div;
   float *scal;
   unsigned *counter;
-  bool async;       // host: the training kernel is the cp.async one (plan.op_async)
   int depth;        // host: rows ahead in registers of the register training kernel (plan.op_depth)
 };
 
@@ -80,30 +78,17 @@ __device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, flo
 #endif
 }
 
-// Stages of the cp.async variant (SPECNORM_TUNE=op_async=1) for rows of at most `row_bytes`: rows
-// in flight per block = stages - 1. At most 3 × 64 KB = 192 KB of shared memory (sm_90 gives a
-// block 227 KB; an A100 164 KB: there the widest rows keep the register kernel).
-constexpr int async_stages(int row_bytes) { return row_bytes <= 16384 ? 4 : 3; }
-
 // NT threads, VPT packs of E elements per thread and row: thread k holds packs k, k + NT, ...
-// S = 0: the next D rows' packs are loaded into registers (buf[1..D]) while the current one
-//   (buf[0]) is reduced: D rows in flight per block beyond the one being reduced. D = 1 is
-//   the default; D = 2 (SPECNORM_TUNE=op_depth=2, not yet measured) doubles the bytes in flight
-//   of a block for 4·VPT more registers: the bf16 rows of 4096 × 16384 (1 block of 512 threads
-//   per SM, 109 registers) had 32 KB ahead per SM where fp32 has 64 KB, and ran at 53% of the
-//   copy bandwidth against fp32's ~80% (H200, e56c4b8; bench/NOTES.md).
-// S >= 2 (training only; SPECNORM_TUNE=op_async=1; slower where measured): the rows go to shared
-//   memory by cp.async, S - 1 rows ahead, in S stages; v is in registers (the thread's VPT·E
-//   values), so the stages have the shared memory to themselves. Each thread copies exactly the
-//   packs it later reads, so a stage needs no barrier: the thread's own wait (cp.async.wait_group)
-//   makes its copies visible to it. The point is more bytes in flight per multiprocessor than the
-//   registers can hold (bench/NOTES.md: the rows kernel ran at 62% of the copy bandwidth at 4096²
-//   on an H200, with one 16 KB row ahead per block). On the same grid the results are bitwise
-//   those of S = 0; the default grid follows each kernel's occupancy, so it may differ.
-template <int NT, int VPT, class T, int E, bool EVAL, int S = 0, int D = 1>
+// The next D rows' packs are loaded into registers (buf[1..D]) while the current one (buf[0]) is
+// reduced: D rows in flight per block beyond the one being reduced. D = 1 is the default; D = 2
+// (SPECNORM_TUNE=op_depth=2, not yet measured) doubles the bytes in flight of a block for 4·VPT
+// more registers: the bf16 rows of 4096 × 16384 (1 block of 512 threads per SM, 109 registers)
+// had 32 KB ahead per SM where fp32 has 64 KB, and ran at 53% of the copy bandwidth against
+// fp32's ~80% (H200, e56c4b8; bench/NOTES.md). (A cp.async variant that streamed the rows into
+// shared memory 1-3 rows ahead measured 2-21% slower on the H200 and was removed: NOTES.)
+template <int NT, int VPT, class T, int E, bool EVAL, int D = 1>
 __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
-  static_assert(S == 0 || (S >= 2 && !EVAL), "cp.async stages: 2 or more, training only");
-  static_assert(D >= 1 && (D == 1 || S == 0), "rows ahead in registers: the register kernel only");
+  static_assert(D >= 1, "rows ahead in registers");
   pdl_enter();
   using V = VecN<T, E>;
   using R = typename V::raw;
@@ -111,11 +96,10 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   const T *W = static_cast<const T *>(p.W);
   const int64_t w = (int64_t)E * p.wp;
   extern __shared__ float4 v_sm[];
-  R *stage = reinterpret_cast<R *>(v_sm);  // S > 0: S stages of wp packs (v is in registers)
   const float ru = EVAL ? reciprocal_of(p.u_div) : 0.f;
 
   float acc[VPT][E];
-  R buf[D + 1][VPT];  // buf[0]: the row being reduced; S = 0: buf[1..D], the block's next D rows
+  R buf[D + 1][VPT];  // buf[0]: the row being reduced; buf[1..D], the block's next D rows
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
 #pragma unroll
@@ -125,64 +109,25 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   }
   const int64_t G = gridDim.x;
   int64_t i = blockIdx.x;
-  // S > 0: row r's packs of this thread into stage `slot`, as one commit group (empty past the end,
-  // so that every thread commits one group per row and the waits count alike).
-  auto issue = [&](int64_t r, int slot) {
-    if (r < p.h) {
-      const T *row = W + r * w;
 #pragma unroll
-      for (int k = 0; k < VPT; ++k) {
-        const int j = threadIdx.x + k * NT;
-        if (j < p.wp) __pipeline_memcpy_async(&stage[slot * p.wp + j], row + E * j, sizeof(R));
-      }
-    }
-    __pipeline_commit();
-  };
-  if constexpr (S > 0) {
-#pragma unroll
-    for (int q = 0; q < S - 1; ++q) issue(i + q * G, q);
-  } else {
-#pragma unroll
-    for (int d = 0; d < D; ++d) {
-      if (i + d * G >= p.h) break;
-      const T *row = W + (i + d * G) * w;
-#pragma unroll
-      for (int k = 0; k < VPT; ++k) {
-        const int j = threadIdx.x + k * NT;
-        if (j < p.wp) buf[d][k] = V::load_raw(row + E * j);
-      }
-    }
-  }
-  // v into shared memory (S > 0: the thread's own values into registers) while the first rows'
-  // loads are in flight. v may start at any float boundary (the state's v follows u): load it by
-  // floats.
-  const float rx = reciprocal_of(p.x_div);
-  const bool ones = p.health && (*p.health & SN_HEALTH_RESTART);
-  float vr[VPT][E];
-  if constexpr (S > 0) {
+  for (int d = 0; d < D; ++d) {
+    if (i + d * G >= p.h) break;
+    const T *row = W + (i + d * G) * w;
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
       const int j = threadIdx.x + k * NT;
-#pragma unroll
-      for (int e = 0; e < E; ++e) vr[k][e] = j < p.wp ? (ones ? 1.f : p.x[E * j + e] * rx) : 0.f;
+      if (j < p.wp) buf[d][k] = V::load_raw(row + E * j);
     }
-  } else {
-    stage_scaled<NT>(reinterpret_cast<float *>(v_sm), p.x, w, rx, ones);
-    __syncthreads();
   }
+  // v into shared memory while the first rows' loads are in flight. v may start at any float
+  // boundary (the state's v follows u): load it by floats.
+  const float rx = reciprocal_of(p.x_div);
+  const bool ones = p.health && (*p.health & SN_HEALTH_RESTART);
+  stage_scaled<NT>(reinterpret_cast<float *>(v_sm), p.x, w, rx, ones);
+  __syncthreads();
   float tsq = 0.f;
-  int slot = 0;  // S > 0: the stage of row i
   for (; i < p.h; i += G) {
-    if constexpr (S > 0) {
-      issue(i + (S - 1) * G, slot == 0 ? S - 1 : slot - 1);  // the stage read last iteration
-      __pipeline_wait_prior(S - 1);                          // row i's group is complete
-#pragma unroll
-      for (int k = 0; k < VPT; ++k) {
-        const int j = threadIdx.x + k * NT;
-        if (j < p.wp) buf[0][k] = stage[slot * p.wp + j];
-      }
-      slot = slot == S - 1 ? 0 : slot + 1;
-    } else if (i + D * G < p.h) {
+    if (i + D * G < p.h) {
       const T *row = W + (i + D * G) * w;
 #pragma unroll
       for (int k = 0; k < VPT; ++k) {
@@ -202,11 +147,7 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
       if (j < p.wp) {
 #pragma unroll
         for (int q = 0; q < F4; ++q) {
-          float4 v;
-          if constexpr (S > 0)
-            v = make_float4(vr[k][4 * q], vr[k][4 * q + 1], vr[k][4 * q + 2], vr[k][4 * q + 3]);
-          else
-            v = v_sm[F4 * j + q];
+          const float4 v = v_sm[F4 * j + q];
           d = fmaf(x[k][4 * q + 0], v.x, d);
           d = fmaf(x[k][4 * q + 1], v.y, d);
           d = fmaf(x[k][4 * q + 2], v.z, d);
@@ -225,20 +166,17 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
 #pragma unroll
         for (int e = 0; e < E; ++e) acc[k][e] = fmaf(t, x[k][e], acc[k][e]);
     }
-    if constexpr (S == 0) {
 #pragma unroll
-      for (int r = 0; r < D; ++r)
+    for (int r = 0; r < D; ++r)
 #pragma unroll
-        for (int k = 0; k < VPT; ++k) buf[r][k] = buf[r + 1][k];
-    }
+      for (int k = 0; k < VPT; ++k) buf[r][k] = buf[r + 1][k];
   }
-  if constexpr (S > 0) __pipeline_wait_prior(0);  // no copy outstanding (those past the end are empty)
   if (!EVAL) {
     // The block's partial s goes to global memory, or (cluster > 1) to its own shared memory,
     // where the cluster's blocks add it up below.
     if (!kHaveClusters && p.cluster > 1) __trap();  // the host checks the code's PTX version
     const bool on_chip = p.cluster > 1;
-    if (on_chip) __syncthreads();  // every thread is done reading v_sm (S > 0: the stages)
+    if (on_chip) __syncthreads();  // every thread is done reading v_sm
     float4 *out = on_chip ? v_sm : reinterpret_cast<float4 *>(p.part + (int64_t)blockIdx.x * w);
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
@@ -270,27 +208,7 @@ struct ReduceParams {
   float *scal;
   unsigned *counter;
   float eps;
-  // commit (u != NULL): the last block commits u = t / max(‖t‖, eps), v = s / max(‖s‖, eps) and the
-  // state word, exactly as commit_divide_kernel with Commit::kVectors and no W_sn.
-  float *u, *v, *sigma;
-  const float *t;
-  int64_t h;
-  float norm_bound;
-  const float *gamma;
 };
-
-// The commit of a forward without W_sn, by one block (every thread calls it) after the norms are
-// in scal: the arithmetic of commit_divide_kernel's kVectors branch and state word. t and s are
-// the plan's scratch (16-byte aligned, padded); s was written by other blocks of this launch.
-__device__ __forceinline__ void commit_in_block(const ReduceParams &p, float m_t) {
-  __syncthreads();  // scal[M_S] and scal[SIG_S], written by thread 0
-  const CommitScale cs = commit_scale(p.scal[SN_SCAL_SIG_S], p.sigma, p.norm_bound, p.gamma);
-  if (cs.good) {
-    divide_into<8>(p.u, p.t, p.h, m_t);
-    divide_into<8>(p.v, reinterpret_cast<const float *>(p.s), 4LL * p.w4, p.scal[SN_SCAL_M_S]);
-  }
-  if (threadIdx.x == 0) commit_state_word(p.sigma, cs, true);
-}
 
 // 4 float4 columns per block and 64 lanes along the partials: w / 16 blocks, so that the partials
 // (hundreds of rows of them at 4096 columns) are read by many blocks at once; 16 columns per block
@@ -345,7 +263,6 @@ __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p)
   if (!last_block_to_arrive(p.counter, gridDim.x)) return;
   finish_s_norm(p.sq, gridDim.x, p.eps, p.scal);
   if (threadIdx.x == 0) p.scal[SN_SCAL_M_T] = m_t;
-  if (p.u) commit_in_block(p, m_t);
 }
 
 // One instance per (threads, packs per thread, element type, elements per pack): launch it, or
@@ -363,29 +280,23 @@ struct Prep {
 // instance (the eval one keeps no partial s and needs fewer registers).
 template <int NT, int VPT, class T, int E>
 cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *prep) {
+  // v in shared memory, w floats (the cluster's partial s lands there too).
   const size_t smem = (size_t)p->wp * E * sizeof(float);
-  constexpr size_t kPack = sizeof(typename VecN<T, E>::raw);
-  constexpr int S = async_stages(NT * VPT * (int)kPack);
-  // The cp.async training kernel: S stages of a row (at least w floats: the cluster's partial s
-  // lands there too).
-  const size_t train_smem = p->async ? (size_t)S * p->wp * kPack : smem;
   // Two rows ahead in registers (op_depth=2): instances up to 4 packs per thread (the 512 × 8 fp32
   // one is at 122 registers of its 128 with one row ahead).
-  // (The plan never asks for both op_async and op_depth=2.)
   constexpr bool kDeep = VPT <= 4;
   if (p->depth == 2 && !kDeep) return cudaErrorNotSupported;
   void (*train)(OnePassParams) = one_pass_rows_kernel<NT, VPT, T, E, false>;
-  if (p->async) train = one_pass_rows_kernel<NT, VPT, T, E, false, S>;
   if constexpr (kDeep)
-    if (p->depth == 2) train = one_pass_rows_kernel<NT, VPT, T, E, false, 0, 2>;
+    if (p->depth == 2) train = one_pass_rows_kernel<NT, VPT, T, E, false, 2>;
   auto *eval = one_pass_rows_kernel<NT, VPT, T, E, true>;
   if (prep) {
     cudaError_t e = allow_shared_memory(eval, smem);
-    if (e == cudaSuccess) e = allow_shared_memory(train, train_smem);
+    if (e == cudaSuccess) e = allow_shared_memory(train, smem);
     if (e == cudaSuccess)
-      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&prep->blocks_per_sm, train, NT, train_smem);
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&prep->blocks_per_sm, train, NT, smem);
     if (e == cudaSuccess && prep->cluster > 1) {
-      ClusterLaunch L(prep->cluster, NT, train_smem, prep->cluster, nullptr);
+      ClusterLaunch L(prep->cluster, NT, smem, prep->cluster, nullptr);
       e = cudaOccupancyMaxActiveClusters(&prep->max_clusters, train, &L.cfg);
     }
     return e;
@@ -393,10 +304,10 @@ cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *
   if (p->u) {
     eval<<<blocks, NT, smem, stream>>>(*p);
   } else if (p->cluster > 1) {
-    ClusterLaunch L(blocks, NT, train_smem, p->cluster, stream);
+    ClusterLaunch L(blocks, NT, smem, p->cluster, stream);
     return cudaLaunchKernelEx(&L.cfg, train, *p);
   } else {
-    train<<<blocks, NT, train_smem, stream>>>(*p);
+    train<<<blocks, NT, smem, stream>>>(*p);
   }
   return cudaGetLastError();
 }
@@ -457,7 +368,6 @@ cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *block
                              int *max_clusters) {
   OnePassParams p{};
   p.wp = (int)(plan.view.B / plan.op_elems);
-  p.async = plan.op_async != 0;
   p.depth = plan.op_depth;
   Prep prep{cluster, 0, 0};
   const cudaError_t e = rows_dispatch(plan, &p, nullptr, &prep);
@@ -467,20 +377,17 @@ cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *block
 }
 
 cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
-                            const float *x_div, const unsigned *health,
-                            const sn_cuda_forward_args_t *commit, cudaStream_t stream) {
+                            const float *x_div, const unsigned *health, cudaStream_t stream) {
   const int w4 = (int)(plan.view.B / 4);
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, health, plan.t,
                   plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr,
-                  plan.op_async != 0, plan.op_depth};
+                  plan.op_depth};
   cudaError_t e = rows_dispatch(plan, &p, stream, nullptr);
   if (e != cudaSuccess) return e;
   ReduceParams r{reinterpret_cast<const float4 *>(plan.op_part), plan.op_tsq,
                  plan.op_blocks / plan.op_cluster, plan.op_blocks, w4,
                  reinterpret_cast<float4 *>(plan.s), plan.op_sq, plan.scal,
-                 one_pass_counter(plan), plan.eps,
-                 commit ? commit->u : nullptr, commit ? commit->v : nullptr,
-                 commit ? commit->sigma : nullptr, plan.t, plan.view.h, plan.norm_bound, plan.gamma};
+                 one_pass_counter(plan), plan.eps};
   return launch(plan.pdl, one_pass_reduce_kernel, (int)one_pass_reduce_blocks(w4), kBlock, 0,
                 stream, r);
 }
@@ -489,7 +396,7 @@ cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, cons
                                  const float *x_div, const float *u, const float *u_div,
                                  cudaStream_t stream) {
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, nullptr, nullptr,
-                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan), false, 1};
+                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan), 1};
   return rows_dispatch(plan, &p, stream, nullptr);
 }
 

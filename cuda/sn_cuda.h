@@ -93,10 +93,6 @@ typedef struct {
                          sm_90; SPECNORM_TUNE=pdl=1) */
   int op_cluster;     /* one-pass: blocks per thread-block cluster adding their partials on chip
                          (1: none); op_blocks is a multiple of it */
-  int op_async;       /* one-pass: the training rows kernel loads rows by cp.async into shared
-                         memory, several rows ahead (SPECNORM_TUNE=op_async=1) */
-  int op_fuse;        /* one-pass: a training forward without W_sn commits u, v, σ in its last
-                         reduction instead of a commit launch (SPECNORM_TUNE=op_fuse=1) */
   int op_depth;       /* one-pass: rows ahead in registers of the register training rows kernel
                          (1; 2 with SPECNORM_TUNE=op_depth=2, where instantiated) */
   int div_stream;     /* 1: the division loads W and stores W_sn as streaming (evict-first) data

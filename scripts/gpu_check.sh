@@ -362,7 +362,7 @@ fi
 SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:GroupGpu.FusedReductionInMixed*:GroupGpu.OnChipLeavesGroups*:Gpu.OnePassTwoRowsAheadWide*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
 [[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
 # One-pass by rows (several widths) and by columns, two-pass, a view, groups, the backward.
-SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassAsyncRows*:Gpu.OnePassTwoRowsAheadAre*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:Gpu.OnChipLayer*}"
+SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassTwoRowsAheadAre*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:Gpu.OnChipLayer*}"
 sanitize() {  # sanitize TOOL...
  local tool cap reserve
  for tool in "$@"; do
@@ -409,9 +409,8 @@ fi
 # ---- variants of the one-pass kernel (cuda/forward.cu, SPECNORM_TUNE), timed side by side ----
 # shellcheck disable=SC2206
 VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 --mode train,scale,eval})
-# (pdl=1 and op_cluster=4 are the defaults on sm_90 since 1a8f84c; op_async=1, the cp.async rows
-# kernel, and op_fuse=1, the scale-only commit in the reduction, were 0-27% slower on the H200 at
-# e56c4b8, except op_async at 4096 x 16384 bf16 train, 2% faster. Not yet measured: op_depth=2,
+# (pdl=1 and op_cluster=4 are the defaults on sm_90 since 1a8f84c; op_async=1 and op_fuse=1 lost on
+# the H200 at e56c4b8 and were removed. Not yet measured: op_depth=2,
 # two rows ahead in registers; div_unroll=2|4, the division's loads per thread before its stores;
 # div_stream=1, its evict-first accesses.)
 read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_depth=2 div_unroll=2 div_unroll=4 div_stream=1 div_stream=1,div_unroll=4 op_depth=2,div_stream=1,div_unroll=4}"

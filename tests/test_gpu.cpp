@@ -239,16 +239,15 @@ TEST(Gpu, RunsAreBitwiseIdentical) {
 
 // The variants that SPECNORM_TUNE selects (cuda/forward.cu; sn_bench times them): thread-block
 // clusters adding the one-pass partial s on chip and programmatic dependent launch (sm_90;
-// elsewhere plain launches), fewer one-pass blocks per multiprocessor, the cp.async rows and two
-// rows ahead in registers. Each must match the CPU backend and repeat bitwise.
+// elsewhere plain launches), fewer one-pass blocks per multiprocessor and two rows ahead in
+// registers. Each must match the CPU backend and repeat bitwise.
 TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const char *tune : {"op_cluster=2", "op_cluster=4", "op_cluster=8", "op_bps=1",
                            "op_bps=1,op_cluster=4", "op_bps=2,op_cluster=2", "pdl=1",
-                           "pdl=1,op_cluster=4", "op_async=1", "op_async=1,op_cluster=4",
-                           "op_depth=2", "op_depth=2,op_cluster=4"}) {
+                           "pdl=1,op_cluster=4", "op_depth=2", "op_depth=2,op_cluster=4"}) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + tune);
     env.set(tune);
     for (const Case &c : {Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS},
@@ -273,19 +272,18 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   }
 }
 
-// The cp.async rows kernel (SPECNORM_TUNE=op_async=1) and the register kernel with two rows ahead
-// (op_depth=2) do the register one's arithmetic in the same order: on the same grid (a block's
-// rows, so the order of the partial sums, follow from the grid, which is sized by each kernel's
-// occupancy: op_grid pins it), the same states and W_sn, bit for bit, with and without clusters.
-// The knobs go after whatever SPECNORM_TUNE already says.
+// The rows kernel with two rows ahead in registers (op_depth=2) does the one-row kernel's
+// arithmetic in the same order: on the same grid (a block's rows, so the order of the partial
+// sums, follow from the grid, which is sized by each kernel's occupancy: op_grid pins it), the
+// same states and W_sn, bit for bit, with and without clusters. The knobs go after whatever
+// SPECNORM_TUNE already says.
 struct RowsCase {
   std::vector<int64_t> shape;
   sn_dtype_t dt;
 };
 
 // A variant of the one-pass training rows kernel: the knob that selects it and whether a plan
-// took it (a plan falls back to the register kernel where the variant has no instance or does
-// not fit).
+// took it (a plan falls back to the one-row kernel where the variant has no instance).
 struct RowsVariant {
   const char *off, *on;  // SPECNORM_TUNE settings
   int (*taken)(const sn_cuda_plan_t &);
@@ -293,8 +291,8 @@ struct RowsVariant {
   const char *kernel;    // regular expression: the variant's training rows instance
 };
 
-// The register training rows kernel, one row ahead (S = 0, D = 1).
-static const char kRegisterRows[] = "one_pass_rows_kernel<[^>]*, false, 0, 1>";
+// The training rows kernel, one row ahead (D = 1).
+static const char kRegisterRows[] = "one_pass_rows_kernel<[^>]*, false, 1>";
 
 static void expect_variant_equals_register_rows(const RowsVariant &var,
                                                 const std::vector<RowsCase> &cases) {
@@ -347,26 +345,6 @@ static void expect_variant_equals_register_rows(const RowsVariant &var,
   EXPECT_GT(used, 0) << "the variant " << var.on << " never ran";
 }
 
-// Shared memory a block may opt in to on the current device (0 when CUDA cannot say).
-static int optin_shared_memory() {
-  int dev = 0, optin = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
-    return 0;
-  return optin;
-}
-
-// The widest case's stages take 192 KB of shared memory: every case fits on an H100 or H200 (227
-// KB per block); elsewhere a case may fall back to the register kernel.
-static RowsVariant async_rows() {
-  return {"op_async=0", "op_async=1", [](const sn_cuda_plan_t &p) { return p.op_async; },
-          optin_shared_memory() >= 200 * 1024, "one_pass_rows_kernel<[^>]*, false, [2-9], 1>"};
-}
-
-static void expect_async_equals_register_rows(const std::vector<RowsCase> &cases) {
-  expect_variant_equals_register_rows(async_rows(), cases);
-}
-
 // Rows up to 8 KB, small enough for the sanitizers (gpu_check.sh): 16- and 8-byte packs, 1 and 2
 // packs per thread, and 9 rows (on 7 blocks: blocks with one row and with two).
 static std::vector<RowsCase> rows_up_to_8kb() {
@@ -376,28 +354,13 @@ static std::vector<RowsCase> rows_up_to_8kb() {
           {{9, 64}, SN_DTYPE_FLOAT32}};
 }
 
-// Rows up to 8 KB (4 stages): on 7 blocks, a block still cycles through its stages 100 times.
-TEST(Gpu, OnePassAsyncRowsAreBitwiseTheRegisterRows) {
-  REQUIRE_GPU();
-  expect_async_equals_register_rows(rows_up_to_8kb());
-}
-
-// Rows of 16 to 64 KB: 4 and 3 stages (up to 192 KB of shared memory per block).
-TEST(Gpu, OnePassAsyncWideRowsAreBitwiseTheRegisterRows) {
-  REQUIRE_GPU();
-  if (optin_shared_memory() < 200 * 1024) GTEST_SKIP() << "the wide rows' stages need 192 KB of shared memory per block";
-  expect_async_equals_register_rows({{{777, 8192}, SN_DTYPE_FLOAT32},
-                                     {{300, 16384}, SN_DTYPE_FLOAT32},
-                                     {{600, 8192}, SN_DTYPE_BFLOAT16}});
-}
-
 // Two rows ahead in registers (op_depth=2; instances up to 4 packs per thread, so every case
 // here has one): the register kernel with one row ahead's results, bit for bit, and the D = 2
 // instance launched.
 static void expect_two_rows_equal_one_row(const std::vector<RowsCase> &cases) {
   expect_variant_equals_register_rows(
       {"op_depth=1", "op_depth=2", [](const sn_cuda_plan_t &p) { return p.op_depth - 1; }, true,
-       "one_pass_rows_kernel<[^>]*, false, 0, 2>"},
+       "one_pass_rows_kernel<[^>]*, false, 2>"},
       cases);
 }
 
@@ -519,93 +482,6 @@ TEST(GpuLarge, DivisionVariantsUnrollOnLargeLayers) {
                                    true);
 }
 
-// A training forward without W_sn committing in its last one-pass reduction (SPECNORM_TUNE=
-// op_fuse=1) does what the commit kernel does: the same state, scale and health word, bit for bit,
-// through ordinary steps, a zero weight (σ = 0: the restart request), the recovery from ones and a
-// non-finite weight (the state kept); with 2 power iterations, only the last one commits; with γ
-// and with a norm bound (the scale). And it saves the commit launch: a captured scale-only forward
-// has one node fewer.
-TEST(Gpu, FusedScaleOnlyCommitIsBitwiseTheCommitKernel) {
-  REQUIRE_GPU();
-  Rng rng(fresh_seed());
-  const std::string base = tune_prefix();
-  ScopedEnv env("SPECNORM_TUNE", nullptr);
-  struct C {
-    std::vector<int64_t> shape;
-    sn_dtype_t dt;
-    int iters;
-    float bound;
-    bool gamma;
-  };
-  DevBuf gamma(1);
-  gamma.upload({0.8f});
-  for (const C &c : {C{{2000, 1152}, SN_DTYPE_FLOAT32, 1, 0.f, true},
-                     C{{777, 8192}, SN_DTYPE_FLOAT32, 2, 0.f, false},
-                     C{{300, 16384}, SN_DTYPE_FLOAT32, 1, 0.f, false},
-                     C{{1000, 4096}, SN_DTYPE_BFLOAT16, 1, 0.f, false},
-                     C{{9, 64}, SN_DTYPE_FLOAT32, 1, 1.5f, false}}) {
-    SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " iters " +
-                 std::to_string(c.iters));
-    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
-    d.algo = SN_ALGO_ONE_PASS;
-    d.dtype = c.dt;
-    d.n_power_iterations = c.iters;
-    d.norm_bound = c.bound;
-    env.set((base + "op_fuse=0").c_str());
-    LayerPtr a(d);
-    env.set((base + "op_fuse=1").c_str());
-    LayerPtr b(d);
-    ASSERT_TRUE(a.p && b.p);
-    ASSERT_EQ(b.p->plan.op_fuse, 1);
-    if (c.gamma) {
-      ASSERT_EQ(sn_layer_set_gamma(a, gamma.p), SN_SUCCESS);
-      ASSERT_EQ(sn_layer_set_gamma(b, gamma.p), SN_SUCCESS);
-    }
-    const int64_t n = numel_of(c.shape);
-    Tensor W(c.dt, n);
-    // Steps: random weights (3), zeros, random (the restart from ones), NaN, random.
-    for (int step = 0; step < 7; ++step) {
-      SCOPED_TRACE("step " + std::to_string(step));
-      std::vector<float> x = rng.normals(n);
-      if (step == 3) std::fill(x.begin(), x.end(), 0.f);
-      if (step == 5) x[size_t(n / 2)] = NAN;
-      W.set(x);
-      ASSERT_EQ(sn_forward_scale_only(a, W.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-      ASSERT_EQ(sn_forward_scale_only(b, W.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
-      float sa = 0, sb = 0;
-      uint32_t ha = 0, hb = 0;
-      ASSERT_EQ(sn_layer_get_scale(a, &sa, nullptr), SN_SUCCESS);
-      ASSERT_EQ(sn_layer_get_scale(b, &sb, nullptr), SN_SUCCESS);
-      EXPECT_EQ(std::memcmp(&sa, &sb, 4), 0);
-      ASSERT_EQ(sn_layer_get_health(a, &ha, 0, nullptr), SN_SUCCESS);
-      ASSERT_EQ(sn_layer_get_health(b, &hb, 0, nullptr), SN_SUCCESS);
-      EXPECT_EQ(ha, hb);
-      if (step == 3) {
-        EXPECT_NE(hb & SN_HEALTH_ZERO, 0u) << "the zero step must be seen";
-      }
-      if (step == 5) {
-        EXPECT_NE(hb & SN_HEALTH_NONFINITE, 0u) << "the NaN step must be seen";
-      }
-    }
-    cudaStream_t s;
-    CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    size_t nodes[2] = {0, 0};
-    LayerPtr *ls[2] = {&a, &b};
-    for (int q = 0; q < 2; ++q) {
-      cudaGraph_t graph;
-      CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-      ASSERT_EQ(sn_forward_scale_only(*ls[q], W.dev, 1, s), SN_SUCCESS);
-      CUDA_OK(cudaStreamEndCapture(s, &graph));
-      CUDA_OK(cudaGraphGetNodes(graph, nullptr, &nodes[q]));
-      cudaGraphDestroy(graph);
-    }
-    EXPECT_EQ(nodes[0], 2u * c.iters + 1);
-    EXPECT_EQ(nodes[1], 2u * c.iters);
-    cudaStreamDestroy(s);
-  }
-}
-
 // Also under the SPECNORM_TUNE variants that change how kernels are launched: programmatic
 // dependent launch and thread-block clusters are captured into the graph too.
 TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
@@ -621,7 +497,7 @@ TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
   const std::pair<const char *, sn_algo_t> variants[] = {
       {nullptr, SN_ALGO_DEFAULT}, {nullptr, SN_ALGO_ONE_PASS}, {"pdl=1", SN_ALGO_DEFAULT},
       {"pdl=1", SN_ALGO_ONE_PASS}, {"pdl=1,op_cluster=4", SN_ALGO_ONE_PASS},
-      {"op_async=1", SN_ALGO_ONE_PASS}};
+      {"op_depth=2", SN_ALGO_ONE_PASS}};
   for (const auto &[tune, algo] : variants) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + (tune ? tune : "") + " algo " + std::to_string(int(algo)));
     env.set(tune);
