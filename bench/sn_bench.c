@@ -29,9 +29,7 @@
 #include "sn_reference.h" /* sn_load, sn_store: the library's fp16/bf16 conversions */
 #include "specnorm.h"
 
-#ifndef SN_BENCH_COMMIT
-#define SN_BENCH_COMMIT "unknown"
-#endif
+#include "sn_bench_commit.h" /* SN_BENCH_COMMIT, written at build time by bench/commit.cmake */
 
 /* ---- Presets: generated from bench/presets.json by bench/CMakeLists.txt ----------------------- */
 
