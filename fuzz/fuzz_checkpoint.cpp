@@ -3,7 +3,8 @@
 // Invariants: no read outside the blob (AddressSanitizer: the blob is copied into an allocation
 // of exactly its size), a failure is BAD_CHECKPOINT / CHECKPOINT_MISMATCH / CHECKPOINT_VERSION
 // and leaves the layer bitwise untouched, a success stores exactly the blob's u, v, σ, 1/σ, flag
-// and counter, and a forward after it keeps the state finite.
+// and counter (and, from version 2, its health word; version 1 blobs save back as version 2,
+// 4 bytes longer), and a forward after it keeps the state finite.
 #include <vector>
 
 #include "fuzz_common.h"
@@ -78,13 +79,20 @@ void load_into(Target &t, const std::vector<uint8_t> &blob) {
     SN_FUZZ_CHECK(save(t.layer) == t.pristine);  // untouched
     return;
   }
-  // Accepted: exactly a checkpoint of this layer's size, and the state is the blob's.
+  // Accepted: exactly a checkpoint of this layer's size (version 1: without the health word), and
+  // the state is the blob's.
   const std::vector<uint8_t> now = save(t.layer);
-  SN_FUZZ_CHECK(now.size() == blob.size());
+  const uint32_t version = le32(blob.data() + 8);
+  SN_FUZZ_CHECK(version == 1 || version == 2);
+  const size_t health = version == 2 ? 4 : 0;  // bytes of the health word in the blob
+  SN_FUZZ_CHECK(now.size() == blob.size() + 4 - health);
   const size_t header = le32(blob.data() + 12);
-  const size_t payload_end = blob.size() - 4 - 4;  // u, v, σ, 1/σ (the scale may be recomputed)
-  SN_FUZZ_CHECK(std::memcmp(now.data(), blob.data(), 16) == 0);
+  // u, v, σ, 1/σ (the scale may be recomputed), then the scale, the health word and the CRC.
+  const size_t payload_end = blob.size() - 4 - health - 4;
+  SN_FUZZ_CHECK(std::memcmp(now.data(), blob.data(), 8) == 0 && le32(now.data() + 8) == 2);
+  SN_FUZZ_CHECK(std::memcmp(now.data() + 12, blob.data() + 12, 4) == 0);
   SN_FUZZ_CHECK(std::memcmp(now.data() + header, blob.data() + header, payload_end - header) == 0);
+  if (version == 2) SN_FUZZ_CHECK(std::memcmp(now.data() + now.size() - 8, blob.data() + blob.size() - 8, 4) == 0);
   const size_t warmed_at = header - 8 - 8 - 8 - 4;  // warmed_up, forwards precede h and w
   SN_FUZZ_CHECK(std::memcmp(now.data() + warmed_at, blob.data() + warmed_at, 12) == 0);
   check_finite_state(t.layer);

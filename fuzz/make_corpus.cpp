@@ -2,9 +2,9 @@
 // DIR/checkpoint (fuzz/corpus/ in the repository was made this way, and is small: < 200 KB).
 //   desc/        valid descriptors of several shapes, dtypes and settings with weights holding
 //                NaN, infinities, zeros and subnormals; and invalid descriptors of every kind
-//   checkpoint/  valid checkpoints of each fixed layer (warmed and not), checkpoints of other
-//                weights (mismatch), and edge cases: empty, magic only, a newer version, truncated,
-//                a resealed blob with a NaN
+//   checkpoint/  valid checkpoints of each fixed layer (warmed and not; one in format version 1),
+//                checkpoints of other weights (mismatch), and edge cases: empty, magic only, a
+//                newer version, truncated, a resealed blob with a NaN
 #include <string>
 
 #include "fuzz_common.h"
@@ -155,9 +155,14 @@ void checkpoint_corpus() {
   // Edge cases.
   write("checkpoint", "empty", {0});
   write("checkpoint", "magic_only", with_selector(0, {'S', 'P', 'E', 'C', 'N', 'R', 'M', 0}));
-  std::vector<uint8_t> v2(c0.begin(), c0.begin() + 16);
-  v2[8] = 2;
-  write("checkpoint", "version2_header", with_selector(0, v2));
+  std::vector<uint8_t> v3(c0.begin(), c0.begin() + 16);
+  v3[8] = 3;
+  write("checkpoint", "version3_header", with_selector(0, v3));
+  // Format version 1: version 2 without the health word before the checksum (resealed).
+  std::vector<uint8_t> v1 = c0;
+  v1.erase(v1.end() - 8, v1.end() - 4);
+  v1[8] = 1;
+  write("checkpoint", "version1_layer0", with_selector(0x80, v1));
   write("checkpoint", "truncated", with_selector(0, std::vector<uint8_t>(c0.begin(), c0.end() - 5)));
   std::vector<uint8_t> nan_u = c0;
   const size_t header = 84 + 8 * 2;

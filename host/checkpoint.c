@@ -1,10 +1,10 @@
 /* Checkpoints: the full state of a layer as one self-checking, backend-independent byte blob.
  *
- * Format version 1, every integer and float little-endian, no padding (README, "Reliability"):
+ * Format version 2, every integer and float little-endian, no padding (README, "Reliability"):
  *
  *   offset        size      field
  *   0             8         magic "SPECNRM\0"
- *   8             4  u32    format version (1)
+ *   8             4  u32    format version (2)
  *   12            4  u32    header bytes = offset of u[0] = 84 + 8·ndim
  *   16            4  u32    ndim (1..8)
  *   20            8·ndim    shape[ndim], i64 each
@@ -23,18 +23,23 @@
  *   header        4·h f32   u
  *                 4·w f32   v
  *                 12  f32   σ, 1/σ, scale
+ *                 4  u32    health: the sn_health_flag_t bits (0-3) and bit 31, set when the next
+ *                           training forward restarts from the all-ones vector (after a zero σ);
+ *                           no other bit
  *   size - 4      4  u32    CRC-32C (Castagnoli, reflected, init and final xor 0xFFFFFFFF) of
  *                           every byte before it
  *
- * Total: 100 + 8·ndim + 4·(h + w) bytes. sn_layer_load checks everything (length, magic,
- * version, checksum, every field's range, finite u, v and σ, 1/σ >= 0 and no NaN in 1/σ or the
- * scale, shape/dim/dtype against the layer)
- * before it changes anything. It restores u, v, σ, 1/σ, the scale, the warm-up flag and the
- * forward count; the layer keeps its own settings (iterations, eps, warm-up count, order, norm
- * bound, seed, backend, device, algorithm), which the blob records for inspection only. When the
- * blob's norm bound differs from the layer's, the scale is recomputed as sn_layer_set_state does
- * (1 / max(1, σ / c), or 1 / σ), instead of copied. The health word is not part of version 1: a
- * load clears it as sn_layer_set_state does. */
+ * Total: 104 + 8·ndim + 4·(h + w) bytes. Version 1 is version 2 without the health word (100 +
+ * 8·ndim + 4·(h + w) bytes); it is still read, and loads with the health word sn_layer_set_state
+ * leaves: cleared, and the restart requested for a zero-norm u or v. sn_layer_load
+ * checks everything (length, magic, version, checksum, every field's range, finite u, v and σ,
+ * 1/σ >= 0 and no NaN in 1/σ or the scale, no unknown health bit, shape/dim/dtype against the
+ * layer) before it changes anything. It restores u, v, σ, 1/σ, the scale, the health word, the
+ * warm-up flag and the forward count, so that a resumed run continues as the uninterrupted one
+ * would, restart from ones included; the layer keeps its own settings (iterations, eps, warm-up
+ * count, order, norm bound, seed, backend, device, algorithm), which the blob records for
+ * inspection only. When the blob's norm bound differs from the layer's, the scale is recomputed
+ * as sn_layer_set_state does (1 / max(1, σ / c), or 1 / σ), instead of copied. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +50,8 @@
 #include "sn_internal.h"
 #include "sn_reference.h"
 
-#define CK_VERSION 1u
+#define CK_VERSION 2u
+#define CK_HEALTH_BITS (SN_HEALTH_PUBLIC | SN_HEALTH_RESTART) /* what the health word may hold */
 #define CK_PREFIX 16u       /* magic, version, header bytes */
 #define CK_FIXED 84u        /* header bytes without the shape */
 #define CK_MAX_ITERATIONS 1000000 /* as in layer.c */
@@ -119,12 +125,15 @@ static void w_i64(ck_writer_t *w, int64_t x) { uint64_t b; memcpy(&b, &x, 8); w_
 
 static int64_t width_of(const sn_layer_t *l) { return l->view.A * l->view.B; }
 
-/* Bytes of a checkpoint of a layer of `ndim` dimensions and an h × w view, or 0 if it does not
- * fit in size_t. h and w come from a validated layer: each <= INT64_MAX / 4. */
+/* 4-byte words after v: σ, 1/σ, scale, and from version 2 the health word. */
+static uint32_t tail_words(uint32_t version) { return version >= 2u ? 4u : 3u; }
+
+/* Bytes of a (current version) checkpoint of a layer of `ndim` dimensions and an h × w view, or
+ * 0 if it does not fit in size_t. h and w come from a validated layer: each <= INT64_MAX / 4. */
 static size_t blob_bytes(int ndim, int64_t h, int64_t w) {
   const uint64_t hw = (uint64_t)h + (uint64_t)w; /* < 2^62 */
   if (hw > (UINT64_MAX - 200u) / 4u) return 0;
-  const uint64_t n = (uint64_t)CK_FIXED + 8u * (uint64_t)ndim + 4u * (hw + 3u) + 4u;
+  const uint64_t n = (uint64_t)CK_FIXED + 8u * (uint64_t)ndim + 4u * (hw + tail_words(CK_VERSION)) + 4u;
   if (n > (uint64_t)SIZE_MAX) return 0;
   return (size_t)n;
 }
@@ -143,7 +152,7 @@ SN_API sn_status_t sn_layer_checkpoint_size(const sn_layer_t *layer, size_t *byt
 /* ---- moving the state between the layer's memory and the host -------------------------------- */
 
 /* A host copy of the state, compact: u (h floats), v (w), then σ, 1/σ, scale and the health word
- * (sn_layer_health_ptr: layer->sigma + 3; written by load, never saved). The layer's own
+ * (sn_layer_health_ptr: layer->sigma + 3). The layer's own
  * memory is addressed only through layer->u, layer->v and layer->sigma, whatever its layout. */
 static int64_t compact_floats(const sn_layer_t *l) { return l->view.h + width_of(l) + 4; }
 
@@ -166,9 +175,8 @@ static sn_status_t transfer(const sn_layer_t *l, float *host, int to_layer, sn_s
   const int64_t h = l->view.h, w = width_of(l);
   float *const dev[3] = {l->u, l->v, l->sigma};
   float *const hst[3] = {host, host + h, host + h + w};
-  /* Saving reads σ, 1/σ, scale; loading also writes the health word after them. */
-  const size_t bytes[3] = {(size_t)h * sizeof(float), (size_t)w * sizeof(float),
-                           (to_layer ? 4 : 3) * sizeof(float)};
+  /* σ, 1/σ, scale and the health word after them. */
+  const size_t bytes[3] = {(size_t)h * sizeof(float), (size_t)w * sizeof(float), 4 * sizeof(float)};
   if (l->desc.backend == SN_BACKEND_CPU) {
     for (int k = 0; k < 3; ++k) {
       if (to_layer)
@@ -254,6 +262,9 @@ SN_API sn_status_t sn_layer_save(const sn_layer_t *layer, void *buf, size_t size
   for (int64_t i = 0; i < h; ++i) w_f32(&wr, u[i]);
   for (int64_t j = 0; j < w; ++j) w_f32(&wr, v[j]);
   for (int k = 0; k < 3; ++k) w_f32(&wr, sig[k]);
+  uint32_t health;
+  memcpy(&health, &sig[3], sizeof health);
+  w_u32(&wr, health & CK_HEALTH_BITS);
   free(staged);
   put_u32(wr.p, crc32c((const unsigned char *)buf, need - 4));
   if (written) *written = need;
@@ -278,6 +289,7 @@ typedef struct {
   uint64_t forwards;
   int64_t h, w;
   const unsigned char *u, *v, *sigma; /* inside the blob */
+  uint32_t health;                    /* the health word the load installs */
 } ck_blob_t;
 
 /* Parse and check a blob on its own (not against a layer). Reads only inside buf[0, size). */
@@ -305,8 +317,8 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
     return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: ndim = %u is outside 1..%d", b->ndim, SN_MAX_DIMS);
   if (header != CK_FIXED + 8u * b->ndim)
     return sn__fail(SN_ERROR_BAD_CHECKPOINT,
-                    "buf: header bytes = %u, but a version-1 header of ndim %u has %u bytes", header,
-                    b->ndim, CK_FIXED + 8u * b->ndim);
+                    "buf: header bytes = %u, but a version-%u header of ndim %u has %u bytes", header,
+                    version, b->ndim, CK_FIXED + 8u * b->ndim);
   if (size < (size_t)header)
     return sn__fail(SN_ERROR_BAD_CHECKPOINT,
                     "size = %zu bytes is truncated inside the header (%u bytes)", size, header);
@@ -328,19 +340,22 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
   b->w = get_i64(q);
 
   /* The length the header announces, from h and w alone (a corrupted h or w must not make us
-   * read outside buf: compare in a form that cannot overflow). */
+   * read outside buf: compare in a form that cannot overflow). After u and v: the tail words and
+   * the checksum. */
   if (b->h < 1 || b->w < 1)
     return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: h = %lld and w = %lld must both be >= 1",
                     (long long)b->h, (long long)b->w);
+  const uint64_t extra = 4u * (tail_words(version) + 1u);
   const uint64_t body = (uint64_t)(size - header); /* bytes after the header */
   const uint64_t room = body / 4u;                  /* floats that would fit */
-  if (body < 16u || (uint64_t)b->h > room - 4u || (uint64_t)b->w > room - 4u - (uint64_t)b->h)
+  if (body < extra || (uint64_t)b->h > room - extra / 4u ||
+      (uint64_t)b->w > room - extra / 4u - (uint64_t)b->h)
     return sn__fail(SN_ERROR_BAD_CHECKPOINT,
                     "size = %zu bytes is truncated: the header announces h = %lld, w = %lld, which "
                     "need %llu bytes",
                     size, (long long)b->h, (long long)b->w,
-                    (unsigned long long)header + 16ull + 4ull * ((unsigned long long)b->h + (unsigned long long)b->w));
-  const uint64_t total = (uint64_t)header + 16u + 4u * ((uint64_t)b->h + (uint64_t)b->w);
+                    (unsigned long long)header + extra + 4ull * ((unsigned long long)b->h + (unsigned long long)b->w));
+  const uint64_t total = (uint64_t)header + extra + 4u * ((uint64_t)b->h + (uint64_t)b->w);
   if ((uint64_t)size != total)
     return sn__fail(SN_ERROR_BAD_CHECKPOINT,
                     "size = %zu bytes, but the checkpoint is %llu bytes long (%llu trailing bytes)",
@@ -393,13 +408,16 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
   b->u = p + header;
   b->v = b->u + 4 * b->h;
   b->sigma = b->v + 4 * b->w;
+  int zero_u = 1, zero_v = 1;
   for (int64_t i = 0; i < b->h; ++i) {
     const float x = get_f32(b->u + 4 * i);
     if (!isfinite(x)) return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: u[%lld] = %g is not finite", (long long)i, (double)x);
+    zero_u = zero_u && x == 0.0f;
   }
   for (int64_t j = 0; j < b->w; ++j) {
     const float x = get_f32(b->v + 4 * j);
     if (!isfinite(x)) return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: v[%lld] = %g is not finite", (long long)j, (double)x);
+    zero_v = zero_v && x == 0.0f;
   }
   const float sigma = get_f32(b->sigma), inv = get_f32(b->sigma + 4), scale = get_f32(b->sigma + 8);
   /* What a forward can commit: σ = 0 (no estimate yet) or a usable σ (1/σ finite), and a finite
@@ -410,6 +428,19 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
                     "buf: sigma = %g, 1/sigma = %g, scale = %g: sigma must be 0 or finite and >= "
                     "FLT_MIN, 1/sigma and the scale finite and >= 0",
                     (double)sigma, (double)inv, (double)scale);
+  /* The health word to install: version 2's as stored (a zero u of a 1-D layer with a zero
+   * weight comes without the restart request, and must round-trip so); version 1 has none, and
+   * gets what sn_layer_set_state leaves: cleared, the restart requested for a zero-norm u or v. */
+  if (version >= 2u) {
+    b->health = get_u32(b->sigma + 12);
+    if (b->health & ~(uint32_t)CK_HEALTH_BITS)
+      return sn__fail(SN_ERROR_BAD_CHECKPOINT,
+                      "buf: health word 0x%08x has bits outside 0x%08x (the SN_HEALTH_* flags and "
+                      "the restart request)",
+                      b->health, (uint32_t)CK_HEALTH_BITS);
+  } else {
+    b->health = (zero_u || zero_v) ? SN_HEALTH_RESTART : 0u;
+  }
   return SN_SUCCESS;
 }
 
@@ -473,13 +504,7 @@ SN_API sn_status_t sn_layer_load(sn_layer_t *layer, const void *buf, size_t size
   memcpy(&own_bits, &layer->desc.norm_bound, 4);
   if (bound_bits != own_bits) /* the saved scale is of another norm bound: as sn_layer_set_state */
     sig[2] = sig[0] > 0.0f ? 1.0f / sn_ref_divisor(sig[0], layer->desc.norm_bound) : 0.0f;
-  /* The health word as sn_layer_set_state leaves it: cleared, and a zero-norm u or v asks the
-   * next training forward to restart from ones. */
-  int zero_u = 1, zero_v = 1;
-  for (int64_t i = 0; i < h && zero_u; ++i) zero_u = state[i] == 0.0f;
-  for (int64_t j = 0; j < w && zero_v; ++j) zero_v = state[h + j] == 0.0f;
-  const uint32_t health = (zero_u || zero_v) ? SN_HEALTH_RESTART : 0u;
-  memcpy(&sig[3], &health, sizeof health);
+  memcpy(&sig[3], &b.health, sizeof b.health); /* parse: the blob's, or version 1's derived one */
   st = transfer(layer, state, 1, stream);
   free(state);
   if (st != SN_SUCCESS) return st;

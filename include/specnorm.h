@@ -310,8 +310,8 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
 /* ---- Checkpoints --------------------------------------------------------------------------- */
 
 /* Bytes of a checkpoint of this layer (its full state: shape, dim, dtype, eps, iteration settings,
- * norm bound, counters, u, v, σ), a versioned little-endian format with a magic number and a
- * checksum. */
+ * norm bound, counters, u, v, σ, the health word), a versioned little-endian format with a magic
+ * number and a checksum (README, "Checkpoints"). */
 SN_API sn_status_t sn_layer_checkpoint_size(const sn_layer_t *layer, size_t *bytes);
 
 /* Write the checkpoint into `buf` (`size` bytes, at least sn_layer_checkpoint_size) after the work
@@ -320,7 +320,8 @@ SN_API sn_status_t sn_layer_save(const sn_layer_t *layer, void *buf, size_t size
                                  sn_stream_t stream);
 
 /* Restore a checkpoint written by sn_layer_save into a layer of the same shape, dim and dtype,
- * bitwise, in order after `stream`. Blocks. A blob that is truncated or corrupted
+ * bitwise (health word included; a version-1 blob, which has none, clears it as
+ * sn_layer_set_state does), in order after `stream`. Blocks. A blob that is truncated or corrupted
  * (SN_ERROR_BAD_CHECKPOINT), of another shape, dim or dtype (SN_ERROR_CHECKPOINT_MISMATCH) or of a
  * newer format (SN_ERROR_CHECKPOINT_VERSION) leaves the layer untouched. */
 SN_API sn_status_t sn_layer_load(sn_layer_t *layer, const void *buf, size_t size,

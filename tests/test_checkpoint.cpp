@@ -48,7 +48,16 @@ uint32_t bits(float x) {
 // Re-seal a modified blob: the last 4 bytes are the CRC-32C of everything before them.
 void reseal(Blob &b) { put_le(b, b.size() - 4, crc32c(b.data(), b.size() - 4), 4); }
 
-// Byte offsets of the version-1 fields for a weight of `ndim` dimensions (README, "Reliability").
+// The version-1 blob of the same state: version 2 without the health word before the checksum.
+Blob as_version1(Blob b) {
+  b.erase(b.end() - 8, b.end() - 4);
+  put_le(b, 8, 1, 4);
+  reseal(b);
+  return b;
+}
+
+// Byte offsets of the header fields (versions 1 and 2) for a weight of `ndim` dimensions (README,
+// "Reliability").
 struct Layout {
   size_t ndim_at = 16, shape_at = 20, dim, dtype, npi, eps, warmup, order, bound, seed, warmed,
          forwards, h, w, header;
@@ -157,11 +166,11 @@ TEST_F(Checkpoint, SizeAndLayout) {
     const int nd = int(c.shape.size());
     size_t n = 0;
     ASSERT_EQ(sn_layer_checkpoint_size(t.layer, &n), SN_SUCCESS);
-    EXPECT_EQ(n, size_t(100 + 8 * nd + 4 * (h + w))) << shape_str(c.shape);
+    EXPECT_EQ(n, size_t(104 + 8 * nd + 4 * (h + w))) << shape_str(c.shape);
     const Blob b = save(t.layer);
     const Layout L(nd);
     EXPECT_EQ(std::memcmp(b.data(), "SPECNRM\0", 8), 0);
-    EXPECT_EQ(get_le(b, 8, 4), 1u);
+    EXPECT_EQ(get_le(b, 8, 4), 2u);
     EXPECT_EQ(get_le(b, 12, 4), L.header);
     EXPECT_EQ(get_le(b, L.ndim_at, 4), uint64_t(nd));
     for (int k = 0; k < nd; ++k) EXPECT_EQ(int64_t(get_le(b, L.shape_at + 8 * k, 8)), c.shape[k]);
@@ -187,6 +196,10 @@ TEST_F(Checkpoint, SizeAndLayout) {
     EXPECT_EQ(get_le(b, s_at, 4), bits(sig[0]));
     EXPECT_EQ(get_le(b, s_at + 4, 4), bits(sig[1]));
     EXPECT_EQ(get_le(b, s_at + 8, 4), bits(scale));
+    uint32_t health = 0;
+    ASSERT_EQ(sn_layer_get_health(t.layer, &health, 0, nullptr), SN_SUCCESS);
+    EXPECT_EQ(get_le(b, s_at + 12, 4), health);
+    EXPECT_EQ(s_at + 16, b.size() - 4);
     EXPECT_EQ(get_le(b, b.size() - 4, 4), crc32c(b.data(), b.size() - 4));
   }
 }
@@ -310,7 +323,7 @@ TEST_F(Checkpoint, FlippedBytesAndBits) {
   auto expected = [&](const Blob &b, size_t at) {
     if (at >= 8 && at < 12) {  // the version field: a larger number reads as a newer format
       const uint64_t v = get_le(b, 8, 4);
-      return v > 1 ? SN_ERROR_CHECKPOINT_VERSION : SN_ERROR_BAD_CHECKPOINT;
+      return v > 2 ? SN_ERROR_CHECKPOINT_VERSION : SN_ERROR_BAD_CHECKPOINT;
     }
     return SN_ERROR_BAD_CHECKPOINT;
   };
@@ -351,7 +364,7 @@ TEST_F(Checkpoint, WrongMagic) {
 
 TEST_F(Checkpoint, FutureAndInvalidVersion) {
   Trained src(cpu_desc({8, 6}), rng, 2), dst(cpu_desc({8, 6}), rng, 5);
-  for (uint32_t v : {2u, 3u, 0xFFFFFFFFu}) {
+  for (uint32_t v : {3u, 4u, 0xFFFFFFFFu}) {
     Blob b = save(src.layer);
     put_le(b, 8, v, 4);
     reseal(b);
@@ -437,6 +450,8 @@ TEST_F(Checkpoint, FieldsOutOfRange) {
       {"1/sigma NaN", sig + 4, bits(nan), 4},
       {"1/sigma < 0", sig + 4, bits(-2.f), 4},
       {"scale NaN", sig + 8, bits(nan), 4},
+      {"health bit 4", sig + 12, 0x10, 4},
+      {"health bit 30", sig + 12, 0x40000000u | SN_HEALTH_ZERO, 4},
   };
   for (const Edit &e : edits) {
     Blob b = save(src.layer);
@@ -618,16 +633,110 @@ TEST_F(Checkpoint, LoadsPyTorchBuffers) {
   }
 }
 
-// The health word is not part of the format: a load clears it, as sn_layer_set_state does.
-TEST_F(Checkpoint, LoadClearsTheHealthWord) {
-  Trained src(cpu_desc({8, 6}), rng, 2), dst(cpu_desc({8, 6}), rng, 2);
-  std::vector<float> zero(48, 0.f), out(48);
-  ASSERT_EQ(sn_forward(dst.layer, zero.data(), out.data(), 1, nullptr), SN_SUCCESS);
-  uint32_t health = 0;
-  ASSERT_EQ(sn_layer_get_health(dst.layer, &health, 0, nullptr), SN_SUCCESS);
-  ASSERT_NE(health & SN_HEALTH_ZERO, 0u);
-  const Blob b = save(src.layer);
-  ASSERT_EQ(sn_layer_load(dst.layer, b.data(), b.size(), nullptr), SN_SUCCESS);
-  ASSERT_EQ(sn_layer_get_health(dst.layer, &health, 0, nullptr), SN_SUCCESS);
-  EXPECT_EQ(health, 0u);
+// The health word travels with the state (version 2): its flags, and the request to restart from
+// ones that a zero σ leaves for the next training forward, so that a run resumed from a
+// checkpoint continues bitwise as the uninterrupted one (the restart, SN_HEALTH_RECOVERED).
+TEST_F(Checkpoint, HealthWordAndRestartSurviveALoad) {
+  for (const sn_order_t order : {SN_ORDER_U_FIRST, SN_ORDER_V_FIRST}) {
+    SCOPED_TRACE(order == SN_ORDER_U_FIRST ? "u-first" : "v-first");
+    sn_layer_desc_t d = cpu_desc({8, 6});
+    d.order = order;
+    Trained a(d, rng, 3), b(d, rng, 5);
+    std::vector<float> W = a.W, bad(W.size(), 0.f), out(W.size());
+    // A NaN step (SN_HEALTH_NONFINITE), then a zero step: σ = 0, the restart requested.
+    bad[7] = NAN;
+    ASSERT_EQ(sn_forward(a.layer, bad.data(), out.data(), 1, nullptr), SN_SUCCESS);
+    std::fill(bad.begin(), bad.end(), 0.f);
+    ASSERT_EQ(sn_forward(a.layer, bad.data(), out.data(), 1, nullptr), SN_SUCCESS);
+    const Blob blob = save(a.layer);
+    uint32_t ha = 0, hb = 0;
+    ASSERT_EQ(sn_layer_get_health(a.layer, &ha, 0, nullptr), SN_SUCCESS);
+    ASSERT_EQ(ha, uint32_t(SN_HEALTH_NONFINITE | SN_HEALTH_ZERO));
+    EXPECT_EQ(get_le(blob, blob.size() - 8, 4), uint64_t(ha | 0x80000000u)) << "flags and restart request";
+    ASSERT_EQ(sn_layer_load(b.layer, blob.data(), blob.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_layer_get_health(b.layer, &hb, 0, nullptr), SN_SUCCESS);
+    EXPECT_EQ(hb, ha);
+    EXPECT_EQ(save(b.layer), blob);
+    // The next training forwards: both restart from ones, bitwise alike.
+    std::vector<float> ob(W.size());
+    for (int step = 0; step < 3; ++step) {
+      ASSERT_EQ(sn_forward(a.layer, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_forward(b.layer, W.data(), ob.data(), 1, nullptr), SN_SUCCESS);
+      EXPECT_EQ(out, ob) << "step " << step;
+      EXPECT_EQ(save(a.layer), save(b.layer)) << "step " << step;
+    }
+    ASSERT_EQ(sn_layer_get_health(b.layer, &hb, 0, nullptr), SN_SUCCESS);
+    EXPECT_EQ(hb, uint32_t(SN_HEALTH_NONFINITE | SN_HEALTH_ZERO | SN_HEALTH_RECOVERED));
+    // A cleared health word saves as 0 and loads as 0 over a layer whose word is not.
+    ASSERT_EQ(sn_layer_get_health(a.layer, &ha, 1, nullptr), SN_SUCCESS);
+    const Blob clean = save(a.layer);
+    EXPECT_EQ(get_le(clean, clean.size() - 8, 4), 0u);
+    ASSERT_EQ(sn_layer_load(b.layer, clean.data(), clean.size(), nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_layer_get_health(b.layer, &hb, 0, nullptr), SN_SUCCESS);
+    EXPECT_EQ(hb, 0u);
+  }
+  // A 1-D weight of zeros leaves u = 0 with no restart request (σ = eps is usable): it
+  // round-trips as it is.
+  Trained a(cpu_desc({7}), rng, 2), b(cpu_desc({7}), rng, 4);
+  std::vector<float> zero(7, 0.f), out(7);
+  ASSERT_EQ(sn_forward(a.layer, zero.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  const State sa = get_state(a.layer);
+  EXPECT_TRUE(std::all_of(sa.u.begin(), sa.u.end(), [](float x) { return x == 0.f; }));
+  const Blob blob = save(a.layer);
+  EXPECT_EQ(get_le(blob, blob.size() - 8, 4), 0u);
+  ASSERT_EQ(sn_layer_load(b.layer, blob.data(), blob.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_EQ(save(b.layer), blob);
+}
+
+// Version-1 blobs (no health word) still load, with the state bitwise and the health word as
+// sn_layer_set_state leaves it: cleared, the restart requested only for a zero-norm u or v. Each
+// is checked as strictly as version 2: truncated or with a byte changed, it is rejected.
+TEST_F(Checkpoint, ReadsVersion1) {
+  for (const auto &shape : {std::vector<int64_t>{8, 6}, std::vector<int64_t>{3, 2, 2, 2, 1}, std::vector<int64_t>{5}}) {
+    SCOPED_TRACE(shape_str(shape));
+    Trained a(cpu_desc(shape), rng, 3), b(cpu_desc(shape), rng, 5);
+    std::vector<float> zero(a.W.size(), 0.f), out(a.W.size());
+    ASSERT_EQ(sn_forward(a.layer, zero.data(), out.data(), 1, nullptr), SN_SUCCESS);  // health: zero, restart
+    const Blob v2 = save(a.layer);
+    const Blob v1 = as_version1(v2);
+    ASSERT_EQ(v1.size() + 4, v2.size());
+    ASSERT_EQ(sn_layer_load(b.layer, v1.data(), v1.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_TRUE(same_state(get_state(b.layer), get_state(a.layer)));
+    uint32_t hb = 1;
+    ASSERT_EQ(sn_layer_get_health(b.layer, &hb, 0, nullptr), SN_SUCCESS);
+    EXPECT_EQ(hb, 0u);
+    // Saved again as version 2: the health word cleared, the restart requested only for a zero u
+    // (a 1-D layer's zero weight gives u = 0 with σ = eps: no degenerate step, no request).
+    const State sa = get_state(a.layer);
+    const bool zero_u = std::all_of(sa.u.begin(), sa.u.end(), [](float x) { return x == 0.f; });
+    Blob expect = v2;
+    put_le(expect, expect.size() - 8, zero_u ? 0x80000000u : 0u, 4);
+    reseal(expect);
+    {
+      const Blob got = save(b.layer);
+      size_t at = 0;
+      while (at < got.size() && at < expect.size() && got[at] == expect[at]) ++at;
+      EXPECT_EQ(got, expect) << "saved again as version 2; first difference at byte " << at << " of " << got.size();
+    }
+    // Damaged version-1 blobs.
+    Trained c(cpu_desc(shape), rng, 2);
+    for (size_t n : {v1.size() - 1, v1.size() - 4, v1.size() + 4}) {
+      Blob cut = v1;
+      cut.resize(n, 0);
+      expect_rejected(c.layer, cut, SN_ERROR_BAD_CHECKPOINT, "version 1, " + std::to_string(n) + " bytes");
+    }
+    Blob flipped = v1;
+    flipped[v1.size() - 6] ^= 4;  // the scale
+    expect_rejected(c.layer, flipped, SN_ERROR_BAD_CHECKPOINT, "version 1, scale changed");
+    // A zero u in a version-1 blob asks for the restart, as sn_layer_set_state does.
+    Blob zu = v1;
+    int64_t h = 0, w = 0;
+    ASSERT_EQ(sn_layer_get_dims(a.layer, &h, &w), SN_SUCCESS);
+    const size_t u_at = Layout(int(shape.size())).header;
+    for (int64_t i = 0; i < h; ++i) put_le(zu, u_at + 4 * size_t(i), 0, 4);
+    reseal(zu);
+    ASSERT_EQ(sn_layer_load(c.layer, zu.data(), zu.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+    const Blob saved = save(c.layer);
+    EXPECT_EQ(get_le(saved, saved.size() - 8, 4), 0x80000000u) << "the restart request only";
+  }
 }
