@@ -13,8 +13,8 @@
 //   load   the rows (cp.async, 16 bytes where W's addresses allow, placed in shared memory at W's
 //          alignment mod 16) and v (iteration 0; ones when the health word asks for a restart),
 //          eval: the rows' u_i; the state scalars the commit needs (last good σ, health, γ).
-//   t      a warp per row: t_i = M_i · v (lane-strided columns, a shuffle butterfly); a thread per
-//          row when w <= 32.
+//   t      a warp per row: t_i = M_i · v (lane-strided columns, a shuffle butterfly); for w < 32,
+//          L lanes per row (the power of two from w up), one element each.
 //   s      a thread per column: the block's partial s_j = Σ_i t_i M_ij over its rows in order
 //          (w < 128: over groups of rows, then the groups in order), and its Σ t_i² (eval:
 //          Σ u_i t_i), into its shared memory.
@@ -183,13 +183,20 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
   for (int it = 0; it < iters; ++it) {
     const int par = it & 1;
     float *part = v_sm + (1 + par) * p.w4;
-    // t_i = M_i · v (eval: u_i t_i): a thread per row of up to 32 elements, else a warp per row.
-    if (w <= 32) {
-      for (int k = threadIdx.x; k < rows; k += kBlock) {
-        const T *row = Ws + (int64_t)k * w;
-        float d = 0.f;
-        for (int j = 0; j < w; ++j) d = fmaf(to_f(row[j]), v_sm[j], d);
-        t_sm[k] = training ? d : u_sm[k] * d;
+    // t_i = M_i · v (eval: u_i t_i): a warp per row, or, for rows of fewer than 32 elements, L
+    // lanes per row (L the power of two from w up) with one element each, then a butterfly over
+    // the L lanes. A warp's lanes then read 32 / L consecutive rows, each element once: 32
+    // distinct banks (a thread per row, as before, read addresses w floats apart in step: a
+    // 16-way bank conflict at w = 16, and every even w conflicted).
+    if (w < 32) {
+      int L = 1;
+      while (L < w) L <<= 1;
+      const int per = 32 / L, g = lane / L, l = lane % L;  // rows per warp, this lane's row and column
+      for (int k0 = warp * per; k0 < rows; k0 += kWarps * per) {  // warp-uniform: all lanes shuffle
+        const int k = k0 + g;
+        float d = k < rows && l < w ? to_f(Ws[(int64_t)k * w + l]) * v_sm[l] : 0.f;
+        for (int o = L / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        if (l == 0 && k < rows) t_sm[k] = training ? d : u_sm[k] * d;
       }
     } else {
       for (int k = warp; k < rows; k += kWarps) {

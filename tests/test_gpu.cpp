@@ -547,7 +547,8 @@ TEST(Gpu, OnChipLayerMatchesTheCpuBackend) {
                         Case{{257, 1023}, 0, SN_ORDER_U_FIRST, 2}, Case{{128, 128, 3, 3}, 0, SN_ORDER_U_FIRST, 1},
                         Case{{64, 3, 3, 3}, 0, SN_ORDER_U_FIRST, 1}, Case{{1, 128}, 0, SN_ORDER_U_FIRST, 1},
                         Case{{300, 517}, 0, SN_ORDER_U_FIRST, 3},  Case{{1, 4096}, 0, SN_ORDER_U_FIRST, 1},
-                        Case{{1, 5, 64}, 1, SN_ORDER_U_FIRST, 1}};
+                        Case{{1, 5, 64}, 1, SN_ORDER_U_FIRST, 1},  Case{{200, 32}, 0, SN_ORDER_U_FIRST, 1},
+                        Case{{90, 16}, 0, SN_ORDER_U_FIRST, 2},    Case{{33, 4, 2}, 0, SN_ORDER_U_FIRST, 1}};
   int ran = 0;
   for (const Case &c : cases) {
     SCOPED_TRACE(case_name(c));

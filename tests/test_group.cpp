@@ -923,7 +923,8 @@ static const char *const kOnChipKernel = "group_on_chip_kernel";
 
 // Members of a group held on chip (rows contiguous, w <= 4096): SN-GAN's shapes and odd ones
 // (1 × 1, 1 × 4096, N × 1, w not a multiple of 4 or 32, so that the 2-byte types' rows start off
-// 16 bytes), every dtype, 1 to 3 iterations, scale only, in place, a norm bound, γ, W off 16 bytes
+// 16 bytes; rows of 2 to 32 elements, which take 1 to 32 lanes per row in t = M v), every dtype,
+// 1 to 3 iterations, scale only, in place, a norm bound, γ, W off 16 bytes
 // (with W_sn at another alignment: the division by elements; at the same: 16 bytes between the
 // ends). The largest (128 × 1152 fp32, 590 KB) needs clusters.
 static std::vector<Member> on_chip_members() {
@@ -945,6 +946,11 @@ static std::vector<Member> on_chip_members() {
       {{77, 99}, 0, SN_DTYPE_FLOAT32, 1, false, 0.f, true},
       {{1000, 3}},
       {{100, 300}, 0, SN_DTYPE_FLOAT32, 1, false, 0.f, false, true},
+      {{40, 32}},
+      {{70, 16}, 0, SN_DTYPE_BFLOAT16},
+      {{9, 8}, 0, SN_DTYPE_FLOAT16, 2},
+      {{300, 2}},
+      {{33, 17}, 0, SN_DTYPE_FLOAT32, 1, false, 0.f, true},
   };
   Member off32{{50, 77}}, off16{{45, 70}, 0, SN_DTYPE_BFLOAT16, 2};
   off32.w_off = 1;  // W at 4 bytes past 16, W_sn aligned: W_sn by elements
