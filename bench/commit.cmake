@@ -2,8 +2,11 @@
 # time ("unknown" when SRC is not the top of a git checkout, e.g. an unpacked archive, even one
 # inside another project's checkout; "-dirty" when tracked files differ from it). Run by the
 # sn_bench_commit target at every build; OUT is rewritten only when the text changes, so that an
-# unchanged commit recompiles nothing.
-execute_process(COMMAND git rev-parse --show-toplevel
+# unchanged commit recompiles nothing. GIT: the git program (bench/CMakeLists.txt: find_package).
+if(NOT GIT)
+  set(GIT git)
+endif()
+execute_process(COMMAND "${GIT}" rev-parse --show-toplevel
   WORKING_DIRECTORY "${SRC}"
   RESULT_VARIABLE rc OUTPUT_VARIABLE top ERROR_QUIET OUTPUT_STRIP_TRAILING_WHITESPACE)
 set(commit "")
@@ -11,7 +14,7 @@ if(rc EQUAL 0)
   get_filename_component(top "${top}" REALPATH)
   get_filename_component(src "${SRC}" REALPATH)
   if(top STREQUAL src)
-    execute_process(COMMAND git rev-parse --short HEAD
+    execute_process(COMMAND "${GIT}" rev-parse --short HEAD
       WORKING_DIRECTORY "${SRC}"
       RESULT_VARIABLE rc OUTPUT_VARIABLE commit ERROR_QUIET OUTPUT_STRIP_TRAILING_WHITESPACE)
   endif()
@@ -19,7 +22,7 @@ endif()
 if(NOT rc EQUAL 0 OR commit STREQUAL "")
   set(commit "unknown")
 else()
-  execute_process(COMMAND git diff --quiet HEAD --
+  execute_process(COMMAND "${GIT}" diff --quiet HEAD --
     WORKING_DIRECTORY "${SRC}" RESULT_VARIABLE dirty ERROR_QUIET)
   if(NOT dirty EQUAL 0)
     string(APPEND commit "-dirty")

@@ -29,7 +29,12 @@
 #include "sn_reference.h" /* sn_load, sn_store: the library's fp16/bf16 conversions */
 #include "specnorm.h"
 
+#ifdef SN_BENCH_COMMIT_HEADER
 #include "sn_bench_commit.h" /* SN_BENCH_COMMIT, written at build time by bench/commit.cmake */
+#endif
+#ifndef SN_BENCH_COMMIT
+#define SN_BENCH_COMMIT "unknown"
+#endif
 
 /* ---- Presets: generated from bench/presets.json by bench/CMakeLists.txt ----------------------- */
 

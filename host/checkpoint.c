@@ -33,7 +33,7 @@
  * 8·ndim + 4·(h + w) bytes); it is still read, and loads with the health word sn_layer_set_state
  * leaves: cleared, and the restart requested for a zero-norm u or v. sn_layer_load
  * checks everything (length, magic, version, checksum, every field's range, finite u, v and σ,
- * 1/σ >= 0 and no NaN in 1/σ or the scale, no unknown health bit, shape/dim/dtype against the
+ * 1/σ finite and >= 0, a finite scale, no unknown health bit, shape/dim/dtype against the
  * layer) before it changes anything. It restores u, v, σ, 1/σ, the scale, the health word, the
  * warm-up flag and the forward count, so that a resumed run continues as the uninterrupted one
  * would, restart from ones included; the layer keeps its own settings (iterations, eps, warm-up
@@ -352,9 +352,8 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
       (uint64_t)b->w > room - extra / 4u - (uint64_t)b->h)
     return sn__fail(SN_ERROR_BAD_CHECKPOINT,
                     "size = %zu bytes is truncated: the header announces h = %lld, w = %lld, which "
-                    "need %llu bytes",
-                    size, (long long)b->h, (long long)b->w,
-                    (unsigned long long)header + extra + 4ull * ((unsigned long long)b->h + (unsigned long long)b->w));
+                    "need %u + 4·(h + w) + %u bytes",
+                    size, (long long)b->h, (long long)b->w, header, (unsigned)extra);
   const uint64_t total = (uint64_t)header + extra + 4u * ((uint64_t)b->h + (uint64_t)b->w);
   if ((uint64_t)size != total)
     return sn__fail(SN_ERROR_BAD_CHECKPOINT,
@@ -420,14 +419,15 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
     zero_v = zero_v && x == 0.0f;
   }
   const float sigma = get_f32(b->sigma), inv = get_f32(b->sigma + 4), scale = get_f32(b->sigma + 8);
-  /* What a forward can commit: σ = 0 (no estimate yet) or a usable σ (1/σ finite), and a finite
-   * scale. */
-  if (!(sigma == 0.0f || sn_sigma_usable(sigma)) || !isfinite(inv) || inv < 0.0f ||
-      !isfinite(scale) || scale < 0.0f)
-    return sn__fail(SN_ERROR_BAD_CHECKPOINT,
-                    "buf: sigma = %g, 1/sigma = %g, scale = %g: sigma must be 0 or finite and >= "
-                    "FLT_MIN, 1/sigma and the scale finite and >= 0",
-                    (double)sigma, (double)inv, (double)scale);
+  /* What a forward can commit: σ = 0 (no estimate yet) or a usable σ, 1/σ finite and >= 0, and a
+   * finite scale of either sign (γ / d with a γ bound, which may be negative). */
+  if (!(sigma == 0.0f || sn_sigma_usable(sigma)))
+    return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: sigma = %g must be 0 or finite and >= FLT_MIN",
+                    (double)sigma);
+  if (!isfinite(inv) || inv < 0.0f)
+    return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: 1/sigma = %g must be finite and >= 0", (double)inv);
+  if (!isfinite(scale))
+    return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: scale = %g must be finite", (double)scale);
   /* The health word to install: version 2's as stored (a zero u of a 1-D layer with a zero
    * weight comes without the restart request, and must round-trip so); version 1 has none, and
    * gets what sn_layer_set_state leaves: cleared, the restart requested for a zero-norm u or v. */

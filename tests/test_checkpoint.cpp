@@ -450,6 +450,7 @@ TEST_F(Checkpoint, FieldsOutOfRange) {
       {"1/sigma NaN", sig + 4, bits(nan), 4},
       {"1/sigma < 0", sig + 4, bits(-2.f), 4},
       {"scale NaN", sig + 8, bits(nan), 4},
+      {"scale -inf", sig + 8, bits(-inf), 4},
       {"health bit 4", sig + 12, 0x10, 4},
       {"health bit 30", sig + 12, 0x40000000u | SN_HEALTH_ZERO, 4},
   };
@@ -474,6 +475,27 @@ TEST_F(Checkpoint, FieldsOutOfRange) {
   reseal(b);
   EXPECT_EQ(sn_layer_load(dst.layer, b.data(), b.size(), nullptr), SN_ERROR_BAD_CHECKPOINT);
   EXPECT_EQ(save(dst.layer), before) << "the layer is untouched";
+}
+
+// A γ bound (σReparam's learnable scalar) may be negative, and so the scale γ / σ: such a layer's
+// checkpoint loads back, bitwise, and its futures agree.
+TEST_F(Checkpoint, NegativeGammaScaleRoundTrips) {
+  const float gamma = -0.5f;
+  Trained a(cpu_desc({8, 6}), rng, 0), b(cpu_desc({8, 6}), rng, 2);
+  ASSERT_EQ(sn_layer_set_gamma(a.layer, &gamma), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_set_gamma(b.layer, &gamma), SN_SUCCESS);
+  std::vector<float> out(a.W.size()), ob(a.W.size());
+  for (int s = 0; s < 3; ++s) ASSERT_EQ(sn_forward(a.layer, a.W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  float scale = 0.f;
+  ASSERT_EQ(sn_layer_get_scale(a.layer, &scale, nullptr), SN_SUCCESS);
+  ASSERT_LT(scale, 0.f);
+  const Blob blob = save(a.layer);
+  ASSERT_EQ(sn_layer_load(b.layer, blob.data(), blob.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_EQ(save(b.layer), blob);
+  ASSERT_EQ(sn_forward(a.layer, a.W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_forward(b.layer, a.W.data(), ob.data(), 1, nullptr), SN_SUCCESS);
+  EXPECT_EQ(out, ob);
+  EXPECT_EQ(save(a.layer), save(b.layer));
 }
 
 // The layer keeps its own settings; the blob's are recorded for inspection. A different norm
@@ -529,6 +551,57 @@ TEST_F(Checkpoint, CrossBackendIsBitwise) {
     bad[40] ^= 1;
     expect_rejected(gpu, bad, SN_ERROR_BAD_CHECKPOINT, "corrupted, CUDA layer");
   }
+}
+
+// The health word and a pending restart go through a CUDA layer's checkpoint too (its state word
+// is copied from the device): into another CUDA layer, whose next forwards are then bitwise those
+// of the original, and into a CPU layer.
+TEST_F(Checkpoint, CudaLayerCarriesTheHealthWord) {
+  REQUIRE_GPU();
+  struct Dev {
+    void *p = nullptr;
+    explicit Dev(size_t bytes) {
+      if (cudaMalloc(&p, bytes) != cudaSuccess) p = nullptr;
+    }
+    ~Dev() { cudaFree(p); }
+  };
+  const std::vector<int64_t> shape{33, 20};
+  Trained host(cpu_desc(shape), rng, 0);  // its W: a gapped matrix
+  const size_t n = host.W.size();
+  Dev W(n * 4), Z(n * 4), O1(n * 4), O2(n * 4);
+  ASSERT_TRUE(W.p && Z.p && O1.p && O2.p);
+  CUDA_OK(cudaMemcpy(W.p, host.W.data(), n * 4, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemset(Z.p, 0, n * 4));
+  sn_layer_desc_t dg = cpu_desc(shape);
+  dg.backend = SN_BACKEND_CUDA;
+  LayerPtr a(dg), b(dg), c(cpu_desc(shape));
+  ASSERT_TRUE(a.p && b.p && c.p);
+  ASSERT_EQ(sn_forward(a, W.p, O1.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_forward(a, Z.p, O1.p, 1, nullptr), SN_SUCCESS);  // σ = 0: the restart requested
+  uint32_t ha = 0, hb = 0, hc = 0;
+  ASSERT_EQ(sn_layer_get_health(a, &ha, 0, nullptr), SN_SUCCESS);
+  ASSERT_EQ(ha, uint32_t(SN_HEALTH_ZERO));
+  const Blob blob = save(a);
+  EXPECT_EQ(get_le(blob, blob.size() - 8, 4), uint64_t(SN_HEALTH_ZERO) | 0x80000000u);
+  ASSERT_EQ(sn_layer_load(b, blob.data(), blob.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_layer_load(c, blob.data(), blob.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_EQ(save(b), blob);
+  EXPECT_EQ(save(c), blob);
+  ASSERT_EQ(sn_forward(a, W.p, O1.p, 1, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_forward(b, W.p, O2.p, 1, nullptr), SN_SUCCESS);
+  std::vector<float> out(n);
+  ASSERT_EQ(sn_forward(c, host.W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  std::vector<unsigned char> o1(n * 4), o2(n * 4);
+  CUDA_OK(cudaMemcpy(o1.data(), O1.p, n * 4, cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(o2.data(), O2.p, n * 4, cudaMemcpyDeviceToHost));
+  EXPECT_EQ(o1, o2);
+  EXPECT_EQ(save(a), save(b));
+  ASSERT_EQ(sn_layer_get_health(a, &ha, 0, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_get_health(b, &hb, 0, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_get_health(c, &hc, 0, nullptr), SN_SUCCESS);
+  EXPECT_EQ(ha, uint32_t(SN_HEALTH_ZERO | SN_HEALTH_RECOVERED));
+  EXPECT_EQ(hb, ha);
+  EXPECT_EQ(hc, ha) << "the CPU layer restarted from ones as well";
 }
 
 // The recipe for PyTorch checkpoints. PyTorch's state_dict has no σ and no warm-up flag, only the
