@@ -19,7 +19,7 @@ typedef struct {
 
 /* Internal health bit: the next training forward starts from the all-ones vector. */
 #define SN_HEALTH_RESTART 0x80000000u
-#define SN_HEALTH_PUBLIC 0x0000000Fu
+#define SN_HEALTH_PUBLIC 0x0000001Fu
 
 #ifdef __CUDACC__
 #define SN_HD __host__ __device__
@@ -33,10 +33,12 @@ static inline SN_HD int sn_sigma_usable(float sig) {
   return sig - sig == 0.0f /* false for NaN and ±inf */ && sig >= 1.17549435e-38f /* FLT_MIN */;
 }
 
-/* The health word after a forward whose new σ is `sig` (shared by both backends). A zero (or
- * subnormal) σ in a training forward asks the next one to restart from ones; a usable σ clears
- * that request, and marks the recovery if this forward was such a restart. */
-static inline SN_HD unsigned sn_health_after(unsigned h, float sig, int training) {
+/* The health word after a forward whose new σ is `sig` and γ bound `gamma` (1 without one; shared
+ * by both backends). A zero (or subnormal) σ in a training forward asks the next one to restart
+ * from ones; a usable σ clears that request, and marks the recovery if this forward was such a
+ * restart. A non-finite γ is recorded whatever σ is (it makes the scale and W_sn non-finite). */
+static inline SN_HD unsigned sn_health_after(unsigned h, float sig, int training, float gamma) {
+  if (!(gamma - gamma == 0.0f)) h |= (unsigned)SN_HEALTH_GAMMA;
   const int restarted = training && (h & SN_HEALTH_RESTART);
   if (sn_sigma_usable(sig)) return (h & ~SN_HEALTH_RESTART) | (restarted ? (unsigned)SN_HEALTH_RECOVERED : 0u);
   if (!(sig - sig == 0.0f)) return h | (unsigned)SN_HEALTH_NONFINITE;

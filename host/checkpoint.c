@@ -23,7 +23,7 @@
  *   header        4·h f32   u
  *                 4·w f32   v
  *                 12  f32   σ, 1/σ, scale
- *                 4  u32    health: the sn_health_flag_t bits (0-3) and bit 31, set when the next
+ *                 4  u32    health: the sn_health_flag_t bits (0-4) and bit 31, set when the next
  *                           training forward restarts from the all-ones vector (after a zero σ);
  *                           no other bit
  *   size - 4      4  u32    CRC-32C (Castagnoli, reflected, init and final xor 0xFFFFFFFF) of

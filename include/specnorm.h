@@ -248,9 +248,11 @@ typedef enum {
   SN_HEALTH_ZERO = 2u,      /* a σ was 0 (or below FLT_MIN): all-zero or subnormal W, or v (or u)
                                zero or in W's null space */
   SN_HEALTH_NEGATIVE = 4u,  /* an eval σ = uᵀ M v was < 0: W moved far from u and v */
-  SN_HEALTH_RECOVERED = 8u  /* after a zero σ (or a zero u or v given to set_state), a training
+  SN_HEALTH_RECOVERED = 8u, /* after a zero σ (or a zero u or v given to set_state), a training
                                forward restarted the iteration from the all-ones vector and
                                produced a usable σ: recovery without a host round trip */
+  SN_HEALTH_GAMMA = 16u     /* the γ bound (sn_layer_set_gamma) was NaN or infinite: the scale and
+                               W_sn are not finite; u, v and σ were updated as usual */
 } sn_health_flag_t;
 
 /* Pointer to the layer's health word (one uint32 of sn_health_flag_t bits, in the backend's

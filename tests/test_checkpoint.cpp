@@ -451,7 +451,7 @@ TEST_F(Checkpoint, FieldsOutOfRange) {
       {"1/sigma < 0", sig + 4, bits(-2.f), 4},
       {"scale NaN", sig + 8, bits(nan), 4},
       {"scale -inf", sig + 8, bits(-inf), 4},
-      {"health bit 4", sig + 12, 0x10, 4},
+      {"health bit 5", sig + 12, 0x20, 4},
       {"health bit 30", sig + 12, 0x40000000u | SN_HEALTH_ZERO, 4},
   };
   for (const Edit &e : edits) {

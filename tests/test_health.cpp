@@ -132,6 +132,48 @@ TEST_P(Health, ZeroStepRecoversFromOnes) {
   EXPECT_EQ(health(l), 0u) << "a normal step after recovery";
 }
 
+// A γ bound that is NaN or infinite is recorded (SN_HEALTH_GAMMA), not silent: u, v and σ go on
+// as for a layer without γ (bit for bit), the scale and W_sn are not finite; the bit stays until
+// cleared, and a finite γ again gives finite results. Eval and scale-only forwards record it too.
+TEST_P(Health, NonFiniteGammaIsRecorded) {
+  Rng rng(fresh_seed());
+  const int64_t h = 36, w = 20;
+  const sn_backend_t be = std::get<0>(GetParam());
+  LayerPtr l(desc(h, w)), plain(desc(h, w));
+  Buf W(be, static_cast<size_t>(h * w)), out(be, static_cast<size_t>(h * w)),
+      o2(be, static_cast<size_t>(h * w)), gamma(be, 1);
+  W.set(gapped_matrix(rng, h, w));
+  ASSERT_EQ(sn_layer_set_gamma(l, gamma.ptr()), SN_SUCCESS) << sn_last_error_message();
+  for (const float g : {NAN, INFINITY, -INFINITY}) {
+    SCOPED_TRACE("gamma " + std::to_string(g));
+    gamma.set({g});
+    ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_forward(plain, W.ptr(), o2.ptr(), 1, nullptr), SN_SUCCESS);
+    EXPECT_TRUE(same_state(get_state(l), get_state(plain)));
+    EXPECT_EQ(health(l), uint32_t(SN_HEALTH_GAMMA));
+    EXPECT_EQ(health(plain), 0u);
+    float scale = 0.f;
+    ASSERT_EQ(sn_layer_get_scale(l, &scale, nullptr), SN_SUCCESS);
+    EXPECT_FALSE(std::isfinite(scale));
+    const std::vector<float> o = out.get();
+    EXPECT_TRUE(std::none_of(o.begin(), o.end(), [](float x) { return std::isfinite(x); }));
+    health(l, 1);  // cleared for the next value
+  }
+  gamma.set({NAN});
+  ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 0, nullptr), SN_SUCCESS);
+  EXPECT_EQ(health(l, 1), uint32_t(SN_HEALTH_GAMMA)) << "eval";
+  ASSERT_EQ(sn_forward_scale_only(l, W.ptr(), 1, nullptr), SN_SUCCESS);
+  EXPECT_EQ(health(l), uint32_t(SN_HEALTH_GAMMA)) << "scale only";
+  gamma.set({0.5f});
+  ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
+  EXPECT_EQ(health(l), uint32_t(SN_HEALTH_GAMMA)) << "sticky until cleared";
+  const std::vector<float> o = out.get();
+  EXPECT_TRUE(std::all_of(o.begin(), o.end(), [](float x) { return std::isfinite(x); }));
+  EXPECT_EQ(health(l, 1), uint32_t(SN_HEALTH_GAMMA));
+  ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
+  EXPECT_EQ(health(l), 0u);
+}
+
 TEST_P(Health, ZeroVectorFromSetStateRecoversImmediately) {
   Rng rng(fresh_seed());
   const int64_t h = 33, w = 20;
