@@ -438,8 +438,8 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
                       "buf: health word 0x%08x has bits outside 0x%08x (the SN_HEALTH_* flags and "
                       "the restart request)",
                       b->health, (uint32_t)CK_HEALTH_BITS);
-  } else {
-    b->health = (zero_u || zero_v) ? SN_HEALTH_RESTART : 0u;
+  } else { /* as sn_layer_set_state: no restart for a 1-D weight */
+    b->health = (b->ndim > 1 && (zero_u || zero_v)) ? SN_HEALTH_RESTART : 0u;
   }
   return SN_SUCCESS;
 }

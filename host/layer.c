@@ -182,6 +182,9 @@ static sn_status_t validate_desc(const sn_layer_desc_t *d, sn_view_t *view, int6
     return sn__fail(SN_ERROR_INVALID_VALUE, "desc->order = %d is not a sn_order_t", (int)d->order);
   if ((int)d->algo < 0 || d->algo >= SN_ALGO_COUNT)
     return sn__fail(SN_ERROR_INVALID_VALUE, "desc->algo = %d is not a sn_algo_t", (int)d->algo);
+  if (d->backend != SN_BACKEND_CUDA && d->backend != SN_BACKEND_CPU)
+    return sn__fail(SN_ERROR_INVALID_BACKEND, "desc->backend = %d is not a sn_backend_t",
+                    (int)d->backend);
   *dim = d->dim < 0 ? d->dim + d->ndim : d->dim;
   *view = sn_ref_view(d->ndim, d->shape, *dim);
   if (d->algo == SN_ALGO_ONE_PASS && !sn_cuda_one_pass_supported(*view, d->order, d->dtype))
@@ -191,9 +194,6 @@ static sn_status_t validate_desc(const sn_layer_desc_t *d, sn_view_t *view, int6
                     "v-first order h <= 768 (fp32) or 1536 (fp16, bf16); this weight has "
                     "A = %lld, h = %lld, w = %lld",
                     (long long)view->A, (long long)view->h, (long long)(view->A * view->B));
-  if (d->backend != SN_BACKEND_CUDA && d->backend != SN_BACKEND_CPU)
-    return sn__fail(SN_ERROR_INVALID_BACKEND, "desc->backend = %d is not a sn_backend_t",
-                    (int)d->backend);
   if (d->backend == SN_BACKEND_CUDA) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
@@ -650,11 +650,12 @@ SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const f
                     (double)sigma);
   const float d = sn_ref_divisor(sigma, layer->desc.norm_bound);
   float sig[4] = {sigma, sigma > 0.0f ? 1.0f / sigma : 0.0f, sigma > 0.0f ? 1.0f / d : 0.0f, 0.0f};
-  /* Health cleared; a zero-norm u or v asks the next training forward to restart from ones. */
+  /* Health cleared; a zero-norm u or v asks the next training forward to restart from ones
+   * (not for a 1-D weight, whose forward computes u afresh from W and has nothing to restart). */
   int zero_u = 1, zero_v = 1;
   for (int64_t i = 0; i < h && zero_u; ++i) zero_u = u[i] == 0.0f;
   for (int64_t j = 0; j < w && zero_v; ++j) zero_v = v[j] == 0.0f;
-  const unsigned health = (zero_u || zero_v) ? SN_HEALTH_RESTART : 0u;
+  const unsigned health = (!layer->is_1d && (zero_u || zero_v)) ? SN_HEALTH_RESTART : 0u;
   memcpy(&sig[3], &health, sizeof health);
 
   if (layer->desc.backend == SN_BACKEND_CPU) {

@@ -105,7 +105,9 @@ typedef enum {
 
 typedef enum { SN_BACKEND_CUDA = 0, SN_BACKEND_CPU = 1 } sn_backend_t;
 
-/* Kernel algorithm of a CUDA layer. DEFAULT picks by shape. The CPU backend ignores it. */
+/* Kernel algorithm of a CUDA layer. DEFAULT picks by shape. The CPU backend computes its own way
+ * whatever the algorithm, but refuses ONE_PASS where a CUDA layer would (SN_ERROR_NOT_SUPPORTED),
+ * so that a descriptor that works on the CPU works on a GPU. */
 typedef enum {
   SN_ALGO_DEFAULT = 0,  /* ONE_PASS where it applies and pays (enough rows), else TWO_PASS */
   SN_ALGO_TWO_PASS = 1, /* one read of W per matrix-vector product; every layout and order */
@@ -235,7 +237,9 @@ typedef enum {
  * (d = σ, or max(1, σ / c)), one float in the backend's memory (device pointer for a CUDA layer),
  * written, not accumulated. Stream-ordered, no allocation, no synchronization: 2 launches (1 when
  * neither the σ term nor dgamma is needed). SN_ERROR_INVALID_STATE before the layer's first
- * forward. */
+ * forward (or sn_layer_warmup). With no σ yet (σ = 0: every forward so far degenerate, or a state
+ * set with σ = 0 and no forward since), the scale is 0 and so is dW: the derivative of
+ * W_sn = W · 0, which is what the forward gave. */
 SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, void *dW,
                                unsigned flags, float *dgamma, sn_stream_t stream);
 
@@ -244,7 +248,8 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
 /* Sticky bits recorded on the device by forwards whose new σ was not usable (README, "Degenerate
  * steps"). The state is never changed by such a step; these bits say that it happened. */
 typedef enum {
-  SN_HEALTH_NONFINITE = 1u, /* a σ was NaN or infinite: W held non-finite values */
+  SN_HEALTH_NONFINITE = 1u, /* a σ was NaN or infinite: W held non-finite values, or σ overflowed
+                               float (entries near FLT_MAX) */
   SN_HEALTH_ZERO = 2u,      /* a σ was 0 (or below FLT_MIN): all-zero or subnormal W, or v (or u)
                                zero or in W's null space */
   SN_HEALTH_NEGATIVE = 4u,  /* an eval σ = uᵀ M v was < 0: W moved far from u and v */
@@ -292,9 +297,12 @@ typedef struct sn_group sn_group_t;
  * layers[k] uses weight W[k] and writes W_sn[k] (W_sn may be NULL, or any W_sn[k] NULL: that
  * layer gets the scale-only forward). The layers keep their own state and may still be used on
  * their own; the group only holds pointers (it does not own the layers or the buffers, which must
- * outlive it). Requirements: all layers of one backend (and one device); u-first order; weights
- * of at least 2 dimensions with w <= 16384 (SN_ERROR_NOT_SUPPORTED otherwise: call those layers on
- * their own). Allocates the group's scratch space; blocks. On failure *group is NULL. */
+ * outlive it). Requirements, on either backend (a group built on the CPU builds on a GPU): all
+ * layers of one backend (and one device); u-first order; weights of at least 2 dimensions with
+ * w <= 16384 (SN_ERROR_NOT_SUPPORTED otherwise: call those layers on their own); buffers in the
+ * backend's memory; each W_sn[k] is W[k] (in place) or overlaps neither it nor any other layer's W
+ * or W_sn (SN_ERROR_INVALID_VALUE). Allocates the group's scratch space; blocks. On failure
+ * *group is NULL. */
 SN_API sn_status_t sn_group_create(sn_group_t **group, sn_layer_t *const *layers,
                                    const void *const *W, void *const *W_sn, int count);
 
@@ -329,7 +337,8 @@ SN_API sn_status_t sn_layer_save(const sn_layer_t *layer, void *buf, size_t size
 SN_API sn_status_t sn_layer_load(sn_layer_t *layer, const void *buf, size_t size,
                                  sn_stream_t stream);
 
-/* Draw u and v afresh from `seed`, set σ = 1/σ = scale = 0 and clear the warm-up flag. Blocks. */
+/* Draw u and v afresh from `seed`, set σ = 1/σ = scale = 0, clear the warm-up flag and the health
+ * word (a pending restart from ones included). The count of forwards is kept. Blocks. */
 SN_API sn_status_t sn_layer_reset(sn_layer_t *layer, uint64_t seed, sn_stream_t stream);
 
 #ifdef __cplusplus

@@ -417,6 +417,9 @@ TEST(BadInput, DescriptorIsRejectedWithTheArgumentNamed) {
   d = good;
   d.backend = sn_backend_t(5);
   EXPECT_FAILS(create(d), SN_ERROR_INVALID_BACKEND, "backend");
+  d.algo = SN_ALGO_ONE_PASS;  // the backend is judged first, whatever the algorithm
+  d.shape[1] = 6;
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_BACKEND, "backend");
   EXPECT_EQ(l, nullptr);
 }
 

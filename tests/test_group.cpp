@@ -280,6 +280,54 @@ TEST(GroupCpu, BadArguments) {
   sn_group_destroy(nullptr);
 }
 
+// A CPU group refuses what a CUDA group refuses (v-first, 1-D and w > 16384 members), so that a
+// group built on the CPU also builds on a GPU; and on both backends, W_sn[k] must be W[k] or apart
+// from it, and apart from every other member's W and W_sn.
+TEST(GroupCpu, MembersFollowTheCudaRulesAndBuffersDoNotOverlap) {
+  sn_layer_desc_t dv = make_desc({8, 8}, SN_BACKEND_CPU);
+  dv.order = SN_ORDER_V_FIRST;
+  LayerPtr vfirst(dv), oned(make_desc({8}, SN_BACKEND_CPU)), wide(make_desc({2, 20000}, SN_BACKEND_CPU)),
+      a(make_desc({8, 8}, SN_BACKEND_CPU)), b(make_desc({4, 8}, SN_BACKEND_CPU));
+  std::vector<float> buf(200000);
+  sn_group_t *g = nullptr;
+  const void *W2[2] = {buf.data(), buf.data() + 64};
+  for (sn_layer_t *bad : {vfirst.p, oned.p, wide.p}) {
+    sn_layer_t *layers[2] = {a.p, bad};
+    EXPECT_EQ(sn_group_create(&g, layers, W2, nullptr, 2), SN_ERROR_NOT_SUPPORTED) << sn_last_error_message();
+    EXPECT_NE(std::string(sn_last_error_message()).find("layers[1]"), std::string::npos);
+    EXPECT_EQ(g, nullptr);
+  }
+  sn_layer_t *layers[2] = {a.p, b.p};
+  float *W0 = buf.data(), *W1 = buf.data() + 64;  // a: 64 floats, b: 32
+  struct Case {
+    void *out0, *out1;
+    sn_status_t want;
+    const char *word;
+  };
+  const Case cases[] = {
+      {W0, W1, SN_SUCCESS, ""},                           // in place
+      {buf.data() + 1000, buf.data() + 2000, SN_SUCCESS, ""},  // apart
+      {nullptr, buf.data() + 2000, SN_SUCCESS, ""},       // no W_sn for layer 0
+      {W0 + 1, nullptr, SN_ERROR_INVALID_VALUE, "W_sn[0]"},   // overlaps its own W
+      {W1 + 8, nullptr, SN_ERROR_INVALID_VALUE, "layers[1]"},  // overlaps the other's W
+      {buf.data() + 1000, buf.data() + 1010, SN_ERROR_INVALID_VALUE, "layers[1]"},  // each other's
+      {nullptr, W0 + 10, SN_ERROR_INVALID_VALUE, "layers[0]"},
+  };
+  for (const Case &c : cases) {
+    void *out[2] = {c.out0, c.out1};
+    const void *W[2] = {W0, W1};
+    const sn_status_t st = sn_group_create(&g, layers, W, out, 2);
+    EXPECT_EQ(st, c.want) << sn_last_error_message();
+    if (st == SN_SUCCESS) {
+      sn_group_destroy(g);
+      g = nullptr;
+    } else {
+      EXPECT_NE(std::string(sn_last_error_message()).find(c.word), std::string::npos) << sn_last_error_message();
+      EXPECT_EQ(g, nullptr);
+    }
+  }
+}
+
 // A group of `ms` created under SPECNORM_TUNE `tune` (after whatever it already says) against
 // CPU layers fed the same weights, step by step: 3 training steps and an eval step, each with a
 // fresh or moved weight. Returns the kernels of a captured training and eval forward (after the

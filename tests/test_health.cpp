@@ -194,6 +194,21 @@ TEST_P(Health, ZeroVectorFromSetStateRecoversImmediately) {
   EXPECT_EQ(health(l), uint32_t(SN_HEALTH_RECOVERED));
 }
 
+// A 1-D weight is normalized exactly (u = W / ‖W‖ afresh each forward): a zero u given to
+// set_state asks for no restart, and the forward after it reports no recovery.
+TEST_P(Health, OneDimensionalZeroStateIsNoRestart) {
+  Rng rng(fresh_seed());
+  const sn_backend_t be = std::get<0>(GetParam());
+  LayerPtr l(make_desc({7}, be));
+  Buf W(be, 7), out(be, 7);
+  W.set(rng.normals(7));
+  const std::vector<float> zero(7, 0.f), one(1, 1.f);
+  ASSERT_EQ(sn_layer_set_state(l, zero.data(), one.data(), 0.f, 1, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
+  EXPECT_EQ(health(l), 0u);
+  EXPECT_GT(get_state(l).sigma, 0.f);
+}
+
 TEST_P(Health, AllZeroWeightThenRecovery) {
   Rng rng(fresh_seed());
   const int64_t h = 16, w = 12;
