@@ -33,12 +33,14 @@ static inline SN_HD int sn_sigma_usable(float sig) {
   return sig - sig == 0.0f /* false for NaN and ±inf */ && sig >= 1.17549435e-38f /* FLT_MIN */;
 }
 
-/* The health word after a forward whose new σ is `sig` and γ bound `gamma` (1 without one; shared
- * by both backends). A zero (or subnormal) σ in a training forward asks the next one to restart
- * from ones; a usable σ clears that request, and marks the recovery if this forward was such a
- * restart. A non-finite γ is recorded whatever σ is (it makes the scale and W_sn non-finite). */
-static inline SN_HD unsigned sn_health_after(unsigned h, float sig, int training, float gamma) {
-  if (!(gamma - gamma == 0.0f)) h |= (unsigned)SN_HEALTH_GAMMA;
+/* The health word after a forward whose new σ is `sig`, with γ bound `gamma` (1 without one) and
+ * the scale it committed (shared by both backends). A zero (or subnormal) σ in a training forward
+ * asks the next one to restart from ones; a usable σ clears that request, and marks the recovery
+ * if this forward was such a restart. A non-finite γ or scale is recorded whatever σ is (W_sn is
+ * then not finite either). */
+static inline SN_HD unsigned sn_health_after(unsigned h, float sig, int training, float gamma,
+                                             float scale) {
+  if (!(gamma - gamma == 0.0f) || !(scale - scale == 0.0f)) h |= (unsigned)SN_HEALTH_SCALE;
   const int restarted = training && (h & SN_HEALTH_RESTART);
   if (sn_sigma_usable(sig)) return (h & ~SN_HEALTH_RESTART) | (restarted ? (unsigned)SN_HEALTH_RECOVERED : 0u);
   if (!(sig - sig == 0.0f)) return h | (unsigned)SN_HEALTH_NONFINITE;

@@ -193,8 +193,10 @@ __device__ __forceinline__ void commit_state_word_of(float *sigma, const CommitS
     sigma[0] = c.sig_new;
     sigma[1] = 1.0f / c.sig_new;
   }
-  sigma[2] = c.sig > 0.f ? c.g / c.d : 0.f;
-  reinterpret_cast<unsigned *>(sigma)[3] = sn_health_after(health_before, c.sig_new, training ? 1 : 0, c.g);
+  const float scale = c.sig > 0.f ? c.g / c.d : 0.f;
+  sigma[2] = scale;
+  reinterpret_cast<unsigned *>(sigma)[3] =
+      sn_health_after(health_before, c.sig_new, training ? 1 : 0, c.g, scale);
 }
 
 __device__ __forceinline__ void commit_state_word(float *sigma, const CommitScale &c, bool training) {

@@ -33,7 +33,8 @@
  * 8·ndim + 4·(h + w) bytes); it is still read, and loads with the health word sn_layer_set_state
  * leaves: cleared, and the restart requested for a zero-norm u or v. sn_layer_load
  * checks everything (length, magic, version, checksum, every field's range, finite u, v and σ,
- * 1/σ finite and >= 0, a finite scale, no unknown health bit, shape/dim/dtype against the
+ * 1/σ finite and >= 0, a finite scale unless the health word records SN_HEALTH_SCALE, no unknown
+ * health bit, shape/dim/dtype against the
  * layer) before it changes anything. It restores u, v, σ, 1/σ, the scale, the health word, the
  * warm-up flag and the forward count, so that a resumed run continues as the uninterrupted one
  * would, restart from ones included; the layer keeps its own settings (iterations, eps, warm-up
@@ -426,8 +427,6 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
                     (double)sigma);
   if (!isfinite(inv) || inv < 0.0f)
     return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: 1/sigma = %g must be finite and >= 0", (double)inv);
-  if (!isfinite(scale))
-    return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: scale = %g must be finite", (double)scale);
   /* The health word to install: version 2's as stored (a zero u of a 1-D layer with a zero
    * weight comes without the restart request, and must round-trip so); version 1 has none, and
    * gets what sn_layer_set_state leaves: cleared, the restart requested for a zero-norm u or v. */
@@ -441,6 +440,13 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
   } else { /* as sn_layer_set_state: no restart for a 1-D weight */
     b->health = (b->ndim > 1 && (zero_u || zero_v)) ? SN_HEALTH_RESTART : 0u;
   }
+  /* A non-finite scale only where the health word records one (a γ that was not finite, or γ / σ
+   * beyond float range), so that such a layer reloads its own checkpoint. */
+  if (!isfinite(scale) && !(b->health & SN_HEALTH_SCALE))
+    return sn__fail(SN_ERROR_BAD_CHECKPOINT,
+                    "buf: scale = %g must be finite (the health word does not record "
+                    "SN_HEALTH_SCALE)",
+                    (double)scale);
   return SN_SUCCESS;
 }
 

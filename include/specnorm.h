@@ -256,8 +256,9 @@ typedef enum {
   SN_HEALTH_RECOVERED = 8u, /* after a zero σ (or a zero u or v given to set_state), a training
                                forward restarted the iteration from the all-ones vector and
                                produced a usable σ: recovery without a host round trip */
-  SN_HEALTH_GAMMA = 16u     /* the γ bound (sn_layer_set_gamma) was NaN or infinite: the scale and
-                               W_sn are not finite; u, v and σ were updated as usual */
+  SN_HEALTH_SCALE = 16u     /* the scale was not finite: the γ bound (sn_layer_set_gamma) was NaN
+                               or infinite, or γ / σ overflowed float; the scale and W_sn are not
+                               finite; u, v and σ were updated as usual */
 } sn_health_flag_t;
 
 /* Pointer to the layer's health word (one uint32 of sn_health_flag_t bits, in the backend's

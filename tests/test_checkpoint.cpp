@@ -496,6 +496,19 @@ TEST_F(Checkpoint, NegativeGammaScaleRoundTrips) {
   ASSERT_EQ(sn_forward(b.layer, a.W.data(), ob.data(), 1, nullptr), SN_SUCCESS);
   EXPECT_EQ(out, ob);
   EXPECT_EQ(save(a.layer), save(b.layer));
+  // An infinite γ: the scale is infinite and the health word says so (SN_HEALTH_SCALE), so the
+  // checkpoint loads back; the same scale without that bit is refused.
+  const float inf = INFINITY;
+  ASSERT_EQ(sn_layer_set_gamma(a.layer, &inf), SN_SUCCESS);
+  ASSERT_EQ(sn_forward(a.layer, a.W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  const Blob with_inf = save(a.layer);
+  EXPECT_EQ(get_le(with_inf, with_inf.size() - 8, 4), uint64_t(SN_HEALTH_SCALE));
+  ASSERT_EQ(sn_layer_load(b.layer, with_inf.data(), with_inf.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_EQ(save(b.layer), with_inf);
+  Blob no_bit = with_inf;
+  put_le(no_bit, no_bit.size() - 8, 0, 4);
+  reseal(no_bit);
+  expect_rejected(b.layer, no_bit, SN_ERROR_BAD_CHECKPOINT, "an infinite scale, no SN_HEALTH_SCALE");
 }
 
 // The layer keeps its own settings; the blob's are recorded for inspection. A different norm

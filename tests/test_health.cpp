@@ -132,10 +132,11 @@ TEST_P(Health, ZeroStepRecoversFromOnes) {
   EXPECT_EQ(health(l), 0u) << "a normal step after recovery";
 }
 
-// A γ bound that is NaN or infinite is recorded (SN_HEALTH_GAMMA), not silent: u, v and σ go on
+// A γ bound that is NaN or infinite is recorded (SN_HEALTH_SCALE), not silent: u, v and σ go on
 // as for a layer without γ (bit for bit), the scale and W_sn are not finite; the bit stays until
-// cleared, and a finite γ again gives finite results. Eval and scale-only forwards record it too.
-TEST_P(Health, NonFiniteGammaIsRecorded) {
+// cleared, and a finite γ again gives finite results. Eval and scale-only forwards record it too,
+// and so does a finite γ whose γ / σ passes float's range.
+TEST_P(Health, NonFiniteScaleIsRecorded) {
   Rng rng(fresh_seed());
   const int64_t h = 36, w = 20;
   const sn_backend_t be = std::get<0>(GetParam());
@@ -150,7 +151,7 @@ TEST_P(Health, NonFiniteGammaIsRecorded) {
     ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
     ASSERT_EQ(sn_forward(plain, W.ptr(), o2.ptr(), 1, nullptr), SN_SUCCESS);
     EXPECT_TRUE(same_state(get_state(l), get_state(plain)));
-    EXPECT_EQ(health(l), uint32_t(SN_HEALTH_GAMMA));
+    EXPECT_EQ(health(l), uint32_t(SN_HEALTH_SCALE));
     EXPECT_EQ(health(plain), 0u);
     float scale = 0.f;
     ASSERT_EQ(sn_layer_get_scale(l, &scale, nullptr), SN_SUCCESS);
@@ -161,17 +162,28 @@ TEST_P(Health, NonFiniteGammaIsRecorded) {
   }
   gamma.set({NAN});
   ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 0, nullptr), SN_SUCCESS);
-  EXPECT_EQ(health(l, 1), uint32_t(SN_HEALTH_GAMMA)) << "eval";
+  EXPECT_EQ(health(l, 1), uint32_t(SN_HEALTH_SCALE)) << "eval";
   ASSERT_EQ(sn_forward_scale_only(l, W.ptr(), 1, nullptr), SN_SUCCESS);
-  EXPECT_EQ(health(l), uint32_t(SN_HEALTH_GAMMA)) << "scale only";
+  EXPECT_EQ(health(l), uint32_t(SN_HEALTH_SCALE)) << "scale only";
   gamma.set({0.5f});
   ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
-  EXPECT_EQ(health(l), uint32_t(SN_HEALTH_GAMMA)) << "sticky until cleared";
+  EXPECT_EQ(health(l), uint32_t(SN_HEALTH_SCALE)) << "sticky until cleared";
   const std::vector<float> o = out.get();
   EXPECT_TRUE(std::all_of(o.begin(), o.end(), [](float x) { return std::isfinite(x); }));
-  EXPECT_EQ(health(l, 1), uint32_t(SN_HEALTH_GAMMA));
+  EXPECT_EQ(health(l, 1), uint32_t(SN_HEALTH_SCALE));
   ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
   EXPECT_EQ(health(l), 0u);
+  // γ = 1e38 over a σ of about 1e-3: the scale overflows.
+  std::vector<float> small = gapped_matrix(rng, h, w);
+  for (float &x : small) x *= 1e-4f;
+  W.set(small);
+  gamma.set({1e38f});
+  ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
+  ASSERT_LT(get_state(l).sigma, 1.f);
+  float scale = 0.f;
+  ASSERT_EQ(sn_layer_get_scale(l, &scale, nullptr), SN_SUCCESS);
+  EXPECT_FALSE(std::isfinite(scale));
+  EXPECT_EQ(health(l), uint32_t(SN_HEALTH_SCALE)) << "overflow";
 }
 
 TEST_P(Health, ZeroVectorFromSetStateRecoversImmediately) {
