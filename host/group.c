@@ -14,6 +14,7 @@ struct sn_group {
   sn_layer_t **layers;
   const void **W;
   void **W_sn;
+  const float **gamma;   /* each layer's γ binding at creation (sn_layer_set_gamma) */
   sn_backend_t backend;
   int device;
   sn_cuda_group_t cuda;  /* CUDA: the kernels' view, pointing into `workspace` */
@@ -32,6 +33,7 @@ static void free_group(sn_group_t *g) {
   free(g->layers);
   free(g->W);
   free(g->W_sn);
+  free(g->gamma);
   free(g);
 }
 
@@ -257,7 +259,8 @@ SN_API sn_status_t sn_group_create(sn_group_t **group, sn_layer_t *const *layers
   g->layers = malloc((size_t)count * sizeof *g->layers);
   g->W = malloc((size_t)count * sizeof *g->W);
   g->W_sn = calloc((size_t)count, sizeof *g->W_sn);
-  if (!g->layers || !g->W || !g->W_sn) {
+  g->gamma = malloc((size_t)count * sizeof *g->gamma);
+  if (!g->layers || !g->W || !g->W_sn || !g->gamma) {
     free_group(g);
     return sn__fail(SN_ERROR_ALLOCATION, "host memory for a group of %d layers", count);
   }
@@ -265,6 +268,7 @@ SN_API sn_status_t sn_group_create(sn_group_t **group, sn_layer_t *const *layers
     g->layers[k] = layers[k];
     g->W[k] = W[k];
     g->W_sn[k] = W_sn ? W_sn[k] : NULL;
+    g->gamma[k] = layers[k]->plan.gamma;
   }
   if (g->backend == SN_BACKEND_CUDA) {
     int prev = 0;
@@ -291,6 +295,14 @@ static int refused_single_launch(const sn_cuda_group_t *c, int e) {
 
 SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t stream) {
   if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
+  /* The group's kernels hold each layer's γ binding as it was at creation (the CUDA tables): a
+   * binding changed since would be ignored, and its old buffer may be gone. Both backends alike. */
+  for (int k = 0; k < group->count; ++k)
+    if (group->layers[k]->plan.gamma != group->gamma[k])
+      return sn__fail(SN_ERROR_INVALID_STATE,
+                      "layers[%d]'s gamma binding (sn_layer_set_gamma) changed after the group was "
+                      "created; create the group again",
+                      k);
   if (group->backend == SN_BACKEND_CPU) {
     for (int k = 0; k < group->count; ++k) {
       sn_status_t st = sn__run_forward(group->layers[k], group->W[k], group->W_sn[k], training, 0, stream);

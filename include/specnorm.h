@@ -315,7 +315,9 @@ SN_API void sn_group_destroy(sn_group_t *group);
  * other reduction trees, so equal to them within float rounding, not bitwise. Stream-ordered, no
  * allocation, no synchronization, deterministic (bitwise run to run), capturable in a CUDA graph
  * once every layer has warmed up (layers not yet warmed up first run their warm-up on their own).
- * γ bindings (sn_layer_set_gamma) are read when the group is created. */
+ * γ bindings (sn_layer_set_gamma) are taken when the group is created (the value each points to
+ * is read by every forward); after a layer's binding changes, sn_group_forward returns
+ * SN_ERROR_INVALID_STATE: create the group again. */
 SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t stream);
 
 /* ---- Checkpoints --------------------------------------------------------------------------- */

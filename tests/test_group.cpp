@@ -280,6 +280,35 @@ TEST(GroupCpu, BadArguments) {
   sn_group_destroy(nullptr);
 }
 
+// A group takes its layers' γ bindings at creation: after one changes, a forward is refused
+// (INVALID_STATE, naming the layer, nothing computed) until the binding is back or the group is
+// created again.
+TEST(GroupCpu, ChangedGammaBindingIsRefused) {
+  Rng rng(fresh_seed());
+  LayerPtr a(make_desc({8, 8}, SN_BACKEND_CPU)), b(make_desc({4, 8}, SN_BACKEND_CPU));
+  const float g1 = 0.5f, g2 = 2.f;
+  ASSERT_EQ(sn_layer_set_gamma(b, &g1), SN_SUCCESS);
+  std::vector<float> wa = rng.normals(64), wb = rng.normals(32);
+  sn_layer_t *layers[2] = {a.p, b.p};
+  const void *W[2] = {wa.data(), wb.data()};
+  sn_group_t *g = nullptr;
+  ASSERT_EQ(sn_group_create(&g, layers, W, nullptr, 2), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_group_forward(g, 1, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_set_gamma(b, &g2), SN_SUCCESS);
+  const State sa = get_state(a), sb = get_state(b);
+  EXPECT_EQ(sn_group_forward(g, 1, nullptr), SN_ERROR_INVALID_STATE);
+  EXPECT_NE(std::string(sn_last_error_message()).find("layers[1]"), std::string::npos) << sn_last_error_message();
+  EXPECT_TRUE(same_state(get_state(a), sa));
+  EXPECT_TRUE(same_state(get_state(b), sb));
+  ASSERT_EQ(sn_layer_set_gamma(b, &g1), SN_SUCCESS);
+  EXPECT_EQ(sn_group_forward(g, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  sn_group_destroy(g);
+  ASSERT_EQ(sn_layer_set_gamma(b, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_group_create(&g, layers, W, nullptr, 2), SN_SUCCESS);
+  EXPECT_EQ(sn_group_forward(g, 1, nullptr), SN_SUCCESS);
+  sn_group_destroy(g);
+}
+
 // A CPU group refuses what a CUDA group refuses (v-first, 1-D and w > 16384 members), so that a
 // group built on the CPU also builds on a GPU; and on both backends, W_sn[k] must be W[k] or apart
 // from it, and apart from every other member's W and W_sn.
