@@ -437,8 +437,8 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
                       "buf: health word 0x%08x has bits outside 0x%08x (the SN_HEALTH_* flags and "
                       "the restart request)",
                       b->health, (uint32_t)CK_HEALTH_BITS);
-  } else { /* as sn_layer_set_state: no restart for a 1-D weight */
-    b->health = (b->ndim > 1 && (zero_u || zero_v)) ? SN_HEALTH_RESTART : 0u;
+  } else {
+    b->health = sn__health_after_set_state(b->ndim == 1, zero_u, zero_v);
   }
   /* A non-finite scale only where the health word records one (a γ that was not finite, or γ / σ
    * beyond float range), so that such a layer reloads its own checkpoint. */

@@ -41,14 +41,6 @@ SN_API void sn_group_destroy(sn_group_t *group) {
   if (group) free_group(group);
 }
 
-static size_t bytes_of(const sn_layer_t *l) { return (size_t)l->numel * sn_dtype_size(l->desc.dtype); }
-
-/* Whether [a, a + an) and [b, b + bn) share a byte. */
-static int overlap(const void *a, size_t an, const void *b, size_t bn) {
-  const char *x = a, *y = b;
-  return x < y + bn && y < x + an;
-}
-
 /* Check that every layer can join a group, on either backend (the same rules, so that a group
  * built on the CPU also builds on a GPU): u-first, >= 2-D, w <= 16384; W_sn[k] is W[k] or does not
  * overlap it, and overlaps no other member's W or W_sn (the grouped kernels write one layer's
@@ -77,15 +69,17 @@ static sn_status_t check_members(sn_layer_t *const *layers, const void *const *W
       return sn__fail(SN_ERROR_NOT_SUPPORTED,
                       "layers[%d] has w = %lld > 16384 columns; call sn_forward on it", k,
                       (long long)(l->view.A * l->view.B));
+    char name[2][32];
+    snprintf(name[0], sizeof name[0], "W[%d]", k);
+    snprintf(name[1], sizeof name[1], "W_sn[%d]", k);
     const void *out = W_sn ? W_sn[k] : NULL;
-    if (out && out != W[k] && overlap(out, bytes_of(l), W[k], bytes_of(l)))
-      return sn__fail(SN_ERROR_INVALID_VALUE,
-                      "W_sn[%d] (%p) and W[%d] (%p) overlap without being the same buffer", k, out, k,
-                      W[k]);
+    sn_status_t st = out ? sn__check_overlap(l, out, name[1], W[k], name[0]) : SN_SUCCESS;
+    if (st != SN_SUCCESS) return st;
+    const size_t bytes = sn__weight_bytes(l);
     for (int j = 0; out && j < count; ++j) {
       if (j == k || !layers[j]) continue;
-      const size_t nj = bytes_of(layers[j]);
-      if ((W[j] && overlap(out, bytes_of(l), W[j], nj)) || (W_sn[j] && overlap(out, bytes_of(l), W_sn[j], nj)))
+      const size_t nj = sn__weight_bytes(layers[j]);
+      if ((W[j] && sn__overlap(out, bytes, W[j], nj)) || (W_sn[j] && sn__overlap(out, bytes, W_sn[j], nj)))
         return sn__fail(SN_ERROR_INVALID_VALUE,
                         "W_sn[%d] (%p) overlaps the W or W_sn of layers[%d]: the group writes one "
                         "layer's W_sn while it reads the others' W",
@@ -93,10 +87,6 @@ static sn_status_t check_members(sn_layer_t *const *layers, const void *const *W
     }
     /* The buffers in the backend's memory, checked here once, so that a grouped forward cannot
      * fail on them halfway through its layers. */
-    char name[2][32];
-    snprintf(name[0], sizeof name[0], "W[%d]", k);
-    snprintf(name[1], sizeof name[1], "W_sn[%d]", k);
-    sn_status_t st;
     if (l->desc.backend == SN_BACKEND_CUDA) {
       st = sn__check_device_pointer(l->desc.device, W[k], name[0]);
       if (st == SN_SUCCESS && out) st = sn__check_device_pointer(l->desc.device, out, name[1]);

@@ -427,12 +427,12 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
   return SN_SUCCESS;
 }
 
-/* Two buffers of the layer's weight size either coincide or are disjoint. */
-static sn_status_t check_overlap(const sn_layer_t *l, const void *a, const char *an, const void *b,
-                                 const char *bn) {
-  const char *x = a, *y = b;
-  const size_t bytes = (size_t)l->numel * sn_dtype_size(l->desc.dtype);
-  if (x != y && x < y + bytes && y < x + bytes)
+size_t sn__weight_bytes(const sn_layer_t *l) { return (size_t)l->numel * sn_dtype_size(l->desc.dtype); }
+
+sn_status_t sn__check_overlap(const sn_layer_t *l, const void *a, const char *an, const void *b,
+                              const char *bn) {
+  const size_t bytes = sn__weight_bytes(l);
+  if (a != b && sn__overlap(a, bytes, b, bytes))
     return sn__fail(SN_ERROR_INVALID_VALUE, "%s (%p) and %s (%p) overlap without being the same buffer",
                     an, a, bn, b);
   return SN_SUCCESS;
@@ -443,7 +443,7 @@ SN_API sn_status_t sn_forward(sn_layer_t *layer, const void *W, void *W_sn, int 
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   if (!W) return sn__fail(SN_ERROR_NULL_POINTER, "W is NULL");
   if (!W_sn) return sn__fail(SN_ERROR_NULL_POINTER, "W_sn is NULL (use sn_forward_scale_only)");
-  sn_status_t st = check_overlap(layer, W, "W", W_sn, "W_sn");
+  sn_status_t st = sn__check_overlap(layer, W, "W", W_sn, "W_sn");
   if (st != SN_SUCCESS) return st;
   return sn__run_forward(layer, W, W_sn, training, 0, stream);
 }
@@ -472,8 +472,8 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
   if (flags & ~(unsigned)(SN_BACKWARD_ACCUMULATE | SN_BACKWARD_DETACH_SIGMA))
     return sn__fail(SN_ERROR_INVALID_VALUE, "flags = 0x%x has bits that are not sn_backward_flag_t",
                     flags);
-  sn_status_t st = check_overlap(layer, dW, "dW", G, "G");
-  if (st == SN_SUCCESS) st = check_overlap(layer, dW, "dW", W, "W");
+  sn_status_t st = sn__check_overlap(layer, dW, "dW", G, "G");
+  if (st == SN_SUCCESS) st = sn__check_overlap(layer, dW, "dW", W, "W");
   if (st != SN_SUCCESS) return st;
   if (!layer->warmed_up)
     return sn__fail(SN_ERROR_INVALID_STATE,
@@ -650,12 +650,10 @@ SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const f
                     (double)sigma);
   const float d = sn_ref_divisor(sigma, layer->desc.norm_bound);
   float sig[4] = {sigma, sigma > 0.0f ? 1.0f / sigma : 0.0f, sigma > 0.0f ? 1.0f / d : 0.0f, 0.0f};
-  /* Health cleared; a zero-norm u or v asks the next training forward to restart from ones
-   * (not for a 1-D weight, whose forward computes u afresh from W and has nothing to restart). */
   int zero_u = 1, zero_v = 1;
   for (int64_t i = 0; i < h && zero_u; ++i) zero_u = u[i] == 0.0f;
   for (int64_t j = 0; j < w && zero_v; ++j) zero_v = v[j] == 0.0f;
-  const unsigned health = (!layer->is_1d && (zero_u || zero_v)) ? SN_HEALTH_RESTART : 0u;
+  const uint32_t health = sn__health_after_set_state(layer->is_1d, zero_u, zero_v);
   memcpy(&sig[3], &health, sizeof health);
 
   if (layer->desc.backend == SN_BACKEND_CPU) {

@@ -52,6 +52,23 @@ void sn__init_vector(float *out, int64_t n, uint64_t seed, uint64_t stream_id);
 /* One forward of a layer through its backend (warmup_only: only the warm-up, if not yet run). */
 sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int training, int warmup_only,
                             sn_stream_t stream);
+/* Bytes of the layer's weight: numel × the size of its dtype. */
+size_t sn__weight_bytes(const sn_layer_t *l);
+/* Whether [a, a + an) and [b, b + bn) share a byte. */
+static inline int sn__overlap(const void *a, size_t an, const void *b, size_t bn) {
+  const char *x = (const char *)a, *y = (const char *)b;
+  return x < y + bn && y < x + an;
+}
+/* Two buffers of the layer's weight size must coincide or be disjoint: SN_ERROR_INVALID_VALUE,
+ * naming them `an` and `bn`, otherwise. */
+sn_status_t sn__check_overlap(const sn_layer_t *l, const void *a, const char *an, const void *b,
+                              const char *bn);
+/* The health word sn_layer_set_state leaves (and a version-1 checkpoint loads): cleared, with the
+ * request that the next training forward restart from ones when u or v has zero norm, except for
+ * a 1-D weight, whose forward computes u afresh from W and has nothing to restart. */
+static inline uint32_t sn__health_after_set_state(int is_1d, int zero_u, int zero_v) {
+  return (!is_1d && (zero_u || zero_v)) ? SN_HEALTH_RESTART : 0u;
+}
 /* Pointer checks of the forward: device memory of `device`, or host memory for a CPU layer. */
 sn_status_t sn__check_device_pointer(int device, const void *p, const char *name);
 sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const char *name);
