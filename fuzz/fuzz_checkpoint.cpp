@@ -94,12 +94,14 @@ void load_into(Target &t, const std::vector<uint8_t> &blob) {
   SN_FUZZ_CHECK(std::memcmp(now.data() + header, blob.data() + header, payload_end - header) == 0);
   if (version == 2) {
     SN_FUZZ_CHECK(std::memcmp(now.data() + now.size() - 8, blob.data() + blob.size() - 8, 4) == 0);
-  } else {  // version 1: the health word sn_layer_set_state leaves (the restart for a zero u or v)
+  } else {  // version 1: the health word sn_layer_set_state leaves (the restart for a zero u or v,
+            // except for a 1-D weight)
     const int64_t h = int64_t(le32(blob.data() + header - 16)), w = int64_t(le32(blob.data() + header - 8));
     bool zero_u = true, zero_v = true;
     for (int64_t i = 0; i < h; ++i) zero_u = zero_u && (le32(blob.data() + header + 4 * i) & 0x7FFFFFFFu) == 0;
     for (int64_t j = 0; j < w; ++j) zero_v = zero_v && (le32(blob.data() + header + 4 * (h + j)) & 0x7FFFFFFFu) == 0;
-    SN_FUZZ_CHECK(le32(now.data() + now.size() - 8) == (zero_u || zero_v ? 0x80000000u : 0u));
+    const bool one_d = le32(blob.data() + 16) == 1;  // ndim
+    SN_FUZZ_CHECK(le32(now.data() + now.size() - 8) == (!one_d && (zero_u || zero_v) ? 0x80000000u : 0u));
   }
   const size_t warmed_at = header - 8 - 8 - 8 - 4;  // warmed_up, forwards precede h and w
   SN_FUZZ_CHECK(std::memcmp(now.data() + warmed_at, blob.data() + warmed_at, 12) == 0);

@@ -163,6 +163,13 @@ void checkpoint_corpus() {
   v1.erase(v1.end() - 8, v1.end() - 4);
   v1[8] = 1;
   write("checkpoint", "version1_layer0", with_selector(0x80, v1));
+  // Format version 1 of the 1-D layer with u = 0: no restart is derived for a 1-D weight.
+  std::vector<uint8_t> v1_1d = checkpoint(fixed_desc(kFixedLayers[2], 2), 2);
+  v1_1d.erase(v1_1d.end() - 8, v1_1d.end() - 4);
+  v1_1d[8] = 1;
+  const size_t header_1d = 84 + 8 * 1;
+  for (size_t i = 0; i < 4 * size_t(kFixedLayers[2].shape[0]); ++i) v1_1d[header_1d + i] = 0;
+  write("checkpoint", "version1_1d_zero_u", with_selector(0x80 | 2, v1_1d));
   write("checkpoint", "truncated", with_selector(0, std::vector<uint8_t>(c0.begin(), c0.end() - 5)));
   std::vector<uint8_t> nan_u = c0;
   const size_t header = 84 + 8 * 2;
