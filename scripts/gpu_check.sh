@@ -43,7 +43,9 @@
 # torch.json, speedup.png. A summary table (step, status, seconds) is printed last; the exit
 # status is 1 if any step FAILed, else 0.
 #
-# Knobs (environment): BUILD_DIR, SN_CHECK_BUDGET_S, SN_CTEST_J (ctest -j, default 4; the tests
+# Knobs (environment): SN_STEPS (the names of the steps to run, space-separated, default all;
+# without configure, the build folder an earlier call left on the same machine is reused; no
+# time is reserved for the steps left out), BUILD_DIR, SN_CHECK_BUDGET_S, SN_CTEST_J (ctest -j, default 4; the tests
 # that measure device memory are RUN_SERIAL), SN_SANITIZER_FILTER (a --gtest_filter for the sanitizer runs),
 # SN_SANITIZER_API_ERRORS (compute-sanitizer --report-api-errors, default "no": the tests provoke
 # CUDA API errors on purpose), SN_CMAKE_ARGS (extra configure arguments), SN_DEPS_FORCE_ALL=1
@@ -99,6 +101,12 @@ append_log() {
 run_step() {
   local name="$1" dst="$2" cap="$3" reserve="$4"; shift 4
   local now left t rc start log="$LOGS/$name.log"
+  if ! selected "$name"; then
+    skip_step "$name" "$dst" "not in SN_STEPS"
+    return 0
+  fi
+  # With a chosen subset of steps no time is kept for the steps left out.
+  [[ -n "${SN_STEPS:-}" ]] && reserve=0
   now=$(date +%s)
   # The reserve (time kept for later steps) never takes more than half of what is left.
   [[ $reserve -gt $(( (DEADLINE - now) / 2 )) ]] && reserve=$(( (DEADLINE - now) / 2 ))
@@ -131,6 +139,11 @@ run_step() {
     tail -n 15 "$log" | sed "s/^/   [$name] /"
   fi
   return 0
+}
+
+# selected NAME: whether step NAME runs (every step, unless $SN_STEPS lists some).
+selected() {
+  [[ -z "${SN_STEPS:-}" || " $SN_STEPS " == *" $1 "* ]]
 }
 
 skip_step() {  # skip_step NAME OUTFILE REASON
@@ -241,7 +254,11 @@ ab_build_refs() {  # each ref's sn_bench into $LOGS/ab-REF/b; its status in $LOG
 
 # ---- (b) configure + build -----------------------------------------------------------------
 CONFIGURED=0
-rm -rf "$BUILD"
+if selected configure; then
+  rm -rf "$BUILD"
+elif [[ -f "$BUILD/build.ninja" ]]; then
+  CONFIGURED=1   # SN_STEPS without configure: an earlier call's build folder is used as it is
+fi
 # shellcheck disable=SC2086
 run_step configure "$OUT/build.log" 120 0 \
   env LD_LIBRARY_PATH="$RUN_LD_PATH" \
@@ -258,7 +275,7 @@ fi
 # that a cut can stop them); the benchmark steps wait for them first, so that no build competes
 # with a timing.
 AB_PID=""
-if [[ -n "$AB_REFS" && $CONFIGURED -eq 1 ]]; then
+if [[ -n "$AB_REFS" && $CONFIGURED -eq 1 ]] && selected ab; then
   setsid bash -c "$(declare -p AB_REFS LOGS REPO NPROC); $(declare -f ab_build_refs); ab_build_refs" \
     > "$LOGS/ab-build.log" 2>&1 &
   AB_PID=$!
@@ -413,6 +430,8 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # the H200 at e56c4b8 and were removed. Not yet measured: op_depth=2,
 # two rows ahead in registers; div_unroll=2|4, the division's loads per thread before its stores;
 # div_stream=1, its evict-first accesses.)
+# shellcheck disable=SC2206
+VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
 read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_depth=2 div_unroll=2 div_unroll=4 div_stream=1 div_stream=1,div_unroll=4 op_depth=2,div_stream=1,div_unroll=4}"
 variants() {
   local t rc=0 table=() ptable=() btable=()
@@ -438,8 +457,7 @@ variants() {
     ptable+=("$t=$js")
     # sndcgan-cifar10 (22 MiB fp32, 11 MiB bf16) sits between SN-GAN's 4 MiB, where the
     # cooperative launch won, and ViT-B/16's 329 MiB, where it lost.
-    SPECNORM_TUNE="${t#default}" "$SN_BENCH" --preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16 \
-      --dtype f32,bf16 --mode train,scale --no-baseline --no-check --reps 50 --json "$js" || rc=1
+    SPECNORM_TUNE="${t#default}" "$SN_BENCH" "${VARIANT_PRESETS[@]}" --dtype f32,bf16 --mode train,scale --no-baseline --no-check --reps 50 --json "$js" || rc=1
   done
   # bw_unroll=2|4 (not yet measured): the backward's apply kernel with 2 or 4 packs of its row in
   # flight per thread (4096² backward: 79.7% of copy in fp32, 68.8% in bf16 on the H200 at e56c4b8).
@@ -465,7 +483,7 @@ variants() {
 if [[ -x "$SN_BENCH" ]]; then
   run_step variants "$OUT/bench.log" 120 130 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" VDIR="$LOGS" REPO="$REPO" \
-    bash -c "$(declare -p VARIANT_WL TUNES SN_BENCH); $(declare -f variants); variants"
+    bash -c "$(declare -p VARIANT_WL VARIANT_PRESETS TUNES SN_BENCH); $(declare -f variants); variants"
 else
   skip_step variants "$OUT/bench.log" "no $SN_BENCH"
 fi
