@@ -54,8 +54,9 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 add their partial s on chip
 //   op_depth=2    the one-pass training rows kernel holds two rows ahead in registers, not one
 //                 (cuda/one_pass.cu; up to 4 packs per thread)
-//   div_stream=1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
-//                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu)
+//   div_stream=0|1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
+//                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu);
+//                 unset: by W's bytes against the L2 (div_stream_default below)
 //   div_unroll=U  each thread of the division loads U (2 or 4) packs of W before storing them
 //   bw_unroll=U   each thread of the backward's apply kernel loads U (2 or 4) packs of its row of
 //                 G (and dW when accumulating) before storing them (cuda/backward.cu)
@@ -69,8 +70,9 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                   the refused launch and its fallback, host/group.c)
 //   op_onchip=1   a layer that fits on chip (u-first) runs each warmed-up forward as one launch
 //                 that holds it in the shared memory of a thread-block cluster (cuda/on_chip.cu)
-//   group_onchip=1  a group whose every layer fits on chip runs as one launch that holds each layer
-//                   in the shared memory of a thread-block cluster (cuda/on_chip.cu)
+//   group_onchip=0|1  a group whose every layer fits on chip runs as one launch that holds each
+//                   layer in the shared memory of a thread-block cluster (cuda/on_chip.cu); unset:
+//                   so on sm_90 and up unless another group_ key forces a path (kDefaultGroupOnChip)
 //   group_onchip_cluster=C  with clusters of C blocks (1, 2, 4 or 8) only
 //   onchip_refuse=1 the on-chip launches (op_onchip, group_onchip) with clusters of 16 blocks,
 //                   which the device refuses (tests: the fallbacks, host/layer.c and group.c)
@@ -82,14 +84,14 @@ struct Tune {
   int op_cluster = 0;  // 0: the default below
   int pdl = -1;        // -1: the default below
   int op_depth = 1;    // 2: the one-pass training rows kernel two rows ahead
-  int div_stream = 0;  // 1: the division's accesses are streaming (evict-first)
+  int div_stream = -1;  // -1: by size (div_stream_default); 1: the division's accesses streaming
   int div_unroll = 1;  // packs of W loaded per thread of the division before it stores
   int bw_unroll = 1;   // packs of G loaded per thread of the backward's apply before it stores
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
   int group_grid_force = 0;  // > 0: exactly this many blocks in that launch
   int group_fuse = 0;  // 1: small grouped layers reduce in their last rows block
   int op_onchip = 0;             // 1: layers that fit on chip run as one launch, on chip
-  int group_onchip = 0;          // 1: groups that fit on chip run as one launch, layers on chip
+  int group_onchip = -1;         // -1: the default below; 1: groups that fit on chip run on chip
   int group_onchip_cluster = 0;  // > 0: that launch's cluster size
   int onchip_refuse = 0;         // 1: the on-chip launches with clusters of 16 blocks, refused (tests)
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
@@ -160,6 +162,32 @@ int default_cluster(int64_t blocks, sn_view_t view, sn_dtype_t dtype) {
 // break-even; the cross-over itself is not measured.
 constexpr double kGroupCoopMaxBytes = 8.0 * 1024 * 1024;
 
+// The division's loads of W and stores of W_sn are evict-first (div_stream) when SPECNORM_TUNE does
+// not say and W takes more than a quarter of the L2 and at most twice it: after the iteration the
+// L2 still holds part of W, and the division's own traffic would otherwise evict it before it is
+// read. Measured on an H100 (50 MiB of L2; bench/results/2026-11-26-h100-6626f15, variants):
+// 4096² fp32 (64 MiB) train 90.0 -> 85.1 µs, eval 79.9 -> 76.5; bf16 (32 MiB) 53.5 -> 49.1 and
+// 47.0 -> 43.3; 4096 × 16384 bf16 (128 MiB) 167.0 -> 164.8, fp32 (256 MiB) 297.6 -> 300.4. Below a
+// quarter of the L2 both W and W_sn stay there, and evict-first stores would only send W_sn out
+// before the layer's own product reads it.
+bool div_stream_default(double w_bytes) {
+  int dev = 0, l2 = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev) != cudaSuccess || l2 <= 0) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return w_bytes > 0.25 * l2 && w_bytes <= 2.0 * l2;
+}
+
+// A group whose every layer fits on chip (cuda/on_chip.cu) runs there when SPECNORM_TUNE sets none
+// of group_onchip, group_coop, group_grid, group_grid_force, group_fuse, and the device has
+// clusters (sm_90 and up; on an A100 each layer would be one block, not measured). Measured on an
+// H100 (bench/results/2026-11-26-h100-6626f15, onchip and variants): SN-GAN CIFAR-10 grouped train
+// fp32 22.1 -> 16.7 µs, bf16 25.1 -> 14.7; scale 18.1 -> 11.6 and 22.9 -> 10.2; eval 14.9 -> 13.2
+// and 18.5 -> 11.0. Groups with a layer that does not fit keep the paths above.
+constexpr int kDefaultGroupOnChip = 1;
+
 // Compiled like every kernel of the library; only its attributes are read.
 __global__ void arch_probe_kernel() {}
 
@@ -202,7 +230,9 @@ extern "C" int sn_cuda_tune_group_onchip(int *cluster, int *refuse) {
   const Tune t = read_tune();
   *cluster = t.group_onchip_cluster;
   *refuse = t.onchip_refuse;
-  return t.group_onchip;
+  if (t.group_onchip >= 0) return t.group_onchip;
+  const bool forced = t.group_coop >= 0 || t.group_grid > 0 || t.group_grid_force > 0 || t.group_fuse > 0;
+  return !forced && kDefaultGroupOnChip && device_is_sm90_or_later() ? 1 : 0;
 }
 
 bool sn::clusters_usable() { return device_is_sm90_or_later(); }
@@ -224,7 +254,10 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   plan->sm_count = sm_count > 0 ? sm_count : 1;
   const Tune tune = read_tune();
   plan->pdl = pdl_enabled(tune);
-  plan->div_stream = tune.div_stream;
+  plan->div_stream = tune.div_stream >= 0
+                         ? tune.div_stream
+                         : div_stream_default((double)view.h * (double)(view.A * view.B) *
+                                              (double)sn_dtype_size(dtype));
   plan->div_unroll = tune.div_unroll;
   plan->bw_unroll = tune.bw_unroll;
   if (tune.op_onchip && order == SN_ORDER_U_FIRST) {  // the layer on chip, where it fits

@@ -100,7 +100,7 @@ typedef struct {
   int op_depth;       /* one-pass: rows ahead in registers of the register training rows kernel
                          (1; 2 with SPECNORM_TUNE=op_depth=2, where instantiated) */
   int div_stream;     /* 1: the division loads W and stores W_sn as streaming (evict-first) data
-                         (SPECNORM_TUNE=div_stream=1) */
+                         (by W's bytes against the L2, or SPECNORM_TUNE=div_stream=0|1) */
   int div_unroll;     /* 16-byte packs of W each thread of the division loads before it stores
                          them (1; 2 or 4 with SPECNORM_TUNE=div_unroll=U) */
   int bw_unroll;      /* 16-byte packs of G each thread of the backward's apply kernel loads before

@@ -343,13 +343,15 @@ else
   skip_step goals "$OUT/bench.log" "no python3 or no bench.json"
 fi
 
-# ---- the on-chip forward and backward (cuda/on_chip.cu; session 6, never yet run), early, so that
-# a cut budget still times them: SN-GAN layer by layer and grouped, the defaults against
-# group_onchip=1 and op_onchip=1, with sn_bench's check against the CPU reference on (its "check"
-# column).
+# ---- the on-chip forward and backward (cuda/on_chip.cu; groups that fit run on chip by default on
+# sm_90 since 6626f15's measurements; single layers only with op_onchip=1): SN-GAN layer by layer
+# and grouped, the defaults against group_onchip=0 (the cooperative launch) and op_onchip=1, with
+# sn_bench's check against the CPU reference on (its "check" column); then single layers of
+# SN-GAN's and SN-DCGAN's sizes with and without op_onchip=1, to find where one layer on chip
+# (one cluster, at most 8 SMs) stops paying.
 onchip() {
-  local t rc=0 table=()
-  for t in default group_onchip=1,op_onchip=1; do
+  local t rc=0 table=() stable=()
+  for t in default group_onchip=0 op_onchip=1; do
     local js="$LOGS/onchip_${t//[=,]/_}.json"
     echo "################ SPECNORM_TUNE=$t"
     SPECNORM_TUNE="${t#default}" "$SN_BENCH" --preset sngan-cifar10 --dtype f32,bf16 \
@@ -357,10 +359,19 @@ onchip() {
     table+=("$t=$js")
   done
   python3 "$REPO/bench/variants_table.py" "${table[@]}" || rc=1
+  for t in default op_onchip=1; do
+    local js="$LOGS/onchip_shapes_${t//[=,]/_}.json"
+    echo "################ SPECNORM_TUNE=$t: single layers"
+    SPECNORM_TUNE="${t#default}" "$SN_BENCH" --shape 64x27 --shape 64x576 --shape 128x1152 \
+      --shape 128x2048 --shape 256x1152 --shape 256x2304 --shape 512x512 --dtype f32,bf16 \
+      --mode train,scale --no-baseline --no-graph --no-group --reps 100 --json "$js" || rc=1
+    stable+=("$t=$js")
+  done
+  python3 "$REPO/bench/variants_table.py" "${stable[@]}" || rc=1
   return $rc
 }
 if [[ -x "$SN_BENCH" ]] && command -v python3 > /dev/null; then
-  run_step onchip "$OUT/bench.log" 60 200 \
+  run_step onchip "$OUT/bench.log" 90 200 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" LOGS="$LOGS" REPO="$REPO" \
     bash -c "$(declare -p SN_BENCH); $(declare -f onchip); onchip"
 else

@@ -228,11 +228,19 @@ TEST(GroupCpu, TuneKnobsParse) {
   EXPECT_EQ(sn_cuda_group_fused(1, 17, 2048), 0);  // 34816 floats
   EXPECT_EQ(sn_cuda_group_fused(1, 1, 2049), 0);   // 9 reduce blocks
   EXPECT_EQ(sn_cuda_group_fused(1, 264, 600), 0);  // 3000 × 600 on 132 SMs
-  // group_onchip and its cluster size (1, 2, 4, 8), each its own key.
+  // group_onchip and its cluster size (1, 2, 4, 8), each its own key. Unset, it is on where the
+  // device has clusters (here: auto), unless a key forces another group path.
+  const int autom = sn_cuda_clusters_usable();
   const struct {
     const char *tune;
     int onchip, cluster;
-  } onchip[] = {{nullptr, 0, 0},
+  } onchip[] = {{nullptr, autom, 0},
+                {"group_coop=1", 0, 0},
+                {"group_coop=0", 0, 0},
+                {"group_grid=7", 0, 0},
+                {"group_grid_force=9", 0, 0},
+                {"pdl=0,op_cluster=1", autom, 0},
+                {"group_coop=0,group_onchip=1", 1, 0},
                 {"group_onchip=1", 1, 0},
                 {"group_onchip=0", 0, 0},
                 {"group_onchip=2", 0, 0},
@@ -240,7 +248,7 @@ TEST(GroupCpu, TuneKnobsParse) {
                 {"group_onchip_cluster=2,group_onchip=1", 1, 2},
                 {"group_onchip=1,group_onchip_cluster=3", 1, 0},
                 {"group_onchip=1,group_onchip_cluster=16", 1, 0},
-                {"group_onchip_cluster=4", 0, 4}};
+                {"group_onchip_cluster=4", autom, 4}};
   for (const auto &c : onchip) {
     env.set(c.tune);
     int cluster = -1, refuse = -1;
@@ -970,7 +978,8 @@ TEST(GroupGpu, DegenerateStepsKeepTheRules) {
   Rng rng(seed);
   for (auto *check : {expect_zero_step_restarts, expect_nonfinite_step_keeps_state}) {
     std::vector<std::string> kernels;
-    check("", rng, &kernels);
+    check("group_onchip=0", rng, &kernels);  // not on chip, which has its own test below
+    EXPECT_FALSE(any_matches(kernels, "group_on_chip_kernel")) << (kernels.empty() ? "?" : kernels[0]);
   }
 }
 
@@ -1085,6 +1094,28 @@ TEST(GroupGpu, OnChipMatchesCpuLayersStepByStep) {
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
   expect_on_chip(expect_group_matches_cpu(ms, "group_onchip=1", rng));
+}
+
+// Without SPECNORM_TUNE, a group whose layers all fit on chip runs there on a device with clusters
+// (an H100 or H200), in one launch, with the CPU's results; elsewhere (an A100) it does not.
+TEST(GroupGpu, DefaultRunsGroupsThatFitOnChip) {
+  REQUIRE_GPU();
+  const char *tune = std::getenv("SPECNORM_TUNE");
+  if (tune && std::strstr(tune, "group_")) GTEST_SKIP() << "SPECNORM_TUNE sets a group_ key: " << tune;
+  std::vector<Member> ms = on_chip_members();
+  if (on_chip_plan(ms, 0).cluster == 0) ms = small_on_chip_members();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const Captured k = expect_group_matches_cpu(ms, "", rng);
+  if (sn_cuda_clusters_usable() && on_chip_plan(ms, 0).cluster > 0) {
+    expect_on_chip(k);
+  } else {
+    EXPECT_FALSE(any_matches(k.training, kOnChipKernel)) << (k.training.empty() ? "?" : k.training[0]);
+  }
+  if (expect_sngan_on_chip_here()) {
+    EXPECT_TRUE(any_matches(k.training, kOnChipKernel)) << "SN-GAN's layers fit on chip on this device";
+  }
 }
 
 // Every cluster size the device runs, on layers that fit one block: the same results as the CPU,
