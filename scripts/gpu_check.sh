@@ -575,7 +575,8 @@ fi
 # forward as one cooperative kernel (SPECNORM_TUNE=group_coop=1) and on chip (group_onchip=1).
 detail() {
   local sec=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
-             --section MemoryWorkloadAnalysis --section SchedulerStats)
+             --section MemoryWorkloadAnalysis --section SchedulerStats --section SourceCounters)
+  if [[ "${SN_NCU_DETAIL:-}" != onchip ]]; then
   "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows|one_pass_reduce" -c 4 \
     "$SN_BENCH" --shape 4096x4096 --mode scale,train --no-baseline --no-graph --no-group --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
@@ -588,17 +589,18 @@ detail() {
   SPECNORM_TUNE=group_coop=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:group_" -c 4 \
     "$SN_BENCH" --preset sngan-cifar10 --mode train,scale --no-baseline --no-graph --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
+  fi
   # The grouped forward with every layer on chip (cuda/on_chip.cu): where its ~8-10 µs go
   # (predicted; the copy's LDGSTS, the cluster barrier UCGABAR_WAIT, the distributed loads LD.E).
   SPECNORM_TUNE=group_onchip=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:on_chip" -c 2 \
     "$SN_BENCH" --preset sngan-cifar10 --mode train,scale --no-baseline --no-graph --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0
 }
-if [[ "${SN_NCU_DETAIL:-0}" != 1 ]]; then
-  skip_step ncu_detail "$OUT/bench.log" "off (SN_NCU_DETAIL=1 runs it; results of e56c4b8 in bench/NOTES.md)"
+if [[ "${SN_NCU_DETAIL:-0}" != 1 && "${SN_NCU_DETAIL:-0}" != onchip ]]; then
+  skip_step ncu_detail "$OUT/bench.log" "off (SN_NCU_DETAIL=1 runs it, =onchip its on-chip part only; results of e56c4b8 in bench/NOTES.md)"
 elif [[ -n "$NCU" && -x "$SN_BENCH" ]]; then
   run_step ncu_detail "$OUT/bench.log" 60 30 \
-    env LD_LIBRARY_PATH="$RUN_LD_PATH" bash -c "$(declare -p NCU SN_BENCH); $(declare -f detail); detail"
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" SN_NCU_DETAIL="$SN_NCU_DETAIL" bash -c "$(declare -p NCU SN_BENCH); $(declare -f detail); detail"
 else
   skip_step ncu_detail "$OUT/bench.log" "no ncu or no $SN_BENCH"
 fi
