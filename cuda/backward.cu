@@ -97,15 +97,14 @@ __device__ __forceinline__ float apply1(const ApplyParams &p, const T *G, T *dW,
 
 // Rows are taken last first: the inner kernel just read G front to back, so G's last rows are
 // the ones still in L2 (as in cuda/commit_divide.cu).
-// U (16-byte rows only; SPECNORM_TUNE=bw_unroll=U, not yet measured): a thread loads U of its
-// packs of the row of G (and of dW when accumulating; v where it is used) before it stores any, the same arithmetic in
-// the same order. dW may be G: with U = 1 each load waits for the previous pack's store, so a
-// thread has one pack in flight; a 4096-column row is 2 packs per thread in bf16 (4 in fp32),
-// loaded and stored in turn. (H200, e56c4b8: the 4096² backward at 79.7% of the copy bandwidth
-// in fp32, 68.8% in bf16, where 4096 × 16384 ran at 94.7% and 89.0%.)
-template <bool WIDE, class T, int U = 1>
+// dW may be G: each load waits for the previous pack's store, so a thread has one pack in flight;
+// a 4096-column row is 2 packs per thread in bf16 (4 in fp32), loaded and stored in turn. (H200,
+// e56c4b8: the 4096² backward at 79.7% of the copy bandwidth in fp32, 68.8% in bf16, where
+// 4096 × 16384 ran at 94.7% and 89.0%.) Loading 2 or 4 packs per thread before storing any made
+// no difference on an H100 (6626f15: within ±1% at 4096² and 4096 × 16384, 3% slower at 4096²
+// bf16 with 4) and was removed (bench/NOTES.md).
+template <bool WIDE, class T>
 __global__ void __launch_bounds__(kBlock) apply_rows_kernel(ApplyParams p) {
-  static_assert(WIDE || U == 1, "packs in flight: the 16-byte rows only");
   pdl_enter();
   const T *G = static_cast<const T *>(p.G);
   T *dW = static_cast<T *>(p.dW);
@@ -124,39 +123,29 @@ __global__ void __launch_bounds__(kBlock) apply_rows_kernel(ApplyParams p) {
     int64_t b0 = 0;
     if (WIDE) {
       const int64_t nq = p.B / E;
-      for (int64_t q0 = threadIdx.x; q0 < nq; q0 += (int64_t)U * kBlock) {
-        // Packs q0, q0 + kBlock, ...: their loads of G (and dW) first, then each pack's
-        // arithmetic and store. (v, shared by every row, is read where it is used: from L1.)
-        typename V::raw g[U] = {}, o[U] = {};
+      for (int64_t q = threadIdx.x; q < nq; q += kBlock) {
+        // The pack's loads of G (and dW) first, then its arithmetic and store. (v, shared by
+        // every row, is read where it is used: from L1.)
+        const typename V::raw g = V::load_raw(grow + E * q);
+        typename V::raw o = {};
+        if (p.accumulate) o = V::load_raw(drow + E * q);
+        float x[E];
+        V::cvt(g, x);
 #pragma unroll
-        for (int s = 0; s < U; ++s) {
-          const int64_t q = q0 + (int64_t)s * kBlock;
-          if (q >= nq) continue;
-          g[s] = V::load_raw(grow + E * q);
-          if (p.accumulate) o[s] = V::load_raw(drow + E * q);
+        for (int f = 0; f < E / 4; ++f) {
+          const float4 vv = *reinterpret_cast<const float4 *>(v + E * q + 4 * f);
+          x[4 * f + 0] = c.a * x[4 * f + 0] - c.b * (ui * vv.x);
+          x[4 * f + 1] = c.a * x[4 * f + 1] - c.b * (ui * vv.y);
+          x[4 * f + 2] = c.a * x[4 * f + 2] - c.b * (ui * vv.z);
+          x[4 * f + 3] = c.a * x[4 * f + 3] - c.b * (ui * vv.w);
         }
+        if (p.accumulate) {
+          float d[E];
+          V::cvt(o, d);
 #pragma unroll
-        for (int s = 0; s < U; ++s) {
-          const int64_t q = q0 + (int64_t)s * kBlock;
-          if (q >= nq) break;
-          float x[E];
-          V::cvt(g[s], x);
-#pragma unroll
-          for (int f = 0; f < E / 4; ++f) {
-            const float4 vv = *reinterpret_cast<const float4 *>(v + E * q + 4 * f);
-            x[4 * f + 0] = c.a * x[4 * f + 0] - c.b * (ui * vv.x);
-            x[4 * f + 1] = c.a * x[4 * f + 1] - c.b * (ui * vv.y);
-            x[4 * f + 2] = c.a * x[4 * f + 2] - c.b * (ui * vv.z);
-            x[4 * f + 3] = c.a * x[4 * f + 3] - c.b * (ui * vv.w);
-          }
-          if (p.accumulate) {
-            float d[E];
-            V::cvt(o[s], d);
-#pragma unroll
-            for (int e = 0; e < E; ++e) x[e] += d[e];
-          }
-          V::store(drow + E * q, x);
+          for (int e = 0; e < E; ++e) x[e] += d[e];
         }
+        V::store(drow + E * q, x);
       }
       b0 = nq * E;
     }
@@ -208,15 +197,8 @@ extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backwa
     if (P.view.B >= 32) {
       const unsigned blocks = (unsigned)(rows < 16LL * P.sm_count * 8 ? rows : 16LL * P.sm_count * 8);
       const bool wide = P.view.B % kWide<T> == 0 && aligned16(a->G) && aligned16(a->dW);
-      void (*apply)(ApplyParams) = apply_rows_kernel<false, T>;
-      if (wide) {
-        switch (P.bw_unroll) {
-          case 2: apply = apply_rows_kernel<true, T, 2>; break;
-          case 4: apply = apply_rows_kernel<true, T, 4>; break;
-          default: apply = apply_rows_kernel<true, T, 1>; break;
-        }
-      }
-      return launch(P.pdl, apply, blocks, kBlock, 0, stream, ap);
+      return launch(P.pdl, wide ? apply_rows_kernel<true, T> : apply_rows_kernel<false, T>, blocks,
+                    kBlock, 0, stream, ap);
     }
     return launch(P.pdl, apply_elements_kernel<T>, P.div_blocks, kBlock, 0, stream, ap);
   };

@@ -16,13 +16,13 @@
 // In flight: one 16-byte load per thread (W_sn may be W: each load waits for the store before
 // it), 8 blocks of 256 threads per SM at 32 registers (fp32): 32 KB per SM; the 2-byte types
 // at 40 registers, 6 blocks: 24 KB, and they ran at 82% of the copy bandwidth where fp32 ran at
-// 90% (H200, e56c4b8, 4096 × 16384: train less scale). SPECNORM_TUNE=div_unroll=2|4 (not yet
-// measured) loads 2 or 4 packs per thread before storing them.
+// 90% (H200, e56c4b8, 4096 × 16384: train less scale). Loading 2 or 4 packs per thread before
+// storing them, on a single wave of 4 blocks per SM, measured 0-6% slower on an H100 (6626f15;
+// 4096 × 16384 bf16 eval 154.2 -> 164.0 µs with 2) and was removed (bench/NOTES.md).
 // Bytes: numel·sizeof(T) read + numel·sizeof(T) written (DRAM: less the L2 hits above), plus
 // (h + w)·8 when u and v are committed.
 #include "kernels.h"
 #include "sn_device.cuh"
-#include "sn_reference.h" /* sn_dtype_size */
 #include "sn_types.cuh"
 
 namespace sn {
@@ -41,9 +41,9 @@ struct CommitParams {
   const float *gamma;
 };
 
-template <bool WIDE, class T, bool STREAM = false, int U = 1>
+template <bool WIDE, class T, bool STREAM = false>
 __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
-  static_assert(WIDE || (!STREAM && U == 1), "streaming, unrolled accesses: the 16-byte packs only");
+  static_assert(WIDE || !STREAM, "streaming accesses: the 16-byte packs only");
   pdl_enter();
   const CommitScale cs = commit_scale(p.scal[p.slot], p.sigma, p.norm_bound, p.gamma);
   const int64_t tid = (int64_t)blockIdx.x * kBlock + threadIdx.x;
@@ -81,34 +81,9 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
     if constexpr (STREAM) store_streaming(out + E * q, V::pack(x));
     else V::store(out + E * q, x);
   };
-  // U > 1 (SPECNORM_TUNE=div_unroll=U): the thread's next U packs are all loaded before any is
-  // stored, U loads in flight per thread. W_sn may be W itself, so the compiler keeps each load
-  // after the previous store: with U = 1 a thread has one load in flight.
-  int64_t k = tid;
-  if constexpr (U > 1) {
-    for (; k + (U - 1) * stride < nq; k += U * stride) {
-      R r[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) r[u] = load(nq - 1 - (k + u * stride));
-#pragma unroll
-      for (int u = 0; u < U; ++u) divide_store(nq - 1 - (k + u * stride), r[u]);
-    }
-  }
-  for (; k < nq; k += stride) divide_store(nq - 1 - k, load(nq - 1 - k));
-}
-
-// The unrolled division (div_unroll = U > 1) runs 4 blocks of 256 per SM (5 fit at its 42-48
-// registers), a single wave, so that every thread has several rounds of U packs.
-constexpr int kUnrollBlocksPerSm = 4;
-
-// The wide instance for the plan's accesses: streaming or not, U packs per thread in flight.
-template <class T, bool STREAM>
-auto wide_divide(int unroll) -> void (*)(CommitParams) {
-  switch (unroll) {
-    case 2: return commit_divide_kernel<true, T, STREAM, 2>;
-    case 4: return commit_divide_kernel<true, T, STREAM, 4>;
-    default: return commit_divide_kernel<true, T, STREAM, 1>;
-  }
+  // W_sn may be W itself, so the compiler keeps each load after the previous store: a thread has
+  // one load in flight.
+  for (int64_t k = tid; k < nq; k += stride) divide_store(nq - 1 - k, load(nq - 1 - k));
 }
 
 }  // namespace
@@ -124,26 +99,13 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
     // Without W_sn there is only u, v and σ to commit: blocks for max(h, w) threads.
     const int64_t hw = plan.view.h > p.w ? plan.view.h : p.w;
     const int64_t small = (hw + kBlock - 1) / kBlock;
-    int blocks = a.W_sn || small >= plan.div_blocks ? plan.div_blocks : (int)small;
+    const int blocks = a.W_sn || small >= plan.div_blocks ? plan.div_blocks : (int)small;
     void (*kernel)(CommitParams) = commit_divide_kernel<false, T>;
-    if (wide) {
-      const int unroll = sn_cuda_divide_unroll(&plan, a.numel);
-      kernel = plan.div_stream ? wide_divide<T, true>(unroll) : wide_divide<T, false>(unroll);
-      if (unroll > 1) blocks = kUnrollBlocksPerSm * plan.sm_count;
-    }
+    if (wide)
+      kernel = plan.div_stream ? commit_divide_kernel<true, T, true> : commit_divide_kernel<true, T, false>;
     return launch(plan.pdl, kernel, blocks, kBlock, 0, stream, p);
   };
   return SN_DISPATCH_DTYPE(plan.dtype, run);
 }
 
 }  // namespace sn
-
-// U > 1 only where every thread of that grid has U packs or more: layers of at least
-// U · 4 · SMs · 256 packs of 16 bytes (8.6 MB at U = 4 on 132 SMs); smaller ones keep one pack per
-// thread in flight on their wider grid, which has more threads per SM.
-extern "C" int sn_cuda_divide_unroll(const sn_cuda_plan_t *plan, int64_t numel) {
-  const int u = plan->div_unroll;
-  if (u <= 1) return 1;
-  const int64_t packs = numel * sn_dtype_size(plan->dtype) / 16;
-  return packs >= (int64_t)u * sn::kUnrollBlocksPerSm * plan->sm_count * sn::kBlock ? u : 1;
-}

@@ -52,20 +52,13 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   op_grid=M     at most M one-pass blocks
 //   op_cluster=C  one-pass blocks in thread-block clusters of C (1, 2, 4 or 8; sm_90 and up) that
 //                 add their partial s on chip
-//   op_depth=2    the one-pass training rows kernel holds two rows ahead in registers, not one
-//                 (cuda/one_pass.cu; up to 4 packs per thread)
 //   div_stream=0|1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
 //                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu);
 //                 unset: by W's bytes against the L2 (div_stream_default below)
-//   div_unroll=U  each thread of the division loads U (2 or 4) packs of W before storing them
-//   bw_unroll=U   each thread of the backward's apply kernel loads U (2 or 4) packs of its row of
-//                 G (and dW when accumulating) before storing them (cuda/backward.cu)
 //   pdl=0|1       every kernel as a programmatic dependent launch (sm_90 and up)
 //   group_coop=0|1  a grouped forward as three kernels (0) or one cooperative launch (1;
 //   group_grid=N    cuda/group.cu) of at most N blocks (default: as many as fit); unset: by
 //                   the group's bytes (kGroupCoopMaxBytes below)
-//   group_fuse=1    a grouped layer with few partials (cuda/group.cu, sn_cuda_group_fused) adds
-//                   them up in its last rows block instead of in the reduce step
 //   group_grid_force=N  that launch with exactly N blocks, even more than can be resident (tests:
 //                   the refused launch and its fallback, host/group.c)
 //   op_onchip=1   a layer that fits on chip (u-first) runs each warmed-up forward as one launch
@@ -76,20 +69,17 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   group_onchip_cluster=C  with clusters of C blocks (1, 2, 4 or 8) only
 //   onchip_refuse=1 the on-chip launches (op_onchip, group_onchip) with clusters of 16 blocks,
 //                   which the device refuses (tests: the fallbacks, host/layer.c and group.c)
-// Unknown keys and bad values are ignored.
+// Unknown keys and bad values are ignored. (Four knobs that lost or made no difference on an H100 at
+// 6626f15 were removed: bench/NOTES.md.)
 struct Tune {
   int op_bps = 0;      // 0: as many as fit
   int op_grid = 0;     // > 0: at most this many one-pass blocks (tests: the same grid for two
                        // kernels of different occupancy)
   int op_cluster = 0;  // 0: the default below
   int pdl = -1;        // -1: the default below
-  int op_depth = 1;    // 2: the one-pass training rows kernel two rows ahead
   int div_stream = -1;  // -1: by size (div_stream_default); 1: the division's accesses streaming
-  int div_unroll = 1;  // packs of W loaded per thread of the division before it stores
-  int bw_unroll = 1;   // packs of G loaded per thread of the backward's apply before it stores
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
   int group_grid_force = 0;  // > 0: exactly this many blocks in that launch
-  int group_fuse = 0;  // 1: small grouped layers reduce in their last rows block
   int op_onchip = 0;             // 1: layers that fit on chip run as one launch, on chip
   int group_onchip = -1;         // -1: the default below; 1: groups that fit on chip run on chip
   int group_onchip_cluster = 0;  // > 0: that launch's cluster size
@@ -109,11 +99,9 @@ Tune read_tune() {
   const Key keys[] = {
       {"op_bps=", &t.op_bps, 1, 64, false},        {"op_grid=", &t.op_grid, 1, 1000000, false},
       {"op_cluster=", &t.op_cluster, 1, 8, true},  {"pdl=", &t.pdl, 0, 1, false},
-      {"op_depth=", &t.op_depth, 1, 2, false},     {"div_stream=", &t.div_stream, 0, 1, false},
-      {"div_unroll=", &t.div_unroll, 1, 4, true},  {"bw_unroll=", &t.bw_unroll, 1, 4, true},
+      {"div_stream=", &t.div_stream, 0, 1, false},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
-      {"group_fuse=", &t.group_fuse, 0, 1, false},
       {"group_onchip=", &t.group_onchip, 0, 1, false},  {"op_onchip=", &t.op_onchip, 0, 1, false},
       {"group_onchip_cluster=", &t.group_onchip_cluster, 1, 8, true},
       {"onchip_refuse=", &t.onchip_refuse, 0, 1, false},
@@ -181,7 +169,7 @@ bool div_stream_default(double w_bytes) {
 }
 
 // A group whose every layer fits on chip (cuda/on_chip.cu) runs there when SPECNORM_TUNE sets none
-// of group_onchip, group_coop, group_grid, group_grid_force, group_fuse, and the device has
+// of group_onchip, group_coop, group_grid, group_grid_force, and the device has
 // clusters (sm_90 and up; on an A100 each layer would be one block, not measured). Measured on an
 // H100 (bench/results/2026-11-26-h100-6626f15, onchip and variants): SN-GAN CIFAR-10 grouped train
 // fp32 22.1 -> 16.7 µs, bf16 25.1 -> 14.7; scale 18.1 -> 11.6 and 22.9 -> 10.2; eval 14.9 -> 13.2
@@ -224,14 +212,12 @@ extern "C" int sn_cuda_tune_group_coop(double w_bytes) {
 
 extern "C" int sn_cuda_tune_group_grid_force(void) { return read_tune().group_grid_force; }
 
-extern "C" int sn_cuda_tune_group_fuse(void) { return read_tune().group_fuse; }
-
 extern "C" int sn_cuda_tune_group_onchip(int *cluster, int *refuse) {
   const Tune t = read_tune();
   *cluster = t.group_onchip_cluster;
   *refuse = t.onchip_refuse;
   if (t.group_onchip >= 0) return t.group_onchip;
-  const bool forced = t.group_coop >= 0 || t.group_grid > 0 || t.group_grid_force > 0 || t.group_fuse > 0;
+  const bool forced = t.group_coop >= 0 || t.group_grid > 0 || t.group_grid_force > 0;
   return !forced && kDefaultGroupOnChip && device_is_sm90_or_later() ? 1 : 0;
 }
 
@@ -258,8 +244,6 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
                          ? tune.div_stream
                          : div_stream_default((double)view.h * (double)(view.A * view.B) *
                                               (double)sn_dtype_size(dtype));
-  plan->div_unroll = tune.div_unroll;
-  plan->bw_unroll = tune.bw_unroll;
   if (tune.op_onchip && order == SN_ORDER_U_FIRST) {  // the layer on chip, where it fits
     sn_group_entry_t e{};
     e.A = view.A;
@@ -301,15 +285,8 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->one_pass = 1;
     plan->op_elems = sn::one_pass_elems(dtype, view.B);
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
-    plan->op_depth = tune.op_depth;
     int per_sm = 0, max_clusters = 0;
     cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
-    if (e != cudaSuccess && plan->op_depth > 1) {
-      // no two-rows instance (over 4 packs per thread): one row ahead
-      (void)cudaGetLastError();
-      plan->op_depth = 1;
-      e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
-    }
     if (e != cudaSuccess) return (int)e;
     if (per_sm < 1) per_sm = 1;
     if (tune.op_bps > 0 && tune.op_bps < per_sm) per_sm = tune.op_bps;

@@ -18,11 +18,9 @@
 //             partials (74 KB against W's 590 KB).
 //   reduce  the partials of 256 columns per block, in block order, scaled by 1 / max(‖t‖, eps);
 //           the layer's last block writes max(‖t‖, eps), max(‖s‖, eps), σ (eval: σ = Σ u_i t_i).
-//           With SPECNORM_TUNE=group_fuse=1 (not yet measured), a layer with few partials
-//           (sn_cuda_group_fused) has no reduce blocks: the last of its rows blocks to finish does
-//           the reduce blocks' work in turn, the same arithmetic in the same order (fused_reduce).
-//           A group whose layers all fuse has no reduce step: 2 launches per iteration and commit,
-//           or one grid-wide barrier fewer per iteration in the cooperative kernel.
+//           (Doing that in a layer's last rows block instead, for layers with few partials, so
+//           that SN-GAN's group had no reduce step, measured 6-12% slower on an H100 at 6626f15 and
+//           was removed: bench/NOTES.md.)
 //   commit  as cuda/commit_divide.cu, over each layer's element range.
 // Or one cooperative launch that runs the three steps in one grid with grid-wide barriers between
 // them (group_coop_kernel): 1 launch per forward whatever the number of iterations. Groups of up
@@ -41,11 +39,6 @@ namespace {
 constexpr int kRowsPerBlock = 16;  // rows kernel, a block per row: about this many rows per block
 constexpr int kWarpMaxK = 40;      // rows kernel, a warp per row: up to 32·40 = 1280 columns
 constexpr int kRedCols = kBlock;   // reduce kernel: columns per block
-// group_fuse=1: a layer fuses its reduction into its last rows block when it has at most this many
-// reduce blocks (w <= 2048) and partials (row_blocks · w floats, 128 KB: SN-GAN's 128 × 1152
-// layers have 16 × 1152), so that one block reads them in about one round trip per column block.
-constexpr int kFuseMaxRed = 8;
-constexpr int64_t kFuseMaxPartials = 32768;
 
 
 template <class T>
@@ -222,62 +215,6 @@ __device__ void warp_rows(const sn_group_entry_t &e, int g, int iter, bool train
   }
 }
 
-// What a layer's reduction does per column block and at its end, shared by reduce_step and
-// fused_reduce so that both do the same arithmetic. Column block c, once this thread's column sum
-// x (0 past the last column) and max(‖t‖, eps) are known: s_j = x / m_t, the block's Σ s_j² into
-// e.sq[c].
-__device__ __forceinline__ void reduce_columns(const sn_group_entry_t &e, int c, float x, float m_t) {
-  const int64_t j = (int64_t)c * kRedCols + threadIdx.x;
-  float sq = j < e.w ? store_scaled(x, m_t, e.s, j) : 0.f;
-  sq = block_sum(sq);
-  if (threadIdx.x == 0) e.sq[c] = sq;
-}
-
-// The end, in the block that finishes the layer's reduction: max(‖s‖, eps), σ and max(‖t‖, eps)
-// into scal.
-__device__ __forceinline__ void finish_reduction(const sn_group_entry_t &e, float m_t) {
-  finish_s_norm(e.sq, e.red_blocks, e.eps, e.scal);
-  if (threadIdx.x == 0) e.scal[SN_SCAL_M_T] = m_t;
-}
-
-// A fused layer's reduction (e.fused), by the last of its rows blocks to finish: what reduce_step
-// does in the layer's red_blocks blocks, one column block after the other, with the same
-// arithmetic in the same order, so the same bits. Other blocks of this launch wrote the partials:
-// read past L1.
-__device__ void fused_reduce(const sn_group_entry_t &ge, bool training) {
-  const sn_group_entry_t e = ge;
-  if (!last_block_to_arrive(e.counter, e.row_blocks)) return;
-  const float tq = thread_sum_of(e.tsq, e.row_blocks);
-  // x[c] = sum_partials of column block c: the rows blocks in order for every column, as there,
-  // but with the loads of all column blocks of one rows block issued together.
-  float x[kFuseMaxRed];
-#pragma unroll
-  for (int c = 0; c < kFuseMaxRed; ++c) x[c] = 0.f;
-  if (training) {
-    for (int k = 0; k < e.row_blocks; ++k) {
-      const float *row = e.part + (int64_t)k * e.w;
-#pragma unroll
-      for (int c = 0; c < kFuseMaxRed; ++c) {
-        const int64_t j = (int64_t)c * kRedCols + threadIdx.x;
-        if (c < e.red_blocks && j < e.w) x[c] += __ldcg(&row[j]);
-      }
-    }
-  }
-  const float acc = block_sum(tq);
-  if (!training) {
-    if (threadIdx.x == 0) e.scal[SN_SCAL_SIG_DOT] = acc;
-    return;
-  }
-  const float m_t = fmaxf(sqrtf(acc), e.eps);
-#pragma unroll
-  for (int c = 0; c < kFuseMaxRed; ++c) {
-    if (c >= e.red_blocks) break;  // uniform over the block
-    reduce_columns(e, c, x[c], m_t);
-  }
-  __syncthreads();  // e.sq, written by thread 0, for finish_s_norm's reads
-  finish_reduction(e, m_t);
-}
-
 // Each kernel's work for its block b, as a function, so that the cooperative kernel below can run
 // the three steps in one grid. Every block returns from a step at the same point (the step is
 // uniform over the block).
@@ -301,9 +238,6 @@ __device__ __forceinline__ void rows_step(const sn_cuda_group_t &G, int b, int i
       default: rows_body<float>(e, g, iter, training, sm, s_sm); break;
     }
   }
-  // Its fields read again from the table, not kept in registers across the rows body (which
-  // then spilled under its 80-register bound).
-  if (e.fused) fused_reduce(G.entries[L], training);
 }
 
 __device__ __forceinline__ void reduce_step(const sn_cuda_group_t &G, int b, int iter, bool training) {
@@ -322,9 +256,12 @@ __device__ __forceinline__ void reduce_step(const sn_cuda_group_t &G, int b, int
     return;
   }
   const float m_t = fmaxf(sqrtf(acc), e.eps);
-  reduce_columns(e, c, x, m_t);
+  float sq = j < e.w ? store_scaled(x, m_t, e.s, j) : 0.f;
+  sq = block_sum(sq);
+  if (threadIdx.x == 0) e.sq[c] = sq;
   if (!last_block_to_arrive(e.counter, e.red_blocks)) return;
-  finish_reduction(e, m_t);
+  finish_s_norm(e.sq, e.red_blocks, e.eps, e.scal);
+  if (threadIdx.x == 0) e.scal[SN_SCAL_M_T] = m_t;
 }
 
 template <class T>
@@ -429,13 +366,11 @@ __global__ void __launch_bounds__(kBlock, 2) group_coop_kernel(sn_cuda_group_t G
       __syncthreads();  // the next block's v and s reuse the shared memory
     }
     grid.sync();
-    if (G.red_total > 0) {  // none when every layer reduces in its rows blocks (group_fuse)
-      for (int b = blockIdx.x; b < G.red_total; b += gridDim.x) {
-        reduce_step(G, b, k, training);
-        __syncthreads();
-      }
-      grid.sync();
+    for (int b = blockIdx.x; b < G.red_total; b += gridDim.x) {
+      reduce_step(G, b, k, training);
+      __syncthreads();
     }
+    grid.sync();
   }
   for (int b = blockIdx.x; b < G.div_total; b += gridDim.x) commit_step(G, b, training);
 }
@@ -454,11 +389,6 @@ extern "C" int sn_cuda_group_warp_k(int64_t w) {
   for (int k : {2, 8, 24, sn::kWarpMaxK})
     if (w <= 32LL * k) return k;
   return 0;
-}
-
-extern "C" int sn_cuda_group_fused(int fuse, int row_blocks, int64_t w) {
-  return fuse && (w + sn::kRedCols - 1) / sn::kRedCols <= sn::kFuseMaxRed &&
-         (int64_t)row_blocks * w <= sn::kFuseMaxPartials;
 }
 
 extern "C" int sn_cuda_group_row_blocks(int64_t h, int warp_k, int sm_count) {
@@ -510,10 +440,8 @@ extern "C" int sn_cuda_group_forward(const sn_cuda_group_t *G, int training, sn_
     cudaError_t e = sn::launch(G->pdl, sn::group_rows_kernel, G->row_total, sn::kBlock,
                                sn::rows_smem(G->max_w, G->max_warp_w), stream, *G, k, tr);
     if (e != cudaSuccess) return (int)e;
-    if (G->red_total > 0) {
-      e = sn::launch(G->pdl, sn::group_reduce_kernel, G->red_total, sn::kBlock, 0, stream, *G, k, tr);
-      if (e != cudaSuccess) return (int)e;
-    }
+    e = sn::launch(G->pdl, sn::group_reduce_kernel, G->red_total, sn::kBlock, 0, stream, *G, k, tr);
+    if (e != cudaSuccess) return (int)e;
   }
   return (int)sn::launch(G->pdl, sn::group_commit_kernel, G->div_total, sn::kBlock, 0, stream, *G,
                          training != 0);

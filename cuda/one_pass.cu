@@ -40,7 +40,6 @@ struct OnePassParams {
   const float *u, *u_div;
   float *scal;
   unsigned *counter;
-  int depth;        // host: rows ahead in registers of the register training kernel (plan.op_depth)
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -79,16 +78,15 @@ __device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, flo
 }
 
 // NT threads, VPT packs of E elements per thread and row: thread k holds packs k, k + NT, ...
-// The next D rows' packs are loaded into registers (buf[1..D]) while the current one (buf[0]) is
-// reduced: D rows in flight per block beyond the one being reduced. D = 1 is the default; D = 2
-// (SPECNORM_TUNE=op_depth=2, not yet measured) doubles the bytes in flight of a block for 4·VPT
-// more registers: the bf16 rows of 4096 × 16384 (1 block of 512 threads per SM, 109 registers)
-// had 32 KB ahead per SM where fp32 has 64 KB, and ran at 53% of the copy bandwidth against
-// fp32's ~80% (H200, e56c4b8; bench/NOTES.md). (A cp.async variant that streamed the rows into
-// shared memory 1-3 rows ahead measured 2-21% slower on the H200 and was removed: NOTES.)
-template <int NT, int VPT, class T, int E, bool EVAL, int D = 1>
+// The next row's packs are loaded into registers (buf[1]) while the current one (buf[0]) is
+// reduced: one row in flight per block beyond the one being reduced. The bf16 rows of
+// 4096 × 16384 (1 block of 512 threads per SM, 109 registers) have 32 KB ahead per SM where fp32
+// has 64 KB, and ran at 53% of the copy bandwidth against fp32's ~80% (H200, e56c4b8); yet two
+// rows ahead, for 4·VPT more registers, measured 0-3% slower on an H100 (6626f15) and was
+// removed, as was a cp.async variant that streamed the rows into shared memory 1-3 rows ahead
+// (2-21% slower on the H200): bench/NOTES.md.
+template <int NT, int VPT, class T, int E, bool EVAL>
 __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
-  static_assert(D >= 1, "rows ahead in registers");
   pdl_enter();
   using V = VecN<T, E>;
   using R = typename V::raw;
@@ -99,27 +97,25 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   const float ru = EVAL ? reciprocal_of(p.u_div) : 0.f;
 
   float acc[VPT][E];
-  R buf[D + 1][VPT];  // buf[0]: the row being reduced; buf[1..D], the block's next D rows
+  R buf[2][VPT];  // buf[0]: the row being reduced; buf[1], the block's next row
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[k][e] = 0.f;
 #pragma unroll
-    for (int d = 0; d <= D; ++d) buf[d][k] = {};
+    for (int d = 0; d < 2; ++d) buf[d][k] = {};
   }
   const int64_t G = gridDim.x;
   int64_t i = blockIdx.x;
-#pragma unroll
-  for (int d = 0; d < D; ++d) {
-    if (i + d * G >= p.h) break;
-    const T *row = W + (i + d * G) * w;
+  if (i < p.h) {
+    const T *row = W + i * w;
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
       const int j = threadIdx.x + k * NT;
-      if (j < p.wp) buf[d][k] = V::load_raw(row + E * j);
+      if (j < p.wp) buf[0][k] = V::load_raw(row + E * j);
     }
   }
-  // v into shared memory while the first rows' loads are in flight. v may start at any float
+  // v into shared memory while the first row's loads are in flight. v may start at any float
   // boundary (the state's v follows u): load it by floats.
   const float rx = reciprocal_of(p.x_div);
   const bool ones = p.health && (*p.health & SN_HEALTH_RESTART);
@@ -127,12 +123,12 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   __syncthreads();
   float tsq = 0.f;
   for (; i < p.h; i += G) {
-    if (i + D * G < p.h) {
-      const T *row = W + (i + D * G) * w;
+    if (i + G < p.h) {
+      const T *row = W + (i + G) * w;
 #pragma unroll
       for (int k = 0; k < VPT; ++k) {
         const int j = threadIdx.x + k * NT;
-        if (j < p.wp) buf[D][k] = V::load_raw(row + E * j);
+        if (j < p.wp) buf[1][k] = V::load_raw(row + E * j);
       }
     }
     // Eval: thread 0's u_i is loaded before the row's dot, not after its block sum, where the
@@ -167,9 +163,7 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
         for (int e = 0; e < E; ++e) acc[k][e] = fmaf(t, x[k][e], acc[k][e]);
     }
 #pragma unroll
-    for (int r = 0; r < D; ++r)
-#pragma unroll
-      for (int k = 0; k < VPT; ++k) buf[r][k] = buf[r + 1][k];
+    for (int k = 0; k < VPT; ++k) buf[0][k] = buf[1][k];
   }
   if (!EVAL) {
     // The block's partial s goes to global memory, or (cluster > 1) to its own shared memory,
@@ -282,13 +276,7 @@ template <int NT, int VPT, class T, int E>
 cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *prep) {
   // v in shared memory, w floats (the cluster's partial s lands there too).
   const size_t smem = (size_t)p->wp * E * sizeof(float);
-  // Two rows ahead in registers (op_depth=2): instances up to 4 packs per thread (the 512 × 8 fp32
-  // one is at 122 registers of its 128 with one row ahead).
-  constexpr bool kDeep = VPT <= 4;
-  if (p->depth == 2 && !kDeep) return cudaErrorNotSupported;
-  void (*train)(OnePassParams) = one_pass_rows_kernel<NT, VPT, T, E, false>;
-  if constexpr (kDeep)
-    if (p->depth == 2) train = one_pass_rows_kernel<NT, VPT, T, E, false, 2>;
+  auto *train = one_pass_rows_kernel<NT, VPT, T, E, false>;
   auto *eval = one_pass_rows_kernel<NT, VPT, T, E, true>;
   if (prep) {
     cudaError_t e = allow_shared_memory(eval, smem);
@@ -368,7 +356,6 @@ cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *block
                              int *max_clusters) {
   OnePassParams p{};
   p.wp = (int)(plan.view.B / plan.op_elems);
-  p.depth = plan.op_depth;
   Prep prep{cluster, 0, 0};
   const cudaError_t e = rows_dispatch(plan, &p, nullptr, &prep);
   *blocks_per_sm = prep.blocks_per_sm;
@@ -380,8 +367,7 @@ cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const flo
                             const float *x_div, const unsigned *health, cudaStream_t stream) {
   const int w4 = (int)(plan.view.B / 4);
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, health, plan.t,
-                  plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr,
-                  plan.op_depth};
+                  plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr};
   cudaError_t e = rows_dispatch(plan, &p, stream, nullptr);
   if (e != cudaSuccess) return e;
   ReduceParams r{reinterpret_cast<const float4 *>(plan.op_part), plan.op_tsq,
@@ -396,7 +382,7 @@ cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, cons
                                  const float *x_div, const float *u, const float *u_div,
                                  cudaStream_t stream) {
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, nullptr, nullptr,
-                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan), 1};
+                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan)};
   return rows_dispatch(plan, &p, stream, nullptr);
 }
 

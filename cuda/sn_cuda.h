@@ -97,14 +97,8 @@ typedef struct {
                          sm_90; SPECNORM_TUNE=pdl=1) */
   int op_cluster;     /* one-pass: blocks per thread-block cluster adding their partials on chip
                          (1: none); op_blocks is a multiple of it */
-  int op_depth;       /* one-pass: rows ahead in registers of the register training rows kernel
-                         (1; 2 with SPECNORM_TUNE=op_depth=2, where instantiated) */
   int div_stream;     /* 1: the division loads W and stores W_sn as streaming (evict-first) data
                          (by W's bytes against the L2, or SPECNORM_TUNE=div_stream=0|1) */
-  int div_unroll;     /* 16-byte packs of W each thread of the division loads before it stores
-                         them (1; 2 or 4 with SPECNORM_TUNE=div_unroll=U) */
-  int bw_unroll;      /* 16-byte packs of G each thread of the backward's apply kernel loads before
-                         it stores them (1; 2 or 4 with SPECNORM_TUNE=bw_unroll=U) */
   sn_on_chip_t onchip;/* cluster > 0: a warmed-up forward is one launch with the layer on chip
                          (SPECNORM_TUNE=op_onchip=1, cuda/on_chip.cu) */
   /* Scratch, inside the layer's one device workspace. */
@@ -126,10 +120,6 @@ typedef struct {
 
 /* Whether the one-pass kernels can run this view, order and dtype (see SN_ALGO_ONE_PASS). */
 int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype);
-
-/* Packs of 16 bytes each thread of the division has in flight for a layer of numel elements:
- * plan->div_unroll where the layer is large enough, else 1 (cuda/commit_divide.cu). */
-int sn_cuda_divide_unroll(const sn_cuda_plan_t *plan, int64_t numel);
 
 /* Fill `plan` for a view on the current device, which has `sm_count` multiprocessors; with
  * one_pass, also prepare the one-pass kernels (shared-memory limit, occupancy). *workspace_bytes
@@ -187,10 +177,7 @@ typedef struct {
   int row_block0, row_blocks; /* rows kernel: this layer's blocks */
   int warp_k;                 /* rows kernel: 0, a block per row; K > 0, a warp per row, K columns
                                  per lane (w <= 32·K) */
-  int red_block0, red_blocks; /* reduce kernel (fused: the column blocks the last rows block
-                                 goes through; none in the reduce kernel's grid) */
-  int fused;                  /* 1: the layer's reduction runs in its last rows block
-                                 (sn_cuda_group_fused) */
+  int red_block0, red_blocks; /* reduce kernel */
   int div_block0, div_blocks; /* commit-and-divide kernel */
 } sn_group_entry_t;
 
@@ -235,12 +222,6 @@ int sn_cuda_tune_group_coop(double w_bytes);
 /* SPECNORM_TUNE's group_grid_force=N (0 if unset): a cooperative grouped forward of exactly N
  * blocks, even more than can be resident, so that tests can have the launch refused. */
 int sn_cuda_tune_group_grid_force(void);
-/* SPECNORM_TUNE's group_fuse (0 if unset). */
-int sn_cuda_tune_group_fuse(void);
-/* Whether a grouped layer with row_blocks rows blocks and w columns adds its partials up in its
- * last rows block (group_fuse=1 and few partials: cuda/group.cu says which) instead of in the
- * reduce step. */
-int sn_cuda_group_fused(int fuse, int row_blocks, int64_t w);
 /* Whether the current device runs this build's code with thread-block clusters (compute
  * capability 9.0 and up, and code built for it). */
 int sn_cuda_clusters_usable(void);

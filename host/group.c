@@ -113,7 +113,6 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
   int rows = 0, red = 0, div = 0, max_iters = 1;
   int64_t max_w = 1, max_warp_w = 0;
   double w_bytes = 0; /* the weights' bytes: whether the forward is one cooperative launch */
-  const int fuse = sn_cuda_tune_group_fuse(); /* small layers reduce in their rows blocks */
   for (int k = 0; k < g->count; ++k) {
     const sn_layer_t *l = g->layers[k];
     sn_group_entry_t *x = &ent[k];
@@ -138,13 +137,12 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     x->row_blocks = sn_cuda_group_row_blocks(h, x->warp_k, sm);
     x->red_block0 = red;
     x->red_blocks = (int)((w + 255) / 256);
-    x->fused = sn_cuda_group_fused(fuse, x->row_blocks, w);
     x->div_block0 = div;
     const int64_t nb = (l->numel + 4095) / 4096;
     /* Without W_sn only block 0 works (it commits u, v and σ): one block. */
     x->div_blocks = !x->W_sn ? 1 : (int)(nb < 1 ? 1 : (nb > 16LL * sm ? 16LL * sm : nb));
     rows += x->row_blocks;
-    red += x->fused ? 0 : x->red_blocks; /* a fused layer has no blocks in the reduce step */
+    red += x->red_blocks;
     div += x->div_blocks;
     if (x->n_iters > max_iters) max_iters = x->n_iters;
     w_bytes += (double)l->numel * (double)sn_dtype_size(l->desc.dtype);
@@ -163,7 +161,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
   }
   for (int k = 0; k < g->count; ++k) {
     for (int b = 0; b < ent[k].row_blocks; ++b) layer_of[ent[k].row_block0 + b] = k;
-    for (int b = 0; b < (ent[k].fused ? 0 : ent[k].red_blocks); ++b) layer_of[rows + ent[k].red_block0 + b] = k;
+    for (int b = 0; b < ent[k].red_blocks; ++b) layer_of[rows + ent[k].red_block0 + b] = k;
     for (int b = 0; b < ent[k].div_blocks; ++b) layer_of[rows + red + ent[k].div_block0 + b] = k;
   }
   const size_t table = (size_t)g->count * sizeof *ent, lut_bytes = blocks * sizeof(int);

@@ -33,7 +33,7 @@
 #   ncu_l2     the same for the division with evict-first accesses (SPECNORM_TUNE=div_stream=1)
 #   ncu_detail (SN_NCU_DETAIL=1 only) Nsight Compute sections (speed of light, occupancy, warp
 #              stalls, memory) of the one-pass rows and reduce kernels (4096² fp32; 4096 × 16384
-#              bf16 with one and two rows ahead) and of the cooperative grouped kernel
+#              bf16) and of the cooperative grouped kernel
 # A step whose program is missing is SKIPPED. The whole script keeps to $SN_CHECK_BUDGET_S
 # seconds (default 470): each step's timeout is cut to what is left, keeping a reserve for the
 # benchmark steps, and a step with no time left is SKIPPED.
@@ -387,10 +387,10 @@ if [[ -n "$SANITIZER" && "$("$SANITIZER" --help 2>&1)" == *--report-api-errors* 
 fi
 # The largest shapes run in ctest; under the sanitizers they would take minutes. Every kernel
 # variant still runs (8x16384 keeps the widest one-pass variant).
-SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:GroupGpu.FusedReductionInMixed*:GroupGpu.OnChipLeavesGroups*:Gpu.OnePassTwoRowsAheadWide*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
+SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:GroupGpu.OnChipLeavesGroups*:Gpu.OnePassWideRows*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
 [[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
 # One-pass by rows (several widths) and by columns, two-pass, a view, groups, the backward.
-SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassTwoRowsAheadAre*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:Gpu.OnChipLayer*}"
+SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassRowsRuns*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:Gpu.OnChipLayer*}"
 sanitize() {  # sanitize TOOL...
  local tool cap reserve
  for tool in "$@"; do
@@ -438,14 +438,14 @@ fi
 # shellcheck disable=SC2206
 VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 --mode train,scale,eval})
 # (pdl=1 and op_cluster=4 are the defaults on sm_90 since 1a8f84c; op_async=1 and op_fuse=1 lost on
-# the H200 at e56c4b8 and were removed. Not yet measured: op_depth=2,
-# two rows ahead in registers; div_unroll=2|4, the division's loads per thread before its stores;
-# div_stream=1, its evict-first accesses.)
+# the H200 at e56c4b8 and were removed, as were two rows ahead in registers and the division's
+# unrolled loads, which lost on the H100 at 6626f15. div_stream=1, the division's evict-first
+# accesses, won there: 4096² train 5% faster in fp32, 8% in bf16.)
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_depth=2 div_unroll=2 div_unroll=4 div_stream=1 div_stream=1,div_unroll=4 op_depth=2,div_stream=1,div_unroll=4}"
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default div_stream=1}"
 variants() {
-  local t rc=0 table=() ptable=() btable=()
+  local t rc=0 table=() ptable=()
   for t in "${TUNES[@]}"; do
     echo "################ SPECNORM_TUNE=$t"
     local js="$VDIR/${t//[=,]/_}.json"
@@ -456,13 +456,11 @@ variants() {
       SPECNORM_TUNE="$t" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-graph --no-check --reps 50 --json "$js" || rc=1
     fi
   done
-  # group_fuse=1 (not yet measured): small layers reduce in their last rows block, one grid barrier
-  # (cooperative) or one launch (three kernels) fewer where every layer does. group_onchip=1 (not
-  # yet measured): a group whose layers all fit (SN-GAN; not sndcgan nor ViT-B/16, which keep the
-  # default) as one launch with each layer in a cluster's shared memory (cuda/on_chip.cu), clusters
-  # of 8 for SN-GAN, or of 4; with op_onchip=1 the per-layer rows run each layer that fits so.
-  for t in default group_coop=0 group_coop=1 group_fuse=1 group_coop=0,group_fuse=1 \
-      group_onchip=1,op_onchip=1 group_onchip=1,group_onchip_cluster=4; do
+  # group_onchip=1 (not yet measured): a group whose layers all fit (SN-GAN; not sndcgan nor
+  # ViT-B/16, which keep the default) as one launch with each layer in a cluster's shared memory
+  # (cuda/on_chip.cu), clusters of 8 for SN-GAN, or of 4; with op_onchip=1 the per-layer rows run
+  # each layer that fits so.
+  for t in default group_coop=0 group_coop=1 group_onchip=1,op_onchip=1 group_onchip=1,group_onchip_cluster=4; do
     echo "################ SPECNORM_TUNE=$t: presets, per layer and grouped"
     local js="$VDIR/presets_${t//[=,]/_}.json"
     ptable+=("$t=$js")
@@ -470,16 +468,6 @@ variants() {
     # cooperative launch won, and ViT-B/16's 329 MiB, where it lost.
     SPECNORM_TUNE="${t#default}" "$SN_BENCH" "${VARIANT_PRESETS[@]}" --dtype f32,bf16 --mode train,scale --no-baseline --no-check --reps 50 --json "$js" || rc=1
   done
-  # bw_unroll=2|4 (not yet measured): the backward's apply kernel with 2 or 4 packs of its row in
-  # flight per thread (4096² backward: 79.7% of copy in fp32, 68.8% in bf16 on the H200 at e56c4b8).
-  for t in default bw_unroll=2 bw_unroll=4; do
-    echo "################ SPECNORM_TUNE=$t: backward"
-    local js="$VDIR/bw_${t//[=,]/_}.json"
-    btable+=("$t=$js")
-    SPECNORM_TUNE="${t#default}" "$SN_BENCH" --shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 \
-      --mode backward,backward-acc --no-baseline --no-group --no-graph --no-check --reps 50 --json "$js" || rc=1
-  done
-  python3 "$REPO/bench/variants_table.py" "${btable[@]}" || rc=1  # now, in case the step is cut
   echo "################ the variants side by side (bench/variants_table.py)"
   python3 "$REPO/bench/variants_table.py" "${table[@]}" || rc=1
   echo
@@ -571,8 +559,8 @@ fi
 
 # ---- Nsight Compute, where the time goes: the sections of the kernels still far from their floor
 # (bench/NOTES.md): the one-pass rows and reduce kernels of 4096² fp32 (scale, train), the bf16
-# rows kernel of 4096 × 16384 with one and two rows ahead (op_depth=2) and the grouped SN-GAN
-# forward as one cooperative kernel (SPECNORM_TUNE=group_coop=1) and on chip (group_onchip=1).
+# rows kernel of 4096 × 16384 and the grouped SN-GAN forward as one cooperative kernel
+# (SPECNORM_TUNE=group_coop=1) and on chip (group_onchip=1).
 detail() {
   local sec=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
              --section MemoryWorkloadAnalysis --section SchedulerStats --section SourceCounters)
@@ -580,12 +568,9 @@ detail() {
   "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows|one_pass_reduce" -c 4 \
     "$SN_BENCH" --shape 4096x4096 --mode scale,train --no-baseline --no-graph --no-group --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
-  local d
-  for d in 1 2; do
-    SPECNORM_TUNE=op_depth=$d "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \
-      "$SN_BENCH" --shape 4096x16384 --dtype bf16 --mode scale --no-baseline --no-graph --no-group \
-      --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
-  done
+  "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \
+    "$SN_BENCH" --shape 4096x16384 --dtype bf16 --mode scale --no-baseline --no-graph --no-group \
+    --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
   SPECNORM_TUNE=group_coop=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:group_" -c 4 \
     "$SN_BENCH" --preset sngan-cifar10 --mode train,scale --no-baseline --no-graph --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1

@@ -239,15 +239,15 @@ TEST(Gpu, RunsAreBitwiseIdentical) {
 
 // The variants that SPECNORM_TUNE selects (cuda/forward.cu; sn_bench times them): thread-block
 // clusters adding the one-pass partial s on chip and programmatic dependent launch (sm_90;
-// elsewhere plain launches), fewer one-pass blocks per multiprocessor and two rows ahead in
-// registers. Each must match the CPU backend and repeat bitwise.
+// elsewhere plain launches) and fewer one-pass blocks per multiprocessor. Each must match the CPU
+// backend and repeat bitwise.
 TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const char *tune : {"op_cluster=2", "op_cluster=4", "op_cluster=8", "op_bps=1",
                            "op_bps=1,op_cluster=4", "op_bps=2,op_cluster=2", "pdl=1",
-                           "pdl=1,op_cluster=4", "op_depth=2", "op_depth=2,op_cluster=4"}) {
+                           "pdl=1,op_cluster=4"}) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + tune);
     env.set(tune);
     for (const Case &c : {Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS},
@@ -272,67 +272,45 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   }
 }
 
-// The rows kernel with two rows ahead in registers (op_depth=2) does the one-row kernel's
-// arithmetic in the same order: on the same grid (a block's rows, so the order of the partial
-// sums, follow from the grid, which is sized by each kernel's occupancy: op_grid pins it), the
-// same states and W_sn, bit for bit, with and without clusters. The knobs go after whatever
-// SPECNORM_TUNE already says.
+// The one-pass training rows kernel (one row ahead in registers) in every element type and pack
+// width, on grids of 64 and 7 blocks (blocks with one row and with two; op_grid pins the grid),
+// with and without clusters: two layers with the same plan give the same states and W_sn, bit for
+// bit, training and eval, and the rows kernel is the one launched (captured kernel names). The
+// knobs go after whatever SPECNORM_TUNE already says.
 struct RowsCase {
   std::vector<int64_t> shape;
   sn_dtype_t dt;
 };
 
-// A variant of the one-pass training rows kernel: the knob that selects it and whether a plan
-// took it (a plan falls back to the one-row kernel where the variant has no instance).
-struct RowsVariant {
-  const char *off, *on;  // SPECNORM_TUNE settings
-  int (*taken)(const sn_cuda_plan_t &);
-  bool must_take;        // every case of the test has the variant on this device
-  const char *kernel;    // regular expression: the variant's training rows instance
-};
+// The training rows kernel.
+static const char kRegisterRows[] = "one_pass_rows_kernel<[^>]*, false>";
 
-// The training rows kernel, one row ahead (D = 1).
-static const char kRegisterRows[] = "one_pass_rows_kernel<[^>]*, false, 1>";
-
-static void expect_variant_equals_register_rows(const RowsVariant &var,
-                                                const std::vector<RowsCase> &cases) {
+static void expect_rows_runs_bitwise(const std::vector<RowsCase> &cases) {
   Rng rng(fresh_seed());
   const std::string base = tune_prefix();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
-  int used = 0;
   for (const RowsCase &c : cases) {
-    for (const char *extra : {",op_grid=64,op_cluster=1", ",op_grid=7,op_cluster=1", ",op_grid=64,op_cluster=4"}) {
-      SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " " + var.on + extra);
+    for (const char *extra : {"op_grid=64,op_cluster=1", "op_grid=7,op_cluster=1", "op_grid=64,op_cluster=4"}) {
+      SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " " + extra);
       sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
       d.algo = SN_ALGO_ONE_PASS;
       d.dtype = c.dt;
-      env.set((base + var.off + extra).c_str());
-      LayerPtr a(d);
-      env.set((base + var.on + extra).c_str());
-      LayerPtr b(d);
+      env.set((base + extra).c_str());
+      LayerPtr a(d), b(d);
       ASSERT_TRUE(a.p && b.p);
-      ASSERT_EQ(var.taken(a.p->plan), 0);
-      if (var.must_take) {
-        EXPECT_EQ(var.taken(b.p->plan), 1);
-      }
-      used += var.taken(b.p->plan);
-      ASSERT_EQ(a.p->plan.op_blocks, b.p->plan.op_blocks) << "the test needs the same grid";
+      ASSERT_EQ(a.p->plan.op_blocks, b.p->plan.op_blocks);
       ASSERT_EQ(a.p->plan.op_cluster, b.p->plan.op_cluster);
       const int64_t n = numel_of(c.shape);
       Tensor W(c.dt, n), o1(c.dt, n), o2(c.dt, n);
       W.set(rng.normals(n));
-      // The kernels each layer's training forward launches (captured, not run; a capture needs
-      // the warm-up done, the same for both layers).
+      // The kernels a training forward launches (captured, not run; a capture needs the warm-up
+      // done).
       ASSERT_EQ(sn_layer_warmup(a, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
       ASSERT_EQ(sn_layer_warmup(b, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
       EXPECT_TRUE(same_state(get_state(a), get_state(b)));
       const std::vector<std::string> ka = captured_kernels(
           [&](cudaStream_t s) { return sn_forward(a, W.dev, o1.dev, 1, (sn_stream_t)s); });
-      const std::vector<std::string> kb = captured_kernels(
-          [&](cudaStream_t s) { return sn_forward(b, W.dev, o2.dev, 1, (sn_stream_t)s); });
       EXPECT_TRUE(any_matches(ka, kRegisterRows)) << ::testing::PrintToString(ka);
-      EXPECT_TRUE(any_matches(kb, var.taken(b.p->plan) ? var.kernel : kRegisterRows))
-          << ::testing::PrintToString(kb);
       for (int step = 0; step < 4; ++step) {
         const int training = step < 3;
         ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
@@ -342,144 +320,111 @@ static void expect_variant_equals_register_rows(const RowsVariant &var,
       }
     }
   }
-  EXPECT_GT(used, 0) << "the variant " << var.on << " never ran";
 }
 
 // Rows up to 8 KB, small enough for the sanitizers (gpu_check.sh): 16- and 8-byte packs, 1 and 2
 // packs per thread, and 9 rows (on 7 blocks: blocks with one row and with two).
-static std::vector<RowsCase> rows_up_to_8kb() {
-  return {{{700, 1152}, SN_DTYPE_FLOAT32},
-          {{300, 4096}, SN_DTYPE_BFLOAT16},
-          {{513, 1028}, SN_DTYPE_FLOAT16},
-          {{9, 64}, SN_DTYPE_FLOAT32}};
-}
-
-// Two rows ahead in registers (op_depth=2; instances up to 4 packs per thread, so every case
-// here has one): the register kernel with one row ahead's results, bit for bit, and the D = 2
-// instance launched.
-static void expect_two_rows_equal_one_row(const std::vector<RowsCase> &cases) {
-  expect_variant_equals_register_rows(
-      {"op_depth=1", "op_depth=2", [](const sn_cuda_plan_t &p) { return p.op_depth - 1; }, true,
-       "one_pass_rows_kernel<[^>]*, false, 2>"},
-      cases);
-}
-
-// Rows up to 8 KB; the 9-row case on 7 blocks has no row two ahead.
-TEST(Gpu, OnePassTwoRowsAheadAreBitwiseOneRowAhead) {
+TEST(Gpu, OnePassRowsRunsAreBitwiseIdentical) {
   REQUIRE_GPU();
-  expect_two_rows_equal_one_row(rows_up_to_8kb());
+  expect_rows_runs_bitwise({{{700, 1152}, SN_DTYPE_FLOAT32},
+                            {{300, 4096}, SN_DTYPE_BFLOAT16},
+                            {{513, 1028}, SN_DTYPE_FLOAT16},
+                            {{9, 64}, SN_DTYPE_FLOAT32}});
 }
 
 // Rows of 32 KB, 4 packs per thread.
-TEST(Gpu, OnePassTwoRowsAheadWideRowsAreBitwiseOneRowAhead) {
+TEST(Gpu, OnePassWideRowsRunsAreBitwiseIdentical) {
   REQUIRE_GPU();
-  expect_two_rows_equal_one_row({{{777, 8192}, SN_DTYPE_FLOAT32}, {{300, 16384}, SN_DTYPE_BFLOAT16}});
+  expect_rows_runs_bitwise({{{777, 8192}, SN_DTYPE_FLOAT32}, {{300, 16384}, SN_DTYPE_BFLOAT16}});
 }
 
-// The division's variants (SPECNORM_TUNE: div_stream=1, evict-first loads of W and stores of
-// W_sn; div_unroll=2|4, packs loaded per thread before any is stored, on layers large enough,
-// sn_cuda_divide_unroll) write what the plain one writes: the same W_sn and state, bit for bit,
-// out of place and in place (W_sn = W), training and eval; and the instance they select is the
-// one launched (captured kernel names).
+// The division with evict-first loads of W and stores of W_sn (SPECNORM_TUNE=div_stream=1) writes
+// what the plain one writes: the same W_sn and state, bit for bit, out of place and in place
+// (W_sn = W), training and eval; and each layer launches its instance (captured kernel names).
 struct DivCase {
   std::vector<int64_t> shape;
   sn_dtype_t dt;
   int offset;  // elements W starts after a 256-byte boundary (not 0: no 16-byte packs)
 };
 
-// Each case's weights are drawn once; step k of a variant uses them rotated by k · 1009 elements
-// (8 M normals per variant and step made the large test slow on the host).
-static void expect_division_variants_bitwise(const std::vector<DivCase> &cases, bool unrolls) {
+// Each case's weights are drawn once; step k uses them rotated by k · 1009 elements (8 M normals
+// per step made the large test slow on the host).
+static void expect_streaming_division_bitwise(const std::vector<DivCase> &cases) {
   Rng rng(fresh_seed());
   const std::string base = tune_prefix();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
-  struct V {
-    const char *tune;
-    int stream, unroll;
-  };
   for (const DivCase &c : cases) {
     const std::vector<float> drawn = rng.normals(numel_of(c.shape));
-    for (const V &v : {V{"div_stream=1", 1, 1}, V{"div_unroll=2", 0, 2}, V{"div_unroll=4", 0, 4},
-                       V{"div_stream=1,div_unroll=2", 1, 2}, V{"div_stream=1,div_unroll=4", 1, 4}}) {
-      SCOPED_TRACE(std::string(v.tune) + " " + shape_str(c.shape) + " dtype " +
-                   std::to_string(int(c.dt)) + " offset " + std::to_string(c.offset));
-      sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
-      d.dtype = c.dt;
-      env.set((base + "div_stream=0,div_unroll=1").c_str());
-      LayerPtr a(d);
-      env.set((base + v.tune).c_str());
-      LayerPtr b(d);
-      ASSERT_TRUE(a.p && b.p);
-      ASSERT_EQ(a.p->plan.div_stream, 0);
-      ASSERT_EQ(b.p->plan.div_stream, v.stream);
-      ASSERT_EQ(b.p->plan.div_unroll, v.unroll);
-      const int64_t n = numel_of(c.shape);
-      const int unroll = sn_cuda_divide_unroll(&b.p->plan, n);
-      EXPECT_EQ(unroll, unrolls ? v.unroll : 1) << "the case's size does not give the unroll the test is for";
-      Tensor W(c.dt, n, c.offset), o1(c.dt, n, c.offset), o2(c.dt, n, c.offset);
-      Tensor i1(c.dt, n, c.offset), i2(c.dt, n, c.offset);
-      // The division each layer launches: the element loop without 16-byte packs, else the
-      // plain instance (a) and the variant's (b). A capture needs the warm-up done.
-      W.set(drawn);
-      ASSERT_EQ(sn_layer_warmup(a, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
-      ASSERT_EQ(sn_layer_warmup(b, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
-      const std::vector<std::string> ka = captured_kernels(
-          [&](cudaStream_t s) { return sn_forward(a, W.dev, o1.dev, 1, (sn_stream_t)s); });
-      const std::vector<std::string> kb = captured_kernels(
-          [&](cudaStream_t s) { return sn_forward(b, W.dev, o2.dev, 1, (sn_stream_t)s); });
-      const std::string want_a = c.offset ? "commit_divide_kernel<false, [^>]*>"
-                                          : "commit_divide_kernel<true, [^,]*, false, 1>";
-      const std::string want_b = c.offset ? want_a
-                                          : "commit_divide_kernel<true, [^,]*, " +
-                                                std::string(v.stream ? "true" : "false") + ", " +
-                                                std::to_string(unroll) + ">";
-      EXPECT_TRUE(any_matches(ka, want_a)) << want_a << " in " << ::testing::PrintToString(ka);
-      EXPECT_TRUE(any_matches(kb, want_b)) << want_b << " in " << ::testing::PrintToString(kb);
-      for (int step = 0; step < 4; ++step) {
-        SCOPED_TRACE("step " + std::to_string(step));
-        const int training = step != 2;
-        std::vector<float> x = drawn;
-        std::rotate(x.begin(), x.begin() + (step * 1009) % n, x.end());
-        W.set(x);
-        ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-        ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-        EXPECT_TRUE(same_state(get_state(a), get_state(b)));
-        EXPECT_TRUE(o1.download_bytes() == o2.download_bytes());
-        i1.set(x);
-        i2.set(x);
-        ASSERT_EQ(sn_forward(a, i1.dev, i1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-        ASSERT_EQ(sn_forward(b, i2.dev, i2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-        EXPECT_TRUE(same_state(get_state(a), get_state(b)));
-        const std::vector<uint8_t> r1 = i1.download_bytes();
-        EXPECT_TRUE(r1 == i2.download_bytes());
-        EXPECT_TRUE(r1 != W.download_bytes()) << "the in-place forward changed nothing";
-      }
+    SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " offset " +
+                 std::to_string(c.offset));
+    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
+    d.dtype = c.dt;
+    env.set((base + "div_stream=0").c_str());
+    LayerPtr a(d);
+    env.set((base + "div_stream=1").c_str());
+    LayerPtr b(d);
+    ASSERT_TRUE(a.p && b.p);
+    ASSERT_EQ(a.p->plan.div_stream, 0);
+    ASSERT_EQ(b.p->plan.div_stream, 1);
+    const int64_t n = numel_of(c.shape);
+    Tensor W(c.dt, n, c.offset), o1(c.dt, n, c.offset), o2(c.dt, n, c.offset);
+    Tensor i1(c.dt, n, c.offset), i2(c.dt, n, c.offset);
+    // The division each layer launches: the element loop without 16-byte packs, else the plain
+    // instance (a) and the streaming one (b). A capture needs the warm-up done.
+    W.set(drawn);
+    ASSERT_EQ(sn_layer_warmup(a, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_layer_warmup(b, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
+    const std::vector<std::string> ka = captured_kernels(
+        [&](cudaStream_t s) { return sn_forward(a, W.dev, o1.dev, 1, (sn_stream_t)s); });
+    const std::vector<std::string> kb = captured_kernels(
+        [&](cudaStream_t s) { return sn_forward(b, W.dev, o2.dev, 1, (sn_stream_t)s); });
+    const std::string want_a = c.offset ? "commit_divide_kernel<false, [^>]*>"
+                                        : "commit_divide_kernel<true, [^,]*, false>";
+    const std::string want_b = c.offset ? want_a : "commit_divide_kernel<true, [^,]*, true>";
+    EXPECT_TRUE(any_matches(ka, want_a)) << want_a << " in " << ::testing::PrintToString(ka);
+    EXPECT_TRUE(any_matches(kb, want_b)) << want_b << " in " << ::testing::PrintToString(kb);
+    for (int step = 0; step < 4; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      const int training = step != 2;
+      std::vector<float> x = drawn;
+      std::rotate(x.begin(), x.begin() + (step * 1009) % n, x.end());
+      W.set(x);
+      ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+      EXPECT_TRUE(o1.download_bytes() == o2.download_bytes());
+      i1.set(x);
+      i2.set(x);
+      ASSERT_EQ(sn_forward(a, i1.dev, i1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(b, i2.dev, i2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+      const std::vector<uint8_t> r1 = i1.download_bytes();
+      EXPECT_TRUE(r1 == i2.download_bytes());
+      EXPECT_TRUE(r1 != W.download_bytes()) << "the in-place forward changed nothing";
     }
   }
 }
 
-// Layers too small to unroll (one pack per thread in flight, the variant's streaming or not),
-// small enough for the sanitizers: a tail after the last whole 16-byte pack (333 × 1027), none,
+// Small enough for the sanitizers: a tail after the last whole 16-byte pack (333 × 1027), none,
 // 1 × 1, and a misaligned W (the element loop only).
-TEST(Gpu, DivisionVariantsAreBitwiseThePlainOne) {
+TEST(Gpu, StreamingDivisionIsBitwiseThePlainOne) {
   REQUIRE_GPU();
-  expect_division_variants_bitwise({{{333, 1027}, SN_DTYPE_FLOAT32, 0},
-                                    {{512, 1024}, SN_DTYPE_BFLOAT16, 0},
-                                    {{333, 1027}, SN_DTYPE_FLOAT16, 0},
-                                    {{64, 3, 3, 3}, SN_DTYPE_FLOAT32, 0},
-                                    {{300, 700}, SN_DTYPE_BFLOAT16, 1},
-                                    {{1, 1}, SN_DTYPE_FLOAT32, 0}},
-                                   false);
+  expect_streaming_division_bitwise({{{333, 1027}, SN_DTYPE_FLOAT32, 0},
+                                     {{512, 1024}, SN_DTYPE_BFLOAT16, 0},
+                                     {{333, 1027}, SN_DTYPE_FLOAT16, 0},
+                                     {{64, 3, 3, 3}, SN_DTYPE_FLOAT32, 0},
+                                     {{300, 700}, SN_DTYPE_BFLOAT16, 1},
+                                     {{1, 1}, SN_DTYPE_FLOAT32, 0}});
 }
 
-// Layers large enough to unroll on any GPU of up to 250 SMs (over 2 million 16-byte packs in
-// fp32, 1 million in the 2-byte types), with and without a tail.
-TEST(GpuLarge, DivisionVariantsUnrollOnLargeLayers) {
+// Layers large enough that the division's threads take several 16-byte packs each (over 2 million
+// packs in fp32, 1 million in the 2-byte types; its grid is at most 16 blocks of 256 per SM), with
+// and without a tail.
+TEST(GpuLarge, StreamingDivisionOnLargeLayersIsBitwiseThePlainOne) {
   REQUIRE_GPU();
-  expect_division_variants_bitwise({{{2001, 4099}, SN_DTYPE_FLOAT32, 0},
-                                    {{2001, 4099}, SN_DTYPE_FLOAT16, 0},
-                                    {{2000, 4104}, SN_DTYPE_BFLOAT16, 0}},
-                                   true);
+  expect_streaming_division_bitwise({{{2001, 4099}, SN_DTYPE_FLOAT32, 0},
+                                     {{2001, 4099}, SN_DTYPE_FLOAT16, 0},
+                                     {{2000, 4104}, SN_DTYPE_BFLOAT16, 0}});
 }
 
 // Also under the SPECNORM_TUNE variants that change how kernels are launched: programmatic
@@ -496,8 +441,7 @@ TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   const std::pair<const char *, sn_algo_t> variants[] = {
       {nullptr, SN_ALGO_DEFAULT}, {nullptr, SN_ALGO_ONE_PASS}, {"pdl=1", SN_ALGO_DEFAULT},
-      {"pdl=1", SN_ALGO_ONE_PASS}, {"pdl=1,op_cluster=4", SN_ALGO_ONE_PASS},
-      {"op_depth=2", SN_ALGO_ONE_PASS}};
+      {"pdl=1", SN_ALGO_ONE_PASS}, {"pdl=1,op_cluster=4", SN_ALGO_ONE_PASS}};
   for (const auto &[tune, algo] : variants) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + (tune ? tune : "") + " algo " + std::to_string(int(algo)));
     env.set(tune);

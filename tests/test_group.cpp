@@ -214,20 +214,6 @@ TEST(GroupCpu, TuneKnobsParse) {
   }
   env.set("group_grid_force=300");
   EXPECT_EQ(sn_cuda_tune_group_coop(4.2e6), INT_MAX) << "group_grid_force does not cap like group_grid";
-  // group_fuse, and which layers fuse: at most 8 reduce blocks (w <= 2048) and 32768 floats of
-  // partials (rows blocks × w).
-  for (const auto &[t, want] : std::vector<std::pair<const char *, int>>{
-           {nullptr, 0}, {"group_fuse=1", 1}, {"group_fuse=0", 0}, {"group_fuse=2", 0}, {"group_coop=1,group_fuse=1", 1}}) {
-    env.set(t);
-    EXPECT_EQ(sn_cuda_tune_group_fuse(), want) << (t ? t : "(unset)");
-  }
-  EXPECT_EQ(sn_cuda_group_fused(1, 16, 1152), 1);  // SN-GAN's 128 × 128 × 3 × 3
-  EXPECT_EQ(sn_cuda_group_fused(0, 16, 1152), 0);
-  EXPECT_EQ(sn_cuda_group_fused(1, 1, 128), 1);
-  EXPECT_EQ(sn_cuda_group_fused(1, 16, 2048), 1);  // 8 reduce blocks, 32768 floats
-  EXPECT_EQ(sn_cuda_group_fused(1, 17, 2048), 0);  // 34816 floats
-  EXPECT_EQ(sn_cuda_group_fused(1, 1, 2049), 0);   // 9 reduce blocks
-  EXPECT_EQ(sn_cuda_group_fused(1, 264, 600), 0);  // 3000 × 600 on 132 SMs
   // group_onchip and its cluster size (1, 2, 4, 8), each its own key. Unset, it is on where the
   // device has clusters (here: auto), unless a key forces another group path.
   const int autom = sn_cuda_clusters_usable();
@@ -611,64 +597,6 @@ TEST(GroupGpu, CooperativeLaunchOnFewBlocksIsBitwiseTheThreeKernels) {
   for (const char *grid : {"1", "7"}) expect_coop_equals_three_kernels(ms, grid, rng);
 }
 
-// Whether every member of `ms` reduces in its rows blocks under group_fuse=1 on the current
-// device (sn_cuda_group_fused with the device's multiprocessors: more of them, more rows blocks).
-static bool all_members_fuse(const std::vector<Member> &ms) {
-  int dev = 0, sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    return false;
-  for (const Member &m : ms) {
-    const int64_t h = m.shape[size_t(m.dim)], w = numel_of(m.shape) / h;
-    if (!sn_cuda_group_fused(1, sn_cuda_group_row_blocks(h, sn_cuda_group_warp_k(w), sms), w)) return false;
-  }
-  return true;
-}
-
-// The three kernels' launches for `ms` (2 iterations in training: one member has them), with or
-// without the reduce step.
-static Nodes three_kernel_nodes(bool reduce_step) { return reduce_step ? Nodes{5, 3} : Nodes{3, 2}; }
-
-// group_fuse=1: the layers with few partials add them up in their last rows block
-// (sn_cuda_group_fused), with the reduce step's arithmetic: bit for bit the group without it, in
-// three kernels and in one cooperative launch (on as many blocks as fit, and on 1 and 7, where a
-// block runs several rows blocks of a layer, one of them its last). A group whose layers all fuse
-// (here SN-GAN's and one of 2 iterations, fp16 130 × 1000; 1.2M elements, small enough for the
-// sanitizers) has no reduce step: rows and commit, 2 launches, 1 more per further iteration.
-TEST(GroupGpu, FusedReductionIsBitwiseTheReduceStep) {
-  REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
-  std::vector<Member> all;
-  for (const Member &m : every_kind_of_member())
-    if (m.shape[0] == 128 || m.shape[0] == 1 || m.iters == 2) all.push_back(m);
-  ASSERT_EQ(all.size(), 7u);
-  ASSERT_TRUE(all_members_fuse(all));
-  expect_groups_bitwise(all, "group_coop=0,group_fuse=0", three_kernel_nodes(true), "group_coop=0,group_fuse=1",
-                        three_kernel_nodes(false), rng);
-  for (const char *grid : {"", ",group_grid=1", ",group_grid=7"})
-    expect_groups_bitwise(all, "group_coop=0,group_fuse=1", three_kernel_nodes(false),
-                          std::string("group_coop=1,group_fuse=1") + grid, {1, 1}, rng);
-}
-
-// The same in a mixed group, which keeps the reduce step for its other layers (3000 × 600: 3
-// reduce blocks over 2 · SMs rows blocks of partials, on a device of 28 SMs or more).
-TEST(GroupGpu, FusedReductionInMixedGroupsIsBitwiseTheReduceStep) {
-  REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
-  const std::vector<Member> mixed = members_up_to_2m();
-  const Nodes mixed_fused = three_kernel_nodes(!all_members_fuse(mixed));
-  for (const char *grid : {"", ",group_grid=7"}) {
-    expect_groups_bitwise(mixed, "group_coop=0,group_fuse=0", three_kernel_nodes(true),
-                          "group_coop=0,group_fuse=1", mixed_fused, rng);
-    expect_groups_bitwise(mixed, "group_coop=0,group_fuse=0", three_kernel_nodes(true),
-                          std::string("group_coop=1,group_fuse=1") + grid, {1, 1}, rng);
-  }
-}
-
 // A group of `shapes` (fp32) created under SPECNORM_TUNE `refused`, whose single launch the device
 // refuses, against the same layers grouped under `plain`: eagerly the fallback runs at once, bit
 // for bit, and stays; refused during a capture (a group whose layers warmed up on their own, so
@@ -734,9 +662,9 @@ static void expect_refusal_falls_back(const std::vector<std::vector<int64_t>> &s
 }
 
 // A cooperative launch that the device refuses (group_grid_force: more blocks than can be
-// resident) runs as the three kernels instead (group_fuse=0: with the reduce step, whatever
-// SPECNORM_TUNE says). The refusal is assumed to be cudaErrorCooperativeLaunchTooLarge: if it is
-// not, the eager forward fails with the error CUDA returned.
+// resident) runs as the three kernels instead. The refusal is assumed to be
+// cudaErrorCooperativeLaunchTooLarge: if it is not, the eager forward fails with the error CUDA
+// returned.
 TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
   REQUIRE_GPU();
   int dev = 0, coop = 0;
@@ -744,8 +672,8 @@ TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
   CUDA_OK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
   if (!coop) GTEST_SKIP() << "no cooperative launch on this device";
   std::vector<std::string> eager, captured;
-  expect_refusal_falls_back({{64, 3, 3, 3}, {128, 64, 3, 3}, {300, 517}, {1, 128}}, "group_coop=0,group_fuse=0",
-                            "group_coop=1,group_grid_force=1000000,group_fuse=0", "cooperative", &eager, &captured);
+  expect_refusal_falls_back({{64, 3, 3, 3}, {128, 64, 3, 3}, {300, 517}, {1, 128}}, "group_coop=0",
+                            "group_coop=1,group_grid_force=1000000", "cooperative", &eager, &captured);
   EXPECT_EQ(eager.size(), 3u);
   EXPECT_EQ(captured.size(), 3u);
 }
