@@ -338,6 +338,40 @@ TEST(Gpu, OnePassWideRowsRunsAreBitwiseIdentical) {
   expect_rows_runs_bitwise({{{777, 8192}, SN_DTYPE_FLOAT32}, {{300, 16384}, SN_DTYPE_BFLOAT16}});
 }
 
+// Without SPECNORM_TUNE's div_stream, the division is evict-first where W takes more than a quarter
+// of the L2 and at most twice it (cuda/forward.cu, div_stream_default), counted in W's dtype.
+TEST(Gpu, StreamingDivisionByDefaultFollowsTheL2) {
+  REQUIRE_GPU();
+  const char *tune = std::getenv("SPECNORM_TUNE");
+  if (tune && std::strstr(tune, "div_stream=")) GTEST_SKIP() << "SPECNORM_TUNE sets div_stream: " << tune;
+  int dev = 0, l2 = 0;
+  CUDA_OK(cudaGetDevice(&dev));
+  CUDA_OK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+  ASSERT_GT(l2, 4096 * 64);
+  const int64_t row = 4096;  // columns; fp32 rows of 16 KB
+  const struct {
+    int64_t rows;
+    sn_dtype_t dt;
+    int streaming;
+  } cases[] = {
+      {l2 / 4 / (row * 4), SN_DTYPE_FLOAT32, 0},           // a quarter of the L2: not above it
+      {l2 / 4 / (row * 4) + 1, SN_DTYPE_FLOAT32, 1},       // a row more
+      {l2 / 4 / (row * 4) + 1, SN_DTYPE_BFLOAT16, 0},      // the same shape in 2 bytes: half
+      {2 * l2 / (row * 4), SN_DTYPE_FLOAT32, 1},           // twice the L2
+      {2 * l2 / (row * 4) + 1, SN_DTYPE_FLOAT32, 0},       // a row more
+      {2 * l2 / (row * 4) + 1, SN_DTYPE_BFLOAT16, 1},
+      {64, SN_DTYPE_FLOAT32, 0},
+  };
+  for (const auto &c : cases) {
+    SCOPED_TRACE(std::to_string(c.rows) + " x " + std::to_string(row) + " dtype " + std::to_string(int(c.dt)));
+    sn_layer_desc_t d = make_desc({c.rows, row}, SN_BACKEND_CUDA);
+    d.dtype = c.dt;
+    LayerPtr l(d);
+    ASSERT_TRUE(l.p) << sn_last_error_message();
+    EXPECT_EQ(l.p->plan.div_stream, c.streaming);
+  }
+}
+
 // The division with evict-first loads of W and stores of W_sn (SPECNORM_TUNE=div_stream=1) writes
 // what the plain one writes: the same W_sn and state, bit for bit, out of place and in place
 // (W_sn = W), training and eval; and each layer launches its instance (captured kernel names).
