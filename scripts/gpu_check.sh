@@ -47,7 +47,7 @@
 # without configure, the build folder an earlier call left on the same machine is reused; no
 # time is reserved for the steps left out), BUILD_DIR, SN_CHECK_BUDGET_S, SN_CTEST_J (ctest -j, default 4; the tests
 # that measure device memory are RUN_SERIAL), SN_SANITIZER_FILTER (a --gtest_filter for the sanitizer runs),
-# SN_SANITIZER_API_ERRORS (compute-sanitizer --report-api-errors, default "no": the tests provoke
+# SN_RACECHECK_CAP (racecheck's timeout, default 150 s), SN_SANITIZER_API_ERRORS (compute-sanitizer --report-api-errors, default "no": the tests provoke
 # CUDA API errors on purpose), SN_CMAKE_ARGS (extra configure arguments), SN_DEPS_FORCE_ALL=1
 # (load every LAPACK-side library from .deps even where the system has one).
 set -uo pipefail
@@ -401,7 +401,7 @@ sanitize() {  # sanitize TOOL...
   else
     extra=()
     [[ $tool == memcheck ]] && extra=(--leak-check full)
-    case $tool in memcheck) cap=100; reserve=180 ;; racecheck) cap=150; reserve=120 ;; *) cap=45; reserve=0 ;; esac
+    case $tool in memcheck) cap=100; reserve=180 ;; racecheck) cap=${SN_RACECHECK_CAP:-150}; reserve=120 ;; *) cap=45; reserve=0 ;; esac
     args=("${GTEST_ARGS[@]}")
     # racecheck, initcheck and synccheck are slow: they take a few tests that run each kernel
     # family once (SN_SMALL_FILTER; 41 s, 13 s and 14 s on an H100 at e6c00d0; racecheck took
