@@ -229,7 +229,7 @@ TEST(GroupCpu, TuneKnobsParse) {
                 {"group_coop=0,group_onchip=1", 1, 0},
                 {"group_onchip=1", 1, 0},
                 {"group_onchip=0", 0, 0},
-                {"group_onchip=2", 0, 0},
+                {"group_onchip=2", autom, 0},  // a bad value is ignored: unset
                 {"group_onchip=1,group_onchip_cluster=8", 1, 8},
                 {"group_onchip_cluster=2,group_onchip=1", 1, 2},
                 {"group_onchip=1,group_onchip_cluster=3", 1, 0},
