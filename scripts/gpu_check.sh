@@ -575,11 +575,20 @@ detail() {
     "$SN_BENCH" --preset sngan-cifar10 --mode train,scale --no-baseline --no-graph --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
   fi
-  # The grouped forward with every layer on chip (cuda/on_chip.cu): where its ~8-10 µs go
-  # (predicted; the copy's LDGSTS, the cluster barrier UCGABAR_WAIT, the distributed loads LD.E).
-  SPECNORM_TUNE=group_onchip=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:on_chip" -c 2 \
-    "$SN_BENCH" --preset sngan-cifar10 --mode train,scale --no-baseline --no-graph --no-check \
-    --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0
+  # The grouped forward with every layer on chip (cuda/on_chip.cu; the default for SN-GAN on sm_90):
+  # where its 15-17 µs go (8-10 were predicted; the copy's LDGSTS, the cluster barrier
+  # UCGABAR_WAIT, the distributed loads LD.E).
+  # --print-details all: the source-counter tables (which instructions make the 54% excess global
+  # sectors and 32% excess shared wavefronts seen on the H200 at 89aa697); without it if this ncu
+  # does not know the option.
+  local pd
+  for pd in "--print-details all" ""; do
+    # shellcheck disable=SC2086
+    SPECNORM_TUNE=group_onchip=1 "$NCU" --clock-control none "${sec[@]}" $pd -k "regex:on_chip" -c 2 \
+      "$SN_BENCH" --preset sngan-cifar10 --mode train,scale --no-baseline --no-graph --no-check \
+      --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 && return 0
+  done
+  return 1
 }
 if [[ "${SN_NCU_DETAIL:-0}" != 1 && "${SN_NCU_DETAIL:-0}" != onchip ]]; then
   skip_step ncu_detail "$OUT/bench.log" "off (SN_NCU_DETAIL=1 runs it, =onchip its on-chip part only; results of e56c4b8 in bench/NOTES.md)"
