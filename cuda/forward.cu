@@ -67,6 +67,8 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                   layer in the shared memory of a thread-block cluster (cuda/on_chip.cu); unset:
 //                   so on sm_90 and up unless another group_ key forces a path (kDefaultGroupOnChip)
 //   group_onchip_cluster=C  with clusters of C blocks (1, 2, 4 or 8) only
+//   onchip_threads=512  the on-chip forward (op_onchip, group_onchip) with blocks of 512 threads,
+//                   not 256 (cuda/on_chip.cu; not yet measured)
 //   onchip_refuse=1 the on-chip launches (op_onchip, group_onchip) with clusters of 16 blocks,
 //                   which the device refuses (tests: the fallbacks, host/layer.c and group.c)
 // Unknown keys and bad values are ignored. (Four knobs that lost or made no difference on an H100 at
@@ -84,6 +86,7 @@ struct Tune {
   int group_onchip = -1;         // -1: the default below; 1: groups that fit on chip run on chip
   int group_onchip_cluster = 0;  // > 0: that launch's cluster size
   int onchip_refuse = 0;         // 1: the on-chip launches with clusters of 16 blocks, refused (tests)
+  int onchip_threads = 256;      // threads per block of the on-chip forward (256 or 512)
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
                        // blocks of every step)
 };
@@ -105,6 +108,7 @@ Tune read_tune() {
       {"group_onchip=", &t.group_onchip, 0, 1, false},  {"op_onchip=", &t.op_onchip, 0, 1, false},
       {"group_onchip_cluster=", &t.group_onchip_cluster, 1, 8, true},
       {"onchip_refuse=", &t.onchip_refuse, 0, 1, false},
+      {"onchip_threads=", &t.onchip_threads, 256, 512, true},
   };
   const char *s = std::getenv("SPECNORM_TUNE");
   while (s && *s) {
@@ -220,6 +224,8 @@ extern "C" int sn_cuda_tune_group_onchip(int *cluster, int *refuse) {
   const bool forced = t.group_coop >= 0 || t.group_grid > 0 || t.group_grid_force > 0;
   return !forced && kDefaultGroupOnChip && device_is_sm90_or_later() ? 1 : 0;
 }
+
+extern "C" int sn_cuda_tune_onchip_threads(void) { return read_tune().onchip_threads; }
 
 bool sn::clusters_usable() { return device_is_sm90_or_later(); }
 

@@ -61,8 +61,8 @@ constexpr int kMaxRowGroups = 16;
 // Shared memory of every block of the launch, at the same offsets in all of them (a block finds
 // its peers' buffers at its own offsets): the rows of W (placed at W's address mod 16, so 16 +
 // the largest share, rounded up to 16 bytes), then floats: v, two partial s, s (w4 each), t and
-// u (rows4 each), 4 for the partial Σ t² (one per parity of the iteration), kBlock for the row
-// groups' partial s.
+// u (rows4 each), 4 for the partial Σ t² (one per parity of the iteration), one per thread of the
+// block for the row groups' partial s.
 struct OnChipParams {
   const sn_group_entry_t *entries;  // the group's table (device), or NULL: the one layer below
   sn_group_entry_t one;
@@ -71,8 +71,8 @@ struct OnChipParams {
   bool training;
 };
 
-size_t on_chip_smem(int w_bytes, int w4, int rows4) {
-  return (size_t)w_bytes + sizeof(float) * (4 * (size_t)w4 + 2 * (size_t)rows4 + 4 + kBlock);
+size_t on_chip_smem(int w_bytes, int w4, int rows4, int threads) {
+  return (size_t)w_bytes + sizeof(float) * (4 * (size_t)w4 + 2 * (size_t)rows4 + 4 + (size_t)threads);
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -107,23 +107,23 @@ __device__ __forceinline__ Middle middle_of(const void *p, int64_t n_bytes) {
 // dst[0..n) = src[0..n) (dst in shared memory at src's address mod 16), by the block: the aligned
 // middle as 16-byte cp.async (in flight together, no registers), the < 16 bytes at either end by
 // plain loads. The caller commits and waits.
-template <class T>
+template <int NT, class T>
 __device__ __forceinline__ void copy_in(T *dst, const T *src, int64_t n) {
   const Middle m = middle_of(src, n * (int64_t)sizeof(T));
   const uintptr_t b = reinterpret_cast<uintptr_t>(src);
   char *d = reinterpret_cast<char *>(dst) + (m.lo - b);
   const char *s = reinterpret_cast<const char *>(m.lo);
   const int64_t packs = (int64_t)(m.hi - m.lo) / 16;
-  for (int64_t q = threadIdx.x; q < packs; q += kBlock) __pipeline_memcpy_async(d + 16 * q, s + 16 * q, 16);
+  for (int64_t q = threadIdx.x; q < packs; q += NT) __pipeline_memcpy_async(d + 16 * q, s + 16 * q, 16);
   const int64_t head = (int64_t)(m.lo - b) / (int64_t)sizeof(T), tail = (int64_t)(m.hi - b) / (int64_t)sizeof(T);
-  for (int64_t k = threadIdx.x; k < head; k += kBlock) dst[k] = src[k];
-  for (int64_t k = tail + threadIdx.x; k < n; k += kBlock) dst[k] = src[k];
+  for (int64_t k = threadIdx.x; k < head; k += NT) dst[k] = src[k];
+  for (int64_t k = tail + threadIdx.x; k < n; k += NT) dst[k] = src[k];
 }
 
 // out[k] = cs.apply(src[k]) for k < n, src in shared memory as copy_in placed it: 16 bytes at a
 // time where out has src's global address mod 16 (then src's aligned middle is out's), else by
 // elements.
-template <class T>
+template <int NT, class T>
 __device__ __forceinline__ void divide_out(T *out, const T *src_sm, const T *src_global, int64_t n,
                                            const CommitScale &cs) {
   const uintptr_t b = reinterpret_cast<uintptr_t>(src_global);
@@ -135,7 +135,7 @@ __device__ __forceinline__ void divide_out(T *out, const T *src_sm, const T *src
     constexpr int E = kWide<T>;
     using V = VecN<T, E>;
     const int64_t packs = (tail - head) / E;
-    for (int64_t q = threadIdx.x; q < packs; q += kBlock) {
+    for (int64_t q = threadIdx.x; q < packs; q += NT) {
       const int64_t k = head + E * q;
       float x[E];
       V::cvt(V::load_raw(src_sm + k), x);
@@ -144,11 +144,11 @@ __device__ __forceinline__ void divide_out(T *out, const T *src_sm, const T *src
       V::store(out + k, x);
     }
   }
-  for (int64_t k = threadIdx.x; k < head; k += kBlock) out[k] = from_f<T>(cs.apply(to_f(src_sm[k])));
-  for (int64_t k = tail + threadIdx.x; k < n; k += kBlock) out[k] = from_f<T>(cs.apply(to_f(src_sm[k])));
+  for (int64_t k = threadIdx.x; k < head; k += NT) out[k] = from_f<T>(cs.apply(to_f(src_sm[k])));
+  for (int64_t k = tail + threadIdx.x; k < n; k += NT) out[k] = from_f<T>(cs.apply(to_f(src_sm[k])));
 }
 
-template <class T>
+template <class T, int NT>
 __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, unsigned r, char *sm) {
   const unsigned C = (unsigned)p.cluster;
   const bool training = p.training;
@@ -163,22 +163,22 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
   float *t_sm = v_sm + 4 * p.w4, *u_sm = t_sm + p.rows4, *tsq_sm = u_sm + p.rows4, *grp_sm = tsq_sm + 4;
 
   // Load: W's rows, v (iteration 0) and, eval, u_i: all in flight together.
-  copy_in(Ws, Wg, n);
-  for (int j = threadIdx.x; j < w; j += kBlock) __pipeline_memcpy_async(&v_sm[j], &e.v[j], 4);
+  copy_in<NT>(Ws, Wg, n);
+  for (int j = threadIdx.x; j < w; j += NT) __pipeline_memcpy_async(&v_sm[j], &e.v[j], 4);
   if (!training)
-    for (int k = threadIdx.x; k < rows; k += kBlock) __pipeline_memcpy_async(&u_sm[k], &e.u[i0 + k], 4);
+    for (int k = threadIdx.x; k < rows; k += NT) __pipeline_memcpy_async(&u_sm[k], &e.u[i0 + k], 4);
   __pipeline_commit();
   // The state as this forward found it: nothing writes it before this cluster's own commit.
   const unsigned health = reinterpret_cast<const unsigned *>(e.sigma)[3];
   const float sig_old = e.sigma[0], gamma = e.gamma ? *e.gamma : 1.f;
   __pipeline_wait_prior(0);
   if (training && (health & SN_HEALTH_RESTART))  // restart from ones (the thread's own copies)
-    for (int j = threadIdx.x; j < w; j += kBlock) v_sm[j] = 1.f;
+    for (int j = threadIdx.x; j < w; j += NT) v_sm[j] = 1.f;
   __syncthreads();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int iters = training ? e.n_iters : 1;
-  const int groups = w < kBlock / 2 ? min(kMaxRowGroups, kBlock / w) : 1;  // of rows, for s
+  const int groups = w < NT / 2 ? min(kMaxRowGroups, NT / w) : 1;  // of rows, for s
   float m_t = 1.f, m_s = 1.f, sig = 0.f;
   for (int it = 0; it < iters; ++it) {
     const int par = it & 1;
@@ -192,14 +192,14 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
       int L = 1;
       while (L < w) L <<= 1;
       const int per = 32 / L, g = lane / L, l = lane % L;  // rows per warp, this lane's row and column
-      for (int k0 = warp * per; k0 < rows; k0 += kWarps * per) {  // warp-uniform: all lanes shuffle
+      for (int k0 = warp * per; k0 < rows; k0 += (NT / 32) * per) {  // warp-uniform: all lanes shuffle
         const int k = k0 + g;
         float d = k < rows && l < w ? to_f(Ws[(int64_t)k * w + l]) * v_sm[l] : 0.f;
         for (int o = L / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
         if (l == 0 && k < rows) t_sm[k] = training ? d : u_sm[k] * d;
       }
     } else {
-      for (int k = warp; k < rows; k += kWarps) {
+      for (int k = warp; k < rows; k += (NT / 32)) {
         const T *row = Ws + (int64_t)k * w;
         float d = 0.f;
         // (Unrolled, so that the shared-memory loads of 8 steps are in flight together: the sum's
@@ -215,7 +215,7 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
     // The block's partial s (training): a thread per column over the rows in order, or, narrow,
     // over rows g, g + groups, ... and then the groups in order.
     if (training && groups == 1) {
-      for (int j = threadIdx.x; j < w; j += kBlock) {
+      for (int j = threadIdx.x; j < w; j += NT) {
         float x = 0.f;
 #pragma unroll 4
         for (int k = 0; k < rows; ++k) x = fmaf(t_sm[k], to_f(Ws[(int64_t)k * w + j]), x);
@@ -238,8 +238,8 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
     }
     // And its Σ t² (eval: Σ u_i t_i).
     float q = 0.f;
-    for (int k = threadIdx.x; k < rows; k += kBlock) q = training ? fmaf(t_sm[k], t_sm[k], q) : q + t_sm[k];
-    q = block_sum(q);
+    for (int k = threadIdx.x; k < rows; k += NT) q = training ? fmaf(t_sm[k], t_sm[k], q) : q + t_sm[k];
+    q = block_sum<NT>(q);
     if (threadIdx.x == 0) tsq_sm[par] = q;
     cluster_sync();  // every block's partials are in its shared memory
     // The cluster's sums, in rank order: the same bits in every block.
@@ -255,7 +255,7 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
     const float rt = 1.f / m_t;
     float sq = 0.f;
 #pragma unroll 2
-    for (int j = threadIdx.x; j < w; j += kBlock) {
+    for (int j = threadIdx.x; j < w; j += NT) {
       float x = 0.f;
 #pragma unroll
       for (unsigned c = 0; c < (unsigned)kOnChipMaxCluster; ++c)
@@ -264,12 +264,12 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
       s_sm[j] = x;
       sq += __fmul_rn(x, x);
     }
-    const float ssq = block_sum(sq);
+    const float ssq = block_sum<NT>(sq);
     m_s = fmaxf(sqrtf(ssq), e.eps);
     sig = ssq / m_s;
     if (it + 1 < iters) {
       const float rs = 1.f / m_s;
-      for (int j = threadIdx.x; j < w; j += kBlock) v_sm[j] = s_sm[j] * rs;  // the thread's own s_j
+      for (int j = threadIdx.x; j < w; j += NT) v_sm[j] = s_sm[j] * rs;  // the thread's own s_j
       __syncthreads();
     }
   }
@@ -279,19 +279,24 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
 
   const CommitScale cs = commit_scale_of(sig, sig_old, e.norm_bound, gamma);
   if (training && cs.good) {
-    for (int k = threadIdx.x; k < rows; k += kBlock) e.u[i0 + k] = t_sm[k] / m_t;
+    for (int k = threadIdx.x; k < rows; k += NT) e.u[i0 + k] = t_sm[k] / m_t;
     const int j0 = (int)((int64_t)w * r / C), j1 = (int)((int64_t)w * (r + 1) / C);
-    for (int j = j0 + threadIdx.x; j < j1; j += kBlock) e.v[j] = s_sm[j] / m_s;
+    for (int j = j0 + threadIdx.x; j < j1; j += NT) e.v[j] = s_sm[j] / m_s;
   }
   if (r == 0 && threadIdx.x == 0) commit_state_word_of(e.sigma, cs, training, health);
-  if (e.W_sn) divide_out(static_cast<T *>(e.W_sn) + i0 * w, Ws, Wg, n, cs);
+  if (e.W_sn) divide_out<NT>(static_cast<T *>(e.W_sn) + i0 * w, Ws, Wg, n, cs);
   cluster_wait();
 }
 
 // (2 blocks per SM, said explicitly: unbounded, ptxas took sm_90 code to 133 registers, 1 block
 // per SM, and held sm_80 code to 64 with 104 bytes of spills; bounded, 128 and 99, no spill.
-// SN-GAN's clusters of 8 take ~92 KB of shared memory per block: 2 per SM.)
-__global__ void __launch_bounds__(kBlock, 2) group_on_chip_kernel(OnChipParams p) {
+// SN-GAN's clusters of 8 take ~92 KB of shared memory per block: 2 per SM.) NT = 512
+// (SPECNORM_TUNE=onchip_threads=512, not yet measured): one block per SM of twice the warps, the
+// same registers per thread. On the H200 at 89aa697 the 256-thread kernel ran SN-GAN with one
+// block on each of 88 SMs, 2 warps per scheduler, 0.22 of them eligible: latency-bound; twice the
+// warps per block halves each thread's share of every step.
+template <int NT>
+__global__ void __launch_bounds__(NT, 512 / NT) group_on_chip_kernel(OnChipParams p) {
   extern __shared__ float4 on_chip_sm[];
   // A group's table is written once, at its creation: read before waiting on the previous kernel.
   const sn_group_entry_t e = p.entries ? p.entries[blockIdx.x / (unsigned)p.cluster] : p.one;
@@ -299,9 +304,9 @@ __global__ void __launch_bounds__(kBlock, 2) group_on_chip_kernel(OnChipParams p
   const unsigned r = cluster_rank();
   char *sm = reinterpret_cast<char *>(on_chip_sm);
   switch (e.dtype) {
-    case SN_DTYPE_FLOAT16: layer_on_chip<__half>(p, e, r, sm); break;
-    case SN_DTYPE_BFLOAT16: layer_on_chip<__nv_bfloat16>(p, e, r, sm); break;
-    default: layer_on_chip<float>(p, e, r, sm); break;
+    case SN_DTYPE_FLOAT16: layer_on_chip<__half, NT>(p, e, r, sm); break;
+    case SN_DTYPE_BFLOAT16: layer_on_chip<__nv_bfloat16, NT>(p, e, r, sm); break;
+    default: layer_on_chip<float, NT>(p, e, r, sm); break;
   }
 }
 
@@ -338,7 +343,7 @@ __device__ void backward_on_chip(const OnChipBwParams &p, unsigned r, char *sm) 
   T *dWg = static_cast<T *>(p.dW) + i0 * w;
   T *Gs = reinterpret_cast<T *>(sm + (reinterpret_cast<uintptr_t>(Gg) & 15));
   float *gw_sm = reinterpret_cast<float *>(sm + p.w_bytes);
-  copy_in(Gs, Gg, n);
+  copy_in<kBlock>(Gs, Gg, n);
   __pipeline_commit();
   const float sig = p.sigma[0], a = p.sigma[2];  // the last forward's σ and scale
   __pipeline_wait_prior(0);
@@ -410,7 +415,7 @@ struct Layout {
   size_t share = 0;     // the largest share of W's bytes a block holds
 };
 
-Layout layout_for(const sn_group_entry_t *ent, int count, int C) {
+Layout layout_for(const sn_group_entry_t *ent, int count, int C, int threads) {
   Layout L;
   int64_t w = 1, rows = 1;
   for (int k = 0; k < count; ++k) {
@@ -425,41 +430,46 @@ Layout layout_for(const sn_group_entry_t *ent, int count, int C) {
   L.w_bytes = (int)((16 + L.share + 15) / 16 * 16);
   L.w4 = (int)((w + 3) / 4 * 4);
   L.rows4 = (int)((rows + 3) / 4 * 4);
-  L.bytes = on_chip_smem(L.w_bytes, L.w4, L.rows4);
+  L.bytes = on_chip_smem(L.w_bytes, L.w4, L.rows4, threads);
   return L;
 }
 
 // Whether clusters of C blocks with `bytes` of shared memory each can run on the current device
 // (C = 1 without clusters: a block): the kernel may use that much (allow_shared_memory checks it
 // against the device, less the static shared memory), and the occupancy query finds room.
+template <int NT>
 bool schedulable(int C, size_t bytes, bool clusters) {
-  if (allow_shared_memory(group_on_chip_kernel, bytes) != cudaSuccess) {
+  if (allow_shared_memory(group_on_chip_kernel<NT>, bytes) != cudaSuccess) {
     (void)cudaGetLastError();
     return false;
   }
   int fit = 0;
   cudaError_t e;
   if (clusters) {
-    ClusterLaunch L(C, kBlock, bytes, C, nullptr);
-    e = cudaOccupancyMaxActiveClusters(&fit, group_on_chip_kernel, &L.cfg);
+    ClusterLaunch L(C, NT, bytes, C, nullptr);
+    e = cudaOccupancyMaxActiveClusters(&fit, group_on_chip_kernel<NT>, &L.cfg);
   } else {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, group_on_chip_kernel, kBlock, bytes);
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, group_on_chip_kernel<NT>, NT, bytes);
   }
   if (e != cudaSuccess) (void)cudaGetLastError();
   return e == cudaSuccess && fit >= 1;
 }
 
+bool schedulable(int C, size_t bytes, bool clusters, int threads) {
+  return threads == 512 ? schedulable<512>(C, bytes, clusters) : schedulable<256>(C, bytes, clusters);
+}
+
 }  // namespace
 
-// kernel<<<blocks, kBlock, smem, stream>>>(p) in clusters of oc.cluster blocks (plain blocks
+// kernel<<<blocks, threads, smem, stream>>>(p) in clusters of oc.cluster blocks (plain blocks
 // without clusters), as a programmatic dependent launch when pdl. (oc.refuse, tests only:
 // clusters of 16, which need cudaFuncAttributeNonPortableClusterSizeAllowed, not set: the launch
 // is refused, cudaErrorInvalidClusterSize by the CUDA documentation. SPECNORM_TUNE=onchip_refuse=1.)
 template <class P>
-cudaError_t launch_clusters(const sn_on_chip_t &oc, void (*kernel)(P), int blocks, size_t smem,
-                            bool pdl, cudaStream_t stream, const P &p) {
-  if (!oc.clusters) return launch(pdl, kernel, blocks, kBlock, smem, stream, p);
-  ClusterLaunch L(blocks, kBlock, smem, oc.refuse ? 16 : oc.cluster, stream, pdl);
+cudaError_t launch_clusters(const sn_on_chip_t &oc, void (*kernel)(P), int blocks, int threads,
+                            size_t smem, bool pdl, cudaStream_t stream, const P &p) {
+  if (!oc.clusters) return launch(pdl, kernel, blocks, threads, smem, stream, p);
+  ClusterLaunch L(blocks, threads, smem, oc.refuse ? 16 : oc.cluster, stream, pdl);
   return cudaLaunchKernelEx(&L.cfg, kernel, p);
 }
 
@@ -469,7 +479,7 @@ cudaError_t launch_on_chip_backward(const sn_cuda_plan_t &plan, const sn_cuda_ba
   const OnChipBwParams p{a.W, a.G, a.dW, plan.view.h, plan.view.A * plan.view.B, (int)plan.dtype,
                          a.u, a.v, a.sigma, plan.norm_bound, a.accumulate != 0, a.detach_sigma != 0,
                          a.dgamma, oc.cluster, oc.w_bytes};
-  return launch_clusters(oc, on_chip_backward_kernel, oc.cluster, on_chip_bw_smem(oc.w_bytes),
+  return launch_clusters(oc, on_chip_backward_kernel, oc.cluster, kBlock, on_chip_bw_smem(oc.w_bytes),
                          plan.pdl != 0, stream, p);
 }
 
@@ -484,8 +494,10 @@ cudaError_t launch_on_chip(const sn_on_chip_t &oc, const sn_group_entry_t *entri
   p.w4 = oc.w4;
   p.rows4 = oc.rows4;
   p.training = training;
-  return launch_clusters(oc, group_on_chip_kernel, count * oc.cluster,
-                         on_chip_smem(p.w_bytes, p.w4, p.rows4), pdl, stream, p);
+  const size_t smem = on_chip_smem(p.w_bytes, p.w4, p.rows4, oc.threads);
+  if (oc.threads == 512)
+    return launch_clusters(oc, group_on_chip_kernel<512>, count * oc.cluster, 512, smem, pdl, stream, p);
+  return launch_clusters(oc, group_on_chip_kernel<256>, count * oc.cluster, 256, smem, pdl, stream, p);
 }
 
 }  // namespace sn
@@ -501,11 +513,12 @@ extern "C" void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, 
   // scheduled, e.g. under an SM limit, is passed over: schedulable.)
   int best = 0;
   sn::Layout chosen;
+  const int threads = sn_cuda_tune_onchip_threads();
   for (int C = 1; C <= (clusters ? sn::kOnChipMaxCluster : 1); C *= 2) {
     if (force_cluster > 0 && C != force_cluster) continue;
-    const sn::Layout L = sn::layout_for(ent, count, C);
+    const sn::Layout L = sn::layout_for(ent, count, C, threads);
     if (L.bytes == 0) return;  // a layer that cannot be on chip: not this path
-    if (!sn::schedulable(C, L.bytes, clusters)) continue;
+    if (!sn::schedulable(C, L.bytes, clusters, threads)) continue;
     best = C;
     chosen = L;
     if (!prefer_large && L.share <= sn::kOnChipTargetBytes) break;
@@ -519,6 +532,7 @@ extern "C" void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, 
       (void)cudaGetLastError();
   }
   oc->cluster = best;
+  oc->threads = threads;
   oc->clusters = clusters ? 1 : 0;
   oc->w_bytes = chosen.w_bytes;
   oc->w4 = chosen.w4;

@@ -52,6 +52,7 @@ static inline SN_HD unsigned sn_health_after(unsigned h, float sig, int training
  * shared memory of one cluster of `cluster` blocks. */
 typedef struct {
   int cluster;            /* > 0: blocks per cluster (1, 2, 4, 8); 0: not on chip */
+  int threads;            /* per block of the forward: 256, or 512 (SPECNORM_TUNE=onchip_threads=512) */
   int clusters;           /* 1: launched as thread-block clusters (sm_90); 0: plain blocks (cluster 1) */
   int w_bytes, w4, rows4; /* the shared-memory layout of every block */
   int backward;           /* a single layer: its backward runs on chip too (cuda/on_chip.cu) */
@@ -228,6 +229,8 @@ int sn_cuda_clusters_usable(void);
 /* SPECNORM_TUNE's group_onchip (0 if unset), group_onchip_cluster (*cluster, 0 if unset) and
  * onchip_refuse (*refuse). */
 int sn_cuda_tune_group_onchip(int *cluster, int *refuse);
+/* Threads per block of the on-chip forward: 256, or 512 with SPECNORM_TUNE=onchip_threads=512. */
+int sn_cuda_tune_onchip_threads(void);
 /* Whether the `count` layers that ent describes (host memory; A, h, w and dtype are read) can all
  * be held on chip in one launch on the current device, and how (cuda/on_chip.cu says which):
  * fills *oc, oc->cluster = 0 when not (also when a device query fails: the other paths need

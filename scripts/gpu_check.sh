@@ -345,13 +345,14 @@ fi
 
 # ---- the on-chip forward and backward (cuda/on_chip.cu; groups that fit run on chip by default on
 # sm_90 since 6626f15's measurements; single layers only with op_onchip=1): SN-GAN layer by layer
-# and grouped, the defaults against group_onchip=0 (the cooperative launch) and op_onchip=1, with
-# sn_bench's check against the CPU reference on (its "check" column); then single layers of
-# SN-GAN's and SN-DCGAN's sizes with and without op_onchip=1, to find where one layer on chip
-# (one cluster, at most 8 SMs) stops paying.
+# and grouped, the defaults against group_onchip=0 (the cooperative launch), onchip_threads=512
+# (blocks of 512 threads: goal 4's fp32 16.7 µs on an H100 is latency-bound, 2 warps per scheduler)
+# and op_onchip=1, with sn_bench's check against the CPU reference on (its "check" column); then
+# single layers of SN-GAN's and SN-DCGAN's sizes with and without op_onchip=1, to find where one
+# layer on chip (one cluster, at most 8 SMs) stops paying.
 onchip() {
   local t rc=0 table=() stable=()
-  for t in default group_onchip=0 op_onchip=1; do
+  for t in default group_onchip=0 onchip_threads=512 op_onchip=1 op_onchip=1,onchip_threads=512; do
     local js="$LOGS/onchip_${t//[=,]/_}.json"
     echo "################ SPECNORM_TUNE=$t"
     SPECNORM_TUNE="${t#default}" "$SN_BENCH" --preset sngan-cifar10 --dtype f32,bf16 \
@@ -359,7 +360,7 @@ onchip() {
     table+=("$t=$js")
   done
   python3 "$REPO/bench/variants_table.py" "${table[@]}" || rc=1
-  for t in default op_onchip=1; do
+  for t in default op_onchip=1 op_onchip=1,onchip_threads=512; do
     local js="$LOGS/onchip_shapes_${t//[=,]/_}.json"
     echo "################ SPECNORM_TUNE=$t: single layers"
     SPECNORM_TUNE="${t#default}" "$SN_BENCH" --shape 64x27 --shape 64x576 --shape 128x1152 \
@@ -394,7 +395,7 @@ SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*20
 # racecheck is the slowest: each kernel family once, at the smallest sizes that run it (the H100 at
 # 6626f15 spent 57 s on a rows test and over 80 s on Gpu.OnChipLayerMatchesTheCpuBackend, and was
 # cut at 150 s; the H200 at 89aa697 took 26 s for the two grouped on-chip tests below).
-SN_RACECHECK_FILTER="${SN_RACECHECK_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.CooperativeLaunchOnFewBlocks*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:Gpu.OnChipLayerLeavesOthers*:GpuTraining.OnChipLayerOptions*}"
+SN_RACECHECK_FILTER="${SN_RACECHECK_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.CooperativeLaunchOnFewBlocks*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:GroupGpu.OnChipWith512*:Gpu.OnChipLayerLeavesOthers*:GpuTraining.OnChipLayerOptions*}"
 sanitize() {  # sanitize TOOL...
  local tool cap reserve
  for tool in "$@"; do

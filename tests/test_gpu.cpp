@@ -514,12 +514,13 @@ TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
 // warm-up is one launch of the on-chip kernel. Against the CPU backend step by step, with W and
 // W_sn aligned and 4 bytes past 16; bitwise reproducible; the launch read from a graph capture.
 // Where a layer does not fit this device it keeps the other paths (not tested here).
-TEST(Gpu, OnChipLayerMatchesTheCpuBackend) {
-  REQUIRE_GPU();
+// `threads`: the forward's blocks (256, or 512 with onchip_threads=512), read from the kernel's name.
+static void expect_on_chip_layers_match_cpu(int threads) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
-  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=1").c_str());
+  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=1,onchip_threads=" + std::to_string(threads)).c_str());
+  const std::string kernel = "group_on_chip_kernel<" + std::to_string(threads) + ">";
   const Case cases[] = {Case{{1, 1}, 0, SN_ORDER_U_FIRST, 1},      Case{{1, 1000}, 0, SN_ORDER_U_FIRST, 1},
                         Case{{1000, 1}, 0, SN_ORDER_U_FIRST, 1},   Case{{7, 13}, 0, SN_ORDER_U_FIRST, 1},
                         Case{{257, 1023}, 0, SN_ORDER_U_FIRST, 2}, Case{{128, 128, 3, 3}, 0, SN_ORDER_U_FIRST, 1},
@@ -551,7 +552,7 @@ TEST(Gpu, OnChipLayerMatchesTheCpuBackend) {
       const std::vector<std::string> names =
           captured_kernels([&](cudaStream_t s) { return sn_forward(a, dW.p, o1.p, training, s); });
       EXPECT_EQ(names.size(), 1u) << (training ? "training" : "eval");
-      EXPECT_TRUE(any_matches(names, "group_on_chip_kernel")) << (names.empty() ? "?" : names[0]);
+      EXPECT_TRUE(any_matches(names, kernel)) << (names.empty() ? "?" : names[0]);
     }
     for (int step = 0; step < 3; ++step) {
       const int training = step < 2;
@@ -562,6 +563,17 @@ TEST(Gpu, OnChipLayerMatchesTheCpuBackend) {
     }
   }
   EXPECT_GT(ran, 0);
+}
+
+TEST(Gpu, OnChipLayerMatchesTheCpuBackend) {
+  REQUIRE_GPU();
+  expect_on_chip_layers_match_cpu(256);
+}
+
+// The same with blocks of 512 threads (SPECNORM_TUNE=onchip_threads=512; other reduction trees).
+TEST(Gpu, OnChipLayerOf512ThreadsMatchesTheCpuBackend) {
+  REQUIRE_GPU();
+  expect_on_chip_layers_match_cpu(512);
 }
 
 // Under op_onchip=1, layers it does not take keep their kernels: the v-first order, a layer that

@@ -249,6 +249,13 @@ TEST(GroupCpu, TuneKnobsParse) {
     (void)sn_cuda_tune_group_onchip(&cluster, &refuse);
     EXPECT_EQ(refuse, want) << t;
   }
+  // The on-chip forward's threads per block: 256, or 512.
+  for (const auto &[t, want] : std::vector<std::pair<const char *, int>>{
+           {nullptr, 256}, {"onchip_threads=512", 512}, {"onchip_threads=256", 256}, {"onchip_threads=384", 256},
+           {"onchip_threads=1024", 256}, {"onchip_threads=128", 256}, {"group_onchip=1,onchip_threads=512", 512}}) {
+    env.set(t);
+    EXPECT_EQ(sn_cuda_tune_onchip_threads(), want) << (t ? t : "(unset)");
+  }
 }
 
 TEST(GroupCpu, BadArguments) {
@@ -1043,6 +1050,28 @@ TEST(GroupGpu, DefaultRunsGroupsThatFitOnChip) {
   }
   if (expect_sngan_on_chip_here()) {
     EXPECT_TRUE(any_matches(k.training, kOnChipKernel)) << "SN-GAN's layers fit on chip on this device";
+  }
+}
+
+// Blocks of 512 threads (SPECNORM_TUNE=onchip_threads=512): the CPU's results, one launch of that
+// instance, and the degenerate steps' rules (a narrow layer of 24 columns takes 16 row groups).
+TEST(GroupGpu, OnChipWith512ThreadsMatchesCpu) {
+  REQUIRE_GPU();
+  std::vector<Member> ms = on_chip_members();
+  if (on_chip_plan(ms, 0).cluster == 0) ms = small_on_chip_members();
+  if (on_chip_plan(ms, 0).cluster == 0) GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const std::string tune = "group_onchip=1,onchip_threads=512";
+  const Captured k = expect_group_matches_cpu(ms, tune, rng);
+  expect_on_chip(k);
+  EXPECT_TRUE(any_matches(k.training, "group_on_chip_kernel<512>")) << (k.training.empty() ? "?" : k.training[0]);
+  if (on_chip_plan({{{40, 24}}, {{40, 1300}}}, 0).cluster == 0) return;
+  for (auto *check : {expect_zero_step_restarts, expect_nonfinite_step_keeps_state}) {
+    std::vector<std::string> kernels;
+    check(tune, rng, &kernels);
+    EXPECT_TRUE(any_matches(kernels, "group_on_chip_kernel<512>")) << (kernels.empty() ? "?" : kernels[0]);
   }
 }
 
