@@ -16,7 +16,7 @@
 //   t      a warp per row: t_i = M_i · v (lane-strided columns, a shuffle butterfly); for w < 32,
 //          L lanes per row (the power of two from w up), one element each.
 //   s      a thread per column: the block's partial s_j = Σ_i t_i M_ij over its rows in order
-//          (w < 128: over groups of rows, then the groups in order), and its Σ t_i² (eval:
+//          (w < NT / 2: over groups of rows, then the groups in order), and its Σ t_i² (eval:
 //          Σ u_i t_i), into its shared memory.
 //   reduce after a cluster barrier, every block adds the C partials in rank order (the same bits
 //          in every block): m_t = max(‖t‖, eps), s = Σ partials / m_t, m_s = max(‖s‖, eps),
@@ -53,7 +53,7 @@ constexpr int kOnChipMaxCluster = 8;  // the portable cluster size
 // Rows per block the cluster size aims at: a block's load, products and division scale with it.
 constexpr size_t kOnChipTargetBytes = 64 * 1024;
 
-// Narrow layers (w < kBlock / 2): the block's partial s of a column is split over up to this many
+// Narrow layers (w < NT / 2, NT the block's threads): the block's partial s of a column is split over up to this many
 // groups of rows, added up in group order (a thread per column would go through all the block's
 // rows alone: 1000 × 3 on one block, 1000 dependent steps).
 constexpr int kMaxRowGroups = 16;
@@ -494,8 +494,9 @@ cudaError_t launch_on_chip(const sn_on_chip_t &oc, const sn_group_entry_t *entri
   p.w4 = oc.w4;
   p.rows4 = oc.rows4;
   p.training = training;
-  const size_t smem = on_chip_smem(p.w_bytes, p.w4, p.rows4, oc.threads);
-  if (oc.threads == 512)
+  const int nt = oc.threads == 512 ? 512 : 256;  // the instance and its shared memory agree
+  const size_t smem = on_chip_smem(p.w_bytes, p.w4, p.rows4, nt);
+  if (nt == 512)
     return launch_clusters(oc, group_on_chip_kernel<512>, count * oc.cluster, 512, smem, pdl, stream, p);
   return launch_clusters(oc, group_on_chip_kernel<256>, count * oc.cluster, 256, smem, pdl, stream, p);
 }

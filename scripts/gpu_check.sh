@@ -446,10 +446,11 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # (pdl=1 and op_cluster=4 are the defaults on sm_90 since 1a8f84c; op_async=1 and op_fuse=1 lost on
 # the H200 at e56c4b8 and were removed, as were two rows ahead in registers and the division's
 # unrolled loads, which lost on the H100 at 6626f15. div_stream=1, the division's evict-first
-# accesses, won there: 4096² train 5% faster in fp32, 8% in bf16.)
+# accesses, won there: 4096² train 5% faster in fp32, 8% in bf16, and is the default where W takes
+# a quarter of the L2 to twice it: timed here forced off and on.)
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default div_stream=1}"
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default div_stream=0 div_stream=1}"
 variants() {
   local t rc=0 table=() ptable=()
   for t in "${TUNES[@]}"; do
