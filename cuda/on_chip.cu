@@ -1,7 +1,7 @@
 // Forward with every layer held on chip, for a group (SPECNORM_TUNE=group_onchip=1) or a single
-// warmed-up layer (op_onchip=1, which also runs the layer's backward on chip: below; both built
-// without a GPU, not yet run on one): a layer's rows are split over the blocks of one
-// thread-block cluster,
+// warmed-up layer (op_onchip=1, which also runs the layer's backward on chip: below; both tested
+// on an H100 and an H200, bench/results/2026-11-26-*): a layer's rows are split over the blocks
+// of one thread-block cluster,
 // each block copies its rows of W into its shared memory once, runs every power iteration and the
 // division from there, and the cluster's blocks add up their partial products through distributed
 // shared memory (sm_90). One launch per forward whatever the number of layers and iterations, and
@@ -53,9 +53,9 @@ constexpr int kOnChipMaxCluster = 8;  // the portable cluster size
 // Rows per block the cluster size aims at: a block's load, products and division scale with it.
 constexpr size_t kOnChipTargetBytes = 64 * 1024;
 
-// Narrow layers (w < NT / 2, NT the block's threads): the block's partial s of a column is split over up to this many
-// groups of rows, added up in group order (a thread per column would go through all the block's
-// rows alone: 1000 × 3 on one block, 1000 dependent steps).
+// Narrow layers (w < NT / 2, NT the block's threads): the block's partial s of a column is split
+// over up to this many groups of rows, added up in group order (a thread per column would go
+// through all the block's rows alone: 1000 × 3 on one block, 1000 dependent steps).
 constexpr int kMaxRowGroups = 16;
 
 // Shared memory of every block of the launch, at the same offsets in all of them (a block finds
@@ -310,8 +310,7 @@ __global__ void __launch_bounds__(NT, 512 / NT) group_on_chip_kernel(OnChipParam
   }
 }
 
-// ---- the backward of a layer on chip (op_onchip=1; cuda/backward.cu has the formula; not yet
-// run on a GPU) -------------------------------------------------------------------------------
+// ---- the backward of a layer on chip (op_onchip=1; cuda/backward.cu has the formula) ---------
 // ∂L/∂W = a·G − b·u vᵀ with b = a·⟨G, W⟩ / σ, in one launch where the two kernels of
 // cuda/backward.cu need a grid-wide sum between them: each block of the layer's cluster copies its
 // rows of G into shared memory (the forward's layout: G has W's shape and type), adds up its share
