@@ -61,14 +61,16 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                   the group's bytes (kGroupCoopMaxBytes below)
 //   group_grid_force=N  that launch with exactly N blocks, even more than can be resident (tests:
 //                   the refused launch and its fallback, host/group.c)
-//   op_onchip=1   a layer that fits on chip (u-first) runs each warmed-up forward as one launch
-//                 that holds it in the shared memory of a thread-block cluster (cuda/on_chip.cu)
+//   op_onchip=0|1 a layer that fits on chip (u-first) runs each warmed-up forward (1), or none (0),
+//                 as one launch that holds it in the shared memory of a thread-block cluster
+//                 (cuda/on_chip.cu), and its backward too (1); unset: the training forwards of
+//                 small layers on sm_90 and up (kLayerOnChip* below)
 //   group_onchip=0|1  a group whose every layer fits on chip runs as one launch that holds each
 //                   layer in the shared memory of a thread-block cluster (cuda/on_chip.cu); unset:
 //                   so on sm_90 and up unless another group_ key forces a path (kDefaultGroupOnChip)
 //   group_onchip_cluster=C  with clusters of C blocks (1, 2, 4 or 8) only
-//   onchip_threads=512  the on-chip forward (op_onchip, group_onchip) with blocks of 512 threads,
-//                   not 256 (cuda/on_chip.cu; not yet measured)
+//   onchip_threads=256|512  the on-chip forward (op_onchip, group_onchip) with blocks of that many
+//                   threads; unset: by size (sn_cuda_on_chip_threads below)
 //   onchip_refuse=1 the on-chip launches (op_onchip, group_onchip) with clusters of 16 blocks,
 //                   which the device refuses (tests: the fallbacks, host/layer.c and group.c)
 // Unknown keys and bad values are ignored. (Four knobs that lost or made no difference on an H100 at
@@ -82,11 +84,11 @@ struct Tune {
   int div_stream = -1;  // -1: by size (div_stream_default); 1: the division's accesses streaming
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
   int group_grid_force = 0;  // > 0: exactly this many blocks in that launch
-  int op_onchip = 0;             // 1: layers that fit on chip run as one launch, on chip
+  int op_onchip = -1;            // -1: the default below; 1: every forward of a layer that fits on chip
   int group_onchip = -1;         // -1: the default below; 1: groups that fit on chip run on chip
   int group_onchip_cluster = 0;  // > 0: that launch's cluster size
   int onchip_refuse = 0;         // 1: the on-chip launches with clusters of 16 blocks, refused (tests)
-  int onchip_threads = 256;      // threads per block of the on-chip forward (256 or 512)
+  int onchip_threads = 0;        // 0: by size; 256 or 512: the on-chip forward's threads per block
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
                        // blocks of every step)
 };
@@ -180,6 +182,28 @@ bool div_stream_default(double w_bytes) {
 // and 18.5 -> 11.0. Groups with a layer that does not fit keep the paths above.
 constexpr int kDefaultGroupOnChip = 1;
 
+// The on-chip forward's threads per block when SPECNORM_TUNE does not say: 512 for a group, and for
+// a single layer of at least kOnChipWideElems elements; 256 for smaller layers. Measured on an H100
+// (bench/results/2026-11-26-h100-bdc3f72, onchip): SN-GAN grouped train fp32 16.5 -> 14.8 µs, bf16
+// 14.8 -> 13.3, eval 13.0 -> 11.3 and 11.0 -> 9.7, scale unchanged (±1%); single layers on chip,
+// training forward, 256 -> 512 threads: 128 × 1152 fp32 14.6 -> 12.6 µs, 128 × 2048 20.8 -> 17.1,
+// 512 × 512 20.1 -> 15.9, but 64 × 27 6.6 -> 7.2 and 64 × 576 8.3 -> 8.4.
+constexpr int64_t kOnChipWideElems = 64 * 1024;
+
+// A single warmed-up u-first layer's training forward runs on chip (one launch, W read once) when
+// SPECNORM_TUNE does not set op_onchip, the device has clusters (sm_90 and up) and the layer has at
+// most kLayerOnChipTrainMaxElems elements (W_sn written) or kLayerOnChipScaleMaxElems (scale only).
+// Its eval forward and backward keep the usual kernels: on chip they were slower (H100, 6626f15:
+// SN-GAN layer by layer eval +22%, backward +129%). Measured on an H100 (bdc3f72, onchip, layer by
+// layer without graphs, the default against op_onchip=1 with the threads above), training forward:
+// 64 × 27 13.4 -> 6.6 µs, 64 × 576 14.0 -> 8.3, 128 × 1152 15.4 -> 12.6 (bf16 15.2 -> 12.1), but
+// 128 × 2048 15.5 -> 17.1 and 256 × 1152 16.0 -> 17.7; scale only: 128 × 2048 15.3 -> 12.8,
+// 256 × 1152 15.7 -> 12.7, 512 × 512 15.8 -> 11.6, but 256 × 2304 16.0 -> 27.1. SN-GAN CIFAR-10
+// layer by layer (all of its layers below both limits): train 157.8 -> 113.2 µs, scale 155.5 ->
+// 94.3. Without clusters (sm_80) a layer is one block, not measured: the usual kernels.
+constexpr int64_t kLayerOnChipTrainMaxElems = 160 * 1024;
+constexpr int64_t kLayerOnChipScaleMaxElems = 320 * 1024;
+
 // Compiled like every kernel of the library; only its attributes are read.
 __global__ void arch_probe_kernel() {}
 
@@ -227,6 +251,19 @@ extern "C" int sn_cuda_tune_group_onchip(int *cluster, int *refuse) {
 
 extern "C" int sn_cuda_tune_onchip_threads(void) { return read_tune().onchip_threads; }
 
+extern "C" int sn_cuda_tune_op_onchip(void) { return read_tune().op_onchip; }
+
+extern "C" int sn_cuda_on_chip_threads(int64_t numel, int group) {
+  return group || numel >= kOnChipWideElems ? 512 : 256;
+}
+
+extern "C" int sn_cuda_layer_on_chip_modes(int64_t numel, int op_onchip, int clusters) {
+  if (op_onchip >= 0) return op_onchip ? SN_ON_CHIP_ALL : 0;
+  if (!clusters) return 0;
+  return (numel <= kLayerOnChipTrainMaxElems ? SN_ON_CHIP_TRAIN : 0) |
+         (numel <= kLayerOnChipScaleMaxElems ? SN_ON_CHIP_SCALE : 0);
+}
+
 bool sn::clusters_usable() { return device_is_sm90_or_later(); }
 
 extern "C" int sn_cuda_clusters_usable(void) { return sn::clusters_usable() ? 1 : 0; }
@@ -250,7 +287,13 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
                          ? tune.div_stream
                          : div_stream_default((double)view.h * (double)(view.A * view.B) *
                                               (double)sn_dtype_size(dtype));
-  if (tune.op_onchip && order == SN_ORDER_U_FIRST) {  // the layer on chip, where it fits
+  // The layer on chip, where it fits, for the forwards the knob or the default rule gives.
+  const int onchip_modes =
+      order == SN_ORDER_U_FIRST
+          ? sn_cuda_layer_on_chip_modes(view.h * view.A * view.B, tune.op_onchip,
+                                        tune.op_onchip < 0 && device_is_sm90_or_later())
+          : 0;
+  if (onchip_modes) {
     sn_group_entry_t e{};
     e.A = view.A;
     e.h = view.h;
@@ -259,6 +302,8 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     e.dtype = (int)dtype;
     sn_cuda_on_chip_prepare(&e, 1, 0, 1, &plan->onchip);
     plan->onchip.refuse = tune.onchip_refuse && plan->onchip.clusters;  // tests: the refused launch
+    plan->onchip.modes = onchip_modes;
+    if (tune.op_onchip != 1) plan->onchip.backward = 0;  // only op_onchip=1 (above)
   }
   const int64_t h = view.h, w = view.A * view.B;
   const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over
@@ -379,9 +424,11 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
     return 0;
   }
 
-  // A warmed-up layer on chip (SPECNORM_TUNE=op_onchip=1): the whole forward in one launch.
-  if (P.onchip.cluster > 0 && a->order == SN_ORDER_U_FIRST && a->warmup_iters == 0 &&
-      (a->n_iters > 0 || !a->training)) {
+  // A warmed-up layer on chip, for the forwards its plan puts there (small layers' training
+  // forwards on sm_90, or every one with SPECNORM_TUNE=op_onchip=1): the whole forward in one launch.
+  const int mode = !a->training ? SN_ON_CHIP_EVAL : a->W_sn ? SN_ON_CHIP_TRAIN : SN_ON_CHIP_SCALE;
+  if (P.onchip.cluster > 0 && (P.onchip.modes & mode) && a->order == SN_ORDER_U_FIRST &&
+      a->warmup_iters == 0 && (a->n_iters > 0 || !a->training)) {
     sn_group_entry_t e{};
     e.W = a->W;
     e.W_sn = a->W_sn;

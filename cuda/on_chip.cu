@@ -1,6 +1,8 @@
-// Forward with every layer held on chip, for a group (SPECNORM_TUNE=group_onchip=1) or a single
-// warmed-up layer (op_onchip=1, which also runs the layer's backward on chip: below; both tested
-// on an H100 and an H200, bench/results/2026-11-26-*): a layer's rows are split over the blocks
+// Forward with every layer held on chip, for a group (by default on sm_90 where every layer fits)
+// or a single warmed-up layer (by default the training forwards of small layers on sm_90; every
+// forward with SPECNORM_TUNE=op_onchip=1, which also runs the layer's backward on chip: below;
+// cuda/forward.cu has the rules and what was measured; tested on an H100 and an H200,
+// bench/results/2026-11-26-*): a layer's rows are split over the blocks
 // of one thread-block cluster,
 // each block copies its rows of W into its shared memory once, runs every power iteration and the
 // division from there, and the cluster's blocks add up their partial products through distributed
@@ -291,10 +293,11 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
 // (2 blocks per SM, said explicitly: unbounded, ptxas took sm_90 code to 133 registers, 1 block
 // per SM, and held sm_80 code to 64 with 104 bytes of spills; bounded, 128 and 99, no spill.
 // SN-GAN's clusters of 8 take ~92 KB of shared memory per block: 2 per SM.) NT = 512
-// (SPECNORM_TUNE=onchip_threads=512, not yet measured): one block per SM of twice the warps, the
-// same registers per thread. On the H200 at 89aa697 the 256-thread kernel ran SN-GAN with one
-// block on each of 88 SMs, 2 warps per scheduler, 0.22 of them eligible: latency-bound; twice the
-// warps per block halves each thread's share of every step.
+// (the default for groups and for layers of 64K elements and more: cuda/forward.cu): one block per
+// SM of twice the warps, the same registers per thread. On the H200 at 89aa697 the 256-thread
+// kernel ran SN-GAN with one block on each of 88 SMs, 2 warps per scheduler, 0.22 of them
+// eligible: latency-bound; twice the warps per block halve each thread's share of every step
+// (H100, bdc3f72: SN-GAN grouped train 16.5 -> 14.8 µs fp32).
 template <int NT>
 __global__ void __launch_bounds__(NT, 512 / NT) group_on_chip_kernel(OnChipParams p) {
   extern __shared__ float4 on_chip_sm[];
@@ -511,17 +514,26 @@ extern "C" void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, 
   // with group_onchip_cluster.
   // (A size whose blocks' shared memory does not fit the device, or whose clusters cannot be
   // scheduled, e.g. under an SM limit, is passed over: schedulable.)
-  int best = 0;
+  // Threads per block: SPECNORM_TUNE's onchip_threads, else by size (sn_cuda_on_chip_threads), and
+  // where no cluster size fits that, the other count (512-thread blocks hold a float more per
+  // thread and take twice the registers).
+  int best = 0, threads = 0;
   sn::Layout chosen;
-  const int threads = sn_cuda_tune_onchip_threads();
-  for (int C = 1; C <= (clusters ? sn::kOnChipMaxCluster : 1); C *= 2) {
-    if (force_cluster > 0 && C != force_cluster) continue;
-    const sn::Layout L = sn::layout_for(ent, count, C, threads);
-    if (L.bytes == 0) return;  // a layer that cannot be on chip: not this path
-    if (!sn::schedulable(C, L.bytes, clusters, threads)) continue;
-    best = C;
-    chosen = L;
-    if (!prefer_large && L.share <= sn::kOnChipTargetBytes) break;
+  const int forced_threads = sn_cuda_tune_onchip_threads();
+  const int first = forced_threads ? forced_threads
+                                   : sn_cuda_on_chip_threads(count == 1 ? ent[0].h * ent[0].w : 0, !prefer_large);
+  for (int nt : {first, first == 512 ? 256 : 512}) {
+    if (best > 0 || (forced_threads && nt != forced_threads)) break;
+    for (int C = 1; C <= (clusters ? sn::kOnChipMaxCluster : 1); C *= 2) {
+      if (force_cluster > 0 && C != force_cluster) continue;
+      const sn::Layout L = sn::layout_for(ent, count, C, nt);
+      if (L.bytes == 0) return;  // a layer that cannot be on chip: not this path
+      if (!sn::schedulable(C, L.bytes, clusters, nt)) continue;
+      best = C;
+      threads = nt;
+      chosen = L;
+      if (!prefer_large && L.share <= sn::kOnChipTargetBytes) break;
+    }
   }
   if (best == 0) return;
   // A single layer's backward runs on chip too where its kernel can have the shared memory.
@@ -533,6 +545,7 @@ extern "C" void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, 
   }
   oc->cluster = best;
   oc->threads = threads;
+  oc->modes = SN_ON_CHIP_ALL;
   oc->clusters = clusters ? 1 : 0;
   oc->w_bytes = chosen.w_bytes;
   oc->w4 = chosen.w4;

@@ -52,7 +52,9 @@ static inline SN_HD unsigned sn_health_after(unsigned h, float sig, int training
  * shared memory of one cluster of `cluster` blocks. */
 typedef struct {
   int cluster;            /* > 0: blocks per cluster (1, 2, 4, 8); 0: not on chip */
-  int threads;            /* per block of the forward: 256, or 512 (SPECNORM_TUNE=onchip_threads=512) */
+  int threads;            /* per block of the forward: 256 or 512 (sn_cuda_on_chip_threads) */
+  int modes;              /* a single layer: the forwards that run on chip (SN_ON_CHIP_*; a
+                             group: every one) */
   int clusters;           /* 1: launched as thread-block clusters (sm_90); 0: plain blocks (cluster 1) */
   int w_bytes, w4, rows4; /* the shared-memory layout of every block */
   int backward;           /* a single layer: its backward runs on chip too (cuda/on_chip.cu) */
@@ -60,6 +62,14 @@ typedef struct {
                              (SPECNORM_TUNE=onchip_refuse=1; sn_forward, sn_backward and
                              sn_group_forward fall back) */
 } sn_on_chip_t;
+
+/* The forwards of a single layer that run on chip (sn_on_chip_t.modes). */
+enum {
+  SN_ON_CHIP_TRAIN = 1, /* a training forward that writes W_sn */
+  SN_ON_CHIP_SCALE = 2, /* a training forward without W_sn (scale only) */
+  SN_ON_CHIP_EVAL = 4,  /* an eval forward */
+  SN_ON_CHIP_ALL = 7
+};
 
 /* Scalar slots in the plan's scratch `scal` array. */
 enum {
@@ -100,8 +110,8 @@ typedef struct {
                          (1: none); op_blocks is a multiple of it */
   int div_stream;     /* 1: the division loads W and stores W_sn as streaming (evict-first) data
                          (by W's bytes against the L2, or SPECNORM_TUNE=div_stream=0|1) */
-  sn_on_chip_t onchip;/* cluster > 0: a warmed-up forward is one launch with the layer on chip
-                         (SPECNORM_TUNE=op_onchip=1, cuda/on_chip.cu) */
+  sn_on_chip_t onchip;/* cluster > 0: a warmed-up forward of onchip.modes is one launch with the
+                         layer on chip (sn_cuda_layer_on_chip_modes, cuda/on_chip.cu) */
   /* Scratch, inside the layer's one device workspace. */
   float *t;           /* h: t = M x, unnormalized */
   float *s;           /* w: s = Mᵀ y, unnormalized */
@@ -229,8 +239,19 @@ int sn_cuda_clusters_usable(void);
 /* SPECNORM_TUNE's group_onchip (0 if unset), group_onchip_cluster (*cluster, 0 if unset) and
  * onchip_refuse (*refuse). */
 int sn_cuda_tune_group_onchip(int *cluster, int *refuse);
-/* Threads per block of the on-chip forward: 256, or 512 with SPECNORM_TUNE=onchip_threads=512. */
+/* SPECNORM_TUNE's onchip_threads (256 or 512; 0 if unset or bad). */
 int sn_cuda_tune_onchip_threads(void);
+/* SPECNORM_TUNE's op_onchip (0 or 1; -1 if unset or bad). */
+int sn_cuda_tune_op_onchip(void);
+/* Threads per block of the on-chip forward when SPECNORM_TUNE does not say: for a single layer
+ * (group = 0) of numel elements, 256 below 64K elements and 512 from there; for a group, 512
+ * (cuda/forward.cu says what was measured). */
+int sn_cuda_on_chip_threads(int64_t numel, int group);
+/* The forwards of a single u-first layer of numel elements that run on chip (SN_ON_CHIP_*), given
+ * SPECNORM_TUNE's op_onchip (-1 unset, 0, 1) and whether the device has clusters: op_onchip=1
+ * every one, 0 none; unset, with clusters, the training forwards of small layers (cuda/forward.cu
+ * says which sizes), else none. */
+int sn_cuda_layer_on_chip_modes(int64_t numel, int op_onchip, int clusters);
 /* Whether the `count` layers that ent describes (host memory; A, h, w and dtype are read) can all
  * be held on chip in one launch on the current device, and how (cuda/on_chip.cu says which):
  * fills *oc, oc->cluster = 0 when not (also when a device query fails: the other paths need

@@ -273,8 +273,8 @@ static sn_status_t create_cuda(sn_layer_t *l) {
                              sm_count, one_pass, &ws_bytes),
            "preparing the one-pass kernels");
   l->plan.norm_bound = l->desc.norm_bound;
-  /* The on-chip forward (SPECNORM_TUNE=op_onchip=1) reads W once: a one-pass algorithm, not for a
-   * layer that asks for two passes. */
+  /* The on-chip forward (small layers' training forwards on sm_90, or SPECNORM_TUNE=op_onchip=1)
+   * reads W once: a one-pass algorithm, not for a layer that asks for two passes. */
   if (l->desc.algo == SN_ALGO_TWO_PASS) l->plan.onchip.cluster = 0;
   /* Nor for a 1-D weight (normalized exactly, no iteration): its backward keeps the two kernels,
    * spread over the device, rather than one cluster. */

@@ -343,16 +343,16 @@ else
   skip_step goals "$OUT/bench.log" "no python3 or no bench.json"
 fi
 
-# ---- the on-chip forward and backward (cuda/on_chip.cu; groups that fit run on chip by default on
-# sm_90 since 6626f15's measurements; single layers only with op_onchip=1): SN-GAN layer by layer
-# and grouped, the defaults against group_onchip=0 (the cooperative launch), onchip_threads=512
-# (blocks of 512 threads: goal 4's fp32 16.7 µs on an H100 is latency-bound, 2 warps per scheduler)
-# and op_onchip=1, with sn_bench's check against the CPU reference on (its "check" column); then
-# single layers of SN-GAN's and SN-DCGAN's sizes with and without op_onchip=1, to find where one
-# layer on chip (one cluster, at most 8 SMs) stops paying.
+# ---- the on-chip forward and backward (cuda/on_chip.cu; by default on sm_90, groups that fit, in
+# blocks of 512 threads, and single small layers' training forwards, by the rules of
+# cuda/forward.cu measured at bdc3f72): SN-GAN layer by layer and grouped, the defaults against
+# onchip_threads=256, group_onchip=0 (the cooperative launch), op_onchip=0 (no single layer on
+# chip) and op_onchip=1 (every forward and backward of a layer that fits), with sn_bench's check
+# against the CPU reference on (its "check" column); then single layers of SN-GAN's and
+# SN-DCGAN's sizes and of the rules' edges, the default against op_onchip=0 and op_onchip=1.
 onchip() {
   local t rc=0 table=() stable=()
-  for t in default group_onchip=0 onchip_threads=512 op_onchip=1 op_onchip=1,onchip_threads=512; do
+  for t in default onchip_threads=256 group_onchip=0 op_onchip=0 op_onchip=1; do
     local js="$LOGS/onchip_${t//[=,]/_}.json"
     echo "################ SPECNORM_TUNE=$t"
     SPECNORM_TUNE="${t#default}" "$SN_BENCH" --preset sngan-cifar10 --dtype f32,bf16 \
@@ -360,12 +360,13 @@ onchip() {
     table+=("$t=$js")
   done
   python3 "$REPO/bench/variants_table.py" "${table[@]}" || rc=1
-  for t in default op_onchip=1 op_onchip=1,onchip_threads=512; do
+  for t in default op_onchip=0 op_onchip=1; do
     local js="$LOGS/onchip_shapes_${t//[=,]/_}.json"
     echo "################ SPECNORM_TUNE=$t: single layers"
     SPECNORM_TUNE="${t#default}" "$SN_BENCH" --shape 64x27 --shape 64x576 --shape 128x1152 \
-      --shape 128x2048 --shape 256x1152 --shape 256x2304 --shape 512x512 --dtype f32,bf16 \
-      --mode train,scale --no-baseline --no-graph --no-group --reps 100 --json "$js" || rc=1
+      --shape 160x1024 --shape 128x2048 --shape 256x1152 --shape 320x1024 --shape 256x2304 \
+      --shape 512x512 --dtype f32,bf16 \
+      --mode train,scale,eval --no-baseline --no-graph --no-group --reps 100 --json "$js" || rc=1
     stable+=("$t=$js")
   done
   python3 "$REPO/bench/variants_table.py" "${stable[@]}" || rc=1

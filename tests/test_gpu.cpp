@@ -290,7 +290,8 @@ static void expect_rows_runs_bitwise(const std::vector<RowsCase> &cases) {
   const std::string base = tune_prefix();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const RowsCase &c : cases) {
-    for (const char *extra : {"op_grid=64,op_cluster=1", "op_grid=7,op_cluster=1", "op_grid=64,op_cluster=4"}) {
+    for (const char *extra : {"op_onchip=0,op_grid=64,op_cluster=1", "op_onchip=0,op_grid=7,op_cluster=1",
+                              "op_onchip=0,op_grid=64,op_cluster=4"}) {
       SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " " + extra);
       sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
       d.algo = SN_ALGO_ONE_PASS;
@@ -393,9 +394,9 @@ static void expect_streaming_division_bitwise(const std::vector<DivCase> &cases)
                  std::to_string(c.offset));
     sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
     d.dtype = c.dt;
-    env.set((base + "div_stream=0").c_str());
+    env.set((base + "op_onchip=0,div_stream=0").c_str());  // the division kernels, not a layer on chip
     LayerPtr a(d);
-    env.set((base + "div_stream=1").c_str());
+    env.set((base + "op_onchip=0,div_stream=1").c_str());
     LayerPtr b(d);
     ASSERT_TRUE(a.p && b.p);
     ASSERT_EQ(a.p->plan.div_stream, 0);
@@ -654,6 +655,94 @@ TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
   names = captured_kernels([&](cudaStream_t q) { return sn_forward(captured, dW.p, o2.p, 1, q); });
   EXPECT_FALSE(names.empty());
   EXPECT_FALSE(any_matches(names, "group_on_chip_kernel"));
+}
+
+// Without SPECNORM_TUNE's op_onchip, on a device with clusters, a small warmed-up layer's training
+// forwards run on chip (cuda/forward.cu, sn_cuda_layer_on_chip_modes): with W_sn up to 160K
+// elements, scale only up to 320K, in blocks of 256 threads below 64K elements and 512 from there;
+// its eval forward and its backward keep the usual kernels. Read from graph captures in fp32 and
+// bf16; the results against the CPU backend step by step (training and eval; scale only).
+TEST(Gpu, SmallLayersTrainOnChipByDefault) {
+  REQUIRE_GPU();
+  const char *tune = std::getenv("SPECNORM_TUNE");
+  if (tune && (std::strstr(tune, "op_onchip=") || std::strstr(tune, "onchip_threads=")))
+    GTEST_SKIP() << "SPECNORM_TUNE sets op_onchip or onchip_threads: " << tune;
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const bool clusters = sn_cuda_clusters_usable() != 0;
+  const std::vector<std::vector<int64_t>> shapes = {{1, 1},     {1000, 1},          {7, 13},    {64, 3, 3, 3},
+                                                    {64, 1000}, {128, 128, 3, 3},   {160, 1024}, {161, 1024},
+                                                    {128, 2048}, {320, 1024},       {321, 1024}, {256, 2304}};
+  int on_chip = 0;
+  for (const auto &shape : shapes) {
+    const int64_t n = numel_of(shape);
+    for (sn_dtype_t dt : {SN_DTYPE_FLOAT32, SN_DTYPE_BFLOAT16}) {
+      SCOPED_TRACE(shape_str(shape) + " dtype " + std::to_string(int(dt)));
+      sn_layer_desc_t d = make_desc(shape, SN_BACKEND_CUDA);
+      d.dtype = dt;
+      LayerPtr l(d);
+      ASSERT_TRUE(l.p) << sn_last_error_message();
+      const bool fits = l.p->plan.onchip.cluster > 0;
+      const bool train = clusters && fits && n <= 160 * 1024, scale = clusters && fits && n <= 320 * 1024;
+      if (clusters && n * 4 <= 32768) {
+        EXPECT_TRUE(fits) << "32 KB and 4096 columns fit any device's shared memory";
+      }
+      Tensor W(dt, n), O(dt, n), G(dt, n), dWt(dt, n);
+      W.set(rng.normals(n));
+      G.set(rng.normals(n));
+      ASSERT_EQ(sn_layer_warmup(l, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
+      const std::string kernel = std::string("group_on_chip_kernel<") + (n < 64 * 1024 ? "256>" : "512>");
+      const std::vector<std::string> kt =
+          captured_kernels([&](cudaStream_t s) { return sn_forward(l, W.dev, O.dev, 1, (sn_stream_t)s); });
+      const std::vector<std::string> ks =
+          captured_kernels([&](cudaStream_t s) { return sn_forward_scale_only(l, W.dev, 1, (sn_stream_t)s); });
+      const std::vector<std::string> ke =
+          captured_kernels([&](cudaStream_t s) { return sn_forward(l, W.dev, O.dev, 0, (sn_stream_t)s); });
+      const std::vector<std::string> kb = captured_kernels(
+          [&](cudaStream_t s) { return sn_backward(l, W.dev, G.dev, dWt.dev, 0, nullptr, (sn_stream_t)s); });
+      for (const auto *k : {&kt, &ks, &ke, &kb}) EXPECT_FALSE(k->empty());
+      EXPECT_EQ(any_matches(kt, kernel), train) << ::testing::PrintToString(kt);
+      EXPECT_EQ(any_matches(kt, "on_chip"), train) << ::testing::PrintToString(kt);
+      EXPECT_EQ(any_matches(ks, kernel), scale) << ::testing::PrintToString(ks);
+      EXPECT_EQ(any_matches(ks, "on_chip"), scale) << ::testing::PrintToString(ks);
+      EXPECT_FALSE(any_matches(ke, "on_chip")) << ::testing::PrintToString(ke);
+      EXPECT_FALSE(any_matches(kb, "on_chip")) << ::testing::PrintToString(kb);
+      if (train) {
+        EXPECT_EQ(kt.size(), 1u);
+      }
+      on_chip += scale ? 1 : 0;
+      if (dt != SN_DTYPE_FLOAT32) continue;
+      // fp32: training and eval steps against the CPU backend, then scale-only steps.
+      compare_backends(Case{shape, 0, SN_ORDER_U_FIRST, 1}, rng, 4, 2);
+      sn_layer_desc_t dc = d;
+      dc.backend = SN_BACKEND_CPU;
+      d.seed = dc.seed = rng.gen();
+      LayerPtr g(d), cpu(dc);
+      ASSERT_TRUE(g.p && cpu.p);
+      std::vector<float> Wh = gapped_weight(rng, shape, 0);
+      DevBuf dW(static_cast<size_t>(n));
+      for (int step = 0; step < 3; ++step) {
+        SCOPED_TRACE("scale only, step " + std::to_string(step));
+        if (step > 0)
+          for (auto &x : Wh) x += 0.01f * rng.normal() / std::sqrt(float(n));
+        dW.upload(Wh);
+        ASSERT_EQ(sn_forward_scale_only(g, dW.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward_scale_only(cpu, Wh.data(), 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+        const State sg = get_state(g), sc = get_state(cpu);
+        EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5);
+        EXPECT_LT(max_abs_diff(sg.u, sc.u), 2e-5);
+        EXPECT_LT(max_abs_diff(sg.v, sc.v), 2e-5);
+        float a = 0, b = 0;
+        ASSERT_EQ(sn_layer_get_scale(g, &a, nullptr), SN_SUCCESS);
+        ASSERT_EQ(sn_layer_get_scale(cpu, &b, nullptr), SN_SUCCESS);
+        EXPECT_NEAR(a / b, 1.0, 1e-5);
+      }
+    }
+  }
+  if (clusters) {
+    EXPECT_GT(on_chip, 0);
+  }
 }
 
 TEST(Gpu, CapturingTheFirstForwardIsRefused) {

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include <memory>
+#include <tuple>
 
 #include "sn_cuda.h"
 #include "test_util.h"
@@ -249,12 +250,55 @@ TEST(GroupCpu, TuneKnobsParse) {
     (void)sn_cuda_tune_group_onchip(&cluster, &refuse);
     EXPECT_EQ(refuse, want) << t;
   }
-  // The on-chip forward's threads per block: 256, or 512.
+  // The on-chip forward's threads per block: 256, or 512 (0: unset, by size).
   for (const auto &[t, want] : std::vector<std::pair<const char *, int>>{
-           {nullptr, 256}, {"onchip_threads=512", 512}, {"onchip_threads=256", 256}, {"onchip_threads=384", 256},
-           {"onchip_threads=1024", 256}, {"onchip_threads=128", 256}, {"group_onchip=1,onchip_threads=512", 512}}) {
+           {nullptr, 0}, {"onchip_threads=512", 512}, {"onchip_threads=256", 256}, {"onchip_threads=384", 0},
+           {"onchip_threads=1024", 0}, {"onchip_threads=128", 0}, {"group_onchip=1,onchip_threads=512", 512},
+           {"onchip_threads=512,onchip_threads=256", 256}}) {
     env.set(t);
     EXPECT_EQ(sn_cuda_tune_onchip_threads(), want) << (t ? t : "(unset)");
+  }
+  // A single layer on chip: op_onchip=0|1 (-1: unset, the default rule).
+  for (const auto &[t, want] : std::vector<std::pair<const char *, int>>{
+           {nullptr, -1}, {"op_onchip=1", 1}, {"op_onchip=0", 0}, {"op_onchip=2", -1}, {"op_onchip=", -1},
+           {"group_onchip=1", -1}, {"op_onchip=1,op_onchip=0", 0}}) {
+    env.set(t);
+    EXPECT_EQ(sn_cuda_tune_op_onchip(), want) << (t ? t : "(unset)");
+  }
+}
+
+// The on-chip defaults by size (cuda/forward.cu), which need no device: a single layer's training
+// forwards on chip up to 160K elements (W_sn written) and 320K (scale only), only with clusters
+// and only when op_onchip is unset; blocks of 256 threads below 64K elements, else and for groups
+// 512.
+TEST(GroupCpu, OnChipDefaultsBySize) {
+  const int T = SN_ON_CHIP_TRAIN, S = SN_ON_CHIP_SCALE;
+  const struct {
+    int64_t numel;
+    int op_onchip, clusters, want;
+  } cases[] = {{1, -1, 1, T | S},
+               {128 * 1152, -1, 1, T | S},
+               {160 * 1024, -1, 1, T | S},
+               {160 * 1024 + 1, -1, 1, S},
+               {320 * 1024, -1, 1, S},
+               {320 * 1024 + 1, -1, 1, 0},
+               {4096LL * 4096, -1, 1, 0},
+               {1, -1, 0, 0},
+               {128 * 1152, -1, 0, 0},
+               {1, 0, 1, 0},
+               {128 * 1152, 0, 1, 0},
+               {1, 1, 1, SN_ON_CHIP_ALL},
+               {4096LL * 4096, 1, 1, SN_ON_CHIP_ALL},
+               {1, 1, 0, SN_ON_CHIP_ALL}};
+  for (const auto &c : cases) {
+    EXPECT_EQ(sn_cuda_layer_on_chip_modes(c.numel, c.op_onchip, c.clusters), c.want)
+        << c.numel << " elements, op_onchip " << c.op_onchip << ", clusters " << c.clusters;
+  }
+  EXPECT_EQ(SN_ON_CHIP_ALL, SN_ON_CHIP_TRAIN | SN_ON_CHIP_SCALE | SN_ON_CHIP_EVAL);
+  for (const auto &[numel, group, want] : std::vector<std::tuple<int64_t, int, int>>{
+           {1, 0, 256}, {64 * 27, 0, 256}, {64 * 1024 - 1, 0, 256}, {64 * 1024, 0, 512}, {128 * 1152, 0, 512},
+           {1, 1, 512}, {0, 1, 512}, {128 * 1152, 1, 512}}) {
+    EXPECT_EQ(sn_cuda_on_chip_threads(numel, group), want) << numel << " elements, group " << group;
   }
 }
 
