@@ -729,14 +729,7 @@ TEST(Gpu, SmallLayersTrainOnChipByDefault) {
         dW.upload(Wh);
         ASSERT_EQ(sn_forward_scale_only(g, dW.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
         ASSERT_EQ(sn_forward_scale_only(cpu, Wh.data(), 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-        const State sg = get_state(g), sc = get_state(cpu);
-        EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5);
-        EXPECT_LT(max_abs_diff(sg.u, sc.u), 2e-5);
-        EXPECT_LT(max_abs_diff(sg.v, sc.v), 2e-5);
-        float a = 0, b = 0;
-        ASSERT_EQ(sn_layer_get_scale(g, &a, nullptr), SN_SUCCESS);
-        ASSERT_EQ(sn_layer_get_scale(cpu, &b, nullptr), SN_SUCCESS);
-        EXPECT_NEAR(a / b, 1.0, 1e-5);
+        expect_state_and_scale_near(g, cpu, 2e-5);
       }
     }
   }

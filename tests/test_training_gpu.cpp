@@ -400,14 +400,7 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
       ASSERT_EQ(o.scale_only ? sn_forward_scale_only(cpu, W.host.data(), training, nullptr)
                              : sn_forward(cpu, W.host.data(), wsn_c.data(), training, nullptr),
                 SN_SUCCESS);
-      const State sg = get_state(g), sc = get_state(cpu);
-      EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5);
-      EXPECT_LT(max_abs_diff(sg.u, sc.u), 1e-4);
-      EXPECT_LT(max_abs_diff(sg.v, sc.v), 1e-4);
-      float scale_g = 0, scale_c = 0;
-      ASSERT_EQ(sn_layer_get_scale(g, &scale_g, nullptr), SN_SUCCESS);
-      ASSERT_EQ(sn_layer_get_scale(cpu, &scale_c, nullptr), SN_SUCCESS);
-      EXPECT_NEAR(scale_g / scale_c, 1.0, 1e-5);
+      expect_state_and_scale_near(g, cpu, 1e-4);
       if (out) {
         const std::vector<float> got = o.in_place ? W.download_floats() : Wsn.download_floats();
         std::vector<float> want(got.size());

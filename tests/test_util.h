@@ -236,6 +236,19 @@ inline double max_abs_diff(const std::vector<float> &a, const std::vector<float>
   return m;
 }
 
+// A layer's state and scale against another's (a CUDA layer against the CPU backend): σ and the
+// scale to 1e-5 relative, u and v to vec_tol.
+inline void expect_state_and_scale_near(sn_layer_t *a, sn_layer_t *b, double vec_tol) {
+  const State sa = get_state(a), sb = get_state(b);
+  EXPECT_NEAR(sa.sigma / sb.sigma, 1.0, 1e-5);
+  EXPECT_LT(max_abs_diff(sa.u, sb.u), vec_tol);
+  EXPECT_LT(max_abs_diff(sa.v, sb.v), vec_tol);
+  float x = 0, y = 0;
+  ASSERT_EQ(sn_layer_get_scale(a, &x, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_get_scale(b, &y, nullptr), SN_SUCCESS);
+  EXPECT_NEAR(x / y, 1.0, 1e-5);
+}
+
 inline double max_abs(const std::vector<float> &a) {
   double m = 0;
   for (float x : a) m = std::max(m, std::fabs(double(x)));
