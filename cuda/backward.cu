@@ -172,6 +172,11 @@ __global__ void __launch_bounds__(kBlock) apply_elements_kernel(ApplyParams p) {
 }  // namespace
 }  // namespace sn
 
+extern "C" int sn_cuda_backward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *a) {
+  const bool need_gw = !a->detach_sigma || a->dgamma;
+  return need_gw && plan->onchip.cluster > 0 && plan->onchip.backward && plan->view.A == 1;
+}
+
 extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *a,
                                 sn_stream_t stream_handle) {
   using namespace sn;
@@ -179,8 +184,7 @@ extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backwa
   const sn_cuda_plan_t &P = *plan;
   const bool need_gw = !a->detach_sigma || a->dgamma;
   // On chip (op_onchip=1, where the layer fits): one launch instead of two.
-  if (need_gw && P.onchip.cluster > 0 && P.onchip.backward && P.view.A == 1)
-    return (int)launch_on_chip_backward(P, *a, stream);
+  if (sn_cuda_backward_on_chip(plan, a)) return (int)launch_on_chip_backward(P, *a, stream);
   auto run = [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
     if (need_gw) {

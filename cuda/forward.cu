@@ -64,7 +64,7 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   op_onchip=0|1 a layer that fits on chip (u-first) runs each warmed-up forward (1), or none (0),
 //                 as one launch that holds it in the shared memory of a thread-block cluster
 //                 (cuda/on_chip.cu), and its backward too (1); unset: the training forwards of
-//                 small layers on sm_90 and up (kLayerOnChip* below)
+//                 small layers on sm_90 and up (kLayerOnChipMaxElems below)
 //   group_onchip=0|1  a group whose every layer fits on chip runs as one launch that holds each
 //                   layer in the shared memory of a thread-block cluster (cuda/on_chip.cu); unset:
 //                   so on sm_90 and up unless another group_ key forces a path (kDefaultGroupOnChip)
@@ -190,19 +190,20 @@ constexpr int kDefaultGroupOnChip = 1;
 // 512 × 512 20.1 -> 15.9, but 64 × 27 6.6 -> 7.2 and 64 × 576 8.3 -> 8.4.
 constexpr int64_t kOnChipWideElems = 64 * 1024;
 
-// A single warmed-up u-first layer's training forward runs on chip (one launch, W read once) when
-// SPECNORM_TUNE does not set op_onchip, the device has clusters (sm_90 and up) and the layer has at
-// most kLayerOnChipTrainMaxElems elements (W_sn written) or kLayerOnChipScaleMaxElems (scale only).
-// Its eval forward and backward keep the usual kernels: on chip they were slower (H100, 6626f15:
-// SN-GAN layer by layer eval +22%, backward +129%). Measured on an H100 (bdc3f72, onchip, layer by
-// layer without graphs, the default against op_onchip=1 with the threads above), training forward:
-// 64 × 27 13.4 -> 6.6 µs, 64 × 576 14.0 -> 8.3, 128 × 1152 15.4 -> 12.6 (bf16 15.2 -> 12.1), but
-// 128 × 2048 15.5 -> 17.1 and 256 × 1152 16.0 -> 17.7; scale only: 128 × 2048 15.3 -> 12.8,
-// 256 × 1152 15.7 -> 12.7, 512 × 512 15.8 -> 11.6, but 256 × 2304 16.0 -> 27.1. SN-GAN CIFAR-10
-// layer by layer (all of its layers below both limits): train 157.8 -> 113.2 µs, scale 155.5 ->
-// 94.3. Without clusters (sm_80) a layer is one block, not measured: the usual kernels.
-constexpr int64_t kLayerOnChipTrainMaxElems = 160 * 1024;
-constexpr int64_t kLayerOnChipScaleMaxElems = 320 * 1024;
+// A single warmed-up u-first layer's training forwards (with W_sn and scale only) run on chip (one
+// launch, W read once) when SPECNORM_TUNE does not set op_onchip, the device has clusters (sm_90
+// and up) and the layer has at most kLayerOnChipMaxElems elements. Its eval forward and backward
+// keep the usual kernels: on chip they were slower (H100, 6626f15: SN-GAN layer by layer eval
+// +22%, backward +129%). Measured on an H100 (bdc3f72, onchip, layer by layer without graphs, the
+// default against op_onchip=1 with the threads above), training forward: 64 × 27 13.4 -> 6.6 µs,
+// 64 × 576 14.0 -> 8.3, 128 × 1152 15.4 -> 12.6 (bf16 15.2 -> 12.1), but 128 × 2048 15.5 -> 17.1
+// and 256 × 1152 16.0 -> 17.7; SN-GAN CIFAR-10 layer by layer (all of its layers below the limit):
+// train 157.8 -> 113.2 µs, scale 155.5 -> 94.3. Scale only alone would pay up to ~320K elements
+// (128 × 2048 15.3 -> 12.8, 512 × 512 15.8 -> 11.6, but 256 × 2304 16.0 -> 27.1), but one limit
+// for both keeps sn_forward_scale_only's state bit for bit that of sn_forward (specnorm.h): the
+// two kernels add the same sums in other orders. Without clusters (sm_80) a layer is one block,
+// not measured: the usual kernels.
+constexpr int64_t kLayerOnChipMaxElems = 160 * 1024;
 
 // Compiled like every kernel of the library; only its attributes are read.
 __global__ void arch_probe_kernel() {}
@@ -260,8 +261,7 @@ extern "C" int sn_cuda_on_chip_threads(int64_t numel, int group) {
 extern "C" int sn_cuda_layer_on_chip_modes(int64_t numel, int op_onchip, int clusters) {
   if (op_onchip >= 0) return op_onchip ? SN_ON_CHIP_ALL : 0;
   if (!clusters) return 0;
-  return (numel <= kLayerOnChipTrainMaxElems ? SN_ON_CHIP_TRAIN : 0) |
-         (numel <= kLayerOnChipScaleMaxElems ? SN_ON_CHIP_SCALE : 0);
+  return numel <= kLayerOnChipMaxElems ? SN_ON_CHIP_TRAIN | SN_ON_CHIP_SCALE : 0;
 }
 
 bool sn::clusters_usable() { return device_is_sm90_or_later(); }
@@ -410,6 +410,12 @@ extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
     if (sn_e_ != cudaSuccess) return (int)sn_e_; \
   } while (0)
 
+extern "C" int sn_cuda_forward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *a) {
+  const int mode = !a->training ? SN_ON_CHIP_EVAL : a->W_sn ? SN_ON_CHIP_TRAIN : SN_ON_CHIP_SCALE;
+  return plan->onchip.cluster > 0 && (plan->onchip.modes & mode) && !a->is_1d &&
+         a->order == SN_ORDER_U_FIRST && a->warmup_iters == 0 && (a->n_iters > 0 || !a->training);
+}
+
 extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *a,
                                sn_stream_t stream_handle) {
   using sn::TMode;
@@ -426,9 +432,7 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
 
   // A warmed-up layer on chip, for the forwards its plan puts there (small layers' training
   // forwards on sm_90, or every one with SPECNORM_TUNE=op_onchip=1): the whole forward in one launch.
-  const int mode = !a->training ? SN_ON_CHIP_EVAL : a->W_sn ? SN_ON_CHIP_TRAIN : SN_ON_CHIP_SCALE;
-  if (P.onchip.cluster > 0 && (P.onchip.modes & mode) && a->order == SN_ORDER_U_FIRST &&
-      a->warmup_iters == 0 && (a->n_iters > 0 || !a->training)) {
+  if (sn_cuda_forward_on_chip(plan, a)) {
     sn_group_entry_t e{};
     e.W = a->W;
     e.W_sn = a->W_sn;

@@ -536,7 +536,8 @@ extern "C" void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, 
     }
   }
   if (best == 0) return;
-  // A single layer's backward runs on chip too where its kernel can have the shared memory.
+  // A single layer's backward can run on chip too where its kernel can have the shared memory
+  // (it does so only with SPECNORM_TUNE=op_onchip=1: cuda/forward.cu clears the flag otherwise).
   if (prefer_large) {
     if (sn::allow_shared_memory(sn::on_chip_backward_kernel, sn::on_chip_bw_smem(chosen.w_bytes)) == cudaSuccess)
       oc->backward = 1;

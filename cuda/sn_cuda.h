@@ -158,6 +158,8 @@ typedef struct {
  * does not synchronize. */
 int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *args,
                     sn_stream_t stream);
+/* Whether that forward is the one launch of the layer on chip (plan->onchip, its modes). */
+int sn_cuda_forward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *args);
 
 typedef struct {
   const void *W, *G;
@@ -172,6 +174,8 @@ typedef struct {
 /* Enqueue the backward (cuda/backward.cu) on `stream`. Returns a cudaError_t. */
 int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *args,
                      sn_stream_t stream);
+/* Whether that backward is the one launch of the layer on chip (op_onchip=1 only). */
+int sn_cuda_backward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *args);
 
 /* One layer of a group (cuda/group.cu), as the grouped kernels see it. */
 typedef struct {

@@ -54,13 +54,14 @@ int sn__may_retry_on(sn_stream_t stream) {
   return ok;
 }
 
-/* After launch error e of a CUDA layer's forward or backward: if it is the refusal of the layer's
- * on-chip launch (its cluster cannot be scheduled now: the GPU shared under MPS, an SM limit),
- * nothing ran; the layer runs the usual kernels from now on. Returns 1 when the caller runs them
- * at once; 0 otherwise, with *in_capture set when the refusal came during a capture (which it may
- * have invalidated: the caller reports it, and the user captures again). */
-static int drop_refused_on_chip(sn_layer_t *l, int e, sn_stream_t stream, int *in_capture) {
-  if (e == 0 || l->plan.onchip.cluster == 0 || !sn_cuda_on_chip_refused(e)) return 0;
+/* After launch error e of a CUDA layer's forward or backward (on_chip: that call was the layer's
+ * on-chip launch): if it is the refusal of that launch (its cluster cannot be scheduled now: the
+ * GPU shared under MPS, an SM limit), nothing ran; the layer runs the usual kernels from now on.
+ * Returns 1 when the caller runs them at once; 0 otherwise, with *in_capture set when the refusal
+ * came during a capture (which it may have invalidated: the caller reports it, and the user
+ * captures again). The usual kernels' errors are theirs, whatever the plan holds. */
+static int drop_refused_on_chip(sn_layer_t *l, int e, int on_chip, sn_stream_t stream, int *in_capture) {
+  if (e == 0 || !on_chip || !sn_cuda_on_chip_refused(e)) return 0;
   (void)cudaGetLastError();
   l->plan.onchip.cluster = 0;
   if (sn__may_retry_on(stream)) return 1;
@@ -413,9 +414,10 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
   int prev = 0;
   st = sn__enter_device(dev, &prev);
   if (st != SN_SUCCESS) return st;
+  const int on_chip = sn_cuda_forward_on_chip(&l->plan, &a);
   int e = sn_cuda_forward(&l->plan, &a, stream);
   int in_capture = 0;
-  if (drop_refused_on_chip(l, e, stream, &in_capture)) e = sn_cuda_forward(&l->plan, &a, stream);
+  if (drop_refused_on_chip(l, e, on_chip, stream, &in_capture)) e = sn_cuda_forward(&l->plan, &a, stream);
   sn__leave_device(dev, prev);
   if (in_capture) return refused_in_capture("forward");
   if (e != 0) {
@@ -499,9 +501,11 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
   sn_cuda_backward_args_t a = {W, G, dW, layer->numel, layer->u, layer->v, layer->sigma,
                                (flags & SN_BACKWARD_ACCUMULATE) != 0,
                                (flags & SN_BACKWARD_DETACH_SIGMA) != 0, dgamma};
+  const int on_chip = sn_cuda_backward_on_chip(&layer->plan, &a);
   int e = sn_cuda_backward(&layer->plan, &a, stream);
   int in_capture = 0;
-  if (drop_refused_on_chip(layer, e, stream, &in_capture)) e = sn_cuda_backward(&layer->plan, &a, stream);
+  if (drop_refused_on_chip(layer, e, on_chip, stream, &in_capture))
+    e = sn_cuda_backward(&layer->plan, &a, stream);
   sn__leave_device(dev, prev);
   if (in_capture) return refused_in_capture("backward");
   if (e != 0) {

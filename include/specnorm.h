@@ -293,8 +293,10 @@ typedef struct sn_group sn_group_t;
 
 /* A fixed list of layers with their weight buffers, normalized together by sn_group_forward in a
  * number of kernel launches that does not depend on the number of layers, e.g. every spectrally
- * normalized weight of a model: one cooperative launch when the weights take at most 8 MiB and the
- * device has cooperative launches, else 3 for one power iteration, 2 more per further iteration.
+ * normalized weight of a model: on sm_90 and up one launch with every layer on chip when they all
+ * fit (u-first, rows contiguous, at most 4096 columns, a thread-block cluster's shared memory each);
+ * else one cooperative launch when the weights take at most 8 MiB and the device has cooperative
+ * launches; else 3 for one power iteration, 2 more per further iteration.
  * layers[k] uses weight W[k] and writes W_sn[k] (W_sn may be NULL, or any W_sn[k] NULL: that
  * layer gets the scale-only forward). The layers keep their own state and may still be used on
  * their own; the group only holds pointers (it does not own the layers or the buffers, which must

@@ -21,7 +21,8 @@
 #              (WORKLOADS: $SN_BENCH_WORKLOADS, default a few single layers and every preset)
 #   plot       python3 bench/plot.py $OUT/bench.json $OUT/torch.json -o $OUT/speedup.png
 #   goals      python3 bench/goals.py $OUT/bench.json $OUT/torch.json: issue 5's goals, met or not
-#   onchip     sn_bench on SN-GAN (per layer and grouped) with and without group_onchip=1,op_onchip=1
+#   onchip     sn_bench on SN-GAN (per layer and grouped) and small single layers: the on-chip
+#              defaults against onchip_threads=256, group_onchip=0, op_onchip=0 and op_onchip=1
 #   variants   sn_bench once per SPECNORM_TUNE setting of the one-pass kernel ($SN_TUNE_VARIANTS)
 #              on $SN_VARIANT_WORKLOADS (train/scale/eval of the large single layers), then the
 #              legacy (v-first) order with every algorithm; tables only
@@ -468,7 +469,7 @@ variants() {
       SPECNORM_TUNE="$t" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-graph --no-check --reps 50 --json "$js" || rc=1
     fi
   done
-  # group_onchip=1 (not yet measured): a group whose layers all fit (SN-GAN; not sndcgan nor
+  # group_onchip=1 (the default on sm_90 since 6626f15): a group whose layers all fit (SN-GAN; not sndcgan nor
   # ViT-B/16, which keep the default) as one launch with each layer in a cluster's shared memory
   # (cuda/on_chip.cu), clusters of 8 for SN-GAN, or of 4; with op_onchip=1 the per-layer rows run
   # each layer that fits so.

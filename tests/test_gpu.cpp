@@ -120,6 +120,13 @@ TEST_P(GpuShapes, MatchesCpuBackendStepByStep) {
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
   compare_backends(GetParam(), rng, 5);
+  // Small u-first layers' training forwards run on chip by default (sm_90): their usual kernels too.
+  const Case &c = GetParam();
+  if (c.order == SN_ORDER_U_FIRST && numel_of(c.shape) <= 160 * 1024 && sn_cuda_clusters_usable()) {
+    SCOPED_TRACE("SPECNORM_TUNE=op_onchip=0");
+    ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0").c_str());
+    compare_backends(c, rng, 5);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -180,6 +187,7 @@ TEST(GpuLarge, Large16384Square) {
 TEST(Gpu, UnalignedWeight) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
+  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0").c_str());  // the usual kernels
   compare_backends(Case{{513, 1024}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 15, 1);
   compare_backends(Case{{64, 40}, 0, SN_ORDER_V_FIRST, 1}, rng, 3, 15, 3);
 }
@@ -249,7 +257,8 @@ TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
                            "op_bps=1,op_cluster=4", "op_bps=2,op_cluster=2", "pdl=1",
                            "pdl=1,op_cluster=4"}) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + tune);
-    env.set(tune);
+    // op_onchip=0: the 9 × 64 case's training forwards would be on chip by default (sm_90).
+    env.set((std::string("op_onchip=0,") + tune).c_str());
     for (const Case &c : {Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS},
                           Case{{777, 8192}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
                           Case{{300, 16384}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
@@ -479,7 +488,8 @@ TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
       {"pdl=1", SN_ALGO_ONE_PASS}, {"pdl=1,op_cluster=4", SN_ALGO_ONE_PASS}};
   for (const auto &[tune, algo] : variants) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + (tune ? tune : "") + " algo " + std::to_string(int(algo)));
-    env.set(tune);
+    // op_onchip=0: the usual kernels' launches, whatever the on-chip rule's limit (cuda/forward.cu).
+    env.set((std::string("op_onchip=0,") + (tune ? tune : "")).c_str());
     sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
     d.algo = algo;
     LayerPtr plain(d), graphed(d);
@@ -658,15 +668,15 @@ TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
 }
 
 // Without SPECNORM_TUNE's op_onchip, on a device with clusters, a small warmed-up layer's training
-// forwards run on chip (cuda/forward.cu, sn_cuda_layer_on_chip_modes): with W_sn up to 160K
-// elements, scale only up to 320K, in blocks of 256 threads below 64K elements and 512 from there;
-// its eval forward and its backward keep the usual kernels. Read from graph captures in fp32 and
-// bf16; the results against the CPU backend step by step (training and eval; scale only).
+// forwards (with W_sn and scale only) run on chip (cuda/forward.cu, sn_cuda_layer_on_chip_modes)
+// up to 160K elements, in blocks of 256 threads below 64K elements and 512 from there; its eval
+// forward and its backward keep the usual kernels. Read from graph captures in fp32 and bf16; the
+// results against the CPU backend step by step (training and eval; scale only).
 TEST(Gpu, SmallLayersTrainOnChipByDefault) {
   REQUIRE_GPU();
   const char *tune = std::getenv("SPECNORM_TUNE");
-  if (tune && (std::strstr(tune, "op_onchip=") || std::strstr(tune, "onchip_threads=")))
-    GTEST_SKIP() << "SPECNORM_TUNE sets op_onchip or onchip_threads: " << tune;
+  if (tune && (std::strstr(tune, "op_onchip") || std::strstr(tune, "onchip_threads=") || std::strstr(tune, "onchip_refuse=")))
+    GTEST_SKIP() << "SPECNORM_TUNE sets op_onchip, onchip_threads or onchip_refuse: " << tune;
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
@@ -684,7 +694,10 @@ TEST(Gpu, SmallLayersTrainOnChipByDefault) {
       LayerPtr l(d);
       ASSERT_TRUE(l.p) << sn_last_error_message();
       const bool fits = l.p->plan.onchip.cluster > 0;
-      const bool train = clusters && fits && n <= 160 * 1024, scale = clusters && fits && n <= 320 * 1024;
+      const bool train = clusters && fits && n <= 160 * 1024, scale = train;
+      if (fits) {  // the preferred count, which SN-GAN's and these sizes get on an H100 or H200
+        EXPECT_EQ(l.p->plan.onchip.threads, n < 64 * 1024 ? 256 : 512);
+      }
       if (clusters && n * 4 <= 32768) {
         EXPECT_TRUE(fits) << "32 KB and 4096 columns fit any device's shared memory";
       }
@@ -692,7 +705,7 @@ TEST(Gpu, SmallLayersTrainOnChipByDefault) {
       W.set(rng.normals(n));
       G.set(rng.normals(n));
       ASSERT_EQ(sn_layer_warmup(l, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
-      const std::string kernel = std::string("group_on_chip_kernel<") + (n < 64 * 1024 ? "256>" : "512>");
+      const std::string kernel = "group_on_chip_kernel<" + std::to_string(l.p->plan.onchip.threads) + ">";
       const std::vector<std::string> kt =
           captured_kernels([&](cudaStream_t s) { return sn_forward(l, W.dev, O.dev, 1, (sn_stream_t)s); });
       const std::vector<std::string> ks =

@@ -268,9 +268,8 @@ TEST(GroupCpu, TuneKnobsParse) {
 }
 
 // The on-chip defaults by size (cuda/forward.cu), which need no device: a single layer's training
-// forwards on chip up to 160K elements (W_sn written) and 320K (scale only), only with clusters
-// and only when op_onchip is unset; blocks of 256 threads below 64K elements, else and for groups
-// 512.
+// forwards (W_sn written and scale only alike) on chip up to 160K elements, only with clusters and
+// only when op_onchip is unset; blocks of 256 threads below 64K elements, else and for groups 512.
 TEST(GroupCpu, OnChipDefaultsBySize) {
   const int T = SN_ON_CHIP_TRAIN, S = SN_ON_CHIP_SCALE;
   const struct {
@@ -279,9 +278,8 @@ TEST(GroupCpu, OnChipDefaultsBySize) {
   } cases[] = {{1, -1, 1, T | S},
                {128 * 1152, -1, 1, T | S},
                {160 * 1024, -1, 1, T | S},
-               {160 * 1024 + 1, -1, 1, S},
-               {320 * 1024, -1, 1, S},
-               {320 * 1024 + 1, -1, 1, 0},
+               {160 * 1024 + 1, -1, 1, 0},
+               {320 * 1024, -1, 1, 0},
                {4096LL * 4096, -1, 1, 0},
                {1, -1, 0, 0},
                {128 * 1152, -1, 0, 0},
