@@ -52,6 +52,9 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   op_grid=M     at most M one-pass blocks
 //   op_cluster=C  one-pass blocks in thread-block clusters of C (1, 2, 4 or 8; sm_90 and up) that
 //                 add their partial s on chip
+//   op_bulk=1     the one-pass rows kernel takes each row of W into a shared-memory ring of 3-4
+//                 rows with one bulk copy (cp.async.bulk, sm_90), 2-3 rows ahead of the one it
+//                 reduces (cuda/one_pass.cu; 16-byte packs only; not yet run on a GPU)
 //   div_stream=0|1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
 //                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu);
 //                 unset: by W's bytes against the L2 (div_stream_default below)
@@ -80,6 +83,7 @@ struct Tune {
   int op_grid = 0;     // > 0: at most this many one-pass blocks (tests: the same grid for two
                        // kernels of different occupancy)
   int op_cluster = 0;  // 0: the default below
+  int op_bulk = 0;     // 1: the rows through a shared-memory ring (bulk copies)
   int pdl = -1;        // -1: the default below
   int div_stream = -1;  // -1: by size (div_stream_default); 1: the division's accesses streaming
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
@@ -104,6 +108,7 @@ Tune read_tune() {
   const Key keys[] = {
       {"op_bps=", &t.op_bps, 1, 64, false},        {"op_grid=", &t.op_grid, 1, 1000000, false},
       {"op_cluster=", &t.op_cluster, 1, 8, true},  {"pdl=", &t.pdl, 0, 1, false},
+      {"op_bulk=", &t.op_bulk, 0, 1, false},
       {"div_stream=", &t.div_stream, 0, 1, false},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
@@ -254,6 +259,10 @@ extern "C" int sn_cuda_tune_onchip_threads(void) { return read_tune().onchip_thr
 
 extern "C" int sn_cuda_tune_op_onchip(void) { return read_tune().op_onchip; }
 
+extern "C" int sn_cuda_one_pass_bulk_slots(sn_dtype_t dtype, int64_t w, size_t smem_optin) {
+  return sn::one_pass_bulk_slots(dtype, w, sn::one_pass_elems(dtype, w), smem_optin);
+}
+
 extern "C" int sn_cuda_on_chip_threads(int64_t numel, int group) {
   return group || numel >= kOnChipWideElems ? 512 : 256;
 }
@@ -336,8 +345,21 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->one_pass = 1;
     plan->op_elems = sn::one_pass_elems(dtype, view.B);
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
+    if (tune.op_bulk == 1 && device_is_sm90_or_later()) {
+      int dev = 0, optin = 0;
+      if (cudaGetDevice(&dev) == cudaSuccess &&
+          cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess &&
+          optin > 1024)  // 1 KB kept for the kernel's static shared memory (its block sums)
+        plan->op_bulk = sn::one_pass_bulk_slots(dtype, view.B, plan->op_elems, (size_t)optin - 1024);
+      (void)cudaGetLastError();
+    }
     int per_sm = 0, max_clusters = 0;
     cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
+    if (e != cudaSuccess && plan->op_bulk > 0) {  // the ring does not fit after all: the registers
+      (void)cudaGetLastError();
+      plan->op_bulk = 0;
+      e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
+    }
     if (e != cudaSuccess) return (int)e;
     if (per_sm < 1) per_sm = 1;
     if (tune.op_bps > 0 && tune.op_bps < per_sm) per_sm = tune.op_bps;

@@ -18,6 +18,7 @@
 #include <cooperative_groups.h>
 
 #include "kernels.h"
+#include "sn_reference.h" /* sn_dtype_size */
 #include "sn_device.cuh"
 #include "sn_types.cuh"
 
@@ -40,6 +41,7 @@ struct OnePassParams {
   const float *u, *u_div;
   float *scal;
   unsigned *counter;
+  int slots;        // the bulk kernel's ring: rows of W in shared memory (op_bulk)
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -77,6 +79,79 @@ __device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, flo
 #endif
 }
 
+// Row i, on chip in b (this thread's VPT packs of it): t_i = M_i · v (a block sum; its barriers
+// also mean that every thread of the block has read b's source), then (training) t_i into p.t,
+// t_i² into tsq and t_i M_i into acc; (eval) (u_i / *u_div) t_i into tsq.
+template <int NT, int VPT, class T, int E, bool EVAL>
+__device__ __forceinline__ void row_step(const OnePassParams &p, const typename VecN<T, E>::raw (&b)[VPT],
+                                         int64_t i, const float4 *v_sm, float ru, float (&acc)[VPT][E],
+                                         float &tsq) {
+  using V = VecN<T, E>;
+  constexpr int F4 = E / 4;  // float4 of v per pack
+  // Eval: thread 0's u_i is loaded before the row's dot, not after its block sum, where the
+  // load's round trip would hold up the block at the next barrier on every row.
+  const float ui = EVAL && threadIdx.x == 0 ? p.u[i] : 0.f;
+  float x[VPT][E];
+  float d = 0.f;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    V::cvt(b[k], x[k]);
+    const int j = threadIdx.x + k * NT;
+    if (j < p.wp) {
+#pragma unroll
+      for (int q = 0; q < F4; ++q) {
+        const float4 v = v_sm[F4 * j + q];
+        d = fmaf(x[k][4 * q + 0], v.x, d);
+        d = fmaf(x[k][4 * q + 1], v.y, d);
+        d = fmaf(x[k][4 * q + 2], v.z, d);
+        d = fmaf(x[k][4 * q + 3], v.w, d);
+      }
+    }
+  }
+  const float t = block_sum<NT>(d);
+  if (EVAL) {
+    if (threadIdx.x == 0) tsq = fmaf(ui * ru, t, tsq);
+  } else {
+    if (threadIdx.x == 0) p.t[i] = t;
+    tsq = fmaf(t, t, tsq);
+#pragma unroll
+    for (int k = 0; k < VPT; ++k)
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[k][e] = fmaf(t, x[k][e], acc[k][e]);
+  }
+}
+
+// The end of both rows kernels: the block's partial s to global memory, or (cluster > 1) to its
+// own shared memory (v_sm), where the cluster's blocks add it up; its Σ t² (eval: Σ u_i t_i); and
+// (eval) the last block's sum of those in block order.
+template <int NT, int VPT, int E, bool EVAL>
+__device__ __forceinline__ void rows_finish(const OnePassParams &p, const float (&acc)[VPT][E], float tsq,
+                                            float4 *v_sm, int64_t w) {
+  constexpr int F4 = E / 4;
+  if (!EVAL) {
+    if (!kHaveClusters && p.cluster > 1) __trap();  // the host checks the code's PTX version
+    const bool on_chip = p.cluster > 1;
+    if (on_chip) __syncthreads();  // every thread is done reading v_sm
+    float4 *out = on_chip ? v_sm : reinterpret_cast<float4 *>(p.part + (int64_t)blockIdx.x * w);
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const int j = threadIdx.x + k * NT;
+      if (j < p.wp)
+#pragma unroll
+        for (int q = 0; q < F4; ++q)
+          out[F4 * j + q] = make_float4(acc[k][4 * q], acc[k][4 * q + 1], acc[k][4 * q + 2],
+                                        acc[k][4 * q + 3]);
+    }
+    if (on_chip) cluster_sum_partials<NT>(p, v_sm, w / 4);
+  }
+  if (threadIdx.x == 0) p.tsq[blockIdx.x] = tsq;
+  if (!EVAL || !last_block_to_arrive(p.counter, gridDim.x)) return;
+  float dot = 0.f;
+  for (int g = threadIdx.x; g < (int)gridDim.x; g += NT) dot += __ldcg(&p.tsq[g]);
+  dot = block_sum<NT>(dot);
+  if (threadIdx.x == 0) p.scal[SN_SCAL_SIG_DOT] = dot;
+}
+
 // NT threads, VPT packs of E elements per thread and row: thread k holds packs k, k + NT, ...
 // The next row's packs are loaded into registers (buf[1]) while the current one (buf[0]) is
 // reduced: one row in flight per block beyond the one being reduced. The bf16 rows of
@@ -84,13 +159,14 @@ __device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, flo
 // has 64 KB, and ran at 53% of the copy bandwidth against fp32's ~80% (H200, e56c4b8); yet two
 // rows ahead, for 4·VPT more registers, measured 0-3% slower on an H100 (6626f15) and was
 // removed, as was a cp.async variant that streamed the rows into shared memory 1-3 rows ahead
-// (2-21% slower on the H200): bench/NOTES.md.
+// (2-21% slower on the H200): bench/NOTES.md. (The sm_90 SASS says why two rows ahead could not
+// help: the rotation buf[0] = buf[1] waits for the loads issued during the same row, so one row
+// is in flight whatever the depth. one_pass_rows_bulk_kernel below keeps more.)
 template <int NT, int VPT, class T, int E, bool EVAL>
 __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   pdl_enter();
   using V = VecN<T, E>;
   using R = typename V::raw;
-  constexpr int F4 = E / 4;  // float4 of v per pack
   const T *W = static_cast<const T *>(p.W);
   const int64_t w = (int64_t)E * p.wp;
   extern __shared__ float4 v_sm[];
@@ -131,64 +207,105 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
         if (j < p.wp) buf[1][k] = V::load_raw(row + E * j);
       }
     }
-    // Eval: thread 0's u_i is loaded before the row's dot, not after its block sum, where the
-    // load's round trip would hold up the block at the next barrier on every row.
-    const float ui = EVAL && threadIdx.x == 0 ? p.u[i] : 0.f;
-    float x[VPT][E];
-    float d = 0.f;
-#pragma unroll
-    for (int k = 0; k < VPT; ++k) {
-      V::cvt(buf[0][k], x[k]);
-      const int j = threadIdx.x + k * NT;
-      if (j < p.wp) {
-#pragma unroll
-        for (int q = 0; q < F4; ++q) {
-          const float4 v = v_sm[F4 * j + q];
-          d = fmaf(x[k][4 * q + 0], v.x, d);
-          d = fmaf(x[k][4 * q + 1], v.y, d);
-          d = fmaf(x[k][4 * q + 2], v.z, d);
-          d = fmaf(x[k][4 * q + 3], v.w, d);
-        }
-      }
-    }
-    const float t = block_sum<NT>(d);
-    if (EVAL) {
-      if (threadIdx.x == 0) tsq = fmaf(ui * ru, t, tsq);
-    } else {
-      if (threadIdx.x == 0) p.t[i] = t;
-      tsq = fmaf(t, t, tsq);
-#pragma unroll
-      for (int k = 0; k < VPT; ++k)
-#pragma unroll
-        for (int e = 0; e < E; ++e) acc[k][e] = fmaf(t, x[k][e], acc[k][e]);
-    }
+    row_step<NT, VPT, T, E, EVAL>(p, buf[0], i, v_sm, ru, acc, tsq);
 #pragma unroll
     for (int k = 0; k < VPT; ++k) buf[0][k] = buf[1][k];
   }
-  if (!EVAL) {
-    // The block's partial s goes to global memory, or (cluster > 1) to its own shared memory,
-    // where the cluster's blocks add it up below.
-    if (!kHaveClusters && p.cluster > 1) __trap();  // the host checks the code's PTX version
-    const bool on_chip = p.cluster > 1;
-    if (on_chip) __syncthreads();  // every thread is done reading v_sm
-    float4 *out = on_chip ? v_sm : reinterpret_cast<float4 *>(p.part + (int64_t)blockIdx.x * w);
+  rows_finish<NT, VPT, E, EVAL>(p, acc, tsq, v_sm, w);
+}
+
+// ---- rows through a shared-memory ring filled by the bulk copy engine (sm_90; op_bulk=1) -------
+// Thread 0 issues each row of W as one cp.async.bulk (global -> shared, completing on the slot's
+// mbarrier) `slots` - 1 rows before its turn; every thread waits on the slot's barrier, loads its
+// packs from there (the same packs the register kernel loads from global memory) and runs the same
+// row_step: the same sums in the same order, so on the same grid the same bits. Shared memory: v
+// (w floats), then `slots` rows of W (row_bytes each), then one 8-byte mbarrier per slot. A slot
+// is refilled at the top of the row after its own: every thread read it before that row's block
+// sum, whose barriers thread 0 has passed. Rows need 16-byte packs (fp32, or w % 8 == 0 for the
+// 2-byte types) and W 16-byte aligned (the rows path's condition). Not yet run on a GPU.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ uint32_t smem_addr(const void *p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void bulk_row(void *dst, const void *src, uint32_t bytes, uint64_t *bar) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
+__device__ __forceinline__ void wait_parity(uint64_t *bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+}
+#endif
+
+template <int NT, int VPT, class T, bool EVAL>
+__global__ void __launch_bounds__(NT) one_pass_rows_bulk_kernel(OnePassParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  pdl_enter();
+  constexpr int E = 16 / sizeof(T);  // 16-byte packs only
+  using R = typename VecN<T, E>::raw;
+  const T *W = static_cast<const T *>(p.W);
+  const int64_t w = (int64_t)E * p.wp;
+  const uint32_t row_bytes = (uint32_t)(w * (int64_t)sizeof(T));
+  const int S = p.slots;
+  extern __shared__ float4 v_sm[];
+  char *ring = reinterpret_cast<char *>(v_sm) + 4 * w;  // w % 4 == 0: 16-byte aligned
+  uint64_t *bars = reinterpret_cast<uint64_t *>(ring + (size_t)S * row_bytes);
+  const float ru = EVAL ? reciprocal_of(p.u_div) : 0.f;
+  const int64_t G = gridDim.x;
+  if (threadIdx.x == 0) {
+    for (int q = 0; q < S; ++q)
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&bars[q])) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  // The block's first S - 1 rows, in flight while v is staged.
+  if (threadIdx.x == 0)
+    for (int q = 0; q < S - 1 && blockIdx.x + q * G < p.h; ++q)
+      bulk_row(ring + (size_t)q * row_bytes, W + (blockIdx.x + q * G) * w, row_bytes, &bars[q]);
+  const float rx = reciprocal_of(p.x_div);
+  const bool ones = p.health && (*p.health & SN_HEALTH_RESTART);
+  stage_scaled<NT>(reinterpret_cast<float *>(v_sm), p.x, w, rx, ones);
+  __syncthreads();
+
+  float acc[VPT][E];
+#pragma unroll
+  for (int k = 0; k < VPT; ++k)
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[k][e] = 0.f;
+  float tsq = 0.f;
+  uint32_t parity = 0;  // bit q: the phase slot q completes next
+  int slot = 0;
+  for (int64_t i = blockIdx.x; i < p.h; i += G) {
+    const int64_t ahead = i + (int64_t)(S - 1) * G;
+    if (threadIdx.x == 0 && ahead < p.h) {
+      const int q = (slot + S - 1) % S;  // the previous row's slot, read by every thread already
+      bulk_row(ring + (size_t)q * row_bytes, W + ahead * w, row_bytes, &bars[q]);
+    }
+    wait_parity(&bars[slot], (parity >> slot) & 1u);
+    parity ^= 1u << slot;
+    const R *row = reinterpret_cast<const R *>(ring + (size_t)slot * row_bytes);
+    R b[VPT];
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
       const int j = threadIdx.x + k * NT;
-      if (j < p.wp)
-#pragma unroll
-        for (int q = 0; q < F4; ++q)
-          out[F4 * j + q] = make_float4(acc[k][4 * q], acc[k][4 * q + 1], acc[k][4 * q + 2],
-                                        acc[k][4 * q + 3]);
+      b[k] = j < p.wp ? row[j] : R{};
     }
-    if (on_chip) cluster_sum_partials<NT>(p, v_sm, w / 4);
+    row_step<NT, VPT, T, E, EVAL>(p, b, i, v_sm, ru, acc, tsq);
+    slot = slot + 1 == S ? 0 : slot + 1;
   }
-  if (threadIdx.x == 0) p.tsq[blockIdx.x] = tsq;
-  if (!EVAL || !last_block_to_arrive(p.counter, gridDim.x)) return;
-  float dot = 0.f;
-  for (int g = threadIdx.x; g < (int)gridDim.x; g += NT) dot += __ldcg(&p.tsq[g]);
-  dot = block_sum<NT>(dot);
-  if (threadIdx.x == 0) p.scal[SN_SCAL_SIG_DOT] = dot;
+  rows_finish<NT, VPT, E, EVAL>(p, acc, tsq, v_sm, w);
+#else
+  __trap();  // the host launches it only on sm_90 code (bulk_rows_usable)
+#endif
 }
 
 struct ReduceParams {
@@ -268,16 +385,32 @@ struct Prep {
   int max_clusters;    // out: clusters of `cluster` blocks that fit at once (cluster > 1)
 };
 
+// The bulk kernel's shared memory beyond v: `slots` rows of wp packs of pack_bytes, and a barrier
+// per slot.
+size_t bulk_ring_bytes(int64_t wp, size_t pack_bytes, int slots) {
+  return (size_t)slots * ((size_t)wp * pack_bytes + sizeof(uint64_t));
+}
+
 // One instance per (threads, packs per thread, element type, elements per pack): launch it
 // (prep NULL), or prepare it: raise the shared-memory limit of its training and eval kernels and
 // report the training kernel's occupancy. The plan's block count comes from the training
 // instance (the eval one keeps no partial s and needs fewer registers).
 template <int NT, int VPT, class T, int E>
 cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *prep) {
-  // v in shared memory, w floats (the cluster's partial s lands there too).
-  const size_t smem = (size_t)p->wp * E * sizeof(float);
+  // v in shared memory, w floats (the cluster's partial s lands there too); the bulk kernel's
+  // ring of p->slots rows and their barriers after it.
+  size_t smem = (size_t)p->wp * E * sizeof(float);
   auto *train = one_pass_rows_kernel<NT, VPT, T, E, false>;
   auto *eval = one_pass_rows_kernel<NT, VPT, T, E, true>;
+  if constexpr (E * sizeof(T) == 16) {
+    if (p->slots > 0) {
+      smem += bulk_ring_bytes(p->wp, sizeof(T) * E, p->slots);
+      train = one_pass_rows_bulk_kernel<NT, VPT, T, false>;
+      eval = one_pass_rows_bulk_kernel<NT, VPT, T, true>;
+    }
+  } else {
+    if (p->slots > 0) return cudaErrorInvalidConfiguration;
+  }
   if (prep) {
     cudaError_t e = allow_shared_memory(eval, smem);
     if (e == cudaSuccess) e = allow_shared_memory(train, smem);
@@ -340,6 +473,15 @@ unsigned *one_pass_counter(const sn_cuda_plan_t &plan) {
 
 int64_t one_pass_reduce_blocks(int64_t w4) { return (w4 + kColLanes - 1) / kColLanes; }
 
+int one_pass_bulk_slots(sn_dtype_t dtype, int64_t w, int elems, size_t smem_optin) {
+  const size_t pack = (size_t)elems * sn_dtype_size(dtype);
+  if (pack != 16) return 0;  // rows of 16-byte packs only (cp.async.bulk: 16-byte sizes)
+  const size_t v = (size_t)w * sizeof(float), per = bulk_ring_bytes(w / elems, pack, 1);
+  if (smem_optin <= v) return 0;
+  const size_t fit = (smem_optin - v) / per;
+  return fit < 3 ? 0 : (int)(fit < 4 ? fit : 4);
+}
+
 int one_pass_elems(sn_dtype_t dtype, int64_t w) {
   return dtype != SN_DTYPE_FLOAT32 && w % 8 == 0 ? 8 : 4;
 }
@@ -356,6 +498,7 @@ cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *block
                              int *max_clusters) {
   OnePassParams p{};
   p.wp = (int)(plan.view.B / plan.op_elems);
+  p.slots = plan.op_bulk;
   Prep prep{cluster, 0, 0};
   const cudaError_t e = rows_dispatch(plan, &p, nullptr, &prep);
   *blocks_per_sm = prep.blocks_per_sm;
@@ -367,7 +510,8 @@ cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const flo
                             const float *x_div, const unsigned *health, cudaStream_t stream) {
   const int w4 = (int)(plan.view.B / 4);
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, health, plan.t,
-                  plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr};
+                  plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr,
+                  plan.op_bulk};
   cudaError_t e = rows_dispatch(plan, &p, stream, nullptr);
   if (e != cudaSuccess) return e;
   ReduceParams r{reinterpret_cast<const float4 *>(plan.op_part), plan.op_tsq,
@@ -382,7 +526,7 @@ cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, cons
                                  const float *x_div, const float *u, const float *u_div,
                                  cudaStream_t stream) {
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, nullptr, nullptr,
-                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan)};
+                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan), plan.op_bulk};
   return rows_dispatch(plan, &p, stream, nullptr);
 }
 

@@ -393,7 +393,7 @@ fi
 SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:GroupGpu.OnChipLeavesGroups*:Gpu.OnePassWideRows*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
 [[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
 # One-pass by rows (several widths) and by columns, two-pass, a view, groups, the backward.
-SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassRowsRuns*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:Gpu.OnChipLayer*:Gpu.SmallLayers*}"
+SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassRowsRuns*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:Gpu.OnChipLayer*:Gpu.SmallLayers*:Gpu.OnePassBulk*}"
 # racecheck is the slowest: each kernel family once, at the smallest sizes that run it (the H100 at
 # 6626f15 spent 57 s on a rows test and over 80 s on Gpu.OnChipLayerMatchesTheCpuBackend, and was
 # cut at 150 s; the H200 at 89aa697 took 26 s for the two grouped on-chip tests below; the H100 at
@@ -453,10 +453,13 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # the H200 at e56c4b8 and were removed, as were two rows ahead in registers and the division's
 # unrolled loads, which lost on the H100 at 6626f15. div_stream=1, the division's evict-first
 # accesses, won there: 4096² train 5% faster in fp32, 8% in bf16, and is the default where W takes
-# a quarter of the L2 to twice it: timed here forced off and on.)
+# a quarter of the L2 to twice it: timed here forced off and on. op_bulk=1, built in session 9
+# without a GPU: the rows through a shared-memory ring of 3-4 rows filled by bulk copies, 2-3 rows
+# ahead where the register kernel has one; bf16 4096 × 16384 ran at 73% of copy against fp32's
+# 89% on the H100 at bdc3f72.)
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default div_stream=0 div_stream=1}"
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_bulk=1 div_stream=0 div_stream=1}"
 variants() {
   local t rc=0 table=() ptable=()
   for t in "${TUNES[@]}"; do
@@ -582,6 +585,10 @@ detail() {
     "$SN_BENCH" --shape 4096x4096 --mode scale,train --no-baseline --no-graph --no-group --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
   "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \
+    "$SN_BENCH" --shape 4096x16384 --dtype bf16 --mode scale --no-baseline --no-graph --no-group \
+    --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
+  # The same rows through the bulk-copy ring (op_bulk=1, session 9, not yet run on a GPU).
+  SPECNORM_TUNE=op_bulk=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \
     "$SN_BENCH" --shape 4096x16384 --dtype bf16 --mode scale --no-baseline --no-graph --no-group \
     --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
   SPECNORM_TUNE=group_coop=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:group_" -c 4 \

@@ -348,6 +348,66 @@ TEST(Gpu, OnePassWideRowsRunsAreBitwiseIdentical) {
   expect_rows_runs_bitwise({{{777, 8192}, SN_DTYPE_FLOAT32}, {{300, 16384}, SN_DTYPE_BFLOAT16}});
 }
 
+// The one-pass rows through a shared-memory ring filled by bulk copies (SPECNORM_TUNE=op_bulk=1,
+// cuda/one_pass.cu; sm_90): on the same grid, bit for bit what the register kernel computes
+// (training and eval, with and without clusters), in fp32, bf16 and fp16; rows of 8-byte packs
+// (bf16, w % 8 = 4) and devices without clusters keep the register kernel. Read from graph
+// captures; the ring's results against the CPU backend too.
+TEST(Gpu, OnePassBulkRowsAreBitwiseTheRegisterRows) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const std::string base = tune_prefix() + "op_onchip=0,";
+  ScopedEnv env("SPECNORM_TUNE", nullptr);
+  const bool sm90 = sn_cuda_clusters_usable() != 0;
+  const std::vector<RowsCase> cases = {{{700, 1152}, SN_DTYPE_FLOAT32}, {{300, 4096}, SN_DTYPE_BFLOAT16},
+                                       {{513, 1024}, SN_DTYPE_FLOAT16}, {{9, 64}, SN_DTYPE_FLOAT32},
+                                       {{777, 8192}, SN_DTYPE_FLOAT32}, {{300, 16384}, SN_DTYPE_BFLOAT16},
+                                       {{200, 4100}, SN_DTYPE_BFLOAT16}};
+  for (const RowsCase &c : cases) {
+    for (const char *extra : {"op_grid=64,op_cluster=1", "op_grid=7,op_cluster=1", "op_grid=64,op_cluster=4"}) {
+      SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " " + extra);
+      sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
+      d.algo = SN_ALGO_ONE_PASS;
+      d.dtype = c.dt;
+      env.set((base + "op_bulk=0," + extra).c_str());
+      LayerPtr a(d);
+      env.set((base + "op_bulk=1," + extra).c_str());
+      LayerPtr b(d);
+      ASSERT_TRUE(a.p && b.p) << sn_last_error_message();
+      const bool packs16 = c.dt == SN_DTYPE_FLOAT32 || c.shape[1] % 8 == 0;
+      EXPECT_EQ(a.p->plan.op_bulk, 0);
+      if (sm90 && packs16) {
+        EXPECT_GE(b.p->plan.op_bulk, 3);
+      } else {
+        EXPECT_EQ(b.p->plan.op_bulk, 0);
+      }
+      ASSERT_EQ(a.p->plan.op_blocks, b.p->plan.op_blocks);
+      ASSERT_EQ(a.p->plan.op_cluster, b.p->plan.op_cluster);
+      const int64_t n = numel_of(c.shape);
+      Tensor W(c.dt, n), o1(c.dt, n), o2(c.dt, n);
+      W.set(rng.normals(n));
+      ASSERT_EQ(sn_layer_warmup(a, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_layer_warmup(b, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+      for (int training : {1, 0}) {
+        const std::vector<std::string> kb = captured_kernels(
+            [&](cudaStream_t s) { return sn_forward(b, W.dev, o2.dev, training, (sn_stream_t)s); });
+        EXPECT_EQ(any_matches(kb, "one_pass_rows_bulk_kernel"), b.p->plan.op_bulk > 0) << ::testing::PrintToString(kb);
+      }
+      for (int step = 0; step < 4; ++step) {
+        const int training = step != 2;
+        ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        EXPECT_TRUE(same_state(get_state(a), get_state(b))) << "step " << step;
+        EXPECT_TRUE(o1.download_bytes() == o2.download_bytes()) << "step " << step;
+      }
+    }
+  }
+  env.set((base + "op_bulk=1").c_str());
+  compare_backends(Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS}, rng, 3, 2);
+  compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
+}
+
 // Without SPECNORM_TUNE's div_stream, the division is evict-first where W takes more than a quarter
 // of the L2 and at most twice it (cuda/forward.cu, div_stream_default), counted in W's dtype.
 TEST(Gpu, StreamingDivisionByDefaultFollowsTheL2) {

@@ -293,6 +293,24 @@ TEST(GroupCpu, OnChipDefaultsBySize) {
         << c.numel << " elements, op_onchip " << c.op_onchip << ", clusters " << c.clusters;
   }
   EXPECT_EQ(SN_ON_CHIP_ALL, SN_ON_CHIP_TRAIN | SN_ON_CHIP_SCALE | SN_ON_CHIP_EVAL);
+  // The one-pass bulk rows kernel's ring (op_bulk=1): rows of 16-byte packs, 3 or 4 of them next to
+  // v (w floats) in a block's shared memory; an H100's 227 KB less 1 KB here.
+  const size_t smem = 226 * 1024;
+  for (const auto &[dt, w, want] : std::vector<std::tuple<sn_dtype_t, int64_t, int>>{
+           {SN_DTYPE_BFLOAT16, 16384, 4},  // v 64 KB + 4 × 32 KB
+           {SN_DTYPE_FLOAT16, 16384, 4},
+           {SN_DTYPE_FLOAT32, 16384, 0},   // v 64 KB + 2 × 64 KB: fewer than 3
+           {SN_DTYPE_FLOAT32, 12288, 3},   // v 48 KB + 3 × 48 KB
+           {SN_DTYPE_FLOAT32, 4096, 4},
+           {SN_DTYPE_BFLOAT16, 4100, 0},   // w % 8 = 4: 8-byte packs
+           {SN_DTYPE_BFLOAT16, 4104, 4},
+           {SN_DTYPE_FLOAT32, 64, 4}}) {
+    EXPECT_EQ(sn_cuda_one_pass_bulk_slots(dt, w, smem), want) << "dtype " << int(dt) << ", w " << w;
+  }
+  EXPECT_EQ(sn_cuda_one_pass_bulk_slots(SN_DTYPE_FLOAT32, 4096, 16 * 1024), 0) << "v alone fills it";
+  // Each slot: a row (16 KB here) and its 8-byte barrier.
+  EXPECT_EQ(sn_cuda_one_pass_bulk_slots(SN_DTYPE_FLOAT32, 4096, 16384 + 3 * 16392), 3);
+  EXPECT_EQ(sn_cuda_one_pass_bulk_slots(SN_DTYPE_FLOAT32, 4096, 16384 + 3 * 16392 - 1), 0);
   for (const auto &[numel, group, want] : std::vector<std::tuple<int64_t, int, int>>{
            {1, 0, 256}, {64 * 27, 0, 256}, {64 * 1024 - 1, 0, 256}, {64 * 1024, 0, 512}, {128 * 1152, 0, 512},
            {1, 1, 512}, {0, 1, 512}, {128 * 1152, 1, 512}}) {
