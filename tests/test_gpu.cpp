@@ -294,35 +294,39 @@ struct RowsCase {
 // The training rows kernel.
 static const char kRegisterRows[] = "one_pass_rows_kernel<[^>]*, false>";
 
-static void expect_rows_runs_bitwise(const std::vector<RowsCase> &cases) {
+// For each case and grid (op_grid, op_cluster; the usual kernels: op_onchip=0), one-pass layers a
+// and b created under SPECNORM_TUNE's knobs tune_a and tune_b; check(a, b, c, W) reads their plans
+// and captured kernels once both warmed up; then four forwards (one eval) give both the same
+// state and output, bit for bit.
+using RowsCheck = std::function<void(sn_layer_t *, sn_layer_t *, const RowsCase &, const Tensor &)>;
+static void expect_rows_pairs_bitwise(const std::vector<RowsCase> &cases, const std::string &tune_a,
+                                      const std::string &tune_b, const RowsCheck &check) {
   Rng rng(fresh_seed());
-  const std::string base = tune_prefix();
+  const std::string base = tune_prefix() + "op_onchip=0,";
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const RowsCase &c : cases) {
-    for (const char *extra : {"op_onchip=0,op_grid=64,op_cluster=1", "op_onchip=0,op_grid=7,op_cluster=1",
-                              "op_onchip=0,op_grid=64,op_cluster=4"}) {
-      SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " " + extra);
+    for (const char *grid : {"op_grid=64,op_cluster=1", "op_grid=7,op_cluster=1", "op_grid=64,op_cluster=4"}) {
+      SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " " + grid);
       sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
       d.algo = SN_ALGO_ONE_PASS;
       d.dtype = c.dt;
-      env.set((base + extra).c_str());
-      LayerPtr a(d), b(d);
-      ASSERT_TRUE(a.p && b.p);
+      env.set((base + tune_a + grid).c_str());
+      LayerPtr a(d);
+      env.set((base + tune_b + grid).c_str());
+      LayerPtr b(d);
+      ASSERT_TRUE(a.p && b.p) << sn_last_error_message();
       ASSERT_EQ(a.p->plan.op_blocks, b.p->plan.op_blocks);
       ASSERT_EQ(a.p->plan.op_cluster, b.p->plan.op_cluster);
       const int64_t n = numel_of(c.shape);
       Tensor W(c.dt, n), o1(c.dt, n), o2(c.dt, n);
       W.set(rng.normals(n));
-      // The kernels a training forward launches (captured, not run; a capture needs the warm-up
-      // done).
+      // A capture needs the warm-up done.
       ASSERT_EQ(sn_layer_warmup(a, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
       ASSERT_EQ(sn_layer_warmup(b, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
       EXPECT_TRUE(same_state(get_state(a), get_state(b)));
-      const std::vector<std::string> ka = captured_kernels(
-          [&](cudaStream_t s) { return sn_forward(a, W.dev, o1.dev, 1, (sn_stream_t)s); });
-      EXPECT_TRUE(any_matches(ka, kRegisterRows)) << ::testing::PrintToString(ka);
+      check(a, b, c, W);
       for (int step = 0; step < 4; ++step) {
-        const int training = step < 3;
+        const int training = step != 2;
         ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
         ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
         EXPECT_TRUE(same_state(get_state(a), get_state(b))) << "step " << step;
@@ -330,6 +334,16 @@ static void expect_rows_runs_bitwise(const std::vector<RowsCase> &cases) {
       }
     }
   }
+}
+
+// Two layers of the same knobs run the register rows kernel and repeat bitwise.
+static void expect_rows_runs_bitwise(const std::vector<RowsCase> &cases) {
+  expect_rows_pairs_bitwise(cases, "", "", [](sn_layer_t *a, sn_layer_t *, const RowsCase &, const Tensor &W) {
+    Tensor o(W.dt, W.n);
+    const std::vector<std::string> ka =
+        captured_kernels([&](cudaStream_t s) { return sn_forward(a, W.dev, o.dev, 1, (sn_stream_t)s); });
+    EXPECT_TRUE(any_matches(ka, kRegisterRows)) << ::testing::PrintToString(ka);
+  });
 }
 
 // Rows up to 8 KB, small enough for the sanitizers (gpu_check.sh): 16- and 8-byte packs, 1 and 2
@@ -355,55 +369,32 @@ TEST(Gpu, OnePassWideRowsRunsAreBitwiseIdentical) {
 // captures; the ring's results against the CPU backend too.
 TEST(Gpu, OnePassBulkRowsAreBitwiseTheRegisterRows) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
-  const std::string base = tune_prefix() + "op_onchip=0,";
-  ScopedEnv env("SPECNORM_TUNE", nullptr);
   const bool sm90 = sn_cuda_clusters_usable() != 0;
-  const std::vector<RowsCase> cases = {{{700, 1152}, SN_DTYPE_FLOAT32}, {{300, 4096}, SN_DTYPE_BFLOAT16},
-                                       {{513, 1024}, SN_DTYPE_FLOAT16}, {{9, 64}, SN_DTYPE_FLOAT32},
-                                       {{777, 8192}, SN_DTYPE_FLOAT32}, {{300, 16384}, SN_DTYPE_BFLOAT16},
-                                       {{200, 4100}, SN_DTYPE_BFLOAT16}};
-  for (const RowsCase &c : cases) {
-    for (const char *extra : {"op_grid=64,op_cluster=1", "op_grid=7,op_cluster=1", "op_grid=64,op_cluster=4"}) {
-      SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " " + extra);
-      sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
-      d.algo = SN_ALGO_ONE_PASS;
-      d.dtype = c.dt;
-      env.set((base + "op_bulk=0," + extra).c_str());
-      LayerPtr a(d);
-      env.set((base + "op_bulk=1," + extra).c_str());
-      LayerPtr b(d);
-      ASSERT_TRUE(a.p && b.p) << sn_last_error_message();
-      const bool packs16 = c.dt == SN_DTYPE_FLOAT32 || c.shape[1] % 8 == 0;
-      EXPECT_EQ(a.p->plan.op_bulk, 0);
-      if (sm90 && packs16) {
-        EXPECT_GE(b.p->plan.op_bulk, 3);
-      } else {
-        EXPECT_EQ(b.p->plan.op_bulk, 0);
-      }
-      ASSERT_EQ(a.p->plan.op_blocks, b.p->plan.op_blocks);
-      ASSERT_EQ(a.p->plan.op_cluster, b.p->plan.op_cluster);
-      const int64_t n = numel_of(c.shape);
-      Tensor W(c.dt, n), o1(c.dt, n), o2(c.dt, n);
-      W.set(rng.normals(n));
-      ASSERT_EQ(sn_layer_warmup(a, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
-      ASSERT_EQ(sn_layer_warmup(b, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
-      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
-      for (int training : {1, 0}) {
-        const std::vector<std::string> kb = captured_kernels(
-            [&](cudaStream_t s) { return sn_forward(b, W.dev, o2.dev, training, (sn_stream_t)s); });
-        EXPECT_EQ(any_matches(kb, "one_pass_rows_bulk_kernel"), b.p->plan.op_bulk > 0) << ::testing::PrintToString(kb);
-      }
-      for (int step = 0; step < 4; ++step) {
-        const int training = step != 2;
-        ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-        ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-        EXPECT_TRUE(same_state(get_state(a), get_state(b))) << "step " << step;
-        EXPECT_TRUE(o1.download_bytes() == o2.download_bytes()) << "step " << step;
-      }
-    }
-  }
-  env.set((base + "op_bulk=1").c_str());
+  expect_rows_pairs_bitwise(
+      {{{700, 1152}, SN_DTYPE_FLOAT32},
+       {{300, 4096}, SN_DTYPE_BFLOAT16},
+       {{513, 1024}, SN_DTYPE_FLOAT16},
+       {{9, 64}, SN_DTYPE_FLOAT32},
+       {{777, 8192}, SN_DTYPE_FLOAT32},
+       {{300, 16384}, SN_DTYPE_BFLOAT16},
+       {{200, 4100}, SN_DTYPE_BFLOAT16}},
+      "op_bulk=0,", "op_bulk=1,", [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &c, const Tensor &W) {
+        const bool packs16 = c.dt == SN_DTYPE_FLOAT32 || c.shape[1] % 8 == 0;
+        EXPECT_EQ(a->plan.op_bulk, 0);
+        if (sm90 && packs16) {
+          EXPECT_GE(b->plan.op_bulk, 3);
+        } else {
+          EXPECT_EQ(b->plan.op_bulk, 0);
+        }
+        Tensor o(W.dt, W.n);
+        for (int training : {1, 0}) {
+          const std::vector<std::string> kb = captured_kernels(
+              [&](cudaStream_t s) { return sn_forward(b, W.dev, o.dev, training, (sn_stream_t)s); });
+          EXPECT_EQ(any_matches(kb, "one_pass_rows_bulk_kernel"), b->plan.op_bulk > 0) << ::testing::PrintToString(kb);
+        }
+      });
+  Rng rng(fresh_seed());
+  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_bulk=1").c_str());
   compare_backends(Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS}, rng, 3, 2);
   compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
 }
