@@ -349,15 +349,16 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
       int dev = 0, optin = 0;
       if (cudaGetDevice(&dev) == cudaSuccess &&
           cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess &&
-          optin > 1024)  // 1 KB kept for the kernel's static shared memory (its block sums)
-        plan->op_bulk = sn::one_pass_bulk_slots(dtype, view.B, plan->op_elems, (size_t)optin - 1024);
+          optin > 2048)  // the kernel's static shared memory: 1 KB reserved by the system (sm_90)
+                         // and its block sums (1104 bytes at 512 threads by the ELF's .nv.shared)
+        plan->op_bulk = sn::one_pass_bulk_slots(dtype, view.B, plan->op_elems, (size_t)optin - 2048);
       (void)cudaGetLastError();
     }
     int per_sm = 0, max_clusters = 0;
     cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
-    if (e != cudaSuccess && plan->op_bulk > 0) {  // the ring does not fit after all: the registers
-      (void)cudaGetLastError();
-      plan->op_bulk = 0;
+    while (e != cudaSuccess && plan->op_bulk > 0) {  // the ring does not fit after all: a slot
+      (void)cudaGetLastError();                        // fewer, down to 3, then the registers
+      plan->op_bulk = plan->op_bulk > 3 ? plan->op_bulk - 1 : 0;
       e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
     }
     if (e != cudaSuccess) return (int)e;

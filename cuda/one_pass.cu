@@ -288,6 +288,9 @@ __global__ void __launch_bounds__(NT) one_pass_rows_bulk_kernel(OnePassParams p)
     const int64_t ahead = i + (int64_t)(S - 1) * G;
     if (threadIdx.x == 0 && ahead < p.h) {
       const int q = (slot + S - 1) % S;  // the previous row's slot, read by every thread already
+      // Those reads (generic proxy), ordered by the block sum's barriers, before the copy engine's
+      // writes (async proxy): a fence costs little next to a row.
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       bulk_row(ring + (size_t)q * row_bytes, W + ahead * w, row_bytes, &bars[q]);
     }
     wait_parity(&bars[slot], (parity >> slot) & 1u);
@@ -304,7 +307,7 @@ __global__ void __launch_bounds__(NT) one_pass_rows_bulk_kernel(OnePassParams p)
   }
   rows_finish<NT, VPT, E, EVAL>(p, acc, tsq, v_sm, w);
 #else
-  __trap();  // the host launches it only on sm_90 code (bulk_rows_usable)
+  __trap();  // the host selects it only for sm_90 code (device_is_sm90_or_later, cuda/forward.cu)
 #endif
 }
 

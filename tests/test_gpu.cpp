@@ -377,7 +377,9 @@ TEST(Gpu, OnePassBulkRowsAreBitwiseTheRegisterRows) {
        {{9, 64}, SN_DTYPE_FLOAT32},
        {{777, 8192}, SN_DTYPE_FLOAT32},
        {{300, 16384}, SN_DTYPE_BFLOAT16},
-       {{200, 4100}, SN_DTYPE_BFLOAT16}},
+       {{200, 4100}, SN_DTYPE_BFLOAT16},
+       {{300, 4096}, SN_DTYPE_FLOAT32},     // 256 threads × 4 packs (4096² fp32's instance)
+       {{200, 12288}, SN_DTYPE_FLOAT32}},   // 512 × 8, and 3 slots where a block has 227 KB
       "op_bulk=0,", "op_bulk=1,", [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &c, const Tensor &W) {
         const bool packs16 = c.dt == SN_DTYPE_FLOAT32 || c.shape[1] % 8 == 0;
         EXPECT_EQ(a->plan.op_bulk, 0);
