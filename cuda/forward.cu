@@ -58,6 +58,8 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   div_stream=0|1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
 //                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu);
 //                 unset: by W's bytes against the L2 (div_stream_default below)
+//   bw_stream=1   the backward's ⟨G, W⟩ kernel loads W evict-first, so that L2 keeps more of G
+//                 for the kernel after it (cuda/backward.cu; not yet run on a GPU)
 //   pdl=0|1       every kernel as a programmatic dependent launch (sm_90 and up)
 //   group_coop=0|1  a grouped forward as three kernels (0) or one cooperative launch (1;
 //   group_grid=N    cuda/group.cu) of at most N blocks (default: as many as fit); unset: by
@@ -86,6 +88,7 @@ struct Tune {
   int op_bulk = 0;     // 1: the rows through a shared-memory ring (bulk copies)
   int pdl = -1;        // -1: the default below
   int div_stream = -1;  // -1: by size (div_stream_default); 1: the division's accesses streaming
+  int bw_stream = 0;    // 1: the backward's inner kernel loads W streaming
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
   int group_grid_force = 0;  // > 0: exactly this many blocks in that launch
   int op_onchip = -1;            // -1: the default below; 1: every forward of a layer that fits on chip
@@ -109,7 +112,7 @@ Tune read_tune() {
       {"op_bps=", &t.op_bps, 1, 64, false},        {"op_grid=", &t.op_grid, 1, 1000000, false},
       {"op_cluster=", &t.op_cluster, 1, 8, true},  {"pdl=", &t.pdl, 0, 1, false},
       {"op_bulk=", &t.op_bulk, 0, 1, false},
-      {"div_stream=", &t.div_stream, 0, 1, false},
+      {"div_stream=", &t.div_stream, 0, 1, false}, {"bw_stream=", &t.bw_stream, 0, 1, false},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
       {"group_onchip=", &t.group_onchip, 0, 1, false},  {"op_onchip=", &t.op_onchip, 0, 1, false},
@@ -292,6 +295,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   plan->sm_count = sm_count > 0 ? sm_count : 1;
   const Tune tune = read_tune();
   plan->pdl = pdl_enabled(tune);
+  plan->bw_stream = tune.bw_stream;
   plan->div_stream = tune.div_stream >= 0
                          ? tune.div_stream
                          : div_stream_default((double)view.h * (double)(view.A * view.B) *

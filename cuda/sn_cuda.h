@@ -110,6 +110,8 @@ typedef struct {
                          sm_90; SPECNORM_TUNE=pdl=1) */
   int op_cluster;     /* one-pass: blocks per thread-block cluster adding their partials on chip
                          (1: none); op_blocks is a multiple of it */
+  int bw_stream;      /* 1: the backward's ⟨G, W⟩ loads W as streaming (evict-first) data
+                         (SPECNORM_TUNE=bw_stream=1) */
   int div_stream;     /* 1: the division loads W and stores W_sn as streaming (evict-first) data
                          (by W's bytes against the L2, or SPECNORM_TUNE=div_stream=0|1) */
   sn_on_chip_t onchip;/* cluster > 0: a warmed-up forward of onchip.modes is one launch with the

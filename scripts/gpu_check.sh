@@ -448,7 +448,7 @@ fi
 
 # ---- variants of the one-pass kernel (cuda/forward.cu, SPECNORM_TUNE), timed side by side ----
 # shellcheck disable=SC2206
-VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 --mode train,scale,eval})
+VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 --mode train,scale,eval,backward})
 # (pdl=1 and op_cluster=4 are the defaults on sm_90 since 1a8f84c; op_async=1 and op_fuse=1 lost on
 # the H200 at e56c4b8 and were removed, as were two rows ahead in registers and the division's
 # unrolled loads, which lost on the H100 at 6626f15. div_stream=1, the division's evict-first
@@ -456,10 +456,11 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # a quarter of the L2 to twice it: timed here forced off and on. op_bulk=1, built in session 9
 # without a GPU: the rows through a shared-memory ring of 3-4 rows filled by bulk copies, 2-3 rows
 # ahead where the register kernel has one; bf16 4096 × 16384 ran at 73% of copy against fp32's
-# 89% on the H100 at bdc3f72.)
+# 89% on the H100 at bdc3f72. bw_stream=1, also session 9: the backward's ⟨G, W⟩ loads W
+# evict-first so that L2 keeps more of G for the apply kernel; 4096² backward 87% / 77% of copy.)
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_bulk=1 div_stream=0 div_stream=1}"
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_bulk=1 bw_stream=1 div_stream=0 div_stream=1}"
 variants() {
   local t rc=0 table=() ptable=()
   for t in "${TUNES[@]}"; do
