@@ -349,22 +349,12 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->one_pass = 1;
     plan->op_elems = sn::one_pass_elems(dtype, view.B);
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
-    if (tune.op_bulk == 1 && device_is_sm90_or_later()) {
-      int dev = 0, optin = 0;
-      if (cudaGetDevice(&dev) == cudaSuccess &&
-          cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess &&
-          optin > 2048)  // the kernel's static shared memory: 1 KB reserved by the system (sm_90)
-                         // and its block sums (1104 bytes at 512 threads by the ELF's .nv.shared)
-        plan->op_bulk = sn::one_pass_bulk_slots(dtype, view.B, plan->op_elems, (size_t)optin - 2048);
-      (void)cudaGetLastError();
-    }
-    int per_sm = 0, max_clusters = 0;
-    cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
-    while (e != cudaSuccess && plan->op_bulk > 0) {  // the ring does not fit after all: a slot
-      (void)cudaGetLastError();                        // fewer, down to 3, then the registers
-      plan->op_bulk = plan->op_bulk > 3 ? plan->op_bulk - 1 : 0;
-      e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
-    }
+    // op_bulk=1 asks for the bulk rows kernel (sm_90 code only); the preparation gives its ring
+    // as many slots as its shared memory holds, or none (the register kernel).
+    plan->op_bulk = tune.op_bulk == 1 && device_is_sm90_or_later() ? 1 : 0;
+    int per_sm = 0, max_clusters = 0, slots = 0;
+    cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters, &slots);
+    plan->op_bulk = slots;
     if (e != cudaSuccess) return (int)e;
     if (per_sm < 1) per_sm = 1;
     if (tune.op_bps > 0 && tune.op_bps < per_sm) per_sm = tune.op_bps;
@@ -375,7 +365,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     if (cluster > 1 && (cluster > h || !device_is_sm90_or_later())) cluster = 1;
     if (cluster > 1) {
       int unused = 0;
-      if (sn::one_pass_prepare(*plan, cluster, &unused, &max_clusters) != cudaSuccess ||
+      if (sn::one_pass_prepare(*plan, cluster, &unused, &max_clusters, nullptr) != cudaSuccess ||
           max_clusters < 1) {  // no clusters after all: the plain grid
         (void)cudaGetLastError();
         cluster = 1;

@@ -386,12 +386,24 @@ struct Prep {
   int cluster;         // in: blocks per cluster (1: none)
   int blocks_per_sm;   // out: training instance, without clusters
   int max_clusters;    // out: clusters of `cluster` blocks that fit at once (cluster > 1)
+  int slots;           // out: the bulk kernel's ring, where the params ask for it (slots > 0)
 };
 
 // The bulk kernel's shared memory beyond v: `slots` rows of wp packs of pack_bytes, and a barrier
 // per slot.
 size_t bulk_ring_bytes(int64_t wp, size_t pack_bytes, int slots) {
   return (size_t)slots * ((size_t)wp * pack_bytes + sizeof(uint64_t));
+}
+
+// Ring slots next to v (w floats) in `avail` bytes of dynamic shared memory, for rows of w columns
+// in packs of `elems` elements of pack_bytes: at most 4, 0 below 3 or for packs other than 16
+// bytes (cp.async.bulk copies multiples of 16 bytes).
+int bulk_slots(int64_t w, int elems, size_t pack_bytes, size_t avail) {
+  if (pack_bytes != 16) return 0;
+  const size_t v = (size_t)w * sizeof(float), per = bulk_ring_bytes(w / elems, pack_bytes, 1);
+  if (avail <= v) return 0;
+  const size_t fit = (avail - v) / per;
+  return fit < 3 ? 0 : (int)(fit < 4 ? fit : 4);
 }
 
 // One instance per (threads, packs per thread, element type, elements per pack): launch it
@@ -405,16 +417,28 @@ cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *
   size_t smem = (size_t)p->wp * E * sizeof(float);
   auto *train = one_pass_rows_kernel<NT, VPT, T, E, false>;
   auto *eval = one_pass_rows_kernel<NT, VPT, T, E, true>;
+  int slots = p->slots;
   if constexpr (E * sizeof(T) == 16) {
-    if (p->slots > 0) {
-      smem += bulk_ring_bytes(p->wp, sizeof(T) * E, p->slots);
-      train = one_pass_rows_bulk_kernel<NT, VPT, T, false>;
-      eval = one_pass_rows_bulk_kernel<NT, VPT, T, true>;
+    auto *bulk_train = one_pass_rows_bulk_kernel<NT, VPT, T, false>;
+    auto *bulk_eval = one_pass_rows_bulk_kernel<NT, VPT, T, true>;
+    if (prep && slots > 0) {  // asked for: as many as both bulk kernels' shared memory holds
+      size_t a = 0, b = 0;
+      cudaError_t e = dynamic_shared_limit(bulk_train, &a);
+      if (e == cudaSuccess) e = dynamic_shared_limit(bulk_eval, &b);
+      if (e != cudaSuccess) return e;
+      slots = bulk_slots((int64_t)p->wp * E, E, sizeof(T) * E, a < b ? a : b);
+    }
+    if (slots > 0) {
+      smem += bulk_ring_bytes(p->wp, sizeof(T) * E, slots);
+      train = bulk_train;
+      eval = bulk_eval;
     }
   } else {
-    if (p->slots > 0) return cudaErrorInvalidConfiguration;
+    if (!prep && slots > 0) return cudaErrorInvalidConfiguration;
+    slots = 0;  // rows of 8-byte packs: the register kernel
   }
   if (prep) {
+    prep->slots = slots;
     cudaError_t e = allow_shared_memory(eval, smem);
     if (e == cudaSuccess) e = allow_shared_memory(train, smem);
     if (e == cudaSuccess)
@@ -476,13 +500,8 @@ unsigned *one_pass_counter(const sn_cuda_plan_t &plan) {
 
 int64_t one_pass_reduce_blocks(int64_t w4) { return (w4 + kColLanes - 1) / kColLanes; }
 
-int one_pass_bulk_slots(sn_dtype_t dtype, int64_t w, int elems, size_t smem_optin) {
-  const size_t pack = (size_t)elems * sn_dtype_size(dtype);
-  if (pack != 16) return 0;  // rows of 16-byte packs only (cp.async.bulk: 16-byte sizes)
-  const size_t v = (size_t)w * sizeof(float), per = bulk_ring_bytes(w / elems, pack, 1);
-  if (smem_optin <= v) return 0;
-  const size_t fit = (smem_optin - v) / per;
-  return fit < 3 ? 0 : (int)(fit < 4 ? fit : 4);
+int one_pass_bulk_slots(sn_dtype_t dtype, int64_t w, int elems, size_t smem) {
+  return bulk_slots(w, elems, (size_t)elems * sn_dtype_size(dtype), smem);
 }
 
 int one_pass_elems(sn_dtype_t dtype, int64_t w) {
@@ -498,14 +517,15 @@ void one_pass_shape(int wp, int *threads, int *vpt) {
 }
 
 cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *blocks_per_sm,
-                             int *max_clusters) {
+                             int *max_clusters, int *slots_out) {
   OnePassParams p{};
   p.wp = (int)(plan.view.B / plan.op_elems);
   p.slots = plan.op_bulk;
-  Prep prep{cluster, 0, 0};
+  Prep prep{cluster, 0, 0, 0};
   const cudaError_t e = rows_dispatch(plan, &p, nullptr, &prep);
   *blocks_per_sm = prep.blocks_per_sm;
   *max_clusters = prep.max_clusters;
+  if (slots_out) *slots_out = prep.slots;
   return e;
 }
 

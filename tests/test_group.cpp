@@ -294,7 +294,8 @@ TEST(GroupCpu, OnChipDefaultsBySize) {
   }
   EXPECT_EQ(SN_ON_CHIP_ALL, SN_ON_CHIP_TRAIN | SN_ON_CHIP_SCALE | SN_ON_CHIP_EVAL);
   // The one-pass bulk rows kernel's ring (op_bulk=1): rows of 16-byte packs, 3 or 4 of them next to
-  // v (w floats) in a block's shared memory; an H100's 227 KB less the 2 KB the host keeps.
+  // v (w floats) in the dynamic shared memory a block of them may have (an H100 gives 227 KB,
+  // less the kernels' static shared memory).
   const size_t smem = 225 * 1024;
   for (const auto &[dt, w, want] : std::vector<std::tuple<sn_dtype_t, int64_t, int>>{
            {SN_DTYPE_BFLOAT16, 16384, 4},  // v 64 KB + 4 × 32 KB
