@@ -32,7 +32,7 @@
 #   ncu        Nsight Compute (--clock-control none --cache-control none): DRAM bytes read and
 #              written and duration of each specnorm kernel of one call per mode ($SN_NCU_WORKLOADS)
 #   ncu_l2     the same for the division with evict-first accesses (SPECNORM_TUNE=div_stream=1)
-#   ncu_detail (SN_NCU_DETAIL=1 only) Nsight Compute sections (speed of light, occupancy, warp
+#   ncu_detail (SN_NCU_DETAIL=1 only; =rows: the bf16 rows of 4096 × 16384 in registers and bulk) Nsight Compute sections (speed of light, occupancy, warp
 #              stalls, memory) of the one-pass rows and reduce kernels (4096² fp32; 4096 × 16384
 #              bf16) and of the cooperative grouped kernel
 # A step whose program is missing is SKIPPED. The whole script keeps to $SN_CHECK_BUDGET_S
@@ -581,6 +581,17 @@ fi
 detail() {
   local sec=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
              --section MemoryWorkloadAnalysis --section SchedulerStats --section SourceCounters)
+  if [[ "${SN_NCU_DETAIL:-}" == rows ]]; then
+    # Only the 4096 × 16384 bf16 rows, in registers and through the bulk ring, side by side.
+    local t
+    for t in op_bulk=0 op_bulk=1; do
+      echo "################ SPECNORM_TUNE=$t"
+      SPECNORM_TUNE=$t "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \
+        "$SN_BENCH" --shape 4096x16384 --dtype bf16 --mode scale --no-baseline --no-graph --no-group \
+        --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
+    done
+    return 0
+  fi
   if [[ "${SN_NCU_DETAIL:-}" != onchip ]]; then
   "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows|one_pass_reduce" -c 4 \
     "$SN_BENCH" --shape 4096x4096 --mode scale,train --no-baseline --no-graph --no-group --no-check \
@@ -611,8 +622,8 @@ detail() {
   done
   return 1
 }
-if [[ "${SN_NCU_DETAIL:-0}" != 1 && "${SN_NCU_DETAIL:-0}" != onchip ]]; then
-  skip_step ncu_detail "$OUT/bench.log" "off (SN_NCU_DETAIL=1 runs it, =onchip its on-chip part only; results of e56c4b8 in bench/NOTES.md)"
+if [[ "${SN_NCU_DETAIL:-0}" != 1 && "${SN_NCU_DETAIL:-0}" != onchip && "${SN_NCU_DETAIL:-0}" != rows ]]; then
+  skip_step ncu_detail "$OUT/bench.log" "off (SN_NCU_DETAIL=1 runs it, =onchip its on-chip part only, =rows the bf16 rows in registers and bulk only; results of e56c4b8 in bench/NOTES.md)"
 elif [[ -n "$NCU" && -x "$SN_BENCH" ]]; then
   run_step ncu_detail "$OUT/bench.log" 60 30 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" SN_NCU_DETAIL="$SN_NCU_DETAIL" bash -c "$(declare -p NCU SN_BENCH); $(declare -f detail); detail"
