@@ -52,14 +52,14 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   op_grid=M     at most M one-pass blocks
 //   op_cluster=C  one-pass blocks in thread-block clusters of C (1, 2, 4 or 8; sm_90 and up) that
 //                 add their partial s on chip
-//   op_bulk=1     the one-pass rows kernel takes each row of W into a shared-memory ring of 3-4
-//                 rows with one bulk copy (cp.async.bulk, sm_90), 2-3 rows ahead of the one it
-//                 reduces (cuda/one_pass.cu; 16-byte packs only; not yet run on a GPU)
+//   op_rows=2     the one-pass rows kernel takes two rows a step (two in flight per block, one
+//                 block sum for both), where a row is at most 16 elements per thread
+//                 (cuda/one_pass.cu; bitwise the default; not yet run on a GPU)
 //   div_stream=0|1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
 //                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu);
 //                 unset: by W's bytes against the L2 (div_stream_default below)
-//   bw_stream=1   the backward's ⟨G, W⟩ kernel loads W evict-first, so that L2 keeps more of G
-//                 for the kernel after it (cuda/backward.cu; not yet run on a GPU)
+//   bw_stream=0|1 the backward's ⟨G, W⟩ kernel loads W plainly (0) or evict-first, so that L2
+//                 keeps more of G for the kernel after it (1, the default: cuda/backward.cu)
 //   pdl=0|1       every kernel as a programmatic dependent launch (sm_90 and up)
 //   group_coop=0|1  a grouped forward as three kernels (0) or one cooperative launch (1;
 //   group_grid=N    cuda/group.cu) of at most N blocks (default: as many as fit); unset: by
@@ -85,10 +85,10 @@ struct Tune {
   int op_grid = 0;     // > 0: at most this many one-pass blocks (tests: the same grid for two
                        // kernels of different occupancy)
   int op_cluster = 0;  // 0: the default below
-  int op_bulk = 0;     // 1: the rows through a shared-memory ring (bulk copies)
+  int op_rows = 1;     // 2: the one-pass rows two a step, where the instance exists
   int pdl = -1;        // -1: the default below
   int div_stream = -1;  // -1: by size (div_stream_default); 1: the division's accesses streaming
-  int bw_stream = 0;    // 1: the backward's inner kernel loads W streaming
+  int bw_stream = 1;    // 1: the backward's inner kernel loads W streaming
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
   int group_grid_force = 0;  // > 0: exactly this many blocks in that launch
   int op_onchip = -1;            // -1: the default below; 1: every forward of a layer that fits on chip
@@ -111,7 +111,7 @@ Tune read_tune() {
   const Key keys[] = {
       {"op_bps=", &t.op_bps, 1, 64, false},        {"op_grid=", &t.op_grid, 1, 1000000, false},
       {"op_cluster=", &t.op_cluster, 1, 8, true},  {"pdl=", &t.pdl, 0, 1, false},
-      {"op_bulk=", &t.op_bulk, 0, 1, false},
+      {"op_rows=", &t.op_rows, 1, 2, false},
       {"div_stream=", &t.div_stream, 0, 1, false}, {"bw_stream=", &t.bw_stream, 0, 1, false},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
@@ -262,8 +262,11 @@ extern "C" int sn_cuda_tune_onchip_threads(void) { return read_tune().onchip_thr
 
 extern "C" int sn_cuda_tune_op_onchip(void) { return read_tune().op_onchip; }
 
-extern "C" int sn_cuda_one_pass_bulk_slots(sn_dtype_t dtype, int64_t w, size_t smem_optin) {
-  return sn::one_pass_bulk_slots(dtype, w, sn::one_pass_elems(dtype, w), smem_optin);
+extern "C" int sn_cuda_one_pass_rows_per_step(sn_dtype_t dtype, int64_t w, int asked) {
+  int threads = 0, vpt = 0;
+  const int elems = sn::one_pass_elems(dtype, w);
+  sn::one_pass_shape((int)(w / elems), &threads, &vpt);
+  return asked == 2 && vpt * elems <= sn::kOnePassPairMaxElems ? 2 : 1;
 }
 
 extern "C" int sn_cuda_on_chip_threads(int64_t numel, int group) {
@@ -349,12 +352,9 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->one_pass = 1;
     plan->op_elems = sn::one_pass_elems(dtype, view.B);
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
-    // op_bulk=1 asks for the bulk rows kernel (sm_90 code only); the preparation gives its ring
-    // as many slots as its shared memory holds, or none (the register kernel).
-    plan->op_bulk = tune.op_bulk == 1 && device_is_sm90_or_later() ? 1 : 0;
-    int per_sm = 0, max_clusters = 0, slots = 0;
-    cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters, &slots);
-    plan->op_bulk = slots;
+    plan->op_rows = sn_cuda_one_pass_rows_per_step(dtype, view.B, tune.op_rows);
+    int per_sm = 0, max_clusters = 0;
+    cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
     if (e != cudaSuccess) return (int)e;
     if (per_sm < 1) per_sm = 1;
     if (tune.op_bps > 0 && tune.op_bps < per_sm) per_sm = tune.op_bps;
@@ -365,7 +365,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     if (cluster > 1 && (cluster > h || !device_is_sm90_or_later())) cluster = 1;
     if (cluster > 1) {
       int unused = 0;
-      if (sn::one_pass_prepare(*plan, cluster, &unused, &max_clusters, nullptr) != cudaSuccess ||
+      if (sn::one_pass_prepare(*plan, cluster, &unused, &max_clusters) != cudaSuccess ||
           max_clusters < 1) {  // no clusters after all: the plain grid
         (void)cudaGetLastError();
         cluster = 1;

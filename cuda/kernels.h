@@ -53,17 +53,14 @@ int one_pass_elems(sn_dtype_t dtype, int64_t w);
 int64_t one_pass_reduce_blocks(int64_t w4);
 // Threads per block and packs per thread for rows of wp packs.
 void one_pass_shape(int wp, int *threads, int *vpt);
-// Rows of W the bulk rows kernel (SPECNORM_TUNE=op_bulk=1) keeps in its shared-memory ring for a
-// layer of w columns in packs of `elems`, given `smem` bytes of dynamic shared memory: 3 or 4, or
-// 0 where the rows are not 16-byte packs or fewer than 3 fit next to v.
-int one_pass_bulk_slots(sn_dtype_t dtype, int64_t w, int elems, size_t smem);
-// Raise the kernel's shared-memory limit and report its blocks per multiprocessor and, for
-// cluster > 1, how many clusters of that many blocks fit on the device at once. plan.op_bulk > 0
-// asks for the bulk rows kernel: *slots_out (when not NULL) receives the slots its ring gets in
-// the dynamic shared memory both its instances may have (0: the register kernel), and the
-// occupancy is that kernel's with them.
+// Elements of a row per thread (packs per thread × elements per pack) up to which the one-pass
+// rows kernel has instances of two rows per step (SPECNORM_TUNE=op_rows=2; cuda/one_pass.cu).
+constexpr int kOnePassPairMaxElems = 16;
+// Raise the rows kernel's shared-memory limit (the instance plan.op_rows gives) and report its
+// blocks per multiprocessor and, for cluster > 1, how many clusters of that many blocks fit on
+// the device at once.
 cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *blocks_per_sm,
-                             int *max_clusters, int *slots_out);
+                             int *max_clusters);
 
 // A forward with every layer on chip, one launch (cuda/on_chip.cu; oc.cluster > 0): the `count`
 // layers of the device table `entries`, or (entries NULL, count 1) the layer `one`, passed by value.

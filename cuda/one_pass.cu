@@ -41,7 +41,6 @@ struct OnePassParams {
   const float *u, *u_div;
   float *scal;
   unsigned *counter;
-  int slots;        // the bulk kernel's ring: rows of W in shared memory (op_bulk)
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -79,49 +78,66 @@ __device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, flo
 #endif
 }
 
-// Row i, on chip in b (this thread's VPT packs of it): t_i = M_i · v (a block sum; its barriers
-// also mean that every thread of the block has read b's source), then (training) t_i into p.t,
-// t_i² into tsq and t_i M_i into acc; (eval) (u_i / *u_div) t_i into tsq.
-template <int NT, int VPT, class T, int E, bool EVAL>
-__device__ __forceinline__ void row_step(const OnePassParams &p, const typename VecN<T, E>::raw (&b)[VPT],
-                                         int64_t i, const float4 *v_sm, float ru, float (&acc)[VPT][E],
-                                         float &tsq) {
+// Rows i, i + G, ..., i + (RS - 1)·G, on chip in b (this thread's VPT packs of each; rows at or
+// past h are skipped): t_r = M_r · v (one block sum for the RS rows; its barriers also mean that
+// every thread of the block has read b's source), then, row after row, (training) t_r into p.t,
+// t_r² into tsq and t_r M_r into acc; (eval) (u_r / *u_div) t_r into tsq. Each row's dot, block
+// sum and updates are those of a step of one row, in the same order: RS changes no bit.
+template <int NT, int VPT, int RS, class T, int E, bool EVAL>
+__device__ __forceinline__ void rows_step(const OnePassParams &p,
+                                          const typename VecN<T, E>::raw (&b)[RS][VPT], int64_t i,
+                                          int64_t G, const float4 *v_sm, float ru,
+                                          float (&acc)[VPT][E], float &tsq) {
   using V = VecN<T, E>;
   constexpr int F4 = E / 4;  // float4 of v per pack
-  // Eval: thread 0's u_i is loaded before the row's dot, not after its block sum, where the
-  // load's round trip would hold up the block at the next barrier on every row.
-  const float ui = EVAL && threadIdx.x == 0 ? p.u[i] : 0.f;
-  float x[VPT][E];
-  float d = 0.f;
+  // Eval: thread 0's u_i are loaded before the rows' dots, not after their block sum, where the
+  // load's round trip would hold up the block at the next barrier on every step.
+  float ui[RS], d[RS];
 #pragma unroll
-  for (int k = 0; k < VPT; ++k) {
-    V::cvt(b[k], x[k]);
-    const int j = threadIdx.x + k * NT;
-    if (j < p.wp) {
+  for (int r = 0; r < RS; ++r) {
+    ui[r] = EVAL && threadIdx.x == 0 && i + r * G < p.h ? p.u[i + r * G] : 0.f;
+    d[r] = 0.f;
+  }
 #pragma unroll
-      for (int q = 0; q < F4; ++q) {
-        const float4 v = v_sm[F4 * j + q];
-        d = fmaf(x[k][4 * q + 0], v.x, d);
-        d = fmaf(x[k][4 * q + 1], v.y, d);
-        d = fmaf(x[k][4 * q + 2], v.z, d);
-        d = fmaf(x[k][4 * q + 3], v.w, d);
+  for (int r = 0; r < RS; ++r)
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      float x[E];
+      V::cvt(b[r][k], x);
+      const int j = threadIdx.x + k * NT;
+      if (j < p.wp) {
+#pragma unroll
+        for (int q = 0; q < F4; ++q) {
+          const float4 v = v_sm[F4 * j + q];
+          d[r] = fmaf(x[4 * q + 0], v.x, d[r]);
+          d[r] = fmaf(x[4 * q + 1], v.y, d[r]);
+          d[r] = fmaf(x[4 * q + 2], v.z, d[r]);
+          d[r] = fmaf(x[4 * q + 3], v.w, d[r]);
+        }
+      }
+    }
+  block_sums<NT, RS>(d);
+#pragma unroll
+  for (int r = 0; r < RS; ++r) {
+    if (i + r * G >= p.h) break;
+    const float t = d[r];
+    if (EVAL) {
+      if (threadIdx.x == 0) tsq = fmaf(ui[r] * ru, t, tsq);
+    } else {
+      if (threadIdx.x == 0) p.t[i + r * G] = t;
+      tsq = fmaf(t, t, tsq);
+#pragma unroll
+      for (int k = 0; k < VPT; ++k) {
+        float x[E];
+        V::cvt(b[r][k], x);
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[k][e] = fmaf(t, x[e], acc[k][e]);
       }
     }
   }
-  const float t = block_sum<NT>(d);
-  if (EVAL) {
-    if (threadIdx.x == 0) tsq = fmaf(ui * ru, t, tsq);
-  } else {
-    if (threadIdx.x == 0) p.t[i] = t;
-    tsq = fmaf(t, t, tsq);
-#pragma unroll
-    for (int k = 0; k < VPT; ++k)
-#pragma unroll
-      for (int e = 0; e < E; ++e) acc[k][e] = fmaf(t, x[k][e], acc[k][e]);
-  }
 }
 
-// The end of both rows kernels: the block's partial s to global memory, or (cluster > 1) to its
+// The end of the rows kernel: the block's partial s to global memory, or (cluster > 1) to its
 // own shared memory (v_sm), where the cluster's blocks add it up; its Σ t² (eval: Σ u_i t_i); and
 // (eval) the last block's sum of those in block order.
 template <int NT, int VPT, int E, bool EVAL>
@@ -152,18 +168,26 @@ __device__ __forceinline__ void rows_finish(const OnePassParams &p, const float 
   if (threadIdx.x == 0) p.scal[SN_SCAL_SIG_DOT] = dot;
 }
 
-// NT threads, VPT packs of E elements per thread and row: thread k holds packs k, k + NT, ...
-// The next row's packs are loaded into registers (buf[1]) while the current one (buf[0]) is
-// reduced: one row in flight per block beyond the one being reduced. The bf16 rows of
-// 4096 × 16384 (1 block of 512 threads per SM, 109 registers) have 32 KB ahead per SM where fp32
-// has 64 KB, and ran at 53% of the copy bandwidth against fp32's ~80% (H200, e56c4b8); yet two
-// rows ahead, for 4·VPT more registers, measured 0-3% slower on an H100 (6626f15) and was
-// removed, as was a cp.async variant that streamed the rows into shared memory 1-3 rows ahead
-// (2-21% slower on the H200): bench/NOTES.md. (The sm_90 SASS says why two rows ahead could not
-// help: the rotation buf[0] = buf[1] waits for the loads issued during the same row, so one row
-// is in flight whatever the depth. one_pass_rows_bulk_kernel below keeps more.)
-template <int NT, int VPT, class T, int E, bool EVAL>
-__global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
+// NT threads, VPT packs of E elements per thread and row, RS rows per step: thread k holds packs
+// k, k + NT, ... of each. Block g takes rows g, g + G, ..., RS of them a step. The next step's
+// packs are loaded into registers (buf[1]) while the current step's (buf[0]) are reduced: one step
+// in flight per block beyond the one being reduced (the sm_90 SASS: the rotation buf[0] = buf[1]
+// waits for the loads issued during the same step, so deeper rotations kept no more in flight).
+// RS = 2 (SPECNORM_TUNE=op_rows=2, for rows of at most 16 elements per thread) puts two rows in
+// flight and one block sum (three barriers) on two rows. What lost and was removed (bench/NOTES.md):
+// two rows ahead by rotation (0-3% slower, H100 6626f15), a cp.async ring 1-3 rows ahead (2-21%
+// slower, H200 e56c4b8), and rows through a shared-memory ring of 3-4 rows filled by bulk copies
+// (cp.async.bulk on an mbarrier: 4096 × 16384 bf16 scale-only 16% slower, the rows 59.6% of DRAM
+// peak against 69.4%, H100 d5e109c).
+// Two rows a step in blocks of 256 threads, with at most 32 bytes of a row per thread, are held to
+// 85 registers, 3 blocks per multiprocessor (without the bound, 100 registers and 2 blocks): more
+// rows in flight per multiprocessor than one row a step has with its 4 blocks of 64 registers.
+// With 64 bytes (fp32, 4 packs) the bound spills (156 bytes, ptxas sm_90): 120 registers, 2 blocks.
+template <int NT, int RS, int ROW_BYTES>
+constexpr int kRowsMinBlocks = RS == 2 && NT == 256 && ROW_BYTES <= 32 ? 3 : 0;
+
+template <int NT, int VPT, int RS, class T, int E, bool EVAL>
+__global__ void __launch_bounds__(NT, (kRowsMinBlocks<NT, RS, VPT * E * (int)sizeof(T)>)) one_pass_rows_kernel(OnePassParams p) {
   pdl_enter();
   using V = VecN<T, E>;
   using R = typename V::raw;
@@ -171,144 +195,48 @@ __global__ void __launch_bounds__(NT) one_pass_rows_kernel(OnePassParams p) {
   const int64_t w = (int64_t)E * p.wp;
   extern __shared__ float4 v_sm[];
   const float ru = EVAL ? reciprocal_of(p.u_div) : 0.f;
+  const int64_t G = gridDim.x;
+  // This thread's packs of rows i0, i0 + G, ... (RS of them; none past h) into dst.
+  auto load_rows = [&](R (&dst)[RS][VPT], int64_t i0) {
+#pragma unroll
+    for (int r = 0; r < RS; ++r) {
+      if (i0 + r * G >= p.h) break;
+      const T *row = W + (i0 + r * G) * w;
+#pragma unroll
+      for (int k = 0; k < VPT; ++k) {
+        const int j = threadIdx.x + k * NT;
+        if (j < p.wp) dst[r][k] = V::load_raw(row + E * j);
+      }
+    }
+  };
 
   float acc[VPT][E];
-  R buf[2][VPT];  // buf[0]: the row being reduced; buf[1], the block's next row
+  R buf[2][RS][VPT];  // buf[0]: the rows being reduced; buf[1], the block's next ones
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[k][e] = 0.f;
 #pragma unroll
-    for (int d = 0; d < 2; ++d) buf[d][k] = {};
+    for (int r = 0; r < RS; ++r) buf[0][r][k] = buf[1][r][k] = {};
   }
-  const int64_t G = gridDim.x;
   int64_t i = blockIdx.x;
-  if (i < p.h) {
-    const T *row = W + i * w;
-#pragma unroll
-    for (int k = 0; k < VPT; ++k) {
-      const int j = threadIdx.x + k * NT;
-      if (j < p.wp) buf[0][k] = V::load_raw(row + E * j);
-    }
-  }
-  // v into shared memory while the first row's loads are in flight. v may start at any float
+  load_rows(buf[0], i);
+  // v into shared memory while the first rows' loads are in flight. v may start at any float
   // boundary (the state's v follows u): load it by floats.
   const float rx = reciprocal_of(p.x_div);
   const bool ones = p.health && (*p.health & SN_HEALTH_RESTART);
   stage_scaled<NT>(reinterpret_cast<float *>(v_sm), p.x, w, rx, ones);
   __syncthreads();
   float tsq = 0.f;
-  for (; i < p.h; i += G) {
-    if (i + G < p.h) {
-      const T *row = W + (i + G) * w;
+  for (; i < p.h; i += RS * G) {
+    load_rows(buf[1], i + RS * G);
+    rows_step<NT, VPT, RS, T, E, EVAL>(p, buf[0], i, G, v_sm, ru, acc, tsq);
 #pragma unroll
-      for (int k = 0; k < VPT; ++k) {
-        const int j = threadIdx.x + k * NT;
-        if (j < p.wp) buf[1][k] = V::load_raw(row + E * j);
-      }
-    }
-    row_step<NT, VPT, T, E, EVAL>(p, buf[0], i, v_sm, ru, acc, tsq);
+    for (int r = 0; r < RS; ++r)
 #pragma unroll
-    for (int k = 0; k < VPT; ++k) buf[0][k] = buf[1][k];
+      for (int k = 0; k < VPT; ++k) buf[0][r][k] = buf[1][r][k];
   }
   rows_finish<NT, VPT, E, EVAL>(p, acc, tsq, v_sm, w);
-}
-
-// ---- rows through a shared-memory ring filled by the bulk copy engine (sm_90; op_bulk=1) -------
-// Thread 0 issues each row of W as one cp.async.bulk (global -> shared, completing on the slot's
-// mbarrier) `slots` - 1 rows before its turn; every thread waits on the slot's barrier, loads its
-// packs from there (the same packs the register kernel loads from global memory) and runs the same
-// row_step: the same sums in the same order, so on the same grid the same bits. Shared memory: v
-// (w floats), then `slots` rows of W (row_bytes each), then one 8-byte mbarrier per slot. A slot
-// is refilled at the top of the row after its own: every thread read it before that row's block
-// sum, whose barriers thread 0 has passed. Rows need 16-byte packs (fp32, or w % 8 == 0 for the
-// 2-byte types) and W 16-byte aligned (the rows path's condition). Not yet run on a GPU.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ uint32_t smem_addr(const void *p) {
-  return (uint32_t)__cvta_generic_to_shared(p);
-}
-__device__ __forceinline__ void bulk_row(void *dst, const void *src, uint32_t bytes, uint64_t *bar) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
-               : "memory");
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_addr(dst)),
-               "l"(src), "r"(bytes), "r"(smem_addr(bar))
-               : "memory");
-}
-__device__ __forceinline__ void wait_parity(uint64_t *bar, uint32_t parity) {
-  uint32_t done = 0;
-  while (!done)
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
-        : "=r"(done)
-        : "r"(smem_addr(bar)), "r"(parity)
-        : "memory");
-}
-#endif
-
-template <int NT, int VPT, class T, bool EVAL>
-__global__ void __launch_bounds__(NT) one_pass_rows_bulk_kernel(OnePassParams p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  pdl_enter();
-  constexpr int E = 16 / sizeof(T);  // 16-byte packs only
-  using R = typename VecN<T, E>::raw;
-  const T *W = static_cast<const T *>(p.W);
-  const int64_t w = (int64_t)E * p.wp;
-  const uint32_t row_bytes = (uint32_t)(w * (int64_t)sizeof(T));
-  const int S = p.slots;
-  extern __shared__ float4 v_sm[];
-  char *ring = reinterpret_cast<char *>(v_sm) + 4 * w;  // w % 4 == 0: 16-byte aligned
-  uint64_t *bars = reinterpret_cast<uint64_t *>(ring + (size_t)S * row_bytes);
-  const float ru = EVAL ? reciprocal_of(p.u_div) : 0.f;
-  const int64_t G = gridDim.x;
-  if (threadIdx.x == 0) {
-    for (int q = 0; q < S; ++q)
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&bars[q])) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
-  __syncthreads();
-  // The block's first S - 1 rows, in flight while v is staged.
-  if (threadIdx.x == 0)
-    for (int q = 0; q < S - 1 && blockIdx.x + q * G < p.h; ++q)
-      bulk_row(ring + (size_t)q * row_bytes, W + (blockIdx.x + q * G) * w, row_bytes, &bars[q]);
-  const float rx = reciprocal_of(p.x_div);
-  const bool ones = p.health && (*p.health & SN_HEALTH_RESTART);
-  stage_scaled<NT>(reinterpret_cast<float *>(v_sm), p.x, w, rx, ones);
-  __syncthreads();
-
-  float acc[VPT][E];
-#pragma unroll
-  for (int k = 0; k < VPT; ++k)
-#pragma unroll
-    for (int e = 0; e < E; ++e) acc[k][e] = 0.f;
-  float tsq = 0.f;
-  uint32_t parity = 0;  // bit q: the phase slot q completes next
-  int slot = 0;
-  for (int64_t i = blockIdx.x; i < p.h; i += G) {
-    const int64_t ahead = i + (int64_t)(S - 1) * G;
-    if (threadIdx.x == 0 && ahead < p.h) {
-      const int q = (slot + S - 1) % S;  // the previous row's slot, read by every thread already
-      // Those reads (generic proxy), ordered by the block sum's barriers, before the copy engine's
-      // writes (async proxy): a fence costs little next to a row.
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      bulk_row(ring + (size_t)q * row_bytes, W + ahead * w, row_bytes, &bars[q]);
-    }
-    wait_parity(&bars[slot], (parity >> slot) & 1u);
-    parity ^= 1u << slot;
-    const R *row = reinterpret_cast<const R *>(ring + (size_t)slot * row_bytes);
-    R b[VPT];
-#pragma unroll
-    for (int k = 0; k < VPT; ++k) {
-      const int j = threadIdx.x + k * NT;
-      b[k] = j < p.wp ? row[j] : R{};
-    }
-    row_step<NT, VPT, T, E, EVAL>(p, b, i, v_sm, ru, acc, tsq);
-    slot = slot + 1 == S ? 0 : slot + 1;
-  }
-  rows_finish<NT, VPT, E, EVAL>(p, acc, tsq, v_sm, w);
-#else
-  __trap();  // the host selects it only for sm_90 code (device_is_sm90_or_later, cuda/forward.cu)
-#endif
 }
 
 struct ReduceParams {
@@ -379,66 +307,24 @@ __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p)
   if (threadIdx.x == 0) p.scal[SN_SCAL_M_T] = m_t;
 }
 
-// One instance per (threads, packs per thread, element type, elements per pack): launch it, or
-// prepare it.
 // What one_pass_prepare asks and learns.
 struct Prep {
   int cluster;         // in: blocks per cluster (1: none)
   int blocks_per_sm;   // out: training instance, without clusters
   int max_clusters;    // out: clusters of `cluster` blocks that fit at once (cluster > 1)
-  int slots;           // out: the bulk kernel's ring, where the params ask for it (slots > 0)
 };
 
-// The bulk kernel's shared memory beyond v: `slots` rows of wp packs of pack_bytes, and a barrier
-// per slot.
-size_t bulk_ring_bytes(int64_t wp, size_t pack_bytes, int slots) {
-  return (size_t)slots * ((size_t)wp * pack_bytes + sizeof(uint64_t));
-}
-
-// Ring slots next to v (w floats) in `avail` bytes of dynamic shared memory, for rows of w columns
-// in packs of `elems` elements of pack_bytes: at most 4, 0 below 3 or for packs other than 16
-// bytes (cp.async.bulk copies multiples of 16 bytes).
-int bulk_slots(int64_t w, int elems, size_t pack_bytes, size_t avail) {
-  if (pack_bytes != 16) return 0;
-  const size_t v = (size_t)w * sizeof(float), per = bulk_ring_bytes(w / elems, pack_bytes, 1);
-  if (avail <= v) return 0;
-  const size_t fit = (avail - v) / per;
-  return fit < 3 ? 0 : (int)(fit < 4 ? fit : 4);
-}
-
-// One instance per (threads, packs per thread, element type, elements per pack): launch it
-// (prep NULL), or prepare it: raise the shared-memory limit of its training and eval kernels and
-// report the training kernel's occupancy. The plan's block count comes from the training
-// instance (the eval one keeps no partial s and needs fewer registers).
-template <int NT, int VPT, class T, int E>
+// One instance per (threads, packs per thread, rows per step, element type, elements per pack):
+// launch it (prep NULL), or prepare it: raise the shared-memory limit of its training and eval
+// kernels and report the training kernel's occupancy. The plan's block count comes from the
+// training instance (the eval one keeps no partial s and needs fewer registers).
+template <int NT, int VPT, int RS, class T, int E>
 cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *prep) {
-  // v in shared memory, w floats (the cluster's partial s lands there too); the bulk kernel's
-  // ring of p->slots rows and their barriers after it.
-  size_t smem = (size_t)p->wp * E * sizeof(float);
-  auto *train = one_pass_rows_kernel<NT, VPT, T, E, false>;
-  auto *eval = one_pass_rows_kernel<NT, VPT, T, E, true>;
-  int slots = p->slots;
-  if constexpr (E * sizeof(T) == 16) {
-    auto *bulk_train = one_pass_rows_bulk_kernel<NT, VPT, T, false>;
-    auto *bulk_eval = one_pass_rows_bulk_kernel<NT, VPT, T, true>;
-    if (prep && slots > 0) {  // asked for: as many as both bulk kernels' shared memory holds
-      size_t a = 0, b = 0;
-      cudaError_t e = dynamic_shared_limit(bulk_train, &a);
-      if (e == cudaSuccess) e = dynamic_shared_limit(bulk_eval, &b);
-      if (e != cudaSuccess) return e;
-      slots = bulk_slots((int64_t)p->wp * E, E, sizeof(T) * E, a < b ? a : b);
-    }
-    if (slots > 0) {
-      smem += bulk_ring_bytes(p->wp, sizeof(T) * E, slots);
-      train = bulk_train;
-      eval = bulk_eval;
-    }
-  } else {
-    if (!prep && slots > 0) return cudaErrorInvalidConfiguration;
-    slots = 0;  // rows of 8-byte packs: the register kernel
-  }
+  // v in shared memory, w floats (the cluster's partial s lands there too).
+  const size_t smem = (size_t)p->wp * E * sizeof(float);
+  auto *train = one_pass_rows_kernel<NT, VPT, RS, T, E, false>;
+  auto *eval = one_pass_rows_kernel<NT, VPT, RS, T, E, true>;
   if (prep) {
-    prep->slots = slots;
     cudaError_t e = allow_shared_memory(eval, smem);
     if (e == cudaSuccess) e = allow_shared_memory(train, smem);
     if (e == cudaSuccess)
@@ -460,19 +346,30 @@ cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *
   return cudaGetLastError();
 }
 
+// Rows per step: 2 where the plan asks and a row is at most 16 elements per thread (instances
+// of two rows are built only for those), else 1.
+template <int NT, int VPT, class T, int E>
+cudaError_t rows_steps(const sn_cuda_plan_t &plan, const OnePassParams *p, cudaStream_t stream,
+                       Prep *prep) {
+  if constexpr (VPT * E <= kOnePassPairMaxElems) {
+    if (plan.op_rows == 2) return rows<NT, VPT, 2, T, E>(p, plan.op_blocks, stream, prep);
+  }
+  if (plan.op_rows == 2) return cudaErrorInvalidConfiguration;  // no such instance
+  return rows<NT, VPT, 1, T, E>(p, plan.op_blocks, stream, prep);
+}
+
 template <class T, int E>
 cudaError_t rows_shape(const sn_cuda_plan_t &plan, const OnePassParams *p, cudaStream_t stream,
                        Prep *blocks_per_sm) {
-  const int b = plan.op_blocks;
   switch (plan.op_threads * 16 + plan.op_vpt) {
-    case 256 * 16 + 1: return rows<256, 1, T, E>(p, b, stream, blocks_per_sm);
-    case 256 * 16 + 2: return rows<256, 2, T, E>(p, b, stream, blocks_per_sm);
-    case 256 * 16 + 4: return rows<256, 4, T, E>(p, b, stream, blocks_per_sm);
-    case 512 * 16 + 1: return rows<512, 1, T, E>(p, b, stream, blocks_per_sm);
-    case 512 * 16 + 2: return rows<512, 2, T, E>(p, b, stream, blocks_per_sm);
-    case 512 * 16 + 4: return rows<512, 4, T, E>(p, b, stream, blocks_per_sm);
+    case 256 * 16 + 1: return rows_steps<256, 1, T, E>(plan, p, stream, blocks_per_sm);
+    case 256 * 16 + 2: return rows_steps<256, 2, T, E>(plan, p, stream, blocks_per_sm);
+    case 256 * 16 + 4: return rows_steps<256, 4, T, E>(plan, p, stream, blocks_per_sm);
+    case 512 * 16 + 1: return rows_steps<512, 1, T, E>(plan, p, stream, blocks_per_sm);
+    case 512 * 16 + 2: return rows_steps<512, 2, T, E>(plan, p, stream, blocks_per_sm);
+    case 512 * 16 + 4: return rows_steps<512, 4, T, E>(plan, p, stream, blocks_per_sm);
     case 512 * 16 + 8:  // 4096 packs: only 4-element packs (w <= 16384)
-      if constexpr (E == 4) return rows<512, 8, T, E>(p, b, stream, blocks_per_sm);
+      if constexpr (E == 4) return rows_steps<512, 8, T, E>(plan, p, stream, blocks_per_sm);
       return cudaErrorInvalidConfiguration;
     default: return cudaErrorInvalidConfiguration;
   }
@@ -500,10 +397,6 @@ unsigned *one_pass_counter(const sn_cuda_plan_t &plan) {
 
 int64_t one_pass_reduce_blocks(int64_t w4) { return (w4 + kColLanes - 1) / kColLanes; }
 
-int one_pass_bulk_slots(sn_dtype_t dtype, int64_t w, int elems, size_t smem) {
-  return bulk_slots(w, elems, (size_t)elems * sn_dtype_size(dtype), smem);
-}
-
 int one_pass_elems(sn_dtype_t dtype, int64_t w) {
   return dtype != SN_DTYPE_FLOAT32 && w % 8 == 0 ? 8 : 4;
 }
@@ -517,15 +410,13 @@ void one_pass_shape(int wp, int *threads, int *vpt) {
 }
 
 cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *blocks_per_sm,
-                             int *max_clusters, int *slots_out) {
+                             int *max_clusters) {
   OnePassParams p{};
   p.wp = (int)(plan.view.B / plan.op_elems);
-  p.slots = plan.op_bulk;
-  Prep prep{cluster, 0, 0, 0};
+  Prep prep{cluster, 0, 0};
   const cudaError_t e = rows_dispatch(plan, &p, nullptr, &prep);
   *blocks_per_sm = prep.blocks_per_sm;
   *max_clusters = prep.max_clusters;
-  if (slots_out) *slots_out = prep.slots;
   return e;
 }
 
@@ -533,8 +424,7 @@ cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const flo
                             const float *x_div, const unsigned *health, cudaStream_t stream) {
   const int w4 = (int)(plan.view.B / 4);
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, health, plan.t,
-                  plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr,
-                  plan.op_bulk};
+                  plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr};
   cudaError_t e = rows_dispatch(plan, &p, stream, nullptr);
   if (e != cudaSuccess) return e;
   ReduceParams r{reinterpret_cast<const float4 *>(plan.op_part), plan.op_tsq,
@@ -549,7 +439,7 @@ cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, cons
                                  const float *x_div, const float *u, const float *u_div,
                                  cudaStream_t stream) {
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, nullptr, nullptr,
-                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan), plan.op_bulk};
+                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan)};
   return rows_dispatch(plan, &p, stream, nullptr);
 }
 

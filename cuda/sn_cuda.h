@@ -103,8 +103,8 @@ typedef struct {
   int op_threads;     /* one-pass: threads per block (256 or 512) */
   int op_elems;       /* one-pass: elements per access (4, or 8 for 2-byte types) */
   int op_vpt;         /* one-pass: accesses of a row per thread (1, 2, 4 or 8) */
-  int op_bulk;        /* one-pass rows: > 0, the rows of W in a shared-memory ring of this many
-                         slots filled by the bulk copy engine (SPECNORM_TUNE=op_bulk=1, sm_90) */
+  int op_rows;        /* one-pass rows: rows per step of the rows kernel, 1 or 2
+                         (SPECNORM_TUNE=op_rows=2) */
   int op_blocks;      /* one-pass: persistent blocks, each writing a partial Mᵀ t */
   int pdl;            /* 1: launches overlap the kernel boundaries (programmatic dependent launch,
                          sm_90; SPECNORM_TUNE=pdl=1) */
@@ -249,9 +249,10 @@ int sn_cuda_clusters_usable(void);
 int sn_cuda_tune_group_onchip(int *cluster, int *refuse);
 /* SPECNORM_TUNE's onchip_threads (256 or 512; 0 if unset or bad). */
 int sn_cuda_tune_onchip_threads(void);
-/* Rows of W in the ring of the one-pass bulk rows kernel (SPECNORM_TUNE=op_bulk=1) for w columns
- * of dtype, given a block's shared-memory limit: 3 or 4, 0 where it does not apply. */
-int sn_cuda_one_pass_bulk_slots(sn_dtype_t dtype, int64_t w, size_t smem_optin);
+/* Rows per step of the one-pass rows kernel for a u-first layer of w columns (w % 4 = 0, w <=
+ * 16384) of dtype, given SPECNORM_TUNE's op_rows (`asked`, 1 or 2): 2 where asked and a row is at
+ * most 16 elements per thread, else 1. */
+int sn_cuda_one_pass_rows_per_step(sn_dtype_t dtype, int64_t w, int asked);
 /* SPECNORM_TUNE's op_onchip (0 or 1; -1 if unset or bad). */
 int sn_cuda_tune_op_onchip(void);
 /* Threads per block of the on-chip forward when SPECNORM_TUNE does not say: for a single layer

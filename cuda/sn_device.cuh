@@ -20,24 +20,39 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
+// N sums over a block of NT threads at once (x[r]: this thread's term of sum r; every thread gets
+// the sums back in x): one set of barriers for all N, and each sum has block_sum's tree, so the
+// same bits as N calls of it. At most one sum per warp.
+template <int NT, int N>
+__device__ __forceinline__ void block_sums(float (&x)[N]) {
+  static_assert(NT % 32 == 0 && NT / 32 <= 32, "whole warps, at most 32 of them");
+  static_assert(N >= 1 && N <= NT / 32, "at most one sum per warp");
+  __shared__ float warp_part[N][NT / 32];
+  __shared__ float total[N];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < N; ++r) x[r] = warp_sum(x[r]);
+  __syncthreads();  // warp_part may still be read by a previous call
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < N; ++r) warp_part[r][warp] = x[r];
+  __syncthreads();
+  if (warp < N) {  // warp r adds the warps' parts of sum r
+    float y = lane < NT / 32 ? warp_part[warp][lane] : 0.0f;
+    y = warp_sum(y);
+    if (lane == 0) total[warp] = y;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < N; ++r) x[r] = total[r];
+}
+
 // Sum over a block of NT threads (kBlock unless said); every thread gets the result. Fixed tree.
 template <int NT = kBlock>
 __device__ __forceinline__ float block_sum(float x) {
-  static_assert(NT % 32 == 0 && NT / 32 <= 32, "whole warps, at most 32 of them");
-  __shared__ float warp_part[NT / 32];
-  __shared__ float total;
-  x = warp_sum(x);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();  // warp_part may still be read by a previous call
-  if (lane == 0) warp_part[warp] = x;
-  __syncthreads();
-  if (warp == 0) {
-    float y = lane < NT / 32 ? warp_part[lane] : 0.0f;
-    y = warp_sum(y);
-    if (lane == 0) total = y;
-  }
-  __syncthreads();
-  return total;
+  float s[1] = {x};
+  block_sums<NT, 1>(s);
+  return s[0];
 }
 
 // Every block calls this after writing its partial results; it returns true in exactly one block,

@@ -32,7 +32,7 @@
 #   ncu        Nsight Compute (--clock-control none --cache-control none): DRAM bytes read and
 #              written and duration of each specnorm kernel of one call per mode ($SN_NCU_WORKLOADS)
 #   ncu_l2     the same for the division with evict-first accesses (SPECNORM_TUNE=div_stream=1)
-#   ncu_detail (SN_NCU_DETAIL=1 only; =rows: the bf16 rows of 4096 × 16384 in registers and bulk) Nsight Compute sections (speed of light, occupancy, warp
+#   ncu_detail (SN_NCU_DETAIL=1 only; =rows: the 4096² rows, one and two a step) Nsight Compute sections (speed of light, occupancy, warp
 #              stalls, memory) of the one-pass rows and reduce kernels (4096² fp32; 4096 × 16384
 #              bf16) and of the cooperative grouped kernel
 # A step whose program is missing is SKIPPED. The whole script keeps to $SN_CHECK_BUDGET_S
@@ -393,7 +393,7 @@ fi
 SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:GroupGpu.OnChipLeavesGroups*:Gpu.OnePassWideRows*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
 [[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
 # One-pass by rows (several widths) and by columns, two-pass, a view, groups, the backward.
-SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassRowsRuns*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:Gpu.OnChipLayer*:Gpu.SmallLayers*:Gpu.OnePassBulk*}"
+SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassRowsRuns*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:Gpu.OnChipLayer*:Gpu.SmallLayers*:Gpu.OnePassRowPairs*}"
 # racecheck is the slowest: each kernel family once, at the smallest sizes that run it (the H100 at
 # 6626f15 spent 57 s on a rows test and over 80 s on Gpu.OnChipLayerMatchesTheCpuBackend, and was
 # cut at 150 s; the H200 at 89aa697 took 26 s for the two grouped on-chip tests below; the H100 at
@@ -401,7 +401,7 @@ SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*20
 # race it on its own with SN_RACECHECK_FILTER; at d44ff6c the 512-thread and cluster-size tests
 # took 57 s). Small layers' training forwards run on chip by default (sm_90), so the Shapes tests
 # here race the on-chip kernel too.
-SN_RACECHECK_FILTER="${SN_RACECHECK_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:GroupGpu.OnChipWith512*:Gpu.OnChipLayerLeavesOthers*:GpuTraining.OnChipLayerOptions*}"
+SN_RACECHECK_FILTER="${SN_RACECHECK_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:GroupGpu.OnChipWith512*:Gpu.OnChipLayerLeavesOthers*:GpuTraining.OnChipLayerOptions*:GroupGpu.CooperativeSmallGroup*}"
 sanitize() {  # sanitize TOOL...
  local tool cap reserve
  for tool in "$@"; do
@@ -453,14 +453,13 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # the H200 at e56c4b8 and were removed, as were two rows ahead in registers and the division's
 # unrolled loads, which lost on the H100 at 6626f15. div_stream=1, the division's evict-first
 # accesses, won there: 4096² train 5% faster in fp32, 8% in bf16, and is the default where W takes
-# a quarter of the L2 to twice it: timed here forced off and on. op_bulk=1, built in session 9
-# without a GPU: the rows through a shared-memory ring of 3-4 rows filled by bulk copies, 2-3 rows
-# ahead where the register kernel has one; bf16 4096 × 16384 ran at 73% of copy against fp32's
-# 89% on the H100 at bdc3f72. bw_stream=1, also session 9: the backward's ⟨G, W⟩ loads W
-# evict-first so that L2 keeps more of G for the apply kernel; 4096² backward 87% / 77% of copy.)
+# a quarter of the L2 to twice it: timed here forced off and on. op_bulk=1 (a bulk-copy ring of
+# rows) lost on the H100 at d5e109c (up to 16% slower) and was removed. bw_stream=1 (the backward's
+# ⟨G, W⟩ loads W evict-first) won there (4096² bf16 backward −4%) and is the default: timed here
+# off. op_rows=2, built after d5e109c: two rows a step in the one-pass rows kernel.)
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_bulk=1 bw_stream=1 div_stream=0 div_stream=1}"
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_rows=2 bw_stream=0 div_stream=0 div_stream=1}"
 variants() {
   local t rc=0 table=() ptable=()
   for t in "${TUNES[@]}"; do
@@ -582,12 +581,12 @@ detail() {
   local sec=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
              --section MemoryWorkloadAnalysis --section SchedulerStats --section SourceCounters)
   if [[ "${SN_NCU_DETAIL:-}" == rows ]]; then
-    # Only the 4096 × 16384 bf16 rows, in registers and through the bulk ring, side by side.
+    # Only the 4096² rows (fp32, bf16), one and two a step (op_rows=2), side by side.
     local t
-    for t in op_bulk=0 op_bulk=1; do
+    for t in op_rows=1 op_rows=2; do
       echo "################ SPECNORM_TUNE=$t"
-      SPECNORM_TUNE=$t "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \
-        "$SN_BENCH" --shape 4096x16384 --dtype bf16 --mode scale --no-baseline --no-graph --no-group \
+      SPECNORM_TUNE=$t "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 2 \
+        "$SN_BENCH" --shape 4096x4096 --dtype f32,bf16 --mode scale --no-baseline --no-graph --no-group \
         --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
     done
     return 0
@@ -597,10 +596,6 @@ detail() {
     "$SN_BENCH" --shape 4096x4096 --mode scale,train --no-baseline --no-graph --no-group --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
   "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \
-    "$SN_BENCH" --shape 4096x16384 --dtype bf16 --mode scale --no-baseline --no-graph --no-group \
-    --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
-  # The same rows through the bulk-copy ring (op_bulk=1, session 9, not yet run on a GPU).
-  SPECNORM_TUNE=op_bulk=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \
     "$SN_BENCH" --shape 4096x16384 --dtype bf16 --mode scale --no-baseline --no-graph --no-group \
     --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
   SPECNORM_TUNE=group_coop=1 "$NCU" --clock-control none "${sec[@]}" -k "regex:group_" -c 4 \
@@ -623,7 +618,7 @@ detail() {
   return 1
 }
 if [[ "${SN_NCU_DETAIL:-0}" != 1 && "${SN_NCU_DETAIL:-0}" != onchip && "${SN_NCU_DETAIL:-0}" != rows ]]; then
-  skip_step ncu_detail "$OUT/bench.log" "off (SN_NCU_DETAIL=1 runs it, =onchip its on-chip part only, =rows the bf16 rows in registers and bulk only; results of e56c4b8 in bench/NOTES.md)"
+  skip_step ncu_detail "$OUT/bench.log" "off (SN_NCU_DETAIL=1 runs it, =onchip its on-chip part only, =rows the 4096² rows one and two a step only; results of e56c4b8 in bench/NOTES.md)"
 elif [[ -n "$NCU" && -x "$SN_BENCH" ]]; then
   run_step ncu_detail "$OUT/bench.log" 60 30 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" SN_NCU_DETAIL="$SN_NCU_DETAIL" bash -c "$(declare -p NCU SN_BENCH); $(declare -f detail); detail"

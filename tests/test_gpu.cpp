@@ -362,41 +362,37 @@ TEST(Gpu, OnePassWideRowsRunsAreBitwiseIdentical) {
   expect_rows_runs_bitwise({{{777, 8192}, SN_DTYPE_FLOAT32}, {{300, 16384}, SN_DTYPE_BFLOAT16}});
 }
 
-// The one-pass rows through a shared-memory ring filled by bulk copies (SPECNORM_TUNE=op_bulk=1,
-// cuda/one_pass.cu; sm_90): on the same grid, bit for bit what the register kernel computes
-// (training and eval, with and without clusters), in fp32, bf16 and fp16; rows of 8-byte packs
-// (bf16, w % 8 = 4) and devices without clusters keep the register kernel. Read from graph
-// captures; the ring's results against the CPU backend too.
-TEST(Gpu, OnePassBulkRowsAreBitwiseTheRegisterRows) {
+// The one-pass rows two a step (SPECNORM_TUNE=op_rows=2, cuda/one_pass.cu): on the same grid, bit
+// for bit what one row a step computes (training and eval, with and without clusters), in fp32,
+// bf16 and fp16, with blocks whose last step has one row; rows of more than 16 elements per
+// thread keep one a step. Read from graph captures; against the CPU backend too.
+TEST(Gpu, OnePassRowPairsAreBitwiseSingleRows) {
   REQUIRE_GPU();
-  const bool sm90 = sn_cuda_clusters_usable() != 0;
   expect_rows_pairs_bitwise(
       {{{700, 1152}, SN_DTYPE_FLOAT32},
-       {{300, 4096}, SN_DTYPE_BFLOAT16},
+       {{300, 4096}, SN_DTYPE_BFLOAT16},    // 256 threads × 2 packs (4096² bf16's instance)
        {{513, 1024}, SN_DTYPE_FLOAT16},
        {{9, 64}, SN_DTYPE_FLOAT32},
-       {{777, 8192}, SN_DTYPE_FLOAT32},
-       {{300, 16384}, SN_DTYPE_BFLOAT16},
-       {{200, 4100}, SN_DTYPE_BFLOAT16},
-       {{300, 4096}, SN_DTYPE_FLOAT32},     // 256 threads × 4 packs (4096² fp32's instance)
-       {{200, 12288}, SN_DTYPE_FLOAT32}},   // 512 × 8, and 3 slots where a block has 227 KB
-      "op_bulk=0,", "op_bulk=1,", [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &c, const Tensor &W) {
-        const bool packs16 = c.dt == SN_DTYPE_FLOAT32 || c.shape[1] % 8 == 0;
-        EXPECT_EQ(a->plan.op_bulk, 0);
-        if (sm90 && packs16) {
-          EXPECT_GE(b->plan.op_bulk, 3);
-        } else {
-          EXPECT_EQ(b->plan.op_bulk, 0);
-        }
+       {{200, 4100}, SN_DTYPE_BFLOAT16},    // 8-byte packs
+       {{300, 4096}, SN_DTYPE_FLOAT32},     // 256 × 4 (4096² fp32's instance)
+       {{300, 16384}, SN_DTYPE_BFLOAT16},   // 512 × 4 packs of 8: one a step
+       {{200, 12288}, SN_DTYPE_FLOAT32}},   // 512 × 8: one a step
+      "op_rows=1,", "op_rows=2,", [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &c, const Tensor &W) {
+        const int64_t w = c.shape[1];
+        const int want = sn_cuda_one_pass_rows_per_step(c.dt, w, 2);
+        EXPECT_EQ(a->plan.op_rows, 1);
+        EXPECT_EQ(b->plan.op_rows, want);
+        EXPECT_EQ(want, w >= 12288 ? 1 : 2);  // of the cases above, the two widest keep one a step
         Tensor o(W.dt, W.n);
         for (int training : {1, 0}) {
           const std::vector<std::string> kb = captured_kernels(
               [&](cudaStream_t s) { return sn_forward(b, W.dev, o.dev, training, (sn_stream_t)s); });
-          EXPECT_EQ(any_matches(kb, "one_pass_rows_bulk_kernel"), b->plan.op_bulk > 0) << ::testing::PrintToString(kb);
+          EXPECT_TRUE(any_matches(kb, std::string("one_pass_rows_kernel<[0-9]+, [0-9]+, ") + std::to_string(want) + ","))
+              << ::testing::PrintToString(kb);
         }
       });
   Rng rng(fresh_seed());
-  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_bulk=1").c_str());
+  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_rows=2").c_str());
   compare_backends(Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS}, rng, 3, 2);
   compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
 }

@@ -293,25 +293,21 @@ TEST(GroupCpu, OnChipDefaultsBySize) {
         << c.numel << " elements, op_onchip " << c.op_onchip << ", clusters " << c.clusters;
   }
   EXPECT_EQ(SN_ON_CHIP_ALL, SN_ON_CHIP_TRAIN | SN_ON_CHIP_SCALE | SN_ON_CHIP_EVAL);
-  // The one-pass bulk rows kernel's ring (op_bulk=1): rows of 16-byte packs, 3 or 4 of them next to
-  // v (w floats) in the dynamic shared memory a block of them may have (an H100 gives 227 KB,
-  // less the kernels' static shared memory).
-  const size_t smem = 225 * 1024;
+  // Rows per step of the one-pass rows kernel (op_rows=2 asks for two): two where a row is at
+  // most 16 elements per thread (threads and packs per thread by one_pass_shape, packs of 8
+  // elements for the 2-byte types when w % 8 = 0).
   for (const auto &[dt, w, want] : std::vector<std::tuple<sn_dtype_t, int64_t, int>>{
-           {SN_DTYPE_BFLOAT16, 16384, 4},  // v 64 KB + 4 × 32 KB
-           {SN_DTYPE_FLOAT16, 16384, 4},
-           {SN_DTYPE_FLOAT32, 16384, 0},   // v 64 KB + 2 × 64 KB: fewer than 3
-           {SN_DTYPE_FLOAT32, 12288, 3},   // v 48 KB + 3 × 48 KB
-           {SN_DTYPE_FLOAT32, 4096, 4},
-           {SN_DTYPE_BFLOAT16, 4100, 0},   // w % 8 = 4: 8-byte packs
-           {SN_DTYPE_BFLOAT16, 4104, 4},
-           {SN_DTYPE_FLOAT32, 64, 4}}) {
-    EXPECT_EQ(sn_cuda_one_pass_bulk_slots(dt, w, smem), want) << "dtype " << int(dt) << ", w " << w;
+           {SN_DTYPE_FLOAT32, 4096, 2},     // 256 threads × 4 packs of 4
+           {SN_DTYPE_FLOAT32, 8192, 2},     // 512 × 4 × 4
+           {SN_DTYPE_FLOAT32, 16384, 1},    // 512 × 8 × 4
+           {SN_DTYPE_BFLOAT16, 4096, 2},    // 256 × 2 × 8
+           {SN_DTYPE_BFLOAT16, 8192, 1},    // 256 × 4 × 8
+           {SN_DTYPE_BFLOAT16, 16384, 1},   // 512 × 4 × 8
+           {SN_DTYPE_FLOAT16, 4100, 2},     // w % 8 = 4: 1025 packs of 4, 512 × 4 × 4
+           {SN_DTYPE_FLOAT32, 64, 2}}) {
+    EXPECT_EQ(sn_cuda_one_pass_rows_per_step(dt, w, 2), want) << "dtype " << int(dt) << ", w " << w;
+    EXPECT_EQ(sn_cuda_one_pass_rows_per_step(dt, w, 1), 1) << "dtype " << int(dt) << ", w " << w;
   }
-  EXPECT_EQ(sn_cuda_one_pass_bulk_slots(SN_DTYPE_FLOAT32, 4096, 16 * 1024), 0) << "v alone fills it";
-  // Each slot: a row (16 KB here) and its 8-byte barrier.
-  EXPECT_EQ(sn_cuda_one_pass_bulk_slots(SN_DTYPE_FLOAT32, 4096, 16384 + 3 * 16392), 3);
-  EXPECT_EQ(sn_cuda_one_pass_bulk_slots(SN_DTYPE_FLOAT32, 4096, 16384 + 3 * 16392 - 1), 0);
   for (const auto &[numel, group, want] : std::vector<std::tuple<int64_t, int, int>>{
            {1, 0, 256}, {64 * 27, 0, 256}, {64 * 1024 - 1, 0, 256}, {64 * 1024, 0, 512}, {128 * 1152, 0, 512},
            {1, 1, 512}, {0, 1, 512}, {128 * 1152, 1, 512}}) {
@@ -625,9 +621,9 @@ static void expect_groups_bitwise(const std::vector<Member> &ms, const std::stri
 }
 
 // The members of every_kind_of_member up to 2M elements (3000 × 600 stays: several rows per warp).
-static std::vector<Member> members_up_to_2m() {
+static std::vector<Member> members_up_to(int64_t numel) {
   std::vector<Member> ms = every_kind_of_member();
-  ms.erase(std::remove_if(ms.begin(), ms.end(), [](const Member &m) { return numel_of(m.shape) > (1 << 21); }),
+  ms.erase(std::remove_if(ms.begin(), ms.end(), [&](const Member &m) { return numel_of(m.shape) > numel; }),
            ms.end());
   return ms;
 }
@@ -654,14 +650,25 @@ TEST(GroupGpu, CooperativeLaunchIsBitwiseTheThreeKernels) {
 }
 
 // The same on 1 and 7 blocks: every block takes several blocks of every step (reduce, counters and
-// shared memory reused). Members up to 2M elements (3000 × 600 stays: several rows per warp), so
-// that racecheck (gpu_check.sh) can run it.
+// shared memory reused). Members up to 2M elements (3000 × 600 stays: several rows per warp).
 TEST(GroupGpu, CooperativeLaunchOnFewBlocksIsBitwiseTheThreeKernels) {
   REQUIRE_GPU();
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
-  const std::vector<Member> ms = members_up_to_2m();
+  const std::vector<Member> ms = members_up_to(1 << 21);
+  for (const char *grid : {"1", "7"}) expect_coop_equals_three_kernels(ms, grid, rng);
+}
+
+// The same with members up to 160K elements (every kind of member but the three largest), small
+// enough for racecheck (gpu_check.sh): the test above ran past 100 s under it alone (H100, d5e109c).
+TEST(GroupGpu, CooperativeSmallGroupOnFewBlocksIsBitwiseTheThreeKernels) {
+  REQUIRE_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const std::vector<Member> ms = members_up_to(160000);
+  ASSERT_EQ(ms.size(), every_kind_of_member().size() - 3);
   for (const char *grid : {"1", "7"}) expect_coop_equals_three_kernels(ms, grid, rng);
 }
 
