@@ -48,7 +48,8 @@
 # without configure, the build folder an earlier call left on the same machine is reused; no
 # time is reserved for the steps left out), BUILD_DIR, SN_CHECK_BUDGET_S, SN_CTEST_J (ctest -j, default 4; the tests
 # that measure device memory are RUN_SERIAL), SN_SANITIZER_FILTER (a --gtest_filter for the sanitizer runs),
-# SN_RACECHECK_CAP (racecheck's timeout, default 150 s), SN_RACECHECK_FILTER (its tests), SN_SANITIZER_API_ERRORS (compute-sanitizer --report-api-errors, default "no": the tests provoke
+# SN_RACECHECK_CAP (racecheck's timeout, default 150 s), SN_RACECHECK_FILTER (its tests),
+# SN_SANITIZER_TUNE (SPECNORM_TUNE for the sanitizer runs, default none), SN_SANITIZER_API_ERRORS (compute-sanitizer --report-api-errors, default "no": the tests provoke
 # CUDA API errors on purpose), SN_CMAKE_ARGS (extra configure arguments), SN_DEPS_FORCE_ALL=1
 # (load every LAPACK-side library from .deps even where the system has one).
 set -uo pipefail
@@ -423,7 +424,7 @@ sanitize() {  # sanitize TOOL...
     [[ $tool != memcheck ]] && args=("--gtest_filter=$SN_SMALL_FILTER")
     [[ $tool == racecheck ]] && args=("--gtest_filter=$SN_RACECHECK_FILTER")
     run_step "$tool" "$OUT/tests.log" "$cap" "$reserve" \
-      env LD_LIBRARY_PATH="$RUN_LD_PATH" \
+      env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_SANITIZER_TUNE:-}" \
       "$SANITIZER" --tool "$tool" --error-exitcode 1 "${extra[@]}" \
       "${API_ERR_ARGS[@]}" \
       "$GPU_TESTS" "${args[@]}"
