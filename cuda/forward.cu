@@ -319,7 +319,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     sn_cuda_on_chip_prepare(&e, 1, 0, 1, &plan->onchip);
     plan->onchip.refuse = tune.onchip_refuse && plan->onchip.clusters;  // tests: the refused launch
     plan->onchip.modes = onchip_modes;
-    if (tune.op_onchip != 1) plan->onchip.backward = 0;  // only op_onchip=1 (above)
+    if (tune.op_onchip == 1) sn_cuda_on_chip_allow_backward(&plan->onchip);  // only op_onchip=1 (above)
   }
   const int64_t h = view.h, w = view.A * view.B;
   const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over

@@ -536,14 +536,6 @@ extern "C" void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, 
     }
   }
   if (best == 0) return;
-  // A single layer's backward can run on chip too where its kernel can have the shared memory
-  // (it does so only with SPECNORM_TUNE=op_onchip=1: cuda/forward.cu clears the flag otherwise).
-  if (prefer_large) {
-    if (sn::allow_shared_memory(sn::on_chip_backward_kernel, sn::on_chip_bw_smem(chosen.w_bytes)) == cudaSuccess)
-      oc->backward = 1;
-    else
-      (void)cudaGetLastError();
-  }
   oc->cluster = best;
   oc->threads = threads;
   oc->modes = SN_ON_CHIP_ALL;
@@ -551,6 +543,14 @@ extern "C" void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, 
   oc->w_bytes = chosen.w_bytes;
   oc->w4 = chosen.w4;
   oc->rows4 = chosen.rows4;
+}
+
+extern "C" void sn_cuda_on_chip_allow_backward(sn_on_chip_t *oc) {
+  if (oc->cluster == 0) return;
+  if (sn::allow_shared_memory(sn::on_chip_backward_kernel, sn::on_chip_bw_smem(oc->w_bytes)) == cudaSuccess)
+    oc->backward = 1;
+  else
+    (void)cudaGetLastError();
 }
 
 extern "C" int sn_cuda_on_chip_refused(int e) {

@@ -272,6 +272,10 @@ int sn_cuda_layer_on_chip_modes(int64_t numel, int op_onchip, int clusters);
  * every block's share of W under 64 KB (a group, whose clusters share the device). */
 void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, int force_cluster, int prefer_large,
                              sn_on_chip_t *oc);
+/* A single layer held on chip (*oc from sn_cuda_on_chip_prepare, oc->cluster > 0): let the on-chip
+ * backward kernel have the shared memory it needs and set oc->backward, or leave it 0 where the
+ * device refuses (SPECNORM_TUNE=op_onchip=1 only: cuda/forward.cu). */
+void sn_cuda_on_chip_allow_backward(sn_on_chip_t *oc);
 /* Whether launch error e is the refusal of an on-chip launch (its clusters cannot be scheduled
  * now: fewer SMs than at its preparation, the GPU shared under MPS): nothing ran, and the usual
  * kernels can run instead. */
