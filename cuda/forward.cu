@@ -54,7 +54,9 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 add their partial s on chip
 //   op_rows=2     the one-pass rows kernel takes two rows a step (two in flight per block, one
 //                 block sum for both), where a row is at most 16 elements per thread
-//                 (cuda/one_pass.cu; bitwise the default; not yet run on a GPU)
+//                 (cuda/one_pass.cu): bitwise one row a step on the same grid (op_grid,
+//                 op_cluster); unforced, the grid follows this instance's occupancy, so the
+//                 partial sums differ (H100 4884391: 4096² fp32 scale −5%, eval +4%; off)
 //   div_stream=0|1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
 //                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu);
 //                 unset: by W's bytes against the L2 (div_stream_default below)

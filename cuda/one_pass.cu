@@ -179,15 +179,16 @@ __device__ __forceinline__ void rows_finish(const OnePassParams &p, const float 
 // slower, H200 e56c4b8), and rows through a shared-memory ring of 3-4 rows filled by bulk copies
 // (cp.async.bulk on an mbarrier: 4096 × 16384 bf16 scale-only 16% slower, the rows 59.6% of DRAM
 // peak against 69.4%, H100 d5e109c).
-// Two rows a step in blocks of 256 threads, with at most 32 bytes of a row per thread, are held to
-// 85 registers, 3 blocks per multiprocessor (without the bound, 100 registers and 2 blocks): more
-// rows in flight per multiprocessor than one row a step has with its 4 blocks of 64 registers.
-// With 64 bytes (fp32, 4 packs) the bound spills (156 bytes, ptxas sm_90): 120 registers, 2 blocks.
-template <int NT, int RS, int ROW_BYTES>
-constexpr int kRowsMinBlocks = RS == 2 && NT == 256 && ROW_BYTES <= 32 ? 3 : 0;
+// Two rows a step of two 16-byte packs of a 2-byte type per thread (4096² bf16/fp16) in blocks of
+// 256 threads are held to 85 registers, 3 blocks per multiprocessor (without the bound, 100
+// registers and 2 blocks; ptxas sm_90): more rows in flight per multiprocessor than one row a step
+// has with its 4 blocks of 64 registers. The other instances of two rows a step are left unbound:
+// there the bound would raise their registers (43-64 without it, 79 with) and cut their blocks.
+template <int NT, int VPT, int RS, int E, int TSIZE>
+constexpr int kRowsMinBlocks = RS == 2 && NT == 256 && VPT == 2 && E == 8 && TSIZE == 2 ? 3 : 0;
 
 template <int NT, int VPT, int RS, class T, int E, bool EVAL>
-__global__ void __launch_bounds__(NT, (kRowsMinBlocks<NT, RS, VPT * E * (int)sizeof(T)>)) one_pass_rows_kernel(OnePassParams p) {
+__global__ void __launch_bounds__(NT, (kRowsMinBlocks<NT, VPT, RS, E, (int)sizeof(T)>)) one_pass_rows_kernel(OnePassParams p) {
   pdl_enter();
   using V = VecN<T, E>;
   using R = typename V::raw;

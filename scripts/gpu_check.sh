@@ -49,7 +49,8 @@
 # time is reserved for the steps left out), BUILD_DIR, SN_CHECK_BUDGET_S, SN_CTEST_J (ctest -j, default 4; the tests
 # that measure device memory are RUN_SERIAL), SN_SANITIZER_FILTER (a --gtest_filter for the sanitizer runs),
 # SN_RACECHECK_CAP (racecheck's timeout, default 150 s), SN_RACECHECK_FILTER (its tests),
-# SN_SANITIZER_TUNE (SPECNORM_TUNE for the sanitizer runs, default none), SN_SANITIZER_API_ERRORS (compute-sanitizer --report-api-errors, default "no": the tests provoke
+# SN_SANITIZER_TUNE (SPECNORM_TUNE for the sanitizer runs, default the caller's; op_rows=2 races
+# the two-rows-a-step kernel, off by default, in the rows tests), SN_SANITIZER_API_ERRORS (compute-sanitizer --report-api-errors, default "no": the tests provoke
 # CUDA API errors on purpose), SN_CMAKE_ARGS (extra configure arguments), SN_DEPS_FORCE_ALL=1
 # (load every LAPACK-side library from .deps even where the system has one).
 set -uo pipefail
@@ -424,7 +425,7 @@ sanitize() {  # sanitize TOOL...
     [[ $tool != memcheck ]] && args=("--gtest_filter=$SN_SMALL_FILTER")
     [[ $tool == racecheck ]] && args=("--gtest_filter=$SN_RACECHECK_FILTER")
     run_step "$tool" "$OUT/tests.log" "$cap" "$reserve" \
-      env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_SANITIZER_TUNE:-}" \
+      env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_SANITIZER_TUNE-${SPECNORM_TUNE:-}}" \
       "$SANITIZER" --tool "$tool" --error-exitcode 1 "${extra[@]}" \
       "${API_ERR_ARGS[@]}" \
       "$GPU_TESTS" "${args[@]}"
@@ -456,7 +457,7 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # accesses, won there: 4096² train 5% faster in fp32, 8% in bf16, and is the default where W takes
 # a quarter of the L2 to twice it: timed here forced off and on. op_bulk=1 (a bulk-copy ring of
 # rows) lost on the H100 at d5e109c (up to 16% slower) and was removed. bw_stream=1 (the backward's
-# ⟨G, W⟩ loads W evict-first) won there (4096² bf16 backward −4%) and is the default: timed here
+# ⟨G, W⟩ loads W evict-first) won there (4096² bf16 backward −3.4%) and is the default: timed here
 # off. op_rows=2, built after d5e109c: two rows a step in the one-pass rows kernel.)
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
