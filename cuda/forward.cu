@@ -57,6 +57,10 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 (cuda/one_pass.cu): bitwise one row a step on the same grid (op_grid,
 //                 op_cluster); unforced, the grid follows this instance's occupancy, so the
 //                 partial sums differ (H100 4884391: 4096² fp32 scale −5%, eval +4%; off)
+//   op_reduce_cols=8|16  the one-pass reduce kernel takes 8 or 16 float4 columns per block
+//                 (default 4) on 32 or 16 lanes along the partials: fewer blocks where the
+//                 partials are few (cuda/one_pass.cu; other bits, as deterministic; not yet run
+//                 on a GPU)
 //   div_stream=0|1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
 //                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu);
 //                 unset: by W's bytes against the L2 (div_stream_default below)
@@ -88,6 +92,7 @@ struct Tune {
                        // kernels of different occupancy)
   int op_cluster = 0;  // 0: the default below
   int op_rows = 1;     // 2: the one-pass rows two a step, where the instance exists
+  int op_reduce_cols = 4;  // float4 columns per block of the one-pass reduce kernel (4, 8, 16)
   int pdl = -1;        // -1: the default below
   int div_stream = -1;  // -1: by size (div_stream_default); 1: the division's accesses streaming
   int bw_stream = 1;    // 1: the backward's inner kernel loads W streaming
@@ -114,6 +119,7 @@ Tune read_tune() {
       {"op_bps=", &t.op_bps, 1, 64, false},        {"op_grid=", &t.op_grid, 1, 1000000, false},
       {"op_cluster=", &t.op_cluster, 1, 8, true},  {"pdl=", &t.pdl, 0, 1, false},
       {"op_rows=", &t.op_rows, 1, 2, false},
+      {"op_reduce_cols=", &t.op_reduce_cols, 4, 16, true},
       {"div_stream=", &t.div_stream, 0, 1, false}, {"bw_stream=", &t.bw_stream, 0, 1, false},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
@@ -381,7 +387,8 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     }
     plan->op_cluster = cluster;
     plan->op_blocks = (int)clamp64(blocks, 1, h);
-    op_sq = sn::one_pass_reduce_blocks(view.B / 4);
+    plan->op_reduce_cols = tune.op_reduce_cols;
+    op_sq = sn::one_pass_reduce_blocks(view.B / 4, plan->op_reduce_cols);
   }
 
   *workspace_bytes = 0;
@@ -415,7 +422,9 @@ extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
   plan->op_tsq = p;
   p += pad(op_tsq_floats(*plan));
   plan->op_sq = p;
-  p += pad(plan->one_pass && !plan->one_pass_cols ? sn::one_pass_reduce_blocks(plan->view.B / 4) : 0);
+  p += pad(plan->one_pass && !plan->one_pass_cols
+               ? sn::one_pass_reduce_blocks(plan->view.B / 4, plan->op_reduce_cols)
+               : 0);
   plan->oc_ssq = p;
   p += pad(plan->one_pass_cols ? sn::one_pass_cols_panels(w) : 0);
   plan->bw_part = p;

@@ -49,8 +49,9 @@ cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, cons
 // Elements per access of the one-pass kernels for rows of w elements of `dtype`: 8 (16 bytes)
 // for the 2-byte types when w % 8 = 0, else 4.
 int one_pass_elems(sn_dtype_t dtype, int64_t w);
-// Blocks of the one-pass reduction for rows of w4 float4 (each writes one Σ s² partial).
-int64_t one_pass_reduce_blocks(int64_t w4);
+// Blocks of the one-pass reduction for rows of w4 float4, `cols` of them per block (4, 8, 16;
+// each block writes one Σ s² partial).
+int64_t one_pass_reduce_blocks(int64_t w4, int cols);
 // Threads per block and packs per thread for rows of wp packs.
 void one_pass_shape(int wp, int *threads, int *vpt);
 // Elements of a row per thread (packs per thread × elements per pack) up to which the one-pass

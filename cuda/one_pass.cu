@@ -10,8 +10,9 @@
 //   and Σ t². Bytes: numel·sizeof(T) of W once, + op_blocks·w·4 of partials written.
 //   The same kernel computes the eval σ = uᵀ M v (u != NULL): no partial s, the blocks' partial
 //   dots are added in block order by the last block. Bytes: numel·sizeof(T).
-// Kernel 2, reduce: 16 columns per block, 64 lanes along the partials; combines the partials in
-//   block order, scales by 1 / max(‖t‖, eps) (so s = Mᵀ u), writes s and Σ s² per block; the last
+// Kernel 2, reduce: 16 columns per block, 64 lanes along the partials (SPECNORM_TUNE=
+//   op_reduce_cols=8|16: 32 or 64 columns, 32 or 16 lanes); combines the partials in block
+//   order, scales by 1 / max(‖t‖, eps) (so s = Mᵀ u), writes s and Σ s² per block; the last
 //   block writes max(‖t‖, eps), max(‖s‖, eps) and σ = ‖s‖² / max(‖s‖, eps).
 //   Bytes: op_blocks·w·4 read + w·4 written.
 // Both reductions have a fixed order: results are bitwise reproducible.
@@ -253,12 +254,18 @@ struct ReduceParams {
   float eps;
 };
 
-// 4 float4 columns per block and 64 lanes along the partials: w / 16 blocks, so that the partials
-// (hundreds of rows of them at 4096 columns) are read by many blocks at once; 16 columns per block
-// took 8.6 µs for 4096 × 4096 on an H100 (64 blocks, 33 dependent loads per thread).
-constexpr int kColLanes = 4, kPartLanes = kBlock / kColLanes;
-
+// CL float4 columns per block and kBlock / CL lanes along the partials. By default CL = 4: 64
+// lanes, w / 16 blocks, so that the partials (hundreds of rows of them at 4096 columns) are read by
+// many blocks at once; 16 columns per block took 8.6 µs for 4096 × 4096 on an H100 (64 blocks, 33
+// dependent loads per thread). Where the partials are few (4096 × 16384 fp32: 33 clusters, so 31
+// of the 64 lanes idle, and 1024 blocks that took 10.5 µs on the H200 at 89aa697 for 2 MB from
+// L2, the most of what scale-only spends beyond its read), SPECNORM_TUNE=op_reduce_cols=8 or 16
+// takes 8 or 16 float4 columns per block on 32 or 16 lanes: half or a quarter of the blocks. The
+// partials are then added in another order (lane sums of every 32nd or 16th partial, then the
+// lanes' tree): other bits, as deterministic. Not yet run on a GPU.
+template <int CL>
 __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p) {
+  constexpr int kColLanes = CL, kPartLanes = kBlock / CL;
   pdl_enter();
   // The loads of both inputs first, so that they are in flight together: this thread's share of
   // the row blocks' Σ t² (block_sum_of's order), then its partials. The kernel is a chain of
@@ -396,7 +403,7 @@ unsigned *one_pass_counter(const sn_cuda_plan_t &plan) {
 
 }  // namespace
 
-int64_t one_pass_reduce_blocks(int64_t w4) { return (w4 + kColLanes - 1) / kColLanes; }
+int64_t one_pass_reduce_blocks(int64_t w4, int cols) { return (w4 + cols - 1) / cols; }
 
 int one_pass_elems(sn_dtype_t dtype, int64_t w) {
   return dtype != SN_DTYPE_FLOAT32 && w % 8 == 0 ? 8 : 4;
@@ -432,8 +439,13 @@ cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const flo
                  plan.op_blocks / plan.op_cluster, plan.op_blocks, w4,
                  reinterpret_cast<float4 *>(plan.s), plan.op_sq, plan.scal,
                  one_pass_counter(plan), plan.eps};
-  return launch(plan.pdl, one_pass_reduce_kernel, (int)one_pass_reduce_blocks(w4), kBlock, 0,
-                stream, r);
+  const int blocks = (int)one_pass_reduce_blocks(w4, plan.op_reduce_cols);
+  switch (plan.op_reduce_cols) {
+    case 4: return launch(plan.pdl, one_pass_reduce_kernel<4>, blocks, kBlock, 0, stream, r);
+    case 8: return launch(plan.pdl, one_pass_reduce_kernel<8>, blocks, kBlock, 0, stream, r);
+    case 16: return launch(plan.pdl, one_pass_reduce_kernel<16>, blocks, kBlock, 0, stream, r);
+    default: return cudaErrorInvalidConfiguration;
+  }
 }
 
 cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, const float *x,

@@ -105,6 +105,8 @@ typedef struct {
   int op_vpt;         /* one-pass: accesses of a row per thread (1, 2, 4 or 8) */
   int op_rows;        /* one-pass rows: rows per step of the rows kernel, 1 or 2
                          (SPECNORM_TUNE=op_rows=2) */
+  int op_reduce_cols; /* one-pass reduce: float4 columns per block, 4 (default), 8 or 16
+                         (SPECNORM_TUNE=op_reduce_cols) */
   int op_blocks;      /* one-pass: persistent blocks, each writing a partial Mᵀ t */
   int pdl;            /* 1: launches overlap the kernel boundaries (programmatic dependent launch,
                          sm_90; SPECNORM_TUNE=pdl=1) */

@@ -458,10 +458,12 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # a quarter of the L2 to twice it: timed here forced off and on. op_bulk=1 (a bulk-copy ring of
 # rows) lost on the H100 at d5e109c (up to 16% slower) and was removed. bw_stream=1 (the backward's
 # ⟨G, W⟩ loads W evict-first) won there (4096² bf16 backward −3.4%) and is the default: timed here
-# off. op_rows=2, built after d5e109c: two rows a step in the one-pass rows kernel.)
+# off. op_rows=2, built after d5e109c: two rows a step in the one-pass rows kernel; at 4884391
+# 4096² fp32 scale −5%, eval +4%. op_reduce_cols=8|16, built after 4884391: fewer one-pass reduce
+# blocks, for 4096 × 16384 fp32 scale-only (1.23× one read, goal 2 asks 1.2×).)
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_rows=2 bw_stream=0 div_stream=0 div_stream=1}"
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_rows=2 op_reduce_cols=8 op_reduce_cols=16 bw_stream=0 div_stream=1}"
 variants() {
   local t rc=0 table=() ptable=()
   for t in "${TUNES[@]}"; do

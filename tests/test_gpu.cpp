@@ -247,15 +247,15 @@ TEST(Gpu, RunsAreBitwiseIdentical) {
 
 // The variants that SPECNORM_TUNE selects (cuda/forward.cu; sn_bench times them): thread-block
 // clusters adding the one-pass partial s on chip and programmatic dependent launch (sm_90;
-// elsewhere plain launches) and fewer one-pass blocks per multiprocessor. Each must match the CPU
-// backend and repeat bitwise.
+// elsewhere plain launches), fewer one-pass blocks per multiprocessor and reduce blocks of 8 or
+// 16 float4 columns (op_reduce_cols). Each must match the CPU backend and repeat bitwise.
 TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const char *tune : {"op_cluster=2", "op_cluster=4", "op_cluster=8", "op_bps=1",
                            "op_bps=1,op_cluster=4", "op_bps=2,op_cluster=2", "pdl=1",
-                           "pdl=1,op_cluster=4"}) {
+                           "pdl=1,op_cluster=4", "op_reduce_cols=8", "op_reduce_cols=16,op_cluster=4"}) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + tune);
     // op_onchip=0: the 9 × 64 case's training forwards would be on chip by default (sm_90).
     env.set((std::string("op_onchip=0,") + tune).c_str());
