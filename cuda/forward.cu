@@ -274,7 +274,7 @@ extern "C" int sn_cuda_one_pass_rows_per_step(sn_dtype_t dtype, int64_t w, int a
   int threads = 0, vpt = 0;
   const int elems = sn::one_pass_elems(dtype, w);
   sn::one_pass_shape((int)(w / elems), &threads, &vpt);
-  return asked == 2 && vpt * elems <= sn::kOnePassPairMaxElems ? 2 : 1;
+  return sn::one_pass_rows_per_step(vpt, elems, asked);
 }
 
 extern "C" int sn_cuda_on_chip_threads(int64_t numel, int group) {
@@ -360,7 +360,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->one_pass = 1;
     plan->op_elems = sn::one_pass_elems(dtype, view.B);
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
-    plan->op_rows = sn_cuda_one_pass_rows_per_step(dtype, view.B, tune.op_rows);
+    plan->op_rows = sn::one_pass_rows_per_step(plan->op_vpt, plan->op_elems, tune.op_rows);
     int per_sm = 0, max_clusters = 0;
     cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
     if (e != cudaSuccess) return (int)e;

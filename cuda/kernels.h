@@ -57,6 +57,11 @@ void one_pass_shape(int wp, int *threads, int *vpt);
 // Elements of a row per thread (packs per thread × elements per pack) up to which the one-pass
 // rows kernel has instances of two rows per step (SPECNORM_TUNE=op_rows=2; cuda/one_pass.cu).
 constexpr int kOnePassPairMaxElems = 16;
+// Rows per step of the rows kernel for rows of vpt packs of elems per thread, given SPECNORM_TUNE's
+// op_rows (`asked`): 2 where asked and such an instance exists, else 1.
+inline int one_pass_rows_per_step(int vpt, int elems, int asked) {
+  return asked == 2 && vpt * elems <= kOnePassPairMaxElems ? 2 : 1;
+}
 // Raise the rows kernel's shared-memory limit (the instance plan.op_rows gives) and report its
 // blocks per multiprocessor and, for cluster > 1, how many clusters of that many blocks fit on
 // the device at once.

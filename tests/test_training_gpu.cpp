@@ -528,15 +528,12 @@ TEST(GpuTraining, BackwardRowsAreBitwiseReproducible) {
     sn_layer_desc_t d = make_desc(sh.shape, SN_BACKEND_CUDA, sh.dim);
     d.dtype = sh.dt;
     d.seed = rng.gen();
-    // a loads W plainly in ⟨G, W⟩ (SPECNORM_TUNE=bw_stream=0), b evict-first (the default).
+    // b loads W evict-first in ⟨G, W⟩ (the default), a plainly (SPECNORM_TUNE=bw_stream=0; a
+    // layer reads its knobs when it is created).
     const std::string outer = tune_prefix();
-    std::unique_ptr<LayerPtr> pa;
-    {
-      ScopedEnv env("SPECNORM_TUNE", (outer + "bw_stream=0").c_str());
-      pa = std::make_unique<LayerPtr>(d);
-    }
-    LayerPtr &a = *pa;
     LayerPtr b(d);
+    ScopedEnv env("SPECNORM_TUNE", (outer + "bw_stream=0").c_str());
+    LayerPtr a(d);
     ASSERT_TRUE(a.p && b.p);
     Tensor W(sh.dt, n), Wsn(sh.dt, n), G(sh.dt, n), da(sh.dt, n), db(sh.dt, n);
     W.set(rng.normals(n, 1.f / std::sqrt(float(sh.shape[0]))));
