@@ -8,7 +8,8 @@
 //   eval:                              t = M v, σ = uᵀ t fused (the one-pass rows kernel when the
 //                                      layer uses one pass, else the two-pass t = M v kernel)
 //   then one commit-and-divide launch.
-// A training forward with one iteration is 3 launches; an eval forward 2. Vectors between the
+// A training forward with one iteration is 3 launches (with SPECNORM_TUNE=op_coop=1 and one pass,
+// 2, and 1 without W_sn); an eval forward 2. Vectors between the
 // products stay unnormalized in scratch, with their norm in a device scalar the next kernel
 // applies, so normalization costs no launch of its own.
 #include <climits>
@@ -61,6 +62,11 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 (default 4) on 32 or 16 lanes along the partials: fewer blocks where the
 //                 partials are few (cuda/one_pass.cu; other bits, as deterministic; not yet run
 //                 on a GPU)
+//   op_coop=1     each one-pass iteration by rows (one row a step) as one cooperative launch: the
+//                 rows, a grid barrier, the reduction, and for a scale-only forward the commit
+//                 (cuda/one_pass_coop.cu); the same bits as the kernels it replaces, on the plan's
+//                 grid where all of it fits at once (else the kernels); op_coop=2 (tests) has
+//                 that launch refused, and the kernels run instead (not yet run on a GPU; off)
 //   div_stream=0|1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
 //                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu);
 //                 unset: by W's bytes against the L2 (div_stream_default below)
@@ -93,6 +99,7 @@ struct Tune {
   int op_cluster = 0;  // 0: the default below
   int op_rows = 1;     // 2: the one-pass rows two a step, where the instance exists
   int op_reduce_cols = 4;  // float4 columns per block of the one-pass reduce kernel (4, 8, 16)
+  int op_coop = 0;     // 1: the one-pass iteration as one cooperative launch; 2: refused (tests)
   int pdl = -1;        // -1: the default below
   int div_stream = -1;  // -1: by size (div_stream_default); 1: the division's accesses streaming
   int bw_stream = 1;    // 1: the backward's inner kernel loads W streaming
@@ -120,6 +127,7 @@ Tune read_tune() {
       {"op_cluster=", &t.op_cluster, 1, 8, true},  {"pdl=", &t.pdl, 0, 1, false},
       {"op_rows=", &t.op_rows, 1, 2, false},
       {"op_reduce_cols=", &t.op_reduce_cols, 4, 16, true},
+      {"op_coop=", &t.op_coop, 0, 2, false},
       {"div_stream=", &t.div_stream, 0, 1, false}, {"bw_stream=", &t.bw_stream, 0, 1, false},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
@@ -389,6 +397,13 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->op_blocks = (int)clamp64(blocks, 1, h);
     plan->op_reduce_cols = tune.op_reduce_cols;
     op_sq = sn::one_pass_reduce_blocks(view.B / 4, plan->op_reduce_cols);
+    if (tune.op_coop > 0) {  // only where the whole grid fits at once (one_pass_coop_prepare)
+      bool fits = false;
+      if (sn::one_pass_coop_prepare(*plan, &fits) == cudaSuccess && fits)
+        plan->op_coop = tune.op_coop;
+      else
+        (void)cudaGetLastError();
+    }
   }
 
   *workspace_bytes = 0;
@@ -489,10 +504,13 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
   int slot = SN_SCAL_SIG_S;
   // The first product of a training forward restarts from ones if the health word asks for it.
   const unsigned *health = reinterpret_cast<const unsigned *>(a->sigma + 3);
+  bool committed = false;  // by the last iteration's cooperative one-pass launch (scale only)
   for (int k = 0; k < iters; ++k) {
     const unsigned *restart = k == 0 ? health : nullptr;
     if (one_pass) {
-      SN_TRY(sn::launch_one_pass(P, a->W, v, v_div, restart, stream));
+      const bool commit = a->training && !a->W_sn && k == iters - 1;
+      SN_TRY(sn::launch_one_pass(P, a->W, v, v_div, restart, commit ? a : nullptr, &committed,
+                                 stream));
       slot = SN_SCAL_SIG_S;
     } else if (a->order == SN_ORDER_U_FIRST) {
       SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kNormalize, nullptr, nullptr, restart,
@@ -513,6 +531,7 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
     v = P.s;
     v_div = scal + SN_SCAL_M_S;
   }
+  if (committed) return 0;
   if (!a->training) {
     if (one_pass)
       SN_TRY(sn::launch_one_pass_eval(P, a->W, v, v_div, u, u_div, stream));

@@ -38,9 +38,25 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
                                  int sigma_slot, Commit what, cudaStream_t stream);
 
 // One-pass iteration (cuda/one_pass.cu): t = M (x / *x_div) and s = Mᵀ t / max(‖t‖, eps) with one
-// read of W, writing the same scratch and scalars as launch_matvec + launch_matvec_t. 2 launches.
+// read of W, writing the same scratch and scalars as launch_matvec + launch_matvec_t. 2 launches,
+// or 1 with plan.op_coop (cuda/one_pass_coop.cu), which also commits u, v and σ as the commit
+// kernel would when `commit` (the forward's arguments) is not NULL: then *committed is set, and
+// the forward launches no commit. A refused cooperative launch (one_pass_coop_refused) is
+// returned as it is: nothing ran.
 cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
-                            const float *x_div, const unsigned *health, cudaStream_t stream);
+                            const float *x_div, const unsigned *health,
+                            const sn_cuda_forward_args_t *commit, bool *committed,
+                            cudaStream_t stream);
+// The cooperative launch itself (plan.op_coop; the same contract).
+cudaError_t launch_one_pass_coop(const sn_cuda_plan_t &plan, const void *W, const float *x,
+                                 const float *x_div, const unsigned *health,
+                                 const sn_cuda_forward_args_t *commit, cudaStream_t stream);
+// Whether launch error e is the device refusing the cooperative launch (nothing ran).
+bool one_pass_coop_refused(cudaError_t e);
+// Whether the plan's one-pass grid (op_blocks in clusters of op_cluster, one row a step) can run
+// as one cooperative launch: the device has them and every block fits at once (*fits). Raises the
+// cooperative kernel's shared-memory limit.
+cudaError_t one_pass_coop_prepare(const sn_cuda_plan_t &plan, bool *fits);
 // The eval σ = uᵀ M v (u / *u_div, v = x / *x_div) with the one-pass rows kernel: 1 launch,
 // writes scal[SIG_DOT].
 cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, const float *x,

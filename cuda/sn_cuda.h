@@ -108,6 +108,9 @@ typedef struct {
   int op_reduce_cols; /* one-pass reduce: float4 columns per block, 4 (default), 8 or 16
                          (SPECNORM_TUNE=op_reduce_cols) */
   int op_blocks;      /* one-pass: persistent blocks, each writing a partial Mᵀ t */
+  int op_coop;        /* one-pass rows: 1, each iteration's two kernels as one cooperative launch
+                         that also commits a scale-only forward (SPECNORM_TUNE=op_coop=1,
+                         cuda/one_pass_coop.cu); 2, tests: that launch refused; 0: none */
   int pdl;            /* 1: launches overlap the kernel boundaries (programmatic dependent launch,
                          sm_90; SPECNORM_TUNE=pdl=1) */
   int op_cluster;     /* one-pass: blocks per thread-block cluster adding their partials on chip
@@ -166,6 +169,10 @@ int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *ar
                     sn_stream_t stream);
 /* Whether that forward is the one launch of the layer on chip (plan->onchip, its modes). */
 int sn_cuda_forward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *args);
+/* Whether launch error e of a forward is the refusal of the plan's cooperative one-pass launch
+ * (plan->op_coop; fewer blocks can be resident than the plan's occupancy query said). It is the
+ * forward's first launch: nothing ran. */
+int sn_cuda_one_pass_coop_refused(const sn_cuda_plan_t *plan, int e);
 
 typedef struct {
   const void *W, *G;

@@ -54,27 +54,41 @@ int sn__may_retry_on(sn_stream_t stream) {
   return ok;
 }
 
-/* After launch error e of a CUDA layer's forward or backward (on_chip: that call was the layer's
- * on-chip launch): if it is the refusal of that launch (its cluster cannot be scheduled now: the
- * GPU shared under MPS, an SM limit), nothing ran; the layer runs the usual kernels from now on.
- * Returns 1 when the caller runs them at once; 0 otherwise, with *in_capture set when the refusal
- * came during a capture (which it may have invalidated: the caller reports it, and the user
- * captures again). The usual kernels' errors are theirs, whatever the plan holds. */
-static int drop_refused_on_chip(sn_layer_t *l, int e, int on_chip, sn_stream_t stream, int *in_capture) {
-  if (e == 0 || !on_chip || !sn_cuda_on_chip_refused(e)) return 0;
+/* After launch error e of a CUDA layer's forward or backward (*on_chip: that call was the layer's
+ * on-chip launch): if it is the refusal of the call's single launch — the on-chip one (its cluster
+ * cannot be scheduled now: the GPU shared under MPS, an SM limit) or the cooperative one-pass one
+ * (SPECNORM_TUNE=op_coop; fewer blocks can be resident than at creation) — nothing ran, and the
+ * layer runs the usual kernels from now on (forward: the call is a forward, the only one with a
+ * cooperative launch). Returns 1 when the caller runs them at once; 0
+ * otherwise, with *refused naming the launch when the refusal came during a capture (which it may
+ * have invalidated: the caller reports it, and the user captures again). The usual kernels' errors
+ * are theirs, whatever the plan holds. */
+static int drop_refused_launch(sn_layer_t *l, int e, int *on_chip, int forward, sn_stream_t stream,
+                               const char **refused) {
+  if (e == 0) return 0;
+  const char *what = NULL;
+  if (*on_chip && sn_cuda_on_chip_refused(e)) {
+    l->plan.onchip.cluster = 0;
+    *on_chip = 0;
+    what = "on-chip";
+  } else if (forward && sn_cuda_one_pass_coop_refused(&l->plan, e)) {
+    l->plan.op_coop = 0;
+    what = "cooperative one-pass";
+  } else {
+    return 0;
+  }
   (void)cudaGetLastError();
-  l->plan.onchip.cluster = 0;
   if (sn__may_retry_on(stream)) return 1;
-  *in_capture = 1;
+  *refused = what;
   return 0;
 }
 
-static sn_status_t refused_in_capture(const char *what) {
+static sn_status_t refused_in_capture(const char *what, const char *call) {
   return sn__fail(SN_ERROR_CUDA,
-                  "the layer's on-chip %s launch was refused (its cluster cannot be scheduled now) "
-                  "while a stream capture is active; the layer runs the usual kernels from now on: "
-                  "end this capture and capture it again",
-                  what);
+                  "the layer's %s %s launch was refused (fewer blocks or clusters can be resident "
+                  "now than when the layer was created) while a stream capture is active; the layer "
+                  "runs the usual kernels from now on: end this capture and capture it again",
+                  what, call);
 }
 
 /* A CUDA layer's W and W_sn must be device (or managed) memory of the layer's device. */
@@ -414,12 +428,13 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
   int prev = 0;
   st = sn__enter_device(dev, &prev);
   if (st != SN_SUCCESS) return st;
-  const int on_chip = sn_cuda_forward_on_chip(&l->plan, &a);
+  int on_chip = sn_cuda_forward_on_chip(&l->plan, &a);
   int e = sn_cuda_forward(&l->plan, &a, stream);
-  int in_capture = 0;
-  if (drop_refused_on_chip(l, e, on_chip, stream, &in_capture)) e = sn_cuda_forward(&l->plan, &a, stream);
+  const char *refused = NULL;
+  /* At most twice: an on-chip layer refused, whose usual kernels' cooperative launch is too. */
+  while (drop_refused_launch(l, e, &on_chip, 1, stream, &refused)) e = sn_cuda_forward(&l->plan, &a, stream);
   sn__leave_device(dev, prev);
-  if (in_capture) return refused_in_capture("forward");
+  if (refused) return refused_in_capture(refused, "forward");
   if (e != 0) {
     (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the forward kernels");
@@ -501,13 +516,13 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
   sn_cuda_backward_args_t a = {W, G, dW, layer->numel, layer->u, layer->v, layer->sigma,
                                (flags & SN_BACKWARD_ACCUMULATE) != 0,
                                (flags & SN_BACKWARD_DETACH_SIGMA) != 0, dgamma};
-  const int on_chip = sn_cuda_backward_on_chip(&layer->plan, &a);
+  int on_chip = sn_cuda_backward_on_chip(&layer->plan, &a);
   int e = sn_cuda_backward(&layer->plan, &a, stream);
-  int in_capture = 0;
-  if (drop_refused_on_chip(layer, e, on_chip, stream, &in_capture))
+  const char *refused = NULL;
+  if (drop_refused_launch(layer, e, &on_chip, 0, stream, &refused))
     e = sn_cuda_backward(&layer->plan, &a, stream);
   sn__leave_device(dev, prev);
-  if (in_capture) return refused_in_capture("backward");
+  if (refused) return refused_in_capture(refused, "backward");
   if (e != 0) {
     (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the backward kernels");

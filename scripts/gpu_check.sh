@@ -392,10 +392,10 @@ if [[ -n "$SANITIZER" && "$("$SANITIZER" --help 2>&1)" == *--report-api-errors* 
 fi
 # The largest shapes run in ctest; under the sanitizers they would take minutes. Every kernel
 # variant still runs (8x16384 keeps the widest one-pass variant).
-SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:GroupGpu.OnChipLeavesGroups*:Gpu.OnePassWideRows*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
+SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:GroupGpu.OnChipLeavesGroups*:Gpu.OnePassWideRows*:Gpu.OnePassCooperativeLaunchIs*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
 [[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
 # One-pass by rows (several widths) and by columns, two-pass, a view, groups, the backward.
-SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassRowsRuns*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:Gpu.OnChipLayer*:Gpu.SmallLayers*:Gpu.OnePassRowPairs*}"
+SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassRowsRuns*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:Gpu.OnChipLayer*:Gpu.SmallLayers*:Gpu.OnePassRowPairs*:Gpu.OnePassCooperativeSmall*:Gpu.OnePassCooperativeLaunchRefused*}"
 # racecheck is the slowest: each kernel family once, at the smallest sizes that run it (the H100 at
 # 6626f15 spent 57 s on a rows test and over 80 s on Gpu.OnChipLayerMatchesTheCpuBackend, and was
 # cut at 150 s; the H200 at 89aa697 took 26 s for the two grouped on-chip tests below; the H100 at
@@ -403,7 +403,7 @@ SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*20
 # race it on its own with SN_RACECHECK_FILTER; at d44ff6c the 512-thread and cluster-size tests
 # took 57 s). Small layers' training forwards run on chip by default (sm_90), so the Shapes tests
 # here race the on-chip kernel too.
-SN_RACECHECK_FILTER="${SN_RACECHECK_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:GroupGpu.OnChipWith512*:Gpu.OnChipLayerLeavesOthers*:GpuTraining.OnChipLayerOptions*:GroupGpu.CooperativeSmallGroup*}"
+SN_RACECHECK_FILTER="${SN_RACECHECK_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:GroupGpu.OnChipWith512*:Gpu.OnChipLayerLeavesOthers*:GpuTraining.OnChipLayerOptions*:GroupGpu.CooperativeSmallGroup*:Gpu.OnePassCooperativeSmall*}"
 sanitize() {  # sanitize TOOL...
  local tool cap reserve
  for tool in "$@"; do
@@ -463,7 +463,7 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # blocks, for 4096 × 16384 fp32 scale-only (1.23× one read, goal 2 asks 1.2×).)
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_rows=2 op_reduce_cols=8 op_reduce_cols=16 bw_stream=0 div_stream=1}"
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_coop=1 op_reduce_cols=8 op_coop=1,op_reduce_cols=8 op_reduce_cols=16 op_rows=2}"
 variants() {
   local t rc=0 table=() ptable=()
   for t in "${TUNES[@]}"; do

@@ -397,6 +397,175 @@ TEST(Gpu, OnePassRowPairsAreBitwiseSingleRows) {
   compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
 }
 
+// Two layers' σ, scale and health words, bit for bit (u and v: same_state).
+static void expect_same_scale_and_health(sn_layer_t *a, sn_layer_t *b) {
+  float sa = 0.f, sb = 0.f;
+  uint32_t ha = 0, hb = 0;
+  ASSERT_EQ(sn_layer_get_scale(a, &sa, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_layer_get_scale(b, &sb, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_layer_get_health(a, &ha, 0, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_layer_get_health(b, &hb, 0, nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_EQ(std::memcmp(&sa, &sb, 4), 0) << sa << " " << sb;
+  EXPECT_EQ(ha, hb);
+}
+
+// Scale-only forwards of a and b leave both in the same state, bit for bit: training, training,
+// eval; two training forwards of an all-zero W (a σ that is not usable: no commit of u and v, the
+// restart asked, then a restart from ones that fails again); two of W again (the restart from
+// ones, recovered; then a usual one). W holds W again when this returns.
+static void expect_scale_only_bitwise(sn_layer_t *a, sn_layer_t *b, const Tensor &W) {
+  struct Restore {  // W's bytes back, whatever an ASSERT below does
+    const Tensor &W;
+    ~Restore() { EXPECT_EQ(cudaMemcpy(W.dev, W.host.data(), W.host.size(), cudaMemcpyHostToDevice), cudaSuccess); }
+  } restore{W};
+  for (int step = 0; step < 7; ++step) {
+    SCOPED_TRACE("scale-only step " + std::to_string(step));
+    if (step == 3) {
+      CUDA_OK(cudaMemset(W.dev, 0, W.host.size()));
+    } else if (step == 5) {
+      CUDA_OK(cudaMemcpy(W.dev, W.host.data(), W.host.size(), cudaMemcpyHostToDevice));
+    }
+    const int training = step != 2;
+    ASSERT_EQ(sn_forward_scale_only(a, W.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_forward_scale_only(b, W.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+    expect_same_scale_and_health(a, b);
+  }
+}
+
+// The one-pass iteration as one cooperative launch (SPECNORM_TUNE=op_coop=1, cuda/one_pass_coop.cu)
+// on each case and grid of expect_rows_pairs_bitwise: bit for bit what the rows and reduce
+// kernels (and the commit kernel, for scale only) compute, training, eval and scale only, a σ that
+// is not usable and the restarts after it. The training forward is that launch and the commit
+// kernel; the scale-only forward that launch alone (graph captures). knobs: SPECNORM_TUNE keys for
+// both layers.
+static void expect_coop_bitwise(const std::vector<RowsCase> &cases, const std::string &knobs = "") {
+  expect_rows_pairs_bitwise(
+      cases, knobs + "op_coop=0,", knobs + "op_coop=1,", [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &, const Tensor &W) {
+        EXPECT_EQ(a->plan.op_coop, 0);
+        ASSERT_EQ(b->plan.op_coop, 1) << "the cooperative grid should fit at these grids";
+        Tensor o(W.dt, W.n);
+        const std::vector<std::string> kt =
+            captured_kernels([&](cudaStream_t s) { return sn_forward(b, W.dev, o.dev, 1, (sn_stream_t)s); });
+        EXPECT_TRUE(any_matches(kt, "one_pass_coop_kernel<")) << ::testing::PrintToString(kt);
+        EXPECT_FALSE(any_matches(kt, "one_pass_(rows|reduce)_kernel<")) << ::testing::PrintToString(kt);
+        EXPECT_TRUE(any_matches(kt, "commit_divide_kernel<")) << ::testing::PrintToString(kt);
+        const std::vector<std::string> ks =
+            captured_kernels([&](cudaStream_t s) { return sn_forward_scale_only(b, W.dev, 1, (sn_stream_t)s); });
+        ASSERT_EQ(ks.size(), 1u) << ::testing::PrintToString(ks);
+        EXPECT_TRUE(any_matches(ks, "one_pass_coop_kernel<")) << ks[0];
+        expect_scale_only_bitwise(a, b, W);
+      });
+}
+
+// Small cases, for racecheck (gpu_check.sh): blocks of 256 and of 512 threads (two reduction
+// units per block, each on its own named barrier), 16- and 8-byte packs, fewer reduction blocks
+// than units; and reduction blocks of 16 float4 columns (op_reduce_cols, a runtime count in the
+// cooperative kernel, a template one in the reduce kernel).
+TEST(Gpu, OnePassCooperativeSmallIsBitwiseTheKernels) {
+  REQUIRE_GPU();
+  const std::vector<RowsCase> cases{{{9, 64}, SN_DTYPE_FLOAT32}, {{20, 4100}, SN_DTYPE_FLOAT32}, {{33, 2052}, SN_DTYPE_BFLOAT16}};
+  expect_coop_bitwise(cases);
+  expect_coop_bitwise(cases, "op_reduce_cols=16,");
+}
+
+// The same in fp32, bf16 and fp16 at the instances of the benchmark's shapes; then two iterations
+// and the warm-up (the commit in the last launch only) against the usual kernels, and the CPU
+// backend.
+TEST(Gpu, OnePassCooperativeLaunchIsBitwiseTheKernels) {
+  REQUIRE_GPU();
+  expect_coop_bitwise({{{700, 1152}, SN_DTYPE_FLOAT32},
+                       {{300, 4096}, SN_DTYPE_BFLOAT16},    // 256 threads × 2 packs of 8 (4096² bf16's)
+                       {{513, 1028}, SN_DTYPE_FLOAT16},     // 8-byte packs
+                       {{300, 4096}, SN_DTYPE_FLOAT32},     // 256 × 4 (4096² fp32's)
+                       {{257, 12288}, SN_DTYPE_FLOAT32},    // 512 threads: two reduction units per block
+                       {{130, 16384}, SN_DTYPE_BFLOAT16}}); // 512 × 4 packs of 8 (4096 × 16384 bf16's)
+  Rng rng(fresh_seed());
+  const std::string prefix = tune_prefix() + "op_onchip=0,";  // before the ScopedEnv unsets it
+  ScopedEnv env("SPECNORM_TUNE", nullptr);
+  for (int iters : {1, 2}) {
+    SCOPED_TRACE("iterations " + std::to_string(iters));
+    sn_layer_desc_t d = make_desc({600, 4096}, SN_BACKEND_CUDA);
+    d.algo = SN_ALGO_ONE_PASS;
+    d.n_power_iterations = iters;
+    d.warmup_iterations = 3;
+    const int64_t n = 600 * 4096;
+    Tensor W(SN_DTYPE_FLOAT32, n);
+    W.set(rng.normals(n));
+    env.set((prefix + "op_grid=64,op_coop=0").c_str());
+    LayerPtr a(d);
+    env.set((prefix + "op_grid=64,op_coop=1").c_str());
+    LayerPtr b(d);
+    ASSERT_TRUE(a.p && b.p) << sn_last_error_message();
+    ASSERT_EQ(b.p->plan.op_coop, 1);
+    expect_scale_only_bitwise(a, b, W);  // the first one runs the warm-up
+  }
+  env.set((prefix + "op_coop=1").c_str());
+  // The benchmark's instances take it on their full grids (the cooperative kernel fits as many
+  // blocks per multiprocessor as the rows kernel: ptxas sm_90, the same registers or fewer).
+  for (const RowsCase &c : std::vector<RowsCase>{{{1000, 4096}, SN_DTYPE_FLOAT32}, {{1000, 4096}, SN_DTYPE_BFLOAT16},
+                                                 {{1000, 16384}, SN_DTYPE_FLOAT32}, {{1000, 16384}, SN_DTYPE_BFLOAT16}}) {
+    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
+    d.algo = SN_ALGO_ONE_PASS;
+    d.dtype = c.dt;
+    LayerPtr l(d);
+    ASSERT_TRUE(l.p) << sn_last_error_message();
+    EXPECT_EQ(l.p->plan.op_coop, 1) << shape_str(c.shape) << " dtype " << int(c.dt) << ": "
+                                    << l.p->plan.op_blocks << " blocks in clusters of " << l.p->plan.op_cluster;
+  }
+  compare_backends(Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS}, rng, 3, 2);
+  compare_backends(Case{{600, 16384}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
+}
+
+// The cooperative launch refused (SPECNORM_TUNE=op_coop=2 launches it with more blocks than can be
+// resident): the layer drops it for good (host/layer.c). Eagerly at once, bit for bit what a layer
+// without the knob computes (training, eval and scale only; the first forward, with the warm-up,
+// is the one refused); during a capture of a layer without warm-up, SN_ERROR_CUDA saying to
+// capture again, and the next capture takes the rows and reduce kernels.
+TEST(Gpu, OnePassCooperativeLaunchRefusedFallsBack) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const std::string prefix = tune_prefix() + "op_onchip=0,op_grid=64,";
+  ScopedEnv env("SPECNORM_TUNE", nullptr);
+  for (const RowsCase &c : std::vector<RowsCase>{{{700, 1152}, SN_DTYPE_FLOAT32}, {{257, 12288}, SN_DTYPE_BFLOAT16}}) {
+    SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)));
+    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
+    d.algo = SN_ALGO_ONE_PASS;
+    d.dtype = c.dt;
+    sn_layer_desc_t cold = d;
+    cold.warmup_iterations = 0;  // its first forward may be captured
+    env.set((prefix + "op_coop=0").c_str());
+    LayerPtr plain(d);
+    env.set((prefix + "op_coop=2").c_str());
+    LayerPtr refused(d), captured(cold);
+    ASSERT_TRUE(plain.p && refused.p && captured.p) << sn_last_error_message();
+    ASSERT_EQ(refused.p->plan.op_coop, 2);
+    ASSERT_EQ(captured.p->plan.op_coop, 2);
+    const int64_t n = numel_of(c.shape);
+    Tensor W(c.dt, n), o1(c.dt, n), o2(c.dt, n);
+    W.set(rng.normals(n));
+    for (int step = 0; step < 3; ++step) {
+      const int training = step != 2;
+      ASSERT_EQ(sn_forward(plain, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(refused, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_EQ(refused.p->plan.op_coop, 0);
+      EXPECT_TRUE(same_state(get_state(plain), get_state(refused))) << "step " << step;
+      EXPECT_TRUE(o1.download_bytes() == o2.download_bytes()) << "step " << step;
+    }
+    expect_scale_only_bitwise(plain, refused, W);
+    const CaptureOutcome out =
+        capture_outcome([&](cudaStream_t s) { return sn_forward_scale_only(captured, W.dev, 1, (sn_stream_t)s); });
+    EXPECT_EQ(out.status, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
+    EXPECT_NE(out.message.find("cooperative"), std::string::npos) << out.message;
+    EXPECT_NE(out.message.find("capture"), std::string::npos) << out.message;
+    EXPECT_EQ(captured.p->plan.op_coop, 0);
+    const std::vector<std::string> names =
+        captured_kernels([&](cudaStream_t s) { return sn_forward_scale_only(captured, W.dev, 1, (sn_stream_t)s); });
+    EXPECT_TRUE(any_matches(names, "one_pass_rows_kernel<")) << ::testing::PrintToString(names);
+    EXPECT_FALSE(any_matches(names, "one_pass_coop_kernel<")) << ::testing::PrintToString(names);
+  }
+}
+
 // Without SPECNORM_TUNE's div_stream, the division is evict-first where W takes more than a quarter
 // of the L2 and at most twice it (cuda/forward.cu, div_stream_default), counted in W's dtype.
 TEST(Gpu, StreamingDivisionByDefaultFollowsTheL2) {

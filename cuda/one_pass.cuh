@@ -1,0 +1,381 @@
+// The one-pass iteration by rows (u-first order, rows contiguous): the pieces that its kernels
+// share. cuda/one_pass.cu launches them as a rows kernel and a reduce kernel (what each does and
+// moves is described there); cuda/one_pass_coop.cu runs both in one cooperative launch.
+#pragma once
+
+#include <cooperative_groups.h>
+
+#include <type_traits>
+
+#include "kernels.h"
+#include "sn_device.cuh"
+#include "sn_types.cuh"
+
+namespace sn {
+namespace {
+
+struct OnePassParams {
+  const void *W;    // h rows of wp packs of E elements of type T
+  int64_t h;
+  int wp;
+  const float *x;
+  const float *x_div;
+  const unsigned *health;  // restart bit set: v = ones
+  float *t;         // h
+  float *part;      // (op_blocks / cluster) × w
+  int cluster;      // blocks per thread-block cluster that add their partial s on chip (sm_90)
+  float *tsq;       // op_blocks
+  // Eval (u != NULL): no t, no partial s; tsq gets the block's Σ (u_i / *u_div) t_i and the last
+  // block writes their sum in block order to scal[SIG_DOT] (counter: the one-pass arrivals).
+  const float *u, *u_div;
+  float *scal;
+  unsigned *counter;
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr bool kHaveClusters = false;  // the host asks for clusters only for code built for sm_90
+#else
+constexpr bool kHaveClusters = true;
+#endif
+
+// Thread-block clusters (sm_90): the cluster's blocks have each put their partial s (w4 float4) in
+// their shared memory `mine`; block r of the cluster adds slice r of the columns over the cluster's
+// blocks in rank order (distributed shared memory) and writes it to the cluster's partial. Cuts the
+// partial-s traffic (written here, read by the reduce kernel) by the cluster size.
+template <int NT>
+__device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, float4 *mine,
+                                                     int64_t w4) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  cg::cluster_group cl = cg::this_cluster();
+  cl.sync();  // every block's partial is in its shared memory
+  const int C = (int)cl.num_blocks(), r = (int)cl.block_rank();
+  const int64_t per = (w4 + C - 1) / C, c0 = r * per, c1 = min(w4, c0 + per);
+  float4 *out = reinterpret_cast<float4 *>(p.part + (int64_t)(blockIdx.x / C) * 4 * w4);
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += NT) {
+    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int q = 0; q < C; ++q) {
+      const float4 x = cl.map_shared_rank(mine, q)[c];
+      s.x += x.x;
+      s.y += x.y;
+      s.z += x.z;
+      s.w += x.w;
+    }
+    out[c] = s;
+  }
+  cl.sync();  // no block leaves while another may still read its shared memory
+#endif
+}
+
+// Rows i, i + G, ..., i + (RS - 1)·G, on chip in b (this thread's VPT packs of each; rows at or
+// past h are skipped): t_r = M_r · v (one block sum for the RS rows; its barriers also mean that
+// every thread of the block has read b's source), then, row after row, (training) t_r into p.t,
+// t_r² into tsq and t_r M_r into acc; (eval) (u_r / *u_div) t_r into tsq. Each row's dot, block
+// sum and updates are those of a step of one row, in the same order: RS changes no bit.
+template <int NT, int VPT, int RS, class T, int E, bool EVAL>
+__device__ __forceinline__ void rows_step(const OnePassParams &p,
+                                          const typename VecN<T, E>::raw (&b)[RS][VPT], int64_t i,
+                                          int64_t G, const float4 *v_sm, float ru,
+                                          float (&acc)[VPT][E], float &tsq) {
+  using V = VecN<T, E>;
+  constexpr int F4 = E / 4;  // float4 of v per pack
+  // Eval: thread 0's u_i are loaded before the rows' dots, not after their block sum, where the
+  // load's round trip would hold up the block at the next barrier on every step.
+  float ui[RS], d[RS];
+#pragma unroll
+  for (int r = 0; r < RS; ++r) {
+    ui[r] = EVAL && threadIdx.x == 0 && i + r * G < p.h ? p.u[i + r * G] : 0.f;
+    d[r] = 0.f;
+  }
+#pragma unroll
+  for (int r = 0; r < RS; ++r)
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      float x[E];
+      V::cvt(b[r][k], x);
+      const int j = threadIdx.x + k * NT;
+      if (j < p.wp) {
+#pragma unroll
+        for (int q = 0; q < F4; ++q) {
+          const float4 v = v_sm[F4 * j + q];
+          d[r] = fmaf(x[4 * q + 0], v.x, d[r]);
+          d[r] = fmaf(x[4 * q + 1], v.y, d[r]);
+          d[r] = fmaf(x[4 * q + 2], v.z, d[r]);
+          d[r] = fmaf(x[4 * q + 3], v.w, d[r]);
+        }
+      }
+    }
+  block_sums<NT, RS>(d);
+#pragma unroll
+  for (int r = 0; r < RS; ++r) {
+    if (i + r * G >= p.h) break;
+    const float t = d[r];
+    if (EVAL) {
+      if (threadIdx.x == 0) tsq = fmaf(ui[r] * ru, t, tsq);
+    } else {
+      if (threadIdx.x == 0) p.t[i + r * G] = t;
+      tsq = fmaf(t, t, tsq);
+#pragma unroll
+      for (int k = 0; k < VPT; ++k) {
+        float x[E];
+        V::cvt(b[r][k], x);
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[k][e] = fmaf(t, x[e], acc[k][e]);
+      }
+    }
+  }
+}
+
+// The end of the rows kernel: the block's partial s to global memory, or (cluster > 1) to its
+// own shared memory (v_sm), where the cluster's blocks add it up; its Σ t² (eval: Σ u_i t_i); and
+// (eval) the last block's sum of those in block order.
+template <int NT, int VPT, int E, bool EVAL>
+__device__ __forceinline__ void rows_finish(const OnePassParams &p, const float (&acc)[VPT][E], float tsq,
+                                            float4 *v_sm, int64_t w) {
+  constexpr int F4 = E / 4;
+  if (!EVAL) {
+    if (!kHaveClusters && p.cluster > 1) __trap();  // the host checks the code's PTX version
+    const bool on_chip = p.cluster > 1;
+    if (on_chip) __syncthreads();  // every thread is done reading v_sm
+    float4 *out = on_chip ? v_sm : reinterpret_cast<float4 *>(p.part + (int64_t)blockIdx.x * w);
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const int j = threadIdx.x + k * NT;
+      if (j < p.wp)
+#pragma unroll
+        for (int q = 0; q < F4; ++q)
+          out[F4 * j + q] = make_float4(acc[k][4 * q], acc[k][4 * q + 1], acc[k][4 * q + 2],
+                                        acc[k][4 * q + 3]);
+    }
+    if (on_chip) cluster_sum_partials<NT>(p, v_sm, w / 4);
+  }
+  if (threadIdx.x == 0) p.tsq[blockIdx.x] = tsq;
+  if (!EVAL || !last_block_to_arrive(p.counter, gridDim.x)) return;
+  float dot = 0.f;
+  for (int g = threadIdx.x; g < (int)gridDim.x; g += NT) dot += __ldcg(&p.tsq[g]);
+  dot = block_sum<NT>(dot);
+  if (threadIdx.x == 0) p.scal[SN_SCAL_SIG_DOT] = dot;
+}
+
+// Two rows a step of two 16-byte packs of a 2-byte type per thread (4096² bf16/fp16) in blocks of
+// 256 threads are held to 85 registers, 3 blocks per multiprocessor (without the bound, 100
+// registers and 2 blocks; ptxas sm_90): more rows in flight per multiprocessor than one row a step
+// has with its 4 blocks of 64 registers. The other instances of two rows a step are left unbound:
+// there the bound would raise their registers (43-64 without it, 79 with) and cut their blocks.
+template <int NT, int VPT, int RS, int E, int TSIZE>
+constexpr int kRowsMinBlocks = RS == 2 && NT == 256 && VPT == 2 && E == 8 && TSIZE == 2 ? 3 : 0;
+
+// The rows kernel's work, for its block (training: partial s and Σ t²; eval: Σ u_i t_i and, in
+// the last block, their sum): NT threads, VPT packs of E elements per thread and row, RS rows per
+// step: thread k holds packs k, k + NT, ... of each. Block g takes rows g, g + G, ..., RS of them
+// a step. The next step's packs are loaded into registers (buf[1]) while the current step's
+// (buf[0]) are reduced: one step in flight per block beyond the one being reduced (the sm_90 SASS:
+// the rotation buf[0] = buf[1] waits for the loads issued during the same step, so deeper
+// rotations kept no more in flight). RS = 2 (SPECNORM_TUNE=op_rows=2, for rows of at most 16
+// elements per thread) puts two rows in flight and one block sum (three barriers) on two rows.
+// What lost and was removed (bench/NOTES.md): two rows ahead by rotation (0-3% slower, H100
+// 6626f15), a cp.async ring 1-3 rows ahead (2-21% slower, H200 e56c4b8), and rows through a
+// shared-memory ring of 3-4 rows filled by bulk copies (cp.async.bulk on an mbarrier: 4096 × 16384
+// bf16 scale-only 16% slower, the rows 59.6% of DRAM peak against 69.4%, H100 d5e109c).
+template <int NT, int VPT, int RS, class T, int E, bool EVAL>
+__device__ __forceinline__ void rows_body(const OnePassParams &p) {
+  using V = VecN<T, E>;
+  using R = typename V::raw;
+  const T *W = static_cast<const T *>(p.W);
+  const int64_t w = (int64_t)E * p.wp;
+  extern __shared__ float4 v_sm[];
+  const float ru = EVAL ? reciprocal_of(p.u_div) : 0.f;
+  const int64_t G = gridDim.x;
+  // This thread's packs of rows i0, i0 + G, ... (RS of them; none past h) into dst.
+  auto load_rows = [&](R (&dst)[RS][VPT], int64_t i0) {
+#pragma unroll
+    for (int r = 0; r < RS; ++r) {
+      if (i0 + r * G >= p.h) break;
+      const T *row = W + (i0 + r * G) * w;
+#pragma unroll
+      for (int k = 0; k < VPT; ++k) {
+        const int j = threadIdx.x + k * NT;
+        if (j < p.wp) dst[r][k] = V::load_raw(row + E * j);
+      }
+    }
+  };
+
+  float acc[VPT][E];
+  R buf[2][RS][VPT];  // buf[0]: the rows being reduced; buf[1], the block's next ones
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[k][e] = 0.f;
+#pragma unroll
+    for (int r = 0; r < RS; ++r) buf[0][r][k] = buf[1][r][k] = {};
+  }
+  int64_t i = blockIdx.x;
+  load_rows(buf[0], i);
+  // v into shared memory while the first rows' loads are in flight. v may start at any float
+  // boundary (the state's v follows u): load it by floats.
+  const float rx = reciprocal_of(p.x_div);
+  const bool ones = p.health && (*p.health & SN_HEALTH_RESTART);
+  stage_scaled<NT>(reinterpret_cast<float *>(v_sm), p.x, w, rx, ones);
+  __syncthreads();
+  float tsq = 0.f;
+  for (; i < p.h; i += RS * G) {
+    load_rows(buf[1], i + RS * G);
+    rows_step<NT, VPT, RS, T, E, EVAL>(p, buf[0], i, G, v_sm, ru, acc, tsq);
+#pragma unroll
+    for (int r = 0; r < RS; ++r)
+#pragma unroll
+      for (int k = 0; k < VPT; ++k) buf[0][r][k] = buf[1][r][k];
+  }
+  rows_finish<NT, VPT, E, EVAL>(p, acc, tsq, v_sm, w);
+}
+
+struct ReduceParams {
+  const float4 *part;
+  const float *tsq;
+  int parts;        // partial s (one per cluster)
+  int tsq_parts;    // partial Σ t² (one per block)
+  int w4;
+  float4 *s;
+  float *sq;  // per reduce block
+  float *scal;
+  unsigned *counter;
+  float eps;
+  int cols;    // float4 columns per reduce block (plan.op_reduce_cols)
+  int blocks;  // reduce blocks: one_pass_reduce_blocks(w4, cols)
+};
+
+// The reduction's parameters for a plan (the rows' partials, the plan's scratch).
+inline ReduceParams reduce_params(const sn_cuda_plan_t &plan) {
+  const int w4 = (int)(plan.view.B / 4);
+  return ReduceParams{reinterpret_cast<const float4 *>(plan.op_part),
+                      plan.op_tsq,
+                      plan.op_blocks / plan.op_cluster,
+                      plan.op_blocks,
+                      w4,
+                      reinterpret_cast<float4 *>(plan.s),
+                      plan.op_sq,
+                      plan.scal,
+                      plan.counters + 1 + plan.p2_tiles + 1,  // the one-pass arrivals
+                      plan.eps,
+                      plan.op_reduce_cols,
+                      (int)one_pass_reduce_blocks(w4, plan.op_reduce_cols)};
+}
+
+// The rows kernel's parameters for a training iteration of a plan on W, from x / *x_div.
+inline OnePassParams rows_params(const sn_cuda_plan_t &plan, const void *W, const float *x,
+                                 const float *x_div, const unsigned *health) {
+  return OnePassParams{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, health, plan.t,
+                       plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr};
+}
+
+// The reduction's block b (of one_pass_reduce_blocks(w4, cols)), by kBlock threads (tid: this
+// thread's index among them; BAR: their barrier, group_barrier): cols float4 columns per block,
+// kBlock / cols lanes along the partials. Combines the partials in block order, scales by
+// 1 / max(‖t‖, eps) (so s = Mᵀ u), writes s and the block's Σ s² to p.sq[b]; returns max(‖t‖, eps).
+// red: kBlock float4 of shared memory of this group. By default cols = 4: 64 lanes, w / 16
+// blocks, so that the partials (hundreds of rows of them at 4096 columns) are read by many blocks
+// at once; 16 columns per block took 8.6 µs for 4096 × 4096 on an H100 (64 blocks, 33 dependent
+// loads per thread). Where the partials are few (4096 × 16384 fp32: 33 clusters, so 31 of the 64
+// lanes idle, and 1024 blocks that took 10.5 µs on the H200 at 89aa697 for 2 MB from L2, the most
+// of what scale-only spends beyond its read), SPECNORM_TUNE=op_reduce_cols=8 or 16 takes 8 or 16
+// float4 columns per block on 32 or 16 lanes: half or a quarter of the blocks. The partials are
+// then added in another order (lane sums of every 32nd or 16th partial, then the lanes' tree):
+// other bits, as deterministic. Not yet run on a GPU.
+template <int BAR>
+__device__ __forceinline__ float reduce_columns(const ReduceParams &p, int cols, int b, int tid,
+                                                float4 *red) {
+  const int part_lanes = kBlock / cols;
+  // The loads of both inputs first, so that they are in flight together: this thread's share of
+  // the row blocks' Σ t² (block_sum_of's order), then its partials. The kernel is a chain of
+  // global-memory round trips (6.4 µs on an H200 at 1a8f84c); this takes one off it.
+  const float tq = thread_sum_of(p.tsq, p.tsq_parts, tid);
+  const int cl = tid % cols, pl = tid / cols;
+  const int j = b * cols + cl;
+  float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (j < p.w4) {
+    for (int g = pl; g < p.parts; g += part_lanes) {
+      const float4 x = p.part[(int64_t)g * p.w4 + j];
+      s.x += x.x;
+      s.y += x.y;
+      s.z += x.z;
+      s.w += x.w;
+    }
+  }
+  red[tid] = s;
+  // max(‖t‖, eps) from the row blocks' partial Σ t², in block order (every block alike).
+  const float m_t = fmaxf(sqrtf(block_sum<kBlock, BAR>(tq)), p.eps);
+  for (int st = part_lanes / 2; st > 0; st >>= 1) {
+    group_barrier<BAR, kBlock>();
+    if (pl < st) {
+      float4 &a = red[pl * cols + cl];
+      const float4 b4 = red[(pl + st) * cols + cl];
+      a.x += b4.x;
+      a.y += b4.y;
+      a.z += b4.z;
+      a.w += b4.w;
+    }
+  }
+  group_barrier<BAR, kBlock>();
+  float sq = 0.f;
+  if (pl == 0 && j < p.w4) {
+    const float r = 1.0f / m_t;
+    float4 x = red[cl];
+    x = make_float4(x.x * r, x.y * r, x.z * r, x.w * r);
+    p.s[j] = x;
+    sq = ((x.x * x.x + x.y * x.y) + (x.z * x.z + x.w * x.w));
+  }
+  sq = block_sum<kBlock, BAR>(sq);  // its barriers: every read of red is done when it returns
+  if (tid == 0) p.sq[b] = sq;
+  return m_t;
+}
+
+// The rows instance a plan uses, as a type: threads, packs per thread, rows per step, element
+// type, elements per pack.
+template <int NT_, int VPT_, int RS_, class T_, int E_>
+struct RowsInstance {
+  static constexpr int NT = NT_, VPT = VPT_, RS = RS_, E = E_;
+  using T = T_;
+};
+
+// f(RowsInstance<...>{}) for the instance plan (op_threads, op_vpt, op_rows, dtype, op_elems)
+// names; cudaErrorInvalidConfiguration where there is none. Rows per step: 2 where the plan asks
+// and a row is at most 16 elements per thread (instances of two rows are built only for those).
+template <class F>
+cudaError_t with_rows_instance(const sn_cuda_plan_t &plan, F &&f) {
+  auto steps = [&](auto inst) -> cudaError_t {
+    using I = decltype(inst);
+    if constexpr (I::VPT * I::E <= kOnePassPairMaxElems) {
+      if (plan.op_rows == 2) return f(RowsInstance<I::NT, I::VPT, 2, typename I::T, I::E>{});
+    }
+    if (plan.op_rows == 2) return cudaErrorInvalidConfiguration;  // no such instance
+    return f(inst);
+  };
+  auto shape = [&](auto zero, auto elems) -> cudaError_t {
+    using T = decltype(zero);
+    constexpr int E = decltype(elems)::value;
+    switch (plan.op_threads * 16 + plan.op_vpt) {
+      case 256 * 16 + 1: return steps(RowsInstance<256, 1, 1, T, E>{});
+      case 256 * 16 + 2: return steps(RowsInstance<256, 2, 1, T, E>{});
+      case 256 * 16 + 4: return steps(RowsInstance<256, 4, 1, T, E>{});
+      case 512 * 16 + 1: return steps(RowsInstance<512, 1, 1, T, E>{});
+      case 512 * 16 + 2: return steps(RowsInstance<512, 2, 1, T, E>{});
+      case 512 * 16 + 4: return steps(RowsInstance<512, 4, 1, T, E>{});
+      case 512 * 16 + 8:  // 4096 packs: only 4-element packs (w <= 16384)
+        if constexpr (E == 4) return steps(RowsInstance<512, 8, 1, T, E>{});
+        return cudaErrorInvalidConfiguration;
+      default: return cudaErrorInvalidConfiguration;
+    }
+  };
+  auto run = [&](auto zero) -> cudaError_t {
+    using T = decltype(zero);
+    if (plan.op_elems == 8) {
+      if constexpr (sizeof(T) == 2) return shape(zero, std::integral_constant<int, 8>{});
+      return cudaErrorInvalidConfiguration;
+    }
+    return shape(zero, std::integral_constant<int, 4>{});
+  };
+  return SN_DISPATCH_DTYPE(plan.dtype, run);
+}
+
+}  // namespace
+}  // namespace sn

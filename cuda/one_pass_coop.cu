@@ -1,0 +1,214 @@
+// The one-pass iteration by rows as one cooperative launch (SPECNORM_TUNE=op_coop=1; off by
+// default, not yet run on a GPU): the rows kernel's work, a grid-wide barrier, the reduce kernel's
+// work (cuda/one_pass.cu), in one grid, and, for a training forward without W_sn (scale only, the
+// last iteration), the commit of u, v and σ after a second barrier: one launch for the whole
+// scale-only forward where the usual path has three (rows, reduce, commit).
+//
+// Why (bench/NOTES.md, session 10): at 4096² the scale-only forward is 2.0-2.8× one read of W
+// (goal 2: 1.2×), and with W in L2 the H200 spent 26 µs on its three kernels for almost no DRAM
+// bytes: fixed costs, of which the kernel boundaries (one grid draining, the next filling) are
+// what this removes. The rows grid is already persistent (sized from the occupancy, in clusters
+// that all fit at once), so it can be a cooperative grid as it is.
+//
+// Same results, bit for bit, as the two kernels (and the commit kernel) on the same grid: the rows
+// are rows_body; the reduction's blocks are reduce_columns' blocks, run by the grid's blocks in
+// turn (block b of the reduction in unit b mod (grid · units), a unit being 256 threads: a block of
+// 512 threads runs two at once, each with its own named barrier and shared memory); the norms and
+// σ are the same sums in the same order. Where the cooperative launch is refused (fewer blocks can
+// be resident than the plan's occupancy query said: the GPU shared under MPS), the layer drops it
+// for good and runs the kernels (host/layer.c), at once when no stream capture is active.
+//
+// PDL: the launch has no programmatic-serialization attribute, so it starts once the kernel before
+// it has ended (its griddepcontrol.wait returns at once), whatever that kernel triggered. It lets
+// the kernel after it (the commit, a programmatic dependent launch) be scheduled from its first
+// grid barrier on, when every one of its blocks has started (the trigger takes effect once every
+// block has issued it or exited).
+#include <cooperative_groups.h>
+
+#include "one_pass.cuh"
+
+namespace sn {
+namespace {
+
+// The commit of the state by the cooperative kernel (on = 0: none; the commit kernel follows).
+struct CoopCommit {
+  float *u, *v, *sigma;  // the layer's state: h, w, {σ, 1/σ, scale, health}
+  const float *gamma;
+  float norm_bound;
+  int64_t h, w;
+  int on;
+};
+
+template <int NT, int VPT, class T, int E>
+__global__ void __launch_bounds__(NT) one_pass_coop_kernel(OnePassParams p, ReduceParams r,
+                                                             CoopCommit c) {
+  namespace cg = cooperative_groups;
+  constexpr int kUnits = NT / kBlock;          // reduction blocks at once per block
+  constexpr int kBar = kUnits == 1 ? 0 : 1;    // the first unit's barrier
+  static_assert(kUnits == 1 || kUnits == 2, "blocks of 256 or 512 threads");
+  pdl_wait();
+  rows_body<NT, VPT, 1, T, E, false>(p);
+  cg::grid_group grid = cg::this_grid();
+  grid.sync();  // every partial s and Σ t² written
+  pdl_trigger();
+
+  __shared__ float4 red[NT];
+  const int unit = threadIdx.x / kBlock, tid = threadIdx.x % kBlock;
+  for (int b = blockIdx.x * kUnits + unit; b < r.blocks; b += gridDim.x * kUnits) {
+    if constexpr (kUnits == 1) {
+      reduce_columns<0>(r, r.cols, b, tid, red);
+    } else if (unit == 0) {
+      reduce_columns<1>(r, r.cols, b, tid, red);
+    } else {
+      reduce_columns<2>(r, r.cols, b, tid, red + kBlock);
+    }
+  }
+
+  if (!c.on) {  // the last block to arrive: the norms and σ, as the reduce kernel's last block
+    if (!last_block_to_arrive(r.counter, gridDim.x) || unit != 0) return;
+    const float m_t = fmaxf(sqrtf(block_sum_of<kBar>(r.tsq, r.tsq_parts, tid)), r.eps);
+    finish_s_norm<kBar>(r.sq, r.blocks, r.eps, r.scal, tid);
+    if (tid == 0) r.scal[SN_SCAL_M_T] = m_t;
+    return;
+  }
+
+  grid.sync();  // every Σ s² partial written
+  // Every block: the norms and σ from the partials (the reduce kernel's sums, in its order), then
+  // its share of u = t / max(‖t‖, eps) and v = s / max(‖s‖, eps) when σ is usable, as the commit
+  // kernel writes them; block 0 the state word. No block writes what another reads: σ[0] is read
+  // (for the old σ) only where the new one is not usable, and then nothing writes it.
+  __shared__ float norms[3];
+  if (unit == 0) {
+    const float tt = block_sum_of<kBar>(r.tsq, r.tsq_parts, tid);
+    const float ss = block_sum_of<kBar>(r.sq, r.blocks, tid);
+    if (tid == 0) {
+      const float m_s = fmaxf(sqrtf(ss), r.eps);
+      norms[0] = fmaxf(sqrtf(tt), r.eps);
+      norms[1] = m_s;
+      norms[2] = ss / m_s;
+    }
+  }
+  __syncthreads();
+  const float m_t = norms[0], m_s = norms[1], sig = norms[2];
+  const CommitScale cs = commit_scale(sig, c.sigma, c.norm_bound, c.gamma);
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    r.scal[SN_SCAL_M_T] = m_t;
+    r.scal[SN_SCAL_M_S] = m_s;
+    r.scal[SN_SCAL_SIG_S] = sig;
+    commit_state_word(c.sigma, cs, true);
+  }
+  if (!cs.good) return;
+  const float *s = reinterpret_cast<const float *>(r.s);
+  const int64_t first = (int64_t)blockIdx.x * NT + threadIdx.x, stride = (int64_t)gridDim.x * NT;
+  for (int64_t i = first; i < c.h; i += stride) c.u[i] = __ldcg(&p.t[i]) / m_t;
+  for (int64_t j = first; j < c.w; j += stride) c.v[j] = __ldcg(&s[j]) / m_s;
+}
+
+// The launch of instance I's kernel, cooperative, in the plan's clusters; blocks > the plan's grid
+// only for SPECNORM_TUNE=op_coop=2 (tests: a launch the device refuses).
+template <class I>
+struct CoopLaunch {
+  cudaLaunchConfig_t cfg{};
+  cudaLaunchAttribute attr[2]{};
+  CoopLaunch(const sn_cuda_plan_t &plan, int blocks, cudaStream_t stream, bool cooperative) {
+    cfg.gridDim = dim3((unsigned)blocks);
+    cfg.blockDim = dim3((unsigned)I::NT);
+    cfg.dynamicSmemBytes = (size_t)plan.view.B * sizeof(float);  // v, as the rows kernel
+    cfg.stream = stream;
+    int n = 0;
+    if (plan.op_cluster > 1) {
+      attr[n].id = cudaLaunchAttributeClusterDimension;
+      attr[n].val.clusterDim.x = (unsigned)plan.op_cluster;
+      attr[n].val.clusterDim.y = 1;
+      attr[n].val.clusterDim.z = 1;
+      ++n;
+    }
+    if (cooperative) {
+      attr[n].id = cudaLaunchAttributeCooperative;
+      attr[n].val.cooperative = 1;
+      ++n;
+    }
+    cfg.attrs = attr;
+    cfg.numAttrs = (unsigned)n;
+  }
+  CoopLaunch(const CoopLaunch &) = delete;
+  CoopLaunch &operator=(const CoopLaunch &) = delete;
+};
+
+template <class I>
+constexpr auto coop_kernel = one_pass_coop_kernel<I::NT, I::VPT, typename I::T, I::E>;
+
+// The instances built: one row a step, and not 512 threads with fewer than 4 packs each, which no
+// plan has (one_pass_shape takes 512 threads only for rows of more than 1024 packs).
+template <class I>
+constexpr bool kCoopBuilt = I::RS == 1 && (I::NT == 256 || I::VPT >= 4);
+
+}  // namespace
+
+cudaError_t one_pass_coop_prepare(const sn_cuda_plan_t &plan, bool *fits) {
+  *fits = false;
+  int dev = 0, coop = 0, sms = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e != cudaSuccess || !coop) return e;
+  return with_rows_instance(plan, [&](auto inst) -> cudaError_t {
+    using I = decltype(inst);
+    if constexpr (!kCoopBuilt<I>) {
+      return cudaSuccess;  // no instance: *fits stays false
+    } else {
+      auto *kernel = coop_kernel<I>;
+      const size_t smem = (size_t)plan.view.B * sizeof(float);
+      cudaError_t e2 = allow_shared_memory(kernel, smem);
+      if (e2 != cudaSuccess) return e2;
+      // Every block of the plan's grid resident at once, in its clusters.
+      int64_t resident = 0;
+      if (plan.op_cluster > 1) {
+        CoopLaunch<I> L(plan, plan.op_cluster, nullptr, false);
+        int clusters = 0;
+        e2 = cudaOccupancyMaxActiveClusters(&clusters, kernel, &L.cfg);
+        resident = (int64_t)clusters * plan.op_cluster;
+      } else {
+        int per_sm = 0;
+        e2 = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, I::NT, smem);
+        resident = (int64_t)per_sm * sms;
+      }
+      *fits = e2 == cudaSuccess && resident >= plan.op_blocks;
+      return e2;
+    }
+  });
+}
+
+cudaError_t launch_one_pass_coop(const sn_cuda_plan_t &plan, const void *W, const float *x,
+                                 const float *x_div, const unsigned *health,
+                                 const sn_cuda_forward_args_t *commit, cudaStream_t stream) {
+  const OnePassParams p = rows_params(plan, W, x, x_div, health);
+  const ReduceParams r = reduce_params(plan);
+  CoopCommit c{};
+  if (commit) {
+    c = CoopCommit{commit->u, commit->v, commit->sigma, plan.gamma, plan.norm_bound,
+                   plan.view.h, plan.view.A * plan.view.B, 1};
+  }
+  // op_coop = 2 (tests): more blocks than can ever be resident, which the device refuses.
+  const int blocks = plan.op_coop == 2 ? plan.op_blocks * 1024 : plan.op_blocks;
+  return with_rows_instance(plan, [&](auto inst) -> cudaError_t {
+    using I = decltype(inst);
+    if constexpr (!kCoopBuilt<I>) {
+      return cudaErrorInvalidConfiguration;  // the plan never asks for it (one_pass_coop_prepare)
+    } else {
+      CoopLaunch<I> L(plan, blocks, stream, true);
+      return cudaLaunchKernelEx(&L.cfg, coop_kernel<I>, p, r, c);
+    }
+  });
+}
+
+bool one_pass_coop_refused(cudaError_t e) {
+  return e == cudaErrorCooperativeLaunchTooLarge || e == cudaErrorInvalidClusterSize ||
+         e == cudaErrorLaunchOutOfResources;
+}
+
+}  // namespace sn
+
+extern "C" int sn_cuda_one_pass_coop_refused(const sn_cuda_plan_t *plan, int e) {
+  return plan->op_coop && sn::one_pass_coop_refused((cudaError_t)e);
+}
