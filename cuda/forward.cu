@@ -38,9 +38,10 @@ int64_t op_part_floats(const sn_cuda_plan_t &p) {
   return p.one_pass ? p.op_blocks / (p.op_cluster > 1 ? p.op_cluster : 1) * w : 0;
 }
 
-// Σ t² partials: one per row block, or per reduction block of the column kernels.
+// Σ t² partials: one per row block (training or eval), or per reduction block of the column kernels.
 int64_t op_tsq_floats(const sn_cuda_plan_t &p) {
-  return p.one_pass_cols ? sn::one_pass_cols_reduce_blocks(p.view.h) : p.op_blocks;
+  if (p.one_pass_cols) return sn::one_pass_cols_reduce_blocks(p.view.h);
+  return p.op_blocks > p.op_eval_blocks ? p.op_blocks : p.op_eval_blocks;
 }
 
 // Round a float count up to 64 floats (256 bytes), keeping every scratch buffer 16-byte aligned.
@@ -62,6 +63,11 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 (default 4) on 32 or 16 lanes along the partials: fewer blocks where the
 //                 partials are few (cuda/one_pass.cu; other bits, as deterministic; not yet run
 //                 on a GPU)
+//   op_eval_own=1 the one-pass eval rows kernel on a grid of its own occupancy (no clusters)
+//                 rather than the training grid: its instance needs fewer registers (4096 × 16384
+//                 bf16: 56 against 120, 2 blocks per multiprocessor against 1; 4096² bf16 32
+//                 against 64), so more rows are in flight (cuda/one_pass.cu; other bits of the
+//                 eval σ, as deterministic; not yet run on a GPU; off)
 //   op_coop=1     each one-pass iteration by rows (one row a step) as one cooperative launch: the
 //                 rows, a grid barrier, the reduction, and for a scale-only forward the commit
 //                 (cuda/one_pass_coop.cu); the same bits as the kernels it replaces, on the plan's
@@ -100,6 +106,7 @@ struct Tune {
   int op_rows = 1;     // 2: the one-pass rows two a step, where the instance exists
   int op_reduce_cols = 4;  // float4 columns per block of the one-pass reduce kernel (4, 8, 16)
   int op_coop = 0;     // 1: the one-pass iteration as one cooperative launch; 2: refused (tests)
+  int op_eval_own = 0;  // 1: the one-pass eval kernel on its own occupancy's grid
   int pdl = -1;        // -1: the default below
   int div_stream = -1;  // -1: by size (div_stream_default); 1: the division's accesses streaming
   int bw_stream = 1;    // 1: the backward's inner kernel loads W streaming
@@ -127,7 +134,7 @@ Tune read_tune() {
       {"op_cluster=", &t.op_cluster, 1, 8, true},  {"pdl=", &t.pdl, 0, 1, false},
       {"op_rows=", &t.op_rows, 1, 2, false},
       {"op_reduce_cols=", &t.op_reduce_cols, 4, 16, true},
-      {"op_coop=", &t.op_coop, 0, 2, false},
+      {"op_coop=", &t.op_coop, 0, 2, false},      {"op_eval_own=", &t.op_eval_own, 0, 1, false},
       {"div_stream=", &t.div_stream, 0, 1, false}, {"bw_stream=", &t.bw_stream, 0, 1, false},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
@@ -369,19 +376,23 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->op_elems = sn::one_pass_elems(dtype, view.B);
     sn::one_pass_shape((int)(view.B / plan->op_elems), &plan->op_threads, &plan->op_vpt);
     plan->op_rows = sn::one_pass_rows_per_step(plan->op_vpt, plan->op_elems, tune.op_rows);
-    int per_sm = 0, max_clusters = 0;
-    cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters);
+    int per_sm = 0, max_clusters = 0, eval_per_sm = 0;
+    cudaError_t e = sn::one_pass_prepare(*plan, 1, &per_sm, &max_clusters, &eval_per_sm);
     if (e != cudaSuccess) return (int)e;
-    if (per_sm < 1) per_sm = 1;
-    if (tune.op_bps > 0 && tune.op_bps < per_sm) per_sm = tune.op_bps;
-    int64_t blocks = (int64_t)plan->sm_count * per_sm;
-    if (tune.op_grid > 0 && tune.op_grid < blocks) blocks = tune.op_grid;
+    // At least one block per multiprocessor, at most op_bps; at most op_grid blocks.
+    auto grid_of = [&](int bps) {
+      if (bps < 1) bps = 1;
+      if (tune.op_bps > 0 && tune.op_bps < bps) bps = tune.op_bps;
+      const int64_t b = (int64_t)plan->sm_count * bps;
+      return tune.op_grid > 0 && tune.op_grid < b ? (int64_t)tune.op_grid : b;
+    };
+    int64_t blocks = grid_of(per_sm);
     const int64_t plain = blocks;  // the grid without clusters
     int cluster = tune.op_cluster > 0 ? tune.op_cluster : default_cluster(blocks, view, dtype);
     if (cluster > 1 && (cluster > h || !device_is_sm90_or_later())) cluster = 1;
     if (cluster > 1) {
       int unused = 0;
-      if (sn::one_pass_prepare(*plan, cluster, &unused, &max_clusters) != cudaSuccess ||
+      if (sn::one_pass_prepare(*plan, cluster, &unused, &max_clusters, &unused) != cudaSuccess ||
           max_clusters < 1) {  // no clusters after all: the plain grid
         (void)cudaGetLastError();
         cluster = 1;
@@ -395,6 +406,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     }
     plan->op_cluster = cluster;
     plan->op_blocks = (int)clamp64(blocks, 1, h);
+    plan->op_eval_blocks = tune.op_eval_own ? (int)clamp64(grid_of(eval_per_sm), 1, h) : plan->op_blocks;
     plan->op_reduce_cols = tune.op_reduce_cols;
     op_sq = sn::one_pass_reduce_blocks(view.B / 4, plan->op_reduce_cols);
     if (tune.op_coop > 0) {  // only where the whole grid fits at once (one_pass_coop_prepare)

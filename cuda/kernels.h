@@ -79,10 +79,10 @@ inline int one_pass_rows_per_step(int vpt, int elems, int asked) {
   return asked == 2 && vpt * elems <= kOnePassPairMaxElems ? 2 : 1;
 }
 // Raise the rows kernel's shared-memory limit (the instance plan.op_rows gives) and report its
-// blocks per multiprocessor and, for cluster > 1, how many clusters of that many blocks fit on
-// the device at once.
+// blocks per multiprocessor (training, and eval without clusters) and, for cluster > 1, how many
+// clusters of that many blocks fit on the device at once.
 cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *blocks_per_sm,
-                             int *max_clusters);
+                             int *max_clusters, int *eval_per_sm);
 
 // A forward with every layer on chip, one launch (cuda/on_chip.cu; oc.cluster > 0): the `count`
 // layers of the device table `entries`, or (entries NULL, count 1) the layer `one`, passed by value.

@@ -47,12 +47,14 @@ struct Prep {
   int cluster;         // in: blocks per cluster (1: none)
   int blocks_per_sm;   // out: training instance, without clusters
   int max_clusters;    // out: clusters of `cluster` blocks that fit at once (cluster > 1)
+  int eval_per_sm;     // out: eval instance (launched without clusters)
 };
 
 // One instance per (threads, packs per thread, rows per step, element type, elements per pack):
 // launch it (prep NULL), or prepare it: raise the shared-memory limit of its training and eval
-// kernels and report the training kernel's occupancy. The plan's block count comes from the
-// training instance (the eval one keeps no partial s and needs fewer registers).
+// kernels and report their occupancy. The plan's block count comes from the training instance;
+// the eval one keeps no partial s and needs fewer registers (ptxas sm_90: 4096² bf16 32 against
+// 64, 4096 × 16384 bf16 56 against 120), so that more of its blocks may fit (op_eval_blocks).
 template <int NT, int VPT, int RS, class T, int E>
 cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *prep) {
   // v in shared memory, w floats (the cluster's partial s lands there too).
@@ -64,6 +66,8 @@ cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *
     if (e == cudaSuccess) e = allow_shared_memory(train, smem);
     if (e == cudaSuccess)
       e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&prep->blocks_per_sm, train, NT, smem);
+    if (e == cudaSuccess)
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&prep->eval_per_sm, eval, NT, smem);
     if (e == cudaSuccess && prep->cluster > 1) {
       ClusterLaunch L(prep->cluster, NT, smem, prep->cluster, nullptr);
       e = cudaOccupancyMaxActiveClusters(&prep->max_clusters, train, &L.cfg);
@@ -81,12 +85,12 @@ cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *
   return cudaGetLastError();
 }
 
-// Launch (prep NULL) or prepare the rows kernel the plan uses.
-cudaError_t rows_dispatch(const sn_cuda_plan_t &plan, const OnePassParams *p, cudaStream_t stream,
-                          Prep *prep) {
+// Launch (prep NULL) on `blocks` blocks, or prepare, the rows kernel the plan uses.
+cudaError_t rows_dispatch(const sn_cuda_plan_t &plan, const OnePassParams *p, int blocks,
+                          cudaStream_t stream, Prep *prep) {
   return with_rows_instance(plan, [&](auto inst) -> cudaError_t {
     using I = decltype(inst);
-    return rows<I::NT, I::VPT, I::RS, typename I::T, I::E>(p, plan.op_blocks, stream, prep);
+    return rows<I::NT, I::VPT, I::RS, typename I::T, I::E>(p, blocks, stream, prep);
   });
 }
 
@@ -107,13 +111,14 @@ void one_pass_shape(int wp, int *threads, int *vpt) {
 }
 
 cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *blocks_per_sm,
-                             int *max_clusters) {
+                             int *max_clusters, int *eval_per_sm) {
   OnePassParams p{};
   p.wp = (int)(plan.view.B / plan.op_elems);
-  Prep prep{cluster, 0, 0};
-  const cudaError_t e = rows_dispatch(plan, &p, nullptr, &prep);
+  Prep prep{cluster, 0, 0, 0};
+  const cudaError_t e = rows_dispatch(plan, &p, 0, nullptr, &prep);
   *blocks_per_sm = prep.blocks_per_sm;
   *max_clusters = prep.max_clusters;
+  *eval_per_sm = prep.eval_per_sm;
   return e;
 }
 
@@ -129,7 +134,7 @@ cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const flo
     *committed = e == cudaSuccess && commit != nullptr;
     return e;
   }
-  cudaError_t e = rows_dispatch(plan, &p, stream, nullptr);
+  cudaError_t e = rows_dispatch(plan, &p, plan.op_blocks, stream, nullptr);
   if (e != cudaSuccess) return e;
   switch (plan.op_reduce_cols) {
     case 4: return launch(plan.pdl, one_pass_reduce_kernel<4>, r.blocks, kBlock, 0, stream, r);
@@ -144,7 +149,7 @@ cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, cons
                                  cudaStream_t stream) {
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, nullptr, nullptr,
                   nullptr, 1, plan.op_tsq, u, u_div, plan.scal, reduce_params(plan).counter};
-  return rows_dispatch(plan, &p, stream, nullptr);
+  return rows_dispatch(plan, &p, plan.op_eval_blocks, stream, nullptr);
 }
 
 }  // namespace sn

@@ -108,6 +108,8 @@ typedef struct {
   int op_reduce_cols; /* one-pass reduce: float4 columns per block, 4 (default), 8 or 16
                          (SPECNORM_TUNE=op_reduce_cols) */
   int op_blocks;      /* one-pass: persistent blocks, each writing a partial Mᵀ t */
+  int op_eval_blocks; /* one-pass rows: blocks of the eval kernel (op_blocks, or with
+                         SPECNORM_TUNE=op_eval_own=1 the eval instance's own occupancy) */
   int op_coop;        /* one-pass rows: 1, each iteration's two kernels as one cooperative launch
                          that also commits a scale-only forward (SPECNORM_TUNE=op_coop=1,
                          cuda/one_pass_coop.cu); 2, tests: that launch refused; 0: none */
@@ -131,7 +133,7 @@ typedef struct {
   unsigned *counters; /* 1 (t) + p2_tiles + 1 (s) + 1 (one-pass) + 1 (backward): arrival
                          counters, zero between launches */
   float *op_part;     /* one-pass: (op_blocks / op_cluster) × w partial Mᵀ t */
-  float *op_tsq;      /* one-pass: op_blocks partial Σ t² */
+  float *op_tsq;      /* one-pass: max(op_blocks, op_eval_blocks) partial Σ t² (eval: Σ u_i t_i) */
   float *op_sq;       /* one-pass: Σ s² per reduction block */
   float *oc_ssq;      /* one-pass by columns: Σ s² per panel (op_part holds panels × h partial t,
                          op_tsq Σ t² per reduction block) */

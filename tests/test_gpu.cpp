@@ -247,15 +247,17 @@ TEST(Gpu, RunsAreBitwiseIdentical) {
 
 // The variants that SPECNORM_TUNE selects (cuda/forward.cu; sn_bench times them): thread-block
 // clusters adding the one-pass partial s on chip and programmatic dependent launch (sm_90;
-// elsewhere plain launches), fewer one-pass blocks per multiprocessor and reduce blocks of 8 or
-// 16 float4 columns (op_reduce_cols). Each must match the CPU backend and repeat bitwise.
+// elsewhere plain launches), fewer one-pass blocks per multiprocessor, reduce blocks of 8 or 16
+// float4 columns (op_reduce_cols) and the eval kernel on its own grid (op_eval_own). Each must
+// match the CPU backend (its last step is an eval step) and repeat bitwise.
 TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const char *tune : {"op_cluster=2", "op_cluster=4", "op_cluster=8", "op_bps=1",
                            "op_bps=1,op_cluster=4", "op_bps=2,op_cluster=2", "pdl=1",
-                           "pdl=1,op_cluster=4", "op_reduce_cols=8", "op_reduce_cols=16,op_cluster=4"}) {
+                           "pdl=1,op_cluster=4", "op_reduce_cols=8", "op_reduce_cols=16,op_cluster=4",
+                           "op_eval_own=1", "op_eval_own=1,op_rows=2"}) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + tune);
     // op_onchip=0: the 9 × 64 case's training forwards would be on chip by default (sm_90).
     env.set((std::string("op_onchip=0,") + tune).c_str());
@@ -316,6 +318,7 @@ static void expect_rows_pairs_bitwise(const std::vector<RowsCase> &cases, const 
       LayerPtr b(d);
       ASSERT_TRUE(a.p && b.p) << sn_last_error_message();
       ASSERT_EQ(a.p->plan.op_blocks, b.p->plan.op_blocks);
+      ASSERT_EQ(a.p->plan.op_eval_blocks, b.p->plan.op_eval_blocks);
       ASSERT_EQ(a.p->plan.op_cluster, b.p->plan.op_cluster);
       const int64_t n = numel_of(c.shape);
       Tensor W(c.dt, n), o1(c.dt, n), o2(c.dt, n);
@@ -395,6 +398,41 @@ TEST(Gpu, OnePassRowPairsAreBitwiseSingleRows) {
   ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_rows=2").c_str());
   compare_backends(Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS}, rng, 3, 2);
   compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
+}
+
+// The one-pass eval kernel's grid: the training grid by default; with SPECNORM_TUNE=op_eval_own=1
+// its own instance's occupancy without clusters, which is at least the training grid's, and more
+// where the eval instance takes fewer registers (ptxas sm_90: the bf16 rows of 4096 and 16384
+// columns, 32 against 64 and 56 against 120); op_grid caps both. The eval σ against the CPU.
+TEST(Gpu, OnePassEvalGridOfItsOwn) {
+  REQUIRE_GPU();
+  const std::string prefix = tune_prefix() + "op_onchip=0,";
+  ScopedEnv env("SPECNORM_TUNE", nullptr);
+  for (const RowsCase &c : std::vector<RowsCase>{{{1000, 4096}, SN_DTYPE_FLOAT32}, {{1000, 4096}, SN_DTYPE_BFLOAT16},
+                                                 {{1000, 16384}, SN_DTYPE_FLOAT32}, {{1000, 16384}, SN_DTYPE_BFLOAT16}}) {
+    SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)));
+    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
+    d.algo = SN_ALGO_ONE_PASS;
+    d.dtype = c.dt;
+    env.set((prefix + "op_eval_own=0").c_str());
+    LayerPtr shared(d);
+    env.set((prefix + "op_eval_own=1").c_str());
+    LayerPtr own(d);
+    env.set((prefix + "op_eval_own=1,op_grid=37").c_str());
+    LayerPtr capped(d);
+    ASSERT_TRUE(shared.p && own.p && capped.p) << sn_last_error_message();
+    EXPECT_EQ(shared.p->plan.op_eval_blocks, shared.p->plan.op_blocks);
+    EXPECT_EQ(own.p->plan.op_blocks, shared.p->plan.op_blocks);
+    EXPECT_GE(own.p->plan.op_eval_blocks, own.p->plan.op_blocks);
+    EXPECT_EQ(own.p->plan.op_eval_blocks % own.p->plan.sm_count, 0) << own.p->plan.op_eval_blocks;
+    if (c.dt == SN_DTYPE_BFLOAT16) {
+      EXPECT_GT(own.p->plan.op_eval_blocks, own.p->plan.op_blocks) << "the eval instance should fit more blocks";
+    }
+    EXPECT_EQ(capped.p->plan.op_eval_blocks, 37);
+  }
+  Rng rng(fresh_seed());
+  env.set((prefix + "op_eval_own=1").c_str());
+  compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 4, 2);
 }
 
 // Two layers' σ, scale and health words, bit for bit (u and v: same_state).
