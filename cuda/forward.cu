@@ -72,7 +72,9 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 rows, a grid barrier, the reduction, and for a scale-only forward the commit
 //                 (cuda/one_pass_coop.cu); the same bits as the kernels it replaces, on the plan's
 //                 grid where all of it fits at once (else the kernels); op_coop=2 (tests) has
-//                 that launch refused, and the kernels run instead (not yet run on a GPU; off)
+//                 that launch refused, and the kernels run instead; op_coop=3 launches it as a
+//                 programmatic dependent launch too (sm_90, where pdl is on; else as 1), so that
+//                 it starts as the kernel before it ends (not yet run on a GPU; off)
 //   div_stream=0|1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
 //                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu);
 //                 unset: by W's bytes against the L2 (div_stream_default below)
@@ -105,7 +107,8 @@ struct Tune {
   int op_cluster = 0;  // 0: the default below
   int op_rows = 1;     // 2: the one-pass rows two a step, where the instance exists
   int op_reduce_cols = 4;  // float4 columns per block of the one-pass reduce kernel (4, 8, 16)
-  int op_coop = 0;     // 1: the one-pass iteration as one cooperative launch; 2: refused (tests)
+  int op_coop = 0;     // 1: the one-pass iteration as one cooperative launch; 2: refused (tests);
+                       // 3: as 1, and a programmatic dependent launch
   int op_eval_own = 0;  // 1: the one-pass eval kernel on its own occupancy's grid
   int pdl = -1;        // -1: the default below
   int div_stream = -1;  // -1: by size (div_stream_default); 1: the division's accesses streaming
@@ -134,7 +137,7 @@ Tune read_tune() {
       {"op_cluster=", &t.op_cluster, 1, 8, true},  {"pdl=", &t.pdl, 0, 1, false},
       {"op_rows=", &t.op_rows, 1, 2, false},
       {"op_reduce_cols=", &t.op_reduce_cols, 4, 16, true},
-      {"op_coop=", &t.op_coop, 0, 2, false},      {"op_eval_own=", &t.op_eval_own, 0, 1, false},
+      {"op_coop=", &t.op_coop, 0, 3, false},      {"op_eval_own=", &t.op_eval_own, 0, 1, false},
       {"div_stream=", &t.div_stream, 0, 1, false}, {"bw_stream=", &t.bw_stream, 0, 1, false},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
@@ -412,7 +415,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     if (tune.op_coop > 0) {  // only where the whole grid fits at once (one_pass_coop_prepare)
       bool fits = false;
       if (sn::one_pass_coop_prepare(*plan, &fits) == cudaSuccess && fits)
-        plan->op_coop = tune.op_coop;
+        plan->op_coop = tune.op_coop == 3 && !plan->pdl ? 1 : tune.op_coop;
       else
         (void)cudaGetLastError();
     }

@@ -18,8 +18,13 @@
 // be resident than the plan's occupancy query said: the GPU shared under MPS), the layer drops it
 // for good and runs the kernels (host/layer.c), at once when no stream capture is active.
 //
-// PDL: the launch has no programmatic-serialization attribute, so it starts once the kernel before
-// it has ended (its griddepcontrol.wait returns at once), whatever that kernel triggered. It lets
+// PDL: with op_coop = 1 the launch has no programmatic-serialization attribute, so it starts once
+// the kernel before it has ended (its griddepcontrol.wait returns at once), whatever that kernel
+// triggered. op_coop = 3 gives it the attribute (as every other launch has with pdl): its blocks
+// may then be scheduled while the kernel before still runs, and wait in griddepcontrol.wait; those
+// that do not fit yet start as that kernel's blocks leave, which they all do, since it waits for
+// nothing of this grid: the grid barrier is reached once all have started. Whether the driver
+// takes the two attributes together is not known here (not yet run on a GPU). Either way it lets
 // the kernel after it (the commit, a programmatic dependent launch) be scheduled from its first
 // grid barrier on, when every one of its blocks has started (the trigger takes effect once every
 // block has issued it or exited).
@@ -104,12 +109,13 @@ __global__ void __launch_bounds__(NT) one_pass_coop_kernel(OnePassParams p, Redu
   for (int64_t j = first; j < c.w; j += stride) c.v[j] = __ldcg(&s[j]) / m_s;
 }
 
-// The launch of instance I's kernel, cooperative, in the plan's clusters; blocks > the plan's grid
-// only for SPECNORM_TUNE=op_coop=2 (tests: a launch the device refuses).
+// The launch of instance I's kernel, cooperative, in the plan's clusters (op_coop = 3: also a
+// programmatic dependent launch); blocks > the plan's grid only for SPECNORM_TUNE=op_coop=2
+// (tests: a launch the device refuses).
 template <class I>
 struct CoopLaunch {
   cudaLaunchConfig_t cfg{};
-  cudaLaunchAttribute attr[2]{};
+  cudaLaunchAttribute attr[3]{};
   CoopLaunch(const sn_cuda_plan_t &plan, int blocks, cudaStream_t stream, bool cooperative) {
     cfg.gridDim = dim3((unsigned)blocks);
     cfg.blockDim = dim3((unsigned)I::NT);
@@ -126,6 +132,11 @@ struct CoopLaunch {
     if (cooperative) {
       attr[n].id = cudaLaunchAttributeCooperative;
       attr[n].val.cooperative = 1;
+      ++n;
+    }
+    if (cooperative && plan.op_coop == 3) {
+      attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[n].val.programmaticStreamSerializationAllowed = 1;
       ++n;
     }
     cfg.attrs = attr;

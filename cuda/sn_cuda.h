@@ -112,7 +112,8 @@ typedef struct {
                          SPECNORM_TUNE=op_eval_own=1 the eval instance's own occupancy) */
   int op_coop;        /* one-pass rows: 1, each iteration's two kernels as one cooperative launch
                          that also commits a scale-only forward (SPECNORM_TUNE=op_coop=1,
-                         cuda/one_pass_coop.cu); 2, tests: that launch refused; 0: none */
+                         cuda/one_pass_coop.cu); 2, tests: that launch refused; 3: as 1, also a
+                         programmatic dependent launch (pdl on); 0: none */
   int pdl;            /* 1: launches overlap the kernel boundaries (programmatic dependent launch,
                          sm_90; SPECNORM_TUNE=pdl=1) */
   int op_cluster;     /* one-pass: blocks per thread-block cluster adding their partials on chip

@@ -476,12 +476,14 @@ static void expect_scale_only_bitwise(sn_layer_t *a, sn_layer_t *b, const Tensor
 // kernels (and the commit kernel, for scale only) compute, training, eval and scale only, a σ that
 // is not usable and the restarts after it. The training forward is that launch and the commit
 // kernel; the scale-only forward that launch alone (graph captures). knobs: SPECNORM_TUNE keys for
-// both layers.
-static void expect_coop_bitwise(const std::vector<RowsCase> &cases, const std::string &knobs = "") {
+// both layers; coop: the value of op_coop (1, or 3: also a programmatic dependent launch).
+static void expect_coop_bitwise(const std::vector<RowsCase> &cases, const std::string &knobs = "", int coop = 1) {
   expect_rows_pairs_bitwise(
-      cases, knobs + "op_coop=0,", knobs + "op_coop=1,", [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &, const Tensor &W) {
+      cases, knobs + "op_coop=0,", knobs + "op_coop=" + std::to_string(coop) + ",",
+      [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &, const Tensor &W) {
         EXPECT_EQ(a->plan.op_coop, 0);
-        ASSERT_EQ(b->plan.op_coop, 1) << "the cooperative grid should fit at these grids";
+        const int want = coop == 3 && !b->plan.pdl ? 1 : coop;  // 3 needs pdl
+        ASSERT_EQ(b->plan.op_coop, want) << "the cooperative grid should fit at these grids";
         Tensor o(W.dt, W.n);
         const std::vector<std::string> kt =
             captured_kernels([&](cudaStream_t s) { return sn_forward(b, W.dev, o.dev, 1, (sn_stream_t)s); });
@@ -498,13 +500,15 @@ static void expect_coop_bitwise(const std::vector<RowsCase> &cases, const std::s
 
 // Small cases, for racecheck (gpu_check.sh): blocks of 256 and of 512 threads (two reduction
 // units per block, each on its own named barrier), 16- and 8-byte packs, fewer reduction blocks
-// than units; and reduction blocks of 16 float4 columns (op_reduce_cols, a runtime count in the
-// cooperative kernel, a template one in the reduce kernel).
+// than units; reduction blocks of 16 float4 columns (op_reduce_cols, a runtime count in the
+// cooperative kernel, a template one in the reduce kernel); and the launch as a programmatic
+// dependent launch too (op_coop=3).
 TEST(Gpu, OnePassCooperativeSmallIsBitwiseTheKernels) {
   REQUIRE_GPU();
   const std::vector<RowsCase> cases{{{9, 64}, SN_DTYPE_FLOAT32}, {{20, 4100}, SN_DTYPE_FLOAT32}, {{33, 2052}, SN_DTYPE_BFLOAT16}};
   expect_coop_bitwise(cases);
   expect_coop_bitwise(cases, "op_reduce_cols=16,");
+  expect_coop_bitwise(cases, "", 3);
 }
 
 // The same in fp32, bf16 and fp16 at the instances of the benchmark's shapes; then two iterations
