@@ -475,7 +475,7 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # blocks, for 4096 × 16384 fp32 scale-only (1.23× one read, goal 2 asks 1.2×).)
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_coop=1 op_coop=3 op_reduce_cols=8 op_coop=1,op_reduce_cols=8 op_reduce_cols=16 op_eval_own=1 op_rows=2 op_rows=2,op_eval_own=1}"
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_coop=1 op_coop=3 op_reduce_cols=8 op_coop=1,op_reduce_cols=8 op_reduce_cols=16 op_eval_own=1 op_rows=2 op_rows=2,op_eval_own=1 op_cluster=2}"
 variants() {
   local t rc=0 table=() ptable=()
   for t in "${TUNES[@]}"; do
