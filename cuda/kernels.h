@@ -41,8 +41,8 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
 // read of W, writing the same scratch and scalars as launch_matvec + launch_matvec_t. 2 launches,
 // or 1 with plan.op_coop (cuda/one_pass_coop.cu), which also commits u, v and σ as the commit
 // kernel would when `commit` (the forward's arguments) is not NULL: then *committed is set, and
-// the forward launches no commit. A refused cooperative launch (one_pass_coop_refused) is
-// returned as it is: nothing ran.
+// the forward launches no commit. A refused cooperative launch (one_pass_coop_refused; it did not
+// run) is returned as cudaErrorCooperativeLaunchTooLarge, whatever the device said.
 cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
                             const float *x_div, const unsigned *health,
                             const sn_cuda_forward_args_t *commit, bool *committed,

@@ -132,7 +132,9 @@ cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const flo
   if (plan.op_coop) {  // a refusal goes back to the caller (host/layer.c drops op_coop for good)
     const cudaError_t e = launch_one_pass_coop(plan, W, x, x_div, health, commit, stream);
     *committed = e == cudaSuccess && commit != nullptr;
-    return e;
+    // Every refusal as the one code no other launch returns, so that the caller tells it apart
+    // from the other kernels' errors (sn_cuda_one_pass_coop_refused).
+    return one_pass_coop_refused(e) ? cudaErrorCooperativeLaunchTooLarge : e;
   }
   cudaError_t e = rows_dispatch(plan, &p, plan.op_blocks, stream, nullptr);
   if (e != cudaSuccess) return e;

@@ -20,11 +20,14 @@
 //
 // PDL: with op_coop = 1 the launch has no programmatic-serialization attribute, so it starts once
 // the kernel before it has ended (its griddepcontrol.wait returns at once), whatever that kernel
-// triggered. op_coop = 3 gives it the attribute (as every other launch has with pdl): its blocks
+// triggered. op_coop = 3 gives it the attribute (as the reduce and commit kernels have with pdl):
+// its blocks
 // may then be scheduled while the kernel before still runs, and wait in griddepcontrol.wait; those
 // that do not fit yet start as that kernel's blocks leave, which they all do, since it waits for
 // nothing of this grid: the grid barrier is reached once all have started. Whether the driver
-// takes the two attributes together is not known here (not yet run on a GPU). Either way it lets
+// takes the two attributes together is not known here (not yet run on a GPU); if it does not,
+// every forward under op_coop=3 fails with the driver's error (a benchmark knob: no fallback).
+// Either way it lets
 // the kernel after it (the commit, a programmatic dependent launch) be scheduled from its first
 // grid barrier on, when every one of its blocks has started (the trigger takes effect once every
 // block has issued it or exited).
@@ -220,6 +223,9 @@ bool one_pass_coop_refused(cudaError_t e) {
 
 }  // namespace sn
 
+// launch_one_pass returns every refusal of this launch as cudaErrorCooperativeLaunchTooLarge, which
+// no other launch of a forward returns (none is cooperative): a cluster or resource error of
+// another kernel is that kernel's.
 extern "C" int sn_cuda_one_pass_coop_refused(const sn_cuda_plan_t *plan, int e) {
-  return plan->op_coop && sn::one_pass_coop_refused((cudaError_t)e);
+  return plan->op_coop && e == (int)cudaErrorCooperativeLaunchTooLarge;
 }

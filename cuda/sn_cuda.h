@@ -173,8 +173,9 @@ int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *ar
 /* Whether that forward is the one launch of the layer on chip (plan->onchip, its modes). */
 int sn_cuda_forward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *args);
 /* Whether launch error e of a forward is the refusal of the plan's cooperative one-pass launch
- * (plan->op_coop; fewer blocks can be resident than the plan's occupancy query said). It is the
- * forward's first launch: nothing ran. */
+ * (plan->op_coop; fewer blocks can be resident than the plan's occupancy query said). The refused
+ * launch did not run; earlier iterations' launches of the same forward may have, but nothing is
+ * committed before the last launch, so running the forward again redoes them all. */
 int sn_cuda_one_pass_coop_refused(const sn_cuda_plan_t *plan, int e);
 
 typedef struct {

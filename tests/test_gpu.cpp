@@ -408,8 +408,9 @@ TEST(Gpu, OnePassEvalGridOfItsOwn) {
   REQUIRE_GPU();
   const std::string prefix = tune_prefix() + "op_onchip=0,";
   ScopedEnv env("SPECNORM_TUNE", nullptr);
-  for (const RowsCase &c : std::vector<RowsCase>{{{1000, 4096}, SN_DTYPE_FLOAT32}, {{1000, 4096}, SN_DTYPE_BFLOAT16},
-                                                 {{1000, 16384}, SN_DTYPE_FLOAT32}, {{1000, 16384}, SN_DTYPE_BFLOAT16}}) {
+  // 4096 rows: more than any of these grids (at most 8 blocks per SM), so that none is cut to h.
+  for (const RowsCase &c : std::vector<RowsCase>{{{4096, 4096}, SN_DTYPE_FLOAT32}, {{4096, 4096}, SN_DTYPE_BFLOAT16},
+                                                 {{4096, 16384}, SN_DTYPE_FLOAT32}, {{4096, 16384}, SN_DTYPE_BFLOAT16}}) {
     SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)));
     sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
     d.algo = SN_ALGO_ONE_PASS;
@@ -424,6 +425,7 @@ TEST(Gpu, OnePassEvalGridOfItsOwn) {
     EXPECT_EQ(shared.p->plan.op_eval_blocks, shared.p->plan.op_blocks);
     EXPECT_EQ(own.p->plan.op_blocks, shared.p->plan.op_blocks);
     EXPECT_GE(own.p->plan.op_eval_blocks, own.p->plan.op_blocks);
+    EXPECT_LT(own.p->plan.op_eval_blocks, 4096);
     EXPECT_EQ(own.p->plan.op_eval_blocks % own.p->plan.sm_count, 0) << own.p->plan.op_eval_blocks;
     if (c.dt == SN_DTYPE_BFLOAT16) {
       EXPECT_GT(own.p->plan.op_eval_blocks, own.p->plan.op_blocks) << "the eval instance should fit more blocks";
@@ -498,6 +500,40 @@ static void expect_coop_bitwise(const std::vector<RowsCase> &cases, const std::s
       });
 }
 
+// On the plan's own grid (as many blocks as fit at once, in its clusters; h = shape[0] at least
+// that), op_coop=1 and op_coop=3 against the kernels, bit for bit: training and eval with W_sn,
+// then scale only (expect_scale_only_bitwise).
+static void expect_coop_full_grid_bitwise(const std::vector<int64_t> &shape, sn_dtype_t dt) {
+  Rng rng(fresh_seed());
+  const std::string prefix = tune_prefix() + "op_onchip=0,";
+  ScopedEnv env("SPECNORM_TUNE", nullptr);
+  const int64_t n = numel_of(shape);
+  Tensor W(dt, n), o1(dt, n), o2(dt, n);
+  W.set(rng.normals(n));
+  for (int coop : {1, 3}) {
+    SCOPED_TRACE(shape_str(shape) + " dtype " + std::to_string(int(dt)) + " op_coop=" + std::to_string(coop));
+    sn_layer_desc_t d = make_desc(shape, SN_BACKEND_CUDA);
+    d.algo = SN_ALGO_ONE_PASS;
+    d.dtype = dt;
+    env.set((prefix + "op_coop=0").c_str());
+    LayerPtr a(d);
+    env.set((prefix + "op_coop=" + std::to_string(coop)).c_str());
+    LayerPtr b(d);
+    ASSERT_TRUE(a.p && b.p) << sn_last_error_message();
+    ASSERT_EQ(b.p->plan.op_coop, coop == 3 && !b.p->plan.pdl ? 1 : coop);
+    ASSERT_EQ(a.p->plan.op_blocks, b.p->plan.op_blocks);
+    ASSERT_LT(b.p->plan.op_blocks, shape[0]) << "not the full grid: more rows wanted";
+    for (int step = 0; step < 3; ++step) {
+      const int training = step != 1;
+      ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_TRUE(same_state(get_state(a), get_state(b))) << "step " << step;
+      EXPECT_TRUE(o1.download_bytes() == o2.download_bytes()) << "step " << step;
+    }
+    expect_scale_only_bitwise(a, b, W);
+  }
+}
+
 // Small cases, for racecheck (gpu_check.sh): blocks of 256 and of 512 threads (two reduction
 // units per block, each on its own named barrier), 16- and 8-byte packs, fewer reduction blocks
 // than units; reduction blocks of 16 float4 columns (op_reduce_cols, a runtime count in the
@@ -509,6 +545,14 @@ TEST(Gpu, OnePassCooperativeSmallIsBitwiseTheKernels) {
   expect_coop_bitwise(cases);
   expect_coop_bitwise(cases, "op_reduce_cols=16,");
   expect_coop_bitwise(cases, "", 3);
+}
+
+// One layer on the plan's full grid (every block that fits at once, where a grid the driver took
+// but could not hold would hang in its grid barrier), op_coop=1 and 3; apart from the small cases,
+// whose racecheck this would slow down.
+TEST(Gpu, OnePassCooperativeFullGridIsBitwiseTheKernels) {
+  REQUIRE_GPU();
+  expect_coop_full_grid_bitwise({1100, 1152}, SN_DTYPE_FLOAT32);
 }
 
 // The same in fp32, bf16 and fp16 at the instances of the benchmark's shapes; then two iterations
@@ -542,6 +586,8 @@ TEST(Gpu, OnePassCooperativeLaunchIsBitwiseTheKernels) {
     ASSERT_EQ(b.p->plan.op_coop, 1);
     expect_scale_only_bitwise(a, b, W);  // the first one runs the warm-up
   }
+  env.set((prefix + "op_coop=3").c_str());  // also as a programmatic dependent launch, full grids
+  compare_backends(Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS}, rng, 3, 2);
   env.set((prefix + "op_coop=1").c_str());
   // The benchmark's instances take it on their full grids (the cooperative kernel fits as many
   // blocks per multiprocessor as the rows kernel: ptxas sm_90, the same registers or fewer).
