@@ -127,8 +127,6 @@ cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const flo
                             const sn_cuda_forward_args_t *commit, bool *committed,
                             cudaStream_t stream) {
   *committed = false;
-  const OnePassParams p = rows_params(plan, W, x, x_div, health);
-  const ReduceParams r = reduce_params(plan);
   if (plan.op_coop) {  // a refusal goes back to the caller (host/layer.c drops op_coop for good)
     const cudaError_t e = launch_one_pass_coop(plan, W, x, x_div, health, commit, stream);
     *committed = e == cudaSuccess && commit != nullptr;
@@ -136,6 +134,8 @@ cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const flo
     // from the other kernels' errors (sn_cuda_one_pass_coop_refused).
     return one_pass_coop_refused(e) ? cudaErrorCooperativeLaunchTooLarge : e;
   }
+  const OnePassParams p = rows_params(plan, W, x, x_div, health);
+  const ReduceParams r = reduce_params(plan);
   cudaError_t e = rows_dispatch(plan, &p, plan.op_blocks, stream, nullptr);
   if (e != cudaSuccess) return e;
   switch (plan.op_reduce_cols) {
@@ -150,7 +150,7 @@ cudaError_t launch_one_pass_eval(const sn_cuda_plan_t &plan, const void *W, cons
                                  const float *x_div, const float *u, const float *u_div,
                                  cudaStream_t stream) {
   OnePassParams p{W, plan.view.h, (int)(plan.view.B / plan.op_elems), x, x_div, nullptr, nullptr,
-                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, reduce_params(plan).counter};
+                  nullptr, 1, plan.op_tsq, u, u_div, plan.scal, one_pass_counter(plan)};
   return rows_dispatch(plan, &p, plan.op_eval_blocks, stream, nullptr);
 }
 

@@ -244,6 +244,11 @@ struct ReduceParams {
   int blocks;  // reduce blocks: one_pass_reduce_blocks(w4, cols)
 };
 
+// The one-pass arrival counter (the reduction's last block; the eval's).
+inline unsigned *one_pass_counter(const sn_cuda_plan_t &plan) {
+  return plan.counters + 1 + plan.p2_tiles + 1;
+}
+
 // The reduction's parameters for a plan (the rows' partials, the plan's scratch).
 inline ReduceParams reduce_params(const sn_cuda_plan_t &plan) {
   const int w4 = (int)(plan.view.B / 4);
@@ -255,7 +260,7 @@ inline ReduceParams reduce_params(const sn_cuda_plan_t &plan) {
                       reinterpret_cast<float4 *>(plan.s),
                       plan.op_sq,
                       plan.scal,
-                      plan.counters + 1 + plan.p2_tiles + 1,  // the one-pass arrivals
+                      one_pass_counter(plan),
                       plan.eps,
                       plan.op_reduce_cols,
                       (int)one_pass_reduce_blocks(w4, plan.op_reduce_cols)};

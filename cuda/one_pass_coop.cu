@@ -112,41 +112,16 @@ __global__ void __launch_bounds__(NT) one_pass_coop_kernel(OnePassParams p, Redu
   for (int64_t j = first; j < c.w; j += stride) c.v[j] = __ldcg(&s[j]) / m_s;
 }
 
-// The launch of instance I's kernel, cooperative, in the plan's clusters (op_coop = 3: also a
-// programmatic dependent launch); blocks > the plan's grid only for SPECNORM_TUNE=op_coop=2
-// (tests: a launch the device refuses).
+// The launch of instance I's kernel on `blocks` blocks in the plan's clusters (no attribute
+// without them): cooperative when `cooperative` (not for the occupancy query), and with op_coop = 3
+// also a programmatic dependent launch. blocks > the plan's grid only for SPECNORM_TUNE=op_coop=2
+// (tests: a launch the device refuses). v in shared memory, as the rows kernel.
 template <class I>
-struct CoopLaunch {
-  cudaLaunchConfig_t cfg{};
-  cudaLaunchAttribute attr[3]{};
-  CoopLaunch(const sn_cuda_plan_t &plan, int blocks, cudaStream_t stream, bool cooperative) {
-    cfg.gridDim = dim3((unsigned)blocks);
-    cfg.blockDim = dim3((unsigned)I::NT);
-    cfg.dynamicSmemBytes = (size_t)plan.view.B * sizeof(float);  // v, as the rows kernel
-    cfg.stream = stream;
-    int n = 0;
-    if (plan.op_cluster > 1) {
-      attr[n].id = cudaLaunchAttributeClusterDimension;
-      attr[n].val.clusterDim.x = (unsigned)plan.op_cluster;
-      attr[n].val.clusterDim.y = 1;
-      attr[n].val.clusterDim.z = 1;
-      ++n;
-    }
-    if (cooperative) {
-      attr[n].id = cudaLaunchAttributeCooperative;
-      attr[n].val.cooperative = 1;
-      ++n;
-    }
-    if (cooperative && plan.op_coop == 3) {
-      attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attr[n].val.programmaticStreamSerializationAllowed = 1;
-      ++n;
-    }
-    cfg.attrs = attr;
-    cfg.numAttrs = (unsigned)n;
-  }
-  CoopLaunch(const CoopLaunch &) = delete;
-  CoopLaunch &operator=(const CoopLaunch &) = delete;
+struct CoopLaunch : ClusterLaunch {
+  CoopLaunch(const sn_cuda_plan_t &plan, int blocks, cudaStream_t stream, bool cooperative)
+      : ClusterLaunch(blocks, I::NT, (size_t)plan.view.B * sizeof(float),
+                      plan.op_cluster > 1 ? plan.op_cluster : 0, stream,
+                      cooperative && plan.op_coop == 3, cooperative) {}
 };
 
 template <class I>

@@ -320,26 +320,39 @@ cudaError_t allow_shared_memory(K *kernel, size_t need) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)avail);
 }
 
-// The launch configuration of `blocks` blocks in thread-block clusters of `cluster` blocks
-// (cudaLaunchKernelEx(&cfg, ...), or an occupancy query on cfg), as a programmatic dependent
-// launch when pdl. Not copyable: cfg points into it.
+// The launch configuration of `blocks` blocks in thread-block clusters of `cluster` blocks (0: no
+// cluster attribute) (cudaLaunchKernelEx(&cfg, ...), or an occupancy query on cfg), as a
+// programmatic dependent launch when pdl, cooperative (grid barriers) when cooperative. Not
+// copyable: cfg points into it.
 struct ClusterLaunch {
   cudaLaunchConfig_t cfg{};
-  cudaLaunchAttribute attr[2]{};
+  cudaLaunchAttribute attr[3]{};
   ClusterLaunch(int blocks, int threads, size_t smem, int cluster, cudaStream_t stream,
-                bool pdl = false) {
+                bool pdl = false, bool cooperative = false) {
     cfg.gridDim = dim3((unsigned)blocks);
     cfg.blockDim = dim3((unsigned)threads);
     cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = (unsigned)cluster;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[1].val.programmaticStreamSerializationAllowed = 1;
+    unsigned n = 0;
+    if (cluster > 0) {
+      attr[n].id = cudaLaunchAttributeClusterDimension;
+      attr[n].val.clusterDim.x = (unsigned)cluster;
+      attr[n].val.clusterDim.y = 1;
+      attr[n].val.clusterDim.z = 1;
+      ++n;
+    }
+    if (pdl) {
+      attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[n].val.programmaticStreamSerializationAllowed = 1;
+      ++n;
+    }
+    if (cooperative) {
+      attr[n].id = cudaLaunchAttributeCooperative;
+      attr[n].val.cooperative = 1;
+      ++n;
+    }
     cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 2 : 1;
+    cfg.numAttrs = n;
   }
   ClusterLaunch(const ClusterLaunch &) = delete;
   ClusterLaunch &operator=(const ClusterLaunch &) = delete;
