@@ -300,6 +300,16 @@ static const char kRegisterRows[] = "one_pass_rows_kernel<[^>]*, false>";
 // and b created under SPECNORM_TUNE's knobs tune_a and tune_b; check(a, b, c, W) reads their plans
 // and captured kernels once both warmed up; then four forwards (one eval) give both the same
 // state and output, bit for bit.
+// One forward of a on Wa into oa and of b on Wb into ob (W_sn may be W: in place), then the same
+// state and output bytes, bit for bit. Callers wrap it in ASSERT_NO_FATAL_FAILURE.
+static void expect_forward_pair_bitwise(sn_layer_t *a, const void *Wa, const Tensor &oa, sn_layer_t *b,
+                                        const void *Wb, const Tensor &ob, int training) {
+  ASSERT_EQ(sn_forward(a, Wa, oa.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_forward(b, Wb, ob.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+  EXPECT_TRUE(oa.download_bytes() == ob.download_bytes());
+}
+
 using RowsCheck = std::function<void(sn_layer_t *, sn_layer_t *, const RowsCase &, const Tensor &)>;
 static void expect_rows_pairs_bitwise(const std::vector<RowsCase> &cases, const std::string &tune_a,
                                       const std::string &tune_b, const RowsCheck &check) {
@@ -329,11 +339,8 @@ static void expect_rows_pairs_bitwise(const std::vector<RowsCase> &cases, const 
       EXPECT_TRUE(same_state(get_state(a), get_state(b)));
       check(a, b, c, W);
       for (int step = 0; step < 4; ++step) {
-        const int training = step != 2;
-        ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-        ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-        EXPECT_TRUE(same_state(get_state(a), get_state(b))) << "step " << step;
-        EXPECT_TRUE(o1.download_bytes() == o2.download_bytes()) << "step " << step;
+        SCOPED_TRACE("step " + std::to_string(step));
+        ASSERT_NO_FATAL_FAILURE(expect_forward_pair_bitwise(a, W.dev, o1, b, W.dev, o2, step != 2));
       }
     }
   }
@@ -524,11 +531,8 @@ static void expect_coop_full_grid_bitwise(const std::vector<int64_t> &shape, sn_
     ASSERT_EQ(a.p->plan.op_blocks, b.p->plan.op_blocks);
     ASSERT_LT(b.p->plan.op_blocks, shape[0]) << "not the full grid: more rows wanted";
     for (int step = 0; step < 3; ++step) {
-      const int training = step != 1;
-      ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      EXPECT_TRUE(same_state(get_state(a), get_state(b))) << "step " << step;
-      EXPECT_TRUE(o1.download_bytes() == o2.download_bytes()) << "step " << step;
+      SCOPED_TRACE("step " + std::to_string(step));
+      ASSERT_NO_FATAL_FAILURE(expect_forward_pair_bitwise(a, W.dev, o1, b, W.dev, o2, step != 1));
     }
     expect_scale_only_bitwise(a, b, W);
   }
@@ -633,12 +637,9 @@ TEST(Gpu, OnePassCooperativeLaunchRefusedFallsBack) {
     Tensor W(c.dt, n), o1(c.dt, n), o2(c.dt, n);
     W.set(rng.normals(n));
     for (int step = 0; step < 3; ++step) {
-      const int training = step != 2;
-      ASSERT_EQ(sn_forward(plain, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      ASSERT_EQ(sn_forward(refused, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      SCOPED_TRACE("step " + std::to_string(step));
+      ASSERT_NO_FATAL_FAILURE(expect_forward_pair_bitwise(plain, W.dev, o1, refused, W.dev, o2, step != 2));
       EXPECT_EQ(refused.p->plan.op_coop, 0);
-      EXPECT_TRUE(same_state(get_state(plain), get_state(refused))) << "step " << step;
-      EXPECT_TRUE(o1.download_bytes() == o2.download_bytes()) << "step " << step;
     }
     expect_scale_only_bitwise(plain, refused, W);
     const CaptureOutcome out =
@@ -739,18 +740,11 @@ static void expect_streaming_division_bitwise(const std::vector<DivCase> &cases)
       std::vector<float> x = drawn;
       std::rotate(x.begin(), x.begin() + (step * 1009) % n, x.end());
       W.set(x);
-      ASSERT_EQ(sn_forward(a, W.dev, o1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      ASSERT_EQ(sn_forward(b, W.dev, o2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
-      EXPECT_TRUE(o1.download_bytes() == o2.download_bytes());
+      ASSERT_NO_FATAL_FAILURE(expect_forward_pair_bitwise(a, W.dev, o1, b, W.dev, o2, training));
       i1.set(x);
       i2.set(x);
-      ASSERT_EQ(sn_forward(a, i1.dev, i1.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      ASSERT_EQ(sn_forward(b, i2.dev, i2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      EXPECT_TRUE(same_state(get_state(a), get_state(b)));
-      const std::vector<uint8_t> r1 = i1.download_bytes();
-      EXPECT_TRUE(r1 == i2.download_bytes());
-      EXPECT_TRUE(r1 != W.download_bytes()) << "the in-place forward changed nothing";
+      ASSERT_NO_FATAL_FAILURE(expect_forward_pair_bitwise(a, i1.dev, i1, b, i2.dev, i2, training));
+      EXPECT_TRUE(i1.download_bytes() != W.download_bytes()) << "the in-place forward changed nothing";
     }
   }
 }
