@@ -8,8 +8,8 @@
 //   eval:                              t = M v, σ = uᵀ t fused (the one-pass rows kernel when the
 //                                      layer uses one pass, else the two-pass t = M v kernel)
 //   then one commit-and-divide launch.
-// A training forward with one iteration is 3 launches (with SPECNORM_TUNE=op_coop=1 and one pass,
-// 2, and 1 without W_sn); an eval forward 2. Vectors between the
+// A training forward with one iteration is 3 launches (2 where the one-pass iteration is one
+// cooperative launch, plan.op_coop, and then 1 without W_sn); an eval forward 2. Vectors between the
 // products stay unnormalized in scratch, with their norm in a device scalar the next kernel
 // applies, so normalization costs no launch of its own.
 #include <climits>
@@ -59,22 +59,22 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 (cuda/one_pass.cu): bitwise one row a step on the same grid (op_grid,
 //                 op_cluster); unforced, the grid follows this instance's occupancy, so the
 //                 partial sums differ (H100 4884391: 4096² fp32 scale −5%, eval +4%; off)
-//   op_reduce_cols=8|16  the one-pass reduce kernel takes 8 or 16 float4 columns per block
-//                 (default 4) on 32 or 16 lanes along the partials: fewer blocks where the
-//                 partials are few (cuda/one_pass.cu; other bits, as deterministic; not yet run
-//                 on a GPU)
-//   op_eval_own=1 the one-pass eval rows kernel on a grid of its own occupancy (no clusters)
-//                 rather than the training grid: its instance needs fewer registers (4096 × 16384
-//                 bf16: 56 against 120, 2 blocks per multiprocessor against 1; 4096² bf16 32
-//                 against 64), so more rows are in flight (cuda/one_pass.cu; other bits of the
-//                 eval σ, as deterministic; not yet run on a GPU; off)
-//   op_coop=1     each one-pass iteration by rows (one row a step) as one cooperative launch: the
-//                 rows, a grid barrier, the reduction, and for a scale-only forward the commit
-//                 (cuda/one_pass_coop.cu); the same bits as the kernels it replaces, on the plan's
-//                 grid where all of it fits at once (else the kernels); op_coop=2 (tests) has
-//                 that launch refused, and the kernels run instead; op_coop=3 launches it as a
-//                 programmatic dependent launch too (sm_90, where pdl is on; else as 1), so that
-//                 it starts as the kernel before it ends (not yet run on a GPU; off)
+//   op_reduce_cols=4|8|16  the one-pass reduce kernel takes 4, 8 or 16 float4 columns per block
+//                 on 64, 32 or 16 lanes along the partials; unset: the most that keep at least
+//                 two reduce blocks per multiprocessor (reduce_cols_default below)
+//   op_eval_own=0|1 the one-pass eval rows kernel on the training grid (0) or on a grid of its
+//                 own occupancy without clusters (1, the default): its instance needs fewer
+//                 registers (4096 × 16384 bf16: 56 against 120, 2 blocks per multiprocessor
+//                 against 1; 4096² bf16 32 against 64), so more rows are in flight (H100 at
+//                 ab6e27f: bf16 eval 2-3% faster, fp32 the same; other bits of the eval σ, as
+//                 deterministic)
+//   op_coop=0|1   each one-pass iteration by rows (one row a step) as one cooperative launch (1)
+//                 or as the kernels (0): the rows, a grid barrier, the reduction, and for a
+//                 scale-only forward the commit (cuda/one_pass_coop.cu); the same bits as the
+//                 kernels it replaces, for rows instances of 256 threads whose grid fits at once
+//                 (else the kernels); unset: so on sm_90 and up. op_coop=2 (tests) has that
+//                 launch refused, and the kernels run instead; op_coop=3 launches it as a
+//                 programmatic dependent launch too (sm_90, where pdl is on; else as 1)
 //   div_stream=0|1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
 //                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu);
 //                 unset: by W's bytes against the L2 (div_stream_default below)
@@ -106,10 +106,11 @@ struct Tune {
                        // kernels of different occupancy)
   int op_cluster = 0;  // 0: the default below
   int op_rows = 1;     // 2: the one-pass rows two a step, where the instance exists
-  int op_reduce_cols = 4;  // float4 columns per block of the one-pass reduce kernel (4, 8, 16)
-  int op_coop = 0;     // 1: the one-pass iteration as one cooperative launch; 2: refused (tests);
-                       // 3: as 1, and a programmatic dependent launch
-  int op_eval_own = 0;  // 1: the one-pass eval kernel on its own occupancy's grid
+  int op_reduce_cols = 0;  // float4 columns per block of the one-pass reduce kernel (4, 8, 16);
+                           // 0: by width (reduce_cols_default)
+  int op_coop = -1;    // -1: the default below; 1: the one-pass iteration as one cooperative
+                       // launch; 2: refused (tests); 3: as 1, and a programmatic dependent launch
+  int op_eval_own = 1;  // 1: the one-pass eval kernel on its own occupancy's grid
   int pdl = -1;        // -1: the default below
   int div_stream = -1;  // -1: by size (div_stream_default); 1: the division's accesses streaming
   int bw_stream = 1;    // 1: the backward's inner kernel loads W streaming
@@ -178,6 +179,20 @@ int default_cluster(int64_t blocks, sn_view_t view, sn_dtype_t dtype) {
   const double partials = (double)blocks * (double)view.B * 4.0;
   const double w_bytes = (double)view.h * (double)view.B * (double)sn_dtype_size(dtype);
   return partials > 0.05 * w_bytes ? 4 : 1;
+}
+
+// Float4 columns per block of the one-pass reduce kernel when SPECNORM_TUNE does not say: the most
+// of 16, 8 and 4 that keep at least two reduce blocks per multiprocessor (w4 / cols of them), so
+// that wide rows take fewer blocks, each with its fixed costs (the Σ t² partials read and summed,
+// three block sums), and narrower ones keep the blocks that read the partials in parallel.
+// Measured on an H100 (bench/results/2026-11-26-h100-ab6e27f, variants): 4096 × 16384 (512 blocks
+// of 8) scale-only fp32 110.6 -> 106.8 µs, bf16 71.2 -> 67.2, training 1-2% faster (16 columns,
+// 256 blocks, the same within 1%); 4096² (stays 4: 8 would leave 128 blocks) 1-3% slower with 8
+// or 16.
+int reduce_cols_default(int64_t w4, int sm_count) {
+  for (int cols = 16; cols > 4; cols /= 2)
+    if (sn::one_pass_reduce_blocks(w4, cols) >= 2LL * sm_count) return cols;
+  return 4;
 }
 
 // The grouped forward is one cooperative launch when SPECNORM_TUNE does not say and the group's
@@ -410,12 +425,14 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->op_cluster = cluster;
     plan->op_blocks = (int)clamp64(blocks, 1, h);
     plan->op_eval_blocks = tune.op_eval_own ? (int)clamp64(grid_of(eval_per_sm), 1, h) : plan->op_blocks;
-    plan->op_reduce_cols = tune.op_reduce_cols;
+    plan->op_reduce_cols =
+        tune.op_reduce_cols > 0 ? tune.op_reduce_cols : reduce_cols_default(view.B / 4, plan->sm_count);
     op_sq = sn::one_pass_reduce_blocks(view.B / 4, plan->op_reduce_cols);
-    if (tune.op_coop > 0) {  // only where the whole grid fits at once (one_pass_coop_prepare)
+    const int coop = tune.op_coop >= 0 ? tune.op_coop : device_is_sm90_or_later() ? 1 : 0;
+    if (coop > 0) {  // only where the instance is built and its whole grid fits at once
       bool fits = false;
       if (sn::one_pass_coop_prepare(*plan, &fits) == cudaSuccess && fits)
-        plan->op_coop = tune.op_coop == 3 && !plan->pdl ? 1 : tune.op_coop;
+        plan->op_coop = coop == 3 && !plan->pdl ? 1 : coop;
       else
         (void)cudaGetLastError();
     }

@@ -10,14 +10,15 @@
 //   and Σ t². Bytes: numel·sizeof(T) of W once, + op_blocks·w·4 of partials written.
 //   The same kernel computes the eval σ = uᵀ M v (u != NULL): no partial s, the blocks' partial
 //   dots are added in block order by the last block. Bytes: numel·sizeof(T).
-// Kernel 2, reduce: 16 columns per block, 64 lanes along the partials (SPECNORM_TUNE=
-//   op_reduce_cols=8|16: 32 or 64 columns, 32 or 16 lanes); combines the partials in block
+// Kernel 2, reduce: 4, 8 or 16 float4 columns per block on 64, 32 or 16 lanes along the
+//   partials (plan.op_reduce_cols: by width, cuda/forward.cu); combines the partials in block
 //   order, scales by 1 / max(‖t‖, eps) (so s = Mᵀ u), writes s and Σ s² per block; the last
 //   block writes max(‖t‖, eps), max(‖s‖, eps) and σ = ‖s‖² / max(‖s‖, eps).
 //   Bytes: op_blocks·w·4 read + w·4 written.
 // Both reductions have a fixed order: results are bitwise reproducible.
-// SPECNORM_TUNE=op_coop=1 runs both kernels' work in one cooperative launch instead, with the
-// same results bit for bit (cuda/one_pass_coop.cu). The pieces both use are in cuda/one_pass.cuh.
+// Where the plan takes it (plan.op_coop: by default on sm_90 and up, blocks of 256 threads), both
+// kernels' work runs as one cooperative launch instead, with the same results bit for bit
+// (cuda/one_pass_coop.cu). The pieces both use are in cuda/one_pass.cuh.
 #include "one_pass.cuh"
 #include "sn_reference.h" /* sn_dtype_size */
 
@@ -36,7 +37,7 @@ template <int CL>
 __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p) {
   pdl_enter();
   __shared__ float4 red[kBlock];
-  const float m_t = reduce_columns<0>(p, CL, blockIdx.x, threadIdx.x, red);
+  const float m_t = reduce_columns(p, CL, blockIdx.x, red);
   if (!last_block_to_arrive(p.counter, gridDim.x)) return;
   finish_s_norm(p.sq, gridDim.x, p.eps, p.scal);
   if (threadIdx.x == 0) p.scal[SN_SCAL_M_T] = m_t;

@@ -273,27 +273,25 @@ inline OnePassParams rows_params(const sn_cuda_plan_t &plan, const void *W, cons
                        plan.op_part, plan.op_cluster, plan.op_tsq, nullptr, nullptr, nullptr, nullptr};
 }
 
-// The reduction's block b (of one_pass_reduce_blocks(w4, cols)), by kBlock threads (tid: this
-// thread's index among them; BAR: their barrier, group_barrier): cols float4 columns per block,
-// kBlock / cols lanes along the partials. Combines the partials in block order, scales by
-// 1 / max(‖t‖, eps) (so s = Mᵀ u), writes s and the block's Σ s² to p.sq[b]; returns max(‖t‖, eps).
-// red: kBlock float4 of shared memory of this group. By default cols = 4: 64 lanes, w / 16
-// blocks, so that the partials (hundreds of rows of them at 4096 columns) are read by many blocks
-// at once; 16 columns per block took 8.6 µs for 4096 × 4096 on an H100 (64 blocks, 33 dependent
-// loads per thread). Where the partials are few (4096 × 16384 fp32: 33 clusters, so 31 of the 64
-// lanes idle, and 1024 blocks that took 10.5 µs on the H200 at 89aa697 for 2 MB from L2, the most
-// of what scale-only spends beyond its read), SPECNORM_TUNE=op_reduce_cols=8 or 16 takes 8 or 16
-// float4 columns per block on 32 or 16 lanes: half or a quarter of the blocks. The partials are
-// then added in another order (lane sums of every 32nd or 16th partial, then the lanes' tree):
-// other bits, as deterministic. Not yet run on a GPU.
-template <int BAR>
-__device__ __forceinline__ float reduce_columns(const ReduceParams &p, int cols, int b, int tid,
-                                                float4 *red) {
+// The reduction's block b (of one_pass_reduce_blocks(w4, cols)), by a block of kBlock threads:
+// cols float4 columns per block, kBlock / cols lanes along the partials. Combines the partials in
+// block order, scales by 1 / max(‖t‖, eps) (so s = Mᵀ u), writes s and the block's Σ s² to
+// p.sq[b]; returns max(‖t‖, eps). red: kBlock float4 of shared memory. cols (plan.op_reduce_cols,
+// cuda/forward.cu): 4, 8 or 16, the most that keep at least two reduce blocks per multiprocessor.
+// At 4096 columns that is 4 (64 lanes, 256 blocks): the partials, hundreds of rows of them, are
+// read by many blocks at once (16 columns per block took 8.6 µs on an H100, 64 blocks of 33
+// dependent loads per thread; 8 and 16 were 1-3% slower at 4096² on the H100 at ab6e27f). At 16384
+// columns it is 8 (32 lanes, 512 blocks rather than 1024, whose fixed costs dominated: 10.5 µs
+// on the H200 at 89aa697 for 2 MB from L2): 4096 × 16384 scale-only 3-6% faster on the H100 at
+// ab6e27f. The partials of 8 or 16 columns are added in another order (lane sums of every 32nd or
+// 16th partial, then the lanes' tree): other bits, as deterministic.
+__device__ __forceinline__ float reduce_columns(const ReduceParams &p, int cols, int b, float4 *red) {
+  const int tid = threadIdx.x;
   const int part_lanes = kBlock / cols;
   // The loads of both inputs first, so that they are in flight together: this thread's share of
   // the row blocks' Σ t² (block_sum_of's order), then its partials. The kernel is a chain of
   // global-memory round trips (6.4 µs on an H200 at 1a8f84c); this takes one off it.
-  const float tq = thread_sum_of(p.tsq, p.tsq_parts, tid);
+  const float tq = thread_sum_of(p.tsq, p.tsq_parts);
   const int cl = tid % cols, pl = tid / cols;
   const int j = b * cols + cl;
   float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -308,9 +306,9 @@ __device__ __forceinline__ float reduce_columns(const ReduceParams &p, int cols,
   }
   red[tid] = s;
   // max(‖t‖, eps) from the row blocks' partial Σ t², in block order (every block alike).
-  const float m_t = fmaxf(sqrtf(block_sum<kBlock, BAR>(tq)), p.eps);
+  const float m_t = fmaxf(sqrtf(block_sum(tq)), p.eps);
   for (int st = part_lanes / 2; st > 0; st >>= 1) {
-    group_barrier<BAR, kBlock>();
+    __syncthreads();
     if (pl < st) {
       float4 &a = red[pl * cols + cl];
       const float4 b4 = red[(pl + st) * cols + cl];
@@ -320,7 +318,7 @@ __device__ __forceinline__ float reduce_columns(const ReduceParams &p, int cols,
       a.w += b4.w;
     }
   }
-  group_barrier<BAR, kBlock>();
+  __syncthreads();
   float sq = 0.f;
   if (pl == 0 && j < p.w4) {
     const float r = 1.0f / m_t;
@@ -329,7 +327,7 @@ __device__ __forceinline__ float reduce_columns(const ReduceParams &p, int cols,
     p.s[j] = x;
     sq = ((x.x * x.x + x.y * x.y) + (x.z * x.z + x.w * x.w));
   }
-  sq = block_sum<kBlock, BAR>(sq);  // its barriers: every read of red is done when it returns
+  sq = block_sum(sq);  // its barriers: every read of red is done when it returns
   if (tid == 0) p.sq[b] = sq;
   return m_t;
 }

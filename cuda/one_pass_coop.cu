@@ -1,36 +1,32 @@
-// The one-pass iteration by rows as one cooperative launch (SPECNORM_TUNE=op_coop=1; off by
-// default, not yet run on a GPU): the rows kernel's work, a grid-wide barrier, the reduce kernel's
-// work (cuda/one_pass.cu), in one grid, and, for a training forward without W_sn (scale only, the
-// last iteration), the commit of u, v and σ after a second barrier: one launch for the whole
-// scale-only forward where the usual path has three (rows, reduce, commit).
+// The one-pass iteration by rows as one cooperative launch: the rows kernel's work, a grid-wide
+// barrier, the reduce kernel's work (cuda/one_pass.cu), in one grid, and, for a training forward
+// without W_sn (scale only, the last iteration), the commit of u, v and σ after a second barrier:
+// one launch for the whole scale-only forward where the kernels take three (rows, reduce, commit),
+// and two for a training forward with W_sn where they take three.
 //
-// Why (bench/NOTES.md, session 10): at 4096² the scale-only forward is 2.0-2.8× one read of W
-// (goal 2: 1.2×), and with W in L2 the H200 spent 26 µs on its three kernels for almost no DRAM
-// bytes: fixed costs, of which the kernel boundaries (one grid draining, the next filling) are
-// what this removes. The rows grid is already persistent (sized from the occupancy, in clusters
-// that all fit at once), so it can be a cooperative grid as it is.
+// Where (plan.op_coop, cuda/forward.cu): by default on sm_90 and up, for rows instances of 256
+// threads (rows of at most 1024 packs: 4096 fp32 or 8192 bf16 columns) whose whole grid fits at
+// once. H100 at ab6e27f: 4096² scale-only fp32 42.1 → 40.4 µs, bf16 30.7 → 29.7, training and
+// eval unchanged. The 512-thread instances (wider rows) are not built: at 4096 × 16384 the
+// reduction on the rows grid (one block of 512 per multiprocessor, 120 registers) made scale-only
+// 2% (fp32) and 20% (bf16) slower than the reduce kernel's full occupancy (bench/NOTES.md).
 //
 // Same results, bit for bit, as the two kernels (and the commit kernel) on the same grid: the rows
 // are rows_body; the reduction's blocks are reduce_columns' blocks, run by the grid's blocks in
-// turn (block b of the reduction in unit b mod (grid · units), a unit being 256 threads: a block of
-// 512 threads runs two at once, each with its own named barrier and shared memory); the norms and
-// σ are the same sums in the same order. Where the cooperative launch is refused (fewer blocks can
-// be resident than the plan's occupancy query said: the GPU shared under MPS), the layer drops it
-// for good and runs the kernels (host/layer.c), at once when no stream capture is active.
+// turn (block b of the reduction by block b mod grid); the norms and σ are the same sums in the
+// same order. Where the cooperative launch is refused (fewer blocks can be resident than the
+// plan's occupancy query said: the GPU shared under MPS), the layer drops it for good and runs
+// the kernels (host/layer.c), at once when no stream capture is active.
 //
-// PDL: with op_coop = 1 the launch has no programmatic-serialization attribute, so it starts once
-// the kernel before it has ended (its griddepcontrol.wait returns at once), whatever that kernel
-// triggered. op_coop = 3 gives it the attribute (as the reduce and commit kernels have with pdl):
-// its blocks
-// may then be scheduled while the kernel before still runs, and wait in griddepcontrol.wait; those
-// that do not fit yet start as that kernel's blocks leave, which they all do, since it waits for
-// nothing of this grid: the grid barrier is reached once all have started. Whether the driver
-// takes the two attributes together is not known here (not yet run on a GPU); if it does not,
-// every forward under op_coop=3 fails with the driver's error (a benchmark knob: no fallback).
-// Either way it lets
-// the kernel after it (the commit, a programmatic dependent launch) be scheduled from its first
-// grid barrier on, when every one of its blocks has started (the trigger takes effect once every
-// block has issued it or exited).
+// PDL: by default the launch has no programmatic-serialization attribute, so it starts once the
+// kernel before it has ended (its griddepcontrol.wait returns at once). SPECNORM_TUNE=op_coop=3
+// gives it the attribute (as the reduce and commit kernels have with pdl): its blocks may then be
+// scheduled while the kernel before still runs, and wait in griddepcontrol.wait; those that do not
+// fit yet start as that kernel's blocks leave, which they all do, since it waits for nothing of
+// this grid (H100 at ab6e27f: accepted by the driver, no faster than 1). Either way it lets the
+// kernel after it (the commit, a programmatic dependent launch) be scheduled from its first grid
+// barrier on, when every one of its blocks has started (the trigger takes effect once every block
+// has issued it or exited).
 #include <cooperative_groups.h>
 
 #include "one_pass.cuh"
@@ -51,9 +47,7 @@ template <int NT, int VPT, class T, int E>
 __global__ void __launch_bounds__(NT) one_pass_coop_kernel(OnePassParams p, ReduceParams r,
                                                              CoopCommit c) {
   namespace cg = cooperative_groups;
-  constexpr int kUnits = NT / kBlock;          // reduction blocks at once per block
-  constexpr int kBar = kUnits == 1 ? 0 : 1;    // the first unit's barrier
-  static_assert(kUnits == 1 || kUnits == 2, "blocks of 256 or 512 threads");
+  static_assert(NT == kBlock, "the reduction's blocks: kBlock threads");
   pdl_wait();
   rows_body<NT, VPT, 1, T, E, false>(p);
   cg::grid_group grid = cg::this_grid();
@@ -61,22 +55,15 @@ __global__ void __launch_bounds__(NT) one_pass_coop_kernel(OnePassParams p, Redu
   pdl_trigger();
 
   __shared__ float4 red[NT];
-  const int unit = threadIdx.x / kBlock, tid = threadIdx.x % kBlock;
-  for (int b = blockIdx.x * kUnits + unit; b < r.blocks; b += gridDim.x * kUnits) {
-    if constexpr (kUnits == 1) {
-      reduce_columns<0>(r, r.cols, b, tid, red);
-    } else if (unit == 0) {
-      reduce_columns<1>(r, r.cols, b, tid, red);
-    } else {
-      reduce_columns<2>(r, r.cols, b, tid, red + kBlock);
-    }
+  for (int b = blockIdx.x; b < r.blocks; b += gridDim.x) {
+    reduce_columns(r, r.cols, b, red);
   }
 
   if (!c.on) {  // the last block to arrive: the norms and σ, as the reduce kernel's last block
-    if (!last_block_to_arrive(r.counter, gridDim.x) || unit != 0) return;
-    const float m_t = fmaxf(sqrtf(block_sum_of<kBar>(r.tsq, r.tsq_parts, tid)), r.eps);
-    finish_s_norm<kBar>(r.sq, r.blocks, r.eps, r.scal, tid);
-    if (tid == 0) r.scal[SN_SCAL_M_T] = m_t;
+    if (!last_block_to_arrive(r.counter, gridDim.x)) return;
+    const float m_t = fmaxf(sqrtf(block_sum_of(r.tsq, r.tsq_parts)), r.eps);
+    finish_s_norm(r.sq, r.blocks, r.eps, r.scal);
+    if (threadIdx.x == 0) r.scal[SN_SCAL_M_T] = m_t;
     return;
   }
 
@@ -85,19 +72,9 @@ __global__ void __launch_bounds__(NT) one_pass_coop_kernel(OnePassParams p, Redu
   // its share of u = t / max(‖t‖, eps) and v = s / max(‖s‖, eps) when σ is usable, as the commit
   // kernel writes them; block 0 the state word. No block writes what another reads: σ[0] is read
   // (for the old σ) only where the new one is not usable, and then nothing writes it.
-  __shared__ float norms[3];
-  if (unit == 0) {
-    const float tt = block_sum_of<kBar>(r.tsq, r.tsq_parts, tid);
-    const float ss = block_sum_of<kBar>(r.sq, r.blocks, tid);
-    if (tid == 0) {
-      const float m_s = fmaxf(sqrtf(ss), r.eps);
-      norms[0] = fmaxf(sqrtf(tt), r.eps);
-      norms[1] = m_s;
-      norms[2] = ss / m_s;
-    }
-  }
-  __syncthreads();
-  const float m_t = norms[0], m_s = norms[1], sig = norms[2];
+  const float tt = block_sum_of(r.tsq, r.tsq_parts);
+  const float ss = block_sum_of(r.sq, r.blocks);
+  const float m_t = fmaxf(sqrtf(tt), r.eps), m_s = fmaxf(sqrtf(ss), r.eps), sig = ss / m_s;
   const CommitScale cs = commit_scale(sig, c.sigma, c.norm_bound, c.gamma);
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     r.scal[SN_SCAL_M_T] = m_t;
@@ -127,10 +104,9 @@ struct CoopLaunch : ClusterLaunch {
 template <class I>
 constexpr auto coop_kernel = one_pass_coop_kernel<I::NT, I::VPT, typename I::T, I::E>;
 
-// The instances built: one row a step, and not 512 threads with fewer than 4 packs each, which no
-// plan has (one_pass_shape takes 512 threads only for rows of more than 1024 packs).
+// The instances built: one row a step, blocks of 256 threads (above).
 template <class I>
-constexpr bool kCoopBuilt = I::RS == 1 && (I::NT == 256 || I::VPT >= 4);
+constexpr bool kCoopBuilt = I::RS == 1 && I::NT == kBlock;
 
 }  // namespace
 

@@ -105,15 +105,15 @@ typedef struct {
   int op_vpt;         /* one-pass: accesses of a row per thread (1, 2, 4 or 8) */
   int op_rows;        /* one-pass rows: rows per step of the rows kernel, 1 or 2
                          (SPECNORM_TUNE=op_rows=2) */
-  int op_reduce_cols; /* one-pass reduce: float4 columns per block, 4 (default), 8 or 16
-                         (SPECNORM_TUNE=op_reduce_cols) */
+  int op_reduce_cols; /* one-pass reduce: float4 columns per block, 4, 8 or 16 (by width, or
+                         SPECNORM_TUNE=op_reduce_cols) */
   int op_blocks;      /* one-pass: persistent blocks, each writing a partial Mᵀ t */
-  int op_eval_blocks; /* one-pass rows: blocks of the eval kernel (op_blocks, or with
-                         SPECNORM_TUNE=op_eval_own=1 the eval instance's own occupancy) */
+  int op_eval_blocks; /* one-pass rows: blocks of the eval kernel (the eval instance's own
+                         occupancy, or with SPECNORM_TUNE=op_eval_own=0 op_blocks) */
   int op_coop;        /* one-pass rows: 1, each iteration's two kernels as one cooperative launch
-                         that also commits a scale-only forward (SPECNORM_TUNE=op_coop=1,
-                         cuda/one_pass_coop.cu); 2, tests: that launch refused; 3: as 1, also a
-                         programmatic dependent launch (pdl on); 0: none */
+                         that also commits a scale-only forward (sm_90 and up, 256 threads, or
+                         SPECNORM_TUNE=op_coop; cuda/one_pass_coop.cu); 2, tests: that launch
+                         refused; 3: as 1, also a programmatic dependent launch (pdl on); 0: none */
   int pdl;            /* 1: launches overlap the kernel boundaries (programmatic dependent launch,
                          sm_90; SPECNORM_TUNE=pdl=1) */
   int op_cluster;     /* one-pass: blocks per thread-block cluster adding their partials on chip

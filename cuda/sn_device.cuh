@@ -20,57 +20,38 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-// The barrier of a group of NT threads: BAR = 0, the whole block (__syncthreads; the block has
-// NT threads); BAR = 1..15, named barrier BAR, which only the NT threads of one group of the block
-// take part in (warps of a larger block that do other work meanwhile: the cooperative one-pass
-// kernel, cuda/one_pass_coop.cu, runs a 256-thread reduction in each half of a 512-thread block).
-template <int BAR, int NT>
-__device__ __forceinline__ void group_barrier() {
-  static_assert(BAR >= 0 && BAR < 16 && NT % 32 == 0, "barriers 0-15, whole warps");
-  if constexpr (BAR == 0) {
-    __syncthreads();
-  } else {
-    asm volatile("bar.sync %0, %1;" ::"n"(BAR), "n"(NT) : "memory");
-  }
-}
-
-// N sums over a group of NT threads at once (x[r]: this thread's term of sum r; every thread gets
+// N sums over a block of NT threads at once (x[r]: this thread's term of sum r; every thread gets
 // the sums back in x): one set of barriers for all N, and each sum has block_sum's tree, so the
-// same bits as N calls of it. At most one sum per warp. The group is the block (BAR = 0) or, with
-// a named barrier BAR, the NT threads of warps BAR-group (warp index mod NT / 32 within it): each
-// (NT, N, BAR) has its own shared memory, so groups with distinct barriers never share it.
-template <int NT, int N, int BAR = 0>
+// same bits as N calls of it. At most one sum per warp.
+template <int NT, int N>
 __device__ __forceinline__ void block_sums(float (&x)[N]) {
   static_assert(NT % 32 == 0 && NT / 32 <= 32, "whole warps, at most 32 of them");
   static_assert(N >= 1 && N <= NT / 32, "at most one sum per warp");
-  static_assert(BAR == 0 || (NT & (NT - 1)) == 0, "a named-barrier group: a power of two");
   __shared__ float warp_part[N][NT / 32];
   __shared__ float total[N];
-  const int lane = threadIdx.x & 31;
-  const int warp = BAR == 0 ? (int)(threadIdx.x >> 5) : (int)(threadIdx.x >> 5) % (NT / 32);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int r = 0; r < N; ++r) x[r] = warp_sum(x[r]);
-  group_barrier<BAR, NT>();  // warp_part may still be read by a previous call
+  __syncthreads();  // warp_part may still be read by a previous call
   if (lane == 0)
 #pragma unroll
     for (int r = 0; r < N; ++r) warp_part[r][warp] = x[r];
-  group_barrier<BAR, NT>();
+  __syncthreads();
   if (warp < N) {  // warp r adds the warps' parts of sum r
     float y = lane < NT / 32 ? warp_part[warp][lane] : 0.0f;
     y = warp_sum(y);
     if (lane == 0) total[warp] = y;
   }
-  group_barrier<BAR, NT>();
+  __syncthreads();
 #pragma unroll
   for (int r = 0; r < N; ++r) x[r] = total[r];
 }
 
-// Sum over a block of NT threads (kBlock unless said; or a group of them, BAR above); every thread
-// gets the result. Fixed tree.
-template <int NT = kBlock, int BAR = 0>
+// Sum over a block of NT threads (kBlock unless said); every thread gets the result. Fixed tree.
+template <int NT = kBlock>
 __device__ __forceinline__ float block_sum(float x) {
   float s[1] = {x};
-  block_sums<NT, 1, BAR>(s);
+  block_sums<NT, 1>(s);
   return s[0];
 }
 
@@ -92,30 +73,15 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned *counter, unsigned
 }
 
 // This thread's share of Σ parts[0..n) over a block of kBlock threads: parts k, k + kBlock, ...
-// in order (k = tid: the thread's index in its group of kBlock threads). The parts may have been
-// written by other blocks of this launch: read past L1.
-__device__ __forceinline__ float thread_sum_of(const float *parts, int64_t n, int tid) {
-  float tot = 0.f;
-  for (int64_t k = tid; k < n; k += kBlock) tot += __ldcg(&parts[k]);
-  return tot;
-}
-
-// The whole block's versions of the three below are written out rather than passed threadIdx.x:
-// through the tid versions, ptxas spilled 24 more bytes in group_coop_kernel (sm_90).
+// in order. The parts may have been written by other blocks of this launch: read past L1.
 __device__ __forceinline__ float thread_sum_of(const float *parts, int64_t n) {
   float tot = 0.f;
   for (int64_t k = threadIdx.x; k < n; k += kBlock) tot += __ldcg(&parts[k]);
   return tot;
 }
 
-// Σ parts[0..n) over a block of kBlock threads (or a group of them with named barrier BAR, tid the
-// thread's index in it), in a fixed order (thread_sum_of, then block_sum's tree); every thread
-// gets it.
-template <int BAR = 0>
-__device__ __forceinline__ float block_sum_of(const float *parts, int64_t n, int tid) {
-  return block_sum<kBlock, BAR>(thread_sum_of(parts, n, tid));
-}
-
+// Σ parts[0..n) over a block of kBlock threads, in a fixed order (thread_sum_of, then block_sum's
+// tree); every thread gets it.
 __device__ __forceinline__ float block_sum_of(const float *parts, int64_t n) {
   return block_sum(thread_sum_of(parts, n));
 }
@@ -137,21 +103,9 @@ __device__ __forceinline__ float store_scaled(float x, float m, float *out, int6
                            // every kernel that inlines this, whatever ptxas decides there)
 }
 
-// The last step of every s = Mᵀ y kernel, in its last block (all threads call it; or a group of
-// kBlock threads with named barrier BAR, tid the thread's index in it): Σ s² from n partials in
-// order, then scal[M_S] = max(‖s‖, eps) and scal[SIG_S] = ‖s‖² / max(‖s‖, eps), the u-first σ
-// (SPEC.md). The partials were written by other blocks of the launch: read past L1.
-template <int BAR = 0>
-__device__ __forceinline__ void finish_s_norm(const float *sq_parts, int64_t n, float eps,
-                                              float *scal, int tid) {
-  const float tot = block_sum_of<BAR>(sq_parts, n, tid);
-  if (tid == 0) {
-    const float m = fmaxf(sqrtf(tot), eps);
-    scal[SN_SCAL_M_S] = m;
-    scal[SN_SCAL_SIG_S] = tot / m;
-  }
-}
-
+// The last step of every s = Mᵀ y kernel, in its last block (all threads call it): Σ s² from n
+// partials in order, then scal[M_S] = max(‖s‖, eps) and scal[SIG_S] = ‖s‖² / max(‖s‖, eps), the
+// u-first σ (SPEC.md). The partials were written by other blocks of the launch: read past L1.
 __device__ __forceinline__ void finish_s_norm(const float *sq_parts, int64_t n, float eps,
                                               float *scal) {
   const float tot = block_sum_of(sq_parts, n);

@@ -10,10 +10,11 @@
 #   env        nvidia-smi, nvcc, cmake, ninja, compute-sanitizer, python/torch versions
 #   configure  fresh build dir ($BUILD_DIR, default build-gpu), Ninja, GTest/LAPACKE from .deps
 #   build      ninja -j<all cores> -k 0
-#   coop_smoke Gpu.OnePassCooperativeSmall* and …FullGrid* alone under a short timeout
-#              (SPECNORM_TUNE=op_coop's grid barriers, not yet run on a GPU: a hang there would
-#              otherwise take each later step to its cap); if it times out, every later step leaves
-#              the cooperative one-pass tests out, and the variants its op_coop settings
+#   coop_smoke Gpu.OnePassCooperativeSmall* and …FullGrid* alone under a short timeout (the
+#              cooperative one-pass launch's grid barriers: a grid the driver took but could not
+#              hold would hang there, and take each later step to its cap); if it times out, every
+#              later step leaves the cooperative one-pass tests out, and the variants its op_coop
+#              settings (passed in 1 s on the H100 at ab6e27f)
 #   ctest      every test, GPU ones included
 #   tune_tests the GPU tests again with the launches the defaults do not use: SPECNORM_TUNE=pdl=0,
 #              op_cluster=1,group_coop=0 ($SN_TUNE_TESTS)
@@ -487,10 +488,15 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # ⟨G, W⟩ loads W evict-first) won there (4096² bf16 backward −3.4%) and is the default: timed here
 # off. op_rows=2, built after d5e109c: two rows a step in the one-pass rows kernel; at 4884391
 # 4096² fp32 scale −5%, eval +4%. op_reduce_cols=8|16, built after 4884391: fewer one-pass reduce
-# blocks, for 4096 × 16384 fp32 scale-only (1.23× one read, goal 2 asks 1.2×).)
+# blocks, for 4096 × 16384 fp32 scale-only (1.23× one read, goal 2 asks 1.2×). At ab6e27f on the
+# H100: op_reduce_cols=8 won at 16384 columns (scale-only 3-6%), lost 1-2% at 4096, and is the
+# default by width since; op_coop=1 won 3-4% on 4096² scale-only and lost 2-20% at 4096 × 16384
+# (512 threads, no longer built), and is the default for 256-thread rows on sm_90 since;
+# op_eval_own=1 won 2-3% on bf16 eval and is the default since; op_cluster=2 lost 1-3% and
+# op_coop=3 was the same as 1. Timed here: the old settings against the new defaults.)
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_coop=1 op_coop=3 op_reduce_cols=8 op_coop=1,op_reduce_cols=8 op_reduce_cols=16 op_eval_own=1 op_rows=2 op_rows=2,op_eval_own=1 op_cluster=2}"
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_coop=0 op_reduce_cols=4 op_reduce_cols=16 op_eval_own=0 op_coop=3 op_rows=2}"
 if [[ $COOP_HUNG -eq 1 ]]; then  # coop_smoke timed out: no op_coop setting
   KEPT=()
   for t in "${TUNES[@]}"; do [[ "$t" == *op_coop=* ]] || KEPT+=("$t"); done

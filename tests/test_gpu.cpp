@@ -247,17 +247,19 @@ TEST(Gpu, RunsAreBitwiseIdentical) {
 
 // The variants that SPECNORM_TUNE selects (cuda/forward.cu; sn_bench times them): thread-block
 // clusters adding the one-pass partial s on chip and programmatic dependent launch (sm_90;
-// elsewhere plain launches), fewer one-pass blocks per multiprocessor, reduce blocks of 8 or 16
-// float4 columns (op_reduce_cols) and the eval kernel on its own grid (op_eval_own). Each must
-// match the CPU backend (its last step is an eval step) and repeat bitwise.
+// elsewhere plain launches), fewer one-pass blocks per multiprocessor, reduce blocks of 4, 8 or
+// 16 float4 columns (op_reduce_cols), the eval kernel on the training grid (op_eval_own=0) and the
+// kernels rather than the cooperative launch (op_coop=0). Each must match the CPU backend (its
+// last step is an eval step) and repeat bitwise.
 TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const char *tune : {"op_cluster=2", "op_cluster=4", "op_cluster=8", "op_bps=1",
                            "op_bps=1,op_cluster=4", "op_bps=2,op_cluster=2", "pdl=1",
-                           "pdl=1,op_cluster=4", "op_reduce_cols=8", "op_reduce_cols=16,op_cluster=4",
-                           "op_eval_own=1", "op_eval_own=1,op_rows=2"}) {
+                           "pdl=1,op_cluster=4", "op_reduce_cols=4", "op_reduce_cols=8",
+                           "op_reduce_cols=16,op_cluster=4", "op_eval_own=0", "op_eval_own=0,op_rows=2",
+                           "op_coop=0"}) {
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + tune);
     // op_onchip=0: the 9 × 64 case's training forwards would be on chip by default (sm_90).
     env.set((std::string("op_onchip=0,") + tune).c_str());
@@ -296,7 +298,8 @@ struct RowsCase {
 // The training rows kernel.
 static const char kRegisterRows[] = "one_pass_rows_kernel<[^>]*, false>";
 
-// For each case and grid (op_grid, op_cluster; the usual kernels: op_onchip=0), one-pass layers a
+// For each case and grid (op_grid, op_cluster; the rows and reduce kernels: op_onchip=0,
+// op_coop=0, unless the knobs say otherwise), one-pass layers a
 // and b created under SPECNORM_TUNE's knobs tune_a and tune_b; check(a, b, c, W) reads their plans
 // and captured kernels once both warmed up; then four forwards (one eval) give both the same
 // state and output, bit for bit.
@@ -314,7 +317,7 @@ using RowsCheck = std::function<void(sn_layer_t *, sn_layer_t *, const RowsCase 
 static void expect_rows_pairs_bitwise(const std::vector<RowsCase> &cases, const std::string &tune_a,
                                       const std::string &tune_b, const RowsCheck &check) {
   Rng rng(fresh_seed());
-  const std::string base = tune_prefix() + "op_onchip=0,";
+  const std::string base = tune_prefix() + "op_onchip=0,op_coop=0,";
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const RowsCase &c : cases) {
     for (const char *grid : {"op_grid=64,op_cluster=1", "op_grid=7,op_cluster=1", "op_grid=64,op_cluster=4"}) {
@@ -407,10 +410,11 @@ TEST(Gpu, OnePassRowPairsAreBitwiseSingleRows) {
   compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
 }
 
-// The one-pass eval kernel's grid: the training grid by default; with SPECNORM_TUNE=op_eval_own=1
-// its own instance's occupancy without clusters, which is at least the training grid's, and more
+// The one-pass eval kernel's grid: by default (and with SPECNORM_TUNE=op_eval_own=1) its own
+// instance's occupancy without clusters, which is at least the training grid's, and more
 // where the eval instance takes fewer registers (ptxas sm_90: the bf16 rows of 4096 and 16384
-// columns, 32 against 64 and 56 against 120); op_grid caps both. The eval σ against the CPU.
+// columns, 32 against 64 and 56 against 120); with op_eval_own=0 the training grid; op_grid caps
+// both. The eval σ against the CPU.
 TEST(Gpu, OnePassEvalGridOfItsOwn) {
   REQUIRE_GPU();
   const std::string prefix = tune_prefix() + "op_onchip=0,";
@@ -428,7 +432,10 @@ TEST(Gpu, OnePassEvalGridOfItsOwn) {
     LayerPtr own(d);
     env.set((prefix + "op_eval_own=1,op_grid=37").c_str());
     LayerPtr capped(d);
-    ASSERT_TRUE(shared.p && own.p && capped.p) << sn_last_error_message();
+    env.set(prefix.c_str());
+    LayerPtr by_default(d);
+    ASSERT_TRUE(shared.p && own.p && capped.p && by_default.p) << sn_last_error_message();
+    EXPECT_EQ(by_default.p->plan.op_eval_blocks, own.p->plan.op_eval_blocks);
     EXPECT_EQ(shared.p->plan.op_eval_blocks, shared.p->plan.op_blocks);
     EXPECT_EQ(own.p->plan.op_blocks, shared.p->plan.op_blocks);
     EXPECT_GE(own.p->plan.op_eval_blocks, own.p->plan.op_blocks);
@@ -440,7 +447,7 @@ TEST(Gpu, OnePassEvalGridOfItsOwn) {
     EXPECT_EQ(capped.p->plan.op_eval_blocks, 37);
   }
   Rng rng(fresh_seed());
-  env.set((prefix + "op_eval_own=1").c_str());
+  env.set((prefix + "op_eval_own=0").c_str());
   compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 4, 2);
 }
 
@@ -538,14 +545,13 @@ static void expect_coop_full_grid_bitwise(const std::vector<int64_t> &shape, sn_
   }
 }
 
-// Small cases, for racecheck (gpu_check.sh): blocks of 256 and of 512 threads (two reduction
-// units per block, each on its own named barrier), 16- and 8-byte packs, fewer reduction blocks
-// than units; reduction blocks of 16 float4 columns (op_reduce_cols, a runtime count in the
-// cooperative kernel, a template one in the reduce kernel); and the launch as a programmatic
-// dependent launch too (op_coop=3).
+// Small cases, for racecheck (gpu_check.sh): 1 and 4 packs per thread, 16- and 8-byte packs,
+// fewer reduction blocks than blocks; reduction blocks of 16 float4 columns (op_reduce_cols, a
+// runtime count in the cooperative kernel, a template one in the reduce kernel); and the launch as
+// a programmatic dependent launch too (op_coop=3).
 TEST(Gpu, OnePassCooperativeSmallIsBitwiseTheKernels) {
   REQUIRE_GPU();
-  const std::vector<RowsCase> cases{{{9, 64}, SN_DTYPE_FLOAT32}, {{20, 4100}, SN_DTYPE_FLOAT32}, {{33, 2052}, SN_DTYPE_BFLOAT16}};
+  const std::vector<RowsCase> cases{{{9, 64}, SN_DTYPE_FLOAT32}, {{20, 4092}, SN_DTYPE_FLOAT32}, {{33, 2052}, SN_DTYPE_BFLOAT16}};
   expect_coop_bitwise(cases);
   expect_coop_bitwise(cases, "op_reduce_cols=16,");
   expect_coop_bitwise(cases, "", 3);
@@ -567,9 +573,7 @@ TEST(Gpu, OnePassCooperativeLaunchIsBitwiseTheKernels) {
   expect_coop_bitwise({{{700, 1152}, SN_DTYPE_FLOAT32},
                        {{300, 4096}, SN_DTYPE_BFLOAT16},    // 256 threads × 2 packs of 8 (4096² bf16's)
                        {{513, 1028}, SN_DTYPE_FLOAT16},     // 8-byte packs
-                       {{300, 4096}, SN_DTYPE_FLOAT32},     // 256 × 4 (4096² fp32's)
-                       {{257, 12288}, SN_DTYPE_FLOAT32},    // 512 threads: two reduction units per block
-                       {{130, 16384}, SN_DTYPE_BFLOAT16}}); // 512 × 4 packs of 8 (4096 × 16384 bf16's)
+                       {{300, 4096}, SN_DTYPE_FLOAT32}});   // 256 × 4 (4096² fp32's)
   Rng rng(fresh_seed());
   const std::string prefix = tune_prefix() + "op_onchip=0,";  // before the ScopedEnv unsets it
   ScopedEnv env("SPECNORM_TUNE", nullptr);
@@ -592,21 +596,31 @@ TEST(Gpu, OnePassCooperativeLaunchIsBitwiseTheKernels) {
   }
   env.set((prefix + "op_coop=3").c_str());  // also as a programmatic dependent launch, full grids
   compare_backends(Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS}, rng, 3, 2);
-  env.set((prefix + "op_coop=1").c_str());
-  // The benchmark's instances take it on their full grids (the cooperative kernel fits as many
-  // blocks per multiprocessor as the rows kernel: ptxas sm_90, the same registers or fewer).
+  // By default (no op_coop key), on sm_90 and up, the benchmark's 256-thread instances take it on
+  // their full grids (the cooperative kernel fits as many blocks per multiprocessor as the rows
+  // kernel: ptxas sm_90, the same registers or fewer); rows of 16384 columns (512 threads) never,
+  // not even when asked.
+  env.set(prefix.c_str());
+  const int by_default = sm90_or_later() ? 1 : 0;
   for (const RowsCase &c : std::vector<RowsCase>{{{1000, 4096}, SN_DTYPE_FLOAT32}, {{1000, 4096}, SN_DTYPE_BFLOAT16},
                                                  {{1000, 16384}, SN_DTYPE_FLOAT32}, {{1000, 16384}, SN_DTYPE_BFLOAT16}}) {
+    SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)));
     sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
     d.algo = SN_ALGO_ONE_PASS;
     d.dtype = c.dt;
+    env.set(prefix.c_str());
     LayerPtr l(d);
-    ASSERT_TRUE(l.p) << sn_last_error_message();
-    EXPECT_EQ(l.p->plan.op_coop, 1) << shape_str(c.shape) << " dtype " << int(c.dt) << ": "
-                                    << l.p->plan.op_blocks << " blocks in clusters of " << l.p->plan.op_cluster;
+    env.set((prefix + "op_coop=1").c_str());
+    LayerPtr asked(d);
+    ASSERT_TRUE(l.p && asked.p) << sn_last_error_message();
+    const int want = c.shape[1] == 4096 ? 1 : 0;
+    EXPECT_EQ(l.p->plan.op_coop, want * by_default)
+        << l.p->plan.op_threads << " threads, " << l.p->plan.op_blocks << " blocks in clusters of " << l.p->plan.op_cluster;
+    EXPECT_EQ(asked.p->plan.op_coop, want);
   }
+  env.set(prefix.c_str());
   compare_backends(Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS}, rng, 3, 2);
-  compare_backends(Case{{600, 16384}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
+  compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
 }
 
 // The cooperative launch refused (SPECNORM_TUNE=op_coop=2 launches it with more blocks than can be
@@ -619,7 +633,7 @@ TEST(Gpu, OnePassCooperativeLaunchRefusedFallsBack) {
   Rng rng(fresh_seed());
   const std::string prefix = tune_prefix() + "op_onchip=0,op_grid=64,";
   ScopedEnv env("SPECNORM_TUNE", nullptr);
-  for (const RowsCase &c : std::vector<RowsCase>{{{700, 1152}, SN_DTYPE_FLOAT32}, {{257, 12288}, SN_DTYPE_BFLOAT16}}) {
+  for (const RowsCase &c : std::vector<RowsCase>{{{700, 1152}, SN_DTYPE_FLOAT32}, {{300, 4096}, SN_DTYPE_BFLOAT16}}) {
     SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)));
     sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
     d.algo = SN_ALGO_ONE_PASS;
