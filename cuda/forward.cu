@@ -8,8 +8,8 @@
 //   eval:                              t = M v, σ = uᵀ t fused (the one-pass rows kernel when the
 //                                      layer uses one pass, else the two-pass t = M v kernel)
 //   then one commit-and-divide launch.
-// A training forward with one iteration is 3 launches (2 where the one-pass iteration is one
-// cooperative launch, plan.op_coop, and then 1 without W_sn); an eval forward 2. Vectors between the
+// A training forward with one iteration is 3 launches, and 1 without W_sn where the one-pass
+// iteration is one cooperative launch (plan.op_coop); an eval forward 2. Vectors between the
 // products stay unnormalized in scratch, with their norm in a device scalar the next kernel
 // applies, so normalization costs no launch of its own.
 #include <climits>
@@ -72,7 +72,10 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 or as the kernels (0): the rows, a grid barrier, the reduction, and for a
 //                 scale-only forward the commit (cuda/one_pass_coop.cu); the same bits as the
 //                 kernels it replaces, for rows instances of 256 threads whose grid fits at once
-//                 (else the kernels); unset: so on sm_90 and up. op_coop=2 (tests) has that
+//                 (else the kernels); set, in every forward; unset: on sm_90 and up, in the
+//                 forwards without W_sn only (H100 at 61eb446: a training forward with W_sn,
+//                 2 launches instead of 3, was 2-5% slower at 2048², 768 × 3072 and 4096² bf16;
+//                 4096² fp32 scale-only 42.6 -> 40.8 µs). op_coop=2 (tests) has that
 //                 launch refused, and the kernels run instead; op_coop=3 launches it as a
 //                 programmatic dependent launch too (sm_90, where pdl is on; else as 1)
 //   div_stream=0|1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
@@ -431,8 +434,10 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     const int coop = tune.op_coop >= 0 ? tune.op_coop : device_is_sm90_or_later() ? 1 : 0;
     if (coop > 0) {  // only where the instance is built and its whole grid fits at once
       bool fits = false;
-      if (sn::one_pass_coop_prepare(*plan, &fits) == cudaSuccess && fits)
+      if (sn::one_pass_coop_prepare(*plan, &fits) == cudaSuccess && fits) {
         plan->op_coop = coop == 3 && !plan->pdl ? 1 : coop;
+        plan->op_coop_all = tune.op_coop >= 0;
+      }
       else
         (void)cudaGetLastError();
     }
@@ -537,12 +542,15 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
   // The first product of a training forward restarts from ones if the health word asks for it.
   const unsigned *health = reinterpret_cast<const unsigned *>(a->sigma + 3);
   bool committed = false;  // by the last iteration's cooperative one-pass launch (scale only)
+  // The cooperative one-pass launch: in forwards without W_sn (scale only, warm-up), or in every
+  // forward where SPECNORM_TUNE=op_coop asked for it (plan.op_coop_all).
+  const bool coop = P.op_coop && (P.op_coop_all || !a->W_sn);
   for (int k = 0; k < iters; ++k) {
     const unsigned *restart = k == 0 ? health : nullptr;
     if (one_pass) {
       const bool commit = a->training && !a->W_sn && k == iters - 1;
-      SN_TRY(sn::launch_one_pass(P, a->W, v, v_div, restart, commit ? a : nullptr, &committed,
-                                 stream));
+      SN_TRY(sn::launch_one_pass(P, a->W, v, v_div, restart, commit ? a : nullptr, coop,
+                                 &committed, stream));
       slot = SN_SCAL_SIG_S;
     } else if (a->order == SN_ORDER_U_FIRST) {
       SN_TRY(sn::launch_matvec(P, a->W, v, v_div, TMode::kNormalize, nullptr, nullptr, restart,

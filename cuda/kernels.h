@@ -39,13 +39,13 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
 
 // One-pass iteration (cuda/one_pass.cu): t = M (x / *x_div) and s = Mᵀ t / max(‖t‖, eps) with one
 // read of W, writing the same scratch and scalars as launch_matvec + launch_matvec_t. 2 launches,
-// or 1 with plan.op_coop (cuda/one_pass_coop.cu), which also commits u, v and σ as the commit
-// kernel would when `commit` (the forward's arguments) is not NULL: then *committed is set, and
-// the forward launches no commit. A refused cooperative launch (one_pass_coop_refused; it did not
-// run) is returned as cudaErrorCooperativeLaunchTooLarge, whatever the device said.
+// or 1 when `coop` (plan.op_coop set; cuda/one_pass_coop.cu), which also commits u, v and σ as
+// the commit kernel would when `commit` (the forward's arguments) is not NULL: then *committed is
+// set, and the forward launches no commit. A refused cooperative launch (one_pass_coop_refused; it
+// did not run) is returned as cudaErrorCooperativeLaunchTooLarge, whatever the device said.
 cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
                             const float *x_div, const unsigned *health,
-                            const sn_cuda_forward_args_t *commit, bool *committed,
+                            const sn_cuda_forward_args_t *commit, bool coop, bool *committed,
                             cudaStream_t stream);
 // The cooperative launch itself (plan.op_coop; the same contract).
 cudaError_t launch_one_pass_coop(const sn_cuda_plan_t &plan, const void *W, const float *x,

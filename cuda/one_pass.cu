@@ -16,9 +16,9 @@
 //   block writes max(‖t‖, eps), max(‖s‖, eps) and σ = ‖s‖² / max(‖s‖, eps).
 //   Bytes: op_blocks·w·4 read + w·4 written.
 // Both reductions have a fixed order: results are bitwise reproducible.
-// Where the plan takes it (plan.op_coop: by default on sm_90 and up, blocks of 256 threads), both
-// kernels' work runs as one cooperative launch instead, with the same results bit for bit
-// (cuda/one_pass_coop.cu). The pieces both use are in cuda/one_pass.cuh.
+// Where the plan takes it (plan.op_coop: by default on sm_90 and up, blocks of 256 threads, in the
+// forwards without W_sn), both kernels' work runs as one cooperative launch instead, with the same
+// results bit for bit (cuda/one_pass_coop.cu). The pieces both use are in cuda/one_pass.cuh.
 #include "one_pass.cuh"
 #include "sn_reference.h" /* sn_dtype_size */
 
@@ -125,10 +125,10 @@ cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *block
 
 cudaError_t launch_one_pass(const sn_cuda_plan_t &plan, const void *W, const float *x,
                             const float *x_div, const unsigned *health,
-                            const sn_cuda_forward_args_t *commit, bool *committed,
+                            const sn_cuda_forward_args_t *commit, bool coop, bool *committed,
                             cudaStream_t stream) {
   *committed = false;
-  if (plan.op_coop) {  // a refusal goes back to the caller (host/layer.c drops op_coop for good)
+  if (coop && plan.op_coop) {  // a refusal goes back to the caller (host/layer.c drops op_coop for good)
     const cudaError_t e = launch_one_pass_coop(plan, W, x, x_div, health, commit, stream);
     *committed = e == cudaSuccess && commit != nullptr;
     // Every refusal as the one code no other launch returns, so that the caller tells it apart

@@ -1,15 +1,18 @@
 // The one-pass iteration by rows as one cooperative launch: the rows kernel's work, a grid-wide
 // barrier, the reduce kernel's work (cuda/one_pass.cu), in one grid, and, for a training forward
 // without W_sn (scale only, the last iteration), the commit of u, v and σ after a second barrier:
-// one launch for the whole scale-only forward where the kernels take three (rows, reduce, commit),
-// and two for a training forward with W_sn where they take three.
+// one launch for the whole scale-only forward where the kernels take three (rows, reduce, commit)
+// (and two for a training forward with W_sn, where SPECNORM_TUNE=op_coop asks).
 //
 // Where (plan.op_coop, cuda/forward.cu): by default on sm_90 and up, for rows instances of 256
 // threads (rows of at most 1024 packs: 4096 fp32 or 8192 bf16 columns) whose whole grid fits at
-// once. H100 at ab6e27f: 4096² scale-only fp32 42.1 → 40.4 µs, bf16 30.7 → 29.7, training and
-// eval unchanged. The 512-thread instances (wider rows) are not built: at 4096 × 16384 the
-// reduction on the rows grid (one block of 512 per multiprocessor, 120 registers) made scale-only
-// 2% (fp32) and 20% (bf16) slower than the reduce kernel's full occupancy (bench/NOTES.md).
+// once, in the forwards without W_sn (scale only, warm-up). H100 at ab6e27f: 4096² scale-only
+// fp32 42.1 → 40.4 µs, bf16 30.7 → 29.7; at 61eb446 the training forwards with W_sn (2 launches
+// instead of 3) were 2-5% slower with it at 2048² fp32, 768 × 3072 and 4096² bf16, so they keep
+// the kernels (SPECNORM_TUNE=op_coop=1 asks for it in every forward). The 512-thread instances
+// (wider rows) are not built: at 4096 × 16384 the reduction on the rows grid (one block of 512 per
+// multiprocessor, 120 registers) made scale-only 2% (fp32) and 20% (bf16) slower than the reduce
+// kernel's full occupancy (bench/NOTES.md).
 //
 // Same results, bit for bit, as the two kernels (and the commit kernel) on the same grid: the rows
 // are rows_body; the reduction's blocks are reduce_columns' blocks, run by the grid's blocks in

@@ -112,8 +112,11 @@ typedef struct {
                          occupancy, or with SPECNORM_TUNE=op_eval_own=0 op_blocks) */
   int op_coop;        /* one-pass rows: 1, each iteration's two kernels as one cooperative launch
                          that also commits a scale-only forward (sm_90 and up, 256 threads, or
-                         SPECNORM_TUNE=op_coop; cuda/one_pass_coop.cu); 2, tests: that launch
+                         SPECNORM_TUNE=op_coop; cuda/one_pass_coop.cu; op_coop_all says in which
+                         forwards); 2, tests: that launch
                          refused; 3: as 1, also a programmatic dependent launch (pdl on); 0: none */
+  int op_coop_all;    /* 1: op_coop in every forward (SPECNORM_TUNE=op_coop); 0: only in those
+                         without W_sn (scale only, warm-up): the default */
   int pdl;            /* 1: launches overlap the kernel boundaries (programmatic dependent launch,
                          sm_90; SPECNORM_TUNE=pdl=1) */
   int op_cluster;     /* one-pass: blocks per thread-block cluster adding their partials on chip

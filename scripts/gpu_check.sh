@@ -430,7 +430,7 @@ SN_SMALL_FILTER="$(without_coop "$SN_SMALL_FILTER")"
 # race it on its own with SN_RACECHECK_FILTER; at d44ff6c the 512-thread and cluster-size tests
 # took 57 s). Small layers' training forwards run on chip by default (sm_90), so the Shapes tests
 # here race the on-chip kernel too.
-SN_RACECHECK_FILTER="${SN_RACECHECK_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:GroupGpu.OnChipWith512*:Gpu.OnChipLayerLeavesOthers*:GpuTraining.OnChipLayerOptions*:GroupGpu.CooperativeSmallGroup*:Gpu.OnePassCooperativeSmall*}"
+SN_RACECHECK_FILTER="${SN_RACECHECK_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:GroupGpu.OnChipWith512*:Gpu.OnChipLayerLeavesOthers*:GpuTraining.OnChipLayerOptions*:GroupGpu.CooperativeSmallGroup*:Gpu.OnePassCooperativeSmallIsBitwise*}"
 SN_RACECHECK_FILTER="$(without_coop "$SN_RACECHECK_FILTER")"
 sanitize() {  # sanitize TOOL...
  local tool cap reserve
@@ -491,12 +491,13 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # blocks, for 4096 × 16384 fp32 scale-only (1.23× one read, goal 2 asks 1.2×). At ab6e27f on the
 # H100: op_reduce_cols=8 won at 16384 columns (scale-only 3-6%), lost 1-2% at 4096, and is the
 # default by width since; op_coop=1 won 3-4% on 4096² scale-only and lost 2-20% at 4096 × 16384
-# (512 threads, no longer built), and is the default for 256-thread rows on sm_90 since;
+# (512 threads, no longer built), and is the default for 256-thread rows on sm_90 since, in the
+# forwards without W_sn (at 61eb446 training forwards with W_sn were 2-5% slower with it);
 # op_eval_own=1 won 2-3% on bf16 eval and is the default since; op_cluster=2 lost 1-3% and
 # op_coop=3 was the same as 1. Timed here: the old settings against the new defaults.)
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_coop=0 op_reduce_cols=4 op_reduce_cols=16 op_eval_own=0 op_coop=3 op_rows=2}"
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_coop=0 op_coop=1 op_reduce_cols=4 op_reduce_cols=16 op_eval_own=0 op_rows=2}"
 if [[ $COOP_HUNG -eq 1 ]]; then  # coop_smoke timed out: no op_coop setting
   KEPT=()
   for t in "${TUNES[@]}"; do [[ "$t" == *op_coop=* ]] || KEPT+=("$t"); done

@@ -545,16 +545,24 @@ static void expect_coop_full_grid_bitwise(const std::vector<int64_t> &shape, sn_
   }
 }
 
-// Small cases, for racecheck (gpu_check.sh): 1 and 4 packs per thread, 16- and 8-byte packs,
-// fewer reduction blocks than blocks; reduction blocks of 16 float4 columns (op_reduce_cols, a
-// runtime count in the cooperative kernel, a template one in the reduce kernel); and the launch as
-// a programmatic dependent launch too (op_coop=3).
+// Small cases, for racecheck (gpu_check.sh; under it the H100 at 61eb446 took over 75 s for this
+// test and the next together): 1 and 4 packs per thread, 16- and 8-byte packs, fewer reduction
+// blocks than blocks.
+static const std::vector<RowsCase> kCoopSmallCases{
+    {{9, 64}, SN_DTYPE_FLOAT32}, {{20, 4092}, SN_DTYPE_FLOAT32}, {{33, 2052}, SN_DTYPE_BFLOAT16}};
+
 TEST(Gpu, OnePassCooperativeSmallIsBitwiseTheKernels) {
   REQUIRE_GPU();
-  const std::vector<RowsCase> cases{{{9, 64}, SN_DTYPE_FLOAT32}, {{20, 4092}, SN_DTYPE_FLOAT32}, {{33, 2052}, SN_DTYPE_BFLOAT16}};
-  expect_coop_bitwise(cases);
-  expect_coop_bitwise(cases, "op_reduce_cols=16,");
-  expect_coop_bitwise(cases, "", 3);
+  expect_coop_bitwise(kCoopSmallCases);
+}
+
+// The same with reduction blocks of 16 float4 columns (op_reduce_cols, a runtime count in the
+// cooperative kernel, a template one in the reduce kernel), and as a programmatic dependent launch
+// too (op_coop=3).
+TEST(Gpu, OnePassCooperativeSmallVariantsAreBitwiseTheKernels) {
+  REQUIRE_GPU();
+  expect_coop_bitwise(kCoopSmallCases, "op_reduce_cols=16,");
+  expect_coop_bitwise(kCoopSmallCases, "", 3);
 }
 
 // One layer on the plan's full grid (every block that fits at once, where a grid the driver took
@@ -598,8 +606,9 @@ TEST(Gpu, OnePassCooperativeLaunchIsBitwiseTheKernels) {
   compare_backends(Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS}, rng, 3, 2);
   // By default (no op_coop key), on sm_90 and up, the benchmark's 256-thread instances take it on
   // their full grids (the cooperative kernel fits as many blocks per multiprocessor as the rows
-  // kernel: ptxas sm_90, the same registers or fewer); rows of 16384 columns (512 threads) never,
-  // not even when asked.
+  // kernel: ptxas sm_90, the same registers or fewer), for the forwards without W_sn only: a
+  // scale-only forward is that one launch, a training forward with W_sn the rows, reduce and
+  // commit kernels. Rows of 16384 columns (512 threads) never take it, not even when asked.
   env.set(prefix.c_str());
   const int by_default = sm90_or_later() ? 1 : 0;
   for (const RowsCase &c : std::vector<RowsCase>{{{1000, 4096}, SN_DTYPE_FLOAT32}, {{1000, 4096}, SN_DTYPE_BFLOAT16},
@@ -617,6 +626,21 @@ TEST(Gpu, OnePassCooperativeLaunchIsBitwiseTheKernels) {
     EXPECT_EQ(l.p->plan.op_coop, want * by_default)
         << l.p->plan.op_threads << " threads, " << l.p->plan.op_blocks << " blocks in clusters of " << l.p->plan.op_cluster;
     EXPECT_EQ(asked.p->plan.op_coop, want);
+    EXPECT_EQ(asked.p->plan.op_coop_all, want);
+    if (!l.p->plan.op_coop) continue;
+    EXPECT_EQ(l.p->plan.op_coop_all, 0);
+    const int64_t n = numel_of(c.shape);
+    Tensor W(c.dt, n), o(c.dt, n);
+    W.set(rng.normals(n));
+    ASSERT_EQ(sn_layer_warmup(l, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();  // before a capture
+    const std::vector<std::string> kt =
+        captured_kernels([&](cudaStream_t s) { return sn_forward(l, W.dev, o.dev, 1, (sn_stream_t)s); });
+    EXPECT_TRUE(any_matches(kt, "one_pass_rows_kernel<")) << ::testing::PrintToString(kt);
+    EXPECT_FALSE(any_matches(kt, "one_pass_coop_kernel<")) << ::testing::PrintToString(kt);
+    const std::vector<std::string> ks =
+        captured_kernels([&](cudaStream_t s) { return sn_forward_scale_only(l, W.dev, 1, (sn_stream_t)s); });
+    ASSERT_EQ(ks.size(), 1u) << ::testing::PrintToString(ks);
+    EXPECT_TRUE(any_matches(ks, "one_pass_coop_kernel<")) << ks[0];
   }
   env.set(prefix.c_str());
   compare_backends(Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS}, rng, 3, 2);
