@@ -10,9 +10,10 @@
 #   env        nvidia-smi, nvcc, cmake, ninja, compute-sanitizer, python/torch versions
 #   configure  fresh build dir ($BUILD_DIR, default build-gpu), Ninja, GTest/LAPACKE from .deps
 #   build      ninja -j<all cores> -k 0
-#   coop_smoke Gpu.OnePassCooperativeSmall* and …FullGrid* alone under a short timeout (the
-#              cooperative one-pass launch's grid barriers: a grid the driver took but could not
-#              hold would hang there, and take each later step to its cap); if it times out, every
+#   coop_smoke Gpu.OnePassCooperativeSmall*, …FullGrid* and …Concurrent* alone under a short
+#              timeout (the cooperative one-pass launch's grid barriers: a grid the driver took but
+#              could not hold would hang there, and take each later step to its cap; so would
+#              grids on several streams that the device let in part each); if it times out, every
 #              later step leaves the cooperative one-pass tests out, and the variants its op_coop
 #              settings (passed in 1 s on the H100 at ab6e27f)
 #   ctest      every test, GPU ones included
@@ -295,7 +296,7 @@ COOP_HUNG=0  # 1: coop_smoke timed out; the later steps leave the cooperative on
 if [[ $CONFIGURED -eq 1 && -x "$GPU_TESTS" ]]; then
   run_step coop_smoke "$OUT/tests.log" 45 300 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" "$GPU_TESTS" --gtest_brief=1 \
-    --gtest_filter='Gpu.OnePassCooperativeSmall*:Gpu.OnePassCooperativeFullGrid*'
+    --gtest_filter='Gpu.OnePassCooperativeSmall*:Gpu.OnePassCooperativeFullGrid*:Gpu.OnePassCooperativeConcurrent*'
   if grep -qE '^# exit status (124|137) ' "$LOGS/coop_smoke.log" 2> /dev/null; then
     COOP_HUNG=1
     CTEST_EXCLUDE=(-E 'OnePassCooperative')

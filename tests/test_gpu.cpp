@@ -693,6 +693,47 @@ TEST(Gpu, OnePassCooperativeLaunchRefusedFallsBack) {
   }
 }
 
+// Cooperative launches of four layers on four streams at once, each grid as large as the device
+// holds (scale-only forwards of 4096-column rows; op_coop=1, so on any device with cooperative
+// launches): the device runs them without a deadlock, and every layer ends in the state the same forwards give one
+// layer after another, bit for bit (σ, scale and health too).
+TEST(Gpu, OnePassCooperativeConcurrentStreamsEqualSerial) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_coop=1").c_str());
+  constexpr int kLayers = 4, kSteps = 20;
+  const int64_t h = 600, w = 4096, n = h * w;
+  Tensor W(SN_DTYPE_FLOAT32, n);
+  W.set(rng.normals(n));
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
+  d.algo = SN_ALGO_ONE_PASS;
+  LayerPtr serial[kLayers], parallel[kLayers];
+  cudaStream_t streams[kLayers];
+  for (int k = 0; k < kLayers; ++k) {
+    d.seed = 100 + k;
+    ASSERT_EQ(sn_layer_create(&serial[k].p, &d), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_layer_create(&parallel[k].p, &d), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(parallel[k].p->plan.op_coop, 1) << "the cooperative grid should fit";
+    CUDA_OK(cudaStreamCreateWithFlags(&streams[k], cudaStreamNonBlocking));
+  }
+  for (int k = 0; k < kLayers; ++k)
+    for (int step = 0; step < kSteps; ++step)
+      ASSERT_EQ(sn_forward_scale_only(serial[k], W.dev, step % 5 != 4, nullptr), SN_SUCCESS) << sn_last_error_message();
+  CUDA_OK(cudaDeviceSynchronize());
+  for (int step = 0; step < kSteps; ++step)
+    for (int k = 0; k < kLayers; ++k)
+      ASSERT_EQ(sn_forward_scale_only(parallel[k], W.dev, step % 5 != 4, (sn_stream_t)streams[k]), SN_SUCCESS)
+          << sn_last_error_message();
+  for (cudaStream_t s : streams) CUDA_OK(cudaStreamSynchronize(s));
+  for (int k = 0; k < kLayers; ++k) {
+    SCOPED_TRACE("layer " + std::to_string(k));
+    EXPECT_EQ(parallel[k].p->plan.op_coop, 1) << "a launch was refused";
+    EXPECT_TRUE(same_state(get_state(serial[k]), get_state(parallel[k])));
+    expect_same_scale_and_health(serial[k], parallel[k]);
+  }
+  for (cudaStream_t s : streams) CUDA_OK(cudaStreamDestroy(s));
+}
+
 // Without SPECNORM_TUNE's div_stream, the division is evict-first where W takes more than a quarter
 // of the L2 and at most twice it (cuda/forward.cu, div_stream_default), counted in W's dtype.
 TEST(Gpu, StreamingDivisionByDefaultFollowsTheL2) {
