@@ -46,9 +46,20 @@ struct CoopCommit {
   int on;
 };
 
+// Blocks per multiprocessor the instance is held to: the plan takes the launch only where it fits
+// the rows kernel's grid, so it needs the rows instance's occupancy. With one pack per thread the
+// rows kernel takes 40 registers (6 blocks of 256 per SM) and this one took 48 (5), so the plan
+// kept the kernels at 1024² fp32, 2048² bf16, 3072 × 768 (H100 at 61eb446: 3 launches for
+// scale-only); held to 6 it takes 40, with one 4-byte value spilled before the rows and read back
+// after them (8 bytes for fp16 of 8 per pack; ptxas and SASS sm_90). The other instances already
+// have the rows kernel's blocks per SM (ptxas sm_90).
+template <int VPT>
+constexpr int kCoopMinBlocks = VPT == 1 ? 6 : 0;
+
 template <int NT, int VPT, class T, int E>
-__global__ void __launch_bounds__(NT) one_pass_coop_kernel(OnePassParams p, ReduceParams r,
-                                                             CoopCommit c) {
+__global__ void __launch_bounds__(NT, kCoopMinBlocks<VPT>) one_pass_coop_kernel(OnePassParams p,
+                                                                               ReduceParams r,
+                                                                               CoopCommit c) {
   namespace cg = cooperative_groups;
   static_assert(NT == kBlock, "the reduction's blocks: kBlock threads");
   pdl_wait();
