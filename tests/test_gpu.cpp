@@ -314,13 +314,16 @@ static void expect_forward_pair_bitwise(sn_layer_t *a, const void *Wa, const Ten
 }
 
 using RowsCheck = std::function<void(sn_layer_t *, sn_layer_t *, const RowsCase &, const Tensor &)>;
+static const std::vector<const char *> kRowsGrids{"op_grid=64,op_cluster=1", "op_grid=7,op_cluster=1",
+                                                  "op_grid=64,op_cluster=4"};
 static void expect_rows_pairs_bitwise(const std::vector<RowsCase> &cases, const std::string &tune_a,
-                                      const std::string &tune_b, const RowsCheck &check) {
+                                      const std::string &tune_b, const RowsCheck &check,
+                                      const std::vector<const char *> &grids = kRowsGrids) {
   Rng rng(fresh_seed());
   const std::string base = tune_prefix() + "op_onchip=0,op_coop=0,";
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const RowsCase &c : cases) {
-    for (const char *grid : {"op_grid=64,op_cluster=1", "op_grid=7,op_cluster=1", "op_grid=64,op_cluster=4"}) {
+    for (const char *grid : grids) {
       SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " " + grid);
       sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
       d.algo = SN_ALGO_ONE_PASS;
@@ -493,7 +496,8 @@ static void expect_scale_only_bitwise(sn_layer_t *a, sn_layer_t *b, const Tensor
 // is not usable and the restarts after it. The training forward is that launch and the commit
 // kernel; the scale-only forward that launch alone (graph captures). knobs: SPECNORM_TUNE keys for
 // both layers; coop: the value of op_coop (1, or 3: also a programmatic dependent launch).
-static void expect_coop_bitwise(const std::vector<RowsCase> &cases, const std::string &knobs = "", int coop = 1) {
+static void expect_coop_bitwise(const std::vector<RowsCase> &cases, const std::string &knobs = "", int coop = 1,
+                                const std::vector<const char *> &grids = kRowsGrids) {
   expect_rows_pairs_bitwise(
       cases, knobs + "op_coop=0,", knobs + "op_coop=" + std::to_string(coop) + ",",
       [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &, const Tensor &W) {
@@ -511,7 +515,8 @@ static void expect_coop_bitwise(const std::vector<RowsCase> &cases, const std::s
         ASSERT_EQ(ks.size(), 1u) << ::testing::PrintToString(ks);
         EXPECT_TRUE(any_matches(ks, "one_pass_coop_kernel<")) << ks[0];
         expect_scale_only_bitwise(a, b, W);
-      });
+      },
+      grids);
 }
 
 // On the plan's own grid (as many blocks as fit at once, in its clusters; h = shape[0] at least
@@ -545,15 +550,21 @@ static void expect_coop_full_grid_bitwise(const std::vector<int64_t> &shape, sn_
   }
 }
 
-// Small cases, for racecheck (gpu_check.sh; under it the H100 at 61eb446 took over 75 s for this
-// test and the next together): 1 and 4 packs per thread, 16- and 8-byte packs, fewer reduction
-// blocks than blocks.
+// Small cases: 1 and 4 packs per thread, 16- and 8-byte packs, fewer reduction blocks than blocks.
 static const std::vector<RowsCase> kCoopSmallCases{
     {{9, 64}, SN_DTYPE_FLOAT32}, {{20, 4092}, SN_DTYPE_FLOAT32}, {{33, 2052}, SN_DTYPE_BFLOAT16}};
 
 TEST(Gpu, OnePassCooperativeSmallIsBitwiseTheKernels) {
   REQUIRE_GPU();
   expect_coop_bitwise(kCoopSmallCases);
+}
+
+// The same on grids of 7 blocks and of 2 clusters of 4 only, for racecheck (gpu_check.sh): the
+// test above on its grids of 64 blocks, with the two after it, ran past 75 s under racecheck on the
+// H100 at 61eb446 and was cut.
+TEST(Gpu, OnePassCooperativeRacecheckSizedIsBitwiseTheKernels) {
+  REQUIRE_GPU();
+  expect_coop_bitwise(kCoopSmallCases, "", 1, {"op_grid=7,op_cluster=1", "op_grid=8,op_cluster=4"});
 }
 
 // The same with reduction blocks of 16 float4 columns (op_reduce_cols, a runtime count in the
