@@ -490,6 +490,23 @@ static void expect_scale_only_bitwise(sn_layer_t *a, sn_layer_t *b, const Tensor
   }
 }
 
+// The kernels of a training forward with W_sn and of a scale-only forward of l (warmed up), read
+// from graph captures: the scale-only forward is the cooperative one-pass launch alone; the
+// training forward that launch and the commit kernel when in_training, else the rows, reduce and
+// commit kernels. Callers wrap it in ASSERT_NO_FATAL_FAILURE.
+static void expect_coop_kernels(sn_layer_t *l, const Tensor &W, bool in_training) {
+  Tensor o(W.dt, W.n);
+  const std::vector<std::string> kt =
+      captured_kernels([&](cudaStream_t s) { return sn_forward(l, W.dev, o.dev, 1, (sn_stream_t)s); });
+  EXPECT_EQ(any_matches(kt, "one_pass_coop_kernel<"), in_training) << ::testing::PrintToString(kt);
+  EXPECT_EQ(any_matches(kt, "one_pass_(rows|reduce)_kernel<"), !in_training) << ::testing::PrintToString(kt);
+  EXPECT_TRUE(any_matches(kt, "commit_divide_kernel<")) << ::testing::PrintToString(kt);
+  const std::vector<std::string> ks =
+      captured_kernels([&](cudaStream_t s) { return sn_forward_scale_only(l, W.dev, 1, (sn_stream_t)s); });
+  ASSERT_EQ(ks.size(), 1u) << ::testing::PrintToString(ks);
+  EXPECT_TRUE(any_matches(ks, "one_pass_coop_kernel<")) << ks[0];
+}
+
 // The one-pass iteration as one cooperative launch (SPECNORM_TUNE=op_coop=1, cuda/one_pass_coop.cu)
 // on each case and grid of expect_rows_pairs_bitwise: bit for bit what the rows and reduce
 // kernels (and the commit kernel, for scale only) compute, training, eval and scale only, a σ that
@@ -504,16 +521,7 @@ static void expect_coop_bitwise(const std::vector<RowsCase> &cases, const std::s
         EXPECT_EQ(a->plan.op_coop, 0);
         const int want = coop == 3 && !b->plan.pdl ? 1 : coop;  // 3 needs pdl
         ASSERT_EQ(b->plan.op_coop, want) << "the cooperative grid should fit at these grids";
-        Tensor o(W.dt, W.n);
-        const std::vector<std::string> kt =
-            captured_kernels([&](cudaStream_t s) { return sn_forward(b, W.dev, o.dev, 1, (sn_stream_t)s); });
-        EXPECT_TRUE(any_matches(kt, "one_pass_coop_kernel<")) << ::testing::PrintToString(kt);
-        EXPECT_FALSE(any_matches(kt, "one_pass_(rows|reduce)_kernel<")) << ::testing::PrintToString(kt);
-        EXPECT_TRUE(any_matches(kt, "commit_divide_kernel<")) << ::testing::PrintToString(kt);
-        const std::vector<std::string> ks =
-            captured_kernels([&](cudaStream_t s) { return sn_forward_scale_only(b, W.dev, 1, (sn_stream_t)s); });
-        ASSERT_EQ(ks.size(), 1u) << ::testing::PrintToString(ks);
-        EXPECT_TRUE(any_matches(ks, "one_pass_coop_kernel<")) << ks[0];
+        ASSERT_NO_FATAL_FAILURE(expect_coop_kernels(b, W, true));
         expect_scale_only_bitwise(a, b, W);
       },
       grids);
@@ -644,17 +652,10 @@ TEST(Gpu, OnePassCooperativeLaunchIsBitwiseTheKernels) {
     if (!l.p->plan.op_coop) continue;
     EXPECT_EQ(l.p->plan.op_coop_all, 0);
     const int64_t n = numel_of(c.shape);
-    Tensor W(c.dt, n), o(c.dt, n);
+    Tensor W(c.dt, n);
     W.set(rng.normals(n));
     ASSERT_EQ(sn_layer_warmup(l, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();  // before a capture
-    const std::vector<std::string> kt =
-        captured_kernels([&](cudaStream_t s) { return sn_forward(l, W.dev, o.dev, 1, (sn_stream_t)s); });
-    EXPECT_TRUE(any_matches(kt, "one_pass_rows_kernel<")) << ::testing::PrintToString(kt);
-    EXPECT_FALSE(any_matches(kt, "one_pass_coop_kernel<")) << ::testing::PrintToString(kt);
-    const std::vector<std::string> ks =
-        captured_kernels([&](cudaStream_t s) { return sn_forward_scale_only(l, W.dev, 1, (sn_stream_t)s); });
-    ASSERT_EQ(ks.size(), 1u) << ::testing::PrintToString(ks);
-    EXPECT_TRUE(any_matches(ks, "one_pass_coop_kernel<")) << ks[0];
+    ASSERT_NO_FATAL_FAILURE(expect_coop_kernels(l, W, false));
   }
   env.set(prefix.c_str());
   compare_backends(Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS}, rng, 3, 2);
