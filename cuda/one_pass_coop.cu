@@ -51,8 +51,10 @@ struct CoopCommit {
 // rows kernel takes 40 registers (6 blocks of 256 per SM) and this one took 48 (5), so the plan
 // kept the kernels at 1024² fp32, 2048² bf16, 3072 × 768 (H100 at 61eb446: 3 launches for
 // scale-only); held to 6 it takes 40, with one 4-byte value spilled before the rows and read back
-// after them (8 bytes for fp16 of 8 per pack; ptxas and SASS sm_90). The other instances already
-// have the rows kernel's blocks per SM (ptxas sm_90).
+// after them (8 bytes for fp16 of 8 per pack; ptxas and SASS sm_90). The fp32 and bf16 instances
+// of 2 and 4 packs already have the rows kernel's blocks per SM (ptxas sm_90). fp16 rows of up to
+// 2048 columns (one pack of 8, or two of 4) do not: their rows kernel takes 32 registers (8
+// blocks per SM) against 40 and 48 here, so the plan keeps the kernels for them.
 template <int VPT>
 constexpr int kCoopMinBlocks = VPT == 1 ? 6 : 0;
 

@@ -110,11 +110,12 @@ typedef struct {
   int op_blocks;      /* one-pass: persistent blocks, each writing a partial Mᵀ t */
   int op_eval_blocks; /* one-pass rows: blocks of the eval kernel (the eval instance's own
                          occupancy, or with SPECNORM_TUNE=op_eval_own=0 op_blocks) */
-  int op_coop;        /* one-pass rows: 1, each iteration's two kernels as one cooperative launch
-                         that also commits a scale-only forward (sm_90 and up, 256 threads, or
-                         SPECNORM_TUNE=op_coop; cuda/one_pass_coop.cu; op_coop_all says in which
-                         forwards); 2, tests: that launch
-                         refused; 3: as 1, also a programmatic dependent launch (pdl on); 0: none */
+  int op_coop;        /* one-pass rows of 256 threads whose grid fits at once (by default on sm_90
+                         and up, or SPECNORM_TUNE=op_coop): 1, each iteration's two kernels as one
+                         cooperative launch that also commits a scale-only forward
+                         (cuda/one_pass_coop.cu; op_coop_all says in which forwards); 2, tests:
+                         that launch refused; 3: as 1, also a programmatic dependent launch (pdl
+                         on); 0: none */
   int op_coop_all;    /* 1: op_coop in every forward (SPECNORM_TUNE=op_coop); 0: only in those
                          without W_sn (scale only, warm-up): the default */
   int pdl;            /* 1: launches overlap the kernel boundaries (programmatic dependent launch,

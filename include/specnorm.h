@@ -174,7 +174,12 @@ SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_
  * with W_sn = scale · W (γ / σ, 1 / max(1, σ / c), 1 / σ; 0 before any σ).
  * CUDA layer: enqueues on `stream` and returns; allocates nothing and does not synchronize.
  * Capture in a CUDA graph is allowed once the layer has warmed up (see sn_layer_warmup); a
- * capture of the first forward returns SN_ERROR_INVALID_STATE.
+ * capture of the first forward returns SN_ERROR_INVALID_STATE. Some forwards are one launch that
+ * needs all its blocks resident at once (sm_90 and up: the on-chip forward of a small layer, the
+ * cooperative launch of sn_forward_scale_only); if the device refuses it because fewer blocks can
+ * be resident than at the layer's creation (the GPU shared under MPS), the layer runs its usual
+ * kernels from then on: at once when no capture is active, else the forward returns SN_ERROR_CUDA
+ * asking to end the capture and capture again.
  * Degenerate steps: if the new σ is not finite or below FLT_MIN (all-zero W, NaN in W, or an
  * eval σ = uᵀ M v <= 0 after W moved far from u and v), u, v and σ keep their previous values and
  * W_sn = W / (previous σ); with no previous σ, W_sn = W · 0.

@@ -14,11 +14,12 @@
 #              timeout (the cooperative one-pass launch's grid barriers: a grid the driver took but
 #              could not hold would hang there, and take each later step to its cap; so would
 #              grids on several streams that the device let in part each); if it times out, every
-#              later step leaves the cooperative one-pass tests out, and the variants its op_coop
-#              settings (passed in 1 s on the H100 at ab6e27f)
+#              later step leaves the cooperative one-pass tests out and runs with op_coop=0 (the
+#              default takes the launch in scale-only forwards on sm_90). The first two tests
+#              passed in 1 s on the H100 at ab6e27f
 #   ctest      every test, GPU ones included
 #   tune_tests the GPU tests again with the launches the defaults do not use: SPECNORM_TUNE=pdl=0,
-#              op_cluster=1,group_coop=0 ($SN_TUNE_TESTS)
+#              op_cluster=1,group_coop=0,op_coop=0 ($SN_TUNE_TESTS)
 #   memcheck / racecheck / initcheck / synccheck
 #              compute-sanitizer --error-exitcode 1 over $BUILD_DIR/tests/specnorm_gpu_tests
 #   torch      python3 bench/torch_baseline.py $WORKLOADS --json $OUT/torch.json
@@ -300,8 +301,16 @@ if [[ $CONFIGURED -eq 1 && -x "$GPU_TESTS" ]]; then
   if grep -qE '^# exit status (124|137) ' "$LOGS/coop_smoke.log" 2> /dev/null; then
     COOP_HUNG=1
     CTEST_EXCLUDE=(-E 'OnePassCooperative')
-    echo "coop_smoke timed out: the later steps leave the cooperative one-pass tests and variants out" >> "$OUT/tests.log"
+    echo "coop_smoke timed out: the later steps leave the cooperative one-pass tests and variants out, and run with op_coop=0" >> "$OUT/tests.log"
   fi
+fi
+# Appended to every SPECNORM_TUNE below once coop_smoke has timed out (the default takes the
+# cooperative launch in scale-only forwards on sm_90; the last key wins), and exported for the
+# steps that take the caller's.
+COOP_SUFFIX=""
+if [[ $COOP_HUNG -eq 1 ]]; then
+  COOP_SUFFIX=",op_coop=0"
+  export SPECNORM_TUNE="${SPECNORM_TUNE:-}$COOP_SUFFIX"
 fi
 # without_coop FILTER: a --gtest_filter FILTER, less the cooperative one-pass tests once coop_smoke
 # has timed out (a negative part is added, or extended).
@@ -384,7 +393,7 @@ onchip() {
   for t in default onchip_threads=256 group_onchip=0 op_onchip=0 op_onchip=1; do
     local js="$LOGS/onchip_${t//[=,]/_}.json"
     echo "################ SPECNORM_TUNE=$t"
-    SPECNORM_TUNE="${t#default}" "$SN_BENCH" --preset sngan-cifar10 --dtype f32,bf16 \
+    SPECNORM_TUNE="${t#default}$COOP_SUFFIX" "$SN_BENCH" --preset sngan-cifar10 --dtype f32,bf16 \
       --mode train,scale,eval,backward --no-baseline --reps 100 --json "$js" || rc=1
     table+=("$t=$js")
   done
@@ -392,7 +401,7 @@ onchip() {
   for t in default op_onchip=0 op_onchip=1; do
     local js="$LOGS/onchip_shapes_${t//[=,]/_}.json"
     echo "################ SPECNORM_TUNE=$t: single layers"
-    SPECNORM_TUNE="${t#default}" "$SN_BENCH" --shape 64x27 --shape 64x576 --shape 128x1152 \
+    SPECNORM_TUNE="${t#default}$COOP_SUFFIX" "$SN_BENCH" --shape 64x27 --shape 64x576 --shape 128x1152 \
       --shape 160x1024 --shape 128x2048 --shape 256x1152 --shape 320x1024 --shape 256x2304 \
       --shape 512x512 --dtype f32,bf16 \
       --mode train,scale,eval --no-baseline --no-graph --no-group --reps 100 --json "$js" || rc=1
@@ -404,7 +413,7 @@ onchip() {
 if [[ -x "$SN_BENCH" ]] && command -v python3 > /dev/null; then
   run_step onchip "$OUT/bench.log" 90 200 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" LOGS="$LOGS" REPO="$REPO" \
-    bash -c "$(declare -p SN_BENCH); $(declare -f onchip); onchip"
+    bash -c "$(declare -p SN_BENCH COOP_SUFFIX); $(declare -f onchip); onchip"
 else
   skip_step onchip "$OUT/bench.log" "no $SN_BENCH or no python3"
 fi
@@ -454,7 +463,7 @@ sanitize() {  # sanitize TOOL...
     [[ $tool != memcheck ]] && args=("--gtest_filter=$SN_SMALL_FILTER")
     [[ $tool == racecheck ]] && args=("--gtest_filter=$SN_RACECHECK_FILTER")
     run_step "$tool" "$OUT/tests.log" "$cap" "$reserve" \
-      env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_SANITIZER_TUNE-${SPECNORM_TUNE:-}}" \
+      env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_SANITIZER_TUNE-${SPECNORM_TUNE:-}}$COOP_SUFFIX" \
       "$SANITIZER" --tool "$tool" --error-exitcode 1 "${extra[@]}" \
       "${API_ERR_ARGS[@]}" \
       "$GPU_TESTS" "${args[@]}"
@@ -471,7 +480,7 @@ if [[ -x "$GPU_TESTS" ]]; then
   # Without the largest shapes, which ctest ran with the defaults (24 s on an H200; the wide
   # filter needed over 84 s).
   run_step tune_tests "$OUT/tests.log" 90 180 \
-    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_TUNE_TESTS:-pdl=0,op_cluster=1,group_coop=0}" \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_TUNE_TESTS:-pdl=0,op_cluster=1,group_coop=0,op_coop=0}$COOP_SUFFIX" \
     "$GPU_TESTS" --gtest_brief=1 "--gtest_filter=$(without_coop "${SN_TUNE_TESTS_FILTER:-Shapes/*:GpuTraining.*:Gpu.*:GroupGpu.*:Backends/*-GpuLarge.*:*4096x4096*:*3000x16384*:Gpu.OnePassVariants*:GpuTraining.Half*}")"
 else
   skip_step tune_tests "$OUT/tests.log" "no $GPU_TESTS"
@@ -511,9 +520,9 @@ variants() {
     local js="$VDIR/${t//[=,]/_}.json"
     table+=("$t=$js")
     if [[ $t == default ]]; then
-      env -u SPECNORM_TUNE "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-graph --no-check --reps 50 --json "$js" || rc=1
+      SPECNORM_TUNE="$COOP_SUFFIX" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-graph --no-check --reps 50 --json "$js" || rc=1
     else
-      SPECNORM_TUNE="$t" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-graph --no-check --reps 50 --json "$js" || rc=1
+      SPECNORM_TUNE="$t$COOP_SUFFIX" "$SN_BENCH" "${VARIANT_WL[@]}" --no-baseline --no-group --no-graph --no-check --reps 50 --json "$js" || rc=1
     fi
   done
   # group_onchip=1 (the default on sm_90 since 6626f15): a group whose layers all fit (SN-GAN; not sndcgan nor
@@ -526,7 +535,7 @@ variants() {
     ptable+=("$t=$js")
     # sndcgan-cifar10 (22 MiB fp32, 11 MiB bf16) sits between SN-GAN's 4 MiB, where the
     # cooperative launch won, and ViT-B/16's 329 MiB, where it lost.
-    SPECNORM_TUNE="${t#default}" "$SN_BENCH" "${VARIANT_PRESETS[@]}" --dtype f32,bf16 --mode train,scale --no-baseline --no-check --reps 50 --json "$js" || rc=1
+    SPECNORM_TUNE="${t#default}$COOP_SUFFIX" "$SN_BENCH" "${VARIANT_PRESETS[@]}" --dtype f32,bf16 --mode train,scale --no-baseline --no-check --reps 50 --json "$js" || rc=1
   done
   echo "################ the variants side by side (bench/variants_table.py)"
   python3 "$REPO/bench/variants_table.py" "${table[@]}" || rc=1
@@ -534,7 +543,7 @@ variants() {
   python3 "$REPO/bench/variants_table.py" "${ptable[@]}" || rc=1
 
   echo "################ legacy order: one pass by columns against two passes"
-  env -u SPECNORM_TUNE "$SN_BENCH" --shape 768x4096 --shape 512x16384 --shape 1536x4608 \
+  SPECNORM_TUNE="$COOP_SUFFIX" "$SN_BENCH" --shape 768x4096 --shape 512x16384 --shape 1536x4608 \
     --preset sngan-cifar10 --order v-first --algo all --dtype f32,bf16 --mode train,scale \
     --no-baseline --no-group --reps 50 || rc=1
   return $rc
@@ -542,7 +551,7 @@ variants() {
 if [[ -x "$SN_BENCH" ]]; then
   run_step variants "$OUT/bench.log" 120 130 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" VDIR="$LOGS" REPO="$REPO" \
-    bash -c "$(declare -p VARIANT_WL VARIANT_PRESETS TUNES SN_BENCH); $(declare -f variants); variants"
+    bash -c "$(declare -p VARIANT_WL VARIANT_PRESETS TUNES SN_BENCH COOP_SUFFIX); $(declare -f variants); variants"
 else
   skip_step variants "$OUT/bench.log" "no $SN_BENCH"
 fi
@@ -591,7 +600,7 @@ ncu_l2() {
   local t
   for t in div_stream=0 div_stream=1; do
     echo "################ SPECNORM_TUNE=$t"
-    SPECNORM_TUNE=$t "$NCU" --clock-control none --cache-control none --csv --print-units base \
+    SPECNORM_TUNE="$t$COOP_SUFFIX" "$NCU" --clock-control none --cache-control none --csv --print-units base \
       --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum -k "regex:commit_divide" \
       "$SN_BENCH" --shape 4096x4096 --shape 4096x16384 --dtype f32,bf16 --mode train --no-baseline --no-graph \
       --no-group --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
@@ -614,7 +623,7 @@ else
   # The division's DRAM reads with plain and evict-first accesses (div_stream=0, 1): how much of W
   # it finds in L2 after the iteration (9 of 67 MB at 4096² fp32 on an H100, plain).
   run_step ncu_l2 "$OUT/bench.log" 45 30 \
-    env LD_LIBRARY_PATH="$RUN_LD_PATH" bash -c "$(declare -p NCU SN_BENCH); $(declare -f ncu_l2); ncu_l2"
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" bash -c "$(declare -p NCU SN_BENCH COOP_SUFFIX); $(declare -f ncu_l2); ncu_l2"
 fi
 
 # ---- Nsight Compute, where the time goes: the sections of the kernels still far from their floor
@@ -625,18 +634,19 @@ detail() {
   local sec=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
              --section MemoryWorkloadAnalysis --section SchedulerStats --section SourceCounters)
   if [[ "${SN_NCU_DETAIL:-}" == rows ]]; then
-    # Only the 4096² rows (fp32, bf16), one and two a step (op_rows=2), side by side.
+    # Only the 4096² rows (fp32, bf16), one and two a step (op_rows=2), side by side (op_coop=0:
+    # the default's scale-only forward there is the cooperative kernel, not the rows kernel).
     local t
     for t in op_rows=1 op_rows=2; do
       echo "################ SPECNORM_TUNE=$t"
-      SPECNORM_TUNE=$t "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 2 \
+      SPECNORM_TUNE="$t,op_coop=0" "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 2 \
         "$SN_BENCH" --shape 4096x4096 --dtype f32,bf16 --mode scale --no-baseline --no-graph --no-group \
         --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
     done
     return 0
   fi
   if [[ "${SN_NCU_DETAIL:-}" != onchip ]]; then
-  "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows|one_pass_reduce" -c 4 \
+  SPECNORM_TUNE=op_coop=0 "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows|one_pass_reduce" -c 4 \
     "$SN_BENCH" --shape 4096x4096 --mode scale,train --no-baseline --no-graph --no-group --no-check \
     --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
   "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \

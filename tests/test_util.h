@@ -360,14 +360,6 @@ inline sn_on_chip_t on_chip_plan_of(const std::vector<OnChipLayer> &layers, int 
   return oc;
 }
 
-// Whether the current device is sm_90 or later (the library's defaults that differ by
-// architecture, cuda/forward.cu: device_is_sm90_or_later).
-inline bool sm90_or_later() {
-  int dev = 0, major = 0;
-  return cudaGetDevice(&dev) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
-}
-
 // Whether one of the names matches the regular expression.
 inline bool any_matches(const std::vector<std::string> &names, const std::string &re) {
   const std::regex r(re);
