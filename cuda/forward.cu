@@ -437,9 +437,9 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
       if (sn::one_pass_coop_prepare(*plan, &fits) == cudaSuccess && fits) {
         plan->op_coop = coop == 3 && !plan->pdl ? 1 : coop;
         plan->op_coop_all = tune.op_coop >= 0;
-      }
-      else
+      } else {
         (void)cudaGetLastError();
+      }
     }
   }
 

@@ -247,29 +247,20 @@ __device__ __forceinline__ void pdl_enter() {
   pdl_trigger();
 }
 
-// The dynamic shared memory the current device lets a block of `kernel` have (*avail): the
-// device's opt-in limit less the kernel's static shared memory.
+// Let `kernel` use as much dynamic shared memory as the current device gives a block (its opt-in
+// limit less the kernel's static shared memory), and check that `need` bytes fit. The limit is a
+// property of the kernel for the whole process: setting it to each layer's own need would let a
+// later, smaller layer lower it under an earlier layer's launches, so it is only ever set to the
+// device's maximum.
 template <class K>
-cudaError_t dynamic_shared_limit(K *kernel, size_t *avail) {
+cudaError_t allow_shared_memory(K *kernel, size_t need) {
   int dev = 0, optin = 0;
   cudaFuncAttributes fa{};
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   if (e == cudaSuccess) e = cudaFuncGetAttributes(&fa, kernel);
   if (e != cudaSuccess) return e;
-  *avail = (size_t)optin > fa.sharedSizeBytes ? (size_t)optin - fa.sharedSizeBytes : 0;
-  return cudaSuccess;
-}
-
-// Let `kernel` use as much dynamic shared memory as the current device gives a block, and check
-// that `need` bytes fit. The limit is a property of the kernel for the whole process: setting it
-// to each layer's own need would let a later, smaller layer lower it under an earlier layer's
-// launches, so it is only ever set to the device's maximum.
-template <class K>
-cudaError_t allow_shared_memory(K *kernel, size_t need) {
-  size_t avail = 0;
-  const cudaError_t e = dynamic_shared_limit(kernel, &avail);
-  if (e != cudaSuccess) return e;
+  const size_t avail = (size_t)optin > fa.sharedSizeBytes ? (size_t)optin - fa.sharedSizeBytes : 0;
   if (need > avail) return cudaErrorInvalidValue;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)avail);
 }
