@@ -650,14 +650,18 @@ TEST(GroupGpu, CooperativeLaunchIsBitwiseTheThreeKernels) {
 }
 
 // The same on 1 and 7 blocks: every block takes several blocks of every step (reduce, counters and
-// shared memory reused). Members up to 2M elements (3000 × 600 stays: several rows per warp).
-TEST(GroupGpu, CooperativeLaunchOnFewBlocksIsBitwiseTheThreeKernels) {
-  REQUIRE_GPU();
+// shared memory reused).
+static void expect_coop_on_few_blocks_equals_three_kernels(const std::vector<Member> &ms) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   Rng rng(seed);
-  const std::vector<Member> ms = members_up_to(1 << 21);
   for (const char *grid : {"1", "7"}) expect_coop_equals_three_kernels(ms, grid, rng);
+}
+
+// Members up to 2M elements (3000 × 600 stays: several rows per warp).
+TEST(GroupGpu, CooperativeLaunchOnFewBlocksIsBitwiseTheThreeKernels) {
+  REQUIRE_GPU();
+  expect_coop_on_few_blocks_equals_three_kernels(members_up_to(1 << 21));
 }
 
 // The same with every kind of member at a small size (121K elements in all, against 700K for the
@@ -678,14 +682,11 @@ static std::vector<Member> small_members_of_every_kind() {
 
 TEST(GroupGpu, CooperativeSmallGroupOnFewBlocksIsBitwiseTheThreeKernels) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
   const std::vector<Member> ms = small_members_of_every_kind();
   int64_t numel = 0;
   for (const Member &m : ms) numel += numel_of(m.shape);
   ASSERT_LT(numel, 130000);
-  for (const char *grid : {"1", "7"}) expect_coop_equals_three_kernels(ms, grid, rng);
+  expect_coop_on_few_blocks_equals_three_kernels(ms);
 }
 
 // A group of `shapes` (fp32) created under SPECNORM_TUNE `refused`, whose single launch the device
