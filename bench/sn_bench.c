@@ -255,7 +255,7 @@ typedef struct {
   sn_order_t order;
   int reps, warmup, batch; /* -1: default */
   int reps_given;
-  int rotate, baseline, graph, check, group;
+  int rotate, baseline, graph, check, group, probe;
   int force_cpu;
   int device;
   uint64_t seed;
@@ -324,7 +324,17 @@ static void print_help(void) {
       "  --layer-warmup N    warmup_iterations of every layer (default: the library's, 15), e.g.\n"
       "                      0 to keep a profiler's kernel list to the timed calls\n"
       "  --no-baseline       skip the cuBLAS baseline\n"
-      "  --no-graph          skip the CUDA-graph replay rows (specnorm-graph, cublas-graph)\n"
+      "  --no-graph          skip the CUDA-graph replay rows (specnorm-graph, cublas-graph)\n");
+  printf(
+      "  --no-probe          skip the memory-floor probe rows (probe, probe-graph; single-layer\n"
+      "                      workloads on a GPU): not spectral normalization but the fewest\n"
+      "                      dependent steps a call of the mode needs, timed like the others: one\n"
+      "                      streaming reduction over W (scale), then one streaming map W -> W_sn\n"
+      "                      (train, eval); backward: a reduction over G and W, then G -> dW.\n"
+      "                      Checked against the host: its scalar, and a sample of its output\n"
+      "                      by the W_sn rule of the check below. A specnorm row over its probe\n"
+      "                      row is what is left to gain without removing a pass over W or a\n"
+      "                      grid-wide step\n"
       "  --no-group          skip the grouped call (specnorm-group rows: every layer of a\n"
       "                      multi-layer workload in one sn_group_forward; train, eval, scale)\n"
       "  --no-check          skip the check against the CPU reference (rows say check=skipped)\n"
@@ -437,7 +447,7 @@ static void parse_options(int argc, char **argv, options_t *o) {
   o->power_iters = 1;
   o->layer_warmup = -1;
   o->reps = o->warmup = o->batch = -1;
-  o->rotate = o->baseline = o->graph = o->check = o->group = 1;
+  o->rotate = o->baseline = o->graph = o->check = o->group = o->probe = 1;
   o->shape_args = xcalloc((size_t)argc, sizeof(char *));
   o->preset_args = xcalloc((size_t)argc, sizeof(char *));
   for (int i = 1; i < argc; i++) {
@@ -541,7 +551,11 @@ static void parse_options(int argc, char **argv, options_t *o) {
     } else if (!strcmp(a, "--no-baseline")) {
       NO_VALUE();
       o->baseline = 0;
+    } else if (!strcmp(a, "--no-probe")) {
+      NO_VALUE();
+      o->probe = 0;
     } else if (!strcmp(a, "--no-group")) {
+      NO_VALUE();
       o->group = 0;
     } else if (!strcmp(a, "--no-graph")) {
       NO_VALUE();
@@ -1624,6 +1638,150 @@ static void time_modes(const workload_t *wl, sn_dtype_t dt, const options_t *o, 
   }
 }
 
+/* ---- The memory-floor probe (bench/sn_bench_kernels.h) --------------------------------------- */
+
+typedef struct {
+  const buffers_t *buf;
+  float *part;       /* snb_probe_max_blocks() per-block sums */
+  unsigned *counter; /* the reduction's arrivals (0 between calls) */
+  float *scalar;     /* the reduction's result */
+  size_t n;          /* elements of the (single) layer */
+} probe_t;
+
+/* One probe call in `mode` on copy `copy`: a reduction over W (backward: over G and W), then,
+ * except in scale mode, the map of W (backward: G) into W_sn (dW). */
+static int probe_enqueue(void *ctx, int copy, int mode, cudaStream_t s) {
+  const probe_t *p = ctx;
+  const int dt = (int)p->buf->dtype;
+  const void *W = W_at(p->buf, copy, 0);
+  const void *in = is_backward(mode) ? G_at(p->buf, copy, 0) : W;
+  EQ_CUDA(snb_probe_reduce(in, is_backward(mode) ? W : NULL, dt, p->n, p->part, p->counter,
+                           p->scalar, s));
+  if (mode != M_SCALE)
+    EQ_CUDA(snb_probe_map(in, Out_at(p->buf, copy, 0), dt, p->n, p->scalar,
+                          mode == M_BACKWARD_ACC, s));
+  return 0;
+}
+
+/* The host's sums of copy 0 that the probe's reductions must give: sum W² (forward modes) and
+ * sum G W (backward modes), with the scale their rounding errors are measured against. */
+typedef struct {
+  double ww, gw, gg;
+} probe_sums_t;
+
+static probe_sums_t probe_host_sums(const buffers_t *b, size_t n) {
+  probe_sums_t r = {0, 0, 0};
+  const void *hW = hW_at(b, 0), *hG = hG_at(b, 0);
+  for (size_t k = 0; k < n; k++) {
+    const double w = sn_load(hW, b->dtype, (int64_t)k), g = sn_load(hG, b->dtype, (int64_t)k);
+    r.ww += w * w, r.gw += g * w, r.gg += g * g;
+  }
+  return r;
+}
+
+/* Elements of the output compared with the host: every one up to twice this many, else about
+ * this many at an odd stride, and the last. */
+#define PROBE_CHECK_ELEMS (1 << 20)
+
+/* Runs one probe call in `mode` on copy 0 and checks it against the host: the scalar within
+ * CHECK_TOL of its sum (relative to sqrt(sum a² sum b²), as a sum of signed products may cancel);
+ * the output (not in scale mode), at about PROBE_CHECK_ELEMS evenly spaced elements and the last,
+ * within compare_out's W_sn rule of in[k] * c (backward-acc: fma(in[k], c, old output)), c
+ * computed from the device's scalar as the kernel does (the same float roundings). Returns 0 if
+ * it holds; otherwise writes why. */
+static int probe_check(probe_t *p, const probe_sums_t *sums, int mode, cudaStream_t s,
+                       double *scalar_err, double *out_err, char *why, size_t why_size) {
+  const buffers_t *b = p->buf;
+  const sn_dtype_t t = b->dtype;
+  const void *hin = is_backward(mode) ? hG_at(b, 0) : hW_at(b, 0);
+  const size_t bytes = p->n * b->es;
+  void *old = NULL;
+  if (mode == M_BACKWARD_ACC) {
+    old = xmalloc(bytes);
+    CK_CUDA(cudaMemcpy(old, Out_at(b, 0, 0), bytes, cudaMemcpyDeviceToHost));
+  }
+  float got = 0;
+  CK_CUDA(cudaMemsetAsync(p->scalar, 0xff, sizeof *p->scalar, s)); /* NaN: a call must write it */
+  int bad = probe_enqueue(p, 0, mode, s);
+  if (bad) snprintf(why, why_size, "%.200s", g_enqueue_err);
+  CK_CUDA(cudaMemcpyAsync(&got, p->scalar, sizeof got, cudaMemcpyDeviceToHost, s));
+  CK_CUDA(cudaStreamSynchronize(s));
+  const double want = is_backward(mode) ? sums->gw : sums->ww;
+  const double scale = is_backward(mode) ? sqrt(sums->gg * sums->ww) : sums->ww;
+  *scalar_err = !isfinite(got) ? INFINITY : scale > 0 ? fabs(got - want) / scale : fabs(got);
+  if (!bad && !(*scalar_err <= CHECK_TOL)) {
+    snprintf(why, why_size, "%s: the reduction gave %.9g where the host sums %.9g",
+             MODE_NAMES[mode], got, want);
+    bad = 1;
+  }
+  *out_err = 0;
+  if (!bad && mode != M_SCALE) {
+    void *out = xmalloc(bytes);
+    CK_CUDA(cudaMemcpy(out, Out_at(b, 0, 0), bytes, cudaMemcpyDeviceToHost));
+    /* odd, so that the sample falls on every lane of the kernel's 16-byte packs */
+    const size_t step = p->n > PROBE_CHECK_ELEMS ? (p->n / PROBE_CHECK_ELEMS) | 1 : 1;
+    const size_t m = (p->n - 1) / step + 2; /* the sampled elements and the last */
+    void *sg = xmalloc(m * b->es), *sr = xmalloc(m * b->es);
+    const float c = 1.f / (1.f + fabsf(got));
+    size_t j = 0;
+    for (size_t k = 0;; k += step) {
+      if (k > p->n - 1) k = p->n - 1;
+      const float add = old ? sn_load(old, t, (int64_t)k) : 0.f;
+      sn_store(sr, t, (int64_t)j, fmaf(sn_load(hin, t, (int64_t)k), c, add));
+      sn_store(sg, t, (int64_t)j, sn_load(out, t, (int64_t)k));
+      j++;
+      if (k == p->n - 1) break;
+    }
+    const cmp_result_t cmp = compare_out(CMP_WSN, sg, sr, t, (int64_t)j);
+    *out_err = cmp.err;
+    if (!cmp.pass) {
+      const size_t at = (size_t)cmp.worst * step < p->n ? (size_t)cmp.worst * step : p->n - 1;
+      snprintf(why, why_size, "%s: output element %zu is %.9g where the host gives %.9g (%s)",
+               MODE_NAMES[mode], at, cmp.got, cmp.ref, cmp.rule);
+      bad = 1;
+    }
+    free(sg);
+    free(sr);
+    free(out);
+  }
+  free(old);
+  return bad;
+}
+
+/* The probe rows of a single-layer workload (see --no-probe), checked first when o->check. A
+ * probe that fails its check or a launch is reported and skipped, not fatal: it is a yardstick. */
+static void run_gpu_probe(const workload_t *wl, sn_dtype_t dt, const options_t *o, cudaStream_t s,
+                          const buffers_t *buf, int copies, const char *note) {
+  probe_t p = {buf, NULL, NULL, NULL, (size_t)numel_of(&wl->layers[0])};
+  const size_t nb = (size_t)snb_probe_max_blocks();
+  char *mem = NULL;
+  CK_CUDA(cudaMalloc((void **)&mem, (nb + 2) * sizeof(float)));
+  p.part = (float *)mem;
+  p.scalar = p.part + nb;
+  p.counter = (unsigned *)(p.scalar + 1);
+  CK_CUDA(cudaMemsetAsync(p.counter, 0, sizeof *p.counter, s));
+  double scalar_err[N_MODES] = {0}, out_err[N_MODES] = {0};
+  char why[256] = "";
+  int bad = 0;
+  probe_sums_t sums = {0, 0, 0};
+  if (o->check) sums = probe_host_sums(buf, p.n);
+  for (int m = 0; m < N_MODES && !bad; m++) {
+    if (!o->modes[m]) continue;
+    if (o->check)
+      bad = probe_check(&p, &sums, m, s, &scalar_err[m], &out_err[m], why, sizeof why);
+    else if (probe_enqueue(&p, 0, m, s))
+      bad = 1, snprintf(why, sizeof why, "%.200s", g_enqueue_err);
+  }
+  CK_CUDA(cudaStreamSynchronize(s));
+  if (bad)
+    fprintf(stderr, "    warning: %s (%s): probe rows skipped: %s\n", wl->name, dtype_name(dt), why);
+  else
+    time_modes(wl, dt, o, s, probe_enqueue, &p, "probe", "probe-graph", "floor", copies, note,
+               o->check, scalar_err, out_err, NULL);
+  CK_CUDA(cudaStreamSynchronize(s));
+  CK_CUDA(cudaFree(mem));
+}
+
 /* The grouped call (sn_group_forward) on a multi-layer workload: checked layer by layer against
  * CPU layers after one training and one eval call, then timed like the other implementations.
  * Modes: train, eval, scale (the group has no backward). */
@@ -1808,6 +1966,7 @@ static void run_gpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
   }
 
   if (wl->n_layers > 1 && o->group) run_gpu_group(wl, dt, o, s, &buf, copies, note);
+  if (wl->n_layers == 1 && o->probe) run_gpu_probe(wl, dt, o, s, &buf, copies, note);
 
   if (use_baseline) {
     if (!o->check) {
@@ -1960,6 +2119,7 @@ static double best_torch(const char *workload, const char *mode, const char *dty
 static void compute_speedups(const options_t *o) {
   for (int i = 0; i < g_n_rows; i++) {
     row_t *r = &g_rows[i];
+    if (!strncmp(r->impl, "probe", 5)) continue; /* not an implementation */
     if (strncmp(r->impl, "cublas", 6) != 0) {
       double b = best_median(r->workload, r->mode, r->dtype, "cublas");
       if (isfinite(b)) r->speedup_cublas = b / r->median_us;

@@ -1,4 +1,5 @@
-// Tiny CUDA kernels of sn_bench's cuBLAS baseline. See sn_bench_kernels.h.
+// Tiny CUDA kernels of sn_bench: the cuBLAS baseline's missing pieces and the memory-floor
+// probe. See sn_bench_kernels.h.
 #include "sn_bench_kernels.h"
 
 #include <stdint.h>
@@ -30,18 +31,24 @@ static __global__ void div_kernel(const float *in, float *out, const float *sigm
     out[i] = in[i] / s;
 }
 
-static unsigned grid_for(size_t n, unsigned block) {
-  static int max_blocks = 0;
-  if (max_blocks == 0) {
-    int dev = 0, sms = 0;
+// Multiprocessors of the current device (asked once; 80 if the query fails).
+static int sm_count() {
+  static int sms = 0;
+  if (sms == 0) {
+    int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
       sms = 80;
-    max_blocks = sms * 8;  // grid-stride loop: a few waves of resident blocks is enough
   }
+  return sms;
+}
+
+// Blocks of a grid-stride loop over n items: a few waves of resident blocks is enough.
+static unsigned grid_for(size_t n, unsigned block) {
+  const size_t max_blocks = (size_t)sm_count() * 8;
   size_t g = (n + block - 1) / block;
   if (g < 1) g = 1;
-  if (g > (size_t)max_blocks) g = (size_t)max_blocks;
+  if (g > max_blocks) g = max_blocks;
   return (unsigned)g;
 }
 
@@ -78,21 +85,29 @@ static __device__ __forceinline__ void st(__nv_bfloat16 *p, size_t k, float x) {
   p[k] = __float2bfloat16_rn(x);
 }
 
+// The block's sum of x, in thread 0 (a fixed order: warps by shuffles, then warp 0 over the
+// warps). Every thread of the block must call it; it may be called again after it returns.
+static __device__ float block_sum(float x) {
+  __shared__ float part[32];
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
+  __syncthreads();  // part[] of an earlier call has been read
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = x;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    x = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
+  }
+  return x;
+}
+
 template <class T>
 static __global__ void dot_kernel(const T *a, const T *b, size_t n, float *out) {
-  __shared__ float part[32];
   float acc = 0.f;
   for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n;
        k += (size_t)gridDim.x * blockDim.x)
     acc += ld(a, k) * ld(b, k);
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    acc = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
-    if (threadIdx.x == 0) atomicAdd(out, acc);
-  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) atomicAdd(out, acc);
 }
 
 template <class T>
@@ -163,4 +178,238 @@ extern "C" cudaError_t snb_launch_sn_backward(const void *G, void *dW, int dtype
       break;
   }
   return cudaGetLastError();
+}
+
+// ---- Memory-floor probe ----------------------------------------------------------------------
+// What a call with the fewest dependent steps takes on this card: one streaming pass over the
+// input with one grid-wide reduction at its end (scale), then one streaming map (train, eval,
+// backward). Plain 16-byte loads, one resident wave of 256-thread blocks striding over the input,
+// four loads in flight per thread.
+
+static constexpr int kProbeThreads = 256;
+static constexpr int kProbeUnroll = 4;
+
+// A 16-byte pack of T as floats, and back: E = 16 / sizeof(T) elements.
+template <class T> struct Pack;
+template <> struct Pack<float> {
+  static constexpr int E = 4;
+  static __device__ __forceinline__ void get(const uint4 &r, float (&f)[E]) {
+    f[0] = __uint_as_float(r.x), f[1] = __uint_as_float(r.y);
+    f[2] = __uint_as_float(r.z), f[3] = __uint_as_float(r.w);
+  }
+  static __device__ __forceinline__ uint4 put(const float (&f)[E]) {
+    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
+                      __float_as_uint(f[3]));
+  }
+};
+// Two 2-byte elements per 32-bit word, the lower address in the low half.
+template <class T> struct Pack2 {
+  static constexpr int E = 8;
+  static __device__ __forceinline__ float lo(unsigned x);
+  static __device__ __forceinline__ unsigned bits(float x);
+  static __device__ __forceinline__ void get(const uint4 &r, float (&f)[E]) {
+    const unsigned w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) f[2 * k] = lo(w[k] & 0xffffu), f[2 * k + 1] = lo(w[k] >> 16);
+  }
+  static __device__ __forceinline__ uint4 put(const float (&f)[E]) {
+    unsigned w[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) w[k] = bits(f[2 * k]) | bits(f[2 * k + 1]) << 16;
+    return make_uint4(w[0], w[1], w[2], w[3]);
+  }
+};
+template <> __device__ __forceinline__ float Pack2<__half>::lo(unsigned x) {
+  return __half2float(__ushort_as_half((unsigned short)x));
+}
+template <> __device__ __forceinline__ unsigned Pack2<__half>::bits(float x) {
+  return __half_as_ushort(__float2half_rn(x));
+}
+template <> __device__ __forceinline__ float Pack2<__nv_bfloat16>::lo(unsigned x) {
+  return __uint_as_float(x << 16);
+}
+template <> __device__ __forceinline__ unsigned Pack2<__nv_bfloat16>::bits(float x) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+template <> struct Pack<__half> : Pack2<__half> {};
+template <> struct Pack<__nv_bfloat16> : Pack2<__nv_bfloat16> {};
+
+// *out = sum_k a[k] * b[k] (b == NULL: a[k]²) in float. Each block adds its share in a fixed
+// order and writes part[blockIdx.x]; the last block to arrive adds part[] in block order, writes
+// *out and resets *counter to 0 for the next call. Same grid, same bits. a, b 16-byte aligned.
+template <class T, bool TWO>
+static __global__ void __launch_bounds__(kProbeThreads)
+    probe_reduce_kernel(const T *a, const T *b, size_t n, float *part, unsigned *counter,
+                        float *out) {
+  using P = Pack<T>;
+  const uint4 *a4 = reinterpret_cast<const uint4 *>(a);
+  const uint4 *b4 = reinterpret_cast<const uint4 *>(TWO ? b : a);
+  const size_t n4 = n / P::E, stride = (size_t)gridDim.x * blockDim.x;
+  size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  float acc = 0.f;
+  auto add = [&](const uint4 &x, const uint4 &y) {
+    float fx[P::E], fy[P::E];
+    P::get(x, fx);
+    P::get(y, fy);
+#pragma unroll
+    for (int e = 0; e < P::E; ++e) acc += fx[e] * fy[e];
+  };
+  for (; i + (kProbeUnroll - 1) * stride < n4; i += kProbeUnroll * stride) {
+    uint4 x[kProbeUnroll], y[kProbeUnroll];
+#pragma unroll
+    for (int u = 0; u < kProbeUnroll; ++u) {
+      x[u] = a4[i + u * stride];
+      if (TWO) y[u] = b4[i + u * stride];
+    }
+#pragma unroll
+    for (int u = 0; u < kProbeUnroll; ++u) add(x[u], TWO ? y[u] : x[u]);
+  }
+  for (; i < n4; i += stride) {
+    const uint4 x = a4[i];
+    add(x, TWO ? b4[i] : x);
+  }
+  const size_t k = n4 * P::E + blockIdx.x * (size_t)blockDim.x + threadIdx.x;  // the tail
+  if (k < n) acc += ld(a, k) * ld(TWO ? b : a, k);
+  acc = block_sum(acc);
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    part[blockIdx.x] = acc;
+    __threadfence();
+    last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  float s = 0.f;
+  for (unsigned g = threadIdx.x; g < gridDim.x; g += blockDim.x) s += __ldcg(part + g);
+  s = block_sum(s);
+  if (threadIdx.x == 0) {
+    *out = s;
+    *counter = 0;
+  }
+}
+
+// out[k] = in[k] * c, or fma(in[k], c, out[k]) (ACC), c = 1 / (1 + |*scalar|): a scale that
+// depends on the reduction before.
+template <class T, bool ACC>
+static __global__ void __launch_bounds__(kProbeThreads)
+    probe_map_kernel(const T *in, T *out, size_t n, const float *scalar) {
+  using P = Pack<T>;
+  const float c = 1.f / (1.f + fabsf(*scalar));
+  const uint4 *in4 = reinterpret_cast<const uint4 *>(in);
+  uint4 *out4 = reinterpret_cast<uint4 *>(out);
+  const size_t n4 = n / P::E, stride = (size_t)gridDim.x * blockDim.x;
+  auto map = [&](const uint4 &x, const uint4 &old) {
+    float f[P::E], g[P::E];
+    P::get(x, f);
+    if (ACC) P::get(old, g);
+#pragma unroll
+    for (int e = 0; e < P::E; ++e) f[e] = ACC ? __fmaf_rn(f[e], c, g[e]) : f[e] * c;
+    return P::put(f);
+  };
+  size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  for (; i + (kProbeUnroll - 1) * stride < n4; i += kProbeUnroll * stride) {
+    uint4 x[kProbeUnroll], o[kProbeUnroll];
+#pragma unroll
+    for (int u = 0; u < kProbeUnroll; ++u) {
+      x[u] = in4[i + u * stride];
+      o[u] = ACC ? out4[i + u * stride] : x[u];
+    }
+#pragma unroll
+    for (int u = 0; u < kProbeUnroll; ++u) out4[i + u * stride] = map(x[u], o[u]);
+  }
+  for (; i < n4; i += stride) out4[i] = map(in4[i], ACC ? out4[i] : in4[i]);
+  const size_t k = n4 * P::E + blockIdx.x * (size_t)blockDim.x + threadIdx.x;  // the tail
+  if (k < n) st(out, k, ACC ? __fmaf_rn(ld(in, k), c, ld(out, k)) : ld(in, k) * c);
+}
+
+extern "C" int snb_probe_max_blocks(void) { return sm_count() * 2048 / kProbeThreads; }
+
+// Blocks of `kernel` resident per multiprocessor (asked once per kernel; at least 1).
+static int probe_per_sm(const void *kernel) {
+  static const void *keys[12];
+  static int vals[12];
+  for (int k = 0; k < 12; ++k) {
+    if (keys[k] == kernel) return vals[k];
+    if (keys[k]) continue;
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kProbeThreads, 0) !=
+            cudaSuccess || per_sm <= 0)
+      per_sm = 1;
+    keys[k] = kernel;
+    return vals[k] = per_sm;
+  }
+  return 1;
+}
+
+// One resident wave of `kernel` (its occupancy on every multiprocessor), no more blocks than
+// packs of E elements in n / kProbeThreads, at least 1.
+static unsigned probe_grid(const void *kernel, size_t n, int E) {
+  size_t g = (size_t)probe_per_sm(kernel) * (size_t)sm_count();
+  const size_t max_g = (size_t)snb_probe_max_blocks();
+  const size_t need = (n / (size_t)E + kProbeThreads - 1) / kProbeThreads;
+  if (g > max_g) g = max_g;
+  if (g > need) g = need;
+  return g < 1 ? 1u : (unsigned)g;
+}
+
+template <class T>
+static cudaError_t probe_reduce(const T *a, const T *b, size_t n, float *part, unsigned *counter,
+                                float *out, cudaStream_t stream) {
+  if (b) {
+    const auto k = probe_reduce_kernel<T, true>;
+    const unsigned grid = probe_grid((const void *)k, n, Pack<T>::E);
+    k<<<grid, kProbeThreads, 0, stream>>>(a, b, n, part, counter, out);
+  } else {
+    const auto k = probe_reduce_kernel<T, false>;
+    const unsigned grid = probe_grid((const void *)k, n, Pack<T>::E);
+    k<<<grid, kProbeThreads, 0, stream>>>(a, b, n, part, counter, out);
+  }
+  return cudaGetLastError();
+}
+
+template <class T>
+static cudaError_t probe_map(const T *in, T *out, size_t n, const float *scalar, int accumulate,
+                             cudaStream_t stream) {
+  if (accumulate) {
+    const auto k = probe_map_kernel<T, true>;
+    const unsigned grid = probe_grid((const void *)k, n, Pack<T>::E);
+    k<<<grid, kProbeThreads, 0, stream>>>(in, out, n, scalar);
+  } else {
+    const auto k = probe_map_kernel<T, false>;
+    const unsigned grid = probe_grid((const void *)k, n, Pack<T>::E);
+    k<<<grid, kProbeThreads, 0, stream>>>(in, out, n, scalar);
+  }
+  return cudaGetLastError();
+}
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+extern "C" cudaError_t snb_probe_reduce(const void *a, const void *b, int dtype, size_t n,
+                                        float *part, unsigned *counter, float *out,
+                                        cudaStream_t stream) {
+  if (!aligned16(a) || !aligned16(b)) return cudaErrorMisalignedAddress;
+  switch (dtype) {
+    case SNB_F16:
+      return probe_reduce((const __half *)a, (const __half *)b, n, part, counter, out, stream);
+    case SNB_BF16:
+      return probe_reduce((const __nv_bfloat16 *)a, (const __nv_bfloat16 *)b, n, part, counter,
+                          out, stream);
+    default:
+      return probe_reduce((const float *)a, (const float *)b, n, part, counter, out, stream);
+  }
+}
+
+extern "C" cudaError_t snb_probe_map(const void *in, void *out, int dtype, size_t n,
+                                     const float *scalar, int accumulate, cudaStream_t stream) {
+  if (!aligned16(in) || !aligned16(out)) return cudaErrorMisalignedAddress;
+  switch (dtype) {
+    case SNB_F16:
+      return probe_map((const __half *)in, (__half *)out, n, scalar, accumulate, stream);
+    case SNB_BF16:
+      return probe_map((const __nv_bfloat16 *)in, (__nv_bfloat16 *)out, n, scalar, accumulate,
+                       stream);
+    default:
+      return probe_map((const float *)in, (float *)out, n, scalar, accumulate, stream);
+  }
 }

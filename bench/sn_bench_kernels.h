@@ -1,4 +1,5 @@
-/* Tiny CUDA kernels of sn_bench's cuBLAS baseline (the pieces cuBLAS has no call for). */
+/* Tiny CUDA kernels of sn_bench: the pieces of the cuBLAS baseline that cuBLAS has no call for,
+ * and the memory-floor probe. */
 #ifndef SN_BENCH_KERNELS_H
 #define SN_BENCH_KERNELS_H
 
@@ -33,6 +34,25 @@ cudaError_t snb_launch_dot(const void *a, const void *b, int dtype, size_t n, fl
 cudaError_t snb_launch_sn_backward(const void *G, void *dW, int dtype, int64_t h, int64_t w,
                                    const float *u, const float *v, const float *sigma,
                                    const float *gw, int accumulate, cudaStream_t stream);
+
+/* ---- Memory-floor probe: what the fewest dependent steps cost on this card ----
+ * The "probe" rows of sn_bench: not spectral normalization, but the least any call of a mode can
+ * be, structurally: a streaming reduction over W (scale), then a streaming map (train and eval:
+ * W -> W_sn; backward: a reduction over G and W, then G -> dW). The ratio of a specnorm row to its
+ * probe row is what is left to gain without removing a pass or a grid-wide step.
+ *
+ * *out = sum_k a[k] * b[k] (b == NULL: sum_k a[k]^2) in float, deterministic: per-block sums into
+ * part[] (snb_probe_max_blocks() floats), the last block to arrive adds them in block order and
+ * sets *counter (zero before the first call) back to 0. a and b 16-byte aligned
+ * (cudaErrorMisalignedAddress otherwise). */
+int snb_probe_max_blocks(void);
+cudaError_t snb_probe_reduce(const void *a, const void *b, int dtype, size_t n, float *part,
+                             unsigned *counter, float *out, cudaStream_t stream);
+
+/* out[k] = in[k] * c (accumulate != 0: out[k] = fma(in[k], c, out[k])) in float, c = 1 / (1 +
+ * |*scalar|), rounded once to `dtype`. in and out 16-byte aligned (cudaErrorMisalignedAddress otherwise). */
+cudaError_t snb_probe_map(const void *in, void *out, int dtype, size_t n, const float *scalar,
+                          int accumulate, cudaStream_t stream);
 
 #ifdef __cplusplus
 }
