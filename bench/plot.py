@@ -111,7 +111,8 @@ def main(argv=None):
     cmap = plt.get_cmap("tab10")
 
     ax = axes[0]
-    speed_impls = [i for i in impls if not i.startswith("torch")]
+    # (the probe rows of sn_bench are a yardstick, not an implementation: the bandwidth panel only)
+    speed_impls = [i for i in impls if not i.startswith(("torch", "probe"))]
     any_speed = False
     for k, label in enumerate(speed_impls):
         vals = []
