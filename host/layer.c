@@ -60,10 +60,10 @@ int sn__may_retry_on(sn_stream_t stream) {
  * GPU shared under MPS, an SM limit) or the cooperative one-pass one (plan.op_coop: by default
  * the scale-only forwards on sm_90; fewer blocks can be resident than at creation), the refused
  * launch did not run (earlier iterations of the forward may have, but nothing is committed before
- * its last launch), and the layer runs the usual kernels from now on. Returns 1 when the caller runs them at once; 0 otherwise, with
- * *refused naming the launch when the refusal came during a capture (which it may have
- * invalidated: the caller reports it, and the user captures again). The usual kernels' errors
- * are theirs, whatever the plan holds. */
+ * its last launch), and the layer runs the usual kernels from now on. Returns 1 when the caller
+ * runs them at once; 0 otherwise, with *refused naming the launch when the refusal came during a
+ * capture (which it may have invalidated: the caller reports it, and the user captures again).
+ * The usual kernels' errors are theirs, whatever the plan holds. */
 static int drop_refused_launch(sn_layer_t *l, int e, int *on_chip, int forward, sn_stream_t stream,
                                const char **refused) {
   if (e == 0) return 0;
