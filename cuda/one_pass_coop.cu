@@ -128,10 +128,9 @@ constexpr bool kCoopBuilt = I::RS == 1 && I::NT == kBlock;
 
 cudaError_t one_pass_coop_prepare(const sn_cuda_plan_t &plan, bool *fits) {
   *fits = false;
-  int dev = 0, coop = 0, sms = 0;
+  int dev = 0, coop = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (e != cudaSuccess || !coop) return e;
   return with_rows_instance(plan, [&](auto inst) -> cudaError_t {
     using I = decltype(inst);
@@ -152,7 +151,7 @@ cudaError_t one_pass_coop_prepare(const sn_cuda_plan_t &plan, bool *fits) {
       } else {
         int per_sm = 0;
         e2 = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, I::NT, smem);
-        resident = (int64_t)per_sm * sms;
+        resident = (int64_t)per_sm * plan.sm_count;
       }
       *fits = e2 == cudaSuccess && resident >= plan.op_blocks;
       return e2;
