@@ -14,11 +14,13 @@
 // streaming data (ld/st.global.cs, evict-first lines), so that they displace each other rather
 // than W's remaining lines: up to what L2 keeps of W after the iteration, less its partials.
 // In flight: one 16-byte load per thread (W_sn may be W: each load waits for the store before
-// it), 8 blocks of 256 threads per SM at 32 registers (fp32): 32 KB per SM; the 2-byte types
-// at 40 registers, 6 blocks: 24 KB, and they ran at 82% of the copy bandwidth where fp32 ran at
-// 90% (H200, e56c4b8, 4096 × 16384: train less scale). Loading 2 or 4 packs per thread before
-// storing them, on a single wave of 4 blocks per SM, measured 0-6% slower on an H100 (6626f15;
-// 4096 × 16384 bf16 eval 154.2 -> 164.0 µs with 2) and was removed (bench/NOTES.md).
+// it), 8 blocks of 256 threads per SM at 32 registers (fp32): 32 KB per SM. The 2-byte types
+// took 38-40 registers, 6 blocks: 24 KB, and ran at 82% of the copy bandwidth where fp32 ran at
+// 90% (H200, e56c4b8, 4096 × 16384: train less scale); since session 13 (the pack count computed
+// before the commit) they take 30-31 registers on sm_90, 8 blocks, 32 KB, as fp32: not yet
+// measured (bench/NOTES.md). Loading 2 or 4 packs per thread before storing them, on a single
+// wave of 4 blocks per SM, measured 0-6% slower on an H100 (6626f15; 4096 × 16384 bf16 eval
+// 154.2 -> 164.0 µs with 2) and was removed (bench/NOTES.md).
 // Bytes: numel·sizeof(T) read + numel·sizeof(T) written (DRAM: less the L2 hits above), plus
 // (h + w)·8 when u and v are committed.
 #include "kernels.h"
@@ -44,11 +46,31 @@ struct CommitParams {
 template <bool WIDE, class T, bool STREAM = false>
 __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   static_assert(WIDE || !STREAM, "streaming accesses: the 16-byte packs only");
-  pdl_enter();
-  const CommitScale cs = commit_scale(p.scal[p.slot], p.sigma, p.norm_bound, p.gamma);
   const int64_t tid = (int64_t)blockIdx.x * kBlock + threadIdx.x;
   const int64_t stride = (int64_t)gridDim.x * kBlock;
-
+  const T *in = static_cast<const T *>(p.W);
+  T *out = static_cast<T *>(p.W_sn);
+  constexpr int E = kWide<T>;
+  using V = VecN<T, E>;
+  using R = typename V::raw;
+  // Whole 16-byte packs. (Computed here, before the commit, the 2-byte types' instances take 30-31
+  // registers, 8 blocks per SM, where they took 38-40, 6 blocks, with it after the commit.)
+  const int64_t nq = WIDE && out ? p.n / E : 0;
+  auto load = [&](int64_t q) -> R {
+    if constexpr (STREAM) return load_streaming<R>(in + E * q);
+    else return V::load_raw(in + E * q);
+  };
+  pdl_enter();
+  const CommitScale cs = commit_scale(p.scal[p.slot], p.sigma, p.norm_bound, p.gamma);
+  auto scale = [&](float x) { return cs.apply(x); };
+  auto divide_store = [&](int64_t q, R r) {
+    float x[E];
+    V::cvt(r, x);
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] = scale(x[e]);
+    if constexpr (STREAM) store_streaming(out + E * q, V::pack(x));
+    else V::store(out + E * q, x);
+  };
   if (cs.good && p.what == Commit::kVectors) {
     const float m_t = p.scal[SN_SCAL_M_T], m_s = p.scal[SN_SCAL_M_S];
     for (int64_t i = tid; i < p.h; i += stride) p.u[i] = p.t[i] / m_t;
@@ -58,29 +80,10 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
     if (tid == 0) p.v[0] = 1.f;
   }
   if (tid == 0) commit_state_word(p.sigma, cs, p.what != Commit::kSigma);  // 1-D: kOneD
-  if (!p.W_sn) return;
-  auto scale = [&](float x) { return cs.apply(x); };
-  const T *in = static_cast<const T *>(p.W);
-  T *out = static_cast<T *>(p.W_sn);
-  constexpr int E = kWide<T>;
-  using V = VecN<T, E>;
-  using R = typename V::raw;
-  const int64_t nq = WIDE ? p.n / E : 0;  // whole 16-byte packs
+  if (!out) return;
   // Elements after the last whole pack first (all of them without WIDE), then the packs, last
   // first (see the top of the file).
-  for (int64_t k = nq * E + tid; k < p.n; k += stride) out[k] = from_f<T>(scale(to_f(in[k])));
-  auto load = [&](int64_t q) -> R {
-    if constexpr (STREAM) return load_streaming<R>(in + E * q);
-    else return V::load_raw(in + E * q);
-  };
-  auto divide_store = [&](int64_t q, R r) {
-    float x[E];
-    V::cvt(r, x);
-#pragma unroll
-    for (int e = 0; e < E; ++e) x[e] = scale(x[e]);
-    if constexpr (STREAM) store_streaming(out + E * q, V::pack(x));
-    else V::store(out + E * q, x);
-  };
+  for (int64_t j = nq * E + tid; j < p.n; j += stride) out[j] = from_f<T>(scale(to_f(in[j])));
   // W_sn may be W itself, so the compiler keeps each load after the previous store: a thread has
   // one load in flight.
   for (int64_t k = tid; k < nq; k += stride) divide_store(nq - 1 - k, load(nq - 1 - k));
