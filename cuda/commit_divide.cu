@@ -23,6 +23,8 @@
 // 154.2 -> 164.0 µs with 2) and was removed (bench/NOTES.md).
 // Bytes: numel·sizeof(T) read + numel·sizeof(T) written (DRAM: less the L2 hits above), plus
 // (h + w)·8 when u and v are committed.
+#include <cuda_pipeline.h>
+
 #include "kernels.h"
 #include "sn_device.cuh"
 #include "sn_types.cuh"
@@ -43,9 +45,19 @@ struct CommitParams {
   const float *gamma;
 };
 
-template <bool WIDE, class T, bool STREAM = false>
+// The block's early packs (PRE instances only): one 16-byte slot per thread.
+template <class R>
+__device__ __forceinline__ R *early_slots() {
+  __shared__ R slots[kBlock];
+  return slots;
+}
+
+// PRE (plan.div_prefetch): each thread's first pack of W is copied into its slot of shared memory
+// (cp.async: no registers held) before the PDL wait, and divided and stored right after it.
+template <bool WIDE, class T, bool STREAM = false, bool PRE = false>
 __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   static_assert(WIDE || !STREAM, "streaming accesses: the 16-byte packs only");
+  static_assert(WIDE || !PRE, "the early load: the 16-byte packs only");
   const int64_t tid = (int64_t)blockIdx.x * kBlock + threadIdx.x;
   const int64_t stride = (int64_t)gridDim.x * kBlock;
   const T *in = static_cast<const T *>(p.W);
@@ -60,6 +72,17 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
     if constexpr (STREAM) return load_streaming<R>(in + E * q);
     else return V::load_raw(in + E * q);
   };
+  // div_prefetch: this thread's first pack (of the last packs of W: see the top of the file) is
+  // loaded before the wait, while the kernels before it still run. Only the kernels of this
+  // forward come before it, and none writes W: each one's own wait came before its trigger, so
+  // whatever wrote W before this forward has completed (host/layer.c launches nothing else
+  // between them). The same loads, the same bits.
+  const bool first_early = PRE && tid < nq;
+  if constexpr (PRE) {
+    if (first_early)
+      __pipeline_memcpy_async(early_slots<R>() + threadIdx.x, in + E * (nq - 1 - tid), 16);
+    __pipeline_commit();
+  }
   pdl_enter();
   const CommitScale cs = commit_scale(p.scal[p.slot], p.sigma, p.norm_bound, p.gamma);
   auto scale = [&](float x) { return cs.apply(x); };
@@ -71,6 +94,15 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
     if constexpr (STREAM) store_streaming(out + E * q, V::pack(x));
     else V::store(out + E * q, x);
   };
+  int64_t k = tid;  // this thread's next pack, counted from the end of W
+  if constexpr (PRE) {
+    if (first_early) {
+      __pipeline_wait_prior(0);  // this thread's own copy: no barrier needed
+      divide_store(nq - 1 - k, early_slots<R>()[threadIdx.x]);
+      k += stride;
+    }
+  }
+
   if (cs.good && p.what == Commit::kVectors) {
     const float m_t = p.scal[SN_SCAL_M_T], m_s = p.scal[SN_SCAL_M_S];
     for (int64_t i = tid; i < p.h; i += stride) p.u[i] = p.t[i] / m_t;
@@ -86,7 +118,7 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   for (int64_t j = nq * E + tid; j < p.n; j += stride) out[j] = from_f<T>(scale(to_f(in[j])));
   // W_sn may be W itself, so the compiler keeps each load after the previous store: a thread has
   // one load in flight.
-  for (int64_t k = tid; k < nq; k += stride) divide_store(nq - 1 - k, load(nq - 1 - k));
+  for (; k < nq; k += stride) divide_store(nq - 1 - k, load(nq - 1 - k));
 }
 
 }  // namespace
@@ -104,7 +136,10 @@ cudaError_t launch_commit_divide(const sn_cuda_plan_t &plan, const sn_cuda_forwa
     const int64_t small = (hw + kBlock - 1) / kBlock;
     const int blocks = a.W_sn || small >= plan.div_blocks ? plan.div_blocks : (int)small;
     void (*kernel)(CommitParams) = commit_divide_kernel<false, T>;
-    if (wide)
+    if (wide && plan.div_prefetch)
+      kernel = plan.div_stream ? commit_divide_kernel<true, T, true, true>
+                               : commit_divide_kernel<true, T, false, true>;
+    else if (wide)
       kernel = plan.div_stream ? commit_divide_kernel<true, T, true> : commit_divide_kernel<true, T, false>;
     return launch(plan.pdl, kernel, blocks, kBlock, 0, stream, p);
   };

@@ -81,6 +81,10 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   div_stream=0|1  the division loads W and stores W_sn as streaming data, evict-first in L2, so
 //                 that W's lines still in L2 after the iteration stay for it (cuda/commit_divide.cu);
 //                 unset: by W's bytes against the L2 (div_stream_default below)
+//   div_prefetch=0|1  the division copies each thread's first 16-byte pack of W to shared
+//                 memory before its PDL wait (1), while the kernels before it (the reduce, or the
+//                 eval rows) still run, or loads it after (0, the default; cuda/commit_divide.cu);
+//                 the same bits. Not yet measured (bench/NOTES.md, session 13)
 //   bw_stream=0|1 the backward's ⟨G, W⟩ kernel loads W plainly (0) or evict-first, so that L2
 //                 keeps more of G for the kernel after it (1, the default: cuda/backward.cu)
 //   pdl=0|1       every kernel as a programmatic dependent launch (sm_90 and up)
@@ -116,6 +120,7 @@ struct Tune {
   int op_eval_own = 1;  // 1: the one-pass eval kernel on its own occupancy's grid
   int pdl = -1;        // -1: the default below
   int div_stream = -1;  // -1: by size (div_stream_default); 1: the division's accesses streaming
+  int div_prefetch = 0;  // 1: the division's first pack of W per thread before the PDL wait
   int bw_stream = 1;    // 1: the backward's inner kernel loads W streaming
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
   int group_grid_force = 0;  // > 0: exactly this many blocks in that launch
@@ -143,6 +148,7 @@ Tune read_tune() {
       {"op_reduce_cols=", &t.op_reduce_cols, 4, 16, true},
       {"op_coop=", &t.op_coop, 0, 3, false},      {"op_eval_own=", &t.op_eval_own, 0, 1, false},
       {"div_stream=", &t.div_stream, 0, 1, false}, {"bw_stream=", &t.bw_stream, 0, 1, false},
+      {"div_prefetch=", &t.div_prefetch, 0, 1, false},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
       {"group_onchip=", &t.group_onchip, 0, 1, false},  {"op_onchip=", &t.op_onchip, 0, 1, false},
@@ -347,6 +353,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
                          ? tune.div_stream
                          : div_stream_default((double)view.h * (double)(view.A * view.B) *
                                               (double)sn_dtype_size(dtype));
+  plan->div_prefetch = tune.div_prefetch;
   // The layer on chip, where it fits, for the forwards the knob or the default rule gives.
   const int onchip_modes =
       order == SN_ORDER_U_FIRST

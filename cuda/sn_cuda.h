@@ -126,6 +126,8 @@ typedef struct {
                          (SPECNORM_TUNE=bw_stream=1) */
   int div_stream;     /* 1: the division loads W and stores W_sn as streaming (evict-first) data
                          (by W's bytes against the L2, or SPECNORM_TUNE=div_stream=0|1) */
+  int div_prefetch;   /* 1: the division copies each thread's first pack of W to shared memory
+                         before its PDL wait (SPECNORM_TUNE=div_prefetch=1; off by default) */
   sn_on_chip_t onchip;/* cluster > 0: a warmed-up forward of onchip.modes is one launch with the
                          layer on chip (sn_cuda_layer_on_chip_modes, cuda/on_chip.cu) */
   /* Scratch, inside the layer's one device workspace. */

@@ -786,8 +786,9 @@ TEST(Gpu, StreamingDivisionByDefaultFollowsTheL2) {
   }
 }
 
-// The division with evict-first loads of W and stores of W_sn (SPECNORM_TUNE=div_stream=1) writes
-// what the plain one writes: the same W_sn and state, bit for bit, out of place and in place
+// A setting of the division (SPECNORM_TUNE=div_stream=1, evict-first loads of W and stores of
+// W_sn; div_prefetch=1, each thread's first pack of W loaded before the PDL wait) writes what the
+// division without it writes: the same W_sn and state, bit for bit, out of place and in place
 // (W_sn = W), training and eval; and each layer launches its instance (captured kernel names).
 struct DivCase {
   std::vector<int64_t> shape;
@@ -795,25 +796,40 @@ struct DivCase {
   int offset;  // elements W starts after a 256-byte boundary (not 0: no 16-byte packs)
 };
 
+// The knob, its plan field, and the instances of the 16-byte packs without and with it
+// (commit_divide_kernel<WIDE, T, STREAM, PRE>, cuda/commit_divide.cu).
+struct DivKnob {
+  const char *key;
+  int sn_cuda_plan_t::*field;
+  const char *off, *on;
+};
+const DivKnob kDivStream{"div_stream", &sn_cuda_plan_t::div_stream,
+                         "commit_divide_kernel<true, [^,]*, false, [^>]*>",
+                         "commit_divide_kernel<true, [^,]*, true, [^>]*>"};
+const DivKnob kDivPrefetch{"div_prefetch", &sn_cuda_plan_t::div_prefetch,
+                           "commit_divide_kernel<true, [^,]*, [^,]*, false>",
+                           "commit_divide_kernel<true, [^,]*, [^,]*, true>"};
+
 // Each case's weights are drawn once; step k uses them rotated by k · 1009 elements (8 M normals
 // per step made the large test slow on the host).
-static void expect_streaming_division_bitwise(const std::vector<DivCase> &cases) {
+static void expect_division_knob_bitwise(const DivKnob &knob, const std::vector<DivCase> &cases) {
   Rng rng(fresh_seed());
   const std::string base = tune_prefix();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
+  const std::string key = std::string(",") + knob.key;
   for (const DivCase &c : cases) {
     const std::vector<float> drawn = rng.normals(numel_of(c.shape));
-    SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)) + " offset " +
-                 std::to_string(c.offset));
+    SCOPED_TRACE(std::string(knob.key) + " " + shape_str(c.shape) + " dtype " +
+                 std::to_string(int(c.dt)) + " offset " + std::to_string(c.offset));
     sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
     d.dtype = c.dt;
-    env.set((base + "op_onchip=0,div_stream=0").c_str());  // the division kernels, not a layer on chip
+    env.set((base + "op_onchip=0" + key + "=0").c_str());  // the division kernels, not a layer on chip
     LayerPtr a(d);
-    env.set((base + "op_onchip=0,div_stream=1").c_str());
+    env.set((base + "op_onchip=0" + key + "=1").c_str());
     LayerPtr b(d);
     ASSERT_TRUE(a.p && b.p);
-    ASSERT_EQ(a.p->plan.div_stream, 0);
-    ASSERT_EQ(b.p->plan.div_stream, 1);
+    ASSERT_EQ(a.p->plan.*knob.field, 0);
+    ASSERT_EQ(b.p->plan.*knob.field, 1);
     const int64_t n = numel_of(c.shape);
     Tensor W(c.dt, n, c.offset), o1(c.dt, n, c.offset), o2(c.dt, n, c.offset);
     Tensor i1(c.dt, n, c.offset), i2(c.dt, n, c.offset);
@@ -826,9 +842,8 @@ static void expect_streaming_division_bitwise(const std::vector<DivCase> &cases)
         [&](cudaStream_t s) { return sn_forward(a, W.dev, o1.dev, 1, (sn_stream_t)s); });
     const std::vector<std::string> kb = captured_kernels(
         [&](cudaStream_t s) { return sn_forward(b, W.dev, o2.dev, 1, (sn_stream_t)s); });
-    const std::string want_a = c.offset ? "commit_divide_kernel<false, [^>]*>"
-                                        : "commit_divide_kernel<true, [^,]*, false>";
-    const std::string want_b = c.offset ? want_a : "commit_divide_kernel<true, [^,]*, true>";
+    const std::string want_a = c.offset ? "commit_divide_kernel<false, [^>]*>" : knob.off;
+    const std::string want_b = c.offset ? want_a : knob.on;
     EXPECT_TRUE(any_matches(ka, want_a)) << want_a << " in " << ::testing::PrintToString(ka);
     EXPECT_TRUE(any_matches(kb, want_b)) << want_b << " in " << ::testing::PrintToString(kb);
     for (int step = 0; step < 4; ++step) {
@@ -848,24 +863,38 @@ static void expect_streaming_division_bitwise(const std::vector<DivCase> &cases)
 
 // Small enough for the sanitizers: a tail after the last whole 16-byte pack (333 × 1027), none,
 // 1 × 1, and a misaligned W (the element loop only).
-TEST(Gpu, StreamingDivisionIsBitwiseThePlainOne) {
-  REQUIRE_GPU();
-  expect_streaming_division_bitwise({{{333, 1027}, SN_DTYPE_FLOAT32, 0},
-                                     {{512, 1024}, SN_DTYPE_BFLOAT16, 0},
-                                     {{333, 1027}, SN_DTYPE_FLOAT16, 0},
-                                     {{64, 3, 3, 3}, SN_DTYPE_FLOAT32, 0},
-                                     {{300, 700}, SN_DTYPE_BFLOAT16, 1},
-                                     {{1, 1}, SN_DTYPE_FLOAT32, 0}});
-}
+static const std::vector<DivCase> kDivSmall = {{{333, 1027}, SN_DTYPE_FLOAT32, 0},
+                                               {{512, 1024}, SN_DTYPE_BFLOAT16, 0},
+                                               {{333, 1027}, SN_DTYPE_FLOAT16, 0},
+                                               {{64, 3, 3, 3}, SN_DTYPE_FLOAT32, 0},
+                                               {{300, 700}, SN_DTYPE_BFLOAT16, 1},
+                                               {{1, 1}, SN_DTYPE_FLOAT32, 0}};
 
 // Layers large enough that the division's threads take several 16-byte packs each (over 2 million
 // packs in fp32, 1 million in the 2-byte types; its grid is at most 16 blocks of 256 per SM), with
 // and without a tail.
+static const std::vector<DivCase> kDivLarge = {{{2001, 4099}, SN_DTYPE_FLOAT32, 0},
+                                               {{2001, 4099}, SN_DTYPE_FLOAT16, 0},
+                                               {{2000, 4104}, SN_DTYPE_BFLOAT16, 0}};
+
+TEST(Gpu, StreamingDivisionIsBitwiseThePlainOne) {
+  REQUIRE_GPU();
+  expect_division_knob_bitwise(kDivStream, kDivSmall);
+}
+
 TEST(GpuLarge, StreamingDivisionOnLargeLayersIsBitwiseThePlainOne) {
   REQUIRE_GPU();
-  expect_streaming_division_bitwise({{{2001, 4099}, SN_DTYPE_FLOAT32, 0},
-                                     {{2001, 4099}, SN_DTYPE_FLOAT16, 0},
-                                     {{2000, 4104}, SN_DTYPE_BFLOAT16, 0}});
+  expect_division_knob_bitwise(kDivStream, kDivLarge);
+}
+
+TEST(Gpu, PrefetchingDivisionIsBitwiseThePlainOne) {
+  REQUIRE_GPU();
+  expect_division_knob_bitwise(kDivPrefetch, kDivSmall);
+}
+
+TEST(GpuLarge, PrefetchingDivisionOnLargeLayersIsBitwiseThePlainOne) {
+  REQUIRE_GPU();
+  expect_division_knob_bitwise(kDivPrefetch, kDivLarge);
 }
 
 // Also under the SPECNORM_TUNE variants that change how kernels are launched: programmatic
