@@ -34,8 +34,9 @@
 #              on $SN_VARIANT_WORKLOADS (train/scale/eval of the large single layers), then the
 #              legacy (v-first) order with every algorithm; tables only
 #   ab_build   waits for the ab step's builds (started in the background after the build step)
-#   ab         sn_bench of earlier commits ($SN_AB_REFS, built here) and of this tree, in turn, on
-#              the SN-GAN preset: a regression bisected on the same card
+#   ab         sn_bench of earlier commits ($SN_AB_REFS, built here) and of this tree, in turn,
+#              twice, on $SN_AB_WORKLOADS: a change measured (or a regression bisected) on the
+#              same card in the same run
 #   ncu        Nsight Compute (--clock-control none --cache-control none): DRAM bytes read and
 #              written and duration of each specnorm kernel of one call per mode ($SN_NCU_WORKLOADS)
 #   ncu_l2     the same for the division with evict-first accesses (SPECNORM_TUNE=div_stream=1)
@@ -236,14 +237,19 @@ run_step env "$OUT/build.log" 60 0 bash -c env_report
 
 # ---- A/B against earlier commits on the same card in the same run (SN_AB_REFS) ----------------
 # Each ref's sn_bench is built from `git archive` of that commit (this GPU's architecture only, no
-# tests), then the refs and this tree time the SN-GAN preset in turn, twice. Default: the commits
-# that bracket the grouped kernels' changes after 1a8f84c (SN-GAN grouped train went from 20.3 µs
-# at 1a8f84c to 23.9 µs at e56c4b8 on an H200): 1a8f84c; 8a4aaf8 (the kernels as step functions
-# for the cooperative kernel, the reduce loads reordered); c58d24a (the commit's u and v loads
-# batched); e56c4b8 (adds the batched staging of v, 6523559); this tree adds the batched loads of
-# the grouped division and the cooperative default, and is timed as three kernels, as the default
-# and with every layer on chip (group_onchip=1). SN_AB_REFS="" skips the step.
-AB_REFS="${SN_AB_REFS-1a8f84c 8a4aaf8 c58d24a e56c4b8}"
+# tests), then the refs and this tree (once per SPECNORM_TUNE of $SN_AB_HEADS: "HEAD" or
+# "HEAD,key=value") time $SN_AB_WORKLOADS in turn, twice; the rows matching $SN_AB_ROWS are
+# printed, and the table of them all. Default: 8360ed7, the commit before the division's 2-byte
+# instances went to 8 blocks per SM (session 13, bench/NOTES.md), on the large layers' train and
+# eval. (Session 4's bisection of the grouped forward, SN-GAN grouped train 20.3 µs at 1a8f84c and
+# 23.9 at e56c4b8 on an H200: SN_AB_REFS="1a8f84c 8a4aaf8 c58d24a e56c4b8"
+# SN_AB_WORKLOADS="--preset sngan-cifar10 --dtype f32 --mode train,scale,eval"
+# SN_AB_HEADS="HEAD,group_coop=0 HEAD HEAD,group_onchip=1" SN_AB_ROWS="group|commit".)
+# SN_AB_REFS="" skips the step.
+AB_REFS="${SN_AB_REFS-8360ed7}"
+AB_WORKLOADS="${SN_AB_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype bf16,f32 --mode train,eval}"
+AB_HEADS="${SN_AB_HEADS:-HEAD}"
+AB_ROWS="${SN_AB_ROWS:-specnorm }"
 ab_build_refs() {  # each ref's sn_bench into $LOGS/ab-REF/b; its status in $LOGS/ab-REF/status
   local ref cc
   cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' .')"
@@ -504,10 +510,12 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # (512 threads, no longer built), and is the default for 256-thread rows on sm_90 since, in the
 # forwards without W_sn (at 61eb446 training forwards with W_sn were 2-5% slower with it);
 # op_eval_own=1 won 2-3% on bf16 eval and is the default since; op_cluster=2 lost 1-3% and
-# op_coop=3 was the same as 1. Timed here: the old settings against the new defaults.)
+# op_coop=3 was the same as 1. Timed here: the old settings against the new defaults, and
+# div_prefetch=1, built in session 13: the division's first pack of W per thread loaded before its
+# PDL wait.)
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_coop=0 op_coop=1 op_reduce_cols=4 op_reduce_cols=16 op_eval_own=0 op_rows=2}"
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default div_prefetch=1 op_coop=0 op_coop=1 op_reduce_cols=4 op_reduce_cols=16 op_eval_own=0 op_rows=2}"
 if [[ $COOP_HUNG -eq 1 ]]; then  # coop_smoke timed out: no op_coop setting
   KEPT=()
   for t in "${TUNES[@]}"; do [[ "$t" == *op_coop=* ]] || KEPT+=("$t"); done
@@ -570,15 +578,17 @@ ab() {
       echo "ref $ref: not built"; tail -n 20 "$src/configure.log" "$src/build.log" 2> /dev/null; rc=1
     fi
   done
-  bins+=("$SN_BENCH" "$SN_BENCH" "$SN_BENCH"); labels+=("HEAD,group_coop=0" "HEAD" "HEAD,group_onchip=1")
-  local round i
+  local head
+  for head in $AB_HEADS; do bins+=("$SN_BENCH"); labels+=("$head"); done
+  local round i wl
+  read -r -a wl <<< "$AB_WORKLOADS"
   for round in 1 2; do
     for i in "${!bins[@]}"; do
       local tune="" js="$LOGS/ab-${round}-${i}.json"
       [[ ${labels[$i]} == HEAD,* ]] && tune=${labels[$i]#HEAD,}
       echo "################ round $round: ${labels[$i]}"
-      SPECNORM_TUNE="$tune" "${bins[$i]}" --preset sngan-cifar10 --dtype f32 --mode train,scale,eval \
-        --no-baseline --no-check --reps 100 --json "$js" | grep -E "group|commit" || rc=1  # the group rows
+      SPECNORM_TUNE="$tune" "${bins[$i]}" "${wl[@]}" \
+        --no-baseline --no-graph --no-check --reps 100 --json "$js" | grep -E "$AB_ROWS" || rc=1
       table+=("r${round}:${labels[$i]}=$js")
     done
   done
@@ -588,7 +598,7 @@ ab() {
 if [[ -x "$SN_BENCH" && -n "$AB_REFS" ]]; then
   run_step ab "$OUT/bench.log" 120 90 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" LOGS="$LOGS" REPO="$REPO" NPROC="$NPROC" \
-    bash -c "$(declare -p AB_REFS SN_BENCH); $(declare -f ab); ab"
+    bash -c "$(declare -p AB_REFS AB_WORKLOADS AB_HEADS AB_ROWS SN_BENCH); $(declare -f ab); ab"
 else
   skip_step ab "$OUT/bench.log" "no $SN_BENCH or SN_AB_REFS empty"
 fi
