@@ -203,7 +203,11 @@ extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backwa
                    a->dgamma};
     const int64_t rows = P.view.A * P.view.h;
     if (P.view.B >= 32) {
-      const unsigned blocks = (unsigned)(rows < 16LL * P.sm_count * 8 ? rows : 16LL * P.sm_count * 8);
+      // A block per row, up to 16 × 8 per SM; SPECNORM_TUNE=bw_grid=N: at most N blocks, each
+      // taking rows N apart (its prologue, the coefficients from ⟨G, W⟩, once for them all).
+      int64_t cap = 16LL * P.sm_count * 8;
+      if (P.bw_grid > 0 && P.bw_grid < cap) cap = P.bw_grid;
+      const unsigned blocks = (unsigned)(rows < cap ? rows : cap);
       const bool wide = P.view.B % kWide<T> == 0 && aligned16(a->G) && aligned16(a->dW);
       return launch(P.pdl, wide ? apply_rows_kernel<true, T> : apply_rows_kernel<false, T>, blocks,
                     kBlock, 0, stream, ap);

@@ -87,6 +87,9 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 the same bits. Not yet measured (bench/NOTES.md, session 13)
 //   bw_stream=0|1 the backward's ⟨G, W⟩ kernel loads W plainly (0) or evict-first, so that L2
 //                 keeps more of G for the kernel after it (1, the default: cuda/backward.cu)
+//   bw_grid=N     the backward's apply kernel by rows on at most N blocks, each taking rows N
+//                 apart (default: a block per row, up to 16 × 8 per SM; cuda/backward.cu); the
+//                 same bits. Not yet measured (bench/NOTES.md, session 13)
 //   pdl=0|1       every kernel as a programmatic dependent launch (sm_90 and up)
 //   group_coop=0|1  a grouped forward as three kernels (0) or one cooperative launch (1;
 //   group_grid=N    cuda/group.cu) of at most N blocks (default: as many as fit); unset: by
@@ -122,6 +125,7 @@ struct Tune {
   int div_stream = -1;  // -1: by size (div_stream_default); 1: the division's accesses streaming
   int div_prefetch = 0;  // 1: the division's first pack of W per thread before the PDL wait
   int bw_stream = 1;    // 1: the backward's inner kernel loads W streaming
+  int bw_grid = 0;      // > 0: at most this many blocks of the backward's apply kernel by rows
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
   int group_grid_force = 0;  // > 0: exactly this many blocks in that launch
   int op_onchip = -1;            // -1: the default below; 1: every forward of a layer that fits on chip
@@ -148,7 +152,7 @@ Tune read_tune() {
       {"op_reduce_cols=", &t.op_reduce_cols, 4, 16, true},
       {"op_coop=", &t.op_coop, 0, 3, false},      {"op_eval_own=", &t.op_eval_own, 0, 1, false},
       {"div_stream=", &t.div_stream, 0, 1, false}, {"bw_stream=", &t.bw_stream, 0, 1, false},
-      {"div_prefetch=", &t.div_prefetch, 0, 1, false},
+      {"div_prefetch=", &t.div_prefetch, 0, 1, false}, {"bw_grid=", &t.bw_grid, 1, 1000000, false},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
       {"group_onchip=", &t.group_onchip, 0, 1, false},  {"op_onchip=", &t.op_onchip, 0, 1, false},
@@ -349,6 +353,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   const Tune tune = read_tune();
   plan->pdl = pdl_enabled(tune);
   plan->bw_stream = tune.bw_stream;
+  plan->bw_grid = tune.bw_grid;
   plan->div_stream = tune.div_stream >= 0
                          ? tune.div_stream
                          : div_stream_default((double)view.h * (double)(view.A * view.B) *

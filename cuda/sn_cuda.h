@@ -124,6 +124,8 @@ typedef struct {
                          (1: none); op_blocks is a multiple of it */
   int bw_stream;      /* 1: the backward's ⟨G, W⟩ loads W as streaming (evict-first) data
                          (SPECNORM_TUNE=bw_stream=1) */
+  int bw_grid;        /* > 0: at most this many blocks of the backward's apply kernel by rows
+                         (SPECNORM_TUNE=bw_grid=N; 0 by default: a block per row) */
   int div_stream;     /* 1: the division loads W and stores W_sn as streaming (evict-first) data
                          (by W's bytes against the L2, or SPECNORM_TUNE=div_stream=0|1) */
   int div_prefetch;   /* 1: the division copies each thread's first pack of W to shared memory

@@ -3,6 +3,7 @@
 // and a whole step captured in a CUDA graph. Every test skips with a message without a GPU.
 #include <cuda_runtime.h>
 
+#include "sn_internal.h"
 #include "test_util.h"
 
 using namespace sntest;
@@ -504,7 +505,9 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
 // same dW (and ∂L/∂γ) bit for bit, with every combination of flags, dW apart, dW = G and dW = W,
 // on rows of 0 to 5 packs per thread, ragged ones, views with A = 1 and A = 4; the launched
 // instance read from a graph capture. The first layer's ⟨G, W⟩ loads W plainly
-// (SPECNORM_TUNE=bw_stream=0), the second's evict-first (the default): the same bits.
+// (SPECNORM_TUNE=bw_stream=0), the second's evict-first (the default), and the first's apply kernel
+// runs on 3 blocks, each taking rows 3 apart, across the views' A too (bw_grid=3), the second's on
+// a block per row (the default): the same bits.
 TEST(GpuTraining, BackwardRowsAreBitwiseReproducible) {
   REQUIRE_GPU();
   const uint64_t seed = fresh_seed();
@@ -528,13 +531,14 @@ TEST(GpuTraining, BackwardRowsAreBitwiseReproducible) {
     sn_layer_desc_t d = make_desc(sh.shape, SN_BACKEND_CUDA, sh.dim);
     d.dtype = sh.dt;
     d.seed = rng.gen();
-    // b loads W evict-first in ⟨G, W⟩ (the default), a plainly (SPECNORM_TUNE=bw_stream=0; a
-    // layer reads its knobs when it is created).
+    // b loads W evict-first in ⟨G, W⟩ (the default), a plainly and applies on 3 blocks
+    // (SPECNORM_TUNE=bw_stream=0,bw_grid=3; a layer reads its knobs when it is created).
     const std::string outer = tune_prefix();
     LayerPtr b(d);
-    ScopedEnv env("SPECNORM_TUNE", (outer + "bw_stream=0").c_str());
+    ScopedEnv env("SPECNORM_TUNE", (outer + "bw_stream=0,bw_grid=3").c_str());
     LayerPtr a(d);
     ASSERT_TRUE(a.p && b.p);
+    ASSERT_EQ(a.p->plan.bw_grid, 3);
     Tensor W(sh.dt, n), Wsn(sh.dt, n), G(sh.dt, n), da(sh.dt, n), db(sh.dt, n);
     W.set(rng.normals(n, 1.f / std::sqrt(float(sh.shape[0]))));
     ASSERT_EQ(sn_forward(a, W.dev, Wsn.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
