@@ -116,9 +116,7 @@ class GpuShapes : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GpuShapes, MatchesCpuBackendStepByStep) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   compare_backends(GetParam(), rng, 5);
   // Small u-first layers' training forwards run on chip by default (sm_90): their usual kernels too.
   const Case &c = GetParam();
@@ -176,9 +174,7 @@ INSTANTIATE_TEST_SUITE_P(
 // CPU reference's time reasonable).
 TEST(GpuLarge, Large16384Square) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   compare_backends(Case{{16384, 16384}, 0, SN_ORDER_U_FIRST, 1}, rng, 2, 0);
 }
 
@@ -953,9 +949,7 @@ TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
 // Where a layer does not fit this device it keeps the other paths (not tested here).
 // `threads`: the forward's blocks (256, or 512 with onchip_threads=512), read from the kernel's name.
 static void expect_on_chip_layers_match_cpu(int threads) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=1,onchip_threads=" + std::to_string(threads)).c_str());
   const std::string kernel = "group_on_chip_kernel<" + std::to_string(threads) + ">";
   const Case cases[] = {Case{{1, 1}, 0, SN_ORDER_U_FIRST, 1},      Case{{1, 1000}, 0, SN_ORDER_U_FIRST, 1},
@@ -1103,9 +1097,7 @@ TEST(Gpu, SmallLayersTrainOnChipByDefault) {
   const char *tune = std::getenv("SPECNORM_TUNE");
   if (tune && (std::strstr(tune, "op_onchip") || std::strstr(tune, "onchip_threads=") || std::strstr(tune, "onchip_refuse=")))
     GTEST_SKIP() << "SPECNORM_TUNE sets op_onchip, onchip_threads or onchip_refuse: " << tune;
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const bool clusters = sn_cuda_clusters_usable() != 0;
   const std::vector<std::vector<int64_t>> shapes = {{1, 1},     {1000, 1},          {7, 13},    {64, 3, 3, 3},
                                                     {64, 1000}, {128, 128, 3, 3},   {160, 1024}, {161, 1024},

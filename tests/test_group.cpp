@@ -132,9 +132,7 @@ bool group_is_cooperative(double w_bytes) {
 }  // namespace
 
 TEST(GroupCpu, EqualsTheLayersOneByOne) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const std::vector<std::vector<int64_t>> shapes = {{16, 3, 3, 3}, {8, 16, 3, 3}, {1, 8}};
   std::vector<std::unique_ptr<LayerPtr>> grouped, alone;
   std::vector<std::vector<float>> W, out_g, out_a;
@@ -514,9 +512,7 @@ static Captured expect_group_matches_cpu(const std::vector<Member> &ms, const st
 
 TEST(GroupGpu, MatchesCpuLayersStepByStep) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const std::vector<Member> ms = every_kind_of_member();
   const Captured kernels = expect_group_matches_cpu(ms, "", rng);
   // Launches per grouped call, whatever the number of layers: one cooperative launch, or the
@@ -643,18 +639,14 @@ static void expect_coop_equals_three_kernels(const std::vector<Member> &ms, cons
 // multiprocessor).
 TEST(GroupGpu, CooperativeLaunchIsBitwiseTheThreeKernels) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   expect_coop_equals_three_kernels(every_kind_of_member(), nullptr, rng);
 }
 
 // The same on 1 and 7 blocks: every block takes several blocks of every step (reduce, counters and
 // shared memory reused).
 static void expect_coop_on_few_blocks_equals_three_kernels(const std::vector<Member> &ms) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   for (const char *grid : {"1", "7"}) expect_coop_equals_three_kernels(ms, grid, rng);
 }
 
@@ -993,9 +985,7 @@ static void expect_nonfinite_step_keeps_state(const std::string &tune, Rng &rng,
 // In both bodies of the rows kernel: a warp per row (w = 24) and a block per row (w = 1300).
 TEST(GroupGpu, DegenerateStepsKeepTheRules) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   for (auto *check : {expect_zero_step_restarts, expect_nonfinite_step_keeps_state}) {
     std::vector<std::string> kernels;
     check("group_onchip=0", rng, &kernels);  // not on chip, which has its own test below
@@ -1110,9 +1100,7 @@ TEST(GroupGpu, OnChipMatchesCpuLayersStepByStep) {
     EXPECT_EQ(oc.cluster, 8) << "SN-GAN's 590 KB layer takes clusters of 8 (74 KB of rows per block)";
   }
   if (oc.cluster == 0) GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   expect_on_chip(expect_group_matches_cpu(ms, "group_onchip=1", rng));
 }
 
@@ -1124,9 +1112,7 @@ TEST(GroupGpu, DefaultRunsGroupsThatFitOnChip) {
   if (tune && std::strstr(tune, "group_")) GTEST_SKIP() << "SPECNORM_TUNE sets a group_ key: " << tune;
   std::vector<Member> ms = on_chip_members();
   if (on_chip_plan(ms, 0).cluster == 0) ms = small_on_chip_members();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const Captured k = expect_group_matches_cpu(ms, "", rng);
   if (sn_cuda_clusters_usable() && on_chip_plan(ms, 0).cluster > 0) {
     expect_on_chip(k);
@@ -1150,9 +1136,7 @@ TEST(GroupGpu, OnChipWith512ThreadsMatchesCpu) {
     if (on_chip_plan(ms, 0).cluster == 0) GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
     degenerate_fit = on_chip_plan({{{40, 24}}, {{40, 1300}}}, 0).cluster > 0;
   }
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const std::string tune = "group_onchip=1,onchip_threads=512";
   const Captured k = expect_group_matches_cpu(ms, tune, rng);
   expect_on_chip(k);
@@ -1170,9 +1154,7 @@ TEST(GroupGpu, OnChipWith512ThreadsMatchesCpu) {
 // one launch each.
 TEST(GroupGpu, OnChipAnyClusterSizeMatchesCpu) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const std::vector<Member> ms = small_on_chip_members();
   int ran = 0;
   for (int c : {1, 2, 4, 8}) {
@@ -1192,9 +1174,7 @@ TEST(GroupGpu, OnChipAnyClusterSizeMatchesCpu) {
 // (group_coop=0: had the on-chip launch been declined, the three kernels' launches would show).
 TEST(GroupGpu, OnChipIsDeterministic) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   std::vector<Member> ms = on_chip_members();
   if (on_chip_plan(ms, 0).cluster == 0) ms = small_on_chip_members();
   if (on_chip_plan(ms, 0).cluster == 0) GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
@@ -1208,9 +1188,7 @@ TEST(GroupGpu, OnChipDegenerateStepsKeepTheRules) {
   REQUIRE_GPU();
   if (on_chip_plan({{{40, 24}}, {{40, 1300}}}, 0).cluster == 0)
     GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   for (auto *check : {expect_zero_step_restarts, expect_nonfinite_step_keeps_state}) {
     std::vector<std::string> kernels;
     check("group_onchip=1", rng, &kernels);
@@ -1222,9 +1200,7 @@ TEST(GroupGpu, OnChipDegenerateStepsKeepTheRules) {
 // (dim 1), w > 4096, a layer larger than a cluster's shared memory (16 MB).
 TEST(GroupGpu, OnChipLeavesGroupsThatDoNotFit) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   for (const Member &odd : {Member{{40, 24, 5}, 1}, Member{{8, 5000}}, Member{{2048, 2048}}}) {
     SCOPED_TRACE("with " + shape_str(odd.shape));
     std::vector<Member> ms = {{{128, 3, 3, 3}}, {{1, 128}}};

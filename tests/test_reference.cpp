@@ -38,9 +38,7 @@ struct Shape {
 }  // namespace
 
 TEST(Reference, ConvergesToLapackLargestSingularValue) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   for (Shape s : {Shape{1, 1}, Shape{1, 17}, Shape{23, 1}, Shape{7, 5}, Shape{33, 64},
                   Shape{100, 37}, Shape{129, 255}}) {
     SCOPED_TRACE(std::to_string(s.h) + "x" + std::to_string(s.w));
@@ -62,9 +60,7 @@ TEST(Reference, ConvergesToLapackLargestSingularValue) {
 // largest singular value from below (at a rate of (σ₂/σ₁)² per iteration); σ is underestimated
 // and W / σ has a norm above 1. It becomes 1 only as iterations accumulate across steps.
 TEST(Reference, OneIterationFromRandomVectorsIsNotConverged) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const int64_t h = 40, w = 20;  // nn.Linear(20, 40): weight 40×20, kaiming-uniform init
   const float bound = 1.f / std::sqrt(float(w));
   std::vector<float> W(static_cast<size_t>(h * w));
@@ -79,9 +75,7 @@ TEST(Reference, OneIterationFromRandomVectorsIsNotConverged) {
 }
 
 TEST(Reference, KnownCases) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   // Diagonal: σ = max |d_k|.
   {
     const int64_t n = 9;
@@ -129,9 +123,7 @@ TEST(Reference, KnownCases) {
 
 // The strided view [A][h][B] equals an explicit permutation of the axis to the front.
 TEST(Reference, ViewEqualsExplicitPermutation) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const int64_t shape[4] = {3, 5, 2, 7};
   const int dim = 1;
   const sn_view_t vw = sn_ref_view(4, shape, dim);

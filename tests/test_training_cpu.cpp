@@ -40,9 +40,7 @@ struct BwCase {
 }  // namespace
 
 TEST(Backward, ReferenceMatchesCentralFiniteDifferences) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   for (const BwCase &c : {BwCase{{5, 7}, 0, 1.f, 0.f, false}, BwCase{{3, 4, 2}, 1, 1.f, 0.f, false},
                           BwCase{{4, 3, 2, 2}, -1, 1.f, 0.f, false}, BwCase{{6, 5}, 0, 1.7f, 0.f, false},
                           BwCase{{6, 5}, 0, 1.f, 0.5f, false}, BwCase{{6, 5}, 0, 1.f, 2.f, false},
@@ -152,9 +150,7 @@ std::vector<float> from_dtype(const std::vector<uint8_t> &x, sn_dtype_t dt) {
 }  // namespace
 
 TEST(Dtype, HalfWeightsOnTheCpuBackend) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const int64_t h = 24, w = 40;
   const std::vector<float> W32 = gapped_matrix(rng, h, w);
   sn_layer_desc_t d32 = make_desc({h, w}, SN_BACKEND_CPU);
@@ -185,9 +181,7 @@ TEST(Dtype, HalfWeightsOnTheCpuBackend) {
 }
 
 TEST(Scaled, ScaleOnlyForwardNormBoundAndGamma) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const int64_t h = 10, w = 12;
   std::vector<float> W = gapped_matrix(rng, h, w), out(W.size()), expect(W.size());
   sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
@@ -241,9 +235,7 @@ TEST(Scaled, ScaleOnlyForwardNormBoundAndGamma) {
 }
 
 TEST(Backward, ApiFlagsAndErrors) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const int64_t h = 9, w = 6;
   const sn_view_t vw{1, h, w};
   std::vector<float> W = gapped_matrix(rng, h, w), G = rng.normals(h * w), out(W.size());
@@ -296,9 +288,7 @@ TEST(Backward, ApiFlagsAndErrors) {
 // Forward + backward over several steps with W moving as SGD moves it: the state stays that of
 // the reference, and the loss of a Lipschitz-constrained quadratic goes down.
 TEST(Backward, TrainingStepsFollowTheReference) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const int64_t h = 8, w = 5;
   const sn_view_t vw{1, h, w};
   std::vector<float> W = gapped_matrix(rng, h, w), T = rng.normals(h * w, 0.1f), Wsn(W.size()),
@@ -337,9 +327,7 @@ TEST(Backward, TrainingStepsFollowTheReference) {
 // A 1-D weight: W_sn = W / ‖W‖, and the backward is the full gradient of that normalization
 // (what autograd gives for PyTorch's F.normalize), checked by central differences.
 TEST(Backward, OneDimensionalWeightMatchesFiniteDifferences) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const int64_t n = 17;
   std::vector<float> W = rng.normals(n), C = rng.normals(n), out(W.size()), dW(W.size());
   LayerPtr l(make_desc({n}, SN_BACKEND_CPU));

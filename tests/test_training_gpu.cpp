@@ -36,9 +36,7 @@ struct DtCase {
 
 TEST(GpuTraining, HalfWeightsMatchTheCpuBackend) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   for (const DtCase &c : {DtCase{{4096, 4096}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_DEFAULT},
                           DtCase{{1000, 4100}, 0, SN_DTYPE_FLOAT16, SN_ALGO_ONE_PASS},
                           DtCase{{700, 16384}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_ONE_PASS},
@@ -100,9 +98,7 @@ struct BwCase {
 
 TEST(GpuTraining, BackwardMatchesTheCpuBackend) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   const BwCase cases[] = {
       {{4096, 4096}, 0, SN_DTYPE_FLOAT32, 0, false, 0.f, 0},
       {{1000, 4099}, 0, SN_DTYPE_FLOAT32, SN_BACKWARD_ACCUMULATE, false, 0.f, 0},
@@ -287,9 +283,7 @@ TEST(GpuTraining, WholeStepInACudaGraph) {
 // against a CPU layer driven the same way (with the GPU's W): state, W_sn and dW step by step.
 TEST(GpuTraining, ForwardBackwardStepsMatchTheCpuBackend) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   for (const auto &shape : {std::vector<int64_t>{600, 1152}, std::vector<int64_t>{8, 6, 3, 3}}) {
     SCOPED_TRACE(shape_str(shape));
     const int64_t n = numel_of(shape);
@@ -337,9 +331,7 @@ static bool layer_on_chip_here(const std::vector<int64_t> &shape, sn_dtype_t dt)
 // each on-chip kernel where the layer fits this device; the backward with no usable σ yet.
 TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=1").c_str());
   struct Opt {
     std::vector<int64_t> shape;
@@ -510,9 +502,7 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
 // a block per row (the default): the same bits.
 TEST(GpuTraining, BackwardRowsAreBitwiseReproducible) {
   REQUIRE_GPU();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SN_SEEDED_RNG();
   struct Shape {
     std::vector<int64_t> shape;
     sn_dtype_t dt;

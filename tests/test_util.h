@@ -54,6 +54,13 @@ inline uint64_t fresh_seed() {
   return (uint64_t(rd()) << 32) ^ rd();
 }
 
+// In a test body: `seed`, a fresh seed (SN_TEST_SEED reproduces it), traced in every failure
+// message from here on, and `rng`, a generator seeded with it.
+#define SN_SEEDED_RNG()                                           \
+  const uint64_t seed = ::sntest::fresh_seed();                   \
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));           \
+  ::sntest::Rng rng(seed)
+
 struct Rng {
   std::mt19937_64 gen;
   explicit Rng(uint64_t seed) : gen(seed) {}
