@@ -23,8 +23,6 @@
 // 154.2 -> 164.0 µs with 2) and was removed (bench/NOTES.md).
 // Bytes: numel·sizeof(T) read + numel·sizeof(T) written (DRAM: less the L2 hits above), plus
 // (h + w)·8 when u and v are committed.
-#include <cuda_pipeline.h>
-
 #include "kernels.h"
 #include "sn_device.cuh"
 #include "sn_types.cuh"
@@ -48,12 +46,36 @@ struct CommitParams {
 // The block's early packs (PRE instances only): one 16-byte slot per thread.
 template <class R>
 __device__ __forceinline__ R *early_slots() {
-  __shared__ R slots[kBlock];
+  __shared__ __align__(16) R slots[kBlock];
   return slots;
 }
 
+// 16 bytes from global to shared memory in flight (cp.async.cg: through L2 only), and with
+// EVICT_FIRST at L2's evict-first priority, as the streaming division's loads (ld.global.cs).
+// The thread waits for its own copies with early_wait().
+template <bool EVICT_FIRST>
+__device__ __forceinline__ void early_copy(void *smem, const void *gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  if constexpr (EVICT_FIRST) {
+    asm volatile(
+        "{\n\t.reg .b64 pol;\n\t"
+        "createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n\t"
+        "cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, pol;\n\t}" ::"r"(s),
+        "l"(gmem)
+        : "memory");
+  } else {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+__device__ __forceinline__ void early_wait() {
+  asm volatile("cp.async.wait_group 0;" ::: "memory");
+}
+
 // PRE (plan.div_prefetch): each thread's first pack of W is copied into its slot of shared memory
-// (cp.async: no registers held) before the PDL wait, and divided and stored right after it.
+// (cp.async: no registers held; evict-first in L2 with STREAM) before the PDL wait, and divided
+// and stored right after it.
 template <bool WIDE, class T, bool STREAM = false, bool PRE = false>
 __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   static_assert(WIDE || !STREAM, "streaming accesses: the 16-byte packs only");
@@ -79,9 +101,7 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   // between them). The same loads, the same bits.
   const bool first_early = PRE && tid < nq;
   if constexpr (PRE) {
-    if (first_early)
-      __pipeline_memcpy_async(early_slots<R>() + threadIdx.x, in + E * (nq - 1 - tid), 16);
-    __pipeline_commit();
+    if (first_early) early_copy<STREAM>(early_slots<R>() + threadIdx.x, in + E * (nq - 1 - tid));
   }
   pdl_enter();
   const CommitScale cs = commit_scale(p.scal[p.slot], p.sigma, p.norm_bound, p.gamma);
@@ -97,7 +117,7 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   int64_t k = tid;  // this thread's next pack, counted from the end of W
   if constexpr (PRE) {
     if (first_early) {
-      __pipeline_wait_prior(0);  // this thread's own copy: no barrier needed
+      early_wait();  // this thread's own copy: no barrier needed
       divide_store(nq - 1 - k, early_slots<R>()[threadIdx.x]);
       k += stride;
     }

@@ -280,7 +280,7 @@ inline std::string shape_str(const std::vector<int64_t> &s) {
 }
 
 // The kernels that enqueue(stream) launches, demangled (e.g. "sn::(anonymous namespace)::
-// commit_divide_kernel<true, float, false, 4>(...)"), from a graph capture on a fresh stream:
+// commit_divide_kernel<true, float, false, false>(...)"), from a graph capture on a fresh stream:
 // nothing runs. Tells which instance of a kernel a setting selected.
 inline std::vector<std::string> captured_kernels(const std::function<sn_status_t(cudaStream_t)> &enqueue) {
   std::vector<std::string> names;
