@@ -114,12 +114,10 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
     if constexpr (STREAM) store_streaming(out + E * q, V::pack(x));
     else V::store(out + E * q, x);
   };
-  int64_t k = tid;  // this thread's next pack, counted from the end of W
   if constexpr (PRE) {
     if (first_early) {
       early_wait();  // this thread's own copy: no barrier needed
-      divide_store(nq - 1 - k, early_slots<R>()[threadIdx.x]);
-      k += stride;
+      divide_store(nq - 1 - tid, early_slots<R>()[threadIdx.x]);
     }
   }
 
@@ -138,7 +136,9 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
   for (int64_t j = nq * E + tid; j < p.n; j += stride) out[j] = from_f<T>(scale(to_f(in[j])));
   // W_sn may be W itself, so the compiler keeps each load after the previous store: a thread has
   // one load in flight.
-  for (; k < nq; k += stride) divide_store(nq - 1 - k, load(nq - 1 - k));
+  // This thread's packs, counted from the end of W (the first one done above under PRE).
+  for (int64_t k = PRE ? tid + stride : tid; k < nq; k += stride)
+    divide_store(nq - 1 - k, load(nq - 1 - k));
 }
 
 }  // namespace
