@@ -6,6 +6,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "sn_device.cuh" /* the library's fixed-order block sums and last-block arrival */
+#include "sn_types.cuh"  /* its 16-byte packs and conversions */
+
 static __global__ void inv_clamp_kernel(const float *norm, float *inv, float eps) {
   inv[0] = 1.0f / fmaxf(norm[0], eps);
 }
@@ -85,28 +88,13 @@ static __device__ __forceinline__ void st(__nv_bfloat16 *p, size_t k, float x) {
   p[k] = __float2bfloat16_rn(x);
 }
 
-// The block's sum of x, in thread 0 (a fixed order: warps by shuffles, then warp 0 over the
-// warps). Every thread of the block must call it; it may be called again after it returns.
-static __device__ float block_sum(float x) {
-  __shared__ float part[32];
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
-  __syncthreads();  // part[] of an earlier call has been read
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = x;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    x = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
-    for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
-  }
-  return x;
-}
-
 template <class T>
 static __global__ void dot_kernel(const T *a, const T *b, size_t n, float *out) {
   float acc = 0.f;
   for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n;
        k += (size_t)gridDim.x * blockDim.x)
     acc += ld(a, k) * ld(b, k);
-  acc = block_sum(acc);
+  acc = sn::block_sum(acc);
   if (threadIdx.x == 0) atomicAdd(out, acc);
 }
 
@@ -186,107 +174,54 @@ extern "C" cudaError_t snb_launch_sn_backward(const void *G, void *dW, int dtype
 // backward). Plain 16-byte loads, one resident wave of 256-thread blocks striding over the input,
 // four loads in flight per thread.
 
-static constexpr int kProbeThreads = 256;
+static constexpr int kProbeThreads = sn::kBlock;  // the library's block sums take kBlock threads
 static constexpr int kProbeUnroll = 4;
 
-// A 16-byte pack of T as floats, and back: E = 16 / sizeof(T) elements.
-template <class T> struct Pack;
-template <> struct Pack<float> {
-  static constexpr int E = 4;
-  static __device__ __forceinline__ void get(const uint4 &r, float (&f)[E]) {
-    f[0] = __uint_as_float(r.x), f[1] = __uint_as_float(r.y);
-    f[2] = __uint_as_float(r.z), f[3] = __uint_as_float(r.w);
-  }
-  static __device__ __forceinline__ uint4 put(const float (&f)[E]) {
-    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
-                      __float_as_uint(f[3]));
-  }
-};
-// Two 2-byte elements per 32-bit word, the lower address in the low half.
-template <class T> struct Pack2 {
-  static constexpr int E = 8;
-  static __device__ __forceinline__ float lo(unsigned x);
-  static __device__ __forceinline__ unsigned bits(float x);
-  static __device__ __forceinline__ void get(const uint4 &r, float (&f)[E]) {
-    const unsigned w[4] = {r.x, r.y, r.z, r.w};
-#pragma unroll
-    for (int k = 0; k < 4; ++k) f[2 * k] = lo(w[k] & 0xffffu), f[2 * k + 1] = lo(w[k] >> 16);
-  }
-  static __device__ __forceinline__ uint4 put(const float (&f)[E]) {
-    unsigned w[4];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) w[k] = bits(f[2 * k]) | bits(f[2 * k + 1]) << 16;
-    return make_uint4(w[0], w[1], w[2], w[3]);
-  }
-};
-template <> __device__ __forceinline__ float Pack2<__half>::lo(unsigned x) {
-  return __half2float(__ushort_as_half((unsigned short)x));
-}
-template <> __device__ __forceinline__ unsigned Pack2<__half>::bits(float x) {
-  return __half_as_ushort(__float2half_rn(x));
-}
-template <> __device__ __forceinline__ float Pack2<__nv_bfloat16>::lo(unsigned x) {
-  return __uint_as_float(x << 16);
-}
-template <> __device__ __forceinline__ unsigned Pack2<__nv_bfloat16>::bits(float x) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
-}
-template <> struct Pack<__half> : Pack2<__half> {};
-template <> struct Pack<__nv_bfloat16> : Pack2<__nv_bfloat16> {};
+// A 16-byte pack of T, converted to and from floats (the library's VecN).
+template <class T>
+using Pack = sn::VecN<T, sn::kWide<T>>;
 
 // *out = sum_k a[k] * b[k] (b == NULL: a[k]²) in float. Each block adds its share in a fixed
 // order and writes part[blockIdx.x]; the last block to arrive adds part[] in block order, writes
-// *out and resets *counter to 0 for the next call. Same grid, same bits. a, b 16-byte aligned.
+// *out, and leaves *counter at 0 for the next call. Same grid, same bits. a, b 16-byte aligned.
 template <class T, bool TWO>
 static __global__ void __launch_bounds__(kProbeThreads)
     probe_reduce_kernel(const T *a, const T *b, size_t n, float *part, unsigned *counter,
                         float *out) {
-  using P = Pack<T>;
-  const uint4 *a4 = reinterpret_cast<const uint4 *>(a);
-  const uint4 *b4 = reinterpret_cast<const uint4 *>(TWO ? b : a);
-  const size_t n4 = n / P::E, stride = (size_t)gridDim.x * blockDim.x;
+  constexpr int E = sn::kWide<T>;
+  using R = typename Pack<T>::raw;
+  const T *bb = TWO ? b : a;
+  const size_t nq = n / E, stride = (size_t)gridDim.x * blockDim.x;
   size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
   float acc = 0.f;
-  auto add = [&](const uint4 &x, const uint4 &y) {
-    float fx[P::E], fy[P::E];
-    P::get(x, fx);
-    P::get(y, fy);
+  auto add = [&](const R &x, const R &y) {
+    float fx[E], fy[E];
+    Pack<T>::cvt(x, fx);
+    Pack<T>::cvt(y, fy);
 #pragma unroll
-    for (int e = 0; e < P::E; ++e) acc += fx[e] * fy[e];
+    for (int e = 0; e < E; ++e) acc += fx[e] * fy[e];
   };
-  for (; i + (kProbeUnroll - 1) * stride < n4; i += kProbeUnroll * stride) {
-    uint4 x[kProbeUnroll], y[kProbeUnroll];
+  for (; i + (kProbeUnroll - 1) * stride < nq; i += kProbeUnroll * stride) {
+    R x[kProbeUnroll], y[kProbeUnroll];
 #pragma unroll
     for (int u = 0; u < kProbeUnroll; ++u) {
-      x[u] = a4[i + u * stride];
-      if (TWO) y[u] = b4[i + u * stride];
+      x[u] = Pack<T>::load_raw(a + E * (i + u * stride));
+      if (TWO) y[u] = Pack<T>::load_raw(bb + E * (i + u * stride));
     }
 #pragma unroll
     for (int u = 0; u < kProbeUnroll; ++u) add(x[u], TWO ? y[u] : x[u]);
   }
-  for (; i < n4; i += stride) {
-    const uint4 x = a4[i];
-    add(x, TWO ? b4[i] : x);
+  for (; i < nq; i += stride) {
+    const R x = Pack<T>::load_raw(a + E * i);
+    add(x, TWO ? Pack<T>::load_raw(bb + E * i) : x);
   }
-  const size_t k = n4 * P::E + blockIdx.x * (size_t)blockDim.x + threadIdx.x;  // the tail
-  if (k < n) acc += ld(a, k) * ld(TWO ? b : a, k);
-  acc = block_sum(acc);
-  __shared__ bool last;
-  if (threadIdx.x == 0) {
-    part[blockIdx.x] = acc;
-    __threadfence();
-    last = atomicAdd(counter, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  float s = 0.f;
-  for (unsigned g = threadIdx.x; g < gridDim.x; g += blockDim.x) s += __ldcg(part + g);
-  s = block_sum(s);
-  if (threadIdx.x == 0) {
-    *out = s;
-    *counter = 0;
-  }
+  const size_t k = nq * E + blockIdx.x * (size_t)blockDim.x + threadIdx.x;  // the tail
+  if (k < n) acc += sn::to_f(a[k]) * sn::to_f(bb[k]);
+  acc = sn::block_sum(acc);
+  if (threadIdx.x == 0) part[blockIdx.x] = acc;
+  if (!sn::last_block_to_arrive(counter, gridDim.x)) return;
+  const float s = sn::block_sum_of(part, gridDim.x);
+  if (threadIdx.x == 0) *out = s;
 }
 
 // out[k] = in[k] * c, or fma(in[k], c, out[k]) (ACC), c = 1 / (1 + |*scalar|): a scale that
@@ -294,33 +229,36 @@ static __global__ void __launch_bounds__(kProbeThreads)
 template <class T, bool ACC>
 static __global__ void __launch_bounds__(kProbeThreads)
     probe_map_kernel(const T *in, T *out, size_t n, const float *scalar) {
-  using P = Pack<T>;
+  constexpr int E = sn::kWide<T>;
+  using R = typename Pack<T>::raw;
   const float c = 1.f / (1.f + fabsf(*scalar));
-  const uint4 *in4 = reinterpret_cast<const uint4 *>(in);
-  uint4 *out4 = reinterpret_cast<uint4 *>(out);
-  const size_t n4 = n / P::E, stride = (size_t)gridDim.x * blockDim.x;
-  auto map = [&](const uint4 &x, const uint4 &old) {
-    float f[P::E], g[P::E];
-    P::get(x, f);
-    if (ACC) P::get(old, g);
+  const size_t nq = n / E, stride = (size_t)gridDim.x * blockDim.x;
+  auto map = [&](size_t q, const R &x, const R &old) {
+    float f[E], g[E];
+    Pack<T>::cvt(x, f);
+    if (ACC) Pack<T>::cvt(old, g);
 #pragma unroll
-    for (int e = 0; e < P::E; ++e) f[e] = ACC ? __fmaf_rn(f[e], c, g[e]) : f[e] * c;
-    return P::put(f);
+    for (int e = 0; e < E; ++e) f[e] = ACC ? __fmaf_rn(f[e], c, g[e]) : f[e] * c;
+    Pack<T>::store(out + E * q, f);
   };
   size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-  for (; i + (kProbeUnroll - 1) * stride < n4; i += kProbeUnroll * stride) {
-    uint4 x[kProbeUnroll], o[kProbeUnroll];
+  for (; i + (kProbeUnroll - 1) * stride < nq; i += kProbeUnroll * stride) {
+    R x[kProbeUnroll], o[kProbeUnroll];
 #pragma unroll
     for (int u = 0; u < kProbeUnroll; ++u) {
-      x[u] = in4[i + u * stride];
-      o[u] = ACC ? out4[i + u * stride] : x[u];
+      x[u] = Pack<T>::load_raw(in + E * (i + u * stride));
+      o[u] = ACC ? Pack<T>::load_raw(out + E * (i + u * stride)) : x[u];
     }
 #pragma unroll
-    for (int u = 0; u < kProbeUnroll; ++u) out4[i + u * stride] = map(x[u], o[u]);
+    for (int u = 0; u < kProbeUnroll; ++u) map(i + u * stride, x[u], o[u]);
   }
-  for (; i < n4; i += stride) out4[i] = map(in4[i], ACC ? out4[i] : in4[i]);
-  const size_t k = n4 * P::E + blockIdx.x * (size_t)blockDim.x + threadIdx.x;  // the tail
-  if (k < n) st(out, k, ACC ? __fmaf_rn(ld(in, k), c, ld(out, k)) : ld(in, k) * c);
+  for (; i < nq; i += stride) {
+    const R x = Pack<T>::load_raw(in + E * i);
+    map(i, x, ACC ? Pack<T>::load_raw(out + E * i) : x);
+  }
+  const size_t k = nq * E + blockIdx.x * (size_t)blockDim.x + threadIdx.x;  // the tail
+  if (k < n)
+    out[k] = sn::from_f<T>(ACC ? __fmaf_rn(sn::to_f(in[k]), c, sn::to_f(out[k])) : sn::to_f(in[k]) * c);
 }
 
 extern "C" int snb_probe_max_blocks(void) { return sm_count() * 2048 / kProbeThreads; }
@@ -358,11 +296,11 @@ static cudaError_t probe_reduce(const T *a, const T *b, size_t n, float *part, u
                                 float *out, cudaStream_t stream) {
   if (b) {
     const auto k = probe_reduce_kernel<T, true>;
-    const unsigned grid = probe_grid((const void *)k, n, Pack<T>::E);
+    const unsigned grid = probe_grid((const void *)k, n, sn::kWide<T>);
     k<<<grid, kProbeThreads, 0, stream>>>(a, b, n, part, counter, out);
   } else {
     const auto k = probe_reduce_kernel<T, false>;
-    const unsigned grid = probe_grid((const void *)k, n, Pack<T>::E);
+    const unsigned grid = probe_grid((const void *)k, n, sn::kWide<T>);
     k<<<grid, kProbeThreads, 0, stream>>>(a, b, n, part, counter, out);
   }
   return cudaGetLastError();
@@ -373,11 +311,11 @@ static cudaError_t probe_map(const T *in, T *out, size_t n, const float *scalar,
                              cudaStream_t stream) {
   if (accumulate) {
     const auto k = probe_map_kernel<T, true>;
-    const unsigned grid = probe_grid((const void *)k, n, Pack<T>::E);
+    const unsigned grid = probe_grid((const void *)k, n, sn::kWide<T>);
     k<<<grid, kProbeThreads, 0, stream>>>(in, out, n, scalar);
   } else {
     const auto k = probe_map_kernel<T, false>;
-    const unsigned grid = probe_grid((const void *)k, n, Pack<T>::E);
+    const unsigned grid = probe_grid((const void *)k, n, sn::kWide<T>);
     k<<<grid, kProbeThreads, 0, stream>>>(in, out, n, scalar);
   }
   return cudaGetLastError();
