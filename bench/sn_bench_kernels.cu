@@ -265,19 +265,18 @@ extern "C" int snb_probe_max_blocks(void) { return sm_count() * 2048 / kProbeThr
 
 // Blocks of `kernel` resident per multiprocessor (asked once per kernel; at least 1).
 static int probe_per_sm(const void *kernel) {
-  static const void *keys[12];
-  static int vals[12];
-  for (int k = 0; k < 12; ++k) {
+  enum { kSlots = 12 };  // the probe's kernels: 2 kinds x 2 variants x 3 types
+  static const void *keys[kSlots];
+  static int vals[kSlots];
+  int k = 0;
+  for (; k < kSlots && keys[k]; ++k)
     if (keys[k] == kernel) return vals[k];
-    if (keys[k]) continue;
-    int per_sm = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kProbeThreads, 0) !=
-            cudaSuccess || per_sm <= 0)
-      per_sm = 1;
-    keys[k] = kernel;
-    return vals[k] = per_sm;
-  }
-  return 1;
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kProbeThreads, 0) !=
+          cudaSuccess || per_sm <= 0)
+    per_sm = 1;
+  if (k < kSlots) keys[k] = kernel, vals[k] = per_sm;  // (a full table: asked every time)
+  return per_sm;
 }
 
 // One resident wave of `kernel` (its occupancy on every multiprocessor), no more blocks than
