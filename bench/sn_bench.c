@@ -1683,22 +1683,42 @@ static probe_sums_t probe_host_sums(const buffers_t *b, size_t n) {
  * this many at an odd stride, and the last. */
 #define PROBE_CHECK_ELEMS (1 << 20)
 
+/* The k-th sampled element index of an array of n elements taken `step` apart, and the last:
+ * k·step while that is below n, then n - 1. */
+static size_t sample_at(size_t k, size_t step, size_t n) { return k * step < n ? k * step : n - 1; }
+
+/* The number of those samples. */
+static size_t sample_count(size_t step, size_t n) {
+  return (n - 1) / step + 1 + ((n - 1) % step != 0);
+}
+
+/* Copy the samples (sample_at) of device array d (n elements of es bytes) to host h, in order. */
+static void copy_samples(void *h, const void *d, size_t n, size_t step, size_t es) {
+  const size_t strided = (n - 1) / step + 1;
+  CK_CUDA(cudaMemcpy2D(h, es, d, step * es, es, strided, cudaMemcpyDeviceToHost));
+  if (sample_count(step, n) > strided)
+    CK_CUDA(cudaMemcpy((char *)h + strided * es, (const char *)d + (n - 1) * es, es,
+                       cudaMemcpyDeviceToHost));
+}
+
 /* Runs one probe call in `mode` on copy 0 and checks it against the host: the scalar within
  * CHECK_TOL of its sum (relative to sqrt(sum a² sum b²), as a sum of signed products may cancel);
  * the output (not in scale mode), at about PROBE_CHECK_ELEMS evenly spaced elements and the last,
  * within compare_out's W_sn rule of in[k] * c (backward-acc: fma(in[k], c, old output)), c
- * computed from the device's scalar as the kernel does (the same float roundings). Returns 0 if
- * it holds; otherwise writes why. */
+ * computed from the device's scalar as the kernel does (the same float roundings). Only the
+ * sampled elements are copied from the device. Returns 0 if it holds; otherwise writes why. */
 static int probe_check(probe_t *p, const probe_sums_t *sums, int mode, cudaStream_t s,
                        double *scalar_err, double *out_err, char *why, size_t why_size) {
   const buffers_t *b = p->buf;
   const sn_dtype_t t = b->dtype;
   const void *hin = is_backward(mode) ? hG_at(b, 0) : hW_at(b, 0);
-  const size_t bytes = p->n * b->es;
+  /* odd, so that the sample falls on every lane of the kernel's 16-byte packs */
+  const size_t step = p->n > PROBE_CHECK_ELEMS ? (p->n / PROBE_CHECK_ELEMS) | 1 : 1;
+  const size_t m = sample_count(step, p->n);
   void *old = NULL;
   if (mode == M_BACKWARD_ACC) {
-    old = xmalloc(bytes);
-    CK_CUDA(cudaMemcpy(old, Out_at(b, 0, 0), bytes, cudaMemcpyDeviceToHost));
+    old = xmalloc(m * b->es);
+    copy_samples(old, Out_at(b, 0, 0), p->n, step, b->es);
   }
   float got = 0;
   CK_CUDA(cudaMemsetAsync(p->scalar, 0xff, sizeof *p->scalar, s)); /* NaN: a call must write it */
@@ -1716,33 +1736,24 @@ static int probe_check(probe_t *p, const probe_sums_t *sums, int mode, cudaStrea
   }
   *out_err = 0;
   if (!bad && mode != M_SCALE) {
-    void *out = xmalloc(bytes);
-    CK_CUDA(cudaMemcpy(out, Out_at(b, 0, 0), bytes, cudaMemcpyDeviceToHost));
-    /* odd, so that the sample falls on every lane of the kernel's 16-byte packs */
-    const size_t step = p->n > PROBE_CHECK_ELEMS ? (p->n / PROBE_CHECK_ELEMS) | 1 : 1;
-    const size_t m = (p->n - 1) / step + 2; /* the sampled elements and the last */
     void *sg = xmalloc(m * b->es), *sr = xmalloc(m * b->es);
+    copy_samples(sg, Out_at(b, 0, 0), p->n, step, b->es);
     const float c = 1.f / (1.f + fabsf(got));
-    size_t j = 0;
-    for (size_t k = 0;; k += step) {
-      if (k > p->n - 1) k = p->n - 1;
-      const float add = old ? sn_load(old, t, (int64_t)k) : 0.f;
-      sn_store(sr, t, (int64_t)j, fmaf(sn_load(hin, t, (int64_t)k), c, add));
-      sn_store(sg, t, (int64_t)j, sn_load(out, t, (int64_t)k));
-      j++;
-      if (k == p->n - 1) break;
+    for (size_t j = 0; j < m; j++) {
+      const float add = old ? sn_load(old, t, (int64_t)j) : 0.f;
+      const float x = sn_load(hin, t, (int64_t)sample_at(j, step, p->n));
+      sn_store(sr, t, (int64_t)j, fmaf(x, c, add));
     }
-    const cmp_result_t cmp = compare_out(CMP_WSN, sg, sr, t, (int64_t)j);
+    const cmp_result_t cmp = compare_out(CMP_WSN, sg, sr, t, (int64_t)m);
     *out_err = cmp.err;
     if (!cmp.pass) {
-      const size_t at = (size_t)cmp.worst * step < p->n ? (size_t)cmp.worst * step : p->n - 1;
       snprintf(why, why_size, "%s: output element %zu is %.9g where the host gives %.9g (%s)",
-               MODE_NAMES[mode], at, cmp.got, cmp.ref, cmp.rule);
+               MODE_NAMES[mode], sample_at((size_t)cmp.worst, step, p->n), cmp.got, cmp.ref,
+               cmp.rule);
       bad = 1;
     }
     free(sg);
     free(sr);
-    free(out);
   }
   free(old);
   return bad;
