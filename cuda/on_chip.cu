@@ -436,29 +436,33 @@ Layout layout_for(const sn_group_entry_t *ent, int count, int C, int threads) {
   return L;
 }
 
-// Whether clusters of C blocks with `bytes` of shared memory each can run on the current device
-// (C = 1 without clusters: a block): the kernel may use that much (allow_shared_memory checks it
-// against the device, less the static shared memory), and the occupancy query finds room.
-template <int NT>
-bool schedulable(int C, size_t bytes, bool clusters) {
-  if (allow_shared_memory(group_on_chip_kernel<NT>, bytes) != cudaSuccess) {
+// The forward kernel's instance for `threads` per block (512, else 256): the one choice of
+// instance, for the layout's check below and for the launch.
+using OnChipKernel = void (*)(OnChipParams);
+OnChipKernel on_chip_kernel_for(int threads) {
+  return threads == 512 ? group_on_chip_kernel<512> : group_on_chip_kernel<256>;
+}
+
+// Whether clusters of C blocks of `threads` threads with `bytes` of shared memory each can run on
+// the current device (C = 1 without clusters: a block): the kernel may use that much
+// (allow_shared_memory checks it against the device, less the static shared memory), and the
+// occupancy query finds room.
+bool schedulable(int C, size_t bytes, bool clusters, int threads) {
+  const OnChipKernel kernel = on_chip_kernel_for(threads);
+  if (allow_shared_memory(kernel, bytes) != cudaSuccess) {
     (void)cudaGetLastError();
     return false;
   }
   int fit = 0;
   cudaError_t e;
   if (clusters) {
-    ClusterLaunch L(C, NT, bytes, C, nullptr);
-    e = cudaOccupancyMaxActiveClusters(&fit, group_on_chip_kernel<NT>, &L.cfg);
+    ClusterLaunch L(C, threads, bytes, C, nullptr);
+    e = cudaOccupancyMaxActiveClusters(&fit, kernel, &L.cfg);
   } else {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, group_on_chip_kernel<NT>, NT, bytes);
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, threads, bytes);
   }
   if (e != cudaSuccess) (void)cudaGetLastError();
   return e == cudaSuccess && fit >= 1;
-}
-
-bool schedulable(int C, size_t bytes, bool clusters, int threads) {
-  return threads == 512 ? schedulable<512>(C, bytes, clusters) : schedulable<256>(C, bytes, clusters);
 }
 
 }  // namespace
@@ -498,9 +502,7 @@ cudaError_t launch_on_chip(const sn_on_chip_t &oc, const sn_group_entry_t *entri
   p.training = training;
   const int nt = oc.threads == 512 ? 512 : 256;  // the instance and its shared memory agree
   const size_t smem = on_chip_smem(p.w_bytes, p.w4, p.rows4, nt);
-  if (nt == 512)
-    return launch_clusters(oc, group_on_chip_kernel<512>, count * oc.cluster, 512, smem, pdl, stream, p);
-  return launch_clusters(oc, group_on_chip_kernel<256>, count * oc.cluster, 256, smem, pdl, stream, p);
+  return launch_clusters(oc, on_chip_kernel_for(nt), count * oc.cluster, nt, smem, pdl, stream, p);
 }
 
 }  // namespace sn
