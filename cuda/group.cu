@@ -255,7 +255,7 @@ __device__ __forceinline__ void reduce_step(const sn_cuda_group_t &G, int b, int
     if (c == 0 && threadIdx.x == 0) e.scal[SN_SCAL_SIG_DOT] = acc;
     return;
   }
-  const float m_t = fmaxf(sqrtf(acc), e.eps);
+  const float m_t = norm_divisor(acc, e.eps);
   float sq = j < e.w ? store_scaled(x, m_t, e.s, j) : 0.f;
   sq = block_sum(sq);
   if (threadIdx.x == 0) e.sq[c] = sq;

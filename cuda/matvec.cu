@@ -94,7 +94,7 @@ __device__ void finish_matvec(const MatvecParams &p, int slices) {
   sq = block_sum(sq);
   if (p.mode == TMode::kDot) dot = block_sum(dot);
   if (threadIdx.x == 0) {
-    const float norm = sqrtf(sq), m = fmaxf(norm, p.eps);
+    const float norm = sqrtf(sq), m = norm_divisor(sq, p.eps);
     if (p.mode == TMode::kNormalize) {
       p.scal[SN_SCAL_M_T] = m;
       p.scal[SN_SCAL_SIG_T] = sq / m;

@@ -253,7 +253,7 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
       sig = tot;
       break;
     }
-    m_t = fmaxf(sqrtf(tot), e.eps);
+    m_t = norm_divisor(tot, e.eps);
     const float rt = 1.f / m_t;
     float sq = 0.f;
 #pragma unroll 2
@@ -267,7 +267,7 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
       sq += __fmul_rn(x, x);
     }
     const float ssq = block_sum<NT>(sq);
-    m_s = fmaxf(sqrtf(ssq), e.eps);
+    m_s = norm_divisor(ssq, e.eps);
     sig = ssq / m_s;
     if (it + 1 < iters) {
       const float rs = 1.f / m_s;

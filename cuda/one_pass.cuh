@@ -306,7 +306,7 @@ __device__ __forceinline__ float reduce_columns(const ReduceParams &p, int cols,
   }
   red[tid] = s;
   // max(‖t‖, eps) from the row blocks' partial Σ t², in block order (every block alike).
-  const float m_t = fmaxf(sqrtf(block_sum(tq)), p.eps);
+  const float m_t = norm_divisor(block_sum(tq), p.eps);
   for (int st = part_lanes / 2; st > 0; st >>= 1) {
     __syncthreads();
     if (pl < st) {

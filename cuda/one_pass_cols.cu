@@ -120,14 +120,14 @@ __global__ void __launch_bounds__(kBlock) cols_reduce_kernel(ColsReduceParams p)
   const int64_t i = (int64_t)blockIdx.x * kBlock + threadIdx.x;
   const float x = i < p.h ? sum_partials(p.part, p.panels, p.h, i) : 0.f;
   // max(‖s‖, eps) from the panels' Σ s², in panel order (every block alike).
-  const float m_s = fmaxf(sqrtf(block_sum(sq_share)), p.eps);
+  const float m_s = norm_divisor(block_sum(sq_share), p.eps);
   float sq = i < p.h ? store_scaled(x, m_s, p.t, i) : 0.f;
   sq = block_sum(sq);
   if (threadIdx.x == 0) p.tsq[blockIdx.x] = sq;
   if (!last_block_to_arrive(p.counter, gridDim.x)) return;
   const float tot = block_sum_of(p.tsq, gridDim.x);
   if (threadIdx.x == 0) {
-    const float m = fmaxf(sqrtf(tot), p.eps);
+    const float m = norm_divisor(tot, p.eps);
     p.scal[SN_SCAL_M_T] = m;
     p.scal[SN_SCAL_SIG_T] = tot / m;
     p.scal[SN_SCAL_M_S] = m_s;

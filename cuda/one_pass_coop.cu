@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(NT, kCoopMinBlocks<VPT>) one_pass_coop_kernel(
 
   if (!c.on) {  // the last block to arrive: the norms and σ, as the reduce kernel's last block
     if (!last_block_to_arrive(r.counter, gridDim.x)) return;
-    const float m_t = fmaxf(sqrtf(block_sum_of(r.tsq, r.tsq_parts)), r.eps);
+    const float m_t = norm_divisor(block_sum_of(r.tsq, r.tsq_parts), r.eps);
     finish_s_norm(r.sq, r.blocks, r.eps, r.scal);
     if (threadIdx.x == 0) r.scal[SN_SCAL_M_T] = m_t;
     return;
@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(NT, kCoopMinBlocks<VPT>) one_pass_coop_kernel(
   // (for the old σ) only where the new one is not usable, and then nothing writes it.
   const float tt = block_sum_of(r.tsq, r.tsq_parts);
   const float ss = block_sum_of(r.sq, r.blocks);
-  const float m_t = fmaxf(sqrtf(tt), r.eps), m_s = fmaxf(sqrtf(ss), r.eps), sig = ss / m_s;
+  const float m_t = norm_divisor(tt, r.eps), m_s = norm_divisor(ss, r.eps), sig = ss / m_s;
   const CommitScale cs = commit_scale(sig, c.sigma, c.norm_bound, c.gamma);
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     r.scal[SN_SCAL_M_T] = m_t;

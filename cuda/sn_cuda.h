@@ -87,7 +87,9 @@ enum {
 typedef struct {
   sn_view_t view;
   sn_dtype_t dtype;   /* element type of W, W_sn, G, dW */
-  float eps;
+  float eps;          /* signed: eps > 0 means N(x) = x / max(‖x‖, eps) (SN_EPS_CLAMP_NORM), eps < 0
+                         x / sqrt(‖x‖² − eps) (SN_EPS_ADD_SQUARED of |eps|); host: sn__eps_param,
+                         device: norm_divisor (sn_device.cuh), CPU: the reference's eps */
   float norm_bound;   /* c > 0: W_sn = W / max(1, σ / c); 0: W / σ */
   const float *gamma; /* σReparam: W_sn = γ · W / σ with γ read from here each forward; NULL: 1 */
   int sm_count;
@@ -212,7 +214,7 @@ typedef struct {
   float *u, *v, *sigma;       /* the layer's state ({σ, 1/σ, scale, health}) */
   float *t, *s, *part, *tsq, *sq, *scal; /* the group's scratch for this layer */
   unsigned *counter;
-  float eps, norm_bound;
+  float eps, norm_bound;      /* eps signed as the plan's */
   const float *gamma;
   int row_block0, row_blocks; /* rows kernel: this layer's blocks */
   int warp_k;                 /* rows kernel: 0, a block per row; K > 0, a warp per row, K columns

@@ -106,11 +106,18 @@ __device__ __forceinline__ float store_scaled(float x, float m, float *out, int6
 // The last step of every s = Mᵀ y kernel, in its last block (all threads call it): Σ s² from n
 // partials in order, then scal[M_S] = max(‖s‖, eps) and scal[SIG_S] = ‖s‖² / max(‖s‖, eps), the
 // u-first σ (SPEC.md). The partials were written by other blocks of the launch: read past L1.
+// The divisor of the iteration's normalization N(x) = x / norm_divisor(‖x‖², eps): max(‖x‖, eps)
+// for eps > 0 (SN_EPS_CLAMP_NORM: PyTorch, Keras), sqrt(‖x‖² + |eps|) for eps < 0 (the plan's
+// sign for SN_EPS_ADD_SQUARED: Flax, Haiku). σ = ‖x‖² / norm_divisor(‖x‖², eps) either way.
+__device__ __forceinline__ float norm_divisor(float ssq, float eps) {
+  return eps > 0.f ? fmaxf(sqrtf(ssq), eps) : sqrtf(ssq - eps);
+}
+
 __device__ __forceinline__ void finish_s_norm(const float *sq_parts, int64_t n, float eps,
                                               float *scal) {
   const float tot = block_sum_of(sq_parts, n);
   if (threadIdx.x == 0) {
-    const float m = fmaxf(sqrtf(tot), eps);
+    const float m = norm_divisor(tot, eps);
     scal[SN_SCAL_M_S] = m;
     scal[SN_SCAL_SIG_S] = tot / m;
   }

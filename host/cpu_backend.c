@@ -17,19 +17,19 @@ void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
   const sn_view_t vw = layer->view;
   const sn_dtype_t dt = layer->desc.dtype;
   const int64_t h = vw.h, w = vw.A * vw.B;
-  const double eps = (double)layer->desc.eps;
+  const double eps = (double)sn__eps_param(&layer->desc); /* signed by the mode */
   double *u = layer->ref_u, *v = layer->ref_v;
   double sigma;
   int iters = 0;
 
   if (args->is_1d) {
-    double norm = 0.0;
+    double ssq = 0.0;
     for (int64_t k = 0; k < args->numel; ++k) {
       const double x = sn_load(args->W, dt, k);
-      norm += x * x;
+      ssq += x * x;
     }
-    norm = sqrt(norm);
-    sigma = isnan(norm) ? norm : (norm > eps ? norm : eps); /* a NaN must not become σ = eps */
+    /* σ = max(‖W‖, eps) (or sqrt(‖W‖² + eps)); a NaN must not become σ = eps */
+    sigma = isnan(ssq) ? ssq : sn_ref_norm_divisor(ssq, eps);
   } else {
     iters = args->warmup_iters + (args->training ? args->n_iters : 0);
     /* The deterministic restart after a zero σ: the first product starts from ones. */
@@ -47,7 +47,7 @@ void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
   const float sig_new = (float)sigma;
   const int good = sn_sigma_usable(sig_new);
   if (good) {
-    if (args->is_1d) { /* u = W / max(‖W‖, eps) and v = 1: what the backward of N(W) needs */
+    if (args->is_1d) { /* u = W / σ and v = 1: what the backward of N(W) needs */
       for (int64_t i = 0; i < h; ++i) args->u[i] = (float)((double)sn_load(args->W, dt, i) / (double)sig_new);
       args->v[0] = 1.0f;
     } else if (iters > 0) {

@@ -129,7 +129,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     x->u = l->u;
     x->v = l->v;
     x->sigma = l->sigma;
-    x->eps = l->desc.eps;
+    x->eps = sn__eps_param(&l->desc);
     x->norm_bound = l->desc.norm_bound;
     x->gamma = l->plan.gamma;
     x->row_block0 = rows;

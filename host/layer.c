@@ -157,6 +157,7 @@ SN_API sn_status_t sn_layer_desc_init(sn_layer_desc_t *desc, int ndim, const int
   desc->backend = SN_BACKEND_CUDA;
   desc->device = 0;
   desc->algo = SN_ALGO_DEFAULT;
+  desc->eps_mode = SN_EPS_CLAMP_NORM;
   return SN_SUCCESS;
 }
 
@@ -190,6 +191,8 @@ static sn_status_t validate_desc(const sn_layer_desc_t *d, sn_view_t *view, int6
                     d->warmup_iterations, SN_MAX_ITERATIONS);
   if (!(d->eps > 0.0f) || !isfinite(d->eps))
     return sn__fail(SN_ERROR_INVALID_VALUE, "desc->eps = %g must be finite and > 0", (double)d->eps);
+  if (d->eps_mode != SN_EPS_CLAMP_NORM && d->eps_mode != SN_EPS_ADD_SQUARED)
+    return sn__fail(SN_ERROR_INVALID_VALUE, "desc->eps_mode = %d is not a sn_eps_mode_t", (int)d->eps_mode);
   if (!(d->norm_bound >= 0.0f) || !isfinite(d->norm_bound))
     return sn__fail(SN_ERROR_INVALID_VALUE,
                     "desc->norm_bound = %g must be finite and >= 0 (0: no bound)",
@@ -285,7 +288,7 @@ static sn_status_t create_cuda(sn_layer_t *l) {
   const int one_pass = sn_cuda_one_pass_supported(l->view, l->desc.order, l->desc.dtype) &&
                        (l->desc.algo == SN_ALGO_ONE_PASS ||
                         (l->desc.algo == SN_ALGO_DEFAULT && enough));
-  CUDA_TRY(sn_cuda_plan_init(&l->plan, l->view, l->desc.dtype, l->desc.order, l->desc.eps,
+  CUDA_TRY(sn_cuda_plan_init(&l->plan, l->view, l->desc.dtype, l->desc.order, sn__eps_param(&l->desc),
                              sm_count, one_pass, &ws_bytes),
            "preparing the one-pass kernels");
   l->plan.norm_bound = l->desc.norm_bound;

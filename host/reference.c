@@ -53,12 +53,17 @@ double sn_ref_dot(const double *x, const double *y, int64_t n) {
 
 double sn_ref_norm(const double *x, int64_t n) { return sqrt(sn_ref_dot(x, x, n)); }
 
-/* x ← x / max(‖x‖, eps); returns ‖x‖ before scaling. */
+double sn_ref_norm_divisor(double ssq, double eps) {
+  if (eps < 0.0) return sqrt(ssq - eps); /* SN_EPS_ADD_SQUARED */
+  const double norm = sqrt(ssq);
+  return norm > eps ? norm : eps;
+}
+
+/* x ← N(x) = x / sn_ref_norm_divisor(‖x‖², eps); returns ‖x‖² before scaling. */
 static double normalize(double *x, int64_t n, double eps) {
-  double norm = sn_ref_norm(x, n);
-  double m = norm > eps ? norm : eps;
+  const double ssq = sn_ref_dot(x, x, n), m = sn_ref_norm_divisor(ssq, eps);
   for (int64_t k = 0; k < n; ++k) x[k] /= m;
-  return norm;
+  return ssq;
 }
 
 double sn_ref_iterate(const void *W, sn_dtype_t dt, sn_view_t vw, double *u, double *v, double eps,
@@ -76,8 +81,9 @@ double sn_ref_iterate(const void *W, sn_dtype_t dt, sn_view_t vw, double *u, dou
     sn_ref_matvec(W, dt, vw, v, u);
     last = normalize(u, h, eps);
   }
-  /* σ = uᵀ M v = ‖p‖² / max(‖p‖, eps) with p the last product (SPEC.md). */
-  return last * last / (last > eps ? last : eps);
+  /* σ = uᵀ M v = ‖p‖² / max(‖p‖, eps) with p the last product (SPEC.md); with the squared eps,
+   * ‖p‖² / sqrt(‖p‖² + eps), what uᵀ M v is there too. */
+  return last / sn_ref_norm_divisor(last, eps);
 }
 
 double sn_ref_sigma(const void *W, sn_dtype_t dt, sn_view_t vw, const double *u, const double *v,

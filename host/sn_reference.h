@@ -38,9 +38,14 @@ void sn_ref_matvec_t(const void *W, sn_dtype_t dt, sn_view_t vw, const double *y
 double sn_ref_norm(const double *x, int64_t n);
 double sn_ref_dot(const double *x, const double *y, int64_t n);
 
+/* The divisor of N(x) from ‖x‖²: max(‖x‖, eps) for eps > 0 (SN_EPS_CLAMP_NORM), sqrt(‖x‖² − eps)
+ * for eps < 0 (SN_EPS_ADD_SQUARED of |eps|, the sign sn__eps_param gives it). */
+double sn_ref_norm_divisor(double ssq, double eps);
+
 /* One power iteration in `order` with eps clamping (SPEC.md), updating u (h) and v (w) in place.
- * Returns σ of this iteration without an extra product:
- * u-first: ‖Mᵀu‖² / max(‖Mᵀu‖, eps); v-first: ‖Mv‖² / max(‖Mv‖, eps). */
+ * eps signed as sn_ref_norm_divisor's.
+ * Returns σ of this iteration without an extra product, ‖p‖² / (N's divisor of p) for the last
+ * product p: u-first p = Mᵀu, v-first p = Mv (clamped: ‖p‖² / max(‖p‖, eps)). */
 double sn_ref_iterate(const void *W, sn_dtype_t dt, sn_view_t vw, double *u, double *v, double eps,
                       sn_order_t order);
 

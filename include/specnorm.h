@@ -103,6 +103,14 @@ typedef enum {
   SN_ORDER_V_FIRST = 1  /* legacy torch.nn.utils.spectral_norm:           v = N(Mᵀu), u = N(Mv) */
 } sn_order_t;
 
+/* How eps keeps the power iteration's normalization N(x) away from a division by zero. */
+typedef enum {
+  SN_EPS_CLAMP_NORM = 0, /* N(x) = x / max(‖x‖, eps): PyTorch (eps 1e-12), Keras 3 and tf.keras
+                            (keras.layers.SpectralNormalization: eps 1e-7) */
+  SN_EPS_ADD_SQUARED = 1 /* N(x) = x / sqrt(‖x‖² + eps): Flax (flax.linen.SpectralNorm: eps 1e-12)
+                            and Haiku (haiku.SpectralNorm: eps 1e-4) */
+} sn_eps_mode_t;
+
 typedef enum { SN_BACKEND_CUDA = 0, SN_BACKEND_CPU = 1 } sn_backend_t;
 
 /* Kernel algorithm of a CUDA layer. DEFAULT picks by shape. The CPU backend computes its own way
@@ -136,6 +144,9 @@ typedef struct {
   int device;                    /* CUDA device ordinal, default 0 */
   sn_algo_t algo;                /* default SN_ALGO_DEFAULT */
   float norm_bound;              /* c > 0: W_sn = W / max(1, σ / c) (SNGP); 0 (default): W / σ */
+  sn_eps_mode_t eps_mode;        /* default SN_EPS_CLAMP_NORM; σ = ‖p‖² / (the divisor of N(p)) for
+                                    the last product p either way, as uᵀ M v gives it (README,
+                                    "Against Keras, Flax and Haiku") */
 } sn_layer_desc_t;
 
 /* Fill `desc` with the defaults above for a weight of `ndim` dimensions `shape`.

@@ -55,6 +55,7 @@ TEST(Desc, DefaultsFollowPyTorch) {
   EXPECT_EQ(d.dim, 0);
   EXPECT_EQ(d.dtype, SN_DTYPE_FLOAT32);
   EXPECT_EQ(d.backend, SN_BACKEND_CUDA);
+  EXPECT_EQ(d.eps_mode, SN_EPS_CLAMP_NORM);
   EXPECT_EQ(sn_layer_desc_init(nullptr, 2, shape), SN_ERROR_NULL_POINTER);
   EXPECT_EQ(sn_layer_desc_init(&d, 2, nullptr), SN_ERROR_NULL_POINTER);
   EXPECT_EQ(sn_layer_desc_init(&d, 0, shape), SN_ERROR_INVALID_SHAPE);
@@ -284,6 +285,85 @@ TEST_F(CpuApi, OneDimensionalWeightIsNormalizedExactly) {
   EXPECT_EQ(get_state(l).sigma, 1e-12f);
 }
 
+// SN_EPS_ADD_SQUARED: N(x) = x / sqrt(‖x‖² + eps) (Flax, Haiku), computed here in double apart
+// from the reference, in both orders, on a view along the last axis (as those frameworks take
+// it), with an eps large enough that the clamped N gives another σ.
+TEST_F(CpuApi, AddSquaredEpsFollowsFlaxAndHaiku) {
+  SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
+  const std::vector<int64_t> shape = {3, 4, 6};  // dim -1: h = 6, w = 12
+  const int64_t h = 6, w = 12;
+  const float eps = 0.25f;
+  for (sn_order_t order : {SN_ORDER_U_FIRST, SN_ORDER_V_FIRST}) {
+    SCOPED_TRACE(order);
+    sn_layer_desc_t d = make_desc(shape, SN_BACKEND_CPU, -1);
+    d.order = order;
+    d.warmup_iterations = 0;
+    d.n_power_iterations = 2;
+    d.eps = eps;
+    d.eps_mode = SN_EPS_ADD_SQUARED;
+    sn_layer_desc_t dc = d;
+    dc.eps_mode = SN_EPS_CLAMP_NORM;
+    LayerPtr l(d), lc(dc);
+    const std::vector<float> W = rng.normals(h * w, 0.3f);
+    std::vector<float> out(W.size()), outc(W.size());
+    const State s0 = get_state(l);
+    ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_forward(lc, W.data(), outc.data(), 1, nullptr), SN_SUCCESS);
+    // M[i][a] = W[a][i]: the output axis last.
+    auto M = [&](int64_t i, int64_t a) { return double(W[size_t(a * h + i)]); };
+    std::vector<double> u(s0.u.begin(), s0.u.end()), v(s0.v.begin(), s0.v.end());
+    auto N = [&](std::vector<double> &x) {
+      double ssq = 0;
+      for (double e : x) ssq += e * e;
+      const double m = std::sqrt(ssq + eps);
+      for (double &e : x) e /= m;
+      return ssq / m;  // ‖x‖² / sqrt(‖x‖² + eps): σ when x is the last product
+    };
+    double sigma = 0;
+    for (int it = 0; it < 2; ++it) {
+      std::vector<double> t(h, 0.0), s(w, 0.0);
+      if (order == SN_ORDER_U_FIRST) {
+        for (int64_t i = 0; i < h; ++i)
+          for (int64_t a = 0; a < w; ++a) t[size_t(i)] += M(i, a) * v[size_t(a)];
+        N(t);
+        u = t;
+        for (int64_t a = 0; a < w; ++a)
+          for (int64_t i = 0; i < h; ++i) s[size_t(a)] += M(i, a) * u[size_t(i)];
+        sigma = N(s);
+        v = s;
+      } else {
+        for (int64_t a = 0; a < w; ++a)
+          for (int64_t i = 0; i < h; ++i) s[size_t(a)] += M(i, a) * u[size_t(i)];
+        N(s);
+        v = s;
+        for (int64_t i = 0; i < h; ++i)
+          for (int64_t a = 0; a < w; ++a) t[size_t(i)] += M(i, a) * v[size_t(a)];
+        sigma = N(t);
+        u = t;
+      }
+    }
+    const State s1 = get_state(l);
+    EXPECT_NEAR(s1.sigma / sigma, 1.0, 1e-6);
+    EXPECT_LT(max_abs_diff(s1.u, std::vector<float>(u.begin(), u.end())), 1e-6);
+    EXPECT_LT(max_abs_diff(s1.v, std::vector<float>(v.begin(), v.end())), 1e-6);
+    EXPECT_TRUE(bitwise_equal(out, divided(W, s1.sigma)));
+    // The mode matters at this eps: the clamped N gives another σ.
+    EXPECT_GT(std::fabs(get_state(lc).sigma / s1.sigma - 1.0), 1e-3);
+  }
+  // A 1-D weight: σ = sqrt(‖W‖² + eps).
+  sn_layer_desc_t d1 = make_desc({5}, SN_BACKEND_CPU);
+  d1.eps = eps;
+  d1.eps_mode = SN_EPS_ADD_SQUARED;
+  LayerPtr l1(d1);
+  const std::vector<float> W1 = rng.normals(5, 0.2f);
+  std::vector<float> o1(5);
+  ASSERT_EQ(sn_forward(l1, W1.data(), o1.data(), 1, nullptr), SN_SUCCESS);
+  double ssq = 0;
+  for (float x : W1) ssq += double(x) * x;
+  EXPECT_EQ(get_state(l1).sigma, float(std::sqrt(ssq + eps)));
+  EXPECT_TRUE(bitwise_equal(o1, divided(W1, get_state(l1).sigma)));
+}
+
 TEST_F(CpuApi, AllZeroWeightGivesZeroAndKeepsState) {
   SCOPED_TRACE("SN_TEST_SEED=" + std::to_string(seed));
   const int64_t h = 6, w = 4;
@@ -390,6 +470,11 @@ TEST(BadInput, DescriptorIsRejectedWithTheArgumentNamed) {
   d = good;
   d.order = sn_order_t(2);
   EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "order");
+  d = good;
+  d.eps_mode = sn_eps_mode_t(2);
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "eps_mode");
+  d.eps_mode = sn_eps_mode_t(-1);
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "eps_mode");
   d = good;
   d.algo = sn_algo_t(SN_ALGO_COUNT);
   EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "algo");

@@ -44,13 +44,14 @@ struct Case {
   sn_order_t order;
   int iters;
   sn_algo_t algo = SN_ALGO_DEFAULT;
+  float add_eps = 0.f;  // > 0: SN_EPS_ADD_SQUARED with this eps
 };
 
 std::string case_name(const Case &c) {
   static const char *algo[] = {"default", "two-pass", "one-pass"};
   return shape_str(c.shape) + " dim=" + std::to_string(c.dim) +
          (c.order == SN_ORDER_U_FIRST ? " u-first" : " v-first") + " iters=" + std::to_string(c.iters) +
-         " algo=" + algo[c.algo];
+         " algo=" + algo[c.algo] + (c.add_eps > 0.f ? " add-squared eps=" + std::to_string(c.add_eps) : "");
 }
 
 // gtest prints parameters with this (instead of raw bytes).
@@ -83,6 +84,10 @@ void compare_backends(const Case &c, Rng &rng, int steps, int warmup = 15, int W
   dg.n_power_iterations = c.iters;
   dg.warmup_iterations = warmup;
   dg.seed = rng.gen();
+  if (c.add_eps > 0.f) {
+    dg.eps_mode = SN_EPS_ADD_SQUARED;
+    dg.eps = c.add_eps;
+  }
   sn_layer_desc_t dc = dg;
   dc.backend = SN_BACKEND_CPU;
   LayerPtr g(dg), cpu(dc);
@@ -168,6 +173,37 @@ INSTANTIATE_TEST_SUITE_P(
                       (info.param.order == SN_ORDER_U_FIRST ? "_u" : "_v") + std::to_string(info.param.iters) +
                       "_algo" + std::to_string(int(info.param.algo));
       return s;
+    });
+
+// N(x) = x / sqrt(‖x‖² + eps) (Flax, Haiku) in every kernel family: the default plans (on chip,
+// the one-pass rows and their cooperative launch, two passes), the forced one-pass kernels of
+// either order, a 1-D weight, the last axis. eps = 1e-2 moves σ of these weights (σ ≈ 4) by
+// ~3e-4, 30 times the tolerance: a kernel that clamped instead would fail.
+class GpuAddSquaredEps : public ::testing::TestWithParam<Case> {};
+
+TEST_P(GpuAddSquaredEps, MatchesCpuBackendStepByStep) {
+  REQUIRE_GPU();
+  SN_SEEDED_RNG();
+  compare_backends(GetParam(), rng, 5);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    EpsModes, GpuAddSquaredEps,
+    ::testing::Values(Case{{7, 13}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_DEFAULT, 1e-2f},
+                      Case{{33, 65}, 0, SN_ORDER_V_FIRST, 1, SN_ALGO_DEFAULT, 1e-2f},
+                      Case{{1000, 4099}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_DEFAULT, 1e-2f},
+                      Case{{4099, 1000}, 0, SN_ORDER_V_FIRST, 1, SN_ALGO_DEFAULT, 1e-2f},
+                      Case{{4096, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_DEFAULT, 1e-2f},
+                      Case{{600, 1152}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS, 1e-2f},
+                      Case{{600, 1152}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_TWO_PASS, 1e-2f},
+                      Case{{128, 128, 3, 3}, 0, SN_ORDER_V_FIRST, 1, SN_ALGO_ONE_PASS, 1e-2f},
+                      Case{{1, 5000}, 0, SN_ORDER_V_FIRST, 1, SN_ALGO_ONE_PASS, 1e-2f},
+                      Case{{3, 3, 4, 6}, -1, SN_ORDER_V_FIRST, 1, SN_ALGO_DEFAULT, 1e-2f},
+                      Case{{1000}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_DEFAULT, 1e-2f}),
+    [](const ::testing::TestParamInfo<Case> &info) {
+      return shape_str(info.param.shape) + "_dim" + std::to_string(info.param.dim + 8) +
+             (info.param.order == SN_ORDER_U_FIRST ? "_u" : "_v") + std::to_string(info.param.iters) +
+             "_algo" + std::to_string(int(info.param.algo));
     });
 
 // 16384 × 16384: 64-bit byte offsets, one training step and one eval step (no warm-up, to keep the

@@ -35,7 +35,14 @@ struct Member {
   bool gamma = false;
   bool in_place = false;  // W_sn is W
   int w_off = 0, o_off = 0;  // W and W_sn this many elements into their buffers (alignment)
+  float add_eps = 0.f;       // > 0: SN_EPS_ADD_SQUARED with this eps (Flax's and Haiku's N(x))
 };
+
+// m with N(x) = x / sqrt(‖x‖² + eps) (large enough an eps to move σ by ~1e-3 on these weights).
+Member with_add_eps(Member m, float eps = 1e-2f) {
+  m.add_eps = eps;
+  return m;
+}
 
 sn_layer_desc_t member_desc(const Member &m, sn_backend_t backend, uint64_t seed) {
   sn_layer_desc_t d = make_desc(m.shape, backend, m.dim);
@@ -43,6 +50,10 @@ sn_layer_desc_t member_desc(const Member &m, sn_backend_t backend, uint64_t seed
   d.n_power_iterations = m.iters;
   d.norm_bound = m.bound;
   d.seed = seed;
+  if (m.add_eps > 0.f) {
+    d.eps_mode = SN_EPS_ADD_SQUARED;
+    d.eps = m.add_eps;
+  }
   return d;
 }
 
@@ -87,6 +98,7 @@ std::vector<Member> every_kind_of_member() {
       {{200, 64}, 0, SN_DTYPE_FLOAT32, 1, false, 1.5f},      {{77, 99}, 0, SN_DTYPE_FLOAT32, 1, false, 0.f, true},
       {{2048, 16384}, 0, SN_DTYPE_BFLOAT16},                 {{3000, 600}},
       {{40, 24, 5}, 1, SN_DTYPE_BFLOAT16},
+      with_add_eps({{50, 70}}),                              with_add_eps({{20, 30}, 0, SN_DTYPE_BFLOAT16, 2}),
   };
 }
 
@@ -1054,6 +1066,8 @@ static std::vector<Member> on_chip_members() {
   off16.o_off = 3;
   ms.push_back(off32);
   ms.push_back(off16);
+  ms.push_back(with_add_eps({{60, 90}}));
+  ms.push_back(with_add_eps({{30, 17}, 0, SN_DTYPE_FLOAT16, 2}));
   return ms;
 }
 

@@ -74,6 +74,17 @@ TEST(Reference, OneIterationFromRandomVectorsIsNotConverged) {
   EXPECT_NEAR(smax / sigma_many, 1.0, 1e-6) << "many iterations converge (gap of a random matrix)";
 }
 
+// N's divisor from ‖x‖²: clamped for eps > 0 (PyTorch, Keras), sqrt(‖x‖² + |eps|) for eps < 0
+// (SN_EPS_ADD_SQUARED: Flax, Haiku).
+TEST(Reference, NormDivisorOfEitherMode) {
+  EXPECT_EQ(sn_ref_norm_divisor(4.0, 1e-12), 2.0);
+  EXPECT_EQ(sn_ref_norm_divisor(1e-30, 0.5), 0.5);
+  EXPECT_EQ(sn_ref_norm_divisor(0.0, 0.5), 0.5);
+  EXPECT_EQ(sn_ref_norm_divisor(4.0, -0.25), std::sqrt(4.25));
+  EXPECT_EQ(sn_ref_norm_divisor(0.0, -0.25), 0.5);
+  EXPECT_TRUE(std::isnan(sn_ref_norm_divisor(NAN, -0.25)));
+}
+
 TEST(Reference, KnownCases) {
   SN_SEEDED_RNG();
   // Diagonal: σ = max |d_k|.
