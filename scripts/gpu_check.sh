@@ -17,6 +17,10 @@
 #              later step leaves the cooperative one-pass tests out and runs with op_coop=0 (the
 #              default takes the launch in scale-only forwards on sm_90). The first two tests
 #              passed in 1 s on the H100 at ab6e27f
+#   conformance  tests/conformance/make_fixtures.py --only torch: PyTorch's own spectral norms
+#              (parametrizations.spectral_norm, the legacy spectral_norm) written as the fixture
+#              tests/conformance/torch.txt of this copy, which ctest's Conformance.*torch then replay
+#              (on the CPU backend and the GPU); skipped without torch
 #   ctest      every test, GPU ones included
 #   tune_tests the GPU tests again with the launches the defaults do not use: SPECNORM_TUNE=pdl=0,
 #              op_cluster=1,group_coop=0,op_coop=0 ($SN_TUNE_TESTS)
@@ -297,7 +301,13 @@ if [[ -n "$AB_REFS" && $CONFIGURED -eq 1 ]] && selected ab; then
   AB_PID=$!
 fi
 
-# ---- (c) ctest, after a smoke test of the cooperative one-pass launch ---------------------------
+# ---- (c) ctest, after PyTorch's fixture and a smoke test of the cooperative one-pass launch -----
+if python3 -c 'import torch' > /dev/null 2>&1; then
+  run_step conformance "$OUT/tests.log" 90 300 \
+    python3 "$REPO/tests/conformance/make_fixtures.py" --only torch --out "$REPO/tests/conformance"
+else
+  skip_step conformance "$OUT/tests.log" "no python3 with torch"
+fi
 CTEST_EXCLUDE=()
 COOP_HUNG=0  # 1: coop_smoke timed out; the later steps leave the cooperative one-pass launch out
 if [[ $CONFIGURED -eq 1 && -x "$GPU_TESTS" ]]; then
