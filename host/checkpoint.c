@@ -425,8 +425,11 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
   if (!(sigma == 0.0f || sn_sigma_usable(sigma)))
     return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: sigma = %g must be 0 or finite and >= FLT_MIN",
                     (double)sigma);
-  if (!isfinite(inv) || inv < 0.0f)
-    return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: 1/sigma = %g must be finite and >= 0", (double)inv);
+  /* 1/σ as every commit writes it (0 with no estimate): a consumer GEMM may take it as alpha. */
+  const float inv_of_sigma = sigma > 0.0f ? 1.0f / sigma : 0.0f;
+  if (memcmp(&inv, &inv_of_sigma, sizeof inv) != 0)
+    return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: 1/sigma = %g is not 1/%g (%g)", (double)inv,
+                    (double)sigma, (double)inv_of_sigma);
   /* The health word to install: version 2's as stored (a zero u of a 1-D layer with a zero
    * weight comes without the restart request, and must round-trip so); version 1 has none, and
    * gets what sn_layer_set_state leaves: cleared, the restart requested for a zero-norm u or v. */
@@ -440,13 +443,10 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
   } else {
     b->health = sn__health_after_set_state(b->ndim == 1, zero_u, zero_v);
   }
-  /* A non-finite scale only where the health word records one (a γ that was not finite, or γ / σ
-   * beyond float range), so that such a layer reloads its own checkpoint. */
-  if (!isfinite(scale) && !(b->health & SN_HEALTH_SCALE))
-    return sn__fail(SN_ERROR_BAD_CHECKPOINT,
-                    "buf: scale = %g must be finite (the health word does not record "
-                    "SN_HEALTH_SCALE)",
-                    (double)scale);
+  /* A non-finite scale (a γ that was not finite, or γ / σ beyond float range) is what the forward
+   * left, and loads as it is, so that such a layer reloads its own checkpoint; the health word
+   * installed records it even where the user had read and cleared SN_HEALTH_SCALE before saving. */
+  if (!isfinite(scale)) b->health |= SN_HEALTH_SCALE;
   return SN_SUCCESS;
 }
 
