@@ -67,6 +67,7 @@ struct ApplyParams {
   float norm_bound;
   bool accumulate, detach, have_gw;
   float *dgamma;
+  float clamp_eps;  // > 0: σ <= clamp_eps is a 1-D weight's eps clamp (no σ term)
 };
 
 // a and b of the formula above, from the state and ⟨G, W⟩.
@@ -77,8 +78,8 @@ struct Coefs {
 __device__ __forceinline__ Coefs coefs(const ApplyParams &p) {
   const float sig = p.sigma[0];
   if (!(sig > 0.f)) return {0.f, 0.f};
-  const float a = p.sigma[2];
-  const bool depends = !p.detach && !(p.norm_bound > 0.f && sig <= p.norm_bound);
+  const float a = backward_scale(sig, p.norm_bound, p.gamma);
+  const bool depends = !p.detach && !(p.norm_bound > 0.f && sig <= p.norm_bound) && !(sig <= p.clamp_eps);
   return {a, depends ? a * p.scal[SN_SCAL_GW] / sig : 0.f};
 }
 
@@ -200,7 +201,7 @@ extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backwa
     }
     ApplyParams ap{a->G, a->dW, P.view.A, P.view.h, P.view.B, a->u, a->v, a->sigma, P.scal,
                    P.gamma, P.norm_bound, a->accumulate != 0, a->detach_sigma != 0, need_gw,
-                   a->dgamma};
+                   a->dgamma, a->clamp_eps};
     const int64_t rows = P.view.A * P.view.h;
     if (P.view.B >= 32) {
       // A block per row, up to 16 × 8 per SM; SPECNORM_TUNE=bw_grid=N: at most N blocks, each

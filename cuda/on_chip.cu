@@ -326,7 +326,7 @@ struct OnChipBwParams {
   void *dW;
   int64_t h, w;
   int dtype;
-  const float *u, *v, *sigma;
+  const float *u, *v, *sigma, *gamma;
   float norm_bound;
   bool accumulate, detach;
   float *dgamma;
@@ -347,7 +347,8 @@ __device__ void backward_on_chip(const OnChipBwParams &p, unsigned r, char *sm) 
   float *gw_sm = reinterpret_cast<float *>(sm + p.w_bytes);
   copy_in<kBlock>(Gs, Gg, n);
   __pipeline_commit();
-  const float sig = p.sigma[0], a = p.sigma[2];  // the last forward's σ and scale
+  const float sig = p.sigma[0];  // the last forward's σ
+  const float a = sig > 0.f ? backward_scale(sig, p.norm_bound, p.gamma) : 0.f;
   __pipeline_wait_prior(0);
   __syncthreads();
   // The block's share of ⟨G, W⟩ (dW may be W: every block reads its rows of W before the cluster
@@ -483,7 +484,7 @@ cudaError_t launch_on_chip_backward(const sn_cuda_plan_t &plan, const sn_cuda_ba
                                     cudaStream_t stream) {
   const sn_on_chip_t &oc = plan.onchip;
   const OnChipBwParams p{a.W, a.G, a.dW, plan.view.h, plan.view.A * plan.view.B, (int)plan.dtype,
-                         a.u, a.v, a.sigma, plan.norm_bound, a.accumulate != 0, a.detach_sigma != 0,
+                         a.u, a.v, a.sigma, plan.gamma, plan.norm_bound, a.accumulate != 0, a.detach_sigma != 0,
                          a.dgamma, oc.cluster, oc.w_bytes};
   return launch_clusters(oc, on_chip_backward_kernel, oc.cluster, kBlock, on_chip_bw_smem(oc.w_bytes),
                          plan.pdl != 0, stream, p);

@@ -196,6 +196,7 @@ typedef struct {
   int accumulate;
   int detach_sigma;
   float *dgamma;              /* NULL: not wanted */
+  float clamp_eps;            /* > 0: a 1-D weight's eps clamp; σ <= clamp_eps drops the σ term */
 } sn_cuda_backward_args_t;
 
 /* Enqueue the backward (cuda/backward.cu) on `stream`. Returns a cudaError_t. */

@@ -225,6 +225,13 @@ __device__ __forceinline__ void commit_state_word(float *sigma, const CommitScal
   commit_state_word_of(sigma, c, training, reinterpret_cast<const unsigned *>(sigma)[3]);
 }
 
+// The backward's a = γ / d (σ > 0), γ read now (sn_layer_set_gamma: every forward and backward
+// reads it): with the γ of the forward, the forward's scale bit for bit (commit_state_word_of's
+// c.g / c.d), and the CPU backend's a after sn_layer_set_state too.
+__device__ __forceinline__ float backward_scale(float sig, float norm_bound, const float *gamma) {
+  return (gamma ? *gamma : 1.f) / sn_divisor(sig, norm_bound);
+}
+
 // Reciprocal of an optional device divisor (NULL means 1).
 __device__ __forceinline__ float reciprocal_of(const float *div) {
   return div ? 1.0f / *div : 1.0f;

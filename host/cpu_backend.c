@@ -72,6 +72,7 @@ void sn__cpu_backward(sn_layer_t *layer, const void *W, const void *G, void *dW,
   const float g = layer->plan.gamma ? *layer->plan.gamma : 1.0f;
   const double dg = sn_ref_backward(W, G, dW, layer->desc.dtype, layer->view, layer->u, layer->v,
                                     layer->sigma[0], layer->desc.norm_bound, g,
+                                    sn__backward_clamp_eps(layer),
                                     (flags & SN_BACKWARD_DETACH_SIGMA) != 0,
                                     (flags & SN_BACKWARD_ACCUMULATE) != 0);
   if (dgamma) *dgamma = (float)dg;

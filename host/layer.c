@@ -519,7 +519,8 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
   if (st != SN_SUCCESS) return st;
   sn_cuda_backward_args_t a = {W, G, dW, layer->numel, layer->u, layer->v, layer->sigma,
                                (flags & SN_BACKWARD_ACCUMULATE) != 0,
-                               (flags & SN_BACKWARD_DETACH_SIGMA) != 0, dgamma};
+                               (flags & SN_BACKWARD_DETACH_SIGMA) != 0, dgamma,
+                               sn__backward_clamp_eps(layer)};
   int on_chip = sn_cuda_backward_on_chip(&layer->plan, &a);
   int e = sn_cuda_backward(&layer->plan, &a, stream);
   const char *refused = NULL;

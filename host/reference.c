@@ -117,7 +117,7 @@ double sn_ref_inner(const void *G, const void *W, sn_dtype_t dt, int64_t n) {
 
 double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn_view_t vw,
                        const float *u, const float *v, float sigma, float norm_bound, float g,
-                       int detach_sigma, int accumulate) {
+                       float clamp_eps, int detach_sigma, int accumulate) {
   const int64_t n = vw.A * vw.h * vw.B;
   if (!(sigma > 0.0f)) {
     for (int64_t k = 0; k < n; ++k) sn_store(dW, dt, k, accumulate ? sn_load(dW, dt, k) : 0.0f);
@@ -126,7 +126,7 @@ double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn
   const double d = sn_ref_divisor(sigma, norm_bound);
   const double gw = sn_ref_inner(G, W, dt, n);
   const double a = (double)g / d;
-  const int depends = !detach_sigma && !(norm_bound > 0.0f && sigma <= norm_bound);
+  const int depends = !detach_sigma && !(norm_bound > 0.0f && sigma <= norm_bound) && !(sigma <= clamp_eps);
   const double b = depends ? a * gw / (double)sigma : 0.0;
   for (int64_t A = 0; A < vw.A; ++A)
     for (int64_t i = 0; i < vw.h; ++i)

@@ -60,6 +60,12 @@ static inline float sn__eps_param(const sn_layer_desc_t *d) {
   return d->eps_mode == SN_EPS_ADD_SQUARED ? -d->eps : d->eps;
 }
 
+/* A 1-D weight's σ = max(‖W‖, eps) is eps alone when ‖W‖ <= eps (SN_EPS_CLAMP_NORM), where W_sn =
+ * W / eps has no σ term in its derivative: the backward's clamp_eps (0: no such clamp). */
+static inline float sn__backward_clamp_eps(const sn_layer_t *l) {
+  return l->is_1d && l->desc.eps_mode == SN_EPS_CLAMP_NORM ? l->desc.eps : 0.0f;
+}
+
 static inline int sn__overlap(const void *a, size_t an, const void *b, size_t bn) {
   const char *x = (const char *)a, *y = (const char *)b;
   return x < y + bn && y < x + an;

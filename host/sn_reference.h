@@ -66,11 +66,14 @@ double sn_ref_inner(const void *G, const void *W, sn_dtype_t dt, int64_t n);
 
 /* The backward of W_sn = (W / d) · g (SPEC.md, "Backward" and "Scaled variants"), with u, v, σ of
  * the forward: dW = a·G − b·P⁻¹(u vᵀ), a = g / d, b = a·⟨G, W⟩ / σ when σ is not detached and d
- * depends on σ, else 0. accumulate: dW += instead of dW =. σ <= 0 gives a = b = 0.
+ * depends on σ, else 0. d does not depend on σ under an inactive norm bound
+ * (σ <= c), nor where σ is the eps clamp of a 1-D weight's norm (clamp_eps > 0 and σ <= clamp_eps:
+ * W_sn = W / eps there, as PyTorch's F.normalize; pass clamp_eps = 0 otherwise).
+ * accumulate: dW += instead of dW =. σ <= 0 gives a = b = 0.
  * Returns ∂L/∂g = ⟨G, W⟩ / d (0 when σ <= 0). dW is rounded to dt once, from double. */
 double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn_view_t vw,
                        const float *u, const float *v, float sigma, float norm_bound, float g,
-                       int detach_sigma, int accumulate);
+                       float clamp_eps, int detach_sigma, int accumulate);
 
 #ifdef __cplusplus
 }

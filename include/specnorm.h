@@ -245,8 +245,10 @@ typedef enum {
 } sn_backward_flag_t;
 
 /* ∂L/∂W from G = ∂L/∂W_sn, with the u, v and σ of the layer's last forward (SPEC.md, "Backward"):
- *   ∂L/∂W = scale · (G − (⟨G, W⟩ / σ) · u vᵀ),  u vᵀ mapped back to W's layout,
- * where the second term is dropped when σ is detached or a norm bound is not active (σ <= c).
+ *   ∂L/∂W = (γ / d) · (G − (⟨G, W⟩ / σ) · u vᵀ),  u vᵀ mapped back to W's layout,
+ * with γ as the backward reads it (1 unbound; with the forward's γ, γ / d is the forward's scale),
+ * where the second term is dropped when σ is detached, a norm bound is not active (σ <= c), or a
+ * 1-D weight's σ is its eps (SN_EPS_CLAMP_NORM, ‖W‖ <= eps: W_sn = W / eps, as F.normalize).
  * W: the weight given to that forward. W, G, dW: W's shape and dtype, in the backend's memory;
  * dW may be the same buffer as G or W (in place) but must not otherwise overlap them.
  * flags: a combination of sn_backward_flag_t. dgamma: if not NULL, receives ∂L/∂γ = ⟨G, W⟩ / d

@@ -70,7 +70,7 @@ TEST(Backward, ReferenceMatchesCentralFiniteDifferences) {
     const double bound = c.bound_rel * sigma_f;
     std::vector<float> dW(static_cast<size_t>(n));
     const double dgamma = sn_ref_backward(W.data(), C.data(), dW.data(), SN_DTYPE_FLOAT32, vw, u.data(),
-                                          v.data(), sigma_f, float(bound), c.gamma, c.detach, 0);
+                                          v.data(), sigma_f, float(bound), c.gamma, 0.f, c.detach, 0);
     ud = to_double(u);
     auto f = [&](const std::vector<double> &w, double g) {
       return loss(w, Cd, vw, ud, vd, g, bound, c.detach, sigma_f);
@@ -248,14 +248,14 @@ TEST(Backward, ApiFlagsAndErrors) {
 
   std::vector<float> expect(W.size(), 0.f);
   sn_ref_backward(W.data(), G.data(), expect.data(), SN_DTYPE_FLOAT32, vw, s.u.data(), s.v.data(),
-                  s.sigma, 0.f, 1.f, 0, 0);
+                  s.sigma, 0.f, 1.f, 0.f, 0, 0);
   ASSERT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), 0, nullptr, nullptr), SN_SUCCESS);
   EXPECT_TRUE(bitwise_equal(dW, expect));
   // Accumulate: dW += the same gradient.
   ASSERT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), SN_BACKWARD_ACCUMULATE, nullptr, nullptr),
             SN_SUCCESS);
   sn_ref_backward(W.data(), G.data(), expect.data(), SN_DTYPE_FLOAT32, vw, s.u.data(), s.v.data(),
-                  s.sigma, 0.f, 1.f, 0, 1);
+                  s.sigma, 0.f, 1.f, 0.f, 0, 1);
   EXPECT_TRUE(bitwise_equal(dW, expect));
   // Detached: G / σ (times the scale 1/σ).
   ASSERT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), SN_BACKWARD_DETACH_SIGMA, nullptr, nullptr),
@@ -265,7 +265,7 @@ TEST(Backward, ApiFlagsAndErrors) {
   std::vector<float> inplace = G;
   ASSERT_EQ(sn_backward(l, W.data(), inplace.data(), inplace.data(), 0, nullptr, nullptr), SN_SUCCESS);
   sn_ref_backward(W.data(), G.data(), expect.data(), SN_DTYPE_FLOAT32, vw, s.u.data(), s.v.data(),
-                  s.sigma, 0.f, 1.f, 0, 0);
+                  s.sigma, 0.f, 1.f, 0.f, 0, 0);
   EXPECT_TRUE(bitwise_equal(inplace, expect));
   // ∂L/∂γ with γ bound.
   float gamma = 1.5f, dgamma = 0;
@@ -326,6 +326,44 @@ TEST(Backward, TrainingStepsFollowTheReference) {
 
 // A 1-D weight: W_sn = W / ‖W‖, and the backward is the full gradient of that normalization
 // (what autograd gives for PyTorch's F.normalize), checked by central differences.
+// A 1-D weight with ‖W‖ below eps: W_sn = W / eps, whose derivative is G / eps alone (as PyTorch's
+// F.normalize, whose clamp passes no gradient to the norm); and N(W) = W / sqrt(‖W‖² + eps)
+// (SN_EPS_ADD_SQUARED), whose σ term stays. Both against central differences.
+TEST(Backward, OneDimensionalWeightAtItsEpsMatchesFiniteDifferences) {
+  SN_SEEDED_RNG();
+  const int64_t n = 9;
+  for (const sn_eps_mode_t mode : {SN_EPS_CLAMP_NORM, SN_EPS_ADD_SQUARED}) {
+    SCOPED_TRACE(mode == SN_EPS_CLAMP_NORM ? "clamped" : "added to ‖W‖²");
+    sn_layer_desc_t d = make_desc({n}, SN_BACKEND_CPU);
+    d.eps = 1.f;
+    d.eps_mode = mode;
+    LayerPtr l(d);
+    std::vector<float> W = rng.normals(n, 0.05f), C = rng.normals(n), out(W.size()), dW(W.size());
+    ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_backward(l, W.data(), C.data(), dW.data(), 0, nullptr, nullptr), SN_SUCCESS);
+    auto f = [&](const std::vector<double> &w) {
+      double nn = 0, dot = 0;
+      for (size_t k = 0; k < w.size(); ++k) {
+        nn += w[k] * w[k];
+        dot += C[k] * w[k];
+      }
+      return dot / (mode == SN_EPS_CLAMP_NORM ? std::max(std::sqrt(nn), 1.0) : std::sqrt(nn + 1.0));
+    };
+    const std::vector<double> Wd = to_double(W);
+    double worst = 0;
+    for (size_t k = 0; k < Wd.size(); ++k) {
+      std::vector<double> wp = Wd, wm = Wd;
+      wp[k] += 1e-6;
+      wm[k] -= 1e-6;
+      worst = std::max(worst, std::fabs(dW[k] - (f(wp) - f(wm)) / 2e-6));
+    }
+    EXPECT_LT(worst, 1e-6);
+    if (mode == SN_EPS_CLAMP_NORM) {
+      EXPECT_TRUE(bitwise_equal(dW, C)) << "dW = G / eps, eps = 1";
+    }
+  }
+}
+
 TEST(Backward, OneDimensionalWeightMatchesFiniteDifferences) {
   SN_SEEDED_RNG();
   const int64_t n = 17;

@@ -173,6 +173,55 @@ TEST(GpuTraining, BackwardMatchesTheCpuBackend) {
   }
 }
 
+// The two cases where the backward's coefficients are not the last forward's scale and σ term:
+// a 1-D weight under its eps clamp (‖W‖ < eps: W_sn = W / eps, dW = G / eps, no σ term), and a γ
+// changed between the forward and the backward (γ is read by the backward, on both backends).
+// Also with the on-chip backward (op_onchip=1) for the 2-D layer where it fits.
+TEST(GpuTraining, BackwardOfClampedWeightAndChangedGammaMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  SN_SEEDED_RNG();
+  for (const char *tune : {"", "op_onchip=1"}) {
+    SCOPED_TRACE(std::string("SPECNORM_TUNE ") + tune);
+    ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + tune).c_str());
+    for (const bool one_d : {true, false}) {
+      SCOPED_TRACE(one_d ? "1-D weight, ‖W‖ < eps = 1" : "64 x 48, γ 2 then 3");
+      const std::vector<int64_t> shape = one_d ? std::vector<int64_t>{37} : std::vector<int64_t>{64, 48};
+      const int64_t n = numel_of(shape);
+      sn_layer_desc_t dg = make_desc(shape, SN_BACKEND_CUDA);
+      if (one_d) dg.eps = 1.f;
+      sn_layer_desc_t dc = dg;
+      dc.backend = SN_BACKEND_CPU;
+      LayerPtr g(dg), cpu(dc);
+      ASSERT_TRUE(g.p && cpu.p);
+      float *d_gamma = nullptr, h_gamma = 2.f;
+      ASSERT_EQ(cudaMalloc(&d_gamma, 4), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(d_gamma, &h_gamma, 4, cudaMemcpyHostToDevice), cudaSuccess);
+      if (!one_d) {
+        ASSERT_EQ(sn_layer_set_gamma(g, d_gamma), SN_SUCCESS);
+        ASSERT_EQ(sn_layer_set_gamma(cpu, &h_gamma), SN_SUCCESS);
+      }
+      Tensor W(SN_DTYPE_FLOAT32, n), Wsn(SN_DTYPE_FLOAT32, n), G(SN_DTYPE_FLOAT32, n), dW(SN_DTYPE_FLOAT32, n);
+      W.set(rng.normals(n, one_d ? 0.01f : 1.f / std::sqrt(float(n))));
+      std::vector<float> wsn_cpu(static_cast<size_t>(n)), dw_cpu(static_cast<size_t>(n));
+      ASSERT_EQ(sn_forward(g, W.dev, Wsn.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(cpu, W.host.data(), wsn_cpu.data(), 1, nullptr), SN_SUCCESS);
+      h_gamma = 3.f;
+      ASSERT_EQ(cudaMemcpy(d_gamma, &h_gamma, 4, cudaMemcpyHostToDevice), cudaSuccess);
+      const std::vector<float> Gh = rng.normals(n);
+      G.set(Gh);
+      ASSERT_EQ(sn_backward(g, W.dev, G.dev, dW.dev, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_backward(cpu, W.host.data(), Gh.data(), dw_cpu.data(), 0, nullptr, nullptr), SN_SUCCESS);
+      const std::vector<float> got = dW.download_floats();
+      EXPECT_LT(rel_err(got, dw_cpu), 1e-5);
+      if (one_d) {
+        EXPECT_EQ(get_state(g).sigma, 1.f) << "σ = eps";
+        EXPECT_LT(rel_err(got, Gh), 1e-6) << "dW = G / eps";
+      }
+      cudaFree(d_gamma);
+    }
+  }
+}
+
 TEST(GpuTraining, ScaleOnlyForwardEqualsForward) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
