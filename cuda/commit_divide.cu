@@ -129,7 +129,8 @@ __global__ void __launch_bounds__(kBlock) commit_divide_kernel(CommitParams p) {
     for (int64_t i = tid; i < p.h; i += stride) p.u[i] = p.t[i] / cs.sig_new;
     if (tid == 0) p.v[0] = 1.f;
   }
-  if (tid == 0) commit_state_word(p.sigma, cs, p.what != Commit::kSigma);  // 1-D: kOneD
+  // Only an iterated forward asks for (or reports) a restart from ones: a 1-D weight has none.
+  if (tid == 0) commit_state_word(p.sigma, cs, p.what == Commit::kVectors);
   if (!out) return;
   // Elements after the last whole pack first (all of them without WIDE), then the packs, last
   // first (see the top of the file).

@@ -222,6 +222,25 @@ TEST_P(Health, OneDimensionalZeroStateIsNoRestart) {
   EXPECT_GT(get_state(l).sigma, 0.f);
 }
 
+// A zero 1-D weight with an eps so small that σ = eps is subnormal (not usable): a zero step, and
+// no restart requested, so the next good weight reports no recovery (a 1-D weight has no
+// iteration to restart).
+TEST_P(Health, OneDimensionalZeroStepIsNoRestart) {
+  Rng rng(fresh_seed());
+  const sn_backend_t be = std::get<0>(GetParam());
+  sn_layer_desc_t d = make_desc({7}, be);
+  d.eps = 1e-45f;
+  LayerPtr l(d);
+  Buf W(be, 7), out(be, 7);
+  W.set(std::vector<float>(7, 0.f));
+  ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
+  EXPECT_EQ(health(l), uint32_t(SN_HEALTH_ZERO));
+  W.set(rng.normals(7));
+  ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
+  EXPECT_EQ(health(l), uint32_t(SN_HEALTH_ZERO)) << "the zero step recorded, no SN_HEALTH_RECOVERED";
+  EXPECT_GT(get_state(l).sigma, 0.f);
+}
+
 TEST_P(Health, AllZeroWeightThenRecovery) {
   Rng rng(fresh_seed());
   const int64_t h = 16, w = 12;
