@@ -299,7 +299,10 @@ static sn_status_t create_cuda(sn_layer_t *l) {
    * spread over the device, rather than one cluster. */
   if (l->is_1d) l->plan.onchip.cluster = 0;
   if (ws_bytes == 0)
-    return sn__fail(SN_ERROR_SIZE_OVERFLOW, "the scratch space for this shape does not fit in size_t");
+    return sn__fail(SN_ERROR_SIZE_OVERFLOW,
+                    "this shape (%lld x %lld) needs more blocks than a CUDA grid takes, or scratch "
+                    "space beyond size_t",
+                    (long long)l->view.h, (long long)width_of(l));
   const size_t state_bytes = (size_t)state_floats(l) * sizeof(float);
   void *state = NULL;
   cudaError_t e = cudaMalloc(&state, state_bytes);
@@ -322,6 +325,10 @@ static sn_status_t create_cuda(sn_layer_t *l) {
 
 static sn_status_t create_cpu(sn_layer_t *l) {
   const int64_t h = l->view.h, w = width_of(l);
+  /* h, w <= numel <= INT64_MAX / 4 (validate_desc): 2h + w fits int64_t, its doubles maybe not. */
+  if ((uint64_t)(2 * h + w) > SIZE_MAX / sizeof(double))
+    return sn__fail(SN_ERROR_SIZE_OVERFLOW, "the CPU reference's scratch for a %lld x %lld layer does not fit in size_t",
+                    (long long)h, (long long)w);
   float *state = malloc((size_t)state_floats(l) * sizeof(float));
   l->ref_u = malloc((size_t)(2 * h + w) * sizeof(double));
   if (!state || !l->ref_u) {
@@ -400,25 +407,24 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
   a.n_iters = warmup_only ? 0 : l->desc.n_power_iterations;
   a.order = l->desc.order;
   a.is_1d = l->is_1d;
+  /* The pointers' kind of memory first, also for a warm-up with nothing to do. */
+  const int cpu = l->desc.backend == SN_BACKEND_CPU, dev = l->desc.device;
+  sn_status_t st = cpu ? sn__check_host_pointer(l, W, "W") : sn__check_device_pointer(dev, W, "W");
+  if (st == SN_SUCCESS && W_sn)
+    st = cpu ? sn__check_host_pointer(l, W_sn, "W_sn") : sn__check_device_pointer(dev, W_sn, "W_sn");
+  if (st != SN_SUCCESS) return st;
   if (warmup_only && a.warmup_iters == 0) {
     l->warmed_up = 1;
     return SN_SUCCESS;
   }
 
-  if (l->desc.backend == SN_BACKEND_CPU) {
-    sn_status_t st = sn__check_host_pointer(l, W, "W");
-    if (st == SN_SUCCESS && W_sn) st = sn__check_host_pointer(l, W_sn, "W_sn");
-    if (st != SN_SUCCESS) return st;
+  if (cpu) {
     sn__cpu_forward(l, &a);
     l->warmed_up = 1;
     l->forwards += !warmup_only;
     return SN_SUCCESS;
   }
 
-  const int dev = l->desc.device;
-  sn_status_t st = sn__check_device_pointer(dev, W, "W");
-  if (st == SN_SUCCESS && W_sn) st = sn__check_device_pointer(dev, W_sn, "W_sn");
-  if (st != SN_SUCCESS) return st;
   if (a.warmup_iters > 0) {
     enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
     CUDA_TRY(cudaStreamIsCapturing((cudaStream_t)stream, &cap), "cudaStreamIsCapturing");

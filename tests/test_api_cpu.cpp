@@ -443,6 +443,10 @@ TEST(BadInput, DescriptorIsRejectedWithTheArgumentNamed) {
   d.shape[1] = int64_t(1) << 30;
   d.shape[2] = 8;
   EXPECT_FAILS(create(d), SN_ERROR_SIZE_OVERFLOW, "shape");
+  d = good;  // 2^60 elements fit the element count's check; the reference's 3 · 2^60 doubles do not
+  d.shape[0] = int64_t(1) << 60;
+  d.shape[1] = 1;
+  EXPECT_FAILS(create(d), SN_ERROR_SIZE_OVERFLOW, "size_t");
   d = good;
   d.dim = 2;
   EXPECT_FAILS(create(d), SN_ERROR_INVALID_DIM, "dim");

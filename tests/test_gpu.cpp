@@ -1239,6 +1239,15 @@ TEST(Gpu, WrongKindOfMemoryIsRejected) {
   EXPECT_NE(std::string(sn_last_error_message()).find("W_sn"), std::string::npos);
   EXPECT_EQ(sn_forward(c, dW.p, host_out.data(), 1, nullptr), SN_ERROR_INVALID_POINTER);
   EXPECT_TRUE(same_state(get_state(g), before));
+  // A warm-up with nothing to do (a 1-D weight; no warm-up iterations) checks W all the same.
+  LayerPtr g1(make_desc({h}, SN_BACKEND_CUDA));
+  sn_layer_desc_t d0 = make_desc({h, w}, SN_BACKEND_CUDA);
+  d0.warmup_iterations = 0;
+  LayerPtr g0(d0);
+  EXPECT_EQ(sn_layer_warmup(g1, host.data(), nullptr), SN_ERROR_INVALID_POINTER);
+  EXPECT_EQ(sn_layer_warmup(g0, host.data(), nullptr), SN_ERROR_INVALID_POINTER);
+  EXPECT_EQ(sn_layer_warmup(c, dW.p, nullptr), SN_ERROR_INVALID_POINTER);
+  EXPECT_EQ(sn_layer_warmup(g0, dW.p, nullptr), SN_SUCCESS) << sn_last_error_message();
 }
 
 TEST(Gpu, InPlaceAndZeroWeight) {
