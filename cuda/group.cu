@@ -431,7 +431,7 @@ extern "C" int sn_cuda_group_forward(const sn_cuda_group_t *G, int training, sn_
     cudaLaunchAttribute attr{};
     attr.id = cudaLaunchAttributeCooperative;
     attr.val.cooperative = 1;
-    return (int)sn::launch_with(attr, sn::group_coop_kernel, G->coop_blocks, sn::kBlock,
+    return (int)sn::launch_with(&attr, sn::group_coop_kernel, G->coop_blocks, sn::kBlock,
                                 sn::rows_smem(G->max_w, G->max_warp_w), stream, *G, training != 0);
   }
   const int iters = training ? G->max_iters : 1;

@@ -75,15 +75,12 @@ cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *
     }
     return e;
   }
-  if (p->u) {
-    eval<<<blocks, NT, smem, stream>>>(*p);
-  } else if (p->cluster > 1) {
+  if (p->u) return launch_with(nullptr, eval, blocks, NT, smem, stream, *p);
+  if (p->cluster > 1) {
     ClusterLaunch L(blocks, NT, smem, p->cluster, stream);
     return cudaLaunchKernelEx(&L.cfg, train, *p);
-  } else {
-    train<<<blocks, NT, smem, stream>>>(*p);
   }
-  return cudaGetLastError();
+  return launch_with(nullptr, train, blocks, NT, smem, stream, *p);
 }
 
 // Launch (prep NULL) on `blocks` blocks, or prepare, the rows kernel the plan uses.

@@ -317,18 +317,21 @@ struct ClusterLaunch {
   ClusterLaunch &operator=(const ClusterLaunch &) = delete;
 };
 
-// kernel<<<grid, block, smem, stream>>>(args...) with one launch attribute (cudaLaunchKernelEx).
+// kernel<<<grid, block, smem, stream>>>(args...) with one launch attribute, or none (attr NULL),
+// through cudaLaunchKernelEx, which returns this launch's own error: `<<<>>>` then
+// cudaGetLastError() would also return (and clear) an error the caller's code left pending.
 template <class... P, class... A>
-cudaError_t launch_with(const cudaLaunchAttribute &attr, void (*kernel)(P...), dim3 grid, dim3 block,
+cudaError_t launch_with(const cudaLaunchAttribute *attr, void (*kernel)(P...), dim3 grid, dim3 block,
                         size_t smem, cudaStream_t stream, A &&...args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute a = attr;
-  cfg.attrs = &a;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute a{};
+  if (attr) a = *attr;
+  cfg.attrs = attr ? &a : nullptr;
+  cfg.numAttrs = attr ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
 }
 
@@ -337,14 +340,11 @@ cudaError_t launch_with(const cudaLaunchAttribute &attr, void (*kernel)(P...), d
 template <class... P, class... A>
 cudaError_t launch(bool pdl, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
                    cudaStream_t stream, A &&...args) {
-  if (!pdl) {
-    kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
-    return cudaGetLastError();
-  }
+  if (!pdl) return launch_with(nullptr, kernel, grid, block, smem, stream, std::forward<A>(args)...);
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr.val.programmaticStreamSerializationAllowed = 1;
-  return launch_with(attr, kernel, grid, block, smem, stream, std::forward<A>(args)...);
+  return launch_with(&attr, kernel, grid, block, smem, stream, std::forward<A>(args)...);
 }
 
 }  // namespace sn

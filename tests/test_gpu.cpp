@@ -1250,6 +1250,34 @@ TEST(Gpu, WrongKindOfMemoryIsRejected) {
   EXPECT_EQ(sn_layer_warmup(g0, dW.p, nullptr), SN_SUCCESS) << sn_last_error_message();
 }
 
+// An error the caller's own code left pending (a failed runtime call it did not check) is neither
+// taken for a failed launch of ours nor cleared: every launch reports its own status. Both for the
+// defaults and for the launches without PDL (pdl=0, as on an A100).
+TEST(Gpu, CallersPendingErrorIsNotOurs) {
+  REQUIRE_GPU();
+  SN_SEEDED_RNG();
+  for (const char *tune : {"", "pdl=0"}) {
+    SCOPED_TRACE(std::string("SPECNORM_TUNE ") + tune);
+    ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + tune).c_str());
+    for (const std::vector<int64_t> &shape : {std::vector<int64_t>{4096, 1024}, std::vector<int64_t>{33, 65}}) {
+      sn_layer_desc_t d = make_desc(shape, SN_BACKEND_CUDA);
+      LayerPtr l(d);
+      const int64_t n = numel_of(shape);
+      DevBuf W(static_cast<size_t>(n)), out(static_cast<size_t>(n));
+      W.upload(rng.normals(n, 0.02f));
+      ASSERT_EQ(sn_layer_warmup(l, W.p, nullptr), SN_SUCCESS) << sn_last_error_message();
+      for (int training : {1, 0}) {
+        float dummy = 0.f;
+        ASSERT_EQ(cudaMemcpy(&dummy, &dummy, 4, cudaMemcpyKind(99)), cudaErrorInvalidMemcpyDirection);
+        EXPECT_EQ(sn_forward(l, W.p, out.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        EXPECT_EQ(sn_forward_scale_only(l, W.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidMemcpyDirection) << "the caller's error, still pending";
+        EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      }
+    }
+  }
+}
+
 TEST(Gpu, InPlaceAndZeroWeight) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
