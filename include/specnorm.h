@@ -267,9 +267,10 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
  * steps"). The state is never changed by such a step; these bits say that it happened. */
 typedef enum {
   SN_HEALTH_NONFINITE = 1u, /* a σ was NaN or infinite: W held non-finite values, or σ overflowed
-                               float (entries near FLT_MAX) */
+                               float; on a GPU, whose norms sum squares in float, already from
+                               σ ~ 1.8e19 (sqrt(FLT_MAX)), which can also show as SN_HEALTH_ZERO */
   SN_HEALTH_ZERO = 2u,      /* a σ was 0 (or below FLT_MIN): all-zero or subnormal W, or v (or u)
-                               zero or in W's null space */
+                               zero or in W's null space (or the GPU overflow above) */
   SN_HEALTH_NEGATIVE = 4u,  /* an eval σ = uᵀ M v was < 0: W moved far from u and v */
   SN_HEALTH_RECOVERED = 8u, /* after a zero σ (or a zero u or v given to set_state), a training
                                forward restarted the iteration from the all-ones vector and
