@@ -324,8 +324,44 @@ TEST(Backward, TrainingStepsFollowTheReference) {
   EXPECT_LT(last, first);
 }
 
+// The largest |dW_k − ∂f/∂W_k| over a 1-D weight W, by central differences of
+// f(w) = C · w / divisor(‖w‖²): the loss whose gradient its backward gives for G = C.
+static double one_d_backward_error(const std::vector<float> &W, const std::vector<float> &C,
+                                   const std::vector<float> &dW, double (*divisor)(double)) {
+  auto f = [&](const std::vector<double> &w) {
+    double nn = 0, dot = 0;
+    for (size_t k = 0; k < w.size(); ++k) {
+      nn += w[k] * w[k];
+      dot += C[k] * w[k];
+    }
+    return dot / divisor(nn);
+  };
+  const std::vector<double> Wd = to_double(W);
+  double worst = 0;
+  for (size_t k = 0; k < Wd.size(); ++k) {
+    std::vector<double> wp = Wd, wm = Wd;
+    wp[k] += 1e-6;
+    wm[k] -= 1e-6;
+    worst = std::max(worst, std::fabs(dW[k] - (f(wp) - f(wm)) / 2e-6));
+  }
+  return worst;
+}
+
 // A 1-D weight: W_sn = W / ‖W‖, and the backward is the full gradient of that normalization
 // (what autograd gives for PyTorch's F.normalize), checked by central differences.
+TEST(Backward, OneDimensionalWeightMatchesFiniteDifferences) {
+  SN_SEEDED_RNG();
+  const int64_t n = 17;
+  std::vector<float> W = rng.normals(n), C = rng.normals(n), out(W.size()), dW(W.size());
+  LayerPtr l(make_desc({n}, SN_BACKEND_CPU));
+  for (int training : {1, 0}) {
+    ASSERT_EQ(sn_forward(l, W.data(), out.data(), training, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_backward(l, W.data(), C.data(), dW.data(), 0, nullptr, nullptr), SN_SUCCESS);
+    EXPECT_LT(one_d_backward_error(W, C, dW, [](double nn) { return std::sqrt(nn); }), 2e-6);
+    for (auto &x : W) x += 0.1f * rng.normal();
+  }
+}
+
 // A 1-D weight with ‖W‖ below eps: W_sn = W / eps, whose derivative is G / eps alone (as PyTorch's
 // F.normalize, whose clamp passes no gradient to the norm); and N(W) = W / sqrt(‖W‖² + eps)
 // (SN_EPS_ADD_SQUARED), whose σ term stays. Both against central differences.
@@ -341,52 +377,11 @@ TEST(Backward, OneDimensionalWeightAtItsEpsMatchesFiniteDifferences) {
     std::vector<float> W = rng.normals(n, 0.05f), C = rng.normals(n), out(W.size()), dW(W.size());
     ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
     ASSERT_EQ(sn_backward(l, W.data(), C.data(), dW.data(), 0, nullptr, nullptr), SN_SUCCESS);
-    auto f = [&](const std::vector<double> &w) {
-      double nn = 0, dot = 0;
-      for (size_t k = 0; k < w.size(); ++k) {
-        nn += w[k] * w[k];
-        dot += C[k] * w[k];
-      }
-      return dot / (mode == SN_EPS_CLAMP_NORM ? std::max(std::sqrt(nn), 1.0) : std::sqrt(nn + 1.0));
-    };
-    const std::vector<double> Wd = to_double(W);
-    double worst = 0;
-    for (size_t k = 0; k < Wd.size(); ++k) {
-      std::vector<double> wp = Wd, wm = Wd;
-      wp[k] += 1e-6;
-      wm[k] -= 1e-6;
-      worst = std::max(worst, std::fabs(dW[k] - (f(wp) - f(wm)) / 2e-6));
-    }
-    EXPECT_LT(worst, 1e-6);
+    auto clamped = [](double nn) { return std::max(std::sqrt(nn), 1.0); };
+    auto added = [](double nn) { return std::sqrt(nn + 1.0); };
+    EXPECT_LT(one_d_backward_error(W, C, dW, mode == SN_EPS_CLAMP_NORM ? +clamped : +added), 1e-6);
     if (mode == SN_EPS_CLAMP_NORM) {
       EXPECT_TRUE(bitwise_equal(dW, C)) << "dW = G / eps, eps = 1";
     }
-  }
-}
-
-TEST(Backward, OneDimensionalWeightMatchesFiniteDifferences) {
-  SN_SEEDED_RNG();
-  const int64_t n = 17;
-  std::vector<float> W = rng.normals(n), C = rng.normals(n), out(W.size()), dW(W.size());
-  LayerPtr l(make_desc({n}, SN_BACKEND_CPU));
-  for (int training : {1, 0}) {
-    ASSERT_EQ(sn_forward(l, W.data(), out.data(), training, nullptr), SN_SUCCESS);
-    ASSERT_EQ(sn_backward(l, W.data(), C.data(), dW.data(), 0, nullptr, nullptr), SN_SUCCESS);
-    auto f = [&](const std::vector<double> &w) {
-      double nn = 0, dot = 0;
-      for (size_t k = 0; k < w.size(); ++k) {
-        nn += w[k] * w[k];
-        dot += C[k] * w[k];
-      }
-      return dot / std::sqrt(nn);
-    };
-    const std::vector<double> Wd = to_double(W);
-    for (size_t k = 0; k < Wd.size(); ++k) {
-      std::vector<double> wp = Wd, wm = Wd;
-      wp[k] += 1e-6;
-      wm[k] -= 1e-6;
-      EXPECT_NEAR(dW[k], (f(wp) - f(wm)) / 2e-6, 2e-6) << k;
-    }
-    for (auto &x : W) x += 0.1f * rng.normal();
   }
 }
