@@ -303,8 +303,12 @@ fi
 
 # ---- (c) ctest, after PyTorch's fixture and a smoke test of the cooperative one-pass launch -----
 if python3 -c 'import torch' > /dev/null 2>&1; then
-  run_step conformance "$OUT/tests.log" 90 300 \
-    python3 "$REPO/tests/conformance/make_fixtures.py" --only torch --out "$REPO/tests/conformance"
+  # The fixture is printed into tests.log too, between two marker lines, so that it comes back:
+  #   sed -n '/^----- begin tests\/conformance\/torch.txt/,/^----- end/p' tests.log | sed '1d;$d'
+  run_step conformance "$OUT/tests.log" 90 300 bash -c \
+    'python3 "$1/tests/conformance/make_fixtures.py" --only torch --out "$1/tests/conformance" &&
+     echo "----- begin tests/conformance/torch.txt" && cat "$1/tests/conformance/torch.txt" &&
+     echo "----- end tests/conformance/torch.txt"' _ "$REPO"
 else
   skip_step conformance "$OUT/tests.log" "no python3 with torch"
 fi
