@@ -22,8 +22,8 @@ after it. (torch also records an eval call at the end.) Values are written with 
 digits, which float32 round-trips exactly.
 
 Usage: make_fixtures.py [--out DIR] [--only keras,flax,haiku,torch]
-The fixtures in tests/conformance/ were made with the versions named in their first lines
-(pip: jax[cpu], flax, dm-haiku, keras; KERAS_BACKEND=jax is set here).
+The fixtures in tests/conformance/ were made with the versions named in their "made-by" lines
+(pip: jax[cpu], flax, dm-haiku, keras, torch; KERAS_BACKEND=jax is set here), on the CPU.
 """
 
 import argparse
