@@ -170,21 +170,16 @@ static void cuda_leave(int device, int prev) {
   if (prev != device) (void)cudaSetDevice(prev);
 }
 
-/* Copy the state to the compact host array `dst` after the work queued on `stream`, or
- * (to_layer != 0) the compact host array to the layer. Blocks. */
-static sn_status_t transfer(const sn_layer_t *l, float *host, int to_layer, sn_stream_t stream) {
+/* Copy the state to the compact host array `host` after the work queued on `stream`. Blocks.
+ * (The other way: sn__put_state.) */
+static sn_status_t fetch(const sn_layer_t *l, float *host, sn_stream_t stream) {
   const int64_t h = l->view.h, w = width_of(l);
   float *const dev[3] = {l->u, l->v, l->sigma};
   float *const hst[3] = {host, host + h, host + h + w};
   /* σ, 1/σ, scale and the health word after them. */
   const size_t bytes[3] = {(size_t)h * sizeof(float), (size_t)w * sizeof(float), 4 * sizeof(float)};
   if (l->desc.backend == SN_BACKEND_CPU) {
-    for (int k = 0; k < 3; ++k) {
-      if (to_layer)
-        memcpy(dev[k], hst[k], bytes[k]);
-      else
-        memcpy(hst[k], dev[k], bytes[k]);
-    }
+    for (int k = 0; k < 3; ++k) memcpy(hst[k], dev[k], bytes[k]);
     return SN_SUCCESS;
   }
   int prev = 0;
@@ -193,14 +188,12 @@ static sn_status_t transfer(const sn_layer_t *l, float *host, int to_layer, sn_s
   cudaStream_t s = (cudaStream_t)stream;
   cudaError_t e = cudaSuccess;
   for (int k = 0; k < 3 && e == cudaSuccess; ++k)
-    e = to_layer ? cudaMemcpyAsync(dev[k], hst[k], bytes[k], cudaMemcpyHostToDevice, s)
-                 : cudaMemcpyAsync(hst[k], dev[k], bytes[k], cudaMemcpyDeviceToHost, s);
+    e = cudaMemcpyAsync(hst[k], dev[k], bytes[k], cudaMemcpyDeviceToHost, s);
   if (e == cudaSuccess) e = cudaStreamSynchronize(s);
   cuda_leave(l->desc.device, prev);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
-    return sn__cuda_fail((int)e, to_layer ? "copying the checkpoint's state to the device"
-                                          : "copying the layer state to the host for the checkpoint");
+    return sn__cuda_fail((int)e, "copying the layer state to the host for the checkpoint");
   }
   return SN_SUCCESS;
 }
@@ -230,7 +223,7 @@ SN_API sn_status_t sn_layer_save(const sn_layer_t *layer, void *buf, size_t size
     staged = malloc(bytes);
     if (!staged)
       return sn__fail(SN_ERROR_ALLOCATION, "host staging buffer of %zu bytes for the checkpoint", bytes);
-    st = transfer(layer, staged, 0, stream);
+    st = fetch(layer, staged, stream);
     if (st != SN_SUCCESS) {
       free(staged);
       return st;
@@ -511,7 +504,7 @@ SN_API sn_status_t sn_layer_load(sn_layer_t *layer, const void *buf, size_t size
   if (bound_bits != own_bits) /* the saved scale is of another norm bound: as sn_layer_set_state */
     sig[2] = sig[0] > 0.0f ? 1.0f / sn_ref_divisor(sig[0], layer->desc.norm_bound) : 0.0f;
   memcpy(&sig[3], &b.health, sizeof b.health); /* parse: the blob's, or version 1's derived one */
-  st = transfer(layer, state, 1, stream);
+  st = sn__put_state(layer, state, state + h, sig, stream, "copying the checkpoint's state to the device");
   free(state);
   if (st != SN_SUCCESS) return st;
   layer->warmed_up = (int)b.warmed_up;

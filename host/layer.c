@@ -686,28 +686,43 @@ SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const f
   const uint32_t health = sn__health_after_set_state(layer->is_1d, zero_u, zero_v);
   memcpy(&sig[3], &health, sizeof health);
 
-  if (layer->desc.backend == SN_BACKEND_CPU) {
-    memcpy(layer->u, u, (size_t)h * sizeof(float));
-    memcpy(layer->v, v, (size_t)w * sizeof(float));
-    memcpy(layer->sigma, sig, sizeof sig);
-  } else {
-    int prev = 0;
-    st = sn__enter_device(layer->desc.device, &prev);
-    if (st != SN_SUCCESS) return st;
-    cudaStream_t s = (cudaStream_t)stream;
-    cudaError_t e = cudaMemcpyAsync(layer->u, u, (size_t)h * sizeof(float), cudaMemcpyHostToDevice, s);
-    if (e == cudaSuccess)
-      e = cudaMemcpyAsync(layer->v, v, (size_t)w * sizeof(float), cudaMemcpyHostToDevice, s);
-    if (e == cudaSuccess) e = cudaMemcpyAsync(layer->sigma, sig, sizeof sig, cudaMemcpyHostToDevice, s);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(s);
-    sn__leave_device(layer->desc.device, prev);
-    if (e != cudaSuccess) {
-      (void)cudaGetLastError();
-      return sn__cuda_fail((int)e, "copying the new state to the device");
-    }
-  }
+  st = sn__put_state(layer, u, v, sig, stream, "copying the new state to the device");
+  if (st != SN_SUCCESS) return st;
   layer->warmed_up = warmed_up != 0;
   return SN_SUCCESS;
+}
+
+sn_status_t sn__put_state(sn_layer_t *l, const float *u, const float *v, const float sig[4],
+                          sn_stream_t stream, const char *what) {
+  const int64_t h = l->view.h, w = width_of(l);
+  if (l->desc.backend == SN_BACKEND_CPU) {
+    memcpy(l->u, u, (size_t)h * sizeof(float));
+    memcpy(l->v, v, (size_t)w * sizeof(float));
+    memcpy(l->sigma, sig, 4 * sizeof(float));
+    return SN_SUCCESS;
+  }
+  /* The whole state block in its device layout (u's padding zero, as at creation), in one copy:
+   * the old state or the new one, not a mix of both where a copy fails. */
+  const size_t bytes = (size_t)state_floats(l) * sizeof(float);
+  float *img = calloc(1, bytes);
+  if (!img) return sn__fail(SN_ERROR_ALLOCATION, "host staging buffer of %zu bytes", bytes);
+  memcpy(img, u, (size_t)h * sizeof(float));
+  memcpy(img + (l->v - l->u), v, (size_t)w * sizeof(float));
+  memcpy(img + (l->sigma - l->u), sig, 4 * sizeof(float));
+  int prev = 0;
+  sn_status_t st = sn__enter_device(l->desc.device, &prev);
+  if (st == SN_SUCCESS) {
+    cudaStream_t s = (cudaStream_t)stream;
+    cudaError_t e = cudaMemcpyAsync(l->u, img, bytes, cudaMemcpyHostToDevice, s);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+    sn__leave_device(l->desc.device, prev);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      st = sn__cuda_fail((int)e, what);
+    }
+  }
+  free(img);
+  return st;
 }
 
 SN_API sn_status_t sn_layer_reset(sn_layer_t *layer, uint64_t seed, sn_stream_t stream) {

@@ -83,6 +83,12 @@ static inline uint32_t sn__health_after_set_state(int is_1d, int zero_u, int zer
 /* Pointer checks of the forward: device memory of `device`, or host memory for a CPU layer. */
 sn_status_t sn__check_device_pointer(int device, const void *p, const char *name);
 sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const char *name);
+/* Write u (h floats), v (w) and {σ, 1/σ, scale, health} into the layer's state: on CUDA as one
+ * host-to-device copy of the whole state block after the work on `stream`, then a wait (`what`
+ * names the copy in the error message). */
+sn_status_t sn__put_state(sn_layer_t *l, const float *u, const float *v, const float sig[4],
+                          sn_stream_t stream, const char *what);
+
 /* Make `device` current; sn__leave_device restores the caller's. */
 sn_status_t sn__enter_device(int device, int *prev);
 void sn__leave_device(int device, int prev);
