@@ -3,7 +3,8 @@
 // Invariants: no read outside the blob (AddressSanitizer: the blob is copied into an allocation
 // of exactly its size), a failure is BAD_CHECKPOINT / CHECKPOINT_MISMATCH / CHECKPOINT_VERSION
 // and leaves the layer bitwise untouched, a success stores exactly the blob's u, v, σ, 1/σ, flag
-// and counter (and, from version 2, its health word; version 1 blobs save back as version 2,
+// and counter (and, from version 2, its health word, with SN_HEALTH_SCALE added where the scale is
+// not finite; version 1 blobs save back as version 2,
 // 4 bytes longer), and a forward after it keeps the state finite.
 #include <vector>
 
@@ -67,6 +68,7 @@ void check_finite_state(sn_layer_t *l) {
   for (float x : v) SN_FUZZ_CHECK(std::isfinite(x));
   SN_FUZZ_CHECK(std::isfinite(s) && s >= 0);
   SN_FUZZ_CHECK(std::isfinite(inv) && inv >= 0);
+  SN_FUZZ_CHECK(inv == (s > 0 ? 1.0f / s : 0.0f));  // 1/σ as every commit writes it
 }
 
 void load_into(Target &t, const std::vector<uint8_t> &blob) {
@@ -92,8 +94,12 @@ void load_into(Target &t, const std::vector<uint8_t> &blob) {
   SN_FUZZ_CHECK(std::memcmp(now.data(), blob.data(), 8) == 0 && le32(now.data() + 8) == 2);
   SN_FUZZ_CHECK(std::memcmp(now.data() + 12, blob.data() + 12, 4) == 0);
   SN_FUZZ_CHECK(std::memcmp(now.data() + header, blob.data() + header, payload_end - header) == 0);
+  // The health word installed records a non-finite scale (SN_HEALTH_SCALE) whatever the blob's says.
+  float now_scale = 0.f;
+  std::memcpy(&now_scale, now.data() + now.size() - 12, 4);
+  const uint32_t scale_bit = std::isfinite(now_scale) ? 0u : uint32_t(SN_HEALTH_SCALE);
   if (version == 2) {
-    SN_FUZZ_CHECK(std::memcmp(now.data() + now.size() - 8, blob.data() + blob.size() - 8, 4) == 0);
+    SN_FUZZ_CHECK(le32(now.data() + now.size() - 8) == (le32(blob.data() + blob.size() - 8) | scale_bit));
   } else {  // version 1: the health word sn_layer_set_state leaves (the restart for a zero u or v,
             // except for a 1-D weight)
     const int64_t h = int64_t(le32(blob.data() + header - 16)), w = int64_t(le32(blob.data() + header - 8));
@@ -101,7 +107,7 @@ void load_into(Target &t, const std::vector<uint8_t> &blob) {
     for (int64_t i = 0; i < h; ++i) zero_u = zero_u && (le32(blob.data() + header + 4 * i) & 0x7FFFFFFFu) == 0;
     for (int64_t j = 0; j < w; ++j) zero_v = zero_v && (le32(blob.data() + header + 4 * (h + j)) & 0x7FFFFFFFu) == 0;
     const bool one_d = le32(blob.data() + 16) == 1;  // ndim
-    SN_FUZZ_CHECK(le32(now.data() + now.size() - 8) == (!one_d && (zero_u || zero_v) ? 0x80000000u : 0u));
+    SN_FUZZ_CHECK(le32(now.data() + now.size() - 8) == ((!one_d && (zero_u || zero_v) ? 0x80000000u : 0u) | scale_bit));
   }
   const size_t warmed_at = header - 8 - 8 - 8 - 4;  // warmed_up, forwards precede h and w
   SN_FUZZ_CHECK(std::memcmp(now.data() + warmed_at, blob.data() + warmed_at, 12) == 0);

@@ -104,6 +104,7 @@ inline DescBytes decode_desc(Reader &r) {
   set_raw(d.backend, (flags & 8) ? r.i8() : int(SN_BACKEND_CPU));
   d.device = r.i8();
   set_raw(d.algo, (flags & 16) ? r.i8() : int(SN_ALGO_DEFAULT));
+  set_raw(d.eps_mode, (flags & 32) ? r.i8() : int(SN_EPS_CLAMP_NORM));
   out.backward_flags = r.u8();
   return out;
 }
@@ -121,7 +122,8 @@ inline std::vector<uint8_t> encode_desc(const sn_layer_desc_t &d, unsigned backw
   std::memcpy(&bound_bits, &d.norm_bound, 4);
   bool small = true;
   for (int k = 0; k < d.ndim; ++k) small = small && d.shape[k] >= 0 && d.shape[k] <= 16;
-  const uint8_t flags = uint8_t((small ? 0 : 1) | 2 | 4 | 8 | 16);
+  const bool eps_mode = get_raw(d.eps_mode) != int(SN_EPS_CLAMP_NORM);
+  const uint8_t flags = uint8_t((small ? 0 : 1) | 2 | 4 | 8 | 16 | (eps_mode ? 32 : 0));
   u8(flags);
   u8(uint8_t(d.ndim));
   for (int k = 0; k < d.ndim && k < SN_MAX_DIMS; ++k) {
@@ -141,6 +143,7 @@ inline std::vector<uint8_t> encode_desc(const sn_layer_desc_t &d, unsigned backw
   u8(uint8_t(get_raw(d.backend)));
   u8(uint8_t(d.device));
   u8(uint8_t(get_raw(d.algo)));
+  if (eps_mode) u8(uint8_t(get_raw(d.eps_mode)));
   u8(uint8_t(backward_flags));
   b.insert(b.end(), weights.begin(), weights.end());
   return b;

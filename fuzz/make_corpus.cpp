@@ -136,6 +136,13 @@ void desc_corpus() {
   write("desc", "algo_one_pass", encode_desc(d, 0, {}));
   set_raw(d.algo, 9);
   write("desc", "bad_algo", encode_desc(d, 0, {}));
+  // N(x) = x / sqrt(‖x‖² + eps) (Flax, Haiku), with a large eps; and a mode out of range.
+  d.algo = SN_ALGO_DEFAULT;
+  d.eps_mode = SN_EPS_ADD_SQUARED;
+  d.eps = 0.5f;
+  write("desc", "eps_add_squared", encode_desc(d, 1, f32_bytes({0.5f, -1.25f, 3.f, 0.f, 1e-3f})));
+  set_raw(d.eps_mode, 2);
+  write("desc", "bad_eps_mode", encode_desc(d, 0, {}));
 }
 
 void checkpoint_corpus() {

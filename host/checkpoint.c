@@ -412,7 +412,7 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
     if (!isfinite(x)) return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: v[%lld] = %g is not finite", (long long)j, (double)x);
     zero_v = zero_v && x == 0.0f;
   }
-  const float sigma = get_f32(b->sigma), inv = get_f32(b->sigma + 4), scale = get_f32(b->sigma + 8);
+  const float sigma = get_f32(b->sigma), inv = get_f32(b->sigma + 4);
   /* What a forward can commit: σ = 0 (no estimate yet) or a usable σ, 1/σ finite and >= 0, and a
    * finite scale of either sign (γ / d with a γ bound, which may be negative). */
   if (!(sigma == 0.0f || sn_sigma_usable(sigma)))
@@ -436,10 +436,9 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
   } else {
     b->health = sn__health_after_set_state(b->ndim == 1, zero_u, zero_v);
   }
-  /* A non-finite scale (a γ that was not finite, or γ / σ beyond float range) is what the forward
-   * left, and loads as it is, so that such a layer reloads its own checkpoint; the health word
-   * installed records it even where the user had read and cleared SN_HEALTH_SCALE before saving. */
-  if (!isfinite(scale)) b->health |= SN_HEALTH_SCALE;
+  /* The scale is not checked: a non-finite one (a γ that was not finite, or γ / σ beyond float
+   * range) is what the forward left, and loads as it is, so that such a layer reloads its own
+   * checkpoint (sn_layer_load). */
   return SN_SUCCESS;
 }
 
@@ -503,7 +502,10 @@ SN_API sn_status_t sn_layer_load(sn_layer_t *layer, const void *buf, size_t size
   memcpy(&own_bits, &layer->desc.norm_bound, 4);
   if (bound_bits != own_bits) /* the saved scale is of another norm bound: as sn_layer_set_state */
     sig[2] = sig[0] > 0.0f ? 1.0f / sn_ref_divisor(sig[0], layer->desc.norm_bound) : 0.0f;
-  memcpy(&sig[3], &b.health, sizeof b.health); /* parse: the blob's, or version 1's derived one */
+  /* parse: the blob's health word, or version 1's derived one; a non-finite scale installed is
+   * recorded there even where the user had read and cleared SN_HEALTH_SCALE before saving. */
+  if (!isfinite(sig[2])) b.health |= SN_HEALTH_SCALE;
+  memcpy(&sig[3], &b.health, sizeof b.health);
   st = sn__put_state(layer, state, state + h, sig, stream, "copying the checkpoint's state to the device");
   free(state);
   if (st != SN_SUCCESS) return st;
