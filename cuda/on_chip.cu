@@ -364,7 +364,8 @@ __device__ void backward_on_chip(const OnChipBwParams &p, unsigned r, char *sm) 
   for (unsigned c = 0; c < (unsigned)kOnChipMaxCluster; ++c)
     if (c < C) gw += *peer(gw_sm, c);
   cluster_arrive();
-  // a and b as cuda/backward.cu's coefs(), ∂L/∂γ as its write_dgamma().
+  // a and b as cuda/backward.cu's coefs(), ∂L/∂γ as its write_dgamma(). (No clamp_eps: 1-D weights,
+  // the only ones with one, never run on chip: host/layer.c.)
   const bool depends = !p.detach && !(p.norm_bound > 0.f && sig <= p.norm_bound);
   const float ca = sig > 0.f ? a : 0.f, cb = sig > 0.f && depends ? a * gw / sig : 0.f;
   if (r == 0 && threadIdx.x == 0 && p.dgamma) *p.dgamma = sig > 0.f ? gw / sn_divisor(sig, p.norm_bound) : 0.f;

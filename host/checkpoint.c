@@ -33,14 +33,16 @@
  * 8·ndim + 4·(h + w) bytes); it is still read, and loads with the health word sn_layer_set_state
  * leaves: cleared, and the restart requested for a zero-norm u or v. sn_layer_load
  * checks everything (length, magic, version, checksum, every field's range, finite u, v and σ,
- * 1/σ finite and >= 0, a finite scale unless the health word records SN_HEALTH_SCALE, no unknown
- * health bit, shape/dim/dtype against the
+ * 1/σ as a commit writes it for that σ, no unknown health bit (the scale is not checked: a
+ * non-finite one loads, and the health word installed records SN_HEALTH_SCALE), shape/dim/dtype
+ * against the
  * layer) before it changes anything. It restores u, v, σ, 1/σ, the scale, the health word, the
  * warm-up flag and the forward count, so that a resumed run continues as the uninterrupted one
  * would, restart from ones included; the layer keeps its own settings (iterations, eps, warm-up
  * count, order, norm bound, seed, backend, device, algorithm), which the blob records for
  * inspection only. When the blob's norm bound differs from the layer's, the scale is recomputed
  * as sn_layer_set_state does (1 / max(1, σ / c), or 1 / σ), instead of copied. */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -413,14 +415,16 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
     zero_v = zero_v && x == 0.0f;
   }
   const float sigma = get_f32(b->sigma), inv = get_f32(b->sigma + 4);
-  /* What a forward can commit: σ = 0 (no estimate yet) or a usable σ, 1/σ finite and >= 0, and a
-   * finite scale of either sign (γ / d with a γ bound, which may be negative). */
+  /* What a forward can commit: σ = 0 (no estimate yet) or a usable σ, and its 1/σ. */
   if (!(sigma == 0.0f || sn_sigma_usable(sigma)))
     return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: sigma = %g must be 0 or finite and >= FLT_MIN",
                     (double)sigma);
   /* 1/σ as every commit writes it (0 with no estimate): a consumer GEMM may take it as alpha. */
+  /* (Below FLT_MIN, a 1/σ of σ >= 2^126, either may be 0: a process that flushes subnormals to
+   * zero, as -ffast-math sets up, wrote or reads it.) */
   const float inv_of_sigma = sigma > 0.0f ? 1.0f / sigma : 0.0f;
-  if (memcmp(&inv, &inv_of_sigma, sizeof inv) != 0)
+  const int tiny = fabsf(inv) < FLT_MIN && fabsf(inv_of_sigma) < FLT_MIN && inv >= 0.0f;
+  if (memcmp(&inv, &inv_of_sigma, sizeof inv) != 0 && !tiny)
     return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: 1/sigma = %g is not 1/%g (%g)", (double)inv,
                     (double)sigma, (double)inv_of_sigma);
   /* The health word to install: version 2's as stored (a zero u of a 1-D layer with a zero

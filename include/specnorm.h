@@ -241,7 +241,7 @@ SN_API sn_status_t sn_layer_set_gamma(sn_layer_t *layer, const float *gamma);
 
 typedef enum {
   SN_BACKWARD_ACCUMULATE = 1u,   /* dW += ∂L/∂W (gradient accumulation) instead of dW = ∂L/∂W */
-  SN_BACKWARD_DETACH_SIGMA = 2u  /* treat σ as a constant: ∂L/∂W = scale · G */
+  SN_BACKWARD_DETACH_SIGMA = 2u  /* treat σ as a constant: ∂L/∂W = (γ / d) · G */
 } sn_backward_flag_t;
 
 /* ∂L/∂W from G = ∂L/∂W_sn, with the u, v and σ of the layer's last forward (SPEC.md, "Backward"):

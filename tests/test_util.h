@@ -244,9 +244,17 @@ inline bool same_state(const State &a, const State &b) {
          std::memcmp(&a.sigma, &b.sigma, 4) == 0 && a.warmed == b.warmed;
 }
 
+// max |a_k − b_k|; infinite where the sizes differ or one side is NaN (or infinite) and the other
+// not the same (std::max would drop a NaN difference, so that a NaN output passed any tolerance).
 inline double max_abs_diff(const std::vector<float> &a, const std::vector<float> &b) {
+  if (a.size() != b.size()) return INFINITY;
   double m = 0;
-  for (size_t k = 0; k < a.size(); ++k) m = std::max(m, std::fabs(double(a[k]) - double(b[k])));
+  for (size_t k = 0; k < a.size(); ++k) {
+    const double x = a[k], y = b[k];
+    if (x == y || (std::isnan(x) && std::isnan(y))) continue;
+    const double d = std::fabs(x - y);
+    m = std::isnan(d) ? INFINITY : std::max(m, d);
+  }
   return m;
 }
 
