@@ -192,7 +192,7 @@ TEST_P(Conformance, EveryStepMatchesTheFramework) {
   std::string made_by, error;
   const std::vector<FxCase> cases = read_fixture(path, &made_by, &error);
   ASSERT_TRUE(error.empty()) << error;
-  ASSERT_GE(cases.size(), 5u) << path;
+  ASSERT_GE(cases.size(), 6u) << path;
   SCOPED_TRACE(framework + ", made by" + made_by);
   for (const FxCase &c : cases) {
     SCOPED_TRACE(c.name);

@@ -35,13 +35,15 @@ import numpy as np
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# (name, shape in the framework's layout: output axis last for keras/flax/haiku, first for torch)
+# (name, shape in the framework's layout: output axis last for keras/flax/haiku, first for torch,
+#  power iterations per call)
 SHAPES = [
-    ("dense_7x5", (7, 5)),
-    ("conv_3x3x4x6", (3, 3, 4, 6)),
-    ("one_output_17x1", (17, 1)),
-    ("one_input_1x9", (1, 9)),
-    ("wide_3x40", (3, 40)),
+    ("dense_7x5", (7, 5), 1),
+    ("conv_3x3x4x6", (3, 3, 4, 6), 1),
+    ("one_output_17x1", (17, 1), 1),
+    ("one_input_1x9", (1, 9), 1),
+    ("wide_3x40", (3, 40), 1),
+    ("dense_6x11_two_iterations", (6, 11), 2),
 ]
 STEPS = 3
 
@@ -104,7 +106,7 @@ def make_keras(out_dir):
     import keras
 
     w = Writer(os.path.join(out_dir, "keras.txt"), f"keras {keras.__version__} jax {jax.__version__}")
-    for k, (name, shape) in enumerate(SHAPES):
+    for k, (name, shape, iters) in enumerate(SHAPES):
         W, u0 = start(k, shape, -1)
         if len(shape) == 2:
             inner = keras.layers.Dense(shape[1], use_bias=False)
@@ -112,10 +114,10 @@ def make_keras(out_dir):
         else:
             inner = keras.layers.Conv2D(shape[3], shape[:2], use_bias=False)
             x = np.zeros((1, shape[0], shape[1], shape[2]), np.float32)
-        layer = keras.layers.SpectralNormalization(inner, power_iterations=1)
+        layer = keras.layers.SpectralNormalization(inner, power_iterations=iters)
         layer.build(x.shape)
         layer.vector_u.assign(u0[None, :])
-        w.case(name, shape, -1, "v_first", keras.config.epsilon(), "clamp_norm", 1, 1)
+        w.case(name, shape, -1, "v_first", keras.config.epsilon(), "clamp_norm", iters, 1)
         w.vec("u0", u0)
         for s in range(STEPS):
             if s:
@@ -144,9 +146,9 @@ def make_flax(out_dir):
             return self.param("kernel", nn.initializers.zeros, self.shape)
 
     w = Writer(os.path.join(out_dir, "flax.txt"), f"flax {flax.__version__} jax {jax.__version__}")
-    for k, (name, shape) in enumerate(SHAPES):
+    for k, (name, shape, iters) in enumerate(SHAPES):
         W, u0 = start(k, shape, -1)
-        model = nn.SpectralNorm(Holder(shape, name="holder"))  # epsilon 1e-12, n_steps 1
+        model = nn.SpectralNorm(Holder(shape, name="holder"), n_steps=iters)  # epsilon 1e-12
         variables = model.init(jax.random.PRNGKey(0), update_stats=False)
         stats = variables["batch_stats"]
         w.case(name, shape, -1, "v_first", model.epsilon, "add_squared", model.n_steps, 0)
@@ -194,13 +196,13 @@ def make_haiku(out_dir):
     import jax.numpy as jnp
 
     w = Writer(os.path.join(out_dir, "haiku.txt"), f"haiku {hk.__version__} jax {jax.__version__}")
-    fn = hk.transform_with_state(lambda W: hk.SpectralNorm()(W, update_stats=True))
     eps = hk.SpectralNorm.__init__.__defaults__[0]  # Haiku's default eps
-    for k, (name, shape) in enumerate(SHAPES):
+    for k, (name, shape, iters) in enumerate(SHAPES):
         W, u0 = start(k, shape, -1)
+        fn = hk.transform_with_state(lambda x, n=iters: hk.SpectralNorm(n_steps=n)(x, update_stats=True))
         params, state = fn.init(jax.random.PRNGKey(0), jnp.asarray(W))
         state = set_leaf(state, "/u0", jnp.asarray(u0[None, :]))
-        w.case(name, shape, -1, "v_first", eps, "add_squared", 1, 0)
+        w.case(name, shape, -1, "v_first", eps, "add_squared", iters, 0)
         w.vec("u0", u0)
         for s in range(STEPS):
             if s:
@@ -217,7 +219,7 @@ def make_torch(out_dir):
     from torch.nn.utils import parametrizations
 
     w = Writer(os.path.join(out_dir, "torch.txt"), f"torch {torch.__version__}")
-    for k, (name, shape) in enumerate(SHAPES):
+    for k, (name, shape, iters) in enumerate(SHAPES):
         tshape = tuple(reversed(shape)) if len(shape) == 2 else (shape[3], shape[2], shape[0], shape[1])
         for legacy in (False, True):
             rng = seeded(k, 2 + legacy)
@@ -229,18 +231,18 @@ def make_torch(out_dir):
             m = torch.nn.Module()
             m.weight = torch.nn.Parameter(torch.from_numpy(W.copy()))
             if legacy:
-                torch.nn.utils.spectral_norm(m, dim=0)
+                torch.nn.utils.spectral_norm(m, n_power_iterations=iters, dim=0)
                 orig, U, V = m.weight_orig, m.weight_u, m.weight_v
                 sn = m._forward_pre_hooks
             else:
-                parametrizations.spectral_norm(m, dim=0)
+                parametrizations.spectral_norm(m, n_power_iterations=iters, dim=0)
                 p = m.parametrizations.weight
                 orig, U, V = p.original, p[0]._u, p[0]._v
             with torch.no_grad():
                 U.copy_(torch.from_numpy(u0))
                 V.copy_(torch.from_numpy(v0))
             w.case(name + ("_legacy" if legacy else ""), tshape, 0,
-                   "v_first" if legacy else "u_first", 1e-12, "clamp_norm", 1, 0)
+                   "v_first" if legacy else "u_first", 1e-12, "clamp_norm", iters, 0)
             w.vec("u0", u0)
             w.vec("v0", v0)
             for s in range(STEPS + 1):
