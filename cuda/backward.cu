@@ -71,16 +71,8 @@ struct ApplyParams {
 };
 
 // a and b of the formula above, from the state and ⟨G, W⟩.
-struct Coefs {
-  float a, b;
-};
-
 __device__ __forceinline__ Coefs coefs(const ApplyParams &p) {
-  const float sig = p.sigma[0];
-  if (!(sig > 0.f)) return {0.f, 0.f};
-  const float a = backward_scale(sig, p.norm_bound, p.gamma);
-  const bool depends = !p.detach && !(p.norm_bound > 0.f && sig <= p.norm_bound) && !(sig <= p.clamp_eps);
-  return {a, depends ? a * p.scal[SN_SCAL_GW] / sig : 0.f};
+  return backward_coefs(p.sigma[0], p.scal + SN_SCAL_GW, p.norm_bound, p.gamma, p.detach, p.clamp_eps);
 }
 
 // ∂L/∂γ = ⟨G, W⟩ / d, written once (block 0, thread 0) when asked for.

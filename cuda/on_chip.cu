@@ -331,6 +331,7 @@ struct OnChipBwParams {
   bool accumulate, detach;
   float *dgamma;
   int cluster, w_bytes;
+  float clamp_eps;  // as the backward's (sn_cuda_backward_args_t)
 };
 
 template <class T>
@@ -348,7 +349,6 @@ __device__ void backward_on_chip(const OnChipBwParams &p, unsigned r, char *sm) 
   copy_in<kBlock>(Gs, Gg, n);
   __pipeline_commit();
   const float sig = p.sigma[0];  // the last forward's σ
-  const float a = sig > 0.f ? backward_scale(sig, p.norm_bound, p.gamma) : 0.f;
   __pipeline_wait_prior(0);
   __syncthreads();
   // The block's share of ⟨G, W⟩ (dW may be W: every block reads its rows of W before the cluster
@@ -364,10 +364,8 @@ __device__ void backward_on_chip(const OnChipBwParams &p, unsigned r, char *sm) 
   for (unsigned c = 0; c < (unsigned)kOnChipMaxCluster; ++c)
     if (c < C) gw += *peer(gw_sm, c);
   cluster_arrive();
-  // a and b as cuda/backward.cu's coefs(), ∂L/∂γ as its write_dgamma(). (No clamp_eps: 1-D weights,
-  // the only ones with one, never run on chip: host/layer.c.)
-  const bool depends = !p.detach && !(p.norm_bound > 0.f && sig <= p.norm_bound);
-  const float ca = sig > 0.f ? a : 0.f, cb = sig > 0.f && depends ? a * gw / sig : 0.f;
+  // a and b as cuda/backward.cu's apply kernels, ∂L/∂γ as its write_dgamma().
+  const Coefs c = backward_coefs(sig, &gw, p.norm_bound, p.gamma, p.detach, p.clamp_eps);
   if (r == 0 && threadIdx.x == 0 && p.dgamma) *p.dgamma = sig > 0.f ? gw / sn_divisor(sig, p.norm_bound) : 0.f;
   // dW as cuda/backward.cu's apply: x = a·G − b·(u_i v_j) (+ dW). u and v are the layer's state,
   // which dW never is: read through the read-only path, so that the stores to dW do not make the
@@ -388,7 +386,7 @@ __device__ void backward_on_chip(const OnChipBwParams &p, unsigned r, char *sm) 
       const int k = k0 + q * kBlock;
       if (k >= (int)n) break;
       const int il = k / w, j = k - il * w;
-      float x = ca * to_f(Gs[k]) - cb * (__ldg(&u[il]) * __ldg(&v[j]));
+      float x = c.a * to_f(Gs[k]) - c.b * (__ldg(&u[il]) * __ldg(&v[j]));
       if (p.accumulate) x += o[q];
       dWg[k] = from_f<T>(x);
     }
@@ -486,7 +484,7 @@ cudaError_t launch_on_chip_backward(const sn_cuda_plan_t &plan, const sn_cuda_ba
   const sn_on_chip_t &oc = plan.onchip;
   const OnChipBwParams p{a.W, a.G, a.dW, plan.view.h, plan.view.A * plan.view.B, (int)plan.dtype,
                          a.u, a.v, a.sigma, plan.gamma, plan.norm_bound, a.accumulate != 0, a.detach_sigma != 0,
-                         a.dgamma, oc.cluster, oc.w_bytes};
+                         a.dgamma, oc.cluster, oc.w_bytes, a.clamp_eps};
   return launch_clusters(oc, on_chip_backward_kernel, oc.cluster, kBlock, on_chip_bw_smem(oc.w_bytes),
                          plan.pdl != 0, stream, p);
 }

@@ -103,9 +103,6 @@ __device__ __forceinline__ float store_scaled(float x, float m, float *out, int6
                            // every kernel that inlines this, whatever ptxas decides there)
 }
 
-// The last step of every s = Mᵀ y kernel, in its last block (all threads call it): Σ s² from n
-// partials in order, then scal[M_S] = max(‖s‖, eps) and scal[SIG_S] = ‖s‖² / max(‖s‖, eps), the
-// u-first σ (SPEC.md). The partials were written by other blocks of the launch: read past L1.
 // The divisor of the iteration's normalization N(x) = x / norm_divisor(‖x‖², eps): max(‖x‖, eps)
 // for eps > 0 (SN_EPS_CLAMP_NORM: PyTorch, Keras), sqrt(‖x‖² + |eps|) for eps < 0 (the plan's
 // sign for SN_EPS_ADD_SQUARED: Flax, Haiku). σ = ‖x‖² / norm_divisor(‖x‖², eps) either way.
@@ -113,6 +110,10 @@ __device__ __forceinline__ float norm_divisor(float ssq, float eps) {
   return eps > 0.f ? fmaxf(sqrtf(ssq), eps) : sqrtf(ssq - eps);
 }
 
+// The last step of every s = Mᵀ y kernel, in its last block (all threads call it): Σ s² from n
+// partials in order, then scal[M_S] = N's divisor of s (max(‖s‖, eps)) and scal[SIG_S] = ‖s‖² /
+// that, the u-first σ (SPEC.md). The partials were written by other blocks of the launch: read
+// past L1.
 __device__ __forceinline__ void finish_s_norm(const float *sq_parts, int64_t n, float eps,
                                               float *scal) {
   const float tot = block_sum_of(sq_parts, n);
@@ -225,11 +226,23 @@ __device__ __forceinline__ void commit_state_word(float *sigma, const CommitScal
   commit_state_word_of(sigma, c, training, reinterpret_cast<const unsigned *>(sigma)[3]);
 }
 
-// The backward's a = γ / d (σ > 0), γ read now (sn_layer_set_gamma: every forward and backward
-// reads it): with the γ of the forward, the forward's scale bit for bit (commit_state_word_of's
-// c.g / c.d), and the CPU backend's a after sn_layer_set_state too.
-__device__ __forceinline__ float backward_scale(float sig, float norm_bound, const float *gamma) {
-  return (gamma ? *gamma : 1.f) / sn_divisor(sig, norm_bound);
+// The backward's dW = a·G − b·(u_i v_j) (SPEC.md, "Backward"), from the last forward's σ and
+// ⟨G, W⟩ (*gw, read only where the σ term applies): a = γ / d with γ read now
+// (sn_layer_set_gamma: every forward and backward reads it; with the γ of the forward, the
+// forward's scale bit for bit, commit_state_word_of's c.g / c.d), b = a·⟨G, W⟩ / σ unless σ is
+// detached, a norm bound is not active (σ <= c), or σ is a 1-D weight's eps clamp (σ <= clamp_eps;
+// 0 elsewhere). No σ yet (σ <= 0): a = b = 0. The backward kernels' one definition (the CPU
+// backend's: sn_ref_backward).
+struct Coefs {
+  float a, b;
+};
+
+__device__ __forceinline__ Coefs backward_coefs(float sig, const float *gw, float norm_bound,
+                                                const float *gamma, bool detach, float clamp_eps) {
+  if (!(sig > 0.f)) return {0.f, 0.f};
+  const float a = (gamma ? *gamma : 1.f) / sn_divisor(sig, norm_bound);
+  const bool depends = !detach && !(norm_bound > 0.f && sig <= norm_bound) && !(sig <= clamp_eps);
+  return {a, depends ? a * *gw / sig : 0.f};
 }
 
 // Reciprocal of an optional device divisor (NULL means 1).

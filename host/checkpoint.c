@@ -419,8 +419,8 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
   if (!(sigma == 0.0f || sn_sigma_usable(sigma)))
     return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: sigma = %g must be 0 or finite and >= FLT_MIN",
                     (double)sigma);
-  /* 1/σ as every commit writes it (0 with no estimate): a consumer GEMM may take it as alpha. */
-  /* (Below FLT_MIN, a 1/σ of σ >= 2^126, either may be 0: a process that flushes subnormals to
+  /* 1/σ as every commit writes it (0 with no estimate): a consumer GEMM may take it as alpha.
+   * (Below FLT_MIN, a 1/σ of σ >= 2^126, either may be 0: a process that flushes subnormals to
    * zero, as -ffast-math sets up, wrote or reads it.) */
   const float inv_of_sigma = sigma > 0.0f ? 1.0f / sigma : 0.0f;
   const int tiny = fabsf(inv) < FLT_MIN && fabsf(inv_of_sigma) < FLT_MIN && inv >= 0.0f;

@@ -61,8 +61,9 @@ void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
   const float sig = args->sigma[0];
   const float bound = layer->desc.norm_bound;
   args->sigma[2] = sig > 0.0f ? g / sn_ref_divisor(sig, bound) : 0.0f;
+  /* Only an iterated forward asks for (or reports) a restart from ones: a 1-D weight has none. */
   const unsigned health =
-      sn_health_after(health_of(args), sig_new, !args->is_1d && iters > 0, g, args->sigma[2]); /* a 1-D weight has no iteration to restart */
+      sn_health_after(health_of(args), sig_new, !args->is_1d && iters > 0, g, args->sigma[2]);
   memcpy(args->sigma + 3, &health, sizeof health);
   if (args->W_sn) sn_ref_divide(args->W, args->W_sn, dt, args->numel, sig, bound, g);
 }

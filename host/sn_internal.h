@@ -54,7 +54,6 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
                             sn_stream_t stream);
 /* Bytes of the layer's weight: numel × the size of its dtype. */
 size_t sn__weight_bytes(const sn_layer_t *l);
-/* Whether [a, a + an) and [b, b + bn) share a byte. */
 /* The eps of the kernels and the CPU reference: signed by the mode (sn_cuda_plan_t.eps). */
 static inline float sn__eps_param(const sn_layer_desc_t *d) {
   return d->eps_mode == SN_EPS_ADD_SQUARED ? -d->eps : d->eps;
@@ -66,6 +65,7 @@ static inline float sn__backward_clamp_eps(const sn_layer_t *l) {
   return l->is_1d && l->desc.eps_mode == SN_EPS_CLAMP_NORM ? l->desc.eps : 0.0f;
 }
 
+/* Whether [a, a + an) and [b, b + bn) share a byte. */
 static inline int sn__overlap(const void *a, size_t an, const void *b, size_t bn) {
   const char *x = (const char *)a, *y = (const char *)b;
   return x < y + bn && y < x + an;
