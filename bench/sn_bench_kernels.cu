@@ -290,34 +290,26 @@ static unsigned probe_grid(const void *kernel, size_t n, int E) {
   return g < 1 ? 1u : (unsigned)g;
 }
 
+// `kernel` over n elements of T on probe_grid's blocks, through the library's launch (its own
+// status, not an error left pending before it).
+template <class T, class... P, class... A>
+static cudaError_t launch_probe(void (*kernel)(P...), size_t n, cudaStream_t stream, A... args) {
+  return sn::launch(false, kernel, probe_grid((const void *)kernel, n, sn::kWide<T>), kProbeThreads, 0,
+                    stream, args...);
+}
+
 template <class T>
 static cudaError_t probe_reduce(const T *a, const T *b, size_t n, float *part, unsigned *counter,
                                 float *out, cudaStream_t stream) {
-  if (b) {
-    const auto k = probe_reduce_kernel<T, true>;
-    const unsigned grid = probe_grid((const void *)k, n, sn::kWide<T>);
-    k<<<grid, kProbeThreads, 0, stream>>>(a, b, n, part, counter, out);
-  } else {
-    const auto k = probe_reduce_kernel<T, false>;
-    const unsigned grid = probe_grid((const void *)k, n, sn::kWide<T>);
-    k<<<grid, kProbeThreads, 0, stream>>>(a, b, n, part, counter, out);
-  }
-  return cudaGetLastError();
+  return b ? launch_probe<T>(probe_reduce_kernel<T, true>, n, stream, a, b, n, part, counter, out)
+           : launch_probe<T>(probe_reduce_kernel<T, false>, n, stream, a, b, n, part, counter, out);
 }
 
 template <class T>
 static cudaError_t probe_map(const T *in, T *out, size_t n, const float *scalar, int accumulate,
                              cudaStream_t stream) {
-  if (accumulate) {
-    const auto k = probe_map_kernel<T, true>;
-    const unsigned grid = probe_grid((const void *)k, n, sn::kWide<T>);
-    k<<<grid, kProbeThreads, 0, stream>>>(in, out, n, scalar);
-  } else {
-    const auto k = probe_map_kernel<T, false>;
-    const unsigned grid = probe_grid((const void *)k, n, sn::kWide<T>);
-    k<<<grid, kProbeThreads, 0, stream>>>(in, out, n, scalar);
-  }
-  return cudaGetLastError();
+  return accumulate ? launch_probe<T>(probe_map_kernel<T, true>, n, stream, in, out, n, scalar)
+                    : launch_probe<T>(probe_map_kernel<T, false>, n, stream, in, out, n, scalar);
 }
 
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
