@@ -78,6 +78,9 @@ constexpr int kOnePassPairMaxElems = 16;
 inline int one_pass_rows_per_step(int vpt, int elems, int asked) {
   return asked == 2 && vpt * elems <= kOnePassPairMaxElems ? 2 : 1;
 }
+// Whether the rows instance the plan names (op_threads, op_vpt, op_rows, dtype, op_elems) has a
+// ping-pong training kernel (SPECNORM_TUNE=op_pp=1; kRowsPingPong in cuda/one_pass.cuh).
+bool one_pass_ping_pong_built(const sn_cuda_plan_t &plan);
 // Raise the rows kernel's shared-memory limit (the instance plan.op_rows gives) and report its
 // blocks per multiprocessor (training, and eval without clusters) and, for cluster > 1, how many
 // clusters of that many blocks fit on the device at once.

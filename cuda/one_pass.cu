@@ -31,6 +31,13 @@ __global__ void __launch_bounds__(NT, (kRowsMinBlocks<NT, VPT, RS, E, (int)sizeo
   rows_body<NT, VPT, RS, T, E, EVAL>(p);
 }
 
+// The training rows with the ping-pong loop (kRowsPingPong instances, SPECNORM_TUNE=op_pp=1).
+template <int NT, int VPT, class T, int E>
+__global__ void __launch_bounds__(NT) one_pass_rows_pp_kernel(OnePassParams p) {
+  pdl_enter();
+  rows_body<NT, VPT, 1, T, E, false, true>(p);
+}
+
 // CL float4 columns per block (plan.op_reduce_cols) and kBlock / CL lanes along the partials:
 // reduce_columns (cuda/one_pass.cuh), then the last block's norms and σ.
 template <int CL>
@@ -57,10 +64,13 @@ struct Prep {
 // the eval one keeps no partial s and needs fewer registers (ptxas sm_90: 4096² bf16 32 against
 // 64, 4096 × 16384 bf16 56 against 120), so that more of its blocks may fit (op_eval_blocks).
 template <int NT, int VPT, int RS, class T, int E>
-cudaError_t rows(const OnePassParams *p, int blocks, cudaStream_t stream, Prep *prep) {
+cudaError_t rows(const OnePassParams *p, int blocks, bool pp, cudaStream_t stream, Prep *prep) {
   // v in shared memory, w floats (the cluster's partial s lands there too).
   const size_t smem = (size_t)p->wp * E * sizeof(float);
   auto *train = one_pass_rows_kernel<NT, VPT, RS, T, E, false>;
+  if constexpr (kRowsPingPong<NT, VPT, RS, T, E>) {
+    if (pp) train = one_pass_rows_pp_kernel<NT, VPT, T, E>;
+  }
   auto *eval = one_pass_rows_kernel<NT, VPT, RS, T, E, true>;
   if (prep) {
     cudaError_t e = allow_shared_memory(eval, smem);
@@ -88,11 +98,21 @@ cudaError_t rows_dispatch(const sn_cuda_plan_t &plan, const OnePassParams *p, in
                           cudaStream_t stream, Prep *prep) {
   return with_rows_instance(plan, [&](auto inst) -> cudaError_t {
     using I = decltype(inst);
-    return rows<I::NT, I::VPT, I::RS, typename I::T, I::E>(p, blocks, stream, prep);
+    return rows<I::NT, I::VPT, I::RS, typename I::T, I::E>(p, blocks, plan.op_pp != 0, stream, prep);
   });
 }
 
 }  // namespace
+
+bool one_pass_ping_pong_built(const sn_cuda_plan_t &plan) {
+  bool built = false;
+  (void)with_rows_instance(plan, [&](auto inst) -> cudaError_t {
+    using I = decltype(inst);
+    built = kRowsPingPong<I::NT, I::VPT, I::RS, typename I::T, I::E>;
+    return cudaSuccess;
+  });
+  return built;
+}
 
 int64_t one_pass_reduce_blocks(int64_t w4, int cols) { return (w4 + cols - 1) / cols; }
 

@@ -177,8 +177,15 @@ constexpr int kRowsMinBlocks = RS == 2 && NT == 256 && VPT == 2 && E == 8 && TSI
 // 6626f15), a cp.async ring 1-3 rows ahead (2-21% slower, H200 e56c4b8), and rows through a
 // shared-memory ring of 3-4 rows filled by bulk copies (cp.async.bulk on an mbarrier: 4096 × 16384
 // bf16 scale-only 16% slower, the rows 59.6% of DRAM peak against 69.4%, H100 d5e109c).
-template <int NT, int VPT, int RS, class T, int E, bool EVAL>
+//
+// PP (SPECNORM_TUNE=op_pp=1, one row a step only): the loop takes two rows an iteration with the
+// buffers' roles swapped (row i from buf[0] while row i + G loads into buf[1], then row i + G
+// from buf[1] while row i + 2G loads into buf[0]), so that no move waits for a load: the next
+// row's loads are issued before the thread waits for the current one's, and two rows are in
+// flight per block. The same steps in the same order: bitwise one row a step on the same grid.
+template <int NT, int VPT, int RS, class T, int E, bool EVAL, bool PP = false>
 __device__ __forceinline__ void rows_body(const OnePassParams &p) {
+  static_assert(!PP || RS == 1, "the ping-pong loop takes one row a step");
   using V = VecN<T, E>;
   using R = typename V::raw;
   const T *W = static_cast<const T *>(p.W);
@@ -218,16 +225,33 @@ __device__ __forceinline__ void rows_body(const OnePassParams &p) {
   stage_scaled<NT>(reinterpret_cast<float *>(v_sm), p.x, w, rx, ones);
   __syncthreads();
   float tsq = 0.f;
-  for (; i < p.h; i += RS * G) {
-    load_rows(buf[1], i + RS * G);
-    rows_step<NT, VPT, RS, T, E, EVAL>(p, buf[0], i, G, v_sm, ru, acc, tsq);
+  if constexpr (PP) {
+    for (; i < p.h; i += 2 * G) {
+      load_rows(buf[1], i + G);
+      rows_step<NT, VPT, 1, T, E, EVAL>(p, buf[0], i, G, v_sm, ru, acc, tsq);
+      if (i + G >= p.h) break;  // i is the block's: every thread leaves together
+      load_rows(buf[0], i + 2 * G);
+      rows_step<NT, VPT, 1, T, E, EVAL>(p, buf[1], i + G, G, v_sm, ru, acc, tsq);
+    }
+  } else {
+    for (; i < p.h; i += RS * G) {
+      load_rows(buf[1], i + RS * G);
+      rows_step<NT, VPT, RS, T, E, EVAL>(p, buf[0], i, G, v_sm, ru, acc, tsq);
 #pragma unroll
-    for (int r = 0; r < RS; ++r)
+      for (int r = 0; r < RS; ++r)
 #pragma unroll
-      for (int k = 0; k < VPT; ++k) buf[0][r][k] = buf[1][r][k];
+        for (int k = 0; k < VPT; ++k) buf[0][r][k] = buf[1][r][k];
+    }
   }
   rows_finish<NT, VPT, E, EVAL>(p, acc, tsq, v_sm, w);
 }
+
+// The rows instances built with the ping-pong loop (PP above, training only): the 2-byte rows of
+// 512 threads × 4 packs of 8 (12289-16384 columns), 1 block per multiprocessor (120 registers,
+// ptxas sm_90), so one row in flight per multiprocessor: 32 KB where fp32's rows of that width
+// have 64 (4096 × 16384 on an H200 at 64f5bc9: bf16 train 71% of copy, fp32 87%).
+template <int NT, int VPT, int RS, class T, int E>
+constexpr bool kRowsPingPong = RS == 1 && NT == 512 && VPT == 4 && E == 8 && sizeof(T) == 2;
 
 struct ReduceParams {
   const float4 *part;

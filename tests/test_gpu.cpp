@@ -445,6 +445,31 @@ TEST(Gpu, OnePassRowPairsAreBitwiseSingleRows) {
   compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
 }
 
+// The training rows' ping-pong loop (SPECNORM_TUNE=op_pp=1, cuda/one_pass.cuh): on the same grid,
+// bit for bit one row a step (training and eval, with and without clusters) in bf16 and fp16, with
+// blocks of an odd number of rows (the loop's early exit) and rows of partial packs; the instances
+// without it (here 4096 bf16 columns and 16384 fp32 ones) keep the plain loop. Read from graph
+// captures.
+TEST(Gpu, OnePassPingPongRowsAreBitwiseOneRowAStep) {
+  REQUIRE_GPU();
+  expect_rows_pairs_bitwise(
+      {{{300, 16384}, SN_DTYPE_BFLOAT16},   // 512 threads × 4 packs of 8 (4096 × 16384 bf16's)
+       {{301, 16384}, SN_DTYPE_FLOAT16},
+       {{9, 16384}, SN_DTYPE_BFLOAT16},     // on 7 blocks: blocks of 1 and 2 rows
+       {{200, 12296}, SN_DTYPE_BFLOAT16},   // 1537 packs: threads with 3 of their 4
+       {{300, 4096}, SN_DTYPE_BFLOAT16},    // no ping-pong instance
+       {{100, 16384}, SN_DTYPE_FLOAT32}},   // no ping-pong instance
+      "op_pp=0,", "op_pp=1,", [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &c, const Tensor &W) {
+        const bool want = c.dt != SN_DTYPE_FLOAT32 && c.shape[1] > 8192;
+        EXPECT_EQ(a->plan.op_pp, 0);
+        EXPECT_EQ(b->plan.op_pp, want ? 1 : 0);
+        Tensor o(W.dt, W.n);
+        const std::vector<std::string> kb = captured_kernels(
+            [&](cudaStream_t s) { return sn_forward(b, W.dev, o.dev, 1, (sn_stream_t)s); });
+        EXPECT_EQ(any_matches(kb, "one_pass_rows_pp_kernel<"), want) << ::testing::PrintToString(kb);
+      });
+}
+
 // The one-pass eval kernel's grid: by default (and with SPECNORM_TUNE=op_eval_own=1) its own
 // instance's occupancy without clusters, which is at least the training grid's, and more
 // where the eval instance takes fewer registers (ptxas sm_90: the bf16 rows of 4096 and 16384
