@@ -78,14 +78,14 @@ constexpr int kOnePassPairMaxElems = 16;
 inline int one_pass_rows_per_step(int vpt, int elems, int asked) {
   return asked == 2 && vpt * elems <= kOnePassPairMaxElems ? 2 : 1;
 }
-// Whether the rows instance the plan names (op_threads, op_vpt, op_rows, dtype, op_elems) has a
-// ping-pong training kernel (SPECNORM_TUNE=op_pp=1; kRowsPingPong in cuda/one_pass.cuh).
-bool one_pass_ping_pong_built(const sn_cuda_plan_t &plan);
 // Raise the rows kernel's shared-memory limit (the instance plan.op_rows gives) and report its
 // blocks per multiprocessor (training, and eval without clusters) and, for cluster > 1, how many
 // clusters of that many blocks fit on the device at once.
-cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *blocks_per_sm,
-                             int *max_clusters, int *eval_per_sm);
+// pp_asked (SPECNORM_TUNE's op_pp: 0 never, 1 where it is the default, 2 wherever built) asks for
+// the ping-pong training kernel (cuda/one_pass.cuh); *pp says whether the instance takes it (only
+// where it keeps the plain kernel's blocks per multiprocessor), and the occupancy is that kernel's.
+cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int pp_asked, int *pp,
+                             int *blocks_per_sm, int *max_clusters, int *eval_per_sm);
 
 // A forward with every layer on chip, one launch (cuda/on_chip.cu; oc.cluster > 0): the `count`
 // layers of the device table `entries`, or (entries NULL, count 1) the layer `one`, passed by value.

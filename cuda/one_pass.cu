@@ -31,9 +31,9 @@ __global__ void __launch_bounds__(NT, (kRowsMinBlocks<NT, VPT, RS, E, (int)sizeo
   rows_body<NT, VPT, RS, T, E, EVAL>(p);
 }
 
-// The training rows with the ping-pong loop (kRowsPingPong instances, SPECNORM_TUNE=op_pp=1).
+// The training rows with the ping-pong loop (rows_body's PP; kRowsPingPong* in cuda/one_pass.cuh).
 template <int NT, int VPT, class T, int E>
-__global__ void __launch_bounds__(NT) one_pass_rows_pp_kernel(OnePassParams p) {
+__global__ void __launch_bounds__(NT, (kRowsPingPongMinBlocks<NT, VPT, E>)) one_pass_rows_pp_kernel(OnePassParams p) {
   pdl_enter();
   rows_body<NT, VPT, 1, T, E, false, true>(p);
 }
@@ -53,6 +53,9 @@ __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p)
 // What one_pass_prepare asks and learns.
 struct Prep {
   int cluster;         // in: blocks per cluster (1: none)
+  int pp_asked;        // in: the ping-pong training kernel: 0 never, 1 where it is the default,
+                       // 2 wherever built; in either case only if it keeps the plain one's occupancy
+  int pp;              // out: 1 if the training instance is the ping-pong kernel
   int blocks_per_sm;   // out: training instance, without clusters
   int max_clusters;    // out: clusters of `cluster` blocks that fit at once (cluster > 1)
   int eval_per_sm;     // out: eval instance (launched without clusters)
@@ -63,15 +66,33 @@ struct Prep {
 // kernels and report their occupancy. The plan's block count comes from the training instance;
 // the eval one keeps no partial s and needs fewer registers (ptxas sm_90: 4096² bf16 32 against
 // 64, 4096 × 16384 bf16 56 against 120), so that more of its blocks may fit (op_eval_blocks).
+// The training kernel is the ping-pong one where pp (launch) or where prep asks for it and it keeps
+// the plain kernel's blocks per multiprocessor (prepare; prep->pp says which).
 template <int NT, int VPT, int RS, class T, int E>
 cudaError_t rows(const OnePassParams *p, int blocks, bool pp, cudaStream_t stream, Prep *prep) {
   // v in shared memory, w floats (the cluster's partial s lands there too).
   const size_t smem = (size_t)p->wp * E * sizeof(float);
   auto *train = one_pass_rows_kernel<NT, VPT, RS, T, E, false>;
-  if constexpr (kRowsPingPong<NT, VPT, RS, T, E>) {
-    if (pp) train = one_pass_rows_pp_kernel<NT, VPT, T, E>;
-  }
   auto *eval = one_pass_rows_kernel<NT, VPT, RS, T, E, true>;
+  if constexpr (kRowsPingPong<NT, VPT, RS, T, E>) {
+    auto *two = one_pass_rows_pp_kernel<NT, VPT, T, E>;
+    if (prep) {
+      pp = false;
+      if (prep->pp_asked == 2 || (prep->pp_asked == 1 && kRowsPingPongDefault<NT, VPT, RS, T, E>)) {
+        int plain_per_sm = 0, two_per_sm = 0;
+        cudaError_t e = allow_shared_memory(train, smem);
+        if (e == cudaSuccess) e = allow_shared_memory(two, smem);
+        if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&plain_per_sm, train, NT, smem);
+        if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&two_per_sm, two, NT, smem);
+        if (e != cudaSuccess) return e;
+        pp = two_per_sm >= plain_per_sm && two_per_sm > 0;
+      }
+      prep->pp = pp ? 1 : 0;
+    }
+    if (pp) train = two;
+  } else if (prep) {
+    prep->pp = 0;
+  }
   if (prep) {
     cudaError_t e = allow_shared_memory(eval, smem);
     if (e == cudaSuccess) e = allow_shared_memory(train, smem);
@@ -104,16 +125,6 @@ cudaError_t rows_dispatch(const sn_cuda_plan_t &plan, const OnePassParams *p, in
 
 }  // namespace
 
-bool one_pass_ping_pong_built(const sn_cuda_plan_t &plan) {
-  bool built = false;
-  (void)with_rows_instance(plan, [&](auto inst) -> cudaError_t {
-    using I = decltype(inst);
-    built = kRowsPingPong<I::NT, I::VPT, I::RS, typename I::T, I::E>;
-    return cudaSuccess;
-  });
-  return built;
-}
-
 int64_t one_pass_reduce_blocks(int64_t w4, int cols) { return (w4 + cols - 1) / cols; }
 
 int one_pass_elems(sn_dtype_t dtype, int64_t w) {
@@ -128,12 +139,13 @@ void one_pass_shape(int wp, int *threads, int *vpt) {
   *vpt = v;
 }
 
-cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int *blocks_per_sm,
-                             int *max_clusters, int *eval_per_sm) {
+cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int pp_asked, int *pp,
+                             int *blocks_per_sm, int *max_clusters, int *eval_per_sm) {
   OnePassParams p{};
   p.wp = (int)(plan.view.B / plan.op_elems);
-  Prep prep{cluster, 0, 0, 0};
+  Prep prep{cluster, pp_asked, 0, 0, 0, 0};
   const cudaError_t e = rows_dispatch(plan, &p, 0, nullptr, &prep);
+  *pp = prep.pp;
   *blocks_per_sm = prep.blocks_per_sm;
   *max_clusters = prep.max_clusters;
   *eval_per_sm = prep.eval_per_sm;

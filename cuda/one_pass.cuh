@@ -178,11 +178,13 @@ constexpr int kRowsMinBlocks = RS == 2 && NT == 256 && VPT == 2 && E == 8 && TSI
 // shared-memory ring of 3-4 rows filled by bulk copies (cp.async.bulk on an mbarrier: 4096 × 16384
 // bf16 scale-only 16% slower, the rows 59.6% of DRAM peak against 69.4%, H100 d5e109c).
 //
-// PP (SPECNORM_TUNE=op_pp=1, one row a step only): the loop takes two rows an iteration with the
-// buffers' roles swapped (row i from buf[0] while row i + G loads into buf[1], then row i + G
-// from buf[1] while row i + 2G loads into buf[0]), so that no move waits for a load: the next
-// row's loads are issued before the thread waits for the current one's, and two rows are in
-// flight per block. The same steps in the same order: bitwise one row a step on the same grid.
+// PP (one row a step only; the kRowsPingPong instances, by default, SPECNORM_TUNE=op_pp=0 turns it
+// off): the loop takes two rows an iteration with the buffers' roles swapped (row i from buf[0]
+// while row i + G loads into buf[1], then row i + G from buf[1] while row i + 2G loads into
+// buf[0]), so that no move waits for a load: the next row's loads are issued before the thread
+// waits for the current one's, and two rows are in flight per block. The same steps in the same
+// order: bitwise one row a step on the same grid. (A ring unrolled this way for every instance
+// was withdrawn unmeasured in session 9: fp32 <512, 8> spilled at 128 registers.)
 template <int NT, int VPT, int RS, class T, int E, bool EVAL, bool PP = false>
 __device__ __forceinline__ void rows_body(const OnePassParams &p) {
   static_assert(!PP || RS == 1, "the ping-pong loop takes one row a step");
@@ -246,12 +248,27 @@ __device__ __forceinline__ void rows_body(const OnePassParams &p) {
   rows_finish<NT, VPT, E, EVAL>(p, acc, tsq, v_sm, w);
 }
 
-// The rows instances built with the ping-pong loop (PP above, training only): the 2-byte rows of
-// 512 threads × 4 packs of 8 (12289-16384 columns), 1 block per multiprocessor (120 registers,
-// ptxas sm_90), so one row in flight per multiprocessor: 32 KB where fp32's rows of that width
-// have 64 (4096 × 16384 on an H200 at 64f5bc9: bf16 train 71% of copy, fp32 87%).
+// The rows instances with a ping-pong kernel (PP above, training only): every instance of one row a
+// step. kRowsPingPongDefault: those that take it by default (SPECNORM_TUNE=op_pp=1, unset), the
+// 2-byte rows of 512 threads × 4 packs of 8 (12289-16384 columns): 1 block per multiprocessor
+// (120 registers, ptxas sm_90; 115 with the loop), so one row in flight per multiprocessor, 32 KB
+// where fp32's rows of that width have 64 (4096 × 16384 on an H200 at 64f5bc9: bf16 train 71% of
+// copy, fp32 87%). Measured on an H200 at ea7ea7e (sn_bench, median of 50): 4096 × 16384 bf16 and
+// fp16 train −2%, scale-only −4-5%; 12288² train −3%, scale-only −7%. The others take it only with
+// op_pp=2 (not yet measured), and then only where it keeps the plain kernel's blocks per
+// multiprocessor (the plan compares their occupancy).
 template <int NT, int VPT, int RS, class T, int E>
-constexpr bool kRowsPingPong = RS == 1 && NT == 512 && VPT == 4 && E == 8 && sizeof(T) == 2;
+constexpr bool kRowsPingPong = RS == 1;
+template <int NT, int VPT, int RS, class T, int E>
+constexpr bool kRowsPingPongDefault = RS == 1 && NT == 512 && VPT == 4 && E == 8 && sizeof(T) == 2;
+
+// The ping-pong kernel's minimum blocks per multiprocessor: rows of 16 elements per thread (the
+// 4096² fp32 and bf16 instances, 64 registers in the plain kernel) are held to 64 registers, so
+// that they keep the plain kernel's blocks (without the bound 66-74, one block fewer; with it no
+// spill, ptxas sm_90 and sm_80). The others keep their plain kernel's blocks unbound (sm_90:
+// <512, 8, float, 4> 126 registers against 122, 2-byte <*, 4, *, 8> 115-124 against 105-120).
+template <int NT, int VPT, int E>
+constexpr int kRowsPingPongMinBlocks = VPT * E == 16 ? 65536 / (64 * NT) : 0;
 
 struct ReduceParams {
   const float4 *part;

@@ -327,8 +327,8 @@ struct RowsCase {
   sn_dtype_t dt;
 };
 
-// The training rows kernel.
-static const char kRegisterRows[] = "one_pass_rows_kernel<[^>]*, false>";
+// The training rows kernel (the ping-pong loop's own kernel where the instance has it).
+static const char kRegisterRows[] = "one_pass_rows_kernel<[^>]*, false>|one_pass_rows_pp_kernel<";
 
 // For each case and grid (op_grid, op_cluster; the rows and reduce kernels: op_onchip=0,
 // op_coop=0, unless the knobs say otherwise), one-pass layers a
@@ -435,7 +435,9 @@ TEST(Gpu, OnePassRowPairsAreBitwiseSingleRows) {
         for (int training : {1, 0}) {
           const std::vector<std::string> kb = captured_kernels(
               [&](cudaStream_t s) { return sn_forward(b, W.dev, o.dev, training, (sn_stream_t)s); });
-          EXPECT_TRUE(any_matches(kb, std::string("one_pass_rows_kernel<[0-9]+, [0-9]+, ") + std::to_string(want) + ","))
+          // One a step where the instance has the ping-pong loop (by default) is that loop's kernel.
+          EXPECT_TRUE(any_matches(kb, std::string("one_pass_rows_kernel<[0-9]+, [0-9]+, ") + std::to_string(want) + ",") ||
+                      (want == 1 && b->plan.op_pp && training && any_matches(kb, "one_pass_rows_pp_kernel<")))
               << ::testing::PrintToString(kb);
         }
       });
@@ -445,29 +447,48 @@ TEST(Gpu, OnePassRowPairsAreBitwiseSingleRows) {
   compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
 }
 
-// The training rows' ping-pong loop (SPECNORM_TUNE=op_pp=1, cuda/one_pass.cuh): on the same grid,
-// bit for bit one row a step (training and eval, with and without clusters) in bf16 and fp16, with
-// blocks of an odd number of rows (the loop's early exit) and rows of partial packs; the instances
-// without it (here 4096 bf16 columns and 16384 fp32 ones) keep the plain loop. Read from graph
-// captures.
+// The training rows' ping-pong loop (cuda/one_pass.cuh; SPECNORM_TUNE=op_pp=2 asks for it in
+// every instance of one row a step, the default only in the 2-byte rows of 512 threads × 4 packs
+// of 8, op_pp=0 in none): on the same grid, bit for bit one row a step (training and eval, with
+// and without clusters) in fp32, bf16 and fp16, with blocks of an odd number of rows (the loop's
+// early exit) and rows of partial packs, in the instances of 4096² fp32 and bf16 (held to 64
+// registers), 4096 × 16384 fp32 and bf16. An instance takes it only where it keeps the plain
+// kernel's blocks per multiprocessor (by occupancy, on this device); the default class always does
+// (115 registers against 120, one block of 512). Read from graph captures.
 TEST(Gpu, OnePassPingPongRowsAreBitwiseOneRowAStep) {
   REQUIRE_GPU();
+  auto default_class = [](const RowsCase &c) { return c.dt != SN_DTYPE_FLOAT32 && c.shape[1] > 8192 && c.shape[1] % 8 == 0; };
   expect_rows_pairs_bitwise(
       {{{300, 16384}, SN_DTYPE_BFLOAT16},   // 512 threads × 4 packs of 8 (4096 × 16384 bf16's)
        {{301, 16384}, SN_DTYPE_FLOAT16},
        {{9, 16384}, SN_DTYPE_BFLOAT16},     // on 7 blocks: blocks of 1 and 2 rows
        {{200, 12296}, SN_DTYPE_BFLOAT16},   // 1537 packs: threads with 3 of their 4
-       {{300, 4096}, SN_DTYPE_BFLOAT16},    // no ping-pong instance
-       {{100, 16384}, SN_DTYPE_FLOAT32}},   // no ping-pong instance
-      "op_pp=0,", "op_pp=1,", [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &c, const Tensor &W) {
-        const bool want = c.dt != SN_DTYPE_FLOAT32 && c.shape[1] > 8192;
+       {{300, 4096}, SN_DTYPE_BFLOAT16},    // 256 × 2 packs of 8 (4096² bf16's)
+       {{300, 4096}, SN_DTYPE_FLOAT32},     // 256 × 4 (4096² fp32's)
+       {{100, 16384}, SN_DTYPE_FLOAT32},    // 512 × 8 (4096 × 16384 fp32's)
+       {{513, 1028}, SN_DTYPE_FLOAT16},     // 8-byte packs
+       {{9, 64}, SN_DTYPE_FLOAT32}},
+      "op_pp=0,", "op_pp=2,", [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &c, const Tensor &W) {
         EXPECT_EQ(a->plan.op_pp, 0);
-        EXPECT_EQ(b->plan.op_pp, want ? 1 : 0);
+        if (default_class(c)) {
+          EXPECT_EQ(b->plan.op_pp, 1);
+        }
         Tensor o(W.dt, W.n);
         const std::vector<std::string> kb = captured_kernels(
             [&](cudaStream_t s) { return sn_forward(b, W.dev, o.dev, 1, (sn_stream_t)s); });
-        EXPECT_EQ(any_matches(kb, "one_pass_rows_pp_kernel<"), want) << ::testing::PrintToString(kb);
+        EXPECT_EQ(any_matches(kb, "one_pass_rows_pp_kernel<"), b->plan.op_pp == 1) << ::testing::PrintToString(kb);
       });
+  // Unset, the default class only.
+  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_coop=0").c_str());
+  for (const RowsCase &c : std::vector<RowsCase>{{{64, 16384}, SN_DTYPE_BFLOAT16}, {{64, 16384}, SN_DTYPE_FLOAT32},
+                                                 {{64, 4096}, SN_DTYPE_BFLOAT16}}) {
+    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
+    d.algo = SN_ALGO_ONE_PASS;
+    d.dtype = c.dt;
+    LayerPtr l(d);
+    ASSERT_TRUE(l.p) << sn_last_error_message();
+    EXPECT_EQ(l.p->plan.op_pp, default_class(c) ? 1 : 0) << shape_str(c.shape) << " dtype " << int(c.dt);
+  }
 }
 
 // The one-pass eval kernel's grid: by default (and with SPECNORM_TUNE=op_eval_own=1) its own
