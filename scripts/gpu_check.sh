@@ -43,6 +43,9 @@
 #              same card in the same run
 #   ncu        Nsight Compute (--clock-control none --cache-control none): DRAM bytes read and
 #              written and duration of each specnorm kernel of one call per mode ($SN_NCU_WORKLOADS)
+#              (with op_coop=0: this ncu could not profile the cooperative one-pass launch)
+#   ncu_coop   that cooperative launch alone under ncu, kernel replay then application replay
+#              (a diagnosis: which of them profiles it)
 #   ncu_l2     the same for the division with evict-first accesses (SPECNORM_TUNE=div_stream=1)
 #   ncu_detail (SN_NCU_DETAIL=1 only; =rows: the 4096² rows, one and two a step) Nsight Compute sections (speed of light, occupancy, warp
 #              stalls, memory) of the one-pass rows and reduce kernels (4096² fp32; 4096 × 16384
@@ -634,6 +637,18 @@ ncu_l2() {
       --no-group --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
   done
 }
+ncu_coop() {
+  local mode ok=1
+  for mode in kernel application; do
+    echo "################ --replay-mode $mode"
+    SPECNORM_TUNE=op_coop=1 "$NCU" --replay-mode "$mode" --clock-control none --csv --print-units base \
+      --metrics gpu__time_duration.sum -k "regex:one_pass_coop" -c 1 \
+      "$SN_BENCH" --shape 4096x4096 --dtype f32 --mode scale --no-baseline --no-probe --no-graph --no-group \
+      --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 && ok=0
+    echo "# --replay-mode $mode: exit $?"
+  done
+  return $ok
+}
 if [[ -z "$NCU" ]]; then
   skip_step ncu "$OUT/bench.log" "ncu not found"
   skip_step ncu_l2 "$OUT/bench.log" "ncu not found"
@@ -641,13 +656,25 @@ elif [[ ! -x "$SN_BENCH" ]]; then
   skip_step ncu "$OUT/bench.log" "no $SN_BENCH"
   skip_step ncu_l2 "$OUT/bench.log" "no $SN_BENCH"
 else
+  # op_coop=0: under this ncu (2025, kernel replay) the cooperative one-pass launch failed with
+  # LaunchFailed and took sn_bench down (H200 at 64f5bc9, the first scale-only call; its grid read
+  # (0, 0, 0)); its work is the rows, reduce and commit kernels' profiled here, and ncu_coop below
+  # tries it alone.
   run_step ncu "$OUT/bench.log" 90 60 \
-    env LD_LIBRARY_PATH="$RUN_LD_PATH" \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="op_coop=0" \
     "$NCU" --clock-control none --cache-control none --csv --print-units base \
     --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
     -k "regex:one_pass|commit_divide|matvec|group_|inner_kernel|apply_" \
     "$SN_BENCH" "${NCU_WL[@]}" --no-baseline --no-probe --no-graph --no-check --reps 1 --warmup 0 --batch 1 --no-rotate \
     --layer-warmup 0
+  # The cooperative launch alone (4096² fp32 scale-only), kernel replay then application replay:
+  # which of them profiles it (a diagnosis; the step fails only if both do).
+  if [[ $COOP_HUNG -eq 0 ]]; then
+    run_step ncu_coop "$OUT/bench.log" 45 20 \
+      env LD_LIBRARY_PATH="$RUN_LD_PATH" bash -c "$(declare -p NCU SN_BENCH); $(declare -f ncu_coop); ncu_coop"
+  else
+    skip_step ncu_coop "$OUT/bench.log" "coop_smoke timed out"
+  fi
   # The division's DRAM reads with plain and evict-first accesses (div_stream=0, 1): how much of W
   # it finds in L2 after the iteration (9 of 67 MB at 4096² fp32 on an H100, plain).
   run_step ncu_l2 "$OUT/bench.log" 45 30 \
