@@ -17,8 +17,9 @@
 // it), 8 blocks of 256 threads per SM at 32 registers (fp32): 32 KB per SM. The 2-byte types
 // took 38-40 registers, 6 blocks: 24 KB, and ran at 82% of the copy bandwidth where fp32 ran at
 // 90% (H200, e56c4b8, 4096 × 16384: train less scale); since session 13 (the pack count computed
-// before the commit) they take 30-31 registers on sm_90, 8 blocks, 32 KB, as fp32: not yet
-// measured (bench/NOTES.md). Loading 2 or 4 packs per thread before storing them, on a single
+// before the commit) they take 30-31 registers on sm_90, 8 blocks, 32 KB, as fp32: on an H200
+// at 64f5bc9, 4096 × 16384 bf16 train −1%, eval −1.5% against the commit before (bench/NOTES.md,
+// session 15). Loading 2 or 4 packs per thread before storing them, on a single
 // wave of 4 blocks per SM, measured 0-6% slower on an H100 (6626f15; 4096 × 16384 bf16 eval
 // 154.2 -> 164.0 µs with 2) and was removed (bench/NOTES.md).
 // Bytes: numel·sizeof(T) read + numel·sizeof(T) written (DRAM: less the L2 hits above), plus

@@ -92,12 +92,14 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   div_prefetch=0|1  the division copies each thread's first 16-byte pack of W to shared
 //                 memory before its PDL wait (1), while the kernels before it (the reduce, or the
 //                 eval rows) still run, or loads it after (0, the default; cuda/commit_divide.cu);
-//                 the same bits. Not yet measured (bench/NOTES.md, session 13)
+//                 the same bits. H200 at 64f5bc9: 0 to −1.3 µs, within the spread (bench/NOTES.md,
+//                 session 15)
 //   bw_stream=0|1 the backward's ⟨G, W⟩ kernel loads W plainly (0) or evict-first, so that L2
 //                 keeps more of G for the kernel after it (1, the default: cuda/backward.cu)
 //   bw_grid=N     the backward's apply kernel by rows on at most N blocks, each taking rows N
 //                 apart (default: a block per row, up to 16 × 8 per SM; cuda/backward.cu); the
-//                 same bits. Not yet measured (bench/NOTES.md, session 13)
+//                 same bits. Lost on an H200 at 64f5bc9 (1056: +2-5%; bench/NOTES.md, session
+//                 15); kept for the tests' blocks of several rows
 //   pdl=0|1       every kernel as a programmatic dependent launch (sm_90 and up)
 //   group_coop=0|1  a grouped forward as three kernels (0) or one cooperative launch (1;
 //   group_grid=N    cuda/group.cu) of at most N blocks (default: as many as fit); unset: by
