@@ -62,11 +62,11 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   op_pp=0|1|2   the one-pass training rows kernel loops two rows an iteration with its two
 //                 buffers' roles swapped, so that two rows are in flight per block rather than
 //                 one (cuda/one_pass.cuh, rows_body): 0 never; 1 (the default) for the 2-byte
-//                 rows of 512 threads × 4 packs of 8 (12289-16384 columns; H200 at ea7ea7e:
-//                 4096 × 16384 bf16 and fp16 train −2%, scale-only −4-5%; 12288² −3% and −7%);
-//                 2 for every instance of one row a step (not yet measured). Either way only
-//                 where it keeps the plain kernel's blocks per multiprocessor; bitwise one row a
-//                 step on the same grid
+//                 rows of 512 threads × 4 packs of 8 (8200-16384 columns, multiples of 8; H200 at
+//                 ea7ea7e: 4096 × 16384 bf16 and fp16 train −2%, scale-only −4-5%; 12288² −3%
+//                 and −7%); 2 for every instance of one row a step (not yet measured). Either way
+//                 only where its blocks per multiprocessor equal the plain kernel's; bitwise one
+//                 row a step on the same grid
 //   op_reduce_cols=4|8|16  the one-pass reduce kernel takes 4, 8 or 16 float4 columns per block
 //                 on 64, 32 or 16 lanes along the partials; unset: the most that keep at least
 //                 two reduce blocks per multiprocessor (reduce_cols_default below)
@@ -127,7 +127,7 @@ struct Tune {
   int op_cluster = 0;  // 0: the default below
   int op_rows = 1;     // 2: the one-pass rows two a step, where the instance exists
   int op_pp = 1;       // the training rows kernel's ping-pong loop: 0 never, 1 where it is the
-                       // default, 2 wherever it keeps the plain kernel's occupancy
+                       // default, 2 wherever built (in both only at the plain kernel's occupancy)
   int op_reduce_cols = 0;  // float4 columns per block of the one-pass reduce kernel (4, 8, 16);
                            // 0: by width (reduce_cols_default)
   int op_coop = -1;    // -1: the default below; 1: the one-pass iteration as one cooperative
@@ -439,7 +439,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     if (cluster > 1) {
       int unused = 0, same_pp = 0;
       if (sn::one_pass_prepare(*plan, cluster, pp ? 2 : 0, &same_pp, &unused, &max_clusters, &unused) != cudaSuccess ||
-          max_clusters < 1) {  // no clusters after all: the plain grid
+          max_clusters < 1 || same_pp != pp) {  // no clusters after all: the plain grid
         (void)cudaGetLastError();
         cluster = 1;
       }

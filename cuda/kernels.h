@@ -83,7 +83,7 @@ inline int one_pass_rows_per_step(int vpt, int elems, int asked) {
 // clusters of that many blocks fit on the device at once.
 // pp_asked (SPECNORM_TUNE's op_pp: 0 never, 1 where it is the default, 2 wherever built) asks for
 // the ping-pong training kernel (cuda/one_pass.cuh); *pp says whether the instance takes it (only
-// where it keeps the plain kernel's blocks per multiprocessor), and the occupancy is that kernel's.
+// where its blocks per multiprocessor equal the plain kernel's), and the occupancy is that kernel's.
 cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int pp_asked, int *pp,
                              int *blocks_per_sm, int *max_clusters, int *eval_per_sm);
 

@@ -54,7 +54,8 @@ __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p)
 struct Prep {
   int cluster;         // in: blocks per cluster (1: none)
   int pp_asked;        // in: the ping-pong training kernel: 0 never, 1 where it is the default,
-                       // 2 wherever built; in either case only if it keeps the plain one's occupancy
+                       // 2 wherever built; in either case only if its blocks per multiprocessor
+                       // equal the plain one's
   int pp;              // out: 1 if the training instance is the ping-pong kernel
   int blocks_per_sm;   // out: training instance, without clusters
   int max_clusters;    // out: clusters of `cluster` blocks that fit at once (cluster > 1)
@@ -66,8 +67,10 @@ struct Prep {
 // kernels and report their occupancy. The plan's block count comes from the training instance;
 // the eval one keeps no partial s and needs fewer registers (ptxas sm_90: 4096² bf16 32 against
 // 64, 4096 × 16384 bf16 56 against 120), so that more of its blocks may fit (op_eval_blocks).
-// The training kernel is the ping-pong one where pp (launch) or where prep asks for it and it keeps
-// the plain kernel's blocks per multiprocessor (prepare; prep->pp says which).
+// The training kernel is the ping-pong one where pp (launch) or where prep asks for it and its
+// blocks per multiprocessor equal the plain kernel's (prepare; prep->pp says which). More blocks
+// would be another grid (other bits) and could outgrow the cooperative kernel's; a query that
+// fails leaves the plain kernel.
 template <int NT, int VPT, int RS, class T, int E>
 cudaError_t rows(const OnePassParams *p, int blocks, bool pp, cudaStream_t stream, Prep *prep) {
   // v in shared memory, w floats (the cluster's partial s lands there too).
@@ -84,8 +87,8 @@ cudaError_t rows(const OnePassParams *p, int blocks, bool pp, cudaStream_t strea
         if (e == cudaSuccess) e = allow_shared_memory(two, smem);
         if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&plain_per_sm, train, NT, smem);
         if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&two_per_sm, two, NT, smem);
-        if (e != cudaSuccess) return e;
-        pp = two_per_sm >= plain_per_sm && two_per_sm > 0;
+        if (e != cudaSuccess) (void)cudaGetLastError();  // the plain kernel's own setup reports its errors below
+        pp = e == cudaSuccess && two_per_sm == plain_per_sm && two_per_sm > 0;
       }
       prep->pp = pp ? 1 : 0;
     }

@@ -210,7 +210,7 @@ __device__ __forceinline__ void rows_body(const OnePassParams &p) {
   };
 
   float acc[VPT][E];
-  R buf[2][RS][VPT];  // buf[0]: the rows being reduced; buf[1], the block's next ones
+  R buf[2][RS][VPT];  // buf[0]: the rows being reduced; buf[1], the block's next ones (PP: by turns)
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
 #pragma unroll
@@ -249,24 +249,27 @@ __device__ __forceinline__ void rows_body(const OnePassParams &p) {
 }
 
 // The rows instances with a ping-pong kernel (PP above, training only): every instance of one row a
-// step. kRowsPingPongDefault: those that take it by default (SPECNORM_TUNE=op_pp=1, unset), the
-// 2-byte rows of 512 threads × 4 packs of 8 (12289-16384 columns): 1 block per multiprocessor
-// (120 registers, ptxas sm_90; 115 with the loop), so one row in flight per multiprocessor, 32 KB
-// where fp32's rows of that width have 64 (4096 × 16384 on an H200 at 64f5bc9: bf16 train 71% of
-// copy, fp32 87%). Measured on an H200 at ea7ea7e (sn_bench, median of 50): 4096 × 16384 bf16 and
-// fp16 train −2%, scale-only −4-5%; 12288² train −3%, scale-only −7%. The others take it only with
-// op_pp=2 (not yet measured), and then only where it keeps the plain kernel's blocks per
-// multiprocessor (the plan compares their occupancy).
+// step that a plan can name (blocks of 512 threads only take 4 or 8 packs per thread:
+// one_pass_shape). kRowsPingPongDefault: those that take it by default (SPECNORM_TUNE=op_pp=1,
+// unset), the 2-byte rows of 512 threads × 4 packs of 8 (8200-16384 columns, multiples of 8): 1
+// block per multiprocessor (ptxas sm_90: bf16 120 registers, 115 with the loop; fp16 105, 124),
+// so one row in flight per multiprocessor, 32 KB where fp32's rows of that width have 64
+// (4096 × 16384 on an H200 at 64f5bc9: bf16 train 71% of copy, fp32 87%). Measured on an H200 at
+// ea7ea7e (sn_bench, median of 50): 4096 × 16384 bf16 and fp16 train −2%, scale-only −4-5%; 12288²
+// train −3%, scale-only −7%. The others take it only with op_pp=2 (not yet measured). Either way
+// an instance takes it only where its blocks per multiprocessor equal the plain kernel's (the
+// plan compares their occupancy), so that the grid, and with it the results, stay the plain
+// loop's.
 template <int NT, int VPT, int RS, class T, int E>
-constexpr bool kRowsPingPong = RS == 1;
+constexpr bool kRowsPingPong = RS == 1 && (NT == 256 || VPT >= 4);
 template <int NT, int VPT, int RS, class T, int E>
 constexpr bool kRowsPingPongDefault = RS == 1 && NT == 512 && VPT == 4 && E == 8 && sizeof(T) == 2;
 
-// The ping-pong kernel's minimum blocks per multiprocessor: rows of 16 elements per thread (the
-// 4096² fp32 and bf16 instances, 64 registers in the plain kernel) are held to 64 registers, so
-// that they keep the plain kernel's blocks (without the bound 66-74, one block fewer; with it no
-// spill, ptxas sm_90 and sm_80). The others keep their plain kernel's blocks unbound (sm_90:
-// <512, 8, float, 4> 126 registers against 122, 2-byte <*, 4, *, 8> 115-124 against 105-120).
+// The ping-pong kernel's minimum blocks per multiprocessor: rows of 16 elements per thread (among
+// them the 4096² fp32 and bf16 instances, 64 registers in the plain kernel) are held to 64
+// registers, so that they keep the plain kernel's blocks (without the bound 66-74, one block
+// fewer; with it no spill, ptxas sm_90 and sm_80). The others are unbound (sm_90: <512, 8, float,
+// 4> 126 registers against 122, the 2-byte <*, 4, *, 8> 115-124 against 105-120: the same blocks).
 template <int NT, int VPT, int E>
 constexpr int kRowsPingPongMinBlocks = VPT * E == 16 ? 65536 / (64 * NT) : 0;
 

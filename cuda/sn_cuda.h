@@ -110,7 +110,7 @@ typedef struct {
   int op_pp;          /* one-pass rows: 1, the training rows kernel's ping-pong loop (two rows in
                          flight per block): by default for the 2-byte rows of 512 threads × 4 packs
                          of 8, with SPECNORM_TUNE=op_pp=2 for every instance of one row a step,
-                         in both cases only where it keeps the plain kernel's occupancy */
+                         in both cases only where its blocks per SM equal the plain kernel's */
   int op_reduce_cols; /* one-pass reduce: float4 columns per block, 4, 8 or 16 (by width, or
                          SPECNORM_TUNE=op_reduce_cols) */
   int op_blocks;      /* one-pass: persistent blocks, each writing a partial Mᵀ t */
