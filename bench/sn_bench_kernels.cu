@@ -57,8 +57,7 @@ static unsigned grid_for(size_t n, unsigned block) {
 
 extern "C" cudaError_t snb_launch_inv_clamp(const float *norm, float *inv, float eps,
                                             cudaStream_t stream) {
-  inv_clamp_kernel<<<1, 1, 0, stream>>>(norm, inv, eps);
-  return cudaGetLastError();
+  return sn::launch(false, inv_clamp_kernel, 1, 1, 0, stream, norm, inv, eps);
 }
 
 extern "C" cudaError_t snb_launch_div(const float *in, float *out, const float *sigma, size_t n,
@@ -67,12 +66,13 @@ extern "C" cudaError_t snb_launch_div(const float *in, float *out, const float *
   size_t done = 0;
   if ((((uintptr_t)in | (uintptr_t)out) & 15u) == 0 && n >= 4) {
     const size_t n4 = n / 4;
-    div4_kernel<<<grid_for(n4, block), block, 0, stream>>>((const float4 *)in, (float4 *)out,
-                                                           sigma, n4);
+    const cudaError_t e = sn::launch(false, div4_kernel, grid_for(n4, block), block, 0, stream,
+                                     (const float4 *)in, (float4 *)out, sigma, n4);
+    if (e != cudaSuccess) return e;
     done = n4 * 4;
   }
-  if (done < n) div_kernel<<<grid_for(n - done, block), block, 0, stream>>>(in, out, sigma, done, n);
-  return cudaGetLastError();
+  if (done == n) return cudaSuccess;
+  return sn::launch(false, div_kernel, grid_for(n - done, block), block, 0, stream, in, out, sigma, done, n);
 }
 
 // ---- Backward baseline ---------------------------------------------------------------------
@@ -123,17 +123,15 @@ extern "C" cudaError_t snb_launch_dot(const void *a, const void *b, int dtype, s
   const unsigned block = 256, grid = grid_for(n, block);
   switch (dtype) {
     case SNB_F16:
-      dot_kernel<<<grid, block, 0, stream>>>((const __half *)a, (const __half *)b, n, out);
-      break;
+      return sn::launch(false, dot_kernel<__half>, grid, block, 0, stream, (const __half *)a,
+                        (const __half *)b, n, out);
     case SNB_BF16:
-      dot_kernel<<<grid, block, 0, stream>>>((const __nv_bfloat16 *)a, (const __nv_bfloat16 *)b, n,
-                                             out);
-      break;
+      return sn::launch(false, dot_kernel<__nv_bfloat16>, grid, block, 0, stream,
+                        (const __nv_bfloat16 *)a, (const __nv_bfloat16 *)b, n, out);
     default:
-      dot_kernel<<<grid, block, 0, stream>>>((const float *)a, (const float *)b, n, out);
-      break;
+      return sn::launch(false, dot_kernel<float>, grid, block, 0, stream, (const float *)a,
+                        (const float *)b, n, out);
   }
-  return cudaGetLastError();
 }
 
 extern "C" cudaError_t snb_launch_sn_backward(const void *G, void *dW, int dtype, int64_t h,
@@ -153,19 +151,15 @@ extern "C" cudaError_t snb_launch_sn_backward(const void *G, void *dW, int dtype
   const dim3 grid(gx, (unsigned)gy);
   switch (dtype) {
     case SNB_F16:
-      sn_backward_kernel<<<grid, block, 0, stream>>>((const __half *)G, (__half *)dW, h, w, u, v,
-                                                     sigma, gw, accumulate);
-      break;
+      return sn::launch(false, sn_backward_kernel<__half>, grid, block, 0, stream, (const __half *)G,
+                        (__half *)dW, h, w, u, v, sigma, gw, accumulate);
     case SNB_BF16:
-      sn_backward_kernel<<<grid, block, 0, stream>>>((const __nv_bfloat16 *)G, (__nv_bfloat16 *)dW,
-                                                     h, w, u, v, sigma, gw, accumulate);
-      break;
+      return sn::launch(false, sn_backward_kernel<__nv_bfloat16>, grid, block, 0, stream,
+                        (const __nv_bfloat16 *)G, (__nv_bfloat16 *)dW, h, w, u, v, sigma, gw, accumulate);
     default:
-      sn_backward_kernel<<<grid, block, 0, stream>>>((const float *)G, (float *)dW, h, w, u, v,
-                                                     sigma, gw, accumulate);
-      break;
+      return sn::launch(false, sn_backward_kernel<float>, grid, block, 0, stream, (const float *)G,
+                        (float *)dW, h, w, u, v, sigma, gw, accumulate);
   }
-  return cudaGetLastError();
 }
 
 // ---- Memory-floor probe ----------------------------------------------------------------------
