@@ -1025,6 +1025,37 @@ TEST(GroupGpu, UnsupportedMembersAreRefused) {
   cudaFree(w);
 }
 
+// A grouped forward whose later member's weights are no longer device memory (freed after
+// sn_group_create) fails before any member's warm-up runs: the earlier member, not yet warmed
+// up, keeps its state (u, v, σ and the warm-up flag), and no launch is left half done.
+TEST(GroupGpu, BadLaterWeightsFailBeforeAnyWarmUp) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  sn_layer_desc_t da = make_desc({48, 40}, SN_BACKEND_CUDA);
+  da.warmup_iterations = 15;  // a warm-up to run (the default's too)
+  LayerPtr a(da), b(make_desc({30, 20}, SN_BACKEND_CUDA));
+  ASSERT_TRUE(a.p && b.p) << sn_last_error_message();
+  Tensor Wa(SN_DTYPE_FLOAT32, 48 * 40), Sa(SN_DTYPE_FLOAT32, 48 * 40);
+  Wa.set(rng.normals(48 * 40));
+  void *wb = nullptr, *sb = nullptr;
+  ASSERT_EQ(cudaMalloc(&wb, 30 * 20 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&sb, 30 * 20 * 4), cudaSuccess);
+  sn_layer_t *layers[2] = {a.p, b.p};
+  const void *W[2] = {Wa.dev, wb};
+  void *W_sn[2] = {Sa.dev, sb};
+  sn_group_t *g = nullptr;
+  ASSERT_EQ(sn_group_create(&g, layers, W, W_sn, 2), SN_SUCCESS) << sn_last_error_message();
+  const State before = get_state(a);
+  ASSERT_EQ(before.warmed, 0);
+  ASSERT_EQ(cudaFree(wb), cudaSuccess);
+  EXPECT_EQ(sn_group_forward(g, 1, nullptr), SN_ERROR_INVALID_POINTER);
+  EXPECT_NE(std::string(sn_last_error_message()).find("W[1]"), std::string::npos) << sn_last_error_message();
+  EXPECT_TRUE(same_state(get_state(a), before));
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  sn_group_destroy(g);
+  cudaFree(sb);
+}
+
 // ---- every layer on chip, one launch (cuda/on_chip.cu; SPECNORM_TUNE=group_onchip=1) ----
 
 static const char *const kOnChipKernel = "group_on_chip_kernel";
