@@ -653,9 +653,11 @@ ncu_coop() {
 }
 if [[ -z "$NCU" ]]; then
   skip_step ncu "$OUT/bench.log" "ncu not found"
+  skip_step ncu_coop "$OUT/bench.log" "ncu not found"
   skip_step ncu_l2 "$OUT/bench.log" "ncu not found"
 elif [[ ! -x "$SN_BENCH" ]]; then
   skip_step ncu "$OUT/bench.log" "no $SN_BENCH"
+  skip_step ncu_coop "$OUT/bench.log" "no $SN_BENCH"
   skip_step ncu_l2 "$OUT/bench.log" "no $SN_BENCH"
 else
   # op_coop=0: under this ncu (2025, kernel replay) the cooperative one-pass launch failed with
