@@ -299,14 +299,21 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
     return SN_SUCCESS;
   }
   /* Layers not yet warmed up run their warm-up on their own first (refused during a capture).
-   * Their weights' memory is checked for all of them before any runs, so that a bad pointer of a
-   * later layer fails the call before an earlier layer's warm-up has moved its state. */
-  for (int k = 0; k < group->count; ++k) {
-    const sn_layer_t *l = group->layers[k];
-    if (l->warmed_up || l->desc.warmup_iterations == 0) continue;
+   * Before any runs (only in a call with warm-ups to run, so once), every layer's buffers are
+   * checked again, so that a buffer freed since sn_group_create fails the call before a warm-up
+   * has moved an earlier layer's state, rather than in a warm-up or in the grouped kernels. */
+  int warmups = 0;
+  for (int k = 0; k < group->count; ++k)
+    warmups += !group->layers[k]->warmed_up && group->layers[k]->desc.warmup_iterations > 0;
+  for (int k = 0; warmups && k < group->count; ++k) {
+    const int dev = group->layers[k]->desc.device;
     char name[64];
     snprintf(name, sizeof name, "W[%d] (given to sn_group_create)", k);
-    sn_status_t st = sn__check_device_pointer(l->desc.device, group->W[k], name);
+    sn_status_t st = sn__check_device_pointer(dev, group->W[k], name);
+    if (st == SN_SUCCESS && group->W_sn[k]) {
+      snprintf(name, sizeof name, "W_sn[%d] (given to sn_group_create)", k);
+      st = sn__check_device_pointer(dev, group->W_sn[k], name);
+    }
     if (st != SN_SUCCESS) return st;
   }
   for (int k = 0; k < group->count; ++k) {

@@ -106,6 +106,11 @@ sn_status_t sn__check_device_pointer(int device, const void *p, const char *name
                     cudaGetErrorString(e));
   }
   if (attr.type == cudaMemoryTypeManaged) return SN_SUCCESS;
+  if (attr.type == cudaMemoryTypeUnregistered)
+    return sn__fail(SN_ERROR_INVALID_POINTER,
+                    "%s (%p) is not memory CUDA knows (plain host memory, or device memory already "
+                    "freed); a CUDA layer needs device memory of device %d",
+                    name, p, device);
   if (attr.type != cudaMemoryTypeDevice)
     return sn__fail(SN_ERROR_INVALID_POINTER,
                     "%s (%p) is host memory; a CUDA layer needs device memory of device %d", name,

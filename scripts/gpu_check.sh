@@ -665,7 +665,7 @@ else
   # (0, 0, 0)); its work is the rows, reduce and commit kernels' profiled here, and ncu_coop below
   # tries it alone.
   run_step ncu "$OUT/bench.log" 90 60 \
-    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="op_coop=0" \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SPECNORM_TUNE:+$SPECNORM_TUNE,}op_coop=0" \
     "$NCU" --clock-control none --cache-control none --csv --print-units base \
     --metrics dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
     -k "regex:one_pass|commit_divide|matvec|group_|inner_kernel|apply_" \

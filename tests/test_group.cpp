@@ -1025,35 +1025,46 @@ TEST(GroupGpu, UnsupportedMembersAreRefused) {
   cudaFree(w);
 }
 
-// A grouped forward whose later member's weights are no longer device memory (freed after
+// A grouped forward whose later member's buffers are no longer device memory (freed after
 // sn_group_create) fails before any member's warm-up runs: the earlier member, not yet warmed
-// up, keeps its state (u, v, σ and the warm-up flag), and no launch is left half done.
-TEST(GroupGpu, BadLaterWeightsFailBeforeAnyWarmUp) {
+// up, keeps its state (u, v, σ and the warm-up flag), and nothing is launched. Both when the later
+// member still has its own warm-up to run (its W freed) and when it is warmed up already (its
+// W_sn freed: only the grouped kernels would have touched it).
+TEST(GroupGpu, BadLaterBuffersFailBeforeAnyWarmUp) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
-  sn_layer_desc_t da = make_desc({48, 40}, SN_BACKEND_CUDA);
-  da.warmup_iterations = 15;  // a warm-up to run (the default's too)
-  LayerPtr a(da), b(make_desc({30, 20}, SN_BACKEND_CUDA));
-  ASSERT_TRUE(a.p && b.p) << sn_last_error_message();
-  Tensor Wa(SN_DTYPE_FLOAT32, 48 * 40), Sa(SN_DTYPE_FLOAT32, 48 * 40);
-  Wa.set(rng.normals(48 * 40));
-  void *wb = nullptr, *sb = nullptr;
-  ASSERT_EQ(cudaMalloc(&wb, 30 * 20 * 4), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&sb, 30 * 20 * 4), cudaSuccess);
-  sn_layer_t *layers[2] = {a.p, b.p};
-  const void *W[2] = {Wa.dev, wb};
-  void *W_sn[2] = {Sa.dev, sb};
-  sn_group_t *g = nullptr;
-  ASSERT_EQ(sn_group_create(&g, layers, W, W_sn, 2), SN_SUCCESS) << sn_last_error_message();
-  const State before = get_state(a);
-  ASSERT_EQ(before.warmed, 0);
-  ASSERT_EQ(cudaFree(wb), cudaSuccess);
-  EXPECT_EQ(sn_group_forward(g, 1, nullptr), SN_ERROR_INVALID_POINTER);
-  EXPECT_NE(std::string(sn_last_error_message()).find("W[1]"), std::string::npos) << sn_last_error_message();
-  EXPECT_TRUE(same_state(get_state(a), before));
-  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  sn_group_destroy(g);
-  cudaFree(sb);
+  for (int later_warm : {0, 1}) {
+    SCOPED_TRACE(later_warm ? "later member warmed up, its W_sn freed" : "later member cold, its W freed");
+    sn_layer_desc_t da = make_desc({48, 40}, SN_BACKEND_CUDA);
+    da.warmup_iterations = 15;  // a warm-up to run (the default's too)
+    LayerPtr a(da), b(make_desc({30, 20}, SN_BACKEND_CUDA));
+    ASSERT_TRUE(a.p && b.p) << sn_last_error_message();
+    Tensor Wa(SN_DTYPE_FLOAT32, 48 * 40), Sa(SN_DTYPE_FLOAT32, 48 * 40);
+    Wa.set(rng.normals(48 * 40));
+    void *wb = nullptr, *sb = nullptr;
+    ASSERT_EQ(cudaMalloc(&wb, 30 * 20 * 4), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&sb, 30 * 20 * 4), cudaSuccess);
+    const std::vector<float> wb_host = rng.normals(30 * 20);
+    ASSERT_EQ(cudaMemcpy(wb, wb_host.data(), 30 * 20 * 4, cudaMemcpyHostToDevice), cudaSuccess);
+    if (later_warm) {
+      ASSERT_EQ(sn_layer_warmup(b, wb, nullptr), SN_SUCCESS) << sn_last_error_message();
+    }
+    sn_layer_t *layers[2] = {a.p, b.p};
+    const void *W[2] = {Wa.dev, wb};
+    void *W_sn[2] = {Sa.dev, sb};
+    sn_group_t *g = nullptr;
+    ASSERT_EQ(sn_group_create(&g, layers, W, W_sn, 2), SN_SUCCESS) << sn_last_error_message();
+    const State before = get_state(a);
+    ASSERT_EQ(before.warmed, 0);
+    ASSERT_EQ(cudaFree(later_warm ? sb : wb), cudaSuccess);
+    EXPECT_EQ(sn_group_forward(g, 1, nullptr), SN_ERROR_INVALID_POINTER);
+    const std::string msg = sn_last_error_message();
+    EXPECT_NE(msg.find(later_warm ? "W_sn[1]" : "W[1]"), std::string::npos) << msg;
+    EXPECT_TRUE(same_state(get_state(a), before));
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    sn_group_destroy(g);
+    cudaFree(later_warm ? wb : sb);
+  }
 }
 
 // ---- every layer on chip, one launch (cuda/on_chip.cu; SPECNORM_TUNE=group_onchip=1) ----
