@@ -41,6 +41,19 @@ SN_API void sn_group_destroy(sn_group_t *group) {
   if (group) free_group(group);
 }
 
+/* Member k's W and W_sn (NULL: none) in its backend's memory, named W[k] and W_sn[k]. */
+static sn_status_t check_member_memory(const sn_layer_t *l, const void *W, const void *W_sn, int k) {
+  char name[2][32];
+  snprintf(name[0], sizeof name[0], "W[%d]", k);
+  snprintf(name[1], sizeof name[1], "W_sn[%d]", k);
+  if (l->desc.backend == SN_BACKEND_CUDA) {
+    sn_status_t st = sn__check_device_pointer(l->desc.device, W, name[0]);
+    return st == SN_SUCCESS && W_sn ? sn__check_device_pointer(l->desc.device, W_sn, name[1]) : st;
+  }
+  sn_status_t st = sn__check_host_pointer(l, W, name[0]);
+  return st == SN_SUCCESS && W_sn ? sn__check_host_pointer(l, W_sn, name[1]) : st;
+}
+
 /* Check that every layer can join a group, on either backend (the same rules, so that a group
  * built on the CPU also builds on a GPU): u-first, >= 2-D, w <= 16384; W_sn[k] is W[k] or does not
  * overlap it, and overlaps no other member's W or W_sn (the grouped kernels write one layer's
@@ -85,15 +98,10 @@ static sn_status_t check_members(sn_layer_t *const *layers, const void *const *W
                         "layer's W_sn while it reads the others' W",
                         k, out, j);
     }
-    /* The buffers in the backend's memory, checked here once, so that a grouped forward cannot
-     * fail on them halfway through its layers. */
-    if (l->desc.backend == SN_BACKEND_CUDA) {
-      st = sn__check_device_pointer(l->desc.device, W[k], name[0]);
-      if (st == SN_SUCCESS && out) st = sn__check_device_pointer(l->desc.device, out, name[1]);
-    } else {
-      st = sn__check_host_pointer(l, W[k], name[0]);
-      if (st == SN_SUCCESS && out) st = sn__check_host_pointer(l, out, name[1]);
-    }
+    /* The buffers in the backend's memory, checked here (and again before a forward's warm-ups,
+     * sn_group_forward), so that a grouped forward cannot fail on them halfway through its
+     * layers. */
+    st = check_member_memory(l, W[k], out, k);
     if (st != SN_SUCCESS) return st;
   }
   return SN_SUCCESS;
@@ -306,14 +314,7 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
   for (int k = 0; k < group->count; ++k)
     warmups += !group->layers[k]->warmed_up && group->layers[k]->desc.warmup_iterations > 0;
   for (int k = 0; warmups && k < group->count; ++k) {
-    const int dev = group->layers[k]->desc.device;
-    char name[64];
-    snprintf(name, sizeof name, "W[%d] (given to sn_group_create)", k);
-    sn_status_t st = sn__check_device_pointer(dev, group->W[k], name);
-    if (st == SN_SUCCESS && group->W_sn[k]) {
-      snprintf(name, sizeof name, "W_sn[%d] (given to sn_group_create)", k);
-      st = sn__check_device_pointer(dev, group->W_sn[k], name);
-    }
+    sn_status_t st = check_member_memory(group->layers[k], group->W[k], group->W_sn[k], k);
     if (st != SN_SUCCESS) return st;
   }
   for (int k = 0; k < group->count; ++k) {
