@@ -104,8 +104,11 @@ __device__ void rows_body(const sn_group_entry_t &e, int g, int iter, bool train
   for (int64_t j = threadIdx.x; j < e.w; j += kBlock) s_sm[j] = 0.f;
   __syncthreads();
   float acc = 0.f;  // Σ t_i² (training) or Σ u_i t_i (eval), in thread 0
-  for (int64_t i = g; i < e.h; i += e.row_blocks) {
-    const float t = block_sum(row_pass<T>(e, i, v_sm, s_sm, 0.f, true));
+  int slot = 0;      // the row sums' parts alternate (block_sums_alternating: one barrier a row)
+  for (int64_t i = g; i < e.h; i += e.row_blocks, slot ^= 1) {
+    float d[1] = {row_pass<T>(e, i, v_sm, s_sm, 0.f, true)};
+    block_sums_alternating<kBlock, 1>(d, slot);
+    const float t = d[0];
     if (threadIdx.x == 0) {
       if (training) {
         e.t[i] = t;

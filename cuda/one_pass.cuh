@@ -68,15 +68,18 @@ __device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, flo
 }
 
 // Rows i, i + G, ..., i + (RS - 1)·G, on chip in b (this thread's VPT packs of each; rows at or
-// past h are skipped): t_r = M_r · v (one block sum for the RS rows; its barriers also mean that
-// every thread of the block has read b's source), then, row after row, (training) t_r into p.t,
-// t_r² into tsq and t_r M_r into acc; (eval) (u_r / *u_div) t_r into tsq. Each row's dot, block
-// sum and updates are those of a step of one row, in the same order: RS changes no bit.
+// past h are skipped): t_r = M_r · v (one block sum for the RS rows), then, row after row,
+// (training) t_r into p.t, t_r² into tsq and t_r M_r into acc; (eval) (u_r / *u_div) t_r into tsq.
+// Each row's dot, block sum and updates are those of a step of one row, in the same order: RS
+// changes no bit. The block sum: slot 0 or 1, block_sums_alternating (one barrier; the ping-pong
+// loop, whose two halves pass 0 and 1); -1, block_sums (three barriers; the plain loop, whose
+// instances ptxas sm_80 gave 8-18 more registers, and fewer blocks, with the one-barrier sums).
+// Either way the same bits.
 template <int NT, int VPT, int RS, class T, int E, bool EVAL>
 __device__ __forceinline__ void rows_step(const OnePassParams &p,
                                           const typename VecN<T, E>::raw (&b)[RS][VPT], int64_t i,
                                           int64_t G, const float4 *v_sm, float ru,
-                                          float (&acc)[VPT][E], float &tsq) {
+                                          float (&acc)[VPT][E], float &tsq, int slot) {
   using V = VecN<T, E>;
   constexpr int F4 = E / 4;  // float4 of v per pack
   // Eval: thread 0's u_i are loaded before the rows' dots, not after their block sum, where the
@@ -105,7 +108,10 @@ __device__ __forceinline__ void rows_step(const OnePassParams &p,
         }
       }
     }
-  block_sums<NT, RS>(d);
+  if (slot < 0)
+    block_sums<NT, RS>(d);
+  else
+    block_sums_alternating<NT, RS>(d, slot);
 #pragma unroll
   for (int r = 0; r < RS; ++r) {
     if (i + r * G >= p.h) break;
@@ -182,8 +188,10 @@ constexpr int kRowsMinBlocks = RS == 2 && NT == 256 && VPT == 2 && E == 8 && TSI
 // off): the loop takes two rows an iteration with the buffers' roles swapped (row i from buf[0]
 // while row i + G loads into buf[1], then row i + G from buf[1] while row i + 2G loads into
 // buf[0]), so that no move waits for a load: the next row's loads are issued before the thread
-// waits for the current one's, and two rows are in flight per block. The same steps in the same
-// order: bitwise one row a step on the same grid. (A ring unrolled this way for every instance
+// waits for the current one's, and two rows are in flight per block. Its block sums take one
+// barrier a row, not three (block_sums_alternating; sm_90 SASS of <512, 4, bf16, 8>: 2 barriers
+// and 521 instructions a loop of two rows, against 6 and 540). The same steps in the same order:
+// bitwise one row a step on the same grid. (A ring unrolled this way for every instance
 // was withdrawn unmeasured in session 9: fp32 <512, 8> spilled at 128 registers.)
 template <int NT, int VPT, int RS, class T, int E, bool EVAL, bool PP = false>
 __device__ __forceinline__ void rows_body(const OnePassParams &p) {
@@ -230,15 +238,15 @@ __device__ __forceinline__ void rows_body(const OnePassParams &p) {
   if constexpr (PP) {
     for (; i < p.h; i += 2 * G) {
       load_rows(buf[1], i + G);
-      rows_step<NT, VPT, 1, T, E, EVAL>(p, buf[0], i, G, v_sm, ru, acc, tsq);
+      rows_step<NT, VPT, 1, T, E, EVAL>(p, buf[0], i, G, v_sm, ru, acc, tsq, 0);
       if (i + G >= p.h) break;  // i is the block's: every thread leaves together
       load_rows(buf[0], i + 2 * G);
-      rows_step<NT, VPT, 1, T, E, EVAL>(p, buf[1], i + G, G, v_sm, ru, acc, tsq);
+      rows_step<NT, VPT, 1, T, E, EVAL>(p, buf[1], i + G, G, v_sm, ru, acc, tsq, 1);
     }
   } else {
     for (; i < p.h; i += RS * G) {
       load_rows(buf[1], i + RS * G);
-      rows_step<NT, VPT, RS, T, E, EVAL>(p, buf[0], i, G, v_sm, ru, acc, tsq);
+      rows_step<NT, VPT, RS, T, E, EVAL>(p, buf[0], i, G, v_sm, ru, acc, tsq, -1);
 #pragma unroll
       for (int r = 0; r < RS; ++r)
 #pragma unroll
@@ -252,7 +260,7 @@ __device__ __forceinline__ void rows_body(const OnePassParams &p) {
 // step that a plan can name (blocks of 512 threads only take 4 or 8 packs per thread:
 // one_pass_shape). kRowsPingPongDefault: those that take it by default (SPECNORM_TUNE=op_pp=1,
 // unset), the 2-byte rows of 512 threads × 4 packs of 8 (8200-16384 columns, multiples of 8): 1
-// block per multiprocessor (ptxas sm_90: bf16 120 registers, 115 with the loop; fp16 105, 124),
+// block per multiprocessor (ptxas sm_90: bf16 120 registers, 124 with the loop; fp16 105, 122),
 // so one row in flight per multiprocessor, 32 KB where fp32's rows of that width have 64
 // (4096 × 16384 on an H200 at 64f5bc9: bf16 train 71% of copy, fp32 87%). Measured on an H200 at
 // ea7ea7e (sn_bench, median of 50): 4096 × 16384 bf16 and fp16 train −2%, scale-only −4-5%; 12288²
@@ -260,8 +268,11 @@ __device__ __forceinline__ void rows_body(const OnePassParams &p) {
 // an instance takes it only where its blocks per multiprocessor equal the plain kernel's (the
 // plan compares their occupancy), so that the grid, and with it the results, stay the plain
 // loop's.
+// fp16 rows of 4 packs of 4 per thread (w % 8 != 0) have none: held to 64 registers, ptxas sm_90
+// spills 12 bytes in their loop since the one-barrier block sums (bf16's and fp32's do not).
 template <int NT, int VPT, int RS, class T, int E>
-constexpr bool kRowsPingPong = RS == 1 && (NT == 256 || VPT >= 4);
+constexpr bool kRowsPingPong = RS == 1 && (NT == 256 || VPT >= 4) &&
+                               !(std::is_same<T, __half>::value && VPT == 4 && E == 4);
 template <int NT, int VPT, int RS, class T, int E>
 constexpr bool kRowsPingPongDefault = RS == 1 && NT == 512 && VPT == 4 && E == 8 && sizeof(T) == 2;
 
@@ -269,7 +280,7 @@ constexpr bool kRowsPingPongDefault = RS == 1 && NT == 512 && VPT == 4 && E == 8
 // them the 4096² fp32 and bf16 instances, 64 registers in the plain kernel) are held to 64
 // registers, so that they keep the plain kernel's blocks (without the bound 66-74, one block
 // fewer; with it no spill, ptxas sm_90 and sm_80). The others are unbound (sm_90: <512, 8, float,
-// 4> 126 registers against 122, the 2-byte <*, 4, *, 8> 115-124 against 105-120: the same blocks).
+// 4> 128 registers against 122, the 2-byte <*, 4, *, 8> 122-124 against 105-120: the same blocks).
 template <int NT, int VPT, int E>
 constexpr int kRowsPingPongMinBlocks = VPT * E == 16 ? 65536 / (64 * NT) : 0;
 

@@ -47,6 +47,38 @@ __device__ __forceinline__ void block_sums(float (&x)[N]) {
   for (int r = 0; r < N; ++r) x[r] = total[r];
 }
 
+// Sum over the 32 lanes of a warp, in every lane (butterfly shuffles). Each lane gets the bits
+// that warp_sum gives lane 0: after the step of offset o, lanes l and l ^ o hold the same partial
+// (the same two partials added, in swapped order, and float addition commutes), and for l < o that
+// partial is warp_sum's own.
+__device__ __forceinline__ float warp_allsum(float x) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// block_sums with one barrier, for a loop that makes one such call a step (the one-pass rows with
+// the ping-pong loop, the grouped rows): each warp's sums go to slot `slot` of two, one barrier,
+// then every warp adds the NT / 32 parts of each sum (warp_allsum, zeros in the lanes past them),
+// where block_sums has warp r add them and hand the sum on through shared memory after two more
+// barriers. The same bits as block_sums. Consecutive calls must pass different slots (0, 1): a
+// call's slot is next written by the call after next, which no thread enters before every thread
+// has passed the barrier of the call between them, i.e. has read this call's parts.
+template <int NT, int N>
+__device__ __forceinline__ void block_sums_alternating(float (&x)[N], int slot) {
+  static_assert(NT % 32 == 0 && NT / 32 <= 32, "whole warps, at most 32 of them");
+  static_assert(N >= 1 && N <= 8, "a few sums at once");
+  __shared__ float part[2][N][NT / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < N; ++r) x[r] = warp_sum(x[r]);
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < N; ++r) part[slot][r][warp] = x[r];
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < N; ++r) x[r] = warp_allsum(lane < NT / 32 ? part[slot][r][lane] : 0.0f);
+}
+
 // Sum over a block of NT threads (kBlock unless said); every thread gets the result. Fixed tree.
 template <int NT = kBlock>
 __device__ __forceinline__ float block_sum(float x) {
