@@ -59,14 +59,16 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 (cuda/one_pass.cu): bitwise one row a step on the same grid (op_grid,
 //                 op_cluster); unforced, the grid follows this instance's occupancy, so the
 //                 partial sums differ (H100 4884391: 4096² fp32 scale −5%, eval +4%; off)
-//   op_pp=0|1|2   the one-pass training rows kernel loops two rows an iteration with its two
-//                 buffers' roles swapped, so that two rows are in flight per block rather than
-//                 one (cuda/one_pass.cuh, rows_body): 0 never; 1 (the default) for the 2-byte
-//                 rows of 512 threads × 4 packs of 8 (8200-16384 columns, multiples of 8; H200 at
-//                 ea7ea7e: 4096 × 16384 bf16 and fp16 train −2%, scale-only −4-5%; 12288² −3%
-//                 and −7%); 2 for every instance of one row a step (not yet measured). Either way
-//                 only where its blocks per multiprocessor equal the plain kernel's; bitwise one
-//                 row a step on the same grid
+//   op_pp=0|1|2|3 the one-pass training rows kernel loops through a ring of row buffers with their
+//                 roles turned (cuda/one_pass.cuh, rows_body), so that one or two rows are in
+//                 flight per block while one is reduced: 0 never; 1 (the default) a ring of two
+//                 (the ping-pong loop) for the 2-byte rows of 512 threads × 4 packs of 8
+//                 (8200-16384 columns, multiples of 8; H200 at ea7ea7e: 4096 × 16384 bf16 and
+//                 fp16 train −2%, scale-only −4-5%; 12288² −3% and −7%); 2 a ring of two for
+//                 every instance of one row a step (not yet measured); 3 a ring of three for
+//                 every bf16 instance of one row a step, elsewhere as 1 (not yet measured).
+//                 Either way only where its blocks per multiprocessor equal the plain kernel's;
+//                 bitwise one row a step on the same grid
 //   op_reduce_cols=4|8|16  the one-pass reduce kernel takes 4, 8 or 16 float4 columns per block
 //                 on 64, 32 or 16 lanes along the partials; unset: the most that keep at least
 //                 two reduce blocks per multiprocessor (reduce_cols_default below)
@@ -126,8 +128,9 @@ struct Tune {
                        // kernels of different occupancy)
   int op_cluster = 0;  // 0: the default below
   int op_rows = 1;     // 2: the one-pass rows two a step, where the instance exists
-  int op_pp = 1;       // the training rows kernel's ping-pong loop: 0 never, 1 where it is the
-                       // default, 2 wherever built (in both only at the plain kernel's occupancy)
+  int op_pp = 1;       // the training rows kernel's ring: 0 never, 1 of two where it is the default,
+                       // 2 of two wherever built, 3 of three for bf16 and elsewhere as 1 (each only
+                       // at the plain kernel's occupancy)
   int op_reduce_cols = 0;  // float4 columns per block of the one-pass reduce kernel (4, 8, 16);
                            // 0: by width (reduce_cols_default)
   int op_coop = -1;    // -1: the default below; 1: the one-pass iteration as one cooperative
@@ -160,7 +163,7 @@ Tune read_tune() {
   const Key keys[] = {
       {"op_bps=", &t.op_bps, 1, 64, false},        {"op_grid=", &t.op_grid, 1, 1000000, false},
       {"op_cluster=", &t.op_cluster, 1, 8, true},  {"pdl=", &t.pdl, 0, 1, false},
-      {"op_rows=", &t.op_rows, 1, 2, false},       {"op_pp=", &t.op_pp, 0, 2, false},
+      {"op_rows=", &t.op_rows, 1, 2, false},       {"op_pp=", &t.op_pp, 0, 3, false},
       {"op_reduce_cols=", &t.op_reduce_cols, 4, 16, true},
       {"op_coop=", &t.op_coop, 0, 3, false},      {"op_eval_own=", &t.op_eval_own, 0, 1, false},
       {"div_stream=", &t.div_stream, 0, 1, false}, {"bw_stream=", &t.bw_stream, 0, 1, false},
@@ -437,8 +440,8 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     int cluster = tune.op_cluster > 0 ? tune.op_cluster : default_cluster(blocks, view, dtype);
     if (cluster > 1 && (cluster > h || !device_is_sm90_or_later())) cluster = 1;
     if (cluster > 1) {
-      int unused = 0, same_pp = 0;
-      if (sn::one_pass_prepare(*plan, cluster, pp ? 2 : 0, &same_pp, &unused, &max_clusters, &unused) != cudaSuccess ||
+      int unused = 0, same_pp = 0;  // the same ask gives the same ring (occupancy without clusters)
+      if (sn::one_pass_prepare(*plan, cluster, tune.op_pp, &same_pp, &unused, &max_clusters, &unused) != cudaSuccess ||
           max_clusters < 1 || same_pp != pp) {  // no clusters after all: the plain grid
         (void)cudaGetLastError();
         cluster = 1;

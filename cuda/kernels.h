@@ -81,8 +81,9 @@ inline int one_pass_rows_per_step(int vpt, int elems, int asked) {
 // Raise the rows kernel's shared-memory limit (the instance plan.op_rows gives) and report its
 // blocks per multiprocessor (training, and eval without clusters) and, for cluster > 1, how many
 // clusters of that many blocks fit on the device at once.
-// pp_asked (SPECNORM_TUNE's op_pp: 0 never, 1 where it is the default, 2 wherever built) asks for
-// the ping-pong training kernel (cuda/one_pass.cuh); *pp says whether the instance takes it (only
+// pp_asked (SPECNORM_TUNE's op_pp: 0 never, 1 the ring of two where it is the default, 2 the ring of
+// two wherever built, 3 the ring of three wherever built and elsewhere as 1) asks for a ring
+// training kernel (cuda/one_pass.cuh); *pp says which ring the instance takes (0 none, 2 or 3: only
 // where its blocks per multiprocessor equal the plain kernel's), and the occupancy is that kernel's.
 cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int pp_asked, int *pp,
                              int *blocks_per_sm, int *max_clusters, int *eval_per_sm);

@@ -31,11 +31,12 @@ __global__ void __launch_bounds__(NT, (kRowsMinBlocks<NT, VPT, RS, E, (int)sizeo
   rows_body<NT, VPT, RS, T, E, EVAL>(p);
 }
 
-// The training rows with the ping-pong loop (rows_body's PP; kRowsPingPong* in cuda/one_pass.cuh).
-template <int NT, int VPT, class T, int E>
+// The training rows with a ring of RING row buffers (rows_body's RING: 2, the ping-pong loop; 3;
+// kRowsPingPong*, kRowsRing3 in cuda/one_pass.cuh).
+template <int NT, int VPT, class T, int E, int RING>
 __global__ void __launch_bounds__(NT, (kRowsPingPongMinBlocks<NT, VPT, E>)) one_pass_rows_pp_kernel(OnePassParams p) {
   pdl_enter();
-  rows_body<NT, VPT, 1, T, E, false, true>(p);
+  rows_body<NT, VPT, 1, T, E, false, RING>(p);
 }
 
 // CL float4 columns per block (plan.op_reduce_cols) and kBlock / CL lanes along the partials:
@@ -53,10 +54,11 @@ __global__ void __launch_bounds__(kBlock) one_pass_reduce_kernel(ReduceParams p)
 // What one_pass_prepare asks and learns.
 struct Prep {
   int cluster;         // in: blocks per cluster (1: none)
-  int pp_asked;        // in: the ping-pong training kernel: 0 never, 1 where it is the default,
-                       // 2 wherever built; in either case only if its blocks per multiprocessor
-                       // equal the plain one's
-  int pp;              // out: 1 if the training instance is the ping-pong kernel
+  int pp_asked;        // in: SPECNORM_TUNE's op_pp: a ring kernel for training, 0 never, 1 the ring
+                       // of two where it is the default, 2 the ring of two wherever built, 3 the
+                       // ring of three wherever built (bf16) and elsewhere as 1; in each case only
+                       // if its blocks per multiprocessor equal the plain kernel's
+  int pp;              // out: the training kernel's ring (0: the plain kernel, 2 or 3)
   int blocks_per_sm;   // out: training instance, without clusters
   int max_clusters;    // out: clusters of `cluster` blocks that fit at once (cluster > 1)
   int eval_per_sm;     // out: eval instance (launched without clusters)
@@ -67,32 +69,41 @@ struct Prep {
 // kernels and report their occupancy. The plan's block count comes from the training instance;
 // the eval one keeps no partial s and needs fewer registers (ptxas sm_90: 4096² bf16 32 against
 // 64, 4096 × 16384 bf16 56 against 120), so that more of its blocks may fit (op_eval_blocks).
-// The training kernel is the ping-pong one where pp (launch) or where prep asks for it and its
-// blocks per multiprocessor equal the plain kernel's (prepare; prep->pp says which). More blocks
-// would be another grid (other bits) and could outgrow the cooperative kernel's; a query that
-// fails leaves the plain kernel.
+// The training kernel is the ring kernel of `ring` buffers (launch; 0: the plain one), or the one
+// prep asks for where its blocks per multiprocessor equal the plain kernel's (prepare; prep->pp
+// says which). More blocks would be another grid (other bits) and could outgrow the cooperative
+// kernel's; a query that fails leaves the plain kernel.
 template <int NT, int VPT, int RS, class T, int E>
-cudaError_t rows(const OnePassParams *p, int blocks, bool pp, cudaStream_t stream, Prep *prep) {
+cudaError_t rows(const OnePassParams *p, int blocks, int ring, cudaStream_t stream, Prep *prep) {
   // v in shared memory, w floats (the cluster's partial s lands there too).
   const size_t smem = (size_t)p->wp * E * sizeof(float);
   auto *train = one_pass_rows_kernel<NT, VPT, RS, T, E, false>;
   auto *eval = one_pass_rows_kernel<NT, VPT, RS, T, E, true>;
   if constexpr (kRowsPingPong<NT, VPT, RS, T, E>) {
-    auto *two = one_pass_rows_pp_kernel<NT, VPT, T, E>;
+    auto *two = one_pass_rows_pp_kernel<NT, VPT, T, E, 2>;
+    auto *three = two;
+    if constexpr (kRowsRing3<NT, VPT, RS, T, E>) three = one_pass_rows_pp_kernel<NT, VPT, T, E, 3>;
     if (prep) {
-      pp = false;
-      if (prep->pp_asked == 2 || (prep->pp_asked == 1 && kRowsPingPongDefault<NT, VPT, RS, T, E>)) {
-        int plain_per_sm = 0, two_per_sm = 0;
+      // Whether kernel k has the plain kernel's blocks per multiprocessor.
+      auto same_occupancy = [&](decltype(train) k) {
+        int plain_per_sm = 0, k_per_sm = 0;
         cudaError_t e = allow_shared_memory(train, smem);
-        if (e == cudaSuccess) e = allow_shared_memory(two, smem);
+        if (e == cudaSuccess) e = allow_shared_memory(k, smem);
         if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&plain_per_sm, train, NT, smem);
-        if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&two_per_sm, two, NT, smem);
+        if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k_per_sm, k, NT, smem);
         if (e != cudaSuccess) (void)cudaGetLastError();  // the plain kernel's own setup reports its errors below
-        pp = e == cudaSuccess && two_per_sm == plain_per_sm && two_per_sm > 0;
-      }
-      prep->pp = pp ? 1 : 0;
+        return e == cudaSuccess && k_per_sm == plain_per_sm && k_per_sm > 0;
+      };
+      const int asked = prep->pp_asked;
+      ring = 0;
+      if (kRowsRing3<NT, VPT, RS, T, E> && asked == 3 && same_occupancy(three)) ring = 3;
+      if (ring == 0 && (asked == 2 || (asked != 0 && kRowsPingPongDefault<NT, VPT, RS, T, E>)) &&
+          same_occupancy(two))
+        ring = 2;
+      prep->pp = ring;
     }
-    if (pp) train = two;
+    if (ring == 2) train = two;
+    if (ring == 3 && kRowsRing3<NT, VPT, RS, T, E>) train = three;
   } else if (prep) {
     prep->pp = 0;
   }
@@ -122,7 +133,7 @@ cudaError_t rows_dispatch(const sn_cuda_plan_t &plan, const OnePassParams *p, in
                           cudaStream_t stream, Prep *prep) {
   return with_rows_instance(plan, [&](auto inst) -> cudaError_t {
     using I = decltype(inst);
-    return rows<I::NT, I::VPT, I::RS, typename I::T, I::E>(p, blocks, plan.op_pp != 0, stream, prep);
+    return rows<I::NT, I::VPT, I::RS, typename I::T, I::E>(p, blocks, plan.op_pp, stream, prep);
   });
 }
 

@@ -75,7 +75,7 @@ __device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, flo
 // loop, whose two halves pass 0 and 1); -1, block_sums (three barriers; the plain loop, whose
 // instances ptxas sm_80 gave 8-18 more registers, and fewer blocks, with the one-barrier sums).
 // Either way the same bits.
-template <int NT, int VPT, int RS, class T, int E, bool EVAL>
+template <int NT, int VPT, int RS, class T, int E, bool EVAL, int SLOTS>
 __device__ __forceinline__ void rows_step(const OnePassParams &p,
                                           const typename VecN<T, E>::raw (&b)[RS][VPT], int64_t i,
                                           int64_t G, const float4 *v_sm, float ru,
@@ -108,10 +108,10 @@ __device__ __forceinline__ void rows_step(const OnePassParams &p,
         }
       }
     }
-  if (slot < 0)
+  if constexpr (SLOTS == 0)
     block_sums<NT, RS>(d);
   else
-    block_sums_alternating<NT, RS>(d, slot);
+    block_sums_alternating<NT, RS, SLOTS>(d, slot);
 #pragma unroll
   for (int r = 0; r < RS; ++r) {
     if (i + r * G >= p.h) break;
@@ -184,18 +184,21 @@ constexpr int kRowsMinBlocks = RS == 2 && NT == 256 && VPT == 2 && E == 8 && TSI
 // shared-memory ring of 3-4 rows filled by bulk copies (cp.async.bulk on an mbarrier: 4096 × 16384
 // bf16 scale-only 16% slower, the rows 59.6% of DRAM peak against 69.4%, H100 d5e109c).
 //
-// PP (one row a step only; the kRowsPingPong instances, by default, SPECNORM_TUNE=op_pp=0 turns it
-// off): the loop takes two rows an iteration with the buffers' roles swapped (row i from buf[0]
-// while row i + G loads into buf[1], then row i + G from buf[1] while row i + 2G loads into
-// buf[0]), so that no move waits for a load: the next row's loads are issued before the thread
-// waits for the current one's, and two rows are in flight per block. Its block sums take one
-// barrier a row, not three (block_sums_alternating; sm_90 SASS of <512, 4, bf16, 8>: 2 barriers
-// and 521 instructions a loop of two rows, against 6 and 540). The same steps in the same order:
-// bitwise one row a step on the same grid. (A ring unrolled this way for every instance
-// was withdrawn unmeasured in session 9: fp32 <512, 8> spilled at 128 registers.)
-template <int NT, int VPT, int RS, class T, int E, bool EVAL, bool PP = false>
+// RING (one row a step only; training): the loop runs through a ring of RING row buffers with their
+// roles turned, not moved: step k of an iteration reduces row i + k·G from buf[k] after issuing
+// the loads of row i + (k + RING - 1)·G into the buffer the step before freed, so that no move
+// waits for a load and RING - 1 rows are in flight while one is reduced. RING = 2, the ping-pong
+// loop (the kRowsPingPong instances; by default the kRowsPingPongDefault ones, SPECNORM_TUNE=op_pp
+// 0 none, 2 all); RING = 3 (kRowsRing3, op_pp=3; not yet measured). Their block sums take one
+// barrier a row, not three (block_sums_alternating, a slot per buffer; sm_90 SASS of the ring of
+// two in <512, 4, bf16, 8>: 2 barriers and 521 instructions a loop of two rows, against 6 and
+// 540). The same steps in the same order: bitwise one row a step on the same grid. (A ring
+// unrolled this way for every instance was withdrawn unmeasured in session 9: fp32 <512, 8>
+// spilled at 128 registers.)
+template <int NT, int VPT, int RS, class T, int E, bool EVAL, int RING = 0>
 __device__ __forceinline__ void rows_body(const OnePassParams &p) {
-  static_assert(!PP || RS == 1, "the ping-pong loop takes one row a step");
+  static_assert(RING == 0 || (RS == 1 && RING >= 2 && RING <= 3), "the ring takes one row a step");
+  constexpr int NB = RING ? RING : 2;  // row buffers
   using V = VecN<T, E>;
   using R = typename V::raw;
   const T *W = static_cast<const T *>(p.W);
@@ -218,35 +221,41 @@ __device__ __forceinline__ void rows_body(const OnePassParams &p) {
   };
 
   float acc[VPT][E];
-  R buf[2][RS][VPT];  // buf[0]: the rows being reduced; buf[1], the block's next ones (PP: by turns)
+  R buf[NB][RS][VPT];  // plain: buf[0] the rows being reduced, buf[1] the block's next ones; ring: by turns
 #pragma unroll
   for (int k = 0; k < VPT; ++k) {
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[k][e] = 0.f;
 #pragma unroll
-    for (int r = 0; r < RS; ++r) buf[0][r][k] = buf[1][r][k] = {};
+    for (int r = 0; r < RS; ++r)
+#pragma unroll
+      for (int b = 0; b < NB; ++b) buf[b][r][k] = {};
   }
   int64_t i = blockIdx.x;
-  load_rows(buf[0], i);
-  // v into shared memory while the first rows' loads are in flight. v may start at any float
-  // boundary (the state's v follows u): load it by floats.
+  // The first rows (ring: all but the last buffer's), then v into shared memory while they are
+  // in flight. v may start at any float boundary (the state's v follows u): load it by floats.
+#pragma unroll
+  for (int b = 0; b < (RING ? RING - 1 : 1); ++b) load_rows(buf[b], i + b * G);
   const float rx = reciprocal_of(p.x_div);
   const bool ones = p.health && (*p.health & SN_HEALTH_RESTART);
   stage_scaled<NT>(reinterpret_cast<float *>(v_sm), p.x, w, rx, ones);
   __syncthreads();
   float tsq = 0.f;
-  if constexpr (PP) {
-    for (; i < p.h; i += 2 * G) {
-      load_rows(buf[1], i + G);
-      rows_step<NT, VPT, 1, T, E, EVAL>(p, buf[0], i, G, v_sm, ru, acc, tsq, 0);
-      if (i + G >= p.h) break;  // i is the block's: every thread leaves together
-      load_rows(buf[0], i + 2 * G);
-      rows_step<NT, VPT, 1, T, E, EVAL>(p, buf[1], i + G, G, v_sm, ru, acc, tsq, 1);
-    }
+  if constexpr (RING > 0) {
+    // Step k of an iteration: row i + k·G from buf[k], after the loads of row i + (k + RING - 1)·G
+    // into the buffer the previous step freed. A block leaves at its first row past h (i is the
+    // block's: every thread leaves together; the loop's own test then ends it).
+    for (; i < p.h; i += RING * G)
+#pragma unroll
+      for (int k = 0; k < RING; ++k) {
+        if (i + k * G >= p.h) break;
+        load_rows(buf[(k + RING - 1) % RING], i + (k + RING - 1) * G);
+        rows_step<NT, VPT, 1, T, E, EVAL, RING>(p, buf[k], i + k * G, G, v_sm, ru, acc, tsq, k);
+      }
   } else {
     for (; i < p.h; i += RS * G) {
       load_rows(buf[1], i + RS * G);
-      rows_step<NT, VPT, RS, T, E, EVAL>(p, buf[0], i, G, v_sm, ru, acc, tsq, -1);
+      rows_step<NT, VPT, RS, T, E, EVAL, 0>(p, buf[0], i, G, v_sm, ru, acc, tsq, 0);
 #pragma unroll
       for (int r = 0; r < RS; ++r)
 #pragma unroll
@@ -256,7 +265,7 @@ __device__ __forceinline__ void rows_body(const OnePassParams &p) {
   rows_finish<NT, VPT, E, EVAL>(p, acc, tsq, v_sm, w);
 }
 
-// The rows instances with a ping-pong kernel (PP above, training only): every instance of one row a
+// The rows instances with a ping-pong kernel (RING = 2 above, training only): every instance of one row a
 // step that a plan can name (blocks of 512 threads only take 4 or 8 packs per thread:
 // one_pass_shape). kRowsPingPongDefault: those that take it by default (SPECNORM_TUNE=op_pp=1,
 // unset), the 2-byte rows of 512 threads × 4 packs of 8 (8200-16384 columns, multiples of 8): 1
@@ -275,6 +284,17 @@ constexpr bool kRowsPingPong = RS == 1 && (NT == 256 || VPT >= 4) &&
                                !(std::is_same<T, __half>::value && VPT == 4 && E == 4);
 template <int NT, int VPT, int RS, class T, int E>
 constexpr bool kRowsPingPongDefault = RS == 1 && NT == 512 && VPT == 4 && E == 8 && sizeof(T) == 2;
+// The instances with a ring of three (SPECNORM_TUNE=op_pp=3; not yet measured): the bf16 ones of
+// kRowsPingPong with 16-byte packs, two or more a thread, where ptxas sm_90 spills nothing
+// (4096 × 16384's <512, 4, bf16, 8> takes 128 registers, 124 with the ping-pong loop: still one
+// block; 4096²'s <256, 2, bf16, 8> 64, held), to put two rows in flight while one is reduced where
+// the ping-pong loop has one 32 KB row per multiprocessor. Not built: fp16's <512, 4, half, 8>
+// (8 bytes of spill), fp32's (256-260), bf16's with 8-byte packs (sm_80: 12-24) or one pack (more
+// registers than the plain kernel: never its blocks). On sm_80, <256, 2, bf16, 8> spills 24 bytes
+// at 64 registers, one block fewer than the plain kernel there (47): never taken.
+template <int NT, int VPT, int RS, class T, int E>
+constexpr bool kRowsRing3 =
+    kRowsPingPong<NT, VPT, RS, T, E> && std::is_same<T, __nv_bfloat16>::value && E == 8 && VPT >= 2;
 
 // The ping-pong kernel's minimum blocks per multiprocessor: rows of 16 elements per thread (among
 // them the 4096² fp32 and bf16 instances, 64 registers in the plain kernel) are held to 64

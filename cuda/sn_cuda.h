@@ -107,10 +107,11 @@ typedef struct {
   int op_vpt;         /* one-pass: accesses of a row per thread (1, 2, 4 or 8) */
   int op_rows;        /* one-pass rows: rows per step of the rows kernel, 1 or 2
                          (SPECNORM_TUNE=op_rows=2) */
-  int op_pp;          /* one-pass rows: 1, the training rows kernel's ping-pong loop (two rows in
-                         flight per block): by default for the 2-byte rows of 512 threads × 4 packs
-                         of 8, with SPECNORM_TUNE=op_pp=2 for every instance of one row a step,
-                         in both cases only where its blocks per SM equal the plain kernel's */
+  int op_pp;          /* one-pass rows: the training rows kernel's ring of row buffers, 0 (none:
+                         the plain loop), 2 (the ping-pong loop: by default for the 2-byte rows
+                         of 512 threads × 4 packs of 8; SPECNORM_TUNE=op_pp=2 for every instance
+                         of one row a step) or 3 (op_pp=3, bf16), each only where its blocks per
+                         SM equal the plain kernel's */
   int op_reduce_cols; /* one-pass reduce: float4 columns per block, 4, 8 or 16 (by width, or
                          SPECNORM_TUNE=op_reduce_cols) */
   int op_blocks;      /* one-pass: persistent blocks, each writing a partial Mᵀ t */

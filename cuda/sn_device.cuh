@@ -63,11 +63,11 @@ __device__ __forceinline__ float warp_allsum(float x) {
 // barriers. The same bits as block_sums. Consecutive calls must pass different slots (0, 1): a
 // call's slot is next written by the call after next, which no thread enters before every thread
 // has passed the barrier of the call between them, i.e. has read this call's parts.
-template <int NT, int N>
+template <int NT, int N, int SLOTS = 2>
 __device__ __forceinline__ void block_sums_alternating(float (&x)[N], int slot) {
   static_assert(NT % 32 == 0 && NT / 32 <= 32, "whole warps, at most 32 of them");
   static_assert(N >= 1 && N <= 8, "a few sums at once");
-  __shared__ float part[2][N][NT / 32];
+  __shared__ float part[SLOTS][N][NT / 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int r = 0; r < N; ++r) x[r] = warp_sum(x[r]);

@@ -532,10 +532,10 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # PDL wait; bw_grid=1056|264, also session 13: the backward's apply kernel on 8 or 2 blocks per SM
 # of 132, each taking several rows, where the default runs a block per row. Both lost or tied on
 # the H200 at 64f5bc9 and left the list for op_pp=0|2, session 15: the rows' ping-pong loop off,
-# and in every instance.)
+# and in every instance; op_pp=3, session 16: a ring of three in the bf16 rows.)
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
-read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_pp=0 op_pp=2 op_coop=0 op_coop=1 op_reduce_cols=4 op_reduce_cols=16 op_eval_own=0 op_rows=2}"
+read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_pp=0 op_pp=2 op_pp=3 op_coop=0 op_coop=1 op_reduce_cols=4 op_reduce_cols=16 op_eval_own=0 op_rows=2}"
 if [[ $COOP_HUNG -eq 1 ]]; then  # coop_smoke timed out: no op_coop setting
   KEPT=()
   for t in "${TUNES[@]}"; do [[ "$t" == *op_coop=* ]] || KEPT+=("$t"); done

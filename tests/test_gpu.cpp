@@ -447,15 +447,16 @@ TEST(Gpu, OnePassRowPairsAreBitwiseSingleRows) {
   compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
 }
 
-// The training rows' ping-pong loop (cuda/one_pass.cuh; SPECNORM_TUNE=op_pp=2 asks for it in
-// every instance of one row a step, the default only in the 2-byte rows of 512 threads × 4 packs
-// of 8, op_pp=0 in none): on the same grid, bit for bit one row a step (training and eval, with
-// and without clusters; eval never takes it) in fp32, bf16 and fp16, with blocks of an odd number
-// of rows (the loop's early exit) and rows of partial packs, in the instances of 4096² fp32 and
-// bf16 (held to 64 registers), 4096 × 16384 fp32 and bf16. An instance takes it only where its
+// The training rows' ping-pong loop, the ring of two (cuda/one_pass.cuh; SPECNORM_TUNE=op_pp=2 asks
+// for it in every instance of one row a step, the default only in the 2-byte rows of 512 threads ×
+// 4 packs of 8, op_pp=0 in none): on the same grid, bit for bit one row a step (training and eval,
+// with and without clusters; eval never takes it) in fp32, bf16 and fp16, with blocks of an odd
+// number of rows (the loop's early exit) and rows of partial packs, in the instances of 4096² fp32
+// and bf16 (held to 64 registers), 4096 × 16384 fp32 and bf16. An instance takes it only where its
 // blocks per multiprocessor equal the plain kernel's (by occupancy, on this device): the default
 // class always does (one block of 512 either way), and on sm_90 the 4096² instances (64 registers
-// each, ptxas). Read from graph captures.
+// each, ptxas). Its block sums take one barrier (block_sums_alternating) where the plain loop's
+// take three (block_sums): this is also their bitwise test. Read from graph captures.
 TEST(Gpu, OnePassPingPongRowsAreBitwiseOneRowAStep) {
   REQUIRE_GPU();
   int major = 0;
@@ -474,13 +475,14 @@ TEST(Gpu, OnePassPingPongRowsAreBitwiseOneRowAStep) {
        {{9, 64}, SN_DTYPE_FLOAT32}},
       "op_pp=0,", "op_pp=2,", [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &c, const Tensor &W) {
         EXPECT_EQ(a->plan.op_pp, 0);
+        EXPECT_TRUE(b->plan.op_pp == 0 || b->plan.op_pp == 2) << b->plan.op_pp;
         if (must_take(c)) {
-          EXPECT_EQ(b->plan.op_pp, 1);
+          EXPECT_EQ(b->plan.op_pp, 2);
         }
         Tensor o(W.dt, W.n);
         const std::vector<std::string> kb = captured_kernels(
             [&](cudaStream_t s) { return sn_forward(b, W.dev, o.dev, 1, (sn_stream_t)s); });
-        EXPECT_EQ(any_matches(kb, "one_pass_rows_pp_kernel<"), b->plan.op_pp == 1) << ::testing::PrintToString(kb);
+        EXPECT_EQ(any_matches(kb, "one_pass_rows_pp_kernel<"), b->plan.op_pp != 0) << ::testing::PrintToString(kb);
       });
   // Unset, the default class only (unless the suite runs under an op_pp of its own).
   if (tune_prefix().find("op_pp=") != std::string::npos) return;
@@ -492,8 +494,45 @@ TEST(Gpu, OnePassPingPongRowsAreBitwiseOneRowAStep) {
     d.dtype = c.dt;
     LayerPtr l(d);
     ASSERT_TRUE(l.p) << sn_last_error_message();
-    EXPECT_EQ(l.p->plan.op_pp, default_class(c) ? 1 : 0) << shape_str(c.shape) << " dtype " << int(c.dt);
+    EXPECT_EQ(l.p->plan.op_pp, default_class(c) ? 2 : 0) << shape_str(c.shape) << " dtype " << int(c.dt);
   }
+}
+
+// The ring of three (SPECNORM_TUNE=op_pp=3: the bf16 instances of one row a step, elsewhere as the
+// default): bit for bit one row a step on the same grid, with blocks of 1 to 5 rows (each of the
+// ring's three steps is a block's last: 9 and 23 rows on 7 blocks, 300 on 64) and partial packs.
+// The bf16 rows of 512 threads × 4 packs of 8 take it (one block either way: 128 registers
+// against 120, ptxas sm_90), and on sm_90 4096²'s 256 × 2 (held to 64 registers); fp16 and fp32
+// keep the default (the ring of two in fp16's default class). Read from graph captures.
+TEST(Gpu, OnePassRingOfThreeRowsIsBitwiseOneRowAStep) {
+  REQUIRE_GPU();
+  int major = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  expect_rows_pairs_bitwise(
+      {{{300, 16384}, SN_DTYPE_BFLOAT16},   // 512 threads × 4 packs of 8 (4096 × 16384 bf16's)
+       {{9, 16384}, SN_DTYPE_BFLOAT16},     // on 7 blocks: blocks of 1 and 2 rows
+       {{23, 16384}, SN_DTYPE_BFLOAT16},    // on 7 blocks: blocks of 3 and 4 rows
+       {{200, 12296}, SN_DTYPE_BFLOAT16},   // 1537 packs: threads with 3 of their 4
+       {{300, 4096}, SN_DTYPE_BFLOAT16},    // 256 × 2 packs of 8 (4096² bf16's)
+       {{301, 16384}, SN_DTYPE_FLOAT16},    // the default's ring of two
+       {{100, 16384}, SN_DTYPE_FLOAT32}},   // none
+      "op_pp=0,", "op_pp=3,", [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &c, const Tensor &W) {
+        EXPECT_EQ(a->plan.op_pp, 0);
+        const bool bf16_class = c.dt == SN_DTYPE_BFLOAT16 && (c.shape[1] > 8192 || major == 9);
+        if (bf16_class) {
+          EXPECT_EQ(b->plan.op_pp, 3);
+        } else if (c.dt == SN_DTYPE_FLOAT16) {
+          EXPECT_EQ(b->plan.op_pp, 2);
+        } else if (c.dt == SN_DTYPE_FLOAT32) {
+          EXPECT_EQ(b->plan.op_pp, 0);
+        }
+        Tensor o(W.dt, W.n);
+        const std::vector<std::string> kb = captured_kernels(
+            [&](cudaStream_t s) { return sn_forward(b, W.dev, o.dev, 1, (sn_stream_t)s); });
+        const std::string ring = ", " + std::to_string(b->plan.op_pp) + ">";
+        EXPECT_EQ(any_matches(kb, "one_pass_rows_pp_kernel<.*" + ring), b->plan.op_pp != 0)
+            << ::testing::PrintToString(kb);
+      });
 }
 
 // The one-pass eval kernel's grid: by default (and with SPECNORM_TUNE=op_eval_own=1) its own
