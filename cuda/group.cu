@@ -7,7 +7,8 @@
 //           chosen per layer by the host (sn_group_entry_t.warp_k):
 //           - w > 1280: a block per row, about 16 rows per block (row_blocks <= 2·SMs); v and the
 //             block's partial s in shared memory (2·w floats). A row is > 1280 elements, several
-//             loads per thread, so the block reduction (3 barriers) per row is amortized.
+//             loads per thread, so the block reduction (1 barrier, block_sums_alternating) per
+//             row is amortized.
 //           - w <= 1280: a warp per row, 8 rows per block at a time (row_blocks = ⌈h/8⌉ <= 2·SMs);
 //             each lane loads its <= 40 elements of the row at once, a shuffle butterfly sums them,
 //             and no barrier separates rows. v and the 8 warps' partial s in shared memory (9·w

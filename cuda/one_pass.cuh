@@ -71,10 +71,10 @@ __device__ __forceinline__ void cluster_sum_partials(const OnePassParams &p, flo
 // past h are skipped): t_r = M_r · v (one block sum for the RS rows), then, row after row,
 // (training) t_r into p.t, t_r² into tsq and t_r M_r into acc; (eval) (u_r / *u_div) t_r into tsq.
 // Each row's dot, block sum and updates are those of a step of one row, in the same order: RS
-// changes no bit. The block sum: slot 0 or 1, block_sums_alternating (one barrier; the ping-pong
-// loop, whose two halves pass 0 and 1); -1, block_sums (three barriers; the plain loop, whose
-// instances ptxas sm_80 gave 8-18 more registers, and fewer blocks, with the one-barrier sums).
-// Either way the same bits.
+// changes no bit. The block sum: SLOTS > 0, block_sums_alternating in slot `slot` of SLOTS (one
+// barrier; the ring loops, whose step k passes k of RING); SLOTS = 0, block_sums (three barriers;
+// the plain loop, whose instances ptxas sm_80 gave 8-18 more registers, and fewer blocks, with the
+// one-barrier sums). Either way the same bits.
 template <int NT, int VPT, int RS, class T, int E, bool EVAL, int SLOTS>
 __device__ __forceinline__ void rows_step(const OnePassParams &p,
                                           const typename VecN<T, E>::raw (&b)[RS][VPT], int64_t i,

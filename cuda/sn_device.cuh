@@ -56,13 +56,13 @@ __device__ __forceinline__ float warp_allsum(float x) {
   return x;
 }
 
-// block_sums with one barrier, for a loop that makes one such call a step (the one-pass rows with
-// the ping-pong loop, the grouped rows): each warp's sums go to slot `slot` of two, one barrier,
+// block_sums with one barrier, for a loop that makes one such call a step (the one-pass rows' ring
+// loops, the grouped rows): each warp's sums go to slot `slot` of SLOTS (2 or more), one barrier,
 // then every warp adds the NT / 32 parts of each sum (warp_allsum, zeros in the lanes past them),
 // where block_sums has warp r add them and hand the sum on through shared memory after two more
-// barriers. The same bits as block_sums. Consecutive calls must pass different slots (0, 1): a
-// call's slot is next written by the call after next, which no thread enters before every thread
-// has passed the barrier of the call between them, i.e. has read this call's parts.
+// barriers. The same bits as block_sums. Consecutive calls must pass different slots: a call's
+// slot is written again at the earliest by the call after next, which no thread enters before
+// every thread has passed the barrier of the call between them, i.e. has read this call's parts.
 template <int NT, int N, int SLOTS = 2>
 __device__ __forceinline__ void block_sums_alternating(float (&x)[N], int slot) {
   static_assert(NT % 32 == 0 && NT / 32 <= 32, "whole warps, at most 32 of them");

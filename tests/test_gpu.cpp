@@ -459,6 +459,8 @@ TEST(Gpu, OnePassRowPairsAreBitwiseSingleRows) {
 // take three (block_sums): this is also their bitwise test. Read from graph captures.
 TEST(Gpu, OnePassPingPongRowsAreBitwiseOneRowAStep) {
   REQUIRE_GPU();
+  if (tune_prefix().find("op_rows=2") != std::string::npos)
+    GTEST_SKIP() << "SPECNORM_TUNE has op_rows=2: two rows a step, no ring instance";
   int major = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
   auto default_class = [](const RowsCase &c) { return c.dt != SN_DTYPE_FLOAT32 && c.shape[1] > 8192 && c.shape[1] % 8 == 0; };
@@ -506,6 +508,8 @@ TEST(Gpu, OnePassPingPongRowsAreBitwiseOneRowAStep) {
 // keep the default (the ring of two in fp16's default class). Read from graph captures.
 TEST(Gpu, OnePassRingOfThreeRowsIsBitwiseOneRowAStep) {
   REQUIRE_GPU();
+  if (tune_prefix().find("op_rows=2") != std::string::npos)
+    GTEST_SKIP() << "SPECNORM_TUNE has op_rows=2: two rows a step, no ring instance";
   int major = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
   expect_rows_pairs_bitwise(
@@ -529,9 +533,15 @@ TEST(Gpu, OnePassRingOfThreeRowsIsBitwiseOneRowAStep) {
         Tensor o(W.dt, W.n);
         const std::vector<std::string> kb = captured_kernels(
             [&](cudaStream_t s) { return sn_forward(b, W.dev, o.dev, 1, (sn_stream_t)s); });
-        const std::string ring = ", " + std::to_string(b->plan.op_pp) + ">";
-        EXPECT_EQ(any_matches(kb, "one_pass_rows_pp_kernel<.*" + ring), b->plan.op_pp != 0)
-            << ::testing::PrintToString(kb);
+        if (c.dt == SN_DTYPE_BFLOAT16) {
+          EXPECT_TRUE(b->plan.op_pp == 0 || b->plan.op_pp == 3) << b->plan.op_pp;
+        }
+        if (b->plan.op_pp == 0) {
+          EXPECT_FALSE(any_matches(kb, "one_pass_rows_pp_kernel<")) << ::testing::PrintToString(kb);
+        } else {
+          EXPECT_TRUE(any_matches(kb, "one_pass_rows_pp_kernel<[^>]*, " + std::to_string(b->plan.op_pp) + ">"))
+              << ::testing::PrintToString(kb);
+        }
       });
 }
 
