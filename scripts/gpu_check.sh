@@ -246,16 +246,17 @@ run_step env "$OUT/build.log" 60 0 bash -c env_report
 # Each ref's sn_bench is built from `git archive` of that commit (this GPU's architecture only, no
 # tests), then the refs and this tree (once per SPECNORM_TUNE of $SN_AB_HEADS: "HEAD" or
 # "HEAD,key=value") time $SN_AB_WORKLOADS in turn, twice; the rows matching $SN_AB_ROWS are
-# printed, and the table of them all. Default: 8360ed7, the commit before the division's 2-byte
-# instances went to 8 blocks per SM (session 13, bench/NOTES.md), on the large layers' train and
-# eval. (Session 4's bisection of the grouped forward, SN-GAN grouped train 20.3 µs at 1a8f84c and
+# printed, and the table of them all. Default: 4054e72, the commit before the one-barrier block
+# sums of the ring loops (session 16, bench/NOTES.md), against this tree as it is and with the ring
+# of three (op_pp=3), on the bf16 layers where they apply, train and scale-only. (Session 13's:
+# 8360ed7, before the division's 2-byte instances went to 8 blocks per SM. Session 4's bisection of the grouped forward, SN-GAN grouped train 20.3 µs at 1a8f84c and
 # 23.9 at e56c4b8 on an H200: SN_AB_REFS="1a8f84c 8a4aaf8 c58d24a e56c4b8"
 # SN_AB_WORKLOADS="--preset sngan-cifar10 --dtype f32 --mode train,scale,eval"
 # SN_AB_HEADS="HEAD,group_coop=0 HEAD HEAD,group_onchip=1" SN_AB_ROWS="group|commit".)
 # SN_AB_REFS="" skips the step.
-AB_REFS="${SN_AB_REFS-8360ed7}"
-AB_WORKLOADS="${SN_AB_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype bf16,f32 --mode train,eval}"
-AB_HEADS="${SN_AB_HEADS:-HEAD}"
+AB_REFS="${SN_AB_REFS-4054e72}"
+AB_WORKLOADS="${SN_AB_WORKLOADS:---shape 4096x16384 --shape 12288x12288 --shape 4096x4096 --dtype bf16 --mode train,scale}"
+AB_HEADS="${SN_AB_HEADS:-HEAD HEAD,op_pp=3}"
 AB_ROWS="${SN_AB_ROWS:-specnorm }"
 ab_build_refs() {  # each ref's sn_bench into $LOGS/ab-REF/b; its status in $LOGS/ab-REF/status
   local ref cc
