@@ -47,7 +47,8 @@
 #   ncu_coop   that cooperative launch alone under ncu, kernel replay then application replay
 #              (a diagnosis: which of them profiles it)
 #   ncu_l2     the same for the division with evict-first accesses (SPECNORM_TUNE=div_stream=1)
-#   ncu_detail (SN_NCU_DETAIL=1 only; =rows: the 4096² rows, one and two a step) Nsight Compute sections (speed of light, occupancy, warp
+#   ncu_detail (SN_NCU_DETAIL=1 only; =rows: the 4096² rows, one and two a step; =ring: the 4096 ×
+#              16384 bf16 rows, plain and in rings of two and three) Nsight Compute sections (speed of light, occupancy, warp
 #              stalls, memory) of the one-pass rows and reduce kernels (4096² fp32; 4096 × 16384
 #              bf16) and of the cooperative grouped kernel
 # A step whose program is missing is SKIPPED. The whole script keeps to $SN_CHECK_BUDGET_S
@@ -693,6 +694,20 @@ fi
 detail() {
   local sec=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
              --section MemoryWorkloadAnalysis --section SchedulerStats --section SourceCounters)
+  if [[ "${SN_NCU_DETAIL:-}" == ring ]]; then
+    # Only the rows kernel of 4096 × 16384 bf16 (scale-only: no cooperative instance at 512
+    # threads), plain, with the ring of two (the default) and with the ring of three, side by side:
+    # its warp stalls say whether the row's block sum or the loads pace it (bench/NOTES.md,
+    # session 16).
+    local t
+    for t in op_pp=0 op_pp=1 op_pp=3; do
+      echo "################ SPECNORM_TUNE=$t"
+      SPECNORM_TUNE="$t,op_coop=0" "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \
+        "$SN_BENCH" --shape 4096x16384 --dtype bf16 --mode scale --no-baseline --no-probe --no-graph --no-group \
+        --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
+    done
+    return 0
+  fi
   if [[ "${SN_NCU_DETAIL:-}" == rows ]]; then
     # Only the 4096² rows (fp32, bf16), one and two a step (op_rows=2), side by side (op_coop=0:
     # the default's scale-only forward there is the cooperative kernel, not the rows kernel).
@@ -731,8 +746,8 @@ detail() {
   done
   return 1
 }
-if [[ "${SN_NCU_DETAIL:-0}" != 1 && "${SN_NCU_DETAIL:-0}" != onchip && "${SN_NCU_DETAIL:-0}" != rows ]]; then
-  skip_step ncu_detail "$OUT/bench.log" "off (SN_NCU_DETAIL=1 runs it, =onchip its on-chip part only, =rows the 4096² rows one and two a step only; results of e56c4b8 in bench/NOTES.md)"
+if [[ ! "${SN_NCU_DETAIL:-0}" =~ ^(1|onchip|rows|ring)$ ]]; then
+  skip_step ncu_detail "$OUT/bench.log" "off (SN_NCU_DETAIL=1 runs it, =onchip its on-chip part only, =rows the 4096² rows one and two a step only, =ring the 4096 × 16384 bf16 rows plain and in rings of two and three; results of e56c4b8 in bench/NOTES.md)"
 elif [[ -n "$NCU" && -x "$SN_BENCH" ]]; then
   run_step ncu_detail "$OUT/bench.log" 60 30 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" SN_NCU_DETAIL="$SN_NCU_DETAIL" bash -c "$(declare -p NCU SN_BENCH); $(declare -f detail); detail"
