@@ -204,7 +204,7 @@ constexpr int kRowsMinBlocks = RS == 2 && NT == 256 && VPT == 2 && E == 8 && TSI
 // 0 none, 2 all); RING = 3 (kRowsRing3, op_pp=3; not yet measured). Their block sums take one
 // barrier a row, not three (block_sums_alternating, a slot per buffer; sm_90 SASS of the ring of
 // two in <512, 4, bf16, 8>: 2 barriers and 528 instructions a loop of two rows, against 6 and
-// 540). The same steps in the same order: bitwise one row a step on the same grid. (A ring
+// 540; 408 with its elements converted once, rows_step's ONCE). The same steps in the same order: bitwise one row a step on the same grid. (A ring
 // unrolled this way for every instance was withdrawn unmeasured in session 9: fp32 <512, 8>
 // spilled at 128 registers.)
 template <int NT, int VPT, int RS, class T, int E, bool EVAL, int RING = 0>
