@@ -65,7 +65,8 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 (the ping-pong loop) for the 2-byte rows of 512 threads × 4 packs of 8
 //                 (8200-16384 columns, multiples of 8; H200 at ea7ea7e: 4096 × 16384 bf16 and
 //                 fp16 train −2%, scale-only −4-5%; 12288² −3% and −7%); 2 a ring of two for
-//                 every instance of one row a step (not yet measured); 3 a ring of three for
+//                 every instance of one row a step, and in the cooperative launch where
+//                 kCoopRing (4096²'s 2-byte rows; not yet measured); 3 a ring of three for
 //                 every bf16 instance of one row a step, elsewhere as 1 (not yet measured).
 //                 Either way only where its blocks per multiprocessor equal the plain kernel's;
 //                 bitwise one row a step on the same grid

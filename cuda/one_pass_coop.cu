@@ -55,17 +55,20 @@ struct CoopCommit {
 // of 2 and 4 packs already have the rows kernel's blocks per SM (ptxas sm_90). fp16 rows of up to
 // 2048 columns (one pack of 8, or two of 4) do not: their rows kernel takes 32 registers (8
 // blocks per SM) against 40 and 48 here, so the plan keeps the kernels for them.
-template <int VPT>
-constexpr int kCoopMinBlocks = VPT == 1 ? 6 : 0;
+// RING = 2: the rows through the ring of two (rows_body; where the plan's rows kernel takes it,
+// plan.op_pp = 2, in the kCoopRing instances), held to 4 blocks, 64 registers as the ring-of-two
+// rows kernel (unbound, 72: a block fewer; ptxas sm_90, no spill).
+template <int VPT, int RING>
+constexpr int kCoopMinBlocks = VPT == 1 ? 6 : RING ? 4 : 0;
 
-template <int NT, int VPT, class T, int E>
-__global__ void __launch_bounds__(NT, kCoopMinBlocks<VPT>) one_pass_coop_kernel(OnePassParams p,
-                                                                               ReduceParams r,
-                                                                               CoopCommit c) {
+template <int NT, int VPT, class T, int E, int RING>
+__global__ void __launch_bounds__(NT, (kCoopMinBlocks<VPT, RING>)) one_pass_coop_kernel(OnePassParams p,
+                                                                                     ReduceParams r,
+                                                                                     CoopCommit c) {
   namespace cg = cooperative_groups;
   static_assert(NT == kBlock, "the reduction's blocks: kBlock threads");
   pdl_wait();
-  rows_body<NT, VPT, 1, T, E, false>(p);
+  rows_body<NT, VPT, 1, T, E, false, RING>(p);
   cg::grid_group grid = cg::this_grid();
   grid.sync();  // every partial s and Σ t² written
   pdl_trigger();
@@ -117,12 +120,27 @@ struct CoopLaunch : ClusterLaunch {
                       cooperative && plan.op_coop == 3, cooperative) {}
 };
 
-template <class I>
-constexpr auto coop_kernel = one_pass_coop_kernel<I::NT, I::VPT, typename I::T, I::E>;
+template <class I, int RING>
+constexpr auto coop_kernel = one_pass_coop_kernel<I::NT, I::VPT, typename I::T, I::E, RING>;
 
 // The instances built: one row a step, blocks of 256 threads (above).
 template <class I>
 constexpr bool kCoopBuilt = I::RS == 1 && I::NT == kBlock;
+
+// The instances with the ring of two (not yet measured): 4096²'s 2-byte rows, two packs of 8 per
+// thread, whose ring-of-two rows kernel keeps the plain one's 4 blocks per SM (SPECNORM_TUNE
+// op_pp=2 asks for it; ptxas sm_90). Held to 4 blocks, the fp32 <256, 4> spills 28 bytes and the
+// 2-byte <256, 4, *, 8> 700-900: not built.
+template <class I>
+constexpr bool kCoopRing = kCoopBuilt<I> && I::VPT == 2 && I::E == 8 && sizeof(typename I::T) == 2;
+
+// The plan's cooperative kernel for instance I: the ring of two where its rows kernel takes it.
+template <class I>
+auto coop_kernel_of(const sn_cuda_plan_t &plan) {
+  if constexpr (kCoopRing<I>)
+    if (plan.op_pp == 2) return coop_kernel<I, 2>;
+  return coop_kernel<I, 0>;
+}
 
 }  // namespace
 
@@ -137,7 +155,7 @@ cudaError_t one_pass_coop_prepare(const sn_cuda_plan_t &plan, bool *fits) {
     if constexpr (!kCoopBuilt<I>) {
       return cudaSuccess;  // no instance: *fits stays false
     } else {
-      auto *kernel = coop_kernel<I>;
+      auto *kernel = coop_kernel_of<I>(plan);
       const size_t smem = (size_t)plan.view.B * sizeof(float);
       cudaError_t e2 = allow_shared_memory(kernel, smem);
       if (e2 != cudaSuccess) return e2;
@@ -177,7 +195,7 @@ cudaError_t launch_one_pass_coop(const sn_cuda_plan_t &plan, const void *W, cons
       return cudaErrorInvalidConfiguration;  // the plan never asks for it (one_pass_coop_prepare)
     } else {
       CoopLaunch<I> L(plan, blocks, stream, true);
-      return cudaLaunchKernelEx(&L.cfg, coop_kernel<I>, p, r, c);
+      return cudaLaunchKernelEx(&L.cfg, coop_kernel_of<I>(plan), p, r, c);
     }
   });
 }

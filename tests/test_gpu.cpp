@@ -802,6 +802,46 @@ TEST(Gpu, OnePassCooperativeLaunchIsBitwiseTheKernels) {
 // without the knob computes (training, eval and scale only; the first forward, with the warm-up,
 // is the one refused); during a capture of a layer without warm-up, SN_ERROR_CUDA saying to
 // capture again, and the next capture takes the rows and reduce kernels.
+// The cooperative launch through the ring of two (cuda/one_pass_coop.cu, kCoopRing: 4096²'s
+// 2-byte rows, two packs of 8 per thread, where SPECNORM_TUNE=op_pp=2 gives the rows kernel the
+// ring): bit for bit the kernels (the ring-of-two rows kernel and the reduce kernel) on each case
+// and grid, blocks of 1 to 5 rows, and the scale-only forward is that instance's launch (graph
+// capture). On sm_90 the plan takes the ring there (64 registers, the plain kernel's 4 blocks).
+TEST(Gpu, OnePassCooperativeRingOfTwoIsBitwiseTheKernels) {
+  REQUIRE_GPU();
+  if (tune_prefix().find("op_rows=2") != std::string::npos)
+    GTEST_SKIP() << "SPECNORM_TUNE has op_rows=2: two rows a step, no ring instance";
+  int major = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  const std::vector<RowsCase> cases{{{300, 4096}, SN_DTYPE_BFLOAT16},   // 256 threads × 2 packs of 8
+                                    {{23, 4096}, SN_DTYPE_BFLOAT16},    // on 7 blocks: 3 and 4 rows
+                                    {{9, 4096}, SN_DTYPE_FLOAT16}};     // on 7 blocks: 1 and 2 rows
+  expect_coop_bitwise(cases, "op_pp=2,");
+  Rng rng(fresh_seed());
+  const std::string prefix = tune_prefix() + "op_onchip=0,";
+  ScopedEnv env("SPECNORM_TUNE", (prefix + "op_pp=2,op_coop=1").c_str());
+  for (const RowsCase &c : cases) {
+    SCOPED_TRACE(shape_str(c.shape) + " dtype " + std::to_string(int(c.dt)));
+    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA);
+    d.algo = SN_ALGO_ONE_PASS;
+    d.dtype = c.dt;
+    LayerPtr l(d);
+    ASSERT_TRUE(l.p) << sn_last_error_message();
+    if (major == 9) {
+      EXPECT_EQ(l.p->plan.op_pp, 2);
+    }
+    if (l.p->plan.op_coop != 1) continue;  // the grid does not fit at once here
+    const int64_t n = numel_of(c.shape);
+    Tensor W(c.dt, n);
+    W.set(rng.normals(n));
+    ASSERT_EQ(sn_layer_warmup(l, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
+    const std::vector<std::string> ks =
+        captured_kernels([&](cudaStream_t s) { return sn_forward_scale_only(l, W.dev, 1, (sn_stream_t)s); });
+    ASSERT_EQ(ks.size(), 1u) << ::testing::PrintToString(ks);
+    EXPECT_EQ(any_matches(ks, "one_pass_coop_kernel<[^>]*, 2>"), l.p->plan.op_pp == 2) << ks[0];
+  }
+}
+
 TEST(Gpu, OnePassCooperativeLaunchRefusedFallsBack) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
