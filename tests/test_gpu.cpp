@@ -797,16 +797,12 @@ TEST(Gpu, OnePassCooperativeLaunchIsBitwiseTheKernels) {
   compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
 }
 
-// The cooperative launch refused (SPECNORM_TUNE=op_coop=2 launches it with more blocks than can be
-// resident): the layer drops it for good (host/layer.c). Eagerly at once, bit for bit what a layer
-// without the knob computes (training, eval and scale only; the first forward, with the warm-up,
-// is the one refused); during a capture of a layer without warm-up, SN_ERROR_CUDA saying to
-// capture again, and the next capture takes the rows and reduce kernels.
 // The cooperative launch through the ring of two (cuda/one_pass_coop.cu, kCoopRing: 4096²'s
 // 2-byte rows, two packs of 8 per thread, where SPECNORM_TUNE=op_pp=2 gives the rows kernel the
-// ring): bit for bit the kernels (the ring-of-two rows kernel and the reduce kernel) on each case
-// and grid, blocks of 1 to 5 rows, and the scale-only forward is that instance's launch (graph
-// capture). On sm_90 the plan takes the ring there (64 registers, the plain kernel's 4 blocks).
+// ring): bit for bit the kernels (the ring-of-two rows kernel and the reduce kernel), and the
+// plain loop's kernels (no ring, old sums, each element converted twice), on each case and grid,
+// blocks of 1 to 5 rows; the scale-only forward is that instance's launch (graph capture). On
+// sm_90 the plan takes the ring and the launch there (64 registers, the plain kernel's 4 blocks).
 TEST(Gpu, OnePassCooperativeRingOfTwoIsBitwiseTheKernels) {
   REQUIRE_GPU();
   if (tune_prefix().find("op_rows=2") != std::string::npos)
@@ -817,6 +813,13 @@ TEST(Gpu, OnePassCooperativeRingOfTwoIsBitwiseTheKernels) {
                                     {{23, 4096}, SN_DTYPE_BFLOAT16},    // on 7 blocks: 3 and 4 rows
                                     {{9, 4096}, SN_DTYPE_FLOAT16}};     // on 7 blocks: 1 and 2 rows
   expect_coop_bitwise(cases, "op_pp=2,");
+  expect_rows_pairs_bitwise(cases, "op_pp=0,op_coop=0,", "op_pp=2,op_coop=1,",
+                            [&](sn_layer_t *a, sn_layer_t *b, const RowsCase &, const Tensor &W) {
+                              EXPECT_EQ(a->plan.op_pp, 0);
+                              EXPECT_EQ(a->plan.op_coop, 0);
+                              ASSERT_EQ(b->plan.op_coop, 1) << "the cooperative grid should fit at these grids";
+                              expect_scale_only_bitwise(a, b, W);
+                            });
   Rng rng(fresh_seed());
   const std::string prefix = tune_prefix() + "op_onchip=0,";
   ScopedEnv env("SPECNORM_TUNE", (prefix + "op_pp=2,op_coop=1").c_str());
@@ -829,8 +832,9 @@ TEST(Gpu, OnePassCooperativeRingOfTwoIsBitwiseTheKernels) {
     ASSERT_TRUE(l.p) << sn_last_error_message();
     if (major == 9) {
       EXPECT_EQ(l.p->plan.op_pp, 2);
+      ASSERT_EQ(l.p->plan.op_coop, 1);
     }
-    if (l.p->plan.op_coop != 1) continue;  // the grid does not fit at once here
+    if (l.p->plan.op_coop != 1) continue;  // elsewhere the full grid may not fit at once
     const int64_t n = numel_of(c.shape);
     Tensor W(c.dt, n);
     W.set(rng.normals(n));
@@ -842,6 +846,11 @@ TEST(Gpu, OnePassCooperativeRingOfTwoIsBitwiseTheKernels) {
   }
 }
 
+// The cooperative launch refused (SPECNORM_TUNE=op_coop=2 launches it with more blocks than can be
+// resident): the layer drops it for good (host/layer.c). Eagerly at once, bit for bit what a layer
+// without the knob computes (training, eval and scale only; the first forward, with the warm-up,
+// is the one refused); during a capture of a layer without warm-up, SN_ERROR_CUDA saying to
+// capture again, and the next capture takes the rows and reduce kernels.
 TEST(Gpu, OnePassCooperativeLaunchRefusedFallsBack) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
