@@ -447,6 +447,14 @@ TEST(Gpu, OnePassRowPairsAreBitwiseSingleRows) {
   compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
 }
 
+// The ring tests' conditions: a suite-wide op_rows=2 leaves no ring instance (two rows a step);
+// which instances take a ring follows ptxas's registers, known for sm_90 (the device's major).
+static bool suite_takes_two_rows_a_step() { return tune_prefix().find("op_rows=2") != std::string::npos; }
+static int device_major() {
+  int major = 0;
+  return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) == cudaSuccess ? major : 0;
+}
+
 // The training rows' ping-pong loop, the ring of two (cuda/one_pass.cuh; SPECNORM_TUNE=op_pp=2 asks
 // for it in every instance of one row a step, the default only in the 2-byte rows of 512 threads ×
 // 4 packs of 8, op_pp=0 in none): on the same grid, bit for bit one row a step (training and eval,
@@ -459,10 +467,8 @@ TEST(Gpu, OnePassRowPairsAreBitwiseSingleRows) {
 // take three (block_sums): this is also their bitwise test. Read from graph captures.
 TEST(Gpu, OnePassPingPongRowsAreBitwiseOneRowAStep) {
   REQUIRE_GPU();
-  if (tune_prefix().find("op_rows=2") != std::string::npos)
-    GTEST_SKIP() << "SPECNORM_TUNE has op_rows=2: two rows a step, no ring instance";
-  int major = 0;
-  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  if (suite_takes_two_rows_a_step()) GTEST_SKIP() << "SPECNORM_TUNE has op_rows=2: two rows a step, no ring instance";
+  const int major = device_major();
   auto default_class = [](const RowsCase &c) { return c.dt != SN_DTYPE_FLOAT32 && c.shape[1] > 8192 && c.shape[1] % 8 == 0; };
   auto must_take = [&](const RowsCase &c) { return default_class(c) || (major == 9 && c.shape[1] == 4096); };
   expect_rows_pairs_bitwise(
@@ -508,10 +514,8 @@ TEST(Gpu, OnePassPingPongRowsAreBitwiseOneRowAStep) {
 // keep the default (the ring of two in fp16's default class). Read from graph captures.
 TEST(Gpu, OnePassRingOfThreeRowsIsBitwiseOneRowAStep) {
   REQUIRE_GPU();
-  if (tune_prefix().find("op_rows=2") != std::string::npos)
-    GTEST_SKIP() << "SPECNORM_TUNE has op_rows=2: two rows a step, no ring instance";
-  int major = 0;
-  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  if (suite_takes_two_rows_a_step()) GTEST_SKIP() << "SPECNORM_TUNE has op_rows=2: two rows a step, no ring instance";
+  const int major = device_major();
   expect_rows_pairs_bitwise(
       {{{300, 16384}, SN_DTYPE_BFLOAT16},   // 512 threads × 4 packs of 8 (4096 × 16384 bf16's)
        {{9, 16384}, SN_DTYPE_BFLOAT16},     // on 7 blocks: blocks of 1 and 2 rows
@@ -805,10 +809,8 @@ TEST(Gpu, OnePassCooperativeLaunchIsBitwiseTheKernels) {
 // sm_90 the plan takes the ring and the launch there (64 registers, the plain kernel's 4 blocks).
 TEST(Gpu, OnePassCooperativeRingOfTwoIsBitwiseTheKernels) {
   REQUIRE_GPU();
-  if (tune_prefix().find("op_rows=2") != std::string::npos)
-    GTEST_SKIP() << "SPECNORM_TUNE has op_rows=2: two rows a step, no ring instance";
-  int major = 0;
-  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  if (suite_takes_two_rows_a_step()) GTEST_SKIP() << "SPECNORM_TUNE has op_rows=2: two rows a step, no ring instance";
+  const int major = device_major();
   const std::vector<RowsCase> cases{{{300, 4096}, SN_DTYPE_BFLOAT16},   // 256 threads × 2 packs of 8
                                     {{23, 4096}, SN_DTYPE_BFLOAT16},    // on 7 blocks: 3 and 4 rows
                                     {{9, 4096}, SN_DTYPE_FLOAT16}};     // on 7 blocks: 1 and 2 rows
