@@ -289,6 +289,9 @@ static int refused_single_launch(const sn_cuda_group_t *c, int e) {
   return c->coop_blocks > 0 && e == (int)cudaErrorCooperativeLaunchTooLarge;
 }
 
+/* Whether a member runs its warm-up on its own before the grouped kernels. */
+static int needs_warmup(const sn_layer_t *l) { return !l->warmed_up && l->desc.warmup_iterations > 0; }
+
 SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t stream) {
   if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
   /* The group's kernels hold each layer's γ binding as it was at creation (the CUDA tables): a
@@ -311,15 +314,14 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
    * checked again, so that a buffer freed since sn_group_create fails the call before a warm-up
    * has moved an earlier layer's state, rather than in a warm-up or in the grouped kernels. */
   int warmups = 0;
-  for (int k = 0; k < group->count; ++k)
-    warmups += !group->layers[k]->warmed_up && group->layers[k]->desc.warmup_iterations > 0;
+  for (int k = 0; k < group->count; ++k) warmups += needs_warmup(group->layers[k]);
   for (int k = 0; warmups && k < group->count; ++k) {
     sn_status_t st = check_member_memory(group->layers[k], group->W[k], group->W_sn[k], k);
     if (st != SN_SUCCESS) return st;
   }
   for (int k = 0; k < group->count; ++k) {
     sn_layer_t *l = group->layers[k];
-    if (l->warmed_up || l->desc.warmup_iterations == 0) continue;
+    if (!needs_warmup(l)) continue;
     sn_status_t st = sn__run_forward(l, group->W[k], NULL, 1, 1, stream);
     if (st != SN_SUCCESS) return st;
   }
