@@ -204,9 +204,9 @@ constexpr int kRowsMinBlocks = RS == 2 && NT == 256 && VPT == 2 && E == 8 && TSI
 // 0 none, 2 all); RING = 3 (kRowsRing3, op_pp=3; not yet measured). Their block sums take one
 // barrier a row, not three (block_sums_alternating, a slot per buffer; sm_90 SASS of the ring of
 // two in <512, 4, bf16, 8>: 2 barriers and 528 instructions a loop of two rows, against 6 and
-// 540; 408 with its elements converted once, rows_step's ONCE). The same steps in the same order: bitwise one row a step on the same grid. (A ring
-// unrolled this way for every instance was withdrawn unmeasured in session 9: fp32 <512, 8>
-// spilled at 128 registers.)
+// 540; 408 with its elements converted once, rows_step's ONCE). The same steps in the same
+// order: bitwise one row a step on the same grid. (A ring unrolled this way for every instance
+// was withdrawn unmeasured in session 9: fp32 <512, 8> spilled at 128 registers.)
 template <int NT, int VPT, int RS, class T, int E, bool EVAL, int RING = 0>
 __device__ __forceinline__ void rows_body(const OnePassParams &p) {
   static_assert(RING == 0 || (RS == 1 && RING >= 2 && RING <= 3), "the ring takes one row a step");
@@ -277,8 +277,8 @@ __device__ __forceinline__ void rows_body(const OnePassParams &p) {
   rows_finish<NT, VPT, E, EVAL>(p, acc, tsq, v_sm, w);
 }
 
-// The rows instances with a ping-pong kernel (RING = 2 above, training only): every instance of one row a
-// step that a plan can name (blocks of 512 threads only take 4 or 8 packs per thread:
+// The rows instances with a ping-pong kernel (RING = 2 above, training only): every instance of
+// one row a step that a plan can name (blocks of 512 threads only take 4 or 8 packs per thread:
 // one_pass_shape). kRowsPingPongDefault: those that take it by default (SPECNORM_TUNE=op_pp=1,
 // unset), the 2-byte rows of 512 threads × 4 packs of 8 (8200-16384 columns, multiples of 8): 1
 // block per multiprocessor (ptxas sm_90: bf16 120 registers, 124 with the loop; fp16 105, 122),
