@@ -694,32 +694,27 @@ fi
 detail() {
   local sec=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
              --section MemoryWorkloadAnalysis --section SchedulerStats --section SourceCounters)
-  if [[ "${SN_NCU_DETAIL:-}" == ring ]]; then
-    # Only the rows kernel of 4096 × 16384 bf16 (scale-only: no cooperative instance at 512
-    # threads), plain, with the ring of two (the default) and with the ring of three, side by side:
-    # its warp stalls say whether the row's block sum or the loads pace it (bench/NOTES.md,
-    # session 16).
-    local t
-    for t in op_pp=0 op_pp=1 op_pp=3; do
+  # The scale-only rows kernel of one shape under each SPECNORM_TUNE given, side by side
+  # (op_coop=0: the default's scale-only forward of 256-thread rows is the cooperative kernel).
+  # $1: the shape, $2: its dtypes (one profiled kernel each), then the settings.
+  rows_side_by_side() {
+    local shape="$1" dtypes="$2" t
+    shift 2
+    for t in "$@"; do
       echo "################ SPECNORM_TUNE=$t"
-      SPECNORM_TUNE="$t,op_coop=0" "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 1 \
-        "$SN_BENCH" --shape 4096x16384 --dtype bf16 --mode scale --no-baseline --no-probe --no-graph --no-group \
+      SPECNORM_TUNE="$t,op_coop=0" "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" \
+        -c "$(tr ',' '\n' <<< "$dtypes" | wc -l)" \
+        "$SN_BENCH" --shape "$shape" --dtype "$dtypes" --mode scale --no-baseline --no-probe --no-graph --no-group \
         --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
     done
-    return 0
-  fi
-  if [[ "${SN_NCU_DETAIL:-}" == rows ]]; then
-    # Only the 4096² rows (fp32, bf16), one and two a step (op_rows=2), side by side (op_coop=0:
-    # the default's scale-only forward there is the cooperative kernel, not the rows kernel).
-    local t
-    for t in op_rows=1 op_rows=2; do
-      echo "################ SPECNORM_TUNE=$t"
-      SPECNORM_TUNE="$t,op_coop=0" "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows" -c 2 \
-        "$SN_BENCH" --shape 4096x4096 --dtype f32,bf16 --mode scale --no-baseline --no-probe --no-graph --no-group \
-        --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || return 1
-    done
-    return 0
-  fi
+  }
+  # ring: the rows kernel of 4096 × 16384 bf16 plain, with the ring of two (the default) and with
+  # the ring of three: its warp stalls say whether the row's block sum or the loads pace it
+  # (bench/NOTES.md, session 16). rows: the 4096² rows (fp32, bf16), one and two a step.
+  case "${SN_NCU_DETAIL:-}" in
+    ring) rows_side_by_side 4096x16384 bf16 op_pp=0 op_pp=1 op_pp=3; return ;;
+    rows) rows_side_by_side 4096x4096 f32,bf16 op_rows=1 op_rows=2; return ;;
+  esac
   if [[ "${SN_NCU_DETAIL:-}" != onchip ]]; then
   SPECNORM_TUNE=op_coop=0 "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows|one_pass_reduce" -c 4 \
     "$SN_BENCH" --shape 4096x4096 --mode scale,train --no-baseline --no-probe --no-graph --no-group --no-check \
