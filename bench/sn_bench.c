@@ -335,8 +335,9 @@ static void print_help(void) {
       "                      by the W_sn rule of the check below. A specnorm row over its probe\n"
       "                      row is what is left to gain without removing a pass over W or a\n"
       "                      grid-wide step\n"
-      "  --no-group          skip the grouped call (specnorm-group rows: every layer of a\n"
-      "                      multi-layer workload in one sn_group_forward; train, eval, scale)\n"
+      "  --no-group          skip the grouped calls (specnorm-group rows: every layer of a\n"
+      "                      multi-layer workload in one sn_group_forward, or in backward\n"
+      "                      modes one sn_group_backward)\n"
       "  --no-check          skip the check against the CPU reference (rows say check=skipped)\n"
       "  --cpu               time the CPU backend even when a GPU is present\n"
       "  --device N          CUDA device ordinal (default 0)\n"
@@ -1105,33 +1106,28 @@ static int specnorm_enqueue(void *ctx, int copy, int mode, cudaStream_t s) {
   return 0;
 }
 
-/* ---- specnorm grouped runner: every layer of the workload in one sn_group_forward ----------- */
+/* ---- specnorm grouped runner: every layer of the workload in one sn_group_forward or
+ * sn_group_backward ------------------------------------------------------------------------------ */
 
 typedef struct {
-  sn_group_t **fwd;   /* per copy: W -> W_sn */
+  sn_group_t **fwd;   /* per copy: W -> W_sn; its backward: G -> dW (dW in the W_sn buffers) */
   sn_group_t **scale; /* per copy: W only (scale-only forward) */
   int copies;
 } sn_group_runner_t;
 
 static int group_enqueue(void *ctx, int copy, int mode, cudaStream_t s) {
   sn_group_runner_t *r = ctx;
-  if (mode != M_TRAIN && mode != M_EVAL && mode != M_SCALE) {
-    snprintf(g_enqueue_err, sizeof g_enqueue_err, "groups have no %s mode", MODE_NAMES[mode]);
-    return 1;
-  }
   sn_group_t *g = mode == M_SCALE ? r->scale[copy % r->copies] : r->fwd[copy % r->copies];
-  sn_status_t st = sn_group_forward(g, mode != M_EVAL, (sn_stream_t)s);
+  const char *what = is_backward(mode) ? "sn_group_backward" : "sn_group_forward";
+  sn_status_t st = is_backward(mode)
+                       ? sn_group_backward(g, mode == M_BACKWARD_ACC ? SN_BACKWARD_ACCUMULATE : 0u, (sn_stream_t)s)
+                       : sn_group_forward(g, mode != M_EVAL, (sn_stream_t)s);
   if (st != SN_SUCCESS) {
-    snprintf(g_enqueue_err, sizeof g_enqueue_err, "sn_group_forward: %s: %s", sn_status_name(st),
+    snprintf(g_enqueue_err, sizeof g_enqueue_err, "%s: %s: %s", what, sn_status_name(st),
              sn_last_error_message());
     return 1;
   }
   return 0;
-}
-
-static int group_has(int mode, sn_dtype_t dt) {
-  (void)dt;
-  return mode == M_TRAIN || mode == M_EVAL || mode == M_SCALE;
 }
 
 /* ---- Graphs --------------------------------------------------------------------------------- */
@@ -1793,14 +1789,14 @@ static void run_gpu_probe(const workload_t *wl, sn_dtype_t dt, const options_t *
   CK_CUDA(cudaFree(mem));
 }
 
-/* The grouped call (sn_group_forward) on a multi-layer workload: checked layer by layer against
- * CPU layers after one training and one eval call, then timed like the other implementations.
- * Modes: train, eval, scale (the group has no backward). */
+/* The grouped calls (sn_group_forward, sn_group_backward) on a multi-layer workload: checked layer
+ * by layer against CPU layers after one training call, one eval call and a backward with each set
+ * of flags, then timed like the other implementations. */
 static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *o, cudaStream_t s,
                           const buffers_t *buf, int copies, const char *note) {
   const int L = wl->n_layers;
   sn_layer_t **layers = xcalloc((size_t)L, sizeof *layers);
-  const void **W = xcalloc((size_t)L, sizeof *W);
+  const void **W = xcalloc((size_t)L, sizeof *W), **G = xcalloc((size_t)L, sizeof *G);
   void **Out = xcalloc((size_t)L, sizeof *Out);
   sn_group_runner_t r = {xcalloc((size_t)copies, sizeof(sn_group_t *)),
                          xcalloc((size_t)copies, sizeof(sn_group_t *)), copies};
@@ -1820,6 +1816,10 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
     if (st != SN_SUCCESS) {
       fprintf(stderr, "    (grouped call skipped for %s: %s)\n", wl->name, sn_last_error_message());
       ok = 0;
+    } else if (buf->dG) {
+      /* The backward's dW goes to the W_sn buffers, as the single layers' does. */
+      for (int l = 0; l < L; l++) G[l] = G_at(buf, c, l);
+      CK_SN(sn_group_set_gradients(r.fwd[c], G, Out, NULL));
     }
   }
   double sig_err[N_MODES] = {0}, out_err[N_MODES] = {0};
@@ -1827,6 +1827,7 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
     /* One training call (with the warm-up) and one eval call, each against CPU layers. */
     fprintf(stderr, "    checking the grouped call against the CPU reference...\n");
     sn_layer_t **cpu = xcalloc((size_t)L, sizeof *cpu);
+    void **out_ref = xcalloc((size_t)L, sizeof *out_ref);
     for (int l = 0; l < L; l++) {
       sn_layer_desc_t d = make_desc(&wl->layers[l], o, o->seed + (uint64_t)l, SN_BACKEND_CPU,
                                     SN_ALGO_DEFAULT, -1, dt);
@@ -1850,8 +1851,33 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
         free(got);
       }
     }
+    for (int m = M_BACKWARD; buf->dG && m <= M_BACKWARD_ACC; m++) {
+      /* From the state of the eval call above, on both sides; backward-acc onto a random dW. */
+      const int acc = m == M_BACKWARD_ACC;
+      for (int l = 0; l < L; l++) {
+        const int64_t n = numel_of(&wl->layers[l]);
+        const size_t bytes = (size_t)n * buf->es;
+        void *ref = xmalloc(bytes);
+        if (acc) fill_random_typed(ref, n, dt, 0xACC0ull + (uint64_t)l);
+        if (acc) mem_copy(Out_at(buf, 0, l), ref, bytes);
+        CK_SN(sn_backward(cpu[l], hW_at(buf, l), hG_at(buf, l), ref, acc ? SN_BACKWARD_ACCUMULATE : 0u,
+                          NULL, NULL));
+        out_ref[l] = ref;
+      }
+      CK_SN(sn_group_backward(r.fwd[0], acc ? SN_BACKWARD_ACCUMULATE : 0u, (sn_stream_t)s));
+      CK_CUDA(cudaStreamSynchronize(s));
+      for (int l = 0; l < L; l++) {
+        const int64_t n = numel_of(&wl->layers[l]);
+        void *got = xmalloc((size_t)n * buf->es);
+        CK_CUDA(cudaMemcpy(got, Out_at(buf, 0, l), (size_t)n * buf->es, cudaMemcpyDeviceToHost));
+        expect_array(wl, l, dt, "specnorm-group", m, CMP_DW, got, out_ref[l], n, &out_err[m]);
+        free(got);
+        free(out_ref[l]);
+      }
+    }
     for (int l = 0; l < L; l++) sn_layer_destroy(cpu[l]);
     free(cpu);
+    free(out_ref);
     sig_err[M_SCALE] = sig_err[M_TRAIN]; /* the scale-only call runs the same kernels, minus W_sn */
   } else if (ok) {
     CK_SN(sn_group_forward(r.fwd[0], 1, (sn_stream_t)s)); /* the warm-up, before any capture */
@@ -1859,7 +1885,7 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
   if (ok) {
     CK_CUDA(cudaStreamSynchronize(s));
     time_modes(wl, dt, o, s, group_enqueue, &r, "specnorm-group", "specnorm-group-graph", "group",
-               copies, note, o->check, sig_err, out_err, group_has);
+               copies, note, o->check, sig_err, out_err, NULL);
     CK_CUDA(cudaStreamSynchronize(s));
   }
   for (int c = 0; c < copies; c++) {
@@ -1871,6 +1897,7 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
   free(r.scale);
   free(layers);
   free(W);
+  free(G);
   free(Out);
 }
 

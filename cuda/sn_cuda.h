@@ -156,6 +156,11 @@ typedef struct {
   float *bw_part;     /* backward: div_blocks partial ⟨G, W⟩ */
 } sn_cuda_plan_t;
 
+/* The backward's arrival counter among the plan's counters (the last; see `counters`). */
+static inline unsigned *sn_cuda_backward_counter(const sn_cuda_plan_t *plan) {
+  return plan->counters + plan->p2_tiles + 3;
+}
+
 /* Whether the one-pass kernels can run this view, order and dtype (see SN_ALGO_ONE_PASS). */
 int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype);
 
@@ -203,6 +208,18 @@ typedef struct {
   float *dgamma;              /* NULL: not wanted */
   float clamp_eps;            /* > 0: a 1-D weight's eps clamp; σ <= clamp_eps drops the σ term */
 } sn_cuda_backward_args_t;
+
+/* How a layer's backward runs with these buffers (cuda/backward.cu): sn_backward and the grouped
+ * backward both take it from here, so that they run the same blocks and give the same bits. */
+typedef struct {
+  int inner_blocks; /* blocks of ⟨G, W⟩ (the plan's div_blocks) */
+  int inner_kind;   /* 0: element by element; 1: 16-byte packs of G and W; 2: the same, W's
+                       loaded evict-first (plan.bw_stream) */
+  int apply_blocks; /* blocks of dW = a·G − b·u vᵀ */
+  int apply_kind;   /* 0: element by element (B < 32); 1: by rows; 2: by rows in 16-byte packs */
+} sn_cuda_backward_shape_t;
+sn_cuda_backward_shape_t sn_cuda_backward_shape(const sn_cuda_plan_t *plan, const void *W,
+                                                const void *G, const void *dW);
 
 /* Enqueue the backward (cuda/backward.cu) on `stream`. Returns a cudaError_t. */
 int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *args,
@@ -311,6 +328,40 @@ void sn_cuda_on_chip_allow_backward(sn_on_chip_t *oc);
 int sn_cuda_on_chip_refused(int e);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
+
+/* One layer of a grouped backward (cuda/group_backward.cu), as its kernels see it. */
+typedef struct {
+  const void *W, *G;
+  void *dW;
+  float *dgamma;              /* NULL: ∂L/∂γ not wanted */
+  int dtype;                  /* sn_dtype_t */
+  int64_t A, h, B, numel;
+  const float *u, *v, *sigma; /* the layer's state */
+  const float *gamma;
+  float norm_bound;
+  float *part, *scal;         /* the layer's own backward scratch (plan.bw_part, plan.scal) */
+  unsigned *counter;          /* its arrival counter (sn_cuda_backward_counter) */
+  sn_cuda_backward_shape_t shape;
+  int inner_block0, apply_block0; /* the layer's first block in each kernel's grid */
+} sn_group_bw_entry_t;
+
+typedef struct {
+  int count;
+  int pdl;
+  int inner_total, apply_total;         /* blocks of the two kernels */
+  const sn_group_bw_entry_t *entries;   /* device */
+  const int *inner_layer, *apply_layer; /* device: the layer of each block of either kernel */
+} sn_cuda_group_bw_t;
+
+/* Fill a grouped backward's entry for a layer (its plan and state) and its buffers; the block
+ * offsets are left to the caller. */
+void sn_cuda_group_backward_entry(const sn_cuda_plan_t *plan, const float *u, const float *v,
+                                  const float *sigma, const void *W, const void *G, void *dW,
+                                  float *dgamma, sn_group_bw_entry_t *e);
+/* Enqueue a grouped backward: ⟨G, W⟩ of every layer that needs it (not detached, or ∂L/∂γ wanted)
+ * when need_inner, then dW of every layer. Returns a cudaError_t. */
+int sn_cuda_group_backward(const sn_cuda_group_bw_t *group, int accumulate, int detach,
+                           int need_inner, sn_stream_t stream);
 
 #ifdef __cplusplus
 }

@@ -19,17 +19,36 @@ struct sn_group {
   int device;
   sn_cuda_group_t cuda;  /* CUDA: the kernels' view, pointing into `workspace` */
   void *workspace;
+  /* The backward's buffers (sn_group_set_gradients; G NULL until then). */
+  const void **G;
+  void **dW;
+  float **dgamma;        /* NULL, or one pointer per layer (each may be NULL) */
+  sn_cuda_group_bw_t cuda_bw; /* CUDA: the backward kernels' view, pointing into `bw_workspace` */
+  void *bw_workspace;
 };
 
-static void free_group(sn_group_t *g) {
-  if (g->workspace) {
-    int prev = 0;
-    if (sn__enter_device(g->device, &prev) == SN_SUCCESS) {
-      (void)cudaFree(g->workspace);
-      sn__leave_device(g->device, prev);
-    }
-    (void)cudaGetLastError();
+/* Free device memory of the group's device (NULL: nothing). */
+static void free_device(const sn_group_t *g, void *p) {
+  if (!p) return;
+  int prev = 0;
+  if (sn__enter_device(g->device, &prev) == SN_SUCCESS) {
+    (void)cudaFree(p);
+    sn__leave_device(g->device, prev);
   }
+  (void)cudaGetLastError();
+}
+
+/* The backward's bindings: the host arrays (the device tables are freed by the caller). */
+static void free_gradients(const void **G, void **dW, float **dgamma) {
+  free((void *)G);
+  free(dW);
+  free(dgamma);
+}
+
+static void free_group(sn_group_t *g) {
+  free_device(g, g->workspace);
+  free_device(g, g->bw_workspace);
+  free_gradients(g->G, g->dW, g->dgamma);
   free(g->layers);
   free(g->W);
   free(g->W_sn);
@@ -289,22 +308,28 @@ static int refused_single_launch(const sn_cuda_group_t *c, int e) {
   return c->coop_blocks > 0 && e == (int)cudaErrorCooperativeLaunchTooLarge;
 }
 
-/* Whether a member runs its warm-up on its own before the grouped kernels. */
-static int needs_warmup(const sn_layer_t *l) { return !l->warmed_up && l->desc.warmup_iterations > 0; }
-
-SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t stream) {
-  if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
-  /* The group's kernels hold each layer's γ binding as it was at creation (the CUDA tables): a
-   * binding changed since would be ignored, and its old buffer may be gone. Both backends alike. */
+/* The group's kernels hold each layer's γ binding as it was at creation (the CUDA tables): a
+ * binding changed since would be ignored, and its old buffer may be gone. Both backends alike. */
+static sn_status_t check_gamma_bindings(const sn_group_t *group) {
   for (int k = 0; k < group->count; ++k)
     if (group->layers[k]->plan.gamma != group->gamma[k])
       return sn__fail(SN_ERROR_INVALID_STATE,
                       "layers[%d]'s gamma binding (sn_layer_set_gamma) changed after the group was "
                       "created; create the group again",
                       k);
+  return SN_SUCCESS;
+}
+
+/* Whether a member runs its warm-up on its own before the grouped kernels. */
+static int needs_warmup(const sn_layer_t *l) { return !l->warmed_up && l->desc.warmup_iterations > 0; }
+
+SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t stream) {
+  if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
+  sn_status_t st = check_gamma_bindings(group);
+  if (st != SN_SUCCESS) return st;
   if (group->backend == SN_BACKEND_CPU) {
     for (int k = 0; k < group->count; ++k) {
-      sn_status_t st = sn__run_forward(group->layers[k], group->W[k], group->W_sn[k], training, 0, stream);
+      st = sn__run_forward(group->layers[k], group->W[k], group->W_sn[k], training, 0, stream);
       if (st != SN_SUCCESS) return st;
     }
     return SN_SUCCESS;
@@ -316,17 +341,17 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
   int warmups = 0;
   for (int k = 0; k < group->count; ++k) warmups += needs_warmup(group->layers[k]);
   for (int k = 0; warmups && k < group->count; ++k) {
-    sn_status_t st = check_member_memory(group->layers[k], group->W[k], group->W_sn[k], k);
+    st = check_member_memory(group->layers[k], group->W[k], group->W_sn[k], k);
     if (st != SN_SUCCESS) return st;
   }
   for (int k = 0; k < group->count; ++k) {
     sn_layer_t *l = group->layers[k];
     if (!needs_warmup(l)) continue;
-    sn_status_t st = sn__run_forward(l, group->W[k], NULL, 1, 1, stream);
+    st = sn__run_forward(l, group->W[k], NULL, 1, 1, stream);
     if (st != SN_SUCCESS) return st;
   }
   int prev = 0;
-  sn_status_t st = sn__enter_device(group->device, &prev);
+  st = sn__enter_device(group->device, &prev);
   if (st != SN_SUCCESS) return st;
   int e = sn_cuda_group_forward(&group->cuda, training, stream);
   const char *refused = NULL; /* the single launch refused during a capture */
@@ -362,6 +387,188 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
   for (int k = 0; k < group->count; ++k) {
     group->layers[k]->warmed_up = 1;
     group->layers[k]->forwards += 1;
+  }
+  return SN_SUCCESS;
+}
+
+/* ---- backward ------------------------------------------------------------------------------ */
+
+/* The gradient buffers of sn_group_set_gradients: each layer's as sn_backward's, and dW[k]
+ * overlapping no other member's W, G or dW (the apply kernel writes one layer's dW while it reads
+ * the others' G, and sn_backward called layer after layer would see an earlier layer's dW in a
+ * later one's W or G). */
+static sn_status_t check_gradients(const sn_group_t *g, const void *const *G, void *const *dW,
+                                   float *const *dgamma) {
+  for (int k = 0; k < g->count; ++k) {
+    if (!G[k]) return sn__fail(SN_ERROR_NULL_POINTER, "G[%d] is NULL", k);
+    if (!dW[k]) return sn__fail(SN_ERROR_NULL_POINTER, "dW[%d] is NULL", k);
+  }
+  static const char *const what[4] = {"W", "G", "dW", "dgamma"};
+  for (int k = 0; k < g->count; ++k) {
+    const sn_layer_t *l = g->layers[k];
+    char name[4][32];
+    const char *names[4];
+    for (int q = 0; q < 4; ++q) {
+      snprintf(name[q], sizeof name[q], "%s[%d]", what[q], k);
+      names[q] = name[q];
+    }
+    sn_status_t st = sn__check_backward_buffers(l, g->W[k], G[k], dW[k], dgamma ? dgamma[k] : NULL, names);
+    if (st != SN_SUCCESS) return st;
+    const size_t bytes = sn__weight_bytes(l);
+    for (int j = 0; j < g->count; ++j) {
+      if (j == k) continue;
+      const size_t nj = sn__weight_bytes(g->layers[j]);
+      const void *other[3] = {g->W[j], G[j], dW[j]};
+      for (int q = 0; q < 3; ++q)
+        if (sn__overlap(dW[k], bytes, other[q], nj))
+          return sn__fail(SN_ERROR_INVALID_VALUE,
+                          "dW[%d] (%p) overlaps %s[%d] (%p): the group writes one layer's dW while "
+                          "it reads the others' W and G",
+                          k, dW[k], what[q], j, other[q]);
+    }
+  }
+  return SN_SUCCESS;
+}
+
+/* The CUDA backward's tables for these buffers: entries and block -> layer tables in one new
+ * device allocation (*workspace), described by *bw. */
+static sn_status_t upload_backward(const sn_group_t *g, const void *const *G, void *const *dW,
+                                   float *const *dgamma, void **workspace, sn_cuda_group_bw_t *bw) {
+  *workspace = NULL;
+  sn_group_bw_entry_t *ent = calloc((size_t)g->count, sizeof *ent);
+  if (!ent) return sn__fail(SN_ERROR_ALLOCATION, "host memory for a group of %d layers", g->count);
+  int64_t inner = 0, apply = 0;
+  for (int k = 0; k < g->count; ++k) {
+    const sn_layer_t *l = g->layers[k];
+    sn_cuda_group_backward_entry(&l->plan, l->u, l->v, l->sigma, g->W[k], G[k], dW[k],
+                                 dgamma ? dgamma[k] : NULL, &ent[k]);
+    ent[k].inner_block0 = (int)inner;
+    ent[k].apply_block0 = (int)apply;
+    inner += ent[k].shape.inner_blocks;
+    apply += ent[k].shape.apply_blocks;
+    if (inner > INT32_MAX || apply > INT32_MAX) {
+      free(ent);
+      return sn__fail(SN_ERROR_NOT_SUPPORTED,
+                      "the group's backward would take more than 2^31 - 1 blocks in one launch; "
+                      "make smaller groups");
+    }
+  }
+  int *layer_of = malloc((size_t)(inner + apply) * sizeof *layer_of);
+  if (!layer_of) {
+    free(ent);
+    return sn__fail(SN_ERROR_ALLOCATION, "host memory for a group of %d layers", g->count);
+  }
+  for (int k = 0; k < g->count; ++k) {
+    for (int b = 0; b < ent[k].shape.inner_blocks; ++b) layer_of[ent[k].inner_block0 + b] = k;
+    for (int b = 0; b < ent[k].shape.apply_blocks; ++b) layer_of[inner + ent[k].apply_block0 + b] = k;
+  }
+  const size_t table = (size_t)g->count * sizeof *ent, lut = (size_t)(inner + apply) * sizeof(int);
+  sn_status_t st = SN_SUCCESS;
+  cudaError_t e = cudaMalloc(workspace, table + lut);
+  if (e != cudaSuccess) {
+    *workspace = NULL;
+    st = sn__fail(SN_ERROR_ALLOCATION, "cudaMalloc of %zu bytes for the group's backward tables: %s",
+                  table + lut, cudaGetErrorString(e));
+  } else {
+    char *tab = *workspace;
+    e = cudaMemcpy(tab, ent, table, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) e = cudaMemcpy(tab + table, layer_of, lut, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+      st = sn__cuda_fail((int)e, "uploading the group's backward tables");
+      (void)cudaFree(*workspace);
+      *workspace = NULL;
+    } else {
+      bw->count = g->count;
+      bw->pdl = g->cuda.pdl;
+      bw->inner_total = (int)inner;
+      bw->apply_total = (int)apply;
+      bw->entries = (const sn_group_bw_entry_t *)tab;
+      bw->inner_layer = (const int *)(tab + table);
+      bw->apply_layer = bw->inner_layer + inner;
+    }
+  }
+  if (st != SN_SUCCESS) (void)cudaGetLastError();
+  free(ent);
+  free(layer_of);
+  return st;
+}
+
+SN_API sn_status_t sn_group_set_gradients(sn_group_t *group, const void *const *G, void *const *dW,
+                                          float *const *dgamma) {
+  if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
+  if (!G) return sn__fail(SN_ERROR_NULL_POINTER, "G is NULL");
+  if (!dW) return sn__fail(SN_ERROR_NULL_POINTER, "dW is NULL");
+  sn_status_t st = check_gradients(group, G, dW, dgamma);
+  if (st != SN_SUCCESS) return st;
+  const size_t n = (size_t)group->count;
+  const void **g_G = malloc(n * sizeof *g_G);
+  void **g_dW = malloc(n * sizeof *g_dW);
+  float **g_dgamma = dgamma ? malloc(n * sizeof *g_dgamma) : NULL;
+  if (!g_G || !g_dW || (dgamma && !g_dgamma)) {
+    free_gradients(g_G, g_dW, g_dgamma);
+    return sn__fail(SN_ERROR_ALLOCATION, "host memory for a group of %d layers", group->count);
+  }
+  for (size_t k = 0; k < n; ++k) {
+    g_G[k] = G[k];
+    g_dW[k] = dW[k];
+    if (dgamma) g_dgamma[k] = dgamma[k];
+  }
+  void *ws = NULL;
+  sn_cuda_group_bw_t bw = {0};
+  if (group->backend == SN_BACKEND_CUDA) {
+    int prev = 0;
+    st = sn__enter_device(group->device, &prev);
+    if (st == SN_SUCCESS) {
+      st = upload_backward(group, G, dW, dgamma, &ws, &bw);
+      sn__leave_device(group->device, prev);
+    }
+    if (st != SN_SUCCESS) { /* the earlier binding, if any, stays */
+      free_gradients(g_G, g_dW, g_dgamma);
+      return st;
+    }
+  }
+  free_device(group, group->bw_workspace);
+  free_gradients(group->G, group->dW, group->dgamma);
+  group->G = g_G;
+  group->dW = g_dW;
+  group->dgamma = g_dgamma;
+  group->bw_workspace = ws;
+  group->cuda_bw = bw;
+  return SN_SUCCESS;
+}
+
+SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_stream_t stream) {
+  if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
+  if (flags & ~(unsigned)(SN_BACKWARD_ACCUMULATE | SN_BACKWARD_DETACH_SIGMA))
+    return sn__fail(SN_ERROR_INVALID_VALUE, "flags = 0x%x has bits that are not sn_backward_flag_t",
+                    flags);
+  if (!group->G)
+    return sn__fail(SN_ERROR_INVALID_STATE,
+                    "the group has no gradient buffers: call sn_group_set_gradients first");
+  sn_status_t st = check_gamma_bindings(group);
+  if (st != SN_SUCCESS) return st;
+  for (int k = 0; k < group->count; ++k)
+    if (!group->layers[k]->warmed_up)
+      return sn__fail(SN_ERROR_INVALID_STATE,
+                      "layers[%d] has had no forward yet: the backward needs its u, v and sigma", k);
+  if (group->backend == SN_BACKEND_CPU) {
+    for (int k = 0; k < group->count; ++k)
+      sn__cpu_backward(group->layers[k], group->W[k], group->G[k], group->dW[k], flags,
+                       group->dgamma ? group->dgamma[k] : NULL);
+    return SN_SUCCESS;
+  }
+  const int detach = (flags & SN_BACKWARD_DETACH_SIGMA) != 0;
+  int need_inner = !detach; /* ⟨G, W⟩: the σ term, or a ∂L/∂γ */
+  for (int k = 0; !need_inner && group->dgamma && k < group->count; ++k) need_inner = group->dgamma[k] != NULL;
+  int prev = 0;
+  st = sn__enter_device(group->device, &prev);
+  if (st != SN_SUCCESS) return st;
+  const int e = sn_cuda_group_backward(&group->cuda_bw, (flags & SN_BACKWARD_ACCUMULATE) != 0, detach,
+                                       need_inner, stream);
+  sn__leave_device(group->device, prev);
+  if (e != 0) {
+    (void)cudaGetLastError();
+    return sn__cuda_fail(e, "launching the grouped backward kernels");
   }
   return SN_SUCCESS;
 }

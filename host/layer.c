@@ -495,6 +495,20 @@ SN_API sn_status_t sn_layer_warmup(sn_layer_t *layer, const void *W, sn_stream_t
 
 /* ---- backward ------------------------------------------------------------------------------ */
 
+sn_status_t sn__check_backward_buffers(const sn_layer_t *l, const void *W, const void *G,
+                                       const void *dW, const float *dgamma,
+                                       const char *const names[4]) {
+  sn_status_t st = sn__check_overlap(l, dW, names[2], G, names[1]);
+  if (st == SN_SUCCESS) st = sn__check_overlap(l, dW, names[2], W, names[0]);
+  const void *bufs[4] = {W, G, dW, dgamma};
+  for (int k = 0; k < 4 && st == SN_SUCCESS; ++k) {
+    if (!bufs[k]) continue;
+    st = l->desc.backend == SN_BACKEND_CPU ? sn__check_host_pointer(l, bufs[k], names[k])
+                                           : sn__check_device_pointer(l->desc.device, bufs[k], names[k]);
+  }
+  return st;
+}
+
 SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, void *dW,
                                unsigned flags, float *dgamma, sn_stream_t stream) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
@@ -504,27 +518,17 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
   if (flags & ~(unsigned)(SN_BACKWARD_ACCUMULATE | SN_BACKWARD_DETACH_SIGMA))
     return sn__fail(SN_ERROR_INVALID_VALUE, "flags = 0x%x has bits that are not sn_backward_flag_t",
                     flags);
-  sn_status_t st = sn__check_overlap(layer, dW, "dW", G, "G");
-  if (st == SN_SUCCESS) st = sn__check_overlap(layer, dW, "dW", W, "W");
-  if (st != SN_SUCCESS) return st;
   if (!layer->warmed_up)
     return sn__fail(SN_ERROR_INVALID_STATE,
                     "the layer has had no forward yet: the backward needs its u, v and sigma");
+  static const char *const names[4] = {"W", "G", "dW", "dgamma"};
+  sn_status_t st = sn__check_backward_buffers(layer, W, G, dW, dgamma, names);
+  if (st != SN_SUCCESS) return st;
   if (layer->desc.backend == SN_BACKEND_CPU) {
-    st = sn__check_host_pointer(layer, W, "W");
-    if (st == SN_SUCCESS) st = sn__check_host_pointer(layer, G, "G");
-    if (st == SN_SUCCESS) st = sn__check_host_pointer(layer, dW, "dW");
-    if (st == SN_SUCCESS && dgamma) st = sn__check_host_pointer(layer, dgamma, "dgamma");
-    if (st != SN_SUCCESS) return st;
     sn__cpu_backward(layer, W, G, dW, flags, dgamma);
     return SN_SUCCESS;
   }
   const int dev = layer->desc.device;
-  st = sn__check_device_pointer(dev, W, "W");
-  if (st == SN_SUCCESS) st = sn__check_device_pointer(dev, G, "G");
-  if (st == SN_SUCCESS) st = sn__check_device_pointer(dev, dW, "dW");
-  if (st == SN_SUCCESS && dgamma) st = sn__check_device_pointer(dev, dgamma, "dgamma");
-  if (st != SN_SUCCESS) return st;
   int prev = 0;
   st = sn__enter_device(dev, &prev);
   if (st != SN_SUCCESS) return st;

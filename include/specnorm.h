@@ -341,6 +341,28 @@ SN_API void sn_group_destroy(sn_group_t *group);
  * SN_ERROR_INVALID_STATE: create the group again. */
 SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t stream);
 
+/* Bind the buffers of the group's backward (sn_group_backward): G[k] = ∂L/∂W_sn of layers[k] and
+ * dW[k], which receives ∂L/∂W[k] (both of W[k]'s shape and dtype, in the backend's memory);
+ * dgamma: NULL, or `count` pointers, each NULL or one float (backend memory) that receives that
+ * layer's ∂L/∂γ as sn_backward's dgamma. dW[k] may be G[k] or W[k] (in place) but must not
+ * otherwise overlap them, nor overlap any other member's W, G or dW (SN_ERROR_INVALID_VALUE). Like
+ * W and W_sn, the group holds only the pointers: the buffers must outlive the binding. A new
+ * call replaces the binding. Allocates the backward's tables; blocks. On failure the binding in
+ * place before the call, if any, stays. */
+SN_API sn_status_t sn_group_set_gradients(sn_group_t *group, const void *const *G, void *const *dW,
+                                          float *const *dgamma);
+
+/* sn_backward on every layer of the group, with its W, its bound G, dW and dgamma and the u, v and
+ * σ of its last forward: 2 launches whatever the number of layers (1 when flags has
+ * SN_BACKWARD_DETACH_SIGMA and no dgamma is bound). Each layer's result is bitwise what
+ * sn_backward gives on it (the same blocks and sums; except a layer whose own backward runs on
+ * chip, SPECNORM_TUNE=op_onchip=1). Stream-ordered, no allocation, no synchronization,
+ * deterministic, capturable in a CUDA graph. SN_ERROR_INVALID_STATE before sn_group_set_gradients,
+ * while a member has had no forward (or sn_layer_warmup) yet, or after a member's γ binding changed
+ * (as sn_group_forward). A group's backward and a member's own forward or backward must not run at
+ * the same time (they share the layer's scratch). */
+SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_stream_t stream);
+
 /* ---- Checkpoints --------------------------------------------------------------------------- */
 
 /* Bytes of a checkpoint of this layer (its full state: shape, dim, dtype, eps, iteration settings,

@@ -1286,3 +1286,286 @@ TEST(GroupGpu, RefusedOnChipLaunchFallsBack) {
     EXPECT_FALSE(any_matches(*k, kOnChipKernel)) << (*k)[0];
   }
 }
+
+// ---- The grouped backward (sn_group_set_gradients, sn_group_backward) -----------------------
+
+namespace {
+
+// n random elements of dt (normals of standard deviation sd), as the type's bytes.
+std::vector<uint8_t> random_typed(Rng &rng, sn_dtype_t dt, int64_t n, float sd = 1.f) {
+  std::vector<uint8_t> out(size_t(n) * sn_dtype_size(dt));
+  const std::vector<float> x = rng.normals(n, sd);
+  for (int64_t k = 0; k < n; ++k) sn_store(out.data(), dt, k, x[size_t(k)]);
+  return out;
+}
+
+const unsigned kBackwardFlags[] = {0u, SN_BACKWARD_ACCUMULATE, SN_BACKWARD_DETACH_SIGMA,
+                                   SN_BACKWARD_ACCUMULATE | SN_BACKWARD_DETACH_SIGMA};
+
+}  // namespace
+
+// On the CPU backend the grouped backward is each layer's sn_backward, its reference: the same
+// bits for every flag, with ∂L/∂γ where bound, mixed dtypes and views, γ, a norm bound and a
+// member whose dW is its G.
+TEST(GroupCpu, BackwardEqualsTheLayersOneByOne) {
+  SN_SEEDED_RNG();
+  const std::vector<Member> ms = {
+      {{16, 3, 3, 3}},
+      {{8, 16, 3, 3}, 1},
+      {{1, 8}},
+      {{5, 7}, 0, SN_DTYPE_BFLOAT16, 1, false, 0.f, true},
+      {{6, 4}, 0, SN_DTYPE_FLOAT16, 1, false, 1.5f},
+      {{9, 10}},  // dW is G
+  };
+  const size_t n_members = ms.size(), in_place = 5;
+  const float gamma = 0.8f;
+  std::vector<std::unique_ptr<LayerPtr>> grouped, alone;
+  std::vector<std::vector<uint8_t>> W, Wsn_g, Wsn_a, G_g, G_a, dW_g, dW_a;
+  std::vector<float> dgam_g(n_members, -1.f), dgam_a(n_members, -1.f);
+  std::vector<sn_layer_t *> layers;
+  std::vector<const void *> wp, gp;
+  std::vector<void *> op, dp;
+  std::vector<float *> dgp;
+  for (size_t k = 0; k < n_members; ++k) {
+    const uint64_t s = rng.gen();
+    grouped.push_back(member_layer(ms[k], SN_BACKEND_CPU, s, &gamma));
+    alone.push_back(member_layer(ms[k], SN_BACKEND_CPU, s, &gamma));
+    ASSERT_TRUE(grouped.back()->p && alone.back()->p) << k;
+    const int64_t n = numel_of(ms[k].shape);
+    W.push_back(random_typed(rng, ms[k].dt, n, 1.f / std::sqrt(float(ms[k].shape[0]))));
+    for (auto *v : {&Wsn_g, &Wsn_a, &G_g, &G_a, &dW_g, &dW_a}) v->emplace_back(W.back().size());
+  }
+  for (size_t k = 0; k < n_members; ++k) {
+    layers.push_back(grouped[k]->p);
+    wp.push_back(W[k].data());
+    op.push_back(Wsn_g[k].data());
+    gp.push_back(G_g[k].data());
+    dp.push_back(k == in_place ? G_g[k].data() : dW_g[k].data());
+    dgp.push_back(k % 3 == 0 || ms[k].gamma ? &dgam_g[k] : nullptr);
+  }
+  GroupPtr g;
+  ASSERT_EQ(sn_group_create(&g.p, layers.data(), wp.data(), op.data(), int(n_members)), SN_SUCCESS)
+      << sn_last_error_message();
+  ASSERT_EQ(sn_group_set_gradients(g.p, gp.data(), dp.data(), dgp.data()), SN_SUCCESS) << sn_last_error_message();
+  for (unsigned flags : kBackwardFlags) {
+    SCOPED_TRACE("flags " + std::to_string(flags));
+    ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS);
+    for (size_t k = 0; k < n_members; ++k) {
+      ASSERT_EQ(sn_forward(alone[k]->p, W[k].data(), Wsn_a[k].data(), 1, nullptr), SN_SUCCESS);
+      G_g[k] = G_a[k] = random_typed(rng, ms[k].dt, numel_of(ms[k].shape));
+      dW_g[k] = dW_a[k] = random_typed(rng, ms[k].dt, numel_of(ms[k].shape));
+    }
+    ASSERT_EQ(sn_group_backward(g.p, flags, nullptr), SN_SUCCESS) << sn_last_error_message();
+    for (size_t k = 0; k < n_members; ++k) {
+      SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(ms[k].shape));
+      void *out = k == in_place ? G_a[k].data() : dW_a[k].data();
+      ASSERT_EQ(sn_backward(alone[k]->p, W[k].data(), G_a[k].data(), out, flags, dgp[k] ? &dgam_a[k] : nullptr,
+                            nullptr),
+                SN_SUCCESS);
+      EXPECT_TRUE((k == in_place ? G_g[k] == G_a[k] : dW_g[k] == dW_a[k]));
+      EXPECT_EQ(std::memcmp(&dgam_g[k], &dgam_a[k], 4), 0) << dgam_g[k] << " against " << dgam_a[k];
+    }
+  }
+}
+
+// Every argument error of the grouped backward, with the buffer it names; a binding that fails
+// leaves the one before in place, and a refused backward writes nothing.
+TEST(GroupCpu, BackwardBadArguments) {
+  LayerPtr a(make_desc({4, 5}, SN_BACKEND_CPU)), b(make_desc({3, 3}, SN_BACKEND_CPU));
+  std::vector<float> buf(1000, 1.f);
+  float *W0 = buf.data(), *W1 = W0 + 20, *G0 = W0 + 100, *G1 = W0 + 200, *D0 = W0 + 300, *D1 = W0 + 400;
+  sn_layer_t *layers[2] = {a.p, b.p};
+  const void *W[2] = {W0, W1};
+  GroupPtr g;
+  ASSERT_EQ(sn_group_create(&g.p, layers, W, nullptr, 2), SN_SUCCESS);
+  const void *G[2] = {G0, G1};
+  void *dW[2] = {D0, D1};
+  auto expect_refused = [&](sn_status_t got, sn_status_t want, const char *word) {
+    EXPECT_EQ(got, want) << sn_last_error_message();
+    EXPECT_NE(std::string(sn_last_error_message()).find(word), std::string::npos) << sn_last_error_message();
+  };
+  expect_refused(sn_group_backward(g.p, 0, nullptr), SN_ERROR_INVALID_STATE, "sn_group_set_gradients");
+  EXPECT_EQ(sn_group_set_gradients(nullptr, G, dW, nullptr), SN_ERROR_NULL_POINTER);
+  EXPECT_EQ(sn_group_set_gradients(g.p, nullptr, dW, nullptr), SN_ERROR_NULL_POINTER);
+  EXPECT_EQ(sn_group_set_gradients(g.p, G, nullptr, nullptr), SN_ERROR_NULL_POINTER);
+  const void *G_null[2] = {G0, nullptr};
+  expect_refused(sn_group_set_gradients(g.p, G_null, dW, nullptr), SN_ERROR_NULL_POINTER, "G[1]");
+  void *dW_null[2] = {nullptr, D1};
+  expect_refused(sn_group_set_gradients(g.p, G, dW_null, nullptr), SN_ERROR_NULL_POINTER, "dW[0]");
+  const struct {
+    void *d0, *d1;
+    const char *word;
+  } overlaps[] = {
+      {G0 + 1, D1, "dW[0]"},   // its own G, shifted
+      {W0 + 2, D1, "dW[0]"},   // its own W, shifted
+      {D0, W0 + 5, "W[0]"},    // layer 1's dW over layer 0's W
+      {D0, G0 + 19, "G[0]"},   // ... over layer 0's G (its last element)
+      {D0, D0 + 10, "dW[0]"},  // each other
+      {W1, D1, "W[1]"},        // layer 0's dW is layer 1's W
+  };
+  for (const auto &c : overlaps) {
+    void *d[2] = {c.d0, c.d1};
+    expect_refused(sn_group_set_gradients(g.p, G, d, nullptr), SN_ERROR_INVALID_VALUE, c.word);
+  }
+  // In place (dW is G, or W) is allowed; then a failed binding keeps it.
+  void *in_place[2] = {G0, W1};
+  ASSERT_EQ(sn_group_set_gradients(g.p, G, in_place, nullptr), SN_SUCCESS) << sn_last_error_message();
+  void *bad[2] = {G0 + 1, D1};
+  EXPECT_EQ(sn_group_set_gradients(g.p, G, bad, nullptr), SN_ERROR_INVALID_VALUE);
+  expect_refused(sn_group_backward(g.p, 0, nullptr), SN_ERROR_INVALID_STATE, "layers[0]");  // no forward yet
+  ASSERT_EQ(sn_forward_scale_only(a, W0, 1, nullptr), SN_SUCCESS);
+  expect_refused(sn_group_backward(g.p, 0, nullptr), SN_ERROR_INVALID_STATE, "layers[1]");
+  ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS);
+  EXPECT_EQ(sn_group_backward(g.p, 4u, nullptr), SN_ERROR_INVALID_VALUE);
+  EXPECT_EQ(sn_group_backward(nullptr, 0, nullptr), SN_ERROR_NULL_POINTER);
+  const std::vector<float> before = buf;
+  const float g2 = 2.f;
+  ASSERT_EQ(sn_layer_set_gamma(b, &g2), SN_SUCCESS);
+  expect_refused(sn_group_backward(g.p, 0, nullptr), SN_ERROR_INVALID_STATE, "layers[1]");
+  EXPECT_TRUE(bitwise_equal(buf, before)) << "a refused backward wrote";
+  ASSERT_EQ(sn_layer_set_gamma(b, nullptr), SN_SUCCESS);
+  // The binding in place is the in-place one: G0 and W1 are written, D0 and D1 are not.
+  ASSERT_EQ(sn_group_backward(g.p, 0, nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_NE(std::memcmp(G0, before.data() + 100, 20 * 4), 0);
+  EXPECT_NE(std::memcmp(W1, before.data() + 20, 9 * 4), 0);
+  EXPECT_EQ(std::memcmp(D0, before.data() + 300, 200 * 4), 0);
+}
+
+// The grouped backward on the GPU gives each layer's sn_backward bit for bit (the same blocks and
+// sums), for every flag, with ∂L/∂γ bound for some members, G and dW misaligned for others (the
+// element loops), and dW = G for others; it equals the CPU backend within float rounding; and it
+// is 2 launches (1 with σ detached and no ∂L/∂γ bound), replayed from a CUDA graph bit for bit.
+TEST(GroupGpu, BackwardIsBitwiseEachLayersBackward) {
+  REQUIRE_GPU();
+  SN_SEEDED_RNG();
+  const std::vector<Member> ms = every_kind_of_member();
+  const size_t n_members = ms.size();
+  const Gamma gamma;
+  std::vector<std::unique_ptr<LayerPtr>> gl, cl;
+  std::vector<std::unique_ptr<Tensor>> tensors;
+  auto tensor = [&](sn_dtype_t dt, int64_t n, int off = 0) {
+    tensors.push_back(std::make_unique<Tensor>(dt, n, off));
+    return tensors.back().get();
+  };
+  std::vector<Tensor *> Wt, Gg, Ga, Dg, Da;  // Dg, Da: nullptr where dW is G
+  std::vector<void *> Wd, Od, gdw;
+  std::vector<const void *> gG;
+  std::vector<sn_layer_t *> layers;
+  std::vector<std::vector<uint8_t>> Gh, D0;
+  float *dgam = nullptr;  // [0, n): the group's ∂L/∂γ, [n, 2n): each layer's own
+  ASSERT_EQ(cudaMalloc(&dgam, 2 * n_members * sizeof(float)), cudaSuccess);
+  std::unique_ptr<float, decltype(&cudaFree)> dgam_owner(dgam, cudaFree);
+  std::vector<float *> gdg;
+  for (size_t k = 0; k < n_members; ++k) {
+    const Member &m = ms[k];
+    const uint64_t s = rng.gen();
+    gl.push_back(member_layer(m, SN_BACKEND_CUDA, s, gamma.dev));
+    cl.push_back(member_layer(m, SN_BACKEND_CPU, s, &gamma.host));
+    ASSERT_TRUE(gl.back()->p && cl.back()->p) << k;
+    layers.push_back(gl.back()->p);
+    const int64_t n = numel_of(m.shape);
+    Wt.push_back(tensor(m.dt, n));
+    Wt.back()->set(rng.normals(n, 1.f / std::sqrt(float(m.shape[0]))));
+    Wd.push_back(Wt.back()->dev);
+    Od.push_back(m.scale_only ? nullptr : m.in_place ? Wd.back() : tensor(m.dt, n)->dev);
+    const int off = k % 4 == 1 ? 1 : 0;  // misaligned: the element loops
+    const bool dw_is_g = k % 4 == 3;
+    Gg.push_back(tensor(m.dt, n, off));
+    Ga.push_back(tensor(m.dt, n, off));
+    Dg.push_back(dw_is_g ? nullptr : tensor(m.dt, n, off));
+    Da.push_back(dw_is_g ? nullptr : tensor(m.dt, n, off));
+    gG.push_back(Gg.back()->dev);
+    gdw.push_back(dw_is_g ? Gg.back()->dev : Dg.back()->dev);
+    gdg.push_back(k % 3 == 0 || m.gamma ? dgam + k : nullptr);
+    Gh.push_back(random_typed(rng, m.dt, n));
+    D0.push_back(random_typed(rng, m.dt, n));
+  }
+  GroupPtr g;
+  ASSERT_EQ(sn_group_create(&g.p, layers.data(), const_cast<const void *const *>(Wd.data()), Od.data(),
+                            int(n_members)),
+            SN_SUCCESS)
+      << sn_last_error_message();
+  ASSERT_EQ(sn_group_set_gradients(g.p, gG.data(), gdw.data(), gdg.data()), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  // G and the accumulation target, the same in the group's buffers and the layers' own.
+  auto reset = [&]() {
+    for (size_t k = 0; k < n_members; ++k) {
+      for (Tensor *t : {Gg[k], Ga[k]}) ASSERT_EQ(cudaMemcpy(t->dev, Gh[k].data(), Gh[k].size(), cudaMemcpyHostToDevice), cudaSuccess);
+      for (Tensor *t : {Dg[k], Da[k]})
+        if (t) {
+          ASSERT_EQ(cudaMemcpy(t->dev, D0[k].data(), D0[k].size(), cudaMemcpyHostToDevice), cudaSuccess);
+        }
+    }
+    ASSERT_EQ(cudaMemset(dgam, 0xFF, 2 * n_members * sizeof(float)), cudaSuccess);
+  };
+  auto result = [&](size_t k, bool group) { return (group ? (Dg[k] ? Dg[k] : Gg[k]) : (Da[k] ? Da[k] : Ga[k]))->download_bytes(); };
+  std::vector<std::vector<uint8_t>> eager0(n_members);  // flags 0, for the graph replays
+  for (unsigned flags : kBackwardFlags) {
+    SCOPED_TRACE("flags " + std::to_string(flags));
+    reset();
+    ASSERT_EQ(sn_group_backward(g.p, flags, nullptr), SN_SUCCESS) << sn_last_error_message();
+    for (size_t k = 0; k < n_members; ++k)
+      ASSERT_EQ(sn_backward(layers[k], Wd[k], Ga[k]->dev, Da[k] ? Da[k]->dev : Ga[k]->dev, flags,
+                            gdg[k] ? dgam + n_members + k : nullptr, nullptr),
+                SN_SUCCESS)
+          << sn_last_error_message();
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<float> dg(2 * n_members);
+    ASSERT_EQ(cudaMemcpy(dg.data(), dgam, dg.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (size_t k = 0; k < n_members; ++k) {
+      SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(ms[k].shape));
+      const std::vector<uint8_t> got = result(k, true);
+      EXPECT_TRUE(got == result(k, false)) << "dW differs from the layer's own backward";
+      if (flags == 0) eager0[k] = got;
+      if (gdg[k]) {
+        EXPECT_EQ(std::memcmp(&dg[k], &dg[n_members + k], 4), 0) << dg[k] << " against " << dg[n_members + k];
+      }
+      if (flags != 0) continue;
+      // Against the CPU backend, from the GPU layer's state and the weight as the device holds it.
+      const State st = get_state(layers[k]);
+      ASSERT_EQ(sn_layer_set_state(cl[k]->p, st.u.data(), st.v.data(), st.sigma, 1, nullptr), SN_SUCCESS);
+      const std::vector<uint8_t> Wh = Wt[k]->download_bytes();
+      std::vector<uint8_t> want = Gh[k];
+      float dgc = 0.f;
+      ASSERT_EQ(sn_backward(cl[k]->p, Wh.data(), Gh[k].data(), want.data(), 0, gdg[k] ? &dgc : nullptr, nullptr),
+                SN_SUCCESS);
+      double worst = 0, top = 0;
+      for (int64_t q = 0; q < numel_of(ms[k].shape); ++q) {
+        const double b = sn_load(want.data(), ms[k].dt, q);
+        worst = std::max(worst, std::fabs(sn_load(got.data(), ms[k].dt, q) - b));
+        top = std::max(top, std::fabs(b));
+      }
+      EXPECT_LE(worst, (ms[k].dt == SN_DTYPE_FLOAT32 ? 1e-5 : 2 * ulp(ms[k].dt)) * top) << "dW against the CPU";
+      if (gdg[k]) {
+        EXPECT_NEAR(dg[k] / dgc, 1.0, ms[k].dt == SN_DTYPE_FLOAT32 ? 1e-4 : 1e-3);
+      }
+    }
+  }
+  // Launches: 2; 1 with σ detached once no ∂L/∂γ is bound (a new binding).
+  const auto both = captured_kernels([&](cudaStream_t s) { return sn_group_backward(g.p, 0, s); });
+  EXPECT_EQ(both.size(), 2u);
+  const auto detached = captured_kernels([&](cudaStream_t s) { return sn_group_backward(g.p, SN_BACKWARD_DETACH_SIGMA, s); });
+  EXPECT_EQ(detached.size(), 2u) << "∂L/∂γ bound: ⟨G, W⟩ still needed";
+  // Graph replays of flags 0 give the eager bits.
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+  ASSERT_EQ(sn_group_backward(g.p, 0, s), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  for (int rep = 0; rep < 2; ++rep) {
+    reset();
+    ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    for (size_t k = 0; k < n_members; ++k) EXPECT_TRUE(result(k, true) == eager0[k]) << "replay " << rep << ", member " << k;
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
+  ASSERT_EQ(sn_group_set_gradients(g.p, gG.data(), gdw.data(), nullptr), SN_SUCCESS) << sn_last_error_message();
+  const auto one = captured_kernels([&](cudaStream_t st) { return sn_group_backward(g.p, SN_BACKWARD_DETACH_SIGMA, st); });
+  EXPECT_EQ(one.size(), 1u);
+}
