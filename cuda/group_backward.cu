@@ -1,5 +1,7 @@
 // Grouped backward: sn_backward on every layer of a group in 2 launches whatever the number of
-// layers (1 when σ is detached and no layer wants ∂L/∂γ).
+// layers (1 when σ is detached and no layer wants ∂L/∂γ), or both steps as one cooperative launch
+// (group_backward_coop_kernel: by default for groups of up to 8 MiB of weights, as the grouped
+// forward; SPECNORM_TUNE=group_coop=0|1 forces either).
 //   inner  ⟨G, W⟩ of each layer that needs it, into the layer's own scratch;
 //   apply  dW = a·G − b·u vᵀ (+ dW), and ∂L/∂γ where bound.
 // Each kernel's grid is the concatenation of the grids that the layers' own backward kernels
@@ -9,6 +11,8 @@
 // sn_backward's bits; the bytes moved are the same. What the group saves is launches: a model of
 // L layers takes 2 instead of 2·L, and the small layers of a model like SN-GAN's discriminator
 // (most under 1 MB) are launch-bound on their own.
+#include <cooperative_groups.h>
+
 #include "backward.cuh"
 #include "kernels.h"
 
@@ -36,11 +40,11 @@ __device__ __forceinline__ void apply_as(const sn_group_bw_entry_t &e, const App
   }
 }
 
-__global__ void __launch_bounds__(kBlock) group_inner_kernel(sn_cuda_group_bw_t G, bool detach) {
-  pdl_enter();
-  const sn_group_bw_entry_t e = G.entries[G.inner_layer[blockIdx.x]];
+// Block b of the inner kernel's grid: its layer's block b - inner_block0.
+__device__ __forceinline__ void inner_step(const sn_cuda_group_bw_t &G, int b, bool detach) {
+  const sn_group_bw_entry_t e = G.entries[G.inner_layer[b]];
   if (detach && !e.dgamma) return;  // this layer needs no ⟨G, W⟩: none of its blocks arrives
-  const int64_t g = (int64_t)blockIdx.x - e.inner_block0;
+  const int64_t g = (int64_t)b - e.inner_block0;
   switch (e.dtype) {
     case SN_DTYPE_FLOAT16: inner_as<__half>(e, g); break;
     case SN_DTYPE_BFLOAT16: inner_as<__nv_bfloat16>(e, g); break;
@@ -48,21 +52,53 @@ __global__ void __launch_bounds__(kBlock) group_inner_kernel(sn_cuda_group_bw_t 
   }
 }
 
-__global__ void __launch_bounds__(kBlock) group_apply_kernel(sn_cuda_group_bw_t G, bool accumulate,
-                                                             bool detach) {
-  pdl_enter();
-  const sn_group_bw_entry_t e = G.entries[G.apply_layer[blockIdx.x]];
+// Block b of the apply kernel's grid.
+__device__ __forceinline__ void apply_step(const sn_cuda_group_bw_t &G, int b, bool accumulate,
+                                           bool detach) {
+  const sn_group_bw_entry_t e = G.entries[G.apply_layer[b]];
   // clamp_eps 0: a group holds no 1-D weight (host/group.c), the only kind with that clamp.
   const ApplyParams p{e.G,     e.dW,    e.A,          e.h,        e.B,
                       e.u,     e.v,     e.sigma,      e.scal,     e.gamma,
                       e.norm_bound,     accumulate,   detach,     !detach || e.dgamma != nullptr,
                       e.dgamma, 0.f};
-  const int64_t g = (int64_t)blockIdx.x - e.apply_block0;
+  const int64_t g = (int64_t)b - e.apply_block0;
   switch (e.dtype) {
     case SN_DTYPE_FLOAT16: apply_as<__half>(e, p, g); break;
     case SN_DTYPE_BFLOAT16: apply_as<__nv_bfloat16>(e, p, g); break;
     default: apply_as<float>(e, p, g); break;
   }
+}
+
+__global__ void __launch_bounds__(kBlock) group_inner_kernel(sn_cuda_group_bw_t G, bool detach) {
+  pdl_enter();
+  inner_step(G, blockIdx.x, detach);
+}
+
+__global__ void __launch_bounds__(kBlock) group_apply_kernel(sn_cuda_group_bw_t G, bool accumulate,
+                                                             bool detach) {
+  pdl_enter();
+  apply_step(G, blockIdx.x, accumulate, detach);
+}
+
+// Both steps in one cooperative launch (G.coop_blocks > 0): the resident blocks take the inner
+// kernel's blocks in turn (block b in block b mod gridDim.x), then, after a grid-wide barrier, the
+// apply kernel's. Each runs exactly what it runs as a kernel, so the bits are the two kernels'.
+// What it saves is a kernel boundary (a launch, a drain and a fill: 3.5-6.4 µs for the grouped
+// forward's small kernels on an H100, bench/NOTES.md) against one barrier. At least 3 blocks per
+// multiprocessor, 80 registers: without the bound, ptxas gave sm_90 64 registers and 60 bytes of
+// spills (sm_80: 80, none).
+__global__ void __launch_bounds__(kBlock, 3) group_backward_coop_kernel(sn_cuda_group_bw_t G, bool accumulate,
+                                                                     bool detach, bool need_inner) {
+  pdl_enter();
+  namespace cg = cooperative_groups;
+  if (need_inner) {
+    for (int b = blockIdx.x; b < G.inner_total; b += gridDim.x) {
+      inner_step(G, b, detach);
+      __syncthreads();  // the block sum's and the arrival's shared memory, for the next block
+    }
+    cg::this_grid().sync();
+  }
+  for (int b = blockIdx.x; b < G.apply_total; b += gridDim.x) apply_step(G, b, accumulate, detach);
 }
 
 }  // namespace
@@ -93,9 +129,35 @@ extern "C" void sn_cuda_group_backward_entry(const sn_cuda_plan_t *plan, const f
   e->shape = sn_cuda_backward_shape(plan, W, G, dW);
 }
 
+extern "C" void sn_cuda_group_backward_prepare(int coop_max, int *coop_blocks) {
+  *coop_blocks = 0;
+  if (coop_max < 1) return;
+  int dev = 0, coop = 0, sms = 0, per_sm = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e == cudaSuccess && coop)
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, sn::group_backward_coop_kernel, sn::kBlock, 0);
+  if (e != cudaSuccess) {  // not an error: the two kernels need none of this
+    (void)cudaGetLastError();
+    return;
+  }
+  if (coop && per_sm > 0) {
+    const int64_t fit = (int64_t)per_sm * sms;
+    *coop_blocks = (int)(coop_max < fit ? coop_max : fit);
+  }
+}
+
 extern "C" int sn_cuda_group_backward(const sn_cuda_group_bw_t *G, int accumulate, int detach,
                                       int need_inner, sn_stream_t stream_handle) {
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  if (G->coop_blocks > 0) {
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeCooperative;
+    attr.val.cooperative = 1;
+    return (int)sn::launch_with(&attr, sn::group_backward_coop_kernel, G->coop_blocks, sn::kBlock, 0,
+                                stream, *G, accumulate != 0, detach != 0, need_inner != 0);
+  }
   if (need_inner) {
     const cudaError_t e = sn::launch(G->pdl != 0, sn::group_inner_kernel, G->inner_total,
                                      sn::kBlock, 0, stream, *G, detach != 0);

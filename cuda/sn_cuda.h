@@ -349,6 +349,8 @@ typedef struct {
   int count;
   int pdl;
   int inner_total, apply_total;         /* blocks of the two kernels */
+  int coop_blocks;                      /* > 0: both steps as one cooperative launch of this many
+                                           blocks; 0: two kernels */
   const sn_group_bw_entry_t *entries;   /* device */
   const int *inner_layer, *apply_layer; /* device: the layer of each block of either kernel */
 } sn_cuda_group_bw_t;
@@ -358,8 +360,13 @@ typedef struct {
 void sn_cuda_group_backward_entry(const sn_cuda_plan_t *plan, const float *u, const float *v,
                                   const float *sigma, const void *W, const void *G, void *dW,
                                   float *dgamma, sn_group_bw_entry_t *e);
+/* The grid of the grouped backward's cooperative launch: *coop_blocks = at most coop_max (0: no
+ * cooperative launch), as many as can be resident; 0 where the device has no cooperative launch
+ * or a query fails (not an error: the two kernels run). */
+void sn_cuda_group_backward_prepare(int coop_max, int *coop_blocks);
 /* Enqueue a grouped backward: ⟨G, W⟩ of every layer that needs it (not detached, or ∂L/∂γ wanted)
- * when need_inner, then dW of every layer. Returns a cudaError_t. */
+ * when need_inner, then dW of every layer; one cooperative launch when group->coop_blocks > 0
+ * (refused, it returns cudaErrorCooperativeLaunchTooLarge and nothing ran). Returns a cudaError_t. */
 int sn_cuda_group_backward(const sn_cuda_group_bw_t *group, int accumulate, int detach,
                            int need_inner, sn_stream_t stream);
 

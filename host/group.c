@@ -438,8 +438,10 @@ static sn_status_t upload_backward(const sn_group_t *g, const void *const *G, vo
   sn_group_bw_entry_t *ent = calloc((size_t)g->count, sizeof *ent);
   if (!ent) return sn__fail(SN_ERROR_ALLOCATION, "host memory for a group of %d layers", g->count);
   int64_t inner = 0, apply = 0;
+  double w_bytes = 0; /* the weights' bytes: whether the backward is one cooperative launch */
   for (int k = 0; k < g->count; ++k) {
     const sn_layer_t *l = g->layers[k];
+    w_bytes += (double)sn__weight_bytes(l);
     sn_cuda_group_backward_entry(&l->plan, l->u, l->v, l->sigma, g->W[k], G[k], dW[k],
                                  dgamma ? dgamma[k] : NULL, &ent[k]);
     ent[k].inner_block0 = (int)inner;
@@ -482,6 +484,12 @@ static sn_status_t upload_backward(const sn_group_t *g, const void *const *G, vo
       bw->pdl = g->cuda.pdl;
       bw->inner_total = (int)inner;
       bw->apply_total = (int)apply;
+      /* One cooperative launch under the grouped forward's rule (sn_cuda_tune_group_coop). */
+      const int64_t most = inner > apply ? inner : apply;
+      const int cap = sn_cuda_tune_group_coop(w_bytes);
+      sn_cuda_group_backward_prepare(cap < most ? cap : (int)most, &bw->coop_blocks);
+      const int force = sn_cuda_tune_group_grid_force(); /* tests: a launch that is refused */
+      if (bw->coop_blocks > 0 && force > 0) bw->coop_blocks = force;
       bw->entries = (const sn_group_bw_entry_t *)tab;
       bw->inner_layer = (const int *)(tab + table);
       bw->apply_layer = bw->inner_layer + inner;
@@ -560,12 +568,29 @@ SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_strea
   const int detach = (flags & SN_BACKWARD_DETACH_SIGMA) != 0;
   int need_inner = !detach; /* ⟨G, W⟩: the σ term, or a ∂L/∂γ */
   for (int k = 0; !need_inner && group->dgamma && k < group->count; ++k) need_inner = group->dgamma[k] != NULL;
+  const int acc = (flags & SN_BACKWARD_ACCUMULATE) != 0;
   int prev = 0;
   st = sn__enter_device(group->device, &prev);
   if (st != SN_SUCCESS) return st;
-  const int e = sn_cuda_group_backward(&group->cuda_bw, (flags & SN_BACKWARD_ACCUMULATE) != 0, detach,
-                                       need_inner, stream);
+  int e = sn_cuda_group_backward(&group->cuda_bw, acc, detach, need_inner, stream);
+  int refused = 0; /* the cooperative launch refused during a capture */
+  if (group->cuda_bw.coop_blocks > 0 && e == (int)cudaErrorCooperativeLaunchTooLarge) {
+    /* Fewer blocks can be resident than at sn_group_set_gradients (as in sn_group_forward): nothing
+     * ran; the binding does without the cooperative launch from now on. */
+    (void)cudaGetLastError();
+    group->cuda_bw.coop_blocks = 0;
+    if (sn__may_retry_on(stream))
+      e = sn_cuda_group_backward(&group->cuda_bw, acc, detach, need_inner, stream);
+    else
+      refused = 1;
+  }
   sn__leave_device(group->device, prev);
+  if (refused)
+    return sn__fail(SN_ERROR_CUDA,
+                    "the group backward's cooperative launch was refused (fewer blocks can be "
+                    "resident than at sn_group_set_gradients) while a stream capture is active; the "
+                    "group does without it from now on: end this capture and capture the backward "
+                    "again");
   if (e != 0) {
     (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the grouped backward kernels");

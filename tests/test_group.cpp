@@ -1431,141 +1431,240 @@ TEST(GroupCpu, BackwardBadArguments) {
   EXPECT_EQ(std::memcmp(D0, before.data() + 300, 200 * 4), 0);
 }
 
-// The grouped backward on the GPU gives each layer's sn_backward bit for bit (the same blocks and
-// sums), for every flag, with ∂L/∂γ bound for some members, G and dW misaligned for others (the
-// element loops), and dW = G for others; it equals the CPU backend within float rounding; and it
-// is 2 launches (1 with σ detached and no ∂L/∂γ bound), replayed from a CUDA graph bit for bit.
-TEST(GroupGpu, BackwardIsBitwiseEachLayersBackward) {
-  REQUIRE_GPU();
-  SN_SEEDED_RNG();
-  const std::vector<Member> ms = every_kind_of_member();
-  const size_t n_members = ms.size();
-  const Gamma gamma;
+// A grouped backward's test bench on the GPU: CUDA layers of `ms` (and CPU twins), warmed up by
+// two grouped training forwards; for each layer a G, an accumulation target and, for some, a
+// ∂L/∂γ slot, in the group's own buffers and in a second set for the layer's own sn_backward.
+// Members k % 4 == 1 have G and dW misaligned (the element loops), k % 4 == 3 have dW = G, and
+// k % 3 == 0 or with γ get a ∂L/∂γ.
+struct BackwardRig {
+  std::vector<Member> ms;
+  Gamma gamma;
   std::vector<std::unique_ptr<LayerPtr>> gl, cl;
   std::vector<std::unique_ptr<Tensor>> tensors;
-  auto tensor = [&](sn_dtype_t dt, int64_t n, int off = 0) {
-    tensors.push_back(std::make_unique<Tensor>(dt, n, off));
-    return tensors.back().get();
-  };
   std::vector<Tensor *> Wt, Gg, Ga, Dg, Da;  // Dg, Da: nullptr where dW is G
   std::vector<void *> Wd, Od, gdw;
   std::vector<const void *> gG;
   std::vector<sn_layer_t *> layers;
   std::vector<std::vector<uint8_t>> Gh, D0;
   float *dgam = nullptr;  // [0, n): the group's ∂L/∂γ, [n, 2n): each layer's own
-  ASSERT_EQ(cudaMalloc(&dgam, 2 * n_members * sizeof(float)), cudaSuccess);
-  std::unique_ptr<float, decltype(&cudaFree)> dgam_owner(dgam, cudaFree);
   std::vector<float *> gdg;
-  for (size_t k = 0; k < n_members; ++k) {
-    const Member &m = ms[k];
-    const uint64_t s = rng.gen();
-    gl.push_back(member_layer(m, SN_BACKEND_CUDA, s, gamma.dev));
-    cl.push_back(member_layer(m, SN_BACKEND_CPU, s, &gamma.host));
-    ASSERT_TRUE(gl.back()->p && cl.back()->p) << k;
-    layers.push_back(gl.back()->p);
-    const int64_t n = numel_of(m.shape);
-    Wt.push_back(tensor(m.dt, n));
-    Wt.back()->set(rng.normals(n, 1.f / std::sqrt(float(m.shape[0]))));
-    Wd.push_back(Wt.back()->dev);
-    Od.push_back(m.scale_only ? nullptr : m.in_place ? Wd.back() : tensor(m.dt, n)->dev);
-    const int off = k % 4 == 1 ? 1 : 0;  // misaligned: the element loops
-    const bool dw_is_g = k % 4 == 3;
-    Gg.push_back(tensor(m.dt, n, off));
-    Ga.push_back(tensor(m.dt, n, off));
-    Dg.push_back(dw_is_g ? nullptr : tensor(m.dt, n, off));
-    Da.push_back(dw_is_g ? nullptr : tensor(m.dt, n, off));
-    gG.push_back(Gg.back()->dev);
-    gdw.push_back(dw_is_g ? Gg.back()->dev : Dg.back()->dev);
-    gdg.push_back(k % 3 == 0 || m.gamma ? dgam + k : nullptr);
-    Gh.push_back(random_typed(rng, m.dt, n));
-    D0.push_back(random_typed(rng, m.dt, n));
-  }
   GroupPtr g;
-  ASSERT_EQ(sn_group_create(&g.p, layers.data(), const_cast<const void *const *>(Wd.data()), Od.data(),
-                            int(n_members)),
-            SN_SUCCESS)
-      << sn_last_error_message();
-  ASSERT_EQ(sn_group_set_gradients(g.p, gG.data(), gdw.data(), gdg.data()), SN_SUCCESS) << sn_last_error_message();
-  ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-  ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-  // G and the accumulation target, the same in the group's buffers and the layers' own.
-  auto reset = [&]() {
+  bool ok = false;
+
+  BackwardRig(const std::vector<Member> &members, Rng &rng) : ms(members) {
+    const size_t n_members = ms.size();
+    if (cudaMalloc(&dgam, 2 * n_members * sizeof(float)) != cudaSuccess) return;
     for (size_t k = 0; k < n_members; ++k) {
-      for (Tensor *t : {Gg[k], Ga[k]}) ASSERT_EQ(cudaMemcpy(t->dev, Gh[k].data(), Gh[k].size(), cudaMemcpyHostToDevice), cudaSuccess);
-      for (Tensor *t : {Dg[k], Da[k]})
-        if (t) {
-          ASSERT_EQ(cudaMemcpy(t->dev, D0[k].data(), D0[k].size(), cudaMemcpyHostToDevice), cudaSuccess);
-        }
+      const Member &m = ms[k];
+      const uint64_t s = rng.gen();
+      gl.push_back(member_layer(m, SN_BACKEND_CUDA, s, gamma.dev));
+      cl.push_back(member_layer(m, SN_BACKEND_CPU, s, &gamma.host));
+      if (!gl.back()->p || !cl.back()->p) return;
+      layers.push_back(gl.back()->p);
+      const int64_t n = numel_of(m.shape);
+      Wt.push_back(tensor(m.dt, n));
+      Wt.back()->set(rng.normals(n, 1.f / std::sqrt(float(m.shape[0]))));
+      Wd.push_back(Wt.back()->dev);
+      Od.push_back(m.scale_only ? nullptr : m.in_place ? Wd.back() : tensor(m.dt, n)->dev);
+      const int off = k % 4 == 1 ? 1 : 0;
+      const bool dw_is_g = k % 4 == 3;
+      Gg.push_back(tensor(m.dt, n, off));
+      Ga.push_back(tensor(m.dt, n, off));
+      Dg.push_back(dw_is_g ? nullptr : tensor(m.dt, n, off));
+      Da.push_back(dw_is_g ? nullptr : tensor(m.dt, n, off));
+      gG.push_back(Gg.back()->dev);
+      gdw.push_back(dw_is_g ? Gg.back()->dev : Dg.back()->dev);
+      gdg.push_back(k % 3 == 0 || m.gamma ? dgam + k : nullptr);
+      Gh.push_back(random_typed(rng, m.dt, n));
+      D0.push_back(random_typed(rng, m.dt, n));
     }
-    ASSERT_EQ(cudaMemset(dgam, 0xFF, 2 * n_members * sizeof(float)), cudaSuccess);
-  };
-  auto result = [&](size_t k, bool group) { return (group ? (Dg[k] ? Dg[k] : Gg[k]) : (Da[k] ? Da[k] : Ga[k]))->download_bytes(); };
-  std::vector<std::vector<uint8_t>> eager0(n_members);  // flags 0, for the graph replays
+    if (sn_group_create(&g.p, layers.data(), const_cast<const void *const *>(Wd.data()), Od.data(),
+                        int(n_members)) != SN_SUCCESS)
+      return;
+    ok = sn_group_forward(g.p, 1, nullptr) == SN_SUCCESS && sn_group_forward(g.p, 1, nullptr) == SN_SUCCESS;
+  }
+  ~BackwardRig() { cudaFree(dgam); }
+  BackwardRig(const BackwardRig &) = delete;
+  BackwardRig &operator=(const BackwardRig &) = delete;
+
+  Tensor *tensor(sn_dtype_t dt, int64_t n, int off = 0) {
+    tensors.push_back(std::make_unique<Tensor>(dt, n, off));
+    return tensors.back().get();
+  }
+  // Bind the gradients with SPECNORM_TUNE `tune` appended (the binding reads group_coop then).
+  sn_status_t bind(const std::string &tune, bool with_dgamma = true) {
+    const std::string knobs = tune_prefix() + tune;
+    ScopedEnv env("SPECNORM_TUNE", knobs.empty() ? nullptr : knobs.c_str());
+    return sn_group_set_gradients(g.p, gG.data(), gdw.data(), with_dgamma ? gdg.data() : nullptr);
+  }
+  // G and the accumulation targets as drawn, in both sets; every ∂L/∂γ slot NaN.
+  void reset() {
+    for (size_t k = 0; k < ms.size(); ++k) {
+      for (Tensor *t : {Gg[k], Ga[k]}) EXPECT_EQ(cudaMemcpy(t->dev, Gh[k].data(), Gh[k].size(), cudaMemcpyHostToDevice), cudaSuccess);
+      for (Tensor *t : {Dg[k], Da[k]}) {
+        if (t) {
+          EXPECT_EQ(cudaMemcpy(t->dev, D0[k].data(), D0[k].size(), cudaMemcpyHostToDevice), cudaSuccess);
+        }
+      }
+    }
+    EXPECT_EQ(cudaMemset(dgam, 0xFF, 2 * ms.size() * sizeof(float)), cudaSuccess);
+  }
+  // Member k's dW as the group (group = true) or its own backward left it.
+  std::vector<uint8_t> dW(size_t k, bool group) const {
+    return (group ? (Dg[k] ? Dg[k] : Gg[k]) : (Da[k] ? Da[k] : Ga[k]))->download_bytes();
+  }
+  std::vector<float> dgammas() const {
+    std::vector<float> out(2 * ms.size());
+    EXPECT_EQ(cudaMemcpy(out.data(), dgam, out.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    return out;
+  }
+  // The grouped backward with `flags` from reset buffers: every member's dW, then the ∂L/∂γ slots.
+  std::vector<std::vector<uint8_t>> group_backward(unsigned flags) {
+    reset();
+    EXPECT_EQ(sn_group_backward(g.p, flags, nullptr), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<std::vector<uint8_t>> out;
+    for (size_t k = 0; k < ms.size(); ++k) out.push_back(dW(k, true));
+    const std::vector<float> d = dgammas();
+    out.emplace_back(reinterpret_cast<const uint8_t *>(d.data()),
+                     reinterpret_cast<const uint8_t *>(d.data() + ms.size()));
+    return out;
+  }
+};
+
+// The grouped backward on the GPU gives each layer's sn_backward bit for bit (the same blocks and
+// sums), for every flag, with ∂L/∂γ bound for some members, G and dW misaligned for others (the
+// element loops), and dW = G for others; it equals the CPU backend within float rounding; and it
+// is 2 launches (1 with σ detached and no ∂L/∂γ bound), or 1 cooperative launch for a group of at
+// most 8 MiB where the device has it; replayed from a CUDA graph bit for bit.
+// (Members up to 2M elements, so that it also runs under racecheck: views by rows and by
+// elements, every dtype and several layers' blocks per kernel are there.)
+TEST(GroupGpu, BackwardIsBitwiseEachLayersBackward) {
+  REQUIRE_GPU();
+  SN_SEEDED_RNG();
+  BackwardRig r(members_up_to(2000000), rng);
+  ASSERT_TRUE(r.ok) << sn_last_error_message();
+  ASSERT_EQ(r.bind(""), SN_SUCCESS) << sn_last_error_message();
+  const size_t n_members = r.ms.size();
+  std::vector<std::vector<uint8_t>> eager0;  // flags 0, for the graph replays
   for (unsigned flags : kBackwardFlags) {
     SCOPED_TRACE("flags " + std::to_string(flags));
-    reset();
-    ASSERT_EQ(sn_group_backward(g.p, flags, nullptr), SN_SUCCESS) << sn_last_error_message();
+    const std::vector<std::vector<uint8_t>> got = r.group_backward(flags);
     for (size_t k = 0; k < n_members; ++k)
-      ASSERT_EQ(sn_backward(layers[k], Wd[k], Ga[k]->dev, Da[k] ? Da[k]->dev : Ga[k]->dev, flags,
-                            gdg[k] ? dgam + n_members + k : nullptr, nullptr),
+      ASSERT_EQ(sn_backward(r.layers[k], r.Wd[k], r.Ga[k]->dev, r.Da[k] ? r.Da[k]->dev : r.Ga[k]->dev, flags,
+                            r.gdg[k] ? r.dgam + n_members + k : nullptr, nullptr),
                 SN_SUCCESS)
           << sn_last_error_message();
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    std::vector<float> dg(2 * n_members);
-    ASSERT_EQ(cudaMemcpy(dg.data(), dgam, dg.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    const std::vector<float> dg = r.dgammas();
+    if (flags == 0) eager0 = got;
     for (size_t k = 0; k < n_members; ++k) {
-      SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(ms[k].shape));
-      const std::vector<uint8_t> got = result(k, true);
-      EXPECT_TRUE(got == result(k, false)) << "dW differs from the layer's own backward";
-      if (flags == 0) eager0[k] = got;
-      if (gdg[k]) {
+      SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(r.ms[k].shape));
+      EXPECT_TRUE(got[k] == r.dW(k, false)) << "dW differs from the layer's own backward";
+      if (r.gdg[k]) {
         EXPECT_EQ(std::memcmp(&dg[k], &dg[n_members + k], 4), 0) << dg[k] << " against " << dg[n_members + k];
       }
       if (flags != 0) continue;
       // Against the CPU backend, from the GPU layer's state and the weight as the device holds it.
-      const State st = get_state(layers[k]);
-      ASSERT_EQ(sn_layer_set_state(cl[k]->p, st.u.data(), st.v.data(), st.sigma, 1, nullptr), SN_SUCCESS);
-      const std::vector<uint8_t> Wh = Wt[k]->download_bytes();
-      std::vector<uint8_t> want = Gh[k];
+      const State st = get_state(r.layers[k]);
+      ASSERT_EQ(sn_layer_set_state(r.cl[k]->p, st.u.data(), st.v.data(), st.sigma, 1, nullptr), SN_SUCCESS);
+      const std::vector<uint8_t> Wh = r.Wt[k]->download_bytes();
+      std::vector<uint8_t> want = r.Gh[k];
       float dgc = 0.f;
-      ASSERT_EQ(sn_backward(cl[k]->p, Wh.data(), Gh[k].data(), want.data(), 0, gdg[k] ? &dgc : nullptr, nullptr),
+      ASSERT_EQ(sn_backward(r.cl[k]->p, Wh.data(), r.Gh[k].data(), want.data(), 0, r.gdg[k] ? &dgc : nullptr, nullptr),
                 SN_SUCCESS);
       double worst = 0, top = 0;
-      for (int64_t q = 0; q < numel_of(ms[k].shape); ++q) {
-        const double b = sn_load(want.data(), ms[k].dt, q);
-        worst = std::max(worst, std::fabs(sn_load(got.data(), ms[k].dt, q) - b));
+      const sn_dtype_t dt = r.ms[k].dt;
+      for (int64_t q = 0; q < numel_of(r.ms[k].shape); ++q) {
+        const double b = sn_load(want.data(), dt, q);
+        worst = std::max(worst, std::fabs(sn_load(got[k].data(), dt, q) - b));
         top = std::max(top, std::fabs(b));
       }
-      EXPECT_LE(worst, (ms[k].dt == SN_DTYPE_FLOAT32 ? 1e-5 : 2 * ulp(ms[k].dt)) * top) << "dW against the CPU";
-      if (gdg[k]) {
-        EXPECT_NEAR(dg[k] / dgc, 1.0, ms[k].dt == SN_DTYPE_FLOAT32 ? 1e-4 : 1e-3);
+      EXPECT_LE(worst, (dt == SN_DTYPE_FLOAT32 ? 1e-5 : 2 * ulp(dt)) * top) << "dW against the CPU";
+      if (r.gdg[k]) {
+        EXPECT_NEAR(dg[k] / dgc, 1.0, dt == SN_DTYPE_FLOAT32 ? 1e-4 : 1e-3);
       }
     }
   }
-  // Launches: 2; 1 with σ detached once no ∂L/∂γ is bound (a new binding).
-  const auto both = captured_kernels([&](cudaStream_t s) { return sn_group_backward(g.p, 0, s); });
-  EXPECT_EQ(both.size(), 2u);
-  const auto detached = captured_kernels([&](cudaStream_t s) { return sn_group_backward(g.p, SN_BACKWARD_DETACH_SIGMA, s); });
-  EXPECT_EQ(detached.size(), 2u) << "∂L/∂γ bound: ⟨G, W⟩ still needed";
+  double w_bytes = 0;
+  for (const Member &m : r.ms) w_bytes += double(numel_of(m.shape)) * double(sn_dtype_size(m.dt));
+  const size_t two = group_is_cooperative(w_bytes) ? 1u : 2u;
+  EXPECT_EQ(captured_kernels([&](cudaStream_t s) { return sn_group_backward(r.g.p, 0, s); }).size(), two);
+  EXPECT_EQ(captured_kernels([&](cudaStream_t s) { return sn_group_backward(r.g.p, SN_BACKWARD_DETACH_SIGMA, s); }).size(),
+            two)
+      << "∂L/∂γ bound: ⟨G, W⟩ still needed";
   // Graph replays of flags 0 give the eager bits.
   cudaStream_t s = nullptr;
   ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
   ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
-  ASSERT_EQ(sn_group_backward(g.p, 0, s), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_group_backward(r.g.p, 0, s), SN_SUCCESS) << sn_last_error_message();
   ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
   for (int rep = 0; rep < 2; ++rep) {
-    reset();
+    r.reset();
     ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
-    for (size_t k = 0; k < n_members; ++k) EXPECT_TRUE(result(k, true) == eager0[k]) << "replay " << rep << ", member " << k;
+    for (size_t k = 0; k < n_members; ++k) EXPECT_TRUE(r.dW(k, true) == eager0[k]) << "replay " << rep << ", member " << k;
   }
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(s);
-  ASSERT_EQ(sn_group_set_gradients(g.p, gG.data(), gdw.data(), nullptr), SN_SUCCESS) << sn_last_error_message();
-  const auto one = captured_kernels([&](cudaStream_t st) { return sn_group_backward(g.p, SN_BACKWARD_DETACH_SIGMA, st); });
-  EXPECT_EQ(one.size(), 1u);
+  // A new binding without ∂L/∂γ: detached, no ⟨G, W⟩ at all, one launch.
+  ASSERT_EQ(r.bind("", false), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_EQ(captured_kernels([&](cudaStream_t st) { return sn_group_backward(r.g.p, SN_BACKWARD_DETACH_SIGMA, st); }).size(),
+            1u);
+}
+
+// The cooperative grouped backward (group_coop=1: one launch, a grid-wide barrier between the
+// steps; on as many blocks as fit, and on 7, where every block takes several of each step's) runs
+// the very blocks of the two kernels (group_coop=0): the same bits, for every flag.
+TEST(GroupGpu, BackwardCooperativeIsBitwiseTheTwoKernels) {
+  REQUIRE_GPU();
+  int dev = 0, coop = 0;
+  CUDA_OK(cudaGetDevice(&dev));
+  CUDA_OK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  if (!coop) GTEST_SKIP() << "no cooperative launch on this device";
+  SN_SEEDED_RNG();
+  BackwardRig r(members_up_to(2000000), rng);
+  ASSERT_TRUE(r.ok) << sn_last_error_message();
+  std::vector<std::vector<std::vector<uint8_t>>> plain;
+  ASSERT_EQ(r.bind("group_coop=0"), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_EQ(captured_kernels([&](cudaStream_t s) { return sn_group_backward(r.g.p, 0, s); }).size(), 2u);
+  for (unsigned flags : kBackwardFlags) plain.push_back(r.group_backward(flags));
+  for (const char *tune : {"group_coop=1", "group_coop=1,group_grid=7"}) {
+    SCOPED_TRACE(tune);
+    ASSERT_EQ(r.bind(tune), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_EQ(captured_kernels([&](cudaStream_t s) { return sn_group_backward(r.g.p, 0, s); }).size(), 1u);
+    for (size_t q = 0; q < std::size(kBackwardFlags); ++q) {
+      SCOPED_TRACE("flags " + std::to_string(kBackwardFlags[q]));
+      const std::vector<std::vector<uint8_t>> got = r.group_backward(kBackwardFlags[q]);
+      for (size_t k = 0; k < got.size(); ++k) EXPECT_TRUE(got[k] == plain[q][k]) << "member " << k << " (last: ∂L/∂γ)";
+    }
+  }
+}
+
+// A cooperative backward launch that the device refuses (group_grid_force: more blocks than can be
+// resident) runs as the two kernels instead, eagerly, with their bits; during a capture it fails
+// with SN_ERROR_CUDA saying to capture again, and the next capture has the two kernels.
+TEST(GroupGpu, RefusedCooperativeBackwardFallsBackToTwoKernels) {
+  REQUIRE_GPU();
+  int dev = 0, coop = 0;
+  CUDA_OK(cudaGetDevice(&dev));
+  CUDA_OK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  if (!coop) GTEST_SKIP() << "no cooperative launch on this device";
+  SN_SEEDED_RNG();
+  BackwardRig r({{{64, 3, 3, 3}}, {{128, 64, 3, 3}}, {{300, 517}, 0, SN_DTYPE_BFLOAT16}, {{1, 128}}}, rng);
+  ASSERT_TRUE(r.ok) << sn_last_error_message();
+  ASSERT_EQ(r.bind("group_coop=0"), SN_SUCCESS) << sn_last_error_message();
+  const std::vector<std::vector<uint8_t>> plain = r.group_backward(0);
+  ASSERT_EQ(r.bind("group_coop=1,group_grid_force=1000000"), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_TRUE(r.group_backward(0) == plain);
+  EXPECT_EQ(captured_kernels([&](cudaStream_t s) { return sn_group_backward(r.g.p, 0, s); }).size(), 2u);
+  ASSERT_EQ(r.bind("group_coop=1,group_grid_force=1000000"), SN_SUCCESS) << sn_last_error_message();
+  const CaptureOutcome c = capture_outcome([&](cudaStream_t s) { return sn_group_backward(r.g.p, 0, s); });
+  EXPECT_EQ(c.status, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
+  EXPECT_NE(c.message.find("capture"), std::string::npos) << c.message;
+  EXPECT_EQ(captured_kernels([&](cudaStream_t s) { return sn_group_backward(r.g.p, 0, s); }).size(), 2u);
 }
