@@ -547,9 +547,7 @@ SN_API sn_status_t sn_group_set_gradients(sn_group_t *group, const void *const *
 
 SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_stream_t stream) {
   if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
-  if (flags & ~(unsigned)(SN_BACKWARD_ACCUMULATE | SN_BACKWARD_DETACH_SIGMA))
-    return sn__fail(SN_ERROR_INVALID_VALUE, "flags = 0x%x has bits that are not sn_backward_flag_t",
-                    flags);
+  if (sn__check_backward_flags(flags) != SN_SUCCESS) return SN_ERROR_INVALID_VALUE;
   if (!group->G)
     return sn__fail(SN_ERROR_INVALID_STATE,
                     "the group has no gradient buffers: call sn_group_set_gradients first");

@@ -495,6 +495,13 @@ SN_API sn_status_t sn_layer_warmup(sn_layer_t *layer, const void *W, sn_stream_t
 
 /* ---- backward ------------------------------------------------------------------------------ */
 
+sn_status_t sn__check_backward_flags(unsigned flags) {
+  if (flags & ~(unsigned)(SN_BACKWARD_ACCUMULATE | SN_BACKWARD_DETACH_SIGMA))
+    return sn__fail(SN_ERROR_INVALID_VALUE, "flags = 0x%x has bits that are not sn_backward_flag_t",
+                    flags);
+  return SN_SUCCESS;
+}
+
 sn_status_t sn__check_backward_buffers(const sn_layer_t *l, const void *W, const void *G,
                                        const void *dW, const float *dgamma,
                                        const char *const names[4]) {
@@ -515,9 +522,7 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
   if (!W) return sn__fail(SN_ERROR_NULL_POINTER, "W is NULL");
   if (!G) return sn__fail(SN_ERROR_NULL_POINTER, "G is NULL");
   if (!dW) return sn__fail(SN_ERROR_NULL_POINTER, "dW is NULL");
-  if (flags & ~(unsigned)(SN_BACKWARD_ACCUMULATE | SN_BACKWARD_DETACH_SIGMA))
-    return sn__fail(SN_ERROR_INVALID_VALUE, "flags = 0x%x has bits that are not sn_backward_flag_t",
-                    flags);
+  if (sn__check_backward_flags(flags) != SN_SUCCESS) return SN_ERROR_INVALID_VALUE;
   if (!layer->warmed_up)
     return sn__fail(SN_ERROR_INVALID_STATE,
                     "the layer has had no forward yet: the backward needs its u, v and sigma");

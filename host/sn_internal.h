@@ -80,6 +80,8 @@ sn_status_t sn__check_overlap(const sn_layer_t *l, const void *a, const char *an
 static inline uint32_t sn__health_after_set_state(int is_1d, int zero_u, int zero_v) {
   return (!is_1d && (zero_u || zero_v)) ? SN_HEALTH_RESTART : 0u;
 }
+/* SN_ERROR_INVALID_VALUE (with its message) for flags outside sn_backward_flag_t. */
+sn_status_t sn__check_backward_flags(unsigned flags);
 /* The backward's buffer rules (sn_backward, sn_group_set_gradients): dW coincides with G or W or
  * overlaps neither, and W, G, dW and dgamma (when not NULL) are in the backend's memory. names:
  * those of W, G, dW and dgamma in the messages. */

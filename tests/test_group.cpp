@@ -131,14 +131,17 @@ size_t captured_nodes(sn_group_t *g, int training) {
   return nodes;
 }
 
+// Whether the current device has cooperative launches (false where it cannot be asked).
+bool cooperative_launch_here() {
+  int dev = 0, coop = 0;
+  return cudaGetDevice(&dev) == cudaSuccess &&
+         cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) == cudaSuccess && coop;
+}
+
 // Whether a group whose weights take w_bytes runs as one cooperative launch on this device (the
 // policy of sn_cuda_tune_group_coop, where the device has cooperative launches).
 bool group_is_cooperative(double w_bytes) {
-  int dev = 0, coop = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess)
-    return false;
-  return coop && sn_cuda_tune_group_coop(w_bytes) > 0;
+  return cooperative_launch_here() && sn_cuda_tune_group_coop(w_bytes) > 0;
 }
 
 }  // namespace
@@ -763,10 +766,7 @@ static void expect_refusal_falls_back(const std::vector<std::vector<int64_t>> &s
 // returned.
 TEST(GroupGpu, RefusedCooperativeLaunchFallsBackToThreeKernels) {
   REQUIRE_GPU();
-  int dev = 0, coop = 0;
-  CUDA_OK(cudaGetDevice(&dev));
-  CUDA_OK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
-  if (!coop) GTEST_SKIP() << "no cooperative launch on this device";
+  if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
   std::vector<std::string> eager, captured;
   expect_refusal_falls_back({{64, 3, 3, 3}, {128, 64, 3, 3}, {300, 517}, {1, 128}}, "group_coop=0",
                             "group_coop=1,group_grid_force=1000000", "cooperative", &eager, &captured);
@@ -1622,10 +1622,7 @@ TEST(GroupGpu, BackwardIsBitwiseEachLayersBackward) {
 // the very blocks of the two kernels (group_coop=0): the same bits, for every flag.
 TEST(GroupGpu, BackwardCooperativeIsBitwiseTheTwoKernels) {
   REQUIRE_GPU();
-  int dev = 0, coop = 0;
-  CUDA_OK(cudaGetDevice(&dev));
-  CUDA_OK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
-  if (!coop) GTEST_SKIP() << "no cooperative launch on this device";
+  if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
   SN_SEEDED_RNG();
   BackwardRig r(members_up_to(2000000), rng);
   ASSERT_TRUE(r.ok) << sn_last_error_message();
@@ -1650,10 +1647,7 @@ TEST(GroupGpu, BackwardCooperativeIsBitwiseTheTwoKernels) {
 // with SN_ERROR_CUDA saying to capture again, and the next capture has the two kernels.
 TEST(GroupGpu, RefusedCooperativeBackwardFallsBackToTwoKernels) {
   REQUIRE_GPU();
-  int dev = 0, coop = 0;
-  CUDA_OK(cudaGetDevice(&dev));
-  CUDA_OK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
-  if (!coop) GTEST_SKIP() << "no cooperative launch on this device";
+  if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
   SN_SEEDED_RNG();
   BackwardRig r({{{64, 3, 3, 3}}, {{128, 64, 3, 3}}, {{300, 517}, 0, SN_DTYPE_BFLOAT16}, {{1, 128}}}, rng);
   ASSERT_TRUE(r.ok) << sn_last_error_message();
