@@ -1816,8 +1816,9 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
     if (st != SN_SUCCESS) {
       fprintf(stderr, "    (grouped call skipped for %s: %s)\n", wl->name, sn_last_error_message());
       ok = 0;
-    } else if (buf->dG) {
-      /* The backward's dW goes to the W_sn buffers, as the single layers' does. */
+    } else if (any_backward(o)) {
+      /* The backward's dW goes to the W_sn buffers, as the single layers' does. (G has every copy
+       * only when a backward mode runs: run_gpu_workload.) */
       for (int l = 0; l < L; l++) G[l] = G_at(buf, c, l);
       CK_SN(sn_group_set_gradients(r.fwd[c], G, Out, NULL));
     }
@@ -1851,7 +1852,7 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
         free(got);
       }
     }
-    for (int m = M_BACKWARD; buf->dG && m <= M_BACKWARD_ACC; m++) {
+    for (int m = M_BACKWARD; any_backward(o) && m <= M_BACKWARD_ACC; m++) {
       /* From the state of the eval call above, on both sides; backward-acc onto a random dW. */
       const int acc = m == M_BACKWARD_ACC;
       for (int l = 0; l < L; l++) {

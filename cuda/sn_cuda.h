@@ -366,7 +366,8 @@ void sn_cuda_group_backward_entry(const sn_cuda_plan_t *plan, const float *u, co
 void sn_cuda_group_backward_prepare(int coop_max, int *coop_blocks);
 /* Enqueue a grouped backward: ⟨G, W⟩ of every layer that needs it (not detached, or ∂L/∂γ wanted)
  * when need_inner, then dW of every layer; one cooperative launch when group->coop_blocks > 0
- * (refused, it returns cudaErrorCooperativeLaunchTooLarge and nothing ran). Returns a cudaError_t. */
+ * (refused, it returns cudaErrorCooperativeLaunchTooLarge and nothing ran). Returns a
+ * cudaError_t. */
 int sn_cuda_group_backward(const sn_cuda_group_bw_t *group, int accumulate, int detach,
                            int need_inner, sn_stream_t stream);
 

@@ -412,19 +412,26 @@ static sn_status_t check_gradients(const sn_group_t *g, const void *const *G, vo
       snprintf(name[q], sizeof name[q], "%s[%d]", what[q], k);
       names[q] = name[q];
     }
-    sn_status_t st = sn__check_backward_buffers(l, g->W[k], G[k], dW[k], dgamma ? dgamma[k] : NULL, names);
+    const float *dg = dgamma ? dgamma[k] : NULL;
+    sn_status_t st = sn__check_backward_buffers(l, g->W[k], G[k], dW[k], dg, names);
     if (st != SN_SUCCESS) return st;
     const size_t bytes = sn__weight_bytes(l);
     for (int j = 0; j < g->count; ++j) {
-      if (j == k) continue;
       const size_t nj = sn__weight_bytes(g->layers[j]);
       const void *other[3] = {g->W[j], G[j], dW[j]};
-      for (int q = 0; q < 3; ++q)
-        if (sn__overlap(dW[k], bytes, other[q], nj))
+      for (int q = 0; q < 3; ++q) {
+        if (j != k && sn__overlap(dW[k], bytes, other[q], nj))
           return sn__fail(SN_ERROR_INVALID_VALUE,
                           "dW[%d] (%p) overlaps %s[%d] (%p): the group writes one layer's dW while "
                           "it reads the others' W and G",
                           k, dW[k], what[q], j, other[q]);
+        /* ∂L/∂γ is written while the buffers are read or written, its own layer's too. */
+        if (dg && sn__overlap(dg, sizeof(float), other[q], nj))
+          return sn__fail(SN_ERROR_INVALID_VALUE, "dgamma[%d] (%p) lies inside %s[%d] (%p)", k,
+                          (const void *)dg, what[q], j, other[q]);
+      }
+      if (dg && j < k && dgamma[j] == dg)
+        return sn__fail(SN_ERROR_INVALID_VALUE, "dgamma[%d] and dgamma[%d] are the same float", j, k);
     }
   }
   return SN_SUCCESS;
@@ -444,6 +451,7 @@ static sn_status_t upload_backward(const sn_group_t *g, const void *const *G, vo
     w_bytes += (double)sn__weight_bytes(l);
     sn_cuda_group_backward_entry(&l->plan, l->u, l->v, l->sigma, g->W[k], G[k], dW[k],
                                  dgamma ? dgamma[k] : NULL, &ent[k]);
+    ent[k].gamma = g->gamma[k]; /* the binding at creation, which every call checks is unchanged */
     ent[k].inner_block0 = (int)inner;
     ent[k].apply_block0 = (int)apply;
     inner += ent[k].shape.inner_blocks;
@@ -506,7 +514,8 @@ SN_API sn_status_t sn_group_set_gradients(sn_group_t *group, const void *const *
   if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
   if (!G) return sn__fail(SN_ERROR_NULL_POINTER, "G is NULL");
   if (!dW) return sn__fail(SN_ERROR_NULL_POINTER, "dW is NULL");
-  sn_status_t st = check_gradients(group, G, dW, dgamma);
+  sn_status_t st = check_gamma_bindings(group); /* the binding takes each layer's γ from creation */
+  if (st == SN_SUCCESS) st = check_gradients(group, G, dW, dgamma);
   if (st != SN_SUCCESS) return st;
   const size_t n = (size_t)group->count;
   const void **g_G = malloc(n * sizeof *g_G);

@@ -345,11 +345,14 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
  * dW[k], which receives ∂L/∂W[k] (both of W[k]'s shape and dtype, in the backend's memory);
  * dgamma: NULL, or `count` pointers, each NULL or one float (backend memory) that receives that
  * layer's ∂L/∂γ as sn_backward's dgamma. dW[k] may be G[k] or W[k] (in place) but must not
- * otherwise overlap them, nor overlap any other member's W, G or dW (SN_ERROR_INVALID_VALUE). Like
- * W and W_sn, the group holds only the pointers: the buffers must outlive the binding. A new
- * call replaces the binding. Allocates the backward's tables and decides its launches (as
- * sn_group_create does the forward's); blocks. On failure the binding in place before the call,
- * if any, stays. */
+ * otherwise overlap them, nor overlap any other member's W, G or dW; no dgamma lies inside any
+ * member's W, G or dW, and no two are the same float (SN_ERROR_INVALID_VALUE). Like W and W_sn,
+ * the group holds only the pointers: the buffers must outlive the binding. A new call replaces
+ * the binding and frees the old one's tables: a CUDA graph captured from sn_group_backward
+ * before it must be captured again. Allocates the backward's tables and decides its launches (as
+ * sn_group_create does the forward's; a cooperative launch dropped by an earlier refusal is
+ * tried again); blocks. SN_ERROR_INVALID_STATE after a member's γ binding changed (as
+ * sn_group_forward). On failure the binding in place before the call, if any, stays. */
 SN_API sn_status_t sn_group_set_gradients(sn_group_t *group, const void *const *G, void *const *dW,
                                           float *const *dgamma);
 
@@ -360,12 +363,13 @@ SN_API sn_status_t sn_group_set_gradients(sn_group_t *group, const void *const *
  * is bound). Each layer's result is bitwise what sn_backward gives on it (the same blocks and
  * sums; except a layer whose own backward runs on chip, SPECNORM_TUNE=op_onchip=1). A cooperative
  * launch refused because fewer blocks can be resident than at sn_group_set_gradients (the GPU
- * shared under MPS) is dropped for good: the 2 launches run instead, or during a stream capture
- * the call fails with SN_ERROR_CUDA and the caller captures again. Stream-ordered, no allocation,
- * no synchronization, deterministic, capturable in a CUDA graph. SN_ERROR_INVALID_STATE before
+ * shared under MPS) is dropped until the next binding: the 2 launches run instead, or during a
+ * stream capture the call fails with SN_ERROR_CUDA and the caller captures again. Stream-ordered,
+ * no allocation, no synchronization, deterministic, capturable in a CUDA graph. Before
  * sn_group_set_gradients, while a member has had no forward (or sn_layer_warmup) yet, or after a
- * member's γ binding changed (as sn_group_forward). A group's backward and a member's own forward
- * or backward must not run at the same time (they share the layer's scratch). */
+ * member's γ binding changed (as sn_group_forward): SN_ERROR_INVALID_STATE. A group's backward
+ * and a member's own forward or backward must not run at the same time (they share the layer's
+ * scratch). */
 SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_stream_t stream);
 
 /* ---- Checkpoints --------------------------------------------------------------------------- */

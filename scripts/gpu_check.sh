@@ -465,7 +465,7 @@ SN_SMALL_FILTER="$(without_coop "$SN_SMALL_FILTER")"
 # race it on its own with SN_RACECHECK_FILTER; at d44ff6c the 512-thread and cluster-size tests
 # took 57 s). Small layers' training forwards run on chip by default (sm_90), so the Shapes tests
 # here race the on-chip kernel too.
-SN_RACECHECK_FILTER="${SN_RACECHECK_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:GroupGpu.OnChipWith512*:Gpu.OnChipLayerLeavesOthers*:GpuTraining.OnChipLayerOptions*:GroupGpu.CooperativeSmallGroup*:Gpu.OnePassCooperativeRacecheckSized*:GroupGpu.Backward*}"
+SN_RACECHECK_FILTER="${SN_RACECHECK_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:GroupGpu.OnChipWith512*:Gpu.OnChipLayerLeavesOthers*:GpuTraining.OnChipLayerOptions*:GroupGpu.CooperativeSmallGroup*:Gpu.OnePassCooperativeRacecheckSized*:GroupGpu.BackwardCooperative*:GroupGpu.RefusedCooperativeBackward*}"
 SN_RACECHECK_FILTER="$(without_coop "$SN_RACECHECK_FILTER")"
 sanitize() {  # sanitize TOOL...
  local tool cap reserve
