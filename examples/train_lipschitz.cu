@@ -12,12 +12,16 @@
  * Backward: the GEMM gives G = ∂L/∂W_sn, sn_backward turns it into ∂L/∂W (the σ term included),
  * and ∂L/∂x = W_snᵀ ∂L/∂z is again a GEMM with alpha = scale. Adam updates W and b.
  *
+ * With --grouped, the three layers are one specnorm group: one sn_group_forward before the
+ * forward GEMMs and one sn_group_backward after the backward GEMMs, each a single launch for every
+ * layer, in place of a call per layer (the same results to float rounding).
+ *
  * Each ‖W_sn‖₂ is close to 1 and ReLU is 1-Lipschitz, so the whole network is (close to)
  * 1-Lipschitz: a point classified with margin |f(x)| > r · Lip keeps its class under any
  * perturbation of norm r ("certified" accuracy below). Once per epoch the program checks ‖W_sn‖₂
  * independently: it copies W to the host and runs a long power iteration in double.
  *
- * Usage: train_lipschitz [--epochs N] [--power-iterations K]
+ * Usage: train_lipschitz [--epochs N] [--power-iterations K] [--grouped]
  * Exit status: 0 on success, and also without a GPU (it then does nothing); 1 on any error or if
  * training does not reach 95% accuracy.
  */
@@ -146,6 +150,7 @@ typedef struct {
   cublasHandle_t blas;
   cudaStream_t stream;
   float *zero, *one;  /* device constants: in device pointer mode beta is a device pointer too */
+  sn_group_t *group;  /* --grouped: every layer's specnorm calls as one (NULL: a call per layer) */
 } model_t;
 
 static float *device_zeros(size_t n) {
@@ -163,10 +168,12 @@ static float *device_zeros(size_t n) {
  *   input    dX = dZ W_sn  (B x in):   dXᵀ = W_snᵀ dZᵀ     gemm(N, N, in, B, out,  scale, W, in, dZ, out, 0, dX, in)
  * Since W_sn = scale · W, alpha = scale applies the normalization inside the GEMM. */
 static void forward(model_t *m, const float *x, int batch, int training) {
+  /* Updates u, v, σ and *scale (stream-ordered, no sync); training == 0 keeps u and v. A group
+   * does it for every layer at once (its W_sn are NULL: scale only). */
+  if (m->group) SN_CHECK(sn_group_forward(m->group, training, m->stream));
   for (int l = 0; l < N_LAYERS; ++l) {
     dense_t *L = &m->layer[l];
-    /* Updates u, v, σ and *scale (stream-ordered, no sync); training == 0 keeps u and v. */
-    SN_CHECK(sn_forward_scale_only(L->sn, L->W, training, m->stream));
+    if (!m->group) SN_CHECK(sn_forward_scale_only(L->sn, L->W, training, m->stream));
     CUBLAS_CHECK(cublasSgemm(m->blas, CUBLAS_OP_T, CUBLAS_OP_N, L->out, batch, L->in, L->scale,
                              L->W, L->in, x, L->in, m->zero, L->z, L->out));
     int last = l == N_LAYERS - 1;
@@ -198,8 +205,10 @@ static void backward(model_t *m, const float *x, int batch) {
     }
     /* ∂L/∂W = scale · (G − ⟨G, W_sn⟩ u vᵀ), in place (dW holds G and receives ∂L/∂W). Uses the
      * u, v, σ of this layer's last forward, so it must come before the next forward. */
-    SN_CHECK(sn_backward(L->sn, L->W, L->dW, L->dW, 0, NULL, m->stream));
+    if (!m->group) SN_CHECK(sn_backward(L->sn, L->W, L->dW, L->dW, 0, NULL, m->stream));
   }
+  /* The same for every layer at once, with the buffers bound by sn_group_set_gradients. */
+  if (m->group) SN_CHECK(sn_group_backward(m->group, 0, m->stream));
 }
 
 static void adam(model_t *m, int step) {
@@ -337,14 +346,16 @@ static int parse_int(const char *s, int lo, int hi, const char *what) {
 }
 
 int main(int argc, char **argv) {
-  int epochs = 30, power_iterations = 1;
+  int epochs = 30, power_iterations = 1, grouped = 0;
   for (int i = 1; i < argc; ++i) {
-    if (!strcmp(argv[i], "--epochs") && i + 1 < argc) {
+    if (!strcmp(argv[i], "--grouped")) {
+      grouped = 1;
+    } else if (!strcmp(argv[i], "--epochs") && i + 1 < argc) {
       epochs = parse_int(argv[++i], 1, 100000, "--epochs");
     } else if (!strcmp(argv[i], "--power-iterations") && i + 1 < argc) {
       power_iterations = parse_int(argv[++i], 1, 1000, "--power-iterations");
     } else {
-      fprintf(stderr, "usage: %s [--epochs N] [--power-iterations K]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--epochs N] [--power-iterations K] [--grouped]\n", argv[0]);
       return strcmp(argv[i], "--help") ? 1 : 0;
     }
   }
@@ -429,12 +440,27 @@ int main(int argc, char **argv) {
     SN_CHECK(sn_layer_create(&L->sn, &desc));
     SN_CHECK(sn_layer_scale_ptr(L->sn, &L->scale));
   }
+  if (grouped) {
+    /* One group of the three layers: W_sn NULL (scale-only forwards); the backward's G and dW are
+     * both dW, in place, as in the per-layer calls. */
+    sn_layer_t *layers[N_LAYERS];
+    const void *W[N_LAYERS], *G[N_LAYERS];
+    void *dW[N_LAYERS];
+    for (int l = 0; l < N_LAYERS; ++l) {
+      layers[l] = m.layer[l].sn;
+      W[l] = m.layer[l].W;
+      G[l] = dW[l] = m.layer[l].dW;
+    }
+    SN_CHECK(sn_group_create(&m.group, layers, W, NULL, N_LAYERS));
+    SN_CHECK(sn_group_set_gradients(m.group, G, dW, NULL));
+  }
 
   printf("data: two moons, %d points (noise %.2f); model 2 -> 64 -> 64 -> 1, ReLU\n", N_POINTS,
          kNoise);
-  printf("spectral norm on every weight, %d power iteration(s) per step; Adam lr %g, batch %d, "
+  printf("spectral norm on every weight, %d power iteration(s) per step%s; Adam lr %g, batch %d, "
          "hinge loss with margin %.2f\n",
-         power_iterations, kLearningRate, BATCH, kMargin);
+         power_iterations, grouped ? ", the layers as one group" : "", kLearningRate, BATCH,
+         kMargin);
   printf("cert: correct with margin > %.2f x Lipschitz bound (robust to any perturbation of "
          "norm %.2f)\n\n",
          kRadius, kRadius);
@@ -467,6 +493,7 @@ int main(int argc, char **argv) {
   printf("\n%d epochs (%d steps) in %.2f s, CPU checks included; final accuracy %.1f%%\n", epochs,
          step, ms / 1000.0f, 100.0 * acc);
 
+  sn_group_destroy(m.group); /* before its layers */
   for (int l = 0; l < N_LAYERS; ++l) {
     dense_t *L = &m.layer[l];
     sn_layer_destroy(L->sn);

@@ -28,6 +28,7 @@
 #              compute-sanitizer --error-exitcode 1 over $BUILD_DIR/tests/specnorm_gpu_tests
 #   torch      python3 bench/torch_baseline.py $WORKLOADS --json $OUT/torch.json
 #   example    $BUILD_DIR/examples/train_lipschitz (the training-loop example)
+#   example_grouped  the same with --grouped (its layers as one specnorm group)
 #   sn_bench   $BUILD_DIR/bench/sn_bench $WORKLOADS --torch $OUT/torch.json --json $OUT/bench.json
 #              (WORKLOADS: $SN_BENCH_WORKLOADS, default a few single layers and every preset)
 #   plot       python3 bench/plot.py $OUT/bench.json $OUT/torch.json -o $OUT/speedup.png
@@ -357,8 +358,11 @@ fi
 EXAMPLE="$BUILD/examples/train_lipschitz"
 if [[ -x "$EXAMPLE" ]]; then
   run_step example "$OUT/tests.log" 60 300 env LD_LIBRARY_PATH="$RUN_LD_PATH" "$EXAMPLE"
+  # The same loop with the three layers as one group (sn_group_forward, sn_group_backward).
+  run_step example_grouped "$OUT/tests.log" 60 300 env LD_LIBRARY_PATH="$RUN_LD_PATH" "$EXAMPLE" --grouped
 else
   skip_step example "$OUT/tests.log" "no $EXAMPLE"
+  skip_step example_grouped "$OUT/tests.log" "no $EXAMPLE"
 fi
 
 # ---- (e) benchmarks: PyTorch first, so sn_bench can join its rows ---------------------------
