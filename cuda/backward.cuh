@@ -67,9 +67,7 @@ __device__ __forceinline__ Coefs coefs(const ApplyParams &p) {
 // ∂L/∂γ = ⟨G, W⟩ / d, written once (block 0 of the step, thread 0) when asked for.
 __device__ __forceinline__ void write_dgamma(const ApplyParams &p, int64_t g) {
   if (g != 0 || threadIdx.x != 0 || !p.dgamma) return;
-  const float sig = p.sigma[0];
-  const float d = sn_divisor(sig, p.norm_bound);
-  *p.dgamma = sig > 0.f && p.have_gw ? p.scal[SN_SCAL_GW] / d : 0.f;
+  *p.dgamma = p.have_gw ? backward_dgamma(p.sigma[0], p.scal[SN_SCAL_GW], p.norm_bound) : 0.f;
 }
 
 template <class T>

@@ -364,10 +364,10 @@ __device__ void backward_on_chip(const OnChipBwParams &p, unsigned r, char *sm) 
   for (unsigned c = 0; c < (unsigned)kOnChipMaxCluster; ++c)
     if (c < C) gw += *peer(gw_sm, c);
   cluster_arrive();
-  // a and b as cuda/backward.cu's apply kernels, ∂L/∂γ as its write_dgamma().
+  // a, b and ∂L/∂γ as cuda/backward.cuh's apply bodies.
   const Coefs c = backward_coefs(sig, &gw, p.norm_bound, p.gamma, p.detach, p.clamp_eps);
-  if (r == 0 && threadIdx.x == 0 && p.dgamma) *p.dgamma = sig > 0.f ? gw / sn_divisor(sig, p.norm_bound) : 0.f;
-  // dW as cuda/backward.cu's apply: x = a·G − b·(u_i v_j) (+ dW). u and v are the layer's state,
+  if (r == 0 && threadIdx.x == 0 && p.dgamma) *p.dgamma = backward_dgamma(sig, gw, p.norm_bound);
+  // dW as cuda/backward.cuh's apply: x = a·G − b·(u_i v_j) (+ dW). u and v are the layer's state,
   // which dW never is: read through the read-only path, so that the stores to dW do not make the
   // compiler load them again after each one. A thread's K elements of dW (accumulating) are loaded
   // before any of them is stored (dW may be G or W, each element read before its own store).

@@ -277,6 +277,11 @@ __device__ __forceinline__ Coefs backward_coefs(float sig, const float *gw, floa
   return {a, depends ? a * *gw / sig : 0.f};
 }
 
+// ∂L/∂γ = ⟨G, W⟩ / d (d = σ, or max(1, σ / c) with a norm bound); 0 with no σ yet (σ <= 0).
+__device__ __forceinline__ float backward_dgamma(float sig, float gw, float norm_bound) {
+  return sig > 0.f ? gw / sn_divisor(sig, norm_bound) : 0.f;
+}
+
 // Reciprocal of an optional device divisor (NULL means 1).
 __device__ __forceinline__ float reciprocal_of(const float *div) {
   return div ? 1.0f / *div : 1.0f;
