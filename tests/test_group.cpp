@@ -1564,12 +1564,15 @@ struct BackwardRig {
 // element loops), and dW = G for others; it equals the CPU backend within float rounding; and it
 // is 2 launches (1 with σ detached and no ∂L/∂γ bound), or 1 cooperative launch for a group of at
 // most 8 MiB where the device has it; replayed from a CUDA graph bit for bit.
-// (Members up to 2M elements: views by rows and by elements, every dtype, several layers' blocks
-// per kernel. Racecheck takes the small-member tests below.)
+// (Members up to 2M elements, and 1 × 1, N × 1, 1 × N: views by rows and by elements, every
+// dtype, several layers' blocks per kernel. Racecheck takes the small-member tests below.)
 TEST(GroupGpu, BackwardIsBitwiseEachLayersBackward) {
   REQUIRE_GPU();
   SN_SEEDED_RNG();
-  BackwardRig r(members_up_to(2000000), rng);
+  std::vector<Member> ms = members_up_to(2000000);
+  for (const Member &odd : {Member{{1, 1}}, Member{{97, 1}}, Member{{1, 5000}, 0, SN_DTYPE_BFLOAT16}})
+    ms.push_back(odd);  // 1 × 1, N × 1, 1 × N
+  BackwardRig r(ms, rng);
   ASSERT_TRUE(r.ok) << sn_last_error_message();
   ASSERT_EQ(r.bind(""), SN_SUCCESS) << sn_last_error_message();
   const size_t n_members = r.ms.size();
