@@ -9,8 +9,8 @@
 // load) and runs the body of that kernel (cuda/backward.cuh) as the block of that index in the
 // layer's grid. So every layer's sums have sn_backward's order and its dW and ∂L/∂γ are
 // sn_backward's bits; the bytes moved are the same. What the group saves is launches: a model of
-// L layers takes 2 instead of 2·L, and the small layers of a model like SN-GAN's discriminator
-// (most under 1 MB) are launch-bound on their own.
+// L layers takes 1 or 2 instead of 2·L, and the small layers of a model like SN-GAN's
+// discriminator (most under 1 MB) are launch-bound on their own.
 #include <cooperative_groups.h>
 
 #include "backward.cuh"
