@@ -572,7 +572,8 @@ variants() {
     ptable+=("$t=$js")
     # sndcgan-cifar10 (22 MiB fp32, 11 MiB bf16) sits between SN-GAN's 4 MiB, where the
     # cooperative launch won, and ViT-B/16's 329 MiB, where it lost.
-    SPECNORM_TUNE="${t#default}$COOP_SUFFIX" "$SN_BENCH" "${VARIANT_PRESETS[@]}" --dtype f32,bf16 --mode train,scale --no-baseline --no-probe --no-check --reps 50 --json "$js" || rc=1
+    # (backward: the grouped backward, one cooperative launch or two kernels by group_coop.)
+    SPECNORM_TUNE="${t#default}$COOP_SUFFIX" "$SN_BENCH" "${VARIANT_PRESETS[@]}" --dtype f32,bf16 --mode train,scale,backward --no-baseline --no-probe --no-check --reps 50 --json "$js" || rc=1
   done
   echo "################ the variants side by side (bench/variants_table.py)"
   python3 "$REPO/bench/variants_table.py" "${table[@]}" || rc=1
