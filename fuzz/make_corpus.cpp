@@ -1,10 +1,12 @@
-// Writes the seed corpora of the fuzz harnesses: `sn_fuzz_make_corpus DIR` fills DIR/desc and
-// DIR/checkpoint (fuzz/corpus/ in the repository was made this way, and is small: < 200 KB).
+// Writes the seed corpora of the fuzz harnesses: `sn_fuzz_make_corpus DIR` fills DIR/desc,
+// DIR/checkpoint and DIR/group (fuzz/corpus/ in the repository was made this way: a few KB).
 //   desc/        valid descriptors of several shapes, dtypes and settings with weights holding
 //                NaN, infinities, zeros and subnormals; and invalid descriptors of every kind
 //   checkpoint/  valid checkpoints of each fixed layer (warmed and not; one in format version 1),
 //                checkpoints of other weights (mismatch), and edge cases: empty, magic only, a
 //                newer version, truncated, a resealed blob with a NaN
+//   group/       groups of layers apart, in place, rebound; refused groups (1-D, v-first,
+//                overlapping W_sn) and refused bindings (a shared ∂L/∂γ)
 #include <string>
 
 #include "fuzz_common.h"
@@ -188,16 +190,70 @@ void checkpoint_corpus() {
   write("checkpoint", "resealed_huge_h", with_selector(0x80, big_h));
 }
 
+// fuzz_group's encoding (fuzz/fuzz_group.cpp): head; per layer kind, h, w, dtype; per layer the
+// places of W and W_sn; twice (two bindings) per layer those of G, dW and dgamma; the arena.
+// A place below 224 is slot (b % 24) shifted by (b / 24) % 4 elements; W_sn 224-239 is W and
+// 240+ none; dW 224-239 is W and 240+ G; dgamma 240+ none.
+struct GroupSeed {
+  uint8_t head;                                 // layers - 1 | 4 no W_sn | 8 dgamma | 16 eval | flags << 5
+  std::vector<std::vector<uint8_t>> layers;     // {kind, h, w, dtype}
+  std::vector<std::vector<uint8_t>> w_places;   // {W, W_sn}
+  std::vector<std::vector<uint8_t>> bindings[2];  // {G, dW, dgamma} per layer
+};
+
+std::vector<uint8_t> group_bytes(const GroupSeed &g) {
+  std::vector<uint8_t> b{g.head};
+  for (const auto &l : g.layers) b.insert(b.end(), l.begin(), l.end());
+  for (const auto &p : g.w_places) b.insert(b.end(), p.begin(), p.end());
+  for (const auto &bd : g.bindings)
+    for (const auto &p : bd) b.insert(b.end(), p.begin(), p.end());
+  std::vector<float> arena(64);  // repeated over the arena by the harness
+  for (size_t i = 0; i < arena.size(); ++i) arena[i] = std::sin(float(i) * 0.7f + 0.3f);
+  const std::vector<uint8_t> a = f32_bytes(arena);
+  b.insert(b.end(), a.begin(), a.end());
+  return b;
+}
+
+void group_corpus() {
+  // Three layers (2-D fp32, 4-D dim 0 bf16, 4-D dim 1 fp16) apart, ∂L/∂γ bound; the second
+  // binding puts layer 0's dW on layer 1's G (refused: the first stays).
+  const std::vector<std::vector<uint8_t>> three = {{0, 7, 15, 0}, {1, 3, 8, 2}, {2, 5, 11, 1}};
+  write("group", "three_apart", group_bytes({0x0A, three, {{0, 3}, {1, 4}, {2, 5}},
+                                             {{{6, 9, 20}, {7, 10, 21}, {8, 11, 22}},
+                                              {{6, 7, 240}, {7, 10, 240}, {8, 11, 240}}}}));
+  // The same, backward flags accumulate | detach, eval forward, the second binding valid.
+  write("group", "three_rebound", group_bytes({0x0A | 0x10 | 0x60, three, {{0, 3}, {1, 4}, {2, 5}},
+                                               {{{6, 9, 20}, {7, 10, 21}, {8, 11, 22}},
+                                                {{12, 13, 23}, {14, 15, 240}, {16, 17, 240}}}}));
+  // In place: scale only (no W_sn), dW = G and dW = W; a 1 × 1 bf16 layer.
+  const std::vector<std::vector<uint8_t>> two = {{0, 3, 6, 0}, {0, 0, 0, 2}};
+  write("group", "in_place", group_bytes({0x01 | 0x04 | 0x60, two, {{0, 250}, {1, 250}},
+                                          {{{2, 240, 240}, {3, 230, 240}}, {{2, 240, 240}, {3, 230, 240}}}}));
+  // W_sn = W for one layer, separate for the other.
+  write("group", "w_sn_in_place", group_bytes({0x01, two, {{0, 230}, {1, 5}},
+                                               {{{2, 3 + 24, 240}, {4, 6, 240}}, {{2, 7, 240}, {4, 6, 240}}}}));
+  // Refused groups: a 1-D member, a v-first member, a W_sn on the other layer's W, a W_sn that
+  // overlaps its own W by all but one element.
+  write("group", "one_d", group_bytes({0x01, {{3, 4, 0, 0}, {0, 2, 2, 0}}, {{0, 1}, {2, 3}}, {{}, {}}}));
+  write("group", "v_first", group_bytes({0x01, {{0, 4, 4, 0}, {4, 2, 2, 0}}, {{0, 1}, {2, 3}}, {{}, {}}}));
+  write("group", "w_sn_on_other_w", group_bytes({0x01, two, {{0, 1}, {1, 2}}, {{}, {}}}));
+  write("group", "w_sn_shifted", group_bytes({0x00, {{0, 7, 15, 0}}, {{3, 3 + 24}}, {{}, {}}}));
+  // Refused bindings: two layers' ∂L/∂γ on one float, then layer 1's inside layer 0's G.
+  write("group", "dgamma_shared", group_bytes({0x09, two, {{0, 1}, {2, 3}},
+                                               {{{4, 5, 20}, {6, 7, 20}}, {{4, 5, 21}, {6, 7, 4 + 24}}}}));
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
   if (argc != 2) {
-    std::fprintf(stderr, "usage: %s DIR   (writes DIR/desc/* and DIR/checkpoint/*; the folders must exist)\n", argv[0]);
+    std::fprintf(stderr, "usage: %s DIR   (writes DIR/desc/*, DIR/checkpoint/* and DIR/group/*; the folders must exist)\n", argv[0]);
     return 2;
   }
   dir = argv[1];
   desc_corpus();
   checkpoint_corpus();
+  group_corpus();
   std::printf("%d files written under %s\n", files, dir.c_str());
   return 0;
 }

@@ -430,8 +430,8 @@ static sn_status_t check_gradients(const sn_group_t *g, const void *const *G, vo
           return sn__fail(SN_ERROR_INVALID_VALUE, "dgamma[%d] (%p) lies inside %s[%d] (%p)", k,
                           (const void *)dg, what[q], j, other[q]);
       }
-      if (dg && j < k && dgamma[j] == dg)
-        return sn__fail(SN_ERROR_INVALID_VALUE, "dgamma[%d] and dgamma[%d] are the same float", j, k);
+      if (dg && j < k && dgamma[j] && sn__overlap(dg, sizeof(float), dgamma[j], sizeof(float)))
+        return sn__fail(SN_ERROR_INVALID_VALUE, "dgamma[%d] and dgamma[%d] overlap", j, k);
     }
   }
   return SN_SUCCESS;

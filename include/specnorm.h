@@ -346,7 +346,7 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
  * dgamma: NULL, or `count` pointers, each NULL or one float (backend memory) that receives that
  * layer's ∂L/∂γ as sn_backward's dgamma. dW[k] may be G[k] or W[k] (in place) but must not
  * otherwise overlap them, nor overlap any other member's W, G or dW; no dgamma lies inside any
- * member's W, G or dW, and no two are the same float (SN_ERROR_INVALID_VALUE). Like W and W_sn,
+ * member's W, G or dW, and no two overlap (SN_ERROR_INVALID_VALUE). Like W and W_sn,
  * the group holds only the pointers: the buffers must outlive the binding. A new call replaces
  * the binding and frees the old one's tables: a CUDA graph captured from sn_group_backward
  * before it must be captured again. Allocates the backward's tables and decides its launches (as
