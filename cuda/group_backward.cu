@@ -69,7 +69,10 @@ __device__ __forceinline__ void apply_step(const sn_cuda_group_bw_t &G, int b, b
   }
 }
 
-__global__ void __launch_bounds__(kBlock) group_inner_kernel(sn_cuda_group_bw_t G, bool detach) {
+// 8 blocks of 256 per multiprocessor, as the layers' own inner kernels (ptxas: 32 registers, no
+// spill; unbound it took 52, 4 blocks). The apply kernel keeps 64 (4 blocks): bound to 5 or 6
+// blocks it spills 16-144 bytes; the layers' own apply kernels take 28-40 (6-8 blocks).
+__global__ void __launch_bounds__(kBlock, 8) group_inner_kernel(sn_cuda_group_bw_t G, bool detach) {
   pdl_enter();
   inner_step(G, blockIdx.x, detach);
 }
