@@ -15,6 +15,8 @@
 // Both kernels access 16 bytes at a time (4 floats, 8 of the 2-byte types) when aligned for it.
 // Launches: 2, or 1 when σ is detached and ∂L/∂γ is not asked for; 1 with SPECNORM_TUNE=op_onchip=1
 // for a layer held on chip (cuda/on_chip.cu, on_chip_backward_kernel).
+// The kernels' bodies are in cuda/backward.cuh, shared with the grouped backward
+// (cuda/group_backward.cu), whose blocks run them as these kernels' blocks.
 #include "backward.cuh"
 #include "kernels.h"
 
