@@ -174,8 +174,7 @@ __device__ void warp_rows_body(const sn_group_entry_t &e, int g, int iter, bool 
       const int j = lane + 32 * k;
       if (j < w) t = fmaf(xr[k], v_sm[j], t);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+    t = warp_allsum(t);
     if (training) {
       if (lane == 0) {
         e.t[i] = t;

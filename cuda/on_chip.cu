@@ -208,8 +208,7 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
         // order is that of j either way.)
 #pragma unroll 8
         for (int j = lane; j < w; j += 32) d = fmaf(to_f(row[j]), v_sm[j], d);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        d = warp_allsum(d);
         if (lane == 0) t_sm[k] = training ? d : u_sm[k] * d;
       }
     }

@@ -52,6 +52,7 @@ __device__ __forceinline__ void block_sums(float (&x)[N]) {
 // (the same two partials added, in swapped order, and float addition commutes), and for l < o that
 // partial is warp_sum's own.
 __device__ __forceinline__ float warp_allsum(float x) {
+#pragma unroll
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
 }
