@@ -142,6 +142,11 @@ sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const cha
   return SN_SUCCESS;
 }
 
+sn_status_t sn__check_backend_pointer(const sn_layer_t *l, const void *p, const char *name) {
+  return l->desc.backend == SN_BACKEND_CPU ? sn__check_host_pointer(l, p, name)
+                                           : sn__check_device_pointer(l->desc.device, p, name);
+}
+
 /* ---- description ---------------------------------------------------------------------------- */
 
 SN_API sn_status_t sn_layer_desc_init(sn_layer_desc_t *desc, int ndim, const int64_t *shape) {
@@ -414,9 +419,8 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
   a.is_1d = l->is_1d;
   /* The pointers' kind of memory first, also for a warm-up with nothing to do. */
   const int cpu = l->desc.backend == SN_BACKEND_CPU, dev = l->desc.device;
-  sn_status_t st = cpu ? sn__check_host_pointer(l, W, "W") : sn__check_device_pointer(dev, W, "W");
-  if (st == SN_SUCCESS && W_sn)
-    st = cpu ? sn__check_host_pointer(l, W_sn, "W_sn") : sn__check_device_pointer(dev, W_sn, "W_sn");
+  sn_status_t st = sn__check_backend_pointer(l, W, "W");
+  if (st == SN_SUCCESS && W_sn) st = sn__check_backend_pointer(l, W_sn, "W_sn");
   if (st != SN_SUCCESS) return st;
   if (warmup_only && a.warmup_iters == 0) {
     l->warmed_up = 1;
@@ -509,9 +513,7 @@ sn_status_t sn__check_backward_buffers(const sn_layer_t *l, const void *W, const
   if (st == SN_SUCCESS) st = sn__check_overlap(l, dW, names[2], W, names[0]);
   const void *bufs[4] = {W, G, dW, dgamma};
   for (int k = 0; k < 4 && st == SN_SUCCESS; ++k) {
-    if (!bufs[k]) continue;
-    st = l->desc.backend == SN_BACKEND_CPU ? sn__check_host_pointer(l, bufs[k], names[k])
-                                           : sn__check_device_pointer(l->desc.device, bufs[k], names[k]);
+    if (bufs[k]) st = sn__check_backend_pointer(l, bufs[k], names[k]);
   }
   return st;
 }
@@ -567,9 +569,7 @@ SN_API sn_status_t sn_layer_scale_ptr(const sn_layer_t *layer, const float **sca
 SN_API sn_status_t sn_layer_set_gamma(sn_layer_t *layer, const float *gamma) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   if (gamma) {
-    sn_status_t st = layer->desc.backend == SN_BACKEND_CUDA
-                         ? sn__check_device_pointer(layer->desc.device, gamma, "gamma")
-                         : sn__check_host_pointer(layer, gamma, "gamma");
+    sn_status_t st = sn__check_backend_pointer(layer, gamma, "gamma");
     if (st != SN_SUCCESS) return st;
   }
   layer->plan.gamma = gamma;
