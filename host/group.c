@@ -447,7 +447,6 @@ static sn_status_t upload_backward(const sn_group_t *g, const void *const *G, vo
     w_bytes += (double)sn__weight_bytes(l);
     sn_cuda_group_backward_entry(&l->plan, l->u, l->v, l->sigma, g->W[k], G[k], dW[k],
                                  dgamma ? dgamma[k] : NULL, &ent[k]);
-    ent[k].gamma = g->gamma[k]; /* the binding at creation, which every call checks is unchanged */
     ent[k].inner_block0 = (int)inner;
     ent[k].apply_block0 = (int)apply;
     inner += ent[k].shape.inner_blocks;
@@ -510,7 +509,9 @@ SN_API sn_status_t sn_group_set_gradients(sn_group_t *group, const void *const *
   if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
   if (!G) return sn__fail(SN_ERROR_NULL_POINTER, "G is NULL");
   if (!dW) return sn__fail(SN_ERROR_NULL_POINTER, "dW is NULL");
-  sn_status_t st = check_gamma_bindings(group); /* the binding takes each layer's γ from creation */
+  /* The tables take each layer's γ binding from its plan: the one at creation, checked here and
+   * by every backward. */
+  sn_status_t st = check_gamma_bindings(group);
   if (st == SN_SUCCESS) st = check_gradients(group, G, dW, dgamma);
   if (st != SN_SUCCESS) return st;
   const size_t n = (size_t)group->count;
