@@ -227,6 +227,8 @@ static const char *const MODE_NAMES[N_MODES] = {"train", "eval", "scale", "backw
 /* bytes(W) multiples each mode must move (see --help). */
 static const double MODE_BYTES[N_MODES] = {3, 3, 1, 4, 5};
 static int is_backward(int m) { return m == M_BACKWARD || m == M_BACKWARD_ACC; }
+/* sn_backward's flags in backward mode m. */
+static unsigned backward_flags(int m) { return m == M_BACKWARD_ACC ? SN_BACKWARD_ACCUMULATE : 0u; }
 
 /* ---- Workloads and options ------------------------------------------------------------------ */
 
@@ -1094,7 +1096,7 @@ static int specnorm_enqueue(void *ctx, int copy, int mode, cudaStream_t s) {
       default:
         what = "sn_backward";
         st = sn_backward(r->layers[l], W, G_at(r->buf, copy, l), Out_at(r->buf, copy, l),
-                         mode == M_BACKWARD_ACC ? SN_BACKWARD_ACCUMULATE : 0u, NULL, (sn_stream_t)s);
+                         backward_flags(mode), NULL, (sn_stream_t)s);
         break;
     }
     if (st != SN_SUCCESS) {
@@ -1120,7 +1122,7 @@ static int group_enqueue(void *ctx, int copy, int mode, cudaStream_t s) {
   sn_group_t *g = mode == M_SCALE ? r->scale[copy % r->copies] : r->fwd[copy % r->copies];
   const char *what = is_backward(mode) ? "sn_group_backward" : "sn_group_forward";
   sn_status_t st = is_backward(mode)
-                       ? sn_group_backward(g, mode == M_BACKWARD_ACC ? SN_BACKWARD_ACCUMULATE : 0u, (sn_stream_t)s)
+                       ? sn_group_backward(g, backward_flags(mode), (sn_stream_t)s)
                        : sn_group_forward(g, mode != M_EVAL, (sn_stream_t)s);
   if (st != SN_SUCCESS) {
     snprintf(g_enqueue_err, sizeof g_enqueue_err, "%s: %s: %s", what, sn_status_name(st),
@@ -1506,8 +1508,8 @@ static void check_layer(const workload_t *wl, int l, const buffers_t *buf, sn_la
         CK_SN(sn_forward_scale_only(gl, W0, 1, ss));
         break;
       default:
-        CK_SN(sn_backward(cl, hW, hG, ref, acc ? SN_BACKWARD_ACCUMULATE : 0u, NULL, NULL));
-        CK_SN(sn_backward(gl, W0, G_at(buf, 0, l), Out0, acc ? SN_BACKWARD_ACCUMULATE : 0u, NULL, ss));
+        CK_SN(sn_backward(cl, hW, hG, ref, backward_flags(m), NULL, NULL));
+        CK_SN(sn_backward(gl, W0, G_at(buf, 0, l), Out0, backward_flags(m), NULL, ss));
         break;
     }
     if (!is_backward(m)) {
@@ -1859,13 +1861,15 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
         const int64_t n = numel_of(&wl->layers[l]);
         const size_t bytes = (size_t)n * buf->es;
         void *ref = xmalloc(bytes);
-        if (acc) fill_random_typed(ref, n, dt, 0xACC0ull + (uint64_t)l);
-        if (acc) mem_copy(Out_at(buf, 0, l), ref, bytes);
-        CK_SN(sn_backward(cpu[l], hW_at(buf, l), hG_at(buf, l), ref, acc ? SN_BACKWARD_ACCUMULATE : 0u,
+        if (acc) {
+          fill_random_typed(ref, n, dt, 0xACC0ull + (uint64_t)l);
+          mem_copy(Out_at(buf, 0, l), ref, bytes);
+        }
+        CK_SN(sn_backward(cpu[l], hW_at(buf, l), hG_at(buf, l), ref, backward_flags(m),
                           NULL, NULL));
         out_ref[l] = ref;
       }
-      CK_SN(sn_group_backward(r.fwd[0], acc ? SN_BACKWARD_ACCUMULATE : 0u, (sn_stream_t)s));
+      CK_SN(sn_group_backward(r.fwd[0], backward_flags(m), (sn_stream_t)s));
       CK_CUDA(cudaStreamSynchronize(s));
       for (int l = 0; l < L; l++) {
         const int64_t n = numel_of(&wl->layers[l]);

@@ -103,7 +103,7 @@ cudaError_t rows(const OnePassParams *p, int blocks, int ring, cudaStream_t stre
       prep->pp = ring;
     }
     if (ring == 2) train = two;
-    if (ring == 3 && kRowsRing3<NT, VPT, RS, T, E>) train = three;
+    else if (ring == 3) train = three;  // (ring 3 only from kRowsRing3 instances: prep, plan.op_pp)
   } else if (prep) {
     prep->pp = 0;
   }
