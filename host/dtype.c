@@ -25,15 +25,16 @@ uint16_t sn_float_to_bf16(float f) {
   return (uint16_t)(u >> 16);
 }
 
+/* Without a branch (masks), so that sn_load_n's loop vectorizes. */
 float sn_half_to_float(uint16_t h) {
-  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
-  if (exp == 0x1Fu) return float_of(sign | 0x7F800000u | (man << 13)); /* inf, NaN */
-  if (exp != 0) return float_of(sign | ((exp + 112u) << 23) | (man << 13));
-  if (man == 0) return float_of(sign);
-  /* subnormal: man · 2^-24, exact in float */
-  const float mag = (float)man * 5.9604644775390625e-8f;
-  return sign ? -mag : mag;
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, mag = h & 0x7FFFu;
+  const uint32_t inf_nan = 0u - (uint32_t)(mag >= 0x7C00u), tiny = 0u - (uint32_t)(mag < 0x0400u);
+  /* normal: the exponent rebiased 15 -> 127 and the mantissa moved up; inf and NaN: exponent 255,
+   * the payload kept */
+  const uint32_t big = (mag << 13) + (112u << 23) + (inf_nan & (112u << 23));
+  /* zero and subnormal: mag · 2^-24, exact in float */
+  const uint32_t small = bits_of((float)(int32_t)mag * 5.9604644775390625e-8f);
+  return float_of(sign | (small & tiny) | (big & ~tiny));
 }
 
 uint16_t sn_float_to_half(float f) {
@@ -73,4 +74,28 @@ void sn_store(void *p, sn_dtype_t t, int64_t k, float x) {
     case SN_DTYPE_BFLOAT16: ((uint16_t *)p)[k] = sn_float_to_bf16(x); break;
     default: ((float *)p)[k] = x; break;
   }
+}
+
+void sn_load_n(const void *p, sn_dtype_t t, int64_t k, int64_t n, float *out) {
+  if (t == SN_DTYPE_FLOAT32) {
+    memcpy(out, (const float *)p + k, (size_t)n * sizeof(float));
+    return;
+  }
+  const uint16_t *q = (const uint16_t *)p + k;
+  if (t == SN_DTYPE_BFLOAT16)
+    for (int64_t e = 0; e < n; ++e) out[e] = sn_bf16_to_float(q[e]);
+  else
+    for (int64_t e = 0; e < n; ++e) out[e] = sn_half_to_float(q[e]);
+}
+
+void sn_store_n(void *p, sn_dtype_t t, int64_t k, int64_t n, const float *x) {
+  if (t == SN_DTYPE_FLOAT32) {
+    memcpy((float *)p + k, x, (size_t)n * sizeof(float));
+    return;
+  }
+  uint16_t *q = (uint16_t *)p + k;
+  if (t == SN_DTYPE_BFLOAT16)
+    for (int64_t e = 0; e < n; ++e) q[e] = sn_float_to_bf16(x[e]);
+  else
+    for (int64_t e = 0; e < n; ++e) q[e] = sn_float_to_half(x[e]);
 }

@@ -1,8 +1,23 @@
 /* The CPU reference: every quantity of SPEC.md in double precision, written for clarity.
- * Loops run over W in memory order ([A][h][B]) so the reference stays usable on large weights. */
+ * Loops run over W in memory order ([A][h][B]) so the reference stays usable on large weights.
+ * They take W (and G, dW) a chunk of elements at a time as floats (sn_load's values: float32 in
+ * place, the 2-byte types converted into a buffer), so that each inner loop is one plain loop over
+ * floats, without a call per element. Every sum still adds its terms one at a time in the order of
+ * the elements, so the results are those of one element at a time, bit for bit. */
 #include "sn_reference.h"
 
 #include <math.h>
+
+enum { CHUNK = 512 };
+
+static int64_t chunk_len(int64_t k, int64_t n) { return n - k < CHUNK ? n - k : CHUNK; }
+
+/* Elements [k, k + n) of X (n <= CHUNK) as floats: X itself for float32, else `buf`. */
+static const float *floats_at(const void *X, sn_dtype_t dt, int64_t k, int64_t n, float *buf) {
+  if (dt == SN_DTYPE_FLOAT32) return (const float *)X + k;
+  sn_load_n(X, dt, k, n, buf);
+  return buf;
+}
 
 sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim) {
   sn_view_t v = {1, shape[dim], 1};
@@ -11,35 +26,51 @@ sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim) {
   return v;
 }
 
+/* Four rows at a time: four sums in flight, each adding its own row's terms in order. */
 void sn_ref_matvec(const void *W, sn_dtype_t dt, sn_view_t vw, const double *x, double *t) {
+  enum { R = 4 };
+  float buf[R][CHUNK];
   for (int64_t i = 0; i < vw.h; ++i) t[i] = 0.0;
   for (int64_t a = 0; a < vw.A; ++a) {
-    for (int64_t i = 0; i < vw.h; ++i) {
-      const int64_t row = (a * vw.h + i) * vw.B;
-      const double *xa = x + a * vw.B;
-      double acc = 0.0;
-      if (dt == SN_DTYPE_FLOAT32) {
-        const float *r = (const float *)W + row;
-        for (int64_t b = 0; b < vw.B; ++b) acc += (double)r[b] * xa[b];
-      } else {
-        for (int64_t b = 0; b < vw.B; ++b) acc += (double)sn_load(W, dt, row + b) * xa[b];
+    for (int64_t i0 = 0; i0 < vw.h; i0 += R) {
+      const int rows = vw.h - i0 < R ? (int)(vw.h - i0) : R;
+      double acc[R] = {0.0, 0.0, 0.0, 0.0};
+      for (int64_t b0 = 0; b0 < vw.B; b0 += CHUNK) {
+        const int64_t n = chunk_len(b0, vw.B);
+        const float *r[R];
+        for (int q = 0; q < rows; ++q)
+          r[q] = floats_at(W, dt, (a * vw.h + i0 + q) * vw.B + b0, n, buf[q]);
+        const double *xa = x + a * vw.B + b0;
+        if (rows == R) {
+          double s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3];
+          for (int64_t b = 0; b < n; ++b) {
+            s0 += (double)r[0][b] * xa[b];
+            s1 += (double)r[1][b] * xa[b];
+            s2 += (double)r[2][b] * xa[b];
+            s3 += (double)r[3][b] * xa[b];
+          }
+          acc[0] = s0, acc[1] = s1, acc[2] = s2, acc[3] = s3;
+        } else {
+          for (int q = 0; q < rows; ++q)
+            for (int64_t b = 0; b < n; ++b) acc[q] += (double)r[q][b] * xa[b];
+        }
       }
-      t[i] += acc;
+      for (int q = 0; q < rows; ++q) t[i0 + q] += acc[q];
     }
   }
 }
 
 void sn_ref_matvec_t(const void *W, sn_dtype_t dt, sn_view_t vw, const double *y, double *s) {
+  float buf[CHUNK];
   for (int64_t j = 0; j < vw.A * vw.B; ++j) s[j] = 0.0;
   for (int64_t a = 0; a < vw.A; ++a) {
     double *sa = s + a * vw.B;
     for (int64_t i = 0; i < vw.h; ++i) {
       const int64_t row = (a * vw.h + i) * vw.B;
-      if (dt == SN_DTYPE_FLOAT32) {
-        const float *r = (const float *)W + row;
-        for (int64_t b = 0; b < vw.B; ++b) sa[b] += (double)r[b] * y[i];
-      } else {
-        for (int64_t b = 0; b < vw.B; ++b) sa[b] += (double)sn_load(W, dt, row + b) * y[i];
+      for (int64_t b0 = 0; b0 < vw.B; b0 += CHUNK) {
+        const int64_t n = chunk_len(b0, vw.B);
+        const float *r = floats_at(W, dt, row + b0, n, buf);
+        for (int64_t b = 0; b < n; ++b) sa[b0 + b] += (double)r[b] * y[i];
       }
     }
   }
@@ -103,15 +134,26 @@ float sn_ref_divisor(float sigma, float norm_bound) {
 void sn_ref_divide(const void *W, void *W_sn, sn_dtype_t dt, int64_t n, float sigma,
                    float norm_bound, float g) {
   const float d = sn_ref_divisor(sigma, norm_bound);
-  for (int64_t k = 0; k < n; ++k) {
-    const float x = sn_load(W, dt, k);
-    sn_store(W_sn, dt, k, sigma > 0.0f ? (x / d) * g : x * 0.0f);
+  float in[CHUNK], out[CHUNK];
+  for (int64_t k0 = 0; k0 < n; k0 += CHUNK) { /* W_sn may be W: a chunk is read before it is written */
+    const int64_t m = chunk_len(k0, n);
+    const float *x = floats_at(W, dt, k0, m, in);
+    if (sigma > 0.0f)
+      for (int64_t e = 0; e < m; ++e) out[e] = (x[e] / d) * g;
+    else
+      for (int64_t e = 0; e < m; ++e) out[e] = x[e] * 0.0f;
+    sn_store_n(W_sn, dt, k0, m, out);
   }
 }
 
 double sn_ref_inner(const void *G, const void *W, sn_dtype_t dt, int64_t n) {
+  float gb[CHUNK], wb[CHUNK];
   double acc = 0.0;
-  for (int64_t k = 0; k < n; ++k) acc += (double)sn_load(G, dt, k) * (double)sn_load(W, dt, k);
+  for (int64_t k0 = 0; k0 < n; k0 += CHUNK) {
+    const int64_t m = chunk_len(k0, n);
+    const float *g = floats_at(G, dt, k0, m, gb), *w = floats_at(W, dt, k0, m, wb);
+    for (int64_t e = 0; e < m; ++e) acc += (double)g[e] * (double)w[e];
+  }
   return acc;
 }
 
@@ -119,8 +161,16 @@ double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn
                        const float *u, const float *v, float sigma, float norm_bound, float g,
                        float clamp_eps, int detach_sigma, int accumulate) {
   const int64_t n = vw.A * vw.h * vw.B;
+  float gb[CHUNK], db[CHUNK], out[CHUNK];
   if (!(sigma > 0.0f)) {
-    for (int64_t k = 0; k < n; ++k) sn_store(dW, dt, k, accumulate ? sn_load(dW, dt, k) : 0.0f);
+    for (int64_t k0 = 0; k0 < n; k0 += CHUNK) { /* dW, or 0 */
+      const int64_t m = chunk_len(k0, n);
+      if (accumulate)
+        sn_load_n(dW, dt, k0, m, out);
+      else
+        for (int64_t e = 0; e < m; ++e) out[e] = 0.0f;
+      sn_store_n(dW, dt, k0, m, out);
+    }
     return 0.0;
   }
   const double d = sn_ref_divisor(sigma, norm_bound);
@@ -130,11 +180,17 @@ double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn
   const double b = depends ? a * gw / (double)sigma : 0.0;
   for (int64_t A = 0; A < vw.A; ++A)
     for (int64_t i = 0; i < vw.h; ++i)
-      for (int64_t bb = 0; bb < vw.B; ++bb) {
-        const int64_t k = (A * vw.h + i) * vw.B + bb;
-        double x = a * sn_load(G, dt, k) - b * (double)u[i] * (double)v[A * vw.B + bb];
-        if (accumulate) x += sn_load(dW, dt, k);
-        sn_store(dW, dt, k, (float)x);
+      for (int64_t b0 = 0; b0 < vw.B; b0 += CHUNK) { /* dW may be G: read before written */
+        const int64_t k = (A * vw.h + i) * vw.B + b0, m = chunk_len(b0, vw.B);
+        const float *gk = floats_at(G, dt, k, m, gb);
+        const float *old = accumulate ? floats_at(dW, dt, k, m, db) : NULL;
+        const float *va = v + A * vw.B + b0;
+        for (int64_t e = 0; e < m; ++e) {
+          double x = a * gk[e] - b * (double)u[i] * (double)va[e];
+          if (accumulate) x += old[e];
+          out[e] = (float)x;
+        }
+        sn_store_n(dW, dt, k, m, out);
       }
   return gw / d;
 }

@@ -24,6 +24,9 @@ uint16_t sn_float_to_bf16(float f);     /* round to nearest even, like __float2b
 size_t sn_dtype_size(sn_dtype_t t);
 float sn_load(const void *p, sn_dtype_t t, int64_t k);
 void sn_store(void *p, sn_dtype_t t, int64_t k, float x);
+/* Elements [k, k + n) at once: sn_load's and sn_store's values, without a call per element. */
+void sn_load_n(const void *p, sn_dtype_t t, int64_t k, int64_t n, float *out);
+void sn_store_n(void *p, sn_dtype_t t, int64_t k, int64_t n, const float *x);
 
 /* ---- the math (host/reference.c) ---- */
 
