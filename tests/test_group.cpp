@@ -1560,68 +1560,88 @@ struct BackwardRig {
 };
 
 // The grouped backward on the GPU gives each layer's sn_backward bit for bit (the same blocks and
-// sums), for every flag, with ∂L/∂γ bound for some members, G and dW misaligned for others (the
-// element loops), and dW = G for others; it equals the CPU backend within float rounding; and it
-// is 2 launches (1 with σ detached and no ∂L/∂γ bound), or 1 cooperative launch for a group of at
-// most 8 MiB where the device has it; replayed from a CUDA graph bit for bit.
-// (Members up to 2M elements, and 1 × 1, N × 1, 1 × N: views by rows and by elements, every
-// dtype, several layers' blocks per kernel. Racecheck takes the small-member tests below.)
+// sums), for every flag, with ∂L/∂γ bound for some members and for none, G and dW misaligned for
+// others (the element loops), and dW = G for others, as two kernels (this group's 10 MiB are over
+// the cooperative rule) and, where the device has it, as one cooperative launch (group_coop=1);
+// it equals the CPU backend within float rounding; and it is 2 launches (1 with σ detached and no
+// ∂L/∂γ bound); replayed from a CUDA graph bit for bit.
+// (Members up to 2M elements, and 1 × 1, N × 1, 1 × N, rows of a view with A > 1: views by rows and
+// by elements, every dtype, several layers' blocks per kernel. Racecheck takes the small-member
+// tests below.)
 TEST(GroupGpu, BackwardIsBitwiseEachLayersBackward) {
   REQUIRE_GPU();
   SN_SEEDED_RNG();
   std::vector<Member> ms = members_up_to(2000000);
-  for (const Member &odd : {Member{{1, 1}}, Member{{97, 1}}, Member{{1, 5000}, 0, SN_DTYPE_BFLOAT16}})
-    ms.push_back(odd);  // 1 × 1, N × 1, 1 × N
+  for (const Member &odd : {Member{{1, 1}}, Member{{97, 1}}, Member{{1, 5000}, 0, SN_DTYPE_BFLOAT16},
+                            Member{{6, 40, 33}, 1}})
+    ms.push_back(odd);  // 1 × 1, N × 1, 1 × N, rows of 33 elements in a view of A = 6
   BackwardRig r(ms, rng);
   ASSERT_TRUE(r.ok) << sn_last_error_message();
-  ASSERT_EQ(r.bind(""), SN_SUCCESS) << sn_last_error_message();
   const size_t n_members = r.ms.size();
-  std::vector<std::vector<uint8_t>> eager0;  // flags 0, for the graph replays
-  for (unsigned flags : kBackwardFlags) {
-    SCOPED_TRACE("flags " + std::to_string(flags));
-    const std::vector<std::vector<uint8_t>> got = r.group_backward(flags);
-    for (size_t k = 0; k < n_members; ++k)
-      ASSERT_EQ(sn_backward(r.layers[k], r.Wd[k], r.Ga[k]->dev, r.Da[k] ? r.Da[k]->dev : r.Ga[k]->dev, flags,
-                            r.gdg[k] ? r.dgam + n_members + k : nullptr, nullptr),
-                SN_SUCCESS)
-          << sn_last_error_message();
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    const std::vector<float> dg = r.dgammas();
-    if (flags == 0) eager0 = got;
-    for (size_t k = 0; k < n_members; ++k) {
-      SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(r.ms[k].shape));
-      EXPECT_TRUE(got[k] == r.dW(k, false)) << "dW differs from the layer's own backward";
-      if (r.gdg[k]) {
-        EXPECT_EQ(std::memcmp(&dg[k], &dg[n_members + k], 4), 0) << dg[k] << " against " << dg[n_members + k];
-      }
-      if (flags != 0) continue;
-      // Against the CPU backend, from the GPU layer's state and the weight as the device holds it.
-      const State st = get_state(r.layers[k]);
-      ASSERT_EQ(sn_layer_set_state(r.cl[k]->p, st.u.data(), st.v.data(), st.sigma, 1, nullptr), SN_SUCCESS);
-      const std::vector<uint8_t> Wh = r.Wt[k]->download_bytes();
-      std::vector<uint8_t> want = r.Gh[k];
-      float dgc = 0.f;
-      ASSERT_EQ(sn_backward(r.cl[k]->p, Wh.data(), r.Gh[k].data(), want.data(), 0, r.gdg[k] ? &dgc : nullptr, nullptr),
-                SN_SUCCESS);
-      double worst = 0, top = 0;
-      const sn_dtype_t dt = r.ms[k].dt;
-      for (int64_t q = 0; q < numel_of(r.ms[k].shape); ++q) {
-        const double b = sn_load(want.data(), dt, q);
-        worst = std::max(worst, std::fabs(sn_load(got[k].data(), dt, q) - b));
-        top = std::max(top, std::fabs(b));
-      }
-      EXPECT_LE(worst, (dt == SN_DTYPE_FLOAT32 ? 1e-5 : 2 * ulp(dt)) * top) << "dW against the CPU";
-      if (r.gdg[k]) {
-        // ∂L/∂γ = ⟨G, W⟩ / d to the rounding of the sum: relative to Σ |G W| / d (⟨G, W⟩ itself
-        // may cancel to near 0).
-        double mag = 0;
-        for (int64_t q = 0; q < numel_of(r.ms[k].shape); ++q)
-          mag += std::fabs(double(sn_load(r.Gh[k].data(), dt, q)) * double(sn_load(Wh.data(), dt, q)));
+  struct Binding {
+    const char *tune;
+    bool dgamma;
+  };
+  std::vector<Binding> bindings = {{"", true}, {"", false}};
+  if (cooperative_launch_here()) {
+    bindings.push_back({"group_coop=1", true});
+    bindings.push_back({"group_coop=1", false});
+  }
+  for (const Binding &bd : bindings) {
+    SCOPED_TRACE(std::string("binding '") + bd.tune + (bd.dgamma ? "', with" : "', without") + " dgamma");
+    ASSERT_EQ(r.bind(bd.tune, bd.dgamma), SN_SUCCESS) << sn_last_error_message();
+    for (unsigned flags : kBackwardFlags) {
+      SCOPED_TRACE("flags " + std::to_string(flags));
+      const std::vector<std::vector<uint8_t>> got = r.group_backward(flags);
+      for (size_t k = 0; k < n_members; ++k)
+        ASSERT_EQ(sn_backward(r.layers[k], r.Wd[k], r.Ga[k]->dev, r.Da[k] ? r.Da[k]->dev : r.Ga[k]->dev, flags,
+                              bd.dgamma && r.gdg[k] ? r.dgam + n_members + k : nullptr, nullptr),
+                  SN_SUCCESS)
+            << sn_last_error_message();
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const std::vector<float> dg = r.dgammas();
+      for (size_t k = 0; k < n_members; ++k) {
+        SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(r.ms[k].shape));
+        EXPECT_TRUE(got[k] == r.dW(k, false)) << "dW differs from the layer's own backward";
+        if (bd.dgamma && r.gdg[k]) {
+          EXPECT_EQ(std::memcmp(&dg[k], &dg[n_members + k], 4), 0) << dg[k] << " against " << dg[n_members + k];
+        }
+        if (flags != 0 || &bd != &bindings[0]) continue;
+        // Against the CPU backend, from the GPU layer's state and the weight as the device holds it.
+        const State st = get_state(r.layers[k]);
+        ASSERT_EQ(sn_layer_set_state(r.cl[k]->p, st.u.data(), st.v.data(), st.sigma, 1, nullptr), SN_SUCCESS);
+        const std::vector<uint8_t> Wh = r.Wt[k]->download_bytes();
+        std::vector<uint8_t> want = r.Gh[k];
+        float dgc = 0.f;
+        ASSERT_EQ(sn_backward(r.cl[k]->p, Wh.data(), r.Gh[k].data(), want.data(), 0, r.gdg[k] ? &dgc : nullptr,
+                              nullptr),
+                  SN_SUCCESS);
+        // To the rounding of the terms a·G and b·u vᵀ, not of their difference: a 1 × 1 weight is
+        // its own rank-1 part, so its dW is ~0 (exactly 0 in the CPU's double, a few float ulps of
+        // a·G on the GPU).
+        const sn_dtype_t dt = r.ms[k].dt;
         const double d = r.ms[k].bound > 0 ? std::max(1.0, double(st.sigma) / r.ms[k].bound) : st.sigma;
-        EXPECT_NEAR(dg[k], dgc, 1e-5 * mag / d);
+        const double a = (r.ms[k].gamma ? r.gamma.host : 1.0) / d;
+        double worst = 0, top = 0;
+        for (int64_t q = 0; q < numel_of(r.ms[k].shape); ++q) {
+          const double b = sn_load(want.data(), dt, q);
+          worst = std::max(worst, std::fabs(sn_load(got[k].data(), dt, q) - b));
+          top = std::max({top, std::fabs(b), a * std::fabs(sn_load(r.Gh[k].data(), dt, q))});
+        }
+        EXPECT_LE(worst, (dt == SN_DTYPE_FLOAT32 ? 1e-5 : 2 * ulp(dt)) * top) << "dW against the CPU";
+        if (r.gdg[k]) {
+          // ∂L/∂γ = ⟨G, W⟩ / d to the rounding of the sum: relative to Σ |G W| / d (⟨G, W⟩ itself
+          // may cancel to near 0).
+          double mag = 0;
+          for (int64_t q = 0; q < numel_of(r.ms[k].shape); ++q)
+            mag += std::fabs(double(sn_load(r.Gh[k].data(), dt, q)) * double(sn_load(Wh.data(), dt, q)));
+          EXPECT_NEAR(dg[k], dgc, 1e-5 * mag / d);
+        }
       }
     }
   }
+  ASSERT_EQ(r.bind(""), SN_SUCCESS) << sn_last_error_message();
+  const std::vector<std::vector<uint8_t>> eager0 = r.group_backward(0);  // for the graph replays
   double w_bytes = 0;
   for (const Member &m : r.ms) w_bytes += double(numel_of(m.shape)) * double(sn_dtype_size(m.dt));
   const size_t two = group_is_cooperative(w_bytes) ? 1u : 2u;
@@ -1643,6 +1663,8 @@ TEST(GroupGpu, BackwardIsBitwiseEachLayersBackward) {
     ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
     for (size_t k = 0; k < n_members; ++k) EXPECT_TRUE(r.dW(k, true) == eager0[k]) << "replay " << rep << ", member " << k;
+    const std::vector<float> dg = r.dgammas();
+    EXPECT_EQ(std::memcmp(dg.data(), eager0[n_members].data(), n_members * 4), 0) << "replay " << rep << ": dgamma";
   }
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
@@ -1655,26 +1677,34 @@ TEST(GroupGpu, BackwardIsBitwiseEachLayersBackward) {
 
 // The cooperative grouped backward (group_coop=1: one launch, a grid-wide barrier between the
 // steps; on as many blocks as fit, and on 7, where every block takes several of each step's) runs
-// the very blocks of the two kernels (group_coop=0): the same bits, for every flag. Small members
-// of every kind, so that racecheck runs it (gpu_check.sh): both paths' kernels are there.
+// the very blocks of the two kernels (group_coop=0): the same bits, for every flag, with ∂L/∂γ
+// bound for some members and for none (then σ detached is the apply step alone). Small members
+// of every kind and a view of A = 6 by rows, so that racecheck runs it (gpu_check.sh): both
+// paths' kernels are there.
 TEST(GroupGpu, BackwardCooperativeIsBitwiseTheTwoKernels) {
   REQUIRE_GPU();
   if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
   SN_SEEDED_RNG();
-  BackwardRig r(small_members_of_every_kind(), rng);
+  std::vector<Member> ms = small_members_of_every_kind();
+  ms.push_back(Member{{6, 40, 33}, 1});
+  BackwardRig r(ms, rng);
   ASSERT_TRUE(r.ok) << sn_last_error_message();
-  std::vector<std::vector<std::vector<uint8_t>>> plain;
-  ASSERT_EQ(r.bind("group_coop=0"), SN_SUCCESS) << sn_last_error_message();
-  EXPECT_EQ(captured_kernels([&](cudaStream_t s) { return sn_group_backward(r.g.p, 0, s); }).size(), 2u);
-  for (unsigned flags : kBackwardFlags) plain.push_back(r.group_backward(flags));
-  for (const char *tune : {"group_coop=1", "group_coop=1,group_grid=7"}) {
-    SCOPED_TRACE(tune);
-    ASSERT_EQ(r.bind(tune), SN_SUCCESS) << sn_last_error_message();
-    EXPECT_EQ(captured_kernels([&](cudaStream_t s) { return sn_group_backward(r.g.p, 0, s); }).size(), 1u);
-    for (size_t q = 0; q < std::size(kBackwardFlags); ++q) {
-      SCOPED_TRACE("flags " + std::to_string(kBackwardFlags[q]));
-      const std::vector<std::vector<uint8_t>> got = r.group_backward(kBackwardFlags[q]);
-      for (size_t k = 0; k < got.size(); ++k) EXPECT_TRUE(got[k] == plain[q][k]) << "member " << k << " (last: ∂L/∂γ)";
+  for (bool with_dgamma : {true, false}) {
+    SCOPED_TRACE(with_dgamma ? "with dgamma" : "without dgamma");
+    std::vector<std::vector<std::vector<uint8_t>>> plain;
+    ASSERT_EQ(r.bind("group_coop=0", with_dgamma), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_EQ(captured_kernels([&](cudaStream_t s) { return sn_group_backward(r.g.p, 0, s); }).size(), 2u);
+    for (unsigned flags : kBackwardFlags) plain.push_back(r.group_backward(flags));
+    for (const char *tune : {"group_coop=1", "group_coop=1,group_grid=7"}) {
+      SCOPED_TRACE(tune);
+      ASSERT_EQ(r.bind(tune, with_dgamma), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_EQ(captured_kernels([&](cudaStream_t s) { return sn_group_backward(r.g.p, 0, s); }).size(), 1u);
+      for (size_t q = 0; q < std::size(kBackwardFlags); ++q) {
+        SCOPED_TRACE("flags " + std::to_string(kBackwardFlags[q]));
+        const std::vector<std::vector<uint8_t>> got = r.group_backward(kBackwardFlags[q]);
+        for (size_t k = 0; k < got.size(); ++k)
+          EXPECT_TRUE(got[k] == plain[q][k]) << "member " << k << " (last: ∂L/∂γ)";
+      }
     }
   }
 }
