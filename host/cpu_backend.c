@@ -23,11 +23,7 @@ void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
   int iters = 0;
 
   if (args->is_1d) {
-    double ssq = 0.0;
-    for (int64_t k = 0; k < args->numel; ++k) {
-      const double x = sn_load(args->W, dt, k);
-      ssq += x * x;
-    }
+    const double ssq = sn_ref_inner(args->W, args->W, dt, args->numel); /* ‖W‖² */
     /* σ = max(‖W‖, eps) (or sqrt(‖W‖² + eps)); a NaN must not become σ = eps */
     sigma = isnan(ssq) ? ssq : sn_ref_norm_divisor(ssq, eps);
   } else {
