@@ -26,11 +26,22 @@ sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim) {
   return v;
 }
 
-/* Four rows at a time: four sums in flight, each adding its own row's terms in order. */
+/* Four rows at a time: four sums in flight, each adding its own row's terms in order. With B = 1
+ * (dim −1: a row of M is strided, each a is a contiguous column of h) a row's sum over b is its one
+ * term, added to t_i as 0 + term, as the general loop does. */
 void sn_ref_matvec(const void *W, sn_dtype_t dt, sn_view_t vw, const double *x, double *t) {
   enum { R = 4 };
   float buf[R][CHUNK];
   for (int64_t i = 0; i < vw.h; ++i) t[i] = 0.0;
+  if (vw.B == 1) {
+    for (int64_t a = 0; a < vw.A; ++a)
+      for (int64_t i0 = 0; i0 < vw.h; i0 += CHUNK) {
+        const int64_t n = chunk_len(i0, vw.h);
+        const float *col = floats_at(W, dt, a * vw.h + i0, n, buf[0]);
+        for (int64_t i = 0; i < n; ++i) t[i0 + i] += 0.0 + (double)col[i] * x[a];
+      }
+    return;
+  }
   for (int64_t a = 0; a < vw.A; ++a) {
     for (int64_t i0 = 0; i0 < vw.h; i0 += R) {
       const int rows = vw.h - i0 < R ? (int)(vw.h - i0) : R;
@@ -60,9 +71,22 @@ void sn_ref_matvec(const void *W, sn_dtype_t dt, sn_view_t vw, const double *x, 
   }
 }
 
+/* With B = 1, s_a is the sum over the rows of its contiguous column, in row order. */
 void sn_ref_matvec_t(const void *W, sn_dtype_t dt, sn_view_t vw, const double *y, double *s) {
   float buf[CHUNK];
   for (int64_t j = 0; j < vw.A * vw.B; ++j) s[j] = 0.0;
+  if (vw.B == 1) {
+    for (int64_t a = 0; a < vw.A; ++a) {
+      double acc = 0.0;
+      for (int64_t i0 = 0; i0 < vw.h; i0 += CHUNK) {
+        const int64_t n = chunk_len(i0, vw.h);
+        const float *col = floats_at(W, dt, a * vw.h + i0, n, buf);
+        for (int64_t i = 0; i < n; ++i) acc += (double)col[i] * y[i0 + i];
+      }
+      s[a] = acc;
+    }
+    return;
+  }
   for (int64_t a = 0; a < vw.A; ++a) {
     double *sa = s + a * vw.B;
     for (int64_t i = 0; i < vw.h; ++i) {
@@ -178,6 +202,21 @@ double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn
   const double a = (double)g / d;
   const int depends = !detach_sigma && !(norm_bound > 0.0f && sigma <= norm_bound) && !(sigma <= clamp_eps);
   const double b = depends ? a * gw / (double)sigma : 0.0;
+  if (vw.B == 1) { /* each A is a contiguous run of the h rows' one element: chunks of it */
+    for (int64_t A = 0; A < vw.A; ++A)
+      for (int64_t i0 = 0; i0 < vw.h; i0 += CHUNK) { /* dW may be G: read before written */
+        const int64_t k = A * vw.h + i0, m = chunk_len(i0, vw.h);
+        const float *gk = floats_at(G, dt, k, m, gb);
+        const float *old = accumulate ? floats_at(dW, dt, k, m, db) : NULL;
+        for (int64_t e = 0; e < m; ++e) {
+          double x = a * gk[e] - b * (double)u[i0 + e] * (double)v[A];
+          if (accumulate) x += old[e];
+          out[e] = (float)x;
+        }
+        sn_store_n(dW, dt, k, m, out);
+      }
+    return gw / d;
+  }
   for (int64_t A = 0; A < vw.A; ++A)
     for (int64_t i = 0; i < vw.h; ++i)
       for (int64_t b0 = 0; b0 < vw.B; b0 += CHUNK) { /* dW may be G: read before written */

@@ -161,7 +161,8 @@ TEST(Reference, ViewEqualsExplicitPermutation) {
 // than a chunk, row counts that are not multiples of 4, views with A > 1, and every dtype.
 TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
   SN_SEEDED_RNG();
-  const sn_view_t views[] = {{1, 1, 1}, {1, 5, 511}, {1, 7, 512}, {3, 6, 513}, {2, 9, 1100}, {4, 3, 1}};
+  const sn_view_t views[] = {{1, 1, 1}, {1, 5, 511}, {1, 7, 512}, {3, 6, 513}, {2, 9, 1100}, {4, 3, 1},
+                             {300, 7, 1}, {2, 1030, 1}};
   for (sn_dtype_t dt : {SN_DTYPE_FLOAT32, SN_DTYPE_FLOAT16, SN_DTYPE_BFLOAT16}) {
     for (const sn_view_t vw : views) {
       SCOPED_TRACE("dtype " + std::to_string(int(dt)) + ", view " + std::to_string(vw.A) + "x" +
