@@ -59,7 +59,7 @@ bool group_ok(const std::vector<Layer> &ls, const std::vector<const void *> &W,
               const std::vector<void *> &Wsn) {
   const size_t n = ls.size();
   for (size_t k = 0; k < n; ++k) {
-    if (ls[k].desc.ndim < 2 || ls[k].desc.order != SN_ORDER_U_FIRST) return false;
+    if (ls[k].desc.ndim < 2) return false;  // either order (the widths here are <= 255)
     if (Wsn[k] && Wsn[k] != W[k] && overlap(Wsn[k], ls[k].bytes, W[k], ls[k].bytes)) return false;
     for (size_t j = 0; Wsn[k] && j < n; ++j)
       if (j != k && (overlap(Wsn[k], ls[k].bytes, W[j], ls[j].bytes) ||

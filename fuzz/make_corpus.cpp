@@ -5,8 +5,8 @@
 //   checkpoint/  valid checkpoints of each fixed layer (warmed and not; one in format version 1),
 //                checkpoints of other weights (mismatch), and edge cases: empty, magic only, a
 //                newer version, truncated, a resealed blob with a NaN
-//   group/       groups of layers apart, in place, rebound; refused groups (1-D, v-first,
-//                overlapping W_sn) and refused bindings (a shared ∂L/∂γ)
+//   group/       groups of layers apart, in place, rebound, with a v-first member; refused groups
+//                (1-D, overlapping W_sn) and refused bindings (a shared ∂L/∂γ)
 #include <string>
 
 #include "fuzz_common.h"
@@ -232,10 +232,11 @@ void group_corpus() {
   // W_sn = W for one layer, separate for the other.
   write("group", "w_sn_in_place", group_bytes({0x01, two, {{0, 230}, {1, 5}},
                                                {{{2, 3 + 24, 240}, {4, 6, 240}}, {{2, 7, 240}, {4, 6, 240}}}}));
-  // Refused groups: a 1-D member, a v-first member, a W_sn on the other layer's W, a W_sn that
-  // overlaps its own W by all but one element.
-  write("group", "one_d", group_bytes({0x01, {{3, 4, 0, 0}, {0, 2, 2, 0}}, {{0, 1}, {2, 3}}, {{}, {}}}));
+  // A v-first member beside a u-first one.
   write("group", "v_first", group_bytes({0x01, {{0, 4, 4, 0}, {4, 2, 2, 0}}, {{0, 1}, {2, 3}}, {{}, {}}}));
+  // Refused groups: a 1-D member, a W_sn on the other layer's W, a W_sn that overlaps its own W by
+  // all but one element.
+  write("group", "one_d", group_bytes({0x01, {{3, 4, 0, 0}, {0, 2, 2, 0}}, {{0, 1}, {2, 3}}, {{}, {}}}));
   write("group", "w_sn_on_other_w", group_bytes({0x01, two, {{0, 1}, {1, 2}}, {{}, {}}}));
   write("group", "w_sn_shifted", group_bytes({0x00, {{0, 7, 15, 0}}, {{3, 3 + 24}}, {{}, {}}}));
   // Refused bindings: two layers' ∂L/∂γ on one float, then layer 1's inside layer 0's G.

@@ -70,9 +70,10 @@ static sn_status_t check_member_memory(const sn_layer_t *l, const void *W, const
 }
 
 /* Check that every layer can join a group, on either backend (the same rules, so that a group
- * built on the CPU also builds on a GPU): u-first, >= 2-D, w <= 16384; W_sn[k] is W[k] or does not
- * overlap it, and overlaps no other member's W or W_sn (the grouped kernels write one layer's
- * W_sn while reading the others' W). */
+ * built on the CPU also builds on a GPU): >= 2-D, at most 16384 columns (rows for a v-first layer:
+ * the width of the matrix its first product reads by rows, sn_group_entry_t); W_sn[k] is W[k] or
+ * does not overlap it, and overlaps no other member's W or W_sn (the grouped kernels write one
+ * layer's W_sn while reading the others' W). */
 static sn_status_t check_members(sn_layer_t *const *layers, const void *const *W,
                                  void *const *W_sn, int count) {
   for (int k = 0; k < count; ++k) {
@@ -90,10 +91,12 @@ static sn_status_t check_members(sn_layer_t *const *layers, const void *const *W
     if (l->is_1d)
       return sn__fail(SN_ERROR_NOT_SUPPORTED,
                       "layers[%d] is a 1-D weight (normalized exactly): call sn_forward on it", k);
-    if (l->desc.order != SN_ORDER_U_FIRST)
+    if (l->desc.order == SN_ORDER_V_FIRST && l->view.h > 16384)
       return sn__fail(SN_ERROR_NOT_SUPPORTED,
-                      "layers[%d] uses SN_ORDER_V_FIRST; groups run the u-first order only", k);
-    if (l->view.A * l->view.B > 16384)
+                      "layers[%d] is v-first with h = %lld > 16384 rows (a group takes a v-first "
+                      "layer's columns as rows, of at most 16384 elements); call sn_forward on it",
+                      k, (long long)l->view.h);
+    if (l->desc.order != SN_ORDER_V_FIRST && l->view.A * l->view.B > 16384)
       return sn__fail(SN_ERROR_NOT_SUPPORTED,
                       "layers[%d] has w = %lld > 16384 columns; call sn_forward on it", k,
                       (long long)(l->view.A * l->view.B));
@@ -139,18 +142,21 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
   for (int k = 0; k < g->count; ++k) {
     const sn_layer_t *l = g->layers[k];
     sn_group_entry_t *x = &ent[k];
-    const int64_t h = l->view.h, w = l->view.A * l->view.B;
+    /* A v-first layer as the u-first iteration on its Mᵀ (sn_group_entry_t). */
+    const int tr = l->desc.order == SN_ORDER_V_FIRST;
+    const int64_t h = tr ? l->view.A * l->view.B : l->view.h, w = tr ? l->view.h : l->view.A * l->view.B;
     x->W = g->W[k];
     x->W_sn = g->W_sn[k];
     x->dtype = (int)l->desc.dtype;
     x->n_iters = l->desc.n_power_iterations;
+    x->tr = tr;
     x->A = l->view.A;
     x->h = h;
     x->B = l->view.B;
     x->w = w;
     x->numel = l->numel;
-    x->u = l->u;
-    x->v = l->v;
+    x->u = tr ? l->v : l->u;
+    x->v = tr ? l->u : l->v;
     x->sigma = l->sigma;
     x->eps = sn__eps_param(&l->desc);
     x->norm_bound = l->desc.norm_bound;

@@ -584,10 +584,13 @@ variants() {
   SPECNORM_TUNE="$COOP_SUFFIX" "$SN_BENCH" --shape 768x4096 --shape 512x16384 --shape 1536x4608 \
     --preset sngan-cifar10 --order v-first --algo all --dtype f32,bf16 --mode train,scale \
     --no-baseline --no-probe --no-group --reps 50 || rc=1
+  echo "################ v-first groups: SN-GAN in PyTorch's layout (M's columns strided) and Keras' (contiguous)"
+  SPECNORM_TUNE="$COOP_SUFFIX" "$SN_BENCH" --preset sngan-cifar10 --preset sngan-cifar10-keras --order v-first \
+    --dtype f32,bf16 --mode train,scale,eval --no-baseline --no-probe --reps 50 || rc=1
   return $rc
 }
 if [[ -x "$SN_BENCH" ]]; then
-  run_step variants "$OUT/bench.log" 120 130 \
+  run_step variants "$OUT/bench.log" 135 145 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" VDIR="$LOGS" REPO="$REPO" \
     bash -c "$(declare -p VARIANT_WL VARIANT_PRESETS TUNES SN_BENCH COOP_SUFFIX); $(declare -f variants); variants"
 else

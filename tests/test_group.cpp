@@ -36,7 +36,14 @@ struct Member {
   bool in_place = false;  // W_sn is W
   int w_off = 0, o_off = 0;  // W and W_sn this many elements into their buffers (alignment)
   float add_eps = 0.f;       // > 0: SN_EPS_ADD_SQUARED with this eps (Flax's and Haiku's N(x))
+  sn_order_t order = SN_ORDER_U_FIRST;
 };
+
+// m in the v-first (legacy) order: Keras', Flax's and Haiku's with dim −1.
+Member v_first(Member m) {
+  m.order = SN_ORDER_V_FIRST;
+  return m;
+}
 
 // m with N(x) = x / sqrt(‖x‖² + eps) (large enough an eps to move σ by ~1e-3 on these weights).
 Member with_add_eps(Member m, float eps = 1e-2f) {
@@ -50,6 +57,7 @@ sn_layer_desc_t member_desc(const Member &m, sn_backend_t backend, uint64_t seed
   d.n_power_iterations = m.iters;
   d.norm_bound = m.bound;
   d.seed = seed;
+  d.order = m.order;
   if (m.add_eps > 0.f) {
     d.eps_mode = SN_EPS_ADD_SQUARED;
     d.eps = m.add_eps;
@@ -148,15 +156,16 @@ bool group_is_cooperative(double w_bytes) {
 
 TEST(GroupCpu, EqualsTheLayersOneByOne) {
   SN_SEEDED_RNG();
-  const std::vector<std::vector<int64_t>> shapes = {{16, 3, 3, 3}, {8, 16, 3, 3}, {1, 8}};
+  const std::vector<std::vector<int64_t>> shapes = {{16, 3, 3, 3}, {8, 16, 3, 3}, {1, 8}, {3, 3, 8, 5}};
   std::vector<std::unique_ptr<LayerPtr>> grouped, alone;
   std::vector<std::vector<float>> W, out_g, out_a;
   std::vector<sn_layer_t *> layers;
   std::vector<const void *> wp;
   std::vector<void *> op;
   for (size_t k = 0; k < shapes.size(); ++k) {
-    sn_layer_desc_t d = make_desc(shapes[k], SN_BACKEND_CPU);
+    sn_layer_desc_t d = make_desc(shapes[k], SN_BACKEND_CPU, k == 3 ? -1 : 0);
     d.seed = k;
+    if (k == 3) d.order = SN_ORDER_V_FIRST;  // a Keras kernel
     grouped.push_back(std::make_unique<LayerPtr>(d));
     alone.push_back(std::make_unique<LayerPtr>(d));
     W.push_back(rng.normals(numel_of(shapes[k])));
@@ -177,6 +186,57 @@ TEST(GroupCpu, EqualsTheLayersOneByOne) {
       ASSERT_EQ(sn_forward(alone[k]->p, W[k].data(), out_a[k].data(), step < 2, nullptr), SN_SUCCESS);
       EXPECT_TRUE(same_state(get_state(grouped[k]->p), get_state(alone[k]->p)));
       EXPECT_TRUE(bitwise_equal(out_g[k], out_a[k]));
+    }
+  }
+}
+
+// The grouped kernels' element of W for M_e[i, j] (sn_group_index; sn_group_rows_contiguous for
+// their fast paths), against the layer's M built from the definition (axis `dim` is the row, the
+// other axes in order the column), for u-first entries (M_e = M) and v-first ones (M_e = Mᵀ,
+// host/group.c), on views with A = 1, B = 1 and both > 1.
+TEST(GroupCpu, EntryIndexIsTheLayersElement) {
+  struct Case {
+    std::vector<int64_t> shape;
+    int dim;
+  };
+  for (const Case &c : {Case{{5, 7}, 0}, Case{{5, 7}, 1}, Case{{4, 6, 3}, 1}, Case{{3, 3, 4, 5}, 3},
+                        Case{{6, 2, 5}, 0}, Case{{2, 3, 4, 5}, 2}}) {
+    const int nd = int(c.shape.size());
+    const sn_view_t vw = sn_ref_view(nd, c.shape.data(), c.dim);
+    const int64_t h = vw.h, w = vw.A * vw.B, n = h * w;
+    std::vector<int64_t> elem(static_cast<size_t>(n), -1);  // elem[r·w + col]: the element of M[r, col]
+    for (int64_t k = 0; k < n; ++k) {
+      int64_t rest = k, r = 0, col = 0, mul = 1;
+      for (int d = nd - 1; d >= 0; --d) {  // the multi-index of element k, last axis fastest
+        const int64_t x = rest % c.shape[size_t(d)];
+        rest /= c.shape[size_t(d)];
+        if (d == c.dim) {
+          r = x;
+        } else {
+          col += x * mul;
+          mul *= c.shape[size_t(d)];
+        }
+      }
+      elem[size_t(r * w + col)] = k;
+    }
+    for (int tr = 0; tr < 2; ++tr) {
+      SCOPED_TRACE(shape_str(c.shape) + " dim " + std::to_string(c.dim) + (tr ? " v-first" : " u-first"));
+      sn_group_entry_t e{};
+      e.tr = tr;
+      e.A = vw.A;
+      e.B = vw.B;
+      e.h = tr ? w : h;
+      e.w = tr ? h : w;
+      const bool contiguous = sn_group_rows_contiguous(&e);
+      EXPECT_EQ(contiguous, tr ? vw.B == 1 : vw.A == 1);
+      for (int64_t i = 0; i < e.h; ++i)
+        for (int64_t j = 0; j < e.w; ++j) {
+          const int64_t want = tr ? elem[size_t(j * w + i)] : elem[size_t(i * w + j)];
+          ASSERT_EQ(sn_group_index(&e, i, j), want) << "M_e[" << i << ", " << j << "]";
+          if (contiguous) {
+            ASSERT_EQ(i * e.w + j, want) << "row " << i << " is not contiguous";
+          }
+        }
     }
   }
 }
@@ -380,22 +440,31 @@ TEST(GroupCpu, ChangedGammaBindingIsRefused) {
   sn_group_destroy(g);
 }
 
-// A CPU group refuses what a CUDA group refuses (v-first, 1-D and w > 16384 members), so that a
-// group built on the CPU also builds on a GPU; and on both backends, W_sn[k] must be W[k] or apart
-// from it, and apart from every other member's W and W_sn.
+// A CPU group refuses what a CUDA group refuses (1-D members, u-first ones of w > 16384 and
+// v-first ones of h > 16384: a group reads a v-first layer's columns as rows) and takes what it
+// takes (a v-first 2 × 20000, a u-first 20000 × 2), so that a group built on the CPU also builds
+// on a GPU; and on both backends, W_sn[k] must be W[k] or apart from it, and apart from every other
+// member's W and W_sn.
 TEST(GroupCpu, MembersFollowTheCudaRulesAndBuffersDoNotOverlap) {
-  sn_layer_desc_t dv = make_desc({8, 8}, SN_BACKEND_CPU);
-  dv.order = SN_ORDER_V_FIRST;
-  LayerPtr vfirst(dv), oned(make_desc({8}, SN_BACKEND_CPU)), wide(make_desc({2, 20000}, SN_BACKEND_CPU)),
-      a(make_desc({8, 8}, SN_BACKEND_CPU)), b(make_desc({4, 8}, SN_BACKEND_CPU));
+  sn_layer_desc_t tall_v = make_desc({20000, 2}, SN_BACKEND_CPU), wide_v = make_desc({2, 20000}, SN_BACKEND_CPU);
+  tall_v.order = wide_v.order = SN_ORDER_V_FIRST;
+  LayerPtr vtall(tall_v), oned(make_desc({8}, SN_BACKEND_CPU)), wide(make_desc({2, 20000}, SN_BACKEND_CPU)),
+      a(make_desc({8, 8}, SN_BACKEND_CPU)), b(make_desc({4, 8}, SN_BACKEND_CPU)), vwide(wide_v),
+      tall(make_desc({20000, 2}, SN_BACKEND_CPU));
   std::vector<float> buf(200000);
   sn_group_t *g = nullptr;
   const void *W2[2] = {buf.data(), buf.data() + 64};
-  for (sn_layer_t *bad : {vfirst.p, oned.p, wide.p}) {
+  for (sn_layer_t *bad : {vtall.p, oned.p, wide.p}) {
     sn_layer_t *layers[2] = {a.p, bad};
     EXPECT_EQ(sn_group_create(&g, layers, W2, nullptr, 2), SN_ERROR_NOT_SUPPORTED) << sn_last_error_message();
     EXPECT_NE(std::string(sn_last_error_message()).find("layers[1]"), std::string::npos);
     EXPECT_EQ(g, nullptr);
+  }
+  for (sn_layer_t *fine : {vwide.p, tall.p}) {
+    sn_layer_t *layers[2] = {a.p, fine};
+    EXPECT_EQ(sn_group_create(&g, layers, W2, nullptr, 2), SN_SUCCESS) << sn_last_error_message();
+    sn_group_destroy(g);
+    g = nullptr;
   }
   sn_layer_t *layers[2] = {a.p, b.p};
   float *W0 = buf.data(), *W1 = buf.data() + 64;  // a: 64 floats, b: 32
@@ -1007,8 +1076,8 @@ TEST(GroupGpu, DegenerateStepsKeepTheRules) {
 
 TEST(GroupGpu, UnsupportedMembersAreRefused) {
   REQUIRE_GPU();
-  sn_layer_desc_t dv = make_desc({8, 8}, SN_BACKEND_CUDA);
-  dv.order = SN_ORDER_V_FIRST;
+  sn_layer_desc_t dv = make_desc({20000, 2}, SN_BACKEND_CUDA);
+  dv.order = SN_ORDER_V_FIRST;  // h > 16384: a group reads its columns as rows
   LayerPtr vfirst(dv), oned(make_desc({8}, SN_BACKEND_CUDA)), wide(make_desc({2, 20000}, SN_BACKEND_CUDA)),
       cpu(make_desc({8, 8}, SN_BACKEND_CPU)), ok(make_desc({8, 8}, SN_BACKEND_CUDA));
   void *w = nullptr;
@@ -1126,8 +1195,41 @@ static std::vector<Member> small_on_chip_members() {
 // `cluster` blocks only if > 0: what sn_group_create decides under group_onchip=1.
 static sn_on_chip_t on_chip_plan(const std::vector<Member> &ms, int cluster) {
   std::vector<OnChipLayer> ls;
-  for (const Member &m : ms) ls.push_back({m.shape, m.dim, m.dt});
+  for (const Member &m : ms) ls.push_back({m.shape, m.dim, m.dt, m.order});
   return on_chip_plan_of(ls, cluster, 0);
+}
+
+// Members in the v-first order (a group runs each as the u-first iteration on its Mᵀ, M_e):
+// Keras', Flax's and Haiku's kernels with dim −1, whose columns, M_e's rows, are contiguous (a
+// warp per row and, at 1500 columns of M_e, a block per row); PyTorch's legacy layout, dim 0, whose
+// M_e rows are read with a stride (a warp and a block per row); a view with A and B > 1; 2
+// iterations, fp16 and bf16, scale only, a norm bound, γ, Flax's and Haiku's eps; beside two
+// u-first members.
+static std::vector<Member> v_first_members() {
+  return {
+      v_first({{3, 3, 3, 128}, 3}),                     // a Keras conv kernel: M_e 27 × 128
+      v_first({{3, 3, 128, 128}, 3}),                   // M_e 1152 × 128
+      v_first({{128, 1}, 1}),                           // a Keras dense kernel (in, out): M_e 128 × 1
+      v_first({{2000, 24}, 1, SN_DTYPE_BFLOAT16}),      // M_e 2000 × 24
+      v_first({{24, 1500}, 1}),                         // M_e 24 × 1500: a block per row
+      v_first({{64, 100}}),                             // legacy: M_e 100 × 64, strided
+      v_first({{1500, 40}}),                            // legacy: M_e 40 × 1500, a block per row
+      v_first({{6, 40, 33}, 1}),                        // A = 6, B = 33
+      v_first({{130, 200}, 1, SN_DTYPE_FLOAT16, 2}),    // 2 iterations
+      v_first({{64, 100}, 1, SN_DTYPE_FLOAT32, 1, true}),               // scale only
+      v_first({{200, 64}, 1, SN_DTYPE_FLOAT32, 1, false, 1.5f}),        // a norm bound
+      v_first({{77, 99}, 1, SN_DTYPE_FLOAT32, 1, false, 0.f, true}),    // γ
+      v_first(with_add_eps({{50, 70}, 1})),                              // N(x) = x / sqrt(‖x‖² + eps)
+      {{128, 128, 3, 3}},
+      {{300, 517}, 1},
+  };
+}
+
+// Whether the group's kernels read member m's M_e by contiguous rows (sn_group_rows_contiguous).
+static bool rows_contiguous(const Member &m) {
+  const int nd = int(m.shape.size());
+  const sn_view_t vw = sn_ref_view(nd, m.shape.data(), m.dim < 0 ? m.dim + nd : m.dim);
+  return m.order == SN_ORDER_V_FIRST ? vw.B == 1 : vw.A == 1;
 }
 
 // The forward is one launch of the on-chip kernel, in training and eval.
@@ -1158,6 +1260,28 @@ TEST(GroupGpu, OnChipMatchesCpuLayersStepByStep) {
   if (oc.cluster == 0) GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
   SN_SEEDED_RNG();
   expect_on_chip(expect_group_matches_cpu(ms, "group_onchip=1", rng));
+}
+
+// A group with v-first members equals CPU layers step by step, as three kernels, one cooperative
+// launch and by default; not on chip while a member's M_e rows are strided; on chip, where the
+// device has it, once they are all contiguous (Keras', Flax's and Haiku's layout).
+TEST(GroupGpu, VFirstMembersMatchCpuLayersStepByStep) {
+  REQUIRE_GPU();
+  SN_SEEDED_RNG();
+  const std::vector<Member> ms = v_first_members();
+  for (const char *tune : {"", "group_coop=0", "group_coop=1", "group_onchip=1"}) {
+    const Captured k = expect_group_matches_cpu(ms, tune, rng);
+    EXPECT_FALSE(any_matches(k.training, kOnChipKernel)) << "on chip with strided members";
+  }
+  std::vector<Member> contiguous;
+  for (const Member &m : ms)
+    if (rows_contiguous(m)) contiguous.push_back(m);
+  ASSERT_GE(contiguous.size(), 8u);
+  if (on_chip_plan(contiguous, 0).cluster == 0) {
+    if (expect_sngan_on_chip_here()) ADD_FAILURE() << "these layers fit on chip on an H100 or H200";
+    return;  // not on chip on this device: the part above ran
+  }
+  expect_on_chip(expect_group_matches_cpu(contiguous, "group_onchip=1", rng));
 }
 
 // Without SPECNORM_TUNE, a group whose layers all fit on chip runs there on a device with clusters
@@ -1573,8 +1697,8 @@ TEST(GroupGpu, BackwardIsBitwiseEachLayersBackward) {
   SN_SEEDED_RNG();
   std::vector<Member> ms = members_up_to(2000000);
   for (const Member &odd : {Member{{1, 1}}, Member{{97, 1}}, Member{{1, 5000}, 0, SN_DTYPE_BFLOAT16},
-                            Member{{6, 40, 33}, 1}})
-    ms.push_back(odd);  // 1 × 1, N × 1, 1 × N, rows of 33 elements in a view of A = 6
+                            Member{{6, 40, 33}, 1}, v_first(Member{{3, 3, 64, 32}, 3})})
+    ms.push_back(odd);  // 1 × 1, N × 1, 1 × N, rows of 33 elements in a view of A = 6, v-first
   BackwardRig r(ms, rng);
   ASSERT_TRUE(r.ok) << sn_last_error_message();
   const size_t n_members = r.ms.size();

@@ -360,6 +360,7 @@ struct OnChipLayer {
   std::vector<int64_t> shape;
   int dim;
   sn_dtype_t dt;
+  sn_order_t order = SN_ORDER_U_FIRST;
 };
 
 // How sn_cuda_on_chip_prepare holds these layers on chip on the current device (cluster 0: not
@@ -371,10 +372,12 @@ inline sn_on_chip_t on_chip_plan_of(const std::vector<OnChipLayer> &layers, int 
     const int nd = int(layers[k].shape.size());
     const int dim = layers[k].dim < 0 ? layers[k].dim + nd : layers[k].dim;
     const sn_view_t v = sn_ref_view(nd, layers[k].shape.data(), dim);
+    const int tr = layers[k].order == SN_ORDER_V_FIRST;  // as host/group.c: Mᵀ's sizes
+    ent[k].tr = tr;
     ent[k].A = v.A;
-    ent[k].h = v.h;
+    ent[k].h = tr ? v.A * v.B : v.h;
     ent[k].B = v.B;
-    ent[k].w = v.A * v.B;
+    ent[k].w = tr ? v.h : v.A * v.B;
     ent[k].dtype = int(layers[k].dt);
   }
   sn_on_chip_t oc{};
