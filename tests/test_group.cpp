@@ -744,7 +744,9 @@ TEST(GroupGpu, CooperativeLaunchOnFewBlocksIsBitwiseTheThreeKernels) {
 // members up to 160K of every_kind_of_member), for racecheck (gpu_check.sh): the test above ran
 // past 100 s under it alone, and one with those members past 27 s (H100, d5e109c and 4884391).
 // Block per row (w > 1280: {96, 8, 4, 4} dim 1, {8, 2048}), warp per row for each K, several rows
-// per warp ({3000, 8}), both orders, the 2-byte types, 2 iterations, scale only, a bound, γ.
+// per warp ({3000, 8}), both orders, the 2-byte types, 2 iterations, scale only, a bound, γ;
+// v-first members (M_e = Mᵀ) with contiguous rows (dim −1), strided ones (dim 0) and a view with A
+// and B > 1.
 static std::vector<Member> small_members_of_every_kind() {
   return {
       {{128, 3, 3, 3}},       {{16, 32, 3, 3}},      {{128, 3, 1, 1}},
@@ -753,6 +755,7 @@ static std::vector<Member> small_members_of_every_kind() {
       {{64, 100}, 0, SN_DTYPE_FLOAT32, 1, true},     {{200, 64}, 0, SN_DTYPE_FLOAT32, 1, false, 1.5f},
       {{77, 99}, 0, SN_DTYPE_FLOAT32, 1, false, 0.f, true},
       {{3000, 8}},            {{40, 24, 5}, 1, SN_DTYPE_BFLOAT16},
+      v_first({{3, 3, 8, 32}, 3}), v_first({{20, 60}}),  v_first({{6, 10, 7}, 1}),
   };
 }
 
@@ -951,41 +954,65 @@ TEST(GroupGpu, DeterministicInOneOrThreeLaunches) {
 
 // The restart from ones after a zero step (test_health.cpp, ZeroStepRecoversFromOnes), for a
 // group created under SPECNORM_TUNE `tune`; *kernels: those of its captured training forward.
-// The layers of the degenerate-step checks: 40 × w for w = 24 and 1300 (both bodies of the rows
-// kernel: a warp per row and a block per row), fp32, with device W and W_sn.
+// The layers of the degenerate-step checks: M of 40 × w for w = 24 and 1300 (both bodies of the
+// rows kernel: a warp per row and a block per row), fp32, with device W and W_sn. v-first: W in
+// Keras' layout, (w, 40) with dim −1, so that W holds Mᵀ row-major (the group's M_e = Mᵀ, its rows
+// contiguous: 24 and 1300 rows of 40, a warp per row, on chip where it fits).
 struct StepLayers {
   const int64_t h = 40;
   const std::vector<int64_t> widths = {24, 1300};
+  sn_order_t order = SN_ORDER_U_FIRST;
   std::vector<std::unique_ptr<LayerPtr>> ls;
   std::vector<std::unique_ptr<Tensor>> W, O;
   std::vector<sn_layer_t *> layers;
   std::vector<void *> Wd, Od;
   // Layer k's weight M (its W is uploaded from it).
   void add(const std::vector<float> &M, int64_t w) {
-    ls.push_back(std::make_unique<LayerPtr>(make_desc({h, w}, SN_BACKEND_CUDA)));
+    const bool v = order == SN_ORDER_V_FIRST;
+    sn_layer_desc_t d = v ? make_desc({w, h}, SN_BACKEND_CUDA, 1) : make_desc({h, w}, SN_BACKEND_CUDA);
+    d.order = order;
+    ls.push_back(std::make_unique<LayerPtr>(d));
     layers.push_back(ls.back()->p);
     W.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, h * w));
     O.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, h * w));
-    W.back()->set(M);
+    std::vector<float> Wh = M;
+    if (v)
+      for (int64_t i = 0; i < h; ++i)
+        for (int64_t j = 0; j < w; ++j) Wh[size_t(j * h + i)] = M[size_t(i * w + j)];
+    W.back()->set(Wh);
     Wd.push_back(W.back()->dev);
     Od.push_back(O.back()->dev);
   }
 };
 
-static void expect_zero_step_restarts(const std::string &tune, Rng &rng, std::vector<std::string> *kernels) {
-  SCOPED_TRACE("SPECNORM_TUNE " + tune);
+// v-first: the first product is Mᵀ u, so u = e_0 with Mᵀ e_0 = 0 gives σ = 0, and the restart's
+// ones go to u (a group running Mᵀ must put them in its M_e's v, the layer's u).
+static void zero_step_restarts(const std::string &tune, sn_order_t order, Rng &rng,
+                               std::vector<std::string> *kernels) {
+  SCOPED_TRACE("SPECNORM_TUNE " + tune + (order == SN_ORDER_V_FIRST ? ", v-first" : ""));
   StepLayers set;
+  set.order = order;
   const int64_t h = set.h;
   const std::vector<int64_t> &widths = set.widths;
   const std::vector<sn_layer_t *> &layers = set.layers;
   std::vector<double> sigma;
   for (int64_t w : widths) {
-    std::vector<float> v;
+    std::vector<float> e0;
     double sig = 0;
-    const std::vector<float> M = rank1_nulling_e0(rng, h, w, &v, &sig);  // M v = 0: σ = 0
+    std::vector<float> M;
+    if (order == SN_ORDER_V_FIRST) {
+      const std::vector<float> Mt = rank1_nulling_e0(rng, w, h, &e0, &sig);  // Mᵀ e_0 = 0: σ = 0
+      M.resize(Mt.size());
+      for (int64_t i = 0; i < h; ++i)
+        for (int64_t j = 0; j < w; ++j) M[size_t(i * w + j)] = Mt[size_t(j * h + i)];
+    } else {
+      M = rank1_nulling_e0(rng, h, w, &e0, &sig);  // M e_0 = 0: σ = 0
+    }
     set.add(M, w);
     ASSERT_TRUE(layers.back());
-    ASSERT_EQ(sn_layer_set_state(layers.back(), rng.normals(h).data(), v.data(), 0.f, 1, nullptr), SN_SUCCESS);
+    const std::vector<float> u = order == SN_ORDER_V_FIRST ? e0 : rng.normals(h);
+    const std::vector<float> v = order == SN_ORDER_V_FIRST ? rng.normals(w) : e0;
+    ASSERT_EQ(sn_layer_set_state(layers.back(), u.data(), v.data(), 0.f, 1, nullptr), SN_SUCCESS);
     sigma.push_back(sig);
   }
   const std::vector<std::unique_ptr<Tensor>> &O = set.O;
@@ -1015,6 +1042,14 @@ static void expect_zero_step_restarts(const std::string &tune, Rng &rng, std::ve
     EXPECT_EQ(health, uint32_t(SN_HEALTH_ZERO | SN_HEALTH_RECOVERED));
   }
   *kernels = captured_kernels([&](cudaStream_t s) { return sn_group_forward(g.p, 1, s); });
+}
+
+static void expect_zero_step_restarts(const std::string &tune, Rng &rng, std::vector<std::string> *kernels) {
+  zero_step_restarts(tune, SN_ORDER_U_FIRST, rng, kernels);
+}
+
+static void expect_zero_step_restarts_v_first(const std::string &tune, Rng &rng, std::vector<std::string> *kernels) {
+  zero_step_restarts(tune, SN_ORDER_V_FIRST, rng, kernels);
 }
 
 // A non-finite weight after a good step (test_health.cpp's rule): the state is kept bit for bit,
@@ -1067,7 +1102,7 @@ static void expect_nonfinite_step_keeps_state(const std::string &tune, Rng &rng,
 TEST(GroupGpu, DegenerateStepsKeepTheRules) {
   REQUIRE_GPU();
   SN_SEEDED_RNG();
-  for (auto *check : {expect_zero_step_restarts, expect_nonfinite_step_keeps_state}) {
+  for (auto *check : {expect_zero_step_restarts, expect_zero_step_restarts_v_first, expect_nonfinite_step_keeps_state}) {
     std::vector<std::string> kernels;
     check("group_onchip=0", rng, &kernels);  // not on chip, which has its own test below
     EXPECT_FALSE(any_matches(kernels, "group_on_chip_kernel")) << (kernels.empty() ? "?" : kernels[0]);
@@ -1220,6 +1255,8 @@ static std::vector<Member> v_first_members() {
       v_first({{200, 64}, 1, SN_DTYPE_FLOAT32, 1, false, 1.5f}),        // a norm bound
       v_first({{77, 99}, 1, SN_DTYPE_FLOAT32, 1, false, 0.f, true}),    // γ
       v_first(with_add_eps({{50, 70}, 1})),                              // N(x) = x / sqrt(‖x‖² + eps)
+      v_first({{3, 3, 16, 24}, 3, SN_DTYPE_FLOAT32, 1, false, 0.f, false, true}),  // W_sn = W
+      v_first({{40, 36}, 1, SN_DTYPE_FLOAT32, 1, false, 0.f, false, false, 1, 3}),  // misaligned
       {{128, 128, 3, 3}},
       {{300, 517}, 1},
   };
@@ -1282,6 +1319,12 @@ TEST(GroupGpu, VFirstMembersMatchCpuLayersStepByStep) {
     return;  // not on chip on this device: the part above ran
   }
   expect_on_chip(expect_group_matches_cpu(contiguous, "group_onchip=1", rng));
+  // One strided member with A = 1 (PyTorch's legacy layout) keeps the group off chip.
+  std::vector<Member> one_strided = contiguous;
+  one_strided.push_back(v_first({{64, 100}}));
+  EXPECT_EQ(on_chip_plan(one_strided, 0).cluster, 0);
+  const Captured k = expect_group_matches_cpu(one_strided, "group_onchip=1", rng);
+  EXPECT_FALSE(any_matches(k.training, kOnChipKernel)) << "on chip with a strided member";
 }
 
 // Without SPECNORM_TUNE, a group whose layers all fit on chip runs there on a device with clusters
@@ -1366,10 +1409,11 @@ TEST(GroupGpu, OnChipIsDeterministic) {
 // 40 × 1300 layer takes 230 KB on one block: clusters only).
 TEST(GroupGpu, OnChipDegenerateStepsKeepTheRules) {
   REQUIRE_GPU();
-  if (on_chip_plan({{{40, 24}}, {{40, 1300}}}, 0).cluster == 0)
+  if (on_chip_plan({{{40, 24}}, {{40, 1300}}}, 0).cluster == 0 ||
+      on_chip_plan({v_first({{24, 40}, 1}), v_first({{1300, 40}, 1})}, 0).cluster == 0)
     GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
   SN_SEEDED_RNG();
-  for (auto *check : {expect_zero_step_restarts, expect_nonfinite_step_keeps_state}) {
+  for (auto *check : {expect_zero_step_restarts, expect_zero_step_restarts_v_first, expect_nonfinite_step_keeps_state}) {
     std::vector<std::string> kernels;
     check("group_onchip=1", rng, &kernels);
     EXPECT_TRUE(any_matches(kernels, kOnChipKernel)) << (kernels.empty() ? "?" : kernels[0]);
@@ -1440,6 +1484,7 @@ TEST(GroupCpu, BackwardEqualsTheLayersOneByOne) {
       {{5, 7}, 0, SN_DTYPE_BFLOAT16, 1, false, 0.f, true},
       {{6, 4}, 0, SN_DTYPE_FLOAT16, 1, false, 1.5f},
       {{9, 10}},  // dW is G
+      v_first({{3, 3, 4, 6}, 3}),
   };
   const size_t n_members = ms.size(), in_place = 5;
   const float gamma = 0.8f;
