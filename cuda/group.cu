@@ -47,10 +47,11 @@ __device__ __forceinline__ float load1(const void *W, int64_t k) {
   return to_f(static_cast<const T *>(W)[k]);
 }
 
-// Element k of W holding M_e[i, j] (sn_cuda.h).
+// Element k of W holding M[i, j].
 __device__ __forceinline__ int64_t index_of(const sn_group_entry_t &e, int64_t i, int64_t j) {
-  if (sn_group_rows_contiguous(&e)) return i * e.w + j;
-  return sn_group_index(&e, i, j);
+  if (e.A == 1) return i * e.w + j;
+  const int64_t a = j / e.B;
+  return (a * e.h + i) * e.B + (j - a * e.B);
 }
 
 // d = M_i · v (first == true), or s_sm += t · M_i (first == false), for the thread's columns.
@@ -58,7 +59,7 @@ template <class T>
 __device__ __forceinline__ float row_pass(const sn_group_entry_t &e, int64_t i, const float *v_sm,
                                           float *s_sm, float t, bool first) {
   float d = 0.f;
-  const bool vec = sn_group_rows_contiguous(&e) && e.w % 4 == 0 && vec4_aligned<T>(e.W);
+  const bool vec = e.A == 1 && e.w % 4 == 0 && vec4_aligned<T>(e.W);
   if (vec) {
     const T *row = static_cast<const T *>(e.W) + i * e.w;
     for (int q = threadIdx.x; q < (int)e.w / 4; q += kBlock) {  // w <= 16384 (host/group.c)
@@ -153,7 +154,7 @@ __device__ void warp_rows_body(const sn_group_entry_t &e, int g, int iter, bool 
     asm volatile("mov.u32 %0, %%laneid;" : "=r"(lane_id));
     const int lane = (int)lane_id;
     float xr[K];
-    if (sn_group_rows_contiguous(&e)) {
+    if (e.A == 1) {
       const T *row = static_cast<const T *>(e.W) + i * e.w;
 #pragma unroll
       for (int k = 0; k < K; ++k) {

@@ -30,8 +30,7 @@
 // The arithmetic is that of the three kernels (cuda/group.cu) in another order, so the results
 // match them to rounding, not bit for bit; every reduction has a fixed order, so they are
 // bitwise reproducible.
-// Which layers: rows contiguous (A = 1; a v-first layer in a group, whose rows here are its
-// columns: B = 1, sn_group_rows_contiguous) and w <= kOnChipMaxW, with a cluster size C (1, 2, 4, 8;
+// Which layers: rows contiguous (A = 1) and w <= kOnChipMaxW, with a cluster size C (1, 2, 4, 8;
 // 1 only without clusters: sm_80, or code not built for sm_90) whose blocks' shared memory holds
 // the largest layer's share (sn_cuda_on_chip_prepare): for a group, the smallest C that brings
 // every block's rows under kOnChipTargetBytes, else the largest that fits; for a single layer,
@@ -421,7 +420,7 @@ Layout layout_for(const sn_group_entry_t *ent, int count, int C, int threads) {
   Layout L;
   int64_t w = 1, rows = 1;
   for (int k = 0; k < count; ++k) {
-    if (!sn_group_rows_contiguous(&ent[k]) || ent[k].w > kOnChipMaxW) return Layout{};
+    if (ent[k].A != 1 || ent[k].w > kOnChipMaxW) return Layout{};
     const int64_t share = (ent[k].h + C - 1) / C;
     const size_t bytes = (size_t)share * (size_t)ent[k].w * sn_dtype_size((sn_dtype_t)ent[k].dtype);
     if (bytes > L.share) L.share = bytes;

@@ -227,21 +227,16 @@ int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *
 /* Whether that backward is the one launch of the layer on chip (op_onchip=1 only). */
 int sn_cuda_backward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *args);
 
-/* One layer of a group (cuda/group.cu), as the grouped kernels see it. They run the u-first
- * iteration on an h × w matrix M_e: the layer's M (its view A × h × B, w = A·B), or, for a v-first
- * layer (tr = 1), its transpose: the v-first iteration on M is the u-first one on Mᵀ with the
- * roles of u and v exchanged (v = N(Mᵀ u) is Mᵀ's u = N(Mᵀ v'), u = N(M v) its v = N(M u'), and σ
- * comes from the same last product). Then h and w are Mᵀ's (the layer's w and h), u and v point
- * to the layer's v and u, and A and B stay the layer's view (sn_group_index). */
+/* One layer of a group (cuda/group.cu), as the grouped kernels see it: they run the u-first
+ * iteration on the matrix of the view A × h × B (w = A·B) with the vectors u (h) and v (w); for a
+ * v-first layer that is its Mᵀ (sn_group_view) with the layer's v and u. */
 typedef struct {
   const void *W;
   void *W_sn;                 /* NULL: scale only */
   int dtype;                  /* sn_dtype_t */
   int n_iters;
-  int tr;                     /* 1: M_e is the layer's Mᵀ (a v-first layer) */
   int64_t A, h, B, w, numel;
-  float *u, *v, *sigma;       /* M_e's u (h floats) and v (w floats), the layer's state ({σ, 1/σ,
-                                 scale, health}) */
+  float *u, *v, *sigma;       /* the layer's state ({σ, 1/σ, scale, health}) */
   float *t, *s, *part, *tsq, *sq, *scal; /* the group's scratch for this layer */
   unsigned *counter;
   float eps, norm_bound;      /* eps signed as the plan's */
@@ -253,18 +248,27 @@ typedef struct {
   int div_block0, div_blocks; /* commit-and-divide kernel */
 } sn_group_entry_t;
 
-/* The element of W that holds M_e[i, j]: the layer's M[i, j], or M[j, i] when tr (the layer's h
- * is then e->w). */
-static inline SN_HD int64_t sn_group_index(const sn_group_entry_t *e, int64_t i, int64_t j) {
-  const int64_t r = e->tr ? j : i, c = e->tr ? i : j, h = e->tr ? e->w : e->h;
-  const int64_t a = c / e->B;
-  return (a * h + r) * e->B + (c - a * e->B);
-}
-
-/* Whether row i of M_e is W's elements [i·w, (i + 1)·w): the layer's rows with A = 1, or its
- * columns with B = 1 (a v-first layer of dim −1, Keras', Flax's and Haiku's layout). */
-static inline SN_HD int sn_group_rows_contiguous(const sn_group_entry_t *e) {
-  return e->tr ? e->B == 1 : e->A == 1;
+/* The view whose u-first iteration a group runs for a layer of view `layer` in `order`: the view
+ * itself for u-first; for v-first, a view of Mᵀ, since the v-first iteration on M is the u-first
+ * one on Mᵀ with u and v exchanged (v = N(Mᵀ u) is Mᵀ's first product, u = N(M v) its second, σ
+ * comes from the same last product, and the restart's ones go to the first product's input, the
+ * layer's u). Mᵀ is a view of the same W when A = 1 (M = W, h × B: Mᵀ[i, j] = W[j·B + i], the view
+ * B × h × 1) or B = 1 (dim −1: W holds Mᵀ row-major, the view 1 × (A) × h); returns 0 for a
+ * v-first layer with A > 1 and B > 1, whose Mᵀ is no such view. */
+static inline SN_HD int sn_group_view(sn_view_t layer, sn_order_t order, sn_view_t *out) {
+  if (order != SN_ORDER_V_FIRST) {
+    *out = layer;
+    return 1;
+  }
+  if (layer.B == 1) {
+    out->A = 1, out->h = layer.A, out->B = layer.h;
+    return 1;
+  }
+  if (layer.A == 1) {
+    out->A = layer.h, out->h = layer.B, out->B = 1;
+    return 1;
+  }
+  return 0;
 }
 
 typedef struct {

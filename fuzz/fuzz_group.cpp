@@ -59,7 +59,13 @@ bool group_ok(const std::vector<Layer> &ls, const std::vector<const void *> &W,
               const std::vector<void *> &Wsn) {
   const size_t n = ls.size();
   for (size_t k = 0; k < n; ++k) {
-    if (ls[k].desc.ndim < 2) return false;  // either order (the widths here are <= 255)
+    const sn_layer_desc_t &d = ls[k].desc;
+    if (d.ndim < 2) return false;
+    // v-first: the weight's dim must be its first or last axis (the widths here are < 16384).
+    int64_t A = 1, B = 1;
+    for (int q = 0; q < d.dim; ++q) A *= d.shape[q];
+    for (int q = d.dim + 1; q < d.ndim; ++q) B *= d.shape[q];
+    if (d.order == SN_ORDER_V_FIRST && A > 1 && B > 1) return false;
     if (Wsn[k] && Wsn[k] != W[k] && overlap(Wsn[k], ls[k].bytes, W[k], ls[k].bytes)) return false;
     for (size_t j = 0; Wsn[k] && j < n; ++j)
       if (j != k && (overlap(Wsn[k], ls[k].bytes, W[j], ls[j].bytes) ||

@@ -70,10 +70,10 @@ static sn_status_t check_member_memory(const sn_layer_t *l, const void *W, const
 }
 
 /* Check that every layer can join a group, on either backend (the same rules, so that a group
- * built on the CPU also builds on a GPU): >= 2-D, at most 16384 columns (rows for a v-first layer:
- * the width of the matrix its first product reads by rows, sn_group_entry_t); W_sn[k] is W[k] or
- * does not overlap it, and overlaps no other member's W or W_sn (the grouped kernels write one
- * layer's W_sn while reading the others' W). */
+ * built on the CPU also builds on a GPU): >= 2-D; v-first only with A = 1 or B = 1 (dim 0 or −1:
+ * sn_group_view); at most 16384 columns of the matrix the group iterates on (a v-first layer's
+ * rows); W_sn[k] is W[k] or does not overlap it, and overlaps no other member's W or W_sn (the
+ * grouped kernels write one layer's W_sn while reading the others' W). */
 static sn_status_t check_members(sn_layer_t *const *layers, const void *const *W,
                                  void *const *W_sn, int count) {
   for (int k = 0; k < count; ++k) {
@@ -91,6 +91,13 @@ static sn_status_t check_members(sn_layer_t *const *layers, const void *const *W
     if (l->is_1d)
       return sn__fail(SN_ERROR_NOT_SUPPORTED,
                       "layers[%d] is a 1-D weight (normalized exactly): call sn_forward on it", k);
+    sn_view_t ev;
+    if (!sn_group_view(l->view, l->desc.order, &ev))
+      return sn__fail(SN_ERROR_NOT_SUPPORTED,
+                      "layers[%d] is v-first with its dim inside the weight (a view of A = %lld, "
+                      "B = %lld: neither dim 0 nor the last one); groups take v-first layers of "
+                      "dim 0 or -1: call sn_forward on it",
+                      k, (long long)l->view.A, (long long)l->view.B);
     if (l->desc.order == SN_ORDER_V_FIRST && l->view.h > 16384)
       return sn__fail(SN_ERROR_NOT_SUPPORTED,
                       "layers[%d] is v-first with h = %lld > 16384 rows (a group takes a v-first "
@@ -142,17 +149,18 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
   for (int k = 0; k < g->count; ++k) {
     const sn_layer_t *l = g->layers[k];
     sn_group_entry_t *x = &ent[k];
-    /* A v-first layer as the u-first iteration on its Mᵀ (sn_group_entry_t). */
+    /* A v-first layer as the u-first iteration on its Mᵀ (sn_group_view; check_members). */
     const int tr = l->desc.order == SN_ORDER_V_FIRST;
-    const int64_t h = tr ? l->view.A * l->view.B : l->view.h, w = tr ? l->view.h : l->view.A * l->view.B;
+    sn_view_t ev = l->view;
+    (void)sn_group_view(l->view, l->desc.order, &ev);
+    const int64_t h = ev.h, w = ev.A * ev.B;
     x->W = g->W[k];
     x->W_sn = g->W_sn[k];
     x->dtype = (int)l->desc.dtype;
     x->n_iters = l->desc.n_power_iterations;
-    x->tr = tr;
-    x->A = l->view.A;
+    x->A = ev.A;
     x->h = h;
-    x->B = l->view.B;
+    x->B = ev.B;
     x->w = w;
     x->numel = l->numel;
     x->u = tr ? l->v : l->u;

@@ -314,7 +314,7 @@ typedef struct sn_group sn_group_t;
  * number of kernel launches that does not depend on the number of layers, e.g. every spectrally
  * normalized weight of a model: on sm_90 and up one launch with every layer on chip when they all
  * fit (rows contiguous: u-first with the rows of M contiguous, or v-first with its columns
- * contiguous, as Keras', Flax's and Haiku's kernels with dim −1; at most 4096 of them, a
+ * contiguous, as Keras', Flax's and Haiku's kernels with dim −1; at most 4096 columns, a
  * thread-block cluster's shared memory each);
  * else one cooperative launch when the weights take at most 8 MiB and the device has cooperative
  * launches; else 3 for one power iteration, 2 more per further iteration.
@@ -322,10 +322,11 @@ typedef struct sn_group sn_group_t;
  * layer gets the scale-only forward). The layers keep their own state and may still be used on
  * their own; the group only holds pointers (it does not own the layers or the buffers, which must
  * outlive it). Requirements, on either backend (a group built on the CPU builds on a GPU): all
- * layers of one backend (and one device); weights of at least 2 dimensions with w <= 16384 for
- * u-first layers, h <= 16384 for v-first ones (SN_ERROR_NOT_SUPPORTED otherwise: call those layers
- * on their own); either order, mixed (a v-first layer runs as the u-first iteration on Mᵀ, whose
- * rows are M's columns: read column-wise, at a cost, unless they are contiguous); buffers in the
+ * layers of one backend (and one device); weights of at least 2 dimensions; either order, mixed:
+ * u-first with w <= 16384, v-first with h <= 16384 and dim 0 or the last axis (a v-first layer runs
+ * as the u-first iteration on Mᵀ, whose rows are M's columns: contiguous with dim −1, Keras',
+ * Flax's and Haiku's layout, read with a stride with dim 0) (SN_ERROR_NOT_SUPPORTED otherwise:
+ * call those layers on their own); buffers in the
  * backend's memory; each W_sn[k] is W[k] (in place) or overlaps neither it nor any other layer's W
  * or W_sn (SN_ERROR_INVALID_VALUE). Allocates the group's scratch space; blocks. On failure
  * *group is NULL. */

@@ -190,17 +190,18 @@ TEST(GroupCpu, EqualsTheLayersOneByOne) {
   }
 }
 
-// The grouped kernels' element of W for M_e[i, j] (sn_group_index; sn_group_rows_contiguous for
-// their fast paths), against the layer's M built from the definition (axis `dim` is the row, the
-// other axes in order the column), for u-first entries (M_e = M) and v-first ones (M_e = Mᵀ,
-// host/group.c), on views with A = 1, B = 1 and both > 1.
-TEST(GroupCpu, EntryIndexIsTheLayersElement) {
+// The view a group iterates on (sn_group_view): for a u-first layer its own; for a v-first one a
+// view of the same W whose matrix is the layer's Mᵀ, where the weight's dim is its first or last
+// axis, and none otherwise (refused). Checked element by element against M built from the
+// definition (axis `dim` is the row, the other axes in order the column), through the view's
+// own rule M[i, a·B + b] = W[(a·h + i)·B + b] (sn_view_t), which the grouped kernels follow.
+TEST(GroupCpu, GroupViewIsTheLayersMatrixOrItsTranspose) {
   struct Case {
     std::vector<int64_t> shape;
     int dim;
   };
   for (const Case &c : {Case{{5, 7}, 0}, Case{{5, 7}, 1}, Case{{4, 6, 3}, 1}, Case{{3, 3, 4, 5}, 3},
-                        Case{{6, 2, 5}, 0}, Case{{2, 3, 4, 5}, 2}}) {
+                        Case{{6, 2, 5}, 0}, Case{{2, 3, 4, 5}, 2}, Case{{1, 9}, 1}, Case{{9, 1}, 0}}) {
     const int nd = int(c.shape.size());
     const sn_view_t vw = sn_ref_view(nd, c.shape.data(), c.dim);
     const int64_t h = vw.h, w = vw.A * vw.B, n = h * w;
@@ -219,23 +220,23 @@ TEST(GroupCpu, EntryIndexIsTheLayersElement) {
       }
       elem[size_t(r * w + col)] = k;
     }
-    for (int tr = 0; tr < 2; ++tr) {
+    for (sn_order_t order : {SN_ORDER_U_FIRST, SN_ORDER_V_FIRST}) {
+      const bool tr = order == SN_ORDER_V_FIRST;
       SCOPED_TRACE(shape_str(c.shape) + " dim " + std::to_string(c.dim) + (tr ? " v-first" : " u-first"));
-      sn_group_entry_t e{};
-      e.tr = tr;
-      e.A = vw.A;
-      e.B = vw.B;
-      e.h = tr ? w : h;
-      e.w = tr ? h : w;
-      const bool contiguous = sn_group_rows_contiguous(&e);
-      EXPECT_EQ(contiguous, tr ? vw.B == 1 : vw.A == 1);
-      for (int64_t i = 0; i < e.h; ++i)
-        for (int64_t j = 0; j < e.w; ++j) {
+      sn_view_t ev{};
+      const int ok = sn_group_view(vw, order, &ev);
+      if (tr && vw.A > 1 && vw.B > 1) {
+        EXPECT_EQ(ok, 0);
+        continue;
+      }
+      ASSERT_EQ(ok, 1);
+      ASSERT_EQ(ev.h, tr ? w : h);
+      ASSERT_EQ(ev.A * ev.B, tr ? h : w);
+      for (int64_t i = 0; i < ev.h; ++i)
+        for (int64_t j = 0; j < ev.A * ev.B; ++j) {
+          const int64_t a = j / ev.B, b = j % ev.B;
           const int64_t want = tr ? elem[size_t(j * w + i)] : elem[size_t(i * w + j)];
-          ASSERT_EQ(sn_group_index(&e, i, j), want) << "M_e[" << i << ", " << j << "]";
-          if (contiguous) {
-            ASSERT_EQ(i * e.w + j, want) << "row " << i << " is not contiguous";
-          }
+          ASSERT_EQ((a * ev.h + i) * ev.B + b, want) << "M_e[" << i << ", " << j << "]";
         }
     }
   }
@@ -440,21 +441,23 @@ TEST(GroupCpu, ChangedGammaBindingIsRefused) {
   sn_group_destroy(g);
 }
 
-// A CPU group refuses what a CUDA group refuses (1-D members, u-first ones of w > 16384 and
-// v-first ones of h > 16384: a group reads a v-first layer's columns as rows) and takes what it
+// A CPU group refuses what a CUDA group refuses (1-D members, u-first ones of w > 16384, v-first
+// ones of h > 16384, a group reading a v-first layer's columns as rows, and v-first ones whose dim
+// is inside the weight: sn_group_view) and takes what it
 // takes (a v-first 2 × 20000, a u-first 20000 × 2), so that a group built on the CPU also builds
 // on a GPU; and on both backends, W_sn[k] must be W[k] or apart from it, and apart from every other
 // member's W and W_sn.
 TEST(GroupCpu, MembersFollowTheCudaRulesAndBuffersDoNotOverlap) {
-  sn_layer_desc_t tall_v = make_desc({20000, 2}, SN_BACKEND_CPU), wide_v = make_desc({2, 20000}, SN_BACKEND_CPU);
-  tall_v.order = wide_v.order = SN_ORDER_V_FIRST;
+  sn_layer_desc_t tall_v = make_desc({20000, 2}, SN_BACKEND_CPU), wide_v = make_desc({2, 20000}, SN_BACKEND_CPU),
+                  inner_v = make_desc({4, 6, 3, 3}, SN_BACKEND_CPU, 1);  // ConvTranspose's dim 1
+  tall_v.order = wide_v.order = inner_v.order = SN_ORDER_V_FIRST;
   LayerPtr vtall(tall_v), oned(make_desc({8}, SN_BACKEND_CPU)), wide(make_desc({2, 20000}, SN_BACKEND_CPU)),
       a(make_desc({8, 8}, SN_BACKEND_CPU)), b(make_desc({4, 8}, SN_BACKEND_CPU)), vwide(wide_v),
-      tall(make_desc({20000, 2}, SN_BACKEND_CPU));
+      tall(make_desc({20000, 2}, SN_BACKEND_CPU)), vinner(inner_v);
   std::vector<float> buf(200000);
   sn_group_t *g = nullptr;
   const void *W2[2] = {buf.data(), buf.data() + 64};
-  for (sn_layer_t *bad : {vtall.p, oned.p, wide.p}) {
+  for (sn_layer_t *bad : {vtall.p, oned.p, wide.p, vinner.p}) {
     sn_layer_t *layers[2] = {a.p, bad};
     EXPECT_EQ(sn_group_create(&g, layers, W2, nullptr, 2), SN_ERROR_NOT_SUPPORTED) << sn_last_error_message();
     EXPECT_NE(std::string(sn_last_error_message()).find("layers[1]"), std::string::npos);
@@ -745,8 +748,7 @@ TEST(GroupGpu, CooperativeLaunchOnFewBlocksIsBitwiseTheThreeKernels) {
 // past 100 s under it alone, and one with those members past 27 s (H100, d5e109c and 4884391).
 // Block per row (w > 1280: {96, 8, 4, 4} dim 1, {8, 2048}), warp per row for each K, several rows
 // per warp ({3000, 8}), both orders, the 2-byte types, 2 iterations, scale only, a bound, γ;
-// v-first members (M_e = Mᵀ) with contiguous rows (dim −1), strided ones (dim 0) and a view with A
-// and B > 1.
+// v-first members (the group iterates on Mᵀ) of dim −1 (its rows contiguous) and dim 0 (strided).
 static std::vector<Member> small_members_of_every_kind() {
   return {
       {{128, 3, 3, 3}},       {{16, 32, 3, 3}},      {{128, 3, 1, 1}},
@@ -755,7 +757,7 @@ static std::vector<Member> small_members_of_every_kind() {
       {{64, 100}, 0, SN_DTYPE_FLOAT32, 1, true},     {{200, 64}, 0, SN_DTYPE_FLOAT32, 1, false, 1.5f},
       {{77, 99}, 0, SN_DTYPE_FLOAT32, 1, false, 0.f, true},
       {{3000, 8}},            {{40, 24, 5}, 1, SN_DTYPE_BFLOAT16},
-      v_first({{3, 3, 8, 32}, 3}), v_first({{20, 60}}),  v_first({{6, 10, 7}, 1}),
+      v_first({{3, 3, 8, 32}, 3}), v_first({{20, 60}}),
   };
 }
 
@@ -1234,12 +1236,13 @@ static sn_on_chip_t on_chip_plan(const std::vector<Member> &ms, int cluster) {
   return on_chip_plan_of(ls, cluster, 0);
 }
 
-// Members in the v-first order (a group runs each as the u-first iteration on its Mᵀ, M_e):
-// Keras', Flax's and Haiku's kernels with dim −1, whose columns, M_e's rows, are contiguous (a
-// warp per row and, at 1500 columns of M_e, a block per row); PyTorch's legacy layout, dim 0, whose
-// M_e rows are read with a stride (a warp and a block per row); a view with A and B > 1; 2
-// iterations, fp16 and bf16, scale only, a norm bound, γ, Flax's and Haiku's eps; beside two
-// u-first members.
+// Members in the v-first order (a group runs each as the u-first iteration on its Mᵀ, M_e, a view
+// of the same W: sn_group_view): Keras', Flax's and Haiku's kernels with dim −1, whose columns,
+// M_e's rows, are contiguous (a view with A = 1: a warp per row and, at 1500 columns of M_e, a
+// block per row; on chip where it fits); PyTorch's legacy layout, dim 0, whose M_e is a view with
+// B = 1 and A > 1, read with a stride (a warp and a block per row; never on chip); 2 iterations,
+// fp16 and bf16, scale only, a norm bound, γ, Flax's and Haiku's eps, in place, misaligned; beside
+// two u-first members.
 static std::vector<Member> v_first_members() {
   return {
       v_first({{3, 3, 3, 128}, 3}),                     // a Keras conv kernel: M_e 27 × 128
@@ -1249,7 +1252,6 @@ static std::vector<Member> v_first_members() {
       v_first({{24, 1500}, 1}),                         // M_e 24 × 1500: a block per row
       v_first({{64, 100}}),                             // legacy: M_e 100 × 64, strided
       v_first({{1500, 40}}),                            // legacy: M_e 40 × 1500, a block per row
-      v_first({{6, 40, 33}, 1}),                        // A = 6, B = 33
       v_first({{130, 200}, 1, SN_DTYPE_FLOAT16, 2}),    // 2 iterations
       v_first({{64, 100}, 1, SN_DTYPE_FLOAT32, 1, true}),               // scale only
       v_first({{200, 64}, 1, SN_DTYPE_FLOAT32, 1, false, 1.5f}),        // a norm bound
@@ -1262,11 +1264,12 @@ static std::vector<Member> v_first_members() {
   };
 }
 
-// Whether the group's kernels read member m's M_e by contiguous rows (sn_group_rows_contiguous).
+// Whether the group's kernels read member m's M_e by contiguous rows (its view has A = 1).
 static bool rows_contiguous(const Member &m) {
   const int nd = int(m.shape.size());
-  const sn_view_t vw = sn_ref_view(nd, m.shape.data(), m.dim < 0 ? m.dim + nd : m.dim);
-  return m.order == SN_ORDER_V_FIRST ? vw.B == 1 : vw.A == 1;
+  sn_view_t vw = sn_ref_view(nd, m.shape.data(), m.dim < 0 ? m.dim + nd : m.dim);
+  EXPECT_EQ(sn_group_view(vw, m.order, &vw), 1);
+  return vw.A == 1;
 }
 
 // The forward is one launch of the on-chip kernel, in training and eval.

@@ -371,13 +371,12 @@ inline sn_on_chip_t on_chip_plan_of(const std::vector<OnChipLayer> &layers, int 
   for (size_t k = 0; k < layers.size(); ++k) {
     const int nd = int(layers[k].shape.size());
     const int dim = layers[k].dim < 0 ? layers[k].dim + nd : layers[k].dim;
-    const sn_view_t v = sn_ref_view(nd, layers[k].shape.data(), dim);
-    const int tr = layers[k].order == SN_ORDER_V_FIRST;  // as host/group.c: Mᵀ's sizes
-    ent[k].tr = tr;
+    sn_view_t v = sn_ref_view(nd, layers[k].shape.data(), dim);
+    (void)sn_group_view(v, layers[k].order, &v);  // as host/group.c: Mᵀ's view for v-first
     ent[k].A = v.A;
-    ent[k].h = tr ? v.A * v.B : v.h;
+    ent[k].h = v.h;
     ent[k].B = v.B;
-    ent[k].w = tr ? v.h : v.A * v.B;
+    ent[k].w = v.A * v.B;
     ent[k].dtype = int(layers[k].dt);
   }
   sn_on_chip_t oc{};
