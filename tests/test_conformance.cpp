@@ -128,52 +128,117 @@ struct Outcome {
   State state;
 };
 
-// Replays case c on `backend`: the layer made as the framework's settings map onto specnorm's,
-// u0 (and v0) loaded as a warmed-up state, then each step's forward on the step's W.
-void replay(const FxCase &c, sn_backend_t backend) {
+// Case c's layer on `backend`, made as the framework's settings map onto specnorm's, with u0 (and
+// v0) loaded as a warmed-up state.
+void make_layer(const FxCase &c, sn_backend_t backend, LayerPtr *l) {
   sn_layer_desc_t d = make_desc(c.shape, backend, c.dim);
   d.order = c.order;
   d.eps = c.eps;
   d.eps_mode = c.eps_mode;
   d.n_power_iterations = c.iters;
   d.warmup_iterations = 0;
-  LayerPtr l(d);
-  ASSERT_NE(l.p, nullptr) << sn_last_error_message();
+  ASSERT_EQ(sn_layer_create(&l->p, &d), SN_SUCCESS) << sn_last_error_message();
   int64_t h = 0, w = 0;
-  ASSERT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_get_dims(l->p, &h, &w), SN_SUCCESS);
   ASSERT_EQ(int64_t(c.u0.size()), h) << "u0 of the fixture";
   // The frameworks of the v-first order keep no v: its first product needs none. Ones then.
   const std::vector<float> v0 = c.v0.empty() ? std::vector<float>(size_t(w), 1.f) : c.v0;
   ASSERT_EQ(int64_t(v0.size()), w) << "v0 of the fixture";
-  ASSERT_EQ(sn_layer_set_state(l, c.u0.data(), v0.data(), 0.f, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_layer_set_state(l->p, c.u0.data(), v0.data(), 0.f, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+}
+
+// The layer's W_sn (`out`) and state after step s, against the framework's.
+void expect_step(const std::vector<float> &out, sn_layer_t *l, const Step &s) {
+  const State st = get_state(l);
+  EXPECT_LE(max_abs_diff(out, s.W_sn), 1e-5 * max_abs(s.W_sn)) << "W_sn";
+  EXPECT_LE(max_abs_diff(st.u, s.u), 1e-5) << "u";
+  if (!s.v.empty()) {
+    EXPECT_LE(max_abs_diff(st.v, s.v), 1e-5) << "v";
+  }
+  if (!s.sigma.empty()) {
+    EXPECT_NEAR(st.sigma / s.sigma[0], 1.0, 1e-5) << "sigma " << st.sigma << " against " << s.sigma[0];
+  }
+}
+
+// A step's weight where the backend reads it, and its W_sn where the backend writes it (W itself
+// for an in-place case): host vectors for the CPU, device tensors for CUDA.
+struct StepBuffers {
+  std::vector<float> hW, hO;
+  std::unique_ptr<Tensor> dW, dO;
+  void *W = nullptr, *out = nullptr;
+  StepBuffers(const FxCase &c, const Step &s, sn_backend_t backend) {
+    const int64_t n = numel_of(c.shape);
+    if (backend == SN_BACKEND_CPU) {
+      hW = s.W;
+      hO.assign(size_t(n), NAN);
+      W = hW.data();
+      out = c.in_place ? W : hO.data();
+    } else {
+      dW = std::make_unique<Tensor>(SN_DTYPE_FLOAT32, n);
+      dO = std::make_unique<Tensor>(SN_DTYPE_FLOAT32, n);
+      dW->set(s.W);
+      dO->poison();
+      W = dW->dev;
+      out = c.in_place ? W : dO->dev;
+    }
+  }
+  std::vector<float> result(bool in_place) const {
+    if (dW) return in_place ? dW->download_floats() : dO->download_floats();
+    return in_place ? hW : hO;
+  }
+};
+
+// Replays case c on `backend`: each step's forward on the step's W.
+void replay(const FxCase &c, sn_backend_t backend) {
+  LayerPtr l;
+  make_layer(c, backend, &l);
+  if (!l.p) return;
   const int64_t n = numel_of(c.shape);
   for (size_t k = 0; k < c.steps.size(); ++k) {
     SCOPED_TRACE("step " + std::to_string(k) + (c.steps[k].training ? " (training)" : " (eval)"));
     const Step &s = c.steps[k];
     ASSERT_EQ(int64_t(s.W.size()), n);
     ASSERT_EQ(int64_t(s.W_sn.size()), n);
-    std::vector<float> out(size_t(n), NAN);
-    if (backend == SN_BACKEND_CPU) {
-      std::vector<float> W = s.W;
-      float *dst = c.in_place ? W.data() : out.data();
-      ASSERT_EQ(sn_forward(l, W.data(), dst, s.training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      if (c.in_place) out = W;
-    } else {
-      Tensor W(SN_DTYPE_FLOAT32, n), O(SN_DTYPE_FLOAT32, n);
-      W.set(s.W);
-      O.poison();
-      void *dst = c.in_place ? W.dev : O.dev;
-      ASSERT_EQ(sn_forward(l, W.dev, dst, s.training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      out = c.in_place ? W.download_floats() : O.download_floats();
+    StepBuffers b(c, s, backend);
+    ASSERT_EQ(sn_forward(l, b.W, b.out, s.training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    expect_step(b.result(c.in_place), l.p, s);
+  }
+}
+
+// Replays every case of a framework at once, as one group (sn_group_create over their layers, in
+// either order: PyTorch's fixture mixes its two spectral norms), one sn_group_forward a step. The
+// group is made anew each step over that step's buffers (a group binds its W and W_sn).
+void replay_grouped(const std::vector<FxCase> &cases, sn_backend_t backend) {
+  std::vector<LayerPtr> ls(cases.size());
+  for (size_t q = 0; q < cases.size(); ++q) {
+    SCOPED_TRACE(cases[q].name);
+    make_layer(cases[q], backend, &ls[q]);
+    if (!ls[q].p) return;
+    ASSERT_EQ(cases[q].steps.size(), cases[0].steps.size());
+  }
+  std::vector<sn_layer_t *> layers;
+  for (const LayerPtr &l : ls) layers.push_back(l.p);
+  for (size_t k = 0; k < cases[0].steps.size(); ++k) {
+    const bool training = cases[0].steps[k].training;
+    SCOPED_TRACE("step " + std::to_string(k) + (training ? " (training)" : " (eval)"));
+    std::vector<std::unique_ptr<StepBuffers>> bufs;
+    std::vector<const void *> W;
+    std::vector<void *> out;
+    for (const FxCase &c : cases) {
+      ASSERT_EQ(c.steps[k].training, training) << c.name;
+      bufs.push_back(std::make_unique<StepBuffers>(c, c.steps[k], backend));
+      W.push_back(bufs.back()->W);
+      out.push_back(bufs.back()->out);
     }
-    const State st = get_state(l);
-    EXPECT_LE(max_abs_diff(out, s.W_sn), 1e-5 * max_abs(s.W_sn)) << "W_sn";
-    EXPECT_LE(max_abs_diff(st.u, s.u), 1e-5) << "u";
-    if (!s.v.empty()) {
-      EXPECT_LE(max_abs_diff(st.v, s.v), 1e-5) << "v";
-    }
-    if (!s.sigma.empty()) {
-      EXPECT_NEAR(st.sigma / s.sigma[0], 1.0, 1e-5) << "sigma " << st.sigma << " against " << s.sigma[0];
+    sn_group_t *g = nullptr;
+    ASSERT_EQ(sn_group_create(&g, layers.data(), W.data(), out.data(), int(layers.size())), SN_SUCCESS)
+        << sn_last_error_message();
+    const sn_status_t st = sn_group_forward(g, training, nullptr);
+    sn_group_destroy(g);
+    ASSERT_EQ(st, SN_SUCCESS) << sn_last_error_message();
+    for (size_t q = 0; q < cases.size(); ++q) {
+      SCOPED_TRACE(cases[q].name);
+      expect_step(bufs[q]->result(cases[q].in_place), layers[q], cases[q].steps[k]);
     }
   }
 }
@@ -199,6 +264,21 @@ TEST_P(Conformance, EveryStepMatchesTheFramework) {
     ASSERT_GE(c.steps.size(), 3u);
     replay(c, backend);
   }
+}
+
+// The same fixtures through one grouped call a step (v-first members for Keras, Flax and Haiku;
+// both orders in PyTorch's).
+TEST_P(Conformance, EveryStepMatchesTheFrameworkGrouped) {
+  const sn_backend_t backend = std::get<0>(GetParam());
+  const std::string framework = std::get<1>(GetParam());
+  if (backend == SN_BACKEND_CUDA) REQUIRE_GPU();
+  const std::string path = std::string(SN_CONFORMANCE_DIR) + "/" + framework + ".txt";
+  std::string made_by, error;
+  const std::vector<FxCase> cases = read_fixture(path, &made_by, &error);
+  ASSERT_TRUE(error.empty()) << error;
+  ASSERT_GE(cases.size(), 6u) << path;
+  SCOPED_TRACE(framework + ", made by" + made_by);
+  replay_grouped(cases, backend);
 }
 
 INSTANTIATE_TEST_SUITE_P(Frameworks, Conformance,
