@@ -245,23 +245,32 @@ void replay_grouped(const std::vector<FxCase> &cases, sn_backend_t backend) {
 
 using Param = std::tuple<sn_backend_t, const char *>;
 
-class Conformance : public ::testing::TestWithParam<Param> {};
+// The test's backend and its framework's fixture (cases and "made-by" line), whole; skips the
+// CUDA cases without a GPU.
+class Conformance : public ::testing::TestWithParam<Param> {
+ protected:
+  void SetUp() override {
+    backend = std::get<0>(GetParam());
+    framework = std::get<1>(GetParam());
+    if (backend == SN_BACKEND_CUDA) REQUIRE_GPU();
+    const std::string path = std::string(SN_CONFORMANCE_DIR) + "/" + framework + ".txt";
+    std::string error;
+    cases = read_fixture(path, &made_by, &error);
+    ASSERT_TRUE(error.empty()) << error;
+    ASSERT_GE(cases.size(), 6u) << path;
+    for (const FxCase &c : cases) ASSERT_GE(c.steps.size(), 3u) << c.name;
+  }
+  sn_backend_t backend = SN_BACKEND_CPU;
+  std::string framework, made_by;
+  std::vector<FxCase> cases;
+};
 
 }  // namespace
 
 TEST_P(Conformance, EveryStepMatchesTheFramework) {
-  const sn_backend_t backend = std::get<0>(GetParam());
-  const std::string framework = std::get<1>(GetParam());
-  if (backend == SN_BACKEND_CUDA) REQUIRE_GPU();
-  const std::string path = std::string(SN_CONFORMANCE_DIR) + "/" + framework + ".txt";
-  std::string made_by, error;
-  const std::vector<FxCase> cases = read_fixture(path, &made_by, &error);
-  ASSERT_TRUE(error.empty()) << error;
-  ASSERT_GE(cases.size(), 6u) << path;
   SCOPED_TRACE(framework + ", made by" + made_by);
   for (const FxCase &c : cases) {
     SCOPED_TRACE(c.name);
-    ASSERT_GE(c.steps.size(), 3u);
     replay(c, backend);
   }
 }
@@ -269,14 +278,6 @@ TEST_P(Conformance, EveryStepMatchesTheFramework) {
 // The same fixtures through one grouped call a step (v-first members for Keras, Flax and Haiku;
 // both orders in PyTorch's).
 TEST_P(Conformance, EveryStepMatchesTheFrameworkGrouped) {
-  const sn_backend_t backend = std::get<0>(GetParam());
-  const std::string framework = std::get<1>(GetParam());
-  if (backend == SN_BACKEND_CUDA) REQUIRE_GPU();
-  const std::string path = std::string(SN_CONFORMANCE_DIR) + "/" + framework + ".txt";
-  std::string made_by, error;
-  const std::vector<FxCase> cases = read_fixture(path, &made_by, &error);
-  ASSERT_TRUE(error.empty()) << error;
-  ASSERT_GE(cases.size(), 6u) << path;
   SCOPED_TRACE(framework + ", made by" + made_by);
   replay_grouped(cases, backend);
 }
