@@ -323,11 +323,11 @@ typedef struct sn_group sn_group_t;
  * their own; the group only holds pointers (it does not own the layers or the buffers, which must
  * outlive it). Requirements, on either backend (a group built on the CPU builds on a GPU): all
  * layers of one backend (and one device); weights of at least 2 dimensions; either order, mixed:
- * u-first with w <= 16384, v-first with h <= 16384 and dim 0 or the last axis (a v-first layer runs
- * as the u-first iteration on Mᵀ, whose rows are M's columns: contiguous with dim −1, Keras',
- * Flax's and Haiku's layout, read with a stride with dim 0) (SN_ERROR_NOT_SUPPORTED otherwise:
- * call those layers on their own); buffers in the
- * backend's memory; each W_sn[k] is W[k] (in place) or overlaps neither it nor any other layer's W
+ * u-first with w <= 16384, v-first with h <= 16384 and no axis of size > 1 on one side of dim
+ * (dim 0 or the last axis), since a v-first layer runs as the u-first iteration on Mᵀ, which is
+ * then a view of the same W: its rows are M's columns, contiguous with dim −1 (Keras', Flax's and
+ * Haiku's layout), read with a stride with dim 0 (SN_ERROR_NOT_SUPPORTED otherwise: call those
+ * layers on their own); buffers in the backend's memory; each W_sn[k] is W[k] (in place) or overlaps neither it nor any other layer's W
  * or W_sn (SN_ERROR_INVALID_VALUE). Allocates the group's scratch space; blocks. On failure
  * *group is NULL. */
 SN_API sn_status_t sn_group_create(sn_group_t **group, sn_layer_t *const *layers,
