@@ -181,6 +181,17 @@ double sn_ref_inner(const void *G, const void *W, sn_dtype_t dt, int64_t n) {
   return acc;
 }
 
+/* m elements of dW = a·G − b·u_i·v_j (+ dW) from `g` (and `old`, accumulating) into `out`:
+ * element e has u_i = uu[e·us] and v_j = vv[e·vs] (a stride of 0 holds one across the run). */
+static void backward_run(double a, double b, const float *g, const float *old, const float *uu,
+                         int64_t us, const float *vv, int64_t vs, int64_t m, float *out) {
+  for (int64_t e = 0; e < m; ++e) {
+    double x = a * g[e] - b * (double)uu[e * us] * (double)vv[e * vs];
+    if (old) x += old[e];
+    out[e] = (float)x;
+  }
+}
+
 double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn_view_t vw,
                        const float *u, const float *v, float sigma, float norm_bound, float g,
                        float clamp_eps, int detach_sigma, int accumulate) {
@@ -202,34 +213,20 @@ double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn
   const double a = (double)g / d;
   const int depends = !detach_sigma && !(norm_bound > 0.0f && sigma <= norm_bound) && !(sigma <= clamp_eps);
   const double b = depends ? a * gw / (double)sigma : 0.0;
-  if (vw.B == 1) { /* each A is a contiguous run of the h rows' one element: chunks of it */
-    for (int64_t A = 0; A < vw.A; ++A)
-      for (int64_t i0 = 0; i0 < vw.h; i0 += CHUNK) { /* dW may be G: read before written */
-        const int64_t k = A * vw.h + i0, m = chunk_len(i0, vw.h);
-        const float *gk = floats_at(G, dt, k, m, gb);
-        const float *old = accumulate ? floats_at(dW, dt, k, m, db) : NULL;
-        for (int64_t e = 0; e < m; ++e) {
-          double x = a * gk[e] - b * (double)u[i0 + e] * (double)v[A];
-          if (accumulate) x += old[e];
-          out[e] = (float)x;
-        }
-        sn_store_n(dW, dt, k, m, out);
-      }
-    return gw / d;
-  }
-  for (int64_t A = 0; A < vw.A; ++A)
-    for (int64_t i = 0; i < vw.h; ++i)
-      for (int64_t b0 = 0; b0 < vw.B; b0 += CHUNK) { /* dW may be G: read before written */
-        const int64_t k = (A * vw.h + i) * vw.B + b0, m = chunk_len(b0, vw.B);
-        const float *gk = floats_at(G, dt, k, m, gb);
-        const float *old = accumulate ? floats_at(dW, dt, k, m, db) : NULL;
-        const float *va = v + A * vw.B + b0;
-        for (int64_t e = 0; e < m; ++e) {
-          double x = a * gk[e] - b * (double)u[i] * (double)va[e];
-          if (accumulate) x += old[e];
-          out[e] = (float)x;
-        }
-        sn_store_n(dW, dt, k, m, out);
-      }
+  /* Runs of contiguous elements, each read before it is written (dW may be G): a row's B elements
+   * (one u_i, B of v); with B = 1 (dim −1), an A's h elements (h of u, one v_A). */
+  const int by_rows = vw.B > 1;
+  const int64_t runs = by_rows ? vw.A * vw.h : vw.A, len = by_rows ? vw.B : vw.h;
+  for (int64_t r = 0; r < runs; ++r)
+    for (int64_t c0 = 0; c0 < len; c0 += CHUNK) {
+      const int64_t k = r * len + c0, m = chunk_len(c0, len);
+      const float *gk = floats_at(G, dt, k, m, gb);
+      const float *old = accumulate ? floats_at(dW, dt, k, m, db) : NULL;
+      if (by_rows) /* row r = A·h + i */
+        backward_run(a, b, gk, old, u + r % vw.h, 0, v + (r / vw.h) * vw.B + c0, 1, m, out);
+      else /* A = r */
+        backward_run(a, b, gk, old, u + c0, 1, v + r, 0, m, out);
+      sn_store_n(dW, dt, k, m, out);
+    }
   return gw / d;
 }
