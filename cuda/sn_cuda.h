@@ -253,7 +253,7 @@ typedef struct {
  * one on Mᵀ with u and v exchanged (v = N(Mᵀ u) is Mᵀ's first product, u = N(M v) its second, σ
  * comes from the same last product, and the restart's ones go to the first product's input, the
  * layer's u). Mᵀ is a view of the same W when A = 1 (M = W, h × B: Mᵀ[i, j] = W[j·B + i], the view
- * B × h × 1) or B = 1 (dim −1: W holds Mᵀ row-major, the view 1 × (A) × h); returns 0 for a
+ * h × B × 1 as A × h × B) or B = 1 (dim −1: W holds Mᵀ row-major, the view 1 × (A) × h); returns 0 for a
  * v-first layer with A > 1 and B > 1, whose Mᵀ is no such view. */
 static inline SN_HD int sn_group_view(sn_view_t layer, sn_order_t order, sn_view_t *out) {
   if (order != SN_ORDER_V_FIRST) {

@@ -98,15 +98,12 @@ static sn_status_t check_members(sn_layer_t *const *layers, const void *const *W
                       "B = %lld: neither dim 0 nor the last one); groups take v-first layers of "
                       "dim 0 or -1: call sn_forward on it",
                       k, (long long)l->view.A, (long long)l->view.B);
-    if (l->desc.order == SN_ORDER_V_FIRST && l->view.h > 16384)
+    if (ev.A * ev.B > 16384)
       return sn__fail(SN_ERROR_NOT_SUPPORTED,
-                      "layers[%d] is v-first with h = %lld > 16384 rows (a group takes a v-first "
-                      "layer's columns as rows, of at most 16384 elements); call sn_forward on it",
-                      k, (long long)l->view.h);
-    if (l->desc.order != SN_ORDER_V_FIRST && l->view.A * l->view.B > 16384)
-      return sn__fail(SN_ERROR_NOT_SUPPORTED,
-                      "layers[%d] has w = %lld > 16384 columns; call sn_forward on it", k,
-                      (long long)(l->view.A * l->view.B));
+                      "layers[%d]: the group would iterate on %lld > 16384 columns (its w; its h "
+                      "for a v-first layer, whose columns a group takes as rows); call sn_forward "
+                      "on it",
+                      k, (long long)(ev.A * ev.B));
     char name[2][32];
     snprintf(name[0], sizeof name[0], "W[%d]", k);
     snprintf(name[1], sizeof name[1], "W_sn[%d]", k);
