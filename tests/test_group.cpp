@@ -968,8 +968,8 @@ struct StepLayers {
   std::vector<std::unique_ptr<Tensor>> W, O;
   std::vector<sn_layer_t *> layers;
   std::vector<void *> Wd, Od;
-  // Layer k's weight M (its W is uploaded from it).
-  void add(const std::vector<float> &M, int64_t w) {
+  // A layer with weight W as stored: M (40 × w) row-major, or Mᵀ row-major for v-first.
+  void add(const std::vector<float> &Wh, int64_t w) {
     const bool v = order == SN_ORDER_V_FIRST;
     sn_layer_desc_t d = v ? make_desc({w, h}, SN_BACKEND_CUDA, 1) : make_desc({h, w}, SN_BACKEND_CUDA);
     d.order = order;
@@ -977,10 +977,6 @@ struct StepLayers {
     layers.push_back(ls.back()->p);
     W.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, h * w));
     O.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, h * w));
-    std::vector<float> Wh = M;
-    if (v)
-      for (int64_t i = 0; i < h; ++i)
-        for (int64_t j = 0; j < w; ++j) Wh[size_t(j * h + i)] = M[size_t(i * w + j)];
     W.back()->set(Wh);
     Wd.push_back(W.back()->dev);
     Od.push_back(O.back()->dev);
@@ -1001,16 +997,10 @@ static void zero_step_restarts(const std::string &tune, sn_order_t order, Rng &r
   for (int64_t w : widths) {
     std::vector<float> e0;
     double sig = 0;
-    std::vector<float> M;
-    if (order == SN_ORDER_V_FIRST) {
-      const std::vector<float> Mt = rank1_nulling_e0(rng, w, h, &e0, &sig);  // Mᵀ e_0 = 0: σ = 0
-      M.resize(Mt.size());
-      for (int64_t i = 0; i < h; ++i)
-        for (int64_t j = 0; j < w; ++j) M[size_t(i * w + j)] = Mt[size_t(j * h + i)];
-    } else {
-      M = rank1_nulling_e0(rng, h, w, &e0, &sig);  // M e_0 = 0: σ = 0
-    }
-    set.add(M, w);
+    // W as stored: v-first's is Mᵀ (w × 40) with Mᵀ e_0 = 0, u-first's M with M e_0 = 0: σ = 0.
+    set.add(order == SN_ORDER_V_FIRST ? rank1_nulling_e0(rng, w, h, &e0, &sig)
+                                      : rank1_nulling_e0(rng, h, w, &e0, &sig),
+            w);
     ASSERT_TRUE(layers.back());
     const std::vector<float> u = order == SN_ORDER_V_FIRST ? e0 : rng.normals(h);
     const std::vector<float> v = order == SN_ORDER_V_FIRST ? rng.normals(w) : e0;
