@@ -315,6 +315,17 @@ static int refused_single_launch(const sn_cuda_group_t *c, int e) {
   return c->coop_blocks > 0 && e == (int)cudaErrorCooperativeLaunchTooLarge;
 }
 
+/* A grouped call's single `launch` refused during a capture (fewer blocks or clusters can be
+ * resident than when `since` set it up): the group has dropped it, and the caller captures its
+ * `call` again. */
+static sn_status_t refused_in_capture(const char *launch, const char *since, const char *call) {
+  return sn__fail(SN_ERROR_CUDA,
+                  "the group's %s launch was refused (fewer blocks can be resident than at %s) "
+                  "while a stream capture is active; the group does without it from now on: end "
+                  "this capture and capture the %s again",
+                  launch, since, call);
+}
+
 /* The group's kernels hold each layer's γ binding as it was at creation (the CUDA tables): a
  * binding changed since would be ignored, and its old buffer may be gone. Both backends alike. */
 static sn_status_t check_gamma_bindings(const sn_group_t *group) {
@@ -381,12 +392,7 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
       refused = what;
   }
   sn__leave_device(group->device, prev);
-  if (refused)
-    return sn__fail(SN_ERROR_CUDA,
-                    "the group's %s launch was refused (fewer blocks can be resident than at "
-                    "sn_group_create) while a stream capture is active; the group does without it "
-                    "from now on: end this capture and capture the forward again",
-                    refused);
+  if (refused) return refused_in_capture(refused, "sn_group_create", "forward");
   if (e != 0) {
     (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the grouped kernels");
@@ -600,12 +606,7 @@ SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_strea
       refused = 1;
   }
   sn__leave_device(group->device, prev);
-  if (refused)
-    return sn__fail(SN_ERROR_CUDA,
-                    "the group backward's cooperative launch was refused (fewer blocks can be "
-                    "resident than at sn_group_set_gradients) while a stream capture is active; the "
-                    "group does without it from now on: end this capture and capture the backward "
-                    "again");
+  if (refused) return refused_in_capture("cooperative backward", "sn_group_set_gradients", "backward");
   if (e != 0) {
     (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the grouped backward kernels");
