@@ -197,21 +197,14 @@ double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn
                        float clamp_eps, int detach_sigma, int accumulate) {
   const int64_t n = vw.A * vw.h * vw.B;
   float gb[CHUNK], db[CHUNK], out[CHUNK];
-  if (!(sigma > 0.0f)) {
-    for (int64_t k0 = 0; k0 < n; k0 += CHUNK) { /* dW, or 0 */
-      const int64_t m = chunk_len(k0, n);
-      if (accumulate)
-        sn_load_n(dW, dt, k0, m, out);
-      else
-        for (int64_t e = 0; e < m; ++e) out[e] = 0.0f;
-      sn_store_n(dW, dt, k0, m, out);
-    }
-    return 0.0;
-  }
+  /* σ <= 0 (no σ yet): a = b = 0, so dW = 0·G (+ dW): ±0, and NaN where G is not finite, as the
+   * GPU's kernels compute it (the derivative of W_sn = W · 0). */
+  const int have_sigma = sigma > 0.0f;
   const double d = sn_ref_divisor(sigma, norm_bound);
-  const double gw = sn_ref_inner(G, W, dt, n);
-  const double a = (double)g / d;
-  const int depends = !detach_sigma && !(norm_bound > 0.0f && sigma <= norm_bound) && !(sigma <= clamp_eps);
+  const double gw = have_sigma ? sn_ref_inner(G, W, dt, n) : 0.0;
+  const double a = have_sigma ? (double)g / d : 0.0;
+  const int depends = have_sigma && !detach_sigma && !(norm_bound > 0.0f && sigma <= norm_bound) &&
+                      !(sigma <= clamp_eps);
   const double b = depends ? a * gw / (double)sigma : 0.0;
   /* Runs of contiguous elements, each read before it is written (dW may be G): a row's B elements
    * (one u_i, B of v); with B = 1 (dim −1), an A's h elements (h of u, one v_A). */
@@ -228,5 +221,5 @@ double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn
         backward_run(a, b, gk, old, u + c0, 1, v + r, 0, m, out);
       sn_store_n(dW, dt, k, m, out);
     }
-  return gw / d;
+  return have_sigma ? gw / d : 0.0;
 }

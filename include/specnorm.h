@@ -256,8 +256,9 @@ typedef enum {
  * written, not accumulated. Stream-ordered, no allocation, no synchronization: 2 launches (1 when
  * neither the σ term nor dgamma is needed). SN_ERROR_INVALID_STATE before the layer's first
  * forward (or sn_layer_warmup). With no σ yet (σ = 0: every forward so far degenerate, or a state
- * set with σ = 0 and no forward since), the scale is 0 and so is dW: the derivative of
- * W_sn = W · 0, which is what the forward gave. */
+ * set with σ = 0 and no forward since), the scale is 0 and dW = 0 · G (added to dW with
+ * SN_BACKWARD_ACCUMULATE): zeros, NaN where G is not finite, as in any backward; ∂L/∂γ = 0. It is
+ * the derivative of W_sn = W · 0, which is what the forward gave. */
 SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, void *dW,
                                unsigned flags, float *dgamma, sn_stream_t stream);
 

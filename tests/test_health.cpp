@@ -322,3 +322,103 @@ TEST_P(Health, SubnormalSigmaIsAZeroStep) {
   // set_state refuses such a σ too.
   EXPECT_EQ(sn_layer_set_state(l, good.u.data(), good.v.data(), 1e-40f, 1, nullptr), SN_ERROR_INVALID_VALUE);
 }
+
+// An eval forward iterates nothing, so it neither takes a pending restart from ones nor asks for
+// one: its σ = uᵀ M v is of the stored u and v, a usable one clears a pending request (the
+// stored vectors are fine for this W), and a zero one records SN_HEALTH_ZERO without a request.
+TEST_P(Health, EvalForwardNeitherTakesNorAsksARestart) {
+  Rng rng(fresh_seed());
+  const int64_t h = 40, w = 24;
+  const sn_backend_t be = std::get<0>(GetParam());
+  Buf W(be, static_cast<size_t>(h * w)), out(be, static_cast<size_t>(h * w));
+  std::vector<float> e0;
+  double sigma_M = 0;
+  const std::vector<float> M = rank1_nulling_e0(rng, h, w, &e0, &sigma_M);  // M e_0 = 0
+  // G: a generic weight with uᵀ G e_0 > 0 for the u below, so the eval σ is usable.
+  const std::vector<float> u0 = rng.normals(h);
+  std::vector<float> G = gapped_matrix(rng, h, w);
+  double dot = 0;
+  for (int64_t i = 0; i < h; ++i) dot += double(u0[static_cast<size_t>(i)]) * G[static_cast<size_t>(i * w)];
+  if (dot < 0)
+    for (float &x : G) x = -x;
+  const double eval_sigma = std::fabs(dot);
+
+  // 1. A zero training step asks for a restart; the eval after it uses the stored u and v.
+  {
+    LayerPtr l(desc(h, w));
+    ASSERT_EQ(sn_layer_set_state(l, u0.data(), e0.data(), 0.f, 1, nullptr), SN_SUCCESS);
+    W.set(M);
+    ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
+    ASSERT_EQ(health(l, 1), uint32_t(SN_HEALTH_ZERO));
+    W.set(G);
+    ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 0, nullptr), SN_SUCCESS);
+    const State s = get_state(l);
+    EXPECT_NEAR(s.sigma / eval_sigma, 1.0, 1e-5) << "σ = uᵀ G v of the stored u0 and e_0, not of ones";
+    EXPECT_TRUE(bitwise_equal(s.u, u0));
+    EXPECT_TRUE(bitwise_equal(s.v, e0));
+    EXPECT_EQ(health(l), 0u);
+    // The usable eval σ cleared the request: the next zero step is a plain zero step again.
+    W.set(M);
+    ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
+    EXPECT_EQ(health(l, 1), uint32_t(SN_HEALTH_ZERO)) << "no restart was pending: no recovery";
+    EXPECT_TRUE(bitwise_equal(get_state(l).v, e0));
+  }
+  // 2. A zero eval σ records the zero step and asks for no restart.
+  {
+    LayerPtr l(desc(h, w));
+    ASSERT_EQ(sn_layer_set_state(l, u0.data(), e0.data(), 1.f, 1, nullptr), SN_SUCCESS);
+    W.set(M);
+    ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 0, nullptr), SN_SUCCESS);
+    EXPECT_EQ(health(l, 1), uint32_t(SN_HEALTH_ZERO));
+    EXPECT_EQ(get_state(l).sigma, 1.f) << "a zero σ is not committed";
+    ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 1, nullptr), SN_SUCCESS);
+    EXPECT_EQ(health(l), uint32_t(SN_HEALTH_ZERO)) << "the training step from e_0 is zero, not a restart";
+    EXPECT_TRUE(bitwise_equal(get_state(l).v, e0));
+  }
+}
+
+// With no σ yet (σ = 0) the scale is 0 and the backward is the derivative of W_sn = W · 0:
+// dW = 0·G (+ dW), i.e. zeros where G is finite and NaN where it is not (the NaN is the caller's,
+// carried as through every backward), ∂L/∂γ = 0; both backends give the reference's bits.
+TEST_P(Health, BackwardWithNoSigmaIsZeroTimesG) {
+  Rng rng(fresh_seed());
+  const int64_t h = 16, w = 12, n = h * w;
+  const sn_backend_t be = std::get<0>(GetParam());
+  LayerPtr l(desc(h, w));
+  const State s0 = get_state(l);
+  ASSERT_EQ(sn_layer_set_state(l, s0.u.data(), s0.v.data(), 0.f, 1, nullptr), SN_SUCCESS);
+  Buf W(be, static_cast<size_t>(n)), G(be, static_cast<size_t>(n)), dW(be, static_cast<size_t>(n)),
+      dgamma(be, 1);
+  const std::vector<float> Wh = gapped_matrix(rng, h, w), D0 = rng.normals(n);
+  std::vector<float> Gh = rng.normals(n);
+  Gh[3] = INFINITY;
+  Gh[5] = NAN;
+  Gh[7] = -INFINITY;
+  W.set(Wh);
+  G.set(Gh);
+  for (unsigned flags : {0u, unsigned(SN_BACKWARD_DETACH_SIGMA), unsigned(SN_BACKWARD_ACCUMULATE),
+                         unsigned(SN_BACKWARD_ACCUMULATE | SN_BACKWARD_DETACH_SIGMA)}) {
+    SCOPED_TRACE("flags " + std::to_string(flags));
+    const bool acc = flags & SN_BACKWARD_ACCUMULATE;
+    dW.set(D0);
+    dgamma.set({7.f});
+    ASSERT_EQ(sn_backward(l, W.ptr(), G.ptr(), dW.ptr(), flags, dgamma.ptr(), nullptr), SN_SUCCESS)
+        << sn_last_error_message();
+    const std::vector<float> got = dW.get();
+    for (int64_t k = 0; k < n; ++k) {
+      const size_t i = static_cast<size_t>(k);
+      if (!std::isfinite(Gh[i]))
+        ASSERT_TRUE(std::isnan(got[i])) << k;
+      else
+        ASSERT_EQ(got[i], acc ? D0[i] : 0.f) << k;
+    }
+    EXPECT_EQ(dgamma.get()[0], 0.f);
+    std::vector<float> expect = D0;
+    sn_ref_backward(Wh.data(), Gh.data(), expect.data(), SN_DTYPE_FLOAT32, sn_view_t{1, h, w},
+                    s0.u.data(), s0.v.data(), 0.f, 0.f, 1.f, 0.f, (flags & SN_BACKWARD_DETACH_SIGMA) != 0, acc);
+    // The reference's bits, signs of zero included (a NaN's payload is the hardware's: any NaN).
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_TRUE(std::isnan(got[i]) ? std::isnan(expect[i]) : std::memcmp(&got[i], &expect[i], 4) == 0)
+          << i << ": " << got[i] << " against " << expect[i];
+  }
+}

@@ -385,3 +385,29 @@ TEST(Backward, OneDimensionalWeightAtItsEpsMatchesFiniteDifferences) {
     }
   }
 }
+
+// A norm bound c leaves W alone while σ <= c (SPEC.md: Ŵ = W / max(1, σ / c)), so at σ = c exactly
+// the backward has no σ term: dW = γ·G bit for bit. One float above c, the term is there.
+TEST(Backward, NormBoundIsInactiveAtSigmaEqualToIt) {
+  SN_SEEDED_RNG();
+  const int64_t h = 6, w = 5;
+  const float c = 1.5f;
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+  d.norm_bound = c;
+  LayerPtr l(d);
+  const std::vector<float> W = gapped_matrix(rng, h, w), G = rng.normals(h * w), u = rng.normals(h),
+                           v = rng.normals(w);
+  std::vector<float> dW(W.size()), expect(W.size());
+  for (const float sigma : {c, std::nextafter(c, 2.f)}) {
+    SCOPED_TRACE("σ = " + std::to_string(double(sigma)));
+    ASSERT_EQ(sn_layer_set_state(l, u.data(), v.data(), sigma, 1, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), 0, nullptr, nullptr), SN_SUCCESS);
+    sn_ref_backward(W.data(), G.data(), expect.data(), SN_DTYPE_FLOAT32, sn_view_t{1, h, w}, u.data(),
+                    v.data(), sigma, c, 1.f, 0.f, 0, 0);
+    EXPECT_TRUE(bitwise_equal(dW, expect));
+    if (sigma == c)
+      EXPECT_TRUE(bitwise_equal(dW, G)) << "σ = c: d = 1 and no σ term";
+    else
+      EXPECT_GT(max_abs_diff(dW, G), 1e-3) << "σ > c: the σ term";
+  }
+}

@@ -622,3 +622,39 @@ TEST(GpuTraining, BackwardRowsAreBitwiseReproducible) {
     }
   }
 }
+
+// At σ = c the norm bound is not active (SPEC.md: no change while σ <= c): the backward has no σ
+// term on the GPU either, dW = G bit for bit; one float above c, it matches the CPU backend.
+TEST(GpuTraining, BackwardAtTheNormBoundMatchesTheCpuBackend) {
+  REQUIRE_GPU();
+  SN_SEEDED_RNG();
+  const int64_t h = 64, w = 48, n = h * w;
+  const float c = 1.5f;
+  for (const char *tune : {"", "op_onchip=1"}) {
+    SCOPED_TRACE(std::string("SPECNORM_TUNE ") + tune);
+    ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + tune).c_str());
+    sn_layer_desc_t dg = make_desc({h, w}, SN_BACKEND_CUDA);
+    dg.norm_bound = c;
+    sn_layer_desc_t dc = dg;
+    dc.backend = SN_BACKEND_CPU;
+    LayerPtr g(dg), cpu(dc);
+    ASSERT_TRUE(g.p && cpu.p);
+    Tensor W(SN_DTYPE_FLOAT32, n), G(SN_DTYPE_FLOAT32, n), dW(SN_DTYPE_FLOAT32, n);
+    W.set(gapped_matrix(rng, h, w));
+    const std::vector<float> Gh = rng.normals(n), u = rng.normals(h), v = rng.normals(w);
+    G.set(Gh);
+    std::vector<float> dw_cpu(static_cast<size_t>(n));
+    for (const float sigma : {c, std::nextafter(c, 2.f)}) {
+      SCOPED_TRACE("σ = " + std::to_string(double(sigma)));
+      ASSERT_EQ(sn_layer_set_state(g, u.data(), v.data(), sigma, 1, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_set_state(cpu, u.data(), v.data(), sigma, 1, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_backward(g, W.dev, G.dev, dW.dev, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_backward(cpu, W.host_floats().data(), Gh.data(), dw_cpu.data(), 0, nullptr, nullptr), SN_SUCCESS);
+      const std::vector<float> got = dW.download_floats();
+      EXPECT_LT(rel_err(got, dw_cpu), 1e-5);
+      if (sigma == c) {
+        EXPECT_TRUE(bitwise_equal(got, Gh)) << "σ = c: d = 1 and no σ term";
+      }
+    }
+  }
+}
