@@ -243,3 +243,31 @@ TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
     }
   }
 }
+
+// sn_load_n / sn_store_n (the chunks the reference reads and writes) give sn_load's and
+// sn_store's bits element by element, at any offset, for every dtype, NaN and Inf included.
+TEST(Reference, ChunkConversionsAreElementByElement) {
+  SN_SEEDED_RNG();
+  const int64_t total = 1100;
+  for (sn_dtype_t dt : {SN_DTYPE_FLOAT32, SN_DTYPE_FLOAT16, SN_DTYPE_BFLOAT16}) {
+    SCOPED_TRACE(int(dt));
+    const size_t es = sn_dtype_size(dt);
+    std::vector<uint8_t> raw(static_cast<size_t>(total) * es);
+    for (uint8_t &b : raw) b = uint8_t(rng.gen());
+    std::vector<float> x = rng.normals(total, 1e3f);
+    x[1] = NAN, x[2] = INFINITY, x[3] = -0.f, x[4] = 1e-30f, x[5] = 70000.f;
+    for (const int64_t k : {int64_t(0), int64_t(1), int64_t(513)})
+      for (const int64_t n : {int64_t(1), int64_t(7), int64_t(512)}) {
+        std::vector<float> got(static_cast<size_t>(n), -1.f);
+        sn_load_n(raw.data(), dt, k, n, got.data());
+        for (int64_t e = 0; e < n; ++e) {
+          const float want = sn_load(raw.data(), dt, k + e);
+          ASSERT_EQ(std::memcmp(&got[static_cast<size_t>(e)], &want, 4), 0) << k << " + " << e;
+        }
+        std::vector<uint8_t> a = raw, b = raw;
+        sn_store_n(a.data(), dt, k, n, x.data());
+        for (int64_t e = 0; e < n; ++e) sn_store(b.data(), dt, k + e, x[static_cast<size_t>(e)]);
+        ASSERT_EQ(a, b) << "store at " << k << ", " << n << " elements";
+      }
+  }
+}
