@@ -442,6 +442,7 @@ TEST_F(Checkpoint, FieldsOutOfRange) {
       {"warmed_up 2", L.warmed, 2, 4},
       {"h wrong", L.h, 6, 8},
       {"w wrong", L.w, 8, 8},
+      {"shape[1] 5: h right, w = 6 not 8·5 / 8", L.shape_at + 8, 5, 8},
       {"u[0] NaN", u0, bits(nan), 4},
       {"u[0] inf", u0, bits(-inf), 4},
       {"v[5] inf", vlast, bits(inf), 4},
@@ -474,6 +475,56 @@ TEST_F(Checkpoint, FieldsOutOfRange) {
   reseal(b);
   EXPECT_EQ(sn_layer_load(dst.layer, b.data(), b.size(), nullptr), SN_ERROR_BAD_CHECKPOINT);
   EXPECT_EQ(save(dst.layer), before) << "the layer is untouched";
+  // σ = 2^126: 1/σ = FLT_MIN is a normal float and must be exact; a 0 there is out of range.
+  b = save(src.layer);
+  put_le(b, sig, bits(std::ldexp(1.f, 126)), 4);
+  put_le(b, sig + 4, 0, 4);
+  reseal(b);
+  expect_rejected(dst.layer, b, SN_ERROR_BAD_CHECKPOINT, "sigma 2^126 with 1/sigma 0");
+}
+
+// Fields at the ends of their ranges load: 8 dimensions, n_power_iterations and warmup_iterations
+// at 1,000,000 (sn_layer_create's limit), warmup_iterations 0.
+TEST_F(Checkpoint, FieldsAtTheirLimitsLoad) {
+  const std::vector<int64_t> shape8{2, 1, 3, 1, 1, 2, 1, 2};
+  Trained a(cpu_desc(shape8, 2), rng, 2), b(cpu_desc(shape8, 2), rng, 3);
+  const Blob blob = save(a.layer);
+  ASSERT_EQ(sn_layer_load(b.layer, blob.data(), blob.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_EQ(save(b.layer), blob) << "8 dimensions";
+  const std::vector<int64_t> shape{8, 6};
+  Trained src(cpu_desc(shape), rng, 2), dst(cpu_desc(shape), rng, 5);
+  const Layout L(2);
+  const struct {
+    const char *what;
+    size_t at;
+    uint32_t value;
+  } edits[] = {{"n_power_iterations 1000000", L.npi, 1000000u},
+               {"warmup_iterations 1000000", L.warmup, 1000000u},
+               {"warmup_iterations 0", L.warmup, 0u}};
+  for (const auto &e : edits) {
+    Blob c = save(src.layer);
+    put_le(c, e.at, e.value, 4);
+    reseal(c);
+    EXPECT_EQ(sn_layer_load(dst.layer, c.data(), c.size(), nullptr), SN_SUCCESS) << e.what << ": " << sn_last_error_message();
+  }
+}
+
+// A blob of σ = 0 (no estimate yet) loaded into a layer with another norm bound: the scale is
+// recomputed as sn_layer_set_state computes it, and is 0 (no σ yet), not 1 / max(1, 0 / c).
+TEST_F(Checkpoint, ZeroSigmaUnderAnotherNormBoundHasScaleZero) {
+  const sn_layer_desc_t plain = cpu_desc({8, 6});
+  sn_layer_desc_t bounded = plain;
+  bounded.norm_bound = 0.5f;
+  LayerPtr fresh(plain);
+  Trained dst(bounded, rng, 3);
+  float scale = -1.f;
+  ASSERT_EQ(sn_layer_get_scale(dst.layer, &scale, nullptr), SN_SUCCESS);
+  ASSERT_GT(scale, 0.f);
+  const Blob blob = save(fresh);
+  ASSERT_EQ(sn_layer_load(dst.layer, blob.data(), blob.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_layer_get_scale(dst.layer, &scale, nullptr), SN_SUCCESS);
+  EXPECT_EQ(scale, 0.f);
+  EXPECT_EQ(get_state(dst.layer).sigma, 0.f);
 }
 
 // A γ bound (σReparam's learnable scalar) may be negative, and so the scale γ / σ: such a layer's
@@ -826,5 +877,17 @@ TEST_F(Checkpoint, ReadsVersion1) {
     ASSERT_EQ(sn_layer_load(c.layer, zu.data(), zu.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
     const Blob saved = save(c.layer);
     EXPECT_EQ(get_le(saved, saved.size() - 8, 4), shape.size() > 1 ? 0x80000000u : 0u) << "the restart request only";
+    // So does a zero v; a v whose only non-zero is v[0] (or v[w − 1]) is not zero.
+    const size_t v_at = u_at + 4 * size_t(h);
+    for (const int64_t keep : {int64_t(-1), int64_t(0), w - 1}) {
+      SCOPED_TRACE("v zero but for element " + std::to_string(keep));
+      Blob zv = v1;
+      for (int64_t j = 0; j < w; ++j)
+        if (j != keep) put_le(zv, v_at + 4 * size_t(j), 0, 4);
+      reseal(zv);
+      ASSERT_EQ(sn_layer_load(c.layer, zv.data(), zv.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+      const Blob sv = save(c.layer);
+      EXPECT_EQ(get_le(sv, sv.size() - 8, 4), keep < 0 && shape.size() > 1 ? 0x80000000u : 0u);
+    }
   }
 }
