@@ -455,9 +455,34 @@ TEST(BadInput, DescriptorIsRejectedWithTheArgumentNamed) {
   d = good;
   d.n_power_iterations = 0;
   EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "n_power_iterations");
+  d.n_power_iterations = 1000001;
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "n_power_iterations");
   d = good;
   d.warmup_iterations = -1;
   EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "warmup_iterations");
+  d.warmup_iterations = 1000001;
+  EXPECT_FAILS(create(d), SN_ERROR_INVALID_VALUE, "warmup_iterations");
+  // The ends of every range are accepted: dim −ndim and ndim − 1, 8 dimensions, 10^6 iterations.
+  for (const int dim : {-2, 1}) {
+    d = good;
+    d.dim = dim;
+    LayerPtr ok(d);
+    EXPECT_NE(ok.p, nullptr) << "dim " << dim << ": " << sn_last_error_message();
+  }
+  {
+    const int64_t eight[8] = {2, 1, 3, 1, 1, 2, 1, 2};
+    ASSERT_EQ(sn_layer_desc_init(&d, 8, eight), SN_SUCCESS);
+    d.backend = SN_BACKEND_CPU;
+    d.dim = -8;
+    d.n_power_iterations = 1000000;
+    d.warmup_iterations = 1000000;
+    LayerPtr ok(d);
+    EXPECT_NE(ok.p, nullptr) << sn_last_error_message();
+    int64_t h = 0, w = 0;
+    ASSERT_EQ(sn_layer_get_dims(ok, &h, &w), SN_SUCCESS);
+    EXPECT_EQ(h, 2);
+    EXPECT_EQ(w, 12);
+  }
   for (float eps : {0.f, -1e-12f, NAN, INFINITY}) {
     d = good;
     d.eps = eps;
@@ -559,6 +584,142 @@ TEST_F(CpuApi, BadCallsLeaveTheLayerAsItWas) {
   EXPECT_FAILS(sn_layer_sigma_ptr(nullptr, nullptr, nullptr), SN_ERROR_NULL_POINTER, "layer");
   EXPECT_FAILS(sn_layer_get_dims(nullptr, nullptr, nullptr), SN_ERROR_NULL_POINTER, "layer");
   EXPECT_FAILS(sn_layer_reset(nullptr, 1, nullptr), SN_ERROR_NULL_POINTER, "layer");
+  // Every other entry point with a NULL layer or output.
+  std::vector<float> G = rng.normals(h * w), dW(W.size());
+  float f = 0;
+  const float *cf = nullptr;
+  uint32_t hw = 0;
+  const uint32_t *chw = nullptr;
+  EXPECT_FAILS(sn_forward_scale_only(nullptr, W.data(), 1, nullptr), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_layer_warmup(nullptr, W.data(), nullptr), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_backward(nullptr, W.data(), G.data(), dW.data(), 0, nullptr, nullptr), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_layer_scale_ptr(nullptr, &cf), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_layer_get_scale(nullptr, &f, nullptr), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_layer_get_scale(l, nullptr, nullptr), SN_ERROR_NULL_POINTER, "scale");
+  EXPECT_FAILS(sn_layer_health_ptr(nullptr, &chw), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_layer_health_ptr(l, nullptr), SN_ERROR_NULL_POINTER, "health");
+  EXPECT_FAILS(sn_layer_get_health(nullptr, &hw, 0, nullptr), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_layer_get_health(l, nullptr, 1, nullptr), SN_ERROR_NULL_POINTER, "health");
+  EXPECT_FAILS(sn_layer_set_state(nullptr, u.data(), v.data(), 1.f, 1, nullptr), SN_ERROR_NULL_POINTER, "layer");
+  // dW overlapping W (not the same buffer) is refused like an overlap with G.
+  std::vector<float> big(W.size() + 1);
+  std::copy(W.begin(), W.end(), big.begin());
+  EXPECT_FAILS(sn_backward(l, big.data(), G.data(), big.data() + 1, 0, nullptr, nullptr), SN_ERROR_INVALID_VALUE, "overlap");
 
   EXPECT_TRUE(same_state(get_state(l), before));
+}
+
+// sn_layer_warmup runs the warm-up iterations alone (bitwise the reference's), once: a second call
+// does nothing, and the next forward runs n_power_iterations. With no warm-up iterations it only
+// marks the layer warmed up (a backward may follow).
+TEST_F(CpuApi, WarmupCallRunsTheWarmUpAlone) {
+  const int64_t h = 10, w = 7;
+  const sn_view_t vw{1, h, w};
+  for (const sn_order_t order : {SN_ORDER_U_FIRST, SN_ORDER_V_FIRST}) {
+    SCOPED_TRACE(order == SN_ORDER_U_FIRST ? "u-first" : "v-first");
+    sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+    d.order = order;
+    d.warmup_iterations = 5;
+    d.n_power_iterations = 2;
+    LayerPtr l(d);
+    std::vector<float> W = gapped_matrix(rng, h, w), out(W.size());
+    const State s0 = get_state(l);
+    ASSERT_EQ(sn_layer_warmup(l, W.data(), nullptr), SN_SUCCESS);
+    const State ref = reference_after(W, vw, s0, 5, order), s1 = get_state(l);
+    EXPECT_TRUE(bitwise_equal(s1.u, ref.u));
+    EXPECT_TRUE(bitwise_equal(s1.v, ref.v));
+    EXPECT_EQ(s1.sigma, ref.sigma);
+    EXPECT_EQ(s1.warmed, 1);
+    ASSERT_EQ(sn_layer_warmup(l, W.data(), nullptr), SN_SUCCESS);
+    EXPECT_TRUE(same_state(get_state(l), s1)) << "warmed up already: nothing to do";
+    ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+    const State ref2 = reference_after(W, vw, s1, 2, order), s2 = get_state(l);
+    EXPECT_TRUE(bitwise_equal(s2.u, ref2.u));
+    EXPECT_EQ(s2.sigma, ref2.sigma);
+  }
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+  d.warmup_iterations = 0;
+  LayerPtr l(d);
+  std::vector<float> W = gapped_matrix(rng, h, w), G = rng.normals(h * w), dW(W.size());
+  const State s0 = get_state(l);
+  ASSERT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), 0, nullptr, nullptr), SN_ERROR_INVALID_STATE);
+  ASSERT_EQ(sn_layer_warmup(l, W.data(), nullptr), SN_SUCCESS);
+  const State s1 = get_state(l);
+  EXPECT_TRUE(bitwise_equal(s1.u, s0.u));
+  EXPECT_TRUE(bitwise_equal(s1.v, s0.v));
+  EXPECT_EQ(s1.sigma, 0.f);
+  EXPECT_EQ(s1.warmed, 1);
+  EXPECT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+}
+
+// The device-pointer getters point at what the copying getters return (on the CPU backend, host
+// memory), and sn_layer_get_state skips any NULL output.
+TEST_F(CpuApi, PointersAndCopiesAgree) {
+  const int64_t h = 6, w = 9;
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+  d.norm_bound = 0.5f;
+  LayerPtr l(d);
+  std::vector<float> W = gapped_matrix(rng, h, w), out(W.size());
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  W.assign(W.size(), 0.f);
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);  // SN_HEALTH_ZERO
+  const float *sp = nullptr, *ip = nullptr, *cp = nullptr;
+  const uint32_t *hp = nullptr;
+  ASSERT_EQ(sn_layer_sigma_ptr(l, &sp, &ip), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_scale_ptr(l, &cp), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_health_ptr(l, &hp), SN_SUCCESS);
+  float sigma = 0, inv = 0, scale = 0;
+  uint32_t health = 0;
+  ASSERT_EQ(sn_layer_get_sigma(l, &sigma, &inv, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_get_scale(l, &scale, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_get_health(l, &health, 0, nullptr), SN_SUCCESS);
+  EXPECT_GT(sigma, 0.5f);
+  EXPECT_EQ(*sp, sigma);
+  EXPECT_EQ(*ip, inv);
+  EXPECT_EQ(*cp, scale);
+  EXPECT_EQ(scale, 1.f / (sigma / 0.5f));
+  EXPECT_EQ(health, uint32_t(SN_HEALTH_ZERO));
+  EXPECT_EQ(*hp & 0x1Fu, health);
+  const State s = get_state(l);
+  std::vector<float> u(s.u.size()), v(s.v.size());
+  float sg = 0;
+  int warmed = 0;
+  ASSERT_EQ(sn_layer_get_state(l, u.data(), nullptr, nullptr, nullptr, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_get_state(l, nullptr, v.data(), nullptr, nullptr, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_get_state(l, nullptr, nullptr, &sg, nullptr, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_get_state(l, nullptr, nullptr, nullptr, &warmed, nullptr), SN_SUCCESS);
+  EXPECT_TRUE(bitwise_equal(u, s.u));
+  EXPECT_TRUE(bitwise_equal(v, s.v));
+  EXPECT_EQ(sg, s.sigma);
+  EXPECT_EQ(warmed, 1);
+}
+
+// sn_layer_set_state with σ = 0 leaves 1/σ = scale = 0 (no estimate), and a zero u, like a zero v,
+// makes the next training forward restart from ones (SN_HEALTH_RECOVERED), in either order.
+TEST_F(CpuApi, SetStateWithNoSigmaOrAZeroU) {
+  const int64_t h = 9, w = 6;
+  for (const sn_order_t order : {SN_ORDER_U_FIRST, SN_ORDER_V_FIRST}) {
+    SCOPED_TRACE(order == SN_ORDER_U_FIRST ? "u-first" : "v-first");
+    sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+    d.order = order;
+    d.norm_bound = 2.f;
+    LayerPtr l(d);
+    const std::vector<float> u = rng.normals(h), v = rng.normals(w), zero(static_cast<size_t>(h), 0.f);
+    ASSERT_EQ(sn_layer_set_state(l, u.data(), v.data(), 0.f, 1, nullptr), SN_SUCCESS);
+    float sigma = -1, inv = -1, scale = -1;
+    ASSERT_EQ(sn_layer_get_sigma(l, &sigma, &inv, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_layer_get_scale(l, &scale, nullptr), SN_SUCCESS);
+    EXPECT_EQ(sigma, 0.f);
+    EXPECT_EQ(inv, 0.f);
+    EXPECT_EQ(scale, 0.f);
+    uint32_t health = 1;
+    ASSERT_EQ(sn_layer_get_health(l, &health, 0, nullptr), SN_SUCCESS);
+    EXPECT_EQ(health, 0u);
+    ASSERT_EQ(sn_layer_set_state(l, zero.data(), v.data(), 0.f, 1, nullptr), SN_SUCCESS);
+    std::vector<float> W = gapped_matrix(rng, h, w), out(W.size());
+    ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sn_layer_get_health(l, &health, 0, nullptr), SN_SUCCESS);
+    EXPECT_EQ(health, uint32_t(SN_HEALTH_RECOVERED)) << "a zero u asks for the restart";
+    EXPECT_GT(get_state(l).sigma, 0.f);
+  }
 }
