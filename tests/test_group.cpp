@@ -463,7 +463,18 @@ TEST(GroupCpu, MembersFollowTheCudaRulesAndBuffersDoNotOverlap) {
     EXPECT_NE(std::string(sn_last_error_message()).find("layers[1]"), std::string::npos);
     EXPECT_EQ(g, nullptr);
   }
-  for (sn_layer_t *fine : {vwide.p, tall.p}) {
+  // At most 16384 columns of the matrix the group iterates on: a u-first layer's w, a v-first
+  // layer's h; one more is refused.
+  sn_layer_desc_t edge_v = make_desc({16384, 2}, SN_BACKEND_CPU), over_v = make_desc({16385, 2}, SN_BACKEND_CPU);
+  edge_v.order = over_v.order = SN_ORDER_V_FIRST;
+  LayerPtr edge(make_desc({2, 16384}, SN_BACKEND_CPU)), vedge(edge_v), over(make_desc({2, 16385}, SN_BACKEND_CPU)),
+      vover(over_v);
+  for (sn_layer_t *bad : {over.p, vover.p}) {
+    sn_layer_t *layers[2] = {a.p, bad};
+    EXPECT_EQ(sn_group_create(&g, layers, W2, nullptr, 2), SN_ERROR_NOT_SUPPORTED) << sn_last_error_message();
+    EXPECT_NE(std::string(sn_last_error_message()).find("16385 > 16384"), std::string::npos) << sn_last_error_message();
+  }
+  for (sn_layer_t *fine : {vwide.p, tall.p, edge.p, vedge.p}) {
     sn_layer_t *layers[2] = {a.p, fine};
     EXPECT_EQ(sn_group_create(&g, layers, W2, nullptr, 2), SN_SUCCESS) << sn_last_error_message();
     sn_group_destroy(g);
@@ -480,7 +491,7 @@ TEST(GroupCpu, MembersFollowTheCudaRulesAndBuffersDoNotOverlap) {
       {W0, W1, SN_SUCCESS, ""},                           // in place
       {buf.data() + 1000, buf.data() + 2000, SN_SUCCESS, ""},  // apart
       {nullptr, buf.data() + 2000, SN_SUCCESS, ""},       // no W_sn for layer 0
-      {W0 + 1, nullptr, SN_ERROR_INVALID_VALUE, "W_sn[0]"},   // overlaps its own W
+      {W0 + 1, nullptr, SN_ERROR_INVALID_VALUE, "and W[0]"},  // overlaps its own W (and W[1])
       {W1 + 8, nullptr, SN_ERROR_INVALID_VALUE, "layers[1]"},  // overlaps the other's W
       {buf.data() + 1000, buf.data() + 1010, SN_ERROR_INVALID_VALUE, "layers[1]"},  // each other's
       {nullptr, W0 + 10, SN_ERROR_INVALID_VALUE, "layers[0]"},
