@@ -481,6 +481,19 @@ TEST_F(Checkpoint, FieldsOutOfRange) {
   put_le(b, sig + 4, 0, 4);
   reseal(b);
   expect_rejected(dst.layer, b, SN_ERROR_BAD_CHECKPOINT, "sigma 2^126 with 1/sigma 0");
+  // σ = 2^127: 1/σ = 2^-127 is subnormal, and a process that flushes subnormals to zero writes 0:
+  // both load; FLT_MIN there is neither.
+  for (const float inv : {std::ldexp(1.f, -127), 0.f, FLT_MIN}) {
+    b = save(src.layer);
+    put_le(b, sig, bits(std::ldexp(1.f, 127)), 4);
+    put_le(b, sig + 4, bits(inv), 4);
+    reseal(b);
+    if (inv == FLT_MIN) {
+      expect_rejected(dst.layer, b, SN_ERROR_BAD_CHECKPOINT, "sigma 2^127 with 1/sigma FLT_MIN");
+    } else {
+      EXPECT_EQ(sn_layer_load(dst.layer, b.data(), b.size(), nullptr), SN_SUCCESS) << inv << ": " << sn_last_error_message();
+    }
+  }
 }
 
 // Fields at the ends of their ranges load: 8 dimensions, n_power_iterations and warmup_iterations
@@ -509,9 +522,9 @@ TEST_F(Checkpoint, FieldsAtTheirLimitsLoad) {
   }
 }
 
-// A blob of σ = 0 (no estimate yet) loaded into a layer with another norm bound: the scale is
-// recomputed as sn_layer_set_state computes it, and is 0 (no σ yet), not 1 / max(1, 0 / c).
-TEST_F(Checkpoint, ZeroSigmaUnderAnotherNormBoundHasScaleZero) {
+// A blob loaded into a layer with another norm bound: the scale is recomputed as
+// sn_layer_set_state computes it: 0 for σ = 0 (no σ yet), not 1 / max(1, 0 / c); else 1 / max(1, σ / c).
+TEST_F(Checkpoint, ScaleUnderAnotherNormBoundIsRecomputed) {
   const sn_layer_desc_t plain = cpu_desc({8, 6});
   sn_layer_desc_t bounded = plain;
   bounded.norm_bound = 0.5f;
@@ -525,6 +538,13 @@ TEST_F(Checkpoint, ZeroSigmaUnderAnotherNormBoundHasScaleZero) {
   ASSERT_EQ(sn_layer_get_scale(dst.layer, &scale, nullptr), SN_SUCCESS);
   EXPECT_EQ(scale, 0.f);
   EXPECT_EQ(get_state(dst.layer).sigma, 0.f);
+  // And a σ below 1 (0.75, above the bound 0.5): 1 / max(1, σ / c).
+  const State s = get_state(fresh);
+  ASSERT_EQ(sn_layer_set_state(fresh, s.u.data(), s.v.data(), 0.75f, 1, nullptr), SN_SUCCESS);
+  const Blob b2 = save(fresh);
+  ASSERT_EQ(sn_layer_load(dst.layer, b2.data(), b2.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_layer_get_scale(dst.layer, &scale, nullptr), SN_SUCCESS);
+  EXPECT_EQ(scale, 1.f / (0.75f / 0.5f));
 }
 
 // A γ bound (σReparam's learnable scalar) may be negative, and so the scale γ / σ: such a layer's
