@@ -410,6 +410,20 @@ TEST(GroupCpu, BadArguments) {
   EXPECT_NE(std::string(sn_last_error_message()).find("W[1]"), std::string::npos);
   EXPECT_EQ(sn_group_forward(nullptr, 1, nullptr), SN_ERROR_NULL_POINTER);
   sn_group_destroy(nullptr);
+  // A group of one layer is a group: its forward is the layer's own, bit for bit (on the CPU).
+  LayerPtr c(make_desc({4, 5}, SN_BACKEND_CPU));
+  Rng rng(fresh_seed());
+  const std::vector<float> Wc = gapped_matrix(rng, 4, 5);
+  std::vector<float> out(20), own(20);
+  const void *Wone[1] = {Wc.data()};
+  void *Oone[1] = {out.data()};
+  sn_layer_t *one[1] = {a.p};
+  ASSERT_EQ(sn_group_create(&g, one, Wone, Oone, 1), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_group_forward(g, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_forward(c, Wc.data(), own.data(), 1, nullptr), SN_SUCCESS);
+  EXPECT_TRUE(bitwise_equal(out, own));
+  EXPECT_TRUE(same_state(get_state(a), get_state(c)));
+  sn_group_destroy(g);
 }
 
 // A group takes its layers' γ bindings at creation: after one changes, a forward is refused
