@@ -3,6 +3,7 @@
 
 #include <numeric>
 
+#include "sn_internal.h"
 #include "test_util.h"
 
 using namespace sntest;
@@ -40,8 +41,37 @@ TEST(Status, NamesDescriptionsAndVersion) {
   EXPECT_STREQ(sn_status_name(SN_ERROR_INVALID_DIM), "SN_ERROR_INVALID_DIM");
   EXPECT_STREQ(sn_status_name(sn_status_t(999)), "SN_STATUS_UNKNOWN");
   EXPECT_STREQ(sn_status_name(sn_status_t(-1)), "SN_STATUS_UNKNOWN");
+  EXPECT_STREQ(sn_status_name(SN_STATUS_COUNT), "SN_STATUS_UNKNOWN");
+  for (const int s : {-1, int(SN_STATUS_COUNT), 999})
+    EXPECT_STREQ(sn_status_description(sn_status_t(s)), "unknown status value") << s;
   EXPECT_EQ(sn_version_number(), SN_VERSION_NUMBER);
   EXPECT_STREQ(sn_version_string(), SN_VERSION_STRING);
+}
+
+// The message of a failed call: the status name first; a CUDA error maps to the status that says
+// what happened (memory, no usable device, a bad device, anything else), and a message longer than
+// the buffer is cut, not overrun.
+TEST(Status, FailureMessagesAndCudaErrors) {
+  const struct {
+    cudaError_t e;
+    sn_status_t want;
+  } cases[] = {{cudaErrorMemoryAllocation, SN_ERROR_ALLOCATION},
+               {cudaErrorNoDevice, SN_ERROR_NO_DEVICE},
+               {cudaErrorInsufficientDriver, SN_ERROR_NO_DEVICE},
+               {cudaErrorInvalidDevice, SN_ERROR_INVALID_DEVICE},
+               {cudaErrorLaunchFailure, SN_ERROR_CUDA},
+               {cudaErrorIllegalAddress, SN_ERROR_CUDA}};
+  for (const auto &c : cases) {
+    EXPECT_EQ(sn__cuda_fail(int(c.e), "the thing"), c.want) << int(c.e);
+    const std::string m = sn_last_error_message();
+    EXPECT_EQ(m.rfind(std::string(sn_status_name(c.want)) + ": the thing failed: CUDA error " +
+                          std::to_string(int(c.e)) + " (" + cudaGetErrorName(c.e) + ")", 0), 0u) << m;
+  }
+  const std::string big(5000, 'x');
+  EXPECT_EQ(sn__fail(SN_ERROR_INVALID_VALUE, "%s", big.c_str()), SN_ERROR_INVALID_VALUE);
+  const std::string m = sn_last_error_message();
+  EXPECT_EQ(m.rfind("SN_ERROR_INVALID_VALUE: xxx", 0), 0u);
+  EXPECT_EQ(m.size(), 511u) << "cut to the 512-byte buffer";
 }
 
 TEST(Desc, DefaultsFollowPyTorch) {
