@@ -37,6 +37,7 @@ TEST(Status, NamesDescriptionsAndVersion) {
   for (int s = 0; s < SN_STATUS_COUNT; ++s) {
     EXPECT_STRNE(sn_status_name(sn_status_t(s)), "SN_STATUS_UNKNOWN") << s;
     EXPECT_GT(std::strlen(sn_status_description(sn_status_t(s))), 5u) << s;
+    EXPECT_STRNE(sn_status_description(sn_status_t(s)), "unknown status value") << s;
   }
   EXPECT_STREQ(sn_status_name(SN_ERROR_INVALID_DIM), "SN_ERROR_INVALID_DIM");
   EXPECT_STREQ(sn_status_name(sn_status_t(999)), "SN_STATUS_UNKNOWN");
