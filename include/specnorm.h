@@ -398,8 +398,9 @@ SN_API sn_status_t sn_layer_save(const sn_layer_t *layer, void *buf, size_t size
 SN_API sn_status_t sn_layer_load(sn_layer_t *layer, const void *buf, size_t size,
                                  sn_stream_t stream);
 
-/* Draw u and v afresh from `seed`, set σ = 1/σ = scale = 0, clear the warm-up flag and the health
- * word (a pending restart from ones included). The count of forwards is kept. Blocks. */
+/* Draw u and v afresh from `seed` (which becomes the layer's seed, as a checkpoint records it: the
+ * state of a fresh layer created with it), set σ = 1/σ = scale = 0, clear the warm-up flag and the
+ * health word (a pending restart from ones included). The count of forwards is kept. Blocks. */
 SN_API sn_status_t sn_layer_reset(sn_layer_t *layer, uint64_t seed, sn_stream_t stream);
 
 #ifdef __cplusplus

@@ -612,6 +612,19 @@ TEST_F(Checkpoint, LayerKeepsItsSettings) {
   EXPECT_EQ(sb, 1.f / sigma);
 }
 
+// sn_layer_reset(seed) makes `seed` the layer's seed: the checkpoint records the seed its u and v
+// were drawn from, and a layer created with that seed has the same state.
+TEST_F(Checkpoint, ResetRecordsItsSeed) {
+  sn_layer_desc_t d = cpu_desc({8, 6});
+  d.seed = 5;
+  Trained a(d, rng, 2);
+  ASSERT_EQ(sn_layer_reset(a.layer, 91, nullptr), SN_SUCCESS);
+  EXPECT_EQ(get_le(save(a.layer), Layout(2).seed, 8), 91u);
+  d.seed = 91;
+  LayerPtr fresh(d);
+  EXPECT_TRUE(same_state(get_state(a.layer), get_state(fresh)));
+}
+
 // Checkpoints are backend-independent: CPU → CUDA → CPU is bitwise. Needs a GPU.
 TEST_F(Checkpoint, CrossBackendIsBitwise) {
   int count = 0;
