@@ -337,8 +337,11 @@ TEST_P(Health, EvalForwardNeitherTakesNorAsksARestart) {
   // G: a generic weight with uᵀ G e_0 > 0 for the u below, so the eval σ is usable.
   const std::vector<float> u0 = rng.normals(h);
   std::vector<float> G = gapped_matrix(rng, h, w);
-  double dot = 0;
-  for (int64_t i = 0; i < h; ++i) dot += double(u0[static_cast<size_t>(i)]) * G[static_cast<size_t>(i * w)];
+  double dot = 0, terms = 0;  // terms: Σ |u_i G_i0|, the size of the float sum's rounding
+  for (int64_t i = 0; i < h; ++i) {
+    dot += double(u0[static_cast<size_t>(i)]) * G[static_cast<size_t>(i * w)];
+    terms += std::fabs(double(u0[static_cast<size_t>(i)]) * G[static_cast<size_t>(i * w)]);
+  }
   if (dot < 0)
     for (float &x : G) x = -x;
   const double eval_sigma = std::fabs(dot);
@@ -353,7 +356,7 @@ TEST_P(Health, EvalForwardNeitherTakesNorAsksARestart) {
     W.set(G);
     ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 0, nullptr), SN_SUCCESS);
     const State s = get_state(l);
-    EXPECT_NEAR(s.sigma / eval_sigma, 1.0, 1e-5) << "σ = uᵀ G v of the stored u0 and e_0, not of ones";
+    EXPECT_NEAR(s.sigma, eval_sigma, 1e-5 * terms) << "σ = uᵀ G v of the stored u0 and e_0, not of ones";
     EXPECT_TRUE(bitwise_equal(s.u, u0));
     EXPECT_TRUE(bitwise_equal(s.v, e0));
     EXPECT_EQ(health(l), 0u);
