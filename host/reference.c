@@ -198,7 +198,8 @@ double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn
   const int64_t n = vw.A * vw.h * vw.B;
   float gb[CHUNK], db[CHUNK], out[CHUNK];
   /* σ <= 0 (no σ yet): a = b = 0, so dW = 0·G (+ dW): ±0, and NaN where G is not finite, as the
-   * GPU's kernels compute it (the derivative of W_sn = W · 0). */
+   * GPU's kernels compute it (the derivative of W_sn = W · 0). (The GPU forms u_i·v_j in float:
+   * with vectors set by hand so large that it overflows, its 0·inf is NaN where this gives ±0.) */
   const int have_sigma = sigma > 0.0f;
   const double d = sn_ref_divisor(sigma, norm_bound);
   const double gw = have_sigma ? sn_ref_inner(G, W, dt, n) : 0.0;

@@ -10,9 +10,10 @@ there, code that only a GPU reaches). README, "What is checked", says what the l
     scripts/mutants.py [--workdir DIR] [--sanitize] [FILE ...]     (default: every host/*.c)
 
 It clones the repository's HEAD into DIR (default /tmp/specnorm-mutants; uncommitted changes are
-not included), builds the test binaries there (--sanitize: with ASan and UBSan, so that a mutant
-reading or writing out of bounds is killed) and mutates only that clone. About 1 s a mutant on 2
-cores without sanitizers, 5 s with; prints each survivor, then a line per file."""
+not included; a clone left there by an earlier run is reset to HEAD), builds the test binaries
+there (--sanitize: with ASan and UBSan, so that a mutant reading or writing out of bounds is
+killed) and mutates only that clone. About 1 s a mutant on 2 cores without sanitizers, 5 s
+with; prints each survivor, then a line per file."""
 import argparse
 import os
 import re
@@ -95,6 +96,9 @@ def main():
     wd = args.workdir
     if not os.path.isdir(os.path.join(wd, '.git')):
         subprocess.check_call(['git', 'clone', '-q', repo, wd])
+    else:  # a clone from an earlier run: brought to the repository's HEAD
+        subprocess.check_call(['git', '-C', wd, 'fetch', '-q', repo, 'HEAD'])
+        subprocess.check_call(['git', '-C', wd, 'reset', '-q', '--hard', 'FETCH_HEAD'])
     flags = ['-DCMAKE_C_FLAGS=' + SAN, '-DCMAKE_CXX_FLAGS=' + SAN,
              '-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined'] if args.sanitize else []
     subprocess.check_call(['cmake', '-S', '.', '-B', 'build', '-G', 'Ninja', '-DSPECNORM_BUILD_BENCH=OFF',

@@ -395,8 +395,9 @@ TEST(Backward, NormBoundIsInactiveAtSigmaEqualToIt) {
   sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
   d.norm_bound = c;
   LayerPtr l(d);
-  const std::vector<float> W = gapped_matrix(rng, h, w), G = rng.normals(h * w), u = rng.normals(h),
-                           v = rng.normals(w);
+  const std::vector<float> W = gapped_matrix(rng, h, w), u = rng.normals(h), v = rng.normals(w);
+  std::vector<float> G = rng.normals(h * w, 0.1f);  // G = W + noise: ⟨G, W⟩ ≈ ‖W‖², far from 0
+  for (size_t k = 0; k < G.size(); ++k) G[k] += W[k];
   std::vector<float> dW(W.size()), expect(W.size());
   for (const float sigma : {c, std::nextafter(c, 2.f)}) {
     SCOPED_TRACE("σ = " + std::to_string(double(sigma)));
