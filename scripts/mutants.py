@@ -13,7 +13,8 @@ It clones the repository's HEAD into DIR (default /tmp/specnorm-mutants; uncommi
 not included; a clone left there by an earlier run is reset to HEAD), builds the test binaries
 there (--sanitize: with ASan and UBSan, so that a mutant reading or writing out of bounds is
 killed) and mutates only that clone. About 1 s a mutant on 2 cores without sanitizers, 5 s
-with; prints each survivor, then a line per file."""
+with (a test binary that runs past 60 s counts as failed: a mutant that loops); prints each
+survivor, then a line per file."""
 import argparse
 import os
 import re
@@ -122,7 +123,7 @@ def main():
                 open(full, 'w').write('\n'.join(lines[:i] + [new] + lines[i + 1:]))
                 if run(build, wd, 600) != 0:
                     invalid += 1
-                elif any(run([f'build/tests/{t}', '--gtest_brief=1'], wd, 300, env) != 0 for t in TESTS):
+                elif any(run([f'build/tests/{t}', '--gtest_brief=1'], wd, 60, env) != 0 for t in TESTS):
                     killed += 1
                 else:
                     survived += 1
