@@ -559,6 +559,16 @@ TEST(BadInput, DescriptorIsRejectedWithTheArgumentNamed) {
   d = make_desc({8, 6}, SN_BACKEND_CPU);  // w not a multiple of 4
   d.algo = SN_ALGO_ONE_PASS;
   EXPECT_FAILS(create(d), SN_ERROR_NOT_SUPPORTED, "w = 6");
+  // The one pass by rows takes rows of up to 16384 elements, multiples of 4 (either backend).
+  for (const int64_t w : {int64_t(4), int64_t(12), int64_t(16384)}) {
+    d = make_desc({8, w}, SN_BACKEND_CPU);
+    d.algo = SN_ALGO_ONE_PASS;
+    LayerPtr ok(d);
+    EXPECT_NE(ok.p, nullptr) << "w = " << w << ": " << sn_last_error_message();
+  }
+  d = make_desc({8, 16388}, SN_BACKEND_CPU);
+  d.algo = SN_ALGO_ONE_PASS;
+  EXPECT_FAILS(create(d), SN_ERROR_NOT_SUPPORTED, "w = 16388");
   d = good;
   d.backend = sn_backend_t(5);
   EXPECT_FAILS(create(d), SN_ERROR_INVALID_BACKEND, "backend");
