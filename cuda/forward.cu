@@ -44,6 +44,12 @@ int64_t op_tsq_floats(const sn_cuda_plan_t &p) {
   return p.op_blocks > p.op_eval_blocks ? p.op_blocks : p.op_eval_blocks;
 }
 
+// The layer on chip over a grid of G blocks: G partial s (w each), G Σ t², G Σ s².
+int64_t ocg_floats(const sn_cuda_plan_t &p) {
+  const int64_t G = p.onchip.grid;
+  return G > 0 ? G * (p.view.A * p.view.B) + 2 * G : 0;
+}
+
 // Round a float count up to 64 floats (256 bytes), keeping every scratch buffer 16-byte aligned.
 size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 
@@ -120,7 +126,13 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   onchip_threads=256|512  the on-chip forward (op_onchip, group_onchip) with blocks of that many
 //                   threads; unset: by size (sn_cuda_on_chip_threads below)
 //   onchip_refuse=1 the on-chip launches (op_onchip, group_onchip) with clusters of 16 blocks,
-//                   which the device refuses (tests: the fallbacks, host/layer.c and group.c)
+//                   which the device refuses (tests: the fallbacks, host/layer.c and group.c);
+//                   op_onchip_grid's with 1024 times too many blocks, refused too
+//   op_onchip_grid=0|1  a u-first layer with contiguous rows that the cluster path above does not
+//                   take and whose rows fit the shared memory of one block per SM runs its
+//                   warmed-up training forwards as one cooperative launch that holds it there
+//                   (1; cuda/on_chip_grid.cu), or not (0, the default: built without a GPU, not
+//                   yet measured)
 // Unknown keys and bad values are ignored. (Four knobs that lost or made no difference on an H100 at
 // 6626f15 were removed: bench/NOTES.md.)
 struct Tune {
@@ -149,6 +161,7 @@ struct Tune {
   int group_onchip_cluster = 0;  // > 0: that launch's cluster size
   int onchip_refuse = 0;         // 1: the on-chip launches with clusters of 16 blocks, refused (tests)
   int onchip_threads = 0;        // 0: by size; 256 or 512: the on-chip forward's threads per block
+  int op_onchip_grid = 0;        // 1: a layer the cluster path does not take, on chip over the grid
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
                        // blocks of every step)
 };
@@ -175,6 +188,7 @@ Tune read_tune() {
       {"group_onchip_cluster=", &t.group_onchip_cluster, 1, 8, true},
       {"onchip_refuse=", &t.onchip_refuse, 0, 1, false},
       {"onchip_threads=", &t.onchip_threads, 256, 512, true},
+      {"op_onchip_grid=", &t.op_onchip_grid, 0, 1, false},
   };
   const char *s = std::getenv("SPECNORM_TUNE");
   while (s && *s) {
@@ -393,6 +407,10 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     plan->onchip.modes = onchip_modes;
     if (tune.op_onchip == 1) sn_cuda_on_chip_allow_backward(&plan->onchip);  // only op_onchip=1 (above)
   }
+  // A layer the cluster path does not take, on chip over the whole grid where it fits there
+  // (SPECNORM_TUNE=op_onchip_grid=1; its training forwards).
+  if (order == SN_ORDER_U_FIRST && tune.op_onchip_grid == 1 && plan->onchip.cluster == 0)
+    sn_cuda_on_chip_grid_prepare(view, dtype, plan->sm_count, tune.onchip_refuse, &plan->onchip);
   const int64_t h = view.h, w = view.A * view.B;
   const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over
 
@@ -477,7 +495,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   const size_t floats = pad(h) + pad(w) + pad((int64_t)plan->p1_asplit * h) +
                         pad((int64_t)plan->p2_isplit * w) + pad(plan->p2_tiles) + pad(SN_SCAL_COUNT) +
                         pad(op_part_floats(*plan)) + pad(op_tsq_floats(*plan)) + pad(op_sq) +
-                        pad(oc_ssq) + pad(plan->div_blocks);
+                        pad(oc_ssq) + pad(plan->div_blocks) + pad(ocg_floats(*plan));
   const size_t counters = pad(plan->p2_tiles + 4);
   *workspace_bytes = (floats + counters) * 4;
   return 0;
@@ -510,6 +528,8 @@ extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
   p += pad(plan->one_pass_cols ? sn::one_pass_cols_panels(w) : 0);
   plan->bw_part = p;
   p += pad(plan->div_blocks);
+  plan->ocg_part = p;
+  p += pad(ocg_floats(*plan));
   plan->counters = reinterpret_cast<unsigned *>(p);
 }
 
@@ -558,7 +578,10 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
     e.eps = P.eps;
     e.norm_bound = P.norm_bound;
     e.gamma = P.gamma;
-    SN_TRY(sn::launch_on_chip(P.onchip, nullptr, &e, 1, P.pdl != 0, a->training != 0, stream));
+    if (P.onchip.grid > 0)
+      SN_TRY(sn::launch_on_chip_grid(P, e, stream));
+    else
+      SN_TRY(sn::launch_on_chip(P.onchip, nullptr, &e, 1, P.pdl != 0, a->training != 0, stream));
     return 0;
   }
   const int iters = a->warmup_iters + (a->training ? a->n_iters : 0);

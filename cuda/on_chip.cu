@@ -38,12 +38,10 @@
 // most, 590 KB) takes clusters of 8 either way: 74 KB of rows per block, 88 blocks as a group.
 // A single layer passes its entry by value (the kernel's parameter), a group its device table.
 #include <cooperative_groups.h>
-#include <cuda_pipeline.h>
 
 #include "kernels.h"
-#include "sn_device.cuh"
+#include "on_chip.cuh"
 #include "sn_reference.h" /* sn_dtype_size */
-#include "sn_types.cuh"
 
 namespace sn {
 namespace {
@@ -55,10 +53,6 @@ constexpr int kOnChipMaxCluster = 8;  // the portable cluster size
 // Rows per block the cluster size aims at: a block's load, products and division scale with it.
 constexpr size_t kOnChipTargetBytes = 64 * 1024;
 
-// Narrow layers (w < NT / 2, NT the block's threads): the block's partial s of a column is split
-// over up to this many groups of rows, added up in group order (a thread per column would go
-// through all the block's rows alone: 1000 × 3 on one block, 1000 dependent steps).
-constexpr int kMaxRowGroups = 16;
 
 // Shared memory of every block of the launch, at the same offsets in all of them (a block finds
 // its peers' buffers at its own offsets): the rows of W (placed at W's address mod 16, so 16 +
@@ -96,60 +90,6 @@ template <class P>
 __device__ __forceinline__ P *peer(P *p, unsigned) { return p; }
 #endif
 
-// The 16-byte-aligned middle [lo, hi) of the bytes [b, b + n) (lo = hi when there is none).
-struct Middle {
-  uintptr_t lo, hi;
-};
-__device__ __forceinline__ Middle middle_of(const void *p, int64_t n_bytes) {
-  const uintptr_t b = reinterpret_cast<uintptr_t>(p), e = b + (uintptr_t)n_bytes;
-  const uintptr_t lo = min((b + 15) & ~(uintptr_t)15, e);
-  return {lo, max(lo, e & ~(uintptr_t)15)};
-}
-
-// dst[0..n) = src[0..n) (dst in shared memory at src's address mod 16), by the block: the aligned
-// middle as 16-byte cp.async (in flight together, no registers), the < 16 bytes at either end by
-// plain loads. The caller commits and waits.
-template <int NT, class T>
-__device__ __forceinline__ void copy_in(T *dst, const T *src, int64_t n) {
-  const Middle m = middle_of(src, n * (int64_t)sizeof(T));
-  const uintptr_t b = reinterpret_cast<uintptr_t>(src);
-  char *d = reinterpret_cast<char *>(dst) + (m.lo - b);
-  const char *s = reinterpret_cast<const char *>(m.lo);
-  const int64_t packs = (int64_t)(m.hi - m.lo) / 16;
-  for (int64_t q = threadIdx.x; q < packs; q += NT) __pipeline_memcpy_async(d + 16 * q, s + 16 * q, 16);
-  const int64_t head = (int64_t)(m.lo - b) / (int64_t)sizeof(T), tail = (int64_t)(m.hi - b) / (int64_t)sizeof(T);
-  for (int64_t k = threadIdx.x; k < head; k += NT) dst[k] = src[k];
-  for (int64_t k = tail + threadIdx.x; k < n; k += NT) dst[k] = src[k];
-}
-
-// out[k] = cs.apply(src[k]) for k < n, src in shared memory as copy_in placed it: 16 bytes at a
-// time where out has src's global address mod 16 (then src's aligned middle is out's), else by
-// elements.
-template <int NT, class T>
-__device__ __forceinline__ void divide_out(T *out, const T *src_sm, const T *src_global, int64_t n,
-                                           const CommitScale &cs) {
-  const uintptr_t b = reinterpret_cast<uintptr_t>(src_global);
-  int64_t head = n, tail = n;  // without a common alignment: all by elements, as the "head"
-  if (((reinterpret_cast<uintptr_t>(out) - b) & 15) == 0) {
-    const Middle m = middle_of(src_global, n * (int64_t)sizeof(T));
-    head = (int64_t)(m.lo - b) / (int64_t)sizeof(T);
-    tail = (int64_t)(m.hi - b) / (int64_t)sizeof(T);
-    constexpr int E = kWide<T>;
-    using V = VecN<T, E>;
-    const int64_t packs = (tail - head) / E;
-    for (int64_t q = threadIdx.x; q < packs; q += NT) {
-      const int64_t k = head + E * q;
-      float x[E];
-      V::cvt(V::load_raw(src_sm + k), x);
-#pragma unroll
-      for (int e = 0; e < E; ++e) x[e] = cs.apply(x[e]);
-      V::store(out + k, x);
-    }
-  }
-  for (int64_t k = threadIdx.x; k < head; k += NT) out[k] = from_f<T>(cs.apply(to_f(src_sm[k])));
-  for (int64_t k = tail + threadIdx.x; k < n; k += NT) out[k] = from_f<T>(cs.apply(to_f(src_sm[k])));
-}
-
 template <class T, int NT>
 __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, unsigned r, char *sm) {
   const unsigned C = (unsigned)p.cluster;
@@ -178,69 +118,13 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
     for (int j = threadIdx.x; j < w; j += NT) v_sm[j] = 1.f;
   __syncthreads();
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int iters = training ? e.n_iters : 1;
-  const int groups = w < NT / 2 ? min(kMaxRowGroups, NT / w) : 1;  // of rows, for s
+  const int groups = row_groups<NT>(w);  // of rows, for s
   float m_t = 1.f, m_s = 1.f, sig = 0.f;
   for (int it = 0; it < iters; ++it) {
     const int par = it & 1;
     float *part = v_sm + (1 + par) * p.w4;
-    // t_i = M_i · v (eval: u_i t_i): a warp per row, or, for rows of fewer than 32 elements, L
-    // lanes per row (L the power of two from w up) with one element each, then a butterfly over
-    // the L lanes. A warp's lanes then read 32 / L consecutive rows, each element once: 32
-    // distinct banks (a thread per row, as before, read addresses w floats apart in step: a
-    // 16-way bank conflict at w = 16, and every even w conflicted).
-    if (w < 32) {
-      int L = 1;
-      while (L < w) L <<= 1;
-      const int per = 32 / L, g = lane / L, l = lane % L;  // rows per warp, this lane's row and column
-      for (int k0 = warp * per; k0 < rows; k0 += (NT / 32) * per) {  // warp-uniform: all lanes shuffle
-        const int k = k0 + g;
-        float d = k < rows && l < w ? to_f(Ws[(int64_t)k * w + l]) * v_sm[l] : 0.f;
-        for (int o = L / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-        if (l == 0 && k < rows) t_sm[k] = training ? d : u_sm[k] * d;
-      }
-    } else {
-      for (int k = warp; k < rows; k += (NT / 32)) {
-        const T *row = Ws + (int64_t)k * w;
-        float d = 0.f;
-        // (Unrolled, so that the shared-memory loads of 8 steps are in flight together: the sum's
-        // order is that of j either way.)
-#pragma unroll 8
-        for (int j = lane; j < w; j += 32) d = fmaf(to_f(row[j]), v_sm[j], d);
-        d = warp_allsum(d);
-        if (lane == 0) t_sm[k] = training ? d : u_sm[k] * d;
-      }
-    }
-    __syncthreads();
-    // The block's partial s (training): a thread per column over the rows in order, or, narrow,
-    // over rows g, g + groups, ... and then the groups in order.
-    if (training && groups == 1) {
-      for (int j = threadIdx.x; j < w; j += NT) {
-        float x = 0.f;
-#pragma unroll 4
-        for (int k = 0; k < rows; ++k) x = fmaf(t_sm[k], to_f(Ws[(int64_t)k * w + j]), x);
-        part[j] = x;
-      }
-    } else if (training) {
-      const int j = threadIdx.x % w, g = threadIdx.x / w;
-      if (g < groups) {
-        float x = 0.f;
-#pragma unroll 4
-        for (int k = g; k < rows; k += groups) x = fmaf(t_sm[k], to_f(Ws[(int64_t)k * w + j]), x);
-        grp_sm[g * w + j] = x;
-      }
-      __syncthreads();
-      if (threadIdx.x < w) {
-        float x = 0.f;
-        for (int q = 0; q < groups; ++q) x += grp_sm[q * w + threadIdx.x];
-        part[threadIdx.x] = x;
-      }
-    }
-    // And its Σ t² (eval: Σ u_i t_i).
-    float q = 0.f;
-    for (int k = threadIdx.x; k < rows; k += NT) q = training ? fmaf(t_sm[k], t_sm[k], q) : q + t_sm[k];
-    q = block_sum<NT>(q);
+    const float q = block_products<T, NT>(Ws, rows, w, v_sm, u_sm, t_sm, part, grp_sm, training, groups);
     if (threadIdx.x == 0) tsq_sm[par] = q;
     cluster_sync();  // every block's partials are in its shared memory
     // The cluster's sums, in rank order: the same bits in every block.
@@ -555,5 +439,8 @@ extern "C" void sn_cuda_on_chip_allow_backward(sn_on_chip_t *oc) {
 }
 
 extern "C" int sn_cuda_on_chip_refused(int e) {
-  return e == (int)cudaErrorInvalidClusterSize || e == (int)cudaErrorLaunchOutOfResources;
+  // (The grid's cooperative launch, cuda/on_chip_grid.cu: cudaErrorCooperativeLaunchTooLarge, which
+  // no cluster launch returns.)
+  return e == (int)cudaErrorInvalidClusterSize || e == (int)cudaErrorLaunchOutOfResources ||
+         e == (int)cudaErrorCooperativeLaunchTooLarge;
 }

@@ -60,7 +60,11 @@ typedef struct {
   int backward;           /* a single layer: its backward runs on chip too (cuda/on_chip.cu) */
   int refuse;             /* tests: launch clusters of 16 blocks, which the device refuses
                              (SPECNORM_TUNE=onchip_refuse=1; sn_forward, sn_backward and
-                             sn_group_forward fall back) */
+                             sn_group_forward fall back); with grid, that many times too many
+                             blocks for a cooperative launch */
+  int grid;               /* > 0: a single layer spread over a cooperative grid of this many blocks,
+                             one per SM (cuda/on_chip_grid.cu, SPECNORM_TUNE=op_onchip_grid=1);
+                             cluster is then 1, clusters 0 and backward 0 */
 } sn_on_chip_t;
 
 /* The forwards of a single layer that run on chip (sn_on_chip_t.modes). */
@@ -154,6 +158,8 @@ typedef struct {
   float *oc_ssq;      /* one-pass by columns: Σ s² per panel (op_part holds panels × h partial t,
                          op_tsq Σ t² per reduction block) */
   float *bw_part;     /* backward: div_blocks partial ⟨G, W⟩ */
+  float *ocg_part;    /* the layer on chip over a grid (onchip.grid = G > 0): G × w partial s,
+                         then G partial Σ t² and G partial Σ s² */
 } sn_cuda_plan_t;
 
 /* The backward's arrival counter among the plan's counters (the last; see `counters`). */
@@ -351,6 +357,17 @@ void sn_cuda_on_chip_allow_backward(sn_on_chip_t *oc);
  * now: fewer SMs than at its preparation, the GPU shared under MPS): nothing ran, and the usual
  * kernels can run instead. */
 int sn_cuda_on_chip_refused(int e);
+/* A single u-first layer with rows contiguous (view.A = 1) spread over one block per SM (at most
+ * view.h blocks) of a cooperative launch (cuda/on_chip_grid.cu): fills *oc (oc->grid > 0) where the
+ * device has cooperative launches and each block's share fits its shared memory, else zeroes it.
+ * refuse: tests (oc->refuse). */
+void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, int sm_count, int refuse,
+                                  sn_on_chip_t *oc);
+/* The dynamic shared memory per block of that launch for an h × w layer of `dtype` over `blocks`
+ * blocks, with its layout in *w_bytes, *w4, *rows4 (no device needed); 0 where it cannot be (no
+ * rows, more blocks than rows, or a share beyond 16 MB). */
+size_t sn_cuda_on_chip_grid_smem(int64_t h, int64_t w, sn_dtype_t dtype, int blocks, int *w_bytes,
+                                 int *w4, int *rows4);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
 

@@ -36,8 +36,9 @@
 #   onchip     sn_bench on SN-GAN (per layer and grouped) and small single layers: the on-chip
 #              defaults against onchip_threads=256, group_onchip=0, op_onchip=0 and op_onchip=1
 #   variants   sn_bench once per SPECNORM_TUNE setting of the one-pass kernel ($SN_TUNE_VARIANTS)
-#              on $SN_VARIANT_WORKLOADS (train/scale/eval of the large single layers), then the
-#              legacy (v-first) order with every algorithm; tables only
+#              on $SN_VARIANT_WORKLOADS (train/scale/eval of the large single layers), once per
+#              setting of $SN_PRESET_VARIANTS on $SN_VARIANT_PRESETS (per layer and grouped), then
+#              the legacy (v-first) order with every algorithm; tables only
 #   ab_build   waits for the ab step's builds (started in the background after the build step)
 #   ab         sn_bench of earlier commits ($SN_AB_REFS, built here) and of this tree, in turn,
 #              twice, on $SN_AB_WORKLOADS: a change measured (or a regression bisected) on the
@@ -542,6 +543,9 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
 read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_pp=0 op_pp=2 op_pp=3 op_coop=0 op_coop=1 op_reduce_cols=4 op_reduce_cols=16 op_eval_own=0 op_rows=2}"
+# The presets' settings ($SN_PRESET_VARIANTS; op_onchip_grid=1, session 20: each ViT-B/16 layer on
+# chip over the whole grid, per layer).
+read -r -a PRESET_TUNES <<< "${SN_PRESET_VARIANTS:-default group_coop=0 group_coop=1 group_onchip=1,op_onchip=1 group_onchip=1,group_onchip_cluster=4}"
 if [[ $COOP_HUNG -eq 1 ]]; then  # coop_smoke timed out: no op_coop setting
   KEPT=()
   for t in "${TUNES[@]}"; do [[ "$t" == *op_coop=* ]] || KEPT+=("$t"); done
@@ -566,7 +570,7 @@ variants() {
   # ViT-B/16, which keep the default) as one launch with each layer in a cluster's shared memory
   # (cuda/on_chip.cu), clusters of 8 for SN-GAN, or of 4; with op_onchip=1 the per-layer rows run
   # each layer that fits so.
-  for t in default group_coop=0 group_coop=1 group_onchip=1,op_onchip=1 group_onchip=1,group_onchip_cluster=4; do
+  for t in "${PRESET_TUNES[@]}"; do
     echo "################ SPECNORM_TUNE=$t: presets, per layer and grouped"
     local js="$VDIR/presets_${t//[=,]/_}.json"
     ptable+=("$t=$js")
@@ -592,7 +596,7 @@ variants() {
 if [[ -x "$SN_BENCH" ]]; then
   run_step variants "$OUT/bench.log" 135 145 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" VDIR="$LOGS" REPO="$REPO" \
-    bash -c "$(declare -p VARIANT_WL VARIANT_PRESETS TUNES SN_BENCH COOP_SUFFIX); $(declare -f variants); variants"
+    bash -c "$(declare -p VARIANT_WL VARIANT_PRESETS TUNES PRESET_TUNES SN_BENCH COOP_SUFFIX); $(declare -f variants); variants"
 else
   skip_step variants "$OUT/bench.log" "no $SN_BENCH"
 fi

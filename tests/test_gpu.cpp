@@ -1273,6 +1273,188 @@ TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
   EXPECT_FALSE(any_matches(names, "group_on_chip_kernel"));
 }
 
+// The shared-memory layout of the layer on chip over a grid (cuda/on_chip_grid.cu), no device
+// needed: each of G blocks holds at most ⌈h / G⌉ rows (the split h·r/G .. h·(r+1)/G gives no block
+// more), placed at W's address mod 16 (16 bytes more, rounded up to 16), then v, t and a float per
+// thread of 512; no layout without rows, without blocks, with more blocks than rows, or with a
+// share beyond 16 MB.
+TEST(OnChipGrid, SharedMemoryLayout) {
+  int wb = 0, w4 = 0, r4 = 0;
+  // 2048² fp32 over 132 blocks (an H100, an H200): 16 rows of 8 KB.
+  EXPECT_EQ(sn_cuda_on_chip_grid_smem(2048, 2048, SN_DTYPE_FLOAT32, 132, &wb, &w4, &r4),
+            size_t(131088 + 4 * (2048 + 16 + 512)));
+  EXPECT_EQ(wb, 131088);
+  EXPECT_EQ(w4, 2048);
+  EXPECT_EQ(r4, 16);
+  // 4096² bf16 over 132 blocks: 32 rows of 8 KB, more than the 227 KB a block of those cards has.
+  EXPECT_GT(sn_cuda_on_chip_grid_smem(4096, 4096, SN_DTYPE_BFLOAT16, 132, &wb, &w4, &r4), size_t(227 * 1024));
+  EXPECT_EQ(wb, 262160);
+  // 1000 × 1 over 132 blocks: 8 rows of 4 bytes; 7 × 13 fp16 over 7 blocks: a row of 26 bytes.
+  EXPECT_EQ(sn_cuda_on_chip_grid_smem(1000, 1, SN_DTYPE_FLOAT32, 132, &wb, &w4, &r4), size_t(48 + 4 * (4 + 8 + 512)));
+  EXPECT_EQ(wb, 48);
+  EXPECT_EQ(w4, 4);
+  EXPECT_EQ(r4, 8);
+  EXPECT_EQ(sn_cuda_on_chip_grid_smem(7, 13, SN_DTYPE_FLOAT16, 7, &wb, &w4, &r4), size_t(48 + 4 * (16 + 4 + 512)));
+  EXPECT_EQ(r4, 4);
+  for (const auto &bad : {std::vector<int64_t>{0, 5, 1}, std::vector<int64_t>{5, 0, 1}, std::vector<int64_t>{5, 5, 0},
+                          std::vector<int64_t>{5, 5, 6}, std::vector<int64_t>{1 << 20, 1 << 20, 132}}) {
+    wb = w4 = r4 = 7;
+    EXPECT_EQ(sn_cuda_on_chip_grid_smem(bad[0], bad[1], SN_DTYPE_FLOAT32, int(bad[2]), &wb, &w4, &r4), 0u)
+        << bad[0] << " x " << bad[1] << " over " << bad[2];
+    EXPECT_EQ(wb + w4 + r4, 0);
+  }
+  for (int64_t h : {1, 7, 131, 132, 133, 1000, 4097})
+    for (int64_t G : {1, 7, 132}) {
+      if (G > h) continue;
+      int64_t most = 0, total = 0;
+      for (int64_t r = 0; r < G; ++r) {
+        const int64_t rows = h * (r + 1) / G - h * r / G;
+        most = std::max(most, rows);
+        total += rows;
+      }
+      EXPECT_EQ(total, h);
+      EXPECT_LE(most, (h + G - 1) / G) << h << " rows over " << G;
+    }
+}
+
+// A layer on chip over the grid (SPECNORM_TUNE=op_onchip_grid=1; op_onchip=0 keeps the small ones
+// off the cluster path) against the CPU backend step by step on odd shapes: h below, at and above
+// the multiprocessor count, w = 1, rows narrower than 32, widths not multiples of 4 or 32, W off
+// 16-byte alignment, 1-3 iterations; a training forward and a scale-only one are one launch of its
+// kernel, an eval forward is not; bitwise reproducible, in place too.
+TEST(Gpu, OnChipGridLayerMatchesTheCpuBackend) {
+  REQUIRE_GPU();
+  SN_SEEDED_RNG();
+  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_onchip_grid=1").c_str());
+  const Case cases[] = {Case{{1, 1}, 0, SN_ORDER_U_FIRST, 1},       Case{{1, 1000}, 0, SN_ORDER_U_FIRST, 1},
+                        Case{{1000, 1}, 0, SN_ORDER_U_FIRST, 1},    Case{{7, 13}, 0, SN_ORDER_U_FIRST, 1},
+                        Case{{257, 1023}, 0, SN_ORDER_U_FIRST, 2},  Case{{128, 128, 3, 3}, 0, SN_ORDER_U_FIRST, 1},
+                        Case{{300, 517}, 0, SN_ORDER_U_FIRST, 3},   Case{{20000, 27}, 0, SN_ORDER_U_FIRST, 1},
+                        Case{{90, 16}, 0, SN_ORDER_U_FIRST, 2},     Case{{1, 5, 64}, 1, SN_ORDER_U_FIRST, 1},
+                        Case{{1000, 4099}, 0, SN_ORDER_U_FIRST, 1}, Case{{2048, 2048}, 0, SN_ORDER_U_FIRST, 1}};
+  int ran = 0;
+  for (const Case &c : cases) {
+    SCOPED_TRACE(case_name(c));
+    const int64_t n = numel_of(c.shape);
+    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
+    d.n_power_iterations = c.iters;
+    LayerPtr a(d), b(d);
+    ASSERT_TRUE(a.p && b.p) << sn_last_error_message();
+    const sn_on_chip_t oc = a.p->plan.onchip;
+    if (n * 4 <= 32768) {
+      EXPECT_GT(oc.grid, 0) << "32 KB fit any device's shared memory";
+    }
+    if (oc.grid == 0) continue;
+    EXPECT_EQ(oc.grid, std::min<int64_t>(a.p->plan.sm_count, a.p->view.h));
+    EXPECT_EQ(oc.backward, 0);
+    ran += 1;
+    compare_backends(c, rng, 4, 2);
+    compare_backends(c, rng, 4, 2, 1);
+    DevBuf dW(static_cast<size_t>(n)), o1(static_cast<size_t>(n)), o2(static_cast<size_t>(n));
+    dW.upload(gapped_weight(rng, c.shape, c.dim));
+    ASSERT_EQ(sn_layer_warmup(a, dW.p, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_layer_warmup(b, dW.p, nullptr), SN_SUCCESS) << sn_last_error_message();
+    const std::vector<std::string> kt =
+        captured_kernels([&](cudaStream_t s) { return sn_forward(a, dW.p, o1.p, 1, s); });
+    const std::vector<std::string> ks =
+        captured_kernels([&](cudaStream_t s) { return sn_forward_scale_only(a, dW.p, 1, s); });
+    const std::vector<std::string> ke =
+        captured_kernels([&](cudaStream_t s) { return sn_forward(a, dW.p, o1.p, 0, s); });
+    EXPECT_EQ(kt.size(), 1u);
+    EXPECT_TRUE(any_matches(kt, "on_chip_grid_kernel")) << ::testing::PrintToString(kt);
+    EXPECT_EQ(ks.size(), 1u);
+    EXPECT_TRUE(any_matches(ks, "on_chip_grid_kernel")) << ::testing::PrintToString(ks);
+    EXPECT_FALSE(any_matches(ke, "on_chip")) << ::testing::PrintToString(ke);
+    for (int step = 0; step < 3; ++step) {
+      const int training = step < 2;
+      ASSERT_EQ(sn_forward(a, dW.p, o1.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(b, dW.p, o2.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_TRUE(same_state(get_state(a), get_state(b))) << "step " << step;
+      EXPECT_TRUE(bitwise_equal(o1.download(), o2.download())) << "step " << step;
+    }
+    // In place (W_sn = W): the bits of the forward into another buffer.
+    const std::vector<float> w0 = dW.download();
+    ASSERT_EQ(sn_forward(b, dW.p, o2.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_forward(a, dW.p, dW.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_TRUE(same_state(get_state(a), get_state(b)));
+    EXPECT_TRUE(bitwise_equal(dW.download(), o2.download())) << "in place";
+    EXPECT_FALSE(bitwise_equal(dW.download(), w0));
+  }
+  EXPECT_GT(ran, 0);
+}
+
+// Under op_onchip_grid=1, layers it does not take keep their kernels: the v-first order, a layer
+// that asks for two passes, a view with A > 1 (dim 1), a 1-D weight, and a layer the cluster path
+// takes (op_onchip=1). A refused grid launch (onchip_refuse=1: 1024 times the blocks that can be
+// resident, refused with cudaErrorCooperativeLaunchTooLarge) drops the layer to its usual kernels
+// for good: eagerly at once, bit for bit what a layer created without the knob computes; during a
+// capture with SN_ERROR_CUDA, saying to capture again.
+TEST(Gpu, OnChipGridLayerLeavesOthersAndFallsBack) {
+  REQUIRE_GPU();
+  Rng rng(fresh_seed());
+  const std::string base = tune_prefix();
+  {
+    ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=0,op_onchip_grid=1").c_str());
+    sn_layer_desc_t vfirst = make_desc({64, 100}, SN_BACKEND_CUDA);
+    vfirst.order = SN_ORDER_V_FIRST;
+    sn_layer_desc_t two_pass = make_desc({64, 100}, SN_BACKEND_CUDA);
+    two_pass.algo = SN_ALGO_TWO_PASS;
+    for (const sn_layer_desc_t &d : {vfirst, two_pass, make_desc({40, 24, 5}, SN_BACKEND_CUDA, 1),
+                                     make_desc({300}, SN_BACKEND_CUDA)}) {
+      LayerPtr l(d);
+      ASSERT_TRUE(l.p);
+      EXPECT_EQ(l.p->plan.onchip.grid, 0);
+      int64_t h = 0, w = 0;
+      ASSERT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
+      SCOPED_TRACE(std::to_string(h) + " x " + std::to_string(w));
+      DevBuf dW(static_cast<size_t>(h * w)), o(static_cast<size_t>(h * w));
+      dW.upload(rng.normals(h * w));
+      ASSERT_EQ(sn_layer_warmup(l, dW.p, nullptr), SN_SUCCESS) << sn_last_error_message();
+      const std::vector<std::string> names =
+          captured_kernels([&](cudaStream_t s) { return sn_forward(l, dW.p, o.p, 1, s); });
+      EXPECT_FALSE(names.empty());
+      EXPECT_FALSE(any_matches(names, "on_chip_grid_kernel"));
+    }
+  }
+  if (sn_cuda_clusters_usable()) {
+    ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=1,op_onchip_grid=1").c_str());
+    LayerPtr l(make_desc({64, 100}, SN_BACKEND_CUDA));
+    ASSERT_TRUE(l.p);
+    EXPECT_GT(l.p->plan.onchip.cluster, 0);
+    EXPECT_EQ(l.p->plan.onchip.grid, 0) << "the cluster path first";
+  }
+  const int64_t h = 128, w = 1152;
+  const std::vector<float> M = gapped_matrix(rng, h, w);
+  DevBuf dW(static_cast<size_t>(h * w)), o1(static_cast<size_t>(h * w)), o2(static_cast<size_t>(h * w));
+  dW.upload(M);
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
+  d.seed = 7;
+  ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=0").c_str());
+  LayerPtr plain(d);
+  env.set((base + "op_onchip=0,op_onchip_grid=1,onchip_refuse=1").c_str());
+  LayerPtr refused(d), captured(d);
+  ASSERT_TRUE(plain.p && refused.p && captured.p);
+  ASSERT_GT(refused.p->plan.onchip.grid, 0);
+  for (int step = 0; step < 3; ++step) {
+    const int training = step < 2;
+    ASSERT_EQ(sn_forward(plain, dW.p, o1.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_forward(refused, dW.p, o2.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_TRUE(same_state(get_state(plain), get_state(refused))) << "step " << step;
+    EXPECT_TRUE(bitwise_equal(o1.download(), o2.download())) << "step " << step;
+  }
+  EXPECT_EQ(refused.p->plan.onchip.cluster, 0) << "dropped for good";
+  std::vector<std::string> names = captured_kernels([&](cudaStream_t s) { return sn_forward(refused, dW.p, o2.p, 1, s); });
+  EXPECT_FALSE(any_matches(names, "on_chip_grid_kernel"));
+  // Refused during a capture (the layer warmed up first, so that its forward is the grid one).
+  ASSERT_EQ(sn_layer_warmup(captured, dW.p, nullptr), SN_SUCCESS);
+  const CaptureOutcome c = capture_outcome([&](cudaStream_t s) { return sn_forward(captured, dW.p, o2.p, 1, s); });
+  EXPECT_EQ(c.status, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
+  EXPECT_NE(c.message.find("capture"), std::string::npos) << c.message;
+  names = captured_kernels([&](cudaStream_t q) { return sn_forward(captured, dW.p, o2.p, 1, q); });
+  EXPECT_FALSE(names.empty());
+  EXPECT_FALSE(any_matches(names, "on_chip_grid_kernel"));
+}
+
 // Without SPECNORM_TUNE's op_onchip, on a device with clusters, a small warmed-up layer's training
 // forwards (with W_sn and scale only) run on chip (cuda/forward.cu, sn_cuda_layer_on_chip_modes)
 // up to 160K elements, in blocks of 256 threads below 64K elements and 512 from there; its eval

@@ -53,14 +53,19 @@ class Health : public ::testing::TestWithParam<std::tuple<sn_backend_t, sn_algo_
       tune_ = std::make_unique<ScopedEnv>("SPECNORM_TUNE", (tune_prefix() + std::get<2>(GetParam())).c_str());
   }
   std::unique_ptr<ScopedEnv> tune_;
-  // Under op_onchip=1, that a warmed-up forward of l is the on-chip kernel (a layer this small fits
-  // any device), so that these cases test it and not a copy of the default.
+  // Under op_onchip=1 (op_onchip_grid=1), that a warmed-up training forward of l is the on-chip
+  // kernel of a cluster (of the grid) (a layer this small fits any device), so that these cases
+  // test it and not a copy of the default.
   void expect_on_chip_if_tuned(sn_layer_t *l, const void *W, void *out) {
-    if (!std::strstr(std::get<2>(GetParam()), "op_onchip=1")) return;
+    const char *tune = std::get<2>(GetParam());
+    const char *kernel = std::strstr(tune, "op_onchip=1")        ? "group_on_chip_kernel"
+                         : std::strstr(tune, "op_onchip_grid=1") ? "on_chip_grid_kernel"
+                                                                 : nullptr;
+    if (!kernel) return;
     const std::vector<std::string> names =
         captured_kernels([&](cudaStream_t s) { return sn_forward(l, W, out, 1, s); });
     EXPECT_EQ(names.size(), 1u);
-    EXPECT_TRUE(any_matches(names, "group_on_chip_kernel")) << (names.empty() ? "?" : names[0]);
+    EXPECT_TRUE(any_matches(names, kernel)) << (names.empty() ? "?" : names[0]);
   }
   sn_layer_desc_t desc(int64_t h, int64_t w) {
     sn_layer_desc_t d = make_desc({h, w}, std::get<0>(GetParam()));
@@ -271,9 +276,15 @@ INSTANTIATE_TEST_SUITE_P(Backends, Health,
                                            // forwards are on chip by default on sm_90)
                                            std::make_tuple(SN_BACKEND_CUDA, SN_ALGO_ONE_PASS, "op_onchip=0"),
                                            // every warmed-up forward one launch, the layer on chip
-                                           std::make_tuple(SN_BACKEND_CUDA, SN_ALGO_DEFAULT, "op_onchip=1")),
+                                           std::make_tuple(SN_BACKEND_CUDA, SN_ALGO_DEFAULT, "op_onchip=1"),
+                                           // the warmed-up training forwards one launch, the layer
+                                           // spread over a cooperative grid
+                                           std::make_tuple(SN_BACKEND_CUDA, SN_ALGO_DEFAULT,
+                                                           "op_onchip=0,op_onchip_grid=1")),
                          [](const auto &info) {
                            if (std::strstr(std::get<2>(info.param), "op_onchip=1")) return std::string("cuda_on_chip");
+                           if (std::strstr(std::get<2>(info.param), "op_onchip_grid=1"))
+                             return std::string("cuda_on_chip_grid");
                            return std::string(std::get<0>(info.param) == SN_BACKEND_CPU ? "cpu" : "cuda") +
                                   (std::get<1>(info.param) == SN_ALGO_ONE_PASS ? "_one_pass" : "_two_pass");
                          });

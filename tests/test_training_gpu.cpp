@@ -367,21 +367,17 @@ TEST(GpuTraining, ForwardBackwardStepsMatchTheCpuBackend) {
   }
 }
 
-// Whether a layer of `shape` (dim 0) and `dt` is held on chip on this device under op_onchip=1.
-static bool layer_on_chip_here(const std::vector<int64_t> &shape, sn_dtype_t dt) {
-  return on_chip_plan_of({{shape, 0, dt}}, 0, 1).cluster > 0;
-}
-
-// A layer on chip (SPECNORM_TUNE=op_onchip=1, cuda/on_chip.cu) with the forward's options: an
-// active and an inactive norm bound, γ, scale only, in place, bf16 and fp16, several iterations,
-// no warm-up (then its first forward runs on chip too). Forward and backward steps against the
-// CPU backend on weights with a spectral gap (so that u and v are well defined): the backward with
-// a flag per step and ∂L/∂γ, bitwise against itself, then with dW = G and dW = W; one launch of
-// each on-chip kernel where the layer fits this device; the backward with no usable σ yet.
-TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
-  REQUIRE_GPU();
+// A layer on chip under `tune` with the forward's options: an active and an inactive norm bound,
+// γ, scale only, in place, bf16 and fp16, several iterations, no warm-up (then its first forward
+// runs on chip too). Forward and backward steps against the CPU backend on weights with a spectral
+// gap (so that u and v are well defined): the backward with a flag per step and ∂L/∂γ, bitwise
+// against itself, then with dW = G and dW = W; where the layer is on chip on this device, its
+// training forward is one launch of `forward_kernel`, and its backward one launch of the on-chip
+// backward kernel (bw_on_chip) or not on chip; the backward with no usable σ yet.
+static void expect_on_chip_options_match_cpu(const std::string &tune, const std::string &forward_kernel,
+                                             bool bw_on_chip) {
   SN_SEEDED_RNG();
-  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=1").c_str());
+  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + tune).c_str());
   struct Opt {
     std::vector<int64_t> shape;
     sn_dtype_t dt;
@@ -510,16 +506,16 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
         EXPECT_LT(rel_err(got, want), o.dt == SN_DTYPE_FLOAT32 ? 1e-4 : 2 * ulp(o.dt));
       }
     }
-    if (!layer_on_chip_here(o.shape, o.dt)) continue;  // (an A100: 590 KB needs clusters)
+    if (g.p->plan.onchip.cluster == 0) continue;  // (an A100: 590 KB needs clusters)
     const std::vector<std::string> names = captured_kernels([&](cudaStream_t s) {
       return o.scale_only ? sn_forward_scale_only(g, W.dev, 1, s) : sn_forward(g, W.dev, Wsn.dev, 1, s);
     });
     EXPECT_EQ(names.size(), 1u);
-    EXPECT_TRUE(any_matches(names, "group_on_chip_kernel")) << (names.empty() ? "?" : names[0]);
+    EXPECT_TRUE(any_matches(names, forward_kernel)) << (names.empty() ? "?" : names[0]);
     const std::vector<std::string> bw =
         captured_kernels([&](cudaStream_t s) { return sn_backward(g, W.dev, G.dev, dW.dev, 0, nullptr, s); });
-    EXPECT_EQ(bw.size(), 1u);
-    EXPECT_TRUE(any_matches(bw, "on_chip_backward_kernel")) << (bw.empty() ? "?" : bw[0]);
+    EXPECT_EQ(bw.size(), bw_on_chip ? 1u : 2u);
+    EXPECT_EQ(any_matches(bw, "on_chip"), bw_on_chip) << (bw.empty() ? "?" : bw[0]);
   }
   // No usable σ yet (a zero W's forward commits none; the state's σ is 0): a = b = 0, so
   // dW = 0 (or dW unchanged when accumulating) and ∂L/∂γ = 0, as the two kernels write.
@@ -540,6 +536,21 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
     EXPECT_EQ(max_abs_diff(got, flags ? dW0.host_floats() : std::vector<float>(got.size(), 0.f)), 0.0) << "flags " << flags;
     EXPECT_EQ(gam.download_floats()[1], 0.f);
   }
+}
+
+// The layer in a cluster's shared memory (SPECNORM_TUNE=op_onchip=1, cuda/on_chip.cu): every forward
+// and the backward on chip.
+TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  expect_on_chip_options_match_cpu("op_onchip=1", "group_on_chip_kernel", true);
+}
+
+// The layer spread over a cooperative grid (SPECNORM_TUNE=op_onchip_grid=1, cuda/on_chip_grid.cu;
+// op_onchip=0 keeps these small layers off the cluster path): its training forwards on chip, the
+// backward with the usual two kernels.
+TEST(GpuTraining, OnChipGridLayerOptionsMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  expect_on_chip_options_match_cpu("op_onchip=0,op_onchip_grid=1", "on_chip_grid_kernel", false);
 }
 
 // The backward's apply kernel by rows of 16-byte packs: two layers with the same state write the

@@ -1,0 +1,252 @@
+// The training forward of one layer held on chip across the whole device (SPECNORM_TUNE=
+// op_onchip_grid=1; built on 2026-11-27 without a GPU, not yet run on one, off by default): the
+// layer's rows are spread over a cooperative grid of one block per multiprocessor, each block
+// copies its rows of W into its shared memory once, and the whole forward (every power iteration,
+// the commit of u, v and σ, and the division) is one launch: W is read from global memory once and
+// W_sn written once, 2 · bytes(W) where the three kernels move 3. It extends cuda/on_chip.cu, whose
+// layers fit one thread-block cluster (about 1.6 MB of fp32 weights on an H100 or H200), to layers
+// that fit the shared memory of the whole device: about 29 MB on an H100 or H200 (132 × 227 KB),
+// less the per-block vectors (4096 columns: ~3 %), e.g. 2048² fp32 (16.8 MB), 768 × 3072 fp32,
+// ViT-L's 1024 × 4096 fp32, 4096² bf16 does not (33.5 MB).
+//
+// Per block (rank r of G, rows i0 = h·r/G to i1 = h·(r+1)/G), per iteration:
+//   load   the rows (cp.async, as the cluster kernel: cuda/on_chip.cuh's copy_in) and v
+//          (iteration 0; ones when the health word asks for a restart), once;
+//   t, s   t_i = M_i · v for its rows and its partial s_j = Σ_i t_i M_ij over them (block_products,
+//          the cluster kernel's code), the partial to global memory (part[r]) and its Σ t_i² (tsq[r]);
+//   grid barrier;
+//   reduce m_t = max(‖t‖, eps) from tsq in block order (the same bits in every block); its slice of
+//          columns j0 = w·r/G to j1 = w·(r+1)/G: s_j = (Σ_k part[k]_j in a fixed order) / m_t into
+//          s, and the slice's Σ s_j² (sq[r]);
+//   grid barrier;
+//   σ      m_s = max(‖s‖, eps) and σ = ‖s‖² / m_s from sq in block order (the same bits in every
+//          block); another iteration reads v = s / m_s back from global memory.
+// Then the commit as the cluster kernel: u_i = t_i / m_t for its rows, v_j = s_j / m_s for its
+// slice, the state word (block 0), and W_sn = (W / d) · γ from shared memory (in place is safe: a
+// block writes only the rows it alone read). The arithmetic is that of the three kernels in
+// another order (as the cluster kernel's), so the results match them to rounding, not bit for bit;
+// every sum has a fixed order for a given grid, and the grid is fixed at the layer's creation, so
+// the results are bitwise reproducible.
+//
+// Count (H200, copy 4.25 TB/s; 2048² fp32, 16.8 MB): the three kernels take ~31 µs (53 % of the
+// copy bandwidth for 3 · bytes(W)); one launch that reads W once at ~3.5 TB/s (~5 µs), computes
+// from shared memory (~1 µs), passes two grid barriers and the slice sums (~3-4 µs) and writes
+// W_sn (~4-5 µs) would take ~15-18 µs. Prediction for the first GPU run: 2048² fp32 train 31 ->
+// 16-20 µs, bf16 25 -> 11-15 µs; 768 × 3072 fp32 26 -> 12-16 µs (bench/NOTES.md, session 20).
+//
+// Where (sn_cuda_on_chip_grid_prepare, called from cuda/forward.cu): a u-first layer whose rows
+// are contiguous (A = 1) and that the cluster kernel does not take, with SPECNORM_TUNE=
+// op_onchip_grid=1, on a device with cooperative launches, when one block per multiprocessor
+// (at most h blocks) can hold its share: ⌈h / G⌉ rows, plus v, t and the row groups' partials,
+// within the device's shared memory per block. Its training forwards (with W_sn and scale only)
+// after the warm-up; the eval forward and the backward keep their kernels. A launch the device
+// refuses (fewer blocks can be resident than at creation: the GPU shared under MPS) drops the
+// layer to its usual kernels for good, as a refused cluster launch does (host/layer.c).
+#include <cooperative_groups.h>
+
+#include "kernels.h"
+#include "on_chip.cuh"
+#include "sn_reference.h" /* sn_dtype_size */
+
+namespace sn {
+namespace {
+
+constexpr int kGridThreads = 512;
+
+struct GridChipParams {
+  sn_group_entry_t e;  // the layer (its W, W_sn, state, settings), as the cluster kernel's `one`
+  float *part;         // G × w: the blocks' partial s
+  float *tsq;          // G: the blocks' Σ t²
+  float *sq;           // G: Σ s² over each block's slice of columns
+  float *s;            // w: s = Mᵀ t / m_t (the plan's s)
+  int w_bytes, w4, rows4;
+};
+
+// The shared memory of every block: the rows (at W's address mod 16: 16 + the largest share,
+// rounded up to 16 bytes), then floats: v (w4), t (rows4), the row groups' partials (one per
+// thread).
+size_t grid_smem(int w_bytes, int w4, int rows4) {
+  return (size_t)w_bytes + sizeof(float) * ((size_t)w4 + (size_t)rows4 + (size_t)kGridThreads);
+}
+
+// Σ x[0..n) over the block in a fixed order (each thread every NT-th, then block_sum's tree); every
+// thread gets it. x was written by other blocks of this launch: read past L1.
+template <int NT>
+__device__ __forceinline__ float grid_sum_of(const float *x, int n) {
+  float tot = 0.f;
+  for (int k = threadIdx.x; k < n; k += NT) tot += __ldcg(&x[k]);
+  return block_sum<NT>(tot);
+}
+
+// Lanes that add one column's G partials (a power of two, at most 32, so that they are lanes of one
+// warp): as many as the block's threads allow for its cw columns at once.
+__device__ __forceinline__ int column_lanes(int cw, int nt) {
+  int L = 1;
+  while (L < 32 && 2 * L * (cw > 0 ? cw : 1) <= nt) L <<= 1;
+  return L;
+}
+
+template <class T, int NT>
+__device__ void layer_on_grid(const GridChipParams &p, char *sm) {
+  namespace cg = cooperative_groups;
+  cg::grid_group grid = cg::this_grid();
+  const sn_group_entry_t &e = p.e;
+  const int G = (int)gridDim.x, r = (int)blockIdx.x;
+  const int w = (int)e.w;
+  const int64_t i0 = e.h * r / G, i1 = e.h * (r + 1) / G;
+  const int rows = (int)(i1 - i0);
+  const int64_t n = (int64_t)rows * w;
+  const T *Wg = static_cast<const T *>(e.W) + i0 * w;
+  T *Ws = reinterpret_cast<T *>(sm + (reinterpret_cast<uintptr_t>(Wg) & 15));
+  float *v_sm = reinterpret_cast<float *>(sm + p.w_bytes);
+  float *t_sm = v_sm + p.w4, *grp_sm = t_sm + p.rows4;
+
+  // Load: W's rows and v, in flight together.
+  copy_in<NT>(Ws, Wg, n);
+  for (int j = threadIdx.x; j < w; j += NT) __pipeline_memcpy_async(&v_sm[j], &e.v[j], 4);
+  __pipeline_commit();
+  // The state as this forward found it: block 0 writes it only after the last grid barrier.
+  const unsigned health = reinterpret_cast<const unsigned *>(e.sigma)[3];
+  const float sig_old = e.sigma[0], gamma = e.gamma ? *e.gamma : 1.f;
+  __pipeline_wait_prior(0);
+  if (health & SN_HEALTH_RESTART)  // restart from ones (the thread's own copies)
+    for (int j = threadIdx.x; j < w; j += NT) v_sm[j] = 1.f;
+  __syncthreads();
+
+  // This block's slice of the columns, and the lanes that add each column's partials.
+  const int j0 = (int)((int64_t)w * r / G), cw = (int)((int64_t)w * (r + 1) / G) - j0;
+  const int L = column_lanes(cw, NT), l = threadIdx.x & (L - 1), slot = threadIdx.x / L;
+  const int groups = row_groups<NT>(w);
+  float m_t = 1.f, m_s = 1.f, sig = 0.f;
+  for (int it = 0; it < e.n_iters; ++it) {
+    const float q = block_products<T, NT>(Ws, rows, w, v_sm, nullptr, t_sm, p.part + (int64_t)r * w,
+                                          grp_sm, true, groups);
+    if (threadIdx.x == 0) p.tsq[r] = q;
+    grid.sync();  // every block's partial s and Σ t² written
+    if (it == 0) pdl_trigger();
+    m_t = norm_divisor(grid_sum_of<NT>(p.tsq, G), e.eps);
+    const float rt = 1.f / m_t;
+    // The slice's columns, NT / L at a time: column c by L lanes of one warp, lane l adding
+    // partials l, l + L, ... in order, then the lanes' butterfly (the same bits in every lane).
+    float sq = 0.f;
+    for (int c0 = 0; c0 < cw; c0 += NT / L) {  // uniform over the block: every lane shuffles
+      const int c = c0 + slot;
+      float x = 0.f;
+      if (c < cw) {
+        const float *col = p.part + j0 + c;
+#pragma unroll 4
+        for (int k = l; k < G; k += L) x += __ldcg(&col[(int64_t)k * w]);
+      }
+      for (int o = L / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+      if (c < cw && l == 0) {
+        x *= rt;
+        p.s[j0 + c] = x;
+        sq += __fmul_rn(x, x);
+      }
+    }
+    sq = block_sum<NT>(sq);
+    if (threadIdx.x == 0) p.sq[r] = sq;
+    grid.sync();  // s and every slice's Σ s² written
+    const float ssq = grid_sum_of<NT>(p.sq, G);
+    m_s = norm_divisor(ssq, e.eps);
+    sig = ssq / m_s;
+    if (it + 1 < e.n_iters) {  // the next iteration's v = s / m_s (every block reads all of s)
+      const float rs = 1.f / m_s;
+      for (int j = threadIdx.x; j < w; j += NT) v_sm[j] = __ldcg(&p.s[j]) * rs;
+      __syncthreads();
+    }
+  }
+
+  const CommitScale cs = commit_scale_of(sig, sig_old, e.norm_bound, gamma);
+  if (cs.good) {
+    for (int k = threadIdx.x; k < rows; k += NT) e.u[i0 + k] = t_sm[k] / m_t;
+    for (int j = j0 + threadIdx.x; j < j0 + cw; j += NT) e.v[j] = __ldcg(&p.s[j]) / m_s;
+  }
+  if (r == 0 && threadIdx.x == 0) commit_state_word_of(e.sigma, cs, true, health);
+  if (e.W_sn) divide_out<NT>(static_cast<T *>(e.W_sn) + i0 * w, Ws, Wg, n, cs);
+}
+
+// One block of 512 threads per multiprocessor (its shared memory is most of the multiprocessor's),
+// so up to 128 registers.
+__global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_kernel(GridChipParams p) {
+  extern __shared__ float4 on_chip_grid_sm[];
+  pdl_wait();
+  char *sm = reinterpret_cast<char *>(on_chip_grid_sm);
+  switch (p.e.dtype) {
+    case SN_DTYPE_FLOAT16: layer_on_grid<__half, kGridThreads>(p, sm); break;
+    case SN_DTYPE_BFLOAT16: layer_on_grid<__nv_bfloat16, kGridThreads>(p, sm); break;
+    default: layer_on_grid<float, kGridThreads>(p, sm); break;
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry_t &e,
+                                cudaStream_t stream) {
+  const sn_on_chip_t &oc = plan.onchip;
+  const int G = oc.grid;
+  const int64_t w = plan.view.A * plan.view.B;
+  GridChipParams p{};
+  p.e = e;
+  p.part = plan.ocg_part;
+  p.tsq = plan.ocg_part + (int64_t)G * w;
+  p.sq = p.tsq + G;
+  p.s = plan.s;
+  p.w_bytes = oc.w_bytes;
+  p.w4 = oc.w4;
+  p.rows4 = oc.rows4;
+  // oc.refuse (tests, SPECNORM_TUNE=onchip_refuse=1): more blocks than can ever be resident, which
+  // the device refuses (cudaErrorCooperativeLaunchTooLarge).
+  const int blocks = oc.refuse ? G * 1024 : G;
+  ClusterLaunch L(blocks, kGridThreads, grid_smem(oc.w_bytes, oc.w4, oc.rows4), 0, stream, false, true);
+  return cudaLaunchKernelEx(&L.cfg, on_chip_grid_kernel, p);
+}
+
+}  // namespace sn
+
+extern "C" size_t sn_cuda_on_chip_grid_smem(int64_t h, int64_t w, sn_dtype_t dtype, int blocks,
+                                            int *w_bytes, int *w4, int *rows4) {
+  *w_bytes = *w4 = *rows4 = 0;
+  if (h < 1 || w < 1 || blocks < 1 || blocks > h || w > (1 << 24)) return 0;
+  const int64_t rows = (h + blocks - 1) / blocks;
+  const double share = (double)rows * (double)w * (double)sn_dtype_size(dtype);
+  if (share > (double)(1 << 24)) return 0;  // far beyond any block's shared memory
+  *w_bytes = (int)((16 + (int64_t)share + 15) / 16 * 16);
+  *w4 = (int)((w + 3) / 4 * 4);
+  *rows4 = (int)((rows + 3) / 4 * 4);
+  return sn::grid_smem(*w_bytes, *w4, *rows4);
+}
+
+extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, int sm_count,
+                                             int refuse, sn_on_chip_t *oc) {
+  *oc = sn_on_chip_t{};
+  if (view.A != 1 || sm_count < 1) return;
+  int dev = 0, coop = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess || !coop) {
+    (void)cudaGetLastError();
+    return;
+  }
+  const int G = (int)(view.h < sm_count ? view.h : sm_count);
+  int w_bytes = 0, w4 = 0, rows4 = 0;
+  const size_t bytes = sn_cuda_on_chip_grid_smem(view.h, view.B, dtype, G, &w_bytes, &w4, &rows4);
+  if (bytes == 0 || sn::allow_shared_memory(sn::on_chip_grid_kernel, bytes) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return;
+  }
+  int per_sm = 0;  // every block resident at once: one per multiprocessor
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, sn::on_chip_grid_kernel, sn::kGridThreads,
+                                                    bytes) != cudaSuccess ||
+      per_sm < 1) {
+    (void)cudaGetLastError();
+    return;
+  }
+  oc->cluster = 1;
+  oc->grid = G;
+  oc->threads = sn::kGridThreads;
+  oc->modes = SN_ON_CHIP_TRAIN | SN_ON_CHIP_SCALE;
+  oc->w_bytes = w_bytes;
+  oc->w4 = w4;
+  oc->rows4 = rows4;
+  oc->refuse = refuse;
+}
