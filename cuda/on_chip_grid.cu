@@ -196,7 +196,10 @@ cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry
   p.w4 = oc.w4;
   p.rows4 = oc.rows4;
   // oc.refuse (tests, SPECNORM_TUNE=onchip_refuse=1): more blocks than can ever be resident, which
-  // the device refuses (cudaErrorCooperativeLaunchTooLarge).
+  // the device refuses (cudaErrorCooperativeLaunchTooLarge). No programmatic-serialization
+  // attribute (as the cooperative one-pass launch by default, cuda/one_pass_coop.cu): the launch
+  // starts once the kernel before it has ended, so its pdl_wait returns at once; its pdl_trigger
+  // after the first grid barrier lets a kernel after it that asked for PDL be scheduled early.
   const int blocks = oc.refuse ? G * 1024 : G;
   ClusterLaunch L(blocks, kGridThreads, grid_smem(oc.w_bytes, oc.w4, oc.rows4), 0, stream, false, true);
   return cudaLaunchKernelEx(&L.cfg, on_chip_grid_kernel, p);

@@ -69,7 +69,7 @@ static int drop_refused_launch(sn_layer_t *l, int e, int *on_chip, int forward, 
   if (e == 0) return 0;
   const char *what = NULL;
   if (*on_chip && sn_cuda_on_chip_refused(e)) {
-    l->plan.onchip.cluster = 0;
+    l->plan.onchip.cluster = l->plan.onchip.grid = 0;
     *on_chip = 0;
     what = "on-chip";
   } else if (forward && sn_cuda_one_pass_coop_refused(&l->plan, e)) {

@@ -543,8 +543,8 @@ VARIANT_WL=(${SN_VARIANT_WORKLOADS:---shape 4096x4096 --shape 4096x16384 --dtype
 # shellcheck disable=SC2206
 VARIANT_PRESETS=(${SN_VARIANT_PRESETS:---preset sngan-cifar10 --preset sndcgan-cifar10 --preset vit-b16})
 read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_pp=0 op_pp=2 op_pp=3 op_coop=0 op_coop=1 op_reduce_cols=4 op_reduce_cols=16 op_eval_own=0 op_rows=2}"
-# The presets' settings ($SN_PRESET_VARIANTS; op_onchip_grid=1, session 20: each ViT-B/16 layer on
-# chip over the whole grid, per layer).
+# The presets' settings ($SN_PRESET_VARIANTS; e.g. op_onchip_grid=1, session 20, for each
+# ViT-B/16 layer on chip over the whole grid, per layer, with --preset vit-b16 in $SN_VARIANT_PRESETS).
 read -r -a PRESET_TUNES <<< "${SN_PRESET_VARIANTS:-default group_coop=0 group_coop=1 group_onchip=1,op_onchip=1 group_onchip=1,group_onchip_cluster=4}"
 if [[ $COOP_HUNG -eq 1 ]]; then  # coop_smoke timed out: no op_coop setting
   KEPT=()

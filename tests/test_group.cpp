@@ -139,13 +139,6 @@ size_t captured_nodes(sn_group_t *g, int training) {
   return nodes;
 }
 
-// Whether the current device has cooperative launches (false where it cannot be asked).
-bool cooperative_launch_here() {
-  int dev = 0, coop = 0;
-  return cudaGetDevice(&dev) == cudaSuccess &&
-         cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) == cudaSuccess && coop;
-}
-
 // Whether a group whose weights take w_bytes runs as one cooperative launch on this device (the
 // policy of sn_cuda_tune_group_coop, where the device has cooperative launches).
 bool group_is_cooperative(double w_bytes) {

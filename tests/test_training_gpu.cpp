@@ -373,9 +373,10 @@ TEST(GpuTraining, ForwardBackwardStepsMatchTheCpuBackend) {
 // gap (so that u and v are well defined): the backward with a flag per step and ∂L/∂γ, bitwise
 // against itself, then with dW = G and dW = W; where the layer is on chip on this device, its
 // training forward is one launch of `forward_kernel`, and its backward one launch of the on-chip
-// backward kernel (bw_on_chip) or not on chip; the backward with no usable σ yet.
+// backward kernel (bw_on_chip) or not on chip; the backward with no usable σ yet. With
+// must_fit, every layer must be on chip (the grid path: each of these fits any device).
 static void expect_on_chip_options_match_cpu(const std::string &tune, const std::string &forward_kernel,
-                                             bool bw_on_chip) {
+                                             bool bw_on_chip, bool must_fit) {
   SN_SEEDED_RNG();
   ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + tune).c_str());
   struct Opt {
@@ -384,6 +385,7 @@ static void expect_on_chip_options_match_cpu(const std::string &tune, const std:
     float bound_rel;  // norm bound as a multiple of σ (0: none)
     bool gamma, scale_only, in_place;
     int warmup, iters;
+    int w_off = 0, o_off = 0;  // W (and G, dW) and W_sn that many elements into their buffers
   };
   const Opt opts[] = {
       {{128, 128, 3, 3}, SN_DTYPE_FLOAT32, 0.5f, false, false, false, 15, 1},
@@ -392,6 +394,8 @@ static void expect_on_chip_options_match_cpu(const std::string &tune, const std:
       {{100, 300}, SN_DTYPE_FLOAT32, 0.f, false, false, true, 15, 2},
       {{33, 65}, SN_DTYPE_BFLOAT16, 0.f, true, false, false, 15, 3},
       {{37, 61}, SN_DTYPE_FLOAT16, 0.f, false, false, false, 0, 1},
+      // bf16 off 16-byte alignment, W_sn at another offset than W (W_sn by elements)
+      {{300, 200}, SN_DTYPE_BFLOAT16, 0.f, false, false, false, 15, 1, 3, 1},
   };
   Tensor gam(SN_DTYPE_FLOAT32, 2);
   gam.set({0.8f, 0.f});
@@ -403,7 +407,7 @@ static void expect_on_chip_options_match_cpu(const std::string &tune, const std:
                  " warmup " + std::to_string(o.warmup) + " iters " + std::to_string(o.iters));
     const int64_t n = numel_of(o.shape), h = o.shape[0];
     std::vector<float> w = gapped_matrix(rng, h, n / h);
-    Tensor W(o.dt, n), Wsn(o.dt, n), G(o.dt, n), dW(o.dt, n);
+    Tensor W(o.dt, n, o.w_off), Wsn(o.dt, n, o.o_off), G(o.dt, n, o.w_off), dW(o.dt, n, o.w_off);
     W.set(w);
     sn_layer_desc_t dg = make_desc(o.shape, SN_BACKEND_CUDA);
     dg.dtype = o.dt;
@@ -422,6 +426,9 @@ static void expect_on_chip_options_match_cpu(const std::string &tune, const std:
     dc.backend = SN_BACKEND_CPU;
     LayerPtr g(dg), cpu(dc);
     ASSERT_TRUE(g.p && cpu.p);
+    if (must_fit) {
+      EXPECT_GT(g.p->plan.onchip.cluster, 0) << "a layer this small fits any device";
+    }
     if (o.gamma) {
       ASSERT_EQ(sn_layer_set_gamma(g, d_gamma), SN_SUCCESS);
       ASSERT_EQ(sn_layer_set_gamma(cpu, &h_gamma), SN_SUCCESS);
@@ -542,7 +549,7 @@ static void expect_on_chip_options_match_cpu(const std::string &tune, const std:
 // and the backward on chip.
 TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
   REQUIRE_GPU();
-  expect_on_chip_options_match_cpu("op_onchip=1", "group_on_chip_kernel", true);
+  expect_on_chip_options_match_cpu("op_onchip=1", "group_on_chip_kernel", true, false);
 }
 
 // The layer spread over a cooperative grid (SPECNORM_TUNE=op_onchip_grid=1, cuda/on_chip_grid.cu;
@@ -550,7 +557,8 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
 // backward with the usual two kernels.
 TEST(GpuTraining, OnChipGridLayerOptionsMatchTheCpuBackend) {
   REQUIRE_GPU();
-  expect_on_chip_options_match_cpu("op_onchip=0,op_onchip_grid=1", "on_chip_grid_kernel", false);
+  if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
+  expect_on_chip_options_match_cpu("op_onchip=0,op_onchip_grid=1", "on_chip_grid_kernel", false, true);
 }
 
 // The backward's apply kernel by rows of 16-byte packs: two layers with the same state write the

@@ -384,6 +384,13 @@ inline sn_on_chip_t on_chip_plan_of(const std::vector<OnChipLayer> &layers, int 
   return oc;
 }
 
+// Whether the current device has cooperative launches (false where it cannot be asked).
+inline bool cooperative_launch_here() {
+  int dev = 0, coop = 0;
+  return cudaGetDevice(&dev) == cudaSuccess &&
+         cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) == cudaSuccess && coop;
+}
+
 // Whether one of the names matches the regular expression.
 inline bool any_matches(const std::vector<std::string> &names, const std::string &re) {
   const std::regex r(re);
