@@ -1193,6 +1193,66 @@ TEST(Gpu, OnChipLayerOf512ThreadsMatchesTheCpuBackend) {
   expect_on_chip_layers_match_cpu(512);
 }
 
+// Under `tune`, layers no on-chip path takes keep their kernels (a warmed-up training forward has
+// no launch of `kernel`): the v-first order, a layer that asks for two passes, a view with A > 1
+// (dim 1), and `other`.
+static void expect_not_on_chip(Rng &rng, const std::string &tune, const sn_layer_desc_t &other,
+                               const std::string &kernel) {
+  ScopedEnv env("SPECNORM_TUNE", tune.c_str());
+  sn_layer_desc_t vfirst = make_desc({64, 100}, SN_BACKEND_CUDA);
+  vfirst.order = SN_ORDER_V_FIRST;
+  sn_layer_desc_t two_pass = make_desc({64, 100}, SN_BACKEND_CUDA);
+  two_pass.algo = SN_ALGO_TWO_PASS;
+  for (const sn_layer_desc_t &d : {vfirst, two_pass, make_desc({40, 24, 5}, SN_BACKEND_CUDA, 1), other}) {
+    LayerPtr l(d);
+    ASSERT_TRUE(l.p);
+    int64_t h = 0, w = 0;
+    ASSERT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
+    SCOPED_TRACE(std::to_string(h) + " x " + std::to_string(w));
+    DevBuf dW(static_cast<size_t>(h * w)), o(static_cast<size_t>(h * w));
+    dW.upload(rng.normals(h * w));
+    ASSERT_EQ(sn_layer_warmup(l, dW.p, nullptr), SN_SUCCESS) << sn_last_error_message();
+    const std::vector<std::string> names =
+        captured_kernels([&](cudaStream_t s) { return sn_forward(l, dW.p, o.p, 1, s); });
+    EXPECT_FALSE(names.empty());
+    EXPECT_FALSE(any_matches(names, kernel));
+  }
+}
+
+// Layers of d created under `refuse_tune`, whose on-chip launch (`kernel`) the device refuses,
+// against a layer created under `plain_tune`: eager forwards fall back at once, bit for bit, and
+// for good; a forward refused during a capture returns SN_ERROR_CUDA saying to capture again, and
+// the next capture has the usual kernels.
+static void expect_refused_launch_falls_back(Rng &rng, const sn_layer_desc_t &d, const std::string &plain_tune,
+                                             const std::string &refuse_tune, const std::string &kernel) {
+  const int64_t h = d.shape[0], w = d.shape[1];
+  DevBuf dW(static_cast<size_t>(h * w)), o1(static_cast<size_t>(h * w)), o2(static_cast<size_t>(h * w));
+  dW.upload(gapped_matrix(rng, h, w));
+  ScopedEnv env("SPECNORM_TUNE", plain_tune.c_str());
+  LayerPtr plain(d);
+  env.set(refuse_tune.c_str());
+  LayerPtr refused(d), captured(d);
+  ASSERT_TRUE(plain.p && refused.p && captured.p);
+  for (int step = 0; step < 3; ++step) {
+    const int training = step < 2;
+    ASSERT_EQ(sn_forward(plain, dW.p, o1.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_forward(refused, dW.p, o2.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_TRUE(same_state(get_state(plain), get_state(refused))) << "step " << step;
+    EXPECT_TRUE(bitwise_equal(o1.download(), o2.download())) << "step " << step;
+  }
+  EXPECT_EQ(refused.p->plan.onchip.cluster, 0) << "dropped for good";
+  std::vector<std::string> names = captured_kernels([&](cudaStream_t s) { return sn_forward(refused, dW.p, o2.p, 1, s); });
+  EXPECT_FALSE(any_matches(names, kernel));
+  // Refused during a capture (the layer warmed up first, so that its forward is the on-chip one).
+  ASSERT_EQ(sn_layer_warmup(captured, dW.p, nullptr), SN_SUCCESS);
+  const CaptureOutcome c = capture_outcome([&](cudaStream_t s) { return sn_forward(captured, dW.p, o2.p, 1, s); });
+  EXPECT_EQ(c.status, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
+  EXPECT_NE(c.message.find("capture"), std::string::npos) << c.message;
+  names = captured_kernels([&](cudaStream_t q) { return sn_forward(captured, dW.p, o2.p, 1, q); });
+  EXPECT_FALSE(names.empty());
+  EXPECT_FALSE(any_matches(names, kernel));
+}
+
 // Under op_onchip=1, layers it does not take keep their kernels: the v-first order, a layer that
 // asks for two passes, a view with A > 1 (dim 1), w > 4096. And a refused on-chip launch
 // (onchip_refuse=1: clusters of 16, not allowed; assumed refused with cudaErrorInvalidClusterSize)
@@ -1203,74 +1263,33 @@ TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
   const std::string base = tune_prefix();
-  {
-    ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=1").c_str());
-    sn_layer_desc_t vfirst = make_desc({64, 100}, SN_BACKEND_CUDA);
-    vfirst.order = SN_ORDER_V_FIRST;
-    sn_layer_desc_t two_pass = make_desc({64, 100}, SN_BACKEND_CUDA);
-    two_pass.algo = SN_ALGO_TWO_PASS;
-    for (const sn_layer_desc_t &d : {vfirst, two_pass, make_desc({40, 24, 5}, SN_BACKEND_CUDA, 1),
-                                     make_desc({8, 5000}, SN_BACKEND_CUDA)}) {
-      LayerPtr l(d);
-      ASSERT_TRUE(l.p);
-      int64_t h = 0, w = 0;
-      ASSERT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
-      SCOPED_TRACE(std::to_string(h) + " x " + std::to_string(w));
-      DevBuf dW(static_cast<size_t>(h * w)), o(static_cast<size_t>(h * w));
-      dW.upload(rng.normals(h * w));
-      ASSERT_EQ(sn_layer_warmup(l, dW.p, nullptr), SN_SUCCESS) << sn_last_error_message();
-      const std::vector<std::string> names =
-          captured_kernels([&](cudaStream_t s) { return sn_forward(l, dW.p, o.p, 1, s); });
-      EXPECT_FALSE(names.empty());
-      EXPECT_FALSE(any_matches(names, "group_on_chip_kernel"));
-    }
-  }
+  expect_not_on_chip(rng, base + "op_onchip=1", make_desc({8, 5000}, SN_BACKEND_CUDA), "group_on_chip_kernel");
   if (!sn_cuda_clusters_usable()) GTEST_SKIP() << "no thread-block clusters here: no launch to refuse";
   const int64_t h = 128, w = 1152;
-  const std::vector<float> M = gapped_matrix(rng, h, w);
-  DevBuf dW(static_cast<size_t>(h * w)), o1(static_cast<size_t>(h * w)), o2(static_cast<size_t>(h * w));
-  dW.upload(M);
   sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
   d.seed = 7;
-  ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=0").c_str());
-  LayerPtr plain(d);
-  env.set((base + "op_onchip=1,onchip_refuse=1").c_str());
-  LayerPtr refused(d), captured(d), bw_first(d);
-  ASSERT_TRUE(plain.p && refused.p && captured.p && bw_first.p);
+  expect_refused_launch_falls_back(rng, d, base + "op_onchip=0", base + "op_onchip=1,onchip_refuse=1",
+                                   "group_on_chip_kernel");
   // A backward refused first (the first forward is the warm-up, which runs the usual kernels):
   // bit for bit the plain layer's backward.
-  {
-    env.set((base + "op_onchip=0").c_str());
-    LayerPtr reference(d);
-    DevBuf G(static_cast<size_t>(h * w)), g1(static_cast<size_t>(h * w)), g2(static_cast<size_t>(h * w));
-    G.upload(rng.normals(h * w));
-    ASSERT_EQ(sn_forward(reference, dW.p, o1.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-    ASSERT_EQ(sn_forward(bw_first, dW.p, o2.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-    ASSERT_EQ(sn_backward(reference, dW.p, G.p, g1.p, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
-    ASSERT_EQ(sn_backward(bw_first, dW.p, G.p, g2.p, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
-    EXPECT_TRUE(bitwise_equal(g1.download(), g2.download())) << "the refused backward's fallback";
-    const std::vector<std::string> bw =
-        captured_kernels([&](cudaStream_t s) { return sn_backward(bw_first, dW.p, G.p, g2.p, 0, nullptr, s); });
-    EXPECT_FALSE(bw.empty());
-    EXPECT_FALSE(any_matches(bw, "on_chip"));
-  }
-  for (int step = 0; step < 3; ++step) {
-    const int training = step < 2;
-    ASSERT_EQ(sn_forward(plain, dW.p, o1.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-    ASSERT_EQ(sn_forward(refused, dW.p, o2.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-    EXPECT_TRUE(same_state(get_state(plain), get_state(refused))) << "step " << step;
-    EXPECT_TRUE(bitwise_equal(o1.download(), o2.download())) << "step " << step;
-  }
-  std::vector<std::string> names = captured_kernels([&](cudaStream_t s) { return sn_forward(refused, dW.p, o2.p, 1, s); });
-  EXPECT_FALSE(any_matches(names, "group_on_chip_kernel"));
-  // Refused during a capture (the layer warmed up first, so that its forward is the on-chip one).
-  ASSERT_EQ(sn_layer_warmup(captured, dW.p, nullptr), SN_SUCCESS);
-  const CaptureOutcome c = capture_outcome([&](cudaStream_t s) { return sn_forward(captured, dW.p, o2.p, 1, s); });
-  EXPECT_EQ(c.status, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
-  EXPECT_NE(c.message.find("capture"), std::string::npos) << c.message;
-  names = captured_kernels([&](cudaStream_t q) { return sn_forward(captured, dW.p, o2.p, 1, q); });
-  EXPECT_FALSE(names.empty());
-  EXPECT_FALSE(any_matches(names, "group_on_chip_kernel"));
+  DevBuf dW(static_cast<size_t>(h * w)), o1(static_cast<size_t>(h * w)), o2(static_cast<size_t>(h * w));
+  dW.upload(gapped_matrix(rng, h, w));
+  ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=1,onchip_refuse=1").c_str());
+  LayerPtr bw_first(d);
+  env.set((base + "op_onchip=0").c_str());
+  LayerPtr reference(d);
+  ASSERT_TRUE(bw_first.p && reference.p);
+  DevBuf G(static_cast<size_t>(h * w)), g1(static_cast<size_t>(h * w)), g2(static_cast<size_t>(h * w));
+  G.upload(rng.normals(h * w));
+  ASSERT_EQ(sn_forward(reference, dW.p, o1.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_forward(bw_first, dW.p, o2.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_backward(reference, dW.p, G.p, g1.p, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_backward(bw_first, dW.p, G.p, g2.p, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_TRUE(bitwise_equal(g1.download(), g2.download())) << "the refused backward's fallback";
+  const std::vector<std::string> bw =
+      captured_kernels([&](cudaStream_t s) { return sn_backward(bw_first, dW.p, G.p, g2.p, 0, nullptr, s); });
+  EXPECT_FALSE(bw.empty());
+  EXPECT_FALSE(any_matches(bw, "on_chip"));
 }
 
 // The shared-memory layout of the layer on chip over a grid (cuda/on_chip_grid.cu), no device
@@ -1406,29 +1425,7 @@ TEST(Gpu, OnChipGridLayerLeavesOthersAndFallsBack) {
   if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
   Rng rng(fresh_seed());
   const std::string base = tune_prefix();
-  {
-    ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=0,op_onchip_grid=1").c_str());
-    sn_layer_desc_t vfirst = make_desc({64, 100}, SN_BACKEND_CUDA);
-    vfirst.order = SN_ORDER_V_FIRST;
-    sn_layer_desc_t two_pass = make_desc({64, 100}, SN_BACKEND_CUDA);
-    two_pass.algo = SN_ALGO_TWO_PASS;
-    for (const sn_layer_desc_t &d : {vfirst, two_pass, make_desc({40, 24, 5}, SN_BACKEND_CUDA, 1),
-                                     make_desc({300}, SN_BACKEND_CUDA)}) {
-      LayerPtr l(d);
-      ASSERT_TRUE(l.p);
-      EXPECT_EQ(l.p->plan.onchip.grid, 0);
-      int64_t h = 0, w = 0;
-      ASSERT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
-      SCOPED_TRACE(std::to_string(h) + " x " + std::to_string(w));
-      DevBuf dW(static_cast<size_t>(h * w)), o(static_cast<size_t>(h * w));
-      dW.upload(rng.normals(h * w));
-      ASSERT_EQ(sn_layer_warmup(l, dW.p, nullptr), SN_SUCCESS) << sn_last_error_message();
-      const std::vector<std::string> names =
-          captured_kernels([&](cudaStream_t s) { return sn_forward(l, dW.p, o.p, 1, s); });
-      EXPECT_FALSE(names.empty());
-      EXPECT_FALSE(any_matches(names, "on_chip_grid_kernel"));
-    }
-  }
+  expect_not_on_chip(rng, base + "op_onchip=0,op_onchip_grid=1", make_desc({300}, SN_BACKEND_CUDA), "on_chip_grid_kernel");
   if (sn_cuda_clusters_usable()) {
     ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=1,op_onchip_grid=1").c_str());
     LayerPtr l(make_desc({64, 100}, SN_BACKEND_CUDA));
@@ -1436,36 +1433,16 @@ TEST(Gpu, OnChipGridLayerLeavesOthersAndFallsBack) {
     EXPECT_GT(l.p->plan.onchip.cluster, 0);
     EXPECT_EQ(l.p->plan.onchip.grid, 0) << "the cluster path first";
   }
-  const int64_t h = 128, w = 1152;
-  const std::vector<float> M = gapped_matrix(rng, h, w);
-  DevBuf dW(static_cast<size_t>(h * w)), o1(static_cast<size_t>(h * w)), o2(static_cast<size_t>(h * w));
-  dW.upload(M);
-  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
+  sn_layer_desc_t d = make_desc({128, 1152}, SN_BACKEND_CUDA);
   d.seed = 7;
-  ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=0").c_str());
-  LayerPtr plain(d);
-  env.set((base + "op_onchip=0,op_onchip_grid=1,onchip_refuse=1").c_str());
-  LayerPtr refused(d), captured(d);
-  ASSERT_TRUE(plain.p && refused.p && captured.p);
-  ASSERT_GT(refused.p->plan.onchip.grid, 0);
-  for (int step = 0; step < 3; ++step) {
-    const int training = step < 2;
-    ASSERT_EQ(sn_forward(plain, dW.p, o1.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-    ASSERT_EQ(sn_forward(refused, dW.p, o2.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-    EXPECT_TRUE(same_state(get_state(plain), get_state(refused))) << "step " << step;
-    EXPECT_TRUE(bitwise_equal(o1.download(), o2.download())) << "step " << step;
+  {
+    ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=0,op_onchip_grid=1,onchip_refuse=1").c_str());
+    LayerPtr l(d);
+    ASSERT_TRUE(l.p);
+    ASSERT_GT(l.p->plan.onchip.grid, 0) << "a layer of 590 KB fits any device's grid";
   }
-  EXPECT_EQ(refused.p->plan.onchip.cluster, 0) << "dropped for good";
-  std::vector<std::string> names = captured_kernels([&](cudaStream_t s) { return sn_forward(refused, dW.p, o2.p, 1, s); });
-  EXPECT_FALSE(any_matches(names, "on_chip_grid_kernel"));
-  // Refused during a capture (the layer warmed up first, so that its forward is the grid one).
-  ASSERT_EQ(sn_layer_warmup(captured, dW.p, nullptr), SN_SUCCESS);
-  const CaptureOutcome c = capture_outcome([&](cudaStream_t s) { return sn_forward(captured, dW.p, o2.p, 1, s); });
-  EXPECT_EQ(c.status, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
-  EXPECT_NE(c.message.find("capture"), std::string::npos) << c.message;
-  names = captured_kernels([&](cudaStream_t q) { return sn_forward(captured, dW.p, o2.p, 1, q); });
-  EXPECT_FALSE(names.empty());
-  EXPECT_FALSE(any_matches(names, "on_chip_grid_kernel"));
+  expect_refused_launch_falls_back(rng, d, base + "op_onchip=0", base + "op_onchip=0,op_onchip_grid=1,onchip_refuse=1",
+                                   "on_chip_grid_kernel");
 }
 
 // Without SPECNORM_TUNE's op_onchip, on a device with clusters, a small warmed-up layer's training
