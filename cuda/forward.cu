@@ -128,11 +128,11 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   onchip_refuse=1 the on-chip launches (op_onchip, group_onchip) with clusters of 16 blocks,
 //                   which the device refuses (tests: the fallbacks, host/layer.c and group.c);
 //                   op_onchip_grid's with 1024 times too many blocks, refused too
-//   op_onchip_grid=0|1  a u-first layer with contiguous rows that the cluster path above does not
-//                   take and whose rows fit the shared memory of one block per SM runs its
-//                   warmed-up training forwards as one cooperative launch that holds it there
-//                   (1; cuda/on_chip_grid.cu), or not (0, the default: built without a GPU, not
-//                   yet measured)
+//   op_onchip_grid=0|1|2  a u-first layer with contiguous rows that the cluster path above does
+//                   not take and whose rows fit the shared memory of one block per SM runs its
+//                   warmed-up training forwards (1), and its eval forwards too (2), as one
+//                   cooperative launch that holds it there (cuda/on_chip_grid.cu), or not (0, the
+//                   default: built without a GPU, not yet measured)
 // Unknown keys and bad values are ignored. (Four knobs that lost or made no difference on an H100 at
 // 6626f15 were removed: bench/NOTES.md.)
 struct Tune {
@@ -162,6 +162,7 @@ struct Tune {
   int onchip_refuse = 0;         // 1: the on-chip launches with clusters of 16 blocks, refused (tests)
   int onchip_threads = 0;        // 0: by size; 256 or 512: the on-chip forward's threads per block
   int op_onchip_grid = 0;        // 1: a layer the cluster path does not take, on chip over the grid
+                                 // (training forwards); 2: also its eval forwards
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
                        // blocks of every step)
 };
@@ -188,7 +189,7 @@ Tune read_tune() {
       {"group_onchip_cluster=", &t.group_onchip_cluster, 1, 8, true},
       {"onchip_refuse=", &t.onchip_refuse, 0, 1, false},
       {"onchip_threads=", &t.onchip_threads, 256, 512, true},
-      {"op_onchip_grid=", &t.op_onchip_grid, 0, 1, false},
+      {"op_onchip_grid=", &t.op_onchip_grid, 0, 2, false},
   };
   const char *s = std::getenv("SPECNORM_TUNE");
   while (s && *s) {
@@ -408,9 +409,10 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     if (tune.op_onchip == 1) sn_cuda_on_chip_allow_backward(&plan->onchip);  // only op_onchip=1 (above)
   }
   // A layer the cluster path does not take, on chip over the whole grid where it fits there
-  // (SPECNORM_TUNE=op_onchip_grid=1; its training forwards).
-  if (order == SN_ORDER_U_FIRST && tune.op_onchip_grid == 1 && plan->onchip.cluster == 0)
-    sn_cuda_on_chip_grid_prepare(view, dtype, plan->sm_count, tune.onchip_refuse, &plan->onchip);
+  // (SPECNORM_TUNE=op_onchip_grid=1: its training forwards; 2: its eval forwards too).
+  if (order == SN_ORDER_U_FIRST && tune.op_onchip_grid > 0 && plan->onchip.cluster == 0)
+    sn_cuda_on_chip_grid_prepare(view, dtype, plan->sm_count, tune.op_onchip_grid == 2, tune.onchip_refuse,
+                                 &plan->onchip);
   const int64_t h = view.h, w = view.A * view.B;
   const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over
 
@@ -579,7 +581,7 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
     e.norm_bound = P.norm_bound;
     e.gamma = P.gamma;
     if (P.onchip.grid > 0)
-      SN_TRY(sn::launch_on_chip_grid(P, e, stream));
+      SN_TRY(sn::launch_on_chip_grid(P, e, a->training != 0, stream));
     else
       SN_TRY(sn::launch_on_chip(P.onchip, nullptr, &e, 1, P.pdl != 0, a->training != 0, stream));
     return 0;

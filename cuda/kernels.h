@@ -93,9 +93,9 @@ cudaError_t one_pass_prepare(const sn_cuda_plan_t &plan, int cluster, int pp_ask
 cudaError_t launch_on_chip(const sn_on_chip_t &oc, const sn_group_entry_t *entries,
                            const sn_group_entry_t *one, int count, bool pdl, bool training,
                            cudaStream_t stream);
-// A single layer's training forward with the layer spread over a cooperative grid, one launch
-// (cuda/on_chip_grid.cu; plan.onchip.grid > 0): the layer `e`, passed by value.
-cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry_t &e,
+// A single layer's forward (training, or the eval σ) with the layer spread over a cooperative
+// grid, one launch (cuda/on_chip_grid.cu; plan.onchip.grid > 0): the layer `e`, passed by value.
+cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry_t &e, bool training,
                                 cudaStream_t stream);
 // A single layer's backward with the layer on chip, one launch (plan.onchip.backward).
 cudaError_t launch_on_chip_backward(const sn_cuda_plan_t &plan, const sn_cuda_backward_args_t &a,

@@ -34,12 +34,16 @@
 // W_sn (~4-5 µs) would take ~15-18 µs. Prediction for the first GPU run: 2048² fp32 train 31 ->
 // 16-20 µs, bf16 25 -> 11-15 µs; 768 × 3072 fp32 26 -> 12-16 µs (bench/NOTES.md, session 20).
 //
+// The eval forward (op_onchip_grid=2): σ = uᵀ M v from the stored u and v, each block's
+// Σ_i u_i (M_i · v) over its rows, one grid barrier, their sum in block order, then the state word
+// and the division as above: W read once, where the two eval kernels read it twice.
+//
 // Where (sn_cuda_on_chip_grid_prepare, called from cuda/forward.cu): a u-first layer whose rows
 // are contiguous (A = 1) and that the cluster kernel does not take, with SPECNORM_TUNE=
-// op_onchip_grid=1, on a device with cooperative launches, when one block per multiprocessor
-// (at most h blocks) can hold its share: ⌈h / G⌉ rows, plus v, t and the row groups' partials,
+// op_onchip_grid=1 or 2, on a device with cooperative launches, when one block per multiprocessor
+// (at most h blocks) can hold its share: ⌈h / G⌉ rows, plus v, t, u and the row groups' partials,
 // within the device's shared memory per block. Its training forwards (with W_sn and scale only)
-// after the warm-up; the eval forward and the backward keep their kernels. A launch the device
+// after the warm-up, and with 2 its eval forwards; the backward keeps its kernels. A launch the device
 // refuses (fewer blocks can be resident than at creation: the GPU shared under MPS) drops the
 // layer to its usual kernels for good, as a refused cluster launch does (host/layer.c).
 #include <cooperative_groups.h>
@@ -55,6 +59,7 @@ constexpr int kGridThreads = 512;
 
 struct GridChipParams {
   sn_group_entry_t e;  // the layer (its W, W_sn, state, settings), as the cluster kernel's `one`
+  bool training;       // else the eval σ = uᵀ M v from the stored u and v (op_onchip_grid=2)
   float *part;         // G × w: the blocks' partial s
   float *tsq;          // G: the blocks' Σ t²
   float *sq;           // G: Σ s² over each block's slice of columns
@@ -63,10 +68,10 @@ struct GridChipParams {
 };
 
 // The shared memory of every block: the rows (at W's address mod 16: 16 + the largest share,
-// rounded up to 16 bytes), then floats: v (w4), t (rows4), the row groups' partials (one per
-// thread).
+// rounded up to 16 bytes), then floats: v (w4), t and u (rows4 each; u for the eval), the row
+// groups' partials (one per thread).
 size_t grid_smem(int w_bytes, int w4, int rows4) {
-  return (size_t)w_bytes + sizeof(float) * ((size_t)w4 + (size_t)rows4 + (size_t)kGridThreads);
+  return (size_t)w_bytes + sizeof(float) * ((size_t)w4 + 2 * (size_t)rows4 + (size_t)kGridThreads);
 }
 
 // Σ x[0..n) over the block in a fixed order (each thread every NT-th, then block_sum's tree); every
@@ -99,17 +104,20 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
   const T *Wg = static_cast<const T *>(e.W) + i0 * w;
   T *Ws = reinterpret_cast<T *>(sm + (reinterpret_cast<uintptr_t>(Wg) & 15));
   float *v_sm = reinterpret_cast<float *>(sm + p.w_bytes);
-  float *t_sm = v_sm + p.w4, *grp_sm = t_sm + p.rows4;
+  float *t_sm = v_sm + p.w4, *u_sm = t_sm + p.rows4, *grp_sm = u_sm + p.rows4;
+  const bool training = p.training;
 
-  // Load: W's rows and v, in flight together.
+  // Load: W's rows, v and, eval, u_i: in flight together.
   copy_in<NT>(Ws, Wg, n);
   for (int j = threadIdx.x; j < w; j += NT) __pipeline_memcpy_async(&v_sm[j], &e.v[j], 4);
+  if (!training)
+    for (int k = threadIdx.x; k < rows; k += NT) __pipeline_memcpy_async(&u_sm[k], &e.u[i0 + k], 4);
   __pipeline_commit();
   // The state as this forward found it: block 0 writes it only after the last grid barrier.
   const unsigned health = reinterpret_cast<const unsigned *>(e.sigma)[3];
   const float sig_old = e.sigma[0], gamma = e.gamma ? *e.gamma : 1.f;
   __pipeline_wait_prior(0);
-  if (health & SN_HEALTH_RESTART)  // restart from ones (the thread's own copies)
+  if (training && (health & SN_HEALTH_RESTART))  // restart from ones (the thread's own copies)
     for (int j = threadIdx.x; j < w; j += NT) v_sm[j] = 1.f;
   __syncthreads();
 
@@ -118,12 +126,17 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
   const int L = column_lanes(cw, NT), l = threadIdx.x & (L - 1), slot = threadIdx.x / L;
   const int groups = row_groups<NT>(w);
   float m_t = 1.f, m_s = 1.f, sig = 0.f;
-  for (int it = 0; it < e.n_iters; ++it) {
-    const float q = block_products<T, NT>(Ws, rows, w, v_sm, nullptr, t_sm, p.part + (int64_t)r * w,
-                                          grp_sm, true, groups);
+  const int iters = training ? e.n_iters : 1;
+  for (int it = 0; it < iters; ++it) {
+    const float q = block_products<T, NT>(Ws, rows, w, v_sm, u_sm, t_sm, p.part + (int64_t)r * w,
+                                          grp_sm, training, groups);
     if (threadIdx.x == 0) p.tsq[r] = q;
-    grid.sync();  // every block's partial s and Σ t² written
+    grid.sync();  // every block's partial s and Σ t² (eval: Σ u_i t_i) written
     if (it == 0) pdl_trigger();
+    if (!training) {  // σ = uᵀ M v, the blocks' sums in block order
+      sig = grid_sum_of<NT>(p.tsq, G);
+      break;
+    }
     m_t = norm_divisor(grid_sum_of<NT>(p.tsq, G), e.eps);
     const float rt = 1.f / m_t;
     // The slice's columns, NT / L at a time: column c by L lanes of one warp, lane l adding
@@ -150,7 +163,7 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
     const float ssq = grid_sum_of<NT>(p.sq, G);
     m_s = norm_divisor(ssq, e.eps);
     sig = ssq / m_s;
-    if (it + 1 < e.n_iters) {  // the next iteration's v = s / m_s (every block reads all of s)
+    if (it + 1 < iters) {  // the next iteration's v = s / m_s (every block reads all of s)
       const float rs = 1.f / m_s;
       for (int j = threadIdx.x; j < w; j += NT) v_sm[j] = __ldcg(&p.s[j]) * rs;
       __syncthreads();
@@ -158,11 +171,11 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
   }
 
   const CommitScale cs = commit_scale_of(sig, sig_old, e.norm_bound, gamma);
-  if (cs.good) {
+  if (training && cs.good) {
     for (int k = threadIdx.x; k < rows; k += NT) e.u[i0 + k] = t_sm[k] / m_t;
     for (int j = j0 + threadIdx.x; j < j0 + cw; j += NT) e.v[j] = __ldcg(&p.s[j]) / m_s;
   }
-  if (r == 0 && threadIdx.x == 0) commit_state_word_of(e.sigma, cs, true, health);
+  if (r == 0 && threadIdx.x == 0) commit_state_word_of(e.sigma, cs, training, health);
   if (e.W_sn) divide_out<NT>(static_cast<T *>(e.W_sn) + i0 * w, Ws, Wg, n, cs);
 }
 
@@ -181,13 +194,14 @@ __global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_kernel(GridChipP
 
 }  // namespace
 
-cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry_t &e,
+cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry_t &e, bool training,
                                 cudaStream_t stream) {
   const sn_on_chip_t &oc = plan.onchip;
   const int G = oc.grid;
   const int64_t w = plan.view.A * plan.view.B;
   GridChipParams p{};
   p.e = e;
+  p.training = training;
   p.part = plan.ocg_part;
   p.tsq = plan.ocg_part + (int64_t)G * w;
   p.sq = p.tsq + G;
@@ -220,7 +234,7 @@ extern "C" size_t sn_cuda_on_chip_grid_smem(int64_t h, int64_t w, sn_dtype_t dty
   return sn::grid_smem(*w_bytes, *w4, *rows4);
 }
 
-extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, int sm_count,
+extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, int sm_count, int eval,
                                              int refuse, sn_on_chip_t *oc) {
   *oc = sn_on_chip_t{};
   if (view.A != 1 || sm_count < 1) return;
@@ -247,7 +261,7 @@ extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, i
   oc->cluster = 1;
   oc->grid = G;
   oc->threads = sn::kGridThreads;
-  oc->modes = SN_ON_CHIP_TRAIN | SN_ON_CHIP_SCALE;
+  oc->modes = SN_ON_CHIP_TRAIN | SN_ON_CHIP_SCALE | (eval ? SN_ON_CHIP_EVAL : 0);
   oc->w_bytes = w_bytes;
   oc->w4 = w4;
   oc->rows4 = rows4;

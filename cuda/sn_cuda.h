@@ -358,10 +358,10 @@ void sn_cuda_on_chip_allow_backward(sn_on_chip_t *oc);
  * kernels can run instead. */
 int sn_cuda_on_chip_refused(int e);
 /* A single u-first layer with rows contiguous (view.A = 1) spread over one block per SM (at most
- * view.h blocks) of a cooperative launch (cuda/on_chip_grid.cu): fills *oc (oc->grid > 0) where the
- * device has cooperative launches and each block's share fits its shared memory, else zeroes it.
- * refuse: tests (oc->refuse). */
-void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, int sm_count, int refuse,
+ * view.h blocks) of a cooperative launch (cuda/on_chip_grid.cu): fills *oc (oc->grid > 0; its
+ * training forwards, and with eval its eval forwards too) where the device has cooperative launches
+ * and each block's share fits its shared memory, else zeroes it. refuse: tests (oc->refuse). */
+void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, int sm_count, int eval, int refuse,
                                   sn_on_chip_t *oc);
 /* The dynamic shared memory per block of that launch for an h × w layer of `dtype` over `blocks`
  * blocks, with its layout in *w_bytes, *w4, *rows4 (no device needed); 0 where it cannot be (no

@@ -1294,14 +1294,14 @@ TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
 
 // The shared-memory layout of the layer on chip over a grid (cuda/on_chip_grid.cu), no device
 // needed: each of G blocks holds at most ⌈h / G⌉ rows (the split h·r/G .. h·(r+1)/G gives no block
-// more), placed at W's address mod 16 (16 bytes more, rounded up to 16), then v, t and a float per
-// thread of 512; no layout without rows, without blocks, with more blocks than rows, or with a
+// more), placed at W's address mod 16 (16 bytes more, rounded up to 16), then v, t, u and a float
+// per thread of 512; no layout without rows, without blocks, with more blocks than rows, or with a
 // share beyond 16 MB.
 TEST(OnChipGrid, SharedMemoryLayout) {
   int wb = 0, w4 = 0, r4 = 0;
   // 2048² fp32 over 132 blocks (an H100, an H200): 16 rows of 8 KB.
   EXPECT_EQ(sn_cuda_on_chip_grid_smem(2048, 2048, SN_DTYPE_FLOAT32, 132, &wb, &w4, &r4),
-            size_t(131088 + 4 * (2048 + 16 + 512)));
+            size_t(131088 + 4 * (2048 + 2 * 16 + 512)));
   EXPECT_EQ(wb, 131088);
   EXPECT_EQ(w4, 2048);
   EXPECT_EQ(r4, 16);
@@ -1309,11 +1309,11 @@ TEST(OnChipGrid, SharedMemoryLayout) {
   EXPECT_GT(sn_cuda_on_chip_grid_smem(4096, 4096, SN_DTYPE_BFLOAT16, 132, &wb, &w4, &r4), size_t(227 * 1024));
   EXPECT_EQ(wb, 262160);
   // 1000 × 1 over 132 blocks: 8 rows of 4 bytes; 7 × 13 fp16 over 7 blocks: a row of 26 bytes.
-  EXPECT_EQ(sn_cuda_on_chip_grid_smem(1000, 1, SN_DTYPE_FLOAT32, 132, &wb, &w4, &r4), size_t(48 + 4 * (4 + 8 + 512)));
+  EXPECT_EQ(sn_cuda_on_chip_grid_smem(1000, 1, SN_DTYPE_FLOAT32, 132, &wb, &w4, &r4), size_t(48 + 4 * (4 + 2 * 8 + 512)));
   EXPECT_EQ(wb, 48);
   EXPECT_EQ(w4, 4);
   EXPECT_EQ(r4, 8);
-  EXPECT_EQ(sn_cuda_on_chip_grid_smem(7, 13, SN_DTYPE_FLOAT16, 7, &wb, &w4, &r4), size_t(48 + 4 * (16 + 4 + 512)));
+  EXPECT_EQ(sn_cuda_on_chip_grid_smem(7, 13, SN_DTYPE_FLOAT16, 7, &wb, &w4, &r4), size_t(48 + 4 * (16 + 2 * 4 + 512)));
   EXPECT_EQ(r4, 4);
   for (const auto &bad : {std::vector<int64_t>{0, 5, 1}, std::vector<int64_t>{5, 0, 1}, std::vector<int64_t>{5, 5, 0},
                           std::vector<int64_t>{5, 5, 6}, std::vector<int64_t>{1 << 20, 1 << 20, 132}}) {
@@ -1339,16 +1339,14 @@ TEST(OnChipGrid, SharedMemoryLayout) {
     }
 }
 
-// A layer on chip over the grid (SPECNORM_TUNE=op_onchip_grid=1; op_onchip=0 keeps the small ones
-// off the cluster path) against the CPU backend step by step on odd shapes: h below, at and above
-// the multiprocessor count, w = 1, rows narrower than 32, widths not multiples of 4 or 32, W off
-// 16-byte alignment, 1-3 iterations; a training forward and a scale-only one are one launch of its
-// kernel, an eval forward is not; bitwise reproducible, in place too.
-TEST(Gpu, OnChipGridLayerMatchesTheCpuBackend) {
-  REQUIRE_GPU();
-  if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
+// A layer on chip over the grid (SPECNORM_TUNE=op_onchip_grid=knob; op_onchip=0 keeps the small
+// ones off the cluster path) against the CPU backend step by step on odd shapes: h below, at and
+// above the multiprocessor count, w = 1, rows narrower than 32, widths not multiples of 4 or 32, W
+// off 16-byte alignment, 1-3 iterations; a training forward and a scale-only one are one launch of
+// its kernel, an eval forward too with knob 2 (not with 1); bitwise reproducible, in place too.
+static void expect_on_chip_grid_layers_match_cpu(int knob) {
   SN_SEEDED_RNG();
-  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_onchip_grid=1").c_str());
+  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_onchip_grid=" + std::to_string(knob)).c_str());
   const Case cases[] = {Case{{1, 1}, 0, SN_ORDER_U_FIRST, 1},       Case{{1, 1000}, 0, SN_ORDER_U_FIRST, 1},
                         Case{{1000, 1}, 0, SN_ORDER_U_FIRST, 1},    Case{{7, 13}, 0, SN_ORDER_U_FIRST, 1},
                         Case{{257, 1023}, 0, SN_ORDER_U_FIRST, 2},  Case{{128, 128, 3, 3}, 0, SN_ORDER_U_FIRST, 1},
@@ -1395,7 +1393,12 @@ TEST(Gpu, OnChipGridLayerMatchesTheCpuBackend) {
     EXPECT_TRUE(any_matches(kt, "on_chip_grid_kernel")) << ::testing::PrintToString(kt);
     EXPECT_EQ(ks.size(), 1u);
     EXPECT_TRUE(any_matches(ks, "on_chip_grid_kernel")) << ::testing::PrintToString(ks);
-    EXPECT_FALSE(any_matches(ke, "on_chip")) << ::testing::PrintToString(ke);
+    if (knob == 2) {
+      EXPECT_EQ(ke.size(), 1u);
+      EXPECT_TRUE(any_matches(ke, "on_chip_grid_kernel")) << ::testing::PrintToString(ke);
+    } else {
+      EXPECT_FALSE(any_matches(ke, "on_chip")) << ::testing::PrintToString(ke);
+    }
     for (int step = 0; step < 3; ++step) {
       const int training = step < 2;
       ASSERT_EQ(sn_forward(a, dW.p, o1.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
@@ -1412,6 +1415,19 @@ TEST(Gpu, OnChipGridLayerMatchesTheCpuBackend) {
     EXPECT_FALSE(bitwise_equal(dW.download(), w0));
   }
   EXPECT_GT(ran, 0);
+}
+
+TEST(Gpu, OnChipGridLayerMatchesTheCpuBackend) {
+  REQUIRE_GPU();
+  if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
+  expect_on_chip_grid_layers_match_cpu(1);
+}
+
+// With op_onchip_grid=2 the eval forward on the grid too (σ = uᵀ M v in one launch).
+TEST(Gpu, OnChipGridLayerWithEvalMatchesTheCpuBackend) {
+  REQUIRE_GPU();
+  if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
+  expect_on_chip_grid_layers_match_cpu(2);
 }
 
 // Under op_onchip_grid=1, layers it does not take keep their kernels: the v-first order, a layer

@@ -49,19 +49,19 @@ class Health : public ::testing::TestWithParam<std::tuple<sn_backend_t, sn_algo_
  protected:
   void SetUp() override {
     if (std::get<0>(GetParam()) == SN_BACKEND_CUDA) REQUIRE_GPU();
-    if (std::strstr(std::get<2>(GetParam()), "op_onchip_grid=1") && !cooperative_launch_here())
+    if (std::strstr(std::get<2>(GetParam()), "op_onchip_grid=") && !cooperative_launch_here())
       GTEST_SKIP() << "no cooperative launch on this device: no layer on chip over the grid";
     if (*std::get<2>(GetParam()))
       tune_ = std::make_unique<ScopedEnv>("SPECNORM_TUNE", (tune_prefix() + std::get<2>(GetParam())).c_str());
   }
   std::unique_ptr<ScopedEnv> tune_;
-  // Under op_onchip=1 (op_onchip_grid=1), that a warmed-up training forward of l is the on-chip
+  // Under op_onchip=1 (op_onchip_grid=2), that a warmed-up training forward of l is the on-chip
   // kernel of a cluster (of the grid) (a layer this small fits any device), so that these cases
   // test it and not a copy of the default.
   void expect_on_chip_if_tuned(sn_layer_t *l, const void *W, void *out) {
     const char *tune = std::get<2>(GetParam());
     const char *kernel = std::strstr(tune, "op_onchip=1")        ? "group_on_chip_kernel"
-                         : std::strstr(tune, "op_onchip_grid=1") ? "on_chip_grid_kernel"
+                         : std::strstr(tune, "op_onchip_grid=2") ? "on_chip_grid_kernel"
                                                                  : nullptr;
     if (!kernel) return;
     const std::vector<std::string> names =
@@ -279,13 +279,13 @@ INSTANTIATE_TEST_SUITE_P(Backends, Health,
                                            std::make_tuple(SN_BACKEND_CUDA, SN_ALGO_ONE_PASS, "op_onchip=0"),
                                            // every warmed-up forward one launch, the layer on chip
                                            std::make_tuple(SN_BACKEND_CUDA, SN_ALGO_DEFAULT, "op_onchip=1"),
-                                           // the warmed-up training forwards one launch, the layer
-                                           // spread over a cooperative grid
+                                           // every warmed-up forward one launch, the layer spread
+                                           // over a cooperative grid
                                            std::make_tuple(SN_BACKEND_CUDA, SN_ALGO_DEFAULT,
-                                                           "op_onchip=0,op_onchip_grid=1")),
+                                                           "op_onchip=0,op_onchip_grid=2")),
                          [](const auto &info) {
                            if (std::strstr(std::get<2>(info.param), "op_onchip=1")) return std::string("cuda_on_chip");
-                           if (std::strstr(std::get<2>(info.param), "op_onchip_grid=1"))
+                           if (std::strstr(std::get<2>(info.param), "op_onchip_grid=2"))
                              return std::string("cuda_on_chip_grid");
                            return std::string(std::get<0>(info.param) == SN_BACKEND_CPU ? "cpu" : "cuda") +
                                   (std::get<1>(info.param) == SN_ALGO_ONE_PASS ? "_one_pass" : "_two_pass");

@@ -552,13 +552,13 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
   expect_on_chip_options_match_cpu("op_onchip=1", "group_on_chip_kernel", true, false);
 }
 
-// The layer spread over a cooperative grid (SPECNORM_TUNE=op_onchip_grid=1, cuda/on_chip_grid.cu;
-// op_onchip=0 keeps these small layers off the cluster path): its training forwards on chip, the
-// backward with the usual two kernels.
+// The layer spread over a cooperative grid (SPECNORM_TUNE=op_onchip_grid=2, cuda/on_chip_grid.cu;
+// op_onchip=0 keeps these small layers off the cluster path): its forwards on chip, the backward
+// with the usual two kernels.
 TEST(GpuTraining, OnChipGridLayerOptionsMatchTheCpuBackend) {
   REQUIRE_GPU();
   if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
-  expect_on_chip_options_match_cpu("op_onchip=0,op_onchip_grid=1", "on_chip_grid_kernel", false, true);
+  expect_on_chip_options_match_cpu("op_onchip=0,op_onchip_grid=2", "on_chip_grid_kernel", false, true);
 }
 
 // The backward's apply kernel by rows of 16-byte packs: two layers with the same state write the
