@@ -1,5 +1,5 @@
-// The training forward of one layer held on chip across the whole device (SPECNORM_TUNE=
-// op_onchip_grid=1; built on 2026-11-27 without a GPU, not yet run on one, off by default): the
+// The forwards of one layer held on chip across the whole device (SPECNORM_TUNE=op_onchip_grid=1:
+// training; 2: eval too; built on 2026-11-27 without a GPU, not yet run on one, off by default): the
 // layer's rows are spread over a cooperative grid of one block per multiprocessor, each block
 // copies its rows of W into its shared memory once, and the whole forward (every power iteration,
 // the commit of u, v and σ, and the division) is one launch: W is read from global memory once and
@@ -15,12 +15,12 @@
 //   t, s   t_i = M_i · v for its rows and its partial s_j = Σ_i t_i M_ij over them (block_products,
 //          the cluster kernel's code), the partial to global memory (part[r]) and its Σ t_i² (tsq[r]);
 //   grid barrier;
-//   reduce m_t = max(‖t‖, eps) from tsq in block order (the same bits in every block); its slice of
-//          columns j0 = w·r/G to j1 = w·(r+1)/G: s_j = (Σ_k part[k]_j in a fixed order) / m_t into
-//          s, and the slice's Σ s_j² (sq[r]);
+//   reduce m_t = max(‖t‖, eps) from tsq in a fixed order (grid_sum_of: the same bits in every
+//          block); its slice of columns j0 = w·r/G to j1 = w·(r+1)/G: s_j = (Σ_k part[k]_j in a
+//          fixed order) / m_t into s, and the slice's Σ s_j² (sq[r]);
 //   grid barrier;
-//   σ      m_s = max(‖s‖, eps) and σ = ‖s‖² / m_s from sq in block order (the same bits in every
-//          block); another iteration reads v = s / m_s back from global memory.
+//   σ      m_s = max(‖s‖, eps) and σ = ‖s‖² / m_s from sq in a fixed order (the same bits in
+//          every block); another iteration reads v = s / m_s back from global memory.
 // Then the commit as the cluster kernel: u_i = t_i / m_t for its rows, v_j = s_j / m_s for its
 // slice, the state word (block 0), and W_sn = (W / d) · γ from shared memory (in place is safe: a
 // block writes only the rows it alone read). The arithmetic is that of the three kernels in
@@ -35,7 +35,7 @@
 // 16-20 µs, bf16 25 -> 11-15 µs; 768 × 3072 fp32 26 -> 12-16 µs (bench/NOTES.md, session 20).
 //
 // The eval forward (op_onchip_grid=2): σ = uᵀ M v from the stored u and v, each block's
-// Σ_i u_i (M_i · v) over its rows, one grid barrier, their sum in block order, then the state word
+// Σ_i u_i (M_i · v) over its rows, one grid barrier, their sum in a fixed order, then the state word
 // and the division as above: W read once, where the two eval kernels read it twice.
 //
 // Where (sn_cuda_on_chip_grid_prepare, called from cuda/forward.cu): a u-first layer whose rows
@@ -133,7 +133,7 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
     if (threadIdx.x == 0) p.tsq[r] = q;
     grid.sync();  // every block's partial s and Σ t² (eval: Σ u_i t_i) written
     if (it == 0) pdl_trigger();
-    if (!training) {  // σ = uᵀ M v, the blocks' sums in block order
+    if (!training) {  // σ = uᵀ M v, the blocks' sums in a fixed order
       sig = grid_sum_of<NT>(p.tsq, G);
       break;
     }

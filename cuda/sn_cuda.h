@@ -63,7 +63,7 @@ typedef struct {
                              sn_group_forward fall back); with grid, that many times too many
                              blocks for a cooperative launch */
   int grid;               /* > 0: a single layer spread over a cooperative grid of this many blocks,
-                             one per SM (cuda/on_chip_grid.cu, SPECNORM_TUNE=op_onchip_grid=1);
+                             one per SM (cuda/on_chip_grid.cu, SPECNORM_TUNE=op_onchip_grid=1 or 2);
                              cluster is then 1, clusters 0 and backward 0 */
 } sn_on_chip_t;
 

@@ -1209,6 +1209,8 @@ static void expect_not_on_chip(Rng &rng, const std::string &tune, const sn_layer
     int64_t h = 0, w = 0;
     ASSERT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
     SCOPED_TRACE(std::to_string(h) + " x " + std::to_string(w));
+    EXPECT_EQ(l.p->plan.onchip.cluster, 0);
+    EXPECT_EQ(l.p->plan.onchip.grid, 0);
     DevBuf dW(static_cast<size_t>(h * w)), o(static_cast<size_t>(h * w));
     dW.upload(rng.normals(h * w));
     ASSERT_EQ(sn_layer_warmup(l, dW.p, nullptr), SN_SUCCESS) << sn_last_error_message();
@@ -1220,11 +1222,13 @@ static void expect_not_on_chip(Rng &rng, const std::string &tune, const sn_layer
 }
 
 // Layers of d created under `refuse_tune`, whose on-chip launch (`kernel`) the device refuses,
-// against a layer created under `plain_tune`: eager forwards fall back at once, bit for bit, and
-// for good; a forward refused during a capture returns SN_ERROR_CUDA saying to capture again, and
-// the next capture has the usual kernels.
+// against a layer created under `plain_tune`: eager forwards (the first the warm-up, then steps
+// training or eval as `training` says) fall back at once, bit for bit, and for good; a forward
+// refused during a capture returns SN_ERROR_CUDA saying to capture again, and the next capture has
+// the usual kernels.
 static void expect_refused_launch_falls_back(Rng &rng, const sn_layer_desc_t &d, const std::string &plain_tune,
-                                             const std::string &refuse_tune, const std::string &kernel) {
+                                             const std::string &refuse_tune, const std::string &kernel,
+                                             std::vector<int> training = {1, 1, 0}) {
   const int64_t h = d.shape[0], w = d.shape[1];
   DevBuf dW(static_cast<size_t>(h * w)), o1(static_cast<size_t>(h * w)), o2(static_cast<size_t>(h * w));
   dW.upload(gapped_matrix(rng, h, w));
@@ -1233,10 +1237,11 @@ static void expect_refused_launch_falls_back(Rng &rng, const sn_layer_desc_t &d,
   env.set(refuse_tune.c_str());
   LayerPtr refused(d), captured(d);
   ASSERT_TRUE(plain.p && refused.p && captured.p);
-  for (int step = 0; step < 3; ++step) {
-    const int training = step < 2;
-    ASSERT_EQ(sn_forward(plain, dW.p, o1.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-    ASSERT_EQ(sn_forward(refused, dW.p, o2.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_GT(refused.p->plan.onchip.cluster, 0) << "the layer is on chip";
+  ASSERT_TRUE(refused.p->plan.onchip.refuse);
+  for (size_t step = 0; step < training.size(); ++step) {
+    ASSERT_EQ(sn_forward(plain, dW.p, o1.p, training[step], nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_forward(refused, dW.p, o2.p, training[step], nullptr), SN_SUCCESS) << sn_last_error_message();
     EXPECT_TRUE(same_state(get_state(plain), get_state(refused))) << "step " << step;
     EXPECT_TRUE(bitwise_equal(o1.download(), o2.download())) << "step " << step;
   }
@@ -1263,13 +1268,14 @@ TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
   REQUIRE_GPU();
   Rng rng(fresh_seed());
   const std::string base = tune_prefix();
-  expect_not_on_chip(rng, base + "op_onchip=1", make_desc({8, 5000}, SN_BACKEND_CUDA), "group_on_chip_kernel");
+  ASSERT_NO_FATAL_FAILURE(
+      expect_not_on_chip(rng, base + "op_onchip=1", make_desc({8, 5000}, SN_BACKEND_CUDA), "group_on_chip_kernel"));
   if (!sn_cuda_clusters_usable()) GTEST_SKIP() << "no thread-block clusters here: no launch to refuse";
   const int64_t h = 128, w = 1152;
   sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
   d.seed = 7;
-  expect_refused_launch_falls_back(rng, d, base + "op_onchip=0", base + "op_onchip=1,onchip_refuse=1",
-                                   "group_on_chip_kernel");
+  ASSERT_NO_FATAL_FAILURE(expect_refused_launch_falls_back(rng, d, base + "op_onchip=0",
+                                                           base + "op_onchip=1,onchip_refuse=1", "group_on_chip_kernel"));
   // A backward refused first (the first forward is the warm-up, which runs the usual kernels):
   // bit for bit the plain layer's backward.
   DevBuf dW(static_cast<size_t>(h * w)), o1(static_cast<size_t>(h * w)), o2(static_cast<size_t>(h * w));
@@ -1441,7 +1447,8 @@ TEST(Gpu, OnChipGridLayerLeavesOthersAndFallsBack) {
   if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
   Rng rng(fresh_seed());
   const std::string base = tune_prefix();
-  expect_not_on_chip(rng, base + "op_onchip=0,op_onchip_grid=1", make_desc({300}, SN_BACKEND_CUDA), "on_chip_grid_kernel");
+  ASSERT_NO_FATAL_FAILURE(expect_not_on_chip(rng, base + "op_onchip=0,op_onchip_grid=1", make_desc({300}, SN_BACKEND_CUDA),
+                                             "on_chip_grid_kernel"));
   if (sn_cuda_clusters_usable()) {
     ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=1,op_onchip_grid=1").c_str());
     LayerPtr l(make_desc({64, 100}, SN_BACKEND_CUDA));
@@ -1449,16 +1456,14 @@ TEST(Gpu, OnChipGridLayerLeavesOthersAndFallsBack) {
     EXPECT_GT(l.p->plan.onchip.cluster, 0);
     EXPECT_EQ(l.p->plan.onchip.grid, 0) << "the cluster path first";
   }
-  sn_layer_desc_t d = make_desc({128, 1152}, SN_BACKEND_CUDA);
+  sn_layer_desc_t d = make_desc({128, 1152}, SN_BACKEND_CUDA);  // 590 KB: fits any device's grid
   d.seed = 7;
-  {
-    ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=0,op_onchip_grid=1,onchip_refuse=1").c_str());
-    LayerPtr l(d);
-    ASSERT_TRUE(l.p);
-    ASSERT_GT(l.p->plan.onchip.grid, 0) << "a layer of 590 KB fits any device's grid";
-  }
-  expect_refused_launch_falls_back(rng, d, base + "op_onchip=0", base + "op_onchip=0,op_onchip_grid=1,onchip_refuse=1",
-                                   "on_chip_grid_kernel");
+  ASSERT_NO_FATAL_FAILURE(expect_refused_launch_falls_back(
+      rng, d, base + "op_onchip=0", base + "op_onchip=0,op_onchip_grid=1,onchip_refuse=1", "on_chip_grid_kernel"));
+  // With the eval forward on the grid too (op_onchip_grid=2), an eval refused first.
+  ASSERT_NO_FATAL_FAILURE(expect_refused_launch_falls_back(rng, d, base + "op_onchip=0",
+                                                           base + "op_onchip=0,op_onchip_grid=2,onchip_refuse=1",
+                                                           "on_chip_grid_kernel", {1, 0, 1}));
 }
 
 // Without SPECNORM_TUNE's op_onchip, on a device with clusters, a small warmed-up layer's training

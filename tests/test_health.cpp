@@ -55,19 +55,21 @@ class Health : public ::testing::TestWithParam<std::tuple<sn_backend_t, sn_algo_
       tune_ = std::make_unique<ScopedEnv>("SPECNORM_TUNE", (tune_prefix() + std::get<2>(GetParam())).c_str());
   }
   std::unique_ptr<ScopedEnv> tune_;
-  // Under op_onchip=1 (op_onchip_grid=2), that a warmed-up training forward of l is the on-chip
-  // kernel of a cluster (of the grid) (a layer this small fits any device), so that these cases
-  // test it and not a copy of the default.
+  // Under op_onchip=1 (op_onchip_grid=2), that a warmed-up training forward of l, and an eval one,
+  // is the on-chip kernel of a cluster (of the grid) (a layer this small fits any device), so that
+  // these cases test it and not a copy of the default.
   void expect_on_chip_if_tuned(sn_layer_t *l, const void *W, void *out) {
     const char *tune = std::get<2>(GetParam());
     const char *kernel = std::strstr(tune, "op_onchip=1")        ? "group_on_chip_kernel"
                          : std::strstr(tune, "op_onchip_grid=2") ? "on_chip_grid_kernel"
                                                                  : nullptr;
     if (!kernel) return;
-    const std::vector<std::string> names =
-        captured_kernels([&](cudaStream_t s) { return sn_forward(l, W, out, 1, s); });
-    EXPECT_EQ(names.size(), 1u);
-    EXPECT_TRUE(any_matches(names, kernel)) << (names.empty() ? "?" : names[0]);
+    for (int training : {1, 0}) {
+      const std::vector<std::string> names =
+          captured_kernels([&](cudaStream_t s) { return sn_forward(l, W, out, training, s); });
+      EXPECT_EQ(names.size(), 1u) << (training ? "training" : "eval");
+      EXPECT_TRUE(any_matches(names, kernel)) << (names.empty() ? "?" : names[0]);
+    }
   }
   sn_layer_desc_t desc(int64_t h, int64_t w) {
     sn_layer_desc_t d = make_desc({h, w}, std::get<0>(GetParam()));
@@ -384,6 +386,7 @@ TEST_P(Health, EvalForwardNeitherTakesNorAsksARestart) {
     LayerPtr l(desc(h, w));
     ASSERT_EQ(sn_layer_set_state(l, u0.data(), e0.data(), 1.f, 1, nullptr), SN_SUCCESS);
     W.set(M);
+    expect_on_chip_if_tuned(l.p, W.ptr(), out.ptr());
     ASSERT_EQ(sn_forward(l, W.ptr(), out.ptr(), 0, nullptr), SN_SUCCESS);
     EXPECT_EQ(health(l, 1), uint32_t(SN_HEALTH_ZERO));
     EXPECT_EQ(get_state(l).sigma, 1.f) << "a zero σ is not committed";
