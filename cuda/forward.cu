@@ -129,10 +129,13 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                   which the device refuses (tests: the fallbacks, host/layer.c and group.c);
 //                   op_onchip_grid's with 1024 times too many blocks, refused too
 //   op_onchip_grid=0|1|2  a u-first layer with contiguous rows that the cluster path above does
-//                   not take and whose rows fit the shared memory of one block per SM runs its
+//                   not take and whose rows fit the shared memory of one block per SM (and up to
+//                   7 rows of each block in registers: sn_cuda_on_chip_grid_layout) runs its
 //                   warmed-up training forwards (1), and its eval forwards too (2), as one
 //                   cooperative launch that holds it there (cuda/on_chip_grid.cu), or not (0, the
 //                   default: built without a GPU, not yet measured)
+//   onchip_grid_rows=N  (tests) that launch's blocks hold at most N rows each in shared memory and
+//                   the rest (up to 7, rows of whole 16-byte packs) in registers
 // Unknown keys and bad values are ignored. (Four knobs that lost or made no difference on an H100 at
 // 6626f15 were removed: bench/NOTES.md.)
 struct Tune {
@@ -163,6 +166,8 @@ struct Tune {
   int onchip_threads = 0;        // 0: by size; 256 or 512: the on-chip forward's threads per block
   int op_onchip_grid = 0;        // 1: a layer the cluster path does not take, on chip over the grid
                                  // (training forwards); 2: also its eval forwards
+  int onchip_grid_rows = 0;      // > 0 (tests): at most this many rows per block in shared memory
+                                 // on the grid, the rest in registers
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
                        // blocks of every step)
 };
@@ -190,6 +195,7 @@ Tune read_tune() {
       {"onchip_refuse=", &t.onchip_refuse, 0, 1, false},
       {"onchip_threads=", &t.onchip_threads, 256, 512, true},
       {"op_onchip_grid=", &t.op_onchip_grid, 0, 2, false},
+      {"onchip_grid_rows=", &t.onchip_grid_rows, 1, 1000000, false},
   };
   const char *s = std::getenv("SPECNORM_TUNE");
   while (s && *s) {
@@ -411,8 +417,8 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   // A layer the cluster path does not take, on chip over the whole grid where it fits there
   // (SPECNORM_TUNE=op_onchip_grid=1: its training forwards; 2: its eval forwards too).
   if (order == SN_ORDER_U_FIRST && tune.op_onchip_grid > 0 && plan->onchip.cluster == 0)
-    sn_cuda_on_chip_grid_prepare(view, dtype, plan->sm_count, tune.op_onchip_grid == 2, tune.onchip_refuse,
-                                 &plan->onchip);
+    sn_cuda_on_chip_grid_prepare(view, dtype, plan->sm_count, tune.op_onchip_grid == 2, tune.onchip_grid_rows,
+                                 tune.onchip_refuse, &plan->onchip);
   const int64_t h = view.h, w = view.A * view.B;
   const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over
 
@@ -543,7 +549,9 @@ extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
 
 extern "C" int sn_cuda_forward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *a) {
   const int mode = !a->training ? SN_ON_CHIP_EVAL : a->W_sn ? SN_ON_CHIP_TRAIN : SN_ON_CHIP_SCALE;
-  return plan->onchip.cluster > 0 && (plan->onchip.modes & mode) && !a->is_1d &&
+  // (Rows held in registers on the grid are loaded and stored 16 bytes at a time.)
+  const bool aligned = plan->onchip.reg_rows == 0 || (sn::aligned16(a->W) && (!a->W_sn || sn::aligned16(a->W_sn)));
+  return plan->onchip.cluster > 0 && (plan->onchip.modes & mode) && !a->is_1d && aligned &&
          a->order == SN_ORDER_U_FIRST && a->warmup_iters == 0 && (a->n_iters > 0 || !a->training);
 }
 

@@ -7,7 +7,10 @@
 // layers fit one thread-block cluster (about 1.6 MB of fp32 weights on an H100 or H200), to layers
 // that fit the shared memory of the whole device: about 29 MB on an H100 or H200 (132 × 227 KB),
 // less the per-block vectors (4096 columns: ~3 %), e.g. 2048² fp32 (16.8 MB), 768 × 3072 fp32,
-// ViT-L's 1024 × 4096 fp32, 4096² bf16 does not (33.5 MB).
+// ViT-L's 1024 × 4096 fp32; and, with up to 7 rows of each block held in registers (the RO
+// instance, for rows of whole 16-byte packs, one per thread: register_rows), 4096² bf16 (33.5 MB:
+// 25 rows of each block in shared memory, 7 in registers), issue 5's goal-1 shape that three
+// passes over W cannot serve at 85% of the copy bandwidth (bench/NOTES.md, session 20).
 //
 // Per block (rank r of G, rows i0 = h·r/G to i1 = h·(r+1)/G), per iteration:
 //   load   the rows (cp.async, as the cluster kernel: cuda/on_chip.cuh's copy_in) and v
@@ -56,6 +59,12 @@ namespace sn {
 namespace {
 
 constexpr int kGridThreads = 512;
+// Rows a block may hold in registers beyond those its shared memory holds (one 16-byte pack per
+// thread and row: 4 registers each), so that 4096² bf16 fits 132 blocks (32 rows of 8 KB, 25 in
+// shared memory beside the vectors and this instance's static shared memory). ptxas: 128
+// registers with 7 (sm_90: 4 bytes of spill, one value stored and loaded once; sm_80: 16), 8
+// spilled 32 bytes on sm_90.
+constexpr int kGridRegRows = 7;
 
 struct GridChipParams {
   sn_group_entry_t e;  // the layer (its W, W_sn, state, settings), as the cluster kernel's `one`
@@ -65,6 +74,7 @@ struct GridChipParams {
   float *sq;           // G: Σ s² over each block's slice of columns
   float *s;            // w: s = Mᵀ t / m_t (the plan's s)
   int w_bytes, w4, rows4;
+  int srows;           // a block's rows in shared memory at most; the rest (RO instance) in registers
 };
 
 // The shared memory of every block: the rows (at W's address mod 16: 16 + the largest share,
@@ -91,7 +101,54 @@ __device__ __forceinline__ int column_lanes(int cw, int nt) {
   return L;
 }
 
-template <class T, int NT>
+// The rows a block holds in registers (the RO instance, n <= RO of them, after the rows in its
+// shared memory; rows of wp 16-byte packs, wp <= NT): thread k's pack k of each, in reg. Their t
+// (one set of barriers for all of them) into t_sm (eval: u_k t_k), their share of the block's
+// partial s added by the thread that owns each pack to what block_products wrote there (the
+// shared-memory rows' sums; it ended with a barrier), and q + their Σ t² (eval: Σ u_k t_k) in row
+// order, in every thread.
+template <class T, int NT, int RO>
+__device__ __forceinline__ float register_rows(const typename VecN<T, kWide<T>>::raw (&reg)[RO], int n, int wp,
+                                               const float *v_sm, const float *u_sm, float *t_sm,
+                                               float *part, bool training, float q) {
+  constexpr int E = kWide<T>;
+  using V = VecN<T, E>;
+  const int pk = threadIdx.x;
+  float d[RO];
+#pragma unroll
+  for (int k = 0; k < RO; ++k) {
+    d[k] = 0.f;
+    if (k < n && pk < wp) {
+      float x[E];
+      V::cvt(reg[k], x);
+#pragma unroll
+      for (int e = 0; e < E; ++e) d[k] = fmaf(x[e], v_sm[E * pk + e], d[k]);
+    }
+  }
+  block_sums<NT, RO>(d);
+  float acc[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) acc[e] = 0.f;
+#pragma unroll
+  for (int k = 0; k < RO; ++k) {
+    if (k >= n) break;
+    const float t = training ? d[k] : u_sm[k] * d[k];
+    if (threadIdx.x == 0) t_sm[k] = t;
+    q = training ? fmaf(t, t, q) : q + t;
+    if (training && pk < wp) {
+      float x[E];
+      V::cvt(reg[k], x);
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] = fmaf(t, x[e], acc[e]);
+    }
+  }
+  if (training && pk < wp)
+#pragma unroll
+    for (int e = 0; e < E; ++e) part[E * pk + e] += acc[e];
+  return q;
+}
+
+template <class T, int NT, int RO>
 __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
@@ -100,15 +157,26 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
   const int w = (int)e.w;
   const int64_t i0 = e.h * r / G, i1 = e.h * (r + 1) / G;
   const int rows = (int)(i1 - i0);
-  const int64_t n = (int64_t)rows * w;
+  const int ks = rows < p.srows ? rows : p.srows;  // rows in shared memory; the rest in registers
+  const int64_t n = (int64_t)ks * w;
   const T *Wg = static_cast<const T *>(e.W) + i0 * w;
   T *Ws = reinterpret_cast<T *>(sm + (reinterpret_cast<uintptr_t>(Wg) & 15));
   float *v_sm = reinterpret_cast<float *>(sm + p.w_bytes);
   float *t_sm = v_sm + p.w4, *u_sm = t_sm + p.rows4, *grp_sm = u_sm + p.rows4;
   const bool training = p.training;
+  // RO: the register rows' packs (rows of whole 16-byte packs, 16-byte aligned: the host's rule).
+  constexpr int E = kWide<T>;
+  using V = VecN<T, E>;
+  const int wp = w / E, nreg = rows - ks;
+  typename V::raw reg[RO > 0 ? RO : 1] = {};
 
   // Load: W's rows, v and, eval, u_i: in flight together.
   copy_in<NT>(Ws, Wg, n);
+  if constexpr (RO > 0) {
+#pragma unroll
+    for (int k = 0; k < RO; ++k)
+      if (k < nreg && (int)threadIdx.x < wp) reg[k] = V::load_raw(Wg + (int64_t)(ks + k) * w + E * threadIdx.x);
+  }
   for (int j = threadIdx.x; j < w; j += NT) __pipeline_memcpy_async(&v_sm[j], &e.v[j], 4);
   if (!training)
     for (int k = threadIdx.x; k < rows; k += NT) __pipeline_memcpy_async(&u_sm[k], &e.u[i0 + k], 4);
@@ -128,8 +196,11 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
   float m_t = 1.f, m_s = 1.f, sig = 0.f;
   const int iters = training ? e.n_iters : 1;
   for (int it = 0; it < iters; ++it) {
-    const float q = block_products<T, NT>(Ws, rows, w, v_sm, u_sm, t_sm, p.part + (int64_t)r * w,
-                                          grp_sm, training, groups);
+    float q = block_products<T, NT>(Ws, ks, w, v_sm, u_sm, t_sm, p.part + (int64_t)r * w, grp_sm,
+                                    training, groups);
+    if constexpr (RO > 0)
+      q = register_rows<T, NT, RO>(reg, nreg, wp, v_sm, u_sm + ks, t_sm + ks, p.part + (int64_t)r * w,
+                                   training, q);
     if (threadIdx.x == 0) p.tsq[r] = q;
     grid.sync();  // every block's partial s and Σ t² (eval: Σ u_i t_i) written
     if (it == 0) pdl_trigger();
@@ -176,20 +247,40 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
     for (int j = j0 + threadIdx.x; j < j0 + cw; j += NT) e.v[j] = __ldcg(&p.s[j]) / m_s;
   }
   if (r == 0 && threadIdx.x == 0) commit_state_word_of(e.sigma, cs, training, health);
-  if (e.W_sn) divide_out<NT>(static_cast<T *>(e.W_sn) + i0 * w, Ws, Wg, n, cs);
+  if (e.W_sn) {
+    T *out = static_cast<T *>(e.W_sn) + i0 * w;
+    divide_out<NT>(out, Ws, Wg, n, cs);
+    if constexpr (RO > 0) {
+#pragma unroll
+      for (int k = 0; k < RO; ++k) {
+        if (k >= nreg || (int)threadIdx.x >= wp) break;
+        float x[E];
+        V::cvt(reg[k], x);
+#pragma unroll
+        for (int q = 0; q < E; ++q) x[q] = cs.apply(x[q]);
+        V::store(out + (int64_t)(ks + k) * w + E * threadIdx.x, x);
+      }
+    }
+  }
 }
 
 // One block of 512 threads per multiprocessor (its shared memory is most of the multiprocessor's),
-// so up to 128 registers.
+// so up to 128 registers. RO: rows held in registers beyond shared memory (0 or kGridRegRows).
+template <int RO>
 __global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_kernel(GridChipParams p) {
   extern __shared__ float4 on_chip_grid_sm[];
   pdl_wait();
   char *sm = reinterpret_cast<char *>(on_chip_grid_sm);
   switch (p.e.dtype) {
-    case SN_DTYPE_FLOAT16: layer_on_grid<__half, kGridThreads>(p, sm); break;
-    case SN_DTYPE_BFLOAT16: layer_on_grid<__nv_bfloat16, kGridThreads>(p, sm); break;
-    default: layer_on_grid<float, kGridThreads>(p, sm); break;
+    case SN_DTYPE_FLOAT16: layer_on_grid<__half, kGridThreads, RO>(p, sm); break;
+    case SN_DTYPE_BFLOAT16: layer_on_grid<__nv_bfloat16, kGridThreads, RO>(p, sm); break;
+    default: layer_on_grid<float, kGridThreads, RO>(p, sm); break;
   }
+}
+
+using GridKernel = void (*)(GridChipParams);
+GridKernel grid_kernel_for(int reg_rows) {
+  return reg_rows > 0 ? on_chip_grid_kernel<kGridRegRows> : on_chip_grid_kernel<0>;
 }
 
 }  // namespace
@@ -209,6 +300,7 @@ cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry
   p.w_bytes = oc.w_bytes;
   p.w4 = oc.w4;
   p.rows4 = oc.rows4;
+  p.srows = oc.smem_rows;
   // oc.refuse (tests, SPECNORM_TUNE=onchip_refuse=1): more blocks than can ever be resident, which
   // the device refuses (cudaErrorCooperativeLaunchTooLarge). No programmatic-serialization
   // attribute (as the cooperative one-pass launch by default, cuda/one_pass_coop.cu): the launch
@@ -216,54 +308,72 @@ cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry
   // after the first grid barrier lets a kernel after it that asked for PDL be scheduled early.
   const int blocks = oc.refuse ? G * 1024 : G;
   ClusterLaunch L(blocks, kGridThreads, grid_smem(oc.w_bytes, oc.w4, oc.rows4), 0, stream, false, true);
-  return cudaLaunchKernelEx(&L.cfg, on_chip_grid_kernel, p);
+  return cudaLaunchKernelEx(&L.cfg, grid_kernel_for(oc.reg_rows), p);
 }
 
 }  // namespace sn
 
-extern "C" size_t sn_cuda_on_chip_grid_smem(int64_t h, int64_t w, sn_dtype_t dtype, int blocks,
-                                            int *w_bytes, int *w4, int *rows4) {
-  *w_bytes = *w4 = *rows4 = 0;
+extern "C" size_t sn_cuda_on_chip_grid_layout(int64_t h, int64_t w, sn_dtype_t dtype, int blocks,
+                                              size_t avail, int rows_cap, sn_on_chip_t *oc) {
+  oc->w_bytes = oc->w4 = oc->rows4 = oc->smem_rows = oc->reg_rows = 0;
   if (h < 1 || w < 1 || blocks < 1 || blocks > h || w > (1 << 24)) return 0;
-  const int64_t rows = (h + blocks - 1) / blocks;
-  const double share = (double)rows * (double)w * (double)sn_dtype_size(dtype);
-  if (share > (double)(1 << 24)) return 0;  // far beyond any block's shared memory
-  *w_bytes = (int)((16 + (int64_t)share + 15) / 16 * 16);
-  *w4 = (int)((w + 3) / 4 * 4);
-  *rows4 = (int)((rows + 3) / 4 * 4);
-  return sn::grid_smem(*w_bytes, *w4, *rows4);
+  const int64_t R = (h + blocks - 1) / blocks;  // the most rows the split gives a block
+  const int64_t elem = (int64_t)sn_dtype_size(dtype), row_bytes = w * elem;
+  const int64_t w4 = (w + 3) / 4 * 4, rows4 = (R + 3) / 4 * 4;
+  const int64_t vec = 4 * (w4 + 2 * rows4 + sn::kGridThreads);
+  // Rows in shared memory: as many as fit beside the vectors (16 bytes for W's offset mod 16, 15
+  // for the rounding), at most rows_cap (> 0: tests), at most R.
+  if ((int64_t)avail < vec + 31) return 0;
+  int64_t ks = ((int64_t)avail - vec - 31) / row_bytes;
+  if (rows_cap > 0 && ks > rows_cap) ks = rows_cap;
+  if (ks > R) ks = R;
+  const int64_t reg = R - ks;
+  const int64_t E = 16 / elem;
+  if (ks < 1 || reg > sn::kGridRegRows) return 0;
+  if (reg > 0 && (w % E != 0 || w / E > sn::kGridThreads)) return 0;  // whole packs, one per thread
+  oc->w_bytes = (int)((16 + ks * row_bytes + 15) / 16 * 16);
+  oc->w4 = (int)w4;
+  oc->rows4 = (int)rows4;
+  oc->smem_rows = (int)ks;
+  oc->reg_rows = (int)reg;
+  return sn::grid_smem(oc->w_bytes, oc->w4, oc->rows4);
 }
 
 extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, int sm_count, int eval,
-                                             int refuse, sn_on_chip_t *oc) {
+                                             int rows_cap, int refuse, sn_on_chip_t *oc) {
   *oc = sn_on_chip_t{};
   if (view.A != 1 || sm_count < 1) return;
-  int dev = 0, coop = 0;
+  int dev = 0, coop = 0, optin = 0;
+  cudaFuncAttributes f0{}, f1{};
   if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess || !coop) {
+      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess || !coop ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
+      cudaFuncGetAttributes(&f0, sn::grid_kernel_for(0)) != cudaSuccess ||
+      cudaFuncGetAttributes(&f1, sn::grid_kernel_for(1)) != cudaSuccess) {
     (void)cudaGetLastError();
     return;
   }
+  // The dynamic shared memory either instance may use (its opt-in limit less its static memory).
+  const size_t stat = f0.sharedSizeBytes > f1.sharedSizeBytes ? f0.sharedSizeBytes : f1.sharedSizeBytes;
+  const size_t avail = (size_t)optin > stat ? (size_t)optin - stat : 0;
   const int G = (int)(view.h < sm_count ? view.h : sm_count);
-  int w_bytes = 0, w4 = 0, rows4 = 0;
-  const size_t bytes = sn_cuda_on_chip_grid_smem(view.h, view.B, dtype, G, &w_bytes, &w4, &rows4);
-  if (bytes == 0 || sn::allow_shared_memory(sn::on_chip_grid_kernel, bytes) != cudaSuccess) {
+  sn_on_chip_t L{};
+  const size_t bytes = sn_cuda_on_chip_grid_layout(view.h, view.B, dtype, G, avail, rows_cap, &L);
+  const sn::GridKernel kernel = sn::grid_kernel_for(L.reg_rows);
+  if (bytes == 0 || sn::allow_shared_memory(kernel, bytes) != cudaSuccess) {
     (void)cudaGetLastError();
     return;
   }
   int per_sm = 0;  // every block resident at once: one per multiprocessor
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, sn::on_chip_grid_kernel, sn::kGridThreads,
-                                                    bytes) != cudaSuccess ||
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, sn::kGridThreads, bytes) != cudaSuccess ||
       per_sm < 1) {
     (void)cudaGetLastError();
     return;
   }
+  *oc = L;
   oc->cluster = 1;
   oc->grid = G;
   oc->threads = sn::kGridThreads;
   oc->modes = SN_ON_CHIP_TRAIN | SN_ON_CHIP_SCALE | (eval ? SN_ON_CHIP_EVAL : 0);
-  oc->w_bytes = w_bytes;
-  oc->w4 = w4;
-  oc->rows4 = rows4;
   oc->refuse = refuse;
 }

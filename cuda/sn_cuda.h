@@ -65,6 +65,9 @@ typedef struct {
   int grid;               /* > 0: a single layer spread over a cooperative grid of this many blocks,
                              one per SM (cuda/on_chip_grid.cu, SPECNORM_TUNE=op_onchip_grid=1 or 2);
                              cluster is then 1, clusters 0 and backward 0 */
+  int smem_rows;          /* grid: the rows a block holds in shared memory at most */
+  int reg_rows;           /* grid: the rows beyond those a block may hold in registers (0: none;
+                             then only with W and W_sn 16-byte aligned: sn_cuda_forward_on_chip) */
 } sn_on_chip_t;
 
 /* The forwards of a single layer that run on chip (sn_on_chip_t.modes). */
@@ -360,14 +363,19 @@ int sn_cuda_on_chip_refused(int e);
 /* A single u-first layer with rows contiguous (view.A = 1) spread over one block per SM (at most
  * view.h blocks) of a cooperative launch (cuda/on_chip_grid.cu): fills *oc (oc->grid > 0; its
  * training forwards, and with eval its eval forwards too) where the device has cooperative launches
- * and each block's share fits its shared memory, else zeroes it. refuse: tests (oc->refuse). */
-void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, int sm_count, int eval, int refuse,
-                                  sn_on_chip_t *oc);
-/* The dynamic shared memory per block of that launch for an h × w layer of `dtype` over `blocks`
- * blocks, with its layout in *w_bytes, *w4, *rows4 (no device needed); 0 where it cannot be (no
- * rows, more blocks than rows, or a share beyond 16 MB). */
-size_t sn_cuda_on_chip_grid_smem(int64_t h, int64_t w, sn_dtype_t dtype, int blocks, int *w_bytes,
-                                 int *w4, int *rows4);
+ * and each block's share fits its shared memory and registers (sn_cuda_on_chip_grid_layout), else
+ * zeroes it. rows_cap > 0 (tests): at most that many rows per block in shared memory. refuse: tests
+ * (oc->refuse). */
+void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, int sm_count, int eval, int rows_cap,
+                                  int refuse, sn_on_chip_t *oc);
+/* The layout of that launch for an h × w layer of `dtype` over `blocks` blocks with `avail` bytes of
+ * dynamic shared memory per block (no device needed): each block holds up to oc->smem_rows of its
+ * rows in shared memory (as many as fit beside v, t, u and a float per thread; at most rows_cap > 0)
+ * and the rest, at most 7 (oc->reg_rows), in registers, which takes rows of whole 16-byte packs, at
+ * most one per thread. Fills oc->w_bytes, w4, rows4, smem_rows, reg_rows and returns the dynamic
+ * shared memory per block; 0 (and those fields 0) where the layer cannot be laid out so. */
+size_t sn_cuda_on_chip_grid_layout(int64_t h, int64_t w, sn_dtype_t dtype, int blocks, size_t avail,
+                                   int rows_cap, sn_on_chip_t *oc);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
 

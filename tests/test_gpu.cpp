@@ -1298,49 +1298,79 @@ TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
   EXPECT_FALSE(any_matches(bw, "on_chip"));
 }
 
-// The shared-memory layout of the layer on chip over a grid (cuda/on_chip_grid.cu), no device
-// needed: each of G blocks holds at most ⌈h / G⌉ rows (the split h·r/G .. h·(r+1)/G gives no block
-// more), placed at W's address mod 16 (16 bytes more, rounded up to 16), then v, t, u and a float
-// per thread of 512; no layout without rows, without blocks, with more blocks than rows, or with a
-// share beyond 16 MB.
-TEST(OnChipGrid, SharedMemoryLayout) {
-  int wb = 0, w4 = 0, r4 = 0;
-  // 2048² fp32 over 132 blocks (an H100, an H200): 16 rows of 8 KB.
-  EXPECT_EQ(sn_cuda_on_chip_grid_smem(2048, 2048, SN_DTYPE_FLOAT32, 132, &wb, &w4, &r4),
+// The layout of the layer on chip over a grid (cuda/on_chip_grid.cu), no device needed: with A
+// bytes of dynamic shared memory per block (227 KB here, an H100's or H200's opt-in limit), each of
+// G blocks holds as many of its at most ⌈h / G⌉ rows as fit in shared memory beside v, t, u and a
+// float per thread of 512 (placed at W's address mod 16: 16 bytes more, rounded up to 16), at most
+// rows_cap, and the rest, at most 7, in registers, which takes rows of whole 16-byte packs, one per
+// thread; no layout otherwise, nor without rows, without blocks, or with more blocks than rows.
+TEST(OnChipGrid, Layout) {
+  const size_t A = 227 * 1024;
+  sn_on_chip_t oc{};
+  // 2048² fp32 over 132 blocks: 16 rows of 8 KB, all in shared memory.
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(2048, 2048, SN_DTYPE_FLOAT32, 132, A, 0, &oc),
             size_t(131088 + 4 * (2048 + 2 * 16 + 512)));
-  EXPECT_EQ(wb, 131088);
-  EXPECT_EQ(w4, 2048);
-  EXPECT_EQ(r4, 16);
-  // 4096² bf16 over 132 blocks: 32 rows of 8 KB, more than the 227 KB a block of those cards has.
-  EXPECT_GT(sn_cuda_on_chip_grid_smem(4096, 4096, SN_DTYPE_BFLOAT16, 132, &wb, &w4, &r4), size_t(227 * 1024));
-  EXPECT_EQ(wb, 262160);
-  // 1000 × 1 over 132 blocks: 8 rows of 4 bytes; 7 × 13 fp16 over 7 blocks: a row of 26 bytes.
-  EXPECT_EQ(sn_cuda_on_chip_grid_smem(1000, 1, SN_DTYPE_FLOAT32, 132, &wb, &w4, &r4), size_t(48 + 4 * (4 + 2 * 8 + 512)));
-  EXPECT_EQ(wb, 48);
-  EXPECT_EQ(w4, 4);
-  EXPECT_EQ(r4, 8);
-  EXPECT_EQ(sn_cuda_on_chip_grid_smem(7, 13, SN_DTYPE_FLOAT16, 7, &wb, &w4, &r4), size_t(48 + 4 * (16 + 2 * 4 + 512)));
-  EXPECT_EQ(r4, 4);
+  EXPECT_EQ(oc.w_bytes, 131088);
+  EXPECT_EQ(oc.w4, 2048);
+  EXPECT_EQ(oc.rows4, 16);
+  EXPECT_EQ(oc.smem_rows, 16);
+  EXPECT_EQ(oc.reg_rows, 0);
+  // 4096² bf16 over 132 blocks: 32 rows of 8 KB, 26 in shared memory and 6 in registers.
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(4096, 4096, SN_DTYPE_BFLOAT16, 132, A, 0, &oc),
+            size_t(213008 + 4 * (4096 + 2 * 32 + 512)));
+  EXPECT_EQ(oc.smem_rows, 26);
+  EXPECT_EQ(oc.reg_rows, 6);
+  // 4096² fp32 (13 rows of 16 KB fit, 19 more than registers take) and 4096 × 16384 bf16 do not fit.
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(4096, 4096, SN_DTYPE_FLOAT32, 132, A, 0, &oc), 0u);
+  EXPECT_EQ(oc.smem_rows + oc.reg_rows + oc.w_bytes, 0);
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(4096, 16384, SN_DTYPE_BFLOAT16, 132, A, 0, &oc), 0u);
+  // rows_cap (tests): 1000 × 1024 fp32, 8 rows a block, 2 in shared memory and 6 in registers; with
+  // w = 1023 (no whole packs), or 14 rows to put in registers, or 1024 packs of bf16 a row, none.
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(1000, 1024, SN_DTYPE_FLOAT32, 132, A, 2, &oc), size_t(8208 + 4 * (1024 + 2 * 8 + 512)));
+  EXPECT_EQ(oc.smem_rows, 2);
+  EXPECT_EQ(oc.reg_rows, 6);
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(1000, 1023, SN_DTYPE_FLOAT32, 132, A, 2, &oc), 0u);
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(2000, 1024, SN_DTYPE_FLOAT32, 132, A, 2, &oc), 0u);
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(600, 8192, SN_DTYPE_BFLOAT16, 132, A, 4, &oc), 0u);
+  EXPECT_GT(sn_cuda_on_chip_grid_layout(600, 4096, SN_DTYPE_BFLOAT16, 132, A, 4, &oc), 0u);
+  EXPECT_EQ(oc.reg_rows, 1);
+  // At most 7 rows in registers: 9 rows a block with 2 in shared memory, not with 1.
+  EXPECT_GT(sn_cuda_on_chip_grid_layout(1188, 1024, SN_DTYPE_FLOAT32, 132, A, 2, &oc), 0u);
+  EXPECT_EQ(oc.reg_rows, 7);
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(1188, 1024, SN_DTYPE_FLOAT32, 132, A, 1, &oc), 0u);
+  // Narrow and odd: 1000 × 1 over 132 blocks (8 rows of 4 bytes); 7 × 13 fp16 over 7 (a row of 26).
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(1000, 1, SN_DTYPE_FLOAT32, 132, A, 0, &oc), size_t(48 + 4 * (4 + 2 * 8 + 512)));
+  EXPECT_EQ(oc.rows4, 8);
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(7, 13, SN_DTYPE_FLOAT16, 7, A, 0, &oc), size_t(48 + 4 * (16 + 2 * 4 + 512)));
+  EXPECT_EQ(oc.smem_rows, 1);
   for (const auto &bad : {std::vector<int64_t>{0, 5, 1}, std::vector<int64_t>{5, 0, 1}, std::vector<int64_t>{5, 5, 0},
                           std::vector<int64_t>{5, 5, 6}, std::vector<int64_t>{1 << 20, 1 << 20, 132}}) {
-    wb = w4 = r4 = 7;
-    EXPECT_EQ(sn_cuda_on_chip_grid_smem(bad[0], bad[1], SN_DTYPE_FLOAT32, int(bad[2]), &wb, &w4, &r4), 0u)
+    oc.w_bytes = oc.w4 = oc.rows4 = oc.smem_rows = oc.reg_rows = 7;
+    EXPECT_EQ(sn_cuda_on_chip_grid_layout(bad[0], bad[1], SN_DTYPE_FLOAT32, int(bad[2]), A, 0, &oc), 0u)
         << bad[0] << " x " << bad[1] << " over " << bad[2];
-    EXPECT_EQ(wb + w4 + r4, 0);
+    EXPECT_EQ(oc.w_bytes + oc.w4 + oc.rows4 + oc.smem_rows + oc.reg_rows, 0);
   }
-  // What the kernel relies on: t holds the most rows its split h·r/G .. h·(r+1)/G gives a block,
-  // and the rows region their bytes from any offset below 16.
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(100, 100, SN_DTYPE_FLOAT32, 10, 100, 0, &oc), 0u) << "100 bytes";
+  // What the kernel relies on: its split h·r/G .. h·(r+1)/G gives no block more rows than shared
+  // memory and registers hold together, t and u hold them all, and the rows region holds the
+  // shared-memory rows' bytes from any offset below 16.
   for (int64_t h : {1, 7, 131, 132, 133, 1000, 4097})
     for (int G : {1, 7, 132}) {
       if (G > h) continue;
       int64_t most = 0;
       for (int64_t r = 0; r < G; ++r) most = std::max(most, h * (r + 1) / G - h * r / G);
       for (sn_dtype_t dt : {SN_DTYPE_FLOAT32, SN_DTYPE_BFLOAT16}) {
-        const int64_t w = 13;
-        ASSERT_GT(sn_cuda_on_chip_grid_smem(h, w, dt, G, &wb, &w4, &r4), 0u) << h << " rows over " << G;
-        EXPECT_GE(r4, most) << h << " rows over " << G;
-        EXPECT_GE(int64_t(wb), 15 + most * w * int64_t(sn_dtype_size(dt))) << h << " rows over " << G;
-        EXPECT_GE(w4, w);
+        for (int cap : {0, 3}) {
+          const int64_t w = 64;
+          if (sn_cuda_on_chip_grid_layout(h, w, dt, G, A, cap, &oc) == 0) {
+            EXPECT_GT(most - cap, 7) << h << " rows over " << G << ": only where registers cannot take the rest";
+            continue;
+          }
+          EXPECT_GE(oc.smem_rows + oc.reg_rows, most) << h << " rows over " << G;
+          EXPECT_GE(oc.rows4, most);
+          EXPECT_GE(int64_t(oc.w_bytes), 15 + oc.smem_rows * w * int64_t(sn_dtype_size(dt)));
+          EXPECT_GE(oc.w4, w);
+        }
       }
     }
 }

@@ -552,6 +552,91 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
   expect_on_chip_options_match_cpu("op_onchip=1", "group_on_chip_kernel", true, false);
 }
 
+// The grid's blocks holding rows in registers beyond those in their shared memory (the RO
+// instance of cuda/on_chip_grid.cu, which 4096² bf16 takes on an H100 or H200): with
+// SPECNORM_TUNE=onchip_grid_rows=2 a block holds at most 2 rows in shared memory, so these layers
+// of up to 9 rows a block (132 blocks) put the rest in registers. Training, scale-only and eval
+// forwards (with 1-3 iterations, fp32, bf16, fp16, rows of 4 to 512 packs) against the CPU backend,
+// one launch of the kernel each, bitwise against a second layer; W off 16-byte alignment keeps the
+// usual kernels (the rows in registers are accessed 16 bytes at a time) and the same results.
+TEST(GpuTraining, OnChipGridRegisterRowsMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
+  SN_SEEDED_RNG();
+  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_onchip_grid=2,onchip_grid_rows=2").c_str());
+  struct C {
+    std::vector<int64_t> shape;
+    sn_dtype_t dt;
+    int iters;
+  };
+  const C cases[] = {{{1000, 1024}, SN_DTYPE_FLOAT32, 1}, {{1188, 512}, SN_DTYPE_BFLOAT16, 2},
+                     {{700, 64}, SN_DTYPE_FLOAT16, 1},    {{300, 2048}, SN_DTYPE_FLOAT32, 3},
+                     {{900, 256}, SN_DTYPE_BFLOAT16, 1},  {{500, 16}, SN_DTYPE_FLOAT32, 2}};
+  int ran = 0;
+  for (const C &c : cases) {
+    const int64_t h = c.shape[0], w = c.shape[1], n = h * w;
+    SCOPED_TRACE(shape_str(c.shape) + " " + dtype_name(c.dt) + " iters " + std::to_string(c.iters));
+    sn_layer_desc_t dg = make_desc(c.shape, SN_BACKEND_CUDA);
+    dg.dtype = c.dt;
+    dg.n_power_iterations = c.iters;
+    dg.seed = rng.gen();
+    sn_layer_desc_t dc = dg;
+    dc.backend = SN_BACKEND_CPU;
+    LayerPtr g(dg), b(dg), cpu(dc);
+    ASSERT_TRUE(g.p && b.p && cpu.p);
+    const sn_on_chip_t &oc = g.p->plan.onchip;
+    if (oc.grid == 0) continue;  // more than 9 rows a block on this device
+    const int64_t R = (h + oc.grid - 1) / oc.grid;
+    EXPECT_EQ(oc.smem_rows, 2);
+    EXPECT_EQ(oc.reg_rows, R - 2);
+    ran += oc.reg_rows > 0;
+    std::vector<float> wv = gapped_matrix(rng, h, w);
+    Tensor W(c.dt, n), Wsn(c.dt, n), O2(c.dt, n);
+    std::vector<uint8_t> wsn_c(W.host.size());
+    for (int step = 0; step < 4; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      const int training = step < 3, scale_only = step == 1;
+      if (step > 0)
+        for (auto &x : wv) x += 0.01f * rng.normal() / std::sqrt(float(n));
+      W.set(wv);
+      if (scale_only) {
+        ASSERT_EQ(sn_forward_scale_only(g, W.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward_scale_only(b, W.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward_scale_only(cpu, W.host.data(), 1, nullptr), SN_SUCCESS);
+      } else {
+        ASSERT_EQ(sn_forward(g, W.dev, Wsn.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward(b, W.dev, O2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward(cpu, W.host.data(), wsn_c.data(), training, nullptr), SN_SUCCESS);
+        const std::vector<float> got = Wsn.download_floats();
+        std::vector<float> want(got.size());
+        for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(wsn_c.data(), c.dt, int64_t(k));
+        EXPECT_LT(rel_err(got, want), c.dt == SN_DTYPE_FLOAT32 ? 2e-5 : 2 * ulp(c.dt));
+        EXPECT_TRUE(Wsn.download_bytes() == O2.download_bytes()) << "bitwise against a second layer";
+      }
+      expect_state_and_scale_near(g, cpu, 1e-4);
+      EXPECT_TRUE(same_state(get_state(g), get_state(b)));
+    }
+    for (int training : {1, 0}) {
+      const std::vector<std::string> names =
+          captured_kernels([&](cudaStream_t st) { return sn_forward(g, W.dev, Wsn.dev, training, st); });
+      EXPECT_EQ(names.size(), 1u) << (training ? "training" : "eval");
+      EXPECT_TRUE(any_matches(names, oc.reg_rows > 0 ? "on_chip_grid_kernel<[1-9]" : "on_chip_grid_kernel<0>"))
+          << (names.empty() ? "?" : names[0]);
+    }
+    // W one element off 16-byte alignment: the usual kernels, the same results.
+    Tensor Wo(c.dt, n, 1), Oo(c.dt, n, 1);
+    Wo.set(wv);
+    const std::vector<std::string> off =
+        captured_kernels([&](cudaStream_t st) { return sn_forward(g, Wo.dev, Oo.dev, 1, st); });
+    EXPECT_FALSE(off.empty());
+    EXPECT_FALSE(any_matches(off, "on_chip")) << ::testing::PrintToString(off);
+    ASSERT_EQ(sn_forward(g, Wo.dev, Oo.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_forward(cpu, Wo.host.data(), wsn_c.data(), 1, nullptr), SN_SUCCESS);
+    expect_state_and_scale_near(g, cpu, 1e-4);
+  }
+  EXPECT_GT(ran, 0);
+}
+
 // The layer spread over a cooperative grid (SPECNORM_TUNE=op_onchip_grid=2, cuda/on_chip_grid.cu;
 // op_onchip=0 keeps these small layers off the cluster path): its forwards on chip, the backward
 // with the usual two kernels.
