@@ -7,10 +7,13 @@
 // layers fit one thread-block cluster (about 1.6 MB of fp32 weights on an H100 or H200), to layers
 // that fit the shared memory of the whole device: about 29 MB on an H100 or H200 (132 × 227 KB),
 // less the per-block vectors (4096 columns: ~3 %), e.g. 2048² fp32 (16.8 MB), 768 × 3072 fp32,
-// ViT-L's 1024 × 4096 fp32; and, with up to 7 rows of each block held in registers (the RO
-// instance, for rows of whole 16-byte packs, one per thread: register_rows), 4096² bf16 (33.5 MB:
-// 25 rows of each block in shared memory, 7 in registers), issue 5's goal-1 shape that three
-// passes over W cannot serve at 85% of the copy bandwidth (bench/NOTES.md, session 20).
+// ViT-L's 1024 × 4096 fp32; and, with up to 7 rows of each block held in registers (the packed
+// instance, for rows of whole 16-byte packs, at most one per thread: packed_products), 4096² bf16
+// (33.5 MB: 25 rows of each block in shared memory, 7 in registers), issue 5's goal-1 shape that
+// three passes over W cannot serve at 85% of the copy bandwidth (bench/NOTES.md, session 20). Two
+// instances per dtype: the packed one (16-byte accesses to the rows in shared memory, and the rows
+// in registers) for rows of whole packs where W and W_sn are 16-byte aligned, the generic one
+// (block_products, the cluster kernel's element-by-element code) for the others.
 //
 // Per block (rank r of G, rows i0 = h·r/G to i1 = h·(r+1)/G), per iteration:
 //   load   the rows (cp.async, as the cluster kernel: cuda/on_chip.cuh's copy_in) and v
@@ -59,11 +62,12 @@ namespace sn {
 namespace {
 
 constexpr int kGridThreads = 512;
-// Rows a block may hold in registers beyond those its shared memory holds (one 16-byte pack per
-// thread and row: 4 registers each), so that 4096² bf16 fits 132 blocks (32 rows of 8 KB, 25 in
-// shared memory beside the vectors and this instance's static shared memory). ptxas: 128
-// registers with 7 (sm_90: 4 bytes of spill, one value stored and loaded once; sm_80: 16), 8
-// spilled 32 bytes on sm_90.
+// Rows a block of the packed instance may hold in registers beyond those its shared memory holds
+// (one 16-byte pack per thread and row: 4 registers each), so that 4096² bf16 fits 132 blocks (32
+// rows of 8 KB, 25 in shared memory beside the vectors and this instance's static shared memory).
+// ptxas (one kernel per dtype and instance): the packed fp32 and bf16 instances 127-128 registers
+// and no spill on sm_90 and sm_80, fp16 20 bytes on sm_90 (4 on sm_80); the generic ones 72-96, no
+// spill. (With 8 rows in registers, one kernel for the three dtypes spilled 32 bytes on sm_90.)
 constexpr int kGridRegRows = 7;
 
 struct GridChipParams {
@@ -101,50 +105,87 @@ __device__ __forceinline__ int column_lanes(int cw, int nt) {
   return L;
 }
 
-// The rows a block holds in registers (the RO instance, n <= RO of them, after the rows in its
-// shared memory; rows of wp 16-byte packs, wp <= NT): thread k's pack k of each, in reg. Their t
-// (one set of barriers for all of them) into t_sm (eval: u_k t_k), their share of the block's
-// partial s added by the thread that owns each pack to what block_products wrote there (the
-// shared-memory rows' sums; it ended with a barrier), and q + their Σ t² (eval: Σ u_k t_k) in row
-// order, in every thread.
+// The products of the packed instance (RO > 0: rows of wp <= NT whole 16-byte packs, W 16-byte
+// aligned, so that every row starts on a 16-byte boundary in shared memory too), where
+// block_products reads elements one by one (a 2-byte shared-memory load per element: at 4096²
+// bf16, ~13K load instructions per multiprocessor an iteration against ~2K here). t of the ks
+// shared-memory rows: a warp per row, lane l adding packs l, l + 32, ... then a butterfly; t of the
+// n register rows (reg: thread k's pack k of each): one block_sums for all of them; into t_sm (eval:
+// u_k t_k; the register rows' t by thread 0). Training: the block's partial s by packs, thread k
+// adding pack k of every row, shared-memory rows then register rows in order, into part[E·k ..].
+// Returns the block's Σ t² (eval: Σ u_k t_k), the same in every thread: the shared-memory rows'
+// (thread-strided, then block_sum's tree), then the register rows' in order.
 template <class T, int NT, int RO>
-__device__ __forceinline__ float register_rows(const typename VecN<T, kWide<T>>::raw (&reg)[RO], int n, int wp,
-                                               const float *v_sm, const float *u_sm, float *t_sm,
-                                               float *part, bool training, float q) {
-  constexpr int E = kWide<T>;
+__device__ __forceinline__ float packed_products(const T *Ws, int ks, int wp, const float *v_sm,
+                                                 const float *u_sm, float *t_sm, float *part,
+                                                 const typename VecN<T, kWide<T>>::raw (&reg)[RO],
+                                                 int n, bool training) {
+  constexpr int E = kWide<T>, F4 = E / 4;
   using V = VecN<T, E>;
-  const int pk = threadIdx.x;
-  float d[RO];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, pk = threadIdx.x;
+  const float4 *v4 = reinterpret_cast<const float4 *>(v_sm);
+  // The dot of E elements with this pack's E entries of v, in element order.
+  auto dot = [&](const typename V::raw &raw, int q, float d) {
+    float x[E];
+    V::cvt(raw, x);
 #pragma unroll
-  for (int k = 0; k < RO; ++k) {
-    d[k] = 0.f;
-    if (k < n && pk < wp) {
-      float x[E];
-      V::cvt(reg[k], x);
-#pragma unroll
-      for (int e = 0; e < E; ++e) d[k] = fmaf(x[e], v_sm[E * pk + e], d[k]);
+    for (int f = 0; f < F4; ++f) {
+      const float4 vv = v4[F4 * q + f];
+      d = fmaf(x[4 * f + 0], vv.x, d);
+      d = fmaf(x[4 * f + 1], vv.y, d);
+      d = fmaf(x[4 * f + 2], vv.z, d);
+      d = fmaf(x[4 * f + 3], vv.w, d);
     }
+    return d;
+  };
+  for (int k = warp; k < ks; k += NT / 32) {
+    const T *row = Ws + (int64_t)k * E * wp;
+    float d = 0.f;
+#pragma unroll 4
+    for (int q = lane; q < wp; q += 32) d = dot(V::load_raw(row + E * q), q, d);
+    d = warp_allsum(d);
+    if (lane == 0) t_sm[k] = training ? d : u_sm[k] * d;
   }
-  block_sums<NT, RO>(d);
-  float acc[E];
+  float dr[RO];
 #pragma unroll
-  for (int e = 0; e < E; ++e) acc[e] = 0.f;
+  for (int k = 0; k < RO; ++k) dr[k] = k < n && pk < wp ? dot(reg[k], pk, 0.f) : 0.f;
+  block_sums<NT, RO>(dr);  // its barriers also publish t_sm of the shared-memory rows
 #pragma unroll
   for (int k = 0; k < RO; ++k) {
     if (k >= n) break;
-    const float t = training ? d[k] : u_sm[k] * d[k];
-    if (threadIdx.x == 0) t_sm[k] = t;
-    q = training ? fmaf(t, t, q) : q + t;
-    if (training && pk < wp) {
-      float x[E];
-      V::cvt(reg[k], x);
+    dr[k] = training ? dr[k] : u_sm[ks + k] * dr[k];
+    if (threadIdx.x == 0) t_sm[ks + k] = dr[k];
+  }
+  if (training && pk < wp) {
+    float acc[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[e] = 0.f;
+    float x[E];
+    for (int i = 0; i < ks; ++i) {
+      const float t = t_sm[i];
+      V::cvt(V::load_raw(Ws + (int64_t)i * E * wp + E * pk), x);
 #pragma unroll
       for (int e = 0; e < E; ++e) acc[e] = fmaf(t, x[e], acc[e]);
     }
-  }
-  if (training && pk < wp)
 #pragma unroll
-    for (int e = 0; e < E; ++e) part[E * pk + e] += acc[e];
+    for (int k = 0; k < RO; ++k) {
+      if (k >= n) break;
+      V::cvt(reg[k], x);
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] = fmaf(dr[k], x[e], acc[e]);
+    }
+    float4 *out = reinterpret_cast<float4 *>(part) + F4 * pk;
+#pragma unroll
+    for (int f = 0; f < F4; ++f) out[f] = make_float4(acc[4 * f], acc[4 * f + 1], acc[4 * f + 2], acc[4 * f + 3]);
+  }
+  float q = 0.f;
+  for (int i = threadIdx.x; i < ks; i += NT) q = training ? fmaf(t_sm[i], t_sm[i], q) : q + t_sm[i];
+  q = block_sum<NT>(q);
+#pragma unroll
+  for (int k = 0; k < RO; ++k) {
+    if (k >= n) break;
+    q = training ? fmaf(dr[k], dr[k], q) : q + dr[k];
+  }
   return q;
 }
 
@@ -164,7 +205,8 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
   float *v_sm = reinterpret_cast<float *>(sm + p.w_bytes);
   float *t_sm = v_sm + p.w4, *u_sm = t_sm + p.rows4, *grp_sm = u_sm + p.rows4;
   const bool training = p.training;
-  // RO: the register rows' packs (rows of whole 16-byte packs, 16-byte aligned: the host's rule).
+  // RO > 0, the packed instance: the register rows' packs (rows of whole 16-byte packs, W and W_sn
+  // 16-byte aligned: the host's rule, launch_on_chip_grid).
   constexpr int E = kWide<T>;
   using V = VecN<T, E>;
   const int wp = w / E, nreg = rows - ks;
@@ -196,11 +238,12 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
   float m_t = 1.f, m_s = 1.f, sig = 0.f;
   const int iters = training ? e.n_iters : 1;
   for (int it = 0; it < iters; ++it) {
-    float q = block_products<T, NT>(Ws, ks, w, v_sm, u_sm, t_sm, p.part + (int64_t)r * w, grp_sm,
-                                    training, groups);
+    float q;
     if constexpr (RO > 0)
-      q = register_rows<T, NT, RO>(reg, nreg, wp, v_sm, u_sm + ks, t_sm + ks, p.part + (int64_t)r * w,
-                                   training, q);
+      q = packed_products<T, NT, RO>(Ws, ks, wp, v_sm, u_sm, t_sm, p.part + (int64_t)r * w, reg, nreg, training);
+    else
+      q = block_products<T, NT>(Ws, ks, w, v_sm, u_sm, t_sm, p.part + (int64_t)r * w, grp_sm, training,
+                                groups);
     if (threadIdx.x == 0) p.tsq[r] = q;
     grid.sync();  // every block's partial s and Σ t² (eval: Σ u_i t_i) written
     if (it == 0) pdl_trigger();
@@ -266,21 +309,22 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
 
 // One block of 512 threads per multiprocessor (its shared memory is most of the multiprocessor's),
 // so up to 128 registers. RO: rows held in registers beyond shared memory (0 or kGridRegRows).
-template <int RO>
+template <class T, int RO>
 __global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_kernel(GridChipParams p) {
   extern __shared__ float4 on_chip_grid_sm[];
   pdl_wait();
-  char *sm = reinterpret_cast<char *>(on_chip_grid_sm);
-  switch (p.e.dtype) {
-    case SN_DTYPE_FLOAT16: layer_on_grid<__half, kGridThreads, RO>(p, sm); break;
-    case SN_DTYPE_BFLOAT16: layer_on_grid<__nv_bfloat16, kGridThreads, RO>(p, sm); break;
-    default: layer_on_grid<float, kGridThreads, RO>(p, sm); break;
-  }
+  layer_on_grid<T, kGridThreads, RO>(p, reinterpret_cast<char *>(on_chip_grid_sm));
 }
 
+// The instance for a dtype: generic (RO = 0) or packed (RO = kGridRegRows rows in registers at most).
 using GridKernel = void (*)(GridChipParams);
-GridKernel grid_kernel_for(int reg_rows) {
-  return reg_rows > 0 ? on_chip_grid_kernel<kGridRegRows> : on_chip_grid_kernel<0>;
+GridKernel grid_kernel_for(sn_dtype_t dtype, bool packed) {
+  switch (dtype) {
+    case SN_DTYPE_FLOAT16: return packed ? on_chip_grid_kernel<__half, kGridRegRows> : on_chip_grid_kernel<__half, 0>;
+    case SN_DTYPE_BFLOAT16:
+      return packed ? on_chip_grid_kernel<__nv_bfloat16, kGridRegRows> : on_chip_grid_kernel<__nv_bfloat16, 0>;
+    default: return packed ? on_chip_grid_kernel<float, kGridRegRows> : on_chip_grid_kernel<float, 0>;
+  }
 }
 
 }  // namespace
@@ -306,16 +350,20 @@ cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry
   // attribute (as the cooperative one-pass launch by default, cuda/one_pass_coop.cu): the launch
   // starts once the kernel before it has ended, so its pdl_wait returns at once; its pdl_trigger
   // after the first grid barrier lets a kernel after it that asked for PDL be scheduled early.
+  // The packed instance where W and W_sn allow 16-byte accesses (sn_cuda_forward_on_chip keeps a
+  // layer with rows in registers off this path otherwise).
+  const bool packed = oc.packed && aligned16(e.W) && (!e.W_sn || aligned16(e.W_sn));
+  if (oc.reg_rows > 0 && !packed) return cudaErrorInvalidValue;
   const int blocks = oc.refuse ? G * 1024 : G;
   ClusterLaunch L(blocks, kGridThreads, grid_smem(oc.w_bytes, oc.w4, oc.rows4), 0, stream, false, true);
-  return cudaLaunchKernelEx(&L.cfg, grid_kernel_for(oc.reg_rows), p);
+  return cudaLaunchKernelEx(&L.cfg, grid_kernel_for(plan.dtype, packed), p);
 }
 
 }  // namespace sn
 
 extern "C" size_t sn_cuda_on_chip_grid_layout(int64_t h, int64_t w, sn_dtype_t dtype, int blocks,
                                               size_t avail, int rows_cap, sn_on_chip_t *oc) {
-  oc->w_bytes = oc->w4 = oc->rows4 = oc->smem_rows = oc->reg_rows = 0;
+  oc->w_bytes = oc->w4 = oc->rows4 = oc->smem_rows = oc->reg_rows = oc->packed = 0;
   if (h < 1 || w < 1 || blocks < 1 || blocks > h || w > (1 << 24)) return 0;
   const int64_t R = (h + blocks - 1) / blocks;  // the most rows the split gives a block
   const int64_t elem = (int64_t)sn_dtype_size(dtype), row_bytes = w * elem;
@@ -330,12 +378,14 @@ extern "C" size_t sn_cuda_on_chip_grid_layout(int64_t h, int64_t w, sn_dtype_t d
   const int64_t reg = R - ks;
   const int64_t E = 16 / elem;
   if (ks < 1 || reg > sn::kGridRegRows) return 0;
-  if (reg > 0 && (w % E != 0 || w / E > sn::kGridThreads)) return 0;  // whole packs, one per thread
+  const bool packed = w % E == 0 && w / E <= sn::kGridThreads;  // whole packs, at most one per thread
+  if (reg > 0 && !packed) return 0;
   oc->w_bytes = (int)((16 + ks * row_bytes + 15) / 16 * 16);
   oc->w4 = (int)w4;
   oc->rows4 = (int)rows4;
   oc->smem_rows = (int)ks;
   oc->reg_rows = (int)reg;
+  oc->packed = packed ? 1 : 0;
   return sn::grid_smem(oc->w_bytes, oc->w4, oc->rows4);
 }
 
@@ -344,31 +394,36 @@ extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, i
   *oc = sn_on_chip_t{};
   if (view.A != 1 || sm_count < 1) return;
   int dev = 0, coop = 0, optin = 0;
-  cudaFuncAttributes f0{}, f1{};
+  cudaFuncAttributes fg{}, fp{};
+  const sn::GridKernel generic = sn::grid_kernel_for(dtype, false), packed = sn::grid_kernel_for(dtype, true);
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess || !coop ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
-      cudaFuncGetAttributes(&f0, sn::grid_kernel_for(0)) != cudaSuccess ||
-      cudaFuncGetAttributes(&f1, sn::grid_kernel_for(1)) != cudaSuccess) {
+      cudaFuncGetAttributes(&fg, generic) != cudaSuccess || cudaFuncGetAttributes(&fp, packed) != cudaSuccess) {
     (void)cudaGetLastError();
     return;
   }
   // The dynamic shared memory either instance may use (its opt-in limit less its static memory).
-  const size_t stat = f0.sharedSizeBytes > f1.sharedSizeBytes ? f0.sharedSizeBytes : f1.sharedSizeBytes;
+  const size_t stat = fg.sharedSizeBytes > fp.sharedSizeBytes ? fg.sharedSizeBytes : fp.sharedSizeBytes;
   const size_t avail = (size_t)optin > stat ? (size_t)optin - stat : 0;
   const int G = (int)(view.h < sm_count ? view.h : sm_count);
   sn_on_chip_t L{};
   const size_t bytes = sn_cuda_on_chip_grid_layout(view.h, view.B, dtype, G, avail, rows_cap, &L);
-  const sn::GridKernel kernel = sn::grid_kernel_for(L.reg_rows);
-  if (bytes == 0 || sn::allow_shared_memory(kernel, bytes) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return;
-  }
-  int per_sm = 0;  // every block resident at once: one per multiprocessor
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, sn::kGridThreads, bytes) != cudaSuccess ||
-      per_sm < 1) {
-    (void)cudaGetLastError();
-    return;
+  if (bytes == 0) return;
+  // Each instance a forward may launch: the generic one unless rows sit in registers (W or W_sn
+  // off 16-byte alignment), the packed one for rows of whole packs: its shared memory, and one
+  // block per multiprocessor (every block resident at once).
+  for (int k = 0; k < 2; ++k) {
+    const bool is_packed = k == 1;
+    if (is_packed ? !L.packed : L.reg_rows > 0) continue;
+    const sn::GridKernel kernel = is_packed ? packed : generic;
+    int per_sm = 0;
+    if (sn::allow_shared_memory(kernel, bytes) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, sn::kGridThreads, bytes) != cudaSuccess ||
+        per_sm < 1) {
+      (void)cudaGetLastError();
+      return;
+    }
   }
   *oc = L;
   oc->cluster = 1;

@@ -68,6 +68,8 @@ typedef struct {
   int smem_rows;          /* grid: the rows a block holds in shared memory at most */
   int reg_rows;           /* grid: the rows beyond those a block may hold in registers (0: none;
                              then only with W and W_sn 16-byte aligned: sn_cuda_forward_on_chip) */
+  int packed;             /* grid: rows of whole 16-byte packs, at most one per thread: the forwards
+                             whose W and W_sn are 16-byte aligned run the packed instance */
 } sn_on_chip_t;
 
 /* The forwards of a single layer that run on chip (sn_on_chip_t.modes). */
@@ -372,8 +374,9 @@ void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, int sm_count
  * dynamic shared memory per block (no device needed): each block holds up to oc->smem_rows of its
  * rows in shared memory (as many as fit beside v, t, u and a float per thread; at most rows_cap > 0)
  * and the rest, at most 7 (oc->reg_rows), in registers, which takes rows of whole 16-byte packs, at
- * most one per thread. Fills oc->w_bytes, w4, rows4, smem_rows, reg_rows and returns the dynamic
- * shared memory per block; 0 (and those fields 0) where the layer cannot be laid out so. */
+ * most one per thread (oc->packed: such rows). Fills oc->w_bytes, w4, rows4, smem_rows, reg_rows,
+ * packed and returns the dynamic shared memory per block; 0 (and those fields 0) where the layer
+ * cannot be laid out so. */
 size_t sn_cuda_on_chip_grid_layout(int64_t h, int64_t w, sn_dtype_t dtype, int blocks, size_t avail,
                                    int rows_cap, sn_on_chip_t *oc);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */

@@ -1315,11 +1315,13 @@ TEST(OnChipGrid, Layout) {
   EXPECT_EQ(oc.rows4, 16);
   EXPECT_EQ(oc.smem_rows, 16);
   EXPECT_EQ(oc.reg_rows, 0);
+  EXPECT_EQ(oc.packed, 1) << "512 packs of 4 floats a row";
   // 4096² bf16 over 132 blocks: 32 rows of 8 KB, 26 in shared memory and 6 in registers.
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(4096, 4096, SN_DTYPE_BFLOAT16, 132, A, 0, &oc),
             size_t(213008 + 4 * (4096 + 2 * 32 + 512)));
   EXPECT_EQ(oc.smem_rows, 26);
   EXPECT_EQ(oc.reg_rows, 6);
+  EXPECT_EQ(oc.packed, 1);
   // 4096² fp32 (13 rows of 16 KB fit, 19 more than registers take) and 4096 × 16384 bf16 do not fit.
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(4096, 4096, SN_DTYPE_FLOAT32, 132, A, 0, &oc), 0u);
   EXPECT_EQ(oc.smem_rows + oc.reg_rows + oc.w_bytes, 0);
@@ -1341,14 +1343,18 @@ TEST(OnChipGrid, Layout) {
   // Narrow and odd: 1000 × 1 over 132 blocks (8 rows of 4 bytes); 7 × 13 fp16 over 7 (a row of 26).
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(1000, 1, SN_DTYPE_FLOAT32, 132, A, 0, &oc), size_t(48 + 4 * (4 + 2 * 8 + 512)));
   EXPECT_EQ(oc.rows4, 8);
+  EXPECT_EQ(oc.packed, 0) << "no whole pack";
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(7, 13, SN_DTYPE_FLOAT16, 7, A, 0, &oc), size_t(48 + 4 * (16 + 2 * 4 + 512)));
   EXPECT_EQ(oc.smem_rows, 1);
+  // 1024 packs of bf16 a row, all in shared memory: not packed (more packs than threads).
+  EXPECT_GT(sn_cuda_on_chip_grid_layout(132, 8192, SN_DTYPE_BFLOAT16, 132, A, 0, &oc), 0u);
+  EXPECT_EQ(oc.packed, 0);
   for (const auto &bad : {std::vector<int64_t>{0, 5, 1}, std::vector<int64_t>{5, 0, 1}, std::vector<int64_t>{5, 5, 0},
                           std::vector<int64_t>{5, 5, 6}, std::vector<int64_t>{1 << 20, 1 << 20, 132}}) {
-    oc.w_bytes = oc.w4 = oc.rows4 = oc.smem_rows = oc.reg_rows = 7;
+    oc.w_bytes = oc.w4 = oc.rows4 = oc.smem_rows = oc.reg_rows = oc.packed = 7;
     EXPECT_EQ(sn_cuda_on_chip_grid_layout(bad[0], bad[1], SN_DTYPE_FLOAT32, int(bad[2]), A, 0, &oc), 0u)
         << bad[0] << " x " << bad[1] << " over " << bad[2];
-    EXPECT_EQ(oc.w_bytes + oc.w4 + oc.rows4 + oc.smem_rows + oc.reg_rows, 0);
+    EXPECT_EQ(oc.w_bytes + oc.w4 + oc.rows4 + oc.smem_rows + oc.reg_rows + oc.packed, 0);
   }
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(100, 100, SN_DTYPE_FLOAT32, 10, 100, 0, &oc), 0u) << "100 bytes";
   // What the kernel relies on: its split h·r/G .. h·(r+1)/G gives no block more rows than shared
