@@ -9,7 +9,7 @@
 // less the per-block vectors (4096 columns: ~3 %), e.g. 2048² fp32 (16.8 MB), 768 × 3072 fp32,
 // ViT-L's 1024 × 4096 fp32; and, with up to 7 rows of each block held in registers (the packed
 // instance, for rows of whole 16-byte packs, at most one per thread: packed_products), 4096² bf16
-// (33.5 MB: 25 rows of each block in shared memory, 7 in registers), issue 5's goal-1 shape that
+// (33.5 MB: 25-26 rows of each block in shared memory, 6-7 in registers), issue 5's goal-1 shape that
 // three passes over W cannot serve at 85% of the copy bandwidth (bench/NOTES.md, session 20). Two
 // instances per dtype: the packed one (16-byte accesses to the rows in shared memory, and the rows
 // in registers) for rows of whole packs where W and W_sn are 16-byte aligned, the generic one
@@ -64,7 +64,7 @@ namespace {
 constexpr int kGridThreads = 512;
 // Rows a block of the packed instance may hold in registers beyond those its shared memory holds
 // (one 16-byte pack per thread and row: 4 registers each), so that 4096² bf16 fits 132 blocks (32
-// rows of 8 KB, 25 in shared memory beside the vectors and this instance's static shared memory).
+// rows of 8 KB, 25-26 in shared memory beside the vectors and this instance's static shared memory).
 // ptxas (one kernel per dtype and instance): the packed fp32 and bf16 instances 127-128 registers
 // and no spill on sm_90 and sm_80, fp16 20 bytes on sm_90 (4 on sm_80); the generic ones 72-96, no
 // spill. (With 8 rows in registers, one kernel for the three dtypes spilled 32 bytes on sm_90.)
@@ -375,6 +375,7 @@ extern "C" size_t sn_cuda_on_chip_grid_layout(int64_t h, int64_t w, sn_dtype_t d
   int64_t ks = ((int64_t)avail - vec - 31) / row_bytes;
   if (rows_cap > 0 && ks > rows_cap) ks = rows_cap;
   if (ks > R) ks = R;
+  if (ks * row_bytes > (1 << 24)) return 0;  // beyond any block's shared memory (w_bytes is an int)
   const int64_t reg = R - ks;
   const int64_t E = 16 / elem;
   if (ks < 1 || reg > sn::kGridRegRows) return 0;
@@ -403,8 +404,13 @@ extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, i
     (void)cudaGetLastError();
     return;
   }
-  // The dynamic shared memory either instance may use (its opt-in limit less its static memory).
-  const size_t stat = fg.sharedSizeBytes > fp.sharedSizeBytes ? fg.sharedSizeBytes : fp.sharedSizeBytes;
+  // The dynamic shared memory every instance a forward may launch can use (its opt-in limit less
+  // its static memory): the generic one, and for rows of whole 16-byte packs, at most one per
+  // thread, the packed one too (sn_cuda_on_chip_grid_layout's rule).
+  const int64_t E = 16 / (int64_t)sn_dtype_size(dtype);
+  const bool packable = view.B % E == 0 && view.B / E <= sn::kGridThreads;
+  size_t stat = fg.sharedSizeBytes;
+  if (packable && fp.sharedSizeBytes > stat) stat = fp.sharedSizeBytes;
   const size_t avail = (size_t)optin > stat ? (size_t)optin - stat : 0;
   const int G = (int)(view.h < sm_count ? view.h : sm_count);
   sn_on_chip_t L{};

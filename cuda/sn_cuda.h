@@ -66,8 +66,9 @@ typedef struct {
                              one per SM (cuda/on_chip_grid.cu, SPECNORM_TUNE=op_onchip_grid=1 or 2);
                              cluster is then 1, clusters 0 and backward 0 */
   int smem_rows;          /* grid: the rows a block holds in shared memory at most */
-  int reg_rows;           /* grid: the rows beyond those a block may hold in registers (0: none;
-                             then only with W and W_sn 16-byte aligned: sn_cuda_forward_on_chip) */
+  int reg_rows;           /* grid: how many of a block's rows, beyond smem_rows, it holds in
+                             registers (0: none). With any, the layer runs on the grid only where W
+                             and W_sn are 16-byte aligned (sn_cuda_forward_on_chip) */
   int packed;             /* grid: rows of whole 16-byte packs, at most one per thread: the forwards
                              whose W and W_sn are 16-byte aligned run the packed instance */
 } sn_on_chip_t;

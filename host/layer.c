@@ -69,7 +69,7 @@ static int drop_refused_launch(sn_layer_t *l, int e, int *on_chip, int forward, 
   if (e == 0) return 0;
   const char *what = NULL;
   if (*on_chip && sn_cuda_on_chip_refused(e)) {
-    l->plan.onchip.cluster = l->plan.onchip.grid = 0;
+    memset(&l->plan.onchip, 0, sizeof l->plan.onchip);
     *on_chip = 0;
     what = "on-chip";
   } else if (forward && sn_cuda_one_pass_coop_refused(&l->plan, e)) {
@@ -307,7 +307,7 @@ static sn_status_t create_cuda(sn_layer_t *l) {
   /* Nor for a 1-D weight (normalized exactly, no iteration): its backward keeps the two kernels,
    * spread over the device, rather than one cluster. (The same for the layer on chip over the
    * grid, SPECNORM_TUNE=op_onchip_grid: its scratch, counted in ws_bytes, then goes unused.) */
-  if (l->desc.algo == SN_ALGO_TWO_PASS || l->is_1d) l->plan.onchip.cluster = l->plan.onchip.grid = 0;
+  if (l->desc.algo == SN_ALGO_TWO_PASS || l->is_1d) memset(&l->plan.onchip, 0, sizeof l->plan.onchip);
   if (ws_bytes == 0)
     return sn__fail(SN_ERROR_SIZE_OVERFLOW,
                     "this shape (%lld x %lld) needs more blocks than a CUDA grid takes, or scratch "
