@@ -104,19 +104,10 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
   float *s_sm = v_sm + 3 * p.w4;  // s of the current iteration (partials at v_sm + w4, + 2·w4)
   float *t_sm = v_sm + 4 * p.w4, *u_sm = t_sm + p.rows4, *tsq_sm = u_sm + p.rows4, *grp_sm = tsq_sm + 4;
 
-  // Load: W's rows, v (iteration 0) and, eval, u_i: all in flight together.
+  // Load: W's rows, v (iteration 0) and, eval, u_i: all in flight together; the state as this
+  // forward found it.
   copy_in<NT>(Ws, Wg, n);
-  for (int j = threadIdx.x; j < w; j += NT) __pipeline_memcpy_async(&v_sm[j], &e.v[j], 4);
-  if (!training)
-    for (int k = threadIdx.x; k < rows; k += NT) __pipeline_memcpy_async(&u_sm[k], &e.u[i0 + k], 4);
-  __pipeline_commit();
-  // The state as this forward found it: nothing writes it before this cluster's own commit.
-  const unsigned health = reinterpret_cast<const unsigned *>(e.sigma)[3];
-  const float sig_old = e.sigma[0], gamma = e.gamma ? *e.gamma : 1.f;
-  __pipeline_wait_prior(0);
-  if (training && (health & SN_HEALTH_RESTART))  // restart from ones (the thread's own copies)
-    for (int j = threadIdx.x; j < w; j += NT) v_sm[j] = 1.f;
-  __syncthreads();
+  const StartState st = load_v_and_state<NT>(e, v_sm, u_sm, i0, rows, w, training);
 
   const int iters = training ? e.n_iters : 1;
   const int groups = row_groups<NT>(w);  // of rows, for s
@@ -162,13 +153,13 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
   // reads no peer from now on), the wait at the end.
   cluster_arrive();
 
-  const CommitScale cs = commit_scale_of(sig, sig_old, e.norm_bound, gamma);
+  const CommitScale cs = commit_scale_of(sig, st.sig_old, e.norm_bound, st.gamma);
   if (training && cs.good) {
     for (int k = threadIdx.x; k < rows; k += NT) e.u[i0 + k] = t_sm[k] / m_t;
     const int j0 = (int)((int64_t)w * r / C), j1 = (int)((int64_t)w * (r + 1) / C);
     for (int j = j0 + threadIdx.x; j < j1; j += NT) e.v[j] = s_sm[j] / m_s;
   }
-  if (r == 0 && threadIdx.x == 0) commit_state_word_of(e.sigma, cs, training, health);
+  if (r == 0 && threadIdx.x == 0) commit_state_word_of(e.sigma, cs, training, st.health);
   if (e.W_sn) divide_out<NT>(static_cast<T *>(e.W_sn) + i0 * w, Ws, Wg, n, cs);
   cluster_wait();
 }

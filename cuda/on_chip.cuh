@@ -8,6 +8,7 @@
 
 #include <cuda_pipeline.h>
 
+#include "sn_cuda.h"
 #include "sn_device.cuh"
 #include "sn_types.cuh"
 
@@ -71,6 +72,36 @@ __device__ __forceinline__ void divide_out(T *out, const T *src_sm, const T *src
   }
   for (int64_t k = threadIdx.x; k < head; k += NT) out[k] = from_f<T>(cs.apply(to_f(src_sm[k])));
   for (int64_t k = tail + threadIdx.x; k < n; k += NT) out[k] = from_f<T>(cs.apply(to_f(src_sm[k])));
+}
+
+// What an on-chip forward reads of the layer's state before it computes: the health word, the last
+// good σ and γ. Nothing writes the state before the launch's own commit, which comes after its
+// last barrier across blocks.
+struct StartState {
+  unsigned health;
+  float sig_old, gamma;
+};
+
+// The rest of an on-chip forward's load, after the caller has issued its rows' copies: v (and, eval,
+// the block's rows' u_i, from i0) into shared memory, all in flight together; the state; the wait
+// for every copy; v = ones where a training forward restarts (each thread its own copies); a
+// barrier.
+template <int NT>
+__device__ __forceinline__ StartState load_v_and_state(const sn_group_entry_t &e, float *v_sm, float *u_sm,
+                                                       int64_t i0, int rows, int w, bool training) {
+  for (int j = threadIdx.x; j < w; j += NT) __pipeline_memcpy_async(&v_sm[j], &e.v[j], 4);
+  if (!training)
+    for (int k = threadIdx.x; k < rows; k += NT) __pipeline_memcpy_async(&u_sm[k], &e.u[i0 + k], 4);
+  __pipeline_commit();
+  StartState s;
+  s.health = reinterpret_cast<const unsigned *>(e.sigma)[3];
+  s.sig_old = e.sigma[0];
+  s.gamma = e.gamma ? *e.gamma : 1.f;
+  __pipeline_wait_prior(0);
+  if (training && (s.health & SN_HEALTH_RESTART))
+    for (int j = threadIdx.x; j < w; j += NT) v_sm[j] = 1.f;
+  __syncthreads();
+  return s;
 }
 
 // The block's products over its `rows` rows (Ws: shared memory, row-major, w columns) with v_sm:

@@ -219,17 +219,8 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
     for (int k = 0; k < RO; ++k)
       if (k < nreg && (int)threadIdx.x < wp) reg[k] = V::load_raw(Wg + (int64_t)(ks + k) * w + E * threadIdx.x);
   }
-  for (int j = threadIdx.x; j < w; j += NT) __pipeline_memcpy_async(&v_sm[j], &e.v[j], 4);
-  if (!training)
-    for (int k = threadIdx.x; k < rows; k += NT) __pipeline_memcpy_async(&u_sm[k], &e.u[i0 + k], 4);
-  __pipeline_commit();
-  // The state as this forward found it: block 0 writes it only after the last grid barrier.
-  const unsigned health = reinterpret_cast<const unsigned *>(e.sigma)[3];
-  const float sig_old = e.sigma[0], gamma = e.gamma ? *e.gamma : 1.f;
-  __pipeline_wait_prior(0);
-  if (training && (health & SN_HEALTH_RESTART))  // restart from ones (the thread's own copies)
-    for (int j = threadIdx.x; j < w; j += NT) v_sm[j] = 1.f;
-  __syncthreads();
+  // The state as this forward found it (block 0 writes it only after the last grid barrier).
+  const StartState st = load_v_and_state<NT>(e, v_sm, u_sm, i0, rows, w, training);
 
   // This block's slice of the columns, and the lanes that add each column's partials.
   const int j0 = (int)((int64_t)w * r / G), cw = (int)((int64_t)w * (r + 1) / G) - j0;
@@ -284,12 +275,12 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
     }
   }
 
-  const CommitScale cs = commit_scale_of(sig, sig_old, e.norm_bound, gamma);
+  const CommitScale cs = commit_scale_of(sig, st.sig_old, e.norm_bound, st.gamma);
   if (training && cs.good) {
     for (int k = threadIdx.x; k < rows; k += NT) e.u[i0 + k] = t_sm[k] / m_t;
     for (int j = j0 + threadIdx.x; j < j0 + cw; j += NT) e.v[j] = __ldcg(&p.s[j]) / m_s;
   }
-  if (r == 0 && threadIdx.x == 0) commit_state_word_of(e.sigma, cs, training, health);
+  if (r == 0 && threadIdx.x == 0) commit_state_word_of(e.sigma, cs, training, st.health);
   if (e.W_sn) {
     T *out = static_cast<T *>(e.W_sn) + i0 * w;
     divide_out<NT>(out, Ws, Wg, n, cs);
