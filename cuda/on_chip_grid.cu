@@ -12,14 +12,18 @@
 // (33.5 MB: 25-26 rows of each block in shared memory, 6-7 in registers), issue 5's goal-1 shape that
 // three passes over W cannot serve at 85% of the copy bandwidth (bench/NOTES.md, session 20). Two
 // instances per dtype: the packed one (16-byte accesses to the rows in shared memory, and the rows
-// in registers) for rows of whole packs where W and W_sn are 16-byte aligned, the generic one
-// (block_products, the cluster kernel's element-by-element code) for the others.
+// in registers) for rows of whole packs where W is 16-byte aligned (and W_sn too, with rows in
+// registers), and rows of 256 elements or more or rows in registers; the generic one
+// (block_products, the cluster kernel's element-by-element code, whose row groups serve narrow
+// rows better) for the others. They add t's terms in other orders: the results are bitwise
+// reproducible for a given grid and instance, and W's alignment picks the instance.
 //
 // Per block (rank r of G, rows i0 = h·r/G to i1 = h·(r+1)/G), per iteration:
 //   load   the rows (cp.async, as the cluster kernel: cuda/on_chip.cuh's copy_in) and v
 //          (iteration 0; ones when the health word asks for a restart), once;
-//   t, s   t_i = M_i · v for its rows and its partial s_j = Σ_i t_i M_ij over them (block_products,
-//          the cluster kernel's code), the partial to global memory (part[r]) and its Σ t_i² (tsq[r]);
+//   t, s   t_i = M_i · v for its rows and its partial s_j = Σ_i t_i M_ij over them (packed_products,
+//          or block_products, the cluster kernel's code), the partial to global memory (part[r])
+//          and its Σ t_i² (tsq[r]);
 //   grid barrier;
 //   reduce m_t = max(‖t‖, eps) from tsq in a fixed order (grid_sum_of: the same bits in every
 //          block); its slice of columns j0 = w·r/G to j1 = w·(r+1)/G: s_j = (Σ_k part[k]_j in a
@@ -31,8 +35,8 @@
 // slice, the state word (block 0), and W_sn = (W / d) · γ from shared memory (in place is safe: a
 // block writes only the rows it alone read). The arithmetic is that of the three kernels in
 // another order (as the cluster kernel's), so the results match them to rounding, not bit for bit;
-// every sum has a fixed order for a given grid, and the grid is fixed at the layer's creation, so
-// the results are bitwise reproducible.
+// every sum has a fixed order for a given grid and instance, the grid is fixed at the layer's
+// creation and W's alignment picks the instance (below), so the results are bitwise reproducible.
 //
 // Count (H200, copy 4.25 TB/s; 2048² fp32, 16.8 MB): the three kernels take ~31 µs (53 % of the
 // copy bandwidth for 3 · bytes(W)); one launch that reads W once at ~3.5 TB/s (~5 µs), computes
@@ -78,7 +82,7 @@ struct GridChipParams {
   float *sq;           // G: Σ s² over each block's slice of columns
   float *s;            // w: s = Mᵀ t / m_t (the plan's s)
   int w_bytes, w4, rows4;
-  int srows;           // a block's rows in shared memory at most; the rest (RO instance) in registers
+  int srows;           // a block's rows in shared memory at most; the rest (packed instance) in registers
 };
 
 // The shared memory of every block: the rows (at W's address mod 16: 16 + the largest share,
@@ -341,9 +345,10 @@ cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry
   // attribute (as the cooperative one-pass launch by default, cuda/one_pass_coop.cu): the launch
   // starts once the kernel before it has ended, so its pdl_wait returns at once; its pdl_trigger
   // after the first grid barrier lets a kernel after it that asked for PDL be scheduled early.
-  // The packed instance where W and W_sn allow 16-byte accesses (sn_cuda_forward_on_chip keeps a
-  // layer with rows in registers off this path otherwise).
-  const bool packed = oc.packed && aligned16(e.W) && (!e.W_sn || aligned16(e.W_sn));
+  // The packed instance where W allows 16-byte accesses, and W_sn too where rows sit in registers
+  // (stored 16 bytes at a time; sn_cuda_forward_on_chip keeps such a layer off this path otherwise;
+  // the rows in shared memory go out through divide_out, which takes any alignment).
+  const bool packed = oc.packed && aligned16(e.W) && (oc.reg_rows == 0 || !e.W_sn || aligned16(e.W_sn));
   if (oc.reg_rows > 0 && !packed) return cudaErrorInvalidValue;
   const int blocks = oc.refuse ? G * 1024 : G;
   ClusterLaunch L(blocks, kGridThreads, grid_smem(oc.w_bytes, oc.w4, oc.rows4), 0, stream, false, true);
@@ -370,8 +375,12 @@ extern "C" size_t sn_cuda_on_chip_grid_layout(int64_t h, int64_t w, sn_dtype_t d
   const int64_t reg = R - ks;
   const int64_t E = 16 / elem;
   if (ks < 1 || reg > sn::kGridRegRows) return 0;
-  const bool packed = w % E == 0 && w / E <= sn::kGridThreads;  // whole packs, at most one per thread
-  if (reg > 0 && !packed) return 0;
+  // Whole packs, at most one per thread; and rows of at least kGridThreads / 2 elements, or rows in
+  // registers: narrower ones keep block_products, whose row groups put all threads on the partial s
+  // (packed, only wp threads go through all the block's rows).
+  const bool whole = w % E == 0 && w / E <= sn::kGridThreads;
+  if (reg > 0 && !whole) return 0;
+  const bool packed = whole && (reg > 0 || w >= sn::kGridThreads / 2);
   oc->w_bytes = (int)((16 + ks * row_bytes + 15) / 16 * 16);
   oc->w4 = (int)w4;
   oc->rows4 = (int)rows4;

@@ -1344,6 +1344,12 @@ TEST(OnChipGrid, Layout) {
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(1000, 1, SN_DTYPE_FLOAT32, 132, A, 0, &oc), size_t(48 + 4 * (4 + 2 * 8 + 512)));
   EXPECT_EQ(oc.rows4, 8);
   EXPECT_EQ(oc.packed, 0) << "no whole pack";
+  // Whole packs but narrow rows (below 256 elements) without rows in registers: generic; with: packed.
+  EXPECT_GT(sn_cuda_on_chip_grid_layout(1000, 64, SN_DTYPE_FLOAT32, 132, A, 0, &oc), 0u);
+  EXPECT_EQ(oc.packed, 0);
+  EXPECT_GT(sn_cuda_on_chip_grid_layout(1000, 64, SN_DTYPE_FLOAT32, 132, A, 2, &oc), 0u);
+  EXPECT_EQ(oc.reg_rows, 6);
+  EXPECT_EQ(oc.packed, 1);
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(7, 13, SN_DTYPE_FLOAT16, 7, A, 0, &oc), size_t(48 + 4 * (16 + 2 * 4 + 512)));
   EXPECT_EQ(oc.smem_rows, 1);
   // 1024 packs of bf16 a row, all in shared memory: not packed (more packs than threads).
