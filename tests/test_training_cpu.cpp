@@ -141,12 +141,6 @@ std::vector<uint8_t> to_dtype(const std::vector<float> &x, sn_dtype_t dt) {
   return out;
 }
 
-std::vector<float> from_dtype(const std::vector<uint8_t> &x, sn_dtype_t dt) {
-  std::vector<float> out(x.size() / sn_dtype_size(dt));
-  for (size_t k = 0; k < out.size(); ++k) out[k] = sn_load(x.data(), dt, int64_t(k));
-  return out;
-}
-
 }  // namespace
 
 TEST(Dtype, HalfWeightsOnTheCpuBackend) {

@@ -77,9 +77,7 @@ TEST(GpuTraining, HalfWeightsMatchTheCpuBackend) {
       EXPECT_LT(max_abs_diff(sg.u, sc.u), 2e-5);
       EXPECT_LT(max_abs_diff(sg.v, sc.v), 2e-5);
       // W_sn: both round W / σ once to the type; σ differs by ~1e-6, so at most one unit apart.
-      const std::vector<float> og = out.download_floats();
-      std::vector<float> oc(og.size());
-      for (size_t k = 0; k < oc.size(); ++k) oc[k] = sn_load(out_cpu.data(), c.dt, int64_t(k));
+      const std::vector<float> og = out.download_floats(), oc = from_dtype(out_cpu, c.dt);
       for (size_t k = 0; k < oc.size(); ++k)
         ASSERT_LE(std::fabs(og[k] - oc[k]), ulp(c.dt) * std::fabs(oc[k]) * 1.01 + 1e-30) << k;
     }
@@ -160,10 +158,8 @@ TEST(GpuTraining, BackwardMatchesTheCpuBackend) {
     ASSERT_EQ(sn_backward(cpu, W.host.data(), G.host.data(), dw_cpu.data(), c.flags,
                           c.gamma ? &h_dgamma : nullptr, nullptr),
               SN_SUCCESS);
-    const std::vector<float> got = dW.download_floats();
-    std::vector<float> want(got.size());
-    for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(dw_cpu.data(), c.dt, int64_t(k));
-    EXPECT_LT(rel_err(got, want), c.dt == SN_DTYPE_FLOAT32 ? 1e-5 : 2 * ulp(c.dt));
+    EXPECT_LT(rel_err(dW.download_floats(), from_dtype(dw_cpu, c.dt)),
+              c.dt == SN_DTYPE_FLOAT32 ? 1e-5 : 2 * ulp(c.dt));
     if (c.gamma) {
       float dgamma = 0;
       ASSERT_EQ(cudaMemcpy(&dgamma, d_dgamma, 4, cudaMemcpyDeviceToHost), cudaSuccess);
@@ -450,10 +446,8 @@ static void expect_on_chip_options_match_cpu(const std::string &tune, const std:
                 SN_SUCCESS);
       expect_state_and_scale_near(g, cpu, 1e-4);
       if (out) {
-        const std::vector<float> got = o.in_place ? W.download_floats() : Wsn.download_floats();
-        std::vector<float> want(got.size());
-        for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(wsn_c.data(), o.dt, int64_t(k));
-        EXPECT_LT(rel_err(got, want), o.dt == SN_DTYPE_FLOAT32 ? 2e-5 : 2 * ulp(o.dt));
+        EXPECT_LT(rel_err(o.in_place ? W.download_floats() : Wsn.download_floats(), from_dtype(wsn_c, o.dt)),
+                  o.dt == SN_DTYPE_FLOAT32 ? 2e-5 : 2 * ulp(o.dt));
       }
       if (!training) continue;
       // The backward after it (W as the forward was given it: in place, W.dev now holds W_sn),
@@ -466,10 +460,8 @@ static void expect_on_chip_options_match_cpu(const std::string &tune, const std:
       float dgamma_c = 0.f;
       ASSERT_EQ(sn_backward(g, W.dev, G.dev, dW.dev, flags, d_dgamma, nullptr), SN_SUCCESS) << sn_last_error_message();
       ASSERT_EQ(sn_backward(cpu, W.host.data(), G.host.data(), dw_c_in.data(), flags, &dgamma_c, nullptr), SN_SUCCESS);
-      const std::vector<float> got = dW.download_floats();
-      std::vector<float> want(got.size());
-      for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(dw_c_in.data(), o.dt, int64_t(k));
-      EXPECT_LT(rel_err(got, want), o.dt == SN_DTYPE_FLOAT32 ? 1e-4 : 2 * ulp(o.dt)) << "flags " << flags;
+      EXPECT_LT(rel_err(dW.download_floats(), from_dtype(dw_c_in, o.dt)),
+                o.dt == SN_DTYPE_FLOAT32 ? 1e-4 : 2 * ulp(o.dt)) << "flags " << flags;
       // ∂L/∂γ = ⟨G, W⟩ / d, to rounding of the sum: relative to Σ |G W| / d (⟨G, W⟩ itself may
       // cancel to near 0).
       float dgamma_g = 0.f;
@@ -507,10 +499,8 @@ static void expect_on_chip_options_match_cpu(const std::string &tune, const std:
         ASSERT_EQ(sn_backward(cpu, alias == 2 ? bc.data() : W.host.data(), alias == 1 ? bc.data() : G.host.data(),
                               bc.data(), flags, nullptr, nullptr),
                   SN_SUCCESS);
-        const std::vector<float> got = buf.download_floats();
-        std::vector<float> want(got.size());
-        for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(bc.data(), o.dt, int64_t(k));
-        EXPECT_LT(rel_err(got, want), o.dt == SN_DTYPE_FLOAT32 ? 1e-4 : 2 * ulp(o.dt));
+        EXPECT_LT(rel_err(buf.download_floats(), from_dtype(bc, o.dt)),
+                  o.dt == SN_DTYPE_FLOAT32 ? 1e-4 : 2 * ulp(o.dt));
       }
     }
     if (g.p->plan.onchip.cluster == 0) continue;  // (an A100: 590 KB needs clusters)
@@ -614,10 +604,8 @@ TEST(GpuTraining, OnChipGridRegisterRowsMatchTheCpuBackend) {
         ASSERT_EQ(sn_forward(g, W.dev, Wsn.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
         ASSERT_EQ(sn_forward(b, W.dev, O2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
         ASSERT_EQ(sn_forward(cpu, W.host.data(), wsn_c.data(), training, nullptr), SN_SUCCESS);
-        const std::vector<float> got = Wsn.download_floats();
-        std::vector<float> want(got.size());
-        for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(wsn_c.data(), c.dt, int64_t(k));
-        EXPECT_LT(rel_err(got, want), c.dt == SN_DTYPE_FLOAT32 ? 2e-5 : 2 * ulp(c.dt));
+        EXPECT_LT(rel_err(Wsn.download_floats(), from_dtype(wsn_c, c.dt)),
+                  c.dt == SN_DTYPE_FLOAT32 ? 2e-5 : 2 * ulp(c.dt));
         EXPECT_TRUE(Wsn.download_bytes() == O2.download_bytes()) << "bitwise against a second layer";
       }
       expect_state_and_scale_near(g, cpu, 1e-4);
@@ -654,10 +642,8 @@ TEST(GpuTraining, OnChipGridRegisterRowsMatchTheCpuBackend) {
       ASSERT_EQ(sn_forward(g, Wo.dev, Oo.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
       ASSERT_EQ(sn_forward(cpu, Wo.host.data(), wsn_c.data(), 1, nullptr), SN_SUCCESS);
       expect_state_and_scale_near(g, cpu, 1e-4);
-      const std::vector<float> got = Oo.download_floats();
-      std::vector<float> want(got.size());
-      for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(wsn_c.data(), c.dt, int64_t(k));
-      EXPECT_LT(rel_err(got, want), c.dt == SN_DTYPE_FLOAT32 ? 2e-5 : 2 * ulp(c.dt));
+      EXPECT_LT(rel_err(Oo.download_floats(), from_dtype(wsn_c, c.dt)),
+                c.dt == SN_DTYPE_FLOAT32 ? 2e-5 : 2 * ulp(c.dt));
     }
   }
   EXPECT_GT(ran, 0);
@@ -702,10 +688,7 @@ TEST(GpuTraining, OnChipGridLargestBf16LayerMatchesTheCpuBackend) {
     ASSERT_EQ(sn_forward(g, W.dev, Wsn.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
     ASSERT_EQ(sn_forward(cpu, W.host.data(), wsn_c.data(), training, nullptr), SN_SUCCESS);
     expect_state_and_scale_near(g, cpu, 1e-4);
-    const std::vector<float> got = Wsn.download_floats();
-    std::vector<float> want(got.size());
-    for (size_t k = 0; k < want.size(); ++k) want[k] = sn_load(wsn_c.data(), dt, int64_t(k));
-    EXPECT_LT(rel_err(got, want), 2 * ulp(dt));
+    EXPECT_LT(rel_err(Wsn.download_floats(), from_dtype(wsn_c, dt)), 2 * ulp(dt));
   }
   for (int training : {1, 0}) {
     const std::vector<std::string> names =

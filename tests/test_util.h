@@ -174,6 +174,13 @@ inline std::string tune_prefix() {
   return t && *t ? std::string(t) + "," : std::string();
 }
 
+// The values of the elements of `dt` in `x` (a CPU layer's W_sn or dW, say), as floats.
+inline std::vector<float> from_dtype(const std::vector<uint8_t> &x, sn_dtype_t dt) {
+  std::vector<float> out(x.size() / sn_dtype_size(dt));
+  for (size_t k = 0; k < out.size(); ++k) out[k] = sn_load(x.data(), dt, int64_t(k));
+  return out;
+}
+
 // Host and device copies of a tensor of `dt`, offset by `offset` elements inside the device buffer.
 struct Tensor {
   sn_dtype_t dt;
@@ -204,11 +211,7 @@ struct Tensor {
     EXPECT_EQ(cudaMemcpy(h.data(), dev, h.size(), cudaMemcpyDeviceToHost), cudaSuccess);
     return h;
   }
-  std::vector<float> host_floats() const {
-    std::vector<float> out(static_cast<size_t>(n));
-    for (int64_t k = 0; k < n; ++k) out[static_cast<size_t>(k)] = sn_load(host.data(), dt, k);
-    return out;
-  }
+  std::vector<float> host_floats() const { return from_dtype(host, dt); }
   void poison() { EXPECT_EQ(cudaMemset(dev, 0xFF, host.size()), cudaSuccess); }
 };
 
