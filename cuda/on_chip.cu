@@ -53,7 +53,6 @@ constexpr int kOnChipMaxCluster = 8;  // the portable cluster size
 // Rows per block the cluster size aims at: a block's load, products and division scale with it.
 constexpr size_t kOnChipTargetBytes = 64 * 1024;
 
-
 // Shared memory of every block of the launch, at the same offsets in all of them (a block finds
 // its peers' buffers at its own offsets): the rows of W (placed at W's address mod 16, so 16 +
 // the largest share, rounded up to 16 bytes), then floats: v, two partial s, s (w4 each), t and

@@ -104,6 +104,15 @@ __device__ __forceinline__ StartState load_v_and_state(const sn_group_entry_t &e
   return s;
 }
 
+// The block's Σ t_k² over t_sm[0..rows) (eval, where t_sm holds u_k t_k: Σ t_sm[k]), in every
+// thread: each thread every NT-th, then block_sum's tree.
+template <int NT>
+__device__ __forceinline__ float block_t_sum(const float *t_sm, int rows, bool training) {
+  float q = 0.f;
+  for (int k = threadIdx.x; k < rows; k += NT) q = training ? fmaf(t_sm[k], t_sm[k], q) : q + t_sm[k];
+  return block_sum<NT>(q);
+}
+
 // The block's products over its `rows` rows (Ws: shared memory, row-major, w columns) with v_sm:
 // t_sm[k] = M_k · v (eval: u_sm[k] times that) and, training, the block's partial s_j =
 // Σ_k t_k M_kj into part[j] (shared or global memory; grp_sm: NT floats of shared memory for the
@@ -167,10 +176,7 @@ __device__ __forceinline__ float block_products(const T *Ws, int rows, int w, co
     }
   }
   // And its Σ t² (eval: Σ u_i t_i).
-  float q = 0.f;
-  for (int k = threadIdx.x; k < rows; k += NT) q = training ? fmaf(t_sm[k], t_sm[k], q) : q + t_sm[k];
-  q = block_sum<NT>(q);
-  return q;
+  return block_t_sum<NT>(t_sm, rows, training);
 }
 
 // The row groups of block_products for rows of w elements on NT threads.

@@ -52,7 +52,8 @@
 // are contiguous (A = 1) and that the cluster kernel does not take, with SPECNORM_TUNE=
 // op_onchip_grid=1 or 2, on a device with cooperative launches, when one block per multiprocessor
 // (at most h blocks) can hold its share: ⌈h / G⌉ rows, plus v, t, u and the row groups' partials,
-// within the device's shared memory per block. Its training forwards (with W_sn and scale only)
+// within the device's shared memory per block, or all but up to 7 of those rows, which the packed
+// instance then holds in registers (sn_cuda_on_chip_grid_layout). Its training forwards (with W_sn and scale only)
 // after the warm-up, and with 2 its eval forwards; the backward keeps its kernels. A launch the device
 // refuses (fewer blocks can be resident than at creation: the GPU shared under MPS) drops the
 // layer to its usual kernels for good, as a refused cluster launch does (host/layer.c).
@@ -99,6 +100,13 @@ __device__ __forceinline__ float grid_sum_of(const float *x, int n) {
   float tot = 0.f;
   for (int k = threadIdx.x; k < n; k += NT) tot += __ldcg(&x[k]);
   return block_sum<NT>(tot);
+}
+
+// Whether rows of w elements of `dtype` are whole 16-byte packs, at most one per thread: what the
+// packed instance takes (sn_cuda_on_chip_grid_layout's rule).
+bool whole_packs(int64_t w, sn_dtype_t dtype) {
+  const int64_t E = 16 / (int64_t)sn_dtype_size(dtype);
+  return w % E == 0 && w / E <= kGridThreads;
 }
 
 // Lanes that add one column's G partials (a power of two, at most 32, so that they are lanes of one
@@ -182,9 +190,7 @@ __device__ __forceinline__ float packed_products(const T *Ws, int ks, int wp, co
 #pragma unroll
     for (int f = 0; f < F4; ++f) out[f] = make_float4(acc[4 * f], acc[4 * f + 1], acc[4 * f + 2], acc[4 * f + 3]);
   }
-  float q = 0.f;
-  for (int i = threadIdx.x; i < ks; i += NT) q = training ? fmaf(t_sm[i], t_sm[i], q) : q + t_sm[i];
-  q = block_sum<NT>(q);
+  float q = block_t_sum<NT>(t_sm, ks, training);
 #pragma unroll
   for (int k = 0; k < RO; ++k) {
     if (k >= n) break;
@@ -373,12 +379,11 @@ extern "C" size_t sn_cuda_on_chip_grid_layout(int64_t h, int64_t w, sn_dtype_t d
   if (ks > R) ks = R;
   if (ks * row_bytes > (1 << 24)) return 0;  // beyond any block's shared memory (w_bytes is an int)
   const int64_t reg = R - ks;
-  const int64_t E = 16 / elem;
   if (ks < 1 || reg > sn::kGridRegRows) return 0;
   // Whole packs, at most one per thread; and rows of at least kGridThreads / 2 elements, or rows in
   // registers: narrower ones keep block_products, whose row groups put all threads on the partial s
   // (packed, only wp threads go through all the block's rows).
-  const bool whole = w % E == 0 && w / E <= sn::kGridThreads;
+  const bool whole = sn::whole_packs(w, dtype);
   if (reg > 0 && !whole) return 0;
   const bool packed = whole && (reg > 0 || w >= sn::kGridThreads / 2);
   oc->w_bytes = (int)((16 + ks * row_bytes + 15) / 16 * 16);
@@ -407,8 +412,7 @@ extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, i
   // The dynamic shared memory every instance a forward may launch can use (its opt-in limit less
   // its static memory): the generic one, and for rows of whole 16-byte packs, at most one per
   // thread, the packed one too (sn_cuda_on_chip_grid_layout's rule).
-  const int64_t E = 16 / (int64_t)sn_dtype_size(dtype);
-  const bool packable = view.B % E == 0 && view.B / E <= sn::kGridThreads;
+  const bool packable = sn::whole_packs(view.B, dtype);
   size_t stat = fg.sharedSizeBytes;
   if (packable && fp.sharedSizeBytes > stat) stat = fp.sharedSizeBytes;
   const size_t avail = (size_t)optin > stat ? (size_t)optin - stat : 0;

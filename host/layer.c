@@ -303,10 +303,10 @@ static sn_status_t create_cuda(sn_layer_t *l) {
            "preparing the one-pass kernels");
   l->plan.norm_bound = l->desc.norm_bound;
   /* The on-chip forward (small layers' training forwards on sm_90, or SPECNORM_TUNE=op_onchip=1)
-   * reads W once: a one-pass algorithm, not for a layer that asks for two passes. */
-  /* Nor for a 1-D weight (normalized exactly, no iteration): its backward keeps the two kernels,
-   * spread over the device, rather than one cluster. (The same for the layer on chip over the
-   * grid, SPECNORM_TUNE=op_onchip_grid: its scratch, counted in ws_bytes, then goes unused.) */
+   * reads W once: a one-pass algorithm, not for a layer that asks for two passes. Nor for a 1-D
+   * weight (normalized exactly, no iteration): its backward keeps the two kernels, spread over the
+   * device, rather than one cluster. (The same for the layer on chip over the grid,
+   * SPECNORM_TUNE=op_onchip_grid: its scratch, counted in ws_bytes, then goes unused.) */
   if (l->desc.algo == SN_ALGO_TWO_PASS || l->is_1d) memset(&l->plan.onchip, 0, sizeof l->plan.onchip);
   if (ws_bytes == 0)
     return sn__fail(SN_ERROR_SIZE_OVERFLOW,
