@@ -14,7 +14,8 @@
 //   Bytes: numel·sizeof(T) read of G, written of dW (+ read when accumulating).
 // Both kernels access 16 bytes at a time (4 floats, 8 of the 2-byte types) when aligned for it.
 // Launches: 2, or 1 when σ is detached and ∂L/∂γ is not asked for; 1 with SPECNORM_TUNE=op_onchip=1
-// for a layer held on chip (cuda/on_chip.cu, on_chip_backward_kernel).
+// for a layer held on chip (cuda/on_chip.cu, on_chip_backward_kernel), and with op_onchip_grid for a
+// layer held on chip over the grid (cuda/on_chip_grid.cu, on_chip_grid_backward_kernel).
 // The kernels' bodies are in cuda/backward.cuh, shared with the grouped backward
 // (cuda/group_backward.cu), whose blocks run them as these kernels' blocks.
 #include "backward.cuh"
@@ -46,7 +47,9 @@ __global__ void __launch_bounds__(kBlock) apply_elements_kernel(ApplyParams p) {
 
 extern "C" int sn_cuda_backward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *a) {
   const bool need_gw = !a->detach_sigma || a->dgamma;
-  return need_gw && plan->onchip.cluster > 0 && plan->onchip.backward && plan->view.A == 1;
+  const sn_on_chip_t &oc = plan->onchip;
+  if (!(need_gw && oc.cluster > 0 && oc.backward && plan->view.A == 1)) return 0;
+  return oc.grid == 0 || sn::grid_backward_instance(*plan, a->W, a->G, a->dW) >= 0;
 }
 
 extern "C" sn_cuda_backward_shape_t sn_cuda_backward_shape(const sn_cuda_plan_t *plan, const void *W,
@@ -78,8 +81,9 @@ extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backwa
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   const sn_cuda_plan_t &P = *plan;
   const bool need_gw = !a->detach_sigma || a->dgamma;
-  // On chip (op_onchip=1, where the layer fits): one launch instead of two.
-  if (sn_cuda_backward_on_chip(plan, a)) return (int)launch_on_chip_backward(P, *a, stream);
+  // On chip (op_onchip=1 or op_onchip_grid, where the layer fits): one launch instead of two.
+  if (sn_cuda_backward_on_chip(plan, a))
+    return (int)(P.onchip.grid > 0 ? launch_on_chip_grid_backward(P, *a, stream) : launch_on_chip_backward(P, *a, stream));
   const sn_cuda_backward_shape_t sh = sn_cuda_backward_shape(plan, a->W, a->G, a->dW);
   auto run = [&](auto zero) -> cudaError_t {
     using T = decltype(zero);

@@ -97,7 +97,14 @@ cudaError_t launch_on_chip(const sn_on_chip_t &oc, const sn_group_entry_t *entri
 // grid, one launch (cuda/on_chip_grid.cu; plan.onchip.grid > 0): the layer `e`, passed by value.
 cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry_t &e, bool training,
                                 cudaStream_t stream);
-// A single layer's backward with the layer on chip, one launch (plan.onchip.backward).
+// A single layer's backward with the layer on the grid, one launch (cuda/on_chip_grid.cu;
+// plan.onchip.grid > 0 and backward), and the instance it takes for these buffers: 1 packed, 0
+// generic, -1 none (the layout holds rows in registers, which only the packed instance serves:
+// such a call runs the usual kernels).
+int grid_backward_instance(const sn_cuda_plan_t &plan, const void *W, const void *G, const void *dW);
+cudaError_t launch_on_chip_grid_backward(const sn_cuda_plan_t &plan, const sn_cuda_backward_args_t &a,
+                                         cudaStream_t stream);
+// A single layer's backward with the layer in a cluster, one launch (plan.onchip.backward).
 cudaError_t launch_on_chip_backward(const sn_cuda_plan_t &plan, const sn_cuda_backward_args_t &a,
                                     cudaStream_t stream);
 // Whether thread-block clusters may be used: the device has them and the loaded code was built for

@@ -226,10 +226,7 @@ __device__ void backward_on_chip(const OnChipBwParams &p, unsigned r, char *sm) 
   __syncthreads();
   // The block's share of ⟨G, W⟩ (dW may be W: every block reads its rows of W before the cluster
   // barrier and writes them after it).
-  float acc = 0.f;
-#pragma unroll 8
-  for (int64_t k = threadIdx.x; k < n; k += kBlock) acc = fmaf(to_f(Gs[k]), to_f(Wg[k]), acc);
-  acc = block_sum(acc);
+  float acc = block_sum(gw_thread_share<kBlock>(Gs, Wg, (int)n));
   if (threadIdx.x == 0) gw_sm[0] = acc;
   cluster_sync();
   float gw = 0.f;
@@ -240,30 +237,8 @@ __device__ void backward_on_chip(const OnChipBwParams &p, unsigned r, char *sm) 
   // a, b and ∂L/∂γ as cuda/backward.cuh's apply bodies.
   const Coefs c = backward_coefs(sig, &gw, p.norm_bound, p.gamma, p.detach, p.clamp_eps);
   if (r == 0 && threadIdx.x == 0 && p.dgamma) *p.dgamma = backward_dgamma(sig, gw, p.norm_bound);
-  // dW as cuda/backward.cuh's apply: x = a·G − b·(u_i v_j) (+ dW). u and v are the layer's state,
-  // which dW never is: read through the read-only path, so that the stores to dW do not make the
-  // compiler load them again after each one. A thread's K elements of dW (accumulating) are loaded
-  // before any of them is stored (dW may be G or W, each element read before its own store).
-  const float *__restrict__ u = p.u + i0;
-  const float *__restrict__ v = p.v;
-  constexpr int K = 4;
-  for (int k0 = threadIdx.x; k0 < (int)n; k0 += K * kBlock) {  // n < 2^31: a share fits on chip
-    float o[K];
-#pragma unroll
-    for (int q = 0; q < K; ++q) {
-      const int k = k0 + q * kBlock;
-      o[q] = p.accumulate && k < (int)n ? to_f(dWg[k]) : 0.f;
-    }
-#pragma unroll
-    for (int q = 0; q < K; ++q) {
-      const int k = k0 + q * kBlock;
-      if (k >= (int)n) break;
-      const int il = k / w, j = k - il * w;
-      float x = c.a * to_f(Gs[k]) - c.b * (__ldg(&u[il]) * __ldg(&v[j]));
-      if (p.accumulate) x += o[q];
-      dWg[k] = from_f<T>(x);
-    }
-  }
+  // dW as cuda/backward.cuh's apply, from the G this block holds.
+  apply_from_chip<kBlock>(Gs, dWg, (int)n, w, p.u + i0, p.v, c, p.accumulate);
   cluster_wait();
 }
 

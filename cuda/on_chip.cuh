@@ -179,6 +179,50 @@ __device__ __forceinline__ float block_products(const T *Ws, int rows, int w, co
   return block_t_sum<NT>(t_sm, rows, training);
 }
 
+// The on-chip backward's two loops over a block's rows of G held in shared memory (Gs, placed by
+// copy_in) and the same n elements of W and dW in global memory (Wg, dWg): the cluster kernel's
+// (cuda/on_chip.cu) and the grid's generic instance (cuda/on_chip_grid.cu). n < 2^31: a block's
+// share fits its shared memory.
+
+// This thread's share of ⟨G, W⟩: elements threadIdx.x, + NT, ... in order.
+template <int NT, class T>
+__device__ __forceinline__ float gw_thread_share(const T *Gs, const T *Wg, int n) {
+  float acc = 0.f;
+#pragma unroll 8
+  for (int k = threadIdx.x; k < n; k += NT) acc = fmaf(to_f(Gs[k]), to_f(Wg[k]), acc);
+  return acc;
+}
+
+// dW = a·G − b·(u_i v_j) (+ dW when accumulating) for the rows (w elements each) whose u_i start at
+// u, as cuda/backward.cuh's apply. u and v are the layer's state, which dW never is: read through
+// the read-only path, so that the stores to dW do not make the compiler load them again after each
+// one. A thread's K elements of dW (accumulating) are loaded before any of them is stored (dW may
+// be G or W, each element read before its own store).
+template <int NT, class T>
+__device__ __forceinline__ void apply_from_chip(const T *Gs, T *dWg, int n, int w, const float *u_rows,
+                                                const float *v_all, Coefs c, bool accumulate) {
+  const float *__restrict__ u = u_rows;
+  const float *__restrict__ v = v_all;
+  constexpr int K = 4;
+  for (int k0 = threadIdx.x; k0 < n; k0 += K * NT) {
+    float o[K];
+#pragma unroll
+    for (int q = 0; q < K; ++q) {
+      const int k = k0 + q * NT;
+      o[q] = accumulate && k < n ? to_f(dWg[k]) : 0.f;
+    }
+#pragma unroll
+    for (int q = 0; q < K; ++q) {
+      const int k = k0 + q * NT;
+      if (k >= n) break;
+      const int il = k / w, j = k - il * w;
+      float x = c.a * to_f(Gs[k]) - c.b * (__ldg(&u[il]) * __ldg(&v[j]));
+      if (accumulate) x += o[q];
+      dWg[k] = from_f<T>(x);
+    }
+  }
+}
+
 // The row groups of block_products for rows of w elements on NT threads.
 template <int NT>
 __device__ __forceinline__ int row_groups(int w) {

@@ -1,9 +1,10 @@
 // The forwards of one layer held on chip across the whole device (SPECNORM_TUNE=op_onchip_grid=1:
-// training; 2: eval too; built on 2026-11-27 without a GPU, not yet run on one, off by default): the
-// layer's rows are spread over a cooperative grid of one block per multiprocessor, each block
-// copies its rows of W into its shared memory once, and the whole forward (every power iteration,
-// the commit of u, v and σ, and the division) is one launch: W is read from global memory once and
-// W_sn written once, 2 · bytes(W) where the three kernels move 3. It extends cuda/on_chip.cu, whose
+// training; 2: eval too; built on 2026-11-27 without a GPU, not yet run on one, off by default), and
+// its backward (the end of this file): the layer's rows are spread over a cooperative grid of one
+// block per multiprocessor, each block copies its rows of W into its shared memory once, and the
+// whole forward (every power iteration, the commit of u, v and σ, and the division) is one
+// launch: W is read from global memory once and W_sn written once, 2 · bytes(W) where the three
+// kernels move 3. It extends cuda/on_chip.cu, whose
 // layers fit one thread-block cluster (about 1.6 MB of fp32 weights on an H100 or H200), to layers
 // that fit the shared memory of the whole device: about 29 MB on an H100 or H200 (132 × 227 KB),
 // less the per-block vectors (4096 columns: ~3 %), e.g. 2048² fp32 (16.8 MB), 768 × 3072 fp32,
@@ -54,7 +55,8 @@
 // (at most h blocks) can hold its share: ⌈h / G⌉ rows, plus v, t, u and the row groups' partials,
 // within the device's shared memory per block, or all but up to 7 of those rows, which the packed
 // instance then holds in registers (sn_cuda_on_chip_grid_layout). Its training forwards (with W_sn and scale only)
-// after the warm-up, and with 2 its eval forwards; the backward keeps its kernels. A launch the device
+// after the warm-up, and with 2 its eval forwards; and its backward (below), where ⟨G, W⟩ is to be
+// computed and the buffers allow the instance the layout needs. A launch the device
 // refuses (fewer blocks can be resident than at creation: the GPU shared under MPS) drops the
 // layer to its usual kernels for good, as a refused cluster launch does (host/layer.c).
 #include <cooperative_groups.h>
@@ -328,6 +330,201 @@ GridKernel grid_kernel_for(sn_dtype_t dtype, bool packed) {
   }
 }
 
+// ---- the backward of a layer on the grid (cuda/backward.cu has the formula) -------------------
+// ∂L/∂W = a·G − b·u vᵀ with b = a·⟨G, W⟩ / σ, in one launch where the two kernels of
+// cuda/backward.cu need a grid-wide sum between them, as the cluster kernel's backward
+// (cuda/on_chip.cu) over the forward's grid and layout: each block copies its rows of G (G has W's
+// shape and type) into its shared memory, and with the packed instance up to kGridRegRows more into
+// registers, adds up its share of ⟨G, W⟩ reading its rows of W once from global memory
+// (evict-first, as the inner kernel: W is not read again), writes it to part[r]; a grid barrier;
+// every block adds the G shares in block order (grid_sum_of: the same bits in each) into a, b and,
+// block 0, ∂L/∂γ; and writes its rows of dW from the G it holds. Bytes: G and W read once, dW
+// written (and read when accumulating): 3 · bytes(W) where the two kernels move 4 (sn_bench's
+// backward rows count 4). dW may be G or W: a block reads only its own rows of W before the grid
+// barrier and writes only its own rows of dW after it, each element of dW read before its own
+// store. Only with ⟨G, W⟩ to compute (σ not detached, or ∂L/∂γ asked for), as the cluster's:
+// otherwise the apply kernel alone is one launch already.
+// Two instances per dtype, as the forward's: packed (RO = kGridRegRows) for rows whose width is a
+// whole number of 16-byte packs with W, G and dW 16-byte aligned (then the block's rows of G are
+// packs in a row in shared memory: their share and dW go 16 bytes at a time); generic (RO = 0,
+// cuda/on_chip.cuh's gw_thread_share and apply_from_chip, the cluster kernel's loops) otherwise,
+// only for a layout with no rows in registers (grid_backward_instance). The sums' orders are
+// fixed for a grid and an instance: the results are bitwise reproducible, and match the two
+// kernels' to rounding of ⟨G, W⟩.
+// Count (H200, copy 4.25 TB/s): 4096² bf16 (32 MiB of G, W and dW each): G and W in ~16 µs at the
+// probe's read rate, one grid barrier ~1.5 µs, dW out ~8.5 µs: ~26-29 µs where the two kernels take
+// ~45 (70.5 % of the copy bandwidth for the 4 · bytes(W) sn_bench counts): 109-122 % in those terms,
+// 82-91 % for the 3 · bytes(W) it moves (bench/NOTES.md, session 21).
+struct GridBwParams {
+  const void *W, *G;
+  void *dW;
+  int64_t h;
+  int w;
+  const float *u, *v, *sigma, *gamma;
+  float norm_bound;
+  bool accumulate, detach;
+  float *dgamma;
+  float clamp_eps;  // as the backward's (sn_cuda_backward_args_t)
+  float *part;      // G: the blocks' shares of ⟨G, W⟩ (the plan's grid scratch)
+  int srows;        // a block's rows in shared memory at most (the forward's layout); the rest in registers
+};
+
+template <class T, int NT, int RO>
+__device__ void backward_on_grid(const GridBwParams &p, char *sm) {
+  namespace cg = cooperative_groups;
+  cg::grid_group grid = cg::this_grid();
+  const int G = (int)gridDim.x, r = (int)blockIdx.x, w = p.w;
+  const int64_t i0 = p.h * r / G, i1 = p.h * (r + 1) / G;
+  const int rows = (int)(i1 - i0);
+  const int ks = rows < p.srows ? rows : p.srows, nreg = rows - ks;
+  const int n = ks * w;  // < 2^31: the layout's shared-memory rows
+  const T *Gg = static_cast<const T *>(p.G) + i0 * w;
+  const T *Wg = static_cast<const T *>(p.W) + i0 * w;
+  T *dWg = static_cast<T *>(p.dW) + i0 * w;
+  T *Gs = reinterpret_cast<T *>(sm + (reinterpret_cast<uintptr_t>(Gg) & 15));
+  constexpr int E = kWide<T>, F4 = E / 4;
+  using V = VecN<T, E>;
+  using Raw = typename V::raw;
+  const int wp = w / E, pk = threadIdx.x;
+  // Σ_e g_e w_e over a pack, in element order, onto d.
+  auto dot = [](const Raw &g, const Raw &wr, float d) {
+    float x[E], y[E];
+    V::cvt(g, x);
+    V::cvt(wr, y);
+#pragma unroll
+    for (int e = 0; e < E; ++e) d = fmaf(x[e], y[e], d);
+    return d;
+  };
+  copy_in<NT>(Gs, Gg, n);
+  __pipeline_commit();
+  const float sig = p.sigma[0];  // the last forward's σ
+  float acc = 0.f;
+  Raw reg[RO > 0 ? RO : 1] = {};
+  if constexpr (RO > 0) {
+    // The register rows' packs of G and W (thread k: pack k of each row), in flight with the copy,
+    // and their share first.
+    Raw wr[RO];
+#pragma unroll
+    for (int k = 0; k < RO; ++k) {
+      if (k < nreg && pk < wp) {
+        reg[k] = V::load_raw(Gg + (int64_t)(ks + k) * w + E * pk);
+        wr[k] = load_streaming<Raw>(Wg + (int64_t)(ks + k) * w + E * pk);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < RO; ++k)
+      if (k < nreg && pk < wp) acc = dot(reg[k], wr[k], acc);
+  }
+  __pipeline_wait_prior(0);
+  __syncthreads();
+  // The shared-memory rows' share (packed: the block's ks·wp packs in a row, thread k taking packs
+  // k, k + NT, ...).
+  if constexpr (RO > 0) {
+    const int np = ks * wp;
+#pragma unroll 8
+    for (int k = pk; k < np; k += NT) acc = dot(V::load_raw(Gs + E * k), load_streaming<Raw>(Wg + E * k), acc);
+  } else {
+    acc = gw_thread_share<NT>(Gs, Wg, n);
+  }
+  acc = block_sum<NT>(acc);
+  if (threadIdx.x == 0) p.part[r] = acc;
+  grid.sync();  // every block's share written (and every block's reads of W done)
+  pdl_trigger();
+  const float gw = grid_sum_of<NT>(p.part, G);
+  const Coefs c = backward_coefs(sig, &gw, p.norm_bound, p.gamma, p.detach, p.clamp_eps);
+  if (r == 0 && threadIdx.x == 0 && p.dgamma) *p.dgamma = backward_dgamma(sig, gw, p.norm_bound);
+  const float *__restrict__ u = p.u + i0;
+  const float *__restrict__ v = p.v;
+  if constexpr (RO > 0) {
+    // dW of pack q of row il from G's pack g (and dW's old pack o, accumulating), as
+    // cuda/backward.cuh's apply_rows_body: x = a·G − b·(u_i v_j) (+ dW).
+    auto apply = [&](const Raw &g, const Raw &o, int il, int q, T *dst) {
+      float x[E];
+      V::cvt(g, x);
+      const float ui = __ldg(&u[il]);
+#pragma unroll
+      for (int f = 0; f < F4; ++f) {
+        const float4 vv = __ldg(reinterpret_cast<const float4 *>(v) + F4 * q + f);
+        x[4 * f + 0] = c.a * x[4 * f + 0] - c.b * (ui * vv.x);
+        x[4 * f + 1] = c.a * x[4 * f + 1] - c.b * (ui * vv.y);
+        x[4 * f + 2] = c.a * x[4 * f + 2] - c.b * (ui * vv.z);
+        x[4 * f + 3] = c.a * x[4 * f + 3] - c.b * (ui * vv.w);
+      }
+      if (p.accumulate) {
+        float d[E];
+        V::cvt(o, d);
+#pragma unroll
+        for (int e = 0; e < E; ++e) x[e] += d[e];
+      }
+      V::store(dst, x);
+    };
+    // The shared-memory rows, K packs a thread at a time (accumulating: their old dW loaded before
+    // any is stored), then the register rows.
+    const int np = ks * wp;
+    constexpr int K = 4;
+    for (int k0 = pk; k0 < np; k0 += K * NT) {
+      Raw o[K] = {};
+      if (p.accumulate) {
+#pragma unroll
+        for (int q = 0; q < K; ++q)
+          if (k0 + q * NT < np) o[q] = V::load_raw(dWg + E * (k0 + q * NT));
+      }
+#pragma unroll
+      for (int q = 0; q < K; ++q) {
+        const int k = k0 + q * NT;
+        if (k >= np) break;
+        const int il = k / wp;
+        apply(V::load_raw(Gs + E * k), o[q], il, k - il * wp, dWg + E * k);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < RO; ++k) {
+      if (k >= nreg || pk >= wp) break;
+      T *dst = dWg + (int64_t)(ks + k) * w + E * pk;
+      apply(reg[k], p.accumulate ? V::load_raw(dst) : Raw{}, ks + k, pk, dst);
+    }
+  } else {
+    apply_from_chip<NT>(Gs, dWg, n, w, u, v, c, p.accumulate);
+  }
+}
+
+template <class T, int RO>
+__global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_backward_kernel(GridBwParams p) {
+  extern __shared__ float4 on_chip_grid_bw_sm[];
+  pdl_wait();
+  backward_on_grid<T, kGridThreads, RO>(p, reinterpret_cast<char *>(on_chip_grid_bw_sm));
+}
+
+using GridBwKernel = void (*)(GridBwParams);
+GridBwKernel grid_backward_kernel_for(sn_dtype_t dtype, bool packed) {
+  switch (dtype) {
+    case SN_DTYPE_FLOAT16:
+      return packed ? on_chip_grid_backward_kernel<__half, kGridRegRows> : on_chip_grid_backward_kernel<__half, 0>;
+    case SN_DTYPE_BFLOAT16:
+      return packed ? on_chip_grid_backward_kernel<__nv_bfloat16, kGridRegRows>
+                    : on_chip_grid_backward_kernel<__nv_bfloat16, 0>;
+    default: return packed ? on_chip_grid_backward_kernel<float, kGridRegRows> : on_chip_grid_backward_kernel<float, 0>;
+  }
+}
+
+// Whether rows of w elements of `dtype` are a whole number of 16-byte packs: the packed backward's
+// rule (with the three buffers' alignment).
+bool packs_in_a_row(int64_t w, sn_dtype_t dtype) { return w % (16 / (int64_t)sn_dtype_size(dtype)) == 0; }
+
+// Whether `kernel` runs one block of kGridThreads per multiprocessor with `bytes` of dynamic shared
+// memory (allowing it that much): every block of a grid of one per multiprocessor resident at once.
+template <class P>
+bool one_block_per_sm(void (*kernel)(P), size_t bytes) {
+  int per_sm = 0;
+  if (allow_shared_memory(kernel, bytes) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGridThreads, bytes) != cudaSuccess ||
+      per_sm < 1) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry_t &e, bool training,
@@ -359,6 +556,24 @@ cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry
   const int blocks = oc.refuse ? G * 1024 : G;
   ClusterLaunch L(blocks, kGridThreads, grid_smem(oc.w_bytes, oc.w4, oc.rows4), 0, stream, false, true);
   return cudaLaunchKernelEx(&L.cfg, grid_kernel_for(plan.dtype, packed), p);
+}
+
+int grid_backward_instance(const sn_cuda_plan_t &plan, const void *W, const void *G, const void *dW) {
+  const bool packed = packs_in_a_row(plan.view.B, plan.dtype) && aligned16(W) && aligned16(G) && aligned16(dW);
+  return packed ? 1 : plan.onchip.reg_rows > 0 ? -1 : 0;
+}
+
+cudaError_t launch_on_chip_grid_backward(const sn_cuda_plan_t &plan, const sn_cuda_backward_args_t &a,
+                                         cudaStream_t stream) {
+  const sn_on_chip_t &oc = plan.onchip;
+  const int instance = grid_backward_instance(plan, a.W, a.G, a.dW);
+  if (instance < 0) return cudaErrorInvalidValue;  // (sn_cuda_backward_on_chip keeps such calls off)
+  const GridBwParams p{a.W, a.G, a.dW, plan.view.h, (int)(plan.view.A * plan.view.B), a.u, a.v, a.sigma,
+                       plan.gamma, plan.norm_bound, a.accumulate != 0, a.detach_sigma != 0, a.dgamma,
+                       a.clamp_eps, plan.ocg_part, oc.smem_rows};
+  // (oc.refuse, tests: too many blocks, refused as the forward's launch.)
+  ClusterLaunch L(oc.refuse ? oc.grid * 1024 : oc.grid, kGridThreads, (size_t)oc.w_bytes, 0, stream, false, true);
+  return cudaLaunchKernelEx(&L.cfg, grid_backward_kernel_for(plan.dtype, instance == 1), p);
 }
 
 }  // namespace sn
@@ -426,14 +641,16 @@ extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, i
   for (int k = 0; k < 2; ++k) {
     const bool is_packed = k == 1;
     if (is_packed ? !L.packed : L.reg_rows > 0) continue;
-    const sn::GridKernel kernel = is_packed ? packed : generic;
-    int per_sm = 0;
-    if (sn::allow_shared_memory(kernel, bytes) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, sn::kGridThreads, bytes) != cudaSuccess ||
-        per_sm < 1) {
-      (void)cudaGetLastError();
-      return;
-    }
+    if (!sn::one_block_per_sm(is_packed ? packed : generic, bytes)) return;
+  }
+  // Its backward: each instance a backward may launch (the packed one for rows of whole packs, the
+  // generic one unless rows sit in registers: grid_backward_instance), with the rows of G in
+  // shared memory (w_bytes, as W's) and one block per multiprocessor.
+  int backward = 1;
+  for (int k = 0; k < 2 && backward; ++k) {
+    const bool is_packed = k == 1;
+    if (is_packed ? !sn::packs_in_a_row(view.B, dtype) : L.reg_rows > 0) continue;
+    backward = sn::one_block_per_sm(sn::grid_backward_kernel_for(dtype, is_packed), (size_t)L.w_bytes);
   }
   *oc = L;
   oc->cluster = 1;
@@ -441,4 +658,5 @@ extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, i
   oc->threads = sn::kGridThreads;
   oc->modes = SN_ON_CHIP_TRAIN | SN_ON_CHIP_SCALE | (eval ? SN_ON_CHIP_EVAL : 0);
   oc->refuse = refuse;
+  oc->backward = backward;
 }

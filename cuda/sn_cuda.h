@@ -64,7 +64,8 @@ typedef struct {
                              blocks for a cooperative launch */
   int grid;               /* > 0: a single layer spread over a cooperative grid of this many blocks,
                              one per SM (cuda/on_chip_grid.cu, SPECNORM_TUNE=op_onchip_grid=1 or 2);
-                             cluster is then 1, clusters 0 and backward 0 */
+                             cluster is then 1 and clusters 0; backward 1 where its backward fits
+                             the grid too (the layer's backward with ⟨G, W⟩ to compute: one launch) */
   int smem_rows;          /* grid: the rows a block holds in shared memory at most */
   int reg_rows;           /* grid: how many of a block's rows, beyond smem_rows, it holds in
                              registers (0: none). With any, the layer runs on the grid only where W
@@ -368,7 +369,7 @@ int sn_cuda_on_chip_refused(int e);
  * view.h blocks) of a cooperative launch (cuda/on_chip_grid.cu): fills *oc (oc->grid > 0; its
  * training forwards, and with eval its eval forwards too) where the device has cooperative launches
  * and each block's share fits its shared memory and registers (sn_cuda_on_chip_grid_layout), else
- * zeroes it. rows_cap > 0 (tests): at most that many rows per block in shared memory. refuse: tests
+ * zeroes it; oc->backward = 1 where its backward kernels fit the same grid too. rows_cap > 0 (tests): at most that many rows per block in shared memory. refuse: tests
  * (oc->refuse). */
 void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, int sm_count, int eval, int rows_cap,
                                   int refuse, sn_on_chip_t *oc);

@@ -1258,6 +1258,33 @@ static void expect_refused_launch_falls_back(Rng &rng, const sn_layer_desc_t &d,
   EXPECT_FALSE(any_matches(names, kernel));
 }
 
+// A layer of d created under `refuse_tune`, whose on-chip backward the device refuses, its backward
+// refused first (its first forward is the warm-up, which runs the usual kernels): bit for bit the
+// backward of a layer created under `plain_tune`, and the usual kernels from then on.
+static void expect_refused_backward_falls_back(Rng &rng, const sn_layer_desc_t &d, const std::string &plain_tune,
+                                               const std::string &refuse_tune) {
+  const size_t n = static_cast<size_t>(d.shape[0] * d.shape[1]);
+  DevBuf dW(n), o1(n), o2(n), G(n), g1(n), g2(n);
+  dW.upload(gapped_matrix(rng, d.shape[0], d.shape[1]));
+  G.upload(rng.normals(static_cast<int64_t>(n)));
+  ScopedEnv env("SPECNORM_TUNE", refuse_tune.c_str());
+  LayerPtr bw_first(d);
+  env.set(plain_tune.c_str());
+  LayerPtr reference(d);
+  ASSERT_TRUE(bw_first.p && reference.p);
+  ASSERT_GT(bw_first.p->plan.onchip.backward, 0) << "the backward is on chip";
+  ASSERT_EQ(sn_forward(reference, dW.p, o1.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_forward(bw_first, dW.p, o2.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_backward(reference, dW.p, G.p, g1.p, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_backward(bw_first, dW.p, G.p, g2.p, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_TRUE(bitwise_equal(g1.download(), g2.download())) << "the refused backward's fallback";
+  EXPECT_EQ(bw_first.p->plan.onchip.cluster, 0) << "dropped for good";
+  const std::vector<std::string> bw =
+      captured_kernels([&](cudaStream_t s) { return sn_backward(bw_first, dW.p, G.p, g2.p, 0, nullptr, s); });
+  EXPECT_FALSE(bw.empty());
+  EXPECT_FALSE(any_matches(bw, "on_chip"));
+}
+
 // Under op_onchip=1, layers it does not take keep their kernels: the v-first order, a layer that
 // asks for two passes, a view with A > 1 (dim 1), w > 4096. And a refused on-chip launch
 // (onchip_refuse=1: clusters of 16, not allowed; assumed refused with cudaErrorInvalidClusterSize)
@@ -1271,31 +1298,12 @@ TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
   ASSERT_NO_FATAL_FAILURE(
       expect_not_on_chip(rng, base + "op_onchip=1", make_desc({8, 5000}, SN_BACKEND_CUDA), "group_on_chip_kernel"));
   if (!sn_cuda_clusters_usable()) GTEST_SKIP() << "no thread-block clusters here: no launch to refuse";
-  const int64_t h = 128, w = 1152;
-  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
+  sn_layer_desc_t d = make_desc({128, 1152}, SN_BACKEND_CUDA);
   d.seed = 7;
   ASSERT_NO_FATAL_FAILURE(expect_refused_launch_falls_back(rng, d, base + "op_onchip=0",
                                                            base + "op_onchip=1,onchip_refuse=1", "group_on_chip_kernel"));
-  // A backward refused first (the first forward is the warm-up, which runs the usual kernels):
-  // bit for bit the plain layer's backward.
-  DevBuf dW(static_cast<size_t>(h * w)), o1(static_cast<size_t>(h * w)), o2(static_cast<size_t>(h * w));
-  dW.upload(gapped_matrix(rng, h, w));
-  ScopedEnv env("SPECNORM_TUNE", (base + "op_onchip=1,onchip_refuse=1").c_str());
-  LayerPtr bw_first(d);
-  env.set((base + "op_onchip=0").c_str());
-  LayerPtr reference(d);
-  ASSERT_TRUE(bw_first.p && reference.p);
-  DevBuf G(static_cast<size_t>(h * w)), g1(static_cast<size_t>(h * w)), g2(static_cast<size_t>(h * w));
-  G.upload(rng.normals(h * w));
-  ASSERT_EQ(sn_forward(reference, dW.p, o1.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-  ASSERT_EQ(sn_forward(bw_first, dW.p, o2.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-  ASSERT_EQ(sn_backward(reference, dW.p, G.p, g1.p, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
-  ASSERT_EQ(sn_backward(bw_first, dW.p, G.p, g2.p, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
-  EXPECT_TRUE(bitwise_equal(g1.download(), g2.download())) << "the refused backward's fallback";
-  const std::vector<std::string> bw =
-      captured_kernels([&](cudaStream_t s) { return sn_backward(bw_first, dW.p, G.p, g2.p, 0, nullptr, s); });
-  EXPECT_FALSE(bw.empty());
-  EXPECT_FALSE(any_matches(bw, "on_chip"));
+  ASSERT_NO_FATAL_FAILURE(
+      expect_refused_backward_falls_back(rng, d, base + "op_onchip=0", base + "op_onchip=1,onchip_refuse=1"));
 }
 
 // The layout of the layer on chip over a grid (cuda/on_chip_grid.cu), no device needed: with A
@@ -1387,11 +1395,57 @@ TEST(OnChipGrid, Layout) {
     }
 }
 
+// The backward of layers a and b, which hold the same state (fp32, no norm bound, no γ), on the
+// weight W with a fresh G: one launch of the grid's backward kernel (op_onchip_grid); dW against
+// G / σ − (⟨G, W⟩ / σ²) u vᵀ computed in double from the state, to fp32 rounding (relative to
+// dW's largest entry), and ∂L/∂γ against ⟨G, W⟩ / σ; bitwise against b's, and in place (dW = G)
+// the same bits.
+static void expect_grid_backward_matches_state(Rng &rng, sn_layer_t *a, sn_layer_t *b, const DevBuf &W) {
+  const State s = get_state(a);
+  ASSERT_TRUE(same_state(s, get_state(b)));
+  const size_t h = s.u.size(), w = s.v.size(), n = h * w;
+  DevBuf G(n), d1(n), d2(n);
+  const std::vector<float> g = rng.normals(static_cast<int64_t>(n)), wv = W.download();
+  G.upload(g);
+  const std::vector<std::string> names =
+      captured_kernels([&](cudaStream_t st) { return sn_backward(a, W.p, G.p, d1.p, 0, nullptr, st); });
+  EXPECT_EQ(names.size(), 1u);
+  EXPECT_TRUE(any_matches(names, "on_chip_grid_backward_kernel")) << ::testing::PrintToString(names);
+  DevBuf dgamma(2);
+  ASSERT_EQ(sn_backward(a, W.p, G.p, d1.p, 0, dgamma.p, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_backward(b, W.p, G.p, d2.p, 0, dgamma.p + 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  const std::vector<float> got = d1.download(), dg = dgamma.download();
+  EXPECT_TRUE(bitwise_equal(got, d2.download())) << "bitwise against a second layer";
+  EXPECT_EQ(std::memcmp(&dg[0], &dg[1], 4), 0) << dg[0] << " against " << dg[1];
+  double gw = 0, mag = 0;
+  for (size_t k = 0; k < n; ++k) {
+    gw += double(g[k]) * double(wv[k]);
+    mag += std::fabs(double(g[k]) * double(wv[k]));
+  }
+  const double sig = s.sigma, coef = gw / (sig * sig);
+  // ∂L/∂γ = ⟨G, W⟩ / σ: the grid's sum of ⟨G, W⟩, to rounding relative to Σ |G W| (dW's σ term
+  // alone is too small a part of dW on large layers to check it).
+  EXPECT_NEAR(dg[0], gw / sig, 1e-5 * mag / sig);
+  double worst = 0, largest = 0;
+  for (size_t i = 0; i < h; ++i) {
+    for (size_t j = 0; j < w; ++j) {
+      const size_t k = i * w + j;
+      const double ref = double(g[k]) / sig - coef * double(s.u[i]) * double(s.v[j]);
+      worst = std::max(worst, std::fabs(double(got[k]) - ref));
+      largest = std::max(largest, std::fabs(ref));
+    }
+  }
+  EXPECT_LE(worst, 1e-5 * largest) << "sigma " << sig << ", <G, W> " << gw;
+  ASSERT_EQ(sn_backward(a, W.p, G.p, G.p, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_TRUE(bitwise_equal(G.download(), got)) << "in place (dW = G)";
+}
+
 // A layer on chip over the grid (SPECNORM_TUNE=op_onchip_grid=knob; op_onchip=0 keeps the small
 // ones off the cluster path) against the CPU backend step by step on odd shapes: h below, at and
 // above the multiprocessor count, w = 1, rows narrower than 32, widths not multiples of 4 or 32, W
 // off 16-byte alignment, 1-3 iterations; a training forward and a scale-only one are one launch of
-// its kernel, an eval forward too with knob 2 (not with 1); bitwise reproducible, in place too.
+// its kernel, an eval forward too with knob 2 (not with 1); bitwise reproducible, in place too;
+// and its backward (expect_grid_backward_matches_state).
 static void expect_on_chip_grid_layers_match_cpu(int knob) {
   SN_SEEDED_RNG();
   ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_onchip_grid=" + std::to_string(knob)).c_str());
@@ -1423,7 +1477,7 @@ static void expect_on_chip_grid_layers_match_cpu(int knob) {
     }
     if (oc.grid == 0) continue;
     EXPECT_EQ(oc.grid, std::min<int64_t>(a.p->plan.sm_count, a.p->view.h));
-    EXPECT_EQ(oc.backward, 0);
+    EXPECT_EQ(oc.backward, 1);
     ran += 1;
     compare_backends(c, rng, 4, 2);
     compare_backends(c, rng, 4, 2, 1);
@@ -1461,6 +1515,7 @@ static void expect_on_chip_grid_layers_match_cpu(int knob) {
     EXPECT_TRUE(same_state(get_state(a), get_state(b)));
     EXPECT_TRUE(bitwise_equal(dW.download(), o2.download())) << "in place";
     EXPECT_FALSE(bitwise_equal(dW.download(), w0));
+    ASSERT_NO_FATAL_FAILURE(expect_grid_backward_matches_state(rng, a, b, dW));
   }
   EXPECT_GT(ran, 0);
 }
@@ -1482,8 +1537,9 @@ TEST(Gpu, OnChipGridLayerWithEvalMatchesTheCpuBackend) {
 // that asks for two passes, a view with A > 1 (dim 1), a 1-D weight, and a layer the cluster path
 // takes (op_onchip=1). A refused grid launch (onchip_refuse=1: 1024 times the blocks that can be
 // resident, refused with cudaErrorCooperativeLaunchTooLarge) drops the layer to its usual kernels
-// for good: eagerly at once, bit for bit what a layer created without the knob computes; during a
-// capture with SN_ERROR_CUDA, saying to capture again.
+// for good: eagerly at once, bit for bit what a layer created without the knob computes (a forward
+// refused, and a backward refused first); during a capture with SN_ERROR_CUDA, saying to capture
+// again.
 TEST(Gpu, OnChipGridLayerLeavesOthersAndFallsBack) {
   REQUIRE_GPU();
   if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
@@ -1506,6 +1562,9 @@ TEST(Gpu, OnChipGridLayerLeavesOthersAndFallsBack) {
   ASSERT_NO_FATAL_FAILURE(expect_refused_launch_falls_back(rng, d, base + "op_onchip=0",
                                                            base + "op_onchip=0,op_onchip_grid=2,onchip_refuse=1",
                                                            "on_chip_grid_kernel", {1, 0, 1}));
+  // A backward on the grid refused first.
+  ASSERT_NO_FATAL_FAILURE(expect_refused_backward_falls_back(rng, d, base + "op_onchip=0",
+                                                             base + "op_onchip=0,op_onchip_grid=1,onchip_refuse=1"));
 }
 
 // Without SPECNORM_TUNE's op_onchip, on a device with clusters, a small warmed-up layer's training

@@ -542,6 +542,55 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
   expect_on_chip_options_match_cpu("op_onchip=1", "group_on_chip_kernel", true, false);
 }
 
+// The backward of a layer on the grid (g; b holds the same state, cpu its CPU counterpart) on W
+// with a fresh G, without and with accumulation, ∂L/∂γ asked for: one launch of the packed
+// instance (`kernel`), against the CPU backend and bitwise against b; then G, or dW, one element off
+// 16-byte alignment: with rows in registers the usual kernels (they need the packed instance's
+// 16-byte accesses), else the generic instance; the same results.
+static void expect_grid_backward_rows_match_cpu(Rng &rng, sn_layer_t *g, sn_layer_t *b, sn_layer_t *cpu,
+                                                const Tensor &W, sn_dtype_t dt) {
+  const int64_t n = W.n;
+  const double tol = dt == SN_DTYPE_FLOAT32 ? 1e-4 : 2 * ulp(dt);
+  const sn_on_chip_t &oc = g->plan.onchip;
+  Tensor dg(SN_DTYPE_FLOAT32, 2);
+  float *d_dg = static_cast<float *>(dg.dev);
+  for (int off : {0, 1, 2}) {  // 0: aligned; 1: G off; 2: dW off
+    for (unsigned flags : {0u, unsigned(SN_BACKWARD_ACCUMULATE)}) {
+      SCOPED_TRACE("offset case " + std::to_string(off) + ", flags " + std::to_string(flags));
+      Tensor G(dt, n, off == 1 ? 1 : 0), d1(dt, n, off == 2 ? 1 : 0), d2(dt, n);
+      G.set(rng.normals(n));
+      const std::vector<float> target = rng.normals(n);
+      d1.set(target);
+      d2.set(target);
+      std::vector<uint8_t> dc = d1.host;
+      float dgamma_c = 0.f;
+      const std::vector<std::string> names = captured_kernels(
+          [&](cudaStream_t st) { return sn_backward(g, W.dev, G.dev, d2.dev, flags, d_dg, st); });
+      if (off == 0) {
+        EXPECT_EQ(names.size(), 1u);
+        EXPECT_TRUE(any_matches(names, "on_chip_grid_backward_kernel<[^>]*, [1-9]>")) << ::testing::PrintToString(names);
+      } else if (oc.reg_rows > 0) {
+        EXPECT_FALSE(any_matches(names, "on_chip")) << ::testing::PrintToString(names);
+      } else {
+        EXPECT_TRUE(any_matches(names, "on_chip_grid_backward_kernel<[^>]*, 0>")) << ::testing::PrintToString(names);
+      }
+      d2.set(target);  // (the capture ran nothing)
+      ASSERT_EQ(sn_backward(g, W.dev, G.dev, d1.dev, flags, d_dg, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_backward(cpu, W.host.data(), G.host.data(), dc.data(), flags, &dgamma_c, nullptr), SN_SUCCESS);
+      EXPECT_LT(rel_err(d1.download_floats(), from_dtype(dc, dt)), tol);
+      const std::vector<float> gh = G.host_floats(), wh = W.host_floats();
+      double mag = 0;
+      for (size_t k = 0; k < gh.size(); ++k) mag += std::fabs(double(gh[k]) * double(wh[k]));
+      EXPECT_NEAR(dg.download_floats()[0], dgamma_c, 1e-5 * mag / get_state(cpu).sigma);
+      if (off != 0) continue;
+      ASSERT_EQ(sn_backward(b, W.dev, G.dev, d2.dev, flags, d_dg + 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_TRUE(d1.download_bytes() == d2.download_bytes()) << "bitwise against a second layer";
+      const std::vector<float> dgs = dg.download_floats();
+      EXPECT_EQ(std::memcmp(&dgs[0], &dgs[1], 4), 0) << dgs[0] << " against " << dgs[1];
+    }
+  }
+}
+
 // The grid's blocks holding rows in registers beyond those in their shared memory (the packed
 // instance of cuda/on_chip_grid.cu, which 4096² bf16 takes on an H100 or H200): with
 // SPECNORM_TUNE=onchip_grid_rows=2 a block holds at most 2 rows in shared memory, so these layers
@@ -549,7 +598,8 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
 // scale-only and eval forwards (with 1-3 iterations, fp32, bf16, fp16, rows of 4 to 512 packs)
 // against the CPU backend, one launch of the packed instance each, bitwise against a second layer,
 // in place; W or W_sn off 16-byte alignment: the usual kernels where rows sit in registers (they
-// are accessed 16 bytes at a time), else the generic or packed instance, and the same results.
+// are accessed 16 bytes at a time), else the generic or packed instance, and the same results. The
+// backward too (expect_grid_backward_rows_match_cpu).
 TEST(GpuTraining, OnChipGridRegisterRowsMatchTheCpuBackend) {
   REQUIRE_GPU();
   if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
@@ -617,6 +667,7 @@ TEST(GpuTraining, OnChipGridRegisterRowsMatchTheCpuBackend) {
       EXPECT_EQ(names.size(), 1u) << (training ? "training" : "eval");
       EXPECT_TRUE(any_matches(names, "on_chip_grid_kernel<[^>]*, [1-9]>")) << (names.empty() ? "?" : names[0]);
     }
+    ASSERT_NO_FATAL_FAILURE(expect_grid_backward_rows_match_cpu(rng, g, b, cpu, W, c.dt));
     // In place (W_sn = W, the rows in registers stored over their own W): the bits of the second
     // layer's forward into another buffer.
     ASSERT_EQ(sn_forward(b, W.dev, O2.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
@@ -652,7 +703,7 @@ TEST(GpuTraining, OnChipGridRegisterRowsMatchTheCpuBackend) {
 // 4096² bf16 (issue 5's goal-1 shape) on the grid as laid out for the device, without a cap: on a
 // card of 132 SMs (an H100 SXM, an H200) 32 rows a block, 25-26 in shared memory at its limit and
 // the rest in registers, one launch of the packed instance; training and eval forwards against the
-// CPU backend (the state, W_sn to bf16's rounding). Other cards: whatever the layout gives, checked
+// CPU backend (the state, W_sn to bf16's rounding), and a backward. Other cards: whatever the layout gives, checked
 // the same way where the layer is on the grid.
 TEST(GpuTraining, OnChipGridLargestBf16LayerMatchesTheCpuBackend) {
   REQUIRE_GPU();
@@ -697,15 +748,27 @@ TEST(GpuTraining, OnChipGridLargestBf16LayerMatchesTheCpuBackend) {
     EXPECT_TRUE(any_matches(names, oc.reg_rows > 0 ? "on_chip_grid_kernel<[^>]*, [1-9]>" : "on_chip_grid_kernel"))
         << (names.empty() ? "?" : names[0]);
   }
+  // The backward (issue 5's goal-5 shape): one launch of the packed instance, against the CPU
+  // backend (dW to bf16's rounding).
+  Tensor G(dt, n), dW(dt, n);
+  G.set(rng.normals(n));
+  std::vector<uint8_t> dw_c(W.host.size());
+  const std::vector<std::string> bw =
+      captured_kernels([&](cudaStream_t st) { return sn_backward(g, W.dev, G.dev, dW.dev, 0, nullptr, st); });
+  EXPECT_EQ(bw.size(), 1u);
+  EXPECT_TRUE(any_matches(bw, "on_chip_grid_backward_kernel<[^>]*, [1-9]>")) << (bw.empty() ? "?" : bw[0]);
+  ASSERT_EQ(sn_backward(g, W.dev, G.dev, dW.dev, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_backward(cpu, W.host.data(), G.host.data(), dw_c.data(), 0, nullptr, nullptr), SN_SUCCESS);
+  EXPECT_LT(rel_err(dW.download_floats(), from_dtype(dw_c, dt)), 2 * ulp(dt));
 }
 
 // The layer spread over a cooperative grid (SPECNORM_TUNE=op_onchip_grid=2, cuda/on_chip_grid.cu;
-// op_onchip=0 keeps these small layers off the cluster path): its forwards on chip, the backward
-// with the usual two kernels.
+// op_onchip=0 keeps these small layers off the cluster path): its forwards and its backward on chip
+// (the generic instances where W is off 16-byte alignment).
 TEST(GpuTraining, OnChipGridLayerOptionsMatchTheCpuBackend) {
   REQUIRE_GPU();
   if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
-  expect_on_chip_options_match_cpu("op_onchip=0,op_onchip_grid=2", "on_chip_grid_kernel", false, true);
+  expect_on_chip_options_match_cpu("op_onchip=0,op_onchip_grid=2", "on_chip_grid_kernel", true, true);
 }
 
 // The backward's apply kernel by rows of 16-byte packs: two layers with the same state write the
