@@ -35,7 +35,8 @@
 #   goals      python3 bench/goals.py $OUT/bench.json $OUT/torch.json: issue 5's goals, met or not
 #   onchip     sn_bench on SN-GAN (per layer and grouped) and small single layers: the on-chip
 #              defaults against onchip_threads=256, group_onchip=0, op_onchip=0 and op_onchip=1
-#   variants   sn_bench once per SPECNORM_TUNE setting of the one-pass kernel ($SN_TUNE_VARIANTS)
+#   variants   (at most $SN_VARIANTS_CAP s, default 135) sn_bench once per SPECNORM_TUNE setting
+#              of the one-pass kernel ($SN_TUNE_VARIANTS, in that order: put first what matters most)
 #              on $SN_VARIANT_WORKLOADS (train/scale/eval of the large single layers), once per
 #              setting of $SN_PRESET_VARIANTS on $SN_VARIANT_PRESETS (per layer and grouped), then
 #              the legacy (v-first) order with every algorithm; tables only
@@ -594,7 +595,7 @@ variants() {
   return $rc
 }
 if [[ -x "$SN_BENCH" ]]; then
-  run_step variants "$OUT/bench.log" 135 145 \
+  run_step variants "$OUT/bench.log" "${SN_VARIANTS_CAP:-135}" 145 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" VDIR="$LOGS" REPO="$REPO" \
     bash -c "$(declare -p VARIANT_WL VARIANT_PRESETS TUNES PRESET_TUNES SN_BENCH COOP_SUFFIX); $(declare -f variants); variants"
 else
