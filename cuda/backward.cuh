@@ -78,6 +78,36 @@ __device__ __forceinline__ float apply1(const ApplyParams &p, const T *G, T *dW,
   return x;
 }
 
+// One 16-byte pack of dW from G's pack gr (and dW's old pack o, accumulating), u_i and the pack's
+// entries of v (v4, 16-byte aligned; READ_ONLY: loaded through the read-only path, for callers
+// whose v the compiler cannot otherwise keep apart from their stores to dW):
+// x = a·G − b·(u_i v_j) (+ dW), stored at dst. apply_rows_body's and the grid backward's
+// (cuda/on_chip_grid.cu).
+template <class T, bool READ_ONLY = false>
+__device__ __forceinline__ void apply_pack(const typename VecN<T, kWide<T>>::raw &gr,
+                                           const typename VecN<T, kWide<T>>::raw &o, bool accumulate, float ui,
+                                           const float4 *v4, Coefs c, T *dst) {
+  constexpr int E = kWide<T>;
+  using V = VecN<T, E>;
+  float x[E];
+  V::cvt(gr, x);
+#pragma unroll
+  for (int f = 0; f < E / 4; ++f) {
+    const float4 vv = READ_ONLY ? __ldg(v4 + f) : v4[f];
+    x[4 * f + 0] = c.a * x[4 * f + 0] - c.b * (ui * vv.x);
+    x[4 * f + 1] = c.a * x[4 * f + 1] - c.b * (ui * vv.y);
+    x[4 * f + 2] = c.a * x[4 * f + 2] - c.b * (ui * vv.z);
+    x[4 * f + 3] = c.a * x[4 * f + 3] - c.b * (ui * vv.w);
+  }
+  if (accumulate) {
+    float d[E];
+    V::cvt(o, d);
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] += d[e];
+  }
+  V::store(dst, x);
+}
+
 // dW = a·G − b·u_i·v_col (+ dW) by rows of the view ([A][h][B], B >= 32), block g of nb taking
 // rows g, g + nb, ... counted from the last. Rows are taken last first: the inner step just read G
 // front to back, so G's last rows are the ones still in L2 (as in cuda/commit_divide.cu).
@@ -112,23 +142,7 @@ __device__ __forceinline__ void apply_rows_body(const ApplyParams &p, int64_t g,
         const typename V::raw gr = V::load_raw(grow + E * q);
         typename V::raw o = {};
         if (p.accumulate) o = V::load_raw(drow + E * q);
-        float x[E];
-        V::cvt(gr, x);
-#pragma unroll
-        for (int f = 0; f < E / 4; ++f) {
-          const float4 vv = *reinterpret_cast<const float4 *>(v + E * q + 4 * f);
-          x[4 * f + 0] = c.a * x[4 * f + 0] - c.b * (ui * vv.x);
-          x[4 * f + 1] = c.a * x[4 * f + 1] - c.b * (ui * vv.y);
-          x[4 * f + 2] = c.a * x[4 * f + 2] - c.b * (ui * vv.z);
-          x[4 * f + 3] = c.a * x[4 * f + 3] - c.b * (ui * vv.w);
-        }
-        if (p.accumulate) {
-          float d[E];
-          V::cvt(o, d);
-#pragma unroll
-          for (int e = 0; e < E; ++e) x[e] += d[e];
-        }
-        V::store(drow + E * q, x);
+        apply_pack<T>(gr, o, p.accumulate, ui, reinterpret_cast<const float4 *>(v + E * q), c, drow + E * q);
       }
       b0 = nq * E;
     }

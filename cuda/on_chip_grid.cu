@@ -61,6 +61,7 @@
 // layer to its usual kernels for good, as a refused cluster launch does (host/layer.c).
 #include <cooperative_groups.h>
 
+#include "backward.cuh" /* apply_pack */
 #include "kernels.h"
 #include "on_chip.cuh"
 #include "sn_reference.h" /* sn_dtype_size */
@@ -320,14 +321,22 @@ __global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_kernel(GridChipP
 }
 
 // The instance for a dtype: generic (RO = 0) or packed (RO = kGridRegRows rows in registers at most).
+// pick(T{}) for dtype's element type T.
+template <class F>
+auto by_dtype(sn_dtype_t dtype, F pick) {
+  switch (dtype) {
+    case SN_DTYPE_FLOAT16: return pick(__half{});
+    case SN_DTYPE_BFLOAT16: return pick(__nv_bfloat16{});
+    default: return pick(float{});
+  }
+}
+
 using GridKernel = void (*)(GridChipParams);
 GridKernel grid_kernel_for(sn_dtype_t dtype, bool packed) {
-  switch (dtype) {
-    case SN_DTYPE_FLOAT16: return packed ? on_chip_grid_kernel<__half, kGridRegRows> : on_chip_grid_kernel<__half, 0>;
-    case SN_DTYPE_BFLOAT16:
-      return packed ? on_chip_grid_kernel<__nv_bfloat16, kGridRegRows> : on_chip_grid_kernel<__nv_bfloat16, 0>;
-    default: return packed ? on_chip_grid_kernel<float, kGridRegRows> : on_chip_grid_kernel<float, 0>;
-  }
+  return by_dtype(dtype, [&](auto zero) -> GridKernel {
+    using T = decltype(zero);
+    return packed ? on_chip_grid_kernel<T, kGridRegRows> : on_chip_grid_kernel<T, 0>;
+  });
 }
 
 // ---- the backward of a layer on the grid (cuda/backward.cu has the formula) -------------------
@@ -436,27 +445,10 @@ __device__ void backward_on_grid(const GridBwParams &p, char *sm) {
   const float *__restrict__ u = p.u + i0;
   const float *__restrict__ v = p.v;
   if constexpr (RO > 0) {
-    // dW of pack q of row il from G's pack g (and dW's old pack o, accumulating), as
-    // cuda/backward.cuh's apply_rows_body: x = a·G − b·(u_i v_j) (+ dW).
+    // dW of pack q of row il from G's pack g (and dW's old pack o, accumulating): apply_pack, as
+    // cuda/backward.cuh's apply_rows_body.
     auto apply = [&](const Raw &g, const Raw &o, int il, int q, T *dst) {
-      float x[E];
-      V::cvt(g, x);
-      const float ui = __ldg(&u[il]);
-#pragma unroll
-      for (int f = 0; f < F4; ++f) {
-        const float4 vv = __ldg(reinterpret_cast<const float4 *>(v) + F4 * q + f);
-        x[4 * f + 0] = c.a * x[4 * f + 0] - c.b * (ui * vv.x);
-        x[4 * f + 1] = c.a * x[4 * f + 1] - c.b * (ui * vv.y);
-        x[4 * f + 2] = c.a * x[4 * f + 2] - c.b * (ui * vv.z);
-        x[4 * f + 3] = c.a * x[4 * f + 3] - c.b * (ui * vv.w);
-      }
-      if (p.accumulate) {
-        float d[E];
-        V::cvt(o, d);
-#pragma unroll
-        for (int e = 0; e < E; ++e) x[e] += d[e];
-      }
-      V::store(dst, x);
+      apply_pack<T, true>(g, o, p.accumulate, __ldg(&u[il]), reinterpret_cast<const float4 *>(v) + F4 * q, c, dst);
     };
     // The shared-memory rows, K packs a thread at a time (accumulating: their old dW loaded before
     // any is stored), then the register rows.
@@ -497,14 +489,10 @@ __global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_backward_kernel(
 
 using GridBwKernel = void (*)(GridBwParams);
 GridBwKernel grid_backward_kernel_for(sn_dtype_t dtype, bool packed) {
-  switch (dtype) {
-    case SN_DTYPE_FLOAT16:
-      return packed ? on_chip_grid_backward_kernel<__half, kGridRegRows> : on_chip_grid_backward_kernel<__half, 0>;
-    case SN_DTYPE_BFLOAT16:
-      return packed ? on_chip_grid_backward_kernel<__nv_bfloat16, kGridRegRows>
-                    : on_chip_grid_backward_kernel<__nv_bfloat16, 0>;
-    default: return packed ? on_chip_grid_backward_kernel<float, kGridRegRows> : on_chip_grid_backward_kernel<float, 0>;
-  }
+  return by_dtype(dtype, [&](auto zero) -> GridBwKernel {
+    using T = decltype(zero);
+    return packed ? on_chip_grid_backward_kernel<T, kGridRegRows> : on_chip_grid_backward_kernel<T, 0>;
+  });
 }
 
 // Whether rows of w elements of `dtype` are a whole number of 16-byte packs: the packed backward's
