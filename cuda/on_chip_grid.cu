@@ -344,8 +344,9 @@ GridKernel grid_kernel_for(sn_dtype_t dtype, bool packed) {
 // cuda/backward.cu need a grid-wide sum between them, as the cluster kernel's backward
 // (cuda/on_chip.cu) over the forward's grid and layout: each block copies its rows of G (G has W's
 // shape and type) into its shared memory, and with the packed instance up to kGridRegRows more into
-// registers, adds up its share of ⟨G, W⟩ reading its rows of W once from global memory
-// (evict-first, as the inner kernel: W is not read again), writes it to part[r]; a grid barrier;
+// registers, adds up its share of ⟨G, W⟩ reading its rows of W once from global memory (the
+// packed instance evict-first, as the inner kernel: W is not read again), writes it to part[r]; a
+// grid barrier;
 // every block adds the G shares in block order (grid_sum_of: the same bits in each) into a, b and,
 // block 0, ∂L/∂γ; and writes its rows of dW from the G it holds. Bytes: G and W read once, dW
 // written (and read when accumulating): 3 · bytes(W) where the two kernels move 4 (sn_bench's

@@ -393,8 +393,8 @@ static void expect_on_chip_options_match_cpu(const std::string &tune, const std:
       // bf16 off 16-byte alignment, W_sn at another offset than W (W_sn by elements)
       {{300, 200}, SN_DTYPE_BFLOAT16, 0.f, false, false, false, 15, 1, 3, 1},
   };
-  Tensor gam(SN_DTYPE_FLOAT32, 2);
-  gam.set({0.8f, 0.f});
+  Tensor gam(SN_DTYPE_FLOAT32, 3);  // γ, then ∂L/∂γ of a backward and of its repetition
+  gam.set({0.8f, 0.f, 0.f});
   float *d_gamma = static_cast<float *>(gam.dev), *d_dgamma = d_gamma + 1;
   const float h_gamma = 0.8f;
   for (const Opt &o : opts) {
@@ -478,7 +478,7 @@ static void expect_on_chip_options_match_cpu(const std::string &tune, const std:
       ASSERT_EQ(sn_backward(g, W.dev, G.dev, again.dev, flags, d_dgamma + 1, nullptr), SN_SUCCESS);
       EXPECT_TRUE(again.download_bytes() == dW.download_bytes()) << "flags " << flags;
       const std::vector<float> dgs = gam.download_floats();
-      EXPECT_EQ(std::memcmp(&dgs[1], &dgamma_g, 4), 0) << dgs[1] << " against " << dgamma_g;
+      EXPECT_EQ(std::memcmp(&dgs[2], &dgamma_g, 4), 0) << dgs[2] << " against " << dgamma_g;
     }
     // The backward with dW = G and dW = W, with and without accumulation (and with both flags),
     // against the CPU backend given the same aliasing.
@@ -544,9 +544,10 @@ TEST(GpuTraining, OnChipLayerOptionsMatchTheCpuBackend) {
 
 // The backward of a layer on the grid (g; b holds the same state, cpu its CPU counterpart) on W
 // with a fresh G, without and with accumulation, ∂L/∂γ asked for: one launch of the packed
-// instance (`kernel`), against the CPU backend and bitwise against b; then G, or dW, one element off
-// 16-byte alignment: with rows in registers the usual kernels (they need the packed instance's
-// 16-byte accesses), else the generic instance; the same results.
+// instance, against the CPU backend and bitwise against b; then G, or dW, one element off 16-byte
+// alignment: with rows in registers the usual kernels (they need the packed instance's 16-byte
+// accesses), else the generic instance; the same results. Then dW = G and dW = W, with and without
+// accumulation, on the packed instance.
 static void expect_grid_backward_rows_match_cpu(Rng &rng, sn_layer_t *g, sn_layer_t *b, sn_layer_t *cpu,
                                                 const Tensor &W, sn_dtype_t dt) {
   const int64_t n = W.n;
@@ -565,7 +566,7 @@ static void expect_grid_backward_rows_match_cpu(Rng &rng, sn_layer_t *g, sn_laye
       std::vector<uint8_t> dc = d1.host;
       float dgamma_c = 0.f;
       const std::vector<std::string> names = captured_kernels(
-          [&](cudaStream_t st) { return sn_backward(g, W.dev, G.dev, d2.dev, flags, d_dg, st); });
+          [&](cudaStream_t st) { return sn_backward(g, W.dev, G.dev, d1.dev, flags, d_dg, st); });
       if (off == 0) {
         EXPECT_EQ(names.size(), 1u);
         EXPECT_TRUE(any_matches(names, "on_chip_grid_backward_kernel<[^>]*, [1-9]>")) << ::testing::PrintToString(names);
@@ -574,7 +575,6 @@ static void expect_grid_backward_rows_match_cpu(Rng &rng, sn_layer_t *g, sn_laye
       } else {
         EXPECT_TRUE(any_matches(names, "on_chip_grid_backward_kernel<[^>]*, 0>")) << ::testing::PrintToString(names);
       }
-      d2.set(target);  // (the capture ran nothing)
       ASSERT_EQ(sn_backward(g, W.dev, G.dev, d1.dev, flags, d_dg, nullptr), SN_SUCCESS) << sn_last_error_message();
       ASSERT_EQ(sn_backward(cpu, W.host.data(), G.host.data(), dc.data(), flags, &dgamma_c, nullptr), SN_SUCCESS);
       EXPECT_LT(rel_err(d1.download_floats(), from_dtype(dc, dt)), tol);
@@ -587,6 +587,26 @@ static void expect_grid_backward_rows_match_cpu(Rng &rng, sn_layer_t *g, sn_laye
       EXPECT_TRUE(d1.download_bytes() == d2.download_bytes()) << "bitwise against a second layer";
       const std::vector<float> dgs = dg.download_floats();
       EXPECT_EQ(std::memcmp(&dgs[0], &dgs[1], 4), 0) << dgs[0] << " against " << dgs[1];
+    }
+  }
+  // dW = G and dW = W (in place over the rows in registers too), with and without accumulation,
+  // against the CPU backend given the same aliasing.
+  for (unsigned flags : {0u, unsigned(SN_BACKWARD_ACCUMULATE)}) {
+    for (int alias : {1, 2}) {
+      SCOPED_TRACE(std::string(alias == 1 ? "dW = G" : "dW = W") + ", flags " + std::to_string(flags));
+      Tensor G(dt, n), buf(dt, n);
+      G.set(rng.normals(n));
+      buf.set(alias == 1 ? G.host_floats() : W.host_floats());
+      std::vector<uint8_t> bc = buf.host;
+      const void *Wg = alias == 2 ? buf.dev : W.dev, *Gg = alias == 1 ? buf.dev : G.dev;
+      const std::vector<std::string> names =
+          captured_kernels([&](cudaStream_t st) { return sn_backward(g, Wg, Gg, buf.dev, flags, nullptr, st); });
+      EXPECT_TRUE(any_matches(names, "on_chip_grid_backward_kernel<[^>]*, [1-9]>")) << ::testing::PrintToString(names);
+      ASSERT_EQ(sn_backward(g, Wg, Gg, buf.dev, flags, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_backward(cpu, alias == 2 ? bc.data() : W.host.data(), alias == 1 ? bc.data() : G.host.data(),
+                            bc.data(), flags, nullptr, nullptr),
+                SN_SUCCESS);
+      EXPECT_LT(rel_err(buf.download_floats(), from_dtype(bc, dt)), tol);
     }
   }
 }
