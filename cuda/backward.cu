@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kBlock) apply_elements_kernel(ApplyParams p) {
 extern "C" int sn_cuda_backward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *a) {
   const bool need_gw = !a->detach_sigma || a->dgamma;
   const sn_on_chip_t &oc = plan->onchip;
-  if (!(need_gw && oc.cluster > 0 && oc.backward && plan->view.A == 1)) return 0;
+  if (!(need_gw && oc.cluster > 0 && oc.backward && (oc.grid > 0 || plan->view.A == 1))) return 0;
   return oc.grid == 0 || sn::grid_backward_instance(*plan, a->W, a->G, a->dW) >= 0;
 }
 

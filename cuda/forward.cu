@@ -47,7 +47,8 @@ int64_t op_tsq_floats(const sn_cuda_plan_t &p) {
 // The layer on chip over a grid of G blocks: G partial s (w each), G Σ t², G Σ s².
 int64_t ocg_floats(const sn_cuda_plan_t &p) {
   const int64_t G = p.onchip.grid;
-  return G > 0 ? G * (p.view.A * p.view.B) + 2 * G : 0;
+  const sn_view_t gv = sn_on_grid_view(&p);
+  return G > 0 ? G * (gv.A * gv.B) + 2 * G : 0;
 }
 
 // Round a float count up to 64 floats (256 bytes), keeping every scratch buffer 16-byte aligned.
@@ -129,7 +130,7 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                   which the device refuses (tests: the fallbacks, host/layer.c and group.c);
 //                   op_onchip_grid's with 1024 times too many blocks, refused too
 //   op_onchip_grid=0|1|2  a u-first layer with contiguous rows that the cluster path above does
-//                   not take and whose rows fit the shared memory of one block per SM (and up to
+//                   not take, or a v-first one with dim −1 (as its Mᵀ), and whose rows fit the shared memory of one block per SM (and up to
 //                   7 rows of each block in registers: sn_cuda_on_chip_grid_layout) runs its
 //                   warmed-up training forwards (1), and its eval forwards too (2), as one
 //                   cooperative launch that holds it there (cuda/on_chip_grid.cu), and its
@@ -416,10 +417,15 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     if (tune.op_onchip == 1) sn_cuda_on_chip_allow_backward(&plan->onchip);  // only op_onchip=1 (above)
   }
   // A layer the cluster path does not take, on chip over the whole grid where it fits there
-  // (SPECNORM_TUNE=op_onchip_grid=1: its training forwards; 2: its eval forwards too).
-  if (order == SN_ORDER_U_FIRST && tune.op_onchip_grid > 0 && plan->onchip.cluster == 0)
-    sn_cuda_on_chip_grid_prepare(view, dtype, plan->sm_count, tune.op_onchip_grid == 2, tune.onchip_grid_rows,
+  // (SPECNORM_TUNE=op_onchip_grid=1: its training forwards and its backward; 2: its eval forwards
+  // too): a u-first layer with rows contiguous, or a v-first one whose Mᵀ has them (dim −1:
+  // Keras', Flax's and Haiku's kernels), run as the u-first iteration on Mᵀ (sn_on_grid_view).
+  sn_view_t gv{};
+  if (tune.op_onchip_grid > 0 && plan->onchip.cluster == 0 && sn_group_view(view, order, &gv) && gv.A == 1) {
+    sn_cuda_on_chip_grid_prepare(gv, dtype, plan->sm_count, tune.op_onchip_grid == 2, tune.onchip_grid_rows,
                                  tune.onchip_refuse, &plan->onchip);
+    plan->onchip.transposed = order == SN_ORDER_V_FIRST && plan->onchip.grid > 0;
+  }
   const int64_t h = view.h, w = view.A * view.B;
   const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over
 
@@ -553,7 +559,8 @@ extern "C" int sn_cuda_forward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda
   // (Rows held in registers on the grid are loaded and stored 16 bytes at a time.)
   const bool aligned = plan->onchip.reg_rows == 0 || (sn::aligned16(a->W) && (!a->W_sn || sn::aligned16(a->W_sn)));
   return plan->onchip.cluster > 0 && (plan->onchip.modes & mode) && !a->is_1d && aligned &&
-         a->order == SN_ORDER_U_FIRST && a->warmup_iters == 0 && (a->n_iters > 0 || !a->training);
+         (a->order == SN_ORDER_U_FIRST || plan->onchip.transposed) && a->warmup_iters == 0 &&
+         (a->n_iters > 0 || !a->training);
 }
 
 extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *a,
@@ -573,18 +580,22 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
   // A warmed-up layer on chip, for the forwards its plan puts there (small layers' training
   // forwards on sm_90, or every one with SPECNORM_TUNE=op_onchip=1): the whole forward in one launch.
   if (sn_cuda_forward_on_chip(plan, a)) {
+    // (The matrix it iterates on: the layer's own, or on the grid a v-first layer's Mᵀ, with u
+    // and v exchanged: sn_on_grid_view.)
+    const sn_view_t ev = sn_on_grid_view(plan);
+    const bool tr = P.onchip.transposed != 0;
     sn_group_entry_t e{};
     e.W = a->W;
     e.W_sn = a->W_sn;
     e.dtype = (int)P.dtype;
     e.n_iters = a->n_iters;
-    e.A = P.view.A;
-    e.h = P.view.h;
-    e.B = P.view.B;
-    e.w = P.view.A * P.view.B;
+    e.A = ev.A;
+    e.h = ev.h;
+    e.B = ev.B;
+    e.w = ev.A * ev.B;
     e.numel = a->numel;
-    e.u = a->u;
-    e.v = a->v;
+    e.u = tr ? a->v : a->u;
+    e.v = tr ? a->u : a->v;
     e.sigma = a->sigma;
     e.eps = P.eps;
     e.norm_bound = P.norm_bound;

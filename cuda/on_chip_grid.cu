@@ -50,7 +50,9 @@
 // and the division as above: W read once, where the two eval kernels read it twice.
 //
 // Where (sn_cuda_on_chip_grid_prepare, called from cuda/forward.cu): a u-first layer whose rows
-// are contiguous (A = 1) and that the cluster kernel does not take, with SPECNORM_TUNE=
+// are contiguous (A = 1) and that the cluster kernel does not take, or a v-first layer whose Mᵀ's
+// rows are (dim −1: Keras', Flax's and Haiku's kernels), which runs as the u-first iteration on Mᵀ
+// with u and v exchanged, as in a group (sn_on_grid_view; the backward too), with SPECNORM_TUNE=
 // op_onchip_grid=1 or 2, on a device with cooperative launches, when one block per multiprocessor
 // (at most h blocks) can hold its share: ⌈h / G⌉ rows, plus v, t, u and the row groups' partials,
 // within the device's shared memory per block, or all but up to 7 of those rows, which the packed
@@ -520,14 +522,15 @@ cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry
                                 cudaStream_t stream) {
   const sn_on_chip_t &oc = plan.onchip;
   const int G = oc.grid;
-  const int64_t w = plan.view.A * plan.view.B;
+  const int64_t w = e.w;
   GridChipParams p{};
   p.e = e;
   p.training = training;
   p.part = plan.ocg_part;
   p.tsq = plan.ocg_part + (int64_t)G * w;
   p.sq = p.tsq + G;
-  p.s = plan.s;
+  // s has w entries: the plan's s, or for Mᵀ (w = the layer's h) its t, which this launch does not use.
+  p.s = oc.transposed ? plan.t : plan.s;
   p.w_bytes = oc.w_bytes;
   p.w4 = oc.w4;
   p.rows4 = oc.rows4;
@@ -548,7 +551,8 @@ cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry
 }
 
 int grid_backward_instance(const sn_cuda_plan_t &plan, const void *W, const void *G, const void *dW) {
-  const bool packed = packs_in_a_row(plan.view.B, plan.dtype) && aligned16(W) && aligned16(G) && aligned16(dW);
+  const bool packed =
+      packs_in_a_row(sn_on_grid_view(&plan).B, plan.dtype) && aligned16(W) && aligned16(G) && aligned16(dW);
   return packed ? 1 : plan.onchip.reg_rows > 0 ? -1 : 0;
 }
 
@@ -557,7 +561,11 @@ cudaError_t launch_on_chip_grid_backward(const sn_cuda_plan_t &plan, const sn_cu
   const sn_on_chip_t &oc = plan.onchip;
   const int instance = grid_backward_instance(plan, a.W, a.G, a.dW);
   if (instance < 0) return cudaErrorInvalidValue;  // (sn_cuda_backward_on_chip keeps such calls off)
-  const GridBwParams p{a.W, a.G, a.dW, plan.view.h, (int)(plan.view.A * plan.view.B), a.u, a.v, a.sigma,
+  // The matrix the forward iterates on (Mᵀ for a v-first layer: G and dW are its Gᵀ and dWᵀ, and
+  // dWᵀ = a·Gᵀ − b·v uᵀ, so u and v exchanged as in the forward).
+  const sn_view_t gv = sn_on_grid_view(&plan);
+  const bool tr = oc.transposed != 0;
+  const GridBwParams p{a.W, a.G, a.dW, gv.h, (int)gv.B, tr ? a.v : a.u, tr ? a.u : a.v, a.sigma,
                        plan.gamma, plan.norm_bound, a.accumulate != 0, a.detach_sigma != 0, a.dgamma,
                        a.clamp_eps, plan.ocg_part, oc.smem_rows};
   // (oc.refuse, tests: too many blocks, refused as the forward's launch.)

@@ -66,6 +66,9 @@ typedef struct {
                              one per SM (cuda/on_chip_grid.cu, SPECNORM_TUNE=op_onchip_grid=1 or 2);
                              cluster is then 1 and clusters 0; backward 1 where its backward fits
                              the grid too (the layer's backward with ⟨G, W⟩ to compute: one launch) */
+  int transposed;         /* grid: a v-first layer with dim −1 (M's columns contiguous: Keras',
+                             Flax's and Haiku's kernels), run as the u-first iteration on its Mᵀ
+                             with u and v exchanged, as a group runs it (sn_on_grid_view) */
   int smem_rows;          /* grid: the rows a block holds in shared memory at most */
   int reg_rows;           /* grid: how many of a block's rows, beyond smem_rows, it holds in
                              registers (0: none). With any, the layer runs on the grid only where W
@@ -283,6 +286,15 @@ static inline SN_HD int sn_group_view(sn_view_t layer, sn_order_t order, sn_view
     return 1;
   }
   return 0;
+}
+
+/* The matrix a layer on chip over the grid iterates on (cuda/on_chip_grid.cu): the layer's own
+ * view, or with onchip.transposed its Mᵀ's (sn_group_view), whose u and v are the layer's v and u.
+ * Its rows are contiguous (A = 1) either way. */
+static inline SN_HD sn_view_t sn_on_grid_view(const sn_cuda_plan_t *plan) {
+  sn_view_t v = plan->view;
+  if (plan->onchip.transposed) (void)sn_group_view(plan->view, SN_ORDER_V_FIRST, &v);
+  return v;
 }
 
 typedef struct {

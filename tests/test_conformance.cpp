@@ -188,8 +188,10 @@ struct StepBuffers {
   }
 };
 
-// Replays case c on `backend`: each step's forward on the step's W.
-void replay(const FxCase &c, sn_backend_t backend) {
+// Replays case c on `backend`: each step's forward on the step's W. With on_grid (CUDA), then
+// counts the layer there if a training forward of it is a launch of the layer on chip over the
+// grid (cuda/on_chip_grid.cu), read from a graph capture.
+void replay(const FxCase &c, sn_backend_t backend, int *on_grid = nullptr) {
   LayerPtr l;
   make_layer(c, backend, &l);
   if (!l.p) return;
@@ -203,6 +205,11 @@ void replay(const FxCase &c, sn_backend_t backend) {
     ASSERT_EQ(sn_forward(l, b.W, b.out, s.training, nullptr), SN_SUCCESS) << sn_last_error_message();
     expect_step(b.result(c.in_place), l.p, s);
   }
+  if (!on_grid) return;
+  const StepBuffers b(c, c.steps.back(), backend);
+  const std::vector<std::string> names =
+      captured_kernels([&](cudaStream_t st) { return sn_forward(l, b.W, b.out, 1, st); });
+  *on_grid += any_matches(names, "on_chip_grid_kernel") ? 1 : 0;
 }
 
 // Replays every case of a framework at once, as one group (sn_group_create over their layers, in
@@ -289,3 +296,27 @@ INSTANTIATE_TEST_SUITE_P(Frameworks, Conformance,
                            return std::string(std::get<0>(info.param) == SN_BACKEND_CPU ? "cpu_" : "cuda_") +
                                   std::get<1>(info.param);
                          });
+
+// Every framework's fixture with the layers that can be held on chip over the whole grid held there
+// (SPECNORM_TUNE=op_onchip_grid=2, off by default; op_onchip=0 keeps PyTorch's small u-first layers
+// off the cluster path): Keras', Flax's and Haiku's v-first layers with dim −1 as the u-first
+// iteration on their Mᵀ, PyTorch's u-first ones as they are; PyTorch's legacy v-first layers
+// (dim 0, M's columns strided) keep their kernels. At least one layer of each framework on the grid.
+TEST(FrameworksOnTheGrid, EveryStepMatchesTheFramework) {
+  REQUIRE_GPU();
+  if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device: no layer on the grid";
+  ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_onchip_grid=2").c_str());
+  for (const char *framework : {"keras", "flax", "haiku", "torch"}) {
+    SCOPED_TRACE(framework);
+    std::string made_by, error;
+    const std::vector<FxCase> cases =
+        read_fixture(std::string(SN_CONFORMANCE_DIR) + "/" + framework + ".txt", &made_by, &error);
+    ASSERT_TRUE(error.empty()) << error;
+    int on_grid = 0;
+    for (const FxCase &c : cases) {
+      SCOPED_TRACE(c.name);
+      replay(c, SN_BACKEND_CUDA, &on_grid);
+    }
+    EXPECT_GT(on_grid, 0) << "no layer of the fixture on the grid";
+  }
+}

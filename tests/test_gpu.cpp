@@ -1397,13 +1397,14 @@ TEST(OnChipGrid, Layout) {
 
 // The backward of layers a and b, which hold the same state (fp32, no norm bound, no γ), on the
 // weight W with a fresh G: one launch of the grid's backward kernel (op_onchip_grid); dW against
-// G / σ − (⟨G, W⟩ / σ²) u vᵀ computed in double from the state, to fp32 rounding (relative to
-// dW's largest entry), and ∂L/∂γ against ⟨G, W⟩ / σ; bitwise against b's, and in place (dW = G)
-// the same bits.
+// G / σ − (⟨G, W⟩ / σ²) u vᵀ computed in double from the state (M[i, a·B + b] at W[(a·h + i)·B + b]
+// for the layer's view A × h × B), to fp32 rounding (relative to dW's largest entry), and ∂L/∂γ
+// against ⟨G, W⟩ / σ; bitwise against b's, and in place (dW = G) the same bits.
 static void expect_grid_backward_matches_state(Rng &rng, sn_layer_t *a, sn_layer_t *b, const DevBuf &W) {
   const State s = get_state(a);
   ASSERT_TRUE(same_state(s, get_state(b)));
-  const size_t h = s.u.size(), w = s.v.size(), n = h * w;
+  const sn_view_t vw = a->view;
+  const size_t h = s.u.size(), n = h * s.v.size();
   DevBuf G(n), d1(n), d2(n);
   const std::vector<float> g = rng.normals(static_cast<int64_t>(n)), wv = W.download();
   G.upload(g);
@@ -1427,12 +1428,14 @@ static void expect_grid_backward_matches_state(Rng &rng, sn_layer_t *a, sn_layer
   // alone is too small a part of dW on large layers to check it).
   EXPECT_NEAR(dg[0], gw / sig, 1e-5 * mag / sig);
   double worst = 0, largest = 0;
-  for (size_t i = 0; i < h; ++i) {
-    for (size_t j = 0; j < w; ++j) {
-      const size_t k = i * w + j;
-      const double ref = double(g[k]) / sig - coef * double(s.u[i]) * double(s.v[j]);
-      worst = std::max(worst, std::fabs(double(got[k]) - ref));
-      largest = std::max(largest, std::fabs(ref));
+  for (int64_t q = 0; q < vw.A; ++q) {
+    for (int64_t i = 0; i < vw.h; ++i) {
+      for (int64_t r = 0; r < vw.B; ++r) {
+        const size_t k = static_cast<size_t>((q * vw.h + i) * vw.B + r), j = static_cast<size_t>(q * vw.B + r);
+        const double ref = double(g[k]) / sig - coef * double(s.u[size_t(i)]) * double(s.v[j]);
+        worst = std::max(worst, std::fabs(double(got[k]) - ref));
+        largest = std::max(largest, std::fabs(ref));
+      }
     }
   }
   EXPECT_LE(worst, 1e-5 * largest) << "sigma " << sig << ", <G, W> " << gw;
@@ -1443,9 +1446,9 @@ static void expect_grid_backward_matches_state(Rng &rng, sn_layer_t *a, sn_layer
 // A layer on chip over the grid (SPECNORM_TUNE=op_onchip_grid=knob; op_onchip=0 keeps the small
 // ones off the cluster path) against the CPU backend step by step on odd shapes: h below, at and
 // above the multiprocessor count, w = 1, rows narrower than 32, widths not multiples of 4 or 32, W
-// off 16-byte alignment, 1-3 iterations; a training forward and a scale-only one are one launch of
-// its kernel, an eval forward too with knob 2 (not with 1); bitwise reproducible, in place too;
-// and its backward (expect_grid_backward_matches_state).
+// off 16-byte alignment, 1-3 iterations, v-first layers with dim −1 (as their Mᵀ); a training
+// forward and a scale-only one are one launch of its kernel, an eval forward too with knob 2 (not
+// with 1); bitwise reproducible, in place too; and its backward (expect_grid_backward_matches_state).
 static void expect_on_chip_grid_layers_match_cpu(int knob) {
   SN_SEEDED_RNG();
   ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_onchip_grid=" + std::to_string(knob)).c_str());
@@ -1458,12 +1461,20 @@ static void expect_on_chip_grid_layers_match_cpu(int knob) {
                         // more rows than multiprocessors, fewer columns (most blocks without a
                         // column slice), 3 iterations; Flax's and Haiku's eps (SN_EPS_ADD_SQUARED)
                         Case{{1000, 5}, 0, SN_ORDER_U_FIRST, 3},
-                        Case{{300, 517}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_DEFAULT, 1e-2f}};
+                        Case{{300, 517}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_DEFAULT, 1e-2f},
+                        // v-first with dim −1 (Keras', Flax's and Haiku's kernels: M's columns
+                        // contiguous), run as the u-first iteration on Mᵀ: a dense kernel, a
+                        // convolution's (kh, kw, in, out), 1 × N and N × 1, 2048², Flax's eps
+                        Case{{300, 517}, -1, SN_ORDER_V_FIRST, 2},  Case{{3, 3, 64, 96}, -1, SN_ORDER_V_FIRST, 1},
+                        Case{{1, 1000}, -1, SN_ORDER_V_FIRST, 1},   Case{{1000, 1}, -1, SN_ORDER_V_FIRST, 1},
+                        Case{{2048, 2048}, -1, SN_ORDER_V_FIRST, 1},
+                        Case{{517, 300}, -1, SN_ORDER_V_FIRST, 3, SN_ALGO_DEFAULT, 1e-2f}};
   int ran = 0;
   for (const Case &c : cases) {
     SCOPED_TRACE(case_name(c));
     const int64_t n = numel_of(c.shape);
     sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
+    d.order = c.order;
     d.n_power_iterations = c.iters;
     if (c.add_eps > 0.f) {
       d.eps_mode = SN_EPS_ADD_SQUARED;
@@ -1476,7 +1487,8 @@ static void expect_on_chip_grid_layers_match_cpu(int knob) {
       EXPECT_GT(oc.grid, 0) << "32 KB fit any device's shared memory";
     }
     if (oc.grid == 0) continue;
-    EXPECT_EQ(oc.grid, std::min<int64_t>(a.p->plan.sm_count, a.p->view.h));
+    EXPECT_EQ(oc.transposed, c.order == SN_ORDER_V_FIRST ? 1 : 0);
+    EXPECT_EQ(oc.grid, std::min<int64_t>(a.p->plan.sm_count, sn_on_grid_view(&a.p->plan).h));
     EXPECT_EQ(oc.backward, 1);
     ran += 1;
     compare_backends(c, rng, 4, 2);
