@@ -130,7 +130,8 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                   which the device refuses (tests: the fallbacks, host/layer.c and group.c);
 //                   op_onchip_grid's with 1024 times too many blocks, refused too
 //   op_onchip_grid=0|1|2  a u-first layer with contiguous rows that the cluster path above does
-//                   not take, or a v-first one with dim −1 (as its Mᵀ), and whose rows fit the shared memory of one block per SM (and up to
+//                   not take, or a v-first one with dim −1 (as its Mᵀ; also one of a single
+//                   row or column), and whose rows fit the shared memory of one block per SM (and up to
 //                   7 rows of each block in registers: sn_cuda_on_chip_grid_layout) runs its
 //                   warmed-up training forwards (1), and its eval forwards too (2), as one
 //                   cooperative launch that holds it there (cuda/on_chip_grid.cu), and its
@@ -419,7 +420,8 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   // A layer the cluster path does not take, on chip over the whole grid where it fits there
   // (SPECNORM_TUNE=op_onchip_grid=1: its training forwards and its backward; 2: its eval forwards
   // too): a u-first layer with rows contiguous, or a v-first one whose Mᵀ has them (dim −1:
-  // Keras', Flax's and Haiku's kernels), run as the u-first iteration on Mᵀ (sn_on_grid_view).
+  // Keras', Flax's and Haiku's kernels; or a single row or column), run as the u-first iteration
+  // on Mᵀ (sn_on_grid_view).
   sn_view_t gv{};
   if (tune.op_onchip_grid > 0 && plan->onchip.cluster == 0 && sn_group_view(view, order, &gv) && gv.A == 1) {
     sn_cuda_on_chip_grid_prepare(gv, dtype, plan->sm_count, tune.op_onchip_grid == 2, tune.onchip_grid_rows,

@@ -66,9 +66,10 @@ typedef struct {
                              one per SM (cuda/on_chip_grid.cu, SPECNORM_TUNE=op_onchip_grid=1 or 2);
                              cluster is then 1 and clusters 0; backward 1 where its backward fits
                              the grid too (the layer's backward with ⟨G, W⟩ to compute: one launch) */
-  int transposed;         /* grid: a v-first layer with dim −1 (M's columns contiguous: Keras',
-                             Flax's and Haiku's kernels), run as the u-first iteration on its Mᵀ
-                             with u and v exchanged, as a group runs it (sn_on_grid_view) */
+  int transposed;         /* grid: a v-first layer whose Mᵀ has rows contiguous (view B = 1, dim −1:
+                             Keras', Flax's and Haiku's kernels; or a single row or column), run as
+                             the u-first iteration on its Mᵀ with u and v exchanged, as a group runs
+                             it (sn_on_grid_view) */
   int smem_rows;          /* grid: the rows a block holds in shared memory at most */
   int reg_rows;           /* grid: how many of a block's rows, beyond smem_rows, it holds in
                              registers (0: none). With any, the layer runs on the grid only where W

@@ -301,7 +301,8 @@ INSTANTIATE_TEST_SUITE_P(Frameworks, Conformance,
 // (SPECNORM_TUNE=op_onchip_grid=2, off by default; op_onchip=0 keeps PyTorch's small u-first layers
 // off the cluster path): Keras', Flax's and Haiku's v-first layers with dim −1 as the u-first
 // iteration on their Mᵀ, PyTorch's u-first ones as they are; PyTorch's legacy v-first layers
-// (dim 0, M's columns strided) keep their kernels. At least one layer of each framework on the grid.
+// (dim 0, M's columns strided) keep their kernels, but for those of a single row or column, whose
+// Mᵀ is contiguous. At least one layer of each framework on the grid.
 TEST(FrameworksOnTheGrid, EveryStepMatchesTheFramework) {
   REQUIRE_GPU();
   if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device: no layer on the grid";

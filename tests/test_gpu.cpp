@@ -1577,6 +1577,14 @@ TEST(Gpu, OnChipGridLayerLeavesOthersAndFallsBack) {
   // A backward on the grid refused first.
   ASSERT_NO_FATAL_FAILURE(expect_refused_backward_falls_back(rng, d, base + "op_onchip=0",
                                                              base + "op_onchip=0,op_onchip_grid=1,onchip_refuse=1"));
+  // A v-first layer with dim −1 (the grid runs its Mᵀ), its forward and its backward refused.
+  sn_layer_desc_t dv = make_desc({128, 1152}, SN_BACKEND_CUDA, -1);
+  dv.order = SN_ORDER_V_FIRST;
+  dv.seed = 7;
+  ASSERT_NO_FATAL_FAILURE(expect_refused_launch_falls_back(
+      rng, dv, base + "op_onchip=0", base + "op_onchip=0,op_onchip_grid=1,onchip_refuse=1", "on_chip_grid_kernel"));
+  ASSERT_NO_FATAL_FAILURE(expect_refused_backward_falls_back(rng, dv, base + "op_onchip=0",
+                                                             base + "op_onchip=0,op_onchip_grid=1,onchip_refuse=1"));
 }
 
 // Without SPECNORM_TUNE's op_onchip, on a device with clusters, a small warmed-up layer's training

@@ -614,7 +614,8 @@ static void expect_grid_backward_rows_match_cpu(Rng &rng, sn_layer_t *g, sn_laye
 // The grid's blocks holding rows in registers beyond those in their shared memory (the packed
 // instance of cuda/on_chip_grid.cu, which 4096² bf16 takes on an H100 or H200): with
 // SPECNORM_TUNE=onchip_grid_rows=2 a block holds at most 2 rows in shared memory, so these layers
-// of up to 9 rows a block (132 blocks) put the rest in registers (264 × 1024: none). Training,
+// of up to 9 rows a block (132 blocks) put the rest in registers (264 × 1024: none; two v-first
+// layers with dim −1, whose Mᵀ the grid runs, among them). Training,
 // scale-only and eval forwards (with 1-3 iterations, fp32, bf16, fp16, rows of 4 to 512 packs)
 // against the CPU backend, one launch of the packed instance each, bitwise against a second layer,
 // in place; W or W_sn off 16-byte alignment: the usual kernels where rows sit in registers (they
@@ -629,17 +630,21 @@ TEST(GpuTraining, OnChipGridRegisterRowsMatchTheCpuBackend) {
     std::vector<int64_t> shape;
     sn_dtype_t dt;
     int iters;
+    bool v_first = false;  // v-first with dim −1: the grid runs Mᵀ, shape[0] × shape[1] (W's layout)
   };
   // (264 × 1024: 2 rows a block, none in registers; the packed instance all the same.)
   const C cases[] = {{{1000, 1024}, SN_DTYPE_FLOAT32, 1}, {{1188, 512}, SN_DTYPE_BFLOAT16, 2},
                      {{700, 64}, SN_DTYPE_FLOAT16, 1},    {{300, 2048}, SN_DTYPE_FLOAT32, 3},
                      {{900, 256}, SN_DTYPE_BFLOAT16, 1},  {{500, 16}, SN_DTYPE_FLOAT32, 2},
-                     {{264, 1024}, SN_DTYPE_FLOAT32, 2}};
+                     {{264, 1024}, SN_DTYPE_FLOAT32, 2},  {{1024, 1000}, SN_DTYPE_FLOAT32, 2, true},
+                     {{900, 512}, SN_DTYPE_BFLOAT16, 1, true}};
   int ran = 0;
   for (const C &c : cases) {
-    const int64_t h = c.shape[0], w = c.shape[1], n = h * w;
-    SCOPED_TRACE(shape_str(c.shape) + " " + dtype_name(c.dt) + " iters " + std::to_string(c.iters));
-    sn_layer_desc_t dg = make_desc(c.shape, SN_BACKEND_CUDA);
+    const int64_t h = c.shape[0], w = c.shape[1], n = h * w;  // the grid's rows and columns
+    SCOPED_TRACE(shape_str(c.shape) + " " + dtype_name(c.dt) + " iters " + std::to_string(c.iters) +
+                 (c.v_first ? " v-first dim -1" : ""));
+    sn_layer_desc_t dg = make_desc(c.shape, SN_BACKEND_CUDA, c.v_first ? -1 : 0);
+    if (c.v_first) dg.order = SN_ORDER_V_FIRST;
     dg.dtype = c.dt;
     dg.n_power_iterations = c.iters;
     dg.seed = rng.gen();
@@ -654,6 +659,7 @@ TEST(GpuTraining, OnChipGridRegisterRowsMatchTheCpuBackend) {
       continue;
     }
     ASSERT_EQ(oc.grid, G);
+    EXPECT_EQ(oc.transposed, c.v_first ? 1 : 0);
     EXPECT_EQ(oc.smem_rows, std::min<int64_t>(R, 2));
     EXPECT_EQ(oc.reg_rows, std::max<int64_t>(R - 2, 0));
     ran += oc.reg_rows > 0;
