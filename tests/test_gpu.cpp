@@ -1464,10 +1464,11 @@ static void expect_on_chip_grid_layers_match_cpu(int knob) {
                         Case{{300, 517}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_DEFAULT, 1e-2f},
                         // v-first with dim −1 (Keras', Flax's and Haiku's kernels: M's columns
                         // contiguous), run as the u-first iteration on Mᵀ: a dense kernel, a
-                        // convolution's (kh, kw, in, out), 1 × N and N × 1, 2048², Flax's eps
+                        // convolution's (kh, kw, in, out), 1 × N and N × 1, 12 rows a block (not
+                        // 2048² again: the sanitizers run these), Flax's eps
                         Case{{300, 517}, -1, SN_ORDER_V_FIRST, 2},  Case{{3, 3, 64, 96}, -1, SN_ORDER_V_FIRST, 1},
                         Case{{1, 1000}, -1, SN_ORDER_V_FIRST, 1},   Case{{1000, 1}, -1, SN_ORDER_V_FIRST, 1},
-                        Case{{2048, 2048}, -1, SN_ORDER_V_FIRST, 1},
+                        Case{{1536, 1024}, -1, SN_ORDER_V_FIRST, 1},
                         Case{{517, 300}, -1, SN_ORDER_V_FIRST, 3, SN_ALGO_DEFAULT, 1e-2f}};
   int ran = 0;
   for (const Case &c : cases) {
