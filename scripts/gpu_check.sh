@@ -592,6 +592,11 @@ variants() {
   echo "################ v-first groups: SN-GAN in PyTorch's layout (M's columns strided) and Keras' (contiguous)"
   SPECNORM_TUNE="$COOP_SUFFIX" "$SN_BENCH" --preset sngan-cifar10 --preset sngan-cifar10-keras --order v-first \
     --dtype f32,bf16 --mode train,scale,eval --no-baseline --no-probe --reps 50 || rc=1
+  echo "################ v-first layers with dim -1 (Keras', Flax's, Haiku's layout): the default, then on the grid (op_onchip_grid=2, as their M^T)"
+  for t in "" "op_onchip=0,op_onchip_grid=2"; do
+    SPECNORM_TUNE="$t$COOP_SUFFIX" "$SN_BENCH" --shape 2048x2048:-1 --shape 3072x768:-1 --order v-first \
+      --dtype f32,bf16 --mode train,scale,backward --no-baseline --no-probe --no-group --reps 50 || rc=1
+  done
   return $rc
 }
 if [[ -x "$SN_BENCH" ]]; then
