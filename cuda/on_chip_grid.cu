@@ -242,6 +242,9 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
   const int L = column_lanes(cw, NT), l = threadIdx.x & (L - 1), slot = threadIdx.x / L;
   const int groups = row_groups<NT>(w);
   float m_t = 1.f, m_s = 1.f, sig = 0.f;
+  // (At least one iteration: sn_cuda_forward_on_chip sends a training forward of no iteration to
+  // the usual kernels. The loop's grid barriers are what keep block 0's state word, written
+  // below, from racing with the other blocks' reads of the state in load_v_and_state.)
   const int iters = training ? e.n_iters : 1;
   for (int it = 0; it < iters; ++it) {
     float q;
@@ -252,6 +255,8 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
                                 groups);
     if (threadIdx.x == 0) p.tsq[r] = q;
     grid.sync();  // every block's partial s and Σ t² (eval: Σ u_i t_i) written
+    // (Early: a kernel after this one that asked for PDL is scheduled now, but reads nothing
+    // before its griddepcontrol.wait, which waits for this whole launch, commit and W_sn included.)
     if (it == 0) pdl_trigger();
     if (!training) {  // σ = uᵀ M v, the blocks' sums in a fixed order
       sig = grid_sum_of<NT>(p.tsq, G);
