@@ -122,6 +122,42 @@ __device__ __forceinline__ int column_lanes(int cw, int nt) {
   return L;
 }
 
+// The dot of a 16-byte pack's E elements (raw) with pack q's E entries of v (v4: v in shared memory
+// as float4), in element order, onto d.
+template <class T>
+__device__ __forceinline__ float pack_dot(const typename VecN<T, kWide<T>>::raw &raw, const float4 *v4, int q,
+                                          float d) {
+  constexpr int E = kWide<T>, F4 = E / 4;
+  float x[E];
+  VecN<T, E>::cvt(raw, x);
+#pragma unroll
+  for (int f = 0; f < F4; ++f) {
+    const float4 vv = v4[F4 * q + f];
+    d = fmaf(x[4 * f + 0], vv.x, d);
+    d = fmaf(x[4 * f + 1], vv.y, d);
+    d = fmaf(x[4 * f + 2], vv.z, d);
+    d = fmaf(x[4 * f + 3], vv.w, d);
+  }
+  return d;
+}
+
+// t of the ks shared-memory rows of wp whole packs (Ws 16-byte aligned): a warp per row, lane l
+// adding packs l, l + 32, ... then a butterfly; into t_sm (eval: u_k t_k). No barrier.
+template <class T, int NT>
+__device__ __forceinline__ void shared_rows_t(const T *Ws, int ks, int wp, const float4 *v4, const float *u_sm,
+                                              float *t_sm, bool training) {
+  constexpr int E = kWide<T>;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int k = warp; k < ks; k += NT / 32) {
+    const T *row = Ws + (int64_t)k * E * wp;
+    float d = 0.f;
+#pragma unroll 4
+    for (int q = lane; q < wp; q += 32) d = pack_dot<T>(VecN<T, E>::load_raw(row + E * q), v4, q, d);
+    d = warp_allsum(d);
+    if (lane == 0) t_sm[k] = training ? d : u_sm[k] * d;
+  }
+}
+
 // The products of the packed instance (RO > 0: rows of wp <= NT whole 16-byte packs, W 16-byte
 // aligned, so that every row starts on a 16-byte boundary in shared memory too), where
 // block_products reads elements one by one (a 2-byte shared-memory load per element: at 4096²
@@ -139,33 +175,12 @@ __device__ __forceinline__ float packed_products(const T *Ws, int ks, int wp, co
                                                  int n, bool training) {
   constexpr int E = kWide<T>, F4 = E / 4;
   using V = VecN<T, E>;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, pk = threadIdx.x;
+  const int pk = threadIdx.x;
   const float4 *v4 = reinterpret_cast<const float4 *>(v_sm);
-  // The dot of E elements with this pack's E entries of v, in element order.
-  auto dot = [&](const typename V::raw &raw, int q, float d) {
-    float x[E];
-    V::cvt(raw, x);
-#pragma unroll
-    for (int f = 0; f < F4; ++f) {
-      const float4 vv = v4[F4 * q + f];
-      d = fmaf(x[4 * f + 0], vv.x, d);
-      d = fmaf(x[4 * f + 1], vv.y, d);
-      d = fmaf(x[4 * f + 2], vv.z, d);
-      d = fmaf(x[4 * f + 3], vv.w, d);
-    }
-    return d;
-  };
-  for (int k = warp; k < ks; k += NT / 32) {
-    const T *row = Ws + (int64_t)k * E * wp;
-    float d = 0.f;
-#pragma unroll 4
-    for (int q = lane; q < wp; q += 32) d = dot(V::load_raw(row + E * q), q, d);
-    d = warp_allsum(d);
-    if (lane == 0) t_sm[k] = training ? d : u_sm[k] * d;
-  }
+  shared_rows_t<T, NT>(Ws, ks, wp, v4, u_sm, t_sm, training);
   float dr[RO];
 #pragma unroll
-  for (int k = 0; k < RO; ++k) dr[k] = k < n && pk < wp ? dot(reg[k], pk, 0.f) : 0.f;
+  for (int k = 0; k < RO; ++k) dr[k] = k < n && pk < wp ? pack_dot<T>(reg[k], v4, pk, 0.f) : 0.f;
   block_sums<NT, RO>(dr);  // its barriers also publish t_sm of the shared-memory rows
 #pragma unroll
   for (int k = 0; k < RO; ++k) {
