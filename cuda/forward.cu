@@ -558,8 +558,9 @@ extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
 
 extern "C" int sn_cuda_forward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *a) {
   const int mode = !a->training ? SN_ON_CHIP_EVAL : a->W_sn ? SN_ON_CHIP_TRAIN : SN_ON_CHIP_SCALE;
-  // (Rows held in registers on the grid are loaded and stored 16 bytes at a time.)
-  const bool aligned = plan->onchip.reg_rows == 0 || (sn::aligned16(a->W) && (!a->W_sn || sn::aligned16(a->W_sn)));
+  // (Rows held in registers or streamed on the grid are loaded and stored 16 bytes at a time.)
+  const bool aligned = (plan->onchip.reg_rows == 0 && plan->onchip.stream_rows == 0) ||
+                       (sn::aligned16(a->W) && (!a->W_sn || sn::aligned16(a->W_sn)));
   return plan->onchip.cluster > 0 && (plan->onchip.modes & mode) && !a->is_1d && aligned &&
          (a->order == SN_ORDER_U_FIRST || plan->onchip.transposed) && a->warmup_iters == 0 &&
          (a->n_iters > 0 || !a->training);

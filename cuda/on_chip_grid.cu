@@ -17,7 +17,12 @@
 // registers), and rows of 256 elements or more or rows in registers; the generic one
 // (block_products, the cluster kernel's element-by-element code, whose row groups serve narrow
 // rows better) for the others. They add t's terms in other orders: the results are bitwise
-// reproducible for a given grid and instance, and W's alignment picks the instance.
+// reproducible for a given grid and instance, and W's alignment picks the instance. A third, the
+// streaming instance (on_chip_grid_streamed_kernel, streamed_products; session 21), takes layers
+// too large even so where the shared memory holds at least a third of each block's rows: the rest
+// are read from global memory each iteration, kStreamRows at a time in registers, and again for the
+// division (4096² fp32: 12-13 rows of 31-32 on chip; 175 MB moved where the three kernels move 201),
+// only where W and W_sn are 16-byte aligned; its backward keeps the two kernels.
 //
 // Per block (rank r of G, rows i0 = h·r/G to i1 = h·(r+1)/G), per iteration:
 //   load   the rows (cp.async, as the cluster kernel: cuda/on_chip.cuh's copy_in) and v
@@ -79,6 +84,16 @@ constexpr int kGridThreads = 512;
 // and no spill on sm_90 and sm_80, fp16 20 bytes on sm_90 (4 on sm_80); the generic ones 72-96, no
 // spill. (With 8 rows in registers, one kernel for the three dtypes spilled 32 bytes on sm_90.)
 constexpr int kGridRegRows = 7;
+// The streaming instance (on_chip_grid_streamed_kernel): a block's rows beyond its shared memory
+// that neither fit the register rows nor are narrow enough for them are read from global memory
+// each iteration, kStreamRows at a time, kStreamPacks 16-byte packs a thread per row in registers
+// (rows of at most kStreamPacks × 512 packs: 4096 fp32, 8192 bf16 or fp16), and read again for the
+// division; only where the shared memory holds at least a third of the block's rows
+// (kStreamMinShare), so that the bytes saved pay for the launch's barriers (bench/NOTES.md,
+// session 21: 4096² fp32, 12 of 31-32 rows a block on chip).
+constexpr int kStreamRows = 4;
+constexpr int kStreamPacks = 2;
+constexpr int kStreamMinShare = 3;  // the shared-memory rows × this >= the block's rows
 
 struct GridChipParams {
   sn_group_entry_t e;  // the layer (its W, W_sn, state, settings), as the cluster kernel's `one`
@@ -219,7 +234,88 @@ __device__ __forceinline__ float packed_products(const T *Ws, int ks, int wp, co
   return q;
 }
 
-template <class T, int NT, int RO>
+// The products of the streaming instance (rows of wp <= PS·NT whole 16-byte packs, W 16-byte
+// aligned): t of the ks shared-memory rows (shared_rows_t), then the ns rows after them from global
+// memory (Wst), K at a time: thread k loads packs k, k + NT, ... (PS of them) of each, their t from
+// one block_sums_alternating for the K (into t_sm[ks + ..] by thread 0; eval: u_k t_k). Training:
+// the block's partial s by packs, thread k adding its PS packs over the shared-memory rows, then
+// the streamed rows in order, into part. Returns the block's Σ t² (eval: Σ u_k t_k) over all its
+// rows, the same in every thread.
+template <class T, int NT, int PS, int K>
+__device__ __forceinline__ float streamed_products(const T *Ws, int ks, const T *Wst, int ns, int wp,
+                                                   const float *v_sm, const float *u_sm, float *t_sm,
+                                                   float *part, bool training) {
+  constexpr int E = kWide<T>, F4 = E / 4;
+  using V = VecN<T, E>;
+  using Raw = typename V::raw;
+  const int pk = threadIdx.x;
+  const float4 *v4 = reinterpret_cast<const float4 *>(v_sm);
+  shared_rows_t<T, NT>(Ws, ks, wp, v4, u_sm, t_sm, training);
+  __syncthreads();  // t_sm of the shared-memory rows
+  float acc[PS][E];
+#pragma unroll
+  for (int q = 0; q < PS; ++q)
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[q][e] = 0.f;
+  // acc += t · (this thread's packs of a row)
+  auto add_row = [&](float t, const Raw (&row)[PS]) {
+#pragma unroll
+    for (int q = 0; q < PS; ++q) {
+      if (pk + q * NT >= wp) break;
+      float x[E];
+      V::cvt(row[q], x);
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[q][e] = fmaf(t, x[e], acc[q][e]);
+    }
+  };
+  if (training) {
+    for (int i = 0; i < ks; ++i) {
+      Raw row[PS] = {};
+#pragma unroll
+      for (int q = 0; q < PS; ++q)
+        if (pk + q * NT < wp) row[q] = V::load_raw(Ws + (int64_t)i * E * wp + E * (pk + q * NT));
+      add_row(t_sm[i], row);
+    }
+  }
+  for (int c0 = 0, slot = 0; c0 < ns; c0 += K, slot ^= 1) {  // uniform over the block
+    Raw raw[K][PS];
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+#pragma unroll
+      for (int q = 0; q < PS; ++q)
+        raw[k][q] = c0 + k < ns && pk + q * NT < wp ? V::load_raw(Wst + (int64_t)(c0 + k) * E * wp + E * (pk + q * NT))
+                                                    : Raw{};
+    float dr[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      dr[k] = 0.f;
+#pragma unroll
+      for (int q = 0; q < PS; ++q)
+        if (c0 + k < ns && pk + q * NT < wp) dr[k] = pack_dot<T>(raw[k][q], v4, pk + q * NT, dr[k]);
+    }
+    block_sums_alternating<NT, K>(dr, slot);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (c0 + k >= ns) break;
+      if (threadIdx.x == 0) t_sm[ks + c0 + k] = training ? dr[k] : u_sm[ks + c0 + k] * dr[k];
+      if (training) add_row(dr[k], raw[k]);
+    }
+  }
+  if (training) {
+#pragma unroll
+    for (int q = 0; q < PS; ++q) {
+      if (pk + q * NT >= wp) break;
+      float4 *out = reinterpret_cast<float4 *>(part) + F4 * (pk + q * NT);
+#pragma unroll
+      for (int f = 0; f < F4; ++f)
+        out[f] = make_float4(acc[q][4 * f], acc[q][4 * f + 1], acc[q][4 * f + 2], acc[q][4 * f + 3]);
+    }
+  }
+  __syncthreads();  // t_sm of the streamed rows (thread 0's)
+  return block_t_sum<NT>(t_sm, ks + ns, training);
+}
+
+template <class T, int NT, int RO, int PS>
 __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();
@@ -229,6 +325,7 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
   const int64_t i0 = e.h * r / G, i1 = e.h * (r + 1) / G;
   const int rows = (int)(i1 - i0);
   const int ks = rows < p.srows ? rows : p.srows;  // rows in shared memory; the rest in registers
+                                                   // (RO > 0) or streamed (PS > 0)
   const int64_t n = (int64_t)ks * w;
   const T *Wg = static_cast<const T *>(e.W) + i0 * w;
   T *Ws = reinterpret_cast<T *>(sm + (reinterpret_cast<uintptr_t>(Wg) & 15));
@@ -263,7 +360,10 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
   const int iters = training ? e.n_iters : 1;
   for (int it = 0; it < iters; ++it) {
     float q;
-    if constexpr (RO > 0)
+    if constexpr (PS > 0)
+      q = streamed_products<T, NT, PS, kStreamRows>(Ws, ks, Wg + (int64_t)ks * w, rows - ks, wp, v_sm, u_sm, t_sm,
+                                                    p.part + (int64_t)r * w, training);
+    else if constexpr (RO > 0)
       q = packed_products<T, NT, RO>(Ws, ks, wp, v_sm, u_sm, t_sm, p.part + (int64_t)r * w, reg, nreg, training);
     else
       q = block_products<T, NT>(Ws, ks, w, v_sm, u_sm, t_sm, p.part + (int64_t)r * w, grp_sm, training,
@@ -330,6 +430,27 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
         V::store(out + (int64_t)(ks + k) * w + E * threadIdx.x, x);
       }
     }
+    if constexpr (PS > 0) {  // the streamed rows, read again: K packs a thread loaded before any store
+      const T *src = Wg + (int64_t)ks * w;
+      T *dst = out + (int64_t)ks * w;
+      const int np = (rows - ks) * wp;
+      constexpr int K = 4;
+      for (int k0 = threadIdx.x; k0 < np; k0 += K * NT) {
+        typename V::raw x[K] = {};
+#pragma unroll
+        for (int q = 0; q < K; ++q)
+          if (k0 + q * NT < np) x[q] = V::load_raw(src + E * (k0 + q * NT));
+#pragma unroll
+        for (int q = 0; q < K; ++q) {
+          if (k0 + q * NT >= np) break;
+          float y[E];
+          V::cvt(x[q], y);
+#pragma unroll
+          for (int f = 0; f < E; ++f) y[f] = cs.apply(y[f]);
+          V::store(dst + E * (k0 + q * NT), y);
+        }
+      }
+    }
   }
 }
 
@@ -339,7 +460,15 @@ template <class T, int RO>
 __global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_kernel(GridChipParams p) {
   extern __shared__ float4 on_chip_grid_sm[];
   pdl_wait();
-  layer_on_grid<T, kGridThreads, RO>(p, reinterpret_cast<char *>(on_chip_grid_sm));
+  layer_on_grid<T, kGridThreads, RO, 0>(p, reinterpret_cast<char *>(on_chip_grid_sm));
+}
+
+// The streaming instance: rows beyond the shared memory read from global memory (kStreamPacks).
+template <class T>
+__global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_streamed_kernel(GridChipParams p) {
+  extern __shared__ float4 on_chip_grid_st_sm[];
+  pdl_wait();
+  layer_on_grid<T, kGridThreads, 0, kStreamPacks>(p, reinterpret_cast<char *>(on_chip_grid_st_sm));
 }
 
 // The instance for a dtype: generic (RO = 0) or packed (RO = kGridRegRows rows in registers at most).
@@ -359,6 +488,9 @@ GridKernel grid_kernel_for(sn_dtype_t dtype, bool packed) {
     using T = decltype(zero);
     return packed ? on_chip_grid_kernel<T, kGridRegRows> : on_chip_grid_kernel<T, 0>;
   });
+}
+GridKernel grid_streamed_kernel_for(sn_dtype_t dtype) {
+  return by_dtype(dtype, [&](auto zero) -> GridKernel { return on_chip_grid_streamed_kernel<decltype(zero)>; });
 }
 
 // ---- the backward of a layer on the grid (cuda/backward.cu has the formula) -------------------
@@ -563,11 +695,14 @@ cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry
   // The packed instance where W allows 16-byte accesses, and W_sn too where rows sit in registers
   // (stored 16 bytes at a time; sn_cuda_forward_on_chip keeps such a layer off this path otherwise;
   // the rows in shared memory go out through divide_out, which takes any alignment).
+  // The streaming instance (streamed rows: W and W_sn 16-byte aligned, as with rows in registers).
+  const bool aligned = aligned16(e.W) && (!e.W_sn || aligned16(e.W_sn));
   const bool packed = oc.packed && aligned16(e.W) && (oc.reg_rows == 0 || !e.W_sn || aligned16(e.W_sn));
-  if (oc.reg_rows > 0 && !packed) return cudaErrorInvalidValue;
+  if ((oc.reg_rows > 0 && !packed) || (oc.stream_rows > 0 && !aligned)) return cudaErrorInvalidValue;
   const int blocks = oc.refuse ? G * 1024 : G;
   ClusterLaunch L(blocks, kGridThreads, grid_smem(oc.w_bytes, oc.w4, oc.rows4), 0, stream, false, true);
-  return cudaLaunchKernelEx(&L.cfg, grid_kernel_for(plan.dtype, packed), p);
+  return cudaLaunchKernelEx(
+      &L.cfg, oc.stream_rows > 0 ? grid_streamed_kernel_for(plan.dtype) : grid_kernel_for(plan.dtype, packed), p);
 }
 
 int grid_backward_instance(const sn_cuda_plan_t &plan, const void *W, const void *G, const void *dW) {
@@ -597,7 +732,7 @@ cudaError_t launch_on_chip_grid_backward(const sn_cuda_plan_t &plan, const sn_cu
 
 extern "C" size_t sn_cuda_on_chip_grid_layout(int64_t h, int64_t w, sn_dtype_t dtype, int blocks,
                                               size_t avail, int rows_cap, sn_on_chip_t *oc) {
-  oc->w_bytes = oc->w4 = oc->rows4 = oc->smem_rows = oc->reg_rows = oc->packed = 0;
+  oc->w_bytes = oc->w4 = oc->rows4 = oc->smem_rows = oc->reg_rows = oc->stream_rows = oc->packed = 0;
   if (h < 1 || w < 1 || blocks < 1 || blocks > h || w > (1 << 24)) return 0;
   const int64_t R = (h + blocks - 1) / blocks;  // the most rows the split gives a block
   const int64_t elem = (int64_t)sn_dtype_size(dtype), row_bytes = w * elem;
@@ -610,19 +745,29 @@ extern "C" size_t sn_cuda_on_chip_grid_layout(int64_t h, int64_t w, sn_dtype_t d
   if (rows_cap > 0 && ks > rows_cap) ks = rows_cap;
   if (ks > R) ks = R;
   if (ks * row_bytes > (1 << 24)) return 0;  // beyond any block's shared memory (w_bytes is an int)
-  const int64_t reg = R - ks;
-  if (ks < 1 || reg > sn::kGridRegRows) return 0;
-  // Whole packs, at most one per thread; and rows of at least kGridThreads / 2 elements, or rows in
-  // registers: narrower ones keep block_products, whose row groups put all threads on the partial s
-  // (packed, only wp threads go through all the block's rows).
+  if (ks < 1) return 0;
+  // The rest in registers: whole packs, at most one per thread, at most kGridRegRows rows. Else
+  // streamed (the streaming instance): whole packs, at most kStreamPacks a thread, and at least a
+  // third of the block's rows in shared memory.
   const bool whole = sn::whole_packs(w, dtype);
-  if (reg > 0 && !whole) return 0;
-  const bool packed = whole && (reg > 0 || w >= sn::kGridThreads / 2);
+  int64_t reg = R - ks, stream = 0;
+  if (reg > 0 && !(whole && reg <= sn::kGridRegRows)) {
+    const int64_t E = 16 / elem;
+    if (w % E != 0 || w / E > (int64_t)sn::kStreamPacks * sn::kGridThreads || ks * sn::kStreamMinShare < R)
+      return 0;
+    stream = reg;
+    reg = 0;
+  }
+  // Packed: whole packs, at most one per thread; and rows of at least kGridThreads / 2 elements, or
+  // rows in registers: narrower ones keep block_products, whose row groups put all threads on the
+  // partial s (packed, only wp threads go through all the block's rows).
+  const bool packed = stream == 0 && whole && (reg > 0 || w >= sn::kGridThreads / 2);
   oc->w_bytes = (int)((16 + ks * row_bytes + 15) / 16 * 16);
   oc->w4 = (int)w4;
   oc->rows4 = (int)rows4;
   oc->smem_rows = (int)ks;
   oc->reg_rows = (int)reg;
+  oc->stream_rows = (int)stream;
   oc->packed = packed ? 1 : 0;
   return sn::grid_smem(oc->w_bytes, oc->w4, oc->rows4);
 }
@@ -632,12 +777,14 @@ extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, i
   *oc = sn_on_chip_t{};
   if (view.A != 1 || sm_count < 1) return;
   int dev = 0, coop = 0, optin = 0;
-  cudaFuncAttributes fg{}, fp{};
-  const sn::GridKernel generic = sn::grid_kernel_for(dtype, false), packed = sn::grid_kernel_for(dtype, true);
+  cudaFuncAttributes fg{}, fp{}, fs{};
+  const sn::GridKernel generic = sn::grid_kernel_for(dtype, false), packed = sn::grid_kernel_for(dtype, true),
+                       streamed = sn::grid_streamed_kernel_for(dtype);
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess || !coop ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
-      cudaFuncGetAttributes(&fg, generic) != cudaSuccess || cudaFuncGetAttributes(&fp, packed) != cudaSuccess) {
+      cudaFuncGetAttributes(&fg, generic) != cudaSuccess || cudaFuncGetAttributes(&fp, packed) != cudaSuccess ||
+      cudaFuncGetAttributes(&fs, streamed) != cudaSuccess) {
     (void)cudaGetLastError();
     return;
   }
@@ -650,20 +797,29 @@ extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, i
   const size_t avail = (size_t)optin > stat ? (size_t)optin - stat : 0;
   const int G = (int)(view.h < sm_count ? view.h : sm_count);
   sn_on_chip_t L{};
-  const size_t bytes = sn_cuda_on_chip_grid_layout(view.h, view.B, dtype, G, avail, rows_cap, &L);
+  size_t bytes = sn_cuda_on_chip_grid_layout(view.h, view.B, dtype, G, avail, rows_cap, &L);
   if (bytes == 0) return;
-  // Each instance a forward may launch: the generic one unless rows sit in registers (W or W_sn
-  // off 16-byte alignment), the packed one for rows of whole packs: its shared memory, and one
-  // block per multiprocessor (every block resident at once).
-  for (int k = 0; k < 2; ++k) {
-    const bool is_packed = k == 1;
-    if (is_packed ? !L.packed : L.reg_rows > 0) continue;
-    if (!sn::one_block_per_sm(is_packed ? packed : generic, bytes)) return;
+  if (L.stream_rows > 0) {
+    // Rows streamed: the streaming instance alone (W and W_sn 16-byte aligned, else the usual
+    // kernels), laid out again for its own static shared memory, one block per multiprocessor.
+    const size_t avail_s = (size_t)optin > fs.sharedSizeBytes ? (size_t)optin - fs.sharedSizeBytes : 0;
+    bytes = sn_cuda_on_chip_grid_layout(view.h, view.B, dtype, G, avail_s, rows_cap, &L);
+    if (bytes == 0 || L.stream_rows == 0 || !sn::one_block_per_sm(streamed, bytes)) return;
+  } else {
+    // Each instance a forward may launch: the generic one unless rows sit in registers (W or W_sn
+    // off 16-byte alignment), the packed one for rows of whole packs: its shared memory, and one
+    // block per multiprocessor (every block resident at once).
+    for (int k = 0; k < 2; ++k) {
+      const bool is_packed = k == 1;
+      if (is_packed ? !L.packed : L.reg_rows > 0) continue;
+      if (!sn::one_block_per_sm(is_packed ? packed : generic, bytes)) return;
+    }
   }
   // Its backward: each instance a backward may launch (the packed one for rows of whole packs, the
   // generic one unless rows sit in registers: grid_backward_instance), with the rows of G in
-  // shared memory (w_bytes, as W's) and one block per multiprocessor.
-  int backward = 1;
+  // shared memory (w_bytes, as W's) and one block per multiprocessor; none with rows streamed (G's
+  // would be read twice: the two kernels).
+  int backward = L.stream_rows == 0;
   for (int k = 0; k < 2 && backward; ++k) {
     const bool is_packed = k == 1;
     if (is_packed ? !sn::packs_in_a_row(view.B, dtype) : L.reg_rows > 0) continue;

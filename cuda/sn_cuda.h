@@ -74,6 +74,11 @@ typedef struct {
   int reg_rows;           /* grid: how many of a block's rows, beyond smem_rows, it holds in
                              registers (0: none). With any, the layer runs on the grid only where W
                              and W_sn are 16-byte aligned (sn_cuda_forward_on_chip) */
+  int stream_rows;        /* grid: how many of a block's rows, beyond smem_rows, it reads from global
+                             memory in each iteration and again for the division (the streaming
+                             instance: rows too many for the registers or too wide for them; 0:
+                             none). With any, the layer runs on the grid only where W and W_sn are
+                             16-byte aligned, and its backward keeps its kernels */
   int packed;             /* grid: rows of whole 16-byte packs, at most one per thread, of at least
                              256 elements or with rows in registers: the forwards whose W is 16-byte
                              aligned (and W_sn too, with rows in registers) run the packed instance */
@@ -391,7 +396,9 @@ void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, int sm_count
  * rows in shared memory (as many as fit beside v, t, u and a float per thread; at most rows_cap > 0)
  * and the rest, at most 7 (oc->reg_rows), in registers, which takes rows of whole 16-byte packs, at
  * most one per thread (oc->packed: such rows, where they are 256 elements or more or some sit in
- * registers). Fills oc->w_bytes, w4, rows4, smem_rows, reg_rows,
+ * registers); or, where the registers cannot take them, streamed from global memory
+ * (oc->stream_rows: rows of whole packs, at most two per thread, with at least a third of the
+ * block's rows in shared memory). Fills oc->w_bytes, w4, rows4, smem_rows, reg_rows, stream_rows,
  * packed and returns the dynamic shared memory per block; 0 (and those fields 0) where the layer
  * cannot be laid out so. */
 size_t sn_cuda_on_chip_grid_layout(int64_t h, int64_t w, sn_dtype_t dtype, int blocks, size_t avail,

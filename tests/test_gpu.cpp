@@ -1315,36 +1315,57 @@ TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
 TEST(OnChipGrid, Layout) {
   const size_t A = 227 * 1024;
   sn_on_chip_t oc{};
-  // 2048² fp32 over 132 blocks: 16 rows of 8 KB, all in shared memory.
+  // The rows of a block's share: in shared memory, in registers, streamed; and the packed instance.
+  auto rows_are = [&](int smem, int reg, int stream, int packed) {
+    EXPECT_EQ(oc.smem_rows, smem);
+    EXPECT_EQ(oc.reg_rows, reg);
+    EXPECT_EQ(oc.stream_rows, stream);
+    EXPECT_EQ(oc.packed, packed);
+  };
+  // 2048² fp32 over 132 blocks: 16 rows of 8 KB, all in shared memory (512 packs of 4 floats a
+  // row: packed).
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(2048, 2048, SN_DTYPE_FLOAT32, 132, A, 0, &oc),
             size_t(131088 + 4 * (2048 + 2 * 16 + 512)));
   EXPECT_EQ(oc.w_bytes, 131088);
   EXPECT_EQ(oc.w4, 2048);
   EXPECT_EQ(oc.rows4, 16);
-  EXPECT_EQ(oc.smem_rows, 16);
-  EXPECT_EQ(oc.reg_rows, 0);
-  EXPECT_EQ(oc.packed, 1) << "512 packs of 4 floats a row";
+  rows_are(16, 0, 0, 1);
   // 4096² bf16 over 132 blocks: 32 rows of 8 KB, 26 in shared memory and 6 in registers.
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(4096, 4096, SN_DTYPE_BFLOAT16, 132, A, 0, &oc),
             size_t(213008 + 4 * (4096 + 2 * 32 + 512)));
-  EXPECT_EQ(oc.smem_rows, 26);
-  EXPECT_EQ(oc.reg_rows, 6);
-  EXPECT_EQ(oc.packed, 1);
-  // 4096² fp32 (13 rows of 16 KB fit, 19 more than registers take) and 4096 × 16384 bf16 do not fit.
-  EXPECT_EQ(sn_cuda_on_chip_grid_layout(4096, 4096, SN_DTYPE_FLOAT32, 132, A, 0, &oc), 0u);
-  EXPECT_EQ(oc.smem_rows + oc.reg_rows + oc.w_bytes, 0);
+  rows_are(26, 6, 0, 1);
+  // 4096² fp32: 13 rows of 16 KB fit, the other 19 are too many (and too wide: 1024 packs) for the
+  // registers: streamed (the streaming instance: 13 × 3 >= 32 rows). 4096 × 16384 bf16 (4 rows of
+  // 32 KB a block on chip) and fp32 (2 of 64 KB) do not fit: less than a third of their rows.
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(4096, 4096, SN_DTYPE_FLOAT32, 132, A, 0, &oc),
+            size_t(213008 + 4 * (4096 + 2 * 32 + 512)));
+  rows_are(13, 0, 19, 0);
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(4096, 16384, SN_DTYPE_BFLOAT16, 132, A, 0, &oc), 0u);
+  EXPECT_EQ(oc.smem_rows + oc.reg_rows + oc.stream_rows + oc.w_bytes, 0);
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(4096, 16384, SN_DTYPE_FLOAT32, 132, A, 0, &oc), 0u);
+  // Streamed rows of at most 1024 packs: 4100 fp32 columns (1025) are not, nor rows of no whole pack.
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(4096, 4100, SN_DTYPE_FLOAT32, 132, A, 0, &oc), 0u);
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(4096, 4095, SN_DTYPE_FLOAT32, 132, A, 0, &oc), 0u);
   // rows_cap (tests): 1000 × 1024 fp32, 8 rows a block, 2 in shared memory and 6 in registers; with
-  // w = 1023 (no whole packs), or 14 rows to put in registers, or 1024 packs of bf16 a row, none.
+  // w = 1023 (no whole packs), or 14 rows to put in registers (2 × 3 < 16 to stream), none; 1024
+  // packs of bf16 a row, 4 rows in shared memory of 5: the fifth streamed.
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(1000, 1024, SN_DTYPE_FLOAT32, 132, A, 2, &oc), size_t(8208 + 4 * (1024 + 2 * 8 + 512)));
   EXPECT_EQ(oc.smem_rows, 2);
   EXPECT_EQ(oc.reg_rows, 6);
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(1000, 1023, SN_DTYPE_FLOAT32, 132, A, 2, &oc), 0u);
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(2000, 1024, SN_DTYPE_FLOAT32, 132, A, 2, &oc), 0u);
-  EXPECT_EQ(sn_cuda_on_chip_grid_layout(600, 8192, SN_DTYPE_BFLOAT16, 132, A, 4, &oc), 0u);
+  EXPECT_GT(sn_cuda_on_chip_grid_layout(600, 8192, SN_DTYPE_BFLOAT16, 132, A, 4, &oc), 0u);
+  rows_are(4, 0, 1, 0);
   EXPECT_GT(sn_cuda_on_chip_grid_layout(600, 4096, SN_DTYPE_BFLOAT16, 132, A, 4, &oc), 0u);
   EXPECT_EQ(oc.reg_rows, 1);
-  // At most 7 rows in registers: 9 rows a block with 2 in shared memory, not with 1.
+  EXPECT_EQ(oc.stream_rows, 0);
+  // A third of the rows in shared memory at least: 700 × 4096 fp32 (6 rows a block) streams 4 with
+  // 2 in shared memory, not 5 with 1.
+  EXPECT_GT(sn_cuda_on_chip_grid_layout(700, 4096, SN_DTYPE_FLOAT32, 132, A, 2, &oc), 0u);
+  EXPECT_EQ(oc.stream_rows, 4);
+  EXPECT_EQ(sn_cuda_on_chip_grid_layout(700, 4096, SN_DTYPE_FLOAT32, 132, A, 1, &oc), 0u);
+  // At most 7 rows in registers: 9 rows a block with 2 in shared memory; with 1, none (8 rows too
+  // many for the registers, and 1 × 3 < 9 to stream them).
   EXPECT_GT(sn_cuda_on_chip_grid_layout(1188, 1024, SN_DTYPE_FLOAT32, 132, A, 2, &oc), 0u);
   EXPECT_EQ(oc.reg_rows, 7);
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(1188, 1024, SN_DTYPE_FLOAT32, 132, A, 1, &oc), 0u);
@@ -1365,15 +1386,16 @@ TEST(OnChipGrid, Layout) {
   EXPECT_EQ(oc.packed, 0);
   for (const auto &bad : {std::vector<int64_t>{0, 5, 1}, std::vector<int64_t>{5, 0, 1}, std::vector<int64_t>{5, 5, 0},
                           std::vector<int64_t>{5, 5, 6}, std::vector<int64_t>{1 << 20, 1 << 20, 132}}) {
-    oc.w_bytes = oc.w4 = oc.rows4 = oc.smem_rows = oc.reg_rows = oc.packed = 7;
+    oc.w_bytes = oc.w4 = oc.rows4 = oc.smem_rows = oc.reg_rows = oc.stream_rows = oc.packed = 7;
     EXPECT_EQ(sn_cuda_on_chip_grid_layout(bad[0], bad[1], SN_DTYPE_FLOAT32, int(bad[2]), A, 0, &oc), 0u)
         << bad[0] << " x " << bad[1] << " over " << bad[2];
-    EXPECT_EQ(oc.w_bytes + oc.w4 + oc.rows4 + oc.smem_rows + oc.reg_rows + oc.packed, 0);
+    EXPECT_EQ(oc.w_bytes + oc.w4 + oc.rows4 + oc.smem_rows + oc.reg_rows + oc.stream_rows + oc.packed, 0);
   }
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(100, 100, SN_DTYPE_FLOAT32, 10, 100, 0, &oc), 0u) << "100 bytes";
   // What the kernel relies on: its split h·r/G .. h·(r+1)/G gives no block more rows than shared
-  // memory and registers hold together, t and u hold them all, and the rows region holds the
-  // shared-memory rows' bytes from any offset below 16.
+  // memory, registers and streaming take together, t and u hold them all, the rows region holds the
+  // shared-memory rows' bytes from any offset below 16, and never both rows in registers and
+  // streamed ones.
   for (int64_t h : {1, 7, 131, 132, 133, 1000, 4097})
     for (int G : {1, 7, 132}) {
       if (G > h) continue;
@@ -1386,7 +1408,9 @@ TEST(OnChipGrid, Layout) {
             EXPECT_GT(most - cap, 7) << h << " rows over " << G << ": only where registers cannot take the rest";
             continue;
           }
-          EXPECT_GE(oc.smem_rows + oc.reg_rows, most) << h << " rows over " << G;
+          EXPECT_GE(oc.smem_rows + oc.reg_rows + oc.stream_rows, most) << h << " rows over " << G;
+          EXPECT_TRUE(oc.reg_rows == 0 || oc.stream_rows == 0);
+          EXPECT_GE(oc.smem_rows * 3, oc.smem_rows + oc.stream_rows) << "a third on chip at least";
           EXPECT_GE(oc.rows4, most);
           EXPECT_GE(int64_t(oc.w_bytes), 15 + oc.smem_rows * w * int64_t(sn_dtype_size(dt)));
           EXPECT_GE(oc.w4, w);
