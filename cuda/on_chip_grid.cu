@@ -21,7 +21,7 @@
 // streaming instance (on_chip_grid_streamed_kernel, streamed_products; session 21), takes layers
 // too large even so where the shared memory holds at least a third of each block's rows: the rest
 // are read from global memory each iteration, kStreamRows at a time in registers, and again for the
-// division (4096² fp32: 12-13 rows of 31-32 on chip; 175 MB moved where the three kernels move 201),
+// division (4096² fp32: 13 rows of 31-32 on chip; 175 MB moved where the three kernels move 201),
 // only where W and W_sn are 16-byte aligned; its backward keeps the two kernels.
 //
 // Per block (rank r of G, rows i0 = h·r/G to i1 = h·(r+1)/G), per iteration:
@@ -90,7 +90,7 @@ constexpr int kGridRegRows = 7;
 // (rows of at most kStreamPacks × 512 packs: 4096 fp32, 8192 bf16 or fp16), and read again for the
 // division; only where the shared memory holds at least a third of the block's rows
 // (kStreamMinShare), so that the bytes saved pay for the launch's barriers (bench/NOTES.md,
-// session 21: 4096² fp32, 12 of 31-32 rows a block on chip).
+// session 21: 4096² fp32, 13 of 31-32 rows a block on chip).
 constexpr int kStreamRows = 4;
 constexpr int kStreamPacks = 2;
 constexpr int kStreamMinShare = 3;  // the shared-memory rows × this >= the block's rows
@@ -103,7 +103,8 @@ struct GridChipParams {
   float *sq;           // G: Σ s² over each block's slice of columns
   float *s;            // w: s = Mᵀ t / m_t (the plan's s)
   int w_bytes, w4, rows4;
-  int srows;           // a block's rows in shared memory at most; the rest (packed instance) in registers
+  int srows;           // a block's rows in shared memory at most; the rest in registers (packed
+                       // instance) or streamed (streaming instance)
 };
 
 // The shared memory of every block: the rows (at W's address mod 16: 16 + the largest share,
@@ -333,7 +334,8 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
   float *t_sm = v_sm + p.w4, *u_sm = t_sm + p.rows4, *grp_sm = u_sm + p.rows4;
   const bool training = p.training;
   // RO > 0, the packed instance: the register rows' packs (rows of whole 16-byte packs, W and W_sn
-  // 16-byte aligned: the host's rule, launch_on_chip_grid).
+  // 16-byte aligned: the host's rule, launch_on_chip_grid). PS > 0, the streaming instance: rows
+  // ks.. read from global memory (streamed_products, and the division below); nreg then unused.
   constexpr int E = kWide<T>;
   using V = VecN<T, E>;
   const int wp = w / E, nreg = rows - ks;

@@ -1335,8 +1335,9 @@ TEST(OnChipGrid, Layout) {
             size_t(213008 + 4 * (4096 + 2 * 32 + 512)));
   rows_are(26, 6, 0, 1);
   // 4096² fp32: 13 rows of 16 KB fit, the other 19 are too many (and too wide: 1024 packs) for the
-  // registers: streamed (the streaming instance: 13 × 3 >= 32 rows). 4096 × 16384 bf16 (4 rows of
-  // 32 KB a block on chip) and fp32 (2 of 64 KB) do not fit: less than a third of their rows.
+  // registers: streamed (the streaming instance: 13 × 3 >= 32 rows). 4096 × 16384 bf16 (5 rows of
+  // 32 KB a block on chip, rows of 2048 packs) and fp32 (2 of 64 KB) do not fit: less than a third
+  // of their rows, and rows too wide to stream.
   EXPECT_EQ(sn_cuda_on_chip_grid_layout(4096, 4096, SN_DTYPE_FLOAT32, 132, A, 0, &oc),
             size_t(213008 + 4 * (4096 + 2 * 32 + 512)));
   rows_are(13, 0, 19, 0);
