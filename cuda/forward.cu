@@ -383,7 +383,7 @@ extern "C" int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_d
 }
 
 extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_t dtype,
-                                 sn_order_t order, float eps, int sm_count, int one_pass,
+                                 sn_order_t order, float eps, int sm_count, int one_pass, int on_chip,
                                  size_t *workspace_bytes) {
   *plan = sn_cuda_plan_t{};
   plan->view = view;
@@ -401,7 +401,7 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   plan->div_prefetch = tune.div_prefetch;
   // The layer on chip, where it fits, for the forwards the knob or the default rule gives.
   const int onchip_modes =
-      order == SN_ORDER_U_FIRST
+      on_chip && order == SN_ORDER_U_FIRST
           ? sn_cuda_layer_on_chip_modes(view.h * view.A * view.B, tune.op_onchip,
                                         tune.op_onchip < 0 && device_is_sm90_or_later())
           : 0;
@@ -423,7 +423,8 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   // Keras', Flax's and Haiku's kernels; or a single row or column), run as the u-first iteration
   // on Mᵀ (sn_on_grid_view).
   sn_view_t gv{};
-  if (tune.op_onchip_grid > 0 && plan->onchip.cluster == 0 && sn_group_view(view, order, &gv) && gv.A == 1) {
+  if (on_chip && tune.op_onchip_grid > 0 && plan->onchip.cluster == 0 && sn_group_view(view, order, &gv) &&
+      gv.A == 1) {
     sn_cuda_on_chip_grid_prepare(gv, dtype, plan->sm_count, tune.op_onchip_grid == 2, tune.onchip_grid_rows,
                                  tune.onchip_refuse, &plan->onchip);
     plan->onchip.transposed = order == SN_ORDER_V_FIRST && plan->onchip.grid > 0;

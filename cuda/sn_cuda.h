@@ -188,11 +188,12 @@ static inline unsigned *sn_cuda_backward_counter(const sn_cuda_plan_t *plan) {
 int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtype);
 
 /* Fill `plan` for a view on the current device, which has `sm_count` multiprocessors; with
- * one_pass, also prepare the one-pass kernels (shared-memory limit, occupancy). *workspace_bytes
- * receives the size of the one device allocation it needs (0 on overflow: the caller reports it).
- * Returns a cudaError_t. */
+ * one_pass, also prepare the one-pass kernels (shared-memory limit, occupancy); with on_chip, the
+ * on-chip paths where the layer fits (plan.onchip; 0 for a layer that none may take: one that asks
+ * for two passes, or a 1-D weight). *workspace_bytes receives the size of the one device allocation
+ * it needs (0 on overflow: the caller reports it). Returns a cudaError_t. */
 int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_t dtype, sn_order_t order,
-                      float eps, int sm_count, int one_pass, size_t *workspace_bytes);
+                      float eps, int sm_count, int one_pass, int on_chip, size_t *workspace_bytes);
 /* Point the plan's scratch into `workspace` (device memory of the size above, zero-filled). */
 void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace);
 

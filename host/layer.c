@@ -298,16 +298,15 @@ static sn_status_t create_cuda(sn_layer_t *l) {
   const int one_pass = sn_cuda_one_pass_supported(l->view, l->desc.order, l->desc.dtype) &&
                        (l->desc.algo == SN_ALGO_ONE_PASS ||
                         (l->desc.algo == SN_ALGO_DEFAULT && enough));
+  /* The on-chip forward (small layers' training forwards on sm_90, SPECNORM_TUNE=op_onchip=1, or
+   * the layer on chip over the grid, op_onchip_grid) reads W once: a one-pass algorithm, not for a
+   * layer that asks for two passes. Nor for a 1-D weight (normalized exactly, no iteration): its
+   * backward keeps the two kernels, spread over the device, rather than one cluster. */
+  const int on_chip = !(l->desc.algo == SN_ALGO_TWO_PASS || l->is_1d);
   CUDA_TRY(sn_cuda_plan_init(&l->plan, l->view, l->desc.dtype, l->desc.order, sn__eps_param(&l->desc),
-                             sm_count, one_pass, &ws_bytes),
+                             sm_count, one_pass, on_chip, &ws_bytes),
            "preparing the one-pass kernels");
   l->plan.norm_bound = l->desc.norm_bound;
-  /* The on-chip forward (small layers' training forwards on sm_90, or SPECNORM_TUNE=op_onchip=1)
-   * reads W once: a one-pass algorithm, not for a layer that asks for two passes. Nor for a 1-D
-   * weight (normalized exactly, no iteration): its backward keeps the two kernels, spread over the
-   * device, rather than one cluster. (The same for the layer on chip over the grid,
-   * SPECNORM_TUNE=op_onchip_grid: its scratch, counted in ws_bytes, then goes unused.) */
-  if (l->desc.algo == SN_ALGO_TWO_PASS || l->is_1d) memset(&l->plan.onchip, 0, sizeof l->plan.onchip);
   if (ws_bytes == 0)
     return sn__fail(SN_ERROR_SIZE_OVERFLOW,
                     "this shape (%lld x %lld) needs more blocks than a CUDA grid takes, or scratch "
