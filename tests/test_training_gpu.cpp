@@ -763,6 +763,81 @@ TEST(GpuTraining, OnChipGridStreamedRowsMatchTheCpuBackend) {
                              true);
 }
 
+// Random layers under op_onchip_grid=2 with a random cap on the shared-memory rows
+// (onchip_grid_rows; none a fifth of the time), so that they take every layout the grid has (all
+// rows in shared memory, rows in registers, rows streamed) or none: u-first, and v-first with dim −1
+// (as their Mᵀ); fp32, bf16, fp16; rows of whole packs, wide ones (513-1024 packs) and any width;
+// W, W_sn, G and dW on or off 16-byte alignment. Whatever path each takes, its training, scale-only
+// and eval forwards and its backward (flags at random) match the CPU backend. At least one of the
+// layers on the grid, and the layouts taken, are reported.
+TEST(GpuTraining, RandomLayersOnTheGridMatchTheCpuBackend) {
+  REQUIRE_GPU();
+  if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
+  SN_SEEDED_RNG();
+  const sn_dtype_t dts[] = {SN_DTYPE_FLOAT32, SN_DTYPE_BFLOAT16, SN_DTYPE_FLOAT16};
+  const int caps[] = {0, 1, 2, 3, 6};
+  int kinds[4] = {0, 0, 0, 0};  // not on the grid; shared memory only; rows in registers; streamed
+  for (int k = 0; k < 40; ++k) {
+    const sn_dtype_t dt = dts[rng.gen() % 3];
+    const bool v_first = rng.gen() % 3 == 0;
+    const int64_t E = 16 / int64_t(sn_dtype_size(dt));
+    const int pick = int(rng.gen() % 10);
+    const int64_t w = pick < 3 ? E * int64_t(513 + rng.gen() % 512)   // wide whole packs
+                      : pick < 7 ? E * int64_t(1 + rng.gen() % 512)  // whole packs
+                                 : int64_t(1 + rng.gen() % 3000);    // any width
+    const int64_t h = std::max<int64_t>(1, std::min<int64_t>(int64_t(1 + rng.gen() % 1500), (int64_t(1) << 22) / w));
+    const int64_t n = h * w;
+    const int cap = caps[rng.gen() % 5], off = int(rng.gen() % 2), iters = int(1 + rng.gen() % 3);
+    SCOPED_TRACE(std::to_string(h) + " x " + std::to_string(w) + " " + dtype_name(dt) + (v_first ? " v-first dim -1" : "") +
+                 " cap " + std::to_string(cap) + " offset " + std::to_string(off) + " iters " + std::to_string(iters));
+    ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_onchip_grid=2" +
+                                    (cap ? ",onchip_grid_rows=" + std::to_string(cap) : std::string()))
+                                       .c_str());
+    sn_layer_desc_t dg = make_desc({h, w}, SN_BACKEND_CUDA, v_first ? -1 : 0);
+    if (v_first) dg.order = SN_ORDER_V_FIRST;
+    dg.dtype = dt;
+    dg.n_power_iterations = iters;
+    dg.seed = rng.gen();
+    sn_layer_desc_t dc = dg;
+    dc.backend = SN_BACKEND_CPU;
+    LayerPtr g(dg), cpu(dc);
+    ASSERT_TRUE(g.p && cpu.p);
+    const sn_on_chip_t &oc = g.p->plan.onchip;
+    kinds[oc.grid == 0 ? 0 : oc.stream_rows > 0 ? 3 : oc.reg_rows > 0 ? 2 : 1] += 1;
+    const double tol = dt == SN_DTYPE_FLOAT32 ? 2e-5 : 2 * ulp(dt);
+    std::vector<float> wv = gapped_matrix(rng, h, w);
+    Tensor W(dt, n, off), O(dt, n, int(rng.gen() % 2)), G(dt, n, int(rng.gen() % 2)), dW(dt, n, int(rng.gen() % 2));
+    std::vector<uint8_t> o_c(W.host.size());
+    for (int step = 0; step < 4; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      const int training = step < 3, scale_only = step == 1;
+      if (step > 0)
+        for (auto &x : wv) x += 0.01f * rng.normal() / std::sqrt(float(n));
+      W.set(wv);
+      if (scale_only) {
+        ASSERT_EQ(sn_forward_scale_only(g, W.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward_scale_only(cpu, W.host.data(), 1, nullptr), SN_SUCCESS);
+      } else {
+        ASSERT_EQ(sn_forward(g, W.dev, O.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward(cpu, W.host.data(), o_c.data(), training, nullptr), SN_SUCCESS);
+        EXPECT_LT(rel_err(O.download_floats(), from_dtype(o_c, dt)), tol);
+      }
+      expect_state_and_scale_near(g, cpu, 1e-4);
+    }
+    const unsigned flags = unsigned(rng.gen() % 4);  // ACCUMULATE and DETACH_SIGMA at random
+    G.set(rng.normals(n));
+    dW.set(rng.normals(n));
+    std::vector<uint8_t> d_c = dW.host;
+    ASSERT_EQ(sn_backward(g, W.dev, G.dev, dW.dev, flags, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_backward(cpu, W.host.data(), G.host.data(), d_c.data(), flags, nullptr, nullptr), SN_SUCCESS);
+    EXPECT_LT(rel_err(dW.download_floats(), from_dtype(d_c, dt)), dt == SN_DTYPE_FLOAT32 ? 1e-4 : 2 * ulp(dt))
+        << "flags " << flags;
+  }
+  std::printf("[ layouts ] not on the grid %d, shared memory only %d, rows in registers %d, streamed %d\n", kinds[0],
+              kinds[1], kinds[2], kinds[3]);
+  EXPECT_GT(kinds[1] + kinds[2] + kinds[3], 0);
+}
+
 // 4096² (issue 5's goal-1 and goal-5 shape) on the grid as laid out for the device, without a cap.
 // On a card of 132 SMs (an H100 SXM, an H200), 32 rows a block: in bf16 25-26 in shared memory at
 // its limit and the rest in registers, one launch of the packed instance; in fp32 13 in shared
