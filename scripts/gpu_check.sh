@@ -51,7 +51,8 @@
 #              (a diagnosis: which of them profiles it)
 #   ncu_l2     the same for the division with evict-first accesses (SPECNORM_TUNE=div_stream=1)
 #   ncu_detail (SN_NCU_DETAIL=1 only; =rows: the 4096² rows, one and two a step; =ring: the 4096 ×
-#              16384 bf16 rows, plain and in rings of two and three) Nsight Compute sections (speed of light, occupancy, warp
+#              16384 bf16 rows, plain and in rings of two and three; =grid: the layer on chip over
+#              the grid, forward and backward) Nsight Compute sections (speed of light, occupancy, warp
 #              stalls, memory) of the one-pass rows and reduce kernels (4096² fp32; 4096 × 16384
 #              bf16) and of the cooperative grouped kernel
 # A step whose program is missing is SKIPPED. The whole script keeps to $SN_CHECK_BUDGET_S
@@ -729,9 +730,30 @@ detail() {
   # ring: the rows kernel of 4096 × 16384 bf16 plain, with the ring of two (the default) and with
   # the ring of three: its warp stalls say whether the row's block sum or the loads pace it
   # (bench/NOTES.md, session 16). rows: the 4096² rows (fp32, bf16), one and two a step.
+  # grid: the layer on chip over the grid (op_onchip_grid=2, sessions 20-21): its training forward at
+  # 2048² (all rows in shared memory) and 4096² (bf16: rows in registers; fp32: rows streamed), and
+  # its backward at 4096² bf16: whether the copy-in, the grid barriers or the products pace it. A
+  # cooperative launch, which this ncu may not profile with kernel replay (the one-pass one failed
+  # so at 64f5bc9): kernel replay, then application replay.
+  grid_detail() {
+    local mode
+    for mode in kernel application; do
+      echo "################ --replay-mode $mode"
+      SPECNORM_TUNE=op_onchip=0,op_onchip_grid=2 "$NCU" --replay-mode "$mode" --clock-control none "${sec[@]}" \
+        -k "regex:on_chip_grid" -c 4 \
+        "$SN_BENCH" --shape 2048x2048 --shape 4096x4096 --dtype f32,bf16 --mode train --no-baseline --no-probe \
+        --no-graph --no-group --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 || continue
+      SPECNORM_TUNE=op_onchip=0,op_onchip_grid=2 "$NCU" --replay-mode "$mode" --clock-control none "${sec[@]}" \
+        -k "regex:on_chip_grid_backward" -c 1 \
+        "$SN_BENCH" --shape 4096x4096 --dtype bf16 --mode backward --no-baseline --no-probe --no-graph --no-group \
+        --no-check --reps 1 --warmup 0 --batch 1 --no-rotate --layer-warmup 0 && return 0
+    done
+    return 1
+  }
   case "${SN_NCU_DETAIL:-}" in
     ring) rows_side_by_side 4096x16384 bf16 op_pp=0 op_pp=1 op_pp=3; return ;;
     rows) rows_side_by_side 4096x4096 f32,bf16 op_rows=1 op_rows=2; return ;;
+    grid) grid_detail; return ;;
   esac
   if [[ "${SN_NCU_DETAIL:-}" != onchip ]]; then
   SPECNORM_TUNE=op_coop=0 "$NCU" --clock-control none "${sec[@]}" -k "regex:one_pass_rows|one_pass_reduce" -c 4 \
@@ -759,8 +781,8 @@ detail() {
   done
   return 1
 }
-if [[ ! "${SN_NCU_DETAIL:-0}" =~ ^(1|onchip|rows|ring)$ ]]; then
-  skip_step ncu_detail "$OUT/bench.log" "off (SN_NCU_DETAIL=1 runs it, =onchip its on-chip part only, =rows the 4096² rows one and two a step only, =ring the 4096 × 16384 bf16 rows plain and in rings of two and three; results of e56c4b8 in bench/NOTES.md)"
+if [[ ! "${SN_NCU_DETAIL:-0}" =~ ^(1|onchip|rows|ring|grid)$ ]]; then
+  skip_step ncu_detail "$OUT/bench.log" "off (SN_NCU_DETAIL=1 runs it, =onchip its on-chip part only, =rows the 4096² rows one and two a step only, =ring the 4096 × 16384 bf16 rows plain and in rings of two and three, =grid the layer on chip over the grid; results of e56c4b8 in bench/NOTES.md)"
 elif [[ -n "$NCU" && -x "$SN_BENCH" ]]; then
   run_step ncu_detail "$OUT/bench.log" 60 30 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" SN_NCU_DETAIL="$SN_NCU_DETAIL" bash -c "$(declare -p NCU SN_BENCH); $(declare -f detail); detail"
