@@ -1306,6 +1306,33 @@ TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
       expect_refused_backward_falls_back(rng, d, base + "op_onchip=0", base + "op_onchip=1,onchip_refuse=1"));
 }
 
+// The matrix a layer on the grid iterates on (sn_on_grid_view), no device needed: its own view, or
+// with onchip.transposed (a v-first layer with dim −1) its Mᵀ's: a (kh, kw, in, out) kernel's view
+// 576 × 96 × 1 becomes 1 × 576 × 96, rows contiguous, u and v exchanged by the callers.
+TEST(OnChipGrid, ViewOfATransposedLayer) {
+  sn_cuda_plan_t plan{};
+  plan.view.A = 576;
+  plan.view.h = 96;
+  plan.view.B = 1;
+  sn_view_t v = sn_on_grid_view(&plan);
+  EXPECT_EQ(v.A, 576);
+  EXPECT_EQ(v.h, 96);
+  EXPECT_EQ(v.B, 1);
+  plan.onchip.transposed = 1;
+  v = sn_on_grid_view(&plan);
+  EXPECT_EQ(v.A, 1);
+  EXPECT_EQ(v.h, 576);
+  EXPECT_EQ(v.B, 96);
+  // A single row (PyTorch's legacy dim 0 with h = 1): 1 × 1 × 17 becomes 1 × 17 × 1.
+  plan.view.A = 1;
+  plan.view.h = 1;
+  plan.view.B = 17;
+  v = sn_on_grid_view(&plan);
+  EXPECT_EQ(v.A, 1);
+  EXPECT_EQ(v.h, 17);
+  EXPECT_EQ(v.B, 1);
+}
+
 // The layout of the layer on chip over a grid (cuda/on_chip_grid.cu), no device needed: with A
 // bytes of dynamic shared memory per block (227 KB here, an H100's or H200's opt-in limit), each of
 // G blocks holds as many of its at most ⌈h / G⌉ rows as fit in shared memory beside v, t, u and a
