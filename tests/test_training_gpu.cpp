@@ -624,6 +624,57 @@ static void expect_grid_backward_rows_match_cpu(Rng &rng, sn_layer_t *g, sn_laye
 // where rows sit in registers or are streamed (they are accessed 16 bytes at a time), else the
 // generic or packed instance, and the same results. The backward too
 // (expect_grid_backward_rows_match_cpu; streamed: the usual kernels).
+// The desc of a CUDA layer (shape, dim, order, dtype, iterations, a fresh seed) and of its CPU twin.
+static std::pair<sn_layer_desc_t, sn_layer_desc_t> cuda_and_cpu_desc(Rng &rng, const std::vector<int64_t> &shape,
+                                                                     int dim, sn_order_t order, sn_dtype_t dt,
+                                                                     int iters) {
+  sn_layer_desc_t dg = make_desc(shape, SN_BACKEND_CUDA, dim);
+  dg.order = order;
+  dg.dtype = dt;
+  dg.n_power_iterations = iters;
+  dg.seed = rng.gen();
+  sn_layer_desc_t dc = dg;
+  dc.backend = SN_BACKEND_CPU;
+  return {dg, dc};
+}
+
+// Four forwards of g against the CPU layer on W, which moves between them (wv, n elements): training,
+// scale-only, training, eval. W_sn (into Wsn; wsn_c the CPU's) to the dtype's rounding, the state
+// and scale to 1e-4; with b (a second layer alike, into O2), bitwise: the same W_sn and state.
+static void expect_steps_match_cpu(Rng &rng, sn_layer_t *g, sn_layer_t *b, sn_layer_t *cpu, Tensor &W,
+                                   std::vector<float> &wv, const Tensor &Wsn, const Tensor *O2,
+                                   std::vector<uint8_t> &wsn_c) {
+  const sn_dtype_t dt = W.dt;
+  for (int step = 0; step < 4; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    const int training = step < 3, scale_only = step == 1;
+    if (step > 0)
+      for (auto &x : wv) x += 0.01f * rng.normal() / std::sqrt(float(W.n));
+    W.set(wv);
+    if (scale_only) {
+      ASSERT_EQ(sn_forward_scale_only(g, W.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+      if (b) {
+        ASSERT_EQ(sn_forward_scale_only(b, W.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+      }
+      ASSERT_EQ(sn_forward_scale_only(cpu, W.host.data(), 1, nullptr), SN_SUCCESS);
+    } else {
+      ASSERT_EQ(sn_forward(g, W.dev, Wsn.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      if (b) {
+        ASSERT_EQ(sn_forward(b, W.dev, O2->dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      }
+      ASSERT_EQ(sn_forward(cpu, W.host.data(), wsn_c.data(), training, nullptr), SN_SUCCESS);
+      EXPECT_LT(rel_err(Wsn.download_floats(), from_dtype(wsn_c, dt)), dt == SN_DTYPE_FLOAT32 ? 2e-5 : 2 * ulp(dt));
+      if (b) {
+        EXPECT_TRUE(Wsn.download_bytes() == O2->download_bytes()) << "bitwise against a second layer";
+      }
+    }
+    expect_state_and_scale_near(g, cpu, 1e-4);
+    if (b) {
+      EXPECT_TRUE(same_state(get_state(g), get_state(b)));
+    }
+  }
+}
+
 struct GridRowsCase {
   std::vector<int64_t> shape;
   sn_dtype_t dt;
@@ -642,14 +693,9 @@ static void expect_grid_rows_match_cpu(const std::vector<GridRowsCase> &cases, b
                  (c.v_first ? " v-first dim -1" : "") + " cap " + std::to_string(c.cap));
     ScopedEnv env("SPECNORM_TUNE",
                   (tune_prefix() + "op_onchip=0,op_onchip_grid=2,onchip_grid_rows=" + std::to_string(c.cap)).c_str());
-    sn_layer_desc_t dg = make_desc(c.shape, SN_BACKEND_CUDA, c.v_first ? -1 : 0);
-    if (c.v_first) dg.order = SN_ORDER_V_FIRST;
-    dg.dtype = c.dt;
-    dg.n_power_iterations = c.iters;
-    dg.seed = rng.gen();
-    sn_layer_desc_t dc = dg;
-    dc.backend = SN_BACKEND_CPU;
-    LayerPtr g(dg), b(dg), cpu(dc);
+    const auto d = cuda_and_cpu_desc(rng, c.shape, c.v_first ? -1 : 0, c.v_first ? SN_ORDER_V_FIRST : SN_ORDER_U_FIRST,
+                                     c.dt, c.iters);
+    LayerPtr g(d.first), b(d.first), cpu(d.second);
     ASSERT_TRUE(g.p && b.p && cpu.p);
     const sn_on_chip_t &oc = g.p->plan.onchip;
     // The rows beyond shared memory this device's grid gives a block: in registers (whole packs, at
@@ -672,27 +718,7 @@ static void expect_grid_rows_match_cpu(const std::vector<GridRowsCase> &cases, b
     std::vector<float> wv = gapped_matrix(rng, h, w);
     Tensor W(c.dt, n), Wsn(c.dt, n), O2(c.dt, n);
     std::vector<uint8_t> wsn_c(W.host.size());
-    for (int step = 0; step < 4; ++step) {
-      SCOPED_TRACE("step " + std::to_string(step));
-      const int training = step < 3, scale_only = step == 1;
-      if (step > 0)
-        for (auto &x : wv) x += 0.01f * rng.normal() / std::sqrt(float(n));
-      W.set(wv);
-      if (scale_only) {
-        ASSERT_EQ(sn_forward_scale_only(g, W.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-        ASSERT_EQ(sn_forward_scale_only(b, W.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-        ASSERT_EQ(sn_forward_scale_only(cpu, W.host.data(), 1, nullptr), SN_SUCCESS);
-      } else {
-        ASSERT_EQ(sn_forward(g, W.dev, Wsn.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-        ASSERT_EQ(sn_forward(b, W.dev, O2.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-        ASSERT_EQ(sn_forward(cpu, W.host.data(), wsn_c.data(), training, nullptr), SN_SUCCESS);
-        EXPECT_LT(rel_err(Wsn.download_floats(), from_dtype(wsn_c, c.dt)),
-                  c.dt == SN_DTYPE_FLOAT32 ? 2e-5 : 2 * ulp(c.dt));
-        EXPECT_TRUE(Wsn.download_bytes() == O2.download_bytes()) << "bitwise against a second layer";
-      }
-      expect_state_and_scale_near(g, cpu, 1e-4);
-      EXPECT_TRUE(same_state(get_state(g), get_state(b)));
-    }
+    ASSERT_NO_FATAL_FAILURE(expect_steps_match_cpu(rng, g, b, cpu, W, wv, Wsn, &O2, wsn_c));
     for (int training : {1, 0}) {
       const std::vector<std::string> names =
           captured_kernels([&](cudaStream_t st) { return sn_forward(g, W.dev, Wsn.dev, training, st); });
@@ -793,37 +819,16 @@ TEST(GpuTraining, RandomLayersOnTheGridMatchTheCpuBackend) {
     ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_onchip_grid=2" +
                                     (cap ? ",onchip_grid_rows=" + std::to_string(cap) : std::string()))
                                        .c_str());
-    sn_layer_desc_t dg = make_desc({h, w}, SN_BACKEND_CUDA, v_first ? -1 : 0);
-    if (v_first) dg.order = SN_ORDER_V_FIRST;
-    dg.dtype = dt;
-    dg.n_power_iterations = iters;
-    dg.seed = rng.gen();
-    sn_layer_desc_t dc = dg;
-    dc.backend = SN_BACKEND_CPU;
-    LayerPtr g(dg), cpu(dc);
+    const auto d = cuda_and_cpu_desc(rng, {h, w}, v_first ? -1 : 0, v_first ? SN_ORDER_V_FIRST : SN_ORDER_U_FIRST, dt,
+                                     iters);
+    LayerPtr g(d.first), cpu(d.second);
     ASSERT_TRUE(g.p && cpu.p);
     const sn_on_chip_t &oc = g.p->plan.onchip;
     kinds[oc.grid == 0 ? 0 : oc.stream_rows > 0 ? 3 : oc.reg_rows > 0 ? 2 : 1] += 1;
-    const double tol = dt == SN_DTYPE_FLOAT32 ? 2e-5 : 2 * ulp(dt);
     std::vector<float> wv = gapped_matrix(rng, h, w);
     Tensor W(dt, n, off), O(dt, n, int(rng.gen() % 2)), G(dt, n, int(rng.gen() % 2)), dW(dt, n, int(rng.gen() % 2));
     std::vector<uint8_t> o_c(W.host.size());
-    for (int step = 0; step < 4; ++step) {
-      SCOPED_TRACE("step " + std::to_string(step));
-      const int training = step < 3, scale_only = step == 1;
-      if (step > 0)
-        for (auto &x : wv) x += 0.01f * rng.normal() / std::sqrt(float(n));
-      W.set(wv);
-      if (scale_only) {
-        ASSERT_EQ(sn_forward_scale_only(g, W.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
-        ASSERT_EQ(sn_forward_scale_only(cpu, W.host.data(), 1, nullptr), SN_SUCCESS);
-      } else {
-        ASSERT_EQ(sn_forward(g, W.dev, O.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-        ASSERT_EQ(sn_forward(cpu, W.host.data(), o_c.data(), training, nullptr), SN_SUCCESS);
-        EXPECT_LT(rel_err(O.download_floats(), from_dtype(o_c, dt)), tol);
-      }
-      expect_state_and_scale_near(g, cpu, 1e-4);
-    }
+    ASSERT_NO_FATAL_FAILURE(expect_steps_match_cpu(rng, g, nullptr, cpu, W, wv, O, nullptr, o_c));
     const unsigned flags = unsigned(rng.gen() % 4);  // ACCUMULATE and DETACH_SIGMA at random
     G.set(rng.normals(n));
     dW.set(rng.normals(n));
@@ -849,12 +854,8 @@ static void expect_largest_grid_layer_matches_cpu(sn_dtype_t dt) {
   SN_SEEDED_RNG();
   ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_onchip_grid=2").c_str());
   const int64_t h = 4096, w = 4096, n = h * w;
-  sn_layer_desc_t dg = make_desc({h, w}, SN_BACKEND_CUDA);
-  dg.dtype = dt;
-  dg.seed = rng.gen();
-  sn_layer_desc_t dc = dg;
-  dc.backend = SN_BACKEND_CPU;
-  LayerPtr g(dg), cpu(dc);
+  const auto d = cuda_and_cpu_desc(rng, {h, w}, 0, SN_ORDER_U_FIRST, dt, 1);  // (1: the default)
+  LayerPtr g(d.first), cpu(d.second);
   ASSERT_TRUE(g.p && cpu.p);
   const sn_on_chip_t &oc = g.p->plan.onchip;
   const bool bf16 = dt == SN_DTYPE_BFLOAT16;
