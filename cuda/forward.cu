@@ -132,13 +132,15 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //   op_onchip_grid=0|1|2  a u-first layer with contiguous rows that the cluster path above does
 //                   not take, or a v-first one with dim −1 (as its Mᵀ; also one of a single
 //                   row or column), and whose rows fit the shared memory of one block per SM (and up to
-//                   7 rows of each block in registers: sn_cuda_on_chip_grid_layout) runs its
+//                   7 rows of each block in registers, or, with a third of each block's rows in
+//                   shared memory, the rest streamed, rows of at most 1024 packs:
+//                   sn_cuda_on_chip_grid_layout) runs its
 //                   warmed-up training forwards (1), and its eval forwards too (2), as one
 //                   cooperative launch that holds it there (cuda/on_chip_grid.cu), and its
 //                   backward too (1 and 2: one launch that holds G there), or not (0, the default:
 //                   built without a GPU, not yet measured)
 //   onchip_grid_rows=N  (tests) that launch's blocks hold at most N rows each in shared memory and
-//                   the rest (up to 7, rows of whole 16-byte packs) in registers
+//                   the rest in registers (up to 7, rows of whole 16-byte packs) or streamed
 // Unknown keys and bad values are ignored. (Four knobs that lost or made no difference on an H100 at
 // 6626f15 were removed: bench/NOTES.md.)
 struct Tune {

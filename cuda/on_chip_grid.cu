@@ -61,7 +61,8 @@
 // op_onchip_grid=1 or 2, on a device with cooperative launches, when one block per multiprocessor
 // (at most h blocks) can hold its share: ⌈h / G⌉ rows, plus v, t, u and the row groups' partials,
 // within the device's shared memory per block, or all but up to 7 of those rows, which the packed
-// instance then holds in registers (sn_cuda_on_chip_grid_layout). Its training forwards (with W_sn and scale only)
+// instance then holds in registers, or at least a third of them, the streaming instance reading the
+// rest from global memory (sn_cuda_on_chip_grid_layout). Its training forwards (with W_sn and scale only)
 // after the warm-up, and with 2 its eval forwards; and its backward (below), where ⟨G, W⟩ is to be
 // computed and the buffers allow the instance the layout needs. A launch the device
 // refuses (fewer blocks can be resident than at creation: the GPU shared under MPS) drops the

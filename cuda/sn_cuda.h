@@ -57,7 +57,8 @@ typedef struct {
                              group: every one) */
   int clusters;           /* 1: launched as thread-block clusters (sm_90); 0: plain blocks (cluster 1) */
   int w_bytes, w4, rows4; /* the shared-memory layout of every block */
-  int backward;           /* a single layer: its backward runs on chip too (cuda/on_chip.cu) */
+  int backward;           /* a single layer: its backward runs on chip too (cuda/on_chip.cu; with grid,
+                             cuda/on_chip_grid.cu) */
   int refuse;             /* tests: launch clusters of 16 blocks, which the device refuses
                              (SPECNORM_TUNE=onchip_refuse=1; sn_forward, sn_backward and
                              sn_group_forward fall back); with grid, that many times too many
@@ -80,8 +81,9 @@ typedef struct {
                              none). With any, the layer runs on the grid only where W and W_sn are
                              16-byte aligned, and its backward keeps its kernels */
   int packed;             /* grid: rows of whole 16-byte packs, at most one per thread, of at least
-                             256 elements or with rows in registers: the forwards whose W is 16-byte
-                             aligned (and W_sn too, with rows in registers) run the packed instance */
+                             256 elements or with rows in registers, and no rows streamed: the
+                             forwards whose W is 16-byte aligned (and W_sn too, with rows in
+                             registers) run the packed instance */
 } sn_on_chip_t;
 
 /* The forwards of a single layer that run on chip (sn_on_chip_t.modes). */

@@ -37,9 +37,11 @@
 #              defaults against onchip_threads=256, group_onchip=0, op_onchip=0 and op_onchip=1
 #   variants   (at most $SN_VARIANTS_CAP s, default 135) sn_bench once per SPECNORM_TUNE setting
 #              of the one-pass kernel ($SN_TUNE_VARIANTS, in that order: put first what matters most)
-#              on $SN_VARIANT_WORKLOADS (train/scale/eval of the large single layers), once per
-#              setting of $SN_PRESET_VARIANTS on $SN_VARIANT_PRESETS (per layer and grouped), then
-#              the legacy (v-first) order with every algorithm; tables only
+#              on $SN_VARIANT_WORKLOADS (train/scale/eval/backward of the large single layers), once
+#              per setting of $SN_PRESET_VARIANTS on $SN_VARIANT_PRESETS (per layer and grouped),
+#              then the legacy (v-first) order with every algorithm, the v-first groups (SN-GAN in
+#              PyTorch's and Keras' layouts), and v-first layers with dim -1 with the defaults and
+#              on the grid (op_onchip_grid=2); tables only
 #   ab_build   waits for the ab step's builds (started in the background after the build step)
 #   ab         sn_bench of earlier commits ($SN_AB_REFS, built here) and of this tree, in turn,
 #              twice, on $SN_AB_WORKLOADS: a change measured (or a regression bisected) on the
