@@ -273,28 +273,11 @@ __device__ void divide_range(const sn_group_entry_t &e, int64_t k0, int64_t k1, 
   const T *in = static_cast<const T *>(e.W);
   T *out = static_cast<T *>(e.W_sn);
   constexpr int E = kWide<T>;  // 16 bytes
-  using V = VecN<T, E>;
   if (aligned16(e.W) && aligned16(e.W_sn)) {  // k0 is a multiple of 8, so of E
-    // Pack p of the range is W[k0 + E·p ..]; a thread loads up to U of its packs before it stores
-    // any. (One at a time, a block's 4096 elements were 4 L2 round trips in series for fp32:
-    // the compiler cannot move a load of W above a store to W_sn, they may alias.)
-    constexpr int U = 4;
+    // Pack p of the range is W[k0 + E·p ..], 4 a thread in flight (scale_packs). (One at a time, a
+    // block's 4096 elements were 4 L2 round trips in series for fp32.)
     const int64_t packs = (k1 - k0) / E;
-    for (int64_t p = threadIdx.x; p < packs; p += (int64_t)U * kBlock) {
-      typename V::raw r[U] = {};
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (p + u * kBlock < packs) r[u] = V::load_raw(in + k0 + E * (p + u * kBlock));
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (p + u * kBlock >= packs) break;
-        float x[E];
-        V::cvt(r[u], x);
-#pragma unroll
-        for (int q = 0; q < E; ++q) x[q] = scale(x[q]);
-        V::store(out + k0 + E * (p + u * kBlock), x);
-      }
-    }
+    scale_packs<kBlock, 4>(in + k0, out + k0, packs, scale);
     // The tail (< E elements at the end of the layer) goes to one thread.
     if (threadIdx.x == (int)(packs % kBlock))
       for (int64_t k = k0 + E * packs; k < k1; ++k) out[k] = from_f<T>(scale(to_f(in[k])));

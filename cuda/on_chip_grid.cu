@@ -433,27 +433,9 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
         V::store(out + (int64_t)(ks + k) * w + E * threadIdx.x, x);
       }
     }
-    if constexpr (PS > 0) {  // the streamed rows, read again: K packs a thread loaded before any store
-      const T *src = Wg + (int64_t)ks * w;
-      T *dst = out + (int64_t)ks * w;
-      const int np = (rows - ks) * wp;
-      constexpr int K = 4;
-      for (int k0 = threadIdx.x; k0 < np; k0 += K * NT) {
-        typename V::raw x[K] = {};
-#pragma unroll
-        for (int q = 0; q < K; ++q)
-          if (k0 + q * NT < np) x[q] = V::load_raw(src + E * (k0 + q * NT));
-#pragma unroll
-        for (int q = 0; q < K; ++q) {
-          if (k0 + q * NT >= np) break;
-          float y[E];
-          V::cvt(x[q], y);
-#pragma unroll
-          for (int f = 0; f < E; ++f) y[f] = cs.apply(y[f]);
-          V::store(dst + E * (k0 + q * NT), y);
-        }
-      }
-    }
+    if constexpr (PS > 0)  // the streamed rows, read again: 4 packs a thread in flight
+      scale_packs<NT, 4>(Wg + (int64_t)ks * w, out + (int64_t)ks * w, (int64_t)(rows - ks) * wp,
+                         [&](float x) { return cs.apply(x); });
   }
 }
 

@@ -162,6 +162,31 @@ __device__ __forceinline__ void store_streaming(void *p, const R &r) {
 template <class T>
 constexpr int kWide = 16 / (int)sizeof(T);
 
+// out[E·p ..] = scale(in[E·p ..]) for the 16-byte packs p < packs, the block's NT threads taking
+// packs p, p + NT, ...; each thread loads U of its packs before it stores any (the compiler cannot
+// move a load of `in` above a store to `out`, they may alias, and one pack at a time is one round
+// trip to memory after another). in and out 16-byte aligned.
+template <int NT, int U, class T, class F>
+__device__ __forceinline__ void scale_packs(const T *in, T *out, int64_t packs, F scale) {
+  constexpr int E = kWide<T>;
+  using V = VecN<T, E>;
+  for (int64_t p = threadIdx.x; p < packs; p += (int64_t)U * NT) {
+    typename V::raw r[U] = {};
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (p + u * NT < packs) r[u] = V::load_raw(in + E * (p + u * NT));
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (p + u * NT >= packs) break;
+      float x[E];
+      V::cvt(r[u], x);
+#pragma unroll
+      for (int q = 0; q < E; ++q) x[q] = scale(x[q]);
+      V::store(out + E * (p + u * NT), x);
+    }
+  }
+}
+
 // Whether p can be accessed 16 bytes at a time.
 __host__ __device__ inline bool aligned16(const void *p) {
   return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
