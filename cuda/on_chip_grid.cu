@@ -102,7 +102,7 @@ struct GridChipParams {
   float *part;         // G × w: the blocks' partial s
   float *tsq;          // G: the blocks' Σ t²
   float *sq;           // G: Σ s² over each block's slice of columns
-  float *s;            // w: s = Mᵀ t / m_t (the plan's s)
+  float *s;            // w: s = Mᵀ t / m_t (the plan's s; its t when the grid runs Mᵀ)
   int w_bytes, w4, rows4;
   int srows;           // a block's rows in shared memory at most; the rest in registers (packed
                        // instance) or streamed (streaming instance)
@@ -158,6 +158,25 @@ __device__ __forceinline__ float pack_dot(const typename VecN<T, kWide<T>>::raw 
   return d;
 }
 
+// acc += t · (a 16-byte pack's E elements), element by element.
+template <class T>
+__device__ __forceinline__ void add_pack(float t, const typename VecN<T, kWide<T>>::raw &raw, float (&acc)[kWide<T>]) {
+  constexpr int E = kWide<T>;
+  float x[E];
+  VecN<T, E>::cvt(raw, x);
+#pragma unroll
+  for (int e = 0; e < E; ++e) acc[e] = fmaf(t, x[e], acc[e]);
+}
+
+// A thread's partial s of pack q (acc, E floats) into part[E·q ..], 16 bytes at a time.
+template <class T>
+__device__ __forceinline__ void store_partial(const float (&acc)[kWide<T>], float *part, int q) {
+  constexpr int F4 = kWide<T> / 4;
+  float4 *out = reinterpret_cast<float4 *>(part) + F4 * q;
+#pragma unroll
+  for (int f = 0; f < F4; ++f) out[f] = make_float4(acc[4 * f], acc[4 * f + 1], acc[4 * f + 2], acc[4 * f + 3]);
+}
+
 // t of the ks shared-memory rows of wp whole packs (Ws 16-byte aligned): a warp per row, lane l
 // adding packs l, l + 32, ... then a butterfly; into t_sm (eval: u_k t_k). No barrier.
 template <class T, int NT>
@@ -190,7 +209,7 @@ __device__ __forceinline__ float packed_products(const T *Ws, int ks, int wp, co
                                                  const float *u_sm, float *t_sm, float *part,
                                                  const typename VecN<T, kWide<T>>::raw (&reg)[RO],
                                                  int n, bool training) {
-  constexpr int E = kWide<T>, F4 = E / 4;
+  constexpr int E = kWide<T>;
   using V = VecN<T, E>;
   const int pk = threadIdx.x;
   const float4 *v4 = reinterpret_cast<const float4 *>(v_sm);
@@ -206,26 +225,14 @@ __device__ __forceinline__ float packed_products(const T *Ws, int ks, int wp, co
     if (threadIdx.x == 0) t_sm[ks + k] = dr[k];
   }
   if (training && pk < wp) {
-    float acc[E];
-#pragma unroll
-    for (int e = 0; e < E; ++e) acc[e] = 0.f;
-    float x[E];
-    for (int i = 0; i < ks; ++i) {
-      const float t = t_sm[i];
-      V::cvt(V::load_raw(Ws + (int64_t)i * E * wp + E * pk), x);
-#pragma unroll
-      for (int e = 0; e < E; ++e) acc[e] = fmaf(t, x[e], acc[e]);
-    }
+    float acc[E] = {};
+    for (int i = 0; i < ks; ++i) add_pack<T>(t_sm[i], V::load_raw(Ws + (int64_t)i * E * wp + E * pk), acc);
 #pragma unroll
     for (int k = 0; k < RO; ++k) {
       if (k >= n) break;
-      V::cvt(reg[k], x);
-#pragma unroll
-      for (int e = 0; e < E; ++e) acc[e] = fmaf(dr[k], x[e], acc[e]);
+      add_pack<T>(dr[k], reg[k], acc);
     }
-    float4 *out = reinterpret_cast<float4 *>(part) + F4 * pk;
-#pragma unroll
-    for (int f = 0; f < F4; ++f) out[f] = make_float4(acc[4 * f], acc[4 * f + 1], acc[4 * f + 2], acc[4 * f + 3]);
+    store_partial<T>(acc, part, pk);
   }
   float q = block_t_sum<NT>(t_sm, ks, training);
 #pragma unroll
@@ -247,27 +254,20 @@ template <class T, int NT, int PS, int K>
 __device__ __forceinline__ float streamed_products(const T *Ws, int ks, const T *Wst, int ns, int wp,
                                                    const float *v_sm, const float *u_sm, float *t_sm,
                                                    float *part, bool training) {
-  constexpr int E = kWide<T>, F4 = E / 4;
+  constexpr int E = kWide<T>;
   using V = VecN<T, E>;
   using Raw = typename V::raw;
   const int pk = threadIdx.x;
   const float4 *v4 = reinterpret_cast<const float4 *>(v_sm);
   shared_rows_t<T, NT>(Ws, ks, wp, v4, u_sm, t_sm, training);
   __syncthreads();  // t_sm of the shared-memory rows
-  float acc[PS][E];
-#pragma unroll
-  for (int q = 0; q < PS; ++q)
-#pragma unroll
-    for (int e = 0; e < E; ++e) acc[q][e] = 0.f;
+  float acc[PS][E] = {};
   // acc += t · (this thread's packs of a row)
   auto add_row = [&](float t, const Raw (&row)[PS]) {
 #pragma unroll
     for (int q = 0; q < PS; ++q) {
       if (pk + q * NT >= wp) break;
-      float x[E];
-      V::cvt(row[q], x);
-#pragma unroll
-      for (int e = 0; e < E; ++e) acc[q][e] = fmaf(t, x[e], acc[q][e]);
+      add_pack<T>(t, row[q], acc[q]);
     }
   };
   if (training) {
@@ -307,10 +307,7 @@ __device__ __forceinline__ float streamed_products(const T *Ws, int ks, const T 
 #pragma unroll
     for (int q = 0; q < PS; ++q) {
       if (pk + q * NT >= wp) break;
-      float4 *out = reinterpret_cast<float4 *>(part) + F4 * (pk + q * NT);
-#pragma unroll
-      for (int f = 0; f < F4; ++f)
-        out[f] = make_float4(acc[q][4 * f], acc[q][4 * f + 1], acc[q][4 * f + 2], acc[q][4 * f + 3]);
+      store_partial<T>(acc[q], part, pk + q * NT);
     }
   }
   __syncthreads();  // t_sm of the streamed rows (thread 0's)
@@ -456,7 +453,6 @@ __global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_streamed_kernel(
   layer_on_grid<T, kGridThreads, 0, kStreamPacks>(p, reinterpret_cast<char *>(on_chip_grid_st_sm));
 }
 
-// The instance for a dtype: generic (RO = 0) or packed (RO = kGridRegRows rows in registers at most).
 // pick(T{}) for dtype's element type T.
 template <class F>
 auto by_dtype(sn_dtype_t dtype, F pick) {
@@ -467,6 +463,8 @@ auto by_dtype(sn_dtype_t dtype, F pick) {
   }
 }
 
+// The instance for a dtype: generic (RO = 0) or packed (RO = kGridRegRows rows in registers at most);
+// the streaming one.
 using GridKernel = void (*)(GridChipParams);
 GridKernel grid_kernel_for(sn_dtype_t dtype, bool packed) {
   return by_dtype(dtype, [&](auto zero) -> GridKernel {
