@@ -124,11 +124,19 @@ __device__ __forceinline__ float grid_sum_of(const float *x, int n) {
   return block_sum<NT>(tot);
 }
 
+// The 16-byte packs of a row of w elements of `dtype`, or 0 where the row is not a whole number of
+// them: the packed instances take rows of at most kGridThreads packs (one a thread, rows in
+// registers), the streaming one of at most kStreamPacks × kGridThreads, the packed backward any.
+int64_t row_packs(int64_t w, sn_dtype_t dtype) {
+  const int64_t E = 16 / (int64_t)sn_dtype_size(dtype);
+  return w % E == 0 ? w / E : 0;
+}
+
 // Whether rows of w elements of `dtype` are whole 16-byte packs, at most one per thread: what the
 // packed instance takes (sn_cuda_on_chip_grid_layout's rule).
 bool whole_packs(int64_t w, sn_dtype_t dtype) {
-  const int64_t E = 16 / (int64_t)sn_dtype_size(dtype);
-  return w % E == 0 && w / E <= kGridThreads;
+  const int64_t wp = row_packs(w, dtype);
+  return wp > 0 && wp <= kGridThreads;
 }
 
 // Lanes that add one column's G partials (a power of two, at most 32, so that they are lanes of one
@@ -633,10 +641,6 @@ GridBwKernel grid_backward_kernel_for(sn_dtype_t dtype, bool packed) {
   });
 }
 
-// Whether rows of w elements of `dtype` are a whole number of 16-byte packs: the packed backward's
-// rule (with the three buffers' alignment).
-bool packs_in_a_row(int64_t w, sn_dtype_t dtype) { return w % (16 / (int64_t)sn_dtype_size(dtype)) == 0; }
-
 // Whether `kernel` runs one block of kGridThreads per multiprocessor with `bytes` of dynamic shared
 // memory (allowing it that much): every block of a grid of one per multiprocessor resident at once.
 template <class P>
@@ -690,7 +694,7 @@ cudaError_t launch_on_chip_grid(const sn_cuda_plan_t &plan, const sn_group_entry
 
 int grid_backward_instance(const sn_cuda_plan_t &plan, const void *W, const void *G, const void *dW) {
   const bool packed =
-      packs_in_a_row(sn_on_grid_view(&plan).B, plan.dtype) && aligned16(W) && aligned16(G) && aligned16(dW);
+      row_packs(sn_on_grid_view(&plan).B, plan.dtype) > 0 && aligned16(W) && aligned16(G) && aligned16(dW);
   return packed ? 1 : plan.onchip.reg_rows > 0 ? -1 : 0;
 }
 
@@ -735,8 +739,8 @@ extern "C" size_t sn_cuda_on_chip_grid_layout(int64_t h, int64_t w, sn_dtype_t d
   const bool whole = sn::whole_packs(w, dtype);
   int64_t reg = R - ks, stream = 0;
   if (reg > 0 && !(whole && reg <= sn::kGridRegRows)) {
-    const int64_t E = 16 / elem;
-    if (w % E != 0 || w / E > (int64_t)sn::kStreamPacks * sn::kGridThreads || ks * sn::kStreamMinShare < R)
+    const int64_t wp = sn::row_packs(w, dtype);
+    if (wp == 0 || wp > (int64_t)sn::kStreamPacks * sn::kGridThreads || ks * sn::kStreamMinShare < R)
       return 0;
     stream = reg;
     reg = 0;
@@ -805,7 +809,7 @@ extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, i
   int backward = L.stream_rows == 0;
   for (int k = 0; k < 2 && backward; ++k) {
     const bool is_packed = k == 1;
-    if (is_packed ? !sn::packs_in_a_row(view.B, dtype) : L.reg_rows > 0) continue;
+    if (is_packed ? sn::row_packs(view.B, dtype) == 0 : L.reg_rows > 0) continue;
     backward = sn::one_block_per_sm(sn::grid_backward_kernel_for(dtype, is_packed), (size_t)L.w_bytes);
   }
   *oc = L;
