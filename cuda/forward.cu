@@ -170,9 +170,9 @@ struct Tune {
   int onchip_refuse = 0;         // 1: the on-chip launches with clusters of 16 blocks, refused (tests)
   int onchip_threads = 0;        // 0: by size; 256 or 512: the on-chip forward's threads per block
   int op_onchip_grid = 0;        // 1: a layer the cluster path does not take, on chip over the grid
-                                 // (training forwards); 2: also its eval forwards
+                                 // (training forwards and the backward); 2: also its eval forwards
   int onchip_grid_rows = 0;      // > 0 (tests): at most this many rows per block in shared memory
-                                 // on the grid, the rest in registers
+                                 // on the grid, the rest in registers or streamed
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
                        // blocks of every step)
 };

@@ -386,12 +386,13 @@ void sn_cuda_on_chip_allow_backward(sn_on_chip_t *oc);
  * now: fewer SMs than at its preparation, the GPU shared under MPS): nothing ran, and the usual
  * kernels can run instead. */
 int sn_cuda_on_chip_refused(int e);
-/* A single u-first layer with rows contiguous (view.A = 1) spread over one block per SM (at most
- * view.h blocks) of a cooperative launch (cuda/on_chip_grid.cu): fills *oc (oc->grid > 0; its
- * training forwards, and with eval its eval forwards too) where the device has cooperative launches
- * and each block's share fits its shared memory and registers (sn_cuda_on_chip_grid_layout), else
- * zeroes it; oc->backward = 1 where its backward kernels fit the same grid too. rows_cap > 0 (tests): at most that many rows per block in shared memory. refuse: tests
- * (oc->refuse). */
+/* A single layer's matrix with rows contiguous (view.A = 1: a u-first layer's own, or a v-first
+ * layer's Mᵀ, sn_on_grid_view) spread over one block per SM (at most view.h blocks) of a cooperative
+ * launch (cuda/on_chip_grid.cu): fills *oc (oc->grid > 0; its training forwards, and with eval its
+ * eval forwards too) where the device has cooperative launches and each block's share fits its
+ * shared memory and registers, or is streamed (sn_cuda_on_chip_grid_layout), else zeroes it;
+ * oc->backward = 1 where its backward kernels fit the same grid too. rows_cap > 0 (tests): at most
+ * that many rows per block in shared memory. refuse: tests (oc->refuse). */
 void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, int sm_count, int eval, int rows_cap,
                                   int refuse, sn_on_chip_t *oc);
 /* The layout of that launch for an h × w layer of `dtype` over `blocks` blocks with `avail` bytes of
