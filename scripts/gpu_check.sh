@@ -17,6 +17,10 @@
 #              later step leaves the cooperative one-pass tests out and runs with op_coop=0 (the
 #              default takes the launch in scale-only forwards on sm_90). The first two tests
 #              passed in 1 s on the H100 at ab6e27f
+#   grid_smoke the layer on chip over the grid (op_onchip_grid, off by default; never run on a GPU
+#              before this step was written) in two small tests under a short timeout: its grid
+#              barriers would hang the same way on a block that left early; if it times out, every
+#              later step leaves the grid's tests (and its variants and profile) out
 #   conformance  tests/conformance/make_fixtures.py --only torch: PyTorch's own spectral norms
 #              (parametrizations.spectral_norm, the legacy spectral_norm) written as the fixture
 #              tests/conformance/torch.txt of this copy, which ctest's Conformance.*torch then replay
@@ -339,16 +343,35 @@ fi
 # cooperative launch in scale-only forwards on sm_90; the last key wins), and exported for the
 # steps that take the caller's.
 COOP_SUFFIX=""
+HUNG_TESTS=()  # gtest patterns of the tests a smoke step saw hang, left out of every later run
 if [[ $COOP_HUNG -eq 1 ]]; then
   COOP_SUFFIX=",op_coop=0"
   export SPECNORM_TUNE="${SPECNORM_TUNE:-}$COOP_SUFFIX"
+  HUNG_TESTS+=('Gpu.OnePassCooperative*')
 fi
-# without_coop FILTER: a --gtest_filter FILTER, less the cooperative one-pass tests once coop_smoke
-# has timed out (a negative part is added, or extended).
-without_coop() {
-  if [[ $COOP_HUNG -eq 0 ]]; then printf '%s' "$1"
-  elif [[ "$1" == *-* ]]; then printf '%s:Gpu.OnePassCooperative*' "$1"
-  else printf '%s-Gpu.OnePassCooperative*' "$1"
+# The layer on chip over the grid (cuda/on_chip_grid.cu, SPECNORM_TUNE=op_onchip_grid=1|2): two
+# small tests, alone, under a short timeout, as coop_smoke above (a few seconds when they pass). The
+# default never takes that path, so a hang there leaves out only its tests, variants and profile.
+GRID_HUNG=0
+if [[ $CONFIGURED -eq 1 && -x "$GPU_TESTS" ]]; then
+  run_step grid_smoke "$OUT/tests.log" 45 300 \
+    env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SPECNORM_TUNE:-}" "$GPU_TESTS" --gtest_brief=1 \
+    --gtest_filter='Gpu.OnChipGridLayerMatchesTheCpuBackend:GpuTraining.OnChipGridRegisterRows*'
+  if grep -qE '^# exit status (124|137) ' "$LOGS/grid_smoke.log" 2> /dev/null; then
+    GRID_HUNG=1
+    CTEST_EXCLUDE=(-E "${CTEST_EXCLUDE[1]:+${CTEST_EXCLUDE[1]}|}OnChipGrid|OnTheGrid|on_chip_grid")
+    HUNG_TESTS+=('*OnChipGrid*' '*OnTheGrid*' '*on_chip_grid*')
+    echo "grid_smoke timed out: the later steps leave the grid's tests, variants and profile out" >> "$OUT/tests.log"
+  fi
+fi
+# without_hung FILTER: a --gtest_filter FILTER, less the tests a smoke step saw hang (a negative
+# part is added, or extended).
+without_hung() {
+  local neg
+  neg="$(IFS=:; printf '%s' "${HUNG_TESTS[*]}")"
+  if [[ -z "$neg" ]]; then printf '%s' "$1"
+  elif [[ "$1" == *-* ]]; then printf '%s:%s' "$1" "$neg"
+  else printf '%s-%s' "$1" "$neg"
   fi
 }
 if [[ $CONFIGURED -eq 1 ]]; then
@@ -462,11 +485,11 @@ fi
 # The largest shapes run in ctest; under the sanitizers they would take minutes. Every kernel
 # variant still runs (8x16384 keeps the widest one-pass variant).
 SN_SANITIZER_FILTER="${SN_SANITIZER_FILTER--GpuLarge.*:GpuSoak.*:GroupGpu.OnChipLeavesGroups*:Gpu.OnePassWideRows*:Gpu.OnePassCooperativeLaunchIs*:*4096x4096*:*3000x16384*:*777x8192*:*1000x4099*:*4099x1000*:*1000x4100*:*768x4099*:*500x16384*}"
-SN_SANITIZER_FILTER="$(without_coop "$SN_SANITIZER_FILTER")"
+SN_SANITIZER_FILTER="$(without_hung "$SN_SANITIZER_FILTER")"
 [[ -n "$SN_SANITIZER_FILTER" ]] && GTEST_ARGS+=("--gtest_filter=$SN_SANITIZER_FILTER")
 # One-pass by rows (several widths) and by columns, two-pass, a view, groups, the backward.
 SN_SMALL_FILTER="${SN_SMALL_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.MatchesCpuLayersStepByStep:GroupGpu.CooperativeLaunchOnFewBlocks*:Gpu.LaterSmaller*:Gpu.OnePassRowsRuns*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:Gpu.OnChipLayer*:Gpu.SmallLayers*:Gpu.OnePassRowPairs*:Gpu.OnePassCooperativeSmall*:Gpu.OnePassCooperativeLaunchRefused*}"
-SN_SMALL_FILTER="$(without_coop "$SN_SMALL_FILTER")"
+SN_SMALL_FILTER="$(without_hung "$SN_SMALL_FILTER")"
 # racecheck is the slowest: each kernel family once, at the smallest sizes that run it (the H100 at
 # 6626f15 spent 57 s on a rows test and over 80 s on Gpu.OnChipLayerMatchesTheCpuBackend, and was
 # cut at 150 s; the H200 at 89aa697 took 26 s for the two grouped on-chip tests below; the H100 at
@@ -475,7 +498,7 @@ SN_SMALL_FILTER="$(without_coop "$SN_SMALL_FILTER")"
 # took 57 s). Small layers' training forwards run on chip by default (sm_90), so the Shapes tests
 # here race the on-chip kernel too.
 SN_RACECHECK_FILTER="${SN_RACECHECK_FILTER-Shapes/*128x128x3x3*:Shapes/*1x1_*:Shapes/*2000x12*:Shapes/*600x1152*:Shapes/*3x700x5*:Shapes/*96x48x4x4*:GroupGpu.OnChipAnyClusterSize*:GroupGpu.OnChipDegenerate*:GroupGpu.OnChipWith512*:Gpu.OnChipLayerLeavesOthers*:GpuTraining.OnChipLayerOptions*:GroupGpu.CooperativeSmallGroup*:Gpu.OnePassCooperativeRacecheckSized*:GroupGpu.BackwardCooperative*:GroupGpu.RefusedCooperativeBackward*}"
-SN_RACECHECK_FILTER="$(without_coop "$SN_RACECHECK_FILTER")"
+SN_RACECHECK_FILTER="$(without_hung "$SN_RACECHECK_FILTER")"
 sanitize() {  # sanitize TOOL...
  local tool cap reserve
  for tool in "$@"; do
@@ -515,7 +538,7 @@ if [[ -x "$GPU_TESTS" ]]; then
   # filter needed over 84 s).
   run_step tune_tests "$OUT/tests.log" 90 180 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_TUNE_TESTS:-pdl=0,op_cluster=1,group_coop=0,op_coop=0}$COOP_SUFFIX" \
-    "$GPU_TESTS" --gtest_brief=1 "--gtest_filter=$(without_coop "${SN_TUNE_TESTS_FILTER:-Shapes/*:GpuTraining.*:Gpu.*:GroupGpu.*:Backends/*-GpuLarge.*:*4096x4096*:*3000x16384*:Gpu.OnePassVariants*:GpuTraining.Half*}")"
+    "$GPU_TESTS" --gtest_brief=1 "--gtest_filter=$(without_hung "${SN_TUNE_TESTS_FILTER:-Shapes/*:GpuTraining.*:Gpu.*:GroupGpu.*:Backends/*-GpuLarge.*:*4096x4096*:*3000x16384*:Gpu.OnePassVariants*:GpuTraining.Half*}")"
 else
   skip_step tune_tests "$OUT/tests.log" "no $GPU_TESTS"
 fi
@@ -550,11 +573,24 @@ read -r -a TUNES <<< "${SN_TUNE_VARIANTS:-default op_pp=0 op_pp=2 op_pp=3 op_coo
 # The presets' settings ($SN_PRESET_VARIANTS; e.g. op_onchip_grid=1, session 20, for each
 # ViT-B/16 layer on chip over the whole grid, per layer, with --preset vit-b16 in $SN_VARIANT_PRESETS).
 read -r -a PRESET_TUNES <<< "${SN_PRESET_VARIANTS:-default group_coop=0 group_coop=1 group_onchip=1,op_onchip=1 group_onchip=1,group_onchip_cluster=4}"
-if [[ $COOP_HUNG -eq 1 ]]; then  # coop_smoke timed out: no op_coop setting
-  KEPT=()
-  for t in "${TUNES[@]}"; do [[ "$t" == *op_coop=* ]] || KEPT+=("$t"); done
-  TUNES=("${KEPT[@]}")
-fi
+# Keys a smoke step saw hang: no variant sets them.
+HUNG_KEYS=()
+[[ $COOP_HUNG -eq 1 ]] && HUNG_KEYS+=(op_coop=)
+[[ $GRID_HUNG -eq 1 ]] && HUNG_KEYS+=(op_onchip_grid=)
+# v-first layers with dim -1: the defaults, and on the grid unless grid_smoke timed out.
+VFIRST_TUNES=("")
+[[ $GRID_HUNG -eq 0 ]] && VFIRST_TUNES+=("op_onchip=0,op_onchip_grid=2")
+without_hung_keys() {  # without_hung_keys NAME: drop from array NAME the settings that set a hung key
+  local -n arr="$1"
+  local t k kept=()
+  for t in "${arr[@]}"; do
+    for k in "${HUNG_KEYS[@]}"; do [[ "$t" == *"$k"* ]] && continue 2; done
+    kept+=("$t")
+  done
+  arr=("${kept[@]}")
+}
+without_hung_keys TUNES
+without_hung_keys PRESET_TUNES
 variants() {
   local t rc=0 table=() ptable=()
   for t in "${TUNES[@]}"; do
@@ -596,7 +632,7 @@ variants() {
   SPECNORM_TUNE="$COOP_SUFFIX" "$SN_BENCH" --preset sngan-cifar10 --preset sngan-cifar10-keras --order v-first \
     --dtype f32,bf16 --mode train,scale,eval --no-baseline --no-probe --reps 50 || rc=1
   echo "################ v-first layers with dim -1 (Keras', Flax's, Haiku's layout): the default, then on the grid (op_onchip_grid=2, as their M^T)"
-  for t in "" "op_onchip=0,op_onchip_grid=2"; do
+  for t in "${VFIRST_TUNES[@]}"; do
     SPECNORM_TUNE="$t$COOP_SUFFIX" "$SN_BENCH" --shape 2048x2048:-1 --shape 3072x768:-1 --order v-first \
       --dtype f32,bf16 --mode train,scale,backward --no-baseline --no-probe --no-group --reps 50 || rc=1
   done
@@ -605,7 +641,7 @@ variants() {
 if [[ -x "$SN_BENCH" ]]; then
   run_step variants "$OUT/bench.log" "${SN_VARIANTS_CAP:-135}" 145 \
     env LD_LIBRARY_PATH="$RUN_LD_PATH" VDIR="$LOGS" REPO="$REPO" \
-    bash -c "$(declare -p VARIANT_WL VARIANT_PRESETS TUNES PRESET_TUNES SN_BENCH COOP_SUFFIX); $(declare -f variants); variants"
+    bash -c "$(declare -p VARIANT_WL VARIANT_PRESETS TUNES PRESET_TUNES VFIRST_TUNES SN_BENCH COOP_SUFFIX); $(declare -f variants); variants"
 else
   skip_step variants "$OUT/bench.log" "no $SN_BENCH"
 fi
@@ -783,7 +819,9 @@ detail() {
   done
   return 1
 }
-if [[ ! "${SN_NCU_DETAIL:-0}" =~ ^(1|onchip|rows|ring|grid)$ ]]; then
+if [[ "${SN_NCU_DETAIL:-}" == grid && $GRID_HUNG -eq 1 ]]; then
+  skip_step ncu_detail "$OUT/bench.log" "grid_smoke timed out"
+elif [[ ! "${SN_NCU_DETAIL:-0}" =~ ^(1|onchip|rows|ring|grid)$ ]]; then
   skip_step ncu_detail "$OUT/bench.log" "off (SN_NCU_DETAIL=1 runs it, =onchip its on-chip part only, =rows the 4096² rows one and two a step only, =ring the 4096 × 16384 bf16 rows plain and in rings of two and three, =grid the layer on chip over the grid; results of e56c4b8 in bench/NOTES.md)"
 elif [[ -n "$NCU" && -x "$SN_BENCH" ]]; then
   run_step ncu_detail "$OUT/bench.log" 60 30 \
