@@ -1,8 +1,12 @@
 /* The CPU backend: the layer API's forward and backward computed with the double-precision
  * reference. It follows sn_cuda_forward step for step (cuda/forward.cu), so both backends share
  * one definition of warm-up, the eval σ, the commit rule and the scaled variants. */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <math.h>
+#include <sched.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sn_internal.h"
 #include "sn_reference.h"
@@ -13,7 +17,33 @@ static unsigned health_of(const sn_cuda_forward_args_t *args) {
   return h;
 }
 
+int sn__cpu_threads(void) {
+  const char *env = getenv("SPECNORM_CPU_THREADS");
+  if (env && *env) {
+    char *stop = NULL;
+    const long n = strtol(env, &stop, 10);
+    if (*stop == '\0' && n >= 1 && n <= SN_REF_MAX_THREADS) return (int)n;
+  }
+  long procs = 0;
+#ifdef CPU_COUNT
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) procs = CPU_COUNT(&set);
+#endif
+  if (procs < 1) procs = sysconf(_SC_NPROCESSORS_ONLN);
+  return procs < 1 ? 1 : procs > 8 ? 8 : (int)procs;
+}
+
+static void cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args);
+
+/* The reference's threads for this layer's call (sn_ref_set_threads is per calling thread), then
+ * the calling thread's own count again. */
 void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
+  const int prev = sn_ref_set_threads(layer->cpu_threads);
+  cpu_forward(layer, args);
+  sn_ref_set_threads(prev);
+}
+
+static void cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
   const sn_view_t vw = layer->view;
   const sn_dtype_t dt = layer->desc.dtype;
   const int64_t h = vw.h, w = vw.A * vw.B;
@@ -67,10 +97,12 @@ void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args) {
 void sn__cpu_backward(sn_layer_t *layer, const void *W, const void *G, void *dW, unsigned flags,
                       float *dgamma) {
   const float g = layer->plan.gamma ? *layer->plan.gamma : 1.0f;
+  const int prev = sn_ref_set_threads(layer->cpu_threads);
   const double dg = sn_ref_backward(W, G, dW, layer->desc.dtype, layer->view, layer->u, layer->v,
                                     layer->sigma[0], layer->desc.norm_bound, g,
                                     sn__backward_clamp_eps(layer),
                                     (flags & SN_BACKWARD_DETACH_SIGMA) != 0,
                                     (flags & SN_BACKWARD_ACCUMULATE) != 0);
+  sn_ref_set_threads(prev);
   if (dgamma) *dgamma = (float)dg;
 }

@@ -349,6 +349,7 @@ static sn_status_t create_cpu(sn_layer_t *l) {
   l->plan.norm_bound = l->desc.norm_bound;
   l->ref_v = l->ref_u + h;
   l->ref_t = l->ref_v + w;
+  l->cpu_threads = sn__cpu_threads();
   return init_state(l, l->desc.seed, NULL);
 }
 

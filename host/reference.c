@@ -7,6 +7,7 @@
 #include "sn_reference.h"
 
 #include <math.h>
+#include <pthread.h>
 
 enum { CHUNK = 512 };
 
@@ -26,31 +27,106 @@ sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim) {
   return v;
 }
 
-/* Four rows at a time: four sums in flight, each adding its own row's terms in order. With B = 1
- * (dim −1: a row of M is strided, each a is a contiguous column of h) a row's sum over b is its one
- * term, added to t_i as 0 + term, as the general loop does. */
-void sn_ref_matvec(const void *W, sn_dtype_t dt, sn_view_t vw, const double *x, double *t) {
+/* ---- threads: every output element is computed by one range of a split, in the order of the
+ * elements, so the results are the same bits for any number of threads ---- */
+
+static _Thread_local int ref_threads = 1;
+static _Thread_local int64_t ref_grain = SN_REF_GRAIN;
+
+int sn_ref_set_threads(int n) {
+  const int prev = ref_threads;
+  ref_threads = n < 1 ? 1 : n > SN_REF_MAX_THREADS ? SN_REF_MAX_THREADS : n;
+  return prev;
+}
+
+int64_t sn_ref_set_grain(int64_t elements) {
+  const int64_t prev = ref_grain;
+  ref_grain = elements < 1 ? 1 : elements;
+  return prev;
+}
+
+typedef void (*range_fn)(const void *ctx, int64_t begin, int64_t end);
+typedef struct {
+  range_fn fn;
+  const void *ctx;
+  int64_t begin, end;
+} range_t;
+
+static void *run_range(void *p) {
+  const range_t *r = (const range_t *)p;
+  r->fn(r->ctx, r->begin, r->end);
+  return NULL;
+}
+
+/* fn over [0, n) split in contiguous ranges of whole multiples of `align` (the last may end short),
+ * as many as sn_ref_set_threads allows and `work` (elements of W the whole range reads) pays for.
+ * Range 0 runs on the calling thread, each other on a thread of its own; a range whose thread cannot
+ * be created runs on the calling thread afterwards. */
+static void parallel_for(int64_t n, int64_t align, int64_t work, range_fn fn, const void *ctx) {
+  const int64_t units = (n + align - 1) / align;
+  int64_t parts = ref_threads;
+  if (parts > work / ref_grain) parts = work / ref_grain;
+  if (parts > units) parts = units;
+  if (parts <= 1) {
+    fn(ctx, 0, n);
+    return;
+  }
+  range_t r[SN_REF_MAX_THREADS];
+  pthread_t th[SN_REF_MAX_THREADS];
+  int started[SN_REF_MAX_THREADS];
+  const int64_t per = units / parts, extra = units % parts;
+  for (int64_t k = 0, u = 0; k < parts; ++k) {
+    const int64_t take = per + (k < extra ? 1 : 0);
+    r[k] = (range_t){fn, ctx, u * align, u + take == units ? n : (u + take) * align};
+    u += take;
+  }
+  for (int64_t k = 1; k < parts; ++k) started[k] = pthread_create(&th[k], NULL, run_range, &r[k]) == 0;
+  run_range(&r[0]);
+  for (int64_t k = 1; k < parts; ++k) {
+    if (started[k])
+      pthread_join(th[k], NULL);
+    else
+      run_range(&r[k]);
+  }
+}
+
+typedef struct {
+  const void *W;
+  sn_dtype_t dt;
+  sn_view_t vw;
+  const double *x; /* the vector multiplied */
+  double *out;
+} product_t;
+
+/* t_i for the rows i in [i0, i1), four at a time: four sums in flight, each adding its own row's
+ * terms in order. With B = 1 (dim −1: a row of M is strided, each a is a contiguous column of h)
+ * a row's sum over b is its one term, added to t_i as 0 + term, as the general loop does. */
+static void matvec_rows(const void *ctx, int64_t i_begin, int64_t i_end) {
+  const product_t *p = (const product_t *)ctx;
+  const sn_view_t vw = p->vw;
+  const double *x = p->x;
+  double *t = p->out;
   enum { R = 4 };
   float buf[R][CHUNK];
-  for (int64_t i = 0; i < vw.h; ++i) t[i] = 0.0;
+  for (int64_t i = i_begin; i < i_end; ++i) t[i] = 0.0;
   if (vw.B == 1) {
     for (int64_t a = 0; a < vw.A; ++a)
-      for (int64_t i0 = 0; i0 < vw.h; i0 += CHUNK) {
-        const int64_t n = chunk_len(i0, vw.h);
-        const float *col = floats_at(W, dt, a * vw.h + i0, n, buf[0]);
+      for (int64_t i0 = i_begin; i0 < i_end; i0 += CHUNK) {
+        const int64_t n = chunk_len(i0, i_end);
+        const float *col = floats_at(p->W, p->dt, a * vw.h + i0, n, buf[0]);
         for (int64_t i = 0; i < n; ++i) t[i0 + i] += 0.0 + (double)col[i] * x[a];
       }
     return;
   }
   for (int64_t a = 0; a < vw.A; ++a) {
-    for (int64_t i0 = 0; i0 < vw.h; i0 += R) {
-      const int rows = vw.h - i0 < R ? (int)(vw.h - i0) : R;
+    for (int64_t i0 = i_begin; i0 < i_end; i0 += R) {
+      const int rows = i_end - i0 < R ? (int)(i_end - i0) : R;
       double acc[R] = {0.0, 0.0, 0.0, 0.0};
       for (int64_t b0 = 0; b0 < vw.B; b0 += CHUNK) {
         const int64_t n = chunk_len(b0, vw.B);
         const float *r[R];
         for (int q = 0; q < rows; ++q)
-          r[q] = floats_at(W, dt, (a * vw.h + i0 + q) * vw.B + b0, n, buf[q]);
+          r[q] = floats_at(p->W, p->dt, (a * vw.h + i0 + q) * vw.B + b0, n, buf[q]);
         const double *xa = x + a * vw.B + b0;
         if (rows == R) {
           double s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3];
@@ -71,33 +147,53 @@ void sn_ref_matvec(const void *W, sn_dtype_t dt, sn_view_t vw, const double *x, 
   }
 }
 
-/* With B = 1, s_a is the sum over the rows of its contiguous column, in row order. */
-void sn_ref_matvec_t(const void *W, sn_dtype_t dt, sn_view_t vw, const double *y, double *s) {
+void sn_ref_matvec(const void *W, sn_dtype_t dt, sn_view_t vw, const double *x, double *t) {
+  const product_t p = {W, dt, vw, x, t};
+  parallel_for(vw.h, vw.B == 1 ? CHUNK : 4, vw.A * vw.h * vw.B, matvec_rows, &p);
+}
+
+/* s_j for the columns j = a·B + b in [j0, j1), each the sum over the rows in row order. With B = 1
+ * that is the sum over the contiguous column a. */
+static void matvec_t_cols(const void *ctx, int64_t j_begin, int64_t j_end) {
+  const product_t *p = (const product_t *)ctx;
+  const sn_view_t vw = p->vw;
+  const double *y = p->x;
+  double *s = p->out;
   float buf[CHUNK];
-  for (int64_t j = 0; j < vw.A * vw.B; ++j) s[j] = 0.0;
   if (vw.B == 1) {
-    for (int64_t a = 0; a < vw.A; ++a) {
+    for (int64_t a = j_begin; a < j_end; ++a) {
       double acc = 0.0;
       for (int64_t i0 = 0; i0 < vw.h; i0 += CHUNK) {
         const int64_t n = chunk_len(i0, vw.h);
-        const float *col = floats_at(W, dt, a * vw.h + i0, n, buf);
+        const float *col = floats_at(p->W, p->dt, a * vw.h + i0, n, buf);
         for (int64_t i = 0; i < n; ++i) acc += (double)col[i] * y[i0 + i];
       }
       s[a] = acc;
     }
     return;
   }
-  for (int64_t a = 0; a < vw.A; ++a) {
+  for (int64_t j = j_begin; j < j_end; ++j) s[j] = 0.0;
+  for (int64_t a = j_begin / vw.B; a * vw.B < j_end; ++a) {
+    /* this range's part [b_lo, b_hi) of the columns of a */
+    const int64_t b_lo = j_begin > a * vw.B ? j_begin - a * vw.B : 0;
+    const int64_t b_hi = j_end < (a + 1) * vw.B ? j_end - a * vw.B : vw.B;
     double *sa = s + a * vw.B;
     for (int64_t i = 0; i < vw.h; ++i) {
       const int64_t row = (a * vw.h + i) * vw.B;
-      for (int64_t b0 = 0; b0 < vw.B; b0 += CHUNK) {
-        const int64_t n = chunk_len(b0, vw.B);
-        const float *r = floats_at(W, dt, row + b0, n, buf);
+      for (int64_t b0 = b_lo; b0 < b_hi; b0 += CHUNK) {
+        const int64_t n = chunk_len(b0, b_hi);
+        const float *r = floats_at(p->W, p->dt, row + b0, n, buf);
         for (int64_t b = 0; b < n; ++b) sa[b0 + b] += (double)r[b] * y[i];
       }
     }
   }
+}
+
+void sn_ref_matvec_t(const void *W, sn_dtype_t dt, sn_view_t vw, const double *y, double *s) {
+  const product_t p = {W, dt, vw, y, s};
+  /* Ranges of 16 columns at least: a thread's part of a row is a whole number of 64-byte lines of
+   * fp32 (when B is a multiple of 16). */
+  parallel_for(vw.A * vw.B, vw.B == 1 ? 1 : 16, vw.A * vw.h * vw.B, matvec_t_cols, &p);
 }
 
 double sn_ref_dot(const double *x, const double *y, int64_t n) {
@@ -155,19 +251,31 @@ float sn_ref_divisor(float sigma, float norm_bound) {
   return sigma;
 }
 
-void sn_ref_divide(const void *W, void *W_sn, sn_dtype_t dt, int64_t n, float sigma,
-                   float norm_bound, float g) {
-  const float d = sn_ref_divisor(sigma, norm_bound);
+typedef struct {
+  const void *W;
+  void *W_sn;
+  sn_dtype_t dt;
+  float sigma, d, g;
+} divide_t;
+
+static void divide_range(const void *ctx, int64_t begin, int64_t end) {
+  const divide_t *p = (const divide_t *)ctx;
   float in[CHUNK], out[CHUNK];
-  for (int64_t k0 = 0; k0 < n; k0 += CHUNK) { /* W_sn may be W: a chunk is read before it is written */
-    const int64_t m = chunk_len(k0, n);
-    const float *x = floats_at(W, dt, k0, m, in);
-    if (sigma > 0.0f)
-      for (int64_t e = 0; e < m; ++e) out[e] = (x[e] / d) * g;
+  for (int64_t k0 = begin; k0 < end; k0 += CHUNK) { /* W_sn may be W: a chunk is read before it is written */
+    const int64_t m = chunk_len(k0, end);
+    const float *x = floats_at(p->W, p->dt, k0, m, in);
+    if (p->sigma > 0.0f)
+      for (int64_t e = 0; e < m; ++e) out[e] = (x[e] / p->d) * p->g;
     else
       for (int64_t e = 0; e < m; ++e) out[e] = x[e] * 0.0f;
-    sn_store_n(W_sn, dt, k0, m, out);
+    sn_store_n(p->W_sn, p->dt, k0, m, out);
   }
+}
+
+void sn_ref_divide(const void *W, void *W_sn, sn_dtype_t dt, int64_t n, float sigma,
+                   float norm_bound, float g) {
+  const divide_t p = {W, W_sn, dt, sigma, sn_ref_divisor(sigma, norm_bound), g};
+  parallel_for(n, CHUNK, n, divide_range, &p);
 }
 
 double sn_ref_inner(const void *G, const void *W, sn_dtype_t dt, int64_t n) {
@@ -192,35 +300,52 @@ static void backward_run(double a, double b, const float *g, const float *old, c
   }
 }
 
+typedef struct {
+  const void *G;
+  void *dW;
+  sn_dtype_t dt;
+  sn_view_t vw;
+  const float *u, *v;
+  double a, b;
+  int accumulate;
+} backward_t;
+
+/* Runs of contiguous elements, each read before it is written (dW may be G): a row's B elements
+ * (one u_i, B of v); with B = 1 (dim −1), an A's h elements (h of u, one v_A). */
+static void backward_runs(const void *ctx, int64_t r_begin, int64_t r_end) {
+  const backward_t *p = (const backward_t *)ctx;
+  const sn_view_t vw = p->vw;
+  float gb[CHUNK], db[CHUNK], out[CHUNK];
+  const int by_rows = vw.B > 1;
+  const int64_t len = by_rows ? vw.B : vw.h;
+  for (int64_t r = r_begin; r < r_end; ++r)
+    for (int64_t c0 = 0; c0 < len; c0 += CHUNK) {
+      const int64_t k = r * len + c0, m = chunk_len(c0, len);
+      const float *gk = floats_at(p->G, p->dt, k, m, gb);
+      const float *old = p->accumulate ? floats_at(p->dW, p->dt, k, m, db) : NULL;
+      if (by_rows) /* row r = A·h + i */
+        backward_run(p->a, p->b, gk, old, p->u + r % vw.h, 0, p->v + (r / vw.h) * vw.B + c0, 1, m, out);
+      else /* A = r */
+        backward_run(p->a, p->b, gk, old, p->u + c0, 1, p->v + r, 0, m, out);
+      sn_store_n(p->dW, p->dt, k, m, out);
+    }
+}
+
 double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn_view_t vw,
                        const float *u, const float *v, float sigma, float norm_bound, float g,
                        float clamp_eps, int detach_sigma, int accumulate) {
   const int64_t n = vw.A * vw.h * vw.B;
-  float gb[CHUNK], db[CHUNK], out[CHUNK];
   /* σ <= 0 (no σ yet): a = b = 0, so dW = 0·G (+ dW): ±0, and NaN where G is not finite, as the
    * GPU's kernels compute it (the derivative of W_sn = W · 0). (The GPU forms u_i·v_j in float:
    * with vectors set by hand so large that it overflows, its 0·inf is NaN where this gives ±0.) */
   const int have_sigma = sigma > 0.0f;
   const double d = sn_ref_divisor(sigma, norm_bound);
-  const double gw = have_sigma ? sn_ref_inner(G, W, dt, n) : 0.0;
+  const double gw = have_sigma ? sn_ref_inner(G, W, dt, n) : 0.0; /* one sum in order: one thread */
   const double a = have_sigma ? (double)g / d : 0.0;
   const int depends = have_sigma && !detach_sigma && !(norm_bound > 0.0f && sigma <= norm_bound) &&
                       !(sigma <= clamp_eps);
   const double b = depends ? a * gw / (double)sigma : 0.0;
-  /* Runs of contiguous elements, each read before it is written (dW may be G): a row's B elements
-   * (one u_i, B of v); with B = 1 (dim −1), an A's h elements (h of u, one v_A). */
-  const int by_rows = vw.B > 1;
-  const int64_t runs = by_rows ? vw.A * vw.h : vw.A, len = by_rows ? vw.B : vw.h;
-  for (int64_t r = 0; r < runs; ++r)
-    for (int64_t c0 = 0; c0 < len; c0 += CHUNK) {
-      const int64_t k = r * len + c0, m = chunk_len(c0, len);
-      const float *gk = floats_at(G, dt, k, m, gb);
-      const float *old = accumulate ? floats_at(dW, dt, k, m, db) : NULL;
-      if (by_rows) /* row r = A·h + i */
-        backward_run(a, b, gk, old, u + r % vw.h, 0, v + (r / vw.h) * vw.B + c0, 1, m, out);
-      else /* A = r */
-        backward_run(a, b, gk, old, u + c0, 1, v + r, 0, m, out);
-      sn_store_n(dW, dt, k, m, out);
-    }
+  const backward_t p = {G, dW, dt, vw, u, v, a, b, accumulate};
+  parallel_for(vw.B > 1 ? vw.A * vw.h : vw.A, 1, n, backward_runs, &p);
   return have_sigma ? gw / d : 0.0;
 }

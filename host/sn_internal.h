@@ -42,6 +42,7 @@ struct sn_layer {
   double *ref_u;       /* h */
   double *ref_v;       /* w */
   double *ref_t;       /* h */
+  int cpu_threads;     /* threads of its calls (sn__cpu_threads, at creation) */
 };
 
 /* Portable generator for the initial u and v: N(randn(n)) from (seed, stream_id), in double,
@@ -109,6 +110,10 @@ int sn__may_retry_on(sn_stream_t stream);
 
 /* CPU backend forward (host/cpu_backend.c): the same arguments and semantics as
  * sn_cuda_forward, computed with the double-precision reference. Blocks. */
+/* The threads a CPU layer's calls may use, read when it is created: SPECNORM_CPU_THREADS when it
+ * is an integer from 1 to SN_REF_MAX_THREADS (other values are ignored), else the processors this
+ * thread may run on, at most 8. */
+int sn__cpu_threads(void);
 void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args);
 void sn__cpu_backward(sn_layer_t *layer, const void *W, const void *G, void *dW, unsigned flags,
                       float *dgamma);

@@ -33,6 +33,20 @@ void sn_store_n(void *p, sn_dtype_t t, int64_t k, int64_t n, const float *x);
 /* The view of a weight of `ndim` dimensions `shape` for output axis `dim` (already in [0, ndim)). */
 sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim);
 
+/* Threads the calling thread's next calls below may use (1, the default: the calling thread
+ * alone; at most SN_REF_MAX_THREADS). sn_ref_matvec, sn_ref_matvec_t (and so sn_ref_iterate and
+ * sn_ref_sigma), sn_ref_divide and sn_ref_backward's dW split their outputs among up to that many
+ * threads, each taking at least the grain's elements of W (SN_REF_GRAIN: ~0.1 ms of work, where
+ * starting and joining a thread costs some 20-50 µs); every output element is still computed by one
+ * thread in the order of the elements, so the results are the same bits for any count or grain.
+ * The sums over all of W (sn_ref_inner, the backward's ⟨G, W⟩) stay on the calling thread. Both
+ * return the previous value, and hold for the calling thread only (thread-local); the grain is
+ * changed only by the tests, to split small weights. */
+#define SN_REF_MAX_THREADS 64
+#define SN_REF_GRAIN ((int64_t)1 << 17)
+int sn_ref_set_threads(int n);
+int64_t sn_ref_set_grain(int64_t elements);
+
 /* t = M x  (t: h, x: w). */
 void sn_ref_matvec(const void *W, sn_dtype_t dt, sn_view_t vw, const double *x, double *t);
 /* s = Mᵀ y (s: w, y: h). */

@@ -764,3 +764,109 @@ TEST_F(CpuApi, SetStateWithNoSigmaOrAZeroU) {
     EXPECT_GT(get_state(l).sigma, 0.f);
   }
 }
+
+// ---- The CPU backend's threads (SPECNORM_CPU_THREADS, host/cpu_backend.c) --------------------
+
+// A CPU layer reads SPECNORM_CPU_THREADS when it is created: an integer from 1 to 64 is taken,
+// anything else leaves the default, the processors the creating thread may run on, at most 8.
+TEST(CpuThreads, TheEnvironmentSetsALayersThreads) {
+  const sn_layer_desc_t d = make_desc({8, 6}, SN_BACKEND_CPU);
+  int dflt = 0;
+  {
+    ScopedEnv env("SPECNORM_CPU_THREADS", nullptr);
+    LayerPtr l(d);
+    ASSERT_TRUE(l.p);
+    dflt = l.p->cpu_threads;
+  }
+  EXPECT_GE(dflt, 1);
+  EXPECT_LE(dflt, 8);
+  const struct {
+    const char *value;
+    int threads;
+  } cases[] = {{"1", 1}, {"5", 5}, {"64", 64}, {"0", dflt}, {"65", dflt}, {"-2", dflt},
+               {"3x", dflt}, {"abc", dflt}, {"", dflt}, {"99999999999999999999", dflt}};
+  for (const auto &c : cases) {
+    ScopedEnv env("SPECNORM_CPU_THREADS", c.value);
+    LayerPtr l(d);
+    ASSERT_TRUE(l.p);
+    EXPECT_EQ(l.p->cpu_threads, c.threads) << "SPECNORM_CPU_THREADS=\"" << c.value << "\"";
+  }
+}
+
+// The same CPU layers created with 1 thread and with 7 (SPECNORM_CPU_THREADS) give the same bits:
+// states, W_sn, dW (fresh and accumulated, with and without the σ term) and ∂L/∂γ, through
+// training, eval and scale-only forwards. The weights are large enough for the default grain
+// (2^17 elements a thread) to split them: rows, a view with A > 1 and B > 1, a dim −1 view (B = 1),
+// both orders, fp32 and bf16, and a γ.
+TEST(CpuThreads, LayersGiveTheSameBitsOnAnyNumberOfThreads) {
+  Rng rng(fresh_seed());
+  struct Case {
+    std::vector<int64_t> shape;
+    int dim;
+    sn_order_t order;
+    sn_dtype_t dt;
+  } cases[] = {{{600, 1000}, 0, SN_ORDER_U_FIRST, SN_DTYPE_FLOAT32},
+               {{40, 300, 5, 5}, 1, SN_ORDER_V_FIRST, SN_DTYPE_FLOAT32},
+               {{1000, 401}, -1, SN_ORDER_V_FIRST, SN_DTYPE_BFLOAT16},
+               {{517, 999}, 0, SN_ORDER_U_FIRST, SN_DTYPE_BFLOAT16}};
+  for (const Case &c : cases) {
+    SCOPED_TRACE(shape_str(c.shape) + " dim " + std::to_string(c.dim));
+    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CPU, c.dim);
+    d.order = c.order;
+    d.dtype = c.dt;
+    d.n_power_iterations = 2;
+    d.warmup_iterations = 3;
+    const int64_t n = numel_of(c.shape);
+    ASSERT_GE(n, 2 * SN_REF_GRAIN) << "the case must split at the default grain";
+    const size_t bytes = static_cast<size_t>(n) * sn_dtype_size(c.dt);
+    std::vector<uint8_t> W(bytes), G(bytes), D(bytes);
+    const std::vector<float> w = rng.normals(n), g = rng.normals(n), dw = rng.normals(n);
+    for (int64_t k = 0; k < n; ++k) {
+      sn_store(W.data(), c.dt, k, w[static_cast<size_t>(k)]);
+      sn_store(G.data(), c.dt, k, g[static_cast<size_t>(k)]);
+      sn_store(D.data(), c.dt, k, dw[static_cast<size_t>(k)]);
+    }
+    struct Run {
+      std::vector<State> states;
+      std::vector<std::vector<uint8_t>> outs;
+      std::vector<float> dgamma;
+    };
+    auto run = [&](const char *threads) {
+      Run r;
+      ScopedEnv env("SPECNORM_CPU_THREADS", threads);
+      LayerPtr l(d);
+      EXPECT_TRUE(l.p);
+      if (!l.p) return r;
+      EXPECT_EQ(l.p->cpu_threads, std::atoi(threads));
+      const float gamma = 0.8f;
+      EXPECT_EQ(sn_layer_set_gamma(l, &gamma), SN_SUCCESS) << sn_last_error_message();
+      std::vector<uint8_t> out(bytes);
+      for (int step = 0; step < 4; ++step) {
+        const int training = step != 2;
+        const sn_status_t st = step == 3 ? sn_forward_scale_only(l, W.data(), 1, nullptr)
+                                         : sn_forward(l, W.data(), out.data(), training, nullptr);
+        EXPECT_EQ(st, SN_SUCCESS) << sn_last_error_message();
+        r.states.push_back(get_state(l));
+        r.outs.push_back(out);
+      }
+      for (unsigned flags : {0u, unsigned(SN_BACKWARD_ACCUMULATE), unsigned(SN_BACKWARD_DETACH_SIGMA)}) {
+        std::vector<uint8_t> dW = D;
+        float dg = -1.f;
+        EXPECT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), flags, &dg, nullptr), SN_SUCCESS)
+            << sn_last_error_message();
+        r.outs.push_back(dW);
+        r.dgamma.push_back(dg);
+      }
+      return r;
+    };
+    const Run one = run("1"), seven = run("7");
+    ASSERT_EQ(one.states.size(), seven.states.size());
+    for (size_t k = 0; k < one.states.size(); ++k) EXPECT_TRUE(same_state(one.states[k], seven.states[k])) << "step " << k;
+    ASSERT_EQ(one.outs.size(), seven.outs.size());
+    for (size_t k = 0; k < one.outs.size(); ++k) EXPECT_TRUE(one.outs[k] == seven.outs[k]) << "output " << k;
+    EXPECT_EQ(0, std::memcmp(one.dgamma.data(), seven.dgamma.data(), one.dgamma.size() * sizeof(float)));
+    // Not a vacuous comparison: the steps changed the state and wrote W_sn.
+    EXPECT_FALSE(same_state(one.states[0], one.states[1]));
+    EXPECT_FALSE(one.outs[0] == std::vector<uint8_t>(bytes));
+  }
+}

@@ -158,11 +158,23 @@ TEST(Reference, ViewEqualsExplicitPermutation) {
 // The reference's loops take W, G and dW in chunks of 512 elements and its M x four rows at a
 // time (host/reference.c); every sum must still add its terms one at a time in element order.
 // Against those sums written out element by element, bit for bit, on rows shorter and longer
-// than a chunk, row counts that are not multiples of 4, views with A > 1, and every dtype.
+// than a chunk, row counts that are not multiples of 4, views with A > 1, and every dtype; on the
+// calling thread alone, and split over 2 to 64 threads (sn_ref_set_threads) with grains small
+// enough that these weights split into ranges of every kind: a few rows, columns that cut an a of
+// the view in two, runs of the backward, chunks of the division.
 TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
   SN_SEEDED_RNG();
-  const sn_view_t views[] = {{1, 1, 1}, {1, 5, 511}, {1, 7, 512}, {3, 6, 513}, {2, 9, 1100}, {4, 3, 1},
-                             {300, 7, 1}, {2, 1030, 1}};
+  const sn_view_t views[] = {{1, 1, 1},   {1, 5, 511},  {1, 7, 512},    {3, 6, 513},   {2, 9, 1100},
+                             {4, 3, 1},   {300, 7, 1},  {2, 1030, 1},   {5, 1700, 1},  {1, 37, 2051},
+                             {7, 11, 53}, {1, 2049, 3}};
+  struct Split {
+    int threads;
+    int64_t grain;
+  };
+  for (const Split split : {Split{1, SN_REF_GRAIN}, Split{2, 1}, Split{3, 700}, Split{8, 1}, Split{64, 1}}) {
+  SCOPED_TRACE("threads " + std::to_string(split.threads) + ", grain " + std::to_string(split.grain));
+  const int threads_before = sn_ref_set_threads(split.threads);
+  const int64_t grain_before = sn_ref_set_grain(split.grain);
   for (sn_dtype_t dt : {SN_DTYPE_FLOAT32, SN_DTYPE_FLOAT16, SN_DTYPE_BFLOAT16}) {
     for (const sn_view_t vw : views) {
       SCOPED_TRACE("dtype " + std::to_string(int(dt)) + ", view " + std::to_string(vw.A) + "x" +
@@ -241,6 +253,9 @@ TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
           }
         }
     }
+  }
+  EXPECT_EQ(sn_ref_set_grain(grain_before), split.grain);
+  EXPECT_EQ(sn_ref_set_threads(threads_before), split.threads);
   }
 }
 

@@ -120,7 +120,66 @@ Result run_layer_work(int id, int steps) {
   return r;
 }
 
+// A layer large enough for the CPU backend to split its products, division and backward over
+// threads of its own (host/reference.c: 2^17 elements a thread): `steps` training forwards and
+// backwards (fresh and accumulated), digested. Deterministic in `id`.
+uint64_t run_large_layer(int id, int steps) {
+  Rng rng(uint64_t(id) * 104729u + 3u);
+  const std::vector<int64_t> shape = id % 2 ? std::vector<int64_t>{523, 600} : std::vector<int64_t>{40, 300, 27};
+  sn_layer_desc_t d = make_desc(shape, SN_BACKEND_CPU, id % 2 ? 0 : 1);
+  d.dtype = id % 3 == 2 ? SN_DTYPE_BFLOAT16 : SN_DTYPE_FLOAT32;
+  d.order = sn_order_t(id % 2);
+  d.warmup_iterations = 2;
+  LayerPtr l(d);
+  if (!l.p) return 0;
+  const int64_t n = numel_of(shape);
+  const size_t bytes = size_t(n) * sn_dtype_size(d.dtype);
+  std::vector<unsigned char> W(bytes), Wsn(bytes), G(bytes), dW(bytes);
+  Digest g;
+  for (int step = 0; step < steps; ++step) {
+    for (int64_t k = 0; k < n; ++k) {
+      sn_store(W.data(), d.dtype, k, rng.normal());
+      sn_store(G.data(), d.dtype, k, rng.normal());
+    }
+    float dgamma = 0;
+    EXPECT_EQ(sn_forward(l, W.data(), Wsn.data(), 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), step % 2 ? unsigned(SN_BACKWARD_ACCUMULATE) : 0u,
+                          &dgamma, nullptr),
+              SN_SUCCESS)
+        << sn_last_error_message();
+    g.add(Wsn.data(), bytes);
+    g.add(dW.data(), bytes);
+    g.add(&dgamma, sizeof dgamma);
+  }
+  return g.h;
+}
+
 }  // namespace
+
+// Layers whose calls split over threads of their own (SPECNORM_CPU_THREADS=4), used from 3 threads
+// at once: the same bits as each used alone on one thread (SPECNORM_CPU_THREADS=1). Under
+// ThreadSanitizer in CI, this covers the reference's threads.
+TEST(Threads, LayersSplitOverTheirOwnThreadsMatchSerialBitwise) {
+  const int threads = 3, steps = 3;
+  std::vector<uint64_t> serial(threads), concurrent(threads);
+  {
+    ScopedEnv env("SPECNORM_CPU_THREADS", "1");
+    for (int id = 0; id < threads; ++id) serial[size_t(id)] = run_large_layer(id, steps);
+  }
+  ScopedEnv env("SPECNORM_CPU_THREADS", "4");
+  Barrier start(threads);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      start.wait();
+      concurrent[size_t(t)] = run_large_layer(t, steps);
+    });
+  for (auto &th : pool) th.join();
+  for (int id = 0; id < threads; ++id) {
+    EXPECT_NE(serial[size_t(id)], 0u) << "layer " << id;
+    EXPECT_EQ(serial[size_t(id)], concurrent[size_t(id)]) << "layer " << id;
+  }
+}
 
 TEST(Threads, DistinctLayersOnManyThreadsMatchSerialBitwise) {
   const int threads = env_int("SN_THREADS", 8), per = env_int("SN_THREAD_LAYERS", 50),
