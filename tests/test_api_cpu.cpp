@@ -849,6 +849,8 @@ TEST(CpuThreads, LayersGiveTheSameBitsOnAnyNumberOfThreads) {
         r.states.push_back(get_state(l));
         r.outs.push_back(out);
       }
+      // The layer's count holds for its calls alone: the calling thread's own is back after each.
+      EXPECT_EQ(sn_ref_set_threads(1), 1) << "after the forwards";
       for (unsigned flags : {0u, unsigned(SN_BACKWARD_ACCUMULATE), unsigned(SN_BACKWARD_DETACH_SIGMA)}) {
         std::vector<uint8_t> dW = D;
         float dg = -1.f;
@@ -856,6 +858,7 @@ TEST(CpuThreads, LayersGiveTheSameBitsOnAnyNumberOfThreads) {
             << sn_last_error_message();
         r.outs.push_back(dW);
         r.dgamma.push_back(dg);
+        EXPECT_EQ(sn_ref_set_threads(1), 1) << "after a backward";
       }
       return r;
     };

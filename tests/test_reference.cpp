@@ -259,6 +259,28 @@ TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
   }
 }
 
+// The setters clamp: a count below 1 is 1 and above SN_REF_MAX_THREADS is that maximum; a grain
+// below 1 element is 1 (a split of a small weight then still gives the single thread's bits).
+TEST(Reference, ThreadAndGrainSettersClamp) {
+  SN_SEEDED_RNG();
+  const int threads_before = sn_ref_set_threads(0);
+  EXPECT_EQ(sn_ref_set_threads(-5), 1);
+  EXPECT_EQ(sn_ref_set_threads(1000), 1);
+  EXPECT_EQ(sn_ref_set_threads(3), SN_REF_MAX_THREADS);
+  const int64_t grain_before = sn_ref_set_grain(0);
+  EXPECT_EQ(sn_ref_set_grain(-7), 1);
+  const sn_view_t vw = {1, 9, 40};
+  const std::vector<float> W = rng.normals(9 * 40);
+  const std::vector<double> x = to_double(rng.normals(40));
+  std::vector<double> split(9), alone(9);
+  sn_ref_matvec(W.data(), SN_DTYPE_FLOAT32, vw, x.data(), split.data());
+  EXPECT_EQ(sn_ref_set_grain(SN_REF_GRAIN), 1);
+  sn_ref_matvec(W.data(), SN_DTYPE_FLOAT32, vw, x.data(), alone.data());
+  EXPECT_EQ(0, std::memcmp(split.data(), alone.data(), sizeof(double) * 9));
+  sn_ref_set_grain(grain_before);
+  EXPECT_EQ(sn_ref_set_threads(threads_before), 3);
+}
+
 // sn_load_n / sn_store_n (the chunks the reference reads and writes) give sn_load's and
 // sn_store's bits element by element, at any offset, for every dtype, NaN and Inf included.
 TEST(Reference, ChunkConversionsAreElementByElement) {
