@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 enum { CHUNK = 512 };
 
@@ -31,6 +32,9 @@ sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim) {
  * elements, so the results are the same bits for any number of threads ---- */
 
 static _Thread_local int ref_threads = 1;
+static _Atomic int64_t threads_started; /* by parallel_for, in the whole process */
+
+int64_t sn_ref_threads_started(void) { return atomic_load(&threads_started); }
 static _Thread_local int64_t ref_grain = SN_REF_GRAIN;
 
 int sn_ref_set_threads(int n) {
@@ -80,7 +84,10 @@ static void parallel_for(int64_t n, int64_t align, int64_t work, range_fn fn, co
     r[k] = (range_t){fn, ctx, u * align, u + take == units ? n : (u + take) * align};
     u += take;
   }
-  for (int64_t k = 1; k < parts; ++k) started[k] = pthread_create(&th[k], NULL, run_range, &r[k]) == 0;
+  for (int64_t k = 1; k < parts; ++k) {
+    started[k] = pthread_create(&th[k], NULL, run_range, &r[k]) == 0;
+    if (started[k]) atomic_fetch_add_explicit(&threads_started, 1, memory_order_relaxed);
+  }
   run_range(&r[0]);
   for (int64_t k = 1; k < parts; ++k) {
     if (started[k])
@@ -149,7 +156,9 @@ static void matvec_rows(const void *ctx, int64_t i_begin, int64_t i_end) {
 
 void sn_ref_matvec(const void *W, sn_dtype_t dt, sn_view_t vw, const double *x, double *t) {
   const product_t p = {W, dt, vw, x, t};
-  parallel_for(vw.h, vw.B == 1 ? CHUNK : 4, vw.A * vw.h * vw.B, matvec_rows, &p);
+  /* Rows in ranges of 16 at least with B = 1 (a thread's part of a column of h is a whole number
+   * of 64-byte lines of fp32), of any number else. */
+  parallel_for(vw.h, vw.B == 1 ? 16 : 1, vw.A * vw.h * vw.B, matvec_rows, &p);
 }
 
 /* s_j for the columns j = a·B + b in [j0, j1), each the sum over the rows in row order. With B = 1

@@ -35,8 +35,9 @@ sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim);
 
 /* Threads the calling thread's next calls below may use (1, the default: the calling thread
  * alone; at most SN_REF_MAX_THREADS). sn_ref_matvec, sn_ref_matvec_t (and so sn_ref_iterate and
- * sn_ref_sigma), sn_ref_divide and sn_ref_backward's dW split their outputs among up to that many
- * threads, each taking at least the grain's elements of W (SN_REF_GRAIN: ~0.1 ms of work, where
+ * sn_ref_sigma), sn_ref_divide and sn_ref_backward's dW split their outputs (M v's rows, Mᵀ y's
+ * columns, ranges of elements, rows of dW; so a product with few outputs splits less) among up to
+ * that many threads, each taking at least the grain's elements of W (SN_REF_GRAIN: ~0.1 ms of work, where
  * starting and joining a thread costs some 20-50 µs); every output element is still computed by one
  * thread in the order of the elements, so the results are the same bits for any count or grain.
  * The sums over all of W (sn_ref_inner, the backward's ⟨G, W⟩) stay on the calling thread. Both
@@ -46,6 +47,8 @@ sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim);
 #define SN_REF_GRAIN ((int64_t)1 << 17)
 int sn_ref_set_threads(int n);
 int64_t sn_ref_set_grain(int64_t elements);
+/* Threads the calls above have started in this process so far (for the tests: whether a call split). */
+int64_t sn_ref_threads_started(void);
 
 /* t = M x  (t: h, x: w). */
 void sn_ref_matvec(const void *W, sn_dtype_t dt, sn_view_t vw, const double *x, double *t);

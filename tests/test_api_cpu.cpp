@@ -862,7 +862,12 @@ TEST(CpuThreads, LayersGiveTheSameBitsOnAnyNumberOfThreads) {
       }
       return r;
     };
-    const Run one = run("1"), seven = run("7");
+    const int64_t started0 = sn_ref_threads_started();
+    const Run one = run("1");
+    const int64_t started1 = sn_ref_threads_started();
+    const Run seven = run("7");
+    EXPECT_EQ(started1, started0) << "one thread started others";
+    EXPECT_GT(sn_ref_threads_started(), started1) << "seven threads did not split";
     ASSERT_EQ(one.states.size(), seven.states.size());
     for (size_t k = 0; k < one.states.size(); ++k) EXPECT_TRUE(same_state(one.states[k], seven.states[k])) << "step " << k;
     ASSERT_EQ(one.outs.size(), seven.outs.size());

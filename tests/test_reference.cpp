@@ -175,6 +175,7 @@ TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
   SCOPED_TRACE("threads " + std::to_string(split.threads) + ", grain " + std::to_string(split.grain));
   const int threads_before = sn_ref_set_threads(split.threads);
   const int64_t grain_before = sn_ref_set_grain(split.grain);
+  const int64_t started = sn_ref_threads_started();
   for (sn_dtype_t dt : {SN_DTYPE_FLOAT32, SN_DTYPE_FLOAT16, SN_DTYPE_BFLOAT16}) {
     for (const sn_view_t vw : views) {
       SCOPED_TRACE("dtype " + std::to_string(int(dt)) + ", view " + std::to_string(vw.A) + "x" +
@@ -254,6 +255,8 @@ TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
         }
     }
   }
+  if (split.threads > 1) EXPECT_GT(sn_ref_threads_started(), started) << "no call split";
+  else EXPECT_EQ(sn_ref_threads_started(), started) << "a call split on one thread";
   EXPECT_EQ(sn_ref_set_grain(grain_before), split.grain);
   EXPECT_EQ(sn_ref_set_threads(threads_before), split.threads);
   }

@@ -167,6 +167,7 @@ TEST(Threads, LayersSplitOverTheirOwnThreadsMatchSerialBitwise) {
     for (int id = 0; id < threads; ++id) serial[size_t(id)] = run_large_layer(id, steps);
   }
   ScopedEnv env("SPECNORM_CPU_THREADS", "4");
+  const int64_t started = sn_ref_threads_started();
   Barrier start(threads);
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t)
@@ -175,6 +176,7 @@ TEST(Threads, LayersSplitOverTheirOwnThreadsMatchSerialBitwise) {
       concurrent[size_t(t)] = run_large_layer(t, steps);
     });
   for (auto &th : pool) th.join();
+  EXPECT_GT(sn_ref_threads_started(), started) << "the layers' calls did not split";
   for (int id = 0; id < threads; ++id) {
     EXPECT_NE(serial[size_t(id)], 0u) << "layer " << id;
     EXPECT_EQ(serial[size_t(id)], concurrent[size_t(id)]) << "layer " << id;
