@@ -3,7 +3,11 @@
  * They take W (and G, dW) a chunk of elements at a time as floats (sn_load's values: float32 in
  * place, the 2-byte types converted into a buffer), so that each inner loop is one plain loop over
  * floats, without a call per element. Every sum still adds its terms one at a time in the order of
- * the elements, so the results are those of one element at a time, bit for bit. */
+ * the elements, so the results are those of one element at a time, bit for bit; ⟨G, W⟩ adds blocks
+ * of SN_REF_INNER_BLOCK elements so, then the blocks' sums in block order. The products, the
+ * division, the blocks of ⟨G, W⟩ and the backward's dW may be split over threads
+ * (sn_ref_set_threads); each output (an element, a block's sum) is still one thread's sum in that
+ * order, so the bits do not depend on the split. */
 #include "sn_reference.h"
 
 #include <math.h>
@@ -287,15 +291,45 @@ void sn_ref_divide(const void *W, void *W_sn, sn_dtype_t dt, int64_t n, float si
   parallel_for(n, CHUNK, n, divide_range, &p);
 }
 
-double sn_ref_inner(const void *G, const void *W, sn_dtype_t dt, int64_t n) {
+typedef struct {
+  const void *G, *W;
+  sn_dtype_t dt;
+  int64_t n, block0; /* the elements; the first block of this round */
+  double *sums;      /* this round's block sums */
+} inner_t;
+
+/* The sums of blocks [block0 + begin, block0 + end), each over its elements in order. */
+static void inner_blocks(const void *ctx, int64_t begin, int64_t end) {
+  const inner_t *p = (const inner_t *)ctx;
   float gb[CHUNK], wb[CHUNK];
-  double acc = 0.0;
-  for (int64_t k0 = 0; k0 < n; k0 += CHUNK) {
-    const int64_t m = chunk_len(k0, n);
-    const float *g = floats_at(G, dt, k0, m, gb), *w = floats_at(W, dt, k0, m, wb);
-    for (int64_t e = 0; e < m; ++e) acc += (double)g[e] * (double)w[e];
+  for (int64_t b = begin; b < end; ++b) {
+    const int64_t k_begin = (p->block0 + b) * SN_REF_INNER_BLOCK;
+    const int64_t k_end = p->n - k_begin < SN_REF_INNER_BLOCK ? p->n : k_begin + SN_REF_INNER_BLOCK;
+    double acc = 0.0;
+    for (int64_t k0 = k_begin; k0 < k_end; k0 += CHUNK) {
+      const int64_t m = chunk_len(k0, k_end);
+      const float *g = floats_at(p->G, p->dt, k0, m, gb), *w = floats_at(p->W, p->dt, k0, m, wb);
+      for (int64_t e = 0; e < m; ++e) acc += (double)g[e] * (double)w[e];
+    }
+    p->sums[b] = acc;
   }
-  return acc;
+}
+
+/* Rounds of up to ROUND blocks (4M elements): their sums in parallel into a buffer on the stack,
+ * then added to the total in block order on the calling thread. */
+double sn_ref_inner(const void *G, const void *W, sn_dtype_t dt, int64_t n) {
+  enum { ROUND = 64 };
+  double sums[ROUND], total = 0.0;
+  const int64_t blocks = (n + SN_REF_INNER_BLOCK - 1) / SN_REF_INNER_BLOCK;
+  for (int64_t b0 = 0; b0 < blocks; b0 += ROUND) {
+    const int64_t count = blocks - b0 < ROUND ? blocks - b0 : ROUND;
+    const inner_t p = {G, W, dt, n, b0, sums};
+    const int64_t first = b0 * SN_REF_INNER_BLOCK;
+    const int64_t elements = n - first < count * SN_REF_INNER_BLOCK ? n - first : count * SN_REF_INNER_BLOCK;
+    parallel_for(count, 1, elements, inner_blocks, &p);
+    for (int64_t b = 0; b < count; ++b) total += sums[b];
+  }
+  return total;
 }
 
 /* m elements of dW = a·G − b·u_i·v_j (+ dW) from `g` (and `old`, accumulating) into `out`:
@@ -349,7 +383,7 @@ double sn_ref_backward(const void *W, const void *G, void *dW, sn_dtype_t dt, sn
    * with vectors set by hand so large that it overflows, its 0·inf is NaN where this gives ±0.) */
   const int have_sigma = sigma > 0.0f;
   const double d = sn_ref_divisor(sigma, norm_bound);
-  const double gw = have_sigma ? sn_ref_inner(G, W, dt, n) : 0.0; /* one sum in order: one thread */
+  const double gw = have_sigma ? sn_ref_inner(G, W, dt, n) : 0.0;
   const double a = have_sigma ? (double)g / d : 0.0;
   const int depends = have_sigma && !detach_sigma && !(norm_bound > 0.0f && sigma <= norm_bound) &&
                       !(sigma <= clamp_eps);

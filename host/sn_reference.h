@@ -40,8 +40,8 @@ sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim);
  * that many threads, each taking at least the grain's elements of W (SN_REF_GRAIN: ~0.1 ms of work, where
  * starting and joining a thread costs some 20-50 µs); every output element is still computed by one
  * thread in the order of the elements, so the results are the same bits for any count or grain.
- * The sums over all of W (sn_ref_inner, the backward's ⟨G, W⟩) stay on the calling thread. Both
- * return the previous value, and hold for the calling thread only (thread-local); the grain is
+ * ⟨G, W⟩ (sn_ref_inner) splits its blocks (SN_REF_INNER_BLOCK elements), whose sums the calling
+ * thread adds in order. Both setters return the previous value, and hold for the calling thread only (thread-local); the grain is
  * changed only by the tests, to split small weights. */
 #define SN_REF_MAX_THREADS 64
 #define SN_REF_GRAIN ((int64_t)1 << 17)
@@ -81,7 +81,9 @@ float sn_ref_divisor(float sigma, float norm_bound);
 void sn_ref_divide(const void *W, void *W_sn, sn_dtype_t dt, int64_t n, float sigma,
                    float norm_bound, float g);
 
-/* ⟨G, W⟩ = Σ G ∘ W in double. */
+/* ⟨G, W⟩ = Σ G ∘ W in double: the sum of each block of SN_REF_INNER_BLOCK elements in element
+ * order, then the blocks' sums in block order (fixed blocks: the same bits for any threads). */
+#define SN_REF_INNER_BLOCK ((int64_t)1 << 16)
 double sn_ref_inner(const void *G, const void *W, sn_dtype_t dt, int64_t n);
 
 /* The backward of W_sn = (W / d) · g (SPEC.md, "Backward" and "Scaled variants"), with u, v, σ of

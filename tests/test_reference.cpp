@@ -161,7 +161,8 @@ TEST(Reference, ViewEqualsExplicitPermutation) {
 // than a chunk, row counts that are not multiples of 4, views with A > 1, and every dtype; on the
 // calling thread alone, and split over 2 to 13 threads (sn_ref_set_threads) with grains small
 // enough that these weights split into ranges of every kind: a few rows, columns that cut an a of
-// the view in two, runs of the backward, chunks of the division.
+// the view in two, runs of the backward, chunks of the division, blocks of ⟨G, W⟩ (37 × 2051 has
+// two: the second sum added to the first).
 TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
   SN_SEEDED_RNG();
   const sn_view_t views[] = {{1, 1, 1},   {1, 5, 511},  {1, 7, 512},    {3, 6, 513},   {2, 9, 1100},
@@ -206,9 +207,14 @@ TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
       EXPECT_EQ(0, std::memcmp(t.data(), t_ref.data(), t.size() * sizeof(double))) << "M x";
       EXPECT_EQ(0, std::memcmp(s.data(), s_ref.data(), s.size() * sizeof(double))) << "M^T y";
 
+      // ⟨G, W⟩: each block of SN_REF_INNER_BLOCK elements in order, then the blocks in order.
       double gw_ref = 0.0;
-      for (int64_t k = 0; k < n; ++k)
-        gw_ref += double(sn_load(G.data(), dt, k)) * double(sn_load(W.data(), dt, k));
+      for (int64_t k0 = 0; k0 < n; k0 += SN_REF_INNER_BLOCK) {
+        double block = 0.0;
+        for (int64_t k = k0; k < std::min(n, k0 + SN_REF_INNER_BLOCK); ++k)
+          block += double(sn_load(G.data(), dt, k)) * double(sn_load(W.data(), dt, k));
+        gw_ref += block;
+      }
       const double gw = sn_ref_inner(G.data(), W.data(), dt, n);
       EXPECT_EQ(0, std::memcmp(&gw, &gw_ref, sizeof gw)) << "<G, W>";
 
@@ -259,6 +265,30 @@ TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
   else EXPECT_EQ(sn_ref_threads_started(), started) << "a call split on one thread";
   EXPECT_EQ(sn_ref_set_grain(grain_before), split.grain);
   EXPECT_EQ(sn_ref_set_threads(threads_before), split.threads);
+  }
+}
+
+// ⟨G, W⟩ over more blocks than one round of sn_ref_inner takes (64 of SN_REF_INNER_BLOCK
+// elements), the last block short: each block's sum in element order, then the blocks' sums in
+// order, bit for bit, on one thread and on five.
+TEST(Reference, InnerProductAddsFixedBlocksInOrder) {
+  SN_SEEDED_RNG();
+  const int64_t n = 65 * SN_REF_INNER_BLOCK + 17;
+  const std::vector<float> G = rng.normals(n), W = rng.normals(n);
+  double expect = 0.0;
+  for (int64_t k0 = 0; k0 < n; k0 += SN_REF_INNER_BLOCK) {
+    double block = 0.0;
+    for (int64_t k = k0; k < std::min(n, k0 + SN_REF_INNER_BLOCK); ++k)
+      block += double(G[size_t(k)]) * double(W[size_t(k)]);
+    expect += block;
+  }
+  for (int threads : {1, 5}) {
+    const int before = sn_ref_set_threads(threads);
+    const int64_t started = sn_ref_threads_started();
+    const double got = sn_ref_inner(G.data(), W.data(), SN_DTYPE_FLOAT32, n);
+    EXPECT_EQ(0, std::memcmp(&got, &expect, sizeof got)) << threads << " threads: " << got << " vs " << expect;
+    EXPECT_EQ(sn_ref_threads_started() > started, threads > 1) << threads << " threads";
+    sn_ref_set_threads(before);
   }
 }
 
