@@ -116,6 +116,18 @@ TEST(Dtype, HostConversionsMatchCuda) {
     xs.push_back(x);
   }
   for (int k = -30; k < 20; ++k) xs.push_back(std::ldexp(rng.uniform(1.f, 2.f), k));
+  // Every rounding boundary of the narrowing to half: the midpoint between each pair of
+  // neighbouring finite positive halves, subnormal and normal, and the floats either side of it,
+  // with both signs (65504's boundary with inf, 65520, is among the values above).
+  for (uint32_t b = 0; b < 0x7BFFu; ++b) {
+    __half_raw lo, hi;
+    lo.x = uint16_t(b), hi.x = uint16_t(b + 1);
+    const float mid = (__half2float(__half(lo)) + __half2float(__half(hi))) / 2.f;
+    for (float x : {mid, std::nextafter(mid, 0.f), std::nextafter(mid, INFINITY)}) {
+      xs.push_back(x);
+      xs.push_back(-x);
+    }
+  }
   for (float x : xs) {
     const uint16_t rb = __half_raw(__float2half_rn(x)).x, mb = sn_float_to_half(x);
     if (std::isnan(x)) {
