@@ -36,10 +36,10 @@ sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim) {
  * elements, so the results are the same bits for any number of threads ---- */
 
 static _Thread_local int ref_threads = 1;
+static _Thread_local int64_t ref_grain = SN_REF_GRAIN;
 static _Atomic int64_t threads_started; /* by parallel_for, in the whole process */
 
 int64_t sn_ref_threads_started(void) { return atomic_load(&threads_started); }
-static _Thread_local int64_t ref_grain = SN_REF_GRAIN;
 
 int sn_ref_set_threads(int n) {
   const int prev = ref_threads;

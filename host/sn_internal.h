@@ -108,12 +108,12 @@ void sn__leave_device(int device, int prev);
  * legacy stream while another thread captures, a retry would fail too: no). */
 int sn__may_retry_on(sn_stream_t stream);
 
-/* CPU backend forward (host/cpu_backend.c): the same arguments and semantics as
- * sn_cuda_forward, computed with the double-precision reference. Blocks. */
-/* The threads a CPU layer's calls may use, read when it is created: SPECNORM_CPU_THREADS when it
- * is an integer from 1 to SN_REF_MAX_THREADS (other values are ignored), else the processors this
- * thread may run on, at most 8. */
+/* The threads a CPU layer's calls may use, read when it is created (host/cpu_backend.c):
+ * SPECNORM_CPU_THREADS when it is an integer from 1 to SN_REF_MAX_THREADS (other values are
+ * ignored), else the processors this thread may run on, at most 8. */
 int sn__cpu_threads(void);
+/* CPU backend forward (host/cpu_backend.c): the same arguments and semantics as
+ * sn_cuda_forward, computed with the double-precision reference, on the layer's threads. Blocks. */
 void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args);
 void sn__cpu_backward(sn_layer_t *layer, const void *W, const void *G, void *dW, unsigned flags,
                       float *dgamma);
