@@ -155,6 +155,21 @@ TEST(Reference, ViewEqualsExplicitPermutation) {
   for (int k = 0; k < 42; ++k) EXPECT_NEAR(s1[static_cast<size_t>(k)], s2[static_cast<size_t>(k)], 1e-12);
 }
 
+// Σ term(k) over k < n as sn_ref_inner adds ⟨G, W⟩: each block of SN_REF_INNER_BLOCK terms in
+// order, then the blocks' sums in order.
+namespace {
+template <class F>
+double sum_in_blocks(int64_t n, F term) {
+  double total = 0.0;
+  for (int64_t k0 = 0; k0 < n; k0 += SN_REF_INNER_BLOCK) {
+    double block = 0.0;
+    for (int64_t k = k0; k < std::min(n, k0 + SN_REF_INNER_BLOCK); ++k) block += term(k);
+    total += block;
+  }
+  return total;
+}
+}  // namespace
+
 // The reference's loops take W, G and dW in chunks of 512 elements and its M x four rows at a
 // time (host/reference.c); every sum must still add its terms one at a time in element order.
 // Against those sums written out element by element, bit for bit, on rows shorter and longer
@@ -173,98 +188,92 @@ TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
     int64_t grain;
   };
   for (const Split split : {Split{1, SN_REF_GRAIN}, Split{2, 1}, Split{3, 700}, Split{8, 1}, Split{13, 1}}) {
-  SCOPED_TRACE("threads " + std::to_string(split.threads) + ", grain " + std::to_string(split.grain));
-  const int threads_before = sn_ref_set_threads(split.threads);
-  const int64_t grain_before = sn_ref_set_grain(split.grain);
-  const int64_t started = sn_ref_threads_started();
-  for (sn_dtype_t dt : {SN_DTYPE_FLOAT32, SN_DTYPE_FLOAT16, SN_DTYPE_BFLOAT16}) {
-    for (const sn_view_t vw : views) {
-      SCOPED_TRACE("dtype " + std::to_string(int(dt)) + ", view " + std::to_string(vw.A) + "x" +
-                   std::to_string(vw.h) + "x" + std::to_string(vw.B));
-      const int64_t h = vw.h, w = vw.A * vw.B, n = h * w;
-      const size_t bytes = size_t(n) * sn_dtype_size(dt);
-      std::vector<uint8_t> W(bytes), G(bytes), D(bytes);
-      for (int64_t k = 0; k < n; ++k) {
-        sn_store(W.data(), dt, k, rng.uniform(-2.f, 2.f));
-        sn_store(G.data(), dt, k, rng.uniform(-2.f, 2.f));
-        sn_store(D.data(), dt, k, rng.uniform(-2.f, 2.f));
-      }
-      auto at = [&](const std::vector<uint8_t> &X, int64_t a, int64_t i, int64_t b) {
-        return double(sn_load(X.data(), dt, (a * h + i) * vw.B + b));
-      };
-      const std::vector<double> x = to_double(rng.normals(w)), y = to_double(rng.normals(h));
-      std::vector<double> t(static_cast<size_t>(h)), s(static_cast<size_t>(w));
-      std::vector<double> t_ref(t.size(), 0.0), s_ref(s.size(), 0.0);
-      sn_ref_matvec(W.data(), dt, vw, x.data(), t.data());
-      sn_ref_matvec_t(W.data(), dt, vw, y.data(), s.data());
-      for (int64_t a = 0; a < vw.A; ++a)
-        for (int64_t i = 0; i < h; ++i) {
-          double acc = 0.0;
-          for (int64_t b = 0; b < vw.B; ++b) acc += at(W, a, i, b) * x[size_t(a * vw.B + b)];
-          t_ref[size_t(i)] += acc;
-          for (int64_t b = 0; b < vw.B; ++b) s_ref[size_t(a * vw.B + b)] += at(W, a, i, b) * y[size_t(i)];
-        }
-      EXPECT_EQ(0, std::memcmp(t.data(), t_ref.data(), t.size() * sizeof(double))) << "M x";
-      EXPECT_EQ(0, std::memcmp(s.data(), s_ref.data(), s.size() * sizeof(double))) << "M^T y";
-
-      // ⟨G, W⟩: each block of SN_REF_INNER_BLOCK elements in order, then the blocks in order.
-      double gw_ref = 0.0;
-      for (int64_t k0 = 0; k0 < n; k0 += SN_REF_INNER_BLOCK) {
-        double block = 0.0;
-        for (int64_t k = k0; k < std::min(n, k0 + SN_REF_INNER_BLOCK); ++k)
-          block += double(sn_load(G.data(), dt, k)) * double(sn_load(W.data(), dt, k));
-        gw_ref += block;
-      }
-      const double gw = sn_ref_inner(G.data(), W.data(), dt, n);
-      EXPECT_EQ(0, std::memcmp(&gw, &gw_ref, sizeof gw)) << "<G, W>";
-
-      // The division, in place and not, with σ > 0 and σ = 0.
-      for (float sigma : {1.7f, 0.f}) {
-        std::vector<uint8_t> out(bytes), in_place = W, expect(bytes);
-        sn_ref_divide(W.data(), out.data(), dt, n, sigma, 0.f, 0.75f);
-        sn_ref_divide(in_place.data(), in_place.data(), dt, n, sigma, 0.f, 0.75f);
+    SCOPED_TRACE("threads " + std::to_string(split.threads) + ", grain " + std::to_string(split.grain));
+    const int threads_before = sn_ref_set_threads(split.threads);
+    const int64_t grain_before = sn_ref_set_grain(split.grain);
+    const int64_t started = sn_ref_threads_started();
+    for (sn_dtype_t dt : {SN_DTYPE_FLOAT32, SN_DTYPE_FLOAT16, SN_DTYPE_BFLOAT16}) {
+      for (const sn_view_t vw : views) {
+        SCOPED_TRACE("dtype " + std::to_string(int(dt)) + ", view " + std::to_string(vw.A) + "x" +
+                     std::to_string(vw.h) + "x" + std::to_string(vw.B));
+        const int64_t h = vw.h, w = vw.A * vw.B, n = h * w;
+        const size_t bytes = size_t(n) * sn_dtype_size(dt);
+        std::vector<uint8_t> W(bytes), G(bytes), D(bytes);
         for (int64_t k = 0; k < n; ++k) {
-          const float e = sn_load(W.data(), dt, k);
-          sn_store(expect.data(), dt, k, sigma > 0.f ? (e / sigma) * 0.75f : e * 0.f);
+          sn_store(W.data(), dt, k, rng.uniform(-2.f, 2.f));
+          sn_store(G.data(), dt, k, rng.uniform(-2.f, 2.f));
+          sn_store(D.data(), dt, k, rng.uniform(-2.f, 2.f));
         }
-        EXPECT_EQ(out, expect) << "W_sn, sigma " << sigma;
-        EXPECT_EQ(in_place, expect) << "W_sn in place, sigma " << sigma;
-      }
-
-      // The backward with and without the σ term, into dW and in place over G, = and +=.
-      std::vector<float> u = rng.normals(h), v = rng.normals(w);
-      const float sigma = 1.3f, g = 0.9f;
-      for (int detach = 0; detach < 2; ++detach)
-        for (int acc = 0; acc < 2; ++acc) {
-          const double a = double(g) / double(sigma), bcoef = detach ? 0.0 : a * gw_ref / double(sigma);
-          std::vector<uint8_t> expect(bytes);
-          for (int64_t A = 0; A < vw.A; ++A)
-            for (int64_t i = 0; i < h; ++i)
-              for (int64_t b = 0; b < vw.B; ++b) {
-                const int64_t k = (A * h + i) * vw.B + b;
-                double e = a * sn_load(G.data(), dt, k) -
-                           bcoef * double(u[size_t(i)]) * double(v[size_t(A * vw.B + b)]);
-                if (acc) e += sn_load(D.data(), dt, k);
-                sn_store(expect.data(), dt, k, float(e));
-              }
-          std::vector<uint8_t> dW = D;
-          const double dg = sn_ref_backward(W.data(), G.data(), dW.data(), dt, vw, u.data(), v.data(), sigma,
-                                            0.f, g, 0.f, detach, acc);
-          EXPECT_EQ(dW, expect) << "dW, detach " << detach << ", accumulate " << acc;
-          EXPECT_EQ(dg, gw_ref / double(sigma));
-          if (!acc) {
-            std::vector<uint8_t> in_place = G;
-            (void)sn_ref_backward(W.data(), in_place.data(), in_place.data(), dt, vw, u.data(), v.data(),
-                                  sigma, 0.f, g, 0.f, detach, 0);
-            EXPECT_EQ(in_place, expect) << "dW over G, detach " << detach;
+        auto at = [&](const std::vector<uint8_t> &X, int64_t a, int64_t i, int64_t b) {
+          return double(sn_load(X.data(), dt, (a * h + i) * vw.B + b));
+        };
+        const std::vector<double> x = to_double(rng.normals(w)), y = to_double(rng.normals(h));
+        std::vector<double> t(static_cast<size_t>(h)), s(static_cast<size_t>(w));
+        std::vector<double> t_ref(t.size(), 0.0), s_ref(s.size(), 0.0);
+        sn_ref_matvec(W.data(), dt, vw, x.data(), t.data());
+        sn_ref_matvec_t(W.data(), dt, vw, y.data(), s.data());
+        for (int64_t a = 0; a < vw.A; ++a)
+          for (int64_t i = 0; i < h; ++i) {
+            double acc = 0.0;
+            for (int64_t b = 0; b < vw.B; ++b) acc += at(W, a, i, b) * x[size_t(a * vw.B + b)];
+            t_ref[size_t(i)] += acc;
+            for (int64_t b = 0; b < vw.B; ++b) s_ref[size_t(a * vw.B + b)] += at(W, a, i, b) * y[size_t(i)];
           }
+        EXPECT_EQ(0, std::memcmp(t.data(), t_ref.data(), t.size() * sizeof(double))) << "M x";
+        EXPECT_EQ(0, std::memcmp(s.data(), s_ref.data(), s.size() * sizeof(double))) << "M^T y";
+
+        const double gw_ref = sum_in_blocks(
+            n, [&](int64_t k) { return double(sn_load(G.data(), dt, k)) * double(sn_load(W.data(), dt, k)); });
+        const double gw = sn_ref_inner(G.data(), W.data(), dt, n);
+        EXPECT_EQ(0, std::memcmp(&gw, &gw_ref, sizeof gw)) << "<G, W>";
+
+        // The division, in place and not, with σ > 0 and σ = 0.
+        for (float sigma : {1.7f, 0.f}) {
+          std::vector<uint8_t> out(bytes), in_place = W, expect(bytes);
+          sn_ref_divide(W.data(), out.data(), dt, n, sigma, 0.f, 0.75f);
+          sn_ref_divide(in_place.data(), in_place.data(), dt, n, sigma, 0.f, 0.75f);
+          for (int64_t k = 0; k < n; ++k) {
+            const float e = sn_load(W.data(), dt, k);
+            sn_store(expect.data(), dt, k, sigma > 0.f ? (e / sigma) * 0.75f : e * 0.f);
+          }
+          EXPECT_EQ(out, expect) << "W_sn, sigma " << sigma;
+          EXPECT_EQ(in_place, expect) << "W_sn in place, sigma " << sigma;
         }
+
+        // The backward with and without the σ term, into dW and in place over G, = and +=.
+        std::vector<float> u = rng.normals(h), v = rng.normals(w);
+        const float sigma = 1.3f, g = 0.9f;
+        for (int detach = 0; detach < 2; ++detach)
+          for (int acc = 0; acc < 2; ++acc) {
+            const double a = double(g) / double(sigma), bcoef = detach ? 0.0 : a * gw_ref / double(sigma);
+            std::vector<uint8_t> expect(bytes);
+            for (int64_t A = 0; A < vw.A; ++A)
+              for (int64_t i = 0; i < h; ++i)
+                for (int64_t b = 0; b < vw.B; ++b) {
+                  const int64_t k = (A * h + i) * vw.B + b;
+                  double e = a * sn_load(G.data(), dt, k) -
+                             bcoef * double(u[size_t(i)]) * double(v[size_t(A * vw.B + b)]);
+                  if (acc) e += sn_load(D.data(), dt, k);
+                  sn_store(expect.data(), dt, k, float(e));
+                }
+            std::vector<uint8_t> dW = D;
+            const double dg = sn_ref_backward(W.data(), G.data(), dW.data(), dt, vw, u.data(), v.data(), sigma,
+                                              0.f, g, 0.f, detach, acc);
+            EXPECT_EQ(dW, expect) << "dW, detach " << detach << ", accumulate " << acc;
+            EXPECT_EQ(dg, gw_ref / double(sigma));
+            if (!acc) {
+              std::vector<uint8_t> in_place = G;
+              (void)sn_ref_backward(W.data(), in_place.data(), in_place.data(), dt, vw, u.data(), v.data(),
+                                    sigma, 0.f, g, 0.f, detach, 0);
+              EXPECT_EQ(in_place, expect) << "dW over G, detach " << detach;
+            }
+          }
+      }
     }
-  }
-  if (split.threads > 1) EXPECT_GT(sn_ref_threads_started(), started) << "no call split";
-  else EXPECT_EQ(sn_ref_threads_started(), started) << "a call split on one thread";
-  EXPECT_EQ(sn_ref_set_grain(grain_before), split.grain);
-  EXPECT_EQ(sn_ref_set_threads(threads_before), split.threads);
+    if (split.threads > 1) EXPECT_GT(sn_ref_threads_started(), started) << "no call split";
+    else EXPECT_EQ(sn_ref_threads_started(), started) << "a call split on one thread";
+    EXPECT_EQ(sn_ref_set_grain(grain_before), split.grain);
+    EXPECT_EQ(sn_ref_set_threads(threads_before), split.threads);
   }
 }
 
@@ -275,13 +284,7 @@ TEST(Reference, InnerProductAddsFixedBlocksInOrder) {
   SN_SEEDED_RNG();
   const int64_t n = 65 * SN_REF_INNER_BLOCK + 17;
   const std::vector<float> G = rng.normals(n), W = rng.normals(n);
-  double expect = 0.0;
-  for (int64_t k0 = 0; k0 < n; k0 += SN_REF_INNER_BLOCK) {
-    double block = 0.0;
-    for (int64_t k = k0; k < std::min(n, k0 + SN_REF_INNER_BLOCK); ++k)
-      block += double(G[size_t(k)]) * double(W[size_t(k)]);
-    expect += block;
-  }
+  const double expect = sum_in_blocks(n, [&](int64_t k) { return double(G[size_t(k)]) * double(W[size_t(k)]); });
   for (int threads : {1, 5}) {
     const int before = sn_ref_set_threads(threads);
     const int64_t started = sn_ref_threads_started();
