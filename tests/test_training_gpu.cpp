@@ -615,15 +615,6 @@ static void expect_grid_backward_rows_match_cpu(Rng &rng, sn_layer_t *g, sn_laye
   }
 }
 
-// A layer on the grid whose blocks hold rows beyond their shared memory (SPECNORM_TUNE=
-// onchip_grid_rows=cap caps the shared-memory rows, so that these small layers take that path): in
-// registers (the packed instance, which 4096² bf16 takes on an H100 or H200) or streamed from
-// global memory (`streamed`: the streaming instance, which 4096² fp32 takes). Training, scale-only
-// and eval forwards (1-3 iterations) against the CPU backend, one launch of the instance each,
-// bitwise against a second layer, in place; W or W_sn off 16-byte alignment: the usual kernels
-// where rows sit in registers or are streamed (they are accessed 16 bytes at a time), else the
-// generic or packed instance, and the same results. The backward too
-// (expect_grid_backward_rows_match_cpu; streamed: the usual kernels).
 // The desc of a CUDA layer (shape, dim, order, dtype, iterations, a fresh seed) and of its CPU twin.
 static std::pair<sn_layer_desc_t, sn_layer_desc_t> cuda_and_cpu_desc(Rng &rng, const std::vector<int64_t> &shape,
                                                                      int dim, sn_order_t order, sn_dtype_t dt,
@@ -683,6 +674,15 @@ struct GridRowsCase {
   int cap = 2;           // onchip_grid_rows
 };
 
+// A layer on the grid whose blocks hold rows beyond their shared memory (SPECNORM_TUNE=
+// onchip_grid_rows=cap caps the shared-memory rows, so that these small layers take that path): in
+// registers (the packed instance, which 4096² bf16 takes on an H100 or H200) or streamed from
+// global memory (`streamed`: the streaming instance, which 4096² fp32 takes). Training, scale-only
+// and eval forwards (1-3 iterations) against the CPU backend, one launch of the instance each,
+// bitwise against a second layer, in place; W or W_sn off 16-byte alignment: the usual kernels
+// where rows sit in registers or are streamed (they are accessed 16 bytes at a time), else the
+// generic or packed instance, and the same results. The backward too
+// (expect_grid_backward_rows_match_cpu; streamed: the usual kernels).
 static void expect_grid_rows_match_cpu(const std::vector<GridRowsCase> &cases, bool streamed) {
   SN_SEEDED_RNG();
   const std::string kernel = streamed ? "on_chip_grid_streamed_kernel" : "on_chip_grid_kernel<[^>]*, [1-9]>";
