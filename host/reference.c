@@ -47,6 +47,8 @@ int sn_ref_set_threads(int n) {
   return prev;
 }
 
+int64_t sn_ref_grain(void) { return ref_grain; }
+
 int64_t sn_ref_set_grain(int64_t elements) {
   const int64_t prev = ref_grain;
   ref_grain = elements < 1 ? 1 : elements;
@@ -66,10 +68,27 @@ static void *run_range(void *p) {
   return NULL;
 }
 
+/* The ranges r[0..parts): range 0 on the calling thread, each other on a thread of its own; a range
+ * whose thread cannot be created runs on the calling thread afterwards. */
+static void run_ranges(const range_t *r, int64_t parts) {
+  pthread_t th[SN_REF_MAX_THREADS];
+  int started[SN_REF_MAX_THREADS];
+  for (int64_t k = 1; k < parts; ++k) {
+    started[k] = pthread_create(&th[k], NULL, run_range, (void *)&r[k]) == 0;
+    if (started[k]) atomic_fetch_add_explicit(&threads_started, 1, memory_order_relaxed);
+  }
+  run_range((void *)&r[0]);
+  for (int64_t k = 1; k < parts; ++k) {
+    if (started[k])
+      pthread_join(th[k], NULL);
+    else
+      run_range((void *)&r[k]);
+  }
+}
+
 /* fn over [0, n) split in contiguous ranges of whole multiples of `align` (the last may end short),
- * as many as sn_ref_set_threads allows and `work` (elements of W the whole range reads) pays for.
- * Range 0 runs on the calling thread, each other on a thread of its own; a range whose thread cannot
- * be created runs on the calling thread afterwards. */
+ * as many as sn_ref_set_threads allows and `work` (elements of W the whole range reads) pays for
+ * (run_ranges). */
 static void parallel_for(int64_t n, int64_t align, int64_t work, range_fn fn, const void *ctx) {
   const int64_t units = (n + align - 1) / align;
   int64_t parts = ref_threads;
@@ -80,25 +99,54 @@ static void parallel_for(int64_t n, int64_t align, int64_t work, range_fn fn, co
     return;
   }
   range_t r[SN_REF_MAX_THREADS];
-  pthread_t th[SN_REF_MAX_THREADS];
-  int started[SN_REF_MAX_THREADS];
   const int64_t per = units / parts, extra = units % parts;
   for (int64_t k = 0, u = 0; k < parts; ++k) {
     const int64_t take = per + (k < extra ? 1 : 0);
     r[k] = (range_t){fn, ctx, u * align, u + take == units ? n : (u + take) * align};
     u += take;
   }
-  for (int64_t k = 1; k < parts; ++k) {
-    started[k] = pthread_create(&th[k], NULL, run_range, &r[k]) == 0;
-    if (started[k]) atomic_fetch_add_explicit(&threads_started, 1, memory_order_relaxed);
+  run_ranges(r, parts);
+}
+
+/* sn_ref_run_tasks: a range of tasks, with the caller's grain and 1 thread (a task sets its own). */
+typedef struct {
+  sn_ref_task_fn fn;
+  void *ctx;
+  int64_t grain;
+} tasks_t;
+
+static void task_range(const void *p, int64_t begin, int64_t end) {
+  const tasks_t *t = (const tasks_t *)p;
+  const int64_t grain = sn_ref_set_grain(t->grain);
+  const int threads = sn_ref_set_threads(1);
+  for (int64_t k = begin; k < end; ++k) t->fn(t->ctx, (int)k);
+  sn_ref_set_threads(threads);
+  sn_ref_set_grain(grain);
+}
+
+void sn_ref_run_tasks(int n, const int64_t *work, sn_ref_task_fn fn, void *ctx) {
+  const tasks_t tasks = {fn, ctx, ref_grain};
+  int64_t total = 0;
+  for (int k = 0; k < n; ++k) total += work[k] > 0 ? work[k] : 0;
+  int64_t parts = ref_threads;
+  if (parts > total / ref_grain) parts = total / ref_grain;
+  if (parts > n) parts = n;
+  if (parts <= 1) {
+    task_range(&tasks, 0, n);
+    return;
   }
-  run_range(&r[0]);
-  for (int64_t k = 1; k < parts; ++k) {
-    if (started[k])
-      pthread_join(th[k], NULL);
-    else
-      run_range(&r[k]);
+  /* Range p ends after the first task at which the work so far reaches (p + 1) / parts of the total. */
+  range_t r[SN_REF_MAX_THREADS];
+  int64_t ranges = 0, begin = 0, sum = 0;
+  for (int k = 0; k < n; ++k) {
+    sum += work[k] > 0 ? work[k] : 0;
+    if (ranges < parts - 1 && (double)sum * (double)parts >= (double)(ranges + 1) * (double)total) {
+      r[ranges++] = (range_t){task_range, &tasks, begin, k + 1};
+      begin = k + 1;
+    }
   }
+  if (begin < n) r[ranges++] = (range_t){task_range, &tasks, begin, n};
+  run_ranges(r, ranges);
 }
 
 typedef struct {

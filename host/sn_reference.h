@@ -48,8 +48,17 @@ sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim);
 #define SN_REF_GRAIN ((int64_t)1 << 17)
 int sn_ref_set_threads(int n);
 int64_t sn_ref_set_grain(int64_t elements);
+int64_t sn_ref_grain(void); /* the calling thread's */
 /* Threads the calls above have started in this process so far (for the tests: whether a call split). */
 int64_t sn_ref_threads_started(void);
+/* fn(ctx, k) for every k in [0, n), as independent tasks split over the calling thread's threads
+ * (sn_ref_set_threads): contiguous runs of tasks of about equal work (work[k], e.g. the elements
+ * task k reads; negative counts as 0), as many runs as the threads allow and the total work pays
+ * for at a grain a run, the first on the calling thread. Every task starts with the caller's grain
+ * and 1 thread (sn_ref_set_threads; a task may set its own). Each task runs
+ * once, wholly on one thread, so tasks that share no output give the same results on any split. */
+typedef void (*sn_ref_task_fn)(void *ctx, int k);
+void sn_ref_run_tasks(int n, const int64_t *work, sn_ref_task_fn fn, void *ctx);
 
 /* t = M x  (t: h, x: w). */
 void sn_ref_matvec(const void *W, sn_dtype_t dt, sn_view_t vw, const double *x, double *t);

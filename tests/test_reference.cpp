@@ -1,6 +1,10 @@
 // The CPU reference (host/reference.c) against LAPACK's SVD, and on cases with known answers.
 #include <lapacke.h>
 
+#include <algorithm>
+#include <atomic>
+#include <thread>
+
 #include "test_util.h"
 
 using namespace sntest;
@@ -315,6 +319,86 @@ TEST(Reference, ThreadAndGrainSettersClamp) {
   EXPECT_EQ(0, std::memcmp(split.data(), alone.data(), sizeof(double) * 9));
   sn_ref_set_grain(grain_before);
   EXPECT_EQ(sn_ref_set_threads(threads_before), 3);
+}
+
+// sn_ref_run_tasks: every task once, each on one thread with the caller's grain and 1 thread; a
+// thread takes a contiguous run of tasks, the first run on the calling thread, and the runs split
+// the work evenly (a run ends once it reaches its share, so it exceeds the share by less than one
+// task's work); no thread starts where one thread or the total work at the grain allows no split.
+TEST(Reference, TasksRunOnceInContiguousBalancedRuns) {
+  SN_SEEDED_RNG();
+  struct Seen {
+    std::vector<std::atomic<int>> runs;
+    std::vector<std::thread::id> on;
+    std::atomic<int> bad_settings{0};
+    int64_t grain = 0;
+    explicit Seen(size_t n) : runs(n), on(n) {}
+  };
+  auto task = [](void *ctx, int k) {
+    Seen *s = static_cast<Seen *>(ctx);
+    s->runs[size_t(k)].fetch_add(1);
+    s->on[size_t(k)] = std::this_thread::get_id();
+    if (sn_ref_grain() != s->grain || sn_ref_set_threads(1) != 1) s->bad_settings.fetch_add(1);
+  };
+  const int threads_before = sn_ref_set_threads(1);
+  const int64_t grain_before = sn_ref_grain();
+  for (int round = 0; round < 40; ++round) {
+    const int n = round == 0 ? 0 : 1 + int(rng.gen() % 60);
+    const int threads = 1 + int(rng.gen() % 9);
+    std::vector<int64_t> work(static_cast<size_t>(n));
+    int64_t total = 0, largest = 0;
+    for (auto &w : work) {
+      const uint64_t r = rng.gen() % 10;
+      w = r == 0 ? 0 : r == 1 ? -5 : int64_t(rng.gen() % 5000);  // some empty, some negative (as 0)
+      total += std::max<int64_t>(w, 0);
+      largest = std::max(largest, w);
+    }
+    const int64_t grain = round % 4 == 3 ? std::max<int64_t>(total, 1) : 1 + int64_t(rng.gen() % 300);
+    SCOPED_TRACE("round " + std::to_string(round) + ": " + std::to_string(n) + " tasks, " +
+                 std::to_string(threads) + " threads, grain " + std::to_string(grain));
+    Seen seen(static_cast<size_t>(n));
+    seen.grain = grain;
+    sn_ref_set_threads(threads);
+    sn_ref_set_grain(grain);
+    const int64_t started0 = sn_ref_threads_started();
+    sn_ref_run_tasks(n, work.data(), task, &seen);
+    const int64_t started = sn_ref_threads_started() - started0;
+    EXPECT_EQ(sn_ref_set_threads(1), threads) << "the caller's threads changed";
+    EXPECT_EQ(sn_ref_grain(), grain) << "the caller's grain changed";
+    EXPECT_EQ(seen.bad_settings.load(), 0) << "a task saw another grain or more than 1 thread";
+    for (int k = 0; k < n; ++k) ASSERT_EQ(seen.runs[size_t(k)].load(), 1) << "task " << k;
+    // The runs: tasks in order, a new run where the thread changes; no thread comes back.
+    std::vector<int64_t> run_work;
+    std::vector<std::thread::id> run_on;
+    for (int k = 0; k < n; ++k) {
+      if (k == 0 || seen.on[size_t(k)] != seen.on[size_t(k - 1)]) {
+        for (const auto &id : run_on) EXPECT_NE(id, seen.on[size_t(k)]) << "a thread's tasks are not contiguous";
+        run_on.push_back(seen.on[size_t(k)]);
+        run_work.push_back(0);
+      }
+      run_work.back() += std::max<int64_t>(work[size_t(k)], 0);
+    }
+    if (n > 0) {
+      EXPECT_EQ(run_on.front(), std::this_thread::get_id()) << "the first run is not the caller's";
+    }
+    const int64_t parts = std::min<int64_t>({threads, total / grain, n});
+    EXPECT_EQ(started, std::max<int64_t>(int64_t(run_on.size()) - 1, 0));
+    if (parts <= 1) {
+      EXPECT_EQ(started, 0) << "no split is paid for, yet threads started";
+      continue;
+    }
+    EXPECT_LE(int64_t(run_on.size()), parts);
+    // A run's end: the first task at which the work so far reaches a multiple of total / parts.
+    for (size_t r = 0; r < run_work.size(); ++r)
+      EXPECT_LT(double(run_work[r]), double(total) / double(parts) + double(largest) + 1.0) << "run " << r;
+    // One run only where every task but the last falls short of the first share.
+    if (run_on.size() == 1) {
+      EXPECT_LT(double(total - std::max<int64_t>(work.back(), 0)) * double(parts), double(total))
+          << "a split paid for did not happen";
+    }
+  }
+  sn_ref_set_grain(grain_before);
+  sn_ref_set_threads(threads_before);
 }
 
 // sn_load_n / sn_store_n (the chunks the reference reads and writes) give sn_load's and
