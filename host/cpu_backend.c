@@ -106,3 +106,83 @@ void sn__cpu_backward(sn_layer_t *layer, const void *W, const void *G, void *dW,
   sn_ref_set_threads(prev);
   if (dgamma) *dgamma = (float)dg;
 }
+
+/* ---- groups: the members as tasks ---------------------------------------------------------- */
+
+typedef struct {
+  sn_layer_t *const *layers;
+  const void *const *W;
+  void *const *W_sn;    /* forward */
+  const void *const *G; /* backward (NULL: a forward) */
+  void *const *dW;
+  float *const *dgamma; /* NULL, or one pointer per layer (each may be NULL) */
+  int training;
+  unsigned flags;
+  const int *member; /* task k is layers[member[k]] */
+} group_run_t;
+
+static void run_member(const group_run_t *r, int k) {
+  sn_layer_t *l = r->layers[k];
+  if (r->G)
+    sn__cpu_backward(l, r->W[k], r->G[k], r->dW[k], r->flags, r->dgamma ? r->dgamma[k] : NULL);
+  else
+    sn__cpu_run_forward(l, r->W[k], r->W_sn[k], r->training, 0);
+}
+
+static void run_task(void *ctx, int k) {
+  const group_run_t *r = (const group_run_t *)ctx;
+  run_member(r, r->member[k]);
+}
+
+/* The elements of W a member's call reads (its products and its division or its backward's passes,
+ * roughly): what balances the tasks. */
+static int64_t member_work(const group_run_t *r, const sn_layer_t *l) {
+  if (r->G) return l->numel;
+  const int64_t iters = (l->warmed_up ? 0 : l->desc.warmup_iterations) +
+                        (r->training ? l->desc.n_power_iterations : 1);
+  return l->numel * (2 * iters + 1);
+}
+
+/* Members that split over their own threads (as large as two grains, sn_ref_set_threads > 1) run
+ * one after another on the calling thread, as sn_forward would run them; the others are tasks
+ * over the most threads any of them has (sn_ref_run_tasks), one member wholly on one thread. The
+ * members share no buffer they write (sn_group_create, sn_group_set_gradients), and each one's
+ * results do not depend on the threads, so they are the bits of the members' own calls in order. */
+static void run_group(const group_run_t *proto, int count) {
+  int *member = malloc((size_t)count * sizeof *member);
+  int64_t *work = malloc((size_t)count * sizeof *work);
+  group_run_t r = *proto;
+  r.member = member;
+  const int64_t grain = sn_ref_grain();
+  int tasks = 0, threads = 1;
+  for (int k = 0; k < count; ++k) {
+    const sn_layer_t *l = r.layers[k];
+    const int splits = l->cpu_threads > 1 && l->numel >= 2 * grain;
+    if (splits || !member || !work) {
+      run_member(&r, k);
+      continue;
+    }
+    member[tasks] = k;
+    work[tasks++] = member_work(&r, l);
+    if (l->cpu_threads > threads) threads = l->cpu_threads;
+  }
+  if (tasks > 0) {
+    const int prev = sn_ref_set_threads(threads);
+    sn_ref_run_tasks(tasks, work, run_task, &r);
+    sn_ref_set_threads(prev);
+  }
+  free(member);
+  free(work);
+}
+
+void sn__cpu_group_forward(sn_layer_t *const *layers, const void *const *W, void *const *W_sn,
+                           int count, int training) {
+  const group_run_t r = {layers, W, W_sn, NULL, NULL, NULL, training, 0, NULL};
+  run_group(&r, count);
+}
+
+void sn__cpu_group_backward(sn_layer_t *const *layers, const void *const *W, const void *const *G,
+                            void *const *dW, float *const *dgamma, int count, unsigned flags) {
+  const group_run_t r = {layers, W, NULL, G, dW, dgamma, 0, flags, NULL};
+  run_group(&r, count);
+}

@@ -1,5 +1,6 @@
 /* Groups: a fixed list of layers normalized by one call (cuda/group.cu on the GPU; on the CPU
- * backend, the layers' own forwards one after the other, which is the grouped call's reference). */
+ * backend, the layers' own forwards, the small ones spread over threads (host/cpu_backend.c), which
+ * is the grouped call's reference). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -346,10 +347,12 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
   sn_status_t st = check_gamma_bindings(group);
   if (st != SN_SUCCESS) return st;
   if (group->backend == SN_BACKEND_CPU) {
+    /* Every member's buffers before any runs, so that a failure moves no layer's state. */
     for (int k = 0; k < group->count; ++k) {
-      st = sn__run_forward(group->layers[k], group->W[k], group->W_sn[k], training, 0, stream);
+      st = check_member_memory(group->layers[k], group->W[k], group->W_sn[k], k);
       if (st != SN_SUCCESS) return st;
     }
+    sn__cpu_group_forward(group->layers, group->W, group->W_sn, group->count, training);
     return SN_SUCCESS;
   }
   /* Layers not yet warmed up run their warm-up on their own first (refused during a capture).
@@ -581,9 +584,8 @@ SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_strea
       return sn__fail(SN_ERROR_INVALID_STATE,
                       "layers[%d] has had no forward yet: the backward needs its u, v and sigma", k);
   if (group->backend == SN_BACKEND_CPU) {
-    for (int k = 0; k < group->count; ++k)
-      sn__cpu_backward(group->layers[k], group->W[k], group->G[k], group->dW[k], flags,
-                       group->dgamma ? group->dgamma[k] : NULL);
+    sn__cpu_group_backward(group->layers, group->W, group->G, group->dW, group->dgamma, group->count,
+                           flags);
     return SN_SUCCESS;
   }
   const int detach = (flags & SN_BACKWARD_DETACH_SIGMA) != 0;

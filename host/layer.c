@@ -402,8 +402,9 @@ SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_
 
 /* ---- forward -------------------------------------------------------------------------------- */
 
-sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int training,
-                               int warmup_only, sn_stream_t stream) {
+/* The kernels' (and the CPU reference's) arguments of one forward of `l`. */
+static sn_cuda_forward_args_t forward_args(const sn_layer_t *l, const void *W, void *W_sn,
+                                           int training, int warmup_only) {
   sn_cuda_forward_args_t a;
   memset(&a, 0, sizeof a);
   a.W = W;
@@ -417,20 +418,30 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
   a.n_iters = warmup_only ? 0 : l->desc.n_power_iterations;
   a.order = l->desc.order;
   a.is_1d = l->is_1d;
+  return a;
+}
+
+void sn__cpu_run_forward(sn_layer_t *l, const void *W, void *W_sn, int training, int warmup_only) {
+  sn_cuda_forward_args_t a = forward_args(l, W, W_sn, training, warmup_only);
+  if (!(warmup_only && a.warmup_iters == 0)) sn__cpu_forward(l, &a);
+  l->warmed_up = 1;
+  l->forwards += !warmup_only;
+}
+
+sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int training,
+                               int warmup_only, sn_stream_t stream) {
   /* The pointers' kind of memory first, also for a warm-up with nothing to do. */
   const int cpu = l->desc.backend == SN_BACKEND_CPU, dev = l->desc.device;
   sn_status_t st = sn__check_backend_pointer(l, W, "W");
   if (st == SN_SUCCESS && W_sn) st = sn__check_backend_pointer(l, W_sn, "W_sn");
   if (st != SN_SUCCESS) return st;
-  if (warmup_only && a.warmup_iters == 0) {
-    l->warmed_up = 1;
+  if (cpu) {
+    sn__cpu_run_forward(l, W, W_sn, training, warmup_only);
     return SN_SUCCESS;
   }
-
-  if (cpu) {
-    sn__cpu_forward(l, &a);
+  sn_cuda_forward_args_t a = forward_args(l, W, W_sn, training, warmup_only);
+  if (warmup_only && a.warmup_iters == 0) {
     l->warmed_up = 1;
-    l->forwards += !warmup_only;
     return SN_SUCCESS;
   }
 

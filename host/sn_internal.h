@@ -53,6 +53,8 @@ void sn__init_vector(float *out, int64_t n, uint64_t seed, uint64_t stream_id);
 /* One forward of a layer through its backend (warmup_only: only the warm-up, if not yet run). */
 sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int training, int warmup_only,
                             sn_stream_t stream);
+/* sn__run_forward's CPU branch, for a CPU layer whose W and W_sn are checked: cannot fail. */
+void sn__cpu_run_forward(sn_layer_t *l, const void *W, void *W_sn, int training, int warmup_only);
 /* Bytes of the layer's weight: numel × the size of its dtype. */
 size_t sn__weight_bytes(const sn_layer_t *l);
 /* The eps of the kernels and the CPU reference: signed by the mode (sn_cuda_plan_t.eps). */
@@ -117,6 +119,13 @@ int sn__cpu_threads(void);
 void sn__cpu_forward(sn_layer_t *layer, const sn_cuda_forward_args_t *args);
 void sn__cpu_backward(sn_layer_t *layer, const void *W, const void *G, void *dW, unsigned flags,
                       float *dgamma);
+/* A CPU group's forward and backward (host/cpu_backend.c): every member's sn__cpu_run_forward
+ * (or sn__cpu_backward), the small members spread over threads; the buffers are checked, the
+ * members share none they write. The results are those of the members' calls one by one. */
+void sn__cpu_group_forward(sn_layer_t *const *layers, const void *const *W, void *const *W_sn,
+                           int count, int training);
+void sn__cpu_group_backward(sn_layer_t *const *layers, const void *const *W, const void *const *G,
+                            void *const *dW, float *const *dgamma, int count, unsigned flags);
 
 #ifdef __cplusplus
 }

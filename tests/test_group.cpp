@@ -1551,6 +1551,109 @@ TEST(GroupCpu, BackwardEqualsTheLayersOneByOne) {
   }
 }
 
+// A CPU group spreads its small members over threads (each member wholly on one, tasks of
+// sn_ref_run_tasks) and runs a member as large as two grains on its own threads: the group's
+// layers, made with 4 threads (SPECNORM_CPU_THREADS), give the bits of the same layers made with
+// 1 and called one by one: states and W_sn through warm-up, training and eval forwards, dW and
+// ∂L/∂γ through every backward flag. The grouped calls must start threads, the lone ones none.
+TEST(GroupCpu, ThreadedGroupIsBitwiseTheLayersOneByOne) {
+  SN_SEEDED_RNG();
+  const std::vector<Member> ms = {
+      {{128, 128, 3, 3}},
+      {{128, 3, 3, 3}},
+      {{600, 500}},  // 300000 elements: splits over its own threads
+      {{128, 128, 3, 3}, 0, SN_DTYPE_BFLOAT16, 2},
+      {{1, 128}},
+      {{96, 48, 4, 4}, 1},
+      v_first({{3, 3, 64, 96}, 3}),
+      {{128, 128, 3, 3}, 0, SN_DTYPE_FLOAT16, 1, false, 1.5f, true},
+      with_add_eps({{50, 70}}),
+      {{128, 128, 3, 3}},
+  };
+  const size_t n_members = ms.size();
+  const float gamma = 0.8f;
+  std::vector<std::unique_ptr<LayerPtr>> grouped, alone;
+  std::vector<std::vector<uint8_t>> W, Wsn_g, Wsn_a, G, dW_g, dW_a;
+  std::vector<float> dgam_g(n_members, -1.f), dgam_a(n_members, -1.f);
+  std::vector<sn_layer_t *> layers;
+  std::vector<const void *> wp, gp;
+  std::vector<void *> op, dp;
+  std::vector<float *> dgp;
+  for (size_t k = 0; k < n_members; ++k) {
+    const uint64_t s = rng.gen();
+    {
+      ScopedEnv env("SPECNORM_CPU_THREADS", "4");
+      grouped.push_back(member_layer(ms[k], SN_BACKEND_CPU, s, &gamma));
+    }
+    {
+      ScopedEnv env("SPECNORM_CPU_THREADS", "1");
+      alone.push_back(member_layer(ms[k], SN_BACKEND_CPU, s, &gamma));
+    }
+    ASSERT_TRUE(grouped.back()->p && alone.back()->p) << k;
+    const int64_t n = numel_of(ms[k].shape);
+    W.push_back(random_typed(rng, ms[k].dt, n, 1.f / std::sqrt(float(ms[k].shape[0]))));
+    G.push_back(random_typed(rng, ms[k].dt, n));
+    for (auto *v : {&Wsn_g, &Wsn_a, &dW_g, &dW_a}) v->emplace_back(W.back().size());
+  }
+  for (size_t k = 0; k < n_members; ++k) {
+    layers.push_back(grouped[k]->p);
+    wp.push_back(W[k].data());
+    op.push_back(Wsn_g[k].data());
+    gp.push_back(G[k].data());
+    dp.push_back(dW_g[k].data());
+    dgp.push_back(k % 2 == 0 ? &dgam_g[k] : nullptr);
+  }
+  GroupPtr g;
+  ASSERT_EQ(sn_group_create(&g.p, layers.data(), wp.data(), op.data(), int(n_members)), SN_SUCCESS)
+      << sn_last_error_message();
+  ASSERT_EQ(sn_group_set_gradients(g.p, gp.data(), dp.data(), dgp.data()), SN_SUCCESS) << sn_last_error_message();
+  int64_t started_grouped = 0, started_alone = 0;
+  auto forward_both = [&](int training) {
+    int64_t t0 = sn_ref_threads_started();
+    ASSERT_EQ(sn_group_forward(g.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    started_grouped += sn_ref_threads_started() - t0;
+    t0 = sn_ref_threads_started();
+    for (size_t k = 0; k < n_members; ++k)
+      ASSERT_EQ(sn_forward(alone[k]->p, W[k].data(), Wsn_a[k].data(), training, nullptr), SN_SUCCESS);
+    started_alone += sn_ref_threads_started() - t0;
+    for (size_t k = 0; k < n_members; ++k) {
+      SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(ms[k].shape));
+      EXPECT_TRUE(same_state(get_state(grouped[k]->p), get_state(alone[k]->p)));
+      EXPECT_TRUE(Wsn_g[k] == Wsn_a[k]);
+    }
+  };
+  for (int training : {1, 1, 0}) {
+    SCOPED_TRACE("training " + std::to_string(training));
+    forward_both(training);
+  }
+  for (unsigned flags : kBackwardFlags) {
+    SCOPED_TRACE("flags " + std::to_string(flags));
+    forward_both(1);
+    for (size_t k = 0; k < n_members; ++k) {
+      const std::vector<uint8_t> d0 = random_typed(rng, ms[k].dt, numel_of(ms[k].shape));
+      for (auto *v : {&dW_g[k], &dW_a[k]}) std::copy(d0.begin(), d0.end(), v->begin());
+    }
+    int64_t t0 = sn_ref_threads_started();
+    ASSERT_EQ(sn_group_backward(g.p, flags, nullptr), SN_SUCCESS) << sn_last_error_message();
+    started_grouped += sn_ref_threads_started() - t0;
+    t0 = sn_ref_threads_started();
+    for (size_t k = 0; k < n_members; ++k)
+      ASSERT_EQ(sn_backward(alone[k]->p, W[k].data(), G[k].data(), dW_a[k].data(), flags,
+                            dgp[k] ? &dgam_a[k] : nullptr, nullptr),
+                SN_SUCCESS);
+    started_alone += sn_ref_threads_started() - t0;
+    for (size_t k = 0; k < n_members; ++k) {
+      SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(ms[k].shape));
+      EXPECT_TRUE(dW_g[k] == dW_a[k]);
+      EXPECT_EQ(std::memcmp(&dgam_g[k], &dgam_a[k], 4), 0) << dgam_g[k] << " against " << dgam_a[k];
+    }
+  }
+  // 8 calls, each with tasks to split (several members below two grains) and a member above.
+  EXPECT_GE(started_grouped, 8) << "the grouped calls did not split";
+  EXPECT_EQ(started_alone, 0) << "layers of one thread started others";
+  EXPECT_FALSE(Wsn_g[0] == std::vector<uint8_t>(Wsn_g[0].size())) << "nothing was written";
+}
+
 // Every argument error of the grouped backward, with the buffer it names; a binding that fails
 // leaves the one before in place, and a refused backward writes nothing.
 TEST(GroupCpu, BackwardBadArguments) {

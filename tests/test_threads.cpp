@@ -4,6 +4,7 @@
 // thread), SN_THREAD_STEPS (200).
 #include <atomic>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -154,6 +155,64 @@ uint64_t run_large_layer(int id, int steps) {
   return g.h;
 }
 
+
+// A CPU group of small layers (below two grains each, so the group spreads them over its threads:
+// sn_ref_run_tasks) and one that splits over threads of its own: `steps` grouped training forwards
+// and backwards (fresh and accumulated), digested. Deterministic in `id`.
+uint64_t run_group_work(int id, int steps) {
+  Rng rng(uint64_t(id) * 15485863u + 11u);
+  const std::vector<std::vector<int64_t>> shapes = {{64, 1000}, {100, 30, 3, 3}, {1, 700}, {300, 217},
+                                                    {50, 50, 5, 5}, {523, 600}};
+  std::vector<std::unique_ptr<LayerPtr>> layers;
+  std::vector<sn_layer_t *> lp;
+  std::vector<sn_dtype_t> dts;
+  std::vector<std::vector<unsigned char>> W, Wsn, G, dW;
+  std::vector<const void *> wp, gp;
+  std::vector<void *> op, dp;
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    sn_layer_desc_t d = make_desc(shapes[k], SN_BACKEND_CPU);
+    d.dtype = (k + size_t(id)) % 3 == 2 ? SN_DTYPE_BFLOAT16 : SN_DTYPE_FLOAT32;
+    d.seed = uint64_t(id) * 100u + k;
+    d.warmup_iterations = 2;
+    layers.push_back(std::make_unique<LayerPtr>(d));
+    if (!layers.back()->p) return 0;
+    lp.push_back(layers.back()->p);
+    dts.push_back(d.dtype);
+    const size_t bytes = size_t(numel_of(shapes[k])) * sn_dtype_size(d.dtype);
+    for (auto *v : {&W, &Wsn, &G, &dW}) v->emplace_back(bytes);
+  }
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    wp.push_back(W[k].data());
+    gp.push_back(G[k].data());
+    op.push_back(Wsn[k].data());
+    dp.push_back(dW[k].data());
+  }
+  sn_group_t *g = nullptr;
+  EXPECT_EQ(sn_group_create(&g, lp.data(), wp.data(), op.data(), int(lp.size())), SN_SUCCESS)
+      << sn_last_error_message();
+  if (!g) return 0;
+  EXPECT_EQ(sn_group_set_gradients(g, gp.data(), dp.data(), nullptr), SN_SUCCESS) << sn_last_error_message();
+  Digest dg;
+  for (int step = 0; step < steps; ++step) {
+    for (size_t k = 0; k < shapes.size(); ++k) {
+      const sn_dtype_t dt = dts[k];
+      for (int64_t e = 0; e < numel_of(shapes[k]); ++e) {
+        sn_store(W[k].data(), dt, e, rng.normal());
+        sn_store(G[k].data(), dt, e, rng.normal());
+      }
+    }
+    EXPECT_EQ(sn_group_forward(g, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_EQ(sn_group_backward(g, step % 2 ? unsigned(SN_BACKWARD_ACCUMULATE) : 0u, nullptr), SN_SUCCESS)
+        << sn_last_error_message();
+    for (size_t k = 0; k < shapes.size(); ++k) {
+      dg.add(Wsn[k].data(), Wsn[k].size());
+      dg.add(dW[k].data(), dW[k].size());
+    }
+  }
+  sn_group_destroy(g);
+  return dg.h;
+}
+
 }  // namespace
 
 // Layers whose calls split over threads of their own (SPECNORM_CPU_THREADS=4), used from 3 threads
@@ -180,6 +239,35 @@ TEST(Threads, LayersSplitOverTheirOwnThreadsMatchSerialBitwise) {
   for (int id = 0; id < threads; ++id) {
     EXPECT_NE(serial[size_t(id)], 0u) << "layer " << id;
     EXPECT_EQ(serial[size_t(id)], concurrent[size_t(id)]) << "layer " << id;
+  }
+}
+
+// CPU groups whose small members run as tasks over the group's threads (SPECNORM_CPU_THREADS=4),
+// two groups on two threads at once: the same bits as each group of one-thread layers
+// (SPECNORM_CPU_THREADS=1), whose members run one after another. Under ThreadSanitizer in CI.
+TEST(Threads, GroupsSpreadOverThreadsMatchSerialBitwise) {
+  const int threads = 2, steps = 3;
+  std::vector<uint64_t> serial(threads), concurrent(threads);
+  {
+    ScopedEnv env("SPECNORM_CPU_THREADS", "1");
+    const int64_t started = sn_ref_threads_started();
+    for (int id = 0; id < threads; ++id) serial[size_t(id)] = run_group_work(id, steps);
+    EXPECT_EQ(sn_ref_threads_started(), started) << "groups of one-thread layers started threads";
+  }
+  ScopedEnv env("SPECNORM_CPU_THREADS", "4");
+  const int64_t started = sn_ref_threads_started();
+  Barrier start(threads);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      start.wait();
+      concurrent[size_t(t)] = run_group_work(t, steps);
+    });
+  for (auto &th : pool) th.join();
+  EXPECT_GT(sn_ref_threads_started(), started) << "the groups' calls did not split";
+  for (int id = 0; id < threads; ++id) {
+    EXPECT_NE(serial[size_t(id)], 0u) << "group " << id;
+    EXPECT_EQ(serial[size_t(id)], concurrent[size_t(id)]) << "group " << id;
   }
 }
 
