@@ -337,9 +337,9 @@ static void print_help(void) {
       "                      by the W_sn rule of the check below. A specnorm row over its probe\n"
       "                      row is what is left to gain without removing a pass over W or a\n"
       "                      grid-wide step\n"
-      "  --no-group          skip the grouped calls (specnorm-group rows: every layer of a\n"
-      "                      multi-layer workload in one sn_group_forward, or in backward\n"
-      "                      modes one sn_group_backward)\n"
+      "  --no-group          skip the grouped calls (specnorm-group rows, cpu-group without\n"
+      "                      a GPU: every layer of a multi-layer workload in one\n"
+      "                      sn_group_forward, or in backward modes one sn_group_backward)\n"
       "  --no-check          skip the check against the CPU reference (rows say check=skipped)\n"
       "  --cpu               time the CPU backend even when a GPU is present\n"
       "  --device N          CUDA device ordinal (default 0)\n"
@@ -2066,6 +2066,88 @@ static void measure_copy_bandwidth_cpu(void) {
 
 /* The CPU backend: the same check (against a second CPU layer, plus the cuBLAS baseline's
  * backward formula on the host), then host-clock timing of every selected mode. */
+/* The CPU group's check: fresh layers through one grouped training forward and one grouped
+ * backward against the same layers' own calls, bitwise (W_sn, sigma, dW). 1 if they agree. */
+static int cpu_group_is_bitwise_the_layers(const workload_t *wl, sn_dtype_t dt, const options_t *o,
+                                           const buffers_t *buf) {
+  const int L = wl->n_layers;
+  sn_layer_t **grouped = xcalloc((size_t)L, sizeof *grouped), **alone = xcalloc((size_t)L, sizeof *alone);
+  const void **W = xcalloc((size_t)L, sizeof *W), **G = xcalloc((size_t)L, sizeof *G);
+  void **out_g = xcalloc((size_t)L, sizeof *out_g), **out_a = xcalloc((size_t)L, sizeof *out_a);
+  for (int l = 0; l < L; l++) {
+    const int64_t n = numel_of(&wl->layers[l]);
+    sn_layer_desc_t d = make_desc(&wl->layers[l], o, o->seed + (uint64_t)l, SN_BACKEND_CPU, SN_ALGO_DEFAULT,
+                                  n > CHECK_BIG_NUMEL ? CHECK_BIG_WARMUP : -1, dt);
+    CK_SN(sn_layer_create(&grouped[l], &d));
+    CK_SN(sn_layer_create(&alone[l], &d));
+    W[l] = hW_at(buf, l);
+    G[l] = hG_at(buf, l);
+    out_g[l] = xcalloc(1, (size_t)n * buf->es);
+    out_a[l] = xcalloc(1, (size_t)n * buf->es);
+  }
+  sn_group_t *g = NULL;
+  CK_SN(sn_group_create(&g, grouped, W, out_g, L));
+  CK_SN(sn_group_set_gradients(g, G, out_g, NULL));
+  int same = 1;
+  for (int step = 0; step < 2 && same; step++) {
+    if (step == 0) CK_SN(sn_group_forward(g, 1, NULL));
+    else CK_SN(sn_group_backward(g, 0, NULL));
+    for (int l = 0; l < L && same; l++) {
+      if (step == 0) CK_SN(sn_forward(alone[l], W[l], out_a[l], 1, NULL));
+      else CK_SN(sn_backward(alone[l], W[l], G[l], out_a[l], 0, NULL, NULL));
+      float sg = 0, sa = 0;
+      CK_SN(sn_layer_get_sigma(grouped[l], &sg, NULL, NULL));
+      CK_SN(sn_layer_get_sigma(alone[l], &sa, NULL, NULL));
+      const size_t bytes = (size_t)numel_of(&wl->layers[l]) * buf->es;
+      if (memcmp(&sg, &sa, sizeof sg) || memcmp(out_g[l], out_a[l], bytes)) {
+        fprintf(stderr, "%s (%s): the CPU group's %s of layer %d differs from the layer's own call\n",
+                wl->name, dtype_name(dt), step == 0 ? "training forward" : "backward", l);
+        same = 0;
+      }
+    }
+  }
+  sn_group_destroy(g);
+  for (int l = 0; l < L; l++) {
+    sn_layer_destroy(grouped[l]);
+    sn_layer_destroy(alone[l]);
+    free(out_g[l]);
+    free(out_a[l]);
+  }
+  free(grouped);
+  free(alone);
+  free(W);
+  free(G);
+  free(out_g);
+  free(out_a);
+  return same;
+}
+
+/* A row per mode of o for one CPU implementation (enqueue: the per-layer or the grouped calls),
+ * host clock; the layers have had their warm-up. */
+static void time_cpu_modes(const workload_t *wl, sn_dtype_t dt, const options_t *o,
+                           enqueue_fn enqueue, void *ctx, const char *impl, const char *check,
+                           const char *note) {
+  const int reps = o->reps > 0 ? o->reps : 10;
+  const int warmup = o->warmup >= 0 ? o->warmup : 2;
+  double *samples = xcalloc((size_t)reps, sizeof *samples);
+  for (int m = 0; m < N_MODES; m++) {
+    if (!o->modes[m]) continue;
+    row_t *r = new_row(wl, m, dt, impl, "-", "cpu");
+    snprintf(r->check, sizeof r->check, "%s", check);
+    snprintf(r->note, sizeof r->note, "%s", note);
+    for (int i = 0; i < warmup + reps; i++) {
+      double ts = now_us();
+      run_or_die(enqueue, ctx, 0, m, NULL);
+      double t = now_us() - ts;
+      if (i >= warmup) samples[i - warmup] = t;
+    }
+    r->batch = 1;
+    r->copies = 1;
+    finish_row(r, samples, reps);
+  }
+  free(samples);
+}
+
 static void run_cpu_workload(const workload_t *wl, sn_dtype_t dt, const options_t *o) {
   buffers_t buf;
   layout_buffers(&buf, wl, dt);
@@ -2101,31 +2183,40 @@ static void run_cpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
             "baseline's backward formula on the host, %s)\n",
             wl->name, dtype_name(dt), (now_us() - t0) * 1e-6, fs);
   }
-  const int reps = o->reps > 0 ? o->reps : 10;
-  const int warmup = o->warmup >= 0 ? o->warmup : 2;
-  double *samples = xcalloc((size_t)reps, sizeof *samples);
   sn_runner_t runner = {&buf, layers, wl->n_layers};
-  int forwarded = o->check;
-  for (int m = 0; m < N_MODES; m++) {
-    if (!o->modes[m]) continue;
-    if (is_backward(m) && !forwarded) {
-      run_or_die(specnorm_enqueue, &runner, 0, M_TRAIN, NULL);
-      forwarded = 1;
+  if (!o->check) run_or_die(specnorm_enqueue, &runner, 0, M_TRAIN, NULL);
+  time_cpu_modes(wl, dt, o, specnorm_enqueue, &runner, "cpu", "reference",
+                 "CPU backend (the reference), host clock");
+  /* The grouped calls: the same layers in one sn_group_forward or sn_group_backward (the small
+   * ones spread over the threads, host/cpu_backend.c; bitwise the calls above, tests/test_group.cpp). */
+  if (wl->n_layers > 1 && o->group) {
+    const int L = wl->n_layers;
+    const void **W = xcalloc((size_t)L, sizeof *W), **G = xcalloc((size_t)L, sizeof *G);
+    void **Out = xcalloc((size_t)L, sizeof *Out);
+    for (int l = 0; l < L; l++) {
+      W[l] = W_at(&buf, 0, l);
+      G[l] = G_at(&buf, 0, l);
+      Out[l] = Out_at(&buf, 0, l);
     }
-    row_t *r = new_row(wl, m, dt, "cpu", "-", "cpu");
-    snprintf(r->check, sizeof r->check, "reference");
-    snprintf(r->note, sizeof r->note, "CPU backend (the reference), host clock");
-    for (int i = 0; i < warmup + reps; i++) {
-      double ts = now_us();
-      run_or_die(specnorm_enqueue, &runner, 0, m, NULL);
-      double t = now_us() - ts;
-      if (i >= warmup) samples[i - warmup] = t;
+    sn_group_t *fwd = NULL, *scale = NULL;
+    sn_status_t st = sn_group_create(&fwd, layers, W, Out, L);
+    if (st == SN_SUCCESS) st = sn_group_create(&scale, layers, W, NULL, L);
+    if (st == SN_SUCCESS) st = sn_group_set_gradients(fwd, G, Out, NULL);
+    if (st != SN_SUCCESS) {
+      fprintf(stderr, "    (grouped call skipped for %s: %s)\n", wl->name, sn_last_error_message());
+    } else {
+      if (o->check && !cpu_group_is_bitwise_the_layers(wl, dt, o, &buf))
+        die("%s (%s): the CPU group's check failed", wl->name, dtype_name(dt));
+      sn_group_runner_t gr = {&fwd, &scale, 1};
+      time_cpu_modes(wl, dt, o, group_enqueue, &gr, "cpu-group", o->check ? "bitwise" : "skipped",
+                     "CPU backend's grouped call (small layers over threads), host clock");
     }
-    r->batch = 1;
-    r->copies = 1;
-    finish_row(r, samples, reps);
+    sn_group_destroy(fwd);
+    sn_group_destroy(scale);
+    free(W);
+    free(G);
+    free(Out);
   }
-  free(samples);
   for (int l = 0; l < wl->n_layers; l++) sn_layer_destroy(layers[l]);
   free(layers);
   free_buffers(&buf);
@@ -2237,7 +2328,7 @@ static void print_table(void) {
   }
   int notes = 0;
   for (int i = 0; i < g_n_rows; i++)
-    if (g_rows[i].note[0] && strcmp(g_rows[i].impl, "cpu")) {
+    if (g_rows[i].note[0] && strcmp(g_rows[i].device, "cpu")) {
       if (!notes++) printf("\nNotes:\n");
       printf("  %s %s %s %s: %s\n", g_rows[i].workload, g_rows[i].mode, g_rows[i].dtype,
              g_rows[i].impl, g_rows[i].note);
