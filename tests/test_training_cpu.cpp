@@ -1,5 +1,6 @@
 // Training-loop entry points on the CPU backend: the backward against finite differences,
 // fp16 / bf16 weights, the scale-only forward, σReparam's γ and the norm bound.
+#include <cfenv>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -140,6 +141,47 @@ TEST(Dtype, HostConversionsMatchCuda) {
       EXPECT_TRUE(std::isnan(sn_bf16_to_float(mbb)));
     } else {
       ASSERT_EQ(rbb, mbb) << "bf16 of " << x;
+    }
+  }
+}
+
+// sn_store_n's narrowing to half (8 floats at a time with the F16C instruction where the CPU has
+// it, host/dtype.c; else one at a time): sn_float_to_half's bits (above: __float2half_rn's) for
+// every input, NaN payloads included, at any offset and length, nothing outside written, and under
+// every rounding mode (the instruction carries its own; sn_float_to_half uses integers only).
+TEST(Dtype, HalfNarrowingOfWholeChunks) {
+  Rng rng(fresh_seed());
+  std::vector<float> xs = {0.f, -0.f, INFINITY, -INFINITY, NAN, -NAN, 65504.f, 65519.f, 65520.f, 1e-30f};
+  for (int k = 0; k < (1 << 20); ++k) {
+    const uint32_t bits = uint32_t(rng.gen());
+    float x;
+    std::memcpy(&x, &bits, 4);
+    xs.push_back(x);
+  }
+  for (uint32_t b = 0; b < 0x7BFFu; ++b) {  // each rounding boundary and its neighbours
+    const float mid = (sn_half_to_float(uint16_t(b)) + sn_half_to_float(uint16_t(b + 1))) / 2.f;
+    for (float x : {mid, std::nextafter(mid, 0.f), std::nextafter(mid, INFINITY)}) {
+      xs.push_back(x);
+      xs.push_back(-x);
+    }
+  }
+  std::vector<uint16_t> want(xs.size());
+  for (size_t e = 0; e < xs.size(); ++e) want[e] = sn_float_to_half(xs[e]);
+  const uint16_t guard = 0xABCD;
+  for (int mode : {FE_TONEAREST, FE_UPWARD, FE_DOWNWARD, FE_TOWARDZERO}) {
+    for (int trial = 0; trial < 4; ++trial) {
+      const int64_t k = int64_t(rng.gen() % 9), skip = int64_t(rng.gen() % 9);
+      const int64_t n = trial == 3 ? int64_t(rng.gen() % 20) : int64_t(xs.size()) - skip;
+      std::vector<uint16_t> got(size_t(k + n + 1), guard);
+      ASSERT_EQ(std::fesetround(mode), 0);
+      sn_store_n(got.data(), SN_DTYPE_FLOAT16, k, n, xs.data() + skip);
+      std::fesetround(FE_TONEAREST);
+      SCOPED_TRACE("rounding mode " + std::to_string(mode) + ", " + std::to_string(n) + " elements at " +
+                   std::to_string(k));
+      for (int64_t e = 0; e < k; ++e) ASSERT_EQ(got[size_t(e)], guard) << "before the chunk";
+      ASSERT_EQ(got[size_t(k + n)], guard) << "after the chunk";
+      for (int64_t e = 0; e < n; ++e)
+        ASSERT_EQ(got[size_t(k + e)], want[size_t(skip + e)]) << "half of " << xs[size_t(skip + e)];
     }
   }
 }
