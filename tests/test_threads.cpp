@@ -213,62 +213,48 @@ uint64_t run_group_work(int id, int steps) {
   return dg.h;
 }
 
+// work(id, steps) for ids 0 .. n − 1 made with one thread a layer (SPECNORM_CPU_THREADS=1), one after
+// another, starting no thread; then on n threads at once with 4 threads a layer: the same digests,
+// and the second run split (started threads).
+void expect_split_runs_match_serial(int n, int steps, uint64_t (*work)(int, int), const char *what) {
+  std::vector<uint64_t> serial(static_cast<size_t>(n)), concurrent(static_cast<size_t>(n));
+  {
+    ScopedEnv env("SPECNORM_CPU_THREADS", "1");
+    const int64_t started = sn_ref_threads_started();
+    for (int id = 0; id < n; ++id) serial[size_t(id)] = work(id, steps);
+    EXPECT_EQ(sn_ref_threads_started(), started) << "one-thread " << what << "s started threads";
+  }
+  ScopedEnv env("SPECNORM_CPU_THREADS", "4");
+  const int64_t started = sn_ref_threads_started();
+  Barrier start(n);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < n; ++t)
+    pool.emplace_back([&, t] {
+      start.wait();
+      concurrent[size_t(t)] = work(t, steps);
+    });
+  for (auto &th : pool) th.join();
+  EXPECT_GT(sn_ref_threads_started(), started) << "the " << what << "s' calls did not split";
+  for (int id = 0; id < n; ++id) {
+    EXPECT_NE(serial[size_t(id)], 0u) << what << " " << id;
+    EXPECT_EQ(serial[size_t(id)], concurrent[size_t(id)]) << what << " " << id;
+  }
+}
+
 }  // namespace
 
 // Layers whose calls split over threads of their own (SPECNORM_CPU_THREADS=4), used from 3 threads
 // at once: the same bits as each used alone on one thread (SPECNORM_CPU_THREADS=1). Under
 // ThreadSanitizer in CI, this covers the reference's threads.
 TEST(Threads, LayersSplitOverTheirOwnThreadsMatchSerialBitwise) {
-  const int threads = 3, steps = 3;
-  std::vector<uint64_t> serial(threads), concurrent(threads);
-  {
-    ScopedEnv env("SPECNORM_CPU_THREADS", "1");
-    for (int id = 0; id < threads; ++id) serial[size_t(id)] = run_large_layer(id, steps);
-  }
-  ScopedEnv env("SPECNORM_CPU_THREADS", "4");
-  const int64_t started = sn_ref_threads_started();
-  Barrier start(threads);
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t)
-    pool.emplace_back([&, t] {
-      start.wait();
-      concurrent[size_t(t)] = run_large_layer(t, steps);
-    });
-  for (auto &th : pool) th.join();
-  EXPECT_GT(sn_ref_threads_started(), started) << "the layers' calls did not split";
-  for (int id = 0; id < threads; ++id) {
-    EXPECT_NE(serial[size_t(id)], 0u) << "layer " << id;
-    EXPECT_EQ(serial[size_t(id)], concurrent[size_t(id)]) << "layer " << id;
-  }
+  expect_split_runs_match_serial(3, 3, run_large_layer, "layer");
 }
 
 // CPU groups whose small members run as tasks over the group's threads (SPECNORM_CPU_THREADS=4),
 // two groups on two threads at once: the same bits as each group of one-thread layers
 // (SPECNORM_CPU_THREADS=1), whose members run one after another. Under ThreadSanitizer in CI.
 TEST(Threads, GroupsSpreadOverThreadsMatchSerialBitwise) {
-  const int threads = 2, steps = 3;
-  std::vector<uint64_t> serial(threads), concurrent(threads);
-  {
-    ScopedEnv env("SPECNORM_CPU_THREADS", "1");
-    const int64_t started = sn_ref_threads_started();
-    for (int id = 0; id < threads; ++id) serial[size_t(id)] = run_group_work(id, steps);
-    EXPECT_EQ(sn_ref_threads_started(), started) << "groups of one-thread layers started threads";
-  }
-  ScopedEnv env("SPECNORM_CPU_THREADS", "4");
-  const int64_t started = sn_ref_threads_started();
-  Barrier start(threads);
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t)
-    pool.emplace_back([&, t] {
-      start.wait();
-      concurrent[size_t(t)] = run_group_work(t, steps);
-    });
-  for (auto &th : pool) th.join();
-  EXPECT_GT(sn_ref_threads_started(), started) << "the groups' calls did not split";
-  for (int id = 0; id < threads; ++id) {
-    EXPECT_NE(serial[size_t(id)], 0u) << "group " << id;
-    EXPECT_EQ(serial[size_t(id)], concurrent[size_t(id)]) << "group " << id;
-  }
+  expect_split_runs_match_serial(2, 3, run_group_work, "group");
 }
 
 TEST(Threads, DistinctLayersOnManyThreadsMatchSerialBitwise) {
