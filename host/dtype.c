@@ -7,7 +7,9 @@
 /* x86 with F16C: sn_store_n narrows to half 8 floats at a time with VCVTPS2PH, its rounding given
  * in the instruction (to nearest even, whatever MXCSR says). Its results are sn_float_to_half's
  * for all 2^32 floats, NaN payloads included, also under other rounding modes and with FTZ and DAZ
- * set (checked exhaustively on 2026-11-27; Dtype.HalfNarrowingOfWholeChunks tests it). */
+ * set (checked exhaustively on 2026-11-27; Dtype.HalfNarrowingOfWholeChunks tests it). sn_load_n
+ * widens 8 halves at a time with VCVTPH2PS, but for signaling NaNs (widen_half_f16c;
+ * Dtype.HalfWideningOfWholeChunks). */
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
 #include <immintrin.h>
@@ -100,6 +102,37 @@ __attribute__((target("avx,f16c"))) static int64_t narrow_half_f16c(const float 
 }
 #endif
 
+/* out[0..n) = sn_half_to_float(q[0..n)), 8 at a time where the CPU has F16C. VCVTPH2PS quiets a
+ * signaling NaN (sets bit 22), where sn_half_to_float (and __half2float) keeps its payload as it is:
+ * a group of 8 with one takes the loop instead. For every other half the two agree (all 65536
+ * checked, also under DAZ and FTZ). */
+#ifdef SN_F16C
+__attribute__((target("avx,f16c"))) static int64_t widen_half_f16c(const uint16_t *q, float *out, int64_t n) {
+  const __m128i top = _mm_set1_epi16(0x7E00), snan_top = _mm_set1_epi16(0x7C00);
+  const __m128i low = _mm_set1_epi16(0x01FF), zero = _mm_setzero_si128();
+  int64_t e = 0;
+  for (; e + 8 <= n; e += 8) {
+    const __m128i h = _mm_loadu_si128((const __m128i *)(q + e));
+    /* signaling NaN: exponent all ones, quiet bit clear, the rest of the payload not zero */
+    const __m128i nan_top = _mm_cmpeq_epi16(_mm_and_si128(h, top), snan_top);
+    const __m128i no_payload = _mm_cmpeq_epi16(_mm_and_si128(h, low), zero);
+    if (_mm_movemask_epi8(_mm_andnot_si128(no_payload, nan_top)))
+      for (int k = 0; k < 8; ++k) out[e + k] = sn_half_to_float(q[e + k]);
+    else
+      _mm256_storeu_ps(out + e, _mm256_cvtph_ps(h));
+  }
+  return e;
+}
+#endif
+
+static void widen_half(const uint16_t *q, float *out, int64_t n) {
+  int64_t e = 0;
+#ifdef SN_F16C
+  if (n >= 8 && has_f16c()) e = widen_half_f16c(q, out, n);
+#endif
+  for (; e < n; ++e) out[e] = sn_half_to_float(q[e]);
+}
+
 static void narrow_half(const float *x, uint16_t *q, int64_t n) {
   int64_t e = 0;
 #ifdef SN_F16C
@@ -135,7 +168,7 @@ void sn_load_n(const void *p, sn_dtype_t t, int64_t k, int64_t n, float *out) {
   if (t == SN_DTYPE_BFLOAT16)
     for (int64_t e = 0; e < n; ++e) out[e] = sn_bf16_to_float(q[e]);
   else
-    for (int64_t e = 0; e < n; ++e) out[e] = sn_half_to_float(q[e]);
+    widen_half(q, out, n);
 }
 
 void sn_store_n(void *p, sn_dtype_t t, int64_t k, int64_t n, const float *x) {

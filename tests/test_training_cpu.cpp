@@ -186,6 +186,29 @@ TEST(Dtype, HalfNarrowingOfWholeChunks) {
   }
 }
 
+// sn_load_n's widening of halves (8 at a time with the F16C instruction where the CPU has it, but
+// for a group of 8 with a signaling NaN, whose payload the instruction would change): the bits of
+// sn_half_to_float (above: __half2float's) for all 65536 halves, in order and shuffled (so that
+// groups mix signaling NaNs with other values), at any offset, and nothing outside written.
+TEST(Dtype, HalfWideningOfWholeChunks) {
+  Rng rng(fresh_seed());
+  std::vector<uint16_t> in(65536);
+  for (uint32_t b = 0; b < 65536; ++b) in[b] = uint16_t(b);
+  for (int round = 0; round < 3; ++round) {
+    if (round > 0)
+      for (size_t k = in.size() - 1; k > 0; --k) std::swap(in[k], in[size_t(rng.gen() % (k + 1))]);
+    const int64_t k = int64_t(rng.gen() % 9), n = int64_t(in.size()) - k - int64_t(rng.gen() % 9);
+    std::vector<float> got(size_t(n) + 1, -7.f);
+    sn_load_n(in.data(), SN_DTYPE_FLOAT16, k, n, got.data());
+    ASSERT_EQ(got[size_t(n)], -7.f) << "after the chunk";
+    for (int64_t e = 0; e < n; ++e) {
+      const float want = sn_half_to_float(in[size_t(k + e)]);
+      ASSERT_EQ(std::memcmp(&got[size_t(e)], &want, 4), 0)
+          << "half " << std::hex << in[size_t(k + e)] << " at " << std::dec << e << ", round " << round;
+    }
+  }
+}
+
 namespace {
 
 // A weight in `dt` (as raw bytes) from float values, rounded to nearest even.
