@@ -146,10 +146,12 @@ TEST(Dtype, HostConversionsMatchCuda) {
 }
 
 // sn_store_n's narrowing to half (8 floats at a time with the F16C instruction where the CPU has
-// it, host/dtype.c; else one at a time): sn_float_to_half's bits (above: __float2half_rn's) for
-// every input, NaN payloads included, at any offset and length, nothing outside written, and under
-// every rounding mode (the instruction carries its own; sn_float_to_half uses integers only).
-TEST(Dtype, HalfNarrowingOfWholeChunks) {
+// it, host/dtype.c; else one at a time) and to bfloat16 (the loop built for AVX2 where the CPU has
+// it): sn_float_to_half's and sn_float_to_bf16's bits (above: __float2half_rn's and
+// __float2bfloat16_rn's) for every input, NaN payloads included, at any offset and length, nothing
+// outside written, and under every rounding mode (the instruction carries its own; the scalar
+// functions use integers only).
+TEST(Dtype, TwoByteNarrowingOfWholeChunks) {
   Rng rng(fresh_seed());
   std::vector<float> xs = {0.f, -0.f, INFINITY, -INFINITY, NAN, -NAN, 65504.f, 65519.f, 65520.f, 1e-30f};
   for (int k = 0; k < (1 << 20); ++k) {
@@ -158,30 +160,40 @@ TEST(Dtype, HalfNarrowingOfWholeChunks) {
     std::memcpy(&x, &bits, 4);
     xs.push_back(x);
   }
-  for (uint32_t b = 0; b < 0x7BFFu; ++b) {  // each rounding boundary and its neighbours
+  for (uint32_t b = 0; b < 0x7BFFu; ++b) {  // each rounding boundary of half and its neighbours
     const float mid = (sn_half_to_float(uint16_t(b)) + sn_half_to_float(uint16_t(b + 1))) / 2.f;
     for (float x : {mid, std::nextafter(mid, 0.f), std::nextafter(mid, INFINITY)}) {
       xs.push_back(x);
       xs.push_back(-x);
     }
   }
-  std::vector<uint16_t> want(xs.size());
-  for (size_t e = 0; e < xs.size(); ++e) want[e] = sn_float_to_half(xs[e]);
-  const uint16_t guard = 0xABCD;
-  for (int mode : {FE_TONEAREST, FE_UPWARD, FE_DOWNWARD, FE_TOWARDZERO}) {
-    for (int trial = 0; trial < 4; ++trial) {
-      const int64_t k = int64_t(rng.gen() % 9), skip = int64_t(rng.gen() % 9);
-      const int64_t n = trial == 3 ? int64_t(rng.gen() % 20) : int64_t(xs.size()) - skip;
-      std::vector<uint16_t> got(size_t(k + n + 1), guard);
-      ASSERT_EQ(std::fesetround(mode), 0);
-      sn_store_n(got.data(), SN_DTYPE_FLOAT16, k, n, xs.data() + skip);
-      std::fesetround(FE_TONEAREST);
-      SCOPED_TRACE("rounding mode " + std::to_string(mode) + ", " + std::to_string(n) + " elements at " +
-                   std::to_string(k));
-      for (int64_t e = 0; e < k; ++e) ASSERT_EQ(got[size_t(e)], guard) << "before the chunk";
-      ASSERT_EQ(got[size_t(k + n)], guard) << "after the chunk";
-      for (int64_t e = 0; e < n; ++e)
-        ASSERT_EQ(got[size_t(k + e)], want[size_t(skip + e)]) << "half of " << xs[size_t(skip + e)];
+  for (uint32_t b = 0; b < 0x7F7Fu; b += 7) {  // a seventh of bfloat16's, the same way
+    const float mid = (sn_bf16_to_float(uint16_t(b)) + sn_bf16_to_float(uint16_t(b + 1))) / 2.f;
+    for (float x : {mid, std::nextafter(mid, 0.f), std::nextafter(mid, INFINITY)}) {
+      xs.push_back(x);
+      xs.push_back(-x);
+    }
+  }
+  for (sn_dtype_t dt : {SN_DTYPE_FLOAT16, SN_DTYPE_BFLOAT16}) {
+    std::vector<uint16_t> want(xs.size());
+    for (size_t e = 0; e < xs.size(); ++e)
+      want[e] = dt == SN_DTYPE_FLOAT16 ? sn_float_to_half(xs[e]) : sn_float_to_bf16(xs[e]);
+    const uint16_t guard = 0xABCD;
+    for (int mode : {FE_TONEAREST, FE_UPWARD, FE_DOWNWARD, FE_TOWARDZERO}) {
+      for (int trial = 0; trial < 4; ++trial) {
+        const int64_t k = int64_t(rng.gen() % 9), skip = int64_t(rng.gen() % 9);
+        const int64_t n = trial == 3 ? int64_t(rng.gen() % 20) : int64_t(xs.size()) - skip;
+        std::vector<uint16_t> got(size_t(k + n + 1), guard);
+        ASSERT_EQ(std::fesetround(mode), 0);
+        sn_store_n(got.data(), dt, k, n, xs.data() + skip);
+        std::fesetround(FE_TONEAREST);
+        SCOPED_TRACE("dtype " + std::to_string(int(dt)) + ", rounding mode " + std::to_string(mode) + ", " +
+                     std::to_string(n) + " elements at " + std::to_string(k));
+        for (int64_t e = 0; e < k; ++e) ASSERT_EQ(got[size_t(e)], guard) << "before the chunk";
+        ASSERT_EQ(got[size_t(k + n)], guard) << "after the chunk";
+        for (int64_t e = 0; e < n; ++e)
+          ASSERT_EQ(got[size_t(k + e)], want[size_t(skip + e)]) << "of " << xs[size_t(skip + e)];
+      }
     }
   }
 }
