@@ -17,12 +17,10 @@
 #include <stdatomic.h>
 #define SN_X86 1
 
-enum { CPU_F16C = 1, CPU_AVX2 = 2 };
-
-/* What this CPU runs (CPU_F16C: F16C and AVX, CPUID 1 ECX bits 29 and 28; CPU_AVX2: CPUID 7 EBX
- * bit 5), where the OS keeps the YMM registers (ECX bit 27 OSXSAVE, XCR0 bits 1 and 2); asked
- * once. (Not __builtin_cpu_supports: clang 14 does not know "f16c".) */
-static int cpu_features(void) {
+/* SN_CPU_F16C: F16C and AVX, CPUID 1 ECX bits 29 and 28; SN_CPU_AVX2: CPUID 7 EBX bit 5; where
+ * the OS keeps the YMM registers (ECX bit 27 OSXSAVE, XCR0 bits 1 and 2). (Not
+ * __builtin_cpu_supports: clang 14 does not know "f16c".) */
+int sn_cpu_features(void) {
   static _Atomic int known = -1;
   int k = atomic_load_explicit(&known, memory_order_relaxed);
   if (k < 0) {
@@ -33,14 +31,16 @@ static int cpu_features(void) {
       __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
       if ((lo & 6u) == 6u) {
         const unsigned f16c = (1u << 28) | (1u << 29);
-        if ((c & f16c) == f16c) k |= CPU_F16C;
-        if ((c & (1u << 28)) && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 5))) k |= CPU_AVX2;
+        if ((c & f16c) == f16c) k |= SN_CPU_F16C;
+        if ((c & (1u << 28)) && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 5))) k |= SN_CPU_AVX2;
       }
     }
     atomic_store_explicit(&known, k, memory_order_relaxed);
   }
   return k;
 }
+#else
+int sn_cpu_features(void) { return 0; }
 #endif
 
 static uint32_t bits_of(float f) {
@@ -134,7 +134,7 @@ __attribute__((target("avx,f16c"))) static int64_t widen_half_f16c(const uint16_
 static void widen_half(const uint16_t *q, float *out, int64_t n) {
   int64_t e = 0;
 #ifdef SN_X86
-  if (n >= 8 && (cpu_features() & CPU_F16C)) e = widen_half_f16c(q, out, n);
+  if (n >= 8 && (sn_cpu_features() & SN_CPU_F16C)) e = widen_half_f16c(q, out, n);
 #endif
   for (; e < n; ++e) out[e] = sn_half_to_float(q[e]);
 }
@@ -152,7 +152,7 @@ __attribute__((target("avx2"))) static void narrow_bf16_avx2(const float *x, uin
 
 static void narrow_bf16(const float *x, uint16_t *q, int64_t n) {
 #ifdef SN_X86
-  if (cpu_features() & CPU_AVX2) {
+  if (sn_cpu_features() & SN_CPU_AVX2) {
     narrow_bf16_avx2(x, q, n);
     return;
   }
@@ -163,7 +163,7 @@ static void narrow_bf16(const float *x, uint16_t *q, int64_t n) {
 static void narrow_half(const float *x, uint16_t *q, int64_t n) {
   int64_t e = 0;
 #ifdef SN_X86
-  if (n >= 8 && (cpu_features() & CPU_F16C)) e = narrow_half_f16c(x, q, n);
+  if (n >= 8 && (sn_cpu_features() & SN_CPU_F16C)) e = narrow_half_f16c(x, q, n);
 #endif
   for (; e < n; ++e) q[e] = sn_float_to_half(x[e]);
 }

@@ -28,6 +28,12 @@ void sn_store(void *p, sn_dtype_t t, int64_t k, float x);
 void sn_load_n(const void *p, sn_dtype_t t, int64_t k, int64_t n, float *out);
 void sn_store_n(void *p, sn_dtype_t t, int64_t k, int64_t n, const float *x);
 
+/* The vector extensions of this CPU that the host loops may use (host/dtype.c; x86 only, else 0),
+ * asked once: SN_CPU_F16C, the conversions to and from half; SN_CPU_AVX2, the reference's loops
+ * over W and the narrowing to bfloat16 built for AVX2 (not FMA: the same operations, the same bits). */
+enum { SN_CPU_F16C = 1, SN_CPU_AVX2 = 2 };
+int sn_cpu_features(void);
+
 /* ---- the math (host/reference.c) ---- */
 
 /* The view of a weight of `ndim` dimensions `shape` for output axis `dim` (already in [0, ndim)). */
