@@ -1,8 +1,13 @@
 /* float16 and bfloat16 on the host: exact widening to float and round-to-nearest-even narrowing,
  * the same results as CUDA's __half2float / __float2half_rn and their bfloat16 twins. */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "sn_reference.h"
+
+static _Atomic int allowed = -1; /* the extensions sn_cpu_features may report */
+
+int sn_cpu_allow_features(int mask) { return atomic_exchange(&allowed, mask); }
 
 /* x86 with F16C: sn_store_n narrows to half 8 floats at a time with VCVTPS2PH, its rounding given
  * in the instruction (to nearest even, whatever MXCSR says). Its results are sn_float_to_half's
@@ -14,7 +19,6 @@
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
 #include <immintrin.h>
-#include <stdatomic.h>
 #define SN_X86 1
 
 /* SN_CPU_F16C: F16C and AVX, CPUID 1 ECX bits 29 and 28; SN_CPU_AVX2: CPUID 7 EBX bit 5; where
@@ -37,7 +41,7 @@ int sn_cpu_features(void) {
     }
     atomic_store_explicit(&known, k, memory_order_relaxed);
   }
-  return k;
+  return k & atomic_load_explicit(&allowed, memory_order_relaxed);
 }
 #else
 int sn_cpu_features(void) { return 0; }

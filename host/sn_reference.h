@@ -33,6 +33,10 @@ void sn_store_n(void *p, sn_dtype_t t, int64_t k, int64_t n, const float *x);
  * over W and the narrowing to bfloat16 built for AVX2 (not FMA: the same operations, the same bits). */
 enum { SN_CPU_F16C = 1, SN_CPU_AVX2 = 2 };
 int sn_cpu_features(void);
+/* For the tests, to run the baseline loops on a CPU that has the extensions: sn_cpu_features()
+ * reports only those in `mask` (-1, the default: all) from now on, in the whole process; returns
+ * the previous mask. */
+int sn_cpu_allow_features(int mask);
 
 /* ---- the math (host/reference.c) ---- */
 

@@ -190,9 +190,13 @@ TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
   struct Split {
     int threads;
     int64_t grain;
+    int cpu;  // sn_cpu_allow_features: -1 the loops built for the CPU's extensions, 0 the baseline ones
   };
-  for (const Split split : {Split{1, SN_REF_GRAIN}, Split{2, 1}, Split{3, 700}, Split{8, 1}, Split{13, 1}}) {
-    SCOPED_TRACE("threads " + std::to_string(split.threads) + ", grain " + std::to_string(split.grain));
+  for (const Split split : {Split{1, SN_REF_GRAIN, -1}, Split{1, SN_REF_GRAIN, 0}, Split{2, 1, -1},
+                            Split{3, 700, 0}, Split{8, 1, -1}, Split{13, 1, 0}}) {
+    SCOPED_TRACE("threads " + std::to_string(split.threads) + ", grain " + std::to_string(split.grain) +
+                 (split.cpu ? ", vector extensions" : ", baseline loops"));
+    const int cpu_before = sn_cpu_allow_features(split.cpu);
     const int threads_before = sn_ref_set_threads(split.threads);
     const int64_t grain_before = sn_ref_set_grain(split.grain);
     const int64_t started = sn_ref_threads_started();
@@ -278,6 +282,7 @@ TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
     else EXPECT_EQ(sn_ref_threads_started(), started) << "a call split on one thread";
     EXPECT_EQ(sn_ref_set_grain(grain_before), split.grain);
     EXPECT_EQ(sn_ref_set_threads(threads_before), split.threads);
+    EXPECT_EQ(sn_cpu_allow_features(cpu_before), split.cpu);
   }
 }
 

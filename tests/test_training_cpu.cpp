@@ -174,7 +174,9 @@ TEST(Dtype, TwoByteNarrowingOfWholeChunks) {
       xs.push_back(-x);
     }
   }
+  for (int cpu : {-1, 0})  // the loops built for the CPU's extensions, then the baseline ones
   for (sn_dtype_t dt : {SN_DTYPE_FLOAT16, SN_DTYPE_BFLOAT16}) {
+    const int cpu_before = sn_cpu_allow_features(cpu);
     std::vector<uint16_t> want(xs.size());
     for (size_t e = 0; e < xs.size(); ++e)
       want[e] = dt == SN_DTYPE_FLOAT16 ? sn_float_to_half(xs[e]) : sn_float_to_bf16(xs[e]);
@@ -187,14 +189,15 @@ TEST(Dtype, TwoByteNarrowingOfWholeChunks) {
         ASSERT_EQ(std::fesetround(mode), 0);
         sn_store_n(got.data(), dt, k, n, xs.data() + skip);
         std::fesetround(FE_TONEAREST);
-        SCOPED_TRACE("dtype " + std::to_string(int(dt)) + ", rounding mode " + std::to_string(mode) + ", " +
-                     std::to_string(n) + " elements at " + std::to_string(k));
+        SCOPED_TRACE("cpu " + std::to_string(cpu) + ", dtype " + std::to_string(int(dt)) + ", rounding mode " +
+                     std::to_string(mode) + ", " + std::to_string(n) + " elements at " + std::to_string(k));
         for (int64_t e = 0; e < k; ++e) ASSERT_EQ(got[size_t(e)], guard) << "before the chunk";
         ASSERT_EQ(got[size_t(k + n)], guard) << "after the chunk";
         for (int64_t e = 0; e < n; ++e)
           ASSERT_EQ(got[size_t(k + e)], want[size_t(skip + e)]) << "of " << xs[size_t(skip + e)];
       }
     }
+    sn_cpu_allow_features(cpu_before);
   }
 }
 
@@ -206,7 +209,8 @@ TEST(Dtype, HalfWideningOfWholeChunks) {
   Rng rng(fresh_seed());
   std::vector<uint16_t> in(65536);
   for (uint32_t b = 0; b < 65536; ++b) in[b] = uint16_t(b);
-  for (int round = 0; round < 3; ++round) {
+  for (int round = 0; round < 4; ++round) {
+    const int cpu_before = sn_cpu_allow_features(round == 3 ? 0 : -1);  // round 3: the baseline loop
     if (round > 0)
       for (size_t k = in.size() - 1; k > 0; --k) std::swap(in[k], in[size_t(rng.gen() % (k + 1))]);
     const int64_t k = int64_t(rng.gen() % 9), n = int64_t(in.size()) - k - int64_t(rng.gen() % 9);
@@ -218,6 +222,7 @@ TEST(Dtype, HalfWideningOfWholeChunks) {
       ASSERT_EQ(std::memcmp(&got[size_t(e)], &want, 4), 0)
           << "half " << std::hex << in[size_t(k + e)] << " at " << std::dec << e << ", round " << round;
     }
+    sn_cpu_allow_features(cpu_before);
   }
 }
 
