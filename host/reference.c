@@ -243,16 +243,33 @@ SN_BODY matvec_t_cols_body(const void *ctx, int64_t j_begin, int64_t j_end) {
   const sn_view_t vw = p->vw;
   const double *y = p->x;
   double *s = p->out;
-  float buf[CHUNK];
-  if (vw.B == 1) {
-    for (int64_t a = j_begin; a < j_end; ++a) {
-      double acc = 0.0;
+  enum { R = 4 };
+  float buf[R][CHUNK];
+  if (vw.B == 1) { /* column a of M is W's contiguous a-th run of h: four columns at a time, four
+                    * sums in flight, each adding its own column's terms in order (as M v's rows) */
+    for (int64_t a0 = j_begin; a0 < j_end; a0 += R) {
+      const int cols = j_end - a0 < R ? (int)(j_end - a0) : R;
+      double acc[R] = {0.0, 0.0, 0.0, 0.0};
       for (int64_t i0 = 0; i0 < vw.h; i0 += CHUNK) {
         const int64_t n = chunk_len(i0, vw.h);
-        const float *col = floats_at(p->W, p->dt, a * vw.h + i0, n, buf);
-        for (int64_t i = 0; i < n; ++i) acc += (double)col[i] * y[i0 + i];
+        const float *c[R];
+        for (int q = 0; q < cols; ++q) c[q] = floats_at(p->W, p->dt, (a0 + q) * vw.h + i0, n, buf[q]);
+        const double *yi = y + i0;
+        if (cols == R) {
+          double s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3];
+          for (int64_t i = 0; i < n; ++i) {
+            s0 += (double)c[0][i] * yi[i];
+            s1 += (double)c[1][i] * yi[i];
+            s2 += (double)c[2][i] * yi[i];
+            s3 += (double)c[3][i] * yi[i];
+          }
+          acc[0] = s0, acc[1] = s1, acc[2] = s2, acc[3] = s3;
+        } else {
+          for (int q = 0; q < cols; ++q)
+            for (int64_t i = 0; i < n; ++i) acc[q] += (double)c[q][i] * yi[i];
+        }
       }
-      s[a] = acc;
+      for (int q = 0; q < cols; ++q) s[a0 + q] = acc[q];
     }
     return;
   }
@@ -266,7 +283,7 @@ SN_BODY matvec_t_cols_body(const void *ctx, int64_t j_begin, int64_t j_end) {
       const int64_t row = (a * vw.h + i) * vw.B;
       for (int64_t b0 = b_lo; b0 < b_hi; b0 += CHUNK) {
         const int64_t n = chunk_len(b0, b_hi);
-        const float *r = floats_at(p->W, p->dt, row + b0, n, buf);
+        const float *r = floats_at(p->W, p->dt, row + b0, n, buf[0]);
         for (int64_t b = 0; b < n; ++b) sa[b0 + b] += (double)r[b] * y[i];
       }
     }
