@@ -389,24 +389,46 @@ typedef struct {
 } inner_t;
 
 /* The sums of blocks [block0 + begin, block0 + end), each over its elements in order. */
-static void inner_blocks(const void *ctx, int64_t begin, int64_t end) {
+/* The sums of blocks [block0 + begin, block0 + end), each over its elements in order: four whole
+ * blocks at a time, four sums in flight (the last block of W may be short: alone). */
+_Static_assert(SN_REF_INNER_BLOCK % CHUNK == 0, "whole chunks a block");
+SN_BODY inner_blocks_body(const void *ctx, int64_t begin, int64_t end) {
   const inner_t *p = (const inner_t *)ctx;
-  float gb[CHUNK], wb[CHUNK];
-  for (int64_t b = begin; b < end; ++b) {
+  enum { R = 4 };
+  float gb[R][CHUNK], wb[R][CHUNK];
+  int64_t b = begin;
+  for (; b + R <= end && (p->block0 + b + R) * SN_REF_INNER_BLOCK <= p->n; b += R) {
+    const int64_t k_begin = (p->block0 + b) * SN_REF_INNER_BLOCK;
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    for (int64_t c = 0; c < SN_REF_INNER_BLOCK; c += CHUNK) {
+      const float *g[R], *w[R];
+      for (int q = 0; q < R; ++q) {
+        g[q] = floats_at(p->G, p->dt, k_begin + q * SN_REF_INNER_BLOCK + c, CHUNK, gb[q]);
+        w[q] = floats_at(p->W, p->dt, k_begin + q * SN_REF_INNER_BLOCK + c, CHUNK, wb[q]);
+      }
+      for (int64_t e = 0; e < CHUNK; ++e) {
+        s0 += (double)g[0][e] * (double)w[0][e];
+        s1 += (double)g[1][e] * (double)w[1][e];
+        s2 += (double)g[2][e] * (double)w[2][e];
+        s3 += (double)g[3][e] * (double)w[3][e];
+      }
+    }
+    p->sums[b] = s0, p->sums[b + 1] = s1, p->sums[b + 2] = s2, p->sums[b + 3] = s3;
+  }
+  for (; b < end; ++b) {
     const int64_t k_begin = (p->block0 + b) * SN_REF_INNER_BLOCK;
     const int64_t k_end = p->n - k_begin < SN_REF_INNER_BLOCK ? p->n : k_begin + SN_REF_INNER_BLOCK;
     double acc = 0.0;
     for (int64_t k0 = k_begin; k0 < k_end; k0 += CHUNK) {
       const int64_t m = chunk_len(k0, k_end);
-      const float *g = floats_at(p->G, p->dt, k0, m, gb), *w = floats_at(p->W, p->dt, k0, m, wb);
+      const float *g = floats_at(p->G, p->dt, k0, m, gb[0]), *w = floats_at(p->W, p->dt, k0, m, wb[0]);
       for (int64_t e = 0; e < m; ++e) acc += (double)g[e] * (double)w[e];
     }
     p->sums[b] = acc;
   }
 }
+SN_TWIN(inner_blocks)
 
-/* Rounds of up to ROUND blocks (4M elements): their sums in parallel into a buffer on the stack,
- * then added to the total in block order on the calling thread. */
 double sn_ref_inner(const void *G, const void *W, sn_dtype_t dt, int64_t n) {
   enum { ROUND = 64 };
   double sums[ROUND], total = 0.0;
