@@ -153,8 +153,10 @@ void sn_ref_run_tasks(int n, const int64_t *work, sn_ref_task_fn fn, void *ctx) 
  * the library, and for AVX2 (4 doubles or 8 floats a step where the baseline x86-64 build takes 2
  * or 4), taken where the CPU has it (sn_cpu_features). Not for FMA: each element gets the same
  * operations in the same order, so the same bits (the Reference tests compare the loops with one
- * element at a time). SN_TWIN(name) defines range function `name` over name##_body. */
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+ * element at a time). x86-64 only: a 32-bit x86 baseline may do its double arithmetic on the x87
+ * (extended precision), where the AVX2 build uses SSE2, which would change bits by CPU. SN_TWIN(name)
+ * defines range function `name` over name##_body. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define SN_TWIN(name)                                                                           \
   __attribute__((target("avx2"))) static void name##_avx2(const void *ctx, int64_t b, int64_t e) { \
     name##_body(ctx, b, e);                                                                     \
@@ -169,7 +171,11 @@ void sn_ref_run_tasks(int n, const int64_t *work, sn_ref_task_fn fn, void *ctx) 
 #define SN_TWIN(name) \
   static void name(const void *ctx, int64_t b, int64_t e) { name##_body(ctx, b, e); }
 #endif
+#if defined(__GNUC__) || defined(__clang__)
 #define SN_BODY static inline __attribute__((always_inline)) void
+#else
+#define SN_BODY static inline void
+#endif
 
 typedef struct {
   const void *W;
@@ -388,7 +394,6 @@ typedef struct {
   double *sums;      /* this round's block sums */
 } inner_t;
 
-/* The sums of blocks [block0 + begin, block0 + end), each over its elements in order. */
 /* The sums of blocks [block0 + begin, block0 + end), each over its elements in order: four whole
  * blocks at a time, four sums in flight (the last block of W may be short: alone). */
 _Static_assert(SN_REF_INNER_BLOCK % CHUNK == 0, "whole chunks a block");
@@ -429,6 +434,8 @@ SN_BODY inner_blocks_body(const void *ctx, int64_t begin, int64_t end) {
 }
 SN_TWIN(inner_blocks)
 
+/* Rounds of up to ROUND blocks (4M elements): their sums in parallel into a buffer on the stack,
+ * then added to the total in block order on the calling thread. */
 double sn_ref_inner(const void *G, const void *W, sn_dtype_t dt, int64_t n) {
   enum { ROUND = 64 };
   double sums[ROUND], total = 0.0;
@@ -446,8 +453,8 @@ double sn_ref_inner(const void *G, const void *W, sn_dtype_t dt, int64_t n) {
 
 /* m elements of dW = a·G − b·u_i·v_j (+ dW) from `g` (and `old`, accumulating) into `out`:
  * element e has u_i = uu[e·us] and v_j = vv[e·vs] (a stride of 0 holds one across the run). */
-static inline __attribute__((always_inline)) void backward_run(double a, double b, const float *g, const float *old, const float *uu,
-                         int64_t us, const float *vv, int64_t vs, int64_t m, float *out) {
+SN_BODY backward_run(double a, double b, const float *g, const float *old, const float *uu,
+                    int64_t us, const float *vv, int64_t vs, int64_t m, float *out) {
   for (int64_t e = 0; e < m; ++e) {
     double x = a * g[e] - b * (double)uu[e * us] * (double)vv[e * vs];
     if (old) x += old[e];

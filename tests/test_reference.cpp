@@ -292,15 +292,26 @@ TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
 TEST(Reference, InnerProductAddsFixedBlocksInOrder) {
   SN_SEEDED_RNG();
   const int64_t n = 65 * SN_REF_INNER_BLOCK + 17;
-  const std::vector<float> G = rng.normals(n), W = rng.normals(n);
-  const double expect = sum_in_blocks(n, [&](int64_t k) { return double(G[size_t(k)]) * double(W[size_t(k)]); });
-  for (int threads : {1, 5}) {
-    const int before = sn_ref_set_threads(threads);
-    const int64_t started = sn_ref_threads_started();
-    const double got = sn_ref_inner(G.data(), W.data(), SN_DTYPE_FLOAT32, n);
-    EXPECT_EQ(0, std::memcmp(&got, &expect, sizeof got)) << threads << " threads: " << got << " vs " << expect;
-    EXPECT_EQ(sn_ref_threads_started() > started, threads > 1) << threads << " threads";
-    sn_ref_set_threads(before);
+  const std::vector<float> g = rng.normals(n), w = rng.normals(n);
+  for (sn_dtype_t dt : {SN_DTYPE_FLOAT32, SN_DTYPE_FLOAT16, SN_DTYPE_BFLOAT16}) {
+    std::vector<uint8_t> G(size_t(n) * sn_dtype_size(dt)), W(G.size());
+    sn_store_n(G.data(), dt, 0, n, g.data());
+    sn_store_n(W.data(), dt, 0, n, w.data());
+    const double expect = sum_in_blocks(
+        n, [&](int64_t k) { return double(sn_load(G.data(), dt, k)) * double(sn_load(W.data(), dt, k)); });
+    for (int cpu : {-1, 0}) {  // the loops built for the CPU's vector extensions, then the baseline ones
+      const ScopedCpuFeatures features(cpu);
+      for (int threads : {1, 5}) {
+        SCOPED_TRACE("dtype " + std::to_string(int(dt)) + ", cpu " + std::to_string(cpu) + ", " +
+                     std::to_string(threads) + " threads");
+        const int before = sn_ref_set_threads(threads);
+        const int64_t started = sn_ref_threads_started();
+        const double got = sn_ref_inner(G.data(), W.data(), dt, n);
+        EXPECT_EQ(0, std::memcmp(&got, &expect, sizeof got)) << got << " vs " << expect;
+        EXPECT_EQ(sn_ref_threads_started() > started, threads > 1);
+        sn_ref_set_threads(before);
+      }
+    }
   }
 }
 

@@ -176,7 +176,7 @@ TEST(Dtype, TwoByteNarrowingOfWholeChunks) {
   }
   for (int cpu : {-1, 0})  // the loops built for the CPU's extensions, then the baseline ones
   for (sn_dtype_t dt : {SN_DTYPE_FLOAT16, SN_DTYPE_BFLOAT16}) {
-    const int cpu_before = sn_cpu_allow_features(cpu);
+    const ScopedCpuFeatures features(cpu);
     std::vector<uint16_t> want(xs.size());
     for (size_t e = 0; e < xs.size(); ++e)
       want[e] = dt == SN_DTYPE_FLOAT16 ? sn_float_to_half(xs[e]) : sn_float_to_bf16(xs[e]);
@@ -197,7 +197,6 @@ TEST(Dtype, TwoByteNarrowingOfWholeChunks) {
           ASSERT_EQ(got[size_t(k + e)], want[size_t(skip + e)]) << "of " << xs[size_t(skip + e)];
       }
     }
-    sn_cpu_allow_features(cpu_before);
   }
 }
 
@@ -210,7 +209,7 @@ TEST(Dtype, HalfWideningOfWholeChunks) {
   std::vector<uint16_t> in(65536);
   for (uint32_t b = 0; b < 65536; ++b) in[b] = uint16_t(b);
   for (int round = 0; round < 4; ++round) {
-    const int cpu_before = sn_cpu_allow_features(round == 3 ? 0 : -1);  // round 3: the baseline loop
+    const ScopedCpuFeatures features(round == 3 ? 0 : -1);  // round 3: the baseline loop
     if (round > 0)
       for (size_t k = in.size() - 1; k > 0; --k) std::swap(in[k], in[size_t(rng.gen() % (k + 1))]);
     const int64_t k = int64_t(rng.gen() % 9), n = int64_t(in.size()) - k - int64_t(rng.gen() % 9);
@@ -222,8 +221,31 @@ TEST(Dtype, HalfWideningOfWholeChunks) {
       ASSERT_EQ(std::memcmp(&got[size_t(e)], &want, 4), 0)
           << "half " << std::hex << in[size_t(k + e)] << " at " << std::dec << e << ", round " << round;
     }
-    sn_cpu_allow_features(cpu_before);
   }
+}
+
+// sn_cpu_features (CPUID and XGETBV, host/dtype.c) against the compiler's own view of this CPU, so
+// that the vectorized loops and the tests of both their builds do run where the CPU has them; and
+// sn_cpu_allow_features masks it.
+TEST(Dtype, CpuFeaturesAreDetected) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+  __builtin_cpu_init();
+  EXPECT_EQ((sn_cpu_features() & SN_CPU_AVX2) != 0, __builtin_cpu_supports("avx2") != 0);
+#if !defined(__clang__)  // clang 14 does not know "f16c"
+  EXPECT_EQ((sn_cpu_features() & SN_CPU_F16C) != 0,
+            __builtin_cpu_supports("f16c") != 0 && __builtin_cpu_supports("avx") != 0);
+#endif
+#else
+  EXPECT_EQ(sn_cpu_features(), 0);
+#endif
+  const int all = sn_cpu_features();
+  {
+    const ScopedCpuFeatures none(0);
+    EXPECT_EQ(sn_cpu_features(), 0);
+    const ScopedCpuFeatures avx2_only(SN_CPU_AVX2);
+    EXPECT_EQ(sn_cpu_features(), all & SN_CPU_AVX2);
+  }
+  EXPECT_EQ(sn_cpu_features(), all);
 }
 
 namespace {

@@ -166,6 +166,16 @@ struct ScopedEnv {
   ScopedEnv &operator=(const ScopedEnv &) = delete;
 };
 
+// The host loops' builds for a scope (sn_cpu_allow_features: -1 those for the CPU's vector
+// extensions, 0 the baseline ones), then the mask before, also when an ASSERT leaves early.
+struct ScopedCpuFeatures {
+  int old;
+  explicit ScopedCpuFeatures(int mask) : old(sn_cpu_allow_features(mask)) {}
+  ~ScopedCpuFeatures() { sn_cpu_allow_features(old); }
+  ScopedCpuFeatures(const ScopedCpuFeatures &) = delete;
+  ScopedCpuFeatures &operator=(const ScopedCpuFeatures &) = delete;
+};
+
 // SPECNORM_TUNE as the test runs under it, followed by a comma (empty when unset), for knobs to
 // be appended: the parser takes the last value of a key, so a test's own knobs win while the
 // others (gpu_check's tune_tests, say) still apply.
