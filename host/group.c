@@ -121,6 +121,15 @@ static sn_status_t check_members(sn_layer_t *const *layers, const void *const *W
                         "layer's W_sn while it reads the others' W",
                         k, out, j);
     }
+    /* A member's γ (sn_layer_set_gamma) is read while the others' W_sn are written. */
+    for (int j = 0; W_sn && j < count; ++j) {
+      const float *gj = layers[j] ? layers[j]->plan.gamma : NULL;
+      if (j != k && gj && out && sn__overlap(gj, sizeof(float), out, bytes))
+        return sn__fail(SN_ERROR_INVALID_VALUE,
+                        "layers[%d]'s gamma (%p) lies inside W_sn[%d] (%p): the group writes one "
+                        "layer's W_sn while it reads the others' gamma",
+                        j, (const void *)gj, k, out);
+    }
     /* The buffers in the backend's memory, checked here (and again before a forward's warm-ups,
      * sn_group_forward), so that a grouped forward cannot fail on them halfway through its
      * layers. */
@@ -448,6 +457,14 @@ static sn_status_t check_gradients(const sn_group_t *g, const void *const *G, vo
       }
       if (dg && j < k && dgamma[j] && sn__overlap(dg, sizeof(float), dgamma[j], sizeof(float)))
         return sn__fail(SN_ERROR_INVALID_VALUE, "dgamma[%d] and dgamma[%d] overlap", j, k);
+      /* The others' γ are read while this layer's dW and ∂L/∂γ are written. */
+      const float *gj = g->gamma[j];
+      if (j != k && gj && sn__overlap(gj, sizeof(float), dW[k], bytes))
+        return sn__fail(SN_ERROR_INVALID_VALUE, "layers[%d]'s gamma (%p) lies inside dW[%d] (%p)", j,
+                        (const void *)gj, k, dW[k]);
+      if (j != k && gj && dg && sn__overlap(gj, sizeof(float), dg, sizeof(float)))
+        return sn__fail(SN_ERROR_INVALID_VALUE, "dgamma[%d] (%p) is layers[%d]'s gamma", k,
+                        (const void *)dg, j);
     }
   }
   return SN_SUCCESS;

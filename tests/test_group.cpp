@@ -1551,6 +1551,59 @@ TEST(GroupCpu, BackwardEqualsTheLayersOneByOne) {
   }
 }
 
+// A member's γ binding is read while the other members' W_sn, dW and ∂L/∂γ are written (at once,
+// on either backend): a γ inside another member's W_sn fails sn_group_create, inside its dW or
+// as its dgamma fails sn_group_set_gradients (nothing is bound); with each γ elsewhere the group
+// is made, bound and run.
+TEST(GroupCpu, GammaLiesOutsideWhatOtherMembersWrite) {
+  SN_SEEDED_RNG();
+  const std::vector<int64_t> shape = {6, 5};
+  const size_t n = size_t(numel_of(shape));
+  std::vector<float> W0 = rng.normals(n), W1 = rng.normals(n), out0(n), out1(n), G0 = rng.normals(n),
+                     G1 = rng.normals(n), dW0(n), dW1(n);
+  float gamma0 = 0.8f, gamma1 = 1.25f, dg0 = 0.f, dg1 = 0.f;
+  LayerPtr l0(make_desc(shape, SN_BACKEND_CPU)), l1(make_desc(shape, SN_BACKEND_CPU));
+  ASSERT_TRUE(l0.p && l1.p);
+  ASSERT_EQ(sn_layer_set_gamma(l0, &gamma0), SN_SUCCESS);
+  std::vector<sn_layer_t *> layers = {l0.p, l1.p};
+  std::vector<const void *> wp = {W0.data(), W1.data()};
+  std::vector<void *> op = {out0.data(), out1.data()};
+  // Layer 1's γ inside layer 0's W_sn.
+  ASSERT_EQ(sn_layer_set_gamma(l1, &out0[3]), SN_SUCCESS);
+  GroupPtr g;
+  EXPECT_EQ(sn_group_create(&g.p, layers.data(), wp.data(), op.data(), 2), SN_ERROR_INVALID_VALUE);
+  EXPECT_EQ(g.p, nullptr);
+  EXPECT_NE(std::string(sn_last_error_message()).find("layers[1]'s gamma"), std::string::npos)
+      << sn_last_error_message();
+  // Elsewhere: the group is made; then γ₁ inside dW[0], or γ₁ as dgamma[0], fail the binding.
+  ASSERT_EQ(sn_layer_set_gamma(l1, &gamma1), SN_SUCCESS);
+  ASSERT_EQ(sn_group_create(&g.p, layers.data(), wp.data(), op.data(), 2), SN_SUCCESS) << sn_last_error_message();
+  std::vector<const void *> gp = {G0.data(), G1.data()};
+  std::vector<void *> bad_dW = {dW0.data(), dW1.data()};
+  std::vector<float> big(n + 1);
+  GroupPtr g2;
+  {  // a group whose γ₁ is inside a buffer then bound as dW[0]
+    ASSERT_EQ(sn_layer_set_gamma(l1, &big[2]), SN_SUCCESS);
+    ASSERT_EQ(sn_group_create(&g2.p, layers.data(), wp.data(), op.data(), 2), SN_SUCCESS) << sn_last_error_message();
+    std::vector<void *> dp = {big.data(), dW1.data()};
+    EXPECT_EQ(sn_group_set_gradients(g2.p, gp.data(), dp.data(), nullptr), SN_ERROR_INVALID_VALUE);
+    EXPECT_NE(std::string(sn_last_error_message()).find("lies inside dW[0]"), std::string::npos)
+        << sn_last_error_message();
+    ASSERT_EQ(sn_layer_set_gamma(l1, &gamma1), SN_SUCCESS);
+  }
+  std::vector<float *> dgp = {&gamma1, &dg1};  // dgamma[0] is layers[1]'s γ
+  EXPECT_EQ(sn_group_set_gradients(g.p, gp.data(), bad_dW.data(), dgp.data()), SN_ERROR_INVALID_VALUE);
+  EXPECT_NE(std::string(sn_last_error_message()).find("is layers[1]'s gamma"), std::string::npos)
+      << sn_last_error_message();
+  EXPECT_EQ(sn_group_backward(g.p, 0, nullptr), SN_ERROR_INVALID_STATE) << "a failed binding bound";
+  dgp = {&dg0, &dg1};
+  ASSERT_EQ(sn_group_set_gradients(g.p, gp.data(), bad_dW.data(), dgp.data()), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_group_forward(g.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_group_backward(g.p, 0, nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_NE(dg0, 0.f);
+  EXPECT_NE(dg1, 0.f);
+}
+
 // A CPU group spreads its small members over threads (each member wholly on one, tasks of
 // sn_ref_run_tasks) and runs a member as large as two grains on its own threads: the group's
 // layers, made with 4 threads (SPECNORM_CPU_THREADS), give the bits of the same layers made with
