@@ -2125,14 +2125,14 @@ static int cpu_group_is_bitwise_the_layers(const workload_t *wl, sn_dtype_t dt, 
 /* A row per mode of o for one CPU implementation (enqueue: the per-layer or the grouped calls),
  * host clock; the layers have had their warm-up. */
 static void time_cpu_modes(const workload_t *wl, sn_dtype_t dt, const options_t *o,
-                           enqueue_fn enqueue, void *ctx, const char *impl, const char *check,
-                           const char *note) {
+                           enqueue_fn enqueue, void *ctx, const char *impl, const char *algo,
+                           const char *check, const char *note) {
   const int reps = o->reps > 0 ? o->reps : 10;
   const int warmup = o->warmup >= 0 ? o->warmup : 2;
   double *samples = xcalloc((size_t)reps, sizeof *samples);
   for (int m = 0; m < N_MODES; m++) {
     if (!o->modes[m]) continue;
-    row_t *r = new_row(wl, m, dt, impl, "-", "cpu");
+    row_t *r = new_row(wl, m, dt, impl, algo, "cpu");
     snprintf(r->check, sizeof r->check, "%s", check);
     snprintf(r->note, sizeof r->note, "%s", note);
     for (int i = 0; i < warmup + reps; i++) {
@@ -2185,7 +2185,7 @@ static void run_cpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
   }
   sn_runner_t runner = {&buf, layers, wl->n_layers};
   if (!o->check) run_or_die(specnorm_enqueue, &runner, 0, M_TRAIN, NULL);
-  time_cpu_modes(wl, dt, o, specnorm_enqueue, &runner, "cpu", "reference",
+  time_cpu_modes(wl, dt, o, specnorm_enqueue, &runner, "cpu", "-", "reference",
                  "CPU backend (the reference), host clock");
   /* The grouped calls: the same layers in one sn_group_forward or sn_group_backward (the small
    * ones spread over the threads, host/cpu_backend.c; bitwise the calls above, tests/test_group.cpp). */
@@ -2208,7 +2208,8 @@ static void run_cpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
       if (o->check && !cpu_group_is_bitwise_the_layers(wl, dt, o, &buf))
         die("%s (%s): the CPU group's check failed", wl->name, dtype_name(dt));
       sn_group_runner_t gr = {&fwd, &scale, 1};
-      time_cpu_modes(wl, dt, o, group_enqueue, &gr, "cpu-group", o->check ? "bitwise" : "skipped",
+      time_cpu_modes(wl, dt, o, group_enqueue, &gr, "cpu-group", "group",
+                     o->check ? "bitwise" : "skipped",
                      "CPU backend's grouped call (small layers over threads), host clock");
     }
     sn_group_destroy(fwd);

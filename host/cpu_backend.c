@@ -143,7 +143,7 @@ static int64_t member_work(const group_run_t *r, const sn_layer_t *l) {
   return l->numel * (2 * iters + 1);
 }
 
-/* Members that split over their own threads (as large as two grains, sn_ref_set_threads > 1) run
+/* Members that split over their own threads (as large as two grains, with a cpu_threads > 1) run
  * one after another on the calling thread, as sn_forward would run them; the others are tasks
  * over the most threads any of them has (sn_ref_run_tasks), one member wholly on one thread. The
  * members share no buffer they write (sn_group_create, sn_group_set_gradients), and each one's
