@@ -12,7 +12,8 @@
 // Input: u8 head (bits 0-1: layers - 1; bit 2: no W_sn array; bit 3: a dgamma array; bit 4: eval
 // forward; bits 5-6: backward flags), then per layer u8 kind (bits 0-1: 2-D, 4-D dim 0, 4-D dim 1,
 // 1-D; bit 2: v-first), u8 h, u8 w, u8 dtype, then per layer the places of W, W_sn, G, dW, dgamma
-// (u8 each, two rounds: a binding, then a second one), then the arena's bytes.
+// (u8 each, two rounds: a binding, then a second one), then per layer the place of its γ
+// (sn_layer_set_gamma; 128 and up: none), then the arena's bytes.
 #include <algorithm>
 #include <memory>
 #include <vector>
@@ -54,9 +55,10 @@ struct Binding {
   std::vector<float *> dgamma;
 };
 
-// Whether the group's rules admit these members and buffers (include/specnorm.h).
+// Whether the group's rules admit these members and buffers (include/specnorm.h); gam: each
+// layer's γ binding (NULL: none).
 bool group_ok(const std::vector<Layer> &ls, const std::vector<const void *> &W,
-              const std::vector<void *> &Wsn) {
+              const std::vector<void *> &Wsn, const std::vector<float *> &gam) {
   const size_t n = ls.size();
   for (size_t k = 0; k < n; ++k) {
     const sn_layer_desc_t &d = ls[k].desc;
@@ -69,7 +71,8 @@ bool group_ok(const std::vector<Layer> &ls, const std::vector<const void *> &W,
     if (Wsn[k] && Wsn[k] != W[k] && overlap(Wsn[k], ls[k].bytes, W[k], ls[k].bytes)) return false;
     for (size_t j = 0; Wsn[k] && j < n; ++j)
       if (j != k && (overlap(Wsn[k], ls[k].bytes, W[j], ls[j].bytes) ||
-                     overlap(Wsn[k], ls[k].bytes, Wsn[j], ls[j].bytes)))
+                     overlap(Wsn[k], ls[k].bytes, Wsn[j], ls[j].bytes) ||
+                     overlap(Wsn[k], ls[k].bytes, gam[j], 4)))
         return false;
   }
   return true;
@@ -77,7 +80,7 @@ bool group_ok(const std::vector<Layer> &ls, const std::vector<const void *> &W,
 
 // Whether a binding is admitted (sn_group_set_gradients).
 bool binding_ok(const std::vector<Layer> &ls, const std::vector<const void *> &W, const Binding &b,
-                bool with_dgamma) {
+                bool with_dgamma, const std::vector<float *> &gam) {
   const size_t n = ls.size();
   for (size_t k = 0; k < n; ++k) {
     const size_t nk = ls[k].bytes;
@@ -92,6 +95,7 @@ bool binding_ok(const std::vector<Layer> &ls, const std::vector<const void *> &W
       if (dg && (overlap(dg, 4, W[j], nj) || overlap(dg, 4, b.G[j], nj) || overlap(dg, 4, b.dW[j], nj)))
         return false;
       if (dg && j < k && overlap(dg, 4, b.dgamma[j], 4)) return false;
+      if (j != k && (overlap(gam[j], 4, b.dW[k], nk) || overlap(gam[j], 4, dg, 4))) return false;
     }
   }
   return true;
@@ -189,6 +193,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       bd.dgamma.push_back(g >= 240 ? nullptr : reinterpret_cast<float *>(place(A.data(), g, 4)));
     }
   }
+  // Each layer's γ (both twins: the reference's in the copy of the arena), bound before the group
+  // is created, which takes the bindings.
+  std::vector<float *> gam(n);
+  for (size_t k = 0; k < n; ++k) {
+    const uint8_t b = r.u8();
+    gam[k] = b >= 128 ? nullptr : reinterpret_cast<float *>(place(A.data(), b, 4));
+    SN_FUZZ_CHECK(sn_layer_set_gamma(la[k], gam[k]) == SN_SUCCESS);
+    SN_FUZZ_CHECK(sn_layer_set_gamma(lb[k], moved(gam[k], A.data(), B.data())) == SN_SUCCESS);
+  }
   // The arena's contents: the rest of the input, repeated, as raw bits of every dtype.
   const size_t left = r.left();
   const uint8_t *src = r.rest();
@@ -198,7 +211,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   sn_status_t st = sn_group_create(&g, la.data(), W.data(), with_wsn ? Wsn.data() : nullptr, int(n));
   if (!with_wsn)
     for (auto &p : Wsn) p = nullptr;
-  SN_FUZZ_CHECK((st == SN_SUCCESS) == group_ok(ls, W, Wsn));
+  SN_FUZZ_CHECK((st == SN_SUCCESS) == group_ok(ls, W, Wsn, gam));
   if (st != SN_SUCCESS) {
     check_failure(st);
     SN_FUZZ_CHECK(g == nullptr);
@@ -228,7 +241,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   for (const Binding &bd : bind) {
     std::vector<float *> dg = bd.dgamma;
     st = sn_group_set_gradients(g, bd.G.data(), bd.dW.data(), with_dgamma ? dg.data() : nullptr);
-    SN_FUZZ_CHECK((st == SN_SUCCESS) == binding_ok(ls, W, bd, with_dgamma));
+    SN_FUZZ_CHECK((st == SN_SUCCESS) == binding_ok(ls, W, bd, with_dgamma, gam));
     if (st != SN_SUCCESS) check_failure(st);
     else in_force = &bd;
     if (!in_force) {
