@@ -185,6 +185,24 @@ typedef struct {
   double *out;
 } product_t;
 
+/* acc[q] += Σ_e r[q][e] · x[e] over e < n, for the `count` (at most 4) runs r[q]: four sums in
+ * flight when there are four, each adding its own terms in e order (the same bits one at a time). */
+SN_BODY dots_in_flight(const float *const *r, int count, const double *x, int64_t n, double *acc) {
+  if (count == 4) {
+    double s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3];
+    for (int64_t e = 0; e < n; ++e) {
+      s0 += (double)r[0][e] * x[e];
+      s1 += (double)r[1][e] * x[e];
+      s2 += (double)r[2][e] * x[e];
+      s3 += (double)r[3][e] * x[e];
+    }
+    acc[0] = s0, acc[1] = s1, acc[2] = s2, acc[3] = s3;
+    return;
+  }
+  for (int q = 0; q < count; ++q)
+    for (int64_t e = 0; e < n; ++e) acc[q] += (double)r[q][e] * x[e];
+}
+
 /* t_i for the rows i in [i0, i1), four at a time: four sums in flight, each adding its own row's
  * terms in order. With B = 1 (dim −1: a row of M is strided, each a is a contiguous column of h)
  * a row's sum over b is its one term, added to t_i as 0 + term, as the general loop does. */
@@ -215,19 +233,7 @@ SN_BODY matvec_rows_body(const void *ctx, int64_t i_begin, int64_t i_end) {
         for (int q = 0; q < rows; ++q)
           r[q] = floats_at(p->W, p->dt, (a * vw.h + i0 + q) * vw.B + b0, n, buf[q]);
         const double *xa = x + a * vw.B + b0;
-        if (rows == R) {
-          double s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3];
-          for (int64_t b = 0; b < n; ++b) {
-            s0 += (double)r[0][b] * xa[b];
-            s1 += (double)r[1][b] * xa[b];
-            s2 += (double)r[2][b] * xa[b];
-            s3 += (double)r[3][b] * xa[b];
-          }
-          acc[0] = s0, acc[1] = s1, acc[2] = s2, acc[3] = s3;
-        } else {
-          for (int q = 0; q < rows; ++q)
-            for (int64_t b = 0; b < n; ++b) acc[q] += (double)r[q][b] * xa[b];
-        }
+        dots_in_flight(r, rows, xa, n, acc);
       }
       for (int q = 0; q < rows; ++q) t[i0 + q] += acc[q];
     }
@@ -261,19 +267,7 @@ SN_BODY matvec_t_cols_body(const void *ctx, int64_t j_begin, int64_t j_end) {
         const float *c[R];
         for (int q = 0; q < cols; ++q) c[q] = floats_at(p->W, p->dt, (a0 + q) * vw.h + i0, n, buf[q]);
         const double *yi = y + i0;
-        if (cols == R) {
-          double s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3];
-          for (int64_t i = 0; i < n; ++i) {
-            s0 += (double)c[0][i] * yi[i];
-            s1 += (double)c[1][i] * yi[i];
-            s2 += (double)c[2][i] * yi[i];
-            s3 += (double)c[3][i] * yi[i];
-          }
-          acc[0] = s0, acc[1] = s1, acc[2] = s2, acc[3] = s3;
-        } else {
-          for (int q = 0; q < cols; ++q)
-            for (int64_t i = 0; i < n; ++i) acc[q] += (double)c[q][i] * yi[i];
-        }
+        dots_in_flight(c, cols, yi, n, acc);
       }
       for (int q = 0; q < cols; ++q) s[a0 + q] = acc[q];
     }
