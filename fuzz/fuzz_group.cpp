@@ -13,7 +13,8 @@
 // forward; bits 5-6: backward flags), then per layer u8 kind (bits 0-1: 2-D, 4-D dim 0, 4-D dim 1,
 // 1-D; bit 2: v-first), u8 h, u8 w, u8 dtype, then per layer the places of W, W_sn, G, dW, dgamma
 // (u8 each, two rounds: a binding, then a second one), then per layer the place of its γ
-// (sn_layer_set_gamma; 128 and up: none), then the arena's bytes.
+// (sn_layer_set_gamma; 128 and up: none; no γ may lie in a W_sn, a dW or a dgamma), then the
+// arena's bytes.
 #include <algorithm>
 #include <memory>
 #include <vector>
@@ -70,9 +71,9 @@ bool group_ok(const std::vector<Layer> &ls, const std::vector<const void *> &W,
     if (d.order == SN_ORDER_V_FIRST && A > 1 && B > 1) return false;
     if (Wsn[k] && Wsn[k] != W[k] && overlap(Wsn[k], ls[k].bytes, W[k], ls[k].bytes)) return false;
     for (size_t j = 0; Wsn[k] && j < n; ++j)
-      if (j != k && (overlap(Wsn[k], ls[k].bytes, W[j], ls[j].bytes) ||
-                     overlap(Wsn[k], ls[k].bytes, Wsn[j], ls[j].bytes) ||
-                     overlap(Wsn[k], ls[k].bytes, gam[j], 4)))
+      if ((j != k && (overlap(Wsn[k], ls[k].bytes, W[j], ls[j].bytes) ||
+                      overlap(Wsn[k], ls[k].bytes, Wsn[j], ls[j].bytes))) ||
+          overlap(Wsn[k], ls[k].bytes, gam[j], 4))  // every γ outside every W_sn, its own too
         return false;
   }
   return true;
@@ -95,7 +96,7 @@ bool binding_ok(const std::vector<Layer> &ls, const std::vector<const void *> &W
       if (dg && (overlap(dg, 4, W[j], nj) || overlap(dg, 4, b.G[j], nj) || overlap(dg, 4, b.dW[j], nj)))
         return false;
       if (dg && j < k && overlap(dg, 4, b.dgamma[j], 4)) return false;
-      if (j != k && (overlap(gam[j], 4, b.dW[k], nk) || overlap(gam[j], 4, dg, 4))) return false;
+      if (overlap(gam[j], 4, b.dW[k], nk) || overlap(gam[j], 4, dg, 4)) return false;  // its own too
     }
   }
   return true;

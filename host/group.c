@@ -121,7 +121,9 @@ static sn_status_t check_members(sn_layer_t *const *layers, const void *const *W
                         "layer's W_sn while it reads the others' W",
                         k, out, j);
     }
-    /* A member's γ (sn_layer_set_gamma) is read while the others' W_sn are written. */
+    /* Every member's γ (sn_layer_set_gamma) is read while the W_sn are written. */
+    st = sn__check_gamma_outside_output(l, out, name[1]);
+    if (st != SN_SUCCESS) return st;
     for (int j = 0; W_sn && j < count; ++j) {
       const float *gj = layers[j] ? layers[j]->plan.gamma : NULL;
       if (j != k && gj && out && sn__overlap(gj, sizeof(float), out, bytes))

@@ -491,6 +491,7 @@ SN_API sn_status_t sn_forward(sn_layer_t *layer, const void *W, void *W_sn, int 
   if (!W) return sn__fail(SN_ERROR_NULL_POINTER, "W is NULL");
   if (!W_sn) return sn__fail(SN_ERROR_NULL_POINTER, "W_sn is NULL (use sn_forward_scale_only)");
   sn_status_t st = sn__check_overlap(layer, W, "W", W_sn, "W_sn");
+  if (st == SN_SUCCESS) st = sn__check_gamma_outside_output(layer, W_sn, "W_sn");
   if (st != SN_SUCCESS) return st;
   return sn__run_forward(layer, W, W_sn, training, 0, stream);
 }
@@ -517,11 +518,33 @@ sn_status_t sn__check_backward_flags(unsigned flags) {
   return SN_SUCCESS;
 }
 
+sn_status_t sn__check_gamma_outside_output(const sn_layer_t *l, const void *W_sn, const char *name) {
+  const float *g = l->plan.gamma;
+  if (g && W_sn && sn__overlap(g, sizeof(float), W_sn, sn__weight_bytes(l)))
+    return sn__fail(SN_ERROR_INVALID_VALUE,
+                    "the layer's gamma (%p) lies inside %s (%p), which the division writes while "
+                    "it reads gamma",
+                    (const void *)g, name, W_sn);
+  return SN_SUCCESS;
+}
+
 sn_status_t sn__check_backward_buffers(const sn_layer_t *l, const void *W, const void *G,
                                        const void *dW, const float *dgamma,
                                        const char *const names[4]) {
   sn_status_t st = sn__check_overlap(l, dW, names[2], G, names[1]);
   if (st == SN_SUCCESS) st = sn__check_overlap(l, dW, names[2], W, names[0]);
+  const size_t bytes = sn__weight_bytes(l);
+  const float *g = l->plan.gamma;
+  if (st == SN_SUCCESS && g && sn__overlap(g, sizeof(float), dW, bytes))
+    st = sn__fail(SN_ERROR_INVALID_VALUE, "the layer's gamma (%p) lies inside %s (%p)", (const void *)g,
+                  names[2], dW);
+  const void *wgd[3] = {W, G, dW};
+  for (int k = 0; k < 3 && st == SN_SUCCESS && dgamma; ++k)
+    if (sn__overlap(dgamma, sizeof(float), wgd[k], bytes))
+      st = sn__fail(SN_ERROR_INVALID_VALUE, "%s (%p) lies inside %s (%p)", names[3], (const void *)dgamma,
+                    names[k], wgd[k]);
+  if (st == SN_SUCCESS && dgamma && g && sn__overlap(dgamma, sizeof(float), g, sizeof(float)))
+    st = sn__fail(SN_ERROR_INVALID_VALUE, "%s (%p) is the layer's gamma", names[3], (const void *)dgamma);
   const void *bufs[4] = {W, G, dW, dgamma};
   for (int k = 0; k < 4 && st == SN_SUCCESS; ++k) {
     if (bufs[k]) st = sn__check_backend_pointer(l, bufs[k], names[k]);

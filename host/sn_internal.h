@@ -83,11 +83,15 @@ sn_status_t sn__check_overlap(const sn_layer_t *l, const void *a, const char *an
 static inline uint32_t sn__health_after_set_state(int is_1d, int zero_u, int zero_v) {
   return (!is_1d && (zero_u || zero_v)) ? SN_HEALTH_RESTART : 0u;
 }
+/* The forward's rule for γ (sn_forward, sn_group_create): the layer's γ, if bound, lies outside
+ * W_sn (named `name`), which the division writes while its blocks read γ. */
+sn_status_t sn__check_gamma_outside_output(const sn_layer_t *l, const void *W_sn, const char *name);
 /* SN_ERROR_INVALID_VALUE (with its message) for flags outside sn_backward_flag_t. */
 sn_status_t sn__check_backward_flags(unsigned flags);
 /* The backward's buffer rules (sn_backward, sn_group_set_gradients): dW coincides with G or W or
- * overlaps neither, and W, G, dW and dgamma (when not NULL) are in the backend's memory. names:
- * those of W, G, dW and dgamma in the messages. */
+ * overlaps neither; dgamma (when not NULL) lies outside W, G and dW and is not the layer's γ; the
+ * γ lies outside dW (the kernels' blocks read γ while others write dW and ∂L/∂γ); W, G, dW and
+ * dgamma are in the backend's memory. names: those of W, G, dW and dgamma in the messages. */
 sn_status_t sn__check_backward_buffers(const sn_layer_t *l, const void *W, const void *G,
                                        const void *dW, const float *dgamma,
                                        const char *const names[4]);

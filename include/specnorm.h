@@ -238,7 +238,9 @@ SN_API sn_status_t sn_layer_get_scale(const sn_layer_t *layer, float *scale, sn_
 /* Bind a learnable scale γ for σReparam (W_sn = (W / σ) · γ): `gamma` points to one float in the
  * backend's memory (a device pointer for a CUDA layer), owned by the caller's optimizer, and is
  * read by every forward and backward, in stream order, so it may change between steps. NULL
- * unbinds (γ = 1). A captured CUDA graph keeps the pointer it was captured with. */
+ * unbinds (γ = 1). A captured CUDA graph keeps the pointer it was captured with. The kernels read
+ * γ while they write W_sn, dW and ∂L/∂γ: a forward whose W_sn holds γ, or a backward whose dW
+ * holds it or whose dgamma is γ, returns SN_ERROR_INVALID_VALUE (groups: any member's γ). */
 SN_API sn_status_t sn_layer_set_gamma(sn_layer_t *layer, const float *gamma);
 
 /* ---- Backward ------------------------------------------------------------------------------ */
@@ -257,7 +259,8 @@ typedef enum {
  * dW may be the same buffer as G or W (in place) but must not otherwise overlap them.
  * flags: a combination of sn_backward_flag_t. dgamma: if not NULL, receives ∂L/∂γ = ⟨G, W⟩ / d
  * (d = σ, or max(1, σ / c)), one float in the backend's memory (device pointer for a CUDA layer),
- * written, not accumulated. Stream-ordered, no allocation, no synchronization: 2 launches (1 when
+ * written, not accumulated, outside W, G and dW and not γ itself (SN_ERROR_INVALID_VALUE, as for γ
+ * inside dW: sn_layer_set_gamma). Stream-ordered, no allocation, no synchronization: 2 launches (1 when
  * neither the σ term nor dgamma is needed). SN_ERROR_INVALID_STATE before the layer's first
  * forward (or sn_layer_warmup). With no σ yet (σ = 0: every forward so far degenerate, or a state
  * set with σ = 0 and no forward since), the scale is 0 and dW = 0 · G (added to dW with
@@ -332,9 +335,10 @@ typedef struct sn_group sn_group_t;
  * (dim 0 or the last axis), since a v-first layer runs as the u-first iteration on Mᵀ, which is
  * then a view of the same W: its rows are M's columns, contiguous with dim −1 (Keras', Flax's and
  * Haiku's layout), read with a stride with dim 0 (SN_ERROR_NOT_SUPPORTED otherwise: call those
- * layers on their own); buffers in the backend's memory; each W_sn[k] is W[k] (in place) or overlaps neither it nor any other layer's W
- * or W_sn (SN_ERROR_INVALID_VALUE). Allocates the group's scratch space; blocks. On failure
- * *group is NULL. */
+ * layers on their own); buffers in the backend's memory; each W_sn[k] is W[k] (in place) or
+ * overlaps neither it nor any other layer's W or W_sn, and holds no member's γ
+ * (SN_ERROR_INVALID_VALUE). Allocates the group's scratch space; blocks. On failure *group is
+ * NULL. */
 SN_API sn_status_t sn_group_create(sn_group_t **group, sn_layer_t *const *layers,
                                    const void *const *W, void *const *W_sn, int count);
 
@@ -360,7 +364,8 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
  * dgamma: NULL, or `count` pointers, each NULL or one float (backend memory) that receives that
  * layer's ∂L/∂γ as sn_backward's dgamma. dW[k] may be G[k] or W[k] (in place) but must not
  * otherwise overlap them, nor overlap any other member's W, G or dW; no dgamma lies inside any
- * member's W, G or dW, and no two overlap (SN_ERROR_INVALID_VALUE). Like W and W_sn,
+ * member's W, G or dW, and no two overlap; no member's γ lies inside a dW or is a dgamma
+ * (SN_ERROR_INVALID_VALUE). Like W and W_sn,
  * the group holds only the pointers: the buffers must outlive the binding. A new call replaces
  * the binding and frees the old one's tables: a CUDA graph captured from sn_group_backward
  * before it must be captured again. Allocates the backward's tables and decides its launches (as

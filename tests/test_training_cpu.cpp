@@ -395,6 +395,55 @@ TEST(Backward, ApiFlagsAndErrors) {
   EXPECT_EQ(sn_layer_set_gamma(nullptr, &gamma), SN_ERROR_NULL_POINTER);
 }
 
+// Where γ and ∂L/∂γ may lie: the kernels read γ while other blocks write W_sn or dW and ∂L/∂γ, so
+// (on either backend, for one rule) γ inside W_sn fails sn_forward, γ inside dW, dgamma inside W,
+// G or dW, or dgamma as γ itself fail sn_backward, each with SN_ERROR_INVALID_VALUE, naming the
+// buffer, and changing nothing: not the state, W_sn, dW, γ nor dgamma.
+TEST(Backward, GammaAndItsGradientLieOutsideWhatTheCallsWrite) {
+  SN_SEEDED_RNG();
+  const int64_t h = 7, w = 5, n = h * w;
+  std::vector<float> W = rng.normals(n), G = rng.normals(n), out(n + 2, 0.f), dW(n + 2, 0.f);
+  LayerPtr l(make_desc({h, w}, SN_BACKEND_CPU));
+  ASSERT_TRUE(l.p);
+  float gamma = 1.5f, dgamma = -3.f;
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  const State before = get_state(l);
+  const std::vector<float> out0 = out, dW0 = dW, W0 = W, G0 = G;
+  auto expect_refused = [&](sn_status_t st, const char *names) {
+    EXPECT_EQ(st, SN_ERROR_INVALID_VALUE);
+    EXPECT_NE(std::string(sn_last_error_message()).find(names), std::string::npos) << sn_last_error_message();
+    EXPECT_TRUE(same_state(get_state(l), before));
+    EXPECT_TRUE(bitwise_equal(out, out0) && bitwise_equal(dW, dW0) && bitwise_equal(W, W0) && bitwise_equal(G, G0));
+  };
+  // γ inside W_sn (its last element), then the forward; scale only has no W_sn and runs.
+  out[size_t(n - 1)] = 1.25f;
+  std::vector<float> out1 = out;
+  ASSERT_EQ(sn_layer_set_gamma(l, &out[size_t(n - 1)]), SN_SUCCESS);
+  EXPECT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_ERROR_INVALID_VALUE);
+  EXPECT_NE(std::string(sn_last_error_message()).find("inside W_sn"), std::string::npos) << sn_last_error_message();
+  EXPECT_TRUE(same_state(get_state(l), before));
+  EXPECT_TRUE(bitwise_equal(out, out1));
+  out = out0;
+  // γ inside dW.
+  ASSERT_EQ(sn_layer_set_gamma(l, &dW[3]), SN_SUCCESS);
+  expect_refused(sn_backward(l, W.data(), G.data(), dW.data(), 0, nullptr, nullptr), "gamma");
+  // γ just past dW is not in it.
+  ASSERT_EQ(sn_layer_set_gamma(l, &dW[size_t(n)]), SN_SUCCESS);
+  EXPECT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
+  std::fill(dW.begin(), dW.end(), 0.f);
+  // dgamma inside W, G or dW, or γ itself.
+  ASSERT_EQ(sn_layer_set_gamma(l, &gamma), SN_SUCCESS);
+  expect_refused(sn_backward(l, W.data(), G.data(), dW.data(), 0, &W[2], nullptr), "inside W");
+  expect_refused(sn_backward(l, W.data(), G.data(), dW.data(), 0, &G[n - 1], nullptr), "inside G");
+  expect_refused(sn_backward(l, W.data(), G.data(), dW.data(), 0, &dW[0], nullptr), "inside dW");
+  expect_refused(sn_backward(l, W.data(), G.data(), dW.data(), 0, &gamma, nullptr), "is the layer's gamma");
+  EXPECT_EQ(gamma, 1.5f);
+  // Elsewhere, both run.
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), 0, &dgamma, nullptr), SN_SUCCESS);
+  EXPECT_NE(dgamma, -3.f);
+}
+
 // Forward + backward over several steps with W moving as SGD moves it: the state stays that of
 // the reference, and the loss of a Lipschitz-constrained quadratic goes down.
 TEST(Backward, TrainingStepsFollowTheReference) {
