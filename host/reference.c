@@ -86,14 +86,19 @@ static void run_ranges(const range_t *r, int64_t parts) {
   }
 }
 
-/* fn over [0, n) split in contiguous ranges of whole multiples of `align` (the last may end short),
- * as many as sn_ref_set_threads allows and `work` (elements of W the whole range reads) pays for
- * (run_ranges). */
-static void parallel_for(int64_t n, int64_t align, int64_t work, range_fn fn, const void *ctx) {
-  const int64_t units = (n + align - 1) / align;
+/* How many parts `units` pieces of `work` split into: as many as sn_ref_set_threads allows, at a
+ * grain of work a part, at most one a piece. */
+static int64_t split_parts(int64_t work, int64_t units) {
   int64_t parts = ref_threads;
   if (parts > work / ref_grain) parts = work / ref_grain;
-  if (parts > units) parts = units;
+  return parts > units ? units : parts;
+}
+
+/* fn over [0, n) split in contiguous ranges of whole multiples of `align` (the last may end short),
+ * split_parts of them for `work` (elements of W the whole range reads) (run_ranges). */
+static void parallel_for(int64_t n, int64_t align, int64_t work, range_fn fn, const void *ctx) {
+  const int64_t units = (n + align - 1) / align;
+  const int64_t parts = split_parts(work, units);
   if (parts <= 1) {
     fn(ctx, 0, n);
     return;
@@ -128,9 +133,7 @@ void sn_ref_run_tasks(int n, const int64_t *work, sn_ref_task_fn fn, void *ctx) 
   const tasks_t tasks = {fn, ctx, ref_grain};
   int64_t total = 0;
   for (int k = 0; k < n; ++k) total += work[k] > 0 ? work[k] : 0;
-  int64_t parts = ref_threads;
-  if (parts > total / ref_grain) parts = total / ref_grain;
-  if (parts > n) parts = n;
+  const int64_t parts = split_parts(total, n);
   if (parts <= 1) {
     task_range(&tasks, 0, n);
     return;
@@ -185,22 +188,31 @@ typedef struct {
   double *out;
 } product_t;
 
-/* acc[q] += Σ_e r[q][e] · x[e] over e < n, for the `count` (at most 4) runs r[q]: four sums in
- * flight when there are four, each adding its own terms in e order (the same bits one at a time). */
-SN_BODY dots_in_flight(const float *const *r, int count, const double *x, int64_t n, double *acc) {
-  if (count == 4) {
-    double s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3];
-    for (int64_t e = 0; e < n; ++e) {
-      s0 += (double)r[0][e] * x[e];
-      s1 += (double)r[1][e] * x[e];
-      s2 += (double)r[2][e] * x[e];
-      s3 += (double)r[3][e] * x[e];
+/* acc[q] += Σ_{e < len} w(first + q·stride + e) · x[e] for q < count (at most 4): the runs of W
+ * read a chunk at a time, four sums in flight when there are four, each adding its own terms in e
+ * order (the same bits as one at a time). */
+SN_BODY dots_of_runs(const void *W, sn_dtype_t dt, int64_t first, int64_t stride, int count,
+                     int64_t len, const double *x, double *acc) {
+  float buf[4][CHUNK];
+  for (int64_t c0 = 0; c0 < len; c0 += CHUNK) {
+    const int64_t n = chunk_len(c0, len);
+    const float *r[4];
+    for (int q = 0; q < count; ++q) r[q] = floats_at(W, dt, first + q * stride + c0, n, buf[q]);
+    const double *xc = x + c0;
+    if (count == 4) {
+      double s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3];
+      for (int64_t e = 0; e < n; ++e) {
+        s0 += (double)r[0][e] * xc[e];
+        s1 += (double)r[1][e] * xc[e];
+        s2 += (double)r[2][e] * xc[e];
+        s3 += (double)r[3][e] * xc[e];
+      }
+      acc[0] = s0, acc[1] = s1, acc[2] = s2, acc[3] = s3;
+    } else {
+      for (int q = 0; q < count; ++q)
+        for (int64_t e = 0; e < n; ++e) acc[q] += (double)r[q][e] * xc[e];
     }
-    acc[0] = s0, acc[1] = s1, acc[2] = s2, acc[3] = s3;
-    return;
   }
-  for (int q = 0; q < count; ++q)
-    for (int64_t e = 0; e < n; ++e) acc[q] += (double)r[q][e] * x[e];
 }
 
 /* t_i for the rows i in [i0, i1), four at a time: four sums in flight, each adding its own row's
@@ -212,13 +224,13 @@ SN_BODY matvec_rows_body(const void *ctx, int64_t i_begin, int64_t i_end) {
   const double *x = p->x;
   double *t = p->out;
   enum { R = 4 };
-  float buf[R][CHUNK];
   for (int64_t i = i_begin; i < i_end; ++i) t[i] = 0.0;
   if (vw.B == 1) {
+    float buf[CHUNK];
     for (int64_t a = 0; a < vw.A; ++a)
       for (int64_t i0 = i_begin; i0 < i_end; i0 += CHUNK) {
         const int64_t n = chunk_len(i0, i_end);
-        const float *col = floats_at(p->W, p->dt, a * vw.h + i0, n, buf[0]);
+        const float *col = floats_at(p->W, p->dt, a * vw.h + i0, n, buf);
         for (int64_t i = 0; i < n; ++i) t[i0 + i] += 0.0 + (double)col[i] * x[a];
       }
     return;
@@ -227,14 +239,7 @@ SN_BODY matvec_rows_body(const void *ctx, int64_t i_begin, int64_t i_end) {
     for (int64_t i0 = i_begin; i0 < i_end; i0 += R) {
       const int rows = i_end - i0 < R ? (int)(i_end - i0) : R;
       double acc[R] = {0.0, 0.0, 0.0, 0.0};
-      for (int64_t b0 = 0; b0 < vw.B; b0 += CHUNK) {
-        const int64_t n = chunk_len(b0, vw.B);
-        const float *r[R];
-        for (int q = 0; q < rows; ++q)
-          r[q] = floats_at(p->W, p->dt, (a * vw.h + i0 + q) * vw.B + b0, n, buf[q]);
-        const double *xa = x + a * vw.B + b0;
-        dots_in_flight(r, rows, xa, n, acc);
-      }
+      dots_of_runs(p->W, p->dt, (a * vw.h + i0) * vw.B, vw.B, rows, vw.B, x + a * vw.B, acc);
       for (int q = 0; q < rows; ++q) t[i0 + q] += acc[q];
     }
   }
@@ -256,23 +261,17 @@ SN_BODY matvec_t_cols_body(const void *ctx, int64_t j_begin, int64_t j_end) {
   const double *y = p->x;
   double *s = p->out;
   enum { R = 4 };
-  float buf[R][CHUNK];
   if (vw.B == 1) { /* column a of M is W's contiguous a-th run of h: four columns at a time, four
                     * sums in flight, each adding its own column's terms in order (as M v's rows) */
     for (int64_t a0 = j_begin; a0 < j_end; a0 += R) {
       const int cols = j_end - a0 < R ? (int)(j_end - a0) : R;
       double acc[R] = {0.0, 0.0, 0.0, 0.0};
-      for (int64_t i0 = 0; i0 < vw.h; i0 += CHUNK) {
-        const int64_t n = chunk_len(i0, vw.h);
-        const float *c[R];
-        for (int q = 0; q < cols; ++q) c[q] = floats_at(p->W, p->dt, (a0 + q) * vw.h + i0, n, buf[q]);
-        const double *yi = y + i0;
-        dots_in_flight(c, cols, yi, n, acc);
-      }
+      dots_of_runs(p->W, p->dt, a0 * vw.h, vw.h, cols, vw.h, y, acc);
       for (int q = 0; q < cols; ++q) s[a0 + q] = acc[q];
     }
     return;
   }
+  float buf[CHUNK];
   for (int64_t j = j_begin; j < j_end; ++j) s[j] = 0.0;
   for (int64_t a = j_begin / vw.B; a * vw.B < j_end; ++a) {
     /* this range's part [b_lo, b_hi) of the columns of a */
@@ -283,7 +282,7 @@ SN_BODY matvec_t_cols_body(const void *ctx, int64_t j_begin, int64_t j_end) {
       const int64_t row = (a * vw.h + i) * vw.B;
       for (int64_t b0 = b_lo; b0 < b_hi; b0 += CHUNK) {
         const int64_t n = chunk_len(b0, b_hi);
-        const float *r = floats_at(p->W, p->dt, row + b0, n, buf[0]);
+        const float *r = floats_at(p->W, p->dt, row + b0, n, buf);
         for (int64_t b = 0; b < n; ++b) sa[b0 + b] += (double)r[b] * y[i];
       }
     }
