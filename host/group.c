@@ -113,24 +113,21 @@ static sn_status_t check_members(sn_layer_t *const *layers, const void *const *W
     if (st != SN_SUCCESS) return st;
     const size_t bytes = sn__weight_bytes(l);
     for (int j = 0; out && j < count; ++j) {
-      if (j == k || !layers[j]) continue;
+      if (!layers[j]) continue;
+      /* Every member's γ (sn_layer_set_gamma), its own too, is read while the W_sn are written. */
+      const float *gj = layers[j]->plan.gamma;
+      if (gj && sn__overlap(gj, sizeof(float), out, bytes))
+        return sn__fail(SN_ERROR_INVALID_VALUE,
+                        "layers[%d]'s gamma (%p) lies inside W_sn[%d] (%p): the group writes the "
+                        "layers' W_sn while it reads their gamma",
+                        j, (const void *)gj, k, out);
+      if (j == k) continue;
       const size_t nj = sn__weight_bytes(layers[j]);
       if ((W[j] && sn__overlap(out, bytes, W[j], nj)) || (W_sn[j] && sn__overlap(out, bytes, W_sn[j], nj)))
         return sn__fail(SN_ERROR_INVALID_VALUE,
                         "W_sn[%d] (%p) overlaps the W or W_sn of layers[%d]: the group writes one "
                         "layer's W_sn while it reads the others' W",
                         k, out, j);
-    }
-    /* Every member's γ (sn_layer_set_gamma) is read while the W_sn are written. */
-    st = sn__check_gamma_outside_output(l, out, name[1]);
-    if (st != SN_SUCCESS) return st;
-    for (int j = 0; W_sn && j < count; ++j) {
-      const float *gj = layers[j] ? layers[j]->plan.gamma : NULL;
-      if (j != k && gj && out && sn__overlap(gj, sizeof(float), out, bytes))
-        return sn__fail(SN_ERROR_INVALID_VALUE,
-                        "layers[%d]'s gamma (%p) lies inside W_sn[%d] (%p): the group writes one "
-                        "layer's W_sn while it reads the others' gamma",
-                        j, (const void *)gj, k, out);
     }
     /* The buffers in the backend's memory, checked here (and again before a forward's warm-ups,
      * sn_group_forward), so that a grouped forward cannot fail on them halfway through its

@@ -83,8 +83,9 @@ sn_status_t sn__check_overlap(const sn_layer_t *l, const void *a, const char *an
 static inline uint32_t sn__health_after_set_state(int is_1d, int zero_u, int zero_v) {
   return (!is_1d && (zero_u || zero_v)) ? SN_HEALTH_RESTART : 0u;
 }
-/* The forward's rule for γ (sn_forward, sn_group_create): the layer's γ, if bound, lies outside
- * W_sn (named `name`), which the division writes while its blocks read γ. */
+/* The forward's rule for γ (sn_forward; sn_group_create checks every member's against every W_sn):
+ * the layer's γ, if bound, lies outside W_sn (named `name`), which the division writes while its
+ * blocks read γ. */
 sn_status_t sn__check_gamma_outside_output(const sn_layer_t *l, const void *W_sn, const char *name);
 /* SN_ERROR_INVALID_VALUE (with its message) for flags outside sn_backward_flag_t. */
 sn_status_t sn__check_backward_flags(unsigned flags);
