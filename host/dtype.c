@@ -143,17 +143,13 @@ static void widen_half(const uint16_t *q, float *out, int64_t n) {
   for (; e < n; ++e) out[e] = sn_half_to_float(q[e]);
 }
 
-/* q[0..n) = sn_float_to_bf16(x[0..n)). */
-static void narrow_bf16_loop(const float *x, uint16_t *q, int64_t n) {
-  for (int64_t e = 0; e < n; ++e) q[e] = sn_float_to_bf16(x[e]);
-}
-
 #ifdef SN_X86
 __attribute__((target("avx2"))) static void narrow_bf16_avx2(const float *x, uint16_t *q, int64_t n) {
   for (int64_t e = 0; e < n; ++e) q[e] = sn_float_to_bf16(x[e]);
 }
 #endif
 
+/* q[0..n) = sn_float_to_bf16(x[0..n)): the loop above where the CPU has AVX2, else this one. */
 static void narrow_bf16(const float *x, uint16_t *q, int64_t n) {
 #ifdef SN_X86
   if (sn_cpu_features() & SN_CPU_AVX2) {
@@ -161,7 +157,7 @@ static void narrow_bf16(const float *x, uint16_t *q, int64_t n) {
     return;
   }
 #endif
-  narrow_bf16_loop(x, q, n);
+  for (int64_t e = 0; e < n; ++e) q[e] = sn_float_to_bf16(x[e]);
 }
 
 static void narrow_half(const float *x, uint16_t *q, int64_t n) {
