@@ -29,15 +29,7 @@ struct sn_group {
 };
 
 /* Free device memory of the group's device (NULL: nothing). */
-static void free_device(const sn_group_t *g, void *p) {
-  if (!p) return;
-  int prev = 0;
-  if (sn__enter_device(g->device, &prev) == SN_SUCCESS) {
-    (void)cudaFree(p);
-    sn__leave_device(g->device, prev);
-  }
-  (void)cudaGetLastError();
-}
+static void free_device(const sn_group_t *g, void *p) { sn__free_on_device(g->device, p); }
 
 /* The backward's bindings: the host arrays (the device tables are freed by the caller). */
 static void free_gradients(const void **G, void **dW, float **dgamma) {

@@ -46,6 +46,16 @@ void sn__leave_device(int device, int prev) {
   if (prev != device) (void)cudaSetDevice(prev);
 }
 
+void sn__free_on_device(int device, void *p) {
+  if (!p) return;
+  int prev = 0;
+  const int switched =
+      cudaGetDevice(&prev) == cudaSuccess && prev != device && cudaSetDevice(device) == cudaSuccess;
+  (void)cudaFree(p);
+  if (switched) (void)cudaSetDevice(prev);
+  (void)cudaGetLastError();
+}
+
 int sn__may_retry_on(sn_stream_t stream) {
   enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
   const int ok = cudaStreamIsCapturing((cudaStream_t)stream, &cs) == cudaSuccess &&
@@ -95,13 +105,15 @@ static sn_status_t refused_in_capture(const char *what, const char *call) {
 /* A CUDA layer's W and W_sn must be device (or managed) memory of the layer's device. */
 sn_status_t sn__check_device_pointer(int device, const void *p, const char *name) {
   struct cudaPointerAttributes attr;
-  /* Allowed while the stream is being captured in any capture mode: the query enqueues nothing. */
+  /* Allowed while the stream is being captured in any capture mode: the query enqueues nothing.
+   * The thread's mode is put back only if it was exchanged (else the exchange back would leave it
+   * relaxed), and a failed exchange's error is not left pending. */
   enum cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
-  (void)cudaThreadExchangeStreamCaptureMode(&mode);
+  const int exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
   cudaError_t e = cudaPointerGetAttributes(&attr, p);
-  (void)cudaThreadExchangeStreamCaptureMode(&mode);
+  if (exchanged) (void)cudaThreadExchangeStreamCaptureMode(&mode);
+  (void)cudaGetLastError();
   if (e != cudaSuccess) {
-    (void)cudaGetLastError();
     return sn__fail(SN_ERROR_INVALID_POINTER, "%s (%p) is not memory known to CUDA (%s)", name, p,
                     cudaGetErrorString(e));
   }
@@ -245,14 +257,8 @@ static sn_status_t validate_desc(const sn_layer_desc_t *d, sn_view_t *view, int6
 
 static void free_layer(sn_layer_t *l) {
   if (l->desc.backend == SN_BACKEND_CUDA) {
-    int prev = 0;
-    if (cudaGetDevice(&prev) == cudaSuccess) {
-      if (prev != l->desc.device) (void)cudaSetDevice(l->desc.device);
-      (void)cudaFree(l->u); /* u, v and sigma share one allocation */
-      (void)cudaFree(l->workspace);
-      sn__leave_device(l->desc.device, prev);
-    }
-    (void)cudaGetLastError();
+    sn__free_on_device(l->desc.device, l->u); /* u, v and sigma share one allocation */
+    sn__free_on_device(l->desc.device, l->workspace);
   } else {
     free(l->u);
     free(l->ref_u);

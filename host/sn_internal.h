@@ -110,6 +110,10 @@ sn_status_t sn__put_state(sn_layer_t *l, const float *u, const float *v, const f
 /* Make `device` current; sn__leave_device restores the caller's. */
 sn_status_t sn__enter_device(int device, int *prev);
 void sn__leave_device(int device, int prev);
+/* cudaFree(p) (NULL: nothing) on `device`, made current for it when the caller's device can be
+ * read and put back after; freed even when the device cannot be selected (cudaFree finds a
+ * pointer's device under unified addressing). Leaves no error pending. */
+void sn__free_on_device(int device, void *p);
 /* Whether work may be issued again on `stream` after a refused launch: it is not being captured
  * (a capture may have been invalidated by the refusal; when the status cannot be read, e.g. the
  * legacy stream while another thread captures, a retry would fail too: no). */
