@@ -1,0 +1,665 @@
+// The fake CUDA runtime of tests/fake_cuda/fake_cuda.h: the runtime entry points the library uses,
+// the registration calls nvcc's host stubs make before main, and the tests' controls. Written from
+// the CUDA Runtime API's documented behaviour; the occupancy model is a simple one (threads,
+// registers, shared memory per SM), and the library is only held to what it was told.
+#include "fake_cuda.h"
+
+#include <cxxabi.h>
+
+#include <algorithm>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+
+namespace fake_cuda {
+namespace {
+
+struct Func {
+  std::string name;
+  int max_dyn = 48 * 1024;  // cudaFuncAttributeMaxDynamicSharedMemorySize, per process
+  bool nonportable = false;
+};
+
+struct Alloc {
+  size_t size;
+  int device;
+  bool managed;
+};
+
+constexpr int kRegs = 64;  // every kernel's registers a thread, in the occupancy model
+
+struct State {
+  std::mutex mu;
+  std::vector<DeviceProps> devs{h100()};
+  cudaError_t count_error = cudaSuccess;
+  std::map<const void *, Func> funcs;
+  std::map<uintptr_t, Alloc> allocs;
+  std::map<uintptr_t, Alloc> abandoned;  // a free that failed by injection: never freed, not counted
+  size_t live = 0;
+  Counters n;
+  std::vector<Launch> log;
+  std::vector<std::string> violations;
+  Api fail_api = Api::kAny;
+  long fail_left = 0;  // 0: none armed
+  cudaError_t fail_error = cudaSuccess;
+  bool fired = false;
+  std::string failed_call;
+  bool capturing = false;
+  int active_sms = 0;
+};
+
+// Never destroyed: the host stubs register their kernels before main and unregister after it.
+State &st() {
+  static State *s = new State;
+  return *s;
+}
+
+thread_local int t_device = 0;
+thread_local cudaError_t t_last = cudaSuccess;
+thread_local cudaStreamCaptureMode t_mode = cudaStreamCaptureModeGlobal;
+
+void violation(State &s, const char *fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  s.violations.emplace_back(buf);
+}
+
+cudaError_t ret(cudaError_t e) {
+  if (e != cudaSuccess) t_last = e;
+  return e;
+}
+
+// Counts a call of `api`; returns the injected error when it is the armed one's turn.
+// (`name` is the function's: the call failed is named in the tests' messages.)
+cudaError_t enter(State &s, Api api, const char *name = __builtin_FUNCTION()) {
+  ++s.n.calls;
+  if (s.fail_left <= 0 || (s.fail_api != Api::kAny && s.fail_api != api)) return cudaSuccess;
+  if (--s.fail_left > 0) return cudaSuccess;
+  s.fired = true;
+  s.failed_call = name;
+  return s.fail_error;
+}
+
+std::string demangle(const char *name) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void *)> d(abi::__cxa_demangle(name, nullptr, nullptr, &status),
+                                             std::free);
+  return status == 0 && d ? std::string(d.get()) : std::string(name);
+}
+
+const DeviceProps *device(State &s, int d) {
+  return d >= 0 && d < (int)s.devs.size() ? &s.devs[(size_t)d] : nullptr;
+}
+
+// The live allocation holding [p, p + bytes), or null.
+const Alloc *holding(State &s, const void *p, size_t bytes, uintptr_t *base = nullptr) {
+  const uintptr_t a = (uintptr_t)p;
+  auto it = s.allocs.upper_bound(a);
+  if (it == s.allocs.begin()) return nullptr;
+  --it;
+  if (a < it->first || a - it->first > it->second.size || bytes > it->second.size - (a - it->first))
+    return nullptr;
+  if (base) *base = it->first;
+  return &it->second;
+}
+
+// Blocks of `threads` threads and `smem` bytes of dynamic shared memory resident on one SM.
+int per_sm(const DeviceProps &d, const Func &f, int threads, size_t smem) {
+  if (threads <= 0 || threads > 1024 || smem > (size_t)f.max_dyn) return 0;
+  const int warps = (threads + 31) / 32;
+  int n = std::min(32, 64 / warps);
+  n = std::min(n, 65536 / (kRegs * warps * 32));
+  const size_t per_block = smem + 1024;  // the driver's reserve per block
+  n = std::min(n, (int)((size_t)d.smem_per_sm / per_block));
+  return std::max(n, 0);
+}
+
+Func *func(State &s, const void *f) {
+  auto it = s.funcs.find(f);
+  return it == s.funcs.end() ? nullptr : &it->second;
+}
+
+cudaError_t check_stream_op(State &s, const char *what) {
+  if (s.capturing && t_mode != cudaStreamCaptureModeRelaxed) {
+    violation(s, "%s during a stream capture", what);
+    return cudaErrorStreamCaptureUnsupported;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t launch(State &s, const cudaLaunchConfig_t &cfg, const void *fn) {
+  if (cudaError_t e = enter(s, Api::kLaunch, "a launch")) return e;
+  const DeviceProps *d = device(s, t_device);
+  Func *f = func(s, fn);
+  if (!d) return cudaErrorInvalidDevice;
+  if (!f) {
+    violation(s, "launch of a function the runtime does not know (%p)", fn);
+    return cudaErrorInvalidDeviceFunction;
+  }
+  Launch l{f->name, t_device, cfg.gridDim, cfg.blockDim, cfg.dynamicSmemBytes, 0, false, false,
+           s.capturing};
+  for (unsigned k = 0; k < cfg.numAttrs; ++k) {
+    const cudaLaunchAttribute &a = cfg.attrs[k];
+    if (a.id == cudaLaunchAttributeClusterDimension) {
+      if (a.val.clusterDim.y != 1 || a.val.clusterDim.z != 1)
+        violation(s, "%s: cluster %ux%ux%u", f->name.c_str(), a.val.clusterDim.x,
+                  a.val.clusterDim.y, a.val.clusterDim.z);
+      l.cluster = a.val.clusterDim.x;
+    } else if (a.id == cudaLaunchAttributeProgrammaticStreamSerialization) {
+      l.pdl = a.val.programmaticStreamSerializationAllowed != 0;
+    } else if (a.id == cudaLaunchAttributeCooperative) {
+      l.cooperative = a.val.cooperative != 0;
+    } else {
+      violation(s, "%s: launch attribute %d not modelled", f->name.c_str(), (int)a.id);
+    }
+  }
+  s.log.push_back(l);
+  ++s.n.launches;
+  const dim3 g = cfg.gridDim, b = cfg.blockDim;
+  const unsigned long long blocks = (unsigned long long)g.x * g.y * g.z;
+  const unsigned threads = b.x * b.y * b.z;
+  const char *name = f->name.c_str();
+  cudaError_t e = cudaSuccess;
+  auto bad = [&](cudaError_t err, const char *fmt, auto... args) {
+    violation(s, fmt, name, args...);
+    if (e == cudaSuccess) e = err;
+  };
+  if (g.x == 0 || g.y == 0 || g.z == 0 || g.y > 65535 || g.z > 65535 || g.x > 0x7fffffffu)
+    bad(cudaErrorInvalidConfiguration, "%s: grid %ux%ux%u", g.x, g.y, g.z);
+  if (b.x == 0 || b.y == 0 || b.z == 0 || threads > 1024 || b.z > 64)
+    bad(cudaErrorInvalidConfiguration, "%s: block %ux%ux%u", b.x, b.y, b.z);
+  if (cfg.dynamicSmemBytes > (size_t)f->max_dyn)
+    bad(cudaErrorInvalidValue, "%s: %zu bytes of dynamic shared memory, the kernel allows %d",
+        cfg.dynamicSmemBytes, f->max_dyn);
+  if (l.pdl && d->major < 9)
+    bad(cudaErrorNotSupported, "%s: programmatic dependent launch on compute capability %d",
+        d->major);
+  const int resident_sms = s.active_sms > 0 ? std::min(s.active_sms, d->sms) : d->sms;
+  const int fit = per_sm(*d, *f, (int)threads, cfg.dynamicSmemBytes);
+  if (l.cluster > 0) {
+    const unsigned most = f->nonportable ? 16u : 8u;
+    if (d->major < 9) bad(cudaErrorNotSupported, "%s: clusters on compute capability %d", d->major);
+    if (l.cluster > most) bad(cudaErrorInvalidClusterSize, "%s: clusters of %u blocks", l.cluster);
+    if (g.x % l.cluster != 0)
+      bad(cudaErrorInvalidClusterSize, "%s: grid %u not a multiple of the cluster %u", g.x,
+          l.cluster);
+    if (fit == 0 || (unsigned long long)fit * (unsigned)resident_sms < l.cluster) {
+      if (resident_sms == d->sms)  // else the "MPS" refusal, below
+        bad(cudaErrorLaunchOutOfResources, "%s: a cluster of %u blocks is never resident",
+            l.cluster);
+      else if (e == cudaSuccess)
+        e = cudaErrorLaunchOutOfResources;
+    }
+  }
+  if (l.cooperative && e == cudaSuccess) {
+    if (!d->cooperative) bad(cudaErrorNotSupported, "%s: cooperative launch not supported");
+    unsigned long long most = (unsigned long long)fit * (unsigned)resident_sms;
+    if (l.cluster > 0) most = (most / l.cluster) * l.cluster;
+    if (blocks > most) {
+      // Only the library's own mistake when every SM is its: under the "MPS" limit it is the
+      // refusal the library must handle.
+      if (resident_sms == d->sms)
+        violation(s, "%s: cooperative launch of %llu blocks, at most %llu resident", name, blocks,
+                  most);
+      e = cudaErrorCooperativeLaunchTooLarge;
+    }
+  }
+  return e;
+}
+
+}  // namespace
+
+DeviceProps h100() { return DeviceProps{}; }
+DeviceProps a100() {
+  DeviceProps d;
+  d.major = 8;
+  d.minor = 0;
+  d.sms = 108;
+  d.optin_smem = 166912;
+  d.smem_per_sm = 167936;
+  d.l2_bytes = 40 * 1024 * 1024;
+  return d;
+}
+
+void reset(const std::vector<DeviceProps> &props) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  s.devs = props;
+  s.count_error = cudaSuccess;
+  for (auto &f : s.funcs) {
+    f.second.max_dyn = 48 * 1024;
+    f.second.nonportable = false;
+  }
+  s.n = Counters{};
+  s.log.clear();
+  s.violations.clear();
+  s.fail_left = 0;
+  s.fired = false;
+  s.capturing = false;
+  s.active_sms = 0;
+  t_device = 0;
+  t_last = cudaSuccess;
+  t_mode = cudaStreamCaptureModeGlobal;
+}
+
+void set_device_count_error(cudaError_t e) {
+  std::lock_guard<std::mutex> g(st().mu);
+  st().count_error = e;
+}
+
+void fail_nth(Api api, long n, cudaError_t error) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  s.fail_api = api;
+  s.fail_left = n;
+  s.fail_error = error;
+  s.fired = false;
+}
+
+bool failure_fired() {
+  std::lock_guard<std::mutex> g(st().mu);
+  return st().fired;
+}
+
+std::string failed_call() {
+  std::lock_guard<std::mutex> g(st().mu);
+  return st().fired ? st().failed_call : std::string();
+}
+
+void set_capturing(bool on) {
+  std::lock_guard<std::mutex> g(st().mu);
+  st().capturing = on;
+}
+
+void set_active_sms(int sms) {
+  std::lock_guard<std::mutex> g(st().mu);
+  st().active_sms = sms;
+}
+
+Counters counters() {
+  std::lock_guard<std::mutex> g(st().mu);
+  return st().n;
+}
+
+std::vector<Launch> launches() {
+  std::lock_guard<std::mutex> g(st().mu);
+  return st().log;
+}
+
+std::vector<std::string> violations() {
+  std::lock_guard<std::mutex> g(st().mu);
+  return st().violations;
+}
+
+void clear_log() {
+  std::lock_guard<std::mutex> g(st().mu);
+  st().log.clear();
+  st().violations.clear();
+}
+
+long live_allocations() {
+  std::lock_guard<std::mutex> g(st().mu);
+  return (long)st().allocs.size();
+}
+
+size_t live_bytes() {
+  std::lock_guard<std::mutex> g(st().mu);
+  return st().live;
+}
+
+}  // namespace fake_cuda
+
+using fake_cuda::Api;
+using fake_cuda::st;
+using fake_cuda::State;
+
+// ---- registration (nvcc's host stubs, before main) ---------------------------------------------
+extern "C" {
+
+void **__cudaRegisterFatBinary(void *fatCubin) {
+  static void *handles[64];
+  static int next = 0;
+  void **h = &handles[next++ % 64];
+  *h = fatCubin;
+  return h;
+}
+void __cudaRegisterFatBinaryEnd(void **) {}
+void __cudaUnregisterFatBinary(void **) {}
+char __cudaInitModule(void **) { return 1; }
+void __cudaRegisterFunction(void **, const char *hostFun, char *, const char *deviceName, int,
+                            uint3 *, uint3 *, dim3 *, dim3 *, int *) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  s.funcs[hostFun].name = fake_cuda::demangle(deviceName);
+}
+cudaError_t __cudaGetKernel(cudaKernel_t *kernel, const void *fn) {
+  *kernel = (cudaKernel_t)fn;
+  return cudaSuccess;
+}
+cudaError_t __cudaPopCallConfiguration(dim3 *, dim3 *, size_t *, void *) {
+  return cudaErrorNotSupported;  // the library launches through cudaLaunchKernelExC only
+}
+cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void **, size_t smem,
+                               cudaStream_t stream) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  return fake_cuda::ret(fake_cuda::launch(s, cfg, (const void *)kernel));
+}
+
+// ---- the runtime API the library calls -----------------------------------------------------------
+
+cudaError_t cudaGetLastError(void) {
+  const cudaError_t e = fake_cuda::t_last;
+  fake_cuda::t_last = cudaSuccess;
+  return e;
+}
+
+cudaError_t cudaPeekAtLastError(void) { return fake_cuda::t_last; }
+
+const char *cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
+    case cudaErrorCooperativeLaunchTooLarge: return "cudaErrorCooperativeLaunchTooLarge";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    default: return "cudaErrorUnknown";
+  }
+}
+
+const char *cudaGetErrorString(cudaError_t e) { return cudaGetErrorName(e); }
+
+cudaError_t cudaGetDeviceCount(int *count) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kGetDeviceCount)) return fake_cuda::ret(e);
+  if (s.count_error != cudaSuccess) {
+    *count = 0;
+    return fake_cuda::ret(s.count_error);
+  }
+  *count = (int)s.devs.size();
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int *device) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kGetDevice)) return fake_cuda::ret(e);
+  *device = fake_cuda::t_device;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kSetDevice)) return fake_cuda::ret(e);
+  if (!fake_cuda::device(s, device)) return fake_cuda::ret(cudaErrorInvalidDevice);
+  fake_cuda::t_device = device;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kDeviceGetAttribute)) return fake_cuda::ret(e);
+  const fake_cuda::DeviceProps *d = fake_cuda::device(s, device);
+  if (!d) return fake_cuda::ret(cudaErrorInvalidDevice);
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = d->sms; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = d->major; break;
+    case cudaDevAttrComputeCapabilityMinor: *value = d->minor; break;
+    case cudaDevAttrL2CacheSize: *value = d->l2_bytes; break;
+    case cudaDevAttrCooperativeLaunch: *value = d->cooperative; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = d->optin_smem; break;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = d->smem_per_sm; break;
+    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; break;
+    case cudaDevAttrMaxThreadsPerMultiProcessor: *value = 2048; break;
+    case cudaDevAttrWarpSize: *value = 32; break;
+    case cudaDevAttrClusterLaunch: *value = d->major >= 9; break;
+    default:
+      fake_cuda::violation(s, "cudaDeviceGetAttribute(%d) not modelled", (int)attr);
+      return fake_cuda::ret(cudaErrorInvalidValue);
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *attr, const void *fn) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kFuncGetAttributes)) return fake_cuda::ret(e);
+  const fake_cuda::Func *f = fake_cuda::func(s, fn);
+  const fake_cuda::DeviceProps *d = fake_cuda::device(s, fake_cuda::t_device);
+  if (!f || !d) return fake_cuda::ret(cudaErrorInvalidDeviceFunction);
+  *attr = cudaFuncAttributes{};
+  attr->maxThreadsPerBlock = 1024;
+  attr->numRegs = fake_cuda::kRegs;
+  attr->ptxVersion = attr->binaryVersion = d->major * 10 + d->minor;
+  attr->maxDynamicSharedSizeBytes = f->max_dyn;
+  attr->nonPortableClusterSizeAllowed = f->nonportable;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void *fn, enum cudaFuncAttribute attr, int value) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kFuncSetAttribute)) return fake_cuda::ret(e);
+  fake_cuda::Func *f = fake_cuda::func(s, fn);
+  const fake_cuda::DeviceProps *d = fake_cuda::device(s, fake_cuda::t_device);
+  if (!f || !d) return fake_cuda::ret(cudaErrorInvalidDeviceFunction);
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value < 0 || value > d->optin_smem) {
+      fake_cuda::violation(s, "%s: dynamic shared memory limit %d above the opt-in %d",
+                           f->name.c_str(), value, d->optin_smem);
+      return fake_cuda::ret(cudaErrorInvalidValue);
+    }
+    f->max_dyn = value;
+  } else if (attr == cudaFuncAttributeNonPortableClusterSizeAllowed) {
+    f->nonportable = value != 0;
+  } else if (attr != cudaFuncAttributePreferredSharedMemoryCarveout) {
+    fake_cuda::violation(s, "%s: cudaFuncSetAttribute(%d) not modelled", f->name.c_str(), (int)attr);
+    return fake_cuda::ret(cudaErrorInvalidValue);
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *blocks, const void *fn,
+                                                                   int threads, size_t smem,
+                                                                   unsigned int) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kOccupancy)) return fake_cuda::ret(e);
+  const fake_cuda::Func *f = fake_cuda::func(s, fn);
+  const fake_cuda::DeviceProps *d = fake_cuda::device(s, fake_cuda::t_device);
+  if (!f || !d) return fake_cuda::ret(cudaErrorInvalidDeviceFunction);
+  *blocks = fake_cuda::per_sm(*d, *f, threads, smem);
+  return cudaSuccess;
+}
+
+cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *fn,
+                                           const cudaLaunchConfig_t *cfg) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kOccupancy)) return fake_cuda::ret(e);
+  const fake_cuda::Func *f = fake_cuda::func(s, fn);
+  const fake_cuda::DeviceProps *d = fake_cuda::device(s, fake_cuda::t_device);
+  if (!f || !d) return fake_cuda::ret(cudaErrorInvalidDeviceFunction);
+  if (d->major < 9) return fake_cuda::ret(cudaErrorNotSupported);
+  unsigned cluster = 1;
+  for (unsigned k = 0; k < cfg->numAttrs; ++k)
+    if (cfg->attrs[k].id == cudaLaunchAttributeClusterDimension)
+      cluster = cfg->attrs[k].val.clusterDim.x;
+  if (cluster > (f->nonportable ? 16u : 8u)) return fake_cuda::ret(cudaErrorInvalidClusterSize);
+  const unsigned threads = cfg->blockDim.x * cfg->blockDim.y * cfg->blockDim.z;
+  *clusters = fake_cuda::per_sm(*d, *f, (int)threads, cfg->dynamicSmemBytes) * d->sms / (int)cluster;
+  return cudaSuccess;
+}
+
+cudaError_t cudaLaunchKernelExC(const cudaLaunchConfig_t *config, const void *fn, void **) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  return fake_cuda::ret(fake_cuda::launch(s, *config, fn));
+}
+
+static cudaError_t allocate(void **p, size_t size, bool managed) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  *p = nullptr;
+  if (cudaError_t e = fake_cuda::enter(s, Api::kMalloc)) return fake_cuda::ret(e);
+  if (cudaError_t e = fake_cuda::check_stream_op(s, "cudaMalloc")) return fake_cuda::ret(e);
+  if (!fake_cuda::device(s, fake_cuda::t_device)) return fake_cuda::ret(cudaErrorInvalidDevice);
+  ++s.n.mallocs;
+  const size_t rounded = (std::max<size_t>(size, 1) + 255) / 256 * 256;
+  void *q = std::aligned_alloc(256, rounded);  // pages untouched until used: large W cost nothing
+  if (!q) return fake_cuda::ret(cudaErrorMemoryAllocation);
+  s.allocs[(uintptr_t)q] = fake_cuda::Alloc{size, fake_cuda::t_device, managed};
+  s.live += size;
+  *p = q;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void **p, size_t size) { return allocate(p, size, false); }
+cudaError_t cudaMallocManaged(void **p, size_t size, unsigned int) { return allocate(p, size, true); }
+
+cudaError_t cudaFree(void *p) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kFree)) {
+    // The allocation stays, and is no longer counted: a failed free is not the caller's leak.
+    auto it = s.allocs.find((uintptr_t)p);
+    if (it != s.allocs.end()) {
+      s.live -= it->second.size;
+      s.abandoned.insert(*it);
+      s.allocs.erase(it);
+    }
+    return fake_cuda::ret(e);
+  }
+  if (!p) return cudaSuccess;
+  if (cudaError_t e = fake_cuda::check_stream_op(s, "cudaFree")) return fake_cuda::ret(e);
+  auto it = s.allocs.find((uintptr_t)p);
+  if (it == s.allocs.end()) {
+    fake_cuda::violation(s, "cudaFree(%p): not the start of a live allocation", p);
+    return fake_cuda::ret(cudaErrorInvalidValue);
+  }
+  ++s.n.frees;
+  s.live -= it->second.size;
+  s.allocs.erase(it);
+  std::free(p);
+  return cudaSuccess;
+}
+
+cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attr, const void *p) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kPointerAttributes)) return fake_cuda::ret(e);
+  *attr = cudaPointerAttributes{};
+  uintptr_t base = 0;
+  const fake_cuda::Alloc *a = fake_cuda::holding(s, p, 0, &base);
+  if (!a || (uintptr_t)p == base + a->size) {  // one past the end belongs to no allocation
+    attr->type = cudaMemoryTypeUnregistered;
+    attr->device = -2;
+    return cudaSuccess;
+  }
+  attr->type = a->managed ? cudaMemoryTypeManaged : cudaMemoryTypeDevice;
+  attr->device = a->device;
+  attr->devicePointer = const_cast<void *>(p);
+  attr->hostPointer = a->managed ? const_cast<void *>(p) : nullptr;
+  return cudaSuccess;
+}
+
+// Device sides of a copy must lie in one live allocation.
+static cudaError_t copy(State &s, void *dst, const void *src, size_t n, cudaMemcpyKind kind,
+                        const char *what) {
+  const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  if (kind == cudaMemcpyDefault || kind == cudaMemcpyHostToHost) {
+    fake_cuda::violation(s, "%s with kind %d", what, (int)kind);
+    return cudaErrorInvalidValue;
+  }
+  if ((dst_dev && !fake_cuda::holding(s, dst, n)) || (src_dev && !fake_cuda::holding(s, src, n))) {
+    fake_cuda::violation(s, "%s of %zu bytes (%p <- %p, kind %d) outside device memory", what, n,
+                         dst, src, (int)kind);
+    return cudaErrorInvalidValue;
+  }
+  ++s.n.memcpys;
+  if (n) std::memmove(dst, src, n);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kMemcpy)) return fake_cuda::ret(e);
+  if (cudaError_t e = fake_cuda::check_stream_op(s, "cudaMemcpy")) return fake_cuda::ret(e);
+  ++s.n.syncs;
+  return fake_cuda::ret(copy(s, dst, src, n, kind, "cudaMemcpy"));
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind,
+                            cudaStream_t) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kMemcpyAsync)) return fake_cuda::ret(e);
+  if (kind != cudaMemcpyDeviceToDevice)
+    if (cudaError_t e = fake_cuda::check_stream_op(s, "cudaMemcpyAsync to or from the host"))
+      return fake_cuda::ret(e);
+  return fake_cuda::ret(copy(s, dst, src, n, kind, "cudaMemcpyAsync"));
+}
+
+cudaError_t cudaMemset(void *p, int value, size_t n) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kMemset)) return fake_cuda::ret(e);
+  if (cudaError_t e = fake_cuda::check_stream_op(s, "cudaMemset")) return fake_cuda::ret(e);
+  if (!fake_cuda::holding(s, p, n)) {
+    fake_cuda::violation(s, "cudaMemset of %zu bytes at %p outside device memory", n, p);
+    return fake_cuda::ret(cudaErrorInvalidValue);
+  }
+  ++s.n.memsets;
+  std::memset(p, value, n);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kStreamSync)) return fake_cuda::ret(e);
+  if (cudaError_t e = fake_cuda::check_stream_op(s, "cudaStreamSynchronize")) return fake_cuda::ret(e);
+  ++s.n.syncs;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t, enum cudaStreamCaptureStatus *status) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kStreamIsCapturing)) return fake_cuda::ret(e);
+  *status = s.capturing ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+
+cudaError_t cudaThreadExchangeStreamCaptureMode(enum cudaStreamCaptureMode *mode) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kCaptureMode)) return fake_cuda::ret(e);
+  std::swap(*mode, fake_cuda::t_mode);
+  return cudaSuccess;
+}
+
+}  // extern "C"

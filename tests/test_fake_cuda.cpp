@@ -1,0 +1,834 @@
+// The library's CUDA host code on a machine without a GPU: linked against the fake runtime of
+// tests/fake_cuda (no kernel runs). These tests hold the host side to what specnorm.h promises of
+// a CUDA layer or group: every launch within the device's limits and what the runtime reported,
+// on every path the knobs reach; the per-step calls allocate nothing and never synchronize, also
+// during a stream capture, in the documented number of launches; a failure of any runtime call is
+// reported with a message, leaks nothing, leaves no CUDA error pending and leaves the layer as it
+// was; the caller's current device is kept; the refusals of a launch that needs resident blocks.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "fake_cuda.h"
+#include "specnorm.h"
+
+namespace {
+
+using fake_cuda::Api;
+
+// Device memory of the fake runtime (host memory; kernels do not run, so untouched pages of
+// large weights cost nothing).
+struct Dev {
+  void *p = nullptr;
+  explicit Dev(size_t bytes) { EXPECT_EQ(cudaMalloc(&p, bytes), cudaSuccess); }
+  ~Dev() { (void)cudaFree(p); }
+  Dev(const Dev &) = delete;
+  Dev &operator=(const Dev &) = delete;
+  template <class T = void>
+  T *get() const {
+    return static_cast<T *>(p);
+  }
+};
+
+struct LayerDeleter {
+  void operator()(sn_layer_t *l) const { sn_layer_destroy(l); }
+};
+using Layer = std::unique_ptr<sn_layer_t, LayerDeleter>;
+struct GroupDeleter {
+  void operator()(sn_group_t *g) const { sn_group_destroy(g); }
+};
+using Group = std::unique_ptr<sn_group_t, GroupDeleter>;
+
+// SPECNORM_TUNE for the scope (the library reads it at each call that plans).
+struct ScopedTune {
+  explicit ScopedTune(const std::string &s) {
+    if (s.empty())
+      unsetenv("SPECNORM_TUNE");
+    else
+      setenv("SPECNORM_TUNE", s.c_str(), 1);
+  }
+  ~ScopedTune() { unsetenv("SPECNORM_TUNE"); }
+};
+
+size_t elem_size(sn_dtype_t t) { return t == SN_DTYPE_FLOAT32 ? 4 : 2; }
+
+struct Shape {
+  std::vector<int64_t> dims;
+  int dim;
+};
+
+sn_layer_desc_t make_desc(const Shape &s, sn_dtype_t dtype, sn_order_t order, sn_algo_t algo) {
+  sn_layer_desc_t d;
+  EXPECT_EQ(sn_layer_desc_init(&d, (int)s.dims.size(), s.dims.data()), SN_SUCCESS);
+  d.dim = s.dim;
+  d.dtype = dtype;
+  d.order = order;
+  d.algo = algo;
+  return d;
+}
+
+// The status a CPU layer of this description gets at creation: a CUDA layer must get the same
+// (specnorm.h: a descriptor that works on the CPU works on a GPU, and is refused alike).
+sn_status_t cpu_status(sn_layer_desc_t d) {
+  d.backend = SN_BACKEND_CPU;
+  sn_layer_t *l = nullptr;
+  const sn_status_t st = sn_layer_create(&l, &d);
+  sn_layer_destroy(l);
+  return st;
+}
+
+std::string joined(const std::vector<std::string> &v) {
+  std::string s;
+  for (const std::string &x : v) s += "\n  " + x;
+  return s;
+}
+
+// What a per-step call may do: launches only (no allocation, free, host synchronization or copy
+// to or from the host), at most `most` of them, none left as a pending CUDA error, the caller's
+// device kept.
+struct StepWatch {
+  fake_cuda::Counters before = fake_cuda::counters();
+  int device = -1;
+  StepWatch() { EXPECT_EQ(cudaGetDevice(&device), cudaSuccess); }
+  void check(const char *what, long most) const {
+    SCOPED_TRACE(what);
+    const fake_cuda::Counters now = fake_cuda::counters();
+    EXPECT_EQ(now.mallocs, before.mallocs);
+    EXPECT_EQ(now.frees, before.frees);
+    EXPECT_EQ(now.syncs, before.syncs);
+    EXPECT_EQ(now.memcpys, before.memcpys);
+    EXPECT_EQ(now.memsets, before.memsets);
+    EXPECT_GE(now.launches - before.launches, 1);
+    EXPECT_LE(now.launches - before.launches, most);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    int d = -1;
+    EXPECT_EQ(cudaGetDevice(&d), cudaSuccess);
+    EXPECT_EQ(d, device);
+  }
+};
+
+#define STEP(call, most)                                                  \
+  do {                                                                    \
+    StepWatch w_;                                                         \
+    ASSERT_EQ((call), SN_SUCCESS) << #call << ": " << sn_last_error_message(); \
+    w_.check(#call, most);                                                \
+  } while (0)
+
+#define OK(call) ASSERT_EQ((call), SN_SUCCESS) << #call << ": " << sn_last_error_message()
+
+// One CUDA layer through every call of the API: warm-up, training and eval forwards (with W_sn,
+// in place, scale only), the backward under every flag with and without ∂L/∂γ, with γ bound, σ,
+// health, state, checkpoints and reset. Per-step calls are held to StepWatch.
+// `want`: the CPU layer's status at creation; `host_calls`: also the calls that only move the state
+// between host and device (the same whatever SPECNORM_TUNE says).
+void exercise_layer(const sn_layer_desc_t &d, sn_status_t want, bool host_calls) {
+  SCOPED_TRACE("h = shape[" + std::to_string(d.dim) + "], dtype " + std::to_string(d.dtype) +
+               ", order " + std::to_string(d.order) + ", algo " + std::to_string(d.algo));
+  sn_layer_t *raw = nullptr;
+  const sn_status_t got = sn_layer_create(&raw, &d);
+  Layer layer(raw);
+  ASSERT_EQ(got, want) << sn_last_error_message();
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  if (got != SN_SUCCESS) {
+    EXPECT_EQ(raw, nullptr);
+    return;
+  }
+  int64_t h = 0, w = 0;
+  OK(sn_layer_get_dims(raw, &h, &w));
+  const size_t bytes = (size_t)(h * w) * elem_size(d.dtype);
+  Dev W(bytes), W_sn(bytes), G(bytes), dW(bytes), scalars(16);
+  float *gamma = scalars.get<float>(), *dgamma = gamma + 1;
+
+  OK(sn_layer_warmup(raw, W.p, 0));
+  STEP(sn_forward(raw, W.p, W_sn.p, 1, 0), 8);
+  STEP(sn_forward(raw, W.p, W_sn.p, 0, 0), 8);
+  STEP(sn_forward(raw, W.p, W.p, 1, 0), 8);
+  STEP(sn_forward_scale_only(raw, W.p, 1, 0), 8);
+  STEP(sn_forward_scale_only(raw, W.p, 0, 0), 8);
+  for (unsigned flags = 0; flags < 4; ++flags) {
+    STEP(sn_backward(raw, W.p, G.p, dW.p, flags, nullptr, 0), 2);
+    STEP(sn_backward(raw, W.p, G.p, dW.p, flags, dgamma, 0), 2);
+    STEP(sn_backward(raw, W.p, G.p, G.p, flags, nullptr, 0), 2);
+  }
+  OK(sn_layer_set_gamma(raw, gamma));
+  STEP(sn_forward(raw, W.p, W_sn.p, 1, 0), 8);
+  STEP(sn_backward(raw, W.p, G.p, dW.p, 0, dgamma, 0), 2);
+  OK(sn_layer_set_gamma(raw, nullptr));
+  if (!host_calls) return;
+
+  float sigma = 0, inv = 0, scale = 0;
+  uint32_t health = 0;
+  OK(sn_layer_get_sigma(raw, &sigma, &inv, 0));
+  OK(sn_layer_get_scale(raw, &scale, 0));
+  OK(sn_layer_get_health(raw, &health, 1, 0));
+  std::vector<float> u((size_t)h, 0.5f), v((size_t)w, 0.25f);
+  int warm = 0;
+  OK(sn_layer_get_state(raw, u.data(), v.data(), &sigma, &warm, 0));
+  EXPECT_EQ(warm, 1);
+  OK(sn_layer_set_state(raw, u.data(), v.data(), 2.0f, 1, 0));
+  size_t size = 0, written = 0;
+  OK(sn_layer_checkpoint_size(raw, &size));
+  std::vector<unsigned char> blob(size);
+  OK(sn_layer_save(raw, blob.data(), size, &written, 0));
+  OK(sn_layer_load(raw, blob.data(), written, 0));
+  OK(sn_layer_reset(raw, 7, 0));
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+const std::vector<Shape> &shapes() {
+  static const std::vector<Shape> s = {
+      {{1}, 0},           {{7}, 0},           {{1, 1}, 0},         {{1, 9}, 0},
+      {{9, 1}, 0},        {{3, 5}, 0},        {{64, 3, 3, 3}, 0},  {{3, 3, 64, 128}, -1},
+      {{64, 128, 4, 4}, 1}, {{128, 1152}, 0}, {{1, 128}, 0},       {{256, 4608}, 0},
+      {{512, 512}, 0},    {{1000, 1001}, 0},  {{3072, 768}, 0},    {{768, 3072}, 0},
+      {{2048, 2048}, 0},  {{4096, 4096}, 0},  {{4096, 16384}, 0},  {{16384, 4096}, 0},
+      {{12288, 12288}, 0}, {{4096, 3, 3, 64}, -1}, {{33, 17000}, 0}, {{17000, 33}, 0},
+  };
+  return s;
+}
+
+// Every knob of SPECNORM_TUNE that changes which kernels run, one at a time and in pairs the
+// GPU runs of bench/NOTES.md use ("" is the default).
+const std::vector<std::string> &tunes() {
+  static const std::vector<std::string> t = {
+      "",
+      "op_onchip_grid=1",
+      "op_onchip_grid=2",
+      "op_onchip_grid=2,onchip_grid_rows=3",
+      "op_onchip_grid=2,onchip_grid_rows=1",
+      "op_pp=0",
+      "op_pp=2",
+      "op_pp=3",
+      "op_coop=0",
+      "op_coop=1",
+      "op_coop=3",
+      "op_onchip=0",
+      "op_onchip=1",
+      "onchip_threads=256",
+      "onchip_threads=512",
+      "pdl=0",
+      "op_rows=2",
+      "op_cluster=8",
+      "op_bps=3",
+      "op_grid=7",
+      "op_reduce_cols=16",
+      "op_eval_own=0",
+      "div_stream=1",
+      "div_prefetch=1",
+      "bw_stream=0",
+      "bw_grid=64",
+  };
+  return t;
+}
+
+class FakeCuda : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fake_cuda::reset({fake_cuda::h100()});
+    live_ = fake_cuda::live_allocations();
+  }
+  void TearDown() override {
+    fake_cuda::fail_nth(Api::kAny, 0, cudaSuccess);
+    fake_cuda::set_capturing(false);
+    EXPECT_TRUE(fake_cuda::violations().empty()) << joined(fake_cuda::violations());
+    EXPECT_EQ(fake_cuda::live_allocations(), live_) << "device memory leaked";
+    unsetenv("SPECNORM_TUNE");
+  }
+  long live_ = 0;
+};
+
+struct Machine {
+  const char *name;
+  fake_cuda::DeviceProps props;
+};
+void PrintTo(const Machine &m, std::ostream *os) { *os << m.name; }
+
+class FakeCudaMachines : public FakeCuda, public ::testing::WithParamInterface<Machine> {
+ protected:
+  void SetUp() override {
+    fake_cuda::reset({GetParam().props});
+    live_ = fake_cuda::live_allocations();
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Cards, FakeCudaMachines,
+                         ::testing::Values(Machine{"h100", fake_cuda::h100()},
+                                           Machine{"a100", fake_cuda::a100()}),
+                         [](const ::testing::TestParamInfo<Machine> &i) { return i.param.name; });
+
+TEST_P(FakeCudaMachines, EveryLayerPathLaunchesWithinTheDevicesLimits) {
+  std::set<std::string> kernels;
+  std::vector<sn_status_t> want;  // the CPU layers' statuses, in the loops' order
+  for (const std::string &t : tunes()) {
+    SCOPED_TRACE("SPECNORM_TUNE=" + t);
+    ScopedTune tune(t);
+    size_t next = 0;
+    for (const Shape &s : shapes())
+      for (sn_dtype_t dtype : {SN_DTYPE_FLOAT32, SN_DTYPE_FLOAT16, SN_DTYPE_BFLOAT16})
+        for (sn_order_t order : {SN_ORDER_U_FIRST, SN_ORDER_V_FIRST})
+          for (sn_algo_t algo : {SN_ALGO_DEFAULT, SN_ALGO_TWO_PASS, SN_ALGO_ONE_PASS}) {
+            std::string dims;
+            for (int64_t x : s.dims) dims += std::to_string(x) + " ";
+            SCOPED_TRACE("shape " + dims);
+            const sn_layer_desc_t d = make_desc(s, dtype, order, algo);
+            if (next == want.size()) want.push_back(cpu_status(d));
+            exercise_layer(d, want[next++], t.empty());
+            if (HasFatalFailure()) return;
+            for (const fake_cuda::Launch &l : fake_cuda::launches()) kernels.insert(l.kernel);
+            ASSERT_TRUE(fake_cuda::violations().empty()) << joined(fake_cuda::violations());
+            fake_cuda::clear_log();
+          }
+  }
+  // Every kernel family, every dtype: the sweep reaches them all (163 instances at 1a3c...).
+  EXPECT_GE(kernels.size(), GetParam().props.major >= 9 ? 150u : 100u);
+}
+
+
+// ---- groups ------------------------------------------------------------------------------------
+
+struct Member {
+  Shape shape;
+  sn_dtype_t dtype;
+  sn_order_t order;
+  bool with_w_sn;
+};
+
+// SN-GAN's CIFAR-10 discriminator (bench/presets.json) in PyTorch's layout, u-first, and in Keras'
+// (dim -1, v-first), and a mixed group: dtypes, orders, scale-only members, a wide layer.
+std::vector<std::vector<Member>> groups() {
+  const std::vector<std::vector<int64_t>> torch = {
+      {128, 3, 3, 3},     {128, 128, 3, 3}, {128, 3, 1, 1},   {128, 128, 3, 3},
+      {128, 128, 3, 3},   {128, 128, 1, 1}, {128, 128, 3, 3}, {128, 128, 3, 3},
+      {128, 128, 3, 3},   {128, 128, 3, 3}, {1, 128}};
+  std::vector<Member> a, b;
+  for (const auto &d : torch) {
+    a.push_back({{d, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, true});
+    std::vector<int64_t> k(d.rbegin(), d.rend());  // (kw, kh, in, out): Keras' axes, reversed
+    b.push_back({{k, -1}, SN_DTYPE_BFLOAT16, SN_ORDER_V_FIRST, true});
+  }
+  std::vector<Member> mixed = {
+      {{{64, 27}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, true},
+      {{{3, 3, 64, 96}, -1}, SN_DTYPE_FLOAT16, SN_ORDER_V_FIRST, false},
+      {{{1000, 4096}, 0}, SN_DTYPE_BFLOAT16, SN_ORDER_U_FIRST, true},
+      {{{96, 64, 1, 1}, 0}, SN_DTYPE_FLOAT16, SN_ORDER_V_FIRST, true},
+      {{{1, 5}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, false},
+      {{{7, 9}, 0}, SN_DTYPE_BFLOAT16, SN_ORDER_U_FIRST, true},
+  };
+  std::vector<Member> big = {
+      {{{4096, 4096}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, true},
+      {{{768, 3072}, 0}, SN_DTYPE_BFLOAT16, SN_ORDER_U_FIRST, true},
+  };
+  return {a, b, mixed, big};
+}
+
+// A group's layers and buffers.
+struct GroupRig {
+  std::vector<Layer> layers;
+  std::vector<sn_layer_t *> raw;
+  std::vector<std::unique_ptr<Dev>> bufs;
+  std::vector<const void *> W, G;
+  std::vector<void *> W_sn, dW;
+  std::vector<float *> dgamma;
+  Group group;
+
+  explicit GroupRig(const std::vector<Member> &ms) {
+    for (const Member &m : ms) {
+      sn_layer_desc_t d = make_desc(m.shape, m.dtype, m.order, SN_ALGO_DEFAULT);
+      sn_layer_t *l = nullptr;
+      EXPECT_EQ(sn_layer_create(&l, &d), SN_SUCCESS) << sn_last_error_message();
+      layers.emplace_back(l);
+      raw.push_back(l);
+      int64_t h = 0, w = 0;
+      EXPECT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
+      const size_t bytes = (size_t)(h * w) * elem_size(m.dtype);
+      for (int k = 0; k < 4; ++k) bufs.push_back(std::make_unique<Dev>(bytes));
+      bufs.push_back(std::make_unique<Dev>(4));
+      const size_t n = bufs.size();
+      W.push_back(bufs[n - 5]->p);
+      W_sn.push_back(m.with_w_sn ? bufs[n - 4]->p : nullptr);
+      G.push_back(bufs[n - 3]->p);
+      dW.push_back(bufs[n - 2]->p);
+      dgamma.push_back(bufs[n - 1]->get<float>());
+    }
+  }
+  sn_status_t create() {
+    sn_group_t *g = nullptr;
+    const sn_status_t st = sn_group_create(&g, raw.data(), W.data(), W_sn.data(), (int)raw.size());
+    group.reset(g);
+    return st;
+  }
+  sn_status_t warm() {
+    for (size_t k = 0; k < raw.size(); ++k)
+      if (sn_status_t st = sn_layer_warmup(raw[k], W[k], 0)) return st;
+    return SN_SUCCESS;
+  }
+};
+
+const std::vector<std::string> &group_tunes() {
+  static const std::vector<std::string> t = {
+      "",          "group_coop=0",          "group_coop=1",           "group_onchip=0",
+      "group_onchip=1", "group_onchip_cluster=2", "group_onchip_cluster=8", "group_grid=7",
+      "group_coop=1,group_grid_force=3", "onchip_threads=256", "pdl=0", "bw_grid=64",
+  };
+  return t;
+}
+
+TEST_P(FakeCudaMachines, EveryGroupPathLaunchesWithinTheDevicesLimitsAndCountsItsLaunches) {
+  for (const std::string &t : group_tunes()) {
+    SCOPED_TRACE("SPECNORM_TUNE=" + t);
+    ScopedTune tune(t);
+    int which = 0;
+    for (const std::vector<Member> &ms : groups()) {
+      SCOPED_TRACE("group " + std::to_string(which++));
+      GroupRig r(ms);
+      OK(r.warm());
+      OK(r.create());
+      sn_group_t *g = r.group.get();
+      // specnorm.h: 3 launches at most for one power iteration, whatever the count of layers;
+      // the backward 1 or 2.
+      STEP(sn_group_forward(g, 1, 0), 3);
+      STEP(sn_group_forward(g, 0, 0), 3);
+      OK(sn_group_set_gradients(g, r.G.data(), r.dW.data(), nullptr));
+      for (unsigned flags = 0; flags < 4; ++flags) STEP(sn_group_backward(g, flags, 0), 2);
+      OK(sn_group_set_gradients(g, r.G.data(), r.dW.data(), r.dgamma.data()));
+      STEP(sn_group_backward(g, 0, 0), 2);
+      STEP(sn_group_backward(g, SN_BACKWARD_DETACH_SIGMA, 0), 2);
+      // In place: dW = G.
+      std::vector<void *> in_place(r.G.size());
+      for (size_t k = 0; k < in_place.size(); ++k) in_place[k] = const_cast<void *>(r.G[k]);
+      OK(sn_group_set_gradients(g, r.G.data(), in_place.data(), nullptr));
+      STEP(sn_group_backward(g, SN_BACKWARD_ACCUMULATE, 0), 2);
+      ASSERT_TRUE(fake_cuda::violations().empty()) << joined(fake_cuda::violations());
+      fake_cuda::clear_log();
+    }
+  }
+}
+
+// ---- the per-step path under a stream capture ---------------------------------------------------
+
+// The fake runtime flags an allocation, free, host synchronization or copy to or from the host
+// during a capture (as the driver refuses them in the global capture mode).
+TEST_F(FakeCuda, StepsAreCapturableOnceWarmAndTheWarmUpIsNot) {
+  for (const std::string &t : {std::string(""), std::string("op_coop=1"),
+                               std::string("op_onchip_grid=2"), std::string("group_coop=1")}) {
+    SCOPED_TRACE("SPECNORM_TUNE=" + t);
+    ScopedTune tune(t);
+    for (const Shape &s : {Shape{{64, 576}, 0}, Shape{{4096, 4096}, 0}, Shape{{3, 3, 128, 256}, -1}}) {
+      sn_layer_desc_t d = make_desc(s, SN_DTYPE_BFLOAT16, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
+      sn_layer_t *l = nullptr;
+      OK(sn_layer_create(&l, &d));
+      Layer layer(l);
+      int64_t h = 0, w = 0;
+      OK(sn_layer_get_dims(l, &h, &w));
+      Dev W((size_t)(h * w) * 2), W_sn((size_t)(h * w) * 2);
+      fake_cuda::set_capturing(true);
+      const long before = fake_cuda::counters().launches;
+      EXPECT_EQ(sn_forward(l, W.p, W_sn.p, 1, 0), SN_ERROR_INVALID_STATE);
+      EXPECT_EQ(fake_cuda::counters().launches, before) << "a refused warm-up launched";
+      EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+      fake_cuda::set_capturing(false);
+      int warm = 1;
+      OK(sn_layer_get_state(l, nullptr, nullptr, nullptr, &warm, 0));
+      EXPECT_EQ(warm, 0);
+      OK(sn_layer_warmup(l, W.p, 0));
+      fake_cuda::set_capturing(true);
+      STEP(sn_forward(l, W.p, W_sn.p, 1, 0), 8);
+      STEP(sn_forward(l, W.p, W_sn.p, 0, 0), 8);
+      STEP(sn_forward_scale_only(l, W.p, 1, 0), 8);
+      STEP(sn_backward(l, W.p, W_sn.p, W_sn.p, 0, nullptr, 0), 2);
+      fake_cuda::set_capturing(false);
+    }
+    GroupRig r(groups()[0]);
+    OK(r.create());
+    fake_cuda::set_capturing(true);
+    EXPECT_EQ(sn_group_forward(r.group.get(), 1, 0), SN_ERROR_INVALID_STATE);
+    fake_cuda::set_capturing(false);
+    OK(r.warm());
+    OK(sn_group_set_gradients(r.group.get(), r.G.data(), r.dW.data(), r.dgamma.data()));
+    fake_cuda::set_capturing(true);
+    STEP(sn_group_forward(r.group.get(), 1, 0), 3);
+    STEP(sn_group_backward(r.group.get(), 0, 0), 2);
+    fake_cuda::set_capturing(false);
+  }
+}
+
+// ---- a launch that needs resident blocks, refused ("MPS") ---------------------------------------
+
+// specnorm.h: a forward that is one launch needing all its blocks resident, refused because fewer
+// blocks can be resident than at creation, runs the usual kernels from then on, at once when no
+// capture is active, else returns SN_ERROR_CUDA asking to capture again; a group's cooperative
+// backward alike until the next binding.
+TEST_F(FakeCuda, RefusedResidentLaunchesFallBackOrAskForANewCapture) {
+  struct Case {
+    const char *tune;
+    Shape shape;
+    bool scale_only;
+  };
+  const Case cases[] = {
+      {"", {{64, 576}, 0}, false},                      // on chip, clusters
+      {"op_coop=1", {{4096, 4096}, 0}, true},          // the cooperative one-pass iteration
+      {"op_onchip_grid=2", {{2048, 2048}, 0}, false},  // on chip over the grid
+  };
+  for (const Case &c : cases) {
+    for (bool capture : {false, true}) {
+      SCOPED_TRACE(std::string("SPECNORM_TUNE=") + c.tune + (capture ? ", captured" : ""));
+      ScopedTune tune(c.tune);
+      fake_cuda::set_active_sms(0);
+      sn_layer_desc_t d = make_desc(c.shape, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
+      sn_layer_t *l = nullptr;
+      OK(sn_layer_create(&l, &d));
+      Layer layer(l);
+      int64_t h = 0, w = 0;
+      OK(sn_layer_get_dims(l, &h, &w));
+      Dev W((size_t)(h * w) * 4), W_sn((size_t)(h * w) * 4);
+      auto step = [&] {
+        return c.scale_only ? sn_forward_scale_only(l, W.p, 1, 0) : sn_forward(l, W.p, W_sn.p, 1, 0);
+      };
+      OK(sn_layer_warmup(l, W.p, 0));
+      fake_cuda::clear_log();
+      OK(step());
+      std::vector<fake_cuda::Launch> first = fake_cuda::launches();
+      ASSERT_EQ(first.size(), 1u) << "expected one launch on chip / cooperative";
+      fake_cuda::set_active_sms(1);
+      fake_cuda::set_capturing(capture);
+      fake_cuda::clear_log();
+      const sn_status_t st = step();
+      fake_cuda::set_capturing(false);
+      EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+      if (capture) {
+        EXPECT_EQ(st, SN_ERROR_CUDA);
+        EXPECT_NE(std::string(sn_last_error_message()).find("captur"), std::string::npos)
+            << sn_last_error_message();
+      } else {
+        EXPECT_EQ(st, SN_SUCCESS) << sn_last_error_message();
+      }
+      // From then on the usual kernels: more than one launch, none of them refused.
+      fake_cuda::clear_log();
+      OK(step());
+      EXPECT_GT(fake_cuda::launches().size(), 1u);
+      for (const fake_cuda::Launch &x : fake_cuda::launches())
+        EXPECT_NE(x.kernel, first[0].kernel);
+      fake_cuda::set_active_sms(0);
+    }
+  }
+}
+
+
+// ---- failures of the runtime ---------------------------------------------------------------------
+
+// The layer's whole state as a checkpoint holds it (u, v, σ, the warm-up flag, the counts of
+// forwards, the health word), read with no failure armed.
+std::vector<unsigned char> snapshot(const sn_layer_t *l) {
+  size_t size = 0, written = 0;
+  EXPECT_EQ(sn_layer_checkpoint_size(l, &size), SN_SUCCESS);
+  std::vector<unsigned char> blob(size);
+  EXPECT_EQ(sn_layer_save(l, blob.data(), size, &written, 0), SN_SUCCESS) << sn_last_error_message();
+  blob.resize(written);
+  return blob;
+}
+
+// Runs `call` once with the k-th runtime call from its start failing with `error`, for k = 1, 2,
+// ... until a run makes fewer than k calls; `prepare` builds what the call needs first, with no
+// failure armed. Whatever the call returns, it must leave no CUDA error pending, keep the
+// caller's device and leak nothing; a failure must come with a message and leave the layers of
+// `watched` exactly as they were. Returns the failed runs.
+template <class Prepare, class Call>
+int fail_each_call(const char *what, cudaError_t error, Prepare prepare, Call call) {
+  SCOPED_TRACE(what);
+  int failed = 0;
+  for (long k = 1; k < 100000; ++k) {
+    SCOPED_TRACE("runtime call " + std::to_string(k) + " failing");
+    auto ctx = prepare();
+    std::vector<std::vector<unsigned char>> before;
+    for (const sn_layer_t *l : ctx->watched()) before.push_back(snapshot(l));
+    const long live = fake_cuda::live_allocations();
+    int device = -1;
+    EXPECT_EQ(cudaGetDevice(&device), cudaSuccess);
+    fake_cuda::fail_nth(Api::kAny, k, error);
+    const sn_status_t st = call(*ctx);
+    const bool fired = fake_cuda::failure_fired();
+    const std::string failed_fn = fake_cuda::failed_call();
+    SCOPED_TRACE("the call failed: " + failed_fn);
+    fake_cuda::fail_nth(Api::kAny, 0, cudaSuccess);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "a CUDA error left pending (status " << st << ")";
+    int now = -1;
+    EXPECT_EQ(cudaGetDevice(&now), cudaSuccess);
+    EXPECT_EQ(now, device) << "the caller's device changed";
+    if (st != SN_SUCCESS) {
+      ++failed;
+      EXPECT_TRUE(fired) << "failed with no runtime failure: " << sn_last_error_message();
+      EXPECT_GT(std::strlen(sn_last_error_message()), 0u);
+      EXPECT_EQ(fake_cuda::live_allocations(), live) << "a failed call leaked device memory";
+      // (Not after a failed synchronization: after a successful enqueue, that is the report of
+      // an asynchronous error, which leaves the CUDA context unusable, the layer with it.)
+      const std::vector<const sn_layer_t *> after = ctx->watched();
+      for (size_t i = 0; i < after.size() && failed_fn != "cudaStreamSynchronize"; ++i)
+        EXPECT_TRUE(snapshot(after[i]) == before[i]) << "layer " << i << " changed by a failed call";
+    }
+    ctx.reset();
+    if (::testing::Test::HasFailure() || !fired) break;
+  }
+  return failed;
+}
+
+// A layer, warmed up or not, with its buffers; what a failure-injection run needs.
+struct LayerCtx {
+  Layer layer;
+  std::unique_ptr<Dev> W, W_sn, G, dW, scalars;
+  std::vector<unsigned char> blob;  // a checkpoint of another state of this layer
+  int64_t h = 0, w = 0;
+  LayerCtx(const sn_layer_desc_t &d, bool warm) {
+    sn_layer_t *l = nullptr;
+    EXPECT_EQ(sn_layer_create(&l, &d), SN_SUCCESS) << sn_last_error_message();
+    layer.reset(l);
+    EXPECT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
+    const size_t bytes = (size_t)(h * w) * elem_size(d.dtype);
+    W = std::make_unique<Dev>(bytes);
+    W_sn = std::make_unique<Dev>(bytes);
+    G = std::make_unique<Dev>(bytes);
+    dW = std::make_unique<Dev>(bytes);
+    scalars = std::make_unique<Dev>(16);
+    if (warm) {
+      EXPECT_EQ(sn_layer_warmup(l, W->p, 0), SN_SUCCESS);
+    }
+    std::vector<float> u((size_t)h, 1.f), v((size_t)w, 2.f);  // another state, as a checkpoint
+    EXPECT_EQ(sn_layer_set_state(l, u.data(), v.data(), 3.f, warm, 0), SN_SUCCESS);
+    blob = snapshot(l);
+    EXPECT_EQ(sn_layer_reset(l, d.seed, 0), SN_SUCCESS);
+    if (warm) {
+      EXPECT_EQ(sn_layer_warmup(l, W->p, 0), SN_SUCCESS);
+    }
+  }
+  std::vector<const sn_layer_t *> watched() const { return {layer.get()}; }
+};
+
+// A creation: the layer made, destroyed after the run (with no failure armed).
+struct Made {
+  Layer made;
+  std::vector<const sn_layer_t *> watched() const { return {}; }
+};
+
+struct GroupCtx {
+  GroupRig rig;
+  explicit GroupCtx(const std::vector<Member> &ms, bool with_group) : rig(ms) {
+    EXPECT_EQ(rig.warm(), SN_SUCCESS);
+    if (with_group) {
+      EXPECT_EQ(rig.create(), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_EQ(sn_group_set_gradients(rig.group.get(), rig.G.data(), rig.dW.data(), nullptr),
+                SN_SUCCESS);
+    }
+  }
+  std::vector<const sn_layer_t *> watched() const {
+    return std::vector<const sn_layer_t *>(rig.raw.begin(), rig.raw.end());
+  }
+};
+
+TEST_P(FakeCudaMachines, AFailedRuntimeCallIsReportedAndChangesNothing) {
+  const cudaError_t errors[] = {cudaErrorMemoryAllocation, cudaErrorLaunchOutOfResources};
+  // Every kind of path: on chip in clusters (64 × 576 on sm_90), the one-pass kernels (4096²), a
+  // 1-D weight, Keras' layout, the two-pass kernels (dim 1); the cooperative one-pass iteration
+  // and the grid (its forward and backward).
+  const std::vector<Shape> all = {{{64, 576}, 0}, {{4096, 4096}, 0}, {{7}, 0},
+                                  {{3, 3, 128, 256}, -1}, {{300, 17}, 1}};
+  const std::vector<std::pair<std::string, std::vector<Shape>>> cases = {
+      {"", all},
+      {"op_coop=1", {{{4096, 4096}, 0}}},
+      {"op_onchip_grid=2", {{{4096, 4096}, 0}, {{1024, 1024}, 0}}},
+  };
+  for (const auto &[t, shapes_of_t] : cases) {
+    SCOPED_TRACE("SPECNORM_TUNE=" + t);
+    ScopedTune tune(t);
+    for (const Shape &s : shapes_of_t) {
+      for (sn_order_t order : {SN_ORDER_U_FIRST, SN_ORDER_V_FIRST}) {
+        const sn_layer_desc_t d = make_desc(s, SN_DTYPE_BFLOAT16, order, SN_ALGO_DEFAULT);
+        SCOPED_TRACE("h = " + std::to_string(s.dims[0]) + "..., order " + std::to_string(order));
+        for (cudaError_t e : errors) {
+          // Creation: nothing created, nothing leaked.
+          fail_each_call("create", e, [] { return std::make_unique<Made>(); }, [&](Made &c) {
+            sn_layer_t *l = reinterpret_cast<sn_layer_t *>(uintptr_t{64});
+            const sn_status_t st = sn_layer_create(&l, &d);
+            if (st != SN_SUCCESS) {
+              EXPECT_EQ(l, nullptr);
+            } else {
+              c.made.reset(l);
+            }
+            return st;
+          });
+          auto fresh = [&] { return std::make_unique<LayerCtx>(d, false); };
+          auto warm = [&] { return std::make_unique<LayerCtx>(d, true); };
+          fail_each_call("first forward", e, fresh, [](LayerCtx &c) {
+            return sn_forward(c.layer.get(), c.W->p, c.W_sn->p, 1, 0);
+          });
+          fail_each_call("warm-up", e, fresh,
+                         [](LayerCtx &c) { return sn_layer_warmup(c.layer.get(), c.W->p, 0); });
+          fail_each_call("training forward", e, warm, [](LayerCtx &c) {
+            return sn_forward(c.layer.get(), c.W->p, c.W_sn->p, 1, 0);
+          });
+          fail_each_call("eval forward", e, warm, [](LayerCtx &c) {
+            return sn_forward(c.layer.get(), c.W->p, c.W_sn->p, 0, 0);
+          });
+          fail_each_call("scale only", e, warm, [](LayerCtx &c) {
+            return sn_forward_scale_only(c.layer.get(), c.W->p, 1, 0);
+          });
+          fail_each_call("backward", e, warm, [](LayerCtx &c) {
+            return sn_backward(c.layer.get(), c.W->p, c.G->p, c.dW->p, 0, c.scalars->get<float>(), 0);
+          });
+          fail_each_call("set_state", e, warm, [](LayerCtx &c) {
+            std::vector<float> u((size_t)c.h, 1.f), v((size_t)c.w, 2.f);
+            return sn_layer_set_state(c.layer.get(), u.data(), v.data(), 3.f, 1, 0);
+          });
+          fail_each_call("load", e, warm, [](LayerCtx &c) {
+            return sn_layer_load(c.layer.get(), c.blob.data(), c.blob.size(), 0);
+          });
+          fail_each_call("reset", e, warm, [](LayerCtx &c) { return sn_layer_reset(c.layer.get(), 9, 0); });
+          fail_each_call("health, cleared", e, warm, [](LayerCtx &c) {
+            uint32_t health = 0;
+            return sn_layer_get_health(c.layer.get(), &health, 1, 0);
+          });
+          fail_each_call("reads", e, warm, [](LayerCtx &c) {
+            std::vector<float> u((size_t)c.h), v((size_t)c.w);
+            float sigma = 0, inv = 0;
+            int warmed = 0;
+            sn_status_t st = sn_layer_get_state(c.layer.get(), u.data(), v.data(), &sigma, &warmed, 0);
+            if (st == SN_SUCCESS) st = sn_layer_get_sigma(c.layer.get(), &sigma, &inv, 0);
+            if (st == SN_SUCCESS) st = sn_layer_get_scale(c.layer.get(), &sigma, 0);
+            return st;
+          });
+        }
+      }
+    }
+    for (const std::vector<Member> &ms : groups()) {
+      if (!t.empty()) break;
+      for (cudaError_t e : errors) {
+        fail_each_call("group create", e, [&] { return std::make_unique<GroupCtx>(ms, false); },
+                       [](GroupCtx &c) {
+                         const sn_status_t st = c.rig.create();
+                         if (st != SN_SUCCESS) {
+                           EXPECT_EQ(c.rig.group, nullptr);
+                         }
+                         return st;
+                       });
+        auto made = [&] { return std::make_unique<GroupCtx>(ms, true); };
+        fail_each_call("group forward", e, made,
+                       [](GroupCtx &c) { return sn_group_forward(c.rig.group.get(), 1, 0); });
+        fail_each_call("group set_gradients", e, made, [](GroupCtx &c) {
+          const sn_status_t st = sn_group_set_gradients(c.rig.group.get(), c.rig.G.data(),
+                                                        c.rig.dW.data(), c.rig.dgamma.data());
+          // A failed binding keeps the one before: the backward still runs.
+          if (st != SN_SUCCESS) {
+            EXPECT_EQ(sn_group_backward(c.rig.group.get(), 0, 0), SN_SUCCESS);
+          }
+          return st;
+        });
+        fail_each_call("group backward", e, made,
+                       [](GroupCtx &c) { return sn_group_backward(c.rig.group.get(), 0, 0); });
+      }
+    }
+  }
+}
+
+
+// Destroying a layer or a group frees everything it owns whichever runtime call fails (but a
+// failed cudaFree, whose memory the runtime keeps) and keeps the caller's device.
+TEST_F(FakeCuda, DestroyFreesWhateverFails) {
+  for (long k = 1;; ++k) {
+    SCOPED_TRACE("runtime call " + std::to_string(k) + " failing");
+    GroupCtx c(groups()[2], false);
+    const long base = fake_cuda::live_allocations();
+    OK(c.rig.create());
+    OK(sn_group_set_gradients(c.rig.group.get(), c.rig.G.data(), c.rig.dW.data(), nullptr));
+    sn_layer_t *l = nullptr;
+    const sn_layer_desc_t d = make_desc({{64, 576}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST,
+                                        SN_ALGO_DEFAULT);
+    OK(sn_layer_create(&l, &d));
+    fake_cuda::fail_nth(Api::kAny, k, cudaErrorLaunchOutOfResources);
+    sn_layer_destroy(l);
+    sn_group_destroy(c.rig.group.release());
+    const bool fired = fake_cuda::failure_fired();
+    fake_cuda::fail_nth(Api::kAny, 0, cudaSuccess);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    int dev = -1;
+    EXPECT_EQ(cudaGetDevice(&dev), cudaSuccess);
+    EXPECT_EQ(dev, 0);
+    EXPECT_EQ(fake_cuda::live_allocations(), base) << "device memory left behind";
+    if (!fired || HasFailure()) break;
+  }
+}
+
+// ---- devices and pointers ------------------------------------------------------------------------
+
+TEST_F(FakeCuda, CallsRunOnTheLayersDeviceAndKeepTheCallers) {
+  fake_cuda::reset({fake_cuda::h100(), fake_cuda::a100()});
+  for (int device : {0, 1}) {
+    SCOPED_TRACE("layer on device " + std::to_string(device));
+    const int other = 1 - device;
+    ASSERT_EQ(cudaSetDevice(device), cudaSuccess);
+    Dev W(64 * 576 * 4), W_sn(64 * 576 * 4), managed_probe(4);
+    void *managed = nullptr;
+    ASSERT_EQ(cudaMallocManaged(&managed, 64 * 576 * 4, cudaMemAttachGlobal), cudaSuccess);
+    ASSERT_EQ(cudaSetDevice(other), cudaSuccess);
+    Dev elsewhere(64 * 576 * 4);
+    sn_layer_desc_t d = make_desc({{64, 576}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
+    d.device = device;
+    sn_layer_t *l = nullptr;
+    OK(sn_layer_create(&l, &d));
+    Layer layer(l);
+    int now = -1;
+    ASSERT_EQ(cudaGetDevice(&now), cudaSuccess);
+    EXPECT_EQ(now, other);
+    fake_cuda::clear_log();
+    STEP(sn_forward(l, W.p, W_sn.p, 1, 0), 40);  // the warm-up's launches included
+    STEP(sn_forward(l, W.p, W_sn.p, 0, 0), 8);
+    STEP(sn_backward(l, W.p, W_sn.p, W_sn.p, 0, nullptr, 0), 2);
+    STEP(sn_forward(l, managed, managed, 1, 0), 8);
+    for (const fake_cuda::Launch &x : fake_cuda::launches()) EXPECT_EQ(x.device, device) << x.kernel;
+    // Memory of the other device, host memory, memory already freed: refused, by name.
+    std::vector<float> host(64 * 576);
+    void *freed = nullptr;
+    ASSERT_EQ(cudaMalloc(&freed, 64 * 576 * 4), cudaSuccess);  // (W's size: overlaps no buffer)
+    ASSERT_EQ(cudaFree(freed), cudaSuccess);
+    for (const void *bad : {elsewhere.p, static_cast<void *>(host.data()), freed}) {
+      EXPECT_EQ(sn_forward(l, bad, W_sn.p, 1, 0), SN_ERROR_INVALID_POINTER);
+      EXPECT_NE(std::string(sn_last_error_message()).find("W"), std::string::npos);
+      EXPECT_EQ(sn_forward(l, W.p, const_cast<void *>(bad), 1, 0), SN_ERROR_INVALID_POINTER);
+      EXPECT_EQ(sn_backward(l, W.p, bad, W_sn.p, 0, nullptr, 0), SN_ERROR_INVALID_POINTER);
+    }
+    EXPECT_NE(std::string(sn_last_error_message()).find("freed"), std::string::npos)
+        << sn_last_error_message();
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    ASSERT_EQ(cudaGetDevice(&now), cudaSuccess);
+    EXPECT_EQ(now, other);
+    ASSERT_EQ(cudaFree(managed), cudaSuccess);
+  }
+  // A group's layers on one device.
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  GroupRig r(groups()[2]);
+  sn_layer_desc_t d = make_desc({{64, 27}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
+  d.device = 1;
+  sn_layer_t *l = nullptr;
+  OK(sn_layer_create(&l, &d));
+  r.layers.emplace_back(l);
+  r.raw.push_back(l);
+  r.W.push_back(r.W[0]);
+  r.W_sn.push_back(nullptr);
+  EXPECT_EQ(r.create(), SN_ERROR_INVALID_DEVICE);
+  EXPECT_EQ(r.group, nullptr);
+  // A device that does not exist; no device at all (a machine without a GPU or its driver).
+  d.device = 2;
+  EXPECT_EQ(sn_layer_create(&l, &d), SN_ERROR_INVALID_DEVICE);
+  EXPECT_EQ(l, nullptr);
+  d.device = 0;
+  fake_cuda::set_device_count_error(cudaErrorInsufficientDriver);
+  EXPECT_EQ(sn_layer_create(&l, &d), SN_ERROR_NO_DEVICE);
+  EXPECT_NE(std::string(sn_last_error_message()).find("no usable GPU"), std::string::npos);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  fake_cuda::set_device_count_error(cudaSuccess);
+}
+
+}  // namespace
