@@ -5,6 +5,7 @@
 #include "fake_cuda.h"
 
 #include <cxxabi.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstdarg>
@@ -28,7 +29,14 @@ struct Alloc {
   size_t size;
   int device;
   bool managed;
+  size_t mapped;  // > 0: mmap'ed, that many bytes
+  bool written;   // mapped memory is zero until a copy or memset writes it
 };
+
+// From 1 MiB, "device" memory is mapped directly: pages stay untouched until written (a large W
+// costs nothing, kernels never touch it; a memset of zeros on memory never written is skipped),
+// and sanitizers do not poison (and fault in) its shadow.
+constexpr size_t kMapFrom = size_t{1} << 20;
 
 constexpr int kRegs = 64;  // every kernel's registers a thread, in the occupancy model
 
@@ -99,7 +107,7 @@ const DeviceProps *device(State &s, int d) {
 }
 
 // The live allocation holding [p, p + bytes), or null.
-const Alloc *holding(State &s, const void *p, size_t bytes, uintptr_t *base = nullptr) {
+Alloc *holding(State &s, const void *p, size_t bytes, uintptr_t *base = nullptr) {
   const uintptr_t a = (uintptr_t)p;
   auto it = s.allocs.upper_bound(a);
   if (it == s.allocs.begin()) return nullptr;
@@ -527,9 +535,18 @@ static cudaError_t allocate(void **p, size_t size, bool managed) {
   if (!fake_cuda::device(s, fake_cuda::t_device)) return fake_cuda::ret(cudaErrorInvalidDevice);
   ++s.n.mallocs;
   const size_t rounded = (std::max<size_t>(size, 1) + 255) / 256 * 256;
-  void *q = std::aligned_alloc(256, rounded);  // pages untouched until used: large W cost nothing
+  void *q = nullptr;
+  size_t mapped = 0;
+  if (rounded >= fake_cuda::kMapFrom) {
+    q = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+             -1, 0);
+    if (q == MAP_FAILED) q = nullptr;
+    mapped = rounded;
+  } else {
+    q = std::aligned_alloc(256, rounded);
+  }
   if (!q) return fake_cuda::ret(cudaErrorMemoryAllocation);
-  s.allocs[(uintptr_t)q] = fake_cuda::Alloc{size, fake_cuda::t_device, managed};
+  s.allocs[(uintptr_t)q] = fake_cuda::Alloc{size, fake_cuda::t_device, managed, mapped, !mapped};
   s.live += size;
   *p = q;
   return cudaSuccess;
@@ -560,8 +577,11 @@ cudaError_t cudaFree(void *p) {
   }
   ++s.n.frees;
   s.live -= it->second.size;
+  if (it->second.mapped)
+    munmap(p, it->second.mapped);
+  else
+    std::free(p);
   s.allocs.erase(it);
-  std::free(p);
   return cudaSuccess;
 }
 
@@ -593,11 +613,13 @@ static cudaError_t copy(State &s, void *dst, const void *src, size_t n, cudaMemc
     fake_cuda::violation(s, "%s with kind %d", what, (int)kind);
     return cudaErrorInvalidValue;
   }
-  if ((dst_dev && !fake_cuda::holding(s, dst, n)) || (src_dev && !fake_cuda::holding(s, src, n))) {
+  fake_cuda::Alloc *to = dst_dev ? fake_cuda::holding(s, dst, n) : nullptr;
+  if ((dst_dev && !to) || (src_dev && !fake_cuda::holding(s, src, n))) {
     fake_cuda::violation(s, "%s of %zu bytes (%p <- %p, kind %d) outside device memory", what, n,
                          dst, src, (int)kind);
     return cudaErrorInvalidValue;
   }
+  if (to) to->written = true;
   ++s.n.memcpys;
   if (n) std::memmove(dst, src, n);
   return cudaSuccess;
@@ -628,12 +650,14 @@ cudaError_t cudaMemset(void *p, int value, size_t n) {
   std::lock_guard<std::mutex> g(s.mu);
   if (cudaError_t e = fake_cuda::enter(s, Api::kMemset)) return fake_cuda::ret(e);
   if (cudaError_t e = fake_cuda::check_stream_op(s, "cudaMemset")) return fake_cuda::ret(e);
-  if (!fake_cuda::holding(s, p, n)) {
+  fake_cuda::Alloc *a = fake_cuda::holding(s, p, n);
+  if (!a) {
     fake_cuda::violation(s, "cudaMemset of %zu bytes at %p outside device memory", n, p);
     return fake_cuda::ret(cudaErrorInvalidValue);
   }
   ++s.n.memsets;
-  std::memset(p, value, n);
+  if (a->written || value != 0) std::memset(p, value, n);
+  a->written = a->written || value != 0;
   return cudaSuccess;
 }
 
