@@ -7,6 +7,7 @@
 // was; the caller's current device is kept; the refusals of a launch that needs resident blocks.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -520,6 +521,69 @@ TEST_F(FakeCuda, RefusedResidentLaunchesFallBackOrAskForANewCapture) {
 }
 
 
+// sn_group_forward: a refused on-chip launch drops to the cooperative one, a refused cooperative
+// one to the three kernels; sn_group_backward's cooperative launch to its two kernels until the
+// next binding. During a capture the call fails, asking for a new capture.
+TEST_F(FakeCuda, RefusedGroupLaunchesFallBackOrAskForANewCapture) {
+  for (const std::string &t : {std::string(""), std::string("group_onchip=0")}) {
+    for (bool capture : {false, true}) {
+      SCOPED_TRACE("SPECNORM_TUNE=" + t + (capture ? ", captured" : ""));
+      ScopedTune tune(t);
+      fake_cuda::set_active_sms(0);
+      GroupRig r(groups()[0]);
+      OK(r.warm());
+      OK(r.create());
+      sn_group_t *g = r.group.get();
+      OK(sn_group_set_gradients(g, r.G.data(), r.dW.data(), nullptr));
+      fake_cuda::clear_log();
+      OK(sn_group_forward(g, 1, 0));
+      OK(sn_group_backward(g, 0, 0));
+      const std::vector<fake_cuda::Launch> one_each = fake_cuda::launches();
+      ASSERT_EQ(one_each.size(), 2u);
+      EXPECT_TRUE(t.empty() ? one_each[0].cluster > 0 : one_each[0].cooperative);
+      EXPECT_TRUE(one_each[1].cooperative);
+      fake_cuda::set_active_sms(1);
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        fake_cuda::set_capturing(capture);
+        const sn_status_t fw = sn_group_forward(g, 1, 0);
+        const sn_status_t bw = sn_group_backward(g, 0, 0);
+        fake_cuda::set_capturing(false);
+        EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+        if (!capture) {
+          EXPECT_EQ(fw, SN_SUCCESS) << sn_last_error_message();
+          EXPECT_EQ(bw, SN_SUCCESS) << sn_last_error_message();
+        } else if (attempt == 0) {  // the refusals, one a call; then the next launch's
+          EXPECT_EQ(fw, SN_ERROR_CUDA);
+          EXPECT_EQ(bw, SN_ERROR_CUDA);
+        } else {
+          EXPECT_TRUE(fw == SN_SUCCESS || fw == SN_ERROR_CUDA) << sn_last_error_message();
+          EXPECT_EQ(bw, SN_SUCCESS) << sn_last_error_message();
+        }
+      }
+      if (capture) {
+        EXPECT_NE(std::string(sn_last_error_message()).find("captur"), std::string::npos)
+            << sn_last_error_message();
+      }
+      // Eagerly, with no capture: the usual kernels, none refused.
+      OK(sn_group_forward(g, 1, 0));
+      OK(sn_group_backward(g, 0, 0));
+      fake_cuda::clear_log();
+      OK(sn_group_forward(g, 1, 0));
+      OK(sn_group_backward(g, 0, 0));
+      const std::vector<fake_cuda::Launch> after = fake_cuda::launches();
+      EXPECT_EQ(after.size(), 5u);  // rows, reduce, commit; inner, apply
+      for (const fake_cuda::Launch &x : after) EXPECT_FALSE(x.cooperative || x.cluster) << x.kernel;
+      // A new binding tries the cooperative backward again.
+      fake_cuda::set_active_sms(0);
+      OK(sn_group_set_gradients(g, r.G.data(), r.dW.data(), nullptr));
+      fake_cuda::clear_log();
+      OK(sn_group_backward(g, 0, 0));
+      ASSERT_EQ(fake_cuda::launches().size(), 1u);
+      EXPECT_TRUE(fake_cuda::launches()[0].cooperative);
+    }
+  }
+}
+
 // ---- failures of the runtime ---------------------------------------------------------------------
 
 // The layer's whole state as a checkpoint holds it (u, v, σ, the warm-up flag, the counts of
@@ -686,6 +750,11 @@ TEST_P(FakeCudaMachines, AFailedRuntimeCallIsReportedAndChangesNothing) {
           fail_each_call("load", e, warm, [](LayerCtx &c) {
             return sn_layer_load(c.layer.get(), c.blob.data(), c.blob.size(), 0);
           });
+          fail_each_call("save", e, warm, [](LayerCtx &c) {
+            std::vector<unsigned char> blob(c.blob.size());
+            size_t written = 0;
+            return sn_layer_save(c.layer.get(), blob.data(), blob.size(), &written, 0);
+          });
           fail_each_call("reset", e, warm, [](LayerCtx &c) { return sn_layer_reset(c.layer.get(), 9, 0); });
           fail_each_call("health, cleared", e, warm, [](LayerCtx &c) {
             uint32_t health = 0;
@@ -801,6 +870,22 @@ TEST_F(FakeCuda, CallsRunOnTheLayersDeviceAndKeepTheCallers) {
     }
     EXPECT_NE(std::string(sn_last_error_message()).find("freed"), std::string::npos)
         << sn_last_error_message();
+    void *pinned = nullptr;
+    ASSERT_EQ(cudaMallocHost(&pinned, 64 * 576 * 4), cudaSuccess);
+    EXPECT_EQ(sn_forward(l, pinned, W_sn.p, 1, 0), SN_ERROR_INVALID_POINTER);
+    EXPECT_NE(std::string(sn_last_error_message()).find("host memory"), std::string::npos);
+    // A CPU layer refuses device memory, and takes pinned host memory.
+    sn_layer_desc_t c = d;
+    c.backend = SN_BACKEND_CPU;
+    sn_layer_t *cpu = nullptr;
+    OK(sn_layer_create(&cpu, &c));
+    Layer cpu_layer(cpu);
+    EXPECT_EQ(sn_forward(cpu, W.p, host.data(), 1, 0), SN_ERROR_INVALID_POINTER);
+    EXPECT_NE(std::string(sn_last_error_message()).find("device memory"), std::string::npos);
+    std::fill(host.begin(), host.end(), 0.5f);
+    std::memcpy(pinned, host.data(), host.size() * 4);
+    OK(sn_forward(cpu, pinned, host.data(), 1, 0));
+    ASSERT_EQ(cudaFreeHost(pinned), cudaSuccess);
     EXPECT_EQ(cudaGetLastError(), cudaSuccess);
     ASSERT_EQ(cudaGetDevice(&now), cudaSuccess);
     EXPECT_EQ(now, other);

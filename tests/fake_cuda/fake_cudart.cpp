@@ -29,6 +29,7 @@ struct Alloc {
   size_t size;
   int device;
   bool managed;
+  bool pinned;    // page-locked host memory (cudaMallocHost)
   size_t mapped;  // > 0: mmap'ed, that many bytes
   bool written;   // mapped memory is zero until a copy or memset writes it
 };
@@ -526,7 +527,7 @@ cudaError_t cudaLaunchKernelExC(const cudaLaunchConfig_t *config, const void *fn
   return fake_cuda::ret(fake_cuda::launch(s, *config, fn));
 }
 
-static cudaError_t allocate(void **p, size_t size, bool managed) {
+static cudaError_t allocate(void **p, size_t size, bool managed, bool pinned = false) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
   *p = nullptr;
@@ -546,7 +547,7 @@ static cudaError_t allocate(void **p, size_t size, bool managed) {
     q = std::aligned_alloc(256, rounded);
   }
   if (!q) return fake_cuda::ret(cudaErrorMemoryAllocation);
-  s.allocs[(uintptr_t)q] = fake_cuda::Alloc{size, fake_cuda::t_device, managed, mapped, !mapped};
+  s.allocs[(uintptr_t)q] = fake_cuda::Alloc{size, fake_cuda::t_device, managed, pinned, mapped, !mapped};
   s.live += size;
   *p = q;
   return cudaSuccess;
@@ -554,6 +555,8 @@ static cudaError_t allocate(void **p, size_t size, bool managed) {
 
 cudaError_t cudaMalloc(void **p, size_t size) { return allocate(p, size, false); }
 cudaError_t cudaMallocManaged(void **p, size_t size, unsigned int) { return allocate(p, size, true); }
+cudaError_t cudaMallocHost(void **p, size_t size) { return allocate(p, size, false, true); }
+cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
 
 cudaError_t cudaFree(void *p) {
   State &s = st();
@@ -597,10 +600,10 @@ cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attr, const v
     attr->device = -2;
     return cudaSuccess;
   }
-  attr->type = a->managed ? cudaMemoryTypeManaged : cudaMemoryTypeDevice;
+  attr->type = a->managed ? cudaMemoryTypeManaged : a->pinned ? cudaMemoryTypeHost : cudaMemoryTypeDevice;
   attr->device = a->device;
   attr->devicePointer = const_cast<void *>(p);
-  attr->hostPointer = a->managed ? const_cast<void *>(p) : nullptr;
+  attr->hostPointer = a->managed || a->pinned ? const_cast<void *>(p) : nullptr;
   return cudaSuccess;
 }
 
