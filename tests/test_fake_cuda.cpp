@@ -123,6 +123,25 @@ struct StepWatch {
 
 #define OK(call) ASSERT_EQ((call), SN_SUCCESS) << #call << ": " << sn_last_error_message()
 
+// A CUDA layer of `d` with W, W_sn, G and dW of its size and 16 bytes for scalars (γ, ∂L/∂γ).
+struct LayerBufs {
+  Layer layer;
+  std::unique_ptr<Dev> W, W_sn, G, dW, scalars;
+  int64_t h = 0, w = 0;
+  explicit LayerBufs(const sn_layer_desc_t &d) {
+    sn_layer_t *l = nullptr;
+    EXPECT_EQ(sn_layer_create(&l, &d), SN_SUCCESS) << sn_last_error_message();
+    layer.reset(l);
+    EXPECT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
+    const size_t bytes = (size_t)(h * w) * elem_size(d.dtype);
+    W = std::make_unique<Dev>(bytes);
+    W_sn = std::make_unique<Dev>(bytes);
+    G = std::make_unique<Dev>(bytes);
+    dW = std::make_unique<Dev>(bytes);
+    scalars = std::make_unique<Dev>(16);
+  }
+};
+
 // One CUDA layer through every call of the API: warm-up, training and eval forwards (with W_sn,
 // in place, scale only), the backward under every flag with and without ∂L/∂γ, with γ bound, σ,
 // health, state, checkpoints and reset. Per-step calls are held to StepWatch.
@@ -421,13 +440,10 @@ TEST_F(FakeCuda, StepsAreCapturableOnceWarmAndTheWarmUpIsNot) {
     SCOPED_TRACE("SPECNORM_TUNE=" + t);
     ScopedTune tune(t);
     for (const Shape &s : {Shape{{64, 576}, 0}, Shape{{4096, 4096}, 0}, Shape{{3, 3, 128, 256}, -1}}) {
-      sn_layer_desc_t d = make_desc(s, SN_DTYPE_BFLOAT16, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
-      sn_layer_t *l = nullptr;
-      OK(sn_layer_create(&l, &d));
-      Layer layer(l);
-      int64_t h = 0, w = 0;
-      OK(sn_layer_get_dims(l, &h, &w));
-      Dev W((size_t)(h * w) * 2), W_sn((size_t)(h * w) * 2);
+      LayerBufs b(make_desc(s, SN_DTYPE_BFLOAT16, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT));
+      sn_layer_t *l = b.layer.get();
+      ASSERT_NE(l, nullptr);
+      Dev &W = *b.W, &W_sn = *b.W_sn;
       fake_cuda::set_capturing(true);
       const long before = fake_cuda::counters().launches;
       EXPECT_EQ(sn_forward(l, W.p, W_sn.p, 1, 0), SN_ERROR_INVALID_STATE);
@@ -481,13 +497,10 @@ TEST_F(FakeCuda, RefusedResidentLaunchesFallBackOrAskForANewCapture) {
       SCOPED_TRACE(std::string("SPECNORM_TUNE=") + c.tune + (capture ? ", captured" : ""));
       ScopedTune tune(c.tune);
       fake_cuda::set_active_sms(0);
-      sn_layer_desc_t d = make_desc(c.shape, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
-      sn_layer_t *l = nullptr;
-      OK(sn_layer_create(&l, &d));
-      Layer layer(l);
-      int64_t h = 0, w = 0;
-      OK(sn_layer_get_dims(l, &h, &w));
-      Dev W((size_t)(h * w) * 4), W_sn((size_t)(h * w) * 4);
+      LayerBufs b(make_desc(c.shape, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT));
+      sn_layer_t *l = b.layer.get();
+      ASSERT_NE(l, nullptr);
+      Dev &W = *b.W, &W_sn = *b.W_sn;
       auto step = [&] {
         return c.scale_only ? sn_forward_scale_only(l, W.p, 1, 0) : sn_forward(l, W.p, W_sn.p, 1, 0);
       };
@@ -642,22 +655,10 @@ int fail_each_call(const char *what, cudaError_t error, Prepare prepare, Call ca
 }
 
 // A layer, warmed up or not, with its buffers; what a failure-injection run needs.
-struct LayerCtx {
-  Layer layer;
-  std::unique_ptr<Dev> W, W_sn, G, dW, scalars;
+struct LayerCtx : LayerBufs {
   std::vector<unsigned char> blob;  // a checkpoint of another state of this layer
-  int64_t h = 0, w = 0;
-  LayerCtx(const sn_layer_desc_t &d, bool warm) {
-    sn_layer_t *l = nullptr;
-    EXPECT_EQ(sn_layer_create(&l, &d), SN_SUCCESS) << sn_last_error_message();
-    layer.reset(l);
-    EXPECT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
-    const size_t bytes = (size_t)(h * w) * elem_size(d.dtype);
-    W = std::make_unique<Dev>(bytes);
-    W_sn = std::make_unique<Dev>(bytes);
-    G = std::make_unique<Dev>(bytes);
-    dW = std::make_unique<Dev>(bytes);
-    scalars = std::make_unique<Dev>(16);
+  LayerCtx(const sn_layer_desc_t &d, bool warm) : LayerBufs(d) {
+    sn_layer_t *l = layer.get();
     if (warm) {
       EXPECT_EQ(sn_layer_warmup(l, W->p, 0), SN_SUCCESS);
     }

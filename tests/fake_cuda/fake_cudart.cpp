@@ -135,6 +135,15 @@ Func *func(State &s, const void *f) {
   return it == s.funcs.end() ? nullptr : &it->second;
 }
 
+// enter() for a call about kernel `fn` on the current device, both looked up.
+cudaError_t enter_func(State &s, Api api, const void *fn, Func **f, const DeviceProps **d,
+                       const char *name = __builtin_FUNCTION()) {
+  if (cudaError_t e = enter(s, api, name)) return e;
+  *f = func(s, fn);
+  *d = device(s, t_device);
+  return *f && *d ? cudaSuccess : cudaErrorInvalidDeviceFunction;
+}
+
 cudaError_t check_stream_op(State &s, const char *what) {
   if (s.capturing && t_mode != cudaStreamCaptureModeRelaxed) {
     violation(s, "%s during a stream capture", what);
@@ -453,10 +462,9 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
 cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *attr, const void *fn) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
-  if (cudaError_t e = fake_cuda::enter(s, Api::kFuncGetAttributes)) return fake_cuda::ret(e);
-  const fake_cuda::Func *f = fake_cuda::func(s, fn);
-  const fake_cuda::DeviceProps *d = fake_cuda::device(s, fake_cuda::t_device);
-  if (!f || !d) return fake_cuda::ret(cudaErrorInvalidDeviceFunction);
+  fake_cuda::Func *f = nullptr;
+  const fake_cuda::DeviceProps *d = nullptr;
+  if (cudaError_t e = fake_cuda::enter_func(s, Api::kFuncGetAttributes, fn, &f, &d)) return fake_cuda::ret(e);
   *attr = cudaFuncAttributes{};
   attr->maxThreadsPerBlock = 1024;
   attr->numRegs = fake_cuda::kRegs;
@@ -469,10 +477,9 @@ cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *attr, const void *f
 cudaError_t cudaFuncSetAttribute(const void *fn, enum cudaFuncAttribute attr, int value) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
-  if (cudaError_t e = fake_cuda::enter(s, Api::kFuncSetAttribute)) return fake_cuda::ret(e);
-  fake_cuda::Func *f = fake_cuda::func(s, fn);
-  const fake_cuda::DeviceProps *d = fake_cuda::device(s, fake_cuda::t_device);
-  if (!f || !d) return fake_cuda::ret(cudaErrorInvalidDeviceFunction);
+  fake_cuda::Func *f = nullptr;
+  const fake_cuda::DeviceProps *d = nullptr;
+  if (cudaError_t e = fake_cuda::enter_func(s, Api::kFuncSetAttribute, fn, &f, &d)) return fake_cuda::ret(e);
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
     if (value < 0 || value > d->optin_smem) {
       fake_cuda::violation(s, "%s: dynamic shared memory limit %d above the opt-in %d",
@@ -494,10 +501,9 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *blocks, 
                                                                    unsigned int) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
-  if (cudaError_t e = fake_cuda::enter(s, Api::kOccupancy)) return fake_cuda::ret(e);
-  const fake_cuda::Func *f = fake_cuda::func(s, fn);
-  const fake_cuda::DeviceProps *d = fake_cuda::device(s, fake_cuda::t_device);
-  if (!f || !d) return fake_cuda::ret(cudaErrorInvalidDeviceFunction);
+  fake_cuda::Func *f = nullptr;
+  const fake_cuda::DeviceProps *d = nullptr;
+  if (cudaError_t e = fake_cuda::enter_func(s, Api::kOccupancy, fn, &f, &d)) return fake_cuda::ret(e);
   *blocks = fake_cuda::per_sm(*d, *f, threads, smem);
   return cudaSuccess;
 }
@@ -506,10 +512,9 @@ cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *fn,
                                            const cudaLaunchConfig_t *cfg) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
-  if (cudaError_t e = fake_cuda::enter(s, Api::kOccupancy)) return fake_cuda::ret(e);
-  const fake_cuda::Func *f = fake_cuda::func(s, fn);
-  const fake_cuda::DeviceProps *d = fake_cuda::device(s, fake_cuda::t_device);
-  if (!f || !d) return fake_cuda::ret(cudaErrorInvalidDeviceFunction);
+  fake_cuda::Func *f = nullptr;
+  const fake_cuda::DeviceProps *d = nullptr;
+  if (cudaError_t e = fake_cuda::enter_func(s, Api::kOccupancy, fn, &f, &d)) return fake_cuda::ret(e);
   if (d->major < 9) return fake_cuda::ret(cudaErrorNotSupported);
   unsigned cluster = 1;
   for (unsigned k = 0; k < cfg->numAttrs; ++k)
