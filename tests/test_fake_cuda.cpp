@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -18,6 +19,7 @@
 
 #include "fake_cuda.h"
 #include "specnorm.h"
+#include "test_util.h"
 
 namespace {
 
@@ -47,14 +49,9 @@ struct GroupDeleter {
 using Group = std::unique_ptr<sn_group_t, GroupDeleter>;
 
 // SPECNORM_TUNE for the scope (the library reads it at each call that plans).
-struct ScopedTune {
-  explicit ScopedTune(const std::string &s) {
-    if (s.empty())
-      unsetenv("SPECNORM_TUNE");
-    else
-      setenv("SPECNORM_TUNE", s.c_str(), 1);
-  }
-  ~ScopedTune() { unsetenv("SPECNORM_TUNE"); }
+struct ScopedTune : sntest::ScopedEnv {
+  explicit ScopedTune(const std::string &s)
+      : sntest::ScopedEnv("SPECNORM_TUNE", s.empty() ? nullptr : s.c_str()) {}
 };
 
 size_t elem_size(sn_dtype_t t) { return t == SN_DTYPE_FLOAT32 ? 4 : 2; }
@@ -262,7 +259,6 @@ class FakeCuda : public ::testing::Test {
     fake_cuda::set_capturing(false);
     EXPECT_TRUE(fake_cuda::violations().empty()) << joined(fake_cuda::violations());
     EXPECT_EQ(fake_cuda::live_allocations(), live_) << "device memory leaked";
-    unsetenv("SPECNORM_TUNE");
   }
   long live_ = 0;
 };
@@ -433,6 +429,106 @@ TEST_P(FakeCudaMachines, EveryGroupPathLaunchesWithinTheDevicesLimitsAndCountsIt
       fake_cuda::clear_log();
     }
   }
+}
+
+// ---- fresh random layers and groups ------------------------------------------------------------
+
+// A dimension from 1 to about `most`, small ones as likely as large ones.
+int64_t random_dim(sntest::Rng &rng, int64_t most) {
+  const double x = std::uniform_real_distribution<double>(0.0, std::log((double)most))(rng.gen);
+  return std::max<int64_t>(1, (int64_t)std::exp(x));
+}
+
+TEST_P(FakeCudaMachines, RandomLayersTakeTheirPathsWithinTheDevicesLimits) {
+  SN_SEEDED_RNG();
+  for (int n = 0; n < 300; ++n) {
+    std::vector<int64_t> dims;
+    do {
+      dims.assign((size_t)(1 + rng.gen() % 4), 0);
+      for (int64_t &x : dims) x = random_dim(rng, dims.size() > 2 ? 300 : 20000);
+    } while (sntest::numel_of(dims) > (int64_t{1} << 28));
+    const int ndim = (int)dims.size();
+    const Shape shape{dims, (int)(rng.gen() % (2 * ndim)) - ndim};
+    sn_layer_desc_t d = make_desc(shape, (sn_dtype_t)(rng.gen() % 3), (sn_order_t)(rng.gen() % 2),
+                                  (sn_algo_t)(rng.gen() % 3));
+    d.n_power_iterations = 1 + (int)(rng.gen() % 3);
+    d.warmup_iterations = (int)(rng.gen() % 4);
+    if (rng.gen() % 4 == 0) d.norm_bound = 1.5f;
+    if (rng.gen() % 4 == 0) d.eps_mode = SN_EPS_ADD_SQUARED;
+    const std::string &t = tunes()[rng.gen() % tunes().size()];
+    SCOPED_TRACE("layer " + std::to_string(n) + ": " + sntest::shape_str(dims) + " dim " +
+                 std::to_string(shape.dim) + ", SPECNORM_TUNE=" + t);
+    ScopedTune tune(t);
+    exercise_layer(d, cpu_status(d), rng.gen() % 8 == 0);
+    if (HasFatalFailure()) return;
+    ASSERT_TRUE(fake_cuda::violations().empty()) << joined(fake_cuda::violations());
+    fake_cuda::clear_log();
+  }
+}
+
+// A random group is created on a GPU exactly when it is on the CPU (specnorm.h: the same rules),
+// and then launches within the limits and the documented counts.
+TEST_P(FakeCudaMachines, RandomGroupsBuildAsOnTheCpuAndLaunchWithinTheDevicesLimits) {
+  SN_SEEDED_RNG();
+  int built = 0;
+  for (int n = 0; n < 60; ++n) {
+    const int count = 1 + (int)(rng.gen() % 12);
+    std::vector<Member> ms;
+    for (int k = 0; k < count; ++k) {
+      std::vector<int64_t> dims;
+      int dim = 0;
+      switch (rng.gen() % 4) {
+        case 0: dims = {random_dim(rng, 1024), random_dim(rng, 20000)}; break;
+        case 1: dims = {random_dim(rng, 256), random_dim(rng, 256), 3, 3}; dim = (int)(rng.gen() % 2); break;
+        case 2: dims = {3, 3, random_dim(rng, 256), random_dim(rng, 256)}; dim = -1; break;
+        default: dims = {random_dim(rng, 20000), random_dim(rng, 64)}; dim = (int)(rng.gen() % 2); break;
+      }
+      if (sntest::numel_of(dims) > (int64_t{1} << 22)) dims[0] = 1;
+      ms.push_back({{dims, dim}, (sn_dtype_t)(rng.gen() % 3), (sn_order_t)(rng.gen() % 2),
+                    rng.gen() % 5 != 0});
+    }
+    SCOPED_TRACE("group " + std::to_string(n) + " of " + std::to_string(count));
+    // The CPU group's status, on host buffers.
+    std::vector<Layer> cpu;
+    std::vector<sn_layer_t *> cpu_raw;
+    std::vector<std::vector<unsigned char>> host;
+    std::vector<const void *> hW;
+    std::vector<void *> hW_sn;
+    for (const Member &m : ms) {
+      sn_layer_desc_t d = make_desc(m.shape, m.dtype, m.order, SN_ALGO_DEFAULT);
+      d.backend = SN_BACKEND_CPU;
+      sn_layer_t *l = nullptr;
+      OK(sn_layer_create(&l, &d));
+      cpu.emplace_back(l);
+      cpu_raw.push_back(l);
+      const size_t bytes = (size_t)sntest::numel_of(m.shape.dims) * elem_size(m.dtype);
+      host.emplace_back(bytes);
+      hW.push_back(host.back().data());
+      host.emplace_back(m.with_w_sn ? bytes : 0);
+      hW_sn.push_back(m.with_w_sn ? host.back().data() : nullptr);
+    }
+    sn_group_t *cg = nullptr;
+    const sn_status_t want = sn_group_create(&cg, cpu_raw.data(), hW.data(), hW_sn.data(), count);
+    Group cpu_group(cg);
+    const std::string want_msg = sn_last_error_message();
+
+    const std::string &t = group_tunes()[rng.gen() % group_tunes().size()];
+    SCOPED_TRACE("SPECNORM_TUNE=" + t);
+    ScopedTune tune(t);
+    GroupRig r(ms);
+    ASSERT_EQ(r.create(), want) << sn_last_error_message() << "\n(CPU: " << want_msg << ")";
+    if (want != SN_SUCCESS) continue;
+    ++built;
+    sn_group_t *g = r.group.get();
+    OK(r.warm());
+    STEP(sn_group_forward(g, 1, 0), 3);
+    STEP(sn_group_forward(g, 0, 0), 3);
+    OK(sn_group_set_gradients(g, r.G.data(), r.dW.data(), r.dgamma.data()));
+    STEP(sn_group_backward(g, rng.gen() % 2, 0), 2);
+    ASSERT_TRUE(fake_cuda::violations().empty()) << joined(fake_cuda::violations());
+    fake_cuda::clear_log();
+  }
+  EXPECT_GT(built, 10);
 }
 
 // ---- the per-step path under a stream capture ---------------------------------------------------
