@@ -270,9 +270,10 @@ constexpr double kGroupCoopMaxBytes = 8.0 * 1024 * 1024;
 // before the layer's own product reads it.
 bool div_stream_default(double w_bytes) {
   int dev = 0, l2 = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev) != cudaSuccess || l2 <= 0) {
-    (void)cudaGetLastError();
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev);
+  if (e != cudaSuccess || l2 <= 0) {
+    sn::forget(e);
     return false;
   }
   return w_bytes > 0.25 * l2 && w_bytes <= 2.0 * l2;
@@ -319,10 +320,11 @@ __global__ void arch_probe_kernel() {}
 bool device_is_sm90_or_later() {
   int dev = 0, major = 0;
   cudaFuncAttributes fa{};
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaFuncGetAttributes(&fa, arch_probe_kernel) != cudaSuccess) {
-    (void)cudaGetLastError();
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (e == cudaSuccess) e = cudaFuncGetAttributes(&fa, arch_probe_kernel);
+  if (e != cudaSuccess) {
+    sn::forget(e);
     return false;
   }
   return major >= 9 && fa.ptxVersion >= 90;
@@ -480,9 +482,10 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     if (cluster > 1 && (cluster > h || !device_is_sm90_or_later())) cluster = 1;
     if (cluster > 1) {
       int unused = 0, same_pp = 0;  // the same ask gives the same ring (occupancy without clusters)
-      if (sn::one_pass_prepare(*plan, cluster, tune.op_pp, &same_pp, &unused, &max_clusters, &unused) != cudaSuccess ||
-          max_clusters < 1 || same_pp != pp) {  // no clusters after all: the plain grid
-        (void)cudaGetLastError();
+      const cudaError_t e =
+          sn::one_pass_prepare(*plan, cluster, tune.op_pp, &same_pp, &unused, &max_clusters, &unused);
+      if (e != cudaSuccess || max_clusters < 1 || same_pp != pp) {  // no clusters after all: the plain grid
+        sn::forget(e);
         cluster = 1;
       }
     }
@@ -501,11 +504,12 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     const int coop = tune.op_coop >= 0 ? tune.op_coop : device_is_sm90_or_later() ? 1 : 0;
     if (coop > 0) {  // only where the instance is built and its whole grid fits at once
       bool fits = false;
-      if (sn::one_pass_coop_prepare(*plan, &fits) == cudaSuccess && fits) {
+      const cudaError_t e = sn::one_pass_coop_prepare(*plan, &fits);
+      if (e == cudaSuccess && fits) {
         plan->op_coop = coop == 3 && !plan->pdl ? 1 : coop;
         plan->op_coop_all = tune.op_coop >= 0;
       } else {
-        (void)cudaGetLastError();
+        sn::forget(e);
       }
     }
   }

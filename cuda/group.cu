@@ -405,7 +405,7 @@ extern "C" int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w, int coop
     const int64_t fit = (int64_t)per_sm * sms;
     *coop_blocks = (int)(coop_max < fit ? coop_max : fit);
   }
-  if (e != cudaSuccess) (void)cudaGetLastError();
+  sn::forget(e);
   return (int)cudaSuccess;
 }
 

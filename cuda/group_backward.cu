@@ -142,7 +142,7 @@ extern "C" void sn_cuda_group_backward_prepare(int coop_max, int *coop_blocks) {
   if (e == cudaSuccess && coop)
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, sn::group_backward_coop_kernel, sn::kBlock, 0);
   if (e != cudaSuccess) {  // not an error: the two kernels need none of this
-    (void)cudaGetLastError();
+    sn::forget(e);
     return;
   }
   if (coop && per_sm > 0) {

@@ -7,6 +7,13 @@
 
 namespace sn {
 
+// After a probe of ours failed with `e`: clears the runtime's last error if it is `e` (the error
+// that call raised), so that it is not left pending, but not a verdict of our own that raised none
+// (allow_shared_memory's "does not fit") nor an error the caller's code left pending before.
+inline void forget(cudaError_t e) {
+  if (e != cudaSuccess && cudaPeekAtLastError() == e) (void)cudaGetLastError();
+}
+
 // What the last block of the t = M x kernel does with t.
 enum class TMode {
   kNormalize,  // write t (unnormalized), scal[M_T] = max(‖t‖, eps), scal[SIG_T] = ‖t‖²/max(‖t‖, eps)

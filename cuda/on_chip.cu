@@ -297,19 +297,19 @@ OnChipKernel on_chip_kernel_for(int threads) {
 // occupancy query finds room.
 bool schedulable(int C, size_t bytes, bool clusters, int threads) {
   const OnChipKernel kernel = on_chip_kernel_for(threads);
-  if (allow_shared_memory(kernel, bytes) != cudaSuccess) {
-    (void)cudaGetLastError();
+  cudaError_t e = allow_shared_memory(kernel, bytes);
+  if (e != cudaSuccess) {
+    forget(e);
     return false;
   }
   int fit = 0;
-  cudaError_t e;
   if (clusters) {
     ClusterLaunch L(C, threads, bytes, C, nullptr);
     e = cudaOccupancyMaxActiveClusters(&fit, kernel, &L.cfg);
   } else {
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, threads, bytes);
   }
-  if (e != cudaSuccess) (void)cudaGetLastError();
+  forget(e);
   return e == cudaSuccess && fit >= 1;
 }
 
@@ -397,10 +397,11 @@ extern "C" void sn_cuda_on_chip_prepare(const sn_group_entry_t *ent, int count, 
 
 extern "C" void sn_cuda_on_chip_allow_backward(sn_on_chip_t *oc) {
   if (oc->cluster == 0) return;
-  if (sn::allow_shared_memory(sn::on_chip_backward_kernel, sn::on_chip_bw_smem(oc->w_bytes)) == cudaSuccess)
+  const cudaError_t e = sn::allow_shared_memory(sn::on_chip_backward_kernel, sn::on_chip_bw_smem(oc->w_bytes));
+  if (e == cudaSuccess)
     oc->backward = 1;
   else
-    (void)cudaGetLastError();
+    sn::forget(e);
 }
 
 extern "C" int sn_cuda_on_chip_refused(int e) {

@@ -646,13 +646,10 @@ GridBwKernel grid_backward_kernel_for(sn_dtype_t dtype, bool packed) {
 template <class P>
 bool one_block_per_sm(void (*kernel)(P), size_t bytes) {
   int per_sm = 0;
-  if (allow_shared_memory(kernel, bytes) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGridThreads, bytes) != cudaSuccess ||
-      per_sm < 1) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return true;
+  cudaError_t e = allow_shared_memory(kernel, bytes);
+  if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGridThreads, bytes);
+  forget(e);
+  return e == cudaSuccess && per_sm >= 1;
 }
 
 }  // namespace
@@ -767,12 +764,14 @@ extern "C" void sn_cuda_on_chip_grid_prepare(sn_view_t view, sn_dtype_t dtype, i
   cudaFuncAttributes fg{}, fp{}, fs{};
   const sn::GridKernel generic = sn::grid_kernel_for(dtype, false), packed = sn::grid_kernel_for(dtype, true),
                        streamed = sn::grid_streamed_kernel_for(dtype);
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess || !coop ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
-      cudaFuncGetAttributes(&fg, generic) != cudaSuccess || cudaFuncGetAttributes(&fp, packed) != cudaSuccess ||
-      cudaFuncGetAttributes(&fs, streamed) != cudaSuccess) {
-    (void)cudaGetLastError();
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
+  if (e == cudaSuccess && coop) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (e == cudaSuccess && coop) e = cudaFuncGetAttributes(&fg, generic);
+  if (e == cudaSuccess && coop) e = cudaFuncGetAttributes(&fp, packed);
+  if (e == cudaSuccess && coop) e = cudaFuncGetAttributes(&fs, streamed);
+  if (e != cudaSuccess || !coop) {
+    sn::forget(e);
     return;
   }
   // The dynamic shared memory every instance a forward may launch can use (its opt-in limit less

@@ -91,7 +91,7 @@ cudaError_t rows(const OnePassParams *p, int blocks, int ring, cudaStream_t stre
         if (e == cudaSuccess) e = allow_shared_memory(k, smem);
         if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&plain_per_sm, train, NT, smem);
         if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k_per_sm, k, NT, smem);
-        if (e != cudaSuccess) (void)cudaGetLastError();  // the plain kernel's own setup reports its errors below
+        forget(e);  // the plain kernel's own setup reports its errors below
         return e == cudaSuccess && k_per_sm == plain_per_sm && k_per_sm > 0;
       };
       const int asked = prep->pp_asked;

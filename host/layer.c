@@ -48,12 +48,14 @@ void sn__leave_device(int device, int prev) {
 
 void sn__free_on_device(int device, void *p) {
   if (!p) return;
-  int prev = 0;
-  const int switched =
-      cudaGetDevice(&prev) == cudaSuccess && prev != device && cudaSetDevice(device) == cudaSuccess;
-  (void)cudaFree(p);
-  if (switched) (void)cudaSetDevice(prev);
-  (void)cudaGetLastError();
+  int prev = 0, switched = 0, failed = cudaGetDevice(&prev) != cudaSuccess;
+  if (!failed && prev != device) {
+    switched = cudaSetDevice(device) == cudaSuccess;
+    failed = !switched;
+  }
+  failed |= cudaFree(p) != cudaSuccess;
+  if (switched) failed |= cudaSetDevice(prev) != cudaSuccess;
+  if (failed) (void)cudaGetLastError(); /* this call's own error, not one the caller had pending */
 }
 
 int sn__may_retry_on(sn_stream_t stream) {
@@ -107,12 +109,12 @@ sn_status_t sn__check_device_pointer(int device, const void *p, const char *name
   struct cudaPointerAttributes attr;
   /* Allowed while the stream is being captured in any capture mode: the query enqueues nothing.
    * The thread's mode is put back only if it was exchanged (else the exchange back would leave it
-   * relaxed), and a failed exchange's error is not left pending. */
+   * relaxed); an error of these calls is not left pending, and one the caller had is kept. */
   enum cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
   const int exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
   cudaError_t e = cudaPointerGetAttributes(&attr, p);
-  if (exchanged) (void)cudaThreadExchangeStreamCaptureMode(&mode);
-  (void)cudaGetLastError();
+  const int restored = !exchanged || cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
+  if (!exchanged || e != cudaSuccess || !restored) (void)cudaGetLastError(); /* ours only */
   if (e != cudaSuccess) {
     return sn__fail(SN_ERROR_INVALID_POINTER, "%s (%p) is not memory known to CUDA (%s)", name, p,
                     cudaGetErrorString(e));

@@ -932,6 +932,83 @@ TEST_F(FakeCuda, DestroyFreesWhateverFails) {
   }
 }
 
+// The library clears only the errors of its own failed calls: an error the caller's code left
+// pending before a successful call is still there after it (cudaGetLastError returns the last
+// error of any runtime call and resets it; a successful call does not).
+TEST_P(FakeCudaMachines, ACallersPendingErrorSurvivesSuccessfulCalls) {
+  for (const std::string &t : {std::string(""), std::string("op_coop=1"), std::string("op_onchip_grid=2")}) {
+    SCOPED_TRACE("SPECNORM_TUNE=" + t);
+    ScopedTune tune(t);
+    for (const Shape &s : {Shape{{64, 576}, 0}, Shape{{4096, 4096}, 0}, Shape{{3, 3, 128, 256}, -1}}) {
+      const sn_layer_desc_t d = make_desc(s, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
+      auto pending = [](const char *what) {
+        EXPECT_EQ(cudaPeekAtLastError(), cudaErrorInvalidDevice) << what << " cleared it";
+        (void)cudaGetLastError();
+        ASSERT_EQ(cudaSetDevice(99), cudaErrorInvalidDevice);  // pending again
+      };
+      ASSERT_EQ(cudaSetDevice(99), cudaErrorInvalidDevice);
+      sn_layer_t *l = nullptr;
+      OK(sn_layer_create(&l, &d));
+      Layer layer(l);
+      pending("sn_layer_create");
+      int64_t h = 0, w = 0;
+      OK(sn_layer_get_dims(l, &h, &w));
+      Dev W((size_t)(h * w) * 4), W_sn((size_t)(h * w) * 4);
+      OK(sn_forward(l, W.p, W_sn.p, 1, 0));
+      pending("the first sn_forward");
+      OK(sn_forward(l, W.p, W_sn.p, 1, 0));
+      pending("sn_forward");
+      OK(sn_forward(l, W.p, W_sn.p, 0, 0));
+      pending("sn_forward, eval");
+      OK(sn_forward_scale_only(l, W.p, 1, 0));
+      pending("sn_forward_scale_only");
+      OK(sn_backward(l, W.p, W_sn.p, W_sn.p, 0, nullptr, 0));
+      pending("sn_backward");
+      std::vector<float> u((size_t)h), v((size_t)w);
+      float sigma = 0;
+      int warm = 0;
+      OK(sn_layer_get_state(l, u.data(), v.data(), &sigma, &warm, 0));
+      pending("sn_layer_get_state");
+      OK(sn_layer_set_state(l, u.data(), v.data(), 1.f, 1, 0));
+      pending("sn_layer_set_state");
+      std::vector<unsigned char> blob = snapshot(l);
+      pending("sn_layer_save");
+      OK(sn_layer_load(l, blob.data(), blob.size(), 0));
+      pending("sn_layer_load");
+      uint32_t health = 0;
+      OK(sn_layer_get_health(l, &health, 1, 0));
+      pending("sn_layer_get_health");
+      OK(sn_layer_reset(l, 3, 0));
+      pending("sn_layer_reset");
+      layer.reset();
+      pending("sn_layer_destroy");
+    }
+    auto pending = [](const char *what) {
+      EXPECT_EQ(cudaPeekAtLastError(), cudaErrorInvalidDevice) << what << " cleared it";
+      (void)cudaGetLastError();
+      ASSERT_EQ(cudaSetDevice(99), cudaErrorInvalidDevice);
+    };
+    ASSERT_EQ(cudaSetDevice(99), cudaErrorInvalidDevice);
+    GroupRig r(groups()[0]);
+    pending("sn_layer_create");
+    for (size_t k = 0; k < r.raw.size(); ++k) {
+      OK(sn_layer_warmup(r.raw[k], r.W[k], 0));
+      pending(("sn_layer_warmup of member " + std::to_string(k)).c_str());
+    }
+    OK(r.create());
+    pending("sn_group_create");
+    OK(sn_group_forward(r.group.get(), 1, 0));
+    pending("sn_group_forward");
+    OK(sn_group_set_gradients(r.group.get(), r.G.data(), r.dW.data(), nullptr));
+    pending("sn_group_set_gradients");
+    OK(sn_group_backward(r.group.get(), 0, 0));
+    pending("sn_group_backward");
+    r.group.reset();
+    pending("sn_group_destroy");
+    (void)cudaGetLastError();
+  }
+}
+
 // ---- devices and pointers ------------------------------------------------------------------------
 
 TEST_F(FakeCuda, CallsRunOnTheLayersDeviceAndKeepTheCallers) {
