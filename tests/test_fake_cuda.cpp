@@ -25,6 +25,18 @@ namespace {
 
 using fake_cuda::Api;
 
+// Every call that takes a stream gets this one, and the fake runtime holds the library to it
+// (fake_cuda::expect_stream, set by the fixtures).
+const sn_stream_t kS = fake_cuda::test_stream();
+
+// sn_layer_create, which takes no stream: its copies go on the legacy stream.
+sn_status_t create_layer(sn_layer_t **l, const sn_layer_desc_t *d) {
+  fake_cuda::expect_any_stream();
+  const sn_status_t st = sn_layer_create(l, d);
+  fake_cuda::expect_stream(kS);
+  return st;
+}
+
 // Device memory of the fake runtime (host memory; kernels do not run, so untouched pages of
 // large weights cost nothing).
 struct Dev {
@@ -76,7 +88,7 @@ sn_layer_desc_t make_desc(const Shape &s, sn_dtype_t dtype, sn_order_t order, sn
 sn_status_t cpu_status(sn_layer_desc_t d) {
   d.backend = SN_BACKEND_CPU;
   sn_layer_t *l = nullptr;
-  const sn_status_t st = sn_layer_create(&l, &d);
+  const sn_status_t st = create_layer(&l, &d);
   sn_layer_destroy(l);
   return st;
 }
@@ -128,7 +140,7 @@ struct LayerBufs {
   int64_t h = 0, w = 0;
   explicit LayerBufs(const sn_layer_desc_t &d) {
     sn_layer_t *l = nullptr;
-    EXPECT_EQ(sn_layer_create(&l, &d), SN_SUCCESS) << sn_last_error_message();
+    EXPECT_EQ(create_layer(&l, &d), SN_SUCCESS) << sn_last_error_message();
     layer.reset(l);
     EXPECT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
     const size_t bytes = (size_t)(h * w) * elem_size(d.dtype);
@@ -149,7 +161,7 @@ void exercise_layer(const sn_layer_desc_t &d, sn_status_t want, bool host_calls)
   SCOPED_TRACE("h = shape[" + std::to_string(d.dim) + "], dtype " + std::to_string(d.dtype) +
                ", order " + std::to_string(d.order) + ", algo " + std::to_string(d.algo));
   sn_layer_t *raw = nullptr;
-  const sn_status_t got = sn_layer_create(&raw, &d);
+  const sn_status_t got = create_layer(&raw, &d);
   Layer layer(raw);
   ASSERT_EQ(got, want) << sn_last_error_message();
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
@@ -163,42 +175,42 @@ void exercise_layer(const sn_layer_desc_t &d, sn_status_t want, bool host_calls)
   Dev W(bytes), W_sn(bytes), G(bytes), dW(bytes), scalars(16);
   float *gamma = scalars.get<float>(), *dgamma = gamma + 1;
 
-  OK(sn_layer_warmup(raw, W.p, 0));
-  STEP(sn_forward(raw, W.p, W_sn.p, 1, 0), 8);
-  STEP(sn_forward(raw, W.p, W_sn.p, 0, 0), 8);
-  STEP(sn_forward(raw, W.p, W.p, 1, 0), 8);
-  STEP(sn_forward_scale_only(raw, W.p, 1, 0), 8);
-  STEP(sn_forward_scale_only(raw, W.p, 0, 0), 8);
+  OK(sn_layer_warmup(raw, W.p, kS));
+  STEP(sn_forward(raw, W.p, W_sn.p, 1, kS), 8);
+  STEP(sn_forward(raw, W.p, W_sn.p, 0, kS), 8);
+  STEP(sn_forward(raw, W.p, W.p, 1, kS), 8);
+  STEP(sn_forward_scale_only(raw, W.p, 1, kS), 8);
+  STEP(sn_forward_scale_only(raw, W.p, 0, kS), 8);
   for (unsigned flags = 0; flags < 4; ++flags) {
     // specnorm.h: 2 launches, 1 when neither the σ term nor ∂L/∂γ is needed (the paths that
     // run on chip take 1 either way).
     const long most = flags & SN_BACKWARD_DETACH_SIGMA ? 1 : 2;
-    STEP_N(sn_backward(raw, W.p, G.p, dW.p, flags, nullptr, 0), 1, most);
-    STEP_N(sn_backward(raw, W.p, G.p, dW.p, flags, dgamma, 0), 1, 2);
-    STEP_N(sn_backward(raw, W.p, G.p, G.p, flags, nullptr, 0), 1, most);
+    STEP_N(sn_backward(raw, W.p, G.p, dW.p, flags, nullptr, kS), 1, most);
+    STEP_N(sn_backward(raw, W.p, G.p, dW.p, flags, dgamma, kS), 1, 2);
+    STEP_N(sn_backward(raw, W.p, G.p, G.p, flags, nullptr, kS), 1, most);
   }
   OK(sn_layer_set_gamma(raw, gamma));
-  STEP(sn_forward(raw, W.p, W_sn.p, 1, 0), 8);
-  STEP(sn_backward(raw, W.p, G.p, dW.p, 0, dgamma, 0), 2);
+  STEP(sn_forward(raw, W.p, W_sn.p, 1, kS), 8);
+  STEP(sn_backward(raw, W.p, G.p, dW.p, 0, dgamma, kS), 2);
   OK(sn_layer_set_gamma(raw, nullptr));
   if (!host_calls) return;
 
   float sigma = 0, inv = 0, scale = 0;
   uint32_t health = 0;
-  OK(sn_layer_get_sigma(raw, &sigma, &inv, 0));
-  OK(sn_layer_get_scale(raw, &scale, 0));
-  OK(sn_layer_get_health(raw, &health, 1, 0));
+  OK(sn_layer_get_sigma(raw, &sigma, &inv, kS));
+  OK(sn_layer_get_scale(raw, &scale, kS));
+  OK(sn_layer_get_health(raw, &health, 1, kS));
   std::vector<float> u((size_t)h, 0.5f), v((size_t)w, 0.25f);
   int warm = 0;
-  OK(sn_layer_get_state(raw, u.data(), v.data(), &sigma, &warm, 0));
+  OK(sn_layer_get_state(raw, u.data(), v.data(), &sigma, &warm, kS));
   EXPECT_EQ(warm, 1);
-  OK(sn_layer_set_state(raw, u.data(), v.data(), 2.0f, 1, 0));
+  OK(sn_layer_set_state(raw, u.data(), v.data(), 2.0f, 1, kS));
   size_t size = 0, written = 0;
   OK(sn_layer_checkpoint_size(raw, &size));
   std::vector<unsigned char> blob(size);
-  OK(sn_layer_save(raw, blob.data(), size, &written, 0));
-  OK(sn_layer_load(raw, blob.data(), written, 0));
-  OK(sn_layer_reset(raw, 7, 0));
+  OK(sn_layer_save(raw, blob.data(), size, &written, kS));
+  OK(sn_layer_load(raw, blob.data(), written, kS));
+  OK(sn_layer_reset(raw, 7, kS));
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }
 
@@ -252,6 +264,7 @@ class FakeCuda : public ::testing::Test {
  protected:
   void SetUp() override {
     fake_cuda::reset({fake_cuda::h100()});
+    fake_cuda::expect_stream(kS);
     live_ = fake_cuda::live_allocations();
   }
   void TearDown() override {
@@ -273,6 +286,7 @@ class FakeCudaMachines : public FakeCuda, public ::testing::WithParamInterface<M
  protected:
   void SetUp() override {
     fake_cuda::reset({GetParam().props});
+    fake_cuda::expect_stream(kS);
     live_ = fake_cuda::live_allocations();
   }
 };
@@ -361,7 +375,7 @@ struct GroupRig {
     for (const Member &m : ms) {
       sn_layer_desc_t d = make_desc(m.shape, m.dtype, m.order, SN_ALGO_DEFAULT);
       sn_layer_t *l = nullptr;
-      EXPECT_EQ(sn_layer_create(&l, &d), SN_SUCCESS) << sn_last_error_message();
+      EXPECT_EQ(create_layer(&l, &d), SN_SUCCESS) << sn_last_error_message();
       layers.emplace_back(l);
       raw.push_back(l);
       int64_t h = 0, w = 0;
@@ -385,7 +399,7 @@ struct GroupRig {
   }
   sn_status_t warm() {
     for (size_t k = 0; k < raw.size(); ++k)
-      if (sn_status_t st = sn_layer_warmup(raw[k], W[k], 0)) return st;
+      if (sn_status_t st = sn_layer_warmup(raw[k], W[k], kS)) return st;
     return SN_SUCCESS;
   }
 };
@@ -412,19 +426,19 @@ TEST_P(FakeCudaMachines, EveryGroupPathLaunchesWithinTheDevicesLimitsAndCountsIt
       sn_group_t *g = r.group.get();
       // specnorm.h: 3 launches at most for one power iteration, whatever the count of layers;
       // the backward 1 or 2.
-      STEP(sn_group_forward(g, 1, 0), 3);
-      STEP(sn_group_forward(g, 0, 0), 3);
+      STEP(sn_group_forward(g, 1, kS), 3);
+      STEP(sn_group_forward(g, 0, kS), 3);
       OK(sn_group_set_gradients(g, r.G.data(), r.dW.data(), nullptr));
       for (unsigned flags = 0; flags < 4; ++flags)
-        STEP(sn_group_backward(g, flags, 0), flags & SN_BACKWARD_DETACH_SIGMA ? 1 : 2);
+        STEP(sn_group_backward(g, flags, kS), flags & SN_BACKWARD_DETACH_SIGMA ? 1 : 2);
       OK(sn_group_set_gradients(g, r.G.data(), r.dW.data(), r.dgamma.data()));
-      STEP(sn_group_backward(g, 0, 0), 2);
-      STEP(sn_group_backward(g, SN_BACKWARD_DETACH_SIGMA, 0), 2);
+      STEP(sn_group_backward(g, 0, kS), 2);
+      STEP(sn_group_backward(g, SN_BACKWARD_DETACH_SIGMA, kS), 2);
       // In place: dW = G.
       std::vector<void *> in_place(r.G.size());
       for (size_t k = 0; k < in_place.size(); ++k) in_place[k] = const_cast<void *>(r.G[k]);
       OK(sn_group_set_gradients(g, r.G.data(), in_place.data(), nullptr));
-      STEP(sn_group_backward(g, SN_BACKWARD_ACCUMULATE, 0), 2);
+      STEP(sn_group_backward(g, SN_BACKWARD_ACCUMULATE, kS), 2);
       ASSERT_TRUE(fake_cuda::violations().empty()) << joined(fake_cuda::violations());
       fake_cuda::clear_log();
     }
@@ -498,7 +512,7 @@ TEST_P(FakeCudaMachines, RandomGroupsBuildAsOnTheCpuAndLaunchWithinTheDevicesLim
       sn_layer_desc_t d = make_desc(m.shape, m.dtype, m.order, SN_ALGO_DEFAULT);
       d.backend = SN_BACKEND_CPU;
       sn_layer_t *l = nullptr;
-      OK(sn_layer_create(&l, &d));
+      OK(create_layer(&l, &d));
       cpu.emplace_back(l);
       cpu_raw.push_back(l);
       const size_t bytes = (size_t)sntest::numel_of(m.shape.dims) * elem_size(m.dtype);
@@ -521,10 +535,10 @@ TEST_P(FakeCudaMachines, RandomGroupsBuildAsOnTheCpuAndLaunchWithinTheDevicesLim
     ++built;
     sn_group_t *g = r.group.get();
     OK(r.warm());
-    STEP(sn_group_forward(g, 1, 0), 3);
-    STEP(sn_group_forward(g, 0, 0), 3);
+    STEP(sn_group_forward(g, 1, kS), 3);
+    STEP(sn_group_forward(g, 0, kS), 3);
     OK(sn_group_set_gradients(g, r.G.data(), r.dW.data(), r.dgamma.data()));
-    STEP(sn_group_backward(g, rng.gen() % 2, 0), 2);
+    STEP(sn_group_backward(g, rng.gen() % 2, kS), 2);
     ASSERT_TRUE(fake_cuda::violations().empty()) << joined(fake_cuda::violations());
     fake_cuda::clear_log();
   }
@@ -547,31 +561,31 @@ TEST_F(FakeCuda, StepsAreCapturableOnceWarmAndTheWarmUpIsNot) {
       Dev &W = *b.W, &W_sn = *b.W_sn;
       fake_cuda::set_capturing(true);
       const long before = fake_cuda::counters().launches;
-      EXPECT_EQ(sn_forward(l, W.p, W_sn.p, 1, 0), SN_ERROR_INVALID_STATE);
+      EXPECT_EQ(sn_forward(l, W.p, W_sn.p, 1, kS), SN_ERROR_INVALID_STATE);
       EXPECT_EQ(fake_cuda::counters().launches, before) << "a refused warm-up launched";
       EXPECT_EQ(cudaGetLastError(), cudaSuccess);
       fake_cuda::set_capturing(false);
       int warm = 1;
-      OK(sn_layer_get_state(l, nullptr, nullptr, nullptr, &warm, 0));
+      OK(sn_layer_get_state(l, nullptr, nullptr, nullptr, &warm, kS));
       EXPECT_EQ(warm, 0);
-      OK(sn_layer_warmup(l, W.p, 0));
+      OK(sn_layer_warmup(l, W.p, kS));
       fake_cuda::set_capturing(true);
-      STEP(sn_forward(l, W.p, W_sn.p, 1, 0), 8);
-      STEP(sn_forward(l, W.p, W_sn.p, 0, 0), 8);
-      STEP(sn_forward_scale_only(l, W.p, 1, 0), 8);
-      STEP(sn_backward(l, W.p, W_sn.p, W_sn.p, 0, nullptr, 0), 2);
+      STEP(sn_forward(l, W.p, W_sn.p, 1, kS), 8);
+      STEP(sn_forward(l, W.p, W_sn.p, 0, kS), 8);
+      STEP(sn_forward_scale_only(l, W.p, 1, kS), 8);
+      STEP(sn_backward(l, W.p, W_sn.p, W_sn.p, 0, nullptr, kS), 2);
       fake_cuda::set_capturing(false);
     }
     GroupRig r(groups()[0]);
     OK(r.create());
     fake_cuda::set_capturing(true);
-    EXPECT_EQ(sn_group_forward(r.group.get(), 1, 0), SN_ERROR_INVALID_STATE);
+    EXPECT_EQ(sn_group_forward(r.group.get(), 1, kS), SN_ERROR_INVALID_STATE);
     fake_cuda::set_capturing(false);
     OK(r.warm());
     OK(sn_group_set_gradients(r.group.get(), r.G.data(), r.dW.data(), r.dgamma.data()));
     fake_cuda::set_capturing(true);
-    STEP(sn_group_forward(r.group.get(), 1, 0), 3);
-    STEP(sn_group_backward(r.group.get(), 0, 0), 2);
+    STEP(sn_group_forward(r.group.get(), 1, kS), 3);
+    STEP(sn_group_backward(r.group.get(), 0, kS), 2);
     fake_cuda::set_capturing(false);
   }
 }
@@ -603,9 +617,9 @@ TEST_F(FakeCuda, RefusedResidentLaunchesFallBackOrAskForANewCapture) {
       ASSERT_NE(l, nullptr);
       Dev &W = *b.W, &W_sn = *b.W_sn;
       auto step = [&] {
-        return c.scale_only ? sn_forward_scale_only(l, W.p, 1, 0) : sn_forward(l, W.p, W_sn.p, 1, 0);
+        return c.scale_only ? sn_forward_scale_only(l, W.p, 1, kS) : sn_forward(l, W.p, W_sn.p, 1, kS);
       };
-      OK(sn_layer_warmup(l, W.p, 0));
+      OK(sn_layer_warmup(l, W.p, kS));
       fake_cuda::clear_log();
       OK(step());
       std::vector<fake_cuda::Launch> first = fake_cuda::launches();
@@ -614,6 +628,9 @@ TEST_F(FakeCuda, RefusedResidentLaunchesFallBackOrAskForANewCapture) {
       fake_cuda::set_capturing(capture);
       fake_cuda::clear_log();
       const sn_status_t st = step();
+      if (fake_cuda::capture_invalidated()) {
+        EXPECT_NE(st, SN_SUCCESS) << "the capture was invalidated, and the call succeeded";
+      }
       fake_cuda::set_capturing(false);
       EXPECT_EQ(cudaGetLastError(), cudaSuccess);
       if (capture) {
@@ -650,8 +667,8 @@ TEST_F(FakeCuda, RefusedGroupLaunchesFallBackOrAskForANewCapture) {
       sn_group_t *g = r.group.get();
       OK(sn_group_set_gradients(g, r.G.data(), r.dW.data(), nullptr));
       fake_cuda::clear_log();
-      OK(sn_group_forward(g, 1, 0));
-      OK(sn_group_backward(g, 0, 0));
+      OK(sn_group_forward(g, 1, kS));
+      OK(sn_group_backward(g, 0, kS));
       const std::vector<fake_cuda::Launch> one_each = fake_cuda::launches();
       ASSERT_EQ(one_each.size(), 2u);
       EXPECT_TRUE(t.empty() ? one_each[0].cluster > 0 : one_each[0].cooperative);
@@ -659,9 +676,14 @@ TEST_F(FakeCuda, RefusedGroupLaunchesFallBackOrAskForANewCapture) {
       fake_cuda::set_active_sms(1);
       for (int attempt = 0; attempt < 3; ++attempt) {
         fake_cuda::set_capturing(capture);
-        const sn_status_t fw = sn_group_forward(g, 1, 0);
-        const sn_status_t bw = sn_group_backward(g, 0, 0);
+        const sn_status_t fw = sn_group_forward(g, 1, kS);
+        const bool fw_invalidated = fake_cuda::capture_invalidated();
+        fake_cuda::set_capturing(capture);
+        const sn_status_t bw = sn_group_backward(g, 0, kS);
+        const bool bw_invalidated = fake_cuda::capture_invalidated();
         fake_cuda::set_capturing(false);
+        EXPECT_TRUE(!fw_invalidated || fw != SN_SUCCESS) << "an invalidated capture, and success";
+        EXPECT_TRUE(!bw_invalidated || bw != SN_SUCCESS) << "an invalidated capture, and success";
         EXPECT_EQ(cudaGetLastError(), cudaSuccess);
         if (!capture) {
           EXPECT_EQ(fw, SN_SUCCESS) << sn_last_error_message();
@@ -679,11 +701,11 @@ TEST_F(FakeCuda, RefusedGroupLaunchesFallBackOrAskForANewCapture) {
             << sn_last_error_message();
       }
       // Eagerly, with no capture: the usual kernels, none refused.
-      OK(sn_group_forward(g, 1, 0));
-      OK(sn_group_backward(g, 0, 0));
+      OK(sn_group_forward(g, 1, kS));
+      OK(sn_group_backward(g, 0, kS));
       fake_cuda::clear_log();
-      OK(sn_group_forward(g, 1, 0));
-      OK(sn_group_backward(g, 0, 0));
+      OK(sn_group_forward(g, 1, kS));
+      OK(sn_group_backward(g, 0, kS));
       const std::vector<fake_cuda::Launch> after = fake_cuda::launches();
       EXPECT_EQ(after.size(), 5u);  // rows, reduce, commit; inner, apply
       for (const fake_cuda::Launch &x : after) EXPECT_FALSE(x.cooperative || x.cluster) << x.kernel;
@@ -691,7 +713,7 @@ TEST_F(FakeCuda, RefusedGroupLaunchesFallBackOrAskForANewCapture) {
       fake_cuda::set_active_sms(0);
       OK(sn_group_set_gradients(g, r.G.data(), r.dW.data(), nullptr));
       fake_cuda::clear_log();
-      OK(sn_group_backward(g, 0, 0));
+      OK(sn_group_backward(g, 0, kS));
       ASSERT_EQ(fake_cuda::launches().size(), 1u);
       EXPECT_TRUE(fake_cuda::launches()[0].cooperative);
     }
@@ -706,7 +728,7 @@ std::vector<unsigned char> snapshot(const sn_layer_t *l) {
   size_t size = 0, written = 0;
   EXPECT_EQ(sn_layer_checkpoint_size(l, &size), SN_SUCCESS);
   std::vector<unsigned char> blob(size);
-  EXPECT_EQ(sn_layer_save(l, blob.data(), size, &written, 0), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_EQ(sn_layer_save(l, blob.data(), size, &written, kS), SN_SUCCESS) << sn_last_error_message();
   blob.resize(written);
   return blob;
 }
@@ -738,6 +760,20 @@ int fail_each_call(const char *what, cudaError_t error, Prepare prepare, Call ca
     int now = -1;
     EXPECT_EQ(cudaGetDevice(&now), cudaSuccess);
     EXPECT_EQ(now, device) << "the caller's device changed";
+    if (st == SN_SUCCESS && fired) {
+      // A failure the call may absorb: a probe of what the device offers (the plan falls back
+      // to kernels that need less), a capture-mode exchange around the pointer check, the free of
+      // a replaced binding's tables (the runtime keeps that memory), a launch refused for
+      // resources that it retries with its usual kernels.
+      static const char *const absorbed[] = {
+          "cudaDeviceGetAttribute", "cudaFuncGetAttributes", "cudaFuncSetAttribute",
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags",
+          "cudaOccupancyMaxActiveClusters", "cudaThreadExchangeStreamCaptureMode", "cudaGetDevice",
+          "cudaFree"};
+      bool ok = failed_fn == "a launch" && error == cudaErrorLaunchOutOfResources;
+      for (const char *a : absorbed) ok = ok || failed_fn == a;
+      EXPECT_TRUE(ok) << "a failed " << failed_fn << " was absorbed: the call returned SN_SUCCESS";
+    }
     if (st != SN_SUCCESS) {
       ++failed;
       EXPECT_TRUE(fired) << "failed with no runtime failure: " << sn_last_error_message();
@@ -761,14 +797,14 @@ struct LayerCtx : LayerBufs {
   LayerCtx(const sn_layer_desc_t &d, bool warm) : LayerBufs(d) {
     sn_layer_t *l = layer.get();
     if (warm) {
-      EXPECT_EQ(sn_layer_warmup(l, W->p, 0), SN_SUCCESS);
+      EXPECT_EQ(sn_layer_warmup(l, W->p, kS), SN_SUCCESS);
     }
     std::vector<float> u((size_t)h, 1.f), v((size_t)w, 2.f);  // another state, as a checkpoint
-    EXPECT_EQ(sn_layer_set_state(l, u.data(), v.data(), 3.f, warm, 0), SN_SUCCESS);
+    EXPECT_EQ(sn_layer_set_state(l, u.data(), v.data(), 3.f, warm, kS), SN_SUCCESS);
     blob = snapshot(l);
-    EXPECT_EQ(sn_layer_reset(l, d.seed, 0), SN_SUCCESS);
+    EXPECT_EQ(sn_layer_reset(l, d.seed, kS), SN_SUCCESS);
     if (warm) {
-      EXPECT_EQ(sn_layer_warmup(l, W->p, 0), SN_SUCCESS);
+      EXPECT_EQ(sn_layer_warmup(l, W->p, kS), SN_SUCCESS);
     }
   }
   std::vector<const sn_layer_t *> watched() const { return {layer.get()}; }
@@ -818,7 +854,7 @@ TEST_P(FakeCudaMachines, AFailedRuntimeCallIsReportedAndChangesNothing) {
           // Creation: nothing created, nothing leaked.
           fail_each_call("create", e, [] { return std::make_unique<Made>(); }, [&](Made &c) {
             sn_layer_t *l = reinterpret_cast<sn_layer_t *>(uintptr_t{64});
-            const sn_status_t st = sn_layer_create(&l, &d);
+            const sn_status_t st = create_layer(&l, &d);
             if (st != SN_SUCCESS) {
               EXPECT_EQ(l, nullptr);
             } else {
@@ -829,46 +865,46 @@ TEST_P(FakeCudaMachines, AFailedRuntimeCallIsReportedAndChangesNothing) {
           auto fresh = [&] { return std::make_unique<LayerCtx>(d, false); };
           auto warm = [&] { return std::make_unique<LayerCtx>(d, true); };
           fail_each_call("first forward", e, fresh, [](LayerCtx &c) {
-            return sn_forward(c.layer.get(), c.W->p, c.W_sn->p, 1, 0);
+            return sn_forward(c.layer.get(), c.W->p, c.W_sn->p, 1, kS);
           });
           fail_each_call("warm-up", e, fresh,
-                         [](LayerCtx &c) { return sn_layer_warmup(c.layer.get(), c.W->p, 0); });
+                         [](LayerCtx &c) { return sn_layer_warmup(c.layer.get(), c.W->p, kS); });
           fail_each_call("training forward", e, warm, [](LayerCtx &c) {
-            return sn_forward(c.layer.get(), c.W->p, c.W_sn->p, 1, 0);
+            return sn_forward(c.layer.get(), c.W->p, c.W_sn->p, 1, kS);
           });
           fail_each_call("eval forward", e, warm, [](LayerCtx &c) {
-            return sn_forward(c.layer.get(), c.W->p, c.W_sn->p, 0, 0);
+            return sn_forward(c.layer.get(), c.W->p, c.W_sn->p, 0, kS);
           });
           fail_each_call("scale only", e, warm, [](LayerCtx &c) {
-            return sn_forward_scale_only(c.layer.get(), c.W->p, 1, 0);
+            return sn_forward_scale_only(c.layer.get(), c.W->p, 1, kS);
           });
           fail_each_call("backward", e, warm, [](LayerCtx &c) {
-            return sn_backward(c.layer.get(), c.W->p, c.G->p, c.dW->p, 0, c.scalars->get<float>(), 0);
+            return sn_backward(c.layer.get(), c.W->p, c.G->p, c.dW->p, 0, c.scalars->get<float>(), kS);
           });
           fail_each_call("set_state", e, warm, [](LayerCtx &c) {
             std::vector<float> u((size_t)c.h, 1.f), v((size_t)c.w, 2.f);
-            return sn_layer_set_state(c.layer.get(), u.data(), v.data(), 3.f, 1, 0);
+            return sn_layer_set_state(c.layer.get(), u.data(), v.data(), 3.f, 1, kS);
           });
           fail_each_call("load", e, warm, [](LayerCtx &c) {
-            return sn_layer_load(c.layer.get(), c.blob.data(), c.blob.size(), 0);
+            return sn_layer_load(c.layer.get(), c.blob.data(), c.blob.size(), kS);
           });
           fail_each_call("save", e, warm, [](LayerCtx &c) {
             std::vector<unsigned char> blob(c.blob.size());
             size_t written = 0;
-            return sn_layer_save(c.layer.get(), blob.data(), blob.size(), &written, 0);
+            return sn_layer_save(c.layer.get(), blob.data(), blob.size(), &written, kS);
           });
-          fail_each_call("reset", e, warm, [](LayerCtx &c) { return sn_layer_reset(c.layer.get(), 9, 0); });
+          fail_each_call("reset", e, warm, [](LayerCtx &c) { return sn_layer_reset(c.layer.get(), 9, kS); });
           fail_each_call("health, cleared", e, warm, [](LayerCtx &c) {
             uint32_t health = 0;
-            return sn_layer_get_health(c.layer.get(), &health, 1, 0);
+            return sn_layer_get_health(c.layer.get(), &health, 1, kS);
           });
           fail_each_call("reads", e, warm, [](LayerCtx &c) {
             std::vector<float> u((size_t)c.h), v((size_t)c.w);
             float sigma = 0, inv = 0;
             int warmed = 0;
-            sn_status_t st = sn_layer_get_state(c.layer.get(), u.data(), v.data(), &sigma, &warmed, 0);
-            if (st == SN_SUCCESS) st = sn_layer_get_sigma(c.layer.get(), &sigma, &inv, 0);
-            if (st == SN_SUCCESS) st = sn_layer_get_scale(c.layer.get(), &sigma, 0);
+            sn_status_t st = sn_layer_get_state(c.layer.get(), u.data(), v.data(), &sigma, &warmed, kS);
+            if (st == SN_SUCCESS) st = sn_layer_get_sigma(c.layer.get(), &sigma, &inv, kS);
+            if (st == SN_SUCCESS) st = sn_layer_get_scale(c.layer.get(), &sigma, kS);
             return st;
           });
         }
@@ -887,18 +923,18 @@ TEST_P(FakeCudaMachines, AFailedRuntimeCallIsReportedAndChangesNothing) {
                        });
         auto made = [&] { return std::make_unique<GroupCtx>(ms, true); };
         fail_each_call("group forward", e, made,
-                       [](GroupCtx &c) { return sn_group_forward(c.rig.group.get(), 1, 0); });
+                       [](GroupCtx &c) { return sn_group_forward(c.rig.group.get(), 1, kS); });
         fail_each_call("group set_gradients", e, made, [](GroupCtx &c) {
           const sn_status_t st = sn_group_set_gradients(c.rig.group.get(), c.rig.G.data(),
                                                         c.rig.dW.data(), c.rig.dgamma.data());
           // A failed binding keeps the one before: the backward still runs.
           if (st != SN_SUCCESS) {
-            EXPECT_EQ(sn_group_backward(c.rig.group.get(), 0, 0), SN_SUCCESS);
+            EXPECT_EQ(sn_group_backward(c.rig.group.get(), 0, kS), SN_SUCCESS);
           }
           return st;
         });
         fail_each_call("group backward", e, made,
-                       [](GroupCtx &c) { return sn_group_backward(c.rig.group.get(), 0, 0); });
+                       [](GroupCtx &c) { return sn_group_backward(c.rig.group.get(), 0, kS); });
       }
     }
   }
@@ -917,7 +953,7 @@ TEST_F(FakeCuda, DestroyFreesWhateverFails) {
     sn_layer_t *l = nullptr;
     const sn_layer_desc_t d = make_desc({{64, 576}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST,
                                         SN_ALGO_DEFAULT);
-    OK(sn_layer_create(&l, &d));
+    OK(create_layer(&l, &d));
     fake_cuda::fail_nth(Api::kAny, k, cudaErrorLaunchOutOfResources);
     sn_layer_destroy(l);
     sn_group_destroy(c.rig.group.release());
@@ -948,37 +984,37 @@ TEST_P(FakeCudaMachines, ACallersPendingErrorSurvivesSuccessfulCalls) {
       };
       ASSERT_EQ(cudaSetDevice(99), cudaErrorInvalidDevice);
       sn_layer_t *l = nullptr;
-      OK(sn_layer_create(&l, &d));
+      OK(create_layer(&l, &d));
       Layer layer(l);
       pending("sn_layer_create");
       int64_t h = 0, w = 0;
       OK(sn_layer_get_dims(l, &h, &w));
       Dev W((size_t)(h * w) * 4), W_sn((size_t)(h * w) * 4);
-      OK(sn_forward(l, W.p, W_sn.p, 1, 0));
+      OK(sn_forward(l, W.p, W_sn.p, 1, kS));
       pending("the first sn_forward");
-      OK(sn_forward(l, W.p, W_sn.p, 1, 0));
+      OK(sn_forward(l, W.p, W_sn.p, 1, kS));
       pending("sn_forward");
-      OK(sn_forward(l, W.p, W_sn.p, 0, 0));
+      OK(sn_forward(l, W.p, W_sn.p, 0, kS));
       pending("sn_forward, eval");
-      OK(sn_forward_scale_only(l, W.p, 1, 0));
+      OK(sn_forward_scale_only(l, W.p, 1, kS));
       pending("sn_forward_scale_only");
-      OK(sn_backward(l, W.p, W_sn.p, W_sn.p, 0, nullptr, 0));
+      OK(sn_backward(l, W.p, W_sn.p, W_sn.p, 0, nullptr, kS));
       pending("sn_backward");
       std::vector<float> u((size_t)h), v((size_t)w);
       float sigma = 0;
       int warm = 0;
-      OK(sn_layer_get_state(l, u.data(), v.data(), &sigma, &warm, 0));
+      OK(sn_layer_get_state(l, u.data(), v.data(), &sigma, &warm, kS));
       pending("sn_layer_get_state");
-      OK(sn_layer_set_state(l, u.data(), v.data(), 1.f, 1, 0));
+      OK(sn_layer_set_state(l, u.data(), v.data(), 1.f, 1, kS));
       pending("sn_layer_set_state");
       std::vector<unsigned char> blob = snapshot(l);
       pending("sn_layer_save");
-      OK(sn_layer_load(l, blob.data(), blob.size(), 0));
+      OK(sn_layer_load(l, blob.data(), blob.size(), kS));
       pending("sn_layer_load");
       uint32_t health = 0;
-      OK(sn_layer_get_health(l, &health, 1, 0));
+      OK(sn_layer_get_health(l, &health, 1, kS));
       pending("sn_layer_get_health");
-      OK(sn_layer_reset(l, 3, 0));
+      OK(sn_layer_reset(l, 3, kS));
       pending("sn_layer_reset");
       layer.reset();
       pending("sn_layer_destroy");
@@ -992,16 +1028,16 @@ TEST_P(FakeCudaMachines, ACallersPendingErrorSurvivesSuccessfulCalls) {
     GroupRig r(groups()[0]);
     pending("sn_layer_create");
     for (size_t k = 0; k < r.raw.size(); ++k) {
-      OK(sn_layer_warmup(r.raw[k], r.W[k], 0));
+      OK(sn_layer_warmup(r.raw[k], r.W[k], kS));
       pending(("sn_layer_warmup of member " + std::to_string(k)).c_str());
     }
     OK(r.create());
     pending("sn_group_create");
-    OK(sn_group_forward(r.group.get(), 1, 0));
+    OK(sn_group_forward(r.group.get(), 1, kS));
     pending("sn_group_forward");
     OK(sn_group_set_gradients(r.group.get(), r.G.data(), r.dW.data(), nullptr));
     pending("sn_group_set_gradients");
-    OK(sn_group_backward(r.group.get(), 0, 0));
+    OK(sn_group_backward(r.group.get(), 0, kS));
     pending("sn_group_backward");
     r.group.reset();
     pending("sn_group_destroy");
@@ -1009,10 +1045,98 @@ TEST_P(FakeCudaMachines, ACallersPendingErrorSurvivesSuccessfulCalls) {
   }
 }
 
+// What the host gets back is what went to the device, also into and out of pinned host memory,
+// whose copies the fake runtime does only when the stream is synchronized: a call that returned
+// host results without synchronizing would show the values from before.
+TEST_P(FakeCudaMachines, StateRoundTripsThroughTheDeviceBitwise) {
+  for (const Shape &s : {Shape{{64, 576}, 0}, Shape{{7}, 0}, Shape{{3, 3, 128, 256}, -1}}) {
+    for (bool pinned : {false, true}) {
+      SCOPED_TRACE(pinned ? "pinned host arrays" : "pageable host arrays");
+      LayerBufs b(make_desc(s, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT));
+      sn_layer_t *l = b.layer.get();
+      ASSERT_NE(l, nullptr);
+      const size_t h = (size_t)b.h, w = (size_t)b.w;
+      // The host arrays: u, v, then u, v read back, then a checkpoint.
+      size_t size = 0;
+      OK(sn_layer_checkpoint_size(l, &size));
+      const size_t bytes = 2 * (h + w) * sizeof(float) + size;
+      std::vector<unsigned char> pageable(pinned ? 0 : bytes);
+      void *mem = pageable.data();
+      if (pinned) {
+        ASSERT_EQ(cudaMallocHost(&mem, bytes), cudaSuccess);
+      }
+      float *u = static_cast<float *>(mem), *v = u + h, *u2 = v + w, *v2 = u2 + h;
+      unsigned char *blob = reinterpret_cast<unsigned char *>(v2 + w);
+      for (size_t i = 0; i < h; ++i) u[i] = 1.f / float(i + 3);
+      for (size_t j = 0; j < w; ++j) v[j] = -2.f / float(j + 5);
+      OK(sn_layer_set_state(l, u, v, 4.f, 1, kS));
+      float sigma = 0, inv = 0, scale = 0;
+      int warm = 0;
+      OK(sn_layer_get_state(l, u2, v2, nullptr, nullptr, kS));  // the last copy into u2, v2
+      EXPECT_EQ(std::memcmp(u, u2, h * 4), 0);
+      EXPECT_EQ(std::memcmp(v, v2, w * 4), 0);
+      std::fill(u2, u2 + h + w, 0.f);
+      OK(sn_layer_get_state(l, u2, v2, &sigma, &warm, kS));
+      EXPECT_EQ(std::memcmp(u, u2, h * 4), 0);
+      EXPECT_EQ(std::memcmp(v, v2, w * 4), 0);
+      EXPECT_EQ(sigma, 4.f);
+      EXPECT_EQ(warm, 1);
+      OK(sn_layer_get_sigma(l, &sigma, &inv, kS));
+      EXPECT_EQ(sigma, 4.f);
+      EXPECT_EQ(inv, 0.25f);
+      OK(sn_layer_get_scale(l, &scale, kS));
+      EXPECT_EQ(scale, 0.25f);
+      size_t written = 0;
+      OK(sn_layer_save(l, blob, size, &written, kS));
+      EXPECT_EQ(written, size);
+      // Into a second layer, through the checkpoint.
+      LayerBufs c(make_desc(s, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT));
+      OK(sn_layer_load(c.layer.get(), blob, written, kS));
+      std::fill(u2, u2 + h + w, 0.f);
+      OK(sn_layer_get_state(c.layer.get(), u2, v2, &sigma, &warm, kS));
+      EXPECT_EQ(std::memcmp(u, u2, h * 4), 0);
+      EXPECT_EQ(std::memcmp(v, v2, w * 4), 0);
+      EXPECT_EQ(sigma, 4.f);
+      // reset draws what a fresh layer of that seed has: a CPU layer's, bitwise.
+      OK(sn_layer_reset(l, 77, kS));
+      sn_layer_desc_t cd = make_desc(s, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
+      cd.backend = SN_BACKEND_CPU;
+      cd.seed = 77;
+      sn_layer_t *cpu = nullptr;
+      OK(create_layer(&cpu, &cd));
+      Layer cpu_layer(cpu);
+      std::vector<float> cu(h), cv(w);
+      OK(sn_layer_get_state(cpu, cu.data(), cv.data(), nullptr, nullptr, nullptr));
+      OK(sn_layer_get_state(l, u2, v2, &sigma, &warm, kS));
+      EXPECT_EQ(std::memcmp(cu.data(), u2, h * 4), 0);
+      EXPECT_EQ(std::memcmp(cv.data(), v2, w * 4), 0);
+      EXPECT_EQ(sigma, 0.f);
+      EXPECT_EQ(warm, 0);
+      uint32_t health = 1;
+      OK(sn_layer_get_health(l, &health, 0, kS));
+      EXPECT_EQ(health, 0u);
+      if (pinned) {
+        ASSERT_EQ(cudaFreeHost(mem), cudaSuccess);
+      }
+    }
+  }
+}
+
+// The fake's device memory is not host memory: a host access faults, as on a GPU, so a library
+// that read or wrote it from the host would crash these tests.
+TEST_F(FakeCuda, DeviceMemoryFaultsOnAHostAccess) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  Dev d(64);
+  volatile char *p = d.get<volatile char>();
+  EXPECT_DEATH((void)p[0], "");
+  EXPECT_DEATH(p[1] = 1, "");
+}
+
 // ---- devices and pointers ------------------------------------------------------------------------
 
 TEST_F(FakeCuda, CallsRunOnTheLayersDeviceAndKeepTheCallers) {
   fake_cuda::reset({fake_cuda::h100(), fake_cuda::a100()});
+  fake_cuda::expect_stream(kS);
   for (int device : {0, 1}) {
     SCOPED_TRACE("layer on device " + std::to_string(device));
     const int other = 1 - device;
@@ -1025,16 +1149,16 @@ TEST_F(FakeCuda, CallsRunOnTheLayersDeviceAndKeepTheCallers) {
     sn_layer_desc_t d = make_desc({{64, 576}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
     d.device = device;
     sn_layer_t *l = nullptr;
-    OK(sn_layer_create(&l, &d));
+    OK(create_layer(&l, &d));
     Layer layer(l);
     int now = -1;
     ASSERT_EQ(cudaGetDevice(&now), cudaSuccess);
     EXPECT_EQ(now, other);
     fake_cuda::clear_log();
-    STEP(sn_forward(l, W.p, W_sn.p, 1, 0), 40);  // the warm-up's launches included
-    STEP(sn_forward(l, W.p, W_sn.p, 0, 0), 8);
-    STEP(sn_backward(l, W.p, W_sn.p, W_sn.p, 0, nullptr, 0), 2);
-    STEP(sn_forward(l, managed, managed, 1, 0), 8);
+    STEP(sn_forward(l, W.p, W_sn.p, 1, kS), 40);  // the warm-up's launches included
+    STEP(sn_forward(l, W.p, W_sn.p, 0, kS), 8);
+    STEP(sn_backward(l, W.p, W_sn.p, W_sn.p, 0, nullptr, kS), 2);
+    STEP(sn_forward(l, managed, managed, 1, kS), 8);
     for (const fake_cuda::Launch &x : fake_cuda::launches()) EXPECT_EQ(x.device, device) << x.kernel;
     // Memory of the other device, host memory, memory already freed: refused, by name.
     std::vector<float> host(64 * 576);
@@ -1042,32 +1166,36 @@ TEST_F(FakeCuda, CallsRunOnTheLayersDeviceAndKeepTheCallers) {
     ASSERT_EQ(cudaMalloc(&freed, 64 * 576 * 4), cudaSuccess);  // (W's size: overlaps no buffer)
     ASSERT_EQ(cudaFree(freed), cudaSuccess);
     for (const void *bad : {elsewhere.p, static_cast<void *>(host.data()), freed}) {
-      EXPECT_EQ(sn_forward(l, bad, W_sn.p, 1, 0), SN_ERROR_INVALID_POINTER);
+      EXPECT_EQ(sn_forward(l, bad, W_sn.p, 1, kS), SN_ERROR_INVALID_POINTER);
       EXPECT_NE(std::string(sn_last_error_message()).find("W"), std::string::npos);
-      EXPECT_EQ(sn_forward(l, W.p, const_cast<void *>(bad), 1, 0), SN_ERROR_INVALID_POINTER);
-      EXPECT_EQ(sn_backward(l, W.p, bad, W_sn.p, 0, nullptr, 0), SN_ERROR_INVALID_POINTER);
+      EXPECT_EQ(sn_forward(l, W.p, const_cast<void *>(bad), 1, kS), SN_ERROR_INVALID_POINTER);
+      EXPECT_EQ(sn_backward(l, W.p, bad, W_sn.p, 0, nullptr, kS), SN_ERROR_INVALID_POINTER);
     }
     EXPECT_NE(std::string(sn_last_error_message()).find("freed"), std::string::npos)
         << sn_last_error_message();
     void *pinned = nullptr;
     ASSERT_EQ(cudaMallocHost(&pinned, 64 * 576 * 4), cudaSuccess);
-    EXPECT_EQ(sn_forward(l, pinned, W_sn.p, 1, 0), SN_ERROR_INVALID_POINTER);
+    EXPECT_EQ(sn_forward(l, pinned, W_sn.p, 1, kS), SN_ERROR_INVALID_POINTER);
     EXPECT_NE(std::string(sn_last_error_message()).find("host memory"), std::string::npos);
     // A CPU layer refuses device memory, and takes pinned host memory.
     sn_layer_desc_t c = d;
     c.backend = SN_BACKEND_CPU;
     sn_layer_t *cpu = nullptr;
-    OK(sn_layer_create(&cpu, &c));
+    OK(create_layer(&cpu, &c));
     Layer cpu_layer(cpu);
-    EXPECT_EQ(sn_forward(cpu, W.p, host.data(), 1, 0), SN_ERROR_INVALID_POINTER);
+    EXPECT_EQ(sn_forward(cpu, W.p, host.data(), 1, kS), SN_ERROR_INVALID_POINTER);
     EXPECT_NE(std::string(sn_last_error_message()).find("device memory"), std::string::npos);
     std::fill(host.begin(), host.end(), 0.5f);
     std::memcpy(pinned, host.data(), host.size() * 4);
-    OK(sn_forward(cpu, pinned, host.data(), 1, 0));
+    OK(sn_forward(cpu, pinned, host.data(), 1, kS));
     ASSERT_EQ(cudaFreeHost(pinned), cudaSuccess);
     EXPECT_EQ(cudaGetLastError(), cudaSuccess);
     ASSERT_EQ(cudaGetDevice(&now), cudaSuccess);
     EXPECT_EQ(now, other);
+    cpu_layer.reset();
+    layer.reset();  // destroyed from the other device
+    ASSERT_EQ(cudaGetDevice(&now), cudaSuccess);
+    EXPECT_EQ(now, other) << "sn_layer_destroy changed the caller's device";
     ASSERT_EQ(cudaFree(managed), cudaSuccess);
   }
   // A group's layers on one device.
@@ -1076,7 +1204,7 @@ TEST_F(FakeCuda, CallsRunOnTheLayersDeviceAndKeepTheCallers) {
   sn_layer_desc_t d = make_desc({{64, 27}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
   d.device = 1;
   sn_layer_t *l = nullptr;
-  OK(sn_layer_create(&l, &d));
+  OK(create_layer(&l, &d));
   r.layers.emplace_back(l);
   r.raw.push_back(l);
   r.W.push_back(r.W[0]);
@@ -1085,11 +1213,11 @@ TEST_F(FakeCuda, CallsRunOnTheLayersDeviceAndKeepTheCallers) {
   EXPECT_EQ(r.group, nullptr);
   // A device that does not exist; no device at all (a machine without a GPU or its driver).
   d.device = 2;
-  EXPECT_EQ(sn_layer_create(&l, &d), SN_ERROR_INVALID_DEVICE);
+  EXPECT_EQ(create_layer(&l, &d), SN_ERROR_INVALID_DEVICE);
   EXPECT_EQ(l, nullptr);
   d.device = 0;
   fake_cuda::set_device_count_error(cudaErrorInsufficientDriver);
-  EXPECT_EQ(sn_layer_create(&l, &d), SN_ERROR_NO_DEVICE);
+  EXPECT_EQ(create_layer(&l, &d), SN_ERROR_NO_DEVICE);
   EXPECT_NE(std::string(sn_last_error_message()).find("no usable GPU"), std::string::npos);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   fake_cuda::set_device_count_error(cudaSuccess);

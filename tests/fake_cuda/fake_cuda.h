@@ -1,18 +1,27 @@
 // A CUDA runtime of our own for the tests of the library's host code on machines without a GPU
 // (tests/fake_cuda/fake_cudart.cpp). The library's objects, kernels' host stubs included, are
-// linked against it in place of libcudart: "device" memory is host memory, kernels do not run.
-// What it gives the tests:
+// linked against it in place of libcudart: kernels do not run. What it gives the tests:
 //   - every launch checked against the (fake) device's limits, as the driver would, and against
 //     what the runtime told the library (occupancy, the opt-in shared memory it set); a launch the
 //     library should not have made is a violation (violations());
-//   - device memory with bounds: copies and memsets outside a live allocation are violations;
-//     pointer attributes that tell device, host and freed memory apart; a count of what is live;
-//   - counts of allocations, frees, host synchronizations and launches, to check the per-step path;
+//   - device memory the host cannot touch (mapped without access: a host read or write of it
+//     faults), with bounds: copies and memsets outside a live allocation are violations; pointer
+//     attributes that tell device, pinned host, managed, plain host and freed memory apart;
+//   - copies of cudaMemcpyAsync to or from pinned host memory, or device to device, done when
+//     their stream is synchronized (or the device, by a synchronous call), not before: a result
+//     read without synchronizing is not there yet (with pageable host memory the runtime stages
+//     or completes the copy before it returns, as CUDA documents);
+//   - streams: every launch, asynchronous copy and synchronization may be required to use one
+//     stream (expect_stream); a capture is on one stream, during which the driver's refusals
+//     (synchronizing, the legacy stream, allocating outside the relaxed mode) are violations;
+//   - counts of allocations, frees, host synchronizations, copies and launches;
 //   - failure injection: the n-th runtime call from now fails;
 //   - the current device, per thread, on a fake machine of one or more devices;
-//   - stream capture as a flag (cudaStreamIsCapturing), and an "MPS" limit on the resident blocks.
-// Kernels do not run, so the tests check statuses, state kept or restored, launch shapes and counts,
-// not values.
+//   - an "MPS" limit on the SMs blocks may be resident on.
+// Kernels do not run, so the tests check statuses, state kept or restored, launch shapes and
+// counts, not values computed on the device. Not modelled: each kernel's own registers, static
+// shared memory and launch bounds (every kernel counts 64 registers a thread, none static, up to
+// 1024 threads), events, more than one thread using the fake at once for captures and failures.
 #ifndef SPECNORM_FAKE_CUDA_H
 #define SPECNORM_FAKE_CUDA_H
 
@@ -34,9 +43,13 @@ struct DeviceProps {
 DeviceProps h100();
 DeviceProps a100();
 
+// A stream handle for the tests: the fake never dereferences one.
+inline cudaStream_t test_stream() { return reinterpret_cast<cudaStream_t>(uintptr_t{0x5eed00}); }
+
 struct Launch {
   std::string kernel;  // demangled name
   int device;
+  cudaStream_t stream;
   dim3 grid, block;
   size_t smem;
   unsigned cluster;  // blocks per cluster, 0: none
@@ -44,7 +57,10 @@ struct Launch {
 };
 
 struct Counters {
-  long mallocs = 0, frees = 0, syncs = 0, launches = 0, memcpys = 0, memsets = 0, calls = 0;
+  long mallocs = 0, frees = 0, syncs = 0, launches = 0, calls = 0;
+  long memcpys = 0;  // to or from the host, synchronous or not
+  long d2d = 0;      // device to device (asynchronous: allowed in a step and a capture)
+  long memsets = 0;
 };
 
 // Every API the injection counts (registration, cudaGetLastError and the error strings are not).
@@ -54,8 +70,10 @@ enum class Api {
   kOccupancy, kPointerAttributes, kStreamIsCapturing, kCaptureMode
 };
 
-// A fresh machine of `props` (one device each); forgets the log, counters, failures, capture and
-// the functions' attributes. Memory still live stays live (and counted).
+// A fresh machine of `props` (one device each); forgets the log, counters, failures, capture,
+// expected stream, copies not yet done and the functions' attributes; the calling thread's
+// current device, last error and capture mode (other threads keep theirs). Memory still live
+// stays live (and counted).
 void reset(const std::vector<DeviceProps> &props);
 // cudaGetDeviceCount fails with this error (cudaErrorInsufficientDriver: a machine without a GPU);
 // cudaSuccess to undo.
@@ -69,15 +87,25 @@ bool failure_fired();
 // The runtime function whose call was failed ("" before).
 std::string failed_call();
 
-// cudaStreamIsCapturing reports an active capture on every stream while on.
-void set_capturing(bool on);
+// From now on every launch, asynchronous copy, stream synchronization and capture query must be
+// on `stream` (a violation otherwise); expect_any_stream() lifts it.
+void expect_stream(cudaStream_t stream);
+void expect_any_stream();
+
+// A capture on `stream` while on: cudaStreamIsCapturing reports it there (and only there), its
+// launches are recorded as captured, and what the driver refuses during a capture is a violation.
+void set_capturing(bool on, cudaStream_t stream = test_stream());
+// Whether a capture is on and a launch on its stream, or a call the driver refuses during it,
+// failed since set_capturing(true) (the driver then invalidates the capture: the library must
+// have failed the call).
+bool capture_invalidated();
 // Blocks resident per SM are computed over this many SMs (as under MPS); 0: all of them.
 void set_active_sms(int sms);
 
 Counters counters();
-std::vector<Launch> launches();  // since reset
-std::vector<std::string> violations();
-void clear_log();  // launches and violations
+std::vector<Launch> launches();  // since reset or clear_log
+std::vector<std::string> violations();  // since reset
+void clear_log();  // the launches (not the violations)
 // Allocations not freed (a cudaFree failed by injection abandons its allocation: not counted).
 long live_allocations();
 size_t live_bytes();

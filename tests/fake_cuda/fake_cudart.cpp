@@ -6,12 +6,14 @@
 
 #include <cxxabi.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -19,27 +21,44 @@
 namespace fake_cuda {
 namespace {
 
+constexpr int kMaxDevices = 16;
+
 struct Func {
   std::string name;
-  int max_dyn = 48 * 1024;  // cudaFuncAttributeMaxDynamicSharedMemorySize, per process
+  int max_dyn[kMaxDevices];  // cudaFuncAttributeMaxDynamicSharedMemorySize, per device
   bool nonportable = false;
+  Func() { std::fill(max_dyn, max_dyn + kMaxDevices, 48 * 1024); }
 };
 
+enum class Kind { kDevice, kManaged, kPinned };
+
+// Device memory is one shared mapping seen twice: at the address the library gets, without access
+// (a host read or write of device memory faults, as it would on a GPU), and at `rw`, where the
+// fake's copies and memsets reach it. Managed and pinned memory are host memory (rw == the
+// address). Mapped pages stay untouched until written: a large W costs nothing (kernels never
+// touch it), a memset of zeros on memory never written is skipped, and sanitizers do not poison
+// (and fault in) its shadow.
 struct Alloc {
   size_t size;
   int device;
-  bool managed;
-  bool pinned;    // page-locked host memory (cudaMallocHost)
-  size_t mapped;  // > 0: mmap'ed, that many bytes
-  bool written;   // mapped memory is zero until a copy or memset writes it
+  Kind kind;
+  char *rw;
+  size_t mapped;  // bytes of each view (device memory), 0 for host memory
+  bool written;   // device memory is zero until a copy or memset writes it
 };
 
-// From 1 MiB, "device" memory is mapped directly: pages stay untouched until written (a large W
-// costs nothing, kernels never touch it; a memset of zeros on memory never written is skipped),
-// and sanitizers do not poison (and fault in) its shadow.
-constexpr size_t kMapFrom = size_t{1} << 20;
-
 constexpr int kRegs = 64;  // every kernel's registers a thread, in the occupancy model
+
+// A cudaMemcpyAsync not yet done: done when its stream is synchronized. (From pageable host
+// memory the runtime stages the bytes before it returns: `staged` holds them.)
+struct Pending {
+  cudaStream_t stream;
+  void *dst;
+  const void *src;
+  size_t n;
+  cudaMemcpyKind kind;
+  std::vector<char> staged;
+};
 
 struct State {
   std::mutex mu;
@@ -49,6 +68,7 @@ struct State {
   std::map<uintptr_t, Alloc> allocs;
   std::map<uintptr_t, Alloc> abandoned;  // a free that failed by injection: never freed, not counted
   size_t live = 0;
+  std::deque<Pending> pending;
   Counters n;
   std::vector<Launch> log;
   std::vector<std::string> violations;
@@ -57,7 +77,11 @@ struct State {
   cudaError_t fail_error = cudaSuccess;
   bool fired = false;
   std::string failed_call;
+  bool expecting = false;  // every stream operation on `expected`
+  cudaStream_t expected = nullptr;
   bool capturing = false;
+  cudaStream_t capture_stream = nullptr;
+  bool invalidated = false;
   int active_sms = 0;
 };
 
@@ -104,10 +128,10 @@ std::string demangle(const char *name) {
 }
 
 const DeviceProps *device(State &s, int d) {
-  return d >= 0 && d < (int)s.devs.size() ? &s.devs[(size_t)d] : nullptr;
+  return d >= 0 && d < (int)s.devs.size() && d < kMaxDevices ? &s.devs[(size_t)d] : nullptr;
 }
 
-// The live allocation holding [p, p + bytes), or null.
+// The live allocation holding [p, p + bytes), or null; *base its start.
 Alloc *holding(State &s, const void *p, size_t bytes, uintptr_t *base = nullptr) {
   const uintptr_t a = (uintptr_t)p;
   auto it = s.allocs.upper_bound(a);
@@ -119,10 +143,21 @@ Alloc *holding(State &s, const void *p, size_t bytes, uintptr_t *base = nullptr)
   return &it->second;
 }
 
+// Where the fake reads and writes the `bytes` at p: device memory through its writable view,
+// host memory as it is. Null for device memory outside a live allocation.
+char *reach(State &s, const void *p, size_t bytes, bool device_side) {
+  uintptr_t base = 0;
+  Alloc *a = holding(s, p, bytes, &base);
+  if (!device_side) return a && a->kind == Kind::kDevice ? nullptr : (char *)p;
+  return a ? a->rw + ((uintptr_t)p - base) : nullptr;
+}
+
+long long threads_of(dim3 b) { return (long long)b.x * b.y * b.z; }
+
 // Blocks of `threads` threads and `smem` bytes of dynamic shared memory resident on one SM.
-int per_sm(const DeviceProps &d, const Func &f, int threads, size_t smem) {
-  if (threads <= 0 || threads > 1024 || smem > (size_t)f.max_dyn) return 0;
-  const int warps = (threads + 31) / 32;
+int per_sm(const DeviceProps &d, const Func &f, int dev, long long threads, size_t smem) {
+  if (threads <= 0 || threads > 1024 || smem > (size_t)f.max_dyn[dev]) return 0;
+  const int warps = (int)((threads + 31) / 32);
   int n = std::min(32, 64 / warps);
   n = std::min(n, 65536 / (kRegs * warps * 32));
   const size_t per_block = smem + 1024;  // the driver's reserve per block
@@ -144,12 +179,46 @@ cudaError_t enter_func(State &s, Api api, const void *fn, Func **f, const Device
   return *f && *d ? cudaSuccess : cudaErrorInvalidDeviceFunction;
 }
 
-cudaError_t check_stream_op(State &s, const char *what) {
-  if (s.capturing && t_mode != cudaStreamCaptureModeRelaxed) {
-    violation(s, "%s during a stream capture", what);
-    return cudaErrorStreamCaptureUnsupported;
+// A call the driver refuses during a capture: one that synchronizes (any mode), or, outside the
+// relaxed mode, one that allocates or frees.
+cudaError_t refused_in_capture(State &s, const char *what, bool synchronizes) {
+  if (!s.capturing || (!synchronizes && t_mode == cudaStreamCaptureModeRelaxed)) return cudaSuccess;
+  violation(s, "%s during a stream capture", what);
+  s.invalidated = true;
+  return cudaErrorStreamCaptureUnsupported;
+}
+
+// An operation on `stream`: the stream the test expects, and not the legacy stream during a
+// capture (which the driver refuses: it would synchronize with the capturing stream).
+void on_stream(State &s, cudaStream_t stream, const char *what) {
+  if (s.expecting && stream != s.expected)
+    violation(s, "%s on stream %p, the call's stream is %p", what, (void *)stream,
+              (void *)s.expected);
+  if (s.capturing && stream == nullptr) {
+    violation(s, "%s on the legacy stream during a capture", what);
+    s.invalidated = true;
   }
-  return cudaSuccess;
+}
+
+// Does the copies pending on `stream` (all streams: every), in order.
+void flush(State &s, cudaStream_t stream, bool every) {
+  std::deque<Pending> keep;
+  for (Pending &c : s.pending) {
+    if (!every && c.stream != stream) {
+      keep.push_back(std::move(c));
+      continue;
+    }
+    const bool dst_dev = c.kind != cudaMemcpyDeviceToHost, src_dev = c.kind != cudaMemcpyHostToDevice;
+    char *to = reach(s, c.dst, c.n, dst_dev);
+    const char *from = c.staged.empty() ? reach(s, c.src, c.n, src_dev) : c.staged.data();
+    if (!to || !from) {
+      violation(s, "an asynchronous copy of %zu bytes whose device memory was freed before it ran", c.n);
+      continue;
+    }
+    if (dst_dev) holding(s, c.dst, c.n)->written = true;
+    if (c.n) std::memmove(to, from, c.n);
+  }
+  s.pending.swap(keep);
 }
 
 cudaError_t launch(State &s, const cudaLaunchConfig_t &cfg, const void *fn) {
@@ -161,29 +230,30 @@ cudaError_t launch(State &s, const cudaLaunchConfig_t &cfg, const void *fn) {
     violation(s, "launch of a function the runtime does not know (%p)", fn);
     return cudaErrorInvalidDeviceFunction;
   }
-  Launch l{f->name, t_device, cfg.gridDim, cfg.blockDim, cfg.dynamicSmemBytes, 0, false, false,
-           s.capturing};
+  const char *name = f->name.c_str();
+  on_stream(s, cfg.stream, name);
+  Launch l{f->name, t_device, cfg.stream, cfg.gridDim, cfg.blockDim, cfg.dynamicSmemBytes, 0,
+           false, false, s.capturing && cfg.stream == s.capture_stream};
   for (unsigned k = 0; k < cfg.numAttrs; ++k) {
     const cudaLaunchAttribute &a = cfg.attrs[k];
     if (a.id == cudaLaunchAttributeClusterDimension) {
-      if (a.val.clusterDim.y != 1 || a.val.clusterDim.z != 1)
-        violation(s, "%s: cluster %ux%ux%u", f->name.c_str(), a.val.clusterDim.x,
-                  a.val.clusterDim.y, a.val.clusterDim.z);
+      if (a.val.clusterDim.x == 0 || a.val.clusterDim.y != 1 || a.val.clusterDim.z != 1)
+        violation(s, "%s: cluster %ux%ux%u", name, a.val.clusterDim.x, a.val.clusterDim.y,
+                  a.val.clusterDim.z);
       l.cluster = a.val.clusterDim.x;
     } else if (a.id == cudaLaunchAttributeProgrammaticStreamSerialization) {
       l.pdl = a.val.programmaticStreamSerializationAllowed != 0;
     } else if (a.id == cudaLaunchAttributeCooperative) {
       l.cooperative = a.val.cooperative != 0;
     } else {
-      violation(s, "%s: launch attribute %d not modelled", f->name.c_str(), (int)a.id);
+      violation(s, "%s: launch attribute %d not modelled", name, (int)a.id);
     }
   }
   s.log.push_back(l);
   ++s.n.launches;
   const dim3 g = cfg.gridDim, b = cfg.blockDim;
   const unsigned long long blocks = (unsigned long long)g.x * g.y * g.z;
-  const unsigned threads = b.x * b.y * b.z;
-  const char *name = f->name.c_str();
+  const long long threads = threads_of(b);
   cudaError_t e = cudaSuccess;
   auto bad = [&](cudaError_t err, const char *fmt, auto... args) {
     violation(s, fmt, name, args...);
@@ -191,16 +261,16 @@ cudaError_t launch(State &s, const cudaLaunchConfig_t &cfg, const void *fn) {
   };
   if (g.x == 0 || g.y == 0 || g.z == 0 || g.y > 65535 || g.z > 65535 || g.x > 0x7fffffffu)
     bad(cudaErrorInvalidConfiguration, "%s: grid %ux%ux%u", g.x, g.y, g.z);
-  if (b.x == 0 || b.y == 0 || b.z == 0 || threads > 1024 || b.z > 64)
+  if (b.x == 0 || b.y == 0 || b.z == 0 || b.x > 1024 || b.y > 1024 || b.z > 64 || threads > 1024)
     bad(cudaErrorInvalidConfiguration, "%s: block %ux%ux%u", b.x, b.y, b.z);
-  if (cfg.dynamicSmemBytes > (size_t)f->max_dyn)
+  if (cfg.dynamicSmemBytes > (size_t)f->max_dyn[t_device])
     bad(cudaErrorInvalidValue, "%s: %zu bytes of dynamic shared memory, the kernel allows %d",
-        cfg.dynamicSmemBytes, f->max_dyn);
+        cfg.dynamicSmemBytes, f->max_dyn[t_device]);
   if (l.pdl && d->major < 9)
     bad(cudaErrorNotSupported, "%s: programmatic dependent launch on compute capability %d",
         d->major);
   const int resident_sms = s.active_sms > 0 ? std::min(s.active_sms, d->sms) : d->sms;
-  const int fit = per_sm(*d, *f, (int)threads, cfg.dynamicSmemBytes);
+  const int fit = per_sm(*d, *f, t_device, threads, cfg.dynamicSmemBytes);
   if (l.cluster > 0) {
     const unsigned most = f->nonportable ? 16u : 8u;
     if (d->major < 9) bad(cudaErrorNotSupported, "%s: clusters on compute capability %d", d->major);
@@ -229,6 +299,7 @@ cudaError_t launch(State &s, const cudaLaunchConfig_t &cfg, const void *fn) {
       e = cudaErrorCooperativeLaunchTooLarge;
     }
   }
+  if (e != cudaSuccess && l.captured) s.invalidated = true;
   return e;
 }
 
@@ -252,15 +323,18 @@ void reset(const std::vector<DeviceProps> &props) {
   s.devs = props;
   s.count_error = cudaSuccess;
   for (auto &f : s.funcs) {
-    f.second.max_dyn = 48 * 1024;
+    std::fill(f.second.max_dyn, f.second.max_dyn + kMaxDevices, 48 * 1024);
     f.second.nonportable = false;
   }
+  s.pending.clear();
   s.n = Counters{};
   s.log.clear();
   s.violations.clear();
   s.fail_left = 0;
   s.fired = false;
+  s.expecting = false;
   s.capturing = false;
+  s.invalidated = false;
   s.active_sms = 0;
   t_device = 0;
   t_last = cudaSuccess;
@@ -291,9 +365,27 @@ std::string failed_call() {
   return st().fired ? st().failed_call : std::string();
 }
 
-void set_capturing(bool on) {
+void expect_stream(cudaStream_t stream) {
+  std::lock_guard<std::mutex> g(st().mu);
+  st().expecting = true;
+  st().expected = stream;
+}
+
+void expect_any_stream() {
+  std::lock_guard<std::mutex> g(st().mu);
+  st().expecting = false;
+}
+
+void set_capturing(bool on, cudaStream_t stream) {
   std::lock_guard<std::mutex> g(st().mu);
   st().capturing = on;
+  st().capture_stream = stream;
+  if (on) st().invalidated = false;
+}
+
+bool capture_invalidated() {
+  std::lock_guard<std::mutex> g(st().mu);
+  return st().capturing && st().invalidated;
 }
 
 void set_active_sms(int sms) {
@@ -319,7 +411,6 @@ std::vector<std::string> violations() {
 void clear_log() {
   std::lock_guard<std::mutex> g(st().mu);
   st().log.clear();
-  st().violations.clear();
 }
 
 long live_allocations() {
@@ -377,6 +468,17 @@ cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void 
 }
 
 // ---- the runtime API the library calls -----------------------------------------------------------
+
+cudaError_t cudaDeviceSynchronize(void) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kStreamSync)) return fake_cuda::ret(e);
+  if (cudaError_t e = fake_cuda::refused_in_capture(s, "cudaDeviceSynchronize", true))
+    return fake_cuda::ret(e);
+  ++s.n.syncs;
+  fake_cuda::flush(s, nullptr, true);
+  return cudaSuccess;
+}
 
 cudaError_t cudaGetLastError(void) {
   const cudaError_t e = fake_cuda::t_last;
@@ -469,7 +571,7 @@ cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *attr, const void *f
   attr->maxThreadsPerBlock = 1024;
   attr->numRegs = fake_cuda::kRegs;
   attr->ptxVersion = attr->binaryVersion = d->major * 10 + d->minor;
-  attr->maxDynamicSharedSizeBytes = f->max_dyn;
+  attr->maxDynamicSharedSizeBytes = f->max_dyn[fake_cuda::t_device];
   attr->nonPortableClusterSizeAllowed = f->nonportable;
   return cudaSuccess;
 }
@@ -486,7 +588,7 @@ cudaError_t cudaFuncSetAttribute(const void *fn, enum cudaFuncAttribute attr, in
                            f->name.c_str(), value, d->optin_smem);
       return fake_cuda::ret(cudaErrorInvalidValue);
     }
-    f->max_dyn = value;
+    f->max_dyn[fake_cuda::t_device] = value;
   } else if (attr == cudaFuncAttributeNonPortableClusterSizeAllowed) {
     f->nonportable = value != 0;
   } else if (attr != cudaFuncAttributePreferredSharedMemoryCarveout) {
@@ -504,7 +606,7 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *blocks, 
   fake_cuda::Func *f = nullptr;
   const fake_cuda::DeviceProps *d = nullptr;
   if (cudaError_t e = fake_cuda::enter_func(s, Api::kOccupancy, fn, &f, &d)) return fake_cuda::ret(e);
-  *blocks = fake_cuda::per_sm(*d, *f, threads, smem);
+  *blocks = fake_cuda::per_sm(*d, *f, fake_cuda::t_device, threads, smem);
   return cudaSuccess;
 }
 
@@ -515,14 +617,17 @@ cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *fn,
   fake_cuda::Func *f = nullptr;
   const fake_cuda::DeviceProps *d = nullptr;
   if (cudaError_t e = fake_cuda::enter_func(s, Api::kOccupancy, fn, &f, &d)) return fake_cuda::ret(e);
+  if (!cfg || !clusters) return fake_cuda::ret(cudaErrorInvalidValue);
   if (d->major < 9) return fake_cuda::ret(cudaErrorNotSupported);
   unsigned cluster = 1;
   for (unsigned k = 0; k < cfg->numAttrs; ++k)
     if (cfg->attrs[k].id == cudaLaunchAttributeClusterDimension)
       cluster = cfg->attrs[k].val.clusterDim.x;
-  if (cluster > (f->nonportable ? 16u : 8u)) return fake_cuda::ret(cudaErrorInvalidClusterSize);
-  const unsigned threads = cfg->blockDim.x * cfg->blockDim.y * cfg->blockDim.z;
-  *clusters = fake_cuda::per_sm(*d, *f, (int)threads, cfg->dynamicSmemBytes) * d->sms / (int)cluster;
+  if (cluster == 0 || cluster > (f->nonportable ? 16u : 8u))
+    return fake_cuda::ret(cudaErrorInvalidClusterSize);
+  const long long threads = fake_cuda::threads_of(cfg->blockDim);
+  *clusters = fake_cuda::per_sm(*d, *f, fake_cuda::t_device, threads, cfg->dynamicSmemBytes) * d->sms /
+              (int)cluster;
   return cudaSuccess;
 }
 
@@ -532,41 +637,59 @@ cudaError_t cudaLaunchKernelExC(const cudaLaunchConfig_t *config, const void *fn
   return fake_cuda::ret(fake_cuda::launch(s, *config, fn));
 }
 
-static cudaError_t allocate(void **p, size_t size, bool managed, bool pinned = false) {
+
+// ---- memory --------------------------------------------------------------------------------------
+
+static cudaError_t allocate(void **p, size_t size, fake_cuda::Kind kind) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
   *p = nullptr;
   if (cudaError_t e = fake_cuda::enter(s, Api::kMalloc)) return fake_cuda::ret(e);
-  if (cudaError_t e = fake_cuda::check_stream_op(s, "cudaMalloc")) return fake_cuda::ret(e);
+  if (kind != fake_cuda::Kind::kPinned)
+    if (cudaError_t e = fake_cuda::refused_in_capture(s, "cudaMalloc", false)) return fake_cuda::ret(e);
   if (!fake_cuda::device(s, fake_cuda::t_device)) return fake_cuda::ret(cudaErrorInvalidDevice);
   ++s.n.mallocs;
-  const size_t rounded = (std::max<size_t>(size, 1) + 255) / 256 * 256;
   void *q = nullptr;
+  char *rw = nullptr;
   size_t mapped = 0;
-  if (rounded >= fake_cuda::kMapFrom) {
-    q = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-             -1, 0);
-    if (q == MAP_FAILED) q = nullptr;
-    mapped = rounded;
+  if (kind == fake_cuda::Kind::kDevice) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    mapped = (std::max<size_t>(size, 1) + page - 1) / page * page;
+    const int fd = memfd_create("fake_cuda", MFD_CLOEXEC);
+    if (fd >= 0 && ftruncate(fd, (off_t)mapped) == 0) {
+      q = mmap(nullptr, mapped, PROT_NONE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+      void *w = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+      if (q == MAP_FAILED || w == MAP_FAILED) {
+        if (q != MAP_FAILED) munmap(q, mapped);
+        if (w != MAP_FAILED) munmap(w, mapped);
+        q = nullptr;
+      } else {
+        rw = (char *)w;
+      }
+    }
+    if (fd >= 0) close(fd);
   } else {
-    q = std::aligned_alloc(256, rounded);
+    q = std::aligned_alloc(256, (std::max<size_t>(size, 1) + 255) / 256 * 256);
+    rw = (char *)q;
   }
   if (!q) return fake_cuda::ret(cudaErrorMemoryAllocation);
-  s.allocs[(uintptr_t)q] = fake_cuda::Alloc{size, fake_cuda::t_device, managed, pinned, mapped, !mapped};
+  s.allocs[(uintptr_t)q] =
+      fake_cuda::Alloc{size, fake_cuda::t_device, kind, rw, mapped, kind != fake_cuda::Kind::kDevice};
   s.live += size;
   *p = q;
   return cudaSuccess;
 }
 
-cudaError_t cudaMalloc(void **p, size_t size) { return allocate(p, size, false); }
-cudaError_t cudaMallocManaged(void **p, size_t size, unsigned int) { return allocate(p, size, true); }
-cudaError_t cudaMallocHost(void **p, size_t size) { return allocate(p, size, false, true); }
-cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
+cudaError_t cudaMalloc(void **p, size_t size) { return allocate(p, size, fake_cuda::Kind::kDevice); }
+cudaError_t cudaMallocManaged(void **p, size_t size, unsigned int) {
+  return allocate(p, size, fake_cuda::Kind::kManaged);
+}
+cudaError_t cudaMallocHost(void **p, size_t size) { return allocate(p, size, fake_cuda::Kind::kPinned); }
 
-cudaError_t cudaFree(void *p) {
+static cudaError_t release(void *p, bool pinned, const char *what) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
-  if (cudaError_t e = fake_cuda::enter(s, Api::kFree)) {
+  if (cudaError_t e = fake_cuda::enter(s, Api::kFree, what)) {
     // The allocation stays, and is no longer counted: a failed free is not the caller's leak.
     auto it = s.allocs.find((uintptr_t)p);
     if (it != s.allocs.end()) {
@@ -577,21 +700,27 @@ cudaError_t cudaFree(void *p) {
     return fake_cuda::ret(e);
   }
   if (!p) return cudaSuccess;
-  if (cudaError_t e = fake_cuda::check_stream_op(s, "cudaFree")) return fake_cuda::ret(e);
+  if (cudaError_t e = fake_cuda::refused_in_capture(s, what, false)) return fake_cuda::ret(e);
   auto it = s.allocs.find((uintptr_t)p);
-  if (it == s.allocs.end()) {
-    fake_cuda::violation(s, "cudaFree(%p): not the start of a live allocation", p);
+  if (it == s.allocs.end() || (it->second.kind == fake_cuda::Kind::kPinned) != pinned) {
+    fake_cuda::violation(s, "%s(%p): not the start of a live allocation of its kind", what, p);
     return fake_cuda::ret(cudaErrorInvalidValue);
   }
+  fake_cuda::flush(s, nullptr, true);  // cudaFree waits for the device
   ++s.n.frees;
   s.live -= it->second.size;
-  if (it->second.mapped)
+  if (it->second.mapped) {
     munmap(p, it->second.mapped);
-  else
+    munmap(it->second.rw, it->second.mapped);
+  } else {
     std::free(p);
+  }
   s.allocs.erase(it);
   return cudaSuccess;
 }
+
+cudaError_t cudaFree(void *p) { return release(p, false, "cudaFree"); }
+cudaError_t cudaFreeHost(void *p) { return release(p, true, "cudaFreeHost"); }
 
 cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attr, const void *p) {
   State &s = st();
@@ -605,31 +734,34 @@ cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attr, const v
     attr->device = -2;
     return cudaSuccess;
   }
-  attr->type = a->managed ? cudaMemoryTypeManaged : a->pinned ? cudaMemoryTypeHost : cudaMemoryTypeDevice;
+  attr->type = a->kind == fake_cuda::Kind::kManaged  ? cudaMemoryTypeManaged
+               : a->kind == fake_cuda::Kind::kPinned ? cudaMemoryTypeHost
+                                                     : cudaMemoryTypeDevice;
   attr->device = a->device;
   attr->devicePointer = const_cast<void *>(p);
-  attr->hostPointer = a->managed || a->pinned ? const_cast<void *>(p) : nullptr;
+  attr->hostPointer = a->kind != fake_cuda::Kind::kDevice ? const_cast<void *>(p) : nullptr;
   return cudaSuccess;
 }
 
-// Device sides of a copy must lie in one live allocation.
-static cudaError_t copy(State &s, void *dst, const void *src, size_t n, cudaMemcpyKind kind,
-                        const char *what) {
-  const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
-  const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
-  if (kind == cudaMemcpyDefault || kind == cudaMemcpyHostToHost) {
+// Checks a copy's sides: its device sides in one live allocation, its host sides not in device
+// memory; counts it. Violations return an error.
+static cudaError_t check_copy(State &s, void *dst, const void *src, size_t n, cudaMemcpyKind kind,
+                              const char *what) {
+  if (kind != cudaMemcpyHostToDevice && kind != cudaMemcpyDeviceToHost &&
+      kind != cudaMemcpyDeviceToDevice) {
     fake_cuda::violation(s, "%s with kind %d", what, (int)kind);
     return cudaErrorInvalidValue;
   }
-  fake_cuda::Alloc *to = dst_dev ? fake_cuda::holding(s, dst, n) : nullptr;
-  if ((dst_dev && !to) || (src_dev && !fake_cuda::holding(s, src, n))) {
-    fake_cuda::violation(s, "%s of %zu bytes (%p <- %p, kind %d) outside device memory", what, n,
-                         dst, src, (int)kind);
+  const bool dst_dev = kind != cudaMemcpyDeviceToHost, src_dev = kind != cudaMemcpyHostToDevice;
+  if (!fake_cuda::reach(s, dst, n, dst_dev) || !fake_cuda::reach(s, src, n, src_dev)) {
+    fake_cuda::violation(s, "%s of %zu bytes (%p <- %p, kind %d): a side is not memory of its kind",
+                         what, n, dst, src, (int)kind);
     return cudaErrorInvalidValue;
   }
-  if (to) to->written = true;
-  ++s.n.memcpys;
-  if (n) std::memmove(dst, src, n);
+  if (kind == cudaMemcpyDeviceToDevice)
+    ++s.n.d2d;
+  else
+    ++s.n.memcpys;
   return cudaSuccess;
 }
 
@@ -637,52 +769,81 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
   if (cudaError_t e = fake_cuda::enter(s, Api::kMemcpy)) return fake_cuda::ret(e);
-  if (cudaError_t e = fake_cuda::check_stream_op(s, "cudaMemcpy")) return fake_cuda::ret(e);
+  if (cudaError_t e = fake_cuda::refused_in_capture(s, "cudaMemcpy", true)) return fake_cuda::ret(e);
+  if (cudaError_t e = check_copy(s, dst, src, n, kind, "cudaMemcpy")) return fake_cuda::ret(e);
   ++s.n.syncs;
-  return fake_cuda::ret(copy(s, dst, src, n, kind, "cudaMemcpy"));
+  fake_cuda::flush(s, nullptr, true);  // the legacy stream: after everything before it
+  s.pending.push_back({nullptr, dst, src, n, kind, {}});
+  fake_cuda::flush(s, nullptr, true);
+  return cudaSuccess;
 }
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind,
-                            cudaStream_t) {
+                            cudaStream_t stream) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
   if (cudaError_t e = fake_cuda::enter(s, Api::kMemcpyAsync)) return fake_cuda::ret(e);
-  if (kind != cudaMemcpyDeviceToDevice)
-    if (cudaError_t e = fake_cuda::check_stream_op(s, "cudaMemcpyAsync to or from the host"))
+  fake_cuda::on_stream(s, stream, "cudaMemcpyAsync");
+  if (kind != cudaMemcpyDeviceToDevice && s.capturing && stream == s.capture_stream)
+    if (cudaError_t e = fake_cuda::refused_in_capture(s, "cudaMemcpyAsync to or from the host", true))
       return fake_cuda::ret(e);
-  return fake_cuda::ret(copy(s, dst, src, n, kind, "cudaMemcpyAsync"));
+  if (cudaError_t e = check_copy(s, dst, src, n, kind, "cudaMemcpyAsync")) return fake_cuda::ret(e);
+  // With pageable host memory the runtime works in order first, then stages the bytes (to the
+  // device) or copies them and returns (to the host); pinned memory and device to device copy
+  // when the stream gets to them.
+  const fake_cuda::Alloc *host = fake_cuda::holding(
+      s, kind == cudaMemcpyHostToDevice ? src : dst, n);
+  const bool pageable = kind != cudaMemcpyDeviceToDevice && !host;
+  if (pageable) fake_cuda::flush(s, stream, false);
+  s.pending.push_back({stream, dst, src, n, kind, {}});
+  if (pageable && kind == cudaMemcpyHostToDevice) {
+    s.pending.back().staged.assign((const char *)src, (const char *)src + n);
+  } else if (pageable) {
+    fake_cuda::flush(s, stream, false);
+  }
+  return cudaSuccess;
 }
 
 cudaError_t cudaMemset(void *p, int value, size_t n) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
   if (cudaError_t e = fake_cuda::enter(s, Api::kMemset)) return fake_cuda::ret(e);
-  if (cudaError_t e = fake_cuda::check_stream_op(s, "cudaMemset")) return fake_cuda::ret(e);
+  if (cudaError_t e = fake_cuda::refused_in_capture(s, "cudaMemset", true)) return fake_cuda::ret(e);
   fake_cuda::Alloc *a = fake_cuda::holding(s, p, n);
-  if (!a) {
+  char *to = fake_cuda::reach(s, p, n, true);
+  if (!a || !to) {
     fake_cuda::violation(s, "cudaMemset of %zu bytes at %p outside device memory", n, p);
     return fake_cuda::ret(cudaErrorInvalidValue);
   }
+  fake_cuda::flush(s, nullptr, true);
   ++s.n.memsets;
-  if (a->written || value != 0) std::memset(p, value, n);
+  if (a->written || value != 0) std::memset(to, value, n);
   a->written = a->written || value != 0;
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t) {
+// ---- streams ---------------------------------------------------------------------------------------
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
   if (cudaError_t e = fake_cuda::enter(s, Api::kStreamSync)) return fake_cuda::ret(e);
-  if (cudaError_t e = fake_cuda::check_stream_op(s, "cudaStreamSynchronize")) return fake_cuda::ret(e);
+  fake_cuda::on_stream(s, stream, "cudaStreamSynchronize");
+  if (s.capturing && (stream == s.capture_stream || stream == nullptr))
+    if (cudaError_t e = fake_cuda::refused_in_capture(s, "cudaStreamSynchronize", true))
+      return fake_cuda::ret(e);
   ++s.n.syncs;
+  fake_cuda::flush(s, stream, stream == nullptr);
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamIsCapturing(cudaStream_t, enum cudaStreamCaptureStatus *status) {
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureStatus *status) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
   if (cudaError_t e = fake_cuda::enter(s, Api::kStreamIsCapturing)) return fake_cuda::ret(e);
-  *status = s.capturing ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+  fake_cuda::on_stream(s, stream, "cudaStreamIsCapturing");
+  *status = s.capturing && stream == s.capture_stream ? cudaStreamCaptureStatusActive
+                                                      : cudaStreamCaptureStatusNone;
   return cudaSuccess;
 }
 
