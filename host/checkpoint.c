@@ -189,9 +189,16 @@ static sn_status_t fetch(const sn_layer_t *l, float *host, sn_stream_t stream) {
   if (st != SN_SUCCESS) return st;
   cudaStream_t s = (cudaStream_t)stream;
   cudaError_t e = cudaSuccess;
-  for (int k = 0; k < 3 && e == cudaSuccess; ++k)
+  int queued = 0;
+  for (int k = 0; k < 3 && e == cudaSuccess; ++k) {
     e = cudaMemcpyAsync(hst[k], dev[k], bytes[k], cudaMemcpyDeviceToHost, s);
-  if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+    queued += e == cudaSuccess;
+  }
+  /* Also after a failed copy: those queued before it write into `host`, which the caller frees. */
+  if (queued > 0) {
+    const cudaError_t es = cudaStreamSynchronize(s);
+    if (e == cudaSuccess) e = es;
+  }
   cuda_leave(l->desc.device, prev);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
