@@ -7,11 +7,17 @@
 
 namespace sn {
 
+// allow_shared_memory's verdict that a kernel's shared memory does not fit the device: returned as
+// an error ("too many resources requested for launch"), though no runtime call failed. No probe's
+// runtime call raises it, so sn::forget knows there is nothing to clear.
+constexpr cudaError_t kDoesNotFit = cudaErrorLaunchOutOfResources;
+
 // After a probe of ours failed with `e`: clears the runtime's last error if it is `e` (the error
-// that call raised), so that it is not left pending, but not a verdict of our own that raised none
-// (allow_shared_memory's "does not fit") nor an error the caller's code left pending before.
+// that call raised), so that it is not left pending, but not after a verdict of our own that
+// raised none (kDoesNotFit, or `e` not the last error) and so not an error the caller's code left
+// pending before.
 inline void forget(cudaError_t e) {
-  if (e != cudaSuccess && cudaPeekAtLastError() == e) (void)cudaGetLastError();
+  if (e != cudaSuccess && e != kDoesNotFit && cudaPeekAtLastError() == e) (void)cudaGetLastError();
 }
 
 // What the last block of the t = M x kernel does with t.

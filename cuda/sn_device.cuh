@@ -7,6 +7,7 @@
 
 #include <utility>
 
+#include "kernels.h" /* kDoesNotFit */
 #include "sn_cuda.h"
 
 namespace sn {
@@ -326,7 +327,7 @@ cudaError_t allow_shared_memory(K *kernel, size_t need) {
   if (e == cudaSuccess) e = cudaFuncGetAttributes(&fa, kernel);
   if (e != cudaSuccess) return e;
   const size_t avail = (size_t)optin > fa.sharedSizeBytes ? (size_t)optin - fa.sharedSizeBytes : 0;
-  if (need > avail) return cudaErrorInvalidValue;
+  if (need > avail) return kDoesNotFit;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)avail);
 }
 

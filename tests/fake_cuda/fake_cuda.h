@@ -7,10 +7,10 @@
 //   - device memory the host cannot touch (mapped without access: a host read or write of it
 //     faults), with bounds: copies and memsets outside a live allocation are violations; pointer
 //     attributes that tell device, pinned host, managed, plain host and freed memory apart;
-//   - copies of cudaMemcpyAsync to or from pinned host memory, or device to device, done when
-//     their stream is synchronized (or the device, by a synchronous call), not before: a result
-//     read without synchronizing is not there yet (with pageable host memory the runtime stages
-//     or completes the copy before it returns, as CUDA documents);
+//   - copies of cudaMemcpyAsync done when their stream is synchronized, not before: a result read
+//     without synchronizing is not there yet (from pageable host memory the bytes are staged when
+//     the call returns, as CUDA documents); the test's stream is non-blocking (the legacy stream's
+//     synchronous calls do not wait for it);
 //   - streams: every launch, asynchronous copy and synchronization may be required to use one
 //     stream (expect_stream); a capture is on one stream, during which the driver's refusals
 //     (synchronizing, the legacy stream, allocating outside the relaxed mode) are violations;
@@ -80,15 +80,25 @@ void reset(const std::vector<DeviceProps> &props);
 void set_device_count_error(cudaError_t e);
 
 // The n-th (1-based) call of `api` from now returns `error` (and sets it as the last error);
-// n = 0 clears. One armed failure at a time.
+// n = 0 clears. One armed failure at a time. A launch's own errors (out of resources, cooperative
+// launch too large, invalid configuration) are returned by launches only; any other call gets
+// cudaErrorInvalidValue instead.
 void fail_nth(Api api, long n, cudaError_t error);
+// Makes `e` the calling thread's last error, as a failed call of the caller's own code would.
+void raise(cudaError_t e);
+// Copies to the host queued and not yet done (a blocking call must not return with any: it would
+// leave them writing into host memory after it returned), and forgetting them all.
+long pending_to_host();
+void drop_pending();
 // Whether the armed failure has fired.
 bool failure_fired();
 // The runtime function whose call was failed ("" before).
 std::string failed_call();
 
 // From now on every launch, asynchronous copy, stream synchronization and capture query must be
-// on `stream` (a violation otherwise); expect_any_stream() lifts it.
+// on `stream`, and no synchronous call (cudaMemcpy, cudaMemset, cudaDeviceSynchronize: the legacy
+// stream) may be made while `stream` is not the legacy one (violations otherwise);
+// expect_any_stream() lifts it, for calls that take no stream.
 void expect_stream(cudaStream_t stream);
 void expect_any_stream();
 

@@ -117,7 +117,11 @@ cudaError_t enter(State &s, Api api, const char *name = __builtin_FUNCTION()) {
   if (--s.fail_left > 0) return cudaSuccess;
   s.fired = true;
   s.failed_call = name;
-  return s.fail_error;
+  // A launch's own errors come from launches only; another call fails with an invalid value.
+  const bool launch_error = s.fail_error == cudaErrorLaunchOutOfResources ||
+                            s.fail_error == cudaErrorCooperativeLaunchTooLarge ||
+                            s.fail_error == cudaErrorInvalidConfiguration;
+  return launch_error && api != Api::kLaunch ? cudaErrorInvalidValue : s.fail_error;
 }
 
 std::string demangle(const char *name) {
@@ -200,6 +204,20 @@ void on_stream(State &s, cudaStream_t stream, const char *what) {
   }
 }
 
+// A synchronous call (the legacy stream) while the test expects the call's own stream: the call
+// would not be ordered after the work of a non-blocking stream such as `expected`.
+void legacy(State &s, const char *what) {
+  if (s.expecting && s.expected != nullptr)
+    violation(s, "%s (the legacy stream) in a call given stream %p", what, (void *)s.expected);
+}
+
+// Forgets the copies pending on `stream` (all streams: every).
+void drop(State &s, cudaStream_t stream, bool every = false) {
+  s.pending.erase(std::remove_if(s.pending.begin(), s.pending.end(),
+                                 [&](const Pending &c) { return every || c.stream == stream; }),
+                  s.pending.end());
+}
+
 // Does the copies pending on `stream` (all streams: every), in order.
 void flush(State &s, cudaStream_t stream, bool every) {
   std::deque<Pending> keep;
@@ -222,7 +240,10 @@ void flush(State &s, cudaStream_t stream, bool every) {
 }
 
 cudaError_t launch(State &s, const cudaLaunchConfig_t &cfg, const void *fn) {
-  if (cudaError_t e = enter(s, Api::kLaunch, "a launch")) return e;
+  if (cudaError_t e = enter(s, Api::kLaunch, "a launch")) {
+    if (s.capturing && cfg.stream == s.capture_stream) s.invalidated = true;
+    return e;
+  }
   const DeviceProps *d = device(s, t_device);
   Func *f = func(s, fn);
   if (!d) return cudaErrorInvalidDevice;
@@ -326,7 +347,7 @@ void reset(const std::vector<DeviceProps> &props) {
     std::fill(f.second.max_dyn, f.second.max_dyn + kMaxDevices, 48 * 1024);
     f.second.nonportable = false;
   }
-  s.pending.clear();
+  drop(s, nullptr, true);
   s.n = Counters{};
   s.log.clear();
   s.violations.clear();
@@ -353,6 +374,20 @@ void fail_nth(Api api, long n, cudaError_t error) {
   s.fail_left = n;
   s.fail_error = error;
   s.fired = false;
+}
+
+void raise(cudaError_t e) { t_last = e; }
+
+long pending_to_host() {
+  std::lock_guard<std::mutex> g(st().mu);
+  long n = 0;
+  for (const Pending &c : st().pending) n += c.kind == cudaMemcpyDeviceToHost;
+  return n;
+}
+
+void drop_pending() {
+  std::lock_guard<std::mutex> g(st().mu);
+  drop(st(), nullptr, true);
 }
 
 bool failure_fired() {
@@ -475,6 +510,7 @@ cudaError_t cudaDeviceSynchronize(void) {
   if (cudaError_t e = fake_cuda::enter(s, Api::kStreamSync)) return fake_cuda::ret(e);
   if (cudaError_t e = fake_cuda::refused_in_capture(s, "cudaDeviceSynchronize", true))
     return fake_cuda::ret(e);
+  fake_cuda::legacy(s, "cudaDeviceSynchronize");
   ++s.n.syncs;
   fake_cuda::flush(s, nullptr, true);
   return cudaSuccess;
@@ -501,6 +537,8 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorCooperativeLaunchTooLarge: return "cudaErrorCooperativeLaunchTooLarge";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    case cudaErrorInvalidClusterSize: return "cudaErrorInvalidClusterSize";
+    case cudaErrorInvalidDeviceFunction: return "cudaErrorInvalidDeviceFunction";
     default: return "cudaErrorUnknown";
   }
 }
@@ -691,6 +729,7 @@ static cudaError_t release(void *p, bool pinned, const char *what) {
   std::lock_guard<std::mutex> g(s.mu);
   if (cudaError_t e = fake_cuda::enter(s, Api::kFree, what)) {
     // The allocation stays, and is no longer counted: a failed free is not the caller's leak.
+    fake_cuda::flush(s, nullptr, true);
     auto it = s.allocs.find((uintptr_t)p);
     if (it != s.allocs.end()) {
       s.live -= it->second.size;
@@ -771,10 +810,11 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind
   if (cudaError_t e = fake_cuda::enter(s, Api::kMemcpy)) return fake_cuda::ret(e);
   if (cudaError_t e = fake_cuda::refused_in_capture(s, "cudaMemcpy", true)) return fake_cuda::ret(e);
   if (cudaError_t e = check_copy(s, dst, src, n, kind, "cudaMemcpy")) return fake_cuda::ret(e);
+  fake_cuda::legacy(s, "cudaMemcpy");
   ++s.n.syncs;
-  fake_cuda::flush(s, nullptr, true);  // the legacy stream: after everything before it
+  // The legacy stream: after its own work (the test's stream is non-blocking: not after that).
   s.pending.push_back({nullptr, dst, src, n, kind, {}});
-  fake_cuda::flush(s, nullptr, true);
+  fake_cuda::flush(s, nullptr, false);
   return cudaSuccess;
 }
 
@@ -788,19 +828,12 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcp
     if (cudaError_t e = fake_cuda::refused_in_capture(s, "cudaMemcpyAsync to or from the host", true))
       return fake_cuda::ret(e);
   if (cudaError_t e = check_copy(s, dst, src, n, kind, "cudaMemcpyAsync")) return fake_cuda::ret(e);
-  // With pageable host memory the runtime works in order first, then stages the bytes (to the
-  // device) or copies them and returns (to the host); pinned memory and device to device copy
-  // when the stream gets to them.
-  const fake_cuda::Alloc *host = fake_cuda::holding(
-      s, kind == cudaMemcpyHostToDevice ? src : dst, n);
-  const bool pageable = kind != cudaMemcpyDeviceToDevice && !host;
-  if (pageable) fake_cuda::flush(s, stream, false);
+  // Done when the stream is synchronized. From pageable host memory the runtime stages the bytes
+  // before it returns (CUDA documents it); to pageable memory it "might" be synchronous: the fake
+  // takes the strict reading, as for pinned memory.
+  const bool pageable_source = kind == cudaMemcpyHostToDevice && !fake_cuda::holding(s, src, n);
   s.pending.push_back({stream, dst, src, n, kind, {}});
-  if (pageable && kind == cudaMemcpyHostToDevice) {
-    s.pending.back().staged.assign((const char *)src, (const char *)src + n);
-  } else if (pageable) {
-    fake_cuda::flush(s, stream, false);
-  }
+  if (pageable_source) s.pending.back().staged.assign((const char *)src, (const char *)src + n);
   return cudaSuccess;
 }
 
@@ -815,7 +848,8 @@ cudaError_t cudaMemset(void *p, int value, size_t n) {
     fake_cuda::violation(s, "cudaMemset of %zu bytes at %p outside device memory", n, p);
     return fake_cuda::ret(cudaErrorInvalidValue);
   }
-  fake_cuda::flush(s, nullptr, true);
+  fake_cuda::legacy(s, "cudaMemset");
+  fake_cuda::flush(s, nullptr, false);
   ++s.n.memsets;
   if (a->written || value != 0) std::memset(to, value, n);
   a->written = a->written || value != 0;
@@ -827,13 +861,17 @@ cudaError_t cudaMemset(void *p, int value, size_t n) {
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
-  if (cudaError_t e = fake_cuda::enter(s, Api::kStreamSync)) return fake_cuda::ret(e);
+  if (cudaError_t e = fake_cuda::enter(s, Api::kStreamSync)) {
+    // The report of an asynchronous error: the stream's work is lost.
+    fake_cuda::drop(s, stream);
+    return fake_cuda::ret(e);
+  }
   fake_cuda::on_stream(s, stream, "cudaStreamSynchronize");
   if (s.capturing && (stream == s.capture_stream || stream == nullptr))
     if (cudaError_t e = fake_cuda::refused_in_capture(s, "cudaStreamSynchronize", true))
       return fake_cuda::ret(e);
   ++s.n.syncs;
-  fake_cuda::flush(s, stream, stream == nullptr);
+  fake_cuda::flush(s, stream, false);
   return cudaSuccess;
 }
 
