@@ -559,6 +559,40 @@ TEST_P(FakeCudaMachines, RandomGroupsBuildAsOnTheCpuAndLaunchWithinTheDevicesLim
   EXPECT_GT(built, 10);
 }
 
+// specnorm.h, SN_ALGO_ONE_PASS: "a W not 16-byte aligned runs TWO_PASS" (its rows kernels load
+// 16 bytes at a time). A W one element off alignment (a view into a larger buffer) takes no
+// one-pass kernel, in any forward; aligned, the same layer does.
+TEST_P(FakeCudaMachines, AWeightOffSixteenBytesTakesNoOnePassKernel) {
+  for (sn_dtype_t dtype : {SN_DTYPE_FLOAT32, SN_DTYPE_BFLOAT16}) {
+    for (const Shape &s : {Shape{{4096, 4096}, 0}, Shape{{1024, 1024}, 0}, Shape{{512, 3072}, 0}}) {
+      LayerBufs b(make_desc(s, dtype, SN_ORDER_U_FIRST, SN_ALGO_ONE_PASS));
+      sn_layer_t *l = b.layer.get();
+      ASSERT_NE(l, nullptr);
+      const size_t es = elem_size(dtype), bytes = (size_t)(b.h * b.w) * es;
+      Dev big(bytes + 16), big_sn(bytes + 16);
+      char *W = big.get<char>() + es, *W_sn = big_sn.get<char>() + es;  // one element off
+      for (bool aligned : {true, false}) {
+        SCOPED_TRACE(std::string(aligned ? "aligned" : "one element off") + ", dtype " +
+                     std::to_string(dtype) + ", h " + std::to_string(b.h));
+        void *w = aligned ? b.W->p : W, *w_sn = aligned ? b.W_sn->p : W_sn;
+        OK(sn_layer_reset(l, 1, kS));
+        fake_cuda::clear_log();
+        OK(sn_forward(l, w, w_sn, 1, kS));  // the warm-up's iterations too
+        OK(sn_forward(l, w, w_sn, 0, kS));
+        OK(sn_forward_scale_only(l, w, 1, kS));
+        long one_pass = 0;
+        for (const fake_cuda::Launch &x : fake_cuda::launches())
+          one_pass += x.kernel.find("one_pass") != std::string::npos;
+        if (aligned) {
+          EXPECT_GT(one_pass, 0) << "an aligned one-pass layer ran no one-pass kernel";
+        } else {
+          EXPECT_EQ(one_pass, 0) << "a W off 16-byte alignment ran a one-pass kernel";
+        }
+      }
+    }
+  }
+}
+
 // ---- the per-step path under a stream capture ---------------------------------------------------
 
 // The fake runtime flags an allocation, free, host synchronization or copy to or from the host
