@@ -163,7 +163,6 @@ static sn_status_t cuda_enter(int device, int *prev) {
   cudaError_t e = cudaGetDevice(prev);
   if (e == cudaSuccess && *prev != device) e = cudaSetDevice(device);
   if (e != cudaSuccess) {
-    (void)cudaGetLastError();
     return sn__cuda_fail((int)e, "selecting the layer's device");
   }
   return SN_SUCCESS;
@@ -201,7 +200,6 @@ static sn_status_t fetch(const sn_layer_t *l, float *host, sn_stream_t stream) {
   }
   cuda_leave(l->desc.device, prev);
   if (e != cudaSuccess) {
-    (void)cudaGetLastError();
     return sn__cuda_fail((int)e, "copying the layer state to the host for the checkpoint");
   }
   return SN_SUCCESS;

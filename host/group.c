@@ -232,7 +232,6 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
       e = (cudaError_t)sn_cuda_group_prepare(max_w, max_warp_w, most < coop_cap ? most : coop_cap,
                                              &coop_blocks);
     if (e != cudaSuccess) {
-      (void)cudaGetLastError();
       st = sn__cuda_fail((int)e, "setting up the group's tables");
     } else {
       sn_cuda_group_t *c = &g->cuda;
@@ -397,7 +396,6 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
   sn__leave_device(group->device, prev);
   if (refused) return refused_in_capture(refused, "sn_group_create", "forward");
   if (e != 0) {
-    (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the grouped kernels");
   }
   for (int k = 0; k < group->count; ++k) {
@@ -618,7 +616,6 @@ SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_strea
   sn__leave_device(group->device, prev);
   if (refused) return refused_in_capture("cooperative backward", "sn_group_set_gradients", "backward");
   if (e != 0) {
-    (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the grouped backward kernels");
   }
   return SN_SUCCESS;

@@ -18,7 +18,6 @@
   do {                                                     \
     cudaError_t sn_e_ = (call);                            \
     if (sn_e_ != cudaSuccess) {                            \
-      (void)cudaGetLastError();                            \
       return sn__cuda_fail((int)sn_e_, what);              \
     }                                                      \
   } while (0)
@@ -283,7 +282,6 @@ static sn_status_t init_state(sn_layer_t *l, uint64_t seed, sn_stream_t stream) 
   if (e == cudaSuccess) e = cudaStreamSynchronize((cudaStream_t)stream);
   free(host);
   if (e != cudaSuccess) {
-    (void)cudaGetLastError();
     return sn__cuda_fail((int)e, "copying the initial u and v to the device");
   }
   return SN_SUCCESS;
@@ -474,7 +472,6 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
   sn__leave_device(dev, prev);
   if (refused) return refused_in_capture(refused, "forward");
   if (e != 0) {
-    (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the forward kernels");
   }
   l->warmed_up = 1;
@@ -593,7 +590,6 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
   sn__leave_device(dev, prev);
   if (refused) return refused_in_capture(refused, "backward");
   if (e != 0) {
-    (void)cudaGetLastError();
     return sn__cuda_fail(e, "launching the backward kernels");
   }
   return SN_SUCCESS;
@@ -641,7 +637,6 @@ static sn_status_t copy_out(const sn_layer_t *l, float *dst, const float *src, i
   if (e == cudaSuccess) e = cudaStreamSynchronize((cudaStream_t)stream);
   sn__leave_device(l->desc.device, prev);
   if (e != cudaSuccess) {
-    (void)cudaGetLastError();
     return sn__cuda_fail((int)e, "copying the layer state to the host");
   }
   return SN_SUCCESS;
@@ -689,7 +684,6 @@ SN_API sn_status_t sn_layer_get_health(sn_layer_t *layer, uint32_t *health, int 
   if (e == cudaSuccess) e = cudaStreamSynchronize((cudaStream_t)stream);
   sn__leave_device(layer->desc.device, prev);
   if (e != cudaSuccess) {
-    (void)cudaGetLastError();
     return sn__cuda_fail((int)e, "clearing the health word");
   }
   return SN_SUCCESS;
@@ -773,7 +767,6 @@ sn_status_t sn__put_state(sn_layer_t *l, const float *u, const float *v, const f
     if (e == cudaSuccess) e = cudaStreamSynchronize(s);
     sn__leave_device(l->desc.device, prev);
     if (e != cudaSuccess) {
-      (void)cudaGetLastError();
       st = sn__cuda_fail((int)e, what);
     }
   }

@@ -18,7 +18,7 @@ sn_status_t sn__fail(sn_status_t status, const char *fmt, ...)
     ;
 
 /* Map a CUDA error to SN_ERROR_CUDA (or SN_ERROR_ALLOCATION / SN_ERROR_NO_DEVICE) with a message
- * naming `what`. */
+ * naming `what`, and clear the runtime's last error (the failure reported is not left pending). */
 sn_status_t sn__cuda_fail(int cuda_error, const char *what);
 
 struct sn_layer {

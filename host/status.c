@@ -58,7 +58,8 @@ sn_status_t sn__fail(sn_status_t status, const char *fmt, ...) {
 
 sn_status_t sn__cuda_fail(int cuda_error, const char *what) {
   cudaError_t e = (cudaError_t)cuda_error;
-  (void)cudaGetLastError(); /* reported here, so not left pending for the caller's own checks */
+  /* Reported here, so not left pending for the caller's own checks (the callers leave it to this). */
+  (void)cudaGetLastError();
   sn_status_t st = SN_ERROR_CUDA;
   if (e == cudaErrorMemoryAllocation) st = SN_ERROR_ALLOCATION;
   if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver) st = SN_ERROR_NO_DEVICE;
