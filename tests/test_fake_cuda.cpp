@@ -74,8 +74,6 @@ struct ScopedTune : sntest::ScopedEnv {
       : sntest::ScopedEnv("SPECNORM_TUNE", s.empty() ? nullptr : s.c_str()) {}
 };
 
-size_t elem_size(sn_dtype_t t) { return t == SN_DTYPE_FLOAT32 ? 4 : 2; }
-
 struct Shape {
   std::vector<int64_t> dims;
   int dim;
@@ -151,7 +149,7 @@ struct LayerBufs {
     EXPECT_EQ(create_layer(&l, &d), SN_SUCCESS) << sn_last_error_message();
     layer.reset(l);
     EXPECT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
-    const size_t bytes = (size_t)(h * w) * elem_size(d.dtype);
+    const size_t bytes = (size_t)(h * w) * sn_dtype_size(d.dtype);
     W = std::make_unique<Dev>(bytes);
     W_sn = std::make_unique<Dev>(bytes);
     G = std::make_unique<Dev>(bytes);
@@ -179,7 +177,7 @@ void exercise_layer(const sn_layer_desc_t &d, sn_status_t want, bool host_calls)
   }
   int64_t h = 0, w = 0;
   OK(sn_layer_get_dims(raw, &h, &w));
-  const size_t bytes = (size_t)(h * w) * elem_size(d.dtype);
+  const size_t bytes = (size_t)(h * w) * sn_dtype_size(d.dtype);
   Dev W(bytes), W_sn(bytes), G(bytes), dW(bytes), scalars(16);
   float *gamma = scalars.get<float>(), *dgamma = gamma + 1;
 
@@ -391,7 +389,7 @@ struct GroupRig {
       raw.push_back(l);
       int64_t h = 0, w = 0;
       EXPECT_EQ(sn_layer_get_dims(l, &h, &w), SN_SUCCESS);
-      const size_t bytes = (size_t)(h * w) * elem_size(m.dtype);
+      const size_t bytes = (size_t)(h * w) * sn_dtype_size(m.dtype);
       for (int k = 0; k < 4; ++k) bufs.push_back(std::make_unique<Dev>(bytes));
       bufs.push_back(std::make_unique<Dev>(4));
       const size_t n = bufs.size();
@@ -529,7 +527,7 @@ TEST_P(FakeCudaMachines, RandomGroupsBuildAsOnTheCpuAndLaunchWithinTheDevicesLim
       OK(create_layer(&l, &d));
       cpu.emplace_back(l);
       cpu_raw.push_back(l);
-      const size_t bytes = (size_t)sntest::numel_of(m.shape.dims) * elem_size(m.dtype);
+      const size_t bytes = (size_t)sntest::numel_of(m.shape.dims) * sn_dtype_size(m.dtype);
       host.emplace_back(bytes);
       hW.push_back(host.back().data());
       host.emplace_back(m.with_w_sn ? bytes : 0);
@@ -568,7 +566,7 @@ TEST_P(FakeCudaMachines, AWeightOffSixteenBytesTakesNoOnePassKernel) {
       LayerBufs b(make_desc(s, dtype, SN_ORDER_U_FIRST, SN_ALGO_ONE_PASS));
       sn_layer_t *l = b.layer.get();
       ASSERT_NE(l, nullptr);
-      const size_t es = elem_size(dtype), bytes = (size_t)(b.h * b.w) * es;
+      const size_t es = sn_dtype_size(dtype), bytes = (size_t)(b.h * b.w) * es;
       Dev big(bytes + 16), big_sn(bytes + 16);
       char *W = big.get<char>() + es, *W_sn = big_sn.get<char>() + es;  // one element off
       for (bool aligned : {true, false}) {
@@ -1032,76 +1030,74 @@ TEST_F(FakeCuda, DestroyFreesWhateverFails) {
 TEST_P(FakeCudaMachines, ACallersPendingErrorSurvivesSuccessfulCalls) {
   // Two errors: cudaErrorInvalidValue is also the answer of some of the library's own probes.
   for (cudaError_t pending_error : {cudaErrorInvalidDevice, cudaErrorInvalidValue}) {
-  SCOPED_TRACE(cudaGetErrorName(pending_error));
-  for (const std::string &t : {std::string(""), std::string("op_coop=1"), std::string("op_onchip_grid=2")}) {
-    SCOPED_TRACE("SPECNORM_TUNE=" + t);
-    ScopedTune tune(t);
-    for (const Shape &s : {Shape{{64, 576}, 0}, Shape{{4096, 4096}, 0}, Shape{{3, 3, 128, 256}, -1}}) {
-      const sn_layer_desc_t d = make_desc(s, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
-      auto pending = [&](const char *what) {
-        EXPECT_EQ(cudaPeekAtLastError(), pending_error) << what << " cleared it";
-        fake_cuda::raise(pending_error);  // pending again
-      };
-      fake_cuda::raise(pending_error);
-      sn_layer_t *l = nullptr;
-      OK(create_layer(&l, &d));
-      Layer layer(l);
-      pending("sn_layer_create");
-      int64_t h = 0, w = 0;
-      OK(sn_layer_get_dims(l, &h, &w));
-      Dev W((size_t)(h * w) * 4), W_sn((size_t)(h * w) * 4);
-      OK(sn_forward(l, W.p, W_sn.p, 1, kS));
-      pending("the first sn_forward");
-      OK(sn_forward(l, W.p, W_sn.p, 1, kS));
-      pending("sn_forward");
-      OK(sn_forward(l, W.p, W_sn.p, 0, kS));
-      pending("sn_forward, eval");
-      OK(sn_forward_scale_only(l, W.p, 1, kS));
-      pending("sn_forward_scale_only");
-      OK(sn_backward(l, W.p, W_sn.p, W_sn.p, 0, nullptr, kS));
-      pending("sn_backward");
-      std::vector<float> u((size_t)h), v((size_t)w);
-      float sigma = 0;
-      int warm = 0;
-      OK(sn_layer_get_state(l, u.data(), v.data(), &sigma, &warm, kS));
-      pending("sn_layer_get_state");
-      OK(sn_layer_set_state(l, u.data(), v.data(), 1.f, 1, kS));
-      pending("sn_layer_set_state");
-      std::vector<unsigned char> blob = snapshot(l);
-      pending("sn_layer_save");
-      OK(sn_layer_load(l, blob.data(), blob.size(), kS));
-      pending("sn_layer_load");
-      uint32_t health = 0;
-      OK(sn_layer_get_health(l, &health, 1, kS));
-      pending("sn_layer_get_health");
-      OK(sn_layer_reset(l, 3, kS));
-      pending("sn_layer_reset");
-      layer.reset();
-      pending("sn_layer_destroy");
-    }
-    auto pending = [&](const char *what) {
+    SCOPED_TRACE(cudaGetErrorName(pending_error));
+    // The error still there after the call `what`, and pending again for the next one.
+    auto pending = [&](const std::string &what) {
       EXPECT_EQ(cudaPeekAtLastError(), pending_error) << what << " cleared it";
       fake_cuda::raise(pending_error);
     };
-    fake_cuda::raise(pending_error);
-    GroupRig r(groups()[0]);
-    pending("sn_layer_create");
-    for (size_t k = 0; k < r.raw.size(); ++k) {
-      OK(sn_layer_warmup(r.raw[k], r.W[k], kS));
-      pending(("sn_layer_warmup of member " + std::to_string(k)).c_str());
+    for (const std::string &t :
+         {std::string(""), std::string("op_coop=1"), std::string("op_onchip_grid=2")}) {
+      SCOPED_TRACE("SPECNORM_TUNE=" + t);
+      ScopedTune tune(t);
+      for (const Shape &s : {Shape{{64, 576}, 0}, Shape{{4096, 4096}, 0}, Shape{{3, 3, 128, 256}, -1}}) {
+        const sn_layer_desc_t d = make_desc(s, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
+        fake_cuda::raise(pending_error);
+        sn_layer_t *l = nullptr;
+        OK(create_layer(&l, &d));
+        Layer layer(l);
+        pending("sn_layer_create");
+        int64_t h = 0, w = 0;
+        OK(sn_layer_get_dims(l, &h, &w));
+        Dev W((size_t)(h * w) * 4), W_sn((size_t)(h * w) * 4);
+        OK(sn_forward(l, W.p, W_sn.p, 1, kS));
+        pending("the first sn_forward");
+        OK(sn_forward(l, W.p, W_sn.p, 1, kS));
+        pending("sn_forward");
+        OK(sn_forward(l, W.p, W_sn.p, 0, kS));
+        pending("sn_forward, eval");
+        OK(sn_forward_scale_only(l, W.p, 1, kS));
+        pending("sn_forward_scale_only");
+        OK(sn_backward(l, W.p, W_sn.p, W_sn.p, 0, nullptr, kS));
+        pending("sn_backward");
+        std::vector<float> u((size_t)h), v((size_t)w);
+        float sigma = 0;
+        int warm = 0;
+        OK(sn_layer_get_state(l, u.data(), v.data(), &sigma, &warm, kS));
+        pending("sn_layer_get_state");
+        OK(sn_layer_set_state(l, u.data(), v.data(), 1.f, 1, kS));
+        pending("sn_layer_set_state");
+        std::vector<unsigned char> blob = snapshot(l);
+        pending("sn_layer_save");
+        OK(sn_layer_load(l, blob.data(), blob.size(), kS));
+        pending("sn_layer_load");
+        uint32_t health = 0;
+        OK(sn_layer_get_health(l, &health, 1, kS));
+        pending("sn_layer_get_health");
+        OK(sn_layer_reset(l, 3, kS));
+        pending("sn_layer_reset");
+        layer.reset();
+        pending("sn_layer_destroy");
+      }
+      fake_cuda::raise(pending_error);
+      GroupRig r(groups()[0]);
+      pending("sn_layer_create");
+      for (size_t k = 0; k < r.raw.size(); ++k) {
+        OK(sn_layer_warmup(r.raw[k], r.W[k], kS));
+        pending("sn_layer_warmup of member " + std::to_string(k));
+      }
+      OK(r.create());
+      pending("sn_group_create");
+      OK(sn_group_forward(r.group.get(), 1, kS));
+      pending("sn_group_forward");
+      OK(set_gradients(r.group.get(), r.G.data(), r.dW.data(), nullptr));
+      pending("sn_group_set_gradients");
+      OK(sn_group_backward(r.group.get(), 0, kS));
+      pending("sn_group_backward");
+      r.group.reset();
+      pending("sn_group_destroy");
+      (void)cudaGetLastError();
     }
-    OK(r.create());
-    pending("sn_group_create");
-    OK(sn_group_forward(r.group.get(), 1, kS));
-    pending("sn_group_forward");
-    OK(set_gradients(r.group.get(), r.G.data(), r.dW.data(), nullptr));
-    pending("sn_group_set_gradients");
-    OK(sn_group_backward(r.group.get(), 0, kS));
-    pending("sn_group_backward");
-    r.group.reset();
-    pending("sn_group_destroy");
-    (void)cudaGetLastError();
-  }
   }
 }
 
