@@ -7,6 +7,7 @@
 
 #include <utility>
 
+#include "fake_cuda/probe_kernels.h"
 #include "sn_internal.h"
 #include "test_util.h"
 
@@ -212,6 +213,22 @@ TEST(GpuLarge, Large16384Square) {
   REQUIRE_GPU();
   SN_SEEDED_RNG();
   compare_backends(Case{{16384, 16384}, 0, SN_ORDER_U_FIRST, 1}, rng, 2, 0);
+}
+
+// The fake CUDA runtime of the CPU tests reads each kernel's resources from its cubin
+// (tests/fake_cuda/fatbin.h); here the driver reports them for the kernels of probe_kernels.cu,
+// whose resources are known by construction: the static shared memory (an sm_90 cubin's section
+// holds the driver's 1 KB as well, which the fake takes off) and the launch bounds.
+TEST(Gpu, KernelResourcesAreWhatTheFakeRuntimeReads) {
+  REQUIRE_GPU();
+  cudaFuncAttributes a{};
+  ASSERT_EQ(cudaFuncGetAttributes(&a, probe_bounded()), cudaSuccess);
+  EXPECT_EQ(a.sharedSizeBytes, kProbeStaticFloats * sizeof(float));
+  EXPECT_EQ(a.maxThreadsPerBlock, kProbeBound);
+  EXPECT_EQ(a.maxDynamicSharedSizeBytes, (int)(48 * 1024 - kProbeStaticFloats * sizeof(float)));
+  ASSERT_EQ(cudaFuncGetAttributes(&a, probe_plain()), cudaSuccess);
+  EXPECT_EQ(a.sharedSizeBytes, 0u);
+  EXPECT_EQ(a.maxThreadsPerBlock, 1024);
 }
 
 // A W that is not 16-byte aligned runs the scalar paths (and the two-pass kernels instead of the

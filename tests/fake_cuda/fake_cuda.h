@@ -18,10 +18,14 @@
 //   - failure injection: the n-th runtime call from now fails;
 //   - the current device, per thread, on a fake machine of one or more devices;
 //   - an "MPS" limit on the SMs blocks may be resident on.
+//   - each kernel's registers, static shared memory and launch bounds read from its machine code
+//     for the device (the build's cubins, fatbin.h), in cudaFuncGetAttributes, in the occupancy
+//     (the toolkit's calculator, cuda_occupancy.h) and in the launch checks: a block larger than
+//     the kernel's code allows, or dynamic shared memory past the opt-in less the static, fails.
 // Kernels do not run, so the tests check statuses, state kept or restored, launch shapes and
-// counts, not values computed on the device. Not modelled: each kernel's own registers, static
-// shared memory and launch bounds (every kernel counts 64 registers a thread, none static, up to
-// 1024 threads), events, more than one thread using the fake at once for captures and failures.
+// counts, not values computed on the device. Not modelled: PTX compiled by the driver (a device
+// needs the build's machine code), events, more than one thread using the fake at once for
+// captures and failures.
 #ifndef SPECNORM_FAKE_CUDA_H
 #define SPECNORM_FAKE_CUDA_H
 
@@ -111,6 +115,21 @@ void set_capturing(bool on, cudaStream_t stream = test_stream());
 bool capture_invalidated();
 // Blocks resident per SM are computed over this many SMs (as under MPS); 0: all of them.
 void set_active_sms(int sms);
+
+// A registered kernel's machine code for one architecture (fatbin.h), as the fake uses it.
+struct KernelInfo {
+  std::string name, mangled;
+  int arch;             // 80: sm_80, ...
+  int regs;             // a thread
+  size_t static_smem;   // bytes
+  int max_threads;      // __launch_bounds__, 0: none
+};
+// Every registered kernel's, for every architecture the build has code for; and what could not
+// be read of the fat binaries (empty when all was).
+std::vector<KernelInfo> kernel_codes();
+std::vector<std::string> fatbin_problems();
+// Whether the build has machine code for device `d` (its kernels can be launched on it).
+bool has_code_for(const DeviceProps &d);
 
 Counters counters();
 std::vector<Launch> launches();  // since reset or clear_log

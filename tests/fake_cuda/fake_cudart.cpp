@@ -1,8 +1,12 @@
 // The fake CUDA runtime of tests/fake_cuda/fake_cuda.h: the runtime entry points the library uses,
 // the registration calls nvcc's host stubs make before main, and the tests' controls. Written from
-// the CUDA Runtime API's documented behaviour; the occupancy model is a simple one (threads,
-// registers, shared memory per SM), and the library is only held to what it was told.
+// the CUDA Runtime API's documented behaviour. Each kernel's registers, static shared memory and
+// launch bounds are its machine code's (fatbin.h), and blocks resident per SM come from the
+// toolkit's own occupancy calculator (cuda_occupancy.h), as the driver's do.
 #include "fake_cuda.h"
+#include "fatbin.h"
+
+#include <cuda_occupancy.h>
 
 #include <cxxabi.h>
 #include <sys/mman.h>
@@ -24,10 +28,13 @@ namespace {
 constexpr int kMaxDevices = 16;
 
 struct Func {
-  std::string name;
-  int max_dyn[kMaxDevices];  // cudaFuncAttributeMaxDynamicSharedMemorySize, per device
+  std::string name;     // demangled
+  std::string mangled;  // as in the cubins
+  // cudaFuncAttributeMaxDynamicSharedMemorySize, per device; -1: the default (48 KB less the
+  // kernel's static shared memory)
+  int max_dyn[kMaxDevices];
   bool nonportable = false;
-  Func() { std::fill(max_dyn, max_dyn + kMaxDevices, 48 * 1024); }
+  Func() { std::fill(max_dyn, max_dyn + kMaxDevices, -1); }
 };
 
 enum class Kind { kDevice, kManaged, kPinned };
@@ -47,7 +54,8 @@ struct Alloc {
   bool written;   // device memory is zero until a copy or memset writes it
 };
 
-constexpr int kRegs = 64;  // every kernel's registers a thread, in the occupancy model
+constexpr int kDefaultSmem = 48 * 1024;  // a block's shared memory without an opt-in
+constexpr int kRegsPerSm = 65536;
 
 // A cudaMemcpyAsync not yet done: done when its stream is synchronized. (From pageable host
 // memory the runtime stages the bytes before it returns: `staged` holds them.)
@@ -65,6 +73,7 @@ struct State {
   std::vector<DeviceProps> devs{h100()};
   cudaError_t count_error = cudaSuccess;
   std::map<const void *, Func> funcs;
+  FatbinCode code;  // every registered fat binary's kernels
   std::map<uintptr_t, Alloc> allocs;
   std::map<uintptr_t, Alloc> abandoned;  // a free that failed by injection: never freed, not counted
   size_t live = 0;
@@ -158,15 +167,60 @@ char *reach(State &s, const void *p, size_t bytes, bool device_side) {
 
 long long threads_of(dim3 b) { return (long long)b.x * b.y * b.z; }
 
-// Blocks of `threads` threads and `smem` bytes of dynamic shared memory resident on one SM.
-int per_sm(const DeviceProps &d, const Func &f, int dev, long long threads, size_t smem) {
-  if (threads <= 0 || threads > 1024 || smem > (size_t)f.max_dyn[dev]) return 0;
-  const int warps = (int)((threads + 31) / 32);
-  int n = std::min(32, 64 / warps);
-  n = std::min(n, 65536 / (kRegs * warps * 32));
-  const size_t per_block = smem + 1024;  // the driver's reserve per block
-  n = std::min(n, (int)((size_t)d.smem_per_sm / per_block));
-  return std::max(n, 0);
+// The machine code of `f` that device `d` runs: the cubin of the same major version with the
+// highest minor version up to the device's (null when the build has none: the driver would
+// compile PTX, whose resources the fake cannot know).
+const KernelCode *code_for(const State &s, const Func &f, const DeviceProps &d) {
+  for (int minor = d.minor; minor >= 0; --minor) {
+    auto arch = s.code.by_arch.find(d.major * 10 + minor);
+    if (arch == s.code.by_arch.end()) continue;
+    auto k = arch->second.find(f.mangled);
+    if (k != arch->second.end()) return &k->second;
+  }
+  return nullptr;
+}
+
+// The largest block `k` launches with: its launch bounds, and the register file (registers are
+// given a warp in units of 256).
+int max_threads(const KernelCode &k) {
+  const int per_warp = (k.regs * 32 + 255) / 256 * 256;
+  const int by_regs = per_warp > 0 ? kRegsPerSm / per_warp * 32 : 1024;
+  return std::min({1024, by_regs, k.max_threads > 0 ? k.max_threads : 1024});
+}
+
+// cudaFuncAttributeMaxDynamicSharedMemorySize of `f` on device `dev`.
+int dyn_limit(const Func &f, const KernelCode &k, int dev) {
+  return f.max_dyn[dev] >= 0 ? f.max_dyn[dev] : kDefaultSmem - (int)k.static_smem;
+}
+
+// Blocks of `threads` threads and `smem` bytes of dynamic shared memory resident on one SM of
+// `d` (device number `dev`), by the toolkit's occupancy calculator.
+int per_sm(const DeviceProps &d, const Func &f, const KernelCode &k, int dev, long long threads,
+           size_t smem) {
+  if (threads <= 0 || threads > max_threads(k) || smem > (size_t)dyn_limit(f, k, dev)) return 0;
+  cudaOccDeviceProp p;
+  p.computeMajor = d.major;
+  p.computeMinor = d.minor;
+  p.maxThreadsPerBlock = 1024;
+  p.maxThreadsPerMultiprocessor = 2048;
+  p.regsPerBlock = p.regsPerMultiprocessor = kRegsPerSm;
+  p.warpSize = 32;
+  p.sharedMemPerBlock = kDefaultSmem;
+  p.sharedMemPerMultiprocessor = (size_t)d.smem_per_sm;
+  p.numSms = d.sms;
+  p.sharedMemPerBlockOptin = (size_t)d.optin_smem;
+  p.reservedSharedMemPerBlock = 1024;
+  cudaOccFuncAttributes a;
+  a.maxThreadsPerBlock = max_threads(k);
+  a.numRegs = k.regs;
+  a.sharedSizeBytes = k.static_smem;
+  a.shmemLimitConfig = FUNC_SHMEM_LIMIT_OPTIN;
+  a.maxDynamicSharedSizeBytes = (size_t)dyn_limit(f, k, dev);
+  cudaOccDeviceState state;
+  cudaOccResult r;
+  if (cudaOccMaxActiveBlocksPerMultiprocessor(&r, &p, &a, &state, (int)threads, smem) != CUDA_OCC_SUCCESS)
+    return 0;
+  return r.activeBlocksPerMultiprocessor;
 }
 
 Func *func(State &s, const void *f) {
@@ -174,13 +228,21 @@ Func *func(State &s, const void *f) {
   return it == s.funcs.end() ? nullptr : &it->second;
 }
 
-// enter() for a call about kernel `fn` on the current device, both looked up.
+// enter() for a call about kernel `fn` on the current device, all three looked up: a kernel
+// without machine code for the device is a violation (the fake does not model PTX).
 cudaError_t enter_func(State &s, Api api, const void *fn, Func **f, const DeviceProps **d,
-                       const char *name = __builtin_FUNCTION()) {
+                       const KernelCode **k, const char *name = __builtin_FUNCTION()) {
   if (cudaError_t e = enter(s, api, name)) return e;
   *f = func(s, fn);
   *d = device(s, t_device);
-  return *f && *d ? cudaSuccess : cudaErrorInvalidDeviceFunction;
+  if (!*f || !*d) return cudaErrorInvalidDeviceFunction;
+  *k = code_for(s, **f, **d);
+  if (!*k) {
+    violation(s, "%s: no machine code for sm_%d%d in the build", (*f)->name.c_str(), (*d)->major,
+              (*d)->minor);
+    return cudaErrorNoKernelImageForDevice;
+  }
+  return cudaSuccess;
 }
 
 // A call the driver refuses during a capture: one that synchronizes (any mode), or, outside the
@@ -252,6 +314,11 @@ cudaError_t launch(State &s, const cudaLaunchConfig_t &cfg, const void *fn) {
     return cudaErrorInvalidDeviceFunction;
   }
   const char *name = f->name.c_str();
+  const KernelCode *code = code_for(s, *f, *d);
+  if (!code) {
+    violation(s, "launch of %s: no machine code for sm_%d%d in the build", name, d->major, d->minor);
+    return cudaErrorNoKernelImageForDevice;
+  }
   on_stream(s, cfg.stream, name);
   Launch l{f->name, t_device, cfg.stream, cfg.gridDim, cfg.blockDim, cfg.dynamicSmemBytes, 0,
            false, false, s.capturing && cfg.stream == s.capture_stream};
@@ -284,14 +351,18 @@ cudaError_t launch(State &s, const cudaLaunchConfig_t &cfg, const void *fn) {
     bad(cudaErrorInvalidConfiguration, "%s: grid %ux%ux%u", g.x, g.y, g.z);
   if (b.x == 0 || b.y == 0 || b.z == 0 || b.x > 1024 || b.y > 1024 || b.z > 64 || threads > 1024)
     bad(cudaErrorInvalidConfiguration, "%s: block %ux%ux%u", b.x, b.y, b.z);
-  if (cfg.dynamicSmemBytes > (size_t)f->max_dyn[t_device])
+  else if (threads > max_threads(*code))
+    bad(cudaErrorLaunchOutOfResources,
+        "%s: blocks of %lld threads, its code allows %d (launch bounds %d, %d registers)", threads,
+        max_threads(*code), code->max_threads, code->regs);
+  if (cfg.dynamicSmemBytes > (size_t)dyn_limit(*f, *code, t_device))
     bad(cudaErrorInvalidValue, "%s: %zu bytes of dynamic shared memory, the kernel allows %d",
-        cfg.dynamicSmemBytes, f->max_dyn[t_device]);
+        cfg.dynamicSmemBytes, dyn_limit(*f, *code, t_device));
   if (l.pdl && d->major < 9)
     bad(cudaErrorNotSupported, "%s: programmatic dependent launch on compute capability %d",
         d->major);
   const int resident_sms = s.active_sms > 0 ? std::min(s.active_sms, d->sms) : d->sms;
-  const int fit = per_sm(*d, *f, t_device, threads, cfg.dynamicSmemBytes);
+  const int fit = per_sm(*d, *f, *code, t_device, threads, cfg.dynamicSmemBytes);
   if (l.cluster > 0) {
     const unsigned most = f->nonportable ? 16u : 8u;
     if (d->major < 9) bad(cudaErrorNotSupported, "%s: clusters on compute capability %d", d->major);
@@ -344,7 +415,7 @@ void reset(const std::vector<DeviceProps> &props) {
   s.devs = props;
   s.count_error = cudaSuccess;
   for (auto &f : s.funcs) {
-    std::fill(f.second.max_dyn, f.second.max_dyn + kMaxDevices, 48 * 1024);
+    std::fill(f.second.max_dyn, f.second.max_dyn + kMaxDevices, -1);
     f.second.nonportable = false;
   }
   drop(s, nullptr, true);
@@ -428,6 +499,33 @@ void set_active_sms(int sms) {
   st().active_sms = sms;
 }
 
+std::vector<KernelInfo> kernel_codes() {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  std::vector<KernelInfo> out;
+  for (const auto &f : s.funcs)
+    for (const auto &arch : s.code.by_arch) {
+      auto k = arch.second.find(f.second.mangled);
+      if (k != arch.second.end())
+        out.push_back(KernelInfo{f.second.name, f.second.mangled, arch.first, k->second.regs,
+                                 k->second.static_smem, k->second.max_threads});
+    }
+  return out;
+}
+
+std::vector<std::string> fatbin_problems() {
+  std::lock_guard<std::mutex> g(st().mu);
+  return st().code.problems;
+}
+
+bool has_code_for(const DeviceProps &d) {
+  State &s = st();
+  std::lock_guard<std::mutex> g(s.mu);
+  for (const auto &f : s.funcs)
+    if (code_for(s, f.second, d)) return true;
+  return false;
+}
+
 Counters counters() {
   std::lock_guard<std::mutex> g(st().mu);
   return st().n;
@@ -468,6 +566,11 @@ using fake_cuda::State;
 extern "C" {
 
 void **__cudaRegisterFatBinary(void *fatCubin) {
+  {
+    State &s = st();
+    std::lock_guard<std::mutex> g(s.mu);
+    fake_cuda::read_fatbin(fatCubin, &s.code);
+  }
   static void *handles[64];
   static int next = 0;
   void **h = &handles[next++ % 64];
@@ -482,6 +585,7 @@ void __cudaRegisterFunction(void **, const char *hostFun, char *, const char *de
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
   s.funcs[hostFun].name = fake_cuda::demangle(deviceName);
+  s.funcs[hostFun].mangled = deviceName;
 }
 cudaError_t __cudaGetKernel(cudaKernel_t *kernel, const void *fn) {
   *kernel = (cudaKernel_t)fn;
@@ -604,12 +708,17 @@ cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *attr, const void *f
   std::lock_guard<std::mutex> g(s.mu);
   fake_cuda::Func *f = nullptr;
   const fake_cuda::DeviceProps *d = nullptr;
-  if (cudaError_t e = fake_cuda::enter_func(s, Api::kFuncGetAttributes, fn, &f, &d)) return fake_cuda::ret(e);
+  const fake_cuda::KernelCode *k = nullptr;
+  if (cudaError_t e = fake_cuda::enter_func(s, Api::kFuncGetAttributes, fn, &f, &d, &k))
+    return fake_cuda::ret(e);
   *attr = cudaFuncAttributes{};
-  attr->maxThreadsPerBlock = 1024;
-  attr->numRegs = fake_cuda::kRegs;
-  attr->ptxVersion = attr->binaryVersion = d->major * 10 + d->minor;
-  attr->maxDynamicSharedSizeBytes = f->max_dyn[fake_cuda::t_device];
+  attr->maxThreadsPerBlock = fake_cuda::max_threads(*k);
+  attr->numRegs = k->regs;
+  attr->sharedSizeBytes = k->static_smem;
+  // The build's cubins are compiled from the PTX of their own architecture (CUDA_ARCHITECTURES
+  // NN-real).
+  attr->ptxVersion = attr->binaryVersion = k->arch;
+  attr->maxDynamicSharedSizeBytes = fake_cuda::dyn_limit(*f, *k, fake_cuda::t_device);
   attr->nonPortableClusterSizeAllowed = f->nonportable;
   return cudaSuccess;
 }
@@ -619,11 +728,13 @@ cudaError_t cudaFuncSetAttribute(const void *fn, enum cudaFuncAttribute attr, in
   std::lock_guard<std::mutex> g(s.mu);
   fake_cuda::Func *f = nullptr;
   const fake_cuda::DeviceProps *d = nullptr;
-  if (cudaError_t e = fake_cuda::enter_func(s, Api::kFuncSetAttribute, fn, &f, &d)) return fake_cuda::ret(e);
+  const fake_cuda::KernelCode *k = nullptr;
+  if (cudaError_t e = fake_cuda::enter_func(s, Api::kFuncSetAttribute, fn, &f, &d, &k))
+    return fake_cuda::ret(e);
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
-    if (value < 0 || value > d->optin_smem) {
-      fake_cuda::violation(s, "%s: dynamic shared memory limit %d above the opt-in %d",
-                           f->name.c_str(), value, d->optin_smem);
+    if (value < 0 || (size_t)value + k->static_smem > (size_t)d->optin_smem) {
+      fake_cuda::violation(s, "%s: dynamic shared memory limit %d, with %zu static above the opt-in %d",
+                           f->name.c_str(), value, k->static_smem, d->optin_smem);
       return fake_cuda::ret(cudaErrorInvalidValue);
     }
     f->max_dyn[fake_cuda::t_device] = value;
@@ -643,9 +754,18 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *blocks, 
   std::lock_guard<std::mutex> g(s.mu);
   fake_cuda::Func *f = nullptr;
   const fake_cuda::DeviceProps *d = nullptr;
-  if (cudaError_t e = fake_cuda::enter_func(s, Api::kOccupancy, fn, &f, &d)) return fake_cuda::ret(e);
-  *blocks = fake_cuda::per_sm(*d, *f, fake_cuda::t_device, threads, smem);
+  const fake_cuda::KernelCode *k = nullptr;
+  if (cudaError_t e = fake_cuda::enter_func(s, Api::kOccupancy, fn, &f, &d, &k)) return fake_cuda::ret(e);
+  *blocks = fake_cuda::per_sm(*d, *f, *k, fake_cuda::t_device, threads, smem);
   return cudaSuccess;
+}
+
+// (The library's CUDA code takes the template of cuda_runtime.h, which calls the one above; C++ code
+// calls this.)
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, const void *fn, int threads,
+                                                          size_t smem) {
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(blocks, fn, threads, smem,
+                                                                cudaOccupancyDefault);
 }
 
 cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *fn,
@@ -654,7 +774,8 @@ cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *fn,
   std::lock_guard<std::mutex> g(s.mu);
   fake_cuda::Func *f = nullptr;
   const fake_cuda::DeviceProps *d = nullptr;
-  if (cudaError_t e = fake_cuda::enter_func(s, Api::kOccupancy, fn, &f, &d)) return fake_cuda::ret(e);
+  const fake_cuda::KernelCode *k = nullptr;
+  if (cudaError_t e = fake_cuda::enter_func(s, Api::kOccupancy, fn, &f, &d, &k)) return fake_cuda::ret(e);
   if (!cfg || !clusters) return fake_cuda::ret(cudaErrorInvalidValue);
   if (d->major < 9) return fake_cuda::ret(cudaErrorNotSupported);
   unsigned cluster = 1;
@@ -664,8 +785,8 @@ cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *fn,
   if (cluster == 0 || cluster > (f->nonportable ? 16u : 8u))
     return fake_cuda::ret(cudaErrorInvalidClusterSize);
   const long long threads = fake_cuda::threads_of(cfg->blockDim);
-  *clusters = fake_cuda::per_sm(*d, *f, fake_cuda::t_device, threads, cfg->dynamicSmemBytes) * d->sms /
-              (int)cluster;
+  *clusters = fake_cuda::per_sm(*d, *f, *k, fake_cuda::t_device, threads, cfg->dynamicSmemBytes) *
+              d->sms / (int)cluster;
   return cudaSuccess;
 }
 

@@ -1,0 +1,192 @@
+// Reads kernels' registers, static shared memory and launch bounds from the cubins of a fat binary
+// (tests/fake_cuda/fatbin.h). Everything is read with bounds checks through memcpy: the bytes
+// come from the test binary itself, but a layout other than the expected one must give a problem
+// report, not a crash.
+#include "fatbin.h"
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <set>
+
+namespace fake_cuda {
+namespace {
+
+constexpr uint32_t kWrapperMagic = 0x466243b1u;  // __fatBinC_Wrapper_t
+constexpr uint32_t kFatbinMagic = 0xba55ed50u;
+constexpr uint16_t kKindCubin = 2;               // 1: PTX
+constexpr uint8_t kAttrMaxThreads = 0x05;        // EIATTR_MAX_THREADS: x, y, z (.maxntid)
+constexpr uint8_t kAttrRegCount = 0x2f;          // EIATTR_REGCOUNT: symbol, registers
+constexpr uint8_t kFormatSized = 0x04;           // EIFMT_SVAL: a 16-bit size, then the value
+constexpr size_t kReservedSmem = 1024;           // the driver's window at the start of an sm_90 block's
+
+// A byte range that reads little-endian integers at offsets, failing (false) outside it.
+struct Bytes {
+  const unsigned char *p = nullptr;
+  size_t n = 0;
+  template <class T>
+  bool get(size_t off, T *v) const {
+    if (off > n || sizeof(T) > n - off) return false;
+    std::memcpy(v, p + off, sizeof(T));
+    return true;
+  }
+  Bytes sub(size_t off, size_t len) const {
+    if (off > n || len > n - off) return Bytes{};
+    return Bytes{p + off, len};
+  }
+  std::string cstr(size_t off) const {
+    std::string s;
+    while (off < n && p[off]) s.push_back((char)p[off++]);
+    return s;
+  }
+};
+
+struct Section {
+  std::string name;
+  uint32_t type = 0, info = 0;
+  Bytes data;
+  uint64_t size = 0;  // of the section (data is empty for NOBITS sections such as .nv.shared)
+};
+
+bool starts_with(const std::string &s, const char *prefix, std::string *rest) {
+  const size_t k = std::strlen(prefix);
+  if (s.compare(0, k, prefix) != 0) return false;
+  *rest = s.substr(k);
+  return true;
+}
+
+// The attributes of an .nv.info section: (attribute, value bytes) of every sized entry.
+template <class F>
+bool each_attribute(Bytes b, F f) {
+  size_t off = 0;
+  while (off + 4 <= b.n) {
+    uint8_t format = 0, attr = 0;
+    uint16_t size = 0;
+    b.get(off, &format);
+    b.get(off + 1, &attr);
+    b.get(off + 2, &size);
+    if (format == kFormatSized) {
+      const Bytes v = b.sub(off + 4, size);
+      if (v.p == nullptr && size) return false;
+      f(attr, v);
+      off += 4 + size;
+    } else if (format >= 1 && format <= 3) {
+      off += 4;  // no value, or one of 1 or 2 bytes within the entry
+    } else {
+      return false;
+    }
+  }
+  return off == b.n;
+}
+
+void read_cubin(Bytes elf, int arch, FatbinCode *out) {
+  char what[96];
+  std::snprintf(what, sizeof what, "the sm_%d cubin", arch);
+  auto problem = [&](const char *why) { out->problems.push_back(std::string(what) + ": " + why); };
+  if (elf.n < 64 || std::memcmp(elf.p, "\x7f" "ELF", 4) != 0 || elf.p[4] != 2) {
+    problem("not a 64-bit ELF file (compressed?)");
+    return;
+  }
+  uint64_t shoff = 0;
+  uint16_t shentsize = 0, shnum = 0, shstrndx = 0;
+  elf.get(0x28, &shoff);
+  elf.get(0x3a, &shentsize);
+  elf.get(0x3c, &shnum);
+  elf.get(0x3e, &shstrndx);
+  if (shentsize < 64 || shstrndx >= shnum) {
+    problem("bad section headers");
+    return;
+  }
+  std::vector<Section> secs(shnum);
+  std::vector<uint64_t> name_off(shnum);
+  for (uint16_t i = 0; i < shnum; ++i) {
+    const size_t h = (size_t)shoff + (size_t)i * shentsize;
+    uint32_t name = 0;
+    uint64_t off = 0;
+    if (!elf.get(h, &name) || !elf.get(h + 4, &secs[i].type) || !elf.get(h + 0x18, &off) ||
+        !elf.get(h + 0x20, &secs[i].size) || !elf.get(h + 0x2c, &secs[i].info)) {
+      problem("section header out of the file");
+      return;
+    }
+    name_off[i] = name;
+    if (secs[i].type != 8) secs[i].data = elf.sub((size_t)off, (size_t)secs[i].size);  // 8: NOBITS
+  }
+  const Bytes names = secs[shstrndx].data;
+  for (uint16_t i = 0; i < shnum; ++i) secs[i].name = names.cstr((size_t)name_off[i]);
+
+  std::map<uint32_t, int> regs_of_symbol;  // EIATTR_REGCOUNT in the global .nv.info
+  for (const Section &s : secs)
+    if (s.name == ".nv.info" &&
+        !each_attribute(s.data, [&](uint8_t attr, Bytes v) {
+          uint32_t sym = 0, regs = 0;
+          if (attr == kAttrRegCount && v.get(0, &sym) && v.get(4, &regs)) regs_of_symbol[sym] = (int)regs;
+        }))
+      problem("unreadable .nv.info");
+
+  std::map<std::string, KernelCode> code;
+  std::set<std::string> kernels;  // those with code (.text.<name>)
+  std::string fn;
+  for (const Section &s : secs) {
+    if (starts_with(s.name, ".text.", &fn)) {
+      // sh_info: the kernel's symbol, and (up to sm_8x) its registers in the top byte.
+      kernels.insert(fn);
+      const auto it = regs_of_symbol.find(s.info & 0xffffffu);
+      code[fn].regs = it != regs_of_symbol.end() ? it->second : (int)(s.info >> 24);
+    } else if (starts_with(s.name, ".nv.shared.", &fn) && fn.compare(0, 9, "reserved.") != 0) {
+      // From sm_90 on, a kernel's section begins with the 1 KB the driver reserves a block.
+      size_t bytes = (size_t)s.size;
+      if (arch >= 90 && bytes >= kReservedSmem) bytes -= kReservedSmem;
+      code[fn].static_smem = bytes;
+    } else if (starts_with(s.name, ".nv.info.", &fn)) {
+      KernelCode &k = code[fn];
+      if (!each_attribute(s.data, [&](uint8_t attr, Bytes v) {
+            uint32_t x = 0, y = 0, z = 0;
+            if (attr == kAttrMaxThreads && v.get(0, &x) && v.get(4, &y) && v.get(8, &z))
+              k.max_threads = (int)(x * y * z);
+          }))
+        problem(("unreadable .nv.info." + fn).c_str());
+    }
+  }
+  for (const std::string &k : kernels) {
+    code[k].arch = arch;
+    out->by_arch[arch][k] = code[k];
+  }
+}
+
+}  // namespace
+
+void read_fatbin(const void *wrapper, FatbinCode *out) {
+  uint32_t magic = 0;
+  std::memcpy(&magic, wrapper, sizeof magic);
+  const unsigned char *data = nullptr;
+  std::memcpy(&data, (const char *)wrapper + 8, sizeof data);
+  if (magic != kWrapperMagic || data == nullptr) {
+    out->problems.push_back("a fat binary wrapper of an unknown layout");
+    return;
+  }
+  uint16_t header = 0;
+  uint64_t size = 0;
+  std::memcpy(&magic, data, sizeof magic);
+  std::memcpy(&header, data + 6, sizeof header);
+  std::memcpy(&size, data + 8, sizeof size);
+  if (magic != kFatbinMagic) {
+    out->problems.push_back("a fat binary of an unknown layout");
+    return;
+  }
+  const Bytes all{data + header, (size_t)size};
+  size_t off = 0;
+  while (off < all.n) {
+    uint16_t kind = 0;
+    uint32_t entry_header = 0, arch = 0;
+    uint64_t payload = 0;
+    if (!all.get(off, &kind) || !all.get(off + 4, &entry_header) || !all.get(off + 8, &payload) ||
+        !all.get(off + 28, &arch) || entry_header < 32) {
+      out->problems.push_back("a fat binary entry out of its bounds");
+      return;
+    }
+    if (kind == kKindCubin) read_cubin(all.sub(off + entry_header, (size_t)payload), (int)arch, out);
+    off += entry_header + payload;
+  }
+}
+
+}  // namespace fake_cuda

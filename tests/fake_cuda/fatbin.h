@@ -1,0 +1,37 @@
+// What the fake CUDA runtime knows of each kernel's machine code: read from the fat binaries that
+// nvcc's host stubs register (tests/fake_cuda/fatbin.cpp). Each cubin in a fat binary is an ELF
+// file whose sections say, per kernel, what ptxas reports with -Xptxas -v and what
+// cudaFuncGetAttributes returns on a GPU: registers a thread, static shared memory, and the
+// block size of its __launch_bounds__. The layout read here is the one of the CUDA 12-13 toolkits
+// (not a documented interface): tests/test_fake_cuda.cpp checks it on kernels of its own whose
+// resources are known by construction, so that a toolkit that changes it fails there first.
+#ifndef SPECNORM_FAKE_CUDA_FATBIN_H
+#define SPECNORM_FAKE_CUDA_FATBIN_H
+
+#include <cstddef>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace fake_cuda {
+
+struct KernelCode {
+  int regs = 0;              // registers a thread
+  size_t static_smem = 0;    // bytes of static shared memory (as ptxas -v reports them)
+  int max_threads = 0;       // the __launch_bounds__ block size; 0: none given
+  int arch = 0;              // of its cubin: 80 for sm_80, ...
+};
+
+// A fat binary's cubins: arch (80 for sm_80, 90 for sm_90, ...) -> mangled kernel name -> code.
+struct FatbinCode {
+  std::map<int, std::map<std::string, KernelCode>> by_arch;
+  std::vector<std::string> problems;  // what could not be read (a compressed cubin, a bad header)
+};
+
+// Reads the fat binary that `wrapper` (the __fatBinC_Wrapper_t nvcc passes to
+// __cudaRegisterFatBinary) points to, and adds what it finds to `out`.
+void read_fatbin(const void *wrapper, FatbinCode *out);
+
+}  // namespace fake_cuda
+
+#endif

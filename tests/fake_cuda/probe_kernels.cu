@@ -1,0 +1,22 @@
+// Kernels whose resources are known by construction, for the test of the fake runtime's reading
+// of the cubins (tests/fake_cuda/fatbin.h; FakeCuda.KernelResourcesAreTheMachineCodes). Never
+// launched on a GPU: only their registration and machine code are used.
+#include "probe_kernels.h"
+
+namespace {
+
+// 4000 bytes of static shared memory, blocks of at most 384 threads.
+__global__ void __launch_bounds__(kProbeBound) probe_bounded_kernel(float *x) {
+  __shared__ float s[kProbeStaticFloats];
+  for (int i = threadIdx.x; i < kProbeStaticFloats; i += blockDim.x) s[i] = x[i];
+  __syncthreads();
+  x[threadIdx.x] = s[(threadIdx.x * 7) % kProbeStaticFloats];
+}
+
+// No launch bounds, no static shared memory.
+__global__ void probe_plain_kernel(float *x) { x[threadIdx.x] += 1.0f; }
+
+}  // namespace
+
+const void *probe_bounded() { return reinterpret_cast<const void *>(probe_bounded_kernel); }
+const void *probe_plain() { return reinterpret_cast<const void *>(probe_plain_kernel); }

@@ -1,0 +1,11 @@
+// The kernels of tests/fake_cuda/probe_kernels.cu, as the host pointers the runtime knows them by.
+#ifndef SPECNORM_FAKE_CUDA_PROBE_KERNELS_H
+#define SPECNORM_FAKE_CUDA_PROBE_KERNELS_H
+
+constexpr int kProbeStaticFloats = 1000;  // probe_bounded's static shared memory, in floats
+constexpr int kProbeBound = 384;          // and its __launch_bounds__
+
+const void *probe_bounded();
+const void *probe_plain();
+
+#endif
