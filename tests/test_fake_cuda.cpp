@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "fake_cuda.h"
+#include "fatbin.h"
 #include "probe_kernels.h"
 #include "specnorm.h"
 #include "test_util.h"
@@ -1284,6 +1285,35 @@ TEST_P(FakeCudaMachines, KernelResourcesAreTheMachineCodes) {
   for (const fake_cuda::KernelInfo &k : fake_cuda::kernel_codes())
     EXPECT_EQ(with_code.count(k.mangled), 1u) << k.name << ": no sm_" << arch << " code";
   fake_cuda::reset({d});  // the violations above were the test's
+}
+
+// The fat binaries of this executable's file read as the GPU test of the fake's reading reads them
+// (fatbin.h, executable_fatbins; Gpu.EveryKernelsResourcesAreWhatTheFakeRuntimeReads): the same
+// kernels and resources as the images the host stubs registered.
+TEST_F(FakeCuda, TheExecutablesFatBinariesAreTheRegisteredOnes) {
+  fake_cuda::FatbinImages fatbins;
+  std::string why;
+  ASSERT_TRUE(fake_cuda::executable_fatbins("/proc/self/exe", &fatbins, &why)) << why;
+  fake_cuda::FatbinCode code;
+  for (size_t i = 0; i < fatbins.images.size(); ++i)
+    EXPECT_EQ(fake_cuda::read_fatbin_image(fatbins.image(i), fatbins.images[i].second, &code),
+              fatbins.images[i].second);
+  EXPECT_TRUE(code.problems.empty()) << joined(code.problems);
+  const std::vector<fake_cuda::KernelInfo> registered = fake_cuda::kernel_codes();
+  size_t in_file = 0;
+  for (const auto &arch : code.by_arch) in_file += arch.second.size();
+  EXPECT_EQ(in_file, registered.size());
+  EXPECT_GT(registered.size(), 200u);
+  for (const fake_cuda::KernelInfo &k : registered) {
+    SCOPED_TRACE(k.name + " sm_" + std::to_string(k.arch));
+    auto arch = code.by_arch.find(k.arch);
+    ASSERT_NE(arch, code.by_arch.end());
+    auto it = arch->second.find(k.mangled);
+    ASSERT_NE(it, arch->second.end());
+    EXPECT_EQ(it->second.regs, k.regs);
+    EXPECT_EQ(it->second.static_smem, k.static_smem);
+    EXPECT_EQ(it->second.max_threads, k.max_threads);
+  }
 }
 
 // ---- devices and pointers ------------------------------------------------------------------------

@@ -4,9 +4,12 @@
 #include <cuda_runtime.h>
 
 #include <cstring>
+#include <map>
+#include <string>
 
 #include <utility>
 
+#include "fake_cuda/fatbin.h"
 #include "fake_cuda/probe_kernels.h"
 #include "sn_internal.h"
 #include "test_util.h"
@@ -229,6 +232,48 @@ TEST(Gpu, KernelResourcesAreWhatTheFakeRuntimeReads) {
   ASSERT_EQ(cudaFuncGetAttributes(&a, probe_plain()), cudaSuccess);
   EXPECT_EQ(a.sharedSizeBytes, 0u);
   EXPECT_EQ(a.maxThreadsPerBlock, 1024);
+}
+
+// The same for every kernel of this executable (the library's and the probes'): each fat binary
+// of its .nv_fatbin section loaded as a library, and each kernel of the device's architecture
+// asked for its registers, static shared memory and largest block.
+TEST(Gpu, EveryKernelsResourcesAreWhatTheFakeRuntimeReads) {
+  REQUIRE_GPU();
+  int major = 0, minor = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0), cudaSuccess);
+  fake_cuda::FatbinImages fatbins;
+  std::string why;
+  ASSERT_TRUE(fake_cuda::executable_fatbins("/proc/self/exe", &fatbins, &why)) << why;
+  int checked = 0;
+  for (size_t i = 0; i < fatbins.images.size(); ++i) {
+    fake_cuda::FatbinCode code;
+    ASSERT_GT(fake_cuda::read_fatbin_image(fatbins.image(i), fatbins.images[i].second, &code), 0u);
+    EXPECT_TRUE(code.problems.empty()) << code.problems.front();
+    // The cubin the driver takes: the device's major version, the highest minor up to its own.
+    const std::map<std::string, fake_cuda::KernelCode> *kernels = nullptr;
+    for (int m = minor; m >= 0 && !kernels; --m) {
+      auto it = code.by_arch.find(major * 10 + m);
+      if (it != code.by_arch.end()) kernels = &it->second;
+    }
+    if (!kernels) continue;  // the build has no machine code for this device (PTX only)
+    cudaLibrary_t lib = nullptr;
+    ASSERT_EQ(cudaLibraryLoadData(&lib, fatbins.image(i), nullptr, nullptr, 0, nullptr, nullptr, 0), cudaSuccess)
+        << "fat binary " << i;
+    for (const auto &k : *kernels) {
+      SCOPED_TRACE(k.first);
+      cudaKernel_t kernel = nullptr;
+      ASSERT_EQ(cudaLibraryGetKernel(&kernel, lib, k.first.c_str()), cudaSuccess);
+      cudaFuncAttributes a{};
+      ASSERT_EQ(cudaFuncGetAttributes(&a, reinterpret_cast<const void *>(kernel)), cudaSuccess);
+      EXPECT_EQ(a.numRegs, k.second.regs);
+      EXPECT_EQ(a.sharedSizeBytes, k.second.static_smem);
+      EXPECT_EQ(a.maxThreadsPerBlock, fake_cuda::max_threads(k.second));
+      ++checked;
+    }
+    EXPECT_EQ(cudaLibraryUnload(lib), cudaSuccess);
+  }
+  EXPECT_GT(checked, 100) << "kernels checked";
 }
 
 // A W that is not 16-byte aligned runs the scalar paths (and the two-pass kernels instead of the

@@ -180,14 +180,6 @@ const KernelCode *code_for(const State &s, const Func &f, const DeviceProps &d) 
   return nullptr;
 }
 
-// The largest block `k` launches with: its launch bounds, and the register file (registers are
-// given a warp in units of 256).
-int max_threads(const KernelCode &k) {
-  const int per_warp = (k.regs * 32 + 255) / 256 * 256;
-  const int by_regs = per_warp > 0 ? kRegsPerSm / per_warp * 32 : 1024;
-  return std::min({1024, by_regs, k.max_threads > 0 ? k.max_threads : 1024});
-}
-
 // cudaFuncAttributeMaxDynamicSharedMemorySize of `f` on device `dev`.
 int dyn_limit(const Func &f, const KernelCode &k, int dev) {
   return f.max_dyn[dev] >= 0 ? f.max_dyn[dev] : kDefaultSmem - (int)k.static_smem;

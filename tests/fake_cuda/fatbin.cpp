@@ -4,6 +4,7 @@
 // report, not a crash.
 #include "fatbin.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -155,6 +156,33 @@ void read_cubin(Bytes elf, int arch, FatbinCode *out) {
 
 }  // namespace
 
+size_t read_fatbin_image(const void *image, size_t avail, FatbinCode *out) {
+  const Bytes b{static_cast<const unsigned char *>(image), avail};
+  uint32_t magic = 0;
+  uint16_t header = 0;
+  uint64_t size = 0;
+  if (!b.get(0, &magic) || !b.get(6, &header) || !b.get(8, &size) || magic != kFatbinMagic ||
+      header < 16 || size > avail || header > avail - size) {
+    out->problems.push_back("a fat binary of an unknown layout");
+    return 0;
+  }
+  const Bytes all = b.sub(header, (size_t)size);
+  size_t off = 0;
+  while (off < all.n) {
+    uint16_t kind = 0;
+    uint32_t entry_header = 0, arch = 0;
+    uint64_t payload = 0;
+    if (!all.get(off, &kind) || !all.get(off + 4, &entry_header) || !all.get(off + 8, &payload) ||
+        !all.get(off + 28, &arch) || entry_header < 32 || payload > all.n - off - entry_header) {
+      out->problems.push_back("a fat binary entry out of its bounds");
+      break;
+    }
+    if (kind == kKindCubin) read_cubin(all.sub(off + entry_header, (size_t)payload), (int)arch, out);
+    off += entry_header + payload;
+  }
+  return header + (size_t)size;
+}
+
 void read_fatbin(const void *wrapper, FatbinCode *out) {
   uint32_t magic = 0;
   std::memcpy(&magic, wrapper, sizeof magic);
@@ -164,29 +192,72 @@ void read_fatbin(const void *wrapper, FatbinCode *out) {
     out->problems.push_back("a fat binary wrapper of an unknown layout");
     return;
   }
+  // Its size is in its own header (the registered image lies in the executable's .nv_fatbin).
   uint16_t header = 0;
   uint64_t size = 0;
-  std::memcpy(&magic, data, sizeof magic);
   std::memcpy(&header, data + 6, sizeof header);
   std::memcpy(&size, data + 8, sizeof size);
-  if (magic != kFatbinMagic) {
-    out->problems.push_back("a fat binary of an unknown layout");
-    return;
-  }
-  const Bytes all{data + header, (size_t)size};
-  size_t off = 0;
-  while (off < all.n) {
-    uint16_t kind = 0;
-    uint32_t entry_header = 0, arch = 0;
-    uint64_t payload = 0;
-    if (!all.get(off, &kind) || !all.get(off + 4, &entry_header) || !all.get(off + 8, &payload) ||
-        !all.get(off + 28, &arch) || entry_header < 32) {
-      out->problems.push_back("a fat binary entry out of its bounds");
-      return;
+  read_fatbin_image(data, (size_t)header + (size_t)size, out);
+}
+
+bool executable_fatbins(const char *path, FatbinImages *out, std::string *why) {
+  out->section.clear();
+  out->images.clear();
+  std::FILE *f = std::fopen(path, "rb");
+  if (!f) return *why = std::string("cannot open ") + path, false;
+  std::vector<unsigned char> file;
+  unsigned char buf[1 << 16];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) file.insert(file.end(), buf, buf + n);
+  std::fclose(f);
+  const Bytes elf{file.data(), file.size()};
+  uint64_t shoff = 0;
+  uint16_t shentsize = 0, shnum = 0, shstrndx = 0;
+  if (elf.n < 64 || std::memcmp(elf.p, "\x7f" "ELF", 4) != 0 || elf.p[4] != 2 || !elf.get(0x28, &shoff) ||
+      !elf.get(0x3a, &shentsize) || !elf.get(0x3c, &shnum) || !elf.get(0x3e, &shstrndx) ||
+      shentsize < 64 || shstrndx >= shnum)
+    return *why = std::string(path) + " is not a 64-bit ELF file", false;
+  auto header = [&](uint16_t i, uint32_t *name, uint64_t *off, uint64_t *size) {
+    const size_t h = (size_t)shoff + (size_t)i * shentsize;
+    return elf.get(h, name) && elf.get(h + 0x18, off) && elf.get(h + 0x20, size);
+  };
+  uint32_t name = 0;
+  uint64_t str_off = 0, str_size = 0;
+  if (!header(shstrndx, &name, &str_off, &str_size))
+    return *why = "bad section headers", false;
+  const Bytes names = elf.sub((size_t)str_off, (size_t)str_size);
+  for (uint16_t i = 0; i < shnum; ++i) {
+    uint64_t off = 0, size = 0;
+    if (!header(i, &name, &off, &size) || names.cstr(name) != ".nv_fatbin") continue;
+    const Bytes sec = elf.sub((size_t)off, (size_t)size);
+    if (!sec.p) return *why = ".nv_fatbin out of the file", false;
+    out->section.assign((sec.n + 7) / 8, 0);
+    std::memcpy(out->section.data(), sec.p, sec.n);
+    // The images one after another, each at an 8-byte boundary.
+    const unsigned char *base = reinterpret_cast<const unsigned char *>(out->section.data());
+    for (size_t at = 0; at + 16 <= sec.n;) {
+      uint32_t magic = 0;
+      uint16_t h = 0;
+      uint64_t n = 0;
+      std::memcpy(&magic, base + at, 4);
+      std::memcpy(&h, base + at + 6, 2);
+      std::memcpy(&n, base + at + 8, 8);
+      if (magic != kFatbinMagic || n > sec.n - at - h) {
+        at += 8;
+        continue;
+      }
+      out->images.emplace_back(at, h + (size_t)n);
+      at += (h + (size_t)n + 7) / 8 * 8;
     }
-    if (kind == kKindCubin) read_cubin(all.sub(off + entry_header, (size_t)payload), (int)arch, out);
-    off += entry_header + payload;
+    return true;
   }
+  return *why = std::string(path) + " has no .nv_fatbin section", false;
+}
+
+int max_threads(const KernelCode &k) {
+  // Registers are given a warp in units of 256, out of each of the 4 sub-partitions' 16,384.
+  const int per_warp = (k.regs * 32 + 255) / 256 * 256;
+  const int by_regs = per_warp > 0 ? 4 * (16384 / per_warp) * 32 : 1024;
+  return std::min({1024, by_regs, k.max_threads > 0 ? k.max_threads : 1024});
 }
 
 }  // namespace fake_cuda

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace fake_cuda {
@@ -31,6 +32,23 @@ struct FatbinCode {
 // Reads the fat binary that `wrapper` (the __fatBinC_Wrapper_t nvcc passes to
 // __cudaRegisterFatBinary) points to, and adds what it finds to `out`.
 void read_fatbin(const void *wrapper, FatbinCode *out);
+// The same for a fat binary image (its header first) of at most `avail` bytes; returns its size
+// (0: not a fat binary).
+size_t read_fatbin_image(const void *image, size_t avail, FatbinCode *out);
+
+// The fat binary images of an ELF executable's .nv_fatbin section (the library's kernels and a
+// test's own), read from its file (e.g. /proc/self/exe): a copy of the section, 8-byte aligned,
+// and each image's offset and size in it. False, with why, when the file has none.
+struct FatbinImages {
+  std::vector<unsigned long long> section;
+  std::vector<std::pair<size_t, size_t>> images;
+  const void *image(size_t i) const { return reinterpret_cast<const char *>(section.data()) + images[i].first; }
+};
+bool executable_fatbins(const char *path, FatbinImages *out, std::string *why);
+
+// The largest block the driver launches code `k` with: its launch bounds, and its registers
+// (given a warp in units of 256, out of the 16,384 of each of an SM's 4 sub-partitions).
+int max_threads(const KernelCode &k);
 
 }  // namespace fake_cuda
 
