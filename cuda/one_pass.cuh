@@ -291,9 +291,15 @@ __device__ __forceinline__ void rows_body(const OnePassParams &p) {
 // loop's.
 // fp16 rows of 4 packs of 4 per thread (w % 8 != 0) have none: held to 64 registers, ptxas sm_90
 // spills 12 bytes in their loop since the one-barrier block sums (bf16's and fp32's do not).
+// Nor the 2-byte rows of one pack of 8 per thread (up to 2048 columns): their ring takes 48
+// registers against the plain kernel's 40 (bf16) and 32 (fp16), ptxas sm_90 and sm_80, 5 blocks
+// per multiprocessor against 6 and 8, and at most 8 KB of shared memory a block never limits the
+// plain kernel to 5: never its blocks, never taken (the fake CUDA runtime, which reads each
+// kernel's registers from its cubin, showed it: bench/NOTES.md, session 25).
 template <int NT, int VPT, int RS, class T, int E>
 constexpr bool kRowsPingPong = RS == 1 && (NT == 256 || VPT >= 4) &&
-                               !(std::is_same<T, __half>::value && VPT == 4 && E == 4);
+                               !(std::is_same<T, __half>::value && VPT == 4 && E == 4) &&
+                               !(sizeof(T) == 2 && VPT == 1 && E == 8);
 template <int NT, int VPT, int RS, class T, int E>
 constexpr bool kRowsPingPongDefault = RS == 1 && NT == 512 && VPT == 4 && E == 8 && sizeof(T) == 2;
 // The instances with a ring of three (SPECNORM_TUNE=op_pp=3; not yet measured): the bf16 ones of
