@@ -521,7 +521,7 @@ sanitize() {  # sanitize TOOL...
     [[ $tool == racecheck ]] && args=("--gtest_filter=$SN_RACECHECK_FILTER")
     run_step "$tool" "$OUT/tests.log" "$cap" "$reserve" \
       env LD_LIBRARY_PATH="$RUN_LD_PATH" SPECNORM_TUNE="${SN_SANITIZER_TUNE-${SPECNORM_TUNE:-}}$COOP_SUFFIX" \
-      "$SANITIZER" --tool "$tool" --error-exitcode 1 "${extra[@]}" \
+      SN_UNDER_SANITIZER=1 "$SANITIZER" --tool "$tool" --error-exitcode 1 "${extra[@]}" \
       "${API_ERR_ARGS[@]}" \
       "$GPU_TESTS" "${args[@]}"
   fi

@@ -1229,6 +1229,13 @@ TEST_P(FakeCudaMachines, KernelResourcesAreTheMachineCodes) {
   EXPECT_EQ(a.maxThreadsPerBlock, 1024);
   EXPECT_GE(a.numRegs, 1);
   EXPECT_LE(a.numRegs, 32);
+  // Without launch bounds, the registers alone limit the block: over 64 a thread, not 1024 threads.
+  cudaFuncAttributes r{};
+  ASSERT_EQ(cudaFuncGetAttributes(&r, probe_registers()), cudaSuccess);
+  ASSERT_GT(r.numRegs, 64) << "the probe should need more than 64 registers a thread";
+  EXPECT_LT(r.maxThreadsPerBlock, 1024);
+  EXPECT_GE(r.maxThreadsPerBlock, 256);
+  EXPECT_EQ(r.maxThreadsPerBlock % 32, 0);
 
   // The opt-in limit less the static bytes, and not one byte more.
   const int most = d.optin_smem - (int)stat;
@@ -1238,18 +1245,21 @@ TEST_P(FakeCudaMachines, KernelResourcesAreTheMachineCodes) {
   ASSERT_EQ(fake_cuda::violations().size(), 1u);
   ASSERT_EQ(cudaFuncSetAttribute(probe_bounded(), cudaFuncAttributeMaxDynamicSharedMemorySize, most),
             cudaSuccess);
-  // Blocks resident per SM with 100000 dynamic bytes: each takes them, the static bytes and the
-  // driver's 1 KB, out of the SM's shared memory.
-  int per_sm = 0;
-  const size_t dyn = 100000;
-  ASSERT_EQ(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, probe_bounded(), kProbeBound, dyn),
-            cudaSuccess);
-  EXPECT_EQ(per_sm, d.smem_per_sm / (int)(dyn + stat + 1024));
-  EXPECT_GE(per_sm, 1);
+  // Blocks resident per SM: each takes its dynamic bytes, the static ones and the driver's 1 KB out
+  // of the SM's shared memory. Two blocks of exactly half an SM fit; 128 bytes more, one (without
+  // the static bytes or the 1 KB counted, still two).
+  for (int extra : {0, 128}) {
+    int per_sm = 0;
+    const size_t dyn = (size_t)(d.smem_per_sm / 2 - (int)stat - 1024 + extra);
+    ASSERT_EQ(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, probe_bounded(), kProbeBound, dyn),
+              cudaSuccess);
+    EXPECT_EQ(per_sm, extra ? 1 : 2) << dyn << " dynamic bytes";
+  }
 
-  // Launches: the bound, then one thread more.
+  // Launches: the bound, then one thread more; the register-bound probe's largest block, then one
+  // warp more.
   float *x = nullptr;
-  ASSERT_EQ(cudaMalloc(&x, 4096), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&x, kProbeLive * 1024 * sizeof(float)), cudaSuccess);
   void *args[] = {&x};
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(1);
@@ -1261,8 +1271,15 @@ TEST_P(FakeCudaMachines, KernelResourcesAreTheMachineCodes) {
               threads > (unsigned)kProbeBound ? cudaErrorLaunchOutOfResources : cudaSuccess)
         << threads;
   }
+  cfg.dynamicSmemBytes = 0;
+  for (unsigned threads : {(unsigned)r.maxThreadsPerBlock, (unsigned)r.maxThreadsPerBlock + 32}) {
+    cfg.blockDim = dim3(threads);
+    EXPECT_EQ(cudaLaunchKernelExC(&cfg, probe_registers(), args),
+              threads > (unsigned)r.maxThreadsPerBlock ? cudaErrorLaunchOutOfResources : cudaSuccess)
+        << threads;
+  }
   EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchOutOfResources);
-  EXPECT_EQ(fake_cuda::violations().size(), 2u) << joined(fake_cuda::violations());
+  EXPECT_EQ(fake_cuda::violations().size(), 3u) << joined(fake_cuda::violations());
   EXPECT_EQ(cudaFree(x), cudaSuccess);
 
   // Every library kernel has code for the device, and ptxas's limits hold.
@@ -1277,8 +1294,11 @@ TEST_P(FakeCudaMachines, KernelResourcesAreTheMachineCodes) {
     EXPECT_GE(k.regs, 1);
     EXPECT_LE(k.regs, 255);
     EXPECT_LE(k.static_smem, 48u * 1024);
-    if (k.max_threads > 0) {
-      EXPECT_LE(k.regs * k.max_threads, 65536);
+    if (k.max_threads > 0) {  // ptxas fits the registers to the bounds
+      fake_cuda::KernelCode c;
+      c.regs = k.regs;
+      c.max_threads = k.max_threads;
+      EXPECT_EQ(fake_cuda::max_threads(c), k.max_threads) << k.regs << " registers";
     }
   }
   EXPECT_GT(ours, 100u);
@@ -1313,6 +1333,90 @@ TEST_F(FakeCuda, TheExecutablesFatBinariesAreTheRegisteredOnes) {
     EXPECT_EQ(it->second.regs, k.regs);
     EXPECT_EQ(it->second.static_smem, k.static_smem);
     EXPECT_EQ(it->second.max_threads, k.max_threads);
+  }
+}
+
+// A minimal 64-bit ELF file whose only section besides its names is a .nv_fatbin of `bytes`.
+std::string elf_with_fatbin_section(const std::string &bytes) {
+  const std::string names = std::string("\0.shstrtab\0.nv_fatbin\0", 23);
+  std::string f(64, '\0');
+  f[0] = 0x7f, f[1] = 'E', f[2] = 'L', f[3] = 'F', f[4] = 2, f[5] = 1, f[6] = 1;
+  const uint64_t names_at = 64, data_at = names_at + names.size(), sh_at = (data_at + bytes.size() + 7) / 8 * 8;
+  auto put = [&](std::string &s, size_t at, const void *v, size_t n) { std::memcpy(&s[at], v, n); };
+  const uint16_t shentsize = 64, shnum = 3, shstrndx = 1;
+  put(f, 0x28, &sh_at, 8);
+  put(f, 0x3a, &shentsize, 2);
+  put(f, 0x3c, &shnum, 2);
+  put(f, 0x3e, &shstrndx, 2);
+  f += names + bytes;
+  f.resize(sh_at + 3 * 64, '\0');
+  auto section = [&](int i, uint32_t name, uint32_t type, uint64_t at, uint64_t size) {
+    const size_t h = sh_at + 64 * (size_t)i;
+    put(f, h, &name, 4);
+    put(f, h + 4, &type, 4);
+    put(f, h + 0x18, &at, 8);
+    put(f, h + 0x20, &size, 8);
+  };
+  section(1, 1, 3, names_at, names.size());
+  section(2, 11, 1, data_at, bytes.size());
+  return f;
+}
+
+// Damaged fat binaries give problems, not a crash or a loop (fatbin.cpp reads with bounds checks;
+// CI runs this under ASan and UBSan): every prefix of a real image, bytes of one changed in turn,
+// and sections whose image headers claim more than they hold or no size at all.
+TEST_F(FakeCuda, DamagedFatBinariesAreProblemsNotCrashes) {
+  fake_cuda::FatbinImages fatbins;
+  std::string why;
+  ASSERT_TRUE(fake_cuda::executable_fatbins("/proc/self/exe", &fatbins, &why)) << why;
+  ASSERT_FALSE(fatbins.images.empty());
+  // The smallest image (the probes'), copied to a buffer of its exact size.
+  size_t pick = 0;
+  for (size_t i = 1; i < fatbins.images.size(); ++i)
+    if (fatbins.images[i].second < fatbins.images[pick].second) pick = i;
+  const size_t n = fatbins.images[pick].second;
+  const unsigned char *image = static_cast<const unsigned char *>(fatbins.image(pick));
+  std::vector<unsigned long long> buf((n + 7) / 8);
+  unsigned char *b = reinterpret_cast<unsigned char *>(buf.data());
+  for (size_t len = 0; len < n; len += 1 + len / 16) {
+    fake_cuda::FatbinCode code;
+    std::memcpy(b, image, len);
+    EXPECT_EQ(fake_cuda::read_fatbin_image(b, len, &code), 0u) << len;
+  }
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  size_t clean = 0;
+  for (int round = 0; round < 400; ++round) {
+    std::memcpy(b, image, n);
+    for (int k = 0; k < 4; ++k) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      b[(x >> 8) % n] = (unsigned char)x;
+    }
+    fake_cuda::FatbinCode code;
+    fake_cuda::read_fatbin_image(b, n, &code);
+    clean += code.problems.empty();
+  }
+  EXPECT_LT(clean, 400u) << "some damage should be reported";
+  // Sections: an image header of 0xffff bytes, one of no size, nothing.
+  const std::string dir = ::testing::TempDir();
+  std::string head(16, '\0');
+  const uint32_t magic = 0xba55ed50u;
+  std::memcpy(&head[0], &magic, 4);
+  for (uint16_t h : {(uint16_t)0xffff, (uint16_t)0}) {
+    std::string bytes = head;
+    std::memcpy(&bytes[6], &h, 2);
+    bytes += std::string(64, '\0');
+    for (const std::string &section : {bytes, std::string()}) {
+      const std::string path = dir + "/fake_fatbin.elf";
+      FILE *f = std::fopen(path.c_str(), "wb");
+      ASSERT_NE(f, nullptr);
+      const std::string elf = elf_with_fatbin_section(section);
+      ASSERT_EQ(std::fwrite(elf.data(), 1, elf.size(), f), elf.size());
+      std::fclose(f);
+      fake_cuda::FatbinImages out;
+      EXPECT_TRUE(fake_cuda::executable_fatbins(path.c_str(), &out, &why)) << why;
+      EXPECT_TRUE(out.images.empty()) << "header " << h << ", " << section.size() << " bytes";
+      std::remove(path.c_str());
+    }
   }
 }
 

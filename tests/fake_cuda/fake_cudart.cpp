@@ -182,12 +182,13 @@ const KernelCode *code_for(const State &s, const Func &f, const DeviceProps &d) 
 
 // cudaFuncAttributeMaxDynamicSharedMemorySize of `f` on device `dev`.
 int dyn_limit(const Func &f, const KernelCode &k, int dev) {
-  return f.max_dyn[dev] >= 0 ? f.max_dyn[dev] : kDefaultSmem - (int)k.static_smem;
+  return f.max_dyn[dev] >= 0 ? f.max_dyn[dev] : std::max(0, kDefaultSmem - (int)k.static_smem);
 }
 
 // Blocks of `threads` threads and `smem` bytes of dynamic shared memory resident on one SM of
-// `d` (device number `dev`), by the toolkit's occupancy calculator.
-int per_sm(const DeviceProps &d, const Func &f, const KernelCode &k, int dev, long long threads,
+// `d` (device number `dev`), by the toolkit's occupancy calculator (an input it refuses is the
+// fake's own mistake: a violation).
+int per_sm(State &s, const DeviceProps &d, const Func &f, const KernelCode &k, int dev, long long threads,
            size_t smem) {
   if (threads <= 0 || threads > max_threads(k) || smem > (size_t)dyn_limit(f, k, dev)) return 0;
   cudaOccDeviceProp p;
@@ -210,8 +211,11 @@ int per_sm(const DeviceProps &d, const Func &f, const KernelCode &k, int dev, lo
   a.maxDynamicSharedSizeBytes = (size_t)dyn_limit(f, k, dev);
   cudaOccDeviceState state;
   cudaOccResult r;
-  if (cudaOccMaxActiveBlocksPerMultiprocessor(&r, &p, &a, &state, (int)threads, smem) != CUDA_OCC_SUCCESS)
+  const cudaOccError e = cudaOccMaxActiveBlocksPerMultiprocessor(&r, &p, &a, &state, (int)threads, smem);
+  if (e != CUDA_OCC_SUCCESS) {
+    violation(s, "%s: the occupancy calculator refused its input (error %d)", f.name.c_str(), (int)e);
     return 0;
+  }
   return r.activeBlocksPerMultiprocessor;
 }
 
@@ -354,7 +358,7 @@ cudaError_t launch(State &s, const cudaLaunchConfig_t &cfg, const void *fn) {
     bad(cudaErrorNotSupported, "%s: programmatic dependent launch on compute capability %d",
         d->major);
   const int resident_sms = s.active_sms > 0 ? std::min(s.active_sms, d->sms) : d->sms;
-  const int fit = per_sm(*d, *f, *code, t_device, threads, cfg.dynamicSmemBytes);
+  const int fit = per_sm(s, *d, *f, *code, t_device, threads, cfg.dynamicSmemBytes);
   if (l.cluster > 0) {
     const unsigned most = f->nonportable ? 16u : 8u;
     if (d->major < 9) bad(cudaErrorNotSupported, "%s: clusters on compute capability %d", d->major);
@@ -748,7 +752,7 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *blocks, 
   const fake_cuda::DeviceProps *d = nullptr;
   const fake_cuda::KernelCode *k = nullptr;
   if (cudaError_t e = fake_cuda::enter_func(s, Api::kOccupancy, fn, &f, &d, &k)) return fake_cuda::ret(e);
-  *blocks = fake_cuda::per_sm(*d, *f, *k, fake_cuda::t_device, threads, smem);
+  *blocks = fake_cuda::per_sm(s, *d, *f, *k, fake_cuda::t_device, threads, smem);
   return cudaSuccess;
 }
 
@@ -777,7 +781,7 @@ cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *fn,
   if (cluster == 0 || cluster > (f->nonportable ? 16u : 8u))
     return fake_cuda::ret(cudaErrorInvalidClusterSize);
   const long long threads = fake_cuda::threads_of(cfg->blockDim);
-  *clusters = fake_cuda::per_sm(*d, *f, *k, fake_cuda::t_device, threads, cfg->dynamicSmemBytes) *
+  *clusters = fake_cuda::per_sm(s, *d, *f, *k, fake_cuda::t_device, threads, cfg->dynamicSmemBytes) *
               d->sms / (int)cluster;
   return cudaSuccess;
 }

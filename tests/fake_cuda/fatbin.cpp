@@ -110,7 +110,13 @@ void read_cubin(Bytes elf, int arch, FatbinCode *out) {
       return;
     }
     name_off[i] = name;
-    if (secs[i].type != 8) secs[i].data = elf.sub((size_t)off, (size_t)secs[i].size);  // 8: NOBITS
+    if (secs[i].type != 8) {  // 8: NOBITS (no bytes in the file)
+      secs[i].data = elf.sub((size_t)off, (size_t)secs[i].size);
+      if (secs[i].size && !secs[i].data.p) {
+        problem("a section out of the file");
+        return;
+      }
+    }
   }
   const Bytes names = secs[shstrndx].data;
   for (uint16_t i = 0; i < shnum; ++i) secs[i].name = names.cstr((size_t)name_off[i]);
@@ -133,6 +139,10 @@ void read_cubin(Bytes elf, int arch, FatbinCode *out) {
       kernels.insert(fn);
       const auto it = regs_of_symbol.find(s.info & 0xffffffu);
       code[fn].regs = it != regs_of_symbol.end() ? it->second : (int)(s.info >> 24);
+      if (code[fn].regs < 1 || code[fn].regs > 255) {
+        problem(("registers out of range for " + fn).c_str());
+        code[fn].regs = 255;
+      }
     } else if (starts_with(s.name, ".nv.shared.", &fn) && fn.compare(0, 9, "reserved.") != 0) {
       // From sm_90 on, a kernel's section begins with the 1 KB the driver reserves a block.
       size_t bytes = (size_t)s.size;
@@ -143,12 +153,19 @@ void read_cubin(Bytes elf, int arch, FatbinCode *out) {
       if (!each_attribute(s.data, [&](uint8_t attr, Bytes v) {
             uint32_t x = 0, y = 0, z = 0;
             if (attr == kAttrMaxThreads && v.get(0, &x) && v.get(4, &y) && v.get(8, &z))
-              k.max_threads = (int)(x * y * z);
+              k.max_threads = x >= 1 && y >= 1 && z >= 1 && x <= 1024 && y <= 1024 && z <= 64 &&
+                                      (uint64_t)x * y * z <= 1024
+                                  ? (int)(x * y * z)
+                                  : -1;
           }))
         problem(("unreadable .nv.info." + fn).c_str());
     }
   }
   for (const std::string &k : kernels) {
+    if (code[k].max_threads < 0) {
+      problem(("launch bounds out of range for " + k).c_str());
+      code[k].max_threads = 0;
+    }
     code[k].arch = arch;
     out->by_arch[arch][k] = code[k];
   }
@@ -173,7 +190,8 @@ size_t read_fatbin_image(const void *image, size_t avail, FatbinCode *out) {
     uint32_t entry_header = 0, arch = 0;
     uint64_t payload = 0;
     if (!all.get(off, &kind) || !all.get(off + 4, &entry_header) || !all.get(off + 8, &payload) ||
-        !all.get(off + 28, &arch) || entry_header < 32 || payload > all.n - off - entry_header) {
+        !all.get(off + 28, &arch) || entry_header < 32 || entry_header > all.n - off ||
+        payload > all.n - off - entry_header) {
       out->problems.push_back("a fat binary entry out of its bounds");
       break;
     }
@@ -231,7 +249,7 @@ bool executable_fatbins(const char *path, FatbinImages *out, std::string *why) {
     const Bytes sec = elf.sub((size_t)off, (size_t)size);
     if (!sec.p) return *why = ".nv_fatbin out of the file", false;
     out->section.assign((sec.n + 7) / 8, 0);
-    std::memcpy(out->section.data(), sec.p, sec.n);
+    if (sec.n) std::memcpy(out->section.data(), sec.p, sec.n);
     // The images one after another, each at an 8-byte boundary.
     const unsigned char *base = reinterpret_cast<const unsigned char *>(out->section.data());
     for (size_t at = 0; at + 16 <= sec.n;) {
@@ -241,7 +259,7 @@ bool executable_fatbins(const char *path, FatbinImages *out, std::string *why) {
       std::memcpy(&magic, base + at, 4);
       std::memcpy(&h, base + at + 6, 2);
       std::memcpy(&n, base + at + 8, 8);
-      if (magic != kFatbinMagic || n > sec.n - at - h) {
+      if (magic != kFatbinMagic || h < 16 || h > sec.n - at || n > sec.n - at - h) {
         at += 8;
         continue;
       }

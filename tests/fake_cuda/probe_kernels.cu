@@ -16,7 +16,20 @@ __global__ void __launch_bounds__(kProbeBound) probe_bounded_kernel(float *x) {
 // No launch bounds, no static shared memory.
 __global__ void probe_plain_kernel(float *x) { x[threadIdx.x] += 1.0f; }
 
+// No launch bounds, and more than 64 registers a thread (kProbeLive loads live at once: ptxas
+// sm_80 and sm_90 give 102-104): blocks of 1024 threads do not fit its registers.
+__global__ void probe_registers_kernel(float *x) {
+  float a[kProbeLive];
+#pragma unroll
+  for (int i = 0; i < kProbeLive; ++i) a[i] = x[i * 1024 + threadIdx.x];
+  float s = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kProbeLive; ++i) s += a[i] * a[kProbeLive - 1 - i];
+  x[threadIdx.x] = s;
+}
+
 }  // namespace
 
 const void *probe_bounded() { return reinterpret_cast<const void *>(probe_bounded_kernel); }
 const void *probe_plain() { return reinterpret_cast<const void *>(probe_plain_kernel); }
+const void *probe_registers() { return reinterpret_cast<const void *>(probe_registers_kernel); }

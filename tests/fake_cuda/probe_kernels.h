@@ -4,8 +4,11 @@
 
 constexpr int kProbeStaticFloats = 1000;  // probe_bounded's static shared memory, in floats
 constexpr int kProbeBound = 384;          // and its __launch_bounds__
+constexpr int kProbeLive = 96;            // probe_registers' values live at once (it reads
+                                          // kProbeLive × 1024 floats)
 
 const void *probe_bounded();
 const void *probe_plain();
+const void *probe_registers();
 
 #endif
