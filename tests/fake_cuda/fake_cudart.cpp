@@ -224,18 +224,25 @@ Func *func(State &s, const void *f) {
   return it == s.funcs.end() ? nullptr : &it->second;
 }
 
+// A call about a kernel: the kernel, the current device, and the kernel's code for that device.
+struct FuncCall {
+  Func *f = nullptr;
+  const DeviceProps *d = nullptr;
+  const KernelCode *k = nullptr;
+};
+
 // enter() for a call about kernel `fn` on the current device, all three looked up: a kernel
 // without machine code for the device is a violation (the fake does not model PTX).
-cudaError_t enter_func(State &s, Api api, const void *fn, Func **f, const DeviceProps **d,
-                       const KernelCode **k, const char *name = __builtin_FUNCTION()) {
+cudaError_t enter_func(State &s, Api api, const void *fn, FuncCall *c,
+                       const char *name = __builtin_FUNCTION()) {
   if (cudaError_t e = enter(s, api, name)) return e;
-  *f = func(s, fn);
-  *d = device(s, t_device);
-  if (!*f || !*d) return cudaErrorInvalidDeviceFunction;
-  *k = code_for(s, **f, **d);
-  if (!*k) {
-    violation(s, "%s: no machine code for sm_%d%d in the build", (*f)->name.c_str(), (*d)->major,
-              (*d)->minor);
+  c->f = func(s, fn);
+  c->d = device(s, t_device);
+  if (!c->f || !c->d) return cudaErrorInvalidDeviceFunction;
+  c->k = code_for(s, *c->f, *c->d);
+  if (!c->k) {
+    violation(s, "%s: no machine code for sm_%d%d in the build", c->f->name.c_str(), c->d->major,
+              c->d->minor);
     return cudaErrorNoKernelImageForDevice;
   }
   return cudaSuccess;
@@ -702,42 +709,36 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
 cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *attr, const void *fn) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
-  fake_cuda::Func *f = nullptr;
-  const fake_cuda::DeviceProps *d = nullptr;
-  const fake_cuda::KernelCode *k = nullptr;
-  if (cudaError_t e = fake_cuda::enter_func(s, Api::kFuncGetAttributes, fn, &f, &d, &k))
-    return fake_cuda::ret(e);
+  fake_cuda::FuncCall c;
+  if (cudaError_t e = fake_cuda::enter_func(s, Api::kFuncGetAttributes, fn, &c)) return fake_cuda::ret(e);
   *attr = cudaFuncAttributes{};
-  attr->maxThreadsPerBlock = fake_cuda::max_threads(*k);
-  attr->numRegs = k->regs;
-  attr->sharedSizeBytes = k->static_smem;
+  attr->maxThreadsPerBlock = fake_cuda::max_threads(*c.k);
+  attr->numRegs = c.k->regs;
+  attr->sharedSizeBytes = c.k->static_smem;
   // The build's cubins are compiled from the PTX of their own architecture (CUDA_ARCHITECTURES
   // NN-real).
-  attr->ptxVersion = attr->binaryVersion = k->arch;
-  attr->maxDynamicSharedSizeBytes = fake_cuda::dyn_limit(*f, *k, fake_cuda::t_device);
-  attr->nonPortableClusterSizeAllowed = f->nonportable;
+  attr->ptxVersion = attr->binaryVersion = c.k->arch;
+  attr->maxDynamicSharedSizeBytes = fake_cuda::dyn_limit(*c.f, *c.k, fake_cuda::t_device);
+  attr->nonPortableClusterSizeAllowed = c.f->nonportable;
   return cudaSuccess;
 }
 
 cudaError_t cudaFuncSetAttribute(const void *fn, enum cudaFuncAttribute attr, int value) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
-  fake_cuda::Func *f = nullptr;
-  const fake_cuda::DeviceProps *d = nullptr;
-  const fake_cuda::KernelCode *k = nullptr;
-  if (cudaError_t e = fake_cuda::enter_func(s, Api::kFuncSetAttribute, fn, &f, &d, &k))
-    return fake_cuda::ret(e);
+  fake_cuda::FuncCall c;
+  if (cudaError_t e = fake_cuda::enter_func(s, Api::kFuncSetAttribute, fn, &c)) return fake_cuda::ret(e);
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
-    if (value < 0 || (size_t)value + k->static_smem > (size_t)d->optin_smem) {
+    if (value < 0 || (size_t)value + c.k->static_smem > (size_t)c.d->optin_smem) {
       fake_cuda::violation(s, "%s: dynamic shared memory limit %d, with %zu static above the opt-in %d",
-                           f->name.c_str(), value, k->static_smem, d->optin_smem);
+                           c.f->name.c_str(), value, c.k->static_smem, c.d->optin_smem);
       return fake_cuda::ret(cudaErrorInvalidValue);
     }
-    f->max_dyn[fake_cuda::t_device] = value;
+    c.f->max_dyn[fake_cuda::t_device] = value;
   } else if (attr == cudaFuncAttributeNonPortableClusterSizeAllowed) {
-    f->nonportable = value != 0;
+    c.f->nonportable = value != 0;
   } else if (attr != cudaFuncAttributePreferredSharedMemoryCarveout) {
-    fake_cuda::violation(s, "%s: cudaFuncSetAttribute(%d) not modelled", f->name.c_str(), (int)attr);
+    fake_cuda::violation(s, "%s: cudaFuncSetAttribute(%d) not modelled", c.f->name.c_str(), (int)attr);
     return fake_cuda::ret(cudaErrorInvalidValue);
   }
   return cudaSuccess;
@@ -748,11 +749,9 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *blocks, 
                                                                    unsigned int) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
-  fake_cuda::Func *f = nullptr;
-  const fake_cuda::DeviceProps *d = nullptr;
-  const fake_cuda::KernelCode *k = nullptr;
-  if (cudaError_t e = fake_cuda::enter_func(s, Api::kOccupancy, fn, &f, &d, &k)) return fake_cuda::ret(e);
-  *blocks = fake_cuda::per_sm(s, *d, *f, *k, fake_cuda::t_device, threads, smem);
+  fake_cuda::FuncCall c;
+  if (cudaError_t e = fake_cuda::enter_func(s, Api::kOccupancy, fn, &c)) return fake_cuda::ret(e);
+  *blocks = fake_cuda::per_sm(s, *c.d, *c.f, *c.k, fake_cuda::t_device, threads, smem);
   return cudaSuccess;
 }
 
@@ -768,21 +767,19 @@ cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *fn,
                                            const cudaLaunchConfig_t *cfg) {
   State &s = st();
   std::lock_guard<std::mutex> g(s.mu);
-  fake_cuda::Func *f = nullptr;
-  const fake_cuda::DeviceProps *d = nullptr;
-  const fake_cuda::KernelCode *k = nullptr;
-  if (cudaError_t e = fake_cuda::enter_func(s, Api::kOccupancy, fn, &f, &d, &k)) return fake_cuda::ret(e);
+  fake_cuda::FuncCall c;
+  if (cudaError_t e = fake_cuda::enter_func(s, Api::kOccupancy, fn, &c)) return fake_cuda::ret(e);
   if (!cfg || !clusters) return fake_cuda::ret(cudaErrorInvalidValue);
-  if (d->major < 9) return fake_cuda::ret(cudaErrorNotSupported);
+  if (c.d->major < 9) return fake_cuda::ret(cudaErrorNotSupported);
   unsigned cluster = 1;
   for (unsigned k = 0; k < cfg->numAttrs; ++k)
     if (cfg->attrs[k].id == cudaLaunchAttributeClusterDimension)
       cluster = cfg->attrs[k].val.clusterDim.x;
-  if (cluster == 0 || cluster > (f->nonportable ? 16u : 8u))
+  if (cluster == 0 || cluster > (c.f->nonportable ? 16u : 8u))
     return fake_cuda::ret(cudaErrorInvalidClusterSize);
   const long long threads = fake_cuda::threads_of(cfg->blockDim);
-  *clusters = fake_cuda::per_sm(s, *d, *f, *k, fake_cuda::t_device, threads, cfg->dynamicSmemBytes) *
-              d->sms / (int)cluster;
+  *clusters = fake_cuda::per_sm(s, *c.d, *c.f, *c.k, fake_cuda::t_device, threads, cfg->dynamicSmemBytes) *
+              c.d->sms / (int)cluster;
   return cudaSuccess;
 }
 
