@@ -123,6 +123,7 @@ struct KernelInfo {
   int regs;             // a thread
   size_t static_smem;   // bytes
   int max_threads;      // __launch_bounds__, 0: none
+  int frame;            // bytes of local memory a thread (spills, local arrays)
 };
 // Every registered kernel's, for every architecture the build has code for; and what could not
 // be read of the fat binaries (empty when all was).

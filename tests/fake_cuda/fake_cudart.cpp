@@ -511,7 +511,7 @@ std::vector<KernelInfo> kernel_codes() {
       auto k = arch.second.find(f.second.mangled);
       if (k != arch.second.end())
         out.push_back(KernelInfo{f.second.name, f.second.mangled, arch.first, k->second.regs,
-                                 k->second.static_smem, k->second.max_threads});
+                                 k->second.static_smem, k->second.max_threads, k->second.frame});
     }
   return out;
 }

@@ -17,6 +17,7 @@ constexpr uint32_t kWrapperMagic = 0x466243b1u;  // __fatBinC_Wrapper_t
 constexpr uint32_t kFatbinMagic = 0xba55ed50u;
 constexpr uint16_t kKindCubin = 2;               // 1: PTX
 constexpr uint8_t kAttrMaxThreads = 0x05;        // EIATTR_MAX_THREADS: x, y, z (.maxntid)
+constexpr uint8_t kAttrFrameSize = 0x11;         // EIATTR_FRAME_SIZE: symbol, bytes
 constexpr uint8_t kAttrRegCount = 0x2f;          // EIATTR_REGCOUNT: symbol, registers
 constexpr uint8_t kFormatSized = 0x04;           // EIFMT_SVAL: a 16-bit size, then the value
 constexpr size_t kReservedSmem = 1024;           // the driver's window at the start of an sm_90 block's
@@ -121,12 +122,15 @@ void read_cubin(Bytes elf, int arch, FatbinCode *out) {
   const Bytes names = secs[shstrndx].data;
   for (uint16_t i = 0; i < shnum; ++i) secs[i].name = names.cstr((size_t)name_off[i]);
 
-  std::map<uint32_t, int> regs_of_symbol;  // EIATTR_REGCOUNT in the global .nv.info
+  // EIATTR_REGCOUNT and EIATTR_FRAME_SIZE in the global .nv.info, by symbol.
+  std::map<uint32_t, int> regs_of_symbol, frame_of_symbol;
   for (const Section &s : secs)
     if (s.name == ".nv.info" &&
         !each_attribute(s.data, [&](uint8_t attr, Bytes v) {
-          uint32_t sym = 0, regs = 0;
-          if (attr == kAttrRegCount && v.get(0, &sym) && v.get(4, &regs)) regs_of_symbol[sym] = (int)regs;
+          uint32_t sym = 0, value = 0;
+          if (!v.get(0, &sym) || !v.get(4, &value)) return;
+          if (attr == kAttrRegCount) regs_of_symbol[sym] = (int)value;
+          if (attr == kAttrFrameSize) frame_of_symbol[sym] = (int)value;
         }))
       problem("unreadable .nv.info");
 
@@ -137,6 +141,8 @@ void read_cubin(Bytes elf, int arch, FatbinCode *out) {
     if (starts_with(s.name, ".text.", &fn)) {
       // sh_info: the kernel's symbol, and (up to sm_8x) its registers in the top byte.
       kernels.insert(fn);
+      const auto frame = frame_of_symbol.find(s.info & 0xffffffu);
+      if (frame != frame_of_symbol.end()) code[fn].frame = frame->second;
       const auto it = regs_of_symbol.find(s.info & 0xffffffu);
       code[fn].regs = it != regs_of_symbol.end() ? it->second : (int)(s.info >> 24);
       if (code[fn].regs < 1 || code[fn].regs > 255) {

@@ -21,6 +21,7 @@ struct KernelCode {
   size_t static_smem = 0;    // bytes of static shared memory (as ptxas -v reports them)
   int max_threads = 0;       // the __launch_bounds__ block size; 0: none given
   int arch = 0;              // of its cubin: 80 for sm_80, ...
+  int frame = 0;             // bytes of local memory a thread: its stack frame (spills, local arrays)
 };
 
 // A fat binary's cubins: arch (80 for sm_80, 90 for sm_90, ...) -> mangled kernel name -> code.

@@ -4,11 +4,16 @@
 // memory, clusters and cooperative launches of each call.
 //
 //   specnorm_launch_report [--device h100|a100] [--tune SPECNORM_TUNE] HxW[:f32|bf16|f16] ...
+//   specnorm_launch_report [--device h100|a100] --kernels
 //
 // e.g. `specnorm_launch_report --tune op_onchip_grid=2 4096x4096:bf16`. Without shapes: the
 // benchmark's single layers in fp32 and bf16. The device defaults to h100; the calls are the
 // training forward (W_sn written), the scale-only forward, the eval forward and the backward
-// (no flags), after a warm-up.
+// (no flags), after a warm-up. --kernels lists every kernel's machine code for the device instead
+// (registers, local memory, static shared memory, launch bounds; as ptxas -v reports them, read
+// from the build's cubins in no time: scripts/ptxas_report.sh recompiles), and exits 1 if any
+// kernel uses local memory (spills or local arrays).
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -100,15 +105,36 @@ int run(const Layer &L) {
   return rc;
 }
 
+// Every kernel's code for `arch`, most registers first; 1 if any has local memory.
+int list_kernels(int arch) {
+  std::vector<fake_cuda::KernelInfo> ks;
+  for (const fake_cuda::KernelInfo &k : fake_cuda::kernel_codes())
+    if (k.arch == arch) ks.push_back(k);
+  std::sort(ks.begin(), ks.end(), [](const fake_cuda::KernelInfo &a, const fake_cuda::KernelInfo &b) {
+    return a.regs != b.regs ? a.regs > b.regs : a.name < b.name;
+  });
+  std::printf("%4s %6s %6s %6s  kernel (sm_%d)\n", "regs", "local", "smem", "bound", arch);
+  int with_local = 0;
+  for (const fake_cuda::KernelInfo &k : ks) {
+    std::printf("%4d %6d %6zu %6d  %s\n", k.regs, k.frame, k.static_smem, k.max_threads, short_name(k.name).c_str());
+    with_local += k.frame > 0;
+  }
+  std::printf("kernels: %zu, with local memory: %d\n", ks.size(), with_local);
+  return with_local ? 1 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
   fake_cuda::DeviceProps device = fake_cuda::h100();
   const char *device_name = "h100";
   std::vector<Layer> layers;
+  bool kernels = false;
   for (int i = 1; i < argc; ++i) {
     Layer l{};
-    if (!std::strcmp(argv[i], "--device") && i + 1 < argc) {
+    if (!std::strcmp(argv[i], "--kernels")) {
+      kernels = true;
+    } else if (!std::strcmp(argv[i], "--device") && i + 1 < argc) {
       device_name = argv[++i];
       if (!std::strcmp(device_name, "a100")) device = fake_cuda::a100();
       else if (std::strcmp(device_name, "h100")) return std::fprintf(stderr, "unknown device %s\n", device_name), 2;
@@ -117,7 +143,10 @@ int main(int argc, char **argv) {
     } else if (parse(argv[i], &l)) {
       layers.push_back(l);
     } else {
-      std::fprintf(stderr, "usage: %s [--device h100|a100] [--tune SPECNORM_TUNE] HxW[:f32|bf16|f16] ...\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--device h100|a100] [--tune SPECNORM_TUNE] HxW[:f32|bf16|f16] ...\n"
+                   "       %s [--device h100|a100] --kernels\n",
+                   argv[0], argv[0]);
       return 2;
     }
   }
@@ -131,6 +160,7 @@ int main(int argc, char **argv) {
     std::fprintf(stderr, "the build has no sm_%d%d machine code\n", device.major, device.minor);
     return 1;
   }
+  if (kernels) return list_kernels(device.major * 10 + device.minor);
   const char *tune = std::getenv("SPECNORM_TUNE");
   std::printf("%s-like device (fake CUDA runtime), SPECNORM_TUNE=%s\n", device_name, tune ? tune : "");
   int rc = 0;
