@@ -1229,6 +1229,9 @@ TEST_P(FakeCudaMachines, KernelResourcesAreTheMachineCodes) {
   EXPECT_EQ(a.maxThreadsPerBlock, 1024);
   EXPECT_GE(a.numRegs, 1);
   EXPECT_LE(a.numRegs, 32);
+  EXPECT_EQ(a.localSizeBytes, 0u);
+  ASSERT_EQ(cudaFuncGetAttributes(&a, probe_local()), cudaSuccess);
+  EXPECT_EQ(a.localSizeBytes, kProbeLocalFloats * sizeof(float));
   // Without launch bounds, the registers alone limit the block: over 64 a thread, not 1024 threads.
   cudaFuncAttributes r{};
   ASSERT_EQ(cudaFuncGetAttributes(&r, probe_registers()), cudaSuccess);
@@ -1333,6 +1336,7 @@ TEST_F(FakeCuda, TheExecutablesFatBinariesAreTheRegisteredOnes) {
     EXPECT_EQ(it->second.regs, k.regs);
     EXPECT_EQ(it->second.static_smem, k.static_smem);
     EXPECT_EQ(it->second.max_threads, k.max_threads);
+    EXPECT_EQ(it->second.frame, k.frame);
   }
 }
 

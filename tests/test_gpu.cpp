@@ -239,6 +239,8 @@ TEST(Gpu, KernelResourcesAreWhatTheFakeRuntimeReads) {
   ASSERT_EQ(cudaFuncGetAttributes(&a, probe_registers()), cudaSuccess);
   EXPECT_GT(a.numRegs, 64);
   EXPECT_LT(a.maxThreadsPerBlock, 1024);
+  ASSERT_EQ(cudaFuncGetAttributes(&a, probe_local()), cudaSuccess);
+  EXPECT_EQ(a.localSizeBytes, kProbeLocalFloats * sizeof(float));
 }
 
 // The same for every kernel of this executable (the library's and the probes'): each fat binary
@@ -283,6 +285,7 @@ TEST(Gpu, EveryKernelsResourcesAreWhatTheFakeRuntimeReads) {
       }
       EXPECT_EQ(a.numRegs, k.second.regs);
       EXPECT_EQ(a.sharedSizeBytes, k.second.static_smem);
+      EXPECT_EQ(a.localSizeBytes, (size_t)k.second.frame);
       EXPECT_EQ(a.maxThreadsPerBlock, fake_cuda::max_threads(k.second));
       ++checked;
     }

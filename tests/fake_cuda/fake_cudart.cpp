@@ -715,6 +715,7 @@ cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *attr, const void *f
   attr->maxThreadsPerBlock = fake_cuda::max_threads(*c.k);
   attr->numRegs = c.k->regs;
   attr->sharedSizeBytes = c.k->static_smem;
+  attr->localSizeBytes = (size_t)c.k->frame;
   // The build's cubins are compiled from the PTX of their own architecture (CUDA_ARCHITECTURES
   // NN-real).
   attr->ptxVersion = attr->binaryVersion = c.k->arch;

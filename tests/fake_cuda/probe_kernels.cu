@@ -28,8 +28,19 @@ __global__ void probe_registers_kernel(float *x) {
   x[threadIdx.x] = s;
 }
 
+// A local array of kProbeLocalFloats written and read at indices known only at run time: local
+// memory, a stack frame of exactly its bytes (ptxas sm_80 and sm_90).
+__global__ void probe_local_kernel(float *x, int k, int j) {
+  float a[kProbeLocalFloats];
+#pragma unroll
+  for (int i = 0; i < kProbeLocalFloats; ++i) a[i] = x[i * 1024 + threadIdx.x];
+  a[k & (kProbeLocalFloats - 1)] += 1.0f;
+  x[threadIdx.x] = a[j & (kProbeLocalFloats - 1)];
+}
+
 }  // namespace
 
 const void *probe_bounded() { return reinterpret_cast<const void *>(probe_bounded_kernel); }
 const void *probe_plain() { return reinterpret_cast<const void *>(probe_plain_kernel); }
 const void *probe_registers() { return reinterpret_cast<const void *>(probe_registers_kernel); }
+const void *probe_local() { return reinterpret_cast<const void *>(probe_local_kernel); }
