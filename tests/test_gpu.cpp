@@ -260,12 +260,7 @@ TEST(Gpu, EveryKernelsResourcesAreWhatTheFakeRuntimeReads) {
     fake_cuda::FatbinCode code;
     ASSERT_GT(fake_cuda::read_fatbin_image(fatbins.image(i), fatbins.images[i].second, &code), 0u);
     EXPECT_TRUE(code.problems.empty()) << code.problems.front();
-    // The cubin the driver takes: the device's major version, the highest minor up to its own.
-    const std::map<std::string, fake_cuda::KernelCode> *kernels = nullptr;
-    for (int m = minor; m >= 0 && !kernels; --m) {
-      auto it = code.by_arch.find(major * 10 + m);
-      if (it != code.by_arch.end()) kernels = &it->second;
-    }
+    const std::map<std::string, fake_cuda::KernelCode> *kernels = fake_cuda::cubin_for(code, major, minor);
     if (!kernels) continue;  // the build has no machine code for this device (PTX only)
     cudaLibrary_t lib = nullptr;
     const cudaError_t loaded = cudaLibraryLoadData(&lib, fatbins.image(i), nullptr, nullptr, 0, nullptr, nullptr, 0);

@@ -167,17 +167,21 @@ char *reach(State &s, const void *p, size_t bytes, bool device_side) {
 
 long long threads_of(dim3 b) { return (long long)b.x * b.y * b.z; }
 
-// The machine code of `f` that device `d` runs: the cubin of the same major version with the
-// highest minor version up to the device's (null when the build has none: the driver would
-// compile PTX, whose resources the fake cannot know).
+// The machine code of `f` that device `d` runs (cubin_for; null when the build has none: the driver
+// would compile PTX, whose resources the fake cannot know).
 const KernelCode *code_for(const State &s, const Func &f, const DeviceProps &d) {
-  for (int minor = d.minor; minor >= 0; --minor) {
-    auto arch = s.code.by_arch.find(d.major * 10 + minor);
-    if (arch == s.code.by_arch.end()) continue;
-    auto k = arch->second.find(f.mangled);
-    if (k != arch->second.end()) return &k->second;
-  }
-  return nullptr;
+  const auto *cubin = cubin_for(s.code, d.major, d.minor);
+  if (!cubin) return nullptr;
+  const auto k = cubin->find(f.mangled);
+  return k != cubin->end() ? &k->second : nullptr;
+}
+
+// code_for, where the call needs it: a kernel without machine code for the device is a violation
+// (the fake does not model PTX).
+const KernelCode *needed_code(State &s, const Func &f, const DeviceProps &d) {
+  const KernelCode *k = code_for(s, f, d);
+  if (!k) violation(s, "%s: no machine code for sm_%d%d in the build", f.name.c_str(), d.major, d.minor);
+  return k;
 }
 
 // cudaFuncAttributeMaxDynamicSharedMemorySize of `f` on device `dev`.
@@ -231,21 +235,15 @@ struct FuncCall {
   const KernelCode *k = nullptr;
 };
 
-// enter() for a call about kernel `fn` on the current device, all three looked up: a kernel
-// without machine code for the device is a violation (the fake does not model PTX).
+// enter() for a call about kernel `fn` on the current device, all three looked up (needed_code).
 cudaError_t enter_func(State &s, Api api, const void *fn, FuncCall *c,
                        const char *name = __builtin_FUNCTION()) {
   if (cudaError_t e = enter(s, api, name)) return e;
   c->f = func(s, fn);
   c->d = device(s, t_device);
   if (!c->f || !c->d) return cudaErrorInvalidDeviceFunction;
-  c->k = code_for(s, *c->f, *c->d);
-  if (!c->k) {
-    violation(s, "%s: no machine code for sm_%d%d in the build", c->f->name.c_str(), c->d->major,
-              c->d->minor);
-    return cudaErrorNoKernelImageForDevice;
-  }
-  return cudaSuccess;
+  c->k = needed_code(s, *c->f, *c->d);
+  return c->k ? cudaSuccess : cudaErrorNoKernelImageForDevice;
 }
 
 // A call the driver refuses during a capture: one that synchronizes (any mode), or, outside the
@@ -317,11 +315,8 @@ cudaError_t launch(State &s, const cudaLaunchConfig_t &cfg, const void *fn) {
     return cudaErrorInvalidDeviceFunction;
   }
   const char *name = f->name.c_str();
-  const KernelCode *code = code_for(s, *f, *d);
-  if (!code) {
-    violation(s, "launch of %s: no machine code for sm_%d%d in the build", name, d->major, d->minor);
-    return cudaErrorNoKernelImageForDevice;
-  }
+  const KernelCode *code = needed_code(s, *f, *d);
+  if (!code) return cudaErrorNoKernelImageForDevice;
   on_stream(s, cfg.stream, name);
   Launch l{f->name, t_device, cfg.stream, cfg.gridDim, cfg.blockDim, cfg.dynamicSmemBytes, 0,
            false, false, s.capturing && cfg.stream == s.capture_stream};

@@ -81,46 +81,59 @@ bool each_attribute(Bytes b, F f) {
   return off == b.n;
 }
 
-void read_cubin(Bytes elf, int arch, FatbinCode *out) {
-  char what[96];
-  std::snprintf(what, sizeof what, "the sm_%d cubin", arch);
-  auto problem = [&](const char *why) { out->problems.push_back(std::string(what) + ": " + why); };
-  if (elf.n < 64 || std::memcmp(elf.p, "\x7f" "ELF", 4) != 0 || elf.p[4] != 2) {
-    problem("not a 64-bit ELF file (compressed?)");
-    return;
-  }
+// The sections of a 64-bit ELF file (a cubin, or an executable), named, each with its bytes in the
+// file (none for NOBITS); false, with why, when the file is not one or a section lies outside it.
+bool read_sections(Bytes elf, std::vector<Section> *secs, const char **why) {
   uint64_t shoff = 0;
   uint16_t shentsize = 0, shnum = 0, shstrndx = 0;
+  if (elf.n < 64 || std::memcmp(elf.p, "\x7f" "ELF", 4) != 0 || elf.p[4] != 2)
+    return *why = "not a 64-bit ELF file", false;
   elf.get(0x28, &shoff);
   elf.get(0x3a, &shentsize);
   elf.get(0x3c, &shnum);
   elf.get(0x3e, &shstrndx);
-  if (shentsize < 64 || shstrndx >= shnum) {
-    problem("bad section headers");
+  if (shentsize < 64 || shstrndx >= shnum) return *why = "bad section headers", false;
+  secs->assign(shnum, Section{});
+  std::vector<uint32_t> name_off(shnum);
+  for (uint16_t i = 0; i < shnum; ++i) {
+    Section &sec = (*secs)[i];
+    const size_t h = (size_t)shoff + (size_t)i * shentsize;
+    uint64_t off = 0;
+    if (!elf.get(h, &name_off[i]) || !elf.get(h + 4, &sec.type) || !elf.get(h + 0x18, &off) ||
+        !elf.get(h + 0x20, &sec.size) || !elf.get(h + 0x2c, &sec.info))
+      return *why = "section header out of the file", false;
+    if (sec.type != 8) {  // 8: NOBITS (no bytes in the file)
+      sec.data = elf.sub((size_t)off, (size_t)sec.size);
+      if (sec.size && !sec.data.p) return *why = "a section out of the file", false;
+    }
+  }
+  const Bytes names = (*secs)[shstrndx].data;
+  for (uint16_t i = 0; i < shnum; ++i) (*secs)[i].name = names.cstr(name_off[i]);
+  return true;
+}
+
+// The size of the fat binary image whose header starts `b` (header and entries), 0 when `b` does
+// not start with one or is too short for it.
+size_t image_size(Bytes b) {
+  uint32_t magic = 0;
+  uint16_t header = 0;
+  uint64_t size = 0;
+  if (!b.get(0, &magic) || !b.get(6, &header) || !b.get(8, &size) || magic != kFatbinMagic ||
+      header < 16 || header > b.n || size > b.n - header)
+    return 0;
+  return header + (size_t)size;
+}
+
+void read_cubin(Bytes elf, int arch, FatbinCode *out) {
+  char what[96];
+  std::snprintf(what, sizeof what, "the sm_%d cubin", arch);
+  auto problem = [&](const char *why) { out->problems.push_back(std::string(what) + ": " + why); };
+  std::vector<Section> secs;
+  const char *why = nullptr;
+  if (!read_sections(elf, &secs, &why)) {
+    problem(why);
     return;
   }
-  std::vector<Section> secs(shnum);
-  std::vector<uint64_t> name_off(shnum);
-  for (uint16_t i = 0; i < shnum; ++i) {
-    const size_t h = (size_t)shoff + (size_t)i * shentsize;
-    uint32_t name = 0;
-    uint64_t off = 0;
-    if (!elf.get(h, &name) || !elf.get(h + 4, &secs[i].type) || !elf.get(h + 0x18, &off) ||
-        !elf.get(h + 0x20, &secs[i].size) || !elf.get(h + 0x2c, &secs[i].info)) {
-      problem("section header out of the file");
-      return;
-    }
-    name_off[i] = name;
-    if (secs[i].type != 8) {  // 8: NOBITS (no bytes in the file)
-      secs[i].data = elf.sub((size_t)off, (size_t)secs[i].size);
-      if (secs[i].size && !secs[i].data.p) {
-        problem("a section out of the file");
-        return;
-      }
-    }
-  }
-  const Bytes names = secs[shstrndx].data;
-  for (uint16_t i = 0; i < shnum; ++i) secs[i].name = names.cstr((size_t)name_off[i]);
 
   // EIATTR_REGCOUNT and EIATTR_FRAME_SIZE in the global .nv.info, by symbol.
   std::map<uint32_t, int> regs_of_symbol, frame_of_symbol;
@@ -181,15 +194,14 @@ void read_cubin(Bytes elf, int arch, FatbinCode *out) {
 
 size_t read_fatbin_image(const void *image, size_t avail, FatbinCode *out) {
   const Bytes b{static_cast<const unsigned char *>(image), avail};
-  uint32_t magic = 0;
-  uint16_t header = 0;
-  uint64_t size = 0;
-  if (!b.get(0, &magic) || !b.get(6, &header) || !b.get(8, &size) || magic != kFatbinMagic ||
-      header < 16 || size > avail || header > avail - size) {
+  const size_t bytes = image_size(b);
+  if (bytes == 0) {
     out->problems.push_back("a fat binary of an unknown layout");
     return 0;
   }
-  const Bytes all = b.sub(header, (size_t)size);
+  uint16_t header = 0;
+  b.get(6, &header);
+  const Bytes all = b.sub(header, bytes - header);
   size_t off = 0;
   while (off < all.n) {
     uint16_t kind = 0;
@@ -204,7 +216,7 @@ size_t read_fatbin_image(const void *image, size_t avail, FatbinCode *out) {
     if (kind == kKindCubin) read_cubin(all.sub(off + entry_header, (size_t)payload), (int)arch, out);
     off += entry_header + payload;
   }
-  return header + (size_t)size;
+  return bytes;
 }
 
 void read_fatbin(const void *wrapper, FatbinCode *out) {
@@ -217,11 +229,7 @@ void read_fatbin(const void *wrapper, FatbinCode *out) {
     return;
   }
   // Its size is in its own header (the registered image lies in the executable's .nv_fatbin).
-  uint16_t header = 0;
-  uint64_t size = 0;
-  std::memcpy(&header, data + 6, sizeof header);
-  std::memcpy(&size, data + 8, sizeof size);
-  read_fatbin_image(data, (size_t)header + (size_t)size, out);
+  read_fatbin_image(data, SIZE_MAX, out);
 }
 
 bool executable_fatbins(const char *path, FatbinImages *out, std::string *why) {
@@ -233,48 +241,36 @@ bool executable_fatbins(const char *path, FatbinImages *out, std::string *why) {
   unsigned char buf[1 << 16];
   for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) file.insert(file.end(), buf, buf + n);
   std::fclose(f);
-  const Bytes elf{file.data(), file.size()};
-  uint64_t shoff = 0;
-  uint16_t shentsize = 0, shnum = 0, shstrndx = 0;
-  if (elf.n < 64 || std::memcmp(elf.p, "\x7f" "ELF", 4) != 0 || elf.p[4] != 2 || !elf.get(0x28, &shoff) ||
-      !elf.get(0x3a, &shentsize) || !elf.get(0x3c, &shnum) || !elf.get(0x3e, &shstrndx) ||
-      shentsize < 64 || shstrndx >= shnum)
-    return *why = std::string(path) + " is not a 64-bit ELF file", false;
-  auto header = [&](uint16_t i, uint32_t *name, uint64_t *off, uint64_t *size) {
-    const size_t h = (size_t)shoff + (size_t)i * shentsize;
-    return elf.get(h, name) && elf.get(h + 0x18, off) && elf.get(h + 0x20, size);
-  };
-  uint32_t name = 0;
-  uint64_t str_off = 0, str_size = 0;
-  if (!header(shstrndx, &name, &str_off, &str_size))
-    return *why = "bad section headers", false;
-  const Bytes names = elf.sub((size_t)str_off, (size_t)str_size);
-  for (uint16_t i = 0; i < shnum; ++i) {
-    uint64_t off = 0, size = 0;
-    if (!header(i, &name, &off, &size) || names.cstr(name) != ".nv_fatbin") continue;
-    const Bytes sec = elf.sub((size_t)off, (size_t)size);
-    if (!sec.p) return *why = ".nv_fatbin out of the file", false;
-    out->section.assign((sec.n + 7) / 8, 0);
-    if (sec.n) std::memcpy(out->section.data(), sec.p, sec.n);
+  std::vector<Section> secs;
+  const char *bad = nullptr;
+  if (!read_sections(Bytes{file.data(), file.size()}, &secs, &bad)) return *why = std::string(path) + ": " + bad, false;
+  for (const Section &sec : secs) {
+    if (sec.name != ".nv_fatbin") continue;
+    const Bytes data = sec.data;
+    out->section.assign((data.n + 7) / 8, 0);
+    if (data.n) std::memcpy(out->section.data(), data.p, data.n);
     // The images one after another, each at an 8-byte boundary.
-    const unsigned char *base = reinterpret_cast<const unsigned char *>(out->section.data());
-    for (size_t at = 0; at + 16 <= sec.n;) {
-      uint32_t magic = 0;
-      uint16_t h = 0;
-      uint64_t n = 0;
-      std::memcpy(&magic, base + at, 4);
-      std::memcpy(&h, base + at + 6, 2);
-      std::memcpy(&n, base + at + 8, 8);
-      if (magic != kFatbinMagic || h < 16 || h > sec.n - at || n > sec.n - at - h) {
+    const Bytes copy{reinterpret_cast<const unsigned char *>(out->section.data()), data.n};
+    for (size_t at = 0; at + 16 <= copy.n;) {
+      const size_t n = image_size(copy.sub(at, copy.n - at));
+      if (n == 0) {
         at += 8;
         continue;
       }
-      out->images.emplace_back(at, h + (size_t)n);
-      at += (h + (size_t)n + 7) / 8 * 8;
+      out->images.emplace_back(at, n);
+      at += (n + 7) / 8 * 8;
     }
     return true;
   }
   return *why = std::string(path) + " has no .nv_fatbin section", false;
+}
+
+const std::map<std::string, KernelCode> *cubin_for(const FatbinCode &code, int major, int minor) {
+  for (int m = minor; m >= 0; --m) {
+    const auto it = code.by_arch.find(major * 10 + m);
+    if (it != code.by_arch.end()) return &it->second;
+  }
+  return nullptr;
 }
 
 int max_threads(const KernelCode &k) {

@@ -47,6 +47,10 @@ struct FatbinImages {
 };
 bool executable_fatbins(const char *path, FatbinImages *out, std::string *why);
 
+// The cubin a device of compute capability major.minor runs: the one of its major version with the
+// highest minor version up to its own; null when there is none (the driver would compile PTX).
+const std::map<std::string, KernelCode> *cubin_for(const FatbinCode &code, int major, int minor);
+
 // The largest block the driver launches code `k` with: its launch bounds, and its registers
 // (given a warp in units of 256, out of the 16,384 of each of an SM's 4 sub-partitions).
 int max_threads(const KernelCode &k);
