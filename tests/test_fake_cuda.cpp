@@ -1289,19 +1289,16 @@ TEST_P(FakeCudaMachines, KernelResourcesAreTheMachineCodes) {
   size_t ours = 0;
   std::set<std::string> with_code;
   for (const fake_cuda::KernelInfo &k : fake_cuda::kernel_codes()) {
-    if (k.arch != arch) continue;
+    if (k.code.arch != arch) continue;
     with_code.insert(k.mangled);
     if (k.name.find("probe_") != std::string::npos) continue;
     ++ours;
     SCOPED_TRACE(k.name);
-    EXPECT_GE(k.regs, 1);
-    EXPECT_LE(k.regs, 255);
-    EXPECT_LE(k.static_smem, 48u * 1024);
-    if (k.max_threads > 0) {  // ptxas fits the registers to the bounds
-      fake_cuda::KernelCode c;
-      c.regs = k.regs;
-      c.max_threads = k.max_threads;
-      EXPECT_EQ(fake_cuda::max_threads(c), k.max_threads) << k.regs << " registers";
+    EXPECT_GE(k.code.regs, 1);
+    EXPECT_LE(k.code.regs, 255);
+    EXPECT_LE(k.code.static_smem, 48u * 1024);
+    if (k.code.max_threads > 0) {  // ptxas fits the registers to the bounds
+      EXPECT_EQ(fake_cuda::max_threads(k.code), k.code.max_threads) << k.code.regs << " registers";
     }
   }
   EXPECT_GT(ours, 100u);
@@ -1328,15 +1325,15 @@ TEST_F(FakeCuda, TheExecutablesFatBinariesAreTheRegisteredOnes) {
   EXPECT_EQ(in_file, registered.size());
   EXPECT_GT(registered.size(), 200u);
   for (const fake_cuda::KernelInfo &k : registered) {
-    SCOPED_TRACE(k.name + " sm_" + std::to_string(k.arch));
-    auto arch = code.by_arch.find(k.arch);
+    SCOPED_TRACE(k.name + " sm_" + std::to_string(k.code.arch));
+    auto arch = code.by_arch.find(k.code.arch);
     ASSERT_NE(arch, code.by_arch.end());
     auto it = arch->second.find(k.mangled);
     ASSERT_NE(it, arch->second.end());
-    EXPECT_EQ(it->second.regs, k.regs);
-    EXPECT_EQ(it->second.static_smem, k.static_smem);
-    EXPECT_EQ(it->second.max_threads, k.max_threads);
-    EXPECT_EQ(it->second.frame, k.frame);
+    EXPECT_EQ(it->second.regs, k.code.regs);
+    EXPECT_EQ(it->second.static_smem, k.code.static_smem);
+    EXPECT_EQ(it->second.max_threads, k.code.max_threads);
+    EXPECT_EQ(it->second.frame, k.code.frame);
   }
 }
 

@@ -31,6 +31,8 @@
 
 #include <cuda_runtime.h>
 
+#include "fatbin.h"
+
 #include <string>
 #include <vector>
 
@@ -119,11 +121,7 @@ void set_active_sms(int sms);
 // A registered kernel's machine code for one architecture (fatbin.h), as the fake uses it.
 struct KernelInfo {
   std::string name, mangled;
-  int arch;             // 80: sm_80, ...
-  int regs;             // a thread
-  size_t static_smem;   // bytes
-  int max_threads;      // __launch_bounds__, 0: none
-  int frame;            // bytes of local memory a thread (spills, local arrays)
+  KernelCode code;  // code.arch: 80 for sm_80, ...
 };
 // Every registered kernel's, for every architecture the build has code for; and what could not
 // be read of the fat binaries (empty when all was).

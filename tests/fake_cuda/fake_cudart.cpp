@@ -505,8 +505,7 @@ std::vector<KernelInfo> kernel_codes() {
     for (const auto &arch : s.code.by_arch) {
       auto k = arch.second.find(f.second.mangled);
       if (k != arch.second.end())
-        out.push_back(KernelInfo{f.second.name, f.second.mangled, arch.first, k->second.regs,
-                                 k->second.static_smem, k->second.max_threads, k->second.frame});
+        out.push_back(KernelInfo{f.second.name, f.second.mangled, k->second});
     }
   return out;
 }

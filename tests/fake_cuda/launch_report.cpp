@@ -109,15 +109,16 @@ int run(const Layer &L) {
 int list_kernels(int arch) {
   std::vector<fake_cuda::KernelInfo> ks;
   for (const fake_cuda::KernelInfo &k : fake_cuda::kernel_codes())
-    if (k.arch == arch) ks.push_back(k);
+    if (k.code.arch == arch) ks.push_back(k);
   std::sort(ks.begin(), ks.end(), [](const fake_cuda::KernelInfo &a, const fake_cuda::KernelInfo &b) {
-    return a.regs != b.regs ? a.regs > b.regs : a.name < b.name;
+    return a.code.regs != b.code.regs ? a.code.regs > b.code.regs : a.name < b.name;
   });
   std::printf("%4s %6s %6s %6s  kernel (sm_%d)\n", "regs", "local", "smem", "bound", arch);
   int with_local = 0;
   for (const fake_cuda::KernelInfo &k : ks) {
-    std::printf("%4d %6d %6zu %6d  %s\n", k.regs, k.frame, k.static_smem, k.max_threads, short_name(k.name).c_str());
-    with_local += k.frame > 0;
+    const fake_cuda::KernelCode &c = k.code;
+    std::printf("%4d %6d %6zu %6d  %s\n", c.regs, c.frame, c.static_smem, c.max_threads, short_name(k.name).c_str());
+    with_local += c.frame > 0;
   }
   std::printf("kernels: %zu, with local memory: %d\n", ks.size(), with_local);
   return with_local ? 1 : 0;
