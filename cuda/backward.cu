@@ -52,6 +52,11 @@ extern "C" int sn_cuda_backward_on_chip(const sn_cuda_plan_t *plan, const sn_cud
   return oc.grid == 0 || sn::grid_backward_instance(*plan, a->W, a->G, a->dW) >= 0;
 }
 
+extern "C" sn_path_t sn_cuda_backward_path(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *a) {
+  if (!sn_cuda_backward_on_chip(plan, a)) return SN_PATH_BACKWARD_KERNELS;
+  return plan->onchip.grid > 0 ? SN_PATH_ON_CHIP_GRID : SN_PATH_ON_CHIP;
+}
+
 extern "C" sn_cuda_backward_shape_t sn_cuda_backward_shape(const sn_cuda_plan_t *plan, const void *W,
                                                           const void *G, const void *dW) {
   using namespace sn;
@@ -82,8 +87,9 @@ extern "C" int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backwa
   const sn_cuda_plan_t &P = *plan;
   const bool need_gw = !a->detach_sigma || a->dgamma;
   // On chip (op_onchip=1 or op_onchip_grid, where the layer fits): one launch instead of two.
-  if (sn_cuda_backward_on_chip(plan, a))
-    return (int)(P.onchip.grid > 0 ? launch_on_chip_grid_backward(P, *a, stream) : launch_on_chip_backward(P, *a, stream));
+  const sn_path_t path = sn_cuda_backward_path(plan, a);
+  if (path == SN_PATH_ON_CHIP_GRID) return (int)launch_on_chip_grid_backward(P, *a, stream);
+  if (path == SN_PATH_ON_CHIP) return (int)launch_on_chip_backward(P, *a, stream);
   const sn_cuda_backward_shape_t sh = sn_cuda_backward_shape(plan, a->W, a->G, a->dW);
   auto run = [&](auto zero) -> cudaError_t {
     using T = decltype(zero);

@@ -573,6 +573,20 @@ extern "C" int sn_cuda_forward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda
          (a->n_iters > 0 || !a->training);
 }
 
+extern "C" sn_path_t sn_cuda_forward_path(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *a) {
+  if (a->is_1d) return SN_PATH_ONE_D;
+  if (sn_cuda_forward_on_chip(plan, a)) return plan->onchip.grid > 0 ? SN_PATH_ON_CHIP_GRID : SN_PATH_ON_CHIP;
+  // The row kernels need 16-byte aligned rows; the column kernels take any W.
+  if (plan->one_pass && !plan->one_pass_cols && sn::aligned16(a->W)) {
+    // The cooperative one-pass launch: in forwards without W_sn (scale only, warm-up), or in every
+    // forward where SPECNORM_TUNE=op_coop asked for it (plan.op_coop_all); an eval forward's σ is
+    // the rows kernel's.
+    const bool coop = plan->op_coop && (plan->op_coop_all || !a->W_sn);
+    return a->training && coop ? SN_PATH_ONE_PASS_COOP : SN_PATH_ONE_PASS_ROWS;
+  }
+  return a->training && plan->one_pass_cols ? SN_PATH_ONE_PASS_COLS : SN_PATH_MATVEC;
+}
+
 extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *a,
                                sn_stream_t stream_handle) {
   using sn::TMode;
@@ -580,7 +594,8 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
   const sn_cuda_plan_t &P = *plan;
   float *scal = P.scal;
 
-  if (a->is_1d) {
+  const sn_path_t path = sn_cuda_forward_path(plan, a);
+  if (path == SN_PATH_ONE_D) {
     SN_TRY(sn::launch_matvec(P, a->W, nullptr, nullptr, TMode::kNorm1D, nullptr, nullptr, nullptr,
                              stream));
     SN_TRY(sn::launch_commit_divide(P, *a, SN_SCAL_SIG_1D, sn::Commit::kOneD, stream));
@@ -589,7 +604,7 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
 
   // A warmed-up layer on chip, for the forwards its plan puts there (small layers' training
   // forwards on sm_90, or every one with SPECNORM_TUNE=op_onchip=1): the whole forward in one launch.
-  if (sn_cuda_forward_on_chip(plan, a)) {
+  if (path == SN_PATH_ON_CHIP || path == SN_PATH_ON_CHIP_GRID) {
     // (The matrix it iterates on: the layer's own, or on the grid a v-first layer's Mᵀ, with u
     // and v exchanged: sn_on_grid_view.)
     const sn_view_t ev = sn_on_grid_view(plan);
@@ -610,7 +625,7 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
     e.eps = P.eps;
     e.norm_bound = P.norm_bound;
     e.gamma = P.gamma;
-    if (P.onchip.grid > 0)
+    if (path == SN_PATH_ON_CHIP_GRID)
       SN_TRY(sn::launch_on_chip_grid(P, e, a->training != 0, stream));
     else
       SN_TRY(sn::launch_on_chip(P.onchip, nullptr, &e, 1, P.pdl != 0, a->training != 0, stream));
@@ -618,16 +633,16 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
   }
   const int iters = a->warmup_iters + (a->training ? a->n_iters : 0);
   if (a->training && iters == 0) return 0;
-  // The row kernels need 16-byte aligned rows; the column kernels take any W.
-  const bool one_pass = P.one_pass && !P.one_pass_cols && sn::aligned16(a->W);
+  // The one-pass rows (the eval's σ too), or else the columns' or the matrix-vector kernels.
+  const bool one_pass = path == SN_PATH_ONE_PASS_ROWS || path == SN_PATH_ONE_PASS_COOP;
   // The current u and v: the state at first, then the scratch products with their norms.
   const float *u = a->u, *u_div = nullptr, *v = a->v, *v_div = nullptr;
   int slot = SN_SCAL_SIG_S;
   // The first product of a training forward restarts from ones if the health word asks for it.
   const unsigned *health = reinterpret_cast<const unsigned *>(a->sigma + 3);
   bool committed = false;  // by the last iteration's cooperative one-pass launch (scale only)
-  // The cooperative one-pass launch: in forwards without W_sn (scale only, warm-up), or in every
-  // forward where SPECNORM_TUNE=op_coop asked for it (plan.op_coop_all).
+  // The cooperative one-pass launch (sn_cuda_forward_path; an eval forward's warm-up iterations
+  // take it as a scale-only forward's would).
   const bool coop = P.op_coop && (P.op_coop_all || !a->W_sn);
   for (int k = 0; k < iters; ++k) {
     const unsigned *restart = k == 0 ? health : nullptr;

@@ -409,11 +409,18 @@ extern "C" int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w, int coop
   return (int)cudaSuccess;
 }
 
+extern "C" sn_path_t sn_cuda_group_forward_path(const sn_cuda_group_t *G) {
+  return G->onchip.cluster > 0 ? SN_PATH_ON_CHIP
+         : G->coop_blocks > 0  ? SN_PATH_ONE_PASS_COOP
+                               : SN_PATH_ONE_PASS_ROWS;
+}
+
 extern "C" int sn_cuda_group_forward(const sn_cuda_group_t *G, int training, sn_stream_t stream_handle) {
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  if (G->onchip.cluster > 0)
+  const sn_path_t path = sn_cuda_group_forward_path(G);
+  if (path == SN_PATH_ON_CHIP)
     return (int)sn::launch_on_chip(G->onchip, G->entries, nullptr, G->count, G->pdl != 0, training != 0, stream);
-  if (G->coop_blocks > 0) {
+  if (path == SN_PATH_ONE_PASS_COOP) {
     cudaLaunchAttribute attr{};
     attr.id = cudaLaunchAttributeCooperative;
     attr.val.cooperative = 1;

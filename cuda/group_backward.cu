@@ -151,10 +151,14 @@ extern "C" void sn_cuda_group_backward_prepare(int coop_max, int *coop_blocks) {
   }
 }
 
+extern "C" sn_path_t sn_cuda_group_backward_path(const sn_cuda_group_bw_t *G) {
+  return G->coop_blocks > 0 ? SN_PATH_BACKWARD_COOP : SN_PATH_BACKWARD_KERNELS;
+}
+
 extern "C" int sn_cuda_group_backward(const sn_cuda_group_bw_t *G, int accumulate, int detach,
                                       int need_inner, sn_stream_t stream_handle) {
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  if (G->coop_blocks > 0) {
+  if (sn_cuda_group_backward_path(G) == SN_PATH_BACKWARD_COOP) {
     cudaLaunchAttribute attr{};
     attr.id = cudaLaunchAttributeCooperative;
     attr.val.cooperative = 1;

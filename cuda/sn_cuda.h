@@ -218,6 +218,8 @@ int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *ar
                     sn_stream_t stream);
 /* Whether that forward is the one launch of the layer on chip (plan->onchip, its modes). */
 int sn_cuda_forward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *args);
+/* The kernels that forward runs (sn_path_t): the choice sn_cuda_forward itself makes. */
+sn_path_t sn_cuda_forward_path(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *args);
 /* Whether launch error e of a forward is the refusal of the plan's cooperative one-pass launch
  * (plan->op_coop; fewer blocks can be resident than the plan's occupancy query said). The refused
  * launch did not run; earlier iterations' launches of the same forward may have, but nothing is
@@ -252,6 +254,8 @@ int sn_cuda_backward(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *
                      sn_stream_t stream);
 /* Whether that backward is the one launch of the layer on chip (op_onchip=1 only). */
 int sn_cuda_backward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *args);
+/* The kernels that backward runs (sn_path_t): the choice sn_cuda_backward itself makes. */
+sn_path_t sn_cuda_backward_path(const sn_cuda_plan_t *plan, const sn_cuda_backward_args_t *args);
 
 /* One layer of a group (cuda/group.cu), as the grouped kernels see it: they run the u-first
  * iteration on the matrix of the view A × h × B (w = A·B) with the vectors u (h) and v (w); for a
@@ -409,6 +413,8 @@ size_t sn_cuda_on_chip_grid_layout(int64_t h, int64_t w, sn_dtype_t dtype, int b
                                    int rows_cap, sn_on_chip_t *oc);
 /* Enqueue a grouped forward (every layer warmed up). Returns a cudaError_t. */
 int sn_cuda_group_forward(const sn_cuda_group_t *group, int training, sn_stream_t stream);
+/* The kernels of a grouped forward (sn_path_t): the choice sn_cuda_group_forward makes. */
+sn_path_t sn_cuda_group_forward_path(const sn_cuda_group_t *group);
 
 /* One layer of a grouped backward (cuda/group_backward.cu), as its kernels see it. */
 typedef struct {
@@ -451,6 +457,8 @@ void sn_cuda_group_backward_prepare(int coop_max, int *coop_blocks);
  * cudaError_t. */
 int sn_cuda_group_backward(const sn_cuda_group_bw_t *group, int accumulate, int detach,
                            int need_inner, sn_stream_t stream);
+/* The kernels of a grouped backward (sn_path_t): the choice sn_cuda_group_backward makes. */
+sn_path_t sn_cuda_group_backward_path(const sn_cuda_group_bw_t *group);
 
 #ifdef __cplusplus
 }

@@ -26,6 +26,7 @@ struct sn_group {
   float **dgamma;        /* NULL, or one pointer per layer (each may be NULL) */
   sn_cuda_group_bw_t cuda_bw; /* CUDA: the backward kernels' view, pointing into `bw_workspace` */
   void *bw_workspace;
+  sn_paths_t paths;      /* the kernels of its latest calls (sn_group_get_paths) */
 };
 
 /* Free device memory of the group's device (NULL: nothing). */
@@ -341,6 +342,13 @@ static sn_status_t check_gamma_bindings(const sn_group_t *group) {
 /* Whether a member runs its warm-up on its own before the grouped kernels. */
 static int needs_warmup(const sn_layer_t *l) { return !l->warmed_up && l->desc.warmup_iterations > 0; }
 
+/* Whether any member writes a W_sn (sn_paths_t: the group's forward is then a "train" one). */
+static int any_output(const sn_group_t *g) {
+  for (int k = 0; k < g->count; ++k)
+    if (g->W_sn[k]) return 1;
+  return 0;
+}
+
 SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t stream) {
   if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
   sn_status_t st = check_gamma_bindings(group);
@@ -352,6 +360,7 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
       if (st != SN_SUCCESS) return st;
     }
     sn__cpu_group_forward(group->layers, group->W, group->W_sn, group->count, training);
+    sn__record_forward_path(&group->paths, training, any_output(group), SN_PATH_CPU);
     return SN_SUCCESS;
   }
   /* Layers not yet warmed up run their warm-up on their own first (refused during a capture).
@@ -384,10 +393,13 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
      * refused launch, so the caller captures again. */
     const char *what = group->cuda.onchip.cluster > 0 ? "on-chip" : "cooperative";
     (void)cudaGetLastError();
-    if (group->cuda.onchip.cluster > 0)
+    if (group->cuda.onchip.cluster > 0) {
       group->cuda.onchip.cluster = 0;
-    else
+      group->paths.dropped |= SN_DROPPED_ON_CHIP;
+    } else {
       group->cuda.coop_blocks = 0;
+      group->paths.dropped |= SN_DROPPED_COOP;
+    }
     if (sn__may_retry_on(stream))
       e = sn_cuda_group_forward(&group->cuda, training, stream);
     else
@@ -402,6 +414,15 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
     group->layers[k]->warmed_up = 1;
     group->layers[k]->forwards += 1;
   }
+  sn__record_forward_path(&group->paths, training, any_output(group),
+                          sn_cuda_group_forward_path(&group->cuda));
+  return SN_SUCCESS;
+}
+
+SN_API sn_status_t sn_group_get_paths(const sn_group_t *group, sn_paths_t *paths) {
+  if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
+  if (!paths) return sn__fail(SN_ERROR_NULL_POINTER, "paths is NULL");
+  *paths = group->paths;
   return SN_SUCCESS;
 }
 
@@ -569,6 +590,7 @@ SN_API sn_status_t sn_group_set_gradients(sn_group_t *group, const void *const *
   }
   free_device(group, group->bw_workspace);
   free_gradients(group->G, group->dW, group->dgamma);
+  group->paths.dropped &= ~(unsigned)SN_DROPPED_BACKWARD_COOP; /* tried again (sn_group_set_gradients) */
   group->G = g_G;
   group->dW = g_dW;
   group->dgamma = g_dgamma;
@@ -592,6 +614,7 @@ SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_strea
   if (group->backend == SN_BACKEND_CPU) {
     sn__cpu_group_backward(group->layers, group->W, group->G, group->dW, group->dgamma, group->count,
                            flags);
+    group->paths.backward = SN_PATH_CPU;
     return SN_SUCCESS;
   }
   const int detach = (flags & SN_BACKWARD_DETACH_SIGMA) != 0;
@@ -608,6 +631,7 @@ SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_strea
      * ran; the binding does without the cooperative launch from now on. */
     (void)cudaGetLastError();
     group->cuda_bw.coop_blocks = 0;
+    group->paths.dropped |= SN_DROPPED_BACKWARD_COOP;
     if (sn__may_retry_on(stream))
       e = sn_cuda_group_backward(&group->cuda_bw, acc, detach, need_inner, stream);
     else
@@ -618,5 +642,6 @@ SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_strea
   if (e != 0) {
     return sn__cuda_fail(e, "launching the grouped backward kernels");
   }
+  group->paths.backward = sn_cuda_group_backward_path(&group->cuda_bw);
   return SN_SUCCESS;
 }

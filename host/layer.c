@@ -82,9 +82,11 @@ static int drop_refused_launch(sn_layer_t *l, int e, int *on_chip, int forward, 
   if (*on_chip && sn_cuda_on_chip_refused(e)) {
     memset(&l->plan.onchip, 0, sizeof l->plan.onchip);
     *on_chip = 0;
+    l->paths.dropped |= SN_DROPPED_ON_CHIP;
     what = "on-chip";
   } else if (forward && sn_cuda_one_pass_coop_refused(&l->plan, e)) {
     l->plan.op_coop = 0;
+    l->paths.dropped |= SN_DROPPED_COOP;
     what = "cooperative one-pass";
   } else {
     return 0;
@@ -443,6 +445,7 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
   if (st != SN_SUCCESS) return st;
   if (cpu) {
     sn__cpu_run_forward(l, W, W_sn, training, warmup_only);
+    if (!warmup_only) sn__record_forward_path(&l->paths, training, W_sn != NULL, SN_PATH_CPU);
     return SN_SUCCESS;
   }
   sn_cuda_forward_args_t a = forward_args(l, W, W_sn, training, warmup_only);
@@ -469,6 +472,8 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
   const char *refused = NULL;
   /* At most twice: an on-chip layer refused, whose usual kernels' cooperative launch is too. */
   while (drop_refused_launch(l, e, &on_chip, 1, stream, &refused)) e = sn_cuda_forward(&l->plan, &a, stream);
+  /* The kernels the successful call ran: decided by the plan as it is after any refusal. */
+  const sn_path_t path = sn_cuda_forward_path(&l->plan, &a);
   sn__leave_device(dev, prev);
   if (refused) return refused_in_capture(refused, "forward");
   if (e != 0) {
@@ -476,7 +481,31 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
   }
   l->warmed_up = 1;
   l->forwards += !warmup_only;
+  if (!warmup_only) sn__record_forward_path(&l->paths, training, W_sn != NULL, path);
   return SN_SUCCESS;
+}
+
+void sn__record_forward_path(sn_paths_t *paths, int training, int with_out, sn_path_t path) {
+  if (!training)
+    paths->eval = path;
+  else if (with_out)
+    paths->train = path;
+  else
+    paths->scale_only = path;
+}
+
+SN_API sn_status_t sn_layer_get_paths(const sn_layer_t *layer, sn_paths_t *paths) {
+  if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  if (!paths) return sn__fail(SN_ERROR_NULL_POINTER, "paths is NULL");
+  *paths = layer->paths;
+  return SN_SUCCESS;
+}
+
+SN_API const char *sn_path_name(sn_path_t path) {
+  static const char *const names[SN_PATH_COUNT] = {
+      "none",          "cpu",     "one-d",        "matvec",           "one-pass-rows", "one-pass-coop",
+      "one-pass-cols", "on-chip", "on-chip-grid", "backward-kernels", "backward-coop"};
+  return (int)path < 0 || path >= SN_PATH_COUNT ? "unknown" : names[path];
 }
 
 size_t sn__weight_bytes(const sn_layer_t *l) { return (size_t)l->numel * sn_dtype_size(l->desc.dtype); }
@@ -572,6 +601,7 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
   if (st != SN_SUCCESS) return st;
   if (layer->desc.backend == SN_BACKEND_CPU) {
     sn__cpu_backward(layer, W, G, dW, flags, dgamma);
+    layer->paths.backward = SN_PATH_CPU;
     return SN_SUCCESS;
   }
   const int dev = layer->desc.device;
@@ -587,11 +617,13 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
   const char *refused = NULL;
   if (drop_refused_launch(layer, e, &on_chip, 0, stream, &refused))
     e = sn_cuda_backward(&layer->plan, &a, stream);
+  const sn_path_t path = sn_cuda_backward_path(&layer->plan, &a);
   sn__leave_device(dev, prev);
   if (refused) return refused_in_capture(refused, "backward");
   if (e != 0) {
     return sn__cuda_fail(e, "launching the backward kernels");
   }
+  layer->paths.backward = path;
   return SN_SUCCESS;
 }
 

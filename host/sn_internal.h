@@ -43,7 +43,13 @@ struct sn_layer {
   double *ref_v;       /* w */
   double *ref_t;       /* h */
   int cpu_threads;     /* threads of its calls (sn__cpu_threads, at creation) */
+
+  sn_paths_t paths;    /* the kernels of its latest calls (sn_layer_get_paths) */
 };
+
+/* Record a successful call's path among `paths` (sn_layer_get_paths, sn_group_get_paths): a
+ * forward of training and with or without W_sn, or the backward. */
+void sn__record_forward_path(sn_paths_t *paths, int training, int with_out, sn_path_t path);
 
 /* Portable generator for the initial u and v: N(randn(n)) from (seed, stream_id), in double,
  * rounded to float. Identical on every backend. */

@@ -391,6 +391,64 @@ SN_API sn_status_t sn_group_set_gradients(sn_group_t *group, const void *const *
  * scratch). */
 SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_stream_t stream);
 
+/* ---- Paths: which kernels a call ran --------------------------------------------------------- */
+
+/* The kernels a call ran (fixed numbers, only appended). Each is decided per call, from the
+ * layer's plan (fixed at creation, by shape, dtype, algorithm, device and SPECNORM_TUNE), the
+ * call's buffers (16-byte alignment) and the launches the device refused before (`dropped`). */
+typedef enum {
+  SN_PATH_NONE = 0,          /* no such call has run on the layer (or group) yet */
+  SN_PATH_CPU = 1,           /* the CPU backend */
+  SN_PATH_ONE_D = 2,         /* a 1-D weight: σ = max(‖W‖, eps) and the division, no iteration */
+  SN_PATH_MATVEC = 3,        /* matrix-vector kernels, one read of W per product: two an iteration
+                                (SN_ALGO_TWO_PASS, or ONE_PASS by rows given a W off 16-byte
+                                alignment); an eval forward's σ = uᵀ M v in one read */
+  SN_PATH_ONE_PASS_ROWS = 4, /* one read of W an iteration, by rows (u-first; for an eval forward,
+                                its σ by the same rows); a group's three kernels */
+  SN_PATH_ONE_PASS_COOP = 5, /* the same, each iteration one cooperative launch (by default the
+                                scale-only forwards on sm_90); a group's single cooperative launch */
+  SN_PATH_ONE_PASS_COLS = 6, /* one read of W an iteration, by columns (v-first) */
+  SN_PATH_ON_CHIP = 7,       /* the whole call in one launch, W read once into the shared memory of
+                                one thread-block cluster (a group: one cluster per layer) */
+  SN_PATH_ON_CHIP_GRID = 8,  /* the whole call in one cooperative launch, W spread over the shared
+                                memory (and registers) of a block per SM */
+  SN_PATH_BACKWARD_KERNELS = 9, /* the backward's ⟨G, W⟩ and dW kernels (1 or 2 launches) */
+  SN_PATH_BACKWARD_COOP = 10,   /* a group's backward as one cooperative launch */
+  SN_PATH_COUNT = 11
+} sn_path_t;
+
+/* Launches the device refused, which the layer (or group) no longer tries (sn_paths_t.dropped). */
+typedef enum {
+  SN_DROPPED_ON_CHIP = 1u, /* the on-chip launch (SN_PATH_ON_CHIP or SN_PATH_ON_CHIP_GRID) */
+  SN_DROPPED_COOP = 2u,    /* the cooperative forward launch (SN_PATH_ONE_PASS_COOP) */
+  SN_DROPPED_BACKWARD_COOP = 4u /* a group's cooperative backward, until its next
+                                   sn_group_set_gradients */
+} sn_dropped_t;
+
+/* The path of the latest successful call of each kind. A warm-up alone (sn_layer_warmup, or a
+ * group's warm-up of its members) is not recorded; a first forward that runs the warm-up
+ * iterations records the path of its own iterations (eval: of its σ). A failed call records no
+ * path; a refusal sets its `dropped` bit even in a call that then fails (during a capture: the
+ * layer runs without that launch from then on). A group records its own calls, not its members'
+ * (a layer records only the calls made on it). A captured call records when it is captured, not
+ * when its graph is replayed (a replay runs the captured kernels). Reading it is host-only: no
+ * synchronization, no CUDA call; not while another thread calls the same layer (or group). */
+typedef struct {
+  sn_path_t train;      /* a training forward that wrote W_sn (a group: any member's) */
+  sn_path_t scale_only; /* a training forward without W_sn (a group: no member's) */
+  sn_path_t eval;       /* an eval forward (training = 0) */
+  sn_path_t backward;   /* sn_backward, sn_group_backward */
+  unsigned dropped;     /* sn_dropped_t bits, since creation (the backward's since the binding) */
+} sn_paths_t;
+
+/* The paths of the layer's latest calls into *paths. */
+SN_API sn_status_t sn_layer_get_paths(const sn_layer_t *layer, sn_paths_t *paths);
+/* The paths of the group's latest sn_group_forward and sn_group_backward into *paths. */
+SN_API sn_status_t sn_group_get_paths(const sn_group_t *group, sn_paths_t *paths);
+/* "none", "cpu", "one-d", "matvec", "one-pass-rows", "one-pass-coop", "one-pass-cols", "on-chip",
+ * "on-chip-grid", "backward-kernels", "backward-coop"; "unknown" for other values. */
+SN_API const char *sn_path_name(sn_path_t path);
+
 /* ---- Checkpoints --------------------------------------------------------------------------- */
 
 /* Bytes of a checkpoint of this layer (its full state: shape, dim, dtype, eps, iteration settings,

@@ -1,7 +1,9 @@
 // The layer API on the CPU backend: every behaviour of the API, tested where CI runs (no GPU).
 #include <cuda_runtime_api.h>
 
+#include <cstring>
 #include <numeric>
+#include <set>
 
 #include "sn_internal.h"
 #include "test_util.h"
@@ -877,4 +879,53 @@ TEST(CpuThreads, LayersGiveTheSameBitsOnAnyNumberOfThreads) {
     EXPECT_FALSE(same_state(one.states[0], one.states[1]));
     EXPECT_FALSE(one.outs[0] == std::vector<uint8_t>(bytes));
   }
+}
+
+// sn_layer_get_paths: NONE for each kind of call until one runs (a warm-up alone is not one), then
+// the CPU backend for each; a failed call records nothing; sn_path_name names every path once.
+TEST_F(CpuApi, PathsRecordEachKindOfCall) {
+  const int64_t h = 6, w = 7;
+  LayerPtr l(make_desc({h, w}, SN_BACKEND_CPU));
+  std::vector<float> W = rng.normals(h * w), out(W.size()), G = rng.normals(h * w), dW(W.size());
+  sn_paths_t p;
+  std::memset(&p, 0xff, sizeof p);
+  ASSERT_EQ(sn_layer_get_paths(l, &p), SN_SUCCESS);
+  const auto expect = [&](sn_path_t train, sn_path_t scale, sn_path_t eval, sn_path_t bw) {
+    sn_paths_t q;
+    std::memset(&q, 0xff, sizeof q);
+    ASSERT_EQ(sn_layer_get_paths(l, &q), SN_SUCCESS);
+    EXPECT_EQ(q.train, train);
+    EXPECT_EQ(q.scale_only, scale);
+    EXPECT_EQ(q.eval, eval);
+    EXPECT_EQ(q.backward, bw);
+    EXPECT_EQ(q.dropped, 0u);
+  };
+  expect(SN_PATH_NONE, SN_PATH_NONE, SN_PATH_NONE, SN_PATH_NONE);
+  ASSERT_EQ(sn_layer_warmup(l, W.data(), nullptr), SN_SUCCESS);
+  expect(SN_PATH_NONE, SN_PATH_NONE, SN_PATH_NONE, SN_PATH_NONE);
+  ASSERT_EQ(sn_forward_scale_only(l, W.data(), 0, nullptr), SN_SUCCESS);
+  expect(SN_PATH_NONE, SN_PATH_NONE, SN_PATH_CPU, SN_PATH_NONE);
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  expect(SN_PATH_CPU, SN_PATH_NONE, SN_PATH_CPU, SN_PATH_NONE);
+  // Failed calls of each kind record nothing.
+  EXPECT_EQ(sn_forward_scale_only(l, nullptr, 1, nullptr), SN_ERROR_NULL_POINTER);
+  EXPECT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), 0x80u, nullptr, nullptr), SN_ERROR_INVALID_VALUE);
+  EXPECT_EQ(sn_backward(l, W.data(), G.data(), W.data() + 1, 0, nullptr, nullptr), SN_ERROR_INVALID_VALUE);
+  expect(SN_PATH_CPU, SN_PATH_NONE, SN_PATH_CPU, SN_PATH_NONE);
+  ASSERT_EQ(sn_forward_scale_only(l, W.data(), 1, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), 0, nullptr, nullptr), SN_SUCCESS);
+  expect(SN_PATH_CPU, SN_PATH_CPU, SN_PATH_CPU, SN_PATH_CPU);
+
+  EXPECT_FAILS(sn_layer_get_paths(nullptr, &p), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_layer_get_paths(l, nullptr), SN_ERROR_NULL_POINTER, "paths");
+
+  std::set<std::string> names;
+  for (int k = 0; k < SN_PATH_COUNT; ++k) {
+    const std::string n = sn_path_name(sn_path_t(k));
+    EXPECT_NE(n, "unknown") << k;
+    EXPECT_TRUE(names.insert(n).second) << n << " twice";
+  }
+  EXPECT_STREQ(sn_path_name(SN_PATH_NONE), "none");
+  EXPECT_STREQ(sn_path_name(SN_PATH_ON_CHIP_GRID), "on-chip-grid");
+  for (const int k : {-1, int(SN_PATH_COUNT), 999}) EXPECT_STREQ(sn_path_name(sn_path_t(k)), "unknown") << k;
 }

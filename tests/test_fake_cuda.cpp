@@ -160,6 +160,40 @@ struct LayerBufs {
   }
 };
 
+// The path (sn_path_t) that the launches of one call (fake_cuda::launches() from `from` on, less
+// those the fake refused) took, told by their kernels' names alone; a 1-D weight's matrix-vector
+// kernel is its norm.
+sn_path_t launched_path(size_t from, bool one_d) {
+  const std::vector<fake_cuda::Launch> all = fake_cuda::launches();
+  const auto any = [&](const char *name) {
+    for (size_t k = from; k < all.size(); ++k)
+      if (all[k].error == cudaSuccess && all[k].kernel.find(name) != std::string::npos) return true;
+    return false;
+  };
+  if (any("on_chip_grid")) return SN_PATH_ON_CHIP_GRID;
+  if (any("on_chip")) return SN_PATH_ON_CHIP;  // group_on_chip_kernel, on_chip_backward_kernel
+  if (any("group_backward_coop")) return SN_PATH_BACKWARD_COOP;
+  if (any("inner_kernel") || any("apply_")) return SN_PATH_BACKWARD_KERNELS;
+  if (any("one_pass_coop") || any("group_coop")) return SN_PATH_ONE_PASS_COOP;
+  if (any("one_pass_rows") || any("group_rows")) return SN_PATH_ONE_PASS_ROWS;
+  if (any("panel_kernel")) return SN_PATH_ONE_PASS_COLS;
+  if (any("matvec")) return one_d ? SN_PATH_ONE_D : SN_PATH_MATVEC;
+  return SN_PATH_NONE;
+}
+
+// After a call of one kind (`kind`: sn_paths_t::train, ...) whose launches start at `from`: the
+// path the layer (or group) recorded is the one its launches took.
+template <class Object, class Get>
+void expect_recorded_path(const Object *o, Get get, sn_path_t sn_paths_t::*kind, size_t from, bool one_d) {
+  sn_paths_t p;
+  std::memset(&p, 0xff, sizeof p);
+  ASSERT_EQ(get(o, &p), SN_SUCCESS) << sn_last_error_message();
+  const sn_path_t want = launched_path(from, one_d);
+  EXPECT_NE(want, SN_PATH_NONE) << "a call that launched none of the known kernels";
+  EXPECT_EQ(p.*kind, want) << "recorded " << sn_path_name(p.*kind) << ", launched " << sn_path_name(want);
+  EXPECT_EQ(p.dropped, 0u);
+}
+
 // One CUDA layer through every call of the API: warm-up, training and eval forwards (with W_sn,
 // in place, scale only), the backward under every flag with and without ∂L/∂γ, with γ bound, σ,
 // health, state, checkpoints and reset. Per-step calls are held to StepWatch.
@@ -183,23 +217,49 @@ void exercise_layer(const sn_layer_desc_t &d, sn_status_t want, bool host_calls)
   Dev W(bytes), W_sn(bytes), G(bytes), dW(bytes), scalars(16);
   float *gamma = scalars.get<float>(), *dgamma = gamma + 1;
 
+  // Each call's recorded path (sn_layer_get_paths) against the kernels it launched.
+  size_t from = 0;
+  const auto mark = [&] { from = fake_cuda::launches().size(); };
+  const auto took = [&](sn_path_t sn_paths_t::*kind) {
+    expect_recorded_path(raw, sn_layer_get_paths, kind, from, d.ndim == 1);
+  };
   OK(sn_layer_warmup(raw, W.p, kS));
+  mark();
   STEP(sn_forward(raw, W.p, W_sn.p, 1, kS), 8);
+  took(&sn_paths_t::train);
+  mark();
   STEP(sn_forward(raw, W.p, W_sn.p, 0, kS), 8);
+  took(&sn_paths_t::eval);
+  mark();
   STEP(sn_forward(raw, W.p, W.p, 1, kS), 8);
+  took(&sn_paths_t::train);
+  mark();
   STEP(sn_forward_scale_only(raw, W.p, 1, kS), 8);
+  took(&sn_paths_t::scale_only);
+  mark();
   STEP(sn_forward_scale_only(raw, W.p, 0, kS), 8);
+  took(&sn_paths_t::eval);
   for (unsigned flags = 0; flags < 4; ++flags) {
     // specnorm.h: 2 launches, 1 when neither the σ term nor ∂L/∂γ is needed (the paths that
     // run on chip take 1 either way).
     const long most = flags & SN_BACKWARD_DETACH_SIGMA ? 1 : 2;
+    mark();
     STEP_N(sn_backward(raw, W.p, G.p, dW.p, flags, nullptr, kS), 1, most);
+    took(&sn_paths_t::backward);
+    mark();
     STEP_N(sn_backward(raw, W.p, G.p, dW.p, flags, dgamma, kS), 1, 2);
+    took(&sn_paths_t::backward);
+    mark();
     STEP_N(sn_backward(raw, W.p, G.p, G.p, flags, nullptr, kS), 1, most);
+    took(&sn_paths_t::backward);
   }
   OK(sn_layer_set_gamma(raw, gamma));
+  mark();
   STEP(sn_forward(raw, W.p, W_sn.p, 1, kS), 8);
+  took(&sn_paths_t::train);
+  mark();
   STEP(sn_backward(raw, W.p, G.p, dW.p, 0, dgamma, kS), 2);
+  took(&sn_paths_t::backward);
   OK(sn_layer_set_gamma(raw, nullptr));
   if (!host_calls) return;
 
@@ -452,21 +512,44 @@ TEST_P(FakeCudaMachines, EveryGroupPathLaunchesWithinTheDevicesLimitsAndCountsIt
       OK(r.warm());
       OK(r.create());
       sn_group_t *g = r.group.get();
+      // Each call's recorded path (sn_group_get_paths) against the kernels it launched.
+      size_t from = 0;
+      const auto mark = [&] { from = fake_cuda::launches().size(); };
+      const auto took = [&](sn_path_t sn_paths_t::*kind) {
+        expect_recorded_path(g, sn_group_get_paths, kind, from, false);
+      };
       // specnorm.h: 3 launches at most for one power iteration, whatever the count of layers;
-      // the backward 1 or 2.
+      // the backward 1 or 2. (Every group here has a member that writes a W_sn: "train".)
+      mark();
       STEP(sn_group_forward(g, 1, kS), 3);
+      took(&sn_paths_t::train);
+      mark();
       STEP(sn_group_forward(g, 0, kS), 3);
+      took(&sn_paths_t::eval);
       OK(set_gradients(g, r.G.data(), r.dW.data(), nullptr));
-      for (unsigned flags = 0; flags < 4; ++flags)
+      for (unsigned flags = 0; flags < 4; ++flags) {
+        mark();
         STEP(sn_group_backward(g, flags, kS), flags & SN_BACKWARD_DETACH_SIGMA ? 1 : 2);
+        took(&sn_paths_t::backward);
+      }
       OK(set_gradients(g, r.G.data(), r.dW.data(), r.dgamma.data()));
       STEP(sn_group_backward(g, 0, kS), 2);
+      mark();
       STEP(sn_group_backward(g, SN_BACKWARD_DETACH_SIGMA, kS), 2);
+      took(&sn_paths_t::backward);
       // In place: dW = G.
       std::vector<void *> in_place(r.G.size());
       for (size_t k = 0; k < in_place.size(); ++k) in_place[k] = const_cast<void *>(r.G[k]);
       OK(set_gradients(g, r.G.data(), in_place.data(), nullptr));
       STEP(sn_group_backward(g, SN_BACKWARD_ACCUMULATE, kS), 2);
+      // The members record none of the group's calls (nor their own warm-ups).
+      for (sn_layer_t *l : r.raw) {
+        sn_paths_t p;
+        OK(sn_layer_get_paths(l, &p));
+        EXPECT_EQ(p.train, SN_PATH_NONE);
+        EXPECT_EQ(p.eval, SN_PATH_NONE);
+        EXPECT_EQ(p.backward, SN_PATH_NONE);
+      }
       ASSERT_TRUE(fake_cuda::violations().empty()) << joined(fake_cuda::violations());
       fake_cuda::clear_log();
     }
@@ -597,10 +680,17 @@ TEST_P(FakeCudaMachines, AWeightOffSixteenBytesTakesNoOnePassKernel) {
         long one_pass = 0;
         for (const fake_cuda::Launch &x : fake_cuda::launches())
           one_pass += x.kernel.find("one_pass") != std::string::npos;
+        sn_paths_t p;
+        OK(sn_layer_get_paths(l, &p));
         if (aligned) {
           EXPECT_GT(one_pass, 0) << "an aligned one-pass layer ran no one-pass kernel";
+          EXPECT_NE(p.train, SN_PATH_MATVEC);
         } else {
           EXPECT_EQ(one_pass, 0) << "a W off 16-byte alignment ran a one-pass kernel";
+          // ... and says so: the user can see the slower kernels it took.
+          EXPECT_EQ(p.train, SN_PATH_MATVEC);
+          EXPECT_EQ(p.eval, SN_PATH_MATVEC);
+          EXPECT_EQ(p.scale_only, SN_PATH_MATVEC);
         }
       }
     }
@@ -694,6 +784,11 @@ TEST_F(FakeCuda, RefusedResidentLaunchesFallBackOrAskForANewCapture) {
       OK(step());
       std::vector<fake_cuda::Launch> first = fake_cuda::launches();
       ASSERT_EQ(first.size(), 1u) << "expected one launch on chip / cooperative";
+      sn_path_t sn_paths_t::*kind = c.call == kScale   ? &sn_paths_t::scale_only
+                                    : c.call == kTrain ? &sn_paths_t::train
+                                                       : &sn_paths_t::backward;
+      expect_recorded_path(l, sn_layer_get_paths, kind, 0, false);
+      const sn_path_t first_path = launched_path(0, false);
       fake_cuda::set_active_sms(1);
       fake_cuda::set_capturing(capture);
       fake_cuda::clear_log();
@@ -710,12 +805,20 @@ TEST_F(FakeCuda, RefusedResidentLaunchesFallBackOrAskForANewCapture) {
       } else {
         EXPECT_EQ(st, SN_SUCCESS) << sn_last_error_message();
       }
-      // From then on the usual kernels: more than one launch, none of them refused.
+      // From then on the usual kernels: more than one launch, none of them refused; the layer
+      // says which launch it dropped, and records the kernels it runs instead.
       fake_cuda::clear_log();
       OK(step());
       EXPECT_GT(fake_cuda::launches().size(), 1u);
       for (const fake_cuda::Launch &x : fake_cuda::launches())
         EXPECT_NE(x.kernel, first[0].kernel);
+      sn_paths_t p;
+      OK(sn_layer_get_paths(l, &p));
+      const bool coop = first[0].kernel.find("one_pass_coop") != std::string::npos;
+      EXPECT_EQ(p.dropped & (coop ? SN_DROPPED_COOP : SN_DROPPED_ON_CHIP), coop ? SN_DROPPED_COOP : SN_DROPPED_ON_CHIP);
+      EXPECT_EQ(p.dropped & SN_DROPPED_BACKWARD_COOP, 0u);
+      EXPECT_EQ(p.*kind, launched_path(0, false));
+      EXPECT_NE(p.*kind, first_path);
       fake_cuda::set_active_sms(0);
     }
   }
@@ -779,6 +882,12 @@ TEST_F(FakeCuda, RefusedGroupLaunchesFallBackOrAskForANewCapture) {
       const std::vector<fake_cuda::Launch> after = fake_cuda::launches();
       EXPECT_EQ(after.size(), 5u);  // rows, reduce, commit; inner, apply
       for (const fake_cuda::Launch &x : after) EXPECT_FALSE(x.cooperative || x.cluster) << x.kernel;
+      // ... as the group says, with the launches it dropped.
+      sn_paths_t p;
+      OK(sn_group_get_paths(g, &p));
+      EXPECT_EQ(p.train, SN_PATH_ONE_PASS_ROWS);
+      EXPECT_EQ(p.backward, SN_PATH_BACKWARD_KERNELS);
+      EXPECT_EQ(p.dropped, (t.empty() ? SN_DROPPED_ON_CHIP : 0u) | SN_DROPPED_COOP | SN_DROPPED_BACKWARD_COOP);
       // A new binding tries the cooperative backward again.
       fake_cuda::set_active_sms(0);
       OK(set_gradients(g, r.G.data(), r.dW.data(), nullptr));
@@ -786,6 +895,9 @@ TEST_F(FakeCuda, RefusedGroupLaunchesFallBackOrAskForANewCapture) {
       OK(sn_group_backward(g, 0, kS));
       ASSERT_EQ(fake_cuda::launches().size(), 1u);
       EXPECT_TRUE(fake_cuda::launches()[0].cooperative);
+      OK(sn_group_get_paths(g, &p));
+      EXPECT_EQ(p.backward, SN_PATH_BACKWARD_COOP);
+      EXPECT_EQ(p.dropped & SN_DROPPED_BACKWARD_COOP, 0u);
     }
   }
 }
@@ -803,6 +915,14 @@ std::vector<unsigned char> snapshot(const sn_layer_t *l) {
   return blob;
 }
 
+// The paths of the layer's latest calls (sn_layer_get_paths), less the dropped launches (which a
+// failed call may add: the refusal stays a fact of the device).
+std::vector<int> recorded_paths(const sn_layer_t *l) {
+  sn_paths_t p;
+  EXPECT_EQ(sn_layer_get_paths(l, &p), SN_SUCCESS);
+  return {p.train, p.scale_only, p.eval, p.backward};
+}
+
 // Runs `call` once with the k-th runtime call from its start failing with `error`, for k = 1, 2,
 // ... until a run makes fewer than k calls; `prepare` builds what the call needs first, with no
 // failure armed. Whatever the call returns, it must leave no CUDA error pending, keep the
@@ -816,7 +936,11 @@ int fail_each_call(const char *what, cudaError_t error, Prepare prepare, Call ca
     SCOPED_TRACE("runtime call " + std::to_string(k) + " failing");
     auto ctx = prepare();
     std::vector<std::vector<unsigned char>> before;
-    for (const sn_layer_t *l : ctx->watched()) before.push_back(snapshot(l));
+    std::vector<std::vector<int>> paths_before;
+    for (const sn_layer_t *l : ctx->watched()) {
+      before.push_back(snapshot(l));
+      paths_before.push_back(recorded_paths(l));
+    }
     const long live = fake_cuda::live_allocations();
     int device = -1;
     EXPECT_EQ(cudaGetDevice(&device), cudaSuccess);
@@ -856,6 +980,8 @@ int fail_each_call(const char *what, cudaError_t error, Prepare prepare, Call ca
       const std::vector<const sn_layer_t *> after = ctx->watched();
       for (size_t i = 0; i < after.size() && failed_fn != "cudaStreamSynchronize"; ++i)
         EXPECT_TRUE(snapshot(after[i]) == before[i]) << "layer " << i << " changed by a failed call";
+      for (size_t i = 0; i < after.size(); ++i)
+        EXPECT_EQ(recorded_paths(after[i]), paths_before[i]) << "layer " << i << ": a failed call recorded a path";
     }
     ctx.reset();
     if (::testing::Test::HasFailure() || !fired) break;

@@ -419,6 +419,67 @@ TEST(GroupCpu, BadArguments) {
   sn_group_destroy(g);
 }
 
+// sn_group_get_paths: the group's own calls, by kind (a training forward with some W_sn is a
+// "train" one, with none a "scale_only" one); its members record none of them, and a failed call
+// records nothing.
+TEST(GroupCpu, PathsRecordTheGroupsOwnCalls) {
+  LayerPtr a(make_desc({4, 5}, SN_BACKEND_CPU)), b(make_desc({3, 3}, SN_BACKEND_CPU));
+  std::vector<float> wa(20, 0.5f), wb(9, 0.25f), oa(20), ob(9), ga(20, 1.f), gb(9, 1.f), da(20), db(9);
+  wa[3] = wb[2] = 2.f;
+  sn_layer_t *layers[2] = {a.p, b.p};
+  const void *W[2] = {wa.data(), wb.data()};
+  void *out[2] = {oa.data(), nullptr};
+  const auto paths_of = [](const sn_group_t *g) {
+    sn_paths_t p;
+    std::memset(&p, 0xff, sizeof p);
+    EXPECT_EQ(sn_group_get_paths(g, &p), SN_SUCCESS);
+    return p;
+  };
+  GroupPtr with, without;
+  ASSERT_EQ(sn_group_create(&with.p, layers, W, out, 2), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_group_create(&without.p, layers, W, nullptr, 2), SN_SUCCESS) << sn_last_error_message();
+  sn_paths_t p = paths_of(with.p);
+  EXPECT_EQ(p.train, SN_PATH_NONE);
+  EXPECT_EQ(p.scale_only, SN_PATH_NONE);
+  EXPECT_EQ(p.eval, SN_PATH_NONE);
+  EXPECT_EQ(p.backward, SN_PATH_NONE);
+  EXPECT_EQ(p.dropped, 0u);
+  EXPECT_EQ(sn_group_backward(with.p, 0, nullptr), SN_ERROR_INVALID_STATE);  // no gradients bound
+  ASSERT_EQ(sn_group_forward(with.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_group_forward(without.p, 0, nullptr), SN_SUCCESS) << sn_last_error_message();
+  p = paths_of(with.p);
+  EXPECT_EQ(p.train, SN_PATH_CPU);
+  EXPECT_EQ(p.scale_only, SN_PATH_NONE);
+  EXPECT_EQ(p.eval, SN_PATH_NONE);
+  EXPECT_EQ(p.backward, SN_PATH_NONE);
+  p = paths_of(without.p);
+  EXPECT_EQ(p.train, SN_PATH_NONE);
+  EXPECT_EQ(p.eval, SN_PATH_CPU);
+  ASSERT_EQ(sn_group_forward(without.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_EQ(paths_of(without.p).scale_only, SN_PATH_CPU);
+  const void *G[2] = {ga.data(), gb.data()};
+  void *dW[2] = {da.data(), db.data()};
+  ASSERT_EQ(sn_group_set_gradients(with.p, G, dW, nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_EQ(sn_group_backward(with.p, 0x80u, nullptr), SN_ERROR_INVALID_VALUE);
+  EXPECT_EQ(paths_of(with.p).backward, SN_PATH_NONE);
+  ASSERT_EQ(sn_group_backward(with.p, 0, nullptr), SN_SUCCESS) << sn_last_error_message();
+  p = paths_of(with.p);
+  EXPECT_EQ(p.backward, SN_PATH_CPU);
+  EXPECT_EQ(p.dropped, 0u);
+  for (sn_layer_t *l : layers) {  // the members' own records: none of the group's calls
+    sn_paths_t q;
+    ASSERT_EQ(sn_layer_get_paths(l, &q), SN_SUCCESS);
+    EXPECT_EQ(q.train, SN_PATH_NONE);
+    EXPECT_EQ(q.scale_only, SN_PATH_NONE);
+    EXPECT_EQ(q.eval, SN_PATH_NONE);
+    EXPECT_EQ(q.backward, SN_PATH_NONE);
+  }
+  EXPECT_EQ(sn_group_get_paths(nullptr, &p), SN_ERROR_NULL_POINTER);
+  EXPECT_NE(std::string(sn_last_error_message()).find("group"), std::string::npos);
+  EXPECT_EQ(sn_group_get_paths(with.p, nullptr), SN_ERROR_NULL_POINTER);
+  EXPECT_NE(std::string(sn_last_error_message()).find("paths"), std::string::npos);
+}
+
 // A group takes its layers' γ bindings at creation: after one changes, a forward is refused
 // (INVALID_STATE, naming the layer, nothing computed) until the binding is back or the group is
 // created again.

@@ -60,6 +60,7 @@ struct Launch {
   size_t smem;
   unsigned cluster;  // blocks per cluster, 0: none
   bool cooperative, pdl, captured;
+  cudaError_t error = cudaSuccess;  // what the launch returned (refused: it did not run)
 };
 
 struct Counters {

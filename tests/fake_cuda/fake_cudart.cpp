@@ -335,6 +335,7 @@ cudaError_t launch(State &s, const cudaLaunchConfig_t &cfg, const void *fn) {
       violation(s, "%s: launch attribute %d not modelled", name, (int)a.id);
     }
   }
+  const size_t logged = s.log.size();
   s.log.push_back(l);
   ++s.n.launches;
   const dim3 g = cfg.gridDim, b = cfg.blockDim;
@@ -390,6 +391,7 @@ cudaError_t launch(State &s, const cudaLaunchConfig_t &cfg, const void *fn) {
     }
   }
   if (e != cudaSuccess && l.captured) s.invalidated = true;
+  s.log[logged].error = e;
   return e;
 }
 
