@@ -709,6 +709,7 @@ typedef struct {
   char dtype[8];
   char impl[24];
   char algo[16];
+  char path[64];  /* specnorm: the kernels its calls ran (sn_layer_get_paths); "-" otherwise */
   char device[8]; /* "cuda" or "cpu" */
   double median_us, p10_us, p90_us;
   int reps, batch, copies;
@@ -740,6 +741,7 @@ static row_t *new_row(const workload_t *wl, int mode, sn_dtype_t dtype, const ch
   snprintf(r->dtype, sizeof r->dtype, "%s", dtype_name(dtype));
   snprintf(r->impl, sizeof r->impl, "%s", impl);
   snprintf(r->algo, sizeof r->algo, "%s", algo);
+  snprintf(r->path, sizeof r->path, "-");
   snprintf(r->device, sizeof r->device, "%s", device);
   r->median_us = r->p10_us = r->p90_us = NAN;
   r->launches = r->kernel_nodes = -1;
@@ -1130,6 +1132,52 @@ static int group_enqueue(void *ctx, int copy, int mode, cudaStream_t s) {
     return 1;
   }
   return 0;
+}
+
+/* ---- Which kernels specnorm ran (sn_layer_get_paths, sn_group_get_paths) ---------------------- */
+
+/* The path of a call in `mode` among `p`. */
+static sn_path_t path_of_mode(const sn_paths_t *p, int mode) {
+  switch (mode) {
+    case M_TRAIN: return p->train;
+    case M_EVAL: return p->eval;
+    case M_SCALE: return p->scale_only;
+    default: return p->backward;
+  }
+}
+
+/* Append path `name` to the '+'-joined list in `buf` unless it is there already; "(dropped ...)"
+ * for launches the device refused. */
+static void add_path_name(char *buf, size_t size, const char *name) {
+  const size_t n = strlen(name);
+  for (const char *q = buf; (q = strstr(q, name)) != NULL; q += n)
+    if ((q == buf || q[-1] == '+') && (q[n] == '\0' || q[n] == '+')) return;
+  const size_t used = strlen(buf);
+  snprintf(buf + used, size - used, "%s%s", used ? "+" : "", name);
+}
+
+/* Fill the path of rows [first, last) (their modes) from `count` layers' records, or from the
+ * group's when `group` is not NULL: the distinct paths, joined by '+', and the refused launches. */
+static void fill_paths(int first, int last, sn_layer_t *const *layers, int count, const sn_group_t *group) {
+  for (int i = first; i < last; i++) {
+    row_t *r = &g_rows[i];
+    int mode = 0;
+    while (mode < N_MODES && strcmp(MODE_NAMES[mode], r->mode)) mode++;
+    char buf[sizeof r->path] = "";
+    unsigned dropped = 0;
+    for (int l = 0; l < (group ? 1 : count); l++) {
+      sn_paths_t p;
+      const sn_status_t st = group ? sn_group_get_paths(group, &p) : sn_layer_get_paths(layers[l], &p);
+      if (st != SN_SUCCESS) die("sn_*_get_paths: %s", sn_last_error_message());
+      add_path_name(buf, sizeof buf, sn_path_name(path_of_mode(&p, mode)));
+      dropped |= p.dropped;
+    }
+    if (dropped) {
+      const size_t used = strlen(buf);
+      snprintf(buf + used, sizeof buf - used, " (dropped 0x%x)", dropped);
+    }
+    snprintf(r->path, sizeof r->path, "%s", buf);
+  }
 }
 
 /* ---- Graphs --------------------------------------------------------------------------------- */
@@ -1889,8 +1937,12 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
   }
   if (ok) {
     CK_CUDA(cudaStreamSynchronize(s));
+    const int first_row = g_n_rows;
     time_modes(wl, dt, o, s, group_enqueue, &r, "specnorm-group", "specnorm-group-graph", "group",
                copies, note, o->check, sig_err, out_err, NULL);
+    /* (The scale-only rows ran the scale-only groups, the others the forward ones.) */
+    for (int i = first_row; i < g_n_rows; i++)
+      fill_paths(i, i + 1, NULL, 0, strcmp(g_rows[i].mode, "scale") ? r.fwd[0] : r.scale[0]);
     CK_CUDA(cudaStreamSynchronize(s));
   }
   for (int c = 0; c < copies; c++) {
@@ -2001,8 +2053,10 @@ static void run_gpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
     if (use_baseline && o->check) bl_checked = 1;
     CK_CUDA(cudaStreamSynchronize(s));
     sn_runner_t runner = {&buf, layers, wl->n_layers};
+    const int first_row = g_n_rows;
     time_modes(wl, dt, o, s, specnorm_enqueue, &runner, "specnorm", "specnorm-graph",
                algo_name(algo), copies, note, o->check, chk.sigma_err, chk.out_err, NULL);
+    fill_paths(first_row, g_n_rows, layers, wl->n_layers, NULL);
     CK_CUDA(cudaStreamSynchronize(s));
     for (int l = 0; l < wl->n_layers; l++) sn_layer_destroy(layers[l]);
     free(layers);
@@ -2185,8 +2239,10 @@ static void run_cpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
   }
   sn_runner_t runner = {&buf, layers, wl->n_layers};
   if (!o->check) run_or_die(specnorm_enqueue, &runner, 0, M_TRAIN, NULL);
+  int first_row = g_n_rows;
   time_cpu_modes(wl, dt, o, specnorm_enqueue, &runner, "cpu", "-", "reference",
                  "CPU backend (the reference), host clock");
+  fill_paths(first_row, g_n_rows, layers, wl->n_layers, NULL);
   /* The grouped calls: the same layers in one sn_group_forward or sn_group_backward (the small
    * ones spread over the threads, host/cpu_backend.c; bitwise the calls above, tests/test_group.cpp). */
   if (wl->n_layers > 1 && o->group) {
@@ -2208,9 +2264,12 @@ static void run_cpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
       if (o->check && !cpu_group_is_bitwise_the_layers(wl, dt, o, &buf))
         die("%s (%s): the CPU group's check failed", wl->name, dtype_name(dt));
       sn_group_runner_t gr = {&fwd, &scale, 1};
+      first_row = g_n_rows;
       time_cpu_modes(wl, dt, o, group_enqueue, &gr, "cpu-group", "group",
                      o->check ? "bitwise" : "skipped",
                      "CPU backend's grouped call (small layers over threads), host clock");
+      for (int i = first_row; i < g_n_rows; i++)
+        fill_paths(i, i + 1, NULL, 0, strcmp(g_rows[i].mode, "scale") ? fwd : scale);
     }
     sn_group_destroy(fwd);
     sn_group_destroy(scale);
@@ -2279,7 +2338,7 @@ static void print_table_row(const char *wl, const char *shape, const char *mode,
                             const char *impl,
                             const char *algo, double med, double p10, double p90, double gbps,
                             double frac, double floor_us, const char *launch, double x_bl,
-                            double x_torch, int batch, const char *check) {
+                            double x_torch, int batch, const char *check, const char *path) {
   char t[64], g[16], f[16], fl[16], xb[16], xt[16];
   if (isfinite(med)) snprintf(t, sizeof t, "%.2f [%.2f-%.2f]", med, p10, p90);
   else snprintf(t, sizeof t, "-");
@@ -2288,14 +2347,14 @@ static void print_table_row(const char *wl, const char *shape, const char *mode,
   fmt_num(fl, sizeof fl, floor_us, "%.2f");
   fmt_num(xb, sizeof xb, x_bl, "%.2fx");
   fmt_num(xt, sizeof xt, x_torch, "%.2fx");
-  printf("%-16s %-24s %-12s %-5s %-15s %-8s %30s %8s %6s %9s %5s %8s %7s %5d %-9s\n", wl, shape,
-         mode, dtype, impl, algo, t, g, f, fl, launch, xb, xt, batch, check);
+  printf("%-16s %-24s %-12s %-5s %-15s %-8s %30s %8s %6s %9s %5s %8s %7s %5d %-9s %s\n", wl, shape,
+         mode, dtype, impl, algo, t, g, f, fl, launch, xb, xt, batch, check, path);
 }
 
 static void print_table(void) {
-  printf("\n%-16s %-24s %-12s %-5s %-15s %-8s %30s %8s %6s %9s %5s %8s %7s %5s %-9s\n", "workload",
+  printf("\n%-16s %-24s %-12s %-5s %-15s %-8s %30s %8s %6s %9s %5s %8s %7s %5s %-9s %s\n", "workload",
          "shape", "mode", "dtype", "impl", "algo", "us median [p10-p90]", "GB/s", "%copy", "floor us",
-         "lnch", "xcuBLAS", "xtorch", "batch", "check");
+         "lnch", "xcuBLAS", "xtorch", "batch", "check", "path");
   const workload_t *last = NULL;
   for (int i = 0; i < g_n_rows; i++) {
     const row_t *r = &g_rows[i];
@@ -2305,7 +2364,7 @@ static void print_table(void) {
     fmt_launches(l, sizeof l, r->launches);
     print_table_row(r->workload, r->wl->shape, r->mode, r->dtype, r->impl, r->algo, r->median_us, r->p10_us,
                     r->p90_us, r->gbps, r->copy_frac, r->floor_us, l, r->speedup_cublas,
-                    r->speedup_torch, r->batch, r->check);
+                    r->speedup_torch, r->batch, r->check, r->path);
     /* After the last row of this workload+mode+dtype, list the joined torch rows once. */
     int last_of_mode = 1;
     for (int j = i + 1; j < g_n_rows; j++)
@@ -2323,7 +2382,7 @@ static void print_table(void) {
         fmt_launches(tl, sizeof tl, t->launches);
         print_table_row(t->workload, r->wl->shape, t->mode, t->dtype, t->impl, "(joined)", t->median_us,
                         t->p10_us, t->p90_us, gb, gb / g_copy_gbps, r->floor_us, tl, NAN, NAN,
-                        t->batch, "-");
+                        t->batch, "-", "-");
       }
     }
   }
@@ -2424,8 +2483,9 @@ static void write_json(const char *path, const options_t *o, const gpu_t *g, int
     fprintf(f, ", \"layers\": %d, \"params\": %lld, \"mode\": \"%s\", \"dtype\": \"%s\", \"impl\": ",
             r->wl->n_layers, (long long)r->wl->params, r->mode, r->dtype);
     json_string(f, r->impl);
-    fprintf(f, ", \"algo\": \"%s\", \"device\": \"%s\", \"power_iters\": %d", r->algo, r->device,
-            o->power_iters);
+    fprintf(f, ", \"algo\": \"%s\", \"path\": ", r->algo);
+    json_string(f, r->path);
+    fprintf(f, ", \"device\": \"%s\", \"power_iters\": %d", r->device, o->power_iters);
     fprintf(f, ", \"median_us\": ");
     json_number(f, r->median_us, "%.4f");
     fprintf(f, ", \"p10_us\": ");
@@ -2475,7 +2535,7 @@ static void csv_quoted(FILE *f, const char *s) {
 
 /* Same columns as the JSON rows, same order. */
 static const char *CSV_HEADER =
-    "workload,kind,shape,layers,params,mode,dtype,impl,algo,device,power_iters,median_us,p10_us,p90_us,"
+    "workload,kind,shape,layers,params,mode,dtype,impl,algo,path,device,power_iters,median_us,p10_us,p90_us,"
     "reps,batch,copies,bytes,gbps,copy_fraction,floor_us,launches,kernel_nodes,capturable,"
     "speedup_vs_cublas,speedup_vs_torch,check,sigma_rel_err,wsn_rel_err,note\n";
 
@@ -2488,8 +2548,10 @@ static void write_csv(const char *path, const options_t *o) {
     csv_quoted(f, r->workload);
     fprintf(f, ",%s,", r->wl->kind);
     csv_quoted(f, r->wl->shape);
-    fprintf(f, ",%d,%lld,%s,%s,%s,%s,%s,%d,", r->wl->n_layers, (long long)r->wl->params, r->mode,
-            r->dtype, r->impl, r->algo, r->device, o->power_iters);
+    fprintf(f, ",%d,%lld,%s,%s,%s,%s,", r->wl->n_layers, (long long)r->wl->params, r->mode,
+            r->dtype, r->impl, r->algo);
+    csv_quoted(f, r->path);
+    fprintf(f, ",%s,%d,", r->device, o->power_iters);
     csv_field_num(f, r->median_us, "%.4f");
     fputc(',', f);
     csv_field_num(f, r->p10_us, "%.4f");

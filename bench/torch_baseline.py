@@ -66,7 +66,7 @@ BYTES_DEFINITION = (
 
 # Same columns, same order as sn_bench's CSV and JSON rows.
 ROW_FIELDS = [
-    "workload", "kind", "shape", "layers", "params", "mode", "dtype", "impl", "algo", "device",
+    "workload", "kind", "shape", "layers", "params", "mode", "dtype", "impl", "algo", "path", "device",
     "power_iters", "median_us", "p10_us", "p90_us", "reps", "batch", "copies", "bytes", "gbps",
     "copy_fraction", "floor_us", "launches", "kernel_nodes", "capturable", "speedup_vs_cublas",
     "speedup_vs_torch", "check", "sigma_rel_err", "wsn_rel_err", "note",
@@ -495,7 +495,7 @@ class Bench:
             "workload": wl["name"], "kind": wl["kind"], "shape": wl["shape"],
             "layers": len(wl["layers"]), "params": wl["params"], "mode": mode, "dtype": dtype,
             "impl": impl,
-            "algo": "-", "device": "cuda", "power_iters": self.args.power_iters,
+            "algo": "-", "path": "-", "device": "cuda", "power_iters": self.args.power_iters,
             "median_us": med, "p10_us": quantile(samples, 0.1), "p90_us": quantile(samples, 0.9),
             "reps": len(samples), "batch": batch, "copies": copies, "bytes": nbytes, "gbps": gbps,
             "copy_fraction": gbps / self.copy_gbps,

@@ -6,6 +6,9 @@
 Each RUN.json is one `sn_bench --json` file. Prints a Markdown table with one row per workload,
 dtype, mode and implementation (specnorm rows only) and one column per run: the median in µs,
 and for every run after the first its change against the first. Runs that lack a row show "-".
+The `path` column is the kernels the first run's calls took (sn_bench's `path`: sn_layer_get_paths);
+a later run whose calls took other kernels shows its own path in brackets after its time, so that
+a variant that did not take the path it asks for is seen at once.
 Standard library only, so that it runs on the GPU machine as it is.
 """
 import json
@@ -20,7 +23,7 @@ def load(path):
         if not str(r.get("impl", "")).startswith("specnorm"):
             continue
         key = (r["workload"], r["dtype"], r["mode"], r["impl"], r.get("algo", ""))
-        rows[key] = r.get("median_us")
+        rows[key] = (r.get("median_us"), r.get("path", "-"))
     return doc.get("device", ""), rows
 
 
@@ -43,20 +46,23 @@ def main(argv):
     name = dev.get("name", dev) if isinstance(dev, dict) else dev
     print(f"device: {name}; µs (median), change against {runs[0][0]}")
     print()
-    print("| workload | dtype | mode | impl | algo | " + " | ".join(n for n, _, _ in runs) + " |")
-    print("|" + "---|" * (5 + len(runs)))
+    print("| workload | dtype | mode | impl | algo | path | " + " | ".join(n for n, _, _ in runs) + " |")
+    print("|" + "---|" * (6 + len(runs)))
     for k in keys:
-        base = runs[0][2].get(k)
+        base, base_path = runs[0][2].get(k, (None, None))
         cells = []
         for i, (_, _, rows) in enumerate(runs):
-            us = rows.get(k)
+            us, path = rows.get(k, (None, None))
             if us is None:
-                cells.append("-")
+                cell = "-"
             elif i == 0 or not base:
-                cells.append(f"{us:.1f}")
+                cell = f"{us:.1f}"
             else:
-                cells.append(f"{us:.1f} ({100.0 * (us - base) / base:+.0f}%)")
-        print("| " + " | ".join(str(x) for x in k) + " | " + " | ".join(cells) + " |")
+                cell = f"{us:.1f} ({100.0 * (us - base) / base:+.0f}%)"
+            if i > 0 and path is not None and path != base_path:
+                cell += f" [{path}]"
+            cells.append(cell)
+        print("| " + " | ".join(str(x) for x in k) + f" | {base_path or '-'} | " + " | ".join(cells) + " |")
     return 0
 
 
