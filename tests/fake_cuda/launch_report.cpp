@@ -1,7 +1,8 @@
 // Which kernels a layer launches on an H100 or an A100, without a GPU: the library's objects
 // against the fake CUDA runtime, whose occupancy is the build's own machine code's (fatbin.h).
 // For the predictions of a GPU run (bench/NOTES.md): the kernel, grid, block, dynamic shared
-// memory, clusters and cooperative launches of each call.
+// memory, clusters and cooperative launches of each call, after the path the layer records for
+// it (sn_layer_get_paths).
 //
 //   specnorm_launch_report [--device h100|a100] [--tune SPECNORM_TUNE] HxW[:f32|bf16|f16] ...
 //   specnorm_launch_report [--device h100|a100] --kernels
@@ -57,9 +58,12 @@ std::string short_name(std::string n) {
   return paren == std::string::npos ? n : n.substr(0, paren);
 }
 
-void report(const char *call, sn_status_t st) {
+// One call's launches, after the path the layer recorded for it (sn_layer_get_paths: `kind`).
+void report(const char *call, sn_status_t st, const sn_layer_t *layer, sn_path_t sn_paths_t::*kind) {
   std::printf("  %-9s", call);
+  sn_paths_t p;
   if (st != SN_SUCCESS) std::printf(" status %d: %s", (int)st, sn_last_error_message());
+  else if (sn_layer_get_paths(layer, &p) == SN_SUCCESS) std::printf(" %s", sn_path_name(p.*kind));
   for (const fake_cuda::Launch &l : fake_cuda::launches()) {
     std::printf("\n      %s  grid %u  block %u  smem %zu", short_name(l.kernel).c_str(), l.grid.x,
                 l.block.x, l.smem);
@@ -92,10 +96,10 @@ int run(const Layer &L) {
     rc = 1;
   } else {
     fake_cuda::clear_log();
-    report("train", sn_forward(layer, W, W_sn, 1, nullptr));
-    report("scale", sn_forward_scale_only(layer, W, 1, nullptr));
-    report("eval", sn_forward(layer, W, W_sn, 0, nullptr));
-    report("backward", sn_backward(layer, W, G, dW, 0, nullptr, nullptr));
+    report("train", sn_forward(layer, W, W_sn, 1, nullptr), layer, &sn_paths_t::train);
+    report("scale", sn_forward_scale_only(layer, W, 1, nullptr), layer, &sn_paths_t::scale_only);
+    report("eval", sn_forward(layer, W, W_sn, 0, nullptr), layer, &sn_paths_t::eval);
+    report("backward", sn_backward(layer, W, G, dW, 0, nullptr, nullptr), layer, &sn_paths_t::backward);
   }
   cudaFree(W);
   cudaFree(W_sn);
