@@ -161,24 +161,13 @@ struct LayerBufs {
 };
 
 // The path (sn_path_t) that the launches of one call (fake_cuda::launches() from `from` on, less
-// those the fake refused) took, told by their kernels' names alone; a 1-D weight's matrix-vector
-// kernel is its norm.
+// those the fake refused) took (sntest::path_of_kernels).
 sn_path_t launched_path(size_t from, bool one_d) {
   const std::vector<fake_cuda::Launch> all = fake_cuda::launches();
-  const auto any = [&](const char *name) {
-    for (size_t k = from; k < all.size(); ++k)
-      if (all[k].error == cudaSuccess && all[k].kernel.find(name) != std::string::npos) return true;
-    return false;
-  };
-  if (any("on_chip_grid")) return SN_PATH_ON_CHIP_GRID;
-  if (any("on_chip")) return SN_PATH_ON_CHIP;  // group_on_chip_kernel, on_chip_backward_kernel
-  if (any("group_backward_coop")) return SN_PATH_BACKWARD_COOP;
-  if (any("inner_kernel") || any("apply_")) return SN_PATH_BACKWARD_KERNELS;
-  if (any("one_pass_coop") || any("group_coop")) return SN_PATH_ONE_PASS_COOP;
-  if (any("one_pass_rows") || any("group_rows")) return SN_PATH_ONE_PASS_ROWS;
-  if (any("panel_kernel")) return SN_PATH_ONE_PASS_COLS;
-  if (any("matvec")) return one_d ? SN_PATH_ONE_D : SN_PATH_MATVEC;
-  return SN_PATH_NONE;
+  std::vector<std::string> ran;
+  for (size_t k = from; k < all.size(); ++k)
+    if (all[k].error == cudaSuccess) ran.push_back(all[k].kernel);
+  return sntest::path_of_kernels(ran, one_d);
 }
 
 // After a call of one kind (`kind`: sn_paths_t::train, ...) whose launches start at `from`: the
@@ -887,7 +876,7 @@ TEST_F(FakeCuda, RefusedGroupLaunchesFallBackOrAskForANewCapture) {
       OK(sn_group_get_paths(g, &p));
       EXPECT_EQ(p.train, SN_PATH_ONE_PASS_ROWS);
       EXPECT_EQ(p.backward, SN_PATH_BACKWARD_KERNELS);
-      EXPECT_EQ(p.dropped, (t.empty() ? SN_DROPPED_ON_CHIP : 0u) | SN_DROPPED_COOP | SN_DROPPED_BACKWARD_COOP);
+      EXPECT_EQ(p.dropped, (t.empty() ? (unsigned)SN_DROPPED_ON_CHIP : 0u) | SN_DROPPED_COOP | SN_DROPPED_BACKWARD_COOP);
       // A new binding tries the cooperative backward again.
       fake_cuda::set_active_sms(0);
       OK(set_gradients(g, r.G.data(), r.dW.data(), nullptr));

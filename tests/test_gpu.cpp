@@ -218,6 +218,117 @@ TEST(GpuLarge, Large16384Square) {
   compare_backends(Case{{16384, 16384}, 0, SN_ORDER_U_FIRST, 1}, rng, 2, 0);
 }
 
+// sn_layer_get_paths and sn_group_get_paths on a real device: after each kind of call the recorded
+// path is the one its kernels say (path_of_kernels), read from a graph capture of that call
+// (nothing runs), over layers that take each path by default or by SPECNORM_TUNE, W aligned or
+// one element off. (The fake-runtime tests check the same on every shape and setting; here the
+// device's own occupancy and refusals decide.)
+TEST(Gpu, RecordedPathsAreTheCapturedKernels) {
+  REQUIRE_GPU();
+  struct PathCase {
+    const char *tune;
+    std::vector<int64_t> shape;
+    int dim;
+    sn_order_t order;
+    sn_dtype_t dtype;
+    sn_algo_t algo;
+    int offset;             // elements W, W_sn, G and dW sit past 16-byte alignment
+    sn_path_t want_train;   // NONE: whatever the device's plan is
+  };
+  const PathCase cases[] = {
+      {"", {4096, 4096}, 0, SN_ORDER_U_FIRST, SN_DTYPE_FLOAT32, SN_ALGO_DEFAULT, 0, SN_PATH_NONE},
+      {"", {4096, 16384}, 0, SN_ORDER_U_FIRST, SN_DTYPE_BFLOAT16, SN_ALGO_DEFAULT, 0, SN_PATH_NONE},
+      {"", {4096, 4096}, 0, SN_ORDER_U_FIRST, SN_DTYPE_BFLOAT16, SN_ALGO_ONE_PASS, 1, SN_PATH_MATVEC},
+      {"", {1000, 1001}, 0, SN_ORDER_U_FIRST, SN_DTYPE_FLOAT32, SN_ALGO_TWO_PASS, 0, SN_PATH_MATVEC},
+      {"", {64, 576}, 0, SN_ORDER_U_FIRST, SN_DTYPE_FLOAT32, SN_ALGO_DEFAULT, 0, SN_PATH_NONE},
+      {"op_onchip=1", {64, 576}, 0, SN_ORDER_U_FIRST, SN_DTYPE_FLOAT16, SN_ALGO_DEFAULT, 0, SN_PATH_NONE},
+      {"op_onchip_grid=2", {2048, 2048}, 0, SN_ORDER_U_FIRST, SN_DTYPE_BFLOAT16, SN_ALGO_DEFAULT, 0, SN_PATH_NONE},
+      {"op_coop=0", {3072, 768}, 0, SN_ORDER_U_FIRST, SN_DTYPE_FLOAT32, SN_ALGO_DEFAULT, 0, SN_PATH_NONE},
+      {"", {3, 3, 64, 128}, -1, SN_ORDER_V_FIRST, SN_DTYPE_FLOAT32, SN_ALGO_ONE_PASS, 0, SN_PATH_ONE_PASS_COLS},
+      {"", {4097}, 0, SN_ORDER_U_FIRST, SN_DTYPE_FLOAT32, SN_ALGO_DEFAULT, 0, SN_PATH_ONE_D},
+  };
+  for (const PathCase &c : cases) {
+    SCOPED_TRACE(std::string("SPECNORM_TUNE=") + c.tune + ", " + shape_str(c.shape) + ", dtype " +
+                 std::to_string(c.dtype) + ", offset " + std::to_string(c.offset));
+    ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + c.tune).c_str());
+    sn_layer_desc_t d = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
+    d.order = c.order;
+    d.dtype = c.dtype;
+    d.algo = c.algo;
+    LayerPtr l(d);
+    ASSERT_TRUE(l.p);
+    int64_t n = 1;
+    for (int64_t x : c.shape) n *= x;
+    Tensor W(c.dtype, n, c.offset), W_sn(c.dtype, n, c.offset), G(c.dtype, n, c.offset), dW(c.dtype, n, c.offset);
+    W.poison();  // (the values do not matter: after the warm-up the calls are only captured)
+    ASSERT_EQ(sn_layer_warmup(l, W.dev, nullptr), SN_SUCCESS) << sn_last_error_message();
+    CUDA_OK(cudaDeviceSynchronize());
+    const bool one_d = c.shape.size() == 1;
+    const auto check = [&](const char *what, sn_path_t sn_paths_t::*kind,
+                           const std::function<sn_status_t(cudaStream_t)> &call) {
+      SCOPED_TRACE(what);
+      const std::vector<std::string> ran = captured_kernels(call);
+      sn_paths_t p;
+      ASSERT_EQ(sn_layer_get_paths(l, &p), SN_SUCCESS);
+      const sn_path_t want = path_of_kernels(ran, one_d);
+      EXPECT_NE(want, SN_PATH_NONE) << ::testing::PrintToString(ran);
+      EXPECT_EQ(p.*kind, want) << "recorded " << sn_path_name(p.*kind) << ", captured "
+                               << ::testing::PrintToString(ran);
+      EXPECT_EQ(p.dropped, 0u);
+    };
+    check("train", &sn_paths_t::train, [&](cudaStream_t s) { return sn_forward(l, W.dev, W_sn.dev, 1, (sn_stream_t)s); });
+    if (c.want_train != SN_PATH_NONE) {
+      sn_paths_t p;
+      ASSERT_EQ(sn_layer_get_paths(l, &p), SN_SUCCESS);
+      EXPECT_EQ(p.train, c.want_train) << sn_path_name(p.train);
+    }
+    check("scale", &sn_paths_t::scale_only, [&](cudaStream_t s) { return sn_forward_scale_only(l, W.dev, 1, (sn_stream_t)s); });
+    check("eval", &sn_paths_t::eval, [&](cudaStream_t s) { return sn_forward(l, W.dev, W_sn.dev, 0, (sn_stream_t)s); });
+    check("backward", &sn_paths_t::backward,
+          [&](cudaStream_t s) { return sn_backward(l, W.dev, G.dev, dW.dev, 0, nullptr, (sn_stream_t)s); });
+  }
+
+  // A group (SN-GAN's first layers, u-first): its forward and backward, on chip, cooperative or
+  // in kernels as the device's plan says.
+  const std::vector<std::vector<int64_t>> shapes = {{128, 3, 3, 3}, {128, 128, 3, 3}, {128, 3, 1, 1}, {1, 128}};
+  std::vector<std::unique_ptr<LayerPtr>> layers;
+  std::vector<std::unique_ptr<Tensor>> bufs;
+  std::vector<sn_layer_t *> raw;
+  std::vector<const void *> W, G;
+  std::vector<void *> W_sn, dW;
+  for (const std::vector<int64_t> &shape : shapes) {
+    layers.push_back(std::make_unique<LayerPtr>(make_desc(shape, SN_BACKEND_CUDA)));
+    raw.push_back(layers.back()->p);
+    int64_t n = 1;
+    for (int64_t x : shape) n *= x;
+    for (int k = 0; k < 4; ++k) bufs.push_back(std::make_unique<Tensor>(SN_DTYPE_FLOAT32, n));
+    W.push_back(bufs[bufs.size() - 4]->dev);
+    W_sn.push_back(bufs[bufs.size() - 3]->dev);
+    G.push_back(bufs[bufs.size() - 2]->dev);
+    dW.push_back(bufs[bufs.size() - 1]->dev);
+  }
+  sn_group_t *g = nullptr;
+  ASSERT_EQ(sn_group_create(&g, raw.data(), W.data(), W_sn.data(), int(raw.size())), SN_SUCCESS)
+      << sn_last_error_message();
+  std::unique_ptr<sn_group_t, void (*)(sn_group_t *)> owner(g, sn_group_destroy);
+  ASSERT_EQ(sn_group_forward(g, 1, nullptr), SN_SUCCESS) << sn_last_error_message();  // the warm-ups
+  ASSERT_EQ(sn_group_set_gradients(g, G.data(), dW.data(), nullptr), SN_SUCCESS) << sn_last_error_message();
+  CUDA_OK(cudaDeviceSynchronize());
+  const auto check_group = [&](const char *what, sn_path_t sn_paths_t::*kind,
+                               const std::function<sn_status_t(cudaStream_t)> &call) {
+    SCOPED_TRACE(what);
+    const std::vector<std::string> ran = captured_kernels(call);
+    sn_paths_t p;
+    ASSERT_EQ(sn_group_get_paths(g, &p), SN_SUCCESS);
+    EXPECT_EQ(p.*kind, path_of_kernels(ran, false)) << "recorded " << sn_path_name(p.*kind) << ", captured "
+                                                    << ::testing::PrintToString(ran);
+    EXPECT_EQ(p.dropped, 0u);
+  };
+  check_group("group train", &sn_paths_t::train, [&](cudaStream_t s) { return sn_group_forward(g, 1, (sn_stream_t)s); });
+  check_group("group eval", &sn_paths_t::eval, [&](cudaStream_t s) { return sn_group_forward(g, 0, (sn_stream_t)s); });
+  check_group("group backward", &sn_paths_t::backward, [&](cudaStream_t s) { return sn_group_backward(g, 0, (sn_stream_t)s); });
+}
+
 // The fake CUDA runtime of the CPU tests reads each kernel's resources from its cubin
 // (tests/fake_cuda/fatbin.h); here the driver reports them for the kernels of probe_kernels.cu,
 // whose resources are known by construction: the static shared memory (an sm_90 cubin's section

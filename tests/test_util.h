@@ -307,6 +307,26 @@ inline std::string shape_str(const std::vector<int64_t> &s) {
   return r;
 }
 
+// The path (sn_path_t) that a call whose launches ran `kernels` (names, mangled or not) took, told
+// by the kernels' names alone; a 1-D weight's matrix-vector kernel is its norm. SN_PATH_NONE:
+// none of the known kernels. (What sn_layer_get_paths and sn_group_get_paths must record.)
+inline sn_path_t path_of_kernels(const std::vector<std::string> &kernels, bool one_d) {
+  const auto any = [&](const char *name) {
+    for (const std::string &k : kernels)
+      if (k.find(name) != std::string::npos) return true;
+    return false;
+  };
+  if (any("on_chip_grid")) return SN_PATH_ON_CHIP_GRID;
+  if (any("on_chip")) return SN_PATH_ON_CHIP;  // group_on_chip_kernel, on_chip_backward_kernel
+  if (any("group_backward_coop")) return SN_PATH_BACKWARD_COOP;
+  if (any("inner_kernel") || any("apply_")) return SN_PATH_BACKWARD_KERNELS;
+  if (any("one_pass_coop") || any("group_coop")) return SN_PATH_ONE_PASS_COOP;
+  if (any("one_pass_rows") || any("group_rows")) return SN_PATH_ONE_PASS_ROWS;
+  if (any("panel_kernel")) return SN_PATH_ONE_PASS_COLS;
+  if (any("matvec")) return one_d ? SN_PATH_ONE_D : SN_PATH_MATVEC;
+  return SN_PATH_NONE;
+}
+
 // The kernels that enqueue(stream) launches, demangled (e.g. "sn::(anonymous namespace)::
 // commit_divide_kernel<true, float, false, false>(...)"), from a graph capture on a fresh stream:
 // nothing runs. Tells which instance of a kernel a setting selected.
