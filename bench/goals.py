@@ -3,7 +3,8 @@
 
     python3 bench/goals.py BENCH.json [TORCH.json]
 
-Prints a Markdown table, one line per goal and workload: the number, the goal, met or not.
+Prints a Markdown table, one line per goal and workload: the number (with the kernels the calls
+ran: sn_bench's `path`), the goal, met or not.
 Goals (bench/NOTES.md): 1. training forward >= 85% of the copy bandwidth (3 x bytes(W));
 2. scale-only <= 1.2 x one read of W at the copy bandwidth; 3. >= 3x PyTorch eager on the single
 layers (training forward), >= 20x on the SN-GAN preset, >= 2.5x the faster cuBLAS baseline on the
@@ -80,7 +81,7 @@ def main(argv):
                 r = get(wl, dt, mode)
                 if r:
                     f = r["copy_fraction"]
-                    line(goal, wl, dt, f"{pct(r)} ({r['median_us']:.1f} us)",
+                    line(goal, wl, dt, f"{pct(r)} ({r['median_us']:.1f} us, {r.get('path', '-')})",
                          f">= {100 * target:.0f}%", f >= target,
                          probe_note(r, get(wl, dt, mode, "probe"), pct,
                                     lambda p: p["copy_fraction"] >= target))
@@ -92,7 +93,8 @@ def main(argv):
             r = get(wl, dt, "scale")
             if r and r.get("floor_us"):
                 x = reads(r)
-                line("2 scale", wl, dt, f"{x:.2f} x one read ({r['median_us']:.1f} us)", "<= 1.2 x", x <= 1.2,
+                line("2 scale", wl, dt, f"{x:.2f} x one read ({r['median_us']:.1f} us, {r.get('path', '-')})",
+                     "<= 1.2 x", x <= 1.2,
                      probe_note(r, get(wl, dt, "scale", "probe"), lambda p: f"{reads(p):.2f} x",
                                 lambda p: reads(p) <= 1.2))
     for wl in LAYERS:
@@ -114,7 +116,8 @@ def main(argv):
         if r:
             ok = r["launches"] is not None and r["launches"] <= 3 and r["median_us"] <= 15
             line("4 SN-GAN grouped", "sngan-cifar10", dt,
-                 f"{r['median_us']:.1f} us, {r['launches']} launches", "<= 15 us, <= 3 (H100)", ok)
+                 f"{r['median_us']:.1f} us, {r['launches']} launches, {r.get('path', '-')}",
+                 "<= 15 us, <= 3 (H100)", ok)
     fraction_goal("5 backward", "backward", 0.80)
     # Not a goal: the grouped backward (sn_group_backward) on the SN-GAN preset, against the
     # layers' own sn_backward one after another and against PyTorch eager.
