@@ -68,6 +68,16 @@ int main(void) {
     return 1;
   }
 
+  /* The kernels the call ran, as the installed library records them (C linkage of the enum API). */
+  sn_paths_t paths;
+  st = sn_layer_get_paths(layer, &paths);
+  if (st != SN_SUCCESS || paths.train != SN_PATH_CPU || strcmp(sn_path_name(paths.train), "cpu") != 0) {
+    fprintf(stderr, "consumer: sn_layer_get_paths gave %s, train path %s\n", sn_status_name(st),
+            sn_path_name(paths.train));
+    sn_layer_destroy(layer);
+    return 1;
+  }
+
   float sigma = 0.0f, inv_sigma = 0.0f;
   st = sn_layer_get_sigma(layer, &sigma, &inv_sigma, NULL);
   sn_layer_destroy(layer);
