@@ -492,6 +492,17 @@ int main(int argc, char **argv) {
   CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
   printf("\n%d epochs (%d steps) in %.2f s, CPU checks included; final accuracy %.1f%%\n", epochs,
          step, ms / 1000.0f, 100.0 * acc);
+  /* Which kernels the spectral norm ran (sn_layer_get_paths: recorded on the host, no sync). */
+  for (int l = 0; l < (m.group ? 1 : N_LAYERS); ++l) {
+    sn_paths_t p;
+    if (m.group)
+      SN_CHECK(sn_group_get_paths(m.group, &p));
+    else
+      SN_CHECK(sn_layer_get_paths(m.layer[l].sn, &p));
+    printf("%s %d: scale-only forward %s, eval forward %s, backward %s%s\n", m.group ? "group" : "layer",
+           l, sn_path_name(p.scale_only), sn_path_name(p.eval), sn_path_name(p.backward),
+           p.dropped ? " (a launch refused by the device was dropped)" : "");
+  }
 
   sn_group_destroy(m.group); /* before its layers */
   for (int l = 0; l < N_LAYERS; ++l) {
