@@ -641,8 +641,9 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
   // The first product of a training forward restarts from ones if the health word asks for it.
   const unsigned *health = reinterpret_cast<const unsigned *>(a->sigma + 3);
   bool committed = false;  // by the last iteration's cooperative one-pass launch (scale only)
-  // The cooperative one-pass launch (sn_cuda_forward_path; an eval forward's warm-up iterations
-  // take it as a scale-only forward's would).
+  // The cooperative one-pass launch (sn_cuda_forward_path): in forwards without W_sn, or in every
+  // forward with plan.op_coop_all; here also for the warm-up iterations of an eval forward (whose
+  // recorded path is its σ's kernel, the rows kernel).
   const bool coop = P.op_coop && (P.op_coop_all || !a->W_sn);
   for (int k = 0; k < iters; ++k) {
     const unsigned *restart = k == 0 ? health : nullptr;

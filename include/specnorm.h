@@ -414,7 +414,7 @@ typedef enum {
                                 memory (and registers) of a block per SM */
   SN_PATH_BACKWARD_KERNELS = 9, /* the backward's ⟨G, W⟩ and dW kernels (1 or 2 launches) */
   SN_PATH_BACKWARD_COOP = 10,   /* a group's backward as one cooperative launch */
-  SN_PATH_COUNT = 11
+  SN_PATH_COUNT = 11            /* the number of paths of this version (grows as they are added) */
 } sn_path_t;
 
 /* Launches the device refused, which the layer (or group) no longer tries (sn_paths_t.dropped). */
@@ -426,19 +426,23 @@ typedef enum {
 } sn_dropped_t;
 
 /* The path of the latest successful call of each kind. A warm-up alone (sn_layer_warmup, or a
- * group's warm-up of its members) is not recorded; a first forward that runs the warm-up
- * iterations records the path of its own iterations (eval: of its σ). A failed call records no
- * path; a refusal sets its `dropped` bit even in a call that then fails (during a capture: the
- * layer runs without that launch from then on). A group records its own calls, not its members'
- * (a layer records only the calls made on it). A captured call records when it is captured, not
- * when its graph is replayed (a replay runs the captured kernels). Reading it is host-only: no
- * synchronization, no CUDA call; not while another thread calls the same layer (or group). */
+ * group's warm-up of its members) is not recorded; a forward that runs warm-up iterations (the
+ * first one, or the first after sn_layer_reset, a set_state or a load that left the layer not
+ * warmed up) records the path of its own iterations, or for an eval forward the kernel of its σ.
+ * A failed call records no path; a refusal sets its `dropped` bit even in a call that then fails
+ * (during a capture: the layer runs without that launch from then on). A group records its own
+ * calls, not its members' paths; but a member refused during the warm-up a group call runs for it
+ * drops that launch and says so in its own `dropped`. A captured call records when it is
+ * captured, not when its graph is replayed (a replay runs the captured kernels). Reading it is
+ * host-only: no synchronization, no CUDA call. Not while another thread calls the same layer or
+ * group, or a group of the layer (README, "Thread safety"). */
 typedef struct {
   sn_path_t train;      /* a training forward that wrote W_sn (a group: any member's) */
   sn_path_t scale_only; /* a training forward without W_sn (a group: no member's) */
   sn_path_t eval;       /* an eval forward (training = 0) */
   sn_path_t backward;   /* sn_backward, sn_group_backward */
-  unsigned dropped;     /* sn_dropped_t bits, since creation (the backward's since the binding) */
+  unsigned dropped;     /* sn_dropped_t bits (32), since creation (the backward's since the binding) */
+  unsigned reserved[3]; /* 0; room for further kinds of call without changing the struct's size */
 } sn_paths_t;
 
 /* The paths of the layer's latest calls into *paths. */

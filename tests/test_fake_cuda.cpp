@@ -553,6 +553,62 @@ int64_t random_dim(sntest::Rng &rng, int64_t most) {
   return std::max<int64_t>(1, (int64_t)std::exp(x));
 }
 
+// Every kernel of the library has its path in the tests' table (sntest::path_of_kernel), so that
+// the path checks know every kernel a call may launch: a new kernel fails here until it is added.
+TEST_F(FakeCuda, EveryKernelBelongsToAPath) {
+  size_t library = 0;
+  for (const fake_cuda::KernelInfo &k : fake_cuda::kernel_codes()) {
+    if (k.name.find("probe_") != std::string::npos) continue;  // probe_kernels.cu, arch_probe_kernel
+    ++library;
+    EXPECT_GE(sntest::path_of_kernel(k.name, false), 0) << k.name;
+  }
+  EXPECT_GT(library, 200u);
+}
+
+// The first call of each kind on a fresh layer, which runs the warm-up iterations first (so no
+// on-chip launch, whose plan waits for the warm-up): a training or scale-only forward records the
+// one path all its kernels took; an eval forward the path of its σ, the last kernel of a path it
+// ran (its warm-up iterations may have taken another: the cooperative launch without W_sn).
+TEST_P(FakeCudaMachines, FirstCallsRecordThePathOfTheirKernels) {
+  for (const char *t : {"", "op_coop=1", "op_onchip=1", "op_onchip_grid=2"}) {
+    SCOPED_TRACE(std::string("SPECNORM_TUNE=") + t);
+    ScopedTune tune(t);
+    for (const Shape &s : shapes())
+      for (sn_dtype_t dtype : {SN_DTYPE_FLOAT32, SN_DTYPE_BFLOAT16})
+        for (sn_order_t order : {SN_ORDER_U_FIRST, SN_ORDER_V_FIRST})
+          for (sn_algo_t algo : {SN_ALGO_DEFAULT, SN_ALGO_ONE_PASS}) {
+            const sn_layer_desc_t d = make_desc(s, dtype, order, algo);
+            if (cpu_status(d) != SN_SUCCESS) continue;
+            for (int kind = 0; kind < 4; ++kind) {  // train, scale, eval with W_sn, eval without
+              SCOPED_TRACE("shape of " + std::to_string(s.dims.size()) + " dims, first " + std::to_string(s.dims[0]) +
+                           ", dtype " + std::to_string(dtype) + ", order " + std::to_string(order) +
+                           ", algo " + std::to_string(algo) + ", call " + std::to_string(kind));
+              LayerBufs b(d);
+              sn_layer_t *l = b.layer.get();
+              ASSERT_NE(l, nullptr);
+              fake_cuda::clear_log();
+              OK(kind == 0   ? sn_forward(l, b.W->p, b.W_sn->p, 1, kS)
+                 : kind == 1 ? sn_forward_scale_only(l, b.W->p, 1, kS)
+                 : kind == 2 ? sn_forward(l, b.W->p, b.W_sn->p, 0, kS)
+                             : sn_forward_scale_only(l, b.W->p, 0, kS));
+              std::vector<std::string> ran;
+              for (const fake_cuda::Launch &x : fake_cuda::launches()) ran.push_back(x.kernel);
+              const std::vector<int> paths = sntest::paths_of_kernels(ran, d.ndim == 1);
+              ASSERT_FALSE(paths.empty()) << joined(ran);
+              for (int p : paths) ASSERT_GE(p, 0) << "a kernel the tests do not know:" << joined(ran);
+              sn_paths_t rec;
+              OK(sn_layer_get_paths(l, &rec));
+              if (kind < 2) {
+                EXPECT_EQ(kind == 0 ? rec.train : rec.scale_only, sntest::path_of_kernels(ran, d.ndim == 1))
+                    << joined(ran);
+              } else {
+                EXPECT_EQ(rec.eval, paths.back()) << joined(ran);
+              }
+            }
+          }
+  }
+}
+
 TEST_P(FakeCudaMachines, RandomLayersTakeTheirPathsWithinTheDevicesLimits) {
   SN_SEEDED_RNG();
   for (int n = 0; n < 300; ++n) {
@@ -787,12 +843,19 @@ TEST_F(FakeCuda, RefusedResidentLaunchesFallBackOrAskForANewCapture) {
       }
       fake_cuda::set_capturing(false);
       EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+      const bool coop = first[0].kernel.find("one_pass_coop") != std::string::npos;
+      const unsigned bit = coop ? SN_DROPPED_COOP : SN_DROPPED_ON_CHIP;
+      sn_paths_t p;
+      OK(sn_layer_get_paths(l, &p));
+      EXPECT_EQ(p.dropped & bit, bit) << "the refused launch is not said to be dropped";
       if (capture) {
         EXPECT_EQ(st, SN_ERROR_CUDA);
         EXPECT_NE(std::string(sn_last_error_message()).find("captur"), std::string::npos)
             << sn_last_error_message();
+        EXPECT_EQ(p.*kind, first_path) << "the failed call recorded " << sn_path_name(p.*kind);
       } else {
         EXPECT_EQ(st, SN_SUCCESS) << sn_last_error_message();
+        EXPECT_EQ(p.*kind, launched_path(0, false)) << sn_path_name(p.*kind);
       }
       // From then on the usual kernels: more than one launch, none of them refused; the layer
       // says which launch it dropped, and records the kernels it runs instead.
@@ -801,11 +864,8 @@ TEST_F(FakeCuda, RefusedResidentLaunchesFallBackOrAskForANewCapture) {
       EXPECT_GT(fake_cuda::launches().size(), 1u);
       for (const fake_cuda::Launch &x : fake_cuda::launches())
         EXPECT_NE(x.kernel, first[0].kernel);
-      sn_paths_t p;
       OK(sn_layer_get_paths(l, &p));
-      const bool coop = first[0].kernel.find("one_pass_coop") != std::string::npos;
-      EXPECT_EQ(p.dropped & (coop ? SN_DROPPED_COOP : SN_DROPPED_ON_CHIP), coop ? SN_DROPPED_COOP : SN_DROPPED_ON_CHIP);
-      EXPECT_EQ(p.dropped & SN_DROPPED_BACKWARD_COOP, 0u);
+      EXPECT_EQ(p.dropped & bit, bit);
       EXPECT_EQ(p.*kind, launched_path(0, false));
       EXPECT_NE(p.*kind, first_path);
       fake_cuda::set_active_sms(0);
@@ -836,14 +896,30 @@ TEST_F(FakeCuda, RefusedGroupLaunchesFallBackOrAskForANewCapture) {
       EXPECT_TRUE(t.empty() ? one_each[0].cluster > 0 : one_each[0].cooperative);
       EXPECT_TRUE(one_each[1].cooperative);
       fake_cuda::set_active_sms(1);
+      // A call refused (and failed, in a capture) records no path; one that succeeds records its
+      // kernels'. Either way the refusal is in `dropped`.
+      const auto recorded = [&](sn_path_t sn_paths_t::*kind, sn_status_t st, sn_path_t before, size_t from,
+                                unsigned bit) {
+        sn_paths_t p;
+        OK(sn_group_get_paths(g, &p));
+        EXPECT_EQ(p.*kind, st == SN_SUCCESS ? launched_path(from, false) : before) << sn_path_name(p.*kind);
+        EXPECT_EQ(p.dropped & bit, bit);
+      };
       for (int attempt = 0; attempt < 3; ++attempt) {
+        sn_paths_t before;
+        OK(sn_group_get_paths(g, &before));
+        size_t from = fake_cuda::launches().size();
         fake_cuda::set_capturing(capture);
         const sn_status_t fw = sn_group_forward(g, 1, kS);
         const bool fw_invalidated = fake_cuda::capture_invalidated();
+        fake_cuda::set_capturing(false);
+        recorded(&sn_paths_t::train, fw, before.train, from, t.empty() ? SN_DROPPED_ON_CHIP : SN_DROPPED_COOP);
+        from = fake_cuda::launches().size();
         fake_cuda::set_capturing(capture);
         const sn_status_t bw = sn_group_backward(g, 0, kS);
         const bool bw_invalidated = fake_cuda::capture_invalidated();
         fake_cuda::set_capturing(false);
+        recorded(&sn_paths_t::backward, bw, before.backward, from, SN_DROPPED_BACKWARD_COOP);
         EXPECT_TRUE(!fw_invalidated || fw != SN_SUCCESS) << "an invalidated capture, and success";
         EXPECT_TRUE(!bw_invalidated || bw != SN_SUCCESS) << "an invalidated capture, and success";
         EXPECT_EQ(cudaGetLastError(), cudaSuccess);
@@ -904,12 +980,22 @@ std::vector<unsigned char> snapshot(const sn_layer_t *l) {
   return blob;
 }
 
-// The paths of the layer's latest calls (sn_layer_get_paths), less the dropped launches (which a
-// failed call may add: the refusal stays a fact of the device).
-std::vector<int> recorded_paths(const sn_layer_t *l) {
+// The paths of the latest calls (sn_layer_get_paths) of each watched layer, then of the watched
+// group if any (sn_group_get_paths), less the dropped launches (which a failed call may add: the
+// refusal stays a fact of the device).
+template <class Ctx>
+std::vector<int> recorded_paths(const Ctx &ctx) {
+  std::vector<int> out;
   sn_paths_t p;
-  EXPECT_EQ(sn_layer_get_paths(l, &p), SN_SUCCESS);
-  return {p.train, p.scale_only, p.eval, p.backward};
+  for (const sn_layer_t *l : ctx.watched()) {
+    EXPECT_EQ(sn_layer_get_paths(l, &p), SN_SUCCESS);
+    out.insert(out.end(), {p.train, p.scale_only, p.eval, p.backward});
+  }
+  if (const sn_group_t *g = ctx.watched_group()) {
+    EXPECT_EQ(sn_group_get_paths(g, &p), SN_SUCCESS);
+    out.insert(out.end(), {p.train, p.scale_only, p.eval, p.backward});
+  }
+  return out;
 }
 
 // Runs `call` once with the k-th runtime call from its start failing with `error`, for k = 1, 2,
@@ -925,11 +1011,8 @@ int fail_each_call(const char *what, cudaError_t error, Prepare prepare, Call ca
     SCOPED_TRACE("runtime call " + std::to_string(k) + " failing");
     auto ctx = prepare();
     std::vector<std::vector<unsigned char>> before;
-    std::vector<std::vector<int>> paths_before;
-    for (const sn_layer_t *l : ctx->watched()) {
-      before.push_back(snapshot(l));
-      paths_before.push_back(recorded_paths(l));
-    }
+    for (const sn_layer_t *l : ctx->watched()) before.push_back(snapshot(l));
+    const std::vector<int> paths_before = recorded_paths(*ctx);
     const long live = fake_cuda::live_allocations();
     int device = -1;
     EXPECT_EQ(cudaGetDevice(&device), cudaSuccess);
@@ -969,8 +1052,7 @@ int fail_each_call(const char *what, cudaError_t error, Prepare prepare, Call ca
       const std::vector<const sn_layer_t *> after = ctx->watched();
       for (size_t i = 0; i < after.size() && failed_fn != "cudaStreamSynchronize"; ++i)
         EXPECT_TRUE(snapshot(after[i]) == before[i]) << "layer " << i << " changed by a failed call";
-      for (size_t i = 0; i < after.size(); ++i)
-        EXPECT_EQ(recorded_paths(after[i]), paths_before[i]) << "layer " << i << ": a failed call recorded a path";
+      EXPECT_EQ(recorded_paths(*ctx), paths_before) << "a failed call recorded a path";
     }
     ctx.reset();
     if (::testing::Test::HasFailure() || !fired) break;
@@ -995,12 +1077,14 @@ struct LayerCtx : LayerBufs {
     }
   }
   std::vector<const sn_layer_t *> watched() const { return {layer.get()}; }
+  const sn_group_t *watched_group() const { return nullptr; }
 };
 
 // A creation: the layer made, destroyed after the run (with no failure armed).
 struct Made {
   Layer made;
   std::vector<const sn_layer_t *> watched() const { return {}; }
+  const sn_group_t *watched_group() const { return nullptr; }
 };
 
 struct GroupCtx {
@@ -1011,11 +1095,14 @@ struct GroupCtx {
       EXPECT_EQ(rig.create(), SN_SUCCESS) << sn_last_error_message();
       EXPECT_EQ(set_gradients(rig.group.get(), rig.G.data(), rig.dW.data(), nullptr),
                 SN_SUCCESS);
+      // One backward, so that the one a test runs after a failed binding records no new path.
+      EXPECT_EQ(sn_group_backward(rig.group.get(), 0, kS), SN_SUCCESS) << sn_last_error_message();
     }
   }
   std::vector<const sn_layer_t *> watched() const {
     return std::vector<const sn_layer_t *>(rig.raw.begin(), rig.raw.end());
   }
+  const sn_group_t *watched_group() const { return rig.group.get(); }
 };
 
 TEST_P(FakeCudaMachines, AFailedRuntimeCallIsReportedAndChangesNothing) {

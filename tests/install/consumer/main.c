@@ -70,7 +70,13 @@ int main(void) {
 
   /* The kernels the call ran, as the installed library records them (C linkage of the enum API). */
   sn_paths_t paths;
+  memset(&paths, 0, sizeof paths);
   st = sn_layer_get_paths(layer, &paths);
+  if (st == SN_SUCCESS && strcmp(sn_path_name((sn_path_t)-1), "unknown") != 0) {
+    fprintf(stderr, "consumer: sn_path_name(-1) is not \"unknown\"\n");
+    sn_layer_destroy(layer);
+    return 1;
+  }
   if (st != SN_SUCCESS || paths.train != SN_PATH_CPU || strcmp(sn_path_name(paths.train), "cpu") != 0) {
     fprintf(stderr, "consumer: sn_layer_get_paths gave %s, train path %s\n", sn_status_name(st),
             sn_path_name(paths.train));
