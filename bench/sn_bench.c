@@ -1146,37 +1146,51 @@ static sn_path_t path_of_mode(const sn_paths_t *p, int mode) {
   }
 }
 
-/* Append path `name` to the '+'-joined list in `buf` unless it is there already; "(dropped ...)"
- * for launches the device refused. */
+/* Append path `name` to the '+'-joined list in `buf` unless it is there already ("…" ends a list
+ * cut short by `size`). */
 static void add_path_name(char *buf, size_t size, const char *name) {
   const size_t n = strlen(name);
   for (const char *q = buf; (q = strstr(q, name)) != NULL; q += n)
     if ((q == buf || q[-1] == '+') && (q[n] == '\0' || q[n] == '+')) return;
   const size_t used = strlen(buf);
+  if (used >= 3 && strcmp(buf + used - 3, "...") == 0) return; /* cut short already */
+  if (used + 1 + n + 1 > size) {
+    if (used + 4 <= size) strcat(buf, "...");
+    return;
+  }
   snprintf(buf + used, size - used, "%s%s", used ? "+" : "", name);
 }
 
-/* Fill the path of rows [first, last) (their modes) from `count` layers' records, or from the
- * group's when `group` is not NULL: the distinct paths, joined by '+', and the refused launches. */
-static void fill_paths(int first, int last, sn_layer_t *const *layers, int count, const sn_group_t *group) {
+/* The launches a refusal in `mode` drops (sn_dropped_t): the on-chip one, and the cooperative
+ * one of the forward or of the (grouped) backward. */
+static unsigned dropped_in_mode(int mode) {
+  return SN_DROPPED_ON_CHIP | (is_backward(mode) ? SN_DROPPED_BACKWARD_COOP : SN_DROPPED_COOP);
+}
+
+/* Fill the path of rows [first, last) (their modes) from the records of `count` layers, or of
+ * `count` groups (the copies' groups of one kind) when `groups` is not NULL: the distinct paths
+ * of those that ran the mode, joined by '+' ("none" if none did), then " (dropped 0x…)" with the
+ * launches of that mode the device refused. */
+static void fill_paths(int first, int last, sn_layer_t *const *layers, sn_group_t *const *groups, int count) {
   for (int i = first; i < last; i++) {
     row_t *r = &g_rows[i];
     int mode = 0;
     while (mode < N_MODES && strcmp(MODE_NAMES[mode], r->mode)) mode++;
-    char buf[sizeof r->path] = "";
+    char names[sizeof r->path - 24] = ""; /* room left for the suffix */
     unsigned dropped = 0;
-    for (int l = 0; l < (group ? 1 : count); l++) {
+    for (int l = 0; l < count; l++) {
       sn_paths_t p;
-      const sn_status_t st = group ? sn_group_get_paths(group, &p) : sn_layer_get_paths(layers[l], &p);
+      const sn_status_t st = groups ? sn_group_get_paths(groups[l], &p) : sn_layer_get_paths(layers[l], &p);
       if (st != SN_SUCCESS) die("sn_*_get_paths: %s", sn_last_error_message());
-      add_path_name(buf, sizeof buf, sn_path_name(path_of_mode(&p, mode)));
-      dropped |= p.dropped;
+      const sn_path_t path = path_of_mode(&p, mode);
+      if (path != SN_PATH_NONE) add_path_name(names, sizeof names, sn_path_name(path));
+      dropped |= p.dropped & dropped_in_mode(mode);
     }
-    if (dropped) {
-      const size_t used = strlen(buf);
-      snprintf(buf + used, sizeof buf - used, " (dropped 0x%x)", dropped);
-    }
-    snprintf(r->path, sizeof r->path, "%s", buf);
+    if (!names[0]) snprintf(names, sizeof names, "%s", sn_path_name(SN_PATH_NONE));
+    if (dropped)
+      snprintf(r->path, sizeof r->path, "%s (dropped 0x%x)", names, dropped);
+    else
+      snprintf(r->path, sizeof r->path, "%s", names);
   }
 }
 
@@ -1942,7 +1956,7 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
                copies, note, o->check, sig_err, out_err, NULL);
     /* (The scale-only rows ran the scale-only groups, the others the forward ones.) */
     for (int i = first_row; i < g_n_rows; i++)
-      fill_paths(i, i + 1, NULL, 0, strcmp(g_rows[i].mode, "scale") ? r.fwd[0] : r.scale[0]);
+      fill_paths(i, i + 1, NULL, strcmp(g_rows[i].mode, "scale") ? r.fwd : r.scale, copies);
     CK_CUDA(cudaStreamSynchronize(s));
   }
   for (int c = 0; c < copies; c++) {
@@ -2056,7 +2070,7 @@ static void run_gpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
     const int first_row = g_n_rows;
     time_modes(wl, dt, o, s, specnorm_enqueue, &runner, "specnorm", "specnorm-graph",
                algo_name(algo), copies, note, o->check, chk.sigma_err, chk.out_err, NULL);
-    fill_paths(first_row, g_n_rows, layers, wl->n_layers, NULL);
+    fill_paths(first_row, g_n_rows, layers, NULL, wl->n_layers);
     CK_CUDA(cudaStreamSynchronize(s));
     for (int l = 0; l < wl->n_layers; l++) sn_layer_destroy(layers[l]);
     free(layers);
@@ -2242,7 +2256,7 @@ static void run_cpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
   int first_row = g_n_rows;
   time_cpu_modes(wl, dt, o, specnorm_enqueue, &runner, "cpu", "-", "reference",
                  "CPU backend (the reference), host clock");
-  fill_paths(first_row, g_n_rows, layers, wl->n_layers, NULL);
+  fill_paths(first_row, g_n_rows, layers, NULL, wl->n_layers);
   /* The grouped calls: the same layers in one sn_group_forward or sn_group_backward (the small
    * ones spread over the threads, host/cpu_backend.c; bitwise the calls above, tests/test_group.cpp). */
   if (wl->n_layers > 1 && o->group) {
@@ -2269,7 +2283,7 @@ static void run_cpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
                      o->check ? "bitwise" : "skipped",
                      "CPU backend's grouped call (small layers over threads), host clock");
       for (int i = first_row; i < g_n_rows; i++)
-        fill_paths(i, i + 1, NULL, 0, strcmp(g_rows[i].mode, "scale") ? fwd : scale);
+        fill_paths(i, i + 1, NULL, strcmp(g_rows[i].mode, "scale") ? &fwd : &scale, 1);
     }
     sn_group_destroy(fwd);
     sn_group_destroy(scale);
@@ -2483,9 +2497,8 @@ static void write_json(const char *path, const options_t *o, const gpu_t *g, int
     fprintf(f, ", \"layers\": %d, \"params\": %lld, \"mode\": \"%s\", \"dtype\": \"%s\", \"impl\": ",
             r->wl->n_layers, (long long)r->wl->params, r->mode, r->dtype);
     json_string(f, r->impl);
-    fprintf(f, ", \"algo\": \"%s\", \"path\": ", r->algo);
-    json_string(f, r->path);
-    fprintf(f, ", \"device\": \"%s\", \"power_iters\": %d", r->device, o->power_iters);
+    fprintf(f, ", \"algo\": \"%s\", \"device\": \"%s\", \"power_iters\": %d", r->algo, r->device,
+            o->power_iters);
     fprintf(f, ", \"median_us\": ");
     json_number(f, r->median_us, "%.4f");
     fprintf(f, ", \"p10_us\": ");
@@ -2514,6 +2527,8 @@ static void write_json(const char *path, const options_t *o, const gpu_t *g, int
     json_number(f, r->wsn_err, "%.3e");
     fprintf(f, ", \"note\": ");
     json_string(f, r->note);
+    fprintf(f, ", \"path\": ");
+    json_string(f, r->path);
     fprintf(f, "}");
   }
   fprintf(f, "\n  ]\n}\n");
@@ -2535,9 +2550,9 @@ static void csv_quoted(FILE *f, const char *s) {
 
 /* Same columns as the JSON rows, same order. */
 static const char *CSV_HEADER =
-    "workload,kind,shape,layers,params,mode,dtype,impl,algo,path,device,power_iters,median_us,p10_us,p90_us,"
+    "workload,kind,shape,layers,params,mode,dtype,impl,algo,device,power_iters,median_us,p10_us,p90_us,"
     "reps,batch,copies,bytes,gbps,copy_fraction,floor_us,launches,kernel_nodes,capturable,"
-    "speedup_vs_cublas,speedup_vs_torch,check,sigma_rel_err,wsn_rel_err,note\n";
+    "speedup_vs_cublas,speedup_vs_torch,check,sigma_rel_err,wsn_rel_err,note,path\n";
 
 static void write_csv(const char *path, const options_t *o) {
   FILE *f = fopen(path, "w");
@@ -2548,10 +2563,8 @@ static void write_csv(const char *path, const options_t *o) {
     csv_quoted(f, r->workload);
     fprintf(f, ",%s,", r->wl->kind);
     csv_quoted(f, r->wl->shape);
-    fprintf(f, ",%d,%lld,%s,%s,%s,%s,", r->wl->n_layers, (long long)r->wl->params, r->mode,
-            r->dtype, r->impl, r->algo);
-    csv_quoted(f, r->path);
-    fprintf(f, ",%s,%d,", r->device, o->power_iters);
+    fprintf(f, ",%d,%lld,%s,%s,%s,%s,%s,%d,", r->wl->n_layers, (long long)r->wl->params, r->mode,
+            r->dtype, r->impl, r->algo, r->device, o->power_iters);
     csv_field_num(f, r->median_us, "%.4f");
     fputc(',', f);
     csv_field_num(f, r->p10_us, "%.4f");
@@ -2577,6 +2590,8 @@ static void write_csv(const char *path, const options_t *o) {
     csv_field_num(f, r->wsn_err, "%.3e");
     fputc(',', f);
     csv_quoted(f, r->note);
+    fputc(',', f);
+    csv_quoted(f, r->path);
     fputc('\n', f);
   }
   if (fclose(f) != 0) die("--csv %s: write failed", path);

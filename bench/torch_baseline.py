@@ -66,10 +66,10 @@ BYTES_DEFINITION = (
 
 # Same columns, same order as sn_bench's CSV and JSON rows.
 ROW_FIELDS = [
-    "workload", "kind", "shape", "layers", "params", "mode", "dtype", "impl", "algo", "path", "device",
+    "workload", "kind", "shape", "layers", "params", "mode", "dtype", "impl", "algo", "device",
     "power_iters", "median_us", "p10_us", "p90_us", "reps", "batch", "copies", "bytes", "gbps",
     "copy_fraction", "floor_us", "launches", "kernel_nodes", "capturable", "speedup_vs_cublas",
-    "speedup_vs_torch", "check", "sigma_rel_err", "wsn_rel_err", "note",
+    "speedup_vs_torch", "check", "sigma_rel_err", "wsn_rel_err", "note", "path",
 ]
 
 
@@ -495,14 +495,14 @@ class Bench:
             "workload": wl["name"], "kind": wl["kind"], "shape": wl["shape"],
             "layers": len(wl["layers"]), "params": wl["params"], "mode": mode, "dtype": dtype,
             "impl": impl,
-            "algo": "-", "path": "-", "device": "cuda", "power_iters": self.args.power_iters,
+            "algo": "-", "device": "cuda", "power_iters": self.args.power_iters,
             "median_us": med, "p10_us": quantile(samples, 0.1), "p90_us": quantile(samples, 0.9),
             "reps": len(samples), "batch": batch, "copies": copies, "bytes": nbytes, "gbps": gbps,
             "copy_fraction": gbps / self.copy_gbps,
             "floor_us": nbytes / (self.copy_gbps * 1e9) * 1e6,
             "launches": launches, "kernel_nodes": kernels, "capturable": capturable,
             "speedup_vs_cublas": None, "speedup_vs_torch": None, "check": "n/a",
-            "sigma_rel_err": None, "wsn_rel_err": None, "note": note,
+            "sigma_rel_err": None, "wsn_rel_err": None, "note": note, "path": "-",
         }
 
     def count_launches_split(self, prepare, fn):

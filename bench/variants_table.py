@@ -23,7 +23,7 @@ def load(path):
         if not str(r.get("impl", "")).startswith("specnorm"):
             continue
         key = (r["workload"], r["dtype"], r["mode"], r["impl"], r.get("algo", ""))
-        rows[key] = (r.get("median_us"), r.get("path", "-"))
+        rows[key] = (r.get("median_us"), r.get("path"))  # (no path: sn_bench before 2026-11-27)
     return doc.get("device", ""), rows
 
 
@@ -59,7 +59,7 @@ def main(argv):
                 cell = f"{us:.1f}"
             else:
                 cell = f"{us:.1f} ({100.0 * (us - base) / base:+.0f}%)"
-            if i > 0 and path is not None and path != base_path:
+            if i > 0 and path is not None and base_path is not None and path != base_path:
                 cell += f" [{path}]"
             cells.append(cell)
         print("| " + " | ".join(str(x) for x in k) + f" | {base_path or '-'} | " + " | ".join(cells) + " |")
