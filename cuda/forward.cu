@@ -525,6 +525,19 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   return 0;
 }
 
+namespace sn {
+namespace {
+thread_local int setup_failures = 0;  // sn::forget's count on this thread
+}  // namespace
+void note_setup_failure() { ++setup_failures; }
+}  // namespace sn
+
+extern "C" int sn_cuda_setup_failures_take(void) {
+  const int n = sn::setup_failures;
+  sn::setup_failures = 0;
+  return n;
+}
+
 extern "C" void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace) {
   const int64_t h = plan->view.h, w = plan->view.A * plan->view.B;
   float *p = static_cast<float *>(workspace);

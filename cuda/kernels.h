@@ -12,12 +12,19 @@ namespace sn {
 // runtime call raises it, so sn::forget knows there is nothing to clear.
 constexpr cudaError_t kDoesNotFit = cudaErrorLaunchOutOfResources;
 
+// Count a probe's runtime failure on this thread (cuda/forward.cu): the plan being made leaves out
+// what the probe was for (sn_cuda_setup_failures_take).
+void note_setup_failure();
+
 // After a probe of ours failed with `e`: clears the runtime's last error if it is `e` (the error
 // that call raised), so that it is not left pending, but not after a verdict of our own that
 // raised none (kDoesNotFit, or `e` not the last error) and so not an error the caller's code left
-// pending before.
+// pending before. A runtime failure (anything but kDoesNotFit) is counted: the plan does without
+// what the probe was for, and the layer or group says so (SN_DROPPED_SETUP).
 inline void forget(cudaError_t e) {
-  if (e != cudaSuccess && e != kDoesNotFit && cudaPeekAtLastError() == e) (void)cudaGetLastError();
+  if (e == cudaSuccess || e == kDoesNotFit) return;
+  note_setup_failure();
+  if (cudaPeekAtLastError() == e) (void)cudaGetLastError();
 }
 
 // What the last block of the t = M x kernel does with t.

@@ -196,6 +196,11 @@ int sn_cuda_one_pass_supported(sn_view_t view, sn_order_t order, sn_dtype_t dtyp
  * it needs (0 on overflow: the caller reports it). Returns a cudaError_t. */
 int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_t dtype, sn_order_t order,
                       float eps, int sm_count, int one_pass, int on_chip, size_t *workspace_bytes);
+/* How many of the probes that plans make (the device's attributes, kernels' shared memory and
+ * occupancy, clusters, cooperative launches) failed on this thread with an error of the runtime
+ * since the last call, which it resets: each time the plan went without what that probe was for
+ * (a failure that is only "does not fit" is not counted). */
+int sn_cuda_setup_failures_take(void);
 /* Point the plan's scratch into `workspace` (device memory of the size above, zero-filled). */
 void sn_cuda_plan_bind(sn_cuda_plan_t *plan, void *workspace);
 

@@ -297,7 +297,9 @@ SN_API sn_status_t sn_group_create(sn_group_t **group, sn_layer_t *const *layers
     int prev = 0;
     st = sn__enter_device(g->device, &prev);
     if (st == SN_SUCCESS) {
+      (void)sn_cuda_setup_failures_take(); /* this creation's alone */
       st = create_cuda_group(g);
+      if (sn_cuda_setup_failures_take() > 0) g->paths.dropped |= SN_DROPPED_SETUP;
       sn__leave_device(g->device, prev);
     }
     if (st != SN_SUCCESS) {
@@ -576,11 +578,14 @@ SN_API sn_status_t sn_group_set_gradients(sn_group_t *group, const void *const *
   }
   void *ws = NULL;
   sn_cuda_group_bw_t bw = {0};
+  int setup_failed = 0;
   if (group->backend == SN_BACKEND_CUDA) {
     int prev = 0;
     st = sn__enter_device(group->device, &prev);
     if (st == SN_SUCCESS) {
+      (void)sn_cuda_setup_failures_take(); /* this binding's alone */
       st = upload_backward(group, G, dW, dgamma, &ws, &bw);
+      setup_failed = sn_cuda_setup_failures_take() > 0;
       sn__leave_device(group->device, prev);
     }
     if (st != SN_SUCCESS) { /* the earlier binding, if any, stays */
@@ -591,6 +596,7 @@ SN_API sn_status_t sn_group_set_gradients(sn_group_t *group, const void *const *
   free_device(group, group->bw_workspace);
   free_gradients(group->G, group->dW, group->dgamma);
   group->paths.dropped &= ~(unsigned)SN_DROPPED_BACKWARD_COOP; /* tried again (sn_group_set_gradients) */
+  if (setup_failed) group->paths.dropped |= SN_DROPPED_SETUP;
   group->G = g_G;
   group->dW = g_dW;
   group->dgamma = g_dgamma;

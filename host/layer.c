@@ -290,6 +290,7 @@ static sn_status_t init_state(sn_layer_t *l, uint64_t seed, sn_stream_t stream) 
 }
 
 static sn_status_t create_cuda(sn_layer_t *l) {
+  (void)sn_cuda_setup_failures_take(); /* this creation's alone, below */
   int sm_count = 0;
   CUDA_TRY(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, l->desc.device),
            "cudaDeviceGetAttribute(multiprocessor count)");
@@ -315,6 +316,7 @@ static sn_status_t create_cuda(sn_layer_t *l) {
                              sm_count, one_pass, on_chip, &ws_bytes),
            "preparing the one-pass kernels");
   l->plan.norm_bound = l->desc.norm_bound;
+  if (sn_cuda_setup_failures_take() > 0) l->paths.dropped |= SN_DROPPED_SETUP;
   if (ws_bytes == 0)
     return sn__fail(SN_ERROR_SIZE_OVERFLOW,
                     "this shape (%lld x %lld) needs more blocks than a CUDA grid takes, or scratch "

@@ -421,8 +421,12 @@ typedef enum {
 typedef enum {
   SN_DROPPED_ON_CHIP = 1u, /* the on-chip launch (SN_PATH_ON_CHIP or SN_PATH_ON_CHIP_GRID) */
   SN_DROPPED_COOP = 2u,    /* the cooperative forward launch (SN_PATH_ONE_PASS_COOP) */
-  SN_DROPPED_BACKWARD_COOP = 4u /* a group's cooperative backward, until its next
-                                   sn_group_set_gradients */
+  SN_DROPPED_BACKWARD_COOP = 4u, /* a group's cooperative backward, until its next
+                                    sn_group_set_gradients */
+  SN_DROPPED_SETUP = 8u /* at creation (or sn_group_set_gradients) a query of the CUDA runtime
+                           that the plan makes (the device's attributes, a kernel's shared memory
+                           or occupancy) failed, other than by a "does not fit": the layer (group)
+                           does without what it was for, maybe a faster path; the calls still run */
 } sn_dropped_t;
 
 /* The path of the latest successful call of each kind. A warm-up alone (sn_layer_warmup, or a

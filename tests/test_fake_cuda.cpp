@@ -980,6 +980,24 @@ std::vector<unsigned char> snapshot(const sn_layer_t *l) {
   return blob;
 }
 
+// After a successful creation (or group binding) with a runtime failure armed: a failure of a call
+// only the plan's probes make (device attributes, kernels' attributes, occupancy) was absorbed
+// by one, and the layer or group must say so (SN_DROPPED_SETUP); with no failure it must not. (A
+// failed cudaGetDevice may be a probe's or the free of a replaced binding's tables, and the
+// capture-mode exchange around a pointer check decides nothing of the plan: either way.)
+void expect_setup_bit(unsigned dropped) {
+  const bool said = (dropped & SN_DROPPED_SETUP) != 0;
+  const std::string f = fake_cuda::failure_fired() ? fake_cuda::failed_call() : "";
+  const bool probe = f == "cudaDeviceGetAttribute" || f == "cudaFuncGetAttributes" ||
+                     f == "cudaFuncSetAttribute" || f.rfind("cudaOccupancy", 0) == 0;
+  if (probe) {
+    EXPECT_TRUE(said) << "a failed " << f << " was absorbed and not said";
+  }
+  if (f.empty()) {
+    EXPECT_FALSE(said) << "SN_DROPPED_SETUP with no runtime failure";
+  }
+}
+
 // The paths of the latest calls (sn_layer_get_paths) of each watched layer, then of the watched
 // group if any (sn_group_get_paths), less the dropped launches (which a failed call may add: the
 // refusal stays a fact of the device).
@@ -1133,6 +1151,11 @@ TEST_P(FakeCudaMachines, AFailedRuntimeCallIsReportedAndChangesNothing) {
               EXPECT_EQ(l, nullptr);
             } else {
               c.made.reset(l);
+              // A runtime failure the creation absorbed (a probe: the plan does without what it
+              // was for) is said (SN_DROPPED_SETUP); with none, nothing is.
+              sn_paths_t p;
+              EXPECT_EQ(sn_layer_get_paths(l, &p), SN_SUCCESS);
+              expect_setup_bit(p.dropped);
             }
             return st;
           });
@@ -1192,6 +1215,10 @@ TEST_P(FakeCudaMachines, AFailedRuntimeCallIsReportedAndChangesNothing) {
                          const sn_status_t st = c.rig.create();
                          if (st != SN_SUCCESS) {
                            EXPECT_EQ(c.rig.group, nullptr);
+                         } else {  // as a layer's creation
+                           sn_paths_t p;
+                           EXPECT_EQ(sn_group_get_paths(c.rig.group.get(), &p), SN_SUCCESS);
+                           expect_setup_bit(p.dropped);
                          }
                          return st;
                        });
@@ -1201,6 +1228,11 @@ TEST_P(FakeCudaMachines, AFailedRuntimeCallIsReportedAndChangesNothing) {
         fail_each_call("group set_gradients", e, made, [](GroupCtx &c) {
           const sn_status_t st = set_gradients(c.rig.group.get(), c.rig.G.data(),
                                                         c.rig.dW.data(), c.rig.dgamma.data());
+          if (st == SN_SUCCESS) {  // the binding's own probes, as a creation's
+            sn_paths_t p;
+            EXPECT_EQ(sn_group_get_paths(c.rig.group.get(), &p), SN_SUCCESS);
+            expect_setup_bit(p.dropped);
+          }
           // A failed binding keeps the one before: the backward still runs.
           if (st != SN_SUCCESS) {
             EXPECT_EQ(sn_group_backward(c.rig.group.get(), 0, kS), SN_SUCCESS);
