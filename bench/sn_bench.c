@@ -1161,10 +1161,11 @@ static void add_path_name(char *buf, size_t size, const char *name) {
   snprintf(buf + used, size - used, "%s%s", used ? "+" : "", name);
 }
 
-/* The launches a refusal in `mode` drops (sn_dropped_t): the on-chip one, and the cooperative
- * one of the forward or of the (grouped) backward. */
+/* What was dropped that concerns `mode` (sn_dropped_t): the on-chip launch, the cooperative one of
+ * the forward or of the (grouped) backward, and a failed query at creation (any mode). */
 static unsigned dropped_in_mode(int mode) {
-  return SN_DROPPED_ON_CHIP | (is_backward(mode) ? SN_DROPPED_BACKWARD_COOP : SN_DROPPED_COOP);
+  return SN_DROPPED_ON_CHIP | SN_DROPPED_SETUP |
+         (is_backward(mode) ? SN_DROPPED_BACKWARD_COOP : SN_DROPPED_COOP);
 }
 
 /* Fill the path of rows [first, last) (their modes) from the records of `count` layers, or of

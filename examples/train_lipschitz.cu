@@ -499,9 +499,10 @@ int main(int argc, char **argv) {
       SN_CHECK(sn_group_get_paths(m.group, &p));
     else
       SN_CHECK(sn_layer_get_paths(m.layer[l].sn, &p));
-    printf("%s %d: scale-only forward %s, eval forward %s, backward %s%s\n", m.group ? "group" : "layer",
-           l, sn_path_name(p.scale_only), sn_path_name(p.eval), sn_path_name(p.backward),
-           p.dropped ? " (a launch refused by the device was dropped)" : "");
+    printf("%s %d: scale-only forward %s, eval forward %s, backward %s", m.group ? "group" : "layer", l,
+           sn_path_name(p.scale_only), sn_path_name(p.eval), sn_path_name(p.backward));
+    if (p.dropped) printf(" (dropped 0x%x: sn_dropped_t)", p.dropped);
+    printf("\n");
   }
 
   sn_group_destroy(m.group); /* before its layers */
