@@ -63,7 +63,10 @@ void report(const char *call, sn_status_t st, const sn_layer_t *layer, sn_path_t
   std::printf("  %-9s", call);
   sn_paths_t p;
   if (st != SN_SUCCESS) std::printf(" status %d: %s", (int)st, sn_last_error_message());
-  else if (sn_layer_get_paths(layer, &p) == SN_SUCCESS) std::printf(" %s", sn_path_name(p.*kind));
+  else if (sn_layer_get_paths(layer, &p) == SN_SUCCESS) {
+    std::printf(" %s", sn_path_name(p.*kind));
+    if (p.dropped) std::printf(" (dropped 0x%x)", p.dropped);
+  }
   for (const fake_cuda::Launch &l : fake_cuda::launches()) {
     std::printf("\n      %s  grid %u  block %u  smem %zu", short_name(l.kernel).c_str(), l.grid.x,
                 l.block.x, l.smem);
