@@ -50,6 +50,10 @@ namespace {
 // memory per block), which stays small up to here.
 constexpr int64_t kOnChipMaxW = 4096;
 constexpr int kOnChipMaxCluster = 8;  // the portable cluster size
+// Above 8 the cluster queries answer "no" with an error (cudaErrorInvalidClusterSize without the
+// non-portable attribute), which sn::forget would count as a failed probe (SN_DROPPED_SETUP) on
+// every creation: such sizes need the attribute, and their "no" kept apart from failures.
+static_assert(kOnChipMaxCluster <= 8, "clusters above the portable size: see sn::forget");
 // Rows per block the cluster size aims at: a block's load, products and division scale with it.
 constexpr size_t kOnChipTargetBytes = 64 * 1024;
 
