@@ -2072,6 +2072,11 @@ static void run_gpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
     time_modes(wl, dt, o, s, specnorm_enqueue, &runner, "specnorm", "specnorm-graph",
                algo_name(algo), copies, note, o->check, chk.sigma_err, chk.out_err, NULL);
     fill_paths(first_row, g_n_rows, layers, NULL, wl->n_layers);
+    if (wl->n_layers == 1) { /* the plan behind these rows, in the log (sn_layer_describe) */
+      char text[1024];
+      CK_SN(sn_layer_describe(layers[0], text, sizeof text, NULL));
+      fprintf(stderr, "    %s\n", text);
+    }
     CK_CUDA(cudaStreamSynchronize(s));
     for (int l = 0; l < wl->n_layers; l++) sn_layer_destroy(layers[l]);
     free(layers);

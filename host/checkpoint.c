@@ -451,14 +451,6 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
   return SN_SUCCESS;
 }
 
-static const char *dtype_name(uint32_t t) {
-  switch (t) {
-    case SN_DTYPE_FLOAT32: return "float32";
-    case SN_DTYPE_FLOAT16: return "float16";
-    case SN_DTYPE_BFLOAT16: return "bfloat16";
-    default: return "?";
-  }
-}
 
 /* The blob must describe this layer's weight: same shape, dim and dtype. */
 static sn_status_t match(const sn_layer_t *l, const ck_blob_t *b) {
@@ -482,8 +474,9 @@ static sn_status_t match(const sn_layer_t *l, const ck_blob_t *b) {
                     (int)b->dim, d->dim);
   if (b->dtype != (uint32_t)d->dtype)
     return sn__fail(SN_ERROR_CHECKPOINT_MISMATCH,
-                    "buf is a checkpoint of a %s weight; the layer's dtype is %s", dtype_name(b->dtype),
-                    dtype_name((uint32_t)d->dtype));
+                    "buf is a checkpoint of a %s weight; the layer's dtype is %s",
+                    b->dtype <= SN_DTYPE_BFLOAT16 ? sn_dtype_name((sn_dtype_t)b->dtype) : "?",
+                    sn_dtype_name(d->dtype));
   return SN_SUCCESS;
 }
 

@@ -170,6 +170,15 @@ static void narrow_half(const float *x, uint16_t *q, int64_t n) {
 
 size_t sn_dtype_size(sn_dtype_t t) { return t == SN_DTYPE_FLOAT32 ? 4 : 2; }
 
+const char *sn_dtype_name(sn_dtype_t t) {
+  switch (t) {
+    case SN_DTYPE_FLOAT32: return "float32";
+    case SN_DTYPE_FLOAT16: return "float16";
+    case SN_DTYPE_BFLOAT16: return "bfloat16";
+    default: return "?";
+  }
+}
+
 float sn_load(const void *p, sn_dtype_t t, int64_t k) {
   switch (t) {
     case SN_DTYPE_FLOAT16: return sn_half_to_float(((const uint16_t *)p)[k]);

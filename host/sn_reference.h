@@ -22,6 +22,8 @@ uint16_t sn_float_to_half(float f);     /* round to nearest even, like __float2h
 float sn_bf16_to_float(uint16_t h);
 uint16_t sn_float_to_bf16(float f);     /* round to nearest even, like __float2bfloat16_rn */
 size_t sn_dtype_size(sn_dtype_t t);
+/* "float32", "float16", "bfloat16"; "?" for other values. */
+const char *sn_dtype_name(sn_dtype_t t);
 float sn_load(const void *p, sn_dtype_t t, int64_t k);
 void sn_store(void *p, sn_dtype_t t, int64_t k, float x);
 /* Elements [k, k + n) at once: sn_load's and sn_store's values, without a call per element. */

@@ -457,6 +457,16 @@ SN_API sn_status_t sn_group_get_paths(const sn_group_t *group, sn_paths_t *paths
  * "on-chip-grid", "backward-kernels", "backward-coop"; "unknown" for other values. */
 SN_API const char *sn_path_name(sn_path_t path);
 
+/* A one-line description of the layer for people, logs and bug reports: its backend and device,
+ * shape and matrix view, dtype, order and algorithm, the launch plan its creation made (the
+ * one-pass kernels' blocks, clusters and cooperative launch, the on-chip layout, the division's
+ * blocks) and sn_layer_get_paths's record. Its format may change between versions: read the
+ * fields from the API, not from this text. Writes at most `size` bytes into `buf`, always
+ * NUL-terminated when size > 0 (buf may be NULL when size is 0); *length (may be NULL) receives
+ * the full description's length without the NUL, so a longer buffer can be asked for when it is
+ * >= size. Host-only, no CUDA call. */
+SN_API sn_status_t sn_layer_describe(const sn_layer_t *layer, char *buf, size_t size, size_t *length);
+
 /* ---- Checkpoints --------------------------------------------------------------------------- */
 
 /* Bytes of a checkpoint of this layer (its full state: shape, dim, dtype, eps, iteration settings,

@@ -941,3 +941,41 @@ TEST_F(CpuApi, PathsRecordEachKindOfCall) {
   // Values past the last path (within the enum's range of values, as C++ requires of a cast).
   for (const int k : {int(SN_PATH_COUNT), 15}) EXPECT_STREQ(sn_path_name(static_cast<sn_path_t>(k)), "unknown") << k;
 }
+
+// sn_layer_describe: one line with the backend, shape, view, dtype, order, algorithm and the
+// recorded paths; the full length whatever the buffer, a truncated copy NUL-terminated, and the
+// length alone with no buffer.
+TEST_F(CpuApi, DescribeSaysWhatTheLayerIsAndRan) {
+  sn_layer_desc_t d = make_desc({6, 2, 3, 3}, SN_BACKEND_CPU, 1);
+  d.dtype = SN_DTYPE_BFLOAT16;
+  d.order = SN_ORDER_V_FIRST;
+  LayerPtr l(d);
+  ASSERT_TRUE(l.p);
+  std::vector<uint16_t> W(108, 0x3f80), out(108);  // bf16 ones
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+  size_t len = 0;
+  ASSERT_EQ(sn_layer_describe(l, nullptr, 0, &len), SN_SUCCESS);
+  ASSERT_GT(len, 20u);
+  std::string full(len + 1, '\x7f');
+  size_t len2 = 0;
+  ASSERT_EQ(sn_layer_describe(l, &full[0], full.size(), &len2), SN_SUCCESS);
+  EXPECT_EQ(len2, len);
+  EXPECT_EQ(full[len], '\0');
+  full.resize(len);
+  EXPECT_EQ(full.find('\n'), std::string::npos) << full;
+  for (const char *part : {"cpu (", "shape 6x2x3x3 dim 1 (h 2, w 54)", "bfloat16", "v-first", "algo default",
+                           "paths: train cpu, scale-only none, eval none, backward none"})
+    EXPECT_NE(full.find(part), std::string::npos) << "no \"" << part << "\" in: " << full;
+  for (size_t size : {size_t(1), size_t(5), len}) {  // too short: cut, NUL-terminated, full length
+    std::string cut(size + 4, '\x7f');
+    size_t n = 0;
+    ASSERT_EQ(sn_layer_describe(l, &cut[0], size, &n), SN_SUCCESS);
+    EXPECT_EQ(n, len);
+    EXPECT_EQ(cut[size - 1], '\0');
+    EXPECT_EQ(std::string(cut.c_str()), full.substr(0, size - 1));
+    EXPECT_EQ(cut[size], '\x7f') << "wrote past size";
+  }
+  ASSERT_EQ(sn_layer_describe(l, &full[0], 4, nullptr), SN_SUCCESS);  // no length wanted
+  EXPECT_FAILS(sn_layer_describe(nullptr, &full[0], 4, &len), SN_ERROR_NULL_POINTER, "layer");
+  EXPECT_FAILS(sn_layer_describe(l, nullptr, 4, &len), SN_ERROR_NULL_POINTER, "buf");
+}

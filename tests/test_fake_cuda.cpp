@@ -242,6 +242,22 @@ void exercise_layer(const sn_layer_desc_t &d, sn_status_t want, bool host_calls)
     STEP_N(sn_backward(raw, W.p, G.p, G.p, flags, nullptr, kS), 1, most);
     took(&sn_paths_t::backward);
   }
+  // The description names the backend and the recorded paths (and makes no CUDA call).
+  {
+    StepWatch w;
+    char text[1024];
+    size_t len = 0;
+    OK(sn_layer_describe(raw, text, sizeof text, &len));
+    EXPECT_LT(len, sizeof text);
+    sn_paths_t p;
+    OK(sn_layer_get_paths(raw, &p));
+    const std::string want = std::string("; paths: train ") + sn_path_name(p.train) + ", scale-only " +
+                             sn_path_name(p.scale_only) + ", eval " + sn_path_name(p.eval) + ", backward " +
+                             sn_path_name(p.backward);
+    EXPECT_NE(std::string(text).find(want), std::string::npos) << text;
+    EXPECT_EQ(std::string(text).rfind("cuda device 0, shape ", 0), 0u) << text;
+    w.check("sn_layer_describe", 0, 0);
+  }
   OK(sn_layer_set_gamma(raw, gamma));
   mark();
   STEP(sn_forward(raw, W.p, W_sn.p, 1, kS), 8);

@@ -98,6 +98,8 @@ int run(const Layer &L) {
     std::printf("  warm-up: %s\n", sn_last_error_message());
     rc = 1;
   } else {
+    char text[1024];
+    if (sn_layer_describe(layer, text, sizeof text, nullptr) == SN_SUCCESS) std::printf("  %s\n", text);
     fake_cuda::clear_log();
     report("train", sn_forward(layer, W, W_sn, 1, nullptr), layer, &sn_paths_t::train);
     report("scale", sn_forward_scale_only(layer, W, 1, nullptr), layer, &sn_paths_t::scale_only);
