@@ -4,6 +4,7 @@
 // Invariants: a defined status and a message naming it on every failure, *layer NULL after a
 // failed create, the matrix view consistent with the shape, and u, v, σ, 1/σ always finite
 // whatever the weights (README, "Degenerate steps"), checkpoints that round-trip.
+#include <algorithm>
 #include <vector>
 
 #include "fuzz_common.h"
@@ -53,6 +54,11 @@ void exercise(sn_layer_t *l, const sn_layer_desc_t &d, int64_t numel, unsigned f
   SN_FUZZ_CHECK(sn_layer_get_dims(l, &h, &w) == SN_SUCCESS);
   SN_FUZZ_CHECK(h >= 1 && w >= 1 && h * w == numel);
   check_state(l, h, w);
+  // The description: any shape, cut at any size, NUL-terminated within it.
+  char text[96];
+  size_t len = 0, cut = size_t(numel % 97);
+  SN_FUZZ_CHECK(sn_layer_describe(l, text, cut, &len) == SN_SUCCESS);
+  SN_FUZZ_CHECK(len > 0 && (cut == 0 || std::strlen(text) == std::min(len, cut - 1)));
   if (numel > kMaxStepNumel) return;
 
   size_t es = 4;
