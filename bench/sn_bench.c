@@ -1958,6 +1958,9 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
     /* (The scale-only rows ran the scale-only groups, the others the forward ones.) */
     for (int i = first_row; i < g_n_rows; i++)
       fill_paths(i, i + 1, NULL, strcmp(g_rows[i].mode, "scale") ? r.fwd : r.scale, copies);
+    char text[1024]; /* the plan behind these rows, in the log (sn_group_describe) */
+    CK_SN(sn_group_describe(r.fwd[0], text, sizeof text, NULL));
+    fprintf(stderr, "    group: %s\n", text);
     CK_CUDA(cudaStreamSynchronize(s));
   }
   for (int c = 0; c < copies; c++) {
@@ -2290,6 +2293,9 @@ static void run_cpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
                      "CPU backend's grouped call (small layers over threads), host clock");
       for (int i = first_row; i < g_n_rows; i++)
         fill_paths(i, i + 1, NULL, strcmp(g_rows[i].mode, "scale") ? &fwd : &scale, 1);
+      char text[1024];
+      CK_SN(sn_group_describe(fwd, text, sizeof text, NULL));
+      fprintf(stderr, "    group: %s\n", text);
     }
     sn_group_destroy(fwd);
     sn_group_destroy(scale);

@@ -1,4 +1,5 @@
-/* sn_layer_describe: a layer's backend, shape, plan and recorded paths as one line of text. */
+/* sn_layer_describe, sn_group_describe: a layer's (a group's) backend, shape, plan and recorded
+ * paths as one line of text. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -57,16 +58,33 @@ static void put_plan(line_t *o, const sn_layer_t *l) {
       p->div_prefetch ? ", prefetching" : "", p->pdl ? "; programmatic dependent launch" : "");
 }
 
+/* sn_paths_t's record, and the end of the line: *length, the status. */
+static sn_status_t finish(line_t *o, const sn_paths_t *p, size_t *length) {
+  put(o, "; paths: train %s, scale-only %s, eval %s, backward %s", sn_path_name(p->train),
+      sn_path_name(p->scale_only), sn_path_name(p->eval), sn_path_name(p->backward));
+  if (p->dropped) put(o, ", dropped 0x%x", p->dropped);
+  if (length) *length = o->len;
+  return SN_SUCCESS;
+}
+
+/* The checks and the start of either description. */
+static sn_status_t start(line_t *o, char *buf, size_t size, sn_backend_t backend, int device, int threads) {
+  if (!buf && size > 0) return sn__fail(SN_ERROR_NULL_POINTER, "buf is NULL with size = %zu", size);
+  *o = (line_t){buf, size, 0};
+  if (size > 0) buf[0] = '\0';
+  if (backend == SN_BACKEND_CPU)
+    put(o, "cpu (%d thread%s)", threads, threads > 1 ? "s" : "");
+  else
+    put(o, "cuda device %d", device);
+  return SN_SUCCESS;
+}
+
 SN_API sn_status_t sn_layer_describe(const sn_layer_t *layer, char *buf, size_t size, size_t *length) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
-  if (!buf && size > 0) return sn__fail(SN_ERROR_NULL_POINTER, "buf is NULL with size = %zu", size);
-  line_t o = {buf, size, 0};
-  if (size > 0) buf[0] = '\0';
   const sn_layer_desc_t *d = &layer->desc;
-  if (d->backend == SN_BACKEND_CPU)
-    put(&o, "cpu (%d thread%s)", layer->cpu_threads, layer->cpu_threads > 1 ? "s" : "");
-  else
-    put(&o, "cuda device %d", d->device);
+  line_t o;
+  const sn_status_t st = start(&o, buf, size, d->backend, d->device, layer->cpu_threads);
+  if (st != SN_SUCCESS) return st;
   put(&o, ", shape ");
   for (int k = 0; k < d->ndim; ++k) put(&o, "%s%lld", k ? "x" : "", (long long)d->shape[k]);
   int64_t h = 0, w = 0;
@@ -75,10 +93,37 @@ SN_API sn_status_t sn_layer_describe(const sn_layer_t *layer, char *buf, size_t 
       d->order == SN_ORDER_V_FIRST ? "v-first" : "u-first",
       d->algo == SN_ALGO_ONE_PASS ? "one-pass" : d->algo == SN_ALGO_TWO_PASS ? "two-pass" : "default");
   if (d->backend == SN_BACKEND_CUDA) put_plan(&o, layer);
-  const sn_paths_t *p = &layer->paths;
-  put(&o, "; paths: train %s, scale-only %s, eval %s, backward %s", sn_path_name(p->train),
-      sn_path_name(p->scale_only), sn_path_name(p->eval), sn_path_name(p->backward));
-  if (p->dropped) put(&o, ", dropped 0x%x", p->dropped);
-  if (length) *length = o.len;
-  return SN_SUCCESS;
+  return finish(&o, &layer->paths, length);
+}
+
+SN_API sn_status_t sn_group_describe(const sn_group_t *group, char *buf, size_t size, size_t *length) {
+  if (!group) return sn__fail(SN_ERROR_NULL_POINTER, "group is NULL");
+  int threads = 1;
+  int64_t numel = 0;
+  for (int k = 0; k < group->count; ++k) {
+    numel += group->layers[k]->numel;
+    if (group->layers[k]->cpu_threads > threads) threads = group->layers[k]->cpu_threads;
+  }
+  line_t o;
+  const sn_status_t st = start(&o, buf, size, group->backend, group->device, threads);
+  if (st != SN_SUCCESS) return st;
+  put(&o, ", %d layer%s of %lld elements in all", group->count, group->count > 1 ? "s" : "", (long long)numel);
+  if (group->backend == SN_BACKEND_CUDA) {
+    const sn_cuda_group_t *c = &group->cuda;
+    if (c->onchip.cluster > 0)
+      put(&o, "; forward on chip in %s of %d block%s of %d threads", c->onchip.clusters ? "clusters" : "blocks",
+          c->onchip.cluster, c->onchip.cluster > 1 ? "s" : "", c->onchip.threads);
+    else if (c->coop_blocks > 0)
+      put(&o, "; forward one cooperative launch of %d blocks", c->coop_blocks);
+    else
+      put(&o, "; forward in kernels of %d, %d and %d blocks", c->row_total, c->red_total, c->div_total);
+    const sn_cuda_group_bw_t *b = &group->cuda_bw;
+    if (!group->G)
+      put(&o, "; no gradients bound");
+    else if (b->coop_blocks > 0)
+      put(&o, "; backward one cooperative launch of %d blocks", b->coop_blocks);
+    else
+      put(&o, "; backward in kernels of %d and %d blocks", b->inner_total, b->apply_total);
+  }
+  return finish(&o, &group->paths, length);
 }

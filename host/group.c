@@ -10,25 +10,6 @@
 #include "sn_internal.h"
 #include "sn_reference.h"
 
-struct sn_group {
-  int count;
-  sn_layer_t **layers;
-  const void **W;
-  void **W_sn;
-  const float **gamma;   /* each layer's γ binding at creation (sn_layer_set_gamma) */
-  sn_backend_t backend;
-  int device;
-  sn_cuda_group_t cuda;  /* CUDA: the kernels' view, pointing into `workspace` */
-  void *workspace;
-  /* The backward's buffers (sn_group_set_gradients; G NULL until then). */
-  const void **G;
-  void **dW;
-  float **dgamma;        /* NULL, or one pointer per layer (each may be NULL) */
-  sn_cuda_group_bw_t cuda_bw; /* CUDA: the backward kernels' view, pointing into `bw_workspace` */
-  void *bw_workspace;
-  sn_paths_t paths;      /* the kernels of its latest calls (sn_group_get_paths) */
-};
-
 /* Free device memory of the group's device (NULL: nothing). */
 static void free_device(const sn_group_t *g, void *p) { sn__free_on_device(g->device, p); }
 

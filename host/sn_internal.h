@@ -47,6 +47,26 @@ struct sn_layer {
   sn_paths_t paths;    /* the kernels of its latest calls (sn_layer_get_paths) */
 };
 
+/* A group (host/group.c; described by host/describe.c). */
+struct sn_group {
+  int count;
+  sn_layer_t **layers;
+  const void **W;
+  void **W_sn;
+  const float **gamma;   /* each layer's γ binding at creation (sn_layer_set_gamma) */
+  sn_backend_t backend;
+  int device;
+  sn_cuda_group_t cuda;  /* CUDA: the kernels' view, pointing into `workspace` */
+  void *workspace;
+  /* The backward's buffers (sn_group_set_gradients; G NULL until then). */
+  const void **G;
+  void **dW;
+  float **dgamma;        /* NULL, or one pointer per layer (each may be NULL) */
+  sn_cuda_group_bw_t cuda_bw; /* CUDA: the backward kernels' view, pointing into `bw_workspace` */
+  void *bw_workspace;
+  sn_paths_t paths;      /* the kernels of its latest calls (sn_group_get_paths) */
+};
+
 /* Record a successful call's path among `paths` (sn_layer_get_paths, sn_group_get_paths): a
  * forward of training and with or without W_sn, or the backward. */
 void sn__record_forward_path(sn_paths_t *paths, int training, int with_out, sn_path_t path);

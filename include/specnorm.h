@@ -466,6 +466,9 @@ SN_API const char *sn_path_name(sn_path_t path);
  * the full description's length without the NUL, so a longer buffer can be asked for when it is
  * >= size. Host-only, no CUDA call. */
 SN_API sn_status_t sn_layer_describe(const sn_layer_t *layer, char *buf, size_t size, size_t *length);
+/* The same for a group: backend and device, its layers, how its forward and backward launch (on
+ * chip, cooperative, or in kernels, with their blocks) and sn_group_get_paths's record. */
+SN_API sn_status_t sn_group_describe(const sn_group_t *group, char *buf, size_t size, size_t *length);
 
 /* ---- Checkpoints --------------------------------------------------------------------------- */
 

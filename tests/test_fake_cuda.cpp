@@ -547,6 +547,19 @@ TEST_P(FakeCudaMachines, EveryGroupPathLaunchesWithinTheDevicesLimitsAndCountsIt
       for (size_t k = 0; k < in_place.size(); ++k) in_place[k] = const_cast<void *>(r.G[k]);
       OK(set_gradients(g, r.G.data(), in_place.data(), nullptr));
       STEP(sn_group_backward(g, SN_BACKWARD_ACCUMULATE, kS), 2);
+      // The description says how the forward and backward launch, as their recorded paths do.
+      {
+        char text[1024];
+        OK(sn_group_describe(g, text, sizeof text, nullptr));
+        sn_paths_t p;
+        OK(sn_group_get_paths(g, &p));
+        const std::string s = text;
+        EXPECT_EQ(s.find("; forward on chip") != std::string::npos, p.train == SN_PATH_ON_CHIP) << s;
+        EXPECT_EQ(s.find("; forward one cooperative") != std::string::npos, p.train == SN_PATH_ONE_PASS_COOP) << s;
+        EXPECT_EQ(s.find("; forward in kernels") != std::string::npos, p.train == SN_PATH_ONE_PASS_ROWS) << s;
+        EXPECT_EQ(s.find("; backward one cooperative") != std::string::npos, p.backward == SN_PATH_BACKWARD_COOP) << s;
+        EXPECT_EQ(s.find("; backward in kernels") != std::string::npos, p.backward == SN_PATH_BACKWARD_KERNELS) << s;
+      }
       // The members record none of the group's calls (nor their own warm-ups).
       for (sn_layer_t *l : r.raw) {
         sn_paths_t p;

@@ -474,6 +474,19 @@ TEST(GroupCpu, PathsRecordTheGroupsOwnCalls) {
     EXPECT_EQ(q.eval, SN_PATH_NONE);
     EXPECT_EQ(q.backward, SN_PATH_NONE);
   }
+  // sn_group_describe: the backend, the layers and the paths, as sn_layer_describe does a layer's.
+  size_t len = 0;
+  ASSERT_EQ(sn_group_describe(with.p, nullptr, 0, &len), SN_SUCCESS);
+  std::string text(len + 1, '\x7f');
+  ASSERT_EQ(sn_group_describe(with.p, &text[0], text.size(), nullptr), SN_SUCCESS);
+  text.resize(len);
+  for (const char *part : {"cpu (", "2 layers of 29 elements in all", "paths: train cpu, scale-only none, eval none, backward cpu"})
+    EXPECT_NE(text.find(part), std::string::npos) << "no \"" << part << "\" in: " << text;
+  char cut[8];
+  ASSERT_EQ(sn_group_describe(with.p, cut, sizeof cut, &len), SN_SUCCESS);
+  EXPECT_EQ(std::string(cut), text.substr(0, sizeof cut - 1));
+  EXPECT_EQ(sn_group_describe(nullptr, cut, sizeof cut, &len), SN_ERROR_NULL_POINTER);
+  EXPECT_EQ(sn_group_describe(with.p, nullptr, 8, &len), SN_ERROR_NULL_POINTER);
   EXPECT_EQ(sn_group_get_paths(nullptr, &p), SN_ERROR_NULL_POINTER);
   EXPECT_NE(std::string(sn_last_error_message()).find("group"), std::string::npos);
   EXPECT_EQ(sn_group_get_paths(with.p, nullptr), SN_ERROR_NULL_POINTER);
