@@ -966,6 +966,7 @@ TEST_F(CpuApi, DescribeSaysWhatTheLayerIsAndRan) {
   for (const char *part : {"cpu (", "shape 6x2x3x3 dim 1 (h 2, w 54)", "bfloat16", "v-first", "algo default",
                            "paths: train cpu, scale-only none, eval none, backward none"})
     EXPECT_NE(full.find(part), std::string::npos) << "no \"" << part << "\" in: " << full;
+  EXPECT_EQ(full.find("division"), std::string::npos) << "a CUDA plan for a CPU layer: " << full;
   for (size_t size : {size_t(1), size_t(5), len}) {  // too short: cut, NUL-terminated, full length
     std::string cut(size + 4, '\x7f');
     size_t n = 0;

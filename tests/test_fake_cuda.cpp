@@ -254,8 +254,19 @@ void exercise_layer(const sn_layer_desc_t &d, sn_status_t want, bool host_calls)
     const std::string want = std::string("; paths: train ") + sn_path_name(p.train) + ", scale-only " +
                              sn_path_name(p.scale_only) + ", eval " + sn_path_name(p.eval) + ", backward " +
                              sn_path_name(p.backward);
-    EXPECT_NE(std::string(text).find(want), std::string::npos) << text;
-    EXPECT_EQ(std::string(text).rfind("cuda device 0, shape ", 0), 0u) << text;
+    const std::string s = text;
+    EXPECT_NE(s.find(want), std::string::npos) << s;
+    EXPECT_EQ(s.rfind("cuda device 0, shape ", 0), 0u) << s;
+    // ... and the plan behind them: the division, and the kernels the paths name.
+    EXPECT_NE(s.find("; division "), std::string::npos) << s;
+    const auto has = [&](const char *part) { return s.find(part) != std::string::npos; };
+    const std::pair<sn_path_t, const char *> said[] = {
+        {SN_PATH_ONE_PASS_ROWS, "; one pass by rows: "}, {SN_PATH_ONE_PASS_COOP, ", cooperative in "},
+        {SN_PATH_ONE_PASS_COLS, "; one pass by columns"}, {SN_PATH_ON_CHIP, "; on chip in "},
+        {SN_PATH_ON_CHIP_GRID, "; on chip over a grid of "}, {SN_PATH_ONE_D, "; 1-D: "}};
+    for (sn_path_t x : {p.train, p.scale_only, p.eval})
+      for (const auto &[path, part] : said)
+        EXPECT_TRUE(x != path || has(part)) << "path " << sn_path_name(x) << ", no \"" << part << "\" in: " << s;
     w.check("sn_layer_describe", 0, 0);
   }
   OK(sn_layer_set_gamma(raw, gamma));
