@@ -586,17 +586,23 @@ extern "C" int sn_cuda_forward_on_chip(const sn_cuda_plan_t *plan, const sn_cuda
          (a->n_iters > 0 || !a->training);
 }
 
+namespace sn {
+namespace {
+// Whether a forward's one-pass iterations (by rows) are the cooperative launch: in forwards without
+// W_sn (scale only, warm-up), or in every forward where SPECNORM_TUNE=op_coop asked for it
+// (plan.op_coop_all). An eval forward's σ is the rows kernel's whatever its warm-up took.
+bool coop_iterations(const sn_cuda_plan_t &plan, const sn_cuda_forward_args_t &a) {
+  return plan.op_coop && (plan.op_coop_all || !a.W_sn);
+}
+}  // namespace
+}  // namespace sn
+
 extern "C" sn_path_t sn_cuda_forward_path(const sn_cuda_plan_t *plan, const sn_cuda_forward_args_t *a) {
   if (a->is_1d) return SN_PATH_ONE_D;
   if (sn_cuda_forward_on_chip(plan, a)) return plan->onchip.grid > 0 ? SN_PATH_ON_CHIP_GRID : SN_PATH_ON_CHIP;
   // The row kernels need 16-byte aligned rows; the column kernels take any W.
-  if (plan->one_pass && !plan->one_pass_cols && sn::aligned16(a->W)) {
-    // The cooperative one-pass launch: in forwards without W_sn (scale only, warm-up), or in every
-    // forward where SPECNORM_TUNE=op_coop asked for it (plan.op_coop_all); an eval forward's σ is
-    // the rows kernel's.
-    const bool coop = plan->op_coop && (plan->op_coop_all || !a->W_sn);
-    return a->training && coop ? SN_PATH_ONE_PASS_COOP : SN_PATH_ONE_PASS_ROWS;
-  }
+  if (plan->one_pass && !plan->one_pass_cols && sn::aligned16(a->W))
+    return a->training && sn::coop_iterations(*plan, *a) ? SN_PATH_ONE_PASS_COOP : SN_PATH_ONE_PASS_ROWS;
   return a->training && plan->one_pass_cols ? SN_PATH_ONE_PASS_COLS : SN_PATH_MATVEC;
 }
 
@@ -654,10 +660,9 @@ extern "C" int sn_cuda_forward(const sn_cuda_plan_t *plan, const sn_cuda_forward
   // The first product of a training forward restarts from ones if the health word asks for it.
   const unsigned *health = reinterpret_cast<const unsigned *>(a->sigma + 3);
   bool committed = false;  // by the last iteration's cooperative one-pass launch (scale only)
-  // The cooperative one-pass launch (sn_cuda_forward_path): in forwards without W_sn, or in every
-  // forward with plan.op_coop_all; here also for the warm-up iterations of an eval forward (whose
+  // The cooperative one-pass launch, also for the warm-up iterations of an eval forward (whose
   // recorded path is its σ's kernel, the rows kernel).
-  const bool coop = P.op_coop && (P.op_coop_all || !a->W_sn);
+  const bool coop = sn::coop_iterations(P, *a);
   for (int k = 0; k < iters; ++k) {
     const unsigned *restart = k == 0 ? health : nullptr;
     if (one_pass) {

@@ -109,18 +109,20 @@ SN_API sn_status_t sn_group_describe(const sn_group_t *group, char *buf, size_t 
   if (st != SN_SUCCESS) return st;
   put(&o, ", %d layer%s of %lld elements in all", group->count, group->count > 1 ? "s" : "", (long long)numel);
   if (group->backend == SN_BACKEND_CUDA) {
+    /* The launches the dispatchers choose (sn_cuda_group_forward_path, ..._backward_path). */
     const sn_cuda_group_t *c = &group->cuda;
-    if (c->onchip.cluster > 0)
+    const sn_path_t fw = sn_cuda_group_forward_path(c);
+    if (fw == SN_PATH_ON_CHIP)
       put(&o, "; forward on chip in %s of %d block%s of %d threads", c->onchip.clusters ? "clusters" : "blocks",
           c->onchip.cluster, c->onchip.cluster > 1 ? "s" : "", c->onchip.threads);
-    else if (c->coop_blocks > 0)
+    else if (fw == SN_PATH_ONE_PASS_COOP)
       put(&o, "; forward one cooperative launch of %d blocks", c->coop_blocks);
     else
       put(&o, "; forward in kernels of %d, %d and %d blocks", c->row_total, c->red_total, c->div_total);
     const sn_cuda_group_bw_t *b = &group->cuda_bw;
     if (!group->G)
       put(&o, "; no gradients bound");
-    else if (b->coop_blocks > 0)
+    else if (sn_cuda_group_backward_path(b) == SN_PATH_BACKWARD_COOP)
       put(&o, "; backward one cooperative launch of %d blocks", b->coop_blocks);
     else
       put(&o, "; backward in kernels of %d and %d blocks", b->inner_total, b->apply_total);
