@@ -160,28 +160,18 @@ struct LayerBufs {
   }
 };
 
-// The path (sn_path_t) that the launches of one call (fake_cuda::launches() from `from` on, less
-// those the fake refused) took (sntest::path_of_kernels).
-sn_path_t launched_path(size_t from, bool one_d) {
+// The kernels of the launches of one call (fake_cuda::launches() from `from` on), less those the
+// fake refused (they did not run).
+std::vector<std::string> launched_kernels(size_t from) {
   const std::vector<fake_cuda::Launch> all = fake_cuda::launches();
   std::vector<std::string> ran;
   for (size_t k = from; k < all.size(); ++k)
     if (all[k].error == cudaSuccess) ran.push_back(all[k].kernel);
-  return sntest::path_of_kernels(ran, one_d);
+  return ran;
 }
 
-// After a call of one kind (`kind`: sn_paths_t::train, ...) whose launches start at `from`: the
-// path the layer (or group) recorded is the one its launches took.
-template <class Object, class Get>
-void expect_recorded_path(const Object *o, Get get, sn_path_t sn_paths_t::*kind, size_t from, bool one_d) {
-  sn_paths_t p;
-  std::memset(&p, 0xff, sizeof p);
-  ASSERT_EQ(get(o, &p), SN_SUCCESS) << sn_last_error_message();
-  const sn_path_t want = launched_path(from, one_d);
-  EXPECT_NE(want, SN_PATH_NONE) << "a call that launched none of the known kernels";
-  EXPECT_EQ(p.*kind, want) << "recorded " << sn_path_name(p.*kind) << ", launched " << sn_path_name(want);
-  EXPECT_EQ(p.dropped, 0u);
-}
+// The path (sn_path_t) those launches took (sntest::path_of_kernels).
+sn_path_t launched_path(size_t from, bool one_d) { return sntest::path_of_kernels(launched_kernels(from), one_d); }
 
 // One CUDA layer through every call of the API: warm-up, training and eval forwards (with W_sn,
 // in place, scale only), the backward under every flag with and without ∂L/∂γ, with γ bound, σ,
@@ -210,7 +200,7 @@ void exercise_layer(const sn_layer_desc_t &d, sn_status_t want, bool host_calls)
   size_t from = 0;
   const auto mark = [&] { from = fake_cuda::launches().size(); };
   const auto took = [&](sn_path_t sn_paths_t::*kind) {
-    expect_recorded_path(raw, sn_layer_get_paths, kind, from, d.ndim == 1);
+    sntest::expect_recorded_path(raw, sn_layer_get_paths, kind, launched_kernels(from), d.ndim == 1);
   };
   OK(sn_layer_warmup(raw, W.p, kS));
   mark();
@@ -532,7 +522,7 @@ TEST_P(FakeCudaMachines, EveryGroupPathLaunchesWithinTheDevicesLimitsAndCountsIt
       size_t from = 0;
       const auto mark = [&] { from = fake_cuda::launches().size(); };
       const auto took = [&](sn_path_t sn_paths_t::*kind) {
-        expect_recorded_path(g, sn_group_get_paths, kind, from, false);
+        sntest::expect_recorded_path(g, sn_group_get_paths, kind, launched_kernels(from), false);
       };
       // specnorm.h: 3 launches at most for one power iteration, whatever the count of layers;
       // the backward 1 or 2. (Every group here has a member that writes a W_sn: "train".)
@@ -631,8 +621,7 @@ TEST_P(FakeCudaMachines, FirstCallsRecordThePathOfTheirKernels) {
                  : kind == 1 ? sn_forward_scale_only(l, b.W->p, 1, kS)
                  : kind == 2 ? sn_forward(l, b.W->p, b.W_sn->p, 0, kS)
                              : sn_forward_scale_only(l, b.W->p, 0, kS));
-              std::vector<std::string> ran;
-              for (const fake_cuda::Launch &x : fake_cuda::launches()) ran.push_back(x.kernel);
+              const std::vector<std::string> ran = launched_kernels(0);
               const std::vector<int> paths = sntest::paths_of_kernels(ran, d.ndim == 1);
               ASSERT_FALSE(paths.empty()) << joined(ran);
               for (int p : paths) ASSERT_GE(p, 0) << "a kernel the tests do not know:" << joined(ran);
@@ -872,7 +861,7 @@ TEST_F(FakeCuda, RefusedResidentLaunchesFallBackOrAskForANewCapture) {
       sn_path_t sn_paths_t::*kind = c.call == kScale   ? &sn_paths_t::scale_only
                                     : c.call == kTrain ? &sn_paths_t::train
                                                        : &sn_paths_t::backward;
-      expect_recorded_path(l, sn_layer_get_paths, kind, 0, false);
+      sntest::expect_recorded_path(l, sn_layer_get_paths, kind, launched_kernels(0), false);
       const sn_path_t first_path = launched_path(0, false);
       fake_cuda::set_active_sms(1);
       fake_cuda::set_capturing(capture);

@@ -218,22 +218,6 @@ TEST(GpuLarge, Large16384Square) {
   compare_backends(Case{{16384, 16384}, 0, SN_ORDER_U_FIRST, 1}, rng, 2, 0);
 }
 
-// After `call` of one kind (`kind`: sn_paths_t::train, ...), captured in a graph (nothing runs): the
-// path that `o` (a layer or a group, read with `get`) recorded is the one the captured kernels say.
-template <class Object, class Get>
-void expect_captured_path(const char *what, const Object *o, Get get, sn_path_t sn_paths_t::*kind, bool one_d,
-                          const std::function<sn_status_t(cudaStream_t)> &call) {
-  SCOPED_TRACE(what);
-  const std::vector<std::string> ran = captured_kernels(call);
-  sn_paths_t p;
-  ASSERT_EQ(get(o, &p), SN_SUCCESS);
-  const sn_path_t want = path_of_kernels(ran, one_d);
-  EXPECT_NE(want, SN_PATH_NONE) << ::testing::PrintToString(ran);
-  EXPECT_EQ(p.*kind, want) << "recorded " << sn_path_name(p.*kind) << ", captured "
-                           << ::testing::PrintToString(ran);
-  EXPECT_EQ(p.dropped, 0u);
-}
-
 // sn_layer_get_paths and sn_group_get_paths on a real device: after each kind of call the recorded
 // path is the one its kernels say (path_of_kernels), read from a graph capture of that call
 // (nothing runs), over layers that take each path by default or by SPECNORM_TUNE, W aligned or
@@ -287,7 +271,8 @@ TEST(Gpu, RecordedPathsAreTheCapturedKernels) {
     const bool one_d = c.shape.size() == 1;
     const auto check = [&](const char *what, sn_path_t sn_paths_t::*kind,
                            const std::function<sn_status_t(cudaStream_t)> &call) {
-      expect_captured_path(what, l.p, sn_layer_get_paths, kind, one_d, call);
+      SCOPED_TRACE(what);  // (the call is captured in a graph: nothing runs)
+      expect_recorded_path(l.p, sn_layer_get_paths, kind, captured_kernels(call), one_d);
     };
     check("train", &sn_paths_t::train, [&](cudaStream_t s) { return sn_forward(l, W.dev, W_sn.dev, 1, (sn_stream_t)s); });
     if (c.want_train != SN_PATH_NONE) {
@@ -329,7 +314,8 @@ TEST(Gpu, RecordedPathsAreTheCapturedKernels) {
   CUDA_OK(cudaDeviceSynchronize());
   const auto check_group = [&](const char *what, sn_path_t sn_paths_t::*kind,
                                const std::function<sn_status_t(cudaStream_t)> &call) {
-    expect_captured_path(what, g, sn_group_get_paths, kind, false, call);
+    SCOPED_TRACE(what);
+    expect_recorded_path(g, sn_group_get_paths, kind, captured_kernels(call), false);
   };
   check_group("group train", &sn_paths_t::train, [&](cudaStream_t s) { return sn_group_forward(g, 1, (sn_stream_t)s); });
   check_group("group eval", &sn_paths_t::eval, [&](cudaStream_t s) { return sn_group_forward(g, 0, (sn_stream_t)s); });

@@ -363,6 +363,21 @@ inline sn_path_t path_of_kernels(const std::vector<std::string> &kernels, bool o
   return p.empty() || p[0] < 0 ? SN_PATH_NONE : sn_path_t(p[0]);
 }
 
+// After a call of one kind (`kind`: sn_paths_t::train, ...) whose kernels were `ran` (names): the
+// path that `o` (a layer or a group, read with `get`: sn_layer_get_paths, sn_group_get_paths)
+// recorded is the one path those kernels took, and nothing was dropped.
+template <class Object, class Get>
+void expect_recorded_path(const Object *o, Get get, sn_path_t sn_paths_t::*kind,
+                          const std::vector<std::string> &ran, bool one_d) {
+  sn_paths_t p;
+  std::memset(&p, 0xff, sizeof p);
+  ASSERT_EQ(get(o, &p), SN_SUCCESS) << sn_last_error_message();
+  const sn_path_t want = path_of_kernels(ran, one_d);
+  EXPECT_NE(want, SN_PATH_NONE) << "kernels of no one known path: " << ::testing::PrintToString(ran);
+  EXPECT_EQ(p.*kind, want) << "recorded " << sn_path_name(p.*kind) << ", ran " << ::testing::PrintToString(ran);
+  EXPECT_EQ(p.dropped, 0u);
+}
+
 // The kernels that enqueue(stream) launches, demangled (e.g. "sn::(anonymous namespace)::
 // commit_divide_kernel<true, float, false, false>(...)"), from a graph capture on a fresh stream:
 // nothing runs. Tells which instance of a kernel a setting selected.
