@@ -1195,6 +1195,17 @@ static void fill_paths(int first, int last, sn_layer_t *const *layers, sn_group_
   }
 }
 
+/* After a grouped call's rows [first, g_n_rows): their paths, from the forward groups `fwd` (the
+ * scale-only rows from the scale-only groups `scale`), `count` of each, and the plan behind them
+ * in the log (sn_group_describe). */
+static void finish_group_rows(int first, sn_group_t *const *fwd, sn_group_t *const *scale, int count) {
+  for (int i = first; i < g_n_rows; i++)
+    fill_paths(i, i + 1, NULL, strcmp(g_rows[i].mode, "scale") ? fwd : scale, count);
+  char text[1024];
+  CK_SN(sn_group_describe(fwd[0], text, sizeof text, NULL));
+  fprintf(stderr, "    group: %s\n", text);
+}
+
 /* ---- Graphs --------------------------------------------------------------------------------- */
 
 typedef int (*enqueue_fn)(void *ctx, int copy, int mode, cudaStream_t s);
@@ -1955,12 +1966,7 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
     const int first_row = g_n_rows;
     time_modes(wl, dt, o, s, group_enqueue, &r, "specnorm-group", "specnorm-group-graph", "group",
                copies, note, o->check, sig_err, out_err, NULL);
-    /* (The scale-only rows ran the scale-only groups, the others the forward ones.) */
-    for (int i = first_row; i < g_n_rows; i++)
-      fill_paths(i, i + 1, NULL, strcmp(g_rows[i].mode, "scale") ? r.fwd : r.scale, copies);
-    char text[1024]; /* the plan behind these rows, in the log (sn_group_describe) */
-    CK_SN(sn_group_describe(r.fwd[0], text, sizeof text, NULL));
-    fprintf(stderr, "    group: %s\n", text);
+    finish_group_rows(first_row, r.fwd, r.scale, copies);
     CK_CUDA(cudaStreamSynchronize(s));
   }
   for (int c = 0; c < copies; c++) {
@@ -2291,11 +2297,7 @@ static void run_cpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
       time_cpu_modes(wl, dt, o, group_enqueue, &gr, "cpu-group", "group",
                      o->check ? "bitwise" : "skipped",
                      "CPU backend's grouped call (small layers over threads), host clock");
-      for (int i = first_row; i < g_n_rows; i++)
-        fill_paths(i, i + 1, NULL, strcmp(g_rows[i].mode, "scale") ? &fwd : &scale, 1);
-      char text[1024];
-      CK_SN(sn_group_describe(fwd, text, sizeof text, NULL));
-      fprintf(stderr, "    group: %s\n", text);
+      finish_group_rows(first_row, &fwd, &scale, 1);
     }
     sn_group_destroy(fwd);
     sn_group_destroy(scale);
