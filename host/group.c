@@ -280,7 +280,8 @@ SN_API sn_status_t sn_group_create(sn_group_t **group, sn_layer_t *const *layers
     if (st == SN_SUCCESS) {
       (void)sn_cuda_setup_failures_take(); /* this creation's alone */
       st = create_cuda_group(g);
-      if (sn_cuda_setup_failures_take() > 0) g->paths.dropped |= SN_DROPPED_SETUP;
+      g->setup_failed = sn_cuda_setup_failures_take() > 0;
+      if (g->setup_failed) g->paths.dropped |= SN_DROPPED_SETUP;
       sn__leave_device(g->device, prev);
     }
     if (st != SN_SUCCESS) {
@@ -576,8 +577,10 @@ SN_API sn_status_t sn_group_set_gradients(sn_group_t *group, const void *const *
   }
   free_device(group, group->bw_workspace);
   free_gradients(group->G, group->dW, group->dgamma);
-  group->paths.dropped &= ~(unsigned)SN_DROPPED_BACKWARD_COOP; /* tried again (sn_group_set_gradients) */
-  if (setup_failed) group->paths.dropped |= SN_DROPPED_SETUP;
+  /* Tried again (sn_group_set_gradients); the setup bit says what this binding's probes and the
+   * creation's did, not an earlier binding's. */
+  group->paths.dropped &= ~(unsigned)(SN_DROPPED_BACKWARD_COOP | SN_DROPPED_SETUP);
+  if (setup_failed || group->setup_failed) group->paths.dropped |= SN_DROPPED_SETUP;
   group->G = g_G;
   group->dW = g_dW;
   group->dgamma = g_dgamma;

@@ -65,6 +65,7 @@ struct sn_group {
   sn_cuda_group_bw_t cuda_bw; /* CUDA: the backward kernels' view, pointing into `bw_workspace` */
   void *bw_workspace;
   sn_paths_t paths;      /* the kernels of its latest calls (sn_group_get_paths) */
+  int setup_failed;      /* a probe failed at creation: SN_DROPPED_SETUP whatever the binding */
 };
 
 /* Record a successful call's path among `paths` (sn_layer_get_paths, sn_group_get_paths): a

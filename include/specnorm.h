@@ -426,7 +426,9 @@ typedef enum {
   SN_DROPPED_SETUP = 8u /* at creation (or sn_group_set_gradients) a query of the CUDA runtime
                            that the plan makes (the device's attributes, a kernel's shared memory
                            or occupancy) failed, other than by a "does not fit": the layer (group)
-                           does without what it was for, maybe a faster path; the calls still run */
+                           does without what it was for, maybe a faster path; the calls still run.
+                           A group's bit is its creation's and its latest binding's: a later
+                           binding whose queries succeed clears what an earlier one set */
 } sn_dropped_t;
 
 /* The path of the latest successful call of each kind. A warm-up alone (sn_layer_warmup, or a
