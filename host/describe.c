@@ -37,6 +37,7 @@ static void put_plan(line_t *o, const sn_layer_t *l) {
     if (p->op_cluster > 1) put(o, ", clusters of %d", p->op_cluster);
     if (p->op_pp) put(o, ", ring of %d", p->op_pp);
     if (p->op_coop) put(o, ", cooperative in %s", p->op_coop_all ? "every forward" : "forwards without W_sn");
+    put(o, ", reduce %d float4 columns a block, eval %d blocks", p->op_reduce_cols, p->op_eval_blocks);
   } else {
     put(o, "; two passes (matrix-vector kernels)");
   }
@@ -54,8 +55,17 @@ static void put_plan(line_t *o, const sn_layer_t *l) {
       if (c->modes & (1 << k)) put(o, "%s%s", n++ ? ", " : "", modes[k]);
     put(o, "%s)", c->backward ? ", backward" : "");
   }
-  put(o, "; division %d blocks%s%s%s", p->div_blocks, p->div_stream ? ", streaming" : "",
-      p->div_prefetch ? ", prefetching" : "", p->pdl ? "; programmatic dependent launch" : "");
+  put(o, "; division %d blocks%s%s", p->div_blocks, p->div_stream ? ", streaming" : "",
+      p->div_prefetch ? ", prefetching" : "");
+  if (!l->is_1d) {
+    /* The backward's kernels for 16-byte aligned W, G and dW (NULL is: sn_cuda_backward_shape
+     * reads only the addresses' alignment). */
+    const sn_cuda_backward_shape_t b = sn_cuda_backward_shape(p, NULL, NULL, NULL);
+    put(o, "; backward <G, W> %d blocks%s, dW %s in %d blocks", b.inner_blocks,
+        b.inner_kind == 2 ? " (W evict-first)" : "", b.apply_kind == 0 ? "by elements" : "by rows",
+        b.apply_blocks);
+  }
+  if (p->pdl) put(o, "; programmatic dependent launch");
 }
 
 /* sn_paths_t's record, and the end of the line: *length, the status. */

@@ -462,7 +462,8 @@ SN_API const char *sn_path_name(sn_path_t path);
 /* A one-line description of the layer for people, logs and bug reports: its backend and device,
  * shape and matrix view, dtype, order and algorithm, the launch plan its creation made (the
  * one-pass kernels' blocks, clusters and cooperative launch, the on-chip layout, the division's
- * blocks) and sn_layer_get_paths's record. Its format may change between versions: read the
+ * blocks, the backward kernels' blocks for 16-byte aligned buffers) and sn_layer_get_paths's
+ * record. Its format may change between versions: read the
  * fields from the API, not from this text. Writes at most `size` bytes into `buf`, always
  * NUL-terminated when size > 0 (buf may be NULL when size is 0); *length (may be NULL) receives
  * the full description's length without the NUL, so a longer buffer can be asked for when it is

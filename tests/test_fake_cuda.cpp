@@ -232,6 +232,20 @@ void exercise_layer(const sn_layer_desc_t &d, sn_status_t want, bool host_calls)
     STEP_N(sn_backward(raw, W.p, G.p, G.p, flags, nullptr, kS), 1, most);
     took(&sn_paths_t::backward);
   }
+  // A backward through its kernels (σ's term wanted: both run), whose grids the description
+  // below must give.
+  mark();
+  OK(sn_backward(raw, W.p, G.p, dW.p, 0, nullptr, kS));
+  const std::vector<fake_cuda::Launch> all = fake_cuda::launches();
+  unsigned inner_grid = 0, apply_grid = 0;
+  for (size_t k = from; k < all.size(); ++k) {
+    const std::string &name = all[k].kernel;
+    if (name.find("group_") != std::string::npos) continue;
+    if (name.find("inner_kernel<") != std::string::npos) inner_grid = all[k].grid.x;
+    if (name.find("apply_elements_kernel<") != std::string::npos ||
+        name.find("apply_rows_kernel<") != std::string::npos)
+      apply_grid = all[k].grid.x;
+  }
   // The description names the backend and the recorded paths (and makes no CUDA call).
   {
     StepWatch w;
@@ -257,6 +271,17 @@ void exercise_layer(const sn_layer_desc_t &d, sn_status_t want, bool host_calls)
     for (sn_path_t x : {p.train, p.scale_only, p.eval})
       for (const auto &[path, part] : said)
         EXPECT_TRUE(x != path || has(part)) << "path " << sn_path_name(x) << ", no \"" << part << "\" in: " << s;
+    // The backward's kernels: those the backward above launched, with their grids.
+    if (p.backward == SN_PATH_BACKWARD_KERNELS && d.ndim > 1) {
+      ASSERT_GT(inner_grid, 0u) << "no inner kernel in the backward";
+      ASSERT_GT(apply_grid, 0u) << "no apply kernel in the backward";
+      const std::string want_bw = "; backward <G, W> " + std::to_string(inner_grid) + " blocks";
+      EXPECT_TRUE(has(want_bw.c_str())) << want_bw << " not in: " << s;
+      EXPECT_TRUE(has((" in " + std::to_string(apply_grid) + " blocks").c_str())) << apply_grid << ": " << s;
+    }
+    if (p.backward == SN_PATH_BACKWARD_KERNELS && d.ndim == 1) {
+      EXPECT_FALSE(has("; backward <G, W>")) << s;
+    }
     w.check("sn_layer_describe", 0, 0);
   }
   OK(sn_layer_set_gamma(raw, gamma));
