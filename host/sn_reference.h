@@ -49,15 +49,17 @@ sn_view_t sn_ref_view(int ndim, const int64_t *shape, int dim);
  * alone; at most SN_REF_MAX_THREADS). sn_ref_matvec, sn_ref_matvec_t (and so sn_ref_iterate and
  * sn_ref_sigma), sn_ref_divide and sn_ref_backward's dW split their outputs (M v's rows, Mᵀ y's
  * columns, ranges of elements, rows of dW; so a product with few outputs splits less) among up to
- * that many threads, each taking at least the grain's elements of W (SN_REF_GRAIN: ~0.1 ms of
- * work, where starting and joining a thread costs some 20-50 µs); every output element is still
+ * that many threads, each taking at least the grain's elements of W (SN_REF_GRAIN: 2¹⁹, some
+ * 70 µs of a product on one core of an x86-64 with AVX2, where starting and joining a thread costs
+ * 30-40 µs: at 2¹⁷ a layer of 2-5 × 10⁵ elements took twice as long on two threads as on one,
+ * bench/NOTES.md, session 27); every output element is still
  * computed by one thread in the order of the elements, so the results are the same bits for any
  * count or grain. ⟨G, W⟩ (sn_ref_inner) splits its blocks (SN_REF_INNER_BLOCK elements), whose
  * sums the calling thread adds in order. Both setters return the previous value and hold for the
  * calling thread only (thread-local); the grain is changed only by the tests, to split small
  * weights. */
 #define SN_REF_MAX_THREADS 64
-#define SN_REF_GRAIN ((int64_t)1 << 17)
+#define SN_REF_GRAIN ((int64_t)1 << 19)
 int sn_ref_set_threads(int n);
 int64_t sn_ref_set_grain(int64_t elements);
 int64_t sn_ref_grain(void); /* the calling thread's */

@@ -353,7 +353,7 @@ SN_API void sn_group_destroy(sn_group_t *group);
  * γ bindings (sn_layer_set_gamma) are taken when the group is created (the value each points to
  * is read by every forward); after a layer's binding changes, sn_group_forward returns
  * SN_ERROR_INVALID_STATE: create the group again. On the CPU backend the call is the layers' own
- * forwards, bitwise: a layer of at least 2 × 2¹⁷ elements with more than one thread on its own
+ * forwards, bitwise: a layer of at least 2 × 2¹⁹ elements with more than one thread on its own
  * threads, the others spread over the most threads any of them has (SPECNORM_CPU_THREADS,
  * sn_forward), each wholly on one (sn_group_backward alike); every buffer is checked before any
  * layer runs. */

@@ -797,11 +797,12 @@ TEST(CpuThreads, TheEnvironmentSetsALayersThreads) {
 
 // The same CPU layers created with 1 thread and with 7 (SPECNORM_CPU_THREADS) give the same bits:
 // states, W_sn, dW (fresh and accumulated, with and without the σ term) and ∂L/∂γ, through
-// training, eval and scale-only forwards. The weights are large enough for the default grain
-// (2^17 elements a thread) to split them: rows, a view with A > 1 and B > 1, a dim −1 view (B = 1),
+// training, eval and scale-only forwards. The weights are large enough for the tests' grain
+// (kTestGrain, 2^17 elements a thread) to split them: rows, a view with A > 1 and B > 1, a dim −1 view (B = 1),
 // both orders, fp32 and bf16, and a γ.
 TEST(CpuThreads, LayersGiveTheSameBitsOnAnyNumberOfThreads) {
   Rng rng(fresh_seed());
+  const ScopedGrain grain;
   struct Case {
     std::vector<int64_t> shape;
     int dim;
@@ -819,7 +820,7 @@ TEST(CpuThreads, LayersGiveTheSameBitsOnAnyNumberOfThreads) {
     d.n_power_iterations = 2;
     d.warmup_iterations = 3;
     const int64_t n = numel_of(c.shape);
-    ASSERT_GE(n, 2 * SN_REF_GRAIN) << "the case must split at the default grain";
+    ASSERT_GE(n, 2 * sn_ref_grain()) << "the case must split at the tests' grain";
     const size_t bytes = static_cast<size_t>(n) * sn_dtype_size(c.dt);
     std::vector<uint8_t> W(bytes), G(bytes), D(bytes);
     const std::vector<float> w = rng.normals(n), g = rng.normals(n), dw = rng.normals(n);

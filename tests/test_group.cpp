@@ -1685,6 +1685,7 @@ TEST(GroupCpu, GammaLiesOutsideWhatOtherMembersWrite) {
 // ∂L/∂γ through every backward flag. The grouped calls must start threads, the lone ones none.
 TEST(GroupCpu, ThreadedGroupIsBitwiseTheLayersOneByOne) {
   SN_SEEDED_RNG();
+  const ScopedGrain grain;  // kTestGrain, 2^17: the member of 300000 elements splits
   const std::vector<Member> ms = {
       {{128, 128, 3, 3}},
       {{128, 3, 3, 3}},

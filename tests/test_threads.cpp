@@ -122,9 +122,11 @@ Result run_layer_work(int id, int steps) {
 }
 
 // A layer large enough for the CPU backend to split its products, division and backward over
-// threads of its own (host/reference.c: 2^17 elements a thread): `steps` training forwards and
-// backwards (fresh and accumulated), digested. Deterministic in `id`.
+// threads of its own at the tests' grain (kTestGrain: 2^17 elements a thread, on the thread that
+// runs it): `steps` training forwards and backwards (fresh and accumulated), digested.
+// Deterministic in `id`.
 uint64_t run_large_layer(int id, int steps) {
+  const ScopedGrain grain;
   Rng rng(uint64_t(id) * 104729u + 3u);
   const std::vector<int64_t> shape = id % 2 ? std::vector<int64_t>{523, 600} : std::vector<int64_t>{40, 300, 27};
   sn_layer_desc_t d = make_desc(shape, SN_BACKEND_CPU, id % 2 ? 0 : 1);
@@ -160,6 +162,7 @@ uint64_t run_large_layer(int id, int steps) {
 // sn_ref_run_tasks) and one that splits over threads of its own: `steps` grouped training forwards
 // and backwards (fresh and accumulated), digested. Deterministic in `id`.
 uint64_t run_group_work(int id, int steps) {
+  const ScopedGrain grain;  // kTestGrain: its largest member splits, the others are tasks
   Rng rng(uint64_t(id) * 15485863u + 11u);
   const std::vector<std::vector<int64_t>> shapes = {{64, 1000}, {100, 30, 3, 3}, {1, 700}, {300, 217},
                                                     {50, 50, 5, 5}, {523, 600}};

@@ -177,6 +177,18 @@ struct ScopedCpuFeatures {
   ScopedCpuFeatures &operator=(const ScopedCpuFeatures &) = delete;
 };
 
+// The CPU reference's grain (sn_ref_set_grain) on the calling thread for a scope: the threading
+// tests split layers of a few 10⁵ elements at kTestGrain, below the default SN_REF_GRAIN, so
+// that they stay small (and quick under ThreadSanitizer). The same code splits at any grain.
+constexpr int64_t kTestGrain = int64_t{1} << 17;
+struct ScopedGrain {
+  int64_t old;
+  explicit ScopedGrain(int64_t grain = kTestGrain) : old(sn_ref_set_grain(grain)) {}
+  ~ScopedGrain() { sn_ref_set_grain(old); }
+  ScopedGrain(const ScopedGrain &) = delete;
+  ScopedGrain &operator=(const ScopedGrain &) = delete;
+};
+
 // SPECNORM_TUNE as the test runs under it, followed by a comma (empty when unset), for knobs to
 // be appended: the parser takes the last value of a key, so a test's own knobs win while the
 // others (gpu_check's tune_tests, say) still apply.
