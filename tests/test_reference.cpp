@@ -174,10 +174,11 @@ double sum_in_blocks(int64_t n, F term) {
 }
 }  // namespace
 
-// The reference's loops take W, G and dW in chunks of 512 elements and its M x four rows at a
-// time (host/reference.c); every sum must still add its terms one at a time in element order.
-// Against those sums written out element by element, bit for bit, on rows shorter and longer
-// than a chunk, row counts that are not multiples of 4, views with A > 1, and every dtype; on the
+// The reference's loops take W, G and dW in chunks of 512 elements, its M x eight rows at a time
+// and its Mᵀ y four (host/reference.c); every sum must still add its terms one at a time in
+// element order. Against those sums written out element by element, bit for bit, on rows shorter
+// and longer than a chunk, row counts that are and are not multiples of 4 and 8, views with A > 1,
+// and every dtype; on the
 // calling thread alone, and split over 2 to 13 threads (sn_ref_set_threads) with grains small
 // enough that these weights split into ranges of every kind: a few rows, columns that cut an a of
 // the view in two, runs of the backward, chunks of the division, blocks of ⟨G, W⟩ (37 × 2051 has
