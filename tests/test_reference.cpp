@@ -187,7 +187,7 @@ TEST(Reference, ChunkedLoopsAreBitwiseElementByElement) {
   SN_SEEDED_RNG();
   const sn_view_t views[] = {{1, 1, 1},   {1, 5, 511},  {1, 7, 512},    {3, 6, 513},   {2, 9, 1100},
                              {4, 3, 1},   {300, 7, 1},  {2, 1030, 1},   {5, 1700, 1},  {1, 37, 2051},
-                             {7, 11, 53}, {1, 2049, 3}};
+                             {7, 11, 53}, {1, 2049, 3},  {2, 16, 600}};
   struct Split {
     int threads;
     int64_t grain;
