@@ -579,7 +579,7 @@ static void expect_rows_pairs_bitwise(const std::vector<RowsCase> &cases, const 
                                       const std::string &tune_b, const RowsCheck &check,
                                       const std::vector<const char *> &grids = kRowsGrids) {
   Rng rng(fresh_seed());
-  const std::string base = tune_prefix() + "op_onchip=0,op_coop=0,";
+  const std::string base = tune_prefix() + "op_onchip=0,op_onchip_grid=0,op_coop=0,";
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const RowsCase &c : cases) {
     for (const char *grid : grids) {
@@ -1473,6 +1473,9 @@ static void expect_refused_launch_falls_back(Rng &rng, const sn_layer_desc_t &d,
     EXPECT_TRUE(bitwise_equal(o1.download(), o2.download())) << "step " << step;
   }
   EXPECT_EQ(refused.p->plan.onchip.cluster, 0) << "dropped for good";
+  sn_paths_t paths;
+  ASSERT_EQ(sn_layer_get_paths(refused, &paths), SN_SUCCESS);
+  EXPECT_NE(paths.dropped & SN_DROPPED_ON_CHIP, 0u) << "the refusal is not said (sn_layer_get_paths)";
   std::vector<std::string> names = captured_kernels([&](cudaStream_t s) { return sn_forward(refused, dW.p, o2.p, 1, s); });
   EXPECT_FALSE(any_matches(names, kernel));
   // Refused during a capture (the layer warmed up first, so that its forward is the on-chip one).
@@ -1506,6 +1509,10 @@ static void expect_refused_backward_falls_back(Rng &rng, const sn_layer_desc_t &
   ASSERT_EQ(sn_backward(bw_first, dW.p, G.p, g2.p, 0, nullptr, nullptr), SN_SUCCESS) << sn_last_error_message();
   EXPECT_TRUE(bitwise_equal(g1.download(), g2.download())) << "the refused backward's fallback";
   EXPECT_EQ(bw_first.p->plan.onchip.cluster, 0) << "dropped for good";
+  sn_paths_t paths;
+  ASSERT_EQ(sn_layer_get_paths(bw_first, &paths), SN_SUCCESS);
+  EXPECT_NE(paths.dropped & SN_DROPPED_ON_CHIP, 0u) << "the refusal is not said (sn_layer_get_paths)";
+  EXPECT_EQ(paths.backward, SN_PATH_BACKWARD_KERNELS) << sn_path_name(paths.backward);
   const std::vector<std::string> bw =
       captured_kernels([&](cudaStream_t s) { return sn_backward(bw_first, dW.p, G.p, g2.p, 0, nullptr, s); });
   EXPECT_FALSE(bw.empty());

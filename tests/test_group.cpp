@@ -677,7 +677,9 @@ static Captured expect_group_matches_cpu(const std::vector<Member> &ms, const st
       int64_t bad = 0, first = -1;
       for (int64_t q = 0; q < numel_of(ms[k].shape); ++q) {
         const float a = sn_load(og.data(), ms[k].dt, q), b = sn_load(outc[k].data(), ms[k].dt, q);
-        if (!(std::fabs(a - b) <= 2 * ulp(ms[k].dt) * std::fabs(b) + 1e-30)) bad += 1, first = first < 0 ? q : first;
+        // (plus one step of fp16's subnormals, 2^-24, where 2 ulp of |b| is less than one)
+        const double floor_step = ms[k].dt == SN_DTYPE_FLOAT16 ? 0x1p-24 : 1e-30;
+        if (!(std::fabs(a - b) <= 2 * ulp(ms[k].dt) * std::fabs(b) + floor_step)) bad += 1, first = first < 0 ? q : first;
       }
       EXPECT_EQ(bad, 0) << "elements of W_sn off the CPU's, the first at " << first;
     }
@@ -1229,9 +1231,13 @@ TEST(GroupGpu, BadLaterBuffersFailBeforeAnyWarmUp) {
     ASSERT_TRUE(a.p && b.p) << sn_last_error_message();
     Tensor Wa(SN_DTYPE_FLOAT32, 48 * 40), Sa(SN_DTYPE_FLOAT32, 48 * 40);
     Wa.set(rng.normals(48 * 40));
+    // 2 MiB each (the layer uses the first 2,400 bytes), so that each is its own mapping and
+    // cudaFree unmaps it: a small allocation freed may sit in a block the driver keeps, where the
+    // pointer check could still find device memory.
+    constexpr size_t kOwnMapping = size_t{2} << 20;
     void *wb = nullptr, *sb = nullptr;
-    ASSERT_EQ(cudaMalloc(&wb, 30 * 20 * 4), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&sb, 30 * 20 * 4), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&wb, kOwnMapping), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&sb, kOwnMapping), cudaSuccess);
     const std::vector<float> wb_host = rng.normals(30 * 20);
     ASSERT_EQ(cudaMemcpy(wb, wb_host.data(), 30 * 20 * 4, cudaMemcpyHostToDevice), cudaSuccess);
     if (later_warm) {
@@ -1249,6 +1255,9 @@ TEST(GroupGpu, BadLaterBuffersFailBeforeAnyWarmUp) {
     const std::string msg = sn_last_error_message();
     EXPECT_NE(msg.find(later_warm ? "W_sn[1]" : "W[1]"), std::string::npos) << msg;
     EXPECT_TRUE(same_state(get_state(a), before));
+    sn_paths_t p;
+    EXPECT_EQ(sn_group_get_paths(g, &p), SN_SUCCESS);
+    EXPECT_EQ(p.train, SN_PATH_NONE) << "a failed grouped forward recorded " << sn_path_name(p.train);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     sn_group_destroy(g);
     cudaFree(later_warm ? wb : sb);
@@ -1394,6 +1403,15 @@ TEST(GroupGpu, VFirstMembersMatchCpuLayersStepByStep) {
   for (const char *tune : {"", "group_coop=0", "group_coop=1", "group_onchip=1"}) {
     const Captured k = expect_group_matches_cpu(ms, tune, rng);
     EXPECT_FALSE(any_matches(k.training, kOnChipKernel)) << "on chip with strided members";
+    // The kernels each setting names (the default and group_onchip=1: the device's choice).
+    const sn_path_t took = sntest::path_of_kernels(k.training, false);
+    if (std::string(tune) == "group_coop=0") {
+      EXPECT_EQ(took, SN_PATH_ONE_PASS_ROWS) << sn_path_name(took);
+    } else if (std::string(tune) == "group_coop=1") {
+      EXPECT_EQ(took, SN_PATH_ONE_PASS_COOP) << sn_path_name(took);
+    } else {
+      EXPECT_TRUE(took == SN_PATH_ONE_PASS_ROWS || took == SN_PATH_ONE_PASS_COOP) << sn_path_name(took);
+    }
   }
   std::vector<Member> contiguous;
   for (const Member &m : ms)
@@ -1404,7 +1422,8 @@ TEST(GroupGpu, VFirstMembersMatchCpuLayersStepByStep) {
     return;  // not on chip on this device: the part above ran
   }
   expect_on_chip(expect_group_matches_cpu(contiguous, "group_onchip=1", rng));
-  // One strided member with A = 1 (PyTorch's legacy layout) keeps the group off chip.
+  // One strided member (PyTorch's legacy layout: a v-first layer with dim 0, whose Mᵀ's rows, the
+  // rows the group takes, are W's columns) keeps the group off chip.
   std::vector<Member> one_strided = contiguous;
   one_strided.push_back(v_first({{64, 100}}));
   EXPECT_EQ(on_chip_plan(one_strided, 0).cluster, 0);
@@ -1888,8 +1907,8 @@ struct BackwardRig {
     const size_t n_members = ms.size();
     if (cudaMalloc(&dgam, 2 * n_members * sizeof(float)) != cudaSuccess) return;
     // The layers' own backward as two kernels (a suite-wide op_onchip=1 would put some on chip,
-    // where the group's bits are not theirs).
-    const std::string knobs = tune_prefix() + "op_onchip=0";
+    // and op_onchip_grid=1|2 on the grid, where the group's bits are not theirs).
+    const std::string knobs = tune_prefix() + "op_onchip=0,op_onchip_grid=0";
     ScopedEnv env("SPECNORM_TUNE", knobs.c_str());
     for (size_t k = 0; k < n_members; ++k) {
       const Member &m = ms[k];
@@ -2132,9 +2151,18 @@ TEST(GroupGpu, RefusedCooperativeBackwardFallsBackToTwoKernels) {
   ASSERT_EQ(r.bind("group_coop=0"), SN_SUCCESS) << sn_last_error_message();
   const std::vector<std::vector<uint8_t>> plain = r.group_backward(0);
   ASSERT_EQ(r.bind("group_coop=1,group_grid_force=1000000"), SN_SUCCESS) << sn_last_error_message();
+  sn_paths_t p;
+  ASSERT_EQ(sn_group_get_paths(r.g.p, &p), SN_SUCCESS);
+  EXPECT_EQ(p.dropped & SN_DROPPED_BACKWARD_COOP, 0u) << "dropped before any backward";
   EXPECT_TRUE(r.group_backward(0) == plain);
+  // The eager call was refused (not merely never tried) and ran the two kernels.
+  ASSERT_EQ(sn_group_get_paths(r.g.p, &p), SN_SUCCESS);
+  EXPECT_NE(p.dropped & SN_DROPPED_BACKWARD_COOP, 0u) << "no refusal recorded";
+  EXPECT_EQ(p.backward, SN_PATH_BACKWARD_KERNELS) << sn_path_name(p.backward);
   EXPECT_EQ(captured_kernels([&](cudaStream_t s) { return sn_group_backward(r.g.p, 0, s); }).size(), 2u);
   ASSERT_EQ(r.bind("group_coop=1,group_grid_force=1000000"), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_group_get_paths(r.g.p, &p), SN_SUCCESS);
+  EXPECT_EQ(p.dropped & SN_DROPPED_BACKWARD_COOP, 0u) << "a new binding tries the cooperative launch again";
   const CaptureOutcome c = capture_outcome([&](cudaStream_t s) { return sn_group_backward(r.g.p, 0, s); });
   EXPECT_EQ(c.status, SN_ERROR_CUDA) << "the refused launch was not reported during the capture";
   EXPECT_NE(c.message.find("capture"), std::string::npos) << c.message;
