@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install a built specnorm tree into a scratch prefix and build a downstream consumer against it,
-# twice: through the CMake package (find_package(specnorm) + specnorm::specnorm) and through
-# pkg-config (specnorm.pc). The consumer (consumer/main.c) runs a CPU-backend layer, so no GPU is
-# needed.
+# four times: through the CMake package (find_package(specnorm) + specnorm::specnorm, and
+# specnorm::specnorm_static) and through pkg-config (specnorm.pc, and specnorm_static.pc). The
+# consumer (consumer/main.c) runs a CPU-backend layer, so no GPU is needed.
 #
 # Usage: check_install.sh BUILD_DIR [--work DIR] [--cmake CMAKE] [--generator GEN]
 #                         [--make-program PROG] [--c-compiler CC] [--cuda-root DIR]
@@ -72,7 +72,7 @@ pcfile="$(find_one '*/pkgconfig/specnorm.pc')"
 shared="$(find_one '*/libspecnorm.so')"
 for f in "$prefix/include/specnorm.h" "$prefix/include/specnorm_version.h" "$config" \
          "$(dirname "$config")/specnormConfigVersion.cmake" \
-         "$(dirname "$config")/specnormTargets.cmake" "$pcfile" "$shared" \
+         "$(dirname "$config")/specnormTargets.cmake" "$pcfile" "$(dirname "$pcfile")/specnorm_static.pc" "$shared" \
          "$(find_one '*/libspecnorm_static.a')"; do
   [[ -n "$f" && -e "$f" ]] || die "installed tree lacks a file; installed: $(cd "$prefix" && find . -type f | sort | tr '\n' ' ')"
 done
@@ -114,6 +114,14 @@ fi
 # directory is added in case the toolkit's libraries are not in the loader's default path.
 LD_LIBRARY_PATH="${cuda_libdir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$exe" ||
   die "the CMake consumer failed (exit $?)"
+exe_static="$work/consumer-build/consumer_static"
+[[ -x "$exe_static" ]] || die "no static consumer executable at $exe_static"
+if command -v ldd > /dev/null &&
+   LD_LIBRARY_PATH="${cuda_libdir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ldd "$exe_static" | grep -q 'libspecnorm\.so'; then
+  die "the consumer linked with specnorm::specnorm_static loads libspecnorm.so"
+fi
+LD_LIBRARY_PATH="${cuda_libdir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$exe_static" ||
+  die "the CMake consumer of the static library failed (exit $?)"
 
 # ---- 3. pkg-config consumer -----------------------------------------------------------------
 if ! command -v pkg-config > /dev/null; then
@@ -157,5 +165,19 @@ LD_LIBRARY_PATH="${cuda_libdir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
   { cat "$work/consumer-pc.log" >&2; die "compiling main.c with pkg-config's flags failed"; }
 LD_LIBRARY_PATH="$libdir${cuda_libdir:+:$cuda_libdir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
   "$work/consumer_pc" || die "the pkg-config consumer failed (exit $?)"
+# The static library through its own .pc (specnorm_static.pc: the archive, CUDA's runtime and the
+# C++ runtime of the library's CUDA host code), linked by the C compiler alone.
+pc_static="$(pkg-config --cflags --libs specnorm_static)" || die "pkg-config --cflags --libs specnorm_static failed"
+say "pkg-config --cflags --libs specnorm_static: $pc_static"
+# shellcheck disable=SC2086
+"$c_compiler" -std=c11 -Wall -Wextra -Wpedantic -Werror "$here/consumer/main.c" $pc_static -lm \
+  -o "$work/consumer_pc_static" > "$work/consumer-pc-static.log" 2>&1 ||
+  { cat "$work/consumer-pc-static.log" >&2; die "compiling main.c with specnorm_static.pc's flags failed"; }
+if command -v ldd > /dev/null &&
+   LD_LIBRARY_PATH="${cuda_libdir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ldd "$work/consumer_pc_static" | grep -q 'libspecnorm\.so'; then
+  die "the consumer linked with specnorm_static.pc's flags loads libspecnorm.so"
+fi
+LD_LIBRARY_PATH="${cuda_libdir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+  "$work/consumer_pc_static" || die "the pkg-config consumer of the static library failed (exit $?)"
 
 say "PASS"
