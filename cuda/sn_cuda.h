@@ -19,7 +19,7 @@ typedef struct {
 
 /* Internal health bit: the next training forward starts from the all-ones vector. */
 #define SN_HEALTH_RESTART 0x80000000u
-#define SN_HEALTH_PUBLIC 0x0000001Fu
+#define SN_HEALTH_PUBLIC SN_HEALTH_ALL
 
 #ifdef __CUDACC__
 #define SN_HD __host__ __device__

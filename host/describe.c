@@ -77,15 +77,26 @@ static sn_status_t finish(line_t *o, const sn_paths_t *p, size_t *length) {
   return SN_SUCCESS;
 }
 
-/* The checks and the start of either description. */
-static sn_status_t start(line_t *o, char *buf, size_t size, sn_backend_t backend, int device, int threads) {
+/* The checks and the start of either description. A CPU layer of `numel` elements splits its calls
+ * over its `threads` from two grains of elements on (the calling thread's grain, as a call from it
+ * would take), and runs below that on the calling thread alone; a group (numel < 0) over up to the
+ * most threads of its members (host/cpu_backend.c). */
+static sn_status_t start(line_t *o, char *buf, size_t size, sn_backend_t backend, int device, int threads,
+                         int64_t numel) {
   if (!buf && size > 0) return sn__fail(SN_ERROR_NULL_POINTER, "buf is NULL with size = %zu", size);
   *o = (line_t){buf, size, 0};
   if (size > 0) buf[0] = '\0';
-  if (backend == SN_BACKEND_CPU)
-    put(o, "cpu (%d thread%s)", threads, threads > 1 ? "s" : "");
-  else
+  const int64_t splits_from = 2 * sn_ref_grain();
+  if (backend != SN_BACKEND_CPU)
     put(o, "cuda device %d", device);
+  else if (threads <= 1)
+    put(o, "cpu (1 thread)");
+  else if (numel < 0)
+    put(o, "cpu (up to %d threads)", threads);
+  else if (numel >= splits_from)
+    put(o, "cpu (%d threads)", threads);
+  else
+    put(o, "cpu (1 thread at %lld elements; %d from %lld)", (long long)numel, threads, (long long)splits_from);
   return SN_SUCCESS;
 }
 
@@ -93,7 +104,7 @@ SN_API sn_status_t sn_layer_describe(const sn_layer_t *layer, char *buf, size_t 
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   const sn_layer_desc_t *d = &layer->desc;
   line_t o;
-  const sn_status_t st = start(&o, buf, size, d->backend, d->device, layer->cpu_threads);
+  const sn_status_t st = start(&o, buf, size, d->backend, d->device, layer->cpu_threads, layer->numel);
   if (st != SN_SUCCESS) return st;
   put(&o, ", shape ");
   for (int k = 0; k < d->ndim; ++k) put(&o, "%s%lld", k ? "x" : "", (long long)d->shape[k]);
@@ -115,7 +126,7 @@ SN_API sn_status_t sn_group_describe(const sn_group_t *group, char *buf, size_t 
     if (group->layers[k]->cpu_threads > threads) threads = group->layers[k]->cpu_threads;
   }
   line_t o;
-  const sn_status_t st = start(&o, buf, size, group->backend, group->device, threads);
+  const sn_status_t st = start(&o, buf, size, group->backend, group->device, threads, -1);
   if (st != SN_SUCCESS) return st;
   put(&o, ", %d layer%s of %lld elements in all", group->count, group->count > 1 ? "s" : "", (long long)numel);
   if (group->backend == SN_BACKEND_CUDA) {

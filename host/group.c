@@ -600,7 +600,10 @@ SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_strea
   for (int k = 0; k < group->count; ++k)
     if (!group->layers[k]->warmed_up)
       return sn__fail(SN_ERROR_INVALID_STATE,
-                      "layers[%d] has had no forward yet: the backward needs its u, v and sigma", k);
+                      "layers[%d] is not warmed up (no forward or sn_layer_warmup since its "
+                      "creation, sn_layer_reset, or a state or checkpoint with warmed_up = 0): the "
+                      "backward needs the u, v and sigma of a forward",
+                      k);
   if (group->backend == SN_BACKEND_CPU) {
     sn__cpu_group_backward(group->layers, group->W, group->G, group->dW, group->dgamma, group->count,
                            flags);

@@ -236,7 +236,7 @@ static sn_status_t validate_desc(const sn_layer_desc_t *d, sn_view_t *view, int6
                     "desc->algo = SN_ALGO_ONE_PASS needs, in the u-first order, contiguous rows "
                     "(every axis before dim of size 1) and w <= 16384 a multiple of 4, and in the "
                     "v-first order h <= 768 (fp32) or 1536 (fp16, bf16); this weight has "
-                    "A = %lld, h = %lld, w = %lld",
+                    "%lld elements in the axes before dim (1: contiguous rows), h = %lld, w = %lld",
                     (long long)view->A, (long long)view->h, (long long)(view->A * view->B));
   if (d->backend == SN_BACKEND_CUDA) {
     int count = 0;
@@ -597,7 +597,9 @@ SN_API sn_status_t sn_backward(sn_layer_t *layer, const void *W, const void *G, 
   if (sn__check_backward_flags(flags) != SN_SUCCESS) return SN_ERROR_INVALID_VALUE;
   if (!layer->warmed_up)
     return sn__fail(SN_ERROR_INVALID_STATE,
-                    "the layer has had no forward yet: the backward needs its u, v and sigma");
+                    "the layer is not warmed up (no forward or sn_layer_warmup since its creation, "
+                    "sn_layer_reset, or a state or checkpoint with warmed_up = 0): the backward "
+                    "needs the u, v and sigma of a forward");
   static const char *const names[4] = {"W", "G", "dW", "dgamma"};
   sn_status_t st = sn__check_backward_buffers(layer, W, G, dW, dgamma, names);
   if (st != SN_SUCCESS) return st;

@@ -119,7 +119,7 @@ typedef enum { SN_BACKEND_CUDA = 0, SN_BACKEND_CPU = 1 } sn_backend_t;
 typedef enum {
   SN_ALGO_DEFAULT = 0,  /* ONE_PASS where it applies and pays (enough rows), else TWO_PASS */
   SN_ALGO_TWO_PASS = 1, /* one read of W per matrix-vector product; every layout and order */
-  SN_ALGO_ONE_PASS = 2, /* one read of W per iteration (SPEC.md, "One pass per iteration"):
+  SN_ALGO_ONE_PASS = 2, /* one read of W per iteration (docs/SPEC.md, "One pass per iteration"):
                            u-first order by rows: dim such that rows are contiguous (all axes
                            before dim of size 1), w <= 16384 and a multiple of 4 (a W not 16-byte
                            aligned runs TWO_PASS); v-first (legacy) order by columns: any dim,
@@ -135,9 +135,9 @@ typedef struct {
                                     negative counts from the end */
   sn_dtype_t dtype;              /* element type of W, W_sn, G and dW; default SN_DTYPE_FLOAT32.
                                     u, v, σ stay float32; GPU arithmetic is float32 */
-  int n_power_iterations;        /* >= 1, default 1 */
+  int n_power_iterations;        /* 1..1000000, default 1 */
   float eps;                     /* > 0 and finite, default 1e-12 */
-  int warmup_iterations;         /* >= 0, default 15; run once, on the first forward */
+  int warmup_iterations;         /* 0..1000000, default 15; run once, on the first forward */
   sn_order_t order;              /* default SN_ORDER_U_FIRST */
   uint64_t seed;                 /* seed of the initial u and v, default 0 */
   sn_backend_t backend;          /* default SN_BACKEND_CUDA */
@@ -176,8 +176,10 @@ SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_
  *   training != 0: run n_power_iterations updates of u and v in place, then set σ.
  *   training == 0: keep u and v, recompute σ = uᵀ M v from them (W may have changed).
  * The first forward of a layer (either mode) first runs warmup_iterations updates, as PyTorch
- * does at construction. A 1-D weight gets W_sn = W / max(‖W‖, eps) exactly, σ = max(‖W‖, eps),
- * and, in either mode, u = W / σ and v = 1 (so the backward is that of PyTorch's F.normalize).
+ * does at construction. A 1-D weight is normalized exactly: σ = max(‖W‖, eps) (SN_EPS_CLAMP_NORM,
+ * PyTorch's F.normalize) or sqrt(‖W‖² + eps) (SN_EPS_ADD_SQUARED), W_sn = W / σ, and, in either
+ * mode, u = W / σ and v = 1 (so the backward is that of W / σ); an all-zero 1-D W is not a
+ * degenerate step (below) for eps >= FLT_MIN: σ = eps (or sqrt(eps)), W_sn = 0.
  * W and W_sn: W's shape and dtype, contiguous, in the backend's memory (device memory for a
  * CUDA layer). They may be the same buffer (in place) but must not otherwise overlap.
  * Scaled variants: with a norm bound c (desc.norm_bound), W_sn = W / max(1, σ / c); with γ bound
@@ -210,7 +212,11 @@ SN_API sn_status_t sn_forward_scale_only(sn_layer_t *layer, const void *W, int t
                                          sn_stream_t stream);
 
 /* Run the warm-up iterations now with weight W (no W_sn written), if they have not run yet;
- * a no-op otherwise. Call it before capturing forwards in a CUDA graph. Stream-ordered. */
+ * a no-op otherwise. Call it before capturing forwards in a CUDA graph. Stream-ordered. It commits
+ * u, v, σ, 1/σ and the scale as a training forward does and marks the layer warmed up, so
+ * sn_backward may follow. With warmup_iterations = 0, or for a 1-D weight (nothing to iterate),
+ * it only marks the layer warmed up: σ stays as it was (0 on a fresh layer, so that a backward
+ * gives dW = 0 · G) until the next forward. */
 SN_API sn_status_t sn_layer_warmup(sn_layer_t *layer, const void *W, sn_stream_t stream);
 
 /* ---- σ ------------------------------------------------------------------------------------- */
@@ -250,7 +256,7 @@ typedef enum {
   SN_BACKWARD_DETACH_SIGMA = 2u  /* treat σ as a constant: ∂L/∂W = (γ / d) · G */
 } sn_backward_flag_t;
 
-/* ∂L/∂W from G = ∂L/∂W_sn, with the u, v and σ of the layer's last forward (SPEC.md, "Backward"):
+/* ∂L/∂W from G = ∂L/∂W_sn, with the u, v and σ of the layer's last forward (docs/SPEC.md, "Backward"):
  *   ∂L/∂W = (γ / d) · (G − (⟨G, W⟩ / σ) · u vᵀ),  u vᵀ mapped back to W's layout,
  * with γ as the backward reads it (1 unbound; with the forward's γ, γ / d is the forward's scale),
  * where the second term is dropped when σ is detached, a norm bound is not active (σ <= c), or a
@@ -261,8 +267,9 @@ typedef enum {
  * (d = σ, or max(1, σ / c)), one float in the backend's memory (device pointer for a CUDA layer),
  * written, not accumulated, outside W, G and dW and not γ itself (SN_ERROR_INVALID_VALUE, as for γ
  * inside dW: sn_layer_set_gamma). Stream-ordered, no allocation, no synchronization: 2 launches (1 when
- * neither the σ term nor dgamma is needed). SN_ERROR_INVALID_STATE before the layer's first
- * forward (or sn_layer_warmup). With no σ yet (σ = 0: every forward so far degenerate, or a state
+ * neither the σ term nor dgamma is needed). SN_ERROR_INVALID_STATE while the layer is not warmed
+ * up: before its first forward or sn_layer_warmup, and after sn_layer_reset, a sn_layer_set_state
+ * with warmed_up = 0 or a checkpoint saved so (sn_layer_get_state's warmed_up). With no σ yet (σ = 0: every forward so far degenerate, or a state
  * set with σ = 0 and no forward since), the scale is 0 and dW = 0 · G (added to dW with
  * SN_BACKWARD_ACCUMULATE): zeros, NaN where G is not finite, as in any backward; ∂L/∂γ = 0. It is
  * the derivative of W_sn = W · 0, which is what the forward gave. */
@@ -288,13 +295,18 @@ typedef enum {
                                finite; u, v and σ were updated as usual */
 } sn_health_flag_t;
 
+/* Every sn_health_flag_t bit. */
+#define SN_HEALTH_ALL 31u
+
 /* Pointer to the layer's health word (one uint32 of sn_health_flag_t bits, in the backend's
- * memory), readable at any time without synchronizing the step; bits outside SN_HEALTH_* are
- * internal. Valid until destroy. */
+ * memory), readable at any time without synchronizing the step; bits outside SN_HEALTH_ALL are
+ * internal (bit 31: a restart from ones is pending) and may be set: mask them off. Valid until
+ * destroy. */
 SN_API sn_status_t sn_layer_health_ptr(const sn_layer_t *layer, const uint32_t **health);
 
-/* Copy the health bits to the host after the work queued on `stream` completes; with clear != 0,
- * also reset them (stream-ordered). Blocks. */
+/* Copy the health bits (SN_HEALTH_ALL's, no internal bit) to the host after the work queued on
+ * `stream` completes; with clear != 0, also reset them (stream-ordered; a pending restart is kept).
+ * Blocks. */
 SN_API sn_status_t sn_layer_get_health(sn_layer_t *layer, uint32_t *health, int clear,
                                        sn_stream_t stream);
 
@@ -306,8 +318,9 @@ SN_API sn_status_t sn_layer_get_state(const sn_layer_t *layer, float *u, float *
                                       int *warmed_up, sn_stream_t stream);
 
 /* Replace the state from host arrays, in order after the work queued on `stream`. Blocks.
- * u: h floats, v: w floats, all finite; sigma 0, or finite and >= FLT_MIN (1/σ becomes 1/sigma, or 0 for
- * sigma == 0; the scale becomes 1/d without γ, and is refreshed by the next forward). warmed_up != 0 means the warm-up is not run again (set it when loading PyTorch's
+ * u: h floats, v: w floats, all finite; sigma 0, or finite and >= FLT_MIN (1/σ becomes 1/sigma, or
+ * 0 for sigma == 0; the scale becomes 1/d, d = σ or max(1, σ / c), without γ even where one is
+ * bound, until the next forward sets γ / d). warmed_up != 0 means the warm-up is not run again (set it when loading PyTorch's
  * `_u` and `_v`, which are already warm). The values are stored bitwise as given. The health bits
  * are cleared; a u or v of zero norm makes the next training forward restart from the all-ones
  * vector (SN_HEALTH_RECOVERED). */
@@ -398,8 +411,9 @@ SN_API sn_status_t sn_group_backward(sn_group_t *group, unsigned flags, sn_strea
  * call's buffers (16-byte alignment) and the launches the device refused before (`dropped`). */
 typedef enum {
   SN_PATH_NONE = 0,          /* no such call has run on the layer (or group) yet */
-  SN_PATH_CPU = 1,           /* the CPU backend */
-  SN_PATH_ONE_D = 2,         /* a 1-D weight: σ = max(‖W‖, eps) and the division, no iteration */
+  SN_PATH_CPU = 1,           /* the CPU backend (every call of a CPU layer, a 1-D weight's too) */
+  SN_PATH_ONE_D = 2,         /* a CUDA layer's 1-D weight: σ = ‖W‖ (eps applied) and the division,
+                                no iteration */
   SN_PATH_MATVEC = 3,        /* matrix-vector kernels, one read of W per product: two an iteration
                                 (SN_ALGO_TWO_PASS, or ONE_PASS by rows given a W off 16-byte
                                 alignment); an eval forward's σ = uᵀ M v in one read */
@@ -475,9 +489,11 @@ SN_API sn_status_t sn_group_describe(const sn_group_t *group, char *buf, size_t 
 
 /* ---- Checkpoints --------------------------------------------------------------------------- */
 
-/* Bytes of a checkpoint of this layer (its full state: shape, dim, dtype, eps, iteration settings,
- * norm bound, counters, u, v, σ, the health word), a versioned little-endian format with a magic
- * number and a checksum (README, "Checkpoints"). */
+/* Bytes of a checkpoint of this layer (its state: u, v, σ, 1/σ, the scale, the warm-up flag, the
+ * count of forwards, the health word; and, checked or for inspection, its shape, dim, dtype, eps,
+ * iteration settings, order, norm bound and seed, but not its eps mode, backend, device or
+ * algorithm), a versioned little-endian format with a magic number and a checksum (README,
+ * "Checkpoints"). */
 SN_API sn_status_t sn_layer_checkpoint_size(const sn_layer_t *layer, size_t *bytes);
 
 /* Write the checkpoint into `buf` (`size` bytes, at least sn_layer_checkpoint_size) after the work
@@ -487,7 +503,11 @@ SN_API sn_status_t sn_layer_save(const sn_layer_t *layer, void *buf, size_t size
 
 /* Restore a checkpoint written by sn_layer_save into a layer of the same shape, dim and dtype,
  * bitwise (health word included; a version-1 blob, which has none, clears it as
- * sn_layer_set_state does), in order after `stream`. Blocks. A blob that is truncated or corrupted
+ * sn_layer_set_state does), in order after `stream`. Blocks. `size` is the blob's exact length
+ * (sn_layer_save's *written), not the size of a larger buffer holding it. The scale is restored as
+ * saved, with the saving layer's γ if it had one bound (under another norm bound than the blob's,
+ * it is recomputed as sn_layer_set_state computes it), until the next forward. The layer keeps
+ * its own settings. A blob that is truncated or corrupted
  * (SN_ERROR_BAD_CHECKPOINT), of another shape, dim or dtype (SN_ERROR_CHECKPOINT_MISMATCH) or of a
  * newer format (SN_ERROR_CHECKPOINT_VERSION) leaves the layer untouched. */
 SN_API sn_status_t sn_layer_load(sn_layer_t *layer, const void *buf, size_t size,
