@@ -207,6 +207,10 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     e = cudaMemset(g->workspace, 0, floats * 4);
     if (e == cudaSuccess) e = cudaMemcpy(tab, ent, table, cudaMemcpyHostToDevice);
     if (e == cudaSuccess) e = cudaMemcpy(tab + table, layer_of, lut_bytes, cudaMemcpyHostToDevice);
+    /* The memset is asynchronous and a copy from pageable memory may return before its DMA ends:
+     * wait for both (legacy stream), so that a first call on any stream, a non-blocking one
+     * included, reads the tables and zeroed counters (sn_group_create blocks). */
+    if (e == cudaSuccess) e = cudaStreamSynchronize(0);
     int coop_blocks = 0;
     const int most = rows > red ? (rows > div ? rows : div) : (red > div ? red : div);
     const int coop_cap = sn_cuda_tune_group_coop(w_bytes); /* 0: three kernels */
@@ -350,22 +354,27 @@ SN_API sn_status_t sn_group_forward(sn_group_t *group, int training, sn_stream_t
   /* Layers not yet warmed up run their warm-up on their own first (refused during a capture).
    * Before any runs (only in a call with warm-ups to run, so once), every layer's buffers are
    * checked again, so that a buffer freed since sn_group_create fails the call before a warm-up
-   * has moved an earlier layer's state, rather than in a warm-up or in the grouped kernels. */
+   * has moved an earlier layer's state, rather than in a warm-up or in the grouped kernels; and
+   * the group's device is entered first, so that after a warm-up only a launch that fails (a CUDA
+   * error: the members warmed up before it keep their warm-up) can fail the call. */
   int warmups = 0;
   for (int k = 0; k < group->count; ++k) warmups += needs_warmup(group->layers[k]);
   for (int k = 0; warmups && k < group->count; ++k) {
     st = check_member_memory(group->layers[k], group->W[k], group->W_sn[k], k);
     if (st != SN_SUCCESS) return st;
   }
+  int prev = 0;
+  st = sn__enter_device(group->device, &prev);
+  if (st != SN_SUCCESS) return st;
   for (int k = 0; k < group->count; ++k) {
     sn_layer_t *l = group->layers[k];
     if (!needs_warmup(l)) continue;
     st = sn__run_forward(l, group->W[k], NULL, 1, 1, stream);
-    if (st != SN_SUCCESS) return st;
+    if (st != SN_SUCCESS) {
+      sn__leave_device(group->device, prev);
+      return st;
+    }
   }
-  int prev = 0;
-  st = sn__enter_device(group->device, &prev);
-  if (st != SN_SUCCESS) return st;
   int e = sn_cuda_group_forward(&group->cuda, training, stream);
   const char *refused = NULL; /* the single launch refused during a capture */
   while (!refused && refused_single_launch(&group->cuda, e)) {
@@ -509,6 +518,7 @@ static sn_status_t upload_backward(const sn_group_t *g, const void *const *G, vo
     char *tab = *workspace;
     e = cudaMemcpy(tab, ent, table, cudaMemcpyHostToDevice);
     if (e == cudaSuccess) e = cudaMemcpy(tab + table, layer_of, lut, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(0); /* as create_cuda_group's tables */
     if (e != cudaSuccess) {
       st = sn__cuda_fail((int)e, "uploading the group's backward tables");
       (void)cudaFree(*workspace);

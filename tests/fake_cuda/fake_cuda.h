@@ -11,6 +11,9 @@
 //     without synchronizing is not there yet (from pageable host memory the bytes are staged when
 //     the call returns, as CUDA documents); the test's stream is non-blocking (the legacy stream's
 //     synchronous calls do not wait for it);
+//   - the legacy stream's cudaMemset and cudaMemcpy from pageable memory (or device to device)
+//     possibly still running when they return, as CUDA documents: a launch or asynchronous copy on
+//     another stream before a synchronization that waits for them is a violation;
 //   - streams: every launch, asynchronous copy and synchronization may be required to use one
 //     stream (expect_stream); a capture is on one stream, during which the driver's refusals
 //     (synchronizing, the legacy stream, allocating outside the relaxed mode) are violations;

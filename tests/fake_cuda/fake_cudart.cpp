@@ -92,6 +92,11 @@ struct State {
   cudaStream_t capture_stream = nullptr;
   bool invalidated = false;
   int active_sms = 0;
+  // Device work of the legacy stream that may still run after its call returned (a cudaMemset, a
+  // cudaMemcpy from pageable host memory: CUDA documents both as possibly asynchronous to the host),
+  // named; "" when none: a launch or copy on another stream, which is not ordered after it (the
+  // tests' stream is non-blocking), is a violation until a synchronization waits for it.
+  std::string legacy_unfinished;
 };
 
 // Never destroyed: the host stubs register their kernels before main and unregister after it.
@@ -274,6 +279,14 @@ void legacy(State &s, const char *what) {
     violation(s, "%s (the legacy stream) in a call given stream %p", what, (void *)s.expected);
 }
 
+// Work on `stream` that would not be ordered after the legacy stream's unfinished device work.
+void after_legacy(State &s, cudaStream_t stream, const char *what) {
+  if (stream != nullptr && !s.legacy_unfinished.empty())
+    violation(s, "%s on stream %p while the legacy stream's %s may still run: nothing synchronized "
+                 "it, and a non-blocking stream is not ordered after it",
+              what, (void *)stream, s.legacy_unfinished.c_str());
+}
+
 // Forgets the copies pending on `stream` (all streams: every).
 void drop(State &s, cudaStream_t stream, bool every = false) {
   s.pending.erase(std::remove_if(s.pending.begin(), s.pending.end(),
@@ -318,6 +331,7 @@ cudaError_t launch(State &s, const cudaLaunchConfig_t &cfg, const void *fn) {
   const KernelCode *code = needed_code(s, *f, *d);
   if (!code) return cudaErrorNoKernelImageForDevice;
   on_stream(s, cfg.stream, name);
+  after_legacy(s, cfg.stream, name);
   Launch l{f->name, t_device, cfg.stream, cfg.gridDim, cfg.blockDim, cfg.dynamicSmemBytes, 0,
            false, false, s.capturing && cfg.stream == s.capture_stream};
   for (unsigned k = 0; k < cfg.numAttrs; ++k) {
@@ -428,6 +442,7 @@ void reset(const std::vector<DeviceProps> &props) {
   s.capturing = false;
   s.invalidated = false;
   s.active_sms = 0;
+  s.legacy_unfinished.clear();
   t_device = 0;
   t_last = cudaSuccess;
   t_mode = cudaStreamCaptureModeGlobal;
@@ -616,6 +631,7 @@ cudaError_t cudaDeviceSynchronize(void) {
   fake_cuda::legacy(s, "cudaDeviceSynchronize");
   ++s.n.syncs;
   fake_cuda::flush(s, nullptr, true);
+  s.legacy_unfinished.clear();
   return cudaSuccess;
 }
 
@@ -857,6 +873,7 @@ static cudaError_t release(void *p, bool pinned, const char *what) {
     return fake_cuda::ret(cudaErrorInvalidValue);
   }
   fake_cuda::flush(s, nullptr, true);  // cudaFree waits for the device
+  s.legacy_unfinished.clear();
   ++s.n.frees;
   s.live -= it->second.size;
   if (it->second.mapped) {
@@ -926,6 +943,14 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind
   // The legacy stream: after its own work (the test's stream is non-blocking: not after that).
   s.pending.push_back({nullptr, dst, src, n, kind, {}});
   fake_cuda::flush(s, nullptr, false);
+  // To the host, or from pinned memory, it returns when the copy (and the legacy stream's work
+  // before it) is done; from pageable memory once the bytes are staged, its DMA maybe still to
+  // run; device to device, asynchronously.
+  if (kind == cudaMemcpyDeviceToHost || (kind == cudaMemcpyHostToDevice && fake_cuda::holding(s, src, n)))
+    s.legacy_unfinished.clear();
+  else
+    s.legacy_unfinished = kind == cudaMemcpyHostToDevice ? "cudaMemcpy from pageable host memory"
+                                                         : "cudaMemcpy device to device";
   return cudaSuccess;
 }
 
@@ -935,6 +960,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcp
   std::lock_guard<std::mutex> g(s.mu);
   if (cudaError_t e = fake_cuda::enter(s, Api::kMemcpyAsync)) return fake_cuda::ret(e);
   fake_cuda::on_stream(s, stream, "cudaMemcpyAsync");
+  fake_cuda::after_legacy(s, stream, "cudaMemcpyAsync");
   if (kind != cudaMemcpyDeviceToDevice && s.capturing && stream == s.capture_stream)
     if (cudaError_t e = fake_cuda::refused_in_capture(s, "cudaMemcpyAsync to or from the host", true))
       return fake_cuda::ret(e);
@@ -961,6 +987,7 @@ cudaError_t cudaMemset(void *p, int value, size_t n) {
   }
   fake_cuda::legacy(s, "cudaMemset");
   fake_cuda::flush(s, nullptr, false);
+  s.legacy_unfinished = "cudaMemset";
   ++s.n.memsets;
   if (a->written || value != 0) std::memset(to, value, n);
   a->written = a->written || value != 0;
@@ -983,6 +1010,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
       return fake_cuda::ret(e);
   ++s.n.syncs;
   fake_cuda::flush(s, stream, false);
+  if (stream == nullptr) s.legacy_unfinished.clear();
   return cudaSuccess;
 }
 
