@@ -40,8 +40,8 @@ static sn_status_t check_member_memory(const sn_layer_t *l, const void *W, const
   char name[2][32];
   snprintf(name[0], sizeof name[0], "W[%d]", k);
   snprintf(name[1], sizeof name[1], "W_sn[%d]", k);
-  sn_status_t st = sn__check_backend_pointer(l, W, name[0]);
-  return st == SN_SUCCESS && W_sn ? sn__check_backend_pointer(l, W_sn, name[1]) : st;
+  sn_status_t st = sn__check_weight_pointer(l, W, name[0]);
+  return st == SN_SUCCESS && W_sn ? sn__check_weight_pointer(l, W_sn, name[1]) : st;
 }
 
 /* Check that every layer can join a group, on either backend (the same rules, so that a group

@@ -157,9 +157,22 @@ sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const cha
   return SN_SUCCESS;
 }
 
-sn_status_t sn__check_backend_pointer(const sn_layer_t *l, const void *p, const char *name) {
+/* Aligned to `align` bytes (a misaligned access faults on the GPU, a sticky error that ends the
+ * CUDA context, and is undefined behaviour in C), then memory of the layer's backend. */
+static sn_status_t check_backend_pointer(const sn_layer_t *l, const void *p, const char *name, size_t align) {
+  if ((uintptr_t)p % align != 0)
+    return sn__fail(SN_ERROR_INVALID_POINTER, "%s (%p) is not aligned to its %zu-byte elements", name, p,
+                    align);
   return l->desc.backend == SN_BACKEND_CPU ? sn__check_host_pointer(l, p, name)
                                            : sn__check_device_pointer(l->desc.device, p, name);
+}
+
+sn_status_t sn__check_weight_pointer(const sn_layer_t *l, const void *p, const char *name) {
+  return check_backend_pointer(l, p, name, sn_dtype_size(l->desc.dtype));
+}
+
+sn_status_t sn__check_float_pointer(const sn_layer_t *l, const float *p, const char *name) {
+  return check_backend_pointer(l, p, name, sizeof(float));
 }
 
 /* ---- description ---------------------------------------------------------------------------- */
@@ -442,8 +455,8 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
                                int warmup_only, sn_stream_t stream) {
   /* The pointers' kind of memory first, also for a warm-up with nothing to do. */
   const int cpu = l->desc.backend == SN_BACKEND_CPU, dev = l->desc.device;
-  sn_status_t st = sn__check_backend_pointer(l, W, "W");
-  if (st == SN_SUCCESS && W_sn) st = sn__check_backend_pointer(l, W_sn, "W_sn");
+  sn_status_t st = sn__check_weight_pointer(l, W, "W");
+  if (st == SN_SUCCESS && W_sn) st = sn__check_weight_pointer(l, W_sn, "W_sn");
   if (st != SN_SUCCESS) return st;
   if (cpu) {
     sn__cpu_run_forward(l, W, W_sn, training, warmup_only);
@@ -581,10 +594,9 @@ sn_status_t sn__check_backward_buffers(const sn_layer_t *l, const void *W, const
                     names[k], wgd[k]);
   if (st == SN_SUCCESS && dgamma && g && sn__overlap(dgamma, sizeof(float), g, sizeof(float)))
     st = sn__fail(SN_ERROR_INVALID_VALUE, "%s (%p) is the layer's gamma", names[3], (const void *)dgamma);
-  const void *bufs[4] = {W, G, dW, dgamma};
-  for (int k = 0; k < 4 && st == SN_SUCCESS; ++k) {
-    if (bufs[k]) st = sn__check_backend_pointer(l, bufs[k], names[k]);
-  }
+  const void *bufs[3] = {W, G, dW};
+  for (int k = 0; k < 3 && st == SN_SUCCESS; ++k) st = sn__check_weight_pointer(l, bufs[k], names[k]);
+  if (st == SN_SUCCESS && dgamma) st = sn__check_float_pointer(l, dgamma, names[3]);
   return st;
 }
 
@@ -643,7 +655,7 @@ SN_API sn_status_t sn_layer_scale_ptr(const sn_layer_t *layer, const float **sca
 SN_API sn_status_t sn_layer_set_gamma(sn_layer_t *layer, const float *gamma) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   if (gamma) {
-    sn_status_t st = sn__check_backend_pointer(layer, gamma, "gamma");
+    sn_status_t st = sn__check_float_pointer(layer, gamma, "gamma");
     if (st != SN_SUCCESS) return st;
   }
   layer->plan.gamma = gamma;

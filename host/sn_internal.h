@@ -126,8 +126,11 @@ sn_status_t sn__check_backward_buffers(const sn_layer_t *l, const void *W, const
 /* Pointer checks of the forward: device memory of `device`, or host memory for a CPU layer. */
 sn_status_t sn__check_device_pointer(int device, const void *p, const char *name);
 sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const char *name);
-/* The one of the two for the layer's backend. */
-sn_status_t sn__check_backend_pointer(const sn_layer_t *l, const void *p, const char *name);
+/* The one of the two for the layer's backend, after a check of the alignment: to the layer's
+ * element size for a weight-shaped buffer (W, W_sn, G, dW), to 4 bytes for a float (γ, ∂L/∂γ);
+ * SN_ERROR_INVALID_POINTER either way. */
+sn_status_t sn__check_weight_pointer(const sn_layer_t *l, const void *p, const char *name);
+sn_status_t sn__check_float_pointer(const sn_layer_t *l, const float *p, const char *name);
 /* Write u (h floats), v (w) and {σ, 1/σ, scale, health} into the layer's state: on CUDA as one
  * host-to-device copy of the whole state block after the work on `stream`, then a wait (`what`
  * names the copy in the error message). */

@@ -180,8 +180,12 @@ SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_
  * PyTorch's F.normalize) or sqrt(‖W‖² + eps) (SN_EPS_ADD_SQUARED), W_sn = W / σ, and, in either
  * mode, u = W / σ and v = 1 (so the backward is that of W / σ); an all-zero 1-D W is not a
  * degenerate step (below) for eps >= FLT_MIN: σ = eps (or sqrt(eps)), W_sn = 0.
- * W and W_sn: W's shape and dtype, contiguous, in the backend's memory (device memory for a
- * CUDA layer). They may be the same buffer (in place) but must not otherwise overlap.
+ * W and W_sn: W's shape and dtype, contiguous, aligned to the element size, in the backend's
+ * memory: for a CUDA layer device memory of the layer's device, or managed memory (not another
+ * device's memory, even with peer access, nor pinned host memory); for a CPU layer host memory
+ * (pinned or managed too). Else SN_ERROR_INVALID_POINTER, before anything runs; only the start of
+ * a buffer is checked, not that it holds the whole weight. They may be the same buffer (in place)
+ * but must not otherwise overlap.
  * Scaled variants: with a norm bound c (desc.norm_bound), W_sn = W / max(1, σ / c); with γ bound
  * (sn_layer_set_gamma), W_sn = (W / σ) · γ. Every forward also sets the layer's scale, the factor
  * with W_sn = scale · W (γ / σ, 1 / max(1, σ / c), 1 / σ; 0 before any σ).
@@ -242,8 +246,9 @@ SN_API sn_status_t sn_layer_get_scale(const sn_layer_t *layer, float *scale, sn_
 /* ---- σReparam ------------------------------------------------------------------------------ */
 
 /* Bind a learnable scale γ for σReparam (W_sn = (W / σ) · γ): `gamma` points to one float in the
- * backend's memory (a device pointer for a CUDA layer), owned by the caller's optimizer, and is
- * read by every forward and backward, in stream order, so it may change between steps. NULL
+ * backend's memory (a device pointer for a CUDA layer), 4-byte aligned, owned by the caller's
+ * optimizer, and is read by every forward and backward, in stream order, so it may change between
+ * steps. NULL
  * unbinds (γ = 1). A captured CUDA graph keeps the pointer it was captured with. The kernels read
  * γ while they write W_sn, dW and ∂L/∂γ: a forward whose W_sn holds γ, or a backward whose dW
  * holds it or whose dgamma is γ, returns SN_ERROR_INVALID_VALUE (groups: any member's γ). */
@@ -261,8 +266,9 @@ typedef enum {
  * with γ as the backward reads it (1 unbound; with the forward's γ, γ / d is the forward's scale),
  * where the second term is dropped when σ is detached, a norm bound is not active (σ <= c), or a
  * 1-D weight's σ is its eps (SN_EPS_CLAMP_NORM, ‖W‖ <= eps: W_sn = W / eps, as F.normalize).
- * W: the weight given to that forward. W, G, dW: W's shape and dtype, in the backend's memory;
- * dW may be the same buffer as G or W (in place) but must not otherwise overlap them.
+ * W: the weight given to that forward. W, G, dW: W's shape and dtype, in the backend's memory and
+ * aligned as sn_forward's W; dW may be the same buffer as G or W (in place) but must not otherwise
+ * overlap them.
  * flags: a combination of sn_backward_flag_t. dgamma: if not NULL, receives ∂L/∂γ = ⟨G, W⟩ / d
  * (d = σ, or max(1, σ / c)), one float in the backend's memory (device pointer for a CUDA layer),
  * written, not accumulated, outside W, G and dW and not γ itself (SN_ERROR_INVALID_VALUE, as for γ

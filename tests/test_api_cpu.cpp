@@ -1008,3 +1008,55 @@ TEST_F(CpuApi, DescribeSaysWhatTheLayerIsAndRan) {
   EXPECT_FAILS(sn_layer_describe(nullptr, &full[0], 4, &len), SN_ERROR_NULL_POINTER, "layer");
   EXPECT_FAILS(sn_layer_describe(l, nullptr, 4, &len), SN_ERROR_NULL_POINTER, "buf");
 }
+
+// Buffers not aligned to their elements (2 bytes for bf16 and fp16, 4 for fp32; 4 for γ and
+// ∂L/∂γ) are refused by every call that takes one, by name, before anything runs: on a GPU such a
+// pointer faults and ends the CUDA context. The layer's state is left as it was.
+TEST_F(CpuApi, MisalignedBuffersAreRefusedByName) {
+  for (const sn_dtype_t dt : {SN_DTYPE_FLOAT32, SN_DTYPE_BFLOAT16}) {
+    const size_t es = dt == SN_DTYPE_FLOAT32 ? 4 : 2;
+    sn_layer_desc_t d = make_desc({4, 6}, SN_BACKEND_CPU);
+    d.dtype = dt;
+    LayerPtr l(d);
+    ASSERT_TRUE(l.p);
+    alignas(16) unsigned char buf[4][24 * 4 + 16] = {};
+    void *W = buf[0], *W_sn = buf[1], *G = buf[2], *dW = buf[3];
+    for (size_t k = 0; k < 24; ++k) {  // ones in the layer's type
+      if (dt == SN_DTYPE_FLOAT32)
+        reinterpret_cast<float *>(W)[k] = 1.0f + float(k % 5);
+      else
+        reinterpret_cast<uint16_t *>(W)[k] = uint16_t(0x3f80 + 0x10 * (k % 5));
+    }
+    ASSERT_EQ(sn_forward(l, W, W_sn, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+    const State before = get_state(l);
+    const size_t off = es == 4 ? 2 : 1;  // misaligned for the type
+    void *mW = buf[0] + off, *mO = buf[1] + off, *mG = buf[2] + off, *mD = buf[3] + off;
+    EXPECT_FAILS(sn_forward(l, mW, W_sn, 1, nullptr), SN_ERROR_INVALID_POINTER, "W (");
+    EXPECT_FAILS(sn_forward(l, W, mO, 1, nullptr), SN_ERROR_INVALID_POINTER, "W_sn (");
+    EXPECT_FAILS(sn_forward_scale_only(l, mW, 1, nullptr), SN_ERROR_INVALID_POINTER, "aligned");
+    EXPECT_FAILS(sn_layer_warmup(l, mW, nullptr), SN_ERROR_INVALID_POINTER, "aligned");
+    EXPECT_FAILS(sn_backward(l, mW, G, dW, 0, nullptr, nullptr), SN_ERROR_INVALID_POINTER, "W (");
+    EXPECT_FAILS(sn_backward(l, W, mG, dW, 0, nullptr, nullptr), SN_ERROR_INVALID_POINTER, "G (");
+    EXPECT_FAILS(sn_backward(l, W, G, mD, 0, nullptr, nullptr), SN_ERROR_INVALID_POINTER, "dW (");
+    alignas(8) unsigned char fb[16] = {};
+    float *mf = reinterpret_cast<float *>(fb + 2);  // a float not on 4 bytes, whatever the type
+    EXPECT_FAILS(sn_backward(l, W, G, dW, 0, mf, nullptr), SN_ERROR_INVALID_POINTER, "dgamma (");
+    EXPECT_FAILS(sn_layer_set_gamma(l, mf), SN_ERROR_INVALID_POINTER, "gamma (");
+    sn_layer_t *layers[1] = {l.p};
+    const void *Ws[1] = {mW};
+    void *Wsn[1] = {W_sn};
+    sn_group_t *g = reinterpret_cast<sn_group_t *>(0x1);
+    EXPECT_FAILS(sn_group_create(&g, layers, Ws, Wsn, 1), SN_ERROR_INVALID_POINTER, "W[0] (");
+    EXPECT_EQ(g, nullptr);
+    Ws[0] = W;
+    ASSERT_EQ(sn_group_create(&g, layers, Ws, Wsn, 1), SN_SUCCESS) << sn_last_error_message();
+    const void *Gs[1] = {mG};
+    void *dWs[1] = {dW};
+    EXPECT_FAILS(sn_group_set_gradients(g, Gs, dWs, nullptr), SN_ERROR_INVALID_POINTER, "G[0] (");
+    sn_group_destroy(g);
+    const State after = get_state(l);
+    EXPECT_TRUE(bitwise_equal(after.u, before.u));
+    EXPECT_TRUE(bitwise_equal(after.v, before.v));
+    EXPECT_EQ(after.sigma, before.sigma);
+  }
+}

@@ -1849,6 +1849,15 @@ TEST_F(FakeCuda, CallsRunOnTheLayersDeviceAndKeepTheCallers) {
     }
     EXPECT_NE(std::string(sn_last_error_message()).find("freed"), std::string::npos)
         << sn_last_error_message();
+    // Device memory of the layer's device, but not on the floats' 4 bytes: refused before any
+    // launch (a misaligned access faults, which ends the CUDA context).
+    const long launches = fake_cuda::counters().launches;
+    const void *odd = static_cast<const char *>(W.p) + 2;
+    EXPECT_EQ(sn_forward(l, odd, W_sn.p, 1, kS), SN_ERROR_INVALID_POINTER);
+    EXPECT_NE(std::string(sn_last_error_message()).find("aligned"), std::string::npos)
+        << sn_last_error_message();
+    EXPECT_EQ(sn_backward(l, W.p, odd, W_sn.p, 0, nullptr, kS), SN_ERROR_INVALID_POINTER);
+    EXPECT_EQ(fake_cuda::counters().launches, launches);
     void *pinned = nullptr;
     ASSERT_EQ(cudaMallocHost(&pinned, 64 * 576 * 4), cudaSuccess);
     EXPECT_EQ(sn_forward(l, pinned, W_sn.p, 1, kS), SN_ERROR_INVALID_POINTER);
