@@ -325,11 +325,22 @@ static sn_status_t create_cuda(sn_layer_t *l) {
    * layer that asks for two passes. Nor for a 1-D weight (normalized exactly, no iteration): its
    * backward keeps the two kernels, spread over the device, rather than one cluster. */
   const int on_chip = !(l->desc.algo == SN_ALGO_TWO_PASS || l->is_1d);
-  CUDA_TRY(sn_cuda_plan_init(&l->plan, l->view, l->desc.dtype, l->desc.order, sn__eps_param(&l->desc),
-                             sm_count, one_pass, on_chip, &ws_bytes),
-           "preparing the one-pass kernels");
+  const float eps = sn__eps_param(&l->desc);
+  int pe = sn_cuda_plan_init(&l->plan, l->view, l->desc.dtype, l->desc.order, eps, sm_count, one_pass,
+                             on_chip, &ws_bytes);
+  /* A failed setup query of the one-pass kernels (their shared memory, their occupancy): a layer
+   * that did not ask for them by name does without them, on the two-pass kernels, and says so
+   * (SN_DROPPED_SETUP); one that did (SN_ALGO_ONE_PASS) fails its creation. */
+  int dropped = 0;
+  if (pe != 0 && one_pass && l->desc.algo == SN_ALGO_DEFAULT) {
+    (void)cudaGetLastError(); /* ours: the plan below does without what failed */
+    dropped = 1;
+    pe = sn_cuda_plan_init(&l->plan, l->view, l->desc.dtype, l->desc.order, eps, sm_count, 0, on_chip,
+                           &ws_bytes);
+  }
+  if (pe != 0) return sn__cuda_fail(pe, "preparing the kernels' launch plan");
   l->plan.norm_bound = l->desc.norm_bound;
-  if (sn_cuda_setup_failures_take() > 0) l->paths.dropped |= SN_DROPPED_SETUP;
+  if (sn_cuda_setup_failures_take() > 0 || dropped) l->paths.dropped |= SN_DROPPED_SETUP;
   if (ws_bytes == 0)
     return sn__fail(SN_ERROR_SIZE_OVERFLOW,
                     "this shape (%lld x %lld) needs more blocks than a CUDA grid takes, or scratch "

@@ -248,10 +248,9 @@ SN_API sn_status_t sn_layer_get_scale(const sn_layer_t *layer, float *scale, sn_
 /* Bind a learnable scale γ for σReparam (W_sn = (W / σ) · γ): `gamma` points to one float in the
  * backend's memory (a device pointer for a CUDA layer), 4-byte aligned, owned by the caller's
  * optimizer, and is read by every forward and backward, in stream order, so it may change between
- * steps. NULL
- * unbinds (γ = 1). A captured CUDA graph keeps the pointer it was captured with. The kernels read
- * γ while they write W_sn, dW and ∂L/∂γ: a forward whose W_sn holds γ, or a backward whose dW
- * holds it or whose dgamma is γ, returns SN_ERROR_INVALID_VALUE (groups: any member's γ). */
+ * steps. NULL unbinds (γ = 1). A captured CUDA graph keeps the pointer it was captured with. The
+ * kernels read γ while they write W_sn, dW and ∂L/∂γ: a forward whose W_sn holds γ, or a backward
+ * whose dW holds it or whose dgamma is γ, returns SN_ERROR_INVALID_VALUE (groups: any member's γ). */
 SN_API sn_status_t sn_layer_set_gamma(sn_layer_t *layer, const float *gamma);
 
 /* ---- Backward ------------------------------------------------------------------------------ */

@@ -1349,6 +1349,54 @@ TEST_P(FakeCudaMachines, AGroupsSetupBitIsItsCreationsAndLatestBindings) {
   EXPECT_GT(said[1], 0);
 }
 
+// A failed setup query of the one-pass kernels (their shared memory, their occupancy): a layer
+// whose algorithm is DEFAULT does without them, on the two-pass kernels, and says so
+// (SN_DROPPED_SETUP); one that asked for SN_ALGO_ONE_PASS by name fails its creation.
+TEST_P(FakeCudaMachines, AFailedOnePassSetupFallsBackUnlessAskedFor) {
+  const Shape s{{4096, 4096}, 0};  // one pass by rows by default, on either card
+  int fell_back = 0, refused = 0;
+  for (const Api api : {Api::kFuncSetAttribute, Api::kOccupancy}) {
+    bool any_fired = true;
+    for (long k = 1; any_fired; ++k) {
+      SCOPED_TRACE("call " + std::to_string(k) + " of its kind failing");
+      any_fired = false;
+      for (const sn_algo_t algo : {SN_ALGO_DEFAULT, SN_ALGO_ONE_PASS}) {
+        const sn_layer_desc_t d = make_desc(s, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, algo);
+        sn_layer_t *l = nullptr;
+        fake_cuda::fail_nth(api, k, cudaErrorInvalidValue);
+        const sn_status_t st = create_layer(&l, &d);
+        const bool fired = fake_cuda::failure_fired();
+        fake_cuda::fail_nth(Api::kAny, 0, cudaSuccess);
+        any_fired = any_fired || fired;
+        Layer layer(l);
+        if (!fired) {
+          EXPECT_EQ(st, SN_SUCCESS) << sn_last_error_message();
+          continue;
+        }
+        EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "a failure the creation handled left pending";
+        if (algo == SN_ALGO_ONE_PASS && st != SN_SUCCESS) {
+          EXPECT_EQ(st, SN_ERROR_CUDA) << sn_last_error_message();
+          EXPECT_EQ(l, nullptr);
+          ++refused;
+          continue;
+        }
+        ASSERT_EQ(st, SN_SUCCESS) << "a DEFAULT layer failed on a setup query: " << sn_last_error_message();
+        sn_paths_t p;
+        ASSERT_EQ(sn_layer_get_paths(l, &p), SN_SUCCESS);
+        EXPECT_NE(p.dropped & SN_DROPPED_SETUP, 0u);
+        Dev W(size_t{4096} * 4096 * 4), W_sn(size_t{4096} * 4096 * 4);
+        OK(sn_forward(l, W.p, W_sn.p, 1, kS));
+        OK(sn_forward(l, W.p, W_sn.p, 1, kS));
+        ASSERT_EQ(sn_layer_get_paths(l, &p), SN_SUCCESS);
+        if (algo == SN_ALGO_DEFAULT && p.train == SN_PATH_MATVEC) ++fell_back;
+      }
+      if (::testing::Test::HasFailure()) return;
+    }
+  }
+  EXPECT_GT(fell_back, 0) << "no failure reached the one-pass kernels' own setup";
+  EXPECT_GT(refused, 0);
+}
+
 // Destroying a layer or a group frees everything it owns whichever runtime call fails (but a
 // failed cudaFree, whose memory the runtime keeps) and keeps the caller's device.
 TEST_F(FakeCuda, DestroyFreesWhateverFails) {
