@@ -211,8 +211,12 @@ SN_API sn_status_t sn_layer_save(const sn_layer_t *layer, void *buf, size_t size
                                  sn_stream_t stream) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   if (!buf) return sn__fail(SN_ERROR_NULL_POINTER, "buf is NULL");
+  const void *out[2] = {buf, written};
+  static const char *const names[2] = {"buf", "written"};
+  sn_status_t st = sn__check_host_arrays(2, out, names);
+  if (st != SN_SUCCESS) return st;
   size_t need = 0;
-  sn_status_t st = sn_layer_checkpoint_size(layer, &need);
+  st = sn_layer_checkpoint_size(layer, &need);
   if (st != SN_SUCCESS) return st;
   if (size < need)
     return sn__fail(SN_ERROR_INVALID_VALUE,
@@ -484,9 +488,13 @@ SN_API sn_status_t sn_layer_load(sn_layer_t *layer, const void *buf, size_t size
                                  sn_stream_t stream) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   if (!buf) return sn__fail(SN_ERROR_NULL_POINTER, "buf is NULL");
+  const void *in[1] = {buf};
+  static const char *const names[1] = {"buf"};
+  sn_status_t st = sn__check_host_arrays(1, in, names);
+  if (st != SN_SUCCESS) return st;
   ck_blob_t b;
   memset(&b, 0, sizeof b);
-  sn_status_t st = parse((const unsigned char *)buf, size, &b);
+  st = parse((const unsigned char *)buf, size, &b);
   if (st == SN_SUCCESS) st = match(layer, &b);
   if (st != SN_SUCCESS) return st;
 

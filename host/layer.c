@@ -105,17 +105,23 @@ static sn_status_t refused_in_capture(const char *what, const char *call) {
                   what, call);
 }
 
+/* cudaPointerGetAttributes in the relaxed capture mode: allowed while a stream (this thread's or
+ * another's) is being captured in any mode, since the query enqueues nothing. The thread's mode is
+ * put back only if it was exchanged (else the exchange back would leave it relaxed); an error of
+ * these calls is not left pending, and one the caller had is kept. */
+static cudaError_t pointer_attributes(const void *p, struct cudaPointerAttributes *attr) {
+  enum cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  const int exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
+  cudaError_t e = cudaPointerGetAttributes(attr, p);
+  const int restored = !exchanged || cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
+  if (!exchanged || e != cudaSuccess || !restored) (void)cudaGetLastError(); /* ours only */
+  return e;
+}
+
 /* A CUDA layer's W and W_sn must be device (or managed) memory of the layer's device. */
 sn_status_t sn__check_device_pointer(int device, const void *p, const char *name) {
   struct cudaPointerAttributes attr;
-  /* Allowed while the stream is being captured in any capture mode: the query enqueues nothing.
-   * The thread's mode is put back only if it was exchanged (else the exchange back would leave it
-   * relaxed); an error of these calls is not left pending, and one the caller had is kept. */
-  enum cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
-  const int exchanged = cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
-  cudaError_t e = cudaPointerGetAttributes(&attr, p);
-  const int restored = !exchanged || cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess;
-  if (!exchanged || e != cudaSuccess || !restored) (void)cudaGetLastError(); /* ours only */
+  const cudaError_t e = pointer_attributes(p, &attr);
   if (e != cudaSuccess) {
     return sn__fail(SN_ERROR_INVALID_POINTER, "%s (%p) is not memory known to CUDA (%s)", name, p,
                     cudaGetErrorString(e));
@@ -146,14 +152,18 @@ sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const cha
     return SN_SUCCESS;
   }
   struct cudaPointerAttributes attr;
-  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return SN_SUCCESS;
-  }
+  if (pointer_attributes(p, &attr) != cudaSuccess) return SN_SUCCESS; /* cannot tell: taken as host */
   if (attr.type == cudaMemoryTypeDevice)
-    return sn__fail(SN_ERROR_INVALID_POINTER,
-                    "%s (%p) is device memory of device %d; a CPU layer needs host memory", name, p,
-                    attr.device);
+    return sn__fail(SN_ERROR_INVALID_POINTER, "%s (%p) is device memory of device %d; %s needs host memory",
+                    name, p, attr.device, l ? "a CPU layer" : "it");
+  return SN_SUCCESS;
+}
+
+sn_status_t sn__check_host_arrays(int n, const void *const *p, const char *const *names) {
+  for (int k = 0; k < n; ++k) {
+    const sn_status_t st = p[k] ? sn__check_host_pointer(NULL, p[k], names[k]) : SN_SUCCESS;
+    if (st != SN_SUCCESS) return st;
+  }
   return SN_SUCCESS;
 }
 
@@ -704,8 +714,12 @@ static sn_status_t copy_out(const sn_layer_t *l, float *dst, const float *src, i
 SN_API sn_status_t sn_layer_get_sigma(const sn_layer_t *layer, float *sigma, float *inv_sigma,
                                       sn_stream_t stream) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
+  const void *out[2] = {sigma, inv_sigma};
+  static const char *const names[2] = {"sigma", "inv_sigma"};
+  sn_status_t st = sn__check_host_arrays(2, out, names);
+  if (st != SN_SUCCESS) return st;
   float both[2];
-  sn_status_t st = copy_out(layer, both, layer->sigma, 2, stream);
+  st = copy_out(layer, both, layer->sigma, 2, stream);
   if (st != SN_SUCCESS) return st;
   if (sigma) *sigma = both[0];
   if (inv_sigma) *inv_sigma = both[1];
@@ -723,8 +737,12 @@ SN_API sn_status_t sn_layer_get_health(sn_layer_t *layer, uint32_t *health, int 
                                        sn_stream_t stream) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   if (!health) return sn__fail(SN_ERROR_NULL_POINTER, "health is NULL");
+  const void *out[1] = {health};
+  static const char *const names[1] = {"health"};
+  sn_status_t st = sn__check_host_arrays(1, out, names);
+  if (st != SN_SUCCESS) return st;
   float word;
-  sn_status_t st = copy_out(layer, &word, layer->sigma + 3, 1, stream);
+  st = copy_out(layer, &word, layer->sigma + 3, 1, stream);
   if (st != SN_SUCCESS) return st;
   uint32_t bits;
   memcpy(&bits, &word, sizeof bits);
@@ -751,14 +769,19 @@ SN_API sn_status_t sn_layer_get_health(sn_layer_t *layer, uint32_t *health, int 
 SN_API sn_status_t sn_layer_get_scale(const sn_layer_t *layer, float *scale, sn_stream_t stream) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   if (!scale) return sn__fail(SN_ERROR_NULL_POINTER, "scale is NULL");
-  return copy_out(layer, scale, layer->sigma + 2, 1, stream);
+  const void *out[1] = {scale};
+  static const char *const names[1] = {"scale"};
+  const sn_status_t st = sn__check_host_arrays(1, out, names);
+  return st != SN_SUCCESS ? st : copy_out(layer, scale, layer->sigma + 2, 1, stream);
 }
 
 SN_API sn_status_t sn_layer_get_state(const sn_layer_t *layer, float *u, float *v, float *sigma,
                                       int *warmed_up, sn_stream_t stream) {
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
-  sn_status_t st = SN_SUCCESS;
-  if (u) st = copy_out(layer, u, layer->u, layer->view.h, stream);
+  const void *out[4] = {u, v, sigma, warmed_up};
+  static const char *const names[4] = {"u", "v", "sigma", "warmed_up"};
+  sn_status_t st = sn__check_host_arrays(4, out, names);
+  if (u && st == SN_SUCCESS) st = copy_out(layer, u, layer->u, layer->view.h, stream);
   if (st == SN_SUCCESS && v) st = copy_out(layer, v, layer->v, width_of(layer), stream);
   if (st == SN_SUCCESS && sigma) st = copy_out(layer, sigma, layer->sigma, 1, stream);
   if (st != SN_SUCCESS) return st;
@@ -779,8 +802,12 @@ SN_API sn_status_t sn_layer_set_state(sn_layer_t *layer, const float *u, const f
   if (!layer) return sn__fail(SN_ERROR_NULL_POINTER, "layer is NULL");
   if (!u) return sn__fail(SN_ERROR_NULL_POINTER, "u is NULL");
   if (!v) return sn__fail(SN_ERROR_NULL_POINTER, "v is NULL");
+  const void *in[2] = {u, v};
+  static const char *const names[2] = {"u", "v"};
+  sn_status_t st = sn__check_host_arrays(2, in, names); /* read below on the host */
+  if (st != SN_SUCCESS) return st;
   const int64_t h = layer->view.h, w = width_of(layer);
-  sn_status_t st = check_finite(u, h, "u");
+  st = check_finite(u, h, "u");
   if (st == SN_SUCCESS) st = check_finite(v, w, "v");
   if (st != SN_SUCCESS) return st;
   if (sigma != 0.0f && !sn_sigma_usable(sigma))

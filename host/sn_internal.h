@@ -126,6 +126,9 @@ sn_status_t sn__check_backward_buffers(const sn_layer_t *l, const void *W, const
 /* Pointer checks of the forward: device memory of `device`, or host memory for a CPU layer. */
 sn_status_t sn__check_device_pointer(int device, const void *p, const char *name);
 sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const char *name);
+/* The host arrays (or scalars) a call reads or writes on the host, named: none of the non-NULL ones
+ * device memory (a host access would crash), as sn__check_host_pointer checks a CPU layer's. */
+sn_status_t sn__check_host_arrays(int n, const void *const *p, const char *const *names);
 /* The one of the two for the layer's backend, after a check of the alignment: to the layer's
  * element size for a weight-shaped buffer (W, W_sn, G, dW), to 4 bytes for a float (γ, ∂L/∂γ);
  * SN_ERROR_INVALID_POINTER either way. */
