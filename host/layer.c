@@ -41,8 +41,10 @@ sn_status_t sn__enter_device(int device, int *prev) {
   return SN_SUCCESS;
 }
 
+/* A failure to switch back is this call's own error: not left pending (the caller's device then
+ * stays the layer's; the call's work is done). */
 void sn__leave_device(int device, int prev) {
-  if (prev != device) (void)cudaSetDevice(prev);
+  if (prev != device && cudaSetDevice(prev) != cudaSuccess) (void)cudaGetLastError();
 }
 
 void sn__free_on_device(int device, void *p) {

@@ -18,16 +18,34 @@
  *     (checkpoints, or PyTorch's `_u` / `_v` buffers loaded as they are).
  *
  * Errors: every function returns an sn_status_t. On failure, sn_last_error_message() gives a
- * readable message naming the offending argument, and the layer is left exactly as it was.
- * The library never exits, aborts or prints.
+ * readable message naming the offending argument, and the layer is left exactly as it was (one
+ * exception: a grouped forward whose launch fails with a CUDA error after it ran the warm-ups of
+ * members that had none leaves those warmed up, as their first forward would have). The library
+ * never exits, aborts or prints. A CUDA error the caller left pending survives a successful call,
+ * but for a launch the device refuses and the library retries on other kernels (get_paths'
+ * `dropped`): the runtime's last error is one per thread, and the refusal's is cleared.
+ *
+ * Devices and streams: a CUDA layer lives on desc.device. Each call makes that device current,
+ * enqueues its work, and makes the caller's device current again, so `stream` must be a stream of
+ * the layer's device (0: that device's legacy default stream). Restoring a device the calling
+ * thread never used creates its primary context (cudaSetDevice does, since CUDA 12): call
+ * cudaSetDevice(desc.device) in a thread before its first specnorm call, as multi-GPU code does.
  *
  * Thread safety: distinct layers may be used concurrently from different threads and streams.
  * One layer must not be used by two calls at the same time (its state and scratch space are
- * shared by its calls), and two forwards of one layer must be ordered (same stream, or events).
- * The same holds for a group and the layers in it. sn_last_error_message() is per thread.
+ * shared by its calls), and its forwards, backwards, sn_layer_set_state, sn_layer_load and
+ * sn_layer_reset must be ordered (same stream, or events). The same holds for a group and the
+ * layers in it. sn_last_error_message() is per thread. Creation, destruction, group creation and
+ * binding allocate, free and use the legacy stream (as do the state, σ, health and checkpoint
+ * calls given stream 0): CUDA refuses such calls while another thread captures a stream in
+ * cudaStreamCaptureModeGlobal, and the refusal invalidates that capture. Capture in the relaxed
+ * or thread-local mode, or make those calls outside the capture.
  *
  * Determinism: all reductions have a fixed order; the same W and state give bitwise-identical
- * u, v, σ and W_sn on every run, on the same device and with the same algorithm.
+ * u, v, σ and W_sn on every run with the same launch plan: the same device, algorithm and
+ * SPECNORM_TUNE, W and W_sn aligned alike (16 bytes or not picks the kernels), and the same
+ * number of blocks resident at the layer's creation (under MPS it may differ), with no launch
+ * refused since (get_paths' `dropped`).
  */
 #ifndef SPECNORM_H
 #define SPECNORM_H
@@ -191,7 +209,9 @@ SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_
  * with W_sn = scale · W (γ / σ, 1 / max(1, σ / c), 1 / σ; 0 before any σ).
  * CUDA layer: enqueues on `stream` and returns; allocates nothing and does not synchronize.
  * Capture in a CUDA graph is allowed once the layer has warmed up (see sn_layer_warmup); a
- * capture of the first forward returns SN_ERROR_INVALID_STATE. Some forwards are one launch that
+ * capture of a first forward that has warm-up iterations to run (a weight of 2 dims or more and
+ * warmup_iterations > 0) returns SN_ERROR_INVALID_STATE. A captured forward counts once in the
+ * checkpoint's count of forwards, however often its graph is replayed. Some forwards are one launch that
  * needs all its blocks resident at once (sm_90 and up: the on-chip forward of a small layer, the
  * cooperative launch of sn_forward_scale_only); if the device refuses it because fewer blocks can
  * be resident than at the layer's creation (the GPU shared under MPS), the layer runs its usual
