@@ -340,15 +340,26 @@ static sn_status_t create_cuda(sn_layer_t *l) {
   const float eps = sn__eps_param(&l->desc);
   int pe = sn_cuda_plan_init(&l->plan, l->view, l->desc.dtype, l->desc.order, eps, sm_count, one_pass,
                              on_chip, &ws_bytes);
-  /* A failed setup query of the one-pass kernels (their shared memory, their occupancy): a layer
-   * that did not ask for them by name does without them, on the two-pass kernels, and says so
-   * (SN_DROPPED_SETUP); one that did (SN_ALGO_ONE_PASS) fails its creation. */
+  /* The one-pass kernels could not be set up: their shared memory does not fit the device (the
+   * plan's own verdict, cudaErrorLaunchOutOfResources, which no runtime call raised), or a setup
+   * query of theirs failed (their shared memory, their occupancy: a runtime error, cleared if it
+   * is the last one, and said as SN_DROPPED_SETUP). A layer that did not ask for them by name does
+   * without them, on the two-pass kernels; one that did (SN_ALGO_ONE_PASS) fails its creation. An
+   * error the caller left pending is kept either way. */
+  const int does_not_fit = pe == (int)cudaErrorLaunchOutOfResources;
   int dropped = 0;
   if (pe != 0 && one_pass && l->desc.algo == SN_ALGO_DEFAULT) {
-    (void)cudaGetLastError(); /* ours: the plan below does without what failed */
-    dropped = 1;
+    if (!does_not_fit) {
+      if (cudaPeekAtLastError() == (cudaError_t)pe) (void)cudaGetLastError();
+      dropped = 1;
+    }
     pe = sn_cuda_plan_init(&l->plan, l->view, l->desc.dtype, l->desc.order, eps, sm_count, 0, on_chip,
                            &ws_bytes);
+  } else if (pe != 0 && one_pass && does_not_fit) {
+    return sn__fail(SN_ERROR_NOT_SUPPORTED,
+                    "desc->algo = SN_ALGO_ONE_PASS: the one-pass kernels' shared memory for this "
+                    "shape (h = %lld, w = %lld) does not fit device %d",
+                    (long long)l->view.h, (long long)width_of(l), l->desc.device);
   }
   if (pe != 0) return sn__cuda_fail(pe, "preparing the kernels' launch plan");
   l->plan.norm_bound = l->desc.norm_bound;

@@ -1402,6 +1402,44 @@ TEST_P(FakeCudaMachines, AFailedOnePassSetupFallsBackUnlessAskedFor) {
   EXPECT_GT(refused, 0);
 }
 
+// On a device whose opt-in shared memory is too small for the one-pass kernels (64 KB: 16384
+// fp32 columns by rows, 2048 columns' panels of 768 rows by columns), no runtime call fails: a
+// DEFAULT layer takes the two-pass kernels without SN_DROPPED_SETUP, SN_ALGO_ONE_PASS is not
+// supported there; an error the caller left pending is kept either way.
+TEST_F(FakeCuda, OnePassKernelsThatDoNotFitFallBackUnlessAskedFor) {
+  fake_cuda::DeviceProps small = fake_cuda::h100();
+  small.optin_smem = 65536;
+  FAKE_MACHINE(small);
+  fake_cuda::expect_stream(kS);
+  for (const sn_order_t order : {SN_ORDER_U_FIRST, SN_ORDER_V_FIRST}) {
+    const Shape s = order == SN_ORDER_U_FIRST ? Shape{{4096, 16384}, 0} : Shape{{768, 2048}, 0};
+    SCOPED_TRACE("order " + std::to_string(order));
+    for (const sn_algo_t algo : {SN_ALGO_DEFAULT, SN_ALGO_ONE_PASS}) {
+      const sn_layer_desc_t d = make_desc(s, SN_DTYPE_FLOAT32, order, algo);
+      fake_cuda::raise(cudaErrorInvalidDevice);  // the caller's own, pending
+      sn_layer_t *l = nullptr;
+      const sn_status_t st = create_layer(&l, &d);
+      Layer layer(l);
+      EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidDevice) << "the caller's pending error was not kept";
+      if (algo == SN_ALGO_ONE_PASS) {
+        EXPECT_EQ(st, SN_ERROR_NOT_SUPPORTED) << sn_last_error_message();
+        EXPECT_NE(std::string(sn_last_error_message()).find("does not fit"), std::string::npos);
+        continue;
+      }
+      ASSERT_EQ(st, SN_SUCCESS) << sn_last_error_message();
+      sn_paths_t p;
+      ASSERT_EQ(sn_layer_get_paths(l, &p), SN_SUCCESS);
+      EXPECT_EQ(p.dropped & SN_DROPPED_SETUP, 0u) << "a \"does not fit\" said as a failed query";
+      Dev W(size_t(s.dims[0] * s.dims[1]) * 4), W_sn(size_t(s.dims[0] * s.dims[1]) * 4);
+      OK(sn_forward(l, W.p, W_sn.p, 1, kS));
+      OK(sn_forward(l, W.p, W_sn.p, 1, kS));
+      ASSERT_EQ(sn_layer_get_paths(l, &p), SN_SUCCESS);
+      EXPECT_EQ(p.train, SN_PATH_MATVEC) << sn_path_name(p.train);
+    }
+  }
+  EXPECT_TRUE(fake_cuda::violations().empty()) << fake_cuda::violations().front();
+}
+
 // Destroying a layer or a group frees everything it owns whichever runtime call fails (but a
 // failed cudaFree, whose memory the runtime keeps) and keeps the caller's device.
 TEST_F(FakeCuda, DestroyFreesWhateverFails) {
