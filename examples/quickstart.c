@@ -9,7 +9,8 @@
  * Then it checks what specnorm promises: ||W_sn||_2 = 1 (computed here independently, by 500
  * power iterations in double), the loss down by 10^4 at least (T is reachable: its norm is 1),
  * and a checkpoint that restores the layer's state bit for bit. Exit status 0 when all hold.
- * The same calls run a CUDA layer (d.backend = SN_BACKEND_CUDA, device buffers, a stream). */
+ * A CUDA layer takes the same specnorm calls (d.backend = SN_BACKEND_CUDA) on device buffers and a
+ * stream; the loss, its gradient and the update would then be kernels of the caller's. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>

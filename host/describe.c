@@ -77,26 +77,29 @@ static sn_status_t finish(line_t *o, const sn_paths_t *p, size_t *length) {
   return SN_SUCCESS;
 }
 
-/* The checks and the start of either description. A CPU layer of `numel` elements splits its calls
- * over its `threads` from two grains of elements on (the calling thread's grain, as a call from it
- * would take), and runs below that on the calling thread alone; a group (numel < 0) over up to the
- * most threads of its members (host/cpu_backend.c). */
+/* The checks and the start of either description. A CPU layer of `numel` elements splits each of
+ * its calls' loops over W over at most min(threads, numel / grain) threads (host/reference.c,
+ * split_parts: the calling thread's grain, as a call from it would take; fewer where a product has
+ * fewer rows or columns), so from two grains on, and runs below that on the calling thread alone;
+ * a group (numel < 0) over up to the most threads of its members (host/cpu_backend.c). */
 static sn_status_t start(line_t *o, char *buf, size_t size, sn_backend_t backend, int device, int threads,
                          int64_t numel) {
   if (!buf && size > 0) return sn__fail(SN_ERROR_NULL_POINTER, "buf is NULL with size = %zu", size);
   *o = (line_t){buf, size, 0};
   if (size > 0) buf[0] = '\0';
-  const int64_t splits_from = 2 * sn_ref_grain();
+  const int64_t grain = sn_ref_grain(), most = numel / grain < threads ? numel / grain : threads;
   if (backend != SN_BACKEND_CPU)
     put(o, "cuda device %d", device);
   else if (threads <= 1)
     put(o, "cpu (1 thread)");
   else if (numel < 0)
     put(o, "cpu (up to %d threads)", threads);
-  else if (numel >= splits_from)
-    put(o, "cpu (%d threads)", threads);
+  else if (most == threads)
+    put(o, "cpu (up to %d threads)", threads);
+  else if (most >= 2)
+    put(o, "cpu (up to %lld of %d threads at %lld elements)", (long long)most, threads, (long long)numel);
   else
-    put(o, "cpu (1 thread at %lld elements; %d from %lld)", (long long)numel, threads, (long long)splits_from);
+    put(o, "cpu (1 thread at %lld elements; %d from %lld)", (long long)numel, threads, (long long)(2 * grain));
   return SN_SUCCESS;
 }
 

@@ -157,7 +157,7 @@ sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const cha
   if (pointer_attributes(p, &attr) != cudaSuccess) return SN_SUCCESS; /* cannot tell: taken as host */
   if (attr.type == cudaMemoryTypeDevice)
     return sn__fail(SN_ERROR_INVALID_POINTER, "%s (%p) is device memory of device %d; %s needs host memory",
-                    name, p, attr.device, l ? "a CPU layer" : "it");
+                    name, p, attr.device, l ? "a CPU layer" : "the call");
   return SN_SUCCESS;
 }
 

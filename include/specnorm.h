@@ -22,12 +22,15 @@
  * exception: a grouped forward whose launch fails with a CUDA error after it ran the warm-ups of
  * members that had none leaves those warmed up, as their first forward would have). The library
  * never exits, aborts or prints. A CUDA error the caller left pending survives a successful call,
- * but for a launch the device refuses and the library retries on other kernels (get_paths'
- * `dropped`): the runtime's last error is one per thread, and the refusal's is cleared.
+ * unless that call absorbed a runtime failure of its own (a launch the device refused and the
+ * library retried on other kernels, a setup query it did without: get_paths' `dropped`; a pointer
+ * query that could not tell host from device memory; a failed switch back to the caller's device):
+ * the runtime keeps one last error a thread, which that failure overwrote, and the library clears.
  *
  * Devices and streams: a CUDA layer lives on desc.device. Each call makes that device current,
- * enqueues its work, and makes the caller's device current again, so `stream` must be a stream of
- * the layer's device (0: that device's legacy default stream). Restoring a device the calling
+ * enqueues its work, and makes the caller's device current again (if that switch fails, the call
+ * still succeeds with the layer's device current), so `stream` must be a stream of the layer's
+ * device (0: that device's legacy default stream). Restoring a device the calling
  * thread never used creates its primary context (cudaSetDevice does, since CUDA 12): call
  * cudaSetDevice(desc.device) in a thread before its first specnorm call, as multi-GPU code does.
  *
@@ -38,8 +41,10 @@
  * layers in it. sn_last_error_message() is per thread. Creation, destruction, group creation and
  * binding allocate, free and use the legacy stream (as do the state, σ, health and checkpoint
  * calls given stream 0): CUDA refuses such calls while another thread captures a stream in
- * cudaStreamCaptureModeGlobal, and the refusal invalidates that capture. Capture in the relaxed
- * or thread-local mode, or make those calls outside the capture.
+ * cudaStreamCaptureModeGlobal, and the refusal invalidates that capture; while a blocking stream
+ * (one not created with cudaStreamNonBlocking) is captured, the legacy stream is unusable in every
+ * mode. Capture on a non-blocking stream in the relaxed or thread-local mode, or make those calls
+ * outside the capture.
  *
  * Determinism: all reductions have a fixed order; the same W and state give bitwise-identical
  * u, v, σ and W_sn on every run with the same launch plan: the same device, algorithm and

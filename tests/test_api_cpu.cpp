@@ -948,21 +948,48 @@ TEST_F(CpuApi, PathsRecordEachKindOfCall) {
   for (const int k : {int(SN_PATH_COUNT), 15}) EXPECT_STREQ(sn_path_name(static_cast<sn_path_t>(k)), "unknown") << k;
 }
 
-// The threads a CPU layer's description names are those its calls use: its own from two grains of
-// elements on, the calling thread alone below (host/describe.c).
+// The threads a CPU layer's description names are those its calls may use: at most one a grain of
+// elements, up to its own; the calling thread alone below two grains (host/describe.c). Checked
+// against the threads a training forward starts (sn_ref_threads_started): each of its three loops
+// over W (M v by rows, Mᵀ u by 16 columns, the division by 512 elements) starts all but the
+// calling thread's part, and a loop of fewer rows, column groups or chunks than threads splits less.
 TEST_F(CpuApi, DescribeNamesTheThreadsTheCallsUse) {
   auto text = [](const sn_layer_t *l) {
     char buf[512];
     EXPECT_EQ(sn_layer_describe(l, buf, sizeof buf, nullptr), SN_SUCCESS);
     return std::string(buf);
   };
+  auto started = [](sn_layer_t *l, int64_t h, int64_t w) {
+    std::vector<float> W(size_t(h * w), 0.5f), out(W.size());
+    W[0] = 2.0f;
+    const int64_t before = sn_ref_threads_started();
+    EXPECT_EQ(sn_forward(l, W.data(), out.data(), 1, nullptr), SN_SUCCESS);  // no warm-up: 3 loops
+    return sn_ref_threads_started() - before;
+  };
   ScopedGrain grain(64);  // splits from 128 elements
   {
     ScopedEnv env("SPECNORM_CPU_THREADS", "3");
-    LayerPtr small(make_desc({6, 21}, SN_BACKEND_CPU)), large(make_desc({8, 16}, SN_BACKEND_CPU));
-    ASSERT_TRUE(small.p && large.p);
+    sn_layer_desc_t d[3] = {make_desc({6, 21}, SN_BACKEND_CPU), make_desc({16, 8}, SN_BACKEND_CPU),
+                            make_desc({16, 12}, SN_BACKEND_CPU)};
+    for (sn_layer_desc_t &x : d) x.warmup_iterations = 0;
+    LayerPtr small(d[0]), mid(d[1]), large(d[2]);
+    ASSERT_TRUE(small.p && mid.p && large.p);
     EXPECT_EQ(text(small.p).rfind("cpu (1 thread at 126 elements; 3 from 128),", 0), 0u) << text(small.p);
-    EXPECT_EQ(text(large.p).rfind("cpu (3 threads),", 0), 0u) << text(large.p);
+    EXPECT_EQ(text(mid.p).rfind("cpu (up to 2 of 3 threads at 128 elements),", 0), 0u) << text(mid.p);
+    EXPECT_EQ(text(large.p).rfind("cpu (up to 3 threads),", 0), 0u) << text(large.p);
+    EXPECT_EQ(started(small.p, 6, 21), 0);
+    EXPECT_EQ(started(mid.p, 16, 8), 1);    // M v on 2 threads; Mᵀ u and the division: one part
+    EXPECT_EQ(started(large.p, 16, 12), 2);  // M v on 3
+  }
+  {
+    ScopedGrain larger(1024);
+    ScopedEnv env("SPECNORM_CPU_THREADS", "3");
+    sn_layer_desc_t d = make_desc({64, 48}, SN_BACKEND_CPU);  // 3 grains: every loop on 3 threads
+    d.warmup_iterations = 0;
+    LayerPtr l(d);
+    ASSERT_TRUE(l.p);
+    EXPECT_EQ(text(l.p).rfind("cpu (up to 3 threads),", 0), 0u) << text(l.p);
+    EXPECT_EQ(started(l.p, 64, 48), 3 * 2);
   }
   ScopedEnv env("SPECNORM_CPU_THREADS", "1");
   LayerPtr one(make_desc({8, 16}, SN_BACKEND_CPU));

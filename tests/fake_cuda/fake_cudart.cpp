@@ -92,11 +92,12 @@ struct State {
   cudaStream_t capture_stream = nullptr;
   bool invalidated = false;
   int active_sms = 0;
-  // Device work of the legacy stream that may still run after its call returned (a cudaMemset, a
-  // cudaMemcpy from pageable host memory: CUDA documents both as possibly asynchronous to the host),
-  // named; "" when none: a launch or copy on another stream, which is not ordered after it (the
-  // tests' stream is non-blocking), is a violation until a synchronization waits for it.
-  std::string legacy_unfinished;
+  // Device work of each device's legacy stream that may still run after its call returned (a
+  // cudaMemset of device memory, a cudaMemcpy from pageable host memory or between devices: CUDA
+  // documents them as possibly asynchronous to the host), named, by device; none: no entry. A
+  // launch or copy on another stream of that device, which is not ordered after it (the tests'
+  // stream is non-blocking), is a violation until a synchronization waits for it.
+  std::map<int, std::string> legacy_unfinished;
 };
 
 // Never destroyed: the host stubs register their kernels before main and unregister after it.
@@ -279,12 +280,14 @@ void legacy(State &s, const char *what) {
     violation(s, "%s (the legacy stream) in a call given stream %p", what, (void *)s.expected);
 }
 
-// Work on `stream` that would not be ordered after the legacy stream's unfinished device work.
+// Work on `stream` (of the current device) that would not be ordered after that device's legacy
+// stream's unfinished device work.
 void after_legacy(State &s, cudaStream_t stream, const char *what) {
-  if (stream != nullptr && !s.legacy_unfinished.empty())
+  auto it = s.legacy_unfinished.find(t_device);
+  if (stream != nullptr && it != s.legacy_unfinished.end())
     violation(s, "%s on stream %p while the legacy stream's %s may still run: nothing synchronized "
                  "it, and a non-blocking stream is not ordered after it",
-              what, (void *)stream, s.legacy_unfinished.c_str());
+              what, (void *)stream, it->second.c_str());
 }
 
 // Forgets the copies pending on `stream` (all streams: every).
@@ -631,7 +634,7 @@ cudaError_t cudaDeviceSynchronize(void) {
   fake_cuda::legacy(s, "cudaDeviceSynchronize");
   ++s.n.syncs;
   fake_cuda::flush(s, nullptr, true);
-  s.legacy_unfinished.clear();
+  s.legacy_unfinished.erase(fake_cuda::t_device);
   return cudaSuccess;
 }
 
@@ -873,7 +876,7 @@ static cudaError_t release(void *p, bool pinned, const char *what) {
     return fake_cuda::ret(cudaErrorInvalidValue);
   }
   fake_cuda::flush(s, nullptr, true);  // cudaFree waits for the device
-  s.legacy_unfinished.clear();
+  s.legacy_unfinished.erase(fake_cuda::t_device);
   ++s.n.frees;
   s.live -= it->second.size;
   if (it->second.mapped) {
@@ -946,11 +949,13 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind
   // To the host, or from pinned memory, it returns when the copy (and the legacy stream's work
   // before it) is done; from pageable memory once the bytes are staged, its DMA maybe still to
   // run; device to device, asynchronously.
-  if (kind == cudaMemcpyDeviceToHost || (kind == cudaMemcpyHostToDevice && fake_cuda::holding(s, src, n)))
-    s.legacy_unfinished.clear();
+  const fake_cuda::Alloc *from = kind == cudaMemcpyHostToDevice ? fake_cuda::holding(s, src, n) : nullptr;
+  if (kind == cudaMemcpyDeviceToHost || (from && from->kind == fake_cuda::Kind::kPinned))
+    s.legacy_unfinished.erase(fake_cuda::t_device);
   else
-    s.legacy_unfinished = kind == cudaMemcpyHostToDevice ? "cudaMemcpy from pageable host memory"
-                                                         : "cudaMemcpy device to device";
+    s.legacy_unfinished[fake_cuda::t_device] = kind == cudaMemcpyHostToDevice
+                                                   ? "cudaMemcpy from pageable host memory"
+                                                   : "cudaMemcpy device to device";
   return cudaSuccess;
 }
 
@@ -987,7 +992,8 @@ cudaError_t cudaMemset(void *p, int value, size_t n) {
   }
   fake_cuda::legacy(s, "cudaMemset");
   fake_cuda::flush(s, nullptr, false);
-  s.legacy_unfinished = "cudaMemset";
+  if (a->kind == fake_cuda::Kind::kDevice)  // of pinned or managed memory: synchronous
+    s.legacy_unfinished[fake_cuda::t_device] = "cudaMemset";
   ++s.n.memsets;
   if (a->written || value != 0) std::memset(to, value, n);
   a->written = a->written || value != 0;
@@ -1010,7 +1016,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
       return fake_cuda::ret(e);
   ++s.n.syncs;
   fake_cuda::flush(s, stream, false);
-  if (stream == nullptr) s.legacy_unfinished.clear();
+  if (stream == nullptr) s.legacy_unfinished.erase(fake_cuda::t_device);
   return cudaSuccess;
 }
 
