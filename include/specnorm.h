@@ -30,8 +30,8 @@
  * Devices and streams: a CUDA layer lives on desc.device. Each call makes that device current,
  * enqueues its work, and makes the caller's device current again (if that switch fails, the call
  * still succeeds with the layer's device current), so `stream` must be a stream of the layer's
- * device (0: that device's legacy default stream). Restoring a device the calling
- * thread never used creates its primary context (cudaSetDevice does, since CUDA 12): call
+ * device (0: that device's legacy default stream). Restoring a device the calling thread never
+ * used creates its primary context (cudaSetDevice does, since CUDA 12): call
  * cudaSetDevice(desc.device) in a thread before its first specnorm call, as multi-GPU code does.
  *
  * Thread safety: distinct layers may be used concurrently from different threads and streams.
