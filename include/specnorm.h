@@ -225,11 +225,13 @@ SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_
  * Degenerate steps: if the new σ is not finite or below FLT_MIN (all-zero W, NaN in W, or an
  * eval σ = uᵀ M v <= 0 after W moved far from u and v), u, v and σ keep their previous values and
  * W_sn = W / (previous σ); with no previous σ, W_sn = W · 0.
- * CPU layer: computes in double precision, stores float32, blocks; `stream` is ignored. Its calls
- * on a large weight split their work over threads of their own, joined before they return (the
- * environment variable SPECNORM_CPU_THREADS, read when the layer is created: 1 to 64 threads;
- * default the processors the creating thread may run on, at most 8; 1 keeps every call on the
- * calling thread); the results are the same bits for any number of threads. */
+ * CPU layer: computes in double precision, stores float32, blocks; `stream` is ignored. Where
+ * CUDA sees a GPU, its calls ask the runtime whether their buffers are device memory (refused),
+ * which initializes the CUDA runtime in the process. Its calls on a large weight split their work
+ * over threads of their own, joined before they return (the environment variable
+ * SPECNORM_CPU_THREADS, read when the layer is created: 1 to 64 threads; default the processors
+ * the creating thread may run on, at most 8; 1 keeps every call on the calling thread); the
+ * results are the same bits for any number of threads. */
 SN_API sn_status_t sn_forward(sn_layer_t *layer, const void *W, void *W_sn, int training,
                               sn_stream_t stream);
 
