@@ -92,9 +92,7 @@ static sn_status_t start(line_t *o, char *buf, size_t size, sn_backend_t backend
     put(o, "cuda device %d", device);
   else if (threads <= 1)
     put(o, "cpu (1 thread)");
-  else if (numel < 0)
-    put(o, "cpu (up to %d threads)", threads);
-  else if (most == threads)
+  else if (numel < 0 || most == threads)
     put(o, "cpu (up to %d threads)", threads);
   else if (most >= 2)
     put(o, "cpu (up to %lld of %d threads at %lld elements)", (long long)most, threads, (long long)numel);

@@ -146,13 +146,17 @@ sn_status_t sn__check_device_pointer(int device, const void *p, const char *name
 
 /* A CPU layer's W and W_sn must not be device memory (that would crash on dereference). Only asked
  * when a CUDA device exists; without one every pointer is host memory. */
-sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const char *name) {
-  (void)l;
+static int cuda_devices_present(void) {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     (void)cudaGetLastError();
-    return SN_SUCCESS;
+    return 0;
   }
+  return 1;
+}
+
+/* p is not device memory, once a device is known to exist (l: the CPU layer, for the message). */
+static sn_status_t refuse_device_memory(const sn_layer_t *l, const void *p, const char *name) {
   struct cudaPointerAttributes attr;
   if (pointer_attributes(p, &attr) != cudaSuccess) return SN_SUCCESS; /* cannot tell: taken as host */
   if (attr.type == cudaMemoryTypeDevice)
@@ -161,9 +165,15 @@ sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const cha
   return SN_SUCCESS;
 }
 
+sn_status_t sn__check_host_pointer(const sn_layer_t *l, const void *p, const char *name) {
+  return cuda_devices_present() ? refuse_device_memory(l, p, name) : SN_SUCCESS;
+}
+
+/* The device count asked once for all the arrays. */
 sn_status_t sn__check_host_arrays(int n, const void *const *p, const char *const *names) {
+  if (!cuda_devices_present()) return SN_SUCCESS;
   for (int k = 0; k < n; ++k) {
-    const sn_status_t st = p[k] ? sn__check_host_pointer(NULL, p[k], names[k]) : SN_SUCCESS;
+    const sn_status_t st = p[k] ? refuse_device_memory(NULL, p[k], names[k]) : SN_SUCCESS;
     if (st != SN_SUCCESS) return st;
   }
   return SN_SUCCESS;
