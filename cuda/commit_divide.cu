@@ -56,6 +56,9 @@ __device__ __forceinline__ R *early_slots() {
 // The thread waits for its own copies with early_wait().
 template <bool EVICT_FIRST>
 __device__ __forceinline__ void early_copy(void *smem, const void *gmem) {
+#ifdef SN_EMULATION  // tests/emu_cuda/: the copy done at once
+  memcpy(smem, gmem, 16);
+#else
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   if constexpr (EVICT_FIRST) {
     asm volatile(
@@ -68,10 +71,13 @@ __device__ __forceinline__ void early_copy(void *smem, const void *gmem) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
   }
   asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
 }
 
 __device__ __forceinline__ void early_wait() {
+#ifndef SN_EMULATION
   asm volatile("cp.async.wait_group 0;" ::: "memory");
+#endif
 }
 
 // PRE (plan.div_prefetch): each thread's first pack of W is copied into its slot of shared memory

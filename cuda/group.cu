@@ -151,7 +151,11 @@ __device__ void warp_rows_body(const sn_group_entry_t &e, int g, int iter, bool 
     // the columns (addresses, view offsets, bounds) out of the loop and holds K of each in
     // registers, which spills.
     unsigned lane_id;
+#ifdef SN_EMULATION  // tests/emu_cuda/: blocks of one dimension
+    lane_id = threadIdx.x & 31u;
+#else
     asm volatile("mov.u32 %0, %%laneid;" : "=r"(lane_id));
+#endif
     const int lane = (int)lane_id;
     float xr[K];
     if (e.A == 1) {
@@ -316,7 +320,7 @@ __device__ __forceinline__ void commit_step(const sn_cuda_group_t &G, int b, boo
 // block path (46 registers on its own) keeps 3 blocks per multiprocessor instead of 5.
 __global__ void __launch_bounds__(kBlock, 3) group_rows_kernel(sn_cuda_group_t G, int iter, bool training) {
   pdl_enter();
-  extern __shared__ float4 group_sm[];
+  SN_EXTERN_SHARED(float4, group_sm);
   __shared__ float acc_sm[kWarps];
   rows_step(G, blockIdx.x, iter, training, reinterpret_cast<float *>(group_sm), acc_sm);
 }
@@ -340,7 +344,7 @@ __global__ void __launch_bounds__(kBlock) group_commit_kernel(sn_cuda_group_t G,
 // DRAM bytes), against one barrier round trip.
 __global__ void __launch_bounds__(kBlock, 2) group_coop_kernel(sn_cuda_group_t G, bool training) {
   pdl_enter();
-  extern __shared__ float4 group_sm[];
+  SN_EXTERN_SHARED(float4, group_sm);
   __shared__ float acc_sm[kWarps];
   namespace cg = cooperative_groups;
   cg::grid_group grid = cg::this_grid();

@@ -177,7 +177,7 @@ __device__ void layer_on_chip(const OnChipParams &p, const sn_group_entry_t &e, 
 // (H100, bdc3f72: SN-GAN grouped train 16.5 -> 14.8 µs fp32).
 template <int NT>
 __global__ void __launch_bounds__(NT, 512 / NT) group_on_chip_kernel(OnChipParams p) {
-  extern __shared__ float4 on_chip_sm[];
+  SN_EXTERN_SHARED(float4, on_chip_sm);
   // A group's table is written once, at its creation: read before waiting on the previous kernel.
   const sn_group_entry_t e = p.entries ? p.entries[blockIdx.x / (unsigned)p.cluster] : p.one;
   pdl_enter();
@@ -247,7 +247,7 @@ __device__ void backward_on_chip(const OnChipBwParams &p, unsigned r, char *sm) 
 }
 
 __global__ void __launch_bounds__(kBlock, 2) on_chip_backward_kernel(OnChipBwParams p) {
-  extern __shared__ float4 on_chip_bw_sm[];
+  SN_EXTERN_SHARED(float4, on_chip_bw_sm);
   pdl_enter();
   const unsigned r = cluster_rank();
   char *sm = reinterpret_cast<char *>(on_chip_bw_sm);

@@ -448,7 +448,7 @@ __device__ void layer_on_grid(const GridChipParams &p, char *sm) {
 // so up to 128 registers. RO: rows held in registers beyond shared memory (0 or kGridRegRows).
 template <class T, int RO>
 __global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_kernel(GridChipParams p) {
-  extern __shared__ float4 on_chip_grid_sm[];
+  SN_EXTERN_SHARED(float4, on_chip_grid_sm);
   pdl_wait();
   layer_on_grid<T, kGridThreads, RO, 0>(p, reinterpret_cast<char *>(on_chip_grid_sm));
 }
@@ -456,7 +456,7 @@ __global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_kernel(GridChipP
 // The streaming instance: rows beyond the shared memory read from global memory (kStreamPacks).
 template <class T>
 __global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_streamed_kernel(GridChipParams p) {
-  extern __shared__ float4 on_chip_grid_st_sm[];
+  SN_EXTERN_SHARED(float4, on_chip_grid_st_sm);
   pdl_wait();
   layer_on_grid<T, kGridThreads, 0, kStreamPacks>(p, reinterpret_cast<char *>(on_chip_grid_st_sm));
 }
@@ -628,7 +628,7 @@ __device__ void backward_on_grid(const GridBwParams &p, char *sm) {
 
 template <class T, int RO>
 __global__ void __launch_bounds__(kGridThreads, 1) on_chip_grid_backward_kernel(GridBwParams p) {
-  extern __shared__ float4 on_chip_grid_bw_sm[];
+  SN_EXTERN_SHARED(float4, on_chip_grid_bw_sm);
   pdl_wait();
   backward_on_grid<T, kGridThreads, RO>(p, reinterpret_cast<char *>(on_chip_grid_bw_sm));
 }

@@ -215,7 +215,7 @@ __device__ __forceinline__ void rows_body(const OnePassParams &p) {
   using R = typename V::raw;
   const T *W = static_cast<const T *>(p.W);
   const int64_t w = (int64_t)E * p.wp;
-  extern __shared__ float4 v_sm[];
+  SN_EXTERN_SHARED(float4, v_sm);
   const float ru = EVAL ? reciprocal_of(p.u_div) : 0.f;
   const int64_t G = gridDim.x;
   // This thread's packs of rows i0, i0 + G, ... (RS of them; none past h) into dst.

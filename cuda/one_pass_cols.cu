@@ -39,7 +39,7 @@ struct PanelParams {
 template <class T>
 __global__ void __launch_bounds__(kPanelThreads) panel_kernel(PanelParams p) {
   pdl_enter();
-  extern __shared__ float4 panel_sm4[];
+  SN_EXTERN_SHARED(float4, panel_sm4);
   T *panel = reinterpret_cast<T *>(panel_sm4);  // h × kPanelCols
   __shared__ float warp_s[kPanelWarps][kPanelCols];
   __shared__ float s_sm[kPanelCols];

@@ -10,6 +10,12 @@
 #include "kernels.h" /* kDoesNotFit */
 #include "sn_cuda.h"
 
+// A kernel's dynamic shared memory as an array of T named `name` (every such array of a kernel is
+// the same memory). The emulated build (tests/emu_cuda/) defines it before this header.
+#ifndef SN_EXTERN_SHARED
+#define SN_EXTERN_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 namespace sn {
 
 constexpr int kBlock = 256;  // threads per block of every kernel
@@ -297,13 +303,13 @@ __device__ __forceinline__ float reciprocal_of(const float *div) {
 // The two halves, for a kernel that must trigger later (the cooperative one-pass kernel: only once
 // all of its blocks are resident, cuda/one_pass_coop.cu).
 __device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(SN_EMULATION)
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
 
 __device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(SN_EMULATION)
   asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
 }
