@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "emu.h"
+#include "../cuda_error_names.h"
 
 namespace {
 
@@ -194,6 +195,20 @@ void run_node(const Node &n) {
   }
 }
 
+// A copy or memset: recorded when its stream is being captured (asynchronous calls), refused when
+// a synchronous call would break a capture, else done now.
+cudaError_t enqueue(State &s, std::unique_lock<std::mutex> &lock, cudaStream_t stream, bool async,
+                    std::unique_ptr<Node> node) {
+  if (async && capturing(s, stream)) {
+    s.capture->nodes.push_back(std::move(node));
+    return cudaSuccess;
+  }
+  if (!async && refused_by_capture(s)) return ret(cudaErrorStreamCaptureImplicit);
+  lock.unlock();
+  run_node(*node);
+  return cudaSuccess;
+}
+
 cudaError_t copy(void *dst, const void *src, size_t n, cudaMemcpyKind kind, cudaStream_t stream, bool async) {
   State &s = state();
   std::unique_lock<std::mutex> lock(s.m);
@@ -209,19 +224,12 @@ cudaError_t copy(void *dst, const void *src, size_t n, cudaMemcpyKind kind, cuda
     default: return ret(cudaErrorInvalidMemcpyDirection);
   }
   if (!ok) return ret(cudaErrorInvalidValue);
-  if (async && capturing(s, stream)) {
-    auto node = std::make_unique<Node>();
-    node->type = Node::kCopy;
-    node->dst = dst;
-    node->src = src;
-    node->bytes = n;
-    s.capture->nodes.push_back(std::move(node));
-    return cudaSuccess;
-  }
-  if (!async && refused_by_capture(s)) return ret(cudaErrorStreamCaptureImplicit);
-  lock.unlock();
-  std::memmove(dst, src, n);
-  return cudaSuccess;
+  auto node = std::make_unique<Node>();
+  node->type = Node::kCopy;
+  node->dst = dst;
+  node->src = src;
+  node->bytes = n;
+  return enqueue(s, lock, stream, async, std::move(node));
 }
 
 cudaError_t fill(void *p, int value, size_t n, cudaStream_t stream, bool async) {
@@ -229,19 +237,12 @@ cudaError_t fill(void *p, int value, size_t n, cudaStream_t stream, bool async) 
   std::unique_lock<std::mutex> lock(s.m);
   if (n == 0) return cudaSuccess;
   if (!find(s, p, n)) return ret(cudaErrorInvalidValue);
-  if (async && capturing(s, stream)) {
-    auto node = std::make_unique<Node>();
-    node->type = Node::kMemset;
-    node->dst = p;
-    node->value = value;
-    node->bytes = n;
-    s.capture->nodes.push_back(std::move(node));
-    return cudaSuccess;
-  }
-  if (!async && refused_by_capture(s)) return ret(cudaErrorStreamCaptureImplicit);
-  lock.unlock();
-  std::memset(p, value, n);
-  return cudaSuccess;
+  auto node = std::make_unique<Node>();
+  node->type = Node::kMemset;
+  node->dst = p;
+  node->value = value;
+  node->bytes = n;
+  return enqueue(s, lock, stream, async, std::move(node));
 }
 
 cudaError_t allocate(void **p, size_t size, Kind kind) {
@@ -312,25 +313,7 @@ cudaError_t cudaGetLastError(void) {
 }
 cudaError_t cudaPeekAtLastError(void) { return t_last; }
 
-const char *cudaGetErrorName(cudaError_t e) {
-  switch (e) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
-    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
-    case cudaErrorCooperativeLaunchTooLarge: return "cudaErrorCooperativeLaunchTooLarge";
-    case cudaErrorInvalidClusterSize: return "cudaErrorInvalidClusterSize";
-    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
-    case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
-    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
-    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
-    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
-    case cudaErrorNotSupported: return "cudaErrorNotSupported";
-    default: return "cudaError (emulated runtime)";
-  }
-}
+const char *cudaGetErrorName(cudaError_t e) { return test_cuda_error_name(e); }
 const char *cudaGetErrorString(cudaError_t e) { return cudaGetErrorName(e); }
 
 cudaError_t cudaGetDeviceCount(int *count) {
