@@ -316,10 +316,14 @@ void run_block(Launch &L, unsigned index) {
   auto last_progress = std::chrono::steady_clock::now();
   // Warp by warp: a warp's lanes run until none can go on (they all wait at a block-wide or wider
   // barrier, or ended), so a shuffle costs a turn of its warp, not of the block.
+  // The warps' order turns every pass and from one block to the next (odd blocks start from the
+  // last warp): a read of what another warp writes, without a barrier between, finds memory not
+  // yet written in one block or another, whichever warp writes.
   const unsigned nwarps = (unsigned)b.warps.size();
-  while (b.exited < L.threads && !L.failed.load()) {
+  for (unsigned pass = index & 1u; b.exited < L.threads && !L.failed.load(); ++pass) {
     bool progressed = false, across = false;
-    for (unsigned w = 0; w < nwarps && !L.failed.load(); ++w) {
+    for (unsigned k = 0; k < nwarps && !L.failed.load(); ++k) {
+      const unsigned w = pass & 1u ? nwarps - 1 - k : k;
       const unsigned first = w * 32, last = std::min(first + 32, L.threads);
       for (bool again = true; again && !L.failed.load();) {
         again = false;
