@@ -56,7 +56,8 @@ __device__ __forceinline__ R *early_slots() {
 // The thread waits for its own copies with early_wait().
 template <bool EVICT_FIRST>
 __device__ __forceinline__ void early_copy(void *smem, const void *gmem) {
-#ifdef SN_EMULATION  // tests/emu_cuda/: the copy done at once
+#ifdef SN_EMULATION  // tests/emu_cuda/: the copy done at once (16-byte aligned, as cp.async needs)
+  if (((uintptr_t)smem | (uintptr_t)gmem) & 15u) __trap();
   memcpy(smem, gmem, 16);
 #else
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));

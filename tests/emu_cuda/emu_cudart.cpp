@@ -160,7 +160,8 @@ int blocks_per_sm(int threads, size_t smem) {
 cudaError_t check_launch(State &s, const cudaLaunchConfig_t &cfg, const void *kernel) {
   const dim3 g = cfg.gridDim, b = cfg.blockDim;
   const long long threads = (long long)b.x * b.y * b.z;
-  if (g.x == 0 || g.y == 0 || g.z == 0 || threads == 0 || threads > 1024 || b.z > 64)
+  if (g.x == 0 || g.y == 0 || g.z == 0 || g.y > 65535 || g.z > 65535 || threads == 0 || threads > 1024 ||
+      b.z > 64)
     return cudaErrorInvalidConfiguration;
   auto it = s.max_dynamic_smem.find(kernel);
   const size_t allowed = it == s.max_dynamic_smem.end() ? (size_t)kSmemDefault : (size_t)it->second;
@@ -183,16 +184,13 @@ cudaError_t check_launch(State &s, const cudaLaunchConfig_t &cfg, const void *ke
   return cudaSuccess;
 }
 
-void run_node(const Node &n) {
+cudaError_t run_node(const Node &n) {
   switch (n.type) {
-    case Node::kKernel: {
-      const cudaError_t e = emu::run(n.cfg, n.body, n.name.c_str());
-      if (e != cudaSuccess) t_last = e;
-      break;
-    }
+    case Node::kKernel: return emu::run(n.cfg, n.body, n.name.c_str());
     case Node::kCopy: std::memmove(n.dst, n.src, n.bytes); break;
     case Node::kMemset: std::memset(n.dst, n.value, n.bytes); break;
   }
+  return cudaSuccess;
 }
 
 // A copy or memset: recorded when its stream is being captured (asynchronous calls), refused when
@@ -205,8 +203,7 @@ cudaError_t enqueue(State &s, std::unique_lock<std::mutex> &lock, cudaStream_t s
   }
   if (!async && refused_by_capture(s)) return ret(cudaErrorStreamCaptureImplicit);
   lock.unlock();
-  run_node(*node);
-  return cudaSuccess;
+  return run_node(*node);
 }
 
 cudaError_t copy(void *dst, const void *src, size_t n, cudaMemcpyKind kind, cudaStream_t stream, bool async) {
@@ -520,9 +517,9 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsig
 }
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t) {
   if (!exec) return ret(cudaErrorInvalidValue);
-  t_last = cudaSuccess;
-  for (const auto &n : reinterpret_cast<Graph *>(exec)->nodes) run_node(*n);
-  return t_last == cudaSuccess ? cudaSuccess : ret(t_last);
+  for (const auto &n : reinterpret_cast<Graph *>(exec)->nodes)
+    if (cudaError_t e = run_node(*n)) return ret(e);  // (the device stops at a failed kernel)
+  return cudaSuccess;
 }
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t) { return cudaSuccess; }
 cudaError_t cudaGraphDestroy(cudaGraph_t graph) {

@@ -99,6 +99,7 @@ struct CrossBarrier {
   Notifier *notify = nullptr;
   std::mutex m;
   uint64_t count = 0, expected = 0;
+  bool broken = false;  // the grid's: a thread has ended
   std::atomic<uint64_t> gen{0};
   uint64_t arrive() {
     std::lock_guard<std::mutex> lock(m);
@@ -141,6 +142,7 @@ struct Launch {
   CrossBarrier grid;
   std::vector<std::unique_ptr<Cluster>> clusters;
   std::atomic<bool> failed{false};
+  std::atomic<uint64_t> progress{0};  // passes in which some block's thread ran
   std::mutex fault_m;
   std::string fault;
   void fail(const std::string &why) {
@@ -234,7 +236,14 @@ void fiber_main() {
     b.bar_count = 0;
     ++b.bar_gen;
   }
-  if (b.launch->cooperative) b.launch->grid.leave();
+  if (b.launch->cooperative) {
+    // A grid barrier needs every thread of the grid (cooperative groups' rule; the hardware hangs
+    // when a block's thread 0 has ended): after an end, no thread may wait at one or arrive.
+    Launch &L = *b.launch;
+    std::lock_guard<std::mutex> lock(L.grid.m);
+    L.grid.broken = true;
+    if (L.grid.count > 0) L.fail(std::string(L.name) + ": a thread ended while others wait at a grid barrier");
+  }
   if (b.cluster) b.cluster->barrier.leave();
   sn_emu_switch(&f.sp, b.sched_sp);
   __builtin_unreachable();
@@ -314,6 +323,7 @@ void run_block(Launch &L, unsigned index) {
   blockDim = bd;
   gridDim = cfg.gridDim;
   auto last_progress = std::chrono::steady_clock::now();
+  uint64_t seen_progress = L.progress.load();
   // Warp by warp: a warp's lanes run until none can go on (they all wait at a block-wide or wider
   // barrier, or ended), so a shuffle costs a turn of its warp, not of the block.
   // The warps' order turns every pass and from one block to the next (odd blocks start from the
@@ -345,10 +355,15 @@ void run_block(Launch &L, unsigned index) {
         across = across || (!f.done && (f.wait == Wait::kGrid || f.wait == Wait::kCluster));
       }
     }
+    // A block whose threads all wait on other blocks waits for them; it has deadlocked when no
+    // block of the launch has gone on for kNoProgressLimit (or at once, when none of its threads
+    // waits on another block).
     const auto now = std::chrono::steady_clock::now();
-    if (progressed) {
+    const uint64_t launch_progress = progressed ? L.progress.fetch_add(1) + 1 : L.progress.load();
+    if (launch_progress != seen_progress) {
+      seen_progress = launch_progress;
       last_progress = now;
-      continue;
+      if (progressed) continue;
     }
     if (!across || now - last_progress > kNoProgressLimit) {
       std::string why = std::string(L.name) + ": block " + std::to_string(index) +
@@ -431,6 +446,13 @@ void grid_sync() {
   if (!b.launch->cooperative) {
     b.launch->fail(std::string(b.launch->name) + ": a grid barrier in a launch that is not cooperative");
     yield();
+  }
+  {
+    std::lock_guard<std::mutex> lock(b.launch->grid.m);
+    if (b.launch->grid.broken) {
+      b.launch->fail(std::string(b.launch->name) + ": a grid barrier that a thread which has ended never reaches");
+      yield();
+    }
   }
   wait_for(Wait::kGrid, b.launch->grid.arrive());
 }
@@ -523,12 +545,18 @@ cudaError_t run(const cudaLaunchConfig_t &cfg, const std::function<void()> &body
     }
   }
   t_fault.clear();
+  // Blocks that run one after another (or a cluster after another) go in index order in one
+  // launch and in reverse order in the next: no kernel may count on an order, and a block that
+  // reads what a later block writes (a missing fence, a partial read too early) meets it unwritten.
+  static std::atomic<unsigned> launches{0};
+  const bool reverse = launches.fetch_add(1) & 1u;
   if (L.cooperative) {  // every block at once
     std::vector<std::thread> ts;
     for (unsigned i = 0; i < blocks; ++i) ts.emplace_back([&L, i] { run_block(L, i); });
     for (auto &t : ts) t.join();
   } else if (L.cluster_size > 1) {  // a cluster at a time, its blocks at once
-    for (unsigned c = 0; c < blocks / L.cluster_size && !L.failed.load(); ++c) {
+    for (unsigned k = 0; k < blocks / L.cluster_size && !L.failed.load(); ++k) {
+      const unsigned c = reverse ? blocks / L.cluster_size - 1 - k : k;
       std::vector<std::thread> ts;
       for (unsigned r = 0; r < L.cluster_size; ++r)
         ts.emplace_back([&L, c, r] { run_block(L, c * L.cluster_size + r); });
@@ -538,7 +566,7 @@ cudaError_t run(const cudaLaunchConfig_t &cfg, const std::function<void()> &body
     // Blocks in order on this thread; the caller's own fiber state (none: the host) is kept.
     const uint3 ti = threadIdx, bi = blockIdx;
     const dim3 bd = blockDim, gd = gridDim;
-    for (unsigned i = 0; i < blocks && !L.failed.load(); ++i) run_block(L, i);
+    for (unsigned k = 0; k < blocks && !L.failed.load(); ++k) run_block(L, reverse ? blocks - 1 - k : k);
     threadIdx = ti;
     blockIdx = bi;
     blockDim = bd;

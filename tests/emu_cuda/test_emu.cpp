@@ -1,6 +1,7 @@
 // The CUDA emulator's own tests: what README ("Validation") says it finds, it finds. Compiled with
 // emu_prelude.h like the library's kernels, so the kernels here are written as CUDA.
 #include <cooperative_groups.h>
+#include <cuda_pipeline.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -123,6 +124,68 @@ TEST(Emulator, GridBarrierOfACooperativeLaunch) {
   EXPECT_EQ(launch(grid_kernel, 6, 64, 0, false, 0, counter.p, seen.p), cudaErrorLaunchFailure);
   // More blocks than can be resident at once: refused as the runtime does.
   EXPECT_EQ(launch(grid_kernel, 100000, 64, 0, true, 0, counter.p, seen.p), cudaErrorCooperativeLaunchTooLarge);
+}
+
+// Block 0's thread 0 ends at once; the others meet at a grid barrier it never reaches (the
+// hardware hangs where thread 0 of a block is missing; cooperative groups asks for every thread).
+__global__ void early_exit_kernel(unsigned *out) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) return;
+  cooperative_groups::this_grid().sync();
+  out[blockIdx.x] = 1;
+}
+
+TEST(Emulator, AGridBarrierAnEndedThreadNeverReachesFails) {
+  Dev<unsigned> out(4);
+  EXPECT_EQ(launch(early_exit_kernel, 4, 64, 0, true, 0, out.p), cudaErrorLaunchFailure);
+  EXPECT_NE(emu::last_fault().find("ended"), std::string::npos) << emu::last_fault();
+}
+
+// Block 0 reads what block 1 writes in the same launch, with nothing that orders them: one of two
+// launches runs block 0 first and reads memory not yet written.
+__global__ void block_order_kernel(float *data, float *seen) {
+  if (threadIdx.x != 0) return;
+  if (blockIdx.x == 1) data[0] = 3.f;
+  if (blockIdx.x == 0) *seen = data[0];
+}
+
+TEST(Emulator, BlocksRunInEitherOrder) {
+  Dev<float> data(1), seen(1);
+  bool unwritten = false, written = false;
+  for (int k = 0; k < 2; ++k) {
+    ASSERT_EQ(cudaMemset(data.p, 0xff, sizeof(float)), cudaSuccess);
+    ASSERT_EQ(launch(block_order_kernel, 2, 32, 0, false, 0, data.p, seen.p), cudaSuccess);
+    const float x = seen.get()[0];
+    unwritten = unwritten || std::isnan(x);
+    written = written || x == 3.f;
+  }
+  EXPECT_TRUE(unwritten && written);
+}
+
+// cp.async (through cuda_pipeline.h) from an address off its size's alignment.
+__global__ void misaligned_copy_kernel(const float *src, int offset) {
+  SN_EXTERN_SHARED(float4, sm);
+  __pipeline_memcpy_async(&sm[0], src + offset, 16);
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
+}
+
+TEST(Emulator, MisalignedAsyncCopyTraps) {
+  Dev<float> src(8);
+  EXPECT_EQ(launch(misaligned_copy_kernel, 1, 32, 16, false, 0, src.p, 0), cudaSuccess) << emu::last_fault();
+  EXPECT_EQ(launch(misaligned_copy_kernel, 1, 32, 16, false, 0, src.p, 1), cudaErrorLaunchFailure);
+  EXPECT_NE(emu::last_fault().find("__trap"), std::string::npos) << emu::last_fault();
+}
+
+// A float4 load off 16-byte alignment: UBSan's alignment check ends the process, as the device
+// would end the context.
+__global__ void misaligned_load_kernel(const float *src, float *out) {
+  *out = reinterpret_cast<const float4 *>(src + 1)->x;
+}
+
+TEST(EmulatorDeathTest, MisalignedVectorLoadStops) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  Dev<float> src(8), out(1);
+  EXPECT_DEATH((void)launch(misaligned_load_kernel, 1, 1, 0, false, 0, src.p, out.p), "misaligned");
 }
 
 // Each block of a cluster of 4 writes its rank into its shared memory; after the cluster barrier,
