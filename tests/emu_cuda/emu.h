@@ -27,6 +27,7 @@
 #include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 // The running fiber's CUDA thread and block indices and the launch's shape, as the kernels read
 // them (set by the scheduler each time it switches fibers).
@@ -50,6 +51,11 @@ inline ThreadCtx *current() { return t_current; }
 // memory, cooperative and cluster attributes) and returns what the launch returns: an error for a
 // configuration the device refuses, or cudaErrorLaunchFailure after a deadlock or a trap.
 cudaError_t run(const cudaLaunchConfig_t &cfg, const std::function<void()> &body, const char *name);
+
+// The static __shared__ variables of the program (offset from tls_anchor, bytes): each block
+// starts with them filled with 0xff, as the dynamic shared memory.
+extern thread_local char tls_anchor;
+const std::vector<std::pair<long, size_t>> &static_shared();
 
 // What stopped the last failed launch ("" after a good one).
 std::string last_fault();

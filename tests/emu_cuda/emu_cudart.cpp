@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "emu.h"
@@ -36,11 +37,18 @@ constexpr int kStaticSmem = 4096;   // what each kernel is taken to declare stat
 constexpr int kReservedSmem = 1024;  // per block, by the system
 constexpr int kMaxCluster = 8;
 
-// Kernel names, as the runtime gives them (mangled): the program's symbol table (.symtab: the
-// kernels are local symbols), at the addresses the program was loaded at.
-const std::map<uintptr_t, std::string> &symbols() {
-  static const std::map<uintptr_t, std::string> table = [] {
-    std::map<uintptr_t, std::string> t;
+// From the program's symbol table (.symtab: the kernels and their static shared memory are local
+// symbols): the kernels' names, as the runtime gives them (mangled), at the addresses the program
+// was loaded at; and the static __shared__ variables (thread_local here: the TLS objects local to
+// a function, "_ZZ..."), by their offsets from emu::tls_anchor in the thread-local block.
+struct SymbolTable {
+  std::map<uintptr_t, std::string> functions;
+  std::vector<std::pair<long, size_t>> shared;
+};
+
+const SymbolTable &symbol_table() {
+  static const SymbolTable table = [] {
+    SymbolTable t;
     uintptr_t base = 0;
     dl_iterate_phdr([](dl_phdr_info *info, size_t, void *data) {
       *static_cast<uintptr_t *>(data) = info->dlpi_addr;
@@ -61,9 +69,19 @@ const std::map<uintptr_t, std::string> &symbols() {
       const Elf64_Shdr &str = sh[sh[i].sh_link];
       if (sh[i].sh_offset + sh[i].sh_size > elf.size() || str.sh_offset + str.sh_size > elf.size()) continue;
       const auto *sym = reinterpret_cast<const Elf64_Sym *>(elf.data() + sh[i].sh_offset);
-      for (size_t k = 0; k < sh[i].sh_size / sizeof(Elf64_Sym); ++k)
-        if (ELF64_ST_TYPE(sym[k].st_info) == STT_FUNC && sym[k].st_value && sym[k].st_name < str.sh_size)
-          t.emplace(base + sym[k].st_value, std::string(elf.data() + str.sh_offset + sym[k].st_name));
+      long anchor = -1;
+      std::vector<std::pair<long, size_t>> tls;
+      for (size_t k = 0; k < sh[i].sh_size / sizeof(Elf64_Sym); ++k) {
+        if (sym[k].st_name >= str.sh_size) continue;
+        const char *name = elf.data() + str.sh_offset + sym[k].st_name;
+        const int type = ELF64_ST_TYPE(sym[k].st_info);
+        if (type == STT_FUNC && sym[k].st_value) t.functions.emplace(base + sym[k].st_value, name);
+        if (type == STT_TLS && std::strcmp(name, "_ZN3emu10tls_anchorE") == 0) anchor = (long)sym[k].st_value;
+        if (type == STT_TLS && std::strncmp(name, "_ZZ", 3) == 0 && sym[k].st_size > 0)
+          tls.emplace_back((long)sym[k].st_value, (size_t)sym[k].st_size);
+      }
+      if (anchor >= 0)
+        for (const auto &v : tls) t.shared.emplace_back(v.first - anchor, v.second);
     }
     return t;
   }();
@@ -71,8 +89,9 @@ const std::map<uintptr_t, std::string> &symbols() {
 }
 
 const char *kernel_name(const void *fn) {
-  auto it = symbols().find(reinterpret_cast<uintptr_t>(fn));
-  return it == symbols().end() ? "kernel" : it->second.c_str();
+  const auto &f = symbol_table().functions;
+  auto it = f.find(reinterpret_cast<uintptr_t>(fn));
+  return it == f.end() ? "kernel" : it->second.c_str();
 }
 
 int sm_count() {
@@ -271,6 +290,8 @@ cudaError_t release(void *p, Kind kind) {
 }  // namespace
 
 namespace emu {
+
+const std::vector<std::pair<long, size_t>> &static_shared() { return symbol_table().shared; }
 
 cudaError_t submit(const cudaLaunchConfig_t *cfg, const void *kernel, std::function<void()> body,
                    const char *name) {

@@ -50,6 +50,7 @@ extern "C" void sn_emu_switch(void **save, void *to);
 namespace emu {
 
 thread_local ThreadCtx *t_current = nullptr;
+thread_local char tls_anchor;  // every thread_local of the program sits at a fixed offset from it
 
 namespace {
 
@@ -58,7 +59,6 @@ constexpr size_t kSharedBytes = 232448;     // the largest dynamic shared memory
 constexpr auto kNoProgressLimit = std::chrono::seconds(30);
 
 alignas(128) thread_local unsigned char t_dynamic_shared[kSharedBytes];
-thread_local char t_anchor;  // every thread_local of the program sits at a fixed offset from it
 
 enum class Wait { kNone, kBarrier, kWarp, kGrid, kCluster };
 
@@ -124,7 +124,7 @@ struct CrossBarrier {
 
 struct Cluster {
   CrossBarrier barrier;
-  std::vector<std::atomic<char *>> anchors;  // each block's t_anchor, by rank
+  std::vector<std::atomic<char *>> anchors;  // each block's tls_anchor, by rank
   std::atomic<unsigned> ended{0};
   explicit Cluster(unsigned blocks) : anchors(blocks) {
     for (auto &a : anchors) a.store(nullptr);
@@ -293,11 +293,13 @@ void run_block(Launch &L, unsigned index) {
   if (L.cluster_size > 1) {
     b.cluster = L.clusters[index / L.cluster_size].get();
     b.rank = index % L.cluster_size;
-    b.cluster->anchors[b.rank].store(&t_anchor);
+    b.cluster->anchors[b.rank].store(&tls_anchor);
     for (auto &a : b.cluster->anchors)  // every peer's shared memory is known before a thread runs
       while (!a.load() && !L.failed.load()) std::this_thread::yield();
   }
-  std::memset(t_dynamic_shared, 0xff, cfg.dynamicSmemBytes);  // NaN: never-written shared memory
+  // NaN: shared memory never written in this block, dynamic or static.
+  std::memset(t_dynamic_shared, 0xff, cfg.dynamicSmemBytes);
+  for (const auto &v : static_shared()) std::memset(&tls_anchor + v.first, 0xff, v.second);
   const dim3 bd = cfg.blockDim;
   char *const stacks = t_stacks.reserve(L.threads);
   b.fibers.resize(L.threads);
@@ -500,7 +502,7 @@ void *cluster_peer(const void *p, unsigned rank) {
     b.launch->fail(std::string(b.launch->name) + ": cluster rank " + std::to_string(rank) + " out of range");
     yield();
   }
-  const char *mine = &t_anchor;
+  const char *mine = &tls_anchor;
   const intptr_t off = static_cast<const char *>(p) - mine;
   return b.cluster->anchors[rank].load() + off;
 }

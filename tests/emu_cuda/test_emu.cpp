@@ -103,6 +103,24 @@ TEST(Emulator, AMissingBarrierReadsNaN) {
   for (float x : out.get()) EXPECT_EQ(x, 2.f);
 }
 
+// Static shared memory written in block 0 only: block 1 reads NaN, not block 0's value.
+__global__ void static_shared_kernel(float *out) {
+  __shared__ float s;
+  if (blockIdx.x == 0 && threadIdx.x == 0) s = 5.f;
+  __syncthreads();
+  if (threadIdx.x == 0) out[blockIdx.x] = s;
+}
+
+TEST(Emulator, StaticSharedMemoryStartsAsNaN) {
+  Dev<float> out(2);
+  for (int k = 0; k < 2; ++k) {  // blocks in either order
+    ASSERT_EQ(launch(static_shared_kernel, 2, 32, 0, false, 0, out.p), cudaSuccess);
+    const std::vector<float> v = out.get();
+    EXPECT_EQ(v[0], 5.f);
+    EXPECT_TRUE(std::isnan(v[1])) << v[1];
+  }
+}
+
 TEST(Emulator, FreshDeviceMemoryIsNaN) {
   Dev<float> m(5);
   for (float x : m.get()) EXPECT_TRUE(std::isnan(x));
