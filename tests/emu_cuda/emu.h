@@ -36,12 +36,31 @@ extern thread_local dim3 blockDim, gridDim;
 
 namespace emu {
 
-// The CUDA thread a fiber runs.
+// The CUDA thread a fiber runs (its block's indices and the launch's shape: blockIdx, blockDim,
+// gridDim above).
 struct ThreadCtx {
-  uint3 thread_idx, block_idx;
-  dim3 block_dim, grid_dim;
+  uint3 thread_idx;
   unsigned linear;  // thread_idx as one index
 };
+
+// The attributes of a launch the emulator models: a cooperative launch, thread-block clusters
+// (1 × 1 × 1 without the attribute).
+struct LaunchAttrs {
+  bool cooperative = false;
+  dim3 cluster{1, 1, 1};
+};
+inline LaunchAttrs launch_attrs(const cudaLaunchConfig_t &cfg) {
+  LaunchAttrs a;
+  for (unsigned i = 0; i < cfg.numAttrs; ++i) {
+    if (cfg.attrs[i].id == cudaLaunchAttributeCooperative) a.cooperative = cfg.attrs[i].val.cooperative != 0;
+    if (cfg.attrs[i].id == cudaLaunchAttributeClusterDimension) {
+      a.cluster.x = cfg.attrs[i].val.clusterDim.x;
+      a.cluster.y = cfg.attrs[i].val.clusterDim.y;
+      a.cluster.z = cfg.attrs[i].val.clusterDim.z;
+    }
+  }
+  return a;
+}
 
 // The fiber running on this OS thread (null outside a kernel).
 extern thread_local ThreadCtx *t_current;

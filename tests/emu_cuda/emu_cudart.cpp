@@ -185,20 +185,12 @@ cudaError_t check_launch(State &s, const cudaLaunchConfig_t &cfg, const void *ke
   auto it = s.max_dynamic_smem.find(kernel);
   const size_t allowed = it == s.max_dynamic_smem.end() ? (size_t)kSmemDefault : (size_t)it->second;
   if (cfg.dynamicSmemBytes > allowed) return cudaErrorInvalidValue;
-  bool coop = false;
-  unsigned cluster = 1;
-  for (unsigned i = 0; i < cfg.numAttrs; ++i) {
-    if (cfg.attrs[i].id == cudaLaunchAttributeCooperative) coop = cfg.attrs[i].val.cooperative != 0;
-    if (cfg.attrs[i].id == cudaLaunchAttributeClusterDimension) {
-      const auto &c = cfg.attrs[i].val.clusterDim;
-      cluster = c.x * c.y * c.z;
-      if (c.y != 1 || c.z != 1 || cluster == 0 || cluster > kMaxCluster || g.x % c.x != 0)
-        return cudaErrorInvalidClusterSize;
-    }
-  }
+  const emu::LaunchAttrs a = emu::launch_attrs(cfg);
+  if (a.cluster.y != 1 || a.cluster.z != 1 || a.cluster.x == 0 || a.cluster.x > kMaxCluster || g.x % a.cluster.x != 0)
+    return cudaErrorInvalidClusterSize;
   const int per_sm = blocks_per_sm((int)threads, cfg.dynamicSmemBytes);
   if (per_sm == 0) return cudaErrorLaunchOutOfResources;
-  if (coop && (long long)g.x * g.y * g.z > (long long)per_sm * sm_count())
+  if (a.cooperative && (long long)g.x * g.y * g.z > (long long)per_sm * sm_count())
     return cudaErrorCooperativeLaunchTooLarge;
   return cudaSuccess;
 }
@@ -212,10 +204,17 @@ cudaError_t run_node(const Node &n) {
   return cudaSuccess;
 }
 
-// A copy or memset: recorded when its stream is being captured (asynchronous calls), refused when
-// a synchronous call would break a capture, else done now.
+// A copy (of src) or memset (to `value`) of `bytes` at dst: recorded when its stream is being
+// captured (asynchronous calls), refused when a synchronous call would break a capture, else done
+// now.
 cudaError_t enqueue(State &s, std::unique_lock<std::mutex> &lock, cudaStream_t stream, bool async,
-                    std::unique_ptr<Node> node) {
+                    decltype(Node::type) type, void *dst, const void *src, int value, size_t bytes) {
+  auto node = std::make_unique<Node>();
+  node->type = type;
+  node->dst = dst;
+  node->src = src;
+  node->value = value;
+  node->bytes = bytes;
   if (async && capturing(s, stream)) {
     s.capture->nodes.push_back(std::move(node));
     return cudaSuccess;
@@ -240,12 +239,7 @@ cudaError_t copy(void *dst, const void *src, size_t n, cudaMemcpyKind kind, cuda
     default: return ret(cudaErrorInvalidMemcpyDirection);
   }
   if (!ok) return ret(cudaErrorInvalidValue);
-  auto node = std::make_unique<Node>();
-  node->type = Node::kCopy;
-  node->dst = dst;
-  node->src = src;
-  node->bytes = n;
-  return enqueue(s, lock, stream, async, std::move(node));
+  return enqueue(s, lock, stream, async, Node::kCopy, dst, src, 0, n);
 }
 
 cudaError_t fill(void *p, int value, size_t n, cudaStream_t stream, bool async) {
@@ -253,12 +247,7 @@ cudaError_t fill(void *p, int value, size_t n, cudaStream_t stream, bool async) 
   std::unique_lock<std::mutex> lock(s.m);
   if (n == 0) return cudaSuccess;
   if (!find(s, p, n)) return ret(cudaErrorInvalidValue);
-  auto node = std::make_unique<Node>();
-  node->type = Node::kMemset;
-  node->dst = p;
-  node->value = value;
-  node->bytes = n;
-  return enqueue(s, lock, stream, async, std::move(node));
+  return enqueue(s, lock, stream, async, Node::kMemset, p, nullptr, value, n);
 }
 
 cudaError_t allocate(void **p, size_t size, Kind kind) {
@@ -422,9 +411,7 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, const voi
 }
 cudaError_t cudaOccupancyMaxActiveClusters(int *clusters, const void *fn, const cudaLaunchConfig_t *cfg) {
   if (!clusters || !fn || !cfg) return ret(cudaErrorInvalidValue);
-  unsigned c = 1;
-  for (unsigned i = 0; i < cfg->numAttrs; ++i)
-    if (cfg->attrs[i].id == cudaLaunchAttributeClusterDimension) c = cfg->attrs[i].val.clusterDim.x;
+  const unsigned c = emu::launch_attrs(*cfg).cluster.x;
   if (c == 0 || c > kMaxCluster) return ret(cudaErrorInvalidClusterSize);
   const int threads = (int)(cfg->blockDim.x * cfg->blockDim.y * cfg->blockDim.z);
   *clusters = blocks_per_sm(threads, cfg->dynamicSmemBytes) * sm_count() / (int)c;

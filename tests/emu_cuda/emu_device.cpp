@@ -94,7 +94,8 @@ struct Notifier {
 };
 
 // A barrier of threads in several blocks (the grid's, a cluster's): the generation moves on when
-// every thread still running has arrived.
+// every thread taking part has arrived (a cluster's threads stop taking part when they end; the
+// grid's barrier is broken instead, fiber_main).
 struct CrossBarrier {
   Notifier *notify = nullptr;
   std::mutex m;
@@ -104,16 +105,16 @@ struct CrossBarrier {
   uint64_t arrive() {
     std::lock_guard<std::mutex> lock(m);
     const uint64_t g = gen.load();
-    if (++count == expected) {
-      count = 0;
-      gen.store(g + 1);
-      notify->bump();
-    }
+    ++count;
+    release_if_complete();
     return g;
   }
   void leave() {  // a thread ended: it no longer takes part
     std::lock_guard<std::mutex> lock(m);
     --expected;
+    release_if_complete();
+  }
+  void release_if_complete() {  // (m held)
     if (count > 0 && count == expected) {
       count = 0;
       gen.store(gen.load() + 1);
@@ -163,6 +164,13 @@ struct Block {
   uint64_t bar_gen = 0;
   void *sched_sp = nullptr;
   Fiber *cur = nullptr;
+  // __syncthreads completes when every thread has arrived or ended.
+  bool release_barrier_if_complete() {
+    if (bar_count == 0 || bar_count + exited != fibers.size()) return false;
+    bar_count = 0;
+    ++bar_gen;
+    return true;
+  }
 };
 
 thread_local Block *t_block = nullptr;
@@ -196,6 +204,16 @@ Fiber &me() { return *t_block->cur; }
 
 bool ready(const Block &b, const Fiber &f);
 
+// Runs fiber f of block b from where it stopped; the running context (the scheduler's or a
+// fiber's) is saved in *save.
+void resume(Block &b, Fiber &f, void **save) {
+  f.wait = Wait::kNone;
+  b.cur = &f;
+  t_current = &f.ctx;
+  threadIdx = f.ctx.thread_idx;
+  sn_emu_switch(save, f.sp);
+}
+
 // The calling fiber stops: the next lane of its warp that can go on runs (no turn through the
 // scheduler: a warp's shuffles cost one switch a lane), else the scheduler.
 void yield() {
@@ -208,11 +226,7 @@ void yield() {
       if (t >= n) continue;
       Fiber &g = b.fibers[t];
       if (g.done || !g.stack || !ready(b, g)) continue;
-      g.wait = Wait::kNone;
-      b.cur = &g;
-      t_current = &g.ctx;
-      threadIdx = g.ctx.thread_idx;
-      sn_emu_switch(&f.sp, g.sp);
+      resume(b, g, &f.sp);
       return;
     }
   }
@@ -232,10 +246,7 @@ void fiber_main() {
   Fiber &f = me();
   f.done = true;
   ++b.exited;
-  if (b.bar_count > 0 && b.bar_count + b.exited == b.fibers.size()) {
-    b.bar_count = 0;
-    ++b.bar_gen;
-  }
+  b.release_barrier_if_complete();
   if (b.launch->cooperative) {
     // A grid barrier needs every thread of the grid (cooperative groups' rule; the hardware hangs
     // when a block's thread 0 has ended): after an end, no thread may wait at one or arrive.
@@ -307,9 +318,6 @@ void run_block(Launch &L, unsigned index) {
   for (unsigned t = 0; t < L.threads; ++t) {
     Fiber &f = b.fibers[t];
     f.ctx.thread_idx = uint3{t % bd.x, t / bd.x % bd.y, t / (bd.x * bd.y)};
-    f.ctx.block_idx = b.idx;
-    f.ctx.block_dim = bd;
-    f.ctx.grid_dim = cfg.gridDim;
     f.ctx.linear = t;
     f.stack = stacks ? stacks + (size_t)t * kStackBytes : nullptr;
     if (!f.stack) {
@@ -341,13 +349,8 @@ void run_block(Launch &L, unsigned index) {
         again = false;
         for (unsigned t = first; t < last; ++t) {
           Fiber &f = b.fibers[t];
-          if (f.done || !f.stack) continue;
-          if (!ready(b, f)) continue;
-          f.wait = Wait::kNone;
-          b.cur = &f;
-          t_current = &f.ctx;
-          threadIdx = f.ctx.thread_idx;
-          sn_emu_switch(&b.sched_sp, f.sp);
+          if (f.done || !f.stack || !ready(b, f)) continue;
+          resume(b, f, &b.sched_sp);
           progressed = again = true;
           if (L.failed.load()) break;
         }
@@ -405,12 +408,8 @@ void *dynamic_shared() { return t_dynamic_shared; }
 void syncthreads() {
   Block &b = *t_block;
   const uint64_t g = b.bar_gen;
-  if (++b.bar_count + b.exited == b.fibers.size()) {
-    b.bar_count = 0;
-    ++b.bar_gen;
-    return;
-  }
-  wait_for(Wait::kBarrier, g);
+  ++b.bar_count;
+  if (!b.release_barrier_if_complete()) wait_for(Wait::kBarrier, g);
 }
 
 // The lanes of `mask` in the calling thread's warp meet; each has stored `value` in its slot.
@@ -527,15 +526,9 @@ cudaError_t run(const cudaLaunchConfig_t &cfg, const std::function<void()> &body
   L.body = &body;
   L.name = name;
   L.threads = cfg.blockDim.x * cfg.blockDim.y * cfg.blockDim.z;
-  L.cluster_size = 1;
-  L.cooperative = false;
-  for (unsigned i = 0; i < cfg.numAttrs; ++i) {
-    const cudaLaunchAttribute &a = cfg.attrs[i];
-    if (a.id == cudaLaunchAttributeCooperative) L.cooperative = a.val.cooperative != 0;
-    if (a.id == cudaLaunchAttributeClusterDimension)
-      L.cluster_size = a.val.clusterDim.x * a.val.clusterDim.y * a.val.clusterDim.z;
-  }
-  if (L.cluster_size == 0) L.cluster_size = 1;
+  const LaunchAttrs attrs = launch_attrs(cfg);  // (checked by submit(): clusters of x blocks, at most 8)
+  L.cooperative = attrs.cooperative;
+  L.cluster_size = attrs.cluster.x;
   const unsigned blocks = cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z;
   L.grid.notify = &L.notifier;
   if (L.cooperative) L.grid.expected = (uint64_t)blocks * L.threads;
@@ -564,15 +557,8 @@ cudaError_t run(const cudaLaunchConfig_t &cfg, const std::function<void()> &body
         ts.emplace_back([&L, c, r] { run_block(L, c * L.cluster_size + r); });
       for (auto &t : ts) t.join();
     }
-  } else {
-    // Blocks in order on this thread; the caller's own fiber state (none: the host) is kept.
-    const uint3 ti = threadIdx, bi = blockIdx;
-    const dim3 bd = blockDim, gd = gridDim;
+  } else {  // one block after another on this thread
     for (unsigned k = 0; k < blocks && !L.failed.load(); ++k) run_block(L, reverse ? blocks - 1 - k : k);
-    threadIdx = ti;
-    blockIdx = bi;
-    blockDim = bd;
-    gridDim = gd;
   }
   if (L.failed.load()) {
     t_fault = L.fault;

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <vector>
 
+#include "sn_device.cuh"
+
 namespace {
 
 template <class T>
@@ -22,24 +24,13 @@ struct Dev {  // device memory of n T
   }
 };
 
+// kernel<<<grid, block, smem>>>(args...), cooperative or in clusters of `cluster` blocks (0: none),
+// through the library's own launch configuration.
 template <class... P, class... A>
 cudaError_t launch(void (*k)(P...), unsigned grid, unsigned block, size_t smem, bool coop, unsigned cluster,
                    A... args) {
-  cudaLaunchConfig_t cfg{};
-  cudaLaunchAttribute attr[2]{};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(block);
-  cfg.dynamicSmemBytes = smem;
-  cfg.attrs = attr;
-  if (coop) {
-    attr[cfg.numAttrs].id = cudaLaunchAttributeCooperative;
-    attr[cfg.numAttrs++].val.cooperative = 1;
-  }
-  if (cluster) {
-    attr[cfg.numAttrs].id = cudaLaunchAttributeClusterDimension;
-    attr[cfg.numAttrs++].val.clusterDim = {cluster, 1, 1};
-  }
-  return cudaLaunchKernelEx(&cfg, k, args...);
+  sn::ClusterLaunch L((int)grid, (int)block, smem, (int)cluster, nullptr, false, coop);
+  return cudaLaunchKernelEx(&L.cfg, k, args...);
 }
 
 // Each thread's sum over its warp by shuffles, and the block's sum through shared memory.

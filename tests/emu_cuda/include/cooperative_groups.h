@@ -10,8 +10,7 @@ namespace cooperative_groups {
 struct grid_group {
   void sync() const { emu::grid_sync(); }
   unsigned long long num_blocks() const {
-    const dim3 g = emu::current()->grid_dim;
-    return (unsigned long long)g.x * g.y * g.z;
+    return (unsigned long long)gridDim.x * gridDim.y * gridDim.z;
   }
 };
 inline grid_group this_grid() { return {}; }
