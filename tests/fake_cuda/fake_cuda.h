@@ -36,6 +36,7 @@
 
 #include "fatbin.h"
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
