@@ -806,7 +806,7 @@ TEST(CpuThreads, TheEnvironmentSetsALayersThreads) {
 // (kTestGrain, 2^17 elements a thread) to split them: rows, a view with A > 1 and B > 1, a dim −1 view (B = 1),
 // both orders, fp32 and bf16, and a γ.
 TEST(CpuThreads, LayersGiveTheSameBitsOnAnyNumberOfThreads) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const ScopedGrain grain;
   struct Case {
     std::vector<int64_t> shape;

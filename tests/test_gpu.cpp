@@ -449,7 +449,7 @@ TEST(Gpu, EveryKernelsResourcesAreWhatTheFakeRuntimeReads) {
 // one-pass ones): still the same results.
 TEST(Gpu, UnalignedWeight) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0").c_str());  // the usual kernels
   compare_backends(Case{{513, 1024}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 15, 1);
   compare_backends(Case{{64, 40}, 0, SN_ORDER_V_FIRST, 1}, rng, 3, 15, 3);
@@ -460,7 +460,7 @@ TEST(Gpu, UnalignedWeight) {
 // earlier layer's launches.
 TEST(Gpu, LaterSmallerLayerKeepsEarlierLaunchesWorking) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   sn_layer_desc_t big = make_desc({64, 16384}, SN_BACKEND_CUDA), small = make_desc({64, 9000}, SN_BACKEND_CUDA);
   big.algo = small.algo = SN_ALGO_ONE_PASS;
   big.order = small.order = SN_ORDER_U_FIRST;
@@ -478,7 +478,7 @@ TEST(Gpu, LaterSmallerLayerKeepsEarlierLaunchesWorking) {
 
 TEST(Gpu, OneDimensionalWeight) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   for (int64_t n : {1, 37, 100000}) {
     Case c{{n}, 0, SN_ORDER_U_FIRST, 1};
     compare_backends(c, rng, 2);
@@ -487,7 +487,7 @@ TEST(Gpu, OneDimensionalWeight) {
 
 TEST(Gpu, RunsAreBitwiseIdentical) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   for (const Case &c : {Case{{1000, 4099}, 0, SN_ORDER_U_FIRST, 1}, Case{{3, 1000, 5}, 1, SN_ORDER_V_FIRST, 2},
                         Case{{513, 300}, 1, SN_ORDER_U_FIRST, 1}}) {
     SCOPED_TRACE(case_name(c));
@@ -516,7 +516,7 @@ TEST(Gpu, RunsAreBitwiseIdentical) {
 // last step is an eval step) and repeat bitwise.
 TEST(Gpu, OnePassVariantsMatchTheCpuBackend) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const char *tune : {"op_cluster=2", "op_cluster=4", "op_cluster=8", "op_bps=1",
                            "op_bps=1,op_cluster=4", "op_bps=2,op_cluster=2", "pdl=1",
@@ -582,7 +582,7 @@ static const std::vector<const char *> kRowsGrids{"op_grid=64,op_cluster=1", "op
 static void expect_rows_pairs_bitwise(const std::vector<RowsCase> &cases, const std::string &tune_a,
                                       const std::string &tune_b, const RowsCheck &check,
                                       const std::vector<const char *> &grids = kRowsGrids) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const std::string base = tune_prefix() + "op_onchip=0,op_onchip_grid=0,op_coop=0,";
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const RowsCase &c : cases) {
@@ -672,7 +672,7 @@ TEST(Gpu, OnePassRowPairsAreBitwiseSingleRows) {
               << ::testing::PrintToString(kb);
         }
       });
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_rows=2").c_str());
   compare_backends(Case{{2000, 1152}, 0, SN_ORDER_U_FIRST, 2, SN_ALGO_ONE_PASS}, rng, 3, 2);
   compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 3, 2);
@@ -818,7 +818,7 @@ TEST(Gpu, OnePassEvalGridOfItsOwn) {
     }
     EXPECT_EQ(capped.p->plan.op_eval_blocks, 37);
   }
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   env.set((prefix + "op_eval_own=0").c_str());
   compare_backends(Case{{600, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 4, 2);
 }
@@ -900,7 +900,7 @@ static void expect_coop_bitwise(const std::vector<RowsCase> &cases, const std::s
 // that), op_coop=1 and op_coop=3 against the kernels, bit for bit: training and eval with W_sn,
 // then scale only (expect_scale_only_bitwise).
 static void expect_coop_full_grid_bitwise(const std::vector<int64_t> &shape, sn_dtype_t dt) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const std::string prefix = tune_prefix() + "op_onchip=0,";
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   const int64_t n = numel_of(shape);
@@ -971,7 +971,7 @@ TEST(Gpu, OnePassCooperativeLaunchIsBitwiseTheKernels) {
                        {{300, 4096}, SN_DTYPE_BFLOAT16},    // 256 threads × 2 packs of 8 (4096² bf16's)
                        {{513, 1028}, SN_DTYPE_FLOAT16},     // 8-byte packs
                        {{300, 4096}, SN_DTYPE_FLOAT32}});   // 256 × 4 (4096² fp32's)
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const std::string prefix = tune_prefix() + "op_onchip=0,";  // before the ScopedEnv unsets it
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (int iters : {1, 2}) {
@@ -1055,7 +1055,7 @@ TEST(Gpu, OnePassCooperativeRingOfTwoIsBitwiseTheKernels) {
                               ASSERT_EQ(b->plan.op_coop, 1) << "the cooperative grid should fit at these grids";
                               expect_scale_only_bitwise(a, b, W);
                             });
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const std::string prefix = tune_prefix() + "op_onchip=0,";
   ScopedEnv env("SPECNORM_TUNE", (prefix + "op_pp=2,op_coop=1").c_str());
   for (const RowsCase &c : cases) {
@@ -1088,7 +1088,7 @@ TEST(Gpu, OnePassCooperativeRingOfTwoIsBitwiseTheKernels) {
 // capture again, and the next capture takes the rows and reduce kernels.
 TEST(Gpu, OnePassCooperativeLaunchRefusedFallsBack) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const std::string prefix = tune_prefix() + "op_onchip=0,op_grid=64,";
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   for (const RowsCase &c : std::vector<RowsCase>{{{700, 1152}, SN_DTYPE_FLOAT32}, {{300, 4096}, SN_DTYPE_BFLOAT16}}) {
@@ -1133,7 +1133,7 @@ TEST(Gpu, OnePassCooperativeLaunchRefusedFallsBack) {
 // layer after another, bit for bit (σ, scale and health too).
 TEST(Gpu, OnePassCooperativeConcurrentStreamsEqualSerial) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + "op_onchip=0,op_coop=1").c_str());
   constexpr int kLayers = 4, kSteps = 20;
   const int64_t h = 600, w = 4096, n = h * w;
@@ -1229,7 +1229,7 @@ const DivKnob kDivPrefetch{"div_prefetch", &sn_cuda_plan_t::div_prefetch,
 // Each case's weights are drawn once; step k uses them rotated by k · 1009 elements (8 M normals
 // per step made the large test slow on the host).
 static void expect_division_knob_bitwise(const DivKnob &knob, const std::vector<DivCase> &cases) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const std::string base = tune_prefix();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   const std::string key = std::string(",") + knob.key;
@@ -1317,7 +1317,7 @@ TEST(GpuLarge, PrefetchingDivisionOnLargeLayersIsBitwiseThePlainOne) {
 // dependent launch and thread-block clusters are captured into the graph too.
 TEST(Gpu, GraphReplayEqualsPlainCallsAndUsesFewLaunches) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   ScopedEnv env("SPECNORM_TUNE", nullptr);
   const int64_t h = 512, w = 1152;
   std::vector<float> W = gapped_matrix(rng, h, w);
@@ -1534,7 +1534,7 @@ static void expect_refused_backward_falls_back(Rng &rng, const sn_layer_desc_t &
 // with SN_ERROR_CUDA, saying to capture again.
 TEST(Gpu, OnChipLayerLeavesOthersAndFallsBack) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const std::string base = tune_prefix();
   ASSERT_NO_FATAL_FAILURE(
       expect_not_on_chip(rng, base + "op_onchip=1", make_desc({8, 5000}, SN_BACKEND_CUDA), "group_on_chip_kernel"));
@@ -1849,7 +1849,7 @@ TEST(Gpu, OnChipGridLayerWithEvalMatchesTheCpuBackend) {
 TEST(Gpu, OnChipGridLayerLeavesOthersAndFallsBack) {
   REQUIRE_GPU();
   if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const std::string base = tune_prefix();
   ASSERT_NO_FATAL_FAILURE(expect_not_on_chip(rng, base + "op_onchip=0,op_onchip_grid=1", make_desc({300}, SN_BACKEND_CUDA),
                                              "on_chip_grid_kernel"));
@@ -1968,7 +1968,7 @@ TEST(Gpu, CapturingTheFirstForwardIsRefused) {
   const int64_t h = 16, w = 8;
   LayerPtr l(make_desc({h, w}, SN_BACKEND_CUDA));
   DevBuf dW(static_cast<size_t>(h * w)), o(static_cast<size_t>(h * w));
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   dW.upload(rng.normals(h * w));
   const State before = get_state(l);
   cudaStream_t s;
@@ -2038,7 +2038,7 @@ TEST(Gpu, CallersPendingErrorIsNotOurs) {
 
 TEST(Gpu, InPlaceAndZeroWeight) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t h = 37, w = 129;
   sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
   LayerPtr a(d), b(d);
@@ -2074,7 +2074,7 @@ TEST(Gpu, InPlaceAndZeroWeight) {
 
 TEST(Gpu, SigmaPointersAndStateTransfer) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t h = 64, w = 48;
   sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
   LayerPtr a(d);

@@ -28,7 +28,7 @@ double norm(const std::vector<float> &x) {
 
 TEST(GpuSoak, HundredThousandStepsStayUnitNormAndStable) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t h = 48, w = 40;
   const int steps = 100000;
   std::vector<float> W = gapped_matrix(rng, h, w);
@@ -121,7 +121,7 @@ TEST(GpuSoak, DeviceMemoryExhaustionIsAnAllocationStatus) {
 // bitwise the results of serial use.
 TEST(GpuSoak, ConcurrentLayersOnThreadsAndStreamsEqualSerial) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int threads = 4, per_thread = 3, steps = 50;
   const int64_t h = 256, w = 384;
   const std::vector<float> W = gapped_matrix(rng, h, w);

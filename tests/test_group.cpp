@@ -405,7 +405,7 @@ TEST(GroupCpu, BadArguments) {
   sn_group_destroy(nullptr);
   // A group of one layer is a group: its forward is the layer's own, bit for bit (on the CPU).
   LayerPtr c(make_desc({4, 5}, SN_BACKEND_CPU));
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const std::vector<float> Wc = gapped_matrix(rng, 4, 5);
   std::vector<float> out(20), own(20);
   const void *Wone[1] = {Wc.data()};
@@ -497,7 +497,7 @@ TEST(GroupCpu, PathsRecordTheGroupsOwnCalls) {
 // (INVALID_STATE, naming the layer, nothing computed) until the binding is back or the group is
 // created again.
 TEST(GroupCpu, ChangedGammaBindingIsRefused) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   LayerPtr a(make_desc({8, 8}, SN_BACKEND_CPU)), b(make_desc({4, 8}, SN_BACKEND_CPU));
   const float g1 = 0.5f, g2 = 2.f;
   ASSERT_EQ(sn_layer_set_gamma(b, &g1), SN_SUCCESS);
@@ -874,7 +874,7 @@ static void expect_refusal_falls_back(const std::vector<std::vector<int64_t>> &s
                                       const std::string &refused, const char *what,
                                       std::vector<std::string> *eager, std::vector<std::string> *captured) {
   SCOPED_TRACE(refused + " against " + plain);
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const std::string base = tune_prefix();
   std::vector<std::unique_ptr<LayerPtr>> la, lb;
   std::vector<std::unique_ptr<Tensor>> ts;
@@ -965,7 +965,7 @@ TEST(GroupGpu, DefaultLaunchFollowsTheWeightsBytes) {
       {{{{512, 4096}, SN_DTYPE_FLOAT32}}, true},                                    // 8 MiB
       {{{{512, 4096}, SN_DTYPE_FLOAT32}, {{4, 4}, SN_DTYPE_BFLOAT16}}, false},      // + 32 bytes
   };
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   for (const auto &c : cases) {
     std::vector<std::unique_ptr<LayerPtr>> ls;
     std::vector<std::unique_ptr<Tensor>> ts;
@@ -999,7 +999,7 @@ TEST(GroupGpu, DefaultLaunchFollowsTheWeightsBytes) {
 
 TEST(GroupGpu, DeterministicInOneOrThreeLaunches) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const std::vector<std::vector<int64_t>> shapes = {{64, 3, 3, 3}, {128, 64, 3, 3}, {256, 128, 3, 3},
                                                     {512, 256, 3, 3}, {1, 512}};
   std::vector<std::unique_ptr<LayerPtr>> a, b;
@@ -1222,7 +1222,7 @@ TEST(GroupGpu, UnsupportedMembersAreRefused) {
 // W_sn freed: only the grouped kernels would have touched it).
 TEST(GroupGpu, BadLaterBuffersFailBeforeAnyWarmUp) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   for (int later_warm : {0, 1}) {
     SCOPED_TRACE(later_warm ? "later member warmed up, its W_sn freed" : "later member cold, its W freed");
     sn_layer_desc_t da = make_desc({48, 40}, SN_BACKEND_CUDA);

@@ -81,7 +81,7 @@ class Health : public ::testing::TestWithParam<std::tuple<sn_backend_t, sn_algo_
 }  // namespace
 
 TEST_P(Health, NonFiniteWeightKeepsTheState) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t h = 64, w = 48;
   LayerPtr l(desc(h, w));
   Buf W(std::get<0>(GetParam()), static_cast<size_t>(h * w)), out(std::get<0>(GetParam()), static_cast<size_t>(h * w));
@@ -114,7 +114,7 @@ TEST_P(Health, NonFiniteWeightKeepsTheState) {
 }
 
 TEST_P(Health, ZeroStepRecoversFromOnes) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t h = 40, w = 24;
   LayerPtr l(desc(h, w));
   const sn_backend_t be = std::get<0>(GetParam());
@@ -147,7 +147,7 @@ TEST_P(Health, ZeroStepRecoversFromOnes) {
 // cleared, and a finite γ again gives finite results. Eval and scale-only forwards record it too,
 // and so does a finite γ whose γ / σ passes float's range.
 TEST_P(Health, NonFiniteScaleIsRecorded) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t h = 36, w = 20;
   const sn_backend_t be = std::get<0>(GetParam());
   LayerPtr l(desc(h, w)), plain(desc(h, w));
@@ -197,7 +197,7 @@ TEST_P(Health, NonFiniteScaleIsRecorded) {
 }
 
 TEST_P(Health, ZeroVectorFromSetStateRecoversImmediately) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t h = 33, w = 20;
   LayerPtr l(desc(h, w));
   const sn_backend_t be = std::get<0>(GetParam());
@@ -219,7 +219,7 @@ TEST_P(Health, ZeroVectorFromSetStateRecoversImmediately) {
 // A 1-D weight is normalized exactly (u = W / ‖W‖ afresh each forward): a zero u given to
 // set_state asks for no restart, and the forward after it reports no recovery.
 TEST_P(Health, OneDimensionalZeroStateIsNoRestart) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const sn_backend_t be = std::get<0>(GetParam());
   LayerPtr l(make_desc({7}, be));
   Buf W(be, 7), out(be, 7);
@@ -235,7 +235,7 @@ TEST_P(Health, OneDimensionalZeroStateIsNoRestart) {
 // no restart requested, so the next good weight reports no recovery (a 1-D weight has no
 // iteration to restart).
 TEST_P(Health, OneDimensionalZeroStepIsNoRestart) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const sn_backend_t be = std::get<0>(GetParam());
   sn_layer_desc_t d = make_desc({7}, be);
   d.eps = 1e-45f;
@@ -251,7 +251,7 @@ TEST_P(Health, OneDimensionalZeroStepIsNoRestart) {
 }
 
 TEST_P(Health, AllZeroWeightThenRecovery) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t h = 16, w = 12;
   LayerPtr l(desc(h, w));
   const sn_backend_t be = std::get<0>(GetParam());
@@ -297,7 +297,7 @@ INSTANTIATE_TEST_SUITE_P(Backends, Health,
 TEST_P(Health, NanInOneDimensionalWeightKeepsTheState) {
   const sn_backend_t be = std::get<0>(GetParam());
   if (std::get<1>(GetParam()) == SN_ALGO_ONE_PASS) GTEST_SKIP() << "1-D weights run no iteration";
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t n = 300;
   LayerPtr l(make_desc({n}, be));
   Buf W(be, static_cast<size_t>(n)), out(be, static_cast<size_t>(n));
@@ -315,7 +315,7 @@ TEST_P(Health, NanInOneDimensionalWeightKeepsTheState) {
 // Found by fuzzing: a subnormal σ must not be committed (its 1/σ overflows to +inf).
 TEST_P(Health, SubnormalSigmaIsAZeroStep) {
   const sn_backend_t be = std::get<0>(GetParam());
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t h = 16, w = 12;
   LayerPtr l(desc(h, w));
   Buf W(be, static_cast<size_t>(h * w)), out(be, static_cast<size_t>(h * w));
@@ -342,7 +342,7 @@ TEST_P(Health, SubnormalSigmaIsAZeroStep) {
 // one: its σ = uᵀ M v is of the stored u and v, a usable one clears a pending request (the
 // stored vectors are fine for this W), and a zero one records SN_HEALTH_ZERO without a request.
 TEST_P(Health, EvalForwardNeitherTakesNorAsksARestart) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t h = 40, w = 24;
   const sn_backend_t be = std::get<0>(GetParam());
   Buf W(be, static_cast<size_t>(h * w)), out(be, static_cast<size_t>(h * w));
@@ -400,7 +400,7 @@ TEST_P(Health, EvalForwardNeitherTakesNorAsksARestart) {
 // dW = 0·G (+ dW), i.e. zeros where G is finite and NaN where it is not (the NaN is the caller's,
 // carried as through every backward), ∂L/∂γ = 0; both backends give the reference's bits.
 TEST_P(Health, BackwardWithNoSigmaIsZeroTimesG) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t h = 16, w = 12, n = h * w;
   const sn_backend_t be = std::get<0>(GetParam());
   LayerPtr l(desc(h, w));

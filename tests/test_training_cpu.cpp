@@ -106,7 +106,7 @@ TEST(Dtype, HostConversionsMatchCuda) {
     const float refb = __bfloat162float(bb), mineb = sn_bf16_to_float(h);
     ASSERT_TRUE((std::isnan(refb) && std::isnan(mineb)) || std::memcmp(&refb, &mineb, 4) == 0) << b;
   }
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   std::vector<float> xs = {0.f, -0.f, 1.f, 65504.f, 65519.f, 65520.f, 1e-8f, 2.9802322e-8f,
                            2.98023259e-8f, 5.96046448e-8f, 6.1035156e-5f, 6.1e-5f, 3.0e38f,
                            INFINITY, -INFINITY, 1.00048828125f, 1.001953125f};
@@ -152,7 +152,7 @@ TEST(Dtype, HostConversionsMatchCuda) {
 // outside written, and under every rounding mode (the instruction carries its own; the scalar
 // functions use integers only).
 TEST(Dtype, TwoByteNarrowingOfWholeChunks) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   std::vector<float> xs = {0.f, -0.f, INFINITY, -INFINITY, NAN, -NAN, 65504.f, 65519.f, 65520.f, 1e-30f};
   for (int k = 0; k < (1 << 20); ++k) {
     const uint32_t bits = uint32_t(rng.gen());
@@ -205,7 +205,7 @@ TEST(Dtype, TwoByteNarrowingOfWholeChunks) {
 // sn_half_to_float (above: __half2float's) for all 65536 halves, in order and shuffled (so that
 // groups mix signaling NaNs with other values), at any offset, and nothing outside written.
 TEST(Dtype, HalfWideningOfWholeChunks) {
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   std::vector<uint16_t> in(65536);
   for (uint32_t b = 0; b < 65536; ++b) in[b] = uint16_t(b);
   for (int round = 0; round < 4; ++round) {

@@ -220,7 +220,7 @@ TEST(GpuTraining, BackwardOfClampedWeightAndChangedGammaMatchTheCpuBackend) {
 
 TEST(GpuTraining, ScaleOnlyForwardEqualsForward) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   // On sm_90 the last three take the on-chip forward by default (160K elements and less).
   for (const auto &shape : {std::vector<int64_t>{2048, 1024}, std::vector<int64_t>{161, 1024},
                             std::vector<int64_t>{160, 1024}, std::vector<int64_t>{128, 128, 3, 3},
@@ -244,7 +244,7 @@ TEST(GpuTraining, ScaleOnlyForwardEqualsForward) {
 
 TEST(GpuTraining, GammaAndNormBoundMatchTheCpuBackend) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t h = 1536, w = 1024;
   std::vector<float> w32 = gapped_matrix(rng, h, w);
   for (int variant = 0; variant < 3; ++variant) {
@@ -278,7 +278,7 @@ TEST(GpuTraining, GammaAndNormBoundMatchTheCpuBackend) {
 
 TEST(GpuTraining, WholeStepInACudaGraph) {
   REQUIRE_GPU();
-  Rng rng(fresh_seed());
+  SN_SEEDED_RNG();
   const int64_t h = 1024, w = 2048;
   sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CUDA);
   d.dtype = SN_DTYPE_BFLOAT16;
