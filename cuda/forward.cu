@@ -116,6 +116,9 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                   the group's bytes (kGroupCoopMaxBytes below)
 //   group_grid_force=N  that launch with exactly N blocks, even more than can be resident (tests:
 //                   the refused launch and its fallback, host/group.c)
+//   group_bw_coop=0|1  a grouped backward as two kernels (0) or one cooperative launch (1;
+//                   cuda/group_backward.cu); unset: group_coop where set, else two kernels
+//                   (kGroupBackwardCoop below)
 //   op_onchip=0|1 a layer that fits on chip (u-first) runs each warmed-up forward (1), or none (0),
 //                 as one launch that holds it in the shared memory of a thread-block cluster
 //                 (cuda/on_chip.cu), and its backward too (1); unset: the training forwards of
@@ -164,6 +167,8 @@ struct Tune {
   int bw_grid = 0;      // > 0: at most this many blocks of the backward's apply kernel by rows
   int group_coop = -1;  // -1: the default below; 1: grouped forwards in one cooperative launch
   int group_grid_force = 0;  // > 0: exactly this many blocks in that launch
+  int group_bw_coop = -1;    // -1: group_coop where set, else kGroupBackwardCoop; 1: grouped
+                             // backwards in one cooperative launch
   int op_onchip = -1;            // -1: the default below; 1: every forward of a layer that fits on chip
   int group_onchip = -1;         // -1: the default below; 1: groups that fit on chip run on chip
   int group_onchip_cluster = 0;  // > 0: that launch's cluster size
@@ -195,6 +200,7 @@ Tune read_tune() {
       {"div_prefetch=", &t.div_prefetch, 0, 1, false}, {"bw_grid=", &t.bw_grid, 1, 1000000, false},
       {"group_coop=", &t.group_coop, 0, 1, false}, {"group_grid=", &t.group_grid, 1, 1000000, false},
       {"group_grid_force=", &t.group_grid_force, 1, 1000000, false},
+      {"group_bw_coop=", &t.group_bw_coop, 0, 1, false},
       {"group_onchip=", &t.group_onchip, 0, 1, false},  {"op_onchip=", &t.op_onchip, 0, 1, false},
       {"group_onchip_cluster=", &t.group_onchip_cluster, 1, 8, true},
       {"onchip_refuse=", &t.onchip_refuse, 0, 1, false},
@@ -259,6 +265,16 @@ int reduce_cols_default(int64_t w4, int sm_count) {
 // kernel boundaries. At 8 MiB the streaming takes ~2 µs (scale) to ~6 µs (train), below that
 // break-even; the cross-over itself is not measured.
 constexpr double kGroupCoopMaxBytes = 8.0 * 1024 * 1024;
+
+// The grouped backward is two kernels when SPECNORM_TUNE sets neither group_bw_coop nor group_coop,
+// whatever the group's size: the cooperative launch (one grid barrier between ⟨G, W⟩ and dW, on
+// the blocks that can be resident) lost to the two kernels on the group it was built for.
+// Measured on an H200 (bench/results/2026-11-28-h200-771ed7c, variants): SN-GAN CIFAR-10 grouped
+// backward fp32 20.2 -> 13.9 µs, bf16 18.5 -> 11.6 (from a CUDA graph 21.4 -> 14.9 and
+// 19.0 -> 12.9). Session 17 predicted 6-10 µs for the cooperative launch; its 3 resident blocks of
+// 256 a multiprocessor each take ~2.6 blocks of each step, in turn, where the kernels' 1030 blocks
+// run side by side.
+constexpr int kGroupBackwardCoop = 0;
 
 // The division's loads of W and stores of W_sn are evict-first (div_stream) when SPECNORM_TUNE does
 // not say and W takes more than a quarter of the L2 and at most twice it: after the iteration the
@@ -342,6 +358,13 @@ extern "C" int sn_cuda_tune_pdl(void) { return pdl_enabled(read_tune()); }
 extern "C" int sn_cuda_tune_group_coop(double w_bytes) {
   const Tune t = read_tune();
   const bool coop = t.group_coop >= 0 ? t.group_coop == 1 : w_bytes <= kGroupCoopMaxBytes;
+  return coop ? (t.group_grid > 0 ? t.group_grid : INT_MAX) : 0;
+}
+
+extern "C" int sn_cuda_tune_group_backward_coop(double w_bytes) {
+  const Tune t = read_tune();
+  if (t.group_bw_coop < 0 && t.group_coop >= 0) return sn_cuda_tune_group_coop(w_bytes);
+  const bool coop = t.group_bw_coop >= 0 ? t.group_bw_coop == 1 : kGroupBackwardCoop == 1;
   return coop ? (t.group_grid > 0 ? t.group_grid : INT_MAX) : 0;
 }
 

@@ -1,7 +1,7 @@
 // Grouped backward: sn_backward on every layer of a group in 2 launches whatever the number of
 // layers (1 when σ is detached and no layer wants ∂L/∂γ), or both steps as one cooperative launch
-// (group_backward_coop_kernel: by default for groups of up to 8 MiB of weights, as the grouped
-// forward; SPECNORM_TUNE=group_coop=0|1 forces either).
+// (group_backward_coop_kernel: where SPECNORM_TUNE=group_bw_coop=1, or group_coop=1, asks; the
+// two kernels are the default since they measured faster, sn_cuda_tune_group_backward_coop).
 //   inner  ⟨G, W⟩ of each layer that needs it, into the layer's own scratch;
 //   apply  dW = a·G − b·u vᵀ (+ dW), and ∂L/∂γ where bound.
 // Each kernel's grid is the concatenation of the grids that the layers' own backward kernels

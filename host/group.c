@@ -528,9 +528,9 @@ static sn_status_t upload_backward(const sn_group_t *g, const void *const *G, vo
       bw->pdl = g->cuda.pdl;
       bw->inner_total = (int)inner;
       bw->apply_total = (int)apply;
-      /* One cooperative launch under the grouped forward's rule (sn_cuda_tune_group_coop). */
+      /* One cooperative launch where SPECNORM_TUNE asks (sn_cuda_tune_group_backward_coop). */
       const int64_t most = inner > apply ? inner : apply;
-      const int cap = sn_cuda_tune_group_coop(w_bytes);
+      const int cap = sn_cuda_tune_group_backward_coop(w_bytes);
       sn_cuda_group_backward_prepare(cap < most ? cap : (int)most, &bw->coop_blocks);
       const int force = sn_cuda_tune_group_grid_force(); /* tests: a launch that is refused */
       if (bw->coop_blocks > 0 && force > 0) bw->coop_blocks = force;

@@ -928,14 +928,53 @@ TEST_F(FakeCuda, RefusedResidentLaunchesFallBackOrAskForANewCapture) {
 }
 
 
+// sn_group_backward's launch under each SPECNORM_TUNE: two kernels by default, whatever the
+// group's size (kGroupBackwardCoop, cuda/forward.cu: they measured faster than the cooperative
+// launch on SN-GAN), one cooperative launch where group_bw_coop=1 asks, or group_coop=1 with
+// group_bw_coop unset; group_bw_coop=0 wins over group_coop=1. The forward keeps its own rule.
+TEST_F(FakeCuda, GroupedBackwardIsTwoKernelsUnlessAskedForTheCooperativeLaunch) {
+  struct Want {
+    const char *tune;
+    bool coop;
+  };
+  for (const Want &c : {Want{"", false}, Want{"group_bw_coop=0", false}, Want{"group_bw_coop=1", true},
+                        Want{"group_coop=1", true}, Want{"group_coop=0,group_bw_coop=1", true},
+                        Want{"group_coop=1,group_bw_coop=0", false}, Want{"group_onchip=0", false}}) {
+    SCOPED_TRACE(std::string("SPECNORM_TUNE=") + c.tune);
+    ScopedTune tune(c.tune);
+    GroupRig r(groups()[0]);
+    OK(r.warm());
+    OK(r.create());
+    sn_group_t *g = r.group.get();
+    OK(set_gradients(g, r.G.data(), r.dW.data(), nullptr));
+    fake_cuda::clear_log();
+    OK(sn_group_backward(g, 0, kS));
+    const std::vector<fake_cuda::Launch> got = fake_cuda::launches();
+    ASSERT_EQ(got.size(), c.coop ? 1u : 2u);
+    for (const fake_cuda::Launch &x : got) EXPECT_EQ(x.cooperative, c.coop) << x.kernel;
+    sn_paths_t p;
+    OK(sn_group_get_paths(g, &p));
+    EXPECT_EQ(p.backward, c.coop ? SN_PATH_BACKWARD_COOP : SN_PATH_BACKWARD_KERNELS) << sn_path_name(p.backward);
+    EXPECT_EQ(p.dropped, 0u);
+    // The forward's rule is the forward's own: on chip unless a group_ knob of the forward is set.
+    fake_cuda::clear_log();
+    OK(sn_group_forward(g, 1, kS));
+    ASSERT_FALSE(fake_cuda::launches().empty());
+    const std::string t = c.tune;
+    const bool forward_knob = t.find("group_coop") != std::string::npos || t.find("group_onchip") != std::string::npos;
+    EXPECT_EQ(fake_cuda::launches()[0].cluster > 0, !forward_knob) << fake_cuda::launches()[0].kernel;
+  }
+}
+
 // sn_group_forward: a refused on-chip launch drops to the cooperative one, a refused cooperative
-// one to the three kernels; sn_group_backward's cooperative launch to its two kernels until the
-// next binding. During a capture the call fails, asking for a new capture.
+// one to the three kernels; sn_group_backward's cooperative launch (group_bw_coop=1; the default
+// is its two kernels) to its two kernels until the next binding. During a capture the call fails,
+// asking for a new capture.
 TEST_F(FakeCuda, RefusedGroupLaunchesFallBackOrAskForANewCapture) {
   for (const std::string &t : {std::string(""), std::string("group_onchip=0")}) {
     for (bool capture : {false, true}) {
       SCOPED_TRACE("SPECNORM_TUNE=" + t + (capture ? ", captured" : ""));
-      ScopedTune tune(t);
+      ScopedTune tune(t.empty() ? "group_bw_coop=1" : t + ",group_bw_coop=1");
       fake_cuda::set_active_sms(0);
       GroupRig r(groups()[0]);
       OK(r.warm());
@@ -1308,8 +1347,10 @@ TEST_P(FakeCudaMachines, AFailedRuntimeCallIsReportedAndChangesNothing) {
 
 // A group's SN_DROPPED_SETUP is its creation's and its latest binding's (specnorm.h): a probe
 // failing in a binding sets it, the next binding whose probes succeed clears it, and one failing
-// at creation keeps it through any binding.
+// at creation keeps it through any binding. A binding probes the cooperative backward only, which
+// runs where group_bw_coop=1 asks (the default is its two kernels, which need no probe).
 TEST_P(FakeCudaMachines, AGroupsSetupBitIsItsCreationsAndLatestBindings) {
+  ScopedTune tune("group_bw_coop=1");
   const Api probes[] = {Api::kDeviceGetAttribute, Api::kFuncGetAttributes, Api::kFuncSetAttribute,
                         Api::kOccupancy};
   auto setup_bit = [](const sn_group_t *g) {
