@@ -519,6 +519,13 @@ struct GroupRig {
       if (sn_status_t st = sn_layer_warmup(raw[k], W[k], kS)) return st;
     return SN_SUCCESS;
   }
+  // Warmed up, the group created, G and dW bound (no ∂L/∂γ): ready for a forward and a backward.
+  sn_status_t ready() {
+    sn_status_t st = warm();
+    if (st == SN_SUCCESS) st = create();
+    if (st == SN_SUCCESS) st = set_gradients(group.get(), G.data(), dW.data(), nullptr);
+    return st;
+  }
 };
 
 // (group_onchip=1 is the default spelled out; on the A100-like device the on-chip, PDL and
@@ -943,10 +950,8 @@ TEST_F(FakeCuda, GroupedBackwardIsTwoKernelsUnlessAskedForTheCooperativeLaunch) 
     SCOPED_TRACE(std::string("SPECNORM_TUNE=") + c.tune);
     ScopedTune tune(c.tune);
     GroupRig r(groups()[0]);
-    OK(r.warm());
-    OK(r.create());
+    OK(r.ready());
     sn_group_t *g = r.group.get();
-    OK(set_gradients(g, r.G.data(), r.dW.data(), nullptr));
     fake_cuda::clear_log();
     OK(sn_group_backward(g, 0, kS));
     const std::vector<fake_cuda::Launch> got = fake_cuda::launches();
@@ -977,10 +982,8 @@ TEST_F(FakeCuda, RefusedGroupLaunchesFallBackOrAskForANewCapture) {
       ScopedTune tune(t.empty() ? "group_bw_coop=1" : t + ",group_bw_coop=1");
       fake_cuda::set_active_sms(0);
       GroupRig r(groups()[0]);
-      OK(r.warm());
-      OK(r.create());
+      OK(r.ready());
       sn_group_t *g = r.group.get();
-      OK(set_gradients(g, r.G.data(), r.dW.data(), nullptr));
       fake_cuda::clear_log();
       OK(sn_group_forward(g, 1, kS));
       OK(sn_group_backward(g, 0, kS));
