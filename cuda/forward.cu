@@ -71,10 +71,12 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                 flight per block while one is reduced: 0 never; 1 (the default) a ring of two
 //                 (the ping-pong loop) for the 2-byte rows of 512 threads × 4 packs of 8
 //                 (8200-16384 columns, multiples of 8; H200 at ea7ea7e: 4096 × 16384 bf16 and
-//                 fp16 train −2%, scale-only −4-5%; 12288² −3% and −7%); 2 a ring of two for
-//                 every instance of one row a step, and in the cooperative launch where
-//                 kCoopRing (4096²'s 2-byte rows; not yet measured); 3 a ring of three for
-//                 every bf16 instance of one row a step, elsewhere as 1 (not yet measured).
+//                 fp16 train −2%, scale-only −4-5%; 12288² −3% and −7%) and of 256 × 2 packs
+//                 of 8 (2056-4096 columns), whose cooperative scale-only launch takes it too
+//                 (kCoopRing; H200 at 771ed7c: 4096² bf16 scale-only −5%, train −1%); 2 a ring
+//                 of two for every instance of one row a step; 3 a ring of three for every bf16
+//                 instance of one row a step, elsewhere as 1 (H200 at 771ed7c: 2 and 3 within
+//                 ±1% of 1 elsewhere).
 //                 Either way only where its blocks per multiprocessor equal the plain kernel's;
 //                 bitwise one row a step on the same grid
 //   op_reduce_cols=4|8|16  the one-pass reduce kernel takes 4, 8 or 16 float4 columns per block
@@ -141,7 +143,8 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                   warmed-up training forwards (1), and its eval forwards too (2), as one
 //                   cooperative launch that holds it there (cuda/on_chip_grid.cu), and its
 //                   backward too (1 and 2: one launch that holds G there), or not (0, the default:
-//                   built without a GPU, not yet measured)
+//                   H200 at 771ed7c, 4096² train +42%, 2048² +5-9%; scale-only of layers up
+//                   to 16 MiB −7 to −25%; README, "Development knobs")
 //   onchip_grid_rows=N  (tests) that launch's blocks hold at most N rows each in shared memory and
 //                   the rest in registers (up to 7, rows of whole 16-byte packs) or streamed
 // Unknown keys and bad values are ignored. (Four knobs that lost or made no difference on an H100 at

@@ -197,15 +197,15 @@ constexpr int kRowsMinBlocks = RS == 2 && NT == 256 && VPT == 2 && E == 8 && TSI
 // bf16 scale-only 16% slower, the rows 59.6% of DRAM peak against 69.4%, H100 d5e109c).
 //
 // RING (one row a step only; training): the loop runs through a ring of RING row buffers with their
-// roles turned, not moved: step k of an iteration reduces row i + k·G from buf[k] after issuing
-// the loads of row i + (k + RING - 1)·G into the buffer the step before freed, so that no move
-// waits for a load and RING - 1 rows are in flight while one is reduced. RING = 2, the ping-pong
-// loop (the kRowsPingPong instances; by default the kRowsPingPongDefault ones, SPECNORM_TUNE=op_pp
-// 0 none, 2 all); RING = 3 (kRowsRing3, op_pp=3; not yet measured). Their block sums take one
-// barrier a row, not three (block_sums_alternating, a slot per buffer; sm_90 SASS of the ring of
-// two in <512, 4, bf16, 8>: 2 barriers and 528 instructions a loop of two rows, against 6 and
-// 540; 408 with its elements converted once, rows_step's ONCE). The same steps in the same
-// order: bitwise one row a step on the same grid. (A ring unrolled this way for every instance
+// roles turned, not moved: step k of an iteration reduces row i + k·G from buf[k] after issuing the
+// loads of row i + (k + RING - 1)·G into the buffer the step before freed, so that no move waits
+// for a load and RING - 1 rows are in flight while one is reduced. RING = 2, the ping-pong loop
+// (the kRowsPingPong instances; by default the kRowsPingPongDefault ones, SPECNORM_TUNE=op_pp 0
+// none, 2 all); RING = 3 (kRowsRing3, op_pp=3; H200 at 771ed7c: within ±1% of RING = 2). Their
+// block sums take one barrier a row, not three (block_sums_alternating, a slot per buffer; sm_90
+// SASS of the ring of two in <512, 4, bf16, 8>: 2 barriers and 528 instructions a loop of two rows,
+// against 6 and 540; 408 with its elements converted once, rows_step's ONCE). The same steps in the
+// same order: bitwise one row a step on the same grid. (A ring unrolled this way for every instance
 // was withdrawn unmeasured in session 9: fp32 <512, 8> spilled at 128 registers.)
 template <int NT, int VPT, int RS, class T, int E, bool EVAL, int RING = 0>
 __device__ __forceinline__ void rows_body(const OnePassParams &p) {
@@ -277,39 +277,45 @@ __device__ __forceinline__ void rows_body(const OnePassParams &p) {
   rows_finish<NT, VPT, E, EVAL>(p, acc, tsq, v_sm, w);
 }
 
-// The rows instances with a ping-pong kernel (RING = 2 above, training only): every instance of
-// one row a step that a plan can name (blocks of 512 threads only take 4 or 8 packs per thread:
+// The rows instances with a ping-pong kernel (RING = 2 above, training only): every instance of one
+// row a step that a plan can name (blocks of 512 threads only take 4 or 8 packs per thread:
 // one_pass_shape). kRowsPingPongDefault: those that take it by default (SPECNORM_TUNE=op_pp=1,
 // unset), the 2-byte rows of 512 threads × 4 packs of 8 (8200-16384 columns, multiples of 8): 1
-// block per multiprocessor (ptxas sm_90: bf16 120 registers, 124 with the loop; fp16 105, 122),
-// so one row in flight per multiprocessor, 32 KB where fp32's rows of that width have 64
-// (4096 × 16384 on an H200 at 64f5bc9: bf16 train 71% of copy, fp32 87%). Measured on an H200 at
-// ea7ea7e (sn_bench, median of 50): 4096 × 16384 bf16 and fp16 train −2%, scale-only −4-5%; 12288²
-// train −3%, scale-only −7%. The others take it only with op_pp=2 (not yet measured). Either way
-// an instance takes it only where its blocks per multiprocessor equal the plain kernel's (the
-// plan compares their occupancy), so that the grid, and with it the results, stay the plain
-// loop's.
+// block per multiprocessor (ptxas sm_90: bf16 120 registers, 124 with the loop; fp16 105, 122), so
+// one row in flight per multiprocessor, 32 KB where fp32's rows of that width have 64 (4096 × 16384
+// on an H200 at 64f5bc9: bf16 train 71% of copy, fp32 87%). Measured on an H200 at ea7ea7e
+// (sn_bench, median of 50): 4096 × 16384 bf16 and fp16 train −2%, scale-only −4-5%; 12288² train
+// −3%, scale-only −7%. Since session 30 also the 2-byte rows of 256 threads × 2 packs of 8
+// (2056-4096 columns, multiples of 8: 4096²'s), whose cooperative scale-only launch then takes the
+// ring too (kCoopRing, cuda/one_pass_coop.cu): H200 at 771ed7c with op_pp=2, 4096² bf16 scale-only
+// 27.7 -> 26.3 µs (p90 27.1 against the default's p10 27.2), train −1%, 768 × 3072 bf16 −1%. The
+// others take it only with op_pp=2 (H200 at 771ed7c: within ±1%). Either way an instance takes it
+// only where its blocks per multiprocessor equal the plain kernel's (the plan compares their
+// occupancy: on sm_80 the 256 × 2 ring takes 63 registers against 47, so it is not taken there),
+// so that the grid, and with it the results, stay the plain loop's.
 // fp16 rows of 4 packs of 4 per thread (w % 8 != 0) have none: held to 64 registers, ptxas sm_90
-// spills 12 bytes in their loop since the one-barrier block sums (bf16's and fp32's do not).
-// Nor the 2-byte rows of one pack of 8 per thread (up to 2048 columns): their ring takes 48
-// registers against the plain kernel's 40 (bf16) and 32 (fp16), ptxas sm_90 and sm_80, 5 blocks
-// per multiprocessor against 6 and 8, and at most 8 KB of shared memory a block never limits the
-// plain kernel to 5: never its blocks, never taken (the fake CUDA runtime, which reads each
-// kernel's registers from its cubin, showed it: bench/NOTES.md, session 25).
+// spills 12 bytes in their loop since the one-barrier block sums (bf16's and fp32's do not). Nor
+// the 2-byte rows of one pack of 8 per thread (up to 2048 columns): their ring takes 48 registers
+// against the plain kernel's 40 (bf16) and 32 (fp16), ptxas sm_90 and sm_80, 5 blocks per
+// multiprocessor against 6 and 8, and at most 8 KB of shared memory a block never limits the plain
+// kernel to 5: never its blocks, never taken (the fake CUDA runtime, which reads each kernel's
+// registers from its cubin, showed it: bench/NOTES.md, session 25).
 template <int NT, int VPT, int RS, class T, int E>
 constexpr bool kRowsPingPong = RS == 1 && (NT == 256 || VPT >= 4) &&
                                !(std::is_same<T, __half>::value && VPT == 4 && E == 4) &&
                                !(sizeof(T) == 2 && VPT == 1 && E == 8);
 template <int NT, int VPT, int RS, class T, int E>
-constexpr bool kRowsPingPongDefault = RS == 1 && NT == 512 && VPT == 4 && E == 8 && sizeof(T) == 2;
-// The instances with a ring of three (SPECNORM_TUNE=op_pp=3; not yet measured): the bf16 ones of
-// kRowsPingPong with 16-byte packs, two or more a thread, where ptxas sm_90 spills nothing
-// (4096 × 16384's <512, 4, bf16, 8> takes 128 registers, 124 with the ping-pong loop: still one
-// block; 4096²'s <256, 2, bf16, 8> 64, held), to put two rows in flight while one is reduced where
-// the ping-pong loop has one 32 KB row per multiprocessor. Not built: fp16's <512, 4, half, 8>
-// (8 bytes of spill), fp32's (256-260), bf16's with 8-byte packs (sm_80: 12-24) or one pack (more
-// registers than the plain kernel: never its blocks). On sm_80, <256, 2, bf16, 8> spills 24 bytes
-// at 64 registers, one block fewer than the plain kernel there (47): never taken.
+constexpr bool kRowsPingPongDefault =
+    RS == 1 && E == 8 && sizeof(T) == 2 && ((NT == 512 && VPT == 4) || (NT == 256 && VPT == 2));
+// The instances with a ring of three (SPECNORM_TUNE=op_pp=3; H200 at 771ed7c: within ±1% of the
+// ring of two, ncu 48.8 µs against 47.6 on 4096 × 16384's rows): the bf16 ones of kRowsPingPong
+// with 16-byte packs, two or more a thread, where ptxas sm_90 spills nothing (4096 × 16384's <512,
+// 4, bf16, 8> takes 128 registers, 124 with the ping-pong loop: still one block; 4096²'s <256, 2,
+// bf16, 8> 64, held), to put two rows in flight while one is reduced where the ping-pong loop has
+// one 32 KB row per multiprocessor. Not built: fp16's <512, 4, half, 8> (8 bytes of spill), fp32's
+// (256-260), bf16's with 8-byte packs (sm_80: 12-24) or one pack (more registers than the plain
+// kernel: never its blocks). On sm_80, <256, 2, bf16, 8> spills 24 bytes at 64 registers, one block
+// fewer than the plain kernel there (47): never taken.
 template <int NT, int VPT, int RS, class T, int E>
 constexpr bool kRowsRing3 =
     kRowsPingPong<NT, VPT, RS, T, E> && std::is_same<T, __nv_bfloat16>::value && E == 8 && VPT >= 2;

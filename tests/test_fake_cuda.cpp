@@ -803,6 +803,47 @@ TEST_P(FakeCudaMachines, AWeightOffSixteenBytesTakesNoOnePassKernel) {
   }
 }
 
+// The rows' ring of two by default (kRowsPingPongDefault, cuda/one_pass.cuh) where it keeps the
+// plain kernel's blocks per multiprocessor, read from the cubins: the 2-byte rows of 512 threads ×
+// 4 packs of 8 (4096 × 16384's) on both cards; those of 256 × 2 packs of 8 (4096²'s, whose
+// cooperative scale-only launch then takes the ring too, kCoopRing) on the H100-like device only
+// (sm_80: 63 registers against 47, a block fewer); none in fp32 or in one pack of 8 (2048²).
+TEST_P(FakeCudaMachines, TheRingOfTwoIsTheDefaultWhereItKeepsTheBlocks) {
+  const bool sm90 = std::string(GetParam().name) == "h100";
+  struct Case {
+    Shape s;
+    sn_dtype_t dtype;
+    bool ring;
+  };
+  for (const Case &c : {Case{{{4096, 16384}, 0}, SN_DTYPE_BFLOAT16, true},
+                        Case{{{4096, 4096}, 0}, SN_DTYPE_BFLOAT16, sm90},
+                        Case{{{1024, 3000}, 0}, SN_DTYPE_FLOAT16, sm90},
+                        Case{{{4096, 4096}, 0}, SN_DTYPE_FLOAT32, false},
+                        Case{{{2048, 2048}, 0}, SN_DTYPE_BFLOAT16, false}}) {
+    SCOPED_TRACE(std::to_string(c.s.dims[0]) + "x" + std::to_string(c.s.dims[1]) + " dtype " + std::to_string(c.dtype));
+    LayerBufs b(make_desc(c.s, c.dtype, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT));
+    sn_layer_t *l = b.layer.get();
+    ASSERT_NE(l, nullptr);
+    OK(sn_layer_warmup(l, b.W->p, kS));
+    size_t from = fake_cuda::launches().size();
+    OK(sn_forward(l, b.W->p, b.W_sn->p, 1, kS));
+    const std::vector<std::string> train = launched_kernels(from);
+    bool ring = false;
+    for (const std::string &k : train) ring |= k.find("one_pass_rows_pp_kernel<") != std::string::npos;
+    EXPECT_EQ(ring, c.ring) << ::testing::PrintToString(train);
+    from = fake_cuda::launches().size();
+    OK(sn_forward_scale_only(l, b.W->p, 1, kS));
+    for (const std::string &k : launched_kernels(from)) {
+      if (k.find("one_pass_coop_kernel<") != std::string::npos) {
+        EXPECT_EQ(k.find(", 2>") != std::string::npos, c.ring) << k;
+      }
+      if (k.find("one_pass_rows") != std::string::npos) {
+        EXPECT_EQ(k.find("one_pass_rows_pp_kernel<") != std::string::npos, c.ring) << k;
+      }
+    }
+  }
+}
+
 // ---- the per-step path under a stream capture ---------------------------------------------------
 
 // The fake runtime flags an allocation, free, host synchronization or copy to or from the host
