@@ -142,9 +142,11 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                   sn_cuda_on_chip_grid_layout) runs its
 //                   warmed-up training forwards (1), and its eval forwards too (2), as one
 //                   cooperative launch that holds it there (cuda/on_chip_grid.cu), and its
-//                   backward too (1 and 2: one launch that holds G there), or not (0, the default:
-//                   H200 at 771ed7c, 4096² train +42%, 2048² +5-9%; scale-only of layers up
-//                   to 16 MiB −7 to −25%; README, "Development knobs")
+//                   backward too (1 and 2: one launch that holds G there), or not (0). Unset:
+//                   the v-first layers of kGridVFirstMinElems elements and more whose rows all
+//                   fit the shared memory, on sm_90 and up, their training forwards and backward
+//                   (below); no u-first layer (H200 at 771ed7c, 4096² train +42%, 2048² +5-9%;
+//                   scale-only of layers up to 16 MiB −7 to −25%; README, "Development knobs")
 //   onchip_grid_rows=N  (tests) that launch's blocks hold at most N rows each in shared memory and
 //                   the rest in registers (up to 7, rows of whole 16-byte packs) or streamed
 // Unknown keys and bad values are ignored. (Four knobs that lost or made no difference on an H100 at
@@ -177,8 +179,9 @@ struct Tune {
   int group_onchip_cluster = 0;  // > 0: that launch's cluster size
   int onchip_refuse = 0;         // 1: the on-chip launches with clusters of 16 blocks, refused (tests)
   int onchip_threads = 0;        // 0: by size; 256 or 512: the on-chip forward's threads per block
-  int op_onchip_grid = 0;        // 1: a layer the cluster path does not take, on chip over the grid
-                                 // (training forwards and the backward); 2: also its eval forwards
+  int op_onchip_grid = -1;       // 1: a layer the cluster path does not take, on chip over the grid
+                                 // (training forwards and the backward); 2: also its eval forwards;
+                                 // 0: none; -1: the default below (kGridVFirstMinElems)
   int onchip_grid_rows = 0;      // > 0 (tests): at most this many rows per block in shared memory
                                  // on the grid, the rest in registers or streamed
   int group_grid = 0;  // > 0: at most this many blocks in that launch (tests: blocks run several
@@ -268,6 +271,20 @@ int reduce_cols_default(int64_t w4, int sm_count) {
 // kernel boundaries. At 8 MiB the streaming takes ~2 µs (scale) to ~6 µs (train), below that
 // break-even; the cross-over itself is not measured.
 constexpr double kGroupCoopMaxBytes = 8.0 * 1024 * 1024;
+
+// A v-first layer whose Mᵀ has contiguous rows (dim −1: Keras', Flax's and Haiku's kernels) runs its
+// warmed-up training forwards (with W_sn and scale only) and its backward on chip over the grid
+// (cuda/on_chip_grid.cu, as the u-first iteration on Mᵀ) when SPECNORM_TUNE does not set
+// op_onchip_grid, the device is sm_90 or later, the layer has at least this many elements and all
+// its rows fit the blocks' shared memory (none in registers or streamed). Its usual kernels (two
+// passes over W) take three launches a forward. Measured on an H200 (bench/results/2026-11-28-h200-771ed7c,
+// variants, `op_onchip=0,op_onchip_grid=2` against the default): 2048 × 2048 dim −1 fp32 train
+// 69.0 -> 28.9 µs, scale-only 63.4 -> 18.2, backward 36.4 -> 25.0; bf16 68.5 -> 26.6, 64.4 ->
+// 16.6, 30.7 -> 17.7; 3072 × 768 dim −1 fp32 37.3 -> 22.2, 33.3 -> 15.4, 25.0 -> 16.4; bf16
+// 34.4 -> 20.1, 31.7 -> 14.5, 20.5 -> 13.3. Layers below 2^21 elements (the smallest measured has
+// 2.4M), the eval forward, and the rows in registers or streamed (u-first 4096² lost with them)
+// keep their usual kernels until measured.
+constexpr int64_t kGridVFirstMinElems = int64_t(1) << 21;
 
 // The grouped backward is two kernels when SPECNORM_TUNE sets neither group_bw_coop nor group_coop,
 // whatever the group's size: the cooperative launch (one grid barrier between ⟨G, W⟩ and dW, on
@@ -452,12 +469,17 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   // too): a u-first layer with rows contiguous, or a v-first one whose Mᵀ has them (dim −1:
   // Keras', Flax's and Haiku's kernels; or a single row or column), run as the u-first iteration
   // on Mᵀ (sn_on_grid_view).
+  // Unset, a large enough v-first layer (kGridVFirstMinElems), if its rows all fit shared memory.
   sn_view_t gv{};
-  if (on_chip && tune.op_onchip_grid > 0 && plan->onchip.cluster == 0 && sn_group_view(view, order, &gv) &&
-      gv.A == 1) {
+  const bool grid_default = tune.op_onchip_grid < 0 && order == SN_ORDER_V_FIRST &&
+                            view.h * view.A * view.B >= kGridVFirstMinElems && device_is_sm90_or_later();
+  if (on_chip && (tune.op_onchip_grid > 0 || grid_default) && plan->onchip.cluster == 0 &&
+      sn_group_view(view, order, &gv) && gv.A == 1) {
     sn_cuda_on_chip_grid_prepare(gv, dtype, plan->sm_count, tune.op_onchip_grid == 2, tune.onchip_grid_rows,
                                  tune.onchip_refuse, &plan->onchip);
     plan->onchip.transposed = order == SN_ORDER_V_FIRST && plan->onchip.grid > 0;
+    if (grid_default && (plan->onchip.reg_rows > 0 || plan->onchip.stream_rows > 0))
+      plan->onchip = sn_on_chip_t{};  // not what was measured: the usual kernels
   }
   const int64_t h = view.h, w = view.A * view.B;
   const int64_t target = 8LL * plan->sm_count;  // blocks that fill the chip a few times over

@@ -844,6 +844,51 @@ TEST_P(FakeCudaMachines, TheRingOfTwoIsTheDefaultWhereItKeepsTheBlocks) {
   }
 }
 
+// A v-first layer of dim −1 (Keras', Flax's, Haiku's kernels) on chip over the grid by default
+// (kGridVFirstMinElems, cuda/forward.cu): its training and scale-only forwards and its backward,
+// on sm_90 (the H100-like device), from 2^21 elements, where every row fits shared memory; its
+// eval forward keeps the usual kernels. Not on the A100-like device, not below 2^21 elements, not
+// u-first, not a layer whose rows would sit in registers or be streamed (4096² fp32), and not
+// with SPECNORM_TUNE=op_onchip_grid=0.
+TEST_P(FakeCudaMachines, LargeVFirstLayersRunOnTheGridByDefault) {
+  const bool sm90 = std::string(GetParam().name) == "h100";
+  struct Case {
+    Shape s;
+    sn_dtype_t dtype;
+    sn_order_t order;
+    const char *tune;
+    bool grid;
+  };
+  for (const Case &c : {Case{{{2048, 2048}, -1}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "", sm90},
+                        Case{{{3072, 768}, -1}, SN_DTYPE_BFLOAT16, SN_ORDER_V_FIRST, "", sm90},
+                        Case{{{3, 3, 256, 1024}, -1}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "", sm90},
+                        Case{{{2048, 2048}, -1}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "op_onchip_grid=0", false},
+                        Case{{{1024, 1024}, -1}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "", false},
+                        Case{{{4096, 4096}, -1}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "", false},
+                        Case{{{2048, 2048}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, "", false},
+                        Case{{{2048, 2048}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "", false}}) {
+    SCOPED_TRACE(::testing::PrintToString(c.s.dims) + " dim " + std::to_string(c.s.dim) + " dtype " +
+                 std::to_string(c.dtype) + " order " + std::to_string(c.order) + " SPECNORM_TUNE=" + c.tune);
+    ScopedTune tune(c.tune);
+    LayerBufs b(make_desc(c.s, c.dtype, c.order, SN_ALGO_DEFAULT));
+    sn_layer_t *l = b.layer.get();
+    ASSERT_NE(l, nullptr);
+    OK(sn_layer_warmup(l, b.W->p, kS));
+    OK(sn_forward(l, b.W->p, b.W_sn->p, 1, kS));
+    OK(sn_forward(l, b.W->p, b.W_sn->p, 0, kS));
+    OK(sn_forward_scale_only(l, b.W->p, 1, kS));
+    OK(sn_backward(l, b.W->p, b.G->p, b.dW->p, 0, nullptr, kS));
+    sn_paths_t p;
+    OK(sn_layer_get_paths(l, &p));
+    const sn_path_t grid = SN_PATH_ON_CHIP_GRID;
+    EXPECT_EQ(p.train == grid, c.grid) << sn_path_name(p.train);
+    EXPECT_EQ(p.scale_only == grid, c.grid) << sn_path_name(p.scale_only);
+    EXPECT_EQ(p.backward == grid, c.grid) << sn_path_name(p.backward);
+    EXPECT_NE(p.eval, grid);
+    EXPECT_EQ(p.dropped, 0u);
+  }
+}
+
 // ---- the per-step path under a stream capture ---------------------------------------------------
 
 // The fake runtime flags an allocation, free, host synchronization or copy to or from the host

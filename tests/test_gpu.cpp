@@ -110,6 +110,9 @@ void compare_backends(const Case &c, Rng &rng, int steps, int warmup = 15, int W
     dOut.poison();
     ASSERT_EQ(sn_forward(g, dW.p, dOut.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
     ASSERT_EQ(sn_forward(cpu, W.data(), out_cpu.data(), training, nullptr), SN_SUCCESS);
+    sn_paths_t paths;
+    ASSERT_EQ(sn_layer_get_paths(g, &paths), SN_SUCCESS);
+    SCOPED_TRACE(std::string("CUDA path ") + sn_path_name(training ? paths.train : paths.eval));
     const State sg = get_state(g), sc = get_state(cpu);
     EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5) << "sigma gpu " << sg.sigma << " cpu " << sc.sigma;
     EXPECT_LT(max_abs_diff(sg.u, sc.u), 2e-5);
@@ -152,6 +155,9 @@ INSTANTIATE_TEST_SUITE_P(
         Case{{300, 517}, 1, SN_ORDER_U_FIRST, 1},   // a transposed view
         Case{{3, 1000, 5}, 1, SN_ORDER_V_FIRST, 3}, Case{{2, 3, 4, 5, 6}, 2, SN_ORDER_U_FIRST, 1},
         Case{{4096, 4096}, 0, SN_ORDER_U_FIRST, 1},
+        // Keras' layout from 2^21 elements: on chip over the grid by default on sm_90 (training
+        // forwards; the last step, an eval, on the usual kernels).
+        Case{{2048, 1024}, -1, SN_ORDER_V_FIRST, 1}, Case{{3, 3, 256, 1000}, -1, SN_ORDER_V_FIRST, 2},
         // The one-pass kernels, forced, on every row width they have a variant for.
         Case{{4096, 4096}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_TWO_PASS},
         Case{{1, 4}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS},
@@ -272,6 +278,9 @@ TEST(Gpu, RecordedPathsAreTheCapturedKernels) {
        {SN_PATH_ONE_PASS_ROWS, SN_PATH_ONE_PASS_ROWS, SN_PATH_BACKWARD_KERNELS}, nullptr},
       {"", {3, 3, 64, 128}, -1, SN_ORDER_V_FIRST, SN_DTYPE_FLOAT32, SN_ALGO_ONE_PASS, 0, SN_PATH_ONE_PASS_COLS,
        {kAny, kAny, kAny}, nullptr},
+      // A v-first layer of dim −1 from 2^21 elements: on the grid by default on sm_90.
+      {"", {3, 3, 256, 1024}, -1, SN_ORDER_V_FIRST, SN_DTYPE_FLOAT32, SN_ALGO_DEFAULT, 0, kAny,
+       {SN_PATH_ON_CHIP_GRID, SN_PATH_ON_CHIP_GRID, SN_PATH_ON_CHIP_GRID}, nullptr},
       {"", {4097}, 0, SN_ORDER_U_FIRST, SN_DTYPE_FLOAT32, SN_ALGO_DEFAULT, 0, SN_PATH_ONE_D, {kAny, kAny, kAny}, nullptr},
   };
   int major = 0;
