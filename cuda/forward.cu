@@ -371,21 +371,22 @@ int pdl_enabled(const Tune &tune) {
   return (tune.pdl >= 0 ? tune.pdl : kDefaultPdl) && device_is_sm90_or_later();
 }
 
+// A grouped call's cooperative launch, if `coop`: at most group_grid blocks, else as many as fit.
+int group_coop_cap(const Tune &t, bool coop) { return coop ? (t.group_grid > 0 ? t.group_grid : INT_MAX) : 0; }
+
 }  // namespace
 
 extern "C" int sn_cuda_tune_pdl(void) { return pdl_enabled(read_tune()); }
 
 extern "C" int sn_cuda_tune_group_coop(double w_bytes) {
   const Tune t = read_tune();
-  const bool coop = t.group_coop >= 0 ? t.group_coop == 1 : w_bytes <= kGroupCoopMaxBytes;
-  return coop ? (t.group_grid > 0 ? t.group_grid : INT_MAX) : 0;
+  return group_coop_cap(t, t.group_coop >= 0 ? t.group_coop == 1 : w_bytes <= kGroupCoopMaxBytes);
 }
 
-extern "C" int sn_cuda_tune_group_backward_coop(double w_bytes) {
+extern "C" int sn_cuda_tune_group_backward_coop(void) {
   const Tune t = read_tune();
-  if (t.group_bw_coop < 0 && t.group_coop >= 0) return sn_cuda_tune_group_coop(w_bytes);
-  const bool coop = t.group_bw_coop >= 0 ? t.group_bw_coop == 1 : kGroupBackwardCoop == 1;
-  return coop ? (t.group_grid > 0 ? t.group_grid : INT_MAX) : 0;
+  const int asked = t.group_bw_coop >= 0 ? t.group_bw_coop : t.group_coop;
+  return group_coop_cap(t, asked >= 0 ? asked == 1 : kGroupBackwardCoop == 1);
 }
 
 extern "C" int sn_cuda_tune_group_grid_force(void) { return read_tune().group_grid_force; }

@@ -353,9 +353,9 @@ int sn_cuda_group_prepare(int64_t max_w, int64_t max_warp_w, int coop_max, int *
  * group_coop=0|1 decides where set; otherwise groups of at most 8 MiB of weights (cuda/forward.cu
  * says why). */
 int sn_cuda_tune_group_coop(double w_bytes);
-/* The same for a grouped backward (cuda/group_backward.cu): group_bw_coop=0|1 decides where set,
- * else group_coop=0|1 as for the forward; otherwise 0, two kernels (cuda/forward.cu says why). */
-int sn_cuda_tune_group_backward_coop(double w_bytes);
+/* The same for a grouped backward (cuda/group_backward.cu), whatever its bytes: group_bw_coop=0|1
+ * decides where set, else group_coop=0|1; otherwise 0, two kernels (cuda/forward.cu says why). */
+int sn_cuda_tune_group_backward_coop(void);
 /* SPECNORM_TUNE's group_grid_force=N (0 if unset): a cooperative grouped forward of exactly N
  * blocks, even more than can be resident, so that tests can have the launch refused. */
 int sn_cuda_tune_group_grid_force(void);

@@ -481,10 +481,8 @@ static sn_status_t upload_backward(const sn_group_t *g, const void *const *G, vo
   sn_group_bw_entry_t *ent = calloc((size_t)g->count, sizeof *ent);
   if (!ent) return sn__fail(SN_ERROR_ALLOCATION, "host memory for a group of %d layers", g->count);
   int64_t inner = 0, apply = 0;
-  double w_bytes = 0; /* the weights' bytes: whether the backward is one cooperative launch */
   for (int k = 0; k < g->count; ++k) {
     const sn_layer_t *l = g->layers[k];
-    w_bytes += (double)sn__weight_bytes(l);
     sn_cuda_group_backward_entry(&l->plan, l->u, l->v, l->sigma, g->W[k], G[k], dW[k],
                                  dgamma ? dgamma[k] : NULL, &ent[k]);
     ent[k].inner_block0 = (int)inner;
@@ -530,7 +528,7 @@ static sn_status_t upload_backward(const sn_group_t *g, const void *const *G, vo
       bw->apply_total = (int)apply;
       /* One cooperative launch where SPECNORM_TUNE asks (sn_cuda_tune_group_backward_coop). */
       const int64_t most = inner > apply ? inner : apply;
-      const int cap = sn_cuda_tune_group_backward_coop(w_bytes);
+      const int cap = sn_cuda_tune_group_backward_coop();
       sn_cuda_group_backward_prepare(cap < most ? cap : (int)most, &bw->coop_blocks);
       const int force = sn_cuda_tune_group_grid_force(); /* tests: a launch that is refused */
       if (bw->coop_blocks > 0 && force > 0) bw->coop_blocks = force;

@@ -697,14 +697,15 @@ static int device_major() {
 
 // The training rows' ping-pong loop, the ring of two (cuda/one_pass.cuh; SPECNORM_TUNE=op_pp=2 asks
 // for it in every instance of one row a step, the default only in the 2-byte rows of 512 threads ×
-// 4 packs of 8 and of 256 × 2 packs of 8 (4096²'s), op_pp=0 in none): on the same grid, bit for bit one row a step (training and eval,
-// with and without clusters; eval never takes it) in fp32, bf16 and fp16, with blocks of an odd
-// number of rows (the loop's early exit) and rows of partial packs, in the instances of 4096² fp32
-// and bf16 (held to 64 registers), 4096 × 16384 fp32 and bf16. An instance takes it only where its
-// blocks per multiprocessor equal the plain kernel's (by occupancy, on this device): the default
-// class always does (one block of 512 either way), and on sm_90 the 4096² instances (64 registers
-// each, ptxas). Its block sums take one barrier (block_sums_alternating) where the plain loop's
-// take three (block_sums): this is also their bitwise test. Read from graph captures.
+// 4 packs of 8 and of 256 × 2 packs of 8 (4096²'s), op_pp=0 in none): on the same grid, bit for bit
+// one row a step (training and eval, with and without clusters; eval never takes it) in fp32, bf16
+// and fp16, with blocks of an odd number of rows (the loop's early exit) and rows of partial packs,
+// in the instances of 4096² fp32 and bf16 (held to 64 registers), 4096 × 16384 fp32 and bf16. An
+// instance takes it only where its blocks per multiprocessor equal the plain kernel's (by
+// occupancy, on this device): the default class always does (one block of 512 either way), and on
+// sm_90 the 4096² instances (64 registers each, ptxas). Its block sums take one barrier
+// (block_sums_alternating) where the plain loop's take three (block_sums): this is also their
+// bitwise test. Read from graph captures.
 TEST(Gpu, OnePassPingPongRowsAreBitwiseOneRowAStep) {
   REQUIRE_GPU();
   if (suite_takes_two_rows_a_step()) GTEST_SKIP() << "SPECNORM_TUNE has op_rows=2: two rows a step, no ring instance";

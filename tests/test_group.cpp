@@ -270,6 +270,24 @@ TEST(GroupCpu, TuneKnobsParse) {
     EXPECT_EQ(sn_cuda_tune_group_coop(c.bytes), c.want)
         << (c.tune ? c.tune : "(unset)") << ", " << c.bytes << " bytes";
   }
+  // The grouped backward's launch: its own key where set, else group_coop's, else two kernels
+  // whatever the bytes (kGroupBackwardCoop); group_grid caps it as it caps the forward's.
+  const std::pair<const char *, int> backward[] = {{nullptr, 0},
+                                                   {"group_grid=7", 0},
+                                                   {"group_bw_coop=1", INT_MAX},
+                                                   {"group_bw_coop=1,group_grid=7", 7},
+                                                   {"group_bw_coop=0", 0},
+                                                   {"group_coop=1", INT_MAX},
+                                                   {"group_coop=1,group_grid=7", 7},
+                                                   {"group_coop=0", 0},
+                                                   {"group_coop=1,group_bw_coop=0", 0},
+                                                   {"group_coop=0,group_bw_coop=1", INT_MAX},
+                                                   {"group_bw_coop=2", 0},
+                                                   {"group_bw_coop=2,group_coop=1", INT_MAX}};
+  for (const auto &[t, want] : backward) {
+    env.set(t);
+    EXPECT_EQ(sn_cuda_tune_group_backward_coop(), want) << (t ? t : "(unset)");
+  }
   // group_grid_force is its own key, not group_grid's.
   const std::pair<const char *, int> force[] = {{nullptr, 0},
                                                 {"group_grid_force=300", 300},
