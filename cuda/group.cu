@@ -283,7 +283,7 @@ __device__ void divide_range(const sn_group_entry_t &e, int64_t k0, int64_t k1, 
     const int64_t packs = (k1 - k0) / E;
     scale_packs<kBlock, 4>(in + k0, out + k0, packs, scale);
     // The tail (< E elements at the end of the layer) goes to one thread.
-    if (threadIdx.x == (int)(packs % kBlock))
+    if ((int)threadIdx.x == (int)(packs % kBlock))
       for (int64_t k = k0 + E * packs; k < k1; ++k) out[k] = from_f<T>(scale(to_f(in[k])));
   } else {
     for (int64_t k = k0 + threadIdx.x; k < k1; k += kBlock) out[k] = from_f<T>(scale(to_f(in[k])));

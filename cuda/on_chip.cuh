@@ -169,7 +169,7 @@ __device__ __forceinline__ float block_products(const T *Ws, int rows, int w, co
       grp_sm[g * w + j] = x;
     }
     __syncthreads();
-    if (threadIdx.x < w) {
+    if ((int)threadIdx.x < w) {
       float x = 0.f;
       for (int q = 0; q < groups; ++q) x += grp_sm[q * w + threadIdx.x];
       part[threadIdx.x] = x;
