@@ -579,8 +579,9 @@ read -r -a PRESET_TUNES <<< "${SN_PRESET_VARIANTS:-default group_coop=0 group_co
 HUNG_KEYS=()
 [[ $COOP_HUNG -eq 1 ]] && HUNG_KEYS+=(op_coop=)
 [[ $GRID_HUNG -eq 1 ]] && HUNG_KEYS+=(op_onchip_grid=)
-# v-first layers with dim -1: the defaults, and on the grid unless grid_smoke timed out.
-VFIRST_TUNES=("")
+# v-first layers with dim -1: the defaults (on the grid since f17c2f4, sm_90, but for eval), their
+# usual kernels (op_onchip_grid=0), and every forward on the grid unless grid_smoke timed out.
+VFIRST_TUNES=("" "op_onchip_grid=0")
 [[ $GRID_HUNG -eq 0 ]] && VFIRST_TUNES+=("op_onchip=0,op_onchip_grid=2")
 without_hung_keys() {  # without_hung_keys NAME: drop from array NAME the settings that set a hung key
   local -n arr="$1"
@@ -633,10 +634,11 @@ variants() {
   echo "################ v-first groups: SN-GAN in PyTorch's layout (M's columns strided) and Keras' (contiguous)"
   SPECNORM_TUNE="$COOP_SUFFIX" "$SN_BENCH" --preset sngan-cifar10 --preset sngan-cifar10-keras --order v-first \
     --dtype f32,bf16 --mode train,scale,eval --no-baseline --no-probe --reps 50 || rc=1
-  echo "################ v-first layers with dim -1 (Keras', Flax's, Haiku's layout): the default, then on the grid (op_onchip_grid=2, as their M^T)"
+  echo "################ v-first layers with dim -1 (Keras', Flax's, Haiku's layout): the default, their usual kernels, then every forward on the grid (op_onchip_grid=2, as their M^T)"
   for t in "${VFIRST_TUNES[@]}"; do
+    echo "######## SPECNORM_TUNE=$t"
     SPECNORM_TUNE="$t$COOP_SUFFIX" "$SN_BENCH" --shape 2048x2048:-1 --shape 3072x768:-1 --order v-first \
-      --dtype f32,bf16 --mode train,scale,backward --no-baseline --no-probe --no-group --reps 50 || rc=1
+      --dtype f32,bf16 --mode train,scale,eval,backward --no-baseline --no-probe --no-group --reps 50 || rc=1
   done
   return $rc
 }
