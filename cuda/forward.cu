@@ -144,7 +144,7 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                   cooperative launch that holds it there (cuda/on_chip_grid.cu), and its
 //                   backward too (1 and 2: one launch that holds G there), or not (0). Unset:
 //                   the v-first layers of kGridVFirstMinElems elements and more whose rows all
-//                   fit the shared memory, on sm_90 and up, their training forwards and backward
+//                   fit the shared memory (and enough rows, wide enough), on sm_90 and up, their training forwards and backward
 //                   (below); no u-first layer (H200 at 771ed7c, 4096² train +42%, 2048² +5-9%;
 //                   scale-only of layers up to 16 MiB −7 to −25%; README, "Development knobs")
 //   onchip_grid_rows=N  (tests) that launch's blocks hold at most N rows each in shared memory and
@@ -276,15 +276,22 @@ constexpr double kGroupCoopMaxBytes = 8.0 * 1024 * 1024;
 // warmed-up training forwards (with W_sn and scale only) and its backward on chip over the grid
 // (cuda/on_chip_grid.cu, as the u-first iteration on Mᵀ) when SPECNORM_TUNE does not set
 // op_onchip_grid, the device is sm_90 or later, the layer has at least this many elements and all
-// its rows fit the blocks' shared memory (none in registers or streamed). Its usual kernels (two
-// passes over W) take three launches a forward. Measured on an H200 (bench/results/2026-11-28-h200-771ed7c,
+// its rows fit the blocks' shared memory (none in registers or streamed). Its usual kernels take
+// three launches a forward (two passes over W; one pass by columns where h <= 768 in fp32, 1536 in
+// 2 bytes: 3072 × 768's). Measured on an H200 (bench/results/2026-11-28-h200-771ed7c,
 // variants, `op_onchip=0,op_onchip_grid=2` against the default): 2048 × 2048 dim −1 fp32 train
 // 69.0 -> 28.9 µs, scale-only 63.4 -> 18.2, backward 36.4 -> 25.0; bf16 68.5 -> 26.6, 64.4 ->
 // 16.6, 30.7 -> 17.7; 3072 × 768 dim −1 fp32 37.3 -> 22.2, 33.3 -> 15.4, 25.0 -> 16.4; bf16
 // 34.4 -> 20.1, 31.7 -> 14.5, 20.5 -> 13.3. Layers below 2^21 elements (the smallest measured has
 // 2.4M), the eval forward, and the rows in registers or streamed (u-first 4096² lost with them)
-// keep their usual kernels until measured.
+// keep their usual kernels until measured; so do those whose Mᵀ has fewer than
+// kGridVFirstMinRowsPerSm rows a multiprocessor or rows of fewer than kGridVFirstMinWidth elements
+// (the measured ones: 2048 and 3072 rows of 2048 and 768), where the blocks' partial sums, G rows
+// of the width each iteration, would approach W's own bytes (128 × 16384: as many as W) or a block
+// would hold thousands of rows of a few elements (2²¹ × 1).
 constexpr int64_t kGridVFirstMinElems = int64_t(1) << 21;
+constexpr int64_t kGridVFirstMinRowsPerSm = 8;
+constexpr int64_t kGridVFirstMinWidth = 256;
 
 // The grouped backward is two kernels when SPECNORM_TUNE sets neither group_bw_coop nor group_coop,
 // whatever the group's size: the cooperative launch (one grid barrier between ⟨G, W⟩ and dW, on
@@ -479,7 +486,8 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
     sn_cuda_on_chip_grid_prepare(gv, dtype, plan->sm_count, tune.op_onchip_grid == 2, tune.onchip_grid_rows,
                                  tune.onchip_refuse, &plan->onchip);
     plan->onchip.transposed = order == SN_ORDER_V_FIRST && plan->onchip.grid > 0;
-    if (grid_default && (plan->onchip.reg_rows > 0 || plan->onchip.stream_rows > 0))
+    if (grid_default && (plan->onchip.reg_rows > 0 || plan->onchip.stream_rows > 0 ||
+                         gv.h < kGridVFirstMinRowsPerSm * plan->sm_count || gv.B < kGridVFirstMinWidth))
       plan->onchip = sn_on_chip_t{};  // not what was measured: the usual kernels
   }
   const int64_t h = view.h, w = view.A * view.B;

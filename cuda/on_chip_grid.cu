@@ -1,5 +1,6 @@
 // The forwards of one layer held on chip across the whole device (SPECNORM_TUNE=op_onchip_grid=1:
-// training; 2: eval too; built on 2026-11-27 without a GPU, not yet run on one, off by default), and
+// training; 2: eval too; by default on sm_90 the training forwards of the v-first layers of
+// kGridVFirstMinElems, cuda/forward.cu; first run on an H200 at 771ed7c), and
 // its backward (the end of this file): the layer's rows are spread over a cooperative grid of one
 // block per multiprocessor, each block copies its rows of W into its shared memory once, and the
 // whole forward (every power iteration, the commit of u, v and σ, and the division) is one
@@ -58,7 +59,7 @@
 // are contiguous (A = 1) and that the cluster kernel does not take, or a v-first layer whose Mᵀ's
 // rows are (dim −1: Keras', Flax's and Haiku's kernels), which runs as the u-first iteration on Mᵀ
 // with u and v exchanged, as in a group (sn_on_grid_view; the backward too), with SPECNORM_TUNE=
-// op_onchip_grid=1 or 2, on a device with cooperative launches, when one block per multiprocessor
+// op_onchip_grid=1 or 2 (or by default, kGridVFirstMinElems), on a device with cooperative launches, when one block per multiprocessor
 // (at most h blocks) can hold its share: ⌈h / G⌉ rows, plus v, t, u and the row groups' partials,
 // within the device's shared memory per block, or all but up to 7 of those rows, which the packed
 // instance then holds in registers, or at least a third of them, the streaming instance reading the

@@ -127,10 +127,11 @@ constexpr auto coop_kernel = one_pass_coop_kernel<I::NT, I::VPT, typename I::T, 
 template <class I>
 constexpr bool kCoopBuilt = I::RS == 1 && I::NT == kBlock;
 
-// The instances with the ring of two (op_pp=2 at 771ed7c, H200: 4096² bf16 within ±1%): 4096²'s
-// 2-byte rows, two packs of 8 per thread, whose ring-of-two rows kernel keeps the plain one's 4
-// blocks per SM (SPECNORM_TUNE op_pp=2 asks for it; ptxas sm_90). Held to 4 blocks, the fp32 <256,
-// 4> spills 28 bytes and the 2-byte <256, 4, *, 8> 700-900: not built.
+// The instances with the ring of two: 4096²'s 2-byte rows, two packs of 8 per thread, whose
+// ring-of-two rows kernel keeps the plain one's 4 blocks per SM (ptxas sm_90). Taken by default
+// since session 30 (kRowsPingPongDefault; SPECNORM_TUNE=op_pp=0 turns it off): H200 at 771ed7c,
+// op_pp=2, 4096² bf16 scale-only 27.7 -> 26.3 µs (−5%). Held to 4 blocks, the fp32 <256, 4>
+// spills 28 bytes and the 2-byte <256, 4, *, 8> 700-900: not built.
 template <class I>
 constexpr bool kCoopRing = kCoopBuilt<I> && I::VPT == 2 && I::E == 8 && sizeof(typename I::T) == 2;
 

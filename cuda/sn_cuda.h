@@ -64,7 +64,8 @@ typedef struct {
                              sn_group_forward fall back); with grid, that many times too many
                              blocks for a cooperative launch */
   int grid;               /* > 0: a single layer spread over a cooperative grid of this many blocks,
-                             one per SM (cuda/on_chip_grid.cu, SPECNORM_TUNE=op_onchip_grid=1 or 2);
+                             one per SM (cuda/on_chip_grid.cu, SPECNORM_TUNE=op_onchip_grid=1 or 2,
+                             or by default: kGridVFirstMinElems, cuda/forward.cu);
                              cluster is then 1 and clusters 0; backward 1 where its backward fits
                              the grid too (the layer's backward with ⟨G, W⟩ to compute: one launch) */
   int transposed;         /* grid: a v-first layer whose Mᵀ has rows contiguous (view B = 1, dim −1:

@@ -216,12 +216,14 @@ SN_API sn_status_t sn_layer_get_dims(const sn_layer_t *layer, int64_t *h, int64_
  * Capture in a CUDA graph is allowed once the layer has warmed up (see sn_layer_warmup); a
  * capture of a first forward that has warm-up iterations to run (a weight of 2 dims or more and
  * warmup_iterations > 0) returns SN_ERROR_INVALID_STATE. A captured forward counts once in the
- * checkpoint's count of forwards, however often its graph is replayed. Some forwards are one launch that
- * needs all its blocks resident at once (sm_90 and up: the on-chip forward of a small layer, the
- * cooperative launch of sn_forward_scale_only); if the device refuses it because fewer blocks can
- * be resident than at the layer's creation (the GPU shared under MPS), the layer runs its usual
- * kernels from then on: at once when no capture is active, else the forward returns SN_ERROR_CUDA
- * asking to end the capture and capture again.
+ * checkpoint's count of forwards, however often its graph is replayed. Some forwards are one
+ * launch that needs all its blocks resident at once (sm_90 and up: the on-chip forward of a small
+ * layer, the cooperative launch of sn_forward_scale_only, the training forwards of a v-first
+ * layer with dim −1 of at least 2²¹ elements held on chip over the grid: README, "Against Keras,
+ * Flax and Haiku"); if the device refuses it because fewer blocks can be resident than at the
+ * layer's creation (the GPU shared under MPS), the layer runs its usual kernels from then on: at
+ * once when no capture is active, else the forward returns SN_ERROR_CUDA asking to end the
+ * capture and capture again.
  * Degenerate steps: if the new σ is not finite or below FLT_MIN (all-zero W, NaN in W, or an
  * eval σ = uᵀ M v <= 0 after W moved far from u and v), u, v and σ keep their previous values and
  * W_sn = W / (previous σ); with no previous σ, W_sn = W · 0.
@@ -299,7 +301,11 @@ typedef enum {
  * (d = σ, or max(1, σ / c)), one float in the backend's memory (device pointer for a CUDA layer),
  * written, not accumulated, outside W, G and dW and not γ itself (SN_ERROR_INVALID_VALUE, as for γ
  * inside dW: sn_layer_set_gamma). Stream-ordered, no allocation, no synchronization: 2 launches (1 when
- * neither the σ term nor dgamma is needed). SN_ERROR_INVALID_STATE while the layer is not warmed
+ * neither the σ term nor dgamma is needed), or one launch that needs all its blocks resident for a
+ * layer whose forward runs on chip over the grid and whose backward fits there too (sm_90 and up,
+ * the v-first layers above; sn_layer_get_paths: SN_PATH_ON_CHIP_GRID), refused and dropped as the
+ * forward's (the 2 launches from then on, or SN_ERROR_CUDA during a capture, asking to capture
+ * again). SN_ERROR_INVALID_STATE while the layer is not warmed
  * up: before its first forward or sn_layer_warmup, and after sn_layer_reset, a sn_layer_set_state
  * with warmed_up = 0 or a checkpoint saved so (sn_layer_get_state's warmed_up). With no σ yet (σ = 0: every forward so far degenerate, or a state
  * set with σ = 0 and no forward since), the scale is 0 and dW = 0 · G (added to dW with
@@ -422,13 +428,17 @@ SN_API sn_status_t sn_group_set_gradients(sn_group_t *group, const void *const *
 
 /* sn_backward on every layer of the group, with its W, its bound G, dW and dgamma and the u, v and
  * σ of its last forward, in a number of launches that does not depend on the number of layers:
- * one cooperative launch when the weights take at most 8 MiB and the device has cooperative
- * launches (as sn_group_forward), else 2 (1 when flags has SN_BACKWARD_DETACH_SIGMA and no dgamma
- * is bound). Each layer's result is bitwise what sn_backward gives on it (the same blocks and
- * sums; except a layer whose own backward runs on chip, SPECNORM_TUNE=op_onchip=1). A cooperative
- * launch refused because fewer blocks can be resident than at sn_group_set_gradients (the GPU
- * shared under MPS) is dropped until the next binding: the 2 launches run instead, or during a
- * stream capture the call fails with SN_ERROR_CUDA and the caller captures again. Stream-ordered,
+ * 2 (1 when flags has SN_BACKWARD_DETACH_SIGMA and no dgamma is bound), or one cooperative launch
+ * where SPECNORM_TUNE asks for it (group_bw_coop=1, or group_coop=1; README, "Development knobs")
+ * and the device has cooperative launches. Each layer's result is bitwise what sn_backward gives
+ * on it (the same blocks and sums), except a layer whose own backward runs on chip: in a
+ * cluster (SPECNORM_TUNE=op_onchip=1), or over the grid (sn_layer_get_paths' backward is
+ * SN_PATH_ON_CHIP_GRID: on sm_90 and up by default a v-first layer with dim −1 of at least 2²¹
+ * elements whose rows fit shared memory, README "Against Keras, Flax and Haiku"); that layer's
+ * result is equal within float rounding. A cooperative launch refused because fewer blocks can be
+ * resident than at sn_group_set_gradients (the GPU shared under MPS) is dropped until the next
+ * binding: the 2 launches run instead, or during a stream capture the call fails with
+ * SN_ERROR_CUDA and the caller captures again. Stream-ordered,
  * no allocation, no synchronization, deterministic, capturable in a CUDA graph. Before
  * sn_group_set_gradients, while a member has had no forward (or sn_layer_warmup) yet, or after a
  * member's γ binding changed (as sn_group_forward): SN_ERROR_INVALID_STATE. A group's backward

@@ -848,8 +848,9 @@ TEST_P(FakeCudaMachines, TheRingOfTwoIsTheDefaultWhereItKeepsTheBlocks) {
 // (kGridVFirstMinElems, cuda/forward.cu): its training and scale-only forwards and its backward,
 // on sm_90 (the H100-like device), from 2^21 elements, where every row fits shared memory; its
 // eval forward keeps the usual kernels. Not on the A100-like device, not below 2^21 elements, not
-// u-first, not a layer whose rows would sit in registers or be streamed (4096² fp32), and not
-// with SPECNORM_TUNE=op_onchip_grid=0.
+// u-first, not a layer whose rows would sit in registers or be streamed (4096² fp32), not one whose
+// Mᵀ has fewer than 8 rows a multiprocessor (128 × 16384) or rows of fewer than 256 elements
+// (2²¹ × 1: a Dense layer of one output), and not with SPECNORM_TUNE=op_onchip_grid=0.
 TEST_P(FakeCudaMachines, LargeVFirstLayersRunOnTheGridByDefault) {
   const bool sm90 = std::string(GetParam().name) == "h100";
   struct Case {
@@ -865,6 +866,13 @@ TEST_P(FakeCudaMachines, LargeVFirstLayersRunOnTheGridByDefault) {
                         Case{{{2048, 2048}, -1}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "op_onchip_grid=0", false},
                         Case{{{1024, 1024}, -1}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "", false},
                         Case{{{4096, 4096}, -1}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "", false},
+                        Case{{{128, 16384}, -1}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "", false},
+                        Case{{{1056, 2048}, -1}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "", sm90},
+                        Case{{{1055, 2048}, -1}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "", false},
+                        Case{{{int64_t(1) << 21, 1}, -1}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "", false},
+                        Case{{{32768, 64}, -1}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "", false},
+                        Case{{{8192, 256}, -1}, SN_DTYPE_BFLOAT16, SN_ORDER_V_FIRST, "", sm90},
+                        Case{{{8256, 255}, -1}, SN_DTYPE_BFLOAT16, SN_ORDER_V_FIRST, "", false},
                         Case{{{2048, 2048}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, "", false},
                         Case{{{2048, 2048}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_V_FIRST, "", false}}) {
     SCOPED_TRACE(::testing::PrintToString(c.s.dims) + " dim " + std::to_string(c.s.dim) + " dtype " +

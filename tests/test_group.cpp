@@ -2009,8 +2009,8 @@ struct BackwardRig {
 
 // The grouped backward on the GPU gives each layer's sn_backward bit for bit (the same blocks and
 // sums), for every flag, with ∂L/∂γ bound for some members and for none, G and dW misaligned for
-// others (the element loops), and dW = G for others, as two kernels (this group's 10 MiB are over
-// the cooperative rule) and, where the device has it, as one cooperative launch (group_coop=1);
+// others (the element loops), and dW = G for others, as two kernels (the default) and, where the
+// device has it, as one cooperative launch (group_coop=1);
 // it equals the CPU backend within float rounding; and it is 2 launches (1 with σ detached and no
 // ∂L/∂γ bound); replayed from a CUDA graph bit for bit.
 // (Members up to 2M elements, and 1 × 1, N × 1, 1 × N, rows of a view with A > 1: views by rows and
