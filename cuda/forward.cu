@@ -144,9 +144,10 @@ size_t pad(int64_t floats) { return (size_t)((floats + 63) / 64 * 64); }
 //                   cooperative launch that holds it there (cuda/on_chip_grid.cu), and its
 //                   backward too (1 and 2: one launch that holds G there), or not (0). Unset:
 //                   the v-first layers of kGridVFirstMinElems elements and more whose rows all
-//                   fit the shared memory (and enough rows, wide enough), on sm_90 and up, their training forwards and backward
-//                   (below); no u-first layer (H200 at 771ed7c, 4096² train +42%, 2048² +5-9%;
-//                   scale-only of layers up to 16 MiB −7 to −25%; README, "Development knobs")
+//                   fit the shared memory (and enough rows, wide enough), on sm_90 and up, their
+//                   training forwards and backward (below); no u-first layer (H200 at 771ed7c,
+//                   4096² train +42%, 2048² +5-9%; scale-only of layers up to 16 MiB −7 to
+//                   −25%; README, "Development knobs")
 //   onchip_grid_rows=N  (tests) that launch's blocks hold at most N rows each in shared memory and
 //                   the rest in registers (up to 7, rows of whole 16-byte packs) or streamed
 // Unknown keys and bad values are ignored. (Four knobs that lost or made no difference on an H100 at
