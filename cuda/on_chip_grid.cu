@@ -59,7 +59,8 @@
 // are contiguous (A = 1) and that the cluster kernel does not take, or a v-first layer whose Mᵀ's
 // rows are (dim −1: Keras', Flax's and Haiku's kernels), which runs as the u-first iteration on Mᵀ
 // with u and v exchanged, as in a group (sn_on_grid_view; the backward too), with SPECNORM_TUNE=
-// op_onchip_grid=1 or 2 (or by default, kGridVFirstMinElems), on a device with cooperative launches, when one block per multiprocessor
+// op_onchip_grid=1 or 2 (or by default, kGridVFirstMinElems), on a device with cooperative
+// launches, when one block per multiprocessor
 // (at most h blocks) can hold its share: ⌈h / G⌉ rows, plus v, t, u and the row groups' partials,
 // within the device's shared memory per block, or all but up to 7 of those rows, which the packed
 // instance then holds in registers, or at least a third of them, the streaming instance reading the

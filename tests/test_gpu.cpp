@@ -88,14 +88,21 @@ std::vector<float> gapped_weight(Rng &rng, const std::vector<int64_t> &shape, in
 // after four). A GPU σ 1.8e-5 below the CPU's at a CPU σ of 1.32 (H200, session 30; the matrix's
 // σ is 4.1) was such a start. (A probe moved by a random 1e-6 in each element, session 31's
 // first, fell short on a start of share 1e-5: its move happened to have little of the top vector.)
-static void start_probe(const LayerPtr &cpu, const LayerPtr &probe, sn_layer_desc_t desc,
-                        const std::vector<float> &W) {
-  State s = get_state(cpu);
+// W's top singular vectors (u and v of a CPU layer of `desc` warmed up over 20 iterations on W:
+// the gapped matrices' gap makes that converged to float precision) into *t.
+static void top_singular_vectors(sn_layer_desc_t desc, const std::vector<float> &W, State *t) {
+  desc.backend = SN_BACKEND_CPU;
   desc.warmup_iterations = 20;
   LayerPtr top(desc);
   ASSERT_TRUE(top.p) << sn_last_error_message();
   ASSERT_EQ(sn_layer_warmup(top, W.data(), nullptr), SN_SUCCESS) << sn_last_error_message();
-  const State t = get_state(top);
+  *t = get_state(top);
+}
+
+static void start_probe(const LayerPtr &cpu, const LayerPtr &probe, const sn_layer_desc_t &desc,
+                        const std::vector<float> &W) {
+  State s = get_state(cpu), t;
+  ASSERT_NO_FATAL_FAILURE(top_singular_vectors(desc, W, &t));
   auto move = [](std::vector<float> &x, const std::vector<float> &dir) {
     double n = 0;
     for (float e : x) n += double(e) * e;
@@ -517,8 +524,8 @@ TEST(Gpu, UnalignedWeight) {
   compare_backends(Case{{64, 40}, 0, SN_ORDER_V_FIRST, 1}, rng, 3, 15, 3);
 }
 
-// compare_backends' probe where the iteration is ill-conditioned: W's top right singular vector (a
-// double power iteration) makes up only c0 of the start v (u = N(W v)), so that its share is still
+// compare_backends' probe where the iteration is ill-conditioned: W's top right singular vector
+// (top_singular_vectors) makes up only c0 of the start v (u = N(W v)), so that its share is still
 // small after the warm-up's two iterations and grows tenfold a step. There float and double part by
 // more than the usual 1e-5 of σ; the probe must see the transient (its tolerance widens for at
 // least one c0) and the GPU must stay within it.
@@ -529,29 +536,16 @@ TEST(Gpu, NearlyOrthogonalStartsStayWithinTheProbe) {
   double widest = 0;
   for (double c0 : {1e-5, 1e-6}) {
     SCOPED_TRACE("share of the top singular vector " + std::to_string(c0));
+    const Case c{{h, w}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS};
     const StartFn start = [&](const std::vector<float> &W, State &s) {
-      std::vector<double> x(static_cast<size_t>(w), 1.0), y(static_cast<size_t>(h));
-      auto times = [&](const std::vector<double> &v, std::vector<double> &t) {  // t = W v
-        for (int64_t i = 0; i < h; ++i) {
-          double a = 0;
-          for (int64_t j = 0; j < w; ++j) a += double(W[static_cast<size_t>(i * w + j)]) * v[static_cast<size_t>(j)];
-          t[static_cast<size_t>(i)] = a;
-        }
-      };
+      State top;
+      ASSERT_NO_FATAL_FAILURE(top_singular_vectors(make_desc(c.shape, SN_BACKEND_CPU, c.dim), W, &top));
+      const std::vector<double> x(top.v.begin(), top.v.end());
       auto normalize = [](std::vector<double> &v) {
         double q = 0;
         for (double e : v) q += e * e;
         for (double &e : v) e /= std::sqrt(q);
       };
-      for (int it = 0; it < 100; ++it) {  // x ← N(Wᵀ W x)
-        times(x, y);
-        for (int64_t j = 0; j < w; ++j) {
-          double a = 0;
-          for (int64_t i = 0; i < h; ++i) a += double(W[static_cast<size_t>(i * w + j)]) * y[static_cast<size_t>(i)];
-          x[static_cast<size_t>(j)] = a;
-        }
-        normalize(x);
-      }
       std::vector<double> r(static_cast<size_t>(w)), t(static_cast<size_t>(h));
       double rx = 0;
       for (int64_t j = 0; j < w; ++j) rx += (r[static_cast<size_t>(j)] = rng.normal()) * x[static_cast<size_t>(j)];
@@ -559,12 +553,16 @@ TEST(Gpu, NearlyOrthogonalStartsStayWithinTheProbe) {
       normalize(r);
       for (int64_t j = 0; j < w; ++j)
         r[static_cast<size_t>(j)] = c0 * x[static_cast<size_t>(j)] + std::sqrt(1 - c0 * c0) * r[static_cast<size_t>(j)];
-      times(r, t);
+      for (int64_t i = 0; i < h; ++i) {  // t = W r
+        double a = 0;
+        for (int64_t j = 0; j < w; ++j) a += double(W[static_cast<size_t>(i * w + j)]) * r[static_cast<size_t>(j)];
+        t[static_cast<size_t>(i)] = a;
+      }
       normalize(t);
       for (int64_t j = 0; j < w; ++j) s.v[static_cast<size_t>(j)] = float(r[static_cast<size_t>(j)]);
       for (int64_t i = 0; i < h; ++i) s.u[static_cast<size_t>(i)] = float(t[static_cast<size_t>(i)]);
     };
-    compare_backends(Case{{h, w}, 0, SN_ORDER_U_FIRST, 1, SN_ALGO_ONE_PASS}, rng, 5, 2, 0, start, &widest);
+    compare_backends(c, rng, 5, 2, 0, start, &widest);
   }
   EXPECT_GT(widest, 1e-5) << "no start was ill-conditioned enough to widen the probe's tolerance";
 }
