@@ -1921,13 +1921,16 @@ struct BackwardRig {
   GroupPtr g;
   bool ok = false;
 
-  BackwardRig(const std::vector<Member> &members, Rng &rng) : ms(members) {
+  // The layers are created with SPECNORM_TUNE `layer_tune` appended: by default their own backward
+  // as two kernels (a suite-wide op_onchip=1 would put some on chip, and op_onchip_grid=1|2 or the
+  // default for large v-first layers on the grid, where the group's bits are not theirs).
+  BackwardRig(const std::vector<Member> &members, Rng &rng,
+              const std::string &layer_tune = "op_onchip=0,op_onchip_grid=0")
+      : ms(members) {
     const size_t n_members = ms.size();
     if (cudaMalloc(&dgam, 2 * n_members * sizeof(float)) != cudaSuccess) return;
-    // The layers' own backward as two kernels (a suite-wide op_onchip=1 would put some on chip,
-    // and op_onchip_grid=1|2 on the grid, where the group's bits are not theirs).
-    const std::string knobs = tune_prefix() + "op_onchip=0,op_onchip_grid=0";
-    ScopedEnv env("SPECNORM_TUNE", knobs.c_str());
+    const std::string knobs = tune_prefix() + layer_tune;
+    ScopedEnv env("SPECNORM_TUNE", knobs.empty() ? nullptr : knobs.c_str());
     for (size_t k = 0; k < n_members; ++k) {
       const Member &m = ms[k];
       const uint64_t s = rng.gen();
@@ -1993,6 +1996,39 @@ struct BackwardRig {
     EXPECT_EQ(cudaMemcpy(out.data(), dgam, out.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
     return out;
   }
+  // Member k's dW `got` (from flags 0) and ∂L/∂γ `dg` (where bound) against the CPU backend's, from
+  // the GPU layer's state and the weight as the device holds it.
+  void expect_near_cpu(size_t k, const std::vector<uint8_t> &got, float dg) {
+    const State st = get_state(layers[k]);
+    ASSERT_EQ(sn_layer_set_state(cl[k]->p, st.u.data(), st.v.data(), st.sigma, 1, nullptr), SN_SUCCESS);
+    const std::vector<uint8_t> Wh = Wt[k]->download_bytes();
+    std::vector<uint8_t> want = Gh[k];
+    float dgc = 0.f;
+    ASSERT_EQ(sn_backward(cl[k]->p, Wh.data(), Gh[k].data(), want.data(), 0, gdg[k] ? &dgc : nullptr,
+                          nullptr),
+              SN_SUCCESS);
+    // To the rounding of the terms a·G and b·u vᵀ, not of their difference: a 1 × 1 weight is
+    // its own rank-1 part, so its dW is ~0 (exactly 0 in the CPU's double, a few float ulps of
+    // a·G on the GPU).
+    const sn_dtype_t dt = ms[k].dt;
+    const double d = ms[k].bound > 0 ? std::max(1.0, double(st.sigma) / ms[k].bound) : st.sigma;
+    const double a = (ms[k].gamma ? gamma.host : 1.0) / d;
+    double worst = 0, top = 0;
+    for (int64_t q = 0; q < numel_of(ms[k].shape); ++q) {
+      const double b = sn_load(want.data(), dt, q);
+      worst = std::max(worst, std::fabs(sn_load(got.data(), dt, q) - b));
+      top = std::max({top, std::fabs(b), a * std::fabs(sn_load(Gh[k].data(), dt, q))});
+    }
+    EXPECT_LE(worst, (dt == SN_DTYPE_FLOAT32 ? 1e-5 : 2 * ulp(dt)) * top) << "dW against the CPU";
+    if (gdg[k]) {
+      // ∂L/∂γ = ⟨G, W⟩ / d to the rounding of the sum: relative to Σ |G W| / d (⟨G, W⟩ itself
+      // may cancel to near 0).
+      double mag = 0;
+      for (int64_t q = 0; q < numel_of(ms[k].shape); ++q)
+        mag += std::fabs(double(sn_load(Gh[k].data(), dt, q)) * double(sn_load(Wh.data(), dt, q)));
+      EXPECT_NEAR(dg, dgc, 1e-5 * mag / d);
+    }
+  }
   // The grouped backward with `flags` from reset buffers: every member's dW, then the ∂L/∂γ slots.
   std::vector<std::vector<uint8_t>> group_backward(unsigned flags) {
     reset();
@@ -2055,36 +2091,7 @@ TEST(GroupGpu, BackwardIsBitwiseEachLayersBackward) {
           EXPECT_EQ(std::memcmp(&dg[k], &dg[n_members + k], 4), 0) << dg[k] << " against " << dg[n_members + k];
         }
         if (flags != 0 || &bd != &bindings[0]) continue;
-        // Against the CPU backend, from the GPU layer's state and the weight as the device holds it.
-        const State st = get_state(r.layers[k]);
-        ASSERT_EQ(sn_layer_set_state(r.cl[k]->p, st.u.data(), st.v.data(), st.sigma, 1, nullptr), SN_SUCCESS);
-        const std::vector<uint8_t> Wh = r.Wt[k]->download_bytes();
-        std::vector<uint8_t> want = r.Gh[k];
-        float dgc = 0.f;
-        ASSERT_EQ(sn_backward(r.cl[k]->p, Wh.data(), r.Gh[k].data(), want.data(), 0, r.gdg[k] ? &dgc : nullptr,
-                              nullptr),
-                  SN_SUCCESS);
-        // To the rounding of the terms a·G and b·u vᵀ, not of their difference: a 1 × 1 weight is
-        // its own rank-1 part, so its dW is ~0 (exactly 0 in the CPU's double, a few float ulps of
-        // a·G on the GPU).
-        const sn_dtype_t dt = r.ms[k].dt;
-        const double d = r.ms[k].bound > 0 ? std::max(1.0, double(st.sigma) / r.ms[k].bound) : st.sigma;
-        const double a = (r.ms[k].gamma ? r.gamma.host : 1.0) / d;
-        double worst = 0, top = 0;
-        for (int64_t q = 0; q < numel_of(r.ms[k].shape); ++q) {
-          const double b = sn_load(want.data(), dt, q);
-          worst = std::max(worst, std::fabs(sn_load(got[k].data(), dt, q) - b));
-          top = std::max({top, std::fabs(b), a * std::fabs(sn_load(r.Gh[k].data(), dt, q))});
-        }
-        EXPECT_LE(worst, (dt == SN_DTYPE_FLOAT32 ? 1e-5 : 2 * ulp(dt)) * top) << "dW against the CPU";
-        if (r.gdg[k]) {
-          // ∂L/∂γ = ⟨G, W⟩ / d to the rounding of the sum: relative to Σ |G W| / d (⟨G, W⟩ itself
-          // may cancel to near 0).
-          double mag = 0;
-          for (int64_t q = 0; q < numel_of(r.ms[k].shape); ++q)
-            mag += std::fabs(double(sn_load(r.Gh[k].data(), dt, q)) * double(sn_load(Wh.data(), dt, q)));
-          EXPECT_NEAR(dg[k], dgc, 1e-5 * mag / d);
-        }
+        r.expect_near_cpu(k, got[k], dg[k]);
       }
     }
   }
@@ -2121,6 +2128,61 @@ TEST(GroupGpu, BackwardIsBitwiseEachLayersBackward) {
   ASSERT_EQ(r.bind("", false), SN_SUCCESS) << sn_last_error_message();
   EXPECT_EQ(captured_kernels([&](cudaStream_t st) { return sn_group_backward(r.g.p, SN_BACKWARD_DETACH_SIGMA, st); }).size(),
             1u);
+}
+
+// A v-first member with dim −1 of 2²¹ elements and more, whose own calls run on the grid (the
+// default on sm_90, kGridVFirstMinElems, cuda/forward.cu; on the emulator with
+// SPECNORM_EMU_SMS=132): the group's backward runs it in its two kernels, with the sums of the
+// two-kernel backward, and its own sn_backward runs it in one cooperative launch, with the grid's.
+// Not the same bits (sn_group_backward says so), so the group's dW and ∂L/∂γ of that member, and
+// its own, are each held to the CPU backend; the members beside it (not on the grid) keep their own
+// backward's bits. The group is the two kernels even so.
+TEST(GroupGpu, BackwardOfAGridMemberMatchesTheCpu) {
+  REQUIRE_GPU();
+  if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
+  SKIP_UNLESS_132_SMS();
+  SN_SEEDED_RNG();
+  // The layers with their default paths (the suite-wide SPECNORM_TUNE only).
+  BackwardRig r({v_first(Member{{2048, 1024}, 1}), Member{{64, 3, 3, 3}},
+                 v_first(Member{{3, 3, 32, 64}, 3, SN_DTYPE_BFLOAT16})},
+                rng, "");
+  ASSERT_TRUE(r.ok) << sn_last_error_message();
+  ASSERT_EQ(r.bind(""), SN_SUCCESS) << sn_last_error_message();
+  const size_t n = r.ms.size();
+  const std::vector<std::vector<uint8_t>> got = r.group_backward(0);
+  sn_paths_t p;
+  ASSERT_EQ(sn_group_get_paths(r.g.p, &p), SN_SUCCESS);
+  EXPECT_EQ(p.backward, SN_PATH_BACKWARD_KERNELS) << sn_path_name(p.backward);
+  for (size_t k = 0; k < n; ++k)
+    ASSERT_EQ(sn_backward(r.layers[k], r.Wd[k], r.Ga[k]->dev, r.Da[k] ? r.Da[k]->dev : r.Ga[k]->dev, 0,
+                          r.gdg[k] ? r.dgam + n + k : nullptr, nullptr),
+              SN_SUCCESS)
+        << sn_last_error_message();
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  ASSERT_EQ(sn_layer_get_paths(r.layers[0], &p), SN_SUCCESS);
+  int dev = 0, major = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
+  if (major < 9) GTEST_SKIP() << "sm_" << major << "x: the grid is the default on sm_90 and up only";
+  ASSERT_EQ(p.backward, SN_PATH_ON_CHIP_GRID) << sn_path_name(p.backward) << ": the member's own backward";
+  const std::vector<float> dg = r.dgammas();
+  ASSERT_NE(r.gdg[0], nullptr);
+  for (size_t k = 0; k < n; ++k) {
+    SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(r.ms[k].shape));
+    {
+      SCOPED_TRACE("the group's backward");
+      r.expect_near_cpu(k, got[k], dg[k]);
+    }
+    if (k > 0) {
+      EXPECT_TRUE(got[k] == r.dW(k, false)) << "dW differs from the layer's own backward";
+      if (r.gdg[k]) {
+        EXPECT_EQ(std::memcmp(&dg[k], &dg[n + k], 4), 0) << dg[k] << " against " << dg[n + k];
+      }
+      continue;
+    }
+    SCOPED_TRACE("the member's own backward, on the grid");
+    r.expect_near_cpu(k, r.dW(k, false), dg[n + k]);
+  }
 }
 
 // The cooperative grouped backward (group_coop=1: one launch, a grid-wide barrier between the

@@ -759,20 +759,7 @@ static void expect_grid_rows_match_cpu(const std::vector<GridRowsCase> &cases, b
   EXPECT_GT(ran, 0);
 }
 
-// The cases below are sized for a grid of 132 blocks (an H100's or H200's SMs); on the emulated
-// device (tests/emu_cuda/, 8 SMs unless SPECNORM_EMU_SMS=132) none would take the instance tested.
-static int emulated_sms() {
-#ifdef SPECNORM_EMULATED
-  int dev = 0, sms = 0;
-  if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
-    return sms;
-#endif
-  return 0;  // a real device
-}
-#define SKIP_UNLESS_132_SMS()                                                                      \
-  if (emulated_sms() > 0 && emulated_sms() < 132)                                                  \
-  GTEST_SKIP() << "emulated device of " << emulated_sms()                                          \
-               << " SMs: these cases are sized for 132 (SPECNORM_EMU_SMS=132)"
+// The cases below are sized for a grid of 132 blocks (SKIP_UNLESS_132_SMS, tests/test_util.h).
 
 // Rows in registers: layers of up to 9 rows a block (132 blocks) with 2 in shared memory
 // (264 × 1024: none in registers, the packed instance all the same; two v-first layers with dim −1,

@@ -45,6 +45,13 @@ inline std::string gpu_missing_reason() {
     if (!why_.empty()) GTEST_SKIP() << why_ << ": GPU test skipped";                \
   } while (0)
 
+// Skip the current test on an emulated device of fewer than 132 SMs: for cases sized for a grid of
+// 132 blocks (an H100's or H200's SMs), which a smaller one would not run as the case intends.
+#define SKIP_UNLESS_132_SMS()                                                                      \
+  if (::sntest::emulated_sms() > 0 && ::sntest::emulated_sms() < 132)                              \
+  GTEST_SKIP() << "emulated device of " << ::sntest::emulated_sms()                                \
+               << " SMs: these cases are sized for 132 (SPECNORM_EMU_SMS=132)"
+
 // Assert that a CUDA runtime call succeeds, naming the call.
 #define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
 
@@ -485,6 +492,17 @@ inline bool cooperative_launch_here() {
   int dev = 0, coop = 0;
   return cudaGetDevice(&dev) == cudaSuccess &&
          cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) == cudaSuccess && coop;
+}
+
+// The multiprocessors of the emulated device (tests/emu_cuda/: 8 unless SPECNORM_EMU_SMS is set);
+// 0 on a real device.
+inline int emulated_sms() {
+#ifdef SPECNORM_EMULATED
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
+    return sms;
+#endif
+  return 0;  // a real device
 }
 
 // Whether one of the names matches the regular expression.
