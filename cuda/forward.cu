@@ -482,13 +482,15 @@ extern "C" int sn_cuda_plan_init(sn_cuda_plan_t *plan, sn_view_t view, sn_dtype_
   sn_view_t gv{};
   const bool grid_default = tune.op_onchip_grid < 0 && order == SN_ORDER_V_FIRST &&
                             view.h * view.A * view.B >= kGridVFirstMinElems && device_is_sm90_or_later();
+  // (The default's shape bounds are tested before the layout, which asks the runtime about the
+  // kernels; the rows' place, shared memory, registers or streamed, is known only after it.)
   if (on_chip && (tune.op_onchip_grid > 0 || grid_default) && plan->onchip.cluster == 0 &&
-      sn_group_view(view, order, &gv) && gv.A == 1) {
+      sn_group_view(view, order, &gv) && gv.A == 1 &&
+      !(grid_default && (gv.h < kGridVFirstMinRowsPerSm * plan->sm_count || gv.B < kGridVFirstMinWidth))) {
     sn_cuda_on_chip_grid_prepare(gv, dtype, plan->sm_count, tune.op_onchip_grid == 2, tune.onchip_grid_rows,
                                  tune.onchip_refuse, &plan->onchip);
     plan->onchip.transposed = order == SN_ORDER_V_FIRST && plan->onchip.grid > 0;
-    if (grid_default && (plan->onchip.reg_rows > 0 || plan->onchip.stream_rows > 0 ||
-                         gv.h < kGridVFirstMinRowsPerSm * plan->sm_count || gv.B < kGridVFirstMinWidth))
+    if (grid_default && (plan->onchip.reg_rows > 0 || plan->onchip.stream_rows > 0))
       plan->onchip = sn_on_chip_t{};  // not what was measured: the usual kernels
   }
   const int64_t h = view.h, w = view.A * view.B;
