@@ -353,7 +353,9 @@ if [[ $COOP_HUNG -eq 1 ]]; then
 fi
 # The layer on chip over the grid (cuda/on_chip_grid.cu, SPECNORM_TUNE=op_onchip_grid=1|2): two
 # small tests, alone, under a short timeout, as coop_smoke above (a few seconds when they pass). The
-# default never takes that path, so a hang there leaves out only its tests, variants and profile.
+# default takes that path only for v-first layers of dim −1 from 2²¹ elements (sm_90), so a hang
+# there leaves out its tests (their names say OnChipGrid or OnTheGrid; the default's few GpuShapes
+# cases stay, each under ctest's timeout), variants and profile.
 GRID_HUNG=0
 if [[ $CONFIGURED -eq 1 && -x "$GPU_TESTS" ]]; then
   run_step grid_smoke "$OUT/tests.log" 45 300 \
