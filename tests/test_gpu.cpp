@@ -791,12 +791,8 @@ TEST(Gpu, OnePassRowPairsAreBitwiseSingleRows) {
 }
 
 // The ring tests' conditions: a suite-wide op_rows=2 leaves no ring instance (two rows a step);
-// which instances take a ring follows ptxas's registers, known for sm_90 (the device's major).
+// which instances take a ring follows ptxas's registers, known for sm_90 (device_major).
 static bool suite_takes_two_rows_a_step() { return tune_prefix().find("op_rows=2") != std::string::npos; }
-static int device_major() {
-  int major = 0;
-  return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) == cudaSuccess ? major : 0;
-}
 
 // The training rows' ping-pong loop, the ring of two (cuda/one_pass.cuh; SPECNORM_TUNE=op_pp=2 asks
 // for it in every instance of one row a step, the default only in the 2-byte rows of 512 threads ×

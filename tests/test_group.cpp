@@ -2029,6 +2029,17 @@ struct BackwardRig {
       EXPECT_NEAR(dg, dgc, 1e-5 * mag / d);
     }
   }
+  // Each layer's own sn_backward with `flags` into the second set of buffers (∂L/∂γ into the slots
+  // [n, 2n) where `with_dgamma` and the member has one), then synchronized.
+  void own_backward(unsigned flags, bool with_dgamma) {
+    const size_t n = ms.size();
+    for (size_t k = 0; k < n; ++k)
+      ASSERT_EQ(sn_backward(layers[k], Wd[k], Ga[k]->dev, Da[k] ? Da[k]->dev : Ga[k]->dev, flags,
+                            with_dgamma && gdg[k] ? dgam + n + k : nullptr, nullptr),
+                SN_SUCCESS)
+          << sn_last_error_message();
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  }
   // The grouped backward with `flags` from reset buffers: every member's dW, then the ∂L/∂γ slots.
   std::vector<std::vector<uint8_t>> group_backward(unsigned flags) {
     reset();
@@ -2077,12 +2088,7 @@ TEST(GroupGpu, BackwardIsBitwiseEachLayersBackward) {
     for (unsigned flags : kBackwardFlags) {
       SCOPED_TRACE("flags " + std::to_string(flags));
       const std::vector<std::vector<uint8_t>> got = r.group_backward(flags);
-      for (size_t k = 0; k < n_members; ++k)
-        ASSERT_EQ(sn_backward(r.layers[k], r.Wd[k], r.Ga[k]->dev, r.Da[k] ? r.Da[k]->dev : r.Ga[k]->dev, flags,
-                              bd.dgamma && r.gdg[k] ? r.dgam + n_members + k : nullptr, nullptr),
-                  SN_SUCCESS)
-            << sn_last_error_message();
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      ASSERT_NO_FATAL_FAILURE(r.own_backward(flags, bd.dgamma));
       const std::vector<float> dg = r.dgammas();
       for (size_t k = 0; k < n_members; ++k) {
         SCOPED_TRACE("member " + std::to_string(k) + " " + shape_str(r.ms[k].shape));
@@ -2141,6 +2147,7 @@ TEST(GroupGpu, BackwardOfAMemberOnTheGridMatchesTheCpu) {
   REQUIRE_GPU();
   if (!cooperative_launch_here()) GTEST_SKIP() << "no cooperative launch on this device";
   SKIP_UNLESS_132_SMS();
+  if (device_major() < 9) GTEST_SKIP() << "sm_" << device_major() << "x: the grid is the default on sm_90 and up only";
   const std::string suite_tune = tune_prefix();
   if (suite_tune.find("op_onchip_grid") != std::string::npos || suite_tune.find("onchip_refuse") != std::string::npos)
     GTEST_SKIP() << "SPECNORM_TUNE='" << suite_tune << "' sets the grid's path: this test is of the default";
@@ -2157,17 +2164,8 @@ TEST(GroupGpu, BackwardOfAMemberOnTheGridMatchesTheCpu) {
   sn_paths_t p;
   ASSERT_EQ(sn_group_get_paths(r.g.p, &p), SN_SUCCESS);
   EXPECT_EQ(p.backward, SN_PATH_BACKWARD_KERNELS) << sn_path_name(p.backward);
-  for (size_t k = 0; k < n; ++k)
-    ASSERT_EQ(sn_backward(r.layers[k], r.Wd[k], r.Ga[k]->dev, r.Da[k] ? r.Da[k]->dev : r.Ga[k]->dev, 0,
-                          r.gdg[k] ? r.dgam + n + k : nullptr, nullptr),
-              SN_SUCCESS)
-        << sn_last_error_message();
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  ASSERT_NO_FATAL_FAILURE(r.own_backward(0, true));
   ASSERT_EQ(sn_layer_get_paths(r.layers[0], &p), SN_SUCCESS);
-  int dev = 0, major = 0;
-  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
-  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
-  if (major < 9) GTEST_SKIP() << "sm_" << major << "x: the grid is the default on sm_90 and up only";
   ASSERT_EQ(p.backward, SN_PATH_ON_CHIP_GRID) << sn_path_name(p.backward) << ": the member's own backward";
   const std::vector<float> dg = r.dgammas();
   ASSERT_NE(r.gdg[0], nullptr);

@@ -48,9 +48,12 @@ inline std::string gpu_missing_reason() {
 // Skip the current test on an emulated device of fewer than 132 SMs: for cases sized for a grid of
 // 132 blocks (an H100's or H200's SMs), which a smaller one would not run as the case intends.
 #define SKIP_UNLESS_132_SMS()                                                                      \
-  if (::sntest::emulated_sms() > 0 && ::sntest::emulated_sms() < 132)                              \
-  GTEST_SKIP() << "emulated device of " << ::sntest::emulated_sms()                                \
-               << " SMs: these cases are sized for 132 (SPECNORM_EMU_SMS=132)"
+  do {                                                                                             \
+    const int sms_ = ::sntest::emulated_sms();                                                     \
+    if (sms_ > 0 && sms_ < 132)                                                                    \
+      GTEST_SKIP() << "emulated device of " << sms_                                                \
+                   << " SMs: these cases are sized for 132 (SPECNORM_EMU_SMS=132)";                \
+  } while (0)
 
 // Assert that a CUDA runtime call succeeds, naming the call.
 #define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
@@ -492,6 +495,12 @@ inline bool cooperative_launch_here() {
   int dev = 0, coop = 0;
   return cudaGetDevice(&dev) == cudaSuccess &&
          cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) == cudaSuccess && coop;
+}
+
+// Device 0's compute capability major (9: sm_90), 0 where it cannot be asked.
+inline int device_major() {
+  int major = 0;
+  return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) == cudaSuccess ? major : 0;
 }
 
 // The multiprocessors of the emulated device (tests/emu_cuda/: 8 unless SPECNORM_EMU_SMS is set);
