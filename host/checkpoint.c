@@ -159,18 +159,6 @@ SN_API sn_status_t sn_layer_checkpoint_size(const sn_layer_t *layer, size_t *byt
  * memory is addressed only through layer->u, layer->v and layer->sigma, whatever its layout. */
 static int64_t compact_floats(const sn_layer_t *l) { return l->view.h + width_of(l) + 4; }
 
-static sn_status_t cuda_enter(int device, int *prev) {
-  cudaError_t e = cudaGetDevice(prev);
-  if (e == cudaSuccess && *prev != device) e = cudaSetDevice(device);
-  if (e != cudaSuccess) {
-    return sn__cuda_fail((int)e, "selecting the layer's device");
-  }
-  return SN_SUCCESS;
-}
-static void cuda_leave(int device, int prev) {
-  if (prev != device) (void)cudaSetDevice(prev);
-}
-
 /* Copy the state to the compact host array `host` after the work queued on `stream`. Blocks.
  * (The other way: sn__put_state.) */
 static sn_status_t fetch(const sn_layer_t *l, float *host, sn_stream_t stream) {
@@ -184,7 +172,7 @@ static sn_status_t fetch(const sn_layer_t *l, float *host, sn_stream_t stream) {
     return SN_SUCCESS;
   }
   int prev = 0;
-  sn_status_t st = cuda_enter(l->desc.device, &prev);
+  sn_status_t st = sn__enter_device(l->desc.device, &prev);
   if (st != SN_SUCCESS) return st;
   cudaStream_t s = (cudaStream_t)stream;
   cudaError_t e = cudaSuccess;
@@ -198,7 +186,7 @@ static sn_status_t fetch(const sn_layer_t *l, float *host, sn_stream_t stream) {
     const cudaError_t es = cudaStreamSynchronize(s);
     if (e == cudaSuccess) e = es;
   }
-  cuda_leave(l->desc.device, prev);
+  sn__leave_device(l->desc.device, prev);
   if (e != cudaSuccess) {
     return sn__cuda_fail((int)e, "copying the layer state to the host for the checkpoint");
   }

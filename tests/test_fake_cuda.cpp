@@ -2159,4 +2159,49 @@ TEST_F(FakeCuda, CallsRunOnTheLayersDeviceAndKeepTheCallers) {
   fake_cuda::set_device_count_error(cudaSuccess);
 }
 
+// A call on a layer of another device switches to it and back. When the switch back fails, the
+// call's work is done and it succeeds, with the caller left on the layer's device (the header:
+// such an error is the call's own, not left pending for the caller's next cudaGetLastError).
+TEST_F(FakeCuda, AFailedSwitchBackToTheCallersDeviceLeavesNoErrorPending) {
+  FAKE_MACHINE(fake_cuda::h100(), fake_cuda::h100());
+  fake_cuda::expect_stream(kS);
+  ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+  Dev W(64 * 576 * 4), W_sn(64 * 576 * 4);
+  sn_layer_desc_t d = make_desc({{64, 576}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
+  d.device = 1;
+  sn_layer_t *l = nullptr;
+  OK(create_layer(&l, &d));
+  Layer layer(l);
+  OK(sn_forward(l, W.p, W_sn.p, 1, kS));
+  const std::vector<unsigned char> blob = snapshot(l);
+  std::vector<unsigned char> out(blob.size());
+  std::vector<float> hu(64), hv(576);
+  float sg = 0, inv = 0;
+  uint32_t hl = 0;
+  const std::vector<std::pair<const char *, std::function<sn_status_t()>>> calls = {
+      {"sn_forward", [&] { return sn_forward(l, W.p, W_sn.p, 1, kS); }},
+      {"sn_forward_scale_only", [&] { return sn_forward_scale_only(l, W.p, 1, kS); }},
+      {"sn_backward", [&] { return sn_backward(l, W.p, W_sn.p, W_sn.p, 0, nullptr, kS); }},
+      {"sn_layer_get_state", [&] { return sn_layer_get_state(l, hu.data(), hv.data(), &sg, nullptr, kS); }},
+      {"sn_layer_set_state", [&] { return sn_layer_set_state(l, hu.data(), hv.data(), sg, 1, kS); }},
+      {"sn_layer_get_sigma", [&] { return sn_layer_get_sigma(l, &sg, &inv, kS); }},
+      {"sn_layer_get_scale", [&] { return sn_layer_get_scale(l, &sg, kS); }},
+      {"sn_layer_get_health", [&] { return sn_layer_get_health(l, &hl, 1, kS); }},
+      {"sn_layer_save", [&] { return sn_layer_save(l, out.data(), out.size(), nullptr, kS); }},
+      {"sn_layer_load", [&] { return sn_layer_load(l, blob.data(), blob.size(), kS); }},
+      {"sn_layer_reset", [&] { return sn_layer_reset(l, 3, kS); }},
+  };
+  for (const auto &c : calls) {
+    SCOPED_TRACE(c.first);
+    ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+    fake_cuda::fail_nth(Api::kSetDevice, 2, cudaErrorInvalidValue);  // the first switches to 1
+    const sn_status_t st = c.second();
+    EXPECT_TRUE(fake_cuda::failure_fired()) << "no switch back to the caller's device";
+    fake_cuda::fail_nth(Api::kSetDevice, 0, cudaSuccess);
+    EXPECT_EQ(st, SN_SUCCESS) << sn_last_error_message();
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "an error left pending";
+    EXPECT_EQ(fake_cuda::pending_to_host(), 0);
+  }
+}
+
 }  // namespace
