@@ -285,6 +285,16 @@ typedef struct {
   uint32_t health;                    /* the health word the load installs */
 } ck_blob_t;
 
+/* A stored 1/σ of a σ > 2^126, whose 1/σ is subnormal: 0 (a process flushing subnormals wrote it),
+ * or within one step of the subnormal grid (2^-149) of the exact 1/σ. Read from the bits and
+ * computed in double, so that a loader flushing subnormals reads it as written. */
+static int subnormal_inverse_ok(float sigma, float inv) {
+  uint32_t bits;
+  memcpy(&bits, &inv, sizeof bits);
+  if (bits >> 23) return 0; /* the sign or an exponent: not +0 or a positive subnormal */
+  return bits == 0 || fabs((double)bits - ldexp(1.0 / (double)sigma, 149)) <= 1.0;
+}
+
 /* Parse and check a blob on its own (not against a layer). Reads only inside buf[0, size). */
 static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
   if (size < CK_PREFIX)
@@ -417,10 +427,10 @@ static sn_status_t parse(const unsigned char *p, size_t size, ck_blob_t *b) {
     return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: sigma = %g must be 0 or finite and >= FLT_MIN",
                     (double)sigma);
   /* 1/σ as every commit writes it (0 with no estimate): a consumer GEMM may take it as alpha.
-   * (Below FLT_MIN, a 1/σ of σ >= 2^126, either may be 0: a process that flushes subnormals to
-   * zero, as -ffast-math sets up, wrote or reads it.) */
+   * (Below FLT_MIN, a 1/σ of σ > 2^126, either side may have flushed it to 0, as -ffast-math sets
+   * up: subnormal_inverse_ok.) */
   const float inv_of_sigma = sigma > 0.0f ? 1.0f / sigma : 0.0f;
-  const int tiny = fabsf(inv) < FLT_MIN && fabsf(inv_of_sigma) < FLT_MIN && inv >= 0.0f;
+  const int tiny = sigma > 0.0f && 1.0 / (double)sigma < (double)FLT_MIN && subnormal_inverse_ok(sigma, inv);
   if (memcmp(&inv, &inv_of_sigma, sizeof inv) != 0 && !tiny)
     return sn__fail(SN_ERROR_BAD_CHECKPOINT, "buf: 1/sigma = %g is not 1/%g (%g)", (double)inv,
                     (double)sigma, (double)inv_of_sigma);
@@ -495,10 +505,9 @@ SN_API sn_status_t sn_layer_load(sn_layer_t *layer, const void *buf, size_t size
   for (int64_t j = 0; j < w; ++j) state[h + j] = get_f32(b.v + 4 * j);
   float *sig = state + h + w;
   for (int k = 0; k < 3; ++k) sig[k] = get_f32(b.sigma + 4 * k);
-  uint32_t bound_bits, own_bits;
-  memcpy(&bound_bits, &b.norm_bound, 4);
-  memcpy(&own_bits, &layer->desc.norm_bound, 4);
-  if (bound_bits != own_bits) /* the saved scale is of another norm bound: as sn_layer_set_state */
+  /* The saved scale is of another norm bound (by value: -0 and 0 are both no bound): recomputed,
+   * as sn_layer_set_state does. */
+  if (b.norm_bound != layer->desc.norm_bound)
     sig[2] = sig[0] > 0.0f ? 1.0f / sn_ref_divisor(sig[0], layer->desc.norm_bound) : 0.0f;
   /* parse: the blob's health word, or version 1's derived one; a non-finite scale installed is
    * recorded there even where the user had read and cleared SN_HEALTH_SCALE before saving. */

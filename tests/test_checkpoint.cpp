@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <map>
+#include <sstream>
 
 #include "test_util.h"
 
@@ -481,18 +482,40 @@ TEST_F(Checkpoint, FieldsOutOfRange) {
   put_le(b, sig + 4, 0, 4);
   reseal(b);
   expect_rejected(dst.layer, b, SN_ERROR_BAD_CHECKPOINT, "sigma 2^126 with 1/sigma 0");
+  const auto hex = [](float x) {
+    std::ostringstream o;
+    o << std::hexfloat << x;
+    return o.str();
+  };
   // σ = 2^127: 1/σ = 2^-127 is subnormal, and a process that flushes subnormals to zero writes 0:
-  // both load; FLT_MIN there is neither.
-  for (const float inv : {std::ldexp(1.f, -127), 0.f, FLT_MIN}) {
+  // both load; FLT_MIN there is neither, nor another subnormal (2^-149, 2^-126 - 2^-149).
+  for (const float inv : {std::ldexp(1.f, -127), 0.f, FLT_MIN, std::ldexp(1.f, -149),
+                          FLT_MIN - std::ldexp(1.f, -149)}) {
     b = save(src.layer);
     put_le(b, sig, bits(std::ldexp(1.f, 127)), 4);
     put_le(b, sig + 4, bits(inv), 4);
     reseal(b);
-    if (inv == FLT_MIN) {
-      expect_rejected(dst.layer, b, SN_ERROR_BAD_CHECKPOINT, "sigma 2^127 with 1/sigma FLT_MIN");
-    } else {
+    if (inv == std::ldexp(1.f, -127) || inv == 0.f) {
       EXPECT_EQ(sn_layer_load(dst.layer, b.data(), b.size(), nullptr), SN_SUCCESS) << inv << ": " << sn_last_error_message();
+    } else {
+      expect_rejected(dst.layer, b, SN_ERROR_BAD_CHECKPOINT, "sigma 2^127 with 1/sigma " + hex(inv));
     }
+  }
+  // σ = 3·2^125 (not a power of two): 1/σ is subnormal and not exact, its rounded value loads.
+  b = save(src.layer);
+  const float odd = 3.f * std::ldexp(1.f, 125);
+  put_le(b, sig, bits(odd), 4);
+  put_le(b, sig + 4, bits(1.f / odd), 4);
+  reseal(b);
+  EXPECT_EQ(sn_layer_load(dst.layer, b.data(), b.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+  // σ = 0 (no estimate) has 1/σ = 0 exactly: a subnormal there is no commit's.
+  for (const float inv : {std::ldexp(1.f, -149), std::ldexp(1.f, -133), -0.f}) {
+    b = save(src.layer);
+    put_le(b, sig, 0, 4);
+    put_le(b, sig + 4, bits(inv), 4);
+    put_le(b, sig + 8, 0, 4);
+    reseal(b);
+    expect_rejected(dst.layer, b, SN_ERROR_BAD_CHECKPOINT, "sigma 0 with 1/sigma " + hex(inv));
   }
 }
 
@@ -545,6 +568,29 @@ TEST_F(Checkpoint, ScaleUnderAnotherNormBoundIsRecomputed) {
   ASSERT_EQ(sn_layer_load(dst.layer, b2.data(), b2.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
   ASSERT_EQ(sn_layer_get_scale(dst.layer, &scale, nullptr), SN_SUCCESS);
   EXPECT_EQ(scale, 1.f / (0.75f / 0.5f));
+}
+
+// A norm bound of -0 is no bound, as 0 is (sn_layer_create takes either): a blob of one loads
+// into a layer of the other with its scale (here γ / σ) kept, not recomputed as 1/σ.
+TEST_F(Checkpoint, NormBoundsOfZeroAndMinusZeroAreTheSame) {
+  const float gamma = 3.f;
+  for (const float saved : {-0.f, 0.f}) {
+    sn_layer_desc_t ds = cpu_desc({8, 6}), dl = ds;
+    ds.norm_bound = saved;
+    dl.norm_bound = -saved;
+    Trained a(ds, rng, 0), b(dl, rng, 1);
+    ASSERT_EQ(sn_layer_set_gamma(a.layer, &gamma), SN_SUCCESS);
+    ASSERT_EQ(sn_layer_set_gamma(b.layer, &gamma), SN_SUCCESS);
+    std::vector<float> out(a.W.size());
+    ASSERT_EQ(sn_forward(a.layer, a.W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+    float sa = 0.f, sb = 0.f;
+    ASSERT_EQ(sn_layer_get_scale(a.layer, &sa, nullptr), SN_SUCCESS);
+    ASSERT_EQ(sa, gamma / get_state(a.layer).sigma);
+    const Blob blob = save(a.layer);
+    ASSERT_EQ(sn_layer_load(b.layer, blob.data(), blob.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+    ASSERT_EQ(sn_layer_get_scale(b.layer, &sb, nullptr), SN_SUCCESS);
+    EXPECT_EQ(sb, sa) << "saved with bound " << saved;
+  }
 }
 
 // A γ bound (σReparam's learnable scalar) may be negative, and so the scale γ / σ: such a layer's
