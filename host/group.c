@@ -125,6 +125,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
   size_t floats = 0;
   int rows = 0, red = 0, div = 0, max_iters = 1;
   int64_t max_w = 1, max_warp_w = 0;
+  int widest = 0; /* the member of max_w */
   double w_bytes = 0; /* the weights' bytes: whether the forward is one cooperative launch */
   for (int k = 0; k < g->count; ++k) {
     const sn_layer_t *l = g->layers[k];
@@ -163,7 +164,7 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     div += x->div_blocks;
     if (x->n_iters > max_iters) max_iters = x->n_iters;
     w_bytes += (double)l->numel * (double)sn_dtype_size(l->desc.dtype);
-    if (w > max_w) max_w = w;
+    if (w > max_w) max_w = w, widest = k;
     if (x->warp_k > 0 && w > max_warp_w) max_warp_w = w;
     /* t, s, part, tsq, sq, scal, counter (as floats) */
     floats += pad64(h) + pad64(w) + pad64((int64_t)x->row_blocks * w) + pad64(x->row_blocks) +
@@ -217,7 +218,16 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     if (e == cudaSuccess)
       e = (cudaError_t)sn_cuda_group_prepare(max_w, max_warp_w, most < coop_cap ? most : coop_cap,
                                              &coop_blocks);
-    if (e != cudaSuccess) {
+    if (e == cudaErrorLaunchOutOfResources) {
+      /* The rows kernel's shared memory (v and s of the widest member) is more than the device
+       * gives a block: 2 · 4 · w bytes, beyond sm_86's and sm_89's 99 KB from ~12,600 columns.
+       * The plan's own verdict, which no runtime call raised: nothing to clear. */
+      st = sn__fail(SN_ERROR_NOT_SUPPORTED,
+                    "layers[%d]: the group keeps v and s of its %lld columns (for a v-first layer, "
+                    "rows) in a block's shared memory, more than device %d allows a block; call "
+                    "sn_forward on it",
+                    widest, (long long)max_w, g->device);
+    } else if (e != cudaSuccess) {
       st = sn__cuda_fail((int)e, "setting up the group's tables");
     } else {
       sn_cuda_group_t *c = &g->cuda;

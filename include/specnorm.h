@@ -380,7 +380,9 @@ typedef struct sn_group sn_group_t;
  * layers[k] uses weight W[k] and writes W_sn[k] (W_sn may be NULL, or any W_sn[k] NULL: that
  * layer gets the scale-only forward). The layers keep their own state and may still be used on
  * their own; the group only holds pointers (it does not own the layers or the buffers, which must
- * outlive it). Requirements, on either backend (a group built on the CPU builds on a GPU): all
+ * outlive it). Requirements, on either backend (a group built on the CPU builds on a GPU, but on
+ * one whose blocks have under 128 KB of shared memory, as sm_86's and sm_89's 99 KB: there a
+ * member of more than ~12,600 columns, rows for v-first, is SN_ERROR_NOT_SUPPORTED): all
  * layers of one backend (and one device); weights of at least 2 dimensions; either order, mixed:
  * u-first with w <= 16384, v-first with h <= 16384 and no axis of size > 1 on one side of dim
  * (dim 0 or the last axis), since a v-first layer runs as the u-first iteration on Mᵀ, which is

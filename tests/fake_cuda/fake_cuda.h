@@ -52,6 +52,7 @@ struct DeviceProps {
 };
 DeviceProps h100();
 DeviceProps a100();
+DeviceProps a40();  // sm_86: runs the sm_80 code with 99 KB of shared memory a block
 
 // A stream handle for the tests: the fake never dereferences one.
 inline cudaStream_t test_stream() { return reinterpret_cast<cudaStream_t>(uintptr_t{0x5eed00}); }

@@ -426,6 +426,16 @@ DeviceProps a100() {
   d.l2_bytes = 40 * 1024 * 1024;
   return d;
 }
+DeviceProps a40() {
+  DeviceProps d;
+  d.major = 8;
+  d.minor = 6;
+  d.sms = 84;
+  d.optin_smem = 101376;
+  d.smem_per_sm = 102400;
+  d.l2_bytes = 6 * 1024 * 1024;
+  return d;
+}
 
 void reset(const std::vector<DeviceProps> &props) {
   State &s = st();
