@@ -2,6 +2,7 @@
  * the CUDA or CPU backend. Every check happens before anything is changed, so a failed call
  * leaves the layer as it was. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -124,9 +125,16 @@ static cudaError_t pointer_attributes(const void *p, struct cudaPointerAttribute
 sn_status_t sn__check_device_pointer(int device, const void *p, const char *name) {
   struct cudaPointerAttributes attr;
   const cudaError_t e = pointer_attributes(p, &attr);
-  if (e != cudaSuccess) {
+  /* The runtime answers an unknown pointer with cudaMemoryTypeUnregistered (before CUDA 11, with
+   * cudaErrorInvalidValue); any other error is the runtime's own (a context a kernel fault
+   * ended, ...), not the pointer's. */
+  if (e == cudaErrorInvalidValue)
     return sn__fail(SN_ERROR_INVALID_POINTER, "%s (%p) is not memory known to CUDA (%s)", name, p,
                     cudaGetErrorString(e));
+  if (e != cudaSuccess) {
+    char what[96];
+    snprintf(what, sizeof what, "cudaPointerGetAttributes of %s (%p)", name, p);
+    return sn__cuda_fail((int)e, what);
   }
   if (attr.type == cudaMemoryTypeManaged) return SN_SUCCESS;
   if (attr.type == cudaMemoryTypeUnregistered)

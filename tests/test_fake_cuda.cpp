@@ -779,7 +779,9 @@ TEST_P(FakeCudaMachines, RandomGroupsBuildAsOnTheCpuAndLaunchWithinTheDevicesLim
     fake_cuda::clear_log();
   }
   EXPECT_GT(built, 10);
-  if (GetParam().props.optin_smem >= 8 * 16384) EXPECT_EQ(refused, 0);
+  if (GetParam().props.optin_smem >= 8 * 16384) {
+    EXPECT_EQ(refused, 0);
+  }
 }
 
 // sm_86 and sm_89 (A40, L4, RTX 30 and 40) run the sm_80 code with 99 KB of shared memory a block:
@@ -2211,6 +2213,39 @@ TEST_F(FakeCuda, CallsRunOnTheLayersDeviceAndKeepTheCallers) {
   EXPECT_NE(std::string(sn_last_error_message()).find("no usable GPU"), std::string::npos);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   fake_cuda::set_device_count_error(cudaSuccess);
+}
+
+// Where the runtime cannot say where a buffer is (its pointer query fails: a context a kernel
+// fault ended, ...), the call says so as the runtime's failure, not as a bad pointer of the
+// caller's; an unknown pointer (the runtime's old answer, cudaErrorInvalidValue) stays one.
+TEST_F(FakeCuda, AFailedPointerQueryIsTheRuntimesErrorNotTheCallersPointer) {
+  LayerBufs b(make_desc({{64, 576}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT));
+  sn_layer_t *l = b.layer.get();
+  OK(sn_forward(l, b.W->p, b.W_sn->p, 1, kS));
+  const std::vector<unsigned char> before = snapshot(l);
+  struct Case {
+    cudaError_t e;
+    sn_status_t want;
+  };
+  for (const Case c : {Case{cudaErrorIllegalAddress, SN_ERROR_CUDA}, Case{cudaErrorInvalidValue, SN_ERROR_INVALID_POINTER}}) {
+    SCOPED_TRACE(cudaGetErrorName(c.e));
+    for (int call = 0; call < 3; ++call) {
+      fake_cuda::fail_nth(Api::kPointerAttributes, 1, c.e);
+      const sn_status_t st = call == 0   ? sn_forward(l, b.W->p, b.W_sn->p, 1, kS)
+                             : call == 1 ? sn_forward_scale_only(l, b.W->p, 1, kS)
+                                         : sn_backward(l, b.W->p, b.G->p, b.dW->p, 0, nullptr, kS);
+      EXPECT_TRUE(fake_cuda::failure_fired()) << call;
+      fake_cuda::fail_nth(Api::kAny, 0, cudaSuccess);
+      EXPECT_EQ(st, c.want) << call << ": " << sn_last_error_message();
+      const std::string msg = sn_last_error_message();
+      EXPECT_NE(msg.find("W ("), std::string::npos) << msg;
+      if (c.want == SN_ERROR_CUDA) {
+        EXPECT_NE(msg.find("CUDA error 700"), std::string::npos) << msg;
+      }
+      EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    }
+  }
+  EXPECT_EQ(snapshot(l), before) << "the failed calls changed the layer";
 }
 
 // A call on a layer of another device switches to it and back. When the switch back fails, the
