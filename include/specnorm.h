@@ -245,7 +245,9 @@ SN_API sn_status_t sn_forward_scale_only(sn_layer_t *layer, const void *W, int t
                                          sn_stream_t stream);
 
 /* Run the warm-up iterations now with weight W (no W_sn written), if they have not run yet;
- * a no-op otherwise. Call it before capturing forwards in a CUDA graph. Stream-ordered. It commits
+ * a no-op otherwise. Call it before capturing forwards in a CUDA graph (with lazy module loading
+ * and a driver older than 12.3, also run each call once before capturing it: README, "Algorithms").
+ * Stream-ordered. It commits
  * u, v, σ, 1/σ and the scale as a training forward does and marks the layer warmed up, so
  * sn_backward may follow. With warmup_iterations = 0, or for a 1-D weight (nothing to iterate),
  * it only marks the layer warmed up: σ stays as it was (0 on a fresh layer, so that a backward
