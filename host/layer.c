@@ -521,19 +521,27 @@ sn_status_t sn__run_forward(sn_layer_t *l, const void *W, void *W_sn, int traini
     return SN_SUCCESS;
   }
 
-  if (a.warmup_iters > 0) {
-    enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    CUDA_TRY(cudaStreamIsCapturing((cudaStream_t)stream, &cap), "cudaStreamIsCapturing");
-    if (cap != cudaStreamCaptureStatusNone)
-      return sn__fail(SN_ERROR_INVALID_STATE,
-                      "the layer has not warmed up: its first forward runs %d warm-up iterations "
-                      "once and must not be captured in a CUDA graph; call sn_layer_warmup (or one "
-                      "forward) before the capture",
-                      a.warmup_iters);
-  }
   int prev = 0;
   st = sn__enter_device(dev, &prev);
   if (st != SN_SUCCESS) return st;
+  /* Asked on the layer's device: a per-thread default stream is the current device's. */
+  if (a.warmup_iters > 0) {
+    enum cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    const cudaError_t ce = cudaStreamIsCapturing((cudaStream_t)stream, &cap);
+    if (ce != cudaSuccess) {
+      st = sn__cuda_fail((int)ce, "cudaStreamIsCapturing");
+    } else if (cap != cudaStreamCaptureStatusNone) {
+      st = sn__fail(SN_ERROR_INVALID_STATE,
+                    "the layer has not warmed up: its first forward runs %d warm-up iterations "
+                    "once and must not be captured in a CUDA graph; call sn_layer_warmup (or one "
+                    "forward) before the capture",
+                    a.warmup_iters);
+    }
+    if (st != SN_SUCCESS) {
+      sn__leave_device(dev, prev);
+      return st;
+    }
+  }
   int on_chip = sn_cuda_forward_on_chip(&l->plan, &a);
   int e = sn_cuda_forward(&l->plan, &a, stream);
   const char *refused = NULL;
