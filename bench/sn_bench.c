@@ -224,8 +224,12 @@ static double ulp_of(double x, sn_dtype_t t) {
 
 typedef enum { M_TRAIN = 0, M_EVAL, M_SCALE, M_BACKWARD, M_BACKWARD_ACC, N_MODES } snb_mode_t;
 static const char *const MODE_NAMES[N_MODES] = {"train", "eval", "scale", "backward", "backward-acc"};
-/* bytes(W) multiples each mode must move (see --help). */
+/* bytes(W) multiples each mode must move with one power iteration (see --help); each further
+ * iteration reads W once more in train and scale (mode_bytes). */
 static const double MODE_BYTES[N_MODES] = {3, 3, 1, 4, 5};
+static double mode_bytes(int mode, int power_iters) {
+  return MODE_BYTES[mode] + ((mode == M_TRAIN || mode == M_SCALE) ? power_iters - 1 : 0);
+}
 static int is_backward(int m) { return m == M_BACKWARD || m == M_BACKWARD_ACC; }
 /* sn_backward's flags in backward mode m. */
 static unsigned backward_flags(int m) { return m == M_BACKWARD_ACC ? SN_BACKWARD_ACCUMULATE : 0u; }
@@ -321,7 +325,8 @@ static void print_help(void) {
       "                      support skips that algo with a message\n"
       "  --order O           u-first | v-first (default u-first): sn_layer_desc_t.order of specnorm's\n"
       "                      layers (v-first: the legacy torch.nn.utils.spectral_norm order; rows'\n"
-      "                      algo gets \"/v\"). The baselines keep the u-first sequence.\n"
+      "                      algo gets \"/v\"). The torch rows keep the u-first sequence;\n"
+      "                      the cuBLAS baseline, u-first too, is not run.\n"
       "  --power-iters N     n_power_iterations of every layer and of the baselines (default 1)\n"
       "  --layer-warmup N    warmup_iterations of every layer (default: the library's, 15), e.g.\n"
       "                      0 to keep a profiler's kernel list to the timed calls\n"
@@ -365,6 +370,7 @@ static void print_help(void) {
       "             train, eval     3 x bytes(W): one read of W for the (one-pass) power iteration\n"
       "                             or the eval sigma, plus one read of W and one write of W_sn\n"
       "             scale           1 x bytes(W): the one read of W of the iteration\n"
+      "           With --power-iters N, train and scale add N - 1 reads of W (N + 2, N).\n"
       "             backward        4 x bytes(W): read G and W for <G, W>, read G and write dW\n"
       "             backward-acc    5 x bytes(W): backward plus the read of the old dW\n"
       "           A preset sums this over its layers.\n"
@@ -617,7 +623,7 @@ static void parse_shape(const char *arg, int default_dim, workload_t *w) {
       char *e2 = NULL;
       errno = 0;
       long d = strtol(s + 1, &e2, 10);
-      if (errno || e2 == s + 1 || *e2 != '\0')
+      if (errno || e2 == s + 1 || *e2 != '\0' || d < -SN_MAX_DIMS || d >= SN_MAX_DIMS)
         usage_error("--shape '%s': the ':D' suffix must be an integer dim", arg);
       dim = (int)d;
       break;
@@ -723,6 +729,7 @@ typedef struct {
 
 static row_t *g_rows;
 static int g_n_rows, g_cap_rows;
+static int g_power_iters = 1; /* --power-iters: the rows' bytes (mode_bytes) */
 static double g_copy_gbps = NAN;
 static double g_copy_bytes = 0;
 
@@ -748,7 +755,7 @@ static row_t *new_row(const workload_t *wl, int mode, sn_dtype_t dtype, const ch
   r->speedup_cublas = r->speedup_torch = NAN;
   r->sigma_err = r->wsn_err = NAN;
   snprintf(r->check, sizeof r->check, "skipped");
-  r->bytes = MODE_BYTES[mode] * (double)sn_dtype_size(dtype) * (double)wl->params;
+  r->bytes = mode_bytes(mode, g_power_iters) * (double)sn_dtype_size(dtype) * (double)wl->params;
   return r;
 }
 
@@ -781,7 +788,7 @@ static void load_torch(const char *path) {
   fseek(f, 0, SEEK_END);
   long size = ftell(f);
   fseek(f, 0, SEEK_SET);
-  if (size < 0) die("--torch %s: cannot read", path);
+  if (size < 0 || size > (1L << 30)) die("--torch %s: cannot read (not a JSON file of torch_baseline.py?)", path);
   char *text = xmalloc((size_t)size + 1);
   size_t got = fread(text, 1, (size_t)size, f);
   fclose(f);
@@ -1278,6 +1285,13 @@ static int build_graph_set(enqueue_fn fn, void *ctx, int copies, int mode, cudaS
       return 1;
     }
     set->n++;
+    /* Uploaded now, not at its first launch: time_gpu's untimed calls reach only the first 30
+     * of the copies (up to 1024 of them for small layers). */
+    e = cudaGraphUpload(set->execs[c], s);
+    if (e != cudaSuccess) {
+      snprintf(why, why_size, "cudaGraphUpload: %s", cudaGetErrorString(e));
+      return 1;
+    }
   }
   return 0;
 }
@@ -1928,8 +1942,23 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
         free(got);
       }
     }
+    /* The scale-only group (W_sn NULL: its own launch setup, one commit block a member): a
+     * training call, its σ and scale against the CPU layers' scale-only forward. */
+    CK_SN(sn_group_forward(r.scale[0], 1, (sn_stream_t)s));
+    CK_CUDA(cudaStreamSynchronize(s));
+    for (int l = 0; l < L; l++) {
+      float sg = 0, sc = 0, kg = 0, kc = 0;
+      CK_SN(sn_forward_scale_only(cpu[l], hW_at(buf, l), 1, NULL));
+      CK_SN(sn_layer_get_sigma(layers[l], &sg, NULL, (sn_stream_t)s));
+      CK_SN(sn_layer_get_sigma(cpu[l], &sc, NULL, NULL));
+      CK_SN(sn_layer_get_scale(layers[l], &kg, (sn_stream_t)s));
+      CK_SN(sn_layer_get_scale(cpu[l], &kc, NULL));
+      expect_scalar(wl, l, dt, "specnorm-group", M_SCALE, "sigma", sg, sc, &sig_err[M_SCALE]);
+      expect_scalar(wl, l, dt, "specnorm-group", M_SCALE, "scale", kg, kc, &out_err[M_SCALE]);
+    }
     for (int m = M_BACKWARD; any_backward(o) && m <= M_BACKWARD_ACC; m++) {
-      /* From the state of the eval call above, on both sides; backward-acc onto a random dW. */
+      /* From the state of the scale-only call above, on both sides (the backward reads σ, u and v,
+       * which it committed as a training forward does); backward-acc onto a random dW. */
       const int acc = m == M_BACKWARD_ACC;
       for (int l = 0; l < L; l++) {
         const int64_t n = numel_of(&wl->layers[l]);
@@ -1957,7 +1986,6 @@ static void run_gpu_group(const workload_t *wl, sn_dtype_t dt, const options_t *
     for (int l = 0; l < L; l++) sn_layer_destroy(cpu[l]);
     free(cpu);
     free(out_ref);
-    sig_err[M_SCALE] = sig_err[M_TRAIN]; /* the scale-only call runs the same kernels, minus W_sn */
   } else if (ok) {
     CK_SN(sn_group_forward(r.fwd[0], 1, (sn_stream_t)s)); /* the warm-up, before any capture */
   }
@@ -2023,7 +2051,9 @@ static void run_gpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
 
   int bl_modes = 0;
   for (int m = 0; m < N_MODES; m++) bl_modes += o->modes[m] && baseline_has(m, dt);
-  const int use_baseline = o->baseline && wl->all_dim0 && bl_modes > 0;
+  /* The baseline is the u-first sequence: with --order v-first it would compute another u, v and
+   * σ than the rows it is compared with (and its check against the v-first CPU layer fail). */
+  const int use_baseline = o->baseline && wl->all_dim0 && o->order == SN_ORDER_U_FIRST && bl_modes > 0;
   baseline_t bl;
   memset(&bl, 0, sizeof bl);
   check_result_t bl_check;
@@ -2115,8 +2145,11 @@ static void run_gpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
     baseline_destroy(&bl);
   } else if (o->baseline && !wl->all_dim0) {
     fprintf(stderr, "    (no cuBLAS baseline for %s: it has a weight with dim != 0 or 1-d)\n", wl->name);
+  } else if (o->baseline && o->order != SN_ORDER_U_FIRST) {
+    fprintf(stderr, "    (no cuBLAS baseline for %s with --order v-first: the baseline is the "
+                    "u-first sequence)\n", wl->name);
   }
-  if (o->baseline && wl->all_dim0 && dt != SN_DTYPE_FLOAT32) {
+  if (o->baseline && wl->all_dim0 && o->order == SN_ORDER_U_FIRST && dt != SN_DTYPE_FLOAT32) {
     int fwd = 0;
     for (int m = 0; m < N_MODES; m++) fwd += o->modes[m] && !is_backward(m);
     if (fwd)
@@ -2168,28 +2201,36 @@ static int cpu_group_is_bitwise_the_layers(const workload_t *wl, sn_dtype_t dt, 
     out_g[l] = xcalloc(1, (size_t)n * buf->es);
     out_a[l] = xcalloc(1, (size_t)n * buf->es);
   }
-  sn_group_t *g = NULL;
+  sn_group_t *g = NULL, *gs = NULL;
   CK_SN(sn_group_create(&g, grouped, W, out_g, L));
+  CK_SN(sn_group_create(&gs, grouped, W, NULL, L));
   CK_SN(sn_group_set_gradients(g, G, out_g, NULL));
   int same = 1;
-  for (int step = 0; step < 2 && same; step++) {
-    if (step == 0) CK_SN(sn_group_forward(g, 1, NULL));
-    else CK_SN(sn_group_backward(g, 0, NULL));
+  /* Every mode the rows are labelled for, in turn on the same layers: σ, the scale and W_sn or dW
+   * (backward-acc adds onto the backward's dW, equal on both sides by then). */
+  for (int m = 0; m < N_MODES && same; m++) {
+    if (m == M_TRAIN || m == M_EVAL) CK_SN(sn_group_forward(g, m == M_TRAIN, NULL));
+    else if (m == M_SCALE) CK_SN(sn_group_forward(gs, 1, NULL));
+    else CK_SN(sn_group_backward(g, backward_flags(m), NULL));
     for (int l = 0; l < L && same; l++) {
-      if (step == 0) CK_SN(sn_forward(alone[l], W[l], out_a[l], 1, NULL));
-      else CK_SN(sn_backward(alone[l], W[l], G[l], out_a[l], 0, NULL, NULL));
-      float sg = 0, sa = 0;
+      if (m == M_TRAIN || m == M_EVAL) CK_SN(sn_forward(alone[l], W[l], out_a[l], m == M_TRAIN, NULL));
+      else if (m == M_SCALE) CK_SN(sn_forward_scale_only(alone[l], W[l], 1, NULL));
+      else CK_SN(sn_backward(alone[l], W[l], G[l], out_a[l], backward_flags(m), NULL, NULL));
+      float sg = 0, sa = 0, kg = 0, ka = 0;
       CK_SN(sn_layer_get_sigma(grouped[l], &sg, NULL, NULL));
       CK_SN(sn_layer_get_sigma(alone[l], &sa, NULL, NULL));
+      CK_SN(sn_layer_get_scale(grouped[l], &kg, NULL));
+      CK_SN(sn_layer_get_scale(alone[l], &ka, NULL));
       const size_t bytes = (size_t)numel_of(&wl->layers[l]) * buf->es;
-      if (memcmp(&sg, &sa, sizeof sg) || memcmp(out_g[l], out_a[l], bytes)) {
+      if (memcmp(&sg, &sa, sizeof sg) || memcmp(&kg, &ka, sizeof kg) || memcmp(out_g[l], out_a[l], bytes)) {
         fprintf(stderr, "%s (%s): the CPU group's %s of layer %d differs from the layer's own call\n",
-                wl->name, dtype_name(dt), step == 0 ? "training forward" : "backward", l);
+                wl->name, dtype_name(dt), MODE_NAMES[m], l);
         same = 0;
       }
     }
   }
   sn_group_destroy(g);
+  sn_group_destroy(gs);
   for (int l = 0; l < L; l++) {
     sn_layer_destroy(grouped[l]);
     sn_layer_destroy(alone[l]);
@@ -2259,7 +2300,11 @@ static void run_cpu_workload(const workload_t *wl, sn_dtype_t dt, const options_
     double f = 0;
     for (int m = 0; m < N_MODES; m++) f = fmax(f, chk.formula_err[m]);
     char fs[96];
-    if (wl->all_dim0) snprintf(fs, sizeof fs, "max dW error %.2e of max|dW|", f);
+    int dim0 = 0; /* layers the host formula is checked on (check_layer) */
+    for (int l = 0; l < wl->n_layers; l++) dim0 += wl->layers[l].dim == 0 && wl->layers[l].ndim >= 2;
+    if (!any_backward(o)) snprintf(fs, sizeof fs, "not run: no backward mode");
+    else if (!dim0) snprintf(fs, sizeof fs, "not run: no layer of dim 0 with 2 or more dimensions");
+    else if (wl->all_dim0) snprintf(fs, sizeof fs, "max dW error %.2e of max|dW|", f);
     else snprintf(fs, sizeof fs, "only on its dim-0 layers: max dW error %.2e of max|dW|", f);
     fprintf(stderr,
             "  %s (%s): check passed in %.1f s (a second CPU layer in all modes; the cuBLAS "
@@ -2403,7 +2448,7 @@ static void print_table(void) {
       for (int k = 0; k < g_n_torch; k++) {
         const torch_row_t *t = &g_torch[k];
         if (strcmp(t->workload, r->workload) || strcmp(t->mode, r->mode) ||
-            strcmp(t->dtype, r->dtype))
+            strcmp(t->dtype, r->dtype) || t->power_iters != g_power_iters)
           continue;
         double gb = r->bytes / (t->median_us * 1e-6) / 1e9;
         char tl[16];
@@ -2627,6 +2672,7 @@ static void list_presets(void) {
 int main(int argc, char **argv) {
   options_t o;
   parse_options(argc, argv, &o);
+  g_power_iters = o.power_iters;
   if (o.list_presets) {
     list_presets();
     return 0;

@@ -76,6 +76,36 @@ class Goals(Tmp):
         self.assertIn("one-pass-rows", rows[("1 train", "4096x4096", "f32")][3])
         self.assertIn("backward-kernels", rows[("5 backward", "4096x4096", "f32")][3])
 
+    def test_the_goals_rows_are_the_default_algorithms_of_one_iteration_and_say_if_unchecked(self):
+        with open(H100_RUN) as f:
+            doc = json.load(f)
+        rc, out, err = run_script("goals.py", H100_RUN)
+        self.assertEqual(rc, 0, err)
+        want = {(r[0], r[1], r[2]): r for r in table_rows(out)}[("1 train", "4096x4096", "f32")]
+        self.assertNotIn("unchecked", want[3])
+        # Rows of another algorithm (--algo all) or of more power iterations, after the default's:
+        # not the goal's.
+        extra = []
+        for r in doc["rows"]:
+            if (r["workload"], r["dtype"], r["mode"], r["impl"]) == ("4096x4096", "f32", "train", "specnorm"):
+                for algo, iters in (("two-pass", 1), ("default", 2)):
+                    x = copy.deepcopy(r)
+                    x.update(algo=algo, power_iters=iters, copy_fraction=0.01, median_us=1e4)
+                    extra.append(x)
+        self.assertEqual(len(extra), 2)
+        doc["rows"] += extra
+        rc, out, err = run_script("goals.py", self.write("b.json", doc))
+        self.assertEqual(rc, 0, err)
+        self.assertEqual({(r[0], r[1], r[2]): r for r in table_rows(out)}[("1 train", "4096x4096", "f32")], want)
+        # A run with --no-check: every number says so.
+        for r in doc["rows"]:
+            r["check"] = "skipped"
+        rc, out, err = run_script("goals.py", self.write("c.json", doc))
+        self.assertEqual(rc, 0, err)
+        rows = {(r[0], r[1], r[2]): r for r in table_rows(out)}
+        self.assertIn("unchecked", rows[("1 train", "4096x4096", "f32")][3])
+        self.assertIn("unchecked", rows[("2 scale", "4096x16384", "f32")][3])
+
     def test_a_cpu_run_has_no_goal_and_no_error(self):
         if SN_BENCH is None:
             self.skipTest("no sn_bench given")

@@ -55,6 +55,12 @@ DEFAULT_SHAPES = ["1024x1024", "4096x4096", "4096x16384"]
 DEFAULT_PRESETS = ["sngan-cifar10"]
 MODES = ["train", "eval", "scale", "backward", "backward-acc"]
 MODE_BYTES = {"train": 3, "eval": 3, "scale": 1, "backward": 4, "backward-acc": 5}
+
+
+def mode_bytes(mode, power_iters):
+    """bytes(W) multiples of a call, as sn_bench's: each further power iteration reads W once
+    more in train and scale."""
+    return MODE_BYTES[mode] + (power_iters - 1 if mode in ("train", "scale") else 0)
 DTYPES = ["f32", "bf16", "f16"]
 DTYPE_SIZE = {"f32": 4, "bf16": 2, "f16": 2}
 BYTES_DEFINITION = (
@@ -489,7 +495,7 @@ class Bench:
     def row(self, wl, mode, dtype, impl, samples, batch, copies, launches, kernels, capturable,
             note):
         med = quantile(samples, 0.5)
-        nbytes = float(MODE_BYTES[mode] * DTYPE_SIZE[dtype] * wl["params"])
+        nbytes = float(mode_bytes(mode, self.args.power_iters) * DTYPE_SIZE[dtype] * wl["params"])
         gbps = nbytes / (med * 1e-6) / 1e9
         return {
             "workload": wl["name"], "kind": wl["kind"], "shape": wl["shape"],
