@@ -116,7 +116,8 @@ static void start_probe(const LayerPtr &cpu, const LayerPtr &probe, const sn_lay
 }
 
 // Run `steps` forwards on a CUDA layer and a CPU layer created alike, W changing between steps,
-// and compare state and output after each step: σ to 1e-5 relative and u, v to 2e-5, or to what a
+// the last an eval forward and, from 5 steps, the one before it scale-only (its scale compared in
+// place of W_sn), and compare state and output after each step: σ to 1e-5 relative and u, v to 2e-5, or to what a
 // CPU probe started 1e-6 away along W's top singular vectors (start_probe) drifts, where the
 // iteration is that ill-conditioned.
 // W_offset shifts W and W_sn by that many floats inside their buffers (alignment tests). start, if
@@ -155,15 +156,22 @@ void compare_backends(const Case &c, Rng &rng, int steps, int warmup = 15, int W
   for (int step = 0; step < steps; ++step) {
     SCOPED_TRACE("step " + std::to_string(step));
     const int training = step + 1 < steps ? 1 : 0;  // the last step is an eval step
+    const bool scale_only = steps >= 5 && step == steps - 2;
     if (step > 0)
       for (auto &x : W) x += 0.01f * rng.normal() / std::sqrt(float(n));
     dW.upload(W);
     dOut.poison();
-    ASSERT_EQ(sn_forward(g, dW.p, dOut.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-    ASSERT_EQ(sn_forward(cpu, W.data(), out_cpu.data(), training, nullptr), SN_SUCCESS);
+    if (scale_only) {
+      ASSERT_EQ(sn_forward_scale_only(g, dW.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward_scale_only(cpu, W.data(), 1, nullptr), SN_SUCCESS);
+    } else {
+      ASSERT_EQ(sn_forward(g, dW.p, dOut.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(cpu, W.data(), out_cpu.data(), training, nullptr), SN_SUCCESS);
+    }
     sn_paths_t paths;
     ASSERT_EQ(sn_layer_get_paths(g, &paths), SN_SUCCESS);
-    SCOPED_TRACE(std::string("CUDA path ") + sn_path_name(training ? paths.train : paths.eval));
+    SCOPED_TRACE(std::string(scale_only ? "scale-only, " : "") + "CUDA path " +
+                 sn_path_name(scale_only ? paths.scale_only : training ? paths.train : paths.eval));
     const State sg = get_state(g), sc = get_state(cpu);
     if (training) {  // an eval step keeps the state, and the last training step's tolerances
       std::vector<float> out_probe(static_cast<size_t>(n));
@@ -178,6 +186,13 @@ void compare_backends(const Case &c, Rng &rng, int steps, int warmup = 15, int W
     EXPECT_LT(max_abs_diff(sg.u, sc.u), vec_tol);
     EXPECT_LT(max_abs_diff(sg.v, sc.v), vec_tol);
     EXPECT_EQ(sg.warmed, 1);
+    if (scale_only) {
+      float kg = 0.f, kc = 0.f;
+      ASSERT_EQ(sn_layer_get_scale(g, &kg, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_get_scale(cpu, &kc, nullptr), SN_SUCCESS);
+      EXPECT_NEAR(kg / kc, 1.0, sigma_tol) << "scale gpu " << kg << " cpu " << kc;
+      continue;
+    }
     const std::vector<float> out = dOut.download();
     EXPECT_LT(max_abs_diff(out, out_cpu), sigma_tol * std::max(1.0, max_abs(out_cpu)));
   }

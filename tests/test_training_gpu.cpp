@@ -50,7 +50,14 @@ TEST(GpuTraining, HalfWeightsMatchTheCpuBackend) {
                           DtCase{{2000, 8192}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_ONE_PASS},
                           // v-first by column panels: 2-byte panels of up to 1536 rows
                           DtCase{{1536, 1000}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_ONE_PASS, SN_ORDER_V_FIRST},
-                          DtCase{{300, 517}, 1, SN_DTYPE_FLOAT16, SN_ALGO_ONE_PASS, SN_ORDER_V_FIRST}}) {
+                          DtCase{{300, 517}, 1, SN_DTYPE_FLOAT16, SN_ALGO_ONE_PASS, SN_ORDER_V_FIRST},
+                          // 1 × 1, N × 1, 1 × N and 1-D in both 2-byte types
+                          DtCase{{1, 1}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_DEFAULT},
+                          DtCase{{1, 1}, 0, SN_DTYPE_FLOAT16, SN_ALGO_DEFAULT},
+                          DtCase{{1000, 1}, 0, SN_DTYPE_FLOAT16, SN_ALGO_DEFAULT},
+                          DtCase{{97, 1}, 0, SN_DTYPE_BFLOAT16, SN_ALGO_DEFAULT, SN_ORDER_V_FIRST},
+                          DtCase{{1, 999}, 0, SN_DTYPE_FLOAT16, SN_ALGO_DEFAULT},
+                          DtCase{{1001}, 0, SN_DTYPE_FLOAT16, SN_ALGO_DEFAULT}}) {
     SCOPED_TRACE(shape_str(c.shape) + " dim " + std::to_string(c.dim) + " " + dtype_name(c.dt));
     sn_layer_desc_t dg = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
     dg.dtype = c.dt;
@@ -65,17 +72,31 @@ TEST(GpuTraining, HalfWeightsMatchTheCpuBackend) {
     Tensor W(c.dt, n), out(c.dt, n);
     std::vector<float> w32 = rng.normals(n, 1.f / std::sqrt(float(n)));
     std::vector<uint8_t> out_cpu(W.host.size());
-    for (int step = 0; step < 3; ++step) {
+    // Training, training, eval, then a scale-only (training) forward on its default path.
+    for (int step = 0; step < 4; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
       for (auto &x : w32) x += 0.01f * rng.normal() / std::sqrt(float(n));
       W.set(w32);
       out.poison();
-      const int training = step < 2;
-      ASSERT_EQ(sn_forward(g, W.dev, out.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
-      ASSERT_EQ(sn_forward(cpu, W.host.data(), out_cpu.data(), training, nullptr), SN_SUCCESS);
+      const int training = step != 2;
+      if (step == 3) {
+        ASSERT_EQ(sn_forward_scale_only(g, W.dev, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward_scale_only(cpu, W.host.data(), 1, nullptr), SN_SUCCESS);
+      } else {
+        ASSERT_EQ(sn_forward(g, W.dev, out.dev, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward(cpu, W.host.data(), out_cpu.data(), training, nullptr), SN_SUCCESS);
+      }
       const State sg = get_state(g), sc = get_state(cpu);
       EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5);
       EXPECT_LT(max_abs_diff(sg.u, sc.u), 2e-5);
       EXPECT_LT(max_abs_diff(sg.v, sc.v), 2e-5);
+      if (step == 3) {
+        float kg = 0.f, kc = 0.f;
+        ASSERT_EQ(sn_layer_get_scale(g, &kg, nullptr), SN_SUCCESS);
+        ASSERT_EQ(sn_layer_get_scale(cpu, &kc, nullptr), SN_SUCCESS);
+        EXPECT_NEAR(kg / kc, 1.0, 1e-5);
+        continue;
+      }
       // W_sn: both round W / σ once to the type; σ differs by ~1e-6, so at most one unit apart.
       const std::vector<float> og = out.download_floats(), oc = from_dtype(out_cpu, c.dt);
       for (size_t k = 0; k < oc.size(); ++k)
@@ -92,6 +113,7 @@ struct BwCase {
   bool gamma;
   float bound_rel;  // norm bound as a multiple of σ, 0: none
   int offset;       // elements by which G and dW are misaligned
+  sn_order_t order = SN_ORDER_U_FIRST;
 };
 
 TEST(GpuTraining, BackwardMatchesTheCpuBackend) {
@@ -116,14 +138,26 @@ TEST(GpuTraining, BackwardMatchesTheCpuBackend) {
       {{300, 1004}, 0, SN_DTYPE_BFLOAT16, SN_BACKWARD_ACCUMULATE, false, 0.f, 0},
       {{256, 1024}, 0, SN_DTYPE_FLOAT16, 0, false, 0.f, 4},
       {{1000}, 0, SN_DTYPE_FLOAT32, 0, false, 0.f, 0},
+      // 1 × 1, 1 × N, N × 1 with each flag, the 2-byte types, and v-first layers (a 1 × 1
+      // layer's dW is 0 but for σ detached or an accumulation: G's part along u vᵀ is all of G)
+      {{1, 1}, 0, SN_DTYPE_FLOAT32, SN_BACKWARD_DETACH_SIGMA, true, 0.f, 0},
+      {{1, 777}, 0, SN_DTYPE_FLOAT32, SN_BACKWARD_ACCUMULATE, false, 0.f, 0},
+      {{97, 1}, 0, SN_DTYPE_FLOAT32, SN_BACKWARD_DETACH_SIGMA, false, 0.f, 0},
+      {{1, 1}, 0, SN_DTYPE_BFLOAT16, SN_BACKWARD_ACCUMULATE, false, 0.f, 0},
+      {{33, 1}, 0, SN_DTYPE_FLOAT16, 0, false, 0.5f, 0},
+      {{1, 130}, 0, SN_DTYPE_FLOAT16, SN_BACKWARD_DETACH_SIGMA, false, 0.f, 0},
+      {{300, 517}, 0, SN_DTYPE_FLOAT32, 0, false, 0.f, 0, SN_ORDER_V_FIRST},
+      {{96, 48, 4, 4}, 1, SN_DTYPE_BFLOAT16, SN_BACKWARD_ACCUMULATE, true, 0.f, 0, SN_ORDER_V_FIRST},
   };
   for (const BwCase &c : cases) {
     SCOPED_TRACE(shape_str(c.shape) + " dim " + std::to_string(c.dim) + " " + dtype_name(c.dt) +
                  " flags " + std::to_string(c.flags) + (c.gamma ? " gamma" : "") + " bound " +
-                 std::to_string(c.bound_rel) + " offset " + std::to_string(c.offset));
+                 std::to_string(c.bound_rel) + " offset " + std::to_string(c.offset) +
+                 (c.order == SN_ORDER_V_FIRST ? " v-first" : ""));
     const int64_t n = numel_of(c.shape);
     sn_layer_desc_t dg = make_desc(c.shape, SN_BACKEND_CUDA, c.dim);
     dg.dtype = c.dt;
+    dg.order = c.order;
     LayerPtr probe(dg);  // for σ, to place the norm bound
     Tensor W(c.dt, n), G(c.dt, n, c.offset), dW(c.dt, n, c.offset), Wsn(c.dt, n);
     W.set(rng.normals(n, 1.f / std::sqrt(float(n))));
