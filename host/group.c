@@ -164,7 +164,10 @@ static sn_status_t create_cuda_group(sn_group_t *g) {
     div += x->div_blocks;
     if (x->n_iters > max_iters) max_iters = x->n_iters;
     w_bytes += (double)l->numel * (double)sn_dtype_size(l->desc.dtype);
-    if (w > max_w) max_w = w, widest = k;
+    if (w > max_w) {
+      max_w = w;
+      widest = k;
+    }
     if (x->warp_k > 0 && w > max_warp_w) max_warp_w = w;
     /* t, s, part, tsq, sq, scal, counter (as floats) */
     floats += pad64(h) + pad64(w) + pad64((int64_t)x->row_blocks * w) + pad64(x->row_blocks) +
