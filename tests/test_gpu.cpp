@@ -194,7 +194,10 @@ void compare_backends(const Case &c, Rng &rng, int steps, int warmup = 15, int W
       continue;
     }
     const std::vector<float> out = dOut.download();
-    EXPECT_LT(max_abs_diff(out, out_cpu), sigma_tol * std::max(1.0, max_abs(out_cpu)));
+    // W_sn = W / σ: each element off by its own size times σ's relative difference and a float
+    // rounding, so within that of the largest element (W_sn's elements are far below 1 on large
+    // layers: a bound of max(1, max|W_sn|) let them be off by 1e-3 of themselves).
+    EXPECT_LT(max_abs_diff(out, out_cpu), (sigma_tol + 1e-6) * max_abs(out_cpu) + 1e-30);
   }
 }
 
