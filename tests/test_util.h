@@ -278,6 +278,14 @@ inline State get_state(sn_layer_t *l, sn_stream_t stream = nullptr) {
   return s;
 }
 
+// Layer a's scale (sn_layer_get_scale: W_sn = scale · W) within `tol` of layer b's, relative.
+inline void expect_scale_near(sn_layer_t *a, sn_layer_t *b, double tol) {
+  float sa = 0.f, sb = 0.f;
+  ASSERT_EQ(sn_layer_get_scale(a, &sa, nullptr), SN_SUCCESS) << sn_last_error_message();
+  ASSERT_EQ(sn_layer_get_scale(b, &sb, nullptr), SN_SUCCESS) << sn_last_error_message();
+  EXPECT_NEAR(sa / sb, 1.0, tol) << "scale " << sa << " against " << sb;
+}
+
 inline bool bitwise_equal(const std::vector<float> &a, const std::vector<float> &b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
 }
