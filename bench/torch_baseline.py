@@ -603,6 +603,12 @@ class Bench:
                     if pool is None:
                         pool = g.pool()
                     graphs.append(g)
+                # A graph's first replay uploads it; do that for every copy here, untimed, as
+                # sn_bench uploads its graphs when it instantiates them (the warm-up below runs
+                # only the first copies).
+                for g in graphs:
+                    g.replay()
+                torch.cuda.synchronize()
                 gs, gbatch = self.time_calls(lambda c: graphs[c].replay(), copies)
                 rows.append(self.row(wl, mode, dtype, "torch-graph", gs, gbatch, copies, launches,
                                      kernels, True, row_note))
