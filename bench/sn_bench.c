@@ -2668,21 +2668,33 @@ static void list_presets(void) {
   }
 }
 
+/* Die now if `path` (an output file, or NULL for none) cannot be opened for writing. Opens it
+ * for appending, which neither truncates an existing file nor leaves a new one behind. */
+static void check_writable(const char *option, const char *path) {
+  if (!path) return;
+  FILE *f = fopen(path, "r");
+  const int existed = f != NULL;
+  if (f) fclose(f);
+  f = fopen(path, "a");
+  if (!f) die("%s %s: cannot write: %s", option, path, strerror(errno));
+  fclose(f);
+  if (!existed) remove(path);
+}
+
 /* ---- main ----------------------------------------------------------------------------------- */
 
 int main(int argc, char **argv) {
   options_t o;
   parse_options(argc, argv, &o);
   g_power_iters = o.power_iters;
-  if (o.json_file) { /* a path that cannot be written fails now, not after the run */
-    FILE *f = fopen(o.json_file, "w");
-    if (!f) die("--json %s: cannot write: %s", o.json_file, strerror(errno));
-    fclose(f);
-  }
   if (o.list_presets) {
     list_presets();
     return 0;
   }
+  /* A path that cannot be written fails now, not after the run; an existing file is kept as it
+   * is until the run's rows replace it. */
+  check_writable("--json", o.json_file);
+  check_writable("--csv", o.csv_file);
 
   /* Find out whether there is a GPU before building the default workload list. */
   int n_dev = 0;

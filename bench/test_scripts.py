@@ -192,6 +192,46 @@ class RowFormat(Tmp):
         self.assertEqual(header[-1], "path")
 
 
+class OutputFiles(Tmp):
+    """sn_bench's --json and --csv files: an unwritable path fails before anything is timed, and
+    an existing file is not emptied by a run that never gets to write it."""
+
+    def sn_bench(self, *args):
+        if SN_BENCH is None:
+            self.skipTest("no sn_bench given")
+        return subprocess.run([SN_BENCH, *args], capture_output=True, text=True, timeout=300)
+
+    def test_an_unwritable_path_fails_before_the_run(self):
+        missing = os.path.join(self.dir.name, "no-such-dir", "x")
+        for opt in ("--json", "--csv"):
+            p = self.sn_bench("--shape", "64x48", "--mode", "train", opt, missing)
+            self.assertEqual(p.returncode, 1, opt)
+            self.assertIn(opt + " " + missing + ": cannot write", p.stderr)
+            self.assertNotIn("64x48", p.stdout + p.stderr, opt + ": the workload ran before the check")
+
+    def test_an_existing_file_survives_a_run_that_does_not_write_it(self):
+        keep = {}
+        for name in ("keep.json", "keep.csv"):
+            keep[name] = os.path.join(self.dir.name, name)
+            with open(keep[name], "w") as f:
+                f.write("earlier results\n")
+        js, cs = keep["keep.json"], keep["keep.csv"]
+        p = self.sn_bench("--list-presets", "--json", js, "--csv", cs)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        p = self.sn_bench("--shape", "8x8", "--torch", os.path.join(self.dir.name, "none.json"),
+                          "--json", js, "--csv", cs)
+        self.assertEqual(p.returncode, 1)
+        for path in (js, cs):
+            with open(path) as f:
+                self.assertEqual(f.read(), "earlier results\n", path)
+        # A new path's check leaves nothing behind when the run then fails.
+        new = os.path.join(self.dir.name, "new.json")
+        p = self.sn_bench("--shape", "8x8", "--torch", os.path.join(self.dir.name, "none.json"),
+                          "--json", new)
+        self.assertEqual(p.returncode, 1)
+        self.assertFalse(os.path.exists(new))
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and not sys.argv[1].startswith("-"):
         SN_BENCH = sys.argv.pop(1)
