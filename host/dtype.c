@@ -1,5 +1,7 @@
 /* float16 and bfloat16 on the host: exact widening to float and round-to-nearest-even narrowing,
- * the same results as CUDA's __half2float / __float2half_rn and their bfloat16 twins. */
+ * the same results as CUDA's __half2float / __float2half_rn and their bfloat16 twins for every
+ * input but NaN, which stays a NaN here with its sign and the top bits of its payload, where
+ * CUDA's conversions give their canonical NaN (0x7FFF). */
 #include <stdatomic.h>
 #include <string.h>
 

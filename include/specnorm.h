@@ -251,7 +251,9 @@ SN_API sn_status_t sn_forward_scale_only(sn_layer_t *layer, const void *W, int t
  * u, v, σ, 1/σ and the scale as a training forward does and marks the layer warmed up, so
  * sn_backward may follow. With warmup_iterations = 0, or for a 1-D weight (nothing to iterate),
  * it only marks the layer warmed up: σ stays as it was (0 on a fresh layer, so that a backward
- * gives dW = 0 · G) until the next forward. */
+ * gives dW = 0 · G) until the next forward. A warm-up that finds no usable σ (a zero placeholder
+ * W, say) also marks the layer warmed up, leaving u and v as drawn (SN_HEALTH_ZERO or _NONFINITE):
+ * an eval forward would then use them as they are; sn_layer_reset, then warm up on the real W. */
 SN_API sn_status_t sn_layer_warmup(sn_layer_t *layer, const void *W, sn_stream_t stream);
 
 /* ---- σ ------------------------------------------------------------------------------------- */

@@ -422,6 +422,49 @@ TEST_F(CpuApi, AllZeroWeightGivesZeroAndKeepsState) {
   }
 }
 
+// A warm-up on a zero placeholder (before the real weights are loaded, say) iterates to no usable
+// σ: the layer counts as warmed up with u and v as drawn, and records SN_HEALTH_ZERO. An eval
+// forward then iterates nothing and takes uᵀ M v from those random vectors (README, "Degenerate
+// steps"); sn_layer_reset and a warm-up on the real weights give what a fresh layer gives.
+TEST_F(CpuApi, AWarmUpOnAZeroWeightLeavesTheStartAndResetUndoesIt) {
+  const int64_t h = 48, w = 40;
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+  d.seed = 1234;
+  LayerPtr l(d), fresh(d);
+  const State s0 = get_state(l);
+  std::vector<float> Z(static_cast<size_t>(h * w), 0.f), W = gapped_matrix(rng, h, w), out(Z.size()),
+      out_fresh(Z.size());
+  ASSERT_EQ(sn_layer_warmup(l, Z.data(), nullptr), SN_SUCCESS);
+  const State s1 = get_state(l);
+  EXPECT_EQ(s1.warmed, 1);
+  EXPECT_TRUE(bitwise_equal(s1.u, s0.u));
+  EXPECT_TRUE(bitwise_equal(s1.v, s0.v));
+  EXPECT_EQ(s1.sigma, 0.f);
+  uint32_t health = 0;
+  ASSERT_EQ(sn_layer_get_health(l, &health, 0, nullptr), SN_SUCCESS);
+  EXPECT_EQ(health, uint32_t(SN_HEALTH_ZERO));
+  // The eval forward: σ = uᵀ M v from the drawn vectors, no iteration.
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 0, nullptr), SN_SUCCESS);
+  const std::vector<double> u = to_double(s0.u), v = to_double(s0.v);
+  double uMv = 0;
+  for (int64_t i = 0; i < h; ++i)
+    for (int64_t j = 0; j < w; ++j) uMv += u[size_t(i)] * double(W[size_t(i * w + j)]) * v[size_t(j)];
+  if (uMv > 0) {
+    EXPECT_NEAR(get_state(l).sigma, uMv, 1e-6 * uMv);
+  } else {  // not usable: σ stays 0
+    EXPECT_EQ(get_state(l).sigma, 0.f);
+    ASSERT_EQ(sn_layer_get_health(l, &health, 0, nullptr), SN_SUCCESS);
+    EXPECT_TRUE(health & SN_HEALTH_NEGATIVE);
+  }
+  // The recipe: reset, then warm up on the real weights.
+  ASSERT_EQ(sn_layer_reset(l, d.seed, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_warmup(l, W.data(), nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_forward(l, W.data(), out.data(), 0, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_forward(fresh, W.data(), out_fresh.data(), 0, nullptr), SN_SUCCESS);
+  EXPECT_TRUE(same_state(get_state(l), get_state(fresh)));
+  EXPECT_TRUE(bitwise_equal(out, out_fresh));
+}
+
 TEST_F(CpuApi, KnownCasesThroughTheApi) {
   // 1×1: σ = |w|, W_sn = sign(w).
   LayerPtr one(make_desc({1, 1}, SN_BACKEND_CPU));
