@@ -2234,6 +2234,126 @@ TEST(Gpu, InPlaceAndZeroWeight) {
   EXPECT_TRUE(bitwise_equal(o.download(), o2.download()));
 }
 
+// An eval forward as a layer's first call runs the warm-up and then takes σ = uᵀ M v with u's
+// divisor of the warm-up's last product (an eval forward of a warmed-up layer has none), on each
+// path that has its own eval σ: held to the CPU backend. (compare_backends trains first; a
+// mutation that dropped that divisor in the one-pass and in the two-pass eval went unseen.)
+TEST(Gpu, EvalFirstForwardMatchesTheCpuBackend) {
+  REQUIRE_GPU();
+  SN_SEEDED_RNG();
+  struct EvalFirst {
+    sn_algo_t algo;
+    sn_order_t order;
+    const char *tune;
+  };
+  for (const EvalFirst &e : {EvalFirst{SN_ALGO_TWO_PASS, SN_ORDER_U_FIRST, ""},
+                             EvalFirst{SN_ALGO_ONE_PASS, SN_ORDER_U_FIRST, "op_onchip=0"},
+                             EvalFirst{SN_ALGO_DEFAULT, SN_ORDER_U_FIRST, ""},
+                             EvalFirst{SN_ALGO_TWO_PASS, SN_ORDER_V_FIRST, ""},
+                             EvalFirst{SN_ALGO_ONE_PASS, SN_ORDER_V_FIRST, "op_onchip=0"},
+                             EvalFirst{SN_ALGO_DEFAULT, SN_ORDER_V_FIRST, ""}}) {
+    ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + e.tune).c_str());
+    for (const std::vector<int64_t> &shape : {std::vector<int64_t>{64, 48}, std::vector<int64_t>{300, 516}}) {
+      SCOPED_TRACE(std::string("algo ") + std::to_string(int(e.algo)) + (e.order == SN_ORDER_V_FIRST ? " v-first " : " u-first ") +
+                   e.tune + " " + shape_str(shape));
+      sn_layer_desc_t dg = make_desc(shape, SN_BACKEND_CUDA);
+      dg.algo = e.algo;
+      dg.order = e.order;
+      dg.seed = rng.gen();
+      sn_layer_desc_t dc = dg;
+      dc.backend = SN_BACKEND_CPU;
+      LayerPtr g(dg), cpu(dc);
+      ASSERT_TRUE(g.p && cpu.p) << sn_last_error_message();
+      const int64_t n = numel_of(shape);
+      const std::vector<float> W = gapped_matrix(rng, shape[0], shape[1]);
+      std::vector<float> out_cpu(static_cast<size_t>(n));
+      DevBuf dW(static_cast<size_t>(n)), dOut(static_cast<size_t>(n));
+      dW.upload(W);
+      dOut.poison();
+      ASSERT_EQ(sn_forward(g, dW.p, dOut.p, 0, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(cpu, W.data(), out_cpu.data(), 0, nullptr), SN_SUCCESS);
+      sn_paths_t paths;
+      ASSERT_EQ(sn_layer_get_paths(g, &paths), SN_SUCCESS);
+      SCOPED_TRACE(std::string("eval path ") + sn_path_name(paths.eval));
+      const State sg = get_state(g), sc = get_state(cpu);
+      EXPECT_EQ(sg.warmed, 1);
+      EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5) << "sigma gpu " << sg.sigma << " cpu " << sc.sigma;
+      EXPECT_LT(max_abs_diff(sg.u, sc.u), 2e-5);
+      EXPECT_LT(max_abs_diff(sg.v, sc.v), 2e-5);
+      EXPECT_LT(max_abs_diff(dOut.download(), out_cpu), 1e-5 * max_abs(out_cpu));
+    }
+  }
+}
+
+// A v-first layer's restart from the all-ones vector (its iteration starts from u): after a zero
+// step (u = e₀ with M's row 0 zero, so Mᵀ u = 0), and after a zero u given to set_state, the next
+// training forward starts from u = ones and records SN_HEALTH_RECOVERED, as the CPU backend does,
+// on each v-first path. (The Health suite's layers are u-first; a mutation that ignored the
+// restart in the v-first one-pass and two-pass kernels went unseen.)
+TEST(Gpu, VFirstLayersRestartFromOnesAsTheCpuBackend) {
+  REQUIRE_GPU();
+  SN_SEEDED_RNG();
+  struct Path {
+    sn_algo_t algo;
+    const char *tune;
+  };
+  const int64_t h = 40, w = 24;
+  for (const Path &p : {Path{SN_ALGO_TWO_PASS, ""}, Path{SN_ALGO_ONE_PASS, "op_onchip=0"}, Path{SN_ALGO_DEFAULT, ""}}) {
+    ScopedEnv env("SPECNORM_TUNE", (tune_prefix() + p.tune).c_str());
+    SCOPED_TRACE(std::string("algo ") + std::to_string(int(p.algo)) + " " + p.tune);
+    sn_layer_desc_t dg = make_desc({h, w}, SN_BACKEND_CUDA);
+    dg.algo = p.algo;
+    dg.order = SN_ORDER_V_FIRST;
+    dg.seed = rng.gen();
+    sn_layer_desc_t dc = dg;
+    dc.backend = SN_BACKEND_CPU;
+    // Rank 1, M = a bᵀ with a₀ = 0: Mᵀ e₀ = 0; σ = ‖a‖ ‖b‖.
+    std::vector<float> a = rng.normals(h), b = rng.normals(w), M(static_cast<size_t>(h * w));
+    a[0] = 0.f;
+    double na = 0, nb = 0;
+    for (float x : a) na += double(x) * x;
+    for (float x : b) nb += double(x) * x;
+    const double sigma_M = std::sqrt(na * nb);
+    for (int64_t i = 0; i < h; ++i)
+      for (int64_t j = 0; j < w; ++j) M[size_t(i * w + j)] = a[size_t(i)] * b[size_t(j)];
+    std::vector<float> e0(static_cast<size_t>(h), 0.f), zero(static_cast<size_t>(h), 0.f), out_cpu(M.size());
+    e0[0] = 1.f;
+    const std::vector<float> v = rng.normals(w);
+    DevBuf dW(M.size()), dOut(M.size());
+    dW.upload(M);
+    for (const std::vector<float> *u0 : {&e0, &zero}) {
+      const bool zero_step = u0 == &e0;
+      SCOPED_TRACE(zero_step ? "a zero step (Mᵀ u = 0)" : "a zero u from set_state");
+      LayerPtr g(dg), cpu(dc);
+      ASSERT_TRUE(g.p && cpu.p) << sn_last_error_message();
+      for (sn_layer_t *l : {g.p, cpu.p})
+        ASSERT_EQ(sn_layer_set_state(l, u0->data(), v.data(), 0.f, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+      uint32_t hg = 0, hc = 0;
+      if (zero_step) {
+        ASSERT_EQ(sn_forward(g, dW.p, dOut.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+        ASSERT_EQ(sn_forward(cpu, M.data(), out_cpu.data(), 1, nullptr), SN_SUCCESS);
+        ASSERT_EQ(sn_layer_get_health(g, &hg, 1, nullptr), SN_SUCCESS);
+        ASSERT_EQ(sn_layer_get_health(cpu, &hc, 1, nullptr), SN_SUCCESS);
+        EXPECT_EQ(hc, uint32_t(SN_HEALTH_ZERO));
+        EXPECT_EQ(hg, hc);
+        EXPECT_EQ(get_state(g).sigma, 0.f);
+        EXPECT_TRUE(bitwise_equal(get_state(g).u, e0)) << "zero step: state kept";
+      }
+      ASSERT_EQ(sn_forward(g, dW.p, dOut.p, 1, nullptr), SN_SUCCESS) << sn_last_error_message();
+      ASSERT_EQ(sn_forward(cpu, M.data(), out_cpu.data(), 1, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_get_health(g, &hg, 0, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_get_health(cpu, &hc, 0, nullptr), SN_SUCCESS);
+      EXPECT_EQ(hc, uint32_t(SN_HEALTH_RECOVERED));
+      EXPECT_EQ(hg, hc);
+      const State sg = get_state(g), sc = get_state(cpu);
+      EXPECT_NEAR(sc.sigma / sigma_M, 1.0, 1e-6);
+      EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5);
+      EXPECT_LT(max_abs_diff(sg.u, sc.u), 2e-5);
+      EXPECT_LT(max_abs_diff(sg.v, sc.v), 2e-5);
+    }
+  }
+}
+
 TEST(Gpu, SigmaPointersAndStateTransfer) {
   REQUIRE_GPU();
   SN_SEEDED_RNG();

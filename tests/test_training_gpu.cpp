@@ -135,6 +135,10 @@ TEST(GpuTraining, BackwardMatchesTheCpuBackend) {
       {{300, 1004}, 0, SN_DTYPE_BFLOAT16, SN_BACKWARD_ACCUMULATE, false, 0.f, 0},
       {{256, 1024}, 0, SN_DTYPE_FLOAT16, 0, false, 0.f, 4},
       {{1000}, 0, SN_DTYPE_FLOAT32, 0, false, 0.f, 0},
+      // Accumulations through the wide rows (whole packs, G and dW 16-byte aligned): fp32 with
+      // rows of a multiple of 4, bf16 of 8 (a mutation that dropped fp32's sum there went unseen).
+      {{257, 1024}, 0, SN_DTYPE_FLOAT32, SN_BACKWARD_ACCUMULATE, true, 0.f, 0},
+      {{128, 64, 3, 3}, 0, SN_DTYPE_BFLOAT16, SN_BACKWARD_ACCUMULATE, false, 0.f, 0},
       // 1 × 1, 1 × N, N × 1 with each flag, the 2-byte types, and v-first layers (a 1 × 1
       // layer's dW is 0 but for σ detached or an accumulation: G's part along u vᵀ is all of G)
       {{1, 1}, 0, SN_DTYPE_FLOAT32, SN_BACKWARD_DETACH_SIGMA, true, 0.f, 0},
