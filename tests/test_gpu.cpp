@@ -2280,7 +2280,7 @@ TEST(Gpu, EvalFirstForwardMatchesTheCpuBackend) {
       EXPECT_NEAR(sg.sigma / sc.sigma, 1.0, 1e-5) << "sigma gpu " << sg.sigma << " cpu " << sc.sigma;
       EXPECT_LT(max_abs_diff(sg.u, sc.u), 2e-5);
       EXPECT_LT(max_abs_diff(sg.v, sc.v), 2e-5);
-      EXPECT_LT(max_abs_diff(dOut.download(), out_cpu), 1e-5 * max_abs(out_cpu));
+      EXPECT_LT(max_abs_diff(dOut.download(), out_cpu), (1e-5 + 1e-6) * max_abs(out_cpu));  // as compare_backends
     }
   }
 }
