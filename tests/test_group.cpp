@@ -1201,11 +1201,80 @@ static void expect_nonfinite_step_keeps_state(const std::string &tune, Rng &rng,
   *kernels = captured_kernels([&](cudaStream_t s) { return sn_group_forward(g.p, 1, s); });
 }
 
+// An eval forward neither takes a pending restart from ones nor asks for one (test_health.cpp,
+// EvalForwardNeitherTakesNorAsksARestart), in a group: each member held to a CPU layer given the
+// same states and weights. (A mutation of either rule in the group kernels went unseen.)
+static void expect_eval_neither_takes_nor_asks_restart(const std::string &tune, Rng &rng,
+                                                       std::vector<std::string> *kernels) {
+  SCOPED_TRACE("SPECNORM_TUNE " + tune + ", eval forwards and the restart");
+  StepLayers set;
+  const int64_t h = set.h;
+  std::vector<std::vector<float>> M, G, u0, e0;
+  std::vector<std::unique_ptr<LayerPtr>> cpu;
+  for (int64_t w : set.widths) {
+    std::vector<float> e;
+    double sig = 0;
+    M.push_back(rank1_nulling_e0(rng, h, w, &e, &sig));  // M e₀ = 0
+    set.add(M.back(), w);
+    ASSERT_TRUE(set.layers.back());
+    e0.push_back(e);
+    u0.push_back(rng.normals(h));
+    G.push_back(gapped_matrix(rng, h, w));
+    cpu.push_back(std::make_unique<LayerPtr>(make_desc({h, w}, SN_BACKEND_CPU)));
+  }
+  const std::vector<sn_layer_t *> &layers = set.layers;
+  GroupPtr g;
+  ASSERT_EQ(create_group_tuned(g, layers, set.Wd, set.Od, tune_prefix() + tune), SN_SUCCESS) << sn_last_error_message();
+  auto set_states = [&](float sigma) {
+    for (size_t k = 0; k < layers.size(); ++k)
+      for (sn_layer_t *l : {layers[k], cpu[k]->p})
+        ASSERT_EQ(sn_layer_set_state(l, u0[k].data(), e0[k].data(), sigma, 1, nullptr), SN_SUCCESS);
+  };
+  // A group forward, and each CPU layer's on the same W: state and health bits (read, cleared)
+  // alike; the CPU's bits are `want`.
+  auto step = [&](int training, uint32_t want, const char *what) {
+    SCOPED_TRACE(what);
+    ASSERT_EQ(sn_group_forward(g.p, training, nullptr), SN_SUCCESS) << sn_last_error_message();
+    for (size_t k = 0; k < layers.size(); ++k) {
+      SCOPED_TRACE("w = " + std::to_string(set.widths[k]));
+      const std::vector<float> W = set.W[k]->host_floats();
+      std::vector<float> out(W.size());
+      ASSERT_EQ(sn_forward(cpu[k]->p, W.data(), out.data(), training, nullptr), SN_SUCCESS);
+      uint32_t hg = 0, hc = 0;
+      ASSERT_EQ(sn_layer_get_health(layers[k], &hg, 1, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_get_health(cpu[k]->p, &hc, 1, nullptr), SN_SUCCESS);
+      if (want != ~0u) {
+        EXPECT_EQ(hc, want);
+      }
+      EXPECT_EQ(hg, hc);
+      const State sg = get_state(layers[k]), sc = get_state(cpu[k]->p);
+      EXPECT_NEAR(sg.sigma, sc.sigma, 1e-5 * std::fabs(sc.sigma));
+      EXPECT_LT(max_abs_diff(sg.u, sc.u), 2e-5);
+      EXPECT_LT(max_abs_diff(sg.v, sc.v), 2e-5);
+    }
+  };
+  // A zero training step leaves a restart pending; an eval forward on another W then takes
+  // σ = uᵀ M v from the stored v = e₀, not from ones (usable or negative: as the CPU says).
+  ASSERT_NO_FATAL_FAILURE(set_states(0.f));
+  ASSERT_NO_FATAL_FAILURE(step(1, SN_HEALTH_ZERO, "a zero training step"));
+  for (size_t k = 0; k < layers.size(); ++k) set.W[k]->set(G[k]);
+  ASSERT_NO_FATAL_FAILURE(step(0, ~0u, "an eval forward with a restart pending"));
+  // An eval σ of 0 asks for no restart: the training forward after it is a zero step again, from
+  // the stored v, with no SN_HEALTH_RECOVERED.
+  for (size_t k = 0; k < layers.size(); ++k) set.W[k]->set(M[k]);
+  ASSERT_NO_FATAL_FAILURE(set_states(1.f));
+  ASSERT_NO_FATAL_FAILURE(step(0, SN_HEALTH_ZERO, "an eval σ of 0"));
+  ASSERT_NO_FATAL_FAILURE(step(1, SN_HEALTH_ZERO, "the training forward after it"));
+  for (size_t k = 0; k < layers.size(); ++k) EXPECT_TRUE(bitwise_equal(get_state(layers[k]).v, e0[k]));
+  *kernels = captured_kernels([&](cudaStream_t s) { return sn_group_forward(g.p, 1, s); });
+}
+
 // In both bodies of the rows kernel: a warp per row (w = 24) and a block per row (w = 1300).
 TEST(GroupGpu, DegenerateStepsKeepTheRules) {
   REQUIRE_GPU();
   SN_SEEDED_RNG();
-  for (auto *check : {expect_zero_step_restarts, expect_zero_step_restarts_v_first, expect_nonfinite_step_keeps_state}) {
+  for (auto *check : {expect_zero_step_restarts, expect_zero_step_restarts_v_first, expect_nonfinite_step_keeps_state,
+                      expect_eval_neither_takes_nor_asks_restart}) {
     std::vector<std::string> kernels;
     check("group_onchip=0", rng, &kernels);  // not on chip, which has its own test below
     EXPECT_FALSE(any_matches(kernels, "group_on_chip_kernel")) << (kernels.empty() ? "?" : kernels[0]);
@@ -1487,7 +1556,7 @@ TEST(GroupGpu, OnChipWith512ThreadsMatchesCpu) {
   EXPECT_TRUE(any_matches(k.training, "group_on_chip_kernel<512>")) << (k.training.empty() ? "?" : k.training[0]);
   EXPECT_TRUE(any_matches(k.eval, "group_on_chip_kernel<512>")) << (k.eval.empty() ? "?" : k.eval[0]);
   if (!degenerate_fit) return;
-  for (auto *check : {expect_zero_step_restarts, expect_nonfinite_step_keeps_state}) {
+  for (auto *check : {expect_zero_step_restarts, expect_nonfinite_step_keeps_state, expect_eval_neither_takes_nor_asks_restart}) {
     std::vector<std::string> kernels;
     check(tune, rng, &kernels);
     EXPECT_TRUE(any_matches(kernels, "group_on_chip_kernel<512>")) << (kernels.empty() ? "?" : kernels[0]);
@@ -1534,7 +1603,8 @@ TEST(GroupGpu, OnChipDegenerateStepsKeepTheRules) {
       on_chip_plan({v_first({{24, 40}, 1}), v_first({{1300, 40}, 1})}, 0).cluster == 0)
     GTEST_SKIP() << "this device's shared memory does not hold these layers on chip";
   SN_SEEDED_RNG();
-  for (auto *check : {expect_zero_step_restarts, expect_zero_step_restarts_v_first, expect_nonfinite_step_keeps_state}) {
+  for (auto *check : {expect_zero_step_restarts, expect_zero_step_restarts_v_first, expect_nonfinite_step_keeps_state,
+                      expect_eval_neither_takes_nor_asks_restart}) {
     std::vector<std::string> kernels;
     check("group_onchip=1", rng, &kernels);
     EXPECT_TRUE(any_matches(kernels, kOnChipKernel)) << (kernels.empty() ? "?" : kernels[0]);

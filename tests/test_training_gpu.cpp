@@ -185,7 +185,15 @@ TEST(GpuTraining, BackwardMatchesTheCpuBackend) {
     float scale_g = 0, scale_c = 0;
     ASSERT_EQ(sn_layer_get_scale(g, &scale_g, nullptr), SN_SUCCESS);
     ASSERT_EQ(sn_layer_get_scale(cpu, &scale_c, nullptr), SN_SUCCESS);
-    G.set(rng.normals(n));
+    // G with a part along W, so that the σ term ⟨G, W⟩ / σ · u vᵀ is about as large as G's own
+    // elements (for a G independent of W it is ~1/√n of them: within the 2-byte types' tolerance,
+    // where a mutation that dropped it from half of each 8-element pack went unseen but for the
+    // largest layers).
+    std::vector<float> gh = rng.normals(n);
+    const std::vector<float> wh = W.host_floats();
+    const float along = get_state(probe).sigma * std::sqrt(float(n));
+    for (size_t q = 0; q < gh.size(); ++q) gh[q] += along * wh[q];
+    G.set(gh);
     dW.set(rng.normals(n));  // the accumulation target
     std::vector<uint8_t> dw_cpu = dW.host;
     ASSERT_EQ(sn_backward(g, W.dev, G.dev, dW.dev, c.flags, d_dgamma, nullptr), SN_SUCCESS)
