@@ -2320,17 +2320,13 @@ TEST(Gpu, VFirstLayersRestartFromOnesAsTheCpuBackend) {
     dg.seed = rng.gen();
     sn_layer_desc_t dc = dg;
     dc.backend = SN_BACKEND_CPU;
-    // Rank 1, M = a bᵀ with a₀ = 0: Mᵀ e₀ = 0; σ = ‖a‖ ‖b‖.
-    std::vector<float> a = rng.normals(h), b = rng.normals(w), M(static_cast<size_t>(h * w));
-    a[0] = 0.f;
-    double na = 0, nb = 0;
-    for (float x : a) na += double(x) * x;
-    for (float x : b) nb += double(x) * x;
-    const double sigma_M = std::sqrt(na * nb);
+    // Rank 1 with Mᵀ e₀ = 0: the transpose of rank1_nulling_e0's w × h matrix N (N e₀ = 0).
+    std::vector<float> e0;
+    double sigma_M = 0;
+    const std::vector<float> N = rank1_nulling_e0(rng, w, h, &e0, &sigma_M);
+    std::vector<float> M(N.size()), zero(static_cast<size_t>(h), 0.f), out_cpu(M.size());
     for (int64_t i = 0; i < h; ++i)
-      for (int64_t j = 0; j < w; ++j) M[size_t(i * w + j)] = a[size_t(i)] * b[size_t(j)];
-    std::vector<float> e0(static_cast<size_t>(h), 0.f), zero(static_cast<size_t>(h), 0.f), out_cpu(M.size());
-    e0[0] = 1.f;
+      for (int64_t j = 0; j < w; ++j) M[size_t(i * w + j)] = N[size_t(j * h + i)];
     const std::vector<float> v = rng.normals(w);
     DevBuf dW(M.size()), dOut(M.size());
     dW.upload(M);
