@@ -445,10 +445,7 @@ TEST_F(CpuApi, AWarmUpOnAZeroWeightLeavesTheStartAndResetUndoesIt) {
   EXPECT_EQ(health, uint32_t(SN_HEALTH_ZERO));
   // The eval forward: σ = uᵀ M v from the drawn vectors, no iteration.
   ASSERT_EQ(sn_forward(l, W.data(), out.data(), 0, nullptr), SN_SUCCESS);
-  const std::vector<double> u = to_double(s0.u), v = to_double(s0.v);
-  double uMv = 0;
-  for (int64_t i = 0; i < h; ++i)
-    for (int64_t j = 0; j < w; ++j) uMv += u[size_t(i)] * double(W[size_t(i * w + j)]) * v[size_t(j)];
+  const double uMv = u_M_v(s0.u, W, s0.v);
   if (uMv > 0) {
     EXPECT_NEAR(get_state(l).sigma, uMv, 1e-6 * uMv);
   } else {  // not usable: σ stays 0

@@ -2216,17 +2216,8 @@ TEST(Gpu, InPlaceAndZeroWeight) {
   ASSERT_EQ(sn_forward(f, dW.p, o.p, 0, nullptr), SN_SUCCESS);
   // uᵀ M v of random vectors is a sum of terms of both signs: held to 1e-5 of the sum of their
   // sizes, and its sign only where it is beyond that.
-  double uMv = 0, size = 0;
-  for (int64_t i = 0; i < h; ++i) {
-    double t = 0, a = 0;
-    for (int64_t j = 0; j < w; ++j) {
-      const double x = double(W[size_t(i * w + j)]) * drawn.v[size_t(j)];
-      t += x;
-      a += std::fabs(x);
-    }
-    uMv += double(drawn.u[size_t(i)]) * t;
-    size += std::fabs(double(drawn.u[size_t(i)])) * a;
-  }
+  double size = 0;
+  const double uMv = u_M_v(drawn.u, W, drawn.v, &size);
   const double tol = 1e-5 * size;
   ASSERT_EQ(sn_layer_get_health(f, &health, 1, nullptr), SN_SUCCESS);
   if (uMv > tol) {

@@ -332,6 +332,26 @@ inline std::vector<double> to_double(const std::vector<float> &x) {
   return std::vector<double>(x.begin(), x.end());
 }
 
+// uᵀ M v in double for M of u.size() × v.size() row-major; *size (if given) receives the sum of
+// its terms' sizes, Σᵢ |uᵢ| Σⱼ |Mᵢⱼ vⱼ|, against which a float evaluation's rounding is measured.
+inline double u_M_v(const std::vector<float> &u, const std::vector<float> &M, const std::vector<float> &v,
+                    double *size = nullptr) {
+  const size_t h = u.size(), w = v.size();
+  double s = 0, a = 0;
+  for (size_t i = 0; i < h; ++i) {
+    double t = 0, ta = 0;
+    for (size_t j = 0; j < w; ++j) {
+      const double x = double(M[i * w + j]) * v[j];
+      t += x;
+      ta += std::fabs(x);
+    }
+    s += double(u[i]) * t;
+    a += std::fabs(double(u[i])) * ta;
+  }
+  if (size) *size = a;
+  return s;
+}
+
 inline std::string shape_str(const std::vector<int64_t> &s) {
   std::string r;
   for (size_t k = 0; k < s.size(); ++k) r += (k ? "x" : "") + std::to_string(s[k]);
