@@ -430,8 +430,10 @@ static void expect_on_chip_options_match_cpu(const std::string &tune, const std:
       {{128, 128, 3, 3}, SN_DTYPE_FLOAT32, 0.5f, false, false, false, 15, 1},
       {{77, 99}, SN_DTYPE_FLOAT32, 2.f, true, false, false, 15, 1},
       {{64, 100}, SN_DTYPE_FLOAT32, 0.f, false, true, false, 15, 1},
-      {{100, 300}, SN_DTYPE_FLOAT32, 0.f, false, false, true, 15, 2},
-      {{33, 65}, SN_DTYPE_BFLOAT16, 0.f, true, false, false, 15, 3},
+      // several iterations from a start that is not yet converged (with a warm-up of 15 they
+      // would land within the tolerances of one: a mutation that ran one went unseen)
+      {{100, 300}, SN_DTYPE_FLOAT32, 0.f, false, false, true, 1, 2},
+      {{33, 65}, SN_DTYPE_BFLOAT16, 0.f, true, false, false, 0, 3},
       {{37, 61}, SN_DTYPE_FLOAT16, 0.f, false, false, false, 0, 1},
       // bf16 off 16-byte alignment, W_sn at another offset than W (W_sn by elements)
       {{300, 200}, SN_DTYPE_BFLOAT16, 0.f, false, false, false, 15, 1, 3, 1},
