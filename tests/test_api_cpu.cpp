@@ -814,6 +814,69 @@ TEST_F(CpuApi, SetStateWithNoSigmaOrAZeroU) {
   }
 }
 
+// sn_layer_set_state's 1/σ is 1 / σ and its scale 1 / d: d = σ, or max(1, σ / c) under a norm
+// bound c (active or not), without γ even where one is bound (a mutation that made the scale 1 / σ
+// under a bound went unseen).
+TEST_F(CpuApi, SetStateSetsTheScaleOfItsSigma) {
+  const int64_t h = 9, w = 6;
+  const std::vector<float> u = rng.normals(h), v = rng.normals(w);
+  const float gamma = 0.5f;
+  struct Case {
+    float bound, sigma, scale;
+  };
+  for (const Case &c : {Case{0.f, 6.f, 1.f / 6.f}, Case{2.f, 6.f, 1.f / 3.f}, Case{2.f, 1.f, 1.f},
+                        Case{2.f, 2.f, 1.f}, Case{4.f, 6.f, 1.f / 1.5f}}) {
+    for (const bool with_gamma : {false, true}) {
+      SCOPED_TRACE("bound " + std::to_string(c.bound) + ", sigma " + std::to_string(c.sigma) +
+                   (with_gamma ? ", gamma bound" : ""));
+      sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+      d.norm_bound = c.bound;
+      LayerPtr l(d);
+      if (with_gamma) {
+        ASSERT_EQ(sn_layer_set_gamma(l, &gamma), SN_SUCCESS);
+      }
+      ASSERT_EQ(sn_layer_set_state(l, u.data(), v.data(), c.sigma, 1, nullptr), SN_SUCCESS);
+      float sigma = 0, inv = 0, scale = 0;
+      ASSERT_EQ(sn_layer_get_sigma(l, &sigma, &inv, nullptr), SN_SUCCESS);
+      ASSERT_EQ(sn_layer_get_scale(l, &scale, nullptr), SN_SUCCESS);
+      EXPECT_EQ(sigma, c.sigma);
+      EXPECT_EQ(inv, 1.f / c.sigma);
+      EXPECT_EQ(scale, c.scale);
+    }
+  }
+}
+
+// sn_layer_set_state's warmed_up: 0 leaves the layer not warmed up (sn_layer_get_state says so,
+// the backward refuses it, its next forward runs the warm-up: the forward's σ is then a warm-up's
+// and not one iteration's), 1 warmed up (a mutation that ignored 0 went unseen).
+TEST_F(CpuApi, SetStateWithWarmedUpZeroRunsTheWarmUpAgain) {
+  const int64_t h = 40, w = 24;
+  sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+  d.warmup_iterations = 20;
+  const std::vector<float> W = gapped_matrix(rng, h, w);
+  std::vector<float> out(W.size()), G = rng.normals(h * w), dW(W.size());
+  // A random start: one iteration from it falls short of the warmed-up σ on a gapped matrix.
+  const std::vector<float> u = rng.normals(h), v = rng.normals(w);
+  LayerPtr cold(d), warm(d), ref(d);
+  ASSERT_EQ(sn_layer_set_state(cold, u.data(), v.data(), 0.f, 0, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_layer_set_state(warm, u.data(), v.data(), 0.f, 1, nullptr), SN_SUCCESS);
+  EXPECT_EQ(get_state(cold).warmed, 0);
+  EXPECT_EQ(get_state(warm).warmed, 1);
+  EXPECT_FAILS(sn_backward(cold, W.data(), G.data(), dW.data(), 0, nullptr, nullptr), SN_ERROR_INVALID_STATE,
+               "not warmed up");
+  ASSERT_EQ(sn_forward(cold, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_forward(warm, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  EXPECT_EQ(get_state(cold).warmed, 1);
+  // The same start, warmed up by hand: the cold layer's forward is its warm-up and then its step.
+  ASSERT_EQ(sn_layer_set_state(ref, u.data(), v.data(), 0.f, 1, nullptr), SN_SUCCESS);
+  for (int k = 0; k < d.warmup_iterations; ++k)
+    ASSERT_EQ(sn_forward_scale_only(ref, W.data(), 1, nullptr), SN_SUCCESS);
+  ASSERT_EQ(sn_forward(ref, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
+  EXPECT_NEAR(get_state(cold).sigma / get_state(ref).sigma, 1.0, 1e-6);
+  EXPECT_GT(std::fabs(get_state(cold).sigma / get_state(warm).sigma - 1.0), 1e-4)
+      << "the warm layer's one iteration from a random start should be short of the warmed-up σ";
+}
+
 // ---- The CPU backend's threads (SPECNORM_CPU_THREADS, host/cpu_backend.c) --------------------
 
 // A CPU layer reads SPECNORM_CPU_THREADS when it is created: an integer from 1 to 64 is taken,
