@@ -788,6 +788,35 @@ TEST_P(FakeCudaMachines, RandomGroupsBuildAsOnTheCpuAndLaunchWithinTheDevicesLim
 // a group whose widest member's v and s (2 · 4 bytes a column) do not fit is refused as
 // NOT_SUPPORTED, naming the member, not as a CUDA failure; one that fits builds and runs, and the
 // member refused builds and runs on its own.
+// A group of a CUDA layer and a CPU layer, in either order: SN_ERROR_INVALID_BACKEND naming the
+// second, no group (GroupGpu.UnsupportedMembersAreRefused checks it on a GPU; here without one, where
+// a mutation that dropped the check passed every test).
+TEST_F(FakeCuda, AGroupOfACudaAndACpuLayerIsRefused) {
+  const sn_layer_desc_t dc = make_desc(Shape{{64, 576}, 0}, SN_DTYPE_FLOAT32, SN_ORDER_U_FIRST, SN_ALGO_DEFAULT);
+  LayerBufs gpu(dc);
+  sn_layer_desc_t dh = dc;
+  dh.backend = SN_BACKEND_CPU;
+  sn_layer_t *c = nullptr;
+  ASSERT_EQ(sn_layer_create(&c, &dh), SN_SUCCESS) << sn_last_error_message();
+  Layer cpu(c);
+  std::vector<float> hW(64 * 576, 1.f);
+  for (const bool cpu_first : {false, true}) {
+    SCOPED_TRACE(cpu_first ? "CPU layer first" : "CUDA layer first");
+    sn_layer_t *members[2] = {gpu.layer.get(), c};
+    const void *Ws[2] = {gpu.W->p, hW.data()};
+    if (cpu_first) {
+      std::swap(members[0], members[1]);
+      std::swap(Ws[0], Ws[1]);
+    }
+    sn_group_t *g = nullptr;
+    EXPECT_EQ(without_stream([&] { return sn_group_create(&g, members, Ws, nullptr, 2); }),
+              SN_ERROR_INVALID_BACKEND);
+    EXPECT_NE(std::string(sn_last_error_message()).find("layers[1] has another backend"), std::string::npos)
+        << sn_last_error_message();
+    EXPECT_EQ(g, nullptr);
+  }
+}
+
 TEST_F(FakeCuda, AGroupTooWideForTheDevicesSharedMemoryIsNotSupported) {
   FAKE_MACHINE(fake_cuda::a40());
   fake_cuda::expect_stream(kS);
