@@ -784,10 +784,6 @@ TEST_P(FakeCudaMachines, RandomGroupsBuildAsOnTheCpuAndLaunchWithinTheDevicesLim
   }
 }
 
-// sm_86 and sm_89 (A40, L4, RTX 30 and 40) run the sm_80 code with 99 KB of shared memory a block:
-// a group whose widest member's v and s (2 · 4 bytes a column) do not fit is refused as
-// NOT_SUPPORTED, naming the member, not as a CUDA failure; one that fits builds and runs, and the
-// member refused builds and runs on its own.
 // A group of a CUDA layer and a CPU layer, in either order: SN_ERROR_INVALID_BACKEND naming the
 // second, no group (GroupGpu.UnsupportedMembersAreRefused checks it on a GPU; here without one, where
 // a mutation that dropped the check passed every test).
@@ -817,6 +813,10 @@ TEST_F(FakeCuda, AGroupOfACudaAndACpuLayerIsRefused) {
   }
 }
 
+// sm_86 and sm_89 (A40, L4, RTX 30 and 40) run the sm_80 code with 99 KB of shared memory a block:
+// a group whose widest member's v and s (2 · 4 bytes a column) do not fit is refused as
+// NOT_SUPPORTED, naming the member, not as a CUDA failure; one that fits builds and runs, and the
+// member refused builds and runs on its own.
 TEST_F(FakeCuda, AGroupTooWideForTheDevicesSharedMemoryIsNotSupported) {
   FAKE_MACHINE(fake_cuda::a40());
   fake_cuda::expect_stream(kS);
