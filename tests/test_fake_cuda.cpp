@@ -795,7 +795,7 @@ TEST_F(FakeCuda, AGroupOfACudaAndACpuLayerIsRefused) {
   sn_layer_t *c = nullptr;
   ASSERT_EQ(sn_layer_create(&c, &dh), SN_SUCCESS) << sn_last_error_message();
   Layer cpu(c);
-  std::vector<float> hW(64 * 576, 1.f);
+  const std::vector<float> hW(static_cast<size_t>(gpu.h * gpu.w), 1.f);  // the CPU member's W, host memory
   for (const bool cpu_first : {false, true}) {
     SCOPED_TRACE(cpu_first ? "CPU layer first" : "CUDA layer first");
     sn_layer_t *members[2] = {gpu.layer.get(), c};
