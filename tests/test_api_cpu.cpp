@@ -1096,10 +1096,33 @@ TEST_F(CpuApi, DescribeNamesTheThreadsTheCallsUse) {
     EXPECT_EQ(text(l.p).rfind("cpu (up to 3 threads),", 0), 0u) << text(l.p);
     EXPECT_EQ(started(l.p, 64, 48), 3 * 2);
   }
+  LayerPtr three;  // on 3 threads, whatever the environment says after
+  {
+    ScopedEnv env("SPECNORM_CPU_THREADS", "3");
+    const sn_layer_desc_t d = make_desc({8, 16}, SN_BACKEND_CPU);
+    ASSERT_EQ(sn_layer_create(&three.p, &d), SN_SUCCESS) << sn_last_error_message();
+  }
   ScopedEnv env("SPECNORM_CPU_THREADS", "1");
   LayerPtr one(make_desc({8, 16}, SN_BACKEND_CPU));
   ASSERT_TRUE(one.p);
   EXPECT_EQ(text(one.p).rfind("cpu (1 thread),", 0), 0u) << text(one.p);
+  // A group: up to the most threads of its members, whichever member has them.
+  std::vector<float> W(8 * 16, 0.5f), Wa(W.size()), Wb(W.size());
+  const auto group_text = [&](sn_layer_t *a, sn_layer_t *b) {
+    sn_layer_t *layers[2] = {a, b};
+    const void *Ws[2] = {W.data(), W.data()};
+    void *Wsn[2] = {Wa.data(), Wb.data()};
+    sn_group_t *g = nullptr;
+    EXPECT_EQ(sn_group_create(&g, layers, Ws, Wsn, b ? 2 : 1), SN_SUCCESS) << sn_last_error_message();
+    char buf[512] = "";
+    EXPECT_EQ(sn_group_describe(g, buf, sizeof buf, nullptr), SN_SUCCESS);
+    sn_group_destroy(g);
+    return std::string(buf);
+  };
+  EXPECT_EQ(group_text(one.p, nullptr).rfind("cpu (1 thread), 1 layer of 128 elements", 0), 0u)
+      << group_text(one.p, nullptr);
+  EXPECT_EQ(group_text(one.p, three.p).rfind("cpu (up to 3 threads), 2 layers", 0), 0u) << group_text(one.p, three.p);
+  EXPECT_EQ(group_text(three.p, one.p).rfind("cpu (up to 3 threads), 2 layers", 0), 0u) << group_text(three.p, one.p);
 }
 
 // sn_layer_describe: one line with the backend, shape, view, dtype, order, algorithm and the

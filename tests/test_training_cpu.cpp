@@ -382,8 +382,12 @@ TEST(Backward, ApiFlagsAndErrors) {
   ASSERT_EQ(sn_layer_set_gamma(l, &gamma), SN_SUCCESS);
   ASSERT_EQ(sn_forward(l, W.data(), out.data(), 0, nullptr), SN_SUCCESS);
   ASSERT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), 0, &dgamma, nullptr), SN_SUCCESS);
-  const float sig2 = get_state(l).sigma;
-  EXPECT_NEAR(dgamma, sn_ref_inner(G.data(), W.data(), SN_DTYPE_FLOAT32, h * w) / sig2, 1e-5);
+  const State s2 = get_state(l);
+  EXPECT_NEAR(dgamma, sn_ref_inner(G.data(), W.data(), SN_DTYPE_FLOAT32, h * w) / s2.sigma, 1e-5);
+  // ... and dW of W_sn = γ · W / σ: the reference's with γ = 1.5, not 1.
+  sn_ref_backward(W.data(), G.data(), expect.data(), SN_DTYPE_FLOAT32, vw, s2.u.data(), s2.v.data(),
+                  s2.sigma, 0.f, gamma, 0.f, 0, 0);
+  EXPECT_TRUE(bitwise_equal(dW, expect)) << "dW with gamma bound";
 
   EXPECT_EQ(sn_backward(l, W.data(), G.data(), dW.data(), 4u, nullptr, nullptr), SN_ERROR_INVALID_VALUE);
   EXPECT_EQ(sn_backward(l, nullptr, G.data(), dW.data(), 0, nullptr, nullptr), SN_ERROR_NULL_POINTER);
