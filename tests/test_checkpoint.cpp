@@ -3,6 +3,9 @@
 // each with its specific status and the layer left untouched. Also the recipe for loading
 // PyTorch's spectral-norm buffers (LoadsPyTorchBuffers).
 #include <cuda_runtime_api.h>
+#if defined(__SSE2__)
+#include <xmmintrin.h>  // _mm_getcsr, _mm_setcsr
+#endif
 
 #include <map>
 #include <sstream>
@@ -379,6 +382,7 @@ TEST_F(Checkpoint, FutureAndInvalidVersion) {
   put_le(b, 8, 0, 4);
   reseal(b);
   expect_rejected(dst.layer, b, SN_ERROR_BAD_CHECKPOINT, "version 0");
+  EXPECT_NE(std::string(sn_last_error_message()).find("version 0"), std::string::npos) << sn_last_error_message();
 }
 
 // A valid checkpoint of another weight: CHECKPOINT_MISMATCH, even when the byte count agrees.
@@ -461,6 +465,16 @@ TEST_F(Checkpoint, FieldsOutOfRange) {
     reseal(b);
     expect_rejected(dst.layer, b, SN_ERROR_BAD_CHECKPOINT, e.what);
   }
+  // A header 4 bytes longer than ndim makes it, the blob's length and its u, v and σ agreeing:
+  // still not this format.
+  {
+    Blob b = save(src.layer);
+    b.insert(b.begin() + long(L.header), 4, 0);
+    put_le(b, 12, L.header + 4, 4);
+    reseal(b);
+    expect_rejected(dst.layer, b, SN_ERROR_BAD_CHECKPOINT, "header bytes + 4, with 4 bytes more");
+    EXPECT_NE(std::string(sn_last_error_message()).find("header bytes"), std::string::npos) << sn_last_error_message();
+  }
   // A zero state is in range (a layer with no estimate yet saves exactly that).
   Blob b = save(src.layer);
   for (int k = 0; k < 3; ++k) put_le(b, sig + 4 * k, 0, 4);
@@ -508,6 +522,24 @@ TEST_F(Checkpoint, FieldsOutOfRange) {
   put_le(b, sig + 4, bits(1.f / odd), 4);
   reseal(b);
   EXPECT_EQ(sn_layer_load(dst.layer, b.data(), b.size(), nullptr), SN_SUCCESS) << sn_last_error_message();
+#if defined(__SSE2__)
+  // Both subnormal inverses also load where the reader flushes subnormals to zero (its own 1/σ
+  // is then 0, not the blob's), and the others still do not.
+  for (const float s : {std::ldexp(1.f, 127), odd}) {
+    for (const float inv : {1.f / s, std::ldexp(1.f, -149), FLT_MIN}) {
+      b = save(src.layer);
+      put_le(b, sig, bits(s), 4);
+      put_le(b, sig + 4, bits(inv), 4);
+      reseal(b);
+      const unsigned csr = _mm_getcsr();
+      _mm_setcsr(csr | 0x8040u);  // FTZ and DAZ
+      const sn_status_t st = sn_layer_load(dst.layer, b.data(), b.size(), nullptr);
+      _mm_setcsr(csr);
+      EXPECT_EQ(st, inv == 1.f / s ? SN_SUCCESS : SN_ERROR_BAD_CHECKPOINT)
+          << "flushing: sigma " << hex(s) << ", 1/sigma " << hex(inv) << ": " << sn_last_error_message();
+    }
+  }
+#endif
   // σ = 0 (no estimate) has 1/σ = 0 exactly: a subnormal there is no commit's.
   for (const float inv : {std::ldexp(1.f, -149), std::ldexp(1.f, -133), -0.f}) {
     b = save(src.layer);
