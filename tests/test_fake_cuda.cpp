@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -281,6 +282,13 @@ void exercise_layer(const sn_layer_desc_t &d, sn_status_t want, bool host_calls)
     }
     if (p.backward == SN_PATH_BACKWARD_KERNELS && d.ndim == 1) {
       EXPECT_FALSE(has("; backward <G, W>")) << s;
+    }
+    // A backward on chip: in the on-chip plan's own words.
+    if (p.backward == SN_PATH_ON_CHIP) {
+      EXPECT_TRUE(has(", backward)")) << s;
+    }
+    if (p.backward == SN_PATH_ON_CHIP_GRID) {
+      EXPECT_TRUE(has(", backward too)")) << s;
     }
     w.check("sn_layer_describe", 0, 0);
   }
@@ -1108,6 +1116,11 @@ TEST_F(FakeCuda, RefusedResidentLaunchesFallBackOrAskForANewCapture) {
       EXPECT_EQ(p.dropped & bit, bit);
       EXPECT_EQ(p.*kind, launched_path(0, false));
       EXPECT_NE(p.*kind, first_path);
+      char text[1024];
+      OK(sn_layer_describe(l, text, sizeof text, nullptr));
+      char said[32];
+      snprintf(said, sizeof said, ", dropped 0x%x", p.dropped);
+      EXPECT_NE(std::string(text).find(said), std::string::npos) << said << " not in: " << text;
       fake_cuda::set_active_sms(0);
     }
   }
