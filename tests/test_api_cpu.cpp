@@ -1,6 +1,8 @@
 // The layer API on the CPU backend: every behaviour of the API, tested where CI runs (no GPU).
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <numeric>
 #include <iterator>
@@ -287,6 +289,56 @@ TEST_F(CpuApi, SameSeedSameResultAndReset) {
   ASSERT_EQ(sn_forward(a, W.data(), out.data(), 1, nullptr), SN_SUCCESS);
   ASSERT_EQ(sn_layer_reset(a, 78, nullptr), SN_SUCCESS);
   EXPECT_TRUE(same_state(get_state(a), get_state(c))) << "reset = a fresh layer with that seed";
+}
+
+// The initial u and v are N(randn(h)) and N(randn(w)) (sn_layer_create): unit vectors whose
+// entries, times √n, look like independent standard normal draws, u's independent of v's and of
+// another seed's. Fixed seeds, so the statistics are fixed numbers; each bound is 5 standard
+// deviations of its statistic for true normal draws. (Drawing |x| only, or u and v from one
+// stream, each passed every other test.)
+TEST(CpuInit, InitialVectorsAreIndependentNormalDraws) {
+  const int64_t h = 8192, w = 6000;
+  const auto moments = [](const std::vector<float> &x, const char *what) {
+    SCOPED_TRACE(what);
+    const double n = double(x.size());
+    double sum = 0, sq = 0, within = 0, negative = 0;
+    for (float f : x) {
+      const double z = double(f) * std::sqrt(n);
+      sum += z;
+      sq += z * z;
+      within += std::fabs(z) < 1.0;
+      negative += z < 0.0;
+    }
+    EXPECT_NEAR(sq / n, 1.0, 1e-5) << "a unit vector";
+    EXPECT_LT(std::fabs(sum / n), 5.0 / std::sqrt(n)) << "mean";
+    EXPECT_NEAR(within / n, 0.682689, 5.0 * std::sqrt(0.6827 * 0.3173 / n)) << "P(|z| < 1)";
+    EXPECT_NEAR(negative / n, 0.5, 5.0 * 0.5 / std::sqrt(n)) << "P(z < 0)";
+  };
+  // Σ x_k y_k over the first m entries: variance about m / (|x| · |y|) for independent draws.
+  const auto correlation_ok = [](const std::vector<float> &x, const std::vector<float> &y) {
+    const size_t m = std::min(x.size(), y.size());
+    double c = 0;
+    for (size_t k = 0; k < m; ++k) c += double(x[k]) * double(y[k]);
+    const double sd = std::sqrt(double(m) / (double(x.size()) * double(y.size())));
+    return std::fabs(c) < 5.0 * sd;
+  };
+  std::vector<State> states;
+  for (const uint64_t seed : {uint64_t(0), uint64_t(1), uint64_t(0x9E3779B97F4A7C15ull)}) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    sn_layer_desc_t d = make_desc({h, w}, SN_BACKEND_CPU);
+    d.seed = seed;
+    LayerPtr l(d);
+    ASSERT_TRUE(l.p);
+    states.push_back(get_state(l));
+    moments(states.back().u, "u");
+    moments(states.back().v, "v");
+    EXPECT_TRUE(correlation_ok(states.back().u, states.back().v)) << "u and v of one seed";
+  }
+  for (size_t a = 0; a < states.size(); ++a)
+    for (size_t b = a + 1; b < states.size(); ++b) {
+      EXPECT_TRUE(correlation_ok(states[a].u, states[b].u)) << "u of seeds " << a << " and " << b;
+      EXPECT_TRUE(correlation_ok(states[a].v, states[b].v)) << "v of seeds " << a << " and " << b;
+    }
 }
 
 TEST_F(CpuApi, InPlaceForward) {
