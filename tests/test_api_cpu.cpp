@@ -676,11 +676,17 @@ TEST(BadInput, DescriptorIsRejectedWithTheArgumentNamed) {
 
 TEST(BadInput, CudaBackendWithoutGpuOrWithABadDevice) {
   int count = 0;
-  const bool gpu = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  (void)cudaGetLastError();
+  const bool gpu = e == cudaSuccess && count > 0;
   sn_layer_desc_t d = make_desc({4, 5}, SN_BACKEND_CUDA);
   sn_layer_t *l = nullptr;
   if (!gpu) {
     EXPECT_FAILS(sn_layer_create(&l, &d), SN_ERROR_NO_DEVICE, "no usable GPU");
+    // ... with what the runtime said (error 35 here: "CUDA driver version is insufficient ...")
+    EXPECT_NE(std::string(sn_last_error_message()).find(e == cudaSuccess ? "0 devices" : cudaGetErrorString(e)),
+              std::string::npos)
+        << sn_last_error_message();
   } else {
     d.device = count;
     EXPECT_FAILS(sn_layer_create(&l, &d), SN_ERROR_INVALID_DEVICE, "desc->device");
@@ -742,6 +748,11 @@ TEST_F(CpuApi, BadCallsLeaveTheLayerAsItWas) {
   std::vector<float> big(W.size() + 1);
   std::copy(W.begin(), W.end(), big.begin());
   EXPECT_FAILS(sn_backward(l, big.data(), G.data(), big.data() + 1, 0, nullptr, nullptr), SN_ERROR_INVALID_VALUE, "overlap");
+  EXPECT_NE(std::string(sn_last_error_message()).find(") and W ("), std::string::npos) << sn_last_error_message();
+  // ... each message naming the buffer dW overlaps.
+  std::copy(G.begin(), G.end(), big.begin());
+  EXPECT_FAILS(sn_backward(l, W.data(), big.data(), big.data() + 1, 0, nullptr, nullptr), SN_ERROR_INVALID_VALUE, "overlap");
+  EXPECT_NE(std::string(sn_last_error_message()).find(") and G ("), std::string::npos) << sn_last_error_message();
 
   EXPECT_TRUE(same_state(get_state(l), before));
 }
@@ -1256,6 +1267,11 @@ TEST_F(CpuApi, MisalignedBuffersAreRefusedByName) {
     EXPECT_FAILS(sn_group_create(&g, layers, Ws, Wsn, 1), SN_ERROR_INVALID_POINTER, "W[0] (");
     EXPECT_EQ(g, nullptr);
     Ws[0] = W;
+    Wsn[0] = mO;
+    g = reinterpret_cast<sn_group_t *>(0x1);
+    EXPECT_FAILS(sn_group_create(&g, layers, Ws, Wsn, 1), SN_ERROR_INVALID_POINTER, "W_sn[0] (");
+    EXPECT_EQ(g, nullptr);
+    Wsn[0] = W_sn;
     ASSERT_EQ(sn_group_create(&g, layers, Ws, Wsn, 1), SN_SUCCESS) << sn_last_error_message();
     const void *Gs[1] = {mG};
     void *dWs[1] = {dW};

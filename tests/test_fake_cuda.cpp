@@ -2253,6 +2253,9 @@ TEST_F(FakeCuda, CallsRunOnTheLayersDeviceAndKeepTheCallers) {
   fake_cuda::set_device_count_error(cudaErrorInsufficientDriver);
   EXPECT_EQ(create_layer(&l, &d), SN_ERROR_NO_DEVICE);
   EXPECT_NE(std::string(sn_last_error_message()).find("no usable GPU"), std::string::npos);
+  EXPECT_NE(std::string(sn_last_error_message()).find(cudaGetErrorString(cudaErrorInsufficientDriver)),
+            std::string::npos)
+      << sn_last_error_message();
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   fake_cuda::set_device_count_error(cudaSuccess);
 }
